@@ -1,0 +1,7 @@
+//! The AWS wire layer: signing, credentials, endpoints, one JSON-protocol
+//! call path, and typed Kinesis, DynamoDB and CloudWatch operations. It knows
+//! nothing of leases or batches.
+
+pub mod credentials;
+pub mod endpoint;
+pub mod sigv4;

@@ -1,0 +1,234 @@
+//! The one error type of the crate.
+
+use std::fmt;
+
+/// Everything that can go wrong in this crate.
+///
+/// Service errors keep what AWS said (code, message, HTTP status, request id)
+/// so they can be logged and matched on. Use [`Error::is_throttling`] and
+/// [`Error::is_retryable`] rather than matching codes by hand.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration setting is missing or invalid; `setting` names it.
+    Config {
+        /// The builder method or environment variable at fault.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No credentials could be found or refreshed.
+    Credentials(String),
+    /// AWS (or an emulator) answered with an error.
+    Service(ServiceError),
+    /// The request did not get an answer: connect failure, reset, timeout.
+    Transport {
+        /// The operation that was being called, such as `Kinesis.GetRecords`.
+        operation: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// A response arrived but could not be understood.
+    Decode {
+        /// The operation whose response was malformed.
+        operation: &'static str,
+        /// What could not be decoded.
+        message: String,
+    },
+    /// The user's batch handler returned an error; the batch was not checkpointed.
+    Handler(Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// The user's batch or message handler panicked; the batch was not checkpointed.
+    HandlerPanicked(String),
+    /// A thread of the consumer stopped unexpectedly.
+    Internal(String),
+}
+
+/// An error reply from an AWS service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceError {
+    /// The operation called, such as `Kinesis.GetRecords`.
+    pub operation: &'static str,
+    /// The error code, such as `ProvisionedThroughputExceededException`,
+    /// with any `prefix#` removed. Empty when the reply carried none.
+    pub code: String,
+    /// The message AWS gave, or a description of the body when there was none.
+    pub message: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// The `x-amzn-RequestId` (or `x-amz-request-id`) of the reply, if any.
+    pub request_id: Option<String>,
+}
+
+/// Error codes that mean "slow down".
+const THROTTLING_CODES: &[&str] = &[
+    "ProvisionedThroughputExceededException",
+    "LimitExceededException",
+    "ThrottlingException",
+    "Throttling",
+    "ThrottledException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "SlowDown",
+    "TransactionInProgressException",
+    "EC2ThrottledException",
+    "BandwidthLimitExceeded",
+    "PriorRequestNotComplete",
+];
+
+/// Error codes that are worth retrying although they are not throttling.
+const TRANSIENT_CODES: &[&str] = &[
+    "InternalFailure",
+    "InternalServerError",
+    "InternalServerErrorException",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "KMSThrottlingException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "IDPCommunicationError",
+];
+
+impl ServiceError {
+    /// True when the service asked us to slow down.
+    pub fn is_throttling(&self) -> bool {
+        self.status == 429 || THROTTLING_CODES.contains(&self.code.as_str())
+    }
+
+    /// True when the same request may succeed if sent again.
+    pub fn is_retryable(&self) -> bool {
+        self.is_throttling() || self.status >= 500 || TRANSIENT_CODES.contains(&self.code.as_str())
+    }
+}
+
+impl Error {
+    /// True when AWS asked us to slow down (throttling or limit exceeded).
+    pub fn is_throttling(&self) -> bool {
+        matches!(self, Error::Service(e) if e.is_throttling())
+    }
+
+    /// True when the same request may succeed later: throttling, 5xx,
+    /// connection failures and timeouts.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Service(e) => e.is_retryable(),
+            Error::Transport { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The AWS error code, when this is a service error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Service(e) => Some(&e.code),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn config(setting: &'static str, reason: impl Into<String>) -> Error {
+        Error::Config {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config { setting, reason } => write!(f, "invalid setting `{setting}`: {reason}"),
+            Error::Credentials(m) => write!(f, "no usable AWS credentials: {m}"),
+            Error::Service(e) => e.fmt(f),
+            Error::Transport { operation, message } => {
+                write!(f, "{operation}: request failed: {message}")
+            }
+            Error::Decode { operation, message } => {
+                write!(f, "{operation}: could not decode the response: {message}")
+            }
+            Error::Handler(e) => write!(f, "the batch handler failed: {e}"),
+            Error::HandlerPanicked(m) => write!(f, "a handler panicked: {m}"),
+            Error::Internal(m) => write!(f, "internal error: {m}"),
+        }
+    }
+}
+
+impl fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} (HTTP {})",
+            self.operation, self.code, self.status
+        )?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        if let Some(id) = &self.request_id {
+            write!(f, " [request id {id}]")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Handler(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+impl std::error::Error for ServiceError {}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(code: &str, status: u16) -> Error {
+        Error::Service(ServiceError {
+            operation: "Kinesis.GetRecords",
+            code: code.into(),
+            message: String::new(),
+            status,
+            request_id: None,
+        })
+    }
+
+    #[test]
+    fn classifies_throttling_retryable_and_fatal() {
+        let throttled = service("ProvisionedThroughputExceededException", 400);
+        assert!(throttled.is_throttling() && throttled.is_retryable());
+        assert!(service("", 429).is_throttling());
+        let server = service("", 503);
+        assert!(!server.is_throttling() && server.is_retryable());
+        let fatal = service("ResourceNotFoundException", 400);
+        assert!(!fatal.is_throttling() && !fatal.is_retryable());
+        assert!(
+            Error::Transport {
+                operation: "x",
+                message: "reset".into()
+            }
+            .is_retryable()
+        );
+        assert!(!Error::config("app_name", "empty").is_retryable());
+    }
+
+    #[test]
+    fn display_names_code_status_and_request_id() {
+        let e = Error::Service(ServiceError {
+            operation: "DynamoDB.PutItem",
+            code: "ConditionalCheckFailedException".into(),
+            message: "The conditional request failed".into(),
+            status: 400,
+            request_id: Some("abc".into()),
+        });
+        assert_eq!(
+            e.to_string(),
+            "DynamoDB.PutItem: ConditionalCheckFailedException (HTTP 400): The conditional request failed [request id abc]"
+        );
+    }
+}
