@@ -23,7 +23,7 @@ pub enum Error {
     Service(ServiceError),
     /// The request did not get an answer: connect failure, reset, timeout.
     Transport {
-        /// The operation that was being called, such as `Kinesis.GetRecords`.
+        /// The operation that was being called, such as `GetRecords`.
         operation: &'static str,
         /// What went wrong.
         message: String,
@@ -46,7 +46,7 @@ pub enum Error {
 /// An error reply from an AWS service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceError {
-    /// The operation called, such as `Kinesis.GetRecords`.
+    /// The operation called, such as `GetRecords`.
     pub operation: &'static str,
     /// The error code, such as `ProvisionedThroughputExceededException`,
     /// with any `prefix#` removed. Empty when the reply carried none.
@@ -109,13 +109,19 @@ impl Error {
     }
 
     /// True when the same request may succeed later: throttling, 5xx,
-    /// connection failures and timeouts.
+    /// connection failures, timeouts, and replies cut short or garbled.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Service(e) => e.is_retryable(),
-            Error::Transport { .. } => true,
+            Error::Transport { .. } | Error::Decode { .. } => true,
             _ => false,
         }
+    }
+
+    /// True when a DynamoDB condition did not hold
+    /// (`ConditionalCheckFailedException`): for a lease, someone else has it.
+    pub fn is_condition_failed(&self) -> bool {
+        self.code() == Some("ConditionalCheckFailedException")
     }
 
     /// The AWS error code, when this is a service error.
@@ -155,11 +161,15 @@ impl fmt::Display for Error {
 
 impl fmt::Display for ServiceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} (HTTP {})",
-            self.operation, self.code, self.status
-        )?;
+        if self.code.is_empty() {
+            write!(f, "{}: HTTP {}", self.operation, self.status)?;
+        } else {
+            write!(
+                f,
+                "{}: {} (HTTP {})",
+                self.operation, self.code, self.status
+            )?;
+        }
         if !self.message.is_empty() {
             write!(f, ": {}", self.message)?;
         }
@@ -190,7 +200,7 @@ mod tests {
 
     fn service(code: &str, status: u16) -> Error {
         Error::Service(ServiceError {
-            operation: "Kinesis.GetRecords",
+            operation: "GetRecords",
             code: code.into(),
             message: String::new(),
             status,
@@ -220,7 +230,7 @@ mod tests {
     #[test]
     fn display_names_code_status_and_request_id() {
         let e = Error::Service(ServiceError {
-            operation: "DynamoDB.PutItem",
+            operation: "PutItem",
             code: "ConditionalCheckFailedException".into(),
             message: "The conditional request failed".into(),
             status: 400,
@@ -228,7 +238,7 @@ mod tests {
         });
         assert_eq!(
             e.to_string(),
-            "DynamoDB.PutItem: ConditionalCheckFailedException (HTTP 400): The conditional request failed [request id abc]"
+            "PutItem: ConditionalCheckFailedException (HTTP 400): The conditional request failed [request id abc]"
         );
     }
 }

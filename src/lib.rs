@@ -1,9 +1,65 @@
-//! A synchronous Amazon Kinesis Data Streams consumer.
+//! A synchronous Amazon Kinesis Data Streams consumer, for programs that are
+//! not async: shard leases and checkpoints in DynamoDB (in the KCL's table
+//! layout), one blocking thread per shard, records handed to your code once
+//! per batch interval, the way Spark Streaming's Kinesis integration does.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use kinesis_consumer::{Consumer, InitialPosition};
+//!
+//! fn main() -> Result<(), kinesis_consumer::Error> {
+//!     let consumer = Consumer::builder()
+//!         .app_name("word-count")          // the lease table's name
+//!         .stream_name("words")
+//!         .initial_position(InitialPosition::TrimHorizon)
+//!         .batch_interval(Duration::from_secs(2))
+//!         .message_handler(|r| String::from_utf8_lossy(r.data()).into_owned())
+//!         .build()?;
+//!     let stop = consumer.shutdown_handle(); // call stop.shutdown() from any thread
+//!     # drop(stop);
+//!     consumer.run(|batch| {
+//!         for message in batch.messages() {
+//!             println!("{} {}: {}", message.shard_id(), message.sequence_number(), message.value());
+//!         }
+//!         Ok::<(), std::io::Error>(())         // Ok: the batch is checkpointed
+//!     })
+//! }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - At least once: a record is checkpointed only after the batch handler
+//!   returned `Ok` for the batch that held it; after a crash, records after
+//!   the last checkpoint are delivered again, nothing before it.
+//! - In order per shard, and per partition key across a reshard: a child
+//!   shard is read only once its parents were read to their end and
+//!   checkpointed there.
+//! - Checkpoint writes are conditional on still holding the lease; a worker
+//!   that lost a lease never moves that shard's checkpoint.
+//! - KPL aggregates are de-aggregated; checkpoints are kept per user record
+//!   (sequence and sub-sequence number). A record that looks aggregated but
+//!   is not valid is delivered whole, never dropped.
+//!
+//! # Modules
+//!
+//! [`aws`] is the wire layer (SigV4, credentials, endpoints, Kinesis and
+//! DynamoDB operations), usable on its own, for example to put records.
+//! [`kpl`] packs and unpacks KPL aggregates.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod aws;
+mod config;
 mod error;
 pub mod kpl;
+mod lease;
+mod random;
+mod record;
+mod worker;
 
+pub use config::{ConsumerBuilder, InitialPosition, MetricsDimension, MetricsLevel};
 pub use error::{Error, Result, ServiceError};
+pub use lease::{Checkpoint, Lease};
+pub use record::{ExtendedSequenceNumber, Record, SequenceNumber};
+pub use worker::batch::{Batch, Message, ShardBatch};
+pub use worker::{Consumer, ShutdownHandle};

@@ -1,0 +1,484 @@
+//! One JSON-protocol call path shared by every operation: sign, send, parse
+//! the reply or the error, retry with backoff and jitter.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::aws::credentials::{DefaultCredentialsChain, ProvideCredentials};
+use crate::aws::endpoint::{self, Endpoint, Service};
+use crate::aws::sigv4::{self, SignableRequest, SigningOptions};
+use crate::error::{Error, Result, ServiceError};
+use crate::random;
+
+/// Largest reply we read: a GetRecords reply holds up to 10 MiB of data,
+/// which base64 and JSON grow by about a third.
+const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// How to reach an AWS service: region, endpoint, credentials, timeouts and
+/// retries. One `ClientConfig` can serve Kinesis, DynamoDB and CloudWatch.
+///
+/// ```
+/// use std::time::Duration;
+/// use kinesis_consumer::aws::ClientConfig;
+///
+/// let config = ClientConfig::new()
+///     .region("eu-west-1")
+///     .retry_wait(Duration::from_millis(200))
+///     .max_attempts(5);
+/// ```
+#[derive(Clone)]
+pub struct ClientConfig {
+    pub(crate) region: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
+    pub(crate) credentials: Option<Arc<dyn ProvideCredentials>>,
+    pub(crate) retry_wait: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) read_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig::new()
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("credentials", &self.credentials)
+            .field("retry_wait", &self.retry_wait)
+            .field("max_attempts", &self.max_attempts)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .finish()
+    }
+}
+
+impl ClientConfig {
+    /// A configuration that takes everything from the standard AWS
+    /// environment.
+    pub fn new() -> ClientConfig {
+        ClientConfig {
+            region: None,
+            endpoint_url: None,
+            credentials: None,
+            retry_wait: Duration::from_millis(100),
+            max_attempts: 3,
+            connect_timeout: Duration::from_secs(3),
+            read_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The AWS region, such as `us-east-1`.
+    ///
+    /// Defaults to `AWS_REGION`, then `AWS_DEFAULT_REGION`, then the region of
+    /// the active profile in the AWS config file.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// The endpoint URL, such as `http://127.0.0.1:4567` for an emulator.
+    ///
+    /// Defaults to `AWS_ENDPOINT_URL_<SERVICE>`, then `AWS_ENDPOINT_URL`, then
+    /// the region's standard endpoint.
+    pub fn endpoint_url(mut self, url: impl Into<String>) -> Self {
+        self.endpoint_url = Some(url.into());
+        self
+    }
+
+    /// The credentials to sign with.
+    ///
+    /// Defaults to the standard chain: environment, shared files, web
+    /// identity, container, EC2 instance metadata.
+    pub fn credentials(mut self, credentials: impl ProvideCredentials + 'static) -> Self {
+        self.credentials = Some(Arc::new(credentials));
+        self
+    }
+
+    /// The base wait before retrying a failed request; it doubles with each
+    /// attempt, with jitter. Defaults to 100 ms (Spark's default).
+    pub fn retry_wait(mut self, wait: Duration) -> Self {
+        self.retry_wait = wait;
+        self
+    }
+
+    /// How many times a request is tried in all before its error is
+    /// returned. Defaults to 3 (Spark's default).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// How long to wait for a connection. Defaults to 3 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for each reply. Defaults to 10 s.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.max_attempts == 0 {
+            return Err(Error::config("max_attempts", "must be at least 1"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::config(
+                "connect_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.read_timeout.is_zero() {
+            return Err(Error::config("read_timeout", "must be greater than zero"));
+        }
+        Ok(())
+    }
+}
+
+/// The JSON protocol of one service: its `X-Amz-Target` prefix and content type.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Protocol {
+    pub service: Service,
+    pub target_prefix: &'static str,
+    pub content_type: &'static str,
+}
+
+pub(crate) const KINESIS: Protocol = Protocol {
+    service: Service::Kinesis,
+    target_prefix: "Kinesis_20131202",
+    content_type: "application/x-amz-json-1.1",
+};
+
+pub(crate) const DYNAMODB: Protocol = Protocol {
+    service: Service::DynamoDb,
+    target_prefix: "DynamoDB_20120810",
+    content_type: "application/x-amz-json-1.0",
+};
+
+pub(crate) const CLOUDWATCH: Protocol = Protocol {
+    service: Service::CloudWatch,
+    target_prefix: "GraniteServiceVersion20100801",
+    content_type: "application/x-amz-json-1.0",
+};
+
+/// A signed JSON-protocol client for one service.
+#[derive(Clone)]
+pub(crate) struct Client {
+    agent: ureq::Agent,
+    protocol: Protocol,
+    endpoint: Endpoint,
+    region: String,
+    credentials: Arc<dyn ProvideCredentials>,
+    retry_wait: Duration,
+    max_attempts: u32,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("service", &self.protocol.service)
+            .field("endpoint", &self.endpoint.url())
+            .field("region", &self.region)
+            .finish()
+    }
+}
+
+impl Client {
+    pub(crate) fn new(protocol: Protocol, config: &ClientConfig) -> Result<Client> {
+        config.validate()?;
+        let region = endpoint::resolve_region(config.region.as_deref())?;
+        let endpoint =
+            endpoint::resolve_endpoint(protocol.service, config.endpoint_url.as_deref(), &region)?;
+        let credentials = match &config.credentials {
+            Some(c) => c.clone(),
+            None => Arc::new(DefaultCredentialsChain::new()),
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(config.connect_timeout))
+            .timeout_recv_response(Some(config.read_timeout))
+            .timeout_recv_body(Some(config.read_timeout))
+            .timeout_send_body(Some(config.read_timeout))
+            .user_agent(concat!("kinesis-consumer/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Ok(Client {
+            agent,
+            protocol,
+            endpoint,
+            region,
+            credentials,
+            retry_wait: config.retry_wait,
+            max_attempts: config.max_attempts,
+        })
+    }
+
+    /// The endpoint requests go to.
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Calls `operation` with `input` and decodes the reply, retrying
+    /// retryable failures.
+    pub(crate) fn call<I: Serialize, O: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        input: &I,
+    ) -> Result<O> {
+        let body = serde_json::to_vec(input).map_err(|e| Error::Internal(e.to_string()))?;
+        self.with_retries(operation, || {
+            let reply = self.send(operation, &body)?;
+            decode(operation, &reply)
+        })
+    }
+
+    /// Calls `operation` once per attempt and hands the raw reply body to
+    /// `decode`, so hot paths can decode in place.
+    pub(crate) fn call_with<T>(
+        &self,
+        operation: &'static str,
+        body: &[u8],
+        decode: impl Fn(&[u8]) -> Result<T>,
+    ) -> Result<T> {
+        self.with_retries(operation, || decode(&self.send(operation, body)?))
+    }
+
+    fn with_retries<T>(
+        &self,
+        operation: &'static str,
+        mut attempt: impl FnMut() -> Result<T>,
+    ) -> Result<T> {
+        let mut tries = 1;
+        loop {
+            match attempt() {
+                Err(e) if e.is_retryable() && tries < self.max_attempts => {
+                    let wait = backoff(self.retry_wait, tries);
+                    log::debug!("{operation}: attempt {tries} failed ({e}); retrying in {wait:?}");
+                    std::thread::sleep(wait);
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One signed request; the reply body when the status is 2xx.
+    fn send(&self, operation: &'static str, body: &[u8]) -> Result<Vec<u8>> {
+        let credentials = self.credentials.credentials()?;
+        let target = format!("{}.{}", self.protocol.target_prefix, operation);
+        let headers = [
+            ("content-type", self.protocol.content_type),
+            ("host", self.endpoint.host_header()),
+            ("x-amz-target", target.as_str()),
+        ];
+        let request = SignableRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body,
+        };
+        let signed = sigv4::sign(
+            &request,
+            &credentials,
+            &self.region,
+            self.protocol.service.signing_name(),
+            SystemTime::now(),
+            &SigningOptions::default(),
+        );
+        let mut req = self.agent.post(self.endpoint.url());
+        for (name, value) in headers.iter().filter(|(n, _)| *n != "host") {
+            req = req.header(*name, *value);
+        }
+        for (name, value) in &signed {
+            req = req.header(*name, value.as_str());
+        }
+        let transport = |e: ureq::Error| Error::Transport {
+            operation,
+            message: e.to_string(),
+        };
+        let mut reply = req.send(body).map_err(transport)?;
+        let status = reply.status().as_u16();
+        let request_id = ["x-amzn-requestid", "x-amz-request-id"]
+            .iter()
+            .find_map(|h| reply.headers().get(*h))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let error_type = reply
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = reply
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES)
+            .read_to_vec()
+            .map_err(transport)?;
+        if (200..300).contains(&status) {
+            return Ok(bytes);
+        }
+        Err(Error::Service(service_error(
+            operation, status, request_id, error_type, &bytes,
+        )))
+    }
+}
+
+/// Decodes a JSON reply; an empty body counts as `{}`.
+pub(crate) fn decode<O: DeserializeOwned>(operation: &'static str, body: &[u8]) -> Result<O> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| Error::Decode {
+        operation,
+        message: e.to_string(),
+    })
+}
+
+/// Builds the error of a non-2xx reply from whatever the body holds: JSON
+/// with `__type` and `message`, HTML, or nothing.
+fn service_error(
+    operation: &'static str,
+    status: u16,
+    request_id: Option<String>,
+    error_type_header: Option<String>,
+    body: &[u8],
+) -> ServiceError {
+    #[derive(serde::Deserialize, Default)]
+    struct ErrorBody {
+        #[serde(rename = "__type", alias = "code", alias = "Code")]
+        kind: Option<String>,
+        #[serde(alias = "Message", alias = "errorMessage")]
+        message: Option<String>,
+    }
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let (kind, message) = match parsed {
+        Some(b) => (b.kind, b.message),
+        None => (None, None),
+    };
+    let code = kind
+        .or_else(|| error_type_header.map(|h| h.split(':').next().unwrap_or_default().to_owned()))
+        .map(|c| strip_code_prefix(&c).to_owned())
+        .unwrap_or_default();
+    let message = message.unwrap_or_else(|| describe_body(body));
+    ServiceError {
+        operation,
+        code,
+        message,
+        status,
+        request_id,
+    }
+}
+
+/// `com.amazonaws.kinesis#ResourceNotFoundException` → `ResourceNotFoundException`.
+fn strip_code_prefix(code: &str) -> &str {
+    let code = code.rsplit('#').next().unwrap_or(code);
+    code.split(':').next().unwrap_or(code).trim()
+}
+
+fn describe_body(body: &[u8]) -> String {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return "empty reply body".to_owned();
+    }
+    let text = String::from_utf8_lossy(body);
+    let snippet: String = text.chars().filter(|c| !c.is_control()).take(120).collect();
+    format!("unparsed reply body: {snippet}")
+}
+
+/// The wait before retry number `attempt` (1-based): `base` doubled per
+/// attempt, capped at 20 s, half of it fixed and half random so that many
+/// readers throttled together do not retry together.
+pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
+    let cap = base
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(Duration::from_secs(20));
+    let half = cap.as_millis() as u64 / 2;
+    Duration::from_millis(half + random::up_to(half))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_from_json_strips_prefix_and_keeps_request_id() {
+        let body = br#"{"__type":"com.amazonaws.kinesis.v20131202#ResourceNotFoundException","message":"Stream x not found"}"#;
+        let e = service_error("DescribeStreamSummary", 400, Some("rid".into()), None, body);
+        assert_eq!(e.code, "ResourceNotFoundException");
+        assert_eq!(e.message, "Stream x not found");
+        assert_eq!(e.request_id.as_deref(), Some("rid"));
+        let body = br#"{"__type":"ProvisionedThroughputExceededException","Message":null}"#;
+        let e = service_error("GetRecords", 400, None, None, body);
+        assert!(e.is_throttling());
+        assert_eq!(
+            e.message,
+            format!("unparsed reply body: {}", String::from_utf8_lossy(body))
+        );
+    }
+
+    #[test]
+    fn error_from_html_or_empty_body_or_header() {
+        let e = service_error(
+            "GetRecords",
+            503,
+            None,
+            None,
+            b"<html><body>Service Unavailable</body></html>",
+        );
+        assert_eq!(e.code, "");
+        assert!(e.message.contains("Service Unavailable"));
+        assert!(e.is_retryable() && !e.is_throttling());
+        let e = service_error("GetRecords", 500, None, None, b"");
+        assert_eq!(e.message, "empty reply body");
+        let e = service_error(
+            "PutItem",
+            400,
+            None,
+            Some("ThrottlingException:http://internal".into()),
+            b"",
+        );
+        assert_eq!(e.code, "ThrottlingException");
+        assert!(e.is_throttling());
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let base = Duration::from_millis(100);
+        for attempt in 1..40 {
+            let cap = (100u64 << (attempt - 1).min(16)).min(20_000);
+            let w = backoff(base, attempt).as_millis() as u64;
+            assert!(
+                w >= cap / 2 && w <= cap,
+                "attempt {attempt}: {w} not in [{}, {cap}]",
+                cap / 2
+            );
+        }
+    }
+
+    #[test]
+    fn empty_reply_decodes_as_empty_object() {
+        #[derive(serde::Deserialize)]
+        struct Out {
+            x: Option<u32>,
+        }
+        let out: Out = decode("DeleteStream", b"").unwrap();
+        assert!(out.x.is_none());
+        assert!(matches!(
+            decode::<Out>("X", b"{\"x\":"),
+            Err(Error::Decode { .. })
+        ));
+    }
+}

@@ -1,0 +1,561 @@
+//! The consumer's settings and their builder.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::aws::ClientConfig;
+use crate::aws::client::{CLOUDWATCH, Client};
+use crate::aws::credentials::ProvideCredentials;
+use crate::aws::dynamodb::DynamoDbClient;
+use crate::aws::kinesis::KinesisClient;
+use crate::error::{Error, Result};
+use crate::record::Record;
+use crate::worker::Consumer;
+
+/// Where to start reading a shard that has no checkpoint yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialPosition {
+    /// The oldest record still in the stream.
+    TrimHorizon,
+    /// Only records put after the consumer started.
+    Latest,
+    /// Records that arrived at or after the given time.
+    AtTimestamp(SystemTime),
+}
+
+/// How much the consumer reports to CloudWatch (as in the KCL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsLevel {
+    /// Nothing.
+    None,
+    /// Totals per operation, without per-shard detail.
+    Summary,
+    /// Everything, per shard where it applies.
+    Detailed,
+}
+
+/// A dimension CloudWatch metrics are broken down by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MetricsDimension {
+    /// The operation, such as ProcessTask or RenewLease.
+    Operation,
+    /// The shard id.
+    ShardId,
+    /// The worker identifier.
+    WorkerIdentifier,
+    /// The stream name.
+    StreamName,
+}
+
+/// Turns a record into the handler's value; it may move the record's data
+/// out, so the default handler (the data itself) copies nothing.
+pub(crate) type MessageHandler<T> = Arc<dyn Fn(&mut Record) -> T + Send + Sync>;
+
+/// Builds a [`Consumer`]; get one from [`Consumer::builder`].
+///
+/// Only the application name and the stream name are required; every other
+/// setting documents its default.
+pub struct ConsumerBuilder<T> {
+    pub(crate) app_name: Option<String>,
+    pub(crate) stream_name: Option<String>,
+    pub(crate) region: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
+    pub(crate) dynamodb_endpoint_url: Option<String>,
+    pub(crate) cloudwatch_endpoint_url: Option<String>,
+    pub(crate) credentials: Option<Arc<dyn ProvideCredentials>>,
+    pub(crate) dynamodb_credentials: Option<Arc<dyn ProvideCredentials>>,
+    pub(crate) cloudwatch_credentials: Option<Arc<dyn ProvideCredentials>>,
+    pub(crate) initial_position: InitialPosition,
+    pub(crate) batch_interval: Duration,
+    pub(crate) checkpoint_interval: Option<Duration>,
+    pub(crate) metrics_level: MetricsLevel,
+    pub(crate) metrics_dimensions: Vec<MetricsDimension>,
+    pub(crate) buffer_bytes: u64,
+    pub(crate) buffer_records: u64,
+    pub(crate) message_handler: MessageHandler<T>,
+    pub(crate) retry_wait: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) worker_id: Option<String>,
+    pub(crate) max_records_per_read: u32,
+    pub(crate) idle_time_between_reads: Duration,
+    pub(crate) failover_time: Duration,
+    pub(crate) shard_sync_interval: Duration,
+    pub(crate) max_leases_per_worker: usize,
+}
+
+impl<T> fmt::Debug for ConsumerBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerBuilder")
+            .field("app_name", &self.app_name)
+            .field("stream_name", &self.stream_name)
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("initial_position", &self.initial_position)
+            .field("batch_interval", &self.batch_interval)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("worker_id", &self.worker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerBuilder<Vec<u8>> {
+    pub(crate) fn new() -> Self {
+        ConsumerBuilder {
+            app_name: None,
+            stream_name: None,
+            region: None,
+            endpoint_url: None,
+            dynamodb_endpoint_url: None,
+            cloudwatch_endpoint_url: None,
+            credentials: None,
+            dynamodb_credentials: None,
+            cloudwatch_credentials: None,
+            initial_position: InitialPosition::Latest,
+            batch_interval: Duration::from_secs(1),
+            checkpoint_interval: None,
+            metrics_level: MetricsLevel::None,
+            metrics_dimensions: vec![MetricsDimension::Operation, MetricsDimension::ShardId],
+            buffer_bytes: 64 * 1024 * 1024,
+            buffer_records: 100_000,
+            message_handler: Arc::new(|r: &mut Record| std::mem::take(&mut r.data)),
+            retry_wait: Duration::from_millis(100),
+            max_attempts: 3,
+            worker_id: None,
+            max_records_per_read: 10_000,
+            idle_time_between_reads: Duration::from_secs(1),
+            failover_time: Duration::from_secs(10),
+            shard_sync_interval: Duration::from_secs(60),
+            max_leases_per_worker: usize::MAX,
+        }
+    }
+}
+
+impl<T: Send + 'static> ConsumerBuilder<T> {
+    /// The application name: the lease table's name and the CloudWatch
+    /// namespace. Consumers with the same name share the work; consumers
+    /// with different names each see every record. Required.
+    pub fn app_name(mut self, name: impl Into<String>) -> Self {
+        self.app_name = Some(name.into());
+        self
+    }
+
+    /// The stream to read. Required.
+    pub fn stream_name(mut self, name: impl Into<String>) -> Self {
+        self.stream_name = Some(name.into());
+        self
+    }
+
+    /// The AWS region. Defaults to `AWS_REGION`, then `AWS_DEFAULT_REGION`,
+    /// then the active profile's region.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// The Kinesis endpoint URL. Defaults to `AWS_ENDPOINT_URL_KINESIS`, then
+    /// `AWS_ENDPOINT_URL`, then the region's standard endpoint.
+    pub fn endpoint_url(mut self, url: impl Into<String>) -> Self {
+        self.endpoint_url = Some(url.into());
+        self
+    }
+
+    /// The DynamoDB endpoint URL. Defaults to `AWS_ENDPOINT_URL_DYNAMODB`,
+    /// then `AWS_ENDPOINT_URL`, then the region's standard endpoint.
+    pub fn dynamodb_endpoint_url(mut self, url: impl Into<String>) -> Self {
+        self.dynamodb_endpoint_url = Some(url.into());
+        self
+    }
+
+    /// The CloudWatch endpoint URL. Defaults to `AWS_ENDPOINT_URL_CLOUDWATCH`,
+    /// then `AWS_ENDPOINT_URL`, then the region's standard endpoint.
+    pub fn cloudwatch_endpoint_url(mut self, url: impl Into<String>) -> Self {
+        self.cloudwatch_endpoint_url = Some(url.into());
+        self
+    }
+
+    /// Credentials for every service. Defaults to the standard chain
+    /// (environment, shared files, web identity, container, EC2 metadata).
+    pub fn credentials(mut self, credentials: impl ProvideCredentials + 'static) -> Self {
+        self.credentials = Some(Arc::new(credentials));
+        self
+    }
+
+    /// Credentials for the lease table. Defaults to those of
+    /// [`credentials`](Self::credentials).
+    pub fn dynamodb_credentials(mut self, credentials: impl ProvideCredentials + 'static) -> Self {
+        self.dynamodb_credentials = Some(Arc::new(credentials));
+        self
+    }
+
+    /// Credentials for CloudWatch. Defaults to those of
+    /// [`credentials`](Self::credentials).
+    pub fn cloudwatch_credentials(
+        mut self,
+        credentials: impl ProvideCredentials + 'static,
+    ) -> Self {
+        self.cloudwatch_credentials = Some(Arc::new(credentials));
+        self
+    }
+
+    /// Where to start in shards that have no checkpoint. A checkpoint always
+    /// wins. Defaults to [`InitialPosition::Latest`].
+    pub fn initial_position(mut self, position: InitialPosition) -> Self {
+        self.initial_position = position;
+        self
+    }
+
+    /// How often the batch handler is called with what arrived. Defaults to 1 s.
+    pub fn batch_interval(mut self, interval: Duration) -> Self {
+        self.batch_interval = interval;
+        self
+    }
+
+    /// The shortest time between two checkpoint writes of a shard. Defaults
+    /// to the batch interval.
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.checkpoint_interval = Some(interval);
+        self
+    }
+
+    /// The CloudWatch metrics level. Defaults to [`MetricsLevel::None`].
+    /// Publishing is not implemented yet: any level other than `None` is
+    /// accepted and validated but nothing is sent.
+    pub fn metrics_level(mut self, level: MetricsLevel) -> Self {
+        self.metrics_level = level;
+        self
+    }
+
+    /// The dimensions metrics are broken down by. Defaults to `Operation`
+    /// and `ShardId`, the KCL's defaults.
+    pub fn metrics_dimensions(mut self, dimensions: &[MetricsDimension]) -> Self {
+        self.metrics_dimensions = dimensions.to_vec();
+        self
+    }
+
+    /// The most record bytes read but not yet handled (the analogue of
+    /// Spark's storage level). Readers wait when it is reached. Defaults to
+    /// 64 MiB.
+    pub fn buffer_bytes(mut self, bytes: u64) -> Self {
+        self.buffer_bytes = bytes;
+        self
+    }
+
+    /// The most records read but not yet handled. Defaults to 100,000.
+    pub fn buffer_records(mut self, records: u64) -> Self {
+        self.buffer_records = records;
+        self
+    }
+
+    /// Turns each record into the value the batch handler sees. It runs on
+    /// the shard reader threads, in parallel across shards. Defaults to the
+    /// record's data (`Vec<u8>`), moved out without a copy.
+    pub fn message_handler<U: Send + 'static>(
+        self,
+        handler: impl Fn(&Record) -> U + Send + Sync + 'static,
+    ) -> ConsumerBuilder<U> {
+        ConsumerBuilder {
+            message_handler: Arc::new(move |r: &mut Record| handler(r)),
+            app_name: self.app_name,
+            stream_name: self.stream_name,
+            region: self.region,
+            endpoint_url: self.endpoint_url,
+            dynamodb_endpoint_url: self.dynamodb_endpoint_url,
+            cloudwatch_endpoint_url: self.cloudwatch_endpoint_url,
+            credentials: self.credentials,
+            dynamodb_credentials: self.dynamodb_credentials,
+            cloudwatch_credentials: self.cloudwatch_credentials,
+            initial_position: self.initial_position,
+            batch_interval: self.batch_interval,
+            checkpoint_interval: self.checkpoint_interval,
+            metrics_level: self.metrics_level,
+            metrics_dimensions: self.metrics_dimensions,
+            buffer_bytes: self.buffer_bytes,
+            buffer_records: self.buffer_records,
+            retry_wait: self.retry_wait,
+            max_attempts: self.max_attempts,
+            worker_id: self.worker_id,
+            max_records_per_read: self.max_records_per_read,
+            idle_time_between_reads: self.idle_time_between_reads,
+            failover_time: self.failover_time,
+            shard_sync_interval: self.shard_sync_interval,
+            max_leases_per_worker: self.max_leases_per_worker,
+        }
+    }
+
+    /// The base wait before retrying a failed AWS request; it doubles per
+    /// attempt, with jitter. Defaults to 100 ms (Spark's default).
+    pub fn retry_wait(mut self, wait: Duration) -> Self {
+        self.retry_wait = wait;
+        self
+    }
+
+    /// How many times an AWS request is tried before its error counts.
+    /// Defaults to 3 (Spark's default).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// This worker's name in the lease table; must differ between workers.
+    /// Defaults to the host name, the process id and a random suffix.
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.worker_id = Some(id.into());
+        self
+    }
+
+    /// The most records one GetRecords call returns (1 to 10,000). Defaults
+    /// to 10,000.
+    pub fn max_records_per_read(mut self, records: u32) -> Self {
+        self.max_records_per_read = records;
+        self
+    }
+
+    /// How long a reader waits after a read that returned nothing. Defaults
+    /// to 1 s (the KCL waits 1.5 s).
+    pub fn idle_time_between_reads(mut self, idle: Duration) -> Self {
+        self.idle_time_between_reads = idle;
+        self
+    }
+
+    /// How long a lease may go unrenewed before other workers take it.
+    /// Leases are renewed every third of it and the table is checked for
+    /// expired and unbalanced leases as often. Defaults to 10 s (as the KCL).
+    pub fn failover_time(mut self, failover: Duration) -> Self {
+        self.failover_time = failover;
+        self
+    }
+
+    /// How often the stream's shard list is read to find new shards.
+    /// Defaults to 60 s; a shard reaching its end triggers one at once.
+    pub fn shard_sync_interval(mut self, interval: Duration) -> Self {
+        self.shard_sync_interval = interval;
+        self
+    }
+
+    /// The most leases this worker holds. Defaults to no limit.
+    pub fn max_leases_per_worker(mut self, leases: usize) -> Self {
+        self.max_leases_per_worker = leases;
+        self
+    }
+
+    /// Checks every setting and builds the consumer. Nothing is sent to AWS
+    /// yet; an invalid setting gives [`Error::Config`] naming it.
+    pub fn build(self) -> Result<Consumer<T>> {
+        let app_name = self
+            .app_name
+            .clone()
+            .ok_or_else(|| Error::config("app_name", "is required"))?;
+        check_name("app_name", &app_name, 3, 255)?;
+        let stream_name = self
+            .stream_name
+            .clone()
+            .ok_or_else(|| Error::config("stream_name", "is required"))?;
+        check_name("stream_name", &stream_name, 1, 128)?;
+        for (setting, value) in [
+            ("batch_interval", self.batch_interval),
+            (
+                "checkpoint_interval",
+                self.checkpoint_interval.unwrap_or(self.batch_interval),
+            ),
+            ("idle_time_between_reads", self.idle_time_between_reads),
+            ("shard_sync_interval", self.shard_sync_interval),
+        ] {
+            if value.is_zero() {
+                return Err(Error::config(setting, "must be greater than zero"));
+            }
+        }
+        if self.failover_time < Duration::from_millis(300) {
+            return Err(Error::config("failover_time", "must be at least 300 ms"));
+        }
+        if !(1..=10_000).contains(&self.max_records_per_read) {
+            return Err(Error::config(
+                "max_records_per_read",
+                "must be between 1 and 10,000",
+            ));
+        }
+        if self.buffer_bytes == 0 {
+            return Err(Error::config("buffer_bytes", "must be greater than zero"));
+        }
+        if self.buffer_records == 0 {
+            return Err(Error::config("buffer_records", "must be greater than zero"));
+        }
+        if self.max_leases_per_worker == 0 {
+            return Err(Error::config("max_leases_per_worker", "must be at least 1"));
+        }
+        if self.metrics_level != MetricsLevel::None && self.metrics_dimensions.is_empty() {
+            return Err(Error::config(
+                "metrics_dimensions",
+                "must not be empty when metrics are on",
+            ));
+        }
+        let worker_id = match &self.worker_id {
+            Some(id) if id.trim().is_empty() => {
+                return Err(Error::config("worker_id", "must not be empty"));
+            }
+            Some(id) => id.clone(),
+            None => default_worker_id(),
+        };
+        let base = |endpoint: &Option<String>,
+                    credentials: &Option<Arc<dyn ProvideCredentials>>| {
+            let mut c = ClientConfig::new()
+                .retry_wait(self.retry_wait)
+                .max_attempts(self.max_attempts);
+            c.region = self.region.clone();
+            c.endpoint_url = endpoint.clone();
+            c.credentials = credentials.clone().or_else(|| self.credentials.clone());
+            c
+        };
+        let kinesis = KinesisClient::new(&base(&self.endpoint_url, &None))
+            .map_err(rename_endpoint("endpoint_url"))?;
+        let dynamodb = DynamoDbClient::new(&base(
+            &self.dynamodb_endpoint_url,
+            &self.dynamodb_credentials,
+        ))
+        .map_err(rename_endpoint("dynamodb_endpoint_url"))?;
+        // Resolve CloudWatch too, so a bad setting fails here and not later.
+        Client::new(
+            CLOUDWATCH,
+            &base(&self.cloudwatch_endpoint_url, &self.cloudwatch_credentials),
+        )
+        .map_err(rename_endpoint("cloudwatch_endpoint_url"))?;
+        Ok(Consumer::new(
+            self,
+            app_name,
+            stream_name,
+            worker_id,
+            kinesis,
+            dynamodb,
+        ))
+    }
+}
+
+/// Endpoint errors name the generic setting; say which consumer setting it was.
+fn rename_endpoint(setting: &'static str) -> impl Fn(Error) -> Error {
+    move |e| match e {
+        Error::Config {
+            setting: "endpoint_url",
+            reason,
+        } => Error::Config { setting, reason },
+        other => other,
+    }
+}
+
+/// Table and stream names: the characters AWS allows, within its lengths.
+fn check_name(setting: &'static str, name: &str, min: usize, max: usize) -> Result<()> {
+    if name.len() < min || name.len() > max {
+        return Err(Error::config(
+            setting,
+            format!("{name:?} must be {min} to {max} characters long"),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(Error::config(
+            setting,
+            format!("{name:?} contains {c:?}; use letters, digits, '_', '-' and '.'"),
+        ));
+    }
+    Ok(())
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!(
+        "{host}:{}:{:08x}",
+        std::process::id(),
+        crate::random::next_u64() as u32
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::credentials::Credentials;
+
+    fn valid() -> ConsumerBuilder<Vec<u8>> {
+        ConsumerBuilder::new()
+            .app_name("app")
+            .stream_name("stream")
+            .region("us-east-1")
+            .endpoint_url("http://127.0.0.1:1")
+            .dynamodb_endpoint_url("http://127.0.0.1:2")
+            .credentials(Credentials::new("a", "b"))
+    }
+
+    fn setting_of(b: ConsumerBuilder<Vec<u8>>) -> &'static str {
+        match b.build() {
+            Err(Error::Config { setting, .. }) => setting,
+            Err(e) => panic!("expected a config error, got {e}"),
+            Ok(_) => panic!("expected a config error, got a consumer"),
+        }
+    }
+
+    #[test]
+    fn valid_settings_build() {
+        assert!(valid().build().is_ok());
+    }
+
+    #[test]
+    fn invalid_settings_name_the_setting() {
+        assert_eq!(setting_of(valid().app_name("")), "app_name");
+        assert_eq!(setting_of(valid().app_name("has space")), "app_name");
+        assert_eq!(setting_of(valid().stream_name("")), "stream_name");
+        assert_eq!(
+            setting_of(valid().stream_name("x".repeat(129))),
+            "stream_name"
+        );
+        assert_eq!(
+            setting_of(valid().batch_interval(Duration::ZERO)),
+            "batch_interval"
+        );
+        assert_eq!(
+            setting_of(valid().checkpoint_interval(Duration::ZERO)),
+            "checkpoint_interval"
+        );
+        assert_eq!(
+            setting_of(valid().idle_time_between_reads(Duration::ZERO)),
+            "idle_time_between_reads"
+        );
+        assert_eq!(
+            setting_of(valid().failover_time(Duration::ZERO)),
+            "failover_time"
+        );
+        assert_eq!(
+            setting_of(valid().max_records_per_read(0)),
+            "max_records_per_read"
+        );
+        assert_eq!(
+            setting_of(valid().max_records_per_read(10_001)),
+            "max_records_per_read"
+        );
+        assert_eq!(setting_of(valid().buffer_bytes(0)), "buffer_bytes");
+        assert_eq!(setting_of(valid().buffer_records(0)), "buffer_records");
+        assert_eq!(setting_of(valid().max_attempts(0)), "max_attempts");
+        assert_eq!(setting_of(valid().worker_id(" ")), "worker_id");
+        assert_eq!(
+            setting_of(valid().max_leases_per_worker(0)),
+            "max_leases_per_worker"
+        );
+        assert_eq!(setting_of(valid().endpoint_url("ftp://x")), "endpoint_url");
+        assert_eq!(
+            setting_of(valid().dynamodb_endpoint_url("nonsense")),
+            "dynamodb_endpoint_url"
+        );
+        let no_app = ConsumerBuilder::new().stream_name("s");
+        assert_eq!(setting_of(no_app), "app_name");
+    }
+
+    #[test]
+    fn default_worker_ids_differ() {
+        assert_ne!(default_worker_id(), default_worker_id());
+    }
+}

@@ -1,0 +1,337 @@
+//! The lease coordinator thread: keeps the lease table in step with the
+//! stream's shards, renews what this worker holds, takes expired or unowned
+//! leases, steals towards an even share, and tells the shard runner which
+//! shards to read. It never reads records itself.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::aws::kinesis::{KinesisClient, Shard};
+use crate::error::Result;
+use crate::lease::{Checkpoint, HeldLeases, Lease};
+
+/// Lease timing settings (see the builder for their defaults and meaning).
+#[derive(Clone, Debug)]
+pub(crate) struct LeaseTimings {
+    pub failover: Duration,
+    pub renew_interval: Duration,
+    pub take_interval: Duration,
+    pub shard_sync_interval: Duration,
+    pub max_leases_per_worker: usize,
+}
+
+/// Starts and stops the reading of shards; implemented by the worker.
+pub(crate) trait ShardRunner: Send {
+    /// Starts reading `shard_id` after `checkpoint`, tagging what it reads with `epoch`.
+    fn start(&mut self, shard_id: &str, epoch: u64, checkpoint: &Checkpoint);
+    /// Stops reading `shard_id`, if it is being read.
+    fn stop(&mut self, shard_id: &str);
+    /// True while `shard_id` has a reader (even one that reached the shard's end).
+    fn is_running(&self, shard_id: &str) -> bool;
+    /// Stops every reader and waits for them.
+    fn stop_all(&mut self);
+}
+
+/// What the rest of the consumer tells the coordinator.
+#[derive(Debug)]
+pub(crate) enum CoordinatorEvent {
+    /// The shard's SHARD_END checkpoint is written: its children may start.
+    ShardFinished(String),
+    /// Stop readers, release every lease, and return.
+    Stop,
+}
+
+/// The lease coordinator of one worker.
+pub(crate) struct Coordinator<R: ShardRunner> {
+    held: Arc<HeldLeases>,
+    kinesis: KinesisClient,
+    stream: String,
+    initial: Checkpoint,
+    timings: LeaseTimings,
+    runner: R,
+    /// For each lease seen: owner and counter, and since when (our clock)
+    /// they have not changed. A lease is expired when its counter has not
+    /// moved for the failover time; no cross-host clock is ever compared.
+    observed: HashMap<String, (Option<String>, u64, Instant)>,
+    /// Shards already reported as waiting for a parent, to log it once.
+    blocked: HashSet<String>,
+}
+
+fn ceil_div(a: usize, b: usize) -> usize {
+    a.div_ceil(b.max(1))
+}
+
+impl<R: ShardRunner> Coordinator<R> {
+    pub(crate) fn new(
+        held: Arc<HeldLeases>,
+        kinesis: KinesisClient,
+        stream: &str,
+        initial: Checkpoint,
+        timings: LeaseTimings,
+        runner: R,
+    ) -> Coordinator<R> {
+        Coordinator {
+            held,
+            kinesis,
+            stream: stream.to_owned(),
+            initial,
+            timings,
+            runner,
+            observed: HashMap::new(),
+            blocked: HashSet::new(),
+        }
+    }
+
+    /// The first shard sync and lease take, on the caller's thread so that
+    /// errors such as an unknown stream reach `run` at once.
+    pub(crate) fn start(&mut self) -> Result<()> {
+        self.held.table().ensure_exists()?;
+        self.sync_shards()?;
+        self.take_and_start()
+    }
+
+    /// Runs until told to stop, then stops readers and releases leases.
+    pub(crate) fn run(mut self, events: Receiver<CoordinatorEvent>) {
+        let now = Instant::now();
+        let mut next_renew = now + self.timings.renew_interval;
+        let mut next_take = now + self.timings.take_interval;
+        let mut next_sync = now + self.timings.shard_sync_interval;
+        loop {
+            let next = next_renew.min(next_take).min(next_sync);
+            match events.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Ok(CoordinatorEvent::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(CoordinatorEvent::ShardFinished(shard_id)) => {
+                    log::info!("shard {shard_id} finished; looking for its children");
+                    self.runner.stop(&shard_id);
+                    if let Err(e) = self.held.release(&shard_id) {
+                        log::warn!("releasing finished lease {shard_id}: {e}");
+                    }
+                    Self::log_failure("shard sync", self.sync_shards());
+                    Self::log_failure("lease take", self.take_and_start());
+                    next_sync = Instant::now() + self.timings.shard_sync_interval;
+                    next_take = Instant::now() + self.timings.take_interval;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            if now >= next_renew {
+                for shard_id in self.held.renew_all() {
+                    self.runner.stop(&shard_id);
+                }
+                next_renew = now + self.timings.renew_interval;
+            }
+            if now >= next_sync {
+                Self::log_failure("shard sync", self.sync_shards());
+                next_sync = now + self.timings.shard_sync_interval;
+            }
+            if now >= next_take {
+                Self::log_failure("lease take", self.take_and_start());
+                next_take = now + self.timings.take_interval;
+            }
+        }
+        self.runner.stop_all();
+        for (shard_id, _) in self.held.shards() {
+            match self.held.release(&shard_id) {
+                Ok(()) => log::info!("released lease {shard_id}"),
+                Err(e) => log::warn!("releasing lease {shard_id} failed (it will expire): {e}"),
+            }
+        }
+    }
+
+    fn log_failure(what: &str, result: Result<()>) {
+        if let Err(e) = result {
+            log::warn!("{what} failed, will retry: {e}");
+        }
+    }
+
+    /// Creates leases for new shards, records children on their parents, and
+    /// deletes finished leases once all their children have started.
+    fn sync_shards(&mut self) -> Result<()> {
+        let shards = self.kinesis.list_shards(&self.stream, None)?;
+        let leases = self.held.table().list()?;
+        let mut known: HashMap<String, Lease> = leases
+            .into_iter()
+            .map(|l| (l.shard_id.clone(), l))
+            .collect();
+        for shard in &shards {
+            if known.contains_key(&shard.shard_id) {
+                continue;
+            }
+            let parent_leased = shard.parents().any(|p| known.contains_key(p));
+            let checkpoint = match self.initial {
+                // Starting at the tip: closed shards of old reshards hold only
+                // old data; but children of shards we read start at their
+                // beginning, or records between parent and child would be lost.
+                Checkpoint::Latest if parent_leased => Checkpoint::TrimHorizon,
+                Checkpoint::Latest if shard.is_closed() => continue,
+                ref initial => initial.clone(),
+            };
+            let lease = new_lease(shard, checkpoint);
+            if self.held.table().create(&lease)? {
+                log::info!(
+                    "new lease for shard {} (parents {:?}) at {:?}",
+                    shard.shard_id,
+                    lease.parents,
+                    lease.checkpoint
+                );
+            }
+            known.insert(shard.shard_id.clone(), lease);
+        }
+        for lease in known.values() {
+            let children: Vec<String> = shards
+                .iter()
+                .filter(|s| s.parents().any(|p| p == lease.shard_id))
+                .map(|s| s.shard_id.clone())
+                .collect();
+            if !children.is_empty() && children.iter().any(|c| !lease.children.contains(c)) {
+                self.held.table().set_children(&lease.shard_id, &children)?;
+            }
+            let gone = shards.iter().all(|s| s.shard_id != lease.shard_id);
+            let children_started = !children.is_empty()
+                && children
+                    .iter()
+                    .all(|c| known.get(c).is_some_and(|l| l.checkpoint.has_started()));
+            if lease.checkpoint == Checkpoint::ShardEnd && (gone || children_started) {
+                log::info!("deleting the lease of finished shard {}", lease.shard_id);
+                self.held.table().delete_finished(&lease.shard_id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes unowned and expired leases, steals towards an even share, and
+    /// starts reading every held shard whose parents are finished.
+    fn take_and_start(&mut self) -> Result<()> {
+        let leases = self.held.table().list()?;
+        let now = Instant::now();
+        let me = self.held.owner().to_owned();
+        self.observed
+            .retain(|id, _| leases.iter().any(|l| &l.shard_id == id));
+        for lease in &leases {
+            let seen = self.observed.entry(lease.shard_id.clone()).or_insert((
+                lease.owner.clone(),
+                lease.counter,
+                now,
+            ));
+            if seen.0 != lease.owner || seen.1 != lease.counter {
+                *seen = (lease.owner.clone(), lease.counter, now);
+            }
+        }
+        let held: HashSet<String> = self.held.shards().into_iter().map(|(id, _)| id).collect();
+        // A lease the table gives to someone else is lost, whatever we thought.
+        for lease in &leases {
+            if held.contains(&lease.shard_id) && lease.owner.as_deref() != Some(me.as_str()) {
+                log::info!(
+                    "lease {} lost: now owned by {:?}",
+                    lease.shard_id,
+                    lease.owner
+                );
+                self.runner.stop(&lease.shard_id);
+                let _ = self.held.release(&lease.shard_id);
+            }
+        }
+        let failover = self.timings.failover;
+        let expired = |l: &Lease| {
+            self.observed
+                .get(&l.shard_id)
+                .is_some_and(|o| now.duration_since(o.2) >= failover)
+        };
+        let open: Vec<&Lease> = leases
+            .iter()
+            .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
+            .collect();
+        let mut available: Vec<&Lease> = Vec::new();
+        let mut by_owner: HashMap<&str, Vec<&Lease>> = HashMap::new();
+        for lease in &open {
+            match lease.owner.as_deref() {
+                Some(owner) if owner == me && held.contains(&lease.shard_id) => {}
+                None => available.push(lease),
+                Some(owner) if owner == me => available.push(lease),
+                Some(_) if expired(lease) => available.push(lease),
+                Some(owner) => by_owner.entry(owner).or_default().push(lease),
+            }
+        }
+        let workers = by_owner.len() + 1;
+        let target = ceil_div(open.len(), workers).min(self.timings.max_leases_per_worker);
+        let mut mine = self.held.len();
+        for lease in available {
+            if mine >= target {
+                break;
+            }
+            if self.held.take(&lease.shard_id, lease.counter)?.is_some() {
+                log::info!("took lease {} (was {:?})", lease.shard_id, lease.owner);
+                mine += 1;
+            }
+        }
+        // Steal from the busiest workers, several leases per round if needed,
+        // but never from one at or below the target: no ping-pong.
+        let mut victims: Vec<(&str, Vec<&Lease>)> = by_owner.into_iter().collect();
+        victims.sort_by_key(|(owner, l)| (std::cmp::Reverse(l.len()), *owner));
+        for (owner, leases) in victims {
+            let spare = leases.len().saturating_sub(target);
+            for lease in leases.into_iter().take(spare) {
+                if mine >= target {
+                    break;
+                }
+                if self.held.take(&lease.shard_id, lease.counter)?.is_some() {
+                    log::info!("stole lease {} from {owner}", lease.shard_id);
+                    mine += 1;
+                }
+            }
+        }
+        self.start_readable(&leases)
+    }
+
+    fn start_readable(&mut self, leases: &[Lease]) -> Result<()> {
+        let by_id: HashMap<&str, &Lease> =
+            leases.iter().map(|l| (l.shard_id.as_str(), l)).collect();
+        for (shard_id, epoch) in self.held.shards() {
+            if self.runner.is_running(&shard_id) {
+                continue;
+            }
+            let Some(lease) = by_id.get(shard_id.as_str()) else {
+                continue;
+            };
+            if lease.checkpoint == Checkpoint::ShardEnd {
+                self.held.release(&shard_id)?;
+                continue;
+            }
+            let waiting: Vec<&String> = lease
+                .parents
+                .iter()
+                .filter(|p| {
+                    by_id
+                        .get(p.as_str())
+                        .is_some_and(|pl| pl.checkpoint != Checkpoint::ShardEnd)
+                })
+                .collect();
+            if waiting.is_empty() {
+                self.blocked.remove(&shard_id);
+                log::info!("starting shard {shard_id} at {:?}", lease.checkpoint);
+                self.runner.start(&shard_id, epoch, &lease.checkpoint);
+            } else if self.blocked.insert(shard_id.clone()) {
+                log::info!("shard {shard_id} waits for its parents {waiting:?} to finish");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn new_lease(shard: &Shard, checkpoint: Checkpoint) -> Lease {
+    Lease {
+        shard_id: shard.shard_id.clone(),
+        owner: None,
+        counter: 0,
+        checkpoint,
+        owner_switches_since_checkpoint: 0,
+        parents: shard.parents().map(str::to_owned).collect(),
+        children: Vec::new(),
+        hash_range: Some((
+            shard.starting_hash_key.clone(),
+            shard.ending_hash_key.clone(),
+        )),
+    }
+}

@@ -1,0 +1,184 @@
+//! The leases this worker holds, shared by the coordinator (renew, take,
+//! release) and the ticker (checkpoint). Every write to a held lease goes
+//! through its own lock, so a renewal and a checkpoint never race on the
+//! counter.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::lease::{Checkpoint, LeaseTable};
+
+#[derive(Debug)]
+struct Held {
+    counter: u64,
+    epoch: u64,
+    renewed_at: Instant,
+}
+
+/// The leases of this worker.
+#[derive(Debug)]
+pub(crate) struct HeldLeases {
+    table: LeaseTable,
+    owner: String,
+    failover: Duration,
+    leases: Mutex<HashMap<String, Arc<Mutex<Held>>>>,
+    next_epoch: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take lease bookkeeping down with it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl HeldLeases {
+    pub(crate) fn new(table: LeaseTable, owner: String, failover: Duration) -> HeldLeases {
+        HeldLeases {
+            table,
+            owner,
+            failover,
+            leases: Mutex::new(HashMap::new()),
+            next_epoch: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub(crate) fn table(&self) -> &LeaseTable {
+        &self.table
+    }
+
+    fn get(&self, shard_id: &str) -> Option<Arc<Mutex<Held>>> {
+        lock(&self.leases).get(shard_id).cloned()
+    }
+
+    /// Tries to take a lease seen with `seen_counter`; on success returns the
+    /// epoch that tags everything read under this ownership.
+    pub(crate) fn take(&self, shard_id: &str, seen_counter: u64) -> Result<Option<u64>> {
+        let Some(counter) = self.table.take(shard_id, seen_counter, &self.owner)? else {
+            return Ok(None);
+        };
+        let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
+        let held = Held {
+            counter,
+            epoch,
+            renewed_at: Instant::now(),
+        };
+        lock(&self.leases).insert(shard_id.to_owned(), Arc::new(Mutex::new(held)));
+        Ok(Some(epoch))
+    }
+
+    /// The shards held now, with their epochs.
+    pub(crate) fn shards(&self) -> Vec<(String, u64)> {
+        let leases = lock(&self.leases);
+        leases
+            .iter()
+            .map(|(id, h)| (id.clone(), lock(h).epoch))
+            .collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.leases).len()
+    }
+
+    /// True while the lease is held under `epoch` and was renewed within the
+    /// failover time (after that, another worker may have taken it).
+    pub(crate) fn is_current(&self, shard_id: &str, epoch: u64) -> bool {
+        self.get(shard_id).is_some_and(|h| {
+            let h = lock(&h);
+            h.epoch == epoch && h.renewed_at.elapsed() < self.failover
+        })
+    }
+
+    fn forget(&self, shard_id: &str, epoch: u64) {
+        let mut leases = lock(&self.leases);
+        if leases.get(shard_id).is_some_and(|h| lock(h).epoch == epoch) {
+            leases.remove(shard_id);
+        }
+    }
+
+    /// Renews every held lease; returns the shards that were lost.
+    pub(crate) fn renew_all(&self) -> Vec<String> {
+        let mut lost = Vec::new();
+        for (shard_id, _) in self.shards() {
+            let Some(entry) = self.get(&shard_id) else {
+                continue;
+            };
+            let mut held = lock(&entry);
+            match self.table.renew(&shard_id, &self.owner, held.counter) {
+                Ok(Some(counter)) => {
+                    held.counter = counter;
+                    held.renewed_at = Instant::now();
+                }
+                Ok(None) => {
+                    log::info!("lease {shard_id} lost: another worker took it");
+                    lost.push((shard_id, held.epoch));
+                }
+                Err(e) if held.renewed_at.elapsed() >= self.failover => {
+                    log::warn!(
+                        "lease {shard_id} lost: not renewed for {:?} ({e})",
+                        held.renewed_at.elapsed()
+                    );
+                    lost.push((shard_id, held.epoch));
+                }
+                Err(e) => log::warn!("renewing lease {shard_id} failed, will retry: {e}"),
+            }
+        }
+        lost.into_iter()
+            .map(|(shard_id, epoch)| {
+                self.forget(&shard_id, epoch);
+                shard_id
+            })
+            .collect()
+    }
+
+    /// Writes a checkpoint if the lease is still held under `epoch`.
+    /// Returns false, writing nothing, when the lease is no longer ours.
+    pub(crate) fn checkpoint(
+        &self,
+        shard_id: &str,
+        epoch: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<bool> {
+        let Some(entry) = self.get(shard_id) else {
+            return Ok(false);
+        };
+        let mut held = lock(&entry);
+        if held.epoch != epoch {
+            return Ok(false);
+        }
+        match self
+            .table
+            .checkpoint(shard_id, &self.owner, held.counter, checkpoint)?
+        {
+            Some(counter) => {
+                held.counter = counter;
+                held.renewed_at = Instant::now();
+                Ok(true)
+            }
+            None => {
+                log::info!("lease {shard_id} lost: checkpoint refused, another worker holds it");
+                drop(held);
+                self.forget(shard_id, epoch);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Gives up one lease so another worker can take it at once.
+    pub(crate) fn release(&self, shard_id: &str) -> Result<()> {
+        let Some(entry) = self.get(shard_id) else {
+            return Ok(());
+        };
+        let held = lock(&entry);
+        let epoch = held.epoch;
+        let result = self.table.release(shard_id, &self.owner, held.counter);
+        drop(held);
+        self.forget(shard_id, epoch);
+        result.map(|_| ())
+    }
+}

@@ -1,0 +1,346 @@
+//! The lease table: one DynamoDB row per shard, in the KCL's layout.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::aws::dynamodb::{AttributeValue, DynamoDbClient, Expression, Item};
+use crate::error::{Error, Result};
+use crate::lease::{Checkpoint, Lease};
+
+const KEY: &str = "leaseKey";
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn key(shard_id: &str) -> Item {
+    HashMap::from([(KEY.to_owned(), s(shard_id))])
+}
+
+/// The condition "this worker holds the lease and nobody touched it since
+/// we last wrote `counter`".
+fn held_by(owner: &str, counter: u64) -> Expression {
+    Expression::new("#owner = :owner AND #counter = :counter")
+        .name("#owner", "leaseOwner")
+        .name("#counter", "leaseCounter")
+        .value(":owner", s(owner))
+        .value(":counter", n(counter))
+}
+
+/// Reads the counter a write left behind.
+fn counter_of(operation: &'static str, item: &Item) -> Result<u64> {
+    item.get("leaseCounter")
+        .and_then(AttributeValue::as_n)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::Decode {
+            operation,
+            message: "the lease has no numeric leaseCounter".into(),
+        })
+}
+
+/// Why a row of the table is not a lease we can use.
+pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, String> {
+    let text = |name: &str| item.get(name).and_then(AttributeValue::as_s);
+    let number = |name: &str| -> std::result::Result<u64, String> {
+        match item.get(name) {
+            None | Some(AttributeValue::NULL(_)) => Ok(0),
+            Some(v) => v
+                .as_n()
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| format!("{name} is not a number")),
+        }
+    };
+    let set = |name: &str| {
+        item.get(name)
+            .and_then(AttributeValue::as_ss)
+            .map(<[String]>::to_vec)
+            .unwrap_or_default()
+    };
+    let shard_id = text(KEY)
+        .ok_or("leaseKey is missing or not a string")?
+        .to_owned();
+    let checkpoint_text = text("checkpoint").unwrap_or("TRIM_HORIZON");
+    let checkpoint = Checkpoint::from_columns(
+        checkpoint_text,
+        number("checkpointSubSequenceNumber")?,
+    )
+    .ok_or_else(|| {
+        format!("checkpoint {checkpoint_text:?} is neither a sequence number nor a known position")
+    })?;
+    Ok(Lease {
+        shard_id,
+        owner: text("leaseOwner").map(str::to_owned),
+        counter: number("leaseCounter")?,
+        checkpoint,
+        owner_switches_since_checkpoint: number("ownerSwitchesSinceCheckpoint")?,
+        parents: set("parentShardId"),
+        children: set("childShardIds"),
+        hash_range: text("startingHashKey")
+            .zip(text("endingHashKey"))
+            .map(|(a, b)| (a.to_owned(), b.to_owned())),
+    })
+}
+
+/// The lease table of one application.
+#[derive(Clone, Debug)]
+pub(crate) struct LeaseTable {
+    dynamodb: DynamoDbClient,
+    name: String,
+}
+
+impl LeaseTable {
+    pub(crate) fn new(dynamodb: DynamoDbClient, name: &str) -> LeaseTable {
+        LeaseTable {
+            dynamodb,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Creates the table if it does not exist and waits until it is usable.
+    pub(crate) fn ensure_exists(&self) -> Result<()> {
+        let description = match self.dynamodb.describe_table(&self.name) {
+            Err(e) if e.code() == Some("ResourceNotFoundException") => {
+                log::info!("creating lease table {}", self.name);
+                match self.dynamodb.create_table(&self.name, KEY) {
+                    Err(e) if e.code() != Some("ResourceInUseException") => return Err(e),
+                    _ => {}
+                }
+                self.dynamodb
+                    .wait_until_active(&self.name, Duration::from_secs(120))?
+            }
+            other => other?,
+        };
+        if description.table_status != "ACTIVE" {
+            self.dynamodb
+                .wait_until_active(&self.name, Duration::from_secs(120))?;
+        }
+        match description.hash_key.as_deref() {
+            Some(KEY) | None => Ok(()),
+            Some(other) => Err(Error::config(
+                "app_name",
+                format!(
+                    "table {} exists but its key is {other:?}, not {KEY:?}: it is not a lease table",
+                    self.name
+                ),
+            )),
+        }
+    }
+
+    /// Every usable lease. Rows of other entity types are ignored; malformed
+    /// rows are logged and ignored (never taken).
+    pub(crate) fn list(&self) -> Result<Vec<Lease>> {
+        let mut leases = Vec::new();
+        for item in self.dynamodb.scan(&self.name)? {
+            if item
+                .get("entityType")
+                .is_some_and(|t| t.as_s() != Some("LEASE"))
+            {
+                continue;
+            }
+            match parse_lease(&item) {
+                Ok(lease) => leases.push(lease),
+                Err(why) => {
+                    log::warn!("lease table {}: ignoring a malformed row: {why}", self.name)
+                }
+            }
+        }
+        Ok(leases)
+    }
+
+    /// Creates a lease unless one exists for the shard; true if created.
+    pub(crate) fn create(&self, lease: &Lease) -> Result<bool> {
+        let mut item = key(&lease.shard_id);
+        let (checkpoint, sub) = lease.checkpoint.to_columns();
+        item.insert("leaseCounter".into(), n(lease.counter));
+        item.insert("checkpoint".into(), s(checkpoint));
+        item.insert("checkpointSubSequenceNumber".into(), n(sub));
+        item.insert("ownerSwitchesSinceCheckpoint".into(), n(0));
+        if !lease.parents.is_empty() {
+            item.insert(
+                "parentShardId".into(),
+                AttributeValue::SS(lease.parents.clone()),
+            );
+        }
+        if let Some((start, end)) = &lease.hash_range {
+            item.insert("startingHashKey".into(), s(start));
+            item.insert("endingHashKey".into(), s(end));
+        }
+        let absent = Expression::new("attribute_not_exists(#key)").name("#key", KEY);
+        match self.dynamodb.put_item(&self.name, &item, Some(&absent)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_condition_failed() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records a shard's children on its lease.
+    pub(crate) fn set_children(&self, shard_id: &str, children: &[String]) -> Result<()> {
+        let update = Expression::new("SET #children = :children")
+            .name("#children", "childShardIds")
+            .value(":children", AttributeValue::SS(children.to_vec()));
+        let exists = Expression::new("attribute_exists(#key)").name("#key", KEY);
+        match self
+            .dynamodb
+            .update_item(&self.name, &key(shard_id), &update, Some(&exists))
+        {
+            Err(e) if !e.is_condition_failed() => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes a lease that was seen with `seen_counter`; the new counter, or
+    /// `None` when someone else touched it first.
+    pub(crate) fn take(
+        &self,
+        shard_id: &str,
+        seen_counter: u64,
+        owner: &str,
+    ) -> Result<Option<u64>> {
+        let update = Expression::new("SET #owner = :owner, #counter = :next, #switches = if_not_exists(#switches, :zero) + :one")
+            .name("#owner", "leaseOwner")
+            .name("#counter", "leaseCounter")
+            .name("#switches", "ownerSwitchesSinceCheckpoint")
+            .value(":owner", s(owner))
+            .value(":next", n(seen_counter + 1))
+            .value(":zero", n(0))
+            .value(":one", n(1));
+        let unchanged = Expression::new("#counter = :seen")
+            .name("#counter", "leaseCounter")
+            .value(":seen", n(seen_counter));
+        self.conditional("UpdateItem", shard_id, &update, &unchanged)
+    }
+
+    /// Renews a held lease; the new counter, or `None` if it is no longer ours.
+    pub(crate) fn renew(&self, shard_id: &str, owner: &str, counter: u64) -> Result<Option<u64>> {
+        let update = Expression::new("SET #counter = :next")
+            .name("#counter", "leaseCounter")
+            .value(":next", n(counter + 1));
+        self.conditional("UpdateItem", shard_id, &update, &held_by(owner, counter))
+    }
+
+    /// Writes a checkpoint on a held lease; the new counter, or `None` if it
+    /// is no longer ours (and so nothing was written).
+    pub(crate) fn checkpoint(
+        &self,
+        shard_id: &str,
+        owner: &str,
+        counter: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<Option<u64>> {
+        let (text, sub) = checkpoint.to_columns();
+        let update = Expression::new(
+            "SET #checkpoint = :checkpoint, #sub = :sub, #switches = :zero, #counter = :next",
+        )
+        .name("#checkpoint", "checkpoint")
+        .name("#sub", "checkpointSubSequenceNumber")
+        .name("#switches", "ownerSwitchesSinceCheckpoint")
+        .name("#counter", "leaseCounter")
+        .value(":checkpoint", s(text))
+        .value(":sub", n(sub))
+        .value(":zero", n(0))
+        .value(":next", n(counter + 1));
+        self.conditional("UpdateItem", shard_id, &update, &held_by(owner, counter))
+    }
+
+    /// Gives a held lease up so another worker can take it at once.
+    pub(crate) fn release(&self, shard_id: &str, owner: &str, counter: u64) -> Result<Option<u64>> {
+        let update = Expression::new("REMOVE #owner SET #counter = :next")
+            .name("#owner", "leaseOwner")
+            .name("#counter", "leaseCounter")
+            .value(":next", n(counter + 1));
+        self.conditional("UpdateItem", shard_id, &update, &held_by(owner, counter))
+    }
+
+    /// Deletes the lease of a finished shard.
+    pub(crate) fn delete_finished(&self, shard_id: &str) -> Result<()> {
+        let finished = Expression::new("#checkpoint = :end")
+            .name("#checkpoint", "checkpoint")
+            .value(":end", s("SHARD_END"));
+        match self
+            .dynamodb
+            .delete_item(&self.name, &key(shard_id), Some(&finished))
+        {
+            Err(e) if !e.is_condition_failed() => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn conditional(
+        &self,
+        operation: &'static str,
+        shard_id: &str,
+        update: &Expression,
+        condition: &Expression,
+    ) -> Result<Option<u64>> {
+        match self
+            .dynamodb
+            .update_item(&self.name, &key(shard_id), update, Some(condition))
+        {
+            Ok(item) => counter_of(operation, &item).map(Some),
+            Err(e) if e.is_condition_failed() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(json: &str) -> Item {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn parses_kcl_rows() {
+        let lease = parse_lease(&item(
+            r#"{"leaseKey":{"S":"shardId-000000000002"},"leaseOwner":{"S":"w1"},"leaseCounter":{"N":"7"},
+                "checkpoint":{"S":"49590338271490256608559692538361571095921575989136588898"},
+                "checkpointSubSequenceNumber":{"N":"3"},"ownerSwitchesSinceCheckpoint":{"N":"1"},
+                "parentShardId":{"SS":["shardId-000000000000","shardId-000000000001"]},
+                "startingHashKey":{"S":"0"},"endingHashKey":{"S":"99"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(lease.owner.as_deref(), Some("w1"));
+        assert_eq!(lease.counter, 7);
+        let Checkpoint::At(p) = &lease.checkpoint else {
+            panic!("{:?}", lease.checkpoint)
+        };
+        assert_eq!(p.sub_sequence_number, 3);
+        assert_eq!(lease.parents.len(), 2);
+        assert_eq!(lease.hash_range, Some(("0".into(), "99".into())));
+        let bare = parse_lease(&item(
+            r#"{"leaseKey":{"S":"s"},"checkpoint":{"S":"SHARD_END"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (bare.owner, bare.counter, bare.checkpoint),
+            (None, 0, Checkpoint::ShardEnd)
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_rows_with_a_reason() {
+        assert!(
+            parse_lease(&item(r#"{"leaseKey":{"N":"1"}}"#))
+                .unwrap_err()
+                .contains("leaseKey")
+        );
+        assert!(
+            parse_lease(&item(r#"{"leaseKey":{"S":"s"},"leaseCounter":{"S":"x"}}"#))
+                .unwrap_err()
+                .contains("leaseCounter")
+        );
+        assert!(
+            parse_lease(&item(
+                r#"{"leaseKey":{"S":"s"},"checkpoint":{"S":"nonsense"}}"#
+            ))
+            .unwrap_err()
+            .contains("nonsense")
+        );
+    }
+}

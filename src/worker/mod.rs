@@ -1,0 +1,207 @@
+//! The consumer: shard readers, the batch ticker, and the handle that stops
+//! them. Leases come from the lease module; records from the wire layer.
+
+pub(crate) mod batch;
+mod budget;
+mod reader;
+mod ticker;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::aws::dynamodb::DynamoDbClient;
+use crate::aws::kinesis::KinesisClient;
+use crate::config::{ConsumerBuilder, InitialPosition};
+use crate::error::{Error, Result};
+use crate::lease::{
+    Checkpoint, Coordinator, CoordinatorEvent, HeldLeases, LeaseTable, LeaseTimings,
+};
+use batch::Batch;
+use budget::Budget;
+use reader::{ReaderContext, ReaderPool};
+use ticker::Ticker;
+
+/// Stops a running [`Consumer`] from any thread.
+///
+/// [`shutdown`](Self::shutdown) only sets an atomic flag, so it is safe to
+/// call from a signal handler the application installs (the library installs
+/// none). `run` then finishes the batch in the handler, writes checkpoints,
+/// releases the leases and returns.
+#[derive(Clone, Debug, Default)]
+pub struct ShutdownHandle {
+    flag: Arc<AtomicBool>,
+}
+
+impl ShutdownHandle {
+    /// Asks the consumer to stop.
+    pub fn shutdown(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+    }
+
+    /// True once a shutdown was asked for.
+    pub fn is_shutdown(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+}
+
+/// A Kinesis consumer: reads a stream's shards on its own threads and hands
+/// what arrived to a batch handler once per batch interval, checkpointing in
+/// DynamoDB what the handler accepted.
+///
+/// Build one with [`Consumer::builder`], then call [`run`](Self::run).
+pub struct Consumer<T> {
+    settings: ConsumerBuilder<T>,
+    app_name: String,
+    stream_name: String,
+    worker_id: String,
+    kinesis: KinesisClient,
+    dynamodb: DynamoDbClient,
+    shutdown: ShutdownHandle,
+}
+
+impl<T> fmt::Debug for Consumer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("app_name", &self.app_name)
+            .field("stream_name", &self.stream_name)
+            .field("worker_id", &self.worker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer<Vec<u8>> {
+    /// Starts configuring a consumer.
+    pub fn builder() -> ConsumerBuilder<Vec<u8>> {
+        ConsumerBuilder::new()
+    }
+}
+
+impl<T: Send + 'static> Consumer<T> {
+    pub(crate) fn new(
+        settings: ConsumerBuilder<T>,
+        app_name: String,
+        stream_name: String,
+        worker_id: String,
+        kinesis: KinesisClient,
+        dynamodb: DynamoDbClient,
+    ) -> Consumer<T> {
+        Consumer {
+            settings,
+            app_name,
+            stream_name,
+            worker_id,
+            kinesis,
+            dynamodb,
+            shutdown: ShutdownHandle::default(),
+        }
+    }
+
+    /// A handle that stops [`run`](Self::run) from any thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// This worker's identifier in the lease table.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Reads the stream and calls `handler` once per batch interval until
+    /// shut down or until something fails; blocks meanwhile.
+    ///
+    /// When the handler returns `Ok`, the batch's records are checkpointed
+    /// (no more often than the checkpoint interval). When it returns `Err`
+    /// or panics, nothing of that batch is checkpointed and `run` returns
+    /// the error ([`Error::Handler`] or [`Error::HandlerPanicked`]), after
+    /// writing earlier checkpoints and releasing its leases.
+    pub fn run<E>(
+        self,
+        mut handler: impl FnMut(Batch<T>) -> std::result::Result<(), E>,
+    ) -> Result<()>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let s = &self.settings;
+        // Fail fast, with AWS's own words, on a missing stream or bad endpoint.
+        self.kinesis.describe_stream_summary(&self.stream_name)?;
+        let table = LeaseTable::new(self.dynamodb.clone(), &self.app_name);
+        let held = Arc::new(HeldLeases::new(
+            table,
+            self.worker_id.clone(),
+            s.failover_time,
+        ));
+        let budget = Arc::new(Budget::new(s.buffer_bytes, s.buffer_records));
+        // Chunks are whole GetRecords replies; the budget bounds their size.
+        let (sender, records) = crossbeam_channel::bounded(1024);
+        let (initial, start_timestamp) = match s.initial_position {
+            InitialPosition::TrimHorizon => (Checkpoint::TrimHorizon, None),
+            InitialPosition::Latest => (Checkpoint::Latest, None),
+            InitialPosition::AtTimestamp(t) => (Checkpoint::AtTimestamp, Some(t)),
+        };
+        let readers = ReaderPool::new(ReaderContext {
+            kinesis: self.kinesis.clone(),
+            stream: self.stream_name.clone(),
+            handler: s.message_handler.clone(),
+            sender,
+            budget: budget.clone(),
+            max_records: s.max_records_per_read,
+            idle_time: s.idle_time_between_reads,
+            retry_wait: s.retry_wait,
+            start_timestamp,
+        });
+        let timings = LeaseTimings {
+            failover: s.failover_time,
+            renew_interval: s.failover_time / 3,
+            take_interval: s.failover_time / 3,
+            shard_sync_interval: s.shard_sync_interval,
+            max_leases_per_worker: s.max_leases_per_worker,
+        };
+        log::info!(
+            "worker {} starting on stream {} for application {}",
+            self.worker_id,
+            self.stream_name,
+            self.app_name
+        );
+        let mut coordinator = Coordinator::new(
+            held.clone(),
+            self.kinesis.clone(),
+            &self.stream_name,
+            initial,
+            timings,
+            readers,
+        );
+        let (events, event_receiver) = crossbeam_channel::unbounded();
+        if let Err(e) = coordinator.start() {
+            // Stop any reader the first take started and release its lease.
+            let _ = events.send(CoordinatorEvent::Stop);
+            coordinator.run(event_receiver);
+            return Err(e);
+        }
+        let coordinator_thread = std::thread::Builder::new()
+            .name("kinesis-lease-coordinator".into())
+            .spawn(move || coordinator.run(event_receiver))
+            .map_err(|e| {
+                Error::Internal(format!("cannot start the lease coordinator thread: {e}"))
+            })?;
+        let checkpoint_interval = s.checkpoint_interval.unwrap_or(s.batch_interval);
+        let result = Ticker::new(
+            &records,
+            &held,
+            &budget,
+            &events,
+            &self.shutdown.flag,
+            s.batch_interval,
+            checkpoint_interval,
+        )
+        .run(&mut handler);
+        let _ = events.send(CoordinatorEvent::Stop);
+        // A reader blocked on a full channel now fails its send and exits.
+        drop(records);
+        if coordinator_thread.join().is_err() {
+            log::error!("the lease coordinator panicked");
+        }
+        log::info!("worker {} stopped", self.worker_id);
+        result
+    }
+}

@@ -1,0 +1,416 @@
+//! Shard readers: one blocking thread per shard being read. A reader gets
+//! records with GetRecords within the shard's limits, de-aggregates them,
+//! runs the message handler, and hands whole reads to the ticker.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{SendTimeoutError, Sender};
+
+use crate::aws::client::backoff;
+use crate::aws::kinesis::{GetRecordsOutput, IteratorPosition, KinesisClient};
+use crate::config::MessageHandler;
+use crate::error::{Error, Result};
+use crate::kpl;
+use crate::lease::{Checkpoint, ShardRunner};
+use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber};
+use crate::worker::batch::Message;
+use crate::worker::budget::Budget;
+
+/// Kinesis allows 5 GetRecords calls per second per shard.
+const MIN_TIME_BETWEEN_READS: Duration = Duration::from_millis(200);
+/// Kinesis allows 2 MiB per second of reads per shard.
+const MAX_BYTES_PER_SECOND: f64 = 2.0 * 1024.0 * 1024.0;
+/// How often a waiting reader looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+
+/// The records of one GetRecords call, ready for a batch.
+#[derive(Debug)]
+pub(crate) struct Chunk<T> {
+    pub shard_id: Arc<str>,
+    pub epoch: u64,
+    pub messages: Vec<Message<T>>,
+    pub millis_behind_latest: Option<u64>,
+    pub shard_end: bool,
+    pub bytes: u64,
+}
+
+/// What readers send to the ticker.
+#[derive(Debug)]
+pub(crate) enum ReaderOutput<T> {
+    Chunk(Chunk<T>),
+    Failed(Error),
+}
+
+/// What every reader of one consumer shares.
+pub(crate) struct ReaderContext<T> {
+    pub kinesis: KinesisClient,
+    pub stream: String,
+    pub handler: MessageHandler<T>,
+    pub sender: Sender<ReaderOutput<T>>,
+    pub budget: Arc<Budget>,
+    pub max_records: u32,
+    pub idle_time: Duration,
+    pub retry_wait: Duration,
+    pub start_timestamp: Option<SystemTime>,
+}
+
+/// The running readers; the lease coordinator starts and stops them.
+pub(crate) struct ReaderPool<T> {
+    context: Arc<ReaderContext<T>>,
+    readers: HashMap<String, (Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl<T: Send + 'static> ReaderPool<T> {
+    pub(crate) fn new(context: ReaderContext<T>) -> ReaderPool<T> {
+        ReaderPool {
+            context: Arc::new(context),
+            readers: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
+    fn start(&mut self, shard_id: &str, epoch: u64, checkpoint: &Checkpoint) {
+        self.stop(shard_id);
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = Reader {
+            context: self.context.clone(),
+            shard_id: shard_id.into(),
+            epoch,
+            stop: stop.clone(),
+            warned_about_aggregates: false,
+        };
+        let checkpoint = checkpoint.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("kinesis-reader-{shard_id}"))
+            .spawn(move || reader.run(checkpoint));
+        match spawned {
+            Ok(handle) => {
+                self.readers.insert(shard_id.to_owned(), (stop, handle));
+            }
+            Err(e) => {
+                let error =
+                    Error::Internal(format!("cannot start a reader thread for {shard_id}: {e}"));
+                let _ = self.context.sender.send(ReaderOutput::Failed(error));
+            }
+        }
+    }
+
+    fn stop(&mut self, shard_id: &str) {
+        if let Some((stop, handle)) = self.readers.remove(shard_id) {
+            stop.store(true, Ordering::Relaxed);
+            // Not joined here: it may be blocked on a slow request; it exits
+            // by itself and whatever it still sends is dropped as stale.
+            drop(handle);
+        }
+    }
+
+    fn is_running(&self, shard_id: &str) -> bool {
+        self.readers.contains_key(shard_id)
+    }
+
+    fn stop_all(&mut self) {
+        for (stop, _) in self.readers.values() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        for (_, (_, handle)) in self.readers.drain() {
+            let _ = handle.join();
+        }
+    }
+}
+
+struct Reader<T> {
+    context: Arc<ReaderContext<T>>,
+    shard_id: Arc<str>,
+    epoch: u64,
+    stop: Arc<AtomicBool>,
+    warned_about_aggregates: bool,
+}
+
+impl<T: Send + 'static> Reader<T> {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Sleeps up to `duration`, waking early when told to stop.
+    fn pause(&self, duration: Duration) {
+        let until = Instant::now() + duration;
+        while !self.stopped() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(STOP_CHECK));
+        }
+    }
+
+    fn run(mut self, checkpoint: Checkpoint) {
+        if let Err(e) = self.read(checkpoint) {
+            log::error!("reader of shard {} failed: {e}", self.shard_id);
+            let _ = self.context.sender.send(ReaderOutput::Failed(e));
+        }
+    }
+
+    fn read(&mut self, checkpoint: Checkpoint) -> Result<()> {
+        let context = self.context.clone();
+        let (start, mut resume_after) = match checkpoint {
+            Checkpoint::TrimHorizon => (IteratorPosition::TrimHorizon, None),
+            Checkpoint::Latest => (IteratorPosition::Latest, None),
+            Checkpoint::AtTimestamp => {
+                let at = context.start_timestamp.unwrap_or(SystemTime::UNIX_EPOCH);
+                (IteratorPosition::AtTimestamp(at), None)
+            }
+            // Start at the checkpointed record, not after it, so the rest of a
+            // half-processed KPL aggregate is read again; what was processed
+            // is skipped below.
+            Checkpoint::At(p) => (
+                IteratorPosition::AtSequenceNumber(p.sequence_number.clone()),
+                Some(p),
+            ),
+            Checkpoint::ShardEnd => return Ok(()),
+        };
+        let mut last_handed_on: Option<SequenceNumber> = None;
+        let mut iterator: Option<String> = None;
+        let mut failures = 0u32;
+        let mut next_read = Instant::now();
+        while !self.stopped() {
+            let current = match iterator.take() {
+                Some(it) => it,
+                None => {
+                    // After an expired iterator, go on after the last record handed on.
+                    let position = match &last_handed_on {
+                        Some(seq) => IteratorPosition::AfterSequenceNumber(seq.clone()),
+                        None => start.clone(),
+                    };
+                    match context.kinesis.get_shard_iterator(
+                        &context.stream,
+                        &self.shard_id,
+                        &position,
+                    ) {
+                        Ok(it) => it,
+                        Err(e) if e.is_retryable() => {
+                            failures += 1;
+                            self.log_retry(&e, failures);
+                            self.pause(backoff(
+                                context.retry_wait.max(Duration::from_millis(100)),
+                                failures,
+                            ));
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            self.pause(next_read.saturating_duration_since(Instant::now()));
+            if self.stopped() {
+                break;
+            }
+            let called_at = Instant::now();
+            next_read = called_at + MIN_TIME_BETWEEN_READS;
+            let reply = match context.kinesis.get_records(&current, context.max_records) {
+                Ok(reply) => reply,
+                Err(e) if e.code() == Some("ExpiredIteratorException") => {
+                    log::info!(
+                        "shard {}: iterator expired; getting a new one",
+                        self.shard_id
+                    );
+                    continue;
+                }
+                Err(e) if e.is_retryable() => {
+                    failures += 1;
+                    self.log_retry(&e, failures);
+                    // Throttling says nothing about the iterator; repeated
+                    // other failures may mean it went bad: get a fresh one.
+                    if e.is_throttling() || failures % 3 != 0 {
+                        iterator = Some(current);
+                    }
+                    self.pause(backoff(
+                        context.retry_wait.max(Duration::from_millis(200)),
+                        failures,
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            failures = 0;
+            let empty = reply.records.is_empty();
+            if let Some(last) = reply.records.last() {
+                last_handed_on = Some(last.sequence_number.clone());
+            }
+            let next_iterator = reply.next_shard_iterator.clone();
+            let past_checkpoint = resume_after.as_ref().is_some_and(|done| {
+                reply
+                    .records
+                    .last()
+                    .is_some_and(|r| r.sequence_number > done.sequence_number)
+            });
+            let chunk = self.chunk(reply, resume_after.as_ref())?;
+            if past_checkpoint {
+                resume_after = None;
+            }
+            // Stay under 2 MiB/s: a large read buys a longer pause.
+            let read_time = Duration::from_secs_f64(chunk.bytes as f64 / MAX_BYTES_PER_SECOND);
+            next_read = next_read.max(called_at + read_time);
+            let shard_end = chunk.shard_end;
+            if !chunk.messages.is_empty() || shard_end {
+                if !self.hand_on(chunk) {
+                    break;
+                }
+            }
+            if shard_end {
+                log::info!("shard {} read to its end", self.shard_id);
+                return Ok(());
+            }
+            iterator = next_iterator;
+            if empty {
+                next_read = next_read.max(Instant::now() + context.idle_time);
+            }
+        }
+        Ok(())
+    }
+
+    fn log_retry(&self, e: &Error, failures: u32) {
+        if e.is_throttling() && (failures == 1 || failures.is_power_of_two()) {
+            log::warn!(
+                "shard {}: throttled {failures} time(s) in a row, backing off: {e}",
+                self.shard_id
+            );
+        } else {
+            log::debug!("shard {}: retrying after {e}", self.shard_id);
+        }
+    }
+
+    /// Turns one reply into messages: de-aggregates, skips what the
+    /// checkpoint says was processed, and runs the message handler.
+    fn chunk(
+        &mut self,
+        reply: GetRecordsOutput,
+        resume_after: Option<&ExtendedSequenceNumber>,
+    ) -> Result<Chunk<T>> {
+        let mut messages = Vec::with_capacity(reply.records.len());
+        let mut bytes = 0u64;
+        let handler = &self.context.handler;
+        let shard_id = &self.shard_id;
+        let mut records: Vec<Record> = Vec::with_capacity(reply.records.len());
+        for r in reply.records {
+            bytes += r.data.len() as u64 + r.partition_key.len() as u64;
+            let arrival = r.approximate_arrival_timestamp;
+            let position = |sub| ExtendedSequenceNumber {
+                sequence_number: r.sequence_number.clone(),
+                sub_sequence_number: sub,
+            };
+            let users = if kpl::is_aggregated(&r.data) {
+                match kpl::deaggregate(&r.data) {
+                    Ok(users) => Some(
+                        users
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, u)| Record {
+                                shard_id: shard_id.clone(),
+                                position: position(i as u64),
+                                aggregated: true,
+                                partition_key: u.partition_key.to_owned(),
+                                explicit_hash_key: u.explicit_hash_key.map(str::to_owned),
+                                arrival,
+                                data: u.data.to_vec(),
+                            })
+                            .collect::<Vec<_>>(),
+                    ),
+                    Err(e) => {
+                        if !self.warned_about_aggregates {
+                            self.warned_about_aggregates = true;
+                            log::warn!(
+                                "shard {shard_id}: record {} looks KPL-aggregated but is not valid ({e:?}); delivering it whole (logged once per shard)",
+                                r.sequence_number
+                            );
+                        }
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            match users {
+                Some(users) => records.extend(users),
+                None => records.push(Record {
+                    shard_id: shard_id.clone(),
+                    position: position(0),
+                    aggregated: false,
+                    partition_key: r.partition_key,
+                    explicit_hash_key: None,
+                    arrival,
+                    data: r.data,
+                }),
+            }
+        }
+        if let Some(done) = resume_after {
+            records.retain(|r| r.position > *done);
+        }
+        let mapped = catch_unwind(AssertUnwindSafe(|| {
+            for mut record in records {
+                let value = handler(&mut record);
+                messages.push(Message {
+                    shard_id: record.shard_id,
+                    position: record.position,
+                    partition_key: record.partition_key,
+                    explicit_hash_key: record.explicit_hash_key,
+                    arrival: record.arrival,
+                    value,
+                });
+            }
+        }));
+        if let Err(panic) = mapped {
+            return Err(Error::HandlerPanicked(format!(
+                "the message handler panicked on shard {shard_id}: {}",
+                panic_message(&panic)
+            )));
+        }
+        Ok(Chunk {
+            shard_id: shard_id.clone(),
+            epoch: self.epoch,
+            messages,
+            millis_behind_latest: reply.millis_behind_latest,
+            shard_end: reply.next_shard_iterator.is_none(),
+            bytes,
+        })
+    }
+
+    /// Waits for room in the buffer and sends; false when told to stop first.
+    fn hand_on(&self, chunk: Chunk<T>) -> bool {
+        let records = chunk.messages.len() as u64;
+        while !self
+            .context
+            .budget
+            .acquire(chunk.bytes, records, STOP_CHECK)
+        {
+            if self.stopped() {
+                return false;
+            }
+        }
+        let (bytes, mut output) = (chunk.bytes, ReaderOutput::Chunk(chunk));
+        loop {
+            match self.context.sender.send_timeout(output, STOP_CHECK) {
+                Ok(()) => return true,
+                Err(SendTimeoutError::Timeout(back)) if !self.stopped() => output = back,
+                Err(_) => {
+                    self.context.budget.release(bytes, records);
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-text payload".to_owned())
+}

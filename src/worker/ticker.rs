@@ -1,0 +1,248 @@
+//! The ticker: every batch interval it gathers what the readers handed on,
+//! calls the user's batch handler, and checkpoints what the handler accepted.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::error::{Error, Result};
+use crate::lease::{Checkpoint, CoordinatorEvent, HeldLeases};
+use crate::worker::batch::{Batch, ShardBatch};
+use crate::worker::budget::Budget;
+use crate::worker::reader::{Chunk, ReaderOutput, panic_message};
+
+/// How often a waiting ticker looks at the shutdown flag.
+const SHUTDOWN_CHECK: Duration = Duration::from_millis(50);
+
+/// A checkpoint accepted by the handler but not yet written.
+#[derive(Debug)]
+struct Pending {
+    epoch: u64,
+    checkpoint: Checkpoint,
+}
+
+pub(crate) struct Ticker<'a, T> {
+    pub records: &'a Receiver<ReaderOutput<T>>,
+    pub held: &'a HeldLeases,
+    pub budget: &'a Budget,
+    pub coordinator: &'a Sender<CoordinatorEvent>,
+    pub shutdown: &'a AtomicBool,
+    pub batch_interval: Duration,
+    pub checkpoint_interval: Duration,
+    pending: HashMap<Arc<str>, Pending>,
+    last_written: HashMap<Arc<str>, Instant>,
+}
+
+impl<'a, T> Ticker<'a, T> {
+    pub(crate) fn new(
+        records: &'a Receiver<ReaderOutput<T>>,
+        held: &'a HeldLeases,
+        budget: &'a Budget,
+        coordinator: &'a Sender<CoordinatorEvent>,
+        shutdown: &'a AtomicBool,
+        batch_interval: Duration,
+        checkpoint_interval: Duration,
+    ) -> Self {
+        Ticker {
+            records,
+            held,
+            budget,
+            coordinator,
+            shutdown,
+            batch_interval,
+            checkpoint_interval,
+            pending: HashMap::new(),
+            last_written: HashMap::new(),
+        }
+    }
+
+    /// Runs batches until shutdown or an error; on the way out writes every
+    /// checkpoint the handler earned.
+    pub(crate) fn run<E>(
+        &mut self,
+        handler: &mut dyn FnMut(Batch<T>) -> std::result::Result<(), E>,
+    ) -> Result<()>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let result = self.batches(handler);
+        self.write_checkpoints(true);
+        result
+    }
+
+    fn batches<E>(
+        &mut self,
+        handler: &mut dyn FnMut(Batch<T>) -> std::result::Result<(), E>,
+    ) -> Result<()>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut tick = Instant::now() + self.batch_interval;
+        loop {
+            let Some(chunks) = self.gather_until(tick)? else {
+                return Ok(());
+            };
+            tick += self.batch_interval;
+            if tick < Instant::now() {
+                // The handler took longer than an interval: do not try to catch up.
+                tick = Instant::now() + self.batch_interval;
+            }
+            let (batch, bytes, count) = self.build(chunks);
+            let ends: Vec<(Arc<str>, u64, Checkpoint)> = batch
+                .shards
+                .iter()
+                .filter_map(|s| {
+                    let checkpoint = if s.shard_ended {
+                        Checkpoint::ShardEnd
+                    } else {
+                        Checkpoint::At(s.messages.last()?.position.clone())
+                    };
+                    Some((s.shard_id.clone(), s.epoch, checkpoint))
+                })
+                .collect();
+            let outcome = catch_unwind(AssertUnwindSafe(|| handler(batch)));
+            self.budget.release(bytes, count);
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Error::Handler(e.into())),
+                Err(panic) => {
+                    return Err(Error::HandlerPanicked(format!(
+                        "the batch handler panicked: {}",
+                        panic_message(&panic)
+                    )));
+                }
+            }
+            for (shard_id, epoch, checkpoint) in ends {
+                self.pending.insert(shard_id, Pending { epoch, checkpoint });
+            }
+            self.write_checkpoints(false);
+        }
+    }
+
+    /// Collects chunks until `tick`; `None` when shutdown was asked for.
+    fn gather_until(&mut self, tick: Instant) -> Result<Option<Vec<Chunk<T>>>> {
+        let mut chunks = Vec::new();
+        loop {
+            if self.shutdown.load(Ordering::Relaxed) {
+                self.drop_chunks(chunks);
+                return Ok(None);
+            }
+            let now = Instant::now();
+            if now >= tick {
+                return Ok(Some(chunks));
+            }
+            match self.records.recv_timeout((tick - now).min(SHUTDOWN_CHECK)) {
+                Ok(ReaderOutput::Chunk(chunk)) => {
+                    if self.held.is_current(&chunk.shard_id, chunk.epoch) {
+                        chunks.push(chunk);
+                    } else {
+                        // Read under a lease we no longer hold: the next owner reads it again.
+                        self.budget
+                            .release(chunk.bytes, chunk.messages.len() as u64);
+                    }
+                }
+                Ok(ReaderOutput::Failed(e)) => {
+                    self.drop_chunks(chunks);
+                    return Err(e);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Internal("every reader is gone".into()));
+                }
+            }
+        }
+    }
+
+    fn drop_chunks(&self, chunks: Vec<Chunk<T>>) {
+        for c in chunks {
+            self.budget.release(c.bytes, c.messages.len() as u64);
+        }
+    }
+
+    /// Groups chunks by shard, in the order they were read, leaving out
+    /// shards whose lease was lost meanwhile.
+    fn build(&self, chunks: Vec<Chunk<T>>) -> (Batch<T>, u64, u64) {
+        let mut shards: Vec<ShardBatch<T>> = Vec::new();
+        let (mut bytes, mut count) = (0, 0);
+        for chunk in chunks {
+            bytes += chunk.bytes;
+            count += chunk.messages.len() as u64;
+            if !self.held.is_current(&chunk.shard_id, chunk.epoch) {
+                continue;
+            }
+            match shards
+                .iter_mut()
+                .find(|s| s.shard_id == chunk.shard_id && s.epoch == chunk.epoch)
+            {
+                Some(s) => {
+                    s.messages.extend(chunk.messages);
+                    s.millis_behind_latest = chunk.millis_behind_latest.or(s.millis_behind_latest);
+                    s.shard_ended |= chunk.shard_end;
+                }
+                None => shards.push(ShardBatch {
+                    shard_id: chunk.shard_id,
+                    messages: chunk.messages,
+                    millis_behind_latest: chunk.millis_behind_latest,
+                    shard_ended: chunk.shard_end,
+                    epoch: chunk.epoch,
+                }),
+            }
+        }
+        (
+            Batch {
+                time: SystemTime::now(),
+                shards,
+            },
+            bytes,
+            count,
+        )
+    }
+
+    /// Writes the checkpoints that are due (all of them when `all`); a
+    /// shard's end is written at once so its children can start.
+    fn write_checkpoints(&mut self, all: bool) {
+        let now = Instant::now();
+        let due: Vec<Arc<str>> = self
+            .pending
+            .iter()
+            .filter(|(shard_id, p)| {
+                all || p.checkpoint == Checkpoint::ShardEnd
+                    || self
+                        .last_written
+                        .get(*shard_id)
+                        .is_none_or(|t| now.duration_since(*t) >= self.checkpoint_interval)
+            })
+            .map(|(shard_id, _)| shard_id.clone())
+            .collect();
+        for shard_id in due {
+            let Some(pending) = self.pending.remove(&shard_id) else {
+                continue;
+            };
+            match self
+                .held
+                .checkpoint(&shard_id, pending.epoch, &pending.checkpoint)
+            {
+                Ok(true) => {
+                    self.last_written.insert(shard_id.clone(), now);
+                    log::debug!("checkpointed {shard_id} at {:?}", pending.checkpoint);
+                    if pending.checkpoint == Checkpoint::ShardEnd {
+                        let _ = self
+                            .coordinator
+                            .send(CoordinatorEvent::ShardFinished(shard_id.to_string()));
+                    }
+                }
+                Ok(false) => {
+                    log::info!("not checkpointing {shard_id}: its lease is no longer ours")
+                }
+                Err(e) => {
+                    log::warn!("checkpoint of {shard_id} failed, will retry: {e}");
+                    self.pending.entry(shard_id).or_insert(pending);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Test harness: starts the pinned emulators (kinesis-local, dynalite) once
+//! per test binary on free 127.0.0.1 ports. They exit by themselves when the
+//! test process does (see emulators/loopback.js).
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kinesis_consumer::aws::ClientConfig;
+use kinesis_consumer::aws::credentials::Credentials;
+use kinesis_consumer::aws::dynamodb::DynamoDbClient;
+use kinesis_consumer::aws::kinesis::KinesisClient;
+
+/// Endpoints of the running emulators.
+pub struct Emulators {
+    pub kinesis_url: String,
+    pub dynamodb_url: String,
+}
+
+pub fn emulators_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("emulators")
+}
+
+/// Installs the pinned emulators if they are missing.
+pub fn install_emulators() {
+    let dir = emulators_dir();
+    if dir.join("node_modules/kinesis-local/main.js").exists()
+        && dir.join("node_modules/dynalite/cli.js").exists()
+    {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir)
+        .status()
+        .expect("npm must be installed to run the emulators");
+    assert!(status.success(), "npm ci in {} failed", dir.display());
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on 127.0.0.1:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts kinesis-local on a free port and returns its plain-HTTP URL.
+pub fn start_kinesis() -> String {
+    let dir = emulators_dir();
+    let pkg = dir.join("node_modules/kinesis-local");
+    let (plain, tls) = (free_port(), free_port());
+    let mut cmd = Command::new("node");
+    cmd.arg("-r")
+        .arg(dir.join("loopback.js"))
+        .arg(pkg.join("main.js"))
+        .current_dir(&pkg)
+        .env("KINESIS_MOCK_CERT_PATH", pkg.join("server.json"))
+        .env("KINESIS_MOCK_PLAIN_PORT", plain.to_string())
+        .env("KINESIS_MOCK_TLS_PORT", tls.to_string())
+        .env("LOG_LEVEL", "WARN")
+        .env("SHARD_LIMIT", "1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for var in [
+        "CREATE_STREAM_DURATION",
+        "DELETE_STREAM_DURATION",
+        "MERGE_SHARDS_DURATION",
+        "SPLIT_SHARD_DURATION",
+        "UPDATE_SHARD_COUNT_DURATION",
+    ] {
+        cmd.env(var, "50ms");
+    }
+    cmd.spawn().expect("start kinesis-local");
+    wait_for_port(plain, "kinesis-local");
+    format!("http://127.0.0.1:{plain}")
+}
+
+/// Starts dynalite on a free port and returns its URL.
+pub fn start_dynamodb() -> String {
+    let dir = emulators_dir();
+    let port = free_port();
+    Command::new("node")
+        .arg("-r")
+        .arg(dir.join("loopback.js"))
+        .arg(dir.join("node_modules/dynalite/cli.js"))
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--createTableMs",
+            "0",
+            "--deleteTableMs",
+            "0",
+            "--updateTableMs",
+            "0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start dynalite");
+    wait_for_port(port, "dynalite");
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The emulators of this test binary, started on first use.
+pub fn emulators() -> &'static Emulators {
+    static EMULATORS: OnceLock<Emulators> = OnceLock::new();
+    EMULATORS.get_or_init(|| {
+        install_emulators();
+        Emulators {
+            kinesis_url: start_kinesis(),
+            dynamodb_url: start_dynamodb(),
+        }
+    })
+}
+
+/// Client settings for an emulator: fixed region and dummy credentials.
+pub fn config(endpoint: &str) -> ClientConfig {
+    ClientConfig::new()
+        .region("us-east-1")
+        .endpoint_url(endpoint)
+        .credentials(Credentials::new("AKIDTESTEXAMPLE", "test-secret"))
+}
+
+pub fn kinesis() -> KinesisClient {
+    KinesisClient::new(&config(&emulators().kinesis_url)).unwrap()
+}
+
+pub fn dynamodb() -> DynamoDbClient {
+    DynamoDbClient::new(&config(&emulators().dynamodb_url)).unwrap()
+}
+
+/// A name no other test of this run uses.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates a stream with `shards` shards and waits until it is active.
+pub fn create_stream(shards: u32) -> String {
+    let name = unique_name("stream");
+    let k = kinesis();
+    k.create_stream(&name, shards).unwrap();
+    k.wait_until_active(&name, Duration::from_secs(30)).unwrap();
+    name
+}
