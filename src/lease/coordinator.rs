@@ -156,8 +156,18 @@ impl<R: ShardRunner> Coordinator<R> {
             .into_iter()
             .map(|l| (l.shard_id.clone(), l))
             .collect();
+        // A closed shard without a lease whose children have leases was
+        // finished and cleaned up (or is older than where we started):
+        // never lease it again. Judge by the leases from before this sync.
+        let finished: HashSet<String> = shards
+            .iter()
+            .filter(|s| known.contains_key(&s.shard_id))
+            .flat_map(|s| s.parents())
+            .filter(|p| !known.contains_key(*p))
+            .map(str::to_owned)
+            .collect();
         for shard in &shards {
-            if known.contains_key(&shard.shard_id) {
+            if known.contains_key(&shard.shard_id) || finished.contains(&shard.shard_id) {
                 continue;
             }
             let parent_leased = shard.parents().any(|p| known.contains_key(p));

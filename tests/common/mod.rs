@@ -168,3 +168,33 @@ pub fn create_stream(shards: u32) -> String {
     k.wait_until_active(&name, Duration::from_secs(30)).unwrap();
     name
 }
+
+/// Prints the library's log to stderr when `TEST_LOG` is set (`info`, `debug`).
+pub fn init_log() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.target().starts_with("kinesis_consumer")
+        }
+        fn log(&self, r: &log::Record) {
+            if !self.enabled(r.metadata()) {
+                return;
+            }
+            let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+            eprintln!(
+                "{}.{:03} {} {}",
+                t.as_secs() % 1000,
+                t.subsec_millis(),
+                r.level(),
+                r.args()
+            );
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Stderr = Stderr;
+    if let Ok(level) = std::env::var("TEST_LOG") {
+        if log::set_logger(&LOGGER).is_ok() {
+            log::set_max_level(level.parse().unwrap_or(log::LevelFilter::Info));
+        }
+    }
+}
