@@ -1,1 +1,622 @@
-//! placeholder
+//! Region and endpoint resolution from configuration and the standard AWS
+//! environment.
+//!
+//! The region comes from the explicit setting, else `AWS_REGION`, else
+//! `AWS_DEFAULT_REGION`, else the `region` of the active profile in the
+//! shared config files. A service's endpoint comes from the explicit setting,
+//! else `AWS_ENDPOINT_URL_<SERVICE>`, else `AWS_ENDPOINT_URL`, else the
+//! default AWS endpoint for the region's partition. Setting
+//! `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true` makes the environment
+//! endpoints be ignored (an explicit setting still applies).
+
+use std::fmt;
+use std::net::Ipv6Addr;
+
+use super::env::Env;
+use crate::{Error, Result};
+
+/// The AWS services this crate talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Service {
+    /// Amazon Kinesis Data Streams.
+    Kinesis,
+    /// Amazon DynamoDB (the lease table).
+    DynamoDb,
+    /// Amazon CloudWatch (metrics).
+    CloudWatch,
+    /// AWS Security Token Service (temporary credentials).
+    Sts,
+}
+
+impl Service {
+    /// The name used in SigV4 credential scopes, and the first label of the
+    /// default endpoint host: `kinesis`, `dynamodb`, `monitoring` or `sts`.
+    pub fn signing_name(self) -> &'static str {
+        match self {
+            Service::Kinesis => "kinesis",
+            Service::DynamoDb => "dynamodb",
+            Service::CloudWatch => "monitoring",
+            Service::Sts => "sts",
+        }
+    }
+
+    /// The suffix of the service's endpoint variable, as in
+    /// `AWS_ENDPOINT_URL_KINESIS`: `KINESIS`, `DYNAMODB`, `CLOUDWATCH` or `STS`.
+    pub fn env_suffix(self) -> &'static str {
+        match self {
+            Service::Kinesis => "KINESIS",
+            Service::DynamoDb => "DYNAMODB",
+            Service::CloudWatch => "CLOUDWATCH",
+            Service::Sts => "STS",
+        }
+    }
+
+    /// The full name of the service's endpoint variable.
+    fn endpoint_variable(self) -> &'static str {
+        match self {
+            Service::Kinesis => "AWS_ENDPOINT_URL_KINESIS",
+            Service::DynamoDb => "AWS_ENDPOINT_URL_DYNAMODB",
+            Service::CloudWatch => "AWS_ENDPOINT_URL_CLOUDWATCH",
+            Service::Sts => "AWS_ENDPOINT_URL_STS",
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Service::Kinesis => "Kinesis",
+            Service::DynamoDb => "DynamoDB",
+            Service::CloudWatch => "CloudWatch",
+            Service::Sts => "STS",
+        })
+    }
+}
+
+/// A resolved endpoint: scheme, host and port, with the URL to send requests
+/// to and the value of the `Host` header to sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    https: bool,
+    host: String,
+    port: u16,
+    url: String,
+    host_header: String,
+}
+
+impl Endpoint {
+    fn new(https: bool, host: String, port: Option<u16>) -> Endpoint {
+        let default_port = if https { 443 } else { 80 };
+        let port = port.unwrap_or(default_port);
+        let host_header = if port == default_port {
+            host.clone()
+        } else {
+            format!("{host}:{port}")
+        };
+        let scheme = if https { "https" } else { "http" };
+        Endpoint {
+            https,
+            url: format!("{scheme}://{host_header}"),
+            host,
+            port,
+            host_header,
+        }
+    }
+
+    /// The base URL without a trailing slash, such as
+    /// `https://kinesis.us-east-1.amazonaws.com` or `http://127.0.0.1:4567`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The `Host` header value: the host, and the port when it is not the
+    /// scheme's default, such as `127.0.0.1:4567`.
+    pub fn host_header(&self) -> &str {
+        &self.host_header
+    }
+
+    /// The host as written in a URL (lowercase; an IPv6 address in brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port, explicit or the scheme's default.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// True for `https`.
+    pub fn is_https(&self) -> bool {
+        self.https
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+/// Resolves the region: `explicit` (the configured value), else
+/// `AWS_REGION`, else `AWS_DEFAULT_REGION`, else the `region` of the profile
+/// named by `AWS_PROFILE` (default `default`) in the shared config files.
+///
+/// Fails with [`Error::Config`] for setting `region` when none is found, and
+/// when a region is not made of lowercase letters, digits and dashes.
+pub fn resolve_region(explicit: Option<&str>) -> Result<String> {
+    resolve_region_with(explicit, &Env::process())
+}
+
+/// [`resolve_region`] with the given environment.
+pub(crate) fn resolve_region_with(explicit: Option<&str>, env: &Env) -> Result<String> {
+    if let Some(region) = explicit {
+        return validate_region(region, "region", "the configured region");
+    }
+    match region_from_env(env)? {
+        Some(region) => Ok(region),
+        None => Err(Error::config(
+            "region",
+            format!(
+                "no region configured: set it explicitly, or set AWS_REGION, or set \
+                 `region` in profile `{}` of the AWS config file",
+                env.profile_name()
+            ),
+        )),
+    }
+}
+
+/// The region from `AWS_REGION`, `AWS_DEFAULT_REGION` or the profile;
+/// `Ok(None)` when none of them sets one, `Err` when the one found is invalid.
+pub(crate) fn region_from_env(env: &Env) -> Result<Option<String>> {
+    for var in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
+        if let Some(region) = env.get(var) {
+            return validate_region(&region, var, var).map(Some);
+        }
+    }
+    let profile_name = env.profile_name();
+    match env.load_profile(&profile_name) {
+        Ok(Some(profile)) => {
+            if let Some(region) = profile.get("region") {
+                let origin = format!(
+                    "the region of profile `{profile_name}` in {}",
+                    profile.describe_files()
+                );
+                return validate_region(region, "region", &origin).map(Some);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => log::warn!("ignoring the shared AWS config files: {e}"),
+    }
+    Ok(None)
+}
+
+/// Checks a region's syntax.
+fn validate_region(region: &str, setting: &'static str, origin: &str) -> Result<String> {
+    let region = region.trim();
+    let valid = !region.is_empty()
+        && region.len() <= 63
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !region.starts_with('-')
+        && !region.ends_with('-');
+    if valid {
+        Ok(region.to_string())
+    } else {
+        Err(Error::config(
+            setting,
+            format!(
+                "{origin} {region:?} is not a valid region name \
+                 (expected lowercase letters, digits and dashes, such as `us-east-1`)"
+            ),
+        ))
+    }
+}
+
+/// Resolves a service endpoint: `explicit` (the configured endpoint URL),
+/// else `AWS_ENDPOINT_URL_<SERVICE>` (see [`Service::env_suffix`]), else
+/// `AWS_ENDPOINT_URL`, else the default AWS endpoint for the region:
+/// `https://{service}.{region}.amazonaws.com`, with the domain of the
+/// region's partition (`amazonaws.com.cn` for `cn-` regions, and the
+/// isolated partitions' domains for `us-iso-`, `us-isob-`, `us-isof-`,
+/// `eu-isoe-` and `eusc-` regions).
+///
+/// An endpoint URL is `http://` or `https://`, a host name or IP address
+/// (IPv6 in brackets), an optional port, and an optional `/`. Anything else
+/// is an [`Error::Config`] naming the setting (`endpoint_url` or the
+/// variable).
+pub fn resolve_endpoint(
+    service: Service,
+    explicit: Option<&str>,
+    region: &str,
+) -> Result<Endpoint> {
+    resolve_endpoint_with(service, explicit, region, &Env::process())
+}
+
+/// [`resolve_endpoint`] with the given environment.
+pub(crate) fn resolve_endpoint_with(
+    service: Service,
+    explicit: Option<&str>,
+    region: &str,
+    env: &Env,
+) -> Result<Endpoint> {
+    if let Some(url) = explicit {
+        return parse_endpoint(url, "endpoint_url");
+    }
+    if !env.is_true("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") {
+        let service_var = service.endpoint_variable();
+        if let Some(url) = env.get(service_var) {
+            return parse_endpoint(&url, service_var);
+        }
+        if let Some(url) = env.get("AWS_ENDPOINT_URL") {
+            return parse_endpoint(&url, "AWS_ENDPOINT_URL");
+        }
+    }
+    let region = validate_region(region, "region", "the region")?;
+    let host = format!(
+        "{}.{region}.{}",
+        service.signing_name(),
+        partition_domain(&region)
+    );
+    Ok(Endpoint::new(true, host, None))
+}
+
+/// The DNS suffix of the partition a region belongs to.
+fn partition_domain(region: &str) -> &'static str {
+    const PARTITIONS: &[(&str, &str)] = &[
+        ("cn-", "amazonaws.com.cn"),
+        ("us-iso-", "c2s.ic.gov"),
+        ("us-isob-", "sc2s.sgov.gov"),
+        ("us-isof-", "csp.hci.ic.gov"),
+        ("eu-isoe-", "cloud.adc-e.uk"),
+        ("eusc-", "amazonaws.eu"),
+    ];
+    PARTITIONS
+        .iter()
+        .find(|(prefix, _)| region.starts_with(prefix))
+        .map_or("amazonaws.com", |(_, domain)| domain)
+}
+
+/// Parses an endpoint URL, allowing no path beyond `/`.
+fn parse_endpoint(url: &str, setting: &'static str) -> Result<Endpoint> {
+    let parsed = parse_url(url).map_err(|reason| Error::config(setting, reason))?;
+    if !(parsed.path.is_empty() || parsed.path == "/") {
+        return Err(Error::config(
+            setting,
+            format!(
+                "endpoint URL {url:?} has a path, query or fragment ({:?}); \
+                 give only scheme, host and port",
+                parsed.path
+            ),
+        ));
+    }
+    Ok(Endpoint::new(parsed.https, parsed.host, parsed.port))
+}
+
+/// An `http` or `https` URL taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ParsedUrl {
+    pub(crate) https: bool,
+    /// Lowercase; an IPv6 address keeps its brackets.
+    pub(crate) host: String,
+    pub(crate) port: Option<u16>,
+    /// Everything after the authority (path, query, fragment); may be empty.
+    pub(crate) path: String,
+}
+
+impl ParsedUrl {
+    /// The host without IPv6 brackets.
+    pub(crate) fn bare_host(&self) -> &str {
+        self.host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(&self.host)
+    }
+}
+
+/// Parses an absolute `http://` or `https://` URL by hand. The error is a
+/// sentence describing what is wrong.
+pub(crate) fn parse_url(url: &str) -> std::result::Result<ParsedUrl, String> {
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("URL {url:?} contains whitespace"));
+    }
+    let (https, rest) = if let Some(rest) = strip_prefix_ignore_case(url, "https://") {
+        (true, rest)
+    } else if let Some(rest) = strip_prefix_ignore_case(url, "http://") {
+        (false, rest)
+    } else {
+        return Err(format!("URL {url:?} must start with http:// or https://"));
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    if authority.contains('@') {
+        return Err(format!("URL {url:?} must not contain user information"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let Some((addr, after)) = v6.split_once(']') else {
+            return Err(format!("URL {url:?} has an unterminated IPv6 address"));
+        };
+        if addr.parse::<Ipv6Addr>().is_err() {
+            return Err(format!("URL {url:?} has an invalid IPv6 address {addr:?}"));
+        }
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return Err(format!("URL {url:?} has junk after the IPv6 address")),
+            },
+        };
+        (format!("[{}]", addr.to_ascii_lowercase()), port)
+    } else {
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        if host.is_empty() {
+            return Err(format!("URL {url:?} has no host"));
+        }
+        let host_ok = host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+            && !host.starts_with(['.', '-'])
+            && !host.contains("..");
+        if !host_ok {
+            return Err(format!("URL {url:?} has an invalid host {host:?}"));
+        }
+        (host.to_ascii_lowercase(), port)
+    };
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+            _ => return Err(format!("URL {url:?} has an invalid port {p:?}")),
+        },
+    };
+    Ok(ParsedUrl {
+        https,
+        host,
+        port,
+        path: path.to_string(),
+    })
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::env::test_support::temp_dir;
+    use super::*;
+
+    fn setting_of(e: Error) -> &'static str {
+        match e {
+            Error::Config { setting, .. } => setting,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn service_names() {
+        assert_eq!(Service::CloudWatch.signing_name(), "monitoring");
+        assert_eq!(Service::DynamoDb.env_suffix(), "DYNAMODB");
+        for s in [
+            Service::Kinesis,
+            Service::DynamoDb,
+            Service::CloudWatch,
+            Service::Sts,
+        ] {
+            assert_eq!(
+                s.endpoint_variable(),
+                format!("AWS_ENDPOINT_URL_{}", s.env_suffix())
+            );
+        }
+    }
+
+    #[test]
+    fn region_precedence() {
+        let dir = temp_dir("region");
+        std::fs::write(
+            dir.join("config"),
+            "[default]\nregion = eu-west-1\n[profile other]\nregion = ap-northeast-1\n",
+        )
+        .unwrap();
+        let config = dir.join("config");
+        let config = config.to_str().unwrap();
+        let full = Env::from_pairs(&[
+            ("AWS_REGION", "us-west-2"),
+            ("AWS_DEFAULT_REGION", "us-east-2"),
+            ("AWS_CONFIG_FILE", config),
+        ]);
+        assert_eq!(
+            resolve_region_with(Some("ca-central-1"), &full).unwrap(),
+            "ca-central-1"
+        );
+        assert_eq!(resolve_region_with(None, &full).unwrap(), "us-west-2");
+        let env = Env::from_pairs(&[
+            ("AWS_DEFAULT_REGION", "us-east-2"),
+            ("AWS_CONFIG_FILE", config),
+        ]);
+        assert_eq!(resolve_region_with(None, &env).unwrap(), "us-east-2");
+        let env = Env::from_pairs(&[("AWS_CONFIG_FILE", config)]);
+        assert_eq!(resolve_region_with(None, &env).unwrap(), "eu-west-1");
+        let env = Env::from_pairs(&[("AWS_CONFIG_FILE", config), ("AWS_PROFILE", "other")]);
+        assert_eq!(resolve_region_with(None, &env).unwrap(), "ap-northeast-1");
+        let env = Env::from_pairs(&[("AWS_CONFIG_FILE", config), ("AWS_PROFILE", "nope")]);
+        assert_eq!(
+            setting_of(resolve_region_with(None, &env).unwrap_err()),
+            "region"
+        );
+    }
+
+    #[test]
+    fn missing_region_is_a_config_error() {
+        let env = Env::from_pairs(&[("AWS_CONFIG_FILE", "/nonexistent/kc/config")]);
+        let err = resolve_region_with(None, &env).unwrap_err();
+        assert!(err.to_string().contains("AWS_REGION"), "{err}");
+        assert_eq!(setting_of(err), "region");
+    }
+
+    #[test]
+    fn invalid_regions_are_rejected() {
+        let env = Env::from_pairs(&[]);
+        for bad in [
+            "US-EAST-1",
+            "us_east_1",
+            "-us",
+            "us-",
+            "eu west 1",
+            "us.east",
+        ] {
+            let err = resolve_region_with(Some(bad), &env).unwrap_err();
+            assert!(err.to_string().contains("not a valid region"), "{err}");
+        }
+        let env = Env::from_pairs(&[("AWS_REGION", "Eu-West-1")]);
+        assert_eq!(
+            setting_of(resolve_region_with(None, &env).unwrap_err()),
+            "AWS_REGION"
+        );
+        assert_eq!(
+            resolve_region_with(Some(" us-east-1 "), &env).unwrap(),
+            "us-east-1"
+        );
+    }
+
+    #[test]
+    fn default_endpoints_by_partition() {
+        let env = Env::from_pairs(&[]);
+        let url = |service, region| {
+            resolve_endpoint_with(service, None, region, &env)
+                .unwrap()
+                .url()
+                .to_string()
+        };
+        assert_eq!(
+            url(Service::Kinesis, "us-east-1"),
+            "https://kinesis.us-east-1.amazonaws.com"
+        );
+        assert_eq!(
+            url(Service::CloudWatch, "eu-west-1"),
+            "https://monitoring.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            url(Service::DynamoDb, "cn-north-1"),
+            "https://dynamodb.cn-north-1.amazonaws.com.cn"
+        );
+        assert_eq!(
+            url(Service::Sts, "us-gov-west-1"),
+            "https://sts.us-gov-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            url(Service::Kinesis, "us-iso-east-1"),
+            "https://kinesis.us-iso-east-1.c2s.ic.gov"
+        );
+        assert_eq!(
+            url(Service::Kinesis, "us-isob-east-1"),
+            "https://kinesis.us-isob-east-1.sc2s.sgov.gov"
+        );
+        let ep = resolve_endpoint_with(Service::Kinesis, None, "us-east-1", &env).unwrap();
+        assert!(ep.is_https());
+        assert_eq!(ep.port(), 443);
+        assert_eq!(ep.host_header(), "kinesis.us-east-1.amazonaws.com");
+        assert!(resolve_endpoint_with(Service::Kinesis, None, "Bad", &env).is_err());
+    }
+
+    #[test]
+    fn endpoint_precedence() {
+        let env = Env::from_pairs(&[
+            ("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:4567"),
+            ("AWS_ENDPOINT_URL", "http://localhost:5000/"),
+        ]);
+        let ep = resolve_endpoint_with(
+            Service::Kinesis,
+            Some("https://x.test:8443"),
+            "us-east-1",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(ep.url(), "https://x.test:8443");
+        let ep = resolve_endpoint_with(Service::Kinesis, None, "us-east-1", &env).unwrap();
+        assert_eq!(ep.url(), "http://127.0.0.1:4567");
+        assert_eq!(ep.host_header(), "127.0.0.1:4567");
+        assert!(!ep.is_https());
+        let ep = resolve_endpoint_with(Service::DynamoDb, None, "us-east-1", &env).unwrap();
+        assert_eq!(ep.url(), "http://localhost:5000");
+        let ignoring = Env::from_pairs(&[
+            ("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:4567"),
+            ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "TRUE"),
+        ]);
+        let ep = resolve_endpoint_with(Service::Kinesis, None, "us-east-1", &ignoring).unwrap();
+        assert_eq!(ep.url(), "https://kinesis.us-east-1.amazonaws.com");
+    }
+
+    #[test]
+    fn endpoint_url_forms() {
+        let env = Env::from_pairs(&[]);
+        let ep = |u: &str| resolve_endpoint_with(Service::Kinesis, Some(u), "us-east-1", &env);
+        let e = ep("HTTP://LocalHost:80/").unwrap();
+        assert_eq!(
+            (e.url(), e.host_header(), e.port()),
+            ("http://localhost", "localhost", 80)
+        );
+        let e = ep("https://[::1]:4567").unwrap();
+        assert_eq!(e.url(), "https://[::1]:4567");
+        assert_eq!(e.host_header(), "[::1]:4567");
+        assert_eq!(e.host(), "[::1]");
+        let e = ep("https://[FD00:EC2::23]").unwrap();
+        assert_eq!(e.host_header(), "[fd00:ec2::23]");
+        assert_eq!(e.port(), 443);
+        assert_eq!(e.to_string(), "https://[fd00:ec2::23]");
+    }
+
+    #[test]
+    fn endpoint_url_errors_name_the_setting() {
+        let env = Env::from_pairs(&[]);
+        for bad in [
+            "localhost:4567",
+            "ftp://host",
+            "http://",
+            "http://:80",
+            "http://host:0",
+            "http://host:99999",
+            "http://host:8a",
+            "http://host:",
+            "http://user@host",
+            "http://[::1",
+            "http://[zz::1]",
+            "http://[::1]x",
+            "http://ho st",
+            "http://host/path",
+            "http://host/?q=1",
+            "http://host#frag",
+            "http://ho%st",
+        ] {
+            let err = resolve_endpoint_with(Service::Kinesis, Some(bad), "us-east-1", &env)
+                .expect_err(bad);
+            assert_eq!(setting_of(err), "endpoint_url", "{bad}");
+        }
+        let env = Env::from_pairs(&[("AWS_ENDPOINT_URL_KINESIS", "kinesis.local")]);
+        let err = resolve_endpoint_with(Service::Kinesis, None, "us-east-1", &env).unwrap_err();
+        assert!(
+            err.to_string().contains("AWS_ENDPOINT_URL_KINESIS"),
+            "{err}"
+        );
+        let env = Env::from_pairs(&[("AWS_ENDPOINT_URL", "http://h/x")]);
+        let err = resolve_endpoint_with(Service::Sts, None, "us-east-1", &env).unwrap_err();
+        assert_eq!(setting_of(err), "AWS_ENDPOINT_URL");
+    }
+
+    #[test]
+    fn parse_url_keeps_paths() {
+        let u = parse_url("http://169.254.170.2/v2/credentials?id=1").unwrap();
+        assert_eq!(u.host, "169.254.170.2");
+        assert_eq!(u.port, None);
+        assert_eq!(u.path, "/v2/credentials?id=1");
+        let u = parse_url("http://[fd00:ec2::23]:8080/x").unwrap();
+        assert_eq!(u.bare_host(), "fd00:ec2::23");
+        assert_eq!(u.port, Some(8080));
+    }
+}

@@ -4,4 +4,5 @@
 
 pub mod credentials;
 pub mod endpoint;
+mod env;
 pub mod sigv4;
