@@ -257,10 +257,8 @@ impl<T: Send + 'static> Reader<T> {
             let read_time = Duration::from_secs_f64(chunk.bytes as f64 / MAX_BYTES_PER_SECOND);
             next_read = next_read.max(called_at + read_time);
             let shard_end = chunk.shard_end;
-            if !chunk.messages.is_empty() || shard_end {
-                if !self.hand_on(chunk) {
-                    break;
-                }
+            if (!chunk.messages.is_empty() || shard_end) && !self.hand_on(chunk) {
+                break;
             }
             if shard_end {
                 log::info!("shard {} read to its end", self.shard_id);

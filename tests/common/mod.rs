@@ -5,7 +5,7 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,6 +19,8 @@ use kinesis_consumer::aws::kinesis::KinesisClient;
 pub struct Emulators {
     pub kinesis_url: String,
     pub dynamodb_url: String,
+    /// Kept, not waited for: they exit with the test process.
+    _processes: Vec<Child>,
 }
 
 pub fn emulators_dir() -> PathBuf {
@@ -60,8 +62,8 @@ fn wait_for_port(port: u16, what: &str) {
     }
 }
 
-/// Starts kinesis-local on a free port and returns its plain-HTTP URL.
-pub fn start_kinesis() -> String {
+/// Starts kinesis-local on a free port; its plain-HTTP URL and process.
+pub fn start_kinesis() -> (String, Child) {
     let dir = emulators_dir();
     let pkg = dir.join("node_modules/kinesis-local");
     let (plain, tls) = (free_port(), free_port());
@@ -87,16 +89,16 @@ pub fn start_kinesis() -> String {
     ] {
         cmd.env(var, "50ms");
     }
-    cmd.spawn().expect("start kinesis-local");
+    let child = cmd.spawn().expect("start kinesis-local");
     wait_for_port(plain, "kinesis-local");
-    format!("http://127.0.0.1:{plain}")
+    (format!("http://127.0.0.1:{plain}"), child)
 }
 
-/// Starts dynalite on a free port and returns its URL.
-pub fn start_dynamodb() -> String {
+/// Starts dynalite on a free port; its URL and process.
+pub fn start_dynamodb() -> (String, Child) {
     let dir = emulators_dir();
     let port = free_port();
-    Command::new("node")
+    let child = Command::new("node")
         .arg("-r")
         .arg(dir.join("loopback.js"))
         .arg(dir.join("node_modules/dynalite/cli.js"))
@@ -115,7 +117,7 @@ pub fn start_dynamodb() -> String {
         .spawn()
         .expect("start dynalite");
     wait_for_port(port, "dynalite");
-    format!("http://127.0.0.1:{port}")
+    (format!("http://127.0.0.1:{port}"), child)
 }
 
 /// The emulators of this test binary, started on first use.
@@ -123,9 +125,12 @@ pub fn emulators() -> &'static Emulators {
     static EMULATORS: OnceLock<Emulators> = OnceLock::new();
     EMULATORS.get_or_init(|| {
         install_emulators();
+        let (kinesis_url, kinesis) = start_kinesis();
+        let (dynamodb_url, dynamodb) = start_dynamodb();
         Emulators {
-            kinesis_url: start_kinesis(),
-            dynamodb_url: start_dynamodb(),
+            kinesis_url,
+            dynamodb_url,
+            _processes: vec![kinesis, dynamodb],
         }
     })
 }

@@ -1,0 +1,206 @@
+//! Small helpers shared by the examples: argument parsing, a stderr logger,
+//! RFC 3339 times, and signal handling.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kinesis_consumer::InitialPosition;
+use kinesis_consumer::ShutdownHandle;
+
+/// `--name value` pairs and `--flag`s.
+pub struct Args {
+    values: HashMap<String, String>,
+    flags: Vec<String>,
+}
+
+impl Args {
+    /// Parses the process arguments; `flags` lists options that take no value.
+    pub fn parse(usage: &str, flags: &[&str]) -> Args {
+        let mut values = HashMap::new();
+        let mut found = Vec::new();
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            if arg == "--help" || arg == "-h" {
+                println!("{usage}");
+                std::process::exit(0);
+            }
+            let Some(name) = arg.strip_prefix("--") else {
+                fail(usage, &format!("unexpected argument {arg:?}"))
+            };
+            if flags.contains(&name) {
+                found.push(name.to_owned());
+                continue;
+            }
+            match args.next() {
+                Some(value) => values.insert(name.to_owned(), value),
+                None => fail(usage, &format!("--{name} needs a value")),
+            };
+        }
+        Args {
+            values,
+            flags: found,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
+    pub fn required(&self, usage: &str, name: &str) -> String {
+        self.get(name)
+            .map(str::to_owned)
+            .unwrap_or_else(|| fail(usage, &format!("--{name} is required")))
+    }
+
+    pub fn number(&self, usage: &str, name: &str, default: u64) -> u64 {
+        match self.get(name) {
+            None => default,
+            Some(v) => v.parse().unwrap_or_else(|_| {
+                fail(
+                    usage,
+                    &format!("--{name} must be a whole number, not {v:?}"),
+                )
+            }),
+        }
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        self.flags.iter().any(|f| f == name)
+    }
+}
+
+/// Prints a one-line error and the usage, and exits with status 2.
+pub fn fail(usage: &str, message: &str) -> ! {
+    eprintln!("error: {message}\n{usage}");
+    std::process::exit(2);
+}
+
+/// `trim-horizon`, `latest`, or an RFC 3339 time.
+pub fn position(text: &str) -> Result<InitialPosition, String> {
+    match text {
+        "trim-horizon" => Ok(InitialPosition::TrimHorizon),
+        "latest" => Ok(InitialPosition::Latest),
+        t => parse_rfc3339(t).map(InitialPosition::AtTimestamp),
+    }
+}
+
+/// Parses `2024-05-01T12:00:00Z`, with optional fraction and `+hh:mm` offset.
+pub fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
+    let bad = || {
+        format!(
+            "{text:?} is not trim-horizon, latest or an RFC 3339 time such as 2024-05-01T12:00:00Z"
+        )
+    };
+    let b = text.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| {
+        text.get(r)
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(bad)
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return Err(bad());
+    }
+    let mut rest = &text[19..];
+    let mut nanos = 0u32;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let padded = format!("{:0<9}", &frac[..digits.min(9)]);
+        nanos = padded.parse().map_err(|_| bad())?;
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            sign * (o[1..3].parse::<i64>().map_err(|_| bad())? * 3600
+                + o[4..6].parse::<i64>().map_err(|_| bad())? * 60)
+        }
+        _ => return Err(bad()),
+    };
+    // Days since 1970-01-01 of a civil date (proleptic Gregorian).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    if secs < 0 {
+        return Err(bad());
+    }
+    Ok(UNIX_EPOCH + Duration::new(secs as u64, nanos))
+}
+
+/// Milliseconds since the epoch.
+pub fn epoch_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Logs the library's `info` (or `RUST_LOG`'s level) to stderr.
+pub fn init_logging() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.target().starts_with("kinesis_consumer")
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                eprintln!("[{} {}] {}", r.level(), r.target(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Stderr = Stderr;
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(log::LevelFilter::Info);
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// SIGINT and SIGTERM ask the consumer to stop gracefully.
+pub fn stop_on_signals(handle: ShutdownHandle) {
+    ctrlc::set_handler(move || handle.shutdown()).expect("install the SIGINT/SIGTERM handler");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339() {
+        use super::*;
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z").unwrap(), UNIX_EPOCH);
+        assert_eq!(
+            epoch_millis(parse_rfc3339("2024-05-01T12:00:00.5+02:00").unwrap()),
+            1_714_557_600_500
+        );
+        assert!(parse_rfc3339("yesterday").is_err());
+    }
+}

@@ -1,0 +1,67 @@
+//! Prints every record of a stream as one JSON object per line, like
+//! `tail -f`, checkpointing in the lease table of `--app`.
+//!
+//! ```text
+//! cargo run --example tail -- --stream S --app A [--position trim-horizon|latest|<RFC 3339 time>]
+//!     [--batch-interval-ms N] [--worker-id ID]
+//! ```
+//!
+//! Endpoints, region and credentials come from the standard AWS environment
+//! (AWS_ENDPOINT_URL_KINESIS, AWS_ENDPOINT_URL_DYNAMODB, AWS_REGION, ...).
+//! SIGINT or SIGTERM stops it gracefully (exit 0).
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use base64::Engine;
+use kinesis_consumer::{Batch, Consumer, Record};
+use serde_json::json;
+
+const USAGE: &str = "usage: tail --stream S --app A [--position trim-horizon|latest|<RFC 3339 time>] \
+[--batch-interval-ms N] [--worker-id ID]";
+
+fn main() {
+    support::init_logging();
+    let args = support::Args::parse(USAGE, &[]);
+    let position = support::position(args.get("position").unwrap_or("latest"))
+        .unwrap_or_else(|e| support::fail(USAGE, &e));
+    let mut builder = Consumer::builder()
+        .app_name(args.required(USAGE, "app"))
+        .stream_name(args.required(USAGE, "stream"))
+        .initial_position(position)
+        .batch_interval(Duration::from_millis(args.number(USAGE, "batch-interval-ms", 1000)))
+        .message_handler(|r: &Record| {
+            json!({
+                "shard_id": r.shard_id(),
+                "sequence_number": r.sequence_number().as_str(),
+                "sub_sequence_number": r.sub_sequence_number(),
+                "partition_key": r.partition_key(),
+                "explicit_hash_key": r.explicit_hash_key(),
+                "arrival_timestamp_ms": r.approximate_arrival_timestamp().map(support::epoch_millis),
+                "data_base64": base64::engine::general_purpose::STANDARD.encode(r.data()),
+            })
+            .to_string()
+        });
+    if let Some(id) = args.get("worker-id") {
+        builder = builder.worker_id(id);
+    }
+    let consumer = builder.build().unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2)
+    });
+    support::stop_on_signals(consumer.shutdown_handle());
+    let result = consumer.run(|batch: Batch<String>| {
+        let mut out = std::io::stdout().lock();
+        for message in batch.messages() {
+            writeln!(out, "{}", message.value())?;
+        }
+        // Printed before the batch is checkpointed: nothing acknowledged is unprinted.
+        out.flush()
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
