@@ -20,8 +20,10 @@ export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=local-demo AWS_SECRET_ACCESS_KEY=l
 export AWS_ENDPOINT_URL_KINESIS="$KINESIS_URL" AWS_ENDPOINT_URL_DYNAMODB="$DYNAMODB_URL"
 export RUST_LOG="${RUST_LOG:-warn}"
 
-"$target_dir/debug/examples/producer" --stream words --create-shards 2 --records-per-sec 50 \
-  --words-per-record 5 --duration-secs "$seconds" &
+"$target_dir/debug/examples/producer" --stream words --create-shards 2 --duration-secs 0 >/dev/null
+echo "created stream words with 2 shards; producing for $seconds s" >&2
+"$target_dir/debug/examples/producer" --stream words --records-per-sec 50 --words-per-record 5 \
+  --duration-secs "$seconds" &
 PRODUCER_PID=$!
 # SIGINT after the producer is done: the word count stops gracefully.
 timeout -s INT "$((seconds + 5))" "$target_dir/debug/examples/word_count" --stream words --app word-count-demo \

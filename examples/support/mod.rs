@@ -155,6 +155,18 @@ pub fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
     Ok(UNIX_EPOCH + Duration::new(secs as u64, nanos))
 }
 
+/// A UTC time of day, `HH:MM:SS.mmm`.
+pub fn time_of_day(t: SystemTime) -> String {
+    let ms = epoch_millis(t) % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
 /// Milliseconds since the epoch.
 pub fn epoch_millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
