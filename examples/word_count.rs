@@ -53,16 +53,14 @@ fn main() {
         }
         let mut ranked: Vec<(&str, u64)> = counts.into_iter().collect();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let time = support::epoch_millis(batch.time());
         let words: Vec<String> = ranked
             .iter()
             .take(top)
             .map(|(w, c)| format!("{w}={c}"))
             .collect();
         println!(
-            "batch {}.{:03}: {} records; top words: {}",
-            time / 1000,
-            time % 1000,
+            "batch {} UTC: {} records; top words: {}",
+            support::time_of_day(batch.time()),
             batch.len(),
             words.join(" ")
         );
