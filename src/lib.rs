@@ -59,7 +59,7 @@ mod worker;
 
 pub use config::{ConsumerBuilder, InitialPosition, MetricsDimension, MetricsLevel};
 pub use error::{Error, Result, ServiceError};
-pub use lease::{Checkpoint, Lease};
+pub use lease::{Checkpoint, Lease, list_leases};
 pub use record::{ExtendedSequenceNumber, Record, SequenceNumber};
 pub use worker::batch::{Batch, Message, ShardBatch};
 pub use worker::{Consumer, ShutdownHandle};

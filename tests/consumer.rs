@@ -389,3 +389,19 @@ fn split_and_merge_during_consumption_lose_nothing_and_keep_parent_before_child(
         );
     }
 }
+
+#[test]
+fn two_consumers_in_one_process_work_side_by_side() {
+    let (s1, s2) = (common::create_stream(2), common::create_stream(1));
+    let (one, two) = (put(&s1, "one", 60, 6), put(&s2, "two", 40, 4));
+    // Different streams, and a second application on the first stream.
+    let a = start(builder(&s1, &common::unique_name("app")));
+    let b = start(builder(&s2, &common::unique_name("app")));
+    let c = start(builder(&s1, &common::unique_name("app")));
+    for (consumer, count) in [(&a, 60), (&b, 40), (&c, 60)] {
+        consumer.wait_for("every record", Duration::from_secs(30), |s| s.len() >= count);
+    }
+    assert_eq!(data_set(&a.stop()), one.iter().cloned().collect());
+    assert_eq!(data_set(&b.stop()), two.iter().cloned().collect());
+    assert_eq!(data_set(&c.stop()), one.iter().cloned().collect());
+}

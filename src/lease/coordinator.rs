@@ -58,6 +58,8 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     observed: HashMap<String, (Option<String>, u64, Instant)>,
     /// Shards already reported as waiting for a parent, to log it once.
     blocked: HashSet<String>,
+    /// Leases we asked their owners to hand over, and when.
+    handoffs_asked: HashMap<String, Instant>,
 }
 
 fn ceil_div(a: usize, b: usize) -> usize {
@@ -82,6 +84,7 @@ impl<R: ShardRunner> Coordinator<R> {
             runner,
             observed: HashMap::new(),
             blocked: HashSet::new(),
+            handoffs_asked: HashMap::new(),
         }
     }
 
@@ -90,7 +93,7 @@ impl<R: ShardRunner> Coordinator<R> {
     pub(crate) fn start(&mut self) -> Result<()> {
         self.held.table().ensure_exists()?;
         self.sync_shards()?;
-        self.take_and_start()
+        self.take_and_start().map(|_| ())
     }
 
     /// Runs until told to stop, then stops readers and releases leases.
@@ -110,16 +113,16 @@ impl<R: ShardRunner> Coordinator<R> {
                         log::warn!("releasing finished lease {shard_id}: {e}");
                     }
                     Self::log_failure("shard sync", self.sync_shards());
-                    Self::log_failure("lease take", self.take_and_start());
                     next_sync = Instant::now() + self.timings.shard_sync_interval;
-                    next_take = Instant::now() + self.timings.take_interval;
+                    next_take = Instant::now();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
             let now = Instant::now();
             if now >= next_renew {
-                for shard_id in self.held.renew_all() {
-                    self.runner.stop(&shard_id);
+                let renewed = self.held.renew_all();
+                for shard_id in renewed.lost.iter().chain(&renewed.handing_off) {
+                    self.runner.stop(shard_id);
                 }
                 next_renew = now + self.timings.renew_interval;
             }
@@ -128,8 +131,16 @@ impl<R: ShardRunner> Coordinator<R> {
                 next_sync = now + self.timings.shard_sync_interval;
             }
             if now >= next_take {
-                Self::log_failure("lease take", self.take_and_start());
-                next_take = now + self.timings.take_interval;
+                // While waiting for leases to be handed over, look again sooner.
+                let waiting = match self.take_and_start() {
+                    Ok(waiting) => waiting,
+                    Err(e) => {
+                        Self::log_failure("lease take", Err::<bool, _>(e));
+                        false
+                    }
+                };
+                let interval = self.timings.take_interval;
+                next_take = now + if waiting { interval / 2 } else { interval };
             }
         }
         self.runner.stop_all();
@@ -141,14 +152,14 @@ impl<R: ShardRunner> Coordinator<R> {
         }
     }
 
-    fn log_failure(what: &str, result: Result<()>) {
+    fn log_failure(what: &str, result: Result<impl Sized>) {
         if let Err(e) = result {
             log::warn!("{what} failed, will retry: {e}");
         }
     }
 
-    /// Creates leases for new shards, records children on their parents, and
-    /// deletes finished leases once all their children have started.
+    /// Creates leases for new shards, records children on their parents,
+    /// and deletes finished leases of shards the stream no longer lists.
     fn sync_shards(&mut self) -> Result<()> {
         let shards = self.kinesis.list_shards(&self.stream, None)?;
         let leases = self.held.table().list()?;
@@ -200,21 +211,22 @@ impl<R: ShardRunner> Coordinator<R> {
                 self.held.table().set_children(&lease.shard_id, &children)?;
             }
             let gone = shards.iter().all(|s| s.shard_id != lease.shard_id);
-            let children_started = !children.is_empty()
-                && children
-                    .iter()
-                    .all(|c| known.get(c).is_some_and(|l| l.checkpoint.has_started()));
-            if lease.checkpoint == Checkpoint::ShardEnd && (gone || children_started) {
-                log::info!("deleting the lease of finished shard {}", lease.shard_id);
+            if lease.checkpoint == Checkpoint::ShardEnd && gone {
+                log::info!(
+                    "deleting the lease of finished shard {} (no longer in the stream)",
+                    lease.shard_id
+                );
                 self.held.table().delete_finished(&lease.shard_id)?;
             }
         }
         Ok(())
     }
 
-    /// Takes unowned and expired leases, steals towards an even share, and
-    /// starts reading every held shard whose parents are finished.
-    fn take_and_start(&mut self) -> Result<()> {
+    /// Takes unowned and expired leases, asks the busiest workers to hand
+    /// leases over towards an even share, cleans up finished leases, and
+    /// starts reading every held shard whose parents are finished. Returns
+    /// true while some asked-for lease has not arrived yet.
+    fn take_and_start(&mut self) -> Result<bool> {
         let leases = self.held.table().list()?;
         let now = Instant::now();
         let me = self.held.owner().to_owned();
@@ -230,6 +242,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 *seen = (lease.owner.clone(), lease.counter, now);
             }
         }
+        self.delete_finished(&leases)?;
         let held: HashSet<String> = self.held.shards().into_iter().map(|(id, _)| id).collect();
         // A lease the table gives to someone else is lost, whatever we thought.
         for lease in &leases {
@@ -240,14 +253,14 @@ impl<R: ShardRunner> Coordinator<R> {
                     lease.owner
                 );
                 self.runner.stop(&lease.shard_id);
-                let _ = self.held.release(&lease.shard_id);
+                self.held.drop_lost(&lease.shard_id);
             }
         }
         let failover = self.timings.failover;
-        let expired = |l: &Lease| {
+        let unchanged_for = |l: &Lease| {
             self.observed
                 .get(&l.shard_id)
-                .is_some_and(|o| now.duration_since(o.2) >= failover)
+                .map_or(Duration::ZERO, |o| now.duration_since(o.2))
         };
         let open: Vec<&Lease> = leases
             .iter()
@@ -259,8 +272,9 @@ impl<R: ShardRunner> Coordinator<R> {
             match lease.owner.as_deref() {
                 Some(owner) if owner == me && held.contains(&lease.shard_id) => {}
                 None => available.push(lease),
+                // Handed to us, or ours from an earlier run under this id.
                 Some(owner) if owner == me => available.push(lease),
-                Some(_) if expired(lease) => available.push(lease),
+                Some(_) if unchanged_for(lease) >= failover => available.push(lease),
                 Some(owner) => by_owner.entry(owner).or_default().push(lease),
             }
         }
@@ -276,30 +290,95 @@ impl<R: ShardRunner> Coordinator<R> {
                 mine += 1;
             }
         }
-        // Steal from the busiest workers, several leases per round if needed,
-        // but never from one at or below the target: no ping-pong.
+        // Leases already asked for count as ours; one asked for longer than
+        // the failover time ago (its owner ignores handoffs) is taken.
+        let mut waiting = false;
+        for (owner, owned) in by_owner.iter_mut() {
+            let mut still_owned = Vec::new();
+            for lease in owned.drain(..) {
+                if lease.handoff_to.as_deref() != Some(me.as_str()) {
+                    still_owned.push(lease);
+                    continue;
+                }
+                let asked = self
+                    .handoffs_asked
+                    .get(&lease.shard_id)
+                    .copied()
+                    .unwrap_or(now);
+                if now.duration_since(asked) >= failover
+                    && self.held.take(&lease.shard_id, lease.counter)?.is_some()
+                {
+                    log::info!(
+                        "took lease {} from {owner}, which did not hand it over",
+                        lease.shard_id
+                    );
+                } else {
+                    waiting = true;
+                }
+                mine += 1;
+            }
+            *owned = still_owned;
+        }
+        self.handoffs_asked.retain(|id, _| {
+            leases
+                .iter()
+                .any(|l| &l.shard_id == id && l.handoff_to.as_deref() == Some(me.as_str()))
+        });
+        // Ask the busiest workers for leases, several per round if needed,
+        // but never one at or below the target: no ping-pong.
         let mut victims: Vec<(&str, Vec<&Lease>)> = by_owner.into_iter().collect();
         victims.sort_by_key(|(owner, l)| (std::cmp::Reverse(l.len()), *owner));
-        for (owner, leases) in victims {
-            let spare = leases.len().saturating_sub(target);
-            for lease in leases.into_iter().take(spare) {
+        for (owner, owned) in victims {
+            let spare = owned.len().saturating_sub(target);
+            for lease in owned.into_iter().take(spare) {
                 if mine >= target {
                     break;
                 }
-                if self.held.take(&lease.shard_id, lease.counter)?.is_some() {
-                    log::info!("stole lease {} from {owner}", lease.shard_id);
+                if self
+                    .held
+                    .table()
+                    .request_handoff(&lease.shard_id, owner, lease.counter, &me)?
+                {
+                    log::info!("asked {owner} to hand lease {} over", lease.shard_id);
+                    self.handoffs_asked.insert(lease.shard_id.clone(), now);
+                    waiting = true;
                     mine += 1;
                 }
             }
         }
-        self.start_readable(&leases)
+        self.start_readable(&leases)?;
+        Ok(waiting)
+    }
+
+    /// Deletes the leases of finished shards once every child has started,
+    /// so that no child can be mistaken for one without parents.
+    fn delete_finished(&self, leases: &[Lease]) -> Result<()> {
+        let started = |id: &String| {
+            leases
+                .iter()
+                .any(|l| &l.shard_id == id && l.checkpoint.has_started())
+        };
+        for lease in leases {
+            if lease.checkpoint == Checkpoint::ShardEnd
+                && !lease.children.is_empty()
+                && lease.children.iter().all(started)
+            {
+                log::info!(
+                    "deleting the lease of finished shard {}: its children have started",
+                    lease.shard_id
+                );
+                self.held.table().delete_finished(&lease.shard_id)?;
+            }
+        }
+        Ok(())
     }
 
     fn start_readable(&mut self, leases: &[Lease]) -> Result<()> {
         let by_id: HashMap<&str, &Lease> =
             leases.iter().map(|l| (l.shard_id.as_str(), l)).collect();
+        let handing_off = self.held.handoffs();
         for (shard_id, epoch) in self.held.shards() {
-            if self.runner.is_running(&shard_id) {
+            if self.runner.is_running(&shard_id) || handing_off.contains(&shard_id) {
                 continue;
             }
             let Some(lease) = by_id.get(shard_id.as_str()) else {
@@ -334,6 +413,7 @@ fn new_lease(shard: &Shard, checkpoint: Checkpoint) -> Lease {
     Lease {
         shard_id: shard.shard_id.clone(),
         owner: None,
+        handoff_to: None,
         counter: 0,
         checkpoint,
         owner_switches_since_checkpoint: 0,

@@ -1,7 +1,7 @@
 //! The leases this worker holds, shared by the coordinator (renew, take,
-//! release) and the ticker (checkpoint). Every write to a held lease goes
-//! through its own lock, so a renewal and a checkpoint never race on the
-//! counter.
+//! release) and the ticker (checkpoint, handoff). Every write to a held
+//! lease goes through its own lock, so a renewal and a checkpoint never race
+//! on the counter.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,19 @@ struct Held {
     counter: u64,
     epoch: u64,
     renewed_at: Instant,
+    /// Set when another worker asked for the lease: we stop reading it and
+    /// hand it over once what was delivered is checkpointed.
+    handoff_to: Option<String>,
+}
+
+/// What a round of renewals found.
+#[derive(Debug, Default)]
+pub(crate) struct Renewed {
+    /// Leases another worker took (or that went unrenewed too long): stop
+    /// reading them at once.
+    pub lost: Vec<String>,
+    /// Leases another worker asked for: stop reading, then hand them over.
+    pub handing_off: Vec<String>,
 }
 
 /// The leases of this worker.
@@ -59,14 +72,15 @@ impl HeldLeases {
     /// Tries to take a lease seen with `seen_counter`; on success returns the
     /// epoch that tags everything read under this ownership.
     pub(crate) fn take(&self, shard_id: &str, seen_counter: u64) -> Result<Option<u64>> {
-        let Some(counter) = self.table.take(shard_id, seen_counter, &self.owner)? else {
+        let Some(written) = self.table.take(shard_id, seen_counter, &self.owner)? else {
             return Ok(None);
         };
         let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
         let held = Held {
-            counter,
+            counter: written.counter,
             epoch,
             renewed_at: Instant::now(),
+            handoff_to: None,
         };
         lock(&self.leases).insert(shard_id.to_owned(), Arc::new(Mutex::new(held)));
         Ok(Some(epoch))
@@ -81,16 +95,27 @@ impl HeldLeases {
             .collect()
     }
 
+    /// The shards being handed over to another worker.
+    pub(crate) fn handoffs(&self) -> Vec<String> {
+        let leases = lock(&self.leases);
+        leases
+            .iter()
+            .filter(|(_, h)| lock(h).handoff_to.is_some())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     pub(crate) fn len(&self) -> usize {
         lock(&self.leases).len()
     }
 
-    /// True while the lease is held under `epoch` and was renewed within the
-    /// failover time (after that, another worker may have taken it).
+    /// True while the lease is held under `epoch`, is not being handed over,
+    /// and was renewed within the failover time (after that, another worker
+    /// may have taken it). Records read under other epochs are dropped.
     pub(crate) fn is_current(&self, shard_id: &str, epoch: u64) -> bool {
         self.get(shard_id).is_some_and(|h| {
             let h = lock(&h);
-            h.epoch == epoch && h.renewed_at.elapsed() < self.failover
+            h.epoch == epoch && h.handoff_to.is_none() && h.renewed_at.elapsed() < self.failover
         })
     }
 
@@ -101,8 +126,9 @@ impl HeldLeases {
         }
     }
 
-    /// Renews every held lease; returns the shards that were lost.
-    pub(crate) fn renew_all(&self) -> Vec<String> {
+    /// Renews every held lease.
+    pub(crate) fn renew_all(&self) -> Renewed {
+        let mut renewed = Renewed::default();
         let mut lost = Vec::new();
         for (shard_id, _) in self.shards() {
             let Some(entry) = self.get(&shard_id) else {
@@ -110,9 +136,17 @@ impl HeldLeases {
             };
             let mut held = lock(&entry);
             match self.table.renew(&shard_id, &self.owner, held.counter) {
-                Ok(Some(counter)) => {
-                    held.counter = counter;
+                Ok(Some(written)) => {
+                    held.counter = written.counter;
                     held.renewed_at = Instant::now();
+                    if held.handoff_to.is_none() && written.handoff_to.is_some() {
+                        log::info!(
+                            "lease {shard_id}: {:?} asked for it; handing it over",
+                            written.handoff_to
+                        );
+                        held.handoff_to = written.handoff_to;
+                        renewed.handing_off.push(shard_id);
+                    }
                 }
                 Ok(None) => {
                     log::info!("lease {shard_id} lost: another worker took it");
@@ -128,12 +162,11 @@ impl HeldLeases {
                 Err(e) => log::warn!("renewing lease {shard_id} failed, will retry: {e}"),
             }
         }
-        lost.into_iter()
-            .map(|(shard_id, epoch)| {
-                self.forget(&shard_id, epoch);
-                shard_id
-            })
-            .collect()
+        for (shard_id, epoch) in lost {
+            self.forget(&shard_id, epoch);
+            renewed.lost.push(shard_id);
+        }
+        renewed
     }
 
     /// Writes a checkpoint if the lease is still held under `epoch`.
@@ -155,8 +188,8 @@ impl HeldLeases {
             .table
             .checkpoint(shard_id, &self.owner, held.counter, checkpoint)?
         {
-            Some(counter) => {
-                held.counter = counter;
+            Some(written) => {
+                held.counter = written.counter;
                 held.renewed_at = Instant::now();
                 Ok(true)
             }
@@ -169,16 +202,33 @@ impl HeldLeases {
         }
     }
 
-    /// Gives up one lease so another worker can take it at once.
+    /// Gives up one lease: to the worker that asked for it, if one did, or
+    /// to whoever takes it first.
     pub(crate) fn release(&self, shard_id: &str) -> Result<()> {
         let Some(entry) = self.get(shard_id) else {
             return Ok(());
         };
         let held = lock(&entry);
         let epoch = held.epoch;
-        let result = self.table.release(shard_id, &self.owner, held.counter);
+        let result = self.table.release(
+            shard_id,
+            &self.owner,
+            held.counter,
+            held.handoff_to.as_deref(),
+        );
+        if let (Ok(Some(_)), Some(to)) = (&result, &held.handoff_to) {
+            log::info!("handed lease {shard_id} over to {to}");
+        }
         drop(held);
         self.forget(shard_id, epoch);
         result.map(|_| ())
+    }
+
+    /// Forgets a lease the table says is someone else's.
+    pub(crate) fn drop_lost(&self, shard_id: &str) {
+        if let Some(entry) = self.get(shard_id) {
+            let epoch = lock(&entry).epoch;
+            self.forget(shard_id, epoch);
+        }
     }
 }

@@ -65,6 +65,9 @@ pub struct Lease {
     pub shard_id: String,
     /// The worker holding the lease (`leaseOwner`), if any.
     pub owner: Option<String>,
+    /// A worker that asked the owner to hand the lease over (`handoffTo`,
+    /// an attribute of this library's that the KCL ignores).
+    pub handoff_to: Option<String>,
     /// Bumped by every renewal, take, checkpoint and release (`leaseCounter`).
     pub counter: u64,
     /// How far the shard has been processed.
@@ -77,4 +80,14 @@ pub struct Lease {
     pub children: Vec<String>,
     /// The shard's hash key range (`startingHashKey`, `endingHashKey`).
     pub hash_range: Option<(String, String)>,
+}
+
+/// Reads every lease of an application's lease table, for inspection (see
+/// the `leases` example). Rows of other entity types and malformed rows are
+/// left out.
+pub fn list_leases(
+    dynamodb: &crate::aws::dynamodb::DynamoDbClient,
+    app_name: &str,
+) -> crate::Result<Vec<Lease>> {
+    LeaseTable::new(dynamodb.clone(), app_name).list()
 }

@@ -8,6 +8,18 @@ use crate::error::{Error, Result};
 use crate::lease::{Checkpoint, Lease};
 
 const KEY: &str = "leaseKey";
+/// Our own attribute (the KCL ignores it): the worker that asked the owner
+/// to hand the lease over.
+const HANDOFF: &str = "handoffTo";
+
+/// What a conditional write left in a lease row.
+#[derive(Debug)]
+pub(crate) struct Written {
+    /// The lease counter after the write.
+    pub counter: u64,
+    /// The worker asking for the lease, if one is.
+    pub handoff_to: Option<String>,
+}
 
 fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
@@ -74,6 +86,7 @@ pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, String> {
     Ok(Lease {
         shard_id,
         owner: text("leaseOwner").map(str::to_owned),
+        handoff_to: text(HANDOFF).map(str::to_owned),
         counter: number("leaseCounter")?,
         checkpoint,
         owner_switches_since_checkpoint: number("ownerSwitchesSinceCheckpoint")?,
@@ -199,38 +212,69 @@ impl LeaseTable {
         shard_id: &str,
         seen_counter: u64,
         owner: &str,
-    ) -> Result<Option<u64>> {
-        let update = Expression::new("SET #owner = :owner, #counter = :next, #switches = if_not_exists(#switches, :zero) + :one")
-            .name("#owner", "leaseOwner")
-            .name("#counter", "leaseCounter")
-            .name("#switches", "ownerSwitchesSinceCheckpoint")
-            .value(":owner", s(owner))
-            .value(":next", n(seen_counter + 1))
-            .value(":zero", n(0))
-            .value(":one", n(1));
+    ) -> Result<Option<Written>> {
+        let update = Expression::new(
+            "SET #owner = :owner, #counter = :next, #switches = if_not_exists(#switches, :zero) + :one REMOVE #handoff",
+        )
+        .name("#owner", "leaseOwner")
+        .name("#counter", "leaseCounter")
+        .name("#switches", "ownerSwitchesSinceCheckpoint")
+        .name("#handoff", HANDOFF)
+        .value(":owner", s(owner))
+        .value(":next", n(seen_counter + 1))
+        .value(":zero", n(0))
+        .value(":one", n(1));
         let unchanged = Expression::new("#counter = :seen")
             .name("#counter", "leaseCounter")
             .value(":seen", n(seen_counter));
         self.conditional("UpdateItem", shard_id, &update, &unchanged)
     }
 
-    /// Renews a held lease; the new counter, or `None` if it is no longer ours.
-    pub(crate) fn renew(&self, shard_id: &str, owner: &str, counter: u64) -> Result<Option<u64>> {
+    /// Asks the owner of a lease seen with `seen_counter` to hand it to
+    /// `to` once its batch in flight is checkpointed; false when the lease
+    /// changed meanwhile.
+    pub(crate) fn request_handoff(
+        &self,
+        shard_id: &str,
+        owner: &str,
+        seen_counter: u64,
+        to: &str,
+    ) -> Result<bool> {
+        let update = Expression::new("SET #handoff = :to")
+            .name("#handoff", HANDOFF)
+            .value(":to", s(to));
+        Ok(self
+            .conditional(
+                "UpdateItem",
+                shard_id,
+                &update,
+                &held_by(owner, seen_counter),
+            )?
+            .is_some())
+    }
+
+    /// Renews a held lease; `None` if it is no longer ours.
+    pub(crate) fn renew(
+        &self,
+        shard_id: &str,
+        owner: &str,
+        counter: u64,
+    ) -> Result<Option<Written>> {
         let update = Expression::new("SET #counter = :next")
             .name("#counter", "leaseCounter")
             .value(":next", n(counter + 1));
         self.conditional("UpdateItem", shard_id, &update, &held_by(owner, counter))
     }
 
-    /// Writes a checkpoint on a held lease; the new counter, or `None` if it
-    /// is no longer ours (and so nothing was written).
+    /// Writes a checkpoint on a held lease; `None` if it is no longer ours
+    /// (and so nothing was written).
     pub(crate) fn checkpoint(
         &self,
         shard_id: &str,
         owner: &str,
         counter: u64,
         checkpoint: &Checkpoint,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<Written>> {
         let (text, sub) = checkpoint.to_columns();
         let update = Expression::new(
             "SET #checkpoint = :checkpoint, #sub = :sub, #switches = :zero, #counter = :next",
@@ -246,12 +290,29 @@ impl LeaseTable {
         self.conditional("UpdateItem", shard_id, &update, &held_by(owner, counter))
     }
 
-    /// Gives a held lease up so another worker can take it at once.
-    pub(crate) fn release(&self, shard_id: &str, owner: &str, counter: u64) -> Result<Option<u64>> {
-        let update = Expression::new("REMOVE #owner SET #counter = :next")
-            .name("#owner", "leaseOwner")
-            .name("#counter", "leaseCounter")
-            .value(":next", n(counter + 1));
+    /// Gives a held lease up: to the worker `to` that asked for it, or to
+    /// whoever takes it first. Either way no one waits for it to expire.
+    pub(crate) fn release(
+        &self,
+        shard_id: &str,
+        owner: &str,
+        counter: u64,
+        to: Option<&str>,
+    ) -> Result<Option<Written>> {
+        let update = match to {
+            Some(to) => Expression::new(
+                "SET #owner = :to, #counter = :next, #switches = if_not_exists(#switches, :zero) + :one REMOVE #handoff",
+            )
+            .value(":to", s(to))
+            .value(":zero", n(0))
+            .value(":one", n(1))
+            .name("#switches", "ownerSwitchesSinceCheckpoint"),
+            None => Expression::new("SET #counter = :next REMOVE #owner, #handoff"),
+        }
+        .name("#owner", "leaseOwner")
+        .name("#counter", "leaseCounter")
+        .name("#handoff", HANDOFF)
+        .value(":next", n(counter + 1));
         self.conditional("UpdateItem", shard_id, &update, &held_by(owner, counter))
     }
 
@@ -275,12 +336,18 @@ impl LeaseTable {
         shard_id: &str,
         update: &Expression,
         condition: &Expression,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<Written>> {
         match self
             .dynamodb
             .update_item(&self.name, &key(shard_id), update, Some(condition))
         {
-            Ok(item) => counter_of(operation, &item).map(Some),
+            Ok(item) => Ok(Some(Written {
+                counter: counter_of(operation, &item)?,
+                handoff_to: item
+                    .get(HANDOFF)
+                    .and_then(AttributeValue::as_s)
+                    .map(str::to_owned),
+            })),
             Err(e) if e.is_condition_failed() => Ok(None),
             Err(e) => Err(e),
         }

@@ -120,6 +120,7 @@ impl<'a, T> Ticker<'a, T> {
                 self.pending.insert(shard_id, Pending { epoch, checkpoint });
             }
             self.write_checkpoints(false);
+            self.finish_handoffs();
         }
     }
 
@@ -200,6 +201,30 @@ impl<'a, T> Ticker<'a, T> {
             bytes,
             count,
         )
+    }
+
+    /// Hands over the leases another worker asked for: no batch is in the
+    /// handler now, so checkpoint what was delivered, then pass the lease on.
+    /// The next owner starts right after it: nothing is delivered twice.
+    fn finish_handoffs(&mut self) {
+        for shard_id in self.held.handoffs() {
+            let key: Arc<str> = shard_id.as_str().into();
+            if let Some(pending) = self.pending.remove(&key) {
+                if let Err(e) = self
+                    .held
+                    .checkpoint(&shard_id, pending.epoch, &pending.checkpoint)
+                {
+                    log::warn!(
+                        "checkpoint of {shard_id} before handing it over failed; it stays ours for now: {e}"
+                    );
+                    self.pending.insert(key, pending);
+                    continue;
+                }
+            }
+            if let Err(e) = self.held.release(&shard_id) {
+                log::warn!("handing lease {shard_id} over failed: {e}");
+            }
+        }
     }
 
     /// Writes the checkpoints that are due (all of them when `all`); a

@@ -1,0 +1,676 @@
+//! Many workers as separate processes (the `tail` example, each with its own
+//! worker id) sharing one lease table: failover after kill -9, a worker
+//! joining, graceful handoff on SIGTERM, resharding, and two applications.
+//! Assertions are on the union of what the workers printed.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use kinesis_consumer::aws::kinesis::PutRecordsEntry;
+
+/// The library defaults the `tail` workers run with.
+const FAILOVER: Duration = Duration::from_secs(10);
+const RENEW_INTERVAL: Duration = Duration::from_millis(3333);
+const TAKE_INTERVAL: Duration = Duration::from_millis(3333);
+const BATCH_INTERVAL: Duration = Duration::from_millis(500);
+const IDLE_TIME: Duration = Duration::from_secs(1);
+
+/// Timing-sensitive tests run one at a time, so they do not slow each other.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One record as a worker printed it.
+#[derive(Clone, Debug)]
+struct Delivered {
+    worker: String,
+    shard: String,
+    pk: String,
+    data: String,
+    at: Instant,
+}
+
+struct Worker {
+    id: String,
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn example_binary(name: &str) -> PathBuf {
+    // cargo test --all-targets builds the examples next to the test
+    // binaries' folder; build this one if only this test was built.
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--example", name])
+            .status()
+            .unwrap();
+        assert!(
+            status.success() && path.exists(),
+            "could not build the {name} example"
+        );
+    }
+    path
+}
+
+/// The emulators' endpoints and dummy credentials, through the standard
+/// AWS environment variables, as a user would set them.
+fn aws_env(mut command: Command) -> Command {
+    let e = common::emulators();
+    command
+        .env("AWS_ENDPOINT_URL_KINESIS", &e.kinesis_url)
+        .env("AWS_ENDPOINT_URL_DYNAMODB", &e.dynamodb_url)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "info")
+        .env_remove("AWS_PROFILE");
+    command
+}
+
+fn spawn_worker(stream: &str, app: &str, id: &str, log: &Arc<Mutex<Vec<Delivered>>>) -> Worker {
+    let mut child = aws_env(Command::new(example_binary("tail")))
+        .args([
+            "--stream",
+            stream,
+            "--app",
+            app,
+            "--position",
+            "trim-horizon",
+        ])
+        .args([
+            "--batch-interval-ms",
+            &BATCH_INTERVAL.as_millis().to_string(),
+            "--worker-id",
+            id,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (sink, worker) = (log.clone(), id.to_owned());
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let Ok(line) = line else { break };
+            let v: serde_json::Value = serde_json::from_str(&line).expect("tail prints JSON lines");
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(v["data_base64"].as_str().unwrap())
+                .unwrap();
+            sink.lock().unwrap().push(Delivered {
+                worker: worker.clone(),
+                shard: v["shard_id"].as_str().unwrap().to_owned(),
+                pk: v["partition_key"].as_str().unwrap().to_owned(),
+                data: String::from_utf8(data).unwrap(),
+                at: Instant::now(),
+            });
+        }
+    });
+    let stderr_lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (sink, stderr) = (
+        stderr_lines.clone(),
+        BufReader::new(child.stderr.take().unwrap()),
+    );
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(|l| l.ok()) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    Worker {
+        id: id.to_owned(),
+        child,
+        stderr: stderr_lines,
+    }
+}
+
+impl Worker {
+    fn sigterm(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "worker {} exited with {status}: {}",
+                    self.id,
+                    self.log_tail()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {} did not stop: {}",
+                self.id,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(mut self) {
+        self.sigterm();
+        self.wait_exit();
+    }
+
+    fn log_tail(&self) -> String {
+        let lines = self.stderr.lock().unwrap();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+/// Puts numbered records (`{prefix}-{n}`, partition key `pk-{n % 32}`) at
+/// about 50 per second until stopped; returns what it put, in order.
+struct Producer {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<String>>,
+}
+
+fn produce(stream: &str, prefix: &str) -> Producer {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (flag, stream, prefix) = (stop.clone(), stream.to_owned(), prefix.to_owned());
+    let thread = std::thread::spawn(move || {
+        let k = common::kinesis();
+        let mut put = Vec::new();
+        while !flag.load(Ordering::Relaxed) {
+            let entries: Vec<PutRecordsEntry> = (put.len()..put.len() + 10)
+                .map(|n| PutRecordsEntry {
+                    partition_key: format!("pk-{}", n % 32),
+                    explicit_hash_key: None,
+                    data: format!("{prefix}-{n}").into_bytes(),
+                })
+                .collect();
+            for (entry, result) in entries
+                .iter()
+                .zip(k.put_records(&stream, &entries).unwrap())
+            {
+                result.unwrap();
+                put.push(String::from_utf8(entry.data.clone()).unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        put
+    });
+    Producer { stop, thread }
+}
+
+impl Producer {
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Lease owners from the table: owner → shards.
+fn owners(app: &str) -> HashMap<String, Vec<String>> {
+    let mut owners: HashMap<String, Vec<String>> = HashMap::new();
+    let rows = match common::dynamodb().scan(app) {
+        Err(e) if e.code() == Some("ResourceNotFoundException") => return owners, // not created yet
+        rows => rows.unwrap(),
+    };
+    for item in rows {
+        if item.get("checkpoint").and_then(|c| c.as_s()) == Some("SHARD_END") {
+            continue;
+        }
+        let owner = item
+            .get("leaseOwner")
+            .and_then(|o| o.as_s())
+            .unwrap_or("(none)")
+            .to_owned();
+        owners
+            .entry(owner)
+            .or_default()
+            .push(item["leaseKey"].as_s().unwrap().to_owned());
+    }
+    owners
+}
+
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    workers: &[&Worker],
+    mut done: impl FnMut() -> bool,
+) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        if started.elapsed() > timeout {
+            let logs: Vec<String> = workers
+                .iter()
+                .map(|w| format!("--- {}:\n{}", w.id, w.log_tail()))
+                .collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    started.elapsed()
+}
+
+fn delivered_set(log: &Mutex<Vec<Delivered>>) -> HashSet<String> {
+    log.lock().unwrap().iter().map(|d| d.data.clone()).collect()
+}
+
+fn wait_all_delivered(log: &Mutex<Vec<Delivered>>, put: &[String], workers: &[&Worker]) {
+    wait_until(
+        "every record to be delivered",
+        Duration::from_secs(60),
+        workers,
+        || {
+            let seen = delivered_set(log);
+            put.iter().all(|p| seen.contains(p))
+        },
+    );
+}
+
+/// Records delivered more than once, with the workers that delivered them.
+fn duplicates(log: &Mutex<Vec<Delivered>>) -> HashMap<String, Vec<String>> {
+    let mut by_data: HashMap<String, Vec<String>> = HashMap::new();
+    for d in log.lock().unwrap().iter() {
+        by_data
+            .entry(d.data.clone())
+            .or_default()
+            .push(d.worker.clone());
+    }
+    by_data.retain(|_, w| w.len() > 1);
+    by_data
+}
+
+fn setup(shards: u32) -> (String, String, Arc<Mutex<Vec<Delivered>>>) {
+    common::init_log();
+    (
+        common::create_stream(shards),
+        common::unique_name("app"),
+        Arc::default(),
+    )
+}
+
+#[test]
+fn kill_9_one_of_three_workers_its_shards_resume_elsewhere() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (stream, app, log) = setup(8);
+    let producer = produce(&stream, "k");
+    let mut workers: Vec<Worker> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| spawn_worker(&stream, &app, id, &log))
+        .collect();
+    let refs: Vec<&Worker> = workers.iter().collect();
+    wait_until(
+        "8 leases spread over 3 workers",
+        Duration::from_secs(30),
+        &refs,
+        || {
+            let o = owners(&app);
+            ["w1", "w2", "w3"]
+                .iter()
+                .all(|w| o.get(*w).is_some_and(|s| (2..=3).contains(&s.len())))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    let mut victim = workers.remove(0);
+    let orphaned = owners(&app).remove("w1").unwrap();
+    let killed_at = Instant::now();
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    let survivors: Vec<&Worker> = workers.iter().collect();
+    let budget = FAILOVER + RENEW_INTERVAL + BATCH_INTERVAL + IDLE_TIME + Duration::from_secs(2);
+    wait_until(
+        "the killed worker's shards to be read elsewhere",
+        budget,
+        &survivors,
+        || {
+            let log = log.lock().unwrap();
+            orphaned.iter().all(|s| {
+                log.iter()
+                    .any(|d| &d.shard == s && d.worker != "w1" && d.at > killed_at)
+            })
+        },
+    );
+    let resumed: Vec<Duration> = orphaned
+        .iter()
+        .map(|s| {
+            let log = log.lock().unwrap();
+            log.iter()
+                .find(|d| &d.shard == s && d.worker != "w1" && d.at > killed_at)
+                .unwrap()
+                .at
+                - killed_at
+        })
+        .collect();
+    let slowest = resumed.iter().max().unwrap();
+    println!(
+        "failover after kill -9: {} shards resumed elsewhere in {:.2} s at most (per shard: {:?}); bound {:.2} s",
+        orphaned.len(),
+        slowest.as_secs_f64(),
+        resumed
+            .iter()
+            .map(|d| format!("{:.2}", d.as_secs_f64()))
+            .collect::<Vec<_>>(),
+        (FAILOVER + RENEW_INTERVAL).as_secs_f64()
+    );
+    // Delivery also waits for a batch and a read: allow those on top.
+    assert!(
+        *slowest <= FAILOVER + RENEW_INTERVAL + BATCH_INTERVAL + IDLE_TIME + Duration::from_secs(1)
+    );
+
+    std::thread::sleep(Duration::from_secs(1));
+    let put = producer.finish();
+    wait_all_delivered(&log, &put, &survivors);
+    let dups = duplicates(&log);
+    assert!(
+        dups.values().all(|w| w.contains(&"w1".to_owned())),
+        "only the killed worker's uncheckpointed records may come twice: {dups:?}"
+    );
+    println!(
+        "kill -9: {} records put, all delivered, {} delivered twice (all first by w1)",
+        put.len(),
+        dups.len()
+    );
+    for w in workers {
+        w.stop();
+    }
+}
+
+#[test]
+fn a_second_worker_joins_and_gets_half_the_leases_without_duplicates() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (stream, app, log) = setup(8);
+    let producer = produce(&stream, "j");
+    let first = spawn_worker(&stream, &app, "first", &log);
+    wait_until(
+        "the first worker to hold all 8 leases",
+        Duration::from_secs(30),
+        &[&first],
+        || owners(&app).get("first").is_some_and(|s| s.len() == 8),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let second = spawn_worker(&stream, &app, "second", &log);
+    let took = wait_until(
+        "4 leases each",
+        Duration::from_secs(30),
+        &[&first, &second],
+        || {
+            let o = owners(&app);
+            o.get("first").is_some_and(|s| s.len() == 4)
+                && o.get("second").is_some_and(|s| s.len() == 4)
+        },
+    );
+    println!(
+        "rebalance: the joining worker held 4 of 8 leases after {:.2} s (two take intervals: {:.2} s)",
+        took.as_secs_f64(),
+        (TAKE_INTERVAL * 2).as_secs_f64()
+    );
+    assert!(
+        took <= TAKE_INTERVAL * 2 + Duration::from_secs(1),
+        "{took:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let put = producer.finish();
+    wait_all_delivered(&log, &put, &[&first, &second]);
+    let dups = duplicates(&log);
+    assert!(
+        dups.is_empty(),
+        "a handoff delivers nothing twice: {dups:?}"
+    );
+    assert!(log.lock().unwrap().iter().any(|d| d.worker == "second"));
+    println!("join: {} records put, all delivered once", put.len());
+    first.stop();
+    second.stop();
+}
+
+#[test]
+fn sigterm_hands_the_leases_over_at_once_and_nothing_twice() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (stream, app, log) = setup(8);
+    let producer = produce(&stream, "t");
+    let mut a = spawn_worker(&stream, &app, "a", &log);
+    let b = spawn_worker(&stream, &app, "b", &log);
+    wait_until("4 leases each", Duration::from_secs(30), &[&a, &b], || {
+        let o = owners(&app);
+        o.get("a").is_some_and(|s| s.len() == 4) && o.get("b").is_some_and(|s| s.len() == 4)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let stopped_at = Instant::now();
+    a.sigterm();
+    a.wait_exit();
+    let took = wait_until(
+        "b to hold all 8 leases",
+        Duration::from_secs(30),
+        &[&b],
+        || owners(&app).get("b").is_some_and(|s| s.len() == 8),
+    );
+    println!(
+        "SIGTERM: a stopped in {:.2} s; b held all 8 leases {:.2} s after the signal (take interval {:.2} s, failover {:.0} s)",
+        (stopped_at.elapsed() - took).as_secs_f64(),
+        stopped_at.elapsed().as_secs_f64(),
+        TAKE_INTERVAL.as_secs_f64(),
+        FAILOVER.as_secs_f64()
+    );
+    assert!(
+        stopped_at.elapsed() <= TAKE_INTERVAL + Duration::from_secs(3),
+        "no waiting for expiry"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let put = producer.finish();
+    wait_all_delivered(&log, &put, &[&b]);
+    let dups = duplicates(&log);
+    assert!(dups.is_empty(), "nothing delivered twice: {dups:?}");
+    println!("SIGTERM: {} records put, all delivered once", put.len());
+    b.stop();
+}
+
+#[test]
+fn split_and_merge_with_two_workers() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (stream, app, log) = setup(2);
+    let k = common::kinesis();
+    let producer = produce(&stream, "r");
+    let a = spawn_worker(&stream, &app, "a", &log);
+    let b = spawn_worker(&stream, &app, "b", &log);
+    std::thread::sleep(Duration::from_secs(3));
+    let shards = k.list_shards(&stream, None).unwrap();
+    let first = shards[0].clone();
+    let (lo, hi): (u128, u128) = (
+        first.starting_hash_key.parse().unwrap(),
+        first.ending_hash_key.parse().unwrap(),
+    );
+    k.split_shard(&stream, &first.shard_id, &(lo + (hi - lo) / 2).to_string())
+        .unwrap();
+    k.wait_until_active(&stream, Duration::from_secs(30))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let shards = k.list_shards(&stream, None).unwrap();
+    let upper = shards
+        .iter()
+        .filter(|s| s.parent_shard_id.as_deref() == Some(first.shard_id.as_str()))
+        .max_by_key(|s| s.starting_hash_key.parse::<u128>().unwrap())
+        .unwrap()
+        .clone();
+    k.merge_shards(&stream, &upper.shard_id, &shards[1].shard_id)
+        .unwrap();
+    k.wait_until_active(&stream, Duration::from_secs(30))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let put = producer.finish();
+    wait_all_delivered(&log, &put, &[&a, &b]);
+
+    // Per partition key, the first delivery of each record follows put order.
+    let log_snapshot = log.lock().unwrap().clone();
+    let mut first_seen: HashMap<&str, &Delivered> = HashMap::new();
+    for d in &log_snapshot {
+        first_seen.entry(&d.data).or_insert(d);
+    }
+    let mut by_key: HashMap<&str, Vec<&Delivered>> = HashMap::new();
+    for d in first_seen.values() {
+        by_key.entry(&d.pk).or_default().push(d);
+    }
+    let index = |d: &Delivered| d.data.rsplit('-').next().unwrap().parse::<usize>().unwrap();
+    for (key, mut records) in by_key {
+        records.sort_by_key(|d| d.at);
+        let order: Vec<usize> = records.iter().map(|d| index(d)).collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "partition key {key}: delivered out of order {order:?}"
+        );
+    }
+    // The closed parents' leases are cleaned up once their children started.
+    let parents = [
+        first.shard_id.clone(),
+        upper.shard_id.clone(),
+        shards[1].shard_id.clone(),
+    ];
+    let cleaned = wait_until(
+        "finished leases to be deleted",
+        Duration::from_secs(20),
+        &[&a, &b],
+        || {
+            let rows = common::dynamodb().scan(&app).unwrap();
+            rows.iter()
+                .all(|r| !parents.contains(&r["leaseKey"].as_s().unwrap().to_owned()))
+        },
+    );
+    println!(
+        "split + merge with 2 workers: {} records put, all delivered, {} twice; finished leases gone {:.2} s after the last check",
+        put.len(),
+        duplicates(&log).len(),
+        cleaned.as_secs_f64()
+    );
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn two_applications_on_one_stream_each_see_every_record() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (stream, app, log_a) = setup(4);
+    let other_app = common::unique_name("other");
+    let log_b: Arc<Mutex<Vec<Delivered>>> = Arc::default();
+    let producer = produce(&stream, "m");
+    let a = spawn_worker(&stream, &app, "worker-1", &log_a);
+    let b = spawn_worker(&stream, &other_app, "worker-1", &log_b);
+    std::thread::sleep(Duration::from_secs(3));
+    let put = producer.finish();
+    wait_all_delivered(&log_a, &put, &[&a]);
+    wait_all_delivered(&log_b, &put, &[&b]);
+    assert_eq!(owners(&app).get("worker-1").map(Vec::len), Some(4));
+    assert_eq!(
+        owners(&other_app).get("worker-1").map(Vec::len),
+        Some(4),
+        "separate tables"
+    );
+    println!(
+        "two applications: {} records put, each application saw all",
+        put.len()
+    );
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn the_leases_example_explains_every_shard() {
+    use kinesis_consumer::aws::dynamodb::{AttributeValue, Item};
+    let app = common::unique_name("app");
+    let d = common::dynamodb();
+    d.create_table(&app, "leaseKey").unwrap();
+    d.wait_until_active(&app, Duration::from_secs(10)).unwrap();
+    let row = |shard: &str, owner: Option<&str>, checkpoint: &str, parents: &[&str]| {
+        let mut item: Item = HashMap::from([
+            ("leaseKey".to_owned(), AttributeValue::S(shard.into())),
+            ("leaseCounter".to_owned(), AttributeValue::N("5".into())),
+            (
+                "checkpoint".to_owned(),
+                AttributeValue::S(checkpoint.into()),
+            ),
+        ]);
+        if let Some(o) = owner {
+            item.insert("leaseOwner".into(), AttributeValue::S(o.into()));
+        }
+        if !parents.is_empty() {
+            item.insert(
+                "parentShardId".into(),
+                AttributeValue::SS(parents.iter().map(|p| p.to_string()).collect()),
+            );
+        }
+        d.put_item(&app, &item, None).unwrap();
+    };
+    row("shard-finished", None, "SHARD_END", &[]);
+    row("shard-parent", Some("w1"), "TRIM_HORIZON", &[]);
+    row("shard-child", Some("w2"), "TRIM_HORIZON", &["shard-parent"]);
+    row("shard-unowned", None, "LATEST", &[]);
+    // Renewed while the example watches: "reading".
+    row("shard-live", Some("w1"), "TRIM_HORIZON", &[]);
+    let leases = example_binary("leases");
+    let done = Arc::new(AtomicBool::new(false));
+    let renewer = std::thread::spawn({
+        let (d, app, done) = (d.clone(), app.clone(), done.clone());
+        move || {
+            let key = HashMap::from([(
+                "leaseKey".to_owned(),
+                AttributeValue::S("shard-live".into()),
+            )]);
+            let mut n = 6;
+            while !done.load(Ordering::Relaxed) {
+                let bump =
+                    kinesis_consumer::aws::dynamodb::Expression::new("SET leaseCounter = :n")
+                        .value(":n", AttributeValue::N(n.to_string()));
+                d.update_item(&app, &key, &bump, None).unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    let out = aws_env(Command::new(leases))
+        .args(["--app", &app, "--observe-ms", "400"])
+        .output()
+        .unwrap();
+    done.store(true, Ordering::Relaxed);
+    renewer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = |shard: &str| {
+        text.lines()
+            .find(|l| l.starts_with(shard))
+            .unwrap_or_else(|| panic!("{shard} missing:\n{text}"))
+    };
+    assert!(line("shard-finished").contains("finished"), "{text}");
+    assert!(line("shard-unowned").contains("no worker"), "{text}");
+    assert!(line("shard-parent").contains("expired?"), "{text}");
+    assert!(
+        line("shard-child").contains("expired?"),
+        "not renewed either: {text}"
+    );
+    assert!(line("shard-live").contains("reading"), "{text}");
+    assert!(
+        text.contains("3 workers") || text.contains("2 workers"),
+        "{text}"
+    );
+}
