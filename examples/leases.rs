@@ -37,7 +37,6 @@ fn main() {
     std::thread::sleep(observe);
     let mut leases = read();
     leases.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
-    let by_id: HashMap<&str, &Lease> = leases.iter().map(|l| (l.shard_id.as_str(), l)).collect();
     let workers: std::collections::BTreeSet<&str> =
         leases.iter().filter_map(|l| l.owner.as_deref()).collect();
     println!(
@@ -59,7 +58,12 @@ fn main() {
             ),
             other => format!("{other:?}"),
         };
-        let status = status(lease, &by_id, before.get(&lease.shard_id).copied(), observe);
+        let status = status(
+            lease,
+            &leases,
+            before.get(&lease.shard_id).copied(),
+            observe,
+        );
         println!(
             "{:<24} {:<28} {:>8} {:<30} {:<24} {:<24} {}",
             lease.shard_id,
@@ -79,23 +83,14 @@ fn main() {
 /// Why a shard is or is not being read.
 fn status(
     lease: &Lease,
-    by_id: &HashMap<&str, &Lease>,
+    leases: &[Lease],
     counter_before: Option<u64>,
     observe: Duration,
 ) -> String {
     if lease.checkpoint == Checkpoint::ShardEnd {
         return "finished (read to its end)".into();
     }
-    let waiting: Vec<&str> = lease
-        .parents
-        .iter()
-        .filter(|p| {
-            by_id
-                .get(p.as_str())
-                .is_some_and(|pl| pl.checkpoint != Checkpoint::ShardEnd)
-        })
-        .map(String::as_str)
-        .collect();
+    let waiting = lease.unfinished_parents(leases);
     let mut status = match &lease.owner {
         None => "no worker: unowned, the next lease check takes it".to_owned(),
         Some(_) if counter_before == Some(lease.counter) && !observe.is_zero() => {

@@ -399,7 +399,9 @@ fn two_consumers_in_one_process_work_side_by_side() {
     let b = start(builder(&s2, &common::unique_name("app")));
     let c = start(builder(&s1, &common::unique_name("app")));
     for (consumer, count) in [(&a, 60), (&b, 40), (&c, 60)] {
-        consumer.wait_for("every record", Duration::from_secs(30), |s| s.len() >= count);
+        consumer.wait_for("every record", Duration::from_secs(30), |s| {
+            s.len() >= count
+        });
     }
     assert_eq!(data_set(&a.stop()), one.iter().cloned().collect());
     assert_eq!(data_set(&b.stop()), two.iter().cloned().collect());

@@ -388,15 +388,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 self.held.release(&shard_id)?;
                 continue;
             }
-            let waiting: Vec<&String> = lease
-                .parents
-                .iter()
-                .filter(|p| {
-                    by_id
-                        .get(p.as_str())
-                        .is_some_and(|pl| pl.checkpoint != Checkpoint::ShardEnd)
-                })
-                .collect();
+            let waiting = lease.unfinished_parents(leases);
             if waiting.is_empty() {
                 self.blocked.remove(&shard_id);
                 log::info!("starting shard {shard_id} at {:?}", lease.checkpoint);

@@ -82,6 +82,23 @@ pub struct Lease {
     pub hash_range: Option<(String, String)>,
 }
 
+impl Lease {
+    /// The parents this shard still waits for: those whose leases exist and
+    /// are not finished. A parent without a lease was finished and cleaned
+    /// up, or predates the application.
+    pub fn unfinished_parents<'a>(&'a self, leases: &[Lease]) -> Vec<&'a str> {
+        self.parents
+            .iter()
+            .filter(|p| {
+                leases
+                    .iter()
+                    .any(|l| &l.shard_id == *p && l.checkpoint != Checkpoint::ShardEnd)
+            })
+            .map(String::as_str)
+            .collect()
+    }
+}
+
 /// Reads every lease of an application's lease table, for inspection (see
 /// the `leases` example). Rows of other entity types and malformed rows are
 /// left out.
