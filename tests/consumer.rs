@@ -407,3 +407,21 @@ fn two_consumers_in_one_process_work_side_by_side() {
     assert_eq!(data_set(&b.stop()), two.iter().cloned().collect());
     assert_eq!(data_set(&c.stop()), one.iter().cloned().collect());
 }
+
+#[test]
+fn latest_is_pinned_when_the_application_first_starts() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("app");
+    put(&stream, "before", 20, 4);
+    let latest = || builder(&stream, &app).initial_position(InitialPosition::Latest);
+    let first = start(latest());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(first.stop().is_empty(), "nothing from before the start");
+    // Put while no consumer runs and no checkpoint was written: a restart
+    // (or another worker taking the lease) must not skip these.
+    let between = put(&stream, "between", 30, 4);
+    let second = start(latest());
+    second.wait_for("the records put between runs", Duration::from_secs(30), |s| s.len() >= 30);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(data_set(&second.stop()), between.iter().cloned().collect());
+}

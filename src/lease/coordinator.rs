@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
@@ -188,6 +188,9 @@ impl<R: ShardRunner> Coordinator<R> {
                 // beginning, or records between parent and child would be lost.
                 Checkpoint::Latest if parent_leased => Checkpoint::TrimHorizon,
                 Checkpoint::Latest if shard.is_closed() => continue,
+                // Pin "latest" to now, so that records put before the first
+                // checkpoint are read even if the lease changes hands first.
+                Checkpoint::Latest => Checkpoint::AtTimestamp(Some(SystemTime::now())),
                 ref initial => initial.clone(),
             };
             let lease = new_lease(shard, checkpoint);

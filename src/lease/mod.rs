@@ -10,6 +10,8 @@ pub(crate) use coordinator::{Coordinator, CoordinatorEvent, LeaseTimings, ShardR
 pub(crate) use held::HeldLeases;
 pub(crate) use table::LeaseTable;
 
+use std::time::SystemTime;
+
 use crate::record::{ExtendedSequenceNumber, SequenceNumber};
 
 /// Where a shard's processing stands, as stored in the `checkpoint` column.
@@ -17,10 +19,15 @@ use crate::record::{ExtendedSequenceNumber, SequenceNumber};
 pub enum Checkpoint {
     /// Nothing processed yet; start at the oldest record.
     TrimHorizon,
-    /// Nothing processed yet; start at the tip.
+    /// Nothing processed yet; start at the tip. (Rows written by the KCL;
+    /// this library pins a new lease's "latest" to its creation time with
+    /// [`AtTimestamp`](Self::AtTimestamp), so that records put before its
+    /// first checkpoint are not skipped when the lease changes hands.)
     Latest,
-    /// Nothing processed yet; start at the configured timestamp.
-    AtTimestamp,
+    /// Nothing processed yet; start at the records that arrived at or after
+    /// this time (our `checkpointTimestamp` attribute, epoch milliseconds),
+    /// or, when the row has none, at the configured initial timestamp.
+    AtTimestamp(Option<SystemTime>),
     /// Processed up to and including this user record.
     At(ExtendedSequenceNumber),
     /// The shard is closed and was read to its end.
@@ -33,17 +40,21 @@ impl Checkpoint {
         match self {
             Checkpoint::TrimHorizon => ("TRIM_HORIZON", 0),
             Checkpoint::Latest => ("LATEST", 0),
-            Checkpoint::AtTimestamp => ("AT_TIMESTAMP", 0),
+            Checkpoint::AtTimestamp(_) => ("AT_TIMESTAMP", 0),
             Checkpoint::ShardEnd => ("SHARD_END", 0),
             Checkpoint::At(p) => (p.sequence_number.as_str(), p.sub_sequence_number),
         }
     }
 
-    pub(crate) fn from_columns(text: &str, sub_sequence_number: u64) -> Option<Checkpoint> {
+    pub(crate) fn from_columns(
+        text: &str,
+        sub_sequence_number: u64,
+        timestamp: Option<SystemTime>,
+    ) -> Option<Checkpoint> {
         Some(match text {
             "TRIM_HORIZON" => Checkpoint::TrimHorizon,
             "LATEST" => Checkpoint::Latest,
-            "AT_TIMESTAMP" => Checkpoint::AtTimestamp,
+            "AT_TIMESTAMP" => Checkpoint::AtTimestamp(timestamp),
             "SHARD_END" => Checkpoint::ShardEnd,
             seq => Checkpoint::At(ExtendedSequenceNumber {
                 sequence_number: SequenceNumber::parse(seq)?,

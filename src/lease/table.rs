@@ -1,7 +1,7 @@
 //! The lease table: one DynamoDB row per shard, in the KCL's layout.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::aws::dynamodb::{AttributeValue, DynamoDbClient, Expression, Item};
 use crate::error::{Error, Result};
@@ -11,6 +11,10 @@ const KEY: &str = "leaseKey";
 /// Our own attribute (the KCL ignores it): the worker that asked the owner
 /// to hand the lease over.
 const HANDOFF: &str = "handoffTo";
+
+/// Our own attribute (the KCL ignores it): where an AT_TIMESTAMP checkpoint
+/// starts, in milliseconds since the epoch.
+const TIMESTAMP: &str = "checkpointTimestamp";
 
 /// What a conditional write left in a lease row.
 #[derive(Debug)]
@@ -76,9 +80,19 @@ pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, String> {
         .ok_or("leaseKey is missing or not a string")?
         .to_owned();
     let checkpoint_text = text("checkpoint").unwrap_or("TRIM_HORIZON");
+    let timestamp = match item.get(TIMESTAMP) {
+        None => None,
+        Some(v) => Some(
+            v.as_n()
+                .and_then(|t| t.parse::<u64>().ok())
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+                .ok_or_else(|| format!("{TIMESTAMP} is not a number of milliseconds"))?,
+        ),
+    };
     let checkpoint = Checkpoint::from_columns(
         checkpoint_text,
         number("checkpointSubSequenceNumber")?,
+        timestamp,
     )
     .ok_or_else(|| {
         format!("checkpoint {checkpoint_text:?} is neither a sequence number nor a known position")
@@ -172,6 +186,10 @@ impl LeaseTable {
         item.insert("checkpoint".into(), s(checkpoint));
         item.insert("checkpointSubSequenceNumber".into(), n(sub));
         item.insert("ownerSwitchesSinceCheckpoint".into(), n(0));
+        if let Checkpoint::AtTimestamp(Some(t)) = lease.checkpoint {
+            let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+            item.insert(TIMESTAMP.into(), n(ms));
+        }
         if !lease.parents.is_empty() {
             item.insert(
                 "parentShardId".into(),
@@ -387,6 +405,27 @@ mod tests {
         assert_eq!(
             (bare.owner, bare.counter, bare.checkpoint),
             (None, 0, Checkpoint::ShardEnd)
+        );
+    }
+
+    #[test]
+    fn at_timestamp_rows_keep_their_time() {
+        let lease = parse_lease(&item(
+            r#"{"leaseKey":{"S":"s"},"checkpoint":{"S":"AT_TIMESTAMP"},"checkpointTimestamp":{"N":"1700000000123"}}"#,
+        ))
+        .unwrap();
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(lease.checkpoint, Checkpoint::AtTimestamp(Some(t)));
+        let kcl = parse_lease(&item(
+            r#"{"leaseKey":{"S":"s"},"checkpoint":{"S":"AT_TIMESTAMP"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(kcl.checkpoint, Checkpoint::AtTimestamp(None));
+        let bad = r#"{"leaseKey":{"S":"s"},"checkpoint":{"S":"AT_TIMESTAMP"},"checkpointTimestamp":{"S":"x"}}"#;
+        assert!(
+            parse_lease(&item(bad))
+                .unwrap_err()
+                .contains("checkpointTimestamp")
         );
     }
 

@@ -137,7 +137,7 @@ impl<T: Send + 'static> Consumer<T> {
         let (initial, start_timestamp) = match s.initial_position {
             InitialPosition::TrimHorizon => (Checkpoint::TrimHorizon, None),
             InitialPosition::Latest => (Checkpoint::Latest, None),
-            InitialPosition::AtTimestamp(t) => (Checkpoint::AtTimestamp, Some(t)),
+            InitialPosition::AtTimestamp(t) => (Checkpoint::AtTimestamp(Some(t)), Some(t)),
         };
         let readers = ReaderPool::new(ReaderContext {
             kinesis: self.kinesis.clone(),

@@ -161,10 +161,10 @@ impl<T: Send + 'static> Reader<T> {
         let (start, mut resume_after) = match checkpoint {
             Checkpoint::TrimHorizon => (IteratorPosition::TrimHorizon, None),
             Checkpoint::Latest => (IteratorPosition::Latest, None),
-            Checkpoint::AtTimestamp => {
-                let at = context.start_timestamp.unwrap_or(SystemTime::UNIX_EPOCH);
-                (IteratorPosition::AtTimestamp(at), None)
-            }
+            Checkpoint::AtTimestamp(at) => match at.or(context.start_timestamp) {
+                Some(at) => (IteratorPosition::AtTimestamp(at), None),
+                None => (IteratorPosition::Latest, None),
+            },
             // Start at the checkpointed record, not after it, so the rest of a
             // half-processed KPL aggregate is read again; what was processed
             // is skipped below.
