@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::aws::kinesis::{KinesisClient, Shard};
 use crate::error::Result;
 use crate::lease::{Checkpoint, HeldLeases, Lease};
+use crate::metrics::{Metric, Metrics};
 
 /// Lease timing settings (see the builder for their defaults and meaning).
 #[derive(Clone, Debug)]
@@ -58,6 +59,7 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     observed: HashMap<String, (Option<String>, u64, Instant)>,
     /// Shards already reported as waiting for a parent, to log it once.
     blocked: HashSet<String>,
+    metrics: Metrics,
 }
 
 fn ceil_div(a: usize, b: usize) -> usize {
@@ -72,6 +74,7 @@ impl<R: ShardRunner> Coordinator<R> {
         initial: Checkpoint,
         timings: LeaseTimings,
         runner: R,
+        metrics: Metrics,
     ) -> Coordinator<R> {
         Coordinator {
             held,
@@ -82,6 +85,7 @@ impl<R: ShardRunner> Coordinator<R> {
             runner,
             observed: HashMap::new(),
             blocked: HashSet::new(),
+            metrics,
         }
     }
 
@@ -121,6 +125,13 @@ impl<R: ShardRunner> Coordinator<R> {
                 for shard_id in self.held.renew_all() {
                     self.runner.stop(&shard_id);
                 }
+                self.metrics.record(
+                    None,
+                    &[
+                        (Metric::LeasesHeld, self.held.len() as f64),
+                        (Metric::LeasesLost, self.held.take_lost_count() as f64),
+                    ],
+                );
                 next_renew = now + self.timings.renew_interval;
             }
             if now >= next_sync {
@@ -231,9 +242,11 @@ impl<R: ShardRunner> Coordinator<R> {
             }
         }
         let held: HashSet<String> = self.held.shards().into_iter().map(|(id, _)| id).collect();
+        let (mut taken, mut stolen, mut lost) = (0u32, 0u32, 0u32);
         // A lease the table gives to someone else is lost, whatever we thought.
         for lease in &leases {
             if held.contains(&lease.shard_id) && lease.owner.as_deref() != Some(me.as_str()) {
+                lost += 1;
                 log::info!(
                     "lease {} lost: now owned by {:?}",
                     lease.shard_id,
@@ -274,6 +287,7 @@ impl<R: ShardRunner> Coordinator<R> {
             if self.held.take(&lease.shard_id, lease.counter)?.is_some() {
                 log::info!("took lease {} (was {:?})", lease.shard_id, lease.owner);
                 mine += 1;
+                taken += 1;
             }
         }
         // Steal from the busiest workers, several leases per round if needed,
@@ -289,15 +303,26 @@ impl<R: ShardRunner> Coordinator<R> {
                 if self.held.take(&lease.shard_id, lease.counter)?.is_some() {
                     log::info!("stole lease {} from {owner}", lease.shard_id);
                     mine += 1;
+                    stolen += 1;
                 }
             }
         }
+        self.metrics.record(
+            None,
+            &[
+                (Metric::LeasesTaken, f64::from(taken)),
+                (Metric::LeasesStolen, f64::from(stolen)),
+                (Metric::Workers, workers as f64),
+                (Metric::LeasesLost, f64::from(lost)),
+            ],
+        );
         self.start_readable(&leases)
     }
 
     fn start_readable(&mut self, leases: &[Lease]) -> Result<()> {
         let by_id: HashMap<&str, &Lease> =
             leases.iter().map(|l| (l.shard_id.as_str(), l)).collect();
+        let mut blocked = 0u32;
         for (shard_id, epoch) in self.held.shards() {
             if self.runner.is_running(&shard_id) {
                 continue;
@@ -322,10 +347,15 @@ impl<R: ShardRunner> Coordinator<R> {
                 self.blocked.remove(&shard_id);
                 log::info!("starting shard {shard_id} at {:?}", lease.checkpoint);
                 self.runner.start(&shard_id, epoch, &lease.checkpoint);
-            } else if self.blocked.insert(shard_id.clone()) {
-                log::info!("shard {shard_id} waits for its parents {waiting:?} to finish");
+            } else {
+                blocked += 1;
+                if self.blocked.insert(shard_id.clone()) {
+                    log::info!("shard {shard_id} waits for its parents {waiting:?} to finish");
+                }
             }
         }
+        self.metrics
+            .record(None, &[(Metric::ShardsBlockedOnParent, f64::from(blocked))]);
         Ok(())
     }
 }

@@ -26,6 +26,8 @@ pub(crate) struct HeldLeases {
     failover: Duration,
     leases: Mutex<HashMap<String, Arc<Mutex<Held>>>>,
     next_epoch: AtomicU64,
+    /// Leases found lost (renewal or checkpoint refused) and not yet reported.
+    lost: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -41,6 +43,7 @@ impl HeldLeases {
             failover,
             leases: Mutex::new(HashMap::new()),
             next_epoch: AtomicU64::new(1),
+            lost: AtomicU64::new(0),
         }
     }
 
@@ -128,6 +131,7 @@ impl HeldLeases {
                 Err(e) => log::warn!("renewing lease {shard_id} failed, will retry: {e}"),
             }
         }
+        self.lost.fetch_add(lost.len() as u64, Ordering::Relaxed);
         lost.into_iter()
             .map(|(shard_id, epoch)| {
                 self.forget(&shard_id, epoch);
@@ -162,11 +166,17 @@ impl HeldLeases {
             }
             None => {
                 log::info!("lease {shard_id} lost: checkpoint refused, another worker holds it");
+                self.lost.fetch_add(1, Ordering::Relaxed);
                 drop(held);
                 self.forget(shard_id, epoch);
                 Ok(false)
             }
         }
+    }
+
+    /// How many leases were found lost since the last call.
+    pub(crate) fn take_lost_count(&self) -> u64 {
+        self.lost.swap(0, Ordering::Relaxed)
     }
 
     /// Gives up one lease so another worker can take it at once.
