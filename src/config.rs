@@ -517,7 +517,10 @@ fn check_namespace(namespace: &str) -> Result<()> {
             format!("{namespace:?} must be 1 to 255 characters long"),
         ));
     }
-    if let Some(c) = namespace.chars().find(|c| !c.is_ascii_graphic() && *c != ' ') {
+    if let Some(c) = namespace
+        .chars()
+        .find(|c| !c.is_ascii_graphic() && *c != ' ')
+    {
         return Err(Error::config(
             "metrics_namespace",
             format!("{namespace:?} contains {c:?}; use printable ASCII"),

@@ -239,15 +239,25 @@ fn summary_level_publishes_totals_without_shard_detail() {
     for name in DETAILED_ONLY_METRICS {
         assert!(!names.contains(name), "{name} published at SUMMARY");
     }
-    assert_eq!(listed.len(), names.len(), "one series per metric: {listed:?}");
+    assert_eq!(
+        listed.len(),
+        names.len(),
+        "one series per metric: {listed:?}"
+    );
     for m in &listed {
         assert_eq!(
             dimension_names(m),
             vec!["Operation", "WorkerIdentifier", "StreamName"],
             "{m:?}"
         );
-        assert!(m.dimensions.contains(&Dimension::new("WorkerIdentifier", &worker_id)));
-        assert!(m.dimensions.contains(&Dimension::new("StreamName", &stream)));
+        assert!(
+            m.dimensions
+                .contains(&Dimension::new("WorkerIdentifier", &worker_id))
+        );
+        assert!(
+            m.dimensions
+                .contains(&Dimension::new("StreamName", &stream))
+        );
     }
     let processed = listed
         .iter()
@@ -267,7 +277,12 @@ fn summary_level_publishes_totals_without_shard_detail() {
         .find(|m| m.metric_name == "DataBytesProcessed")
         .unwrap();
     assert_eq!(
-        published_sum(&cw, &namespace, "DataBytesProcessed", &data_bytes.dimensions),
+        published_sum(
+            &cw,
+            &namespace,
+            "DataBytesProcessed",
+            &data_bytes.dimensions
+        ),
         bytes as f64
     );
     // Every statistic set that was sent matches the in-process totals.

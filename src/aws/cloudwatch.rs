@@ -312,7 +312,9 @@ mod tests {
             Err(Error::Config { .. })
         ));
         let wide = MetricDatum {
-            dimensions: (0..31).map(|i| Dimension::new(format!("d{i}"), "v")).collect(),
+            dimensions: (0..31)
+                .map(|i| Dimension::new(format!("d{i}"), "v"))
+                .collect(),
             ..d
         };
         assert!(matches!(

@@ -106,8 +106,12 @@ impl Metric {
         match self {
             RecordsProcessed | DataBytesProcessed | MillisBehindLatest | ProcessTaskTime
             | BatchSize => "ProcessTask",
-            GetRecordsSuccess | GetRecordsTime | GetRecordsThrottled | ExpiredIterators
-            | RecordsDeaggregated | AggregatesPassedThrough => "GetRecords",
+            GetRecordsSuccess
+            | GetRecordsTime
+            | GetRecordsThrottled
+            | ExpiredIterators
+            | RecordsDeaggregated
+            | AggregatesPassedThrough => "GetRecords",
             CheckpointSuccess | CheckpointTime => "Checkpoint",
             LeasesHeld | LeasesLost => "RenewAllLeases",
             LeasesTaken | LeasesStolen | Workers | ShardsBlockedOnParent => "TakeLeases",

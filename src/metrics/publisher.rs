@@ -115,6 +115,14 @@ impl Publisher {
                 "CloudWatch did not take the last metrics within {grace:?} of shutdown; dropped {dropped} metric data"
             );
         }
+        let stats = *lock(&self.registry.publish);
+        log::info!(
+            "metrics publisher stopped: {} PutMetricData request(s) ({} failed), {} metric data sent, {} dropped",
+            stats.requests,
+            stats.failed_requests,
+            stats.datums_sent,
+            stats.datums_dropped
+        );
     }
 }
 
@@ -357,10 +365,7 @@ mod tests {
         let shard: Arc<str> = Arc::from("shardId-0");
         m.record(
             Some(&shard),
-            &[
-                (Metric::GetRecordsTime, 4.0),
-                (Metric::GetRecordsTime, 8.0),
-            ],
+            &[(Metric::GetRecordsTime, 4.0), (Metric::GetRecordsTime, 8.0)],
         );
         let samples = m.registry().unwrap().take_period();
         let at = SystemTime::now();

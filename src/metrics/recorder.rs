@@ -283,7 +283,10 @@ mod tests {
         let processed = find(&samples, "RecordsProcessed");
         assert_eq!(processed.len(), 1);
         assert_eq!(processed[0].statistics.sum, 15.0);
-        assert_eq!(find(&samples, "GetRecords.Time")[0].statistics.maximum, 30.0);
+        assert_eq!(
+            find(&samples, "GetRecords.Time")[0].statistics.maximum,
+            30.0
+        );
     }
 
     #[test]

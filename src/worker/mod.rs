@@ -251,8 +251,8 @@ impl<T: Send + 'static> Consumer<T> {
             &self.shutdown.flag,
             s.batch_interval,
             checkpoint_interval,
-            &self.metrics,
         )
+        .with_metrics(self.metrics.clone())
         .run(handler);
         let _ = events.send(CoordinatorEvent::Stop);
         // A reader blocked on a full channel now fails its send and exits.

@@ -283,7 +283,10 @@ impl<T: Send + 'static> Reader<T> {
                 (Metric::GetRecordsTime, call_ms),
                 (Metric::RecordsDeaggregated, deaggregated as f64),
                 (Metric::AggregatesPassedThrough, passed_through as f64),
-                (Metric::MillisBehindLatest, millis_behind.unwrap_or(0) as f64),
+                (
+                    Metric::MillisBehindLatest,
+                    millis_behind.unwrap_or(0) as f64,
+                ),
             ];
             let known = if millis_behind.is_some() { 5 } else { 4 };
             context

@@ -34,7 +34,7 @@ pub(crate) struct Ticker<'a, T> {
     pub shutdown: &'a AtomicBool,
     pub batch_interval: Duration,
     pub checkpoint_interval: Duration,
-    pub metrics: &'a Metrics,
+    pub metrics: Metrics,
     pending: HashMap<Arc<str>, Pending>,
     last_written: HashMap<Arc<str>, Instant>,
 }
@@ -48,7 +48,6 @@ impl<'a, T> Ticker<'a, T> {
         shutdown: &'a AtomicBool,
         batch_interval: Duration,
         checkpoint_interval: Duration,
-        metrics: &'a Metrics,
     ) -> Self {
         Ticker {
             records,
@@ -58,10 +57,16 @@ impl<'a, T> Ticker<'a, T> {
             shutdown,
             batch_interval,
             checkpoint_interval,
-            metrics,
+            metrics: Metrics::default(),
             pending: HashMap::new(),
             last_written: HashMap::new(),
         }
+    }
+
+    /// Records batch and checkpoint metrics in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs batches until shutdown or an error; on the way out writes every
@@ -224,11 +229,11 @@ impl<'a, T> Ticker<'a, T> {
                 None => {
                     shard_bytes.push(chunk.bytes);
                     shards.push(ShardBatch {
-                    shard_id: chunk.shard_id,
-                    messages: chunk.messages,
-                    millis_behind_latest: chunk.millis_behind_latest,
-                    shard_ended: chunk.shard_end,
-                    epoch: chunk.epoch,
+                        shard_id: chunk.shard_id,
+                        messages: chunk.messages,
+                        millis_behind_latest: chunk.millis_behind_latest,
+                        shard_ended: chunk.shard_end,
+                        epoch: chunk.epoch,
                     });
                 }
             }

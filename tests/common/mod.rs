@@ -125,7 +125,10 @@ pub fn start_dynamodb() -> (String, Child) {
 pub fn install_moto() {
     let has_moto = |python: &str| {
         Command::new(python)
-            .args(["-c", "import moto, moto.server, flask; assert moto.__version__ == '5.2.5'"])
+            .args([
+                "-c",
+                "import moto, moto.server, flask; assert moto.__version__ == '5.2.5'",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -134,14 +137,24 @@ pub fn install_moto() {
     if has_moto("python3") {
         return;
     }
-    let requirements =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/metrics/requirements.txt");
+    let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/metrics/requirements.txt");
     let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
         .arg(&requirements)
         .status()
         .expect("python3 with pip must be installed to run moto");
-    assert!(status.success(), "pip install -r {} failed", requirements.display());
+    assert!(
+        status.success(),
+        "pip install -r {} failed",
+        requirements.display()
+    );
 }
 
 /// Starts moto's server (CloudWatch and more) on a free port; its URL and
