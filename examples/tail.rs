@@ -3,11 +3,13 @@
 //!
 //! ```text
 //! cargo run --example tail -- --stream S --app A [--position trim-horizon|latest|<RFC 3339 time>]
-//!     [--batch-interval-ms N] [--worker-id ID]
+//!     [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)]
 //! ```
 //!
 //! Endpoints, region and credentials come from the standard AWS environment
-//! (AWS_ENDPOINT_URL_KINESIS, AWS_ENDPOINT_URL_DYNAMODB, AWS_REGION, ...).
+//! (AWS_ENDPOINT_URL_KINESIS, AWS_ENDPOINT_URL_DYNAMODB, AWS_REGION, ...);
+//! metrics go to CloudWatch (namespace: the application name) at the
+//! standard endpoint or AWS_ENDPOINT_URL_CLOUDWATCH.
 //! SIGINT or SIGTERM stops it gracefully (exit 0).
 
 mod support;
@@ -20,17 +22,20 @@ use kinesis_consumer::{Batch, Consumer, Record};
 use serde_json::json;
 
 const USAGE: &str = "usage: tail --stream S --app A [--position trim-horizon|latest|<RFC 3339 time>] \
-[--batch-interval-ms N] [--worker-id ID]";
+[--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)]";
 
 fn main() {
     support::init_logging();
     let args = support::Args::parse(USAGE, &[]);
     let position = support::position(args.get("position").unwrap_or("latest"))
         .unwrap_or_else(|e| support::fail(USAGE, &e));
+    let metrics_level = support::metrics_level(args.get("metrics-level").unwrap_or("none"))
+        .unwrap_or_else(|e| support::fail(USAGE, &e));
     let mut builder = Consumer::builder()
         .app_name(args.required(USAGE, "app"))
         .stream_name(args.required(USAGE, "stream"))
         .initial_position(position)
+        .metrics_level(metrics_level)
         .batch_interval(Duration::from_millis(args.number(USAGE, "batch-interval-ms", 1000)))
         .message_handler(|r: &Record| {
             json!({

@@ -3,10 +3,12 @@
 //!
 //! ```text
 //! cargo run --example word_count -- --stream S --app A [--position trim-horizon|latest|<RFC 3339 time>]
-//!     [--batch-interval-ms N (2000)] [--top N (10)]
+//!     [--batch-interval-ms N (2000)] [--top N (10)] [--metrics-level none|summary|detailed (none)]
 //! ```
 //!
-//! Endpoints, region and credentials come from the standard AWS environment.
+//! Endpoints, region and credentials come from the standard AWS environment;
+//! metrics go to CloudWatch (namespace: the application name) at the
+//! standard endpoint or `AWS_ENDPOINT_URL_CLOUDWATCH`.
 //! SIGINT or SIGTERM stops it gracefully.
 
 mod support;
@@ -17,7 +19,7 @@ use std::time::Duration;
 use kinesis_consumer::{Batch, Consumer};
 
 const USAGE: &str = "usage: word_count --stream S --app A [--position trim-horizon|latest|<RFC 3339 time>] \
-[--batch-interval-ms N (2000)] [--top N (10)]";
+[--batch-interval-ms N (2000)] [--top N (10)] [--metrics-level none|summary|detailed (none)]";
 
 fn main() {
     support::init_logging();
@@ -25,10 +27,13 @@ fn main() {
     let position = support::position(args.get("position").unwrap_or("trim-horizon"))
         .unwrap_or_else(|e| support::fail(USAGE, &e));
     let top = args.number(USAGE, "top", 10) as usize;
+    let metrics_level = support::metrics_level(args.get("metrics-level").unwrap_or("none"))
+        .unwrap_or_else(|e| support::fail(USAGE, &e));
     let consumer = Consumer::builder()
         .app_name(args.required(USAGE, "app"))
         .stream_name(args.required(USAGE, "stream"))
         .initial_position(position)
+        .metrics_level(metrics_level)
         .batch_interval(Duration::from_millis(args.number(
             USAGE,
             "batch-interval-ms",

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::aws::ClientConfig;
-use crate::aws::client::{CLOUDWATCH, Client};
+use crate::aws::cloudwatch::CloudWatchClient;
 use crate::aws::credentials::ProvideCredentials;
 use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
@@ -71,6 +71,9 @@ pub struct ConsumerBuilder<T> {
     pub(crate) checkpoint_interval: Option<Duration>,
     pub(crate) metrics_level: MetricsLevel,
     pub(crate) metrics_dimensions: Vec<MetricsDimension>,
+    pub(crate) metrics_namespace: Option<String>,
+    pub(crate) metrics_period: Duration,
+    pub(crate) publish_metrics: bool,
     pub(crate) buffer_bytes: u64,
     pub(crate) buffer_records: u64,
     pub(crate) message_handler: MessageHandler<T>,
@@ -116,6 +119,9 @@ impl ConsumerBuilder<Vec<u8>> {
             checkpoint_interval: None,
             metrics_level: MetricsLevel::None,
             metrics_dimensions: vec![MetricsDimension::Operation, MetricsDimension::ShardId],
+            metrics_namespace: None,
+            metrics_period: Duration::from_secs(60),
+            publish_metrics: true,
             buffer_bytes: 64 * 1024 * 1024,
             buffer_records: 100_000,
             message_handler: Arc::new(|r: &mut Record| std::mem::take(&mut r.data)),
@@ -132,8 +138,9 @@ impl ConsumerBuilder<Vec<u8>> {
 }
 
 impl<T: Send + 'static> ConsumerBuilder<T> {
-    /// The application name: the lease table's name and the CloudWatch
-    /// namespace. Consumers with the same name share the work; consumers
+    /// The application name: the lease table's name and, unless
+    /// [`metrics_namespace`](Self::metrics_namespace) says otherwise, the
+    /// CloudWatch namespace. Consumers with the same name share the work; consumers
     /// with different names each see every record. Required.
     pub fn app_name(mut self, name: impl Into<String>) -> Self {
         self.app_name = Some(name.into());
@@ -218,18 +225,48 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         self
     }
 
-    /// The CloudWatch metrics level. Defaults to [`MetricsLevel::None`].
-    /// Publishing is not implemented yet: any level other than `None` is
-    /// accepted and validated but nothing is sent.
+    /// How much the consumer measures, as in the KCL: `Summary` keeps
+    /// totals per operation (no `ShardId` dimension, summary metrics only),
+    /// `Detailed` adds per-shard series and the detailed metrics. Metrics
+    /// are aggregated into statistic sets and sent to CloudWatch once per
+    /// [`metrics_period`](Self::metrics_period) on a thread of their own
+    /// (see [`publish_metrics`](Self::publish_metrics)), and are visible
+    /// in-process through [`Consumer::metrics`]. A slow or failing
+    /// CloudWatch never holds up reading or checkpointing. Defaults to
+    /// [`MetricsLevel::None`]: nothing is recorded or sent.
     pub fn metrics_level(mut self, level: MetricsLevel) -> Self {
         self.metrics_level = level;
         self
     }
 
-    /// The dimensions metrics are broken down by. Defaults to `Operation`
-    /// and `ShardId`, the KCL's defaults.
+    /// The dimensions metrics are broken down by, in this order. `ShardId`
+    /// applies only at [`MetricsLevel::Detailed`] and only to per-shard
+    /// metrics. Defaults to `Operation` and `ShardId`, the KCL's defaults.
     pub fn metrics_dimensions(mut self, dimensions: &[MetricsDimension]) -> Self {
         self.metrics_dimensions = dimensions.to_vec();
+        self
+    }
+
+    /// The CloudWatch namespace metrics are published in. Defaults to the
+    /// application name (as the KCL).
+    pub fn metrics_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.metrics_namespace = Some(namespace.into());
+        self
+    }
+
+    /// How often metrics are aggregated and sent to CloudWatch: each period
+    /// gives one statistic set (sample count, sum, minimum, maximum) per
+    /// series. Defaults to 60 s (CloudWatch's standard resolution).
+    pub fn metrics_period(mut self, period: Duration) -> Self {
+        self.metrics_period = period;
+        self
+    }
+
+    /// Whether metrics are sent to CloudWatch; with `false` they are only
+    /// recorded for [`Consumer::metrics`]. Has no effect at
+    /// [`MetricsLevel::None`]. Defaults to `true`.
+    pub fn publish_metrics(mut self, publish: bool) -> Self {
+        self.publish_metrics = publish;
         self
     }
 
@@ -270,6 +307,9 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             checkpoint_interval: self.checkpoint_interval,
             metrics_level: self.metrics_level,
             metrics_dimensions: self.metrics_dimensions,
+            metrics_namespace: self.metrics_namespace,
+            metrics_period: self.metrics_period,
+            publish_metrics: self.publish_metrics,
             buffer_bytes: self.buffer_bytes,
             buffer_records: self.buffer_records,
             retry_wait: self.retry_wait,
@@ -360,6 +400,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             ),
             ("idle_time_between_reads", self.idle_time_between_reads),
             ("shard_sync_interval", self.shard_sync_interval),
+            ("metrics_period", self.metrics_period),
         ] {
             if value.is_zero() {
                 return Err(Error::config(setting, "must be greater than zero"));
@@ -389,6 +430,9 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
                 "must not be empty when metrics are on",
             ));
         }
+        if let Some(namespace) = &self.metrics_namespace {
+            check_namespace(namespace)?;
+        }
         let worker_id = match &self.worker_id {
             Some(id) if id.trim().is_empty() => {
                 return Err(Error::config("worker_id", "must not be empty"));
@@ -413,10 +457,13 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             &self.dynamodb_credentials,
         ))
         .map_err(rename_endpoint("dynamodb_endpoint_url"))?;
-        // Resolve CloudWatch too, so a bad setting fails here and not later.
-        Client::new(
-            CLOUDWATCH,
-            &base(&self.cloudwatch_endpoint_url, &self.cloudwatch_credentials),
+        // Resolved even when metrics are off, so a bad setting fails here.
+        // Short timeouts: a slow CloudWatch only delays the publisher thread,
+        // but it should not hold unsent metrics for long.
+        let cloudwatch = CloudWatchClient::new(
+            &base(&self.cloudwatch_endpoint_url, &self.cloudwatch_credentials)
+                .connect_timeout(Duration::from_secs(2))
+                .read_timeout(Duration::from_secs(5)),
         )
         .map_err(rename_endpoint("cloudwatch_endpoint_url"))?;
         Ok(Consumer::new(
@@ -426,6 +473,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             worker_id,
             kinesis,
             dynamodb,
+            cloudwatch,
         ))
     }
 }
@@ -456,6 +504,32 @@ fn check_name(setting: &'static str, name: &str, min: usize, max: usize) -> Resu
         return Err(Error::config(
             setting,
             format!("{name:?} contains {c:?}; use letters, digits, '_', '-' and '.'"),
+        ));
+    }
+    Ok(())
+}
+
+/// CloudWatch namespaces: 1 to 255 printable ASCII characters, not `AWS/…`.
+fn check_namespace(namespace: &str) -> Result<()> {
+    if namespace.is_empty() || namespace.len() > 255 {
+        return Err(Error::config(
+            "metrics_namespace",
+            format!("{namespace:?} must be 1 to 255 characters long"),
+        ));
+    }
+    if let Some(c) = namespace
+        .chars()
+        .find(|c| !c.is_ascii_graphic() && *c != ' ')
+    {
+        return Err(Error::config(
+            "metrics_namespace",
+            format!("{namespace:?} contains {c:?}; use printable ASCII"),
+        ));
+    }
+    if namespace.starts_with(':') || namespace.starts_with("AWS/") {
+        return Err(Error::config(
+            "metrics_namespace",
+            format!("{namespace:?} is reserved: it must not start with ':' or 'AWS/'"),
         ));
     }
     Ok(())
@@ -546,6 +620,30 @@ mod tests {
             "max_leases_per_worker"
         );
         assert_eq!(setting_of(valid().endpoint_url("ftp://x")), "endpoint_url");
+        assert_eq!(
+            setting_of(valid().metrics_period(Duration::ZERO)),
+            "metrics_period"
+        );
+        for bad in ["", "AWS/Kinesis", ":x", "tab\there"] {
+            assert_eq!(
+                setting_of(valid().metrics_namespace(bad)),
+                "metrics_namespace",
+                "{bad:?}"
+            );
+        }
+        assert!(valid().metrics_namespace("My App/metrics").build().is_ok());
+        assert_eq!(
+            setting_of(
+                valid()
+                    .metrics_level(MetricsLevel::Summary)
+                    .metrics_dimensions(&[])
+            ),
+            "metrics_dimensions"
+        );
+        assert_eq!(
+            setting_of(valid().cloudwatch_endpoint_url("nonsense")),
+            "cloudwatch_endpoint_url"
+        );
         assert_eq!(
             setting_of(valid().dynamodb_endpoint_url("nonsense")),
             "dynamodb_endpoint_url"

@@ -42,9 +42,18 @@
 //!
 //! # Modules
 //!
-//! [`aws`] is the wire layer (SigV4, credentials, endpoints, Kinesis and
-//! DynamoDB operations), usable on its own, for example to put records.
-//! [`kpl`] packs and unpacks KPL aggregates.
+//! [`aws`] is the wire layer (SigV4, credentials, endpoints, Kinesis,
+//! DynamoDB and CloudWatch operations), usable on its own, for example to
+//! put records. [`kpl`] packs and unpacks KPL aggregates.
+//!
+//! # Metrics
+//!
+//! With [`ConsumerBuilder::metrics_level`] set to `Summary` or `Detailed`,
+//! the consumer records the KCL's metrics (`RecordsProcessed`,
+//! `MillisBehindLatest`, `GetRecords.Success`, `LeasesHeld`, …), publishes
+//! them to CloudWatch once per [`ConsumerBuilder::metrics_period`] as
+//! statistic sets, and shows them in-process through
+//! [`Consumer::metrics`] ([`MetricsHandle::snapshot`]).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -53,6 +62,7 @@ mod config;
 mod error;
 pub mod kpl;
 mod lease;
+mod metrics;
 mod random;
 mod record;
 mod worker;
@@ -60,6 +70,7 @@ mod worker;
 pub use config::{ConsumerBuilder, InitialPosition, MetricsDimension, MetricsLevel};
 pub use error::{Error, Result, ServiceError};
 pub use lease::{Checkpoint, Lease, list_leases};
+pub use metrics::{MetricSample, MetricUnit, MetricsHandle, PublishStats, Statistics};
 pub use record::{ExtendedSequenceNumber, Record, SequenceNumber};
 pub use worker::batch::{Batch, Message, ShardBatch};
 pub use worker::{Consumer, ShutdownHandle};

@@ -421,7 +421,11 @@ fn latest_is_pinned_when_the_application_first_starts() {
     // (or another worker taking the lease) must not skip these.
     let between = put(&stream, "between", 30, 4);
     let second = start(latest());
-    second.wait_for("the records put between runs", Duration::from_secs(30), |s| s.len() >= 30);
+    second.wait_for(
+        "the records put between runs",
+        Duration::from_secs(30),
+        |s| s.len() >= 30,
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(data_set(&second.stop()), between.iter().cloned().collect());
 }

@@ -1,12 +1,11 @@
 //! Small helpers shared by the examples: argument parsing, a stderr logger,
-//! RFC 3339 times, and signal handling.
+//! RFC 3339 times, metrics levels, and signal handling.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kinesis_consumer::InitialPosition;
-use kinesis_consumer::ShutdownHandle;
+use kinesis_consumer::{InitialPosition, MetricsLevel, ShutdownHandle};
 
 /// `--name value` pairs and `--flag`s.
 pub struct Args {
@@ -82,6 +81,18 @@ pub fn position(text: &str) -> Result<InitialPosition, String> {
         "trim-horizon" => Ok(InitialPosition::TrimHorizon),
         "latest" => Ok(InitialPosition::Latest),
         t => parse_rfc3339(t).map(InitialPosition::AtTimestamp),
+    }
+}
+
+/// `none`, `summary` or `detailed` (the KCL's metrics levels).
+pub fn metrics_level(text: &str) -> Result<MetricsLevel, String> {
+    match text {
+        "none" => Ok(MetricsLevel::None),
+        "summary" => Ok(MetricsLevel::Summary),
+        "detailed" => Ok(MetricsLevel::Detailed),
+        other => Err(format!(
+            "--metrics-level must be none, summary or detailed, not {other:?}"
+        )),
     }
 }
 
@@ -214,5 +225,10 @@ mod tests {
             1_714_557_600_500
         );
         assert!(parse_rfc3339("yesterday").is_err());
+        assert_eq!(
+            metrics_level("summary"),
+            Ok(kinesis_consumer::MetricsLevel::Summary)
+        );
+        assert!(metrics_level("all").is_err());
     }
 }

@@ -1,8 +1,9 @@
 //! The AWS wire layer: signing, credentials, endpoints, one JSON-protocol
-//! call path, and typed Kinesis and DynamoDB operations. It knows nothing
-//! of leases or batches.
+//! call path, and typed Kinesis, DynamoDB and CloudWatch operations. It
+//! knows nothing of leases, batches or metrics levels.
 
 pub(crate) mod client;
+pub mod cloudwatch;
 pub mod credentials;
 pub mod dynamodb;
 pub mod endpoint;

@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::aws::kinesis::{KinesisClient, Shard};
 use crate::error::Result;
 use crate::lease::{Checkpoint, HeldLeases, Lease};
+use crate::metrics::{Metric, Metrics};
 
 /// Lease timing settings (see the builder for their defaults and meaning).
 #[derive(Clone, Debug)]
@@ -60,6 +61,7 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     blocked: HashSet<String>,
     /// Leases we asked their owners to hand over, and when.
     handoffs_asked: HashMap<String, Instant>,
+    metrics: Metrics,
 }
 
 fn ceil_div(a: usize, b: usize) -> usize {
@@ -74,6 +76,7 @@ impl<R: ShardRunner> Coordinator<R> {
         initial: Checkpoint,
         timings: LeaseTimings,
         runner: R,
+        metrics: Metrics,
     ) -> Coordinator<R> {
         Coordinator {
             held,
@@ -85,6 +88,7 @@ impl<R: ShardRunner> Coordinator<R> {
             observed: HashMap::new(),
             blocked: HashSet::new(),
             handoffs_asked: HashMap::new(),
+            metrics,
         }
     }
 
@@ -124,6 +128,13 @@ impl<R: ShardRunner> Coordinator<R> {
                 for shard_id in renewed.lost.iter().chain(&renewed.handing_off) {
                     self.runner.stop(shard_id);
                 }
+                self.metrics.record(
+                    None,
+                    &[
+                        (Metric::LeasesHeld, self.held.len() as f64),
+                        (Metric::LeasesLost, self.held.take_lost_count() as f64),
+                    ],
+                );
                 next_renew = now + self.timings.renew_interval;
             }
             if now >= next_sync {
@@ -247,9 +258,11 @@ impl<R: ShardRunner> Coordinator<R> {
         }
         self.delete_finished(&leases)?;
         let held: HashSet<String> = self.held.shards().into_iter().map(|(id, _)| id).collect();
+        let (mut taken, mut stolen, mut lost) = (0u32, 0u32, 0u32);
         // A lease the table gives to someone else is lost, whatever we thought.
         for lease in &leases {
             if held.contains(&lease.shard_id) && lease.owner.as_deref() != Some(me.as_str()) {
+                lost += 1;
                 log::info!(
                     "lease {} lost: now owned by {:?}",
                     lease.shard_id,
@@ -291,6 +304,7 @@ impl<R: ShardRunner> Coordinator<R> {
             if self.held.take(&lease.shard_id, lease.counter)?.is_some() {
                 log::info!("took lease {} (was {:?})", lease.shard_id, lease.owner);
                 mine += 1;
+                taken += 1;
             }
         }
         // Leases already asked for count as ours; one asked for longer than
@@ -315,6 +329,7 @@ impl<R: ShardRunner> Coordinator<R> {
                         "took lease {} from {owner}, which did not hand it over",
                         lease.shard_id
                     );
+                    stolen += 1;
                 } else {
                     waiting = true;
                 }
@@ -346,9 +361,19 @@ impl<R: ShardRunner> Coordinator<R> {
                     self.handoffs_asked.insert(lease.shard_id.clone(), now);
                     waiting = true;
                     mine += 1;
+                    stolen += 1;
                 }
             }
         }
+        self.metrics.record(
+            None,
+            &[
+                (Metric::LeasesTaken, f64::from(taken)),
+                (Metric::LeasesStolen, f64::from(stolen)),
+                (Metric::Workers, workers as f64),
+                (Metric::LeasesLost, f64::from(lost)),
+            ],
+        );
         self.start_readable(&leases)?;
         Ok(waiting)
     }
@@ -380,6 +405,7 @@ impl<R: ShardRunner> Coordinator<R> {
         let by_id: HashMap<&str, &Lease> =
             leases.iter().map(|l| (l.shard_id.as_str(), l)).collect();
         let handing_off = self.held.handoffs();
+        let mut blocked = 0u32;
         for (shard_id, epoch) in self.held.shards() {
             if self.runner.is_running(&shard_id) || handing_off.contains(&shard_id) {
                 continue;
@@ -396,10 +422,15 @@ impl<R: ShardRunner> Coordinator<R> {
                 self.blocked.remove(&shard_id);
                 log::info!("starting shard {shard_id} at {:?}", lease.checkpoint);
                 self.runner.start(&shard_id, epoch, &lease.checkpoint);
-            } else if self.blocked.insert(shard_id.clone()) {
-                log::info!("shard {shard_id} waits for its parents {waiting:?} to finish");
+            } else {
+                blocked += 1;
+                if self.blocked.insert(shard_id.clone()) {
+                    log::info!("shard {shard_id} waits for its parents {waiting:?} to finish");
+                }
             }
         }
+        self.metrics
+            .record(None, &[(Metric::ShardsBlockedOnParent, f64::from(blocked))]);
         Ok(())
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct HeldLeases {
     failover: Duration,
     leases: Mutex<HashMap<String, Arc<Mutex<Held>>>>,
     next_epoch: AtomicU64,
+    /// Leases found lost (renewal or checkpoint refused) and not yet reported.
+    lost: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -54,6 +56,7 @@ impl HeldLeases {
             failover,
             leases: Mutex::new(HashMap::new()),
             next_epoch: AtomicU64::new(1),
+            lost: AtomicU64::new(0),
         }
     }
 
@@ -162,6 +165,7 @@ impl HeldLeases {
                 Err(e) => log::warn!("renewing lease {shard_id} failed, will retry: {e}"),
             }
         }
+        self.lost.fetch_add(lost.len() as u64, Ordering::Relaxed);
         for (shard_id, epoch) in lost {
             self.forget(&shard_id, epoch);
             renewed.lost.push(shard_id);
@@ -195,11 +199,17 @@ impl HeldLeases {
             }
             None => {
                 log::info!("lease {shard_id} lost: checkpoint refused, another worker holds it");
+                self.lost.fetch_add(1, Ordering::Relaxed);
                 drop(held);
                 self.forget(shard_id, epoch);
                 Ok(false)
             }
         }
+    }
+
+    /// How many leases were found lost since the last call.
+    pub(crate) fn take_lost_count(&self) -> u64 {
+        self.lost.swap(0, Ordering::Relaxed)
     }
 
     /// Gives up one lease: to the worker that asked for it, if one did, or

@@ -9,7 +9,9 @@ mod ticker;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use crate::aws::cloudwatch::CloudWatchClient;
 use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
 use crate::config::{ConsumerBuilder, InitialPosition};
@@ -17,10 +19,15 @@ use crate::error::{Error, Result};
 use crate::lease::{
     Checkpoint, Coordinator, CoordinatorEvent, HeldLeases, LeaseTable, LeaseTimings,
 };
+use crate::metrics::{Metrics, MetricsHandle, Publisher};
 use batch::Batch;
 use budget::Budget;
 use reader::{ReaderContext, ReaderPool};
 use ticker::Ticker;
+
+/// How long a stopping consumer waits for its last metrics to reach
+/// CloudWatch.
+const METRICS_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Stops a running [`Consumer`] from any thread.
 ///
@@ -57,6 +64,8 @@ pub struct Consumer<T> {
     worker_id: String,
     kinesis: KinesisClient,
     dynamodb: DynamoDbClient,
+    cloudwatch: CloudWatchClient,
+    metrics: Metrics,
     shutdown: ShutdownHandle,
 }
 
@@ -85,7 +94,14 @@ impl<T: Send + 'static> Consumer<T> {
         worker_id: String,
         kinesis: KinesisClient,
         dynamodb: DynamoDbClient,
+        cloudwatch: CloudWatchClient,
     ) -> Consumer<T> {
+        let metrics = Metrics::new(
+            settings.metrics_level,
+            &settings.metrics_dimensions,
+            &worker_id,
+            &stream_name,
+        );
         Consumer {
             settings,
             app_name,
@@ -93,6 +109,8 @@ impl<T: Send + 'static> Consumer<T> {
             worker_id,
             kinesis,
             dynamodb,
+            cloudwatch,
+            metrics,
             shutdown: ShutdownHandle::default(),
         }
     }
@@ -100,6 +118,15 @@ impl<T: Send + 'static> Consumer<T> {
     /// A handle that stops [`run`](Self::run) from any thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
+    }
+
+    /// The in-process view of this consumer's metrics (empty at
+    /// [`MetricsLevel::None`](crate::MetricsLevel::None)); get it before
+    /// [`run`](Self::run), read it from any thread.
+    pub fn metrics(&self) -> MetricsHandle {
+        MetricsHandle {
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// This worker's identifier in the lease table.
@@ -125,6 +152,35 @@ impl<T: Send + 'static> Consumer<T> {
         let s = &self.settings;
         // Fail fast, with AWS's own words, on a missing stream or bad endpoint.
         self.kinesis.describe_stream_summary(&self.stream_name)?;
+        let publisher = if s.publish_metrics {
+            let namespace = s
+                .metrics_namespace
+                .clone()
+                .unwrap_or_else(|| self.app_name.clone());
+            Publisher::start(
+                &self.metrics,
+                self.cloudwatch.clone(),
+                namespace,
+                s.metrics_period,
+            )?
+        } else {
+            None
+        };
+        let result = self.consume(&mut handler);
+        if let Some(publisher) = publisher {
+            publisher.stop(METRICS_SHUTDOWN_GRACE);
+        }
+        result
+    }
+
+    fn consume<E>(
+        &self,
+        handler: &mut impl FnMut(Batch<T>) -> std::result::Result<(), E>,
+    ) -> Result<()>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let s = &self.settings;
         let table = LeaseTable::new(self.dynamodb.clone(), &self.app_name);
         let held = Arc::new(HeldLeases::new(
             table,
@@ -149,6 +205,7 @@ impl<T: Send + 'static> Consumer<T> {
             idle_time: s.idle_time_between_reads,
             retry_wait: s.retry_wait,
             start_timestamp,
+            metrics: self.metrics.clone(),
         });
         let timings = LeaseTimings {
             failover: s.failover_time,
@@ -170,6 +227,7 @@ impl<T: Send + 'static> Consumer<T> {
             initial,
             timings,
             readers,
+            self.metrics.clone(),
         );
         let (events, event_receiver) = crossbeam_channel::unbounded();
         if let Err(e) = coordinator.start() {
@@ -194,7 +252,8 @@ impl<T: Send + 'static> Consumer<T> {
             s.batch_interval,
             checkpoint_interval,
         )
-        .run(&mut handler);
+        .with_metrics(self.metrics.clone())
+        .run(handler);
         let _ = events.send(CoordinatorEvent::Stop);
         // A reader blocked on a full channel now fails its send and exits.
         drop(records);

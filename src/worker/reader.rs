@@ -17,6 +17,7 @@ use crate::config::MessageHandler;
 use crate::error::{Error, Result};
 use crate::kpl;
 use crate::lease::{Checkpoint, ShardRunner};
+use crate::metrics::{Metric, Metrics};
 use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber};
 use crate::worker::batch::Message;
 use crate::worker::budget::Budget;
@@ -57,6 +58,7 @@ pub(crate) struct ReaderContext<T> {
     pub idle_time: Duration,
     pub retry_wait: Duration,
     pub start_timestamp: Option<SystemTime>,
+    pub metrics: Metrics,
 }
 
 /// The running readers; the lease coordinator starts and stops them.
@@ -212,7 +214,26 @@ impl<T: Send + 'static> Reader<T> {
             }
             let called_at = Instant::now();
             next_read = called_at + MIN_TIME_BETWEEN_READS;
-            let reply = match context.kinesis.get_records(&current, context.max_records) {
+            let result = context.kinesis.get_records(&current, context.max_records);
+            let call_ms = called_at.elapsed().as_secs_f64() * 1000.0;
+            if let Err(e) = &result {
+                let expired = e.code() == Some("ExpiredIteratorException");
+                let event = if expired {
+                    Metric::ExpiredIterators
+                } else {
+                    Metric::GetRecordsThrottled
+                };
+                let samples = [
+                    (Metric::GetRecordsSuccess, 0.0),
+                    (Metric::GetRecordsTime, call_ms),
+                    (event, 1.0),
+                ];
+                let known = if expired || e.is_throttling() { 3 } else { 2 };
+                context
+                    .metrics
+                    .record(Some(&self.shard_id), &samples[..known]);
+            }
+            let reply = match result {
                 Ok(reply) => reply,
                 Err(e) if e.code() == Some("ExpiredIteratorException") => {
                     log::info!(
@@ -237,8 +258,15 @@ impl<T: Send + 'static> Reader<T> {
                 }
                 Err(e) => return Err(e),
             };
+            if failures > 0 {
+                log::info!(
+                    "shard {}: reading again after {failures} failed or throttled call(s)",
+                    self.shard_id
+                );
+            }
             failures = 0;
             let empty = reply.records.is_empty();
+            let millis_behind = reply.millis_behind_latest;
             if let Some(last) = reply.records.last() {
                 last_handed_on = Some(last.sequence_number.clone());
             }
@@ -249,7 +277,21 @@ impl<T: Send + 'static> Reader<T> {
                     .last()
                     .is_some_and(|r| r.sequence_number > done.sequence_number)
             });
-            let chunk = self.chunk(reply, resume_after.as_ref())?;
+            let (chunk, deaggregated, passed_through) = self.chunk(reply, resume_after.as_ref())?;
+            let samples = [
+                (Metric::GetRecordsSuccess, 1.0),
+                (Metric::GetRecordsTime, call_ms),
+                (Metric::RecordsDeaggregated, deaggregated as f64),
+                (Metric::AggregatesPassedThrough, passed_through as f64),
+                (
+                    Metric::MillisBehindLatest,
+                    millis_behind.unwrap_or(0) as f64,
+                ),
+            ];
+            let known = if millis_behind.is_some() { 5 } else { 4 };
+            context
+                .metrics
+                .record(Some(&self.shard_id), &samples[..known]);
             if past_checkpoint {
                 resume_after = None;
             }
@@ -284,14 +326,17 @@ impl<T: Send + 'static> Reader<T> {
     }
 
     /// Turns one reply into messages: de-aggregates, skips what the
-    /// checkpoint says was processed, and runs the message handler.
+    /// checkpoint says was processed, and runs the message handler. Also
+    /// returns how many user records came out of aggregates and how many
+    /// invalid aggregates were passed through whole.
     fn chunk(
         &mut self,
         reply: GetRecordsOutput,
         resume_after: Option<&ExtendedSequenceNumber>,
-    ) -> Result<Chunk<T>> {
+    ) -> Result<(Chunk<T>, u64, u64)> {
         let mut messages = Vec::with_capacity(reply.records.len());
         let mut bytes = 0u64;
+        let (mut deaggregated, mut passed_through) = (0u64, 0u64);
         let handler = &self.context.handler;
         let shard_id = &self.shard_id;
         let mut records: Vec<Record> = Vec::with_capacity(reply.records.len());
@@ -320,6 +365,7 @@ impl<T: Send + 'static> Reader<T> {
                             .collect::<Vec<_>>(),
                     ),
                     Err(e) => {
+                        passed_through += 1;
                         if !self.warned_about_aggregates {
                             self.warned_about_aggregates = true;
                             log::warn!(
@@ -334,7 +380,10 @@ impl<T: Send + 'static> Reader<T> {
                 None
             };
             match users {
-                Some(users) => records.extend(users),
+                Some(users) => {
+                    deaggregated += users.len() as u64;
+                    records.extend(users)
+                }
                 None => records.push(Record {
                     shard_id: shard_id.clone(),
                     position: position(0),
@@ -368,14 +417,15 @@ impl<T: Send + 'static> Reader<T> {
                 panic_message(&panic)
             )));
         }
-        Ok(Chunk {
+        let chunk = Chunk {
             shard_id: shard_id.clone(),
             epoch: self.epoch,
             messages,
             millis_behind_latest: reply.millis_behind_latest,
             shard_end: reply.next_shard_iterator.is_none(),
             bytes,
-        })
+        };
+        Ok((chunk, deaggregated, passed_through))
     }
 
     /// Waits for room in the buffer and sends; false when told to stop first.

@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::error::{Error, Result};
 use crate::lease::{Checkpoint, CoordinatorEvent, HeldLeases};
+use crate::metrics::{Metric, Metrics};
 use crate::worker::batch::{Batch, ShardBatch};
 use crate::worker::budget::Budget;
 use crate::worker::reader::{Chunk, ReaderOutput, panic_message};
@@ -33,6 +34,7 @@ pub(crate) struct Ticker<'a, T> {
     pub shutdown: &'a AtomicBool,
     pub batch_interval: Duration,
     pub checkpoint_interval: Duration,
+    pub metrics: Metrics,
     pending: HashMap<Arc<str>, Pending>,
     last_written: HashMap<Arc<str>, Instant>,
 }
@@ -55,9 +57,16 @@ impl<'a, T> Ticker<'a, T> {
             shutdown,
             batch_interval,
             checkpoint_interval,
+            metrics: Metrics::default(),
             pending: HashMap::new(),
             last_written: HashMap::new(),
         }
+    }
+
+    /// Records batch and checkpoint metrics in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs batches until shutdown or an error; on the way out writes every
@@ -91,7 +100,7 @@ impl<'a, T> Ticker<'a, T> {
                 // The handler took longer than an interval: do not try to catch up.
                 tick = Instant::now() + self.batch_interval;
             }
-            let (batch, bytes, count) = self.build(chunks);
+            let (batch, bytes, count, shard_bytes) = self.build(chunks);
             let ends: Vec<(Arc<str>, u64, Checkpoint)> = batch
                 .shards
                 .iter()
@@ -104,10 +113,39 @@ impl<'a, T> Ticker<'a, T> {
                     Some((s.shard_id.clone(), s.epoch, checkpoint))
                 })
                 .collect();
+            let processed: Vec<(Arc<str>, usize, u64)> = if self.metrics.is_on() {
+                batch
+                    .shards
+                    .iter()
+                    .zip(shard_bytes)
+                    .map(|(s, bytes)| (s.shard_id.clone(), s.messages.len(), bytes))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let batch_size = batch.len();
+            let started = Instant::now();
             let outcome = catch_unwind(AssertUnwindSafe(|| handler(batch)));
+            self.metrics.record(
+                None,
+                &[
+                    (Metric::ProcessTaskTime, millis(started.elapsed())),
+                    (Metric::BatchSize, batch_size as f64),
+                ],
+            );
             self.budget.release(bytes, count);
             match outcome {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    for (shard_id, records, bytes) in &processed {
+                        self.metrics.record(
+                            Some(shard_id),
+                            &[
+                                (Metric::RecordsProcessed, *records as f64),
+                                (Metric::DataBytesProcessed, *bytes as f64),
+                            ],
+                        );
+                    }
+                }
                 Ok(Err(e)) => return Err(Error::Handler(e.into())),
                 Err(panic) => {
                     return Err(Error::HandlerPanicked(format!(
@@ -165,9 +203,12 @@ impl<'a, T> Ticker<'a, T> {
     }
 
     /// Groups chunks by shard, in the order they were read, leaving out
-    /// shards whose lease was lost meanwhile.
-    fn build(&self, chunks: Vec<Chunk<T>>) -> (Batch<T>, u64, u64) {
+    /// shards whose lease was lost meanwhile. Also returns the bytes and
+    /// records of every chunk (for the buffer budget) and the bytes read
+    /// of each shard of the batch.
+    fn build(&self, chunks: Vec<Chunk<T>>) -> (Batch<T>, u64, u64, Vec<u64>) {
         let mut shards: Vec<ShardBatch<T>> = Vec::new();
+        let mut shard_bytes: Vec<u64> = Vec::new();
         let (mut bytes, mut count) = (0, 0);
         for chunk in chunks {
             bytes += chunk.bytes;
@@ -177,20 +218,25 @@ impl<'a, T> Ticker<'a, T> {
             }
             match shards
                 .iter_mut()
-                .find(|s| s.shard_id == chunk.shard_id && s.epoch == chunk.epoch)
+                .enumerate()
+                .find(|(_, s)| s.shard_id == chunk.shard_id && s.epoch == chunk.epoch)
             {
-                Some(s) => {
+                Some((i, s)) => {
+                    shard_bytes[i] += chunk.bytes;
                     s.messages.extend(chunk.messages);
                     s.millis_behind_latest = chunk.millis_behind_latest.or(s.millis_behind_latest);
                     s.shard_ended |= chunk.shard_end;
                 }
-                None => shards.push(ShardBatch {
-                    shard_id: chunk.shard_id,
-                    messages: chunk.messages,
-                    millis_behind_latest: chunk.millis_behind_latest,
-                    shard_ended: chunk.shard_end,
-                    epoch: chunk.epoch,
-                }),
+                None => {
+                    shard_bytes.push(chunk.bytes);
+                    shards.push(ShardBatch {
+                        shard_id: chunk.shard_id,
+                        messages: chunk.messages,
+                        millis_behind_latest: chunk.millis_behind_latest,
+                        shard_ended: chunk.shard_end,
+                        epoch: chunk.epoch,
+                    });
+                }
             }
         }
         (
@@ -200,6 +246,7 @@ impl<'a, T> Ticker<'a, T> {
             },
             bytes,
             count,
+            shard_bytes,
         )
     }
 
@@ -247,10 +294,21 @@ impl<'a, T> Ticker<'a, T> {
             let Some(pending) = self.pending.remove(&shard_id) else {
                 continue;
             };
-            match self
+            let started = Instant::now();
+            let result = self
                 .held
-                .checkpoint(&shard_id, pending.epoch, &pending.checkpoint)
-            {
+                .checkpoint(&shard_id, pending.epoch, &pending.checkpoint);
+            self.metrics.record(
+                Some(&shard_id),
+                &[
+                    (
+                        Metric::CheckpointSuccess,
+                        f64::from(u8::from(matches!(result, Ok(true)))),
+                    ),
+                    (Metric::CheckpointTime, millis(started.elapsed())),
+                ],
+            );
+            match result {
                 Ok(true) => {
                     self.last_written.insert(shard_id.clone(), now);
                     log::debug!("checkpointed {shard_id} at {:?}", pending.checkpoint);
@@ -270,4 +328,8 @@ impl<'a, T> Ticker<'a, T> {
             }
         }
     }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }

@@ -1,6 +1,7 @@
-//! Test harness: starts the pinned emulators (kinesis-local, dynalite) once
-//! per test binary on free 127.0.0.1 ports. They exit by themselves when the
-//! test process does (see emulators/loopback.js).
+//! Test harness: starts the pinned emulators (kinesis-local, dynalite, and
+//! moto for CloudWatch) once per test binary on free 127.0.0.1 ports. They
+//! exit by themselves when the test process does (see emulators/loopback.js
+//! and tests/metrics/moto_server.py).
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
@@ -118,6 +119,66 @@ pub fn start_dynamodb() -> (String, Child) {
         .expect("start dynalite");
     wait_for_port(port, "dynalite");
     (format!("http://127.0.0.1:{port}"), child)
+}
+
+/// Installs the pinned moto (tests/metrics/requirements.txt) if it is missing.
+pub fn install_moto() {
+    let has_moto = |python: &str| {
+        Command::new(python)
+            .args([
+                "-c",
+                "import moto, moto.server, flask; assert moto.__version__ == '5.2.5'",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has_moto("python3") {
+        return;
+    }
+    let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/metrics/requirements.txt");
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements)
+        .status()
+        .expect("python3 with pip must be installed to run moto");
+    assert!(
+        status.success(),
+        "pip install -r {} failed",
+        requirements.display()
+    );
+}
+
+/// Starts moto's server (CloudWatch and more) on a free port; its URL and
+/// process. It exits when this process does.
+pub fn start_moto() -> (String, Child) {
+    install_moto();
+    let port = free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/metrics/moto_server.py");
+    let child = Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto");
+    wait_for_port(port, "moto");
+    (format!("http://127.0.0.1:{port}"), child)
+}
+
+/// moto of this test binary, started on first use: its URL.
+pub fn moto() -> &'static str {
+    static MOTO: OnceLock<(String, Child)> = OnceLock::new();
+    &MOTO.get_or_init(start_moto).0
 }
 
 /// The emulators of this test binary, started on first use.

@@ -1,0 +1,285 @@
+//! Metrics: what the consumer measures, kept in-process and published to
+//! CloudWatch, at the KCL's levels and with the dimensions the user chose.
+//!
+//! Three parts, one job each:
+//!
+//! - recording ([`Metrics`], crate-private): the readers, the ticker and the
+//!   lease coordinator record a few values per GetRecords call, per batch or
+//!   per lease round (never per record) into a shared map of series, one
+//!   short lock per call; with [`MetricsLevel::None`] a recording call is a
+//!   single branch;
+//! - aggregation: each series keeps a statistic set (sample count, sum,
+//!   minimum, maximum) for the current period and one since the start;
+//! - publishing (its own threads): once per period the period's statistic
+//!   sets go into a bounded queue, and a sender thread sends them with
+//!   PutMetricData in requests within the API's limits. A full queue or a
+//!   failed request drops data (counted in [`PublishStats`] and logged);
+//!   nothing ever waits on CloudWatch except the publisher's own thread.
+//!
+//! The in-process view is a [`MetricsHandle`] from
+//! [`Consumer::metrics`](crate::Consumer::metrics): cumulative statistics of
+//! every series, for an exporter of your own (Prometheus, logs).
+
+mod aggregate;
+mod publisher;
+mod recorder;
+
+pub use aggregate::Statistics;
+pub(crate) use publisher::Publisher;
+pub(crate) use recorder::Metrics;
+
+use crate::config::{MetricsDimension, MetricsLevel};
+
+/// A metric the consumer records, with the KCL's name where it has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Metric {
+    /// Records handed to the batch handler that it accepted, per shard.
+    RecordsProcessed,
+    /// Bytes (data and partition keys, as read) of those records.
+    DataBytesProcessed,
+    /// How far behind the tip of the shard each read was.
+    MillisBehindLatest,
+    /// How long the batch handler took.
+    ProcessTaskTime,
+    /// Records per batch.
+    BatchSize,
+    /// 1 per successful GetRecords call, 0 per failed one.
+    GetRecordsSuccess,
+    /// How long each GetRecords call took.
+    GetRecordsTime,
+    /// 1 per throttled GetRecords call.
+    GetRecordsThrottled,
+    /// 1 per expired shard iterator.
+    ExpiredIterators,
+    /// User records taken out of KPL aggregates.
+    RecordsDeaggregated,
+    /// Records that looked like KPL aggregates but were not valid and were
+    /// delivered whole.
+    AggregatesPassedThrough,
+    /// 1 per checkpoint written, 0 per checkpoint failed or refused.
+    CheckpointSuccess,
+    /// How long each checkpoint write took.
+    CheckpointTime,
+    /// Leases held, sampled at each renewal round.
+    LeasesHeld,
+    /// Leases lost, per renewal round.
+    LeasesLost,
+    /// Unowned or expired leases taken, per take round.
+    LeasesTaken,
+    /// Leases stolen from busier workers, per take round.
+    LeasesStolen,
+    /// Workers seen in the lease table (this one included), per take round.
+    Workers,
+    /// Held shards waiting for their parents to finish, per take round.
+    ShardsBlockedOnParent,
+}
+
+impl Metric {
+    /// The metric's name in CloudWatch.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Metric::RecordsProcessed => "RecordsProcessed",
+            Metric::DataBytesProcessed => "DataBytesProcessed",
+            Metric::MillisBehindLatest => "MillisBehindLatest",
+            Metric::ProcessTaskTime => "ProcessTask.Time",
+            Metric::BatchSize => "BatchSize",
+            Metric::GetRecordsSuccess => "GetRecords.Success",
+            Metric::GetRecordsTime => "GetRecords.Time",
+            Metric::GetRecordsThrottled => "GetRecords.Throttled",
+            Metric::ExpiredIterators => "ExpiredIterators",
+            Metric::RecordsDeaggregated => "RecordsDeaggregated",
+            Metric::AggregatesPassedThrough => "AggregatesPassedThrough",
+            Metric::CheckpointSuccess => "Checkpoint.Success",
+            Metric::CheckpointTime => "Checkpoint.Time",
+            Metric::LeasesHeld => "LeasesHeld",
+            Metric::LeasesLost => "LeasesLost",
+            Metric::LeasesTaken => "LeasesTaken",
+            Metric::LeasesStolen => "LeasesStolen",
+            Metric::Workers => "Workers",
+            Metric::ShardsBlockedOnParent => "ShardsBlockedOnParent",
+        }
+    }
+
+    /// The value of the `Operation` dimension.
+    pub(crate) fn operation(self) -> &'static str {
+        use Metric::*;
+        match self {
+            RecordsProcessed | DataBytesProcessed | MillisBehindLatest | ProcessTaskTime
+            | BatchSize => "ProcessTask",
+            GetRecordsSuccess
+            | GetRecordsTime
+            | GetRecordsThrottled
+            | ExpiredIterators
+            | RecordsDeaggregated
+            | AggregatesPassedThrough => "GetRecords",
+            CheckpointSuccess | CheckpointTime => "Checkpoint",
+            LeasesHeld | LeasesLost => "RenewAllLeases",
+            LeasesTaken | LeasesStolen | Workers | ShardsBlockedOnParent => "TakeLeases",
+        }
+    }
+
+    pub(crate) fn unit(self) -> MetricUnit {
+        use Metric::*;
+        match self {
+            DataBytesProcessed => MetricUnit::Bytes,
+            MillisBehindLatest | ProcessTaskTime | GetRecordsTime | CheckpointTime => {
+                MetricUnit::Milliseconds
+            }
+            _ => MetricUnit::Count,
+        }
+    }
+
+    /// True for metrics recorded per shard (they get the `ShardId`
+    /// dimension at the detailed level).
+    pub(crate) fn per_shard(self) -> bool {
+        use Metric::*;
+        !matches!(
+            self,
+            ProcessTaskTime
+                | BatchSize
+                | LeasesHeld
+                | LeasesLost
+                | LeasesTaken
+                | LeasesStolen
+                | Workers
+                | ShardsBlockedOnParent
+        )
+    }
+
+    /// The lowest level that publishes the metric.
+    pub(crate) fn level(self) -> MetricsLevel {
+        use Metric::*;
+        match self {
+            GetRecordsTime | RecordsDeaggregated | CheckpointTime | ShardsBlockedOnParent => {
+                MetricsLevel::Detailed
+            }
+            _ => MetricsLevel::Summary,
+        }
+    }
+}
+
+/// The unit of a metric, as CloudWatch names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MetricUnit {
+    /// A number of things.
+    Count,
+    /// A duration in milliseconds.
+    Milliseconds,
+    /// A number of bytes.
+    Bytes,
+}
+
+impl MetricUnit {
+    /// CloudWatch's name of the unit: `Count`, `Milliseconds` or `Bytes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricUnit::Count => "Count",
+            MetricUnit::Milliseconds => "Milliseconds",
+            MetricUnit::Bytes => "Bytes",
+        }
+    }
+}
+
+/// One series of the in-process view: a metric with its dimensions and its
+/// statistics since the consumer was built.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct MetricSample {
+    /// The metric's name, such as `RecordsProcessed` or `GetRecords.Time`.
+    pub name: &'static str,
+    /// The dimensions (`Operation`, `ShardId`, `WorkerIdentifier`,
+    /// `StreamName`) as published to CloudWatch: those chosen with
+    /// [`metrics_dimensions`](crate::ConsumerBuilder::metrics_dimensions)
+    /// that apply to the metric at the level set.
+    pub dimensions: Vec<(&'static str, String)>,
+    /// The unit.
+    pub unit: MetricUnit,
+    /// Every sample since the start, summed up.
+    pub statistics: Statistics,
+}
+
+impl MetricSample {
+    /// The value of a dimension, if the sample has it.
+    pub fn dimension(&self, name: &str) -> Option<&str> {
+        self.dimensions
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How CloudWatch publishing went, since the consumer was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublishStats {
+    /// PutMetricData requests that succeeded.
+    pub requests: u64,
+    /// PutMetricData requests that failed (after their retries).
+    pub failed_requests: u64,
+    /// Metric data (statistic sets) CloudWatch accepted.
+    pub datums_sent: u64,
+    /// Metric data dropped: their request failed, the queue to the
+    /// publisher was full, or they were still unsent at shutdown.
+    pub datums_dropped: u64,
+}
+
+/// The in-process view of a consumer's metrics; get one with
+/// [`Consumer::metrics`](crate::Consumer::metrics) before calling `run`.
+///
+/// Cheap to clone and safe to use from any thread, during and after `run`.
+/// It sees what CloudWatch would be sent: the series of the configured
+/// [`MetricsLevel`] and dimensions, whether or not publishing to CloudWatch
+/// is on. With [`MetricsLevel::None`] nothing is recorded and
+/// [`snapshot`](Self::snapshot) is empty.
+///
+/// ```no_run
+/// # fn main() -> Result<(), kinesis_consumer::Error> {
+/// use kinesis_consumer::{Consumer, MetricsLevel};
+///
+/// let consumer = Consumer::builder()
+///     .app_name("word-count")
+///     .stream_name("words")
+///     .metrics_level(MetricsLevel::Summary)
+///     .publish_metrics(false) // only the in-process view
+///     .build()?;
+/// let metrics = consumer.metrics();
+/// std::thread::spawn(move || loop {
+///     std::thread::sleep(std::time::Duration::from_secs(60));
+///     for s in metrics.snapshot() {
+///         println!("{} {:?}: sum {} ({} samples)", s.name, s.dimensions,
+///             s.statistics.sum, s.statistics.sample_count);
+///     }
+/// });
+/// consumer.run(|_batch| Ok::<(), std::io::Error>(()))
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct MetricsHandle {
+    pub(crate) metrics: Metrics,
+}
+
+impl MetricsHandle {
+    /// Every series recorded so far with its cumulative statistics, sorted
+    /// by metric and shard. Counters are sums (`RecordsProcessed`: the sum
+    /// is the number of records); times and gauges are best read as
+    /// average, minimum and maximum.
+    pub fn snapshot(&self) -> Vec<MetricSample> {
+        self.metrics.snapshot()
+    }
+
+    /// How CloudWatch publishing went so far.
+    pub fn publish_stats(&self) -> PublishStats {
+        self.metrics.publish_stats()
+    }
+
+    /// The level metrics are recorded at.
+    pub fn level(&self) -> MetricsLevel {
+        self.metrics.level()
+    }
+
+    /// The dimensions metrics are broken down by.
+    pub fn dimensions(&self) -> Vec<MetricsDimension> {
+        self.metrics.dimensions()
+    }
+}
