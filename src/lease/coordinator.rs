@@ -231,6 +231,19 @@ impl<R: ShardRunner> Coordinator<R> {
             }
         }
         let held: HashSet<String> = self.held.shards().into_iter().map(|(id, _)| id).collect();
+        // A reader whose lease was dropped elsewhere (a refused checkpoint
+        // forgets the lease on the ticker's side) reads for nobody: stop it,
+        // or a later take of the same shard would find it "running" under
+        // the old epoch and never start a reader that counts.
+        for lease in &leases {
+            if !held.contains(&lease.shard_id) && self.runner.is_running(&lease.shard_id) {
+                log::info!(
+                    "stopping the reader of {}: its lease is gone",
+                    lease.shard_id
+                );
+                self.runner.stop(&lease.shard_id);
+            }
+        }
         // A lease the table gives to someone else is lost, whatever we thought.
         for lease in &leases {
             if held.contains(&lease.shard_id) && lease.owner.as_deref() != Some(me.as_str()) {
