@@ -15,6 +15,8 @@ use kinesis_consumer::aws::credentials::Credentials;
 use kinesis_consumer::aws::dynamodb::DynamoDbClient;
 use kinesis_consumer::aws::kinesis::KinesisClient;
 
+pub mod proxy;
+
 /// Endpoints of the running emulators.
 pub struct Emulators {
     pub kinesis_url: String,
