@@ -58,6 +58,11 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     observed: HashMap<String, (Option<String>, u64, Instant)>,
     /// Shards already reported as waiting for a parent, to log it once.
     blocked: HashSet<String>,
+    /// The stream's shards as of the last shard sync: a lease row naming
+    /// any other shard is never taken (its reader could only fail).
+    stream_shards: HashSet<String>,
+    /// Lease rows already reported as naming no shard of the stream.
+    foreign: HashSet<String>,
 }
 
 fn ceil_div(a: usize, b: usize) -> usize {
@@ -82,6 +87,8 @@ impl<R: ShardRunner> Coordinator<R> {
             runner,
             observed: HashMap::new(),
             blocked: HashSet::new(),
+            stream_shards: HashSet::new(),
+            foreign: HashSet::new(),
         }
     }
 
@@ -151,6 +158,7 @@ impl<R: ShardRunner> Coordinator<R> {
     /// deletes finished leases once all their children have started.
     fn sync_shards(&mut self) -> Result<()> {
         let shards = self.kinesis.list_shards(&self.stream, None)?;
+        self.stream_shards = shards.iter().map(|s| s.shard_id.clone()).collect();
         let leases = self.held.table().list()?;
         let mut known: HashMap<String, Lease> = leases
             .into_iter()
@@ -262,9 +270,21 @@ impl<R: ShardRunner> Coordinator<R> {
                 .get(&l.shard_id)
                 .is_some_and(|o| now.duration_since(o.2) >= failover)
         };
+        for lease in &leases {
+            if !self.stream_shards.contains(&lease.shard_id)
+                && self.foreign.insert(lease.shard_id.clone())
+            {
+                log::warn!(
+                    "lease table row {} names no shard of stream {}; ignoring it",
+                    lease.shard_id,
+                    self.stream
+                );
+            }
+        }
         let open: Vec<&Lease> = leases
             .iter()
             .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
+            .filter(|l| self.stream_shards.contains(&l.shard_id))
             .collect();
         let mut available: Vec<&Lease> = Vec::new();
         let mut by_owner: HashMap<&str, Vec<&Lease>> = HashMap::new();
