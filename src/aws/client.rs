@@ -367,7 +367,7 @@ pub(crate) fn explain_decode_error(e: serde_json::Error, body: &[u8]) -> String 
 
 /// Builds the error of a non-2xx reply from whatever the body holds: JSON
 /// with `__type` and `message`, HTML, or nothing.
-fn service_error(
+pub(crate) fn service_error(
     operation: &'static str,
     status: u16,
     request_id: Option<String>,
