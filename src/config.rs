@@ -79,6 +79,8 @@ pub struct ConsumerBuilder<T> {
     pub(crate) message_handler: MessageHandler<T>,
     pub(crate) retry_wait: Duration,
     pub(crate) max_attempts: u32,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) read_timeout: Duration,
     pub(crate) worker_id: Option<String>,
     pub(crate) max_records_per_read: u32,
     pub(crate) idle_time_between_reads: Duration,
@@ -127,6 +129,8 @@ impl ConsumerBuilder<Vec<u8>> {
             message_handler: Arc::new(|r: &mut Record| std::mem::take(&mut r.data)),
             retry_wait: Duration::from_millis(100),
             max_attempts: 3,
+            connect_timeout: Duration::from_secs(3),
+            read_timeout: Duration::from_secs(10),
             worker_id: None,
             max_records_per_read: 10_000,
             idle_time_between_reads: Duration::from_secs(1),
@@ -314,6 +318,8 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             buffer_records: self.buffer_records,
             retry_wait: self.retry_wait,
             max_attempts: self.max_attempts,
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
             worker_id: self.worker_id,
             max_records_per_read: self.max_records_per_read,
             idle_time_between_reads: self.idle_time_between_reads,
@@ -334,6 +340,19 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// Defaults to 3 (Spark's default).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
+        self
+    }
+
+    /// How long to wait for a connection to an AWS endpoint. Defaults to 3 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for each reply from AWS before the request counts
+    /// as failed (and is retried). Defaults to 10 s.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
         self
     }
 
@@ -444,7 +463,9 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
                     credentials: &Option<Arc<dyn ProvideCredentials>>| {
             let mut c = ClientConfig::new()
                 .retry_wait(self.retry_wait)
-                .max_attempts(self.max_attempts);
+                .max_attempts(self.max_attempts)
+                .connect_timeout(self.connect_timeout)
+                .read_timeout(self.read_timeout);
             c.region = self.region.clone();
             c.endpoint_url = endpoint.clone();
             c.credentials = credentials.clone().or_else(|| self.credentials.clone());
@@ -650,6 +671,44 @@ mod tests {
         );
         let no_app = ConsumerBuilder::new().stream_name("s");
         assert_eq!(setting_of(no_app), "app_name");
+    }
+
+    #[test]
+    fn more_invalid_names_intervals_and_timeouts() {
+        assert_eq!(setting_of(valid().app_name("ab")), "app_name");
+        assert_eq!(setting_of(valid().app_name("a".repeat(256))), "app_name");
+        assert_eq!(setting_of(valid().app_name("tab\tle")), "app_name");
+        assert_eq!(setting_of(valid().app_name("tablé")), "app_name");
+        assert_eq!(setting_of(valid().stream_name("a/b")), "stream_name");
+        assert_eq!(setting_of(valid().stream_name("a\0b")), "stream_name");
+        assert_eq!(
+            setting_of(valid().shard_sync_interval(Duration::ZERO)),
+            "shard_sync_interval"
+        );
+        assert_eq!(
+            setting_of(valid().failover_time(Duration::from_millis(299))),
+            "failover_time"
+        );
+        assert_eq!(
+            setting_of(valid().read_timeout(Duration::ZERO)),
+            "read_timeout"
+        );
+        assert_eq!(
+            setting_of(valid().connect_timeout(Duration::ZERO)),
+            "connect_timeout"
+        );
+        assert_eq!(
+            setting_of(
+                valid()
+                    .metrics_level(MetricsLevel::Summary)
+                    .metrics_dimensions(&[])
+            ),
+            "metrics_dimensions"
+        );
+        assert_eq!(setting_of(valid().region("")), "region");
+        // The longest names AWS allows are fine.
+        assert!(valid().app_name("a".repeat(255)).build().is_ok());
+        assert!(valid().stream_name("s".repeat(128)).build().is_ok());
     }
 
     #[test]

@@ -344,13 +344,30 @@ pub(crate) fn decode<O: DeserializeOwned>(operation: &'static str, body: &[u8]) 
     };
     serde_json::from_slice(body).map_err(|e| Error::Decode {
         operation,
-        message: e.to_string(),
+        message: explain_decode_error(e, body),
     })
+}
+
+/// A decode error's text; when the body is not JSON at all (an HTML page
+/// from something that is not the AWS service), its first characters too.
+pub(crate) fn explain_decode_error(e: serde_json::Error, body: &[u8]) -> String {
+    let looks_like_json = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| matches!(b, b'{' | b'['));
+    if looks_like_json {
+        e.to_string()
+    } else {
+        format!(
+            "{e}: the reply is not JSON (is the endpoint an AWS service?): {}",
+            describe_body(body)
+        )
+    }
 }
 
 /// Builds the error of a non-2xx reply from whatever the body holds: JSON
 /// with `__type` and `message`, HTML, or nothing.
-fn service_error(
+pub(crate) fn service_error(
     operation: &'static str,
     status: u16,
     request_id: Option<String>,

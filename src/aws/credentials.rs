@@ -2001,6 +2001,68 @@ mod tests {
     // ---- redaction and helpers ----
 
     #[test]
+    fn credential_errors_never_show_secrets() {
+        const SECRET: &str = "SECRET-VALUE-41d7";
+        const TOKEN: &str = "TOKEN-VALUE-8be2";
+        let mut shown = Vec::new();
+        // Half-set environment and a profile with a secret but no key id.
+        shown.push(
+            chain(&[
+                ("AWS_SECRET_ACCESS_KEY", SECRET),
+                ("AWS_SESSION_TOKEN", TOKEN),
+            ])
+            .credentials()
+            .unwrap_err(),
+        );
+        let (config, creds) = write_files(
+            "",
+            &format!("[default]\naws_secret_access_key = {SECRET}\naws_session_token = {TOKEN}\n"),
+        );
+        shown.push(
+            chain(&[
+                ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+                ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
+            ])
+            .credentials()
+            .unwrap_err(),
+        );
+        // STS refusing a web identity token, and answering garbage.
+        for reply in [
+            "<ErrorResponse><Error><Code>InvalidIdentityToken</Code><Message>no</Message></Error></ErrorResponse>",
+            "<html>oops</html>",
+        ] {
+            let sts = FakeServer::start(move |_| (400, reply.to_string()));
+            let token = token_file(TOKEN);
+            shown.push(
+                chain(&[
+                    ("AWS_WEB_IDENTITY_TOKEN_FILE", token.to_str().unwrap()),
+                    ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+                    ("AWS_ENDPOINT_URL_STS", &sts.url),
+                ])
+                .credentials()
+                .unwrap_err(),
+            );
+        }
+        // A container endpoint refusing the authorization token.
+        let server = FakeServer::start(|_| (401, "denied".to_string()));
+        shown.push(
+            chain(&[
+                (
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    &format!("{}/c", server.url),
+                ),
+                ("AWS_CONTAINER_AUTHORIZATION_TOKEN", TOKEN),
+            ])
+            .credentials()
+            .unwrap_err(),
+        );
+        for e in shown {
+            let text = format!("{e} {e:?}");
+            assert!(!text.contains(SECRET) && !text.contains(TOKEN), "{text}");
+        }
+    }
+
+    #[test]
     fn debug_never_shows_secrets() {
         let creds = Credentials::new("AKID", "SECRET-VALUE").with_session_token("TOKEN-VALUE");
         let shown = format!("{creds:?}");

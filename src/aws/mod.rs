@@ -12,3 +12,5 @@ pub mod kinesis;
 pub mod sigv4;
 
 pub use client::ClientConfig;
+#[cfg(feature = "fuzzing")]
+pub(crate) use env::{FileKind, parse_profile_file};

@@ -62,6 +62,11 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     /// Leases we asked their owners to hand over, and when.
     handoffs_asked: HashMap<String, Instant>,
     metrics: Metrics,
+    /// The stream's shards as of the last shard sync: a lease row naming
+    /// any other shard is never taken (its reader could only fail).
+    stream_shards: HashSet<String>,
+    /// Lease rows already reported as naming no shard of the stream.
+    foreign: HashSet<String>,
 }
 
 fn ceil_div(a: usize, b: usize) -> usize {
@@ -89,6 +94,8 @@ impl<R: ShardRunner> Coordinator<R> {
             blocked: HashSet::new(),
             handoffs_asked: HashMap::new(),
             metrics,
+            stream_shards: HashSet::new(),
+            foreign: HashSet::new(),
         }
     }
 
@@ -173,6 +180,7 @@ impl<R: ShardRunner> Coordinator<R> {
     /// and deletes finished leases of shards the stream no longer lists.
     fn sync_shards(&mut self) -> Result<()> {
         let shards = self.kinesis.list_shards(&self.stream, None)?;
+        self.stream_shards = shards.iter().map(|s| s.shard_id.clone()).collect();
         let leases = self.held.table().list()?;
         let mut known: HashMap<String, Lease> = leases
             .into_iter()
@@ -258,6 +266,19 @@ impl<R: ShardRunner> Coordinator<R> {
         }
         self.delete_finished(&leases)?;
         let held: HashSet<String> = self.held.shards().into_iter().map(|(id, _)| id).collect();
+        // A reader whose lease was dropped elsewhere (a refused checkpoint
+        // forgets the lease on the ticker's side) reads for nobody: stop it,
+        // or a later take of the same shard would find it "running" under
+        // the old epoch and never start a reader that counts.
+        for lease in &leases {
+            if !held.contains(&lease.shard_id) && self.runner.is_running(&lease.shard_id) {
+                log::info!(
+                    "stopping the reader of {}: its lease is gone",
+                    lease.shard_id
+                );
+                self.runner.stop(&lease.shard_id);
+            }
+        }
         let (mut taken, mut stolen, mut lost) = (0u32, 0u32, 0u32);
         // A lease the table gives to someone else is lost, whatever we thought.
         for lease in &leases {
@@ -278,9 +299,21 @@ impl<R: ShardRunner> Coordinator<R> {
                 .get(&l.shard_id)
                 .map_or(Duration::ZERO, |o| now.duration_since(o.2))
         };
+        for lease in &leases {
+            if !self.stream_shards.contains(&lease.shard_id)
+                && self.foreign.insert(lease.shard_id.clone())
+            {
+                log::warn!(
+                    "lease table row {} names no shard of stream {}; ignoring it",
+                    lease.shard_id,
+                    self.stream
+                );
+            }
+        }
         let open: Vec<&Lease> = leases
             .iter()
             .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
+            .filter(|l| self.stream_shards.contains(&l.shard_id))
             .collect();
         let mut available: Vec<&Lease> = Vec::new();
         let mut by_owner: HashMap<&str, Vec<&Lease>> = HashMap::new();

@@ -9,6 +9,8 @@ mod table;
 pub(crate) use coordinator::{Coordinator, CoordinatorEvent, LeaseTimings, ShardRunner};
 pub(crate) use held::HeldLeases;
 pub(crate) use table::LeaseTable;
+#[cfg(feature = "fuzzing")]
+pub(crate) use table::parse_lease;
 
 use std::time::SystemTime;
 

@@ -47,11 +47,19 @@ fn held_by(owner: &str, counter: u64) -> Expression {
         .value(":counter", n(counter))
 }
 
+/// The largest counter we accept: the KCL keeps counters in a Java `long`,
+/// and staying below `u64::MAX` means `counter + 1` can never overflow.
+const MAX_COUNTER: u64 = i64::MAX as u64;
+
+fn parse_counter(text: &str) -> Option<u64> {
+    text.parse().ok().filter(|c| *c <= MAX_COUNTER)
+}
+
 /// Reads the counter a write left behind.
 fn counter_of(operation: &'static str, item: &Item) -> Result<u64> {
     item.get("leaseCounter")
         .and_then(AttributeValue::as_n)
-        .and_then(|v| v.parse().ok())
+        .and_then(parse_counter)
         .ok_or_else(|| Error::Decode {
             operation,
             message: "the lease has no numeric leaseCounter".into(),
@@ -66,8 +74,8 @@ pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, String> {
             None | Some(AttributeValue::NULL(_)) => Ok(0),
             Some(v) => v
                 .as_n()
-                .and_then(|t| t.parse().ok())
-                .ok_or_else(|| format!("{name} is not a number")),
+                .and_then(parse_counter)
+                .ok_or_else(|| format!("{name} is not a whole number up to 2^63 - 1")),
         }
     };
     let set = |name: &str| {
@@ -79,7 +87,10 @@ pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, String> {
     let shard_id = text(KEY)
         .ok_or("leaseKey is missing or not a string")?
         .to_owned();
-    let checkpoint_text = text("checkpoint").unwrap_or("TRIM_HORIZON");
+    let checkpoint_text = match item.get("checkpoint") {
+        None | Some(AttributeValue::NULL(_)) => "TRIM_HORIZON",
+        Some(v) => v.as_s().ok_or("checkpoint is not a string")?,
+    };
     let timestamp = match item.get(TIMESTAMP) {
         None => None,
         Some(v) => Some(
@@ -447,6 +458,27 @@ mod tests {
             ))
             .unwrap_err()
             .contains("nonsense")
+        );
+        for bad in [
+            r#"{"leaseKey":{"S":"s"},"leaseCounter":{"N":"18446744073709551615"}}"#,
+            r#"{"leaseKey":{"S":"s"},"leaseCounter":{"N":"9223372036854775808"}}"#,
+            r#"{"leaseKey":{"S":"s"},"leaseCounter":{"N":"-1"}}"#,
+            r#"{"leaseKey":{"S":"s"},"checkpoint":{"N":"12"}}"#,
+            r#"{"leaseKey":{"S":"s"},"checkpoint":{"SS":["12"]}}"#,
+        ] {
+            assert!(parse_lease(&item(bad)).is_err(), "{bad}");
+        }
+        let top = parse_lease(&item(
+            r#"{"leaseKey":{"S":"s"},"leaseCounter":{"N":"9223372036854775807"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(top.counter, i64::MAX as u64);
+        assert!(
+            counter_of(
+                "X",
+                &item(r#"{"leaseCounter":{"N":"18446744073709551615"}}"#)
+            )
+            .is_err()
         );
     }
 }

@@ -16,10 +16,14 @@ use kinesis_consumer::aws::credentials::Credentials;
 use kinesis_consumer::aws::dynamodb::DynamoDbClient;
 use kinesis_consumer::aws::kinesis::KinesisClient;
 
+pub mod proxy;
+
 /// Endpoints of the running emulators.
 pub struct Emulators {
     pub kinesis_url: String,
     pub dynamodb_url: String,
+    /// kinesis-local's TLS port (a self-signed certificate).
+    pub kinesis_tls_url: String,
     /// Kept, not waited for: they exit with the test process.
     _processes: Vec<Child>,
 }
@@ -65,6 +69,13 @@ fn wait_for_port(port: u16, what: &str) {
 
 /// Starts kinesis-local on a free port; its plain-HTTP URL and process.
 pub fn start_kinesis() -> (String, Child) {
+    let (plain, _tls, child) = start_kinesis_with_tls();
+    (plain, child)
+}
+
+/// Starts kinesis-local; its plain-HTTP URL, its HTTPS URL (self-signed
+/// certificate) and its process.
+pub fn start_kinesis_with_tls() -> (String, String, Child) {
     let dir = emulators_dir();
     let pkg = dir.join("node_modules/kinesis-local");
     let (plain, tls) = (free_port(), free_port());
@@ -92,7 +103,12 @@ pub fn start_kinesis() -> (String, Child) {
     }
     let child = cmd.spawn().expect("start kinesis-local");
     wait_for_port(plain, "kinesis-local");
-    (format!("http://127.0.0.1:{plain}"), child)
+    wait_for_port(tls, "kinesis-local (TLS)");
+    (
+        format!("http://127.0.0.1:{plain}"),
+        format!("https://127.0.0.1:{tls}"),
+        child,
+    )
 }
 
 /// Starts dynalite on a free port; its URL and process.
@@ -186,11 +202,12 @@ pub fn emulators() -> &'static Emulators {
     static EMULATORS: OnceLock<Emulators> = OnceLock::new();
     EMULATORS.get_or_init(|| {
         install_emulators();
-        let (kinesis_url, kinesis) = start_kinesis();
+        let (kinesis_url, kinesis_tls_url, kinesis) = start_kinesis_with_tls();
         let (dynamodb_url, dynamodb) = start_dynamodb();
         Emulators {
             kinesis_url,
             dynamodb_url,
+            kinesis_tls_url,
             _processes: vec![kinesis, dynamodb],
         }
     })

@@ -1,0 +1,713 @@
+//! The consumer under injected faults: a proxy (tests/common/proxy.rs)
+//! between the library and the emulators throttles, fails, cuts, delays and
+//! garbles replies of one operation at a time. Each test puts a known set
+//! of records before, during and after the fault and checks that every
+//! record is delivered, the first delivery of each record keeps shard
+//! order, no checkpoint ever passes a record the handler had not accepted,
+//! checkpoints never move backwards, the library's request rate during the
+//! fault stays bounded (backoff, no hot loop), and it recovers once the
+//! fault clears. Each test prints one `FAULT |` line with its figures
+//! (`cargo test --test faults -- --nocapture`); RELIABILITY.md collects them.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::proxy::{Fault, Proxy, Trigger};
+use kinesis_consumer::aws::kinesis::PutRecordsEntry;
+use kinesis_consumer::{Consumer, ConsumerBuilder, InitialPosition, SequenceNumber};
+
+/// One record put: its data, shard and sequence number.
+#[derive(Clone, Debug)]
+struct Put {
+    data: String,
+    shard: String,
+    seq: SequenceNumber,
+}
+
+/// One record the batch handler got.
+#[derive(Clone, Debug)]
+struct Got {
+    data: String,
+    shard: String,
+    seq: SequenceNumber,
+}
+
+fn put(stream: &str, prefix: &str, count: usize, into: &Mutex<Vec<Put>>) {
+    let k = common::kinesis();
+    let entries: Vec<PutRecordsEntry> = (0..count)
+        .map(|i| PutRecordsEntry {
+            partition_key: format!("key-{}", i % 16),
+            explicit_hash_key: None,
+            data: format!("{prefix}-{i}").into_bytes(),
+        })
+        .collect();
+    let mut puts = Vec::new();
+    for chunk in entries.chunks(500) {
+        for (entry, result) in chunk.iter().zip(k.put_records(stream, chunk).unwrap()) {
+            let out = result.unwrap();
+            puts.push(Put {
+                data: String::from_utf8(entry.data.clone()).unwrap(),
+                shard: out.shard_id,
+                seq: out.sequence_number,
+            });
+        }
+    }
+    into.lock().unwrap().extend(puts);
+}
+
+fn builder(proxy: &Proxy, stream: &str, app: &str) -> ConsumerBuilder<Vec<u8>> {
+    common::init_log();
+    Consumer::builder()
+        .app_name(app)
+        .stream_name(stream)
+        .region("us-east-1")
+        .endpoint_url(proxy.url())
+        .dynamodb_endpoint_url(proxy.url())
+        .cloudwatch_endpoint_url("http://127.0.0.1:9")
+        .credentials(kinesis_consumer::aws::credentials::Credentials::new(
+            "AKIDTEST", "secret",
+        ))
+        .initial_position(InitialPosition::TrimHorizon)
+        .batch_interval(Duration::from_millis(200))
+        .idle_time_between_reads(Duration::from_millis(100))
+        .failover_time(Duration::from_secs(3))
+        .shard_sync_interval(Duration::from_secs(2))
+}
+
+/// A running consumer with a thread that watches its checkpoints.
+struct Run {
+    stop: kinesis_consumer::ShutdownHandle,
+    thread: JoinHandle<kinesis_consumer::Result<()>>,
+    got: Arc<Mutex<Vec<Got>>>,
+    puts: Arc<Mutex<Vec<Put>>>,
+    watching: Arc<AtomicBool>,
+    watcher: JoinHandle<Vec<String>>,
+}
+
+/// Where a checkpoint stands, ordered: nothing < a record < the shard's end.
+fn rank(checkpoint: &str) -> (u8, Option<SequenceNumber>) {
+    match checkpoint {
+        "TRIM_HORIZON" | "LATEST" | "AT_TIMESTAMP" => (0, None),
+        "SHARD_END" => (2, None),
+        seq => (1, SequenceNumber::parse(seq)),
+    }
+}
+
+/// Polls the lease table: every checkpoint must cover only records the
+/// handler already had, and must never move backwards. Returns violations.
+fn watch_checkpoints(
+    app: String,
+    got: Arc<Mutex<Vec<Got>>>,
+    puts: Arc<Mutex<Vec<Put>>>,
+    watching: Arc<AtomicBool>,
+) -> Vec<String> {
+    let dynamodb = common::dynamodb();
+    let mut violations = Vec::new();
+    let mut last: HashMap<String, (u8, Option<SequenceNumber>)> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while watching.load(Ordering::Relaxed) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(items) = dynamodb.scan(&app) else {
+            continue;
+        };
+        // Read after the table: a record the handler had when the checkpoint
+        // was written is in this snapshot.
+        let delivered: HashSet<String> =
+            got.lock().unwrap().iter().map(|g| g.data.clone()).collect();
+        let puts = puts.lock().unwrap().clone();
+        for item in items {
+            let (Some(shard), Some(checkpoint)) = (
+                item.get("leaseKey").and_then(|v| v.as_s()),
+                item.get("checkpoint").and_then(|v| v.as_s()),
+            ) else {
+                continue;
+            };
+            let now = rank(checkpoint);
+            if let Some(before) = last.get(shard) {
+                if now < *before {
+                    violations.push(format!("{shard}: checkpoint moved back to {checkpoint}"));
+                }
+            }
+            if let (1, Some(cp)) = &now {
+                for p in puts.iter().filter(|p| p.shard == shard && p.seq <= *cp) {
+                    if !delivered.contains(&p.data) {
+                        violations.push(format!(
+                            "{shard}: checkpoint {checkpoint} passes {} which the handler never had",
+                            p.data
+                        ));
+                    }
+                }
+            }
+            last.insert(shard.to_owned(), now);
+        }
+    }
+    violations
+}
+
+fn start(builder: ConsumerBuilder<Vec<u8>>, app: &str, puts: Arc<Mutex<Vec<Put>>>) -> Run {
+    let consumer = builder.build().unwrap();
+    let stop = consumer.shutdown_handle();
+    let got: Arc<Mutex<Vec<Got>>> = Arc::default();
+    let sink = got.clone();
+    let thread = std::thread::spawn(move || {
+        consumer.run(move |batch| {
+            let mut sink = sink.lock().unwrap();
+            for m in batch.messages() {
+                sink.push(Got {
+                    data: String::from_utf8(m.value().clone()).unwrap(),
+                    shard: m.shard_id().to_owned(),
+                    seq: m.sequence_number().clone(),
+                });
+            }
+            Ok::<(), std::io::Error>(())
+        })
+    });
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (app, got, puts, watching) =
+            (app.to_owned(), got.clone(), puts.clone(), watching.clone());
+        std::thread::spawn(move || watch_checkpoints(app, got, puts, watching))
+    };
+    Run {
+        stop,
+        thread,
+        got,
+        puts,
+        watching,
+        watcher,
+    }
+}
+
+impl Run {
+    fn distinct(&self) -> usize {
+        let got = self.got.lock().unwrap();
+        got.iter().map(|g| &g.data).collect::<HashSet<_>>().len()
+    }
+
+    /// Waits until every record put so far was delivered; the time it took.
+    fn wait_all(&self, what: &str, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        let want = self.puts.lock().unwrap().len();
+        while self.distinct() < want {
+            assert!(
+                !self.thread.is_finished(),
+                "the consumer stopped while waiting for {what}"
+            );
+            assert!(
+                started.elapsed() < timeout,
+                "timed out waiting for {what}: {} of {want} records delivered",
+                self.distinct()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        started.elapsed()
+    }
+
+    /// Stops the consumer gracefully and checks everything; returns
+    /// (records put, distinct delivered, lost, duplicated).
+    fn finish(self, app: &str) -> (usize, usize, usize, usize) {
+        std::thread::sleep(Duration::from_millis(400));
+        self.stop.shutdown();
+        self.thread
+            .join()
+            .unwrap()
+            .expect("the consumer ends without an error");
+        self.watching.store(false, Ordering::Relaxed);
+        let violations = self.watcher.join().unwrap();
+        assert!(
+            violations.is_empty(),
+            "checkpoint violations: {violations:#?}"
+        );
+        let got = self.got.lock().unwrap().clone();
+        let puts = self.puts.lock().unwrap().clone();
+        let delivered: HashSet<&str> = got.iter().map(|g| g.data.as_str()).collect();
+        let lost: Vec<&str> = puts
+            .iter()
+            .map(|p| p.data.as_str())
+            .filter(|d| !delivered.contains(d))
+            .collect();
+        assert!(lost.is_empty(), "lost {} records: {lost:?}", lost.len());
+        // First deliveries keep shard order; later copies are redeliveries.
+        let mut seen = HashSet::new();
+        let mut last: HashMap<&str, &SequenceNumber> = HashMap::new();
+        for g in &got {
+            if !seen.insert(g.data.as_str()) {
+                continue;
+            }
+            if let Some(prev) = last.get(g.shard.as_str()) {
+                assert!(
+                    g.seq > **prev,
+                    "shard {} delivered {} ({}) after {prev}",
+                    g.shard,
+                    g.data,
+                    g.seq
+                );
+            }
+            last.insert(&g.shard, &g.seq);
+        }
+        // A graceful stop leaves each shard checkpointed at its last record.
+        let table: HashMap<String, String> = common::dynamodb()
+            .scan(app)
+            .unwrap()
+            .into_iter()
+            .map(|i| {
+                (
+                    i["leaseKey"].as_s().unwrap().to_owned(),
+                    i["checkpoint"].as_s().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        for (shard, seq) in &last {
+            assert_eq!(
+                table.get(*shard).map(String::as_str),
+                Some(seq.as_str()),
+                "final checkpoint of {shard}"
+            );
+        }
+        (
+            puts.len(),
+            delivered.len(),
+            lost.len(),
+            got.len() - delivered.len(),
+        )
+    }
+}
+
+/// One fault scenario.
+struct Scenario {
+    test: &'static str,
+    shards: u32,
+    operation: &'static str,
+    body_contains: Option<&'static str>,
+    trigger: Trigger,
+    fault: Fault,
+    /// For triggers without an end of their own: clear the rule after this.
+    clear_after: Option<Duration>,
+    read_timeout: Option<Duration>,
+    /// Rules added just after the main one (to set the fault up).
+    also: Vec<(&'static str, Trigger, Fault)>,
+    /// Most requests of `operation` allowed while the fault lasts.
+    max_requests: u64,
+}
+
+fn run(s: Scenario) {
+    let stream = common::create_stream(s.shards);
+    let app = common::unique_name("app");
+    let proxy = Proxy::for_emulators();
+    let puts: Arc<Mutex<Vec<Put>>> = Arc::default();
+    put(&stream, "before", 60, &puts);
+    let mut b = builder(&proxy, &stream, &app);
+    if let Some(t) = s.read_timeout {
+        b = b.read_timeout(t);
+    }
+    let consumer = start(b, &app, puts.clone());
+    consumer.wait_all("the records put before the fault", Duration::from_secs(30));
+
+    let requests_before = proxy.requests(s.operation);
+    let fault_started = Instant::now();
+    let rule = proxy.add_matching(
+        s.operation,
+        s.body_contains,
+        s.trigger.clone(),
+        s.fault.clone(),
+    );
+    for (operation, trigger, fault) in &s.also {
+        proxy.add(operation, trigger.clone(), fault.clone());
+    }
+    put(&stream, "during", 60, &puts);
+    let fault_deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(d) = s.clear_after {
+            if fault_started.elapsed() >= d {
+                proxy.clear();
+                break;
+            }
+        } else if proxy.finished(rule) {
+            break;
+        }
+        assert!(
+            Instant::now() < fault_deadline,
+            "{}: the fault never ran its course ({} hits)",
+            s.test,
+            proxy.hits(rule)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let fault_time = fault_started.elapsed();
+    let during = proxy.requests(s.operation) - requests_before;
+    let hits = proxy.hits(rule);
+    put(&stream, "after", 60, &puts);
+    let recovery = consumer.wait_all("every record after the fault", Duration::from_secs(40));
+    let (total, delivered, lost, duplicated) = consumer.finish(&app);
+    println!(
+        "FAULT | {} | {} | {} | {} | {} | {} | {} | {} {} requests in {:.1} s ({} faulted) | recovered {:.1} s after",
+        s.fault.name(),
+        s.operation,
+        s.test,
+        total,
+        delivered,
+        lost,
+        duplicated,
+        during,
+        s.operation,
+        fault_time.as_secs_f64(),
+        hits,
+        recovery.as_secs_f64()
+    );
+    assert!(hits > 0, "{}: the fault never fired", s.test);
+    assert!(
+        during <= s.max_requests,
+        "{}: {during} {} requests while the fault lasted {fault_time:?}: no backoff?",
+        s.test,
+        s.operation
+    );
+}
+
+const CHECKPOINT: Option<&str> = Some("#checkpoint");
+const RENEW: Option<&str> = Some(r#""UpdateExpression":"SET #counter = :next""#);
+
+fn for_2s(
+    test: &'static str,
+    shards: u32,
+    operation: &'static str,
+    fault: Fault,
+    max_requests: u64,
+) -> Scenario {
+    Scenario {
+        test,
+        shards,
+        operation,
+        body_contains: None,
+        trigger: Trigger::For(Duration::from_secs(2)),
+        fault,
+        clear_after: None,
+        read_timeout: None,
+        also: Vec::new(),
+        max_requests,
+    }
+}
+
+fn next(
+    test: &'static str,
+    operation: &'static str,
+    n: u32,
+    fault: Fault,
+    max_requests: u64,
+) -> Scenario {
+    Scenario {
+        test,
+        shards: 1,
+        operation,
+        body_contains: None,
+        trigger: Trigger::Next(n),
+        fault,
+        clear_after: None,
+        read_timeout: None,
+        also: Vec::new(),
+        max_requests,
+    }
+}
+
+// Unthrottled, a reader calls GetRecords at most 5 times a second; each
+// bound below allows that rate over the fault (plus its retries), far below
+// a hot loop's thousands.
+
+#[test]
+fn get_records_throughput_exceeded_for_2s() {
+    run(for_2s(
+        "get_records_throughput_exceeded_for_2s",
+        2,
+        "GetRecords",
+        Fault::throughput_exceeded(),
+        40,
+    ));
+}
+
+#[test]
+fn get_records_throughput_exceeded_next_6() {
+    run(next(
+        "get_records_throughput_exceeded_next_6",
+        "GetRecords",
+        6,
+        Fault::throughput_exceeded(),
+        12,
+    ));
+}
+
+#[test]
+fn list_shards_limit_exceeded_for_2s() {
+    run(for_2s(
+        "list_shards_limit_exceeded_for_2s",
+        2,
+        "ListShards",
+        Fault::aws(400, "LimitExceededException"),
+        12,
+    ));
+}
+
+#[test]
+fn get_records_500_html_for_2s() {
+    run(for_2s(
+        "get_records_500_html_for_2s",
+        1,
+        "GetRecords",
+        Fault::html(500),
+        20,
+    ));
+}
+
+#[test]
+fn get_records_503_empty_for_2s() {
+    run(for_2s(
+        "get_records_503_empty_for_2s",
+        1,
+        "GetRecords",
+        Fault::empty(503),
+        20,
+    ));
+}
+
+#[test]
+fn get_records_reset_after_forward_next_3() {
+    run(next(
+        "get_records_reset_after_forward_next_3",
+        "GetRecords",
+        3,
+        Fault::ResetAfterForward,
+        8,
+    ));
+}
+
+#[test]
+fn get_records_reset_before_forward_next_3() {
+    run(next(
+        "get_records_reset_before_forward_next_3",
+        "GetRecords",
+        3,
+        Fault::ResetBeforeForward,
+        8,
+    ));
+}
+
+#[test]
+fn get_records_slower_than_read_timeout_next_3() {
+    let mut s = next(
+        "get_records_slower_than_read_timeout_next_3",
+        "GetRecords",
+        3,
+        Fault::Delay(Duration::from_millis(1500)),
+        8,
+    );
+    s.read_timeout = Some(Duration::from_millis(500));
+    run(s);
+}
+
+#[test]
+fn get_records_expired_iterator_next_3() {
+    run(next(
+        "get_records_expired_iterator_next_3",
+        "GetRecords",
+        3,
+        Fault::aws(400, "ExpiredIteratorException"),
+        8,
+    ));
+}
+
+#[test]
+fn get_records_truncated_json_next_3() {
+    run(next(
+        "get_records_truncated_json_next_3",
+        "GetRecords",
+        3,
+        Fault::TruncatedJson,
+        8,
+    ));
+}
+
+#[test]
+fn get_records_malformed_json_next_3() {
+    run(next(
+        "get_records_malformed_json_next_3",
+        "GetRecords",
+        3,
+        Fault::Body(r#"{"Records":7,"NextShardIterator":{}}"#),
+        8,
+    ));
+}
+
+#[test]
+fn get_shard_iterator_throttled_next_4() {
+    // Expire the iterator once, then throttle the calls for a new one.
+    let mut s = next(
+        "get_shard_iterator_throttled_next_4",
+        "GetShardIterator",
+        4,
+        Fault::throughput_exceeded(),
+        10,
+    );
+    s.also = vec![(
+        "GetRecords",
+        Trigger::Next(1),
+        Fault::aws(400, "ExpiredIteratorException"),
+    )];
+    run(s);
+}
+
+#[test]
+fn scan_of_lease_table_garbled_for_2s() {
+    run(for_2s(
+        "scan_of_lease_table_garbled_for_2s",
+        2,
+        "Scan",
+        Fault::Body("<html>not json</html>"),
+        12,
+    ));
+}
+
+// The ticker writes each shard's checkpoint once per batch (200 ms here)
+// and tries each write up to 3 times: the bound is that, not a hot loop.
+
+#[test]
+fn checkpoint_throttled_for_2s() {
+    let mut s = for_2s(
+        "checkpoint_throttled_for_2s",
+        2,
+        "UpdateItem",
+        Fault::aws(400, "com.amazonaws.dynamodb.v20120810#ThrottlingException"),
+        2 * 3 * 12,
+    );
+    s.body_contains = CHECKPOINT;
+    run(s);
+}
+
+#[test]
+fn checkpoint_condition_failed_next_1() {
+    let mut s = next(
+        "checkpoint_condition_failed_next_1",
+        "UpdateItem",
+        1,
+        Fault::aws(
+            400,
+            "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException",
+        ),
+        3,
+    );
+    s.body_contains = CHECKPOINT;
+    run(s);
+}
+
+#[test]
+fn checkpoint_reply_lost_next_1() {
+    let mut s = next(
+        "checkpoint_reply_lost_next_1",
+        "UpdateItem",
+        1,
+        Fault::ResetAfterForward,
+        4,
+    );
+    s.body_contains = CHECKPOINT;
+    run(s);
+}
+
+#[test]
+fn renew_throttled_for_2s() {
+    let mut s = for_2s(
+        "renew_throttled_for_2s",
+        2,
+        "UpdateItem",
+        Fault::aws(
+            400,
+            "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+        ),
+        2 * 3 * 4,
+    );
+    s.body_contains = RENEW;
+    run(s);
+}
+
+#[test]
+fn renew_condition_failed_next_1() {
+    let mut s = next(
+        "renew_condition_failed_next_1",
+        "UpdateItem",
+        1,
+        Fault::aws(
+            400,
+            "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException",
+        ),
+        3,
+    );
+    s.body_contains = RENEW;
+    run(s);
+}
+
+#[test]
+fn random_faults_on_every_operation_for_3s() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("app");
+    let proxy = Proxy::for_emulators();
+    let puts: Arc<Mutex<Vec<Put>>> = Arc::default();
+    put(&stream, "before", 60, &puts);
+    let consumer = start(builder(&proxy, &stream, &app), &app, puts.clone());
+    consumer.wait_all("the records put before the faults", Duration::from_secs(30));
+    let before = proxy.all_requests().values().sum::<u64>();
+    let started = Instant::now();
+    let faults = [
+        Fault::throughput_exceeded(),
+        Fault::html(503),
+        Fault::ResetAfterForward,
+        Fault::TruncatedJson,
+        Fault::aws(400, "ThrottlingException"),
+    ];
+    let rules: Vec<_> = faults
+        .iter()
+        .map(|f| proxy.add("*", Trigger::Chance(0.08), f.clone()))
+        .collect();
+    put(&stream, "during", 60, &puts);
+    while started.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy.clear();
+    let during = proxy.all_requests().values().sum::<u64>() - before;
+    let hits: u64 = rules.iter().map(|r| proxy.hits(*r)).sum();
+    put(&stream, "after", 60, &puts);
+    let recovery = consumer.wait_all("every record after the faults", Duration::from_secs(40));
+    let (total, delivered, lost, duplicated) = consumer.finish(&app);
+    println!(
+        "FAULT | random mix, p = 0.08 each | every operation | random_faults_on_every_operation_for_3s | {total} | {delivered} | {lost} | {duplicated} | {during} requests in 3.0 s ({hits} faulted) | recovered {:.1} s after",
+        recovery.as_secs_f64()
+    );
+    assert!(hits > 0);
+    assert!(during <= 150, "{during} requests in 3 s");
+}
+
+#[test]
+fn startup_survives_a_few_throttled_and_failed_calls() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("app");
+    let proxy = Proxy::for_emulators();
+    proxy.add("DescribeStreamSummary", Trigger::Next(1), Fault::html(503));
+    proxy.add(
+        "ListShards",
+        Trigger::Next(2),
+        Fault::aws(400, "LimitExceededException"),
+    );
+    proxy.add("DescribeTable", Trigger::Next(1), Fault::ResetBeforeForward);
+    let puts: Arc<Mutex<Vec<Put>>> = Arc::default();
+    put(&stream, "x", 30, &puts);
+    let consumer = start(builder(&proxy, &stream, &app), &app, puts.clone());
+    let took = consumer.wait_all("every record", Duration::from_secs(30));
+    let (total, delivered, lost, duplicated) = consumer.finish(&app);
+    println!(
+        "FAULT | 503 + LimitExceeded + reset at startup | DescribeStreamSummary, ListShards, DescribeTable | startup_survives_a_few_throttled_and_failed_calls | {total} | {delivered} | {lost} | {duplicated} | {} startup requests (4 faulted) | delivered {:.1} s after start",
+        proxy.requests("DescribeStreamSummary")
+            + proxy.requests("ListShards")
+            + proxy.requests("DescribeTable"),
+        took.as_secs_f64()
+    );
+}
