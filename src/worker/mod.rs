@@ -149,6 +149,12 @@ impl<T: Send + 'static> Consumer<T> {
             idle_time: s.idle_time_between_reads,
             retry_wait: s.retry_wait,
             start_timestamp,
+            read_memory: Arc::new(Budget::new(
+                s.read_memory
+                    .unwrap_or((s.buffer_bytes / 4).max(16 * 1024 * 1024)),
+                u64::MAX,
+            )),
+            pace_reads: s.pace_reads,
         });
         let timings = LeaseTimings {
             failover: s.failover_time,

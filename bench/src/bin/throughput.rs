@@ -1,0 +1,150 @@
+//! Decode + deliver throughput on one shard: our full path (fetch, decode,
+//! de-aggregation check, message handler, channel, batch handler touching
+//! each record) against the official SDK's get_records loop, same canned
+//! server, same run.
+//!
+//! Usage: throughput --sdk PATH [--seconds S]
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kinesis_consumer::aws::kinesis::{IteratorPosition, KinesisClient};
+use kinesis_consumer_bench::canned::CannedServer;
+use kinesis_consumer_bench::{arg, client_config, consumer, emulators, rate, secs, spawn_consumer};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn main() {
+    let sdk: String = arg("--sdk", String::new());
+    let seconds: f64 = arg("--seconds", 5.0);
+    let dynamo = emulators::dynalite();
+    println!("# throughput: one shard, canned GetRecords replies, {seconds} s per measurement");
+    for (records, size) in [(10_000usize, 100usize), (5_000, 1024)] {
+        let server = CannedServer::start(1, records, size);
+        println!(
+            "\n## {records} records x {size} B per GetRecords (reply body {:.2} MiB)",
+            server.body_bytes() as f64 / MIB
+        );
+        let payload = (records * size) as f64;
+        let (wire, wire_calls) = wire_loop(&server.url, seconds);
+        let per_call = wire.elapsed / wire_calls as f64;
+        println!(
+            "ours, get_records only (fetch + decode): {} records/s, {:.1} MiB/s, {:.2} ms per call",
+            rate(wire.records / wire.elapsed),
+            wire_calls as f64 * payload / MIB / wire.elapsed,
+            per_call * 1e3
+        );
+        let ours = full_path(&server.url, &dynamo.url, seconds);
+        let ours_rate = ours.records / ours.elapsed;
+        println!(
+            "ours, full path: {} records/s, {:.1} MiB/s, {:.2} ms per 10k-equivalent call",
+            rate(ours_rate),
+            ours_rate * size as f64 / MIB,
+            records as f64 / ours_rate * 1e3
+        );
+        if sdk.is_empty() {
+            println!("sdk: skipped (no --sdk)");
+            continue;
+        }
+        let out = Command::new(&sdk)
+            .args([
+                server.url.as_str(),
+                "bench",
+                "shardId-000000000000",
+                &seconds.to_string(),
+            ])
+            .output()
+            .expect("run the SDK benchmark");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| -> f64 {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+                .unwrap_or_else(|| panic!("SDK output lacks {name}: {text}"))
+        };
+        let sdk_rate = field("records") / field("seconds");
+        let sdk_calls = field("calls");
+        println!(
+            "sdk (aws-sdk-kinesis, tokio current-thread): {} records/s, {:.1} MiB/s, {:.2} ms per call",
+            rate(sdk_rate),
+            sdk_rate * size as f64 / MIB,
+            field("seconds") / sdk_calls * 1e3
+        );
+        println!(
+            "ratio full path / sdk: {:.2}x   (get_records only / sdk: {:.2}x)",
+            ours_rate / sdk_rate,
+            (wire.records / wire.elapsed) / sdk_rate
+        );
+    }
+}
+
+struct Measured {
+    records: f64,
+    elapsed: f64,
+}
+
+/// The bare client loop: GetRecords + decode, nothing else.
+fn wire_loop(url: &str, seconds: f64) -> (Measured, u64) {
+    let client = KinesisClient::new(&client_config(url)).unwrap();
+    let mut it = client
+        .get_shard_iterator("bench", "shardId-000000000000", &IteratorPosition::TrimHorizon)
+        .unwrap();
+    for _ in 0..3 {
+        it = client.get_records(&it, 10_000).unwrap().next_shard_iterator.unwrap();
+    }
+    let (mut records, mut calls) = (0u64, 0u64);
+    let started = Instant::now();
+    while started.elapsed() < secs(seconds) {
+        let out = client.get_records(&it, 10_000).unwrap();
+        records += out.records.len() as u64;
+        calls += 1;
+        it = out.next_shard_iterator.unwrap();
+    }
+    let m = Measured {
+        records: records as f64,
+        elapsed: started.elapsed().as_secs_f64(),
+    };
+    (m, calls)
+}
+
+/// The whole consumer, read pacing off (the canned server never throttles).
+fn full_path(url: &str, dynamodb: &str, seconds: f64) -> Measured {
+    let built = consumer(url, dynamodb, "bench")
+        .batch_interval(Duration::from_millis(100))
+        .idle_time_between_reads(Duration::from_millis(10))
+        .pace_reads(false)
+        // The message handler touches the data: its length, its first byte.
+        .message_handler(|r| r.data().len() as u64 + u64::from(r.data().first().copied().unwrap_or(0)))
+        .build()
+        .unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let touched = Arc::new(AtomicU64::new(0));
+    let (c, t) = (count.clone(), touched.clone());
+    let (stop, thread) = spawn_consumer(built, move |batch| {
+        // The batch handler touches each record too.
+        let mut sum = 0;
+        for m in batch.messages() {
+            sum += *m.value() + m.partition_key().len() as u64;
+        }
+        c.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        t.fetch_add(sum, Ordering::Relaxed);
+    });
+    // Warm up until records flow, then one more second.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "no records arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (start_count, started) = (count.load(Ordering::Relaxed), Instant::now());
+    std::thread::sleep(secs(seconds));
+    let (end_count, elapsed) = (count.load(Ordering::Relaxed), started.elapsed());
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    assert!(touched.load(Ordering::Relaxed) > 0);
+    Measured {
+        records: (end_count - start_count) as f64,
+        elapsed: elapsed.as_secs_f64(),
+    }
+}
