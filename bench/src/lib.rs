@@ -52,12 +52,12 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
-/// Records per second as a short text: `1.23 M/s`.
+/// Records per second as a short text: `1.23 M`.
 pub fn rate(records: f64) -> String {
     if records >= 1e6 {
-        format!("{:.2} M/s", records / 1e6)
+        format!("{:.2} M", records / 1e6)
     } else {
-        format!("{:.1} k/s", records / 1e3)
+        format!("{:.1} k", records / 1e3)
     }
 }
 

@@ -18,9 +18,10 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 fn main() {
     let sdk: String = arg("--sdk", String::new());
-    let seconds: f64 = arg("--seconds", 5.0);
+    let seconds: f64 = arg("--seconds", 2.0);
+    let rounds: u32 = arg("--rounds", 3);
     let dynamo = emulators::dynalite();
-    println!("# throughput: one shard, canned GetRecords replies, {seconds} s per measurement");
+    println!("# throughput: one shard, canned GetRecords replies, {seconds} s per measurement, best of {rounds} interleaved rounds");
     for (records, size) in [(10_000usize, 100usize), (5_000, 1024)] {
         let server = CannedServer::start(1, records, size);
         println!(
@@ -28,55 +29,77 @@ fn main() {
             server.body_bytes() as f64 / MIB
         );
         let payload = (records * size) as f64;
-        let (wire, wire_calls) = wire_loop(&server.url, seconds);
-        let per_call = wire.elapsed / wire_calls as f64;
+        // The machine is shared: run the three measurements in turn, three
+        // rounds, and keep each one's best round.
+        let (mut wire_best, mut ours_best, mut sdk_best) = (0f64, 0f64, 0f64);
+        let mut sdk_ms = f64::NAN;
+        for round in 1..=rounds {
+            let (wire, _) = wire_loop(&server.url, seconds);
+            let ours = full_path(&server.url, &dynamo.url, seconds);
+            let (w, o) = (wire.records / wire.elapsed, ours.records / ours.elapsed);
+            let mut line = format!(
+                "  round {round}: get_records only {}, full path {}",
+                rate(w),
+                rate(o)
+            );
+            wire_best = wire_best.max(w);
+            ours_best = ours_best.max(o);
+            if !sdk.is_empty() {
+                let (r, ms) = sdk_loop(&sdk, &server.url, seconds);
+                line += &format!(", sdk {}", rate(r));
+                if r > sdk_best {
+                    sdk_ms = ms;
+                }
+                sdk_best = sdk_best.max(r);
+            }
+            println!("{line}");
+        }
         println!(
-            "ours, get_records only (fetch + decode): {} records/s, {:.1} MiB/s, {:.2} ms per call",
-            rate(wire.records / wire.elapsed),
-            wire_calls as f64 * payload / MIB / wire.elapsed,
-            per_call * 1e3
+            "ours, get_records only (fetch + decode): {} records/s, {:.1} MiB/s of data, {:.2} ms per call",
+            rate(wire_best),
+            wire_best * size as f64 / MIB,
+            records as f64 / wire_best * 1e3
         );
-        let ours = full_path(&server.url, &dynamo.url, seconds);
-        let ours_rate = ours.records / ours.elapsed;
         println!(
-            "ours, full path: {} records/s, {:.1} MiB/s, {:.2} ms per 10k-equivalent call",
-            rate(ours_rate),
-            ours_rate * size as f64 / MIB,
-            records as f64 / ours_rate * 1e3
+            "ours, full path: {} records/s, {:.1} MiB/s of data, {:.2} ms per {records} records",
+            rate(ours_best),
+            ours_best * size as f64 / MIB,
+            records as f64 / ours_best * 1e3
         );
+        let _ = payload;
         if sdk.is_empty() {
             println!("sdk: skipped (no --sdk)");
             continue;
         }
-        let out = Command::new(&sdk)
-            .args([
-                server.url.as_str(),
-                "bench",
-                "shardId-000000000000",
-                &seconds.to_string(),
-            ])
-            .output()
-            .expect("run the SDK benchmark");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let field = |name: &str| -> f64 {
-            text.split_whitespace()
-                .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-                .unwrap_or_else(|| panic!("SDK output lacks {name}: {text}"))
-        };
-        let sdk_rate = field("records") / field("seconds");
-        let sdk_calls = field("calls");
         println!(
-            "sdk (aws-sdk-kinesis, tokio current-thread): {} records/s, {:.1} MiB/s, {:.2} ms per call",
-            rate(sdk_rate),
-            sdk_rate * size as f64 / MIB,
-            field("seconds") / sdk_calls * 1e3
+            "sdk (aws-sdk-kinesis, tokio current-thread): {} records/s, {:.1} MiB/s of data, {sdk_ms:.2} ms per call",
+            rate(sdk_best),
+            sdk_best * size as f64 / MIB,
         );
         println!(
-            "ratio full path / sdk: {:.2}x   (get_records only / sdk: {:.2}x)",
-            ours_rate / sdk_rate,
-            (wire.records / wire.elapsed) / sdk_rate
+            "RATIO full path / sdk: {:.2}x   (get_records only / sdk: {:.2}x)",
+            ours_best / sdk_best,
+            wire_best / sdk_best
         );
     }
+}
+
+/// Runs the SDK benchmark program: its records/s and ms per call.
+fn sdk_loop(sdk: &str, url: &str, seconds: f64) -> (f64, f64) {
+    let out = Command::new(sdk)
+        .args([url, "bench", "shardId-000000000000", &seconds.to_string()])
+        .output()
+        .expect("run the SDK benchmark");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> f64 {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("SDK output lacks {name}: {text}"))
+    };
+    (
+        field("records") / field("seconds"),
+        field("seconds") / field("calls") * 1e3,
+    )
 }
 
 struct Measured {
@@ -111,7 +134,10 @@ fn wire_loop(url: &str, seconds: f64) -> (Measured, u64) {
 /// The whole consumer, read pacing off (the canned server never throttles).
 fn full_path(url: &str, dynamodb: &str, seconds: f64) -> Measured {
     let built = consumer(url, dynamodb, "bench")
-        .batch_interval(Duration::from_millis(100))
+        // Short batches and a large record bound, so that the buffer does
+        // not throttle a reader that is faster than a real shard.
+        .batch_interval(Duration::from_millis(50))
+        .buffer_records(1_000_000)
         .idle_time_between_reads(Duration::from_millis(10))
         .pace_reads(false)
         // The message handler touches the data: its length, its first byte.
