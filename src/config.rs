@@ -351,8 +351,8 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// shard's previous read cost (2 MiB before its first read) before each
     /// call and keeps it until its records are in the buffer, so memory stays
     /// bounded whatever the number of shards; a single read larger than the
-    /// bound still goes ahead alone. Defaults to a quarter of `buffer_bytes`,
-    /// at least 16 MiB (16 MiB with the default buffer).
+    /// bound still goes ahead alone. Defaults to an eighth of `buffer_bytes`,
+    /// at least 8 MiB (8 MiB with the default buffer).
     pub fn read_memory(mut self, bytes: u64) -> Self {
         self.read_memory = Some(bytes);
         self

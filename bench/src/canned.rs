@@ -101,9 +101,8 @@ fn serve(stream: TcpStream, canned: &Canned) {
             "ListShards" => &canned.list_shards,
             "DescribeStreamSummary" => &canned.describe,
             _ => {
-                let body = format!(
-                    r#"{{"__type":"UnknownOperationException","message":"{operation}"}}"#
-                );
+                let body =
+                    format!(r#"{{"__type":"UnknownOperationException","message":"{operation}"}}"#);
                 let reply = format!(
                     "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()

@@ -15,9 +15,13 @@ pub fn dir() -> PathBuf {
 /// Runs `npm ci` when an emulator is missing.
 pub fn install() {
     let d = dir();
-    let have = ["kinesalite/cli.js", "dynalite/cli.js", "kinesis-local/main.js"]
-        .iter()
-        .all(|p| d.join("node_modules").join(p).exists());
+    let have = [
+        "kinesalite/cli.js",
+        "dynalite/cli.js",
+        "kinesis-local/main.js",
+    ]
+    .iter()
+    .all(|p| d.join("node_modules").join(p).exists());
     if !have {
         let status = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])

@@ -41,8 +41,7 @@ fn pump(client: TcpStream, upstream_port: u16, counts: &Mutex<BTreeMap<String, u
         return;
     };
     // Replies flow back byte for byte on their own thread.
-    let (Ok(mut up_read), Ok(mut client_write)) = (upstream.try_clone(), client.try_clone())
-    else {
+    let (Ok(mut up_read), Ok(mut client_write)) = (upstream.try_clone(), client.try_clone()) else {
         return;
     };
     std::thread::spawn(move || {

@@ -395,7 +395,8 @@ mod fast {
         fn number_text(&mut self) -> Option<&'a str> {
             self.skip_ws();
             let start = self.at;
-            while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.body.get(self.at) {
+            while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.body.get(self.at)
+            {
                 self.at += 1;
             }
             std::str::from_utf8(&self.body[start..self.at]).ok()
@@ -460,8 +461,6 @@ mod fast {
                         s.at += 1;
                         return Some(());
                     }
-                    // Reserve by a cheap guess from the body size.
-                    out.records.reserve((body.len() / 200).min(10_000));
                     loop {
                         let record = record(s)?;
                         match record {
@@ -915,7 +914,13 @@ mod tests {
                 "{text}"
             );
         }
-        assert!(fast::get_records(bodies[0]).is_some(), "the usual shape is scanned");
-        assert!(fast::get_records(bodies[5]).is_none(), "escapes go to serde");
+        assert!(
+            fast::get_records(bodies[0]).is_some(),
+            "the usual shape is scanned"
+        );
+        assert!(
+            fast::get_records(bodies[5]).is_none(),
+            "escapes go to serde"
+        );
     }
 }

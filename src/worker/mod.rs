@@ -151,7 +151,7 @@ impl<T: Send + 'static> Consumer<T> {
             start_timestamp,
             read_memory: Arc::new(Budget::new(
                 s.read_memory
-                    .unwrap_or((s.buffer_bytes / 4).max(16 * 1024 * 1024)),
+                    .unwrap_or((s.buffer_bytes / 8).max(8 * 1024 * 1024)),
                 u64::MAX,
             )),
             pace_reads: s.pace_reads,

@@ -290,8 +290,7 @@ impl<T: Send + 'static> Reader<T> {
             self.read_cost = (chunk.bytes * 2).max(MIN_READ_COST);
             if context.pace_reads {
                 // Stay under 2 MiB/s: a large read buys a longer pause.
-                let read_time =
-                    Duration::from_secs_f64(chunk.bytes as f64 / MAX_BYTES_PER_SECOND);
+                let read_time = Duration::from_secs_f64(chunk.bytes as f64 / MAX_BYTES_PER_SECOND);
                 next_read = next_read.max(called_at + read_time);
             }
             let shard_end = chunk.shard_end;

@@ -23,7 +23,12 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(run(endpoint, stream, shard, Duration::from_secs_f64(seconds)));
+    runtime.block_on(run(
+        endpoint,
+        stream,
+        shard,
+        Duration::from_secs_f64(seconds),
+    ));
 }
 
 async fn run(endpoint: String, stream: String, shard: String, duration: Duration) {
@@ -31,7 +36,13 @@ async fn run(endpoint: String, stream: String, shard: String, duration: Duration
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("AKIDBENCH", "bench-secret", None, None, "bench"))
+        .credentials_provider(Credentials::new(
+            "AKIDBENCH",
+            "bench-secret",
+            None,
+            None,
+            "bench",
+        ))
         .build();
     let client = aws_sdk_kinesis::Client::from_conf(config);
     let mut iterator = client

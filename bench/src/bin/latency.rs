@@ -9,10 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kinesis_consumer::aws::kinesis::KinesisClient;
-use kinesis_consumer_bench::{arg, client_config, consumer, emulators, secs, spawn_consumer, unique};
+use kinesis_consumer_bench::{
+    arg, client_config, consumer, emulators, secs, spawn_consumer, unique,
+};
 
 fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 fn main() {
@@ -53,7 +58,12 @@ fn main() {
         while started.elapsed() < secs(seconds) {
             let t = now_micros();
             kinesis
-                .put_record(&stream, &format!("pk{puts}"), None, t.to_string().as_bytes())
+                .put_record(
+                    &stream,
+                    &format!("pk{puts}"),
+                    None,
+                    t.to_string().as_bytes(),
+                )
                 .unwrap();
             puts += 1;
             std::thread::sleep(Duration::from_millis(50));

@@ -22,11 +22,22 @@ fn main() {
     let dynamo = emulators::dynalite();
     let server = CannedServer::start(shards, 1000, 1024);
     println!(
-        "# pressure: {shards} shards, 1000 x 1 KiB records per read, batch handler sleeping 1.5 s per 1 s batch, buffer_bytes {buffer_mib} MiB (read_memory default), {seconds} s"
+        "# pressure: {shards} shards, 1000 x 1 KiB records per read, batch handler sleeping 1.5 s per 1 s batch, buffer_bytes {buffer_mib} MiB (read_memory default: 8 MiB), {seconds} s"
     );
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--child", "--kinesis", &server.url, "--dynamodb", &dynamo.url])
-        .args(["--seconds", &seconds.to_string(), "--buffer-mib", &buffer_mib.to_string()])
+        .args([
+            "--child",
+            "--kinesis",
+            &server.url,
+            "--dynamodb",
+            &dynamo.url,
+        ])
+        .args([
+            "--seconds",
+            &seconds.to_string(),
+            "--buffer-mib",
+            &buffer_mib.to_string(),
+        ])
         .args(["--shards", &shards.to_string()])
         .output()
         .expect("run the pressure child");

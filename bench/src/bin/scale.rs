@@ -25,7 +25,7 @@ fn main() {
     let (records, size) = (1000usize, 100usize);
     let dynamo = emulators::dynalite();
     println!(
-        "# scale: {records} records x {size} B per GetRecords, idle time 100 ms, reads paced (5/s/shard), {seconds} s per level"
+        "# scale: {records} records x {size} B per GetRecords, idle time 100 ms, batch interval 200 ms, buffer_records 1M, reads paced (5/s/shard), {seconds} s per level"
     );
     for shards in levels.split(',').map(|s| s.parse::<usize>().unwrap()) {
         let server = CannedServer::start(shards, records, size);
@@ -39,7 +39,12 @@ fn main() {
 fn run_child(kinesis: &str, dynamodb: &str, shards: usize, seconds: f64, idle: bool) {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["--child", "--kinesis", kinesis, "--dynamodb", dynamodb])
-        .args(["--shards", &shards.to_string(), "--seconds", &seconds.to_string()]);
+        .args([
+            "--shards",
+            &shards.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+        ]);
     if idle {
         cmd.arg("--idle");
     }
@@ -59,6 +64,10 @@ fn child() {
     let idle = flag("--idle");
     let built = consumer(&kinesis, &dynamodb, "bench")
         .idle_time_between_reads(Duration::from_millis(100))
+        // 200 ms batches and room for 1M records: the default 100,000-record
+        // bound with 1 s batches would cap the whole process at 100k/s.
+        .batch_interval(Duration::from_millis(200))
+        .buffer_records(1_000_000)
         .message_handler(|r| r.data().len() as u64)
         .build()
         .unwrap();
@@ -98,7 +107,11 @@ fn child() {
     }
     let ramp = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
-    let (n0, cpu0, t0) = (count.load(Ordering::Relaxed), proc::cpu_seconds(), Instant::now());
+    let (n0, cpu0, t0) = (
+        count.load(Ordering::Relaxed),
+        proc::cpu_seconds(),
+        Instant::now(),
+    );
     std::thread::sleep(secs(seconds));
     let (n1, cpu1, elapsed) = (
         count.load(Ordering::Relaxed),
@@ -119,7 +132,11 @@ fn child() {
         println!(
             "shards={shards}: {} records/s, CPU {:.2} s per million records ({:.0}% of one core), RSS {rss:.1} MiB (peak {hwm:.1} MiB), {threads} threads, all shards delivering after {ramp:.1} s",
             rate(records / elapsed),
-            if records > 0.0 { cpu / records * 1e6 } else { f64::NAN },
+            if records > 0.0 {
+                cpu / records * 1e6
+            } else {
+                f64::NAN
+            },
             cpu / elapsed * 100.0
         );
     }

@@ -21,7 +21,9 @@ fn main() {
     let seconds: f64 = arg("--seconds", 2.0);
     let rounds: u32 = arg("--rounds", 3);
     let dynamo = emulators::dynalite();
-    println!("# throughput: one shard, canned GetRecords replies, {seconds} s per measurement, best of {rounds} interleaved rounds");
+    println!(
+        "# throughput: one shard, canned GetRecords replies, {seconds} s per measurement, best of {rounds} interleaved rounds"
+    );
     for (records, size) in [(10_000usize, 100usize), (5_000, 1024)] {
         let server = CannedServer::start(1, records, size);
         println!(
@@ -111,10 +113,18 @@ struct Measured {
 fn wire_loop(url: &str, seconds: f64) -> (Measured, u64) {
     let client = KinesisClient::new(&client_config(url)).unwrap();
     let mut it = client
-        .get_shard_iterator("bench", "shardId-000000000000", &IteratorPosition::TrimHorizon)
+        .get_shard_iterator(
+            "bench",
+            "shardId-000000000000",
+            &IteratorPosition::TrimHorizon,
+        )
         .unwrap();
     for _ in 0..3 {
-        it = client.get_records(&it, 10_000).unwrap().next_shard_iterator.unwrap();
+        it = client
+            .get_records(&it, 10_000)
+            .unwrap()
+            .next_shard_iterator
+            .unwrap();
     }
     let (mut records, mut calls) = (0u64, 0u64);
     let started = Instant::now();
@@ -141,7 +151,9 @@ fn full_path(url: &str, dynamodb: &str, seconds: f64) -> Measured {
         .idle_time_between_reads(Duration::from_millis(10))
         .pace_reads(false)
         // The message handler touches the data: its length, its first byte.
-        .message_handler(|r| r.data().len() as u64 + u64::from(r.data().first().copied().unwrap_or(0)))
+        .message_handler(|r| {
+            r.data().len() as u64 + u64::from(r.data().first().copied().unwrap_or(0))
+        })
         .build()
         .unwrap();
     let count = Arc::new(AtomicU64::new(0));
