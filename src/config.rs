@@ -87,6 +87,8 @@ pub struct ConsumerBuilder<T> {
     pub(crate) failover_time: Duration,
     pub(crate) shard_sync_interval: Duration,
     pub(crate) max_leases_per_worker: usize,
+    pub(crate) read_memory: Option<u64>,
+    pub(crate) pace_reads: bool,
 }
 
 impl<T> fmt::Debug for ConsumerBuilder<T> {
@@ -137,6 +139,8 @@ impl ConsumerBuilder<Vec<u8>> {
             failover_time: Duration::from_secs(10),
             shard_sync_interval: Duration::from_secs(60),
             max_leases_per_worker: usize::MAX,
+            read_memory: None,
+            pace_reads: true,
         }
     }
 }
@@ -326,6 +330,8 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             failover_time: self.failover_time,
             shard_sync_interval: self.shard_sync_interval,
             max_leases_per_worker: self.max_leases_per_worker,
+            read_memory: self.read_memory,
+            pace_reads: self.pace_reads,
         }
     }
 
@@ -398,6 +404,29 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         self
     }
 
+    /// The most memory GetRecords replies being fetched and decoded may hold
+    /// at once, across all shards, on top of
+    /// [`buffer_bytes`](Self::buffer_bytes). A reader reserves what its
+    /// shard's previous read cost (2 MiB before its first read) before each
+    /// call and keeps it until its records are in the buffer, so memory stays
+    /// bounded whatever the number of shards; a single read larger than the
+    /// bound still goes ahead alone. Defaults to an eighth of `buffer_bytes`,
+    /// at least 8 MiB (8 MiB with the default buffer).
+    pub fn read_memory(mut self, bytes: u64) -> Self {
+        self.read_memory = Some(bytes);
+        self
+    }
+
+    /// Whether each reader keeps its shard under Kinesis's read limits
+    /// (5 GetRecords calls and 2 MiB per second) by pacing itself, rather
+    /// than reading as fast as it can and backing off when throttled. Turn it
+    /// off only for servers without those limits (emulators, benchmarks).
+    /// Defaults to `true`.
+    pub fn pace_reads(mut self, pace: bool) -> Self {
+        self.pace_reads = pace;
+        self
+    }
+
     /// Checks every setting and builds the consumer. Nothing is sent to AWS
     /// yet; an invalid setting gives [`Error::Config`] naming it.
     pub fn build(self) -> Result<Consumer<T>> {
@@ -439,6 +468,9 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         }
         if self.buffer_records == 0 {
             return Err(Error::config("buffer_records", "must be greater than zero"));
+        }
+        if self.read_memory == Some(0) {
+            return Err(Error::config("read_memory", "must be greater than zero"));
         }
         if self.max_leases_per_worker == 0 {
             return Err(Error::config("max_leases_per_worker", "must be at least 1"));

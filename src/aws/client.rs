@@ -2,6 +2,7 @@
 //! the reply or the error, retry with backoff and jitter.
 
 use std::fmt;
+use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -320,12 +321,25 @@ impl Client {
             .get("x-amzn-errortype")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = reply
+        // Read into a buffer sized from Content-Length: no regrowing and
+        // copying of multi-megabyte GetRecords replies.
+        let length = reply
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            .min(MAX_RESPONSE_BYTES);
+        let mut bytes = Vec::with_capacity(length as usize);
+        reply
             .body_mut()
             .with_config()
             .limit(MAX_RESPONSE_BYTES)
-            .read_to_vec()
-            .map_err(transport)?;
+            .reader()
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::Transport {
+                operation,
+                message: e.to_string(),
+            })?;
         if (200..300).contains(&status) {
             return Ok(bytes);
         }

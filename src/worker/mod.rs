@@ -206,6 +206,12 @@ impl<T: Send + 'static> Consumer<T> {
             retry_wait: s.retry_wait,
             start_timestamp,
             metrics: self.metrics.clone(),
+            read_memory: Arc::new(Budget::new(
+                s.read_memory
+                    .unwrap_or((s.buffer_bytes / 8).max(8 * 1024 * 1024)),
+                u64::MAX,
+            )),
+            pace_reads: s.pace_reads,
         });
         let timings = LeaseTimings {
             failover: s.failover_time,

@@ -58,7 +58,27 @@ pub(crate) struct ReaderContext<T> {
     pub idle_time: Duration,
     pub retry_wait: Duration,
     pub start_timestamp: Option<SystemTime>,
+    /// Memory of reads in flight, across all readers (see `read_memory`).
+    pub read_memory: Arc<Budget>,
+    pub pace_reads: bool,
     pub metrics: Metrics,
+}
+
+/// What a reader reserves before its first read: a busy shard's second.
+const FIRST_READ_COST: u64 = 2 * 1024 * 1024;
+/// The least a reader reserves: an empty or small reply.
+const MIN_READ_COST: u64 = 64 * 1024;
+
+/// Memory reserved for one read in flight; given back when dropped.
+struct Reservation<'a> {
+    budget: &'a Budget,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes, 0);
+    }
 }
 
 /// The running readers; the lease coordinator starts and stops them.
@@ -86,6 +106,7 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
             epoch,
             stop: stop.clone(),
             warned_about_aggregates: false,
+            read_cost: FIRST_READ_COST,
         };
         let checkpoint = checkpoint.clone();
         let spawned = std::thread::Builder::new()
@@ -132,6 +153,8 @@ struct Reader<T> {
     epoch: u64,
     stop: Arc<AtomicBool>,
     warned_about_aggregates: bool,
+    /// What the last read cost in memory: the reply and its records.
+    read_cost: u64,
 }
 
 impl<T: Send + 'static> Reader<T> {
@@ -212,8 +235,18 @@ impl<T: Send + 'static> Reader<T> {
             if self.stopped() {
                 break;
             }
+            // Bound the memory of reads in flight across all shards: hold a
+            // reservation from before the call until the records are in the
+            // buffer.
+            let Some(_reserved) = self.reserve(&context.read_memory) else {
+                break;
+            };
             let called_at = Instant::now();
-            next_read = called_at + MIN_TIME_BETWEEN_READS;
+            next_read = if context.pace_reads {
+                called_at + MIN_TIME_BETWEEN_READS
+            } else {
+                called_at
+            };
             let result = context.kinesis.get_records(&current, context.max_records);
             let call_ms = called_at.elapsed().as_secs_f64() * 1000.0;
             if let Err(e) = &result {
@@ -295,9 +328,13 @@ impl<T: Send + 'static> Reader<T> {
             if past_checkpoint {
                 resume_after = None;
             }
-            // Stay under 2 MiB/s: a large read buys a longer pause.
-            let read_time = Duration::from_secs_f64(chunk.bytes as f64 / MAX_BYTES_PER_SECOND);
-            next_read = next_read.max(called_at + read_time);
+            // A reply costs about its records again in JSON and base64.
+            self.read_cost = (chunk.bytes * 2).max(MIN_READ_COST);
+            if context.pace_reads {
+                // Stay under 2 MiB/s: a large read buys a longer pause.
+                let read_time = Duration::from_secs_f64(chunk.bytes as f64 / MAX_BYTES_PER_SECOND);
+                next_read = next_read.max(called_at + read_time);
+            }
             let shard_end = chunk.shard_end;
             if (!chunk.messages.is_empty() || shard_end) && !self.hand_on(chunk) {
                 break;
@@ -314,6 +351,20 @@ impl<T: Send + 'static> Reader<T> {
         Ok(())
     }
 
+    /// Waits for room for this shard's next read; `None` when told to stop.
+    fn reserve<'a>(&self, memory: &'a Budget) -> Option<Reservation<'a>> {
+        let bytes = self.read_cost;
+        while !memory.acquire(bytes, 0, STOP_CHECK) {
+            if self.stopped() {
+                return None;
+            }
+        }
+        Some(Reservation {
+            budget: memory,
+            bytes,
+        })
+    }
+
     fn log_retry(&self, e: &Error, failures: u32) {
         if e.is_throttling() && (failures == 1 || failures.is_power_of_two()) {
             log::warn!(
@@ -326,103 +377,110 @@ impl<T: Send + 'static> Reader<T> {
     }
 
     /// Turns one reply into messages: de-aggregates, skips what the
-    /// checkpoint says was processed, and runs the message handler. Also
-    /// returns how many user records came out of aggregates and how many
-    /// invalid aggregates were passed through whole.
+    /// checkpoint says was processed, and runs the message handler, one
+    /// record at a time (no intermediate list).
     fn chunk(
         &mut self,
         reply: GetRecordsOutput,
         resume_after: Option<&ExtendedSequenceNumber>,
     ) -> Result<(Chunk<T>, u64, u64)> {
-        let mut messages = Vec::with_capacity(reply.records.len());
+        let GetRecordsOutput {
+            records: kinesis_records,
+            next_shard_iterator,
+            millis_behind_latest,
+            ..
+        } = reply;
+        let mut messages: Vec<Message<T>> = Vec::with_capacity(kinesis_records.len());
         let mut bytes = 0u64;
+        let handler = &*self.context.handler;
+        let shard_id = self.shard_id.clone();
+        let warned = &mut self.warned_about_aggregates;
         let (mut deaggregated, mut passed_through) = (0u64, 0u64);
-        let handler = &self.context.handler;
-        let shard_id = &self.shard_id;
-        let mut records: Vec<Record> = Vec::with_capacity(reply.records.len());
-        for r in reply.records {
-            bytes += r.data.len() as u64 + r.partition_key.len() as u64;
-            let arrival = r.approximate_arrival_timestamp;
-            let position = |sub| ExtendedSequenceNumber {
-                sequence_number: r.sequence_number.clone(),
-                sub_sequence_number: sub,
-            };
-            let users = if kpl::is_aggregated(&r.data) {
-                match kpl::deaggregate(&r.data) {
-                    Ok(users) => Some(
-                        users
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, u)| Record {
-                                shard_id: shard_id.clone(),
-                                position: position(i as u64),
-                                aggregated: true,
-                                partition_key: u.partition_key.to_owned(),
-                                explicit_hash_key: u.explicit_hash_key.map(str::to_owned),
-                                arrival,
-                                data: u.data.to_vec(),
-                            })
-                            .collect::<Vec<_>>(),
-                    ),
-                    Err(e) => {
-                        passed_through += 1;
-                        if !self.warned_about_aggregates {
-                            self.warned_about_aggregates = true;
-                            log::warn!(
-                                "shard {shard_id}: record {} looks KPL-aggregated but is not valid ({e:?}); delivering it whole (logged once per shard)",
-                                r.sequence_number
-                            );
+        // What one message costs besides its data and key: the struct and
+        // the sequence number's allocation.
+        let overhead = (std::mem::size_of::<Message<T>>() + 32) as u64;
+        let mut deliver = |mut record: Record, bytes: &mut u64| {
+            if resume_after.is_some_and(|done| record.position <= *done) {
+                return;
+            }
+            *bytes += overhead
+                + record.data.len() as u64
+                + record.partition_key.len() as u64
+                + record.position.sequence_number.as_str().len() as u64;
+            let value = handler(&mut record);
+            messages.push(Message {
+                shard_id: record.shard_id,
+                position: record.position,
+                partition_key: record.partition_key,
+                explicit_hash_key: record.explicit_hash_key,
+                arrival: record.arrival,
+                value,
+            });
+        };
+        let mapped = catch_unwind(AssertUnwindSafe(|| {
+            for r in kinesis_records {
+                let arrival = r.approximate_arrival_timestamp;
+                if kpl::is_aggregated(&r.data) {
+                    match kpl::deaggregate(&r.data) {
+                        Ok(users) => {
+                            deaggregated += users.len() as u64;
+                            for (i, u) in users.into_iter().enumerate() {
+                                let record = Record {
+                                    shard_id: shard_id.clone(),
+                                    position: ExtendedSequenceNumber {
+                                        sequence_number: r.sequence_number.clone(),
+                                        sub_sequence_number: i as u64,
+                                    },
+                                    aggregated: true,
+                                    partition_key: u.partition_key.to_owned(),
+                                    explicit_hash_key: u.explicit_hash_key.map(str::to_owned),
+                                    arrival,
+                                    data: u.data.to_vec(),
+                                };
+                                deliver(record, &mut bytes);
+                            }
+                            continue;
                         }
-                        None
+                        Err(e) => {
+                            passed_through += 1;
+                            if !*warned {
+                                *warned = true;
+                                log::warn!(
+                                    "shard {shard_id}: record {} looks KPL-aggregated but is not valid ({e:?}); delivering it whole (logged once per shard)",
+                                    r.sequence_number
+                                );
+                            }
+                        }
                     }
                 }
-            } else {
-                None
-            };
-            match users {
-                Some(users) => {
-                    deaggregated += users.len() as u64;
-                    records.extend(users)
-                }
-                None => records.push(Record {
+                let record = Record {
                     shard_id: shard_id.clone(),
-                    position: position(0),
+                    position: ExtendedSequenceNumber {
+                        sequence_number: r.sequence_number,
+                        sub_sequence_number: 0,
+                    },
                     aggregated: false,
                     partition_key: r.partition_key,
                     explicit_hash_key: None,
                     arrival,
                     data: r.data,
-                }),
-            }
-        }
-        if let Some(done) = resume_after {
-            records.retain(|r| r.position > *done);
-        }
-        let mapped = catch_unwind(AssertUnwindSafe(|| {
-            for mut record in records {
-                let value = handler(&mut record);
-                messages.push(Message {
-                    shard_id: record.shard_id,
-                    position: record.position,
-                    partition_key: record.partition_key,
-                    explicit_hash_key: record.explicit_hash_key,
-                    arrival: record.arrival,
-                    value,
-                });
+                };
+                deliver(record, &mut bytes);
             }
         }));
         if let Err(panic) = mapped {
             return Err(Error::HandlerPanicked(format!(
-                "the message handler panicked on shard {shard_id}: {}",
+                "the message handler panicked on shard {}: {}",
+                self.shard_id,
                 panic_message(&panic)
             )));
         }
         let chunk = Chunk {
-            shard_id: shard_id.clone(),
+            shard_id: self.shard_id.clone(),
             epoch: self.epoch,
             messages,
-            millis_behind_latest: reply.millis_behind_latest,
-            shard_end: reply.next_shard_iterator.is_none(),
+            millis_behind_latest,
+            shard_end: next_shard_iterator.is_none(),
             bytes,
         };
         Ok((chunk, deaggregated, passed_through))

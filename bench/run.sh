@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every benchmark and prints its figures (about 6 minutes on 2 cores).
+# Builds with --release into $CARGO_TARGET_DIR (default target/bench) and,
+# for the official SDK comparison, $SDK_TARGET_DIR (default target/bench-sdk).
+# Installs the pinned emulators (npm ci in emulators/) when missing.
+# Usage: bash bench/run.sh [throughput|scale|pressure|latency|leases ...]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target/bench}"
+sdk_target="${SDK_TARGET_DIR:-$root/target/bench-sdk}"
+if [ ! -f emulators/node_modules/kinesalite/cli.js ] || [ ! -f emulators/node_modules/dynalite/cli.js ]; then
+  (cd emulators && npm ci --no-audit --no-fund --loglevel=error)
+fi
+cargo build --release --quiet --manifest-path bench/Cargo.toml
+CARGO_TARGET_DIR="$sdk_target" cargo build --release --quiet --manifest-path bench/sdk/Cargo.toml
+bin="$CARGO_TARGET_DIR/release"
+benches=("$@")
+[ ${#benches[@]} -gt 0 ] || benches=(throughput scale pressure latency leases)
+echo "# kinesis-consumer benchmarks, $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -h | awk '/^Mem:/ {print $2}') RAM"
+started=$SECONDS
+for b in "${benches[@]}"; do
+  echo
+  case "$b" in
+    throughput) timeout 300 "$bin/throughput" --sdk "$sdk_target/release/kinesis-sdk-bench" ;;
+    *) timeout 300 "$bin/$b" ;;
+  esac
+done
+echo
+echo "# all benchmarks ran in $((SECONDS - started)) s"

@@ -1,0 +1,188 @@
+//! Decode + deliver throughput on one shard: our full path (fetch, decode,
+//! de-aggregation check, message handler, channel, batch handler touching
+//! each record) against the official SDK's get_records loop, same canned
+//! server, same run.
+//!
+//! Usage: throughput --sdk PATH [--seconds S]
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kinesis_consumer::aws::kinesis::{IteratorPosition, KinesisClient};
+use kinesis_consumer_bench::canned::CannedServer;
+use kinesis_consumer_bench::{arg, client_config, consumer, emulators, rate, secs, spawn_consumer};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn main() {
+    let sdk: String = arg("--sdk", String::new());
+    let seconds: f64 = arg("--seconds", 2.0);
+    let rounds: u32 = arg("--rounds", 3);
+    let dynamo = emulators::dynalite();
+    println!(
+        "# throughput: one shard, canned GetRecords replies, {seconds} s per measurement, best of {rounds} interleaved rounds"
+    );
+    for (records, size) in [(10_000usize, 100usize), (5_000, 1024)] {
+        let server = CannedServer::start(1, records, size);
+        println!(
+            "\n## {records} records x {size} B per GetRecords (reply body {:.2} MiB)",
+            server.body_bytes() as f64 / MIB
+        );
+        let payload = (records * size) as f64;
+        // The machine is shared: run the three measurements in turn, three
+        // rounds, and keep each one's best round.
+        let (mut wire_best, mut ours_best, mut sdk_best) = (0f64, 0f64, 0f64);
+        let mut sdk_ms = f64::NAN;
+        for round in 1..=rounds {
+            let (wire, _) = wire_loop(&server.url, seconds);
+            let ours = full_path(&server.url, &dynamo.url, seconds);
+            let (w, o) = (wire.records / wire.elapsed, ours.records / ours.elapsed);
+            let mut line = format!(
+                "  round {round}: get_records only {}, full path {}",
+                rate(w),
+                rate(o)
+            );
+            wire_best = wire_best.max(w);
+            ours_best = ours_best.max(o);
+            if !sdk.is_empty() {
+                let (r, ms) = sdk_loop(&sdk, &server.url, seconds);
+                line += &format!(", sdk {}", rate(r));
+                if r > sdk_best {
+                    sdk_ms = ms;
+                }
+                sdk_best = sdk_best.max(r);
+            }
+            println!("{line}");
+        }
+        println!(
+            "ours, get_records only (fetch + decode): {} records/s, {:.1} MiB/s of data, {:.2} ms per call",
+            rate(wire_best),
+            wire_best * size as f64 / MIB,
+            records as f64 / wire_best * 1e3
+        );
+        println!(
+            "ours, full path: {} records/s, {:.1} MiB/s of data, {:.2} ms per {records} records",
+            rate(ours_best),
+            ours_best * size as f64 / MIB,
+            records as f64 / ours_best * 1e3
+        );
+        let _ = payload;
+        if sdk.is_empty() {
+            println!("sdk: skipped (no --sdk)");
+            continue;
+        }
+        println!(
+            "sdk (aws-sdk-kinesis, tokio current-thread): {} records/s, {:.1} MiB/s of data, {sdk_ms:.2} ms per call",
+            rate(sdk_best),
+            sdk_best * size as f64 / MIB,
+        );
+        println!(
+            "RATIO full path / sdk: {:.2}x   (get_records only / sdk: {:.2}x)",
+            ours_best / sdk_best,
+            wire_best / sdk_best
+        );
+    }
+}
+
+/// Runs the SDK benchmark program: its records/s and ms per call.
+fn sdk_loop(sdk: &str, url: &str, seconds: f64) -> (f64, f64) {
+    let out = Command::new(sdk)
+        .args([url, "bench", "shardId-000000000000", &seconds.to_string()])
+        .output()
+        .expect("run the SDK benchmark");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> f64 {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("SDK output lacks {name}: {text}"))
+    };
+    (
+        field("records") / field("seconds"),
+        field("seconds") / field("calls") * 1e3,
+    )
+}
+
+struct Measured {
+    records: f64,
+    elapsed: f64,
+}
+
+/// The bare client loop: GetRecords + decode, nothing else.
+fn wire_loop(url: &str, seconds: f64) -> (Measured, u64) {
+    let client = KinesisClient::new(&client_config(url)).unwrap();
+    let mut it = client
+        .get_shard_iterator(
+            "bench",
+            "shardId-000000000000",
+            &IteratorPosition::TrimHorizon,
+        )
+        .unwrap();
+    for _ in 0..3 {
+        it = client
+            .get_records(&it, 10_000)
+            .unwrap()
+            .next_shard_iterator
+            .unwrap();
+    }
+    let (mut records, mut calls) = (0u64, 0u64);
+    let started = Instant::now();
+    while started.elapsed() < secs(seconds) {
+        let out = client.get_records(&it, 10_000).unwrap();
+        records += out.records.len() as u64;
+        calls += 1;
+        it = out.next_shard_iterator.unwrap();
+    }
+    let m = Measured {
+        records: records as f64,
+        elapsed: started.elapsed().as_secs_f64(),
+    };
+    (m, calls)
+}
+
+/// The whole consumer, read pacing off (the canned server never throttles).
+fn full_path(url: &str, dynamodb: &str, seconds: f64) -> Measured {
+    let built = consumer(url, dynamodb, "bench")
+        // Short batches and a large record bound, so that the buffer does
+        // not throttle a reader that is faster than a real shard.
+        .batch_interval(Duration::from_millis(50))
+        .buffer_records(1_000_000)
+        .idle_time_between_reads(Duration::from_millis(10))
+        .pace_reads(false)
+        // The message handler touches the data: its length, its first byte.
+        .message_handler(|r| {
+            r.data().len() as u64 + u64::from(r.data().first().copied().unwrap_or(0))
+        })
+        .build()
+        .unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let touched = Arc::new(AtomicU64::new(0));
+    let (c, t) = (count.clone(), touched.clone());
+    let (stop, thread) = spawn_consumer(built, move |batch| {
+        // The batch handler touches each record too.
+        let mut sum = 0;
+        for m in batch.messages() {
+            sum += *m.value() + m.partition_key().len() as u64;
+        }
+        c.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        t.fetch_add(sum, Ordering::Relaxed);
+    });
+    // Warm up until records flow, then one more second.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "no records arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (start_count, started) = (count.load(Ordering::Relaxed), Instant::now());
+    std::thread::sleep(secs(seconds));
+    let (end_count, elapsed) = (count.load(Ordering::Relaxed), started.elapsed());
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    assert!(touched.load(Ordering::Relaxed) > 0);
+    Measured {
+        records: (end_count - start_count) as f64,
+        elapsed: elapsed.as_secs_f64(),
+    }
+}

@@ -1,0 +1,167 @@
+//! A canned Kinesis server for benchmarks: plain std threads on 127.0.0.1,
+//! one per connection. It answers ListShards, DescribeStreamSummary,
+//! GetShardIterator and GetRecords for any number of shards, endlessly:
+//! GetRecords always returns the same prebuilt body (or an empty one while
+//! `set_empty(true)`), with a NextShardIterator.
+
+use std::io::{BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::http::read_request;
+
+/// The canned reply bodies and what was asked of them.
+pub struct Canned {
+    get_records: Vec<u8>,
+    empty_records: Vec<u8>,
+    list_shards: Vec<u8>,
+    describe: Vec<u8>,
+    empty: AtomicBool,
+    /// GetRecords calls answered.
+    pub get_records_calls: AtomicU64,
+}
+
+/// A running canned server.
+pub struct CannedServer {
+    pub url: String,
+    pub canned: Arc<Canned>,
+}
+
+impl CannedServer {
+    /// Serves `shards` shards whose every GetRecords returns `records`
+    /// records of `size` bytes each.
+    pub fn start(shards: usize, records: usize, size: usize) -> CannedServer {
+        let canned = Arc::new(Canned {
+            get_records: get_records_body(records, size),
+            empty_records: get_records_body(0, 0),
+            list_shards: list_shards_body(shards),
+            describe: format!(
+                r#"{{"StreamDescriptionSummary":{{"StreamName":"bench","StreamARN":"arn:aws:kinesis:us-east-1:000000000000:stream/bench","StreamStatus":"ACTIVE","OpenShardCount":{shards},"RetentionPeriodHours":24}}}}"#
+            )
+            .into_bytes(),
+            empty: AtomicBool::new(false),
+            get_records_calls: AtomicU64::new(0),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = canned.clone();
+        std::thread::Builder::new()
+            .name("canned-accept".into())
+            .spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let canned = server.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("canned-conn".into())
+                        .stack_size(256 * 1024)
+                        .spawn(move || serve(stream, &canned));
+                }
+            })
+            .unwrap();
+        CannedServer { url, canned }
+    }
+
+    /// While true, GetRecords returns no records (an idle stream).
+    pub fn set_empty(&self, empty: bool) {
+        self.canned.empty.store(empty, Ordering::Relaxed);
+    }
+
+    /// The size of the full GetRecords reply body.
+    pub fn body_bytes(&self) -> usize {
+        self.canned.get_records.len()
+    }
+}
+
+fn serve(stream: TcpStream, canned: &Canned) {
+    let _ = stream.set_nodelay(true);
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    while let Ok(Some(request)) = read_request(&mut reader) {
+        let operation = request.target.rsplit('.').next().unwrap_or("");
+        let iterator;
+        let body: &[u8] = match operation {
+            "GetRecords" => {
+                canned.get_records_calls.fetch_add(1, Ordering::Relaxed);
+                if canned.empty.load(Ordering::Relaxed) {
+                    &canned.empty_records
+                } else {
+                    &canned.get_records
+                }
+            }
+            "GetShardIterator" => {
+                iterator = br#"{"ShardIterator":"AAAAAAAAAAEbenchiterator"}"#.to_vec();
+                &iterator
+            }
+            "ListShards" => &canned.list_shards,
+            "DescribeStreamSummary" => &canned.describe,
+            _ => {
+                let body =
+                    format!(r#"{{"__type":"UnknownOperationException","message":"{operation}"}}"#);
+                let reply = format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = writer.write_all(reply.as_bytes());
+                continue;
+            }
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: bench\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(body).is_err() {
+            return;
+        }
+    }
+}
+
+/// A GetRecords reply: `records` records of `size` bytes, 56-digit
+/// sequence numbers, arrival timestamps, and a next iterator.
+pub fn get_records_body(records: usize, size: usize) -> Vec<u8> {
+    let mut out = String::with_capacity(records * (size * 4 / 3 + 160) + 200);
+    out.push_str(r#"{"Records":["#);
+    let mut payload = vec![0u8; size];
+    for i in 0..records {
+        for (j, b) in payload.iter_mut().enumerate() {
+            *b = b'a' + ((i + j) % 26) as u8;
+        }
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            r#"{{"SequenceNumber":"4959033827149025660855969253836157109592{:016}","ApproximateArrivalTimestamp":1.700000000123E9,"Data":"{}","PartitionKey":"pk-{:06}"}}"#,
+            1_575_989_136_588_898u64 + i as u64,
+            BASE64.encode(&payload),
+            i % 1000
+        ));
+    }
+    out.push_str(r#"],"NextShardIterator":"AAAAAAAAAAEbenchiteratornext","MillisBehindLatest":0}"#);
+    out.into_bytes()
+}
+
+fn list_shards_body(shards: usize) -> Vec<u8> {
+    let step = u128::MAX / shards as u128;
+    let mut out = String::from(r#"{"Shards":["#);
+    for i in 0..shards {
+        let start = step * i as u128;
+        let end = if i + 1 == shards {
+            u128::MAX
+        } else {
+            step * (i as u128 + 1) - 1
+        };
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            r#"{{"ShardId":"shardId-{i:012}","HashKeyRange":{{"StartingHashKey":"{start}","EndingHashKey":"{end}"}},"SequenceNumberRange":{{"StartingSequenceNumber":"49590338271490256608559692538361571095921575989136588898"}}}}"#
+        ));
+    }
+    out.push_str("]}");
+    out.into_bytes()
+}
