@@ -38,6 +38,8 @@ pub(crate) struct Chunk<T> {
     pub millis_behind_latest: Option<u64>,
     pub shard_end: bool,
     pub bytes: u64,
+    /// Data and partition key bytes of the messages (what Kinesis counts).
+    pub data_bytes: u64,
 }
 
 /// What readers send to the ticker.
@@ -332,7 +334,8 @@ impl<T: Send + 'static> Reader<T> {
             self.read_cost = (chunk.bytes * 2).max(MIN_READ_COST);
             if context.pace_reads {
                 // Stay under 2 MiB/s: a large read buys a longer pause.
-                let read_time = Duration::from_secs_f64(chunk.bytes as f64 / MAX_BYTES_PER_SECOND);
+                let read_time =
+                    Duration::from_secs_f64(chunk.data_bytes as f64 / MAX_BYTES_PER_SECOND);
                 next_read = next_read.max(called_at + read_time);
             }
             let shard_end = chunk.shard_end;
@@ -399,14 +402,14 @@ impl<T: Send + 'static> Reader<T> {
         // What one message costs besides its data and key: the struct and
         // the sequence number's allocation.
         let overhead = (std::mem::size_of::<Message<T>>() + 32) as u64;
+        let mut data_bytes = 0u64;
         let mut deliver = |mut record: Record, bytes: &mut u64| {
             if resume_after.is_some_and(|done| record.position <= *done) {
                 return;
             }
-            *bytes += overhead
-                + record.data.len() as u64
-                + record.partition_key.len() as u64
-                + record.position.sequence_number.as_str().len() as u64;
+            let data = record.data.len() as u64 + record.partition_key.len() as u64;
+            data_bytes += data;
+            *bytes += overhead + data + record.position.sequence_number.as_str().len() as u64;
             let value = handler(&mut record);
             messages.push(Message {
                 shard_id: record.shard_id,
@@ -482,6 +485,7 @@ impl<T: Send + 'static> Reader<T> {
             millis_behind_latest,
             shard_end: next_shard_iterator.is_none(),
             bytes,
+            data_bytes,
         };
         Ok((chunk, deaggregated, passed_through))
     }

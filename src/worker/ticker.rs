@@ -204,7 +204,7 @@ impl<'a, T> Ticker<'a, T> {
 
     /// Groups chunks by shard, in the order they were read, leaving out
     /// shards whose lease was lost meanwhile. Also returns the bytes and
-    /// records of every chunk (for the buffer budget) and the bytes read
+    /// records of every chunk (for the buffer budget) and the data bytes
     /// of each shard of the batch.
     fn build(&self, chunks: Vec<Chunk<T>>) -> (Batch<T>, u64, u64, Vec<u64>) {
         let mut shards: Vec<ShardBatch<T>> = Vec::new();
@@ -222,13 +222,13 @@ impl<'a, T> Ticker<'a, T> {
                 .find(|(_, s)| s.shard_id == chunk.shard_id && s.epoch == chunk.epoch)
             {
                 Some((i, s)) => {
-                    shard_bytes[i] += chunk.bytes;
+                    shard_bytes[i] += chunk.data_bytes;
                     s.messages.extend(chunk.messages);
                     s.millis_behind_latest = chunk.millis_behind_latest.or(s.millis_behind_latest);
                     s.shard_ended |= chunk.shard_end;
                 }
                 None => {
-                    shard_bytes.push(chunk.bytes);
+                    shard_bytes.push(chunk.data_bytes);
                     shards.push(ShardBatch {
                         shard_id: chunk.shard_id,
                         messages: chunk.messages,
