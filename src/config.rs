@@ -57,6 +57,13 @@ pub(crate) type MessageHandler<T> = Arc<dyn Fn(&mut Record) -> T + Send + Sync>;
 /// Only the application name and the stream name are required; every other
 /// setting documents its default.
 pub struct ConsumerBuilder<T> {
+    pub(crate) settings: Settings,
+    pub(crate) message_handler: MessageHandler<T>,
+}
+
+/// Every setting but the message handler, whose type it does not depend on.
+#[derive(Clone)]
+pub(crate) struct Settings {
     pub(crate) app_name: Option<String>,
     pub(crate) stream_name: Option<String>,
     pub(crate) region: Option<String>,
@@ -76,7 +83,6 @@ pub struct ConsumerBuilder<T> {
     pub(crate) publish_metrics: bool,
     pub(crate) buffer_bytes: u64,
     pub(crate) buffer_records: u64,
-    pub(crate) message_handler: MessageHandler<T>,
     pub(crate) retry_wait: Duration,
     pub(crate) max_attempts: u32,
     pub(crate) connect_timeout: Duration,
@@ -94,14 +100,14 @@ pub struct ConsumerBuilder<T> {
 impl<T> fmt::Debug for ConsumerBuilder<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsumerBuilder")
-            .field("app_name", &self.app_name)
-            .field("stream_name", &self.stream_name)
-            .field("region", &self.region)
-            .field("endpoint_url", &self.endpoint_url)
-            .field("initial_position", &self.initial_position)
-            .field("batch_interval", &self.batch_interval)
-            .field("checkpoint_interval", &self.checkpoint_interval)
-            .field("worker_id", &self.worker_id)
+            .field("app_name", &self.settings.app_name)
+            .field("stream_name", &self.settings.stream_name)
+            .field("region", &self.settings.region)
+            .field("endpoint_url", &self.settings.endpoint_url)
+            .field("initial_position", &self.settings.initial_position)
+            .field("batch_interval", &self.settings.batch_interval)
+            .field("checkpoint_interval", &self.settings.checkpoint_interval)
+            .field("worker_id", &self.settings.worker_id)
             .finish_non_exhaustive()
     }
 }
@@ -109,38 +115,40 @@ impl<T> fmt::Debug for ConsumerBuilder<T> {
 impl ConsumerBuilder<Vec<u8>> {
     pub(crate) fn new() -> Self {
         ConsumerBuilder {
-            app_name: None,
-            stream_name: None,
-            region: None,
-            endpoint_url: None,
-            dynamodb_endpoint_url: None,
-            cloudwatch_endpoint_url: None,
-            credentials: None,
-            dynamodb_credentials: None,
-            cloudwatch_credentials: None,
-            initial_position: InitialPosition::Latest,
-            batch_interval: Duration::from_secs(1),
-            checkpoint_interval: None,
-            metrics_level: MetricsLevel::None,
-            metrics_dimensions: vec![MetricsDimension::Operation, MetricsDimension::ShardId],
-            metrics_namespace: None,
-            metrics_period: Duration::from_secs(60),
-            publish_metrics: true,
-            buffer_bytes: 64 * 1024 * 1024,
-            buffer_records: 100_000,
             message_handler: Arc::new(|r: &mut Record| std::mem::take(&mut r.data)),
-            retry_wait: Duration::from_millis(100),
-            max_attempts: 3,
-            connect_timeout: Duration::from_secs(3),
-            read_timeout: Duration::from_secs(10),
-            worker_id: None,
-            max_records_per_read: 10_000,
-            idle_time_between_reads: Duration::from_secs(1),
-            failover_time: Duration::from_secs(10),
-            shard_sync_interval: Duration::from_secs(60),
-            max_leases_per_worker: usize::MAX,
-            read_memory: None,
-            pace_reads: true,
+            settings: Settings {
+                app_name: None,
+                stream_name: None,
+                region: None,
+                endpoint_url: None,
+                dynamodb_endpoint_url: None,
+                cloudwatch_endpoint_url: None,
+                credentials: None,
+                dynamodb_credentials: None,
+                cloudwatch_credentials: None,
+                initial_position: InitialPosition::Latest,
+                batch_interval: Duration::from_secs(1),
+                checkpoint_interval: None,
+                metrics_level: MetricsLevel::None,
+                metrics_dimensions: vec![MetricsDimension::Operation, MetricsDimension::ShardId],
+                metrics_namespace: None,
+                metrics_period: Duration::from_secs(60),
+                publish_metrics: true,
+                buffer_bytes: 64 * 1024 * 1024,
+                buffer_records: 100_000,
+                retry_wait: Duration::from_millis(100),
+                max_attempts: 3,
+                connect_timeout: Duration::from_secs(3),
+                read_timeout: Duration::from_secs(10),
+                worker_id: None,
+                max_records_per_read: 10_000,
+                idle_time_between_reads: Duration::from_secs(1),
+                failover_time: Duration::from_secs(10),
+                shard_sync_interval: Duration::from_secs(60),
+                max_leases_per_worker: usize::MAX,
+                read_memory: None,
+                pace_reads: true,
+            },
         }
     }
 }
@@ -151,55 +159,55 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// CloudWatch namespace. Consumers with the same name share the work; consumers
     /// with different names each see every record. Required.
     pub fn app_name(mut self, name: impl Into<String>) -> Self {
-        self.app_name = Some(name.into());
+        self.settings.app_name = Some(name.into());
         self
     }
 
     /// The stream to read. Required.
     pub fn stream_name(mut self, name: impl Into<String>) -> Self {
-        self.stream_name = Some(name.into());
+        self.settings.stream_name = Some(name.into());
         self
     }
 
     /// The AWS region. Defaults to `AWS_REGION`, then `AWS_DEFAULT_REGION`,
     /// then the active profile's region.
     pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.region = Some(region.into());
+        self.settings.region = Some(region.into());
         self
     }
 
     /// The Kinesis endpoint URL. Defaults to `AWS_ENDPOINT_URL_KINESIS`, then
     /// `AWS_ENDPOINT_URL`, then the region's standard endpoint.
     pub fn endpoint_url(mut self, url: impl Into<String>) -> Self {
-        self.endpoint_url = Some(url.into());
+        self.settings.endpoint_url = Some(url.into());
         self
     }
 
     /// The DynamoDB endpoint URL. Defaults to `AWS_ENDPOINT_URL_DYNAMODB`,
     /// then `AWS_ENDPOINT_URL`, then the region's standard endpoint.
     pub fn dynamodb_endpoint_url(mut self, url: impl Into<String>) -> Self {
-        self.dynamodb_endpoint_url = Some(url.into());
+        self.settings.dynamodb_endpoint_url = Some(url.into());
         self
     }
 
     /// The CloudWatch endpoint URL. Defaults to `AWS_ENDPOINT_URL_CLOUDWATCH`,
     /// then `AWS_ENDPOINT_URL`, then the region's standard endpoint.
     pub fn cloudwatch_endpoint_url(mut self, url: impl Into<String>) -> Self {
-        self.cloudwatch_endpoint_url = Some(url.into());
+        self.settings.cloudwatch_endpoint_url = Some(url.into());
         self
     }
 
     /// Credentials for every service. Defaults to the standard chain
     /// (environment, shared files, web identity, container, EC2 metadata).
     pub fn credentials(mut self, credentials: impl ProvideCredentials + 'static) -> Self {
-        self.credentials = Some(Arc::new(credentials));
+        self.settings.credentials = Some(Arc::new(credentials));
         self
     }
 
     /// Credentials for the lease table. Defaults to those of
     /// [`credentials`](Self::credentials).
     pub fn dynamodb_credentials(mut self, credentials: impl ProvideCredentials + 'static) -> Self {
-        self.dynamodb_credentials = Some(Arc::new(credentials));
+        self.settings.dynamodb_credentials = Some(Arc::new(credentials));
         self
     }
 
@@ -209,27 +217,27 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         mut self,
         credentials: impl ProvideCredentials + 'static,
     ) -> Self {
-        self.cloudwatch_credentials = Some(Arc::new(credentials));
+        self.settings.cloudwatch_credentials = Some(Arc::new(credentials));
         self
     }
 
     /// Where to start in shards that have no checkpoint. A checkpoint always
     /// wins. Defaults to [`InitialPosition::Latest`].
     pub fn initial_position(mut self, position: InitialPosition) -> Self {
-        self.initial_position = position;
+        self.settings.initial_position = position;
         self
     }
 
     /// How often the batch handler is called with what arrived. Defaults to 1 s.
     pub fn batch_interval(mut self, interval: Duration) -> Self {
-        self.batch_interval = interval;
+        self.settings.batch_interval = interval;
         self
     }
 
     /// The shortest time between two checkpoint writes of a shard. Defaults
     /// to the batch interval.
     pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
-        self.checkpoint_interval = Some(interval);
+        self.settings.checkpoint_interval = Some(interval);
         self
     }
 
@@ -243,7 +251,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// CloudWatch never holds up reading or checkpointing. Defaults to
     /// [`MetricsLevel::None`]: nothing is recorded or sent.
     pub fn metrics_level(mut self, level: MetricsLevel) -> Self {
-        self.metrics_level = level;
+        self.settings.metrics_level = level;
         self
     }
 
@@ -251,14 +259,14 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// applies only at [`MetricsLevel::Detailed`] and only to per-shard
     /// metrics. Defaults to `Operation` and `ShardId`, the KCL's defaults.
     pub fn metrics_dimensions(mut self, dimensions: &[MetricsDimension]) -> Self {
-        self.metrics_dimensions = dimensions.to_vec();
+        self.settings.metrics_dimensions = dimensions.to_vec();
         self
     }
 
     /// The CloudWatch namespace metrics are published in. Defaults to the
     /// application name (as the KCL).
     pub fn metrics_namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.metrics_namespace = Some(namespace.into());
+        self.settings.metrics_namespace = Some(namespace.into());
         self
     }
 
@@ -266,7 +274,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// gives one statistic set (sample count, sum, minimum, maximum) per
     /// series. Defaults to 60 s (CloudWatch's standard resolution).
     pub fn metrics_period(mut self, period: Duration) -> Self {
-        self.metrics_period = period;
+        self.settings.metrics_period = period;
         self
     }
 
@@ -274,7 +282,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// recorded for [`Consumer::metrics`]. Has no effect at
     /// [`MetricsLevel::None`]. Defaults to `true`.
     pub fn publish_metrics(mut self, publish: bool) -> Self {
-        self.publish_metrics = publish;
+        self.settings.publish_metrics = publish;
         self
     }
 
@@ -282,13 +290,13 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// Spark's storage level). Readers wait when it is reached. Defaults to
     /// 64 MiB.
     pub fn buffer_bytes(mut self, bytes: u64) -> Self {
-        self.buffer_bytes = bytes;
+        self.settings.buffer_bytes = bytes;
         self
     }
 
     /// The most records read but not yet handled. Defaults to 100,000.
     pub fn buffer_records(mut self, records: u64) -> Self {
-        self.buffer_records = records;
+        self.settings.buffer_records = records;
         self
     }
 
@@ -301,85 +309,55 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     ) -> ConsumerBuilder<U> {
         ConsumerBuilder {
             message_handler: Arc::new(move |r: &mut Record| handler(r)),
-            app_name: self.app_name,
-            stream_name: self.stream_name,
-            region: self.region,
-            endpoint_url: self.endpoint_url,
-            dynamodb_endpoint_url: self.dynamodb_endpoint_url,
-            cloudwatch_endpoint_url: self.cloudwatch_endpoint_url,
-            credentials: self.credentials,
-            dynamodb_credentials: self.dynamodb_credentials,
-            cloudwatch_credentials: self.cloudwatch_credentials,
-            initial_position: self.initial_position,
-            batch_interval: self.batch_interval,
-            checkpoint_interval: self.checkpoint_interval,
-            metrics_level: self.metrics_level,
-            metrics_dimensions: self.metrics_dimensions,
-            metrics_namespace: self.metrics_namespace,
-            metrics_period: self.metrics_period,
-            publish_metrics: self.publish_metrics,
-            buffer_bytes: self.buffer_bytes,
-            buffer_records: self.buffer_records,
-            retry_wait: self.retry_wait,
-            max_attempts: self.max_attempts,
-            connect_timeout: self.connect_timeout,
-            read_timeout: self.read_timeout,
-            worker_id: self.worker_id,
-            max_records_per_read: self.max_records_per_read,
-            idle_time_between_reads: self.idle_time_between_reads,
-            failover_time: self.failover_time,
-            shard_sync_interval: self.shard_sync_interval,
-            max_leases_per_worker: self.max_leases_per_worker,
-            read_memory: self.read_memory,
-            pace_reads: self.pace_reads,
+            settings: self.settings,
         }
     }
 
     /// The base wait before retrying a failed AWS request; it doubles per
     /// attempt, with jitter. Defaults to 100 ms (Spark's default).
     pub fn retry_wait(mut self, wait: Duration) -> Self {
-        self.retry_wait = wait;
+        self.settings.retry_wait = wait;
         self
     }
 
     /// How many times an AWS request is tried before its error counts.
     /// Defaults to 3 (Spark's default).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts;
+        self.settings.max_attempts = attempts;
         self
     }
 
     /// How long to wait for a connection to an AWS endpoint. Defaults to 3 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.settings.connect_timeout = timeout;
         self
     }
 
     /// How long to wait for each reply from AWS before the request counts
     /// as failed (and is retried). Defaults to 10 s.
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
-        self.read_timeout = timeout;
+        self.settings.read_timeout = timeout;
         self
     }
 
     /// This worker's name in the lease table; must differ between workers.
     /// Defaults to the host name, the process id and a random suffix.
     pub fn worker_id(mut self, id: impl Into<String>) -> Self {
-        self.worker_id = Some(id.into());
+        self.settings.worker_id = Some(id.into());
         self
     }
 
     /// The most records one GetRecords call returns (1 to 10,000). Defaults
     /// to 10,000.
     pub fn max_records_per_read(mut self, records: u32) -> Self {
-        self.max_records_per_read = records;
+        self.settings.max_records_per_read = records;
         self
     }
 
     /// How long a reader waits after a read that returned nothing. Defaults
     /// to 1 s (the KCL waits 1.5 s).
     pub fn idle_time_between_reads(mut self, idle: Duration) -> Self {
-        self.idle_time_between_reads = idle;
+        self.settings.idle_time_between_reads = idle;
         self
     }
 
@@ -387,20 +365,20 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// Leases are renewed every third of it and the table is checked for
     /// expired and unbalanced leases as often. Defaults to 10 s (as the KCL).
     pub fn failover_time(mut self, failover: Duration) -> Self {
-        self.failover_time = failover;
+        self.settings.failover_time = failover;
         self
     }
 
     /// How often the stream's shard list is read to find new shards.
     /// Defaults to 60 s; a shard reaching its end triggers one at once.
     pub fn shard_sync_interval(mut self, interval: Duration) -> Self {
-        self.shard_sync_interval = interval;
+        self.settings.shard_sync_interval = interval;
         self
     }
 
     /// The most leases this worker holds. Defaults to no limit.
     pub fn max_leases_per_worker(mut self, leases: usize) -> Self {
-        self.max_leases_per_worker = leases;
+        self.settings.max_leases_per_worker = leases;
         self
     }
 
@@ -413,7 +391,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// bound still goes ahead alone. Defaults to an eighth of `buffer_bytes`,
     /// at least 8 MiB (8 MiB with the default buffer).
     pub fn read_memory(mut self, bytes: u64) -> Self {
-        self.read_memory = Some(bytes);
+        self.settings.read_memory = Some(bytes);
         self
     }
 
@@ -423,7 +401,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// off only for servers without those limits (emulators, benchmarks).
     /// Defaults to `true`.
     pub fn pace_reads(mut self, pace: bool) -> Self {
-        self.pace_reads = pace;
+        self.settings.pace_reads = pace;
         self
     }
 
@@ -431,60 +409,69 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// yet; an invalid setting gives [`Error::Config`] naming it.
     pub fn build(self) -> Result<Consumer<T>> {
         let app_name = self
+            .settings
             .app_name
             .clone()
             .ok_or_else(|| Error::config("app_name", "is required"))?;
         check_name("app_name", &app_name, 3, 255)?;
         let stream_name = self
+            .settings
             .stream_name
             .clone()
             .ok_or_else(|| Error::config("stream_name", "is required"))?;
         check_name("stream_name", &stream_name, 1, 128)?;
         for (setting, value) in [
-            ("batch_interval", self.batch_interval),
+            ("batch_interval", self.settings.batch_interval),
             (
                 "checkpoint_interval",
-                self.checkpoint_interval.unwrap_or(self.batch_interval),
+                self.settings
+                    .checkpoint_interval
+                    .unwrap_or(self.settings.batch_interval),
             ),
-            ("idle_time_between_reads", self.idle_time_between_reads),
-            ("shard_sync_interval", self.shard_sync_interval),
-            ("metrics_period", self.metrics_period),
+            (
+                "idle_time_between_reads",
+                self.settings.idle_time_between_reads,
+            ),
+            ("shard_sync_interval", self.settings.shard_sync_interval),
+            ("metrics_period", self.settings.metrics_period),
         ] {
             if value.is_zero() {
                 return Err(Error::config(setting, "must be greater than zero"));
             }
         }
-        if self.failover_time < Duration::from_millis(300) {
+        if self.settings.failover_time < Duration::from_millis(300) {
             return Err(Error::config("failover_time", "must be at least 300 ms"));
         }
-        if !(1..=10_000).contains(&self.max_records_per_read) {
+        if !(1..=10_000).contains(&self.settings.max_records_per_read) {
             return Err(Error::config(
                 "max_records_per_read",
                 "must be between 1 and 10,000",
             ));
         }
-        if self.buffer_bytes == 0 {
+        if self.settings.buffer_bytes == 0 {
             return Err(Error::config("buffer_bytes", "must be greater than zero"));
         }
-        if self.buffer_records == 0 {
+        if self.settings.buffer_records == 0 {
             return Err(Error::config("buffer_records", "must be greater than zero"));
         }
-        if self.read_memory == Some(0) {
+        if self.settings.read_memory == Some(0) {
             return Err(Error::config("read_memory", "must be greater than zero"));
         }
-        if self.max_leases_per_worker == 0 {
+        if self.settings.max_leases_per_worker == 0 {
             return Err(Error::config("max_leases_per_worker", "must be at least 1"));
         }
-        if self.metrics_level != MetricsLevel::None && self.metrics_dimensions.is_empty() {
+        if self.settings.metrics_level != MetricsLevel::None
+            && self.settings.metrics_dimensions.is_empty()
+        {
             return Err(Error::config(
                 "metrics_dimensions",
                 "must not be empty when metrics are on",
             ));
         }
-        if let Some(namespace) = &self.metrics_namespace {
+        if let Some(namespace) = &self.settings.metrics_namespace {
             check_namespace(namespace)?;
         }
-        let worker_id = match &self.worker_id {
+        let worker_id = match &self.settings.worker_id {
             Some(id) if id.trim().is_empty() => {
                 return Err(Error::config("worker_id", "must not be empty"));
             }
@@ -494,29 +481,34 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         let base = |endpoint: &Option<String>,
                     credentials: &Option<Arc<dyn ProvideCredentials>>| {
             let mut c = ClientConfig::new()
-                .retry_wait(self.retry_wait)
-                .max_attempts(self.max_attempts)
-                .connect_timeout(self.connect_timeout)
-                .read_timeout(self.read_timeout);
-            c.region = self.region.clone();
+                .retry_wait(self.settings.retry_wait)
+                .max_attempts(self.settings.max_attempts)
+                .connect_timeout(self.settings.connect_timeout)
+                .read_timeout(self.settings.read_timeout);
+            c.region = self.settings.region.clone();
             c.endpoint_url = endpoint.clone();
-            c.credentials = credentials.clone().or_else(|| self.credentials.clone());
+            c.credentials = credentials
+                .clone()
+                .or_else(|| self.settings.credentials.clone());
             c
         };
-        let kinesis = KinesisClient::new(&base(&self.endpoint_url, &None))
+        let kinesis = KinesisClient::new(&base(&self.settings.endpoint_url, &None))
             .map_err(rename_endpoint("endpoint_url"))?;
         let dynamodb = DynamoDbClient::new(&base(
-            &self.dynamodb_endpoint_url,
-            &self.dynamodb_credentials,
+            &self.settings.dynamodb_endpoint_url,
+            &self.settings.dynamodb_credentials,
         ))
         .map_err(rename_endpoint("dynamodb_endpoint_url"))?;
         // Resolved even when metrics are off, so a bad setting fails here.
         // Short timeouts: a slow CloudWatch only delays the publisher thread,
         // but it should not hold unsent metrics for long.
         let cloudwatch = CloudWatchClient::new(
-            &base(&self.cloudwatch_endpoint_url, &self.cloudwatch_credentials)
-                .connect_timeout(Duration::from_secs(2))
-                .read_timeout(Duration::from_secs(5)),
+            &base(
+                &self.settings.cloudwatch_endpoint_url,
+                &self.settings.cloudwatch_credentials,
+            )
+            .connect_timeout(Duration::from_secs(2))
+            .read_timeout(Duration::from_secs(5)),
         )
         .map_err(rename_endpoint("cloudwatch_endpoint_url"))?;
         Ok(Consumer::new(

@@ -58,7 +58,7 @@ impl ShutdownHandle {
 ///
 /// Build one with [`Consumer::builder`], then call [`run`](Self::run).
 pub struct Consumer<T> {
-    settings: ConsumerBuilder<T>,
+    builder: ConsumerBuilder<T>,
     app_name: String,
     stream_name: String,
     worker_id: String,
@@ -88,7 +88,7 @@ impl Consumer<Vec<u8>> {
 
 impl<T: Send + 'static> Consumer<T> {
     pub(crate) fn new(
-        settings: ConsumerBuilder<T>,
+        builder: ConsumerBuilder<T>,
         app_name: String,
         stream_name: String,
         worker_id: String,
@@ -97,13 +97,13 @@ impl<T: Send + 'static> Consumer<T> {
         cloudwatch: CloudWatchClient,
     ) -> Consumer<T> {
         let metrics = Metrics::new(
-            settings.metrics_level,
-            &settings.metrics_dimensions,
+            builder.settings.metrics_level,
+            &builder.settings.metrics_dimensions,
             &worker_id,
             &stream_name,
         );
         Consumer {
-            settings,
+            builder,
             app_name,
             stream_name,
             worker_id,
@@ -149,7 +149,7 @@ impl<T: Send + 'static> Consumer<T> {
     where
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let s = &self.settings;
+        let s = &self.builder.settings;
         // Fail fast, with AWS's own words, on a missing stream or bad endpoint.
         self.kinesis.describe_stream_summary(&self.stream_name)?;
         let publisher = if s.publish_metrics {
@@ -180,7 +180,7 @@ impl<T: Send + 'static> Consumer<T> {
     where
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let s = &self.settings;
+        let s = &self.builder.settings;
         let table = LeaseTable::new(self.dynamodb.clone(), &self.app_name);
         let held = Arc::new(HeldLeases::new(
             table,
@@ -198,7 +198,7 @@ impl<T: Send + 'static> Consumer<T> {
         let readers = ReaderPool::new(ReaderContext {
             kinesis: self.kinesis.clone(),
             stream: self.stream_name.clone(),
-            handler: s.message_handler.clone(),
+            handler: self.builder.message_handler.clone(),
             sender,
             budget: budget.clone(),
             max_records: s.max_records_per_read,
