@@ -13,25 +13,10 @@ use std::time::{Duration, Instant};
 use common::proxy::{Fault, Proxy, Trigger};
 use kinesis_consumer::aws::dynamodb::{AttributeValue, Item};
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
-use kinesis_consumer::{Consumer, ConsumerBuilder, Error, InitialPosition};
+use kinesis_consumer::{Consumer, ConsumerBuilder, Error};
 
 fn builder(kinesis: &str, dynamodb: &str, stream: &str, app: &str) -> ConsumerBuilder<Vec<u8>> {
-    common::init_log();
-    Consumer::builder()
-        .app_name(app)
-        .stream_name(stream)
-        .region("us-east-1")
-        .endpoint_url(kinesis)
-        .dynamodb_endpoint_url(dynamodb)
-        .cloudwatch_endpoint_url("http://127.0.0.1:9")
-        .credentials(kinesis_consumer::aws::credentials::Credentials::new(
-            "AKIDTEST", "secret",
-        ))
-        .initial_position(InitialPosition::TrimHorizon)
-        .batch_interval(Duration::from_millis(200))
-        .idle_time_between_reads(Duration::from_millis(100))
-        .failover_time(Duration::from_secs(3))
-        .shard_sync_interval(Duration::from_secs(2))
+    common::consumer_builder_at(kinesis, dynamodb, stream, app)
 }
 
 fn emulator_builder(stream: &str, app: &str) -> ConsumerBuilder<Vec<u8>> {

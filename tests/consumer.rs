@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
-use kinesis_consumer::{Batch, Consumer, ConsumerBuilder, Error, InitialPosition};
+use kinesis_consumer::{Batch, ConsumerBuilder, Error, InitialPosition};
 
 /// One delivered record: shard, sequence number, partition key, data.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -24,23 +24,7 @@ struct Seen {
 type Log = Arc<Mutex<Vec<Seen>>>;
 
 fn builder(stream: &str, app: &str) -> ConsumerBuilder<Vec<u8>> {
-    common::init_log();
-    let e = common::emulators();
-    Consumer::builder()
-        .app_name(app)
-        .stream_name(stream)
-        .region("us-east-1")
-        .endpoint_url(&e.kinesis_url)
-        .dynamodb_endpoint_url(&e.dynamodb_url)
-        .cloudwatch_endpoint_url("http://127.0.0.1:9")
-        .credentials(kinesis_consumer::aws::credentials::Credentials::new(
-            "AKIDTEST", "secret",
-        ))
-        .initial_position(InitialPosition::TrimHorizon)
-        .batch_interval(Duration::from_millis(200))
-        .idle_time_between_reads(Duration::from_millis(100))
-        .failover_time(Duration::from_secs(3))
-        .shard_sync_interval(Duration::from_secs(2))
+    common::consumer_builder(stream, app)
 }
 
 fn record(log: &Log, batch: &Batch<Vec<u8>>) {

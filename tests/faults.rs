@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::{Fault, Proxy, Trigger};
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
-use kinesis_consumer::{Consumer, ConsumerBuilder, InitialPosition, SequenceNumber};
+use kinesis_consumer::{ConsumerBuilder, SequenceNumber};
 
 /// One record put: its data, shard and sequence number.
 #[derive(Clone, Debug)]
@@ -61,22 +61,7 @@ fn put(stream: &str, prefix: &str, count: usize, into: &Mutex<Vec<Put>>) {
 }
 
 fn builder(proxy: &Proxy, stream: &str, app: &str) -> ConsumerBuilder<Vec<u8>> {
-    common::init_log();
-    Consumer::builder()
-        .app_name(app)
-        .stream_name(stream)
-        .region("us-east-1")
-        .endpoint_url(proxy.url())
-        .dynamodb_endpoint_url(proxy.url())
-        .cloudwatch_endpoint_url("http://127.0.0.1:9")
-        .credentials(kinesis_consumer::aws::credentials::Credentials::new(
-            "AKIDTEST", "secret",
-        ))
-        .initial_position(InitialPosition::TrimHorizon)
-        .batch_interval(Duration::from_millis(200))
-        .idle_time_between_reads(Duration::from_millis(100))
-        .failover_time(Duration::from_secs(3))
-        .shard_sync_interval(Duration::from_secs(2))
+    common::consumer_builder_at(proxy.url(), proxy.url(), stream, app)
 }
 
 /// A running consumer with a thread that watches its checkpoints.
@@ -211,7 +196,20 @@ impl Run {
     /// Stops the consumer gracefully and checks everything; returns
     /// (records put, distinct delivered, lost, duplicated).
     fn finish(self, app: &str) -> (usize, usize, usize, usize) {
-        std::thread::sleep(Duration::from_millis(400));
+        // Let deliveries settle: a lease lost to an injected fault is taken
+        // back and re-read from its checkpoint, and the last record of each
+        // shard must be delivered again before the final checkpoint can
+        // name it.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut seen = usize::MAX;
+        while Instant::now() < deadline {
+            let now = self.got.lock().unwrap().len();
+            if now == seen {
+                break;
+            }
+            seen = now;
+            std::thread::sleep(Duration::from_millis(1000));
+        }
         self.stop.shutdown();
         self.thread
             .join()

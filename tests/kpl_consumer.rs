@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kinesis_consumer::aws::dynamodb::{AttributeValue, Expression};
 use kinesis_consumer::aws::kinesis::{KinesisClient, PutRecordsEntry};
 use kinesis_consumer::kpl::{AggregatedRecord, Aggregator};
-use kinesis_consumer::{Batch, Consumer, ConsumerBuilder, InitialPosition, Record};
+use kinesis_consumer::{Batch, ConsumerBuilder, Record};
 
 /// What the batch handler saw of one user record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,20 +25,7 @@ struct Seen {
 }
 
 fn builder(stream: &str, app: &str) -> ConsumerBuilder<(bool, Vec<u8>)> {
-    common::init_log();
-    let e = common::emulators();
-    Consumer::builder()
-        .app_name(app)
-        .stream_name(stream)
-        .region("us-east-1")
-        .endpoint_url(&e.kinesis_url)
-        .dynamodb_endpoint_url(&e.dynamodb_url)
-        .credentials(kinesis_consumer::aws::credentials::Credentials::new(
-            "AKIDTEST", "secret",
-        ))
-        .initial_position(InitialPosition::TrimHorizon)
-        .batch_interval(Duration::from_millis(200))
-        .idle_time_between_reads(Duration::from_millis(100))
+    common::consumer_builder(stream, app)
         .message_handler(|r: &Record| (r.is_aggregated(), r.data().to_vec()))
 }
 

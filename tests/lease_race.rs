@@ -13,24 +13,12 @@ use std::time::{Duration, Instant};
 use common::proxy::Proxy;
 use kinesis_consumer::aws::dynamodb::{AttributeValue, Expression, Item};
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
-use kinesis_consumer::{Consumer, ConsumerBuilder, InitialPosition, SequenceNumber};
+use kinesis_consumer::{ConsumerBuilder, SequenceNumber};
 
 fn builder(kinesis: &str, dynamodb: &str, stream: &str, app: &str) -> ConsumerBuilder<Vec<u8>> {
-    common::init_log();
-    Consumer::builder()
-        .app_name(app)
-        .stream_name(stream)
-        .region("us-east-1")
-        .endpoint_url(kinesis)
-        .dynamodb_endpoint_url(dynamodb)
-        .cloudwatch_endpoint_url("http://127.0.0.1:9")
-        .credentials(kinesis_consumer::aws::credentials::Credentials::new(
-            "AKIDTEST", "secret",
-        ))
-        .initial_position(InitialPosition::TrimHorizon)
-        .batch_interval(Duration::from_millis(200))
-        .idle_time_between_reads(Duration::from_millis(100))
-        .shard_sync_interval(Duration::from_secs(2))
+    // The default failover time: nothing expires during the race.
+    common::consumer_builder_at(kinesis, dynamodb, stream, app)
+        .failover_time(Duration::from_secs(10))
 }
 
 fn put(stream: &str, prefix: &str, count: usize) -> Vec<(String, SequenceNumber)> {

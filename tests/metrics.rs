@@ -15,27 +15,12 @@ use std::time::{Duration, Instant, SystemTime};
 use kinesis_consumer::aws::cloudwatch::{CloudWatchClient, Dimension, MetricDescription};
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
 use kinesis_consumer::{
-    Consumer, ConsumerBuilder, InitialPosition, MetricSample, MetricsDimension, MetricsHandle,
-    MetricsLevel, ShutdownHandle,
+    ConsumerBuilder, MetricSample, MetricsDimension, MetricsHandle, MetricsLevel, ShutdownHandle,
 };
 
 fn builder(stream: &str, app: &str, cloudwatch_url: &str) -> ConsumerBuilder<Vec<u8>> {
-    common::init_log();
-    let e = common::emulators();
-    Consumer::builder()
-        .app_name(app)
-        .stream_name(stream)
-        .region("us-east-1")
-        .endpoint_url(&e.kinesis_url)
-        .dynamodb_endpoint_url(&e.dynamodb_url)
+    common::consumer_builder(stream, app)
         .cloudwatch_endpoint_url(cloudwatch_url)
-        .credentials(kinesis_consumer::aws::credentials::Credentials::new(
-            "AKIDTEST", "secret",
-        ))
-        .initial_position(InitialPosition::TrimHorizon)
-        .batch_interval(Duration::from_millis(200))
-        .idle_time_between_reads(Duration::from_millis(100))
-        .failover_time(Duration::from_secs(3))
         .metrics_period(Duration::from_millis(500))
 }
 

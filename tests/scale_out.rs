@@ -182,7 +182,7 @@ impl Worker {
     }
 }
 
-/// Puts numbered records (`{prefix}-{n}`, partition key `pk-{n % 32}`) at
+/// Puts numbered records (`{prefix}-{n}`, partition key `pk-{n % 128}`, enough keys that every shard gets records) at
 /// about 50 per second until stopped; returns what it put, in order.
 struct Producer {
     stop: Arc<AtomicBool>,
@@ -198,7 +198,7 @@ fn produce(stream: &str, prefix: &str) -> Producer {
         while !flag.load(Ordering::Relaxed) {
             let entries: Vec<PutRecordsEntry> = (put.len()..put.len() + 10)
                 .map(|n| PutRecordsEntry {
-                    partition_key: format!("pk-{}", n % 32),
+                    partition_key: format!("pk-{}", n % 128),
                     explicit_hash_key: None,
                     data: format!("{prefix}-{n}").into_bytes(),
                 })

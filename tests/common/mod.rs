@@ -281,3 +281,34 @@ pub fn init_log() {
         }
     }
 }
+
+/// A consumer on the given endpoints with the tests' short timings: batches
+/// of 200 ms, 100 ms between empty reads, failover 3 s, shard sync every 2 s,
+/// from the trim horizon, CloudWatch on a closed port.
+pub fn consumer_builder_at(
+    kinesis_url: &str,
+    dynamodb_url: &str,
+    stream: &str,
+    app: &str,
+) -> kinesis_consumer::ConsumerBuilder<Vec<u8>> {
+    init_log();
+    kinesis_consumer::Consumer::builder()
+        .app_name(app)
+        .stream_name(stream)
+        .region("us-east-1")
+        .endpoint_url(kinesis_url)
+        .dynamodb_endpoint_url(dynamodb_url)
+        .cloudwatch_endpoint_url("http://127.0.0.1:9")
+        .credentials(Credentials::new("AKIDTEST", "secret"))
+        .initial_position(kinesis_consumer::InitialPosition::TrimHorizon)
+        .batch_interval(Duration::from_millis(200))
+        .idle_time_between_reads(Duration::from_millis(100))
+        .failover_time(Duration::from_secs(3))
+        .shard_sync_interval(Duration::from_secs(2))
+}
+
+/// [`consumer_builder_at`] on this test binary's emulators.
+pub fn consumer_builder(stream: &str, app: &str) -> kinesis_consumer::ConsumerBuilder<Vec<u8>> {
+    let e = emulators();
+    consumer_builder_at(&e.kinesis_url, &e.dynamodb_url, stream, app)
+}
