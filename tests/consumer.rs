@@ -314,35 +314,14 @@ fn unknown_stream_fails_fast_with_a_clear_error() {
 
 #[test]
 fn split_and_merge_during_consumption_lose_nothing_and_keep_parent_before_child() {
-    let k = common::kinesis();
     let stream = common::create_stream(2);
     let app = common::unique_name("app");
     let consumer = start(builder(&stream, &app));
     let mut all = put(&stream, "before", 200, 16);
 
-    let shards = k.list_shards(&stream, None).unwrap();
-    let first = &shards[0];
-    let (lo, hi): (u128, u128) = (
-        first.starting_hash_key.parse().unwrap(),
-        first.ending_hash_key.parse().unwrap(),
-    );
-    k.split_shard(&stream, &first.shard_id, &(lo + (hi - lo) / 2).to_string())
-        .unwrap();
-    k.wait_until_active(&stream, Duration::from_secs(30))
-        .unwrap();
+    let first = common::split_first_shard(&stream);
     all.extend(put(&stream, "split", 200, 16));
-
-    let shards = k.list_shards(&stream, None).unwrap();
-    let upper_child = shards
-        .iter()
-        .filter(|s| s.parent_shard_id.as_deref() == Some(first.shard_id.as_str()))
-        .max_by_key(|s| s.starting_hash_key.parse::<u128>().unwrap())
-        .unwrap()
-        .clone();
-    k.merge_shards(&stream, &upper_child.shard_id, &shards[1].shard_id)
-        .unwrap();
-    k.wait_until_active(&stream, Duration::from_secs(30))
-        .unwrap();
+    common::merge_upper_child(&stream, &first);
     all.extend(put(&stream, "merged", 200, 16));
 
     consumer.wait_for("all 600 records", Duration::from_secs(60), |s| {

@@ -488,33 +488,13 @@ fn sigterm_hands_the_leases_over_at_once_and_nothing_twice() {
 fn split_and_merge_with_two_workers() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (stream, app, log) = setup(2);
-    let k = common::kinesis();
     let producer = produce(&stream, "r");
     let a = spawn_worker(&stream, &app, "a", &log);
     let b = spawn_worker(&stream, &app, "b", &log);
     std::thread::sleep(Duration::from_secs(3));
-    let shards = k.list_shards(&stream, None).unwrap();
-    let first = shards[0].clone();
-    let (lo, hi): (u128, u128) = (
-        first.starting_hash_key.parse().unwrap(),
-        first.ending_hash_key.parse().unwrap(),
-    );
-    k.split_shard(&stream, &first.shard_id, &(lo + (hi - lo) / 2).to_string())
-        .unwrap();
-    k.wait_until_active(&stream, Duration::from_secs(30))
-        .unwrap();
+    let first = common::split_first_shard(&stream);
     std::thread::sleep(Duration::from_secs(3));
-    let shards = k.list_shards(&stream, None).unwrap();
-    let upper = shards
-        .iter()
-        .filter(|s| s.parent_shard_id.as_deref() == Some(first.shard_id.as_str()))
-        .max_by_key(|s| s.starting_hash_key.parse::<u128>().unwrap())
-        .unwrap()
-        .clone();
-    k.merge_shards(&stream, &upper.shard_id, &shards[1].shard_id)
-        .unwrap();
-    k.wait_until_active(&stream, Duration::from_secs(30))
-        .unwrap();
+    let (upper, neighbour) = common::merge_upper_child(&stream, &first);
     std::thread::sleep(Duration::from_secs(3));
     let put = producer.finish();
     wait_all_delivered(&log, &put, &[&a, &b]);
@@ -542,7 +522,7 @@ fn split_and_merge_with_two_workers() {
     let parents = [
         first.shard_id.clone(),
         upper.shard_id.clone(),
-        shards[1].shard_id.clone(),
+        neighbour.shard_id.clone(),
     ];
     let cleaned = wait_until(
         "finished leases to be deleted",

@@ -312,3 +312,43 @@ pub fn consumer_builder(stream: &str, app: &str) -> kinesis_consumer::ConsumerBu
     let e = emulators();
     consumer_builder_at(&e.kinesis_url, &e.dynamodb_url, stream, app)
 }
+
+/// Splits the stream's first shard at the middle of its hash range and
+/// waits until the stream is active again; returns the split shard.
+pub fn split_first_shard(stream: &str) -> kinesis_consumer::aws::kinesis::Shard {
+    let k = kinesis();
+    let first = k.list_shards(stream, None).unwrap().remove(0);
+    let lo: u128 = first.starting_hash_key.parse().unwrap();
+    let hi: u128 = first.ending_hash_key.parse().unwrap();
+    k.split_shard(stream, &first.shard_id, &(lo + (hi - lo) / 2).to_string())
+        .unwrap();
+    k.wait_until_active(stream, Duration::from_secs(30))
+        .unwrap();
+    first
+}
+
+/// Merges the upper child of `parent` (a shard split by
+/// [`split_first_shard`]) with the stream's second original shard, and
+/// waits until the stream is active; returns the two merged shards.
+pub fn merge_upper_child(
+    stream: &str,
+    parent: &kinesis_consumer::aws::kinesis::Shard,
+) -> (
+    kinesis_consumer::aws::kinesis::Shard,
+    kinesis_consumer::aws::kinesis::Shard,
+) {
+    let k = kinesis();
+    let shards = k.list_shards(stream, None).unwrap();
+    let upper = shards
+        .iter()
+        .filter(|s| s.parent_shard_id.as_deref() == Some(parent.shard_id.as_str()))
+        .max_by_key(|s| s.starting_hash_key.parse::<u128>().unwrap())
+        .unwrap()
+        .clone();
+    let neighbour = shards[1].clone();
+    k.merge_shards(stream, &upper.shard_id, &neighbour.shard_id)
+        .unwrap();
+    k.wait_until_active(stream, Duration::from_secs(30))
+        .unwrap();
+    (upper, neighbour)
+}
