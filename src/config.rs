@@ -115,7 +115,7 @@ impl<T> fmt::Debug for ConsumerBuilder<T> {
 impl ConsumerBuilder<Vec<u8>> {
     pub(crate) fn new() -> Self {
         ConsumerBuilder {
-            message_handler: Arc::new(|r: &mut Record| std::mem::take(&mut r.data)),
+            message_handler: Arc::new(|r: &mut Record| r.data().to_vec()),
             settings: Settings {
                 app_name: None,
                 stream_name: None,

@@ -78,7 +78,7 @@ pub mod __fuzz {
 
     /// The GetRecords reply decoder.
     pub fn decode_get_records(body: &[u8]) -> crate::Result<GetRecordsOutput> {
-        crate::aws::kinesis::decode_get_records(body)
+        crate::aws::get_records::decode_get_records(body, &std::sync::Arc::from("shardId-0"))
     }
 
     /// The error of a non-2xx reply, from its status, `x-amzn-ErrorType`

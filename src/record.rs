@@ -10,28 +10,59 @@ use std::time::SystemTime;
 /// `u128` holds).
 ///
 /// Sequence numbers compare as integers, never as strings ("9" < "10").
+/// Numbers of up to 62 digits are stored inline: making one allocates nothing.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SequenceNumber(Arc<str>);
+pub struct SequenceNumber(Digits);
+
+/// How many digits a sequence number keeps inline (the struct stays 64 bytes).
+const INLINE_DIGITS: usize = 62;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Digits {
+    Inline {
+        len: u8,
+        digits: [u8; INLINE_DIGITS],
+    },
+    Long(Arc<str>),
+}
 
 impl SequenceNumber {
     /// Checks that `text` is a decimal number of at most 129 digits.
     pub fn parse(text: &str) -> Option<SequenceNumber> {
-        if text.is_empty() || text.len() > 129 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        SequenceNumber::from_bytes(text.as_bytes())
+    }
+
+    /// [`SequenceNumber::parse`] for text not yet checked to be UTF-8.
+    pub(crate) fn from_bytes(text: &[u8]) -> Option<SequenceNumber> {
+        if text.is_empty() || text.len() > 129 || !text.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        Some(SequenceNumber(text.into()))
+        if text.len() <= INLINE_DIGITS {
+            let mut digits = [0u8; INLINE_DIGITS];
+            digits[..text.len()].copy_from_slice(text);
+            let len = text.len() as u8;
+            return Some(SequenceNumber(Digits::Inline { len, digits }));
+        }
+        let text = std::str::from_utf8(text).ok()?;
+        Some(SequenceNumber(Digits::Long(text.into())))
     }
 
     /// The number as Kinesis wrote it.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Only ASCII digits get in, so this is always valid UTF-8.
+            Digits::Inline { len, digits } => {
+                std::str::from_utf8(&digits[..*len as usize]).unwrap_or_default()
+            }
+            Digits::Long(text) => text,
+        }
     }
 }
 
 impl Ord for SequenceNumber {
     fn cmp(&self, other: &Self) -> Ordering {
-        let a = self.0.trim_start_matches('0');
-        let b = other.0.trim_start_matches('0');
+        let a = self.as_str().trim_start_matches('0');
+        let b = other.as_str().trim_start_matches('0');
         a.len().cmp(&b.len()).then_with(|| a.cmp(b))
     }
 }
@@ -44,13 +75,13 @@ impl PartialOrd for SequenceNumber {
 
 impl fmt::Debug for SequenceNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Display for SequenceNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -65,17 +96,63 @@ pub struct ExtendedSequenceNumber {
     pub sub_sequence_number: u64,
 }
 
+/// Where a field lies in the bytes shared by the records of one
+/// GetRecords reply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    /// The span of `part`, a slice of `whole`.
+    pub fn within(whole: &[u8], part: &[u8]) -> Span {
+        let start = (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize) as u32;
+        Span {
+            start,
+            end: start + part.len() as u32,
+        }
+    }
+
+    /// The bytes of the span.
+    pub fn of(self, bytes: &[u8]) -> &[u8] {
+        bytes
+            .get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
+    }
+
+    /// The span as text; spans of text are checked to be UTF-8 when made.
+    pub fn text(self, bytes: &[u8]) -> &str {
+        std::str::from_utf8(self.of(bytes)).unwrap_or_default()
+    }
+
+    /// Its length in bytes.
+    pub fn len(self) -> usize {
+        (self.end - self.start) as usize
+    }
+}
+
+/// The bytes every record of one GetRecords reply points into: their
+/// decoded data and their keys, in one allocation instead of several per
+/// record.
+pub(crate) type SharedBytes = Arc<Vec<u8>>;
+
 /// One user record: a plain Kinesis record, or one user record taken out of
 /// a KPL aggregate.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// The records of one GetRecords reply share one buffer that holds their
+/// data and keys; it is freed when the last of them (and of the
+/// [`Message`](crate::Message)s made from them) is dropped.
+#[derive(Clone)]
 pub struct Record {
     pub(crate) shard_id: Arc<str>,
     pub(crate) position: ExtendedSequenceNumber,
     pub(crate) aggregated: bool,
-    pub(crate) partition_key: String,
-    pub(crate) explicit_hash_key: Option<String>,
+    pub(crate) bytes: SharedBytes,
+    pub(crate) partition_key: Span,
+    pub(crate) explicit_hash_key: Option<Span>,
     pub(crate) arrival: Option<SystemTime>,
-    pub(crate) data: Vec<u8>,
+    pub(crate) data: Span,
 }
 
 impl Record {
@@ -106,12 +183,12 @@ impl Record {
 
     /// The partition key.
     pub fn partition_key(&self) -> &str {
-        &self.partition_key
+        self.partition_key.text(&self.bytes)
     }
 
     /// The explicit hash key, when the producer set one.
     pub fn explicit_hash_key(&self) -> Option<&str> {
-        self.explicit_hash_key.as_deref()
+        Some(self.explicit_hash_key?.text(&self.bytes))
     }
 
     /// When Kinesis accepted the record, if it said.
@@ -121,14 +198,37 @@ impl Record {
 
     /// The payload.
     pub fn data(&self) -> &[u8] {
-        &self.data
-    }
-
-    /// Takes the payload without copying it.
-    pub fn into_data(self) -> Vec<u8> {
-        self.data
+        self.data.of(&self.bytes)
     }
 }
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("shard_id", &self.shard_id())
+            .field("position", &self.position)
+            .field("aggregated", &self.aggregated)
+            .field("partition_key", &self.partition_key())
+            .field("explicit_hash_key", &self.explicit_hash_key())
+            .field("arrival", &self.arrival)
+            .field("data", &self.data())
+            .finish()
+    }
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Record) -> bool {
+        self.shard_id == other.shard_id
+            && self.position == other.position
+            && self.aggregated == other.aggregated
+            && self.partition_key() == other.partition_key()
+            && self.explicit_hash_key() == other.explicit_hash_key()
+            && self.arrival == other.arrival
+            && self.data() == other.data()
+    }
+}
+
+impl Eq for Record {}
 
 #[cfg(test)]
 mod tests {
@@ -146,6 +246,9 @@ mod tests {
         let big = "49590338271490256608559692538361571095921575989136588898";
         assert!(seq(big) > seq("49590338271490256608559692538361571095921575989136588897"));
         assert!(seq(big) > seq("99999999999999999999"));
+        let long_zeros = format!("{}7", "0".repeat(70));
+        assert_eq!(seq(&long_zeros).cmp(&seq("7")), Ordering::Equal);
+        assert!(seq(&"1".repeat(63)) > seq(&"9".repeat(62)));
     }
 
     #[test]
@@ -154,6 +257,10 @@ mod tests {
             assert!(SequenceNumber::parse(bad).is_none(), "{bad:?}");
         }
         assert!(SequenceNumber::parse(&"9".repeat(129)).is_some());
+        for len in [1, 56, INLINE_DIGITS, INLINE_DIGITS + 1, 129] {
+            let text = "7".repeat(len);
+            assert_eq!(SequenceNumber::parse(&text).unwrap().as_str(), text);
+        }
     }
 
     #[test]

@@ -70,7 +70,7 @@ fn stream_lifecycle_put_and_read_every_iterator_type() {
         let it = k
             .get_shard_iterator(&stream, &shard0.shard_id, &position)
             .unwrap();
-        let out = k.get_records(&it, 100).unwrap();
+        let out = k.get_records(&shard0.shard_id, &it, 100).unwrap();
         assert!(
             out.next_shard_iterator.is_some(),
             "an open shard always has a next iterator"
@@ -79,18 +79,18 @@ fn stream_lifecycle_put_and_read_every_iterator_type() {
     };
     let all = read_all(IteratorPosition::TrimHorizon);
     assert_eq!(all.len(), 6);
-    assert_eq!(all[0].data, b"one");
-    assert_eq!(all[0].partition_key, "pk-a");
-    assert!(all[0].approximate_arrival_timestamp.is_some());
-    assert_eq!(all[3].data, vec![2u8; 200]);
-    assert_eq!(all[1].data, Vec::<u8>::new(), "empty records survive");
+    assert_eq!(all[0].data(), b"one");
+    assert_eq!(all[0].partition_key(), "pk-a");
+    assert!(all[0].approximate_arrival_timestamp().is_some());
+    assert_eq!(all[3].data(), vec![2u8; 200]);
+    assert_eq!(all[1].data(), Vec::<u8>::new(), "empty records survive");
 
     let at = read_all(IteratorPosition::AtSequenceNumber(seqs[2].clone()));
-    assert_eq!(at.first().map(|r| &r.sequence_number), Some(&seqs[2]));
+    assert_eq!(at.first().map(|r| r.sequence_number()), Some(&seqs[2]));
     assert_eq!(at.len(), 3);
     let after = read_all(IteratorPosition::AfterSequenceNumber(seqs[2].clone()));
     assert_eq!(after.len(), 2);
-    assert_eq!(after[0].sequence_number, seqs[3]);
+    assert_eq!(after[0].sequence_number(), &seqs[3]);
     assert!(read_all(IteratorPosition::Latest).is_empty());
     std::thread::sleep(Duration::from_millis(20));
     assert!(read_all(IteratorPosition::AtTimestamp(SystemTime::now())).is_empty());
@@ -101,13 +101,17 @@ fn stream_lifecycle_put_and_read_every_iterator_type() {
     let it = k
         .get_shard_iterator(&stream, &shard0.shard_id, &IteratorPosition::TrimHorizon)
         .unwrap();
-    let page = k.get_records(&it, 4).unwrap();
+    let page = k.get_records(&shard0.shard_id, &it, 4).unwrap();
     assert_eq!(page.records.len(), 4);
     let rest = k
-        .get_records(page.next_shard_iterator.as_deref().unwrap(), 100)
+        .get_records(
+            &shard0.shard_id,
+            page.next_shard_iterator.as_deref().unwrap(),
+            100,
+        )
         .unwrap();
     assert_eq!(rest.records.len(), 2);
-    assert_eq!(rest.records[0].sequence_number, seqs[3]);
+    assert_eq!(rest.records[0].sequence_number(), &seqs[3]);
 
     k.delete_stream(&stream).unwrap();
 }
@@ -146,7 +150,10 @@ fn resharding_operations_and_shard_filters() {
     let mut next = Some(it);
     let mut reads = 0;
     while let Some(it) = next {
-        next = k.get_records(&it, 100).unwrap().next_shard_iterator;
+        next = k
+            .get_records(&a.shard_id, &it, 100)
+            .unwrap()
+            .next_shard_iterator;
         reads += 1;
         assert!(reads < 50, "a closed shard must end");
     }
@@ -210,7 +217,9 @@ fn kinesis_error_paths_carry_code_status_and_request_id() {
 
     // kinesis-local answers a garbled iterator with a bare 500 (AWS says
     // InvalidArgumentException); either way it is a service error that names the call.
-    let err = k.get_records("not-an-iterator", 10).unwrap_err();
+    let err = k
+        .get_records("shardId-000000000000", "not-an-iterator", 10)
+        .unwrap_err();
     let Error::Service(e) = &err else {
         panic!("expected a service error, got {err:?}")
     };

@@ -27,7 +27,7 @@ fn check(body: &[u8]) {
         // An empty iterator means "none": never handed on as a string.
         assert!(out.next_shard_iterator.as_deref() != Some(""));
         for r in &out.records {
-            assert!(!r.sequence_number.as_str().is_empty());
+            assert!(!r.sequence_number().as_str().is_empty());
         }
     }
 }

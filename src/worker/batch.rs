@@ -1,20 +1,66 @@
 //! What the batch handler receives.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::record::{ExtendedSequenceNumber, SequenceNumber};
+use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, SharedBytes, Span};
 
 /// One user record after the message handler: its value and where it came from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// A message keeps the buffer of the GetRecords reply it came from (its
+/// partition key lives there) until it is dropped.
+#[derive(Clone)]
 pub struct Message<T> {
     pub(crate) shard_id: Arc<str>,
     pub(crate) position: ExtendedSequenceNumber,
-    pub(crate) partition_key: String,
-    pub(crate) explicit_hash_key: Option<String>,
+    pub(crate) bytes: SharedBytes,
+    pub(crate) partition_key: Span,
+    pub(crate) explicit_hash_key: Option<Span>,
     pub(crate) arrival: Option<SystemTime>,
     pub(crate) value: T,
 }
+
+impl<T> Message<T> {
+    /// The message for `record` with the message handler's `value`.
+    pub(crate) fn new(record: Record, value: T) -> Message<T> {
+        Message {
+            shard_id: record.shard_id,
+            position: record.position,
+            bytes: record.bytes,
+            partition_key: record.partition_key,
+            explicit_hash_key: record.explicit_hash_key,
+            arrival: record.arrival,
+            value,
+        }
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Message<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("shard_id", &self.shard_id())
+            .field("position", &self.position)
+            .field("partition_key", &self.partition_key())
+            .field("explicit_hash_key", &self.explicit_hash_key())
+            .field("arrival", &self.arrival)
+            .field("value", &self.value)
+            .finish()
+    }
+}
+
+impl<T: PartialEq> PartialEq for Message<T> {
+    fn eq(&self, other: &Message<T>) -> bool {
+        self.shard_id == other.shard_id
+            && self.position == other.position
+            && self.partition_key() == other.partition_key()
+            && self.explicit_hash_key() == other.explicit_hash_key()
+            && self.arrival == other.arrival
+            && self.value == other.value
+    }
+}
+
+impl<T: Eq> Eq for Message<T> {}
 
 impl<T> Message<T> {
     /// What the message handler returned for the record.
@@ -44,12 +90,12 @@ impl<T> Message<T> {
 
     /// The partition key.
     pub fn partition_key(&self) -> &str {
-        &self.partition_key
+        self.partition_key.text(&self.bytes)
     }
 
     /// The explicit hash key, when the producer set one.
     pub fn explicit_hash_key(&self) -> Option<&str> {
-        self.explicit_hash_key.as_deref()
+        Some(self.explicit_hash_key?.text(&self.bytes))
     }
 
     /// When Kinesis accepted the record, if it said.

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::kpl;
 use crate::lease::{Checkpoint, ShardRunner};
 use crate::metrics::{Metric, Metrics};
-use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber};
+use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Span};
 use crate::worker::batch::Message;
 use crate::worker::budget::Budget;
 
@@ -249,7 +249,10 @@ impl<T: Send + 'static> Reader<T> {
             } else {
                 called_at
             };
-            let result = context.kinesis.get_records(&current, context.max_records);
+            let result =
+                context
+                    .kinesis
+                    .get_records_of(&self.shard_id, &current, context.max_records);
             let call_ms = called_at.elapsed().as_secs_f64() * 1000.0;
             if let Err(e) = &result {
                 let expired = e.code() == Some("ExpiredIteratorException");
@@ -303,14 +306,14 @@ impl<T: Send + 'static> Reader<T> {
             let empty = reply.records.is_empty();
             let millis_behind = reply.millis_behind_latest;
             if let Some(last) = reply.records.last() {
-                last_handed_on = Some(last.sequence_number.clone());
+                last_handed_on = Some(last.sequence_number().clone());
             }
             let next_iterator = reply.next_shard_iterator.clone();
             let past_checkpoint = resume_after.as_ref().is_some_and(|done| {
                 reply
                     .records
                     .last()
-                    .is_some_and(|r| r.sequence_number > done.sequence_number)
+                    .is_some_and(|r| *r.sequence_number() > done.sequence_number)
             });
             let (chunk, deaggregated, passed_through) = self.chunk(reply, resume_after.as_ref())?;
             let samples = [
@@ -394,53 +397,51 @@ impl<T: Send + 'static> Reader<T> {
             ..
         } = reply;
         let mut messages: Vec<Message<T>> = Vec::with_capacity(kinesis_records.len());
-        let mut bytes = 0u64;
         let handler = &*self.context.handler;
-        let shard_id = self.shard_id.clone();
         let warned = &mut self.warned_about_aggregates;
         let (mut deaggregated, mut passed_through) = (0u64, 0u64);
-        // What one message costs besides its data and key: the struct and
-        // the sequence number's allocation.
-        let overhead = (std::mem::size_of::<Message<T>>() + 32) as u64;
         let mut data_bytes = 0u64;
-        let mut deliver = |mut record: Record, bytes: &mut u64| {
+        let mut deliver = |mut record: Record| {
             if resume_after.is_some_and(|done| record.position <= *done) {
                 return;
             }
-            let data = record.data.len() as u64 + record.partition_key.len() as u64;
-            data_bytes += data;
-            *bytes += overhead + data + record.position.sequence_number.as_str().len() as u64;
+            data_bytes += (record.data.len() + record.partition_key.len()) as u64;
             let value = handler(&mut record);
-            messages.push(Message {
-                shard_id: record.shard_id,
-                position: record.position,
-                partition_key: record.partition_key,
-                explicit_hash_key: record.explicit_hash_key,
-                arrival: record.arrival,
-                value,
-            });
+            messages.push(Message::new(record, value));
         };
+        // The records of one reply share one buffer: count it once.
+        let buffer_bytes = kinesis_records
+            .first()
+            .map_or(0, |r| r.bytes.capacity() as u64);
         let mapped = catch_unwind(AssertUnwindSafe(|| {
             for r in kinesis_records {
-                let arrival = r.approximate_arrival_timestamp;
-                if kpl::is_aggregated(&r.data) {
-                    match kpl::deaggregate(&r.data) {
+                if kpl::is_aggregated(r.data()) {
+                    match kpl::deaggregate(r.data()) {
                         Ok(users) => {
                             deaggregated += users.len() as u64;
-                            for (i, u) in users.into_iter().enumerate() {
-                                let record = Record {
-                                    shard_id: shard_id.clone(),
+                            let spans: Vec<_> = users
+                                .iter()
+                                .map(|u| {
+                                    let span = |part: &[u8]| Span::within(&r.bytes, part);
+                                    (
+                                        span(u.partition_key.as_bytes()),
+                                        u.explicit_hash_key.map(|k| span(k.as_bytes())),
+                                        span(u.data),
+                                    )
+                                })
+                                .collect();
+                            for (i, (key, hash_key, data)) in spans.into_iter().enumerate() {
+                                deliver(Record {
                                     position: ExtendedSequenceNumber {
-                                        sequence_number: r.sequence_number.clone(),
+                                        sequence_number: r.position.sequence_number.clone(),
                                         sub_sequence_number: i as u64,
                                     },
                                     aggregated: true,
-                                    partition_key: u.partition_key.to_owned(),
-                                    explicit_hash_key: u.explicit_hash_key.map(str::to_owned),
-                                    arrival,
-                                    data: u.data.to_vec(),
-                                };
-                                deliver(record, &mut bytes);
+                                    partition_key: key,
+                                    explicit_hash_key: hash_key,
+                                    data,
+                                    ..r.clone()
+                                });
                             }
                             continue;
                         }
@@ -449,26 +450,15 @@ impl<T: Send + 'static> Reader<T> {
                             if !*warned {
                                 *warned = true;
                                 log::warn!(
-                                    "shard {shard_id}: record {} looks KPL-aggregated but is not valid ({e:?}); delivering it whole (logged once per shard)",
-                                    r.sequence_number
+                                    "shard {}: record {} looks KPL-aggregated but is not valid ({e:?}); delivering it whole (logged once per shard)",
+                                    r.shard_id,
+                                    r.sequence_number()
                                 );
                             }
                         }
                     }
                 }
-                let record = Record {
-                    shard_id: shard_id.clone(),
-                    position: ExtendedSequenceNumber {
-                        sequence_number: r.sequence_number,
-                        sub_sequence_number: 0,
-                    },
-                    aggregated: false,
-                    partition_key: r.partition_key,
-                    explicit_hash_key: None,
-                    arrival,
-                    data: r.data,
-                };
-                deliver(record, &mut bytes);
+                deliver(r);
             }
         }));
         if let Err(panic) = mapped {
@@ -481,10 +471,10 @@ impl<T: Send + 'static> Reader<T> {
         let chunk = Chunk {
             shard_id: self.shard_id.clone(),
             epoch: self.epoch,
+            bytes: buffer_bytes + (messages.len() * std::mem::size_of::<Message<T>>()) as u64,
             messages,
             millis_behind_latest,
             shard_end: next_shard_iterator.is_none(),
-            bytes,
             data_bytes,
         };
         Ok((chunk, deaggregated, passed_through))

@@ -1,0 +1,638 @@
+//! Decoding GetRecords replies, the hot path of a consumer.
+//!
+//! The records of one reply share one buffer holding their decoded data and
+//! partition keys (see [`Record`]): no allocation per record. The usual
+//! shape of a reply (no escapes, no child shards) goes through a
+//! single-pass scanner that decodes the base64 data while it looks for the
+//! end of the string; anything else goes through serde_json, which accepts
+//! every valid reply.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Deserialize;
+
+use crate::aws::kinesis::{ChildShard, GetRecordsOutput};
+use crate::error::{Error, Result};
+use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Span};
+
+const OP: &str = "GetRecords";
+
+fn bad_reply(message: impl Into<String>) -> Error {
+    Error::Decode {
+        operation: OP,
+        message: message.into(),
+    }
+}
+
+/// Decodes a GetRecords reply from `shard_id`.
+pub(crate) fn decode_get_records(body: &[u8], shard_id: &Arc<str>) -> Result<GetRecordsOutput> {
+    let (records, rest) = match fast::get_records(body) {
+        Some(out) => out?,
+        None => decode_with_serde(body)?,
+    };
+    Ok(GetRecordsOutput {
+        records: records.into_records(shard_id),
+        ..rest
+    })
+}
+
+/// The records of a reply as they are decoded: their fields, and the one
+/// buffer their data and keys go to.
+struct Decoded {
+    bytes: Vec<u8>,
+    records: Vec<Fields>,
+}
+
+struct Fields {
+    sequence_number: SequenceNumber,
+    partition_key: Span,
+    data: Span,
+    arrival: Option<SystemTime>,
+}
+
+impl Decoded {
+    /// Room for the records of a reply of `body_len` bytes: the data is at
+    /// most three quarters of the base64 text.
+    fn for_body(body_len: usize) -> Decoded {
+        Decoded {
+            bytes: Vec::with_capacity(body_len / 4 * 3),
+            records: Vec::new(),
+        }
+    }
+
+    /// The span of what was appended to the buffer since `start`.
+    fn span_from(&self, start: usize) -> Span {
+        Span {
+            start: start as u32,
+            end: self.bytes.len() as u32,
+        }
+    }
+
+    fn push_text(&mut self, text: &str) -> Span {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(text.as_bytes());
+        self.span_from(start)
+    }
+
+    /// Adds one record whose data is already in the buffer at `data`.
+    fn push(
+        &mut self,
+        sequence_number: &[u8],
+        key: &str,
+        data: Span,
+        arrival: Option<f64>,
+    ) -> Result<()> {
+        let Some(seq) = SequenceNumber::from_bytes(sequence_number) else {
+            return Err(bad_reply(format!(
+                "invalid sequence number {:?}",
+                String::from_utf8_lossy(sequence_number)
+            )));
+        };
+        let partition_key = self.push_text(key);
+        self.records.push(Fields {
+            sequence_number: seq,
+            partition_key,
+            data,
+            arrival: arrival.and_then(from_epoch_seconds),
+        });
+        Ok(())
+    }
+
+    fn into_records(self, shard_id: &Arc<str>) -> Vec<Record> {
+        let bytes = Arc::new(self.bytes);
+        self.records
+            .into_iter()
+            .map(|f| Record {
+                shard_id: shard_id.clone(),
+                position: ExtendedSequenceNumber {
+                    sequence_number: f.sequence_number,
+                    sub_sequence_number: 0,
+                },
+                aggregated: false,
+                bytes: bytes.clone(),
+                partition_key: f.partition_key,
+                explicit_hash_key: None,
+                arrival: f.arrival,
+                data: f.data,
+            })
+            .collect()
+    }
+}
+
+fn from_epoch_seconds(secs: f64) -> Option<SystemTime> {
+    (secs.is_finite() && secs >= 0.0).then(|| UNIX_EPOCH + Duration::from_secs_f64(secs))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct GetRecordsJson<'a> {
+    #[serde(borrow, default)]
+    records: Option<Vec<RecordJson<'a>>>,
+    next_shard_iterator: Option<String>,
+    millis_behind_latest: Option<u64>,
+    #[serde(default)]
+    child_shards: Option<Vec<ChildShardJson>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RecordJson<'a> {
+    #[serde(borrow)]
+    sequence_number: Cow<'a, str>,
+    #[serde(borrow)]
+    partition_key: Cow<'a, str>,
+    #[serde(borrow)]
+    data: Cow<'a, str>,
+    approximate_arrival_timestamp: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ChildShardJson {
+    shard_id: String,
+    #[serde(default)]
+    parent_shards: Option<Vec<String>>,
+}
+
+/// The general decoder, borrowing strings from the body where it can.
+fn decode_with_serde(body: &[u8]) -> Result<(Decoded, GetRecordsOutput)> {
+    let reply: GetRecordsJson<'_> =
+        serde_json::from_slice(body).map_err(|e| bad_reply(e.to_string()))?;
+    let records = reply.records.unwrap_or_default();
+    let mut decoded = Decoded::for_body(body.len());
+    decoded.records.reserve(records.len());
+    for r in records {
+        let start = decoded.bytes.len();
+        BASE64
+            .decode_vec(r.data.as_bytes(), &mut decoded.bytes)
+            .map_err(|e| {
+                bad_reply(format!(
+                    "record {} has invalid base64 data: {e}",
+                    r.sequence_number
+                ))
+            })?;
+        let data = decoded.span_from(start);
+        decoded.push(
+            r.sequence_number.as_bytes(),
+            &r.partition_key,
+            data,
+            r.approximate_arrival_timestamp,
+        )?;
+    }
+    let rest = GetRecordsOutput {
+        records: Vec::new(),
+        next_shard_iterator: reply.next_shard_iterator.filter(|s| !s.is_empty()),
+        millis_behind_latest: reply.millis_behind_latest,
+        child_shards: reply
+            .child_shards
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| ChildShard {
+                shard_id: c.shard_id,
+                parent_shards: c.parent_shards.unwrap_or_default(),
+            })
+            .collect(),
+    };
+    Ok((decoded, rest))
+}
+
+/// A scanner for the common shape of a GetRecords reply. It gives up
+/// (`None`) on anything it does not expect, such as an escaped string,
+/// child shards, an unknown nested field or base64 it cannot decode, and
+/// the caller falls back to serde_json; a reply it accepts decodes exactly
+/// as serde_json would.
+mod fast {
+    use super::{Decoded, GetRecordsOutput};
+    use crate::error::Result;
+
+    /// Base64 digit values; 0xFF for bytes outside the alphabet.
+    const BASE64_VALUES: [u8; 256] = {
+        let mut table = [0xFFu8; 256];
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut i = 0;
+        while i < 64 {
+            table[alphabet[i] as usize] = i as u8;
+            i += 1;
+        }
+        table
+    };
+
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+    /// Marks (high bit) the bytes of `word` below `n` (n ≤ 128); the
+    /// lowest mark is exact, higher ones may be false.
+    fn bytes_below(word: u64, n: u8) -> u64 {
+        word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS
+    }
+
+    fn bytes_equal(word: u64, byte: u8) -> u64 {
+        bytes_below(word ^ (ONES * u64::from(byte)), 1)
+    }
+
+    /// Where the string starting at `at` stops being plain: the index of
+    /// its first quote, backslash or control byte. Looks at 8 bytes at a time.
+    fn plain_run_end(body: &[u8], mut at: usize) -> Option<usize> {
+        while let Some(word) = body
+            .get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+        {
+            let word = u64::from_le_bytes(word);
+            let marks =
+                bytes_equal(word, b'"') | bytes_equal(word, b'\\') | bytes_below(word, 0x20);
+            if marks != 0 {
+                return Some(at + (marks.trailing_zeros() / 8) as usize);
+            }
+            at += 8;
+        }
+        let len = body
+            .get(at..)?
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        Some(at + len)
+    }
+
+    /// Decodes the padded base64 string whose text starts at `at`, appending
+    /// the bytes to `out`; the index after its closing quote. `None` for
+    /// anything but canonical padded base64 without escapes.
+    fn base64_string(body: &[u8], mut at: usize, out: &mut Vec<u8>) -> Option<usize> {
+        // Whole blocks of 8 digits (6 bytes) while there are any.
+        while let Some(block) = body
+            .get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        {
+            let (mut bits, mut invalid) = (0u64, 0u8);
+            for c in block {
+                let value = BASE64_VALUES[c as usize];
+                invalid |= value;
+                bits = bits << 6 | u64::from(value);
+            }
+            if invalid & 0x80 != 0 {
+                break;
+            }
+            out.extend_from_slice(&bits.to_be_bytes()[2..]);
+            at += 8;
+        }
+        // The rest, one digit at a time, up to the closing quote.
+        let (mut bits, mut digits, mut padding) = (0u32, 0, 0);
+        loop {
+            let c = *body.get(at)?;
+            at += 1;
+            match c {
+                b'"' => break,
+                b'=' if padding < 2 => padding += 1,
+                _ => {
+                    let value = BASE64_VALUES[c as usize];
+                    if value == 0xFF || padding > 0 {
+                        return None;
+                    }
+                    bits = bits << 6 | u32::from(value);
+                    digits += 1;
+                    if digits == 4 {
+                        out.extend_from_slice(&bits.to_be_bytes()[1..]);
+                        (bits, digits) = (0, 0);
+                    }
+                }
+            }
+        }
+        // Canonical padding only: the unused low bits must be zero.
+        match (digits, padding) {
+            (0, 0) => {}
+            (2, 2) if bits & 0xF == 0 => out.push((bits >> 4) as u8),
+            (3, 1) if bits & 0x3 == 0 => out.extend_from_slice(&((bits >> 2) as u16).to_be_bytes()),
+            _ => return None,
+        }
+        Some(at)
+    }
+
+    struct Scanner<'a> {
+        body: &'a [u8],
+        at: usize,
+    }
+
+    impl<'a> Scanner<'a> {
+        fn skip_ws(&mut self) {
+            while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.body.get(self.at) {
+                self.at += 1;
+            }
+        }
+
+        /// The next non-space byte, consumed.
+        fn next(&mut self) -> Option<u8> {
+            self.skip_ws();
+            let b = *self.body.get(self.at)?;
+            self.at += 1;
+            Some(b)
+        }
+
+        fn peek(&mut self) -> Option<u8> {
+            self.skip_ws();
+            self.body.get(self.at).copied()
+        }
+
+        fn expect(&mut self, byte: u8) -> Option<()> {
+            (self.next()? == byte).then_some(())
+        }
+
+        /// A string without escapes, as raw bytes (the opening quote next).
+        fn raw_string(&mut self) -> Option<&'a [u8]> {
+            self.expect(b'"')?;
+            let start = self.at;
+            let end = plain_run_end(self.body, start)?;
+            if self.body[end] != b'"' {
+                return None;
+            }
+            self.at = end + 1;
+            Some(&self.body[start..end])
+        }
+
+        fn string(&mut self) -> Option<&'a str> {
+            std::str::from_utf8(self.raw_string()?).ok()
+        }
+
+        /// A base64 string, decoded onto the end of `out`.
+        fn base64(&mut self, out: &mut Vec<u8>) -> Option<()> {
+            self.expect(b'"')?;
+            self.at = base64_string(self.body, self.at, out)?;
+            Some(())
+        }
+
+        fn is_null(&mut self) -> bool {
+            self.skip_ws();
+            if self.body[self.at..].starts_with(b"null") {
+                self.at += 4;
+                true
+            } else {
+                false
+            }
+        }
+
+        fn number_text(&mut self) -> Option<&'a str> {
+            self.skip_ws();
+            let start = self.at;
+            while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.body.get(self.at)
+            {
+                self.at += 1;
+            }
+            std::str::from_utf8(&self.body[start..self.at]).ok()
+        }
+
+        fn f64(&mut self) -> Option<Option<f64>> {
+            if self.is_null() {
+                return Some(None);
+            }
+            let v: f64 = self.number_text()?.parse().ok()?;
+            v.is_finite().then_some(Some(v))
+        }
+
+        fn u64(&mut self) -> Option<Option<u64>> {
+            if self.is_null() {
+                return Some(None);
+            }
+            Some(Some(self.number_text()?.parse().ok()?))
+        }
+
+        /// A string or null.
+        fn opt_string(&mut self) -> Option<Option<&'a str>> {
+            if self.is_null() {
+                return Some(None);
+            }
+            self.string().map(Some)
+        }
+
+        /// Walks an object, calling `field` with each key; `field` reads the
+        /// value.
+        fn object(&mut self, mut field: impl FnMut(&mut Self, &[u8]) -> Option<()>) -> Option<()> {
+            self.expect(b'{')?;
+            if self.peek()? == b'}' {
+                self.at += 1;
+                return Some(());
+            }
+            loop {
+                let key = self.raw_string()?;
+                self.expect(b':')?;
+                field(self, key)?;
+                match self.next()? {
+                    b',' => continue,
+                    b'}' => return Some(()),
+                    _ => return None,
+                }
+            }
+        }
+    }
+
+    pub(super) fn get_records(body: &[u8]) -> Option<Result<(Decoded, GetRecordsOutput)>> {
+        let mut s = Scanner { body, at: 0 };
+        let mut decoded = Decoded::for_body(body.len());
+        let mut out = GetRecordsOutput::default();
+        let mut failed = None;
+        s.object(|s, key| {
+            match key {
+                b"Records" => {
+                    if s.is_null() {
+                        return Some(());
+                    }
+                    s.expect(b'[')?;
+                    if s.peek()? == b']' {
+                        s.at += 1;
+                        return Some(());
+                    }
+                    loop {
+                        if let Err(e) = record(s, &mut decoded)? {
+                            failed.get_or_insert(e);
+                        }
+                        match s.next()? {
+                            b',' => continue,
+                            b']' => return Some(()),
+                            _ => return None,
+                        }
+                    }
+                }
+                b"NextShardIterator" => {
+                    out.next_shard_iterator =
+                        s.opt_string()?.filter(|t| !t.is_empty()).map(str::to_owned);
+                    Some(())
+                }
+                b"MillisBehindLatest" => {
+                    out.millis_behind_latest = s.u64()?;
+                    Some(())
+                }
+                b"ChildShards" => {
+                    // Only at the end of a closed shard: leave it to serde.
+                    if s.is_null() {
+                        return Some(());
+                    }
+                    s.expect(b'[')?;
+                    s.expect(b']')
+                }
+                _ => None,
+            }
+        })?;
+        if s.peek().is_some() {
+            return None;
+        }
+        Some(match failed {
+            Some(e) => Err(e),
+            None => Ok((decoded, out)),
+        })
+    }
+
+    /// One record object, its data decoded into `decoded`; the inner `Err`
+    /// is a record that is well-formed JSON but has an invalid sequence
+    /// number.
+    fn record(s: &mut Scanner<'_>, decoded: &mut Decoded) -> Option<Result<()>> {
+        let (mut seq, mut key, mut data, mut arrival) = (None, None, None, None);
+        s.object(|s, field| {
+            match field {
+                b"SequenceNumber" => seq = Some(s.raw_string()?),
+                b"PartitionKey" => key = Some(s.string()?),
+                b"Data" => {
+                    let start = decoded.bytes.len();
+                    s.base64(&mut decoded.bytes)?;
+                    data = Some(decoded.span_from(start));
+                }
+                b"ApproximateArrivalTimestamp" => arrival = s.f64()?,
+                b"EncryptionType" => {
+                    s.opt_string()?;
+                }
+                _ => return None,
+            }
+            Some(())
+        })?;
+        Some(decoded.push(seq?, key?, data?, arrival))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(body: &[u8]) -> Result<GetRecordsOutput> {
+        decode_get_records(body, &Arc::from("shardId-1"))
+    }
+
+    #[test]
+    fn decodes_get_records_with_emulator_quirks() {
+        let body = br#"{"Records":[
+            {"SequenceNumber":"0","PartitionKey":"a","Data":"aGk=","ApproximateArrivalTimestamp":1700000000},
+            {"SequenceNumber":"49590338271490256608559692538361571095921575989136588898","PartitionKey":"b\u00e9",
+             "Data":"","ApproximateArrivalTimestamp":1700000000.25,"EncryptionType":null}],
+            "NextShardIterator":null,"MillisBehindLatest":null,"ChildShards":null}"#;
+        let out = decode(body).unwrap();
+        assert_eq!(out.records.len(), 2);
+        assert_eq!(out.records[0].data(), b"hi");
+        assert_eq!(out.records[0].shard_id(), "shardId-1");
+        assert_eq!(
+            out.records[0].approximate_arrival_timestamp(),
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(out.records[1].partition_key(), "bé");
+        assert_eq!(
+            out.records[1].approximate_arrival_timestamp(),
+            Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_250))
+        );
+        assert!(out.next_shard_iterator.is_none() && out.millis_behind_latest.is_none());
+        assert!(out.child_shards.is_empty());
+    }
+
+    #[test]
+    fn get_records_rejects_bad_data_and_sequence_numbers() {
+        for bad in ["!!", "aGk", "aGl=", "aG==", "a===", "aGk=aGk="] {
+            let body = format!(
+                r#"{{"Records":[{{"SequenceNumber":"1","PartitionKey":"a","Data":"{bad}"}}]}}"#
+            );
+            assert!(
+                matches!(decode(body.as_bytes()), Err(Error::Decode { .. })),
+                "{bad}"
+            );
+        }
+        let bad_seq = br#"{"Records":[{"SequenceNumber":"x1","PartitionKey":"a","Data":""}]}"#;
+        assert!(decode(bad_seq).unwrap_err().to_string().contains("x1"));
+        assert!(decode(b"{\"Records\":[").is_err());
+    }
+
+    #[test]
+    fn base64_decodes_like_the_base64_crate() {
+        // Every length around the 8-digit blocks, every byte value.
+        for len in 0..40usize {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37 + len) as u8).collect();
+            let body = format!(
+                r#"{{"Records":[{{"SequenceNumber":"1","PartitionKey":"a","Data":"{}"}}]}}"#,
+                BASE64.encode(&data)
+            );
+            let out = fast::get_records(body.as_bytes())
+                .expect("plain base64 is scanned")
+                .unwrap();
+            let records = out.0.into_records(&Arc::from("s"));
+            assert_eq!(records[0].data(), data, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn decodes_child_shards() {
+        let body = br#"{"Records":[],"NextShardIterator":null,"MillisBehindLatest":0,
+            "ChildShards":[{"ShardId":"shardId-2","ParentShards":["shardId-0","shardId-1"],
+            "HashKeyRange":{"StartingHashKey":"0","EndingHashKey":"9"}}]}"#;
+        let out = decode(body).unwrap();
+        assert_eq!(
+            out.child_shards,
+            vec![ChildShard {
+                shard_id: "shardId-2".into(),
+                parent_shards: vec!["shardId-0".into(), "shardId-1".into()]
+            }]
+        );
+        assert_eq!(out.millis_behind_latest, Some(0));
+    }
+
+    #[test]
+    fn fast_scanner_agrees_with_serde_or_steps_aside() {
+        let bodies: [&[u8]; 10] = [
+            br#"{"Records":[{"SequenceNumber":"12","ApproximateArrivalTimestamp":1.700000000123E9,"Data":"aGVsbG8=","PartitionKey":"k1"},{"SequenceNumber":"13","Data":"","PartitionKey":"k2","EncryptionType":"KMS"}],"NextShardIterator":"it","MillisBehindLatest":5}"#,
+            b" { \"Records\" : [ { \"Data\" : \"YQ==\" , \"PartitionKey\":\"p\",\"SequenceNumber\":\"7\",\"ApproximateArrivalTimestamp\":null } ] ,\n\"NextShardIterator\":\"\" } ",
+            br#"{"Records":[],"NextShardIterator":"x","MillisBehindLatest":0,"ChildShards":[]}"#,
+            br#"{"Records":null}"#,
+            br#"{}"#,
+            br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"a","Data":"aGk\/"}]}"#,
+            br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"a"}]}"#,
+            br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"a","Data":"aGk="}]} x"#,
+            br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"a","Data":"aGk=","Extra":{"x":1}}],"Other":[1]}"#,
+            br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"a long key \u00e9 with an escape","Data":"QUJDREVGR0hJSktMTU5PUA=="}]}"#,
+        ];
+        let shard: Arc<str> = Arc::from("s");
+        for body in bodies {
+            let text = String::from_utf8_lossy(body);
+            let general = decode_with_serde(body).map(|(d, rest)| GetRecordsOutput {
+                records: d.into_records(&shard),
+                ..rest
+            });
+            match fast::get_records(body) {
+                Some(Ok((d, rest))) => {
+                    let out = GetRecordsOutput {
+                        records: d.into_records(&shard),
+                        ..rest
+                    };
+                    assert_eq!(Ok(&out), general.as_ref().map_err(|_| ()), "{text}")
+                }
+                Some(Err(_)) => assert!(general.is_err(), "{text}"),
+                None => {}
+            }
+            assert_eq!(
+                decode_get_records(body, &shard).map_err(|e| e.to_string()),
+                general.map_err(|e| e.to_string()),
+                "{text}"
+            );
+        }
+        assert!(
+            fast::get_records(bodies[0]).is_some(),
+            "the usual shape is scanned"
+        );
+        assert!(
+            fast::get_records(bodies[5]).is_none(),
+            "escapes go to serde"
+        );
+    }
+}
