@@ -34,7 +34,7 @@ impl SequenceNumber {
 
     /// [`SequenceNumber::parse`] for text not yet checked to be UTF-8.
     pub(crate) fn from_bytes(text: &[u8]) -> Option<SequenceNumber> {
-        if text.is_empty() || text.len() > 129 || !text.iter().all(u8::is_ascii_digit) {
+        if text.is_empty() || text.len() > 129 || !all_digits(text) {
             return None;
         }
         if text.len() <= INLINE_DIGITS {
@@ -57,6 +57,21 @@ impl SequenceNumber {
             Digits::Long(text) => text,
         }
     }
+}
+
+/// True when every byte is an ASCII digit; looks at 8 bytes at a time.
+fn all_digits(text: &[u8]) -> bool {
+    const THREES: u64 = 0x3030_3030_3030_3030;
+    const HIGH_NIBBLES: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    let mut words = text.chunks_exact(8);
+    // A digit has a high nibble of 3 and a low one of at most 9: adding 6
+    // leaves the high nibble alone.
+    let digits = words.by_ref().all(|w| {
+        let word = u64::from_le_bytes(<[u8; 8]>::try_from(w).unwrap_or_default());
+        word & HIGH_NIBBLES == THREES
+            && word.wrapping_add(0x0606_0606_0606_0606) & HIGH_NIBBLES == THREES
+    });
+    digits && words.remainder().iter().all(u8::is_ascii_digit)
 }
 
 impl Ord for SequenceNumber {
@@ -132,10 +147,15 @@ impl Span {
     }
 }
 
-/// The bytes every record of one GetRecords reply points into: their
-/// decoded data and their keys, in one allocation instead of several per
-/// record.
-pub(crate) type SharedBytes = Arc<Vec<u8>>;
+/// What the records of one GetRecords reply share: their shard id, and one
+/// buffer holding their decoded data and keys (one allocation instead of
+/// several per record, and no reference count per record that the reading
+/// and the handling threads would both touch).
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub shard_id: Arc<str>,
+    pub bytes: Vec<u8>,
+}
 
 /// One user record: a plain Kinesis record, or one user record taken out of
 /// a KPL aggregate.
@@ -145,10 +165,9 @@ pub(crate) type SharedBytes = Arc<Vec<u8>>;
 /// [`Message`](crate::Message)s made from them) is dropped.
 #[derive(Clone)]
 pub struct Record {
-    pub(crate) shard_id: Arc<str>,
+    pub(crate) shared: Arc<Shared>,
     pub(crate) position: ExtendedSequenceNumber,
     pub(crate) aggregated: bool,
-    pub(crate) bytes: SharedBytes,
     pub(crate) partition_key: Span,
     pub(crate) explicit_hash_key: Option<Span>,
     pub(crate) arrival: Option<SystemTime>,
@@ -158,7 +177,7 @@ pub struct Record {
 impl Record {
     /// The shard the record was read from.
     pub fn shard_id(&self) -> &str {
-        &self.shard_id
+        &self.shared.shard_id
     }
 
     /// The record's sequence number (shared by all user records of one aggregate).
@@ -183,12 +202,12 @@ impl Record {
 
     /// The partition key.
     pub fn partition_key(&self) -> &str {
-        self.partition_key.text(&self.bytes)
+        self.partition_key.text(&self.shared.bytes)
     }
 
     /// The explicit hash key, when the producer set one.
     pub fn explicit_hash_key(&self) -> Option<&str> {
-        Some(self.explicit_hash_key?.text(&self.bytes))
+        Some(self.explicit_hash_key?.text(&self.shared.bytes))
     }
 
     /// When Kinesis accepted the record, if it said.
@@ -198,7 +217,7 @@ impl Record {
 
     /// The payload.
     pub fn data(&self) -> &[u8] {
-        self.data.of(&self.bytes)
+        self.data.of(&self.shared.bytes)
     }
 }
 
@@ -218,7 +237,7 @@ impl fmt::Debug for Record {
 
 impl PartialEq for Record {
     fn eq(&self, other: &Record) -> bool {
-        self.shard_id == other.shard_id
+        self.shard_id() == other.shard_id()
             && self.position == other.position
             && self.aggregated == other.aggregated
             && self.partition_key() == other.partition_key()
@@ -253,7 +272,16 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_sequence_number() {
-        for bad in ["", "12a", "-1", " 1", &"1".repeat(130)] {
+        for bad in [
+            "",
+            "12a",
+            "-1",
+            " 1",
+            &"1".repeat(130),
+            "1234567:1",
+            "12345678/",
+            "0123456789abcdef",
+        ] {
             assert!(SequenceNumber::parse(bad).is_none(), "{bad:?}");
         }
         assert!(SequenceNumber::parse(&"9".repeat(129)).is_some());

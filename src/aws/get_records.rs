@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::aws::kinesis::{ChildShard, GetRecordsOutput};
 use crate::error::{Error, Result};
-use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Span};
+use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Shared, Span};
 
 const OP: &str = "GetRecords";
 
@@ -58,9 +58,11 @@ impl Decoded {
     /// Room for the records of a reply of `body_len` bytes: the data is at
     /// most three quarters of the base64 text.
     fn for_body(body_len: usize) -> Decoded {
+        // The smallest record is about 50 bytes of JSON; GetRecords returns
+        // at most 10,000.
         Decoded {
             bytes: Vec::with_capacity(body_len / 4 * 3),
-            records: Vec::new(),
+            records: Vec::with_capacity((body_len / 50).min(10_000)),
         }
     }
 
@@ -103,17 +105,19 @@ impl Decoded {
     }
 
     fn into_records(self, shard_id: &Arc<str>) -> Vec<Record> {
-        let bytes = Arc::new(self.bytes);
+        let shared = Arc::new(Shared {
+            shard_id: shard_id.clone(),
+            bytes: self.bytes,
+        });
         self.records
             .into_iter()
             .map(|f| Record {
-                shard_id: shard_id.clone(),
+                shared: shared.clone(),
                 position: ExtendedSequenceNumber {
                     sequence_number: f.sequence_number,
                     sub_sequence_number: 0,
                 },
                 aggregated: false,
-                bytes: bytes.clone(),
                 partition_key: f.partition_key,
                 explicit_hash_key: None,
                 arrival: f.arrival,
@@ -221,6 +225,36 @@ mod fast {
         table
     };
 
+    /// For each of the 4 digits of a group, its value already shifted to
+    /// its place in the group's 24 bits; bytes outside the alphabet map to
+    /// a value with the top byte set. One lookup and one OR per digit.
+    const GROUP_VALUES: [[u32; 256]; 4] = {
+        let mut tables = [[u32::MAX; 256]; 4];
+        let mut c = 0;
+        while c < 256 {
+            let value = BASE64_VALUES[c];
+            if value != 0xFF {
+                let mut place = 0;
+                while place < 4 {
+                    tables[place][c] = (value as u32) << (18 - 6 * place);
+                    place += 1;
+                }
+            }
+            c += 1;
+        }
+        tables
+    };
+
+    /// The 24 bits of 4 base64 digits, or a value above 24 bits when one
+    /// is not a digit.
+    fn group(digits: u32) -> u32 {
+        let [a, b, c, d] = digits.to_le_bytes();
+        GROUP_VALUES[0][a as usize]
+            | GROUP_VALUES[1][b as usize]
+            | GROUP_VALUES[2][c as usize]
+            | GROUP_VALUES[3][d as usize]
+    }
+
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
 
@@ -265,15 +299,12 @@ mod fast {
             .get(at..at + 8)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
         {
-            let (mut bits, mut invalid) = (0u64, 0u8);
-            for c in block {
-                let value = BASE64_VALUES[c as usize];
-                invalid |= value;
-                bits = bits << 6 | u64::from(value);
-            }
-            if invalid & 0x80 != 0 {
+            let block = u64::from_le_bytes(block);
+            let (high, low) = (group(block as u32), group((block >> 32) as u32));
+            if (high | low) > 0xFF_FFFF {
                 break;
             }
+            let bits = u64::from(high) << 24 | u64::from(low);
             out.extend_from_slice(&bits.to_be_bytes()[2..]);
             at += 8;
         }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, SharedBytes, Span};
+use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Shared, Span};
 
 /// One user record after the message handler: its value and where it came from.
 ///
@@ -12,9 +12,8 @@ use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, SharedBytes,
 /// partition key lives there) until it is dropped.
 #[derive(Clone)]
 pub struct Message<T> {
-    pub(crate) shard_id: Arc<str>,
+    pub(crate) shared: Arc<Shared>,
     pub(crate) position: ExtendedSequenceNumber,
-    pub(crate) bytes: SharedBytes,
     pub(crate) partition_key: Span,
     pub(crate) explicit_hash_key: Option<Span>,
     pub(crate) arrival: Option<SystemTime>,
@@ -25,9 +24,8 @@ impl<T> Message<T> {
     /// The message for `record` with the message handler's `value`.
     pub(crate) fn new(record: Record, value: T) -> Message<T> {
         Message {
-            shard_id: record.shard_id,
+            shared: record.shared,
             position: record.position,
-            bytes: record.bytes,
             partition_key: record.partition_key,
             explicit_hash_key: record.explicit_hash_key,
             arrival: record.arrival,
@@ -51,7 +49,7 @@ impl<T: fmt::Debug> fmt::Debug for Message<T> {
 
 impl<T: PartialEq> PartialEq for Message<T> {
     fn eq(&self, other: &Message<T>) -> bool {
-        self.shard_id == other.shard_id
+        self.shard_id() == other.shard_id()
             && self.position == other.position
             && self.partition_key() == other.partition_key()
             && self.explicit_hash_key() == other.explicit_hash_key()
@@ -75,7 +73,7 @@ impl<T> Message<T> {
 
     /// The shard the record was read from.
     pub fn shard_id(&self) -> &str {
-        &self.shard_id
+        &self.shared.shard_id
     }
 
     /// The Kinesis sequence number.
@@ -90,12 +88,12 @@ impl<T> Message<T> {
 
     /// The partition key.
     pub fn partition_key(&self) -> &str {
-        self.partition_key.text(&self.bytes)
+        self.partition_key.text(&self.shared.bytes)
     }
 
     /// The explicit hash key, when the producer set one.
     pub fn explicit_hash_key(&self) -> Option<&str> {
-        Some(self.explicit_hash_key?.text(&self.bytes))
+        Some(self.explicit_hash_key?.text(&self.shared.bytes))
     }
 
     /// When Kinesis accepted the record, if it said.

@@ -412,7 +412,7 @@ impl<T: Send + 'static> Reader<T> {
         // The records of one reply share one buffer: count it once.
         let buffer_bytes = kinesis_records
             .first()
-            .map_or(0, |r| r.bytes.capacity() as u64);
+            .map_or(0, |r| r.shared.bytes.capacity() as u64);
         let mapped = catch_unwind(AssertUnwindSafe(|| {
             for r in kinesis_records {
                 if kpl::is_aggregated(r.data()) {
@@ -422,7 +422,7 @@ impl<T: Send + 'static> Reader<T> {
                             let spans: Vec<_> = users
                                 .iter()
                                 .map(|u| {
-                                    let span = |part: &[u8]| Span::within(&r.bytes, part);
+                                    let span = |part: &[u8]| Span::within(&r.shared.bytes, part);
                                     (
                                         span(u.partition_key.as_bytes()),
                                         u.explicit_hash_key.map(|k| span(k.as_bytes())),
@@ -451,7 +451,7 @@ impl<T: Send + 'static> Reader<T> {
                                 *warned = true;
                                 log::warn!(
                                     "shard {}: record {} looks KPL-aggregated but is not valid ({e:?}); delivering it whole (logged once per shard)",
-                                    r.shard_id,
+                                    r.shard_id(),
                                     r.sequence_number()
                                 );
                             }
