@@ -10,7 +10,7 @@ use crate::aws::credentials::ProvideCredentials;
 use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
 use crate::error::{Error, Result};
-use crate::record::Record;
+use crate::record::{Payload, Record};
 use crate::worker::Consumer;
 
 /// Where to start reading a shard that has no checkpoint yet.
@@ -112,10 +112,10 @@ impl<T> fmt::Debug for ConsumerBuilder<T> {
     }
 }
 
-impl ConsumerBuilder<Vec<u8>> {
+impl ConsumerBuilder<Payload> {
     pub(crate) fn new() -> Self {
         ConsumerBuilder {
-            message_handler: Arc::new(|r: &mut Record| r.data().to_vec()),
+            message_handler: Arc::new(|r: &mut Record| r.payload()),
             settings: Settings {
                 app_name: None,
                 stream_name: None,
@@ -286,9 +286,12 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         self
     }
 
-    /// The most record bytes read but not yet handled (the analogue of
-    /// Spark's storage level). Readers wait when it is reached. Defaults to
-    /// 64 MiB.
+    /// The most memory held by records read but not yet handled (the
+    /// analogue of Spark's storage level). Readers wait when it is reached.
+    /// A read counts the buffer its records share (their data and keys)
+    /// and its messages; memory that values of a custom message handler
+    /// own besides (a copied `Vec`, a parsed struct's strings) is not
+    /// counted. Defaults to 64 MiB.
     pub fn buffer_bytes(mut self, bytes: u64) -> Self {
         self.settings.buffer_bytes = bytes;
         self
@@ -302,7 +305,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
 
     /// Turns each record into the value the batch handler sees. It runs on
     /// the shard reader threads, in parallel across shards. Defaults to the
-    /// record's data (`Vec<u8>`), moved out without a copy.
+    /// record's [`Payload`], which shares the reply's buffer (no copy).
     pub fn message_handler<U: Send + 'static>(
         self,
         handler: impl Fn(&Record) -> U + Send + Sync + 'static,
@@ -600,7 +603,7 @@ mod tests {
     use super::*;
     use crate::aws::credentials::Credentials;
 
-    fn valid() -> ConsumerBuilder<Vec<u8>> {
+    fn valid() -> ConsumerBuilder<Payload> {
         ConsumerBuilder::new()
             .app_name("app")
             .stream_name("stream")
@@ -610,7 +613,7 @@ mod tests {
             .credentials(Credentials::new("a", "b"))
     }
 
-    fn setting_of(b: ConsumerBuilder<Vec<u8>>) -> &'static str {
+    fn setting_of(b: ConsumerBuilder<Payload>) -> &'static str {
         match b.build() {
             Err(Error::Config { setting, .. }) => setting,
             Err(e) => panic!("expected a config error, got {e}"),

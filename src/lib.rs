@@ -81,6 +81,14 @@ pub mod __fuzz {
         crate::aws::get_records::decode_get_records(body, &std::sync::Arc::from("shardId-0"))
     }
 
+    /// The same, with serde_json only: the oracle for the scanner.
+    pub fn decode_get_records_with_serde(body: &[u8]) -> crate::Result<GetRecordsOutput> {
+        crate::aws::get_records::decode_get_records_with_serde(
+            body,
+            &std::sync::Arc::from("shardId-0"),
+        )
+    }
+
     /// The error of a non-2xx reply, from its status, `x-amzn-ErrorType`
     /// header and body.
     pub fn service_error(
@@ -130,6 +138,6 @@ pub use config::{ConsumerBuilder, InitialPosition, MetricsDimension, MetricsLeve
 pub use error::{Error, Result, ServiceError};
 pub use lease::{Checkpoint, Lease, list_leases};
 pub use metrics::{MetricSample, MetricUnit, MetricsHandle, PublishStats, Statistics};
-pub use record::{ExtendedSequenceNumber, Record, SequenceNumber};
+pub use record::{ExtendedSequenceNumber, Payload, Record, SequenceNumber};
 pub use worker::batch::{Batch, Message, ShardBatch};
 pub use worker::{Consumer, ShutdownHandle};

@@ -219,6 +219,64 @@ impl Record {
     pub fn data(&self) -> &[u8] {
         self.data.of(&self.shared.bytes)
     }
+
+    /// The payload as a value that shares the reply's buffer instead of
+    /// copying it: what the default message handler returns.
+    pub fn payload(&self) -> Payload {
+        Payload {
+            shared: self.shared.clone(),
+            span: self.data,
+        }
+    }
+}
+
+/// A record's payload, sharing the buffer of the GetRecords reply it came
+/// from (cloning it copies no data). It dereferences to `&[u8]`; use
+/// `to_vec()` for an owned copy.
+#[derive(Clone)]
+pub struct Payload {
+    shared: Arc<Shared>,
+    span: Span,
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.span.of(&self.shared.bytes)
+    }
+}
+
+impl AsRef<[u8]> for Payload {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Payload {}
+
+impl std::hash::Hash for Payload {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
+    }
+}
+
+impl From<Payload> for Vec<u8> {
+    fn from(payload: Payload) -> Vec<u8> {
+        payload.to_vec()
+    }
 }
 
 impl fmt::Debug for Record {

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use common::proxy::{Fault, Proxy, Trigger};
 use kinesis_consumer::aws::dynamodb::{AttributeValue, Item};
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
-use kinesis_consumer::{Consumer, ConsumerBuilder, Error};
+use kinesis_consumer::{Consumer, ConsumerBuilder, Error, Payload};
 
-fn builder(kinesis: &str, dynamodb: &str, stream: &str, app: &str) -> ConsumerBuilder<Vec<u8>> {
+fn builder(kinesis: &str, dynamodb: &str, stream: &str, app: &str) -> ConsumerBuilder<Payload> {
     common::consumer_builder_at(kinesis, dynamodb, stream, app)
 }
 
-fn emulator_builder(stream: &str, app: &str) -> ConsumerBuilder<Vec<u8>> {
+fn emulator_builder(stream: &str, app: &str) -> ConsumerBuilder<Payload> {
     let e = common::emulators();
     builder(&e.kinesis_url, &e.dynamodb_url, stream, app)
 }
@@ -30,7 +30,7 @@ type Delivered = Vec<(String, Vec<u8>)>;
 /// Runs a consumer until `done` holds for what it delivered (or `timeout`),
 /// then stops it; returns what it delivered as (shard, data).
 fn consume(
-    consumer: Consumer<Vec<u8>>,
+    consumer: Consumer<Payload>,
     timeout: Duration,
     done: impl Fn(&[(String, Vec<u8>)]) -> bool,
 ) -> (kinesis_consumer::Result<()>, Delivered) {
@@ -41,7 +41,7 @@ fn consume(
         consumer.run(move |batch| {
             let mut sink = sink.lock().unwrap();
             for m in batch.messages() {
-                sink.push((m.shard_id().to_owned(), m.value().clone()));
+                sink.push((m.shard_id().to_owned(), m.value().to_vec()));
             }
             Ok::<(), std::io::Error>(())
         })

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
-use kinesis_consumer::{Batch, ConsumerBuilder, Error, InitialPosition};
+use kinesis_consumer::{Batch, ConsumerBuilder, Error, InitialPosition, Payload};
 
 /// One delivered record: shard, sequence number, partition key, data.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -23,18 +23,18 @@ struct Seen {
 
 type Log = Arc<Mutex<Vec<Seen>>>;
 
-fn builder(stream: &str, app: &str) -> ConsumerBuilder<Vec<u8>> {
+fn builder(stream: &str, app: &str) -> ConsumerBuilder<Payload> {
     common::consumer_builder(stream, app)
 }
 
-fn record(log: &Log, batch: &Batch<Vec<u8>>) {
+fn record(log: &Log, batch: &Batch<Payload>) {
     let mut log = log.lock().unwrap();
     for m in batch.messages() {
         log.push(Seen {
             shard: m.shard_id().to_owned(),
             seq: m.sequence_number().to_string(),
             pk: m.partition_key().to_owned(),
-            data: String::from_utf8(m.value().clone()).unwrap(),
+            data: String::from_utf8(m.value().to_vec()).unwrap(),
         });
     }
 }
@@ -45,7 +45,7 @@ struct Running {
     log: Log,
 }
 
-fn start(builder: ConsumerBuilder<Vec<u8>>) -> Running {
+fn start(builder: ConsumerBuilder<Payload>) -> Running {
     let consumer = builder.build().unwrap();
     let stop = consumer.shutdown_handle();
     let log: Log = Arc::default();

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::{Fault, Proxy, Trigger};
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
-use kinesis_consumer::{ConsumerBuilder, SequenceNumber};
+use kinesis_consumer::{ConsumerBuilder, Payload, SequenceNumber};
 
 /// One record put: its data, shard and sequence number.
 #[derive(Clone, Debug)]
@@ -60,7 +60,7 @@ fn put(stream: &str, prefix: &str, count: usize, into: &Mutex<Vec<Put>>) {
     into.lock().unwrap().extend(puts);
 }
 
-fn builder(proxy: &Proxy, stream: &str, app: &str) -> ConsumerBuilder<Vec<u8>> {
+fn builder(proxy: &Proxy, stream: &str, app: &str) -> ConsumerBuilder<Payload> {
     common::consumer_builder_at(proxy.url(), proxy.url(), stream, app)
 }
 
@@ -134,7 +134,7 @@ fn watch_checkpoints(
     violations
 }
 
-fn start(builder: ConsumerBuilder<Vec<u8>>, app: &str, puts: Arc<Mutex<Vec<Put>>>) -> Run {
+fn start(builder: ConsumerBuilder<Payload>, app: &str, puts: Arc<Mutex<Vec<Put>>>) -> Run {
     let consumer = builder.build().unwrap();
     let stop = consumer.shutdown_handle();
     let got: Arc<Mutex<Vec<Got>>> = Arc::default();
@@ -144,7 +144,7 @@ fn start(builder: ConsumerBuilder<Vec<u8>>, app: &str, puts: Arc<Mutex<Vec<Put>>
             let mut sink = sink.lock().unwrap();
             for m in batch.messages() {
                 sink.push(Got {
-                    data: String::from_utf8(m.value().clone()).unwrap(),
+                    data: String::from_utf8(m.value().to_vec()).unwrap(),
                     shard: m.shard_id().to_owned(),
                     seq: m.sequence_number().clone(),
                 });

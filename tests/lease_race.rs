@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use common::proxy::Proxy;
 use kinesis_consumer::aws::dynamodb::{AttributeValue, Expression, Item};
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
-use kinesis_consumer::{ConsumerBuilder, SequenceNumber};
+use kinesis_consumer::{ConsumerBuilder, Payload, SequenceNumber};
 
-fn builder(kinesis: &str, dynamodb: &str, stream: &str, app: &str) -> ConsumerBuilder<Vec<u8>> {
+fn builder(kinesis: &str, dynamodb: &str, stream: &str, app: &str) -> ConsumerBuilder<Payload> {
     // The default failover time: nothing expires during the race.
     common::consumer_builder_at(kinesis, dynamodb, stream, app)
         .failover_time(Duration::from_secs(10))
@@ -86,7 +86,7 @@ fn a_lease_taken_during_the_handler_refuses_the_old_owners_checkpoint() {
             a_sink.lock().unwrap().extend(
                 batch
                     .messages()
-                    .map(|m| String::from_utf8(m.value().clone()).unwrap()),
+                    .map(|m| String::from_utf8(m.value().to_vec()).unwrap()),
             );
             if !blocked_once.swap(true, Ordering::Relaxed) {
                 entered_tx.send(()).unwrap();
@@ -157,7 +157,7 @@ fn a_lease_taken_during_the_handler_refuses_the_old_owners_checkpoint() {
             b_sink.lock().unwrap().extend(
                 batch
                     .messages()
-                    .map(|m| String::from_utf8(m.value().clone()).unwrap()),
+                    .map(|m| String::from_utf8(m.value().to_vec()).unwrap()),
             );
             Ok::<(), std::io::Error>(())
         })

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant, SystemTime};
 use kinesis_consumer::aws::cloudwatch::{CloudWatchClient, Dimension, MetricDescription};
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
 use kinesis_consumer::{
-    ConsumerBuilder, MetricSample, MetricsDimension, MetricsHandle, MetricsLevel, ShutdownHandle,
+    ConsumerBuilder, MetricSample, MetricsDimension, MetricsHandle, MetricsLevel, Payload,
+    ShutdownHandle,
 };
 
-fn builder(stream: &str, app: &str, cloudwatch_url: &str) -> ConsumerBuilder<Vec<u8>> {
+fn builder(stream: &str, app: &str, cloudwatch_url: &str) -> ConsumerBuilder<Payload> {
     common::consumer_builder(stream, app)
         .cloudwatch_endpoint_url(cloudwatch_url)
         .metrics_period(Duration::from_millis(500))
@@ -56,7 +57,7 @@ struct Running {
     worker_id: String,
 }
 
-fn start(builder: ConsumerBuilder<Vec<u8>>) -> Running {
+fn start(builder: ConsumerBuilder<Payload>) -> Running {
     let consumer = builder.build().unwrap();
     let stop = consumer.shutdown_handle();
     let metrics = consumer.metrics();

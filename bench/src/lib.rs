@@ -10,6 +10,7 @@ pub mod proxy;
 use std::time::Duration;
 
 use kinesis_consumer::aws::ClientConfig;
+use kinesis_consumer::Payload;
 use kinesis_consumer::aws::credentials::Credentials;
 
 /// Client settings for a local server: fixed region, dummy credentials.
@@ -67,7 +68,7 @@ pub fn consumer(
     kinesis: &str,
     dynamodb: &str,
     stream: &str,
-) -> kinesis_consumer::ConsumerBuilder<Vec<u8>> {
+) -> kinesis_consumer::ConsumerBuilder<Payload> {
     kinesis_consumer::Consumer::builder()
         .app_name(unique("bench"))
         .stream_name(stream)

@@ -40,6 +40,19 @@ pub(crate) fn decode_get_records(body: &[u8], shard_id: &Arc<str>) -> Result<Get
     })
 }
 
+/// Decodes with serde_json only: the oracle the scanner is checked against.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn decode_get_records_with_serde(
+    body: &[u8],
+    shard_id: &Arc<str>,
+) -> Result<GetRecordsOutput> {
+    let (records, rest) = decode_with_serde(body)?;
+    Ok(GetRecordsOutput {
+        records: records.into_records(shard_id),
+        ..rest
+    })
+}
+
 /// The records of a reply as they are decoded: their fields, and the one
 /// buffer their data and keys go to.
 struct Decoded {
@@ -402,14 +415,41 @@ mod fast {
             }
         }
 
+        /// A JSON number: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+        /// (Rust's parsers also take "+1", "01" or ".5", JSON does not).
         fn number_text(&mut self) -> Option<&'a str> {
             self.skip_ws();
             let start = self.at;
-            while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.body.get(self.at)
-            {
-                self.at += 1;
+            self.skip(b"-");
+            if !self.skip(b"0") && self.digits() == 0 {
+                return None;
+            }
+            if self.skip(b".") && self.digits() == 0 {
+                return None;
+            }
+            if self.skip(b"eE") {
+                self.skip(b"+-");
+                if self.digits() == 0 {
+                    return None;
+                }
             }
             std::str::from_utf8(&self.body[start..self.at]).ok()
+        }
+
+        /// Consumes one byte if it is one of `any`.
+        fn skip(&mut self, any: &[u8]) -> bool {
+            let hit = self.body.get(self.at).is_some_and(|b| any.contains(b));
+            self.at += usize::from(hit);
+            hit
+        }
+
+        /// Consumes ASCII digits; how many.
+        fn digits(&mut self) -> usize {
+            let start = self.at;
+            while self.body.get(self.at).is_some_and(u8::is_ascii_digit) {
+                self.at += 1;
+            }
+            self.at - start
         }
 
         fn f64(&mut self) -> Option<Option<f64>> {
@@ -461,9 +501,12 @@ mod fast {
         let mut decoded = Decoded::for_body(body.len());
         let mut out = GetRecordsOutput::default();
         let mut failed = None;
+        // A field seen twice fails its guard: serde_json refuses duplicates.
+        let mut seen = [false; 4];
+        let mut first = |field: usize| !std::mem::replace(&mut seen[field], true);
         s.object(|s, key| {
             match key {
-                b"Records" => {
+                b"Records" if first(0) => {
                     if s.is_null() {
                         return Some(());
                     }
@@ -483,16 +526,16 @@ mod fast {
                         }
                     }
                 }
-                b"NextShardIterator" => {
+                b"NextShardIterator" if first(1) => {
                     out.next_shard_iterator =
                         s.opt_string()?.filter(|t| !t.is_empty()).map(str::to_owned);
                     Some(())
                 }
-                b"MillisBehindLatest" => {
+                b"MillisBehindLatest" if first(2) => {
                     out.millis_behind_latest = s.u64()?;
                     Some(())
                 }
-                b"ChildShards" => {
+                b"ChildShards" if first(3) => {
                     // Only at the end of a closed shard: leave it to serde.
                     if s.is_null() {
                         return Some(());
@@ -517,24 +560,27 @@ mod fast {
     /// number.
     fn record(s: &mut Scanner<'_>, decoded: &mut Decoded) -> Option<Result<()>> {
         let (mut seq, mut key, mut data, mut arrival) = (None, None, None, None);
+        let mut encryption = false;
+        // A field seen twice fails its guard: serde_json refuses duplicates.
         s.object(|s, field| {
             match field {
-                b"SequenceNumber" => seq = Some(s.raw_string()?),
-                b"PartitionKey" => key = Some(s.string()?),
-                b"Data" => {
+                b"SequenceNumber" if seq.is_none() => seq = Some(s.raw_string()?),
+                b"PartitionKey" if key.is_none() => key = Some(s.string()?),
+                b"Data" if data.is_none() => {
                     let start = decoded.bytes.len();
                     s.base64(&mut decoded.bytes)?;
                     data = Some(decoded.span_from(start));
                 }
-                b"ApproximateArrivalTimestamp" => arrival = s.f64()?,
-                b"EncryptionType" => {
+                b"ApproximateArrivalTimestamp" if arrival.is_none() => arrival = Some(s.f64()?),
+                b"EncryptionType" if !encryption => {
+                    encryption = true;
                     s.opt_string()?;
                 }
                 _ => return None,
             }
             Some(())
         })?;
-        Some(decoded.push(seq?, key?, data?, arrival))
+        Some(decoded.push(seq?, key?, data?, arrival.flatten()))
     }
 }
 
@@ -621,7 +667,7 @@ mod tests {
 
     #[test]
     fn fast_scanner_agrees_with_serde_or_steps_aside() {
-        let bodies: [&[u8]; 10] = [
+        let bodies: [&[u8]; 16] = [
             br#"{"Records":[{"SequenceNumber":"12","ApproximateArrivalTimestamp":1.700000000123E9,"Data":"aGVsbG8=","PartitionKey":"k1"},{"SequenceNumber":"13","Data":"","PartitionKey":"k2","EncryptionType":"KMS"}],"NextShardIterator":"it","MillisBehindLatest":5}"#,
             b" { \"Records\" : [ { \"Data\" : \"YQ==\" , \"PartitionKey\":\"p\",\"SequenceNumber\":\"7\",\"ApproximateArrivalTimestamp\":null } ] ,\n\"NextShardIterator\":\"\" } ",
             br#"{"Records":[],"NextShardIterator":"x","MillisBehindLatest":0,"ChildShards":[]}"#,
@@ -632,14 +678,17 @@ mod tests {
             br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"a","Data":"aGk="}]} x"#,
             br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"a","Data":"aGk=","Extra":{"x":1}}],"Other":[1]}"#,
             br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"a long key \u00e9 with an escape","Data":"QUJDREVGR0hJSktMTU5PUA=="}]}"#,
+            br#"{"Records":[],"Records":[]}"#,
+            br#"{"Records":[{"SequenceNumber":"1","SequenceNumber":"2","PartitionKey":"a","Data":""}]}"#,
+            br#"{"Records":[],"MillisBehindLatest":+5}"#,
+            br#"{"Records":[],"MillisBehindLatest":05}"#,
+            br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"a","Data":"","ApproximateArrivalTimestamp":.5}]}"#,
+            br#"{"Records":[{"SequenceNumber":"1","PartitionKey":"a","Data":"","ApproximateArrivalTimestamp":-0.5e-3}]}"#,
         ];
         let shard: Arc<str> = Arc::from("s");
         for body in bodies {
             let text = String::from_utf8_lossy(body);
-            let general = decode_with_serde(body).map(|(d, rest)| GetRecordsOutput {
-                records: d.into_records(&shard),
-                ..rest
-            });
+            let general = decode_get_records_with_serde(body, &shard);
             match fast::get_records(body) {
                 Some(Ok((d, rest))) => {
                     let out = GetRecordsOutput {

@@ -20,6 +20,7 @@ use crate::lease::{
     Checkpoint, Coordinator, CoordinatorEvent, HeldLeases, LeaseTable, LeaseTimings,
 };
 use crate::metrics::{Metrics, MetricsHandle, Publisher};
+use crate::record::Payload;
 use batch::Batch;
 use budget::Budget;
 use reader::{ReaderContext, ReaderPool};
@@ -79,9 +80,9 @@ impl<T> fmt::Debug for Consumer<T> {
     }
 }
 
-impl Consumer<Vec<u8>> {
+impl Consumer<Payload> {
     /// Starts configuring a consumer.
-    pub fn builder() -> ConsumerBuilder<Vec<u8>> {
+    pub fn builder() -> ConsumerBuilder<Payload> {
         ConsumerBuilder::new()
     }
 }

@@ -315,7 +315,14 @@ impl<T: Send + 'static> Reader<T> {
                     .last()
                     .is_some_and(|r| *r.sequence_number() > done.sequence_number)
             });
-            let (chunk, deaggregated, passed_through) = self.chunk(reply, resume_after.as_ref())?;
+            // The records of one reply share one buffer, three quarters of
+            // the reply body by construction.
+            let buffer_bytes = reply
+                .records
+                .first()
+                .map_or(0, |r| r.shared.bytes.capacity() as u64);
+            let (chunk, deaggregated, passed_through) =
+                self.chunk(reply, buffer_bytes, resume_after.as_ref())?;
             let samples = [
                 (Metric::GetRecordsSuccess, 1.0),
                 (Metric::GetRecordsTime, call_ms),
@@ -333,8 +340,8 @@ impl<T: Send + 'static> Reader<T> {
             if past_checkpoint {
                 resume_after = None;
             }
-            // A reply costs about its records again in JSON and base64.
-            self.read_cost = (chunk.bytes * 2).max(MIN_READ_COST);
+            // A read in flight holds the reply body and the buffer decoded from it.
+            self.read_cost = (buffer_bytes * 4 / 3 + buffer_bytes).max(MIN_READ_COST);
             if context.pace_reads {
                 // Stay under 2 MiB/s: a large read buys a longer pause.
                 let read_time =
@@ -388,6 +395,7 @@ impl<T: Send + 'static> Reader<T> {
     fn chunk(
         &mut self,
         reply: GetRecordsOutput,
+        buffer_bytes: u64,
         resume_after: Option<&ExtendedSequenceNumber>,
     ) -> Result<(Chunk<T>, u64, u64)> {
         let GetRecordsOutput {
@@ -409,10 +417,6 @@ impl<T: Send + 'static> Reader<T> {
             let value = handler(&mut record);
             messages.push(Message::new(record, value));
         };
-        // The records of one reply share one buffer: count it once.
-        let buffer_bytes = kinesis_records
-            .first()
-            .map_or(0, |r| r.shared.bytes.capacity() as u64);
         let mapped = catch_unwind(AssertUnwindSafe(|| {
             for r in kinesis_records {
                 if kpl::is_aggregated(r.data()) {
@@ -471,6 +475,7 @@ impl<T: Send + 'static> Reader<T> {
         let chunk = Chunk {
             shard_id: self.shard_id.clone(),
             epoch: self.epoch,
+            // The shared buffer once, and the messages.
             bytes: buffer_bytes + (messages.len() * std::mem::size_of::<Message<T>>()) as u64,
             messages,
             millis_behind_latest,

@@ -290,7 +290,7 @@ pub fn consumer_builder_at(
     dynamodb_url: &str,
     stream: &str,
     app: &str,
-) -> kinesis_consumer::ConsumerBuilder<Vec<u8>> {
+) -> kinesis_consumer::ConsumerBuilder<kinesis_consumer::Payload> {
     init_log();
     kinesis_consumer::Consumer::builder()
         .app_name(app)
@@ -308,7 +308,10 @@ pub fn consumer_builder_at(
 }
 
 /// [`consumer_builder_at`] on this test binary's emulators.
-pub fn consumer_builder(stream: &str, app: &str) -> kinesis_consumer::ConsumerBuilder<Vec<u8>> {
+pub fn consumer_builder(
+    stream: &str,
+    app: &str,
+) -> kinesis_consumer::ConsumerBuilder<kinesis_consumer::Payload> {
     let e = emulators();
     consumer_builder_at(&e.kinesis_url, &e.dynamodb_url, stream, app)
 }
