@@ -115,9 +115,13 @@ pub mod __fuzz {
         (text.to_owned(), sub)
     }
 
-    /// Parses checkpoint columns.
-    pub fn checkpoint_from_columns(text: &str, sub: u64) -> Option<crate::Checkpoint> {
-        crate::Checkpoint::from_columns(text, sub)
+    /// Parses checkpoint columns (`timestamp`: the row's checkpointTimestamp).
+    pub fn checkpoint_from_columns(
+        text: &str,
+        sub: u64,
+        timestamp: Option<std::time::SystemTime>,
+    ) -> Option<crate::Checkpoint> {
+        crate::Checkpoint::from_columns(text, sub, timestamp)
     }
 
     /// The shared config (`config = true`) or credentials file parser.

@@ -18,5 +18,12 @@ fuzz_target!(|data: &[u8]| {
     assert!(lease.counter < u64::MAX);
     assert!(!lease.shard_id.is_empty() || item.contains_key("leaseKey"));
     let (text, sub) = checkpoint_columns(&lease.checkpoint);
-    assert_eq!(checkpoint_from_columns(&text, sub), Some(lease.checkpoint));
+    let timestamp = match lease.checkpoint {
+        kinesis_consumer::Checkpoint::AtTimestamp(at) => at,
+        _ => None,
+    };
+    assert_eq!(
+        checkpoint_from_columns(&text, sub, timestamp),
+        Some(lease.checkpoint)
+    );
 });

@@ -8,7 +8,7 @@ pub mod credentials;
 pub mod dynamodb;
 pub mod endpoint;
 mod env;
-mod get_records;
+pub(crate) mod get_records;
 pub mod kinesis;
 pub mod sigv4;
 
