@@ -50,7 +50,7 @@ pub enum MetricsDimension {
 
 /// Turns a record into the handler's value; it may move the record's data
 /// out, so the default handler (the data itself) copies nothing.
-pub(crate) type MessageHandler<T> = Arc<dyn Fn(&mut Record) -> T + Send + Sync>;
+pub(crate) type MessageHandler<T> = Arc<dyn Fn(&Record) -> T + Send + Sync>;
 
 /// Builds a [`Consumer`]; get one from [`Consumer::builder`].
 ///
@@ -115,7 +115,7 @@ impl<T> fmt::Debug for ConsumerBuilder<T> {
 impl ConsumerBuilder<Payload> {
     pub(crate) fn new() -> Self {
         ConsumerBuilder {
-            message_handler: Arc::new(|r: &mut Record| r.payload()),
+            message_handler: Arc::new(Record::payload),
             settings: Settings {
                 app_name: None,
                 stream_name: None,
@@ -311,7 +311,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         handler: impl Fn(&Record) -> U + Send + Sync + 'static,
     ) -> ConsumerBuilder<U> {
         ConsumerBuilder {
-            message_handler: Arc::new(move |r: &mut Record| handler(r)),
+            message_handler: Arc::new(handler),
             settings: self.settings,
         }
     }

@@ -409,12 +409,12 @@ impl<T: Send + 'static> Reader<T> {
         let warned = &mut self.warned_about_aggregates;
         let (mut deaggregated, mut passed_through) = (0u64, 0u64);
         let mut data_bytes = 0u64;
-        let mut deliver = |mut record: Record| {
+        let mut deliver = |record: Record| {
             if resume_after.is_some_and(|done| record.position <= *done) {
                 return;
             }
             data_bytes += (record.data.len() + record.partition_key.len()) as u64;
-            let value = handler(&mut record);
+            let value = handler(&record);
             messages.push(Message::new(record, value));
         };
         let mapped = catch_unwind(AssertUnwindSafe(|| {
