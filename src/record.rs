@@ -233,6 +233,9 @@ impl Record {
 /// A record's payload, sharing the buffer of the GetRecords reply it came
 /// from (cloning it copies no data). It dereferences to `&[u8]`; use
 /// `to_vec()` for an owned copy.
+///
+/// Keeping a payload keeps that whole buffer (the data of up to 10,000
+/// records) alive: copy what you keep for long.
 #[derive(Clone)]
 pub struct Payload {
     shared: Arc<Shared>,

@@ -617,6 +617,27 @@ mod tests {
     }
 
     #[test]
+    fn records_of_a_reply_share_one_buffer_and_payloads_outlive_them() {
+        let body = br#"{"Records":[
+            {"SequenceNumber":"1","PartitionKey":"k1","Data":"b25l"},
+            {"SequenceNumber":"2","PartitionKey":"k2","Data":"dHdv"}],"NextShardIterator":"it"}"#;
+        let out = decode(body).unwrap();
+        let (first, second) = (&out.records[0], &out.records[1]);
+        assert!(Arc::ptr_eq(&first.shared, &second.shared));
+        assert_eq!((first.data(), second.data()), (&b"one"[..], &b"two"[..]));
+        assert_eq!(
+            (first.partition_key(), second.partition_key()),
+            ("k1", "k2")
+        );
+        let payload = second.payload();
+        assert_eq!(format!("{payload:?}"), format!("{:?}", b"two"));
+        drop(out);
+        assert_eq!(&*payload, b"two");
+        assert_eq!(Vec::from(payload.clone()), b"two");
+        assert_eq!(payload, payload.clone());
+    }
+
+    #[test]
     fn get_records_rejects_bad_data_and_sequence_numbers() {
         for bad in ["!!", "aGk", "aGl=", "aG==", "a===", "aGk=aGk="] {
             let body = format!(
