@@ -177,8 +177,8 @@ fn main() {
                         for m in batch.messages() {
                             d.push((
                                 String::from_utf8_lossy(m.value()).into_owned(),
-                                m.shard_id().to_owned(),
-                                m.sequence_number().clone(),
+                                m.record().shard_id().to_owned(),
+                                m.record().sequence_number().clone(),
                             ));
                         }
                         Ok(())

@@ -19,7 +19,8 @@
 //!     # drop(stop);
 //!     consumer.run(|batch| {
 //!         for message in batch.messages() {
-//!             println!("{} {}: {}", message.shard_id(), message.sequence_number(), message.value());
+//!             let record = message.record(); // shard, sequence number, key, data
+//!             println!("{} {}: {}", record.shard_id(), record.sequence_number(), message.value());
 //!         }
 //!         Ok::<(), std::io::Error>(())         // Ok: the batch is checkpointed
 //!     })

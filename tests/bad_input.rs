@@ -41,7 +41,7 @@ fn consume(
         consumer.run(move |batch| {
             let mut sink = sink.lock().unwrap();
             for m in batch.messages() {
-                sink.push((m.shard_id().to_owned(), m.value().to_vec()));
+                sink.push((m.record().shard_id().to_owned(), m.value().to_vec()));
             }
             Ok::<(), std::io::Error>(())
         })

@@ -31,9 +31,9 @@ fn record(log: &Log, batch: &Batch<Payload>) {
     let mut log = log.lock().unwrap();
     for m in batch.messages() {
         log.push(Seen {
-            shard: m.shard_id().to_owned(),
-            seq: m.sequence_number().to_string(),
-            pk: m.partition_key().to_owned(),
+            shard: m.record().shard_id().to_owned(),
+            seq: m.record().sequence_number().to_string(),
+            pk: m.record().partition_key().to_owned(),
             data: String::from_utf8(m.value().to_vec()).unwrap(),
         });
     }

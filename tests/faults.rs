@@ -145,8 +145,8 @@ fn start(builder: ConsumerBuilder<Payload>, app: &str, puts: Arc<Mutex<Vec<Put>>
             for m in batch.messages() {
                 sink.push(Got {
                     data: String::from_utf8(m.value().to_vec()).unwrap(),
-                    shard: m.shard_id().to_owned(),
-                    seq: m.sequence_number().clone(),
+                    shard: m.record().shard_id().to_owned(),
+                    seq: m.record().sequence_number().clone(),
                 });
             }
             Ok::<(), std::io::Error>(())

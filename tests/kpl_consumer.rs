@@ -41,11 +41,11 @@ fn consume(stream: &str, app: &str, expected: usize) -> Vec<Seen> {
             let mut sink = sink.lock().unwrap();
             for m in batch.messages() {
                 sink.push(Seen {
-                    seq: m.sequence_number().to_string(),
-                    sub: m.sub_sequence_number(),
+                    seq: m.record().sequence_number().to_string(),
+                    sub: m.record().sub_sequence_number(),
                     aggregated: m.value().0,
-                    pk: m.partition_key().to_owned(),
-                    ehk: m.explicit_hash_key().map(str::to_owned),
+                    pk: m.record().partition_key().to_owned(),
+                    ehk: m.record().explicit_hash_key().map(str::to_owned),
                     data: m.value().1.clone(),
                 });
             }

@@ -1,64 +1,20 @@
 //! What the batch handler receives.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Shared, Span};
+use crate::record::Record;
 
-/// One user record after the message handler: its value and where it came from.
+/// One user record after the message handler: the value it returned, and
+/// the record it came from (shard, sequence number, key, arrival time).
 ///
-/// A message keeps the buffer of the GetRecords reply it came from (its
-/// partition key lives there) until it is dropped.
-#[derive(Clone)]
+/// A message keeps the buffer of the GetRecords reply its record came from
+/// until it is dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message<T> {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) position: ExtendedSequenceNumber,
-    pub(crate) partition_key: Span,
-    pub(crate) explicit_hash_key: Option<Span>,
-    pub(crate) arrival: Option<SystemTime>,
+    pub(crate) record: Record,
     pub(crate) value: T,
 }
-
-impl<T> Message<T> {
-    /// The message for `record` with the message handler's `value`.
-    pub(crate) fn new(record: Record, value: T) -> Message<T> {
-        Message {
-            shared: record.shared,
-            position: record.position,
-            partition_key: record.partition_key,
-            explicit_hash_key: record.explicit_hash_key,
-            arrival: record.arrival,
-            value,
-        }
-    }
-}
-
-impl<T: fmt::Debug> fmt::Debug for Message<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Message")
-            .field("shard_id", &self.shard_id())
-            .field("position", &self.position)
-            .field("partition_key", &self.partition_key())
-            .field("explicit_hash_key", &self.explicit_hash_key())
-            .field("arrival", &self.arrival)
-            .field("value", &self.value)
-            .finish()
-    }
-}
-
-impl<T: PartialEq> PartialEq for Message<T> {
-    fn eq(&self, other: &Message<T>) -> bool {
-        self.shard_id() == other.shard_id()
-            && self.position == other.position
-            && self.partition_key() == other.partition_key()
-            && self.explicit_hash_key() == other.explicit_hash_key()
-            && self.arrival == other.arrival
-            && self.value == other.value
-    }
-}
-
-impl<T: Eq> Eq for Message<T> {}
 
 impl<T> Message<T> {
     /// What the message handler returned for the record.
@@ -71,34 +27,9 @@ impl<T> Message<T> {
         self.value
     }
 
-    /// The shard the record was read from.
-    pub fn shard_id(&self) -> &str {
-        &self.shared.shard_id
-    }
-
-    /// The Kinesis sequence number.
-    pub fn sequence_number(&self) -> &SequenceNumber {
-        &self.position.sequence_number
-    }
-
-    /// The index inside a KPL aggregate; 0 for plain records.
-    pub fn sub_sequence_number(&self) -> u64 {
-        self.position.sub_sequence_number
-    }
-
-    /// The partition key.
-    pub fn partition_key(&self) -> &str {
-        self.partition_key.text(&self.shared.bytes)
-    }
-
-    /// The explicit hash key, when the producer set one.
-    pub fn explicit_hash_key(&self) -> Option<&str> {
-        Some(self.explicit_hash_key?.text(&self.shared.bytes))
-    }
-
-    /// When Kinesis accepted the record, if it said.
-    pub fn approximate_arrival_timestamp(&self) -> Option<SystemTime> {
-        self.arrival
+    /// The record the value was made from: where it came from, and its data.
+    pub fn record(&self) -> &Record {
+        &self.record
     }
 }
 

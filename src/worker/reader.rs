@@ -415,7 +415,7 @@ impl<T: Send + 'static> Reader<T> {
             }
             data_bytes += (record.data.len() + record.partition_key.len()) as u64;
             let value = handler(&record);
-            messages.push(Message::new(record, value));
+            messages.push(Message { record, value });
         };
         let mapped = catch_unwind(AssertUnwindSafe(|| {
             for r in kinesis_records {

@@ -108,7 +108,7 @@ impl<'a, T> Ticker<'a, T> {
                     let checkpoint = if s.shard_ended {
                         Checkpoint::ShardEnd
                     } else {
-                        Checkpoint::At(s.messages.last()?.position.clone())
+                        Checkpoint::At(s.messages.last()?.record.position.clone())
                     };
                     Some((s.shard_id.clone(), s.epoch, checkpoint))
                 })

@@ -163,7 +163,7 @@ fn full_path(url: &str, dynamodb: &str, seconds: f64) -> Measured {
         // The batch handler touches each record too.
         let mut sum = 0;
         for m in batch.messages() {
-            sum += *m.value() + m.partition_key().len() as u64;
+            sum += *m.value() + m.record().partition_key().len() as u64;
         }
         c.fetch_add(batch.len() as u64, Ordering::Relaxed);
         t.fetch_add(sum, Ordering::Relaxed);
