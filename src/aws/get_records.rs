@@ -28,17 +28,95 @@ fn bad_reply(message: impl Into<String>) -> Error {
     }
 }
 
-/// Decodes a GetRecords reply from `shard_id`.
+/// Decodes a GetRecords reply from `shard_id`, records and all.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn decode_get_records(body: &[u8], shard_id: &Arc<str>) -> Result<GetRecordsOutput> {
-    let (records, rest) = match fast::get_records(body) {
-        Some(out) => out?,
-        None => decode_with_serde(body)?,
-    };
+    let (records, rest) = decode_reply(body, shard_id)?;
     Ok(GetRecordsOutput {
-        records: records.into_records(shard_id),
+        records: records.into_iter().collect(),
         ..rest
     })
 }
+
+/// Decodes a GetRecords reply, leaving its records to be made one at a
+/// time (the consumer's path: no list of records per reply); the output's
+/// own `records` is empty.
+pub(crate) fn decode_reply(
+    body: &[u8],
+    shard_id: &Arc<str>,
+) -> Result<(Records, GetRecordsOutput)> {
+    let (decoded, rest) = match fast::get_records(body) {
+        Some(out) => out?,
+        None => decode_with_serde(body)?,
+    };
+    Ok((decoded.into_records(shard_id), rest))
+}
+
+/// The records of one reply, made as they are taken.
+pub(crate) struct Records {
+    shared: Arc<Shared>,
+    fields: Vec<Fields>,
+}
+
+impl Records {
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    pub fn last_sequence_number(&self) -> Option<&SequenceNumber> {
+        Some(&self.fields.last()?.sequence_number)
+    }
+
+    /// The size of the buffer the records share: three quarters of the
+    /// reply body, by construction.
+    pub fn buffer_bytes(&self) -> u64 {
+        self.shared.bytes.capacity() as u64
+    }
+}
+
+impl IntoIterator for Records {
+    type Item = Record;
+    type IntoIter = RecordsIter;
+
+    fn into_iter(self) -> RecordsIter {
+        RecordsIter {
+            shared: self.shared,
+            fields: self.fields.into_iter(),
+        }
+    }
+}
+
+/// Makes the records of a reply one at a time.
+pub(crate) struct RecordsIter {
+    shared: Arc<Shared>,
+    fields: std::vec::IntoIter<Fields>,
+}
+
+impl Iterator for RecordsIter {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        let f = self.fields.next()?;
+        Some(Record {
+            shared: self.shared.clone(),
+            position: ExtendedSequenceNumber {
+                sequence_number: f.sequence_number,
+                sub_sequence_number: 0,
+            },
+            aggregated: false,
+            partition_key: f.partition_key,
+            explicit_hash_key: None,
+            arrival: f.arrival,
+            data: f.data,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.fields.size_hint()
+    }
+}
+
+impl ExactSizeIterator for RecordsIter {}
 
 /// Decodes with serde_json only: the oracle the scanner is checked against.
 #[cfg(any(test, feature = "fuzzing"))]
@@ -46,9 +124,9 @@ pub(crate) fn decode_get_records_with_serde(
     body: &[u8],
     shard_id: &Arc<str>,
 ) -> Result<GetRecordsOutput> {
-    let (records, rest) = decode_with_serde(body)?;
+    let (decoded, rest) = decode_with_serde(body)?;
     Ok(GetRecordsOutput {
-        records: records.into_records(shard_id),
+        records: decoded.into_records(shard_id).into_iter().collect(),
         ..rest
     })
 }
@@ -117,26 +195,14 @@ impl Decoded {
         Ok(())
     }
 
-    fn into_records(self, shard_id: &Arc<str>) -> Vec<Record> {
-        let shared = Arc::new(Shared {
-            shard_id: shard_id.clone(),
-            bytes: self.bytes,
-        });
-        self.records
-            .into_iter()
-            .map(|f| Record {
-                shared: shared.clone(),
-                position: ExtendedSequenceNumber {
-                    sequence_number: f.sequence_number,
-                    sub_sequence_number: 0,
-                },
-                aggregated: false,
-                partition_key: f.partition_key,
-                explicit_hash_key: None,
-                arrival: f.arrival,
-                data: f.data,
-            })
-            .collect()
+    fn into_records(self, shard_id: &Arc<str>) -> Records {
+        Records {
+            shared: Arc::new(Shared {
+                shard_id: shard_id.clone(),
+                bytes: self.bytes,
+            }),
+            fields: self.records,
+        }
     }
 }
 
@@ -665,7 +731,7 @@ mod tests {
             let out = fast::get_records(body.as_bytes())
                 .expect("plain base64 is scanned")
                 .unwrap();
-            let records = out.0.into_records(&Arc::from("s"));
+            let records: Vec<Record> = out.0.into_records(&Arc::from("s")).into_iter().collect();
             assert_eq!(records[0].data(), data, "{len} bytes");
         }
     }
@@ -713,7 +779,7 @@ mod tests {
             match fast::get_records(body) {
                 Some(Ok((d, rest))) => {
                     let out = GetRecordsOutput {
-                        records: d.into_records(&shard),
+                        records: d.into_records(&shard).into_iter().collect(),
                         ..rest
                     };
                     assert_eq!(Ok(&out), general.as_ref().map_err(|_| ()), "{text}")

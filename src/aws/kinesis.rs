@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::aws::client::{Client, ClientConfig, KINESIS};
-use crate::aws::get_records::decode_get_records;
+use crate::aws::get_records::{Records, decode_reply};
 use crate::error::{Error, Result};
 use crate::record::{Record, SequenceNumber};
 
@@ -349,21 +349,25 @@ impl KinesisClient {
         iterator: &str,
         limit: u32,
     ) -> Result<GetRecordsOutput> {
-        self.get_records_of(&Arc::from(shard_id), iterator, limit)
+        let (records, out) = self.get_records_of(&Arc::from(shard_id), iterator, limit)?;
+        Ok(GetRecordsOutput {
+            records: records.into_iter().collect(),
+            ..out
+        })
     }
 
-    /// [`KinesisClient::get_records`] with the shard id the records share.
+    /// [`KinesisClient::get_records`] with the records left to be made one
+    /// at a time (the output's `records` is empty).
     pub(crate) fn get_records_of(
         &self,
         shard_id: &Arc<str>,
         iterator: &str,
         limit: u32,
-    ) -> Result<GetRecordsOutput> {
+    ) -> Result<(Records, GetRecordsOutput)> {
         let body = serde_json::to_vec(&json!({"ShardIterator": iterator, "Limit": limit}))
             .map_err(|e| Error::Internal(e.to_string()))?;
-        self.client.call_with("GetRecords", &body, |reply| {
-            decode_get_records(reply, shard_id)
-        })
+        self.client
+            .call_with("GetRecords", &body, |reply| decode_reply(reply, shard_id))
     }
 
     /// Puts one record.

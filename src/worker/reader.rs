@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{SendTimeoutError, Sender};
 
 use crate::aws::client::backoff;
+use crate::aws::get_records::Records;
 use crate::aws::kinesis::{GetRecordsOutput, IteratorPosition, KinesisClient};
 use crate::config::MessageHandler;
 use crate::error::{Error, Result};
@@ -271,7 +272,7 @@ impl<T: Send + 'static> Reader<T> {
                     .metrics
                     .record(Some(&self.shard_id), &samples[..known]);
             }
-            let reply = match result {
+            let (records, reply) = match result {
                 Ok(reply) => reply,
                 Err(e) if e.code() == Some("ExpiredIteratorException") => {
                     log::info!(
@@ -303,26 +304,20 @@ impl<T: Send + 'static> Reader<T> {
                 );
             }
             failures = 0;
-            let empty = reply.records.is_empty();
+            let empty = records.is_empty();
             let millis_behind = reply.millis_behind_latest;
-            if let Some(last) = reply.records.last() {
-                last_handed_on = Some(last.sequence_number().clone());
+            if let Some(last) = records.last_sequence_number() {
+                last_handed_on = Some(last.clone());
             }
             let next_iterator = reply.next_shard_iterator.clone();
             let past_checkpoint = resume_after.as_ref().is_some_and(|done| {
-                reply
-                    .records
-                    .last()
-                    .is_some_and(|r| *r.sequence_number() > done.sequence_number)
+                records
+                    .last_sequence_number()
+                    .is_some_and(|last| *last > done.sequence_number)
             });
-            // The records of one reply share one buffer, three quarters of
-            // the reply body by construction.
-            let buffer_bytes = reply
-                .records
-                .first()
-                .map_or(0, |r| r.shared.bytes.capacity() as u64);
+            let buffer_bytes = records.buffer_bytes();
             let (chunk, deaggregated, passed_through) =
-                self.chunk(reply, buffer_bytes, resume_after.as_ref())?;
+                self.chunk(records, reply, resume_after.as_ref())?;
             let samples = [
                 (Metric::GetRecordsSuccess, 1.0),
                 (Metric::GetRecordsTime, call_ms),
@@ -394,16 +389,12 @@ impl<T: Send + 'static> Reader<T> {
     /// record at a time (no intermediate list).
     fn chunk(
         &mut self,
+        kinesis_records: Records,
         reply: GetRecordsOutput,
-        buffer_bytes: u64,
         resume_after: Option<&ExtendedSequenceNumber>,
     ) -> Result<(Chunk<T>, u64, u64)> {
-        let GetRecordsOutput {
-            records: kinesis_records,
-            next_shard_iterator,
-            millis_behind_latest,
-            ..
-        } = reply;
+        let buffer_bytes = kinesis_records.buffer_bytes();
+        let kinesis_records = kinesis_records.into_iter();
         let mut messages: Vec<Message<T>> = Vec::with_capacity(kinesis_records.len());
         let handler = &*self.context.handler;
         let warned = &mut self.warned_about_aggregates;
@@ -478,8 +469,8 @@ impl<T: Send + 'static> Reader<T> {
             // The shared buffer once, and the messages.
             bytes: buffer_bytes + (messages.len() * std::mem::size_of::<Message<T>>()) as u64,
             messages,
-            millis_behind_latest,
-            shard_end: next_shard_iterator.is_none(),
+            millis_behind_latest: reply.millis_behind_latest,
+            shard_end: reply.next_shard_iterator.is_none(),
             data_bytes,
         };
         Ok((chunk, deaggregated, passed_through))
