@@ -67,6 +67,7 @@ fn builder(proxy: &Proxy, stream: &str, app: &str) -> ConsumerBuilder<Payload> {
 /// A running consumer with a thread that watches its checkpoints.
 struct Run {
     stop: kinesis_consumer::ShutdownHandle,
+    metrics: kinesis_consumer::MetricsHandle,
     thread: JoinHandle<kinesis_consumer::Result<()>>,
     got: Arc<Mutex<Vec<Got>>>,
     puts: Arc<Mutex<Vec<Put>>>,
@@ -135,8 +136,15 @@ fn watch_checkpoints(
 }
 
 fn start(builder: ConsumerBuilder<Payload>, app: &str, puts: Arc<Mutex<Vec<Put>>>) -> Run {
-    let consumer = builder.build().unwrap();
+    // In-process metrics only (CloudWatch is on a closed port): they count
+    // the leases lost.
+    let consumer = builder
+        .metrics_level(kinesis_consumer::MetricsLevel::Summary)
+        .publish_metrics(false)
+        .build()
+        .unwrap();
     let stop = consumer.shutdown_handle();
+    let metrics = consumer.metrics();
     let got: Arc<Mutex<Vec<Got>>> = Arc::default();
     let sink = got.clone();
     let thread = std::thread::spawn(move || {
@@ -160,6 +168,7 @@ fn start(builder: ConsumerBuilder<Payload>, app: &str, puts: Arc<Mutex<Vec<Put>>
     };
     Run {
         stop,
+        metrics,
         thread,
         got,
         puts,
@@ -191,6 +200,16 @@ impl Run {
             std::thread::sleep(Duration::from_millis(20));
         }
         started.elapsed()
+    }
+
+    /// Leases this consumer found lost (renewal or checkpoint refused) so far.
+    fn leases_lost(&self) -> f64 {
+        self.metrics
+            .snapshot()
+            .iter()
+            .filter(|s| s.name == "LeasesLost")
+            .map(|s| s.statistics.sum)
+            .sum()
     }
 
     /// Stops the consumer gracefully and checks everything; returns
@@ -291,6 +310,8 @@ struct Scenario {
     also: Vec<(&'static str, Trigger, Fault)>,
     /// Most requests of `operation` allowed while the fault lasts.
     max_requests: u64,
+    /// The fault must not cost the consumer a lease.
+    keeps_leases: bool,
 }
 
 fn run(s: Scenario) {
@@ -341,6 +362,7 @@ fn run(s: Scenario) {
     let hits = proxy.hits(rule);
     put(&stream, "after", 60, &puts);
     let recovery = consumer.wait_all("every record after the fault", Duration::from_secs(40));
+    let leases_lost = consumer.leases_lost();
     let (total, delivered, lost, duplicated) = consumer.finish(&app);
     println!(
         "FAULT | {} | {} | {} | {} | {} | {} | {} | {} {} requests in {:.1} s ({} faulted) | recovered {:.1} s after",
@@ -358,6 +380,9 @@ fn run(s: Scenario) {
         recovery.as_secs_f64()
     );
     assert!(hits > 0, "{}: the fault never fired", s.test);
+    if s.keeps_leases {
+        assert_eq!(leases_lost, 0.0, "{}: leases lost", s.test);
+    }
     assert!(
         during <= s.max_requests,
         "{}: {during} {} requests while the fault lasted {fault_time:?}: no backoff?",
@@ -387,6 +412,7 @@ fn for_2s(
         read_timeout: None,
         also: Vec::new(),
         max_requests,
+        keeps_leases: false,
     }
 }
 
@@ -408,6 +434,7 @@ fn next(
         read_timeout: None,
         also: Vec::new(),
         max_requests,
+        keeps_leases: false,
     }
 }
 
@@ -599,6 +626,10 @@ fn checkpoint_condition_failed_next_1() {
     run(s);
 }
 
+// A write that landed but whose reply was lost: the client's retry fails
+// its condition (the counter moved on), and the table layer must see that
+// the row shows its own write, not a lost lease.
+
 #[test]
 fn checkpoint_reply_lost_next_1() {
     let mut s = next(
@@ -609,6 +640,21 @@ fn checkpoint_reply_lost_next_1() {
         4,
     );
     s.body_contains = CHECKPOINT;
+    s.keeps_leases = true;
+    run(s);
+}
+
+#[test]
+fn renew_reply_lost_next_1() {
+    let mut s = next(
+        "renew_reply_lost_next_1",
+        "UpdateItem",
+        1,
+        Fault::ResetAfterForward,
+        4,
+    );
+    s.body_contains = RENEW;
+    s.keeps_leases = true;
     run(s);
 }
 

@@ -25,6 +25,15 @@ pub(crate) struct Written {
     pub handoff_to: Option<String>,
 }
 
+/// What a conditional write leaves in the row when it lands: the owner
+/// (none for a release to nobody), the counter, and for a checkpoint its
+/// columns.
+struct After<'a> {
+    owner: Option<&'a str>,
+    counter: u64,
+    checkpoint: Option<(&'a str, u64)>,
+}
+
 fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
 }
@@ -53,6 +62,17 @@ const MAX_COUNTER: u64 = i64::MAX as u64;
 
 fn parse_counter(text: &str) -> Option<u64> {
     text.parse().ok().filter(|c| *c <= MAX_COUNTER)
+}
+
+/// What a write left in the row it returned.
+fn written(operation: &'static str, item: &Item) -> Result<Written> {
+    Ok(Written {
+        counter: counter_of(operation, item)?,
+        handoff_to: item
+            .get(HANDOFF)
+            .and_then(AttributeValue::as_s)
+            .map(str::to_owned),
+    })
 }
 
 /// Reads the counter a write left behind.
@@ -256,7 +276,12 @@ impl LeaseTable {
         let unchanged = Expression::new("#counter = :seen")
             .name("#counter", "leaseCounter")
             .value(":seen", n(seen_counter));
-        self.conditional("UpdateItem", shard_id, &update, &unchanged)
+        let after = After {
+            owner: Some(owner),
+            counter: seen_counter + 1,
+            checkpoint: None,
+        };
+        self.conditional("UpdateItem", shard_id, &update, &unchanged, Some(after))
     }
 
     /// Asks the owner of a lease seen with `seen_counter` to hand it to
@@ -278,6 +303,9 @@ impl LeaseTable {
                 shard_id,
                 &update,
                 &held_by(owner, seen_counter),
+                // Moves no counter: a retry after a lost reply still meets
+                // the condition.
+                None,
             )?
             .is_some())
     }
@@ -292,7 +320,18 @@ impl LeaseTable {
         let update = Expression::new("SET #counter = :next")
             .name("#counter", "leaseCounter")
             .value(":next", n(counter + 1));
-        self.conditional("UpdateItem", shard_id, &update, &held_by(owner, counter))
+        let after = After {
+            owner: Some(owner),
+            counter: counter + 1,
+            checkpoint: None,
+        };
+        self.conditional(
+            "UpdateItem",
+            shard_id,
+            &update,
+            &held_by(owner, counter),
+            Some(after),
+        )
     }
 
     /// Writes a checkpoint on a held lease; `None` if it is no longer ours
@@ -316,7 +355,18 @@ impl LeaseTable {
         .value(":sub", n(sub))
         .value(":zero", n(0))
         .value(":next", n(counter + 1));
-        self.conditional("UpdateItem", shard_id, &update, &held_by(owner, counter))
+        let after = After {
+            owner: Some(owner),
+            counter: counter + 1,
+            checkpoint: Some((text, sub)),
+        };
+        self.conditional(
+            "UpdateItem",
+            shard_id,
+            &update,
+            &held_by(owner, counter),
+            Some(after),
+        )
     }
 
     /// Gives a held lease up: to the worker `to` that asked for it, or to
@@ -342,7 +392,18 @@ impl LeaseTable {
         .name("#counter", "leaseCounter")
         .name("#handoff", HANDOFF)
         .value(":next", n(counter + 1));
-        self.conditional("UpdateItem", shard_id, &update, &held_by(owner, counter))
+        let after = After {
+            owner: to,
+            counter: counter + 1,
+            checkpoint: None,
+        };
+        self.conditional(
+            "UpdateItem",
+            shard_id,
+            &update,
+            &held_by(owner, counter),
+            Some(after),
+        )
     }
 
     /// Deletes the lease of a finished shard.
@@ -359,27 +420,55 @@ impl LeaseTable {
         }
     }
 
+    /// A conditional update; `None` when the condition failed and the row
+    /// does not show this very write (see [`LeaseTable::landed`]).
     fn conditional(
         &self,
         operation: &'static str,
         shard_id: &str,
         update: &Expression,
         condition: &Expression,
+        after: Option<After<'_>>,
     ) -> Result<Option<Written>> {
         match self
             .dynamodb
             .update_item(&self.name, &key(shard_id), update, Some(condition))
         {
-            Ok(item) => Ok(Some(Written {
-                counter: counter_of(operation, &item)?,
-                handoff_to: item
-                    .get(HANDOFF)
-                    .and_then(AttributeValue::as_s)
-                    .map(str::to_owned),
-            })),
-            Err(e) if e.is_condition_failed() => Ok(None),
+            Ok(item) => Ok(Some(written(operation, &item)?)),
+            Err(e) if e.is_condition_failed() => match after {
+                Some(after) => self.landed(shard_id, &after),
+                None => Ok(None),
+            },
             Err(e) => Err(e),
         }
+    }
+
+    /// After a failed condition: whether the row shows the write anyway.
+    /// It does when an earlier attempt of the same request landed but its
+    /// reply was lost, so the client's retry found the counter moved on;
+    /// without this check a lost reply would cost the lease. Every write
+    /// moves the counter, so only this write (or, for a renewal, our own
+    /// checkpoint whose reply was lost: the lease is ours either way) leaves
+    /// this owner with this counter; a checkpoint must also find its columns.
+    fn landed(&self, shard_id: &str, after: &After<'_>) -> Result<Option<Written>> {
+        let Some(item) = self.dynamodb.get_item(&self.name, &key(shard_id))? else {
+            return Ok(None);
+        };
+        let text = |name: &str| item.get(name).and_then(AttributeValue::as_s);
+        let number = |name: &str| item.get(name).and_then(AttributeValue::as_n);
+        let counter = counter_of("GetItem", &item).ok();
+        let checkpoint_matches = after.checkpoint.is_none_or(|(checkpoint, sub)| {
+            text("checkpoint") == Some(checkpoint)
+                && number("checkpointSubSequenceNumber") == Some(sub.to_string().as_str())
+        });
+        if text("leaseOwner") != after.owner
+            || counter != Some(after.counter)
+            || !checkpoint_matches
+        {
+            return Ok(None);
+        }
+        log::debug!("lease {shard_id}: the write landed though its reply was lost");
+        Ok(Some(written("GetItem", &item)?))
     }
 }
 
