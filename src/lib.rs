@@ -66,6 +66,7 @@ mod lease;
 mod metrics;
 mod random;
 mod record;
+mod sync;
 mod worker;
 
 /// Thin wrappers around internal parsers for the fuzz targets in `fuzz/`

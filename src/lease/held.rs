@@ -5,11 +5,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::lease::{Checkpoint, LeaseTable};
+use crate::sync::lock;
 
 #[derive(Debug)]
 struct Held {
@@ -41,11 +42,6 @@ pub(crate) struct HeldLeases {
     next_epoch: AtomicU64,
     /// Leases found lost (renewal or checkpoint refused) and not yet reported.
     lost: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere must not take lease bookkeeping down with it.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl HeldLeases {

@@ -1,11 +1,13 @@
 //! The lease table: one DynamoDB row per shard, in the KCL's layout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::aws::dynamodb::{AttributeValue, DynamoDbClient, Expression, Item};
 use crate::error::{Error, Result};
 use crate::lease::{Checkpoint, Lease};
+use crate::sync::lock;
 
 const KEY: &str = "leaseKey";
 /// Our own attribute (the KCL ignores it): the worker that asked the owner
@@ -148,6 +150,9 @@ pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, String> {
 pub(crate) struct LeaseTable {
     dynamodb: DynamoDbClient,
     name: String,
+    /// Malformed rows already warned about (key and reason): each is
+    /// logged once, not at every read of the table.
+    malformed: Arc<Mutex<HashSet<String>>>,
 }
 
 impl LeaseTable {
@@ -155,6 +160,7 @@ impl LeaseTable {
         LeaseTable {
             dynamodb,
             name: name.to_owned(),
+            malformed: Arc::default(),
         }
     }
 
@@ -202,7 +208,14 @@ impl LeaseTable {
             match parse_lease(&item) {
                 Ok(lease) => leases.push(lease),
                 Err(why) => {
-                    log::warn!("lease table {}: ignoring a malformed row: {why}", self.name)
+                    let row = item.get(KEY).and_then(AttributeValue::as_s).unwrap_or("?");
+                    let first = lock(&self.malformed).insert(format!("{row}: {why}"));
+                    if first {
+                        log::warn!(
+                            "lease table {}: ignoring a malformed row ({row}): {why} (logged once)",
+                            self.name
+                        );
+                    }
                 }
             }
         }

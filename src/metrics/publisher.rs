@@ -18,6 +18,7 @@ use crate::aws::cloudwatch::{
 use crate::error::{Error, Result};
 use crate::metrics::MetricSample;
 use crate::metrics::recorder::{Metrics, Registry};
+use crate::sync::lock;
 
 /// How many periods of data may wait for the sender.
 const QUEUE_PERIODS: usize = 8;
@@ -39,10 +40,6 @@ pub(crate) struct Publisher {
     done: Receiver<()>,
     queue: Receiver<Vec<MetricDatum>>,
     state: Arc<Mutex<SenderState>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Publisher {

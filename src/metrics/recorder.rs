@@ -3,16 +3,12 @@
 //! so what is kept is exactly what will be published.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use crate::config::{MetricsDimension, MetricsLevel};
 use crate::metrics::aggregate::{Series, SeriesKey, Statistics};
 use crate::metrics::{Metric, MetricSample, PublishStats};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere must not take metrics down with it.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::sync::lock;
 
 /// What one consumer's metrics share.
 pub(crate) struct Registry {
