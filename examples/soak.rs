@@ -293,6 +293,30 @@ fn main() {
         .filter(|d| !distinct.contains(d.as_str()))
         .count();
     let duplicated = delivered.len() - distinct.len();
+    // Where the lost records lie: at a shard's tail (a reader that stopped)
+    // or between delivered ones (records skipped).
+    let put = put_seqs.lock().unwrap().clone();
+    let mut lost_by_shard: HashMap<&str, Vec<&SequenceNumber>> = HashMap::new();
+    for d in expected.iter().filter(|d| !distinct.contains(d.as_str())) {
+        if let Some((shard, seq)) = put.get(d) {
+            lost_by_shard.entry(shard.as_str()).or_default().push(seq);
+        }
+    }
+    for (shard, mut seqs) in lost_by_shard {
+        seqs.sort();
+        let last_delivered = delivered
+            .iter()
+            .filter(|d| d.1 == shard)
+            .map(|d| &d.2)
+            .max();
+        eprintln!(
+            "soak: {shard}: {} lost, sequence numbers {} to {}; last delivered {:?}",
+            seqs.len(),
+            seqs[0],
+            seqs[seqs.len() - 1],
+            last_delivered
+        );
+    }
     // First deliveries in sequence order per shard.
     let mut seen = HashSet::new();
     let mut last: HashMap<&str, &SequenceNumber> = HashMap::new();

@@ -312,6 +312,9 @@ struct Scenario {
     max_requests: u64,
     /// The fault must not cost the consumer a lease.
     keeps_leases: bool,
+    /// Put the records "during" the fault in 20 groups this far apart
+    /// (all at once when `None`).
+    put_during_every: Option<Duration>,
 }
 
 fn run(s: Scenario) {
@@ -338,7 +341,15 @@ fn run(s: Scenario) {
     for (operation, trigger, fault) in &s.also {
         proxy.add(operation, trigger.clone(), fault.clone());
     }
-    put(&stream, "during", 60, &puts);
+    match s.put_during_every {
+        Some(every) => {
+            for group in 0..20 {
+                put(&stream, &format!("during{group}"), 3, &puts);
+                std::thread::sleep(every);
+            }
+        }
+        None => put(&stream, "during", 60, &puts),
+    }
     let fault_deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(d) = s.clear_after {
@@ -413,6 +424,7 @@ fn for_2s(
         also: Vec::new(),
         max_requests,
         keeps_leases: false,
+        put_during_every: None,
     }
 }
 
@@ -435,6 +447,7 @@ fn next(
         also: Vec::new(),
         max_requests,
         keeps_leases: false,
+        put_during_every: None,
     }
 }
 
@@ -641,6 +654,26 @@ fn checkpoint_reply_lost_next_1() {
     );
     s.body_contains = CHECKPOINT;
     s.keeps_leases = true;
+    run(s);
+}
+
+// Every lease write's reply lost for as long as the failover time (3 s
+// here), records arriving throughout: the writes land but the worker hears
+// nothing, its leases go stale, and the ticker drops what is read while
+// they are. When a renewal then finds its write landed, those records must
+// not be skipped: a stale lease is given up as soon as its records are
+// dropped, and read again from its checkpoint.
+#[test]
+fn every_lease_write_reply_lost_for_the_failover_time() {
+    let mut s = for_2s(
+        "every_lease_write_reply_lost_for_the_failover_time",
+        2,
+        "UpdateItem",
+        Fault::ResetAfterForward,
+        2 * 3 * 5 * 4 + 2 * 3 * 4,
+    );
+    s.trigger = Trigger::For(Duration::from_secs(3));
+    s.put_during_every = Some(Duration::from_millis(200));
     run(s);
 }
 

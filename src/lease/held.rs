@@ -109,13 +109,32 @@ impl HeldLeases {
     }
 
     /// True while the lease is held under `epoch`, is not being handed over,
-    /// and was renewed within the failover time (after that, another worker
-    /// may have taken it). Records read under other epochs are dropped.
+    /// and was renewed within the failover time. Records read under other
+    /// epochs are dropped.
+    ///
+    /// A lease not renewed for the failover time may have been taken by
+    /// another worker: its records are dropped, and the lease is given up
+    /// here and then, so that a renewal that succeeds later cannot keep it
+    /// under the same epoch, with its reader already past the dropped
+    /// records. It is taken again (if still free) and read from its
+    /// checkpoint.
     pub(crate) fn is_current(&self, shard_id: &str, epoch: u64) -> bool {
-        self.get(shard_id).is_some_and(|h| {
-            let h = lock(&h);
-            h.epoch == epoch && h.handoff_to.is_none() && h.renewed_at.elapsed() < self.failover
-        })
+        let Some(entry) = self.get(shard_id) else {
+            return false;
+        };
+        let held = lock(&entry);
+        if held.epoch != epoch || held.handoff_to.is_some() {
+            return false;
+        }
+        let unrenewed = held.renewed_at.elapsed();
+        if unrenewed < self.failover {
+            return true;
+        }
+        drop(held);
+        log::warn!("lease {shard_id} lost: not renewed for {unrenewed:?}; dropping what was read");
+        self.lost.fetch_add(1, Ordering::Relaxed);
+        self.forget(shard_id, epoch);
+        false
     }
 
     fn forget(&self, shard_id: &str, epoch: u64) {
