@@ -763,6 +763,31 @@ fn random_faults_on_every_operation_for_3s() {
     assert!(during <= 150, "{during} requests in 3 s");
 }
 
+// Throttled for longer than the client's own retries last: startup waits
+// it out (the stream is known to exist by then) instead of failing `run`.
+#[test]
+fn startup_waits_out_a_list_shards_throttled_for_2s() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("app");
+    let proxy = Proxy::for_emulators();
+    proxy.add(
+        "ListShards",
+        Trigger::For(Duration::from_secs(2)),
+        Fault::aws(400, "LimitExceededException"),
+    );
+    let puts: Arc<Mutex<Vec<Put>>> = Arc::default();
+    put(&stream, "x", 30, &puts);
+    let consumer = start(builder(&proxy, &stream, &app), &app, puts.clone());
+    let took = consumer.wait_all("every record", Duration::from_secs(30));
+    let (total, delivered, lost, duplicated) = consumer.finish(&app);
+    println!(
+        "FAULT | 400 LimitExceededException for 2 s at startup | ListShards | startup_waits_out_a_list_shards_throttled_for_2s | {total} | {delivered} | {lost} | {duplicated} | {} ListShards requests ({} faulted) | delivered {:.1} s after start",
+        proxy.requests("ListShards"),
+        proxy.faults("ListShards"),
+        took.as_secs_f64()
+    );
+}
+
 #[test]
 fn startup_survives_a_few_throttled_and_failed_calls() {
     let stream = common::create_stream(1);

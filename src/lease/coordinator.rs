@@ -9,10 +9,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::aws::client::backoff;
 use crate::aws::kinesis::{KinesisClient, Shard};
 use crate::error::Result;
 use crate::lease::{Checkpoint, HeldLeases, Lease};
 use crate::metrics::{Metric, Metrics};
+
+/// How long startup retries failures that may pass.
+pub(crate) const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Lease timing settings (see the builder for their defaults and meaning).
 #[derive(Clone, Debug)]
@@ -100,11 +104,30 @@ impl<R: ShardRunner> Coordinator<R> {
     }
 
     /// The first shard sync and lease take, on the caller's thread so that
-    /// errors such as an unknown stream reach `run` at once.
+    /// errors such as an unknown stream reach `run` at once. Failures that
+    /// may pass (throttling, 5xx, resets) are retried with backoff for up to
+    /// [`STARTUP_PATIENCE`]: the stream is known to exist by then, and one
+    /// busy minute should not stop a program.
     pub(crate) fn start(&mut self) -> Result<()> {
-        self.held.table().ensure_exists()?;
-        self.sync_shards()?;
-        self.take_and_start().map(|_| ())
+        let started = Instant::now();
+        let mut failures = 0;
+        loop {
+            let attempt = self
+                .held
+                .table()
+                .ensure_exists()
+                .and_then(|()| self.sync_shards())
+                .and_then(|()| self.take_and_start());
+            match attempt {
+                Err(e) if e.is_retryable() && started.elapsed() < STARTUP_PATIENCE => {
+                    failures += 1;
+                    let wait = backoff(Duration::from_millis(500), failures);
+                    log::warn!("starting failed, retrying in {wait:?}: {e}");
+                    std::thread::sleep(wait);
+                }
+                other => return other.map(|_| ()),
+            }
+        }
     }
 
     /// Runs until told to stop, then stops readers and releases leases.

@@ -138,6 +138,10 @@ impl<T: Send + 'static> Consumer<T> {
     /// Reads the stream and calls `handler` once per batch interval until
     /// shut down or until something fails; blocks meanwhile.
     ///
+    /// An unknown stream or a refused request fails `run` at once; at
+    /// startup, failures that may pass (throttling, 5xx, resets) are retried
+    /// for up to a minute first.
+    ///
     /// When the handler returns `Ok`, the batch's records are checkpointed
     /// (no more often than the checkpoint interval). When it returns `Err`
     /// or panics, nothing of that batch is checkpointed and `run` returns
