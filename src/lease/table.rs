@@ -294,7 +294,7 @@ impl LeaseTable {
             counter: seen_counter + 1,
             checkpoint: None,
         };
-        self.conditional("UpdateItem", shard_id, &update, &unchanged, Some(after))
+        self.conditional(shard_id, &update, &unchanged, Some(after))
     }
 
     /// Asks the owner of a lease seen with `seen_counter` to hand it to
@@ -312,7 +312,6 @@ impl LeaseTable {
             .value(":to", s(to));
         Ok(self
             .conditional(
-                "UpdateItem",
                 shard_id,
                 &update,
                 &held_by(owner, seen_counter),
@@ -333,18 +332,7 @@ impl LeaseTable {
         let update = Expression::new("SET #counter = :next")
             .name("#counter", "leaseCounter")
             .value(":next", n(counter + 1));
-        let after = After {
-            owner: Some(owner),
-            counter: counter + 1,
-            checkpoint: None,
-        };
-        self.conditional(
-            "UpdateItem",
-            shard_id,
-            &update,
-            &held_by(owner, counter),
-            Some(after),
-        )
+        self.write_held(shard_id, owner, counter, &update, Some(owner), None)
     }
 
     /// Writes a checkpoint on a held lease; `None` if it is no longer ours
@@ -368,18 +356,8 @@ impl LeaseTable {
         .value(":sub", n(sub))
         .value(":zero", n(0))
         .value(":next", n(counter + 1));
-        let after = After {
-            owner: Some(owner),
-            counter: counter + 1,
-            checkpoint: Some((text, sub)),
-        };
-        self.conditional(
-            "UpdateItem",
-            shard_id,
-            &update,
-            &held_by(owner, counter),
-            Some(after),
-        )
+        let columns = Some((text, sub));
+        self.write_held(shard_id, owner, counter, &update, Some(owner), columns)
     }
 
     /// Gives a held lease up: to the worker `to` that asked for it, or to
@@ -405,18 +383,7 @@ impl LeaseTable {
         .name("#counter", "leaseCounter")
         .name("#handoff", HANDOFF)
         .value(":next", n(counter + 1));
-        let after = After {
-            owner: to,
-            counter: counter + 1,
-            checkpoint: None,
-        };
-        self.conditional(
-            "UpdateItem",
-            shard_id,
-            &update,
-            &held_by(owner, counter),
-            Some(after),
-        )
+        self.write_held(shard_id, owner, counter, &update, to, None)
     }
 
     /// Deletes the lease of a finished shard.
@@ -433,11 +400,29 @@ impl LeaseTable {
         }
     }
 
+    /// A write on a lease `owner` holds at `counter`: it moves the counter
+    /// on and leaves `new_owner` (and a checkpoint's columns) in the row.
+    fn write_held(
+        &self,
+        shard_id: &str,
+        owner: &str,
+        counter: u64,
+        update: &Expression,
+        new_owner: Option<&str>,
+        checkpoint: Option<(&str, u64)>,
+    ) -> Result<Option<Written>> {
+        let after = After {
+            owner: new_owner,
+            counter: counter + 1,
+            checkpoint,
+        };
+        self.conditional(shard_id, update, &held_by(owner, counter), Some(after))
+    }
+
     /// A conditional update; `None` when the condition failed and the row
     /// does not show this very write (see [`LeaseTable::landed`]).
     fn conditional(
         &self,
-        operation: &'static str,
         shard_id: &str,
         update: &Expression,
         condition: &Expression,
@@ -447,7 +432,7 @@ impl LeaseTable {
             .dynamodb
             .update_item(&self.name, &key(shard_id), update, Some(condition))
         {
-            Ok(item) => Ok(Some(written(operation, &item)?)),
+            Ok(item) => Ok(Some(written("UpdateItem", &item)?)),
             Err(e) if e.is_condition_failed() => match after {
                 Some(after) => self.landed(shard_id, &after),
                 None => Ok(None),
