@@ -18,6 +18,17 @@ use crate::metrics::{Metric, Metrics};
 /// How long startup retries failures that may pass.
 pub(crate) const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
 
+/// Take rounds come every third of the failover time, so the third round
+/// after a lease was seen is the failover time later, give or take timing
+/// jitter of a few milliseconds either way. Without some slack, a lease
+/// would expire at the third round or at the fourth (3.3 s later) by chance.
+const ROUND_SLACK: Duration = Duration::from_millis(100);
+
+/// True once `waited` is the failover time, allowing for [`ROUND_SLACK`].
+fn has_waited(waited: Duration, failover: Duration) -> bool {
+    waited + ROUND_SLACK >= failover
+}
+
 /// Lease timing settings (see the builder for their defaults and meaning).
 #[derive(Clone, Debug)]
 pub(crate) struct LeaseTimings {
@@ -346,7 +357,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 None => available.push(lease),
                 // Handed to us, or ours from an earlier run under this id.
                 Some(owner) if owner == me => available.push(lease),
-                Some(_) if unchanged_for(lease) >= failover => available.push(lease),
+                Some(_) if has_waited(unchanged_for(lease), failover) => available.push(lease),
                 Some(owner) => by_owner.entry(owner).or_default().push(lease),
             }
         }
@@ -378,7 +389,7 @@ impl<R: ShardRunner> Coordinator<R> {
                     .get(&lease.shard_id)
                     .copied()
                     .unwrap_or(now);
-                if now.duration_since(asked) >= failover
+                if has_waited(now.duration_since(asked), failover)
                     && self.held.take(&lease.shard_id, lease.counter)?.is_some()
                 {
                     log::info!(
