@@ -48,8 +48,8 @@ pub enum MetricsDimension {
     StreamName,
 }
 
-/// Turns a record into the handler's value; it may move the record's data
-/// out, so the default handler (the data itself) copies nothing.
+/// Turns a record into the handler's value; the default handler returns a
+/// `Payload` that shares the record's buffer, so it copies nothing.
 pub(crate) type MessageHandler<T> = Arc<dyn Fn(&Record) -> T + Send + Sync>;
 
 /// Builds a [`Consumer`]; get one from [`Consumer::builder`].

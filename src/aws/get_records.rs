@@ -15,18 +15,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 
-use crate::aws::kinesis::{ChildShard, GetRecordsOutput};
-use crate::error::{Error, Result};
+use crate::aws::kinesis::{ChildShard, GetRecordsOutput, bad_reply, parse_sequence};
+use crate::error::Result;
 use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Shared, Span};
 
 const OP: &str = "GetRecords";
-
-fn bad_reply(message: impl Into<String>) -> Error {
-    Error::Decode {
-        operation: OP,
-        message: message.into(),
-    }
-}
 
 /// Decodes a GetRecords reply from `shard_id`, records and all.
 #[cfg(any(test, feature = "fuzzing"))]
@@ -179,15 +172,10 @@ impl Decoded {
         data: Span,
         arrival: Option<f64>,
     ) -> Result<()> {
-        let Some(seq) = SequenceNumber::from_bytes(sequence_number) else {
-            return Err(bad_reply(format!(
-                "invalid sequence number {:?}",
-                String::from_utf8_lossy(sequence_number)
-            )));
-        };
+        let sequence_number = parse_sequence(OP, sequence_number)?;
         let partition_key = self.push_text(key);
         self.records.push(Fields {
-            sequence_number: seq,
+            sequence_number,
             partition_key,
             data,
             arrival: arrival.and_then(from_epoch_seconds),
@@ -244,7 +232,7 @@ struct ChildShardJson {
 /// The general decoder, borrowing strings from the body where it can.
 fn decode_with_serde(body: &[u8]) -> Result<(Decoded, GetRecordsOutput)> {
     let reply: GetRecordsJson<'_> =
-        serde_json::from_slice(body).map_err(|e| bad_reply(e.to_string()))?;
+        serde_json::from_slice(body).map_err(|e| bad_reply(OP, e.to_string()))?;
     let records = reply.records.unwrap_or_default();
     let mut decoded = Decoded::for_body(body.len());
     decoded.records.reserve(records.len());
@@ -253,10 +241,10 @@ fn decode_with_serde(body: &[u8]) -> Result<(Decoded, GetRecordsOutput)> {
         BASE64
             .decode_vec(r.data.as_bytes(), &mut decoded.bytes)
             .map_err(|e| {
-                bad_reply(format!(
-                    "record {} has invalid base64 data: {e}",
-                    r.sequence_number
-                ))
+                bad_reply(
+                    OP,
+                    format!("record {} has invalid base64 data: {e}", r.sequence_number),
+                )
             })?;
         let data = decoded.span_from(start);
         decoded.push(
@@ -700,6 +688,7 @@ mod fast {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     fn decode(body: &[u8]) -> Result<GetRecordsOutput> {
         decode_get_records(body, &Arc::from("shardId-1"))

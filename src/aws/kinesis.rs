@@ -168,16 +168,19 @@ fn epoch_seconds(t: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
-fn bad_reply(operation: &'static str, message: impl Into<String>) -> Error {
+pub(super) fn bad_reply(operation: &'static str, message: impl Into<String>) -> Error {
     Error::Decode {
         operation,
         message: message.into(),
     }
 }
 
-fn parse_sequence(operation: &'static str, text: &str) -> Result<SequenceNumber> {
-    SequenceNumber::parse(text)
-        .ok_or_else(|| bad_reply(operation, format!("invalid sequence number {text:?}")))
+/// A sequence number from a reply (not yet known to be UTF-8).
+pub(super) fn parse_sequence(operation: &'static str, text: &[u8]) -> Result<SequenceNumber> {
+    SequenceNumber::from_bytes(text).ok_or_else(|| {
+        let shown = String::from_utf8_lossy(text);
+        bad_reply(operation, format!("invalid sequence number {shown:?}"))
+    })
 }
 
 #[derive(Deserialize)]
@@ -391,7 +394,7 @@ impl KinesisClient {
         let reply: Reply = self.client.call("PutRecord", &input)?;
         Ok(PutRecordOutput {
             shard_id: reply.shard_id,
-            sequence_number: parse_sequence("PutRecord", &reply.sequence_number)?,
+            sequence_number: parse_sequence("PutRecord", reply.sequence_number.as_bytes())?,
         })
     }
 
@@ -456,7 +459,7 @@ impl KinesisClient {
                 })),
                 (None, Some(seq), Some(shard_id)) => Ok(Ok(PutRecordOutput {
                     shard_id,
-                    sequence_number: parse_sequence("PutRecords", &seq)?,
+                    sequence_number: parse_sequence("PutRecords", seq.as_bytes())?,
                 })),
                 _ => Err(bad_reply(
                     "PutRecords",

@@ -414,28 +414,21 @@ impl<T: Send + 'static> Reader<T> {
                     match kpl::deaggregate(r.data()) {
                         Ok(users) => {
                             deaggregated += users.len() as u64;
-                            let spans: Vec<_> = users
-                                .iter()
-                                .map(|u| {
-                                    let span = |part: &[u8]| Span::within(&r.shared.bytes, part);
-                                    (
-                                        span(u.partition_key.as_bytes()),
-                                        u.explicit_hash_key.map(|k| span(k.as_bytes())),
-                                        span(u.data),
-                                    )
-                                })
-                                .collect();
-                            for (i, (key, hash_key, data)) in spans.into_iter().enumerate() {
+                            let span = |part: &[u8]| Span::within(&r.shared.bytes, part);
+                            for (i, u) in users.iter().enumerate() {
                                 deliver(Record {
+                                    shared: r.shared.clone(),
                                     position: ExtendedSequenceNumber {
                                         sequence_number: r.position.sequence_number.clone(),
                                         sub_sequence_number: i as u64,
                                     },
                                     aggregated: true,
-                                    partition_key: key,
-                                    explicit_hash_key: hash_key,
-                                    data,
-                                    ..r.clone()
+                                    partition_key: span(u.partition_key.as_bytes()),
+                                    explicit_hash_key: u
+                                        .explicit_hash_key
+                                        .map(|k| span(k.as_bytes())),
+                                    arrival: r.arrival,
+                                    data: span(u.data),
                                 });
                             }
                             continue;
