@@ -49,6 +49,9 @@ pub(crate) trait ShardRunner: Send {
     fn is_running(&self, shard_id: &str) -> bool;
     /// Stops every reader and waits for them.
     fn stop_all(&mut self);
+    /// Shards whose reader ended because the service answered that the
+    /// shard does not exist (ResourceNotFound), since the last call.
+    fn take_not_found(&mut self) -> Vec<String>;
 }
 
 /// What the rest of the consumer tells the coordinator.

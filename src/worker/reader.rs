@@ -140,6 +140,10 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
         self.readers.contains_key(shard_id)
     }
 
+    fn take_not_found(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+
     fn stop_all(&mut self) {
         for (stop, _) in self.readers.values() {
             stop.store(true, Ordering::Relaxed);
