@@ -1,15 +1,18 @@
 //! Prints an application's lease table: for each shard its owner, counter,
 //! checkpoint, parents and children, hash range, and why it is not being
-//! read when it is not (waiting for a parent, no worker, owner gone).
+//! read when it is not (waiting for a parent, no worker, owner gone,
+//! malformed row, expired from the stream).
 //!
 //! ```text
-//! cargo run --example leases -- --app A [--observe-ms N (3500)]
+//! cargo run --example leases -- --app A [--stream S] [--observe-ms N (3500)]
 //! ```
 //!
 //! It reads the table twice, `--observe-ms` apart: a lease whose counter did
 //! not move in between was not renewed, so its owner may be gone (workers
-//! renew every third of their failover time, 3.3 s by default). Endpoint,
-//! region and credentials come from the standard AWS environment.
+//! renew every third of their failover time, 3.3 s by default). With
+//! `--stream`, it lists the stream's shards at both reads too: a row whose
+//! shard neither listing has expired from the stream. Endpoint, region and
+//! credentials come from the standard AWS environment.
 
 mod support;
 
@@ -18,9 +21,10 @@ use std::time::Duration;
 
 use kinesis_consumer::aws::ClientConfig;
 use kinesis_consumer::aws::dynamodb::DynamoDbClient;
-use kinesis_consumer::{Checkpoint, Lease, list_leases};
+use kinesis_consumer::aws::kinesis::KinesisClient;
+use kinesis_consumer::{Checkpoint, LeaseStanding, Standing, inspect_leases, list_leases};
 
-const USAGE: &str = "usage: leases --app A [--observe-ms N (3500)]";
+const USAGE: &str = "usage: leases --app A [--stream S] [--observe-ms N (3500)]";
 
 fn main() {
     let args = support::Args::parse(USAGE, &[]);
@@ -28,20 +32,34 @@ fn main() {
     let observe = Duration::from_millis(args.number(USAGE, "observe-ms", 3500));
     let dynamodb = DynamoDbClient::new(&ClientConfig::new())
         .unwrap_or_else(|e| support::fail(USAGE, &e.to_string()));
-    let read =
-        || list_leases(&dynamodb, &app).unwrap_or_else(|e| support::fail(USAGE, &e.to_string()));
-    let before: HashMap<String, u64> = read()
+    let kinesis = args.get("stream").map(|stream| {
+        (
+            KinesisClient::new(&ClientConfig::new()).unwrap_or_else(fail),
+            stream,
+        )
+    });
+    let list_shards = || {
+        kinesis
+            .as_ref()
+            .map(|(k, stream)| k.list_shards(stream, None).unwrap_or_else(fail))
+    };
+    let mut listings: Vec<_> = list_shards().into_iter().collect();
+    let before: HashMap<String, u64> = list_leases(&dynamodb, &app)
+        .unwrap_or_else(fail)
         .into_iter()
         .map(|l| (l.shard_id, l.counter))
         .collect();
     std::thread::sleep(observe);
-    let mut leases = read();
-    leases.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
-    let workers: std::collections::BTreeSet<&str> =
-        leases.iter().filter_map(|l| l.owner.as_deref()).collect();
+    listings.extend(list_shards());
+    let mut rows = inspect_leases(&dynamodb, &app, &listings).unwrap_or_else(fail);
+    rows.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+    let workers: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|r| r.lease.as_ref()?.owner.as_deref())
+        .collect();
     println!(
         "lease table {app}: {} leases, {} workers {:?}",
-        leases.len(),
+        rows.len(),
         workers.len(),
         workers
     );
@@ -49,7 +67,15 @@ fn main() {
         "{:<24} {:<28} {:>8} {:<30} {:<24} {:<24} STATUS",
         "SHARD", "OWNER", "COUNTER", "CHECKPOINT", "PARENTS", "CHILDREN"
     );
-    for lease in &leases {
+    for row in &rows {
+        let status = status(row, before.get(&row.shard_id).copied(), observe);
+        let Some(lease) = &row.lease else {
+            println!(
+                "{:<24} {:<28} {:>8} {:<30} {:<24} {:<24} {}",
+                row.shard_id, "?", "?", "?", "?", "?", status
+            );
+            continue;
+        };
         let checkpoint = match &lease.checkpoint {
             Checkpoint::At(p) => format!(
                 "{}/{}",
@@ -58,12 +84,6 @@ fn main() {
             ),
             other => format!("{other:?}"),
         };
-        let status = status(
-            lease,
-            &leases,
-            before.get(&lease.shard_id).copied(),
-            observe,
-        );
         println!(
             "{:<24} {:<28} {:>8} {:<30} {:<24} {:<24} {}",
             lease.shard_id,
@@ -81,33 +101,41 @@ fn main() {
 }
 
 /// Why a shard is or is not being read.
-fn status(
-    lease: &Lease,
-    leases: &[Lease],
-    counter_before: Option<u64>,
-    observe: Duration,
-) -> String {
-    if lease.checkpoint == Checkpoint::ShardEnd {
-        return "finished (read to its end)".into();
-    }
-    let waiting = lease.unfinished_parents(leases);
-    let mut status = match &lease.owner {
-        None => "no worker: unowned, the next lease check takes it".to_owned(),
-        Some(_) if counter_before == Some(lease.counter) && !observe.is_zero() => {
-            format!(
-                "expired? not renewed in {:.1} s: its owner may be gone",
-                observe.as_secs_f64()
-            )
+fn status(row: &LeaseStanding, counter_before: Option<u64>, observe: Duration) -> String {
+    let Some(lease) = &row.lease else {
+        let Standing::Malformed(why) = &row.standing else {
+            return format!("{:?}", row.standing);
+        };
+        return format!(
+            "malformed row: {why}; never taken, its children wait until it is repaired or deleted"
+        );
+    };
+    let mut status = match &row.standing {
+        Standing::Finished => return "finished (read to its end)".into(),
+        Standing::Expired => {
+            return "expired from the stream: its unread records are lost; counts as finished"
+                .into();
         }
-        Some(_) if !waiting.is_empty() => {
-            format!("blocked: waiting for parent {}", waiting.join(", "))
+        Standing::NotListed => "not listed by the stream".to_owned(),
+        Standing::Malformed(why) => format!("malformed row: {why}"),
+        _ if lease.owner.is_none() => {
+            "no worker: unowned, the next lease check takes it".to_owned()
         }
-        Some(_) => "reading".to_owned(),
+        _ if counter_before == Some(lease.counter) && !observe.is_zero() => format!(
+            "expired? not renewed in {:.1} s: its owner may be gone",
+            observe.as_secs_f64()
+        ),
+        Standing::Blocked(waiting) => format!("blocked: waiting for parent {}", waiting.join(", ")),
+        _ => "reading".to_owned(),
     };
     if let Some(to) = &lease.handoff_to {
         status.push_str(&format!("; being handed over to {to}"));
     }
     status
+}
+
+fn fail<T>(e: kinesis_consumer::Error) -> T {
+    support::fail(USAGE, &e.to_string())
 }
 
 fn short(seq: &str) -> String {

@@ -330,14 +330,17 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         self
     }
 
-    /// How long to wait for a connection to an AWS endpoint. Defaults to 3 s.
+    /// How long to wait for a connection to an AWS endpoint. Defaults to 3 s
+    /// (lease-table requests use at most a tenth of the failover time).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.settings.connect_timeout = timeout;
         self
     }
 
     /// How long to wait for each reply from AWS before the request counts
-    /// as failed (and is retried). Defaults to 10 s.
+    /// as failed (and is retried). Defaults to 10 s. Lease-table requests
+    /// use at most a tenth of the failover time (1 s by default), so that
+    /// one hung DynamoDB connection cannot outlast a lease.
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.settings.read_timeout = timeout;
         self
@@ -497,10 +500,18 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         };
         let kinesis = KinesisClient::new(&base(&self.settings.endpoint_url, &None))
             .map_err(rename_endpoint("endpoint_url"))?;
-        let dynamodb = DynamoDbClient::new(&base(
-            &self.settings.dynamodb_endpoint_url,
-            &self.settings.dynamodb_credentials,
-        ))
+        // Lease-table requests give up well within a renewal period, so a
+        // hung connection puts only the lease it concerns at risk (a
+        // request and its retries take about a third of the failover time).
+        let lease_timeout = (self.settings.failover_time / 10).max(Duration::from_millis(100));
+        let dynamodb = DynamoDbClient::new(
+            &base(
+                &self.settings.dynamodb_endpoint_url,
+                &self.settings.dynamodb_credentials,
+            )
+            .connect_timeout(self.settings.connect_timeout.min(lease_timeout))
+            .read_timeout(self.settings.read_timeout.min(lease_timeout)),
+        )
         .map_err(rename_endpoint("dynamodb_endpoint_url"))?;
         // Resolved even when metrics are off, so a bad setting fails here.
         // Short timeouts: a slow CloudWatch only delays the publisher thread,

@@ -142,7 +142,7 @@ pub mod __fuzz {
 
 pub use config::{ConsumerBuilder, InitialPosition, MetricsDimension, MetricsLevel};
 pub use error::{Error, Result, ServiceError};
-pub use lease::{Checkpoint, Lease, list_leases};
+pub use lease::{Checkpoint, Lease, LeaseStanding, Standing, inspect_leases, list_leases};
 pub use metrics::{MetricSample, MetricUnit, MetricsHandle, PublishStats, Statistics};
 pub use record::{ExtendedSequenceNumber, Payload, Record, SequenceNumber};
 pub use worker::batch::{Batch, Message, ShardBatch};

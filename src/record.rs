@@ -11,13 +11,13 @@ use std::time::SystemTime;
 ///
 /// Sequence numbers compare as integers, never as strings ("9" < "10").
 /// Numbers of up to 62 digits are stored inline: making one allocates nothing.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct SequenceNumber(Digits);
 
 /// How many digits a sequence number keeps inline (the struct stays 64 bytes).
 const INLINE_DIGITS: usize = 62;
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 enum Digits {
     Inline {
         len: u8,
@@ -74,11 +74,32 @@ fn all_digits(text: &[u8]) -> bool {
     digits && words.remainder().iter().all(u8::is_ascii_digit)
 }
 
+impl SequenceNumber {
+    /// The digits without leading zeros: what equality, hashing and order
+    /// look at, so that "007" and "7" are one number everywhere.
+    fn significant(&self) -> &str {
+        self.as_str().trim_start_matches('0')
+    }
+}
+
 impl Ord for SequenceNumber {
     fn cmp(&self, other: &Self) -> Ordering {
-        let a = self.as_str().trim_start_matches('0');
-        let b = other.as_str().trim_start_matches('0');
+        let (a, b) = (self.significant(), other.significant());
         a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+    }
+}
+
+impl PartialEq for SequenceNumber {
+    fn eq(&self, other: &Self) -> bool {
+        self.significant() == other.significant()
+    }
+}
+
+impl Eq for SequenceNumber {}
+
+impl std::hash::Hash for SequenceNumber {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.significant().hash(state);
     }
 }
 
@@ -323,6 +344,11 @@ mod tests {
         assert!(seq("9") < seq("10"));
         assert!(seq("0") < seq("1"));
         assert_eq!(seq("007").cmp(&seq("7")), Ordering::Equal);
+        // Equality and hashing agree with the order.
+        assert_eq!(seq("007"), seq("7"));
+        let set: std::collections::HashSet<SequenceNumber> = [seq("007"), seq("7")].into();
+        assert_eq!(set.len(), 1);
+        assert_ne!(seq("70"), seq("7"));
         let big = "49590338271490256608559692538361571095921575989136588898";
         assert!(seq(big) > seq("49590338271490256608559692538361571095921575989136588897"));
         assert!(seq(big) > seq("99999999999999999999"));

@@ -4,7 +4,8 @@
 use std::fmt;
 use std::io::Read;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -183,6 +184,9 @@ pub(crate) struct Client {
     credentials: Arc<dyn ProvideCredentials>,
     retry_wait: Duration,
     max_attempts: u32,
+    /// The `Date` of the latest reply that had one, in seconds since the
+    /// epoch (0: none yet).
+    service_time: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for Client {
@@ -222,7 +226,17 @@ impl Client {
             credentials,
             retry_wait: config.retry_wait,
             max_attempts: config.max_attempts,
+            service_time: Arc::default(),
         })
+    }
+
+    /// The service's clock as of the latest reply that carried a `Date`
+    /// header (whole seconds, so never later than the service's time then).
+    pub(crate) fn service_time(&self) -> Option<SystemTime> {
+        match self.service_time.load(Ordering::Relaxed) {
+            0 => None,
+            secs => Some(UNIX_EPOCH + Duration::from_secs(secs)),
+        }
     }
 
     /// The endpoint requests go to.
@@ -316,6 +330,13 @@ impl Client {
             .find_map(|h| reply.headers().get(*h))
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        if let Some(date) = reply
+            .headers()
+            .get("date")
+            .and_then(|v| http_date_seconds(v.to_str().ok()?))
+        {
+            self.service_time.store(date, Ordering::Relaxed);
+        }
         let error_type = reply
             .headers()
             .get("x-amzn-errortype")
@@ -432,6 +453,40 @@ fn describe_body(body: &[u8]) -> String {
 /// The wait before retry number `attempt` (1-based): `base` doubled per
 /// attempt, capped at 20 s, half of it fixed and half random so that many
 /// readers throttled together do not retry together.
+/// Seconds since the epoch of an HTTP date in the IMF-fixdate form every
+/// AWS service sends (`Sun, 06 Nov 1994 08:49:37 GMT`); `None` otherwise.
+pub(crate) fn http_date_seconds(text: &str) -> Option<u64> {
+    let mut parts = text.split_whitespace().skip(1);
+    let day: u64 = parts.next()?.parse().ok()?;
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let name = parts.next()?;
+    let month = MONTHS.iter().position(|m| *m == name)? as u64 + 1;
+    let year: u64 = parts.next()?.parse().ok()?;
+    let mut clock = parts.next()?.split(':').map(|n| n.parse::<u64>().ok());
+    let (h, m, sec) = (clock.next()??, clock.next()??, clock.next()??);
+    if parts.next() != Some("GMT")
+        || !(1..=31).contains(&day)
+        || year < 1970
+        || h > 23
+        || m > 59
+        || sec > 60
+    {
+        return None;
+    }
+    // Days from the civil date (proleptic Gregorian), with March as the
+    // first month so that leap days fall at the end of the year.
+    let (y, mp) = if month > 2 {
+        (year, month - 3)
+    } else {
+        (year - 1, month + 9)
+    };
+    let era_day = 365 * y + y / 4 - y / 100 + y / 400 + (153 * mp + 2) / 5 + day - 1;
+    let days = era_day.checked_sub(719_468)?;
+    Some(days * 86_400 + h * 3_600 + m * 60 + sec)
+}
+
 pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
     let cap = base
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))
@@ -442,6 +497,27 @@ pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_http_dates() {
+        assert_eq!(http_date_seconds("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            http_date_seconds("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            http_date_seconds("Thu, 29 Feb 2024 23:59:59 GMT"),
+            Some(1_709_251_199)
+        );
+        for bad in [
+            "",
+            "Sun, 06 Nov 1994 08:49:37 PST",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49 GMT",
+        ] {
+            assert_eq!(http_date_seconds(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

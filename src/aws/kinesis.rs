@@ -228,6 +228,12 @@ impl KinesisClient {
         self.client.endpoint().url()
     }
 
+    /// The service's clock as of the latest reply (its `Date` header, whole
+    /// seconds), if a reply had one.
+    pub(crate) fn service_time(&self) -> Option<SystemTime> {
+        self.client.service_time()
+    }
+
     /// Lists the stream's shards, following every page.
     pub fn list_shards(&self, stream: &str, filter: Option<&ShardFilter>) -> Result<Vec<Shard>> {
         let filter = filter.map(|f| match f {

@@ -1,7 +1,9 @@
 //! The lease coordinator thread: keeps the lease table in step with the
 //! stream's shards, renews what this worker holds, takes expired or unowned
 //! leases, steals towards an even share, and tells the shard runner which
-//! shards to read. It never reads records itself.
+//! shards to read. It never reads records itself. What to do is decided by
+//! the pure functions of `plan.rs`; this module gathers their inputs and
+//! carries their decisions out.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,19 +14,19 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::aws::client::backoff;
 use crate::aws::kinesis::{KinesisClient, Shard};
 use crate::error::Result;
-use crate::lease::{Checkpoint, HeldLeases, Lease};
+use crate::lease::held::ROUND_SLACK;
+use crate::lease::plan::{self, Lineage, RoundInput, RoundPlan, Row, Standing};
+use crate::lease::{Checkpoint, HeldLeases};
 use crate::metrics::{Metric, Metrics};
 
 /// How long startup retries failures that may pass.
 pub(crate) const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Take rounds come every third of the failover time, so the third round
-/// after a lease was seen is the failover time later, give or take timing
-/// jitter of a few milliseconds either way. Without some slack, a lease
-/// would expire at the third round or at the fourth (3.3 s later) by chance.
-const ROUND_SLACK: Duration = Duration::from_millis(100);
-
-/// True once `waited` is the failover time, allowing for [`ROUND_SLACK`].
+/// True once `waited` is the failover time, allowing for [`ROUND_SLACK`]:
+/// take rounds come every third of the failover time, so the third round
+/// after a lease was seen is the failover time later, give or take a few
+/// milliseconds either way; without slack a lease would expire at the
+/// third round or at the fourth (3.3 s later) by chance.
 fn has_waited(waited: Duration, failover: Duration) -> bool {
     waited + ROUND_SLACK >= failover
 }
@@ -54,6 +56,26 @@ pub(crate) trait ShardRunner: Send {
     fn take_not_found(&mut self) -> Vec<String>;
 }
 
+/// The stream's shards, as the coordinator sees them.
+pub(crate) trait ShardSource: Send {
+    /// Every shard the stream lists, and the service's time of the listing
+    /// when it said (rounded down to the second), for pinning `Latest`.
+    fn list_shards(&self) -> Result<(Vec<Shard>, Option<SystemTime>)>;
+}
+
+/// The shards of one Kinesis stream.
+pub(crate) struct StreamShards {
+    pub kinesis: KinesisClient,
+    pub stream: String,
+}
+
+impl ShardSource for StreamShards {
+    fn list_shards(&self) -> Result<(Vec<Shard>, Option<SystemTime>)> {
+        let shards = self.kinesis.list_shards(&self.stream, None)?;
+        Ok((shards, self.kinesis.service_time()))
+    }
+}
+
 /// What the rest of the consumer tells the coordinator.
 #[derive(Debug)]
 pub(crate) enum CoordinatorEvent {
@@ -66,35 +88,34 @@ pub(crate) enum CoordinatorEvent {
 /// The lease coordinator of one worker.
 pub(crate) struct Coordinator<R: ShardRunner> {
     held: Arc<HeldLeases>,
-    kinesis: KinesisClient,
+    shards: Box<dyn ShardSource>,
     stream: String,
     initial: Checkpoint,
     timings: LeaseTimings,
     runner: R,
+    metrics: Metrics,
+    /// The stream's shards as of the last shard sync.
+    listed: Vec<Shard>,
+    /// For each row: how many listings in a row left its shard out.
+    misses: HashMap<String, u32>,
+    /// Shards whose reader was told by the service that they do not exist.
+    not_found: HashSet<String>,
     /// For each lease seen: owner and counter, and since when (our clock)
     /// they have not changed. A lease is expired when its counter has not
     /// moved for the failover time; no cross-host clock is ever compared.
     observed: HashMap<String, (Option<String>, u64, Instant)>,
-    /// Shards already reported as waiting for a parent, to log it once.
-    blocked: HashSet<String>,
-    /// Leases we asked their owners to hand over, and when.
-    handoffs_asked: HashMap<String, Instant>,
-    metrics: Metrics,
-    /// The stream's shards as of the last shard sync: a lease row naming
-    /// any other shard is never taken (its reader could only fail).
-    stream_shards: HashSet<String>,
-    /// Lease rows already reported as naming no shard of the stream.
-    foreign: HashSet<String>,
-}
-
-fn ceil_div(a: usize, b: usize) -> usize {
-    a.div_ceil(b.max(1))
+    /// Leases asked of their owners for this worker, and since when (our
+    /// clock) we have seen them asked: also those asked before a restart.
+    handoffs_seen: HashMap<String, Instant>,
+    /// Rows already reported (waiting, not listed, gone, malformed), to
+    /// log each once; rows that left the table are forgotten.
+    reported: HashMap<String, Standing>,
 }
 
 impl<R: ShardRunner> Coordinator<R> {
     pub(crate) fn new(
         held: Arc<HeldLeases>,
-        kinesis: KinesisClient,
+        shards: Box<dyn ShardSource>,
         stream: &str,
         initial: Checkpoint,
         timings: LeaseTimings,
@@ -103,18 +124,23 @@ impl<R: ShardRunner> Coordinator<R> {
     ) -> Coordinator<R> {
         Coordinator {
             held,
-            kinesis,
+            shards,
             stream: stream.to_owned(),
             initial,
             timings,
             runner,
-            observed: HashMap::new(),
-            blocked: HashSet::new(),
-            handoffs_asked: HashMap::new(),
             metrics,
-            stream_shards: HashSet::new(),
-            foreign: HashSet::new(),
+            listed: Vec::new(),
+            misses: HashMap::new(),
+            not_found: HashSet::new(),
+            observed: HashMap::new(),
+            handoffs_seen: HashMap::new(),
+            reported: HashMap::new(),
         }
+    }
+
+    fn now(&self) -> Instant {
+        self.held.clock().now()
     }
 
     /// The first shard sync and lease take, on the caller's thread so that
@@ -155,12 +181,7 @@ impl<R: ShardRunner> Coordinator<R> {
             match events.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Ok(CoordinatorEvent::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(CoordinatorEvent::ShardFinished(shard_id)) => {
-                    log::info!("shard {shard_id} finished; looking for its children");
-                    self.runner.stop(&shard_id);
-                    if let Err(e) = self.held.release(&shard_id) {
-                        log::warn!("releasing finished lease {shard_id}: {e}");
-                    }
-                    Self::log_failure("shard sync", self.sync_shards());
+                    self.shard_finished(&shard_id);
                     next_sync = Instant::now() + self.timings.shard_sync_interval;
                     next_take = Instant::now();
                 }
@@ -168,17 +189,7 @@ impl<R: ShardRunner> Coordinator<R> {
             }
             let now = Instant::now();
             if now >= next_renew {
-                let renewed = self.held.renew_all();
-                for shard_id in renewed.lost.iter().chain(&renewed.handing_off) {
-                    self.runner.stop(shard_id);
-                }
-                self.metrics.record(
-                    None,
-                    &[
-                        (Metric::LeasesHeld, self.held.len() as f64),
-                        (Metric::LeasesLost, self.held.take_lost_count() as f64),
-                    ],
-                );
+                self.renew();
                 next_renew = now + self.timings.renew_interval;
             }
             if now >= next_sync {
@@ -198,6 +209,37 @@ impl<R: ShardRunner> Coordinator<R> {
                 next_take = now + if waiting { interval / 2 } else { interval };
             }
         }
+        self.stop();
+    }
+
+    /// A shard's end is checkpointed: give its lease up and look for its
+    /// children at once.
+    pub(crate) fn shard_finished(&mut self, shard_id: &str) {
+        log::info!("shard {shard_id} finished; looking for its children");
+        self.runner.stop(shard_id);
+        if let Err(e) = self.held.release(shard_id) {
+            log::warn!("releasing finished lease {shard_id}: {e}");
+        }
+        Self::log_failure("shard sync", self.sync_shards());
+    }
+
+    /// One renewal round.
+    pub(crate) fn renew(&mut self) {
+        let renewed = self.held.renew_all();
+        for shard_id in renewed.lost.iter().chain(&renewed.handing_off) {
+            self.runner.stop(shard_id);
+        }
+        self.metrics.record(
+            None,
+            &[
+                (Metric::LeasesHeld, self.held.len() as f64),
+                (Metric::LeasesLost, self.held.take_lost_count() as f64),
+            ],
+        );
+    }
+
+    /// Stops every reader and releases every lease.
+    pub(crate) fn stop(&mut self) {
         self.runner.stop_all();
         for (shard_id, _) in self.held.shards() {
             match self.held.release(&shard_id) {
@@ -213,85 +255,106 @@ impl<R: ShardRunner> Coordinator<R> {
         }
     }
 
-    /// Creates leases for new shards, records children on their parents,
-    /// and deletes finished leases of shards the stream no longer lists.
-    fn sync_shards(&mut self) -> Result<()> {
-        let shards = self.kinesis.list_shards(&self.stream, None)?;
-        self.stream_shards = shards.iter().map(|s| s.shard_id.clone()).collect();
-        let leases = self.held.table().list()?;
-        let mut known: HashMap<String, Lease> = leases
-            .into_iter()
-            .map(|l| (l.shard_id.clone(), l))
-            .collect();
-        // A closed shard without a lease whose children have leases was
-        // finished and cleaned up (or is older than where we started):
-        // never lease it again. Judge by the leases from before this sync.
-        let finished: HashSet<String> = shards
-            .iter()
-            .filter(|s| known.contains_key(&s.shard_id))
-            .flat_map(|s| s.parents())
-            .filter(|p| !known.contains_key(*p))
-            .map(str::to_owned)
-            .collect();
-        for shard in &shards {
-            if known.contains_key(&shard.shard_id) || finished.contains(&shard.shard_id) {
-                continue;
-            }
-            let parent_leased = shard.parents().any(|p| known.contains_key(p));
-            let checkpoint = match self.initial {
-                // Starting at the tip: closed shards of old reshards hold only
-                // old data; but children of shards we read start at their
-                // beginning, or records between parent and child would be lost.
-                Checkpoint::Latest if parent_leased => Checkpoint::TrimHorizon,
-                Checkpoint::Latest if shard.is_closed() => continue,
-                // Pin "latest" to now, so that records put before the first
-                // checkpoint are read even if the lease changes hands first.
-                Checkpoint::Latest => Checkpoint::AtTimestamp(Some(SystemTime::now())),
-                ref initial => initial.clone(),
-            };
-            let lease = new_lease(shard, checkpoint);
+    /// Lists the stream, creates leases for new shards following their
+    /// lineage, and records children on their parents' leases.
+    pub(crate) fn sync_shards(&mut self) -> Result<()> {
+        let (shards, service_time) = self.shards.list_shards()?;
+        let rows = self.held.table().list()?;
+        let lineage = Lineage::new(&shards);
+        self.misses = plan::count_misses(&rows, &lineage, &self.misses);
+        // Pin "latest" by the service's clock where it said, never later
+        // than ours: a fast local clock must not skip records.
+        let now = SystemTime::now();
+        let pin = service_time.map_or(now, |t| t.min(now));
+        for lease in plan::new_leases(&rows, &lineage, &self.initial, pin) {
             if self.held.table().create(&lease)? {
                 log::info!(
                     "new lease for shard {} (parents {:?}) at {:?}",
-                    shard.shard_id,
+                    lease.shard_id,
                     lease.parents,
                     lease.checkpoint
                 );
             }
-            known.insert(shard.shard_id.clone(), lease);
         }
-        for lease in known.values() {
-            let children: Vec<String> = shards
+        for lease in rows.iter().filter_map(Row::lease) {
+            let children = lineage.children(&lease.shard_id);
+            if children
                 .iter()
-                .filter(|s| s.parents().any(|p| p == lease.shard_id))
-                .map(|s| s.shard_id.clone())
-                .collect();
-            if !children.is_empty() && children.iter().any(|c| !lease.children.contains(c)) {
+                .any(|c| !lease.children.iter().any(|k| k == c))
+            {
+                let children: Vec<String> = children.iter().map(|c| (*c).to_owned()).collect();
                 self.held.table().set_children(&lease.shard_id, &children)?;
             }
-            let gone = shards.iter().all(|s| s.shard_id != lease.shard_id);
-            if lease.checkpoint == Checkpoint::ShardEnd && gone {
-                log::info!(
-                    "deleting the lease of finished shard {} (no longer in the stream)",
-                    lease.shard_id
-                );
-                self.held.table().delete_finished(&lease.shard_id)?;
-            }
         }
+        self.listed = shards;
         Ok(())
     }
 
-    /// Takes unowned and expired leases, asks the busiest workers to hand
-    /// leases over towards an even share, cleans up finished leases, and
-    /// starts reading every held shard whose parents are finished. Returns
-    /// true while some asked-for lease has not arrived yet.
-    fn take_and_start(&mut self) -> Result<bool> {
-        let leases = self.held.table().list()?;
-        let now = Instant::now();
+    /// Reads the table, then takes unowned and expired leases, asks the
+    /// busiest workers to hand leases over towards an even share, cleans up
+    /// finished leases, and starts reading every held shard whose parents
+    /// are finished. Returns true while some asked-for lease has not
+    /// arrived yet.
+    pub(crate) fn take_and_start(&mut self) -> Result<bool> {
+        let rows = self.held.table().list()?;
+        let now = self.now();
         let me = self.held.owner().to_owned();
-        self.observed
-            .retain(|id, _| leases.iter().any(|l| &l.shard_id == id));
-        for lease in &leases {
+        self.observe(&rows, now, &me);
+        self.not_found.extend(self.runner.take_not_found());
+        // Borrowed out while the round runs; put back below.
+        let listed = std::mem::take(&mut self.listed);
+        let result = self.plan_and_carry_out(&rows, &listed, now, &me);
+        self.listed = listed;
+        result
+    }
+
+    fn plan_and_carry_out(
+        &mut self,
+        rows: &[Row],
+        listed: &[Shard],
+        now: Instant,
+        me: &str,
+    ) -> Result<bool> {
+        let lineage = Lineage::new(listed);
+        let gone = plan::gone(&self.misses, &self.not_found);
+        let standings = plan::standings(rows, &lineage, &gone);
+        self.report(&standings);
+        let failover = self.timings.failover;
+        let stale: HashSet<String> = self
+            .observed
+            .iter()
+            .filter(|(_, (_, _, since))| has_waited(now.duration_since(*since), failover))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let overdue: HashSet<String> = self
+            .handoffs_seen
+            .iter()
+            .filter(|(_, since)| has_waited(now.duration_since(**since), failover))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let held: HashSet<String> = self.held.shards().into_iter().map(|(id, _)| id).collect();
+        let plan = plan::plan_round(&RoundInput {
+            me,
+            rows,
+            standings: &standings,
+            lineage: &lineage,
+            held: &held,
+            stale: &stale,
+            handoff_overdue: &overdue,
+            max_leases: self.timings.max_leases_per_worker,
+        });
+        self.carry_out(&plan, rows, &held, &standings)
+    }
+
+    /// Notes, for every lease, since when its owner and counter stood still,
+    /// and since when it has been asked of its owner for this worker.
+    fn observe(&mut self, rows: &[Row], now: Instant, me: &str) {
+        let in_table: HashSet<&str> = rows.iter().map(Row::shard_id).collect();
+        self.observed.retain(|id, _| in_table.contains(id.as_str()));
+        self.misses.retain(|id, _| in_table.contains(id.as_str()));
+        self.not_found.retain(|id| in_table.contains(id.as_str()));
+        self.reported.retain(|id, _| in_table.contains(id.as_str()));
+        for lease in rows.iter().filter_map(Row::lease) {
             let seen = self.observed.entry(lease.shard_id.clone()).or_insert((
                 lease.owner.clone(),
                 lease.counter,
@@ -301,138 +364,123 @@ impl<R: ShardRunner> Coordinator<R> {
                 *seen = (lease.owner.clone(), lease.counter, now);
             }
         }
-        self.delete_finished(&leases)?;
-        let held: HashSet<String> = self.held.shards().into_iter().map(|(id, _)| id).collect();
+        self.handoffs_seen.retain(|id, _| {
+            rows.iter()
+                .filter_map(Row::lease)
+                .any(|l| &l.shard_id == id && l.handoff_to.as_deref() == Some(me))
+        });
+        for lease in rows.iter().filter_map(Row::lease) {
+            if lease.handoff_to.as_deref() == Some(me) {
+                self.handoffs_seen
+                    .entry(lease.shard_id.clone())
+                    .or_insert(now);
+            }
+        }
+    }
+
+    /// Logs, once per row and standing, what keeps a shard from being read.
+    fn report(&mut self, standings: &HashMap<String, Standing>) {
+        for (shard_id, standing) in standings {
+            if self.reported.get(shard_id) == Some(standing) {
+                continue;
+            }
+            match standing {
+                Standing::Blocked(parents) => {
+                    log::info!("shard {shard_id} waits for its parents {parents:?} to finish")
+                }
+                Standing::NotListed => log::warn!(
+                    "lease table row {shard_id} names no shard the stream {} lists; not taking it",
+                    self.stream
+                ),
+                Standing::Expired => log::warn!(
+                    "shard {shard_id} expired from the stream {} before it was read to its end: its unread records are lost; its lease counts as finished",
+                    self.stream
+                ),
+                Standing::Malformed(why) => log::warn!(
+                    "lease table row {shard_id} is malformed ({why}): never taken, and its children wait until it is repaired or deleted"
+                ),
+                Standing::Readable | Standing::Finished => {}
+            }
+            self.reported.insert(shard_id.clone(), standing.clone());
+        }
+    }
+
+    fn carry_out(
+        &mut self,
+        plan: &RoundPlan,
+        rows: &[Row],
+        held: &HashSet<String>,
+        standings: &HashMap<String, Standing>,
+    ) -> Result<bool> {
+        let (mut taken, mut stolen) = (0u32, 0u32);
+        let lease = |id: &str| {
+            rows.iter()
+                .filter_map(Row::lease)
+                .find(|l| l.shard_id == id)
+        };
         // A reader whose lease was dropped elsewhere (a refused checkpoint
         // forgets the lease on the ticker's side) reads for nobody: stop it,
         // or a later take of the same shard would find it "running" under
         // the old epoch and never start a reader that counts.
-        for lease in &leases {
-            if !held.contains(&lease.shard_id) && self.runner.is_running(&lease.shard_id) {
-                log::info!(
-                    "stopping the reader of {}: its lease is gone",
-                    lease.shard_id
-                );
-                self.runner.stop(&lease.shard_id);
+        for row in rows {
+            let id = row.shard_id();
+            if !held.contains(id) && self.runner.is_running(id) {
+                log::info!("stopping the reader of {id}: its lease is gone");
+                self.runner.stop(id);
             }
         }
-        let (mut taken, mut stolen, mut lost) = (0u32, 0u32, 0u32);
-        // A lease the table gives to someone else is lost, whatever we thought.
-        for lease in &leases {
-            if held.contains(&lease.shard_id) && lease.owner.as_deref() != Some(me.as_str()) {
-                lost += 1;
-                log::info!(
-                    "lease {} lost: now owned by {:?}",
-                    lease.shard_id,
-                    lease.owner
-                );
-                self.runner.stop(&lease.shard_id);
-                self.held.drop_lost(&lease.shard_id);
-            }
+        for shard_id in &plan.lost {
+            log::info!(
+                "lease {shard_id} lost: now owned by {:?}",
+                lease(shard_id).and_then(|l| l.owner.clone())
+            );
+            self.runner.stop(shard_id);
+            self.held.drop_lost(shard_id);
         }
-        let failover = self.timings.failover;
-        let unchanged_for = |l: &Lease| {
-            self.observed
-                .get(&l.shard_id)
-                .map_or(Duration::ZERO, |o| now.duration_since(o.2))
-        };
-        for lease in &leases {
-            if !self.stream_shards.contains(&lease.shard_id)
-                && self.foreign.insert(lease.shard_id.clone())
-            {
-                log::warn!(
-                    "lease table row {} names no shard of stream {}; ignoring it",
-                    lease.shard_id,
-                    self.stream
-                );
-            }
-        }
-        let open: Vec<&Lease> = leases
-            .iter()
-            .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
-            .filter(|l| self.stream_shards.contains(&l.shard_id))
-            .collect();
-        let mut available: Vec<&Lease> = Vec::new();
-        let mut by_owner: HashMap<&str, Vec<&Lease>> = HashMap::new();
-        for lease in &open {
-            match lease.owner.as_deref() {
-                Some(owner) if owner == me && held.contains(&lease.shard_id) => {}
-                None => available.push(lease),
-                // Handed to us, or ours from an earlier run under this id.
-                Some(owner) if owner == me => available.push(lease),
-                Some(_) if has_waited(unchanged_for(lease), failover) => available.push(lease),
-                Some(owner) => by_owner.entry(owner).or_default().push(lease),
-            }
-        }
-        let workers = by_owner.len() + 1;
-        let target = ceil_div(open.len(), workers).min(self.timings.max_leases_per_worker);
-        let mut mine = self.held.len();
-        for lease in available {
-            if mine >= target {
-                break;
-            }
-            if self.held.take(&lease.shard_id, lease.counter)?.is_some() {
-                log::info!("took lease {} (was {:?})", lease.shard_id, lease.owner);
-                mine += 1;
-                taken += 1;
-            }
-        }
-        // Leases already asked for count as ours; one asked for longer than
-        // the failover time ago (its owner ignores handoffs) is taken.
-        let mut waiting = false;
-        for (owner, owned) in by_owner.iter_mut() {
-            let mut still_owned = Vec::new();
-            for lease in owned.drain(..) {
-                if lease.handoff_to.as_deref() != Some(me.as_str()) {
-                    still_owned.push(lease);
-                    continue;
+        for shard_id in &plan.delete {
+            match lease(shard_id) {
+                Some(l) if l.checkpoint == Checkpoint::ShardEnd => {
+                    log::info!("deleting the lease of finished shard {shard_id}");
+                    self.held.table().delete_finished(shard_id)?;
                 }
-                let asked = self
-                    .handoffs_asked
-                    .get(&lease.shard_id)
-                    .copied()
-                    .unwrap_or(now);
-                if has_waited(now.duration_since(asked), failover)
-                    && self.held.take(&lease.shard_id, lease.counter)?.is_some()
-                {
-                    log::info!(
-                        "took lease {} from {owner}, which did not hand it over",
-                        lease.shard_id
+                Some(l) => {
+                    log::warn!(
+                        "deleting the lease of shard {shard_id}, gone from the stream at {:?}",
+                        l.checkpoint
                     );
+                    self.runner.stop(shard_id);
+                    self.held.drop_lost(shard_id);
+                    self.held.table().delete_gone(shard_id, l.counter)?;
+                }
+                None => {}
+            }
+        }
+        for shard_id in &plan.release {
+            self.runner.stop(shard_id);
+            log::info!("giving lease {shard_id} up");
+            self.held.release(shard_id)?;
+        }
+        for (shard_id, counter) in &plan.take {
+            let owner = lease(shard_id).and_then(|l| l.owner.clone());
+            if self.held.take(shard_id, *counter)?.is_some() {
+                log::info!("took lease {shard_id} (was {owner:?})");
+                if self.handoffs_seen.remove(shard_id).is_some() {
                     stolen += 1;
                 } else {
-                    waiting = true;
+                    taken += 1;
                 }
-                mine += 1;
             }
-            *owned = still_owned;
         }
-        self.handoffs_asked.retain(|id, _| {
-            leases
-                .iter()
-                .any(|l| &l.shard_id == id && l.handoff_to.as_deref() == Some(me.as_str()))
-        });
-        // Ask the busiest workers for leases, several per round if needed,
-        // but never one at or below the target: no ping-pong.
-        let mut victims: Vec<(&str, Vec<&Lease>)> = by_owner.into_iter().collect();
-        victims.sort_by_key(|(owner, l)| (std::cmp::Reverse(l.len()), *owner));
-        for (owner, owned) in victims {
-            let spare = owned.len().saturating_sub(target);
-            for lease in owned.into_iter().take(spare) {
-                if mine >= target {
-                    break;
-                }
-                if self
-                    .held
-                    .table()
-                    .request_handoff(&lease.shard_id, owner, lease.counter, &me)?
-                {
-                    log::info!("asked {owner} to hand lease {} over", lease.shard_id);
-                    self.handoffs_asked.insert(lease.shard_id.clone(), now);
-                    waiting = true;
-                    mine += 1;
-                    stolen += 1;
-                }
+        let me = self.held.owner().to_owned();
+        for (shard_id, owner, counter) in &plan.ask {
+            if self
+                .held
+                .table()
+                .request_handoff(shard_id, owner, *counter, &me)?
+            {
+                log::info!("asked {owner} to hand lease {shard_id} over");
+                self.handoffs_seen.insert(shard_id.clone(), self.now());
+                stolen += 1;
             }
         }
         self.metrics.record(
@@ -440,84 +488,35 @@ impl<R: ShardRunner> Coordinator<R> {
             &[
                 (Metric::LeasesTaken, f64::from(taken)),
                 (Metric::LeasesStolen, f64::from(stolen)),
-                (Metric::Workers, workers as f64),
-                (Metric::LeasesLost, f64::from(lost)),
+                (Metric::Workers, plan.workers as f64),
+                (Metric::LeasesLost, plan.lost.len() as f64),
+                (Metric::ShardsBlockedOnParent, plan.blocked.len() as f64),
             ],
         );
-        self.start_readable(&leases)?;
-        Ok(waiting)
+        self.start_readable(rows, standings);
+        Ok(plan.waiting)
     }
 
-    /// Deletes the leases of finished shards once every child has started,
-    /// so that no child can be mistaken for one without parents.
-    fn delete_finished(&self, leases: &[Lease]) -> Result<()> {
-        let started = |id: &String| {
-            leases
-                .iter()
-                .any(|l| &l.shard_id == id && l.checkpoint.has_started())
-        };
-        for lease in leases {
-            if lease.checkpoint == Checkpoint::ShardEnd
-                && !lease.children.is_empty()
-                && lease.children.iter().all(started)
-            {
-                log::info!(
-                    "deleting the lease of finished shard {}: its children have started",
-                    lease.shard_id
-                );
-                self.held.table().delete_finished(&lease.shard_id)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn start_readable(&mut self, leases: &[Lease]) -> Result<()> {
-        let by_id: HashMap<&str, &Lease> =
-            leases.iter().map(|l| (l.shard_id.as_str(), l)).collect();
+    /// Starts a reader for every held lease that is readable: those the
+    /// plan found so, and those taken this round.
+    fn start_readable(&mut self, rows: &[Row], standings: &HashMap<String, Standing>) {
         let handing_off = self.held.handoffs();
-        let mut blocked = 0u32;
         for (shard_id, epoch) in self.held.shards() {
-            if self.runner.is_running(&shard_id) || handing_off.contains(&shard_id) {
+            if standings.get(&shard_id) != Some(&Standing::Readable)
+                || self.runner.is_running(&shard_id)
+                || handing_off.contains(&shard_id)
+            {
                 continue;
             }
-            let Some(lease) = by_id.get(shard_id.as_str()) else {
+            let Some(lease) = rows
+                .iter()
+                .filter_map(Row::lease)
+                .find(|l| l.shard_id == shard_id)
+            else {
                 continue;
             };
-            if lease.checkpoint == Checkpoint::ShardEnd {
-                self.held.release(&shard_id)?;
-                continue;
-            }
-            let waiting = lease.unfinished_parents(leases);
-            if waiting.is_empty() {
-                self.blocked.remove(&shard_id);
-                log::info!("starting shard {shard_id} at {:?}", lease.checkpoint);
-                self.runner.start(&shard_id, epoch, &lease.checkpoint);
-            } else {
-                blocked += 1;
-                if self.blocked.insert(shard_id.clone()) {
-                    log::info!("shard {shard_id} waits for its parents {waiting:?} to finish");
-                }
-            }
+            log::info!("starting shard {shard_id} at {:?}", lease.checkpoint);
+            self.runner.start(&shard_id, epoch, &lease.checkpoint);
         }
-        self.metrics
-            .record(None, &[(Metric::ShardsBlockedOnParent, f64::from(blocked))]);
-        Ok(())
-    }
-}
-
-fn new_lease(shard: &Shard, checkpoint: Checkpoint) -> Lease {
-    Lease {
-        shard_id: shard.shard_id.clone(),
-        owner: None,
-        handoff_to: None,
-        counter: 0,
-        checkpoint,
-        owner_switches_since_checkpoint: 0,
-        parents: shard.parents().map(str::to_owned).collect(),
-        children: Vec::new(),
-        hash_range: Some((
-            shard.starting_hash_key.clone(),
-            shard.ending_hash_key.clone(),
-        )),
     }
 }

@@ -1,25 +1,51 @@
 //! The leases this worker holds, shared by the coordinator (renew, take,
-//! release) and the ticker (checkpoint, handoff). Every write to a held
-//! lease goes through its own lock, so a renewal and a checkpoint never race
-//! on the counter.
+//! release) and the ticker (checkpoint, handoff). Writes to one lease are
+//! serialized by that lease's own write lock, so a renewal and a checkpoint
+//! never race on its counter; writes to different leases never wait for
+//! each other, and a renewal skips a lease whose checkpoint is in flight
+//! (that write renews it).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
-use crate::lease::{Checkpoint, LeaseTable};
+use crate::lease::table::{LeaseStore, Written};
+use crate::lease::{Checkpoint, Clock};
 use crate::sync::lock;
 
+/// Peers judge a lease expired after seeing its counter stand still for
+/// the failover time, less up to this much timing slack (see the
+/// coordinator's take rounds).
+pub(crate) const ROUND_SLACK: Duration = Duration::from_millis(100);
+
+/// How long after the last renewal was *sent* records of a lease may still
+/// be handed on. A peer first sees that renewal no earlier than it was sent,
+/// and takes the lease no earlier than the failover time (less
+/// [`ROUND_SLACK`]) after that, so stopping a tenth of the failover time
+/// earlier still leaves a positive margin for clock rates and scheduling.
+pub(crate) fn fencing_window(failover: Duration) -> Duration {
+    failover.saturating_sub(ROUND_SLACK + failover / 10)
+}
+
 #[derive(Debug)]
-struct Held {
+struct State {
     counter: u64,
     epoch: u64,
+    /// When the last write that renewed the lease was sent.
     renewed_at: Instant,
     /// Set when another worker asked for the lease: we stop reading it and
     /// hand it over once what was delivered is checkpointed.
     handoff_to: Option<String>,
+}
+
+#[derive(Debug)]
+struct Held {
+    /// Held across a write's request: one write at a time per lease.
+    writing: Mutex<()>,
+    /// Held only briefly, never across a request.
+    state: Mutex<State>,
 }
 
 /// What a round of renewals found.
@@ -32,24 +58,35 @@ pub(crate) struct Renewed {
     pub handing_off: Vec<String>,
 }
 
+/// How many renewals run at once: enough that a few hung requests do not
+/// hold up the others, few enough to be polite to DynamoDB.
+const RENEWAL_THREADS: usize = 8;
+
 /// The leases of this worker.
 #[derive(Debug)]
 pub(crate) struct HeldLeases {
-    table: LeaseTable,
+    table: Arc<dyn LeaseStore>,
     owner: String,
     failover: Duration,
-    leases: Mutex<HashMap<String, Arc<Mutex<Held>>>>,
+    clock: Clock,
+    leases: Mutex<HashMap<String, Arc<Held>>>,
     next_epoch: AtomicU64,
     /// Leases found lost (renewal or checkpoint refused) and not yet reported.
     lost: AtomicU64,
 }
 
 impl HeldLeases {
-    pub(crate) fn new(table: LeaseTable, owner: String, failover: Duration) -> HeldLeases {
+    pub(crate) fn new(
+        table: Arc<dyn LeaseStore>,
+        owner: String,
+        failover: Duration,
+        clock: Clock,
+    ) -> HeldLeases {
         HeldLeases {
             table,
             owner,
             failover,
+            clock,
             leases: Mutex::new(HashMap::new()),
             next_epoch: AtomicU64::new(1),
             lost: AtomicU64::new(0),
@@ -60,28 +97,36 @@ impl HeldLeases {
         &self.owner
     }
 
-    pub(crate) fn table(&self) -> &LeaseTable {
-        &self.table
+    pub(crate) fn table(&self) -> &dyn LeaseStore {
+        &*self.table
     }
 
-    fn get(&self, shard_id: &str) -> Option<Arc<Mutex<Held>>> {
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    fn get(&self, shard_id: &str) -> Option<Arc<Held>> {
         lock(&self.leases).get(shard_id).cloned()
     }
 
     /// Tries to take a lease seen with `seen_counter`; on success returns the
     /// epoch that tags everything read under this ownership.
     pub(crate) fn take(&self, shard_id: &str, seen_counter: u64) -> Result<Option<u64>> {
+        let sent = self.clock.now();
         let Some(written) = self.table.take(shard_id, seen_counter, &self.owner)? else {
             return Ok(None);
         };
         let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
         let held = Held {
-            counter: written.counter,
-            epoch,
-            renewed_at: Instant::now(),
-            handoff_to: None,
+            writing: Mutex::new(()),
+            state: Mutex::new(State {
+                counter: written.counter,
+                epoch,
+                renewed_at: sent,
+                handoff_to: None,
+            }),
         };
-        lock(&self.leases).insert(shard_id.to_owned(), Arc::new(Mutex::new(held)));
+        lock(&self.leases).insert(shard_id.to_owned(), Arc::new(held));
         Ok(Some(epoch))
     }
 
@@ -90,7 +135,7 @@ impl HeldLeases {
         let leases = lock(&self.leases);
         leases
             .iter()
-            .map(|(id, h)| (id.clone(), lock(h).epoch))
+            .map(|(id, h)| (id.clone(), lock(&h.state).epoch))
             .collect()
     }
 
@@ -99,7 +144,7 @@ impl HeldLeases {
         let leases = lock(&self.leases);
         leases
             .iter()
-            .filter(|(_, h)| lock(h).handoff_to.is_some())
+            .filter(|(_, h)| lock(&h.state).handoff_to.is_some())
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -109,28 +154,27 @@ impl HeldLeases {
     }
 
     /// True while the lease is held under `epoch`, is not being handed over,
-    /// and was renewed within the failover time. Records read under other
-    /// epochs are dropped.
+    /// and its last renewal was sent within the [`fencing_window`]. Records
+    /// read under other epochs are dropped.
     ///
-    /// A lease not renewed for the failover time may have been taken by
-    /// another worker: its records are dropped, and the lease is given up
-    /// here and then, so that a renewal that succeeds later cannot keep it
-    /// under the same epoch, with its reader already past the dropped
-    /// records. It is taken again (if still free) and read from its
-    /// checkpoint.
+    /// A lease past the window may be taken by another worker soon: its
+    /// records are dropped, and the lease is given up here and then, so
+    /// that a renewal that succeeds later cannot keep it under the same
+    /// epoch, with its reader already past the dropped records. It is taken
+    /// again (if still free) and read from its checkpoint.
     pub(crate) fn is_current(&self, shard_id: &str, epoch: u64) -> bool {
         let Some(entry) = self.get(shard_id) else {
             return false;
         };
-        let held = lock(&entry);
-        if held.epoch != epoch || held.handoff_to.is_some() {
+        let state = lock(&entry.state);
+        if state.epoch != epoch || state.handoff_to.is_some() {
             return false;
         }
-        let unrenewed = held.renewed_at.elapsed();
-        if unrenewed < self.failover {
+        let unrenewed = self.clock.now().saturating_duration_since(state.renewed_at);
+        if unrenewed < fencing_window(self.failover) {
             return true;
         }
-        drop(held);
+        drop(state);
         log::warn!("lease {shard_id} lost: not renewed for {unrenewed:?}; dropping what was read");
         self.lost.fetch_add(1, Ordering::Relaxed);
         self.forget(shard_id, epoch);
@@ -139,53 +183,106 @@ impl HeldLeases {
 
     fn forget(&self, shard_id: &str, epoch: u64) {
         let mut leases = lock(&self.leases);
-        if leases.get(shard_id).is_some_and(|h| lock(h).epoch == epoch) {
+        if leases
+            .get(shard_id)
+            .is_some_and(|h| lock(&h.state).epoch == epoch)
+        {
             leases.remove(shard_id);
         }
     }
 
-    /// Renews every held lease.
+    /// Renews every held lease, several at once: one slow request delays
+    /// only its own lease. A lease with a write in flight (a checkpoint or
+    /// a release) is skipped: that write renews it.
     pub(crate) fn renew_all(&self) -> Renewed {
+        let held: Vec<(String, Arc<Held>)> = lock(&self.leases)
+            .iter()
+            .map(|(id, h)| (id.clone(), h.clone()))
+            .collect();
+        let next = AtomicUsize::new(0);
+        let results: Mutex<Vec<(String, u64, Renewal)>> = Mutex::new(Vec::new());
+        let renew_some = || {
+            while let Some((shard_id, entry)) = held.get(next.fetch_add(1, Ordering::Relaxed)) {
+                if let Some(outcome) = self.renew_one(shard_id, entry) {
+                    lock(&results).push(outcome);
+                }
+            }
+        };
+        let threads = held.len().min(RENEWAL_THREADS);
+        if threads <= 1 {
+            renew_some();
+        } else {
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(renew_some);
+                }
+            });
+        }
+        let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+        // The order leases were held in, whatever order threads finished in.
+        results.sort_by(|a, b| a.0.cmp(&b.0));
         let mut renewed = Renewed::default();
-        let mut lost = Vec::new();
-        for (shard_id, _) in self.shards() {
-            let Some(entry) = self.get(&shard_id) else {
-                continue;
-            };
-            let mut held = lock(&entry);
-            match self.table.renew(&shard_id, &self.owner, held.counter) {
-                Ok(Some(written)) => {
-                    held.counter = written.counter;
-                    held.renewed_at = Instant::now();
-                    if held.handoff_to.is_none() && written.handoff_to.is_some() {
-                        log::info!(
-                            "lease {shard_id}: {:?} asked for it; handing it over",
-                            written.handoff_to
-                        );
-                        held.handoff_to = written.handoff_to;
-                        renewed.handing_off.push(shard_id);
-                    }
+        for (shard_id, epoch, outcome) in results {
+            match outcome {
+                Renewal::Lost => {
+                    self.lost.fetch_add(1, Ordering::Relaxed);
+                    self.forget(&shard_id, epoch);
+                    renewed.lost.push(shard_id);
                 }
-                Ok(None) => {
-                    log::info!("lease {shard_id} lost: another worker took it");
-                    lost.push((shard_id, held.epoch));
-                }
-                Err(e) if held.renewed_at.elapsed() >= self.failover => {
-                    log::warn!(
-                        "lease {shard_id} lost: not renewed for {:?} ({e})",
-                        held.renewed_at.elapsed()
-                    );
-                    lost.push((shard_id, held.epoch));
-                }
-                Err(e) => log::warn!("renewing lease {shard_id} failed, will retry: {e}"),
+                Renewal::HandingOff => renewed.handing_off.push(shard_id),
             }
         }
-        self.lost.fetch_add(lost.len() as u64, Ordering::Relaxed);
-        for (shard_id, epoch) in lost {
-            self.forget(&shard_id, epoch);
-            renewed.lost.push(shard_id);
-        }
         renewed
+    }
+
+    /// Renews one lease; what the round must act on, if anything.
+    fn renew_one(&self, shard_id: &str, entry: &Held) -> Option<(String, u64, Renewal)> {
+        let Ok(_writing) = entry.writing.try_lock() else {
+            return None;
+        };
+        let (counter, epoch) = {
+            let state = lock(&entry.state);
+            (state.counter, state.epoch)
+        };
+        let sent = self.clock.now();
+        let outcome = match self.table.renew(shard_id, &self.owner, counter) {
+            Ok(Some(written)) => {
+                let mut state = lock(&entry.state);
+                Self::renewed(&mut state, &written, sent);
+                if state.handoff_to.is_none() && written.handoff_to.is_some() {
+                    log::info!(
+                        "lease {shard_id}: {:?} asked for it; handing it over",
+                        written.handoff_to
+                    );
+                    state.handoff_to = written.handoff_to;
+                    return Some((shard_id.to_owned(), epoch, Renewal::HandingOff));
+                }
+                return None;
+            }
+            Ok(None) => {
+                log::info!("lease {shard_id} lost: another worker took it");
+                Renewal::Lost
+            }
+            Err(e) => {
+                let unrenewed = self
+                    .clock
+                    .now()
+                    .saturating_duration_since(lock(&entry.state).renewed_at);
+                if unrenewed < self.failover {
+                    log::warn!("renewing lease {shard_id} failed, will retry: {e}");
+                    return None;
+                }
+                log::warn!("lease {shard_id} lost: not renewed for {unrenewed:?} ({e})");
+                Renewal::Lost
+            }
+        };
+        Some((shard_id.to_owned(), epoch, outcome))
+    }
+
+    /// Notes a write that renewed the lease, sent at `sent`.
+    fn renewed(state: &mut State, written: &Written, sent: Instant) {
+        state.counter = written.counter;
+        state.renewed_at = state.renewed_at.max(sent);
     }
 
     /// Writes a checkpoint if the lease is still held under `epoch`.
@@ -199,23 +296,26 @@ impl HeldLeases {
         let Some(entry) = self.get(shard_id) else {
             return Ok(false);
         };
-        let mut held = lock(&entry);
-        if held.epoch != epoch {
-            return Ok(false);
-        }
+        let _writing = lock(&entry.writing);
+        let counter = {
+            let state = lock(&entry.state);
+            if state.epoch != epoch {
+                return Ok(false);
+            }
+            state.counter
+        };
+        let sent = self.clock.now();
         match self
             .table
-            .checkpoint(shard_id, &self.owner, held.counter, checkpoint)?
+            .checkpoint(shard_id, &self.owner, counter, checkpoint)?
         {
             Some(written) => {
-                held.counter = written.counter;
-                held.renewed_at = Instant::now();
+                Self::renewed(&mut lock(&entry.state), &written, sent);
                 Ok(true)
             }
             None => {
                 log::info!("lease {shard_id} lost: checkpoint refused, another worker holds it");
                 self.lost.fetch_add(1, Ordering::Relaxed);
-                drop(held);
                 self.forget(shard_id, epoch);
                 Ok(false)
             }
@@ -233,27 +333,32 @@ impl HeldLeases {
         let Some(entry) = self.get(shard_id) else {
             return Ok(());
         };
-        let held = lock(&entry);
-        let epoch = held.epoch;
-        let result = self.table.release(
-            shard_id,
-            &self.owner,
-            held.counter,
-            held.handoff_to.as_deref(),
-        );
-        if let (Ok(Some(_)), Some(to)) = (&result, &held.handoff_to) {
+        let _writing = lock(&entry.writing);
+        let (counter, epoch, to) = {
+            let state = lock(&entry.state);
+            (state.counter, state.epoch, state.handoff_to.clone())
+        };
+        let result = self
+            .table
+            .release(shard_id, &self.owner, counter, to.as_deref());
+        if let (Ok(Some(_)), Some(to)) = (&result, &to) {
             log::info!("handed lease {shard_id} over to {to}");
         }
-        drop(held);
         self.forget(shard_id, epoch);
         result.map(|_| ())
     }
 
-    /// Forgets a lease the table says is someone else's.
+    /// Forgets a lease the table says is someone else's (or gone).
     pub(crate) fn drop_lost(&self, shard_id: &str) {
         if let Some(entry) = self.get(shard_id) {
-            let epoch = lock(&entry).epoch;
+            let epoch = lock(&entry.state).epoch;
             self.forget(shard_id, epoch);
         }
     }
+}
+
+/// What a renewal found that the round must act on.
+enum Renewal {
+    Lost,
+    HandingOff,
 }

@@ -4,15 +4,50 @@
 
 mod coordinator;
 mod held;
+mod plan;
 mod table;
 
-pub(crate) use coordinator::{Coordinator, CoordinatorEvent, LeaseTimings, ShardRunner};
+pub(crate) use coordinator::{
+    Coordinator, CoordinatorEvent, LeaseTimings, ShardRunner, StreamShards,
+};
 pub(crate) use held::HeldLeases;
-pub(crate) use table::LeaseTable;
+pub use plan::Standing;
+use plan::{Lineage, Row};
 #[cfg(feature = "fuzzing")]
 pub(crate) use table::parse_lease;
+pub(crate) use table::{LeaseStore, LeaseTable};
 
-use std::time::SystemTime;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::aws::kinesis::Shard;
+
+/// The time source of the lease logic: the monotonic clock, or simulated
+/// time in the simulation.
+#[derive(Clone)]
+pub(crate) struct Clock(Arc<dyn Fn() -> Instant + Send + Sync>);
+
+impl Clock {
+    pub(crate) fn system() -> Clock {
+        Clock(Arc::new(Instant::now))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn new(now: impl Fn() -> Instant + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
+    }
+
+    pub(crate) fn now(&self) -> Instant {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
 
 use crate::record::{ExtendedSequenceNumber, SequenceNumber};
 
@@ -95,29 +130,82 @@ pub struct Lease {
     pub hash_range: Option<(String, String)>,
 }
 
-impl Lease {
-    /// The parents this shard still waits for: those whose leases exist and
-    /// are not finished. A parent without a lease was finished and cleaned
-    /// up, or predates the application.
-    pub fn unfinished_parents<'a>(&'a self, leases: &[Lease]) -> Vec<&'a str> {
-        self.parents
-            .iter()
-            .filter(|p| {
-                leases
-                    .iter()
-                    .any(|l| &l.shard_id == *p && l.checkpoint != Checkpoint::ShardEnd)
-            })
-            .map(String::as_str)
-            .collect()
-    }
+/// One row of the lease table and where it stands (see [`inspect_leases`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseStanding {
+    /// The row's `leaseKey`.
+    pub shard_id: String,
+    /// The lease, unless the row is malformed.
+    pub lease: Option<Lease>,
+    /// Whether the shard can be read, and if not, why.
+    pub standing: Standing,
 }
 
 /// Reads every lease of an application's lease table, for inspection (see
 /// the `leases` example). Rows of other entity types and malformed rows are
-/// left out.
+/// left out; [`inspect_leases`] shows those too.
 pub fn list_leases(
     dynamodb: &crate::aws::dynamodb::DynamoDbClient,
     app_name: &str,
 ) -> crate::Result<Vec<Lease>> {
-    LeaseTable::new(dynamodb.clone(), app_name).list()
+    let rows = LeaseTable::new(dynamodb.clone(), app_name).list()?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| match r {
+            Row::Lease(l) => Some(l),
+            Row::Malformed { .. } => None,
+        })
+        .collect())
+}
+
+/// Reads every row of an application's lease table, malformed ones
+/// included, and says where each stands, judged as the consumer judges it
+/// against `listings`: the stream's shards listed one or more times, oldest
+/// first. A row whose shard every listing left out (at least two) is
+/// [`Standing::Expired`]; left out of fewer, [`Standing::NotListed`]. With
+/// no listing at all, every row counts as listed.
+pub fn inspect_leases(
+    dynamodb: &crate::aws::dynamodb::DynamoDbClient,
+    app_name: &str,
+    listings: &[Vec<Shard>],
+) -> crate::Result<Vec<LeaseStanding>> {
+    let rows = LeaseTable::new(dynamodb.clone(), app_name).list()?;
+    let mut misses = HashMap::new();
+    for listing in listings {
+        misses = plan::count_misses(&rows, &Lineage::new(listing), &misses);
+    }
+    let gone = plan::gone(&misses, &Default::default());
+    let every_row: Vec<Shard>;
+    let lineage = match listings.last() {
+        Some(last) => Lineage::new(last),
+        None => {
+            every_row = rows.iter().map(|r| listed(r.shard_id())).collect();
+            Lineage::new(&every_row)
+        }
+    };
+    let mut standings = plan::standings(&rows, &lineage, &gone);
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let shard_id = row.shard_id().to_owned();
+            LeaseStanding {
+                standing: standings.remove(&shard_id).unwrap_or(Standing::NotListed),
+                lease: row.lease().cloned(),
+                shard_id,
+            }
+        })
+        .collect())
+}
+
+/// A stand-in listing entry for a row when no listing is at hand.
+fn listed(shard_id: &str) -> Shard {
+    Shard {
+        shard_id: shard_id.to_owned(),
+        parent_shard_id: None,
+        adjacent_parent_shard_id: None,
+        starting_hash_key: String::new(),
+        ending_hash_key: String::new(),
+        starting_sequence_number: String::new(),
+        ending_sequence_number: None,
+    }
 }

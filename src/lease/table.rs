@@ -6,6 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::aws::dynamodb::{AttributeValue, DynamoDbClient, Expression, Item};
 use crate::error::{Error, Result};
+use crate::lease::plan::Row;
 use crate::lease::{Checkpoint, Lease};
 use crate::sync::lock;
 
@@ -58,9 +59,19 @@ fn held_by(owner: &str, counter: u64) -> Expression {
         .value(":counter", n(counter))
 }
 
-/// The largest counter we accept: the KCL keeps counters in a Java `long`,
-/// and staying below `u64::MAX` means `counter + 1` can never overflow.
+/// The largest counter we accept: the KCL keeps counters in a Java `long`.
 const MAX_COUNTER: u64 = i64::MAX as u64;
+
+/// The counter a write leaves after `counter`. At the top it wraps to 1:
+/// every condition only asks whether the counter moved, and a counter past
+/// `MAX_COUNTER` would make the row malformed for us and the KCL.
+pub(crate) fn next_counter(counter: u64) -> u64 {
+    if counter >= MAX_COUNTER {
+        1
+    } else {
+        counter + 1
+    }
+}
 
 fn parse_counter(text: &str) -> Option<u64> {
     text.parse().ok().filter(|c| *c <= MAX_COUNTER)
@@ -194,10 +205,87 @@ impl LeaseTable {
         }
     }
 
-    /// Every usable lease. Rows of other entity types are ignored; malformed
-    /// rows are logged and ignored (never taken).
-    pub(crate) fn list(&self) -> Result<Vec<Lease>> {
-        let mut leases = Vec::new();
+    /// Forgets malformed rows no longer in the table, so the set of rows
+    /// warned about does not grow for ever.
+    fn forget_repaired(&self, rows: &[Row]) {
+        lock(&self.malformed).retain(|warned| {
+            rows.iter()
+                .any(|r| matches!(r, Row::Malformed { shard_id, why } if *warned == format!("{shard_id}: {why}")))
+        });
+    }
+}
+
+/// The lease table's operations, as the coordinator and held leases use
+/// them: DynamoDB in production, an in-memory table in the simulation.
+/// Every write on a lease is conditional on what the caller last saw.
+pub(crate) trait LeaseStore: Send + Sync + std::fmt::Debug {
+    /// Creates the table if it does not exist and waits until it is usable.
+    fn ensure_exists(&self) -> Result<()>;
+
+    /// Every row: leases, and malformed rows with what is wrong with them
+    /// (never taken, never a finished parent). Rows of other entity types
+    /// are left out.
+    fn list(&self) -> Result<Vec<Row>>;
+
+    /// Creates a lease unless a row exists for the shard; true if created.
+    fn create(&self, lease: &Lease) -> Result<bool>;
+
+    /// Records a shard's children on its lease.
+    fn set_children(&self, shard_id: &str, children: &[String]) -> Result<()>;
+
+    /// Takes a lease that was seen with `seen_counter`; the new counter, or
+    /// `None` when someone else touched it first.
+    fn take(&self, shard_id: &str, seen_counter: u64, owner: &str) -> Result<Option<Written>>;
+
+    /// Asks the owner of a lease seen with `seen_counter` to hand it to
+    /// `to` once its batch in flight is checkpointed; false when the lease
+    /// changed meanwhile.
+    fn request_handoff(
+        &self,
+        shard_id: &str,
+        owner: &str,
+        seen_counter: u64,
+        to: &str,
+    ) -> Result<bool>;
+
+    /// Renews a held lease; `None` if it is no longer ours.
+    fn renew(&self, shard_id: &str, owner: &str, counter: u64) -> Result<Option<Written>>;
+
+    /// Writes a checkpoint on a held lease; `None` if it is no longer ours
+    /// (and so nothing was written).
+    fn checkpoint(
+        &self,
+        shard_id: &str,
+        owner: &str,
+        counter: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<Option<Written>>;
+
+    /// Gives a held lease up: to the worker `to` that asked for it, or to
+    /// whoever takes it first. Either way no one waits for it to expire.
+    fn release(
+        &self,
+        shard_id: &str,
+        owner: &str,
+        counter: u64,
+        to: Option<&str>,
+    ) -> Result<Option<Written>>;
+
+    /// Deletes the lease of a finished shard.
+    fn delete_finished(&self, shard_id: &str) -> Result<()>;
+
+    /// Deletes the lease of a shard the stream no longer has, if its counter
+    /// is still `seen_counter` (nobody took it meanwhile).
+    fn delete_gone(&self, shard_id: &str, seen_counter: u64) -> Result<()>;
+}
+
+impl LeaseStore for LeaseTable {
+    fn ensure_exists(&self) -> Result<()> {
+        LeaseTable::ensure_exists(self)
+    }
+
+    fn list(&self) -> Result<Vec<Row>> {
+        let mut rows = Vec::new();
         for item in self.dynamodb.scan(&self.name)? {
             if item
                 .get("entityType")
@@ -206,24 +294,28 @@ impl LeaseTable {
                 continue;
             }
             match parse_lease(&item) {
-                Ok(lease) => leases.push(lease),
+                Ok(lease) => rows.push(Row::Lease(lease)),
                 Err(why) => {
-                    let row = item.get(KEY).and_then(AttributeValue::as_s).unwrap_or("?");
-                    let first = lock(&self.malformed).insert(format!("{row}: {why}"));
+                    let shard_id = item.get(KEY).and_then(AttributeValue::as_s).unwrap_or("?");
+                    let first = lock(&self.malformed).insert(format!("{shard_id}: {why}"));
                     if first {
                         log::warn!(
-                            "lease table {}: ignoring a malformed row ({row}): {why} (logged once)",
+                            "lease table {}: malformed row {shard_id}: {why}; it is never taken, and its children wait until it is repaired or deleted (logged once)",
                             self.name
                         );
                     }
+                    rows.push(Row::Malformed {
+                        shard_id: shard_id.to_owned(),
+                        why,
+                    });
                 }
             }
         }
-        Ok(leases)
+        self.forget_repaired(&rows);
+        Ok(rows)
     }
 
-    /// Creates a lease unless one exists for the shard; true if created.
-    pub(crate) fn create(&self, lease: &Lease) -> Result<bool> {
+    fn create(&self, lease: &Lease) -> Result<bool> {
         let mut item = key(&lease.shard_id);
         let (checkpoint, sub) = lease.checkpoint.to_columns();
         item.insert("leaseCounter".into(), n(lease.counter));
@@ -252,8 +344,7 @@ impl LeaseTable {
         }
     }
 
-    /// Records a shard's children on its lease.
-    pub(crate) fn set_children(&self, shard_id: &str, children: &[String]) -> Result<()> {
+    fn set_children(&self, shard_id: &str, children: &[String]) -> Result<()> {
         let update = Expression::new("SET #children = :children")
             .name("#children", "childShardIds")
             .value(":children", AttributeValue::SS(children.to_vec()));
@@ -267,14 +358,7 @@ impl LeaseTable {
         }
     }
 
-    /// Takes a lease that was seen with `seen_counter`; the new counter, or
-    /// `None` when someone else touched it first.
-    pub(crate) fn take(
-        &self,
-        shard_id: &str,
-        seen_counter: u64,
-        owner: &str,
-    ) -> Result<Option<Written>> {
+    fn take(&self, shard_id: &str, seen_counter: u64, owner: &str) -> Result<Option<Written>> {
         let update = Expression::new(
             "SET #owner = :owner, #counter = :next, #switches = if_not_exists(#switches, :zero) + :one REMOVE #handoff",
         )
@@ -283,7 +367,7 @@ impl LeaseTable {
         .name("#switches", "ownerSwitchesSinceCheckpoint")
         .name("#handoff", HANDOFF)
         .value(":owner", s(owner))
-        .value(":next", n(seen_counter + 1))
+        .value(":next", n(next_counter(seen_counter)))
         .value(":zero", n(0))
         .value(":one", n(1));
         let unchanged = Expression::new("#counter = :seen")
@@ -291,16 +375,13 @@ impl LeaseTable {
             .value(":seen", n(seen_counter));
         let after = After {
             owner: Some(owner),
-            counter: seen_counter + 1,
+            counter: next_counter(seen_counter),
             checkpoint: None,
         };
         self.conditional(shard_id, &update, &unchanged, Some(after))
     }
 
-    /// Asks the owner of a lease seen with `seen_counter` to hand it to
-    /// `to` once its batch in flight is checkpointed; false when the lease
-    /// changed meanwhile.
-    pub(crate) fn request_handoff(
+    fn request_handoff(
         &self,
         shard_id: &str,
         owner: &str,
@@ -322,22 +403,14 @@ impl LeaseTable {
             .is_some())
     }
 
-    /// Renews a held lease; `None` if it is no longer ours.
-    pub(crate) fn renew(
-        &self,
-        shard_id: &str,
-        owner: &str,
-        counter: u64,
-    ) -> Result<Option<Written>> {
+    fn renew(&self, shard_id: &str, owner: &str, counter: u64) -> Result<Option<Written>> {
         let update = Expression::new("SET #counter = :next")
             .name("#counter", "leaseCounter")
-            .value(":next", n(counter + 1));
+            .value(":next", n(next_counter(counter)));
         self.write_held(shard_id, owner, counter, &update, Some(owner), None)
     }
 
-    /// Writes a checkpoint on a held lease; `None` if it is no longer ours
-    /// (and so nothing was written).
-    pub(crate) fn checkpoint(
+    fn checkpoint(
         &self,
         shard_id: &str,
         owner: &str,
@@ -355,14 +428,12 @@ impl LeaseTable {
         .value(":checkpoint", s(text))
         .value(":sub", n(sub))
         .value(":zero", n(0))
-        .value(":next", n(counter + 1));
+        .value(":next", n(next_counter(counter)));
         let columns = Some((text, sub));
         self.write_held(shard_id, owner, counter, &update, Some(owner), columns)
     }
 
-    /// Gives a held lease up: to the worker `to` that asked for it, or to
-    /// whoever takes it first. Either way no one waits for it to expire.
-    pub(crate) fn release(
+    fn release(
         &self,
         shard_id: &str,
         owner: &str,
@@ -382,12 +453,11 @@ impl LeaseTable {
         .name("#owner", "leaseOwner")
         .name("#counter", "leaseCounter")
         .name("#handoff", HANDOFF)
-        .value(":next", n(counter + 1));
+        .value(":next", n(next_counter(counter)));
         self.write_held(shard_id, owner, counter, &update, to, None)
     }
 
-    /// Deletes the lease of a finished shard.
-    pub(crate) fn delete_finished(&self, shard_id: &str) -> Result<()> {
+    fn delete_finished(&self, shard_id: &str) -> Result<()> {
         let finished = Expression::new("#checkpoint = :end")
             .name("#checkpoint", "checkpoint")
             .value(":end", s("SHARD_END"));
@@ -400,6 +470,21 @@ impl LeaseTable {
         }
     }
 
+    fn delete_gone(&self, shard_id: &str, seen_counter: u64) -> Result<()> {
+        let unchanged = Expression::new("#counter = :seen")
+            .name("#counter", "leaseCounter")
+            .value(":seen", n(seen_counter));
+        match self
+            .dynamodb
+            .delete_item(&self.name, &key(shard_id), Some(&unchanged))
+        {
+            Err(e) if !e.is_condition_failed() => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl LeaseTable {
     /// A write on a lease `owner` holds at `counter`: it moves the counter
     /// on and leaves `new_owner` (and a checkpoint's columns) in the row.
     fn write_held(
@@ -413,7 +498,7 @@ impl LeaseTable {
     ) -> Result<Option<Written>> {
         let after = After {
             owner: new_owner,
-            counter: counter + 1,
+            counter: next_counter(counter),
             checkpoint,
         };
         self.conditional(shard_id, update, &held_by(owner, counter), Some(after))

@@ -17,7 +17,8 @@ use crate::aws::kinesis::KinesisClient;
 use crate::config::{ConsumerBuilder, InitialPosition};
 use crate::error::{Error, Result};
 use crate::lease::{
-    Checkpoint, Coordinator, CoordinatorEvent, HeldLeases, LeaseTable, LeaseTimings,
+    Checkpoint, Clock, Coordinator, CoordinatorEvent, HeldLeases, LeaseTable, LeaseTimings,
+    StreamShards,
 };
 use crate::metrics::{Metrics, MetricsHandle, Publisher};
 use crate::record::Payload;
@@ -188,9 +189,10 @@ impl<T: Send + 'static> Consumer<T> {
         let s = &self.builder.settings;
         let table = LeaseTable::new(self.dynamodb.clone(), &self.app_name);
         let held = Arc::new(HeldLeases::new(
-            table,
+            Arc::new(table),
             self.worker_id.clone(),
             s.failover_time,
+            Clock::system(),
         ));
         let budget = Arc::new(Budget::new(s.buffer_bytes, s.buffer_records));
         // Chunks are whole GetRecords replies; the budget bounds their size.
@@ -233,7 +235,10 @@ impl<T: Send + 'static> Consumer<T> {
         );
         let mut coordinator = Coordinator::new(
             held.clone(),
-            self.kinesis.clone(),
+            Box::new(StreamShards {
+                kinesis: self.kinesis.clone(),
+                stream: self.stream_name.clone(),
+            }),
             &self.stream_name,
             initial,
             timings,

@@ -1,0 +1,807 @@
+//! The coordinator's decisions as pure functions: which leases to create,
+//! where each shard stands (readable, waiting for a parent, finished, gone
+//! from the stream, malformed), and what one round of a worker does (take,
+//! ask for, force-take, give up, delete, start). No I/O and no clock: the
+//! coordinator gathers the facts, these functions decide, the coordinator
+//! carries the decisions out. The simulation in `sim.rs` drives them too.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::SystemTime;
+
+use crate::aws::kinesis::Shard;
+use crate::lease::{Checkpoint, Lease};
+
+/// One row of the lease table: a lease, or a row we cannot use.
+// Nearly every row is a lease: boxing it would only add an allocation each.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Row {
+    /// A well-formed lease.
+    Lease(Lease),
+    /// A row that does not parse: never taken, never a finished parent.
+    Malformed {
+        /// Its `leaseKey`, or "?" when even that is unreadable.
+        shard_id: String,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+impl Row {
+    pub(crate) fn shard_id(&self) -> &str {
+        match self {
+            Row::Lease(l) => &l.shard_id,
+            Row::Malformed { shard_id, .. } => shard_id,
+        }
+    }
+
+    pub(crate) fn lease(&self) -> Option<&Lease> {
+        match self {
+            Row::Lease(l) => Some(l),
+            Row::Malformed { .. } => None,
+        }
+    }
+}
+
+/// Where one lease row stands, and so whether its shard can be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Its parents are finished (or have no rows): it can be read now.
+    Readable,
+    /// Waiting for these parents (rows not finished, or malformed).
+    Blocked(Vec<String>),
+    /// Read to its end (`SHARD_END`).
+    Finished,
+    /// The service confirmed the shard is gone (past retention): its
+    /// unread data expired. It counts as finished for its children.
+    Expired,
+    /// The stream did not list the shard in the last listing; not yet
+    /// confirmed gone. Not taken; still holds its children back.
+    NotListed,
+    /// The row does not parse (the reason): never taken; holds its
+    /// children back until someone repairs or deletes it.
+    Malformed(String),
+}
+
+impl Standing {
+    /// True for a lease some worker should hold: it can be read now or
+    /// will be once its parents finish.
+    pub(crate) fn wants_worker(&self) -> bool {
+        matches!(self, Standing::Readable | Standing::Blocked(_))
+    }
+}
+
+/// Every shard the stream lists, with its children, for walking lineage.
+pub(crate) struct Lineage<'a> {
+    shards: BTreeMap<&'a str, &'a Shard>,
+    children: HashMap<&'a str, Vec<&'a str>>,
+}
+
+impl<'a> Lineage<'a> {
+    pub(crate) fn new(shards: &'a [Shard]) -> Lineage<'a> {
+        let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
+        for shard in shards {
+            for parent in shard.parents() {
+                children.entry(parent).or_default().push(&shard.shard_id);
+            }
+        }
+        Lineage {
+            shards: shards.iter().map(|s| (s.shard_id.as_str(), s)).collect(),
+            children,
+        }
+    }
+
+    pub(crate) fn contains(&self, shard_id: &str) -> bool {
+        self.shards.contains_key(shard_id)
+    }
+
+    /// The listed shards naming `shard_id` as a parent.
+    pub(crate) fn children(&self, shard_id: &str) -> &[&'a str] {
+        self.children.get(shard_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// True when some descendant of `shard_id` (child, grandchild, ...)
+    /// satisfies `found`.
+    fn has_descendant(&self, shard_id: &str, found: &impl Fn(&str) -> bool) -> bool {
+        let mut seen = HashSet::new();
+        let mut todo: Vec<&str> = self.children(shard_id).to_vec();
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            if found(id) {
+                return true;
+            }
+            todo.extend_from_slice(self.children(id));
+        }
+        false
+    }
+
+    /// The listed shards, parents before children.
+    fn parents_first(&self) -> Vec<&'a Shard> {
+        let mut depth: HashMap<&str, usize> = HashMap::new();
+        fn depth_of<'b>(
+            lineage: &Lineage<'b>,
+            id: &'b str,
+            depth: &mut HashMap<&'b str, usize>,
+            guard: usize,
+        ) -> usize {
+            if let Some(d) = depth.get(id) {
+                return *d;
+            }
+            let d = match lineage.shards.get(id) {
+                Some(shard) if guard < 64 => shard
+                    .parents()
+                    .filter_map(|p| lineage.shards.get_key_value(p).map(|(k, _)| *k))
+                    .map(|p| depth_of(lineage, p, depth, guard + 1) + 1)
+                    .max()
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            depth.insert(id, d);
+            d
+        }
+        let mut shards: Vec<&Shard> = self.shards.values().copied().collect();
+        for shard in &shards {
+            depth_of(self, &shard.shard_id, &mut depth, 0);
+        }
+        shards.sort_by_key(|s| (depth[s.shard_id.as_str()], s.shard_id.as_str()));
+        shards
+    }
+}
+
+/// The leases to create for listed shards that have no row, parents first.
+///
+/// Creation follows the stream's lineage: a shard that has a descendant
+/// with a row is never leased again, whatever the initial position: it was
+/// finished and cleaned up, or predates where the application started
+/// (a closed shard stays listed for the retention period). For `Latest`,
+/// children of leased shards start at their beginning (or the records
+/// between parent and child would be lost), other closed shards are not
+/// leased, and open ones are pinned to `pin` (see [`Checkpoint::AtTimestamp`]).
+pub(crate) fn new_leases(
+    rows: &[Row],
+    lineage: &Lineage<'_>,
+    initial: &Checkpoint,
+    pin: SystemTime,
+) -> Vec<Lease> {
+    let has_row: HashSet<&str> = rows.iter().map(Row::shard_id).collect();
+    let mut created: Vec<Lease> = Vec::new();
+    for shard in lineage.parents_first() {
+        if has_row.contains(shard.shard_id.as_str())
+            || lineage.has_descendant(&shard.shard_id, &|id| has_row.contains(id))
+        {
+            continue;
+        }
+        let parent_leased = shard
+            .parents()
+            .any(|p| has_row.contains(p) || created.iter().any(|l| l.shard_id == p));
+        let checkpoint = match initial {
+            Checkpoint::Latest if parent_leased => Checkpoint::TrimHorizon,
+            Checkpoint::Latest if shard.is_closed() => continue,
+            Checkpoint::Latest => Checkpoint::AtTimestamp(Some(pin)),
+            other => other.clone(),
+        };
+        created.push(new_lease(shard, checkpoint));
+    }
+    created
+}
+
+fn new_lease(shard: &Shard, checkpoint: Checkpoint) -> Lease {
+    Lease {
+        shard_id: shard.shard_id.clone(),
+        owner: None,
+        handoff_to: None,
+        counter: 0,
+        checkpoint,
+        owner_switches_since_checkpoint: 0,
+        parents: shard.parents().map(str::to_owned).collect(),
+        children: Vec::new(),
+        hash_range: Some((
+            shard.starting_hash_key.clone(),
+            shard.ending_hash_key.clone(),
+        )),
+    }
+}
+
+/// How many listings in a row must leave a shard out before it counts as
+/// gone; a single listing is not trusted (a reader's ResourceNotFound
+/// confirms it sooner, see [`gone`]).
+pub(crate) const LISTINGS_TO_CONFIRM_GONE: u32 = 2;
+
+/// Updates, for every row, how many listings in a row left its shard out.
+pub(crate) fn count_misses(
+    rows: &[Row],
+    lineage: &Lineage<'_>,
+    misses: &HashMap<String, u32>,
+) -> HashMap<String, u32> {
+    rows.iter()
+        .map(Row::shard_id)
+        .filter(|id| !lineage.contains(id))
+        .map(|id| (id.to_owned(), misses.get(id).copied().unwrap_or(0) + 1))
+        .collect()
+}
+
+/// The rows whose shard the service confirmed gone: left out of
+/// [`LISTINGS_TO_CONFIRM_GONE`] listings in a row, or left out of one and
+/// answered ResourceNotFound to a reader.
+pub(crate) fn gone(misses: &HashMap<String, u32>, not_found: &HashSet<String>) -> HashSet<String> {
+    misses
+        .iter()
+        .filter(|(id, n)| **n >= LISTINGS_TO_CONFIRM_GONE || not_found.contains(*id))
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+/// Where every row stands.
+pub(crate) fn standings(
+    rows: &[Row],
+    lineage: &Lineage<'_>,
+    gone: &HashSet<String>,
+) -> HashMap<String, Standing> {
+    let by_id: HashMap<&str, &Row> = rows.iter().map(|r| (r.shard_id(), r)).collect();
+    // Whether a row keeps its children waiting.
+    let holds_back = |row: &Row| match row {
+        Row::Malformed { .. } => true,
+        Row::Lease(l) => l.checkpoint != Checkpoint::ShardEnd && !gone.contains(&l.shard_id),
+    };
+    rows.iter()
+        .map(|row| {
+            let standing = match row {
+                Row::Malformed { why, .. } => Standing::Malformed(why.clone()),
+                Row::Lease(l) if l.checkpoint == Checkpoint::ShardEnd => Standing::Finished,
+                Row::Lease(l) if gone.contains(&l.shard_id) => Standing::Expired,
+                Row::Lease(l) if !lineage.contains(&l.shard_id) => Standing::NotListed,
+                Row::Lease(l) => {
+                    let waiting: Vec<String> = l
+                        .parents
+                        .iter()
+                        .filter(|p| by_id.get(p.as_str()).is_some_and(|r| holds_back(r)))
+                        .cloned()
+                        .collect();
+                    if waiting.is_empty() {
+                        Standing::Readable
+                    } else {
+                        Standing::Blocked(waiting)
+                    }
+                }
+            };
+            (row.shard_id().to_owned(), standing)
+        })
+        .collect()
+}
+
+/// What a worker knows at the start of a round, besides the table.
+pub(crate) struct RoundInput<'a> {
+    /// This worker's id.
+    pub me: &'a str,
+    /// The lease table as just read.
+    pub rows: &'a [Row],
+    /// Where each row stands (see [`standings`]).
+    pub standings: &'a HashMap<String, Standing>,
+    /// The stream's shards as last listed.
+    pub lineage: &'a Lineage<'a>,
+    /// The leases this worker holds.
+    pub held: &'a HashSet<String>,
+    /// Leases of other owners whose counter has stood still for the
+    /// failover time (their owner is presumed dead).
+    pub stale: &'a HashSet<String>,
+    /// Leases this worker asked for whose owner has not handed them over
+    /// within the failover time.
+    pub handoff_overdue: &'a HashSet<String>,
+    /// The most leases this worker may hold.
+    pub max_leases: usize,
+}
+
+/// What a worker does in one round, in this order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct RoundPlan {
+    /// Held leases the table shows with another owner: stop reading them.
+    pub lost: Vec<String>,
+    /// Rows to delete: finished leases whose children all started or that
+    /// the stream no longer lists, and leases of shards confirmed gone that
+    /// something still names as a parent.
+    pub delete: Vec<String>,
+    /// Held leases to give up: finished ones, and blocked ones that make
+    /// room (at this worker's cap) for a readable lease to take.
+    pub release: Vec<String>,
+    /// Leases to take (shard, counter seen), best first.
+    pub take: Vec<(String, u64)>,
+    /// Leases to ask their owner for (shard, owner, counter seen).
+    pub ask: Vec<(String, String, u64)>,
+    /// Held leases to start reading (their parents are finished).
+    pub start: Vec<String>,
+    /// Held leases waiting for a parent.
+    pub blocked: Vec<String>,
+    /// How many workers share the table (this one included).
+    pub workers: usize,
+    /// How many leases this worker aims to hold.
+    pub target: usize,
+    /// True while a lease asked for has not arrived yet.
+    pub waiting: bool,
+}
+
+/// Decides one round for one worker: which leases to take (unowned,
+/// presumed dead, or asked for and not handed over in time), which to ask
+/// the busiest workers for, which to give up, delete and start.
+///
+/// Readable leases are taken before blocked ones (parents before
+/// children), and a worker at its cap gives up a blocked lease for each
+/// readable one it could take, so a cap can never leave a parent unread
+/// while its children wait on it.
+pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
+    let me = input.me;
+    let mut plan = RoundPlan::default();
+    let standing = |id: &str| input.standings.get(id);
+    let leases: Vec<&Lease> = input.rows.iter().filter_map(Row::lease).collect();
+    let is_mine = |l: &Lease| l.owner.as_deref() == Some(me);
+    for lease in &leases {
+        if input.held.contains(&lease.shard_id) && !is_mine(lease) {
+            plan.lost.push(lease.shard_id.clone());
+        }
+    }
+    plan.delete = deletions(input);
+    let held: Vec<&Lease> = leases
+        .iter()
+        .copied()
+        .filter(|l| input.held.contains(&l.shard_id) && is_mine(l))
+        .collect();
+    for lease in &held {
+        if standing(&lease.shard_id) == Some(&Standing::Finished) {
+            plan.release.push(lease.shard_id.clone());
+        }
+    }
+    // Leases some worker should hold, and who holds them.
+    let open: Vec<&Lease> = leases
+        .iter()
+        .copied()
+        .filter(|l| standing(&l.shard_id).is_some_and(Standing::wants_worker))
+        .collect();
+    let mut available: Vec<&Lease> = Vec::new();
+    let mut by_owner: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
+    for lease in &open {
+        match lease.owner.as_deref() {
+            Some(_) if input.held.contains(&lease.shard_id) && is_mine(lease) => {}
+            // Unowned, handed to us, or ours from an earlier run under this id.
+            None => available.push(lease),
+            Some(owner) if owner == me => available.push(lease),
+            Some(_) if input.stale.contains(&lease.shard_id) => available.push(lease),
+            Some(owner) => by_owner.entry(owner).or_default().push(lease),
+        }
+    }
+    let readable = |l: &Lease| standing(&l.shard_id) == Some(&Standing::Readable);
+    // Readable first (parents before children), then by shard id.
+    available.sort_by_key(|l| (!readable(l), l.shard_id.as_str()));
+    plan.workers = by_owner.len() + 1;
+    plan.target = open.len().div_ceil(plan.workers).min(input.max_leases);
+    let mut mine = held
+        .iter()
+        .filter(|l| standing(&l.shard_id).is_some_and(Standing::wants_worker))
+        .count();
+    let mut blocked_held: Vec<&str> = held
+        .iter()
+        .filter(|l| matches!(standing(&l.shard_id), Some(Standing::Blocked(_))))
+        .map(|l| l.shard_id.as_str())
+        .collect();
+    for lease in available {
+        if mine >= plan.target {
+            // At the cap: swap a blocked lease for a readable one.
+            if !readable(lease) || mine < input.max_leases {
+                break;
+            }
+            let Some(give_up) = blocked_held.pop() else {
+                break;
+            };
+            plan.release.push(give_up.to_owned());
+            mine -= 1;
+        }
+        plan.take.push((lease.shard_id.clone(), lease.counter));
+        mine += 1;
+    }
+    // Leases already asked for count as ours; one asked for longer than the
+    // failover time ago (its owner ignores handoffs) is taken.
+    for owned in by_owner.values_mut() {
+        owned.retain(|lease| {
+            if lease.handoff_to.as_deref() != Some(me) {
+                return true;
+            }
+            if input.handoff_overdue.contains(&lease.shard_id) {
+                plan.take.push((lease.shard_id.clone(), lease.counter));
+            } else {
+                plan.waiting = true;
+            }
+            mine += 1;
+            false
+        });
+    }
+    // Ask the busiest workers for leases, several per round if needed, but
+    // never one at or below the target: no ping-pong.
+    let mut victims: Vec<(&str, Vec<&Lease>)> = by_owner.into_iter().collect();
+    victims.sort_by_key(|(owner, l)| (std::cmp::Reverse(l.len()), *owner));
+    for (owner, mut owned) in victims {
+        let spare = owned.len().saturating_sub(plan.target);
+        owned.sort_by_key(|l| (!readable(l), l.shard_id.as_str()));
+        for lease in owned.into_iter().take(spare) {
+            if mine >= plan.target {
+                break;
+            }
+            plan.ask
+                .push((lease.shard_id.clone(), owner.to_owned(), lease.counter));
+            plan.waiting = true;
+            mine += 1;
+        }
+    }
+    let released: HashSet<&str> = plan.release.iter().map(String::as_str).collect();
+    for lease in held {
+        if released.contains(lease.shard_id.as_str()) {
+            continue;
+        }
+        match standing(&lease.shard_id) {
+            Some(Standing::Readable) => plan.start.push(lease.shard_id.clone()),
+            Some(Standing::Blocked(_)) => plan.blocked.push(lease.shard_id.clone()),
+            _ => {}
+        }
+    }
+    plan
+}
+
+/// Rows to delete: finished leases once every child has started (so that
+/// no child can be mistaken for one without parents) or once the stream no
+/// longer lists them, and leases confirmed gone that something still names
+/// as a parent (rows naming no shard of the stream and no parent of one are
+/// left alone: they may belong to another stream under the same name).
+fn deletions(input: &RoundInput<'_>) -> Vec<String> {
+    let started = |id: &String| {
+        input
+            .rows
+            .iter()
+            .filter_map(Row::lease)
+            .any(|l| &l.shard_id == id && l.checkpoint.has_started())
+    };
+    let named_as_parent = |id: &str| {
+        !input.lineage.children(id).is_empty()
+            || input
+                .rows
+                .iter()
+                .filter_map(Row::lease)
+                .any(|l| l.parents.iter().any(|p| p == id))
+    };
+    let mut delete = Vec::new();
+    for lease in input.rows.iter().filter_map(Row::lease) {
+        let id = &lease.shard_id;
+        let remove = match input.standings.get(id) {
+            Some(Standing::Finished) => {
+                !input.lineage.contains(id)
+                    || (!lease.children.is_empty() && lease.children.iter().all(started))
+            }
+            Some(Standing::Expired) => named_as_parent(id),
+            _ => false,
+        };
+        if remove {
+            delete.push(id.clone());
+        }
+    }
+    delete
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{ExtendedSequenceNumber, SequenceNumber};
+
+    fn shard(id: &str, parents: &[&str], closed: bool) -> Shard {
+        Shard {
+            shard_id: id.into(),
+            parent_shard_id: parents.first().map(|p| (*p).into()),
+            adjacent_parent_shard_id: parents.get(1).map(|p| (*p).into()),
+            starting_hash_key: "0".into(),
+            ending_hash_key: "9".into(),
+            starting_sequence_number: "1".into(),
+            ending_sequence_number: closed.then(|| "99".into()),
+        }
+    }
+
+    fn lease(id: &str, parents: &[&str], owner: Option<&str>, checkpoint: Checkpoint) -> Row {
+        Row::Lease(Lease {
+            shard_id: id.into(),
+            owner: owner.map(Into::into),
+            handoff_to: None,
+            counter: 1,
+            checkpoint,
+            owner_switches_since_checkpoint: 0,
+            parents: parents.iter().map(|p| (*p).into()).collect(),
+            children: Vec::new(),
+            hash_range: None,
+        })
+    }
+
+    fn at(seq: &str) -> Checkpoint {
+        Checkpoint::At(ExtendedSequenceNumber {
+            sequence_number: SequenceNumber::parse(seq).unwrap(),
+            sub_sequence_number: 0,
+        })
+    }
+
+    fn ids(leases: &[Lease]) -> Vec<&str> {
+        leases.iter().map(|l| l.shard_id.as_str()).collect()
+    }
+
+    /// P split into A and B, which were merged into M.
+    fn split_then_merge() -> Vec<Shard> {
+        vec![
+            shard("P", &[], true),
+            shard("A", &["P"], true),
+            shard("B", &["P"], true),
+            shard("M", &["A", "B"], false),
+        ]
+    }
+
+    #[test]
+    fn a_fresh_application_leases_the_whole_lineage_parents_first() {
+        let shards = split_then_merge();
+        let lineage = Lineage::new(&shards);
+        let now = SystemTime::now();
+        let created = new_leases(&[], &lineage, &Checkpoint::TrimHorizon, now);
+        assert_eq!(ids(&created), ["P", "A", "B", "M"]);
+        // Latest: closed shards without leased parents are skipped; the
+        // open one is pinned to now.
+        let created = new_leases(&[], &lineage, &Checkpoint::Latest, now);
+        assert_eq!(ids(&created), ["M"]);
+        assert_eq!(created[0].checkpoint, Checkpoint::AtTimestamp(Some(now)));
+    }
+
+    #[test]
+    fn a_finished_ancestor_is_never_leased_again() {
+        // P's lease was deleted once A and B started; A and B finished and
+        // M started, so A's and B's were deleted too. P, A, B are still
+        // listed (retention): none of them may come back.
+        let shards = split_then_merge();
+        let lineage = Lineage::new(&shards);
+        let rows = vec![lease("M", &["A", "B"], Some("w"), at("5"))];
+        for initial in [
+            Checkpoint::TrimHorizon,
+            Checkpoint::Latest,
+            Checkpoint::AtTimestamp(Some(SystemTime::UNIX_EPOCH)),
+        ] {
+            let created = new_leases(&rows, &lineage, &initial, SystemTime::now());
+            assert!(created.is_empty(), "{initial:?}: {:?}", ids(&created));
+        }
+        // A descendant's row counts even when it is malformed.
+        let rows = vec![Row::Malformed {
+            shard_id: "A".into(),
+            why: "x".into(),
+        }];
+        let created = new_leases(&rows, &lineage, &Checkpoint::TrimHorizon, SystemTime::now());
+        assert_eq!(ids(&created), ["B", "M"]);
+    }
+
+    #[test]
+    fn children_of_a_leased_shard_start_at_their_beginning_under_latest() {
+        let shards = vec![
+            shard("P", &[], true),
+            shard("A", &["P"], false),
+            shard("B", &["P"], false),
+        ];
+        let lineage = Lineage::new(&shards);
+        let rows = vec![lease("P", &[], Some("w"), at("5"))];
+        let created = new_leases(&rows, &lineage, &Checkpoint::Latest, SystemTime::now());
+        assert_eq!(ids(&created), ["A", "B"]);
+        assert!(
+            created
+                .iter()
+                .all(|l| l.checkpoint == Checkpoint::TrimHorizon)
+        );
+    }
+
+    #[test]
+    fn children_wait_for_unfinished_and_malformed_parents_not_for_expired_ones() {
+        let shards = vec![shard("A", &["P"], false), shard("B", &["Q"], false)];
+        let lineage = Lineage::new(&shards);
+        let rows = vec![
+            lease("P", &[], None, at("5")),
+            Row::Malformed {
+                shard_id: "Q".into(),
+                why: "checkpoint \"x\"".into(),
+            },
+            lease("A", &["P"], None, Checkpoint::TrimHorizon),
+            lease("B", &["Q"], None, Checkpoint::TrimHorizon),
+        ];
+        let s = standings(&rows, &lineage, &HashSet::new());
+        assert_eq!(s["P"], Standing::NotListed);
+        assert_eq!(s["A"], Standing::Blocked(vec!["P".into()]));
+        assert_eq!(s["B"], Standing::Blocked(vec!["Q".into()]));
+        assert!(matches!(s["Q"], Standing::Malformed(_)));
+        // P confirmed gone: A is free; B still waits for the malformed Q.
+        let s = standings(&rows, &lineage, &HashSet::from(["P".to_owned()]));
+        assert_eq!(s["P"], Standing::Expired);
+        assert_eq!(s["A"], Standing::Readable);
+        assert_eq!(s["B"], Standing::Blocked(vec!["Q".into()]));
+    }
+
+    #[test]
+    fn a_shard_is_gone_only_when_confirmed() {
+        let shards = vec![shard("A", &["P"], false)];
+        let lineage = Lineage::new(&shards);
+        let rows = vec![
+            lease("P", &[], None, at("5")),
+            lease("A", &["P"], None, Checkpoint::TrimHorizon),
+        ];
+        let once = count_misses(&rows, &lineage, &HashMap::new());
+        assert_eq!(once, HashMap::from([("P".to_owned(), 1)]));
+        assert!(gone(&once, &HashSet::new()).is_empty(), "one listing");
+        let not_found = HashSet::from(["P".to_owned()]);
+        assert_eq!(gone(&once, &not_found), not_found, "listing + reader");
+        let twice = count_misses(&rows, &lineage, &once);
+        assert_eq!(gone(&twice, &HashSet::new()), not_found, "two listings");
+        // Listed again: the count starts over.
+        let all = vec![shard("P", &[], true), shard("A", &["P"], false)];
+        assert!(count_misses(&rows, &Lineage::new(&all), &twice).is_empty());
+    }
+
+    struct World {
+        shards: Vec<Shard>,
+        rows: Vec<Row>,
+        held: HashSet<String>,
+        stale: HashSet<String>,
+        overdue: HashSet<String>,
+        gone: HashSet<String>,
+        max: usize,
+    }
+
+    impl World {
+        fn new(shards: Vec<Shard>, rows: Vec<Row>) -> World {
+            World {
+                shards,
+                rows,
+                held: HashSet::new(),
+                stale: HashSet::new(),
+                overdue: HashSet::new(),
+                gone: HashSet::new(),
+                max: usize::MAX,
+            }
+        }
+
+        fn plan(&self, me: &str) -> RoundPlan {
+            let lineage = Lineage::new(&self.shards);
+            let standings = standings(&self.rows, &lineage, &self.gone);
+            plan_round(&RoundInput {
+                me,
+                rows: &self.rows,
+                standings: &standings,
+                lineage: &lineage,
+                held: &self.held,
+                stale: &self.stale,
+                handoff_overdue: &self.overdue,
+                max_leases: self.max,
+            })
+        }
+    }
+
+    fn taken(plan: &RoundPlan) -> Vec<&str> {
+        plan.take.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
+    #[test]
+    fn takes_parents_before_children() {
+        let shards = vec![
+            shard("X", &[], true),
+            shard("A", &["X"], false),
+            shard("B", &["X"], false),
+        ];
+        let rows = vec![
+            lease("A", &["X"], None, Checkpoint::TrimHorizon),
+            lease("B", &["X"], None, Checkpoint::TrimHorizon),
+            lease("X", &[], Some("dead"), at("3")),
+        ];
+        let mut world = World::new(shards, rows);
+        world.stale.insert("X".into());
+        world.max = 1;
+        assert_eq!(taken(&world.plan("me")), ["X"]);
+    }
+
+    #[test]
+    fn a_capped_worker_gives_up_a_blocked_child_for_its_parent() {
+        let shards = vec![
+            shard("X", &[], true),
+            shard("A", &["X"], false),
+            shard("B", &["X"], false),
+        ];
+        let rows = vec![
+            lease("A", &["X"], Some("me"), Checkpoint::TrimHorizon),
+            lease("B", &["X"], None, Checkpoint::TrimHorizon),
+            lease("X", &[], Some("dead"), at("3")),
+        ];
+        let mut world = World::new(shards, rows);
+        world.held.insert("A".into());
+        world.max = 1;
+        // X's owner is alive: nothing to swap for.
+        let plan = world.plan("me");
+        assert!(plan.take.is_empty() && plan.release.is_empty(), "{plan:?}");
+        assert_eq!(plan.blocked, ["A"]);
+        // X's owner died: give A up, take X.
+        world.stale.insert("X".into());
+        let plan = world.plan("me");
+        assert_eq!(plan.release, ["A"]);
+        assert_eq!(taken(&plan), ["X"]);
+        assert!(plan.start.is_empty());
+    }
+
+    #[test]
+    fn never_takes_malformed_finished_unlisted_or_gone_rows() {
+        let shards = vec![shard("A", &[], false), shard("E", &[], true)];
+        let rows = vec![
+            Row::Malformed {
+                shard_id: "M".into(),
+                why: "x".into(),
+            },
+            lease("E", &[], None, Checkpoint::ShardEnd),
+            lease("U", &[], None, at("1")),
+            lease("G", &[], None, at("1")),
+            lease("A", &[], None, Checkpoint::TrimHorizon),
+        ];
+        let mut world = World::new(shards, rows);
+        world.gone.insert("G".into());
+        let plan = world.plan("me");
+        assert_eq!(taken(&plan), ["A"]);
+        // G blocks nothing and names nothing: left for another stream.
+        assert!(plan.delete.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn deletes_finished_leases_and_orphaned_parents() {
+        let shards = vec![shard("A", &["P"], false), shard("B", &["Q"], false)];
+        let mut q = lease("Q", &[], None, Checkpoint::ShardEnd);
+        if let Row::Lease(l) = &mut q {
+            l.children = vec!["B".into()];
+        }
+        let rows = vec![
+            lease("P", &[], Some("gone-worker"), at("5")),
+            q,
+            lease("A", &["P"], None, Checkpoint::TrimHorizon),
+            lease("B", &["Q"], None, at("7")),
+        ];
+        let mut world = World::new(shards, rows);
+        // Q finished and its only child started; P is not confirmed gone yet.
+        assert_eq!(world.plan("me").delete, ["Q"]);
+        world.gone.insert("P".into());
+        let plan = world.plan("me");
+        assert_eq!(plan.delete, ["P", "Q"]);
+        assert!(!taken(&plan).contains(&"P"));
+        assert!(taken(&plan).contains(&"A"), "A no longer waits: {plan:?}");
+    }
+
+    #[test]
+    fn balances_towards_an_even_share_and_forces_overdue_handoffs() {
+        let shards: Vec<Shard> = (0..6)
+            .map(|i| shard(&format!("s{i}"), &[], false))
+            .collect();
+        let rows: Vec<Row> = (0..6)
+            .map(|i| lease(&format!("s{i}"), &[], Some("busy"), at("1")))
+            .collect();
+        let mut world = World::new(shards, rows);
+        let plan = world.plan("me");
+        assert_eq!((plan.workers, plan.target), (2, 3));
+        assert_eq!(plan.ask.len(), 3, "{plan:?}");
+        assert!(plan.ask.iter().all(|(_, owner, _)| owner == "busy"));
+        assert!(plan.waiting);
+        // The owner ignored the request for s0 for the failover time.
+        if let Row::Lease(l) = &mut world.rows[0] {
+            l.handoff_to = Some("me".into());
+        }
+        world.overdue.insert("s0".into());
+        let plan = world.plan("me");
+        assert_eq!(taken(&plan), ["s0"]);
+        assert_eq!(plan.ask.len(), 2);
+    }
+
+    #[test]
+    fn a_lease_the_table_gives_to_another_is_lost_and_not_started() {
+        let shards = vec![shard("A", &[], false)];
+        let rows = vec![lease("A", &[], Some("other"), at("1"))];
+        let mut world = World::new(shards, rows);
+        world.held.insert("A".into());
+        let plan = world.plan("me");
+        assert_eq!(plan.lost, ["A"]);
+        assert!(plan.start.is_empty());
+    }
+}
