@@ -15,16 +15,51 @@ fn seed() -> u64 {
     h.finish() | 1
 }
 
+/// One step of xorshift64*: the next state and the value it yields.
+fn step(mut x: u64) -> (u64, u64) {
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    (x, x.wrapping_mul(0x2545_F491_4F6C_DD1D))
+}
+
 /// A uniformly distributed u64 (xorshift64*).
 pub(crate) fn next_u64() -> u64 {
     STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        s.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        let (state, value) = step(s.get());
+        s.set(state);
+        value
     })
+}
+
+/// A seeded generator, for runs that must replay exactly (the lease
+/// simulation).
+#[cfg(test)]
+#[derive(Clone, Debug)]
+pub(crate) struct Rng(u64);
+
+#[cfg(test)]
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
+        // Spread small seeds over the state; the state must not be 0.
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        let (state, value) = step(self.0);
+        self.0 = state;
+        value
+    }
+
+    /// A number in `0..n` (n > 0).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True with probability `p`.
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
 }
 
 /// A number in `0..=max`.

@@ -94,8 +94,9 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     timings: LeaseTimings,
     runner: R,
     metrics: Metrics,
-    /// The stream's shards as of the last shard sync.
-    listed: Vec<Shard>,
+    /// The stream's shards as of the last shard sync; `None` until one
+    /// succeeded (no lease is judged against a listing we do not have).
+    listed: Option<Vec<Shard>>,
     /// For each row: how many listings in a row left its shard out.
     misses: HashMap<String, u32>,
     /// Shards whose reader was told by the service that they do not exist.
@@ -130,7 +131,7 @@ impl<R: ShardRunner> Coordinator<R> {
             timings,
             runner,
             metrics,
-            listed: Vec::new(),
+            listed: None,
             misses: HashMap::new(),
             not_found: HashSet::new(),
             observed: HashMap::new(),
@@ -286,7 +287,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 self.held.table().set_children(&lease.shard_id, &children)?;
             }
         }
-        self.listed = shards;
+        self.listed = Some(shards);
         Ok(())
     }
 
@@ -296,15 +297,18 @@ impl<R: ShardRunner> Coordinator<R> {
     /// are finished. Returns true while some asked-for lease has not
     /// arrived yet.
     pub(crate) fn take_and_start(&mut self) -> Result<bool> {
+        if self.listed.is_none() {
+            self.sync_shards()?;
+        }
         let rows = self.held.table().list()?;
         let now = self.now();
         let me = self.held.owner().to_owned();
         self.observe(&rows, now, &me);
         self.not_found.extend(self.runner.take_not_found());
         // Borrowed out while the round runs; put back below.
-        let listed = std::mem::take(&mut self.listed);
+        let listed = self.listed.take().unwrap_or_default();
         let result = self.plan_and_carry_out(&rows, &listed, now, &me);
-        self.listed = listed;
+        self.listed = Some(listed);
         result
     }
 
@@ -338,6 +342,7 @@ impl<R: ShardRunner> Coordinator<R> {
             rows,
             standings: &standings,
             lineage: &lineage,
+            gone: &gone,
             held: &held,
             stale: &stale,
             handoff_overdue: &overdue,

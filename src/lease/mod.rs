@@ -5,6 +5,8 @@
 mod coordinator;
 mod held;
 mod plan;
+#[cfg(test)]
+mod sim;
 mod table;
 
 pub(crate) use coordinator::{

@@ -281,6 +281,8 @@ pub(crate) struct RoundInput<'a> {
     pub standings: &'a HashMap<String, Standing>,
     /// The stream's shards as last listed.
     pub lineage: &'a Lineage<'a>,
+    /// Rows whose shard the service confirmed gone (see [`gone`]).
+    pub gone: &'a HashSet<String>,
     /// The leases this worker holds.
     pub held: &'a HashSet<String>,
     /// Leases of other owners whose counter has stood still for the
@@ -298,8 +300,8 @@ pub(crate) struct RoundInput<'a> {
 pub(crate) struct RoundPlan {
     /// Held leases the table shows with another owner: stop reading them.
     pub lost: Vec<String>,
-    /// Rows to delete: finished leases whose children all started or that
-    /// the stream no longer lists, and leases of shards confirmed gone that
+    /// Rows to delete: finished leases whose children all started or whose
+    /// shard is confirmed gone, and leases of shards confirmed gone that
     /// something still names as a parent.
     pub delete: Vec<String>,
     /// Held leases to give up: finished ones, and blocked ones that make
@@ -384,13 +386,17 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
         .map(|l| l.shard_id.as_str())
         .collect();
     for lease in available {
-        if mine >= plan.target {
+        // Beyond the even share only for a lease nobody took for the
+        // failover time: the workers below their share may all be capped.
+        let room = mine < plan.target
+            || (mine < input.max_leases && input.stale.contains(&lease.shard_id));
+        if !room {
             // At the cap: swap a blocked lease for a readable one.
-            if !readable(lease) || mine < input.max_leases {
-                break;
+            if mine < input.max_leases || !readable(lease) {
+                continue;
             }
             let Some(give_up) = blocked_held.pop() else {
-                break;
+                continue;
             };
             plan.release.push(give_up.to_owned());
             mine -= 1;
@@ -446,10 +452,12 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
 }
 
 /// Rows to delete: finished leases once every child has started (so that
-/// no child can be mistaken for one without parents) or once the stream no
-/// longer lists them, and leases confirmed gone that something still names
-/// as a parent (rows naming no shard of the stream and no parent of one are
-/// left alone: they may belong to another stream under the same name).
+/// no child can be mistaken for one without parents) or once their shard is
+/// confirmed gone (one stale listing proves nothing: a lease deleted while
+/// its shard is listed and its children have no rows would be created
+/// again), and leases confirmed gone that something still names as a
+/// parent (rows naming no shard of the stream and no parent of one are left
+/// alone: they may belong to another stream under the same name).
 fn deletions(input: &RoundInput<'_>) -> Vec<String> {
     let started = |id: &String| {
         input
@@ -471,7 +479,7 @@ fn deletions(input: &RoundInput<'_>) -> Vec<String> {
         let id = &lease.shard_id;
         let remove = match input.standings.get(id) {
             Some(Standing::Finished) => {
-                !input.lineage.contains(id)
+                input.gone.contains(id)
                     || (!lease.children.is_empty() && lease.children.iter().all(started))
             }
             Some(Standing::Expired) => named_as_parent(id),
@@ -669,6 +677,7 @@ mod tests {
                 rows: &self.rows,
                 standings: &standings,
                 lineage: &lineage,
+                gone: &self.gone,
                 held: &self.held,
                 stale: &self.stale,
                 handoff_overdue: &self.overdue,
@@ -727,6 +736,33 @@ mod tests {
     }
 
     #[test]
+    fn takes_beyond_its_share_what_capped_workers_leave_behind() {
+        let shards: Vec<Shard> = (0..4)
+            .map(|i| shard(&format!("s{i}"), &[], false))
+            .collect();
+        let mut rows: Vec<Row> = (0..3)
+            .map(|i| {
+                lease(
+                    &format!("s{i}"),
+                    &[],
+                    Some(if i < 2 { "me" } else { "capped" }),
+                    at("1"),
+                )
+            })
+            .collect();
+        rows.push(lease("s3", &[], None, Checkpoint::TrimHorizon));
+        let mut world = World::new(shards, rows);
+        world.held = HashSet::from(["s0".into(), "s1".into()]);
+        // At its share (2 of 4 with 2 workers): leaves s3 to the other...
+        assert!(world.plan("me").take.is_empty());
+        // ...until s3 has stood unowned for the failover time.
+        world.stale.insert("s3".into());
+        assert_eq!(taken(&world.plan("me")), ["s3"]);
+        world.max = 2;
+        assert!(world.plan("me").take.is_empty(), "never beyond the cap");
+    }
+
+    #[test]
     fn never_takes_malformed_finished_unlisted_or_gone_rows() {
         let shards = vec![shard("A", &[], false), shard("E", &[], true)];
         let rows = vec![
@@ -762,6 +798,15 @@ mod tests {
         ];
         let mut world = World::new(shards, rows);
         // Q finished and its only child started; P is not confirmed gone yet.
+        assert_eq!(world.plan("me").delete, ["Q"]);
+        if let Row::Lease(q) = &mut world.rows[1] {
+            q.children.clear();
+        }
+        assert!(
+            world.plan("me").delete.is_empty(),
+            "Q is unlisted but not confirmed gone, and names no child"
+        );
+        world.gone.insert("Q".into());
         assert_eq!(world.plan("me").delete, ["Q"]);
         world.gone.insert("P".into());
         let plan = world.plan("me");

@@ -1,0 +1,935 @@
+//! A seeded, deterministic simulation of many workers sharing one lease
+//! table over one stream: the real [`Coordinator`] and [`HeldLeases`] run
+//! against an in-memory table and stream on simulated time, with seeded
+//! kills, restarts, pauses, failed and lost writes, failed listings,
+//! splits, merges, shards expiring from the stream, and capped workers.
+//! Invariants are checked after every step; a failing seed is printed so
+//! that `SIM_SEED=<seed> cargo test --lib lease::sim` replays it alone.
+//!
+//! What it models more harshly than DynamoDB and our client do: a write
+//! whose reply is lost reports an error to the caller (the real client's
+//! retry would usually find it landed), so workers lose leases more often
+//! here than in production.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::aws::kinesis::Shard;
+use crate::error::{Error, Result};
+use crate::lease::coordinator::{LeaseTimings, ShardRunner, ShardSource};
+use crate::lease::plan::Row;
+use crate::lease::table::{LeaseStore, Written, next_counter};
+use crate::lease::{Checkpoint, Clock, Coordinator, HeldLeases, Lease};
+use crate::metrics::Metrics;
+use crate::random::Rng;
+use crate::record::{ExtendedSequenceNumber, SequenceNumber};
+use crate::sync::lock;
+
+const STEP: Duration = Duration::from_millis(100);
+const FAILOVER: Duration = Duration::from_secs(10);
+const SYNC_INTERVAL: Duration = Duration::from_secs(5);
+/// Simulated time with faults, then without (everything must settle).
+const CHAOS_STEPS: u64 = 600;
+const QUIET_STEPS: u64 = 1200;
+
+/// What went wrong in a run.
+type Violation = String;
+
+/// Prints a line of the run's story when SIM_TRACE is set (with SIM_SEED).
+fn trace(line: impl FnOnce() -> String) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("SIM_TRACE").is_some()) {
+        eprintln!("{}", line());
+    }
+}
+
+/// Simulated time, shared by every part of one run.
+#[derive(Clone)]
+struct SimClock {
+    base: Instant,
+    millis: Arc<AtomicU64>,
+}
+
+impl SimClock {
+    fn now(&self) -> Instant {
+        self.base + Duration::from_millis(self.millis.load(Ordering::Relaxed))
+    }
+
+    fn clock(&self) -> Clock {
+        let me = self.clone();
+        Clock::new(move || me.now())
+    }
+}
+
+/// Fault odds; all zero in the quiet phase.
+#[derive(Clone, Copy, Default)]
+struct Odds {
+    fail: f64,
+    lost: f64,
+}
+
+/// Faults drawn from (seed, key, how many calls the key had): the same
+/// for a key whatever order threads call in.
+struct Faults {
+    seed: u64,
+    calls: Mutex<HashMap<String, u64>>,
+    odds: Mutex<Odds>,
+}
+
+enum Fault {
+    None,
+    /// Not applied; the caller gets an error.
+    Fail,
+    /// Applied; the caller gets an error (every reply lost).
+    Lost,
+}
+
+impl Faults {
+    fn draw(&self, key: &str) -> Fault {
+        let n = {
+            let mut calls = lock(&self.calls);
+            let n = calls.entry(key.to_owned()).or_default();
+            *n += 1;
+            *n
+        };
+        let odds = *lock(&self.odds);
+        let mut h = self.seed ^ 0xcbf2_9ce4_8422_2325;
+        for b in key.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+        let mut rng = Rng::new(h ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        if rng.chance(odds.fail) {
+            Fault::Fail
+        } else if rng.chance(odds.lost) {
+            Fault::Lost
+        } else {
+            Fault::None
+        }
+    }
+}
+
+fn injected(operation: &'static str) -> Error {
+    Error::Transport {
+        operation,
+        message: "injected by the simulation".into(),
+    }
+}
+
+/// What the simulated world remembers to check invariants against.
+#[derive(Default)]
+struct Truth {
+    violations: Vec<Violation>,
+    /// Shards whose lease reached SHARD_END.
+    finished: HashSet<String>,
+    /// Shards whose lease existed at some point.
+    ever_leased: HashSet<String>,
+    /// Finished leases that were deleted.
+    deleted_finished: HashSet<String>,
+    /// Per (worker, shard): the highest record delivered.
+    delivered_upto: HashMap<(String, String), u64>,
+    /// Every record delivered at least once.
+    delivered: HashSet<u64>,
+}
+
+/// The in-memory lease table.
+struct SimTable {
+    rows: Mutex<BTreeMap<String, Row>>,
+    faults: Arc<Faults>,
+    truth: Arc<Mutex<Truth>>,
+    stream: Arc<Mutex<SimStream>>,
+}
+
+impl std::fmt::Debug for SimTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SimTable")
+    }
+}
+
+fn position(checkpoint: &Checkpoint) -> Option<u64> {
+    match checkpoint {
+        Checkpoint::At(p) => p.sequence_number.as_str().parse().ok(),
+        _ => None,
+    }
+}
+
+impl SimTable {
+    /// Applies `write` to the lease row if `condition` holds, with faults.
+    fn write(
+        &self,
+        operation: &'static str,
+        shard_id: &str,
+        condition: impl Fn(&Lease) -> bool,
+        write: impl Fn(&mut Lease),
+    ) -> Result<Option<Written>> {
+        let fault = self.faults.draw(shard_id);
+        if matches!(fault, Fault::Fail) {
+            return Err(injected(operation));
+        }
+        let mut rows = lock(&self.rows);
+        let Some(Row::Lease(lease)) = rows.get_mut(shard_id) else {
+            return Ok(None);
+        };
+        if !condition(lease) {
+            trace(|| format!("  {operation} {shard_id}: condition failed ({lease:?})"));
+            return Ok(None);
+        }
+        write(lease);
+        trace(|| {
+            format!(
+                "  {operation} {shard_id}: now {:?} #{} {:?} {:?}",
+                lease.owner, lease.counter, lease.checkpoint, lease.handoff_to
+            )
+        });
+        let written = Written {
+            counter: lease.counter,
+            handoff_to: lease.handoff_to.clone(),
+        };
+        match fault {
+            Fault::Lost => Err(injected(operation)),
+            _ => Ok(Some(written)),
+        }
+    }
+
+    fn held_by(owner: &str, counter: u64) -> impl Fn(&Lease) -> bool + '_ {
+        move |l| l.owner.as_deref() == Some(owner) && l.counter == counter
+    }
+}
+
+impl LeaseStore for SimTable {
+    fn ensure_exists(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<Row>> {
+        if matches!(self.faults.draw(""), Fault::Fail | Fault::Lost) {
+            return Err(injected("Scan"));
+        }
+        Ok(lock(&self.rows).values().cloned().collect())
+    }
+
+    fn create(&self, lease: &Lease) -> Result<bool> {
+        let mut rows = lock(&self.rows);
+        if rows.contains_key(&lease.shard_id) {
+            return Ok(false);
+        }
+        let mut truth = lock(&self.truth);
+        if truth.deleted_finished.contains(&lease.shard_id) {
+            truth.violations.push(format!(
+                "finished shard {} was leased again",
+                lease.shard_id
+            ));
+        }
+        let stream = lock(&self.stream);
+        for id in rows.keys() {
+            if stream.is_ancestor(&lease.shard_id, id) {
+                truth.violations.push(format!(
+                    "shard {} was leased though its descendant {id} has a lease",
+                    lease.shard_id
+                ));
+            }
+        }
+        truth.ever_leased.insert(lease.shard_id.clone());
+        trace(|| format!("  create {} at {:?}", lease.shard_id, lease.checkpoint));
+        rows.insert(lease.shard_id.clone(), Row::Lease(lease.clone()));
+        Ok(true)
+    }
+
+    fn set_children(&self, shard_id: &str, children: &[String]) -> Result<()> {
+        if let Some(Row::Lease(l)) = lock(&self.rows).get_mut(shard_id) {
+            l.children = children.to_vec();
+        }
+        Ok(())
+    }
+
+    fn take(&self, shard_id: &str, seen_counter: u64, owner: &str) -> Result<Option<Written>> {
+        self.write(
+            "UpdateItem",
+            shard_id,
+            |l| l.counter == seen_counter,
+            |l| {
+                l.owner = Some(owner.to_owned());
+                l.counter = next_counter(seen_counter);
+                l.handoff_to = None;
+                l.owner_switches_since_checkpoint += 1;
+            },
+        )
+    }
+
+    fn request_handoff(
+        &self,
+        shard_id: &str,
+        owner: &str,
+        seen_counter: u64,
+        to: &str,
+    ) -> Result<bool> {
+        let asked = self.write(
+            "UpdateItem",
+            shard_id,
+            Self::held_by(owner, seen_counter),
+            |l| l.handoff_to = Some(to.to_owned()),
+        )?;
+        Ok(asked.is_some())
+    }
+
+    fn renew(&self, shard_id: &str, owner: &str, counter: u64) -> Result<Option<Written>> {
+        self.write("UpdateItem", shard_id, Self::held_by(owner, counter), |l| {
+            l.counter = next_counter(counter)
+        })
+    }
+
+    fn checkpoint(
+        &self,
+        shard_id: &str,
+        owner: &str,
+        counter: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<Option<Written>> {
+        let truth = self.truth.clone();
+        self.write(
+            "UpdateItem",
+            shard_id,
+            Self::held_by(owner, counter),
+            |l| {
+                let mut truth = lock(&truth);
+                if let Some(at) = position(checkpoint) {
+                    let handed = truth
+                        .delivered_upto
+                        .get(&(owner.to_owned(), shard_id.to_owned()))
+                        .copied();
+                    if handed.is_none_or(|h| at > h) {
+                        truth.violations.push(format!(
+                            "{owner} checkpointed {shard_id} at {at}, beyond what it handed on ({handed:?})"
+                        ));
+                    }
+                    if position(&l.checkpoint).is_some_and(|old| at < old) {
+                        truth.violations.push(format!(
+                            "{owner} moved the checkpoint of {shard_id} back to {at} from {:?}",
+                            l.checkpoint
+                        ));
+                    }
+                }
+                if *checkpoint == Checkpoint::ShardEnd {
+                    truth.finished.insert(shard_id.to_owned());
+                }
+                l.checkpoint = checkpoint.clone();
+                l.counter = next_counter(counter);
+            },
+        )
+    }
+
+    fn release(
+        &self,
+        shard_id: &str,
+        owner: &str,
+        counter: u64,
+        to: Option<&str>,
+    ) -> Result<Option<Written>> {
+        self.write("UpdateItem", shard_id, Self::held_by(owner, counter), |l| {
+            l.owner = to.map(str::to_owned);
+            l.handoff_to = None;
+            l.counter = next_counter(counter);
+        })
+    }
+
+    fn delete_finished(&self, shard_id: &str) -> Result<()> {
+        let mut rows = lock(&self.rows);
+        if let Some(Row::Lease(l)) = rows.get(shard_id)
+            && l.checkpoint == Checkpoint::ShardEnd
+        {
+            rows.remove(shard_id);
+            trace(|| format!("  delete finished {shard_id}"));
+            lock(&self.truth)
+                .deleted_finished
+                .insert(shard_id.to_owned());
+        }
+        Ok(())
+    }
+
+    fn delete_gone(&self, shard_id: &str, seen_counter: u64) -> Result<()> {
+        let mut rows = lock(&self.rows);
+        if let Some(Row::Lease(l)) = rows.get(shard_id)
+            && l.counter == seen_counter
+        {
+            if !lock(&self.stream).expired.contains(shard_id) {
+                lock(&self.truth).violations.push(format!(
+                    "the lease of {shard_id} was deleted as gone, but the stream still has it"
+                ));
+            }
+            rows.remove(shard_id);
+            trace(|| format!("  delete gone {shard_id}"));
+        }
+        Ok(())
+    }
+}
+
+/// The simulated stream: shards with their records (global, increasing
+/// sequence numbers), reshards, and shards expiring past retention.
+#[derive(Default)]
+struct SimStream {
+    shards: Vec<(Shard, Vec<u64>)>,
+    expired: HashSet<String>,
+    /// Closed shards in the order they closed: retention expires them in
+    /// that order (a parent always before its children).
+    closed: Vec<String>,
+    next_seq: u64,
+    next_id: u32,
+}
+
+impl SimStream {
+    fn add_shard(&mut self, parents: &[&str]) -> String {
+        let id = format!("shardId-{:012}", self.next_id);
+        self.next_id += 1;
+        self.shards.push((
+            Shard {
+                shard_id: id.clone(),
+                parent_shard_id: parents.first().map(|p| (*p).to_owned()),
+                adjacent_parent_shard_id: parents.get(1).map(|p| (*p).to_owned()),
+                starting_hash_key: "0".into(),
+                ending_hash_key: "1".into(),
+                starting_sequence_number: self.next_seq.to_string(),
+                ending_sequence_number: None,
+            },
+            Vec::new(),
+        ));
+        id
+    }
+
+    fn shard(&self, id: &str) -> Option<&(Shard, Vec<u64>)> {
+        self.shards.iter().find(|(s, _)| s.shard_id == id)
+    }
+
+    fn open(&self) -> Vec<String> {
+        self.shards
+            .iter()
+            .filter(|(s, _)| !s.is_closed())
+            .map(|(s, _)| s.shard_id.clone())
+            .collect()
+    }
+
+    fn close(&mut self, id: &str) {
+        let end = self.next_seq.to_string();
+        if let Some((s, _)) = self.shards.iter_mut().find(|(s, _)| s.shard_id == id) {
+            s.ending_sequence_number = Some(end);
+            self.closed.push(id.to_owned());
+        }
+    }
+
+    fn put(&mut self, id: &str) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some((_, records)) = self.shards.iter_mut().find(|(s, _)| s.shard_id == id) {
+            records.push(seq);
+        }
+    }
+
+    /// True when `ancestor` is a parent, grandparent, ... of `shard`.
+    fn is_ancestor(&self, ancestor: &str, shard: &str) -> bool {
+        let mut todo = vec![shard.to_owned()];
+        let mut seen = HashSet::new();
+        while let Some(id) = todo.pop() {
+            let Some((s, _)) = self.shard(&id) else {
+                continue;
+            };
+            for p in s.parents() {
+                if p == ancestor {
+                    return true;
+                }
+                if seen.insert(p.to_owned()) {
+                    todo.push(p.to_owned());
+                }
+            }
+        }
+        false
+    }
+}
+
+struct SimSource {
+    stream: Arc<Mutex<SimStream>>,
+    faults: Arc<Faults>,
+}
+
+impl ShardSource for SimSource {
+    fn list_shards(&self) -> Result<(Vec<Shard>, Option<SystemTime>)> {
+        if matches!(self.faults.draw("ListShards"), Fault::Fail | Fault::Lost) {
+            return Err(injected("ListShards"));
+        }
+        let stream = lock(&self.stream);
+        let listed = stream
+            .shards
+            .iter()
+            .filter(|(s, _)| !stream.expired.contains(&s.shard_id))
+            .map(|(s, _)| s.clone())
+            .collect();
+        Ok((listed, None))
+    }
+}
+
+/// One shard being read by a simulated worker.
+struct Reading {
+    epoch: u64,
+    /// Index of the next record to read.
+    next: usize,
+    ended: bool,
+}
+
+#[derive(Clone)]
+struct SimRunner {
+    stream: Arc<Mutex<SimStream>>,
+    readers: Arc<Mutex<BTreeMap<String, Reading>>>,
+    not_found: Arc<Mutex<Vec<String>>>,
+}
+
+impl ShardRunner for SimRunner {
+    fn start(&mut self, shard_id: &str, epoch: u64, checkpoint: &Checkpoint) {
+        let stream = lock(&self.stream);
+        let records = stream.shard(shard_id).map_or(&[][..], |(_, r)| r);
+        let (next, ended) = match checkpoint {
+            Checkpoint::ShardEnd => (records.len(), true),
+            other => match position(other) {
+                Some(at) => (records.partition_point(|r| *r <= at), false),
+                None => (0, false),
+            },
+        };
+        lock(&self.readers).insert(shard_id.to_owned(), Reading { epoch, next, ended });
+    }
+
+    fn stop(&mut self, shard_id: &str) {
+        lock(&self.readers).remove(shard_id);
+    }
+
+    fn is_running(&self, shard_id: &str) -> bool {
+        lock(&self.readers).contains_key(shard_id)
+    }
+
+    fn stop_all(&mut self) {
+        lock(&self.readers).clear();
+    }
+
+    fn take_not_found(&mut self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.not_found))
+    }
+}
+
+struct Worker {
+    id: String,
+    coordinator: Coordinator<SimRunner>,
+    held: Arc<HeldLeases>,
+    runner: SimRunner,
+    /// Delivered but not yet checkpointed: (epoch, last record).
+    pending: HashMap<String, (u64, u64)>,
+    next_renew: Instant,
+    next_take: Instant,
+    next_sync: Instant,
+    paused_until: Instant,
+    capped: bool,
+}
+
+struct Sim {
+    rng: Rng,
+    clock: SimClock,
+    faults: Arc<Faults>,
+    truth: Arc<Mutex<Truth>>,
+    stream: Arc<Mutex<SimStream>>,
+    table: Arc<SimTable>,
+    workers: Vec<Worker>,
+    dead: Vec<(String, bool)>,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let mut rng = Rng::new(seed);
+        let clock = SimClock {
+            base: Instant::now(),
+            millis: Arc::default(),
+        };
+        let faults = Arc::new(Faults {
+            seed,
+            calls: Mutex::default(),
+            odds: Mutex::new(Odds {
+                fail: 0.03,
+                lost: 0.02,
+            }),
+        });
+        let truth = Arc::new(Mutex::new(Truth::default()));
+        let stream = Arc::new(Mutex::new(SimStream::default()));
+        for _ in 0..1 + rng.below(4) {
+            lock(&stream).add_shard(&[]);
+        }
+        let table = Arc::new(SimTable {
+            rows: Mutex::default(),
+            faults: faults.clone(),
+            truth: truth.clone(),
+            stream: stream.clone(),
+        });
+        let mut sim = Sim {
+            rng,
+            clock,
+            faults,
+            truth,
+            stream,
+            table,
+            workers: Vec::new(),
+            dead: Vec::new(),
+        };
+        for i in 0..2 + sim.rng.below(3) {
+            let capped = sim.rng.chance(0.3);
+            sim.spawn(format!("w{i}"), capped);
+        }
+        sim
+    }
+
+    fn spawn(&mut self, id: String, capped: bool) {
+        let now = self.clock.now();
+        let held = Arc::new(HeldLeases::new(
+            self.table.clone(),
+            id.clone(),
+            FAILOVER,
+            self.clock.clock(),
+        ));
+        let runner = SimRunner {
+            stream: self.stream.clone(),
+            readers: Arc::default(),
+            not_found: Arc::default(),
+        };
+        let timings = LeaseTimings {
+            failover: FAILOVER,
+            renew_interval: FAILOVER / 3,
+            take_interval: FAILOVER / 3,
+            shard_sync_interval: SYNC_INTERVAL,
+            max_leases_per_worker: if capped {
+                1 + self.rng.below(2) as usize
+            } else {
+                usize::MAX
+            },
+        };
+        let coordinator = Coordinator::new(
+            held.clone(),
+            Box::new(SimSource {
+                stream: self.stream.clone(),
+                faults: self.faults.clone(),
+            }),
+            "sim",
+            Checkpoint::TrimHorizon,
+            timings,
+            runner.clone(),
+            Metrics::default(),
+        );
+        // Workers start out of step with each other.
+        let offset = Duration::from_millis(self.rng.below(3000));
+        self.workers.push(Worker {
+            id,
+            coordinator,
+            held,
+            runner,
+            pending: HashMap::new(),
+            next_renew: now + FAILOVER / 3 + offset,
+            next_take: now + offset,
+            next_sync: now + offset,
+            paused_until: now,
+            capped,
+        });
+    }
+
+    fn run(&mut self) -> std::result::Result<(), Violation> {
+        for step in 0..CHAOS_STEPS + QUIET_STEPS {
+            trace(|| format!("t={:.1}", step as f64 / 10.0));
+            if step == CHAOS_STEPS {
+                self.quiet();
+            }
+            if step < CHAOS_STEPS {
+                self.chaos();
+            }
+            if self.rng.chance(0.3) {
+                let open = lock(&self.stream).open();
+                let shard = &open[self.rng.below(open.len() as u64) as usize];
+                lock(&self.stream).put(shard);
+            }
+            let mut order: Vec<usize> = (0..self.workers.len()).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, self.rng.below(i as u64 + 1) as usize);
+            }
+            for i in order {
+                self.step_worker(i);
+            }
+            if let Some(v) = lock(&self.truth).violations.first() {
+                return Err(format!("at {:.1} s: {v}", step as f64 / 10.0));
+            }
+            self.clock
+                .millis
+                .fetch_add(STEP.as_millis() as u64, Ordering::Relaxed);
+        }
+        self.check_everything_read()
+    }
+
+    /// Random kills, restarts, pauses and reshards.
+    fn chaos(&mut self) {
+        let now = self.clock.now();
+        if self.rng.chance(0.003) && self.workers.len() > 1 {
+            let i = self.rng.below(self.workers.len() as u64) as usize;
+            let w = self.workers.remove(i);
+            trace(|| format!("{} is killed", w.id));
+            self.dead.push((w.id, w.capped));
+        }
+        if self.rng.chance(0.004) && !self.dead.is_empty() {
+            // Restarts under its old id: its old leases look like its own.
+            let (id, capped) = self.dead.remove(0);
+            trace(|| format!("{id} restarts"));
+            self.spawn(id, capped);
+        }
+        if self.rng.chance(0.004) {
+            let i = self.rng.below(self.workers.len() as u64) as usize;
+            let pause = Duration::from_millis(500 + self.rng.below(20_000));
+            self.workers[i].paused_until = now + pause;
+            trace(|| format!("{} pauses for {pause:?}", self.workers[i].id));
+        }
+        let mut stream = lock(&self.stream);
+        let open = stream.open();
+        if self.rng.chance(0.004) && open.len() < 6 {
+            let parent = open[self.rng.below(open.len() as u64) as usize].clone();
+            stream.close(&parent);
+            let a = stream.add_shard(&[&parent]);
+            let b = stream.add_shard(&[&parent]);
+            trace(|| format!("{parent} splits into {a} and {b}"));
+        } else if self.rng.chance(0.003) && open.len() >= 2 {
+            let (a, b) = (open[0].clone(), open[1].clone());
+            stream.close(&a);
+            stream.close(&b);
+            let m = stream.add_shard(&[&a, &b]);
+            trace(|| format!("{a} and {b} merge into {m}"));
+        }
+        // The oldest closed shard ages out of the stream (retention), read or not.
+        if self.rng.chance(0.002) {
+            let oldest = stream
+                .closed
+                .iter()
+                .find(|id| !stream.expired.contains(*id))
+                .cloned();
+            if let Some(id) = oldest {
+                trace(|| format!("{id} expires from the stream"));
+                stream.expired.insert(id);
+            }
+        }
+    }
+
+    /// Faults stop, pauses end, and one uncapped worker is sure to run.
+    fn quiet(&mut self) {
+        *lock(&self.faults.odds) = Odds::default();
+        let now = self.clock.now();
+        for w in &mut self.workers {
+            w.paused_until = now;
+        }
+        if self.workers.iter().all(|w| w.capped) {
+            self.spawn("rescuer".into(), false);
+        }
+    }
+
+    fn step_worker(&mut self, i: usize) {
+        let now = self.clock.now();
+        let ticker_first = self.rng.chance(0.5);
+        let w = &mut self.workers[i];
+        if w.paused_until > now {
+            return;
+        }
+        if ticker_first {
+            Self::tick(w, &self.stream, &self.table);
+        }
+        if now >= w.next_renew {
+            w.coordinator.renew();
+            w.next_renew = now + FAILOVER / 3;
+        }
+        if now >= w.next_sync {
+            let _ = w.coordinator.sync_shards();
+            w.next_sync = now + SYNC_INTERVAL;
+        }
+        if now >= w.next_take {
+            let waiting = w.coordinator.take_and_start().unwrap_or(false);
+            w.next_take = now + if waiting { FAILOVER / 6 } else { FAILOVER / 3 };
+        }
+        if !ticker_first {
+            Self::tick(w, &self.stream, &self.table);
+        }
+    }
+
+    /// The worker's readers and ticker: read a few records per shard, hand
+    /// them on while the lease is current, checkpoint, finish shards, and
+    /// hand over leases that were asked for.
+    fn tick(w: &mut Worker, stream: &Mutex<SimStream>, table: &SimTable) {
+        let mut finished = Vec::new();
+        let shards: Vec<String> = lock(&w.runner.readers).keys().cloned().collect();
+        for shard_id in shards {
+            let (epoch, next, ended) = match lock(&w.runner.readers).get(&shard_id) {
+                Some(r) => (r.epoch, r.next, r.ended),
+                None => continue,
+            };
+            if ended {
+                continue;
+            }
+            let (batch, closed, expired, parents) = {
+                let stream = lock(stream);
+                if stream.expired.contains(&shard_id) {
+                    (Vec::new(), false, true, Vec::new())
+                } else {
+                    let (shard, records) = stream.shard(&shard_id).expect("listed shard");
+                    let batch: Vec<u64> = records.iter().skip(next).take(3).copied().collect();
+                    let at_end = next + batch.len() == records.len() && shard.is_closed();
+                    let parents = shard
+                        .parents()
+                        .filter(|p| !stream.expired.contains(*p))
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>();
+                    (batch, at_end, false, parents)
+                }
+            };
+            if expired {
+                // ResourceNotFound: the reader ends and reports it.
+                if let Some(r) = lock(&w.runner.readers).get_mut(&shard_id) {
+                    r.ended = true;
+                }
+                lock(&w.runner.not_found).push(shard_id);
+                continue;
+            }
+            if let Some(r) = lock(&w.runner.readers).get_mut(&shard_id) {
+                r.next += batch.len();
+                r.ended = closed;
+            }
+            if (batch.is_empty() && !closed) || !w.held.is_current(&shard_id, epoch) {
+                continue;
+            }
+            if let Some(last) = batch.last() {
+                Self::deliver(w, &shard_id, &batch, &parents, table);
+                w.pending.insert(shard_id.clone(), (epoch, *last));
+            }
+            if closed {
+                finished.push((shard_id, epoch));
+            }
+        }
+        for (shard_id, (epoch, last)) in std::mem::take(&mut w.pending) {
+            let at = Checkpoint::At(ExtendedSequenceNumber {
+                sequence_number: SequenceNumber::parse(&last.to_string()).expect("digits"),
+                sub_sequence_number: 0,
+            });
+            if w.held.checkpoint(&shard_id, epoch, &at).is_err() {
+                w.pending.insert(shard_id, (epoch, last));
+            }
+        }
+        for (shard_id, epoch) in finished {
+            match w.held.checkpoint(&shard_id, epoch, &Checkpoint::ShardEnd) {
+                Ok(true) => w.coordinator.shard_finished(&shard_id),
+                // Try again at the next tick.
+                Err(_) => {
+                    if let Some(r) = lock(&w.runner.readers).get_mut(&shard_id) {
+                        r.ended = false;
+                    }
+                }
+                // Lost: the coordinator stops the reader.
+                Ok(false) => {}
+            }
+        }
+        for shard_id in w.held.handoffs() {
+            if !w.pending.contains_key(&shard_id) {
+                let _ = w.held.release(&shard_id);
+            }
+        }
+    }
+
+    /// Hands records on, checking that the table names this worker the
+    /// lease's owner right now (fencing) and that every parent that was
+    /// ever leased is finished (parents before children).
+    fn deliver(
+        w: &Worker,
+        shard_id: &str,
+        batch: &[u64],
+        unexpired_parents: &[String],
+        table: &SimTable,
+    ) {
+        let owner = match lock(&table.rows).get(shard_id) {
+            Some(Row::Lease(l)) => l.owner.clone(),
+            _ => None,
+        };
+        let mut truth = lock(&table.truth);
+        if owner.as_deref() != Some(w.id.as_str()) {
+            truth.violations.push(format!(
+                "{} handed on records of {shard_id} while the table gives it to {owner:?}",
+                w.id
+            ));
+        }
+        for p in unexpired_parents {
+            if truth.ever_leased.contains(p) && !truth.finished.contains(p) {
+                truth.violations.push(format!(
+                    "{} read {shard_id} before its parent {p} was finished",
+                    w.id
+                ));
+            }
+        }
+        trace(|| format!("  {} delivers {shard_id} {batch:?}", w.id));
+        truth.delivered.extend(batch);
+        let upto = truth
+            .delivered_upto
+            .entry((w.id.clone(), shard_id.to_owned()))
+            .or_default();
+        *upto = (*upto).max(*batch.last().unwrap_or(&0));
+    }
+
+    fn check_everything_read(&self) -> std::result::Result<(), Violation> {
+        let stream = lock(&self.stream);
+        let truth = lock(&self.truth);
+        for (shard, records) in &stream.shards {
+            if stream.expired.contains(&shard.shard_id) {
+                continue;
+            }
+            if let Some(r) = records.iter().find(|r| !truth.delivered.contains(r)) {
+                let workers: Vec<String> = self
+                    .workers
+                    .iter()
+                    .map(|w| format!("{} capped {} holds {:?}", w.id, w.capped, w.held.shards()))
+                    .collect();
+                let rows: Vec<String> = lock(&self.table.rows)
+                    .values()
+                    .map(|r| format!("{r:?}"))
+                    .collect();
+                return Err(format!(
+                    "record {r} of {} was never delivered; workers {workers:?}; table {rows:#?}",
+                    shard.shard_id,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one seed; the violation, if any, names the seed for replay.
+fn run_seed(seed: u64) -> std::result::Result<(), Violation> {
+    Sim::new(seed).run().map_err(|v| {
+        format!("seed {seed}: {v} (replay: SIM_SEED={seed} cargo test --lib lease::sim)")
+    })
+}
+
+#[test]
+fn workers_share_a_stream_through_faults_and_reshards() {
+    if let Ok(seed) = std::env::var("SIM_SEED") {
+        let seed = seed.parse().expect("SIM_SEED is a number");
+        if let Err(v) = run_seed(seed) {
+            panic!("{v}");
+        }
+        return;
+    }
+    let seeds: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let started = Instant::now();
+    let failures: Vec<Violation> = (0..seeds).filter_map(|seed| run_seed(seed).err()).collect();
+    eprintln!(
+        "lease simulation: {seeds} seeds in {:.1} s, {} failed",
+        started.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
