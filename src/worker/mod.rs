@@ -30,6 +30,10 @@ use ticker::Ticker;
 /// CloudWatch.
 const METRICS_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
+/// On top of one request's connect and read timeouts: how long a stopping
+/// consumer waits for a reader to see its request through.
+const READER_STOP_MARGIN: Duration = Duration::from_secs(1);
+
 /// Stops a running [`Consumer`] from any thread.
 ///
 /// [`shutdown`](Self::shutdown) only sets an atomic flag, so it is safe to
@@ -217,6 +221,7 @@ impl<T: Send + 'static> Consumer<T> {
                 u64::MAX,
             )),
             pace_reads: s.pace_reads,
+            stop_timeout: s.connect_timeout + s.read_timeout + READER_STOP_MARGIN,
         });
         let timings = LeaseTimings {
             failover: s.failover_time,
@@ -242,7 +247,10 @@ impl<T: Send + 'static> Consumer<T> {
         );
         let (events, event_receiver) = crossbeam_channel::unbounded();
         if let Err(e) = coordinator.start() {
-            // Stop any reader the first take started and release its lease.
+            // Nothing will drain the readers' channel: close it so that no
+            // reader waits on it, then stop any reader the first take
+            // started (bounded) and release its lease.
+            drop(records);
             let _ = events.send(CoordinatorEvent::Stop);
             coordinator.run(event_receiver);
             return Err(e);
