@@ -151,6 +151,11 @@ impl<T: Send + 'static> Consumer<T> {
     /// or panics, nothing of that batch is checkpointed and `run` returns
     /// the error ([`Error::Handler`] or [`Error::HandlerPanicked`]), after
     /// writing earlier checkpoints and releasing its leases.
+    ///
+    /// Once `run` has returned, the message handler is not called again.
+    /// `run` waits up to the connect timeout plus the read timeout plus 1 s
+    /// for readers inside a GetRecords call; a reader still in its call
+    /// then ends by itself later without calling user code.
     pub fn run<E>(
         self,
         mut handler: impl FnMut(Batch<T>) -> std::result::Result<(), E>,
