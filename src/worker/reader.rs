@@ -652,7 +652,7 @@ impl<T: Send + 'static> Reader<T> {
         }
         let context = &self.context;
         let why = match context.kinesis.list_shards(&context.stream, None) {
-            Ok(shards) => match shards.iter().find(|s| *s.shard_id == *self.shard_id) {
+            Ok(shards) => match shards.iter().find(|s| s.shard_id == *self.shard_id) {
                 Some(shard) if shard.is_closed() => return true,
                 Some(_) => "ListShards lists it as open".to_owned(),
                 None => "ListShards does not list it".to_owned(),
