@@ -12,14 +12,14 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use common::proxy::{Fault, Proxy, Trigger};
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
-use kinesis_consumer::{ConsumerBuilder, Payload, SequenceNumber};
+use kinesis_consumer::{Batch, ConsumerBuilder, Payload, SequenceNumber};
 
 /// One record put: its data, shard and sequence number.
 #[derive(Clone, Debug)]
@@ -85,7 +85,8 @@ fn rank(checkpoint: &str) -> (u8, Option<SequenceNumber>) {
 }
 
 /// Polls the lease table: every checkpoint must cover only records the
-/// handler already had, and must never move backwards. Returns violations.
+/// handler already had, must never move backwards, and is never SHARD_END
+/// (no test here reshards). Returns violations.
 fn watch_checkpoints(
     app: String,
     got: Arc<Mutex<Vec<Got>>>,
@@ -114,6 +115,9 @@ fn watch_checkpoints(
                 continue;
             };
             let now = rank(checkpoint);
+            if checkpoint == "SHARD_END" && last.get(shard) != Some(&now) {
+                violations.push(format!("{shard}: SHARD_END written for an open shard"));
+            }
             if let Some(before) = last.get(shard) {
                 if now < *before {
                     violations.push(format!("{shard}: checkpoint moved back to {checkpoint}"));
@@ -578,6 +582,20 @@ fn get_records_malformed_json_next_3() {
     ));
 }
 
+// A 200 reply without NextShardIterator (and without ChildShards) on an
+// open shard is malformed, not the shard's end: no SHARD_END checkpoint
+// (the checkpoint watcher flags one), and the shard is read on.
+#[test]
+fn get_records_empty_reply_next_3() {
+    run(next(
+        "get_records_empty_reply_next_3",
+        "GetRecords",
+        3,
+        Fault::Body("{}"),
+        8,
+    ));
+}
+
 #[test]
 fn get_shard_iterator_throttled_next_4() {
     // Expire the iterator once, then throttle the calls for a new one.
@@ -811,5 +829,119 @@ fn startup_survives_a_few_throttled_and_failed_calls() {
             + proxy.requests("ListShards")
             + proxy.requests("DescribeTable"),
         took.as_secs_f64()
+    );
+}
+
+// A reader stopped while inside a slow GetRecords (its lease was lost and
+// taken back under a new reader) must never call the message handler with
+// that call's reply: not while `run` stops, and not after it returned.
+#[test]
+fn no_message_handler_call_from_a_stopped_reader_or_after_run_returns() {
+    const DELAY: Duration = Duration::from_secs(5);
+    let stream = common::create_stream(1);
+    let app = common::unique_name("app");
+    let proxy = Proxy::for_emulators();
+    let puts: Arc<Mutex<Vec<Put>>> = Arc::default();
+    put(&stream, "before", 10, &puts);
+    let returned = Arc::new(AtomicBool::new(false));
+    let late_calls = Arc::new(AtomicUsize::new(0));
+    // Which reader thread mapped each record.
+    let mapped: Arc<Mutex<Vec<(String, ThreadId)>>> = Arc::default();
+    let handler = {
+        let (returned, late_calls, mapped) = (returned.clone(), late_calls.clone(), mapped.clone());
+        move |r: &kinesis_consumer::Record| {
+            if returned.load(Ordering::SeqCst) {
+                late_calls.fetch_add(1, Ordering::SeqCst);
+            }
+            let data = String::from_utf8_lossy(r.data()).into_owned();
+            mapped
+                .lock()
+                .unwrap()
+                .push((data.clone(), std::thread::current().id()));
+            data
+        }
+    };
+    let consumer = builder(&proxy, &stream, &app)
+        .message_handler(handler)
+        .build()
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    let delivered: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let sink = delivered.clone();
+    let thread = std::thread::spawn(move || {
+        consumer.run(move |batch: Batch<String>| {
+            let mut sink = sink.lock().unwrap();
+            sink.extend(batch.messages().map(|m| m.value().clone()));
+            Ok::<(), std::io::Error>(())
+        })
+    });
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(
+                !thread.is_finished(),
+                "the consumer stopped waiting for {what}"
+            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("the records put before", &|| {
+        delivered.lock().unwrap().len() == 10
+    });
+    // The reader's next two calls are forwarded at once, their replies held
+    // back; the second is sent after the late records are put, so its
+    // reply holds them.
+    let slow = proxy.add("GetRecords", Trigger::Next(2), Fault::Delay(DELAY));
+    wait_for("a held-back GetRecords", &|| proxy.hits(slow) >= 1);
+    put(&stream, "late", 10, &puts);
+    wait_for("a second held-back GetRecords", &|| proxy.hits(slow) >= 2);
+    let held_back_at = Instant::now();
+    // Lose the lease: its reader is stopped inside that call, and the
+    // lease is taken back under a new reader, which reads the late records.
+    proxy.add_matching(
+        "UpdateItem",
+        RENEW,
+        Trigger::Next(1),
+        Fault::aws(
+            400,
+            "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException",
+        ),
+    );
+    wait_for("the late records, from a new reader", &|| {
+        delivered.lock().unwrap().len() == 20
+    });
+    stop.shutdown();
+    let result = thread.join().unwrap();
+    returned.store(true, Ordering::SeqCst);
+    let run_returned_after = held_back_at.elapsed();
+    result.expect("the consumer ends without an error");
+    // Let the held-back reply reach the stopped reader, if it has not yet.
+    std::thread::sleep((DELAY + Duration::from_secs(1)).saturating_sub(held_back_at.elapsed()));
+    let mapped = mapped.lock().unwrap().clone();
+    let old_readers: HashSet<ThreadId> = mapped
+        .iter()
+        .filter(|(data, _)| data.starts_with("before"))
+        .map(|(_, thread)| *thread)
+        .collect();
+    let late_by_old_readers = mapped
+        .iter()
+        .filter(|(data, thread)| data.starts_with("late") && old_readers.contains(thread))
+        .count();
+    println!(
+        "FAULT | GetRecords reply held back {DELAY:?}, lease lost meanwhile, then shutdown | GetRecords, UpdateItem | no_message_handler_call_from_a_stopped_reader_or_after_run_returns | {} | {} | 0 | - | run returned {:.1} s after the reply was held back | {late_by_old_readers} late records mapped by stopped readers, {} message handler calls after run returned",
+        puts.lock().unwrap().len(),
+        delivered.lock().unwrap().len(),
+        run_returned_after.as_secs_f64(),
+        late_calls.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        late_calls.load(Ordering::SeqCst),
+        0,
+        "message handler calls after run returned"
+    );
+    assert_eq!(
+        late_by_old_readers, 0,
+        "late records mapped by a reader stopped before they arrived"
     );
 }

@@ -11,6 +11,8 @@ mod env;
 pub(crate) mod get_records;
 pub mod kinesis;
 pub mod sigv4;
+#[cfg(test)]
+pub(crate) mod test_server;
 
 pub use client::ClientConfig;
 #[cfg(feature = "fuzzing")]

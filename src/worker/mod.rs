@@ -31,6 +31,10 @@ use ticker::Ticker;
 /// CloudWatch.
 const METRICS_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
+/// On top of one request's connect and read timeouts: how long a stopping
+/// consumer waits for a reader to see its request through.
+const READER_STOP_MARGIN: Duration = Duration::from_secs(1);
+
 /// Stops a running [`Consumer`] from any thread.
 ///
 /// [`shutdown`](Self::shutdown) only sets an atomic flag, so it is safe to
@@ -148,6 +152,11 @@ impl<T: Send + 'static> Consumer<T> {
     /// or panics, nothing of that batch is checkpointed and `run` returns
     /// the error ([`Error::Handler`] or [`Error::HandlerPanicked`]), after
     /// writing earlier checkpoints and releasing its leases.
+    ///
+    /// Once `run` has returned, the message handler is not called again.
+    /// `run` waits up to the connect timeout plus the read timeout plus 1 s
+    /// for readers inside a GetRecords call; a reader still in its call
+    /// then ends by itself later without calling user code.
     pub fn run<E>(
         self,
         mut handler: impl FnMut(Batch<T>) -> std::result::Result<(), E>,
@@ -219,6 +228,7 @@ impl<T: Send + 'static> Consumer<T> {
                 u64::MAX,
             )),
             pace_reads: s.pace_reads,
+            stop_timeout: s.connect_timeout + s.read_timeout + READER_STOP_MARGIN,
         });
         let timings = LeaseTimings {
             failover: s.failover_time,
@@ -247,7 +257,10 @@ impl<T: Send + 'static> Consumer<T> {
         );
         let (events, event_receiver) = crossbeam_channel::unbounded();
         if let Err(e) = coordinator.start() {
-            // Stop any reader the first take started and release its lease.
+            // Nothing will drain the readers' channel: close it so that no
+            // reader waits on it, then stop any reader the first take
+            // started (bounded) and release its lease.
+            drop(records);
             let _ = events.send(CoordinatorEvent::Stop);
             coordinator.run(event_receiver);
             return Err(e);

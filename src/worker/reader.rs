@@ -47,7 +47,14 @@ pub(crate) struct Chunk<T> {
 #[derive(Debug)]
 pub(crate) enum ReaderOutput<T> {
     Chunk(Chunk<T>),
-    Failed(Error),
+    /// The reader of `shard_id` under lease epoch `epoch` stopped on
+    /// `error`; it counts only while that lease is still held under that
+    /// epoch (a stale reader's failure must not stop the consumer).
+    Failed {
+        shard_id: Arc<str>,
+        epoch: u64,
+        error: Error,
+    },
 }
 
 /// What every reader of one consumer shares.
@@ -65,6 +72,12 @@ pub(crate) struct ReaderContext<T> {
     pub read_memory: Arc<Budget>,
     pub pace_reads: bool,
     pub metrics: Metrics,
+    /// How long `stop_all` waits for readers to finish: long enough for a
+    /// reader inside one Kinesis request to see that request through (the
+    /// consumer sets it to the connect and read timeouts plus a margin).
+    /// A reader still in a request after that is left to finish it alone;
+    /// told to stop, it calls no user code and hands nothing on.
+    pub stop_timeout: Duration,
 }
 
 /// What a reader reserves before its first read: a busy shard's second.
@@ -84,10 +97,32 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// A reader thread, as the pool sees it.
+struct Running {
+    shard_id: String,
+    stop: Arc<AtomicBool>,
+    /// Set by the reader when the service said the shard does not exist.
+    not_found: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+impl Running {
+    /// Joins a finished reader thread (at once); logs a panic.
+    fn join(self) {
+        if self.handle.join().is_err() {
+            log::error!("the reader of shard {} panicked", self.shard_id);
+        }
+    }
+}
+
 /// The running readers; the lease coordinator starts and stops them.
 pub(crate) struct ReaderPool<T> {
     context: Arc<ReaderContext<T>>,
-    readers: HashMap<String, (Arc<AtomicBool>, JoinHandle<()>)>,
+    readers: HashMap<String, Running>,
+    /// Readers told to stop that may still be inside a slow request. `stop`
+    /// never waits for them (the coordinator must keep renewing leases);
+    /// they are joined once finished, and `stop_all` waits for them.
+    stopping: Vec<Running>,
 }
 
 impl<T: Send + 'static> ReaderPool<T> {
@@ -95,7 +130,17 @@ impl<T: Send + 'static> ReaderPool<T> {
         ReaderPool {
             context: Arc::new(context),
             readers: HashMap::new(),
+            stopping: Vec::new(),
         }
+    }
+
+    /// Joins the stopped readers that have finished.
+    fn reap(&mut self) {
+        let (finished, stopping) = std::mem::take(&mut self.stopping)
+            .into_iter()
+            .partition(|r| r.handle.is_finished());
+        self.stopping = stopping;
+        finished.into_iter().for_each(Running::join);
     }
 }
 
@@ -103,11 +148,13 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
     fn start(&mut self, shard_id: &str, epoch: u64, checkpoint: &Checkpoint) {
         self.stop(shard_id);
         let stop = Arc::new(AtomicBool::new(false));
+        let not_found = Arc::new(AtomicBool::new(false));
         let reader = Reader {
             context: self.context.clone(),
             shard_id: shard_id.into(),
             epoch,
             stop: stop.clone(),
+            not_found: not_found.clone(),
             warned_about_aggregates: false,
             read_cost: FIRST_READ_COST,
         };
@@ -117,23 +164,36 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
             .spawn(move || reader.run(checkpoint));
         match spawned {
             Ok(handle) => {
-                self.readers.insert(shard_id.to_owned(), (stop, handle));
+                let running = Running {
+                    shard_id: shard_id.to_owned(),
+                    stop,
+                    not_found,
+                    handle,
+                };
+                self.readers.insert(shard_id.to_owned(), running);
             }
             Err(e) => {
                 let error =
                     Error::Internal(format!("cannot start a reader thread for {shard_id}: {e}"));
-                let _ = self.context.sender.send(ReaderOutput::Failed(error));
+                log::error!("{error}");
+                // Never wait on the ticker here (this is the coordinator's
+                // thread); the shard has no reader, so the next take round
+                // tries again if the failure could not be reported.
+                let _ = self.context.sender.try_send(ReaderOutput::Failed {
+                    shard_id: shard_id.into(),
+                    epoch,
+                    error,
+                });
             }
         }
     }
 
     fn stop(&mut self, shard_id: &str) {
-        if let Some((stop, handle)) = self.readers.remove(shard_id) {
-            stop.store(true, Ordering::Relaxed);
-            // Not joined here: it may be blocked on a slow request; it exits
-            // by itself and whatever it still sends is dropped as stale.
-            drop(handle);
+        if let Some(running) = self.readers.remove(shard_id) {
+            running.stop.store(true, Ordering::Relaxed);
+            self.stopping.push(running);
         }
+        self.reap();
     }
 
     fn is_running(&self, shard_id: &str) -> bool {
@@ -141,15 +201,33 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
     }
 
     fn take_not_found(&mut self) -> Vec<String> {
-        Vec::new()
+        self.readers
+            .values()
+            .filter(|r| r.not_found.swap(false, Ordering::Relaxed))
+            .map(|r| r.shard_id.clone())
+            .collect()
     }
 
     fn stop_all(&mut self) {
-        for (stop, _) in self.readers.values() {
-            stop.store(true, Ordering::Relaxed);
+        let mut all: Vec<Running> = self.readers.drain().map(|(_, r)| r).collect();
+        all.append(&mut self.stopping);
+        for r in &all {
+            r.stop.store(true, Ordering::Relaxed);
         }
-        for (_, (_, handle)) in self.readers.drain() {
-            let _ = handle.join();
+        let deadline = Instant::now() + self.context.stop_timeout;
+        while Instant::now() < deadline && all.iter().any(|r| !r.handle.is_finished()) {
+            std::thread::sleep(STOP_CHECK);
+        }
+        for r in all {
+            if r.handle.is_finished() {
+                r.join();
+            } else {
+                log::warn!(
+                    "the reader of shard {} is still in a request after {:?}; leaving it to end by itself (told to stop, it calls no user code)",
+                    r.shard_id,
+                    self.context.stop_timeout
+                );
+            }
         }
     }
 }
@@ -159,6 +237,8 @@ struct Reader<T> {
     shard_id: Arc<str>,
     epoch: u64,
     stop: Arc<AtomicBool>,
+    /// Set when the service says the shard does not exist (see `take_not_found`).
+    not_found: Arc<AtomicBool>,
     warned_about_aggregates: bool,
     /// What the last read cost in memory: the reply and its records.
     read_cost: u64,
@@ -182,15 +262,31 @@ impl<T: Send + 'static> Reader<T> {
     }
 
     fn run(mut self, checkpoint: Checkpoint) {
-        if let Err(e) = self.read(checkpoint) {
-            log::error!("reader of shard {} failed: {e}", self.shard_id);
-            let _ = self.context.sender.send(ReaderOutput::Failed(e));
+        match self.read(checkpoint) {
+            Ok(()) => {}
+            // Not this reader's failure to report: the coordinator decides
+            // what a shard the service does not know means for its lease.
+            Err(e) if e.code() == Some("ResourceNotFoundException") => {
+                log::warn!(
+                    "shard {}: the service does not know it; its reader stops: {e}",
+                    self.shard_id
+                );
+                self.not_found.store(true, Ordering::Relaxed);
+            }
+            Err(error) => {
+                log::error!("reader of shard {} failed: {error}", self.shard_id);
+                let _ = self.send(ReaderOutput::Failed {
+                    shard_id: self.shard_id.clone(),
+                    epoch: self.epoch,
+                    error,
+                });
+            }
         }
     }
 
     fn read(&mut self, checkpoint: Checkpoint) -> Result<()> {
         let context = self.context.clone();
-        let (start, mut resume_after) = match checkpoint {
+        let (mut start, mut resume_after) = match checkpoint {
             Checkpoint::TrimHorizon => (IteratorPosition::TrimHorizon, None),
             Checkpoint::Latest => (IteratorPosition::Latest, None),
             Checkpoint::AtTimestamp(at) => match at.or(context.start_timestamp) {
@@ -219,12 +315,16 @@ impl<T: Send + 'static> Reader<T> {
                         Some(seq) => IteratorPosition::AfterSequenceNumber(seq.clone()),
                         None => start.clone(),
                     };
+                    let asked_at = SystemTime::now();
                     match context.kinesis.get_shard_iterator(
                         &context.stream,
                         &self.shard_id,
                         &position,
                     ) {
-                        Ok(it) => it,
+                        Ok(it) => {
+                            start = restart_position(start, asked_at);
+                            it
+                        }
                         Err(e) if e.is_retryable() => {
                             failures += 1;
                             self.log_retry(&e, failures);
@@ -259,6 +359,11 @@ impl<T: Send + 'static> Reader<T> {
                     .kinesis
                     .get_records_of(&self.shard_id, &current, context.max_records);
             let call_ms = called_at.elapsed().as_secs_f64() * 1000.0;
+            // Told to stop during the call: the lease may be another
+            // worker's by now and `run` may have returned; no user code.
+            if self.stopped() {
+                break;
+            }
             if let Err(e) = &result {
                 let expired = e.code() == Some("ExpiredIteratorException");
                 let event = if expired {
@@ -301,6 +406,26 @@ impl<T: Send + 'static> Reader<T> {
                 }
                 Err(e) => return Err(e),
             };
+            // No next iterator: the end of a closed shard, or a broken reply
+            // (a `{}` from a proxy) that must not finish an open shard.
+            let shard_end = reply.next_shard_iterator.is_none();
+            if shard_end && !self.end_confirmed(&reply) {
+                failures += 1;
+                context.metrics.record(
+                    Some(&self.shard_id),
+                    &[
+                        (Metric::GetRecordsSuccess, 0.0),
+                        (Metric::GetRecordsTime, call_ms),
+                    ],
+                );
+                // Drop the reply; a fresh iterator goes on after the last
+                // record handed on.
+                self.pause(backoff(
+                    context.retry_wait.max(Duration::from_millis(200)),
+                    failures,
+                ));
+                continue;
+            }
             if failures > 0 {
                 log::info!(
                     "shard {}: reading again after {failures} failed or throttled call(s)",
@@ -321,7 +446,11 @@ impl<T: Send + 'static> Reader<T> {
             });
             let buffer_bytes = records.buffer_bytes();
             let (chunk, deaggregated, passed_through) =
-                self.chunk(records, reply, resume_after.as_ref())?;
+                self.chunk(records, reply, shard_end, resume_after.as_ref())?;
+            if self.stopped() {
+                // The chunk may be partial: the handler stopped being called.
+                break;
+            }
             let samples = [
                 (Metric::GetRecordsSuccess, 1.0),
                 (Metric::GetRecordsTime, call_ms),
@@ -347,7 +476,6 @@ impl<T: Send + 'static> Reader<T> {
                     Duration::from_secs_f64(chunk.data_bytes as f64 / MAX_BYTES_PER_SECOND);
                 next_read = next_read.max(called_at + read_time);
             }
-            let shard_end = chunk.shard_end;
             if (!chunk.messages.is_empty() || shard_end) && !self.hand_on(chunk) {
                 break;
             }
@@ -395,17 +523,22 @@ impl<T: Send + 'static> Reader<T> {
         &mut self,
         kinesis_records: Records,
         reply: GetRecordsOutput,
+        shard_end: bool,
         resume_after: Option<&ExtendedSequenceNumber>,
     ) -> Result<(Chunk<T>, u64, u64)> {
         let buffer_bytes = kinesis_records.buffer_bytes();
         let kinesis_records = kinesis_records.into_iter();
         let mut messages: Vec<Message<T>> = Vec::with_capacity(kinesis_records.len());
         let handler = &*self.context.handler;
+        let stop = &*self.stop;
         let warned = &mut self.warned_about_aggregates;
         let (mut deaggregated, mut passed_through) = (0u64, 0u64);
         let mut data_bytes = 0u64;
         let mut deliver = |record: Record| {
-            if resume_after.is_some_and(|done| record.position <= *done) {
+            // Checked per record: once told to stop, no more handler calls.
+            if stop.load(Ordering::Relaxed)
+                || resume_after.is_some_and(|done| record.position <= *done)
+            {
                 return;
             }
             data_bytes += (record.data.len() + record.partition_key.len()) as u64;
@@ -467,7 +600,7 @@ impl<T: Send + 'static> Reader<T> {
             bytes: buffer_bytes + (messages.len() * std::mem::size_of::<Message<T>>()) as u64,
             messages,
             millis_behind_latest: reply.millis_behind_latest,
-            shard_end: reply.next_shard_iterator.is_none(),
+            shard_end,
             data_bytes,
         };
         Ok((chunk, deaggregated, passed_through))
@@ -485,17 +618,65 @@ impl<T: Send + 'static> Reader<T> {
                 return false;
             }
         }
-        let (bytes, mut output) = (chunk.bytes, ReaderOutput::Chunk(chunk));
+        let bytes = chunk.bytes;
+        if self.send(ReaderOutput::Chunk(chunk)).is_err() {
+            self.context.budget.release(bytes, records);
+            return false;
+        }
+        true
+    }
+
+    /// Sends to the ticker, waiting for room in the channel only while not
+    /// told to stop: nothing may drain it then (a failed startup, `run`
+    /// returning). Gives the output back when stopped or when the ticker is
+    /// gone.
+    fn send(&self, mut output: ReaderOutput<T>) -> std::result::Result<(), ReaderOutput<T>> {
         loop {
             match self.context.sender.send_timeout(output, STOP_CHECK) {
-                Ok(()) => return true,
+                Ok(()) => return Ok(()),
                 Err(SendTimeoutError::Timeout(back)) if !self.stopped() => output = back,
-                Err(_) => {
-                    self.context.budget.release(bytes, records);
-                    return false;
+                Err(SendTimeoutError::Timeout(back) | SendTimeoutError::Disconnected(back)) => {
+                    return Err(back);
                 }
             }
         }
+    }
+
+    /// Whether a reply without a next iterator really ends the shard: it
+    /// names the shard's children, or ListShards lists the shard as closed
+    /// (kinesis-local never sends ChildShards). Otherwise the reply is
+    /// malformed (logged here); it must never lead to a SHARD_END checkpoint.
+    fn end_confirmed(&self, reply: &GetRecordsOutput) -> bool {
+        if !reply.child_shards.is_empty() {
+            return true;
+        }
+        let context = &self.context;
+        let why = match context.kinesis.list_shards(&context.stream, None) {
+            Ok(shards) => match shards.iter().find(|s| s.shard_id == *self.shard_id) {
+                Some(shard) if shard.is_closed() => return true,
+                Some(_) => "ListShards lists it as open".to_owned(),
+                None => "ListShards does not list it".to_owned(),
+            },
+            Err(e) => format!("ListShards failed: {e}"),
+        };
+        log::warn!(
+            "shard {}: malformed GetRecords reply (no NextShardIterator, no ChildShards) and {why}; not the shard's end: reading again after the last record handed on",
+            self.shard_id
+        );
+        false
+    }
+}
+
+/// Where to read from when a fresh iterator is needed before any record was
+/// handed on, once an iterator was got from `start` at `asked_at`. LATEST
+/// again would skip whatever arrived since the first iterator (a KCL-written
+/// `LATEST` checkpoint, or no initial timestamp): from then on it means the
+/// time the first one was asked for. That time is taken before asking, so
+/// it errs early (records from just before may be delivered), never late.
+fn restart_position(start: IteratorPosition, asked_at: SystemTime) -> IteratorPosition {
+    match start {
+        IteratorPosition::Latest => IteratorPosition::AtTimestamp(asked_at),
+        other => other,
     }
 }
 
@@ -506,4 +687,350 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic with a non-text payload".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::ClientConfig;
+    use crate::aws::credentials::Credentials;
+    use crate::aws::test_server::{FakeServer, Request};
+    use crossbeam_channel::{Receiver, TryRecvError};
+    use std::sync::atomic::AtomicUsize;
+
+    const SHARD: &str = "shardId-000000000000";
+    const ITERATOR: &str = r#"{"ShardIterator":"it"}"#;
+    const ONE_RECORD: &str = r#"{"Records":[{"SequenceNumber":"7","PartitionKey":"k","Data":"aGk="}],"NextShardIterator":"it","MillisBehindLatest":0}"#;
+
+    fn ok(body: &str) -> (u16, String) {
+        (200, body.to_owned())
+    }
+
+    fn aws_error(code: &str) -> (u16, String) {
+        (
+            400,
+            format!(r#"{{"__type":"{code}","message":"from the test"}}"#),
+        )
+    }
+
+    /// A ListShards reply naming the test's shard, closed or open.
+    fn listed(closed: bool) -> (u16, String) {
+        let end = if closed {
+            r#","EndingSequenceNumber":"9""#
+        } else {
+            ""
+        };
+        ok(&format!(
+            r#"{{"Shards":[{{"ShardId":"{SHARD}","HashKeyRange":{{"StartingHashKey":"0","EndingHashKey":"9"}},"SequenceNumberRange":{{"StartingSequenceNumber":"0"{end}}}}}]}}"#
+        ))
+    }
+
+    /// A pool reading from `server`, with a channel of `capacity` outputs
+    /// and a message handler that counts its calls.
+    fn pool(
+        server: &FakeServer,
+        capacity: usize,
+        stop_timeout: Duration,
+    ) -> (
+        ReaderPool<String>,
+        Receiver<ReaderOutput<String>>,
+        Arc<AtomicUsize>,
+    ) {
+        let config = ClientConfig::new()
+            .region("us-east-1")
+            .endpoint_url(&server.url)
+            .credentials(Credentials::new("AKIDTEST", "secret"))
+            .retry_wait(Duration::from_millis(1));
+        let (sender, outputs) = crossbeam_channel::bounded(capacity);
+        let handled = Arc::new(AtomicUsize::new(0));
+        let calls = handled.clone();
+        let context = ReaderContext {
+            kinesis: KinesisClient::new(&config).unwrap(),
+            stream: "stream".into(),
+            handler: Arc::new(move |r: &Record| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                String::from_utf8_lossy(r.data()).into_owned()
+            }),
+            sender,
+            budget: Arc::new(Budget::new(1 << 20, 1000)),
+            max_records: 100,
+            idle_time: Duration::from_millis(10),
+            retry_wait: Duration::from_millis(1),
+            start_timestamp: None,
+            read_memory: Arc::new(Budget::new(1 << 30, u64::MAX)),
+            pace_reads: false,
+            metrics: Metrics::default(),
+            stop_timeout,
+        };
+        (ReaderPool::new(context), outputs, handled)
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn requests_of(server: &FakeServer, operation: &str) -> Vec<Request> {
+        server
+            .requests()
+            .into_iter()
+            .filter(|r| r.operation() == operation)
+            .collect()
+    }
+
+    fn finished(pool: &ReaderPool<String>) -> bool {
+        pool.readers[SHARD].handle.is_finished()
+    }
+
+    #[test]
+    fn resource_not_found_ends_the_reader_quietly_and_is_reported_once() {
+        for failing in ["GetShardIterator", "GetRecords"] {
+            let server = FakeServer::start(move |r| match r.operation() {
+                op if op == failing => aws_error("ResourceNotFoundException"),
+                "GetShardIterator" => ok(ITERATOR),
+                other => panic!("unexpected {other}"),
+            });
+            let (mut pool, outputs, _) = pool(&server, 4, Duration::from_secs(5));
+            pool.start(SHARD, 1, &Checkpoint::TrimHorizon);
+            wait_until("the reader to end", || finished(&pool));
+            assert_eq!(pool.take_not_found(), vec![SHARD.to_owned()], "{failing}");
+            assert!(pool.take_not_found().is_empty(), "reported once");
+            assert!(pool.is_running(SHARD), "running until stopped");
+            assert!(
+                matches!(outputs.try_recv(), Err(TryRecvError::Empty)),
+                "{failing}: nothing sent to the ticker"
+            );
+            pool.stop(SHARD);
+            assert!(!pool.is_running(SHARD));
+            pool.stop_all();
+        }
+    }
+
+    #[test]
+    fn a_reader_told_to_stop_during_get_records_never_calls_the_handler() {
+        // The reply comes late, with a record; the first with a short
+        // join bound (the reader is left behind), then with a long one.
+        for stop_timeout in [Duration::from_millis(100), Duration::from_secs(5)] {
+            let server = FakeServer::start(|r| match r.operation() {
+                "GetShardIterator" => ok(ITERATOR),
+                _ => {
+                    std::thread::sleep(Duration::from_millis(600));
+                    ok(ONE_RECORD)
+                }
+            });
+            let (mut pool, outputs, handled) = pool(&server, 4, stop_timeout);
+            pool.start(SHARD, 1, &Checkpoint::TrimHorizon);
+            wait_until("a GetRecords call", || {
+                !requests_of(&server, "GetRecords").is_empty()
+            });
+            let stopping = Instant::now();
+            pool.stop(SHARD);
+            assert!(
+                stopping.elapsed() < Duration::from_millis(100),
+                "stop does not wait for the reader: {:?}",
+                stopping.elapsed()
+            );
+            assert_eq!(pool.stopping.len(), 1);
+            let stopping = Instant::now();
+            pool.stop_all();
+            let waited = stopping.elapsed();
+            assert!(
+                waited >= stop_timeout.min(Duration::from_millis(500))
+                    && waited < Duration::from_secs(2),
+                "stop_all waited {waited:?} with a bound of {stop_timeout:?}"
+            );
+            assert!(pool.stopping.is_empty() && pool.readers.is_empty());
+            // Long enough for the late reply to reach a reader left behind.
+            std::thread::sleep(Duration::from_millis(800));
+            assert_eq!(handled.load(Ordering::SeqCst), 0, "{stop_timeout:?}");
+            assert!(outputs.try_recv().is_err(), "nothing handed on");
+        }
+    }
+
+    #[test]
+    fn stopped_readers_are_joined_once_finished() {
+        let server = FakeServer::start(|r| match r.operation() {
+            "GetShardIterator" => ok(ITERATOR),
+            _ => {
+                std::thread::sleep(Duration::from_millis(300));
+                ok(r#"{"Records":[],"NextShardIterator":"it"}"#)
+            }
+        });
+        let (mut pool, _outputs, _) = pool(&server, 4, Duration::from_secs(5));
+        pool.start(SHARD, 1, &Checkpoint::TrimHorizon);
+        wait_until("a GetRecords call", || {
+            !requests_of(&server, "GetRecords").is_empty()
+        });
+        pool.start(SHARD, 2, &Checkpoint::TrimHorizon);
+        assert_eq!(
+            pool.stopping.len(),
+            1,
+            "the first reader, still in its call"
+        );
+        wait_until("the first reader to end", || {
+            pool.stopping[0].handle.is_finished()
+        });
+        pool.stop(SHARD);
+        wait_until("the second reader to end", || {
+            pool.stopping.iter().all(|r| r.handle.is_finished())
+        });
+        pool.stop("another shard");
+        assert!(pool.stopping.is_empty(), "reaped");
+    }
+
+    #[test]
+    fn a_failure_nothing_drains_ends_when_the_reader_is_stopped() {
+        let server = FakeServer::start(|_| aws_error("AccessDeniedException"));
+        let (mut pool, outputs, _) = pool(&server, 1, Duration::from_secs(5));
+        // The channel is full and nothing drains it (a failed startup).
+        pool.context
+            .sender
+            .send(ReaderOutput::Chunk(Chunk {
+                shard_id: "other".into(),
+                epoch: 1,
+                messages: Vec::new(),
+                millis_behind_latest: None,
+                shard_end: false,
+                bytes: 0,
+                data_bytes: 0,
+            }))
+            .unwrap();
+        pool.start(SHARD, 1, &Checkpoint::TrimHorizon);
+        wait_until("the failed call", || server.hits() > 0);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!finished(&pool), "waiting for room to report its failure");
+        let stopping = Instant::now();
+        pool.stop_all();
+        assert!(
+            stopping.elapsed() < Duration::from_secs(1),
+            "stop_all took {:?}",
+            stopping.elapsed()
+        );
+        assert!(pool.readers.is_empty() && pool.stopping.is_empty());
+        drop(outputs);
+    }
+
+    #[test]
+    fn a_failure_is_sent_with_its_shard_and_epoch() {
+        let server = FakeServer::start(|_| aws_error("AccessDeniedException"));
+        let (mut pool, outputs, _) = pool(&server, 4, Duration::from_secs(5));
+        pool.start(SHARD, 42, &Checkpoint::TrimHorizon);
+        match outputs.recv_timeout(Duration::from_secs(5)).unwrap() {
+            ReaderOutput::Failed {
+                shard_id,
+                epoch,
+                error,
+            } => {
+                assert_eq!((&*shard_id, epoch), (SHARD, 42));
+                assert_eq!(error.code(), Some("AccessDeniedException"));
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        pool.stop_all();
+    }
+
+    /// Reads the shard whose first GetRecords reply is `first` (later ones
+    /// hold one record) and whose listing is `listing`; returns the first
+    /// output and the ListShards and GetShardIterator calls made.
+    fn first_output_after(
+        first: &'static str,
+        listing: (u16, String),
+    ) -> (Chunk<String>, usize, usize) {
+        let calls = AtomicUsize::new(0);
+        let server = FakeServer::start(move |r| match r.operation() {
+            "GetShardIterator" => ok(ITERATOR),
+            "ListShards" => listing.clone(),
+            _ if calls.fetch_add(1, Ordering::SeqCst) == 0 => ok(first),
+            _ => ok(ONE_RECORD),
+        });
+        let (mut pool, outputs, _) = pool(&server, 4, Duration::from_secs(5));
+        pool.start(SHARD, 1, &Checkpoint::TrimHorizon);
+        let output = outputs.recv_timeout(Duration::from_secs(5)).unwrap();
+        pool.stop_all();
+        let ReaderOutput::Chunk(chunk) = output else {
+            panic!("expected a chunk, got {output:?}");
+        };
+        let count = |op| requests_of(&server, op).len();
+        (chunk, count("ListShards"), count("GetShardIterator"))
+    }
+
+    #[test]
+    fn a_reply_without_next_iterator_ends_only_a_shard_confirmed_closed() {
+        // `{}` on an open shard: retried with a fresh iterator, no end.
+        let (chunk, listings, iterators) = first_output_after("{}", listed(false));
+        assert!(!chunk.shard_end);
+        assert_eq!(chunk.messages.len(), 1);
+        assert_eq!((listings, iterators), (1, 2));
+        // Not listed at all, or the listing fails: not an end either.
+        let (chunk, _, _) = first_output_after("{}", ok(r#"{"Shards":[]}"#));
+        assert!(!chunk.shard_end);
+        let (chunk, _, _) = first_output_after("{}", aws_error("AccessDeniedException"));
+        assert!(!chunk.shard_end);
+        // Listed closed (kinesis-local sends no ChildShards): the end.
+        let (chunk, listings, iterators) = first_output_after("{}", listed(true));
+        assert!(chunk.shard_end && chunk.messages.is_empty());
+        assert_eq!((listings, iterators), (1, 1));
+        // ChildShards in the reply: the end, without asking.
+        let with_children = r#"{"Records":[],"NextShardIterator":null,"ChildShards":[{"ShardId":"shardId-000000000001","ParentShards":["shardId-000000000000"],"HashKeyRange":{"StartingHashKey":"0","EndingHashKey":"9"}}]}"#;
+        let (chunk, listings, _) = first_output_after(with_children, listed(false));
+        assert!(chunk.shard_end);
+        assert_eq!(listings, 0);
+    }
+
+    #[test]
+    fn a_fresh_iterator_after_latest_starts_when_the_first_was_asked_for() {
+        let before = SystemTime::now();
+        let expired = AtomicBool::new(false);
+        let server = FakeServer::start(move |r| match r.operation() {
+            "GetShardIterator" => ok(ITERATOR),
+            _ if !expired.swap(true, Ordering::SeqCst) => aws_error("ExpiredIteratorException"),
+            _ => ok(r#"{"Records":[],"NextShardIterator":"it"}"#),
+        });
+        let (mut pool, _outputs, _) = pool(&server, 4, Duration::from_secs(5));
+        pool.start(SHARD, 1, &Checkpoint::Latest);
+        wait_until("a second iterator", || {
+            requests_of(&server, "GetShardIterator").len() >= 2
+        });
+        let after = SystemTime::now();
+        pool.stop_all();
+        let asked: Vec<serde_json::Value> = requests_of(&server, "GetShardIterator")
+            .iter()
+            .map(|r| serde_json::from_str(&r.body).unwrap())
+            .collect();
+        assert_eq!(asked[0]["ShardIteratorType"], "LATEST");
+        assert_eq!(asked[1]["ShardIteratorType"], "AT_TIMESTAMP");
+        let at = asked[1]["Timestamp"].as_f64().unwrap();
+        let secs = |t: SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+        };
+        assert!(
+            secs(before) - 0.001 <= at && at <= secs(after),
+            "{at} not between {:?} and {:?}",
+            secs(before),
+            secs(after)
+        );
+    }
+
+    #[test]
+    fn restart_position_pins_only_latest() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            restart_position(IteratorPosition::Latest, t),
+            IteratorPosition::AtTimestamp(t)
+        );
+        let seq = SequenceNumber::parse("42").unwrap();
+        for kept in [
+            IteratorPosition::TrimHorizon,
+            IteratorPosition::AtTimestamp(t - Duration::from_secs(60)),
+            IteratorPosition::AtSequenceNumber(seq.clone()),
+            IteratorPosition::AfterSequenceNumber(seq),
+        ] {
+            assert_eq!(restart_position(kept.clone(), t), kept);
+        }
+    }
 }

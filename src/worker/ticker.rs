@@ -184,9 +184,18 @@ impl<'a, T> Ticker<'a, T> {
                             .release(chunk.bytes, chunk.messages.len() as u64);
                     }
                 }
-                Ok(ReaderOutput::Failed(e)) => {
-                    self.drop_chunks(chunks);
-                    return Err(e);
+                Ok(ReaderOutput::Failed {
+                    shard_id,
+                    epoch,
+                    error,
+                }) => {
+                    if self.held.is_current(&shard_id, epoch) {
+                        self.drop_chunks(chunks);
+                        return Err(error);
+                    }
+                    // A reader of a lease given up since: its failure
+                    // concerns the shard's next reader, not this consumer.
+                    log::info!("ignoring the failure of a stale reader of {shard_id}: {error}");
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
@@ -332,4 +341,55 @@ impl<'a, T> Ticker<'a, T> {
 
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::ClientConfig;
+    use crate::aws::credentials::Credentials;
+    use crate::aws::dynamodb::DynamoDbClient;
+    use crate::aws::test_server::FakeServer;
+    use crate::lease::LeaseTable;
+
+    #[test]
+    fn only_a_current_readers_failure_stops_the_consumer() {
+        // Every lease write succeeds: enough to hold one lease.
+        let server = FakeServer::start(|_| {
+            (
+                200,
+                r#"{"Attributes":{"leaseCounter":{"N":"1"}}}"#.to_owned(),
+            )
+        });
+        let config = ClientConfig::new()
+            .region("us-east-1")
+            .endpoint_url(&server.url)
+            .credentials(Credentials::new("AKIDTEST", "secret"));
+        let table = LeaseTable::new(DynamoDbClient::new(&config).unwrap(), "app");
+        let held = HeldLeases::new(table, "me".into(), Duration::from_secs(60));
+        let epoch = held.take("shard-1", 0).unwrap().unwrap();
+        let (sender, records) = crossbeam_channel::unbounded();
+        let failed = |shard: &str, epoch, what: &str| ReaderOutput::<()>::Failed {
+            shard_id: shard.into(),
+            epoch,
+            error: Error::Internal(what.into()),
+        };
+        sender
+            .send(failed("shard-1", epoch + 1, "stale epoch"))
+            .unwrap();
+        sender.send(failed("shard-2", epoch, "not held")).unwrap();
+        sender.send(failed("shard-1", epoch, "current")).unwrap();
+        let budget = Budget::new(1 << 20, 1000);
+        let (events, _) = crossbeam_channel::unbounded();
+        let shutdown = AtomicBool::new(false);
+        let interval = Duration::from_millis(50);
+        let mut ticker = Ticker::new(
+            &records, &held, &budget, &events, &shutdown, interval, interval,
+        );
+        let result = ticker.run(&mut |_: Batch<()>| Ok::<(), std::io::Error>(()));
+        assert!(
+            matches!(&result, Err(Error::Internal(m)) if m == "current"),
+            "{result:?}"
+        );
+    }
 }
