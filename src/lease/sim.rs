@@ -918,7 +918,7 @@ fn workers_share_a_stream_through_faults_and_reshards() {
     let seeds: u64 = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(300);
     let started = Instant::now();
     let failures: Vec<Violation> = (0..seeds).filter_map(|seed| run_seed(seed).err()).collect();
     eprintln!(

@@ -350,7 +350,7 @@ mod tests {
     use crate::aws::credentials::Credentials;
     use crate::aws::dynamodb::DynamoDbClient;
     use crate::aws::test_server::FakeServer;
-    use crate::lease::LeaseTable;
+    use crate::lease::{Clock, LeaseTable};
 
     #[test]
     fn only_a_current_readers_failure_stops_the_consumer() {
@@ -366,7 +366,12 @@ mod tests {
             .endpoint_url(&server.url)
             .credentials(Credentials::new("AKIDTEST", "secret"));
         let table = LeaseTable::new(DynamoDbClient::new(&config).unwrap(), "app");
-        let held = HeldLeases::new(table, "me".into(), Duration::from_secs(60));
+        let held = HeldLeases::new(
+            Arc::new(table),
+            "me".into(),
+            Duration::from_secs(60),
+            Clock::system(),
+        );
         let epoch = held.take("shard-1", 0).unwrap().unwrap();
         let (sender, records) = crossbeam_channel::unbounded();
         let failed = |shard: &str, epoch, what: &str| ReaderOutput::<()>::Failed {
