@@ -602,29 +602,36 @@ fn the_leases_example_explains_every_shard() {
     row("shard-parent", Some("w1"), "TRIM_HORIZON", &[]);
     row("shard-child", Some("w2"), "TRIM_HORIZON", &["shard-parent"]);
     row("shard-unowned", None, "LATEST", &[]);
-    // Renewed while the example watches: "reading".
+    // Renewed while the example watches: "reading", or waiting for a parent.
     row("shard-live", Some("w1"), "TRIM_HORIZON", &[]);
+    row("shard-malformed", Some("w1"), "not-a-position", &[]);
+    row(
+        "shard-waiting",
+        Some("w1"),
+        "TRIM_HORIZON",
+        &["shard-malformed"],
+    );
     let leases = example_binary("leases");
     let done = Arc::new(AtomicBool::new(false));
     let renewer = std::thread::spawn({
         let (d, app, done) = (d.clone(), app.clone(), done.clone());
         move || {
-            let key = HashMap::from([(
-                "leaseKey".to_owned(),
-                AttributeValue::S("shard-live".into()),
-            )]);
             let mut n = 6;
             while !done.load(Ordering::Relaxed) {
-                let bump =
-                    kinesis_consumer::aws::dynamodb::Expression::new("SET leaseCounter = :n")
-                        .value(":n", AttributeValue::N(n.to_string()));
-                d.update_item(&app, &key, &bump, None).unwrap();
+                for shard in ["shard-live", "shard-waiting"] {
+                    let key =
+                        HashMap::from([("leaseKey".to_owned(), AttributeValue::S(shard.into()))]);
+                    let bump =
+                        kinesis_consumer::aws::dynamodb::Expression::new("SET leaseCounter = :n")
+                            .value(":n", AttributeValue::N(n.to_string()));
+                    d.update_item(&app, &key, &bump, None).unwrap();
+                }
                 n += 1;
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
     });
-    let out = aws_env(Command::new(leases))
+    let out = aws_env(Command::new(&leases))
         .args(["--app", &app, "--observe-ms", "400"])
         .output()
         .unwrap();
@@ -638,7 +645,7 @@ fn the_leases_example_explains_every_shard() {
     let text = String::from_utf8(out.stdout).unwrap();
     let line = |shard: &str| {
         text.lines()
-            .find(|l| l.starts_with(shard))
+            .find(|l| l.starts_with(&format!("{shard} ")))
             .unwrap_or_else(|| panic!("{shard} missing:\n{text}"))
     };
     assert!(line("shard-finished").contains("finished"), "{text}");
@@ -650,7 +657,32 @@ fn the_leases_example_explains_every_shard() {
     );
     assert!(line("shard-live").contains("reading"), "{text}");
     assert!(
+        line("shard-malformed").contains("malformed row")
+            && line("shard-malformed").contains("not-a-position"),
+        "{text}"
+    );
+    assert!(
+        line("shard-waiting").contains("waiting for parent shard-malformed"),
+        "a malformed parent holds its child: {text}"
+    );
+    assert!(
         text.contains("3 workers") || text.contains("2 workers"),
         "{text}"
     );
+    // Against a stream: a row whose shard both listings leave out has
+    // expired from the stream (the application was down past retention).
+    let stream = common::create_stream(1);
+    let out = aws_env(Command::new(&leases))
+        .args(["--app", &app, "--stream", &stream, "--observe-ms", "200"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for shard in ["shard-parent", "shard-child"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{shard} "))
+                    && l.contains("expired from the stream")),
+            "{shard}: {text}"
+        );
+    }
 }
