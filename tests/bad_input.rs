@@ -187,6 +187,37 @@ fn foreign_and_malformed_lease_rows_are_ignored_and_never_taken() {
 }
 
 #[test]
+fn a_stream_deleted_under_a_running_consumer_stops_it_with_the_services_words() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("app");
+    let consumer = emulator_builder(&stream, &app)
+        .shard_sync_interval(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    let thread = std::thread::spawn(move || consumer.run(|_| Ok::<(), std::io::Error>(())));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!thread.is_finished(), "the consumer runs");
+    common::kinesis().delete_stream(&stream).unwrap();
+    let deleted = Instant::now();
+    while !thread.is_finished() && deleted.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let finished = thread.is_finished();
+    stop.shutdown();
+    let result = thread.join().unwrap();
+    assert!(finished, "still running 30 s after its stream was deleted");
+    let error = result
+        .expect_err("a deleted stream is an error")
+        .to_string();
+    assert!(error.contains("ResourceNotFound"), "{error}");
+    println!(
+        "BAD INPUT | stream deleted under a running consumer | run returned {:.1} s later: {error}",
+        deleted.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
 fn an_endpoint_that_is_not_kinesis_gives_a_clear_error() {
     let proxy = Proxy::for_emulators();
     let cases: [(&str, Fault, &str); 4] = [

@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::aws::client::backoff;
 use crate::aws::kinesis::{KinesisClient, Shard};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lease::held::ROUND_SLACK;
 use crate::lease::plan::{self, Lineage, RoundInput, RoundPlan, Row, Standing};
 use crate::lease::{Checkpoint, HeldLeases};
@@ -54,6 +54,8 @@ pub(crate) trait ShardRunner: Send {
     /// Shards whose reader ended because the service answered that the
     /// shard does not exist (ResourceNotFound), since the last call.
     fn take_not_found(&mut self) -> Vec<String>;
+    /// Stops the consumer with `error`: it cannot go on (the stream is gone).
+    fn fail(&mut self, error: Error);
 }
 
 /// The stream's shards, as the coordinator sees them.
@@ -194,7 +196,11 @@ impl<R: ShardRunner> Coordinator<R> {
                 next_renew = now + self.timings.renew_interval;
             }
             if now >= next_sync {
-                Self::log_failure("shard sync", self.sync_shards());
+                match self.sync_shards() {
+                    // The stream was deleted: nothing left to read.
+                    Err(e) if e.code() == Some("ResourceNotFoundException") => self.runner.fail(e),
+                    other => Self::log_failure("shard sync", other),
+                }
                 next_sync = now + self.timings.shard_sync_interval;
             }
             if now >= next_take {

@@ -510,6 +510,11 @@ impl ShardRunner for SimRunner {
     fn take_not_found(&mut self) -> Vec<String> {
         std::mem::take(&mut *lock(&self.not_found))
     }
+
+    fn fail(&mut self, error: Error) {
+        // The simulated stream is never deleted.
+        panic!("the coordinator gave up: {error}");
+    }
 }
 
 struct Worker {

@@ -55,6 +55,8 @@ pub(crate) enum ReaderOutput<T> {
         epoch: u64,
         error: Error,
     },
+    /// The lease coordinator found that the consumer cannot go on.
+    Fatal(Error),
 }
 
 /// What every reader of one consumer shares.
@@ -198,6 +200,14 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
 
     fn is_running(&self, shard_id: &str) -> bool {
         self.readers.contains_key(shard_id)
+    }
+
+    fn fail(&mut self, error: Error) {
+        // Bounded: the coordinator must not hang on a ticker that is gone.
+        let _ = self
+            .context
+            .sender
+            .send_timeout(ReaderOutput::Fatal(error), Duration::from_secs(5));
     }
 
     fn take_not_found(&mut self) -> Vec<String> {

@@ -197,6 +197,10 @@ impl<'a, T> Ticker<'a, T> {
                     // concerns the shard's next reader, not this consumer.
                     log::info!("ignoring the failure of a stale reader of {shard_id}: {error}");
                 }
+                Ok(ReaderOutput::Fatal(error)) => {
+                    self.drop_chunks(chunks);
+                    return Err(error);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(Error::Internal("every reader is gone".into()));
