@@ -376,6 +376,9 @@ fn latest_is_pinned_when_the_application_first_starts() {
     let stream = common::create_stream(2);
     let app = common::unique_name("app");
     put(&stream, "before", 20, 4);
+    // The pin is the service's clock rounded down to the second (erring
+    // earlier, never later): start well after the second of these puts.
+    std::thread::sleep(Duration::from_millis(2100));
     let latest = || builder(&stream, &app).initial_position(InitialPosition::Latest);
     let first = start(latest());
     std::thread::sleep(Duration::from_millis(1500));
