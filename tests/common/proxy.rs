@@ -47,6 +47,23 @@ pub enum Fault {
     TruncatedJson,
     /// Do not forward; answer 200 with this body.
     Body(&'static str),
+    /// Forward, then answer with the real reply's status and headers and
+    /// the body this function makes of the real one (for example a
+    /// ListShards reply that leaves a shard out).
+    Rewrite(Rewrite),
+}
+
+/// Makes a new reply body of the real one.
+pub type RewriteFn = dyn Fn(&[u8]) -> Vec<u8> + Send + Sync;
+
+/// A reply-body rewriting function, for [`Fault::Rewrite`].
+#[derive(Clone)]
+pub struct Rewrite(pub Arc<RewriteFn>);
+
+impl std::fmt::Debug for Rewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rewrite(..)")
+    }
 }
 
 impl Fault {
@@ -70,6 +87,11 @@ impl Fault {
             content_type: "text/html",
             body: format!("<html><body><h1>{status} Injected</h1></body></html>"),
         }
+    }
+
+    /// Forward, and rewrite the real reply's body with `f`.
+    pub fn rewrite(f: impl Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static) -> Fault {
+        Fault::Rewrite(Rewrite(Arc::new(f)))
     }
 
     pub fn empty(status: u16) -> Fault {
@@ -99,6 +121,7 @@ impl Fault {
             Fault::Delay(d) => format!("reply delayed {d:?}"),
             Fault::TruncatedJson => "truncated JSON".into(),
             Fault::Body(_) => "malformed JSON".into(),
+            Fault::Rewrite(_) => "reply rewritten".into(),
         }
     }
 }
@@ -114,6 +137,9 @@ pub enum Trigger {
     Chance(f64),
     /// To every matching request until cleared.
     Always,
+    /// To every matching request after the first `n` (which pass), until
+    /// cleared.
+    After(u32),
 }
 
 struct Rule {
@@ -122,6 +148,8 @@ struct Rule {
     trigger: Trigger,
     fault: Fault,
     hits: u64,
+    /// Matching requests seen, fired or not.
+    seen: u64,
     first_hit: Option<Instant>,
 }
 
@@ -136,8 +164,10 @@ impl Rule {
                 return false;
             }
         }
+        self.seen += 1;
         let fire = match self.trigger {
             Trigger::Next(n) => self.hits < n as u64,
+            Trigger::After(n) => self.seen > n as u64,
             Trigger::For(d) => self.first_hit.is_none_or(|t| t.elapsed() < d),
             Trigger::Chance(p) => next_f64(rng) < p,
             Trigger::Always => true,
@@ -153,7 +183,7 @@ impl Rule {
         match self.trigger {
             Trigger::Next(n) => self.hits >= n as u64,
             Trigger::For(d) => self.first_hit.is_some_and(|t| t.elapsed() >= d),
-            Trigger::Chance(_) | Trigger::Always => false,
+            Trigger::Chance(_) | Trigger::Always | Trigger::After(_) => false,
         }
     }
 }
@@ -270,6 +300,7 @@ impl Proxy {
             trigger,
             fault,
             hits: 0,
+            seen: 0,
             first_hit: None,
         });
         RuleId(rules.len() - 1)
@@ -285,6 +316,11 @@ impl Proxy {
     /// How many requests a rule faulted.
     pub fn hits(&self, rule: RuleId) -> u64 {
         self.state.rules.lock().unwrap()[rule.0].hits
+    }
+
+    /// When a rule first fired (a forwarding fault forwards right then).
+    pub fn first_hit(&self, rule: RuleId) -> Option<Instant> {
+        self.state.rules.lock().unwrap()[rule.0].first_hit
     }
 
     /// True once a `Next` rule is used up or a `For` rule's time is over.
@@ -539,6 +575,11 @@ fn serve(state: &State, client: TcpStream) -> std::io::Result<()> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             client.write_all(&reply.to_bytes(&reply.body, reply.body.len()))?;
+        }
+        Some(Fault::Rewrite(Rewrite(f))) => {
+            let reply = forward()?;
+            let body = f(&reply.body);
+            client.write_all(&reply.to_bytes(&body, body.len()))?;
         }
         Some(Fault::TruncatedJson) => {
             let reply = forward()?;
