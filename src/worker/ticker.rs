@@ -170,11 +170,11 @@ impl<'a, T> Ticker<'a, T> {
                 self.drop_chunks(chunks);
                 return Ok(None);
             }
+            // Past the tick, still take what already waits (a slow handler
+            // or checkpoint write must not leave it for a batch later).
             let now = Instant::now();
-            if now >= tick {
-                return Ok(Some(chunks));
-            }
-            match self.records.recv_timeout((tick - now).min(SHUTDOWN_CHECK)) {
+            let wait = tick.saturating_duration_since(now).min(SHUTDOWN_CHECK);
+            match self.records.recv_timeout(wait) {
                 Ok(ReaderOutput::Chunk(chunk)) => {
                     if self.held.is_current(&chunk.shard_id, chunk.epoch) {
                         chunks.push(chunk);
@@ -201,6 +201,7 @@ impl<'a, T> Ticker<'a, T> {
                     self.drop_chunks(chunks);
                     return Err(error);
                 }
+                Err(RecvTimeoutError::Timeout) if now >= tick => return Ok(Some(chunks)),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(Error::Internal("every reader is gone".into()));
