@@ -357,9 +357,9 @@ mod tests {
     use crate::aws::test_server::FakeServer;
     use crate::lease::{Clock, LeaseTable};
 
-    #[test]
-    fn only_a_current_readers_failure_stops_the_consumer() {
-        // Every lease write succeeds: enough to hold one lease.
+    /// Held leases over a fake DynamoDB where every lease write succeeds:
+    /// enough to hold leases. The server lives as long as the leases.
+    fn held_leases() -> (FakeServer, HeldLeases) {
         let server = FakeServer::start(|_| {
             (
                 200,
@@ -377,6 +377,43 @@ mod tests {
             Duration::from_secs(60),
             Clock::system(),
         );
+        (server, held)
+    }
+
+    #[test]
+    fn chunks_already_waiting_at_a_late_tick_make_the_batch() {
+        let (_server, held) = held_leases();
+        let epoch = held.take("shard-1", 0).unwrap().unwrap();
+        let (sender, records) = crossbeam_channel::unbounded();
+        let chunk = |n: u64| {
+            ReaderOutput::<()>::Chunk(Chunk {
+                shard_id: "shard-1".into(),
+                epoch,
+                messages: Vec::new(),
+                millis_behind_latest: Some(n),
+                shard_end: false,
+                bytes: 0,
+                data_bytes: 0,
+            })
+        };
+        sender.send(chunk(1)).unwrap();
+        sender.send(chunk(2)).unwrap();
+        let budget = Budget::new(1 << 20, 1000);
+        let (events, _) = crossbeam_channel::unbounded();
+        let shutdown = AtomicBool::new(false);
+        let interval = Duration::from_millis(50);
+        let mut ticker = Ticker::new(
+            &records, &held, &budget, &events, &shutdown, interval, interval,
+        );
+        // The handler or a checkpoint write overran: the tick is long past.
+        let late = Instant::now() - Duration::from_secs(1);
+        let chunks = ticker.gather_until(late).unwrap().unwrap();
+        assert_eq!(chunks.len(), 2, "what waited is in this batch");
+    }
+
+    #[test]
+    fn only_a_current_readers_failure_stops_the_consumer() {
+        let (_server, held) = held_leases();
         let epoch = held.take("shard-1", 0).unwrap().unwrap();
         let (sender, records) = crossbeam_channel::unbounded();
         let failed = |shard: &str, epoch, what: &str| ReaderOutput::<()>::Failed {
