@@ -292,6 +292,10 @@ impl<'a, T> Ticker<'a, T> {
     /// shard's end is written at once so its children can start.
     fn write_checkpoints(&mut self, all: bool) {
         let now = Instant::now();
+        // Forget shards no longer held: over a long run, many come and go.
+        let held: std::collections::HashSet<String> =
+            self.held.shards().into_iter().map(|(id, _)| id).collect();
+        self.last_written.retain(|id, _| held.contains(&**id));
         let due: Vec<Arc<str>> = self
             .pending
             .iter()
