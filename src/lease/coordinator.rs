@@ -49,7 +49,7 @@ pub(crate) trait ShardRunner: Send {
     fn stop(&mut self, shard_id: &str);
     /// True while `shard_id` has a reader (even one that reached the shard's end).
     fn is_running(&self, shard_id: &str) -> bool;
-    /// Stops every reader and waits for them.
+    /// Stops every reader and waits for them, up to a bound.
     fn stop_all(&mut self);
     /// Shards whose reader ended because the service answered that the
     /// shard does not exist (ResourceNotFound), since the last call.
@@ -245,15 +245,18 @@ impl<R: ShardRunner> Coordinator<R> {
         );
     }
 
-    /// Stops every reader and releases every lease.
+    /// Stops every reader and releases every lease. Readers are told to
+    /// stop first (a stopped reader hands nothing on) and waited for last,
+    /// so that one stuck in a slow request does not delay the release.
     pub(crate) fn stop(&mut self) {
-        self.runner.stop_all();
         for (shard_id, _) in self.held.shards() {
+            self.runner.stop(&shard_id);
             match self.held.release(&shard_id) {
                 Ok(()) => log::info!("released lease {shard_id}"),
                 Err(e) => log::warn!("releasing lease {shard_id} failed (it will expire): {e}"),
             }
         }
+        self.runner.stop_all();
     }
 
     fn log_failure(what: &str, result: Result<impl Sized>) {
