@@ -938,3 +938,59 @@ fn workers_share_a_stream_through_faults_and_reshards() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn a_restarted_asker_takes_an_unanswered_handoff_after_the_failover_time() {
+    let mut sim = Sim::new(1);
+    sim.workers.clear();
+    *lock(&sim.faults.odds) = Odds::default();
+    let shards: Vec<String> = {
+        let mut stream = lock(&sim.stream);
+        stream.shards.truncate(0);
+        (0..2).map(|_| stream.add_shard(&[])).collect()
+    };
+    // "me" asked "busy" for the first lease before it restarted; "busy"
+    // stays alive (it renews) but never answers.
+    for (i, id) in shards.iter().enumerate() {
+        let lease = Lease {
+            shard_id: id.clone(),
+            owner: Some("busy".into()),
+            handoff_to: (i == 0).then(|| "me".into()),
+            counter: 1,
+            checkpoint: Checkpoint::TrimHorizon,
+            owner_switches_since_checkpoint: 0,
+            parents: Vec::new(),
+            children: Vec::new(),
+            hash_range: None,
+        };
+        lock(&sim.table.rows).insert(id.clone(), Row::Lease(lease));
+    }
+    sim.spawn("me".into(), false);
+    let started = sim.clock.now();
+    let taken_after = loop {
+        for row in lock(&sim.table.rows).values_mut() {
+            if let Row::Lease(l) = row
+                && l.owner.as_deref() == Some("busy")
+            {
+                l.counter += 1;
+            }
+        }
+        sim.step_worker(0);
+        let owner = match lock(&sim.table.rows).get(&shards[0]) {
+            Some(Row::Lease(l)) => l.owner.clone(),
+            _ => None,
+        };
+        let waited = sim.clock.now() - started;
+        if owner.as_deref() == Some("me") {
+            break waited;
+        }
+        assert!(waited < FAILOVER * 2, "never taken");
+        sim.clock
+            .millis
+            .fetch_add(STEP.as_millis() as u64, Ordering::Relaxed);
+    };
+    assert!(
+        taken_after + Duration::from_millis(200) >= FAILOVER,
+        "taken after {taken_after:?}: the owner had the failover time to answer"
+    );
+}

@@ -613,6 +613,19 @@ mod tests {
     }
 
     #[test]
+    fn the_counter_wraps_before_it_leaves_the_kcl_range() {
+        assert_eq!(next_counter(7), 8);
+        assert_eq!(next_counter(MAX_COUNTER - 1), MAX_COUNTER);
+        // The next write after 2^63 - 1 leaves a row both we and the KCL read.
+        assert_eq!(next_counter(MAX_COUNTER), 1);
+        let row = format!(
+            r#"{{"leaseKey":{{"S":"s"}},"leaseCounter":{{"N":"{}"}}}}"#,
+            next_counter(MAX_COUNTER)
+        );
+        assert_eq!(parse_lease(&item(&row)).unwrap().counter, 1);
+    }
+
+    #[test]
     fn rejects_malformed_rows_with_a_reason() {
         assert!(
             parse_lease(&item(r#"{"leaseKey":{"N":"1"}}"#))
