@@ -13,7 +13,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -380,30 +379,6 @@ fn expire_shard(proxy: &Proxy, stream: &str, shard: &str, listed: u32) {
     );
 }
 
-/// The path of an example program, built if missing.
-fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", name])
-            .status()
-            .unwrap();
-        assert!(
-            status.success() && path.exists(),
-            "could not build the {name} example"
-        );
-    }
-    path
-}
-
 // ---- 1. A finished ancestor never comes back ----
 
 /// Split a shard, let its lease be cleaned up once both children started,
@@ -719,7 +694,7 @@ fn the_leases_example_explains_expired_and_malformed_rows() {
     write_row(&app, &lease_row(&other, None, 3, "nonsense"));
 
     let e = common::emulators();
-    let out = Command::new(example_binary("leases"))
+    let out = Command::new(common::example_binary("leases"))
         .args(["--app", &app, "--stream", &stream, "--observe-ms", "300"])
         .env("AWS_ENDPOINT_URL_KINESIS", proxy.url())
         .env("AWS_ENDPOINT_URL_DYNAMODB", &e.dynamodb_url)
@@ -904,6 +879,18 @@ fn one_hung_lease_write_costs_no_other_lease() {
 
 // ---- 5. Capped workers never deadlock ----
 
+/// Puts 20 records into the stream's one shard X, leaves X's lease with a
+/// worker that is gone (kill -9), splits X and puts 40 records into its
+/// children: X's records, X, the children's records.
+fn dead_owner_then_split(stream: &str, app: &str) -> (Vec<Put>, Shard, Vec<Put>) {
+    let of_parent = put(stream, "parent", 20);
+    let x = shards(stream).remove(0);
+    create_lease_table(app);
+    write_row(app, &lease_row(&x, Some("dead-worker"), 7, "TRIM_HORIZON"));
+    common::split_first_shard(stream);
+    (of_parent, x, put(stream, "child", 40))
+}
+
 /// A worker holding shard X was killed (kill -9: its lease row still names
 /// it), then X was split. A worker capped at one lease starts: it must end
 /// up reading X (once its lease expired) and then a child, rather than
@@ -914,12 +901,7 @@ fn a_capped_worker_reads_the_parent_before_its_children() {
     let _serial = serial();
     let stream = common::create_stream(1);
     let app = common::unique_name("app");
-    let of_parent = put(&stream, "parent", 20);
-    let x = shards(&stream).remove(0);
-    create_lease_table(&app);
-    write_row(&app, &lease_row(&x, Some("dead-worker"), 7, "TRIM_HORIZON"));
-    common::split_first_shard(&stream);
-    let of_children = put(&stream, "child", 40);
+    let (of_parent, x, of_children) = dead_owner_then_split(&stream, &app);
     let children = children_of(&stream, &x.shard_id);
 
     let run = Running::start(
@@ -982,12 +964,7 @@ fn two_capped_workers_read_every_record() {
     let _serial = serial();
     let stream = common::create_stream(1);
     let app = common::unique_name("app");
-    let of_parent = put(&stream, "parent", 20);
-    let x = shards(&stream).remove(0);
-    create_lease_table(&app);
-    write_row(&app, &lease_row(&x, Some("dead-worker"), 7, "TRIM_HORIZON"));
-    common::split_first_shard(&stream);
-    let of_children = put(&stream, "child", 40);
+    let (of_parent, _, of_children) = dead_owner_then_split(&stream, &app);
     let capped = |id: &str| {
         common::consumer_builder(&stream, &app)
             .worker_id(id)

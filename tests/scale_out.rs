@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,31 +42,6 @@ struct Worker {
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
-fn example_binary(name: &str) -> PathBuf {
-    // cargo test --all-targets builds the examples next to the test
-    // binaries' folder; build this one if only this test was built.
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", name])
-            .status()
-            .unwrap();
-        assert!(
-            status.success() && path.exists(),
-            "could not build the {name} example"
-        );
-    }
-    path
-}
-
 /// The emulators' endpoints and dummy credentials, through the standard
 /// AWS environment variables, as a user would set them.
 fn aws_env(mut command: Command) -> Command {
@@ -85,7 +59,7 @@ fn aws_env(mut command: Command) -> Command {
 }
 
 fn spawn_worker(stream: &str, app: &str, id: &str, log: &Arc<Mutex<Vec<Delivered>>>) -> Worker {
-    let mut child = aws_env(Command::new(example_binary("tail")))
+    let mut child = aws_env(Command::new(common::example_binary("tail")))
         .args([
             "--stream",
             stream,
@@ -611,7 +585,7 @@ fn the_leases_example_explains_every_shard() {
         "TRIM_HORIZON",
         &["shard-malformed"],
     );
-    let leases = example_binary("leases");
+    let leases = common::example_binary("leases");
     let done = Arc::new(AtomicBool::new(false));
     let renewer = std::thread::spawn({
         let (d, app, done) = (d.clone(), app.clone(), done.clone());

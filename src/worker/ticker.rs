@@ -384,6 +384,21 @@ mod tests {
         (server, held)
     }
 
+    /// Calls `f` with a ticker over `records` (batches every 50 ms).
+    fn with_ticker<R>(
+        records: &Receiver<ReaderOutput<()>>,
+        held: &HeldLeases,
+        f: impl FnOnce(&mut Ticker<'_, ()>) -> R,
+    ) -> R {
+        let budget = Budget::new(1 << 20, 1000);
+        let (events, _) = crossbeam_channel::unbounded();
+        let shutdown = AtomicBool::new(false);
+        let interval = Duration::from_millis(50);
+        f(&mut Ticker::new(
+            records, held, &budget, &events, &shutdown, interval, interval,
+        ))
+    }
+
     #[test]
     fn chunks_already_waiting_at_a_late_tick_make_the_batch() {
         let (_server, held) = held_leases();
@@ -402,16 +417,11 @@ mod tests {
         };
         sender.send(chunk(1)).unwrap();
         sender.send(chunk(2)).unwrap();
-        let budget = Budget::new(1 << 20, 1000);
-        let (events, _) = crossbeam_channel::unbounded();
-        let shutdown = AtomicBool::new(false);
-        let interval = Duration::from_millis(50);
-        let mut ticker = Ticker::new(
-            &records, &held, &budget, &events, &shutdown, interval, interval,
-        );
         // The handler or a checkpoint write overran: the tick is long past.
         let late = Instant::now() - Duration::from_secs(1);
-        let chunks = ticker.gather_until(late).unwrap().unwrap();
+        let chunks = with_ticker(&records, &held, |t| t.gather_until(late))
+            .unwrap()
+            .unwrap();
         assert_eq!(chunks.len(), 2, "what waited is in this batch");
     }
 
@@ -430,14 +440,9 @@ mod tests {
             .unwrap();
         sender.send(failed("shard-2", epoch, "not held")).unwrap();
         sender.send(failed("shard-1", epoch, "current")).unwrap();
-        let budget = Budget::new(1 << 20, 1000);
-        let (events, _) = crossbeam_channel::unbounded();
-        let shutdown = AtomicBool::new(false);
-        let interval = Duration::from_millis(50);
-        let mut ticker = Ticker::new(
-            &records, &held, &budget, &events, &shutdown, interval, interval,
-        );
-        let result = ticker.run(&mut |_: Batch<()>| Ok::<(), std::io::Error>(()));
+        let result = with_ticker(&records, &held, |t| {
+            t.run(&mut |_: Batch<()>| Ok::<(), std::io::Error>(()))
+        });
         assert!(
             matches!(&result, Err(Error::Internal(m)) if m == "current"),
             "{result:?}"

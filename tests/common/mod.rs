@@ -355,3 +355,28 @@ pub fn merge_upper_child(
         .unwrap();
     (upper, neighbour)
 }
+
+/// The path of an example program: `cargo test --all-targets` builds the
+/// examples next to the test binaries' folder; built here if missing.
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--example", name])
+            .status()
+            .unwrap();
+        assert!(
+            status.success() && path.exists(),
+            "could not build the {name} example"
+        );
+    }
+    path
+}
