@@ -11,7 +11,7 @@ use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
 use crate::error::{Error, Result};
 use crate::record::{Payload, Record};
-use crate::worker::Consumer;
+use crate::worker::{Clients, Consumer, ShutdownHandle};
 
 /// Where to start reading a shard that has no checkpoint yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -498,8 +498,15 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
                 .or_else(|| self.settings.credentials.clone());
             c
         };
-        let kinesis = KinesisClient::new(&base(&self.settings.endpoint_url, &None))
-            .map_err(rename_endpoint("endpoint_url"))?;
+        // Once shutdown is asked for, a failed Kinesis request is not tried
+        // again, so `run` returns within one request's timeout. Lease-table
+        // writes keep their retries: the last checkpoints and releases
+        // happen after shutdown, and their timeouts are short.
+        let shutdown = ShutdownHandle::default();
+        let mut kinesis_config = base(&self.settings.endpoint_url, &None);
+        kinesis_config.stop_retrying = Some(shutdown.flag());
+        let kinesis =
+            KinesisClient::new(&kinesis_config).map_err(rename_endpoint("endpoint_url"))?;
         // Lease-table requests give up well within a renewal period, so a
         // hung connection puts only the lease it concerns at risk (a
         // request and its retries take about a third of the failover time).
@@ -530,9 +537,12 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             app_name,
             stream_name,
             worker_id,
-            kinesis,
-            dynamodb,
-            cloudwatch,
+            Clients {
+                kinesis,
+                dynamodb,
+                cloudwatch,
+                shutdown,
+            },
         ))
     }
 }

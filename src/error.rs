@@ -22,11 +22,16 @@ pub enum Error {
     /// AWS (or an emulator) answered with an error.
     Service(ServiceError),
     /// The request did not get an answer: connect failure, reset, timeout.
+    #[non_exhaustive]
     Transport {
         /// The operation that was being called, such as `GetRecords`.
         operation: &'static str,
-        /// What went wrong.
-        message: String,
+        /// The URL the request went to.
+        url: String,
+        /// What kind of failure, for callers that branch on it.
+        kind: TransportKind,
+        /// The underlying error (also [`std::error::Error::source`]).
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// A response arrived but could not be understood.
     Decode {
@@ -39,8 +44,36 @@ pub enum Error {
     Handler(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// The user's batch or message handler panicked; the batch was not checkpointed.
     HandlerPanicked(String),
+    /// A resource is not ready yet, such as a table or stream still being
+    /// created; what it is and its state. Startup waits it out.
+    NotReady(String),
     /// A thread of the consumer stopped unexpectedly.
     Internal(String),
+}
+
+/// What kind of transport failure an [`Error::Transport`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportKind {
+    /// Nothing listens at the endpoint: the connection was refused.
+    ConnectionRefused,
+    /// The endpoint's host name does not resolve.
+    HostNotFound,
+    /// No connection or no answer within the connect or read timeout.
+    Timeout,
+    /// The connection failed or broke otherwise (reset, closed early, TLS).
+    Broken,
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::ConnectionRefused => "connection refused",
+            TransportKind::HostNotFound => "host not found",
+            TransportKind::Timeout => "timed out",
+            TransportKind::Broken => "connection failed",
+        })
+    }
 }
 
 /// An error reply from an AWS service.
@@ -113,8 +146,40 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Service(e) => e.is_retryable(),
-            Error::Transport { .. } | Error::Decode { .. } => true,
+            Error::Transport { .. } | Error::Decode { .. } | Error::NotReady(_) => true,
             _ => false,
+        }
+    }
+
+    /// True for failures worth waiting out at startup, the same rule for
+    /// every service: throttling, 5xx, timeouts, broken connections and
+    /// resources still being created may pass; a refused connection, an
+    /// unknown host, refused credentials, a bad request or an endpoint that
+    /// does not speak the protocol (after the client's own retries) will
+    /// not, and fail at once.
+    pub(crate) fn may_pass(&self) -> bool {
+        match self {
+            Error::Transport { kind, .. } => !matches!(
+                kind,
+                TransportKind::ConnectionRefused | TransportKind::HostNotFound
+            ),
+            Error::Decode { .. } => false,
+            other => other.is_retryable(),
+        }
+    }
+
+    /// A transport error of `operation` to `url`.
+    pub(crate) fn transport(
+        operation: &'static str,
+        url: impl Into<String>,
+        kind: TransportKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Error {
+        Error::Transport {
+            operation,
+            url: url.into(),
+            kind,
+            source: source.into(),
         }
     }
 
@@ -146,14 +211,18 @@ impl fmt::Display for Error {
             Error::Config { setting, reason } => write!(f, "invalid setting `{setting}`: {reason}"),
             Error::Credentials(m) => write!(f, "no usable AWS credentials: {m}"),
             Error::Service(e) => e.fmt(f),
-            Error::Transport { operation, message } => {
-                write!(f, "{operation}: request failed: {message}")
-            }
+            Error::Transport {
+                operation,
+                url,
+                kind,
+                source,
+            } => write!(f, "{operation} to {url}: {kind}: {source}"),
             Error::Decode { operation, message } => {
                 write!(f, "{operation}: could not decode the response: {message}")
             }
             Error::Handler(e) => write!(f, "the batch handler failed: {e}"),
             Error::HandlerPanicked(m) => write!(f, "a handler panicked: {m}"),
+            Error::NotReady(m) => write!(f, "not ready yet: {m}"),
             Error::Internal(m) => write!(f, "internal error: {m}"),
         }
     }
@@ -184,6 +253,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Handler(e) => Some(e.as_ref()),
+            Error::Transport { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }
@@ -217,13 +287,12 @@ mod tests {
         assert!(!server.is_throttling() && server.is_retryable());
         let fatal = service("ResourceNotFoundException", 400);
         assert!(!fatal.is_throttling() && !fatal.is_retryable());
-        assert!(
-            Error::Transport {
-                operation: "x",
-                message: "reset".into()
-            }
-            .is_retryable()
-        );
+        let reset = Error::transport("x", "http://h", TransportKind::Broken, "reset");
+        assert!(reset.is_retryable() && reset.may_pass());
+        let refused = Error::transport("x", "http://h", TransportKind::ConnectionRefused, "no");
+        assert!(refused.is_retryable() && !refused.may_pass());
+        assert!(!Error::Credentials("none".into()).may_pass());
+        assert!(service("", 503).may_pass() && !service("AccessDeniedException", 400).may_pass());
         assert!(!Error::config("app_name", "empty").is_retryable());
     }
 

@@ -141,7 +141,7 @@ pub mod __fuzz {
 }
 
 pub use config::{ConsumerBuilder, InitialPosition, MetricsDimension, MetricsLevel};
-pub use error::{Error, Result, ServiceError};
+pub use error::{Error, Result, ServiceError, TransportKind};
 pub use lease::{Checkpoint, Lease, LeaseStanding, Standing, inspect_leases, list_leases};
 pub use metrics::{MetricSample, MetricUnit, MetricsHandle, PublishStats, Statistics};
 pub use record::{ExtendedSequenceNumber, Payload, Record, SequenceNumber};

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::proxy::{Fault, Proxy, Trigger};
 use kinesis_consumer::aws::dynamodb::{AttributeValue, Item};
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
-use kinesis_consumer::{Consumer, ConsumerBuilder, Error, Payload};
+use kinesis_consumer::{Consumer, ConsumerBuilder, Error, Payload, TransportKind};
 
 fn builder(kinesis: &str, dynamodb: &str, stream: &str, app: &str) -> ConsumerBuilder<Payload> {
     common::consumer_builder_at(kinesis, dynamodb, stream, app)
@@ -259,22 +259,95 @@ fn an_endpoint_that_is_not_kinesis_gives_a_clear_error() {
             "{what}: too slow"
         );
     }
-    // An endpoint that accepts and never answers: a timeout, not a hang.
     proxy.clear();
+}
+
+/// Startup follows one rule for every service: what cannot pass (nothing
+/// listening at a configured endpoint) fails at once, naming the endpoint;
+/// what may pass (an endpoint that accepts and never answers) is waited
+/// out, and `shutdown()` ends the wait within the request in flight.
+#[test]
+fn startup_fails_fast_on_what_cannot_pass_and_stops_promptly_on_what_may() {
+    let e = common::emulators();
+    let stream = common::create_stream(1);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    for (service, kinesis, dynamodb) in [
+        ("Kinesis", refused_url.as_str(), e.dynamodb_url.as_str()),
+        ("DynamoDB", e.kinesis_url.as_str(), refused_url.as_str()),
+    ] {
+        let consumer = builder(kinesis, dynamodb, &stream, &common::unique_name("app"))
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let err = consumer.run(|_b| Ok::<(), std::io::Error>(())).unwrap_err();
+        let shown = err.to_string();
+        println!(
+            "BAD INPUT | nothing listening at the {service} endpoint | error after {:.1} s: {shown}",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(
+            matches!(
+                &err,
+                Error::Transport {
+                    kind: TransportKind::ConnectionRefused,
+                    ..
+                }
+            ),
+            "{service}: {err:?}"
+        );
+        assert!(
+            shown.contains(&refused_url),
+            "{service}: names the URL: {shown}"
+        );
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "{service}: keeps the cause"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{service}: a refused connection cannot pass: fail at once"
+        );
+    }
+    // An endpoint that accepts and never answers, for each service.
+    let proxy = Proxy::for_emulators();
     proxy.add("*", Trigger::Always, Fault::Delay(Duration::from_secs(20)));
-    let consumer = builder(proxy.url(), proxy.url(), "some-stream", "some-app")
-        .read_timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let started = Instant::now();
-    let err = consumer.run(|_b| Ok::<(), std::io::Error>(())).unwrap_err();
-    assert!(matches!(err, Error::Transport { .. }), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    println!(
-        "BAD INPUT | endpoint that never answers | an_endpoint_that_is_not_kinesis_gives_a_clear_error | error after {:.1} s: {err}",
-        started.elapsed().as_secs_f64()
-    );
-    proxy.clear();
+    for (service, kinesis, dynamodb) in [
+        ("Kinesis", proxy.url(), e.dynamodb_url.as_str()),
+        ("DynamoDB", e.kinesis_url.as_str(), proxy.url()),
+    ] {
+        let consumer = builder(kinesis, dynamodb, &stream, &common::unique_name("app"))
+            .read_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let stop = consumer.shutdown_handle();
+        let thread = std::thread::spawn(move || consumer.run(|_b| Ok::<(), std::io::Error>(())));
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            !thread.is_finished(),
+            "{service}: a timeout may pass: waited out"
+        );
+        stop.shutdown();
+        let asked = Instant::now();
+        while !thread.is_finished() && asked.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let took = asked.elapsed();
+        let result = thread.join().unwrap();
+        println!(
+            "BAD INPUT | {service} endpoint that never answers (read timeout 0.3 s) | run returned {:.2} s after shutdown(): {result:?}",
+            took.as_secs_f64()
+        );
+        assert!(
+            result.is_ok(),
+            "{service}: a requested stop is not an error: {result:?}"
+        );
+        assert!(
+            took < Duration::from_millis(1500),
+            "{service}: within the request in flight, not its retries: {took:?}"
+        );
+    }
 }
 
 #[test]

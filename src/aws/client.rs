@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io::Read;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::aws::credentials::{DefaultCredentialsChain, ProvideCredentials};
 use crate::aws::endpoint::{self, Endpoint, Service};
 use crate::aws::sigv4::{self, SignableRequest, SigningOptions};
-use crate::error::{Error, Result, ServiceError};
+use crate::error::{Error, Result, ServiceError, TransportKind};
 use crate::random;
 
 /// Largest reply we read: a GetRecords reply holds up to 10 MiB of data,
@@ -41,6 +41,8 @@ pub struct ClientConfig {
     pub(crate) max_attempts: u32,
     pub(crate) connect_timeout: Duration,
     pub(crate) read_timeout: Duration,
+    /// Once set, a failed request is not retried (the consumer's shutdown).
+    pub(crate) stop_retrying: Option<Arc<AtomicBool>>,
 }
 
 impl Default for ClientConfig {
@@ -75,6 +77,7 @@ impl ClientConfig {
             max_attempts: 3,
             connect_timeout: Duration::from_secs(3),
             read_timeout: Duration::from_secs(10),
+            stop_retrying: None,
         }
     }
 
@@ -184,6 +187,7 @@ pub(crate) struct Client {
     credentials: Arc<dyn ProvideCredentials>,
     retry_wait: Duration,
     max_attempts: u32,
+    stop_retrying: Option<Arc<AtomicBool>>,
     /// The `Date` of the latest reply that had one, in seconds since the
     /// epoch (0: none yet).
     service_time: Arc<AtomicU64>,
@@ -226,6 +230,7 @@ impl Client {
             credentials,
             retry_wait: config.retry_wait,
             max_attempts: config.max_attempts,
+            stop_retrying: config.stop_retrying.clone(),
             service_time: Arc::default(),
         })
     }
@@ -277,7 +282,7 @@ impl Client {
         let mut tries = 1;
         loop {
             match attempt() {
-                Err(e) if e.is_retryable() && tries < self.max_attempts => {
+                Err(e) if e.is_retryable() && tries < self.max_attempts && !self.stopping() => {
                     let wait = backoff(self.retry_wait, tries);
                     log::debug!("{operation}: attempt {tries} failed ({e}); retrying in {wait:?}");
                     std::thread::sleep(wait);
@@ -286,6 +291,12 @@ impl Client {
                 other => return other,
             }
         }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop_retrying
+            .as_ref()
+            .is_some_and(|stop| stop.load(Ordering::Relaxed))
     }
 
     /// One signed request; the reply body when the status is 2xx.
@@ -319,11 +330,10 @@ impl Client {
         for (name, value) in &signed {
             req = req.header(*name, value.as_str());
         }
-        let transport = |e: ureq::Error| Error::Transport {
-            operation,
-            message: e.to_string(),
-        };
-        let mut reply = req.send(body).map_err(transport)?;
+        let url = self.endpoint.url();
+        let mut reply = req
+            .send(body)
+            .map_err(|e| transport_error(operation, url, e))?;
         let status = reply.status().as_u16();
         let request_id = ["x-amzn-requestid", "x-amz-request-id"]
             .iter()
@@ -357,10 +367,7 @@ impl Client {
             .limit(MAX_RESPONSE_BYTES)
             .reader()
             .read_to_end(&mut bytes)
-            .map_err(|e| Error::Transport {
-                operation,
-                message: e.to_string(),
-            })?;
+            .map_err(|e| Error::transport(operation, url, io_kind(&e), e))?;
         if (200..300).contains(&status) {
             return Ok(bytes);
         }
@@ -453,6 +460,27 @@ fn describe_body(body: &[u8]) -> String {
 /// The wait before retry number `attempt` (1-based): `base` doubled per
 /// attempt, capped at 20 s, half of it fixed and half random so that many
 /// readers throttled together do not retry together.
+/// A failed request of `operation` to `url` as an [`Error::Transport`]
+/// that says what kind of failure it was.
+pub(crate) fn transport_error(operation: &'static str, url: &str, e: ureq::Error) -> Error {
+    let kind = match &e {
+        ureq::Error::HostNotFound => TransportKind::HostNotFound,
+        ureq::Error::Timeout(_) => TransportKind::Timeout,
+        ureq::Error::Io(io) => io_kind(io),
+        _ => TransportKind::Broken,
+    };
+    Error::transport(operation, url, kind, e)
+}
+
+/// The kind of an I/O failure on a connection.
+fn io_kind(e: &std::io::Error) -> TransportKind {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => TransportKind::ConnectionRefused,
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => TransportKind::Timeout,
+        _ => TransportKind::Broken,
+    }
+}
+
 /// Seconds since the epoch of an HTTP date in the IMF-fixdate form every
 /// AWS service sends (`Sun, 06 Nov 1994 08:49:37 GMT`); `None` otherwise.
 pub(crate) fn http_date_seconds(text: &str) -> Option<u64> {

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::client::transport_error;
 use super::endpoint::{Service, parse_url, region_from_env, resolve_endpoint_with};
 use super::env::Env;
 use crate::{Error, Result, ServiceError};
@@ -291,7 +292,17 @@ impl DefaultCredentialsChain {
         ];
         let mut tried = Vec::new();
         for (name, source) in sources {
-            match source(self)? {
+            let outcome = source(self).map_err(|e| match e {
+                // Say what was tried before the source that failed, too
+                // (service and transport errors keep their own type).
+                Error::Credentials(why) => {
+                    let mut tried = tried.clone();
+                    tried.push(format!("{name} (failed: {why})"));
+                    Error::Credentials(format!("none usable; tried {}", tried.join(", ")))
+                }
+                other => other,
+            })?;
+            match outcome {
                 Outcome::Found(credentials) => {
                     log::debug!(
                         "loaded AWS credentials for access key {} from {name}",
@@ -522,10 +533,7 @@ impl DefaultCredentialsChain {
             .content_type("application/x-www-form-urlencoded; charset=utf-8")
             .header("Accept", "text/xml")
             .send(body.as_str());
-        let reply = read_reply(response).map_err(|e| Error::Transport {
-            operation: OPERATION,
-            message: format!("{url}: {e}"),
-        })?;
+        let reply = read_reply(response).map_err(|e| transport_error(OPERATION, &url, e))?;
         if reply.status != 200 {
             let code = xml_text(&reply.body, "Code").unwrap_or_default();
             let message =
@@ -600,10 +608,7 @@ impl DefaultCredentialsChain {
         if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
             request = request.header("Authorization", token);
         }
-        let reply = read_reply(request.call()).map_err(|e| Error::Transport {
-            operation: OPERATION,
-            message: format!("{url}: {e}"),
-        })?;
+        let reply = read_reply(request.call()).map_err(|e| transport_error(OPERATION, &url, e))?;
         if reply.status != 200 {
             return Err(Error::Credentials(format!(
                 "the container credentials endpoint {url} answered HTTP {}: {}",
@@ -660,10 +665,7 @@ impl DefaultCredentialsChain {
                     .header("X-aws-ec2-metadata-token", &token)
                     .call(),
             )
-            .map_err(|e| Error::Transport {
-                operation: OPERATION,
-                message: format!("{base}{path}: {e}"),
-            })
+            .map_err(|e| transport_error(OPERATION, &format!("{base}{path}"), e))
         };
         const ROLES: &str = "/latest/meta-data/iam/security-credentials/";
         let reply = get(ROLES)?;
@@ -1681,6 +1683,26 @@ mod tests {
             .credentials(),
         );
         assert!(m.contains("no IAM role attached"), "{m}");
+    }
+
+    #[test]
+    fn an_imds_answering_badly_still_lists_every_source_tried() {
+        let server = imds_server(Arc::new(AtomicBool::new(true)));
+        let m = expect_credentials_error(
+            chain(&[
+                ("AWS_EC2_METADATA_DISABLED", "false"),
+                ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &server.url),
+            ])
+            .credentials(),
+        );
+        for part in [
+            "environment variables (AWS_ACCESS_KEY_ID not set)",
+            "AWS_WEB_IDENTITY_TOKEN_FILE not set",
+            "EC2 instance metadata (failed:",
+            "HTTP 500",
+        ] {
+            assert!(m.contains(part), "{part:?} missing from {m}");
+        }
     }
 
     #[test]

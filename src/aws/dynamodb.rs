@@ -181,7 +181,7 @@ impl DynamoDbClient {
                 return Ok(d);
             }
             if Instant::now() >= deadline {
-                return Err(Error::Internal(format!(
+                return Err(Error::NotReady(format!(
                     "table {table} is still {} after {timeout:?}",
                     d.table_status
                 )));

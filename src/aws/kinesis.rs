@@ -528,7 +528,7 @@ impl KinesisClient {
                 return Ok(summary);
             }
             if Instant::now() >= deadline {
-                return Err(Error::Internal(format!(
+                return Err(Error::NotReady(format!(
                     "stream {stream} is still {} after {timeout:?}",
                     summary.stream_status
                 )));

@@ -11,16 +11,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::aws::client::backoff;
 use crate::aws::kinesis::{KinesisClient, Shard};
 use crate::error::{Error, Result};
 use crate::lease::held::ROUND_SLACK;
 use crate::lease::plan::{self, Lineage, RoundInput, RoundPlan, Row, Standing};
 use crate::lease::{Checkpoint, HeldLeases};
 use crate::metrics::{Metric, Metrics};
-
-/// How long startup retries failures that may pass.
-pub(crate) const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
 
 /// True once `waited` is the failover time, allowing for [`ROUND_SLACK`]:
 /// take rounds come every third of the failover time, so the third round
@@ -147,30 +143,12 @@ impl<R: ShardRunner> Coordinator<R> {
     }
 
     /// The first shard sync and lease take, on the caller's thread so that
-    /// errors such as an unknown stream reach `run` at once. Failures that
-    /// may pass (throttling, 5xx, resets) are retried with backoff for up to
-    /// [`STARTUP_PATIENCE`]: the stream is known to exist by then, and one
-    /// busy minute should not stop a program.
+    /// errors such as an unknown stream reach `run` at once (the caller
+    /// retries what may pass).
     pub(crate) fn start(&mut self) -> Result<()> {
-        let started = Instant::now();
-        let mut failures = 0;
-        loop {
-            let attempt = self
-                .held
-                .table()
-                .ensure_exists()
-                .and_then(|()| self.sync_shards())
-                .and_then(|()| self.take_and_start());
-            match attempt {
-                Err(e) if e.is_retryable() && started.elapsed() < STARTUP_PATIENCE => {
-                    failures += 1;
-                    let wait = backoff(Duration::from_millis(500), failures);
-                    log::warn!("starting failed, retrying in {wait:?}: {e}");
-                    std::thread::sleep(wait);
-                }
-                other => return other.map(|_| ()),
-            }
-        }
+        self.held.table().ensure_exists()?;
+        self.sync_shards()?;
+        self.take_and_start().map(|_| ())
     }
 
     /// Runs until told to stop, then stops readers and releases leases.

@@ -111,10 +111,12 @@ impl Faults {
 }
 
 fn injected(operation: &'static str) -> Error {
-    Error::Transport {
+    Error::transport(
         operation,
-        message: "injected by the simulation".into(),
-    }
+        "sim://table",
+        crate::error::TransportKind::Broken,
+        "injected by the simulation",
+    )
 }
 
 /// What the simulated world remembers to check invariants against.

@@ -175,7 +175,9 @@ impl LeaseTable {
         }
     }
 
-    /// Creates the table if it does not exist and waits until it is usable.
+    /// Creates the table if it does not exist. A table still being created
+    /// is [`Error::NotReady`]: startup waits that out (and can be stopped
+    /// meanwhile).
     pub(crate) fn ensure_exists(&self) -> Result<()> {
         let description = match self.dynamodb.describe_table(&self.name) {
             Err(e) if e.code() == Some("ResourceNotFoundException") => {
@@ -184,14 +186,15 @@ impl LeaseTable {
                     Err(e) if e.code() != Some("ResourceInUseException") => return Err(e),
                     _ => {}
                 }
-                self.dynamodb
-                    .wait_until_active(&self.name, Duration::from_secs(120))?
+                self.dynamodb.describe_table(&self.name)?
             }
             other => other?,
         };
         if description.table_status != "ACTIVE" {
-            self.dynamodb
-                .wait_until_active(&self.name, Duration::from_secs(120))?;
+            return Err(Error::NotReady(format!(
+                "lease table {} is {}",
+                self.name, description.table_status
+            )));
         }
         match description.hash_key.as_deref() {
             Some(KEY) | None => Ok(()),
@@ -219,7 +222,8 @@ impl LeaseTable {
 /// them: DynamoDB in production, an in-memory table in the simulation.
 /// Every write on a lease is conditional on what the caller last saw.
 pub(crate) trait LeaseStore: Send + Sync + std::fmt::Debug {
-    /// Creates the table if it does not exist and waits until it is usable.
+    /// Creates the table if it does not exist; [`Error::NotReady`] while
+    /// it is being created.
     fn ensure_exists(&self) -> Result<()>;
 
     /// Every row: leases, and malformed rows with what is wrong with them

@@ -4,6 +4,7 @@
 pub(crate) mod batch;
 mod budget;
 mod reader;
+mod startup;
 mod ticker;
 
 use std::fmt;
@@ -25,6 +26,7 @@ use crate::record::Payload;
 use batch::Batch;
 use budget::Budget;
 use reader::{ReaderContext, ReaderPool};
+use startup::until_ready;
 use ticker::Ticker;
 
 /// How long a stopping consumer waits for its last metrics to reach
@@ -34,6 +36,15 @@ const METRICS_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// On top of one request's connect and read timeouts: how long a stopping
 /// consumer waits for a reader to see its request through.
 const READER_STOP_MARGIN: Duration = Duration::from_secs(1);
+
+/// The service clients a built consumer uses, and the shutdown flag its
+/// Kinesis client watches.
+pub(crate) struct Clients {
+    pub kinesis: KinesisClient,
+    pub dynamodb: DynamoDbClient,
+    pub cloudwatch: CloudWatchClient,
+    pub shutdown: ShutdownHandle,
+}
 
 /// Stops a running [`Consumer`] from any thread.
 ///
@@ -55,6 +66,10 @@ impl ShutdownHandle {
     /// True once a shutdown was asked for.
     pub fn is_shutdown(&self) -> bool {
         self.flag.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn flag(&self) -> Arc<AtomicBool> {
+        self.flag.clone()
     }
 }
 
@@ -98,10 +113,14 @@ impl<T: Send + 'static> Consumer<T> {
         app_name: String,
         stream_name: String,
         worker_id: String,
-        kinesis: KinesisClient,
-        dynamodb: DynamoDbClient,
-        cloudwatch: CloudWatchClient,
+        clients: Clients,
     ) -> Consumer<T> {
+        let Clients {
+            kinesis,
+            dynamodb,
+            cloudwatch,
+            shutdown,
+        } = clients;
         let metrics = Metrics::new(
             builder.settings.metrics_level,
             &builder.settings.metrics_dimensions,
@@ -117,7 +136,7 @@ impl<T: Send + 'static> Consumer<T> {
             dynamodb,
             cloudwatch,
             metrics,
-            shutdown: ShutdownHandle::default(),
+            shutdown,
         }
     }
 
@@ -165,8 +184,13 @@ impl<T: Send + 'static> Consumer<T> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let s = &self.builder.settings;
-        // Fail fast, with AWS's own words, on a missing stream or bad endpoint.
-        self.kinesis.describe_stream_summary(&self.stream_name)?;
+        // A missing stream fails here, in AWS's own words.
+        let described = until_ready("describing the stream", &self.shutdown.flag, || {
+            self.kinesis.describe_stream_summary(&self.stream_name)
+        })?;
+        if described.is_none() {
+            return Ok(());
+        }
         let publisher = if s.publish_metrics {
             let namespace = s
                 .metrics_namespace
@@ -256,14 +280,20 @@ impl<T: Send + 'static> Consumer<T> {
             self.metrics.clone(),
         );
         let (events, event_receiver) = crossbeam_channel::unbounded();
-        if let Err(e) = coordinator.start() {
-            // Nothing will drain the readers' channel: close it so that no
-            // reader waits on it, then stop any reader the first take
-            // started (bounded) and release its lease.
+        let started = until_ready(
+            "starting the lease coordinator",
+            &self.shutdown.flag,
+            || coordinator.start(),
+        );
+        if !matches!(started, Ok(Some(()))) {
+            // Failed, or shut down while starting. Nothing will drain the
+            // readers' channel: close it so that no reader waits on it,
+            // then stop any reader the first take started (bounded) and
+            // release its lease.
             drop(records);
             let _ = events.send(CoordinatorEvent::Stop);
             coordinator.run(event_receiver);
-            return Err(e);
+            return started.map(|_| ());
         }
         let coordinator_thread = std::thread::Builder::new()
             .name("kinesis-lease-coordinator".into())
