@@ -171,7 +171,9 @@ fn main() {
                     let result = consumer.run(move |batch| {
                         if !batch.is_empty() && fail_next[w].swap(false, Ordering::Relaxed) {
                             failed_batches.fetch_add(1, Ordering::Relaxed);
-                            return Err(std::io::Error::other("soak: injected handler failure"));
+                            return Err(
+                                std::io::Error::other("soak: injected handler failure").into()
+                            );
                         }
                         let mut d = delivered.lock().unwrap();
                         for m in batch.messages() {

@@ -63,7 +63,8 @@ fn main() {
             writeln!(out, "{}", message.value())?;
         }
         // Printed before the batch is checkpointed: nothing acknowledged is unprinted.
-        out.flush()
+        out.flush()?;
+        Ok(())
     });
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -69,7 +69,7 @@ fn main() {
             batch.len(),
             words.join(" ")
         );
-        Ok::<(), std::convert::Infallible>(())
+        Ok(())
     });
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -261,6 +261,12 @@ impl std::error::Error for Error {
 
 impl std::error::Error for ServiceError {}
 
+/// What a batch handler returns: `Ok(())` to have the batch checkpointed,
+/// or any error (boxed; `?` converts one) to stop the consumer without
+/// checkpointing it.
+pub type HandlerResult =
+    std::result::Result<(), Box<dyn std::error::Error + Send + Sync + 'static>>;
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -22,7 +22,7 @@
 //!             let record = message.record(); // shard, sequence number, key, data
 //!             println!("{} {}: {}", record.shard_id(), record.sequence_number(), message.value());
 //!         }
-//!         Ok::<(), std::io::Error>(())         // Ok: the batch is checkpointed
+//!         Ok(())         // Ok: the batch is checkpointed
 //!     })
 //! }
 //! ```
@@ -67,6 +67,7 @@ mod metrics;
 mod random;
 mod record;
 mod sync;
+mod time;
 mod worker;
 
 /// Thin wrappers around internal parsers for the fuzz targets in `fuzz/`
@@ -141,7 +142,7 @@ pub mod __fuzz {
 }
 
 pub use config::{ConsumerBuilder, InitialPosition, MetricsDimension, MetricsLevel};
-pub use error::{Error, Result, ServiceError, TransportKind};
+pub use error::{Error, HandlerResult, Result, ServiceError, TransportKind};
 pub use lease::{Checkpoint, Lease, LeaseStanding, Standing, inspect_leases, list_leases};
 pub use metrics::{MetricSample, MetricUnit, MetricsHandle, PublishStats, Statistics};
 pub use record::{ExtendedSequenceNumber, Payload, Record, SequenceNumber};

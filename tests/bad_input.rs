@@ -43,7 +43,7 @@ fn consume(
             for m in batch.messages() {
                 sink.push((m.record().shard_id().to_owned(), m.value().to_vec()));
             }
-            Ok::<(), std::io::Error>(())
+            Ok(())
         })
     });
     let deadline = Instant::now() + timeout;
@@ -195,7 +195,7 @@ fn a_stream_deleted_under_a_running_consumer_stops_it_with_the_services_words() 
         .build()
         .unwrap();
     let stop = consumer.shutdown_handle();
-    let thread = std::thread::spawn(move || consumer.run(|_| Ok::<(), std::io::Error>(())));
+    let thread = std::thread::spawn(move || consumer.run(|_| Ok(())));
     std::thread::sleep(Duration::from_secs(3));
     assert!(!thread.is_finished(), "the consumer runs");
     common::kinesis().delete_stream(&stream).unwrap();
@@ -245,9 +245,7 @@ fn an_endpoint_that_is_not_kinesis_gives_a_clear_error() {
             .build()
             .unwrap();
         let started = Instant::now();
-        let err = consumer
-            .run(|_b| Ok::<(), std::io::Error>(()))
-            .expect_err(what);
+        let err = consumer.run(|_b| Ok(())).expect_err(what);
         let shown = err.to_string();
         println!(
             "BAD INPUT | endpoint answering {what} | an_endpoint_that_is_not_kinesis_gives_a_clear_error | error after {:.1} s: {shown}",
@@ -281,7 +279,7 @@ fn startup_fails_fast_on_what_cannot_pass_and_stops_promptly_on_what_may() {
             .build()
             .unwrap();
         let started = Instant::now();
-        let err = consumer.run(|_b| Ok::<(), std::io::Error>(())).unwrap_err();
+        let err = consumer.run(|_b| Ok(())).unwrap_err();
         let shown = err.to_string();
         println!(
             "BAD INPUT | nothing listening at the {service} endpoint | error after {:.1} s: {shown}",
@@ -322,7 +320,7 @@ fn startup_fails_fast_on_what_cannot_pass_and_stops_promptly_on_what_may() {
             .build()
             .unwrap();
         let stop = consumer.shutdown_handle();
-        let thread = std::thread::spawn(move || consumer.run(|_b| Ok::<(), std::io::Error>(())));
+        let thread = std::thread::spawn(move || consumer.run(|_b| Ok(())));
         std::thread::sleep(Duration::from_secs(2));
         assert!(
             !thread.is_finished(),

@@ -53,7 +53,7 @@ fn start(builder: ConsumerBuilder<Payload>) -> Running {
     let thread = std::thread::spawn(move || {
         consumer.run(move |batch| {
             record(&sink, &batch);
-            Ok::<(), std::io::Error>(())
+            Ok(())
         })
     });
     Running { stop, thread, log }
@@ -255,7 +255,7 @@ fn handler_error_or_panic_moves_no_checkpoint() {
             if fail == "panic" {
                 panic!("boom");
             }
-            Err(std::io::Error::other("handler refused the batch"))
+            Err(std::io::Error::other("handler refused the batch").into())
         });
         match (fail, result) {
             ("error", Err(Error::Handler(e))) => assert!(e.to_string().contains("refused")),
@@ -295,7 +295,7 @@ fn message_handler_panic_stops_the_consumer_with_an_error() {
         .build()
         .unwrap();
     let started = Instant::now();
-    let result = consumer.run(|_batch: Batch<usize>| Ok::<(), std::io::Error>(()));
+    let result = consumer.run(|_batch: Batch<usize>| Ok(()));
     assert!(
         matches!(&result, Err(Error::HandlerPanicked(m)) if m.contains("bad record")),
         "{result:?}"
@@ -308,7 +308,7 @@ fn unknown_stream_fails_fast_with_a_clear_error() {
     let consumer = builder(&common::unique_name("missing"), &common::unique_name("app"))
         .build()
         .unwrap();
-    let err = consumer.run(|_b| Ok::<(), std::io::Error>(())).unwrap_err();
+    let err = consumer.run(|_b| Ok(())).unwrap_err();
     assert_eq!(err.code(), Some("ResourceNotFoundException"), "{err}");
 }
 

@@ -161,7 +161,7 @@ fn start(builder: ConsumerBuilder<Payload>, app: &str, puts: Arc<Mutex<Vec<Put>>
                     seq: m.record().sequence_number().clone(),
                 });
             }
-            Ok::<(), std::io::Error>(())
+            Ok(())
         })
     });
     let watching = Arc::new(AtomicBool::new(true));
@@ -872,7 +872,7 @@ fn no_message_handler_call_from_a_stopped_reader_or_after_run_returns() {
         consumer.run(move |batch: Batch<String>| {
             let mut sink = sink.lock().unwrap();
             sink.extend(batch.messages().map(|m| m.value().clone()));
-            Ok::<(), std::io::Error>(())
+            Ok(())
         })
     });
     let wait_for = |what: &str, done: &dyn Fn() -> bool| {

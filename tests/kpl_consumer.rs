@@ -49,7 +49,7 @@ fn consume(stream: &str, app: &str, expected: usize) -> Vec<Seen> {
                     data: m.value().1.clone(),
                 });
             }
-            Ok::<(), std::io::Error>(())
+            Ok(())
         })
     });
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -235,7 +235,7 @@ fn consume_nothing(stream: &str, app: &str) -> bool {
     let thread = std::thread::spawn(move || {
         consumer.run(move |b: Batch<(bool, Vec<u8>)>| {
             *sink.lock().unwrap() += b.len();
-            Ok::<(), std::io::Error>(())
+            Ok(())
         })
     });
     std::thread::sleep(Duration::from_secs(2));

@@ -107,7 +107,7 @@ impl Running {
                         at,
                     });
                 }
-                Ok::<(), std::io::Error>(())
+                Ok(())
             })
         });
         Running {

@@ -93,7 +93,7 @@ fn a_lease_taken_during_the_handler_refuses_the_old_owners_checkpoint() {
                 // Bounded: the test releases it within seconds.
                 let _ = release_rx.recv_timeout(Duration::from_secs(30));
             }
-            Ok::<(), std::io::Error>(())
+            Ok(())
         })
     });
     entered
@@ -159,7 +159,7 @@ fn a_lease_taken_during_the_handler_refuses_the_old_owners_checkpoint() {
                     .messages()
                     .map(|m| String::from_utf8(m.value().to_vec()).unwrap()),
             );
-            Ok::<(), std::io::Error>(())
+            Ok(())
         })
     });
     let wait = |what: &str, done: &dyn Fn() -> bool| {

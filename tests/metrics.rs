@@ -67,7 +67,7 @@ fn start(builder: ConsumerBuilder<Payload>) -> Running {
     let thread = std::thread::spawn(move || {
         consumer.run(move |batch| {
             counter.fetch_add(batch.len(), Ordering::SeqCst);
-            Ok::<(), std::io::Error>(())
+            Ok(())
         })
     });
     Running {

@@ -121,7 +121,7 @@ fn a_whole_consumer_run_with_faults_logs_no_secret() {
         if delivered >= 30 || started.elapsed() > Duration::from_secs(30) {
             stop.shutdown();
         }
-        Ok::<(), std::io::Error>(())
+        Ok(())
     });
     result.unwrap();
     assert_eq!(delivered, 30);
@@ -141,7 +141,7 @@ fn a_whole_consumer_run_with_faults_logs_no_secret() {
         .credentials(credentials())
         .build()
         .unwrap()
-        .run(|_b| Ok::<(), std::io::Error>(()))
+        .run(|_b| Ok(()))
         .unwrap_err();
     assert_clean("the error", &format!("{err} {err:?}"));
 

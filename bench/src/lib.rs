@@ -94,7 +94,7 @@ pub fn spawn_consumer<T: Send + 'static>(
     let thread = std::thread::spawn(move || {
         consumer.run(|batch| {
             handler(batch);
-            Ok::<(), std::io::Error>(())
+            Ok(())
         })
     });
     (stop, thread)

@@ -343,7 +343,7 @@ impl Client {
         if let Some(date) = reply
             .headers()
             .get("date")
-            .and_then(|v| http_date_seconds(v.to_str().ok()?))
+            .and_then(|v| crate::time::http_date_seconds(v.to_str().ok()?))
         {
             self.service_time.store(date, Ordering::Relaxed);
         }
@@ -481,40 +481,6 @@ fn io_kind(e: &std::io::Error) -> TransportKind {
     }
 }
 
-/// Seconds since the epoch of an HTTP date in the IMF-fixdate form every
-/// AWS service sends (`Sun, 06 Nov 1994 08:49:37 GMT`); `None` otherwise.
-pub(crate) fn http_date_seconds(text: &str) -> Option<u64> {
-    let mut parts = text.split_whitespace().skip(1);
-    let day: u64 = parts.next()?.parse().ok()?;
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let name = parts.next()?;
-    let month = MONTHS.iter().position(|m| *m == name)? as u64 + 1;
-    let year: u64 = parts.next()?.parse().ok()?;
-    let mut clock = parts.next()?.split(':').map(|n| n.parse::<u64>().ok());
-    let (h, m, sec) = (clock.next()??, clock.next()??, clock.next()??);
-    if parts.next() != Some("GMT")
-        || !(1..=31).contains(&day)
-        || year < 1970
-        || h > 23
-        || m > 59
-        || sec > 60
-    {
-        return None;
-    }
-    // Days from the civil date (proleptic Gregorian), with March as the
-    // first month so that leap days fall at the end of the year.
-    let (y, mp) = if month > 2 {
-        (year, month - 3)
-    } else {
-        (year - 1, month + 9)
-    };
-    let era_day = 365 * y + y / 4 - y / 100 + y / 400 + (153 * mp + 2) / 5 + day - 1;
-    let days = era_day.checked_sub(719_468)?;
-    Some(days * 86_400 + h * 3_600 + m * 60 + sec)
-}
-
 pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
     let cap = base
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))
@@ -525,26 +491,6 @@ pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn reads_http_dates() {
-        assert_eq!(http_date_seconds("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
-        assert_eq!(
-            http_date_seconds("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(784_111_777)
-        );
-        assert_eq!(
-            http_date_seconds("Thu, 29 Feb 2024 23:59:59 GMT"),
-            Some(1_709_251_199)
-        );
-        for bad in [
-            "",
-            "Sun, 06 Nov 1994 08:49:37 PST",
-            "Sun, 06 Foo 1994 08:49:37 GMT",
-            "Sun, 06 Nov 1994 08:49 GMT",
-        ] {
-            assert_eq!(http_date_seconds(bad), None, "{bad}");
-        }
-    }
 
     use super::*;
 

@@ -341,7 +341,10 @@ impl DefaultCredentialsChain {
                              for access key {}, valid until {}): {e}",
                             entry.source,
                             entry.credentials.access_key_id(),
-                            expiry.map_or_else(|| "revoked".to_string(), format_time),
+                            expiry.map_or_else(
+                                || "revoked".to_string(),
+                                |t| crate::time::format_rfc3339(t, false)
+                            ),
                         );
                         let retry = now + RETRY_AFTER_FAILED_REFRESH;
                         entry.refresh_at = expiry.map_or(retry, |x| retry.min(x));
@@ -557,7 +560,7 @@ impl DefaultCredentialsChain {
                 })
         };
         let expiration = field("Expiration")?;
-        let expires_at = parse_iso8601(&expiration).ok_or_else(|| Error::Decode {
+        let expires_at = crate::time::parse_iso8601(&expiration).ok_or_else(|| Error::Decode {
             operation: OPERATION,
             message: format!("Expiration {expiration:?} is not an ISO 8601 time"),
         })?;
@@ -919,7 +922,7 @@ fn parse_json_credentials(
         credentials = credentials.with_session_token(token);
     }
     if let Some(expiration) = field("Expiration") {
-        let expires_at = parse_iso8601(expiration)
+        let expires_at = crate::time::parse_iso8601(expiration)
             .ok_or_else(|| decode(format!("Expiration {expiration:?} is not an ISO 8601 time")))?;
         credentials = credentials.with_expiry(expires_at);
     }
@@ -1016,131 +1019,6 @@ fn xml_unescape(s: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// Parses an ISO 8601 / RFC 3339 time such as `2019-11-09T13:34:41Z`,
-/// `2019-11-09T13:34:41.123Z` or `2019-11-09T13:34:41+01:00`. A time without
-/// an offset is taken as UTC.
-pub(crate) fn parse_iso8601(s: &str) -> Option<SystemTime> {
-    let s = s.trim();
-    let bytes = s.as_bytes();
-    let number = |from: usize, to: usize| -> Option<i64> {
-        let part = s.get(from..to)?;
-        if !part.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        part.parse().ok()
-    };
-    let sep = |at: usize, allowed: &[u8]| bytes.get(at).is_some_and(|b| allowed.contains(b));
-    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
-        return None;
-    }
-    let (year, month, day) = (number(0, 4)?, number(5, 7)?, number(8, 10)?);
-    let (hour, minute, second) = (number(11, 13)?, number(14, 16)?, number(17, 19)?);
-    if !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut nanos: u32 = 0;
-    if let Some(fraction) = rest.strip_prefix(['.', ',']) {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        for (i, b) in fraction.bytes().take(digits.min(9)).enumerate() {
-            nanos += u32::from(b - b'0') * 10u32.pow(8 - i as u32);
-        }
-        rest = &fraction[digits..];
-    }
-    let offset_seconds = match rest {
-        "" | "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let off = &rest[1..];
-            let (h, m) = match off.len() {
-                5 if off.as_bytes()[2] == b':' => (off.get(0..2)?, off.get(3..5)?),
-                4 => (off.get(0..2)?, off.get(2..4)?),
-                2 => (off, "00"),
-                _ => return None,
-            };
-            let parse = |t: &str| -> Option<i64> {
-                t.bytes()
-                    .all(|b| b.is_ascii_digit())
-                    .then(|| t.parse().ok())?
-            };
-            let (h, m) = (parse(h)?, parse(m)?);
-            if h > 23 || m > 59 {
-                return None;
-            }
-            sign * (h * 3600 + m * 60)
-        }
-    };
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset_seconds;
-    let seconds = u64::try_from(seconds).ok()?;
-    Some(UNIX_EPOCH + Duration::new(seconds, nanos))
-}
-
-fn is_leap_year(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if is_leap_year(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to the given date of the proleptic Gregorian
-/// calendar, counted year by year from a 400-year cycle boundary.
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    // Shift to a year starting in March so the leap day comes last.
-    let y = if month <= 2 { year - 1 } else { year };
-    let cycle = y.div_euclid(400);
-    let year_of_cycle = y.rem_euclid(400);
-    let month_from_march = (month + 9) % 12;
-    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-    let day_of_cycle = year_of_cycle * 365 + year_of_cycle / 4 - year_of_cycle / 100 + day_of_year;
-    // 719_468 days separate 0000-03-01 from 1970-01-01.
-    cycle * 146_097 + day_of_cycle - 719_468
-}
-
-/// A time as `YYYY-MM-DDTHH:MM:SSZ`, for log messages.
-fn format_time(t: SystemTime) -> String {
-    let secs = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(_) => return "before 1970".into(),
-    };
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Find the date by stepping from an estimate (log-only, so simplicity wins).
-    let mut year = 1970 + days / 366;
-    while days_from_civil(year + 1, 1, 1) <= days {
-        year += 1;
-    }
-    let mut month = 1;
-    while month < 12 && days_from_civil(year, month + 1, 1) <= days {
-        month += 1;
-    }
-    let day = days - days_from_civil(year, month, 1) + 1;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 fn unix_millis(t: SystemTime) -> u128 {
@@ -1988,56 +1866,6 @@ mod tests {
             after.contains("AKID") && after.contains("environment"),
             "{after}"
         );
-    }
-
-    #[test]
-    fn parses_iso8601() {
-        let at = |s| parse_iso8601(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap());
-        assert_eq!(at("1970-01-01T00:00:00Z"), Some(Duration::ZERO));
-        assert_eq!(at("2030-01-01T00:00:00Z"), Some(Duration::from_secs(T0)));
-        assert_eq!(
-            at("2019-11-09T13:34:41Z"),
-            Some(Duration::from_secs(1_573_306_481))
-        );
-        assert_eq!(
-            at("2024-02-29T12:00:00Z"),
-            Some(Duration::from_secs(1_709_208_000))
-        );
-        assert_eq!(
-            at("2019-11-09T13:34:41.25Z"),
-            Some(Duration::new(1_573_306_481, 250_000_000))
-        );
-        assert_eq!(
-            at("2019-11-09T14:34:41+01:00"),
-            Some(Duration::from_secs(1_573_306_481))
-        );
-        assert_eq!(
-            at("2019-11-09T12:34:41-0100"),
-            Some(Duration::from_secs(1_573_306_481))
-        );
-        assert_eq!(
-            at("2019-11-09 13:34:41"),
-            Some(Duration::from_secs(1_573_306_481))
-        );
-        for bad in [
-            "",
-            "2019-11-09",
-            "2019-13-01T00:00:00Z",
-            "2023-02-29T00:00:00Z",
-            "2019-11-09T24:00:00Z",
-            "2019-11-09T13:34:41.Z",
-            "2019-11-09T13:34:41+1:00",
-            "2019-11-09T13:34:41Q",
-            "1969-12-31T23:59:59Z",
-            "20x9-11-09T13:34:41Z",
-        ] {
-            assert_eq!(at(bad), None, "{bad}");
-        }
-        assert_eq!(
-            format_time(UNIX_EPOCH + Duration::from_secs(1_709_208_000)),
-            "2024-02-29T12:00:00Z"
-        );
-        assert_eq!(format_time(UNIX_EPOCH), "1970-01-01T00:00:00Z");
     }
 
     #[test]

@@ -251,7 +251,7 @@ pub struct PublishStats {
 ///             s.statistics.sum, s.statistics.sample_count);
 ///     }
 /// });
-/// consumer.run(|_batch| Ok::<(), std::io::Error>(()))
+/// consumer.run(|_batch| Ok(()))
 /// # }
 /// ```
 #[derive(Clone, Debug)]

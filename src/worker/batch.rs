@@ -84,6 +84,12 @@ impl<T> Batch<T> {
         self.time
     }
 
+    /// The batch time in RFC 3339, UTC, to the millisecond, such as
+    /// `2024-05-01T12:00:00.250Z`.
+    pub fn time_rfc3339(&self) -> String {
+        crate::time::format_rfc3339(self.time, true)
+    }
+
     /// The shards with records (or a shard end) in this batch.
     pub fn shards(&self) -> &[ShardBatch<T>] {
         &self.shards
@@ -107,5 +113,20 @@ impl<T> Batch<T> {
     /// True when no record arrived during the interval.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn batch_time_reads_as_rfc3339() {
+        let batch: Batch<()> = Batch {
+            time: UNIX_EPOCH + Duration::from_millis(1_714_564_800_250),
+            shards: Vec::new(),
+        };
+        assert_eq!(batch.time_rfc3339(), "2024-05-01T12:00:00.250Z");
     }
 }

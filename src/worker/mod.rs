@@ -16,7 +16,7 @@ use crate::aws::cloudwatch::CloudWatchClient;
 use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
 use crate::config::{ConsumerBuilder, InitialPosition};
-use crate::error::{Error, Result};
+use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{
     Checkpoint, Clock, Coordinator, CoordinatorEvent, HeldLeases, LeaseTable, LeaseTimings,
     StreamShards,
@@ -166,23 +166,20 @@ impl<T: Send + 'static> Consumer<T> {
     /// startup, failures that may pass (throttling, 5xx, resets) are retried
     /// for up to a minute first.
     ///
-    /// When the handler returns `Ok`, the batch's records are checkpointed
-    /// (no more often than the checkpoint interval). When it returns `Err`
-    /// or panics, nothing of that batch is checkpointed and `run` returns
-    /// the error ([`Error::Handler`] or [`Error::HandlerPanicked`]), after
-    /// writing earlier checkpoints and releasing its leases.
+    /// The handler is called every batch interval, with an empty batch when
+    /// nothing arrived. When it returns `Ok(())`, the batch's records are
+    /// checkpointed (no more often than the checkpoint interval). It may
+    /// fail with any error type (`?` converts it into the boxed error of
+    /// [`HandlerResult`]); when it fails or panics, nothing of that batch is
+    /// checkpointed and `run` returns the error ([`Error::Handler`] or
+    /// [`Error::HandlerPanicked`]), after writing earlier checkpoints and
+    /// releasing its leases.
     ///
     /// Once `run` has returned, the message handler is not called again.
     /// `run` waits up to the connect timeout plus the read timeout plus 1 s
     /// for readers inside a GetRecords call; a reader still in its call
     /// then ends by itself later without calling user code.
-    pub fn run<E>(
-        self,
-        mut handler: impl FnMut(Batch<T>) -> std::result::Result<(), E>,
-    ) -> Result<()>
-    where
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    pub fn run(self, mut handler: impl FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
         let s = &self.builder.settings;
         // A missing stream fails here, in AWS's own words.
         let described = until_ready("describing the stream", &self.shutdown.flag, || {
@@ -212,13 +209,7 @@ impl<T: Send + 'static> Consumer<T> {
         result
     }
 
-    fn consume<E>(
-        &self,
-        handler: &mut impl FnMut(Batch<T>) -> std::result::Result<(), E>,
-    ) -> Result<()>
-    where
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    fn consume(&self, handler: &mut impl FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
         let s = &self.builder.settings;
         let table = LeaseTable::new(self.dynamodb.clone(), &self.app_name);
         let held = Arc::new(HeldLeases::new(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{Checkpoint, CoordinatorEvent, HeldLeases};
 use crate::metrics::{Metric, Metrics};
 use crate::worker::batch::{Batch, ShardBatch};
@@ -71,25 +71,13 @@ impl<'a, T> Ticker<'a, T> {
 
     /// Runs batches until shutdown or an error; on the way out writes every
     /// checkpoint the handler earned.
-    pub(crate) fn run<E>(
-        &mut self,
-        handler: &mut dyn FnMut(Batch<T>) -> std::result::Result<(), E>,
-    ) -> Result<()>
-    where
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    pub(crate) fn run(&mut self, handler: &mut dyn FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
         let result = self.batches(handler);
         self.write_checkpoints(true);
         result
     }
 
-    fn batches<E>(
-        &mut self,
-        handler: &mut dyn FnMut(Batch<T>) -> std::result::Result<(), E>,
-    ) -> Result<()>
-    where
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    fn batches(&mut self, handler: &mut dyn FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
         let mut tick = Instant::now() + self.batch_interval;
         loop {
             let Some(chunks) = self.gather_until(tick)? else {
@@ -146,7 +134,7 @@ impl<'a, T> Ticker<'a, T> {
                         );
                     }
                 }
-                Ok(Err(e)) => return Err(Error::Handler(e.into())),
+                Ok(Err(e)) => return Err(Error::Handler(e)),
                 Err(panic) => {
                     return Err(Error::HandlerPanicked(format!(
                         "the batch handler panicked: {}",
@@ -440,9 +428,7 @@ mod tests {
             .unwrap();
         sender.send(failed("shard-2", epoch, "not held")).unwrap();
         sender.send(failed("shard-1", epoch, "current")).unwrap();
-        let result = with_ticker(&records, &held, |t| {
-            t.run(&mut |_: Batch<()>| Ok::<(), std::io::Error>(()))
-        });
+        let result = with_ticker(&records, &held, |t| t.run(&mut |_: Batch<()>| Ok(())));
         assert!(
             matches!(&result, Err(Error::Internal(m)) if m == "current"),
             "{result:?}"
