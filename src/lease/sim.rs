@@ -337,8 +337,7 @@ impl LeaseStore for SimTable {
 
     fn delete_finished(&self, shard_id: &str) -> Result<()> {
         let mut rows = lock(&self.rows);
-        if let Some(Row::Lease(l)) = rows.get(shard_id)
-            && l.checkpoint == Checkpoint::ShardEnd
+        if matches!(rows.get(shard_id), Some(Row::Lease(l)) if l.checkpoint == Checkpoint::ShardEnd)
         {
             rows.remove(shard_id);
             trace(|| format!("  delete finished {shard_id}"));
@@ -351,9 +350,7 @@ impl LeaseStore for SimTable {
 
     fn delete_gone(&self, shard_id: &str, seen_counter: u64) -> Result<()> {
         let mut rows = lock(&self.rows);
-        if let Some(Row::Lease(l)) = rows.get(shard_id)
-            && l.counter == seen_counter
-        {
+        if matches!(rows.get(shard_id), Some(Row::Lease(l)) if l.counter == seen_counter) {
             if !lock(&self.stream).expired.contains(shard_id) {
                 lock(&self.truth).violations.push(format!(
                     "the lease of {shard_id} was deleted as gone, but the stream still has it"
@@ -971,10 +968,9 @@ fn a_restarted_asker_takes_an_unanswered_handoff_after_the_failover_time() {
     let started = sim.clock.now();
     let taken_after = loop {
         for row in lock(&sim.table.rows).values_mut() {
-            if let Row::Lease(l) = row
-                && l.owner.as_deref() == Some("busy")
-            {
-                l.counter += 1;
+            match row {
+                Row::Lease(l) if l.owner.as_deref() == Some("busy") => l.counter += 1,
+                _ => {}
             }
         }
         sim.step_worker(0);
