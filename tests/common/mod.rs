@@ -32,6 +32,14 @@ pub fn emulators_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("emulators")
 }
 
+/// Stops a test that cannot get its emulators, saying in one line what to
+/// run instead of panicking deep in a helper.
+pub fn cannot_run(what: &str, why: impl std::fmt::Display) -> ! {
+    panic!(
+        "{what} failed ({why}): the integration tests need Node.js with npm and Python 3 with pip; run `bash scripts/test.sh`, which installs the pinned emulators and runs every test"
+    )
+}
+
 /// Installs the pinned emulators if they are missing.
 pub fn install_emulators() {
     let dir = emulators_dir();
@@ -44,8 +52,10 @@ pub fn install_emulators() {
         .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
         .current_dir(&dir)
         .status()
-        .expect("npm must be installed to run the emulators");
-    assert!(status.success(), "npm ci in {} failed", dir.display());
+        .unwrap_or_else(|e| cannot_run("running npm", e));
+    if !status.success() {
+        cannot_run(&format!("npm ci in {}", dir.display()), status);
+    }
 }
 
 fn free_port() -> u16 {
@@ -101,7 +111,9 @@ pub fn start_kinesis_with_tls() -> (String, String, Child) {
     ] {
         cmd.env(var, "50ms");
     }
-    let child = cmd.spawn().expect("start kinesis-local");
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| cannot_run("starting kinesis-local with node", e));
     wait_for_port(plain, "kinesis-local");
     wait_for_port(tls, "kinesis-local (TLS)");
     (
@@ -132,7 +144,7 @@ pub fn start_dynamodb() -> (String, Child) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start dynalite");
+        .unwrap_or_else(|e| cannot_run("starting dynalite with node", e));
     wait_for_port(port, "dynalite");
     (format!("http://127.0.0.1:{port}"), child)
 }
@@ -165,12 +177,10 @@ pub fn install_moto() {
         ])
         .arg(&requirements)
         .status()
-        .expect("python3 with pip must be installed to run moto");
-    assert!(
-        status.success(),
-        "pip install -r {} failed",
-        requirements.display()
-    );
+        .unwrap_or_else(|e| cannot_run("running python3 -m pip", e));
+    if !status.success() {
+        cannot_run(&format!("pip install -r {}", requirements.display()), status);
+    }
 }
 
 /// Starts moto's server (CloudWatch and more) on a free port; its URL and
@@ -186,7 +196,7 @@ pub fn start_moto() -> (String, Child) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start moto");
+        .unwrap_or_else(|e| cannot_run("starting moto with python3", e));
     wait_for_port(port, "moto");
     (format!("http://127.0.0.1:{port}"), child)
 }
