@@ -12,19 +12,12 @@ pub fn decode_get_records(body: &[u8]) -> crate::Result<GetRecordsOutput> {
 
 /// The same, with serde_json only: the oracle for the scanner.
 pub fn decode_get_records_with_serde(body: &[u8]) -> crate::Result<GetRecordsOutput> {
-    crate::aws::get_records::decode_get_records_with_serde(
-        body,
-        &std::sync::Arc::from("shardId-0"),
-    )
+    crate::aws::get_records::decode_get_records_with_serde(body, &std::sync::Arc::from("shardId-0"))
 }
 
 /// The error of a non-2xx reply, from its status, `x-amzn-ErrorType`
 /// header and body.
-pub fn service_error(
-    status: u16,
-    error_type: Option<&str>,
-    body: &[u8],
-) -> crate::ServiceError {
+pub fn service_error(status: u16, error_type: Option<&str>, body: &[u8]) -> crate::ServiceError {
     crate::aws::client::service_error("Fuzz", status, None, error_type.map(str::to_owned), body)
 }
 
@@ -54,10 +47,7 @@ pub fn checkpoint_from_columns(
 }
 
 /// The shared config (`config = true`) or credentials file parser.
-pub fn parse_profile_file(
-    text: &str,
-    config: bool,
-) -> HashMap<String, HashMap<String, String>> {
+pub fn parse_profile_file(text: &str, config: bool) -> HashMap<String, HashMap<String, String>> {
     let kind = if config {
         crate::aws::FileKind::Config
     } else {

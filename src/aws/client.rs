@@ -481,6 +481,29 @@ fn io_kind(e: &std::io::Error) -> TransportKind {
     }
 }
 
+/// Describes a resource every 100 ms until its status is `ACTIVE`, for up
+/// to `timeout`; [`Error::NotReady`] naming `what` after that. `describe`
+/// returns the description and its status.
+pub(crate) fn wait_until_active<T>(
+    what: &str,
+    timeout: Duration,
+    mut describe: impl FnMut() -> Result<(T, String)>,
+) -> Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let (description, status) = describe()?;
+        if status == "ACTIVE" {
+            return Ok(description);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::NotReady(format!(
+                "{what} is still {status} after {timeout:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
     let cap = base
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))

@@ -1,13 +1,13 @@
 //! Typed DynamoDB operations over the JSON protocol: what a lease table needs.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::aws::client::{Client, ClientConfig, DYNAMODB};
-use crate::error::{Error, Result};
+use crate::aws::client::{Client, ClientConfig, DYNAMODB, wait_until_active};
+use crate::error::Result;
 
 /// A DynamoDB attribute value in the service's JSON form (`{"S": "x"}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,20 +174,11 @@ impl DynamoDbClient {
 
     /// Polls DescribeTable until the table is ACTIVE, for at most `timeout`.
     pub fn wait_until_active(&self, table: &str, timeout: Duration) -> Result<TableDescription> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let d = self.describe_table(table)?;
-            if d.table_status == "ACTIVE" {
-                return Ok(d);
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::NotReady(format!(
-                    "table {table} is still {} after {timeout:?}",
-                    d.table_status
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until_active(&format!("table {table}"), timeout, || {
+            let description = self.describe_table(table)?;
+            let status = description.table_status.clone();
+            Ok((description, status))
+        })
     }
 
     /// Deletes a table.

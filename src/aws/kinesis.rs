@@ -1,14 +1,14 @@
 //! Typed Kinesis operations over the JSON protocol.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::aws::client::{Client, ClientConfig, KINESIS};
+use crate::aws::client::{Client, ClientConfig, KINESIS, wait_until_active};
 use crate::aws::get_records::{Records, decode_reply};
 use crate::error::{Error, Result};
 use crate::record::{Record, SequenceNumber};
@@ -521,20 +521,11 @@ impl KinesisClient {
 
     /// Polls DescribeStreamSummary until the stream is ACTIVE, for at most `timeout`.
     pub fn wait_until_active(&self, stream: &str, timeout: Duration) -> Result<StreamSummary> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait_until_active(&format!("stream {stream}"), timeout, || {
             let summary = self.describe_stream_summary(stream)?;
-            if summary.stream_status == "ACTIVE" {
-                return Ok(summary);
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::NotReady(format!(
-                    "stream {stream} is still {} after {timeout:?}",
-                    summary.stream_status
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            let status = summary.stream_status.clone();
+            Ok((summary, status))
+        })
     }
 
     fn unit(&self, operation: &'static str, input: serde_json::Value) -> Result<()> {

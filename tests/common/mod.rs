@@ -179,7 +179,10 @@ pub fn install_moto() {
         .status()
         .unwrap_or_else(|e| cannot_run("running python3 -m pip", e));
     if !status.success() {
-        cannot_run(&format!("pip install -r {}", requirements.display()), status);
+        cannot_run(
+            &format!("pip install -r {}", requirements.display()),
+            status,
+        );
     }
 }
 
