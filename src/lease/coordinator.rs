@@ -335,7 +335,7 @@ impl<R: ShardRunner> Coordinator<R> {
             handoff_overdue: &overdue,
             max_leases: self.timings.max_leases_per_worker,
         });
-        self.carry_out(&plan, rows, &held, &standings)
+        self.carry_out(&plan, rows, &held)
     }
 
     /// Notes, for every lease, since when its owner and counter stood still,
@@ -402,7 +402,6 @@ impl<R: ShardRunner> Coordinator<R> {
         plan: &RoundPlan,
         rows: &[Row],
         held: &HashSet<String>,
-        standings: &HashMap<String, Standing>,
     ) -> Result<bool> {
         let (mut taken, mut stolen) = (0u32, 0u32);
         let lease = |id: &str| {
@@ -485,16 +484,16 @@ impl<R: ShardRunner> Coordinator<R> {
                 (Metric::ShardsBlockedOnParent, plan.blocked.len() as f64),
             ],
         );
-        self.start_readable(rows, standings);
+        self.start_readable(plan, rows);
         Ok(plan.waiting)
     }
 
-    /// Starts a reader for every held lease that is readable: those the
-    /// plan found so, and those taken this round.
-    fn start_readable(&mut self, rows: &[Row], standings: &HashMap<String, Standing>) {
+    /// Starts a reader for every lease the plan found readable that is
+    /// held now (a take may have failed) and not yet read.
+    fn start_readable(&mut self, plan: &RoundPlan, rows: &[Row]) {
         let handing_off = self.held.handoffs();
         for (shard_id, epoch) in self.held.shards() {
-            if standings.get(&shard_id) != Some(&Standing::Readable)
+            if !plan.start.contains(&shard_id)
                 || self.runner.is_running(&shard_id)
                 || handing_off.contains(&shard_id)
             {

@@ -311,7 +311,8 @@ pub(crate) struct RoundPlan {
     pub take: Vec<(String, u64)>,
     /// Leases to ask their owner for (shard, owner, counter seen).
     pub ask: Vec<(String, String, u64)>,
-    /// Held leases to start reading (their parents are finished).
+    /// Leases to read once held (their parents are finished): those held
+    /// and those taken this round.
     pub start: Vec<String>,
     /// Held leases waiting for a parent.
     pub blocked: Vec<String>,
@@ -446,6 +447,11 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
             Some(Standing::Readable) => plan.start.push(lease.shard_id.clone()),
             Some(Standing::Blocked(_)) => plan.blocked.push(lease.shard_id.clone()),
             _ => {}
+        }
+    }
+    for (shard_id, _) in &plan.take {
+        if standing(shard_id) == Some(&Standing::Readable) {
+            plan.start.push(shard_id.clone());
         }
     }
     plan
@@ -732,7 +738,7 @@ mod tests {
         let plan = world.plan("me");
         assert_eq!(plan.release, ["A"]);
         assert_eq!(taken(&plan), ["X"]);
-        assert!(plan.start.is_empty());
+        assert_eq!(plan.start, ["X"], "read as soon as it is taken");
     }
 
     #[test]
