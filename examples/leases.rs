@@ -27,7 +27,7 @@ use kinesis_consumer::{Checkpoint, LeaseStanding, Standing, inspect_leases, list
 const USAGE: &str = "usage: leases --app A [--stream S] [--observe-ms N (3500)]";
 
 fn main() {
-    let args = support::Args::parse(USAGE, &[]);
+    let args = support::Args::parse(USAGE, &["app", "stream", "observe-ms"], &[]);
     let app = args.required(USAGE, "app");
     let observe = Duration::from_millis(args.number(USAGE, "observe-ms", 3500));
     let dynamodb = DynamoDbClient::new(&ClientConfig::new())

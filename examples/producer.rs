@@ -41,7 +41,17 @@ impl Words {
 
 fn main() {
     support::init_logging();
-    let args = support::Args::parse(USAGE, &["aggregate"]);
+    let args = support::Args::parse(
+        USAGE,
+        &[
+            "stream",
+            "records-per-sec",
+            "words-per-record",
+            "duration-secs",
+            "create-shards",
+        ],
+        &["aggregate"],
+    );
     let stream = args.required(USAGE, "stream");
     let rate = args.number(USAGE, "records-per-sec", 100).max(1);
     let words_per_record = args.number(USAGE, "words-per-record", 10).max(1);

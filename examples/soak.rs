@@ -21,6 +21,7 @@
 #[path = "../tests/common/mod.rs"]
 #[allow(unused_imports)]
 mod common;
+mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,26 +46,18 @@ impl Rng {
     }
 }
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number"))
-        })
-        .unwrap_or(default)
-}
+const USAGE: &str =
+    "usage: soak [--minutes N (10)] [--shards N (4)] [--workers N (2)] [--rate N (200)]";
 
 /// What the handlers saw: (data, shard, sequence number) in delivery order.
 type Delivered = Arc<Mutex<Vec<(String, String, SequenceNumber)>>>;
 
 fn main() {
-    let minutes = arg("--minutes", 10);
-    let shards = arg("--shards", 4) as u32;
-    let workers = arg("--workers", 2);
-    let rate = arg("--rate", 200);
+    let args = support::Args::parse(USAGE, &["minutes", "shards", "workers", "rate"], &[]);
+    let minutes = args.number(USAGE, "minutes", 10);
+    let shards = args.number(USAGE, "shards", 4) as u32;
+    let workers = args.number(USAGE, "workers", 2);
+    let rate = args.number(USAGE, "rate", 200);
     common::init_log();
     let started = Instant::now();
     let run_for = Duration::from_secs(minutes * 60);

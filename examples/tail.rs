@@ -26,7 +26,18 @@ const USAGE: &str = "usage: tail --stream S --app A [--position trim-horizon|lat
 
 fn main() {
     support::init_logging();
-    let args = support::Args::parse(USAGE, &[]);
+    let args = support::Args::parse(
+        USAGE,
+        &[
+            "stream",
+            "app",
+            "position",
+            "batch-interval-ms",
+            "worker-id",
+            "metrics-level",
+        ],
+        &[],
+    );
     let position = support::position(args.get("position").unwrap_or("latest"))
         .unwrap_or_else(|e| support::fail(USAGE, &e));
     let metrics_level = support::metrics_level(args.get("metrics-level").unwrap_or("none"))

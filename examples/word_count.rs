@@ -23,7 +23,18 @@ const USAGE: &str = "usage: word_count --stream S --app A [--position trim-horiz
 
 fn main() {
     support::init_logging();
-    let args = support::Args::parse(USAGE, &[]);
+    let args = support::Args::parse(
+        USAGE,
+        &[
+            "stream",
+            "app",
+            "position",
+            "batch-interval-ms",
+            "top",
+            "metrics-level",
+        ],
+        &[],
+    );
     let position = support::position(args.get("position").unwrap_or("trim-horizon"))
         .unwrap_or_else(|e| support::fail(USAGE, &e));
     let top = args.number(USAGE, "top", 10) as usize;

@@ -8,16 +8,16 @@ cd "$(dirname "$0")/.."
 source scripts/emulators.sh
 
 seconds="${DEMO_SECONDS:-20}"
-echo "building the examples..." >&2
-cargo build --quiet --examples
+echo "building the examples (the first build takes a minute or two)..." >&2
+cargo build --example producer --example word_count
 target_dir="${CARGO_TARGET_DIR:-target}"
 
+trap 'kill ${PRODUCER_PID:-} 2>/dev/null || true; stop_emulators' EXIT
+echo "starting the emulators..." >&2
 start_emulators
-trap 'kill $EMULATOR_PIDS ${PRODUCER_PID:-} 2>/dev/null || true' EXIT
 echo "kinesis-local at $KINESIS_URL, dynalite at $DYNAMODB_URL" >&2
 
-export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=local-demo AWS_SECRET_ACCESS_KEY=local-demo AWS_EC2_METADATA_DISABLED=true
-export AWS_ENDPOINT_URL_KINESIS="$KINESIS_URL" AWS_ENDPOINT_URL_DYNAMODB="$DYNAMODB_URL"
+eval "$(emulator_exports)"
 export RUST_LOG="${RUST_LOG:-warn}"
 
 "$target_dir/debug/examples/producer" --stream words --create-shards 2 --duration-secs 0 >/dev/null
@@ -28,4 +28,7 @@ PRODUCER_PID=$!
 # SIGINT after the producer is done: the word count stops gracefully.
 timeout -s INT "$((seconds + 5))" "$target_dir/debug/examples/word_count" --stream words --app word-count-demo \
   --batch-interval-ms 2000 --top 5 || [ $? -eq 124 ]
-wait "$PRODUCER_PID"
+status=0
+wait "$PRODUCER_PID" || status=$?
+PRODUCER_PID=
+exit "$status"

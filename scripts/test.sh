@@ -5,6 +5,20 @@
 # and moto, the CloudWatch emulator (PyPI, tests/metrics/requirements.txt).
 # The tests start the emulators themselves on free 127.0.0.1 ports.
 set -euo pipefail
+
+usage="usage: scripts/test.sh [CARGO TEST OPTIONS] [-- TEST BINARY OPTIONS]
+
+Installs what is missing (npm emulators, aws-kinesis-agg and moto from PyPI),
+then runs cargo test --all-targets with the given arguments (for example a
+test name filter), the doc tests, and the lease simulation over SIM_SEEDS
+seeds (default 3000) in an optimized build."
+for arg in "$@"; do
+  case "$arg" in
+    -h | --help) echo "$usage"; exit 0 ;;
+    --) break ;; # what follows is for the test binaries (cargo test -- --help)
+  esac
+done
+
 cd "$(dirname "$0")/.."
 source scripts/emulators.sh
 install_emulators

@@ -76,6 +76,12 @@ mod worker;
 #[path = "fuzz_hooks.rs"]
 pub mod __fuzz;
 
+// The README's Rust blocks are compiled as doc tests (`cargo test --doc`):
+// its complete program must keep building against the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use config::{ConsumerBuilder, InitialPosition, MetricsDimension, MetricsLevel};
 pub use error::{Error, HandlerResult, Result, ServiceError, TransportKind};
 pub use lease::{Checkpoint, Lease, LeaseStanding, Standing, inspect_leases, list_leases};

@@ -7,42 +7,83 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kinesis_consumer::{InitialPosition, MetricsLevel, ShutdownHandle};
 
-/// `--name value` pairs and `--flag`s.
+/// `--name value` (or `--name=value`) options and `--flag`s, each declared
+/// by the example: anything else is an error.
 pub struct Args {
     values: HashMap<String, String>,
     flags: Vec<String>,
+    declared: Vec<String>,
 }
 
 impl Args {
-    /// Parses the process arguments; `flags` lists options that take no value.
-    pub fn parse(usage: &str, flags: &[&str]) -> Args {
-        let mut values = HashMap::new();
-        let mut found = Vec::new();
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            if arg == "--help" || arg == "-h" {
+    /// Parses the process arguments. `options` lists the options that take
+    /// a value, `flags` those that take none; `--help` prints the usage, and
+    /// anything undeclared prints an error and the usage and exits with 2.
+    pub fn parse(usage: &str, options: &[&str], flags: &[&str]) -> Args {
+        match Args::parse_from(std::env::args().skip(1), options, flags) {
+            Ok(Some(args)) => args,
+            Ok(None) => {
                 println!("{usage}");
                 std::process::exit(0);
             }
-            let Some(name) = arg.strip_prefix("--") else {
-                fail(usage, &format!("unexpected argument {arg:?}"))
-            };
-            if flags.contains(&name) {
-                found.push(name.to_owned());
-                continue;
-            }
-            match args.next() {
-                Some(value) => values.insert(name.to_owned(), value),
-                None => fail(usage, &format!("--{name} needs a value")),
-            };
-        }
-        Args {
-            values,
-            flags: found,
+            Err(message) => fail(usage, &message),
         }
     }
 
+    /// The same over given arguments: `Ok(None)` when help was asked for.
+    pub fn parse_from(
+        args: impl IntoIterator<Item = String>,
+        options: &[&str],
+        flags: &[&str],
+    ) -> Result<Option<Args>, String> {
+        let mut values = HashMap::new();
+        let mut found = Vec::new();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            if arg == "--help" || arg == "-h" {
+                return Ok(None);
+            }
+            let Some(option) = arg.strip_prefix("--") else {
+                return Err(format!("unexpected argument {arg:?}"));
+            };
+            let (name, inline) = match option.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_owned())),
+                None => (option, None),
+            };
+            if flags.contains(&name) {
+                if inline.is_some() {
+                    return Err(format!("--{name} takes no value"));
+                }
+                found.push(name.to_owned());
+            } else if options.contains(&name) {
+                let value = inline
+                    .or_else(|| args.next())
+                    .ok_or_else(|| format!("--{name} needs a value"))?;
+                if values.insert(name.to_owned(), value).is_some() {
+                    return Err(format!("--{name} is given twice"));
+                }
+            } else {
+                return Err(format!("unknown option --{name}"));
+            }
+        }
+        let declared = options.iter().chain(flags).map(|&n| n.to_owned()).collect();
+        Ok(Some(Args {
+            values,
+            flags: found,
+            declared,
+        }))
+    }
+
+    /// Panics on a name the example did not declare: a bug in the example.
+    fn declared(&self, name: &str) {
+        assert!(
+            self.declared.iter().any(|d| d == name),
+            "--{name} is used but not declared in Args::parse"
+        );
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
+        self.declared(name);
         self.values.get(name).map(String::as_str)
     }
 
@@ -65,6 +106,7 @@ impl Args {
     }
 
     pub fn flag(&self, name: &str) -> bool {
+        self.declared(name);
         self.flags.iter().any(|f| f == name)
     }
 }
@@ -230,5 +272,41 @@ mod tests {
             Ok(kinesis_consumer::MetricsLevel::Summary)
         );
         assert!(metrics_level("all").is_err());
+    }
+
+    #[test]
+    fn undeclared_options_are_rejected() {
+        use super::Args;
+        let parse = |args: &[&str]| {
+            Args::parse_from(
+                args.iter().map(|a| a.to_string()),
+                &["stream", "app"],
+                &["aggregate"],
+            )
+        };
+        let args = parse(&["--stream", "s", "--app=a", "--aggregate"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (args.get("stream"), args.get("app")),
+            (Some("s"), Some("a"))
+        );
+        assert!(args.flag("aggregate"));
+        assert!(parse(&["--help"]).unwrap().is_none());
+        for (bad, why) in [
+            (
+                &["--stream", "s", "--enhanced-fan-out", "x"][..],
+                "unknown option --enhanced-fan-out",
+            ),
+            (&["--stream"], "--stream needs a value"),
+            (
+                &["--stream", "s", "--stream", "t"],
+                "--stream is given twice",
+            ),
+            (&["--aggregate=yes"], "--aggregate takes no value"),
+            (&["stray"], "unexpected argument \"stray\""),
+        ] {
+            assert_eq!(parse(bad).err().as_deref(), Some(why), "{bad:?}");
+        }
     }
 }
