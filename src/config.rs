@@ -15,6 +15,7 @@ use crate::worker::{Clients, Consumer, ShutdownHandle};
 
 /// Where to start reading a shard that has no checkpoint yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum InitialPosition {
     /// The oldest record still in the stream.
     TrimHorizon,
@@ -26,6 +27,7 @@ pub enum InitialPosition {
 
 /// How much the consumer reports to CloudWatch (as in the KCL).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MetricsLevel {
     /// Nothing.
     None,
@@ -37,6 +39,7 @@ pub enum MetricsLevel {
 
 /// A dimension CloudWatch metrics are broken down by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum MetricsDimension {
     /// The operation, such as ProcessTask or RenewLease.
     Operation,

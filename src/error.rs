@@ -78,6 +78,7 @@ impl fmt::Display for TransportKind {
 
 /// An error reply from an AWS service.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServiceError {
     /// The operation called, such as `GetRecords`.
     pub operation: &'static str,

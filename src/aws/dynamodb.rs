@@ -204,7 +204,7 @@ impl DynamoDbClient {
     }
 
     /// Writes an item, if `condition` holds. A failed condition is a service
-    /// error for which [`Error::is_condition_failed`] is true.
+    /// error for which [`Error::is_condition_failed`](crate::Error::is_condition_failed) is true.
     pub fn put_item(&self, table: &str, item: &Item, condition: Option<&Expression>) -> Result<()> {
         let mut input = json!({"TableName": table, "Item": item});
         add_expressions(&mut input, None, condition);

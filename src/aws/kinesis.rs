@@ -21,6 +21,7 @@ pub struct KinesisClient {
 
 /// One shard as ListShards describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Shard {
     /// The shard id, such as `shardId-000000000000`.
     pub shard_id: String,
@@ -73,6 +74,7 @@ pub enum ShardFilter {
 
 /// Where a shard iterator starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum IteratorPosition {
     /// The oldest record still in the shard.
     TrimHorizon,
@@ -88,6 +90,7 @@ pub enum IteratorPosition {
 
 /// A summary of a stream from DescribeStreamSummary.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StreamSummary {
     /// The stream name.
     pub stream_name: String,
@@ -103,6 +106,7 @@ pub struct StreamSummary {
 
 /// A child shard, as GetRecords reports at the end of a closed shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChildShard {
     /// The child's shard id.
     pub shard_id: String,
@@ -112,6 +116,7 @@ pub struct ChildShard {
 
 /// The reply of GetRecords.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GetRecordsOutput {
     /// The records, in sequence order, not de-aggregated.
     pub records: Vec<Record>,
@@ -125,6 +130,7 @@ pub struct GetRecordsOutput {
 
 /// What PutRecord returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PutRecordOutput {
     /// The shard the record went to.
     pub shard_id: String,
@@ -145,6 +151,7 @@ pub struct PutRecordsEntry {
 
 /// Why one record of a PutRecords call was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PutRecordsFailure {
     /// The error code, such as `ProvisionedThroughputExceededException`.
     pub code: String,

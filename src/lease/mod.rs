@@ -55,6 +55,7 @@ use crate::record::{ExtendedSequenceNumber, SequenceNumber};
 
 /// Where a shard's processing stands, as stored in the `checkpoint` column.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Checkpoint {
     /// Nothing processed yet; start at the oldest record.
     TrimHorizon,
@@ -110,6 +111,7 @@ impl Checkpoint {
 
 /// One row of the lease table.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Lease {
     /// The shard id (`leaseKey`).
     pub shard_id: String,
@@ -134,6 +136,7 @@ pub struct Lease {
 
 /// One row of the lease table and where it stands (see [`inspect_leases`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LeaseStanding {
     /// The row's `leaseKey`.
     pub shard_id: String,

@@ -45,6 +45,7 @@ impl Row {
 
 /// Where one lease row stands, and so whether its shard can be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Standing {
     /// Its parents are finished (or have no rows): it can be read now.
     Readable,

@@ -8,6 +8,7 @@ use crate::metrics::Metric;
 
 /// Samples summed up: how many, their sum, least and greatest.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Statistics {
     /// The number of samples.
     pub sample_count: u64,
