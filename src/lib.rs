@@ -57,6 +57,7 @@
 //! [`Consumer::metrics`] ([`MetricsHandle::snapshot`]).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![warn(unreachable_pub)]
 
 pub mod aws;
 mod config;

@@ -142,7 +142,7 @@ pub(crate) struct Span {
 
 impl Span {
     /// The span of `part`, a slice of `whole`.
-    pub fn within(whole: &[u8], part: &[u8]) -> Span {
+    pub(crate) fn within(whole: &[u8], part: &[u8]) -> Span {
         let start = (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize) as u32;
         Span {
             start,
@@ -151,19 +151,19 @@ impl Span {
     }
 
     /// The bytes of the span.
-    pub fn of(self, bytes: &[u8]) -> &[u8] {
+    pub(crate) fn of(self, bytes: &[u8]) -> &[u8] {
         bytes
             .get(self.start as usize..self.end as usize)
             .unwrap_or_default()
     }
 
     /// The span as text; spans of text are checked to be UTF-8 when made.
-    pub fn text(self, bytes: &[u8]) -> &str {
+    pub(crate) fn text(self, bytes: &[u8]) -> &str {
         std::str::from_utf8(self.of(bytes)).unwrap_or_default()
     }
 
     /// Its length in bytes.
-    pub fn len(self) -> usize {
+    pub(crate) fn len(self) -> usize {
         (self.end - self.start) as usize
     }
 }

@@ -52,17 +52,17 @@ pub(crate) struct Records {
 }
 
 impl Records {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.fields.is_empty()
     }
 
-    pub fn last_sequence_number(&self) -> Option<&SequenceNumber> {
+    pub(crate) fn last_sequence_number(&self) -> Option<&SequenceNumber> {
         Some(&self.fields.last()?.sequence_number)
     }
 
     /// The size of the buffer the records share: three quarters of the
     /// reply body, by construction.
-    pub fn buffer_bytes(&self) -> u64 {
+    pub(crate) fn buffer_bytes(&self) -> u64 {
         self.shared.bytes.capacity() as u64
     }
 }
