@@ -67,20 +67,112 @@ pub(crate) struct ReaderContext<T> {
     pub metrics: Metrics,
 }
 
-/// What a reader reserves before its first read: a busy shard's second.
-const FIRST_READ_COST: u64 = 2 * 1024 * 1024;
-/// The least a reader reserves: an empty or small reply.
+/// The least a reader reserves before a call: an empty or small reply.
 const MIN_READ_COST: u64 = 64 * 1024;
 
-/// Memory reserved for one read in flight; given back when dropped.
+/// The memory a GetRecords reply of `body_bytes` holds while it is read and
+/// decoded: the body, the buffer its records' data is decoded into (three
+/// quarters of the body) and the records' fields.
+fn reply_cost(body_bytes: u64) -> u64 {
+    body_bytes.saturating_mul(2)
+}
+
+/// Memory of one read in `read_memory`, held from before the call until
+/// its records are in the buffer; given back when dropped.
 struct Reservation<'a> {
     budget: &'a Budget,
     bytes: u64,
 }
 
+impl Reservation<'_> {
+    /// Makes the reservation `bytes` before that much is allocated (the
+    /// reply's body is not read yet). Growing gives back what is held and
+    /// waits in line for the whole, so readers that all need more never
+    /// wait on each other. False when told to stop while waiting.
+    fn resize(&mut self, bytes: u64, stop: &AtomicBool) -> bool {
+        if bytes <= self.bytes {
+            self.budget.release(self.bytes - bytes, 0);
+            self.bytes = bytes;
+            return true;
+        }
+        self.budget.release(self.bytes, 0);
+        self.bytes = 0;
+        if !self
+            .budget
+            .acquire(bytes, 0, || stop.load(Ordering::Relaxed))
+        {
+            return false;
+        }
+        self.bytes = bytes;
+        true
+    }
+
+    /// Counts `bytes` already in use (the decoded records): any more than
+    /// reserved is taken at once, past the bound if need be, and later
+    /// reads wait for it; any less is given back.
+    fn account(&mut self, bytes: u64) {
+        if bytes > self.bytes {
+            self.budget.force(bytes - self.bytes, 0);
+        } else {
+            self.budget.release(self.bytes - bytes, 0);
+        }
+        self.bytes = bytes;
+    }
+}
+
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.budget.release(self.bytes, 0);
+    }
+}
+
+/// The size of a shard's next read: what it reserves before the call, and
+/// what one record of the shard cost in the last read that brought any.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ReadSize {
+    reserve: u64,
+    record_cost: Option<u64>,
+}
+
+impl ReadSize {
+    /// Before a shard's first read.
+    const FIRST: ReadSize = ReadSize {
+        reserve: MIN_READ_COST,
+        record_cost: None,
+    };
+
+    /// How many records to ask for, at most `max_records`: as many as the
+    /// reservation holds at the last cost per record; one while that cost
+    /// is unknown (a record may be 1 MiB).
+    fn limit(&self, max_records: u32) -> u32 {
+        match self.record_cost {
+            Some(cost) => (self.reserve / cost.max(1)).clamp(1, u64::from(max_records)) as u32,
+            None => 1,
+        }
+    }
+
+    /// The size of the read after one that held `cost` bytes and brought
+    /// `records` records of the `limit` asked for. After a full reply the
+    /// next read reserves twice as much, after a partial one from a shard
+    /// still `behind` as much again, otherwise what this one cost; always
+    /// between [`MIN_READ_COST`] and `most`.
+    fn next(self, cost: u64, records: usize, limit: u32, behind: bool, most: u64) -> ReadSize {
+        let record_cost = if records > 0 {
+            Some(cost.div_ceil(records as u64))
+        } else {
+            self.record_cost
+        };
+        let reserve = if records >= limit as usize {
+            self.reserve.max(cost).saturating_mul(2)
+        } else if records > 0 && behind {
+            self.reserve.max(cost)
+        } else {
+            cost
+        };
+        ReadSize {
+            reserve: reserve.min(most).max(MIN_READ_COST),
+            record_cost,
+        }
     }
 }
 
@@ -109,7 +201,7 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
             epoch,
             stop: stop.clone(),
             warned_about_aggregates: false,
-            read_cost: FIRST_READ_COST,
+            read_size: ReadSize::FIRST,
         };
         let checkpoint = checkpoint.clone();
         let spawned = std::thread::Builder::new()
@@ -160,8 +252,8 @@ struct Reader<T> {
     epoch: u64,
     stop: Arc<AtomicBool>,
     warned_about_aggregates: bool,
-    /// What the last read cost in memory: the reply and its records.
-    read_cost: u64,
+    /// The size of the next read (see `read_memory`).
+    read_size: ReadSize,
 }
 
 impl<T: Send + 'static> Reader<T> {
@@ -244,20 +336,25 @@ impl<T: Send + 'static> Reader<T> {
             }
             // Bound the memory of reads in flight across all shards: hold a
             // reservation from before the call until the records are in the
-            // buffer.
-            let Some(_reserved) = self.reserve(&context.read_memory) else {
+            // buffer, ask for as many records as it holds, and resize it to
+            // the reply before the reply is read.
+            let Some(mut reserved) = self.reserve(&context.read_memory) else {
                 break;
             };
+            let limit = self.read_size.limit(context.max_records);
             let called_at = Instant::now();
             next_read = if context.pace_reads {
                 called_at + MIN_TIME_BETWEEN_READS
             } else {
                 called_at
             };
+            let stop = &self.stop;
             let result =
                 context
                     .kinesis
-                    .get_records_of(&self.shard_id, &current, context.max_records);
+                    .get_records_of(&self.shard_id, &current, limit, |length| {
+                        reserved.resize(reply_cost(length), stop)
+                    });
             let call_ms = called_at.elapsed().as_secs_f64() * 1000.0;
             if let Err(e) = &result {
                 let expired = e.code() == Some("ExpiredIteratorException");
@@ -277,7 +374,8 @@ impl<T: Send + 'static> Reader<T> {
                     .record(Some(&self.shard_id), &samples[..known]);
             }
             let (records, reply) = match result {
-                Ok(reply) => reply,
+                Ok(Some(reply)) => reply,
+                Ok(None) => break,
                 Err(e) if e.code() == Some("ExpiredIteratorException") => {
                     log::info!(
                         "shard {}: iterator expired; getting a new one",
@@ -319,7 +417,7 @@ impl<T: Send + 'static> Reader<T> {
                     .last_sequence_number()
                     .is_some_and(|last| *last > done.sequence_number)
             });
-            let buffer_bytes = records.buffer_bytes();
+            let record_count = records.len();
             let (chunk, deaggregated, passed_through) =
                 self.chunk(records, reply, resume_after.as_ref())?;
             let samples = [
@@ -339,8 +437,13 @@ impl<T: Send + 'static> Reader<T> {
             if past_checkpoint {
                 resume_after = None;
             }
-            // A read in flight holds the reply body and the buffer decoded from it.
-            self.read_cost = (buffer_bytes * 4 / 3 + buffer_bytes).max(MIN_READ_COST);
+            let cost = reserved.bytes.max(chunk.bytes);
+            reserved.account(chunk.bytes);
+            // No read reserves more than half of `read_memory`, so reads of
+            // several shards fit at once.
+            let most = context.read_memory.max_bytes() / 2;
+            let behind = millis_behind.unwrap_or(0) > 0;
+            self.read_size = self.read_size.next(cost, record_count, limit, behind, most);
             if context.pace_reads {
                 // Stay under 2 MiB/s: a large read buys a longer pause.
                 let read_time =
@@ -363,18 +466,16 @@ impl<T: Send + 'static> Reader<T> {
         Ok(())
     }
 
-    /// Waits for room for this shard's next read; `None` when told to stop.
+    /// Waits in line for room for this shard's next read; `None` when told
+    /// to stop.
     fn reserve<'a>(&self, memory: &'a Budget) -> Option<Reservation<'a>> {
-        let bytes = self.read_cost;
-        while !memory.acquire(bytes, 0, STOP_CHECK) {
-            if self.stopped() {
-                return None;
-            }
-        }
-        Some(Reservation {
-            budget: memory,
-            bytes,
-        })
+        let bytes = self.read_size.reserve;
+        memory
+            .acquire(bytes, 0, || self.stopped())
+            .then_some(Reservation {
+                budget: memory,
+                bytes,
+            })
     }
 
     fn log_retry(&self, e: &Error, failures: u32) {
@@ -476,14 +577,9 @@ impl<T: Send + 'static> Reader<T> {
     /// Waits for room in the buffer and sends; false when told to stop first.
     fn hand_on(&self, chunk: Chunk<T>) -> bool {
         let records = chunk.messages.len() as u64;
-        while !self
-            .context
-            .budget
-            .acquire(chunk.bytes, records, STOP_CHECK)
-        {
-            if self.stopped() {
-                return false;
-            }
+        let budget = &self.context.budget;
+        if !budget.acquire(chunk.bytes, records, || self.stopped()) {
+            return false;
         }
         let (bytes, mut output) = (chunk.bytes, ReaderOutput::Chunk(chunk));
         loop {
@@ -506,4 +602,133 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic with a non-text payload".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn a_shard_of_unknown_record_size_reads_one_record_then_grows_while_replies_are_full() {
+        let most = 4 * MIB;
+        let mut size = ReadSize::FIRST;
+        assert_eq!(size.limit(10_000), 1);
+        // One 1 KiB record: about 3 KB of memory while read.
+        size = size.next(3_000, 1, 1, false, most);
+        assert_eq!(size.reserve, 2 * MIN_READ_COST);
+        assert_eq!(size.record_cost, Some(3_000));
+        assert_eq!(size.limit(10_000), 43);
+        let mut reserves = Vec::new();
+        for _ in 0..8 {
+            let limit = size.limit(10_000);
+            size = size.next(u64::from(limit) * 3_000, limit as usize, limit, true, most);
+            reserves.push(size.reserve / 1024);
+        }
+        assert_eq!(reserves, [256, 512, 1024, 2048, 4096, 4096, 4096, 4096]);
+        assert_eq!(size.limit(10_000), (most / 3_000) as u32);
+        assert_eq!(size.limit(100), 100, "never more than max_records");
+    }
+
+    #[test]
+    fn an_idle_shard_reserves_the_least_and_remembers_its_record_cost() {
+        let busy = ReadSize {
+            reserve: 4 * MIB,
+            record_cost: Some(3_000),
+        };
+        let idle = busy.next(150, 0, 1398, false, 4 * MIB);
+        assert_eq!(idle.reserve, MIN_READ_COST);
+        assert_eq!(idle.record_cost, Some(3_000));
+        // So a burst after idle starts small: 21 records of 3 KB fit.
+        assert_eq!(idle.limit(10_000), 21);
+    }
+
+    #[test]
+    fn a_partial_reply_keeps_the_reservation_while_behind_and_shrinks_to_it_when_caught_up() {
+        let size = ReadSize {
+            reserve: MIB,
+            record_cost: Some(1_000),
+        };
+        let behind = size.next(200_000, 200, 1048, true, 4 * MIB);
+        assert_eq!(behind.reserve, MIB);
+        assert_eq!(behind.limit(10_000), 1048);
+        let caught_up = size.next(200_000, 200, 1048, false, 4 * MIB);
+        assert_eq!(caught_up.reserve, 200_000);
+        // Larger records than before: fewer asked for.
+        let larger = size.next(500_000, 100, 1048, true, 4 * MIB);
+        assert_eq!(larger.record_cost, Some(5_000));
+        assert_eq!(larger.limit(10_000), 209);
+    }
+
+    #[test]
+    fn a_reservation_follows_the_reply_and_readers_that_all_need_more_do_not_deadlock() {
+        let budget = Budget::new(100, u64::MAX);
+        let stop = AtomicBool::new(false);
+        let reserve = |bytes| {
+            assert!(budget.acquire(bytes, 0, || false));
+            Reservation {
+                budget: &budget,
+                bytes,
+            }
+        };
+        // A small reply gives back what it does not need.
+        let mut a = reserve(40);
+        assert!(a.resize(10, &stop));
+        assert_eq!(budget.used(), (10, 0));
+        assert!(a.resize(40, &stop));
+        let mut b = reserve(40);
+        assert_eq!(budget.used(), (80, 0));
+        // Both replies turn out larger than reserved: 70 each. Each gives
+        // back its 40 while it waits, so one gets in, then the other once
+        // the first is done.
+        let most_held = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for mut r in [a, b] {
+                let (stop, most_held, budget) = (&stop, &most_held, &budget);
+                scope.spawn(move || {
+                    assert!(r.resize(70, stop));
+                    most_held.fetch_max(budget.used().0, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(50));
+                    drop(r);
+                });
+            }
+        });
+        assert_eq!(most_held.load(Ordering::Relaxed), 70);
+        assert_eq!(budget.used(), (0, 0));
+    }
+
+    #[test]
+    fn a_waiting_reservation_gives_up_when_told_to_stop() {
+        let budget = Budget::new(100, u64::MAX);
+        assert!(budget.acquire(90, 0, || false));
+        let stop = AtomicBool::new(true);
+        let mut r = Reservation {
+            budget: &budget,
+            bytes: 0,
+        };
+        assert!(!r.resize(50, &stop));
+        drop(r);
+        assert_eq!(budget.used(), (90, 0));
+    }
+
+    #[test]
+    fn decoded_records_are_accounted_past_the_bound() {
+        let budget = Budget::new(100, u64::MAX);
+        let stop = AtomicBool::new(false);
+        assert!(budget.acquire(60, 0, || false));
+        let mut r = Reservation {
+            budget: &budget,
+            bytes: 0,
+        };
+        assert!(r.resize(40, &stop));
+        // The records took more than the reply's estimate: counted at once.
+        r.account(70);
+        assert_eq!(budget.used(), (130, 0));
+        r.account(20);
+        assert_eq!(budget.used(), (80, 0));
+        drop(r);
+        assert_eq!(budget.used(), (60, 0));
+    }
 }
