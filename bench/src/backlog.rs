@@ -188,8 +188,7 @@ fn get_records(backlog: &Backlog, input: &str) -> Vec<u8> {
         .min(limit)
         .min(MAX_RECORDS_PER_READ)
         .min(by_size);
-    let mut out =
-        String::with_capacity(count as usize * (backlog.data_base64.len() + 160) + 200);
+    let mut out = String::with_capacity(count as usize * (backlog.data_base64.len() + 160) + 200);
     out.push_str(r#"{"Records":["#);
     for i in index..index + count {
         if i > index {

@@ -88,7 +88,10 @@ impl Reservation<'_> {
     /// Makes the reservation `bytes` before that much is allocated (the
     /// reply's body is not read yet). Growing gives back what is held and
     /// waits in line for the whole, so readers that all need more never
-    /// wait on each other. False when told to stop while waiting.
+    /// wait on each other. False when told to stop while waiting. (A wait
+    /// counts against the read timeout; a reply that waited too long is
+    /// fetched again. Replies rarely outgrow their reservation: reads ask
+    /// for as many records as it holds.)
     fn resize(&mut self, bytes: u64, stop: &AtomicBool) -> bool {
         if bytes <= self.bytes {
             self.budget.release(self.bytes - bytes, 0);
@@ -678,7 +681,7 @@ mod tests {
         assert!(a.resize(10, &stop));
         assert_eq!(budget.used(), (10, 0));
         assert!(a.resize(40, &stop));
-        let mut b = reserve(40);
+        let b = reserve(40);
         assert_eq!(budget.used(), (80, 0));
         // Both replies turn out larger than reserved: 70 each. Each gives
         // back its 40 while it waits, so one gets in, then the other once
