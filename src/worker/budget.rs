@@ -9,7 +9,7 @@
 //! request is never starved by a stream of small ones.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How often a waiter looks at its stop condition.
@@ -20,16 +20,27 @@ pub(crate) struct Budget {
     max_bytes: u64,
     max_records: u64,
     state: Mutex<State>,
-    changed: Condvar,
 }
 
 #[derive(Debug, Default)]
 struct State {
     bytes: u64,
     records: u64,
-    /// Tickets of the waiters in arrival order; the first is served next.
-    line: VecDeque<u64>,
-    next_ticket: u64,
+    /// The waiters in arrival order, each woken through its own condition
+    /// variable: only the first is woken when room is given back, not all.
+    line: VecDeque<Arc<Condvar>>,
+}
+
+impl State {
+    fn wake_first(&self) {
+        if let Some(first) = self.line.front() {
+            first.notify_one();
+        }
+    }
+
+    fn is_first(&self, waiter: &Arc<Condvar>) -> bool {
+        self.line.front().is_some_and(|w| Arc::ptr_eq(w, waiter))
+    }
 }
 
 impl Budget {
@@ -38,7 +49,6 @@ impl Budget {
             max_bytes,
             max_records,
             state: Mutex::new(State::default()),
-            changed: Condvar::new(),
         }
     }
 
@@ -61,35 +71,46 @@ impl Budget {
     /// Waits in line for room for `bytes` and `records` and takes it; false
     /// when `stop` returns true first (looked at every 50 ms).
     pub(crate) fn acquire(&self, bytes: u64, records: u64, stop: impl Fn() -> bool) -> bool {
+        if self.try_acquire(bytes, records) {
+            return true;
+        }
+        let mut s = self.lock();
+        let me = Arc::new(Condvar::new());
+        s.line.push_back(me.clone());
+        loop {
+            if s.is_first(&me) && self.fits(&s, bytes, records) {
+                s.line.pop_front();
+                s.bytes += bytes;
+                s.records += records;
+                // The next in line may fit as well.
+                s.wake_first();
+                return true;
+            }
+            if stop() {
+                let was_first = s.is_first(&me);
+                s.line.retain(|w| !Arc::ptr_eq(w, &me));
+                if was_first {
+                    s.wake_first();
+                }
+                return false;
+            }
+            s = me
+                .wait_timeout(s, STOP_CHECK)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Takes room for `bytes` and `records` if it fits now and nobody is
+    /// waiting; false, taking nothing, otherwise.
+    pub(crate) fn try_acquire(&self, bytes: u64, records: u64) -> bool {
         let mut s = self.lock();
         if s.line.is_empty() && self.fits(&s, bytes, records) {
             s.bytes += bytes;
             s.records += records;
             return true;
         }
-        let ticket = s.next_ticket;
-        s.next_ticket += 1;
-        s.line.push_back(ticket);
-        loop {
-            if s.line.front() == Some(&ticket) && self.fits(&s, bytes, records) {
-                s.line.pop_front();
-                s.bytes += bytes;
-                s.records += records;
-                // The next in line may fit as well.
-                self.changed.notify_all();
-                return true;
-            }
-            if stop() {
-                s.line.retain(|t| *t != ticket);
-                self.changed.notify_all();
-                return false;
-            }
-            s = self
-                .changed
-                .wait_timeout(s, STOP_CHECK)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        false
     }
 
     /// Takes `bytes` and `records` at once, past the bound if need be: for
@@ -106,7 +127,7 @@ impl Budget {
         let mut s = self.lock();
         s.bytes = s.bytes.saturating_sub(bytes);
         s.records = s.records.saturating_sub(records);
-        self.changed.notify_all();
+        s.wake_first();
     }
 
     /// Bytes and records held now.
@@ -120,7 +141,6 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::Instant;
 

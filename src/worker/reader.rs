@@ -67,14 +67,18 @@ pub(crate) struct ReaderContext<T> {
     pub metrics: Metrics,
 }
 
-/// The least a reader reserves before a call: an empty or small reply.
-const MIN_READ_COST: u64 = 64 * 1024;
+/// What a call in flight holds besides its reply: the HTTP connection's
+/// read and write buffers (128 KiB each in ureq).
+const CALL_COST: u64 = 256 * 1024;
+/// The least a reader reserves before a call: a call with a small reply.
+const MIN_READ_COST: u64 = CALL_COST + 64 * 1024;
 
-/// The memory a GetRecords reply of `body_bytes` holds while it is read and
-/// decoded: the body, the buffer its records' data is decoded into (three
-/// quarters of the body) and the records' fields.
+/// The memory a GetRecords call with a reply of `body_bytes` holds while
+/// the reply is read and decoded: the connection's buffers, the body, the
+/// buffer its records' data is decoded into (three quarters of the body)
+/// and the records' fields.
 fn reply_cost(body_bytes: u64) -> u64 {
-    body_bytes.saturating_mul(2)
+    CALL_COST.saturating_add(body_bytes.saturating_mul(2))
 }
 
 /// Memory of one read in `read_memory`, held from before the call until
@@ -86,13 +90,13 @@ struct Reservation<'a> {
 
 impl Reservation<'_> {
     /// Makes the reservation `bytes` before that much is allocated (the
-    /// reply's body is not read yet). Growing gives back what is held and
-    /// waits in line for the whole, so readers that all need more never
-    /// wait on each other. False when told to stop while waiting. (A wait
-    /// counts against the read timeout; a reply that waited too long is
-    /// fetched again. Replies rarely outgrow their reservation: reads ask
-    /// for as many records as it holds.)
-    fn resize(&mut self, bytes: u64, stop: &AtomicBool) -> bool {
+    /// reply's body is not read yet): less gives back the difference; more
+    /// is taken only if there is room at once and nobody waits. False
+    /// (holding nothing) when there is not: the reply is then dropped
+    /// unread, so no reader waits while holding memory. Replies rarely
+    /// outgrow their reservation: reads ask for as many records as it
+    /// holds.
+    fn fit(&mut self, bytes: u64) -> bool {
         if bytes <= self.bytes {
             self.budget.release(self.bytes - bytes, 0);
             self.bytes = bytes;
@@ -100,10 +104,7 @@ impl Reservation<'_> {
         }
         self.budget.release(self.bytes, 0);
         self.bytes = 0;
-        if !self
-            .budget
-            .acquire(bytes, 0, || stop.load(Ordering::Relaxed))
-        {
+        if !self.budget.try_acquire(bytes, 0) {
             return false;
         }
         self.bytes = bytes;
@@ -130,7 +131,8 @@ impl Drop for Reservation<'_> {
 }
 
 /// The size of a shard's next read: what it reserves before the call, and
-/// what one record of the shard cost in the last read that brought any.
+/// what one record of the shard cost in the last read that brought any
+/// (without the call's own cost).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct ReadSize {
     reserve: u64,
@@ -148,9 +150,23 @@ impl ReadSize {
     /// reservation holds at the last cost per record; one while that cost
     /// is unknown (a record may be 1 MiB).
     fn limit(&self, max_records: u32) -> u32 {
+        let room = self.reserve.saturating_sub(CALL_COST);
         match self.record_cost {
-            Some(cost) => (self.reserve / cost.max(1)).clamp(1, u64::from(max_records)) as u32,
+            Some(cost) => (room / cost.max(1)).clamp(1, u64::from(max_records)) as u32,
             None => 1,
+        }
+    }
+
+    /// After a reply of `cost` for `limit` records did not fit and was
+    /// dropped unread: reserve all of it next time, and ask for no more
+    /// records than this time (each costs at least its share of `cost`).
+    fn dropped(self, cost: u64, limit: u32) -> ReadSize {
+        let share = cost
+            .saturating_sub(CALL_COST)
+            .div_ceil(u64::from(limit.max(1)));
+        ReadSize {
+            reserve: self.reserve.max(cost),
+            record_cost: Some(self.record_cost.unwrap_or(0).max(share)),
         }
     }
 
@@ -161,7 +177,7 @@ impl ReadSize {
     /// between [`MIN_READ_COST`] and `most`.
     fn next(self, cost: u64, records: usize, limit: u32, behind: bool, most: u64) -> ReadSize {
         let record_cost = if records > 0 {
-            Some(cost.div_ceil(records as u64))
+            Some(cost.saturating_sub(CALL_COST).div_ceil(records as u64))
         } else {
             self.record_cost
         };
@@ -351,12 +367,17 @@ impl<T: Send + 'static> Reader<T> {
             } else {
                 called_at
             };
-            let stop = &self.stop;
+            let mut too_large = None;
             let result =
                 context
                     .kinesis
                     .get_records_of(&self.shard_id, &current, limit, |length| {
-                        reserved.resize(reply_cost(length), stop)
+                        let cost = reply_cost(length);
+                        let fits = reserved.fit(cost);
+                        if !fits {
+                            too_large = Some(cost);
+                        }
+                        fits
                     });
             let call_ms = called_at.elapsed().as_secs_f64() * 1000.0;
             if let Err(e) = &result {
@@ -378,7 +399,18 @@ impl<T: Send + 'static> Reader<T> {
             }
             let (records, reply) = match result {
                 Ok(Some(reply)) => reply,
-                Ok(None) => break,
+                Ok(None) => {
+                    // Larger than reserved, with no room for it now: dropped
+                    // unread. Ask again once room for all of it is reserved.
+                    let cost = too_large.unwrap_or(reply_cost(0));
+                    log::debug!(
+                        "shard {}: a reply needing {cost} bytes did not fit; reading it again",
+                        self.shard_id
+                    );
+                    self.read_size = self.read_size.dropped(cost, limit);
+                    iterator = Some(current);
+                    continue;
+                }
                 Err(e) if e.code() == Some("ExpiredIteratorException") => {
                     log::info!(
                         "shard {}: iterator expired; getting a new one",
@@ -610,7 +642,6 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU64;
 
     const MIB: u64 = 1024 * 1024;
 
@@ -620,18 +651,19 @@ mod tests {
         let mut size = ReadSize::FIRST;
         assert_eq!(size.limit(10_000), 1);
         // One 1 KiB record: about 3 KB of memory while read.
-        size = size.next(3_000, 1, 1, false, most);
+        size = size.next(CALL_COST + 3_000, 1, 1, false, most);
         assert_eq!(size.reserve, 2 * MIN_READ_COST);
         assert_eq!(size.record_cost, Some(3_000));
-        assert_eq!(size.limit(10_000), 43);
+        assert_eq!(size.limit(10_000), 131);
         let mut reserves = Vec::new();
         for _ in 0..8 {
             let limit = size.limit(10_000);
-            size = size.next(u64::from(limit) * 3_000, limit as usize, limit, true, most);
+            let cost = CALL_COST + u64::from(limit) * 3_000;
+            size = size.next(cost, limit as usize, limit, true, most);
             reserves.push(size.reserve / 1024);
         }
-        assert_eq!(reserves, [256, 512, 1024, 2048, 4096, 4096, 4096, 4096]);
-        assert_eq!(size.limit(10_000), (most / 3_000) as u32);
+        assert_eq!(reserves, [1280, 2560, 4096, 4096, 4096, 4096, 4096, 4096]);
+        assert_eq!(size.limit(10_000), ((most - CALL_COST) / 3_000) as u32);
         assert_eq!(size.limit(100), 100, "never more than max_records");
     }
 
@@ -641,7 +673,7 @@ mod tests {
             reserve: 4 * MIB,
             record_cost: Some(3_000),
         };
-        let idle = busy.next(150, 0, 1398, false, 4 * MIB);
+        let idle = busy.next(CALL_COST + 150, 0, 1310, false, 4 * MIB);
         assert_eq!(idle.reserve, MIN_READ_COST);
         assert_eq!(idle.record_cost, Some(3_000));
         // So a burst after idle starts small: 21 records of 3 KB fit.
@@ -654,21 +686,40 @@ mod tests {
             reserve: MIB,
             record_cost: Some(1_000),
         };
-        let behind = size.next(200_000, 200, 1048, true, 4 * MIB);
+        assert_eq!(size.limit(10_000), 786);
+        let behind = size.next(CALL_COST + 200_000, 200, 786, true, 4 * MIB);
         assert_eq!(behind.reserve, MIB);
-        assert_eq!(behind.limit(10_000), 1048);
-        let caught_up = size.next(200_000, 200, 1048, false, 4 * MIB);
-        assert_eq!(caught_up.reserve, 200_000);
+        assert_eq!(behind.limit(10_000), 786);
+        let caught_up = size.next(CALL_COST + 200_000, 200, 786, false, 4 * MIB);
+        assert_eq!(caught_up.reserve, CALL_COST + 200_000);
         // Larger records than before: fewer asked for.
-        let larger = size.next(500_000, 100, 1048, true, 4 * MIB);
+        let larger = size.next(CALL_COST + 500_000, 100, 786, true, 4 * MIB);
         assert_eq!(larger.record_cost, Some(5_000));
-        assert_eq!(larger.limit(10_000), 209);
+        assert_eq!(larger.limit(10_000), 157);
     }
 
     #[test]
-    fn a_reservation_follows_the_reply_and_readers_that_all_need_more_do_not_deadlock() {
+    fn a_reply_that_outgrows_its_reservation_is_dropped_and_asked_for_again_smaller_or_equal() {
+        let size = ReadSize {
+            reserve: MIN_READ_COST,
+            record_cost: Some(3_000),
+        };
+        assert_eq!(size.limit(10_000), 21);
+        // The 21 records were 50 KB each.
+        let cost = reply_cost(21 * 25_000);
+        let again = size.dropped(cost, 21);
+        assert_eq!(again.reserve, cost);
+        assert_eq!(again.record_cost, Some(50_000));
+        assert_eq!(again.limit(10_000), 21);
+        // Before the shard's record size was known: one record asked for.
+        let first = ReadSize::FIRST.dropped(reply_cost(1_400_000), 1);
+        assert_eq!(first.reserve, reply_cost(1_400_000));
+        assert_eq!(first.limit(10_000), 1);
+    }
+
+    #[test]
+    fn a_reservation_follows_the_reply_and_never_waits_holding_memory() {
         let budget = Budget::new(100, u64::MAX);
-        let stop = AtomicBool::new(false);
         let reserve = |bytes| {
             assert!(budget.acquire(bytes, 0, || false));
             Reservation {
@@ -678,54 +729,57 @@ mod tests {
         };
         // A small reply gives back what it does not need.
         let mut a = reserve(40);
-        assert!(a.resize(10, &stop));
+        assert!(a.fit(10));
         assert_eq!(budget.used(), (10, 0));
-        assert!(a.resize(40, &stop));
-        let b = reserve(40);
+        assert!(a.fit(40));
+        let mut b = reserve(40);
         assert_eq!(budget.used(), (80, 0));
-        // Both replies turn out larger than reserved: 70 each. Each gives
-        // back its 40 while it waits, so one gets in, then the other once
-        // the first is done.
-        let most_held = AtomicU64::new(0);
-        std::thread::scope(|scope| {
-            for mut r in [a, b] {
-                let (stop, most_held, budget) = (&stop, &most_held, &budget);
-                scope.spawn(move || {
-                    assert!(r.resize(70, stop));
-                    most_held.fetch_max(budget.used().0, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(50));
-                    drop(r);
-                });
-            }
-        });
-        assert_eq!(most_held.load(Ordering::Relaxed), 70);
+        // Both replies turn out larger than reserved: 70 each. The first
+        // finds no room: it gives back its 40 and its reply is dropped; the
+        // second then fits.
+        assert!(!a.fit(70));
+        assert_eq!(a.bytes, 0);
+        assert_eq!(budget.used(), (40, 0));
+        assert!(b.fit(70));
+        assert_eq!(budget.used(), (70, 0));
+        drop(a);
+        drop(b);
         assert_eq!(budget.used(), (0, 0));
+        // Alone, a reply larger than the whole budget still fits.
+        let mut c = reserve(40);
+        assert!(c.fit(500));
+        assert_eq!(budget.used(), (500, 0));
     }
 
     #[test]
-    fn a_waiting_reservation_gives_up_when_told_to_stop() {
+    fn a_reservation_does_not_grow_past_readers_waiting_in_line() {
         let budget = Budget::new(100, u64::MAX);
-        assert!(budget.acquire(90, 0, || false));
-        let stop = AtomicBool::new(true);
+        assert!(budget.acquire(50, 0, || false));
         let mut r = Reservation {
             budget: &budget,
             bytes: 0,
         };
-        assert!(!r.resize(50, &stop));
-        drop(r);
+        assert!(r.fit(20));
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| budget.acquire(40, 0, || false));
+            std::thread::sleep(Duration::from_millis(50));
+            // Room for 30 more, but a reader waits for 40: growing by 10
+            // would pass it.
+            assert!(!r.fit(30));
+            assert!(waiter.join().unwrap());
+        });
         assert_eq!(budget.used(), (90, 0));
     }
 
     #[test]
     fn decoded_records_are_accounted_past_the_bound() {
         let budget = Budget::new(100, u64::MAX);
-        let stop = AtomicBool::new(false);
         assert!(budget.acquire(60, 0, || false));
         let mut r = Reservation {
             budget: &budget,
             bytes: 0,
         };
-        assert!(r.resize(40, &stop));
+        assert!(r.fit(40));
         // The records took more than the reply's estimate: counted at once.
         r.account(70);
         assert_eq!(budget.used(), (130, 0));
