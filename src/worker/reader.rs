@@ -355,8 +355,8 @@ impl<T: Send + 'static> Reader<T> {
             }
             // Bound the memory of reads in flight across all shards: hold a
             // reservation from before the call until the records are in the
-            // buffer, ask for as many records as it holds, and resize it to
-            // the reply before the reply is read.
+            // buffer, ask for as many records as it holds, and fit it to the
+            // reply's size before the reply is read.
             let Some(mut reserved) = self.reserve(&context.read_memory) else {
                 break;
             };
