@@ -173,8 +173,8 @@ impl ReadSize {
     /// The size of the read after one that held `cost` bytes and brought
     /// `records` records of the `limit` asked for. After a full reply the
     /// next read reserves twice as much, after a partial one from a shard
-    /// still `behind` as much again, otherwise what this one cost; always
-    /// between [`MIN_READ_COST`] and `most`.
+    /// still `behind` as much again, otherwise what this one cost; within
+    /// [`MIN_READ_COST`] and `most`, but always room for one record.
     fn next(self, cost: u64, records: usize, limit: u32, behind: bool, most: u64) -> ReadSize {
         let record_cost = if records > 0 {
             Some(cost.saturating_sub(CALL_COST).div_ceil(records as u64))
@@ -188,8 +188,9 @@ impl ReadSize {
         } else {
             cost
         };
+        let one_record = CALL_COST.saturating_add(record_cost.unwrap_or(0));
         ReadSize {
-            reserve: reserve.min(most).max(MIN_READ_COST),
+            reserve: reserve.min(most).max(MIN_READ_COST).max(one_record),
             record_cost,
         }
     }
@@ -715,6 +716,15 @@ mod tests {
         let first = ReadSize::FIRST.dropped(reply_cost(1_400_000), 1);
         assert_eq!(first.reserve, reply_cost(1_400_000));
         assert_eq!(first.limit(10_000), 1);
+    }
+
+    #[test]
+    fn a_read_always_has_room_for_one_record_even_past_half_of_read_memory() {
+        // 1 MiB records (about 2.8 MB each while read) with read_memory 2 MiB.
+        let size = ReadSize::FIRST.dropped(reply_cost(1_400_000), 1);
+        let next = size.next(reply_cost(1_400_000), 1, 1, true, MIB);
+        assert_eq!(next.reserve, reply_cost(1_400_000));
+        assert_eq!(next.limit(10_000), 1);
     }
 
     #[test]
