@@ -391,14 +391,21 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         self
     }
 
-    /// The most memory GetRecords replies being fetched and decoded may hold
-    /// at once, across all shards, on top of
-    /// [`buffer_bytes`](Self::buffer_bytes). A reader reserves what its
-    /// shard's previous read cost (2 MiB before its first read) before each
-    /// call and keeps it until its records are in the buffer, so memory stays
-    /// bounded whatever the number of shards; a single read larger than the
-    /// bound still goes ahead alone. Defaults to an eighth of `buffer_bytes`,
-    /// at least 8 MiB (8 MiB with the default buffer).
+    /// The most memory GetRecords calls and replies being fetched and
+    /// decoded may hold at once, across all shards, on top of
+    /// [`buffer_bytes`](Self::buffer_bytes). Before each call a reader
+    /// reserves room for its read (at most half of this) and asks for only
+    /// as many records as that room holds at its shard's last size per
+    /// record (one record while the size is unknown). A reply whose headers
+    /// show it larger than reserved is read only if there is room for it at
+    /// once; otherwise it is dropped unread and asked for again with all of
+    /// it reserved. Decoded records stay counted until they are in the
+    /// buffer. Readers wait for room in arrival order, so a large read is
+    /// not starved by small ones. A single reply larger than this bound (a
+    /// 1 MiB record with a small bound) is read alone. Memory the allocator
+    /// keeps after replies are freed is not counted (see the README).
+    /// Defaults to an eighth of `buffer_bytes`, at least 8 MiB (8 MiB with
+    /// the default buffer).
     pub fn read_memory(mut self, bytes: u64) -> Self {
         self.settings.read_memory = Some(bytes);
         self

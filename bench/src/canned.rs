@@ -145,7 +145,8 @@ pub fn get_records_body(records: usize, size: usize) -> Vec<u8> {
     out.into_bytes()
 }
 
-fn list_shards_body(shards: usize) -> Vec<u8> {
+/// A ListShards reply for `shards` shards splitting the hash key range evenly.
+pub fn list_shards_body(shards: usize) -> Vec<u8> {
     let step = u128::MAX / shards as u128;
     let mut out = String::from(r#"{"Shards":["#);
     for i in 0..shards {

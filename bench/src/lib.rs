@@ -1,6 +1,7 @@
 //! Shared pieces of the benchmarks: a canned Kinesis server, the emulators,
 //! a counting proxy for DynamoDB, and process figures from /proc.
 
+pub mod backlog;
 pub mod canned;
 pub mod emulators;
 pub mod http;
@@ -98,4 +99,25 @@ pub fn spawn_consumer<T: Send + 'static>(
         })
     });
     (stop, thread)
+}
+
+/// Logs the library's warnings and errors (and with `debug`, everything
+/// down to debug) to stderr, for looking into a benchmark run.
+pub fn log_to_stderr(debug: bool) {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record) {
+            eprintln!("{} {}: {}", record.level(), record.target(), record.args());
+        }
+        fn flush(&self) {}
+    }
+    let _ = log::set_logger(&Stderr);
+    log::set_max_level(if debug {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    });
 }

@@ -274,6 +274,26 @@ impl Client {
         self.with_retries(operation, || decode(&self.send(operation, body)?))
     }
 
+    /// Like [`call_with`](Self::call_with), and before a successful reply's
+    /// body is read, hands its length (Content-Length; 0 when the server did
+    /// not say) to `admit`, which may wait, for example for room in a memory
+    /// budget. When `admit` returns false the reply is dropped unread and
+    /// the call returns `Ok(None)`. Called once per attempt.
+    pub(crate) fn call_admitting<T>(
+        &self,
+        operation: &'static str,
+        body: &[u8],
+        mut admit: impl FnMut(u64) -> bool,
+        decode: impl Fn(&[u8]) -> Result<T>,
+    ) -> Result<Option<T>> {
+        self.with_retries(operation, || {
+            match self.send_admitting(operation, body, &mut admit)? {
+                Some(reply) => decode(&reply).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
     fn with_retries<T>(
         &self,
         operation: &'static str,
@@ -301,6 +321,19 @@ impl Client {
 
     /// One signed request; the reply body when the status is 2xx.
     fn send(&self, operation: &'static str, body: &[u8]) -> Result<Vec<u8>> {
+        let reply = self.send_admitting(operation, body, &mut |_| true)?;
+        Ok(reply.unwrap_or_default())
+    }
+
+    /// [`send`](Self::send), asking `admit` before reading a 2xx reply's
+    /// body (see [`call_admitting`](Self::call_admitting)); `None` when it
+    /// said no.
+    fn send_admitting(
+        &self,
+        operation: &'static str,
+        body: &[u8],
+        admit: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<Option<Vec<u8>>> {
         let credentials = self.credentials.credentials()?;
         let target = format!("{}.{}", self.protocol.target_prefix, operation);
         let headers = [
@@ -360,6 +393,10 @@ impl Client {
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .unwrap_or(0)
             .min(MAX_RESPONSE_BYTES);
+        if (200..300).contains(&status) && !admit(length) {
+            // Dropped unread: the connection is closed, not reused.
+            return Ok(None);
+        }
         let mut bytes = Vec::with_capacity(length as usize);
         reply
             .body_mut()
@@ -369,7 +406,7 @@ impl Client {
             .read_to_end(&mut bytes)
             .map_err(|e| Error::transport(operation, url, io_kind(&e), e))?;
         if (200..300).contains(&status) {
-            return Ok(bytes);
+            return Ok(Some(bytes));
         }
         Err(Error::Service(service_error(
             operation, status, request_id, error_type, &bytes,
@@ -570,6 +607,53 @@ mod tests {
                 cap / 2
             );
         }
+    }
+
+    #[test]
+    fn admit_sees_the_body_length_before_the_body_is_read() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            // One connection per call: a refused reply closes its connection.
+            for _ in 0..2 {
+                let (mut socket, _) = listener.accept().unwrap();
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).unwrap();
+                let body = br#"{"x":7}"#;
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                socket.write_all(head.as_bytes()).unwrap();
+                let _ = socket.write_all(body);
+            }
+        });
+        let config = ClientConfig::new()
+            .region("us-east-1")
+            .endpoint_url(url)
+            .credentials(crate::aws::credentials::Credentials::new("AKID", "secret"));
+        let client = Client::new(KINESIS, &config).unwrap();
+        let mut seen = Vec::new();
+        let refused = client.call_admitting(
+            "GetRecords",
+            b"{}",
+            |length| {
+                seen.push(length);
+                false
+            },
+            |_| -> Result<()> { panic!("a refused body is not decoded") },
+        );
+        assert!(matches!(refused, Ok(None)));
+        let admitted = client.call_admitting(
+            "GetRecords",
+            b"{}",
+            |length| {
+                seen.push(length);
+                true
+            },
+            |body| Ok(body.to_vec()),
+        );
+        assert_eq!(admitted.unwrap().unwrap(), br#"{"x":7}"#);
+        assert_eq!(seen, [7, 7]);
+        server.join().unwrap();
     }
 
     #[test]

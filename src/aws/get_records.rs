@@ -56,6 +56,11 @@ impl Records {
         self.fields.is_empty()
     }
 
+    /// How many records the reply holds (before KPL de-aggregation).
+    pub(crate) fn len(&self) -> usize {
+        self.fields.len()
+    }
+
     pub(crate) fn last_sequence_number(&self) -> Option<&SequenceNumber> {
         Some(&self.fields.last()?.sequence_number)
     }

@@ -169,6 +169,12 @@ impl PutRecordsFailure {
     }
 }
 
+/// The body of a GetRecords request.
+fn get_records_input(iterator: &str, limit: u32) -> Result<Vec<u8>> {
+    serde_json::to_vec(&json!({"ShardIterator": iterator, "Limit": limit}))
+        .map_err(|e| Error::Internal(e.to_string()))
+}
+
 fn epoch_seconds(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -365,7 +371,11 @@ impl KinesisClient {
         iterator: &str,
         limit: u32,
     ) -> Result<GetRecordsOutput> {
-        let (records, out) = self.get_records_of(&Arc::from(shard_id), iterator, limit)?;
+        let shard_id = Arc::from(shard_id);
+        let body = get_records_input(iterator, limit)?;
+        let (records, out) = self
+            .client
+            .call_with("GetRecords", &body, |reply| decode_reply(reply, &shard_id))?;
         Ok(GetRecordsOutput {
             records: records.into_iter().collect(),
             ..out
@@ -373,17 +383,21 @@ impl KinesisClient {
     }
 
     /// [`KinesisClient::get_records`] with the records left to be made one
-    /// at a time (the output's `records` is empty).
+    /// at a time (the output's `records` is empty). Before the reply's body
+    /// is read, `admit` gets its length and may wait for memory, or return
+    /// false to drop the reply unread (the result is then `None`).
     pub(crate) fn get_records_of(
         &self,
         shard_id: &Arc<str>,
         iterator: &str,
         limit: u32,
-    ) -> Result<(Records, GetRecordsOutput)> {
-        let body = serde_json::to_vec(&json!({"ShardIterator": iterator, "Limit": limit}))
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        admit: impl FnMut(u64) -> bool,
+    ) -> Result<Option<(Records, GetRecordsOutput)>> {
+        let body = get_records_input(iterator, limit)?;
         self.client
-            .call_with("GetRecords", &body, |reply| decode_reply(reply, shard_id))
+            .call_admitting("GetRecords", &body, admit, |reply| {
+                decode_reply(reply, shard_id)
+            })
     }
 
     /// Puts one record.

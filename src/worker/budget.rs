@@ -1,16 +1,46 @@
-//! The bound on records read but not yet handled, in bytes and in count:
-//! a reader waits for room, so a slow handler slows the readers instead of
-//! growing memory.
+//! A bound on memory, in bytes and in count, that waiters share in arrival
+//! order. Two are used: the buffer of records read but not yet handled (a
+//! reader waits for room, so a slow handler slows the readers instead of
+//! growing memory), and `read_memory`, the GetRecords replies being
+//! fetched and decoded.
+//!
+//! Waiters are served first come, first served: one at the head of the
+//! line that does not fit yet holds back those behind it, so a large
+//! request is never starved by a stream of small ones.
 
-use std::sync::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
+
+/// How often a waiter looks at its stop condition.
+const STOP_CHECK: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 pub(crate) struct Budget {
     max_bytes: u64,
     max_records: u64,
-    used: Mutex<(u64, u64)>,
-    freed: Condvar,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    bytes: u64,
+    records: u64,
+    /// The waiters in arrival order, each woken through its own condition
+    /// variable: only the first is woken when room is given back, not all.
+    line: VecDeque<Arc<Condvar>>,
+}
+
+impl State {
+    fn wake_first(&self) {
+        if let Some(first) = self.line.front() {
+            first.notify_one();
+        }
+    }
+
+    fn is_first(&self, waiter: &Arc<Condvar>) -> bool {
+        self.line.front().is_some_and(|w| Arc::ptr_eq(w, waiter))
+    }
 }
 
 impl Budget {
@@ -18,74 +48,239 @@ impl Budget {
         Budget {
             max_bytes,
             max_records,
-            used: Mutex::new((0, 0)),
-            freed: Condvar::new(),
+            state: Mutex::new(State::default()),
         }
     }
 
-    /// Waits up to `timeout` for room for `bytes` and `records`; true when
-    /// reserved. Whatever its size, a chunk fits into an empty buffer, so an
-    /// oversized read cannot block forever.
-    pub(crate) fn acquire(&self, bytes: u64, records: u64, timeout: Duration) -> bool {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        let fits = |u: &(u64, u64)| {
-            (u.0 == 0 && u.1 == 0)
-                || (u.0 + bytes <= self.max_bytes && u.1 + records <= self.max_records)
-        };
-        if !fits(&used) {
-            let (guard, _) = self
-                .freed
-                .wait_timeout_while(used, timeout, |u| !fits(u))
-                .unwrap_or_else(|e| e.into_inner());
-            used = guard;
-            if !fits(&used) {
+    /// The bound in bytes.
+    pub(crate) fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `bytes` and `records` fit now. Whatever its size, a request
+    /// fits into an empty budget, so an oversized one cannot wait forever.
+    fn fits(&self, s: &State, bytes: u64, records: u64) -> bool {
+        (s.bytes == 0 && s.records == 0)
+            || (s.bytes + bytes <= self.max_bytes && s.records + records <= self.max_records)
+    }
+
+    /// Waits in line for room for `bytes` and `records` and takes it; false
+    /// when `stop` returns true first (looked at every 50 ms).
+    pub(crate) fn acquire(&self, bytes: u64, records: u64, stop: impl Fn() -> bool) -> bool {
+        if self.try_acquire(bytes, records) {
+            return true;
+        }
+        let mut s = self.lock();
+        let me = Arc::new(Condvar::new());
+        s.line.push_back(me.clone());
+        loop {
+            if s.is_first(&me) && self.fits(&s, bytes, records) {
+                s.line.pop_front();
+                s.bytes += bytes;
+                s.records += records;
+                // The next in line may fit as well.
+                s.wake_first();
+                return true;
+            }
+            if stop() {
+                let was_first = s.is_first(&me);
+                s.line.retain(|w| !Arc::ptr_eq(w, &me));
+                if was_first {
+                    s.wake_first();
+                }
                 return false;
             }
+            s = me
+                .wait_timeout(s, STOP_CHECK)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        used.0 += bytes;
-        used.1 += records;
-        true
     }
 
-    /// Gives back what a handled (or dropped) chunk held.
+    /// Takes room for `bytes` and `records` if it fits now and nobody is
+    /// waiting; false, taking nothing, otherwise.
+    pub(crate) fn try_acquire(&self, bytes: u64, records: u64) -> bool {
+        let mut s = self.lock();
+        if s.line.is_empty() && self.fits(&s, bytes, records) {
+            s.bytes += bytes;
+            s.records += records;
+            return true;
+        }
+        false
+    }
+
+    /// Takes `bytes` and `records` at once, past the bound if need be: for
+    /// memory already in use that must be counted. Later requests wait
+    /// until it is given back.
+    pub(crate) fn force(&self, bytes: u64, records: u64) {
+        let mut s = self.lock();
+        s.bytes += bytes;
+        s.records += records;
+    }
+
+    /// Gives back what a handled (or dropped) chunk or a finished read held.
     pub(crate) fn release(&self, bytes: u64, records: u64) {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        used.0 = used.0.saturating_sub(bytes);
-        used.1 = used.1.saturating_sub(records);
-        self.freed.notify_all();
+        let mut s = self.lock();
+        s.bytes = s.bytes.saturating_sub(bytes);
+        s.records = s.records.saturating_sub(records);
+        s.wake_first();
     }
 
     /// Bytes and records held now.
     #[cfg(test)]
     pub(crate) fn used(&self) -> (u64, u64) {
-        *self.used.lock().unwrap_or_else(|e| e.into_inner())
+        let s = self.lock();
+        (s.bytes, s.records)
+    }
+
+    /// How many are waiting in line.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.lock().line.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Instant;
+
+    /// A stop condition that turns true after `wait`.
+    fn after(wait: Duration) -> impl Fn() -> bool {
+        let until = Instant::now() + wait;
+        move || Instant::now() >= until
+    }
 
     #[test]
-    fn waits_for_room_and_admits_oversized_chunks_alone() {
+    fn waits_for_room_and_admits_oversized_requests_alone() {
         let b = Arc::new(Budget::new(100, 10));
         assert!(
-            b.acquire(1000, 1, Duration::ZERO),
-            "an empty buffer takes anything"
+            b.acquire(1000, 1, after(Duration::ZERO)),
+            "an empty budget takes anything"
         );
-        assert!(!b.acquire(1, 1, Duration::from_millis(20)));
+        assert!(!b.acquire(1, 1, after(Duration::from_millis(20))));
         b.release(1000, 1);
-        assert!(b.acquire(60, 5, Duration::ZERO));
-        assert!(!b.acquire(60, 1, Duration::from_millis(10)), "byte bound");
-        assert!(!b.acquire(1, 6, Duration::from_millis(10)), "count bound");
+        assert!(b.acquire(60, 5, after(Duration::ZERO)));
+        assert!(
+            !b.acquire(60, 1, after(Duration::from_millis(10))),
+            "byte bound"
+        );
+        assert!(
+            !b.acquire(1, 6, after(Duration::from_millis(10))),
+            "count bound"
+        );
         let waiter = {
             let b = b.clone();
-            std::thread::spawn(move || b.acquire(60, 5, Duration::from_secs(5)))
+            std::thread::spawn(move || b.acquire(60, 5, after(Duration::from_secs(5))))
         };
         std::thread::sleep(Duration::from_millis(50));
         b.release(60, 5);
         assert!(waiter.join().unwrap());
         assert_eq!(b.used(), (60, 5));
+    }
+
+    #[test]
+    fn a_waiter_that_gives_up_leaves_the_line() {
+        let b = Budget::new(100, u64::MAX);
+        assert!(b.acquire(100, 0, after(Duration::ZERO)));
+        assert!(!b.acquire(50, 0, after(Duration::from_millis(20))));
+        b.release(100, 0);
+        // Nobody is left in line ahead of this one.
+        assert!(b.acquire(10, 0, after(Duration::ZERO)));
+    }
+
+    #[test]
+    fn waiters_are_served_in_arrival_order() {
+        let b = Arc::new(Budget::new(100, u64::MAX));
+        assert!(b.acquire(100, 0, after(Duration::ZERO)));
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for (i, bytes) in [(0, 80), (1, 10), (2, 50)] {
+            let (waiter, order) = (b.clone(), order.clone());
+            waiters.push(std::thread::spawn(move || {
+                assert!(waiter.acquire(bytes, 0, after(Duration::from_secs(10))));
+                order.lock().unwrap().push(i);
+            }));
+            // Each one queues before the next.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while b.waiting() < i + 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(b.waiting(), i + 1);
+        }
+        // Room for 10 bytes: the small second waiter would fit, but the
+        // first is ahead of it.
+        b.release(10, 0);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(order.lock().unwrap().is_empty());
+        assert_eq!(b.used(), (90, 0));
+        b.release(90, 0);
+        // 80 and 10 fit together; 50 waits for room.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while order.lock().unwrap().len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(*order.lock().unwrap(), vec![0, 1]);
+        assert_eq!(b.used(), (90, 0));
+        b.release(90, 0);
+        for w in waiters {
+            w.join().unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+        assert_eq!(b.used(), (50, 0));
+    }
+
+    #[test]
+    fn a_large_request_is_not_starved_by_small_ones() {
+        // Four threads keep the budget busy with small pieces, never all
+        // at once given back, so it is never empty; a request for the
+        // whole budget still gets in.
+        let b = Arc::new(Budget::new(100, u64::MAX));
+        let stop = Arc::new(AtomicBool::new(false));
+        let small_ones = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for _ in 0..4 {
+            let (b, stop, n) = (b.clone(), stop.clone(), small_ones.clone());
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if b.acquire(30, 0, || stop.load(Ordering::Relaxed)) {
+                        std::thread::sleep(Duration::from_millis(2));
+                        b.release(30, 0);
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let started = Instant::now();
+        let got = b.acquire(100, 0, after(Duration::from_secs(10)));
+        let waited = started.elapsed();
+        assert!(got, "the large request was starved");
+        assert!(waited < Duration::from_secs(1), "waited {waited:?}");
+        assert_eq!(b.used(), (100, 0), "it holds the budget alone");
+        b.release(100, 0);
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(small_ones.load(Ordering::Relaxed) > 10);
+        assert_eq!(b.used(), (0, 0));
+    }
+
+    #[test]
+    fn forced_memory_holds_back_later_requests() {
+        let b = Budget::new(100, u64::MAX);
+        assert!(b.acquire(50, 0, after(Duration::ZERO)));
+        b.force(80, 0);
+        assert_eq!(b.used(), (130, 0));
+        assert!(!b.acquire(1, 0, after(Duration::from_millis(20))));
+        b.release(80, 0);
+        assert!(b.acquire(50, 0, after(Duration::ZERO)));
     }
 }

@@ -82,15 +82,61 @@ pub(crate) struct ReaderContext<T> {
     pub stop_timeout: Duration,
 }
 
-/// What a reader reserves before its first read: a busy shard's second.
-const FIRST_READ_COST: u64 = 2 * 1024 * 1024;
-/// The least a reader reserves: an empty or small reply.
-const MIN_READ_COST: u64 = 64 * 1024;
+/// What a call in flight holds besides its reply: the HTTP connection's
+/// read and write buffers (128 KiB each in ureq).
+const CALL_COST: u64 = 256 * 1024;
+/// The least a reader reserves before a call: a call with a small reply.
+const MIN_READ_COST: u64 = CALL_COST + 64 * 1024;
 
-/// Memory reserved for one read in flight; given back when dropped.
+/// The memory a GetRecords call with a reply of `body_bytes` holds while
+/// the reply is read and decoded: the connection's buffers, the body, the
+/// buffer its records' data is decoded into (three quarters of the body)
+/// and the records' fields.
+fn reply_cost(body_bytes: u64) -> u64 {
+    CALL_COST.saturating_add(body_bytes.saturating_mul(2))
+}
+
+/// Memory of one read in `read_memory`, held from before the call until
+/// its records are in the buffer; given back when dropped.
 struct Reservation<'a> {
     budget: &'a Budget,
     bytes: u64,
+}
+
+impl Reservation<'_> {
+    /// Makes the reservation `bytes` before that much is allocated (the
+    /// reply's body is not read yet): less gives back the difference; more
+    /// is taken only if there is room at once and nobody waits. False
+    /// (holding nothing) when there is not: the reply is then dropped
+    /// unread, so no reader waits while holding memory. Replies rarely
+    /// outgrow their reservation: reads ask for as many records as it
+    /// holds.
+    fn fit(&mut self, bytes: u64) -> bool {
+        if bytes <= self.bytes {
+            self.budget.release(self.bytes - bytes, 0);
+            self.bytes = bytes;
+            return true;
+        }
+        self.budget.release(self.bytes, 0);
+        self.bytes = 0;
+        if !self.budget.try_acquire(bytes, 0) {
+            return false;
+        }
+        self.bytes = bytes;
+        true
+    }
+
+    /// Counts `bytes` already in use (the decoded records): any more than
+    /// reserved is taken at once, past the bound if need be, and later
+    /// reads wait for it; any less is given back.
+    fn account(&mut self, bytes: u64) {
+        if bytes > self.bytes {
+            self.budget.force(bytes - self.bytes, 0);
+        } else {
+            self.budget.release(self.bytes - bytes, 0);
+        }
+        self.bytes = bytes;
+    }
 }
 
 impl Drop for Reservation<'_> {
@@ -113,6 +159,72 @@ impl Running {
     fn join(self) {
         if self.handle.join().is_err() {
             log::error!("the reader of shard {} panicked", self.shard_id);
+        }
+    }
+}
+
+/// The size of a shard's next read: what it reserves before the call, and
+/// what one record of the shard cost in the last read that brought any
+/// (without the call's own cost).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ReadSize {
+    reserve: u64,
+    record_cost: Option<u64>,
+}
+
+impl ReadSize {
+    /// Before a shard's first read.
+    const FIRST: ReadSize = ReadSize {
+        reserve: MIN_READ_COST,
+        record_cost: None,
+    };
+
+    /// How many records to ask for, at most `max_records`: as many as the
+    /// reservation holds at the last cost per record; one while that cost
+    /// is unknown (a record may be 1 MiB).
+    fn limit(&self, max_records: u32) -> u32 {
+        let room = self.reserve.saturating_sub(CALL_COST);
+        match self.record_cost {
+            Some(cost) => (room / cost.max(1)).clamp(1, u64::from(max_records)) as u32,
+            None => 1,
+        }
+    }
+
+    /// After a reply of `cost` for `limit` records did not fit and was
+    /// dropped unread: reserve all of it next time, and ask for no more
+    /// records than this time (each costs at least its share of `cost`).
+    fn dropped(self, cost: u64, limit: u32) -> ReadSize {
+        let share = cost
+            .saturating_sub(CALL_COST)
+            .div_ceil(u64::from(limit.max(1)));
+        ReadSize {
+            reserve: self.reserve.max(cost),
+            record_cost: Some(self.record_cost.unwrap_or(0).max(share)),
+        }
+    }
+
+    /// The size of the read after one that held `cost` bytes and brought
+    /// `records` records of the `limit` asked for. After a full reply the
+    /// next read reserves twice as much, after a partial one from a shard
+    /// still `behind` as much again, otherwise what this one cost; within
+    /// [`MIN_READ_COST`] and `most`, but always room for one record.
+    fn next(self, cost: u64, records: usize, limit: u32, behind: bool, most: u64) -> ReadSize {
+        let record_cost = if records > 0 {
+            Some(cost.saturating_sub(CALL_COST).div_ceil(records as u64))
+        } else {
+            self.record_cost
+        };
+        let reserve = if records >= limit as usize {
+            self.reserve.max(cost).saturating_mul(2)
+        } else if records > 0 && behind {
+            self.reserve.max(cost)
+        } else {
+            cost
+        };
+        let one_record = CALL_COST.saturating_add(record_cost.unwrap_or(0));
+        ReadSize {
+            reserve: reserve.min(most).max(MIN_READ_COST).max(one_record),
+            record_cost,
         }
     }
 }
@@ -158,7 +270,7 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
             stop: stop.clone(),
             not_found: not_found.clone(),
             warned_about_aggregates: false,
-            read_cost: FIRST_READ_COST,
+            read_size: ReadSize::FIRST,
         };
         let checkpoint = checkpoint.clone();
         let spawned = std::thread::Builder::new()
@@ -250,8 +362,8 @@ struct Reader<T> {
     /// Set when the service says the shard does not exist (see `take_not_found`).
     not_found: Arc<AtomicBool>,
     warned_about_aggregates: bool,
-    /// What the last read cost in memory: the reply and its records.
-    read_cost: u64,
+    /// The size of the next read (see `read_memory`).
+    read_size: ReadSize,
 }
 
 impl<T: Send + 'static> Reader<T> {
@@ -354,20 +466,30 @@ impl<T: Send + 'static> Reader<T> {
             }
             // Bound the memory of reads in flight across all shards: hold a
             // reservation from before the call until the records are in the
-            // buffer.
-            let Some(_reserved) = self.reserve(&context.read_memory) else {
+            // buffer, ask for as many records as it holds, and fit it to the
+            // reply's size before the reply is read.
+            let Some(mut reserved) = self.reserve(&context.read_memory) else {
                 break;
             };
+            let limit = self.read_size.limit(context.max_records);
             let called_at = Instant::now();
             next_read = if context.pace_reads {
                 called_at + MIN_TIME_BETWEEN_READS
             } else {
                 called_at
             };
+            let mut too_large = None;
             let result =
                 context
                     .kinesis
-                    .get_records_of(&self.shard_id, &current, context.max_records);
+                    .get_records_of(&self.shard_id, &current, limit, |length| {
+                        let cost = reply_cost(length);
+                        let fits = reserved.fit(cost);
+                        if !fits {
+                            too_large = Some(cost);
+                        }
+                        fits
+                    });
             let call_ms = called_at.elapsed().as_secs_f64() * 1000.0;
             // Told to stop during the call: the lease may be another
             // worker's by now and `run` may have returned; no user code.
@@ -392,7 +514,19 @@ impl<T: Send + 'static> Reader<T> {
                     .record(Some(&self.shard_id), &samples[..known]);
             }
             let (records, reply) = match result {
-                Ok(reply) => reply,
+                Ok(Some(reply)) => reply,
+                Ok(None) => {
+                    // Larger than reserved, with no room for it now: dropped
+                    // unread. Ask again once room for all of it is reserved.
+                    let cost = too_large.unwrap_or(reply_cost(0));
+                    log::debug!(
+                        "shard {}: a reply needing {cost} bytes did not fit; reading it again",
+                        self.shard_id
+                    );
+                    self.read_size = self.read_size.dropped(cost, limit);
+                    iterator = Some(current);
+                    continue;
+                }
                 Err(e) if e.code() == Some("ExpiredIteratorException") => {
                     log::info!(
                         "shard {}: iterator expired; getting a new one",
@@ -454,7 +588,7 @@ impl<T: Send + 'static> Reader<T> {
                     .last_sequence_number()
                     .is_some_and(|last| *last > done.sequence_number)
             });
-            let buffer_bytes = records.buffer_bytes();
+            let record_count = records.len();
             let (chunk, deaggregated, passed_through) =
                 self.chunk(records, reply, shard_end, resume_after.as_ref())?;
             if self.stopped() {
@@ -478,8 +612,13 @@ impl<T: Send + 'static> Reader<T> {
             if past_checkpoint {
                 resume_after = None;
             }
-            // A read in flight holds the reply body and the buffer decoded from it.
-            self.read_cost = (buffer_bytes * 4 / 3 + buffer_bytes).max(MIN_READ_COST);
+            let cost = reserved.bytes.max(chunk.bytes);
+            reserved.account(chunk.bytes);
+            // No read reserves more than half of `read_memory`, so reads of
+            // several shards fit at once.
+            let most = context.read_memory.max_bytes() / 2;
+            let behind = millis_behind.unwrap_or(0) > 0;
+            self.read_size = self.read_size.next(cost, record_count, limit, behind, most);
             if context.pace_reads {
                 // Stay under 2 MiB/s: a large read buys a longer pause.
                 let read_time =
@@ -501,18 +640,16 @@ impl<T: Send + 'static> Reader<T> {
         Ok(())
     }
 
-    /// Waits for room for this shard's next read; `None` when told to stop.
+    /// Waits in line for room for this shard's next read; `None` when told
+    /// to stop.
     fn reserve<'a>(&self, memory: &'a Budget) -> Option<Reservation<'a>> {
-        let bytes = self.read_cost;
-        while !memory.acquire(bytes, 0, STOP_CHECK) {
-            if self.stopped() {
-                return None;
-            }
-        }
-        Some(Reservation {
-            budget: memory,
-            bytes,
-        })
+        let bytes = self.read_size.reserve;
+        memory
+            .acquire(bytes, 0, || self.stopped())
+            .then_some(Reservation {
+                budget: memory,
+                bytes,
+            })
     }
 
     fn log_retry(&self, e: &Error, failures: u32) {
@@ -619,14 +756,9 @@ impl<T: Send + 'static> Reader<T> {
     /// Waits for room in the buffer and sends; false when told to stop first.
     fn hand_on(&self, chunk: Chunk<T>) -> bool {
         let records = chunk.messages.len() as u64;
-        while !self
-            .context
-            .budget
-            .acquire(chunk.bytes, records, STOP_CHECK)
-        {
-            if self.stopped() {
-                return false;
-            }
+        let budget = &self.context.budget;
+        if !budget.acquire(chunk.bytes, records, || self.stopped()) {
+            return false;
         }
         let bytes = chunk.bytes;
         if self.send(ReaderOutput::Chunk(chunk)).is_err() {
@@ -1042,5 +1174,160 @@ mod tests {
         ] {
             assert_eq!(restart_position(kept.clone(), t), kept);
         }
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn a_shard_of_unknown_record_size_reads_one_record_then_grows_while_replies_are_full() {
+        let most = 4 * MIB;
+        let mut size = ReadSize::FIRST;
+        assert_eq!(size.limit(10_000), 1);
+        // One 1 KiB record: about 3 KB of memory while read.
+        size = size.next(CALL_COST + 3_000, 1, 1, false, most);
+        assert_eq!(size.reserve, 2 * MIN_READ_COST);
+        assert_eq!(size.record_cost, Some(3_000));
+        assert_eq!(size.limit(10_000), 131);
+        let mut reserves = Vec::new();
+        for _ in 0..8 {
+            let limit = size.limit(10_000);
+            let cost = CALL_COST + u64::from(limit) * 3_000;
+            size = size.next(cost, limit as usize, limit, true, most);
+            reserves.push(size.reserve / 1024);
+        }
+        assert_eq!(reserves, [1280, 2560, 4096, 4096, 4096, 4096, 4096, 4096]);
+        assert_eq!(size.limit(10_000), ((most - CALL_COST) / 3_000) as u32);
+        assert_eq!(size.limit(100), 100, "never more than max_records");
+    }
+
+    #[test]
+    fn an_idle_shard_reserves_the_least_and_remembers_its_record_cost() {
+        let busy = ReadSize {
+            reserve: 4 * MIB,
+            record_cost: Some(3_000),
+        };
+        let idle = busy.next(CALL_COST + 150, 0, 1310, false, 4 * MIB);
+        assert_eq!(idle.reserve, MIN_READ_COST);
+        assert_eq!(idle.record_cost, Some(3_000));
+        // So a burst after idle starts small: 21 records of 3 KB fit.
+        assert_eq!(idle.limit(10_000), 21);
+    }
+
+    #[test]
+    fn a_partial_reply_keeps_the_reservation_while_behind_and_shrinks_to_it_when_caught_up() {
+        let size = ReadSize {
+            reserve: MIB,
+            record_cost: Some(1_000),
+        };
+        assert_eq!(size.limit(10_000), 786);
+        let behind = size.next(CALL_COST + 200_000, 200, 786, true, 4 * MIB);
+        assert_eq!(behind.reserve, MIB);
+        assert_eq!(behind.limit(10_000), 786);
+        let caught_up = size.next(CALL_COST + 200_000, 200, 786, false, 4 * MIB);
+        assert_eq!(caught_up.reserve, CALL_COST + 200_000);
+        // Larger records than before: fewer asked for.
+        let larger = size.next(CALL_COST + 500_000, 100, 786, true, 4 * MIB);
+        assert_eq!(larger.record_cost, Some(5_000));
+        assert_eq!(larger.limit(10_000), 157);
+    }
+
+    #[test]
+    fn a_reply_that_outgrows_its_reservation_is_dropped_and_asked_for_again_smaller_or_equal() {
+        let size = ReadSize {
+            reserve: MIN_READ_COST,
+            record_cost: Some(3_000),
+        };
+        assert_eq!(size.limit(10_000), 21);
+        // The 21 records were 50 KB each.
+        let cost = reply_cost(21 * 25_000);
+        let again = size.dropped(cost, 21);
+        assert_eq!(again.reserve, cost);
+        assert_eq!(again.record_cost, Some(50_000));
+        assert_eq!(again.limit(10_000), 21);
+        // Before the shard's record size was known: one record asked for.
+        let first = ReadSize::FIRST.dropped(reply_cost(1_400_000), 1);
+        assert_eq!(first.reserve, reply_cost(1_400_000));
+        assert_eq!(first.limit(10_000), 1);
+    }
+
+    #[test]
+    fn a_read_always_has_room_for_one_record_even_past_half_of_read_memory() {
+        // 1 MiB records (about 2.8 MB each while read) with read_memory 2 MiB.
+        let size = ReadSize::FIRST.dropped(reply_cost(1_400_000), 1);
+        let next = size.next(reply_cost(1_400_000), 1, 1, true, MIB);
+        assert_eq!(next.reserve, reply_cost(1_400_000));
+        assert_eq!(next.limit(10_000), 1);
+    }
+
+    #[test]
+    fn a_reservation_follows_the_reply_and_never_waits_holding_memory() {
+        let budget = Budget::new(100, u64::MAX);
+        let reserve = |bytes| {
+            assert!(budget.acquire(bytes, 0, || false));
+            Reservation {
+                budget: &budget,
+                bytes,
+            }
+        };
+        // A small reply gives back what it does not need.
+        let mut a = reserve(40);
+        assert!(a.fit(10));
+        assert_eq!(budget.used(), (10, 0));
+        assert!(a.fit(40));
+        let mut b = reserve(40);
+        assert_eq!(budget.used(), (80, 0));
+        // Both replies turn out larger than reserved: 70 each. The first
+        // finds no room: it gives back its 40 and its reply is dropped; the
+        // second then fits.
+        assert!(!a.fit(70));
+        assert_eq!(a.bytes, 0);
+        assert_eq!(budget.used(), (40, 0));
+        assert!(b.fit(70));
+        assert_eq!(budget.used(), (70, 0));
+        drop(a);
+        drop(b);
+        assert_eq!(budget.used(), (0, 0));
+        // Alone, a reply larger than the whole budget still fits.
+        let mut c = reserve(40);
+        assert!(c.fit(500));
+        assert_eq!(budget.used(), (500, 0));
+    }
+
+    #[test]
+    fn a_reservation_does_not_grow_past_readers_waiting_in_line() {
+        let budget = Budget::new(100, u64::MAX);
+        assert!(budget.acquire(50, 0, || false));
+        let mut r = Reservation {
+            budget: &budget,
+            bytes: 0,
+        };
+        assert!(r.fit(20));
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| budget.acquire(40, 0, || false));
+            std::thread::sleep(Duration::from_millis(50));
+            // Room for 30 more, but a reader waits for 40: growing by 10
+            // would pass it.
+            assert!(!r.fit(30));
+            assert!(waiter.join().unwrap());
+        });
+        assert_eq!(budget.used(), (90, 0));
+    }
+
+    #[test]
+    fn decoded_records_are_accounted_past_the_bound() {
+        let budget = Budget::new(100, u64::MAX);
+        assert!(budget.acquire(60, 0, || false));
+        let mut r = Reservation {
+            budget: &budget,
+            bytes: 0,
+        };
+        assert!(r.fit(40));
+        // The records took more than the reply's estimate: counted at once.
+        r.account(70);
+        assert_eq!(budget.used(), (130, 0));
+        r.account(20);
+        assert_eq!(budget.used(), (80, 0));
+        drop(r);
+        assert_eq!(budget.used(), (60, 0));
     }
 }
