@@ -2,7 +2,7 @@
 //! Debug output, errors or logs (a whole consumer run, with faults, logged
 //! at trace level), and an HTTPS endpoint with a self-signed certificate is
 //! refused. (Credential provider errors and the container-credentials host
-//! rules are unit-tested in src/aws/credentials.rs.)
+//! rules are unit-tested in src/aws/credentials/.)
 
 mod common;
 
