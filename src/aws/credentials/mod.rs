@@ -18,6 +18,7 @@ mod container;
 mod environment;
 mod http;
 mod imds;
+mod process;
 mod profile;
 mod query;
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{Context, Credentials, Outcome, web_identity};
+use super::{Context, Credentials, Outcome, process, web_identity};
 use crate::{Error, Result};
 
 pub(super) fn load(ctx: &Context, profile: Option<&str>) -> Result<Outcome> {
@@ -79,8 +79,10 @@ pub(super) fn load(ctx: &Context, profile: Option<&str>) -> Result<Outcome> {
         }
         (None, None) => {}
     }
+    if let Some(command) = profile.get("credential_process") {
+        return process::run(command, &name).map(Outcome::Found);
+    }
     const UNSUPPORTED: &[&str] = &[
-        "credential_process",
         "sso_session",
         "sso_start_url",
         "source_profile",
