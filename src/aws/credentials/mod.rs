@@ -21,6 +21,7 @@ mod imds;
 mod process;
 mod profile;
 mod query;
+mod sts;
 #[cfg(test)]
 mod test_support;
 mod web_identity;
@@ -153,17 +154,32 @@ impl Context {
 /// being silently replaced by other credentials.
 ///
 /// 1. Environment: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and optionally
-///    `AWS_SESSION_TOKEN`.
+///    `AWS_SESSION_TOKEN`. Skipped when a profile is chosen with
+///    [`profile`](Self::profile) (as the AWS CLI's `--profile`), but not for
+///    `AWS_PROFILE`.
 /// 2. Shared files: the profile named by [`profile`](Self::profile), else
 ///    `AWS_PROFILE`, else `default`, from `AWS_SHARED_CREDENTIALS_FILE`
 ///    (default `~/.aws/credentials`, sections `[name]`) and `AWS_CONFIG_FILE`
 ///    (default `~/.aws/config`, sections `[profile name]` and `[default]`);
-///    the credentials file wins for keys set in both. A profile supplies
-///    `aws_access_key_id`, `aws_secret_access_key` and optionally
-///    `aws_session_token`, or `role_arn` with `web_identity_token_file` (and
-///    optionally `role_session_name`). Profiles that assume a role from
-///    another profile (`source_profile`), use SSO or `credential_process`
-///    are reported as unsupported.
+///    the credentials file wins for keys set in both. With the AWS CLI's
+///    semantics, a profile supplies:
+///    - `role_arn` with `source_profile` (another profile, whose
+///      credentials may come from a role in turn; a cycle is an error
+///      naming it) or `credential_source` (`Environment`,
+///      `Ec2InstanceMetadata`, `EcsContainer`): STS `AssumeRole` signed
+///      with those credentials, with `external_id`, `role_session_name`
+///      and `duration_seconds` when set. `mfa_serial` is refused (it needs
+///      an interactive code). STS is reached at `AWS_ENDPOINT_URL_STS`,
+///      else `AWS_ENDPOINT_URL`, else the regional endpoint of
+///      `AWS_REGION`, `AWS_DEFAULT_REGION` or the profile's `region`
+///      (default `us-east-1`);
+///    - `role_arn` with `web_identity_token_file` (and optionally
+///      `role_session_name`): STS `AssumeRoleWithWebIdentity`;
+///    - `aws_access_key_id`, `aws_secret_access_key` and optionally
+///      `aws_session_token`; a source profile's keys end a chain even when
+///      it sets `role_arn` too;
+///    - `credential_process`: a command printing JSON credentials
+///      (`Version` 1).
 /// 3. Web identity: `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN` (and
 ///    optionally `AWS_ROLE_SESSION_NAME`), exchanged with STS
 ///    `AssumeRoleWithWebIdentity` (as on EKS with IAM roles for service
@@ -234,7 +250,16 @@ impl DefaultCredentialsChain {
         let ctx = &self.ctx;
         let profile = self.profile.as_deref();
         let sources: [(&'static str, &dyn Fn() -> Result<Outcome>); 5] = [
-            ("environment variables", &|| environment::load(ctx)),
+            ("environment variables", &|| {
+                if profile.is_some() {
+                    // As the AWS CLI's --profile: the chosen profile wins.
+                    return Ok(Outcome::NotConfigured(
+                        "skipped: a profile was chosen with DefaultCredentialsChain::profile"
+                            .into(),
+                    ));
+                }
+                environment::load(ctx)
+            }),
             ("shared config files", &|| profile::load(ctx, profile)),
             ("web identity token", &|| web_identity::load(ctx)),
             ("container credentials", &|| container::load(ctx)),

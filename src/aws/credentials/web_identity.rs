@@ -3,12 +3,9 @@
 
 use std::path::Path;
 
-use super::http::{describe_body, read_reply};
-use super::query::{form_encode, xml_text};
-use super::{Context, Credentials, Outcome, unix_millis};
-use crate::aws::client::transport_error;
-use crate::aws::endpoint::{Service, region_from_env, resolve_endpoint_with};
-use crate::{Error, Result, ServiceError};
+use super::{Context, Credentials, Outcome, sts};
+use crate::aws::endpoint::region_from_env;
+use crate::{Error, Result};
 
 pub(super) fn load(ctx: &Context) -> Result<Outcome> {
     let token_file = ctx.env.get("AWS_WEB_IDENTITY_TOKEN_FILE");
@@ -40,7 +37,6 @@ pub(super) fn assume_role_with_web_identity(
     token_file: &Path,
     session_name: Option<&str>,
 ) -> Result<Credentials> {
-    const OPERATION: &str = "STS.AssumeRoleWithWebIdentity";
     let token = ctx.env.read_file(token_file).map_err(|e| {
         Error::Credentials(format!(
             "cannot read the web identity token file {}: {e}",
@@ -55,59 +51,11 @@ pub(super) fn assume_role_with_web_identity(
         )));
     }
     let region = region_from_env(&ctx.env)?.unwrap_or_else(|| "us-east-1".to_string());
-    let endpoint = resolve_endpoint_with(Service::Sts, None, &region, &ctx.env)?;
     let session_name = match session_name {
         Some(name) => name.to_string(),
-        None => format!("kinesis-consumer-{}", unix_millis(ctx.now())),
+        None => sts::default_session_name(ctx),
     };
-    let body = form_encode(&[
-        ("Action", "AssumeRoleWithWebIdentity"),
-        ("Version", "2011-06-15"),
-        ("RoleArn", role_arn),
-        ("RoleSessionName", &session_name),
-        ("WebIdentityToken", token),
-    ]);
-    let url = format!("{}/", endpoint.url());
-    log::debug!("assuming role {role_arn} with a web identity token at {url}");
-    let response = ctx
-        .sts_agent
-        .post(&url)
-        .content_type("application/x-www-form-urlencoded; charset=utf-8")
-        .header("Accept", "text/xml")
-        .send(body.as_str());
-    let reply = read_reply(response).map_err(|e| transport_error(OPERATION, &url, e))?;
-    if reply.status != 200 {
-        let code = xml_text(&reply.body, "Code").unwrap_or_default();
-        let message =
-            xml_text(&reply.body, "Message").unwrap_or_else(|| describe_body(&reply.body));
-        return Err(Error::Service(ServiceError {
-            operation: OPERATION,
-            code,
-            message,
-            status: reply.status,
-            request_id: reply
-                .request_id
-                .or_else(|| xml_text(&reply.body, "RequestId")),
-        }));
-    }
-    let field = |name: &str| {
-        xml_text(&reply.body, name)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| Error::Decode {
-                operation: OPERATION,
-                message: format!("no {name} in the response"),
-            })
-    };
-    let expiration = field("Expiration")?;
-    let expires_at = crate::time::parse_iso8601(&expiration).ok_or_else(|| Error::Decode {
-        operation: OPERATION,
-        message: format!("Expiration {expiration:?} is not an ISO 8601 time"),
-    })?;
-    Ok(
-        Credentials::new(field("AccessKeyId")?, field("SecretAccessKey")?)
-            .with_session_token(field("SessionToken")?)
-            .with_expiry(expires_at),
-    )
+    sts::assume_role_with_web_identity(ctx, role_arn, &session_name, token, &region)
 }
 
 #[cfg(test)]
