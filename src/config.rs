@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::aws::ClientConfig;
 use crate::aws::cloudwatch::CloudWatchClient;
-use crate::aws::credentials::ProvideCredentials;
+use crate::aws::credentials::{
+    AssumeRole, AssumeRoleProvider, DefaultCredentialsChain, ProvideCredentials,
+};
 use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
 use crate::error::{Error, Result};
@@ -73,6 +75,10 @@ pub(crate) struct Settings {
     pub(crate) credentials: Option<Arc<dyn ProvideCredentials>>,
     pub(crate) dynamodb_credentials: Option<Arc<dyn ProvideCredentials>>,
     pub(crate) cloudwatch_credentials: Option<Arc<dyn ProvideCredentials>>,
+    pub(crate) assume_role: Option<AssumeRole>,
+    pub(crate) kinesis_assume_role: Option<AssumeRole>,
+    pub(crate) dynamodb_assume_role: Option<AssumeRole>,
+    pub(crate) cloudwatch_assume_role: Option<AssumeRole>,
     pub(crate) initial_position: InitialPosition,
     pub(crate) batch_interval: Duration,
     pub(crate) checkpoint_interval: Option<Duration>,
@@ -126,6 +132,10 @@ impl ConsumerBuilder<Payload> {
                 credentials: None,
                 dynamodb_credentials: None,
                 cloudwatch_credentials: None,
+                assume_role: None,
+                kinesis_assume_role: None,
+                dynamodb_assume_role: None,
+                cloudwatch_assume_role: None,
                 initial_position: InitialPosition::Latest,
                 batch_interval: Duration::from_secs(1),
                 checkpoint_interval: None,
@@ -218,6 +228,42 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         credentials: impl ProvideCredentials + 'static,
     ) -> Self {
         self.settings.cloudwatch_credentials = Some(Arc::new(credentials));
+        self
+    }
+
+    /// Assume this IAM role for every service (Kinesis, the DynamoDB lease
+    /// table, CloudWatch), as Spark's `stsCredentials`: each service's
+    /// requests are signed with the role's temporary credentials, obtained
+    /// from STS `AssumeRole` with that service's credentials (see
+    /// [`credentials`](Self::credentials)) and renewed before they expire.
+    /// The per-service setters override it for their service. Defaults to
+    /// no role.
+    pub fn assume_role(mut self, role: AssumeRole) -> Self {
+        self.settings.assume_role = Some(role);
+        self
+    }
+
+    /// Assume this role for Kinesis requests only (a stream in another
+    /// account, say, while the lease table and metrics stay in this one).
+    /// Defaults to [`assume_role`](Self::assume_role)'s role, if any.
+    pub fn kinesis_assume_role(mut self, role: AssumeRole) -> Self {
+        self.settings.kinesis_assume_role = Some(role);
+        self
+    }
+
+    /// Assume this role for lease-table requests, on top of
+    /// [`dynamodb_credentials`](Self::dynamodb_credentials). Defaults to
+    /// [`assume_role`](Self::assume_role)'s role, if any.
+    pub fn dynamodb_assume_role(mut self, role: AssumeRole) -> Self {
+        self.settings.dynamodb_assume_role = Some(role);
+        self
+    }
+
+    /// Assume this role for CloudWatch requests, on top of
+    /// [`cloudwatch_credentials`](Self::cloudwatch_credentials). Defaults to
+    /// [`assume_role`](Self::assume_role)'s role, if any.
+    pub fn cloudwatch_assume_role(mut self, role: AssumeRole) -> Self {
+        self.settings.cloudwatch_assume_role = Some(role);
         self
     }
 
@@ -484,6 +530,25 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             Some(id) => id.clone(),
             None => default_worker_id(),
         };
+        let mut shared = RoleProviders::default();
+        let kinesis_credentials = self.credentials_with_role(
+            &None,
+            &self.settings.kinesis_assume_role,
+            "kinesis_assume_role",
+            &mut shared,
+        )?;
+        let dynamodb_credentials = self.credentials_with_role(
+            &self.settings.dynamodb_credentials,
+            &self.settings.dynamodb_assume_role,
+            "dynamodb_assume_role",
+            &mut shared,
+        )?;
+        let cloudwatch_credentials = self.credentials_with_role(
+            &self.settings.cloudwatch_credentials,
+            &self.settings.cloudwatch_assume_role,
+            "cloudwatch_assume_role",
+            &mut shared,
+        )?;
         let base = |endpoint: &Option<String>,
                     credentials: &Option<Arc<dyn ProvideCredentials>>| {
             let mut c = ClientConfig::new()
@@ -503,7 +568,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         // writes keep their retries: the last checkpoints and releases
         // happen after shutdown, and their timeouts are short.
         let shutdown = ShutdownHandle::default();
-        let mut kinesis_config = base(&self.settings.endpoint_url, &None);
+        let mut kinesis_config = base(&self.settings.endpoint_url, &kinesis_credentials);
         kinesis_config.stop_retrying = Some(shutdown.flag());
         let kinesis =
             KinesisClient::new(&kinesis_config).map_err(rename_endpoint("endpoint_url"))?;
@@ -512,12 +577,9 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         // request and its retries take about a third of the failover time).
         let lease_timeout = (self.settings.failover_time / 10).max(Duration::from_millis(100));
         let dynamodb = DynamoDbClient::new(
-            &base(
-                &self.settings.dynamodb_endpoint_url,
-                &self.settings.dynamodb_credentials,
-            )
-            .connect_timeout(self.settings.connect_timeout.min(lease_timeout))
-            .read_timeout(self.settings.read_timeout.min(lease_timeout)),
+            &base(&self.settings.dynamodb_endpoint_url, &dynamodb_credentials)
+                .connect_timeout(self.settings.connect_timeout.min(lease_timeout))
+                .read_timeout(self.settings.read_timeout.min(lease_timeout)),
         )
         .map_err(rename_endpoint("dynamodb_endpoint_url"))?;
         // Resolved even when metrics are off, so a bad setting fails here.
@@ -526,7 +588,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         let cloudwatch = CloudWatchClient::new(
             &base(
                 &self.settings.cloudwatch_endpoint_url,
-                &self.settings.cloudwatch_credentials,
+                &cloudwatch_credentials,
             )
             .connect_timeout(Duration::from_secs(2))
             .read_timeout(Duration::from_secs(5)),
@@ -544,6 +606,61 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
                 shutdown,
             },
         ))
+    }
+}
+
+type SharedProvider = Arc<dyn ProvideCredentials>;
+
+/// The role providers built so far, shared between services.
+#[derive(Default)]
+struct RoleProviders {
+    /// The standard chain, the source of roles given no credentials.
+    default_chain: Option<Arc<dyn ProvideCredentials>>,
+    /// (role, source, provider) of each role assumed.
+    built: Vec<(AssumeRole, SharedProvider, SharedProvider)>,
+}
+
+impl<T> ConsumerBuilder<T> {
+    /// A service's credentials: its own provider (else the shared one, else
+    /// `None` for the default chain), with its role (else the shared role)
+    /// assumed on top. Services with the same role over the same source
+    /// share one provider (`shared`), so the role is assumed once.
+    fn credentials_with_role(
+        &self,
+        own: &Option<Arc<dyn ProvideCredentials>>,
+        own_role: &Option<AssumeRole>,
+        setting: &'static str,
+        shared: &mut RoleProviders,
+    ) -> Result<Option<Arc<dyn ProvideCredentials>>> {
+        let source = own.clone().or_else(|| self.settings.credentials.clone());
+        let (role, setting) = match (own_role, &self.settings.assume_role) {
+            (Some(role), _) => (role, setting),
+            (None, Some(role)) => (role, "assume_role"),
+            (None, None) => return Ok(source),
+        };
+        role.validate(setting)?;
+        let source: Arc<dyn ProvideCredentials> = match source {
+            Some(source) => source,
+            // One default chain for every role that needs one.
+            None => shared
+                .default_chain
+                .get_or_insert_with(|| Arc::new(DefaultCredentialsChain::new()))
+                .clone(),
+        };
+        if let Some((_, _, provider)) = shared
+            .built
+            .iter()
+            .find(|(r, s, _)| r == role && Arc::ptr_eq(s, &source))
+        {
+            return Ok(Some(provider.clone()));
+        }
+        let mut provider = AssumeRoleProvider::new(role.clone(), source.clone())?;
+        if let Some(region) = &self.settings.region {
+            provider = provider.region(region);
+        }
+        let provider: Arc<dyn ProvideCredentials> = Arc::new(provider);
+        shared.built.push((role.clone(), source, provider.clone()));
+        Ok(Some(provider))
     }
 }
 
@@ -757,6 +874,45 @@ mod tests {
         // The longest names AWS allows are fine.
         assert!(valid().app_name("a".repeat(255)).build().is_ok());
         assert!(valid().stream_name("s".repeat(128)).build().is_ok());
+    }
+
+    #[test]
+    fn assume_role_settings_are_checked_per_service() {
+        use crate::aws::credentials::AssumeRole;
+        let good = || AssumeRole::new("arn:aws:iam::123456789012:role/reader", "session-1");
+        assert!(valid().assume_role(good()).build().is_ok());
+        assert!(
+            valid()
+                .kinesis_assume_role(good().external_id("x"))
+                .dynamodb_assume_role(good())
+                .cloudwatch_assume_role(good())
+                .build()
+                .is_ok()
+        );
+        let bad = || AssumeRole::new("reader", "session-1");
+        assert_eq!(setting_of(valid().assume_role(bad())), "assume_role");
+        assert_eq!(
+            setting_of(valid().kinesis_assume_role(bad())),
+            "kinesis_assume_role"
+        );
+        assert_eq!(
+            setting_of(valid().dynamodb_assume_role(bad())),
+            "dynamodb_assume_role"
+        );
+        assert_eq!(
+            setting_of(valid().cloudwatch_assume_role(bad())),
+            "cloudwatch_assume_role"
+        );
+        // A per-service role overrides the shared one (which is not used).
+        assert!(
+            valid()
+                .assume_role(bad())
+                .kinesis_assume_role(good())
+                .dynamodb_assume_role(good())
+                .cloudwatch_assume_role(good())
+                .build()
+                .is_ok()
+        );
     }
 
     #[test]

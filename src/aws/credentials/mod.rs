@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::env::Env;
 use crate::{Error, Result};
 
+mod assume_role;
 mod cache;
 mod container;
 mod environment;
@@ -26,6 +27,7 @@ mod sts;
 mod test_support;
 mod web_identity;
 
+pub use assume_role::{AssumeRole, AssumeRoleProvider};
 use cache::CredentialsCache;
 
 /// An access key, its secret, and for temporary credentials a session token

@@ -183,12 +183,13 @@ fn resolve(ctx: &Context, start: String, first: Profile) -> Result<Outcome> {
     };
     let mut credentials = base;
     for (profile_name, role) in roles.iter().rev() {
-        credentials = sts::assume_role(ctx, &credentials, role, &region).map_err(|e| match e {
-            Error::Credentials(why) => {
-                Error::Credentials(format!("profile `{profile_name}`: {why}"))
-            }
-            other => other,
-        })?;
+        credentials =
+            sts::assume_role(ctx, &credentials, role, &region, None).map_err(|e| match e {
+                Error::Credentials(why) => {
+                    Error::Credentials(format!("profile `{profile_name}`: {why}"))
+                }
+                other => other,
+            })?;
     }
     Ok(Outcome::Found(credentials))
 }

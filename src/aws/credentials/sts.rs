@@ -41,6 +41,7 @@ pub(crate) fn assume_role(
     source: &Credentials,
     role: &RoleRequest,
     region: &str,
+    endpoint_url: Option<&str>,
 ) -> Result<Credentials> {
     let session_name = role
         .session_name
@@ -64,7 +65,14 @@ pub(crate) fn assume_role(
         role.role_arn,
         source.access_key_id()
     );
-    call(ctx, "STS.AssumeRole", &params, Some(source), region)
+    call(
+        ctx,
+        "STS.AssumeRole",
+        &params,
+        Some(source),
+        region,
+        endpoint_url,
+    )
 }
 
 /// STS `AssumeRoleWithWebIdentity` (unsigned: the token is the proof).
@@ -83,7 +91,14 @@ pub(crate) fn assume_role_with_web_identity(
         ("RoleSessionName", session_name),
         ("WebIdentityToken", token),
     ];
-    call(ctx, "STS.AssumeRoleWithWebIdentity", &params, None, region)
+    call(
+        ctx,
+        "STS.AssumeRoleWithWebIdentity",
+        &params,
+        None,
+        region,
+        None,
+    )
 }
 
 /// One Query-protocol call; the credentials of a successful reply.
@@ -93,8 +108,9 @@ fn call(
     params: &[(&str, &str)],
     sign_with: Option<&Credentials>,
     region: &str,
+    endpoint_url: Option<&str>,
 ) -> Result<Credentials> {
-    let endpoint = resolve_endpoint_with(Service::Sts, None, region, &ctx.env)?;
+    let endpoint = resolve_endpoint_with(Service::Sts, endpoint_url, region, &ctx.env)?;
     let body = form_encode(params);
     let url = format!("{}/", endpoint.url());
     let mut request = ctx
