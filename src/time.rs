@@ -5,7 +5,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Parses an ISO 8601 / RFC 3339 time such as `2019-11-09T13:34:41Z`,
-/// `2019-11-09T13:34:41.123Z` or `2019-11-09T13:34:41+01:00`. A time without
+/// `2019-11-09T13:34:41.123Z` or `2019-11-09T13:34:41+01:00` (or ending in
+/// `UTC`, as older AWS CLI SSO caches write). A time without
 /// an offset is taken as UTC.
 pub(crate) fn parse_iso8601(s: &str) -> Option<SystemTime> {
     let s = s.trim();
@@ -45,7 +46,8 @@ pub(crate) fn parse_iso8601(s: &str) -> Option<SystemTime> {
         rest = &fraction[digits..];
     }
     let offset_seconds = match rest {
-        "" | "Z" | "z" => 0,
+        // Old AWS CLI SSO caches end times with "UTC".
+        "" | "Z" | "z" | "UTC" => 0,
         _ => {
             let sign = match rest.as_bytes()[0] {
                 b'+' => 1,
@@ -219,6 +221,7 @@ mod tests {
         let at = |s| parse_iso8601(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap());
         assert_eq!(at("1970-01-01T00:00:00Z"), Some(Duration::ZERO));
         assert_eq!(at("2030-01-01T00:00:00Z"), Some(Duration::from_secs(T0)));
+        assert_eq!(at("2030-01-01T00:00:00UTC"), Some(Duration::from_secs(T0)));
         assert_eq!(
             at("2019-11-09T13:34:41Z"),
             Some(Duration::from_secs(1_573_306_481))

@@ -22,6 +22,7 @@ mod imds;
 mod process;
 mod profile;
 mod query;
+mod sso;
 mod sts;
 #[cfg(test)]
 mod test_support;
@@ -177,11 +178,20 @@ impl Context {
 ///      (default `us-east-1`);
 ///    - `role_arn` with `web_identity_token_file` (and optionally
 ///      `role_session_name`): STS `AssumeRoleWithWebIdentity`;
+///    - IAM Identity Center (SSO): `sso_session` (with a `[sso-session
+///      NAME]` section holding `sso_start_url` and `sso_region`) or, in
+///      legacy profiles, `sso_start_url` and `sso_region`; with
+///      `sso_account_id` and `sso_role_name`. The token `aws sso login`
+///      cached in `~/.aws/sso/cache/<sha1>.json` is exchanged at the portal
+///      (`AWS_ENDPOINT_URL_SSO`, else `portal.sso.<sso_region>`), and
+///      renewed with its refresh token (`AWS_ENDPOINT_URL_SSO_OIDC`, else
+///      `oidc.<sso_region>`) when it expired and the cache allows;
 ///    - `aws_access_key_id`, `aws_secret_access_key` and optionally
 ///      `aws_session_token`; a source profile's keys end a chain even when
 ///      it sets `role_arn` too;
 ///    - `credential_process`: a command printing JSON credentials
-///      (`Version` 1).
+///      (`Version` 1), run directly (through a shell only when the value
+///      needs one); its standard output is never shown.
 /// 3. Web identity: `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN` (and
 ///    optionally `AWS_ROLE_SESSION_NAME`), exchanged with STS
 ///    `AssumeRoleWithWebIdentity` (as on EKS with IAM roles for service

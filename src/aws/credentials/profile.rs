@@ -14,14 +14,17 @@
 //! - Role profiles may set `external_id`, `role_session_name` and
 //!   `duration_seconds`; `mfa_serial` needs an interactive code and is
 //!   refused.
-//! - Otherwise the profile's own credentials: static keys
-//!   (`aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`),
-//!   else `credential_process`, else SSO.
+//! - Otherwise the profile's own credentials: SSO (`sso_session` or
+//!   `sso_start_url`), else static keys (`aws_access_key_id`,
+//!   `aws_secret_access_key`, `aws_session_token`), else
+//!   `credential_process`.
 
 use std::path::PathBuf;
 
 use super::sts::{self, RoleRequest};
-use super::{Context, Credentials, Outcome, container, environment, imds, process, web_identity};
+use super::{
+    Context, Credentials, Outcome, container, environment, imds, process, sso, web_identity,
+};
 use crate::aws::env::Profile;
 use crate::{Error, Result};
 
@@ -259,27 +262,22 @@ fn static_credentials(profile: &Profile, whence: &str) -> Result<Option<Credenti
     }
 }
 
-/// A profile's own credentials: static keys, else `credential_process`,
-/// else SSO. `None` when it has none of them.
+/// A profile's own credentials: SSO, else static keys, else
+/// `credential_process`. `None` when it has none of them.
 fn own_credentials(
     ctx: &Context,
     name: &str,
     profile: &Profile,
     whence: &str,
 ) -> Result<Option<Credentials>> {
-    let _ = ctx;
+    if sso::is_sso_profile(profile) {
+        return sso::load(ctx, name, profile).map(Some);
+    }
     if let Some(credentials) = static_credentials(profile, whence)? {
         return Ok(Some(credentials));
     }
     if let Some(command) = profile.get("credential_process") {
         return process::run(command, name).map(Some);
-    }
-    const UNSUPPORTED: &[&str] = &["sso_session", "sso_start_url"];
-    if let Some(key) = UNSUPPORTED.iter().find(|k| profile.get(k).is_some()) {
-        return Err(Error::Credentials(format!(
-            "{whence} uses {key}, which this crate does not support; \
-             export the credentials to the environment instead"
-        )));
     }
     Ok(None)
 }
