@@ -68,6 +68,7 @@ pub struct ConsumerBuilder<T> {
 pub(crate) struct Settings {
     pub(crate) app_name: Option<String>,
     pub(crate) stream_name: Option<String>,
+    pub(crate) stream_arn: Option<String>,
     pub(crate) region: Option<String>,
     pub(crate) endpoint_url: Option<String>,
     pub(crate) dynamodb_endpoint_url: Option<String>,
@@ -108,6 +109,7 @@ impl<T> fmt::Debug for ConsumerBuilder<T> {
         f.debug_struct("ConsumerBuilder")
             .field("app_name", &self.settings.app_name)
             .field("stream_name", &self.settings.stream_name)
+            .field("stream_arn", &self.settings.stream_arn)
             .field("region", &self.settings.region)
             .field("endpoint_url", &self.settings.endpoint_url)
             .field("initial_position", &self.settings.initial_position)
@@ -125,6 +127,7 @@ impl ConsumerBuilder<Payload> {
             settings: Settings {
                 app_name: None,
                 stream_name: None,
+                stream_arn: None,
                 region: None,
                 endpoint_url: None,
                 dynamodb_endpoint_url: None,
@@ -173,9 +176,24 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         self
     }
 
-    /// The stream to read. Required.
+    /// The stream to read, by name. This or
+    /// [`stream_arn`](Self::stream_arn) is required.
     pub fn stream_name(mut self, name: impl Into<String>) -> Self {
         self.settings.stream_name = Some(name.into());
+        self
+    }
+
+    /// The stream to read, by ARN
+    /// (`arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`), as an alternative to
+    /// [`stream_name`](Self::stream_name): every Kinesis request then
+    /// names the stream by `StreamARN`, so a consumer in one account reads a
+    /// stream in another through the stream's resource policy. Kinesis
+    /// requests go to the ARN's region; DynamoDB and CloudWatch use
+    /// [`region`](Self::region), else the environment's region, else the
+    /// ARN's. Leases and metrics use the stream's name (the end of the
+    /// ARN). With both set, the names must agree. Defaults to none.
+    pub fn stream_arn(mut self, arn: impl Into<String>) -> Self {
+        self.settings.stream_arn = Some(arn.into());
         self
     }
 
@@ -466,12 +484,55 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             .clone()
             .ok_or_else(|| Error::config("app_name", "is required"))?;
         check_name("app_name", &app_name, 3, 255)?;
-        let stream_name = self
+        let arn = match &self.settings.stream_arn {
+            Some(arn) => Some(
+                crate::aws::kinesis::parse_stream_arn(arn)
+                    .map_err(|reason| Error::config("stream_arn", reason))?,
+            ),
+            None => None,
+        };
+        let stream_name = match (&self.settings.stream_name, &arn) {
+            (Some(name), Some(arn)) if *name != arn.name => {
+                return Err(Error::config(
+                    "stream_arn",
+                    format!("names stream {:?}, but stream_name is {name:?}", arn.name),
+                ));
+            }
+            (Some(name), _) => name.clone(),
+            (None, Some(arn)) => arn.name.clone(),
+            (None, None) => {
+                return Err(Error::config("stream_name", "is required (or stream_arn)"));
+            }
+        };
+        check_name(
+            if self.settings.stream_name.is_some() {
+                "stream_name"
+            } else {
+                "stream_arn"
+            },
+            &stream_name,
+            1,
+            128,
+        )?;
+        // How Kinesis requests name the stream.
+        let stream = self
             .settings
-            .stream_name
+            .stream_arn
             .clone()
-            .ok_or_else(|| Error::config("stream_name", "is required"))?;
-        check_name("stream_name", &stream_name, 1, 128)?;
+            .unwrap_or_else(|| stream_name.clone());
+        // Kinesis is where the stream is; the other services are where
+        // the region settings say, else there too.
+        let kinesis_region = arn
+            .as_ref()
+            .map(|arn| arn.region.clone())
+            .or_else(|| self.settings.region.clone());
+        let other_region = match (&self.settings.region, &arn) {
+            (Some(region), _) => Some(region.clone()),
+            (None, Some(arn)) if crate::aws::endpoint::resolve_region(None).is_err() => {
+                Some(arn.region.clone())
+            }
+            _ => None,
+        };
         for (setting, value) in [
             ("batch_interval", self.settings.batch_interval),
             (
@@ -556,7 +617,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
                 .max_attempts(self.settings.max_attempts)
                 .connect_timeout(self.settings.connect_timeout)
                 .read_timeout(self.settings.read_timeout);
-            c.region = self.settings.region.clone();
+            c.region = other_region.clone();
             c.endpoint_url = endpoint.clone();
             c.credentials = credentials
                 .clone()
@@ -569,6 +630,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         // happen after shutdown, and their timeouts are short.
         let shutdown = ShutdownHandle::default();
         let mut kinesis_config = base(&self.settings.endpoint_url, &kinesis_credentials);
+        kinesis_config.region = kinesis_region;
         kinesis_config.stop_retrying = Some(shutdown.flag());
         let kinesis =
             KinesisClient::new(&kinesis_config).map_err(rename_endpoint("endpoint_url"))?;
@@ -598,6 +660,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             self,
             app_name,
             stream_name,
+            stream,
             worker_id,
             Clients {
                 kinesis,
@@ -913,6 +976,37 @@ mod tests {
                 .build()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn stream_arn_instead_of_stream_name() {
+        const ARN: &str = "arn:aws:kinesis:eu-west-1:111122223333:stream/orders";
+        let no_name = || {
+            let mut b = valid();
+            b.settings.stream_name = None;
+            b
+        };
+        assert!(no_name().stream_arn(ARN).build().is_ok());
+        assert!(
+            valid()
+                .stream_name("orders")
+                .stream_arn(ARN)
+                .build()
+                .is_ok()
+        );
+        assert_eq!(setting_of(valid().stream_arn(ARN)), "stream_arn");
+        assert_eq!(setting_of(no_name().stream_arn("orders")), "stream_arn");
+        assert_eq!(
+            setting_of(no_name().stream_arn("arn:aws:kinesis:eu-west-1:1:stream/x")),
+            "stream_arn"
+        );
+        assert_eq!(
+            setting_of(
+                no_name().stream_arn("arn:aws:kinesis:eu-west-1:111122223333:stream/bad name")
+            ),
+            "stream_arn"
+        );
+        assert_eq!(setting_of(no_name()), "stream_name");
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub(crate) enum ReaderOutput<T> {
 /// What every reader of one consumer shares.
 pub(crate) struct ReaderContext<T> {
     pub kinesis: KinesisClient,
+    /// The stream as Kinesis requests name it: its name or its ARN.
     pub stream: String,
     pub handler: MessageHandler<T>,
     pub sender: Sender<ReaderOutput<T>>,
@@ -364,10 +365,12 @@ impl<T: Send + 'static> Reader<T> {
             } else {
                 called_at
             };
-            let result =
-                context
-                    .kinesis
-                    .get_records_of(&self.shard_id, &current, context.max_records);
+            let result = context.kinesis.get_records_of(
+                Some(&context.stream),
+                &self.shard_id,
+                &current,
+                context.max_records,
+            );
             let call_ms = called_at.elapsed().as_secs_f64() * 1000.0;
             // Told to stop during the call: the lease may be another
             // worker's by now and `run` may have returned; no user code.
