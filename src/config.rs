@@ -26,6 +26,39 @@ pub enum InitialPosition {
     AtTimestamp(SystemTime),
 }
 
+/// Reads `trim-horizon`, `latest` (any case, `_` for `-`) or an RFC 3339
+/// time such as `2024-05-01T12:00:00Z` (`AtTimestamp`), as a command line
+/// or a configuration file would give it. The error is [`Error::Config`]
+/// for setting `initial_position`.
+impl std::str::FromStr for InitialPosition {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<InitialPosition> {
+        let name = text.trim().to_ascii_lowercase().replace('_', "-");
+        match name.as_str() {
+            "trim-horizon" => Ok(InitialPosition::TrimHorizon),
+            "latest" => Ok(InitialPosition::Latest),
+            _ => crate::time::parse_iso8601(text)
+                // RFC 3339 needs a zone: `Z` or an offset after the time.
+                .filter(|_| {
+                    text.trim()
+                        .get(19..)
+                        .is_some_and(|zone| zone.contains(['Z', 'z', '+', '-']))
+                })
+                .map(InitialPosition::AtTimestamp)
+                .ok_or_else(|| {
+                    Error::config(
+                        "initial_position",
+                        format!(
+                            "{text:?} is not trim-horizon, latest or an RFC 3339 time such as \
+                             2024-05-01T12:00:00Z"
+                        ),
+                    )
+                }),
+        }
+    }
+}
+
 /// How much the consumer reports to CloudWatch (as in the KCL).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricsLevel {
@@ -1007,6 +1040,40 @@ mod tests {
             "stream_arn"
         );
         assert_eq!(setting_of(no_name()), "stream_name");
+    }
+
+    #[test]
+    fn initial_positions_parse() {
+        use std::time::UNIX_EPOCH;
+        assert_eq!(
+            "trim-horizon".parse::<InitialPosition>().unwrap(),
+            InitialPosition::TrimHorizon
+        );
+        assert_eq!(
+            "TRIM_HORIZON".parse::<InitialPosition>().unwrap(),
+            InitialPosition::TrimHorizon
+        );
+        assert_eq!(
+            "latest".parse::<InitialPosition>().unwrap(),
+            InitialPosition::Latest
+        );
+        assert_eq!(
+            "2024-05-01T12:00:00.5+02:00"
+                .parse::<InitialPosition>()
+                .unwrap(),
+            InitialPosition::AtTimestamp(UNIX_EPOCH + Duration::from_millis(1_714_557_600_500))
+        );
+        for bad in [
+            "yesterday",
+            "2024-05-01",
+            "2024-05-01T12:00:00",
+            "2024-05-01T12:00:00.5",
+        ] {
+            match bad.parse::<InitialPosition>() {
+                Err(Error::Config { setting, .. }) => assert_eq!(setting, "initial_position"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]
