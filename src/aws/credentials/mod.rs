@@ -250,8 +250,10 @@ impl DefaultCredentialsChain {
         }
     }
 
-    /// Uses this profile of the shared config and credentials files.
-    /// Defaults to `AWS_PROFILE`, else `default`.
+    /// Uses this profile of the shared config and credentials files; as
+    /// with the AWS CLI's `--profile`, credentials in the environment are
+    /// then not used. Defaults to `AWS_PROFILE` (which does not override
+    /// the environment's credentials), else `default`.
     pub fn profile(mut self, name: impl Into<String>) -> DefaultCredentialsChain {
         self.profile = Some(name.into());
         self
