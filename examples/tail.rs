@@ -2,12 +2,15 @@
 //! `tail -f`, checkpointing in the lease table of `--app`.
 //!
 //! ```text
-//! cargo run --example tail -- --stream S --app A [--position trim-horizon|latest|<RFC 3339 time>]
+//! cargo run --example tail -- (--stream S | --stream-arn ARN) --app A [--position trim-horizon|latest|<RFC 3339 time>]
 //!     [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)]
 //! ```
 //!
 //! Endpoints, region and credentials come from the standard AWS environment
-//! (AWS_ENDPOINT_URL_KINESIS, AWS_ENDPOINT_URL_DYNAMODB, AWS_REGION, ...);
+//! (AWS_ENDPOINT_URL_KINESIS, AWS_ENDPOINT_URL_DYNAMODB, AWS_REGION,
+//! AWS_PROFILE with any profile shape: keys, roles, SSO, credential_process);
+//! `--stream-arn` reads a stream by ARN (another account's, through its
+//! resource policy), in the ARN's region;
 //! metrics go to CloudWatch (namespace: the application name) at the
 //! standard endpoint or AWS_ENDPOINT_URL_CLOUDWATCH.
 //! SIGINT or SIGTERM stops it gracefully (exit 0).
@@ -21,7 +24,7 @@ use base64::Engine;
 use kinesis_consumer::{Batch, Consumer, Record};
 use serde_json::json;
 
-const USAGE: &str = "usage: tail --stream S --app A [--position trim-horizon|latest|<RFC 3339 time>] \
+const USAGE: &str = "usage: tail (--stream S | --stream-arn ARN) --app A [--position trim-horizon|latest|<RFC 3339 time>] \
 [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)]";
 
 fn main() {
@@ -30,6 +33,7 @@ fn main() {
         USAGE,
         &[
             "stream",
+            "stream-arn",
             "app",
             "position",
             "batch-interval-ms",
@@ -44,7 +48,6 @@ fn main() {
         .unwrap_or_else(|e| support::fail(USAGE, &e));
     let mut builder = Consumer::builder()
         .app_name(args.required(USAGE, "app"))
-        .stream_name(args.required(USAGE, "stream"))
         .initial_position(position)
         .metrics_level(metrics_level)
         .batch_interval(Duration::from_millis(args.number(USAGE, "batch-interval-ms", 1000)))
@@ -60,6 +63,10 @@ fn main() {
             })
             .to_string()
         });
+    builder = match args.get("stream-arn") {
+        Some(arn) => builder.stream_arn(arn),
+        None => builder.stream_name(args.required(USAGE, "stream")),
+    };
     if let Some(id) = args.get("worker-id") {
         builder = builder.worker_id(id);
     }

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::aws::ClientConfig;
 use crate::aws::cloudwatch::CloudWatchClient;
-use crate::aws::credentials::ProvideCredentials;
+use crate::aws::credentials::{
+    AssumeRole, AssumeRoleProvider, DefaultCredentialsChain, ProvideCredentials,
+};
 use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
 use crate::error::{Error, Result};
@@ -23,6 +25,39 @@ pub enum InitialPosition {
     Latest,
     /// Records that arrived at or after the given time.
     AtTimestamp(SystemTime),
+}
+
+/// Reads `trim-horizon`, `latest` (any case, `_` for `-`) or an RFC 3339
+/// time such as `2024-05-01T12:00:00Z` (`AtTimestamp`), as a command line
+/// or a configuration file would give it. The error is [`Error::Config`]
+/// for setting `initial_position`.
+impl std::str::FromStr for InitialPosition {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<InitialPosition> {
+        let name = text.trim().to_ascii_lowercase().replace('_', "-");
+        match name.as_str() {
+            "trim-horizon" => Ok(InitialPosition::TrimHorizon),
+            "latest" => Ok(InitialPosition::Latest),
+            _ => crate::time::parse_iso8601(text)
+                // RFC 3339 needs a zone: `Z` or an offset after the time.
+                .filter(|_| {
+                    text.trim()
+                        .get(19..)
+                        .is_some_and(|zone| zone.contains(['Z', 'z', '+', '-']))
+                })
+                .map(InitialPosition::AtTimestamp)
+                .ok_or_else(|| {
+                    Error::config(
+                        "initial_position",
+                        format!(
+                            "{text:?} is not trim-horizon, latest or an RFC 3339 time such as \
+                             2024-05-01T12:00:00Z"
+                        ),
+                    )
+                }),
+        }
+    }
 }
 
 /// How much the consumer reports to CloudWatch (as in the KCL).
@@ -69,6 +104,7 @@ pub struct ConsumerBuilder<T> {
 pub(crate) struct Settings {
     pub(crate) app_name: Option<String>,
     pub(crate) stream_name: Option<String>,
+    pub(crate) stream_arn: Option<String>,
     pub(crate) region: Option<String>,
     pub(crate) endpoint_url: Option<String>,
     pub(crate) dynamodb_endpoint_url: Option<String>,
@@ -76,6 +112,10 @@ pub(crate) struct Settings {
     pub(crate) credentials: Option<Arc<dyn ProvideCredentials>>,
     pub(crate) dynamodb_credentials: Option<Arc<dyn ProvideCredentials>>,
     pub(crate) cloudwatch_credentials: Option<Arc<dyn ProvideCredentials>>,
+    pub(crate) assume_role: Option<AssumeRole>,
+    pub(crate) kinesis_assume_role: Option<AssumeRole>,
+    pub(crate) dynamodb_assume_role: Option<AssumeRole>,
+    pub(crate) cloudwatch_assume_role: Option<AssumeRole>,
     pub(crate) initial_position: InitialPosition,
     pub(crate) batch_interval: Duration,
     pub(crate) checkpoint_interval: Option<Duration>,
@@ -105,6 +145,7 @@ impl<T> fmt::Debug for ConsumerBuilder<T> {
         f.debug_struct("ConsumerBuilder")
             .field("app_name", &self.settings.app_name)
             .field("stream_name", &self.settings.stream_name)
+            .field("stream_arn", &self.settings.stream_arn)
             .field("region", &self.settings.region)
             .field("endpoint_url", &self.settings.endpoint_url)
             .field("initial_position", &self.settings.initial_position)
@@ -122,6 +163,7 @@ impl ConsumerBuilder<Payload> {
             settings: Settings {
                 app_name: None,
                 stream_name: None,
+                stream_arn: None,
                 region: None,
                 endpoint_url: None,
                 dynamodb_endpoint_url: None,
@@ -129,6 +171,10 @@ impl ConsumerBuilder<Payload> {
                 credentials: None,
                 dynamodb_credentials: None,
                 cloudwatch_credentials: None,
+                assume_role: None,
+                kinesis_assume_role: None,
+                dynamodb_assume_role: None,
+                cloudwatch_assume_role: None,
                 initial_position: InitialPosition::Latest,
                 batch_interval: Duration::from_secs(1),
                 checkpoint_interval: None,
@@ -166,9 +212,24 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         self
     }
 
-    /// The stream to read. Required.
+    /// The stream to read, by name. This or
+    /// [`stream_arn`](Self::stream_arn) is required.
     pub fn stream_name(mut self, name: impl Into<String>) -> Self {
         self.settings.stream_name = Some(name.into());
+        self
+    }
+
+    /// The stream to read, by ARN
+    /// (`arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`), as an alternative to
+    /// [`stream_name`](Self::stream_name): every Kinesis request then
+    /// names the stream by `StreamARN`, so a consumer in one account reads a
+    /// stream in another through the stream's resource policy. Kinesis
+    /// requests go to the ARN's region; DynamoDB and CloudWatch use
+    /// [`region`](Self::region), else the environment's region, else the
+    /// ARN's. Leases and metrics use the stream's name (the end of the
+    /// ARN). With both set, the names must agree. Defaults to none.
+    pub fn stream_arn(mut self, arn: impl Into<String>) -> Self {
+        self.settings.stream_arn = Some(arn.into());
         self
     }
 
@@ -221,6 +282,42 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         credentials: impl ProvideCredentials + 'static,
     ) -> Self {
         self.settings.cloudwatch_credentials = Some(Arc::new(credentials));
+        self
+    }
+
+    /// Assume this IAM role for every service (Kinesis, the DynamoDB lease
+    /// table, CloudWatch), as Spark's `stsCredentials`: each service's
+    /// requests are signed with the role's temporary credentials, obtained
+    /// from STS `AssumeRole` with that service's credentials (see
+    /// [`credentials`](Self::credentials)) and renewed before they expire.
+    /// The per-service setters override it for their service. Defaults to
+    /// no role.
+    pub fn assume_role(mut self, role: AssumeRole) -> Self {
+        self.settings.assume_role = Some(role);
+        self
+    }
+
+    /// Assume this role for Kinesis requests only (a stream in another
+    /// account, say, while the lease table and metrics stay in this one).
+    /// Defaults to [`assume_role`](Self::assume_role)'s role, if any.
+    pub fn kinesis_assume_role(mut self, role: AssumeRole) -> Self {
+        self.settings.kinesis_assume_role = Some(role);
+        self
+    }
+
+    /// Assume this role for lease-table requests, on top of
+    /// [`dynamodb_credentials`](Self::dynamodb_credentials). Defaults to
+    /// [`assume_role`](Self::assume_role)'s role, if any.
+    pub fn dynamodb_assume_role(mut self, role: AssumeRole) -> Self {
+        self.settings.dynamodb_assume_role = Some(role);
+        self
+    }
+
+    /// Assume this role for CloudWatch requests, on top of
+    /// [`cloudwatch_credentials`](Self::cloudwatch_credentials). Defaults to
+    /// [`assume_role`](Self::assume_role)'s role, if any.
+    pub fn cloudwatch_assume_role(mut self, role: AssumeRole) -> Self {
+        self.settings.cloudwatch_assume_role = Some(role);
         self
     }
 
@@ -430,12 +527,55 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             .clone()
             .ok_or_else(|| Error::config("app_name", "is required"))?;
         check_name("app_name", &app_name, 3, 255)?;
-        let stream_name = self
+        let arn = match &self.settings.stream_arn {
+            Some(arn) => Some(
+                crate::aws::kinesis::parse_stream_arn(arn)
+                    .map_err(|reason| Error::config("stream_arn", reason))?,
+            ),
+            None => None,
+        };
+        let stream_name = match (&self.settings.stream_name, &arn) {
+            (Some(name), Some(arn)) if *name != arn.name => {
+                return Err(Error::config(
+                    "stream_arn",
+                    format!("names stream {:?}, but stream_name is {name:?}", arn.name),
+                ));
+            }
+            (Some(name), _) => name.clone(),
+            (None, Some(arn)) => arn.name.clone(),
+            (None, None) => {
+                return Err(Error::config("stream_name", "is required (or stream_arn)"));
+            }
+        };
+        check_name(
+            if self.settings.stream_name.is_some() {
+                "stream_name"
+            } else {
+                "stream_arn"
+            },
+            &stream_name,
+            1,
+            128,
+        )?;
+        // How Kinesis requests name the stream.
+        let stream = self
             .settings
-            .stream_name
+            .stream_arn
             .clone()
-            .ok_or_else(|| Error::config("stream_name", "is required"))?;
-        check_name("stream_name", &stream_name, 1, 128)?;
+            .unwrap_or_else(|| stream_name.clone());
+        // Kinesis is where the stream is; the other services are where
+        // the region settings say, else there too.
+        let kinesis_region = arn
+            .as_ref()
+            .map(|arn| arn.region.clone())
+            .or_else(|| self.settings.region.clone());
+        let other_region = match (&self.settings.region, &arn) {
+            (Some(region), _) => Some(region.clone()),
+            (None, Some(arn)) if crate::aws::endpoint::resolve_region(None).is_err() => {
+                Some(arn.region.clone())
+            }
+            _ => None,
+        };
         for (setting, value) in [
             ("batch_interval", self.settings.batch_interval),
             (
@@ -494,6 +634,25 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             Some(id) => id.clone(),
             None => default_worker_id(),
         };
+        let mut shared = RoleProviders::default();
+        let kinesis_credentials = self.credentials_with_role(
+            &None,
+            &self.settings.kinesis_assume_role,
+            "kinesis_assume_role",
+            &mut shared,
+        )?;
+        let dynamodb_credentials = self.credentials_with_role(
+            &self.settings.dynamodb_credentials,
+            &self.settings.dynamodb_assume_role,
+            "dynamodb_assume_role",
+            &mut shared,
+        )?;
+        let cloudwatch_credentials = self.credentials_with_role(
+            &self.settings.cloudwatch_credentials,
+            &self.settings.cloudwatch_assume_role,
+            "cloudwatch_assume_role",
+            &mut shared,
+        )?;
         let base = |endpoint: &Option<String>,
                     credentials: &Option<Arc<dyn ProvideCredentials>>| {
             let mut c = ClientConfig::new()
@@ -501,7 +660,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
                 .max_attempts(self.settings.max_attempts)
                 .connect_timeout(self.settings.connect_timeout)
                 .read_timeout(self.settings.read_timeout);
-            c.region = self.settings.region.clone();
+            c.region = other_region.clone();
             c.endpoint_url = endpoint.clone();
             c.credentials = credentials
                 .clone()
@@ -513,7 +672,8 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         // writes keep their retries: the last checkpoints and releases
         // happen after shutdown, and their timeouts are short.
         let shutdown = ShutdownHandle::default();
-        let mut kinesis_config = base(&self.settings.endpoint_url, &None);
+        let mut kinesis_config = base(&self.settings.endpoint_url, &kinesis_credentials);
+        kinesis_config.region = kinesis_region;
         kinesis_config.stop_retrying = Some(shutdown.flag());
         let kinesis =
             KinesisClient::new(&kinesis_config).map_err(rename_endpoint("endpoint_url"))?;
@@ -522,12 +682,9 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         // request and its retries take about a third of the failover time).
         let lease_timeout = (self.settings.failover_time / 10).max(Duration::from_millis(100));
         let dynamodb = DynamoDbClient::new(
-            &base(
-                &self.settings.dynamodb_endpoint_url,
-                &self.settings.dynamodb_credentials,
-            )
-            .connect_timeout(self.settings.connect_timeout.min(lease_timeout))
-            .read_timeout(self.settings.read_timeout.min(lease_timeout)),
+            &base(&self.settings.dynamodb_endpoint_url, &dynamodb_credentials)
+                .connect_timeout(self.settings.connect_timeout.min(lease_timeout))
+                .read_timeout(self.settings.read_timeout.min(lease_timeout)),
         )
         .map_err(rename_endpoint("dynamodb_endpoint_url"))?;
         // Resolved even when metrics are off, so a bad setting fails here.
@@ -536,7 +693,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         let cloudwatch = CloudWatchClient::new(
             &base(
                 &self.settings.cloudwatch_endpoint_url,
-                &self.settings.cloudwatch_credentials,
+                &cloudwatch_credentials,
             )
             .connect_timeout(Duration::from_secs(2))
             .read_timeout(Duration::from_secs(5)),
@@ -546,6 +703,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             self,
             app_name,
             stream_name,
+            stream,
             worker_id,
             Clients {
                 kinesis,
@@ -554,6 +712,61 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
                 shutdown,
             },
         ))
+    }
+}
+
+type SharedProvider = Arc<dyn ProvideCredentials>;
+
+/// The role providers built so far, shared between services.
+#[derive(Default)]
+struct RoleProviders {
+    /// The standard chain, the source of roles given no credentials.
+    default_chain: Option<Arc<dyn ProvideCredentials>>,
+    /// (role, source, provider) of each role assumed.
+    built: Vec<(AssumeRole, SharedProvider, SharedProvider)>,
+}
+
+impl<T> ConsumerBuilder<T> {
+    /// A service's credentials: its own provider (else the shared one, else
+    /// `None` for the default chain), with its role (else the shared role)
+    /// assumed on top. Services with the same role over the same source
+    /// share one provider (`shared`), so the role is assumed once.
+    fn credentials_with_role(
+        &self,
+        own: &Option<Arc<dyn ProvideCredentials>>,
+        own_role: &Option<AssumeRole>,
+        setting: &'static str,
+        shared: &mut RoleProviders,
+    ) -> Result<Option<Arc<dyn ProvideCredentials>>> {
+        let source = own.clone().or_else(|| self.settings.credentials.clone());
+        let (role, setting) = match (own_role, &self.settings.assume_role) {
+            (Some(role), _) => (role, setting),
+            (None, Some(role)) => (role, "assume_role"),
+            (None, None) => return Ok(source),
+        };
+        role.validate(setting)?;
+        let source: Arc<dyn ProvideCredentials> = match source {
+            Some(source) => source,
+            // One default chain for every role that needs one.
+            None => shared
+                .default_chain
+                .get_or_insert_with(|| Arc::new(DefaultCredentialsChain::new()))
+                .clone(),
+        };
+        if let Some((_, _, provider)) = shared
+            .built
+            .iter()
+            .find(|(r, s, _)| r == role && Arc::ptr_eq(s, &source))
+        {
+            return Ok(Some(provider.clone()));
+        }
+        let mut provider = AssumeRoleProvider::new(role.clone(), source.clone())?;
+        if let Some(region) = &self.settings.region {
+            provider = provider.region(region);
+        }
+        let provider: Arc<dyn ProvideCredentials> = Arc::new(provider);
+        shared.built.push((role.clone(), source, provider.clone()));
+        Ok(Some(provider))
     }
 }
 
@@ -767,6 +980,110 @@ mod tests {
         // The longest names AWS allows are fine.
         assert!(valid().app_name("a".repeat(255)).build().is_ok());
         assert!(valid().stream_name("s".repeat(128)).build().is_ok());
+    }
+
+    #[test]
+    fn assume_role_settings_are_checked_per_service() {
+        use crate::aws::credentials::AssumeRole;
+        let good = || AssumeRole::new("arn:aws:iam::123456789012:role/reader", "session-1");
+        assert!(valid().assume_role(good()).build().is_ok());
+        assert!(
+            valid()
+                .kinesis_assume_role(good().external_id("x"))
+                .dynamodb_assume_role(good())
+                .cloudwatch_assume_role(good())
+                .build()
+                .is_ok()
+        );
+        let bad = || AssumeRole::new("reader", "session-1");
+        assert_eq!(setting_of(valid().assume_role(bad())), "assume_role");
+        assert_eq!(
+            setting_of(valid().kinesis_assume_role(bad())),
+            "kinesis_assume_role"
+        );
+        assert_eq!(
+            setting_of(valid().dynamodb_assume_role(bad())),
+            "dynamodb_assume_role"
+        );
+        assert_eq!(
+            setting_of(valid().cloudwatch_assume_role(bad())),
+            "cloudwatch_assume_role"
+        );
+        // A per-service role overrides the shared one (which is not used).
+        assert!(
+            valid()
+                .assume_role(bad())
+                .kinesis_assume_role(good())
+                .dynamodb_assume_role(good())
+                .cloudwatch_assume_role(good())
+                .build()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn stream_arn_instead_of_stream_name() {
+        const ARN: &str = "arn:aws:kinesis:eu-west-1:111122223333:stream/orders";
+        let no_name = || {
+            let mut b = valid();
+            b.settings.stream_name = None;
+            b
+        };
+        assert!(no_name().stream_arn(ARN).build().is_ok());
+        assert!(
+            valid()
+                .stream_name("orders")
+                .stream_arn(ARN)
+                .build()
+                .is_ok()
+        );
+        assert_eq!(setting_of(valid().stream_arn(ARN)), "stream_arn");
+        assert_eq!(setting_of(no_name().stream_arn("orders")), "stream_arn");
+        assert_eq!(
+            setting_of(no_name().stream_arn("arn:aws:kinesis:eu-west-1:1:stream/x")),
+            "stream_arn"
+        );
+        assert_eq!(
+            setting_of(
+                no_name().stream_arn("arn:aws:kinesis:eu-west-1:111122223333:stream/bad name")
+            ),
+            "stream_arn"
+        );
+        assert_eq!(setting_of(no_name()), "stream_name");
+    }
+
+    #[test]
+    fn initial_positions_parse() {
+        use std::time::UNIX_EPOCH;
+        assert_eq!(
+            "trim-horizon".parse::<InitialPosition>().unwrap(),
+            InitialPosition::TrimHorizon
+        );
+        assert_eq!(
+            "TRIM_HORIZON".parse::<InitialPosition>().unwrap(),
+            InitialPosition::TrimHorizon
+        );
+        assert_eq!(
+            "latest".parse::<InitialPosition>().unwrap(),
+            InitialPosition::Latest
+        );
+        assert_eq!(
+            "2024-05-01T12:00:00.5+02:00"
+                .parse::<InitialPosition>()
+                .unwrap(),
+            InitialPosition::AtTimestamp(UNIX_EPOCH + Duration::from_millis(1_714_557_600_500))
+        );
+        for bad in [
+            "yesterday",
+            "2024-05-01",
+            "2024-05-01T12:00:00",
+            "2024-05-01T12:00:00.5",
+        ] {
+            match bad.parse::<InitialPosition>() {
+                Err(Error::Config { setting, .. }) => assert_eq!(setting, "initial_position"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Parses an ISO 8601 / RFC 3339 time such as `2019-11-09T13:34:41Z`,
-/// `2019-11-09T13:34:41.123Z` or `2019-11-09T13:34:41+01:00`. A time without
+/// `2019-11-09T13:34:41.123Z` or `2019-11-09T13:34:41+01:00` (or ending in
+/// `UTC`, as older AWS CLI SSO caches write). A time without
 /// an offset is taken as UTC.
 pub(crate) fn parse_iso8601(s: &str) -> Option<SystemTime> {
     let s = s.trim();
@@ -45,7 +46,8 @@ pub(crate) fn parse_iso8601(s: &str) -> Option<SystemTime> {
         rest = &fraction[digits..];
     }
     let offset_seconds = match rest {
-        "" | "Z" | "z" => 0,
+        // Old AWS CLI SSO caches end times with "UTC".
+        "" | "Z" | "z" | "UTC" => 0,
         _ => {
             let sign = match rest.as_bytes()[0] {
                 b'+' => 1,
@@ -102,6 +104,24 @@ pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let day_of_cycle = year_of_cycle * 365 + year_of_cycle / 4 - year_of_cycle / 100 + day_of_year;
     // 719_468 days separate 0000-03-01 from 1970-01-01.
     cycle * 146_097 + day_of_cycle - 719_468
+}
+
+/// Parses the SigV4 date `YYYYMMDDTHHMMSSZ` (what [`format_amz_date`]
+/// writes), for tests that check signatures.
+#[cfg(test)]
+pub(crate) fn parse_amz_date(s: &str) -> Option<SystemTime> {
+    if s.len() != 16 || s.as_bytes()[8] != b'T' || !s.ends_with('Z') {
+        return None;
+    }
+    parse_iso8601(&format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &s[0..4],
+        &s[4..6],
+        &s[6..8],
+        &s[9..11],
+        &s[11..13],
+        &s[13..15]
+    ))
 }
 
 /// Formats `time` as `YYYYMMDDTHHMMSSZ` in UTC, dropping fractions of a second.
@@ -201,6 +221,7 @@ mod tests {
         let at = |s| parse_iso8601(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap());
         assert_eq!(at("1970-01-01T00:00:00Z"), Some(Duration::ZERO));
         assert_eq!(at("2030-01-01T00:00:00Z"), Some(Duration::from_secs(T0)));
+        assert_eq!(at("2030-01-01T00:00:00UTC"), Some(Duration::from_secs(T0)));
         assert_eq!(
             at("2019-11-09T13:34:41Z"),
             Some(Duration::from_secs(1_573_306_481))

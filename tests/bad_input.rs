@@ -210,7 +210,12 @@ fn a_stream_deleted_under_a_running_consumer_stops_it_with_the_services_words() 
     let error = result
         .expect_err("a deleted stream is an error")
         .to_string();
-    assert!(error.contains("ResourceNotFound"), "{error}");
+    // ListShards finds it gone, or a read lands while the emulator still
+    // shows it DELETING: either way `run` stops with the service's words.
+    assert!(
+        error.contains("ResourceNotFound") || error.contains("ResourceInUse"),
+        "{error}"
+    );
     println!(
         "BAD INPUT | stream deleted under a running consumer | run returned {:.1} s later: {error}",
         deleted.elapsed().as_secs_f64()

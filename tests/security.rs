@@ -1,15 +1,23 @@
 //! Secrets stay secret and TLS is checked: credentials never appear in
 //! Debug output, errors or logs (a whole consumer run, with faults, logged
 //! at trace level), and an HTTPS endpoint with a self-signed certificate is
-//! refused. (Credential provider errors and the container-credentials host
-//! rules are unit-tested in src/aws/credentials.rs.)
+//! refused. Failing credential setups users configure (a role STS refuses,
+//! SSO tokens that expired or are refused, a refresh that fails, a
+//! credential_process that fails after printing secrets) end the `tail`
+//! example with an error, and neither the error nor its trace-level log
+//! holds a secret key, a session token, an SSO token, a refresh token, a
+//! client secret or the token cache's contents. (Credential provider errors
+//! and the container-credentials host rules are also unit-tested in
+//! src/aws/credentials/.)
 
 mod common;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::fake_aws::FakeAws;
 use common::proxy::{Fault, Proxy, Trigger};
+use common::sigcheck::Key;
 use kinesis_consumer::aws::ClientConfig;
 use kinesis_consumer::aws::credentials::{Credentials, DefaultCredentialsChain};
 use kinesis_consumer::aws::kinesis::KinesisClient;
@@ -174,4 +182,150 @@ fn an_https_endpoint_with_a_self_signed_certificate_is_refused() {
     assert!(matches!(err, Error::Transport { .. }), "{err:?}");
     assert!(shown.to_lowercase().contains("certificate"), "{shown}");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Every secret the credential setups below hold.
+const CONFIG_SECRETS: &[&str] = &[
+    "base-secret-77f0",
+    "SSO-TOKEN-EXPIRED-31aa",
+    "SSO-TOKEN-REVOKED-42bb",
+    "REFRESH-TOKEN-53cc",
+    "CLIENT-SECRET-64dd",
+    "PROCESS-SECRET-75ee",
+    "PROCESS-TOKEN-86ff",
+];
+
+/// Runs `tail` with `config` as `~/.aws/config`, `credentials` as
+/// `~/.aws/credentials`, the SSO cache files given, and `env`; it must
+/// fail. Returns its stderr (the error and the trace-level log).
+fn tail_fails(
+    config: &str,
+    credentials: &str,
+    cache: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> String {
+    let home = std::env::temp_dir().join(common::unique_name("security-home"));
+    std::fs::create_dir_all(home.join(".aws/sso/cache")).unwrap();
+    std::fs::write(home.join(".aws/config"), config).unwrap();
+    std::fs::write(home.join(".aws/credentials"), credentials).unwrap();
+    for (name, text) in cache {
+        std::fs::write(home.join(".aws/sso/cache").join(name), text).unwrap();
+    }
+    let e = common::emulators();
+    let mut child = std::process::Command::new(common::example_binary("tail"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .env("AWS_ENDPOINT_URL_KINESIS", &e.kinesis_url)
+        .env("AWS_ENDPOINT_URL_DYNAMODB", &e.dynamodb_url)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("RUST_LOG", "trace")
+        .envs(env.iter().copied())
+        .args(["--stream", "any-stream", "--app", "security-app"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("tail did not fail within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "tail should have failed: {stderr}");
+    stderr
+}
+
+fn assert_no_config_secret(what: &str, text: &str) {
+    for secret in CONFIG_SECRETS {
+        assert!(!text.contains(secret), "{what} shows {secret}: {text}");
+    }
+}
+
+#[test]
+fn failing_credential_setups_show_no_secret_in_errors_or_logs() {
+    // STS refuses the role (it knows no such key): the source's secret
+    // must not show.
+    let sts = FakeAws::start(vec![Key::new("OTHER", "x", None)], "us-east-1", &[]);
+    let shown = tail_fails(
+        "[profile app]\nrole_arn = arn:aws:iam::1:role/app\nsource_profile = base\n",
+        "[base]\naws_access_key_id = BASEKEY\naws_secret_access_key = base-secret-77f0\n",
+        &[],
+        &[("AWS_PROFILE", "app"), ("AWS_ENDPOINT_URL_STS", &sts.url)],
+    );
+    assert!(shown.contains("SignatureDoesNotMatch"), "{shown}");
+    assert_no_config_secret("a refused AssumeRole", &shown);
+
+    // SSO: an expired token without refresh, a revoked token, a failing
+    // refresh. sha1("corp") names the cache file.
+    const CORP: &str = "ee0bfd2552fbd840c02cc48b6e823320543c450f.json";
+    let sso_config = "[profile dev]\nsso_session = corp\nsso_account_id = 111122223333\n\
+        sso_role_name = ReadOnly\n[sso-session corp]\nsso_region = us-east-1\n\
+        sso_start_url = https://corp.awsapps.com/start\n";
+    let portal = FakeAws::start(vec![], "us-east-1", &["SOME-OTHER-TOKEN"]);
+    let sso_env = [
+        ("AWS_PROFILE", "dev"),
+        ("AWS_ENDPOINT_URL_SSO", portal.url.as_str()),
+        ("AWS_ENDPOINT_URL_SSO_OIDC", portal.url.as_str()),
+    ];
+    let shown = tail_fails(
+        sso_config,
+        "",
+        &[(
+            CORP,
+            r#"{"accessToken":"SSO-TOKEN-EXPIRED-31aa","expiresAt":"2000-01-01T00:00:00Z","clientSecret":"CLIENT-SECRET-64dd"}"#,
+        )],
+        &sso_env,
+    );
+    assert!(shown.contains("aws sso login --profile dev"), "{shown}");
+    assert_no_config_secret("an expired SSO token", &shown);
+    let shown = tail_fails(
+        sso_config,
+        "",
+        &[(
+            CORP,
+            r#"{"accessToken":"SSO-TOKEN-REVOKED-42bb","expiresAt":"2099-01-01T00:00:00Z"}"#,
+        )],
+        &sso_env,
+    );
+    assert!(shown.contains("refused the cached token"), "{shown}");
+    assert_no_config_secret("a refused SSO token", &shown);
+    let shown = tail_fails(
+        sso_config,
+        "",
+        &[(
+            CORP,
+            r#"{"accessToken":"SSO-TOKEN-EXPIRED-31aa","expiresAt":"2000-01-01T00:00:00Z",
+                "clientId":"CLIENT-ID","clientSecret":"CLIENT-SECRET-64dd",
+                "registrationExpiresAt":"2099-01-01T00:00:00Z","refreshToken":"REFRESH-TOKEN-53cc"}"#,
+        )],
+        &sso_env,
+    );
+    assert!(shown.contains("renewing it failed"), "{shown}");
+    assert_no_config_secret("a failing SSO token refresh", &shown);
+
+    // A credential_process that prints credentials, then fails.
+    let shown = tail_fails(
+        "[profile proc]\ncredential_process = sh -c 'echo \"{\\\"Version\\\":1,\\\"AccessKeyId\\\":\\\"A\\\",\\\"SecretAccessKey\\\":\\\"PROCESS-SECRET-75ee\\\",\\\"SessionToken\\\":\\\"PROCESS-TOKEN-86ff\\\"}\"; echo denied by policy >&2; exit 4'\n",
+        "",
+        &[],
+        &[("AWS_PROFILE", "proc")],
+    );
+    assert!(
+        shown.contains("exit status 4") && shown.contains("denied by policy"),
+        "{shown}"
+    );
+    assert_no_config_secret("a failing credential_process", &shown);
+    println!(
+        "SECURITY | secrets of failing role, SSO and credential_process setups | failing_credential_setups_show_no_secret_in_errors_or_logs | 5 setups, errors and trace logs without a secret"
+    );
 }

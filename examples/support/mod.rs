@@ -1,9 +1,10 @@
 //! Small helpers shared by the examples: argument parsing, a stderr logger,
-//! RFC 3339 times, metrics levels, and signal handling.
+//! initial positions (RFC 3339 times are parsed by the library), metrics
+//! levels, and signal handling.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use kinesis_consumer::{InitialPosition, MetricsLevel, ShutdownHandle};
 
@@ -117,13 +118,13 @@ pub fn fail(usage: &str, message: &str) -> ! {
     std::process::exit(2);
 }
 
-/// `trim-horizon`, `latest`, or an RFC 3339 time.
+/// `trim-horizon`, `latest`, or an RFC 3339 time (parsed by the library).
 pub fn position(text: &str) -> Result<InitialPosition, String> {
-    match text {
-        "trim-horizon" => Ok(InitialPosition::TrimHorizon),
-        "latest" => Ok(InitialPosition::Latest),
-        t => parse_rfc3339(t).map(InitialPosition::AtTimestamp),
-    }
+    text.parse::<InitialPosition>().map_err(|_| {
+        format!(
+            "{text:?} is not trim-horizon, latest or an RFC 3339 time such as 2024-05-01T12:00:00Z"
+        )
+    })
 }
 
 /// `none`, `summary` or `detailed` (the KCL's metrics levels).
@@ -136,76 +137,6 @@ pub fn metrics_level(text: &str) -> Result<MetricsLevel, String> {
             "--metrics-level must be none, summary or detailed, not {other:?}"
         )),
     }
-}
-
-/// Parses `2024-05-01T12:00:00Z`, with optional fraction and `+hh:mm` offset.
-pub fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
-    let bad = || {
-        format!(
-            "{text:?} is not trim-horizon, latest or an RFC 3339 time such as 2024-05-01T12:00:00Z"
-        )
-    };
-    let b = text.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return Err(bad());
-    }
-    let num = |r: std::ops::Range<usize>| {
-        text.get(r)
-            .and_then(|s| s.parse::<i64>().ok())
-            .ok_or_else(bad)
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return Err(bad());
-    }
-    let mut rest = &text[19..];
-    let mut nanos = 0u32;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad());
-        }
-        let padded = format!("{:0<9}", &frac[..digits.min(9)]);
-        nanos = padded.parse().map_err(|_| bad())?;
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
-            let sign = if o.starts_with('-') { -1 } else { 1 };
-            sign * (o[1..3].parse::<i64>().map_err(|_| bad())? * 3600
-                + o[4..6].parse::<i64>().map_err(|_| bad())? * 60)
-        }
-        _ => return Err(bad()),
-    };
-    // Days since 1970-01-01 of a civil date (proleptic Gregorian).
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
-    if secs < 0 {
-        return Err(bad());
-    }
-    Ok(UNIX_EPOCH + Duration::new(secs as u64, nanos))
 }
 
 /// A UTC time of day, `HH:MM:SS.mmm`.
@@ -261,12 +192,18 @@ mod tests {
     #[test]
     fn rfc3339() {
         use super::*;
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z").unwrap(), UNIX_EPOCH);
         assert_eq!(
-            epoch_millis(parse_rfc3339("2024-05-01T12:00:00.5+02:00").unwrap()),
-            1_714_557_600_500
+            position("1970-01-01T00:00:00Z"),
+            Ok(InitialPosition::AtTimestamp(UNIX_EPOCH))
         );
-        assert!(parse_rfc3339("yesterday").is_err());
+        assert_eq!(
+            position("2024-05-01T12:00:00.5+02:00").map(|p| match p {
+                InitialPosition::AtTimestamp(t) => epoch_millis(t),
+                _ => 0,
+            }),
+            Ok(1_714_557_600_500)
+        );
+        assert!(position("yesterday").is_err());
         assert_eq!(
             metrics_level("summary"),
             Ok(kinesis_consumer::MetricsLevel::Summary)

@@ -27,28 +27,47 @@ pub enum Service {
     CloudWatch,
     /// AWS Security Token Service (temporary credentials).
     Sts,
+    /// The IAM Identity Center (SSO) portal: role credentials for a
+    /// signed-in user.
+    Sso,
+    /// IAM Identity Center OIDC: renews the token `aws sso login` cached.
+    SsoOidc,
 }
 
 impl Service {
-    /// The name used in SigV4 credential scopes, and the first label of the
-    /// default endpoint host: `kinesis`, `dynamodb`, `monitoring` or `sts`.
+    /// The name used in SigV4 credential scopes: `kinesis`, `dynamodb`,
+    /// `monitoring`, `sts`, `awsssoportal` or `sso-oauth`.
     pub fn signing_name(self) -> &'static str {
         match self {
             Service::Kinesis => "kinesis",
             Service::DynamoDb => "dynamodb",
             Service::CloudWatch => "monitoring",
             Service::Sts => "sts",
+            Service::Sso => "awsssoportal",
+            Service::SsoOidc => "sso-oauth",
+        }
+    }
+
+    /// What precedes the region in the default endpoint's host.
+    fn host_prefix(self) -> &'static str {
+        match self {
+            Service::Sso => "portal.sso",
+            Service::SsoOidc => "oidc",
+            other => other.signing_name(),
         }
     }
 
     /// The suffix of the service's endpoint variable, as in
-    /// `AWS_ENDPOINT_URL_KINESIS`: `KINESIS`, `DYNAMODB`, `CLOUDWATCH` or `STS`.
+    /// `AWS_ENDPOINT_URL_KINESIS`: `KINESIS`, `DYNAMODB`, `CLOUDWATCH`,
+    /// `STS`, `SSO` or `SSO_OIDC`.
     pub fn env_suffix(self) -> &'static str {
         match self {
             Service::Kinesis => "KINESIS",
             Service::DynamoDb => "DYNAMODB",
             Service::CloudWatch => "CLOUDWATCH",
             Service::Sts => "STS",
+            Service::Sso => "SSO",
+            Service::SsoOidc => "SSO_OIDC",
         }
     }
 
@@ -59,6 +78,8 @@ impl Service {
             Service::DynamoDb => "AWS_ENDPOINT_URL_DYNAMODB",
             Service::CloudWatch => "AWS_ENDPOINT_URL_CLOUDWATCH",
             Service::Sts => "AWS_ENDPOINT_URL_STS",
+            Service::Sso => "AWS_ENDPOINT_URL_SSO",
+            Service::SsoOidc => "AWS_ENDPOINT_URL_SSO_OIDC",
         }
     }
 }
@@ -70,6 +91,8 @@ impl fmt::Display for Service {
             Service::DynamoDb => "DynamoDB",
             Service::CloudWatch => "CloudWatch",
             Service::Sts => "STS",
+            Service::Sso => "SSO",
+            Service::SsoOidc => "SSO OIDC",
         })
     }
 }
@@ -256,7 +279,7 @@ pub(crate) fn resolve_endpoint_with(
     let region = validate_region(region, "region", "the region")?;
     let host = format!(
         "{}.{region}.{}",
-        service.signing_name(),
+        service.host_prefix(),
         partition_domain(&region)
     );
     Ok(Endpoint::new(true, host, None))
@@ -408,6 +431,8 @@ mod tests {
             Service::DynamoDb,
             Service::CloudWatch,
             Service::Sts,
+            Service::Sso,
+            Service::SsoOidc,
         ] {
             assert_eq!(
                 s.endpoint_variable(),
@@ -509,6 +534,14 @@ mod tests {
         assert_eq!(
             url(Service::Sts, "us-gov-west-1"),
             "https://sts.us-gov-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            url(Service::Sso, "eu-west-1"),
+            "https://portal.sso.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            url(Service::SsoOidc, "eu-west-1"),
+            "https://oidc.eu-west-1.amazonaws.com"
         );
         assert_eq!(
             url(Service::Kinesis, "us-iso-east-1"),

@@ -147,6 +147,27 @@ impl Env {
     }
 }
 
+impl Env {
+    /// The `[sso-session name]` section of the config file; `Ok(None)` when
+    /// there is none.
+    pub(crate) fn load_sso_session(&self, name: &str) -> Result<Option<Profile>, String> {
+        let Some(path) = self.config_file() else {
+            return Ok(None);
+        };
+        let text = match self.read_file(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        Ok(parse_profile_file(&text, FileKind::SsoSessions)
+            .remove(name)
+            .map(|properties| Profile {
+                properties,
+                files: vec![path],
+            }))
+    }
+}
+
 /// One profile's properties, merged from the shared files.
 pub(crate) struct Profile {
     properties: HashMap<String, String>,
@@ -180,6 +201,8 @@ pub(crate) enum FileKind {
     Config,
     /// `~/.aws/credentials`: `[name]`.
     Credentials,
+    /// The `[sso-session name]` sections of `~/.aws/config`.
+    SsoSessions,
 }
 
 /// Parses an INI-style shared config or credentials file into profiles.
@@ -244,6 +267,13 @@ pub(crate) fn parse_profile_file(
 fn section_profile_name(header: &str, kind: FileKind) -> Option<String> {
     let name = match kind {
         FileKind::Credentials => header,
+        FileKind::SsoSessions => {
+            let rest = header.strip_prefix("sso-session")?;
+            if !rest.starts_with([' ', '\t']) {
+                return None;
+            }
+            rest.trim()
+        }
         FileKind::Config => {
             if header == "default" {
                 header
@@ -349,6 +379,9 @@ output = json#not-a-comment
         assert!(!s.contains_key("corp"));
         assert!(!s.contains_key("sso-session corp"));
         assert_eq!(s.len(), 3);
+        let sessions = parse_profile_file(text, FileKind::SsoSessions);
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions["corp"]["sso_region"], "us-east-1");
     }
 
     #[test]

@@ -14,6 +14,11 @@ use crate::error::{Error, Result};
 use crate::record::{Record, SequenceNumber};
 
 /// A Kinesis client: the operations a consumer and a simple producer need.
+///
+/// Every `stream` argument is a stream name or a stream ARN
+/// (`arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`); an ARN is sent as
+/// `StreamARN`, which reaches a stream of another account through its
+/// resource policy.
 #[derive(Clone, Debug)]
 pub struct KinesisClient {
     client: Client,
@@ -169,10 +174,54 @@ impl PutRecordsFailure {
     }
 }
 
-/// The body of a GetRecords request.
-fn get_records_input(iterator: &str, limit: u32) -> Result<Vec<u8>> {
-    serde_json::to_vec(&json!({"ShardIterator": iterator, "Limit": limit}))
-        .map_err(|e| Error::Internal(e.to_string()))
+/// The body of a GetRecords request; a stream given by ARN (`stream`) is
+/// sent as `StreamARN`.
+fn get_records_input(stream: Option<&str>, iterator: &str, limit: u32) -> Result<Vec<u8>> {
+    let mut input = json!({"ShardIterator": iterator, "Limit": limit});
+    if let Some(arn) = stream.filter(|s| is_stream_arn(s)) {
+        input["StreamARN"] = json!(arn);
+    }
+    serde_json::to_vec(&input).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// True for a stream ARN (`arn:…:kinesis:…:stream/NAME`); stream names
+/// cannot contain `:`.
+pub(crate) fn is_stream_arn(stream: &str) -> bool {
+    stream.starts_with("arn:")
+}
+
+/// A stream ARN taken apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StreamArn {
+    pub(crate) region: String,
+    pub(crate) account: String,
+    pub(crate) name: String,
+}
+
+/// Parses `arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME`; the error
+/// says what is wrong.
+pub(crate) fn parse_stream_arn(arn: &str) -> std::result::Result<StreamArn, String> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let shape = || {
+        format!(
+            "{arn:?} is not a stream ARN such as arn:aws:kinesis:us-east-1:123456789012:stream/NAME"
+        )
+    };
+    let [prefix, partition, service, region, account, resource] = parts[..] else {
+        return Err(shape());
+    };
+    let name = resource.strip_prefix("stream/").ok_or_else(shape)?;
+    if prefix != "arn" || partition.is_empty() || service != "kinesis" || region.is_empty() {
+        return Err(shape());
+    }
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{arn:?}: the account {account:?} is not 12 digits"));
+    }
+    Ok(StreamArn {
+        region: region.to_string(),
+        account: account.to_string(),
+        name: name.to_string(),
+    })
 }
 
 fn epoch_seconds(t: SystemTime) -> f64 {
@@ -274,7 +323,7 @@ impl KinesisClient {
                     input
                 }
             };
-            let page: ListShardsJson = self.client.call("ListShards", &input)?;
+            let page: ListShardsJson = self.call("ListShards", &input)?;
             let before = shards.len();
             for s in page.shards.unwrap_or_default() {
                 // Some emulators ignore paging and repeat shards: keep the first copy.
@@ -314,9 +363,7 @@ impl KinesisClient {
             open_shard_count: Option<u32>,
             retention_period_hours: Option<u32>,
         }
-        let reply: Reply = self
-            .client
-            .call("DescribeStreamSummary", &json!({"StreamName": stream}))?;
+        let reply: Reply = self.call("DescribeStreamSummary", &json!({"StreamName": stream}))?;
         let s = reply.stream_description_summary;
         Ok(StreamSummary {
             stream_name: s.stream_name,
@@ -357,7 +404,7 @@ impl KinesisClient {
         struct Reply {
             shard_iterator: Option<String>,
         }
-        let reply: Reply = self.client.call("GetShardIterator", &input)?;
+        let reply: Reply = self.call("GetShardIterator", &input)?;
         reply
             .shard_iterator
             .ok_or_else(|| bad_reply("GetShardIterator", "no ShardIterator in the reply"))
@@ -372,7 +419,7 @@ impl KinesisClient {
         limit: u32,
     ) -> Result<GetRecordsOutput> {
         let shard_id = Arc::from(shard_id);
-        let body = get_records_input(iterator, limit)?;
+        let body = get_records_input(None, iterator, limit)?;
         let (records, out) = self
             .client
             .call_with("GetRecords", &body, |reply| decode_reply(reply, &shard_id))?;
@@ -383,17 +430,19 @@ impl KinesisClient {
     }
 
     /// [`KinesisClient::get_records`] with the records left to be made one
-    /// at a time (the output's `records` is empty). Before the reply's body
-    /// is read, `admit` gets its length and may wait for memory, or return
-    /// false to drop the reply unread (the result is then `None`).
+    /// at a time (the output's `records` is empty). A stream given by ARN
+    /// (`stream`) is sent as `StreamARN`. Before the reply's body is read,
+    /// `admit` gets its length and may wait for memory, or return false to
+    /// drop the reply unread (the result is then `None`).
     pub(crate) fn get_records_of(
         &self,
+        stream: Option<&str>,
         shard_id: &Arc<str>,
         iterator: &str,
         limit: u32,
         admit: impl FnMut(u64) -> bool,
     ) -> Result<Option<(Records, GetRecordsOutput)>> {
-        let body = get_records_input(iterator, limit)?;
+        let body = get_records_input(stream, iterator, limit)?;
         self.client
             .call_admitting("GetRecords", &body, admit, |reply| {
                 decode_reply(reply, shard_id)
@@ -418,7 +467,7 @@ impl KinesisClient {
             shard_id: String,
             sequence_number: String,
         }
-        let reply: Reply = self.client.call("PutRecord", &input)?;
+        let reply: Reply = self.call("PutRecord", &input)?;
         Ok(PutRecordOutput {
             shard_id: reply.shard_id,
             sequence_number: parse_sequence("PutRecord", reply.sequence_number.as_bytes())?,
@@ -462,7 +511,7 @@ impl KinesisClient {
             error_code: Option<String>,
             error_message: Option<String>,
         }
-        let reply: Reply = self.client.call(
+        let reply: Reply = self.call(
             "PutRecords",
             &json!({"StreamName": stream, "Records": records}),
         )?;
@@ -550,7 +599,113 @@ impl KinesisClient {
     }
 
     fn unit(&self, operation: &'static str, input: serde_json::Value) -> Result<()> {
-        let _: serde_json::Value = self.client.call(operation, &input)?;
+        let _: serde_json::Value = self.call(operation, &input)?;
         Ok(())
+    }
+
+    /// Calls `operation`; a stream given by ARN is sent as `StreamARN`.
+    fn call<O: serde::de::DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        input: &serde_json::Value,
+    ) -> Result<O> {
+        match input.get("StreamName").and_then(|s| s.as_str()) {
+            Some(stream) if is_stream_arn(stream) => {
+                let mut input = input.clone();
+                if let Some(fields) = input.as_object_mut() {
+                    let arn = fields.remove("StreamName").unwrap_or_default();
+                    fields.insert("StreamARN".into(), arn);
+                }
+                self.client.call(operation, &input)
+            }
+            _ => self.client.call(operation, input),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::credentials::Credentials;
+    use crate::aws::test_server::FakeServer;
+
+    const ARN: &str = "arn:aws:kinesis:eu-west-1:111122223333:stream/orders";
+
+    #[test]
+    fn parses_stream_arns() {
+        assert_eq!(
+            parse_stream_arn(ARN).unwrap(),
+            StreamArn {
+                region: "eu-west-1".into(),
+                account: "111122223333".into(),
+                name: "orders".into(),
+            }
+        );
+        assert_eq!(
+            parse_stream_arn("arn:aws-cn:kinesis:cn-north-1:111122223333:stream/a.b-c")
+                .unwrap()
+                .name,
+            "a.b-c"
+        );
+        for bad in [
+            "orders",
+            "arn:aws:kinesis:eu-west-1:111122223333:orders",
+            "arn:aws:sqs:eu-west-1:111122223333:stream/orders",
+            "arn:aws:kinesis::111122223333:stream/orders",
+            "arn:aws:kinesis:eu-west-1:1111:stream/orders",
+            "arn:aws:kinesis:eu-west-1:111122223333",
+        ] {
+            assert!(parse_stream_arn(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_stream_given_by_arn_is_sent_as_stream_arn() {
+        let server = FakeServer::start(|r| {
+            match r.operation() {
+            "DescribeStreamSummary" => (
+                200,
+                r#"{"StreamDescriptionSummary":{"StreamName":"orders","StreamStatus":"ACTIVE","OpenShardCount":1}}"#
+                    .into(),
+            ),
+            "GetShardIterator" => (200, r#"{"ShardIterator":"it-1"}"#.into()),
+            "GetRecords" => (200, r#"{"Records":[],"NextShardIterator":"it-2"}"#.into()),
+            "ListShards" => (200, r#"{"Shards":[]}"#.into()),
+            _ => (400, "{}".into()),
+        }
+        });
+        let client = KinesisClient::new(
+            &ClientConfig::new()
+                .region("eu-west-1")
+                .endpoint_url(&server.url)
+                .credentials(Credentials::new("AKID", "secret")),
+        )
+        .unwrap();
+        client.describe_stream_summary(ARN).unwrap();
+        client
+            .get_shard_iterator(ARN, "shardId-0", &IteratorPosition::TrimHorizon)
+            .unwrap();
+        client.list_shards(ARN, None).unwrap();
+        client
+            .get_records_of(Some(ARN), &Arc::from("shardId-0"), "it-1", 10, |_| true)
+            .unwrap();
+        client.describe_stream_summary("orders").unwrap();
+        client
+            .get_records_of(Some("orders"), &Arc::from("shardId-0"), "it-1", 10, |_| {
+                true
+            })
+            .unwrap();
+        let bodies: Vec<serde_json::Value> = server
+            .requests()
+            .iter()
+            .map(|r| serde_json::from_str(&r.body).unwrap())
+            .collect();
+        for body in &bodies[..4] {
+            assert_eq!(body["StreamARN"], ARN, "{body}");
+            assert!(body.get("StreamName").is_none(), "{body}");
+        }
+        assert_eq!(bodies[4]["StreamName"], "orders");
+        assert!(bodies[4].get("StreamARN").is_none());
+        assert!(bodies[5].get("StreamARN").is_none());
     }
 }

@@ -82,6 +82,8 @@ pub struct Consumer<T> {
     builder: ConsumerBuilder<T>,
     app_name: String,
     stream_name: String,
+    /// How Kinesis requests name the stream: its name or its ARN.
+    stream: String,
     worker_id: String,
     kinesis: KinesisClient,
     dynamodb: DynamoDbClient,
@@ -112,6 +114,7 @@ impl<T: Send + 'static> Consumer<T> {
         builder: ConsumerBuilder<T>,
         app_name: String,
         stream_name: String,
+        stream: String,
         worker_id: String,
         clients: Clients,
     ) -> Consumer<T> {
@@ -131,6 +134,7 @@ impl<T: Send + 'static> Consumer<T> {
             builder,
             app_name,
             stream_name,
+            stream,
             worker_id,
             kinesis,
             dynamodb,
@@ -183,7 +187,7 @@ impl<T: Send + 'static> Consumer<T> {
         let s = &self.builder.settings;
         // A missing stream fails here, in AWS's own words.
         let described = until_ready("describing the stream", &self.shutdown.flag, || {
-            self.kinesis.describe_stream_summary(&self.stream_name)
+            self.kinesis.describe_stream_summary(&self.stream)
         })?;
         if described.is_none() {
             return Ok(());
@@ -228,7 +232,7 @@ impl<T: Send + 'static> Consumer<T> {
         };
         let readers = ReaderPool::new(ReaderContext {
             kinesis: self.kinesis.clone(),
-            stream: self.stream_name.clone(),
+            stream: self.stream.clone(),
             handler: self.builder.message_handler.clone(),
             sender,
             budget: budget.clone(),
@@ -255,14 +259,14 @@ impl<T: Send + 'static> Consumer<T> {
         log::info!(
             "worker {} starting on stream {} for application {}",
             self.worker_id,
-            self.stream_name,
+            self.stream,
             self.app_name
         );
         let mut coordinator = Coordinator::new(
             held.clone(),
             Box::new(StreamShards {
                 kinesis: self.kinesis.clone(),
-                stream: self.stream_name.clone(),
+                stream: self.stream.clone(),
             }),
             &self.stream_name,
             initial,

@@ -62,6 +62,7 @@ pub(crate) enum ReaderOutput<T> {
 /// What every reader of one consumer shares.
 pub(crate) struct ReaderContext<T> {
     pub kinesis: KinesisClient,
+    /// The stream as Kinesis requests name it: its name or its ARN.
     pub stream: String,
     pub handler: MessageHandler<T>,
     pub sender: Sender<ReaderOutput<T>>,
@@ -479,17 +480,20 @@ impl<T: Send + 'static> Reader<T> {
                 called_at
             };
             let mut too_large = None;
-            let result =
-                context
-                    .kinesis
-                    .get_records_of(&self.shard_id, &current, limit, |length| {
-                        let cost = reply_cost(length);
-                        let fits = reserved.fit(cost);
-                        if !fits {
-                            too_large = Some(cost);
-                        }
-                        fits
-                    });
+            let result = context.kinesis.get_records_of(
+                Some(&context.stream),
+                &self.shard_id,
+                &current,
+                limit,
+                |length| {
+                    let cost = reply_cost(length);
+                    let fits = reserved.fit(cost);
+                    if !fits {
+                        too_large = Some(cost);
+                    }
+                    fits
+                },
+            );
             let call_ms = called_at.elapsed().as_secs_f64() * 1000.0;
             // Told to stop during the call: the lease may be another
             // worker's by now and `run` may have returned; no user code.

@@ -16,7 +16,9 @@ use kinesis_consumer::aws::credentials::Credentials;
 use kinesis_consumer::aws::dynamodb::DynamoDbClient;
 use kinesis_consumer::aws::kinesis::KinesisClient;
 
+pub mod fake_aws;
 pub mod proxy;
+pub mod sigcheck;
 
 /// Endpoints of the running emulators.
 pub struct Emulators {

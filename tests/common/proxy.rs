@@ -204,9 +204,19 @@ struct Counts {
     statuses: HashMap<(String, u16), u64>,
 }
 
+/// Decides whether a request is signed as it should be: `Ok` with the
+/// access key id, `Err` with why not.
+pub type SignatureCheck =
+    dyn Fn(&super::sigcheck::Received) -> Result<String, String> + Send + Sync;
+
 struct State {
     kinesis: String,
     dynamodb: String,
+    signature_check: Mutex<Option<Arc<SignatureCheck>>>,
+    /// (operation, access key id) of requests that passed the check.
+    signed_by: Mutex<HashMap<(String, String), u64>>,
+    /// Why requests failed the check.
+    signature_failures: Mutex<Vec<String>>,
     rules: Mutex<Vec<Rule>>,
     counts: Mutex<Counts>,
     rng: Mutex<u64>,
@@ -238,6 +248,9 @@ impl Proxy {
         let state = Arc::new(State {
             kinesis: host_port(kinesis_url),
             dynamodb: host_port(dynamodb_url),
+            signature_check: Mutex::new(None),
+            signed_by: Mutex::new(HashMap::new()),
+            signature_failures: Mutex::new(Vec::new()),
             rules: Mutex::new(Vec::new()),
             counts: Mutex::new(Counts::default()),
             rng: Mutex::new(0x9E37_79B9_7F4A_7C15 ^ addr.port() as u64),
@@ -348,6 +361,25 @@ impl Proxy {
             .get(&(operation.to_owned(), status))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// From now on, requests failing `check` get 403
+    /// `InvalidSignatureException` instead of being forwarded.
+    pub fn check_signatures(
+        &self,
+        check: impl Fn(&super::sigcheck::Received) -> Result<String, String> + Send + Sync + 'static,
+    ) {
+        *self.state.signature_check.lock().unwrap() = Some(Arc::new(check));
+    }
+
+    /// How many requests of each (operation, access key id) passed the check.
+    pub fn signed_by(&self) -> HashMap<(String, String), u64> {
+        self.state.signed_by.lock().unwrap().clone()
+    }
+
+    /// Why requests failed the signature check.
+    pub fn signature_failures(&self) -> Vec<String> {
+        self.state.signature_failures.lock().unwrap().clone()
     }
 
     /// Every operation's request count.
@@ -484,6 +516,49 @@ fn serve(state: &State, client: TcpStream) -> std::io::Result<()> {
     } else {
         state.kinesis.clone()
     };
+    let check = state.signature_check.lock().unwrap().clone();
+    if let Some(check) = check {
+        let mut parts = request.start.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_owned();
+        let path = parts.next().unwrap_or_default().to_owned();
+        let received = super::sigcheck::Received {
+            method: &method,
+            path: &path,
+            headers: &request.headers,
+            body: &request.body,
+        };
+        match check(&received) {
+            Ok(key) => {
+                *state
+                    .signed_by
+                    .lock()
+                    .unwrap()
+                    .entry((operation.clone(), key))
+                    .or_default() += 1;
+            }
+            Err(why) => {
+                state
+                    .signature_failures
+                    .lock()
+                    .unwrap()
+                    .push(format!("{operation}: {why}"));
+                let body = format!(
+                    r#"{{"__type":"InvalidSignatureException","message":"{}"}}"#,
+                    why.replace('"', "'")
+                );
+                let reply = Message {
+                    start: "HTTP/1.1 403 Forbidden".into(),
+                    headers: vec![("Content-Type".into(), "application/x-amz-json-1.1".into())],
+                    body: Vec::new(),
+                };
+                let mut client = client;
+                client.write_all(&reply.to_bytes(body.as_bytes(), body.len()))?;
+                client.flush()?;
+                let _ = client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+        }
+    }
     let fault = {
         let mut rules = state.rules.lock().unwrap();
         let mut rng = state.rng.lock().unwrap();

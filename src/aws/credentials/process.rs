@@ -1,0 +1,484 @@
+//! `credential_process`: a command whose standard output is a JSON
+//! document with the credentials (`Version` 1).
+//!
+//! As in the AWS CLI, the value is split into words (single and double
+//! quotes and backslashes as in a POSIX shell) and run directly; a value
+//! that needs a shell (pipes, redirections, variables, globs, `~`, `;`, `&`)
+//! is handed to `sh -c` (`cmd /C` on Windows). The command's standard
+//! output holds secrets: it is parsed and never shown, logged or put in an
+//! error. A failing command is reported with its exit status and the first
+//! line of its standard error.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::Credentials;
+use crate::{Error, Result};
+
+/// How long the command may run before it is killed.
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// The most output read from the command.
+const MAX_OUTPUT: u64 = 1024 * 1024;
+
+/// Runs `command` (the `credential_process` of `profile`) and parses its
+/// output.
+pub(super) fn run(command: &str, profile: &str) -> Result<Credentials> {
+    let mut cmd = command_for(command).map_err(|why| {
+        Error::Credentials(format!(
+            "profile `{profile}`: credential_process cannot be parsed: {why}"
+        ))
+    })?;
+    let program = program_name(command);
+    let fail = |why: String| {
+        Error::Credentials(format!(
+            "profile `{profile}`: credential_process `{program}` {why}"
+        ))
+    };
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("could not be started: {e}")))?;
+    log::debug!("running the credential_process `{program}` of profile `{profile}`");
+    // Read both pipes on their own threads so neither can fill up and
+    // block the command.
+    let read_all = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(pipe) = pipe {
+                let _ = pipe.take(MAX_OUTPUT).read_to_end(&mut out);
+            }
+            out
+        })
+    };
+    let stdout = read_all(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = read_all(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "did not finish within {} s and was stopped",
+                    TIMEOUT.as_secs()
+                )));
+            }
+            Err(e) => return Err(fail(format!("could not be waited for: {e}"))),
+        }
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    if !status.success() {
+        let stderr = String::from_utf8_lossy(&stderr);
+        let first_line = stderr
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map_or_else(
+                || "nothing on standard error".to_string(),
+                |l| l.chars().take(300).collect(),
+            );
+        let status = match status.code() {
+            Some(code) => format!("exit status {code}"),
+            None => format!("{status}"),
+        };
+        return Err(fail(format!("failed ({status}): {first_line}")));
+    }
+    parse_output(&stdout).map_err(|why| fail(format!("printed unusable credentials: {why}")))
+}
+
+/// Credentials from the command's output. The error never quotes the
+/// output (it holds secrets).
+fn parse_output(stdout: &[u8]) -> std::result::Result<Credentials, String> {
+    let value: serde_json::Value = serde_json::from_slice(stdout)
+        .map_err(|e| format!("not a JSON document ({})", describe_json_error(&e)))?;
+    if !value.is_object() {
+        return Err("not a JSON object".into());
+    }
+    match value.get("Version") {
+        Some(v) if v.as_u64() == Some(1) => {}
+        Some(v) if v.is_number() => return Err(format!("Version {v} is not supported (only 1)")),
+        Some(_) => return Err("Version is not a number".into()),
+        None => return Err("no Version (expected 1)".into()),
+    }
+    let field = |name: &str| -> std::result::Result<Option<&str>, String> {
+        match value.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) if s.is_empty() => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(format!("{name} is not a string")),
+        }
+    };
+    let required = |name: &str| field(name)?.ok_or_else(|| format!("no {name}"));
+    let mut credentials = Credentials::new(required("AccessKeyId")?, required("SecretAccessKey")?);
+    if let Some(token) = field("SessionToken")? {
+        credentials = credentials.with_session_token(token);
+    }
+    if let Some(expiration) = field("Expiration")? {
+        let at = crate::time::parse_iso8601(expiration)
+            .ok_or("Expiration is not an ISO 8601 time such as 2030-01-01T00:00:00Z")?;
+        credentials = credentials.with_expiry(at);
+    }
+    Ok(credentials)
+}
+
+/// A serde_json error's kind and position, never the text around it.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let kind = match e.classify() {
+        serde_json::error::Category::Io => "read error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "unexpected data",
+        serde_json::error::Category::Eof => "ends early",
+    };
+    format!("{kind} at line {} column {}", e.line(), e.column())
+}
+
+/// The program's name, for messages: the first word of the command,
+/// without arguments (which may hold secrets).
+fn program_name(command: &str) -> String {
+    match split_words(command) {
+        Ok(words) if !words.is_empty() && !needs_shell(command) => words[0].clone(),
+        _ => command
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+/// The command to run: the words themselves, or a shell when needed.
+fn command_for(command: &str) -> std::result::Result<Command, String> {
+    if needs_shell(command) {
+        let mut cmd = if cfg!(windows) {
+            let mut c = Command::new("cmd");
+            c.arg("/C");
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.arg("-c");
+            c
+        };
+        cmd.arg(command);
+        return Ok(cmd);
+    }
+    let words = split_words(command)?;
+    let Some((program, args)) = words.split_first() else {
+        return Err("the command is empty".into());
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    Ok(cmd)
+}
+
+/// True when the command uses shell syntax outside quotes: operators,
+/// redirections, expansions, globs, or a leading `~`.
+fn needs_shell(command: &str) -> bool {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut word_start = true;
+    for c in command.chars() {
+        if escaped {
+            escaped = false;
+            word_start = false;
+            continue;
+        }
+        match (quote, c) {
+            (Some('\''), '\'') => quote = None,
+            (Some('\''), _) => {}
+            (Some('"'), '"') => quote = None,
+            // Inside double quotes a shell still expands these.
+            (Some('"'), '$' | '`') => return true,
+            (Some('"'), '\\') => escaped = true,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '\\') => escaped = true,
+            (None, '|' | '&' | ';' | '<' | '>' | '(' | ')' | '$' | '`' | '*' | '?' | '[') => {
+                return true;
+            }
+            (None, '\n') => return true,
+            (None, '~' | '#') if word_start => return true,
+            (None, _) => {}
+        }
+        word_start = quote.is_none() && c.is_whitespace();
+    }
+    false
+}
+
+/// Splits a command into words as a POSIX shell would, without expansions:
+/// whitespace separates words, single quotes keep everything, double quotes
+/// keep everything but `\"` and `\\`, a backslash outside quotes keeps the
+/// next character.
+fn split_words(command: &str) -> std::result::Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = command.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.push(c),
+                        None => return Err("a single quote is not closed".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => word.push(c),
+                            Some(c) => {
+                                word.push('\\');
+                                word.push(c);
+                            }
+                            None => return Err("a double quote is not closed".into()),
+                        },
+                        Some(c) => word.push(c),
+                        None => return Err("a double quote is not closed".into()),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some(c) => word.push(c),
+                    None => return Err("the command ends with a backslash".into()),
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_words_like_a_shell() {
+        assert_eq!(
+            split_words(r#"/usr/bin/get-creds --profile "my prof" 'a b' c\ d "x\"y""#).unwrap(),
+            [
+                "/usr/bin/get-creds",
+                "--profile",
+                "my prof",
+                "a b",
+                "c d",
+                "x\"y"
+            ]
+        );
+        assert_eq!(split_words("  a   b ").unwrap(), ["a", "b"]);
+        assert_eq!(split_words("a ''").unwrap(), ["a", ""]);
+        assert!(split_words("a 'b").is_err());
+        assert!(split_words("a \"b").is_err());
+        assert!(split_words("a\\").is_err());
+    }
+
+    #[test]
+    fn shell_only_when_needed() {
+        for plain in [
+            "/bin/creds",
+            "creds --a=b --c d",
+            "creds 'x|y' \"a;b\"",
+            "creds a\\|b",
+            "creds a#b",
+            "creds key~1",
+        ] {
+            assert!(!needs_shell(plain), "{plain}");
+        }
+        for shell in [
+            "creds | jq .",
+            "creds > /tmp/x",
+            "creds; other",
+            "creds && other",
+            "creds $HOME",
+            "creds \"$HOME\"",
+            "creds `date`",
+            "creds *.json",
+            "~/bin/creds",
+            "creds ~/x",
+            "creds # comment",
+            "(creds)",
+        ] {
+            assert!(needs_shell(shell), "{shell}");
+        }
+    }
+
+    #[test]
+    fn parses_version_1_output() {
+        let c = parse_output(
+            br#"{"Version":1,"AccessKeyId":"AKID","SecretAccessKey":"S","SessionToken":"T","Expiration":"2030-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.access_key_id(), "AKID");
+        assert_eq!(c.session_token(), Some("T"));
+        assert!(c.expires_at().is_some());
+        let c = parse_output(br#"{"Version":1,"AccessKeyId":"A","SecretAccessKey":"S"}"#).unwrap();
+        assert_eq!((c.session_token(), c.expires_at()), (None, None));
+    }
+
+    #[test]
+    fn bad_output_is_described_without_its_content() {
+        for (out, expected) in [
+            (&br#"{"AccessKeyId":"A","SecretAccessKey":"SECRET-1"}"#[..], "no Version"),
+            (br#"{"Version":2,"AccessKeyId":"A","SecretAccessKey":"SECRET-1"}"#, "Version 2"),
+            (br#"{"Version":1,"AccessKeyId":"A"}"#, "no SecretAccessKey"),
+            (br#"{"Version":1,"SecretAccessKey":"SECRET-1"}"#, "no AccessKeyId"),
+            (br#"{"Version":1,"AccessKeyId":"A","SecretAccessKey":"SECRET-1","Expiration":"SECRET-1"}"#, "Expiration"),
+            (b"SECRET-1 not json", "not a JSON document"),
+            (br#"["SECRET-1"]"#, "not a JSON object"),
+        ] {
+            let why = parse_output(out).unwrap_err();
+            assert!(why.contains(expected), "{why}");
+            assert!(!why.contains("SECRET-1"), "{why}");
+        }
+    }
+
+    /// A profile whose credential_process is a shell script in a temp dir.
+    #[cfg(unix)]
+    mod end_to_end {
+        use super::super::super::test_support::*;
+        use crate::aws::credentials::ProvideCredentials;
+        use crate::aws::env::test_support::temp_dir;
+        use std::os::unix::fs::PermissionsExt;
+        use std::path::PathBuf;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+
+        fn script(body: &str) -> PathBuf {
+            let path = temp_dir("process").join("creds.sh");
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        }
+
+        fn files_for(command: &str) -> (PathBuf, PathBuf) {
+            write_files(
+                &format!("[profile proc]\ncredential_process = {command}\n"),
+                "",
+            )
+        }
+
+        #[test]
+        fn good_process() {
+            let s = script(
+                r#"[ "$1" = "--role" ] && [ "$2" = "two words" ] || exit 9
+echo '{"Version": 1, "AccessKeyId": "PROCKEY", "SecretAccessKey": "PROCSECRET",'
+echo ' "SessionToken": "PROCTOKEN", "Expiration": "2030-01-01T01:00:00Z"}'"#,
+            );
+            let (config, creds) = files_for(&format!("{} --role 'two words'", s.display()));
+            let c = chain(&[
+                ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+                ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
+                ("AWS_PROFILE", "proc"),
+            ])
+            .credentials()
+            .unwrap();
+            assert_eq!(c.access_key_id(), "PROCKEY");
+            assert_eq!(c.secret_access_key(), "PROCSECRET");
+            assert_eq!(c.session_token(), Some("PROCTOKEN"));
+        }
+
+        #[test]
+        fn failing_process_shows_status_and_stderr_never_stdout() {
+            let s = script(
+                "echo '{\"Version\":1,\"AccessKeyId\":\"A\",\"SecretAccessKey\":\"STDOUT-SECRET\"}'\n\
+                 echo 'token expired, run login' >&2\necho 'second line' >&2\nexit 3",
+            );
+            let (config, creds) = files_for(&s.display().to_string());
+            let m = expect_credentials_error(
+                chain(&[
+                    ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+                    ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
+                    ("AWS_PROFILE", "proc"),
+                ])
+                .credentials(),
+            );
+            assert!(m.contains("exit status 3"), "{m}");
+            assert!(m.contains("token expired, run login"), "{m}");
+            assert!(!m.contains("second line"), "{m}");
+            assert!(!m.contains("STDOUT-SECRET"), "{m}");
+            assert!(m.contains("profile `proc`"), "{m}");
+        }
+
+        #[test]
+        fn garbled_output_is_an_error_without_the_output() {
+            let s = script("echo 'STDOUT-SECRET garbage'");
+            let (config, creds) = files_for(&s.display().to_string());
+            let m = expect_credentials_error(
+                chain(&[
+                    ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+                    ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
+                    ("AWS_PROFILE", "proc"),
+                ])
+                .credentials(),
+            );
+            assert!(m.contains("not a JSON document"), "{m}");
+            assert!(!m.contains("STDOUT-SECRET"), "{m}");
+        }
+
+        #[test]
+        fn expiring_process_credentials_are_refreshed() {
+            let dir = temp_dir("process-count");
+            let count = dir.join("count");
+            // Each run prints a new key, valid for an hour from T0.
+            let s = script(&format!(
+                "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}\n\
+                 echo \"{{\\\"Version\\\":1,\\\"AccessKeyId\\\":\\\"KEY$n\\\",\\\"SecretAccessKey\\\":\\\"S\\\",\\\"Expiration\\\":\\\"2030-01-01T01:00:00Z\\\"}}\"",
+                c = count.display()
+            ));
+            // A value that needs a shell: run through sh -c.
+            let (config, creds) = files_for(&format!("{} 2>/dev/null", s.display()));
+            let secs = Arc::new(AtomicU64::new(T0));
+            let c = chain_at(
+                &[
+                    ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+                    ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
+                    ("AWS_PROFILE", "proc"),
+                ],
+                &secs,
+            );
+            assert_eq!(c.credentials().unwrap().access_key_id(), "KEY1");
+            secs.store(T0 + 30 * 60, Ordering::SeqCst);
+            assert_eq!(c.credentials().unwrap().access_key_id(), "KEY1");
+            secs.store(T0 + 56 * 60, Ordering::SeqCst);
+            assert_eq!(c.credentials().unwrap().access_key_id(), "KEY2");
+            assert_eq!(std::fs::read_to_string(&count).unwrap().trim(), "2");
+        }
+    }
+}
