@@ -371,9 +371,11 @@ pub fn merge_upper_child(
     (upper, neighbour)
 }
 
-/// The path of an example program: `cargo test --all-targets` builds the
-/// examples next to the test binaries' folder; built here if missing.
+/// The path of an example program, built first: a test run of one test
+/// binary does not rebuild the examples, and a stale one would be tested.
+/// Building an example that is up to date takes a fraction of a second.
 pub fn example_binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().unwrap();
     let path = exe
         .parent()
@@ -382,16 +384,19 @@ pub fn example_binary(name: &str) -> PathBuf {
         .unwrap()
         .join("examples")
         .join(name);
-    if !path.exists() {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .unwrap();
         assert!(
             status.success() && path.exists(),
             "could not build the {name} example"
         );
+        built.push(name.to_owned());
     }
     path
 }
