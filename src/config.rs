@@ -12,8 +12,10 @@ use crate::aws::credentials::{
 use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
 use crate::error::{Error, Result};
+use crate::lease::Checkpoint;
+use crate::metrics::{MetricsDimension, MetricsLevel};
 use crate::record::{Payload, Record};
-use crate::worker::{Clients, Consumer, ShutdownHandle};
+use crate::worker::{Clients, Consumer, ConsumerSettings, MessageHandler, ShutdownHandle};
 
 /// Where to start reading a shard that has no checkpoint yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,36 +61,6 @@ impl std::str::FromStr for InitialPosition {
         }
     }
 }
-
-/// How much the consumer reports to CloudWatch (as in the KCL).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum MetricsLevel {
-    /// Nothing.
-    None,
-    /// Totals per operation, without per-shard detail.
-    Summary,
-    /// Everything, per shard where it applies.
-    Detailed,
-}
-
-/// A dimension CloudWatch metrics are broken down by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum MetricsDimension {
-    /// The operation, such as ProcessTask or RenewLease.
-    Operation,
-    /// The shard id.
-    ShardId,
-    /// The worker identifier.
-    WorkerIdentifier,
-    /// The stream name.
-    StreamName,
-}
-
-/// Turns a record into the handler's value; the default handler returns a
-/// `Payload` that shares the record's buffer, so it copies nothing.
-pub(crate) type MessageHandler<T> = Arc<dyn Fn(&Record) -> T + Send + Sync>;
 
 /// Builds a [`Consumer`]; get one from [`Consumer::builder`].
 ///
@@ -153,6 +125,13 @@ impl<T> fmt::Debug for ConsumerBuilder<T> {
             .field("checkpoint_interval", &self.settings.checkpoint_interval)
             .field("worker_id", &self.settings.worker_id)
             .finish_non_exhaustive()
+    }
+}
+
+impl Consumer<Payload> {
+    /// Starts configuring a consumer.
+    pub fn builder() -> ConsumerBuilder<Payload> {
+        ConsumerBuilder::new()
     }
 }
 
@@ -699,12 +678,47 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             .read_timeout(Duration::from_secs(5)),
         )
         .map_err(rename_endpoint("cloudwatch_endpoint_url"))?;
-        Ok(Consumer::new(
-            self,
+        let s = &self.settings;
+        let (initial, start_timestamp) = match s.initial_position {
+            InitialPosition::TrimHorizon => (Checkpoint::TrimHorizon, None),
+            InitialPosition::Latest => (Checkpoint::Latest, None),
+            InitialPosition::AtTimestamp(t) => (Checkpoint::AtTimestamp(Some(t)), Some(t)),
+        };
+        let settings = ConsumerSettings {
+            metrics_namespace: s
+                .metrics_namespace
+                .clone()
+                .unwrap_or_else(|| app_name.clone()),
             app_name,
             stream_name,
             stream,
             worker_id,
+            initial,
+            start_timestamp,
+            batch_interval: s.batch_interval,
+            checkpoint_interval: s.checkpoint_interval.unwrap_or(s.batch_interval),
+            metrics_level: s.metrics_level,
+            metrics_dimensions: s.metrics_dimensions.clone(),
+            metrics_period: s.metrics_period,
+            publish_metrics: s.publish_metrics,
+            buffer_bytes: s.buffer_bytes,
+            buffer_records: s.buffer_records,
+            read_memory: s
+                .read_memory
+                .unwrap_or((s.buffer_bytes / 8).max(8 * 1024 * 1024)),
+            retry_wait: s.retry_wait,
+            connect_timeout: s.connect_timeout,
+            read_timeout: s.read_timeout,
+            max_records_per_read: s.max_records_per_read,
+            idle_time_between_reads: s.idle_time_between_reads,
+            failover_time: s.failover_time,
+            shard_sync_interval: s.shard_sync_interval,
+            max_leases_per_worker: s.max_leases_per_worker,
+            pace_reads: s.pace_reads,
+        };
+        Ok(Consumer::new(
+            settings,
+            self.message_handler,
             Clients {
                 kinesis,
                 dynamodb,

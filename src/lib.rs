@@ -83,10 +83,13 @@ pub mod __fuzz;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use config::{ConsumerBuilder, InitialPosition, MetricsDimension, MetricsLevel};
+pub use config::{ConsumerBuilder, InitialPosition};
 pub use error::{Error, HandlerResult, Result, ServiceError, TransportKind};
 pub use lease::{Checkpoint, Lease, LeaseStanding, Standing, inspect_leases, list_leases};
-pub use metrics::{MetricSample, MetricUnit, MetricsHandle, PublishStats, Statistics};
+pub use metrics::{
+    MetricSample, MetricUnit, MetricsDimension, MetricsHandle, MetricsLevel, PublishStats,
+    Statistics,
+};
 pub use record::{ExtendedSequenceNumber, Payload, Record, SequenceNumber};
 pub use worker::batch::{Batch, Message, ShardBatch};
 pub use worker::{Consumer, ShutdownHandle};

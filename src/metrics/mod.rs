@@ -28,7 +28,31 @@ pub use aggregate::Statistics;
 pub(crate) use publisher::Publisher;
 pub(crate) use recorder::Metrics;
 
-use crate::config::{MetricsDimension, MetricsLevel};
+/// How much the consumer reports to CloudWatch (as in the KCL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MetricsLevel {
+    /// Nothing.
+    None,
+    /// Totals per operation, without per-shard detail.
+    Summary,
+    /// Everything, per shard where it applies.
+    Detailed,
+}
+
+/// A dimension CloudWatch metrics are broken down by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MetricsDimension {
+    /// The operation, such as ProcessTask or RenewLease.
+    Operation,
+    /// The shard id.
+    ShardId,
+    /// The worker identifier.
+    WorkerIdentifier,
+    /// The stream name.
+    StreamName,
+}
 
 /// A metric the consumer records, with the KCL's name where it has one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -290,8 +290,8 @@ mod tests {
     use super::*;
     use crate::aws::ClientConfig;
     use crate::aws::credentials::Credentials;
-    use crate::config::{MetricsDimension, MetricsLevel};
     use crate::metrics::Metric;
+    use crate::metrics::{MetricsDimension, MetricsLevel};
 
     fn datum_with(name: &str, dimension_value_len: usize) -> MetricDatum {
         MetricDatum {

@@ -5,9 +5,9 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use crate::config::{MetricsDimension, MetricsLevel};
 use crate::metrics::aggregate::{Series, SeriesKey, Statistics};
 use crate::metrics::{Metric, MetricSample, PublishStats};
+use crate::metrics::{MetricsDimension, MetricsLevel};
 use crate::sync::lock;
 
 /// What one consumer's metrics share.

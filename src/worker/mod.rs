@@ -15,14 +15,14 @@ use std::time::Duration;
 use crate::aws::cloudwatch::CloudWatchClient;
 use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
-use crate::config::{ConsumerBuilder, InitialPosition};
 use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{
     Checkpoint, Clock, Coordinator, CoordinatorEvent, HeldLeases, LeaseTable, LeaseTimings,
     StreamShards,
 };
 use crate::metrics::{Metrics, MetricsHandle, Publisher};
-use crate::record::Payload;
+use crate::metrics::{MetricsDimension, MetricsLevel};
+use crate::record::Record;
 use batch::Batch;
 use budget::Budget;
 use reader::{ReaderContext, ReaderPool};
@@ -36,6 +36,43 @@ const METRICS_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// On top of one request's connect and read timeouts: how long a stopping
 /// consumer waits for a reader to see its request through.
 const READER_STOP_MARGIN: Duration = Duration::from_secs(1);
+
+/// Turns a record into the handler's value; the default handler returns a
+/// `Payload` that shares the record's buffer, so it copies nothing.
+pub(crate) type MessageHandler<T> = Arc<dyn Fn(&Record) -> T + Send + Sync>;
+
+/// A built consumer's settings, every default resolved once by
+/// `ConsumerBuilder::build` (see the builder for what each means).
+#[derive(Debug)]
+pub(crate) struct ConsumerSettings {
+    pub app_name: String,
+    pub stream_name: String,
+    /// How Kinesis requests name the stream: its name or its ARN.
+    pub stream: String,
+    pub worker_id: String,
+    /// Where a new lease starts, and the initial position's timestamp.
+    pub initial: Checkpoint,
+    pub start_timestamp: Option<std::time::SystemTime>,
+    pub batch_interval: Duration,
+    pub checkpoint_interval: Duration,
+    pub metrics_level: MetricsLevel,
+    pub metrics_dimensions: Vec<MetricsDimension>,
+    pub metrics_namespace: String,
+    pub metrics_period: Duration,
+    pub publish_metrics: bool,
+    pub buffer_bytes: u64,
+    pub buffer_records: u64,
+    pub read_memory: u64,
+    pub retry_wait: Duration,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub max_records_per_read: u32,
+    pub idle_time_between_reads: Duration,
+    pub failover_time: Duration,
+    pub shard_sync_interval: Duration,
+    pub max_leases_per_worker: usize,
+    pub pace_reads: bool,
+}
 
 /// The service clients a built consumer uses, and the shutdown flag its
 /// Kinesis client watches.
@@ -79,12 +116,8 @@ impl ShutdownHandle {
 ///
 /// Build one with [`Consumer::builder`], then call [`run`](Self::run).
 pub struct Consumer<T> {
-    builder: ConsumerBuilder<T>,
-    app_name: String,
-    stream_name: String,
-    /// How Kinesis requests name the stream: its name or its ARN.
-    stream: String,
-    worker_id: String,
+    settings: ConsumerSettings,
+    message_handler: MessageHandler<T>,
     kinesis: KinesisClient,
     dynamodb: DynamoDbClient,
     cloudwatch: CloudWatchClient,
@@ -95,27 +128,17 @@ pub struct Consumer<T> {
 impl<T> fmt::Debug for Consumer<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Consumer")
-            .field("app_name", &self.app_name)
-            .field("stream_name", &self.stream_name)
-            .field("worker_id", &self.worker_id)
+            .field("app_name", &self.settings.app_name)
+            .field("stream_name", &self.settings.stream_name)
+            .field("worker_id", &self.settings.worker_id)
             .finish_non_exhaustive()
-    }
-}
-
-impl Consumer<Payload> {
-    /// Starts configuring a consumer.
-    pub fn builder() -> ConsumerBuilder<Payload> {
-        ConsumerBuilder::new()
     }
 }
 
 impl<T: Send + 'static> Consumer<T> {
     pub(crate) fn new(
-        builder: ConsumerBuilder<T>,
-        app_name: String,
-        stream_name: String,
-        stream: String,
-        worker_id: String,
+        settings: ConsumerSettings,
+        message_handler: MessageHandler<T>,
         clients: Clients,
     ) -> Consumer<T> {
         let Clients {
@@ -125,17 +148,14 @@ impl<T: Send + 'static> Consumer<T> {
             shutdown,
         } = clients;
         let metrics = Metrics::new(
-            builder.settings.metrics_level,
-            &builder.settings.metrics_dimensions,
-            &worker_id,
-            &stream_name,
+            settings.metrics_level,
+            &settings.metrics_dimensions,
+            &settings.worker_id,
+            &settings.stream_name,
         );
         Consumer {
-            builder,
-            app_name,
-            stream_name,
-            stream,
-            worker_id,
+            settings,
+            message_handler,
             kinesis,
             dynamodb,
             cloudwatch,
@@ -160,7 +180,7 @@ impl<T: Send + 'static> Consumer<T> {
 
     /// This worker's identifier in the lease table.
     pub fn worker_id(&self) -> &str {
-        &self.worker_id
+        &self.settings.worker_id
     }
 
     /// Reads the stream and calls `handler` once per batch interval until
@@ -184,23 +204,19 @@ impl<T: Send + 'static> Consumer<T> {
     /// for readers inside a GetRecords call; a reader still in its call
     /// then ends by itself later without calling user code.
     pub fn run(self, mut handler: impl FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
-        let s = &self.builder.settings;
+        let s = &self.settings;
         // A missing stream fails here, in AWS's own words.
         let described = until_ready("describing the stream", &self.shutdown.flag, || {
-            self.kinesis.describe_stream_summary(&self.stream)
+            self.kinesis.describe_stream_summary(&s.stream)
         })?;
         if described.is_none() {
             return Ok(());
         }
         let publisher = if s.publish_metrics {
-            let namespace = s
-                .metrics_namespace
-                .clone()
-                .unwrap_or_else(|| self.app_name.clone());
             Publisher::start(
                 &self.metrics,
                 self.cloudwatch.clone(),
-                namespace,
+                s.metrics_namespace.clone(),
                 s.metrics_period,
             )?
         } else {
@@ -214,38 +230,29 @@ impl<T: Send + 'static> Consumer<T> {
     }
 
     fn consume(&self, handler: &mut impl FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
-        let s = &self.builder.settings;
-        let table = LeaseTable::new(self.dynamodb.clone(), &self.app_name);
+        let s = &self.settings;
+        let table = LeaseTable::new(self.dynamodb.clone(), &s.app_name);
         let held = Arc::new(HeldLeases::new(
             Arc::new(table),
-            self.worker_id.clone(),
+            s.worker_id.clone(),
             s.failover_time,
             Clock::system(),
         ));
         let budget = Arc::new(Budget::new(s.buffer_bytes, s.buffer_records));
         // Chunks are whole GetRecords replies; the budget bounds their size.
         let (sender, records) = crossbeam_channel::bounded(1024);
-        let (initial, start_timestamp) = match s.initial_position {
-            InitialPosition::TrimHorizon => (Checkpoint::TrimHorizon, None),
-            InitialPosition::Latest => (Checkpoint::Latest, None),
-            InitialPosition::AtTimestamp(t) => (Checkpoint::AtTimestamp(Some(t)), Some(t)),
-        };
         let readers = ReaderPool::new(ReaderContext {
             kinesis: self.kinesis.clone(),
-            stream: self.stream.clone(),
-            handler: self.builder.message_handler.clone(),
+            stream: s.stream.clone(),
+            handler: self.message_handler.clone(),
             sender,
             budget: budget.clone(),
             max_records: s.max_records_per_read,
             idle_time: s.idle_time_between_reads,
             retry_wait: s.retry_wait,
-            start_timestamp,
+            start_timestamp: s.start_timestamp,
             metrics: self.metrics.clone(),
-            read_memory: Arc::new(Budget::new(
-                s.read_memory
-                    .unwrap_or((s.buffer_bytes / 8).max(8 * 1024 * 1024)),
-                u64::MAX,
-            )),
+            read_memory: Arc::new(Budget::new(s.read_memory, u64::MAX)),
             pace_reads: s.pace_reads,
             stop_timeout: s.connect_timeout + s.read_timeout + READER_STOP_MARGIN,
         });
@@ -258,18 +265,18 @@ impl<T: Send + 'static> Consumer<T> {
         };
         log::info!(
             "worker {} starting on stream {} for application {}",
-            self.worker_id,
-            self.stream,
-            self.app_name
+            s.worker_id,
+            s.stream,
+            s.app_name
         );
         let mut coordinator = Coordinator::new(
             held.clone(),
             Box::new(StreamShards {
                 kinesis: self.kinesis.clone(),
-                stream: self.stream.clone(),
+                stream: s.stream.clone(),
             }),
-            &self.stream_name,
-            initial,
+            &s.stream_name,
+            s.initial.clone(),
             timings,
             readers,
             self.metrics.clone(),
@@ -296,7 +303,6 @@ impl<T: Send + 'static> Consumer<T> {
             .map_err(|e| {
                 Error::Internal(format!("cannot start the lease coordinator thread: {e}"))
             })?;
-        let checkpoint_interval = s.checkpoint_interval.unwrap_or(s.batch_interval);
         let result = Ticker::new(
             &records,
             &held,
@@ -304,7 +310,7 @@ impl<T: Send + 'static> Consumer<T> {
             &events,
             &self.shutdown.flag,
             s.batch_interval,
-            checkpoint_interval,
+            s.checkpoint_interval,
         )
         .with_metrics(self.metrics.clone())
         .run(handler);
@@ -314,7 +320,7 @@ impl<T: Send + 'static> Consumer<T> {
         if coordinator_thread.join().is_err() {
             log::error!("the lease coordinator panicked");
         }
-        log::info!("worker {} stopped", self.worker_id);
+        log::info!("worker {} stopped", s.worker_id);
         result
     }
 }

@@ -14,12 +14,12 @@ use crossbeam_channel::{SendTimeoutError, Sender};
 use crate::aws::client::backoff;
 use crate::aws::get_records::Records;
 use crate::aws::kinesis::{GetRecordsOutput, IteratorPosition, KinesisClient};
-use crate::config::MessageHandler;
 use crate::error::{Error, Result};
 use crate::kpl;
 use crate::lease::{Checkpoint, ShardRunner};
 use crate::metrics::{Metric, Metrics};
 use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Span};
+use crate::worker::MessageHandler;
 use crate::worker::batch::Message;
 use crate::worker::budget::Budget;
 
