@@ -368,11 +368,7 @@ impl Client {
             .send(body)
             .map_err(|e| transport_error(operation, url, e))?;
         let status = reply.status().as_u16();
-        let request_id = ["x-amzn-requestid", "x-amz-request-id"]
-            .iter()
-            .find_map(|h| reply.headers().get(*h))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let request_id = request_id(reply.headers());
         if let Some(date) = reply
             .headers()
             .get("date")
@@ -494,9 +490,16 @@ fn describe_body(body: &[u8]) -> String {
     format!("unparsed reply body: {snippet}")
 }
 
-/// The wait before retry number `attempt` (1-based): `base` doubled per
-/// attempt, capped at 20 s, half of it fixed and half random so that many
-/// readers throttled together do not retry together.
+/// The request id AWS gave a reply (`x-amzn-RequestId`, or S3-style
+/// `x-amz-request-id`), if any.
+pub(crate) fn request_id(headers: &ureq::http::HeaderMap) -> Option<String> {
+    ["x-amzn-requestid", "x-amz-request-id"]
+        .iter()
+        .find_map(|h| headers.get(*h))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// A failed request of `operation` to `url` as an [`Error::Transport`]
 /// that says what kind of failure it was.
 pub(crate) fn transport_error(operation: &'static str, url: &str, e: ureq::Error) -> Error {
@@ -541,6 +544,9 @@ pub(crate) fn wait_until_active<T>(
     }
 }
 
+/// The wait before retry number `attempt` (1-based): `base` doubled per
+/// attempt, capped at 20 s, half of it fixed and half random so that many
+/// readers throttled together do not retry together.
 pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
     let cap = base
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))

@@ -32,11 +32,7 @@ pub(crate) fn read_reply(
 ) -> std::result::Result<Reply, ureq::Error> {
     let mut response = response?;
     let status = response.status().as_u16();
-    let request_id = ["x-amzn-requestid", "x-amz-request-id"]
-        .iter()
-        .find_map(|h| response.headers().get(*h))
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let request_id = crate::aws::client::request_id(response.headers());
     let body = response
         .body_mut()
         .with_config()
