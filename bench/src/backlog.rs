@@ -8,7 +8,7 @@
 //! memory until it is read.
 
 use std::io::{BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -16,7 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::canned::list_shards_body;
-use crate::http::read_request;
+use crate::http::{read_request, spawn_server};
 
 /// Kinesis's bounds on one GetRecords reply.
 const MAX_RECORDS_PER_READ: u64 = 10_000;
@@ -54,21 +54,7 @@ impl BacklogServer {
             polls: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             bytes_sent: AtomicU64::new(0),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = backlog.clone();
-        std::thread::Builder::new()
-            .name("backlog-accept".into())
-            .spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    let backlog = server.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("backlog-conn".into())
-                        .stack_size(256 * 1024)
-                        .spawn(move || serve(stream, &backlog));
-                }
-            })
-            .unwrap();
+        let url = spawn_server("backlog", backlog.clone(), serve);
         BacklogServer { url, backlog }
     }
 

@@ -5,14 +5,14 @@
 //! `set_empty(true)`), with a NextShardIterator.
 
 use std::io::{BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::http::read_request;
+use crate::http::{read_request, spawn_server};
 
 /// The canned reply bodies and what was asked of them.
 pub struct Canned {
@@ -46,21 +46,7 @@ impl CannedServer {
             empty: AtomicBool::new(false),
             get_records_calls: AtomicU64::new(0),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = canned.clone();
-        std::thread::Builder::new()
-            .name("canned-accept".into())
-            .spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    let canned = server.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("canned-conn".into())
-                        .stack_size(256 * 1024)
-                        .spawn(move || serve(stream, &canned));
-                }
-            })
-            .unwrap();
+        let url = spawn_server("canned", canned.clone(), serve);
         CannedServer { url, canned }
     }
 

@@ -1,6 +1,8 @@
 //! Just enough HTTP/1.1 to read requests off a socket.
 
 use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
 
 /// One request: its head (request line and headers, as sent) and body.
 pub struct Request {
@@ -41,4 +43,30 @@ pub fn read_request<R: Read>(reader: &mut BufReader<R>) -> std::io::Result<Optio
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
     Ok(Some(Request { head, target, body }))
+}
+
+/// Serves connections on a free 127.0.0.1 port, one thread each (named
+/// `{name}-conn`, small stacks) calling `serve` with the shared `state`;
+/// returns the server's URL.
+pub fn spawn_server<S: Send + Sync + 'static>(
+    name: &str,
+    state: Arc<S>,
+    serve: fn(TcpStream, &S),
+) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let conn_name = format!("{name}-conn");
+    std::thread::Builder::new()
+        .name(format!("{name}-accept"))
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let state = state.clone();
+                let _ = std::thread::Builder::new()
+                    .name(conn_name.clone())
+                    .stack_size(256 * 1024)
+                    .spawn(move || serve(stream, &state));
+            }
+        })
+        .unwrap();
+    url
 }
