@@ -11,7 +11,7 @@ use std::time::Instant;
 use crossbeam_channel::Sender;
 
 use crate::error::{Error, Result};
-use crate::lease::{Checkpoint, CoordinatorEvent, HeldLeases};
+use crate::lease::{Checkpoint, CoordinatorEvent, HeldLeases, Holding};
 use crate::metrics::{Metric, Metrics};
 use crate::record::{ExtendedSequenceNumber, Record};
 use crate::sync::lock;
@@ -234,6 +234,11 @@ impl Checkpointer {
     fn write_state(&self, state: &ShardState, wanted: &Checkpoint) -> Result<()> {
         let shard_id = &state.shard_id;
         let _writing = lock(&state.writing);
+        if self.inner.held.holding(shard_id, state.epoch) == Holding::Gone {
+            return Err(Error::LeaseLost {
+                shard_id: shard_id.to_string(),
+            });
+        }
         let positions = lock(&state.positions).clone();
         let needed = check(&positions, wanted).map_err(|reason| Error::InvalidCheckpoint {
             shard_id: shard_id.to_string(),

@@ -157,6 +157,10 @@ impl<'a, T> Ticker<'a, T> {
     pub(crate) fn run(&mut self, handler: &mut dyn FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
         let result = self.batches(handler);
         self.write_checkpoints(true);
+        // The leases are released next: no checkpoint after this.
+        for (shard_id, open) in std::mem::take(&mut self.open) {
+            self.delivery.checkpointer.closed(&shard_id, open.epoch);
+        }
         result
     }
 

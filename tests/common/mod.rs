@@ -400,3 +400,52 @@ pub fn example_binary(name: &str) -> PathBuf {
     }
     path
 }
+
+/// Every record of a shard, from its trim horizon to its tip, as
+/// (position, data as text), read straight from the stream.
+pub fn shard_records(
+    stream: &str,
+    shard_id: &str,
+) -> Vec<(kinesis_consumer::ExtendedSequenceNumber, String)> {
+    use kinesis_consumer::aws::kinesis::IteratorPosition;
+    let k = kinesis();
+    let mut iterator = k
+        .get_shard_iterator(stream, shard_id, &IteratorPosition::TrimHorizon)
+        .unwrap();
+    let mut records = Vec::new();
+    loop {
+        let reply = k.get_records(shard_id, &iterator, 10_000).unwrap();
+        let empty = reply.records.is_empty();
+        records.extend(reply.records.iter().map(|r| {
+            (
+                r.position().clone(),
+                String::from_utf8_lossy(r.data()).into_owned(),
+            )
+        }));
+        match reply.next_shard_iterator {
+            Some(next) if !empty => iterator = next,
+            _ => return records,
+        }
+    }
+}
+
+/// The data of a shard's records, in order.
+pub fn read_shard(stream: &str, shard_id: &str) -> Vec<String> {
+    shard_records(stream, shard_id)
+        .into_iter()
+        .map(|(_, data)| data)
+        .collect()
+}
+
+/// Where the record with `data` is in the shard.
+pub fn position_of(
+    stream: &str,
+    shard_id: &str,
+    data: &str,
+) -> kinesis_consumer::ExtendedSequenceNumber {
+    shard_records(stream, shard_id)
+        .into_iter()
+        .find(|(_, d)| d == data)
+        .map(|(p, _)| p)
+        .unwrap_or_else(|| panic!("no record {data:?} in {shard_id}"))
+}
