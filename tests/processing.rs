@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::proxy::{Fault, Proxy, Trigger};
 use kinesis_consumer::aws::dynamodb::AttributeValue;
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
 use kinesis_consumer::{
@@ -265,7 +266,122 @@ fn a_split_shard_ends_and_with_manual_checkpoints_its_children_wait_for_its_end(
         )
         .count();
     assert_eq!(gained_children, 2);
+    // A merge of the two children ends both; the merged shard waits for
+    // both ends to be checkpointed.
+    let k = common::kinesis();
+    let mut children: Vec<_> = k
+        .list_shards(&stream, None)
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.parent_shard_id.as_deref() == Some(parent.shard_id.as_str()))
+        .collect();
+    children.sort_by_key(|s| s.starting_hash_key.parse::<u128>().unwrap());
+    let (lower, upper) = (children[0].clone(), children[1].clone());
+    k.merge_shards(&stream, &lower.shard_id, &upper.shard_id)
+        .unwrap();
+    k.wait_until_active(&stream, Duration::from_secs(30))
+        .unwrap();
+    put(&stream, "merged", 10);
+    for child in [&upper, &lower] {
+        let ended = ShardEvent::Ended {
+            shard_id: child.shard_id.clone(),
+        };
+        wait_for("a child's end", Duration::from_secs(30), || {
+            running.events().contains(&ended)
+        });
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(running.records(), 30, "the merged shard waits");
+    running.checkpointer.checkpoint(&upper.shard_id).unwrap();
+    running.checkpointer.checkpoint(&lower.shard_id).unwrap();
+    wait_for(
+        "the merged shard's records",
+        Duration::from_secs(30),
+        || running.records() == 40,
+    );
     running.stop();
+}
+
+#[test]
+fn leases_that_cannot_be_renewed_are_lost_then_gained_again() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("expiry");
+    let proxy = Proxy::for_emulators();
+    let running = start_batches(common::consumer_builder_at(
+        proxy.url(),
+        proxy.url(),
+        &stream,
+        &app,
+    ));
+    wait_for("both shards gained", Duration::from_secs(30), || {
+        running.events().len() == 2
+    });
+    // DynamoDB refuses every lease write: the leases go unrenewed past the
+    // fencing window (failover 3 s).
+    let rule = proxy.add(
+        "UpdateItem",
+        Trigger::Always,
+        Fault::aws(500, "InternalServerError"),
+    );
+    let lost = |e: &ShardEvent| matches!(e, ShardEvent::Lost { .. });
+    wait_for("both leases lost", Duration::from_secs(15), || {
+        running.events().iter().filter(|e| lost(e)).count() == 2
+    });
+    assert!(proxy.hits(rule) > 0);
+    let shard = running.events()[0].shard_id().to_owned();
+    let e = running.checkpointer.checkpoint(&shard).unwrap_err();
+    assert!(matches!(e, Error::LeaseLost { .. }), "{e}");
+    proxy.clear();
+    wait_for("both shards gained again", Duration::from_secs(20), || {
+        let events = running.events();
+        events.len() >= 6
+            && events[4..]
+                .iter()
+                .all(|e| matches!(e, ShardEvent::Gained { .. }))
+    });
+    running.stop();
+}
+
+#[test]
+fn a_joining_worker_is_handed_leases_after_their_shutdown_is_announced() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("handoff");
+    put(&stream, "before", 20);
+    let first = start_batches(common::consumer_builder(&stream, &app).worker_id("first"));
+    wait_for("the records", Duration::from_secs(30), || {
+        first.records() == 20
+    });
+    let second = start_batches(common::consumer_builder(&stream, &app).worker_id("second"));
+    wait_for("the second worker's lease", Duration::from_secs(30), || {
+        second.events().len() == 1
+    });
+    let given = second.events()[0].shard_id().to_owned();
+    let announced = ShardEvent::ShutdownRequested {
+        shard_id: given.clone(),
+    };
+    assert!(first.events().contains(&announced), "{:?}", first.events());
+    assert!(
+        !first
+            .events()
+            .iter()
+            .any(|e| matches!(e, ShardEvent::Lost { .. })),
+        "handed over, not lost"
+    );
+    put(&stream, "after", 20);
+    wait_for("the records put after", Duration::from_secs(30), || {
+        first.records() + second.records() == 40
+    });
+    let (a, b) = (first.stop(), second.stop());
+    let mut all: Vec<String> = a
+        .records
+        .iter()
+        .chain(&b.records)
+        .map(|r| String::from_utf8_lossy(r.data()).into_owned())
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 40, "nothing twice, nothing lost");
+    assert_eq!(a.records.len() + b.records.len(), 40, "nothing twice");
 }
 
 /// Shared by the processors of one test: what each shard processed, in
@@ -517,4 +633,60 @@ fn a_processor_retried_until_it_succeeds_loses_and_repeats_nothing() {
     stop.shutdown();
     thread.join().unwrap().unwrap();
     assert_eq!(*board.processed.lock().unwrap(), expected);
+}
+
+#[test]
+fn a_processor_hands_its_shard_over_to_a_joining_worker_without_repeats() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("processor-handoff");
+    put(&stream, "before", 20);
+    let (first_board, second_board): (Arc<Board>, Arc<Board>) = Default::default();
+    let total = |b: &Board| {
+        b.processed
+            .lock()
+            .unwrap()
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+    };
+    let first = run_processors(
+        common::consumer_builder(&stream, &app).worker_id("first"),
+        &first_board,
+        Duration::ZERO,
+        None,
+        0,
+    );
+    wait_for("the records", Duration::from_secs(30), || {
+        total(&first_board) == 20
+    });
+    let second = run_processors(
+        common::consumer_builder(&stream, &app).worker_id("second"),
+        &second_board,
+        Duration::ZERO,
+        None,
+        0,
+    );
+    wait_for("a shard handed over", Duration::from_secs(30), || {
+        !second_board.calls.lock().unwrap().is_empty()
+    });
+    let taken = second_board.calls.lock().unwrap()[0].clone();
+    let shard = taken.strip_prefix("initialize ").unwrap().to_owned();
+    let calls = first_board.calls.lock().unwrap().clone();
+    assert!(
+        calls.contains(&format!("shutdown_requested {shard}")),
+        "{calls:?}"
+    );
+    put(&stream, "after", 20);
+    wait_for("every record", Duration::from_secs(30), || {
+        total(&first_board) + total(&second_board) == 40
+    });
+    for (stop, thread) in [first, second] {
+        stop.shutdown();
+        thread.join().unwrap().unwrap();
+    }
+    assert_eq!(
+        total(&first_board) + total(&second_board),
+        40,
+        "nothing twice"
+    );
 }
