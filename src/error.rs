@@ -239,7 +239,7 @@ impl fmt::Display for Error {
             Error::Decode { operation, message } => {
                 write!(f, "{operation}: could not decode the response: {message}")
             }
-            Error::Handler(e) => write!(f, "the batch handler failed: {e}"),
+            Error::Handler(e) => write!(f, "the handler failed: {e}"),
             Error::HandlerPanicked(m) => write!(f, "a handler panicked: {m}"),
             Error::LeaseLost { shard_id } => {
                 write!(

@@ -97,8 +97,9 @@ pub(crate) struct Clients {
 ///
 /// [`shutdown`](Self::shutdown) only sets an atomic flag, so it is safe to
 /// call from a signal handler the application installs (the library installs
-/// none). `run` then finishes the batch in the handler, writes checkpoints,
-/// releases the leases and returns.
+/// none). `run` then finishes the batch in the handler, hands on a last
+/// batch without records, writes checkpoints, releases the leases and
+/// returns (`run_processors`: each processor's `shutdown_requested`).
 #[derive(Clone, Debug, Default)]
 pub struct ShutdownHandle {
     flag: Arc<AtomicBool>,

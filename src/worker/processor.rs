@@ -214,6 +214,7 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
                 Ok(())
             }
             Err(error) => {
+                log::error!("shard {shard_id}: {error}; the consumer stops");
                 // The consumer stops: still give the shard its last chance.
                 if let Err(e) = self.finish(End::Shutdown) {
                     log::warn!("shutting down the processor of {shard_id}: {e}");
