@@ -7,17 +7,13 @@ mod common;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use kinesis_consumer::SequenceNumber;
-use kinesis_consumer::aws::kinesis::PutRecordsEntry;
 
 fn spawn_sink(stream: &str, app: &str, dir: &Path) -> Child {
-    let e = common::emulators();
-    Command::new(common::example_binary("file_sink"))
+    common::aws_env(Command::new(common::example_binary("file_sink")))
         .args([
             "--stream",
             stream,
@@ -29,14 +25,6 @@ fn spawn_sink(stream: &str, app: &str, dir: &Path) -> Child {
         .args(["--flush-secs", "1", "--worker-id", "sink-1"])
         .arg("--dir")
         .arg(dir)
-        .env("AWS_ENDPOINT_URL_KINESIS", &e.kinesis_url)
-        .env("AWS_ENDPOINT_URL_DYNAMODB", &e.dynamodb_url)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL_CLOUDWATCH", "http://127.0.0.1:9")
-        .env_remove("AWS_PROFILE")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -87,27 +75,7 @@ fn every_record_is_in_the_flushed_files_after_kill_9_at_random_moments() {
     let app = common::unique_name("sink");
     let dir = std::env::temp_dir().join(common::unique_name("file-sink"));
     std::fs::create_dir_all(&dir).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (flag, name) = (stop.clone(), stream.clone());
-    let producer = std::thread::spawn(move || {
-        let k = common::kinesis();
-        let mut put: Vec<String> = Vec::new();
-        while !flag.load(Ordering::Relaxed) {
-            let entries: Vec<PutRecordsEntry> = (put.len()..put.len() + 10)
-                .map(|n| PutRecordsEntry {
-                    partition_key: format!("pk-{}", n % 64),
-                    explicit_hash_key: None,
-                    data: format!("r-{n}").into_bytes(),
-                })
-                .collect();
-            for (entry, result) in entries.iter().zip(k.put_records(&name, &entries).unwrap()) {
-                result.unwrap();
-                put.push(String::from_utf8(entry.data.clone()).unwrap());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        put
-    });
+    let producer = common::produce(&stream, "r");
     // Kill moments between 0.3 s and 3 s: before the first flush, during
     // one, and between flushes, differently on every run.
     let mut seed = SystemTime::now()
@@ -125,8 +93,7 @@ fn every_record_is_in_the_flushed_files_after_kill_9_at_random_moments() {
         sink.kill().unwrap(); // SIGKILL
         sink.wait().unwrap();
     }
-    stop.store(true, Ordering::Relaxed);
-    let put = producer.join().unwrap();
+    let put = producer.finish();
     let mut sink = spawn_sink(&stream, &app, &dir);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
