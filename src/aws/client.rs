@@ -36,6 +36,9 @@ const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
 pub struct ClientConfig {
     pub(crate) region: Option<String>,
     pub(crate) endpoint_url: Option<String>,
+    /// The setting an invalid `endpoint_url` is reported as: the consumer
+    /// builder's per-service overrides have names of their own.
+    pub(crate) endpoint_setting: &'static str,
     pub(crate) credentials: Option<Arc<dyn ProvideCredentials>>,
     pub(crate) retry_wait: Duration,
     pub(crate) max_attempts: u32,
@@ -72,6 +75,7 @@ impl ClientConfig {
         ClientConfig {
             region: None,
             endpoint_url: None,
+            endpoint_setting: "endpoint_url",
             credentials: None,
             retry_wait: Duration::from_millis(100),
             max_attempts: 3,
@@ -207,8 +211,10 @@ impl Client {
     pub(crate) fn new(protocol: Protocol, config: &ClientConfig) -> Result<Client> {
         config.validate()?;
         let region = endpoint::resolve_region(config.region.as_deref())?;
-        let endpoint =
-            endpoint::resolve_endpoint(protocol.service, config.endpoint_url.as_deref(), &region)?;
+        let endpoint = match &config.endpoint_url {
+            Some(url) => endpoint::parse_endpoint(url, config.endpoint_setting)?,
+            None => endpoint::resolve_endpoint(protocol.service, None, &region)?,
+        };
         let credentials = match &config.credentials {
             Some(c) => c.clone(),
             None => Arc::new(DefaultCredentialsChain::new()),

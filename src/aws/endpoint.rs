@@ -301,8 +301,9 @@ fn partition_domain(region: &str) -> &'static str {
         .map_or("amazonaws.com", |(_, domain)| domain)
 }
 
-/// Parses an endpoint URL, allowing no path beyond `/`.
-fn parse_endpoint(url: &str, setting: &'static str) -> Result<Endpoint> {
+/// Parses an endpoint URL, allowing no path beyond `/`; an error names
+/// `setting`.
+pub(crate) fn parse_endpoint(url: &str, setting: &'static str) -> Result<Endpoint> {
     let parsed = parse_url(url).map_err(|reason| Error::config(setting, reason))?;
     if !(parsed.path.is_empty() || parsed.path == "/") {
         return Err(Error::config(

@@ -114,15 +114,7 @@ impl AssumeRole {
             }
         }
         if let Some(url) = &self.endpoint_url {
-            crate::aws::endpoint::resolve_endpoint(
-                crate::aws::endpoint::Service::Sts,
-                Some(url),
-                "us-east-1",
-            )
-            .map_err(|e| match e {
-                Error::Config { reason, .. } => Error::config(setting, reason),
-                other => other,
-            })?;
+            crate::aws::endpoint::parse_endpoint(url, setting)?;
         }
         Ok(())
     }
