@@ -10,11 +10,11 @@ use crate::aws::client::{CLOUDWATCH, Client, ClientConfig};
 use crate::error::{Error, Result};
 
 /// The most metric data one PutMetricData request may carry.
-pub const MAX_DATUMS_PER_REQUEST: usize = 1000;
+pub(crate) const MAX_DATUMS_PER_REQUEST: usize = 1000;
 /// The largest PutMetricData request body, in bytes (the API allows 1 MB).
-pub const MAX_REQUEST_BYTES: usize = 1_000_000;
+pub(crate) const MAX_REQUEST_BYTES: usize = 1_000_000;
 /// The most dimensions one metric may have.
-pub const MAX_DIMENSIONS: usize = 30;
+pub(crate) const MAX_DIMENSIONS: usize = 30;
 
 /// A CloudWatch client.
 #[derive(Clone, Debug)]

@@ -11,9 +11,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use kinesis_consumer::__test_support::DynamoDbClient;
 use kinesis_consumer::aws::ClientConfig;
 use kinesis_consumer::aws::credentials::Credentials;
-use kinesis_consumer::aws::dynamodb::DynamoDbClient;
 use kinesis_consumer::aws::kinesis::KinesisClient;
 
 pub mod fake_aws;
