@@ -523,7 +523,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         let arn = match &self.settings.stream_arn {
             Some(arn) => Some(
                 crate::aws::kinesis::parse_stream_arn(arn)
-                    .map_err(|reason| Error::config("stream_arn", reason))?,
+                    .map_err(|e| Error::config("stream_arn", e.to_string()))?,
             ),
             None => None,
         };

@@ -262,7 +262,10 @@ impl Client {
         operation: &'static str,
         input: &I,
     ) -> Result<O> {
-        let body = serde_json::to_vec(input).map_err(|e| Error::Internal(e.to_string()))?;
+        let body = serde_json::to_vec(input).map_err(|e| Error::InvalidRequest {
+            operation,
+            reason: format!("cannot be encoded as JSON: {e}"),
+        })?;
         self.with_retries(operation, || {
             let reply = self.send(operation, &body)?;
             decode(operation, &reply)
@@ -487,12 +490,21 @@ fn strip_code_prefix(code: &str) -> &str {
     code.split(':').next().unwrap_or(code).trim()
 }
 
-fn describe_body(body: &[u8]) -> String {
-    if body.iter().all(u8::is_ascii_whitespace) {
+/// A short description of a reply body that is not the JSON we expect,
+/// for error messages: what it starts with (control characters left out),
+/// or that it is empty. Credential sources use it too.
+pub(crate) fn describe_body(body: &[u8]) -> String {
+    const SHOWN: usize = 120;
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
         return "empty reply body".to_owned();
     }
-    let text = String::from_utf8_lossy(body);
-    let snippet: String = text.chars().filter(|c| !c.is_control()).take(120).collect();
+    let mut chars = text.chars().filter(|c| !c.is_control());
+    let mut snippet: String = chars.by_ref().take(SHOWN).collect();
+    if chars.next().is_some() {
+        snippet.push('…');
+    }
     format!("unparsed reply body: {snippet}")
 }
 
@@ -579,6 +591,17 @@ mod tests {
         assert_eq!(
             e.message,
             format!("unparsed reply body: {}", String::from_utf8_lossy(body))
+        );
+    }
+
+    #[test]
+    fn bodies_are_described_briefly() {
+        assert_eq!(describe_body(b" \r\n"), "empty reply body");
+        assert_eq!(describe_body(b" <h1>\x07502</h1>\n"), "unparsed reply body: <h1>502</h1>");
+        let long = "x".repeat(500);
+        assert_eq!(
+            describe_body(long.as_bytes()),
+            format!("unparsed reply body: {}…", "x".repeat(120))
         );
     }
 

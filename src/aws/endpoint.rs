@@ -311,7 +311,7 @@ fn partition_domain(region: &str) -> &'static str {
 /// Parses an endpoint URL, allowing no path beyond `/`; an error names
 /// `setting`.
 pub(crate) fn parse_endpoint(url: &str, setting: &'static str) -> Result<Endpoint> {
-    let parsed = parse_url(url).map_err(|reason| Error::config(setting, reason))?;
+    let parsed = parse_url(url).map_err(|e| Error::config(setting, e.to_string()))?;
     if !(parsed.path.is_empty() || parsed.path == "/") {
         return Err(Error::config(
             setting,
@@ -346,36 +346,87 @@ impl ParsedUrl {
     }
 }
 
-/// Parses an absolute `http://` or `https://` URL by hand. The error is a
-/// sentence describing what is wrong.
-pub(crate) fn parse_url(url: &str) -> std::result::Result<ParsedUrl, String> {
+/// Why a URL was refused; its `Display` is a sentence quoting the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UrlError {
+    url: String,
+    kind: UrlErrorKind,
+}
+
+/// What is wrong with a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UrlErrorKind {
+    Whitespace,
+    Scheme,
+    UserInfo,
+    UnterminatedIpv6,
+    InvalidIpv6(String),
+    JunkAfterIpv6,
+    NoHost,
+    InvalidHost(String),
+    InvalidPort(String),
+}
+
+impl fmt::Display for UrlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = &self.url;
+        match &self.kind {
+            UrlErrorKind::Whitespace => write!(f, "URL {url:?} contains whitespace"),
+            UrlErrorKind::Scheme => write!(f, "URL {url:?} must start with http:// or https://"),
+            UrlErrorKind::UserInfo => write!(f, "URL {url:?} must not contain user information"),
+            UrlErrorKind::UnterminatedIpv6 => {
+                write!(f, "URL {url:?} has an unterminated IPv6 address")
+            }
+            UrlErrorKind::InvalidIpv6(addr) => {
+                write!(f, "URL {url:?} has an invalid IPv6 address {addr:?}")
+            }
+            UrlErrorKind::JunkAfterIpv6 => write!(f, "URL {url:?} has junk after the IPv6 address"),
+            UrlErrorKind::NoHost => write!(f, "URL {url:?} has no host"),
+            UrlErrorKind::InvalidHost(host) => {
+                write!(f, "URL {url:?} has an invalid host {host:?}")
+            }
+            UrlErrorKind::InvalidPort(port) => {
+                write!(f, "URL {url:?} has an invalid port {port:?}")
+            }
+        }
+    }
+}
+
+/// Parses an absolute `http://` or `https://` URL by hand.
+pub(crate) fn parse_url(url: &str) -> std::result::Result<ParsedUrl, UrlError> {
+    let fail = |kind| {
+        Err(UrlError {
+            url: url.to_owned(),
+            kind,
+        })
+    };
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("URL {url:?} contains whitespace"));
+        return fail(UrlErrorKind::Whitespace);
     }
     let (https, rest) = if let Some(rest) = strip_prefix_ignore_case(url, "https://") {
         (true, rest)
     } else if let Some(rest) = strip_prefix_ignore_case(url, "http://") {
         (false, rest)
     } else {
-        return Err(format!("URL {url:?} must start with http:// or https://"));
+        return fail(UrlErrorKind::Scheme);
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);
     if authority.contains('@') {
-        return Err(format!("URL {url:?} must not contain user information"));
+        return fail(UrlErrorKind::UserInfo);
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let Some((addr, after)) = v6.split_once(']') else {
-            return Err(format!("URL {url:?} has an unterminated IPv6 address"));
+            return fail(UrlErrorKind::UnterminatedIpv6);
         };
         if addr.parse::<Ipv6Addr>().is_err() {
-            return Err(format!("URL {url:?} has an invalid IPv6 address {addr:?}"));
+            return fail(UrlErrorKind::InvalidIpv6(addr.to_owned()));
         }
         let port = match after {
             "" => None,
             _ => match after.strip_prefix(':') {
                 Some(port) => Some(port),
-                None => return Err(format!("URL {url:?} has junk after the IPv6 address")),
+                None => return fail(UrlErrorKind::JunkAfterIpv6),
             },
         };
         (format!("[{}]", addr.to_ascii_lowercase()), port)
@@ -385,7 +436,7 @@ pub(crate) fn parse_url(url: &str) -> std::result::Result<ParsedUrl, String> {
             None => (authority, None),
         };
         if host.is_empty() {
-            return Err(format!("URL {url:?} has no host"));
+            return fail(UrlErrorKind::NoHost);
         }
         let host_ok = host
             .bytes()
@@ -393,7 +444,7 @@ pub(crate) fn parse_url(url: &str) -> std::result::Result<ParsedUrl, String> {
             && !host.starts_with(['.', '-'])
             && !host.contains("..");
         if !host_ok {
-            return Err(format!("URL {url:?} has an invalid host {host:?}"));
+            return fail(UrlErrorKind::InvalidHost(host.to_owned()));
         }
         (host.to_ascii_lowercase(), port)
     };
@@ -401,7 +452,7 @@ pub(crate) fn parse_url(url: &str) -> std::result::Result<ParsedUrl, String> {
         None => None,
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
-            _ => return Err(format!("URL {url:?} has an invalid port {p:?}")),
+            _ => return fail(UrlErrorKind::InvalidPort(p.to_owned())),
         },
     };
     Ok(ParsedUrl {
