@@ -597,7 +597,10 @@ mod tests {
     #[test]
     fn bodies_are_described_briefly() {
         assert_eq!(describe_body(b" \r\n"), "empty reply body");
-        assert_eq!(describe_body(b" <h1>\x07502</h1>\n"), "unparsed reply body: <h1>502</h1>");
+        assert_eq!(
+            describe_body(b" <h1>\x07502</h1>\n"),
+            "unparsed reply body: <h1>502</h1>"
+        );
         let long = "x".repeat(500);
         assert_eq!(
             describe_body(long.as_bytes()),

@@ -18,6 +18,8 @@ pub mod kinesis;
 pub(crate) mod sigv4;
 #[cfg(test)]
 pub(crate) mod test_server;
+#[cfg(test)]
+pub(crate) mod test_sigcheck;
 
 pub use client::ClientConfig;
 #[cfg(feature = "fuzzing")]

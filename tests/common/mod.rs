@@ -18,7 +18,12 @@ use kinesis_consumer::aws::kinesis::KinesisClient;
 
 pub mod fake_aws;
 pub mod proxy;
+// The crate's own test server and signature oracle, the same files its
+// unit tests use.
+#[path = "../../src/aws/test_sigcheck.rs"]
 pub mod sigcheck;
+#[path = "../../src/aws/test_server.rs"]
+pub mod test_server;
 
 /// Endpoints of the running emulators.
 pub struct Emulators {
