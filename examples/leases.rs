@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use kinesis_consumer::aws::ClientConfig;
-use kinesis_consumer::aws::dynamodb::DynamoDbClient;
 use kinesis_consumer::aws::kinesis::KinesisClient;
 use kinesis_consumer::{Checkpoint, LeaseStanding, Standing, inspect_leases, list_leases};
 
@@ -30,8 +29,7 @@ fn main() {
     let args = support::Args::parse(USAGE, &["app", "stream", "observe-ms"], &[]);
     let app = args.required(USAGE, "app");
     let observe = Duration::from_millis(args.number(USAGE, "observe-ms", 3500));
-    let dynamodb = DynamoDbClient::new(&ClientConfig::new())
-        .unwrap_or_else(|e| support::fail(USAGE, &e.to_string()));
+    let dynamodb = ClientConfig::new();
     let kinesis = args.get("stream").map(|stream| {
         (
             KinesisClient::new(&ClientConfig::new()).unwrap_or_else(fail),

@@ -33,6 +33,15 @@ pub enum Error {
         /// The underlying error (also [`std::error::Error::source`]).
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// A request was not sent because it cannot be: it breaks a service's
+    /// limits (too many metric data or dimensions, too large) or cannot be
+    /// encoded. Sending it again does not help.
+    InvalidRequest {
+        /// The operation that was refused, such as `PutMetricData`.
+        operation: &'static str,
+        /// What is wrong with the request.
+        reason: String,
+    },
     /// A response arrived but could not be understood.
     Decode {
         /// The operation whose response was malformed.
@@ -65,7 +74,8 @@ pub enum Error {
     /// A resource is not ready yet, such as a table or stream still being
     /// created; what it is and its state. Startup waits it out.
     NotReady(String),
-    /// A thread of the consumer stopped unexpectedly.
+    /// A thread of the consumer could not be started or stopped
+    /// unexpectedly.
     Internal(String),
 }
 
@@ -249,6 +259,9 @@ impl fmt::Display for Error {
             }
             Error::InvalidCheckpoint { shard_id, reason } => {
                 write!(f, "cannot checkpoint shard {shard_id}: {reason}")
+            }
+            Error::InvalidRequest { operation, reason } => {
+                write!(f, "{operation} request not sent: {reason}")
             }
             Error::NotReady(m) => write!(f, "not ready yet: {m}"),
             Error::Internal(m) => write!(f, "internal error: {m}"),

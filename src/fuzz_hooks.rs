@@ -28,7 +28,7 @@ pub fn decode_json(body: &[u8]) -> crate::Result<serde_json::Value> {
 
 /// A lease table row (DynamoDB JSON) to a lease, or why it is unusable.
 pub fn parse_lease(item: &crate::aws::dynamodb::Item) -> Result<crate::Lease, String> {
-    crate::lease::parse_lease(item)
+    crate::lease::parse_lease(item).map_err(|why| why.to_string())
 }
 
 /// The stored form of a checkpoint, and back.

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::proxy::{Fault, Proxy, Trigger};
-use kinesis_consumer::aws::dynamodb::AttributeValue;
+use kinesis_consumer::__test_support::AttributeValue;
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
 use kinesis_consumer::{
     Checkpoint, Checkpointer, Checkpointing, Error, ErrorPolicy, HandlerResult, Payload, Record,
@@ -34,7 +34,7 @@ fn put(stream: &str, prefix: &str, count: usize) {
 
 /// Each shard's checkpoint in the lease table.
 fn checkpoints(app: &str) -> BTreeMap<String, Checkpoint> {
-    kinesis_consumer::list_leases(&common::dynamodb(), app)
+    kinesis_consumer::list_leases(&common::config(&common::emulators().dynamodb_url), app)
         .unwrap()
         .into_iter()
         .map(|l| (l.shard_id, l.checkpoint))

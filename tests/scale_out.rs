@@ -487,7 +487,7 @@ fn two_applications_on_one_stream_each_see_every_record() {
 
 #[test]
 fn the_leases_example_explains_every_shard() {
-    use kinesis_consumer::aws::dynamodb::{AttributeValue, Item};
+    use kinesis_consumer::__test_support::{AttributeValue, Item};
     let app = common::unique_name("app");
     let d = common::dynamodb();
     d.create_table(&app, "leaseKey").unwrap();
@@ -536,7 +536,7 @@ fn the_leases_example_explains_every_shard() {
                     let key =
                         HashMap::from([("leaseKey".to_owned(), AttributeValue::S(shard.into()))]);
                     let bump =
-                        kinesis_consumer::aws::dynamodb::Expression::new("SET leaseCounter = :n")
+                        kinesis_consumer::__test_support::Expression::new("SET leaseCounter = :n")
                             .value(":n", AttributeValue::N(n.to_string()));
                     d.update_item(&app, &key, &bump, None).unwrap();
                 }

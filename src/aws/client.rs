@@ -36,6 +36,9 @@ const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
 pub struct ClientConfig {
     pub(crate) region: Option<String>,
     pub(crate) endpoint_url: Option<String>,
+    /// The setting an invalid `endpoint_url` is reported as: the consumer
+    /// builder's per-service overrides have names of their own.
+    pub(crate) endpoint_setting: &'static str,
     pub(crate) credentials: Option<Arc<dyn ProvideCredentials>>,
     pub(crate) retry_wait: Duration,
     pub(crate) max_attempts: u32,
@@ -72,6 +75,7 @@ impl ClientConfig {
         ClientConfig {
             region: None,
             endpoint_url: None,
+            endpoint_setting: "endpoint_url",
             credentials: None,
             retry_wait: Duration::from_millis(100),
             max_attempts: 3,
@@ -207,8 +211,10 @@ impl Client {
     pub(crate) fn new(protocol: Protocol, config: &ClientConfig) -> Result<Client> {
         config.validate()?;
         let region = endpoint::resolve_region(config.region.as_deref())?;
-        let endpoint =
-            endpoint::resolve_endpoint(protocol.service, config.endpoint_url.as_deref(), &region)?;
+        let endpoint = match &config.endpoint_url {
+            Some(url) => endpoint::parse_endpoint(url, config.endpoint_setting)?,
+            None => endpoint::resolve_endpoint(protocol.service, None, &region)?,
+        };
         let credentials = match &config.credentials {
             Some(c) => c.clone(),
             None => Arc::new(DefaultCredentialsChain::new()),
@@ -256,7 +262,10 @@ impl Client {
         operation: &'static str,
         input: &I,
     ) -> Result<O> {
-        let body = serde_json::to_vec(input).map_err(|e| Error::Internal(e.to_string()))?;
+        let body = serde_json::to_vec(input).map_err(|e| Error::InvalidRequest {
+            operation,
+            reason: format!("cannot be encoded as JSON: {e}"),
+        })?;
         self.with_retries(operation, || {
             let reply = self.send(operation, &body)?;
             decode(operation, &reply)
@@ -481,12 +490,21 @@ fn strip_code_prefix(code: &str) -> &str {
     code.split(':').next().unwrap_or(code).trim()
 }
 
-fn describe_body(body: &[u8]) -> String {
-    if body.iter().all(u8::is_ascii_whitespace) {
+/// A short description of a reply body that is not the JSON we expect,
+/// for error messages: what it starts with (control characters left out),
+/// or that it is empty. Credential sources use it too.
+pub(crate) fn describe_body(body: &[u8]) -> String {
+    const SHOWN: usize = 120;
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
         return "empty reply body".to_owned();
     }
-    let text = String::from_utf8_lossy(body);
-    let snippet: String = text.chars().filter(|c| !c.is_control()).take(120).collect();
+    let mut chars = text.chars().filter(|c| !c.is_control());
+    let mut snippet: String = chars.by_ref().take(SHOWN).collect();
+    if chars.next().is_some() {
+        snippet.push('…');
+    }
     format!("unparsed reply body: {snippet}")
 }
 
@@ -573,6 +591,20 @@ mod tests {
         assert_eq!(
             e.message,
             format!("unparsed reply body: {}", String::from_utf8_lossy(body))
+        );
+    }
+
+    #[test]
+    fn bodies_are_described_briefly() {
+        assert_eq!(describe_body(b" \r\n"), "empty reply body");
+        assert_eq!(
+            describe_body(b" <h1>\x07502</h1>\n"),
+            "unparsed reply body: <h1>502</h1>"
+        );
+        let long = "x".repeat(500);
+        assert_eq!(
+            describe_body(long.as_bytes()),
+            format!("unparsed reply body: {}…", "x".repeat(120))
         );
     }
 

@@ -12,14 +12,19 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use kinesis_consumer::__test_support::DynamoDbClient;
 use kinesis_consumer::aws::ClientConfig;
 use kinesis_consumer::aws::credentials::Credentials;
-use kinesis_consumer::aws::dynamodb::DynamoDbClient;
 use kinesis_consumer::aws::kinesis::{KinesisClient, PutRecordsEntry};
 
 pub mod fake_aws;
 pub mod proxy;
+// The crate's own test server and signature oracle, the same files its
+// unit tests use.
+#[path = "../../src/aws/test_sigcheck.rs"]
 pub mod sigcheck;
+#[path = "../../src/aws/test_server.rs"]
+pub mod test_server;
 
 /// Endpoints of the running emulators.
 pub struct Emulators {
