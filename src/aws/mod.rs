@@ -9,6 +9,7 @@ pub mod dynamodb;
 pub mod endpoint;
 mod env;
 pub(crate) mod get_records;
+pub(crate) mod http2;
 pub mod kinesis;
 pub mod sigv4;
 #[cfg(test)]
