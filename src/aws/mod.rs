@@ -6,6 +6,7 @@ pub(crate) mod client;
 pub mod cloudwatch;
 pub mod credentials;
 pub mod dynamodb;
+pub(crate) mod event_stream;
 pub mod endpoint;
 mod env;
 pub(crate) mod get_records;
