@@ -23,7 +23,11 @@ const CRC_TABLE: [u32; 256] = {
         let mut c = n as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         table[n] = c;
@@ -115,12 +119,14 @@ impl Decoder {
         if self.buf.len() < PRELUDE {
             return Ok(None);
         }
-        let word = |at: usize| u32::from_be_bytes([
-            self.buf[at],
-            self.buf[at + 1],
-            self.buf[at + 2],
-            self.buf[at + 3],
-        ]);
+        let word = |at: usize| {
+            u32::from_be_bytes([
+                self.buf[at],
+                self.buf[at + 1],
+                self.buf[at + 2],
+                self.buf[at + 3],
+            ])
+        };
         let (total, headers_len, prelude_crc) = (word(0) as usize, word(4) as usize, word(8));
         let computed = crc32(&self.buf[..8]);
         if computed != prelude_crc {
@@ -175,28 +181,29 @@ fn parse_headers(mut bytes: &[u8]) -> Result<Vec<(String, HeaderValue)>, EventSt
         let name = String::from_utf8(name.to_vec())
             .map_err(|_| EventStreamError("a header name is not UTF-8".into()))?;
         let kind = take(&mut bytes, 1, "a header type")?[0];
-        let value = match kind {
-            0 => HeaderValue::Bool(true),
-            1 => HeaderValue::Bool(false),
-            2 => HeaderValue::Byte(i8::from_be_bytes(array(&mut bytes, &name)?)),
-            3 => HeaderValue::Short(i16::from_be_bytes(array(&mut bytes, &name)?)),
-            4 => HeaderValue::Int(i32::from_be_bytes(array(&mut bytes, &name)?)),
-            5 => HeaderValue::Long(i64::from_be_bytes(array(&mut bytes, &name)?)),
-            6 | 7 => {
-                let len = usize::from(u16::from_be_bytes(array(&mut bytes, &name)?));
-                let raw = take(&mut bytes, len, &name)?.to_vec();
-                if kind == 6 {
-                    HeaderValue::Bytes(raw)
-                } else {
-                    HeaderValue::String(String::from_utf8(raw).map_err(|_| {
-                        EventStreamError(format!("header {name:?} is not UTF-8"))
-                    })?)
+        let value =
+            match kind {
+                0 => HeaderValue::Bool(true),
+                1 => HeaderValue::Bool(false),
+                2 => HeaderValue::Byte(i8::from_be_bytes(array(&mut bytes, &name)?)),
+                3 => HeaderValue::Short(i16::from_be_bytes(array(&mut bytes, &name)?)),
+                4 => HeaderValue::Int(i32::from_be_bytes(array(&mut bytes, &name)?)),
+                5 => HeaderValue::Long(i64::from_be_bytes(array(&mut bytes, &name)?)),
+                6 | 7 => {
+                    let len = usize::from(u16::from_be_bytes(array(&mut bytes, &name)?));
+                    let raw = take(&mut bytes, len, &name)?.to_vec();
+                    if kind == 6 {
+                        HeaderValue::Bytes(raw)
+                    } else {
+                        HeaderValue::String(String::from_utf8(raw).map_err(|_| {
+                            EventStreamError(format!("header {name:?} is not UTF-8"))
+                        })?)
+                    }
                 }
-            }
-            8 => HeaderValue::Timestamp(i64::from_be_bytes(array(&mut bytes, &name)?)),
-            9 => HeaderValue::Uuid(array(&mut bytes, &name)?),
-            other => return error(format!("header {name:?} has unknown type {other}")),
-        };
+                8 => HeaderValue::Timestamp(i64::from_be_bytes(array(&mut bytes, &name)?)),
+                9 => HeaderValue::Uuid(array(&mut bytes, &name)?),
+                other => return error(format!("header {name:?} has unknown type {other}")),
+            };
         headers.push((name, value));
     }
     Ok(headers)
@@ -266,7 +273,10 @@ pub(crate) fn event(event_type: &str, json: &str) -> Vec<u8> {
         &[
             (":message-type", HeaderValue::String("event".into())),
             (":event-type", HeaderValue::String(event_type.into())),
-            (":content-type", HeaderValue::String("application/json".into())),
+            (
+                ":content-type",
+                HeaderValue::String("application/json".into()),
+            ),
         ],
         json.as_bytes(),
     )
@@ -294,7 +304,10 @@ mod tests {
             "SubscribeToShardEvent",
             r#"{"Records":[],"ContinuationSequenceNumber":"49680587197776944958277749254210132315132962011556610050","MillisBehindLatest":0,"ChildShards":null}"#,
         );
-        assert_eq!(bytes[..12], [0, 0, 0, 0xfb, 0, 0, 0, 0x5b, 0xa6, 0x7f, 0x36, 0x59]);
+        assert_eq!(
+            bytes[..12],
+            [0, 0, 0, 0xfb, 0, 0, 0, 0x5b, 0xa6, 0x7f, 0x36, 0x59]
+        );
         let mut d = Decoder::default();
         d.push(&bytes);
         let m = d.next_message().unwrap().unwrap();
@@ -321,8 +334,10 @@ mod tests {
         let mut d = Decoder::default();
         d.push(&bytes);
         let m = d.next_message().unwrap().unwrap();
-        let expected: Vec<(String, HeaderValue)> =
-            headers.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
+        let expected: Vec<(String, HeaderValue)> = headers
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v))
+            .collect();
         assert_eq!(m.headers, expected);
         assert_eq!(m.payload, b"payload");
     }
@@ -340,7 +355,11 @@ mod tests {
                     got.push(m.payload);
                 }
             }
-            assert_eq!(got, [b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec()], "split at {split}");
+            assert_eq!(
+                got,
+                [b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec()],
+                "split at {split}"
+            );
         }
     }
 
@@ -389,6 +408,11 @@ mod tests {
         prelude.extend_from_slice(&crc32(&prelude).to_be_bytes());
         let mut d = Decoder::default();
         d.push(&prelude);
-        assert!(d.next_message().unwrap_err().0.contains("a message of 8 bytes"));
+        assert!(
+            d.next_message()
+                .unwrap_err()
+                .0
+                .contains("a message of 8 bytes")
+        );
     }
 }

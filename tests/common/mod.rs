@@ -17,6 +17,7 @@ use kinesis_consumer::aws::dynamodb::DynamoDbClient;
 use kinesis_consumer::aws::kinesis::KinesisClient;
 
 pub mod fake_aws;
+pub mod pinned_tls;
 pub mod proxy;
 pub mod sigcheck;
 

@@ -23,7 +23,6 @@ pub(crate) const PADDED: u8 = 0x8;
 pub(crate) const PRIORITY_FLAG: u8 = 0x20;
 
 /// Settings identifiers (RFC 9113, section 6.5.2).
-pub(crate) const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
 pub(crate) const SETTINGS_ENABLE_PUSH: u16 = 0x2;
 pub(crate) const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 pub(crate) const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
@@ -34,7 +33,6 @@ pub(crate) const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
 pub(crate) const NO_ERROR: u32 = 0x0;
 pub(crate) const PROTOCOL_ERROR: u32 = 0x1;
 pub(crate) const FLOW_CONTROL_ERROR: u32 = 0x3;
-pub(crate) const STREAM_CLOSED: u32 = 0x5;
 pub(crate) const FRAME_SIZE_ERROR: u32 = 0x6;
 pub(crate) const CANCEL: u32 = 0x8;
 pub(crate) const COMPRESSION_ERROR: u32 = 0x9;

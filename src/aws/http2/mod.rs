@@ -11,4 +11,4 @@ pub(crate) mod frame;
 pub(crate) mod hpack;
 pub(crate) mod huffman;
 
-pub(crate) use connection::{BodyRead, Connection, Http2Error, Response, ResponseBody, Target};
+pub(crate) use connection::{BodyRead, Connection, Http2Error, ResponseBody, Target};
