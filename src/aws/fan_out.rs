@@ -536,3 +536,6 @@ fn read_error_body(stream: &mut ResponseBody, read_timeout: Duration) -> Vec<u8>
     body.truncate(MAX_ERROR_BODY);
     body
 }
+
+#[cfg(test)]
+mod tests;

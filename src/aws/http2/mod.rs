@@ -10,5 +10,7 @@ mod connection;
 pub(crate) mod frame;
 pub(crate) mod hpack;
 pub(crate) mod huffman;
+#[cfg(test)]
+pub(crate) mod test_server;
 
 pub(crate) use connection::{BodyRead, Connection, Http2Error, ResponseBody, Target};
