@@ -1172,3 +1172,159 @@ impl FrameHandler<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Condvar, Mutex};
+
+    use super::*;
+    use crate::aws::http2::test_server::{ScriptedServer, indexed_huffman};
+
+    fn target(url: &str) -> Target {
+        let address = url.trim_start_matches("http://");
+        let (host, port) = address.split_once(':').unwrap();
+        Target {
+            host: host.into(),
+            port: port.parse().unwrap(),
+            authority: address.into(),
+            tls: None,
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Credit the client gave, by stream (0: the connection).
+    type Windows = Arc<(Mutex<HashMap<u32, i64>>, Condvar)>;
+
+    /// Sends `total` bytes on `stream` without ever exceeding the client's
+    /// windows; panics when no WINDOW_UPDATE comes for 5 s (a deadlock).
+    fn send_within_windows(
+        socket: &mut TcpStream,
+        windows: &Windows,
+        stream: u32,
+        total: usize,
+        end: bool,
+    ) {
+        let chunk = [0u8; 16_384];
+        let mut sent = 0;
+        while sent < total {
+            let n = chunk.len().min(total - sent);
+            let (lock, changed) = &**windows;
+            let mut w = lock.lock().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while w[&0] < n as i64 || w[&stream] < n as i64 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                assert!(
+                    !left.is_zero(),
+                    "stream {stream}: no window after {sent} bytes (deadlock)"
+                );
+                w = changed.wait_timeout(w, left).unwrap().0;
+            }
+            *w.get_mut(&0).unwrap() -= n as i64;
+            *w.get_mut(&stream).unwrap() -= n as i64;
+            drop(w);
+            sent += n;
+            let flags = if end && sent == total {
+                frame::END_STREAM
+            } else {
+                0
+            };
+            let mut out = Vec::new();
+            frame::write_frame(&mut out, frame::DATA, flags, stream, &chunk[..n]);
+            socket.write_all(&out).unwrap();
+        }
+    }
+
+    /// Four streams nobody reads hold 4 x 4 MiB, the whole connection
+    /// window: a client that gave the connection's credit back only as
+    /// data is read would stall every other stream here.
+    #[test]
+    fn streams_nobody_reads_do_not_stall_another_on_the_same_connection() {
+        const B_BYTES: usize = 20 << 20;
+        const UNREAD: usize = (CONNECTION_WINDOW / STREAM_WINDOW) as usize;
+        let server = ScriptedServer::start(|peer| {
+            peer.handshake(&[]);
+            let unread: Vec<u32> = (0..UNREAD).map(|_| peer.read_request().stream).collect();
+            let b = peer.read_request().stream;
+            // The first response adds an entry to the dynamic table; the
+            // others use it.
+            let mut block = vec![0x88];
+            indexed_huffman(&mut block, 0, "x-amzn-requestid", "shared-id");
+            peer.headers(unread[0], &block, None, false);
+            for &id in unread[1..].iter().chain([&b]) {
+                peer.headers(id, &[0x88, 0x80 | 62], None, false);
+            }
+            let mut credit = HashMap::from([(0, i64::from(CONNECTION_WINDOW))]);
+            for &id in unread.iter().chain([&b]) {
+                credit.insert(id, i64::from(STREAM_WINDOW));
+            }
+            let windows: Windows = Arc::new((Mutex::new(credit), Condvar::new()));
+            let mut updates = peer.socket.try_clone().unwrap();
+            let seen = windows.clone();
+            std::thread::spawn(move || {
+                while let Ok(Some(f)) = frame::read_frame(&mut updates, 1 << 20) {
+                    if f.kind == frame::WINDOW_UPDATE {
+                        let n = frame::parse_u32("WINDOW_UPDATE", &f.payload).unwrap();
+                        *seen.0.lock().unwrap().entry(f.stream).or_default() += i64::from(n);
+                        seen.1.notify_all();
+                    }
+                }
+            });
+            for &id in &unread {
+                send_within_windows(
+                    &mut peer.socket,
+                    &windows,
+                    id,
+                    STREAM_WINDOW as usize,
+                    false,
+                );
+            }
+            send_within_windows(&mut peer.socket, &windows, b, B_BYTES, true);
+        });
+        let connection = Connection::connect(&target(&server.url)).unwrap();
+        let mut unread: Vec<ResponseBody> = (0..UNREAD)
+            .map(|_| connection.request("POST", "/", &[], b"a").unwrap())
+            .collect();
+        let mut b = connection.request("POST", "/", &[], b"b").unwrap();
+        for stream in unread.iter_mut().chain([&mut b]) {
+            assert_eq!(
+                stream.response().unwrap().header("x-amzn-requestid"),
+                Some("shared-id")
+            );
+        }
+        assert_eq!(connection.open_streams(), UNREAD + 1);
+        let mut received = 0;
+        loop {
+            match b.read(Duration::from_secs(5)).unwrap() {
+                BodyRead::Data(bytes) => received += bytes.len(),
+                BodyRead::End => break,
+                BodyRead::Nothing => panic!("stream B stalled after {received} bytes"),
+            }
+        }
+        assert_eq!(received, B_BYTES);
+        server.finish();
+    }
+
+    #[test]
+    fn requests_after_goaway_are_refused_and_headers_need_a_status() {
+        let server = ScriptedServer::start(|peer| {
+            peer.handshake(&[]);
+            let request = peer.read_request();
+            // A response without :status is a stream error.
+            let mut block = Vec::new();
+            hpack::encode_literal(&mut block, "content-type", b"x");
+            peer.headers(request.stream, &block, None, false);
+            peer.goaway(request.stream, frame::NO_ERROR, "");
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let connection = Connection::connect(&target(&server.url)).unwrap();
+        let mut stream = connection.request("GET", "/", &[], b"").unwrap();
+        let err = stream.response().unwrap_err();
+        assert!(err.to_string().contains(":status"), "{err}");
+        std::thread::sleep(Duration::from_millis(100));
+        let refused = connection.request("GET", "/", &[], b"").err().unwrap();
+        assert!(matches!(refused, Http2Error::GoAway { .. }), "{refused:?}");
+        server.finish();
+    }
+}
