@@ -249,3 +249,71 @@ fn after_a_split_the_parent_stops_and_a_child_subscription_reads() {
         }
     }
 }
+
+/// Figures for the choice of one HTTP/2 connection per subscription (see
+/// src/aws/fan_out.rs): what a subscription costs to open, h2c and TLS,
+/// and what of it a shared connection would save (TCP connect + TLS
+/// handshake). Prints figures; asserts only that everything worked.
+#[test]
+fn measure_subscription_setup() {
+    use std::net::TcpStream;
+    use std::sync::Arc;
+
+    use kinesis_consumer::aws::rustls;
+
+    const SHARDS: u32 = 10;
+    let (_stream, _arn, consumer) = stream_with_consumer(SHARDS);
+    let e = common::emulators();
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    for (label, url) in [("h2c", &e.kinesis_url), ("TLS", &e.kinesis_tls_url)] {
+        let fan_out = client_at(url);
+        let mut times = Vec::new();
+        let mut open = Vec::new();
+        for shard in 0..SHARDS {
+            let started = Instant::now();
+            let sub = fan_out
+                .subscribe_to_shard(
+                    &consumer.consumer_arn,
+                    &format!("shardId-{shard:012}"),
+                    &IteratorPosition::Latest,
+                )
+                .unwrap();
+            times.push(started.elapsed());
+            open.push(sub);
+        }
+        assert_eq!(open.len(), SHARDS as usize);
+        println!(
+            "FANOUT | subscribe_to_shard over {label} (new connection, to response headers) | median {:?}, max {:?} over {SHARDS} shards",
+            median(times.clone()),
+            times.iter().max().unwrap()
+        );
+        // Let the emulator forget these subscriptions before the next run.
+        drop(open);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // The part a shared connection would save: TCP connect + TLS handshake.
+    let certificate = common::pinned_tls::kinesis_local_certificate(&common::emulators_dir());
+    let mut config = (*common::pinned_tls::trusting_only(certificate)).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = Arc::new(config);
+    let address = e.kinesis_tls_url.trim_start_matches("https://").to_owned();
+    let mut handshakes = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let mut socket = TcpStream::connect(&address).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut session = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        while session.is_handshaking() {
+            session.complete_io(&mut socket).unwrap();
+        }
+        handshakes.push(started.elapsed());
+        assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
+    }
+    println!(
+        "FANOUT | TCP connect + TLS handshake (ALPN h2) to kinesis-local | median {:?} over 20",
+        median(handshakes)
+    );
+}

@@ -167,7 +167,8 @@ impl Response {
 enum Transport {
     Plain(TcpStream),
     Tls {
-        session: Mutex<rustls::ClientConnection>,
+        // Boxed: a TLS session is a kilobyte, a socket a few bytes.
+        session: Box<Mutex<rustls::ClientConnection>>,
         socket: TcpStream,
     },
 }
@@ -756,7 +757,7 @@ fn tls_handshake(
     // The reader thread blocks until data or the socket's shutdown.
     socket.set_read_timeout(None).map_err(io)?;
     Ok(Transport::Tls {
-        session: Mutex::new(session),
+        session: Box::new(Mutex::new(session)),
         socket,
     })
 }
