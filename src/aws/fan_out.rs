@@ -6,11 +6,11 @@
 //! rather than many subscriptions as streams of one connection: the
 //! service ends every subscription after 5 minutes, so a connection's
 //! setup (tens of milliseconds on kinesis-local; `tests/fan_out.rs`
-//! measures it) is paid once
-//! per shard per 5 minutes; a GOAWAY, reset or stalled socket then affects
-//! one shard only; and a shard reader already is a thread of its own. The
-//! HTTP/2 client does carry many streams on one connection (its tests do),
-//! so sharing would be a change in this file only.
+//! measures it) is paid once per shard per 5 minutes; a GOAWAY, reset or
+//! stalled socket then affects one shard only; and a shard reader already
+//! is a thread of its own. The HTTP/2 client does carry many streams on
+//! one connection (its tests do), so sharing would be a change in this
+//! file only.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
