@@ -317,3 +317,61 @@ fn measure_subscription_setup() {
         median(handshakes)
     );
 }
+
+#[test]
+fn the_leases_example_deregisters_a_consumer_on_request() {
+    let (stream, arn, consumer) = stream_with_consumer(1);
+    let e = common::emulators();
+    let out = std::process::Command::new(common::example_binary("leases"))
+        .args(["--stream", &stream, "--deregister-consumer", "fan-out-test"])
+        .env("AWS_ENDPOINT_URL_KINESIS", &e.kinesis_url)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&consumer.consumer_arn), "{stdout}");
+    let k = common::kinesis();
+    let gone = Instant::now() + Duration::from_secs(10);
+    while k
+        .list_stream_consumers(&arn)
+        .unwrap()
+        .iter()
+        .any(|c| c.consumer_arn == consumer.consumer_arn && c.consumer_status == "ACTIVE")
+    {
+        assert!(Instant::now() < gone, "the consumer is still ACTIVE");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Asking again names what is missing.
+    let again = std::process::Command::new(common::example_binary("leases"))
+        .args([
+            "--stream",
+            &stream,
+            "--deregister-consumer",
+            "no-such-consumer",
+        ])
+        .env("AWS_ENDPOINT_URL_KINESIS", &e.kinesis_url)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("ResourceNotFoundException"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
