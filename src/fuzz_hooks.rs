@@ -76,9 +76,12 @@ pub fn http2_frames(bytes: &[u8]) -> usize {
     count
 }
 
+/// A decoded header field: name and value.
+pub type HeaderField = (String, Vec<u8>);
+
 /// Decodes `blocks` in turn with one HPACK decoder (the dynamic table
 /// carries over, as on a connection); each block's fields or error.
-pub fn hpack_blocks(blocks: &[&[u8]]) -> Vec<Result<Vec<(String, Vec<u8>)>, String>> {
+pub fn hpack_blocks(blocks: &[&[u8]]) -> Vec<Result<Vec<HeaderField>, String>> {
     let mut decoder = crate::aws::http2::hpack::Decoder::new(4096, 64 * 1024);
     blocks
         .iter()
