@@ -485,10 +485,14 @@ impl KinesisClient {
             read_timeout,
         };
         let connection = Connection::connect(&target).map_err(|e| http2_error(&url, e))?;
-        let refs: Vec<(&str, &str)> = headers
+        let mut refs: Vec<(&str, &str)> = headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
+        refs.push((
+            "user-agent",
+            concat!("kinesis-consumer/", env!("CARGO_PKG_VERSION")),
+        ));
         let mut stream = connection
             .request("POST", "/", &refs, &body)
             .map_err(|e| http2_error(&url, e))?;

@@ -92,6 +92,13 @@ fn events_with_huffman_dynamic_table_headers_padding_ping_and_child_shards() {
                 .unwrap()
                 .starts_with("AWS4-HMAC-SHA256 ")
         );
+        assert!(request.header("x-amz-date").is_some());
+        assert!(
+            request
+                .header("user-agent")
+                .unwrap()
+                .starts_with("kinesis-consumer/")
+        );
         let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
         assert_eq!(body["ConsumerARN"], CONSUMER);
         assert_eq!(body["ShardId"], "shardId-000000000001");
