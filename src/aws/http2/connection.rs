@@ -837,9 +837,9 @@ fn read_frames(inner: Arc<Inner>) {
 
 /// Sends GOAWAY for a connection error we found; the error streams report.
 fn fail_with_goaway(inner: &Inner, code: u32, message: String) -> Http2Error {
-    let last = lock(&inner.state).next_id.saturating_sub(2);
     let mut out = Vec::new();
-    frame::write_goaway(&mut out, last, code, message.as_bytes());
+    // The last stream the server opened and we handled: it opens none.
+    frame::write_goaway(&mut out, 0, code, message.as_bytes());
     let _ = inner.send(&out);
     Http2Error::Protocol { code, message }
 }
