@@ -1328,4 +1328,76 @@ mod tests {
         assert!(matches!(refused, Http2Error::GoAway { .. }), "{refused:?}");
         server.finish();
     }
+
+    #[test]
+    fn large_header_blocks_use_continuation_and_oversized_frames_end_the_connection() {
+        let big = "v".repeat(40_000);
+        let expected = big.clone();
+        let server = ScriptedServer::start(move |peer| {
+            peer.handshake(&[]);
+            let request = peer.read_request();
+            assert_eq!(request.header("x-big"), Some(expected.as_str()));
+            peer.ok_headers(request.stream);
+            // A DATA frame above our SETTINGS_MAX_FRAME_SIZE (16384).
+            let mut out = Vec::new();
+            frame::write_frame(&mut out, frame::DATA, 0, request.stream, &[0u8; 20_000]);
+            peer.send(&out);
+            loop {
+                let f = peer.read_frame();
+                if f.kind == frame::GOAWAY {
+                    let (_, code, _) = frame::parse_goaway(&f.payload).unwrap();
+                    assert_eq!(code, frame::FRAME_SIZE_ERROR);
+                    break;
+                }
+            }
+        });
+        let connection = Connection::connect(&target(&server.url)).unwrap();
+        let mut stream = connection
+            .request("POST", "/", &[("x-big", big.as_str())], b"{}")
+            .unwrap();
+        stream.response().unwrap();
+        let err = stream.read(Duration::from_secs(5)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Http2Error::Protocol {
+                    code: frame::FRAME_SIZE_ERROR,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("20000 bytes"), "{err}");
+        server.finish();
+    }
+
+    #[test]
+    fn push_promise_is_a_protocol_error_answered_with_goaway() {
+        let server = ScriptedServer::start(|peer| {
+            peer.handshake(&[]);
+            let request = peer.read_request();
+            let mut out = Vec::new();
+            frame::write_frame(
+                &mut out,
+                frame::PUSH_PROMISE,
+                frame::END_HEADERS,
+                request.stream,
+                &[0, 0, 0, 2, 0x82],
+            );
+            peer.send(&out);
+            loop {
+                let f = peer.read_frame();
+                if f.kind == frame::GOAWAY {
+                    let (last, code, _) = frame::parse_goaway(&f.payload).unwrap();
+                    assert_eq!((last, code), (0, frame::PROTOCOL_ERROR));
+                    break;
+                }
+            }
+        });
+        let connection = Connection::connect(&target(&server.url)).unwrap();
+        let mut stream = connection.request("GET", "/", &[], b"").unwrap();
+        let err = stream.response().unwrap_err();
+        assert!(err.to_string().contains("PUSH_PROMISE"), "{err}");
+        server.finish();
+    }
 }
