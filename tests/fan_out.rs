@@ -294,6 +294,31 @@ fn measure_subscription_setup() {
         drop(open);
         std::thread::sleep(Duration::from_secs(1));
     }
+    // Put -> event latency on one subscription (h2c), one record at a time.
+    let (stream, _arn, consumer) = stream_with_consumer(1);
+    let k = common::kinesis();
+    let fan_out = client_at(&e.kinesis_url);
+    let mut sub = fan_out
+        .subscribe_to_shard(
+            &consumer.consumer_arn,
+            "shardId-000000000000",
+            &IteratorPosition::Latest,
+        )
+        .unwrap();
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        let started = Instant::now();
+        put(&k, &stream, i..i + 1);
+        let (got, _) = collect(&mut sub, 1);
+        assert_eq!(got, [format!("record-{i}").into_bytes()]);
+        latencies.push(started.elapsed());
+    }
+    let max = *latencies.iter().max().unwrap();
+    println!(
+        "FANOUT | put -> SubscribeToShardEvent on kinesis-local (h2c, debug build) | median {:?}, max {max:?} over 20 records",
+        median(latencies)
+    );
+    drop(sub);
     // The part a shared connection would save: TCP connect + TLS handshake.
     let certificate = common::pinned_tls::kinesis_local_certificate(&common::emulators_dir());
     let mut config = (*common::pinned_tls::trusting_only(certificate)).clone();
