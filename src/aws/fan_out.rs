@@ -161,8 +161,12 @@ impl Subscription {
     /// Waits up to `wait` for the next event. An error ends the
     /// subscription: a bad checksum or malformed event is an
     /// [`Error::Decode`] (never a skipped record), an exception event an
-    /// [`Error::Service`], a reset, GOAWAY or silence longer than the read
-    /// timeout an [`Error::Transport`].
+    /// [`Error::Service`] (its code, such as `ResourceInUseException`; its
+    /// status the 200 of the response that carried it), a reset, GOAWAY or
+    /// silence longer than the read timeout an [`Error::Transport`]. After
+    /// an error, subscribe again after
+    /// [`continuation_sequence_number`](Self::continuation_sequence_number):
+    /// nothing after it was delivered.
     pub fn poll(&mut self, wait: Duration) -> Result<Polled> {
         let result = self.poll_inner(wait);
         if !matches!(result, Ok(Polled::Event(_) | Polled::Idle)) {
