@@ -1,6 +1,6 @@
 //! One HTTP/2 client connection: the preface and SETTINGS exchange, a
-//! reader thread that handles every frame the server sends, requests as
-//! streams, and flow control in both directions.
+//! reader thread (`reader.rs`) that handles every frame the server sends,
+//! requests as streams, and flow control in both directions.
 //!
 //! Flow control never lets one slow stream stall the others: the
 //! connection-level window is given back as soon as DATA arrives (each
@@ -11,28 +11,29 @@
 //! in increasing order) may be taken before `state`, never after it.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
-use std::io::{self, BufReader, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::io;
+use std::net::Shutdown;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::frame::{self, Frame, ReadError};
+use super::error::Http2Error;
+use super::frame;
 use super::hpack;
-use crate::error::TransportKind;
+use super::reader::read_frames;
+use super::transport::{Transport, open_socket, tls_handshake};
 
 /// Each stream's receive window: what the server may send before we take
 /// it out. Two seconds of a shard's fan-out rate (2 MiB/s).
-const STREAM_WINDOW: u32 = 4 << 20;
+pub(super) const STREAM_WINDOW: u32 = 4 << 20;
 /// The connection's receive window; given back as data arrives.
-const CONNECTION_WINDOW: u32 = 16 << 20;
+pub(super) const CONNECTION_WINDOW: u32 = 16 << 20;
 /// The most header bytes (names, values, 32 per field) one block may hold.
-const MAX_HEADER_LIST: usize = 64 << 10;
+pub(super) const MAX_HEADER_LIST: usize = 64 << 10;
 /// The most bytes of HPACK one header block (HEADERS + CONTINUATION) may take.
-const MAX_HEADER_BLOCK: usize = 256 << 10;
+pub(super) const MAX_HEADER_BLOCK: usize = 256 << 10;
 /// The largest frame we accept: the default, which we never raise.
-const OUR_MAX_FRAME: u32 = frame::DEFAULT_MAX_FRAME_SIZE;
+pub(super) const OUR_MAX_FRAME: u32 = frame::DEFAULT_MAX_FRAME_SIZE;
 
 /// Where to connect: `tls` with ALPN `h2`, or prior-knowledge cleartext.
 #[derive(Clone)]
@@ -48,103 +49,6 @@ pub(crate) struct Target {
     /// its flow-control window.
     pub(crate) read_timeout: Duration,
 }
-
-/// What went wrong on an HTTP/2 connection or stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Http2Error {
-    /// The host name did not resolve.
-    HostNotFound(String),
-    /// A socket operation failed.
-    Io {
-        kind: io::ErrorKind,
-        message: String,
-    },
-    /// The TLS handshake or a TLS record failed.
-    Tls(String),
-    /// The server broke the protocol; we sent GOAWAY with this code.
-    Protocol { code: u32, message: String },
-    /// The server sent GOAWAY: the stream was not processed (its id is
-    /// above `last_stream`) or the connection closed before it finished.
-    GoAway {
-        code: u32,
-        last_stream: u32,
-        debug: String,
-    },
-    /// The server reset the stream.
-    Reset { code: u32 },
-    /// Nothing came within the time allowed; what we waited for.
-    Timeout(String),
-    /// The server closed the connection.
-    Closed,
-    /// The request could not be sent on this connection.
-    Refused(String),
-}
-
-impl Http2Error {
-    /// The transport kind callers branch on.
-    pub(crate) fn kind(&self) -> TransportKind {
-        match self {
-            Http2Error::HostNotFound(_) => TransportKind::HostNotFound,
-            Http2Error::Io {
-                kind: io::ErrorKind::ConnectionRefused,
-                ..
-            } => TransportKind::ConnectionRefused,
-            Http2Error::Io {
-                kind: io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock,
-                ..
-            }
-            | Http2Error::Timeout(_) => TransportKind::Timeout,
-            _ => TransportKind::Broken,
-        }
-    }
-
-    fn io(e: &io::Error) -> Http2Error {
-        Http2Error::Io {
-            kind: e.kind(),
-            message: e.to_string(),
-        }
-    }
-}
-
-impl fmt::Display for Http2Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Http2Error::HostNotFound(m) => write!(f, "host not found: {m}"),
-            Http2Error::Io { message, .. } => write!(f, "HTTP/2 connection: {message}"),
-            Http2Error::Tls(m) => write!(f, "TLS: {m}"),
-            Http2Error::Protocol { code, message } => write!(
-                f,
-                "HTTP/2 protocol error by the server: {message} (we closed the connection with {})",
-                frame::error_name(*code)
-            ),
-            Http2Error::GoAway {
-                code,
-                last_stream,
-                debug,
-            } => {
-                write!(
-                    f,
-                    "the server closed the HTTP/2 connection (GOAWAY {}, last stream {last_stream})",
-                    frame::error_name(*code)
-                )?;
-                if !debug.is_empty() {
-                    write!(f, ": {debug}")?;
-                }
-                Ok(())
-            }
-            Http2Error::Reset { code } => write!(
-                f,
-                "the server reset the HTTP/2 stream (RST_STREAM {})",
-                frame::error_name(*code)
-            ),
-            Http2Error::Timeout(what) => write!(f, "timed out waiting for {what}"),
-            Http2Error::Closed => f.write_str("the server closed the HTTP/2 connection"),
-            Http2Error::Refused(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for Http2Error {}
 
 /// The status and headers of a response.
 #[derive(Debug, Clone)]
@@ -163,153 +67,60 @@ impl Response {
     }
 }
 
-/// The socket, plain or wrapped in TLS.
-enum Transport {
-    Plain(TcpStream),
-    Tls {
-        // Boxed: a TLS session is a kilobyte, a socket a few bytes.
-        session: Box<Mutex<rustls::ClientConnection>>,
-        socket: TcpStream,
-    },
-}
-
-impl Transport {
-    fn socket(&self) -> &TcpStream {
-        match self {
-            Transport::Plain(s) => s,
-            Transport::Tls { socket, .. } => socket,
-        }
-    }
-
-    /// Writes all of `bytes` (the caller holds the writer lock).
-    fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Transport::Plain(s) => (&*s).write_all(bytes),
-            Transport::Tls { session, socket } => {
-                let mut session = lock(session);
-                session.writer().write_all(bytes)?;
-                while session.wants_write() {
-                    session.write_tls(&mut &*socket)?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Reads decrypted bytes (only the reader thread calls this). TLS
-    /// records are read off the socket without holding the session lock,
-    /// so writers are never blocked by a read waiting for the server.
-    fn read(&self, pending: &mut Vec<u8>, buf: &mut [u8]) -> io::Result<usize> {
-        let (session, socket) = match self {
-            Transport::Plain(s) => return (&*s).read(buf),
-            Transport::Tls { session, socket } => (session, socket),
-        };
-        loop {
-            {
-                let mut s = lock(session);
-                if !pending.is_empty() {
-                    let fed = s.read_tls(&mut &pending[..])?;
-                    pending.drain(..fed);
-                    s.process_new_packets()
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                    while s.wants_write() {
-                        s.write_tls(&mut &*socket)?;
-                    }
-                }
-                match s.reader().read(buf) {
-                    Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
-                if !pending.is_empty() {
-                    continue;
-                }
-            }
-            let mut raw = [0u8; 16 * 1024];
-            let n = (&*socket).read(&mut raw)?;
-            if n == 0 {
-                // Tell rustls the stream ended: a close_notify reads as 0,
-                // a cut connection as UnexpectedEof.
-                let mut s = lock(session);
-                s.read_tls(&mut &[][..])?;
-                s.process_new_packets()
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                return match s.reader().read(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-                    other => other,
-                };
-            }
-            pending.extend_from_slice(&raw[..n]);
-        }
-    }
-}
-
-/// `Read` over the transport, for the reader thread's buffer.
-struct TransportReader {
-    inner: Arc<Inner>,
-    pending: Vec<u8>,
-}
-
-impl Read for TransportReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.transport.read(&mut self.pending, buf)
-    }
-}
-
 /// The server's settings that matter to a client.
-struct PeerSettings {
-    initial_window: u32,
-    max_frame: u32,
-    max_streams: u32,
+pub(super) struct PeerSettings {
+    pub(super) initial_window: u32,
+    pub(super) max_frame: u32,
+    pub(super) max_streams: u32,
 }
 
-struct StreamState {
-    response: Option<Response>,
+pub(super) struct StreamState {
+    pub(super) response: Option<Response>,
     /// The response head arrived (later HEADERS are trailers).
-    headers_done: bool,
-    data: VecDeque<Vec<u8>>,
+    pub(super) headers_done: bool,
+    pub(super) data: VecDeque<Vec<u8>>,
     /// END_STREAM arrived.
-    end: bool,
-    error: Option<Http2Error>,
+    pub(super) end: bool,
+    pub(super) error: Option<Http2Error>,
     /// What we may still send (the server's window for this stream).
-    send_window: i64,
+    pub(super) send_window: i64,
     /// What the server may still send.
-    recv_window: i64,
+    pub(super) recv_window: i64,
     /// Bytes taken out (or padding) not yet given back with WINDOW_UPDATE.
-    unacked: u32,
+    pub(super) unacked: u32,
 }
 
-struct State {
-    streams: HashMap<u32, StreamState>,
-    next_id: u32,
-    send_window: i64,
-    recv_window: i64,
-    recv_unacked: u32,
-    peer: PeerSettings,
-    settings_received: bool,
-    goaway: Option<Http2Error>,
+pub(super) struct State {
+    pub(super) streams: HashMap<u32, StreamState>,
+    pub(super) next_id: u32,
+    pub(super) send_window: i64,
+    pub(super) recv_window: i64,
+    pub(super) recv_unacked: u32,
+    pub(super) peer: PeerSettings,
+    pub(super) settings_received: bool,
+    pub(super) goaway: Option<Http2Error>,
     /// Set once the connection is over; every stream without an error of
     /// its own reports this.
-    closed: Option<Http2Error>,
+    pub(super) closed: Option<Http2Error>,
 }
 
-struct Inner {
-    transport: Transport,
-    writer: Mutex<()>,
-    state: Mutex<State>,
-    changed: Condvar,
-    authority: String,
-    scheme: &'static str,
-    read_timeout: Duration,
+pub(super) struct Inner {
+    pub(super) transport: Transport,
+    pub(super) writer: Mutex<()>,
+    pub(super) state: Mutex<State>,
+    pub(super) changed: Condvar,
+    pub(super) authority: String,
+    pub(super) scheme: &'static str,
+    pub(super) read_timeout: Duration,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Inner {
     /// Writes frames (the writer lock keeps them whole and in order).
-    fn send(&self, bytes: &[u8]) -> Result<(), Http2Error> {
+    pub(super) fn send(&self, bytes: &[u8]) -> Result<(), Http2Error> {
         if bytes.is_empty() {
             return Ok(());
         }
@@ -696,488 +507,13 @@ impl Drop for ResponseBody {
     }
 }
 
-/// Resolves and connects, trying each address in turn.
-fn open_socket(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, Http2Error> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let addresses: Vec<_> = (bare, port)
-        .to_socket_addrs()
-        .map_err(|e| Http2Error::HostNotFound(format!("{host}: {e}")))?
-        .collect();
-    let mut last = Http2Error::HostNotFound(format!("{host} has no address"));
-    for address in addresses {
-        match TcpStream::connect_timeout(&address, timeout) {
-            Ok(socket) => return Ok(socket),
-            Err(e) => last = Http2Error::io(&e),
-        }
-    }
-    Err(last)
-}
-
-/// The TLS handshake, offering only `h2`; an error unless the server
-/// chose it.
-fn tls_handshake(
-    socket: TcpStream,
-    config: &Arc<rustls::ClientConfig>,
-    target: &Target,
-) -> Result<Transport, Http2Error> {
-    let mut config = (**config).clone();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let bare = target
-        .host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(&target.host);
-    let name = rustls::pki_types::ServerName::try_from(bare.to_owned())
-        .map_err(|e| Http2Error::Tls(format!("{bare:?} is not a valid server name: {e}")))?;
-    let mut session = rustls::ClientConnection::new(Arc::new(config), name)
-        .map_err(|e| Http2Error::Tls(e.to_string()))?;
-    let io = |e: io::Error| Http2Error::io(&e);
-    socket
-        .set_read_timeout(Some(target.connect_timeout.max(target.read_timeout)))
-        .map_err(io)?;
-    while session.is_handshaking() {
-        session.complete_io(&mut &socket).map_err(|e| {
-            match e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                Some(tls) => Http2Error::Tls(tls.to_string()),
-                None => Http2Error::io(&e),
-            }
-        })?;
-    }
-    if session.alpn_protocol() != Some(b"h2") {
-        return Err(Http2Error::Refused(
-            "the TLS server did not agree to HTTP/2 (ALPN h2)".into(),
-        ));
-    }
-    // The reader thread blocks until data or the socket's shutdown.
-    socket.set_read_timeout(None).map_err(io)?;
-    Ok(Transport::Tls {
-        session: Box::new(Mutex::new(session)),
-        socket,
-    })
-}
-
-/// A connection error found while handling a frame: the GOAWAY code to
-/// send, and what was wrong.
-struct ConnectionError {
-    code: u32,
-    message: String,
-}
-
-fn protocol_error<T>(code: u32, message: impl Into<String>) -> Result<T, ConnectionError> {
-    Err(ConnectionError {
-        code,
-        message: message.into(),
-    })
-}
-
-/// The reader thread: handles frames until the connection ends, then
-/// fails every unfinished stream with the reason.
-fn read_frames(inner: Arc<Inner>) {
-    let mut reader = BufReader::with_capacity(
-        64 * 1024,
-        TransportReader {
-            inner: inner.clone(),
-            pending: Vec::new(),
-        },
-    );
-    let mut handler = FrameHandler {
-        inner: &inner,
-        decoder: hpack::Decoder::new(4096, MAX_HEADER_LIST),
-        continuation: None,
-        first: true,
-    };
-    let error = loop {
-        let frame = match frame::read_frame(&mut reader, OUR_MAX_FRAME) {
-            Ok(Some(f)) => f,
-            Ok(None) => break Http2Error::Closed,
-            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
-                break Http2Error::Tls(e.to_string());
-            }
-            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                break Http2Error::Closed;
-            }
-            Err(ReadError::Io(e)) => break Http2Error::io(&e),
-            Err(ReadError::TooLarge { length, max }) => {
-                let hint = if handler.first {
-                    " (the first bytes from the server are not an HTTP/2 frame: does it speak HTTP/2?)"
-                } else {
-                    ""
-                };
-                let message = format!("a frame of {length} bytes, above the {max} allowed{hint}");
-                break fail_with_goaway(&inner, frame::FRAME_SIZE_ERROR, message);
-            }
-        };
-        match handler.handle(frame) {
-            Ok(reply) => {
-                if let Err(e) = inner.send(&reply) {
-                    break e;
-                }
-            }
-            Err(e) => break fail_with_goaway(&inner, e.code, e.message),
-        }
-    };
-    let mut state = lock(&inner.state);
-    // After GOAWAY, the end of the connection is best explained by it.
-    let error = match (&error, &state.goaway) {
-        (Http2Error::Closed | Http2Error::Io { .. }, Some(goaway)) => goaway.clone(),
-        _ => error,
-    };
-    log::debug!("HTTP/2 connection to {} ended: {error}", inner.authority);
-    state.closed.get_or_insert(error);
-    drop(state);
-    inner.changed.notify_all();
-    let _ = inner.transport.socket().shutdown(Shutdown::Both);
-}
-
-/// Sends GOAWAY for a connection error we found; the error streams report.
-fn fail_with_goaway(inner: &Inner, code: u32, message: String) -> Http2Error {
-    let mut out = Vec::new();
-    // The last stream the server opened and we handled: it opens none.
-    frame::write_goaway(&mut out, 0, code, message.as_bytes());
-    let _ = inner.send(&out);
-    Http2Error::Protocol { code, message }
-}
-
-struct FrameHandler<'a> {
-    inner: &'a Inner,
-    decoder: hpack::Decoder,
-    /// A header block still waiting for CONTINUATION: stream, flags, bytes.
-    continuation: Option<(u32, u8, Vec<u8>)>,
-    /// No frame handled yet (the server's first must be SETTINGS).
-    first: bool,
-}
-
-impl FrameHandler<'_> {
-    /// Handles one frame; the frames to send in reply.
-    fn handle(&mut self, f: Frame) -> Result<Vec<u8>, ConnectionError> {
-        if std::mem::replace(&mut self.first, false) && f.kind != frame::SETTINGS {
-            return protocol_error(
-                frame::PROTOCOL_ERROR,
-                format!(
-                    "the server's first frame is of type {} instead of SETTINGS (does it speak HTTP/2?)",
-                    f.kind
-                ),
-            );
-        }
-        if let Some((stream, _, _)) = &self.continuation {
-            if f.kind != frame::CONTINUATION || f.stream != *stream {
-                return protocol_error(
-                    frame::PROTOCOL_ERROR,
-                    format!(
-                        "a frame of type {} on stream {} inside the header block of stream {stream}",
-                        f.kind, f.stream
-                    ),
-                );
-            }
-        }
-        let mut out = Vec::new();
-        match f.kind {
-            frame::DATA => self.data(&f, &mut out)?,
-            frame::HEADERS => {
-                if f.stream == 0 {
-                    return protocol_error(frame::PROTOCOL_ERROR, "HEADERS on stream 0");
-                }
-                let fragment = frame::strip_padding_and_priority(&f)
-                    .map_err(|m| ConnectionError {
-                        code: frame::PROTOCOL_ERROR,
-                        message: m,
-                    })?
-                    .to_vec();
-                if f.flags & frame::END_HEADERS != 0 {
-                    self.header_block(f.stream, f.flags, &fragment)?;
-                } else {
-                    self.continuation = Some((f.stream, f.flags, fragment));
-                }
-            }
-            frame::CONTINUATION => {
-                let Some((stream, flags, mut block)) = self.continuation.take() else {
-                    return protocol_error(
-                        frame::PROTOCOL_ERROR,
-                        "CONTINUATION without HEADERS before it",
-                    );
-                };
-                block.extend_from_slice(&f.payload);
-                if block.len() > MAX_HEADER_BLOCK {
-                    return protocol_error(
-                        frame::PROTOCOL_ERROR,
-                        format!("a header block over {MAX_HEADER_BLOCK} bytes"),
-                    );
-                }
-                if f.flags & frame::END_HEADERS != 0 {
-                    self.header_block(stream, flags, &block)?;
-                } else {
-                    self.continuation = Some((stream, flags, block));
-                }
-            }
-            frame::PRIORITY => {}
-            frame::RST_STREAM => {
-                if f.stream == 0 {
-                    return protocol_error(frame::PROTOCOL_ERROR, "RST_STREAM on stream 0");
-                }
-                let code =
-                    frame::parse_u32("RST_STREAM", &f.payload).map_err(|m| ConnectionError {
-                        code: frame::FRAME_SIZE_ERROR,
-                        message: m,
-                    })?;
-                let mut state = lock(&self.inner.state);
-                if let Some(s) = state.streams.get_mut(&f.stream) {
-                    s.error.get_or_insert(Http2Error::Reset { code });
-                }
-            }
-            frame::SETTINGS => self.settings(&f, &mut out)?,
-            frame::PUSH_PROMISE => {
-                return protocol_error(
-                    frame::PROTOCOL_ERROR,
-                    "PUSH_PROMISE although our SETTINGS disabled push",
-                );
-            }
-            frame::PING => {
-                if f.stream != 0 {
-                    return protocol_error(frame::PROTOCOL_ERROR, "PING on a stream");
-                }
-                if f.payload.len() != 8 {
-                    return protocol_error(
-                        frame::FRAME_SIZE_ERROR,
-                        format!("a PING of {} bytes (must be 8)", f.payload.len()),
-                    );
-                }
-                if f.flags & frame::ACK == 0 {
-                    frame::write_frame(&mut out, frame::PING, frame::ACK, 0, &f.payload);
-                }
-            }
-            frame::GOAWAY => {
-                if f.stream != 0 {
-                    return protocol_error(frame::PROTOCOL_ERROR, "GOAWAY on a stream");
-                }
-                let (last_stream, code, debug) =
-                    frame::parse_goaway(&f.payload).map_err(|m| ConnectionError {
-                        code: frame::FRAME_SIZE_ERROR,
-                        message: m,
-                    })?;
-                let goaway = Http2Error::GoAway {
-                    code,
-                    last_stream,
-                    debug: String::from_utf8_lossy(&debug).chars().take(200).collect(),
-                };
-                log::debug!("HTTP/2 server {}: {goaway}", self.inner.authority);
-                let mut state = lock(&self.inner.state);
-                // Streams above the last one were not processed: fail them now.
-                for (id, s) in state.streams.iter_mut() {
-                    if *id > last_stream && !s.end {
-                        s.error.get_or_insert(goaway.clone());
-                    }
-                }
-                state.goaway = Some(goaway);
-            }
-            frame::WINDOW_UPDATE => self.window_update(&f, &mut out)?,
-            // Unknown frame types are ignored (RFC 9113, section 4.1).
-            _ => {}
-        }
-        self.inner.changed.notify_all();
-        Ok(out)
-    }
-
-    fn data(&mut self, f: &Frame, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
-        if f.stream == 0 {
-            return protocol_error(frame::PROTOCOL_ERROR, "DATA on stream 0");
-        }
-        let data = frame::strip_padding_and_priority(f).map_err(|m| ConnectionError {
-            code: frame::PROTOCOL_ERROR,
-            message: m,
-        })?;
-        let length = f.payload.len() as u32;
-        let mut state = lock(&self.inner.state);
-        state.recv_window -= i64::from(length);
-        if state.recv_window < 0 {
-            return protocol_error(
-                frame::FLOW_CONTROL_ERROR,
-                "DATA beyond the connection's flow-control window",
-            );
-        }
-        // The connection window comes back at once: a slow stream is held
-        // by its own window, never the others.
-        state.recv_unacked += length;
-        if state.recv_unacked >= CONNECTION_WINDOW / 4 {
-            let unacked = std::mem::take(&mut state.recv_unacked);
-            state.recv_window += i64::from(unacked);
-            frame::write_window_update(out, 0, unacked);
-        }
-        let id = f.stream;
-        let Some(stream) = state.streams.get_mut(&id) else {
-            // A stream we reset or gave up: its data is dropped.
-            return Ok(());
-        };
-        if stream.end || stream.error.is_some() {
-            return Ok(());
-        }
-        stream.recv_window -= i64::from(length);
-        if stream.recv_window < 0 {
-            stream.error = Some(Http2Error::Protocol {
-                code: frame::FLOW_CONTROL_ERROR,
-                message: format!("DATA beyond the flow-control window of stream {id}"),
-            });
-            frame::write_rst_stream(out, id, frame::FLOW_CONTROL_ERROR);
-            return Ok(());
-        }
-        // Padding is never read by anyone: it is given back with the data.
-        stream.unacked += length - data.len() as u32;
-        if !data.is_empty() {
-            stream.data.push_back(data.to_vec());
-        }
-        if f.flags & frame::END_STREAM != 0 {
-            stream.end = true;
-        }
-        Ok(())
-    }
-
-    fn header_block(&mut self, id: u32, flags: u8, block: &[u8]) -> Result<(), ConnectionError> {
-        // Always decode: the dynamic table must follow every block.
-        let fields = self.decoder.decode(block).map_err(|e| ConnectionError {
-            code: frame::COMPRESSION_ERROR,
-            message: e.to_string(),
-        })?;
-        let mut state = lock(&self.inner.state);
-        let Some(stream) = state.streams.get_mut(&id) else {
-            return Ok(());
-        };
-        if !stream.headers_done && !stream.end {
-            let status = fields
-                .iter()
-                .find(|(n, _)| n == ":status")
-                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
-            match status {
-                Some(status) if (100..200).contains(&status) => {}
-                Some(status) => {
-                    stream.headers_done = true;
-                    stream.response = Some(Response {
-                        status,
-                        headers: fields,
-                    });
-                }
-                None => {
-                    stream.error = Some(Http2Error::Protocol {
-                        code: frame::PROTOCOL_ERROR,
-                        message: "a response without a valid :status".into(),
-                    });
-                }
-            }
-        }
-        // Otherwise these are trailers: nothing in them is needed.
-        if flags & frame::END_STREAM != 0 {
-            stream.end = true;
-        }
-        Ok(())
-    }
-
-    fn settings(&mut self, f: &Frame, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
-        if f.stream != 0 {
-            return protocol_error(frame::PROTOCOL_ERROR, "SETTINGS on a stream");
-        }
-        if f.flags & frame::ACK != 0 {
-            if !f.payload.is_empty() {
-                return protocol_error(frame::FRAME_SIZE_ERROR, "a SETTINGS ACK with a payload");
-            }
-            return Ok(());
-        }
-        let values = frame::parse_settings(&f.payload).map_err(|m| ConnectionError {
-            code: frame::FRAME_SIZE_ERROR,
-            message: m,
-        })?;
-        let mut state = lock(&self.inner.state);
-        for (id, value) in values {
-            match id {
-                frame::SETTINGS_INITIAL_WINDOW_SIZE => {
-                    if i64::from(value) > frame::MAX_WINDOW {
-                        return protocol_error(
-                            frame::FLOW_CONTROL_ERROR,
-                            format!("SETTINGS_INITIAL_WINDOW_SIZE {value} above 2^31-1"),
-                        );
-                    }
-                    // Open streams' windows move by the difference (6.9.2).
-                    let delta = i64::from(value) - i64::from(state.peer.initial_window);
-                    for s in state.streams.values_mut() {
-                        s.send_window += delta;
-                    }
-                    state.peer.initial_window = value;
-                }
-                frame::SETTINGS_MAX_FRAME_SIZE => {
-                    if !(frame::DEFAULT_MAX_FRAME_SIZE..=frame::LARGEST_MAX_FRAME_SIZE)
-                        .contains(&value)
-                    {
-                        return protocol_error(
-                            frame::PROTOCOL_ERROR,
-                            format!("SETTINGS_MAX_FRAME_SIZE {value} out of range"),
-                        );
-                    }
-                    state.peer.max_frame = value;
-                }
-                frame::SETTINGS_MAX_CONCURRENT_STREAMS => state.peer.max_streams = value,
-                frame::SETTINGS_ENABLE_PUSH if value > 1 => {
-                    return protocol_error(
-                        frame::PROTOCOL_ERROR,
-                        format!("SETTINGS_ENABLE_PUSH {value}"),
-                    );
-                }
-                // The encoder never indexes, so the server's table size
-                // does not matter; nor do the rest.
-                _ => {}
-            }
-        }
-        state.settings_received = true;
-        frame::write_frame(out, frame::SETTINGS, frame::ACK, 0, &[]);
-        Ok(())
-    }
-
-    fn window_update(&mut self, f: &Frame, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
-        let increment =
-            frame::parse_u32("WINDOW_UPDATE", &f.payload).map_err(|m| ConnectionError {
-                code: frame::FRAME_SIZE_ERROR,
-                message: m,
-            })? & 0x7FFF_FFFF;
-        let mut state = lock(&self.inner.state);
-        if f.stream == 0 {
-            if increment == 0 {
-                return protocol_error(frame::PROTOCOL_ERROR, "a WINDOW_UPDATE of 0");
-            }
-            state.send_window += i64::from(increment);
-            if state.send_window > frame::MAX_WINDOW {
-                return protocol_error(
-                    frame::FLOW_CONTROL_ERROR,
-                    "the connection's window grew above 2^31-1",
-                );
-            }
-            return Ok(());
-        }
-        let Some(stream) = state.streams.get_mut(&f.stream) else {
-            return Ok(());
-        };
-        stream.send_window += i64::from(increment);
-        if increment == 0 || stream.send_window > frame::MAX_WINDOW {
-            let code = if increment == 0 {
-                frame::PROTOCOL_ERROR
-            } else {
-                frame::FLOW_CONTROL_ERROR
-            };
-            stream.error.get_or_insert(Http2Error::Protocol {
-                code,
-                message: format!("a bad WINDOW_UPDATE of {increment} on stream {}", f.stream),
-            });
-            frame::write_rst_stream(out, f.stream, code);
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
     use std::sync::{Arc, Condvar, Mutex};
+
+    use std::io::Write;
+    use std::net::TcpStream;
 
     use super::*;
     use crate::aws::http2::test_server::{ScriptedServer, indexed_huffman};

@@ -7,10 +7,14 @@
 //! without indexing.
 
 mod connection;
+mod error;
 pub(crate) mod frame;
 pub(crate) mod hpack;
 pub(crate) mod huffman;
+mod reader;
 #[cfg(test)]
 pub(crate) mod test_server;
+mod transport;
 
-pub(crate) use connection::{BodyRead, Connection, Http2Error, ResponseBody, Target};
+pub(crate) use connection::{BodyRead, Connection, ResponseBody, Target};
+pub(crate) use error::Http2Error;
