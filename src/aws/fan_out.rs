@@ -410,17 +410,38 @@ impl KinesisClient {
     }
 
     /// Polls DescribeStreamConsumer until the consumer is ACTIVE, for at
-    /// most `timeout`; [`Error::NotReady`] after that.
+    /// most `timeout`; [`Error::NotReady`] after that. A consumer not found
+    /// yet (just registered) is waited for too.
     pub fn wait_for_consumer_active(
         &self,
         consumer_arn: &str,
         timeout: Duration,
     ) -> Result<StreamConsumer> {
-        wait_until_active(&format!("consumer {consumer_arn}"), timeout, || {
-            let consumer = self.describe_stream_consumer(consumer_arn)?;
-            let status = consumer.consumer_status.clone();
-            Ok((consumer, status))
+        self.wait_for_consumer(consumer_arn, timeout, || {
+            self.describe_stream_consumer(consumer_arn)
         })
+    }
+
+    /// Describes with `describe` every 100 ms until the consumer is ACTIVE;
+    /// "not found" counts as not ready, since a consumer just registered
+    /// may not be visible at once.
+    fn wait_for_consumer(
+        &self,
+        what: &str,
+        timeout: Duration,
+        describe: impl Fn() -> Result<StreamConsumer>,
+    ) -> Result<StreamConsumer> {
+        let found = wait_until_active(&format!("consumer {what}"), timeout, || match describe() {
+            Ok(c) => {
+                let status = c.consumer_status.clone();
+                Ok((Some(c), status))
+            }
+            Err(e) if e.code() == Some("ResourceNotFoundException") => {
+                Ok((None, "not found yet".to_owned()))
+            }
+            Err(e) => Err(e),
+        })?;
+        found.ok_or_else(|| Error::NotReady(format!("consumer {what} is not found")))
     }
 
     /// The consumer named `consumer_name` of the stream, registered first
@@ -431,24 +452,24 @@ impl KinesisClient {
         consumer_name: &str,
         timeout: Duration,
     ) -> Result<StreamConsumer> {
-        let consumer = match self.describe_stream_consumer_by_name(stream_arn, consumer_name) {
-            Ok(c) => c,
+        match self.describe_stream_consumer_by_name(stream_arn, consumer_name) {
+            Ok(c) if c.consumer_status == "ACTIVE" => return Ok(c),
+            Ok(_) => {}
             Err(e) if e.code() == Some("ResourceNotFoundException") => {
                 match self.register_stream_consumer(stream_arn, consumer_name) {
-                    Ok(c) => c,
+                    Ok(_) => {}
                     // Another worker registered it first.
-                    Err(e) if e.code() == Some("ResourceInUseException") => {
-                        self.describe_stream_consumer_by_name(stream_arn, consumer_name)?
-                    }
+                    Err(e) if e.code() == Some("ResourceInUseException") => {}
                     Err(e) => return Err(e),
                 }
             }
             Err(e) => return Err(e),
-        };
-        if consumer.consumer_status == "ACTIVE" {
-            return Ok(consumer);
         }
-        self.wait_for_consumer_active(&consumer.consumer_arn, timeout)
+        // By name, not by the ARN a reply gave: the name is what every
+        // worker of the application agrees on.
+        self.wait_for_consumer(&format!("{consumer_name} of {stream_arn}"), timeout, || {
+            self.describe_stream_consumer_by_name(stream_arn, consumer_name)
+        })
     }
 
     /// Subscribes `consumer_arn` to shard `shard_id` from `position`, over

@@ -409,3 +409,74 @@ fn a_server_that_does_not_speak_http2_is_a_clear_error() {
     assert!(err.to_string().contains("does it speak HTTP/2"), "{err}");
     server.join().unwrap();
 }
+
+#[test]
+fn ensure_registers_a_missing_consumer_and_waits_through_not_found() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::aws::test_server::FakeServer;
+
+    let describes = AtomicUsize::new(0);
+    let consumer = |status: &str| {
+        format!(
+            r#"{{"ConsumerName":"app","ConsumerARN":"{CONSUMER}","ConsumerStatus":"{status}","ConsumerCreationTimestamp":1700000000.5,"StreamARN":"arn:aws:kinesis:us-east-1:123456789012:stream/s"}}"#
+        )
+    };
+    let not_found = r#"{"__type":"ResourceNotFoundException","message":"not found"}"#;
+    let server = FakeServer::start(move |r| match r.operation() {
+        "RegisterStreamConsumer" => (200, format!(r#"{{"Consumer":{}}}"#, consumer("CREATING"))),
+        // Not found, not found (just registered), creating, active.
+        "DescribeStreamConsumer" => match describes.fetch_add(1, Ordering::SeqCst) {
+            0 | 1 => (400, not_found.to_owned()),
+            2 => (
+                200,
+                format!(r#"{{"ConsumerDescription":{}}}"#, consumer("CREATING")),
+            ),
+            _ => (
+                200,
+                format!(r#"{{"ConsumerDescription":{}}}"#, consumer("ACTIVE")),
+            ),
+        },
+        _ => (400, "{}".into()),
+    });
+    let client = client(&server.url, Duration::from_secs(5));
+    let c = client
+        .ensure_stream_consumer(
+            "arn:aws:kinesis:us-east-1:123456789012:stream/s",
+            "app",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(
+        (c.consumer_status.as_str(), c.consumer_arn.as_str()),
+        ("ACTIVE", CONSUMER)
+    );
+    assert_eq!(
+        c.creation_time,
+        Some(UNIX_EPOCH + Duration::from_secs_f64(1_700_000_000.5))
+    );
+    let operations: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| r.operation().to_owned())
+        .collect();
+    assert_eq!(
+        operations,
+        [
+            "DescribeStreamConsumer",
+            "RegisterStreamConsumer",
+            "DescribeStreamConsumer",
+            "DescribeStreamConsumer",
+            "DescribeStreamConsumer"
+        ]
+    );
+    // Every describe went by stream and name.
+    for r in server
+        .requests()
+        .iter()
+        .filter(|r| r.operation() == "DescribeStreamConsumer")
+    {
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["ConsumerName"], "app", "{body}");
+    }
+}
