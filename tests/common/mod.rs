@@ -18,6 +18,7 @@ use kinesis_consumer::aws::credentials::Credentials;
 use kinesis_consumer::aws::kinesis::{KinesisClient, PutRecordsEntry};
 
 pub mod fake_aws;
+pub mod pinned_tls;
 pub mod proxy;
 // The crate's own test server and signature oracle, the same files its
 // unit tests use.
