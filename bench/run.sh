@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark and prints its figures (about 7 minutes on 2 cores).
+# Runs every benchmark and prints its figures (about 8-9 minutes on 2 cores).
 # Builds with --release into $CARGO_TARGET_DIR (default target/bench) and,
 # for the official SDK comparison, $SDK_TARGET_DIR (default target/bench-sdk).
 # Installs the pinned emulators (npm ci in emulators/) when missing.
