@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::lease::Checkpoint;
 use crate::metrics::{MetricsDimension, MetricsLevel};
 use crate::record::{Payload, Record};
+use crate::worker::processing::{Checkpointing, ErrorPolicy};
 use crate::worker::{Clients, Consumer, ConsumerSettings, MessageHandler, ShutdownHandle};
 
 /// Where to start reading a shard that has no checkpoint yet.
@@ -92,6 +93,8 @@ pub(crate) struct Settings {
     pub(crate) initial_position: InitialPosition,
     pub(crate) batch_interval: Duration,
     pub(crate) checkpoint_interval: Option<Duration>,
+    pub(crate) checkpointing: Checkpointing,
+    pub(crate) error_policy: ErrorPolicy,
     pub(crate) metrics_level: MetricsLevel,
     pub(crate) metrics_dimensions: Vec<MetricsDimension>,
     pub(crate) metrics_namespace: Option<String>,
@@ -153,6 +156,8 @@ impl ConsumerBuilder<Payload> {
                 initial_position: InitialPosition::Latest,
                 batch_interval: Duration::from_secs(1),
                 checkpoint_interval: None,
+                checkpointing: Checkpointing::Automatic,
+                error_policy: ErrorPolicy::Stop,
                 metrics_level: MetricsLevel::None,
                 metrics_dimensions: vec![MetricsDimension::Operation, MetricsDimension::ShardId],
                 metrics_namespace: None,
@@ -328,6 +333,22 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// to the batch interval.
     pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
         self.settings.checkpoint_interval = Some(interval);
+        self
+    }
+
+    /// Who writes checkpoints: the consumer after each batch the handler
+    /// accepted, or only the application through its
+    /// [`Checkpointer`](crate::Checkpointer). Defaults to
+    /// [`Checkpointing::Automatic`].
+    pub fn checkpointing(mut self, checkpointing: Checkpointing) -> Self {
+        self.settings.checkpointing = checkpointing;
+        self
+    }
+
+    /// What a failing batch handler or shard processor leads to. Defaults
+    /// to [`ErrorPolicy::Stop`]: `run` returns the error.
+    pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
+        self.settings.error_policy = policy;
         self
     }
 
@@ -722,6 +743,8 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             start_timestamp,
             batch_interval: s.batch_interval,
             checkpoint_interval: s.checkpoint_interval.unwrap_or(s.batch_interval),
+            checkpointing: s.checkpointing,
+            error_policy: s.error_policy,
             metrics_level: s.metrics_level,
             metrics_dimensions: s.metrics_dimensions.clone(),
             metrics_period: s.metrics_period,

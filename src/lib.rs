@@ -99,5 +99,8 @@ pub use metrics::{
     Statistics,
 };
 pub use record::{ExtendedSequenceNumber, Payload, Record, SequenceNumber};
-pub use worker::batch::{Batch, Message, ShardBatch};
+pub use worker::batch::{Batch, Message, ShardBatch, ShardEvent};
+pub use worker::checkpointer::Checkpointer;
+pub use worker::processing::{Checkpointing, ErrorPolicy};
+pub use worker::processor::ShardProcessor;
 pub use worker::{Consumer, ShutdownHandle};

@@ -12,7 +12,7 @@ mod table;
 pub(crate) use coordinator::{
     Coordinator, CoordinatorEvent, LeaseTimings, ShardRunner, StreamShards,
 };
-pub(crate) use held::HeldLeases;
+pub(crate) use held::{HeldLeases, Holding};
 pub use plan::Standing;
 use plan::{Lineage, Row};
 #[cfg(feature = "fuzzing")]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{SendTimeoutError, Sender};
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 
 use crate::aws::client::backoff;
 use crate::aws::get_records::Records;
@@ -55,6 +55,15 @@ pub(crate) enum ReaderOutput<T> {
         epoch: u64,
         error: Error,
     },
+    /// A reader started on a lease just taken: the shard is gained, and
+    /// will be read from `from`. Sent on the shared channel before anything
+    /// the reader reads; with per-shard queues, `records` receives the rest.
+    Started {
+        shard_id: Arc<str>,
+        epoch: u64,
+        from: Checkpoint,
+        records: Option<Receiver<ReaderOutput<T>>>,
+    },
     /// The lease coordinator found that the consumer cannot go on.
     Fatal(Error),
 }
@@ -66,6 +75,10 @@ pub(crate) struct ReaderContext<T> {
     pub stream: String,
     pub handler: MessageHandler<T>,
     pub sender: Sender<ReaderOutput<T>>,
+    /// When set, each reader hands its chunks to a queue of its own of
+    /// this many chunks (per-shard processors), not to `sender`: a slow
+    /// shard then holds back only its own reader.
+    pub shard_queue: Option<usize>,
     pub budget: Arc<Budget>,
     pub max_records: u32,
     pub idle_time: Duration,
@@ -264,8 +277,16 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
         self.stop(shard_id);
         let stop = Arc::new(AtomicBool::new(false));
         let not_found = Arc::new(AtomicBool::new(false));
+        let (sender, records) = match self.context.shard_queue {
+            Some(chunks) => {
+                let (sender, records) = crossbeam_channel::bounded(chunks);
+                (sender, Some(records))
+            }
+            None => (self.context.sender.clone(), None),
+        };
         let reader = Reader {
             context: self.context.clone(),
+            sender,
             shard_id: shard_id.into(),
             epoch,
             stop: stop.clone(),
@@ -276,7 +297,7 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
         let checkpoint = checkpoint.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("kinesis-reader-{shard_id}"))
-            .spawn(move || reader.run(checkpoint));
+            .spawn(move || reader.run(checkpoint, records));
         match spawned {
             Ok(handle) => {
                 let running = Running {
@@ -357,6 +378,8 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
 
 struct Reader<T> {
     context: Arc<ReaderContext<T>>,
+    /// Where this reader's chunks and failure go (see `shard_queue`).
+    sender: Sender<ReaderOutput<T>>,
     shard_id: Arc<str>,
     epoch: u64,
     stop: Arc<AtomicBool>,
@@ -384,7 +407,16 @@ impl<T: Send + 'static> Reader<T> {
         }
     }
 
-    fn run(mut self, checkpoint: Checkpoint) {
+    fn run(mut self, checkpoint: Checkpoint, records: Option<Receiver<ReaderOutput<T>>>) {
+        let started = ReaderOutput::Started {
+            shard_id: self.shard_id.clone(),
+            epoch: self.epoch,
+            from: checkpoint.clone(),
+            records,
+        };
+        if send(&self.context.sender, started, &self.stop).is_err() {
+            return;
+        }
         match self.read(checkpoint) {
             Ok(()) => {}
             // Not this reader's failure to report: the coordinator decides
@@ -787,20 +819,9 @@ impl<T: Send + 'static> Reader<T> {
         true
     }
 
-    /// Sends to the ticker, waiting for room in the channel only while not
-    /// told to stop: nothing may drain it then (a failed startup, `run`
-    /// returning). Gives the output back when stopped or when the ticker is
-    /// gone.
-    fn send(&self, mut output: ReaderOutput<T>) -> std::result::Result<(), ReaderOutput<T>> {
-        loop {
-            match self.context.sender.send_timeout(output, STOP_CHECK) {
-                Ok(()) => return Ok(()),
-                Err(SendTimeoutError::Timeout(back)) if !self.stopped() => output = back,
-                Err(SendTimeoutError::Timeout(back) | SendTimeoutError::Disconnected(back)) => {
-                    return Err(back);
-                }
-            }
-        }
+    /// Sends this reader's output (see [`send`]).
+    fn send(&self, output: ReaderOutput<T>) -> std::result::Result<(), ReaderOutput<T>> {
+        send(&self.sender, output, &self.stop)
     }
 
     /// Whether a reply without a next iterator really ends the shard: it
@@ -971,6 +992,25 @@ fn passes_checkpoint(
 fn paced(next_read: Instant, called_at: Instant, data_bytes: u64) -> Instant {
     let read_time = Duration::from_secs_f64(data_bytes as f64 / MAX_BYTES_PER_SECOND);
     next_read.max(called_at + read_time)
+}
+
+/// Sends on `sender`, waiting for room only while `stop` is not set:
+/// nothing may drain the channel then (a failed startup, `run` returning).
+/// Gives the output back when stopped or when the receiver is gone.
+fn send<T>(
+    sender: &Sender<ReaderOutput<T>>,
+    mut output: ReaderOutput<T>,
+    stop: &AtomicBool,
+) -> std::result::Result<(), ReaderOutput<T>> {
+    loop {
+        match sender.send_timeout(output, STOP_CHECK) {
+            Ok(()) => return Ok(()),
+            Err(SendTimeoutError::Timeout(back)) if !stop.load(Ordering::Relaxed) => output = back,
+            Err(SendTimeoutError::Timeout(back) | SendTimeoutError::Disconnected(back)) => {
+                return Err(back);
+            }
+        }
+    }
 }
 
 /// Where to read from when a fresh iterator is needed before any record was
@@ -1222,6 +1262,7 @@ mod tests {
                 String::from_utf8_lossy(r.data()).into_owned()
             }),
             sender,
+            shard_queue: None,
             budget: Arc::new(Budget::new(1 << 20, 1000)),
             max_records: 100,
             idle_time: Duration::from_millis(10),
@@ -1233,6 +1274,19 @@ mod tests {
             stop_timeout,
         };
         (ReaderPool::new(context), outputs, handled)
+    }
+
+    /// The next output after the reader's `Started`, which must come first.
+    fn after_start(outputs: &Receiver<ReaderOutput<String>>) -> ReaderOutput<String> {
+        let first = outputs.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(matches!(first, ReaderOutput::Started { .. }), "{first:?}");
+        outputs.recv_timeout(Duration::from_secs(5)).unwrap()
+    }
+
+    /// True when nothing but the reader's `Started` was sent.
+    fn only_started(outputs: &Receiver<ReaderOutput<String>>) -> bool {
+        matches!(outputs.try_recv(), Ok(ReaderOutput::Started { .. }))
+            && matches!(outputs.try_recv(), Err(TryRecvError::Empty))
     }
 
     fn wait_until(what: &str, done: impl Fn() -> bool) {
@@ -1270,7 +1324,7 @@ mod tests {
             assert!(pool.take_not_found().is_empty(), "reported once");
             assert!(pool.is_running(SHARD), "running until stopped");
             assert!(
-                matches!(outputs.try_recv(), Err(TryRecvError::Empty)),
+                only_started(&outputs),
                 "{failing}: nothing sent to the ticker"
             );
             pool.stop(SHARD);
@@ -1316,7 +1370,12 @@ mod tests {
             // Long enough for the late reply to reach a reader left behind.
             std::thread::sleep(Duration::from_millis(800));
             assert_eq!(handled.load(Ordering::SeqCst), 0, "{stop_timeout:?}");
-            assert!(outputs.try_recv().is_err(), "nothing handed on");
+            assert!(
+                outputs
+                    .try_iter()
+                    .all(|o| !matches!(o, ReaderOutput::Chunk(_))),
+                "nothing handed on"
+            );
         }
     }
 
@@ -1354,8 +1413,9 @@ mod tests {
     #[test]
     fn a_failure_nothing_drains_ends_when_the_reader_is_stopped() {
         let server = FakeServer::start(|_| aws_error("AccessDeniedException"));
-        let (mut pool, outputs, _) = pool(&server, 1, Duration::from_secs(5));
-        // The channel is full and nothing drains it (a failed startup).
+        let (mut pool, outputs, _) = pool(&server, 2, Duration::from_secs(5));
+        // The channel fills up (with the reader's `Started`) and nothing
+        // drains it (a failed startup).
         pool.context
             .sender
             .send(ReaderOutput::Chunk(Chunk {
@@ -1388,7 +1448,7 @@ mod tests {
         let server = FakeServer::start(|_| aws_error("AccessDeniedException"));
         let (mut pool, outputs, _) = pool(&server, 4, Duration::from_secs(5));
         pool.start(SHARD, 42, &Checkpoint::TrimHorizon);
-        match outputs.recv_timeout(Duration::from_secs(5)).unwrap() {
+        match after_start(&outputs) {
             ReaderOutput::Failed {
                 shard_id,
                 epoch,
@@ -1418,7 +1478,7 @@ mod tests {
         });
         let (mut pool, outputs, _) = pool(&server, 4, Duration::from_secs(5));
         pool.start(SHARD, 1, &Checkpoint::TrimHorizon);
-        let output = outputs.recv_timeout(Duration::from_secs(5)).unwrap();
+        let output = after_start(&outputs);
         pool.stop_all();
         let ReaderOutput::Chunk(chunk) = output else {
             panic!("expected a chunk, got {output:?}");
