@@ -251,9 +251,6 @@ impl fmt::Display for Error {
             }
             Error::Handler(e) => write!(f, "the handler failed: {e}"),
             Error::HandlerPanicked(m) => write!(f, "a handler panicked: {m}"),
-            Error::InvalidRequest { operation, reason } => {
-                write!(f, "{operation} request not sent: {reason}")
-            }
             Error::LeaseLost { shard_id } => {
                 write!(
                     f,
@@ -262,6 +259,9 @@ impl fmt::Display for Error {
             }
             Error::InvalidCheckpoint { shard_id, reason } => {
                 write!(f, "cannot checkpoint shard {shard_id}: {reason}")
+            }
+            Error::InvalidRequest { operation, reason } => {
+                write!(f, "{operation} request not sent: {reason}")
             }
             Error::NotReady(m) => write!(f, "not ready yet: {m}"),
             Error::Internal(m) => write!(f, "internal error: {m}"),

@@ -46,6 +46,7 @@ pub struct ClientConfig {
     pub(crate) read_timeout: Duration,
     /// Once set, a failed request is not retried (the consumer's shutdown).
     pub(crate) stop_retrying: Option<Arc<AtomicBool>>,
+    pub(crate) fan_out_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ClientConfig {
@@ -64,6 +65,7 @@ impl fmt::Debug for ClientConfig {
             .field("max_attempts", &self.max_attempts)
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
+            .field("fan_out_tls", &self.fan_out_tls.as_ref().map(|_| "custom"))
             .finish()
     }
 }
@@ -82,6 +84,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(3),
             read_timeout: Duration::from_secs(10),
             stop_retrying: None,
+            fan_out_tls: None,
         }
     }
 
@@ -135,6 +138,19 @@ impl ClientConfig {
     /// How long to wait for each reply. Defaults to 10 s.
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = timeout;
+        self
+    }
+
+    /// The TLS settings of enhanced fan-out's HTTP/2 connections
+    /// (`SubscribeToShard` to an `https` endpoint), for example to trust a
+    /// private certificate authority or pin a test server's certificate.
+    /// Its ALPN protocols are replaced with `h2`. Other requests do not use
+    /// it.
+    ///
+    /// Defaults to the Mozilla root certificates of `webpki-roots`, with
+    /// rustls's safe default protocol versions and the `ring` provider.
+    pub fn fan_out_tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.fan_out_tls = Some(config);
         self
     }
 
@@ -195,6 +211,9 @@ pub(crate) struct Client {
     /// The `Date` of the latest reply that had one, in seconds since the
     /// epoch (0: none yet).
     service_time: Arc<AtomicU64>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    fan_out_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for Client {
@@ -238,7 +257,76 @@ impl Client {
             max_attempts: config.max_attempts,
             stop_retrying: config.stop_retrying.clone(),
             service_time: Arc::default(),
+            connect_timeout: config.connect_timeout,
+            read_timeout: config.read_timeout,
+            fan_out_tls: config.fan_out_tls.clone(),
         })
+    }
+
+    /// The connect and read timeouts.
+    pub(crate) fn timeouts(&self) -> (Duration, Duration) {
+        (self.connect_timeout, self.read_timeout)
+    }
+
+    /// The TLS settings for HTTP/2 (fan-out) connections: the configured
+    /// ones, else webpki-roots.
+    pub(crate) fn fan_out_tls(&self) -> Result<Arc<rustls::ClientConfig>> {
+        if let Some(config) = &self.fan_out_tls {
+            return Ok(config.clone());
+        }
+        static DEFAULT: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+        if let Some(config) = DEFAULT.get() {
+            return Ok(config.clone());
+        }
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Internal(format!("TLS settings: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(DEFAULT.get_or_init(|| Arc::new(config)).clone())
+    }
+
+    /// The headers of a signed `POST /` request for `operation` with
+    /// `body`: content type, target, and the SigV4 ones (no `host`; HTTP/2
+    /// sends it as `:authority`, the same value).
+    pub(crate) fn signed_headers(
+        &self,
+        operation: &'static str,
+        body: &[u8],
+    ) -> Result<Vec<(String, String)>> {
+        let credentials = self.credentials.credentials()?;
+        let target = format!("{}.{}", self.protocol.target_prefix, operation);
+        let headers = [
+            ("content-type", self.protocol.content_type),
+            ("host", self.endpoint.host_header()),
+            ("x-amz-target", target.as_str()),
+        ];
+        let request = SignableRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body,
+        };
+        let signed = sigv4::sign(
+            &request,
+            &credentials,
+            &self.region,
+            self.protocol.service.signing_name(),
+            SystemTime::now(),
+            &SigningOptions::default(),
+        );
+        let mut out: Vec<(String, String)> = headers
+            .iter()
+            .filter(|(n, _)| *n != "host")
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        out.extend(signed.into_iter().map(|(n, v)| (n.to_ascii_lowercase(), v)));
+        Ok(out)
     }
 
     /// The service's clock as of the latest reply that carried a `Date`

@@ -625,8 +625,13 @@ impl KinesisClient {
         Ok(())
     }
 
+    /// The signed JSON client underneath.
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Calls `operation`; a stream given by ARN is sent as `StreamARN`.
-    fn call<O: serde::de::DeserializeOwned>(
+    pub(super) fn call<O: serde::de::DeserializeOwned>(
         &self,
         operation: &'static str,
         input: &serde_json::Value,

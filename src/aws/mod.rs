@@ -13,7 +13,10 @@ pub mod credentials;
 pub(crate) mod dynamodb;
 pub(crate) mod endpoint;
 mod env;
+pub(crate) mod event_stream;
+pub mod fan_out;
 pub(crate) mod get_records;
+pub(crate) mod http2;
 pub mod kinesis;
 pub(crate) mod sigv4;
 #[cfg(test)]
@@ -24,3 +27,6 @@ pub(crate) mod test_sigcheck;
 pub use client::ClientConfig;
 #[cfg(feature = "fuzzing")]
 pub(crate) use env::{FileKind, parse_profile_file};
+/// The rustls crate this one uses, to build a [`ClientConfig::fan_out_tls`]
+/// (same version, no extra dependency).
+pub use rustls;
