@@ -72,6 +72,8 @@ pub(crate) struct ConsumerSettings {
     pub shard_sync_interval: Duration,
     pub max_leases_per_worker: usize,
     pub pace_reads: bool,
+    /// The lease table's name and how to create it.
+    pub lease_table: crate::lease::TableOptions,
 }
 
 /// The service clients a built consumer uses, and the shutdown flag its
@@ -231,7 +233,7 @@ impl<T: Send + 'static> Consumer<T> {
 
     fn consume(&self, handler: &mut impl FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
         let s = &self.settings;
-        let table = LeaseTable::new(self.dynamodb.clone(), &s.app_name);
+        let table = LeaseTable::with_options(self.dynamodb.clone(), &s.lease_table);
         let held = Arc::new(HeldLeases::new(
             Arc::new(table),
             s.worker_id.clone(),

@@ -1,0 +1,204 @@
+//! Lease table options: its name, billing mode, tags, point-in-time
+//! recovery and deletion protection reach CreateTable (requests recorded by
+//! the test proxy); a table whose key schema is not a lease table's is
+//! refused with an error naming the table and what is wrong.
+
+mod common;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::proxy::{Fault, Proxy, Trigger};
+use kinesis_consumer::{BillingMode, ConsumerBuilder, Error, Payload};
+use serde_json::{Value, json};
+
+/// Runs `builder`'s consumer until `table` has a lease with an owner (or
+/// `run` ends), then stops it; returns what `run` returned.
+fn run_until_leased(
+    builder: ConsumerBuilder<Payload>,
+    table: &str,
+) -> kinesis_consumer::Result<()> {
+    let consumer = builder.build().unwrap();
+    let stop = consumer.shutdown_handle();
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(consumer.run(|_batch| Ok(())));
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(result) = finished.try_recv() {
+            return result;
+        }
+        let leases = kinesis_consumer::list_leases(&common::dynamodb(), table).unwrap_or_default();
+        if leases.iter().any(|l| l.owner.is_some()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.shutdown();
+    finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("run returns after shutdown")
+}
+
+fn recorded_one(proxy: &Proxy, operation: &str) -> Value {
+    let bodies = proxy.recorded(operation);
+    assert_eq!(bodies.len(), 1, "{operation} requests: {bodies:?}");
+    serde_json::from_str(&bodies[0]).unwrap()
+}
+
+#[test]
+fn table_options_reach_create_table() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("app");
+    let table = common::unique_name("leases");
+    let proxy = Proxy::for_emulators();
+    proxy.record("CreateTable");
+    proxy.record("UpdateContinuousBackups");
+    // dynalite has no UpdateContinuousBackups: answer as DynamoDB does.
+    proxy.add(
+        "UpdateContinuousBackups",
+        Trigger::Always,
+        Fault::Body(
+            r#"{"ContinuousBackupsDescription":{"ContinuousBackupsStatus":"ENABLED","PointInTimeRecoveryDescription":{"PointInTimeRecoveryStatus":"ENABLED"}}}"#,
+        ),
+    );
+    let builder = common::consumer_builder_at(proxy.url(), proxy.url(), &stream, &app)
+        .lease_table_name(&table)
+        .lease_table_billing_mode(BillingMode::Provisioned {
+            read_capacity_units: 5,
+            write_capacity_units: 7,
+        })
+        .lease_table_tags([("team", "data"), ("cost-center", "42")])
+        .lease_table_point_in_time_recovery(true)
+        .lease_table_deletion_protection(true);
+    run_until_leased(builder, &table).unwrap();
+
+    let create = recorded_one(&proxy, "CreateTable");
+    assert_eq!(create["TableName"], json!(table));
+    assert_eq!(create["BillingMode"], json!("PROVISIONED"));
+    assert_eq!(
+        create["ProvisionedThroughput"],
+        json!({"ReadCapacityUnits": 5, "WriteCapacityUnits": 7})
+    );
+    assert_eq!(
+        create["Tags"],
+        json!([{"Key": "team", "Value": "data"}, {"Key": "cost-center", "Value": "42"}])
+    );
+    assert_eq!(create["DeletionProtectionEnabled"], json!(true));
+    assert_eq!(
+        create["KeySchema"],
+        json!([{"AttributeName": "leaseKey", "KeyType": "HASH"}])
+    );
+    let backups = recorded_one(&proxy, "UpdateContinuousBackups");
+    assert_eq!(backups["TableName"], json!(table));
+    assert_eq!(
+        backups["PointInTimeRecoverySpecification"],
+        json!({"PointInTimeRecoveryEnabled": true})
+    );
+    // The leases are in the named table; none under the application name.
+    assert!(
+        !kinesis_consumer::list_leases(&common::dynamodb(), &table)
+            .unwrap()
+            .is_empty()
+    );
+    let missing = common::dynamodb().describe_table(&app).unwrap_err();
+    assert_eq!(missing.code(), Some("ResourceNotFoundException"));
+}
+
+#[test]
+fn by_default_the_table_is_the_application_name_on_demand_untagged() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("app");
+    let proxy = Proxy::for_emulators();
+    proxy.record("CreateTable");
+    proxy.record("UpdateContinuousBackups");
+    let builder = common::consumer_builder_at(proxy.url(), proxy.url(), &stream, &app);
+    run_until_leased(builder, &app).unwrap();
+    let create = recorded_one(&proxy, "CreateTable");
+    assert_eq!(create["TableName"], json!(app));
+    assert_eq!(create["BillingMode"], json!("PAY_PER_REQUEST"));
+    for absent in ["ProvisionedThroughput", "Tags", "DeletionProtectionEnabled"] {
+        assert!(create.get(absent).is_none(), "{absent} in {create}");
+    }
+    assert!(proxy.recorded("UpdateContinuousBackups").is_empty());
+}
+
+fn refused(builder: ConsumerBuilder<Payload>, table: &str) -> (&'static str, String) {
+    let started = Instant::now();
+    match run_until_leased(builder, table) {
+        Err(Error::Config { setting, reason }) => {
+            // Refused at startup, not after the minute of startup retries.
+            assert!(started.elapsed() < Duration::from_secs(10));
+            (setting, reason)
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_table_with_another_hash_key_is_refused_naming_it() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("app");
+    let table = common::unique_name("not-leases");
+    common::dynamodb().create_table(&table, "shardId").unwrap();
+    let builder = common::consumer_builder(&stream, &app).lease_table_name(&table);
+    let (setting, reason) = refused(builder, &table);
+    assert_eq!(setting, "lease_table_name");
+    assert!(reason.contains(&table), "{reason}");
+    assert!(reason.contains("hash key is \"shardId\""), "{reason}");
+    assert!(reason.contains("\"leaseKey\""), "{reason}");
+}
+
+#[test]
+fn a_table_with_a_sort_key_is_refused_naming_it() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("app");
+    let proxy = Proxy::for_emulators();
+    // dynalite's table would be fine; DescribeTable shows a composite key.
+    let description: &'static str = Box::leak(
+        format!(
+            r#"{{"Table":{{"TableName":"{app}","TableStatus":"ACTIVE","KeySchema":[{{"AttributeName":"leaseKey","KeyType":"HASH"}},{{"AttributeName":"at","KeyType":"RANGE"}}],"AttributeDefinitions":[{{"AttributeName":"leaseKey","AttributeType":"S"}},{{"AttributeName":"at","AttributeType":"N"}}]}}}}"#
+        )
+        .into_boxed_str(),
+    );
+    proxy.add("DescribeTable", Trigger::Always, Fault::Body(description));
+    let builder = common::consumer_builder_at(proxy.url(), proxy.url(), &stream, &app);
+    let (setting, reason) = refused(builder, &app);
+    assert_eq!(setting, "lease_table_name");
+    assert!(reason.contains(&app), "{reason}");
+    assert!(reason.contains("sort key \"at\""), "{reason}");
+    assert!(proxy.requests("Scan") == 0, "no lease was read");
+}
+
+#[test]
+fn bad_table_options_fail_the_build_naming_the_setting() {
+    let base = || {
+        kinesis_consumer::Consumer::builder()
+            .app_name("app")
+            .stream_name("s")
+            .region("us-east-1")
+            .endpoint_url("http://127.0.0.1:9")
+    };
+    let setting = |b: ConsumerBuilder<Payload>| match b.build() {
+        Err(Error::Config { setting, .. }) => setting,
+        other => panic!("expected a configuration error, got {other:?}"),
+    };
+    assert_eq!(setting(base().lease_table_name("a b")), "lease_table_name");
+    assert_eq!(setting(base().lease_table_name("ab")), "lease_table_name");
+    let zero = BillingMode::Provisioned {
+        read_capacity_units: 0,
+        write_capacity_units: 1,
+    };
+    assert_eq!(
+        setting(base().lease_table_billing_mode(zero)),
+        "lease_table_billing_mode"
+    );
+    assert_eq!(
+        setting(base().lease_table_tags([("aws:x", "y")])),
+        "lease_table_tags"
+    );
+    let many: Vec<(String, String)> = (0..51).map(|i| (format!("k{i}"), String::new())).collect();
+    assert_eq!(setting(base().lease_table_tags(many)), "lease_table_tags");
+    assert!(base().lease_table_name("my.leases-1").build().is_ok());
+}
