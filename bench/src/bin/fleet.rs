@@ -54,7 +54,11 @@ struct Worker {
 }
 
 fn spawn_worker(kinesis: &str, dynamodb: &str, app: &str, id: &str, failover: f64) -> Worker {
-    let child = Command::new(std::env::current_exe().unwrap())
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if flag("--debug") {
+        command.arg("--debug");
+    }
+    let child = command
         .args(["--child", "--kinesis", kinesis, "--dynamodb", dynamodb])
         .args(["--app", app, "--worker", id, "--failover"])
         .arg(failover.to_string())
@@ -188,13 +192,23 @@ fn wait_for(
     done: impl Fn(&BTreeMap<String, String>) -> bool,
 ) -> Option<Instant> {
     let deadline = Instant::now() + PHASE_BOUND;
+    let mut last = BTreeMap::new();
     while Instant::now() < deadline {
         let asked = Instant::now();
-        if done(&owners(direct, app)) {
+        last = owners(direct, app);
+        if done(&last) {
             return Some(asked);
         }
         std::thread::sleep(secs(poll));
     }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for o in last.values() {
+        *counts.entry(o.as_str()).or_default() += 1;
+    }
+    println!(
+        "  (gave up waiting; {} leases with an owner; leases per owner: {counts:?})",
+        last.len()
+    );
     None
 }
 
@@ -322,7 +336,7 @@ fn child() {
     let id: String = arg("--worker", String::new());
     let failover: f64 = arg("--failover", 10.0);
     if flag("--debug") {
-        kinesis_consumer_bench::log_to_stderr(false);
+        log_as(&id);
     }
     std::thread::spawn(|| {
         let mut sink = Vec::new();
@@ -340,4 +354,27 @@ fn child() {
         eprintln!("worker stopped: {e}");
         std::process::exit(1);
     }
+}
+
+/// Logs the library's info and above to stderr, each line with the worker
+/// and the seconds since it started.
+fn log_as(id: &str) {
+    struct Stderr(String, Instant);
+    impl log::Log for Stderr {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record) {
+            eprintln!(
+                "{:7.2} {} {} {}",
+                self.1.elapsed().as_secs_f64(),
+                self.0,
+                record.level(),
+                record.args()
+            );
+        }
+        fn flush(&self) {}
+    }
+    let _ = log::set_logger(Box::leak(Box::new(Stderr(id.to_owned(), Instant::now()))));
+    log::set_max_level(log::LevelFilter::Info);
 }
