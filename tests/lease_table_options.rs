@@ -202,3 +202,139 @@ fn bad_table_options_fail_the_build_naming_the_setting() {
     assert_eq!(setting(base().lease_table_tags(many)), "lease_table_tags");
     assert!(base().lease_table_name("my.leases-1").build().is_ok());
 }
+
+// ---- a table the KCL wrote ----
+
+use kinesis_consumer::aws::dynamodb::{AttributeValue, Item};
+use kinesis_consumer::aws::kinesis::{PutRecordsEntry, Shard};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// Puts `count` records named `{prefix}-{i}` into the shard whose range
+/// starts at `hash_key`; their sequence numbers, in order.
+fn put_at(stream: &str, hash_key: &str, prefix: &str, count: usize) -> Vec<String> {
+    let entries: Vec<PutRecordsEntry> = (0..count)
+        .map(|i| PutRecordsEntry {
+            partition_key: format!("{prefix}-{i}"),
+            explicit_hash_key: Some(hash_key.to_owned()),
+            data: format!("{prefix}-{i}").into_bytes(),
+        })
+        .collect();
+    common::kinesis()
+        .put_records(stream, &entries)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap().sequence_number.as_str().to_owned())
+        .collect()
+}
+
+/// A row as the KCL 2.x writes it (its columns only).
+fn kcl_row(shard: &Shard, owner: Option<&str>, counter: u64, checkpoint: &str) -> Item {
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    let n = |v: u64| AttributeValue::N(v.to_string());
+    let mut item: Item = HashMap::from([
+        ("leaseKey".to_owned(), s(&shard.shard_id)),
+        ("leaseCounter".to_owned(), n(counter)),
+        ("checkpoint".to_owned(), s(checkpoint)),
+        ("checkpointSubSequenceNumber".to_owned(), n(0)),
+        ("ownerSwitchesSinceCheckpoint".to_owned(), n(2)),
+        ("startingHashKey".to_owned(), s(&shard.starting_hash_key)),
+        ("endingHashKey".to_owned(), s(&shard.ending_hash_key)),
+    ]);
+    if let Some(owner) = owner {
+        item.insert("leaseOwner".into(), s(owner));
+    }
+    let parents: Vec<String> = shard.parents().map(str::to_owned).collect();
+    if !parents.is_empty() {
+        item.insert("parentShardId".into(), AttributeValue::SS(parents));
+    }
+    item
+}
+
+#[test]
+fn a_table_the_kcl_wrote_is_continued_from() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("app");
+    let k = common::kinesis();
+    let listed = k.list_shards(&stream, None).unwrap();
+    let (first, second) = (listed[0].clone(), listed[1].clone());
+    put_at(&stream, &first.starting_hash_key, "parent", 10);
+    let second_seqs = put_at(&stream, &second.starting_hash_key, "second", 10);
+    common::split_first_shard(&stream);
+    let children: Vec<Shard> = k
+        .list_shards(&stream, None)
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.parents().any(|p| p == first.shard_id))
+        .collect();
+    assert_eq!(children.len(), 2);
+    put_at(&stream, &first.starting_hash_key, "child", 10);
+
+    // The KCL's fleet stopped (kill -9) with: the parent read to its end,
+    // its children's leases created but not started, the second shard
+    // checkpointed at its 5th record by a worker that is gone.
+    let d = common::dynamodb();
+    d.create_table(&app, "leaseKey").unwrap();
+    d.wait_until_active(&app, Duration::from_secs(10)).unwrap();
+    let mut parent = kcl_row(&first, Some("kcl-host:1f3a"), 41, "SHARD_END");
+    let ids: Vec<String> = children.iter().map(|c| c.shard_id.clone()).collect();
+    parent.insert("childShardIds".into(), AttributeValue::SS(ids));
+    d.put_item(&app, &parent, None).unwrap();
+    for child in &children {
+        d.put_item(&app, &kcl_row(child, None, 0, "TRIM_HORIZON"), None)
+            .unwrap();
+    }
+    let fifth = &second_seqs[4];
+    d.put_item(
+        &app,
+        &kcl_row(&second, Some("kcl-host:77c0"), 17, fifth),
+        None,
+    )
+    .unwrap();
+
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let g = got.clone();
+    let consumer = common::consumer_builder(&stream, &app).build().unwrap();
+    let stop = consumer.shutdown_handle();
+    let thread = std::thread::spawn(move || {
+        consumer.run(move |batch| {
+            let mut g = g.lock().unwrap();
+            for m in batch.messages() {
+                g.push(String::from_utf8_lossy(m.value()).into_owned());
+            }
+            Ok(())
+        })
+    });
+    let expected: BTreeSet<String> = (5..10)
+        .map(|i| format!("second-{i}"))
+        .chain((0..10).map(|i| format!("child-{i}")))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while got.lock().unwrap().len() < expected.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Time for anything that should not come to come.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    let got = got.lock().unwrap().clone();
+    let delivered: BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(delivered, expected, "delivered {got:?}");
+    assert_eq!(got.len(), expected.len(), "nothing twice: {got:?}");
+
+    let rows: HashMap<String, Item> = d
+        .scan(&app)
+        .unwrap()
+        .into_iter()
+        .map(|i| (i["leaseKey"].as_s().unwrap().to_owned(), i))
+        .collect();
+    let row = &rows[&second.shard_id];
+    // The KCL's counter went on; the checkpoint is the shard's last record.
+    let counter: u64 = row["leaseCounter"].as_n().unwrap().parse().unwrap();
+    assert!(counter > 17, "{row:?}");
+    assert_eq!(row["checkpoint"].as_s(), Some(second_seqs[9].as_str()));
+    // The parent stays finished (or is deleted once its children started).
+    if let Some(p) = rows.get(&first.shard_id) {
+        assert_eq!(p["checkpoint"].as_s(), Some("SHARD_END"));
+    }
+}
