@@ -97,8 +97,11 @@ pub fn purpose(operation: &str, body: &str) -> &'static str {
                 "checkpoint"
             } else if body.contains(r#""UpdateExpression":"SET #counter = :next""#) {
                 "renewal"
-            } else if body.contains("SET #owner = :owner") || body.contains("SET #handoff = :to") {
+            } else if body.contains("SET #owner = :owner") {
                 "take"
+            } else if body.contains("SET #handoff = :to") {
+                // Asking an owner to hand a lease over: part of taking.
+                "take (ask)"
             } else if body.contains("SET #owner = :to") || body.contains("REMOVE #owner") {
                 "release"
             } else if body.contains("#children") {
@@ -253,6 +256,8 @@ mod tests {
         assert_eq!(purpose("UpdateItem", checkpoint), "checkpoint");
         let take = r##"{"UpdateExpression":"SET #owner = :owner, #counter = :next"}"##;
         assert_eq!(purpose("UpdateItem", take), "take");
+        let ask = r##"{"UpdateExpression":"SET #handoff = :to"}"##;
+        assert_eq!(purpose("UpdateItem", ask), "take (ask)");
         let release = r##"{"UpdateExpression":"SET #counter = :next REMOVE #owner, #handoff"}"##;
         assert_eq!(purpose("UpdateItem", release), "release");
         assert_eq!(purpose("Scan", "{}"), "scan");

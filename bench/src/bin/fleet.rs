@@ -124,14 +124,19 @@ fn run(leases: usize, workers: usize, seconds: f64, failover: f64, poll: f64) {
     let takeover = wait_for(&direct, &app, poll, |owners| {
         owners.values().all(|o| survivors.contains(o)) && owners.len() == leases
     });
+    let ceiling = wait_for(&direct, &app, poll, |owners| {
+        spread(owners, &survivors, leases)
+            .is_some_and(|(_, most)| most <= leases.div_ceil(survivors.len()))
+    });
     let rebalance = wait_for(&direct, &app, poll, |owners| {
         even(owners, &survivors, leases)
     });
     let phase = difference(&proxy.tallies(), &before_kill);
     println!(
-        "kill -9 of {victim_id}: its leases all held by live workers after {}, even among the {} left after {} (failover {failover} s + one renewal period {:.2} s = {:.2} s)",
+        "kill -9 of {victim_id}: its leases all held by live workers after {}, none above ceil({leases}/{}) after {}, even (each at floor or ceil) after {} (failover {failover} s + one renewal period {:.2} s = {:.2} s)",
         since(takeover, killed),
         survivors.len(),
+        since(ceiling, killed),
         since(rebalance, killed),
         failover / 3.0,
         failover * 4.0 / 3.0
@@ -212,18 +217,31 @@ fn wait_for(
     None
 }
 
-/// Every lease held by one of `workers`, each holding floor or ceil of
-/// leases / workers.
-fn even(owners: &BTreeMap<String, String>, workers: &[String], leases: usize) -> bool {
+/// When every lease is held by one of `workers`: the fewest and the most
+/// leases a worker holds.
+fn spread(
+    owners: &BTreeMap<String, String>,
+    workers: &[String],
+    leases: usize,
+) -> Option<(usize, usize)> {
     if owners.len() != leases || owners.values().any(|o| !workers.contains(o)) {
-        return false;
+        return None;
     }
     let mut counts: BTreeMap<&str, usize> = workers.iter().map(|w| (w.as_str(), 0)).collect();
     for o in owners.values() {
         *counts.get_mut(o.as_str()).unwrap() += 1;
     }
+    Some((
+        counts.values().copied().min().unwrap_or(0),
+        counts.values().copied().max().unwrap_or(0),
+    ))
+}
+
+/// Every lease held by one of `workers`, each holding floor or ceil of
+/// leases / workers.
+fn even(owners: &BTreeMap<String, String>, workers: &[String], leases: usize) -> bool {
     let (low, high) = (leases / workers.len(), leases.div_ceil(workers.len()));
-    counts.values().all(|c| (low..=high).contains(c))
+    spread(owners, workers, leases).is_some_and(|(fewest, most)| fewest >= low && most <= high)
 }
 
 /// The mean size of the table's items as DynamoDB sizes them: each
@@ -287,6 +305,7 @@ fn report(window: &Tallies, leases: usize, workers: usize, minutes: f64, failove
         "renewal",
         "scan",
         "take",
+        "take (ask)",
         "checkpoint",
         "release",
         "read-back",
@@ -307,7 +326,7 @@ fn report(window: &Tallies, leases: usize, workers: usize, minutes: f64, failove
         );
         reads += t.read_units;
         writes += t.write_units;
-        if matches!(purpose, "renewal" | "scan" | "take") {
+        if matches!(purpose, "renewal" | "scan" | "take" | "take (ask)") {
             coordination += t.read_units + t.write_units;
         }
     }
