@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! cargo run --example leases -- --app A [--stream S] [--observe-ms N (3500)]
+//! cargo run --example leases -- --stream S --deregister-consumer NAME
 //! ```
 //!
 //! It reads the table twice, `--observe-ms` apart: a lease whose counter did
@@ -13,6 +14,12 @@
 //! `--stream`, it lists the stream's shards at both reads too: a row whose
 //! shard neither listing has expired from the stream. Endpoint, region and
 //! credentials come from the standard AWS environment.
+//!
+//! `--deregister-consumer NAME` removes the enhanced fan-out consumer NAME
+//! from the stream instead (its subscriptions end). The library never does
+//! this by itself: the consumer is shared by every worker of the
+//! application, and one worker stopping or restarting must not cut off the
+//! others; whether the application is gone for good is an operator's call.
 
 mod support;
 
@@ -20,18 +27,24 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use kinesis_consumer::aws::ClientConfig;
-use kinesis_consumer::aws::dynamodb::DynamoDbClient;
 use kinesis_consumer::aws::kinesis::KinesisClient;
 use kinesis_consumer::{Checkpoint, LeaseStanding, Standing, inspect_leases, list_leases};
 
-const USAGE: &str = "usage: leases --app A [--stream S] [--observe-ms N (3500)]";
+const USAGE: &str = "usage: leases --app A [--stream S] [--observe-ms N (3500)]\n       leases --stream S --deregister-consumer NAME";
 
 fn main() {
-    let args = support::Args::parse(USAGE, &["app", "stream", "observe-ms"], &[]);
+    let args = support::Args::parse(
+        USAGE,
+        &["app", "stream", "observe-ms", "deregister-consumer"],
+        &[],
+    );
+    if let Some(name) = args.get("deregister-consumer") {
+        deregister_consumer(&args.required(USAGE, "stream"), name);
+        return;
+    }
     let app = args.required(USAGE, "app");
     let observe = Duration::from_millis(args.number(USAGE, "observe-ms", 3500));
-    let dynamodb = DynamoDbClient::new(&ClientConfig::new())
-        .unwrap_or_else(|e| support::fail(USAGE, &e.to_string()));
+    let dynamodb = ClientConfig::new();
     let kinesis = args.get("stream").map(|stream| {
         (
             KinesisClient::new(&ClientConfig::new()).unwrap_or_else(fail),
@@ -132,6 +145,29 @@ fn status(row: &LeaseStanding, counter_before: Option<u64>, observe: Duration) -
         status.push_str(&format!("; being handed over to {to}"));
     }
     status
+}
+
+/// Deregisters the fan-out consumer `name` of `stream` (a name or an ARN).
+fn deregister_consumer(stream: &str, name: &str) {
+    let kinesis = KinesisClient::new(&ClientConfig::new()).unwrap_or_else(fail);
+    let stream_arn = if stream.starts_with("arn:") {
+        stream.to_owned()
+    } else {
+        kinesis
+            .describe_stream_summary(stream)
+            .unwrap_or_else(fail)
+            .stream_arn
+    };
+    let consumer = kinesis
+        .describe_stream_consumer_by_name(&stream_arn, name)
+        .unwrap_or_else(fail);
+    kinesis
+        .deregister_stream_consumer(&consumer.consumer_arn)
+        .unwrap_or_else(fail);
+    println!(
+        "deregistered consumer {name} ({}) of {stream_arn}",
+        consumer.consumer_arn
+    );
 }
 
 fn fail<T>(e: kinesis_consumer::Error) -> T {

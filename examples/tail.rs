@@ -20,9 +20,7 @@ mod support;
 use std::io::Write;
 use std::time::Duration;
 
-use base64::Engine;
-use kinesis_consumer::{Batch, Consumer, Record};
-use serde_json::json;
+use kinesis_consumer::{Batch, Consumer};
 
 const USAGE: &str = "usage: tail (--stream S | --stream-arn ARN) --app A [--position trim-horizon|latest|<RFC 3339 time>] \
 [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)]";
@@ -50,19 +48,12 @@ fn main() {
         .app_name(args.required(USAGE, "app"))
         .initial_position(position)
         .metrics_level(metrics_level)
-        .batch_interval(Duration::from_millis(args.number(USAGE, "batch-interval-ms", 1000)))
-        .message_handler(|r: &Record| {
-            json!({
-                "shard_id": r.shard_id(),
-                "sequence_number": r.sequence_number().as_str(),
-                "sub_sequence_number": r.sub_sequence_number(),
-                "partition_key": r.partition_key(),
-                "explicit_hash_key": r.explicit_hash_key(),
-                "arrival_timestamp_ms": r.approximate_arrival_timestamp().map(support::epoch_millis),
-                "data_base64": base64::engine::general_purpose::STANDARD.encode(r.data()),
-            })
-            .to_string()
-        });
+        .batch_interval(Duration::from_millis(args.number(
+            USAGE,
+            "batch-interval-ms",
+            1000,
+        )))
+        .message_handler(support::record_json);
     builder = match args.get("stream-arn") {
         Some(arn) => builder.stream_arn(arn),
         None => builder.stream_name(args.required(USAGE, "stream")),

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::lease::{BillingMode, Checkpoint, TableOptions};
 use crate::metrics::{MetricsDimension, MetricsLevel};
 use crate::record::{Payload, Record};
+use crate::worker::processing::{Checkpointing, ErrorPolicy};
 use crate::worker::{Clients, Consumer, ConsumerSettings, MessageHandler, ShutdownHandle};
 
 /// Where to start reading a shard that has no checkpoint yet.
@@ -77,11 +78,12 @@ pub(crate) struct Settings {
     pub(crate) app_name: Option<String>,
     pub(crate) stream_name: Option<String>,
     pub(crate) stream_arn: Option<String>,
-    pub(crate) region: Option<String>,
-    pub(crate) endpoint_url: Option<String>,
+    /// Region, credentials, timeouts and retries of every service, and the
+    /// endpoint of those without an override below.
+    pub(crate) client: ClientConfig,
+    pub(crate) kinesis_endpoint_url: Option<String>,
     pub(crate) dynamodb_endpoint_url: Option<String>,
     pub(crate) cloudwatch_endpoint_url: Option<String>,
-    pub(crate) credentials: Option<Arc<dyn ProvideCredentials>>,
     pub(crate) dynamodb_credentials: Option<Arc<dyn ProvideCredentials>>,
     pub(crate) cloudwatch_credentials: Option<Arc<dyn ProvideCredentials>>,
     pub(crate) assume_role: Option<AssumeRole>,
@@ -91,6 +93,8 @@ pub(crate) struct Settings {
     pub(crate) initial_position: InitialPosition,
     pub(crate) batch_interval: Duration,
     pub(crate) checkpoint_interval: Option<Duration>,
+    pub(crate) checkpointing: Checkpointing,
+    pub(crate) error_policy: ErrorPolicy,
     pub(crate) metrics_level: MetricsLevel,
     pub(crate) metrics_dimensions: Vec<MetricsDimension>,
     pub(crate) metrics_namespace: Option<String>,
@@ -98,10 +102,6 @@ pub(crate) struct Settings {
     pub(crate) publish_metrics: bool,
     pub(crate) buffer_bytes: u64,
     pub(crate) buffer_records: u64,
-    pub(crate) retry_wait: Duration,
-    pub(crate) max_attempts: u32,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) read_timeout: Duration,
     pub(crate) worker_id: Option<String>,
     pub(crate) max_records_per_read: u32,
     pub(crate) idle_time_between_reads: Duration,
@@ -119,8 +119,8 @@ impl<T> fmt::Debug for ConsumerBuilder<T> {
             .field("app_name", &self.settings.app_name)
             .field("stream_name", &self.settings.stream_name)
             .field("stream_arn", &self.settings.stream_arn)
-            .field("region", &self.settings.region)
-            .field("endpoint_url", &self.settings.endpoint_url)
+            .field("client", &self.settings.client)
+            .field("kinesis_endpoint_url", &self.settings.kinesis_endpoint_url)
             .field("initial_position", &self.settings.initial_position)
             .field("batch_interval", &self.settings.batch_interval)
             .field("checkpoint_interval", &self.settings.checkpoint_interval)
@@ -144,11 +144,10 @@ impl ConsumerBuilder<Payload> {
                 app_name: None,
                 stream_name: None,
                 stream_arn: None,
-                region: None,
-                endpoint_url: None,
+                client: ClientConfig::new(),
+                kinesis_endpoint_url: None,
                 dynamodb_endpoint_url: None,
                 cloudwatch_endpoint_url: None,
-                credentials: None,
                 dynamodb_credentials: None,
                 cloudwatch_credentials: None,
                 assume_role: None,
@@ -158,6 +157,8 @@ impl ConsumerBuilder<Payload> {
                 initial_position: InitialPosition::Latest,
                 batch_interval: Duration::from_secs(1),
                 checkpoint_interval: None,
+                checkpointing: Checkpointing::Automatic,
+                error_policy: ErrorPolicy::Stop,
                 metrics_level: MetricsLevel::None,
                 metrics_dimensions: vec![MetricsDimension::Operation, MetricsDimension::ShardId],
                 metrics_namespace: None,
@@ -165,10 +166,6 @@ impl ConsumerBuilder<Payload> {
                 publish_metrics: true,
                 buffer_bytes: 64 * 1024 * 1024,
                 buffer_records: 100_000,
-                retry_wait: Duration::from_millis(100),
-                max_attempts: 3,
-                connect_timeout: Duration::from_secs(3),
-                read_timeout: Duration::from_secs(10),
                 worker_id: None,
                 max_records_per_read: 10_000,
                 idle_time_between_reads: Duration::from_secs(1),
@@ -214,38 +211,57 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         self
     }
 
-    /// The AWS region. Defaults to `AWS_REGION`, then `AWS_DEFAULT_REGION`,
-    /// then the active profile's region.
+    /// How every service is reached: region, credentials, timeouts,
+    /// retries, and an endpoint URL for the services that have no endpoint
+    /// of their own ([`endpoint_url`](Self::endpoint_url),
+    /// [`dynamodb_endpoint_url`](Self::dynamodb_endpoint_url),
+    /// [`cloudwatch_endpoint_url`](Self::cloudwatch_endpoint_url)).
+    /// Replaces what [`region`](Self::region),
+    /// [`credentials`](Self::credentials), [`retry_wait`](Self::retry_wait),
+    /// [`max_attempts`](Self::max_attempts),
+    /// [`connect_timeout`](Self::connect_timeout) and
+    /// [`read_timeout`](Self::read_timeout) set before; those setters change
+    /// this configuration. Defaults to [`ClientConfig::new`].
+    pub fn client(mut self, client: ClientConfig) -> Self {
+        self.settings.client = client;
+        self
+    }
+
+    /// The AWS region ([`ClientConfig::region`]). Defaults to `AWS_REGION`,
+    /// then `AWS_DEFAULT_REGION`, then the active profile's region.
     pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.settings.region = Some(region.into());
+        self.settings.client = self.settings.client.region(region);
         self
     }
 
-    /// The Kinesis endpoint URL. Defaults to `AWS_ENDPOINT_URL_KINESIS`, then
-    /// `AWS_ENDPOINT_URL`, then the region's standard endpoint.
+    /// The Kinesis endpoint URL (Spark's `endpointUrl`). Defaults to the
+    /// [`client`](Self::client)'s endpoint URL, then
+    /// `AWS_ENDPOINT_URL_KINESIS`, then `AWS_ENDPOINT_URL`, then the
+    /// region's standard endpoint.
     pub fn endpoint_url(mut self, url: impl Into<String>) -> Self {
-        self.settings.endpoint_url = Some(url.into());
+        self.settings.kinesis_endpoint_url = Some(url.into());
         self
     }
 
-    /// The DynamoDB endpoint URL. Defaults to `AWS_ENDPOINT_URL_DYNAMODB`,
-    /// then `AWS_ENDPOINT_URL`, then the region's standard endpoint.
+    /// The DynamoDB endpoint URL. Defaults to the [`client`](Self::client)'s
+    /// endpoint URL, then `AWS_ENDPOINT_URL_DYNAMODB`, then `AWS_ENDPOINT_URL`, then the region's standard endpoint.
     pub fn dynamodb_endpoint_url(mut self, url: impl Into<String>) -> Self {
         self.settings.dynamodb_endpoint_url = Some(url.into());
         self
     }
 
-    /// The CloudWatch endpoint URL. Defaults to `AWS_ENDPOINT_URL_CLOUDWATCH`,
-    /// then `AWS_ENDPOINT_URL`, then the region's standard endpoint.
+    /// The CloudWatch endpoint URL. Defaults to the [`client`](Self::client)'s
+    /// endpoint URL, then `AWS_ENDPOINT_URL_CLOUDWATCH`, then `AWS_ENDPOINT_URL`, then the region's standard endpoint.
     pub fn cloudwatch_endpoint_url(mut self, url: impl Into<String>) -> Self {
         self.settings.cloudwatch_endpoint_url = Some(url.into());
         self
     }
 
-    /// Credentials for every service. Defaults to the standard chain
-    /// (environment, shared files, web identity, container, EC2 metadata).
+    /// Credentials for every service ([`ClientConfig::credentials`]).
+    /// Defaults to the standard chain (environment, shared files, web
+    /// identity, container, EC2 metadata).
     pub fn credentials(mut self, credentials: impl ProvideCredentials + 'static) -> Self {
-        self.settings.credentials = Some(Arc::new(credentials));
+        self.settings.client = self.settings.client.credentials(credentials);
         self
     }
 
@@ -319,6 +335,22 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// to the batch interval.
     pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
         self.settings.checkpoint_interval = Some(interval);
+        self
+    }
+
+    /// Who writes checkpoints: the consumer after each batch the handler
+    /// accepted, or only the application through its
+    /// [`Checkpointer`](crate::Checkpointer). Defaults to
+    /// [`Checkpointing::Automatic`].
+    pub fn checkpointing(mut self, checkpointing: Checkpointing) -> Self {
+        self.settings.checkpointing = checkpointing;
+        self
+    }
+
+    /// What a failing batch handler or shard processor leads to. Defaults
+    /// to [`ErrorPolicy::Stop`]: `run` returns the error.
+    pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
+        self.settings.error_policy = policy;
         self
     }
 
@@ -398,32 +430,35 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     }
 
     /// The base wait before retrying a failed AWS request; it doubles per
-    /// attempt, with jitter. Defaults to 100 ms (Spark's default).
+    /// attempt, with jitter ([`ClientConfig::retry_wait`]). Defaults to
+    /// 100 ms (Spark's default).
     pub fn retry_wait(mut self, wait: Duration) -> Self {
-        self.settings.retry_wait = wait;
+        self.settings.client = self.settings.client.retry_wait(wait);
         self
     }
 
-    /// How many times an AWS request is tried before its error counts.
-    /// Defaults to 3 (Spark's default).
+    /// How many times an AWS request is tried before its error counts
+    /// ([`ClientConfig::max_attempts`]). Defaults to 3 (Spark's default).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.settings.max_attempts = attempts;
+        self.settings.client = self.settings.client.max_attempts(attempts);
         self
     }
 
-    /// How long to wait for a connection to an AWS endpoint. Defaults to 3 s
-    /// (lease-table requests use at most a tenth of the failover time).
+    /// How long to wait for a connection to an AWS endpoint
+    /// ([`ClientConfig::connect_timeout`]). Defaults to 3 s (lease-table
+    /// requests use at most a tenth of the failover time).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.connect_timeout = timeout;
+        self.settings.client = self.settings.client.connect_timeout(timeout);
         self
     }
 
     /// How long to wait for each reply from AWS before the request counts
-    /// as failed (and is retried). Defaults to 10 s. Lease-table requests
-    /// use at most a tenth of the failover time (1 s by default), so that
-    /// one hung DynamoDB connection cannot outlast a lease.
+    /// as failed (and is retried; [`ClientConfig::read_timeout`]). Defaults
+    /// to 10 s. Lease-table requests use at most a tenth of the failover
+    /// time (1 s by default), so that one hung DynamoDB connection cannot
+    /// outlast a lease.
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.read_timeout = timeout;
+        self.settings.client = self.settings.client.read_timeout(timeout);
         self
     }
 
@@ -511,7 +546,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         let arn = match &self.settings.stream_arn {
             Some(arn) => Some(
                 crate::aws::kinesis::parse_stream_arn(arn)
-                    .map_err(|reason| Error::config("stream_arn", reason))?,
+                    .map_err(|e| Error::config("stream_arn", e.to_string()))?,
             ),
             None => None,
         };
@@ -549,8 +584,8 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         let kinesis_region = arn
             .as_ref()
             .map(|arn| arn.region.clone())
-            .or_else(|| self.settings.region.clone());
-        let other_region = match (&self.settings.region, &arn) {
+            .or_else(|| self.settings.client.region.clone());
+        let other_region = match (&self.settings.client.region, &arn) {
             (Some(region), _) => Some(region.clone()),
             (None, Some(arn)) if crate::aws::endpoint::resolve_region(None).is_err() => {
                 Some(arn.region.clone())
@@ -634,18 +669,19 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             "cloudwatch_assume_role",
             &mut shared,
         )?;
-        let base = |endpoint: &Option<String>,
+        // Each service's configuration is the shared one with that service's
+        // endpoint, credentials and region.
+        let base = |(setting, endpoint): (&'static str, &Option<String>),
                     credentials: &Option<Arc<dyn ProvideCredentials>>| {
-            let mut c = ClientConfig::new()
-                .retry_wait(self.settings.retry_wait)
-                .max_attempts(self.settings.max_attempts)
-                .connect_timeout(self.settings.connect_timeout)
-                .read_timeout(self.settings.read_timeout);
+            let mut c = self.settings.client.clone();
             c.region = other_region.clone();
-            c.endpoint_url = endpoint.clone();
-            c.credentials = credentials
-                .clone()
-                .or_else(|| self.settings.credentials.clone());
+            if endpoint.is_some() {
+                c.endpoint_url = endpoint.clone();
+                c.endpoint_setting = setting;
+            }
+            if credentials.is_some() {
+                c.credentials = credentials.clone();
+            }
             c
         };
         // Once shutdown is asked for, a failed Kinesis request is not tried
@@ -653,33 +689,43 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         // writes keep their retries: the last checkpoints and releases
         // happen after shutdown, and their timeouts are short.
         let shutdown = ShutdownHandle::default();
-        let mut kinesis_config = base(&self.settings.endpoint_url, &kinesis_credentials);
+        let mut kinesis_config = base(
+            ("endpoint_url", &self.settings.kinesis_endpoint_url),
+            &kinesis_credentials,
+        );
         kinesis_config.region = kinesis_region;
         kinesis_config.stop_retrying = Some(shutdown.flag());
-        let kinesis =
-            KinesisClient::new(&kinesis_config).map_err(rename_endpoint("endpoint_url"))?;
+        let kinesis = KinesisClient::new(&kinesis_config)?;
         // Lease-table requests give up well within a renewal period, so a
         // hung connection puts only the lease it concerns at risk (a
         // request and its retries take about a third of the failover time).
         let lease_timeout = (self.settings.failover_time / 10).max(Duration::from_millis(100));
+        let client = &self.settings.client;
         let dynamodb = DynamoDbClient::new(
-            &base(&self.settings.dynamodb_endpoint_url, &dynamodb_credentials)
-                .connect_timeout(self.settings.connect_timeout.min(lease_timeout))
-                .read_timeout(self.settings.read_timeout.min(lease_timeout)),
-        )
-        .map_err(rename_endpoint("dynamodb_endpoint_url"))?;
+            &base(
+                (
+                    "dynamodb_endpoint_url",
+                    &self.settings.dynamodb_endpoint_url,
+                ),
+                &dynamodb_credentials,
+            )
+            .connect_timeout(client.connect_timeout.min(lease_timeout))
+            .read_timeout(client.read_timeout.min(lease_timeout)),
+        )?;
         // Resolved even when metrics are off, so a bad setting fails here.
         // Short timeouts: a slow CloudWatch only delays the publisher thread,
         // but it should not hold unsent metrics for long.
         let cloudwatch = CloudWatchClient::new(
             &base(
-                &self.settings.cloudwatch_endpoint_url,
+                (
+                    "cloudwatch_endpoint_url",
+                    &self.settings.cloudwatch_endpoint_url,
+                ),
                 &cloudwatch_credentials,
             )
             .connect_timeout(Duration::from_secs(2))
             .read_timeout(Duration::from_secs(5)),
-        )
-        .map_err(rename_endpoint("cloudwatch_endpoint_url"))?;
+        )?;
         let s = &self.settings;
         let (initial, start_timestamp) = match s.initial_position {
             InitialPosition::TrimHorizon => (Checkpoint::TrimHorizon, None),
@@ -700,6 +746,8 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             start_timestamp,
             batch_interval: s.batch_interval,
             checkpoint_interval: s.checkpoint_interval.unwrap_or(s.batch_interval),
+            checkpointing: s.checkpointing,
+            error_policy: s.error_policy,
             metrics_level: s.metrics_level,
             metrics_dimensions: s.metrics_dimensions.clone(),
             metrics_period: s.metrics_period,
@@ -709,9 +757,9 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             read_memory: s
                 .read_memory
                 .unwrap_or((s.buffer_bytes / 8).max(8 * 1024 * 1024)),
-            retry_wait: s.retry_wait,
-            connect_timeout: s.connect_timeout,
-            read_timeout: s.read_timeout,
+            retry_wait: client.retry_wait,
+            connect_timeout: client.connect_timeout,
+            read_timeout: client.read_timeout,
             max_records_per_read: s.max_records_per_read,
             idle_time_between_reads: s.idle_time_between_reads,
             failover_time: s.failover_time,
@@ -840,7 +888,9 @@ impl<T> ConsumerBuilder<T> {
         setting: &'static str,
         shared: &mut RoleProviders,
     ) -> Result<Option<Arc<dyn ProvideCredentials>>> {
-        let source = own.clone().or_else(|| self.settings.credentials.clone());
+        let source = own
+            .clone()
+            .or_else(|| self.settings.client.credentials.clone());
         let (role, setting) = match (own_role, &self.settings.assume_role) {
             (Some(role), _) => (role, setting),
             (None, Some(role)) => (role, "assume_role"),
@@ -863,23 +913,12 @@ impl<T> ConsumerBuilder<T> {
             return Ok(Some(provider.clone()));
         }
         let mut provider = AssumeRoleProvider::new(role.clone(), source.clone())?;
-        if let Some(region) = &self.settings.region {
+        if let Some(region) = &self.settings.client.region {
             provider = provider.region(region);
         }
         let provider: Arc<dyn ProvideCredentials> = Arc::new(provider);
         shared.built.push((role.clone(), source, provider.clone()));
         Ok(Some(provider))
-    }
-}
-
-/// Endpoint errors name the generic setting; say which consumer setting it was.
-fn rename_endpoint(setting: &'static str) -> impl Fn(Error) -> Error {
-    move |e| match e {
-        Error::Config {
-            setting: "endpoint_url",
-            reason,
-        } => Error::Config { setting, reason },
-        other => other,
     }
 }
 
@@ -1044,6 +1083,46 @@ mod tests {
         );
         let no_app = ConsumerBuilder::new().stream_name("s");
         assert_eq!(setting_of(no_app), "app_name");
+    }
+
+    #[test]
+    fn one_client_configuration_with_per_service_endpoints() {
+        let client = || {
+            ClientConfig::new()
+                .region("us-east-1")
+                .endpoint_url("http://127.0.0.1:3")
+                .credentials(Credentials::new("a", "b"))
+        };
+        let bare = || ConsumerBuilder::new().app_name("app").stream_name("stream");
+        // The client's endpoint serves every service without its own.
+        assert!(bare().client(client()).build().is_ok());
+        assert!(
+            bare()
+                .client(client())
+                .dynamodb_endpoint_url("http://127.0.0.1:4")
+                .build()
+                .is_ok()
+        );
+        // Errors name the setting that holds the bad value.
+        assert_eq!(
+            setting_of(bare().client(client().endpoint_url("nonsense"))),
+            "endpoint_url"
+        );
+        assert_eq!(
+            setting_of(bare().client(client()).dynamodb_endpoint_url("nonsense")),
+            "dynamodb_endpoint_url"
+        );
+        assert_eq!(
+            setting_of(bare().client(client().max_attempts(0))),
+            "max_attempts"
+        );
+        // The setters change the client configuration; `client` replaces it.
+        let b = valid().max_attempts(7).read_timeout(Duration::from_secs(4));
+        assert_eq!(b.settings.client.max_attempts, 7);
+        assert_eq!(b.settings.client.read_timeout, Duration::from_secs(4));
+        let b = b.client(ClientConfig::new());
+        assert_eq!(b.settings.client.max_attempts, 3);
+        assert_eq!(b.settings.client.region, None);
     }
 
     #[test]

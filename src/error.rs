@@ -33,6 +33,15 @@ pub enum Error {
         /// The underlying error (also [`std::error::Error::source`]).
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// A request was not sent because it cannot be: it breaks a service's
+    /// limits (too many metric data or dimensions, too large) or cannot be
+    /// encoded. Sending it again does not help.
+    InvalidRequest {
+        /// The operation that was refused, such as `PutMetricData`.
+        operation: &'static str,
+        /// What is wrong with the request.
+        reason: String,
+    },
     /// A response arrived but could not be understood.
     Decode {
         /// The operation whose response was malformed.
@@ -40,14 +49,33 @@ pub enum Error {
         /// What could not be decoded.
         message: String,
     },
-    /// The user's batch handler returned an error; the batch was not checkpointed.
+    /// The user's batch handler (or a shard processor) returned an error;
+    /// what it was given was not checkpointed.
     Handler(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// The user's batch or message handler panicked; the batch was not checkpointed.
     HandlerPanicked(String),
+    /// A checkpoint was asked for a shard whose lease this worker does not
+    /// hold: another worker took it, it was handed over or released, or it
+    /// was never gained. Nothing was written.
+    #[non_exhaustive]
+    LeaseLost {
+        /// The shard.
+        shard_id: String,
+    },
+    /// A checkpoint position was refused: it was not handed on yet, or it
+    /// is behind the shard's checkpoint. Nothing was written.
+    #[non_exhaustive]
+    InvalidCheckpoint {
+        /// The shard.
+        shard_id: String,
+        /// Why the position was refused.
+        reason: String,
+    },
     /// A resource is not ready yet, such as a table or stream still being
     /// created; what it is and its state. Startup waits it out.
     NotReady(String),
-    /// A thread of the consumer stopped unexpectedly.
+    /// A thread of the consumer could not be started or stopped
+    /// unexpectedly.
     Internal(String),
 }
 
@@ -221,8 +249,20 @@ impl fmt::Display for Error {
             Error::Decode { operation, message } => {
                 write!(f, "{operation}: could not decode the response: {message}")
             }
-            Error::Handler(e) => write!(f, "the batch handler failed: {e}"),
+            Error::Handler(e) => write!(f, "the handler failed: {e}"),
             Error::HandlerPanicked(m) => write!(f, "a handler panicked: {m}"),
+            Error::LeaseLost { shard_id } => {
+                write!(
+                    f,
+                    "cannot checkpoint shard {shard_id}: its lease is not held by this worker"
+                )
+            }
+            Error::InvalidCheckpoint { shard_id, reason } => {
+                write!(f, "cannot checkpoint shard {shard_id}: {reason}")
+            }
+            Error::InvalidRequest { operation, reason } => {
+                write!(f, "{operation} request not sent: {reason}")
+            }
             Error::NotReady(m) => write!(f, "not ready yet: {m}"),
             Error::Internal(m) => write!(f, "internal error: {m}"),
         }

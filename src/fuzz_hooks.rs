@@ -28,7 +28,7 @@ pub fn decode_json(body: &[u8]) -> crate::Result<serde_json::Value> {
 
 /// A lease table row (DynamoDB JSON) to a lease, or why it is unusable.
 pub fn parse_lease(item: &crate::aws::dynamodb::Item) -> Result<crate::Lease, String> {
-    crate::lease::parse_lease(item)
+    crate::lease::parse_lease(item).map_err(|why| why.to_string())
 }
 
 /// The stored form of a checkpoint, and back.
@@ -54,4 +54,62 @@ pub fn parse_profile_file(text: &str, config: bool) -> HashMap<String, HashMap<S
         crate::aws::FileKind::Credentials
     };
     crate::aws::parse_profile_file(text, kind)
+}
+
+/// Reads HTTP/2 frames from `bytes` until they end or one is bad, parsing
+/// each control frame's payload; how many frames were read.
+pub fn http2_frames(bytes: &[u8]) -> usize {
+    use crate::aws::http2::frame;
+    let mut input = bytes;
+    let mut count = 0;
+    while let Ok(Some(f)) = frame::read_frame(&mut input, frame::DEFAULT_MAX_FRAME_SIZE) {
+        count += 1;
+        let _ = match f.kind {
+            frame::SETTINGS => frame::parse_settings(&f.payload).map(|_| ()),
+            frame::GOAWAY => frame::parse_goaway(&f.payload).map(|_| ()),
+            frame::RST_STREAM | frame::WINDOW_UPDATE => {
+                frame::parse_u32("frame", &f.payload).map(|_| ())
+            }
+            _ => frame::strip_padding_and_priority(&f).map(|_| ()),
+        };
+    }
+    count
+}
+
+/// A decoded header field: name and value.
+pub type HeaderField = (String, Vec<u8>);
+
+/// Decodes `blocks` in turn with one HPACK decoder (the dynamic table
+/// carries over, as on a connection); each block's fields or error.
+pub fn hpack_blocks(blocks: &[&[u8]]) -> Vec<Result<Vec<HeaderField>, String>> {
+    let mut decoder = crate::aws::http2::hpack::Decoder::new(4096, 64 * 1024);
+    blocks
+        .iter()
+        .map(|b| decoder.decode(b).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Feeds `bytes` to the event-stream decoder in two parts (split at
+/// `split`) and decodes every message's payload as a SubscribeToShardEvent;
+/// how many messages decoded, or the first error.
+pub fn event_stream(bytes: &[u8], split: usize) -> Result<usize, String> {
+    let mut decoder = crate::aws::event_stream::Decoder::default();
+    let split = split.min(bytes.len());
+    let mut count = 0;
+    for part in [&bytes[..split], &bytes[split..]] {
+        decoder.push(part);
+        while let Some(m) = decoder.next_message().map_err(|e| e.to_string())? {
+            count += 1;
+            let _ = crate::aws::get_records::decode_subscribe_event(
+                &m.payload,
+                &std::sync::Arc::from("shardId-0"),
+            );
+        }
+    }
+    Ok(count)
+}
+
+/// The CRC-32 the event-stream decoder checks (for building valid inputs).
+pub fn crc32(data: &[u8]) -> u32 {
+    crate::aws::event_stream::crc32(data)
 }

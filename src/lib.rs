@@ -43,9 +43,11 @@
 //!
 //! # Modules
 //!
-//! [`aws`] is the wire layer (SigV4, credentials, endpoints, Kinesis,
-//! DynamoDB and CloudWatch operations), usable on its own, for example to
-//! put records. [`kpl`] packs and unpacks KPL aggregates.
+//! [`aws`] holds what reaching AWS takes ([`aws::ClientConfig`],
+//! [`aws::credentials`]) and a small Kinesis client
+//! ([`aws::kinesis::KinesisClient`]) for producers and tools, for example
+//! to put records. [`kpl`] packs and unpacks KPL aggregates.
+//! [`list_leases`] and [`inspect_leases`] read a consumer's lease table.
 //!
 //! # Metrics
 //!
@@ -77,6 +79,12 @@ mod worker;
 #[path = "fuzz_hooks.rs"]
 pub mod __fuzz;
 
+/// Internals for this crate's integration tests and benchmarks; not a
+/// stable API.
+#[doc(hidden)]
+#[path = "test_support.rs"]
+pub mod __test_support;
+
 // The README's Rust blocks are compiled as doc tests (`cargo test --doc`):
 // its complete program must keep building against the API.
 #[cfg(doctest)]
@@ -93,5 +101,8 @@ pub use metrics::{
     Statistics,
 };
 pub use record::{ExtendedSequenceNumber, Payload, Record, SequenceNumber};
-pub use worker::batch::{Batch, Message, ShardBatch};
+pub use worker::batch::{Batch, Message, ShardBatch, ShardEvent};
+pub use worker::checkpointer::Checkpointer;
+pub use worker::processing::{Checkpointing, ErrorPolicy};
+pub use worker::processor::ShardProcessor;
 pub use worker::{Consumer, ShutdownHandle};

@@ -106,24 +106,6 @@ pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     cycle * 146_097 + day_of_cycle - 719_468
 }
 
-/// Parses the SigV4 date `YYYYMMDDTHHMMSSZ` (what [`format_amz_date`]
-/// writes), for tests that check signatures.
-#[cfg(test)]
-pub(crate) fn parse_amz_date(s: &str) -> Option<SystemTime> {
-    if s.len() != 16 || s.as_bytes()[8] != b'T' || !s.ends_with('Z') {
-        return None;
-    }
-    parse_iso8601(&format!(
-        "{}-{}-{}T{}:{}:{}Z",
-        &s[0..4],
-        &s[4..6],
-        &s[6..8],
-        &s[9..11],
-        &s[11..13],
-        &s[13..15]
-    ))
-}
-
 /// Formats `time` as `YYYYMMDDTHHMMSSZ` in UTC, dropping fractions of a second.
 pub(crate) fn format_amz_date(time: SystemTime) -> String {
     // Times before 1970 are not useful for signing but must not panic.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::proxy::{Fault, Proxy, Trigger};
-use kinesis_consumer::aws::dynamodb::{AttributeValue, Item};
+use kinesis_consumer::__test_support::{AttributeValue, Item};
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
 use kinesis_consumer::{Consumer, ConsumerBuilder, Error, Payload, TransportKind};
 

@@ -299,16 +299,14 @@ impl Run {
     }
 }
 
-/// One fault scenario.
+/// One fault scenario: a fault on one operation, and what must hold while
+/// it lasts besides what every scenario checks (see the file's comment).
 struct Scenario {
-    test: &'static str,
     shards: u32,
     operation: &'static str,
     body_contains: Option<&'static str>,
     trigger: Trigger,
     fault: Fault,
-    /// For triggers without an end of their own: clear the rule after this.
-    clear_after: Option<Duration>,
     read_timeout: Option<Duration>,
     /// Rules added just after the main one (to set the fault up).
     also: Vec<(&'static str, Trigger, Fault)>,
@@ -321,7 +319,64 @@ struct Scenario {
     put_during_every: Option<Duration>,
 }
 
-fn run(s: Scenario) {
+impl Scenario {
+    /// `fault` on the requests of `operation` that `trigger` picks, on a
+    /// stream of one shard.
+    fn new(operation: &'static str, trigger: Trigger, fault: Fault) -> Scenario {
+        Scenario {
+            shards: 1,
+            operation,
+            body_contains: None,
+            trigger,
+            fault,
+            read_timeout: None,
+            also: Vec::new(),
+            max_requests: u64::MAX,
+            keeps_leases: false,
+            put_during_every: None,
+        }
+    }
+
+    fn shards(mut self, shards: u32) -> Scenario {
+        self.shards = shards;
+        self
+    }
+
+    /// Only requests whose body contains `needle`.
+    fn matching(mut self, needle: &'static str) -> Scenario {
+        self.body_contains = Some(needle);
+        self
+    }
+
+    fn read_timeout(mut self, timeout: Duration) -> Scenario {
+        self.read_timeout = Some(timeout);
+        self
+    }
+
+    fn also(mut self, operation: &'static str, trigger: Trigger, fault: Fault) -> Scenario {
+        self.also.push((operation, trigger, fault));
+        self
+    }
+
+    fn put_during_every(mut self, every: Duration) -> Scenario {
+        self.put_during_every = Some(every);
+        self
+    }
+
+    /// Expected: at most `requests` of the operation while the fault lasts.
+    fn at_most(mut self, requests: u64) -> Scenario {
+        self.max_requests = requests;
+        self
+    }
+
+    /// Expected: no lease lost.
+    fn keeps_leases(mut self) -> Scenario {
+        self.keeps_leases = true;
+        self
+    }
+}
+
+fn run(test: &str, s: Scenario) {
     let stream = common::create_stream(s.shards);
     let app = common::unique_name("app");
     let proxy = Proxy::for_emulators();
@@ -355,19 +410,10 @@ fn run(s: Scenario) {
         None => put(&stream, "during", 60, &puts),
     }
     let fault_deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(d) = s.clear_after {
-            if fault_started.elapsed() >= d {
-                proxy.clear();
-                break;
-            }
-        } else if proxy.finished(rule) {
-            break;
-        }
+    while !proxy.finished(rule) {
         assert!(
             Instant::now() < fault_deadline,
-            "{}: the fault never ran its course ({} hits)",
-            s.test,
+            "{test}: the fault never ran its course ({} hits)",
             proxy.hits(rule)
         );
         std::thread::sleep(Duration::from_millis(10));
@@ -383,7 +429,7 @@ fn run(s: Scenario) {
         "FAULT | {} | {} | {} | {} | {} | {} | {} | {} {} requests in {:.1} s ({} faulted) | recovered {:.1} s after",
         s.fault.name(),
         s.operation,
-        s.test,
+        test,
         total,
         delivered,
         lost,
@@ -394,351 +440,140 @@ fn run(s: Scenario) {
         hits,
         recovery.as_secs_f64()
     );
-    assert!(hits > 0, "{}: the fault never fired", s.test);
+    assert!(hits > 0, "{test}: the fault never fired");
     if s.keeps_leases {
-        assert_eq!(leases_lost, 0.0, "{}: leases lost", s.test);
+        assert_eq!(leases_lost, 0.0, "{test}: leases lost");
     }
     assert!(
         during <= s.max_requests,
-        "{}: {during} {} requests while the fault lasted {fault_time:?}: no backoff?",
-        s.test,
+        "{test}: {during} {} requests while the fault lasted {fault_time:?}: no backoff?",
         s.operation
     );
 }
 
-const CHECKPOINT: Option<&str> = Some("#checkpoint");
-const RENEW: Option<&str> = Some(r#""UpdateExpression":"SET #counter = :next""#);
+const CHECKPOINT: &str = "#checkpoint";
+const RENEW: &str = r#""UpdateExpression":"SET #counter = :next""#;
+const CONDITION_FAILED: &str = "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException";
+const DYNAMODB_THROTTLED: &str =
+    "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException";
+const MALFORMED: &str = r#"{"Records":7,"NextShardIterator":{}}"#;
 
-fn for_2s(
-    test: &'static str,
-    shards: u32,
-    operation: &'static str,
-    fault: Fault,
-    max_requests: u64,
-) -> Scenario {
-    Scenario {
-        test,
-        shards,
-        operation,
-        body_contains: None,
-        trigger: Trigger::For(Duration::from_secs(2)),
-        fault,
-        clear_after: None,
-        read_timeout: None,
-        also: Vec::new(),
-        max_requests,
-        keeps_leases: false,
-        put_during_every: None,
-    }
+/// Every matching request for `secs` seconds from the first one hit.
+fn for_secs(secs: u64) -> Trigger {
+    Trigger::For(Duration::from_secs(secs))
 }
 
-fn next(
-    test: &'static str,
-    operation: &'static str,
-    n: u32,
-    fault: Fault,
-    max_requests: u64,
-) -> Scenario {
-    Scenario {
-        test,
-        shards: 1,
-        operation,
-        body_contains: None,
-        trigger: Trigger::Next(n),
-        fault,
-        clear_after: None,
-        read_timeout: None,
-        also: Vec::new(),
-        max_requests,
-        keeps_leases: false,
-        put_during_every: None,
-    }
+fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// One test per row, named by it: `name: scenario;`.
+macro_rules! fault_table {
+    ($($name:ident: $scenario:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                run(stringify!($name), $scenario);
+            }
+        )*
+    };
 }
 
 // Unthrottled, a reader calls GetRecords at most 5 times a second; each
 // bound below allows that rate over the fault (plus its retries), far below
-// a hot loop's thousands.
-
-#[test]
-fn get_records_throughput_exceeded_for_2s() {
-    run(for_2s(
-        "get_records_throughput_exceeded_for_2s",
-        2,
-        "GetRecords",
-        Fault::throughput_exceeded(),
-        40,
-    ));
-}
-
-#[test]
-fn get_records_throughput_exceeded_next_6() {
-    run(next(
-        "get_records_throughput_exceeded_next_6",
-        "GetRecords",
-        6,
-        Fault::throughput_exceeded(),
-        12,
-    ));
-}
-
-#[test]
-fn list_shards_limit_exceeded_for_2s() {
-    run(for_2s(
-        "list_shards_limit_exceeded_for_2s",
-        2,
-        "ListShards",
-        Fault::aws(400, "LimitExceededException"),
-        12,
-    ));
-}
-
-#[test]
-fn get_records_500_html_for_2s() {
-    run(for_2s(
-        "get_records_500_html_for_2s",
-        1,
-        "GetRecords",
-        Fault::html(500),
-        20,
-    ));
-}
-
-#[test]
-fn get_records_503_empty_for_2s() {
-    run(for_2s(
-        "get_records_503_empty_for_2s",
-        1,
-        "GetRecords",
-        Fault::empty(503),
-        20,
-    ));
-}
-
-#[test]
-fn get_records_reset_after_forward_next_3() {
-    run(next(
-        "get_records_reset_after_forward_next_3",
-        "GetRecords",
-        3,
-        Fault::ResetAfterForward,
-        8,
-    ));
-}
-
-#[test]
-fn get_records_reset_before_forward_next_3() {
-    run(next(
-        "get_records_reset_before_forward_next_3",
-        "GetRecords",
-        3,
-        Fault::ResetBeforeForward,
-        8,
-    ));
-}
-
-#[test]
-fn get_records_slower_than_read_timeout_next_3() {
-    let mut s = next(
-        "get_records_slower_than_read_timeout_next_3",
-        "GetRecords",
-        3,
-        Fault::Delay(Duration::from_millis(1500)),
-        8,
-    );
-    s.read_timeout = Some(Duration::from_millis(500));
-    run(s);
-}
-
-#[test]
-fn get_records_expired_iterator_next_3() {
-    run(next(
-        "get_records_expired_iterator_next_3",
-        "GetRecords",
-        3,
-        Fault::aws(400, "ExpiredIteratorException"),
-        8,
-    ));
-}
-
-#[test]
-fn get_records_truncated_json_next_3() {
-    run(next(
-        "get_records_truncated_json_next_3",
-        "GetRecords",
-        3,
-        Fault::TruncatedJson,
-        8,
-    ));
-}
-
-#[test]
-fn get_records_malformed_json_next_3() {
-    run(next(
-        "get_records_malformed_json_next_3",
-        "GetRecords",
-        3,
-        Fault::Body(r#"{"Records":7,"NextShardIterator":{}}"#),
-        8,
-    ));
-}
-
-// A 200 reply without NextShardIterator (and without ChildShards) on an
-// open shard is malformed, not the shard's end: no SHARD_END checkpoint
-// (the checkpoint watcher flags one), and the shard is read on.
-#[test]
-fn get_records_empty_reply_next_3() {
-    run(next(
-        "get_records_empty_reply_next_3",
-        "GetRecords",
-        3,
-        Fault::Body("{}"),
-        8,
-    ));
-}
-
-#[test]
-fn get_shard_iterator_throttled_next_4() {
+// a hot loop's thousands. The ticker writes each shard's checkpoint once
+// per batch (200 ms here) and tries each write up to 3 times: the bounds on
+// checkpoint writes are that, not a hot loop.
+fault_table! {
+    get_records_throughput_exceeded_for_2s:
+        Scenario::new("GetRecords", for_secs(2), Fault::throughput_exceeded())
+            .shards(2)
+            .at_most(40);
+    get_records_throughput_exceeded_next_6:
+        Scenario::new("GetRecords", Trigger::Next(6), Fault::throughput_exceeded()).at_most(12);
+    list_shards_limit_exceeded_for_2s:
+        Scenario::new("ListShards", for_secs(2), Fault::aws(400, "LimitExceededException"))
+            .shards(2)
+            .at_most(12);
+    get_records_500_html_for_2s:
+        Scenario::new("GetRecords", for_secs(2), Fault::html(500)).at_most(20);
+    get_records_503_empty_for_2s:
+        Scenario::new("GetRecords", for_secs(2), Fault::empty(503)).at_most(20);
+    get_records_reset_after_forward_next_3:
+        Scenario::new("GetRecords", Trigger::Next(3), Fault::ResetAfterForward).at_most(8);
+    get_records_reset_before_forward_next_3:
+        Scenario::new("GetRecords", Trigger::Next(3), Fault::ResetBeforeForward).at_most(8);
+    get_records_slower_than_read_timeout_next_3:
+        Scenario::new("GetRecords", Trigger::Next(3), Fault::Delay(ms(1500)))
+            .read_timeout(ms(500))
+            .at_most(8);
+    get_records_expired_iterator_next_3:
+        Scenario::new("GetRecords", Trigger::Next(3), Fault::aws(400, "ExpiredIteratorException"))
+            .at_most(8);
+    get_records_truncated_json_next_3:
+        Scenario::new("GetRecords", Trigger::Next(3), Fault::TruncatedJson).at_most(8);
+    get_records_malformed_json_next_3:
+        Scenario::new("GetRecords", Trigger::Next(3), Fault::Body(MALFORMED)).at_most(8);
+    // A 200 reply without NextShardIterator (and without ChildShards) on an
+    // open shard is malformed, not the shard's end: no SHARD_END checkpoint
+    // (the checkpoint watcher flags one), and the shard is read on.
+    get_records_empty_reply_next_3:
+        Scenario::new("GetRecords", Trigger::Next(3), Fault::Body("{}")).at_most(8);
     // Expire the iterator once, then throttle the calls for a new one.
-    let mut s = next(
-        "get_shard_iterator_throttled_next_4",
-        "GetShardIterator",
-        4,
-        Fault::throughput_exceeded(),
-        10,
-    );
-    s.also = vec![(
-        "GetRecords",
-        Trigger::Next(1),
-        Fault::aws(400, "ExpiredIteratorException"),
-    )];
-    run(s);
-}
-
-#[test]
-fn scan_of_lease_table_garbled_for_2s() {
-    run(for_2s(
-        "scan_of_lease_table_garbled_for_2s",
-        2,
-        "Scan",
-        Fault::Body("<html>not json</html>"),
-        12,
-    ));
-}
-
-// The ticker writes each shard's checkpoint once per batch (200 ms here)
-// and tries each write up to 3 times: the bound is that, not a hot loop.
-
-#[test]
-fn checkpoint_throttled_for_2s() {
-    let mut s = for_2s(
-        "checkpoint_throttled_for_2s",
-        2,
-        "UpdateItem",
-        Fault::aws(400, "com.amazonaws.dynamodb.v20120810#ThrottlingException"),
-        2 * 3 * 12,
-    );
-    s.body_contains = CHECKPOINT;
-    run(s);
-}
-
-#[test]
-fn checkpoint_condition_failed_next_1() {
-    let mut s = next(
-        "checkpoint_condition_failed_next_1",
-        "UpdateItem",
-        1,
-        Fault::aws(
-            400,
-            "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException",
-        ),
-        3,
-    );
-    s.body_contains = CHECKPOINT;
-    run(s);
-}
-
-// A write that landed but whose reply was lost: the client's retry fails
-// its condition (the counter moved on), and the table layer must see that
-// the row shows its own write, not a lost lease.
-
-#[test]
-fn checkpoint_reply_lost_next_1() {
-    let mut s = next(
-        "checkpoint_reply_lost_next_1",
-        "UpdateItem",
-        1,
-        Fault::ResetAfterForward,
-        4,
-    );
-    s.body_contains = CHECKPOINT;
-    s.keeps_leases = true;
-    run(s);
-}
-
-// Every lease write's reply lost for as long as the failover time (3 s
-// here), records arriving throughout: the writes land but the worker hears
-// nothing, its leases go stale, and the ticker drops what is read while
-// they are. When a renewal then finds its write landed, those records must
-// not be skipped: a stale lease is given up as soon as its records are
-// dropped, and read again from its checkpoint.
-#[test]
-fn every_lease_write_reply_lost_for_the_failover_time() {
-    let mut s = for_2s(
-        "every_lease_write_reply_lost_for_the_failover_time",
-        2,
-        "UpdateItem",
-        Fault::ResetAfterForward,
-        2 * 3 * 5 * 4 + 2 * 3 * 4,
-    );
-    s.trigger = Trigger::For(Duration::from_secs(3));
-    s.put_during_every = Some(Duration::from_millis(200));
-    run(s);
-}
-
-#[test]
-fn renew_reply_lost_next_1() {
-    let mut s = next(
-        "renew_reply_lost_next_1",
-        "UpdateItem",
-        1,
-        Fault::ResetAfterForward,
-        4,
-    );
-    s.body_contains = RENEW;
-    s.keeps_leases = true;
-    run(s);
-}
-
-#[test]
-fn renew_throttled_for_2s() {
-    let mut s = for_2s(
-        "renew_throttled_for_2s",
-        2,
-        "UpdateItem",
-        Fault::aws(
-            400,
-            "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
-        ),
-        2 * 3 * 4,
-    );
-    s.body_contains = RENEW;
-    run(s);
-}
-
-#[test]
-fn renew_condition_failed_next_1() {
-    let mut s = next(
-        "renew_condition_failed_next_1",
-        "UpdateItem",
-        1,
-        Fault::aws(
-            400,
-            "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException",
-        ),
-        3,
-    );
-    s.body_contains = RENEW;
-    run(s);
+    get_shard_iterator_throttled_next_4:
+        Scenario::new("GetShardIterator", Trigger::Next(4), Fault::throughput_exceeded())
+            .also("GetRecords", Trigger::Next(1), Fault::aws(400, "ExpiredIteratorException"))
+            .at_most(10);
+    scan_of_lease_table_garbled_for_2s:
+        Scenario::new("Scan", for_secs(2), Fault::Body("<html>not json</html>"))
+            .shards(2)
+            .at_most(12);
+    checkpoint_throttled_for_2s:
+        Scenario::new(
+            "UpdateItem",
+            for_secs(2),
+            Fault::aws(400, "com.amazonaws.dynamodb.v20120810#ThrottlingException"),
+        )
+        .matching(CHECKPOINT)
+        .shards(2)
+        .at_most(2 * 3 * 12);
+    checkpoint_condition_failed_next_1:
+        Scenario::new("UpdateItem", Trigger::Next(1), Fault::aws(400, CONDITION_FAILED))
+            .matching(CHECKPOINT)
+            .at_most(3);
+    // A write that landed but whose reply was lost: the client's retry fails
+    // its condition (the counter moved on), and the table layer must see that
+    // the row shows its own write, not a lost lease.
+    checkpoint_reply_lost_next_1:
+        Scenario::new("UpdateItem", Trigger::Next(1), Fault::ResetAfterForward)
+            .matching(CHECKPOINT)
+            .at_most(4)
+            .keeps_leases();
+    // Every lease write's reply lost for as long as the failover time (3 s
+    // here), records arriving throughout: the writes land but the worker
+    // hears nothing, its leases go stale, and the ticker drops what is read
+    // while they are. When a renewal then finds its write landed, those
+    // records must not be skipped: a stale lease is given up as soon as its
+    // records are dropped, and read again from its checkpoint.
+    every_lease_write_reply_lost_for_the_failover_time:
+        Scenario::new("UpdateItem", for_secs(3), Fault::ResetAfterForward)
+            .shards(2)
+            .put_during_every(ms(200))
+            .at_most(2 * 3 * 5 * 4 + 2 * 3 * 4);
+    renew_reply_lost_next_1:
+        Scenario::new("UpdateItem", Trigger::Next(1), Fault::ResetAfterForward)
+            .matching(RENEW)
+            .at_most(4)
+            .keeps_leases();
+    renew_throttled_for_2s:
+        Scenario::new("UpdateItem", for_secs(2), Fault::aws(400, DYNAMODB_THROTTLED))
+            .matching(RENEW)
+            .shards(2)
+            .at_most(2 * 3 * 4);
+    renew_condition_failed_next_1:
+        Scenario::new("UpdateItem", Trigger::Next(1), Fault::aws(400, CONDITION_FAILED))
+            .matching(RENEW)
+            .at_most(3);
 }
 
 #[test]
@@ -901,12 +736,9 @@ fn no_message_handler_call_from_a_stopped_reader_or_after_run_returns() {
     // lease is taken back under a new reader, which reads the late records.
     proxy.add_matching(
         "UpdateItem",
-        RENEW,
+        Some(RENEW),
         Trigger::Next(1),
-        Fault::aws(
-            400,
-            "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException",
-        ),
+        Fault::aws(400, CONDITION_FAILED),
     );
     wait_for("the late records, from a new reader", &|| {
         delivered.lock().unwrap().len() == 20

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kinesis_consumer::aws::dynamodb::{AttributeValue, Expression};
+use kinesis_consumer::__test_support::{AttributeValue, Expression};
 use kinesis_consumer::aws::kinesis::{KinesisClient, PutRecordsEntry};
 use kinesis_consumer::kpl::{AggregatedRecord, Aggregator};
 use kinesis_consumer::{Batch, ConsumerBuilder, Record};

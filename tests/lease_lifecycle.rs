@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::proxy::{Fault, Proxy, Trigger};
-use kinesis_consumer::aws::dynamodb::{AttributeValue, Item};
+use kinesis_consumer::__test_support::{AttributeValue, Item};
 use kinesis_consumer::aws::kinesis::{PutRecordsEntry, Shard};
 use kinesis_consumer::{ConsumerBuilder, Payload, SequenceNumber, ShutdownHandle};
 

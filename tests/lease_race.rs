@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
-use kinesis_consumer::aws::dynamodb::{AttributeValue, Expression, Item};
+use kinesis_consumer::__test_support::{AttributeValue, Expression, Item};
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
 use kinesis_consumer::{ConsumerBuilder, Payload, SequenceNumber};
 

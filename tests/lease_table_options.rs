@@ -29,7 +29,11 @@ fn run_until_leased(
         if let Ok(result) = finished.try_recv() {
             return result;
         }
-        let leases = kinesis_consumer::list_leases(&common::dynamodb(), table).unwrap_or_default();
+        let leases = kinesis_consumer::list_leases(
+            &common::config(&common::emulators().dynamodb_url),
+            table,
+        )
+        .unwrap_or_default();
         if leases.iter().any(|l| l.owner.is_some()) {
             break;
         }
@@ -98,7 +102,7 @@ fn table_options_reach_create_table() {
     );
     // The leases are in the named table; none under the application name.
     assert!(
-        !kinesis_consumer::list_leases(&common::dynamodb(), &table)
+        !kinesis_consumer::list_leases(&common::config(&common::emulators().dynamodb_url), &table)
             .unwrap()
             .is_empty()
     );
@@ -205,7 +209,7 @@ fn bad_table_options_fail_the_build_naming_the_setting() {
 
 // ---- a table the KCL wrote ----
 
-use kinesis_consumer::aws::dynamodb::{AttributeValue, Item};
+use kinesis_consumer::__test_support::{AttributeValue, Item};
 use kinesis_consumer::aws::kinesis::{PutRecordsEntry, Shard};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

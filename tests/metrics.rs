@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use kinesis_consumer::aws::cloudwatch::{CloudWatchClient, Dimension, MetricDescription};
+use kinesis_consumer::__test_support::{CloudWatchClient, Dimension, MetricDescription};
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
 use kinesis_consumer::{
     ConsumerBuilder, MetricSample, MetricsDimension, MetricsHandle, MetricsLevel, Payload,

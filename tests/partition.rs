@@ -38,7 +38,7 @@ fn start(
 }
 
 fn owners(app: &str) -> Vec<(String, Option<String>)> {
-    kinesis_consumer::list_leases(&common::dynamodb(), app)
+    kinesis_consumer::list_leases(&common::config(&common::emulators().dynamodb_url), app)
         .unwrap_or_default()
         .into_iter()
         .map(|l| (l.shard_id, l.owner))

@@ -10,11 +10,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use kinesis_consumer::aws::kinesis::PutRecordsEntry;
 
 /// The library defaults the `tail` workers run with.
 const FAILOVER: Duration = Duration::from_secs(10);
@@ -42,24 +40,8 @@ struct Worker {
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
-/// The emulators' endpoints and dummy credentials, through the standard
-/// AWS environment variables, as a user would set them.
-fn aws_env(mut command: Command) -> Command {
-    let e = common::emulators();
-    command
-        .env("AWS_ENDPOINT_URL_KINESIS", &e.kinesis_url)
-        .env("AWS_ENDPOINT_URL_DYNAMODB", &e.dynamodb_url)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RUST_LOG", "info")
-        .env_remove("AWS_PROFILE");
-    command
-}
-
 fn spawn_worker(stream: &str, app: &str, id: &str, log: &Arc<Mutex<Vec<Delivered>>>) -> Worker {
-    let mut child = aws_env(Command::new(common::example_binary("tail")))
+    let mut child = common::aws_env(Command::new(common::example_binary("tail")))
         .args([
             "--stream",
             stream,
@@ -156,48 +138,6 @@ impl Worker {
     }
 }
 
-/// Puts numbered records (`{prefix}-{n}`, partition key `pk-{n % 128}`, enough keys that every shard gets records) at
-/// about 50 per second until stopped; returns what it put, in order.
-struct Producer {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<String>>,
-}
-
-fn produce(stream: &str, prefix: &str) -> Producer {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (flag, stream, prefix) = (stop.clone(), stream.to_owned(), prefix.to_owned());
-    let thread = std::thread::spawn(move || {
-        let k = common::kinesis();
-        let mut put = Vec::new();
-        while !flag.load(Ordering::Relaxed) {
-            let entries: Vec<PutRecordsEntry> = (put.len()..put.len() + 10)
-                .map(|n| PutRecordsEntry {
-                    partition_key: format!("pk-{}", n % 128),
-                    explicit_hash_key: None,
-                    data: format!("{prefix}-{n}").into_bytes(),
-                })
-                .collect();
-            for (entry, result) in entries
-                .iter()
-                .zip(k.put_records(&stream, &entries).unwrap())
-            {
-                result.unwrap();
-                put.push(String::from_utf8(entry.data.clone()).unwrap());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        put
-    });
-    Producer { stop, thread }
-}
-
-impl Producer {
-    fn finish(self) -> Vec<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
-}
-
 /// Lease owners from the table: owner → shards.
 fn owners(app: &str) -> HashMap<String, Vec<String>> {
     let mut owners: HashMap<String, Vec<String>> = HashMap::new();
@@ -287,7 +227,7 @@ fn setup(shards: u32) -> (String, String, Arc<Mutex<Vec<Delivered>>>) {
 fn kill_9_one_of_three_workers_its_shards_resume_elsewhere() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (stream, app, log) = setup(8);
-    let producer = produce(&stream, "k");
+    let producer = common::produce(&stream, "k");
     let mut workers: Vec<Worker> = ["w1", "w2", "w3"]
         .iter()
         .map(|id| spawn_worker(&stream, &app, id, &log))
@@ -374,7 +314,7 @@ fn kill_9_one_of_three_workers_its_shards_resume_elsewhere() {
 fn a_second_worker_joins_and_gets_half_the_leases_without_duplicates() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (stream, app, log) = setup(8);
-    let producer = produce(&stream, "j");
+    let producer = common::produce(&stream, "j");
     let first = spawn_worker(&stream, &app, "first", &log);
     wait_until(
         "the first worker to hold all 8 leases",
@@ -421,7 +361,7 @@ fn a_second_worker_joins_and_gets_half_the_leases_without_duplicates() {
 fn sigterm_hands_the_leases_over_at_once_and_nothing_twice() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (stream, app, log) = setup(8);
-    let producer = produce(&stream, "t");
+    let producer = common::produce(&stream, "t");
     let mut a = spawn_worker(&stream, &app, "a", &log);
     let b = spawn_worker(&stream, &app, "b", &log);
     wait_until("4 leases each", Duration::from_secs(30), &[&a, &b], || {
@@ -462,7 +402,7 @@ fn sigterm_hands_the_leases_over_at_once_and_nothing_twice() {
 fn split_and_merge_with_two_workers() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (stream, app, log) = setup(2);
-    let producer = produce(&stream, "r");
+    let producer = common::produce(&stream, "r");
     let a = spawn_worker(&stream, &app, "a", &log);
     let b = spawn_worker(&stream, &app, "b", &log);
     std::thread::sleep(Duration::from_secs(3));
@@ -524,7 +464,7 @@ fn two_applications_on_one_stream_each_see_every_record() {
     let (stream, app, log_a) = setup(4);
     let other_app = common::unique_name("other");
     let log_b: Arc<Mutex<Vec<Delivered>>> = Arc::default();
-    let producer = produce(&stream, "m");
+    let producer = common::produce(&stream, "m");
     let a = spawn_worker(&stream, &app, "worker-1", &log_a);
     let b = spawn_worker(&stream, &other_app, "worker-1", &log_b);
     std::thread::sleep(Duration::from_secs(3));
@@ -547,7 +487,7 @@ fn two_applications_on_one_stream_each_see_every_record() {
 
 #[test]
 fn the_leases_example_explains_every_shard() {
-    use kinesis_consumer::aws::dynamodb::{AttributeValue, Item};
+    use kinesis_consumer::__test_support::{AttributeValue, Item};
     let app = common::unique_name("app");
     let d = common::dynamodb();
     d.create_table(&app, "leaseKey").unwrap();
@@ -596,7 +536,7 @@ fn the_leases_example_explains_every_shard() {
                     let key =
                         HashMap::from([("leaseKey".to_owned(), AttributeValue::S(shard.into()))]);
                     let bump =
-                        kinesis_consumer::aws::dynamodb::Expression::new("SET leaseCounter = :n")
+                        kinesis_consumer::__test_support::Expression::new("SET leaseCounter = :n")
                             .value(":n", AttributeValue::N(n.to_string()));
                     d.update_item(&app, &key, &bump, None).unwrap();
                 }
@@ -605,7 +545,7 @@ fn the_leases_example_explains_every_shard() {
             }
         }
     });
-    let out = aws_env(Command::new(&leases))
+    let out = common::aws_env(Command::new(&leases))
         .args(["--app", &app, "--observe-ms", "400"])
         .output()
         .unwrap();
@@ -646,7 +586,7 @@ fn the_leases_example_explains_every_shard() {
     // Against a stream: a row whose shard both listings leave out has
     // expired from the stream (the application was down past retention).
     let stream = common::create_stream(1);
-    let out = aws_env(Command::new(&leases))
+    let out = common::aws_env(Command::new(&leases))
         .args(["--app", &app, "--stream", &stream, "--observe-ms", "200"])
         .output()
         .unwrap();

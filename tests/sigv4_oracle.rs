@@ -10,8 +10,8 @@ use aws_sigv4::http_request::{
     sign as oracle_sign,
 };
 use aws_sigv4::sign::v4::SigningParams;
+use kinesis_consumer::__test_support::{SignableRequest, SigningOptions, sign};
 use kinesis_consumer::aws::credentials::Credentials;
-use kinesis_consumer::aws::sigv4::{SignableRequest, SigningOptions, sign};
 
 const REQUESTS: usize = 2_000;
 

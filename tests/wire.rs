@@ -6,8 +6,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use kinesis_consumer::__test_support::{AttributeValue, Expression, Item};
 use kinesis_consumer::Error;
-use kinesis_consumer::aws::dynamodb::{AttributeValue, Expression, Item};
 use kinesis_consumer::aws::kinesis::{IteratorPosition, PutRecordsEntry, ShardFilter};
 
 fn s(v: &str) -> AttributeValue {

@@ -7,7 +7,7 @@
 //! for (all with the same data), so a large backlog costs the server no
 //! memory until it is read.
 
-use std::io::{BufReader, Write};
+use std::borrow::Cow;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::canned::list_shards_body;
-use crate::http::{read_request, spawn_server};
+use crate::http::{serve_operations, spawn_server};
 
 /// Kinesis's bounds on one GetRecords reply.
 const MAX_RECORDS_PER_READ: u64 = 10_000;
@@ -71,16 +71,9 @@ impl BacklogServer {
 }
 
 fn serve(stream: TcpStream, backlog: &Backlog) {
-    let _ = stream.set_nodelay(true);
-    let mut writer = match stream.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
-    while let Ok(Some(request)) = read_request(&mut reader) {
-        let operation = request.target.rsplit('.').next().unwrap_or("").to_owned();
-        let input = String::from_utf8_lossy(&request.body).into_owned();
-        let body: Vec<u8> = match operation.as_str() {
+    serve_operations(stream, |operation, body| {
+        let input = String::from_utf8_lossy(body);
+        let body: Vec<u8> = match operation {
             "GetRecords" => get_records(backlog, &input),
             "GetShardIterator" => get_shard_iterator(backlog, &input),
             "ListShards" => list_shards_body(backlog.shards),
@@ -89,25 +82,10 @@ fn serve(stream: TcpStream, backlog: &Backlog) {
                 backlog.shards
             )
             .into_bytes(),
-            _ => {
-                let body =
-                    format!(r#"{{"__type":"UnknownOperationException","message":"{operation}"}}"#);
-                let reply = format!(
-                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = writer.write_all(reply.as_bytes());
-                continue;
-            }
+            _ => return None,
         };
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: bench\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(&body).is_err() {
-            return;
-        }
-    }
+        Some(Cow::Owned(body))
+    })
 }
 
 /// The value of the string field `name` in a flat JSON object.

@@ -4,7 +4,7 @@
 //! GetRecords always returns the same prebuilt body (or an empty one while
 //! `set_empty(true)`), with a NextShardIterator.
 
-use std::io::{BufReader, Write};
+use std::borrow::Cow;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::http::{read_request, spawn_server};
+use crate::http::{serve_operations, spawn_server};
 
 /// The canned reply bodies and what was asked of them.
 pub struct Canned {
@@ -62,49 +62,23 @@ impl CannedServer {
 }
 
 fn serve(stream: TcpStream, canned: &Canned) {
-    let _ = stream.set_nodelay(true);
-    let mut writer = match stream.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
-    while let Ok(Some(request)) = read_request(&mut reader) {
-        let operation = request.target.rsplit('.').next().unwrap_or("");
-        let iterator;
-        let body: &[u8] = match operation {
+    serve_operations(stream, |operation, _| {
+        let body: Cow<[u8]> = match operation {
             "GetRecords" => {
                 canned.get_records_calls.fetch_add(1, Ordering::Relaxed);
                 if canned.empty.load(Ordering::Relaxed) {
-                    &canned.empty_records
+                    Cow::Borrowed(&canned.empty_records)
                 } else {
-                    &canned.get_records
+                    Cow::Borrowed(&canned.get_records)
                 }
             }
-            "GetShardIterator" => {
-                iterator = br#"{"ShardIterator":"AAAAAAAAAAEbenchiterator"}"#.to_vec();
-                &iterator
-            }
-            "ListShards" => &canned.list_shards,
-            "DescribeStreamSummary" => &canned.describe,
-            _ => {
-                let body =
-                    format!(r#"{{"__type":"UnknownOperationException","message":"{operation}"}}"#);
-                let reply = format!(
-                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = writer.write_all(reply.as_bytes());
-                continue;
-            }
+            "GetShardIterator" => Cow::Borrowed(br#"{"ShardIterator":"AAAAAAAAAAEbenchiterator"}"#),
+            "ListShards" => Cow::Borrowed(&canned.list_shards),
+            "DescribeStreamSummary" => Cow::Borrowed(&canned.describe),
+            _ => return None,
         };
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: bench\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(body).is_err() {
-            return;
-        }
-    }
+        Some(body)
+    })
 }
 
 /// A GetRecords reply: `records` records of `size` bytes, 56-digit

@@ -1,6 +1,7 @@
 //! Just enough HTTP/1.1 to read requests off a socket.
 
-use std::io::{BufRead, BufReader, Read};
+use std::borrow::Cow;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 
@@ -43,6 +44,43 @@ pub fn read_request<R: Read>(reader: &mut BufReader<R>) -> std::io::Result<Optio
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
     Ok(Some(Request { head, target, body }))
+}
+
+/// Answers the Kinesis requests of one kept-alive connection: `answer`
+/// gets the operation (the name after the dot in `X-Amz-Target`) and the
+/// request body, and gives the 200 reply's body, or `None` for an
+/// operation it does not know (400 `UnknownOperationException`). A borrowed
+/// body is written without a copy.
+pub fn serve_operations<'a>(
+    stream: TcpStream,
+    answer: impl Fn(&str, &[u8]) -> Option<Cow<'a, [u8]>>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    while let Ok(Some(request)) = read_request(&mut reader) {
+        let operation = request.target.rsplit('.').next().unwrap_or("");
+        let Some(body) = answer(operation, &request.body) else {
+            let body =
+                format!(r#"{{"__type":"UnknownOperationException","message":"{operation}"}}"#);
+            let reply = format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = writer.write_all(reply.as_bytes());
+            continue;
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: bench\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(&body).is_err() {
+            return;
+        }
+    }
 }
 
 /// Serves connections on a free 127.0.0.1 port, one thread each (named

@@ -1,12 +1,12 @@
 //! Small helpers shared by the examples: argument parsing, a stderr logger,
 //! initial positions (RFC 3339 times are parsed by the library), metrics
-//! levels, and signal handling.
+//! levels, records as JSON lines, and signal handling.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kinesis_consumer::{InitialPosition, MetricsLevel, ShutdownHandle};
+use kinesis_consumer::{InitialPosition, MetricsLevel, Record, ShutdownHandle};
 
 /// `--name value` (or `--name=value`) options and `--flag`s, each declared
 /// by the example: anything else is an error.
@@ -156,6 +156,21 @@ pub fn epoch_millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A record as one JSON object (the output line of `tail` and `file_sink`).
+pub fn record_json(r: &Record) -> String {
+    use base64::Engine;
+    serde_json::json!({
+        "shard_id": r.shard_id(),
+        "sequence_number": r.sequence_number().as_str(),
+        "sub_sequence_number": r.sub_sequence_number(),
+        "partition_key": r.partition_key(),
+        "explicit_hash_key": r.explicit_hash_key(),
+        "arrival_timestamp_ms": r.approximate_arrival_timestamp().map(epoch_millis),
+        "data_base64": base64::engine::general_purpose::STANDARD.encode(r.data()),
+    })
+    .to_string()
 }
 
 /// Logs the library's `info` (or `RUST_LOG`'s level) to stderr.

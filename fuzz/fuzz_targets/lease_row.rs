@@ -5,7 +5,7 @@
 #![no_main]
 
 use kinesis_consumer::__fuzz::{checkpoint_columns, checkpoint_from_columns, parse_lease};
-use kinesis_consumer::aws::dynamodb::Item;
+use kinesis_consumer::__test_support::Item;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

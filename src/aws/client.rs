@@ -36,6 +36,9 @@ const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
 pub struct ClientConfig {
     pub(crate) region: Option<String>,
     pub(crate) endpoint_url: Option<String>,
+    /// The setting an invalid `endpoint_url` is reported as: the consumer
+    /// builder's per-service overrides have names of their own.
+    pub(crate) endpoint_setting: &'static str,
     pub(crate) credentials: Option<Arc<dyn ProvideCredentials>>,
     pub(crate) retry_wait: Duration,
     pub(crate) max_attempts: u32,
@@ -43,6 +46,7 @@ pub struct ClientConfig {
     pub(crate) read_timeout: Duration,
     /// Once set, a failed request is not retried (the consumer's shutdown).
     pub(crate) stop_retrying: Option<Arc<AtomicBool>>,
+    pub(crate) fan_out_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ClientConfig {
@@ -61,6 +65,7 @@ impl fmt::Debug for ClientConfig {
             .field("max_attempts", &self.max_attempts)
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
+            .field("fan_out_tls", &self.fan_out_tls.as_ref().map(|_| "custom"))
             .finish()
     }
 }
@@ -72,12 +77,14 @@ impl ClientConfig {
         ClientConfig {
             region: None,
             endpoint_url: None,
+            endpoint_setting: "endpoint_url",
             credentials: None,
             retry_wait: Duration::from_millis(100),
             max_attempts: 3,
             connect_timeout: Duration::from_secs(3),
             read_timeout: Duration::from_secs(10),
             stop_retrying: None,
+            fan_out_tls: None,
         }
     }
 
@@ -131,6 +138,19 @@ impl ClientConfig {
     /// How long to wait for each reply. Defaults to 10 s.
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = timeout;
+        self
+    }
+
+    /// The TLS settings of enhanced fan-out's HTTP/2 connections
+    /// (`SubscribeToShard` to an `https` endpoint), for example to trust a
+    /// private certificate authority or pin a test server's certificate.
+    /// Its ALPN protocols are replaced with `h2`. Other requests do not use
+    /// it.
+    ///
+    /// Defaults to the Mozilla root certificates of `webpki-roots`, with
+    /// rustls's safe default protocol versions and the `ring` provider.
+    pub fn fan_out_tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.fan_out_tls = Some(config);
         self
     }
 
@@ -191,6 +211,9 @@ pub(crate) struct Client {
     /// The `Date` of the latest reply that had one, in seconds since the
     /// epoch (0: none yet).
     service_time: Arc<AtomicU64>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    fan_out_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for Client {
@@ -207,8 +230,10 @@ impl Client {
     pub(crate) fn new(protocol: Protocol, config: &ClientConfig) -> Result<Client> {
         config.validate()?;
         let region = endpoint::resolve_region(config.region.as_deref())?;
-        let endpoint =
-            endpoint::resolve_endpoint(protocol.service, config.endpoint_url.as_deref(), &region)?;
+        let endpoint = match &config.endpoint_url {
+            Some(url) => endpoint::parse_endpoint(url, config.endpoint_setting)?,
+            None => endpoint::resolve_endpoint(protocol.service, None, &region)?,
+        };
         let credentials = match &config.credentials {
             Some(c) => c.clone(),
             None => Arc::new(DefaultCredentialsChain::new()),
@@ -232,7 +257,76 @@ impl Client {
             max_attempts: config.max_attempts,
             stop_retrying: config.stop_retrying.clone(),
             service_time: Arc::default(),
+            connect_timeout: config.connect_timeout,
+            read_timeout: config.read_timeout,
+            fan_out_tls: config.fan_out_tls.clone(),
         })
+    }
+
+    /// The connect and read timeouts.
+    pub(crate) fn timeouts(&self) -> (Duration, Duration) {
+        (self.connect_timeout, self.read_timeout)
+    }
+
+    /// The TLS settings for HTTP/2 (fan-out) connections: the configured
+    /// ones, else webpki-roots.
+    pub(crate) fn fan_out_tls(&self) -> Result<Arc<rustls::ClientConfig>> {
+        if let Some(config) = &self.fan_out_tls {
+            return Ok(config.clone());
+        }
+        static DEFAULT: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+        if let Some(config) = DEFAULT.get() {
+            return Ok(config.clone());
+        }
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Internal(format!("TLS settings: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(DEFAULT.get_or_init(|| Arc::new(config)).clone())
+    }
+
+    /// The headers of a signed `POST /` request for `operation` with
+    /// `body`: content type, target, and the SigV4 ones (no `host`; HTTP/2
+    /// sends it as `:authority`, the same value).
+    pub(crate) fn signed_headers(
+        &self,
+        operation: &'static str,
+        body: &[u8],
+    ) -> Result<Vec<(String, String)>> {
+        let credentials = self.credentials.credentials()?;
+        let target = format!("{}.{}", self.protocol.target_prefix, operation);
+        let headers = [
+            ("content-type", self.protocol.content_type),
+            ("host", self.endpoint.host_header()),
+            ("x-amz-target", target.as_str()),
+        ];
+        let request = SignableRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body,
+        };
+        let signed = sigv4::sign(
+            &request,
+            &credentials,
+            &self.region,
+            self.protocol.service.signing_name(),
+            SystemTime::now(),
+            &SigningOptions::default(),
+        );
+        let mut out: Vec<(String, String)> = headers
+            .iter()
+            .filter(|(n, _)| *n != "host")
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        out.extend(signed.into_iter().map(|(n, v)| (n.to_ascii_lowercase(), v)));
+        Ok(out)
     }
 
     /// The service's clock as of the latest reply that carried a `Date`
@@ -256,7 +350,10 @@ impl Client {
         operation: &'static str,
         input: &I,
     ) -> Result<O> {
-        let body = serde_json::to_vec(input).map_err(|e| Error::Internal(e.to_string()))?;
+        let body = serde_json::to_vec(input).map_err(|e| Error::InvalidRequest {
+            operation,
+            reason: format!("cannot be encoded as JSON: {e}"),
+        })?;
         self.with_retries(operation, || {
             let reply = self.send(operation, &body)?;
             decode(operation, &reply)
@@ -481,12 +578,21 @@ fn strip_code_prefix(code: &str) -> &str {
     code.split(':').next().unwrap_or(code).trim()
 }
 
-fn describe_body(body: &[u8]) -> String {
-    if body.iter().all(u8::is_ascii_whitespace) {
+/// A short description of a reply body that is not the JSON we expect,
+/// for error messages: what it starts with (control characters left out),
+/// or that it is empty. Credential sources use it too.
+pub(crate) fn describe_body(body: &[u8]) -> String {
+    const SHOWN: usize = 120;
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
         return "empty reply body".to_owned();
     }
-    let text = String::from_utf8_lossy(body);
-    let snippet: String = text.chars().filter(|c| !c.is_control()).take(120).collect();
+    let mut chars = text.chars().filter(|c| !c.is_control());
+    let mut snippet: String = chars.by_ref().take(SHOWN).collect();
+    if chars.next().is_some() {
+        snippet.push('…');
+    }
     format!("unparsed reply body: {snippet}")
 }
 
@@ -573,6 +679,20 @@ mod tests {
         assert_eq!(
             e.message,
             format!("unparsed reply body: {}", String::from_utf8_lossy(body))
+        );
+    }
+
+    #[test]
+    fn bodies_are_described_briefly() {
+        assert_eq!(describe_body(b" \r\n"), "empty reply body");
+        assert_eq!(
+            describe_body(b" <h1>\x07502</h1>\n"),
+            "unparsed reply body: <h1>502</h1>"
+        );
+        let long = "x".repeat(500);
+        assert_eq!(
+            describe_body(long.as_bytes()),
+            format!("unparsed reply body: {}…", "x".repeat(120))
         );
     }
 

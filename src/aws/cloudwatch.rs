@@ -10,11 +10,11 @@ use crate::aws::client::{CLOUDWATCH, Client, ClientConfig};
 use crate::error::{Error, Result};
 
 /// The most metric data one PutMetricData request may carry.
-pub const MAX_DATUMS_PER_REQUEST: usize = 1000;
+pub(crate) const MAX_DATUMS_PER_REQUEST: usize = 1000;
 /// The largest PutMetricData request body, in bytes (the API allows 1 MB).
-pub const MAX_REQUEST_BYTES: usize = 1_000_000;
+pub(crate) const MAX_REQUEST_BYTES: usize = 1_000_000;
 /// The most dimensions one metric may have.
-pub const MAX_DIMENSIONS: usize = 30;
+pub(crate) const MAX_DIMENSIONS: usize = 30;
 
 /// A CloudWatch client.
 #[derive(Clone, Debug)]
@@ -147,34 +147,37 @@ impl CloudWatchClient {
     /// dimensions each, and encode to at most [`MAX_REQUEST_BYTES`].
     pub fn put_metric_data(&self, namespace: &str, data: &[MetricDatum]) -> Result<()> {
         if data.len() > MAX_DATUMS_PER_REQUEST {
-            return Err(Error::config(
-                "MetricData",
-                format!(
+            return Err(Error::InvalidRequest {
+                operation: "PutMetricData",
+                reason: format!(
                     "{} metric data in one request; at most {MAX_DATUMS_PER_REQUEST}",
                     data.len()
                 ),
-            ));
+            });
         }
         if let Some(d) = data.iter().find(|d| d.dimensions.len() > MAX_DIMENSIONS) {
-            return Err(Error::config(
-                "Dimensions",
-                format!(
+            return Err(Error::InvalidRequest {
+                operation: "PutMetricData",
+                reason: format!(
                     "metric {} has {} dimensions; at most {MAX_DIMENSIONS}",
                     d.metric_name,
                     d.dimensions.len()
                 ),
-            ));
+            });
         }
         let body = serde_json::to_vec(&json!({"Namespace": namespace, "MetricData": data}))
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            .map_err(|e| Error::InvalidRequest {
+                operation: "PutMetricData",
+                reason: format!("cannot be encoded as JSON: {e}"),
+            })?;
         if body.len() > MAX_REQUEST_BYTES {
-            return Err(Error::config(
-                "MetricData",
-                format!(
+            return Err(Error::InvalidRequest {
+                operation: "PutMetricData",
+                reason: format!(
                     "a request of {} bytes; at most {MAX_REQUEST_BYTES}",
                     body.len()
                 ),
-            ));
+            });
         }
         self.client.call_with("PutMetricData", &body, |_| Ok(()))
     }
@@ -309,7 +312,7 @@ mod tests {
         let too_many = vec![d.clone(); MAX_DATUMS_PER_REQUEST + 1];
         assert!(matches!(
             client.put_metric_data("ns", &too_many),
-            Err(Error::Config { .. })
+            Err(Error::InvalidRequest { .. })
         ));
         let wide = MetricDatum {
             dimensions: (0..31)
@@ -319,7 +322,7 @@ mod tests {
         };
         assert!(matches!(
             client.put_metric_data("ns", &[wide]),
-            Err(Error::Config { .. })
+            Err(Error::InvalidRequest { .. })
         ));
     }
 }

@@ -134,6 +134,8 @@ pub(crate) fn decode_get_records_with_serde(
 struct Decoded {
     bytes: Vec<u8>,
     records: Vec<Fields>,
+    /// The operation whose reply this is, for error messages.
+    operation: &'static str,
 }
 
 struct Fields {
@@ -152,6 +154,7 @@ impl Decoded {
         Decoded {
             bytes: Vec::with_capacity(body_len / 4 * 3),
             records: Vec::with_capacity((body_len / 50).min(10_000)),
+            operation: OP,
         }
     }
 
@@ -177,7 +180,7 @@ impl Decoded {
         data: Span,
         arrival: Option<f64>,
     ) -> Result<()> {
-        let sequence_number = parse_sequence(OP, sequence_number)?;
+        let sequence_number = parse_sequence(self.operation, sequence_number)?;
         let partition_key = self.push_text(key);
         self.records.push(Fields {
             sequence_number,
@@ -238,8 +241,19 @@ struct ChildShardJson {
 fn decode_with_serde(body: &[u8]) -> Result<(Decoded, GetRecordsOutput)> {
     let reply: GetRecordsJson<'_> =
         serde_json::from_slice(body).map_err(|e| bad_reply(OP, e.to_string()))?;
-    let records = reply.records.unwrap_or_default();
     let mut decoded = Decoded::for_body(body.len());
+    decode_records(&mut decoded, reply.records.unwrap_or_default())?;
+    let rest = GetRecordsOutput {
+        records: Vec::new(),
+        next_shard_iterator: reply.next_shard_iterator.filter(|s| !s.is_empty()),
+        millis_behind_latest: reply.millis_behind_latest,
+        child_shards: child_shards(reply.child_shards),
+    };
+    Ok((decoded, rest))
+}
+
+/// Decodes parsed records into `decoded`'s one buffer.
+fn decode_records(decoded: &mut Decoded, records: Vec<RecordJson<'_>>) -> Result<()> {
     decoded.records.reserve(records.len());
     for r in records {
         let start = decoded.bytes.len();
@@ -247,7 +261,7 @@ fn decode_with_serde(body: &[u8]) -> Result<(Decoded, GetRecordsOutput)> {
             .decode_vec(r.data.as_bytes(), &mut decoded.bytes)
             .map_err(|e| {
                 bad_reply(
-                    OP,
+                    decoded.operation,
                     format!("record {} has invalid base64 data: {e}", r.sequence_number),
                 )
             })?;
@@ -259,21 +273,60 @@ fn decode_with_serde(body: &[u8]) -> Result<(Decoded, GetRecordsOutput)> {
             r.approximate_arrival_timestamp,
         )?;
     }
-    let rest = GetRecordsOutput {
-        records: Vec::new(),
-        next_shard_iterator: reply.next_shard_iterator.filter(|s| !s.is_empty()),
-        millis_behind_latest: reply.millis_behind_latest,
-        child_shards: reply
-            .child_shards
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| ChildShard {
-                shard_id: c.shard_id,
-                parent_shards: c.parent_shards.unwrap_or_default(),
-            })
-            .collect(),
+    Ok(())
+}
+
+fn child_shards(list: Option<Vec<ChildShardJson>>) -> Vec<ChildShard> {
+    list.unwrap_or_default()
+        .into_iter()
+        .map(|c| ChildShard {
+            shard_id: c.shard_id,
+            parent_shards: c.parent_shards.unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// What a SubscribeToShardEvent holds besides its records.
+#[derive(Debug)]
+pub(crate) struct EventFields {
+    pub(crate) continuation_sequence_number: Option<SequenceNumber>,
+    pub(crate) millis_behind_latest: Option<u64>,
+    pub(crate) child_shards: Vec<ChildShard>,
+}
+
+/// Decodes the JSON payload of a SubscribeToShardEvent from `shard_id`:
+/// its records are made exactly as GetRecords records are (one shared
+/// buffer, not de-aggregated).
+pub(crate) fn decode_subscribe_event(
+    payload: &[u8],
+    shard_id: &Arc<str>,
+) -> Result<(Records, EventFields)> {
+    const EVENT: &str = "SubscribeToShard";
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct EventJson<'a> {
+        #[serde(borrow, default)]
+        records: Option<Vec<RecordJson<'a>>>,
+        continuation_sequence_number: Option<String>,
+        millis_behind_latest: Option<u64>,
+        #[serde(default)]
+        child_shards: Option<Vec<ChildShardJson>>,
+    }
+    let event: EventJson<'_> = serde_json::from_slice(payload)
+        .map_err(|e| bad_reply(EVENT, format!("SubscribeToShardEvent: {e}")))?;
+    let mut decoded = Decoded::for_body(payload.len());
+    decoded.operation = EVENT;
+    decode_records(&mut decoded, event.records.unwrap_or_default())?;
+    let continuation_sequence_number = match event.continuation_sequence_number {
+        Some(text) if !text.is_empty() => Some(parse_sequence(EVENT, text.as_bytes())?),
+        _ => None,
     };
-    Ok((decoded, rest))
+    let fields = EventFields {
+        continuation_sequence_number,
+        millis_behind_latest: event.millis_behind_latest,
+        child_shards: child_shards(event.child_shards),
+    };
+    Ok((decoded.into_records(shard_id), fields))
 }
 
 /// A scanner for the common shape of a GetRecords reply. It gives up

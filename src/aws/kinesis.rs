@@ -1,5 +1,6 @@
 //! Typed Kinesis operations over the JSON protocol.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -181,7 +182,10 @@ fn get_records_input(stream: Option<&str>, iterator: &str, limit: u32) -> Result
     if let Some(arn) = stream.filter(|s| is_stream_arn(s)) {
         input["StreamARN"] = json!(arn);
     }
-    serde_json::to_vec(&input).map_err(|e| Error::Internal(e.to_string()))
+    serde_json::to_vec(&input).map_err(|e| Error::InvalidRequest {
+        operation: "GetRecords",
+        reason: format!("cannot be encoded as JSON: {e}"),
+    })
 }
 
 /// True for a stream ARN (`arn:…:kinesis:…:stream/NAME`); stream names
@@ -198,15 +202,33 @@ pub(crate) struct StreamArn {
     pub(crate) name: String,
 }
 
-/// Parses `arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME`; the error
-/// says what is wrong.
-pub(crate) fn parse_stream_arn(arn: &str) -> std::result::Result<StreamArn, String> {
+/// Why a text is not a stream ARN; its `Display` quotes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StreamArnError {
+    /// Not `arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME`.
+    Shape(String),
+    /// The ARN and its account, which is not 12 digits.
+    Account(String, String),
+}
+
+impl fmt::Display for StreamArnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StreamArnError::Shape(arn) => write!(
+                f,
+                "{arn:?} is not a stream ARN such as arn:aws:kinesis:us-east-1:123456789012:stream/NAME"
+            ),
+            StreamArnError::Account(arn, account) => {
+                write!(f, "{arn:?}: the account {account:?} is not 12 digits")
+            }
+        }
+    }
+}
+
+/// Parses `arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME`.
+pub(crate) fn parse_stream_arn(arn: &str) -> std::result::Result<StreamArn, StreamArnError> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    let shape = || {
-        format!(
-            "{arn:?} is not a stream ARN such as arn:aws:kinesis:us-east-1:123456789012:stream/NAME"
-        )
-    };
+    let shape = || StreamArnError::Shape(arn.to_owned());
     let [prefix, partition, service, region, account, resource] = parts[..] else {
         return Err(shape());
     };
@@ -215,7 +237,7 @@ pub(crate) fn parse_stream_arn(arn: &str) -> std::result::Result<StreamArn, Stri
         return Err(shape());
     }
     if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("{arn:?}: the account {account:?} is not 12 digits"));
+        return Err(StreamArnError::Account(arn.to_owned(), account.to_owned()));
     }
     Ok(StreamArn {
         region: region.to_string(),
@@ -603,8 +625,13 @@ impl KinesisClient {
         Ok(())
     }
 
+    /// The signed JSON client underneath.
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Calls `operation`; a stream given by ARN is sent as `StreamARN`.
-    fn call<O: serde::de::DeserializeOwned>(
+    pub(super) fn call<O: serde::de::DeserializeOwned>(
         &self,
         operation: &'static str,
         input: &serde_json::Value,

@@ -15,7 +15,7 @@ use crate::aws::kinesis::{KinesisClient, Shard};
 use crate::error::{Error, Result};
 use crate::lease::held::ROUND_SLACK;
 use crate::lease::plan::{self, Lineage, RoundInput, RoundPlan, Row, Standing};
-use crate::lease::{Checkpoint, HeldLeases};
+use crate::lease::{Checkpoint, HeldLeases, Lease};
 use crate::metrics::{Metric, Metrics};
 
 /// True once `waited` is the failover time, allowing for [`ROUND_SLACK`]:
@@ -25,6 +25,13 @@ use crate::metrics::{Metric, Metrics};
 /// third round or at the fourth (3.3 s later) by chance.
 fn has_waited(waited: Duration, failover: Duration) -> bool {
     waited + ROUND_SLACK >= failover
+}
+
+/// The lease of `shard_id` among the table's rows.
+fn lease_of<'a>(rows: &'a [Row], shard_id: &str) -> Option<&'a Lease> {
+    rows.iter()
+        .filter_map(Row::lease)
+        .find(|l| l.shard_id == shard_id)
 }
 
 /// Lease timing settings (see the builder for their defaults and meaning).
@@ -397,22 +404,43 @@ impl<R: ShardRunner> Coordinator<R> {
         }
     }
 
+    /// Carries a round's plan out: stops readers of leases held no more,
+    /// drops lost leases, deletes finished and gone ones, gives leases up,
+    /// takes and asks for leases, records the round's metrics and starts
+    /// the readable shards. Returns true while an asked-for lease has not
+    /// arrived.
     fn carry_out(
         &mut self,
         plan: &RoundPlan,
         rows: &[Row],
         held: &HashSet<String>,
     ) -> Result<bool> {
-        let (mut taken, mut stolen) = (0u32, 0u32);
-        let lease = |id: &str| {
-            rows.iter()
-                .filter_map(Row::lease)
-                .find(|l| l.shard_id == id)
-        };
-        // A reader whose lease was dropped elsewhere (a refused checkpoint
-        // forgets the lease on the ticker's side) reads for nobody: stop it,
-        // or a later take of the same shard would find it "running" under
-        // the old epoch and never start a reader that counts.
+        self.stop_orphaned_readers(rows, held);
+        self.drop_lost(plan, rows);
+        self.delete(plan, rows)?;
+        self.release(plan)?;
+        let (taken, handed_over) = self.take(plan, rows)?;
+        let asked = self.ask(plan)?;
+        self.metrics.record(
+            None,
+            &[
+                (Metric::LeasesTaken, f64::from(taken)),
+                (Metric::LeasesStolen, f64::from(handed_over + asked)),
+                (Metric::Workers, plan.workers as f64),
+                (Metric::LeasesLost, plan.lost.len() as f64),
+                (Metric::ShardsBlockedOnParent, plan.blocked.len() as f64),
+            ],
+        );
+        self.start_readable(plan, rows);
+        Ok(plan.waiting)
+    }
+
+    /// Stops readers whose lease is not held. A reader whose lease was
+    /// dropped elsewhere (a refused checkpoint forgets the lease on the
+    /// ticker's side) reads for nobody; a later take of the same shard would
+    /// find it "running" under the old epoch and never start a reader that
+    /// counts.
+    fn stop_orphaned_readers(&mut self, rows: &[Row], held: &HashSet<String>) {
         for row in rows {
             let id = row.shard_id();
             if !held.contains(id) && self.runner.is_running(id) {
@@ -420,16 +448,25 @@ impl<R: ShardRunner> Coordinator<R> {
                 self.runner.stop(id);
             }
         }
+    }
+
+    /// Stops reading the leases another worker took, and forgets them.
+    fn drop_lost(&mut self, plan: &RoundPlan, rows: &[Row]) {
         for shard_id in &plan.lost {
             log::info!(
                 "lease {shard_id} lost: now owned by {:?}",
-                lease(shard_id).and_then(|l| l.owner.clone())
+                lease_of(rows, shard_id).and_then(|l| l.owner.clone())
             );
             self.runner.stop(shard_id);
             self.held.drop_lost(shard_id);
         }
+    }
+
+    /// Deletes the leases of shards read to their end, and of shards gone
+    /// from the stream (whose reading stops).
+    fn delete(&mut self, plan: &RoundPlan, rows: &[Row]) -> Result<()> {
         for shard_id in &plan.delete {
-            match lease(shard_id) {
+            match lease_of(rows, shard_id) {
                 Some(l) if l.checkpoint == Checkpoint::ShardEnd => {
                     log::info!("deleting the lease of finished shard {shard_id}");
                     self.held.table().delete_finished(shard_id)?;
@@ -446,22 +483,40 @@ impl<R: ShardRunner> Coordinator<R> {
                 None => {}
             }
         }
+        Ok(())
+    }
+
+    /// Gives up the leases the plan hands to others.
+    fn release(&mut self, plan: &RoundPlan) -> Result<()> {
         for shard_id in &plan.release {
             self.runner.stop(shard_id);
             log::info!("giving lease {shard_id} up");
             self.held.release(shard_id)?;
         }
+        Ok(())
+    }
+
+    /// Takes the planned leases; returns how many were taken unasked and
+    /// how many were handed over as asked.
+    fn take(&mut self, plan: &RoundPlan, rows: &[Row]) -> Result<(u32, u32)> {
+        let (mut taken, mut handed_over) = (0u32, 0u32);
         for (shard_id, counter) in &plan.take {
-            let owner = lease(shard_id).and_then(|l| l.owner.clone());
+            let owner = lease_of(rows, shard_id).and_then(|l| l.owner.clone());
             if self.held.take(shard_id, *counter)?.is_some() {
                 log::info!("took lease {shard_id} (was {owner:?})");
                 if self.handoffs_seen.remove(shard_id).is_some() {
-                    stolen += 1;
+                    handed_over += 1;
                 } else {
                     taken += 1;
                 }
             }
         }
+        Ok((taken, handed_over))
+    }
+
+    /// Asks busier workers to hand leases over; returns how many were asked.
+    fn ask(&mut self, plan: &RoundPlan) -> Result<u32> {
+        let mut asked = 0u32;
         let me = self.held.owner().to_owned();
         for (shard_id, owner, counter) in &plan.ask {
             if self
@@ -471,21 +526,10 @@ impl<R: ShardRunner> Coordinator<R> {
             {
                 log::info!("asked {owner} to hand lease {shard_id} over");
                 self.handoffs_seen.insert(shard_id.clone(), self.now());
-                stolen += 1;
+                asked += 1;
             }
         }
-        self.metrics.record(
-            None,
-            &[
-                (Metric::LeasesTaken, f64::from(taken)),
-                (Metric::LeasesStolen, f64::from(stolen)),
-                (Metric::Workers, plan.workers as f64),
-                (Metric::LeasesLost, plan.lost.len() as f64),
-                (Metric::ShardsBlockedOnParent, plan.blocked.len() as f64),
-            ],
-        );
-        self.start_readable(plan, rows);
-        Ok(plan.waiting)
+        Ok(asked)
     }
 
     /// Starts a reader for every lease the plan found readable that is
@@ -499,11 +543,7 @@ impl<R: ShardRunner> Coordinator<R> {
             {
                 continue;
             }
-            let Some(lease) = rows
-                .iter()
-                .filter_map(Row::lease)
-                .find(|l| l.shard_id == shard_id)
-            else {
+            let Some(lease) = lease_of(rows, &shard_id) else {
                 continue;
             };
             log::info!("starting shard {shard_id} at {:?}", lease.checkpoint);

@@ -181,6 +181,25 @@ impl HeldLeases {
         false
     }
 
+    /// Where the lease of `shard_id` under `epoch` stands for its records
+    /// (see [`is_current`](Self::is_current)).
+    pub(crate) fn holding(&self, shard_id: &str, epoch: u64) -> Holding {
+        if self.is_current(shard_id, epoch) {
+            return Holding::Current;
+        }
+        match self.get(shard_id) {
+            Some(entry) => {
+                let state = lock(&entry.state);
+                if state.epoch == epoch && state.handoff_to.is_some() {
+                    Holding::HandingOff
+                } else {
+                    Holding::Gone
+                }
+            }
+            None => Holding::Gone,
+        }
+    }
+
     fn forget(&self, shard_id: &str, epoch: u64) {
         let mut leases = lock(&self.leases);
         if leases
@@ -355,6 +374,17 @@ impl HeldLeases {
             self.forget(shard_id, epoch);
         }
     }
+}
+
+/// Where a lease stands for the records read under one epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Holding {
+    /// Held: its records may be handed on and checkpointed.
+    Current,
+    /// Held, but another worker asked for it: hand it over.
+    HandingOff,
+    /// Not held under that epoch any more.
+    Gone,
 }
 
 /// What a renewal found that the round must act on.

@@ -12,7 +12,7 @@ mod table;
 pub(crate) use coordinator::{
     Coordinator, CoordinatorEvent, LeaseTimings, ShardRunner, StreamShards,
 };
-pub(crate) use held::HeldLeases;
+pub(crate) use held::{HeldLeases, Holding};
 pub use plan::Standing;
 use plan::{Lineage, Row};
 pub use table::BillingMode;
@@ -148,14 +148,13 @@ pub struct LeaseStanding {
 }
 
 /// Reads every lease of an application's lease table, for inspection (see
-/// the `leases` example). `app_name` names the table: the application name,
-/// or the `lease_table_name` the consumer was given. Rows of other entity types and malformed rows are
+/// the `leases` example), through DynamoDB as `config` says. `app_name`
+/// names the table: the application name, or the `lease_table_name` the
+/// consumer was given. Rows of other entity types and malformed rows are
 /// left out; [`inspect_leases`] shows those too.
-pub fn list_leases(
-    dynamodb: &crate::aws::dynamodb::DynamoDbClient,
-    app_name: &str,
-) -> crate::Result<Vec<Lease>> {
-    let rows = LeaseTable::new(dynamodb.clone(), app_name).list()?;
+pub fn list_leases(config: &crate::aws::ClientConfig, app_name: &str) -> crate::Result<Vec<Lease>> {
+    let dynamodb = crate::aws::dynamodb::DynamoDbClient::new(config)?;
+    let rows = LeaseTable::new(dynamodb, app_name).list()?;
     Ok(rows
         .into_iter()
         .filter_map(|r| match r {
@@ -172,11 +171,12 @@ pub fn list_leases(
 /// [`Standing::Expired`]; left out of fewer, [`Standing::NotListed`]. With
 /// no listing at all, every row counts as listed.
 pub fn inspect_leases(
-    dynamodb: &crate::aws::dynamodb::DynamoDbClient,
+    config: &crate::aws::ClientConfig,
     app_name: &str,
     listings: &[Vec<Shard>],
 ) -> crate::Result<Vec<LeaseStanding>> {
-    let rows = LeaseTable::new(dynamodb.clone(), app_name).list()?;
+    let dynamodb = crate::aws::dynamodb::DynamoDbClient::new(config)?;
+    let rows = LeaseTable::new(dynamodb, app_name).list()?;
     let mut misses = HashMap::new();
     for listing in listings {
         misses = plan::count_misses(&rows, &Lineage::new(listing), &misses);

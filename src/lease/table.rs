@@ -102,15 +102,49 @@ fn counter_of(operation: &'static str, item: &Item) -> Result<u64> {
 }
 
 /// Why a row of the table is not a lease we can use.
-pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, String> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MalformedRow {
+    /// No string `leaseKey`.
+    NoKey,
+    /// `checkpoint` is there but not a string.
+    CheckpointNotString,
+    /// A counter column that is not a whole number up to 2^63 - 1.
+    NotACounter(&'static str),
+    /// `checkpointTimestamp` is not a number of milliseconds.
+    BadTimestamp,
+    /// A checkpoint that is neither a sequence number nor a known position.
+    UnknownCheckpoint(String),
+}
+
+impl std::fmt::Display for MalformedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MalformedRow::NoKey => write!(f, "{KEY} is missing or not a string"),
+            MalformedRow::CheckpointNotString => f.write_str("checkpoint is not a string"),
+            MalformedRow::NotACounter(name) => {
+                write!(f, "{name} is not a whole number up to 2^63 - 1")
+            }
+            MalformedRow::BadTimestamp => {
+                write!(f, "{TIMESTAMP} is not a number of milliseconds")
+            }
+            MalformedRow::UnknownCheckpoint(text) => write!(
+                f,
+                "checkpoint {text:?} is neither a sequence number nor a known position"
+            ),
+        }
+    }
+}
+
+/// The lease a row holds, or why it holds none.
+pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, MalformedRow> {
     let text = |name: &str| item.get(name).and_then(AttributeValue::as_s);
-    let number = |name: &str| -> std::result::Result<u64, String> {
+    let number = |name: &'static str| -> std::result::Result<u64, MalformedRow> {
         match item.get(name) {
             None | Some(AttributeValue::NULL(_)) => Ok(0),
             Some(v) => v
                 .as_n()
                 .and_then(parse_counter)
-                .ok_or_else(|| format!("{name} is not a whole number up to 2^63 - 1")),
+                .ok_or(MalformedRow::NotACounter(name)),
         }
     };
     let set = |name: &str| {
@@ -119,12 +153,10 @@ pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, String> {
             .map(<[String]>::to_vec)
             .unwrap_or_default()
     };
-    let shard_id = text(KEY)
-        .ok_or("leaseKey is missing or not a string")?
-        .to_owned();
+    let shard_id = text(KEY).ok_or(MalformedRow::NoKey)?.to_owned();
     let checkpoint_text = match item.get("checkpoint") {
         None | Some(AttributeValue::NULL(_)) => "TRIM_HORIZON",
-        Some(v) => v.as_s().ok_or("checkpoint is not a string")?,
+        Some(v) => v.as_s().ok_or(MalformedRow::CheckpointNotString)?,
     };
     let timestamp = match item.get(TIMESTAMP) {
         None => None,
@@ -132,7 +164,7 @@ pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, String> {
             v.as_n()
                 .and_then(|t| t.parse::<u64>().ok())
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
-                .ok_or_else(|| format!("{TIMESTAMP} is not a number of milliseconds"))?,
+                .ok_or(MalformedRow::BadTimestamp)?,
         ),
     };
     let checkpoint = Checkpoint::from_columns(
@@ -140,9 +172,7 @@ pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, String> {
         number("checkpointSubSequenceNumber")?,
         timestamp,
     )
-    .ok_or_else(|| {
-        format!("checkpoint {checkpoint_text:?} is neither a sequence number nor a known position")
-    })?;
+    .ok_or_else(|| MalformedRow::UnknownCheckpoint(checkpoint_text.to_owned()))?;
     Ok(Lease {
         shard_id,
         owner: text("leaseOwner").map(str::to_owned),
@@ -410,7 +440,7 @@ impl LeaseStore for LeaseTable {
                     }
                     rows.push(Row::Malformed {
                         shard_id: shard_id.to_owned(),
-                        why,
+                        why: why.to_string(),
                     });
                 }
             }
@@ -709,10 +739,9 @@ mod tests {
         .unwrap();
         assert_eq!(kcl.checkpoint, Checkpoint::AtTimestamp(None));
         let bad = r#"{"leaseKey":{"S":"s"},"checkpoint":{"S":"AT_TIMESTAMP"},"checkpointTimestamp":{"S":"x"}}"#;
-        assert!(
-            parse_lease(&item(bad))
-                .unwrap_err()
-                .contains("checkpointTimestamp")
+        assert_eq!(
+            parse_lease(&item(bad)).unwrap_err(),
+            MalformedRow::BadTimestamp
         );
     }
 
@@ -749,22 +778,22 @@ mod tests {
 
     #[test]
     fn rejects_malformed_rows_with_a_reason() {
-        assert!(
-            parse_lease(&item(r#"{"leaseKey":{"N":"1"}}"#))
-                .unwrap_err()
-                .contains("leaseKey")
+        assert_eq!(
+            parse_lease(&item(r#"{"leaseKey":{"N":"1"}}"#)).unwrap_err(),
+            MalformedRow::NoKey
         );
-        assert!(
-            parse_lease(&item(r#"{"leaseKey":{"S":"s"},"leaseCounter":{"S":"x"}}"#))
-                .unwrap_err()
-                .contains("leaseCounter")
+        let counter = parse_lease(&item(r#"{"leaseKey":{"S":"s"},"leaseCounter":{"S":"x"}}"#));
+        assert_eq!(
+            counter.unwrap_err(),
+            MalformedRow::NotACounter("leaseCounter")
         );
-        assert!(
-            parse_lease(&item(
-                r#"{"leaseKey":{"S":"s"},"checkpoint":{"S":"nonsense"}}"#
-            ))
-            .unwrap_err()
-            .contains("nonsense")
+        let nonsense = parse_lease(&item(
+            r#"{"leaseKey":{"S":"s"},"checkpoint":{"S":"nonsense"}}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(
+            nonsense.to_string(),
+            "checkpoint \"nonsense\" is neither a sequence number nor a known position"
         );
         for bad in [
             r#"{"leaseKey":{"S":"s"},"leaseCounter":{"N":"18446744073709551615"}}"#,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::lease::Checkpoint;
 use crate::record::Record;
 
 /// One user record after the message handler: the value it returned, and
@@ -71,11 +72,65 @@ impl<T> ShardBatch<T> {
     }
 }
 
-/// Everything that arrived during one batch interval, grouped by shard.
+/// A change in the shards this worker processes, as the KCL's record
+/// processors see them (`initialize`, `leaseLost`, `shardEnded`,
+/// `shutdownRequested`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShardEvent {
+    /// The worker took the shard's lease; its records follow, from `from`
+    /// (its checkpoint, or the initial position for a new shard).
+    Gained {
+        /// The shard.
+        shard_id: String,
+        /// Where reading starts.
+        from: Checkpoint,
+    },
+    /// Another worker has the lease now (it took it, or this worker could
+    /// not renew it in time): no checkpoint of the shard is possible any
+    /// more, and records handed on but not checkpointed will be read again
+    /// by the next owner.
+    Lost {
+        /// The shard.
+        shard_id: String,
+    },
+    /// The shard is closed (split or merged) and its last records are in
+    /// this batch; its children are read once its end is checkpointed
+    /// (automatically, or with [`Checkpointer::checkpoint`](crate::Checkpointer::checkpoint)
+    /// in manual mode).
+    Ended {
+        /// The shard.
+        shard_id: String,
+    },
+    /// The worker is shutting down, or another worker asked for the lease:
+    /// after this batch the lease is released. The last chance to
+    /// checkpoint the shard: during this call.
+    ShutdownRequested {
+        /// The shard.
+        shard_id: String,
+    },
+}
+
+impl ShardEvent {
+    /// The shard the event is about.
+    pub fn shard_id(&self) -> &str {
+        match self {
+            ShardEvent::Gained { shard_id, .. }
+            | ShardEvent::Lost { shard_id }
+            | ShardEvent::Ended { shard_id }
+            | ShardEvent::ShutdownRequested { shard_id } => shard_id,
+        }
+    }
+}
+
+/// Everything that arrived during one batch interval, grouped by shard,
+/// and what changed in the shards this worker holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch<T> {
     pub(crate) time: SystemTime,
     pub(crate) shards: Vec<ShardBatch<T>>,
+    pub(crate) events: Vec<ShardEvent>,
+    pub(crate) last: bool,
 }
 
 impl<T> Batch<T> {
@@ -88,6 +143,20 @@ impl<T> Batch<T> {
     /// `2024-05-01T12:00:00.250Z`.
     pub fn time_rfc3339(&self) -> String {
         crate::time::format_rfc3339(self.time, true)
+    }
+
+    /// What changed since the previous batch, in order: shards gained,
+    /// lost, ended, and about to be released. Applications that checkpoint
+    /// automatically may ignore it.
+    pub fn events(&self) -> &[ShardEvent] {
+        &self.events
+    }
+
+    /// True for the last batch `run` hands on, when shutdown was asked
+    /// for: it has no records, and one [`ShardEvent::ShutdownRequested`]
+    /// per held shard.
+    pub fn is_last(&self) -> bool {
+        self.last
     }
 
     /// The shards with records (or a shard end) in this batch.
@@ -126,6 +195,8 @@ mod tests {
         let batch: Batch<()> = Batch {
             time: UNIX_EPOCH + Duration::from_millis(1_714_564_800_250),
             shards: Vec::new(),
+            events: Vec::new(),
+            last: false,
         };
         assert_eq!(batch.time_rfc3339(), "2024-05-01T12:00:00.250Z");
     }

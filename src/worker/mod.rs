@@ -3,6 +3,9 @@
 
 pub(crate) mod batch;
 mod budget;
+pub(crate) mod checkpointer;
+pub(crate) mod processing;
+pub(crate) mod processor;
 mod reader;
 mod startup;
 mod ticker;
@@ -15,6 +18,8 @@ use std::time::Duration;
 use crate::aws::cloudwatch::CloudWatchClient;
 use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
+use crossbeam_channel::{Receiver, Sender};
+
 use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{
     Checkpoint, Clock, Coordinator, CoordinatorEvent, HeldLeases, LeaseTable, LeaseTimings,
@@ -25,7 +30,10 @@ use crate::metrics::{MetricsDimension, MetricsLevel};
 use crate::record::Record;
 use batch::Batch;
 use budget::Budget;
-use reader::{ReaderContext, ReaderPool};
+use checkpointer::Checkpointer;
+use processing::{Checkpointing, Delivery, ErrorPolicy};
+use processor::ShardProcessor;
+use reader::{ReaderContext, ReaderOutput, ReaderPool};
 use startup::until_ready;
 use ticker::Ticker;
 
@@ -72,6 +80,8 @@ pub(crate) struct ConsumerSettings {
     pub shard_sync_interval: Duration,
     pub max_leases_per_worker: usize,
     pub pace_reads: bool,
+    pub checkpointing: Checkpointing,
+    pub error_policy: ErrorPolicy,
     /// The lease table's name and how to create it.
     pub lease_table: crate::lease::TableOptions,
 }
@@ -89,8 +99,9 @@ pub(crate) struct Clients {
 ///
 /// [`shutdown`](Self::shutdown) only sets an atomic flag, so it is safe to
 /// call from a signal handler the application installs (the library installs
-/// none). `run` then finishes the batch in the handler, writes checkpoints,
-/// releases the leases and returns.
+/// none). `run` then finishes the batch in the handler, hands on a last
+/// batch without records, writes checkpoints, releases the leases and
+/// returns (`run_processors`: each processor's `shutdown_requested`).
 #[derive(Clone, Debug, Default)]
 pub struct ShutdownHandle {
     flag: Arc<AtomicBool>,
@@ -121,10 +132,13 @@ pub struct Consumer<T> {
     settings: ConsumerSettings,
     message_handler: MessageHandler<T>,
     kinesis: KinesisClient,
-    dynamodb: DynamoDbClient,
     cloudwatch: CloudWatchClient,
     metrics: Metrics,
     shutdown: ShutdownHandle,
+    held: Arc<HeldLeases>,
+    checkpointer: Checkpointer,
+    /// What the ticker and the checkpointer tell the lease coordinator.
+    events: (Sender<CoordinatorEvent>, Receiver<CoordinatorEvent>),
 }
 
 impl<T> fmt::Debug for Consumer<T> {
@@ -155,15 +169,33 @@ impl<T: Send + 'static> Consumer<T> {
             &settings.worker_id,
             &settings.stream_name,
         );
+        let table = LeaseTable::with_options(dynamodb, &settings.lease_table);
+        let held = Arc::new(HeldLeases::new(
+            Arc::new(table),
+            settings.worker_id.clone(),
+            settings.failover_time,
+            Clock::system(),
+        ));
+        let events = crossbeam_channel::unbounded();
+        let checkpointer = Checkpointer::new(held.clone(), events.0.clone(), metrics.clone());
         Consumer {
             settings,
             message_handler,
             kinesis,
-            dynamodb,
             cloudwatch,
             metrics,
             shutdown,
+            held,
+            checkpointer,
+            events,
         }
+    }
+
+    /// Checkpoints the shards this consumer holds, from any thread (see
+    /// [`Checkpointer`]); the only way anything is checkpointed with
+    /// [`Checkpointing::Manual`]. Get it before [`run`](Self::run).
+    pub fn checkpointer(&self) -> Checkpointer {
+        self.checkpointer.clone()
     }
 
     /// A handle that stops [`run`](Self::run) from any thread.
@@ -193,19 +225,58 @@ impl<T: Send + 'static> Consumer<T> {
     /// for up to a minute first.
     ///
     /// The handler is called every batch interval, with an empty batch when
-    /// nothing arrived. When it returns `Ok(())`, the batch's records are
-    /// checkpointed (no more often than the checkpoint interval). It may
-    /// fail with any error type (`?` converts it into the boxed error of
-    /// [`HandlerResult`]); when it fails or panics, nothing of that batch is
-    /// checkpointed and `run` returns the error ([`Error::Handler`] or
-    /// [`Error::HandlerPanicked`]), after writing earlier checkpoints and
-    /// releasing its leases.
+    /// nothing arrived; [`Batch::events`] says which shards were gained,
+    /// lost, ended or are about to be released. When it returns `Ok(())`,
+    /// the batch's records are checkpointed (no more often than the
+    /// checkpoint interval) unless checkpoints are
+    /// [manual](Checkpointing::Manual). It may fail with any error type
+    /// (`?` converts it into the boxed error of [`HandlerResult`]); when it
+    /// fails or panics, nothing of that batch is checkpointed and, under the
+    /// default [`ErrorPolicy::Stop`], `run` returns the error
+    /// ([`Error::Handler`] or [`Error::HandlerPanicked`]), after writing
+    /// earlier checkpoints and releasing its leases.
     ///
-    /// Once `run` has returned, the message handler is not called again.
-    /// `run` waits up to the connect timeout plus the read timeout plus 1 s
-    /// for readers inside a GetRecords call; a reader still in its call
-    /// then ends by itself later without calling user code.
+    /// Once shutdown is asked for, the handler gets one last batch without
+    /// records ([`Batch::is_last`]) whose events give each held shard its
+    /// last chance to be checkpointed; then `run` writes the checkpoints
+    /// due, releases the leases and returns. Once `run` has returned, the
+    /// message handler is not called again. `run` waits up to the connect
+    /// timeout plus the read timeout plus 1 s for readers inside a
+    /// GetRecords call; a reader still in its call then ends by itself
+    /// later without calling user code.
     pub fn run(self, mut handler: impl FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
+        self.serve(None, |records, delivery| {
+            Ticker::new(records, delivery).run(&mut handler)
+        })
+    }
+
+    /// Reads the stream with one [`ShardProcessor`] per shard held, each
+    /// on its own thread, made by `factory` when the shard is gained; blocks
+    /// until shut down or until something fails. The KCL's processing
+    /// model: see [`ShardProcessor`] for what is called when.
+    ///
+    /// Records reach each processor in sequence order, through a queue of
+    /// a few reads per shard: a slow processor holds back only its own
+    /// shard's reader. Checkpoints, the error policy and shutdown work as
+    /// for [`run`](Self::run), per shard:
+    /// [`ErrorPolicy::RetryThenReleaseShard`] gives up a failing shard alone.
+    pub fn run_processors<P, F>(self, factory: F) -> Result<()>
+    where
+        P: ShardProcessor<T> + 'static,
+        F: Fn(&str) -> P + Send + Sync + 'static,
+    {
+        self.serve(Some(processor::SHARD_QUEUE), move |records, delivery| {
+            processor::dispatch(records, delivery, factory)
+        })
+    }
+
+    /// Starts metrics publishing, the lease coordinator and the readers,
+    /// and hands what they read to `deliver` until it returns.
+    fn serve(
+        self,
+        shard_queue: Option<usize>,
+        deliver: impl FnOnce(&Receiver<ReaderOutput<T>>, Delivery<T>) -> Result<()>,
+    ) -> Result<()> {
         let s = &self.settings;
         // A missing stream fails here, in AWS's own words.
         let described = until_ready("describing the stream", &self.shutdown.flag, || {
@@ -224,22 +295,20 @@ impl<T: Send + 'static> Consumer<T> {
         } else {
             None
         };
-        let result = self.consume(&mut handler);
+        let result = self.consume(shard_queue, deliver);
         if let Some(publisher) = publisher {
             publisher.stop(METRICS_SHUTDOWN_GRACE);
         }
         result
     }
 
-    fn consume(&self, handler: &mut impl FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
+    fn consume(
+        &self,
+        shard_queue: Option<usize>,
+        deliver: impl FnOnce(&Receiver<ReaderOutput<T>>, Delivery<T>) -> Result<()>,
+    ) -> Result<()> {
         let s = &self.settings;
-        let table = LeaseTable::with_options(self.dynamodb.clone(), &s.lease_table);
-        let held = Arc::new(HeldLeases::new(
-            Arc::new(table),
-            s.worker_id.clone(),
-            s.failover_time,
-            Clock::system(),
-        ));
+        let held = self.held.clone();
         let budget = Arc::new(Budget::new(s.buffer_bytes, s.buffer_records));
         // Chunks are whole GetRecords replies; the budget bounds their size.
         let (sender, records) = crossbeam_channel::bounded(1024);
@@ -248,6 +317,7 @@ impl<T: Send + 'static> Consumer<T> {
             stream: s.stream.clone(),
             handler: self.message_handler.clone(),
             sender,
+            shard_queue,
             budget: budget.clone(),
             max_records: s.max_records_per_read,
             idle_time: s.idle_time_between_reads,
@@ -283,7 +353,7 @@ impl<T: Send + 'static> Consumer<T> {
             readers,
             self.metrics.clone(),
         );
-        let (events, event_receiver) = crossbeam_channel::unbounded();
+        let (events, event_receiver) = self.events.clone();
         let started = until_ready(
             "starting the lease coordinator",
             &self.shutdown.flag,
@@ -305,17 +375,20 @@ impl<T: Send + 'static> Consumer<T> {
             .map_err(|e| {
                 Error::Internal(format!("cannot start the lease coordinator thread: {e}"))
             })?;
-        let result = Ticker::new(
-            &records,
-            &held,
-            &budget,
-            &events,
-            &self.shutdown.flag,
-            s.batch_interval,
-            s.checkpoint_interval,
-        )
-        .with_metrics(self.metrics.clone())
-        .run(handler);
+        let delivery = Delivery {
+            held,
+            budget,
+            coordinator: events.clone(),
+            shutdown: self.shutdown.flag(),
+            checkpointer: self.checkpointer.clone(),
+            metrics: self.metrics.clone(),
+            message_handler: self.message_handler.clone(),
+            batch_interval: s.batch_interval,
+            checkpoint_interval: s.checkpoint_interval,
+            checkpointing: s.checkpointing,
+            error_policy: s.error_policy,
+        };
+        let result = deliver(&records, delivery);
         let _ = events.send(CoordinatorEvent::Stop);
         // A reader blocked on a full channel now fails its send and exits.
         drop(records);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{SendTimeoutError, Sender};
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 
 use crate::aws::client::backoff;
 use crate::aws::get_records::Records;
@@ -55,6 +55,15 @@ pub(crate) enum ReaderOutput<T> {
         epoch: u64,
         error: Error,
     },
+    /// A reader started on a lease just taken: the shard is gained, and
+    /// will be read from `from`. Sent on the shared channel before anything
+    /// the reader reads; with per-shard queues, `records` receives the rest.
+    Started {
+        shard_id: Arc<str>,
+        epoch: u64,
+        from: Checkpoint,
+        records: Option<Receiver<ReaderOutput<T>>>,
+    },
     /// The lease coordinator found that the consumer cannot go on.
     Fatal(Error),
 }
@@ -66,6 +75,10 @@ pub(crate) struct ReaderContext<T> {
     pub stream: String,
     pub handler: MessageHandler<T>,
     pub sender: Sender<ReaderOutput<T>>,
+    /// When set, each reader hands its chunks to a queue of its own of
+    /// this many chunks (per-shard processors), not to `sender`: a slow
+    /// shard then holds back only its own reader.
+    pub shard_queue: Option<usize>,
     pub budget: Arc<Budget>,
     pub max_records: u32,
     pub idle_time: Duration,
@@ -264,8 +277,16 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
         self.stop(shard_id);
         let stop = Arc::new(AtomicBool::new(false));
         let not_found = Arc::new(AtomicBool::new(false));
+        let (sender, records) = match self.context.shard_queue {
+            Some(chunks) => {
+                let (sender, records) = crossbeam_channel::bounded(chunks);
+                (sender, Some(records))
+            }
+            None => (self.context.sender.clone(), None),
+        };
         let reader = Reader {
             context: self.context.clone(),
+            sender,
             shard_id: shard_id.into(),
             epoch,
             stop: stop.clone(),
@@ -276,7 +297,7 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
         let checkpoint = checkpoint.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("kinesis-reader-{shard_id}"))
-            .spawn(move || reader.run(checkpoint));
+            .spawn(move || reader.run(checkpoint, records));
         match spawned {
             Ok(handle) => {
                 let running = Running {
@@ -357,6 +378,8 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
 
 struct Reader<T> {
     context: Arc<ReaderContext<T>>,
+    /// Where this reader's chunks and failure go (see `shard_queue`).
+    sender: Sender<ReaderOutput<T>>,
     shard_id: Arc<str>,
     epoch: u64,
     stop: Arc<AtomicBool>,
@@ -384,7 +407,16 @@ impl<T: Send + 'static> Reader<T> {
         }
     }
 
-    fn run(mut self, checkpoint: Checkpoint) {
+    fn run(mut self, checkpoint: Checkpoint, records: Option<Receiver<ReaderOutput<T>>>) {
+        let started = ReaderOutput::Started {
+            shard_id: self.shard_id.clone(),
+            epoch: self.epoch,
+            from: checkpoint.clone(),
+            records,
+        };
+        if send(&self.context.sender, started, &self.stop).is_err() {
+            return;
+        }
         match self.read(checkpoint) {
             Ok(()) => {}
             // Not this reader's failure to report: the coordinator decides
@@ -407,61 +439,38 @@ impl<T: Send + 'static> Reader<T> {
         }
     }
 
+    /// Reads the shard from `checkpoint` until told to stop or its end is
+    /// handed on. Each round: an iterator (a fresh one when there is none),
+    /// a wait for the shard's pace, room for the read, one GetRecords
+    /// call, then the reply handed on, or the failure waited out.
     fn read(&mut self, checkpoint: Checkpoint) -> Result<()> {
         let context = self.context.clone();
-        let (mut start, mut resume_after) = match checkpoint {
-            Checkpoint::TrimHorizon => (IteratorPosition::TrimHorizon, None),
-            Checkpoint::Latest => (IteratorPosition::Latest, None),
-            Checkpoint::AtTimestamp(at) => match at.or(context.start_timestamp) {
-                Some(at) => (IteratorPosition::AtTimestamp(at), None),
-                None => (IteratorPosition::Latest, None),
-            },
-            // Start at the checkpointed record, not after it, so the rest of a
-            // half-processed KPL aggregate is read again; what was processed
-            // is skipped below.
-            Checkpoint::At(p) => (
-                IteratorPosition::AtSequenceNumber(p.sequence_number.clone()),
-                Some(p),
-            ),
-            Checkpoint::ShardEnd => return Ok(()),
+        let Some((start, resume_after)) = start_position(checkpoint, context.start_timestamp)
+        else {
+            return Ok(());
         };
-        let mut last_handed_on: Option<SequenceNumber> = None;
-        let mut iterator: Option<String> = None;
-        let mut failures = 0u32;
-        let mut next_read = Instant::now();
+        let mut progress = Progress {
+            start,
+            resume_after,
+            last_handed_on: None,
+            iterator: None,
+            failures: 0,
+            next_read: Instant::now(),
+        };
+        let p = &mut progress;
         while !self.stopped() {
-            let current = match iterator.take() {
+            let current = match p.iterator.take() {
                 Some(it) => it,
-                None => {
-                    // After an expired iterator, go on after the last record handed on.
-                    let position = match &last_handed_on {
-                        Some(seq) => IteratorPosition::AfterSequenceNumber(seq.clone()),
-                        None => start.clone(),
-                    };
-                    let asked_at = SystemTime::now();
-                    match context.kinesis.get_shard_iterator(
-                        &context.stream,
-                        &self.shard_id,
-                        &position,
-                    ) {
-                        Ok(it) => {
-                            start = restart_position(start, asked_at);
-                            it
-                        }
-                        Err(e) if e.is_retryable() => {
-                            failures += 1;
-                            self.log_retry(&e, failures);
-                            self.pause(backoff(
-                                context.retry_wait.max(Duration::from_millis(100)),
-                                failures,
-                            ));
-                            continue;
-                        }
-                        Err(e) => return Err(e),
+                None => match self.fresh_iterator(&mut p.start, p.last_handed_on.as_ref()) {
+                    Ok(it) => it,
+                    Err(e) if e.is_retryable() => {
+                        self.back_off(&mut p.failures, Some(&e), Duration::from_millis(100));
+                        continue;
                     }
-                }
+                    Err(e) => return Err(e),
+                },
             };
-            self.pause(next_read.saturating_duration_since(Instant::now()));
+            self.pause(p.next_read.saturating_duration_since(Instant::now()));
             if self.stopped() {
                 break;
             }
@@ -474,48 +483,17 @@ impl<T: Send + 'static> Reader<T> {
             };
             let limit = self.read_size.limit(context.max_records);
             let called_at = Instant::now();
-            next_read = if context.pace_reads {
+            p.next_read = if context.pace_reads {
                 called_at + MIN_TIME_BETWEEN_READS
             } else {
                 called_at
             };
-            let mut too_large = None;
-            let result = context.kinesis.get_records_of(
-                Some(&context.stream),
-                &self.shard_id,
-                &current,
-                limit,
-                |length| {
-                    let cost = reply_cost(length);
-                    let fits = reserved.fit(cost);
-                    if !fits {
-                        too_large = Some(cost);
-                    }
-                    fits
-                },
-            );
+            let (result, too_large) = self.get_records(&mut reserved, &current, limit);
             let call_ms = called_at.elapsed().as_secs_f64() * 1000.0;
             // Told to stop during the call: the lease may be another
             // worker's by now and `run` may have returned; no user code.
             if self.stopped() {
                 break;
-            }
-            if let Err(e) = &result {
-                let expired = e.code() == Some("ExpiredIteratorException");
-                let event = if expired {
-                    Metric::ExpiredIterators
-                } else {
-                    Metric::GetRecordsThrottled
-                };
-                let samples = [
-                    (Metric::GetRecordsSuccess, 0.0),
-                    (Metric::GetRecordsTime, call_ms),
-                    (event, 1.0),
-                ];
-                let known = if expired || e.is_throttling() { 3 } else { 2 };
-                context
-                    .metrics
-                    .record(Some(&self.shard_id), &samples[..known]);
             }
             let (records, reply) = match result {
                 Ok(Some(reply)) => reply,
@@ -528,37 +506,34 @@ impl<T: Send + 'static> Reader<T> {
                         self.shard_id
                     );
                     self.read_size = self.read_size.dropped(cost, limit);
-                    iterator = Some(current);
+                    p.iterator = Some(current);
                     continue;
                 }
-                Err(e) if e.code() == Some("ExpiredIteratorException") => {
-                    log::info!(
-                        "shard {}: iterator expired; getting a new one",
-                        self.shard_id
-                    );
-                    continue;
-                }
-                Err(e) if e.is_retryable() => {
-                    failures += 1;
-                    self.log_retry(&e, failures);
-                    // Throttling says nothing about the iterator; repeated
-                    // other failures may mean it went bad: get a fresh one.
-                    if e.is_throttling() || failures % 3 != 0 {
-                        iterator = Some(current);
+                Err(e) => {
+                    let (samples, known) = failed_call_samples(&e, call_ms);
+                    context
+                        .metrics
+                        .record(Some(&self.shard_id), &samples[..known]);
+                    match after_get_records_error(&e, p.failures + 1) {
+                        AfterError::FreshIterator => log::info!(
+                            "shard {}: iterator expired; getting a new one",
+                            self.shard_id
+                        ),
+                        AfterError::Retry { same_iterator } => {
+                            if same_iterator {
+                                p.iterator = Some(current);
+                            }
+                            self.back_off(&mut p.failures, Some(&e), Duration::from_millis(200));
+                        }
+                        AfterError::Fail => return Err(e),
                     }
-                    self.pause(backoff(
-                        context.retry_wait.max(Duration::from_millis(200)),
-                        failures,
-                    ));
                     continue;
                 }
-                Err(e) => return Err(e),
             };
             // No next iterator: the end of a closed shard, or a broken reply
             // (a `{}` from a proxy) that must not finish an open shard.
             let shard_end = reply.next_shard_iterator.is_none();
             if shard_end && !self.end_confirmed(&reply) {
-                failures += 1;
                 context.metrics.record(
                     Some(&self.shard_id),
                     &[
@@ -568,80 +543,152 @@ impl<T: Send + 'static> Reader<T> {
                 );
                 // Drop the reply; a fresh iterator goes on after the last
                 // record handed on.
-                self.pause(backoff(
-                    context.retry_wait.max(Duration::from_millis(200)),
-                    failures,
-                ));
+                self.back_off(&mut p.failures, None, Duration::from_millis(200));
                 continue;
             }
-            if failures > 0 {
+            if p.failures > 0 {
                 log::info!(
-                    "shard {}: reading again after {failures} failed or throttled call(s)",
-                    self.shard_id
+                    "shard {}: reading again after {} failed or throttled call(s)",
+                    self.shard_id,
+                    p.failures
                 );
             }
-            failures = 0;
-            let empty = records.is_empty();
-            let millis_behind = reply.millis_behind_latest;
-            if let Some(last) = records.last_sequence_number() {
-                last_handed_on = Some(last.clone());
-            }
-            let next_iterator = reply.next_shard_iterator.clone();
-            let past_checkpoint = resume_after.as_ref().is_some_and(|done| {
-                records
-                    .last_sequence_number()
-                    .is_some_and(|last| *last > done.sequence_number)
-            });
-            let record_count = records.len();
-            let (chunk, deaggregated, passed_through) =
-                self.chunk(records, reply, shard_end, resume_after.as_ref())?;
-            if self.stopped() {
-                // The chunk may be partial: the handler stopped being called.
-                break;
-            }
-            let samples = [
-                (Metric::GetRecordsSuccess, 1.0),
-                (Metric::GetRecordsTime, call_ms),
-                (Metric::RecordsDeaggregated, deaggregated as f64),
-                (Metric::AggregatesPassedThrough, passed_through as f64),
-                (
-                    Metric::MillisBehindLatest,
-                    millis_behind.unwrap_or(0) as f64,
-                ),
-            ];
-            let known = if millis_behind.is_some() { 5 } else { 4 };
-            context
-                .metrics
-                .record(Some(&self.shard_id), &samples[..known]);
-            if past_checkpoint {
-                resume_after = None;
-            }
-            let cost = reserved.bytes.max(chunk.bytes);
-            reserved.account(chunk.bytes);
-            // No read reserves more than half of `read_memory`, so reads of
-            // several shards fit at once.
-            let most = context.read_memory.max_bytes() / 2;
-            let behind = millis_behind.unwrap_or(0) > 0;
-            self.read_size = self.read_size.next(cost, record_count, limit, behind, most);
-            if context.pace_reads {
-                // Stay under 2 MiB/s: a large read buys a longer pause.
-                let read_time =
-                    Duration::from_secs_f64(chunk.data_bytes as f64 / MAX_BYTES_PER_SECOND);
-                next_read = next_read.max(called_at + read_time);
-            }
-            if (!chunk.messages.is_empty() || shard_end) && !self.hand_on(chunk) {
-                break;
-            }
-            if shard_end {
-                log::info!("shard {} read to its end", self.shard_id);
-                return Ok(());
-            }
-            iterator = next_iterator;
-            if empty {
-                next_read = next_read.max(Instant::now() + context.idle_time);
+            p.failures = 0;
+            let read = Read {
+                call_ms,
+                called_at,
+                limit,
+                shard_end,
+            };
+            match self.hand_on_reply(p, records, reply, read, reserved)? {
+                Next::Read => {}
+                Next::Stop => break,
+                Next::End => return Ok(()),
             }
         }
         Ok(())
+    }
+
+    /// A fresh iterator: after the last record handed on (replacing an
+    /// expired one), else at `start`, which from then on no longer means
+    /// LATEST (see [`restart_position`]).
+    fn fresh_iterator(
+        &self,
+        start: &mut IteratorPosition,
+        last_handed_on: Option<&SequenceNumber>,
+    ) -> Result<String> {
+        let position = match last_handed_on {
+            Some(seq) => IteratorPosition::AfterSequenceNumber(seq.clone()),
+            None => start.clone(),
+        };
+        let asked_at = SystemTime::now();
+        let context = &self.context;
+        let iterator =
+            context
+                .kinesis
+                .get_shard_iterator(&context.stream, &self.shard_id, &position)?;
+        *start = restart_position(start.clone(), asked_at);
+        Ok(iterator)
+    }
+
+    /// One GetRecords call for up to `limit` records; `reserved` is fitted
+    /// to the reply's size before the reply is read. `Ok(None)`: the reply
+    /// did not fit, and the cost it needs.
+    fn get_records(
+        &self,
+        reserved: &mut Reservation<'_>,
+        iterator: &str,
+        limit: u32,
+    ) -> (Result<Option<(Records, GetRecordsOutput)>>, Option<u64>) {
+        let context = &self.context;
+        let mut too_large = None;
+        let result = context.kinesis.get_records_of(
+            Some(&context.stream),
+            &self.shard_id,
+            iterator,
+            limit,
+            |length| {
+                let cost = reply_cost(length);
+                let fits = reserved.fit(cost);
+                if !fits {
+                    too_large = Some(cost);
+                }
+                fits
+            },
+        );
+        (result, too_large)
+    }
+
+    /// Counts one more failed (or throttled) call in a row and waits it
+    /// out: the retry wait, at least `floor`, doubled per failure, with
+    /// jitter. The one retry step of every failure the reader waits out.
+    fn back_off(&self, failures: &mut u32, error: Option<&Error>, floor: Duration) {
+        *failures += 1;
+        if let Some(e) = error {
+            self.log_retry(e, *failures);
+        }
+        self.pause(backoff(self.context.retry_wait.max(floor), *failures));
+    }
+
+    /// Hands on one reply's records (de-aggregated, past the checkpoint,
+    /// mapped by the message handler), records the read's metrics, sizes
+    /// and paces the next read, and says what comes next.
+    fn hand_on_reply(
+        &mut self,
+        p: &mut Progress,
+        records: Records,
+        reply: GetRecordsOutput,
+        read: Read,
+        mut reserved: Reservation<'_>,
+    ) -> Result<Next> {
+        let context = self.context.clone();
+        let empty = records.is_empty();
+        let millis_behind = reply.millis_behind_latest;
+        if let Some(last) = records.last_sequence_number() {
+            p.last_handed_on = Some(last.clone());
+        }
+        let next_iterator = reply.next_shard_iterator.clone();
+        let past_checkpoint =
+            passes_checkpoint(p.resume_after.as_ref(), records.last_sequence_number());
+        let record_count = records.len();
+        let (chunk, deaggregated, passed_through) =
+            self.chunk(records, reply, read.shard_end, p.resume_after.as_ref())?;
+        if self.stopped() {
+            // The chunk may be partial: the handler stopped being called.
+            return Ok(Next::Stop);
+        }
+        let (samples, known) =
+            read_samples(read.call_ms, deaggregated, passed_through, millis_behind);
+        context
+            .metrics
+            .record(Some(&self.shard_id), &samples[..known]);
+        if past_checkpoint {
+            p.resume_after = None;
+        }
+        let cost = reserved.bytes.max(chunk.bytes);
+        reserved.account(chunk.bytes);
+        // No read reserves more than half of `read_memory`, so reads of
+        // several shards fit at once.
+        let most = context.read_memory.max_bytes() / 2;
+        let behind = millis_behind.unwrap_or(0) > 0;
+        self.read_size = self
+            .read_size
+            .next(cost, record_count, read.limit, behind, most);
+        if context.pace_reads {
+            p.next_read = paced(p.next_read, read.called_at, chunk.data_bytes);
+        }
+        if (!chunk.messages.is_empty() || read.shard_end) && !self.hand_on(chunk) {
+            return Ok(Next::Stop);
+        }
+        if read.shard_end {
+            log::info!("shard {} read to its end", self.shard_id);
+            return Ok(Next::End);
+        }
+        p.iterator = next_iterator;
+        if empty {
+            p.next_read = p.next_read.max(Instant::now() + context.idle_time);
+        }
+        Ok(Next::Read)
     }
 
     /// Waits in line for room for this shard's next read; `None` when told
@@ -772,20 +819,9 @@ impl<T: Send + 'static> Reader<T> {
         true
     }
 
-    /// Sends to the ticker, waiting for room in the channel only while not
-    /// told to stop: nothing may drain it then (a failed startup, `run`
-    /// returning). Gives the output back when stopped or when the ticker is
-    /// gone.
-    fn send(&self, mut output: ReaderOutput<T>) -> std::result::Result<(), ReaderOutput<T>> {
-        loop {
-            match self.context.sender.send_timeout(output, STOP_CHECK) {
-                Ok(()) => return Ok(()),
-                Err(SendTimeoutError::Timeout(back)) if !self.stopped() => output = back,
-                Err(SendTimeoutError::Timeout(back) | SendTimeoutError::Disconnected(back)) => {
-                    return Err(back);
-                }
-            }
-        }
+    /// Sends this reader's output (see [`send`]).
+    fn send(&self, output: ReaderOutput<T>) -> std::result::Result<(), ReaderOutput<T>> {
+        send(&self.sender, output, &self.stop)
     }
 
     /// Whether a reply without a next iterator really ends the shard: it
@@ -811,6 +847,170 @@ impl<T: Send + 'static> Reader<T> {
         );
         false
     }
+}
+
+/// Sends on `sender`, waiting for room only while `stop` is not set:
+/// nothing may drain the channel then (a failed startup, `run` returning).
+/// Gives the output back when stopped or when the receiver is gone.
+fn send<T>(
+    sender: &Sender<ReaderOutput<T>>,
+    mut output: ReaderOutput<T>,
+    stop: &AtomicBool,
+) -> std::result::Result<(), ReaderOutput<T>> {
+    loop {
+        match sender.send_timeout(output, STOP_CHECK) {
+            Ok(()) => return Ok(()),
+            Err(SendTimeoutError::Timeout(back)) if !stop.load(Ordering::Relaxed) => output = back,
+            Err(SendTimeoutError::Timeout(back) | SendTimeoutError::Disconnected(back)) => {
+                return Err(back);
+            }
+        }
+    }
+}
+
+/// Where a reader is in its shard, carried from one call to the next.
+struct Progress {
+    /// Where a fresh iterator starts while no record was handed on.
+    start: IteratorPosition,
+    /// The checkpoint: records at or before it were processed and are
+    /// skipped, until a reply goes past it.
+    resume_after: Option<ExtendedSequenceNumber>,
+    /// The last record handed on: a fresh iterator goes on after it.
+    last_handed_on: Option<SequenceNumber>,
+    /// The iterator of the next call; `None`: get a fresh one.
+    iterator: Option<String>,
+    /// Failed or throttled calls in a row.
+    failures: u32,
+    /// When the next call may start.
+    next_read: Instant,
+}
+
+/// One successful GetRecords call, as the reply's handling needs it.
+struct Read {
+    call_ms: f64,
+    called_at: Instant,
+    /// The most records asked for.
+    limit: u32,
+    /// The reply ends the shard (confirmed).
+    shard_end: bool,
+}
+
+/// What the read loop does after a reply was handled.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Read on.
+    Read,
+    /// Told to stop: return without reading on.
+    Stop,
+    /// The shard's end was handed on.
+    End,
+}
+
+/// What a reader does after a failed GetRecords call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterError {
+    /// The iterator expired: get a fresh one at once, after the last
+    /// record handed on.
+    FreshIterator,
+    /// Wait and call again, with the same iterator or a fresh one.
+    Retry { same_iterator: bool },
+    /// Give up: the reader fails with this error.
+    Fail,
+}
+
+/// Where a shard's reading starts for a lease's checkpoint, and the
+/// checkpoint whose records are skipped; `None` for a shard read to its
+/// end. A sequence-number checkpoint starts at the checkpointed record, not
+/// after it, so the rest of a half-processed KPL aggregate is read again
+/// (what was processed is skipped).
+fn start_position(
+    checkpoint: Checkpoint,
+    start_timestamp: Option<SystemTime>,
+) -> Option<(IteratorPosition, Option<ExtendedSequenceNumber>)> {
+    Some(match checkpoint {
+        Checkpoint::TrimHorizon => (IteratorPosition::TrimHorizon, None),
+        Checkpoint::Latest => (IteratorPosition::Latest, None),
+        Checkpoint::AtTimestamp(at) => match at.or(start_timestamp) {
+            Some(at) => (IteratorPosition::AtTimestamp(at), None),
+            None => (IteratorPosition::Latest, None),
+        },
+        Checkpoint::At(p) => (
+            IteratorPosition::AtSequenceNumber(p.sequence_number.clone()),
+            Some(p),
+        ),
+        Checkpoint::ShardEnd => return None,
+    })
+}
+
+/// The decision after a failed GetRecords call, the `failures`-th in a
+/// row. Throttling says nothing about the iterator; repeated other
+/// failures may mean it went bad, so every third gets a fresh one.
+fn after_get_records_error(e: &Error, failures: u32) -> AfterError {
+    if e.code() == Some("ExpiredIteratorException") {
+        AfterError::FreshIterator
+    } else if e.is_retryable() {
+        AfterError::Retry {
+            same_iterator: e.is_throttling() || failures % 3 != 0,
+        }
+    } else {
+        AfterError::Fail
+    }
+}
+
+/// The metrics of a failed GetRecords call (the first `.1` of them): no
+/// success, its time, and an expired iterator or a throttled call when it
+/// was one.
+fn failed_call_samples(e: &Error, call_ms: f64) -> ([(Metric, f64); 3], usize) {
+    let expired = e.code() == Some("ExpiredIteratorException");
+    let event = if expired {
+        Metric::ExpiredIterators
+    } else {
+        Metric::GetRecordsThrottled
+    };
+    let samples = [
+        (Metric::GetRecordsSuccess, 0.0),
+        (Metric::GetRecordsTime, call_ms),
+        (event, 1.0),
+    ];
+    (samples, if expired || e.is_throttling() { 3 } else { 2 })
+}
+
+/// The metrics of a successful read (the first `.1` of them):
+/// `MillisBehindLatest` only when the reply had it.
+fn read_samples(
+    call_ms: f64,
+    deaggregated: u64,
+    passed_through: u64,
+    millis_behind: Option<u64>,
+) -> ([(Metric, f64); 5], usize) {
+    let samples = [
+        (Metric::GetRecordsSuccess, 1.0),
+        (Metric::GetRecordsTime, call_ms),
+        (Metric::RecordsDeaggregated, deaggregated as f64),
+        (Metric::AggregatesPassedThrough, passed_through as f64),
+        (
+            Metric::MillisBehindLatest,
+            millis_behind.unwrap_or(0) as f64,
+        ),
+    ];
+    (samples, if millis_behind.is_some() { 5 } else { 4 })
+}
+
+/// Whether a reply whose last record is `last` goes past the checkpoint
+/// being resumed from (after it, nothing needs skipping).
+fn passes_checkpoint(
+    resume_after: Option<&ExtendedSequenceNumber>,
+    last: Option<&SequenceNumber>,
+) -> bool {
+    resume_after.is_some_and(|done| last.is_some_and(|last| *last > done.sequence_number))
+}
+
+/// When the next call may start after a paced read of `data_bytes` called
+/// at `called_at`: not before `next_read`, and late enough that the shard
+/// stays under 2 MiB/s (a large read buys a longer pause).
+fn paced(next_read: Instant, called_at: Instant, data_bytes: u64) -> Instant {
+    let read_time = Duration::from_secs_f64(data_bytes as f64 / MAX_BYTES_PER_SECOND);
+    next_read.max(called_at + read_time)
 }
 
 /// Where to read from when a fresh iterator is needed before any record was
@@ -839,6 +1039,170 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 mod tests {
     use super::*;
     use crate::aws::ClientConfig;
+    use crate::error::TransportKind;
+    use std::time::UNIX_EPOCH;
+
+    fn service_error(status: u16, code: &str) -> Error {
+        let body = format!(r#"{{"__type":"{code}","message":"m"}}"#);
+        Error::Service(crate::aws::client::service_error(
+            "GetRecords",
+            status,
+            None,
+            None,
+            body.as_bytes(),
+        ))
+    }
+
+    #[test]
+    fn reading_starts_where_the_checkpoint_says() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let t2 = t + Duration::from_secs(60);
+        let done = ExtendedSequenceNumber {
+            sequence_number: SequenceNumber::parse("4950").unwrap(),
+            sub_sequence_number: 2,
+        };
+        for (checkpoint, initial, expected) in [
+            (
+                Checkpoint::TrimHorizon,
+                Some(t),
+                Some((IteratorPosition::TrimHorizon, None)),
+            ),
+            (
+                Checkpoint::Latest,
+                Some(t),
+                Some((IteratorPosition::Latest, None)),
+            ),
+            // A KCL-written AT_TIMESTAMP without a time takes the initial position's.
+            (
+                Checkpoint::AtTimestamp(None),
+                Some(t),
+                Some((IteratorPosition::AtTimestamp(t), None)),
+            ),
+            (
+                Checkpoint::AtTimestamp(None),
+                None,
+                Some((IteratorPosition::Latest, None)),
+            ),
+            (
+                Checkpoint::AtTimestamp(Some(t2)),
+                Some(t),
+                Some((IteratorPosition::AtTimestamp(t2), None)),
+            ),
+            // At the checkpointed record, not after it, skipping up to it.
+            (
+                Checkpoint::At(done.clone()),
+                None,
+                Some((
+                    IteratorPosition::AtSequenceNumber(done.sequence_number.clone()),
+                    Some(done.clone()),
+                )),
+            ),
+            (Checkpoint::ShardEnd, Some(t), None),
+        ] {
+            assert_eq!(
+                start_position(checkpoint.clone(), initial),
+                expected,
+                "{checkpoint:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_read_is_retried_refreshed_or_fatal() {
+        let throttled = service_error(400, "ProvisionedThroughputExceededException");
+        let broken = Error::transport("GetRecords", "http://x", TransportKind::Broken, "reset");
+        let same = AfterError::Retry {
+            same_iterator: true,
+        };
+        let fresh = AfterError::Retry {
+            same_iterator: false,
+        };
+        let expired = service_error(400, "ExpiredIteratorException");
+        assert_eq!(
+            after_get_records_error(&expired, 1),
+            AfterError::FreshIterator
+        );
+        // Throttling never spends the iterator.
+        for failures in 1..=6 {
+            assert_eq!(after_get_records_error(&throttled, failures), same);
+        }
+        // Other retryable failures: every third one gets a fresh iterator.
+        let decisions: Vec<_> = (1..=6)
+            .map(|n| after_get_records_error(&broken, n))
+            .collect();
+        assert_eq!(decisions, [same, same, fresh, same, same, fresh]);
+        let server = service_error(500, "InternalFailure");
+        assert_eq!(after_get_records_error(&server, 3), fresh);
+        let denied = service_error(400, "AccessDeniedException");
+        assert_eq!(after_get_records_error(&denied, 1), AfterError::Fail);
+    }
+
+    #[test]
+    fn failed_and_successful_reads_record_their_metrics() {
+        let names = |samples: &[(Metric, f64)]| -> Vec<Metric> {
+            samples.iter().map(|(m, _)| *m).collect()
+        };
+        let (s, n) = failed_call_samples(&service_error(400, "ExpiredIteratorException"), 7.0);
+        assert_eq!(
+            names(&s[..n]),
+            [
+                Metric::GetRecordsSuccess,
+                Metric::GetRecordsTime,
+                Metric::ExpiredIterators
+            ]
+        );
+        let (s, n) = failed_call_samples(
+            &service_error(400, "ProvisionedThroughputExceededException"),
+            7.0,
+        );
+        assert_eq!(
+            names(&s[..n]),
+            [
+                Metric::GetRecordsSuccess,
+                Metric::GetRecordsTime,
+                Metric::GetRecordsThrottled
+            ]
+        );
+        assert_eq!((s[0].1, s[1].1), (0.0, 7.0));
+        let (_, n) = failed_call_samples(&service_error(500, "InternalFailure"), 7.0);
+        assert_eq!(n, 2);
+        let (s, n) = read_samples(3.0, 10, 1, Some(250));
+        assert_eq!(n, 5);
+        assert_eq!(
+            s.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+            [1.0, 3.0, 10.0, 1.0, 250.0]
+        );
+        // No MillisBehindLatest when the reply had none.
+        assert_eq!(read_samples(3.0, 0, 0, None).1, 4);
+    }
+
+    #[test]
+    fn a_reply_passes_the_checkpoint_only_past_its_sequence_number() {
+        let seq = |s: &str| SequenceNumber::parse(s).unwrap();
+        let done = ExtendedSequenceNumber {
+            sequence_number: seq("100"),
+            sub_sequence_number: 3,
+        };
+        assert!(!passes_checkpoint(None, Some(&seq("200"))));
+        assert!(!passes_checkpoint(Some(&done), None));
+        // The rest of the checkpointed aggregate is still being skipped.
+        assert!(!passes_checkpoint(Some(&done), Some(&seq("100"))));
+        assert!(!passes_checkpoint(Some(&done), Some(&seq("99"))));
+        assert!(passes_checkpoint(Some(&done), Some(&seq("101"))));
+    }
+
+    #[test]
+    fn paced_reads_stay_under_two_mib_per_second() {
+        let called_at = Instant::now();
+        let next = called_at + MIN_TIME_BETWEEN_READS;
+        // A small read waits only the minimum time between calls.
+        assert_eq!(paced(next, called_at, 1024), next);
+        // 4 MiB buys two seconds.
+        assert_eq!(
+            paced(next, called_at, 4 * 1024 * 1024),
+            called_at + Duration::from_secs(2)
+        );
+    }
     use crate::aws::credentials::Credentials;
     use crate::aws::test_server::{FakeServer, Request};
     use crossbeam_channel::{Receiver, TryRecvError};
@@ -898,6 +1262,7 @@ mod tests {
                 String::from_utf8_lossy(r.data()).into_owned()
             }),
             sender,
+            shard_queue: None,
             budget: Arc::new(Budget::new(1 << 20, 1000)),
             max_records: 100,
             idle_time: Duration::from_millis(10),
@@ -909,6 +1274,19 @@ mod tests {
             stop_timeout,
         };
         (ReaderPool::new(context), outputs, handled)
+    }
+
+    /// The next output after the reader's `Started`, which must come first.
+    fn after_start(outputs: &Receiver<ReaderOutput<String>>) -> ReaderOutput<String> {
+        let first = outputs.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(matches!(first, ReaderOutput::Started { .. }), "{first:?}");
+        outputs.recv_timeout(Duration::from_secs(5)).unwrap()
+    }
+
+    /// True when nothing but the reader's `Started` was sent.
+    fn only_started(outputs: &Receiver<ReaderOutput<String>>) -> bool {
+        matches!(outputs.try_recv(), Ok(ReaderOutput::Started { .. }))
+            && matches!(outputs.try_recv(), Err(TryRecvError::Empty))
     }
 
     fn wait_until(what: &str, done: impl Fn() -> bool) {
@@ -946,7 +1324,7 @@ mod tests {
             assert!(pool.take_not_found().is_empty(), "reported once");
             assert!(pool.is_running(SHARD), "running until stopped");
             assert!(
-                matches!(outputs.try_recv(), Err(TryRecvError::Empty)),
+                only_started(&outputs),
                 "{failing}: nothing sent to the ticker"
             );
             pool.stop(SHARD);
@@ -992,7 +1370,12 @@ mod tests {
             // Long enough for the late reply to reach a reader left behind.
             std::thread::sleep(Duration::from_millis(800));
             assert_eq!(handled.load(Ordering::SeqCst), 0, "{stop_timeout:?}");
-            assert!(outputs.try_recv().is_err(), "nothing handed on");
+            assert!(
+                outputs
+                    .try_iter()
+                    .all(|o| !matches!(o, ReaderOutput::Chunk(_))),
+                "nothing handed on"
+            );
         }
     }
 
@@ -1030,8 +1413,9 @@ mod tests {
     #[test]
     fn a_failure_nothing_drains_ends_when_the_reader_is_stopped() {
         let server = FakeServer::start(|_| aws_error("AccessDeniedException"));
-        let (mut pool, outputs, _) = pool(&server, 1, Duration::from_secs(5));
-        // The channel is full and nothing drains it (a failed startup).
+        let (mut pool, outputs, _) = pool(&server, 2, Duration::from_secs(5));
+        // The channel fills up (with the reader's `Started`) and nothing
+        // drains it (a failed startup).
         pool.context
             .sender
             .send(ReaderOutput::Chunk(Chunk {
@@ -1064,7 +1448,7 @@ mod tests {
         let server = FakeServer::start(|_| aws_error("AccessDeniedException"));
         let (mut pool, outputs, _) = pool(&server, 4, Duration::from_secs(5));
         pool.start(SHARD, 42, &Checkpoint::TrimHorizon);
-        match outputs.recv_timeout(Duration::from_secs(5)).unwrap() {
+        match after_start(&outputs) {
             ReaderOutput::Failed {
                 shard_id,
                 epoch,
@@ -1094,7 +1478,7 @@ mod tests {
         });
         let (mut pool, outputs, _) = pool(&server, 4, Duration::from_secs(5));
         pool.start(SHARD, 1, &Checkpoint::TrimHorizon);
-        let output = outputs.recv_timeout(Duration::from_secs(5)).unwrap();
+        let output = after_start(&outputs);
         pool.stop_all();
         let ReaderOutput::Chunk(chunk) = output else {
             panic!("expected a chunk, got {output:?}");

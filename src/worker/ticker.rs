@@ -1,23 +1,21 @@
 //! The ticker: every batch interval it gathers what the readers handed on,
-//! calls the user's batch handler, and checkpoints what the handler accepted.
+//! calls the user's batch handler with it and with what changed in the
+//! shards held, and checkpoints what the handler accepted.
 
 use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::error::{Error, HandlerResult, Result};
-use crate::lease::{Checkpoint, CoordinatorEvent, HeldLeases};
-use crate::metrics::{Metric, Metrics};
-use crate::worker::batch::{Batch, ShardBatch};
-use crate::worker::budget::Budget;
-use crate::worker::reader::{Chunk, ReaderOutput, panic_message};
-
-/// How often a waiting ticker looks at the shutdown flag.
-const SHUTDOWN_CHECK: Duration = Duration::from_millis(50);
+use crate::lease::{Checkpoint, Holding};
+use crate::record::Record;
+use crate::worker::batch::{Batch, ShardBatch, ShardEvent};
+use crate::worker::processing::{
+    Delivery, ErrorPolicy, SHUTDOWN_CHECK, call_with_policy, keep_records, remake,
+};
+use crate::worker::reader::{Chunk, ReaderOutput};
 
 /// A checkpoint accepted by the handler but not yet written.
 #[derive(Debug)]
@@ -26,82 +24,161 @@ struct Pending {
     checkpoint: Checkpoint,
 }
 
+/// A shard the application was told it gained, and not yet that it lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Open {
+    pub epoch: u64,
+    /// Told to shut the shard down: released after the next batch.
+    pub closing: bool,
+}
+
+/// What happened to an open shard's lease since the last look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Change {
+    /// Another worker has it (or it could not be renewed in time).
+    Lost,
+    /// Its end was checkpointed and it was released: nothing to tell.
+    Finished,
+    /// Another worker asked for it: tell the application, then release.
+    HandingOff,
+}
+
+/// What to do about each open shard, given where its lease stands and
+/// whether its end was checkpointed. Shards already closing need nothing.
+pub(crate) fn changes(
+    open: &HashMap<Arc<str>, Open>,
+    holding: impl Fn(&str, u64) -> Holding,
+    finished: impl Fn(&str, u64) -> bool,
+) -> Vec<(Arc<str>, Change)> {
+    let mut changes: Vec<(Arc<str>, Change)> = open
+        .iter()
+        .filter_map(|(shard_id, o)| {
+            let change = match holding(shard_id, o.epoch) {
+                Holding::Current => return None,
+                Holding::HandingOff if o.closing => return None,
+                Holding::HandingOff => Change::HandingOff,
+                Holding::Gone if finished(shard_id, o.epoch) => Change::Finished,
+                Holding::Gone => Change::Lost,
+            };
+            Some((shard_id.clone(), change))
+        })
+        .collect();
+    changes.sort();
+    changes
+}
+
+/// The position a shard's part of a batch hands on: its last record, or
+/// its end.
+fn handed_position<T>(shard: &ShardBatch<T>) -> Option<Checkpoint> {
+    if shard.shard_ended {
+        return Some(Checkpoint::ShardEnd);
+    }
+    Some(Checkpoint::At(
+        shard.messages.last()?.record.position.clone(),
+    ))
+}
+
+/// A batch's records, kept so that a retry hands the same ones on again.
+struct Kept {
+    time: SystemTime,
+    shards: Vec<(ShardBatch<()>, Vec<Record>)>,
+    events: Vec<ShardEvent>,
+    last: bool,
+}
+
+impl Kept {
+    fn of<T>(batch: &Batch<T>) -> Kept {
+        let shards = batch
+            .shards
+            .iter()
+            .map(|s| {
+                let bare = ShardBatch {
+                    shard_id: s.shard_id.clone(),
+                    messages: Vec::new(),
+                    millis_behind_latest: s.millis_behind_latest,
+                    shard_ended: s.shard_ended,
+                    epoch: s.epoch,
+                };
+                (bare, keep_records(&s.messages))
+            })
+            .collect();
+        Kept {
+            time: batch.time,
+            shards,
+            events: batch.events.clone(),
+            last: batch.last,
+        }
+    }
+
+    fn remake<T>(&self, delivery: &Delivery<T>) -> Batch<T> {
+        Batch {
+            time: self.time,
+            shards: self
+                .shards
+                .iter()
+                .map(|(bare, records)| ShardBatch {
+                    shard_id: bare.shard_id.clone(),
+                    messages: remake(&delivery.message_handler, records),
+                    millis_behind_latest: bare.millis_behind_latest,
+                    shard_ended: bare.shard_ended,
+                    epoch: bare.epoch,
+                })
+                .collect(),
+            events: self.events.clone(),
+            last: self.last,
+        }
+    }
+}
+
 pub(crate) struct Ticker<'a, T> {
-    pub records: &'a Receiver<ReaderOutput<T>>,
-    pub held: &'a HeldLeases,
-    pub budget: &'a Budget,
-    pub coordinator: &'a Sender<CoordinatorEvent>,
-    pub shutdown: &'a AtomicBool,
-    pub batch_interval: Duration,
-    pub checkpoint_interval: Duration,
-    pub metrics: Metrics,
+    records: &'a Receiver<ReaderOutput<T>>,
+    delivery: Delivery<T>,
+    open: HashMap<Arc<str>, Open>,
+    /// Events for the next batch.
+    events: Vec<ShardEvent>,
     pending: HashMap<Arc<str>, Pending>,
     last_written: HashMap<Arc<str>, Instant>,
 }
 
 impl<'a, T> Ticker<'a, T> {
-    pub(crate) fn new(
-        records: &'a Receiver<ReaderOutput<T>>,
-        held: &'a HeldLeases,
-        budget: &'a Budget,
-        coordinator: &'a Sender<CoordinatorEvent>,
-        shutdown: &'a AtomicBool,
-        batch_interval: Duration,
-        checkpoint_interval: Duration,
-    ) -> Self {
+    pub(crate) fn new(records: &'a Receiver<ReaderOutput<T>>, delivery: Delivery<T>) -> Self {
         Ticker {
             records,
-            held,
-            budget,
-            coordinator,
-            shutdown,
-            batch_interval,
-            checkpoint_interval,
-            metrics: Metrics::default(),
+            delivery,
+            open: HashMap::new(),
+            events: Vec::new(),
             pending: HashMap::new(),
             last_written: HashMap::new(),
         }
     }
 
-    /// Records batch and checkpoint metrics in `metrics`.
-    pub(crate) fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = metrics;
-        self
-    }
-
-    /// Runs batches until shutdown or an error; on the way out writes every
-    /// checkpoint the handler earned.
+    /// Runs batches until shutdown (handing on a last batch then) or an
+    /// error; on the way out writes every checkpoint the handler earned.
     pub(crate) fn run(&mut self, handler: &mut dyn FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
         let result = self.batches(handler);
         self.write_checkpoints(true);
+        // The leases are released next: no checkpoint after this.
+        for (shard_id, open) in std::mem::take(&mut self.open) {
+            self.delivery.checkpointer.closed(&shard_id, open.epoch);
+        }
         result
     }
 
     fn batches(&mut self, handler: &mut dyn FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
-        let mut tick = Instant::now() + self.batch_interval;
+        let interval = self.delivery.batch_interval;
+        let mut tick = Instant::now() + interval;
         loop {
             let Some(chunks) = self.gather_until(tick)? else {
-                return Ok(());
+                return self.last_batch(handler);
             };
-            tick += self.batch_interval;
+            tick += interval;
             if tick < Instant::now() {
                 // The handler took longer than an interval: do not try to catch up.
-                tick = Instant::now() + self.batch_interval;
+                tick = Instant::now() + interval;
             }
-            let (batch, bytes, count, shard_bytes) = self.build(chunks);
-            let ends: Vec<(Arc<str>, u64, Checkpoint)> = batch
-                .shards
-                .iter()
-                .filter_map(|s| {
-                    let checkpoint = if s.shard_ended {
-                        Checkpoint::ShardEnd
-                    } else {
-                        Checkpoint::At(s.messages.last()?.record.position.clone())
-                    };
-                    Some((s.shard_id.clone(), s.epoch, checkpoint))
-                })
-                .collect();
-            let processed: Vec<(Arc<str>, usize, u64)> = if self.metrics.is_on() {
+            self.look_at_leases();
+            let (batch, held_room, shard_bytes) = self.build(chunks);
+            let processed: Vec<(Arc<str>, usize, u64)> = if self.delivery.metrics.is_on() {
                 batch
                     .shards
                     .iter()
@@ -111,50 +188,90 @@ impl<'a, T> Ticker<'a, T> {
             } else {
                 Vec::new()
             };
-            let batch_size = batch.len();
-            let started = Instant::now();
-            let outcome = catch_unwind(AssertUnwindSafe(|| handler(batch)));
-            self.metrics.record(
-                None,
-                &[
-                    (Metric::ProcessTaskTime, millis(started.elapsed())),
-                    (Metric::BatchSize, batch_size as f64),
-                ],
-            );
-            self.budget.release(bytes, count);
-            match outcome {
-                Ok(Ok(())) => {
-                    for (shard_id, records, bytes) in &processed {
-                        self.metrics.record(
-                            Some(shard_id),
-                            &[
-                                (Metric::RecordsProcessed, *records as f64),
-                                (Metric::DataBytesProcessed, *bytes as f64),
-                            ],
-                        );
-                    }
-                }
-                Ok(Err(e)) => return Err(Error::Handler(e)),
-                Err(panic) => {
-                    return Err(Error::HandlerPanicked(format!(
-                        "the batch handler panicked: {}",
-                        panic_message(&panic)
-                    )));
-                }
+            let ends: Vec<(Arc<str>, u64, Checkpoint)> = batch
+                .shards
+                .iter()
+                .filter_map(|s| Some((s.shard_id.clone(), s.epoch, handed_position(s)?)))
+                .collect();
+            let result = self.hand_on(batch, handler);
+            self.delivery.budget.release(held_room.0, held_room.1);
+            result?;
+            for (shard_id, records, bytes) in &processed {
+                self.delivery.record_processed(shard_id, *records, *bytes);
             }
-            for (shard_id, epoch, checkpoint) in ends {
-                self.pending.insert(shard_id, Pending { epoch, checkpoint });
+            if self.delivery.automatic() {
+                for (shard_id, epoch, checkpoint) in ends {
+                    self.pending.insert(shard_id, Pending { epoch, checkpoint });
+                }
+                self.write_checkpoints(false);
             }
-            self.write_checkpoints(false);
-            self.finish_handoffs();
+            self.release_closing();
         }
+    }
+
+    /// The batch handed on once shutdown was asked for: no records, and
+    /// the last chance to checkpoint every open shard.
+    fn last_batch(&mut self, handler: &mut dyn FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
+        self.look_at_leases();
+        let mut shutting: Vec<&Arc<str>> = self
+            .open
+            .iter()
+            .filter(|(_, o)| !o.closing)
+            .map(|(id, _)| id)
+            .collect();
+        shutting.sort();
+        for shard_id in shutting {
+            self.events.push(ShardEvent::ShutdownRequested {
+                shard_id: shard_id.to_string(),
+            });
+        }
+        let batch = Batch {
+            time: SystemTime::now(),
+            shards: Vec::new(),
+            events: std::mem::take(&mut self.events),
+            last: true,
+        };
+        self.hand_on(batch, handler)
+    }
+
+    /// Calls the handler with `batch` under the error policy.
+    fn hand_on(
+        &mut self,
+        batch: Batch<T>,
+        handler: &mut dyn FnMut(Batch<T>) -> HandlerResult,
+    ) -> Result<()> {
+        let records = batch.len();
+        let policy = match self.delivery.error_policy {
+            // One handler for every shard: no shard to give up alone.
+            ErrorPolicy::RetryThenReleaseShard { retries, backoff } => {
+                ErrorPolicy::Retry { retries, backoff }
+            }
+            other => other,
+        };
+        // Kept only when a retry may need them again.
+        let kept = (policy != ErrorPolicy::Stop).then(|| Kept::of(&batch));
+        let mut first = Some(batch);
+        let started = Instant::now();
+        let delivery = &self.delivery;
+        let result = call_with_policy(
+            &policy,
+            &delivery.shutdown,
+            "the batch handler",
+            |_| match (first.take(), &kept) {
+                (Some(batch), _) => handler(batch),
+                (None, Some(kept)) => handler(kept.remake(delivery)),
+                (None, None) => Err("no records kept for a retry".into()),
+            },
+        );
+        delivery.record_call(started, records);
+        result
     }
 
     /// Collects chunks until `tick`; `None` when shutdown was asked for.
     fn gather_until(&mut self, tick: Instant) -> Result<Option<Vec<Chunk<T>>>> {
         let mut chunks = Vec::new();
         loop {
-            if self.shutdown.load(Ordering::Relaxed) {
+            if self.delivery.stopping() {
                 self.drop_chunks(chunks);
                 return Ok(None);
             }
@@ -164,20 +281,25 @@ impl<'a, T> Ticker<'a, T> {
             let wait = tick.saturating_duration_since(now).min(SHUTDOWN_CHECK);
             match self.records.recv_timeout(wait) {
                 Ok(ReaderOutput::Chunk(chunk)) => {
-                    if self.held.is_current(&chunk.shard_id, chunk.epoch) {
+                    if self.delivery.held.is_current(&chunk.shard_id, chunk.epoch) {
                         chunks.push(chunk);
                     } else {
                         // Read under a lease we no longer hold: the next owner reads it again.
-                        self.budget
-                            .release(chunk.bytes, chunk.messages.len() as u64);
+                        self.drop_chunks(vec![chunk]);
                     }
                 }
+                Ok(ReaderOutput::Started {
+                    shard_id,
+                    epoch,
+                    from,
+                    ..
+                }) => self.gained(shard_id, epoch, from),
                 Ok(ReaderOutput::Failed {
                     shard_id,
                     epoch,
                     error,
                 }) => {
-                    if self.held.is_current(&shard_id, epoch) {
+                    if self.delivery.held.is_current(&shard_id, epoch) {
                         self.drop_chunks(chunks);
                         return Err(error);
                     }
@@ -198,24 +320,137 @@ impl<'a, T> Ticker<'a, T> {
         }
     }
 
+    /// A reader started on a lease taken: tell the application (after the
+    /// loss of the same shard's earlier ownership, if it was not told yet).
+    fn gained(&mut self, shard_id: Arc<str>, epoch: u64, from: Checkpoint) {
+        if !self.delivery.held.is_current(&shard_id, epoch) {
+            return;
+        }
+        if let Some(old) = self.open.get(&shard_id).copied() {
+            self.close(&shard_id, old.epoch, Change::Lost);
+        }
+        self.delivery.checkpointer.gained(&shard_id, epoch, &from);
+        self.open.insert(
+            shard_id.clone(),
+            Open {
+                epoch,
+                closing: false,
+            },
+        );
+        self.events.push(ShardEvent::Gained {
+            shard_id: shard_id.to_string(),
+            from,
+        });
+    }
+
+    /// Notes what happened to the open shards' leases as events, and hands
+    /// over at once the leases asked for that were never opened (blocked
+    /// behind their parents: nothing was handed on).
+    fn look_at_leases(&mut self) {
+        let held = &self.delivery.held;
+        let checkpointer = &self.delivery.checkpointer;
+        let found = changes(
+            &self.open,
+            |shard, epoch| held.holding(shard, epoch),
+            |shard, epoch| checkpointer.is_finished(shard, epoch),
+        );
+        for (shard_id, change) in found {
+            let epoch = self.open[&shard_id].epoch;
+            match change {
+                Change::HandingOff => {
+                    self.open.insert(
+                        shard_id.clone(),
+                        Open {
+                            epoch,
+                            closing: true,
+                        },
+                    );
+                    self.events.push(ShardEvent::ShutdownRequested {
+                        shard_id: shard_id.to_string(),
+                    });
+                }
+                other => self.close(&shard_id, epoch, other),
+            }
+        }
+        for shard_id in self.delivery.held.handoffs() {
+            if !self.open.contains_key(shard_id.as_str()) {
+                if let Err(e) = self.delivery.held.release(&shard_id) {
+                    log::warn!("handing lease {shard_id} over failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Forgets an open shard, telling the application when it was lost.
+    fn close(&mut self, shard_id: &Arc<str>, epoch: u64, change: Change) {
+        self.open.remove(shard_id);
+        self.pending.remove(shard_id);
+        self.delivery.checkpointer.closed(shard_id, epoch);
+        if change == Change::Lost {
+            self.events.push(ShardEvent::Lost {
+                shard_id: shard_id.to_string(),
+            });
+        }
+    }
+
+    /// Hands over the shards the application was told about in the batch
+    /// just handled: checkpoint what it accepted (automatic mode), then
+    /// pass the lease on. The next owner starts right after it: nothing is
+    /// delivered twice.
+    fn release_closing(&mut self) {
+        let closing: Vec<(Arc<str>, u64)> = self
+            .open
+            .iter()
+            .filter(|(_, o)| o.closing)
+            .map(|(id, o)| (id.clone(), o.epoch))
+            .collect();
+        for (shard_id, epoch) in closing {
+            if let Some(pending) = self.pending.remove(&shard_id) {
+                match self.delivery.checkpointer.write(
+                    &shard_id,
+                    pending.epoch,
+                    &pending.checkpoint,
+                ) {
+                    Ok(()) | Err(Error::LeaseLost { .. }) => {}
+                    Err(e) => {
+                        log::warn!(
+                            "checkpoint of {shard_id} before handing it over failed; it stays ours for now: {e}"
+                        );
+                        self.pending.insert(shard_id, pending);
+                        continue;
+                    }
+                }
+            }
+            if let Err(e) = self.delivery.held.release(&shard_id) {
+                log::warn!("handing lease {shard_id} over failed: {e}");
+            }
+            self.close(&shard_id, epoch, Change::Finished);
+        }
+    }
+
     fn drop_chunks(&self, chunks: Vec<Chunk<T>>) {
         for c in chunks {
-            self.budget.release(c.bytes, c.messages.len() as u64);
+            self.delivery
+                .budget
+                .release(c.bytes, c.messages.len() as u64);
         }
     }
 
     /// Groups chunks by shard, in the order they were read, leaving out
-    /// shards whose lease was lost meanwhile. Also returns the bytes and
-    /// records of every chunk (for the buffer budget) and the data bytes
-    /// of each shard of the batch.
-    fn build(&self, chunks: Vec<Chunk<T>>) -> (Batch<T>, u64, u64, Vec<u64>) {
+    /// shards whose lease was lost meanwhile, and notes what is handed on.
+    /// Also returns the buffer room (bytes, records) the chunks held, and
+    /// the data bytes of each shard of the batch.
+    fn build(&mut self, chunks: Vec<Chunk<T>>) -> (Batch<T>, (u64, u64), Vec<u64>) {
         let mut shards: Vec<ShardBatch<T>> = Vec::new();
         let mut shard_bytes: Vec<u64> = Vec::new();
         let (mut bytes, mut count) = (0, 0);
         for chunk in chunks {
             bytes += chunk.bytes;
             count += chunk.messages.len() as u64;
-            if !self.held.is_current(&chunk.shard_id, chunk.epoch) {
+            let open = self.open.get(&chunk.shard_id);
+            if open.is_none_or(|o| o.epoch != chunk.epoch || o.closing)
+                || !self.delivery.held.is_current(&chunk.shard_id, chunk.epoch)
+            {
                 continue;
             }
             match shards
@@ -241,49 +476,34 @@ impl<'a, T> Ticker<'a, T> {
                 }
             }
         }
-        (
-            Batch {
-                time: SystemTime::now(),
-                shards,
-            },
-            bytes,
-            count,
-            shard_bytes,
-        )
-    }
-
-    /// Hands over the leases another worker asked for: no batch is in the
-    /// handler now, so checkpoint what was delivered, then pass the lease on.
-    /// The next owner starts right after it: nothing is delivered twice.
-    fn finish_handoffs(&mut self) {
-        for shard_id in self.held.handoffs() {
-            let key: Arc<str> = shard_id.as_str().into();
-            if let Some(pending) = self.pending.remove(&key) {
-                if let Err(e) = self
-                    .held
-                    .checkpoint(&shard_id, pending.epoch, &pending.checkpoint)
-                {
-                    log::warn!(
-                        "checkpoint of {shard_id} before handing it over failed; it stays ours for now: {e}"
-                    );
-                    self.pending.insert(key, pending);
-                    continue;
-                }
+        for s in &shards {
+            if s.shard_ended {
+                self.events.push(ShardEvent::Ended {
+                    shard_id: s.shard_id.to_string(),
+                });
             }
-            if let Err(e) = self.held.release(&shard_id) {
-                log::warn!("handing lease {shard_id} over failed: {e}");
+            if let Some(position) = handed_position(s) {
+                self.delivery
+                    .checkpointer
+                    .handed(&s.shard_id, s.epoch, position);
             }
         }
+        let batch = Batch {
+            time: SystemTime::now(),
+            shards,
+            events: std::mem::take(&mut self.events),
+            last: false,
+        };
+        (batch, (bytes, count), shard_bytes)
     }
 
     /// Writes the checkpoints that are due (all of them when `all`); a
     /// shard's end is written at once so its children can start.
     fn write_checkpoints(&mut self, all: bool) {
         let now = Instant::now();
-        // Forget shards no longer held: over a long run, many come and go.
-        let held: std::collections::HashSet<String> =
-            self.held.shards().into_iter().map(|(id, _)| id).collect();
-        self.last_written.retain(|id, _| held.contains(&**id));
+        // Forget shards no longer open: over a long run, many come and go.
+        self.last_written.retain(|id, _| self.open.contains_key(id));
+        let interval = self.delivery.checkpoint_interval;
         let due: Vec<Arc<str>> = self
             .pending
             .iter()
@@ -292,7 +512,7 @@ impl<'a, T> Ticker<'a, T> {
                     || self
                         .last_written
                         .get(*shard_id)
-                        .is_none_or(|t| now.duration_since(*t) >= self.checkpoint_interval)
+                        .is_none_or(|t| now.duration_since(*t) >= interval)
             })
             .map(|(shard_id, _)| shard_id.clone())
             .collect();
@@ -300,32 +520,19 @@ impl<'a, T> Ticker<'a, T> {
             let Some(pending) = self.pending.remove(&shard_id) else {
                 continue;
             };
-            let started = Instant::now();
-            let result = self
-                .held
-                .checkpoint(&shard_id, pending.epoch, &pending.checkpoint);
-            self.metrics.record(
-                Some(&shard_id),
-                &[
-                    (
-                        Metric::CheckpointSuccess,
-                        f64::from(u8::from(matches!(result, Ok(true)))),
-                    ),
-                    (Metric::CheckpointTime, millis(started.elapsed())),
-                ],
-            );
-            match result {
-                Ok(true) => {
-                    self.last_written.insert(shard_id.clone(), now);
-                    log::debug!("checkpointed {shard_id} at {:?}", pending.checkpoint);
-                    if pending.checkpoint == Checkpoint::ShardEnd {
-                        let _ = self
-                            .coordinator
-                            .send(CoordinatorEvent::ShardFinished(shard_id.to_string()));
-                    }
+            match self
+                .delivery
+                .checkpointer
+                .write(&shard_id, pending.epoch, &pending.checkpoint)
+            {
+                Ok(()) => {
+                    self.last_written.insert(shard_id, now);
                 }
-                Ok(false) => {
+                Err(Error::LeaseLost { .. }) => {
                     log::info!("not checkpointing {shard_id}: its lease is no longer ours")
+                }
+                Err(e @ Error::InvalidCheckpoint { .. }) => {
+                    log::warn!("not checkpointing {shard_id}: {e}")
                 }
                 Err(e) => {
                     log::warn!("checkpoint of {shard_id} failed, will retry: {e}");
@@ -336,22 +543,27 @@ impl<'a, T> Ticker<'a, T> {
     }
 }
 
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
     use super::*;
     use crate::aws::ClientConfig;
     use crate::aws::credentials::Credentials;
     use crate::aws::dynamodb::DynamoDbClient;
     use crate::aws::test_server::FakeServer;
-    use crate::lease::{Clock, LeaseTable};
+    use crate::lease::{Clock, HeldLeases, LeaseTable};
+    use crate::metrics::Metrics;
+    use crate::record::{ExtendedSequenceNumber, SequenceNumber, Shared, Span};
+    use crate::worker::batch::Message;
+    use crate::worker::budget::Budget;
+    use crate::worker::checkpointer::Checkpointer;
+    use crate::worker::processing::Checkpointing;
 
     /// Held leases over a fake DynamoDB where every lease write succeeds:
     /// enough to hold leases. The server lives as long as the leases.
-    fn held_leases() -> (FakeServer, HeldLeases) {
+    fn held_leases() -> (FakeServer, Arc<HeldLeases>) {
         let server = FakeServer::start(|_| {
             (
                 200,
@@ -369,22 +581,75 @@ mod tests {
             Duration::from_secs(60),
             Clock::system(),
         );
-        (server, held)
+        (server, Arc::new(held))
     }
 
-    /// Calls `f` with a ticker over `records` (batches every 50 ms).
-    fn with_ticker<R>(
-        records: &Receiver<ReaderOutput<()>>,
-        held: &HeldLeases,
-        f: impl FnOnce(&mut Ticker<'_, ()>) -> R,
-    ) -> R {
-        let budget = Budget::new(1 << 20, 1000);
-        let (events, _) = crossbeam_channel::unbounded();
-        let shutdown = AtomicBool::new(false);
-        let interval = Duration::from_millis(50);
-        f(&mut Ticker::new(
-            records, held, &budget, &events, &shutdown, interval, interval,
-        ))
+    /// What a ticker needs, batches every 50 ms; records become their data
+    /// as text.
+    fn delivery(held: &Arc<HeldLeases>, policy: ErrorPolicy) -> Delivery<String> {
+        let (coordinator, _) = crossbeam_channel::unbounded();
+        Delivery {
+            held: held.clone(),
+            budget: Arc::new(Budget::new(1 << 20, 1000)),
+            checkpointer: Checkpointer::new(held.clone(), coordinator.clone(), Metrics::default()),
+            coordinator,
+            shutdown: Arc::new(AtomicBool::new(false)),
+            metrics: Metrics::default(),
+            message_handler: Arc::new(|r: &Record| String::from_utf8_lossy(r.data()).into()),
+            batch_interval: Duration::from_millis(50),
+            checkpoint_interval: Duration::from_millis(50),
+            checkpointing: Checkpointing::Automatic,
+            error_policy: policy,
+        }
+    }
+
+    fn record(shard: &str, sequence: &str, data: &str) -> Record {
+        Record {
+            shared: Arc::new(Shared {
+                shard_id: shard.into(),
+                bytes: data.as_bytes().to_vec(),
+            }),
+            position: ExtendedSequenceNumber {
+                sequence_number: SequenceNumber::parse(sequence).unwrap(),
+                sub_sequence_number: 0,
+            },
+            aggregated: false,
+            partition_key: Span::default(),
+            explicit_hash_key: None,
+            arrival: None,
+            data: Span {
+                start: 0,
+                end: data.len() as u32,
+            },
+        }
+    }
+
+    fn chunk(shard: &str, epoch: u64, records: &[(&str, &str)]) -> ReaderOutput<String> {
+        let messages = records
+            .iter()
+            .map(|(sequence, data)| Message {
+                record: record(shard, sequence, data),
+                value: (*data).to_owned(),
+            })
+            .collect();
+        ReaderOutput::Chunk(Chunk {
+            shard_id: shard.into(),
+            epoch,
+            messages,
+            millis_behind_latest: Some(0),
+            shard_end: false,
+            bytes: 0,
+            data_bytes: 0,
+        })
+    }
+
+    fn started(shard: &str, epoch: u64) -> ReaderOutput<String> {
+        ReaderOutput::Started {
+            shard_id: shard.into(),
+            epoch,
+            from: Checkpoint::TrimHorizon,
+            records: None,
+        }
     }
 
     #[test]
@@ -392,24 +657,12 @@ mod tests {
         let (_server, held) = held_leases();
         let epoch = held.take("shard-1", 0).unwrap().unwrap();
         let (sender, records) = crossbeam_channel::unbounded();
-        let chunk = |n: u64| {
-            ReaderOutput::<()>::Chunk(Chunk {
-                shard_id: "shard-1".into(),
-                epoch,
-                messages: Vec::new(),
-                millis_behind_latest: Some(n),
-                shard_end: false,
-                bytes: 0,
-                data_bytes: 0,
-            })
-        };
-        sender.send(chunk(1)).unwrap();
-        sender.send(chunk(2)).unwrap();
+        sender.send(chunk("shard-1", epoch, &[("1", "a")])).unwrap();
+        sender.send(chunk("shard-1", epoch, &[("2", "b")])).unwrap();
         // The handler or a checkpoint write overran: the tick is long past.
         let late = Instant::now() - Duration::from_secs(1);
-        let chunks = with_ticker(&records, &held, |t| t.gather_until(late))
-            .unwrap()
-            .unwrap();
+        let mut ticker = Ticker::new(&records, delivery(&held, ErrorPolicy::Stop));
+        let chunks = ticker.gather_until(late).unwrap().unwrap();
         assert_eq!(chunks.len(), 2, "what waited is in this batch");
     }
 
@@ -418,7 +671,7 @@ mod tests {
         let (_server, held) = held_leases();
         let epoch = held.take("shard-1", 0).unwrap().unwrap();
         let (sender, records) = crossbeam_channel::unbounded();
-        let failed = |shard: &str, epoch, what: &str| ReaderOutput::<()>::Failed {
+        let failed = |shard: &str, epoch, what: &str| ReaderOutput::<String>::Failed {
             shard_id: shard.into(),
             epoch,
             error: Error::Internal(what.into()),
@@ -428,10 +681,166 @@ mod tests {
             .unwrap();
         sender.send(failed("shard-2", epoch, "not held")).unwrap();
         sender.send(failed("shard-1", epoch, "current")).unwrap();
-        let result = with_ticker(&records, &held, |t| t.run(&mut |_: Batch<()>| Ok(())));
+        let mut ticker = Ticker::new(&records, delivery(&held, ErrorPolicy::Stop));
+        let result = ticker.run(&mut |_: Batch<String>| Ok(()));
         assert!(
             matches!(&result, Err(Error::Internal(m)) if m == "current"),
             "{result:?}"
+        );
+    }
+
+    /// Runs a ticker over `outputs` until `handler` accepts a batch with
+    /// records (then a shutdown is asked for); returns what `run` returned.
+    fn run_until(
+        delivery: Delivery<String>,
+        outputs: Vec<ReaderOutput<String>>,
+        mut handler: impl FnMut(&Batch<String>) -> HandlerResult,
+    ) -> Result<()> {
+        let (sender, records) = crossbeam_channel::unbounded();
+        for output in outputs {
+            sender.send(output).unwrap();
+        }
+        let shutdown = delivery.shutdown.clone();
+        let mut ticker = Ticker::new(&records, delivery);
+        ticker.run(&mut |batch: Batch<String>| {
+            let result = handler(&batch);
+            if batch.is_last() {
+                return result;
+            }
+            // Stop once the records were accepted (retries stop at shutdown).
+            if result.is_ok() && !batch.is_empty() {
+                shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            result
+        })
+    }
+
+    #[test]
+    fn a_gained_shard_is_announced_with_its_records_and_shut_down_in_the_last_batch() {
+        let (_server, held) = held_leases();
+        let epoch = held.take("shard-1", 0).unwrap().unwrap();
+        let mut seen: Vec<(Vec<ShardEvent>, Vec<String>, bool)> = Vec::new();
+        let result = run_until(
+            delivery(&held, ErrorPolicy::Stop),
+            vec![
+                started("shard-1", epoch),
+                chunk("shard-1", epoch, &[("1", "a"), ("2", "b")]),
+            ],
+            |batch| {
+                let values = batch.messages().map(|m| m.value().clone()).collect();
+                seen.push((batch.events().to_vec(), values, batch.is_last()));
+                Ok(())
+            },
+        );
+        assert!(result.is_ok(), "{result:?}");
+        let shard_id = "shard-1".to_owned();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    vec![ShardEvent::Gained {
+                        shard_id: shard_id.clone(),
+                        from: Checkpoint::TrimHorizon
+                    }],
+                    vec!["a".to_owned(), "b".to_owned()],
+                    false
+                ),
+                (
+                    vec![ShardEvent::ShutdownRequested { shard_id }],
+                    vec![],
+                    true
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_retried_batch_holds_the_same_records_made_again() {
+        let (_server, held) = held_leases();
+        let epoch = held.take("shard-1", 0).unwrap().unwrap();
+        let policy = ErrorPolicy::Retry {
+            retries: 2,
+            backoff: Duration::from_millis(1),
+        };
+        let mut calls: Vec<Vec<String>> = Vec::new();
+        let result = run_until(
+            delivery(&held, policy),
+            vec![
+                started("shard-1", epoch),
+                chunk("shard-1", epoch, &[("1", "a"), ("2", "b")]),
+            ],
+            |batch| {
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                calls.push(batch.messages().map(|m| m.value().clone()).collect());
+                if calls.len() < 3 {
+                    Err("not yet".into())
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(calls.len(), 3, "the first call and two retries");
+        assert!(calls.iter().all(|c| c == &["a", "b"]), "{calls:?}");
+    }
+
+    #[test]
+    fn a_batch_that_keeps_failing_stops_the_consumer_after_its_retries() {
+        let (_server, held) = held_leases();
+        let epoch = held.take("shard-1", 0).unwrap().unwrap();
+        let policy = ErrorPolicy::RetryThenReleaseShard {
+            retries: 1,
+            backoff: Duration::from_millis(1),
+        };
+        let mut calls = 0;
+        let result = run_until(
+            delivery(&held, policy),
+            vec![
+                started("shard-1", epoch),
+                chunk("shard-1", epoch, &[("1", "a")]),
+            ],
+            |batch| {
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                calls += 1;
+                Err("poison".into())
+            },
+        );
+        assert_eq!(calls, 2);
+        assert!(matches!(result, Err(Error::Handler(e)) if e.to_string() == "poison"));
+    }
+
+    #[test]
+    fn open_shards_are_lost_finished_or_handed_off_as_their_leases_say() {
+        let open: HashMap<Arc<str>, Open> = [
+            ("current", 1, false),
+            ("taken", 2, false),
+            ("done", 3, false),
+            ("asked", 4, false),
+            ("asked-and-told", 5, true),
+        ]
+        .into_iter()
+        .map(|(id, epoch, closing)| (Arc::from(id), Open { epoch, closing }))
+        .collect();
+        let found = changes(
+            &open,
+            |shard, _| match shard {
+                "current" => Holding::Current,
+                "asked" | "asked-and-told" => Holding::HandingOff,
+                _ => Holding::Gone,
+            },
+            |shard, epoch| shard == "done" && epoch == 3,
+        );
+        assert_eq!(
+            found,
+            vec![
+                (Arc::from("asked"), Change::HandingOff),
+                (Arc::from("done"), Change::Finished),
+                (Arc::from("taken"), Change::Lost),
+            ]
         );
     }
 }

@@ -13,17 +13,16 @@
 //!   client `CLIENT-ID` / `CLIENT-SECRET`: new token `RENEWED-TOKEN`.
 //! - `GET /container`: key `CONTAINER` (with `Authorization: container-auth`).
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::sigcheck::{Key, Received, check};
+use super::sigcheck::{Key, assume_role_reply};
+use super::test_server::{FakeServer, Request};
 
 pub struct FakeAws {
     pub url: String,
     log: Arc<Mutex<Vec<String>>>,
+    _server: FakeServer,
 }
 
 struct Config {
@@ -34,25 +33,25 @@ struct Config {
 
 impl FakeAws {
     pub fn start(known: Vec<Key>, region: &str, sso_tokens: &[&str]) -> FakeAws {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let config = Arc::new(Config {
+        let config = Config {
             known,
             region: region.to_string(),
             sso_tokens: sso_tokens.iter().map(|s| s.to_string()).collect(),
-        });
+        };
         let log: Arc<Mutex<Vec<String>>> = Arc::default();
         let seen = log.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let (config, seen) = (config.clone(), seen.clone());
-                std::thread::spawn(move || {
-                    let _ = serve(stream, &config, &seen);
-                });
-            }
+        let server = FakeServer::start(move |r| {
+            let (status, reply, what) = answer(r, &config);
+            seen.lock()
+                .unwrap()
+                .push(format!("{} {} -> {status} {what}", r.method, r.path));
+            (status, reply)
         });
-        FakeAws { url, log }
+        FakeAws {
+            url: server.url.clone(),
+            log,
+            _server: server,
+        }
     }
 
     /// One line per request: what was asked and what was answered.
@@ -65,120 +64,9 @@ impl FakeAws {
 /// code is needed here (the library's refresh is unit-tested).
 const FAR_FUTURE: &str = "2099-01-01T00:00:00Z";
 
-fn form(body: &str) -> HashMap<String, String> {
-    fn decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            if let Some(hex) = s.get(i + 1..i + 3).filter(|_| bytes[i] == b'%') {
-                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    body.split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (decode(k), decode(v)))
-        .collect()
-}
-
-fn serve(
-    stream: std::net::TcpStream,
-    config: &Config,
-    log: &Mutex<Vec<String>>,
-) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let path = parts.next().unwrap_or_default().to_string();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h)?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .map_or(0, |(_, v)| v.parse().unwrap_or(0));
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body)?;
-    let request = Received {
-        method: &method,
-        path: &path,
-        headers: &headers,
-        body: &body,
-    };
-    let text = String::from_utf8_lossy(&body).into_owned();
-    let (status, reply, what) = answer(&request, &text, config);
-    log.lock()
-        .unwrap()
-        .push(format!("{method} {path} -> {status} {what}"));
-    let mut stream = stream;
-    write!(
-        stream,
-        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\
-         x-amzn-RequestId: fake-1\r\n\r\n{reply}",
-        reply.len()
-    )?;
-    stream.flush()
-}
-
-fn answer(r: &Received, body: &str, config: &Config) -> (u16, String, String) {
+fn answer(r: &Request, config: &Config) -> (u16, String, String) {
     if r.method == "POST" && r.path == "/" {
-        let form = form(body);
-        if form.get("Action").map(String::as_str) != Some("AssumeRole") {
-            return (400, "<ErrorResponse/>".into(), "not AssumeRole".into());
-        }
-        let key_id = r.access_key().unwrap_or_default();
-        let key = match key_id.strip_prefix("ASIA-") {
-            Some(name) => Key::new(
-                &key_id,
-                &format!("secret-{name}"),
-                Some(&format!("token-{name}")),
-            ),
-            None => match config.known.iter().find(|k| k.id == key_id) {
-                Some(k) => k.clone(),
-                None => Key::new(&key_id, "", None),
-            },
-        };
-        if let Err(why) = check(r, &key, &config.region, "sts") {
-            return (
-                403,
-                format!(
-                    "<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>{why}</Message></Error></ErrorResponse>"
-                ),
-                format!("AssumeRole refused: {why}"),
-            );
-        }
-        let role = form.get("RoleArn").cloned().unwrap_or_default();
-        let name = role.rsplit('/').next().unwrap_or_default().to_string();
-        let external = form.get("ExternalId").cloned().unwrap_or_default();
-        return (
-            200,
-            format!(
-                "<AssumeRoleResponse><AssumeRoleResult><Credentials>\
-                 <AccessKeyId>ASIA-{name}</AccessKeyId><SecretAccessKey>secret-{name}</SecretAccessKey>\
-                 <SessionToken>token-{name}</SessionToken><Expiration>{}</Expiration>\
-                 </Credentials></AssumeRoleResult></AssumeRoleResponse>",
-                FAR_FUTURE
-            ),
-            format!("AssumeRole {role} by {key_id} external_id={external}"),
-        );
+        return assume_role_reply(r, &config.known, &config.region, FAR_FUTURE);
     }
     if r.method == "GET" && r.path.starts_with("/federation/credentials?") {
         let token = r.header("x-amz-sso_bearer_token").unwrap_or_default();
@@ -208,7 +96,7 @@ fn answer(r: &Received, body: &str, config: &Config) -> (u16, String, String) {
         );
     }
     if r.method == "POST" && r.path == "/token" {
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
         if v["grantType"] == "refresh_token"
             && v["refreshToken"] == "REFRESH-1"
             && v["clientId"] == "CLIENT-ID"

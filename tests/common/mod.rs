@@ -7,18 +7,25 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use kinesis_consumer::__test_support::DynamoDbClient;
 use kinesis_consumer::aws::ClientConfig;
 use kinesis_consumer::aws::credentials::Credentials;
-use kinesis_consumer::aws::dynamodb::DynamoDbClient;
-use kinesis_consumer::aws::kinesis::KinesisClient;
+use kinesis_consumer::aws::kinesis::{KinesisClient, PutRecordsEntry};
 
 pub mod fake_aws;
+pub mod pinned_tls;
 pub mod proxy;
+// The crate's own test server and signature oracle, the same files its
+// unit tests use.
+#[path = "../../src/aws/test_sigcheck.rs"]
 pub mod sigcheck;
+#[path = "../../src/aws/test_server.rs"]
+pub mod test_server;
 
 /// Endpoints of the running emulators.
 pub struct Emulators {
@@ -399,4 +406,111 @@ pub fn example_binary(name: &str) -> PathBuf {
         built.push(name.to_owned());
     }
     path
+}
+
+/// Every record of a shard, from its trim horizon to its tip, as
+/// (position, data as text), read straight from the stream.
+pub fn shard_records(
+    stream: &str,
+    shard_id: &str,
+) -> Vec<(kinesis_consumer::ExtendedSequenceNumber, String)> {
+    use kinesis_consumer::aws::kinesis::IteratorPosition;
+    let k = kinesis();
+    let mut iterator = k
+        .get_shard_iterator(stream, shard_id, &IteratorPosition::TrimHorizon)
+        .unwrap();
+    let mut records = Vec::new();
+    loop {
+        let reply = k.get_records(shard_id, &iterator, 10_000).unwrap();
+        let empty = reply.records.is_empty();
+        records.extend(reply.records.iter().map(|r| {
+            (
+                r.position().clone(),
+                String::from_utf8_lossy(r.data()).into_owned(),
+            )
+        }));
+        match reply.next_shard_iterator {
+            Some(next) if !empty => iterator = next,
+            _ => return records,
+        }
+    }
+}
+
+/// The data of a shard's records, in order.
+pub fn read_shard(stream: &str, shard_id: &str) -> Vec<String> {
+    shard_records(stream, shard_id)
+        .into_iter()
+        .map(|(_, data)| data)
+        .collect()
+}
+
+/// Where the record with `data` is in the shard.
+pub fn position_of(
+    stream: &str,
+    shard_id: &str,
+    data: &str,
+) -> kinesis_consumer::ExtendedSequenceNumber {
+    shard_records(stream, shard_id)
+        .into_iter()
+        .find(|(_, d)| d == data)
+        .map(|(p, _)| p)
+        .unwrap_or_else(|| panic!("no record {data:?} in {shard_id}"))
+}
+
+/// Puts numbered records (`{prefix}-{n}`, partition key `pk-{n % 128}`, enough keys that every shard gets records) at
+/// about 50 per second until stopped; returns what it put, in order.
+pub struct Producer {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<String>>,
+}
+
+pub fn produce(stream: &str, prefix: &str) -> Producer {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (flag, stream, prefix) = (stop.clone(), stream.to_owned(), prefix.to_owned());
+    let thread = std::thread::spawn(move || {
+        let k = kinesis();
+        let mut put = Vec::new();
+        while !flag.load(Ordering::Relaxed) {
+            let entries: Vec<PutRecordsEntry> = (put.len()..put.len() + 10)
+                .map(|n| PutRecordsEntry {
+                    partition_key: format!("pk-{}", n % 128),
+                    explicit_hash_key: None,
+                    data: format!("{prefix}-{n}").into_bytes(),
+                })
+                .collect();
+            for (entry, result) in entries
+                .iter()
+                .zip(k.put_records(&stream, &entries).unwrap())
+            {
+                result.unwrap();
+                put.push(String::from_utf8(entry.data.clone()).unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        put
+    });
+    Producer { stop, thread }
+}
+
+impl Producer {
+    pub fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// The emulators' endpoints and dummy credentials, through the standard
+/// AWS environment variables, as a user would set them.
+pub fn aws_env(mut command: Command) -> Command {
+    let e = emulators();
+    command
+        .env("AWS_ENDPOINT_URL_KINESIS", &e.kinesis_url)
+        .env("AWS_ENDPOINT_URL_DYNAMODB", &e.dynamodb_url)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "info")
+        .env_remove("AWS_PROFILE");
+    command
 }

@@ -18,11 +18,13 @@
 //! dropped.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::test_server::{IO_TIMEOUT, Message, read_message};
 
 /// What a faulted request gets instead of (or on top of) the real reply.
 #[derive(Clone, Debug)]
@@ -207,7 +209,7 @@ struct Counts {
 /// Decides whether a request is signed as it should be: `Ok` with the
 /// access key id, `Err` with why not.
 pub type SignatureCheck =
-    dyn Fn(&super::sigcheck::Received) -> Result<String, String> + Send + Sync;
+    dyn Fn(&super::test_server::Request) -> Result<String, String> + Send + Sync;
 
 struct State {
     kinesis: String,
@@ -382,7 +384,7 @@ impl Proxy {
     /// `InvalidSignatureException` instead of being forwarded.
     pub fn check_signatures(
         &self,
-        check: impl Fn(&super::sigcheck::Received) -> Result<String, String> + Send + Sync + 'static,
+        check: impl Fn(&super::test_server::Request) -> Result<String, String> + Send + Sync + 'static,
     ) {
         *self.state.signature_check.lock().unwrap() = Some(Arc::new(check));
     }
@@ -411,110 +413,6 @@ impl Drop for Proxy {
     }
 }
 
-/// One HTTP message: start line, headers, body.
-struct Message {
-    start: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Message {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Serializes with a Content-Length for `body` and `Connection: close`.
-    fn to_bytes(&self, body: &[u8], declared_len: usize) -> Vec<u8> {
-        let mut out = format!("{}\r\n", self.start);
-        for (n, v) in &self.headers {
-            if ["content-length", "transfer-encoding", "connection"]
-                .iter()
-                .any(|h| n.eq_ignore_ascii_case(h))
-            {
-                continue;
-            }
-            out.push_str(&format!("{n}: {v}\r\n"));
-        }
-        out.push_str(&format!(
-            "Content-Length: {declared_len}\r\nConnection: close\r\n\r\n"
-        ));
-        let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(body);
-        bytes
-    }
-}
-
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_BODY: usize = 64 * 1024 * 1024;
-
-fn read_message(reader: &mut impl BufRead, is_response: bool) -> std::io::Result<Message> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
-    let mut start = String::new();
-    if reader.read_line(&mut start)? == 0 {
-        return Err(bad("connection closed before a message"));
-    }
-    let start = start.trim_end().to_owned();
-    let mut headers = Vec::new();
-    for _ in 0..200 {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(bad("connection closed in the headers"));
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((n, v)) = line.split_once(':') {
-            headers.push((n.trim().to_owned(), v.trim().to_owned()));
-        }
-    }
-    let mut message = Message {
-        start,
-        headers,
-        body: Vec::new(),
-    };
-    let chunked = message
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-    if chunked {
-        loop {
-            let mut size = String::new();
-            reader.read_line(&mut size)?;
-            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
-                .map_err(|_| bad("bad chunk size"))?;
-            if size == 0 {
-                let mut trailer = String::new();
-                while reader.read_line(&mut trailer)? > 2 {
-                    trailer.clear();
-                }
-                break;
-            }
-            if message.body.len() + size > MAX_BODY {
-                return Err(bad("body too large"));
-            }
-            let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk)?;
-            chunk.truncate(size);
-            message.body.extend(chunk);
-        }
-    } else if let Some(len) = message.header("content-length") {
-        let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
-        if len > MAX_BODY {
-            return Err(bad("body too large"));
-        }
-        message.body = vec![0; len];
-        reader.read_exact(&mut message.body)?;
-    } else if is_response {
-        reader
-            .take(MAX_BODY as u64)
-            .read_to_end(&mut message.body)?;
-    }
-    Ok(message)
-}
-
 fn serve(state: &State, client: TcpStream) -> std::io::Result<()> {
     if state.stop.load(Ordering::Relaxed) {
         return Ok(());
@@ -536,16 +434,7 @@ fn serve(state: &State, client: TcpStream) -> std::io::Result<()> {
     };
     let check = state.signature_check.lock().unwrap().clone();
     if let Some(check) = check {
-        let mut parts = request.start.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_owned();
-        let path = parts.next().unwrap_or_default().to_owned();
-        let received = super::sigcheck::Received {
-            method: &method,
-            path: &path,
-            headers: &request.headers,
-            body: &request.body,
-        };
-        match check(&received) {
+        match check(&super::test_server::Request::from_message(&request)) {
             Ok(key) => {
                 *state
                     .signed_by

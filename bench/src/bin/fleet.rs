@@ -19,7 +19,9 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kinesis_consumer::aws::dynamodb::{AttributeValue, DynamoDbClient, Item};
+// The crate's hidden test support: a plain DynamoDB client to read the
+// table straight from dynalite (not a stable API; fine for a benchmark).
+use kinesis_consumer::__test_support::{AttributeValue, DynamoDbClient, Item};
 use kinesis_consumer_bench::canned::CannedServer;
 use kinesis_consumer_bench::capacity::{CapacityProxy, Tallies, difference};
 use kinesis_consumer_bench::{arg, client_config, consumer, emulators, flag, secs, unique};
@@ -84,7 +86,7 @@ fn run(leases: usize, workers: usize, seconds: f64, failover: f64, poll: f64) {
     server.set_empty(true);
     let proxy = CapacityProxy::start(dynamo.port);
     let app = unique("fleet");
-    let direct = DynamoDbClient::new(&client_config(&dynamo.url)).unwrap();
+    let direct = dynamo.url.as_str();
     println!();
     println!("## {leases} leases, {workers} workers");
     let started = Instant::now();
@@ -92,7 +94,7 @@ fn run(leases: usize, workers: usize, seconds: f64, failover: f64, poll: f64) {
         .map(|i| spawn_worker(&server.url, &proxy.url, &app, &format!("w{i:02}"), failover))
         .collect();
     let live = |fleet: &[Worker]| fleet.iter().map(|w| w.id.clone()).collect::<Vec<_>>();
-    let Some(balanced) = wait_for(&direct, &app, poll, |owners| {
+    let Some(balanced) = wait_for(direct, &app, poll, |owners| {
         even(owners, &live(&fleet), leases)
     }) else {
         println!("not balanced after {} s; giving up", PHASE_BOUND.as_secs());
@@ -110,7 +112,7 @@ fn run(leases: usize, workers: usize, seconds: f64, failover: f64, poll: f64) {
     std::thread::sleep(secs(seconds));
     let window = difference(&proxy.tallies(), &before);
     let minutes = t0.elapsed().as_secs_f64() / 60.0;
-    let size = mean_item_size(&direct, &app);
+    let size = mean_item_size(direct, &app);
     report(&window, leases, workers, minutes, failover, size);
 
     // kill -9 one worker.
@@ -121,14 +123,14 @@ fn run(leases: usize, workers: usize, seconds: f64, failover: f64, poll: f64) {
     let _ = victim.child.wait();
     let victim_id = victim.id.clone();
     let survivors = live(&fleet);
-    let takeover = wait_for(&direct, &app, poll, |owners| {
+    let takeover = wait_for(direct, &app, poll, |owners| {
         owners.values().all(|o| survivors.contains(o)) && owners.len() == leases
     });
-    let ceiling = wait_for(&direct, &app, poll, |owners| {
+    let ceiling = wait_for(direct, &app, poll, |owners| {
         spread(owners, &survivors, leases)
             .is_some_and(|(_, most)| most <= leases.div_ceil(survivors.len()))
     });
-    let rebalance = wait_for(&direct, &app, poll, |owners| {
+    let rebalance = wait_for(direct, &app, poll, |owners| {
         even(owners, &survivors, leases)
     });
     let phase = difference(&proxy.tallies(), &before_kill);
@@ -154,7 +156,7 @@ fn run(leases: usize, workers: usize, seconds: f64, failover: f64, poll: f64) {
     ));
     let joined = Instant::now();
     let all = live(&fleet);
-    let balance = wait_for(&direct, &app, poll, |owners| even(owners, &all, leases));
+    let balance = wait_for(direct, &app, poll, |owners| even(owners, &all, leases));
     let phase = difference(&proxy.tallies(), &before_join);
     println!(
         "a new worker joins: even among {} after {} (one take round: {:.2} s)",
@@ -181,8 +183,8 @@ fn stop(fleet: Vec<Worker>) {
 }
 
 /// Lease owners by shard, read straight from dynalite.
-fn owners(direct: &DynamoDbClient, app: &str) -> BTreeMap<String, String> {
-    kinesis_consumer::list_leases(direct, app)
+fn owners(direct: &str, app: &str) -> BTreeMap<String, String> {
+    kinesis_consumer::list_leases(&client_config(direct), app)
         .unwrap_or_default()
         .into_iter()
         .filter_map(|l| Some((l.shard_id, l.owner?)))
@@ -191,7 +193,7 @@ fn owners(direct: &DynamoDbClient, app: &str) -> BTreeMap<String, String> {
 
 /// Polls until `done` holds for the owners; the time it first did.
 fn wait_for(
-    direct: &DynamoDbClient,
+    direct: &str,
     app: &str,
     poll: f64,
     done: impl Fn(&BTreeMap<String, String>) -> bool,
@@ -247,8 +249,9 @@ fn even(owners: &BTreeMap<String, String>, workers: &[String], leases: usize) ->
 /// The mean size of the table's items as DynamoDB sizes them: each
 /// attribute's name plus its value (strings by their UTF-8 bytes, numbers
 /// about one byte per two digits plus one, sets the sum of their members).
-fn mean_item_size(direct: &DynamoDbClient, app: &str) -> f64 {
-    let items = direct.scan(app).unwrap_or_default();
+fn mean_item_size(direct: &str, app: &str) -> f64 {
+    let client = DynamoDbClient::new(&client_config(direct)).unwrap();
+    let items = client.scan(app).unwrap_or_default();
     let total: usize = items.iter().map(item_size).sum();
     total as f64 / items.len().max(1) as f64
 }

@@ -114,15 +114,7 @@ impl AssumeRole {
             }
         }
         if let Some(url) = &self.endpoint_url {
-            crate::aws::endpoint::resolve_endpoint(
-                crate::aws::endpoint::Service::Sts,
-                Some(url),
-                "us-east-1",
-            )
-            .map_err(|e| match e {
-                Error::Config { reason, .. } => Error::config(setting, reason),
-                other => other,
-            })?;
+            crate::aws::endpoint::parse_endpoint(url, setting)?;
         }
         Ok(())
     }
@@ -230,6 +222,7 @@ impl fmt::Debug for AssumeRoleProvider {
 mod tests {
     use super::super::test_support::*;
     use super::*;
+    use crate::aws::test_sigcheck::{Key, check};
     use std::sync::atomic::{AtomicU64, Ordering};
 
     fn provider(
@@ -265,11 +258,9 @@ mod tests {
         assert_eq!(c.access_key_id(), "ASIA-reader");
         assert_eq!(p.credentials().unwrap(), c);
         let r = &sts.requests()[0];
-        check_signature(
+        check(
             r,
-            "SRCKEY",
-            "src-secret",
-            Some("src-token"),
+            &Key::new("SRCKEY", "src-secret", Some("src-token")),
             "eu-central-1",
             "sts",
         )

@@ -66,7 +66,7 @@ pub(super) fn load(ctx: &Context) -> Result<Outcome> {
 
 fn check_container_full_uri(uri: &str) -> Result<()> {
     const SETTING: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
-    let parsed = parse_url(uri).map_err(|reason| Error::config(SETTING, reason))?;
+    let parsed = parse_url(uri).map_err(|e| Error::config(SETTING, e.to_string()))?;
     if parsed.https {
         return Ok(());
     }

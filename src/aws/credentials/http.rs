@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::Credentials;
+use crate::aws::client::describe_body;
 use crate::{Error, Result};
 
 /// An HTTP client for the credential endpoints. Statuses are not errors;
@@ -46,19 +47,6 @@ pub(crate) fn read_reply(
     })
 }
 
-/// A short, safe description of an error body for messages.
-pub(crate) fn describe_body(body: &str) -> String {
-    let body = body.trim();
-    if body.is_empty() {
-        return "(empty body)".into();
-    }
-    let mut short: String = body.chars().take(200).collect();
-    if short.len() < body.len() {
-        short.push('…');
-    }
-    short
-}
-
 /// The `message` (or `Message`) of a JSON error body, else the body itself.
 pub(crate) fn json_error_message(body: &str) -> String {
     let value: Option<serde_json::Value> = serde_json::from_str(body).ok();
@@ -76,7 +64,7 @@ pub(crate) fn json_error_message(body: &str) -> String {
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (None, Some(message)) => message,
         (Some(code), None) => code,
-        (None, None) => describe_body(body),
+        (None, None) => describe_body(body.as_bytes()),
     }
 }
 

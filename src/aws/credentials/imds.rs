@@ -1,7 +1,8 @@
 //! EC2 instance metadata (IMDSv2).
 
-use super::http::{Reply, describe_body, parse_json_credentials, read_reply};
+use super::http::{Reply, parse_json_credentials, read_reply};
 use super::{Context, Outcome};
+use crate::aws::client::describe_body;
 use crate::aws::client::transport_error;
 use crate::{Error, Result};
 
@@ -43,7 +44,7 @@ pub(super) fn load(ctx: &Context) -> Result<Outcome> {
         Error::Credentials(format!(
             "EC2 instance metadata at {base}: {what} answered HTTP {}: {}",
             reply.status,
-            describe_body(&reply.body)
+            describe_body(reply.body.as_bytes())
         ))
     };
     if reply.status != 200 {

@@ -9,6 +9,7 @@
 //! error. A failing command is reported with its exit status and the first
 //! line of its standard error.
 
+use std::fmt;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -104,36 +105,69 @@ pub(super) fn run(command: &str, profile: &str) -> Result<Credentials> {
     parse_output(&stdout).map_err(|why| fail(format!("printed unusable credentials: {why}")))
 }
 
-/// Credentials from the command's output. The error never quotes the
+/// Why the command's output holds no credentials. It never quotes the
 /// output (it holds secrets).
-fn parse_output(stdout: &[u8]) -> std::result::Result<Credentials, String> {
+#[derive(Debug)]
+enum OutputError {
+    /// Not JSON: serde_json's error kind and position (never its text).
+    NotJson(String),
+    NotAnObject,
+    /// A `Version` other than 1 (the number as printed).
+    UnsupportedVersion(String),
+    VersionNotANumber,
+    NoVersion,
+    NotAString(&'static str),
+    Missing(&'static str),
+    BadExpiration,
+}
+
+impl fmt::Display for OutputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutputError::NotJson(why) => write!(f, "not a JSON document ({why})"),
+            OutputError::NotAnObject => f.write_str("not a JSON object"),
+            OutputError::UnsupportedVersion(v) => {
+                write!(f, "Version {v} is not supported (only 1)")
+            }
+            OutputError::VersionNotANumber => f.write_str("Version is not a number"),
+            OutputError::NoVersion => f.write_str("no Version (expected 1)"),
+            OutputError::NotAString(name) => write!(f, "{name} is not a string"),
+            OutputError::Missing(name) => write!(f, "no {name}"),
+            OutputError::BadExpiration => {
+                f.write_str("Expiration is not an ISO 8601 time such as 2030-01-01T00:00:00Z")
+            }
+        }
+    }
+}
+
+/// Credentials from the command's output.
+fn parse_output(stdout: &[u8]) -> std::result::Result<Credentials, OutputError> {
     let value: serde_json::Value = serde_json::from_slice(stdout)
-        .map_err(|e| format!("not a JSON document ({})", describe_json_error(&e)))?;
+        .map_err(|e| OutputError::NotJson(describe_json_error(&e)))?;
     if !value.is_object() {
-        return Err("not a JSON object".into());
+        return Err(OutputError::NotAnObject);
     }
     match value.get("Version") {
         Some(v) if v.as_u64() == Some(1) => {}
-        Some(v) if v.is_number() => return Err(format!("Version {v} is not supported (only 1)")),
-        Some(_) => return Err("Version is not a number".into()),
-        None => return Err("no Version (expected 1)".into()),
+        Some(v) if v.is_number() => return Err(OutputError::UnsupportedVersion(v.to_string())),
+        Some(_) => return Err(OutputError::VersionNotANumber),
+        None => return Err(OutputError::NoVersion),
     }
-    let field = |name: &str| -> std::result::Result<Option<&str>, String> {
+    let field = |name: &'static str| -> std::result::Result<Option<&str>, OutputError> {
         match value.get(name) {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(serde_json::Value::String(s)) if s.is_empty() => Ok(None),
             Some(serde_json::Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(format!("{name} is not a string")),
+            Some(_) => Err(OutputError::NotAString(name)),
         }
     };
-    let required = |name: &str| field(name)?.ok_or_else(|| format!("no {name}"));
+    let required = |name: &'static str| field(name)?.ok_or(OutputError::Missing(name));
     let mut credentials = Credentials::new(required("AccessKeyId")?, required("SecretAccessKey")?);
     if let Some(token) = field("SessionToken")? {
         credentials = credentials.with_session_token(token);
     }
     if let Some(expiration) = field("Expiration")? {
-        let at = crate::time::parse_iso8601(expiration)
-            .ok_or("Expiration is not an ISO 8601 time such as 2030-01-01T00:00:00Z")?;
+        let at = crate::time::parse_iso8601(expiration).ok_or(OutputError::BadExpiration)?;
         credentials = credentials.with_expiry(at);
     }
     Ok(credentials)
@@ -163,8 +197,28 @@ fn program_name(command: &str) -> String {
     }
 }
 
+/// Why a command line cannot be split into words.
+#[derive(Debug, PartialEq, Eq)]
+enum CommandError {
+    /// A quote (`'` or `"`) that is not closed.
+    UnclosedQuote(char),
+    TrailingBackslash,
+    Empty,
+}
+
+impl fmt::Display for CommandError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommandError::UnclosedQuote('\'') => f.write_str("a single quote is not closed"),
+            CommandError::UnclosedQuote(_) => f.write_str("a double quote is not closed"),
+            CommandError::TrailingBackslash => f.write_str("the command ends with a backslash"),
+            CommandError::Empty => f.write_str("the command is empty"),
+        }
+    }
+}
+
 /// The command to run: the words themselves, or a shell when needed.
-fn command_for(command: &str) -> std::result::Result<Command, String> {
+fn command_for(command: &str) -> std::result::Result<Command, CommandError> {
     if needs_shell(command) {
         let mut cmd = if cfg!(windows) {
             let mut c = Command::new("cmd");
@@ -180,7 +234,7 @@ fn command_for(command: &str) -> std::result::Result<Command, String> {
     }
     let words = split_words(command)?;
     let Some((program, args)) = words.split_first() else {
-        return Err("the command is empty".into());
+        return Err(CommandError::Empty);
     };
     let mut cmd = Command::new(program);
     cmd.args(args);
@@ -225,7 +279,7 @@ fn needs_shell(command: &str) -> bool {
 /// whitespace separates words, single quotes keep everything, double quotes
 /// keep everything but `\"` and `\\`, a backslash outside quotes keeps the
 /// next character.
-fn split_words(command: &str) -> std::result::Result<Vec<String>, String> {
+fn split_words(command: &str) -> std::result::Result<Vec<String>, CommandError> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut in_word = false;
@@ -238,7 +292,7 @@ fn split_words(command: &str) -> std::result::Result<Vec<String>, String> {
                     match chars.next() {
                         Some('\'') => break,
                         Some(c) => word.push(c),
-                        None => return Err("a single quote is not closed".into()),
+                        None => return Err(CommandError::UnclosedQuote('\'')),
                     }
                 }
             }
@@ -253,10 +307,10 @@ fn split_words(command: &str) -> std::result::Result<Vec<String>, String> {
                                 word.push('\\');
                                 word.push(c);
                             }
-                            None => return Err("a double quote is not closed".into()),
+                            None => return Err(CommandError::UnclosedQuote('"')),
                         },
                         Some(c) => word.push(c),
-                        None => return Err("a double quote is not closed".into()),
+                        None => return Err(CommandError::UnclosedQuote('"')),
                     }
                 }
             }
@@ -264,7 +318,7 @@ fn split_words(command: &str) -> std::result::Result<Vec<String>, String> {
                 in_word = true;
                 match chars.next() {
                     Some(c) => word.push(c),
-                    None => return Err("the command ends with a backslash".into()),
+                    None => return Err(CommandError::TrailingBackslash),
                 }
             }
             c if c.is_whitespace() => {
@@ -304,9 +358,9 @@ mod tests {
         );
         assert_eq!(split_words("  a   b ").unwrap(), ["a", "b"]);
         assert_eq!(split_words("a ''").unwrap(), ["a", ""]);
-        assert!(split_words("a 'b").is_err());
-        assert!(split_words("a \"b").is_err());
-        assert!(split_words("a\\").is_err());
+        assert_eq!(split_words("a 'b"), Err(CommandError::UnclosedQuote('\'')));
+        assert_eq!(split_words("a \"b"), Err(CommandError::UnclosedQuote('"')));
+        assert_eq!(split_words("a\\"), Err(CommandError::TrailingBackslash));
     }
 
     #[test]
@@ -363,7 +417,7 @@ mod tests {
             (b"SECRET-1 not json", "not a JSON document"),
             (br#"["SECRET-1"]"#, "not a JSON object"),
         ] {
-            let why = parse_output(out).unwrap_err();
+            let why = parse_output(out).unwrap_err().to_string();
             assert!(why.contains(expected), "{why}");
             assert!(!why.contains("SECRET-1"), "{why}");
         }

@@ -288,6 +288,7 @@ mod tests {
     use crate::Error;
     use crate::aws::credentials::ProvideCredentials;
     use crate::aws::test_server::FakeServer;
+    use crate::aws::test_sigcheck::{Key, check};
     use std::path::Path;
     #[test]
     fn profile_selection_and_merging() {
@@ -404,7 +405,13 @@ mod tests {
         let requests = sts.requests();
         assert_eq!(requests.len(), 1);
         let r = &requests[0];
-        check_signature(r, "BASEKEY", "base-secret", None, "eu-west-2", "sts").unwrap();
+        check(
+            r,
+            &Key::new("BASEKEY", "base-secret", None),
+            "eu-west-2",
+            "sts",
+        )
+        .unwrap();
         assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/"));
         let form = r.form();
         assert_eq!(form["Action"], "AssumeRole");
@@ -430,21 +437,17 @@ mod tests {
         let requests = sts.requests();
         assert_eq!(requests.len(), 2);
         assert_eq!(requests[0].form()["RoleArn"], "arn:aws:iam::2:role/mid");
-        check_signature(
+        check(
             &requests[0],
-            "BASEKEY",
-            "base-secret",
-            None,
+            &Key::new("BASEKEY", "base-secret", None),
             "us-east-1",
             "sts",
         )
         .unwrap();
         assert_eq!(requests[1].form()["RoleArn"], "arn:aws:iam::1:role/app");
-        check_signature(
+        check(
             &requests[1],
-            "ASIA-mid",
-            "secret-mid",
-            Some("token-mid"),
+            &Key::new("ASIA-mid", "secret-mid", Some("token-mid")),
             "us-east-1",
             "sts",
         )
@@ -474,11 +477,9 @@ mod tests {
             .credentials()
             .unwrap();
         assert_eq!(c.access_key_id(), "ASIA-selfish");
-        check_signature(
+        check(
             &sts.requests()[1],
-            "SELFKEY",
-            "self-secret",
-            None,
+            &Key::new("SELFKEY", "self-secret", None),
             "us-east-1",
             "sts",
         )
@@ -568,11 +569,9 @@ mod tests {
         // its credential_source reads the environment.
         let c = chain(&env).profile("app").credentials().unwrap();
         assert_eq!(c.access_key_id(), "ASIA-app");
-        check_signature(
+        check(
             &sts.requests()[0],
-            "ENVKEY",
-            "env-secret",
-            Some("env-token"),
+            &Key::new("ENVKEY", "env-secret", Some("env-token")),
             "us-east-1",
             "sts",
         )
@@ -612,20 +611,16 @@ mod tests {
         let c = chain(&env).profile("onecs").credentials().unwrap();
         assert_eq!(c.access_key_id(), "ASIA-onecs");
         let requests = sts.requests();
-        check_signature(
+        check(
             &requests[0],
-            "IMDS",
-            "secret-IMDS",
-            Some("token-IMDS"),
+            &Key::new("IMDS", "secret-IMDS", Some("token-IMDS")),
             "us-east-1",
             "sts",
         )
         .unwrap();
-        check_signature(
+        check(
             &requests[1],
-            "CONTAINER",
-            "secret-CONTAINER",
-            Some("token-CONTAINER"),
+            &Key::new("CONTAINER", "secret-CONTAINER", Some("token-CONTAINER")),
             "us-east-1",
             "sts",
         )

@@ -7,9 +7,10 @@
 //! regional endpoint `https://sts.<region>.amazonaws.com` (the region's
 //! partition domain elsewhere).
 
-use super::http::{describe_body, read_reply};
+use super::http::read_reply;
 use super::query::{form_encode, xml_text};
 use super::{Context, Credentials, unix_millis};
+use crate::aws::client::describe_body;
 use crate::aws::client::transport_error;
 use crate::aws::endpoint::{Service, resolve_endpoint_with};
 use crate::aws::sigv4::{self, SignableRequest, SigningOptions};
@@ -146,8 +147,8 @@ fn call(
         read_reply(request.send(body.as_str())).map_err(|e| transport_error(operation, &url, e))?;
     if reply.status != 200 {
         let code = xml_text(&reply.body, "Code").unwrap_or_default();
-        let message =
-            xml_text(&reply.body, "Message").unwrap_or_else(|| describe_body(&reply.body));
+        let message = xml_text(&reply.body, "Message")
+            .unwrap_or_else(|| describe_body(reply.body.as_bytes()));
         return Err(Error::Service(ServiceError {
             operation,
             code,

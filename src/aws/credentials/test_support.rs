@@ -8,6 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::super::env::Env;
 use super::super::env::test_support::temp_dir;
 use super::super::test_server::FakeServer;
+use super::super::test_sigcheck::{Key, assume_role_reply};
 use super::{Clock, Credentials, DefaultCredentialsChain};
 use crate::{Error, Result};
 
@@ -92,88 +93,6 @@ pub(crate) fn imds_server(fail_creds: Arc<AtomicBool>) -> FakeServer {
     })
 }
 
-/// Checks a request's SigV4 signature with the aws-sigv4 crate (an oracle
-/// independent of our signer): signed by `key` / `secret` (and `token`) for
-/// `region` and `service`. The error says what differs.
-pub(crate) fn check_signature(
-    r: &crate::aws::test_server::Request,
-    key: &str,
-    secret: &str,
-    token: Option<&str>,
-    region: &str,
-    service: &str,
-) -> std::result::Result<(), String> {
-    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-    use aws_sigv4::sign::v4::SigningParams;
-
-    let auth = r
-        .header("authorization")
-        .ok_or("the request is not signed")?;
-    let rest = auth
-        .strip_prefix("AWS4-HMAC-SHA256 Credential=")
-        .ok_or("not an AWS4-HMAC-SHA256 authorization")?;
-    let (credential, rest) = rest
-        .split_once(", SignedHeaders=")
-        .ok_or("no SignedHeaders")?;
-    let (signed_headers, _) = rest.split_once(", Signature=").ok_or("no Signature")?;
-    let scope: Vec<&str> = credential.split('/').collect();
-    if scope.len() != 5 || scope[0] != key || scope[2] != region || scope[3] != service {
-        return Err(format!(
-            "signed as {credential}, expected key {key}, region {region}, service {service}"
-        ));
-    }
-    if r.header("x-amz-security-token") != token {
-        return Err("the session token is not the expected one".into());
-    }
-    let date = r.header("x-amz-date").ok_or("no x-amz-date")?;
-    let time = crate::time::parse_amz_date(date).ok_or("bad x-amz-date")?;
-    let headers: Vec<(&str, &str)> = signed_headers
-        .split(';')
-        .filter(|h| !matches!(*h, "x-amz-date" | "x-amz-security-token"))
-        .map(|h| (h, r.header(h).unwrap_or_default()))
-        .collect();
-    let uri = format!("http://{}{}", r.header("host").unwrap_or_default(), r.path);
-    let identity = aws_credential_types::Credentials::new(
-        key,
-        secret,
-        token.map(str::to_string),
-        None,
-        "expected",
-    )
-    .into();
-    let params = SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(time)
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| e.to_string())?
-        .into();
-    let request = SignableRequest::new(
-        &r.method,
-        uri.as_str(),
-        headers.iter().copied(),
-        SignableBody::Bytes(r.body.as_bytes()),
-    )
-    .map_err(|e| e.to_string())?;
-    let (instructions, _) = sign(request, &params)
-        .map_err(|e| e.to_string())?
-        .into_parts();
-    let expected = instructions
-        .headers()
-        .find(|(n, _)| n.eq_ignore_ascii_case("authorization"))
-        .map(|(_, v)| v.to_string())
-        .ok_or("the oracle produced no authorization")?;
-    if expected == auth {
-        Ok(())
-    } else {
-        Err(format!(
-            "signature mismatch: got {auth}, expected {expected}"
-        ))
-    }
-}
-
 /// A fake STS on 127.0.0.1. It answers `AssumeRole` for requests whose
 /// signature the oracle accepts with credentials it knows: `known` (key,
 /// secret, token) and every set it issued. The role `arn:…:role/NAME`
@@ -181,54 +100,9 @@ pub(crate) fn check_signature(
 /// until 2030-01-01T01:00:00Z. Requests failing the check get 403
 /// `SignatureDoesNotMatch`.
 pub(crate) fn fake_sts(known: &[(&str, &str, Option<&str>)], region: &'static str) -> FakeServer {
-    let known: Vec<(String, String, Option<String>)> = known
-        .iter()
-        .map(|(k, s, t)| (k.to_string(), s.to_string(), t.map(str::to_string)))
-        .collect();
+    let known: Vec<Key> = known.iter().map(|(k, s, t)| Key::new(k, s, *t)).collect();
     FakeServer::start(move |r| {
-        let form = r.form();
-        let key = r
-            .header("authorization")
-            .and_then(|a| a.split("Credential=").nth(1))
-            .and_then(|c| c.split('/').next())
-            .unwrap_or_default()
-            .to_string();
-        let (secret, token) = match key.strip_prefix("ASIA-") {
-            Some(name) => (format!("secret-{name}"), Some(format!("token-{name}"))),
-            None => match known.iter().find(|(k, _, _)| *k == key) {
-                Some((_, s, t)) => (s.clone(), t.clone()),
-                None => (String::new(), None),
-            },
-        };
-        if let Err(why) = check_signature(r, &key, &secret, token.as_deref(), region, "sts") {
-            return (
-                403,
-                format!(
-                    "<ErrorResponse><Error><Type>Sender</Type><Code>SignatureDoesNotMatch</Code>\
-                     <Message>{why}</Message></Error><RequestId>r-1</RequestId></ErrorResponse>"
-                ),
-            );
-        }
-        let role = form.get("RoleArn").cloned().unwrap_or_default();
-        let name = role.rsplit('/').next().unwrap_or_default();
-        (
-            200,
-            format!(
-                r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
-  <AssumeRoleResult>
-    <SourceIdentity>x</SourceIdentity>
-    <AssumedRoleUser><Arn>{role}/s</Arn><AssumedRoleId>ARO:s</AssumedRoleId></AssumedRoleUser>
-    <Credentials>
-      <AccessKeyId>ASIA-{name}</AccessKeyId>
-      <SecretAccessKey>secret-{name}</SecretAccessKey>
-      <SessionToken>token-{name}</SessionToken>
-      <Expiration>2030-01-01T01:00:00Z</Expiration>
-    </Credentials>
-    <PackedPolicySize>6</PackedPolicySize>
-  </AssumeRoleResult>
-  <ResponseMetadata><RequestId>c6104cbe</RequestId></ResponseMetadata>
-</AssumeRoleResponse>"#
-            ),
-        )
+        let (status, body, _) = assume_role_reply(r, &known, region, "2030-01-01T01:00:00Z");
+        (status, body)
     })
 }

@@ -1,0 +1,217 @@
+//! Writes every record of a stream as a JSON line (the fields `tail`
+//! prints) to per-shard files in a directory, and checkpoints a shard only
+//! once its records are durable: files are rolled and fsynced every
+//! `--flush-secs`, and checkpoints are manual.
+//!
+//! ```text
+//! cargo run --example file_sink -- --stream S --app A --dir D [--position trim-horizon|latest]
+//!     [--flush-secs N (10)] [--worker-id ID]
+//! ```
+//!
+//! Each file holds records of one shard in sequence order. A file is first
+//! written as `<shard>-<n>.jsonl.partial`; at a flush it is fsynced, renamed
+//! to `<shard>-<n>.jsonl` and the directory fsynced, and only then is the
+//! shard checkpointed at the file's last record. So the `.jsonl` files hold
+//! every record at least once whatever moment the process is killed at; a
+//! `.partial` file is what a killed process had not flushed (its records
+//! were not checkpointed and are written again after a restart).
+//! SIGINT or SIGTERM flushes, checkpoints and exits 0. Endpoints, region
+//! and credentials come from the standard AWS environment, as for `tail`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use kinesis_consumer::{
+    Batch, Checkpointer, Checkpointing, Consumer, Error, ExtendedSequenceNumber, ShardEvent,
+};
+
+const USAGE: &str = "usage: file_sink --stream S --app A --dir D [--position trim-horizon|latest] \
+[--flush-secs N (10)] [--worker-id ID]";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() {
+    support::init_logging();
+    let args = support::Args::parse(
+        USAGE,
+        &[
+            "stream",
+            "app",
+            "dir",
+            "position",
+            "flush-secs",
+            "worker-id",
+        ],
+        &[],
+    );
+    let position = support::position(args.get("position").unwrap_or("latest"))
+        .unwrap_or_else(|e| support::fail(USAGE, &e));
+    let flush_every = Duration::from_secs(args.number(USAGE, "flush-secs", 10));
+    let dir = PathBuf::from(args.required(USAGE, "dir"));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("error: cannot create {}: {e}", dir.display());
+        std::process::exit(2);
+    }
+    let mut builder = Consumer::builder()
+        .app_name(args.required(USAGE, "app"))
+        .stream_name(args.required(USAGE, "stream"))
+        .initial_position(position)
+        .checkpointing(Checkpointing::Manual)
+        .message_handler(support::record_json);
+    if let Some(id) = args.get("worker-id") {
+        builder = builder.worker_id(id);
+    }
+    let consumer = builder.build().unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2)
+    });
+    support::stop_on_signals(consumer.shutdown_handle());
+    let mut sink = Sink {
+        dir,
+        checkpointer: consumer.checkpointer(),
+        files: HashMap::new(),
+        next_file: 0,
+    };
+    let mut last_flush = Instant::now();
+    let result = consumer.run(|batch: Batch<String>| {
+        // A lost shard's unflushed records were not checkpointed: its next
+        // owner writes them. Before this batch's records, which may be the
+        // same shard's again under a new lease.
+        for event in batch.events() {
+            if let ShardEvent::Lost { shard_id } = event {
+                sink.discard(shard_id);
+            }
+        }
+        for shard in batch.shards() {
+            for message in shard.messages() {
+                sink.append(
+                    shard.shard_id(),
+                    message.value(),
+                    message.record().position(),
+                )?;
+            }
+        }
+        // The last chance to checkpoint these shards: flush them now.
+        for event in batch.events() {
+            match event {
+                ShardEvent::Ended { shard_id } => sink.flush(shard_id, true)?,
+                ShardEvent::ShutdownRequested { shard_id } => sink.flush(shard_id, false)?,
+                _ => {}
+            }
+        }
+        if last_flush.elapsed() >= flush_every {
+            sink.flush_all()?;
+            last_flush = Instant::now();
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The file a shard's records are being written to.
+struct ShardFile {
+    writer: BufWriter<File>,
+    partial: PathBuf,
+    last: ExtendedSequenceNumber,
+}
+
+struct Sink {
+    dir: PathBuf,
+    checkpointer: Checkpointer,
+    files: HashMap<String, ShardFile>,
+    next_file: u64,
+}
+
+impl Sink {
+    fn append(
+        &mut self,
+        shard_id: &str,
+        line: &str,
+        position: &ExtendedSequenceNumber,
+    ) -> Result<(), BoxError> {
+        if !self.files.contains_key(shard_id) {
+            // Unique across restarts and workers sharing the directory.
+            let millis = support::epoch_millis(SystemTime::now());
+            let name = format!(
+                "{shard_id}-{millis}-{}-{}.jsonl.partial",
+                std::process::id(),
+                self.next_file
+            );
+            self.next_file += 1;
+            let partial = self.dir.join(name);
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&partial)
+                .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+            let file = ShardFile {
+                writer: BufWriter::new(file),
+                partial,
+                last: position.clone(),
+            };
+            self.files.insert(shard_id.to_owned(), file);
+        }
+        let file = self.files.get_mut(shard_id).expect("opened above");
+        writeln!(file.writer, "{line}")?;
+        file.last = position.clone();
+        Ok(())
+    }
+
+    /// Makes the shard's file durable, then checkpoints the shard at its
+    /// last record (or at the shard's end, which follows every record).
+    fn flush(&mut self, shard_id: &str, ended: bool) -> Result<(), BoxError> {
+        let written = match self.files.remove(shard_id) {
+            Some(file) => Some(durable(file, &self.dir)?),
+            None => None,
+        };
+        let checkpointed = match (ended, written) {
+            (true, _) => self.checkpointer.checkpoint(shard_id),
+            (false, Some(last)) => self.checkpointer.checkpoint_at(shard_id, &last),
+            (false, None) => Ok(()),
+        };
+        match checkpointed {
+            // Another worker has the shard: the file stays, and what it
+            // holds will be written again by that worker (at least once).
+            Err(Error::LeaseLost { .. }) => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    fn flush_all(&mut self) -> Result<(), BoxError> {
+        let shards: Vec<String> = self.files.keys().cloned().collect();
+        for shard_id in shards {
+            self.flush(&shard_id, false)?;
+        }
+        Ok(())
+    }
+
+    fn discard(&mut self, shard_id: &str) {
+        if let Some(file) = self.files.remove(shard_id) {
+            drop(file.writer);
+            let _ = std::fs::remove_file(&file.partial);
+        }
+    }
+}
+
+/// Fsyncs the file, gives it its final name and fsyncs the directory, so
+/// that the name survives a crash too; returns its last record's position.
+fn durable(file: ShardFile, dir: &Path) -> Result<ExtendedSequenceNumber, BoxError> {
+    let partial = file.partial.clone();
+    let done = partial.with_extension(""); // drops ".partial"
+    let file_handle = file
+        .writer
+        .into_inner()
+        .map_err(|e| format!("writing {}: {}", partial.display(), e.error()))?;
+    file_handle.sync_all()?;
+    std::fs::rename(&partial, &done)?;
+    File::open(dir)?.sync_all()?;
+    Ok(file.last)
+}

@@ -1,0 +1,739 @@
+//! One HTTP/2 client connection: the preface and SETTINGS exchange, a
+//! reader thread (`reader.rs`) that handles every frame the server sends,
+//! requests as streams, and flow control in both directions.
+//!
+//! Flow control never lets one slow stream stall the others: the
+//! connection-level window is given back as soon as DATA arrives (each
+//! stream's own window already bounds what can pile up), while a stream's
+//! window is given back only as its reader takes the data out.
+//!
+//! Locks: `writer` (the order of frames on the wire, and stream ids opened
+//! in increasing order) may be taken before `state`, never after it.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::Shutdown;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::error::Http2Error;
+use super::frame;
+use super::hpack;
+use super::reader::read_frames;
+use super::transport::{Transport, open_socket, tls_handshake};
+
+/// Each stream's receive window: what the server may send before we take
+/// it out. Two seconds of a shard's fan-out rate (2 MiB/s).
+pub(super) const STREAM_WINDOW: u32 = 4 << 20;
+/// The connection's receive window; given back as data arrives.
+pub(super) const CONNECTION_WINDOW: u32 = 16 << 20;
+/// The most header bytes (names, values, 32 per field) one block may hold.
+pub(super) const MAX_HEADER_LIST: usize = 64 << 10;
+/// The most bytes of HPACK one header block (HEADERS + CONTINUATION) may take.
+pub(super) const MAX_HEADER_BLOCK: usize = 256 << 10;
+/// The largest frame we accept: the default, which we never raise.
+pub(super) const OUR_MAX_FRAME: u32 = frame::DEFAULT_MAX_FRAME_SIZE;
+
+/// Where to connect: `tls` with ALPN `h2`, or prior-knowledge cleartext.
+#[derive(Clone)]
+pub(crate) struct Target {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    /// The `:authority` (host, and port when not the default).
+    pub(crate) authority: String,
+    /// Set for `https`: the TLS configuration (its ALPN is set to `h2` here).
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) connect_timeout: Duration,
+    /// How long to wait for the server's SETTINGS, a response, or room in
+    /// its flow-control window.
+    pub(crate) read_timeout: Duration,
+}
+
+/// The status and headers of a response.
+#[derive(Debug, Clone)]
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<hpack::Field>,
+}
+
+impl Response {
+    /// The first value of header `name` (lowercase), as text.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+/// The server's settings that matter to a client.
+pub(super) struct PeerSettings {
+    pub(super) initial_window: u32,
+    pub(super) max_frame: u32,
+    pub(super) max_streams: u32,
+}
+
+pub(super) struct StreamState {
+    pub(super) response: Option<Response>,
+    /// The response head arrived (later HEADERS are trailers).
+    pub(super) headers_done: bool,
+    pub(super) data: VecDeque<Vec<u8>>,
+    /// END_STREAM arrived.
+    pub(super) end: bool,
+    pub(super) error: Option<Http2Error>,
+    /// What we may still send (the server's window for this stream).
+    pub(super) send_window: i64,
+    /// What the server may still send.
+    pub(super) recv_window: i64,
+    /// Bytes taken out (or padding) not yet given back with WINDOW_UPDATE.
+    pub(super) unacked: u32,
+}
+
+pub(super) struct State {
+    pub(super) streams: HashMap<u32, StreamState>,
+    pub(super) next_id: u32,
+    pub(super) send_window: i64,
+    pub(super) recv_window: i64,
+    pub(super) recv_unacked: u32,
+    pub(super) peer: PeerSettings,
+    pub(super) settings_received: bool,
+    pub(super) goaway: Option<Http2Error>,
+    /// Set once the connection is over; every stream without an error of
+    /// its own reports this.
+    pub(super) closed: Option<Http2Error>,
+}
+
+pub(super) struct Inner {
+    pub(super) transport: Transport,
+    pub(super) writer: Mutex<()>,
+    pub(super) state: Mutex<State>,
+    pub(super) changed: Condvar,
+    pub(super) authority: String,
+    pub(super) scheme: &'static str,
+    pub(super) read_timeout: Duration,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    /// Writes frames (the writer lock keeps them whole and in order).
+    pub(super) fn send(&self, bytes: &[u8]) -> Result<(), Http2Error> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let _writer = lock(&self.writer);
+        self.transport
+            .write_all(bytes)
+            .map_err(|e| Http2Error::io(&e))
+    }
+
+    /// Waits on the state until `ready` says yes or `deadline` passes.
+    fn wait_until<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        deadline: Instant,
+        mut ready: impl FnMut(&mut State) -> bool,
+    ) -> (MutexGuard<'a, State>, bool) {
+        loop {
+            if ready(&mut state) {
+                return (state, true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return (state, false);
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// An open HTTP/2 connection. Dropping it closes the socket and ends its
+/// reader thread.
+pub(crate) struct Connection {
+    inner: Arc<Inner>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Connection {
+    /// Connects, sends the preface and our SETTINGS, and waits for the
+    /// server's SETTINGS.
+    pub(crate) fn connect(target: &Target) -> Result<Connection, Http2Error> {
+        let socket = open_socket(&target.host, target.port, target.connect_timeout)?;
+        let io = |e: io::Error| Http2Error::io(&e);
+        socket.set_nodelay(true).map_err(io)?;
+        socket
+            .set_write_timeout(Some(target.read_timeout))
+            .map_err(io)?;
+        let (transport, scheme) = match &target.tls {
+            None => (Transport::Plain(socket), "http"),
+            Some(config) => (tls_handshake(socket, config, target)?, "https"),
+        };
+        let state = State {
+            streams: HashMap::new(),
+            next_id: 1,
+            send_window: 65_535,
+            recv_window: i64::from(CONNECTION_WINDOW),
+            recv_unacked: 0,
+            peer: PeerSettings {
+                initial_window: 65_535,
+                max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
+                max_streams: u32::MAX,
+            },
+            settings_received: false,
+            goaway: None,
+            closed: None,
+        };
+        let inner = Arc::new(Inner {
+            transport,
+            writer: Mutex::new(()),
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+            authority: target.authority.clone(),
+            scheme,
+            read_timeout: target.read_timeout,
+        });
+        let mut preface = frame::PREFACE.to_vec();
+        frame::write_settings(
+            &mut preface,
+            &[
+                (frame::SETTINGS_ENABLE_PUSH, 0),
+                (frame::SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+                (frame::SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST as u32),
+            ],
+        );
+        frame::write_window_update(&mut preface, 0, CONNECTION_WINDOW - 65_535);
+        inner.send(&preface)?;
+        let reader_inner = inner.clone();
+        let reader = std::thread::Builder::new()
+            .name("kinesis-http2-reader".into())
+            .spawn(move || read_frames(reader_inner))
+            .map_err(|e| Http2Error::io(&e))?;
+        let connection = Connection {
+            inner,
+            reader: Some(reader),
+        };
+        let deadline = Instant::now() + target.read_timeout;
+        let state = lock(&connection.inner.state);
+        let (state, ready) = connection.inner.wait_until(state, deadline, |s| {
+            s.settings_received || s.closed.is_some()
+        });
+        if let Some(e) = &state.closed {
+            return Err(e.clone());
+        }
+        if !ready {
+            return Err(Http2Error::Timeout(format!(
+                "the server's HTTP/2 SETTINGS ({:?})",
+                target.read_timeout
+            )));
+        }
+        drop(state);
+        Ok(connection)
+    }
+
+    /// Sends a request (`headers` are lowercase names, no pseudo-headers)
+    /// with `body`, waiting for room in the server's flow-control windows
+    /// as needed; the stream to read the response from.
+    pub(crate) fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<ResponseBody, Http2Error> {
+        let inner = &self.inner;
+        let id;
+        {
+            // Ids must reach the wire in increasing order: allocate and
+            // send HEADERS under the writer lock.
+            let _writer = lock(&inner.writer);
+            let mut state = lock(&inner.state);
+            if let Some(e) = state.closed.clone().or_else(|| state.goaway.clone()) {
+                return Err(e);
+            }
+            let open = state.streams.values().filter(|s| !s.end).count();
+            if open as u64 >= u64::from(state.peer.max_streams) {
+                return Err(Http2Error::Refused(format!(
+                    "the server allows {} concurrent HTTP/2 streams and all are in use",
+                    state.peer.max_streams
+                )));
+            }
+            id = state.next_id;
+            if id > i32::MAX as u32 {
+                return Err(Http2Error::Refused(
+                    "this HTTP/2 connection has used all its stream ids".into(),
+                ));
+            }
+            state.next_id += 2;
+            let stream = StreamState {
+                response: None,
+                headers_done: false,
+                data: VecDeque::new(),
+                end: false,
+                error: None,
+                send_window: i64::from(state.peer.initial_window),
+                recv_window: i64::from(STREAM_WINDOW),
+                unacked: 0,
+            };
+            state.streams.insert(id, stream);
+            let max_frame = state.peer.max_frame as usize;
+            drop(state);
+            let mut block = Vec::new();
+            hpack::encode_literal(&mut block, ":method", method.as_bytes());
+            hpack::encode_literal(&mut block, ":scheme", inner.scheme.as_bytes());
+            hpack::encode_literal(&mut block, ":authority", inner.authority.as_bytes());
+            hpack::encode_literal(&mut block, ":path", path.as_bytes());
+            for (name, value) in headers {
+                hpack::encode_literal(&mut block, name, value.as_bytes());
+            }
+            let mut out = Vec::with_capacity(block.len() + 64);
+            let mut chunks = block.chunks(max_frame).peekable();
+            let mut first = true;
+            while let Some(chunk) = chunks.next() {
+                let last = chunks.peek().is_none();
+                let kind = if first {
+                    frame::HEADERS
+                } else {
+                    frame::CONTINUATION
+                };
+                let mut flags = if last { frame::END_HEADERS } else { 0 };
+                if first && body.is_empty() {
+                    flags |= frame::END_STREAM;
+                }
+                frame::write_frame(&mut out, kind, flags, id, chunk);
+                first = false;
+            }
+            inner
+                .transport
+                .write_all(&out)
+                .map_err(|e| Http2Error::io(&e))?;
+        }
+        let stream = ResponseBody {
+            inner: self.inner.clone(),
+            id,
+        };
+        stream.send_body(body)?;
+        Ok(stream)
+    }
+
+    /// The number of streams open now (for tests and measurements).
+    #[cfg(test)]
+    pub(crate) fn open_streams(&self) -> usize {
+        lock(&self.inner.state).streams.len()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let mut goodbye = Vec::new();
+        frame::write_goaway(&mut goodbye, 0, frame::NO_ERROR, b"");
+        let _ = self.inner.send(&goodbye);
+        {
+            let mut state = lock(&self.inner.state);
+            state.closed.get_or_insert(Http2Error::Refused(
+                "this client closed the HTTP/2 connection".into(),
+            ));
+        }
+        self.inner.changed.notify_all();
+        let _ = self.inner.transport.socket().shutdown(Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// What [`ResponseBody::read`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BodyRead {
+    /// Bytes of the body.
+    Data(Vec<u8>),
+    /// The server ended the stream.
+    End,
+    /// Nothing within the wait.
+    Nothing,
+}
+
+/// One request's stream: its response and body. Dropping it before the
+/// end resets the stream (CANCEL).
+pub(crate) struct ResponseBody {
+    inner: Arc<Inner>,
+    id: u32,
+}
+
+impl ResponseBody {
+    /// Sends the request body as DATA frames within the server's windows.
+    fn send_body(&self, mut body: &[u8]) -> Result<(), Http2Error> {
+        let inner = &self.inner;
+        while !body.is_empty() {
+            let deadline = Instant::now() + inner.read_timeout;
+            let state = lock(&inner.state);
+            let id = self.id;
+            let (mut state, ready) = inner.wait_until(state, deadline, |s| {
+                let stream_window = s.streams.get(&id).map_or(1, |st| st.send_window);
+                s.closed.is_some()
+                    || s.streams.get(&id).is_none_or(|st| st.error.is_some())
+                    || (s.send_window > 0 && stream_window > 0)
+            });
+            if let Some(e) = stream_error(&state, id) {
+                return Err(e);
+            }
+            if !ready {
+                return Err(Http2Error::Timeout(format!(
+                    "room in the server's flow-control window to send the request body ({:?})",
+                    inner.read_timeout
+                )));
+            }
+            let stream_window = state.streams.get(&id).map_or(0, |s| s.send_window);
+            let n = (body.len() as i64)
+                .min(state.send_window)
+                .min(stream_window)
+                .min(i64::from(state.peer.max_frame)) as usize;
+            state.send_window -= n as i64;
+            if let Some(s) = state.streams.get_mut(&id) {
+                s.send_window -= n as i64;
+            }
+            drop(state);
+            let (chunk, rest) = body.split_at(n);
+            body = rest;
+            let flags = if body.is_empty() {
+                frame::END_STREAM
+            } else {
+                0
+            };
+            let mut out = Vec::with_capacity(chunk.len() + 9);
+            frame::write_frame(&mut out, frame::DATA, flags, id, chunk);
+            inner.send(&out)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the response's status and headers (1xx skipped), for up
+    /// to the read timeout.
+    pub(crate) fn response(&mut self) -> Result<Response, Http2Error> {
+        let inner = &self.inner;
+        let id = self.id;
+        let deadline = Instant::now() + inner.read_timeout;
+        let state = lock(&inner.state);
+        let (mut state, _) = inner.wait_until(state, deadline, |s| {
+            s.streams
+                .get(&id)
+                .is_none_or(|st| st.response.is_some() || st.end || st.error.is_some())
+                || s.closed.is_some()
+        });
+        if let Some(response) = state.streams.get_mut(&id).and_then(|s| s.response.take()) {
+            return Ok(response);
+        }
+        if let Some(e) = stream_error(&state, id) {
+            return Err(e);
+        }
+        if state.streams.get(&id).is_some_and(|s| s.end) {
+            return Err(Http2Error::Refused(
+                "the server ended the HTTP/2 stream without a response".into(),
+            ));
+        }
+        Err(Http2Error::Timeout(format!(
+            "the response headers ({:?})",
+            inner.read_timeout
+        )))
+    }
+
+    /// The next bytes of the body, waiting up to `wait`. Data that arrived
+    /// before a reset or the connection's end is read before its error.
+    pub(crate) fn read(&mut self, wait: Duration) -> Result<BodyRead, Http2Error> {
+        let inner = &self.inner;
+        let id = self.id;
+        let deadline = Instant::now() + wait;
+        let state = lock(&inner.state);
+        let (mut state, _) = inner.wait_until(state, deadline, |s| {
+            s.closed.is_some()
+                || s.streams
+                    .get(&id)
+                    .is_none_or(|st| !st.data.is_empty() || st.end || st.error.is_some())
+        });
+        let Some(stream) = state.streams.get_mut(&id) else {
+            return Err(Http2Error::Refused("the HTTP/2 stream is gone".into()));
+        };
+        if let Some(chunk) = stream.data.pop_front() {
+            stream.unacked += chunk.len() as u32;
+            let mut out = Vec::new();
+            // Give the window back in large steps, not per frame.
+            if !stream.end && stream.unacked >= STREAM_WINDOW / 4 {
+                frame::write_window_update(&mut out, id, stream.unacked);
+                stream.recv_window += i64::from(stream.unacked);
+                stream.unacked = 0;
+            }
+            drop(state);
+            // A failed write shows up as the connection's error on the next read.
+            let _ = inner.send(&out);
+            return Ok(BodyRead::Data(chunk));
+        }
+        if stream.end {
+            return Ok(BodyRead::End);
+        }
+        if let Some(e) = stream_error(&state, id) {
+            return Err(e);
+        }
+        Ok(BodyRead::Nothing)
+    }
+}
+
+/// The error a stream reports: its own, else the connection's.
+fn stream_error(state: &State, id: u32) -> Option<Http2Error> {
+    match state.streams.get(&id) {
+        Some(s) if s.error.is_some() => s.error.clone(),
+        Some(s) if s.end => None,
+        _ => state.closed.clone(),
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        let mut state = lock(&self.inner.state);
+        let Some(stream) = state.streams.remove(&self.id) else {
+            return;
+        };
+        let mut out = Vec::new();
+        if state.closed.is_none() && !stream.end && stream.error.is_none() {
+            frame::write_rst_stream(&mut out, self.id, frame::CANCEL);
+        }
+        drop(state);
+        let _ = self.inner.send(&out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Condvar, Mutex};
+
+    use std::io::Write;
+    use std::net::TcpStream;
+
+    use super::*;
+    use crate::aws::http2::test_server::{ScriptedServer, indexed_huffman};
+
+    fn target(url: &str) -> Target {
+        let address = url.trim_start_matches("http://");
+        let (host, port) = address.split_once(':').unwrap();
+        Target {
+            host: host.into(),
+            port: port.parse().unwrap(),
+            authority: address.into(),
+            tls: None,
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Credit the client gave, by stream (0: the connection).
+    type Windows = Arc<(Mutex<HashMap<u32, i64>>, Condvar)>;
+
+    /// Sends `total` bytes on `stream` without ever exceeding the client's
+    /// windows; panics when no WINDOW_UPDATE comes for 5 s (a deadlock).
+    fn send_within_windows(
+        socket: &mut TcpStream,
+        windows: &Windows,
+        stream: u32,
+        total: usize,
+        end: bool,
+    ) {
+        let chunk = [0u8; 16_384];
+        let mut sent = 0;
+        while sent < total {
+            let n = chunk.len().min(total - sent);
+            let (lock, changed) = &**windows;
+            let mut w = lock.lock().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while w[&0] < n as i64 || w[&stream] < n as i64 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                assert!(
+                    !left.is_zero(),
+                    "stream {stream}: no window after {sent} bytes (deadlock)"
+                );
+                w = changed.wait_timeout(w, left).unwrap().0;
+            }
+            *w.get_mut(&0).unwrap() -= n as i64;
+            *w.get_mut(&stream).unwrap() -= n as i64;
+            drop(w);
+            sent += n;
+            let flags = if end && sent == total {
+                frame::END_STREAM
+            } else {
+                0
+            };
+            let mut out = Vec::new();
+            frame::write_frame(&mut out, frame::DATA, flags, stream, &chunk[..n]);
+            socket.write_all(&out).unwrap();
+        }
+    }
+
+    /// Four streams nobody reads hold 4 x 4 MiB, the whole connection
+    /// window: a client that gave the connection's credit back only as
+    /// data is read would stall every other stream here.
+    #[test]
+    fn streams_nobody_reads_do_not_stall_another_on_the_same_connection() {
+        const B_BYTES: usize = 20 << 20;
+        const UNREAD: usize = (CONNECTION_WINDOW / STREAM_WINDOW) as usize;
+        let server = ScriptedServer::start(|peer| {
+            peer.handshake(&[]);
+            let unread: Vec<u32> = (0..UNREAD).map(|_| peer.read_request().stream).collect();
+            let b = peer.read_request().stream;
+            // The first response adds an entry to the dynamic table; the
+            // others use it.
+            let mut block = vec![0x88];
+            indexed_huffman(&mut block, 0, "x-amzn-requestid", "shared-id");
+            peer.headers(unread[0], &block, None, false);
+            for &id in unread[1..].iter().chain([&b]) {
+                peer.headers(id, &[0x88, 0x80 | 62], None, false);
+            }
+            let mut credit = HashMap::from([(0, i64::from(CONNECTION_WINDOW))]);
+            for &id in unread.iter().chain([&b]) {
+                credit.insert(id, i64::from(STREAM_WINDOW));
+            }
+            let windows: Windows = Arc::new((Mutex::new(credit), Condvar::new()));
+            let mut updates = peer.socket.try_clone().unwrap();
+            let seen = windows.clone();
+            std::thread::spawn(move || {
+                while let Ok(Some(f)) = frame::read_frame(&mut updates, 1 << 20) {
+                    if f.kind == frame::WINDOW_UPDATE {
+                        let n = frame::parse_u32("WINDOW_UPDATE", &f.payload).unwrap();
+                        *seen.0.lock().unwrap().entry(f.stream).or_default() += i64::from(n);
+                        seen.1.notify_all();
+                    }
+                }
+            });
+            for &id in &unread {
+                send_within_windows(
+                    &mut peer.socket,
+                    &windows,
+                    id,
+                    STREAM_WINDOW as usize,
+                    false,
+                );
+            }
+            send_within_windows(&mut peer.socket, &windows, b, B_BYTES, true);
+        });
+        let connection = Connection::connect(&target(&server.url)).unwrap();
+        let mut unread: Vec<ResponseBody> = (0..UNREAD)
+            .map(|_| connection.request("POST", "/", &[], b"a").unwrap())
+            .collect();
+        let mut b = connection.request("POST", "/", &[], b"b").unwrap();
+        for stream in unread.iter_mut().chain([&mut b]) {
+            assert_eq!(
+                stream.response().unwrap().header("x-amzn-requestid"),
+                Some("shared-id")
+            );
+        }
+        assert_eq!(connection.open_streams(), UNREAD + 1);
+        let mut received = 0;
+        loop {
+            match b.read(Duration::from_secs(5)).unwrap() {
+                BodyRead::Data(bytes) => received += bytes.len(),
+                BodyRead::End => break,
+                BodyRead::Nothing => panic!("stream B stalled after {received} bytes"),
+            }
+        }
+        assert_eq!(received, B_BYTES);
+        server.finish();
+    }
+
+    #[test]
+    fn requests_after_goaway_are_refused_and_headers_need_a_status() {
+        let server = ScriptedServer::start(|peer| {
+            peer.handshake(&[]);
+            let request = peer.read_request();
+            // A response without :status is a stream error.
+            let mut block = Vec::new();
+            hpack::encode_literal(&mut block, "content-type", b"x");
+            peer.headers(request.stream, &block, None, false);
+            peer.goaway(request.stream, frame::NO_ERROR, "");
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let connection = Connection::connect(&target(&server.url)).unwrap();
+        let mut stream = connection.request("GET", "/", &[], b"").unwrap();
+        let err = stream.response().unwrap_err();
+        assert!(err.to_string().contains(":status"), "{err}");
+        std::thread::sleep(Duration::from_millis(100));
+        let refused = connection.request("GET", "/", &[], b"").err().unwrap();
+        assert!(matches!(refused, Http2Error::GoAway { .. }), "{refused:?}");
+        server.finish();
+    }
+
+    #[test]
+    fn large_header_blocks_use_continuation_and_oversized_frames_end_the_connection() {
+        let big = "v".repeat(40_000);
+        let expected = big.clone();
+        let server = ScriptedServer::start(move |peer| {
+            peer.handshake(&[]);
+            let request = peer.read_request();
+            assert_eq!(request.header("x-big"), Some(expected.as_str()));
+            peer.ok_headers(request.stream);
+            // A DATA frame above our SETTINGS_MAX_FRAME_SIZE (16384).
+            let mut out = Vec::new();
+            frame::write_frame(&mut out, frame::DATA, 0, request.stream, &[0u8; 20_000]);
+            peer.send(&out);
+            loop {
+                let f = peer.read_frame();
+                if f.kind == frame::GOAWAY {
+                    let (_, code, _) = frame::parse_goaway(&f.payload).unwrap();
+                    assert_eq!(code, frame::FRAME_SIZE_ERROR);
+                    break;
+                }
+            }
+        });
+        let connection = Connection::connect(&target(&server.url)).unwrap();
+        let mut stream = connection
+            .request("POST", "/", &[("x-big", big.as_str())], b"{}")
+            .unwrap();
+        stream.response().unwrap();
+        let err = stream.read(Duration::from_secs(5)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Http2Error::Protocol {
+                    code: frame::FRAME_SIZE_ERROR,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("20000 bytes"), "{err}");
+        server.finish();
+    }
+
+    #[test]
+    fn push_promise_is_a_protocol_error_answered_with_goaway() {
+        let server = ScriptedServer::start(|peer| {
+            peer.handshake(&[]);
+            let request = peer.read_request();
+            let mut out = Vec::new();
+            frame::write_frame(
+                &mut out,
+                frame::PUSH_PROMISE,
+                frame::END_HEADERS,
+                request.stream,
+                &[0, 0, 0, 2, 0x82],
+            );
+            peer.send(&out);
+            loop {
+                let f = peer.read_frame();
+                if f.kind == frame::GOAWAY {
+                    let (last, code, _) = frame::parse_goaway(&f.payload).unwrap();
+                    assert_eq!((last, code), (0, frame::PROTOCOL_ERROR));
+                    break;
+                }
+            }
+        });
+        let connection = Connection::connect(&target(&server.url)).unwrap();
+        let mut stream = connection.request("GET", "/", &[], b"").unwrap();
+        let err = stream.response().unwrap_err();
+        assert!(err.to_string().contains("PUSH_PROMISE"), "{err}");
+        server.finish();
+    }
+}

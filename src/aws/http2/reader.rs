@@ -1,0 +1,439 @@
+//! The reader thread of a connection: reads frames off the socket and
+//! handles each (responses, data, settings, pings, resets, GOAWAY, window
+//! updates); on a protocol error by the server it sends GOAWAY and ends
+//! the connection.
+
+use std::io::{self, BufReader, Read};
+use std::net::Shutdown;
+use std::sync::Arc;
+
+use super::connection::{
+    CONNECTION_WINDOW, Inner, MAX_HEADER_BLOCK, MAX_HEADER_LIST, OUR_MAX_FRAME, Response, lock,
+};
+use super::error::Http2Error;
+use super::frame::{self, Frame, ReadError};
+use super::hpack;
+
+/// `Read` over the transport, for the reader thread's buffer.
+struct TransportReader {
+    inner: Arc<Inner>,
+    pending: Vec<u8>,
+}
+
+impl Read for TransportReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.transport.read(&mut self.pending, buf)
+    }
+}
+
+/// A connection error found while handling a frame: the GOAWAY code to
+/// send, and what was wrong.
+struct ConnectionError {
+    code: u32,
+    message: String,
+}
+
+fn protocol_error<T>(code: u32, message: impl Into<String>) -> Result<T, ConnectionError> {
+    Err(ConnectionError {
+        code,
+        message: message.into(),
+    })
+}
+
+/// The reader thread: handles frames until the connection ends, then
+/// fails every unfinished stream with the reason.
+pub(super) fn read_frames(inner: Arc<Inner>) {
+    let mut reader = BufReader::with_capacity(
+        64 * 1024,
+        TransportReader {
+            inner: inner.clone(),
+            pending: Vec::new(),
+        },
+    );
+    let mut handler = FrameHandler {
+        inner: &inner,
+        decoder: hpack::Decoder::new(4096, MAX_HEADER_LIST),
+        continuation: None,
+        first: true,
+    };
+    let error = loop {
+        let frame = match frame::read_frame(&mut reader, OUR_MAX_FRAME) {
+            Ok(Some(f)) => f,
+            Ok(None) => break Http2Error::Closed,
+            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                break Http2Error::Tls(e.to_string());
+            }
+            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                break Http2Error::Closed;
+            }
+            Err(ReadError::Io(e)) => break Http2Error::io(&e),
+            Err(ReadError::TooLarge { length, max }) => {
+                let hint = if handler.first {
+                    " (the first bytes from the server are not an HTTP/2 frame: does it speak HTTP/2?)"
+                } else {
+                    ""
+                };
+                let message = format!("a frame of {length} bytes, above the {max} allowed{hint}");
+                break fail_with_goaway(&inner, frame::FRAME_SIZE_ERROR, message);
+            }
+        };
+        match handler.handle(frame) {
+            Ok(reply) => {
+                if let Err(e) = inner.send(&reply) {
+                    break e;
+                }
+            }
+            Err(e) => break fail_with_goaway(&inner, e.code, e.message),
+        }
+    };
+    let mut state = lock(&inner.state);
+    // After GOAWAY, the end of the connection is best explained by it.
+    let error = match (&error, &state.goaway) {
+        (Http2Error::Closed | Http2Error::Io { .. }, Some(goaway)) => goaway.clone(),
+        _ => error,
+    };
+    log::debug!("HTTP/2 connection to {} ended: {error}", inner.authority);
+    state.closed.get_or_insert(error);
+    drop(state);
+    inner.changed.notify_all();
+    let _ = inner.transport.socket().shutdown(Shutdown::Both);
+}
+
+/// Sends GOAWAY for a connection error we found; the error streams report.
+fn fail_with_goaway(inner: &Inner, code: u32, message: String) -> Http2Error {
+    let mut out = Vec::new();
+    // The last stream the server opened and we handled: it opens none.
+    frame::write_goaway(&mut out, 0, code, message.as_bytes());
+    let _ = inner.send(&out);
+    Http2Error::Protocol { code, message }
+}
+
+struct FrameHandler<'a> {
+    inner: &'a Inner,
+    decoder: hpack::Decoder,
+    /// A header block still waiting for CONTINUATION: stream, flags, bytes.
+    continuation: Option<(u32, u8, Vec<u8>)>,
+    /// No frame handled yet (the server's first must be SETTINGS).
+    first: bool,
+}
+
+impl FrameHandler<'_> {
+    /// Handles one frame; the frames to send in reply.
+    fn handle(&mut self, f: Frame) -> Result<Vec<u8>, ConnectionError> {
+        if std::mem::replace(&mut self.first, false) && f.kind != frame::SETTINGS {
+            return protocol_error(
+                frame::PROTOCOL_ERROR,
+                format!(
+                    "the server's first frame is of type {} instead of SETTINGS (does it speak HTTP/2?)",
+                    f.kind
+                ),
+            );
+        }
+        if let Some((stream, _, _)) = &self.continuation {
+            if f.kind != frame::CONTINUATION || f.stream != *stream {
+                return protocol_error(
+                    frame::PROTOCOL_ERROR,
+                    format!(
+                        "a frame of type {} on stream {} inside the header block of stream {stream}",
+                        f.kind, f.stream
+                    ),
+                );
+            }
+        }
+        let mut out = Vec::new();
+        match f.kind {
+            frame::DATA => self.data(&f, &mut out)?,
+            frame::HEADERS => {
+                if f.stream == 0 {
+                    return protocol_error(frame::PROTOCOL_ERROR, "HEADERS on stream 0");
+                }
+                let fragment = frame::strip_padding_and_priority(&f)
+                    .map_err(|m| ConnectionError {
+                        code: frame::PROTOCOL_ERROR,
+                        message: m,
+                    })?
+                    .to_vec();
+                if f.flags & frame::END_HEADERS != 0 {
+                    self.header_block(f.stream, f.flags, &fragment)?;
+                } else {
+                    self.continuation = Some((f.stream, f.flags, fragment));
+                }
+            }
+            frame::CONTINUATION => {
+                let Some((stream, flags, mut block)) = self.continuation.take() else {
+                    return protocol_error(
+                        frame::PROTOCOL_ERROR,
+                        "CONTINUATION without HEADERS before it",
+                    );
+                };
+                block.extend_from_slice(&f.payload);
+                if block.len() > MAX_HEADER_BLOCK {
+                    return protocol_error(
+                        frame::PROTOCOL_ERROR,
+                        format!("a header block over {MAX_HEADER_BLOCK} bytes"),
+                    );
+                }
+                if f.flags & frame::END_HEADERS != 0 {
+                    self.header_block(stream, flags, &block)?;
+                } else {
+                    self.continuation = Some((stream, flags, block));
+                }
+            }
+            frame::PRIORITY => {}
+            frame::RST_STREAM => {
+                if f.stream == 0 {
+                    return protocol_error(frame::PROTOCOL_ERROR, "RST_STREAM on stream 0");
+                }
+                let code =
+                    frame::parse_u32("RST_STREAM", &f.payload).map_err(|m| ConnectionError {
+                        code: frame::FRAME_SIZE_ERROR,
+                        message: m,
+                    })?;
+                let mut state = lock(&self.inner.state);
+                if let Some(s) = state.streams.get_mut(&f.stream) {
+                    s.error.get_or_insert(Http2Error::Reset { code });
+                }
+            }
+            frame::SETTINGS => self.settings(&f, &mut out)?,
+            frame::PUSH_PROMISE => {
+                return protocol_error(
+                    frame::PROTOCOL_ERROR,
+                    "PUSH_PROMISE although our SETTINGS disabled push",
+                );
+            }
+            frame::PING => {
+                if f.stream != 0 {
+                    return protocol_error(frame::PROTOCOL_ERROR, "PING on a stream");
+                }
+                if f.payload.len() != 8 {
+                    return protocol_error(
+                        frame::FRAME_SIZE_ERROR,
+                        format!("a PING of {} bytes (must be 8)", f.payload.len()),
+                    );
+                }
+                if f.flags & frame::ACK == 0 {
+                    frame::write_frame(&mut out, frame::PING, frame::ACK, 0, &f.payload);
+                }
+            }
+            frame::GOAWAY => {
+                if f.stream != 0 {
+                    return protocol_error(frame::PROTOCOL_ERROR, "GOAWAY on a stream");
+                }
+                let (last_stream, code, debug) =
+                    frame::parse_goaway(&f.payload).map_err(|m| ConnectionError {
+                        code: frame::FRAME_SIZE_ERROR,
+                        message: m,
+                    })?;
+                let goaway = Http2Error::GoAway {
+                    code,
+                    last_stream,
+                    debug: String::from_utf8_lossy(&debug).chars().take(200).collect(),
+                };
+                log::debug!("HTTP/2 server {}: {goaway}", self.inner.authority);
+                let mut state = lock(&self.inner.state);
+                // Streams above the last one were not processed: fail them now.
+                for (id, s) in state.streams.iter_mut() {
+                    if *id > last_stream && !s.end {
+                        s.error.get_or_insert(goaway.clone());
+                    }
+                }
+                state.goaway = Some(goaway);
+            }
+            frame::WINDOW_UPDATE => self.window_update(&f, &mut out)?,
+            // Unknown frame types are ignored (RFC 9113, section 4.1).
+            _ => {}
+        }
+        self.inner.changed.notify_all();
+        Ok(out)
+    }
+
+    fn data(&mut self, f: &Frame, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
+        if f.stream == 0 {
+            return protocol_error(frame::PROTOCOL_ERROR, "DATA on stream 0");
+        }
+        let data = frame::strip_padding_and_priority(f).map_err(|m| ConnectionError {
+            code: frame::PROTOCOL_ERROR,
+            message: m,
+        })?;
+        let length = f.payload.len() as u32;
+        let mut state = lock(&self.inner.state);
+        state.recv_window -= i64::from(length);
+        if state.recv_window < 0 {
+            return protocol_error(
+                frame::FLOW_CONTROL_ERROR,
+                "DATA beyond the connection's flow-control window",
+            );
+        }
+        // The connection window comes back at once: a slow stream is held
+        // by its own window, never the others.
+        state.recv_unacked += length;
+        if state.recv_unacked >= CONNECTION_WINDOW / 4 {
+            let unacked = std::mem::take(&mut state.recv_unacked);
+            state.recv_window += i64::from(unacked);
+            frame::write_window_update(out, 0, unacked);
+        }
+        let id = f.stream;
+        let Some(stream) = state.streams.get_mut(&id) else {
+            // A stream we reset or gave up: its data is dropped.
+            return Ok(());
+        };
+        if stream.end || stream.error.is_some() {
+            return Ok(());
+        }
+        stream.recv_window -= i64::from(length);
+        if stream.recv_window < 0 {
+            stream.error = Some(Http2Error::Protocol {
+                code: frame::FLOW_CONTROL_ERROR,
+                message: format!("DATA beyond the flow-control window of stream {id}"),
+            });
+            frame::write_rst_stream(out, id, frame::FLOW_CONTROL_ERROR);
+            return Ok(());
+        }
+        // Padding is never read by anyone: it is given back with the data.
+        stream.unacked += length - data.len() as u32;
+        if !data.is_empty() {
+            stream.data.push_back(data.to_vec());
+        }
+        if f.flags & frame::END_STREAM != 0 {
+            stream.end = true;
+        }
+        Ok(())
+    }
+
+    fn header_block(&mut self, id: u32, flags: u8, block: &[u8]) -> Result<(), ConnectionError> {
+        // Always decode: the dynamic table must follow every block.
+        let fields = self.decoder.decode(block).map_err(|e| ConnectionError {
+            code: frame::COMPRESSION_ERROR,
+            message: e.to_string(),
+        })?;
+        let mut state = lock(&self.inner.state);
+        let Some(stream) = state.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        if !stream.headers_done && !stream.end {
+            let status = fields
+                .iter()
+                .find(|(n, _)| n == ":status")
+                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
+            match status {
+                Some(status) if (100..200).contains(&status) => {}
+                Some(status) => {
+                    stream.headers_done = true;
+                    stream.response = Some(Response {
+                        status,
+                        headers: fields,
+                    });
+                }
+                None => {
+                    stream.error = Some(Http2Error::Protocol {
+                        code: frame::PROTOCOL_ERROR,
+                        message: "a response without a valid :status".into(),
+                    });
+                }
+            }
+        }
+        // Otherwise these are trailers: nothing in them is needed.
+        if flags & frame::END_STREAM != 0 {
+            stream.end = true;
+        }
+        Ok(())
+    }
+
+    fn settings(&mut self, f: &Frame, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
+        if f.stream != 0 {
+            return protocol_error(frame::PROTOCOL_ERROR, "SETTINGS on a stream");
+        }
+        if f.flags & frame::ACK != 0 {
+            if !f.payload.is_empty() {
+                return protocol_error(frame::FRAME_SIZE_ERROR, "a SETTINGS ACK with a payload");
+            }
+            return Ok(());
+        }
+        let values = frame::parse_settings(&f.payload).map_err(|m| ConnectionError {
+            code: frame::FRAME_SIZE_ERROR,
+            message: m,
+        })?;
+        let mut state = lock(&self.inner.state);
+        for (id, value) in values {
+            match id {
+                frame::SETTINGS_INITIAL_WINDOW_SIZE => {
+                    if i64::from(value) > frame::MAX_WINDOW {
+                        return protocol_error(
+                            frame::FLOW_CONTROL_ERROR,
+                            format!("SETTINGS_INITIAL_WINDOW_SIZE {value} above 2^31-1"),
+                        );
+                    }
+                    // Open streams' windows move by the difference (6.9.2).
+                    let delta = i64::from(value) - i64::from(state.peer.initial_window);
+                    for s in state.streams.values_mut() {
+                        s.send_window += delta;
+                    }
+                    state.peer.initial_window = value;
+                }
+                frame::SETTINGS_MAX_FRAME_SIZE => {
+                    if !(frame::DEFAULT_MAX_FRAME_SIZE..=frame::LARGEST_MAX_FRAME_SIZE)
+                        .contains(&value)
+                    {
+                        return protocol_error(
+                            frame::PROTOCOL_ERROR,
+                            format!("SETTINGS_MAX_FRAME_SIZE {value} out of range"),
+                        );
+                    }
+                    state.peer.max_frame = value;
+                }
+                frame::SETTINGS_MAX_CONCURRENT_STREAMS => state.peer.max_streams = value,
+                frame::SETTINGS_ENABLE_PUSH if value > 1 => {
+                    return protocol_error(
+                        frame::PROTOCOL_ERROR,
+                        format!("SETTINGS_ENABLE_PUSH {value}"),
+                    );
+                }
+                // The encoder never indexes, so the server's table size
+                // does not matter; nor do the rest.
+                _ => {}
+            }
+        }
+        state.settings_received = true;
+        frame::write_frame(out, frame::SETTINGS, frame::ACK, 0, &[]);
+        Ok(())
+    }
+
+    fn window_update(&mut self, f: &Frame, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
+        let increment =
+            frame::parse_u32("WINDOW_UPDATE", &f.payload).map_err(|m| ConnectionError {
+                code: frame::FRAME_SIZE_ERROR,
+                message: m,
+            })? & 0x7FFF_FFFF;
+        let mut state = lock(&self.inner.state);
+        if f.stream == 0 {
+            if increment == 0 {
+                return protocol_error(frame::PROTOCOL_ERROR, "a WINDOW_UPDATE of 0");
+            }
+            state.send_window += i64::from(increment);
+            if state.send_window > frame::MAX_WINDOW {
+                return protocol_error(
+                    frame::FLOW_CONTROL_ERROR,
+                    "the connection's window grew above 2^31-1",
+                );
+            }
+            return Ok(());
+        }
+        let Some(stream) = state.streams.get_mut(&f.stream) else {
+            return Ok(());
+        };
+        stream.send_window += i64::from(increment);
+        if increment == 0 || stream.send_window > frame::MAX_WINDOW {
+            let code = if increment == 0 {
+                frame::PROTOCOL_ERROR
+            } else {
+                frame::FLOW_CONTROL_ERROR
+            };
+            stream.error.get_or_insert(Http2Error::Protocol {
+                code,
+                message: format!("a bad WINDOW_UPDATE of {increment} on stream {}", f.stream),
+            });
+            frame::write_rst_stream(out, f.stream, code);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,161 @@
+//! The socket under a connection: plain TCP (h2c) or TLS with ALPN `h2`
+//! (rustls), shared by the reader thread and the writers.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::connection::{Target, lock};
+use super::error::Http2Error;
+
+/// The socket, plain or wrapped in TLS.
+pub(super) enum Transport {
+    Plain(TcpStream),
+    Tls {
+        // Boxed: a TLS session is a kilobyte, a socket a few bytes.
+        session: Box<Mutex<rustls::ClientConnection>>,
+        socket: TcpStream,
+    },
+}
+
+impl Transport {
+    pub(super) fn socket(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls { socket, .. } => socket,
+        }
+    }
+
+    /// Writes all of `bytes` (the caller holds the writer lock).
+    pub(super) fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => (&*s).write_all(bytes),
+            Transport::Tls { session, socket } => {
+                let mut session = lock(session);
+                session.writer().write_all(bytes)?;
+                while session.wants_write() {
+                    session.write_tls(&mut &*socket)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads decrypted bytes (only the reader thread calls this). TLS
+    /// records are read off the socket without holding the session lock,
+    /// so writers are never blocked by a read waiting for the server.
+    pub(super) fn read(&self, pending: &mut Vec<u8>, buf: &mut [u8]) -> io::Result<usize> {
+        let (session, socket) = match self {
+            Transport::Plain(s) => return (&*s).read(buf),
+            Transport::Tls { session, socket } => (session, socket),
+        };
+        loop {
+            {
+                let mut s = lock(session);
+                if !pending.is_empty() {
+                    let fed = s.read_tls(&mut &pending[..])?;
+                    pending.drain(..fed);
+                    s.process_new_packets()
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    while s.wants_write() {
+                        s.write_tls(&mut &*socket)?;
+                    }
+                }
+                match s.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                if !pending.is_empty() {
+                    continue;
+                }
+            }
+            let mut raw = [0u8; 16 * 1024];
+            let n = (&*socket).read(&mut raw)?;
+            if n == 0 {
+                // Tell rustls the stream ended: a close_notify reads as 0,
+                // a cut connection as UnexpectedEof.
+                let mut s = lock(session);
+                s.read_tls(&mut &[][..])?;
+                s.process_new_packets()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                return match s.reader().read(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                    other => other,
+                };
+            }
+            pending.extend_from_slice(&raw[..n]);
+        }
+    }
+}
+
+/// Resolves and connects, trying each address in turn.
+pub(super) fn open_socket(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<TcpStream, Http2Error> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let addresses: Vec<_> = (bare, port)
+        .to_socket_addrs()
+        .map_err(|e| Http2Error::HostNotFound(format!("{host}: {e}")))?
+        .collect();
+    let mut last = Http2Error::HostNotFound(format!("{host} has no address"));
+    for address in addresses {
+        match TcpStream::connect_timeout(&address, timeout) {
+            Ok(socket) => return Ok(socket),
+            Err(e) => last = Http2Error::io(&e),
+        }
+    }
+    Err(last)
+}
+
+/// The TLS handshake, offering only `h2`; an error unless the server
+/// chose it.
+pub(super) fn tls_handshake(
+    socket: TcpStream,
+    config: &Arc<rustls::ClientConfig>,
+    target: &Target,
+) -> Result<Transport, Http2Error> {
+    let mut config = (**config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let bare = target
+        .host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(&target.host);
+    let name = rustls::pki_types::ServerName::try_from(bare.to_owned())
+        .map_err(|e| Http2Error::Tls(format!("{bare:?} is not a valid server name: {e}")))?;
+    let mut session = rustls::ClientConnection::new(Arc::new(config), name)
+        .map_err(|e| Http2Error::Tls(e.to_string()))?;
+    let io = |e: io::Error| Http2Error::io(&e);
+    socket
+        .set_read_timeout(Some(target.connect_timeout.max(target.read_timeout)))
+        .map_err(io)?;
+    while session.is_handshaking() {
+        session.complete_io(&mut &socket).map_err(|e| {
+            match e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                Some(tls) => Http2Error::Tls(tls.to_string()),
+                None => Http2Error::io(&e),
+            }
+        })?;
+    }
+    if session.alpn_protocol() != Some(b"h2") {
+        return Err(Http2Error::Refused(
+            "the TLS server did not agree to HTTP/2 (ALPN h2)".into(),
+        ));
+    }
+    // The reader thread blocks until data or the socket's shutdown.
+    socket.set_read_timeout(None).map_err(io)?;
+    Ok(Transport::Tls {
+        session: Box::new(Mutex::new(session)),
+        socket,
+    })
+}

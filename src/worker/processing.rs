@@ -1,0 +1,254 @@
+//! What the batch ticker and the shard processors share: who checkpoints,
+//! what a handler failure does, and calling user code under that policy.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::error::{Error, HandlerResult, Result};
+use crate::lease::{CoordinatorEvent, HeldLeases};
+use crate::metrics::{Metric, Metrics};
+use crate::record::Record;
+use crate::worker::MessageHandler;
+use crate::worker::batch::Message;
+use crate::worker::budget::Budget;
+use crate::worker::checkpointer::Checkpointer;
+use crate::worker::reader::panic_message;
+
+/// Who writes checkpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Checkpointing {
+    /// The consumer checkpoints what the handler accepted: after each batch
+    /// (or shard processor call) that returned `Ok`, no more often than the
+    /// checkpoint interval, and at a shard's end, a handoff and shutdown.
+    /// The default, as in Spark's Kinesis stream.
+    #[default]
+    Automatic,
+    /// Nothing is checkpointed unless the application asks through its
+    /// [`Checkpointer`], as in the KCL: for sinks that make records durable
+    /// later than the handler returns. A shard's children start only once
+    /// the application checkpointed the shard's end
+    /// ([`Checkpointer::checkpoint`] after [`ShardEvent::Ended`](crate::ShardEvent::Ended)).
+    Manual,
+}
+
+/// What happens when the batch handler or a shard processor fails (returns
+/// an error or panics). Records whose processing failed are never
+/// checkpointed, whatever the policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorPolicy {
+    /// `run` stops and returns the error, after writing the checkpoints
+    /// earned before and releasing the leases. The default.
+    #[default]
+    Stop,
+    /// Calls the handler again with the same records (the message handler
+    /// is run again on them), up to `retries` more times, waiting `backoff`
+    /// doubled per attempt (at most 20 s, with jitter); then stops as
+    /// [`Stop`](Self::Stop) does.
+    Retry {
+        /// How many calls after the first failed one.
+        retries: u32,
+        /// The wait before the first retry.
+        backoff: Duration,
+    },
+    /// For shard processors: retries as [`Retry`](Self::Retry) does, then
+    /// gives up that shard alone: its processor is told the lease is lost,
+    /// and the lease is released, so that another worker (or this one, at
+    /// a later take) reads the shard again from its checkpoint, while the
+    /// other shards go on. The batch API has one handler for every shard,
+    /// so there it stops as [`Retry`](Self::Retry) does.
+    RetryThenReleaseShard {
+        /// How many calls after the first failed one.
+        retries: u32,
+        /// The wait before the first retry.
+        backoff: Duration,
+    },
+}
+
+impl ErrorPolicy {
+    fn retries(&self) -> (u32, Duration) {
+        match *self {
+            ErrorPolicy::Stop => (0, Duration::ZERO),
+            ErrorPolicy::Retry { retries, backoff }
+            | ErrorPolicy::RetryThenReleaseShard { retries, backoff } => (retries, backoff),
+        }
+    }
+}
+
+/// How often a waiting ticker or processor looks at the shutdown flag.
+pub(crate) const SHUTDOWN_CHECK: Duration = Duration::from_millis(50);
+
+/// Calls `attempt` (with the attempt number, 0 first) until it succeeds or
+/// `policy` gives up, catching panics. A shutdown asked for meanwhile ends
+/// the retries with the last failure.
+pub(crate) fn call_with_policy(
+    policy: &ErrorPolicy,
+    shutdown: &AtomicBool,
+    what: &str,
+    mut attempt: impl FnMut(u32) -> HandlerResult,
+) -> Result<()> {
+    let (retries, base) = policy.retries();
+    let mut number = 0;
+    loop {
+        let error = match catch_unwind(AssertUnwindSafe(|| attempt(number))) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => Error::Handler(e),
+            Err(panic) => {
+                Error::HandlerPanicked(format!("{what} panicked: {}", panic_message(&panic)))
+            }
+        };
+        if number >= retries || shutdown.load(Ordering::Relaxed) {
+            return Err(error);
+        }
+        number += 1;
+        let wait = crate::aws::client::backoff(base, number);
+        log::warn!("{what} failed (retry {number} of {retries} in {wait:?}): {error}");
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(SHUTDOWN_CHECK.min(until - Instant::now()));
+        }
+    }
+}
+
+/// The records of a shard's part of a batch, kept so that a retry can hand
+/// the same records on again (values are made again by the message
+/// handler: they need not be `Clone`).
+pub(crate) fn keep_records<T>(messages: &[Message<T>]) -> Vec<Record> {
+    messages.iter().map(|m| m.record.clone()).collect()
+}
+
+/// Messages made again from kept records.
+pub(crate) fn remake<T>(handler: &MessageHandler<T>, records: &[Record]) -> Vec<Message<T>> {
+    records
+        .iter()
+        .map(|record| Message {
+            value: handler(record),
+            record: record.clone(),
+        })
+        .collect()
+}
+
+/// What the ticker and the shard processors share.
+pub(crate) struct Delivery<T> {
+    pub held: Arc<HeldLeases>,
+    pub budget: Arc<Budget>,
+    pub coordinator: Sender<CoordinatorEvent>,
+    pub shutdown: Arc<AtomicBool>,
+    pub checkpointer: Checkpointer,
+    pub metrics: Metrics,
+    pub message_handler: MessageHandler<T>,
+    pub batch_interval: Duration,
+    pub checkpoint_interval: Duration,
+    pub checkpointing: Checkpointing,
+    pub error_policy: ErrorPolicy,
+}
+
+impl<T> Clone for Delivery<T> {
+    fn clone(&self) -> Self {
+        Delivery {
+            held: self.held.clone(),
+            budget: self.budget.clone(),
+            coordinator: self.coordinator.clone(),
+            shutdown: self.shutdown.clone(),
+            checkpointer: self.checkpointer.clone(),
+            metrics: self.metrics.clone(),
+            message_handler: self.message_handler.clone(),
+            batch_interval: self.batch_interval,
+            checkpoint_interval: self.checkpoint_interval,
+            checkpointing: self.checkpointing,
+            error_policy: self.error_policy,
+        }
+    }
+}
+
+impl<T> Delivery<T> {
+    pub(crate) fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn automatic(&self) -> bool {
+        self.checkpointing == Checkpointing::Automatic
+    }
+
+    /// Records the metrics of a shard's records processed.
+    pub(crate) fn record_processed(&self, shard_id: &Arc<str>, records: usize, data_bytes: u64) {
+        self.metrics.record(
+            Some(shard_id),
+            &[
+                (Metric::RecordsProcessed, records as f64),
+                (Metric::DataBytesProcessed, data_bytes as f64),
+            ],
+        );
+    }
+
+    /// Records the time and size of one handler call.
+    pub(crate) fn record_call(&self, started: Instant, records: usize) {
+        self.metrics.record(
+            None,
+            &[
+                (
+                    Metric::ProcessTaskTime,
+                    started.elapsed().as_secs_f64() * 1000.0,
+                ),
+                (Metric::BatchSize, records as f64),
+            ],
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(retries: u32) -> ErrorPolicy {
+        ErrorPolicy::Retry {
+            retries,
+            backoff: Duration::from_millis(1),
+        }
+    }
+
+    #[test]
+    fn stop_calls_once_and_returns_the_failure() {
+        let mut calls = 0;
+        let result = call_with_policy(&ErrorPolicy::Stop, &AtomicBool::new(false), "h", |_| {
+            calls += 1;
+            Err("bad record".into())
+        });
+        assert_eq!(calls, 1);
+        assert!(matches!(result, Err(Error::Handler(e)) if e.to_string() == "bad record"));
+    }
+
+    #[test]
+    fn retry_calls_again_until_it_succeeds_or_gives_up() {
+        let mut attempts = Vec::new();
+        let result = call_with_policy(&policy(3), &AtomicBool::new(false), "h", |n| {
+            attempts.push(n);
+            if n < 2 { Err("not yet".into()) } else { Ok(()) }
+        });
+        assert!(result.is_ok());
+        assert_eq!(attempts, [0, 1, 2]);
+        let mut calls = 0;
+        let result = call_with_policy(&policy(2), &AtomicBool::new(false), "h", |_| {
+            calls += 1;
+            panic!("poison")
+        });
+        assert_eq!(calls, 3, "the first call and two retries");
+        assert!(matches!(result, Err(Error::HandlerPanicked(m)) if m.contains("poison")));
+    }
+
+    #[test]
+    fn a_shutdown_ends_the_retries() {
+        let mut calls = 0;
+        let result = call_with_policy(&policy(100), &AtomicBool::new(true), "h", |_| {
+            calls += 1;
+            Err("down".into())
+        });
+        assert_eq!(calls, 1);
+        assert!(result.is_err());
+    }
+}

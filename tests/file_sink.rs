@@ -1,0 +1,125 @@
+//! The file sink example (manual checkpoints after fsync) killed with
+//! SIGKILL at random moments while a producer writes: the flushed files
+//! still hold every record put, in order within each file.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use kinesis_consumer::SequenceNumber;
+
+fn spawn_sink(stream: &str, app: &str, dir: &Path) -> Child {
+    common::aws_env(Command::new(common::example_binary("file_sink")))
+        .args([
+            "--stream",
+            stream,
+            "--app",
+            app,
+            "--position",
+            "trim-horizon",
+        ])
+        .args(["--flush-secs", "1", "--worker-id", "sink-1"])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The records in the flushed (`.jsonl`) files, checking that each file
+/// holds complete lines of one shard in sequence order.
+fn flushed(dir: &Path) -> HashSet<String> {
+    let mut data = HashSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path: PathBuf = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("jsonl") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with('\n'), "{} ends mid-line", path.display());
+        let mut shard: Option<String> = None;
+        let mut last: Option<SequenceNumber> = None;
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let this = v["shard_id"].as_str().unwrap().to_owned();
+            assert_eq!(
+                shard.get_or_insert(this.clone()),
+                &this,
+                "one shard per file"
+            );
+            let seq = SequenceNumber::parse(v["sequence_number"].as_str().unwrap()).unwrap();
+            assert!(
+                last.as_ref().is_none_or(|l| *l < seq),
+                "{}: out of order",
+                path.display()
+            );
+            last = Some(seq);
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v["data_base64"].as_str().unwrap())
+                .unwrap();
+            data.insert(String::from_utf8(bytes).unwrap());
+        }
+    }
+    data
+}
+
+#[test]
+fn every_record_is_in_the_flushed_files_after_kill_9_at_random_moments() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("sink");
+    let dir = std::env::temp_dir().join(common::unique_name("file-sink"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let producer = common::produce(&stream, "r");
+    // Kill moments between 0.3 s and 3 s: before the first flush, during
+    // one, and between flushes, differently on every run.
+    let mut seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    for round in 0..4 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let after = Duration::from_millis(300 + (seed >> 33) % 2700);
+        eprintln!("round {round}: SIGKILL after {after:?}");
+        let mut sink = spawn_sink(&stream, &app, &dir);
+        std::thread::sleep(after);
+        sink.kill().unwrap(); // SIGKILL
+        sink.wait().unwrap();
+    }
+    let put = producer.finish();
+    let mut sink = spawn_sink(&stream, &app, &dir);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let have = flushed(&dir);
+        let missing = put.iter().filter(|r| !have.contains(*r)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            sink.try_wait().unwrap().is_none(),
+            "the sink exited with {missing} records missing"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} records never reached a flushed file",
+            put.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &sink.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = sink.wait().unwrap();
+    assert!(exit.success(), "SIGTERM: {exit}");
+    assert!(flushed(&dir).len() >= put.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,692 @@
+//! The processing model against the emulators: checkpoints the application
+//! controls, shard lifecycle events, per-shard processors and the error
+//! policy.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::proxy::{Fault, Proxy, Trigger};
+use kinesis_consumer::__test_support::AttributeValue;
+use kinesis_consumer::aws::kinesis::PutRecordsEntry;
+use kinesis_consumer::{
+    Checkpoint, Checkpointer, Checkpointing, Error, ErrorPolicy, HandlerResult, Payload, Record,
+    ShardBatch, ShardEvent, ShardProcessor, ShutdownHandle,
+};
+
+/// Puts `count` records `{prefix}-{i}` over 16 partition keys.
+fn put(stream: &str, prefix: &str, count: usize) {
+    let entries: Vec<PutRecordsEntry> = (0..count)
+        .map(|i| PutRecordsEntry {
+            partition_key: format!("key-{}", i % 16),
+            explicit_hash_key: None,
+            data: format!("{prefix}-{i}").into_bytes(),
+        })
+        .collect();
+    for r in common::kinesis().put_records(stream, &entries).unwrap() {
+        r.unwrap();
+    }
+}
+
+/// Each shard's checkpoint in the lease table.
+fn checkpoints(app: &str) -> BTreeMap<String, Checkpoint> {
+    kinesis_consumer::list_leases(&common::config(&common::emulators().dynamodb_url), app)
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.shard_id, l.checkpoint))
+        .collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What a batch-API consumer saw: records (kept whole) and events.
+#[derive(Default)]
+struct Seen {
+    records: Vec<Record>,
+    events: Vec<ShardEvent>,
+    last_batches: usize,
+}
+
+struct Running {
+    stop: ShutdownHandle,
+    checkpointer: Checkpointer,
+    seen: Arc<Mutex<Seen>>,
+    thread: JoinHandle<kinesis_consumer::Result<()>>,
+}
+
+fn start_batches(builder: kinesis_consumer::ConsumerBuilder<Payload>) -> Running {
+    let consumer = builder.build().unwrap();
+    let stop = consumer.shutdown_handle();
+    let checkpointer = consumer.checkpointer();
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let sink = seen.clone();
+    let thread = std::thread::spawn(move || {
+        consumer.run(move |batch| {
+            let mut seen = sink.lock().unwrap();
+            seen.records
+                .extend(batch.messages().map(|m| m.record().clone()));
+            seen.events.extend(batch.events().iter().cloned());
+            seen.last_batches += usize::from(batch.is_last());
+            Ok(())
+        })
+    });
+    Running {
+        stop,
+        checkpointer,
+        seen,
+        thread,
+    }
+}
+
+impl Running {
+    fn records(&self) -> usize {
+        self.seen.lock().unwrap().records.len()
+    }
+
+    fn events(&self) -> Vec<ShardEvent> {
+        self.seen.lock().unwrap().events.clone()
+    }
+
+    fn stop(self) -> Seen {
+        self.stop.shutdown();
+        self.thread.join().unwrap().unwrap();
+        Arc::try_unwrap(self.seen)
+            .ok()
+            .unwrap()
+            .into_inner()
+            .unwrap()
+    }
+}
+
+fn gained(shard_id: &str) -> ShardEvent {
+    ShardEvent::Gained {
+        shard_id: shard_id.into(),
+        from: Checkpoint::TrimHorizon,
+    }
+}
+
+#[test]
+fn manual_checkpoints_are_written_only_when_asked_from_any_thread_and_checked() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("manual");
+    put(&stream, "r", 40);
+    let running =
+        start_batches(common::consumer_builder(&stream, &app).checkpointing(Checkpointing::Manual));
+    wait_for("every record", Duration::from_secs(30), || {
+        running.records() == 40
+    });
+    // Several batches later: nothing was checkpointed by itself.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        checkpoints(&app)
+            .values()
+            .all(|c| *c == Checkpoint::TrimHorizon),
+        "{:?}",
+        checkpoints(&app)
+    );
+    let records = running.seen.lock().unwrap().records.clone();
+    let mut by_shard: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+    for r in records {
+        by_shard.entry(r.shard_id().to_owned()).or_default().push(r);
+    }
+    // From another thread, after the handler returned: the middle record
+    // of each shard, then a position never handed on, then one behind.
+    let checkpointer = running.checkpointer.clone();
+    let shards = by_shard.clone();
+    std::thread::spawn(move || {
+        for records in shards.values() {
+            let middle = &records[records.len() / 2];
+            checkpointer.checkpoint_record(middle).unwrap();
+            let mut ahead = records.last().unwrap().position().clone();
+            ahead.sub_sequence_number += 1;
+            let e = checkpointer
+                .checkpoint_at(middle.shard_id(), &ahead)
+                .unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidCheckpoint { reason, .. } if reason.contains("not handed on")),
+                "{e}"
+            );
+            let e = checkpointer.checkpoint_record(&records[0]).unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidCheckpoint { reason, .. } if reason.contains("behind")),
+                "{e}"
+            );
+        }
+    })
+    .join()
+    .unwrap();
+    let written = checkpoints(&app);
+    for (shard, records) in &by_shard {
+        let middle = records[records.len() / 2].position().clone();
+        assert_eq!(written[shard], Checkpoint::At(middle), "{shard}");
+    }
+    // At the last position handed on, by shard id.
+    for shard in by_shard.keys() {
+        running.checkpointer.checkpoint(shard).unwrap();
+    }
+    let written = checkpoints(&app);
+    for (shard, records) in &by_shard {
+        let last = records.last().unwrap().position().clone();
+        assert_eq!(written[shard], Checkpoint::At(last), "{shard}");
+    }
+    let checkpointer = running.checkpointer.clone();
+    let seen = running.stop();
+    assert_eq!(seen.last_batches, 1, "one last batch at shutdown");
+    // Leases released at shutdown: nothing can be checkpointed any more.
+    let shard = by_shard.keys().next().unwrap();
+    let e = checkpointer.checkpoint(shard).unwrap_err();
+    assert!(
+        matches!(&e, Error::LeaseLost { shard_id, .. } if shard_id == shard),
+        "{e}"
+    );
+}
+
+#[test]
+fn shards_are_gained_lost_and_shut_down_as_the_leases_go() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("lifecycle");
+    let running = start_batches(common::consumer_builder(&stream, &app));
+    wait_for("both shards gained", Duration::from_secs(30), || {
+        running.events().len() == 2
+    });
+    let mut events = running.events();
+    events.sort_by(|a, b| a.shard_id().cmp(b.shard_id()));
+    let shards: Vec<String> = events.iter().map(|e| e.shard_id().to_owned()).collect();
+    assert_eq!(events, vec![gained(&shards[0]), gained(&shards[1])]);
+    // Another worker takes the first lease behind this one's back.
+    let d = common::dynamodb();
+    let key = HashMap::from([("leaseKey".to_owned(), AttributeValue::S(shards[0].clone()))]);
+    let mut row = d.get_item(&app, &key).unwrap().unwrap();
+    row.insert("leaseOwner".into(), AttributeValue::S("thief".into()));
+    row.insert("leaseCounter".into(), AttributeValue::N("999999".into()));
+    d.put_item(&app, &row, None).unwrap();
+    let lost = ShardEvent::Lost {
+        shard_id: shards[0].clone(),
+    };
+    wait_for("the lease lost", Duration::from_secs(15), || {
+        running.events().contains(&lost)
+    });
+    let e = running.checkpointer.checkpoint(&shards[0]).unwrap_err();
+    assert!(matches!(e, Error::LeaseLost { .. }), "{e}");
+    let seen = running.stop();
+    let tail: Vec<ShardEvent> = seen.events[2..].to_vec();
+    assert_eq!(
+        tail,
+        vec![
+            lost,
+            ShardEvent::ShutdownRequested {
+                shard_id: shards[1].clone()
+            }
+        ]
+    );
+}
+
+#[test]
+fn a_split_shard_ends_and_with_manual_checkpoints_its_children_wait_for_its_end() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("ended");
+    put(&stream, "before", 10);
+    let running =
+        start_batches(common::consumer_builder(&stream, &app).checkpointing(Checkpointing::Manual));
+    wait_for("the records", Duration::from_secs(30), || {
+        running.records() == 10
+    });
+    let parent = common::split_first_shard(&stream);
+    put(&stream, "after", 20);
+    let ended = ShardEvent::Ended {
+        shard_id: parent.shard_id.clone(),
+    };
+    wait_for("the parent's end", Duration::from_secs(30), || {
+        running.events().contains(&ended)
+    });
+    // Not checkpointed: the children are not read.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(running.events().len(), 2, "{:?}", running.events());
+    assert_eq!(running.records(), 10);
+    running.checkpointer.checkpoint(&parent.shard_id).unwrap();
+    assert_eq!(checkpoints(&app)[&parent.shard_id], Checkpoint::ShardEnd);
+    wait_for("the children's records", Duration::from_secs(30), || {
+        running.records() == 30
+    });
+    let gained_children = running
+        .events()
+        .iter()
+        .filter(
+            |e| matches!(e, ShardEvent::Gained { shard_id, .. } if *shard_id != parent.shard_id),
+        )
+        .count();
+    assert_eq!(gained_children, 2);
+    // A merge of the two children ends both; the merged shard waits for
+    // both ends to be checkpointed.
+    let k = common::kinesis();
+    let mut children: Vec<_> = k
+        .list_shards(&stream, None)
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.parent_shard_id.as_deref() == Some(parent.shard_id.as_str()))
+        .collect();
+    children.sort_by_key(|s| s.starting_hash_key.parse::<u128>().unwrap());
+    let (lower, upper) = (children[0].clone(), children[1].clone());
+    k.merge_shards(&stream, &lower.shard_id, &upper.shard_id)
+        .unwrap();
+    k.wait_until_active(&stream, Duration::from_secs(30))
+        .unwrap();
+    put(&stream, "merged", 10);
+    for child in [&upper, &lower] {
+        let ended = ShardEvent::Ended {
+            shard_id: child.shard_id.clone(),
+        };
+        wait_for("a child's end", Duration::from_secs(30), || {
+            running.events().contains(&ended)
+        });
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(running.records(), 30, "the merged shard waits");
+    running.checkpointer.checkpoint(&upper.shard_id).unwrap();
+    running.checkpointer.checkpoint(&lower.shard_id).unwrap();
+    wait_for(
+        "the merged shard's records",
+        Duration::from_secs(30),
+        || running.records() == 40,
+    );
+    running.stop();
+}
+
+#[test]
+fn leases_that_cannot_be_renewed_are_lost_then_gained_again() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("expiry");
+    let proxy = Proxy::for_emulators();
+    let running = start_batches(common::consumer_builder_at(
+        proxy.url(),
+        proxy.url(),
+        &stream,
+        &app,
+    ));
+    wait_for("both shards gained", Duration::from_secs(30), || {
+        running.events().len() == 2
+    });
+    // DynamoDB refuses every lease write: the leases go unrenewed past the
+    // fencing window (failover 3 s).
+    let rule = proxy.add(
+        "UpdateItem",
+        Trigger::Always,
+        Fault::aws(500, "InternalServerError"),
+    );
+    let lost = |e: &ShardEvent| matches!(e, ShardEvent::Lost { .. });
+    wait_for("both leases lost", Duration::from_secs(15), || {
+        running.events().iter().filter(|e| lost(e)).count() == 2
+    });
+    assert!(proxy.hits(rule) > 0);
+    let shard = running.events()[0].shard_id().to_owned();
+    let e = running.checkpointer.checkpoint(&shard).unwrap_err();
+    assert!(matches!(e, Error::LeaseLost { .. }), "{e}");
+    proxy.clear();
+    wait_for("both shards gained again", Duration::from_secs(20), || {
+        let events = running.events();
+        events.len() >= 6
+            && events[4..]
+                .iter()
+                .all(|e| matches!(e, ShardEvent::Gained { .. }))
+    });
+    running.stop();
+}
+
+#[test]
+fn a_joining_worker_is_handed_leases_after_their_shutdown_is_announced() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("handoff");
+    put(&stream, "before", 20);
+    let first = start_batches(common::consumer_builder(&stream, &app).worker_id("first"));
+    wait_for("the records", Duration::from_secs(30), || {
+        first.records() == 20
+    });
+    let second = start_batches(common::consumer_builder(&stream, &app).worker_id("second"));
+    wait_for("the second worker's lease", Duration::from_secs(30), || {
+        second.events().len() == 1
+    });
+    let given = second.events()[0].shard_id().to_owned();
+    let announced = ShardEvent::ShutdownRequested {
+        shard_id: given.clone(),
+    };
+    assert!(first.events().contains(&announced), "{:?}", first.events());
+    assert!(
+        !first
+            .events()
+            .iter()
+            .any(|e| matches!(e, ShardEvent::Lost { .. })),
+        "handed over, not lost"
+    );
+    put(&stream, "after", 20);
+    wait_for("the records put after", Duration::from_secs(30), || {
+        first.records() + second.records() == 40
+    });
+    let (a, b) = (first.stop(), second.stop());
+    let mut all: Vec<String> = a
+        .records
+        .iter()
+        .chain(&b.records)
+        .map(|r| String::from_utf8_lossy(r.data()).into_owned())
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 40, "nothing twice, nothing lost");
+    assert_eq!(a.records.len() + b.records.len(), 40, "nothing twice");
+}
+
+/// Shared by the processors of one test: what each shard processed, in
+/// order, and how many processors are inside `process` at once.
+#[derive(Default)]
+struct Board {
+    processed: Mutex<BTreeMap<String, Vec<String>>>,
+    inside: AtomicUsize,
+    most_inside: AtomicUsize,
+    calls: Mutex<Vec<String>>,
+}
+
+struct Sleepy {
+    shard_id: String,
+    board: Arc<Board>,
+    per_record: Duration,
+    /// Records whose processing fails (every time).
+    poison: Option<String>,
+    /// Calls to fail before succeeding, per call.
+    failures_left: usize,
+}
+
+impl ShardProcessor<Payload> for Sleepy {
+    fn initialize(&mut self, shard_id: &str, _from: &Checkpoint) -> HandlerResult {
+        self.shard_id = shard_id.to_owned();
+        self.board
+            .calls
+            .lock()
+            .unwrap()
+            .push(format!("initialize {shard_id}"));
+        Ok(())
+    }
+
+    fn process(&mut self, records: ShardBatch<Payload>, _: &Checkpointer) -> HandlerResult {
+        let now = self.board.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        self.board.most_inside.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(self.per_record * records.messages().len() as u32);
+        self.board.inside.fetch_sub(1, Ordering::SeqCst);
+        let values: Vec<String> = records
+            .messages()
+            .iter()
+            .map(|m| String::from_utf8(m.value().to_vec()).unwrap())
+            .collect();
+        if self.poison.as_ref().is_some_and(|p| values.contains(p)) {
+            return Err("poison record".into());
+        }
+        if self.failures_left > 0 {
+            self.failures_left -= 1;
+            return Err("failing for a while".into());
+        }
+        self.board
+            .processed
+            .lock()
+            .unwrap()
+            .entry(self.shard_id.clone())
+            .or_default()
+            .extend(values);
+        Ok(())
+    }
+
+    fn lease_lost(&mut self) {
+        let call = format!("lease_lost {}", self.shard_id);
+        self.board.calls.lock().unwrap().push(call);
+    }
+
+    fn shutdown_requested(&mut self, _: &Checkpointer) -> HandlerResult {
+        let call = format!("shutdown_requested {}", self.shard_id);
+        self.board.calls.lock().unwrap().push(call);
+        Ok(())
+    }
+}
+
+fn run_processors(
+    builder: kinesis_consumer::ConsumerBuilder<Payload>,
+    board: &Arc<Board>,
+    per_record: Duration,
+    poison: Option<&str>,
+    failures: usize,
+) -> (ShutdownHandle, JoinHandle<kinesis_consumer::Result<()>>) {
+    let consumer = builder.build().unwrap();
+    let stop = consumer.shutdown_handle();
+    let board = board.clone();
+    let poison = poison.map(str::to_owned);
+    let thread = std::thread::spawn(move || {
+        consumer.run_processors(move |_shard| Sleepy {
+            shard_id: String::new(),
+            board: board.clone(),
+            per_record,
+            poison: poison.clone(),
+            failures_left: failures,
+        })
+    });
+    (stop, thread)
+}
+
+/// The values put to each shard, in order, from the stream itself.
+fn put_in_order(stream: &str) -> BTreeMap<String, Vec<String>> {
+    let k = common::kinesis();
+    let mut by_shard = BTreeMap::new();
+    for shard in k.list_shards(stream, None).unwrap() {
+        let records = common::read_shard(stream, &shard.shard_id);
+        by_shard.insert(shard.shard_id, records);
+    }
+    by_shard
+}
+
+#[test]
+fn processors_run_shards_in_parallel_in_order_and_shut_down() {
+    let stream = common::create_stream(4);
+    let app = common::unique_name("processors");
+    put(&stream, "r", 80);
+    let board: Arc<Board> = Arc::default();
+    let (stop, thread) = run_processors(
+        common::consumer_builder(&stream, &app),
+        &board,
+        Duration::from_millis(20),
+        None,
+        0,
+    );
+    let expected = put_in_order(&stream);
+    wait_for("every record processed", Duration::from_secs(60), || {
+        board
+            .processed
+            .lock()
+            .unwrap()
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            == 80
+    });
+    assert_eq!(
+        *board.processed.lock().unwrap(),
+        expected,
+        "per-shard order"
+    );
+    assert!(
+        board.most_inside.load(Ordering::SeqCst) >= 2,
+        "processors ran one at a time"
+    );
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    let calls = board.calls.lock().unwrap().clone();
+    for shard in expected.keys() {
+        assert!(calls.contains(&format!("initialize {shard}")), "{calls:?}");
+        assert!(
+            calls.contains(&format!("shutdown_requested {shard}")),
+            "{calls:?}"
+        );
+    }
+    // Automatic checkpoints: each shard at its last record.
+    let written = checkpoints(&app);
+    assert!(
+        written.values().all(|c| matches!(c, Checkpoint::At(_))),
+        "{written:?}"
+    );
+}
+
+#[test]
+fn a_failing_shard_is_given_up_alone_and_never_checkpointed_past_its_failure() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("poison");
+    put(&stream, "r", 40);
+    let expected = put_in_order(&stream);
+    let (poisoned, healthy) = {
+        let mut shards = expected.iter();
+        let a = shards.next().unwrap();
+        let b = shards.next().unwrap();
+        (a, b)
+    };
+    let poison = poisoned.1[poisoned.1.len() / 2].clone();
+    let board: Arc<Board> = Arc::default();
+    let policy = ErrorPolicy::RetryThenReleaseShard {
+        retries: 1,
+        backoff: Duration::from_millis(10),
+    };
+    let (stop, thread) = run_processors(
+        common::consumer_builder(&stream, &app)
+            .error_policy(policy)
+            .max_records_per_read(1),
+        &board,
+        Duration::ZERO,
+        Some(&poison),
+        0,
+    );
+    wait_for("the healthy shard", Duration::from_secs(60), || {
+        board.processed.lock().unwrap().get(healthy.0) == Some(healthy.1)
+    });
+    wait_for(
+        "the poisoned shard given up",
+        Duration::from_secs(30),
+        || {
+            board
+                .calls
+                .lock()
+                .unwrap()
+                .contains(&format!("lease_lost {}", poisoned.0))
+        },
+    );
+    assert!(!thread.is_finished(), "the consumer goes on");
+    // Up to the record before the poison, never past it.
+    let processed = board.processed.lock().unwrap()[poisoned.0].clone();
+    let before: Vec<String> = poisoned
+        .1
+        .iter()
+        .take_while(|v| **v != poison)
+        .cloned()
+        .collect();
+    assert!(processed.starts_with(&before), "{processed:?}");
+    assert!(!processed.contains(&poison));
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    let written = checkpoints(&app);
+    let poison_position = common::position_of(&stream, poisoned.0, &poison);
+    match &written[poisoned.0] {
+        Checkpoint::At(p) => assert!(*p < poison_position, "{p:?}"),
+        Checkpoint::TrimHorizon => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_processor_retried_until_it_succeeds_loses_and_repeats_nothing() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("retry");
+    put(&stream, "r", 10);
+    let expected = put_in_order(&stream);
+    let board: Arc<Board> = Arc::default();
+    let policy = ErrorPolicy::Retry {
+        retries: 3,
+        backoff: Duration::from_millis(10),
+    };
+    let (stop, thread) = run_processors(
+        common::consumer_builder(&stream, &app).error_policy(policy),
+        &board,
+        Duration::ZERO,
+        None,
+        2,
+    );
+    wait_for("every record", Duration::from_secs(30), || {
+        board
+            .processed
+            .lock()
+            .unwrap()
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            == 10
+    });
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    assert_eq!(*board.processed.lock().unwrap(), expected);
+}
+
+#[test]
+fn a_processor_hands_its_shard_over_to_a_joining_worker_without_repeats() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("processor-handoff");
+    put(&stream, "before", 20);
+    let (first_board, second_board): (Arc<Board>, Arc<Board>) = Default::default();
+    let total = |b: &Board| {
+        b.processed
+            .lock()
+            .unwrap()
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+    };
+    let first = run_processors(
+        common::consumer_builder(&stream, &app).worker_id("first"),
+        &first_board,
+        Duration::ZERO,
+        None,
+        0,
+    );
+    wait_for("the records", Duration::from_secs(30), || {
+        total(&first_board) == 20
+    });
+    let second = run_processors(
+        common::consumer_builder(&stream, &app).worker_id("second"),
+        &second_board,
+        Duration::ZERO,
+        None,
+        0,
+    );
+    wait_for("a shard handed over", Duration::from_secs(30), || {
+        !second_board.calls.lock().unwrap().is_empty()
+    });
+    let taken = second_board.calls.lock().unwrap()[0].clone();
+    let shard = taken.strip_prefix("initialize ").unwrap().to_owned();
+    let calls = first_board.calls.lock().unwrap().clone();
+    assert!(
+        calls.contains(&format!("shutdown_requested {shard}")),
+        "{calls:?}"
+    );
+    put(&stream, "after", 20);
+    wait_for("every record", Duration::from_secs(30), || {
+        total(&first_board) + total(&second_board) == 40
+    });
+    for (stop, thread) in [first, second] {
+        stop.shutdown();
+        thread.join().unwrap().unwrap();
+    }
+    assert_eq!(
+        total(&first_board) + total(&second_board),
+        40,
+        "nothing twice"
+    );
+}
