@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --example tail -- (--stream S | --stream-arn ARN) --app A [--position trim-horizon|latest|<RFC 3339 time>]
 //!     [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)]
+//!     [--enhanced-fan-out CONSUMER_NAME]
 //! ```
 //!
 //! Endpoints, region and credentials come from the standard AWS environment
@@ -23,7 +24,8 @@ use std::time::Duration;
 use kinesis_consumer::{Batch, Consumer};
 
 const USAGE: &str = "usage: tail (--stream S | --stream-arn ARN) --app A [--position trim-horizon|latest|<RFC 3339 time>] \
-[--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)]";
+[--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)] \
+[--enhanced-fan-out CONSUMER_NAME]";
 
 fn main() {
     support::init_logging();
@@ -37,6 +39,7 @@ fn main() {
             "batch-interval-ms",
             "worker-id",
             "metrics-level",
+            "enhanced-fan-out",
         ],
         &[],
     );
@@ -60,6 +63,9 @@ fn main() {
     };
     if let Some(id) = args.get("worker-id") {
         builder = builder.worker_id(id);
+    }
+    if let Some(name) = args.get("enhanced-fan-out") {
+        builder = builder.enhanced_fan_out(name);
     }
     let consumer = builder.build().unwrap_or_else(|e| {
         eprintln!("error: {e}");

@@ -95,6 +95,7 @@ pub(crate) struct Settings {
     pub(crate) checkpoint_interval: Option<Duration>,
     pub(crate) checkpointing: Checkpointing,
     pub(crate) error_policy: ErrorPolicy,
+    pub(crate) fan_out_consumer: Option<String>,
     pub(crate) metrics_level: MetricsLevel,
     pub(crate) metrics_dimensions: Vec<MetricsDimension>,
     pub(crate) metrics_namespace: Option<String>,
@@ -159,6 +160,7 @@ impl ConsumerBuilder<Payload> {
                 checkpoint_interval: None,
                 checkpointing: Checkpointing::Automatic,
                 error_policy: ErrorPolicy::Stop,
+                fan_out_consumer: None,
                 metrics_level: MetricsLevel::None,
                 metrics_dimensions: vec![MetricsDimension::Operation, MetricsDimension::ShardId],
                 metrics_namespace: None,
@@ -354,6 +356,21 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         self
     }
 
+    /// Reads through enhanced fan-out as the stream consumer
+    /// `consumer_name` (registered at startup if it does not exist, then
+    /// shared by every worker of the application; the application name is
+    /// the usual choice): each shard's records are pushed over HTTP/2 with
+    /// SubscribeToShard, with 2 MiB/s per shard of its own rather than
+    /// shared with the stream's other readers. The consumer is never
+    /// deregistered by the library (other workers may be using it; the
+    /// `leases` example's `--deregister-consumer` does it). TLS for it can
+    /// be set with [`ClientConfig::fan_out_tls`](crate::aws::ClientConfig::fan_out_tls).
+    /// Defaults to polling with GetRecords.
+    pub fn enhanced_fan_out(mut self, consumer_name: impl Into<String>) -> Self {
+        self.settings.fan_out_consumer = Some(consumer_name.into());
+        self
+    }
+
     /// How much the consumer measures, as in the KCL: `Summary` keeps
     /// totals per operation (no `ShardId` dimension, summary metrics only),
     /// `Detailed` adds per-shard series and the detailed metrics. Metrics
@@ -543,6 +560,10 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             .clone()
             .ok_or_else(|| Error::config("app_name", "is required"))?;
         check_name("app_name", &app_name, 3, 255)?;
+        if let Some(name) = &self.settings.fan_out_consumer {
+            // Kinesis's rule for consumer names.
+            check_name("enhanced_fan_out", name, 1, 128)?;
+        }
         let arn = match &self.settings.stream_arn {
             Some(arn) => Some(
                 crate::aws::kinesis::parse_stream_arn(arn)
@@ -748,6 +769,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             checkpoint_interval: s.checkpoint_interval.unwrap_or(s.batch_interval),
             checkpointing: s.checkpointing,
             error_policy: s.error_policy,
+            fan_out_consumer: s.fan_out_consumer.clone(),
             metrics_level: s.metrics_level,
             metrics_dimensions: s.metrics_dimensions.clone(),
             metrics_period: s.metrics_period,
@@ -1081,6 +1103,12 @@ mod tests {
             setting_of(valid().dynamodb_endpoint_url("nonsense")),
             "dynamodb_endpoint_url"
         );
+        assert_eq!(setting_of(valid().enhanced_fan_out("")), "enhanced_fan_out");
+        assert_eq!(
+            setting_of(valid().enhanced_fan_out("no spaces")),
+            "enhanced_fan_out"
+        );
+        assert!(valid().enhanced_fan_out("my-app.v2").build().is_ok());
         let no_app = ConsumerBuilder::new().stream_name("s");
         assert_eq!(setting_of(no_app), "app_name");
     }

@@ -8,9 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use kinesis_consumer::Error;
 use kinesis_consumer::aws::fan_out::{Polled, StreamConsumer, Subscription};
 use kinesis_consumer::aws::kinesis::{IteratorPosition, KinesisClient};
+use kinesis_consumer::{Error, SequenceNumber};
 
 fn client_at(url: &str) -> KinesisClient {
     let certificate = common::pinned_tls::kinesis_local_certificate(&common::emulators_dir());
@@ -398,5 +398,83 @@ fn the_leases_example_deregisters_a_consumer_on_request() {
         String::from_utf8_lossy(&again.stderr).contains("ResourceNotFoundException"),
         "{}",
         String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+/// A record the consumer handed on: shard, sequence number, data.
+type Seen = (String, SequenceNumber, Vec<u8>);
+
+/// The consumer reading through enhanced fan-out (h2c): every record once,
+/// in order per shard, checkpointed so that a restart repeats nothing, and
+/// `SubscribeToShard` metrics recorded. (scripts/test.sh also runs the
+/// consumer, scale-out and processing tests with
+/// `KINESIS_TEST_RETRIEVAL=fan-out`.)
+#[test]
+fn a_consumer_reads_through_enhanced_fan_out_and_resumes_after_its_checkpoint() {
+    use std::sync::{Arc, Mutex};
+
+    let stream = common::create_stream(2);
+    let app = common::unique_name("efo-consumer");
+    let k = common::kinesis();
+    put(&k, &stream, 0..20);
+    let run = |expected: usize| {
+        let consumer = common::consumer_builder(&stream, &app)
+            .enhanced_fan_out(&app)
+            .metrics_level(kinesis_consumer::MetricsLevel::Summary)
+            .publish_metrics(false)
+            .build()
+            .unwrap();
+        let (stop, metrics) = (consumer.shutdown_handle(), consumer.metrics());
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let sink = seen.clone();
+        let thread = std::thread::spawn(move || {
+            consumer.run(move |batch| {
+                let mut seen = sink.lock().unwrap();
+                for m in batch.messages() {
+                    let r = m.record();
+                    let seq = r.sequence_number().clone();
+                    seen.push((r.shard_id().to_owned(), seq, r.data().to_vec()));
+                }
+                Ok(())
+            })
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen.lock().unwrap().len() < expected {
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {:?}",
+                seen.lock().unwrap().len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Long enough for a duplicate to show up.
+        std::thread::sleep(Duration::from_millis(500));
+        stop.shutdown();
+        thread.join().unwrap().unwrap();
+        let subscribed: f64 = metrics
+            .snapshot()
+            .iter()
+            .filter(|s| s.name == "SubscribeToShard.Success")
+            .map(|s| s.statistics.sum)
+            .sum();
+        assert!(subscribed >= 2.0, "one subscription per shard at least");
+        Arc::try_unwrap(seen).unwrap().into_inner().unwrap()
+    };
+    let first = run(20);
+    assert_eq!(first.len(), 20, "every record once");
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let seqs: Vec<&SequenceNumber> = first
+            .iter()
+            .filter(|s| s.0 == shard)
+            .map(|s| &s.1)
+            .collect();
+        assert!(seqs.is_sorted(), "in order in {shard}");
+    }
+    put(&k, &stream, 20..30);
+    let second = run(10);
+    assert_eq!(
+        second.len(),
+        10,
+        "only the records put after the checkpoint"
     );
 }

@@ -582,15 +582,25 @@ fn a_failing_shard_is_given_up_alone_and_never_checkpointed_past_its_failure() {
     );
     assert!(!thread.is_finished(), "the consumer goes on");
     // Up to the record before the poison, never past it.
-    let processed = board.processed.lock().unwrap()[poisoned.0].clone();
+    let processed = board
+        .processed
+        .lock()
+        .unwrap()
+        .get(poisoned.0)
+        .cloned()
+        .unwrap_or_default();
     let before: Vec<String> = poisoned
         .1
         .iter()
         .take_while(|v| **v != poison)
         .cloned()
         .collect();
-    assert!(processed.starts_with(&before), "{processed:?}");
-    assert!(!processed.contains(&poison));
+    // Records before the poison only, in order. Polled one at a time, all
+    // of them; through fan-out, the poison's event holds earlier records too.
+    assert!(before.starts_with(&processed), "{processed:?}");
+    if !common::fan_out() {
+        assert_eq!(processed, before);
+    }
     stop.shutdown();
     thread.join().unwrap().unwrap();
     let written = checkpoints(&app);

@@ -56,6 +56,10 @@ fn spawn_worker(stream: &str, app: &str, id: &str, log: &Arc<Mutex<Vec<Delivered
             "--worker-id",
             id,
         ])
+        .args(match common::fan_out() {
+            true => vec!["--enhanced-fan-out", app],
+            false => vec![],
+        })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -75,6 +75,11 @@ pub(crate) enum Metric {
     GetRecordsThrottled,
     /// 1 per expired shard iterator.
     ExpiredIterators,
+    /// 1 per SubscribeToShard call accepted, 0 per one refused or failed
+    /// (enhanced fan-out).
+    SubscribeToShardSuccess,
+    /// How long each SubscribeToShard call took to be accepted.
+    SubscribeToShardTime,
     /// User records taken out of KPL aggregates.
     RecordsDeaggregated,
     /// Records that looked like KPL aggregates but were not valid and were
@@ -111,6 +116,8 @@ impl Metric {
             Metric::GetRecordsTime => "GetRecords.Time",
             Metric::GetRecordsThrottled => "GetRecords.Throttled",
             Metric::ExpiredIterators => "ExpiredIterators",
+            Metric::SubscribeToShardSuccess => "SubscribeToShard.Success",
+            Metric::SubscribeToShardTime => "SubscribeToShard.Time",
             Metric::RecordsDeaggregated => "RecordsDeaggregated",
             Metric::AggregatesPassedThrough => "AggregatesPassedThrough",
             Metric::CheckpointSuccess => "Checkpoint.Success",
@@ -136,6 +143,7 @@ impl Metric {
             | ExpiredIterators
             | RecordsDeaggregated
             | AggregatesPassedThrough => "GetRecords",
+            SubscribeToShardSuccess | SubscribeToShardTime => "SubscribeToShard",
             CheckpointSuccess | CheckpointTime => "Checkpoint",
             LeasesHeld | LeasesLost => "RenewAllLeases",
             LeasesTaken | LeasesStolen | Workers | ShardsBlockedOnParent => "TakeLeases",
@@ -146,9 +154,8 @@ impl Metric {
         use Metric::*;
         match self {
             DataBytesProcessed => MetricUnit::Bytes,
-            MillisBehindLatest | ProcessTaskTime | GetRecordsTime | CheckpointTime => {
-                MetricUnit::Milliseconds
-            }
+            MillisBehindLatest | ProcessTaskTime | GetRecordsTime | SubscribeToShardTime
+            | CheckpointTime => MetricUnit::Milliseconds,
             _ => MetricUnit::Count,
         }
     }
@@ -174,9 +181,11 @@ impl Metric {
     pub(crate) fn level(self) -> MetricsLevel {
         use Metric::*;
         match self {
-            GetRecordsTime | RecordsDeaggregated | CheckpointTime | ShardsBlockedOnParent => {
-                MetricsLevel::Detailed
-            }
+            GetRecordsTime
+            | SubscribeToShardTime
+            | RecordsDeaggregated
+            | CheckpointTime
+            | ShardsBlockedOnParent => MetricsLevel::Detailed,
             _ => MetricsLevel::Summary,
         }
     }

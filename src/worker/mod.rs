@@ -41,6 +41,10 @@ use ticker::Ticker;
 /// CloudWatch.
 const METRICS_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
+/// How long startup waits for a newly registered stream consumer to
+/// become ACTIVE, per attempt (startup retries for up to a minute).
+const CONSUMER_ACTIVE_WAIT: Duration = Duration::from_secs(30);
+
 /// On top of one request's connect and read timeouts: how long a stopping
 /// consumer waits for a reader to see its request through.
 const READER_STOP_MARGIN: Duration = Duration::from_secs(1);
@@ -82,6 +86,8 @@ pub(crate) struct ConsumerSettings {
     pub pace_reads: bool,
     pub checkpointing: Checkpointing,
     pub error_policy: ErrorPolicy,
+    /// Enhanced fan-out's consumer name; `None`: polling.
+    pub fan_out_consumer: Option<String>,
     /// The lease table's name and how to create it.
     pub lease_table: crate::lease::TableOptions,
 }
@@ -282,9 +288,35 @@ impl<T: Send + 'static> Consumer<T> {
         let described = until_ready("describing the stream", &self.shutdown.flag, || {
             self.kinesis.describe_stream_summary(&s.stream)
         })?;
-        if described.is_none() {
+        let Some(described) = described else {
             return Ok(());
-        }
+        };
+        // Enhanced fan-out: the application's registered consumer, made
+        // (or found) once; every worker of the application shares it.
+        let fan_out = match &s.fan_out_consumer {
+            Some(name) => {
+                let consumer = until_ready(
+                    "registering the stream consumer",
+                    &self.shutdown.flag,
+                    || {
+                        self.kinesis.ensure_stream_consumer(
+                            &described.stream_arn,
+                            name,
+                            CONSUMER_ACTIVE_WAIT,
+                        )
+                    },
+                )?;
+                let Some(consumer) = consumer else {
+                    return Ok(());
+                };
+                log::info!(
+                    "reading through enhanced fan-out as {}",
+                    consumer.consumer_arn
+                );
+                Some(Arc::from(consumer.consumer_arn.as_str()))
+            }
+            None => None,
+        };
         let publisher = if s.publish_metrics {
             Publisher::start(
                 &self.metrics,
@@ -295,7 +327,7 @@ impl<T: Send + 'static> Consumer<T> {
         } else {
             None
         };
-        let result = self.consume(shard_queue, deliver);
+        let result = self.consume(shard_queue, fan_out, deliver);
         if let Some(publisher) = publisher {
             publisher.stop(METRICS_SHUTDOWN_GRACE);
         }
@@ -305,6 +337,7 @@ impl<T: Send + 'static> Consumer<T> {
     fn consume(
         &self,
         shard_queue: Option<usize>,
+        fan_out: Option<Arc<str>>,
         deliver: impl FnOnce(&Receiver<ReaderOutput<T>>, Delivery<T>) -> Result<()>,
     ) -> Result<()> {
         let s = &self.settings;
@@ -326,6 +359,7 @@ impl<T: Send + 'static> Consumer<T> {
             metrics: self.metrics.clone(),
             read_memory: Arc::new(Budget::new(s.read_memory, u64::MAX)),
             pace_reads: s.pace_reads,
+            fan_out,
             stop_timeout: s.connect_timeout + s.read_timeout + READER_STOP_MARGIN,
         });
         let timings = LeaseTimings {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 
 use crate::aws::client::backoff;
+use crate::aws::fan_out::Polled;
 use crate::aws::get_records::Records;
 use crate::aws::kinesis::{GetRecordsOutput, IteratorPosition, KinesisClient};
 use crate::error::{Error, Result};
@@ -86,6 +87,9 @@ pub(crate) struct ReaderContext<T> {
     pub start_timestamp: Option<SystemTime>,
     /// Memory of reads in flight, across all readers (see `read_memory`).
     pub read_memory: Arc<Budget>,
+    /// Enhanced fan-out: the registered consumer's ARN; readers subscribe
+    /// to their shards instead of polling them.
+    pub fan_out: Option<Arc<str>>,
     pub pace_reads: bool,
     pub metrics: Metrics,
     /// How long `stop_all` waits for readers to finish: long enough for a
@@ -449,6 +453,9 @@ impl<T: Send + 'static> Reader<T> {
         else {
             return Ok(());
         };
+        if let Some(consumer_arn) = &context.fan_out {
+            return self.subscribe(consumer_arn, start, resume_after);
+        }
         let mut progress = Progress {
             start,
             resume_after,
@@ -651,8 +658,14 @@ impl<T: Send + 'static> Reader<T> {
         let past_checkpoint =
             passes_checkpoint(p.resume_after.as_ref(), records.last_sequence_number());
         let record_count = records.len();
-        let (chunk, deaggregated, passed_through) =
-            self.chunk(records, reply, read.shard_end, p.resume_after.as_ref())?;
+        let buffer_bytes = records.buffer_bytes();
+        let (chunk, deaggregated, passed_through) = self.chunk(
+            records.into_iter(),
+            buffer_bytes,
+            millis_behind,
+            read.shard_end,
+            p.resume_after.as_ref(),
+        )?;
         if self.stopped() {
             // The chunk may be partial: the handler stopped being called.
             return Ok(Next::Stop);
@@ -691,6 +704,151 @@ impl<T: Send + 'static> Reader<T> {
         Ok(Next::Read)
     }
 
+    /// Reads the shard through enhanced fan-out: subscribes from `start`
+    /// (then after the last continuation), and hands each event's records
+    /// on as a chunk, through the same de-aggregation, checkpoint skipping,
+    /// message handler and buffer as polled replies. The service ends each
+    /// subscription after 5 minutes: subscribe again.
+    fn subscribe(
+        &mut self,
+        consumer_arn: &str,
+        mut start: IteratorPosition,
+        mut resume_after: Option<ExtendedSequenceNumber>,
+    ) -> Result<()> {
+        let context = self.context.clone();
+        let mut continuation: Option<SequenceNumber> = None;
+        let mut failures = 0;
+        let mut next_end_check = Instant::now();
+        while !self.stopped() {
+            let position = match &continuation {
+                Some(seq) => IteratorPosition::AfterSequenceNumber(seq.clone()),
+                None => start.clone(),
+            };
+            let asked_at = SystemTime::now();
+            let called_at = Instant::now();
+            let subscribed =
+                context
+                    .kinesis
+                    .subscribe_to_shard(consumer_arn, &self.shard_id, &position);
+            context.metrics.record(
+                Some(&self.shard_id),
+                &[
+                    (
+                        Metric::SubscribeToShardSuccess,
+                        f64::from(u8::from(subscribed.is_ok())),
+                    ),
+                    (
+                        Metric::SubscribeToShardTime,
+                        called_at.elapsed().as_secs_f64() * 1000.0,
+                    ),
+                ],
+            );
+            let mut subscription = match subscribed {
+                Ok(s) => s,
+                Err(e) => match after_subscribe_error(&e) {
+                    Some(floor) => {
+                        self.back_off(&mut failures, Some(&e), floor);
+                        continue;
+                    }
+                    None => return Err(e),
+                },
+            };
+            start = restart_position(start, asked_at);
+            loop {
+                if self.stopped() {
+                    return Ok(());
+                }
+                let event = match subscription.poll(STOP_CHECK * 4) {
+                    Ok(Polled::Event(event)) => event,
+                    Ok(Polled::Idle) => continue,
+                    // The service's 5 minutes are up: subscribe again.
+                    Ok(Polled::Ended) => break,
+                    Err(e) => match after_subscribe_error(&e) {
+                        Some(floor) => {
+                            self.back_off(&mut failures, Some(&e), floor);
+                            break;
+                        }
+                        None => return Err(e),
+                    },
+                };
+                failures = 0;
+                let caught_up = event.records.is_empty()
+                    && event.millis_behind_latest.unwrap_or(0) == 0
+                    && Instant::now() >= next_end_check;
+                let shard_end = if !event.child_shards.is_empty() {
+                    true
+                } else if event.continuation_sequence_number.is_none() || caught_up {
+                    // No continuation without children is malformed; an
+                    // empty event at the tip may be the end of a shard the
+                    // service closed without saying (kinesis-local never
+                    // sends ChildShards): ListShards decides, now and then.
+                    next_end_check = Instant::now() + FAN_OUT_END_CHECK;
+                    self.listed_closed()
+                } else {
+                    false
+                };
+                let last = event
+                    .records
+                    .last()
+                    .map(|r| r.position.sequence_number.clone());
+                let past_checkpoint = passes_checkpoint(resume_after.as_ref(), last.as_ref());
+                if let Some(seq) = event.continuation_sequence_number.clone() {
+                    continuation = Some(seq);
+                }
+                let buffer_bytes = event
+                    .records
+                    .first()
+                    .map_or(0, |r| r.shared.bytes.len() as u64);
+                let (chunk, deaggregated, passed_through) = self.chunk(
+                    event.records.into_iter(),
+                    buffer_bytes,
+                    event.millis_behind_latest,
+                    shard_end,
+                    resume_after.as_ref(),
+                )?;
+                if self.stopped() {
+                    return Ok(());
+                }
+                context.metrics.record(
+                    Some(&self.shard_id),
+                    &[
+                        (Metric::RecordsDeaggregated, deaggregated as f64),
+                        (Metric::AggregatesPassedThrough, passed_through as f64),
+                        (
+                            Metric::MillisBehindLatest,
+                            event.millis_behind_latest.unwrap_or(0) as f64,
+                        ),
+                    ],
+                );
+                if past_checkpoint {
+                    resume_after = None;
+                }
+                if (!chunk.messages.is_empty() || shard_end) && !self.hand_on(chunk) {
+                    return Ok(());
+                }
+                if shard_end {
+                    log::info!("shard {} read to its end (fan-out)", self.shard_id);
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// True when ListShards lists this shard as closed.
+    fn listed_closed(&self) -> bool {
+        let context = &self.context;
+        match context.kinesis.list_shards(&context.stream, None) {
+            Ok(shards) => shards
+                .iter()
+                .any(|s| *s.shard_id == *self.shard_id && s.is_closed()),
+            Err(e) => {
+                log::debug!("shard {}: listing shards failed: {e}", self.shard_id);
+                false
+            }
+        }
+    }
+
     /// Waits in line for room for this shard's next read; `None` when told
     /// to stop.
     fn reserve<'a>(&self, memory: &'a Budget) -> Option<Reservation<'a>> {
@@ -719,13 +877,12 @@ impl<T: Send + 'static> Reader<T> {
     /// record at a time (no intermediate list).
     fn chunk(
         &mut self,
-        kinesis_records: Records,
-        reply: GetRecordsOutput,
+        kinesis_records: impl ExactSizeIterator<Item = Record>,
+        buffer_bytes: u64,
+        millis_behind_latest: Option<u64>,
         shard_end: bool,
         resume_after: Option<&ExtendedSequenceNumber>,
     ) -> Result<(Chunk<T>, u64, u64)> {
-        let buffer_bytes = kinesis_records.buffer_bytes();
-        let kinesis_records = kinesis_records.into_iter();
         let mut messages: Vec<Message<T>> = Vec::with_capacity(kinesis_records.len());
         let handler = &*self.context.handler;
         let stop = &*self.stop;
@@ -797,7 +954,7 @@ impl<T: Send + 'static> Reader<T> {
             // The shared buffer once, and the messages.
             bytes: buffer_bytes + (messages.len() * std::mem::size_of::<Message<T>>()) as u64,
             messages,
-            millis_behind_latest: reply.millis_behind_latest,
+            millis_behind_latest,
             shard_end,
             data_bytes,
         };
@@ -1013,6 +1170,26 @@ fn paced(next_read: Instant, called_at: Instant, data_bytes: u64) -> Instant {
     next_read.max(called_at + read_time)
 }
 
+/// The least wait before subscribing again after a failed subscription or
+/// event, or `None` when the failure ends the reader. A second
+/// subscription of this consumer to the shard is refused for about 5 s
+/// after the first (`ResourceInUseException`); throttling, 5xx, broken
+/// connections and garbled events (a bad checksum) are read again after
+/// the last continuation.
+fn after_subscribe_error(e: &Error) -> Option<Duration> {
+    if e.code() == Some("ResourceInUseException") {
+        Some(Duration::from_secs(1))
+    } else if e.is_retryable() {
+        Some(Duration::from_millis(200))
+    } else {
+        None
+    }
+}
+
+/// How often an idle fan-out reader asks ListShards whether its shard was
+/// closed without the service saying so (see `Reader::subscribe`).
+const FAN_OUT_END_CHECK: Duration = Duration::from_secs(10);
+
 /// Where to read from when a fresh iterator is needed before any record was
 /// handed on, once an iterator was got from `start` at `asked_at`. LATEST
 /// again would skip whatever arrived since the first iterator (a KCL-written
@@ -1105,6 +1282,40 @@ mod tests {
                 "{checkpoint:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_failed_subscription_is_retried_after_its_continuation_or_fatal() {
+        let in_use = service_error(400, "ResourceInUseException");
+        assert_eq!(after_subscribe_error(&in_use), Some(Duration::from_secs(1)));
+        for retried in [
+            service_error(400, "LimitExceededException"),
+            service_error(500, "InternalFailure"),
+            Error::transport(
+                "SubscribeToShard",
+                "http://h",
+                TransportKind::Broken,
+                "reset",
+            ),
+            Error::Decode {
+                operation: "SubscribeToShard",
+                message: "bad checksum".into(),
+            },
+        ] {
+            assert_eq!(
+                after_subscribe_error(&retried),
+                Some(Duration::from_millis(200)),
+                "{retried}"
+            );
+        }
+        assert_eq!(
+            after_subscribe_error(&service_error(400, "ResourceNotFoundException")),
+            None
+        );
+        assert_eq!(
+            after_subscribe_error(&service_error(400, "AccessDeniedException")),
+            None
+        );
     }
 
     #[test]
@@ -1269,6 +1480,7 @@ mod tests {
             retry_wait: Duration::from_millis(1),
             start_timestamp: None,
             read_memory: Arc::new(Budget::new(1 << 30, u64::MAX)),
+            fan_out: None,
             pace_reads: false,
             metrics: Metrics::default(),
             stop_timeout,

@@ -329,13 +329,31 @@ pub fn consumer_builder_at(
         .shard_sync_interval(Duration::from_secs(2))
 }
 
-/// [`consumer_builder_at`] on this test binary's emulators.
+/// [`consumer_builder_at`] on this test binary's emulators, reading through
+/// enhanced fan-out when [`fan_out`] says so.
 pub fn consumer_builder(
     stream: &str,
     app: &str,
 ) -> kinesis_consumer::ConsumerBuilder<kinesis_consumer::Payload> {
     let e = emulators();
-    consumer_builder_at(&e.kinesis_url, &e.dynamodb_url, stream, app)
+    let builder = consumer_builder_at(&e.kinesis_url, &e.dynamodb_url, stream, app);
+    match fan_out() {
+        true => builder.enhanced_fan_out(app),
+        false => builder,
+    }
+}
+
+/// True when the tests read through enhanced fan-out
+/// (`KINESIS_TEST_RETRIEVAL=fan-out`, h2c on kinesis-local) rather than by
+/// polling (the default): scripts/test.sh runs the consumer, scale-out and
+/// processing tests both ways. Tests through the fault proxy (HTTP/1.1)
+/// always poll.
+pub fn fan_out() -> bool {
+    match std::env::var("KINESIS_TEST_RETRIEVAL").as_deref() {
+        Ok("fan-out") => true,
+        Ok("polling") | Err(_) => false,
+        Ok(other) => panic!("KINESIS_TEST_RETRIEVAL={other}: use polling or fan-out"),
+    }
 }
 
 /// Splits the stream's first shard at the middle of its hash range and
