@@ -106,7 +106,9 @@ pub struct ReadmeDoctests;
 
 pub use config::{ConsumerBuilder, InitialPosition};
 pub use error::{Error, HandlerResult, Result, ServiceError, TransportKind};
-pub use lease::{Checkpoint, Lease, LeaseStanding, Standing, inspect_leases, list_leases};
+pub use lease::{
+    BillingMode, Checkpoint, Lease, LeaseStanding, Standing, inspect_leases, list_leases,
+};
 pub use metrics::{
     MetricSample, MetricUnit, MetricsDimension, MetricsHandle, MetricsLevel, PublishStats,
     Statistics,
