@@ -11,8 +11,8 @@ pub mod proxy;
 
 use std::time::Duration;
 
-use kinesis_consumer::aws::ClientConfig;
 use kinesis_consumer::Payload;
+use kinesis_consumer::aws::ClientConfig;
 use kinesis_consumer::aws::credentials::Credentials;
 
 /// Client settings for a local server: fixed region, dummy credentials.

@@ -129,7 +129,9 @@ fn wire_loop(url: &str, seconds: f64) -> (Measured, u64) {
     let (mut records, mut calls) = (0u64, 0u64);
     let started = Instant::now();
     while started.elapsed() < secs(seconds) {
-        let out = client.get_records("shardId-000000000000", &it, 10_000).unwrap();
+        let out = client
+            .get_records("shardId-000000000000", &it, 10_000)
+            .unwrap();
         records += out.records.len() as u64;
         calls += 1;
         it = out.next_shard_iterator.unwrap();
