@@ -3,7 +3,8 @@
 # Builds with --release into $CARGO_TARGET_DIR (default target/bench) and,
 # for the official SDK comparison, $SDK_TARGET_DIR (default target/bench-sdk).
 # Installs the pinned emulators (npm ci in emulators/) when missing.
-# Usage: bash bench/run.sh [throughput|scale|pressure|burst|latency|fan_out_latency|decoders|leases|processors ...]
+# Usage: bash bench/run.sh [throughput|scale|pressure|burst|latency|fan_out_latency|decoders|leases|processors|fleet ...]
+# (fleet, about 15 minutes, runs only when named)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -24,6 +25,7 @@ for b in "${benches[@]}"; do
   echo
   case "$b" in
     throughput) timeout 300 "$bin/throughput" --sdk "$sdk_target/release/kinesis-sdk-bench" ;;
+    fleet) timeout 2400 "$bin/fleet" ;;
     *) timeout 300 "$bin/$b" ;;
   esac
 done

@@ -12,7 +12,7 @@ use crate::aws::credentials::{
 use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
 use crate::error::{Error, Result};
-use crate::lease::Checkpoint;
+use crate::lease::{BillingMode, Checkpoint, TableOptions};
 use crate::metrics::{MetricsDimension, MetricsLevel};
 use crate::record::{Payload, Record};
 use crate::worker::processing::{Checkpointing, ErrorPolicy};
@@ -111,6 +111,7 @@ pub(crate) struct Settings {
     pub(crate) max_leases_per_worker: usize,
     pub(crate) read_memory: Option<u64>,
     pub(crate) pace_reads: bool,
+    pub(crate) lease_table: TableOptions,
 }
 
 impl<T> fmt::Debug for ConsumerBuilder<T> {
@@ -175,6 +176,7 @@ impl ConsumerBuilder<Payload> {
                 max_leases_per_worker: usize::MAX,
                 read_memory: None,
                 pace_reads: true,
+                lease_table: TableOptions::default(),
             },
         }
     }
@@ -756,6 +758,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
                 .metrics_namespace
                 .clone()
                 .unwrap_or_else(|| app_name.clone()),
+            lease_table: lease_table(&s.lease_table, &app_name)?,
             app_name,
             stream_name,
             stream,
@@ -797,6 +800,91 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             },
         ))
     }
+
+    /// The lease table's name. Defaults to the application name (as the
+    /// KCL's and Spark's); set it to keep the application name for
+    /// CloudWatch while the leases live elsewhere, or to follow a naming
+    /// policy.
+    pub fn lease_table_name(mut self, name: impl Into<String>) -> Self {
+        self.settings.lease_table.name = name.into();
+        self
+    }
+
+    /// How the lease table is billed if this consumer creates it (an
+    /// existing table is left as it is). Defaults to
+    /// [`BillingMode::OnDemand`].
+    pub fn lease_table_billing_mode(mut self, mode: BillingMode) -> Self {
+        self.settings.lease_table.billing = mode;
+        self
+    }
+
+    /// Tags (key, value) put on the lease table as this consumer creates it,
+    /// for accounts whose policies refuse untagged tables (up to 50; keys 1
+    /// to 128 characters, not starting with `aws:`; values up to 256).
+    /// Replaces tags given before. Defaults to none.
+    pub fn lease_table_tags<K: Into<String>, V: Into<String>>(
+        mut self,
+        tags: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.settings.lease_table.tags = tags
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        self
+    }
+
+    /// Whether point-in-time recovery is turned on for the lease table
+    /// once this consumer has created it (an extra UpdateContinuousBackups
+    /// call; an existing table is left as it is). Defaults to false.
+    pub fn lease_table_point_in_time_recovery(mut self, enabled: bool) -> Self {
+        self.settings.lease_table.point_in_time_recovery = enabled;
+        self
+    }
+
+    /// Whether the lease table is created with deletion protection (it then
+    /// refuses DeleteTable until that is turned off). Defaults to false.
+    pub fn lease_table_deletion_protection(mut self, enabled: bool) -> Self {
+        self.settings.lease_table.deletion_protection = enabled;
+        self
+    }
+}
+
+/// The lease table settings, checked, with the name resolved.
+fn lease_table(options: &TableOptions, app_name: &str) -> Result<TableOptions> {
+    let mut options = options.clone();
+    if options.name.is_empty() {
+        options.name = app_name.to_owned();
+    }
+    check_name("lease_table_name", &options.name, 3, 255)?;
+    if let BillingMode::Provisioned {
+        read_capacity_units: read,
+        write_capacity_units: write,
+    } = options.billing
+        && (read == 0 || write == 0)
+    {
+        return Err(Error::config(
+            "lease_table_billing_mode",
+            "provisioned read and write capacity units must each be at least 1",
+        ));
+    }
+    if options.tags.len() > 50 {
+        return Err(Error::config("lease_table_tags", "at most 50 tags"));
+    }
+    for (key, value) in &options.tags {
+        if key.is_empty() || key.chars().count() > 128 || key.starts_with("aws:") {
+            return Err(Error::config(
+                "lease_table_tags",
+                format!("tag key {key:?} must be 1 to 128 characters and not start with \"aws:\""),
+            ));
+        }
+        if value.chars().count() > 256 {
+            return Err(Error::config(
+                "lease_table_tags",
+                format!("the value of tag {key:?} is longer than 256 characters"),
+            ));
+        }
+    }
+    Ok(options)
 }
 
 type SharedProvider = Arc<dyn ProvideCredentials>;

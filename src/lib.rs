@@ -41,6 +41,19 @@
 //!   (sequence and sub-sequence number). A record that looks aggregated but
 //!   is not valid is delivered whole, never dropped.
 //!
+//! # Processing models
+//!
+//! The batch handler above is Spark's model. For the KCL's:
+//! [`ConsumerBuilder::checkpointing`] with [`Checkpointing::Manual`] and a
+//! [`Checkpointer`] from [`Consumer::checkpointer`] for checkpoints the
+//! application writes when its sink is durable; [`Batch::events`]
+//! ([`ShardEvent`]) for shards gained, lost, ended and shut down;
+//! [`Consumer::run_processors`] for one [`ShardProcessor`] per shard on its
+//! own thread; [`ConsumerBuilder::error_policy`] ([`ErrorPolicy`]) for
+//! retries and giving up one shard. [`ConsumerBuilder::enhanced_fan_out`]
+//! reads through enhanced fan-out (HTTP/2 `SubscribeToShard`) instead of
+//! polling.
+//!
 //! # Modules
 //!
 //! [`aws`] holds what reaching AWS takes ([`aws::ClientConfig`],
@@ -93,7 +106,9 @@ pub struct ReadmeDoctests;
 
 pub use config::{ConsumerBuilder, InitialPosition};
 pub use error::{Error, HandlerResult, Result, ServiceError, TransportKind};
-pub use lease::{Checkpoint, Lease, LeaseStanding, Standing, inspect_leases, list_leases};
+pub use lease::{
+    BillingMode, Checkpoint, Lease, LeaseStanding, Standing, inspect_leases, list_leases,
+};
 pub use metrics::{
     MetricSample, MetricUnit, MetricsDimension, MetricsHandle, MetricsLevel, PublishStats,
     Statistics,

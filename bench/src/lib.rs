@@ -3,6 +3,7 @@
 
 pub mod backlog;
 pub mod canned;
+pub mod capacity;
 pub mod emulators;
 pub mod http;
 pub mod proc;

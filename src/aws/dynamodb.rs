@@ -106,6 +106,25 @@ pub struct TableDescription {
     pub table_status: String,
     /// The hash key attribute name.
     pub hash_key: Option<String>,
+    /// The hash key's type (`S`, `N` or `B`), from the attribute definitions.
+    pub hash_key_type: Option<String>,
+    /// The sort (range) key attribute name, if the table has one.
+    pub range_key: Option<String>,
+}
+
+/// How [`DynamoDbClient::create_table_with`] creates a table. The default
+/// is an on-demand table without tags or deletion protection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CreateTableOptions {
+    /// Provisioned read and write capacity units (`PROVISIONED` billing);
+    /// `None` for on-demand (`PAY_PER_REQUEST`). Defaults to `None`.
+    pub provisioned: Option<(u64, u64)>,
+    /// Tags (key, value) put on the table as it is created. Defaults to none.
+    pub tags: Vec<(String, String)>,
+    /// Whether the table refuses DeleteTable until this is turned off.
+    /// Defaults to false.
+    pub deletion_protection: bool,
 }
 
 /// A DynamoDB client.
@@ -124,13 +143,50 @@ impl DynamoDbClient {
 
     /// Creates an on-demand (PAY_PER_REQUEST) table with a string hash key.
     pub fn create_table(&self, table: &str, hash_key: &str) -> Result<()> {
-        let input = json!({
+        self.create_table_with(table, hash_key, &CreateTableOptions::default())
+    }
+
+    /// Creates a table with a string hash key, billed, tagged and protected
+    /// as `options` say.
+    pub fn create_table_with(
+        &self,
+        table: &str,
+        hash_key: &str,
+        options: &CreateTableOptions,
+    ) -> Result<()> {
+        let mut input = json!({
             "TableName": table,
             "AttributeDefinitions": [{"AttributeName": hash_key, "AttributeType": "S"}],
             "KeySchema": [{"AttributeName": hash_key, "KeyType": "HASH"}],
             "BillingMode": "PAY_PER_REQUEST",
         });
+        if let Some((read, write)) = options.provisioned {
+            input["BillingMode"] = json!("PROVISIONED");
+            input["ProvisionedThroughput"] =
+                json!({"ReadCapacityUnits": read, "WriteCapacityUnits": write});
+        }
+        if !options.tags.is_empty() {
+            let tags: Vec<Value> = options
+                .tags
+                .iter()
+                .map(|(k, v)| json!({"Key": k, "Value": v}))
+                .collect();
+            input["Tags"] = json!(tags);
+        }
+        if options.deletion_protection {
+            input["DeletionProtectionEnabled"] = json!(true);
+        }
         let _: Value = self.client.call("CreateTable", &input)?;
+        Ok(())
+    }
+
+    /// Turns point-in-time recovery (continuous backups) of a table on or off.
+    pub fn set_point_in_time_recovery(&self, table: &str, enabled: bool) -> Result<()> {
+        let input = json!({
+            "TableName": table,
+            "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": enabled},
+        });
+        let _: Value = self.client.call("UpdateContinuousBackups", &input)?;
         Ok(())
     }
 
@@ -148,6 +204,8 @@ impl DynamoDbClient {
             table_status: String,
             #[serde(default)]
             key_schema: Option<Vec<KeyJson>>,
+            #[serde(default)]
+            attribute_definitions: Option<Vec<AttributeJson>>,
         }
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase")]
@@ -155,20 +213,35 @@ impl DynamoDbClient {
             attribute_name: String,
             key_type: String,
         }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct AttributeJson {
+            attribute_name: String,
+            attribute_type: String,
+        }
         let reply: Reply = self
             .client
             .call("DescribeTable", &json!({"TableName": table}))?;
-        let hash_key = reply
+        let keys = reply.table.key_schema.unwrap_or_default();
+        let key = |kind: &str| {
+            keys.iter()
+                .find(|k| k.key_type == kind)
+                .map(|k| k.attribute_name.clone())
+        };
+        let hash_key = key("HASH");
+        let hash_key_type = reply
             .table
-            .key_schema
+            .attribute_definitions
             .unwrap_or_default()
             .into_iter()
-            .find(|k| k.key_type == "HASH")
-            .map(|k| k.attribute_name);
+            .find(|a| Some(&a.attribute_name) == hash_key.as_ref())
+            .map(|a| a.attribute_type);
         Ok(TableDescription {
             table_name: reply.table.table_name,
             table_status: reply.table.table_status,
+            range_key: key("RANGE"),
             hash_key,
+            hash_key_type,
         })
     }
 

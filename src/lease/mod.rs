@@ -15,9 +15,10 @@ pub(crate) use coordinator::{
 pub(crate) use held::{HeldLeases, Holding};
 pub use plan::Standing;
 use plan::{Lineage, Row};
+pub use table::BillingMode;
 #[cfg(feature = "fuzzing")]
 pub(crate) use table::parse_lease;
-pub(crate) use table::{LeaseStore, LeaseTable};
+pub(crate) use table::{LeaseStore, LeaseTable, TableOptions};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -147,7 +148,9 @@ pub struct LeaseStanding {
 }
 
 /// Reads every lease of an application's lease table, for inspection (see
-/// the `leases` example), through DynamoDB as `config` says. Rows of other entity types and malformed rows are
+/// the `leases` example), through DynamoDB as `config` says. `app_name`
+/// names the table: the application name, or the `lease_table_name` the
+/// consumer was given. Rows of other entity types and malformed rows are
 /// left out; [`inspect_leases`] shows those too.
 pub fn list_leases(config: &crate::aws::ClientConfig, app_name: &str) -> crate::Result<Vec<Lease>> {
     let dynamodb = crate::aws::dynamodb::DynamoDbClient::new(config)?;

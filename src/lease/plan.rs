@@ -422,21 +422,26 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
             false
         });
     }
-    // Ask the busiest workers for leases, several per round if needed, but
-    // never one at or below the target: no ping-pong.
+    // Ask the busiest workers for leases, several per round if needed, up to
+    // the target; a worker gives one only while it holds at least two more
+    // than this one would after it: every move narrows the spread, so there
+    // is no ping-pong, and the fleet ends within one lease of even (asking
+    // only those above the target leaves a worker below the floor stuck
+    // when nobody is above the ceiling).
     let mut victims: Vec<(&str, Vec<&Lease>)> = by_owner.into_iter().collect();
     victims.sort_by_key(|(owner, l)| (std::cmp::Reverse(l.len()), *owner));
     for (owner, mut owned) in victims {
-        let spare = owned.len().saturating_sub(plan.target);
         owned.sort_by_key(|l| (!readable(l), l.shard_id.as_str()));
-        for lease in owned.into_iter().take(spare) {
-            if mine >= plan.target {
+        let mut theirs = owned.len();
+        for lease in owned {
+            if mine >= plan.target || theirs < mine + 2 {
                 break;
             }
             plan.ask
                 .push((lease.shard_id.clone(), owner.to_owned(), lease.counter));
             plan.waiting = true;
             mine += 1;
+            theirs -= 1;
         }
     }
     let released: HashSet<&str> = plan.release.iter().map(String::as_str).collect();
@@ -844,6 +849,51 @@ mod tests {
         let plan = world.plan("me");
         assert_eq!(taken(&plan), ["s0"]);
         assert_eq!(plan.ask.len(), 2);
+    }
+
+    #[test]
+    fn a_worker_below_the_floor_asks_one_at_the_ceiling_and_no_one_ping_pongs() {
+        // A world of leases held as `counts` says: (owner, how many).
+        let world_of = |counts: &[(&str, usize)]| {
+            let owners: Vec<&str> = counts
+                .iter()
+                .flat_map(|(owner, n)| std::iter::repeat_n(*owner, *n))
+                .collect();
+            let shards: Vec<Shard> = (0..owners.len())
+                .map(|i| shard(&format!("s{i:02}"), &[], false))
+                .collect();
+            let rows: Vec<Row> = owners
+                .iter()
+                .enumerate()
+                .map(|(i, o)| lease(&format!("s{i:02}"), &[], Some(o), at("1")))
+                .collect();
+            let mut world = World::new(shards, rows);
+            for (i, o) in owners.iter().enumerate() {
+                if *o == "me" {
+                    world.held.insert(format!("s{i:02}"));
+                }
+            }
+            world
+        };
+        let asked = |plan: &RoundPlan| -> Vec<String> {
+            plan.ask.iter().map(|(_, owner, _)| owner.clone()).collect()
+        };
+        // 10 leases, 3 workers: ceiling 4, floor 3. Nobody is above the
+        // ceiling, but "me" is below the floor: it asks one of 4.
+        let plan = world_of(&[("me", 2), ("a", 4), ("b", 4)]).plan("me");
+        assert_eq!(plan.target, 4);
+        assert_eq!(asked(&plan), ["a"], "{plan:?}");
+        // Within one lease of even: nothing moves (no ping-pong).
+        for counts in [
+            [("me", 3), ("a", 4), ("b", 3)],
+            [("me", 3), ("a", 3), ("b", 4)],
+        ] {
+            let plan = world_of(&counts).plan("me");
+            assert!(plan.ask.is_empty(), "{counts:?}: {plan:?}");
+        }
+        // Far below: several asks, never leaving a giver below the asker.
+        let plan = world_of(&[("me", 0), ("a", 5), ("b", 5)]).plan("me");
+        assert_eq!(asked(&plan), ["a", "a", "b"], "3, 3 and 4 after: {plan:?}");
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::aws::dynamodb::{AttributeValue, DynamoDbClient, Expression, Item};
+use crate::aws::dynamodb::{
+    AttributeValue, CreateTableOptions, DynamoDbClient, Expression, Item, TableDescription,
+};
 use crate::error::{Error, Result};
 use crate::lease::plan::Row;
 use crate::lease::{Checkpoint, Lease};
@@ -186,11 +188,62 @@ pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, MalformedRo
     })
 }
 
+/// How the lease table is billed, when this library creates it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BillingMode {
+    /// On-demand (`PAY_PER_REQUEST`): billed per request, no capacity to
+    /// plan. The default.
+    #[default]
+    OnDemand,
+    /// Provisioned (`PROVISIONED`) with these read and write capacity units
+    /// per second (each at least 1).
+    Provisioned {
+        /// Read capacity units.
+        read_capacity_units: u64,
+        /// Write capacity units.
+        write_capacity_units: u64,
+    },
+}
+
+/// The lease table's name and how to create it (see the builder's
+/// `lease_table_*` settings for the defaults).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TableOptions {
+    /// The table name; empty in the builder until resolved to the
+    /// application name.
+    pub name: String,
+    pub billing: BillingMode,
+    pub tags: Vec<(String, String)>,
+    pub point_in_time_recovery: bool,
+    pub deletion_protection: bool,
+}
+
+/// What is wrong with an existing table's key schema for a lease table,
+/// if anything.
+fn schema_problem(description: &TableDescription) -> Option<String> {
+    let hash = description.hash_key.as_deref();
+    let problem = if hash.is_some_and(|h| h != KEY) {
+        format!("its hash key is {:?}", hash.unwrap_or_default())
+    } else if let Some(range) = &description.range_key {
+        format!("it also has the sort key {range:?}")
+    } else if let Some(t) = description.hash_key_type.as_deref().filter(|t| *t != "S") {
+        format!("its hash key {KEY:?} is of type {t}")
+    } else {
+        return None;
+    };
+    Some(problem)
+}
+
 /// The lease table of one application.
 #[derive(Clone, Debug)]
 pub(crate) struct LeaseTable {
     dynamodb: DynamoDbClient,
     name: String,
+    options: TableOptions,
+    /// Set when this worker created the table and point-in-time recovery
+    /// is still to be turned on (once the table is active).
+    recovery_pending: Arc<Mutex<bool>>,
     /// Malformed rows already warned about (key and reason): each is
     /// logged once, not at every read of the table.
     malformed: Arc<Mutex<HashSet<String>>>,
@@ -198,23 +251,50 @@ pub(crate) struct LeaseTable {
 
 impl LeaseTable {
     pub(crate) fn new(dynamodb: DynamoDbClient, name: &str) -> LeaseTable {
+        LeaseTable::with_options(
+            dynamodb,
+            &TableOptions {
+                name: name.to_owned(),
+                ..TableOptions::default()
+            },
+        )
+    }
+
+    /// The table `options.name`, created as `options` say if it is missing.
+    pub(crate) fn with_options(dynamodb: DynamoDbClient, options: &TableOptions) -> LeaseTable {
         LeaseTable {
             dynamodb,
-            name: name.to_owned(),
+            name: options.name.clone(),
+            options: options.clone(),
+            recovery_pending: Arc::default(),
             malformed: Arc::default(),
         }
     }
 
     /// Creates the table if it does not exist. A table still being created
     /// is [`Error::NotReady`]: startup waits that out (and can be stopped
-    /// meanwhile).
+    /// meanwhile). An existing table is used as it is (its billing, tags and
+    /// backups are left alone), but only if its key schema is a lease
+    /// table's: the string hash key `leaseKey` and no sort key.
     pub(crate) fn ensure_exists(&self) -> Result<()> {
         let description = match self.dynamodb.describe_table(&self.name) {
             Err(e) if e.code() == Some("ResourceNotFoundException") => {
                 log::info!("creating lease table {}", self.name);
-                match self.dynamodb.create_table(&self.name, KEY) {
+                let o = &self.options;
+                let mut create = CreateTableOptions::default();
+                if let BillingMode::Provisioned {
+                    read_capacity_units,
+                    write_capacity_units,
+                } = o.billing
+                {
+                    create.provisioned = Some((read_capacity_units, write_capacity_units));
+                }
+                create.tags = o.tags.clone();
+                create.deletion_protection = o.deletion_protection;
+                match self.dynamodb.create_table_with(&self.name, KEY, &create) {
                     Err(e) if e.code() != Some("ResourceInUseException") => return Err(e),
-                    _ => {}
+                    Err(_) => {}
+                    Ok(()) => *lock(&self.recovery_pending) = o.point_in_time_recovery,
                 }
                 self.dynamodb.describe_table(&self.name)?
             }
@@ -226,16 +306,36 @@ impl LeaseTable {
                 self.name, description.table_status
             )));
         }
-        match description.hash_key.as_deref() {
-            Some(KEY) | None => Ok(()),
-            Some(other) => Err(Error::config(
-                "app_name",
+        if let Some(problem) = schema_problem(&description) {
+            return Err(Error::config(
+                "lease_table_name",
                 format!(
-                    "table {} exists but its key is {other:?}, not {KEY:?}: it is not a lease table",
+                    "table {} exists but {problem}: a lease table has the string (S) hash key {KEY:?} and no sort key; choose another lease_table_name (or app_name), or delete the table",
                     self.name
                 ),
-            )),
+            ));
         }
+        // Only backups can be turned on once the table is active.
+        if *lock(&self.recovery_pending) {
+            self.dynamodb
+                .set_point_in_time_recovery(&self.name, true)
+                .map_err(|e| {
+                    if e.may_pass() {
+                        // Startup retries it; still pending.
+                        return e;
+                    }
+                    Error::config(
+                        "lease_table_point_in_time_recovery",
+                        format!(
+                            "lease table {} was created, but turning point-in-time recovery on failed (turn it on yourself, or give the consumer dynamodb:UpdateContinuousBackups): {e}",
+                            self.name
+                        ),
+                    )
+                })?;
+            *lock(&self.recovery_pending) = false;
+            log::info!("point-in-time recovery on for lease table {}", self.name);
+        }
+        Ok(())
     }
 
     /// Forgets malformed rows no longer in the table, so the set of rows
@@ -643,6 +743,24 @@ mod tests {
             parse_lease(&item(bad)).unwrap_err(),
             MalformedRow::BadTimestamp
         );
+    }
+
+    #[test]
+    fn only_a_string_lease_key_without_a_sort_key_is_a_lease_table() {
+        let table = |hash: &str, kind: &str, range: Option<&str>| TableDescription {
+            table_name: "t".into(),
+            table_status: "ACTIVE".into(),
+            hash_key: Some(hash.into()),
+            hash_key_type: Some(kind.into()),
+            range_key: range.map(Into::into),
+        };
+        assert_eq!(schema_problem(&table(KEY, "S", None)), None);
+        let wrong_name = schema_problem(&table("shardId", "S", None)).unwrap();
+        assert!(wrong_name.contains("\"shardId\""), "{wrong_name}");
+        let sort = schema_problem(&table(KEY, "S", Some("at"))).unwrap();
+        assert!(sort.contains("sort key \"at\""), "{sort}");
+        let number = schema_problem(&table(KEY, "N", None)).unwrap();
+        assert!(number.contains("type N"), "{number}");
     }
 
     #[test]

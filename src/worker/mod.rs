@@ -88,6 +88,8 @@ pub(crate) struct ConsumerSettings {
     pub error_policy: ErrorPolicy,
     /// Enhanced fan-out's consumer name; `None`: polling.
     pub fan_out_consumer: Option<String>,
+    /// The lease table's name and how to create it.
+    pub lease_table: crate::lease::TableOptions,
 }
 
 /// The service clients a built consumer uses, and the shutdown flag its
@@ -173,7 +175,7 @@ impl<T: Send + 'static> Consumer<T> {
             &settings.worker_id,
             &settings.stream_name,
         );
-        let table = LeaseTable::new(dynamodb, &settings.app_name);
+        let table = LeaseTable::with_options(dynamodb, &settings.lease_table);
         let held = Arc::new(HeldLeases::new(
             Arc::new(table),
             settings.worker_id.clone(),

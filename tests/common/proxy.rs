@@ -223,6 +223,8 @@ struct State {
     counts: Mutex<Counts>,
     rng: Mutex<u64>,
     stop: AtomicBool,
+    /// Request bodies of the operations asked to be recorded (see `record`).
+    recorded: Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// A running proxy; it stops accepting when dropped.
@@ -257,6 +259,7 @@ impl Proxy {
             counts: Mutex::new(Counts::default()),
             rng: Mutex::new(0x9E37_79B9_7F4A_7C15 ^ addr.port() as u64),
             stop: AtomicBool::new(false),
+            recorded: Mutex::new(HashMap::new()),
         });
         let shared = state.clone();
         std::thread::Builder::new()
@@ -292,6 +295,18 @@ impl Proxy {
     /// The URL to give the library (for Kinesis and for DynamoDB).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// From now on, keeps the body of every `operation` request.
+    pub fn record(&self, operation: &str) {
+        let mut recorded = self.state.recorded.lock().unwrap();
+        recorded.entry(operation.to_owned()).or_default();
+    }
+
+    /// The bodies of the `operation` requests kept since `record`.
+    pub fn recorded(&self, operation: &str) -> Vec<String> {
+        let recorded = self.state.recorded.lock().unwrap();
+        recorded.get(operation).cloned().unwrap_or_default()
     }
 
     /// Adds a rule; rules are tried in the order added, the first that
@@ -409,6 +424,9 @@ fn serve(state: &State, client: TcpStream) -> std::io::Result<()> {
     let target = request.header("x-amz-target").unwrap_or("").to_owned();
     let (prefix, operation) = target.split_once('.').unwrap_or(("", target.as_str()));
     let operation = operation.to_owned();
+    if let Some(bodies) = state.recorded.lock().unwrap().get_mut(&operation) {
+        bodies.push(String::from_utf8_lossy(&request.body).into_owned());
+    }
     let upstream = if prefix.starts_with("DynamoDB") {
         state.dynamodb.clone()
     } else {

@@ -1,0 +1,344 @@
+//! Lease table options: its name, billing mode, tags, point-in-time
+//! recovery and deletion protection reach CreateTable (requests recorded by
+//! the test proxy); a table whose key schema is not a lease table's is
+//! refused with an error naming the table and what is wrong.
+
+mod common;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::proxy::{Fault, Proxy, Trigger};
+use kinesis_consumer::{BillingMode, ConsumerBuilder, Error, Payload};
+use serde_json::{Value, json};
+
+/// Runs `builder`'s consumer until `table` has a lease with an owner (or
+/// `run` ends), then stops it; returns what `run` returned.
+fn run_until_leased(
+    builder: ConsumerBuilder<Payload>,
+    table: &str,
+) -> kinesis_consumer::Result<()> {
+    let consumer = builder.build().unwrap();
+    let stop = consumer.shutdown_handle();
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(consumer.run(|_batch| Ok(())));
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(result) = finished.try_recv() {
+            return result;
+        }
+        let leases = kinesis_consumer::list_leases(
+            &common::config(&common::emulators().dynamodb_url),
+            table,
+        )
+        .unwrap_or_default();
+        if leases.iter().any(|l| l.owner.is_some()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.shutdown();
+    finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("run returns after shutdown")
+}
+
+fn recorded_one(proxy: &Proxy, operation: &str) -> Value {
+    let bodies = proxy.recorded(operation);
+    assert_eq!(bodies.len(), 1, "{operation} requests: {bodies:?}");
+    serde_json::from_str(&bodies[0]).unwrap()
+}
+
+#[test]
+fn table_options_reach_create_table() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("app");
+    let table = common::unique_name("leases");
+    let proxy = Proxy::for_emulators();
+    proxy.record("CreateTable");
+    proxy.record("UpdateContinuousBackups");
+    // dynalite has no UpdateContinuousBackups: answer as DynamoDB does.
+    proxy.add(
+        "UpdateContinuousBackups",
+        Trigger::Always,
+        Fault::Body(
+            r#"{"ContinuousBackupsDescription":{"ContinuousBackupsStatus":"ENABLED","PointInTimeRecoveryDescription":{"PointInTimeRecoveryStatus":"ENABLED"}}}"#,
+        ),
+    );
+    let builder = common::consumer_builder_at(proxy.url(), proxy.url(), &stream, &app)
+        .lease_table_name(&table)
+        .lease_table_billing_mode(BillingMode::Provisioned {
+            read_capacity_units: 5,
+            write_capacity_units: 7,
+        })
+        .lease_table_tags([("team", "data"), ("cost-center", "42")])
+        .lease_table_point_in_time_recovery(true)
+        .lease_table_deletion_protection(true);
+    run_until_leased(builder, &table).unwrap();
+
+    let create = recorded_one(&proxy, "CreateTable");
+    assert_eq!(create["TableName"], json!(table));
+    assert_eq!(create["BillingMode"], json!("PROVISIONED"));
+    assert_eq!(
+        create["ProvisionedThroughput"],
+        json!({"ReadCapacityUnits": 5, "WriteCapacityUnits": 7})
+    );
+    assert_eq!(
+        create["Tags"],
+        json!([{"Key": "team", "Value": "data"}, {"Key": "cost-center", "Value": "42"}])
+    );
+    assert_eq!(create["DeletionProtectionEnabled"], json!(true));
+    assert_eq!(
+        create["KeySchema"],
+        json!([{"AttributeName": "leaseKey", "KeyType": "HASH"}])
+    );
+    let backups = recorded_one(&proxy, "UpdateContinuousBackups");
+    assert_eq!(backups["TableName"], json!(table));
+    assert_eq!(
+        backups["PointInTimeRecoverySpecification"],
+        json!({"PointInTimeRecoveryEnabled": true})
+    );
+    // The leases are in the named table; none under the application name.
+    assert!(
+        !kinesis_consumer::list_leases(&common::config(&common::emulators().dynamodb_url), &table)
+            .unwrap()
+            .is_empty()
+    );
+    let missing = common::dynamodb().describe_table(&app).unwrap_err();
+    assert_eq!(missing.code(), Some("ResourceNotFoundException"));
+}
+
+#[test]
+fn by_default_the_table_is_the_application_name_on_demand_untagged() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("app");
+    let proxy = Proxy::for_emulators();
+    proxy.record("CreateTable");
+    proxy.record("UpdateContinuousBackups");
+    let builder = common::consumer_builder_at(proxy.url(), proxy.url(), &stream, &app);
+    run_until_leased(builder, &app).unwrap();
+    let create = recorded_one(&proxy, "CreateTable");
+    assert_eq!(create["TableName"], json!(app));
+    assert_eq!(create["BillingMode"], json!("PAY_PER_REQUEST"));
+    for absent in ["ProvisionedThroughput", "Tags", "DeletionProtectionEnabled"] {
+        assert!(create.get(absent).is_none(), "{absent} in {create}");
+    }
+    assert!(proxy.recorded("UpdateContinuousBackups").is_empty());
+}
+
+fn refused(builder: ConsumerBuilder<Payload>, table: &str) -> (&'static str, String) {
+    let started = Instant::now();
+    match run_until_leased(builder, table) {
+        Err(Error::Config { setting, reason }) => {
+            // Refused at startup, not after the minute of startup retries.
+            assert!(started.elapsed() < Duration::from_secs(10));
+            (setting, reason)
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_table_with_another_hash_key_is_refused_naming_it() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("app");
+    let table = common::unique_name("not-leases");
+    common::dynamodb().create_table(&table, "shardId").unwrap();
+    let builder = common::consumer_builder(&stream, &app).lease_table_name(&table);
+    let (setting, reason) = refused(builder, &table);
+    assert_eq!(setting, "lease_table_name");
+    assert!(reason.contains(&table), "{reason}");
+    assert!(reason.contains("hash key is \"shardId\""), "{reason}");
+    assert!(reason.contains("\"leaseKey\""), "{reason}");
+}
+
+#[test]
+fn a_table_with_a_sort_key_is_refused_naming_it() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("app");
+    let proxy = Proxy::for_emulators();
+    // dynalite's table would be fine; DescribeTable shows a composite key.
+    let description: &'static str = Box::leak(
+        format!(
+            r#"{{"Table":{{"TableName":"{app}","TableStatus":"ACTIVE","KeySchema":[{{"AttributeName":"leaseKey","KeyType":"HASH"}},{{"AttributeName":"at","KeyType":"RANGE"}}],"AttributeDefinitions":[{{"AttributeName":"leaseKey","AttributeType":"S"}},{{"AttributeName":"at","AttributeType":"N"}}]}}}}"#
+        )
+        .into_boxed_str(),
+    );
+    proxy.add("DescribeTable", Trigger::Always, Fault::Body(description));
+    let builder = common::consumer_builder_at(proxy.url(), proxy.url(), &stream, &app);
+    let (setting, reason) = refused(builder, &app);
+    assert_eq!(setting, "lease_table_name");
+    assert!(reason.contains(&app), "{reason}");
+    assert!(reason.contains("sort key \"at\""), "{reason}");
+    assert!(proxy.requests("Scan") == 0, "no lease was read");
+}
+
+#[test]
+fn bad_table_options_fail_the_build_naming_the_setting() {
+    let base = || {
+        kinesis_consumer::Consumer::builder()
+            .app_name("app")
+            .stream_name("s")
+            .region("us-east-1")
+            .endpoint_url("http://127.0.0.1:9")
+    };
+    let setting = |b: ConsumerBuilder<Payload>| match b.build() {
+        Err(Error::Config { setting, .. }) => setting,
+        other => panic!("expected a configuration error, got {other:?}"),
+    };
+    assert_eq!(setting(base().lease_table_name("a b")), "lease_table_name");
+    assert_eq!(setting(base().lease_table_name("ab")), "lease_table_name");
+    let zero = BillingMode::Provisioned {
+        read_capacity_units: 0,
+        write_capacity_units: 1,
+    };
+    assert_eq!(
+        setting(base().lease_table_billing_mode(zero)),
+        "lease_table_billing_mode"
+    );
+    assert_eq!(
+        setting(base().lease_table_tags([("aws:x", "y")])),
+        "lease_table_tags"
+    );
+    let many: Vec<(String, String)> = (0..51).map(|i| (format!("k{i}"), String::new())).collect();
+    assert_eq!(setting(base().lease_table_tags(many)), "lease_table_tags");
+    assert!(base().lease_table_name("my.leases-1").build().is_ok());
+}
+
+// ---- a table the KCL wrote ----
+
+use kinesis_consumer::__test_support::{AttributeValue, Item};
+use kinesis_consumer::aws::kinesis::{PutRecordsEntry, Shard};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// Puts `count` records named `{prefix}-{i}` into the shard whose range
+/// starts at `hash_key`; their sequence numbers, in order.
+fn put_at(stream: &str, hash_key: &str, prefix: &str, count: usize) -> Vec<String> {
+    let entries: Vec<PutRecordsEntry> = (0..count)
+        .map(|i| PutRecordsEntry {
+            partition_key: format!("{prefix}-{i}"),
+            explicit_hash_key: Some(hash_key.to_owned()),
+            data: format!("{prefix}-{i}").into_bytes(),
+        })
+        .collect();
+    common::kinesis()
+        .put_records(stream, &entries)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap().sequence_number.as_str().to_owned())
+        .collect()
+}
+
+/// A row as the KCL 2.x writes it (its columns only).
+fn kcl_row(shard: &Shard, owner: Option<&str>, counter: u64, checkpoint: &str) -> Item {
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    let n = |v: u64| AttributeValue::N(v.to_string());
+    let mut item: Item = HashMap::from([
+        ("leaseKey".to_owned(), s(&shard.shard_id)),
+        ("leaseCounter".to_owned(), n(counter)),
+        ("checkpoint".to_owned(), s(checkpoint)),
+        ("checkpointSubSequenceNumber".to_owned(), n(0)),
+        ("ownerSwitchesSinceCheckpoint".to_owned(), n(2)),
+        ("startingHashKey".to_owned(), s(&shard.starting_hash_key)),
+        ("endingHashKey".to_owned(), s(&shard.ending_hash_key)),
+    ]);
+    if let Some(owner) = owner {
+        item.insert("leaseOwner".into(), s(owner));
+    }
+    let parents: Vec<String> = shard.parents().map(str::to_owned).collect();
+    if !parents.is_empty() {
+        item.insert("parentShardId".into(), AttributeValue::SS(parents));
+    }
+    item
+}
+
+#[test]
+fn a_table_the_kcl_wrote_is_continued_from() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("app");
+    let k = common::kinesis();
+    let listed = k.list_shards(&stream, None).unwrap();
+    let (first, second) = (listed[0].clone(), listed[1].clone());
+    put_at(&stream, &first.starting_hash_key, "parent", 10);
+    let second_seqs = put_at(&stream, &second.starting_hash_key, "second", 10);
+    common::split_first_shard(&stream);
+    let children: Vec<Shard> = k
+        .list_shards(&stream, None)
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.parents().any(|p| p == first.shard_id))
+        .collect();
+    assert_eq!(children.len(), 2);
+    put_at(&stream, &first.starting_hash_key, "child", 10);
+
+    // The KCL's fleet stopped (kill -9) with: the parent read to its end,
+    // its children's leases created but not started, the second shard
+    // checkpointed at its 5th record by a worker that is gone.
+    let d = common::dynamodb();
+    d.create_table(&app, "leaseKey").unwrap();
+    d.wait_until_active(&app, Duration::from_secs(10)).unwrap();
+    let mut parent = kcl_row(&first, Some("kcl-host:1f3a"), 41, "SHARD_END");
+    let ids: Vec<String> = children.iter().map(|c| c.shard_id.clone()).collect();
+    parent.insert("childShardIds".into(), AttributeValue::SS(ids));
+    d.put_item(&app, &parent, None).unwrap();
+    for child in &children {
+        d.put_item(&app, &kcl_row(child, None, 0, "TRIM_HORIZON"), None)
+            .unwrap();
+    }
+    let fifth = &second_seqs[4];
+    d.put_item(
+        &app,
+        &kcl_row(&second, Some("kcl-host:77c0"), 17, fifth),
+        None,
+    )
+    .unwrap();
+
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let g = got.clone();
+    let consumer = common::consumer_builder(&stream, &app).build().unwrap();
+    let stop = consumer.shutdown_handle();
+    let thread = std::thread::spawn(move || {
+        consumer.run(move |batch| {
+            let mut g = g.lock().unwrap();
+            for m in batch.messages() {
+                g.push(String::from_utf8_lossy(m.value()).into_owned());
+            }
+            Ok(())
+        })
+    });
+    let expected: BTreeSet<String> = (5..10)
+        .map(|i| format!("second-{i}"))
+        .chain((0..10).map(|i| format!("child-{i}")))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while got.lock().unwrap().len() < expected.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Time for anything that should not come to come.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    let got = got.lock().unwrap().clone();
+    let delivered: BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(delivered, expected, "delivered {got:?}");
+    assert_eq!(got.len(), expected.len(), "nothing twice: {got:?}");
+
+    let rows: HashMap<String, Item> = d
+        .scan(&app)
+        .unwrap()
+        .into_iter()
+        .map(|i| (i["leaseKey"].as_s().unwrap().to_owned(), i))
+        .collect();
+    let row = &rows[&second.shard_id];
+    // The KCL's counter went on; the checkpoint is the shard's last record.
+    let counter: u64 = row["leaseCounter"].as_n().unwrap().parse().unwrap();
+    assert!(counter > 17, "{row:?}");
+    assert_eq!(row["checkpoint"].as_s(), Some(second_seqs[9].as_str()));
+    // The parent stays finished (or is deleted once its children started).
+    if let Some(p) = rows.get(&first.shard_id) {
+        assert_eq!(p["checkpoint"].as_s(), Some("SHARD_END"));
+    }
+}
