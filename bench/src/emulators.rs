@@ -122,3 +122,39 @@ pub fn kinesalite() -> Emulator {
         ],
     )
 }
+
+/// kinesis-local (Kinesis, with enhanced fan-out: SubscribeToShard over
+/// h2c on its plain port). Configured by environment, not flags; stream
+/// state changes shortened to 50 ms as in the tests.
+pub fn kinesis_local() -> Emulator {
+    install();
+    let d = dir();
+    let pkg = d.join("node_modules/kinesis-local");
+    let (port, tls_port) = (free_port(), free_port());
+    let mut cmd = Command::new("node");
+    cmd.arg("-r")
+        .arg(d.join("loopback.js"))
+        .arg(pkg.join("main.js"))
+        .current_dir(&pkg)
+        .env("KINESIS_MOCK_CERT_PATH", pkg.join("server.json"))
+        .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
+        .env("KINESIS_MOCK_TLS_PORT", tls_port.to_string())
+        .env("LOG_LEVEL", "WARN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for var in [
+        "CREATE_STREAM_DURATION",
+        "DELETE_STREAM_DURATION",
+        "REGISTER_STREAM_CONSUMER_DURATION",
+    ] {
+        cmd.env(var, "50ms");
+    }
+    let child = cmd.spawn().expect("start node");
+    wait_for_port(port);
+    Emulator {
+        url: format!("http://127.0.0.1:{port}"),
+        port,
+        child,
+    }
+}
