@@ -422,19 +422,21 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
             false
         });
     }
-    // Ask the busiest workers for leases, several per round if needed, up to
-    // the target; a worker gives one only while it holds at least two more
-    // than this one would after it: every move narrows the spread, so there
-    // is no ping-pong, and the fleet ends within one lease of even (asking
-    // only those above the target leaves a worker below the floor stuck
-    // when nobody is above the ceiling).
+    // Ask the busiest workers for leases, several per round if needed, up
+    // to the target (the ceiling of an even share). A worker above the
+    // target gives what it holds beyond it; one at the target gives one more
+    // only to a worker two or more below it, and never goes below the floor:
+    // every move narrows the spread (no ping-pong), and a worker below the
+    // floor is not left stuck when nobody is above the ceiling.
+    let floor = open.len() / plan.workers;
     let mut victims: Vec<(&str, Vec<&Lease>)> = by_owner.into_iter().collect();
     victims.sort_by_key(|(owner, l)| (std::cmp::Reverse(l.len()), *owner));
     for (owner, mut owned) in victims {
         owned.sort_by_key(|l| (!readable(l), l.shard_id.as_str()));
         let mut theirs = owned.len();
         for lease in owned {
-            if mine >= plan.target || theirs < mine + 2 {
+            let gives = theirs > plan.target || (theirs > floor && theirs >= mine + 2);
+            if mine >= plan.target || !gives {
                 break;
             }
             plan.ask
@@ -894,6 +896,16 @@ mod tests {
         // Far below: several asks, never leaving a giver below the asker.
         let plan = world_of(&[("me", 0), ("a", 5), ("b", 5)]).plan("me");
         assert_eq!(asked(&plan), ["a", "a", "b"], "3, 3 and 4 after: {plan:?}");
+        // A worker joining 3 others at 5, 5, 5 (15 leases: ceiling 4,
+        // floor 3): 4, 3, 4, 4 after, nobody drained below the floor (the
+        // giver of the most, "a", stops at the floor).
+        let plan = world_of(&[("me", 0), ("a", 5), ("b", 5), ("c", 5)]).plan("me");
+        assert_eq!(asked(&plan), ["a", "a", "b", "c"], "{plan:?}");
+        // 20 leases among 4 (ceiling and floor 5): each gives what it holds
+        // beyond the ceiling, no more.
+        let plan = world_of(&[("me", 0), ("a", 7), ("b", 7), ("c", 6)]).plan("me");
+        assert_eq!(plan.target, 5);
+        assert_eq!(asked(&plan), ["a", "a", "b", "b", "c"], "{plan:?}");
     }
 
     #[test]
