@@ -431,34 +431,9 @@ impl Client {
         body: &[u8],
         admit: &mut dyn FnMut(u64) -> bool,
     ) -> Result<Option<Vec<u8>>> {
-        let credentials = self.credentials.credentials()?;
-        let target = format!("{}.{}", self.protocol.target_prefix, operation);
-        let headers = [
-            ("content-type", self.protocol.content_type),
-            ("host", self.endpoint.host_header()),
-            ("x-amz-target", target.as_str()),
-        ];
-        let request = SignableRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            body,
-        };
-        let signed = sigv4::sign(
-            &request,
-            &credentials,
-            &self.region,
-            self.protocol.service.signing_name(),
-            SystemTime::now(),
-            &SigningOptions::default(),
-        );
         let mut req = self.agent.post(self.endpoint.url());
-        for (name, value) in headers.iter().filter(|(n, _)| *n != "host") {
-            req = req.header(*name, *value);
-        }
-        for (name, value) in &signed {
-            req = req.header(*name, value.as_str());
+        for (name, value) in &self.signed_headers(operation, body)? {
+            req = req.header(name.as_str(), value.as_str());
         }
         let url = self.endpoint.url();
         let mut reply = req
