@@ -241,14 +241,6 @@ fn duplicates(delivered: &[Delivered]) -> Vec<(String, usize)> {
 
 // ---- the lease table, as another worker or an operator sees it ----
 
-fn s(v: &str) -> AttributeValue {
-    AttributeValue::S(v.to_owned())
-}
-
-fn n(v: u64) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
 /// Every row of an application's lease table, by lease key (none before
 /// the table exists).
 fn rows(app: &str) -> HashMap<String, Item> {
@@ -268,35 +260,6 @@ fn owner_of(row: &Item) -> Option<&str> {
 
 fn checkpoint_of(row: &Item) -> Option<&str> {
     row.get("checkpoint").and_then(AttributeValue::as_s)
-}
-
-/// Creates the lease table the way the library does (key `leaseKey`), so
-/// that rows can be written before a consumer starts.
-fn create_lease_table(app: &str) {
-    let d = common::dynamodb();
-    d.create_table(app, "leaseKey").unwrap();
-    d.wait_until_active(app, Duration::from_secs(10)).unwrap();
-}
-
-/// A lease row in the KCL's layout, as a worker of an earlier run left it.
-fn lease_row(shard: &Shard, owner: Option<&str>, counter: u64, checkpoint: &str) -> Item {
-    let mut item: Item = HashMap::from([
-        ("leaseKey".to_owned(), s(&shard.shard_id)),
-        ("leaseCounter".to_owned(), n(counter)),
-        ("checkpoint".to_owned(), s(checkpoint)),
-        ("checkpointSubSequenceNumber".to_owned(), n(0)),
-        ("ownerSwitchesSinceCheckpoint".to_owned(), n(0)),
-        ("startingHashKey".to_owned(), s(&shard.starting_hash_key)),
-        ("endingHashKey".to_owned(), s(&shard.ending_hash_key)),
-    ]);
-    if let Some(owner) = owner {
-        item.insert("leaseOwner".into(), s(owner));
-    }
-    let parents: Vec<String> = shard.parents().map(str::to_owned).collect();
-    if !parents.is_empty() {
-        item.insert("parentShardId".into(), AttributeValue::SS(parents));
-    }
-    item
 }
 
 fn write_row(app: &str, item: &Item) {
@@ -523,12 +486,12 @@ fn an_orphaned_parent_never_blocks_its_children() {
     }
     let proxy = Proxy::for_emulators();
     expire_shard(&proxy, &stream, &parent.shard_id, 0);
-    create_lease_table(&app);
+    common::create_lease_table(&app);
     // The last owner crashed half way through the parent.
     let checkpoint = expired[4].seq.as_str().to_owned();
     write_row(
         &app,
-        &lease_row(&parent, Some("worker-of-last-month"), 12, &checkpoint),
+        &common::kcl_lease_row(&parent, Some("worker-of-last-month"), 12, &checkpoint),
     );
 
     let e = common::emulators();
@@ -571,10 +534,10 @@ fn a_reader_told_its_shard_is_gone_does_not_stop_the_consumer() {
     let fresh = put(&stream, "child", 40);
     let proxy = Proxy::for_emulators();
     expire_shard(&proxy, &stream, &parent.shard_id, 1);
-    create_lease_table(&app);
+    common::create_lease_table(&app);
     // Released by a graceful shutdown half way through the parent.
     let checkpoint = expired[4].seq.as_str().to_owned();
-    write_row(&app, &lease_row(&parent, None, 12, &checkpoint));
+    write_row(&app, &common::kcl_lease_row(&parent, None, 12, &checkpoint));
 
     let e = common::emulators();
     let run = Running::start(
@@ -629,8 +592,8 @@ fn a_malformed_parent_row_keeps_its_children_waiting() {
         !of_children.is_empty() && !of_others.is_empty(),
         "precondition: records in the children and elsewhere"
     );
-    create_lease_table(&app);
-    write_row(&app, &lease_row(&parent, None, 3, "nonsense"));
+    common::create_lease_table(&app);
+    write_row(&app, &common::kcl_lease_row(&parent, None, 3, "nonsense"));
 
     let run = Running::start(
         "worker",
@@ -682,16 +645,16 @@ fn the_leases_example_explains_expired_and_malformed_rows() {
         .unwrap();
     let proxy = Proxy::for_emulators();
     expire_shard(&proxy, &stream, &parent.shard_id, 0);
-    create_lease_table(&app);
+    common::create_lease_table(&app);
     let checkpoint = of_shard(&expired, &parent.shard_id)[0]
         .seq
         .as_str()
         .to_owned();
     write_row(
         &app,
-        &lease_row(&parent, Some("old-worker"), 12, &checkpoint),
+        &common::kcl_lease_row(&parent, Some("old-worker"), 12, &checkpoint),
     );
-    write_row(&app, &lease_row(&other, None, 3, "nonsense"));
+    write_row(&app, &common::kcl_lease_row(&other, None, 3, "nonsense"));
 
     let e = common::emulators();
     let out = Command::new(common::example_binary("leases"))
@@ -885,8 +848,11 @@ fn one_hung_lease_write_costs_no_other_lease() {
 fn dead_owner_then_split(stream: &str, app: &str) -> (Vec<Put>, Shard, Vec<Put>) {
     let of_parent = put(stream, "parent", 20);
     let x = shards(stream).remove(0);
-    create_lease_table(app);
-    write_row(app, &lease_row(&x, Some("dead-worker"), 7, "TRIM_HORIZON"));
+    common::create_lease_table(app);
+    write_row(
+        app,
+        &common::kcl_lease_row(&x, Some("dead-worker"), 7, "TRIM_HORIZON"),
+    );
     common::split_first_shard(stream);
     (of_parent, x, put(stream, "child", 40))
 }

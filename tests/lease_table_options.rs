@@ -232,29 +232,6 @@ fn put_at(stream: &str, hash_key: &str, prefix: &str, count: usize) -> Vec<Strin
         .collect()
 }
 
-/// A row as the KCL 2.x writes it (its columns only).
-fn kcl_row(shard: &Shard, owner: Option<&str>, counter: u64, checkpoint: &str) -> Item {
-    let s = |v: &str| AttributeValue::S(v.to_owned());
-    let n = |v: u64| AttributeValue::N(v.to_string());
-    let mut item: Item = HashMap::from([
-        ("leaseKey".to_owned(), s(&shard.shard_id)),
-        ("leaseCounter".to_owned(), n(counter)),
-        ("checkpoint".to_owned(), s(checkpoint)),
-        ("checkpointSubSequenceNumber".to_owned(), n(0)),
-        ("ownerSwitchesSinceCheckpoint".to_owned(), n(2)),
-        ("startingHashKey".to_owned(), s(&shard.starting_hash_key)),
-        ("endingHashKey".to_owned(), s(&shard.ending_hash_key)),
-    ]);
-    if let Some(owner) = owner {
-        item.insert("leaseOwner".into(), s(owner));
-    }
-    let parents: Vec<String> = shard.parents().map(str::to_owned).collect();
-    if !parents.is_empty() {
-        item.insert("parentShardId".into(), AttributeValue::SS(parents));
-    }
-    item
-}
-
 #[test]
 fn a_table_the_kcl_wrote_is_continued_from() {
     let stream = common::create_stream(2);
@@ -278,20 +255,23 @@ fn a_table_the_kcl_wrote_is_continued_from() {
     // its children's leases created but not started, the second shard
     // checkpointed at its 5th record by a worker that is gone.
     let d = common::dynamodb();
-    d.create_table(&app, "leaseKey").unwrap();
-    d.wait_until_active(&app, Duration::from_secs(10)).unwrap();
-    let mut parent = kcl_row(&first, Some("kcl-host:1f3a"), 41, "SHARD_END");
+    common::create_lease_table(&app);
+    let mut parent = common::kcl_lease_row(&first, Some("kcl-host:1f3a"), 41, "SHARD_END");
     let ids: Vec<String> = children.iter().map(|c| c.shard_id.clone()).collect();
     parent.insert("childShardIds".into(), AttributeValue::SS(ids));
     d.put_item(&app, &parent, None).unwrap();
     for child in &children {
-        d.put_item(&app, &kcl_row(child, None, 0, "TRIM_HORIZON"), None)
-            .unwrap();
+        d.put_item(
+            &app,
+            &common::kcl_lease_row(child, None, 0, "TRIM_HORIZON"),
+            None,
+        )
+        .unwrap();
     }
     let fifth = &second_seqs[4];
     d.put_item(
         &app,
-        &kcl_row(&second, Some("kcl-host:77c0"), 17, fifth),
+        &common::kcl_lease_row(&second, Some("kcl-host:77c0"), 17, fifth),
         None,
     )
     .unwrap();

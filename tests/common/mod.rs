@@ -532,3 +532,41 @@ pub fn aws_env(mut command: Command) -> Command {
         .env_remove("AWS_PROFILE");
     command
 }
+
+/// Creates a lease table the way the library does (key `leaseKey`), so
+/// that rows can be written before a consumer starts.
+pub fn create_lease_table(table: &str) {
+    let d = dynamodb();
+    d.create_table(table, "leaseKey").unwrap();
+    d.wait_until_active(table, Duration::from_secs(10)).unwrap();
+}
+
+/// A lease row in the KCL's layout (its columns only), as a worker of an
+/// earlier run, or a KCL worker, left it.
+pub fn kcl_lease_row(
+    shard: &kinesis_consumer::aws::kinesis::Shard,
+    owner: Option<&str>,
+    counter: u64,
+    checkpoint: &str,
+) -> kinesis_consumer::__test_support::Item {
+    use kinesis_consumer::__test_support::AttributeValue;
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    let n = |v: u64| AttributeValue::N(v.to_string());
+    let mut item: kinesis_consumer::__test_support::Item = std::collections::HashMap::from([
+        ("leaseKey".to_owned(), s(&shard.shard_id)),
+        ("leaseCounter".to_owned(), n(counter)),
+        ("checkpoint".to_owned(), s(checkpoint)),
+        ("checkpointSubSequenceNumber".to_owned(), n(0)),
+        ("ownerSwitchesSinceCheckpoint".to_owned(), n(0)),
+        ("startingHashKey".to_owned(), s(&shard.starting_hash_key)),
+        ("endingHashKey".to_owned(), s(&shard.ending_hash_key)),
+    ]);
+    if let Some(owner) = owner {
+        item.insert("leaseOwner".into(), s(owner));
+    }
+    let parents: Vec<String> = shard.parents().map(str::to_owned).collect();
+    if !parents.is_empty() {
+        item.insert("parentShardId".into(), AttributeValue::SS(parents));
+    }
+    item
+}
