@@ -13,7 +13,7 @@ use crate::lease::{CoordinatorEvent, HeldLeases};
 use crate::metrics::{Metric, Metrics};
 use crate::record::Record;
 use crate::worker::MessageHandler;
-use crate::worker::batch::Message;
+use crate::worker::batch::{Message, ShardBatch};
 use crate::worker::budget::Budget;
 use crate::worker::checkpointer::Checkpointer;
 use crate::worker::reader::panic_message;
@@ -115,22 +115,46 @@ pub(crate) fn call_with_policy(
     }
 }
 
-/// The records of a shard's part of a batch, kept so that a retry can hand
-/// the same records on again (values are made again by the message
+/// A shard's part of a batch with its records kept, so that a retry can
+/// hand the same records on again (values are made again by the message
 /// handler: they need not be `Clone`).
-pub(crate) fn keep_records<T>(messages: &[Message<T>]) -> Vec<Record> {
-    messages.iter().map(|m| m.record.clone()).collect()
+pub(crate) struct KeptShard {
+    bare: ShardBatch<()>,
+    records: Vec<Record>,
 }
 
-/// Messages made again from kept records.
-pub(crate) fn remake<T>(handler: &MessageHandler<T>, records: &[Record]) -> Vec<Message<T>> {
-    records
-        .iter()
-        .map(|record| Message {
-            value: handler(record),
-            record: record.clone(),
-        })
-        .collect()
+impl KeptShard {
+    pub(crate) fn of<T>(shard: &ShardBatch<T>) -> KeptShard {
+        KeptShard {
+            bare: ShardBatch {
+                shard_id: shard.shard_id.clone(),
+                messages: Vec::new(),
+                millis_behind_latest: shard.millis_behind_latest,
+                shard_ended: shard.shard_ended,
+                epoch: shard.epoch,
+            },
+            records: shard.messages.iter().map(|m| m.record.clone()).collect(),
+        }
+    }
+
+    /// The shard's part made again, its values by `handler`.
+    pub(crate) fn remake<T>(&self, handler: &MessageHandler<T>) -> ShardBatch<T> {
+        let bare = &self.bare;
+        ShardBatch {
+            shard_id: bare.shard_id.clone(),
+            messages: self
+                .records
+                .iter()
+                .map(|record| Message {
+                    value: handler(record),
+                    record: record.clone(),
+                })
+                .collect(),
+            millis_behind_latest: bare.millis_behind_latest,
+            shard_ended: bare.shard_ended,
+            epoch: bare.epoch,
+        }
+    }
 }
 
 /// What the ticker and the shard processors share.

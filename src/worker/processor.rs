@@ -14,7 +14,7 @@ use crate::lease::{Checkpoint, Holding};
 use crate::worker::batch::ShardBatch;
 use crate::worker::checkpointer::Checkpointer;
 use crate::worker::processing::{
-    Delivery, ErrorPolicy, SHUTDOWN_CHECK, call_with_policy, keep_records, remake,
+    Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy,
 };
 use crate::worker::reader::{Chunk, ReaderOutput};
 
@@ -294,22 +294,14 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         self.delivery
             .checkpointer
             .handed(&self.shard_id, self.epoch, handed);
-        let kept = (self.delivery.error_policy != ErrorPolicy::Stop)
-            .then(|| (keep_records(&shard.messages), shard.millis_behind_latest));
+        let kept = (self.delivery.error_policy != ErrorPolicy::Stop).then(|| KeptShard::of(&shard));
         let mut first = Some(shard);
         let started = Instant::now();
         let handler = self.delivery.message_handler.clone();
-        let (shard_id, epoch) = (self.shard_id.clone(), self.epoch);
         let result = self.call("process", |p, checkpointer| {
             let shard = match (first.take(), &kept) {
                 (Some(shard), _) => shard,
-                (None, Some((records, behind))) => ShardBatch {
-                    shard_id: shard_id.clone(),
-                    messages: remake(&handler, records),
-                    millis_behind_latest: *behind,
-                    shard_ended: false,
-                    epoch,
-                },
+                (None, Some(kept)) => kept.remake(&handler),
                 (None, None) => return Err("no records kept for a retry".into()),
             };
             p.process(shard, checkpointer)

@@ -10,10 +10,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{Checkpoint, Holding};
-use crate::record::Record;
 use crate::worker::batch::{Batch, ShardBatch, ShardEvent};
 use crate::worker::processing::{
-    Delivery, ErrorPolicy, SHUTDOWN_CHECK, call_with_policy, keep_records, remake,
+    Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy,
 };
 use crate::worker::reader::{Chunk, ReaderOutput};
 
@@ -81,30 +80,16 @@ fn handed_position<T>(shard: &ShardBatch<T>) -> Option<Checkpoint> {
 /// A batch's records, kept so that a retry hands the same ones on again.
 struct Kept {
     time: SystemTime,
-    shards: Vec<(ShardBatch<()>, Vec<Record>)>,
+    shards: Vec<KeptShard>,
     events: Vec<ShardEvent>,
     last: bool,
 }
 
 impl Kept {
     fn of<T>(batch: &Batch<T>) -> Kept {
-        let shards = batch
-            .shards
-            .iter()
-            .map(|s| {
-                let bare = ShardBatch {
-                    shard_id: s.shard_id.clone(),
-                    messages: Vec::new(),
-                    millis_behind_latest: s.millis_behind_latest,
-                    shard_ended: s.shard_ended,
-                    epoch: s.epoch,
-                };
-                (bare, keep_records(&s.messages))
-            })
-            .collect();
         Kept {
             time: batch.time,
-            shards,
+            shards: batch.shards.iter().map(KeptShard::of).collect(),
             events: batch.events.clone(),
             last: batch.last,
         }
@@ -116,13 +101,7 @@ impl Kept {
             shards: self
                 .shards
                 .iter()
-                .map(|(bare, records)| ShardBatch {
-                    shard_id: bare.shard_id.clone(),
-                    messages: remake(&delivery.message_handler, records),
-                    millis_behind_latest: bare.millis_behind_latest,
-                    shard_ended: bare.shard_ended,
-                    epoch: bare.epoch,
-                })
+                .map(|s| s.remake(&delivery.message_handler))
                 .collect(),
             events: self.events.clone(),
             last: self.last,
@@ -555,7 +534,7 @@ mod tests {
     use crate::aws::test_server::FakeServer;
     use crate::lease::{Clock, HeldLeases, LeaseTable};
     use crate::metrics::Metrics;
-    use crate::record::{ExtendedSequenceNumber, SequenceNumber, Shared, Span};
+    use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Shared, Span};
     use crate::worker::batch::Message;
     use crate::worker::budget::Budget;
     use crate::worker::checkpointer::Checkpointer;
