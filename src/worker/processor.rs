@@ -208,6 +208,9 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             Err(error) if self.gives_up_shard_alone(&error) => {
                 log::warn!("giving up shard {shard_id} after its processor failed: {error}");
                 self.processor.lease_lost();
+                // What was processed before the failure is done: checkpoint
+                // it, so that the shard's next reader starts at the failure.
+                self.write_pending(true);
                 if let Err(e) = self.delivery.held.release(&shard_id) {
                     log::warn!("releasing lease {shard_id} failed (it will expire): {e}");
                 }
