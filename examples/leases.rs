@@ -8,9 +8,11 @@
 //! cargo run --example leases -- --stream S --deregister-consumer NAME
 //! ```
 //!
-//! It reads the table twice, `--observe-ms` apart: a lease whose counter did
-//! not move in between was not renewed, so its owner may be gone (workers
-//! renew every third of their failover time, 3.3 s by default). With
+//! It reads the table twice, `--observe-ms` apart: a lease whose owner's
+//! heartbeat (in the workers row) did not move in between may have lost its
+//! owner (workers write one every third of their failover time, 3.3 s by
+//! default); for an owner that writes no heartbeat (the KCL), the lease's
+//! own counter is watched instead, as the KCL renews each lease. With
 //! `--stream`, it lists the stream's shards at both reads too: a row whose
 //! shard neither listing has expired from the stream. Endpoint, region and
 //! credentials come from the standard AWS environment.
@@ -28,7 +30,9 @@ use std::time::Duration;
 
 use kinesis_consumer::aws::ClientConfig;
 use kinesis_consumer::aws::kinesis::KinesisClient;
-use kinesis_consumer::{Checkpoint, LeaseStanding, Standing, inspect_leases, list_leases};
+use kinesis_consumer::{
+    Checkpoint, LeaseStanding, Standing, inspect_leases, list_leases, worker_heartbeats,
+};
 
 const USAGE: &str = "usage: leases --app A [--stream S] [--observe-ms N (3500)]\n       leases --stream S --deregister-consumer NAME";
 
@@ -62,26 +66,53 @@ fn main() {
         .into_iter()
         .map(|l| (l.shard_id, l.counter))
         .collect();
+    let beats_before = worker_heartbeats(&dynamodb, &app).unwrap_or_else(fail);
     std::thread::sleep(observe);
     listings.extend(list_shards());
     let mut rows = inspect_leases(&dynamodb, &app, &listings).unwrap_or_else(fail);
     rows.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
-    let workers: std::collections::BTreeSet<&str> = rows
+    let beats = worker_heartbeats(&dynamodb, &app).unwrap_or_else(fail);
+    // A worker is alive when its heartbeat moved (with a heartbeat); an
+    // owner without one (the KCL) when the counter of a lease it owns did.
+    let alive = |owner: &str, shard_id: &str, counter: u64| match beats.get(owner) {
+        Some(beat) => beats_before.get(owner) != Some(beat),
+        None => before.get(shard_id) != Some(&counter),
+    };
+    let owners: std::collections::BTreeSet<&str> = rows
         .iter()
         .filter_map(|r| r.lease.as_ref()?.owner.as_deref())
         .collect();
     println!(
-        "lease table {app}: {} leases, {} workers {:?}",
+        "lease table {app}: {} leases, {} owners {:?}; workers row: {:?}",
         rows.len(),
-        workers.len(),
-        workers
+        owners.len(),
+        owners,
+        beats
+            .keys()
+            .map(|w| {
+                let moved = beats_before.get(w) != beats.get(w);
+                format!(
+                    "{w} ({})",
+                    if moved {
+                        "alive"
+                    } else {
+                        "heartbeat stood still"
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
     );
     println!(
         "{:<24} {:<28} {:>8} {:<30} {:<24} {:<24} STATUS",
         "SHARD", "OWNER", "COUNTER", "CHECKPOINT", "PARENTS", "CHILDREN"
     );
     for row in &rows {
-        let status = status(row, before.get(&row.shard_id).copied(), observe);
+        let owner_alive = row.lease.as_ref().is_none_or(|l| {
+            l.owner
+                .as_deref()
+                .is_none_or(|o| alive(o, &l.shard_id, l.counter))
+        });
+        let status = status(row, owner_alive, observe);
         let Some(lease) = &row.lease else {
             println!(
                 "{:<24} {:<28} {:>8} {:<30} {:<24} {:<24} {}",
@@ -114,7 +145,7 @@ fn main() {
 }
 
 /// Why a shard is or is not being read.
-fn status(row: &LeaseStanding, counter_before: Option<u64>, observe: Duration) -> String {
+fn status(row: &LeaseStanding, owner_alive: bool, observe: Duration) -> String {
     let Some(lease) = &row.lease else {
         let Standing::Malformed(why) = &row.standing else {
             return format!("{:?}", row.standing);
@@ -134,8 +165,8 @@ fn status(row: &LeaseStanding, counter_before: Option<u64>, observe: Duration) -
         _ if lease.owner.is_none() => {
             "no worker: unowned, the next lease check takes it".to_owned()
         }
-        _ if counter_before == Some(lease.counter) && !observe.is_zero() => format!(
-            "expired? not renewed in {:.1} s: its owner may be gone",
+        _ if !owner_alive && !observe.is_zero() => format!(
+            "expired? its owner showed no sign of life in {:.1} s: it may be gone",
             observe.as_secs_f64()
         ),
         Standing::Blocked(waiting) => format!("blocked: waiting for parent {}", waiting.join(", ")),

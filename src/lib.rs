@@ -60,7 +60,8 @@
 //! [`aws::credentials`]) and a small Kinesis client
 //! ([`aws::kinesis::KinesisClient`]) for producers and tools, for example
 //! to put records. [`kpl`] packs and unpacks KPL aggregates.
-//! [`list_leases`] and [`inspect_leases`] read a consumer's lease table.
+//! [`list_leases`] and [`inspect_leases`] read a consumer's lease table,
+//! [`worker_heartbeats`] its workers' heartbeats.
 //!
 //! # Metrics
 //!
@@ -108,6 +109,7 @@ pub use config::{ConsumerBuilder, InitialPosition};
 pub use error::{Error, HandlerResult, Result, ServiceError, TransportKind};
 pub use lease::{
     BillingMode, Checkpoint, Lease, LeaseStanding, Standing, inspect_leases, list_leases,
+    worker_heartbeats,
 };
 pub use metrics::{
     MetricSample, MetricUnit, MetricsDimension, MetricsHandle, MetricsLevel, PublishStats,

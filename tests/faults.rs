@@ -452,7 +452,6 @@ fn run(test: &str, s: Scenario) {
 }
 
 const CHECKPOINT: &str = "#checkpoint";
-const RENEW: &str = r#""UpdateExpression":"SET #counter = :next""#;
 const CONDITION_FAILED: &str = "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException";
 const DYNAMODB_THROTTLED: &str =
     "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException";
@@ -549,31 +548,31 @@ fault_table! {
             .matching(CHECKPOINT)
             .at_most(4)
             .keeps_leases();
-    // Every lease write's reply lost for as long as the failover time (3 s
-    // here), records arriving throughout: the writes land but the worker
-    // hears nothing, its leases go stale, and the ticker drops what is read
-    // while they are. When a renewal then finds its write landed, those
-    // records must not be skipped: a stale lease is given up as soon as its
-    // records are dropped, and read again from its checkpoint.
+    // Every lease-table write's reply lost for as long as the failover time
+    // (3 s here), records arriving throughout: the writes land but the
+    // worker hears nothing, its heartbeat lapses, and the ticker drops what
+    // is read meanwhile. When a heartbeat then lands, those records must not
+    // be skipped: a lapsed lease is given up as soon as its records are
+    // dropped, and read again from its checkpoint.
     every_lease_write_reply_lost_for_the_failover_time:
         Scenario::new("UpdateItem", for_secs(3), Fault::ResetAfterForward)
             .shards(2)
             .put_during_every(ms(200))
             .at_most(2 * 3 * 5 * 4 + 2 * 3 * 4);
-    renew_reply_lost_next_1:
+    // One heartbeat's reply lost: the next one lands within the fencing
+    // window, so no lease is dropped.
+    heartbeat_reply_lost_next_1:
         Scenario::new("UpdateItem", Trigger::Next(1), Fault::ResetAfterForward)
-            .matching(RENEW)
+            .matching(common::HEARTBEAT)
             .at_most(4)
             .keeps_leases();
-    renew_throttled_for_2s:
+    // Heartbeats throttled for 2 s: one write per worker per round,
+    // whatever the number of leases, and its retries.
+    heartbeat_throttled_for_2s:
         Scenario::new("UpdateItem", for_secs(2), Fault::aws(400, DYNAMODB_THROTTLED))
-            .matching(RENEW)
+            .matching(common::HEARTBEAT)
             .shards(2)
-            .at_most(2 * 3 * 4);
-    renew_condition_failed_next_1:
-        Scenario::new("UpdateItem", Trigger::Next(1), Fault::aws(400, CONDITION_FAILED))
-            .matching(RENEW)
-            .at_most(3);
+            .at_most(3 * 4);
 }
 
 #[test]
@@ -732,13 +731,14 @@ fn no_message_handler_call_from_a_stopped_reader_or_after_run_returns() {
     put(&stream, "late", 10, &puts);
     wait_for("a second held-back GetRecords", &|| proxy.hits(slow) >= 2);
     let held_back_at = Instant::now();
-    // Lose the lease: its reader is stopped inside that call, and the
-    // lease is taken back under a new reader, which reads the late records.
+    // Lose the lease (no heartbeat lands for the failover time): its reader
+    // is stopped inside that call, and the lease is taken back under a new
+    // reader, which reads the late records.
     proxy.add_matching(
         "UpdateItem",
-        Some(RENEW),
-        Trigger::Next(1),
-        Fault::aws(400, CONDITION_FAILED),
+        Some(common::HEARTBEAT),
+        for_secs(3),
+        Fault::aws(500, "InternalServerError"),
     );
     wait_for("the late records, from a new reader", &|| {
         delivered.lock().unwrap().len() == 20

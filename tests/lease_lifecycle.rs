@@ -736,7 +736,7 @@ fn owned_by(app: &str, owner: &str) -> Vec<String> {
 /// Worker A holds four of eight leases, worker B the other four. One of
 /// A's lease-table writes hangs (every UpdateItem of one lease gets its
 /// reply 15 s late, for 12 s; failover is 3 s). Only that lease may be at
-/// risk: A must go on renewing its other three, so B never takes them.
+/// risk: A's heartbeat keeps its other three, so B never takes them.
 #[test]
 fn one_hung_lease_write_costs_no_other_lease() {
     let _serial = serial();
@@ -813,7 +813,7 @@ fn one_hung_lease_write_costs_no_other_lease() {
         .map(|s| format!("{s}: {:.1} s", max_gap[s].2.as_secs_f64()))
         .collect();
     println!(
-        "hung write on {hung}: {} UpdateItems delayed; the other leases kept worker A, longest time without renewal seen: {gaps:?} (failover {FAILOVER:?})",
+        "hung write on {hung}: {} UpdateItems delayed; the other leases kept worker A, longest time without a write to each seen: {gaps:?} (failover {FAILOVER:?})",
         proxy.hits(fault)
     );
     proxy.clear();
@@ -1001,11 +1001,11 @@ fn two_capped_workers_read_every_record() {
 
 // ---- 10. Fencing margin ----
 
-/// Worker A holds one lease. One of its renewals lands in the table but
+/// Worker A holds one lease. One of its heartbeats lands in the table but
 /// its reply comes 2.5 s late, and no later write gets through. A peer
-/// sees the lease's counter last move when that write landed, and may take
-/// the lease one failover time later. A must not hand records of that
-/// shard to its handler after that moment (nor after it could know it).
+/// sees A's heartbeat last move when that write landed, and may take the
+/// lease one failover time later. A must not hand records of that shard to
+/// its handler after that moment (nor after it could know it).
 #[test]
 fn records_stop_before_a_peer_could_take_the_lease() {
     let _serial = serial();
@@ -1018,9 +1018,9 @@ fn records_stop_before_a_peer_could_take_the_lease() {
         "worker-A",
         common::consumer_builder_at(&e.kinesis_url, proxy.url(), &stream, &app)
             .worker_id("worker-A")
-            // Only renewals write to the lease once the first checkpoint is
-            // in: the late write is a renewal, and no failing checkpoint
-            // write holds up the batches (that would hide what is measured).
+            // No checkpoint is due while this runs, so no failing
+            // checkpoint write holds up the batches (that would hide what is
+            // measured).
             .checkpoint_interval(Duration::from_secs(60)),
     );
     wait_until(
@@ -1030,8 +1030,9 @@ fn records_stop_before_a_peer_could_take_the_lease() {
         || !a.delivered().is_empty(),
     );
     std::thread::sleep(Duration::from_secs(1));
-    let late = proxy.add(
+    let late = proxy.add_matching(
         "UpdateItem",
+        Some(common::HEARTBEAT),
         Trigger::Next(1),
         Fault::Delay(Duration::from_millis(2500)),
     );

@@ -213,7 +213,10 @@ fn shards_are_gained_lost_and_shut_down_as_the_leases_go() {
     let lost = ShardEvent::Lost {
         shard_id: shards[0].clone(),
     };
-    wait_for("the lease lost", Duration::from_secs(15), || {
+    // Nothing of ours tells this worker (a worker of ours never takes a
+    // live worker's lease): it sees the theft at its next full read of the
+    // table, every six failover times (18 s here) at the latest.
+    wait_for("the lease lost", Duration::from_secs(30), || {
         running.events().contains(&lost)
     });
     let e = running.checkpointer.checkpoint(&shards[0]).unwrap_err();

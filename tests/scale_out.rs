@@ -529,6 +529,23 @@ fn the_leases_example_explains_every_shard() {
         "TRIM_HORIZON",
         &["shard-malformed"],
     );
+    // Workers of ours: "w3" writes heartbeats while the example watches,
+    // "w4" wrote one once; neither touches its lease's counter.
+    row("shard-beating", Some("w3"), "TRIM_HORIZON", &[]);
+    row("shard-stopped", Some("w4"), "TRIM_HORIZON", &[]);
+    fn beat(d: &kinesis_consumer::__test_support::DynamoDbClient, app: &str, worker: &str, n: u64) {
+        let key = HashMap::from([(
+            "leaseKey".to_owned(),
+            AttributeValue::S("kinesis-consumer:workers".into()),
+        )]);
+        let set =
+            kinesis_consumer::__test_support::Expression::new("SET #beat = :n, entityType = :type")
+                .name("#beat", &format!("beat:{worker}"))
+                .value(":n", AttributeValue::N(n.to_string()))
+                .value(":type", AttributeValue::S("WORKERS".into()));
+        d.update_item(app, &key, &set, None).unwrap();
+    }
+    beat(&d, &app, "w4", 1);
     let leases = common::example_binary("leases");
     let done = Arc::new(AtomicBool::new(false));
     let renewer = std::thread::spawn({
@@ -544,6 +561,7 @@ fn the_leases_example_explains_every_shard() {
                             .value(":n", AttributeValue::N(n.to_string()));
                     d.update_item(&app, &key, &bump, None).unwrap();
                 }
+                beat(&d, &app, "w3", n);
                 n += 1;
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -574,6 +592,8 @@ fn the_leases_example_explains_every_shard() {
         "not renewed either: {text}"
     );
     assert!(line("shard-live").contains("reading"), "{text}");
+    assert!(line("shard-beating").contains("reading"), "{text}");
+    assert!(line("shard-stopped").contains("expired?"), "{text}");
     assert!(
         line("shard-malformed").contains("malformed row")
             && line("shard-malformed").contains("not-a-position"),
@@ -583,8 +603,9 @@ fn the_leases_example_explains_every_shard() {
         line("shard-waiting").contains("waiting for parent shard-malformed"),
         "a malformed parent holds its child: {text}"
     );
+    assert!(text.contains("4 owners"), "{text}");
     assert!(
-        text.contains("3 workers") || text.contains("2 workers"),
+        text.contains("w3 (alive)") && text.contains("w4 (heartbeat stood still)"),
         "{text}"
     );
     // Against a stream: a row whose shard both listings leave out has

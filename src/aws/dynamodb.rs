@@ -318,8 +318,15 @@ impl DynamoDbClient {
         Ok(())
     }
 
-    /// Reads every item of the table, following every page.
+    /// Reads every item of the table with strongly consistent reads,
+    /// following every page.
     pub fn scan(&self, table: &str) -> Result<Vec<Item>> {
+        self.scan_with(table, true)
+    }
+
+    /// Reads every item of the table, following every page; `consistent`
+    /// false reads eventually consistent pages, billed at half the units.
+    pub fn scan_with(&self, table: &str, consistent: bool) -> Result<Vec<Item>> {
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase")]
         struct Reply {
@@ -330,7 +337,7 @@ impl DynamoDbClient {
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
-            let mut input = json!({"TableName": table, "ConsistentRead": true});
+            let mut input = json!({"TableName": table, "ConsistentRead": consistent});
             if let Some(key) = &start {
                 input["ExclusiveStartKey"] = json!(key);
             }

@@ -1,11 +1,20 @@
-//! The lease coordinator thread: keeps the lease table in step with the
-//! stream's shards, renews what this worker holds, takes expired or unowned
-//! leases, steals towards an even share, and tells the shard runner which
-//! shards to read. It never reads records itself. What to do is decided by
-//! the pure functions of `plan.rs`; this module gathers their inputs and
-//! carries their decisions out.
+//! The lease coordinator thread: writes this worker's heartbeat (which
+//! keeps every lease it holds), keeps the lease table in step with the
+//! stream's shards, takes expired or unowned leases, asks for leases
+//! towards an even share, and tells the shard runner which shards to read.
+//! It never reads records itself. What to do is decided by the pure
+//! functions of `plan.rs` and `peers.rs`; this module gathers their inputs
+//! and carries their decisions out.
+//!
+//! What it costs: one write per worker per heartbeat (a third of the
+//! failover time), whatever the number of leases. The lease table is read
+//! (a Scan) only when the workers row says something changed (a worker
+//! joined, left or died; a lease was freed, created or asked for), while
+//! the table is unsettled (free leases, leases of owners outside the
+//! workers row, asks in flight), and otherwise every
+//! [`FULL_READ_EVERY`] failover times, eventually consistent.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,19 +22,15 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::aws::kinesis::{KinesisClient, Shard};
 use crate::error::{Error, Result};
-use crate::lease::held::ROUND_SLACK;
+use crate::lease::peers::{Peers, has_waited};
 use crate::lease::plan::{self, Lineage, RoundInput, RoundPlan, Row, Standing};
 use crate::lease::{Checkpoint, HeldLeases, Lease};
 use crate::metrics::{Metric, Metrics};
 
-/// True once `waited` is the failover time, allowing for [`ROUND_SLACK`]:
-/// take rounds come every third of the failover time, so the third round
-/// after a lease was seen is the failover time later, give or take a few
-/// milliseconds either way; without slack a lease would expire at the
-/// third round or at the fourth (3.3 s later) by chance.
-fn has_waited(waited: Duration, failover: Duration) -> bool {
-    waited + ROUND_SLACK >= failover
-}
+/// With nothing changing, the lease table is still read once every this
+/// many failover times (60 s at the default 10 s): a safety net for a
+/// notice that was lost.
+pub(crate) const FULL_READ_EVERY: u32 = 6;
 
 /// The lease of `shard_id` among the table's rows.
 fn lease_of<'a>(rows: &'a [Row], shard_id: &str) -> Option<&'a Lease> {
@@ -38,8 +43,7 @@ fn lease_of<'a>(rows: &'a [Row], shard_id: &str) -> Option<&'a Lease> {
 #[derive(Clone, Debug)]
 pub(crate) struct LeaseTimings {
     pub failover: Duration,
-    pub renew_interval: Duration,
-    pub take_interval: Duration,
+    pub heartbeat_interval: Duration,
     pub shard_sync_interval: Duration,
     pub max_leases_per_worker: usize,
 }
@@ -107,9 +111,23 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     /// Shards whose reader was told by the service that they do not exist.
     not_found: HashSet<String>,
     /// For each lease seen: owner and counter, and since when (our clock)
-    /// they have not changed. A lease is expired when its counter has not
-    /// moved for the failover time; no cross-host clock is ever compared.
+    /// they have not changed, or its owner was last seen alive in the
+    /// workers row. A lease of an owner outside that row (the KCL's, say)
+    /// is expired when its counter has not moved for the failover time;
+    /// no cross-host clock is ever compared.
     observed: HashMap<String, (Option<String>, u64, Instant)>,
+    /// The other workers, from the workers row.
+    peers: Peers,
+    /// Owners of leases not in the workers row, and since when we see them
+    /// so: one renewing its leases for the failover time is a worker that
+    /// does not write heartbeats (the KCL, or an older version of ours).
+    outsiders: HashMap<String, Instant>,
+    /// The lease table as last read.
+    rows: Vec<Row>,
+    /// True when the table should be read at the next round.
+    read_due: bool,
+    /// When the table is read next, even if nothing changed.
+    next_full_read: Instant,
     /// Leases asked of their owners for this worker, and since when (our
     /// clock) we have seen them asked: also those asked before a restart.
     handoffs_seen: HashMap<String, Instant>,
@@ -140,6 +158,11 @@ impl<R: ShardRunner> Coordinator<R> {
             misses: HashMap::new(),
             not_found: HashSet::new(),
             observed: HashMap::new(),
+            peers: Peers::default(),
+            outsiders: HashMap::new(),
+            rows: Vec::new(),
+            read_due: true,
+            next_full_read: Instant::now(),
             handoffs_seen: HashMap::new(),
             reported: HashMap::new(),
         }
@@ -149,37 +172,33 @@ impl<R: ShardRunner> Coordinator<R> {
         self.held.clock().now()
     }
 
-    /// The first shard sync and lease take, on the caller's thread so that
-    /// errors such as an unknown stream reach `run` at once (the caller
-    /// retries what may pass).
+    /// The first heartbeat, shard sync and lease take, on the caller's
+    /// thread so that errors such as an unknown stream reach `run` at once
+    /// (the caller retries what may pass).
     pub(crate) fn start(&mut self) -> Result<()> {
         self.held.table().ensure_exists()?;
+        self.heartbeat()?;
         self.sync_shards()?;
-        self.take_and_start().map(|_| ())
+        self.read_and_plan(true)
     }
 
     /// Runs until told to stop, then stops readers and releases leases.
     pub(crate) fn run(mut self, events: Receiver<CoordinatorEvent>) {
         let now = Instant::now();
-        let mut next_renew = now + self.timings.renew_interval;
-        let mut next_take = now + self.timings.take_interval;
+        let mut next_round = now + self.timings.heartbeat_interval;
         let mut next_sync = now + self.timings.shard_sync_interval;
         loop {
-            let next = next_renew.min(next_take).min(next_sync);
+            let next = next_round.min(next_sync);
             match events.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Ok(CoordinatorEvent::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(CoordinatorEvent::ShardFinished(shard_id)) => {
                     self.shard_finished(&shard_id);
                     next_sync = Instant::now() + self.timings.shard_sync_interval;
-                    next_take = Instant::now();
+                    Self::log_failure("lease take", self.read_and_plan(true));
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
             let now = Instant::now();
-            if now >= next_renew {
-                self.renew();
-                next_renew = now + self.timings.renew_interval;
-            }
             if now >= next_sync {
                 match self.sync_shards() {
                     // The stream was deleted: nothing left to read.
@@ -188,20 +207,59 @@ impl<R: ShardRunner> Coordinator<R> {
                 }
                 next_sync = now + self.timings.shard_sync_interval;
             }
-            if now >= next_take {
-                // While waiting for leases to be handed over, look again sooner.
-                let waiting = match self.take_and_start() {
-                    Ok(waiting) => waiting,
-                    Err(e) => {
-                        Self::log_failure("lease take", Err::<bool, _>(e));
-                        false
-                    }
-                };
-                let interval = self.timings.take_interval;
-                next_take = now + if waiting { interval / 2 } else { interval };
+            if now >= next_round {
+                self.round();
+                next_round = now + self.timings.heartbeat_interval;
             }
         }
         self.stop();
+    }
+
+    /// One round: the heartbeat, then a read of the lease table and a take
+    /// round if the workers row or the last round calls for one.
+    pub(crate) fn round(&mut self) {
+        match self.heartbeat() {
+            Ok(()) => {
+                let now = self.now();
+                if self.read_due || now >= self.next_full_read {
+                    // Only the safety-net read may see a slightly stale
+                    // table: every read that answers a change is consistent.
+                    let consistent = self.read_due;
+                    if let Err(e) = self.read_and_plan(consistent) {
+                        self.read_due = true;
+                        Self::log_failure("lease take", Err::<(), _>(e));
+                    }
+                }
+            }
+            Err(e) => Self::log_failure("heartbeat", Err::<(), _>(e)),
+        }
+        self.metrics.record(
+            None,
+            &[
+                (Metric::LeasesHeld, self.held.len() as f64),
+                (Metric::LeasesLost, self.held.take_lost_count() as f64),
+            ],
+        );
+    }
+
+    /// Writes the heartbeat and notes what the workers row says. Leases
+    /// dropped because no heartbeat landed in time stop being read.
+    fn heartbeat(&mut self) -> Result<()> {
+        let (lapsed, workers) = self.held.heartbeat();
+        for shard_id in &lapsed {
+            log::warn!(
+                "lease {shard_id} dropped: no heartbeat landed in time; it is taken again if still ours"
+            );
+            self.runner.stop(shard_id);
+        }
+        self.read_due |= !lapsed.is_empty();
+        let workers = workers?;
+        let now = self.now();
+        let me = self.held.owner().to_owned();
+        self.read_due |= self
+            .peers
+            .observe(&workers, &me, now, self.timings.failover);
+        Ok(())
     }
 
     /// A shard's end is checkpointed: give its lease up and look for its
@@ -213,21 +271,7 @@ impl<R: ShardRunner> Coordinator<R> {
             log::warn!("releasing finished lease {shard_id}: {e}");
         }
         Self::log_failure("shard sync", self.sync_shards());
-    }
-
-    /// One renewal round.
-    pub(crate) fn renew(&mut self) {
-        let renewed = self.held.renew_all();
-        for shard_id in renewed.lost.iter().chain(&renewed.handing_off) {
-            self.runner.stop(shard_id);
-        }
-        self.metrics.record(
-            None,
-            &[
-                (Metric::LeasesHeld, self.held.len() as f64),
-                (Metric::LeasesLost, self.held.take_lost_count() as f64),
-            ],
-        );
+        self.read_due = true;
     }
 
     /// Stops every reader and releases every lease. Readers are told to
@@ -236,7 +280,9 @@ impl<R: ShardRunner> Coordinator<R> {
     pub(crate) fn stop(&mut self) {
         for (shard_id, _) in self.held.shards() {
             self.runner.stop(&shard_id);
-            match self.held.release(&shard_id) {
+        }
+        for (shard_id, result) in self.held.leave() {
+            match result {
                 Ok(()) => log::info!("released lease {shard_id}"),
                 Err(e) => log::warn!("releasing lease {shard_id} failed (it will expire): {e}"),
             }
@@ -251,24 +297,38 @@ impl<R: ShardRunner> Coordinator<R> {
     }
 
     /// Lists the stream, creates leases for new shards following their
-    /// lineage, and records children on their parents' leases.
+    /// lineage, and records children on their parents' leases. The table as
+    /// last read serves, unless it lacks a lease for some shard: then it is
+    /// read again (consistently) before any lease is created, and every
+    /// worker is told of the new leases.
     pub(crate) fn sync_shards(&mut self) -> Result<()> {
         let (shards, service_time) = self.shards.list_shards()?;
-        let rows = self.held.table().list()?;
         let lineage = Lineage::new(&shards);
-        self.misses = plan::count_misses(&rows, &lineage, &self.misses);
         // Pin "latest" by the service's clock where it said, never later
         // than ours: a fast local clock must not skip records.
         let now = SystemTime::now();
         let pin = service_time.map_or(now, |t| t.min(now));
+        let mut rows = std::mem::take(&mut self.rows);
+        if !plan::new_leases(&rows, &lineage, &self.initial, pin).is_empty() {
+            rows = self.held.table().list(true)?;
+        }
+        self.misses = plan::count_misses(&rows, &lineage, &self.misses);
+        let mut created = false;
         for lease in plan::new_leases(&rows, &lineage, &self.initial, pin) {
             if self.held.table().create(&lease)? {
+                created = true;
                 log::info!(
                     "new lease for shard {} (parents {:?}) at {:?}",
                     lease.shard_id,
                     lease.parents,
                     lease.checkpoint
                 );
+            }
+        }
+        if created {
+            self.read_due = true;
+            if let Err(e) = self.held.table().notify(None) {
+                log::warn!("telling the other workers of new leases failed: {e}");
             }
         }
         for lease in rows.iter().filter_map(Row::lease) {
@@ -281,6 +341,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 self.held.table().set_children(&lease.shard_id, &children)?;
             }
         }
+        self.rows = rows;
         self.listed = Some(shards);
         Ok(())
     }
@@ -288,24 +349,47 @@ impl<R: ShardRunner> Coordinator<R> {
     /// Reads the table, then takes unowned and expired leases, asks the
     /// busiest workers to hand leases over towards an even share, cleans up
     /// finished leases, and starts reading every held shard whose parents
-    /// are finished. Returns true while some asked-for lease has not
-    /// arrived yet.
-    pub(crate) fn take_and_start(&mut self) -> Result<bool> {
+    /// are finished. Until the table is settled (see
+    /// [`RoundPlan::settled`]) it is read again at the next round.
+    pub(crate) fn read_and_plan(&mut self, consistent: bool) -> Result<()> {
         if self.listed.is_none() {
             self.sync_shards()?;
         }
-        let rows = self.held.table().list()?;
+        let rows = self.held.table().list(consistent)?;
         let now = self.now();
         let me = self.held.owner().to_owned();
-        self.observe(&rows, now, &me);
+        self.observe(&rows, now, &me)?;
         self.not_found.extend(self.runner.take_not_found());
         // Borrowed out while the round runs; put back below.
         let listed = self.listed.take().unwrap_or_default();
         let result = self.plan_and_carry_out(&rows, &listed, now, &me);
         self.listed = Some(listed);
-        result
+        self.read_due = !result?;
+        self.next_full_read = now + self.timings.failover * FULL_READ_EVERY;
+        self.forget_dead_workers(&rows);
+        self.rows = rows;
+        Ok(())
     }
 
+    /// Takes dead workers out of the workers row once no lease names them,
+    /// so that the row stays the size of the live fleet.
+    fn forget_dead_workers(&mut self, rows: &[Row]) {
+        for (worker, beat) in self.peers.dead() {
+            let owns = rows
+                .iter()
+                .filter_map(Row::lease)
+                .any(|l| l.owner.as_deref() == Some(worker.as_str()));
+            if !owns {
+                log::info!("worker {worker} is dead and holds no lease: forgetting it");
+                Self::log_failure(
+                    "forgetting a dead worker",
+                    self.held.table().forget_worker(&worker, beat),
+                );
+            }
+        }
+    }
+
+    /// Carries a round out; true when the table is settled.
     fn plan_and_carry_out(
         &mut self,
         rows: &[Row],
@@ -318,17 +402,31 @@ impl<R: ShardRunner> Coordinator<R> {
         let standings = plan::standings(rows, &lineage, &gone);
         self.report(&standings);
         let failover = self.timings.failover;
-        let stale: HashSet<String> = self
-            .observed
-            .iter()
-            .filter(|(_, (_, _, since))| has_waited(now.duration_since(*since), failover))
-            .map(|(id, _)| id.clone())
-            .collect();
+        let (mut stale, mut unclaimed) = (HashSet::new(), HashSet::new());
+        for lease in rows.iter().filter_map(Row::lease) {
+            let still = self
+                .observed
+                .get(&lease.shard_id)
+                .map_or(Duration::ZERO, |(_, _, since)| now.duration_since(*since));
+            let expired = match lease.owner.as_deref() {
+                None => false,
+                Some(owner) if owner == me => false,
+                Some(owner) if self.peers.is_member(owner) => self.peers.is_dead(owner),
+                Some(_) => has_waited(still, failover),
+            };
+            if expired {
+                stale.insert(lease.shard_id.clone());
+            }
+            if (expired || lease.owner.is_none()) && has_waited(still, failover * 2) {
+                unclaimed.insert(lease.shard_id.clone());
+            }
+        }
+        let live: BTreeSet<String> = self.peers.live();
         let overdue: HashSet<String> = self
             .handoffs_seen
-            .iter()
-            .filter(|(_, since)| has_waited(now.duration_since(**since), failover))
-            .map(|(id, _)| id.clone())
+            .keys()
+            .filter(|id| self.overdue(id))
+            .cloned()
             .collect();
         let held: HashSet<String> = self.held.shards().into_iter().map(|(id, _)| id).collect();
         let plan = plan::plan_round(&RoundInput {
@@ -339,27 +437,71 @@ impl<R: ShardRunner> Coordinator<R> {
             gone: &gone,
             held: &held,
             stale: &stale,
+            unclaimed: &unclaimed,
+            live: &live,
             handoff_overdue: &overdue,
             max_leases: self.timings.max_leases_per_worker,
         });
-        self.carry_out(&plan, rows, &held)
+        self.carry_out(&plan, rows, &held)?;
+        Ok(plan.settled)
     }
 
-    /// Notes, for every lease, since when its owner and counter stood still,
-    /// and since when it has been asked of its owner for this worker.
-    fn observe(&mut self, rows: &[Row], now: Instant, me: &str) {
+    /// True when the lease was asked for this worker the failover time ago
+    /// or more and has not come.
+    fn overdue(&self, shard_id: &str) -> bool {
+        self.handoffs_seen.get(shard_id).is_some_and(|since| {
+            has_waited(self.now().duration_since(*since), self.timings.failover)
+        })
+    }
+
+    /// Notes, for every lease, since when its owner and counter stood still
+    /// (or its owner was last seen alive), and since when it has been asked
+    /// of its owner for this worker. Fails when an owner outside the
+    /// workers row keeps renewing its leases: a worker that writes no
+    /// heartbeat (the KCL, or an older version of this library) shares the
+    /// table, which is unsafe (it would take our leases as expired).
+    fn observe(&mut self, rows: &[Row], now: Instant, me: &str) -> Result<()> {
         let in_table: HashSet<&str> = rows.iter().map(Row::shard_id).collect();
         self.observed.retain(|id, _| in_table.contains(id.as_str()));
         self.misses.retain(|id, _| in_table.contains(id.as_str()));
         self.not_found.retain(|id| in_table.contains(id.as_str()));
         self.reported.retain(|id, _| in_table.contains(id.as_str()));
+        let outsiders: HashSet<&str> = rows
+            .iter()
+            .filter_map(Row::lease)
+            .filter_map(|l| l.owner.as_deref())
+            .filter(|o| *o != me && !self.peers.is_member(o))
+            .collect();
+        self.outsiders.retain(|o, _| outsiders.contains(o.as_str()));
+        for outsider in outsiders {
+            self.outsiders.entry(outsider.to_owned()).or_insert(now);
+        }
         for lease in rows.iter().filter_map(Row::lease) {
             let seen = self.observed.entry(lease.shard_id.clone()).or_insert((
                 lease.owner.clone(),
                 lease.counter,
                 now,
             ));
-            if seen.0 != lease.owner || seen.1 != lease.counter {
+            let owner = lease.owner.as_deref();
+            let renewed_by_outsider = seen.0 == lease.owner
+                && seen.1 != lease.counter
+                && owner
+                    .and_then(|o| self.outsiders.get(o))
+                    .is_some_and(|since| {
+                        has_waited(now.duration_since(*since), self.timings.failover)
+                    });
+            if renewed_by_outsider {
+                let owner = owner.unwrap_or_default();
+                let why = format!(
+                    "the lease table is in use by worker {owner:?}, which renews lease {} but writes no heartbeat in the workers row: a KCL worker or an older version of this library. Sharing one table with it at the same time is unsafe (each would take the other's leases as expired); stop it first, or give this consumer another lease_table_name",
+                    lease.shard_id
+                );
+                self.runner
+                    .fail(Error::config("lease_table_name", why.clone()));
+                return Err(Error::config("lease_table_name", why));
+            }
+            let alive = owner.is_some_and(|o| self.peers.is_member(o) && !self.peers.is_dead(o));
+            if alive || seen.0 != lease.owner || seen.1 != lease.counter {
                 *seen = (lease.owner.clone(), lease.counter, now);
             }
         }
@@ -375,6 +517,7 @@ impl<R: ShardRunner> Coordinator<R> {
                     .or_insert(now);
             }
         }
+        Ok(())
     }
 
     /// Logs, once per row and standing, what keeps a shard from being read.
@@ -417,10 +560,12 @@ impl<R: ShardRunner> Coordinator<R> {
     ) -> Result<bool> {
         self.stop_orphaned_readers(rows, held);
         self.drop_lost(plan, rows);
+        self.note_handoffs(rows, held);
         self.delete(plan, rows)?;
         self.release(plan)?;
+        self.disown(plan)?;
         let (taken, handed_over) = self.take(plan, rows)?;
-        let asked = self.ask(plan)?;
+        let asked = self.ask(plan, rows)?;
         self.metrics.record(
             None,
             &[
@@ -462,6 +607,23 @@ impl<R: ShardRunner> Coordinator<R> {
         }
     }
 
+    /// Hands over the held leases another worker asked for: their readers
+    /// stop, and the ticker releases them to the asker once what was
+    /// delivered is checkpointed.
+    fn note_handoffs(&mut self, rows: &[Row], held: &HashSet<String>) {
+        for lease in rows.iter().filter_map(Row::lease) {
+            let Some(to) = lease.handoff_to.as_deref() else {
+                continue;
+            };
+            if held.contains(&lease.shard_id)
+                && lease.owner.as_deref() == Some(self.held.owner())
+                && self.held.hand_over(&lease.shard_id, to)
+            {
+                self.runner.stop(&lease.shard_id);
+            }
+        }
+    }
+
     /// Deletes the leases of shards read to their end, and of shards gone
     /// from the stream (whose reading stops).
     fn delete(&mut self, plan: &RoundPlan, rows: &[Row]) -> Result<()> {
@@ -496,6 +658,21 @@ impl<R: ShardRunner> Coordinator<R> {
         Ok(())
     }
 
+    /// Frees the leases the table gives this worker that it has no room
+    /// for, and tells every worker.
+    fn disown(&mut self, plan: &RoundPlan) -> Result<()> {
+        for (shard_id, counter) in &plan.disown {
+            log::info!("freeing lease {shard_id}: ours from an earlier run, but no room for it");
+            self.held
+                .table()
+                .release(shard_id, self.held.owner(), *counter, None)?;
+        }
+        if !plan.disown.is_empty() {
+            self.held.table().notify(None)?;
+        }
+        Ok(())
+    }
+
     /// Takes the planned leases; returns how many were taken unasked and
     /// how many were handed over as asked.
     fn take(&mut self, plan: &RoundPlan, rows: &[Row]) -> Result<(u32, u32)> {
@@ -514,8 +691,10 @@ impl<R: ShardRunner> Coordinator<R> {
         Ok((taken, handed_over))
     }
 
-    /// Asks busier workers to hand leases over; returns how many were asked.
-    fn ask(&mut self, plan: &RoundPlan) -> Result<u32> {
+    /// Asks busier workers to hand leases over, and tells every worker
+    /// asked (now, or earlier and still waited for) to read the table;
+    /// returns how many leases were asked for.
+    fn ask(&mut self, plan: &RoundPlan, rows: &[Row]) -> Result<u32> {
         let mut asked = 0u32;
         let me = self.held.owner().to_owned();
         for (shard_id, owner, counter) in &plan.ask {
@@ -528,6 +707,28 @@ impl<R: ShardRunner> Coordinator<R> {
                 self.handoffs_seen.insert(shard_id.clone(), self.now());
                 asked += 1;
             }
+        }
+        // Each owner asked reads the table at its next heartbeat; told
+        // again each round, as a notice can be lost.
+        let waited_for = rows
+            .iter()
+            .filter_map(Row::lease)
+            .filter(|l| l.handoff_to.as_deref() == Some(me.as_str()))
+            .filter(|l| self.handoffs_seen.contains_key(&l.shard_id))
+            .filter(|l| !self.overdue(&l.shard_id))
+            .filter_map(|l| l.owner.as_deref());
+        let owners: BTreeSet<&str> = plan
+            .ask
+            .iter()
+            .map(|(_, o, _)| o.as_str())
+            .chain(waited_for)
+            .filter(|o| *o != me)
+            .collect();
+        for owner in owners {
+            Self::log_failure(
+                "telling a worker of an ask",
+                self.held.table().notify(Some(owner)),
+            );
         }
         Ok(asked)
     }

@@ -1,28 +1,28 @@
-//! The leases this worker holds, shared by the coordinator (renew, take,
-//! release) and the ticker (checkpoint, handoff). Writes to one lease are
-//! serialized by that lease's own write lock, so a renewal and a checkpoint
-//! never race on its counter; writes to different leases never wait for
-//! each other, and a renewal skips a lease whose checkpoint is in flight
-//! (that write renews it).
+//! The leases this worker holds, shared by the coordinator (heartbeat,
+//! take, release) and the ticker (checkpoint, handoff). One heartbeat
+//! keeps every lease the worker holds: peers judge its leases expired when
+//! its heartbeat stands still for the failover time. Writes to one lease
+//! are serialized by that lease's own write lock; writes to different
+//! leases never wait for each other.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
-use crate::lease::table::{LeaseStore, Written};
+use crate::lease::table::{LeaseStore, Workers};
 use crate::lease::{Checkpoint, Clock};
 use crate::sync::lock;
 
-/// Peers judge a lease expired after seeing its counter stand still for
-/// the failover time, less up to this much timing slack (see the
-/// coordinator's take rounds).
+/// Peers judge a worker dead after seeing its heartbeat (or a lease of an
+/// owner not in the workers row, its counter) stand still for the failover
+/// time, less up to this much timing slack (see the coordinator's rounds).
 pub(crate) const ROUND_SLACK: Duration = Duration::from_millis(100);
 
-/// How long after the last renewal was *sent* records of a lease may still
-/// be handed on. A peer first sees that renewal no earlier than it was sent,
-/// and takes the lease no earlier than the failover time (less
+/// How long after the last heartbeat that landed was *sent* records may
+/// still be handed on. A peer first sees that heartbeat no earlier than it
+/// was sent, and takes the leases no earlier than the failover time (less
 /// [`ROUND_SLACK`]) after that, so stopping a tenth of the failover time
 /// earlier still leaves a positive margin for clock rates and scheduling.
 pub(crate) fn fencing_window(failover: Duration) -> Duration {
@@ -33,8 +33,6 @@ pub(crate) fn fencing_window(failover: Duration) -> Duration {
 struct State {
     counter: u64,
     epoch: u64,
-    /// When the last write that renewed the lease was sent.
-    renewed_at: Instant,
     /// Set when another worker asked for the lease: we stop reading it and
     /// hand it over once what was delivered is checkpointed.
     handoff_to: Option<String>,
@@ -48,20 +46,6 @@ struct Held {
     state: Mutex<State>,
 }
 
-/// What a round of renewals found.
-#[derive(Debug, Default)]
-pub(crate) struct Renewed {
-    /// Leases another worker took (or that went unrenewed too long): stop
-    /// reading them at once.
-    pub lost: Vec<String>,
-    /// Leases another worker asked for: stop reading, then hand them over.
-    pub handing_off: Vec<String>,
-}
-
-/// How many renewals run at once: enough that a few hung requests do not
-/// hold up the others, few enough to be polite to DynamoDB.
-const RENEWAL_THREADS: usize = 8;
-
 /// The leases of this worker.
 #[derive(Debug)]
 pub(crate) struct HeldLeases {
@@ -71,8 +55,13 @@ pub(crate) struct HeldLeases {
     clock: Clock,
     leases: Mutex<HashMap<String, Arc<Held>>>,
     next_epoch: AtomicU64,
-    /// Leases found lost (renewal or checkpoint refused) and not yet reported.
+    /// Leases found lost (heartbeat lapsed, checkpoint refused, or taken)
+    /// and not yet reported.
     lost: AtomicU64,
+    /// The number of this worker's last heartbeat.
+    beat: AtomicU64,
+    /// When the last heartbeat that landed was sent.
+    alive_since: Mutex<Option<Instant>>,
 }
 
 impl HeldLeases {
@@ -90,6 +79,10 @@ impl HeldLeases {
             leases: Mutex::new(HashMap::new()),
             next_epoch: AtomicU64::new(1),
             lost: AtomicU64::new(0),
+            // A worker restarted under the same id must not write the
+            // beats its last run wrote: peers would see them stand still.
+            beat: AtomicU64::new(crate::random::next_u64() >> 24),
+            alive_since: Mutex::new(None),
         }
     }
 
@@ -109,10 +102,43 @@ impl HeldLeases {
         lock(&self.leases).get(shard_id).cloned()
     }
 
+    /// Writes this worker's heartbeat, which keeps every lease it holds, and
+    /// returns the workers row. If no heartbeat sent within the fencing
+    /// window landed, peers may take the leases: they are all dropped first
+    /// (and returned), so that this heartbeat cannot make their epochs
+    /// current again; still ours, they are taken again from the checkpoint.
+    pub(crate) fn heartbeat(&self) -> (Vec<String>, Result<Workers>) {
+        let sent = self.clock.now();
+        let lapsed = if self.has_lapsed(sent) {
+            let dropped: Vec<String> = lock(&self.leases).drain().map(|(id, _)| id).collect();
+            self.lost.fetch_add(dropped.len() as u64, Ordering::Relaxed);
+            dropped
+        } else {
+            Vec::new()
+        };
+        let beat = self.beat.fetch_add(1, Ordering::Relaxed) + 1;
+        let result = self.table.heartbeat(&self.owner, beat);
+        if result.is_ok() {
+            let mut alive = lock(&self.alive_since);
+            *alive = Some(alive.map_or(sent, |a| a.max(sent)));
+        }
+        (lapsed, result)
+    }
+
+    /// The number of the last heartbeat sent.
+    pub(crate) fn last_beat(&self) -> u64 {
+        self.beat.load(Ordering::Relaxed)
+    }
+
+    /// True when no heartbeat sent within the fencing window landed.
+    fn has_lapsed(&self, now: Instant) -> bool {
+        lock(&self.alive_since)
+            .is_none_or(|a| now.saturating_duration_since(a) >= fencing_window(self.failover))
+    }
+
     /// Tries to take a lease seen with `seen_counter`; on success returns the
     /// epoch that tags everything read under this ownership.
     pub(crate) fn take(&self, shard_id: &str, seen_counter: u64) -> Result<Option<u64>> {
-        let sent = self.clock.now();
         let Some(written) = self.table.take(shard_id, seen_counter, &self.owner)? else {
             return Ok(None);
         };
@@ -122,7 +148,6 @@ impl HeldLeases {
             state: Mutex::new(State {
                 counter: written.counter,
                 epoch,
-                renewed_at: sent,
                 handoff_to: None,
             }),
         };
@@ -154,28 +179,31 @@ impl HeldLeases {
     }
 
     /// True while the lease is held under `epoch`, is not being handed over,
-    /// and its last renewal was sent within the [`fencing_window`]. Records
-    /// read under other epochs are dropped.
+    /// and the last heartbeat that landed was sent within the
+    /// [`fencing_window`]. Records read under other epochs are dropped.
     ///
     /// A lease past the window may be taken by another worker soon: its
     /// records are dropped, and the lease is given up here and then, so
-    /// that a renewal that succeeds later cannot keep it under the same
+    /// that a heartbeat that lands later cannot keep it under the same
     /// epoch, with its reader already past the dropped records. It is taken
-    /// again (if still free) and read from its checkpoint.
+    /// again (if still ours) and read from its checkpoint.
     pub(crate) fn is_current(&self, shard_id: &str, epoch: u64) -> bool {
         let Some(entry) = self.get(shard_id) else {
             return false;
         };
-        let state = lock(&entry.state);
-        if state.epoch != epoch || state.handoff_to.is_some() {
-            return false;
+        {
+            let state = lock(&entry.state);
+            if state.epoch != epoch || state.handoff_to.is_some() {
+                return false;
+            }
         }
-        let unrenewed = self.clock.now().saturating_duration_since(state.renewed_at);
-        if unrenewed < fencing_window(self.failover) {
+        if !self.has_lapsed(self.clock.now()) {
             return true;
         }
-        drop(state);
-        log::warn!("lease {shard_id} lost: not renewed for {unrenewed:?}; dropping what was read");
+        log::warn!(
+            "lease {shard_id} lost: no heartbeat landed for the fencing window ({:?}); dropping what was read",
+            fencing_window(self.failover)
+        );
         self.lost.fetch_add(1, Ordering::Relaxed);
         self.forget(shard_id, epoch);
         false
@@ -210,98 +238,20 @@ impl HeldLeases {
         }
     }
 
-    /// Renews every held lease, several at once: one slow request delays
-    /// only its own lease. A lease with a write in flight (a checkpoint or
-    /// a release) is skipped: that write renews it.
-    pub(crate) fn renew_all(&self) -> Renewed {
-        let held: Vec<(String, Arc<Held>)> = lock(&self.leases)
-            .iter()
-            .map(|(id, h)| (id.clone(), h.clone()))
-            .collect();
-        let next = AtomicUsize::new(0);
-        let results: Mutex<Vec<(String, u64, Renewal)>> = Mutex::new(Vec::new());
-        let renew_some = || {
-            while let Some((shard_id, entry)) = held.get(next.fetch_add(1, Ordering::Relaxed)) {
-                if let Some(outcome) = self.renew_one(shard_id, entry) {
-                    lock(&results).push(outcome);
-                }
-            }
+    /// Notes that `to` asked for a held lease: its records stop, and it is
+    /// handed over once what was delivered is checkpointed. True the first
+    /// time.
+    pub(crate) fn hand_over(&self, shard_id: &str, to: &str) -> bool {
+        let Some(entry) = self.get(shard_id) else {
+            return false;
         };
-        let threads = held.len().min(RENEWAL_THREADS);
-        if threads <= 1 {
-            renew_some();
-        } else {
-            std::thread::scope(|scope| {
-                for _ in 0..threads {
-                    scope.spawn(renew_some);
-                }
-            });
+        let mut state = lock(&entry.state);
+        if state.handoff_to.is_some() {
+            return false;
         }
-        let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-        // The order leases were held in, whatever order threads finished in.
-        results.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut renewed = Renewed::default();
-        for (shard_id, epoch, outcome) in results {
-            match outcome {
-                Renewal::Lost => {
-                    self.lost.fetch_add(1, Ordering::Relaxed);
-                    self.forget(&shard_id, epoch);
-                    renewed.lost.push(shard_id);
-                }
-                Renewal::HandingOff => renewed.handing_off.push(shard_id),
-            }
-        }
-        renewed
-    }
-
-    /// Renews one lease; what the round must act on, if anything.
-    fn renew_one(&self, shard_id: &str, entry: &Held) -> Option<(String, u64, Renewal)> {
-        let Ok(_writing) = entry.writing.try_lock() else {
-            return None;
-        };
-        let (counter, epoch) = {
-            let state = lock(&entry.state);
-            (state.counter, state.epoch)
-        };
-        let sent = self.clock.now();
-        let outcome = match self.table.renew(shard_id, &self.owner, counter) {
-            Ok(Some(written)) => {
-                let mut state = lock(&entry.state);
-                Self::renewed(&mut state, &written, sent);
-                if state.handoff_to.is_none() && written.handoff_to.is_some() {
-                    log::info!(
-                        "lease {shard_id}: {:?} asked for it; handing it over",
-                        written.handoff_to
-                    );
-                    state.handoff_to = written.handoff_to;
-                    return Some((shard_id.to_owned(), epoch, Renewal::HandingOff));
-                }
-                return None;
-            }
-            Ok(None) => {
-                log::info!("lease {shard_id} lost: another worker took it");
-                Renewal::Lost
-            }
-            Err(e) => {
-                let unrenewed = self
-                    .clock
-                    .now()
-                    .saturating_duration_since(lock(&entry.state).renewed_at);
-                if unrenewed < self.failover {
-                    log::warn!("renewing lease {shard_id} failed, will retry: {e}");
-                    return None;
-                }
-                log::warn!("lease {shard_id} lost: not renewed for {unrenewed:?} ({e})");
-                Renewal::Lost
-            }
-        };
-        Some((shard_id.to_owned(), epoch, outcome))
-    }
-
-    /// Notes a write that renewed the lease, sent at `sent`.
-    fn renewed(state: &mut State, written: &Written, sent: Instant) {
-        state.counter = written.counter;
-        state.renewed_at = state.renewed_at.max(sent);
+        log::info!("lease {shard_id}: {to} asked for it; handing it over");
+        state.handoff_to = Some(to.to_owned());
+        true
     }
 
     /// Writes a checkpoint if the lease is still held under `epoch`.
@@ -323,13 +273,12 @@ impl HeldLeases {
             }
             state.counter
         };
-        let sent = self.clock.now();
         match self
             .table
             .checkpoint(shard_id, &self.owner, counter, checkpoint)?
         {
             Some(written) => {
-                Self::renewed(&mut lock(&entry.state), &written, sent);
+                lock(&entry.state).counter = written.counter;
                 Ok(true)
             }
             None => {
@@ -347,10 +296,40 @@ impl HeldLeases {
     }
 
     /// Gives up one lease: to the worker that asked for it, if one did, or
-    /// to whoever takes it first.
+    /// to whoever takes it first. Whoever should take it is told (the
+    /// asker's inbox, or every worker's version), so that it does not wait
+    /// for its next full read of the table.
     pub(crate) fn release(&self, shard_id: &str) -> Result<()> {
+        if let Some(to) = self.give_up(shard_id)? {
+            if let Err(e) = self.table.notify(to.as_deref()) {
+                log::warn!("telling {to:?} that lease {shard_id} is free failed: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases every lease and takes this worker out of the workers row,
+    /// at shutdown: the others see it leave at their next heartbeat and read
+    /// the table then. Returns each lease with how its release went.
+    pub(crate) fn leave(&self) -> Vec<(String, Result<()>)> {
+        let released = self
+            .shards()
+            .into_iter()
+            .map(|(id, _)| {
+                let result = self.give_up(&id).map(|_| ());
+                (id, result)
+            })
+            .collect();
+        if let Err(e) = self.table.forget_worker(&self.owner, self.last_beat()) {
+            log::warn!("leaving the workers row failed (peers will see the heartbeat stop): {e}");
+        }
+        released
+    }
+
+    /// Writes a lease's release; to whom it went, if the write landed.
+    fn give_up(&self, shard_id: &str) -> Result<Option<Option<String>>> {
         let Some(entry) = self.get(shard_id) else {
-            return Ok(());
+            return Ok(None);
         };
         let _writing = lock(&entry.writing);
         let (counter, epoch, to) = {
@@ -364,7 +343,7 @@ impl HeldLeases {
             log::info!("handed lease {shard_id} over to {to}");
         }
         self.forget(shard_id, epoch);
-        result.map(|_| ())
+        Ok(result?.map(|_| to))
     }
 
     /// Forgets a lease the table says is someone else's (or gone).
@@ -385,10 +364,4 @@ pub(crate) enum Holding {
     HandingOff,
     /// Not held under that epoch any more.
     Gone,
-}
-
-/// What a renewal found that the round must act on.
-enum Renewal {
-    Lost,
-    HandingOff,
 }

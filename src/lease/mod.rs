@@ -4,6 +4,7 @@
 
 mod coordinator;
 mod held;
+mod peers;
 mod plan;
 #[cfg(test)]
 mod sim;
@@ -154,7 +155,7 @@ pub struct LeaseStanding {
 /// left out; [`inspect_leases`] shows those too.
 pub fn list_leases(config: &crate::aws::ClientConfig, app_name: &str) -> crate::Result<Vec<Lease>> {
     let dynamodb = crate::aws::dynamodb::DynamoDbClient::new(config)?;
-    let rows = LeaseTable::new(dynamodb, app_name).list()?;
+    let rows = LeaseTable::new(dynamodb, app_name).list(true)?;
     Ok(rows
         .into_iter()
         .filter_map(|r| match r {
@@ -162,6 +163,20 @@ pub fn list_leases(config: &crate::aws::ClientConfig, app_name: &str) -> crate::
             Row::Malformed { .. } => None,
         })
         .collect())
+}
+
+/// Reads the heartbeat of every worker of an application (the workers row
+/// of its lease table; `app_name` as for [`list_leases`]): each worker id
+/// with the number of its last heartbeat. A worker writes one every third
+/// of its failover time; read twice that far apart, a number that did not
+/// move is a worker that may be gone (peers take its leases once it stood
+/// still for the failover time).
+pub fn worker_heartbeats(
+    config: &crate::aws::ClientConfig,
+    app_name: &str,
+) -> crate::Result<std::collections::BTreeMap<String, u64>> {
+    let dynamodb = crate::aws::dynamodb::DynamoDbClient::new(config)?;
+    LeaseTable::new(dynamodb, app_name).workers()
 }
 
 /// Reads every row of an application's lease table, malformed ones
@@ -176,7 +191,7 @@ pub fn inspect_leases(
     listings: &[Vec<Shard>],
 ) -> crate::Result<Vec<LeaseStanding>> {
     let dynamodb = crate::aws::dynamodb::DynamoDbClient::new(config)?;
-    let rows = LeaseTable::new(dynamodb, app_name).list()?;
+    let rows = LeaseTable::new(dynamodb, app_name).list(true)?;
     let mut misses = HashMap::new();
     for listing in listings {
         misses = plan::count_misses(&rows, &Lineage::new(listing), &misses);

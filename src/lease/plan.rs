@@ -5,7 +5,7 @@
 //! coordinator gathers the facts, these functions decide, the coordinator
 //! carries the decisions out. The simulation in `sim.rs` drives them too.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::SystemTime;
 
 use crate::aws::kinesis::Shard;
@@ -286,11 +286,17 @@ pub(crate) struct RoundInput<'a> {
     pub gone: &'a HashSet<String>,
     /// The leases this worker holds.
     pub held: &'a HashSet<String>,
-    /// Leases of other owners whose counter has stood still for the
-    /// failover time (their owner is presumed dead).
+    /// Leases of other owners presumed dead: a worker of the workers row
+    /// whose heartbeat stood still for the failover time, or an owner not
+    /// in that row whose lease counter did.
     pub stale: &'a HashSet<String>,
+    /// Free leases (unowned or stale) that nobody took for twice the
+    /// failover time: any worker with room takes them.
+    pub unclaimed: &'a HashSet<String>,
+    /// The live workers of the workers row (this one included).
+    pub live: &'a BTreeSet<String>,
     /// Leases this worker asked for whose owner has not handed them over
-    /// within the failover time.
+    /// within the failover time: no longer waited for.
     pub handoff_overdue: &'a HashSet<String>,
     /// The most leases this worker may hold.
     pub max_leases: usize,
@@ -310,6 +316,10 @@ pub(crate) struct RoundPlan {
     pub release: Vec<String>,
     /// Leases to take (shard, counter seen), best first.
     pub take: Vec<(String, u64)>,
+    /// Leases the table gives this worker that it does not hold and has no
+    /// room for (from an earlier run under this id): free them, as nobody
+    /// else takes a live worker's lease (shard, counter seen).
+    pub disown: Vec<(String, u64)>,
     /// Leases to ask their owner for (shard, owner, counter seen).
     pub ask: Vec<(String, String, u64)>,
     /// Leases to read once held (their parents are finished): those held
@@ -323,6 +333,10 @@ pub(crate) struct RoundPlan {
     pub target: usize,
     /// True while a lease asked for has not arrived yet.
     pub waiting: bool,
+    /// True when the table needs no watching: every lease that wants a
+    /// worker is held by a live worker of the workers row, and this round
+    /// changes nothing. Until then the table is read every round.
+    pub settled: bool,
 }
 
 /// Decides one round for one worker: which leases to take (unowned,
@@ -376,8 +390,14 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
     let readable = |l: &Lease| standing(&l.shard_id) == Some(&Standing::Readable);
     // Readable first (parents before children), then by shard id.
     available.sort_by_key(|l| (!readable(l), l.shard_id.as_str()));
-    plan.workers = by_owner.len() + 1;
+    // The workers sharing the leases: the live ones of the workers row
+    // (those holding none too) and the owners of leases not presumed dead.
+    let mut workers: BTreeSet<&str> = input.live.iter().map(String::as_str).collect();
+    workers.insert(me);
+    workers.extend(by_owner.keys().copied());
+    plan.workers = workers.len();
     plan.target = open.len().div_ceil(plan.workers).min(input.max_leases);
+    plan.settled = available.is_empty() && by_owner.keys().all(|o| input.live.contains(*o));
     let mut mine = held
         .iter()
         .filter(|l| standing(&l.shard_id).is_some_and(Standing::wants_worker))
@@ -387,17 +407,46 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
         .filter(|l| matches!(standing(&l.shard_id), Some(Standing::Blocked(_))))
         .map(|l| l.shard_id.as_str())
         .collect();
+    // Each free lease goes to the least loaded live worker (ties by id), so
+    // that workers reading the same table share the free leases out alike
+    // instead of racing for each, and a dead worker's leases spread evenly.
+    let mut loads: BTreeMap<&str, usize> = input
+        .live
+        .iter()
+        .map(|w| (w.as_str(), by_owner.get(w.as_str()).map_or(0, Vec::len)))
+        .collect();
+    loads.insert(me, mine);
     for lease in available {
-        // Beyond the even share only for a lease nobody took for the
-        // failover time: the workers below their share may all be capped.
-        let room = mine < plan.target
-            || (mine < input.max_leases && input.stale.contains(&lease.shard_id));
+        let ours = lease.owner.as_deref() == Some(me);
+        let unclaimed = input.unclaimed.contains(&lease.shard_id);
+        if !ours && !unclaimed {
+            let least = loads
+                .iter()
+                .min_by_key(|(w, n)| (**n, **w))
+                .map_or(me, |(w, _)| *w);
+            if least != me {
+                *loads.entry(least).or_default() += 1;
+                continue;
+            }
+        }
+        // Beyond the even share only for our own lease (from an earlier
+        // run under this id: nobody else takes it while we live) or one
+        // nobody took for twice the failover time: the workers below their
+        // share may all be capped.
+        let room = mine < plan.target || (mine < input.max_leases && (ours || unclaimed));
         if !room {
+            if ours && mine >= input.max_leases && !readable(lease) {
+                plan.disown.push((lease.shard_id.clone(), lease.counter));
+                continue;
+            }
             // At the cap: swap a blocked lease for a readable one.
             if mine < input.max_leases || !readable(lease) {
                 continue;
             }
             let Some(give_up) = blocked_held.pop() else {
+                if ours {
+                    plan.disown.push((lease.shard_id.clone(), lease.counter));
+                }
                 continue;
             };
             plan.release.push(give_up.to_owned());
@@ -405,19 +454,23 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
         }
         plan.take.push((lease.shard_id.clone(), lease.counter));
         mine += 1;
+        loads.insert(me, mine);
     }
-    // Leases already asked for count as ours; one asked for longer than the
-    // failover time ago (its owner ignores handoffs) is taken.
+    // Leases already asked for count as ours. One asked for longer than
+    // the failover time ago counts as its owner's again, and is not asked
+    // for again: a live owner's lease is never taken from it (it may still
+    // be handing records on), and waiting for it must not keep the table
+    // unsettled for ever. Its owner hands it over whenever it reads the
+    // table next.
     for owned in by_owner.values_mut() {
         owned.retain(|lease| {
             if lease.handoff_to.as_deref() != Some(me) {
                 return true;
             }
             if input.handoff_overdue.contains(&lease.shard_id) {
-                plan.take.push((lease.shard_id.clone(), lease.counter));
-            } else {
-                plan.waiting = true;
+                return true;
             }
+            plan.waiting = true;
             mine += 1;
             false
         });
@@ -429,12 +482,19 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
     // every move narrows the spread (no ping-pong), and a worker below the
     // floor is not left stuck when nobody is above the ceiling.
     let floor = open.len() / plan.workers;
-    let mut victims: Vec<(&str, Vec<&Lease>)> = by_owner.into_iter().collect();
+    // Only live workers of the workers row hear asks.
+    let mut victims: Vec<(&str, Vec<&Lease>)> = by_owner
+        .into_iter()
+        .filter(|(owner, _)| input.live.contains(*owner))
+        .collect();
     victims.sort_by_key(|(owner, l)| (std::cmp::Reverse(l.len()), *owner));
     for (owner, mut owned) in victims {
         owned.sort_by_key(|l| (!readable(l), l.shard_id.as_str()));
         let mut theirs = owned.len();
         for lease in owned {
+            if lease.handoff_to.as_deref() == Some(me) {
+                continue;
+            }
             let gives = theirs > plan.target || (theirs > floor && theirs >= mine + 2);
             if mine >= plan.target || !gives {
                 break;
@@ -462,6 +522,13 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
             plan.start.push(shard_id.clone());
         }
     }
+    plan.settled &= plan.lost.is_empty()
+        && plan.delete.is_empty()
+        && plan.release.is_empty()
+        && plan.disown.is_empty()
+        && plan.take.is_empty()
+        && plan.ask.is_empty()
+        && !plan.waiting;
     plan
 }
 
@@ -665,6 +732,7 @@ mod tests {
         rows: Vec<Row>,
         held: HashSet<String>,
         stale: HashSet<String>,
+        unclaimed: HashSet<String>,
         overdue: HashSet<String>,
         gone: HashSet<String>,
         max: usize,
@@ -677,6 +745,7 @@ mod tests {
                 rows,
                 held: HashSet::new(),
                 stale: HashSet::new(),
+                unclaimed: HashSet::new(),
                 overdue: HashSet::new(),
                 gone: HashSet::new(),
                 max: usize::MAX,
@@ -686,6 +755,15 @@ mod tests {
         fn plan(&self, me: &str) -> RoundPlan {
             let lineage = Lineage::new(&self.shards);
             let standings = standings(&self.rows, &lineage, &self.gone);
+            // Every owner of the table is alive unless its lease is stale.
+            let live: BTreeSet<String> = self
+                .rows
+                .iter()
+                .filter_map(Row::lease)
+                .filter(|l| !self.stale.contains(&l.shard_id))
+                .filter_map(|l| l.owner.clone())
+                .chain([me.to_owned()])
+                .collect();
             plan_round(&RoundInput {
                 me,
                 rows: &self.rows,
@@ -694,6 +772,8 @@ mod tests {
                 gone: &self.gone,
                 held: &self.held,
                 stale: &self.stale,
+                unclaimed: &self.unclaimed,
+                live: &live,
                 handoff_overdue: &self.overdue,
                 max_leases: self.max,
             })
@@ -769,8 +849,8 @@ mod tests {
         world.held = HashSet::from(["s0".into(), "s1".into()]);
         // At its share (2 of 4 with 2 workers): leaves s3 to the other...
         assert!(world.plan("me").take.is_empty());
-        // ...until s3 has stood unowned for the failover time.
-        world.stale.insert("s3".into());
+        // ...until s3 has stood unowned for twice the failover time.
+        world.unclaimed.insert("s3".into());
         assert_eq!(taken(&world.plan("me")), ["s3"]);
         world.max = 2;
         assert!(world.plan("me").take.is_empty(), "never beyond the cap");
@@ -823,6 +903,7 @@ mod tests {
         world.gone.insert("Q".into());
         assert_eq!(world.plan("me").delete, ["Q"]);
         world.gone.insert("P".into());
+        world.stale.insert("P".into());
         let plan = world.plan("me");
         assert_eq!(plan.delete, ["P", "Q"]);
         assert!(!taken(&plan).contains(&"P"));
@@ -830,7 +911,7 @@ mod tests {
     }
 
     #[test]
-    fn balances_towards_an_even_share_and_forces_overdue_handoffs() {
+    fn balances_towards_an_even_share_and_stops_waiting_for_overdue_handoffs() {
         let shards: Vec<Shard> = (0..6)
             .map(|i| shard(&format!("s{i}"), &[], false))
             .collect();
@@ -849,8 +930,15 @@ mod tests {
         }
         world.overdue.insert("s0".into());
         let plan = world.plan("me");
-        assert_eq!(taken(&plan), ["s0"]);
-        assert_eq!(plan.ask.len(), 2);
+        assert!(
+            taken(&plan).is_empty(),
+            "a live owner's lease is never taken"
+        );
+        assert!(
+            plan.ask.iter().all(|(id, _, _)| id != "s0"),
+            "nor asked for again: {plan:?}"
+        );
+        assert_eq!(plan.ask.len(), 3);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::aws::kinesis::Shard;
 use crate::error::{Error, Result};
 use crate::lease::coordinator::{LeaseTimings, ShardRunner, ShardSource};
 use crate::lease::plan::Row;
-use crate::lease::table::{LeaseStore, Written, next_counter};
+use crate::lease::table::{LeaseStore, Workers, Written, next_counter};
 use crate::lease::{Checkpoint, Clock, Coordinator, HeldLeases, Lease};
 use crate::metrics::Metrics;
 use crate::random::Rng;
@@ -138,6 +138,10 @@ struct Truth {
 /// The in-memory lease table.
 struct SimTable {
     rows: Mutex<BTreeMap<String, Row>>,
+    /// The rows as they were a step ago: what an eventually consistent
+    /// read may return.
+    stale_rows: Mutex<BTreeMap<String, Row>>,
+    workers: Mutex<Workers>,
     faults: Arc<Faults>,
     truth: Arc<Mutex<Truth>>,
     stream: Arc<Mutex<SimStream>>,
@@ -186,7 +190,6 @@ impl SimTable {
         });
         let written = Written {
             counter: lease.counter,
-            handoff_to: lease.handoff_to.clone(),
         };
         match fault {
             Fault::Lost => Err(injected(operation)),
@@ -204,11 +207,53 @@ impl LeaseStore for SimTable {
         Ok(())
     }
 
-    fn list(&self) -> Result<Vec<Row>> {
+    fn list(&self, consistent: bool) -> Result<Vec<Row>> {
         if matches!(self.faults.draw(""), Fault::Fail | Fault::Lost) {
             return Err(injected("Scan"));
         }
+        // Eventually consistent: every other read is a step behind.
+        trace(|| format!("  list consistent {consistent}"));
+        if !consistent && matches!(self.faults.draw("stale"), Fault::None) {
+            return Ok(lock(&self.stale_rows).values().cloned().collect());
+        }
         Ok(lock(&self.rows).values().cloned().collect())
+    }
+
+    fn heartbeat(&self, worker: &str, beat: u64) -> Result<Workers> {
+        let fault = self.faults.draw("workers");
+        if matches!(fault, Fault::Fail) {
+            return Err(injected("UpdateItem"));
+        }
+        let mut workers = lock(&self.workers);
+        workers.beats.insert(worker.to_owned(), beat);
+        trace(|| format!("  heartbeat {worker} {beat}"));
+        match fault {
+            Fault::Lost => Err(injected("UpdateItem")),
+            _ => Ok(workers.clone()),
+        }
+    }
+
+    fn notify(&self, worker: Option<&str>) -> Result<()> {
+        if matches!(self.faults.draw("workers"), Fault::Fail) {
+            return Err(injected("UpdateItem"));
+        }
+        trace(|| format!("  notify {worker:?}"));
+        let mut workers = lock(&self.workers);
+        match worker {
+            Some(w) => *workers.inboxes.entry(w.to_owned()).or_default() += 1,
+            None => workers.version += 1,
+        }
+        Ok(())
+    }
+
+    fn forget_worker(&self, worker: &str, seen_beat: u64) -> Result<()> {
+        let mut workers = lock(&self.workers);
+        if workers.beats.get(worker) == Some(&seen_beat) {
+            trace(|| format!("  forget worker {worker}"));
+            workers.beats.remove(worker);
+            workers.inboxes.remove(worker);
+        }
+        Ok(())
     }
 
     fn create(&self, lease: &Lease) -> Result<bool> {
@@ -273,12 +318,6 @@ impl LeaseStore for SimTable {
             |l| l.handoff_to = Some(to.to_owned()),
         )?;
         Ok(asked.is_some())
-    }
-
-    fn renew(&self, shard_id: &str, owner: &str, counter: u64) -> Result<Option<Written>> {
-        self.write("UpdateItem", shard_id, Self::held_by(owner, counter), |l| {
-            l.counter = next_counter(counter)
-        })
     }
 
     fn checkpoint(
@@ -523,8 +562,7 @@ struct Worker {
     runner: SimRunner,
     /// Delivered but not yet checkpointed: (epoch, last record).
     pending: HashMap<String, (u64, u64)>,
-    next_renew: Instant,
-    next_take: Instant,
+    next_round: Instant,
     next_sync: Instant,
     paused_until: Instant,
     capped: bool,
@@ -563,6 +601,8 @@ impl Sim {
         }
         let table = Arc::new(SimTable {
             rows: Mutex::default(),
+            stale_rows: Mutex::default(),
+            workers: Mutex::default(),
             faults: faults.clone(),
             truth: truth.clone(),
             stream: stream.clone(),
@@ -599,8 +639,7 @@ impl Sim {
         };
         let timings = LeaseTimings {
             failover: FAILOVER,
-            renew_interval: FAILOVER / 3,
-            take_interval: FAILOVER / 3,
+            heartbeat_interval: FAILOVER / 3,
             shard_sync_interval: SYNC_INTERVAL,
             max_leases_per_worker: if capped {
                 1 + self.rng.below(2) as usize
@@ -628,8 +667,7 @@ impl Sim {
             held,
             runner,
             pending: HashMap::new(),
-            next_renew: now + FAILOVER / 3 + offset,
-            next_take: now + offset,
+            next_round: now + offset,
             next_sync: now + offset,
             paused_until: now,
             capped,
@@ -654,6 +692,7 @@ impl Sim {
             for i in (1..order.len()).rev() {
                 order.swap(i, self.rng.below(i as u64 + 1) as usize);
             }
+            *lock(&self.table.stale_rows) = lock(&self.table.rows).clone();
             for i in order {
                 self.step_worker(i);
             }
@@ -739,17 +778,13 @@ impl Sim {
         if ticker_first {
             Self::tick(w, &self.stream, &self.table);
         }
-        if now >= w.next_renew {
-            w.coordinator.renew();
-            w.next_renew = now + FAILOVER / 3;
-        }
         if now >= w.next_sync {
             let _ = w.coordinator.sync_shards();
             w.next_sync = now + SYNC_INTERVAL;
         }
-        if now >= w.next_take {
-            let waiting = w.coordinator.take_and_start().unwrap_or(false);
-            w.next_take = now + if waiting { FAILOVER / 6 } else { FAILOVER / 3 };
+        if now >= w.next_round {
+            w.coordinator.round();
+            w.next_round = now + FAILOVER / 3;
         }
         if !ticker_first {
             Self::tick(w, &self.stream, &self.table);
@@ -939,7 +974,7 @@ fn workers_share_a_stream_through_faults_and_reshards() {
 }
 
 #[test]
-fn a_restarted_asker_takes_an_unanswered_handoff_after_the_failover_time() {
+fn an_unanswered_ask_never_takes_a_live_owners_lease_but_its_death_frees_it() {
     let mut sim = Sim::new(1);
     sim.workers.clear();
     *lock(&sim.faults.odds) = Odds::default();
@@ -949,7 +984,7 @@ fn a_restarted_asker_takes_an_unanswered_handoff_after_the_failover_time() {
         (0..2).map(|_| stream.add_shard(&[])).collect()
     };
     // "me" asked "busy" for the first lease before it restarted; "busy"
-    // stays alive (it renews) but never answers.
+    // stays alive (it writes heartbeats) but never answers.
     for (i, id) in shards.iter().enumerate() {
         let lease = Lease {
             shard_id: id.clone(),
@@ -965,30 +1000,48 @@ fn a_restarted_asker_takes_an_unanswered_handoff_after_the_failover_time() {
         lock(&sim.table.rows).insert(id.clone(), Row::Lease(lease));
     }
     sim.spawn("me".into(), false);
-    let started = sim.clock.now();
-    let taken_after = loop {
-        for row in lock(&sim.table.rows).values_mut() {
-            match row {
-                Row::Lease(l) if l.owner.as_deref() == Some("busy") => l.counter += 1,
-                _ => {}
-            }
-        }
+    let owner_of = |sim: &Sim, id: &str| match lock(&sim.table.rows).get(id) {
+        Some(Row::Lease(l)) => l.owner.clone(),
+        _ => None,
+    };
+    let step = |sim: &mut Sim| {
         sim.step_worker(0);
-        let owner = match lock(&sim.table.rows).get(&shards[0]) {
-            Some(Row::Lease(l)) => l.owner.clone(),
-            _ => None,
-        };
-        let waited = sim.clock.now() - started;
-        if owner.as_deref() == Some("me") {
-            break waited;
-        }
-        assert!(waited < FAILOVER * 2, "never taken");
         sim.clock
             .millis
             .fetch_add(STEP.as_millis() as u64, Ordering::Relaxed);
     };
+    // Alive for three failover times: its leases stay its own, asked or not.
+    let started = sim.clock.now();
+    let mut beat = 0;
+    while sim.clock.now() - started < FAILOVER * 3 {
+        beat += 1;
+        sim.table.heartbeat("busy", beat).unwrap();
+        step(&mut sim);
+        for id in &shards {
+            assert_eq!(
+                owner_of(&sim, id).as_deref(),
+                Some("busy"),
+                "{id} taken from a live owner"
+            );
+        }
+    }
+    // Its heartbeat stops: both leases are taken within the failover time
+    // and a round or two.
+    let died = sim.clock.now();
+    while shards
+        .iter()
+        .any(|id| owner_of(&sim, id).as_deref() != Some("me"))
+    {
+        let waited = sim.clock.now() - died;
+        assert!(
+            waited < FAILOVER + FAILOVER / 3 * 2,
+            "not taken after {waited:?}"
+        );
+        step(&mut sim);
+    }
+    let waited = sim.clock.now() - died;
     assert!(
-        taken_after + Duration::from_millis(200) >= FAILOVER,
-        "taken after {taken_after:?}: the owner had the failover time to answer"
+        waited + Duration::from_millis(200) >= FAILOVER,
+        "taken after {waited:?}: the owner was alive a failover time before"
     );
 }

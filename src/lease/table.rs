@@ -1,6 +1,6 @@
 //! The lease table: one DynamoDB row per shard, in the KCL's layout.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -21,13 +21,53 @@ const HANDOFF: &str = "handoffTo";
 /// starts, in milliseconds since the epoch.
 const TIMESTAMP: &str = "checkpointTimestamp";
 
+/// The key of the workers row: one row beside the leases (its
+/// `entityType` is not `LEASE`, so the KCL's readers and ours skip it as a
+/// lease) where every worker writes its heartbeat.
+pub(crate) const WORKERS_KEY: &str = "kinesis-consumer:workers";
+const WORKERS_TYPE: &str = "WORKERS";
+/// Attribute prefixes in the workers row: a worker's heartbeat, and its
+/// inbox, a number other workers bump to make it read the lease table.
+const BEAT: &str = "beat:";
+const INBOX: &str = "inbox:";
+/// Bumped to make every worker read the lease table.
+const VERSION: &str = "version";
+
+/// The workers row as a heartbeat left it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Workers {
+    /// Each worker's last heartbeat number.
+    pub beats: BTreeMap<String, u64>,
+    /// Each worker's inbox count (missing: never bumped).
+    pub inboxes: BTreeMap<String, u64>,
+    /// The count bumped when every worker should read the table.
+    pub version: u64,
+}
+
+impl Workers {
+    fn parse(item: &Item) -> Workers {
+        let mut workers = Workers::default();
+        for (name, value) in item {
+            let Some(number) = value.as_n().and_then(parse_counter) else {
+                continue;
+            };
+            if let Some(id) = name.strip_prefix(BEAT) {
+                workers.beats.insert(id.to_owned(), number);
+            } else if let Some(id) = name.strip_prefix(INBOX) {
+                workers.inboxes.insert(id.to_owned(), number);
+            } else if name == VERSION {
+                workers.version = number;
+            }
+        }
+        workers
+    }
+}
+
 /// What a conditional write left in a lease row.
 #[derive(Debug)]
 pub(crate) struct Written {
     /// The lease counter after the write.
     pub counter: u64,
-    /// The worker asking for the lease, if one is.
-    pub handoff_to: Option<String>,
 }
 
 /// What a conditional write leaves in the row when it lands: the owner
@@ -83,10 +123,6 @@ fn parse_counter(text: &str) -> Option<u64> {
 fn written(operation: &'static str, item: &Item) -> Result<Written> {
     Ok(Written {
         counter: counter_of(operation, item)?,
-        handoff_to: item
-            .get(HANDOFF)
-            .and_then(AttributeValue::as_s)
-            .map(str::to_owned),
     })
 }
 
@@ -338,6 +374,12 @@ impl LeaseTable {
         Ok(())
     }
 
+    /// Each worker's last heartbeat, from the workers row (empty if none).
+    pub(crate) fn workers(&self) -> Result<BTreeMap<String, u64>> {
+        let item = self.dynamodb.get_item(&self.name, &key(WORKERS_KEY))?;
+        Ok(item.map(|i| Workers::parse(&i).beats).unwrap_or_default())
+    }
+
     /// Forgets malformed rows no longer in the table, so the set of rows
     /// warned about does not grow for ever.
     fn forget_repaired(&self, rows: &[Row]) {
@@ -358,8 +400,22 @@ pub(crate) trait LeaseStore: Send + Sync + std::fmt::Debug {
 
     /// Every row: leases, and malformed rows with what is wrong with them
     /// (never taken, never a finished parent). Rows of other entity types
-    /// are left out.
-    fn list(&self) -> Result<Vec<Row>>;
+    /// are left out. `consistent` false may return a slightly stale table
+    /// at half the price.
+    fn list(&self, consistent: bool) -> Result<Vec<Row>>;
+
+    /// Writes `worker`'s heartbeat `beat` in the workers row and returns
+    /// the row as it is afterwards (a strongly consistent read, free with
+    /// the write).
+    fn heartbeat(&self, worker: &str, beat: u64) -> Result<Workers>;
+
+    /// Bumps `worker`'s inbox, or with `None` the version every worker
+    /// watches: they read the lease table at their next heartbeat.
+    fn notify(&self, worker: Option<&str>) -> Result<()>;
+
+    /// Takes `worker` out of the workers row if its heartbeat is still
+    /// `seen_beat` (a dead worker's, or our own as we leave).
+    fn forget_worker(&self, worker: &str, seen_beat: u64) -> Result<()>;
 
     /// Creates a lease unless a row exists for the shard; true if created.
     fn create(&self, lease: &Lease) -> Result<bool>;
@@ -381,9 +437,6 @@ pub(crate) trait LeaseStore: Send + Sync + std::fmt::Debug {
         seen_counter: u64,
         to: &str,
     ) -> Result<bool>;
-
-    /// Renews a held lease; `None` if it is no longer ours.
-    fn renew(&self, shard_id: &str, owner: &str, counter: u64) -> Result<Option<Written>>;
 
     /// Writes a checkpoint on a held lease; `None` if it is no longer ours
     /// (and so nothing was written).
@@ -418,9 +471,9 @@ impl LeaseStore for LeaseTable {
         LeaseTable::ensure_exists(self)
     }
 
-    fn list(&self) -> Result<Vec<Row>> {
+    fn list(&self, consistent: bool) -> Result<Vec<Row>> {
         let mut rows = Vec::new();
-        for item in self.dynamodb.scan(&self.name)? {
+        for item in self.dynamodb.scan_with(&self.name, consistent)? {
             if item
                 .get("entityType")
                 .is_some_and(|t| t.as_s() != Some("LEASE"))
@@ -537,11 +590,45 @@ impl LeaseStore for LeaseTable {
             .is_some())
     }
 
-    fn renew(&self, shard_id: &str, owner: &str, counter: u64) -> Result<Option<Written>> {
-        let update = Expression::new("SET #counter = :next")
-            .name("#counter", "leaseCounter")
-            .value(":next", n(next_counter(counter)));
-        self.write_held(shard_id, owner, counter, &update, Some(owner), None)
+    fn heartbeat(&self, worker: &str, beat: u64) -> Result<Workers> {
+        let update = Expression::new("SET #beat = :beat, #type = :type")
+            .name("#beat", &format!("{BEAT}{worker}"))
+            .name("#type", "entityType")
+            .value(":beat", n(beat))
+            .value(":type", s(WORKERS_TYPE));
+        let item = self
+            .dynamodb
+            .update_item(&self.name, &key(WORKERS_KEY), &update, None)?;
+        Ok(Workers::parse(&item))
+    }
+
+    fn notify(&self, worker: Option<&str>) -> Result<()> {
+        let name = match worker {
+            Some(worker) => format!("{INBOX}{worker}"),
+            None => VERSION.to_owned(),
+        };
+        let update = Expression::new("ADD #count :one")
+            .name("#count", &name)
+            .value(":one", n(1));
+        self.dynamodb
+            .update_item(&self.name, &key(WORKERS_KEY), &update, None)
+            .map(|_| ())
+    }
+
+    fn forget_worker(&self, worker: &str, seen_beat: u64) -> Result<()> {
+        let update = Expression::new("REMOVE #beat, #inbox")
+            .name("#beat", &format!("{BEAT}{worker}"))
+            .name("#inbox", &format!("{INBOX}{worker}"));
+        let unchanged = Expression::new("#beat = :seen")
+            .name("#beat", &format!("{BEAT}{worker}"))
+            .value(":seen", n(seen_beat));
+        match self
+            .dynamodb
+            .update_item(&self.name, &key(WORKERS_KEY), &update, Some(&unchanged))
+        {
+            Err(e) if !e.is_condition_failed() => Err(e),
+            _ => Ok(()),
+        }
     }
 
     fn checkpoint(

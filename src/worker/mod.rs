@@ -364,8 +364,7 @@ impl<T: Send + 'static> Consumer<T> {
         });
         let timings = LeaseTimings {
             failover: s.failover_time,
-            renew_interval: s.failover_time / 3,
-            take_interval: s.failover_time / 3,
+            heartbeat_interval: s.failover_time / 3,
             shard_sync_interval: s.shard_sync_interval,
             max_leases_per_worker: s.max_leases_per_worker,
         };

@@ -37,6 +37,10 @@ pub struct Emulators {
     _processes: Vec<Child>,
 }
 
+/// A needle that matches the body of a worker's heartbeat (the one write
+/// per round that keeps all its leases), for proxy rules.
+pub const HEARTBEAT: &str = r#""UpdateExpression":"SET #beat = :beat, #type = :type""#;
+
 pub fn emulators_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("emulators")
 }

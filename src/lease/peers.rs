@@ -1,0 +1,161 @@
+//! Which workers are alive, judged from the workers row every heartbeat
+//! returns: a worker is dead once its heartbeat has stood still for the
+//! failover time on our own clock (no clock of another host is compared),
+//! exactly as the KCL judges a lease by its counter.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::lease::held::ROUND_SLACK;
+use crate::lease::table::Workers;
+
+/// True once `waited` is `limit`, allowing for [`ROUND_SLACK`]: rounds come
+/// every third of the failover time, so the third round after a change was
+/// seen is the failover time later, give or take a few milliseconds either
+/// way; without slack it would count at the third round or at the fourth
+/// (3.3 s later) by chance.
+pub(crate) fn has_waited(waited: Duration, limit: Duration) -> bool {
+    waited + ROUND_SLACK >= limit
+}
+
+/// The other workers as this one has seen them.
+#[derive(Debug, Default)]
+pub(crate) struct Peers {
+    /// Each worker's last heartbeat, and since when (our clock) it stood still.
+    seen: HashMap<String, (u64, Instant)>,
+    /// Workers whose heartbeat stood still for the failover time.
+    dead: HashSet<String>,
+    version: Option<u64>,
+    inbox: Option<u64>,
+}
+
+impl Peers {
+    /// Notes the workers row a heartbeat returned. True when the lease
+    /// table should be read now: a worker joined, left, died or came back,
+    /// or someone bumped the version or this worker's inbox.
+    pub(crate) fn observe(
+        &mut self,
+        workers: &Workers,
+        me: &str,
+        now: Instant,
+        failover: Duration,
+    ) -> bool {
+        let before = self.seen.len();
+        self.seen.retain(|id, _| workers.beats.contains_key(id));
+        let mut changed = self.seen.len() != before;
+        for (id, beat) in &workers.beats {
+            match self.seen.get_mut(id) {
+                Some(seen) if seen.0 == *beat => {}
+                Some(seen) => *seen = (*beat, now),
+                None => {
+                    changed = true;
+                    self.seen.insert(id.clone(), (*beat, now));
+                }
+            }
+        }
+        let dead: HashSet<String> = self
+            .seen
+            .iter()
+            .filter(|(id, (_, since))| {
+                id.as_str() != me && has_waited(now.saturating_duration_since(*since), failover)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        changed |= dead != self.dead;
+        self.dead = dead;
+        let inbox = workers.inboxes.get(me).copied().unwrap_or(0);
+        changed |= self.version != Some(workers.version) || self.inbox != Some(inbox);
+        self.version = Some(workers.version);
+        self.inbox = Some(inbox);
+        changed
+    }
+
+    /// True when `worker` is in the workers row (alive or not).
+    pub(crate) fn is_member(&self, worker: &str) -> bool {
+        self.seen.contains_key(worker)
+    }
+
+    /// True when `worker`'s heartbeat stood still for the failover time.
+    pub(crate) fn is_dead(&self, worker: &str) -> bool {
+        self.dead.contains(worker)
+    }
+
+    /// The workers of the row not judged dead.
+    pub(crate) fn live(&self) -> BTreeSet<String> {
+        self.seen
+            .keys()
+            .filter(|id| !self.dead.contains(*id))
+            .cloned()
+            .collect()
+    }
+
+    /// The dead workers, with the heartbeat each stopped at.
+    pub(crate) fn dead(&self) -> Vec<(String, u64)> {
+        let mut dead: Vec<(String, u64)> = self
+            .dead
+            .iter()
+            .filter_map(|id| self.seen.get(id).map(|(beat, _)| (id.clone(), *beat)))
+            .collect();
+        dead.sort();
+        dead
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: Duration = Duration::from_secs(10);
+
+    fn row(beats: &[(&str, u64)], version: u64, inboxes: &[(&str, u64)]) -> Workers {
+        Workers {
+            beats: beats.iter().map(|(w, b)| ((*w).to_owned(), *b)).collect(),
+            inboxes: inboxes.iter().map(|(w, b)| ((*w).to_owned(), *b)).collect(),
+            version,
+        }
+    }
+
+    #[test]
+    fn a_worker_is_dead_once_its_heartbeat_stood_still_for_the_failover_time() {
+        let t0 = Instant::now();
+        let mut peers = Peers::default();
+        assert!(peers.observe(&row(&[("me", 1), ("a", 7)], 0, &[]), "me", t0, F));
+        // Nothing new: no need to read the table.
+        let t1 = t0 + F / 3;
+        assert!(!peers.observe(&row(&[("me", 2), ("a", 7)], 0, &[]), "me", t1, F));
+        assert!(!peers.is_dead("a"));
+        // Still at 7 a failover time after it was first seen: dead, and
+        // that is news.
+        let t3 = t0 + F;
+        assert!(peers.observe(&row(&[("me", 4), ("a", 7)], 0, &[]), "me", t3, F));
+        assert!(peers.is_dead("a"));
+        assert_eq!(peers.dead(), [("a".to_owned(), 7)]);
+        assert_eq!(peers.live(), BTreeSet::from(["me".to_owned()]));
+        // It beats again: alive, also news.
+        let t4 = t3 + F / 3;
+        assert!(peers.observe(&row(&[("me", 5), ("a", 8)], 0, &[]), "me", t4, F));
+        assert!(!peers.is_dead("a"));
+        // Our own heartbeat is never judged: we know whether we live.
+        assert!(!peers.is_dead("me"));
+    }
+
+    #[test]
+    fn joins_leaves_versions_and_our_inbox_call_for_a_read() {
+        let t = Instant::now();
+        let mut peers = Peers::default();
+        peers.observe(&row(&[("me", 1)], 3, &[("me", 1)]), "me", t, F);
+        let cases = [
+            row(&[("me", 2), ("b", 1)], 3, &[("me", 1)]),
+            row(&[("me", 3)], 3, &[("me", 1)]),
+            row(&[("me", 4)], 4, &[("me", 1)]),
+            row(&[("me", 5)], 4, &[("me", 2)]),
+        ];
+        for (i, workers) in cases.iter().enumerate() {
+            assert!(peers.observe(workers, "me", t, F), "case {i}");
+        }
+        // Another worker's inbox is not ours to read for.
+        let other = row(&[("me", 6)], 4, &[("me", 2), ("x", 9)]);
+        assert!(!peers.observe(&other, "me", t, F));
+        assert!(peers.is_member("me") && !peers.is_member("b"));
+    }
+}
