@@ -130,8 +130,7 @@ fn assert_ordered_per_shard(seen: &[Seen]) {
 
 /// The table's checkpoint for each shard.
 fn checkpoints(app: &str) -> BTreeMap<String, String> {
-    common::dynamodb()
-        .scan(app)
+    common::lease_rows(app)
         .unwrap()
         .into_iter()
         .map(|item| {

@@ -272,8 +272,7 @@ impl Run {
             last.insert(&g.shard, &g.seq);
         }
         // A graceful stop leaves each shard checkpointed at its last record.
-        let table: HashMap<String, String> = common::dynamodb()
-            .scan(app)
+        let table: HashMap<String, String> = common::lease_rows(app)
             .unwrap()
             .into_iter()
             .map(|i| {

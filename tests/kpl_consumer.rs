@@ -194,7 +194,7 @@ fn restart_in_the_middle_of_an_aggregate_resumes_with_the_next_user_record() {
     // Move the checkpoint back into the aggregate, after user record 3, as a
     // consumer that stopped there (or a KCL one) would have left it.
     let d = common::dynamodb();
-    let shard = d.scan(&app).unwrap()[0]["leaseKey"]
+    let shard = common::lease_rows(&app).unwrap()[0]["leaseKey"]
         .as_s()
         .unwrap()
         .to_owned();

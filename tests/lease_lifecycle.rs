@@ -244,7 +244,7 @@ fn duplicates(delivered: &[Delivered]) -> Vec<(String, usize)> {
 /// Every row of an application's lease table, by lease key (none before
 /// the table exists).
 fn rows(app: &str) -> HashMap<String, Item> {
-    let items = match common::dynamodb().scan(app) {
+    let items = match common::lease_rows(app) {
         Err(e) if e.code() == Some("ResourceNotFoundException") => return HashMap::new(),
         items => items.unwrap(),
     };

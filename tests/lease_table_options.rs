@@ -322,3 +322,66 @@ fn a_table_the_kcl_wrote_is_continued_from() {
         assert_eq!(p["checkpoint"].as_s(), Some("SHARD_END"));
     }
 }
+
+/// A KCL worker still running on the table: it renews its lease (bumps the
+/// counter) and writes no heartbeat. Sharing a table with it is unsafe, so
+/// the consumer stops with an error naming the setting and that worker,
+/// having taken nothing from it.
+#[test]
+fn a_live_kcl_worker_on_the_table_is_refused_by_name() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("app");
+    let shard = common::kinesis().list_shards(&stream, None).unwrap()[0].clone();
+    let d = common::dynamodb();
+    common::create_lease_table(&app);
+    d.put_item(
+        &app,
+        &common::kcl_lease_row(&shard, Some("kcl-host:5e21"), 1, "TRIM_HORIZON"),
+        None,
+    )
+    .unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renewer = std::thread::spawn({
+        let (d, app, done, shard_id) =
+            (d.clone(), app.clone(), done.clone(), shard.shard_id.clone());
+        move || {
+            let key = HashMap::from([("leaseKey".to_owned(), AttributeValue::S(shard_id))]);
+            let mut counter = 1u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                counter += 1;
+                let renew =
+                    kinesis_consumer::__test_support::Expression::new("SET leaseCounter = :n")
+                        .value(":n", AttributeValue::N(counter.to_string()));
+                d.update_item(&app, &key, &renew, None).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    });
+    let consumer = common::consumer_builder(&stream, &app).build().unwrap();
+    let started = Instant::now();
+    let result = consumer.run(|batch| {
+        assert!(
+            batch.is_empty(),
+            "a record of the KCL worker's shard was delivered"
+        );
+        Ok(())
+    });
+    let took = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    renewer.join().unwrap();
+    let e = result.expect_err("the consumer refuses to share the table");
+    assert!(
+        matches!(&e, Error::Config { setting, .. } if *setting == "lease_table_name"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("kcl-host:5e21"), "{e}");
+    // Refused once it has watched the owner renew for the failover time
+    // (3 s), and not much later.
+    assert!(took < Duration::from_secs(15), "refused after {took:?}");
+    let row = common::lease_rows(&app)
+        .unwrap()
+        .into_iter()
+        .find(|i| i["leaseKey"].as_s() == Some(shard.shard_id.as_str()))
+        .unwrap();
+    assert_eq!(row["leaseOwner"].as_s(), Some("kcl-host:5e21"));
+}

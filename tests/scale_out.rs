@@ -145,7 +145,7 @@ impl Worker {
 /// Lease owners from the table: owner → shards.
 fn owners(app: &str) -> HashMap<String, Vec<String>> {
     let mut owners: HashMap<String, Vec<String>> = HashMap::new();
-    let rows = match common::dynamodb().scan(app) {
+    let rows = match common::lease_rows(app) {
         Err(e) if e.code() == Some("ResourceNotFoundException") => return owners, // not created yet
         rows => rows.unwrap(),
     };

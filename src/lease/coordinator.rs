@@ -246,13 +246,21 @@ impl<R: ShardRunner> Coordinator<R> {
     /// dropped because no heartbeat landed in time stop being read.
     fn heartbeat(&mut self) -> Result<()> {
         let (lapsed, workers) = self.held.heartbeat();
-        for shard_id in &lapsed {
-            log::warn!(
-                "lease {shard_id} dropped: no heartbeat landed in time; it is taken again if still ours"
-            );
-            self.runner.stop(shard_id);
+        if let Some(dropped) = lapsed {
+            for shard_id in &dropped {
+                log::warn!(
+                    "lease {shard_id} dropped: no heartbeat landed in time; it is taken again if still ours"
+                );
+            }
+            // Leases may have been taken meanwhile: look at once.
+            self.read_due = true;
         }
-        self.read_due |= !lapsed.is_empty();
+        // Readers of leases dropped here or by the ticker stop now, not at
+        // the next read of the table.
+        let held: HashSet<String> = self.held.shards().into_iter().map(|(id, _)| id).collect();
+        let rows = std::mem::take(&mut self.rows);
+        self.stop_orphaned_readers(&rows, &held);
+        self.rows = rows;
         let workers = workers?;
         let now = self.now();
         let me = self.held.owner().to_owned();

@@ -105,17 +105,17 @@ impl HeldLeases {
     /// Writes this worker's heartbeat, which keeps every lease it holds, and
     /// returns the workers row. If no heartbeat sent within the fencing
     /// window landed, peers may take the leases: they are all dropped first
-    /// (and returned), so that this heartbeat cannot make their epochs
-    /// current again; still ours, they are taken again from the checkpoint.
-    pub(crate) fn heartbeat(&self) -> (Vec<String>, Result<Workers>) {
+    /// (returned as `Some`, possibly empty when the ticker dropped them
+    /// already), so that this heartbeat cannot make their epochs current
+    /// again; still ours, they are taken again from the checkpoint.
+    pub(crate) fn heartbeat(&self) -> (Option<Vec<String>>, Result<Workers>) {
         let sent = self.clock.now();
-        let lapsed = if self.has_lapsed(sent) {
+        // Not before the first heartbeat: there is nothing to drop yet.
+        let lapsed = (lock(&self.alive_since).is_some() && self.has_lapsed(sent)).then(|| {
             let dropped: Vec<String> = lock(&self.leases).drain().map(|(id, _)| id).collect();
             self.lost.fetch_add(dropped.len() as u64, Ordering::Relaxed);
             dropped
-        } else {
-            Vec::new()
-        };
+        });
         let beat = self.beat.fetch_add(1, Ordering::Relaxed) + 1;
         let result = self.table.heartbeat(&self.owner, beat);
         if result.is_ok() {

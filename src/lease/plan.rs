@@ -736,6 +736,8 @@ mod tests {
         overdue: HashSet<String>,
         gone: HashSet<String>,
         max: usize,
+        /// Live workers that hold no lease.
+        idle: Vec<&'static str>,
     }
 
     impl World {
@@ -749,6 +751,7 @@ mod tests {
                 overdue: HashSet::new(),
                 gone: HashSet::new(),
                 max: usize::MAX,
+                idle: Vec::new(),
             }
         }
 
@@ -762,6 +765,7 @@ mod tests {
                 .filter_map(Row::lease)
                 .filter(|l| !self.stale.contains(&l.shard_id))
                 .filter_map(|l| l.owner.clone())
+                .chain(self.idle.iter().map(|w| (*w).to_owned()))
                 .chain([me.to_owned()])
                 .collect();
             plan_round(&RoundInput {
@@ -994,6 +998,90 @@ mod tests {
         let plan = world_of(&[("me", 0), ("a", 7), ("b", 7), ("c", 6)]).plan("me");
         assert_eq!(plan.target, 5);
         assert_eq!(asked(&plan), ["a", "a", "b", "b", "c"], "{plan:?}");
+    }
+
+    #[test]
+    fn free_leases_are_shared_out_to_the_least_loaded_live_workers_alike() {
+        let shards: Vec<Shard> = (0..6)
+            .map(|i| shard(&format!("s{i}"), &[], false))
+            .collect();
+        let rows: Vec<Row> = (0..6)
+            .map(|i| lease(&format!("s{i}"), &[], None, Checkpoint::TrimHorizon))
+            .collect();
+        let mut world = World::new(shards, rows);
+        world.idle = vec!["a", "b", "me"];
+        // Every worker reading this table takes its own two, none the same.
+        let mut all: Vec<&str> = Vec::new();
+        let plans: Vec<RoundPlan> = ["a", "b", "me"].iter().map(|w| world.plan(w)).collect();
+        for plan in &plans {
+            assert_eq!(plan.take.len(), 2, "{plan:?}");
+            assert!(!plan.settled);
+            all.extend(taken(plan));
+        }
+        all.sort();
+        assert_eq!(all, ["s0", "s1", "s2", "s3", "s4", "s5"]);
+        assert_eq!(taken(&plans[2]), ["s2", "s5"]);
+        // Left free for twice the failover time: taken by whoever has room
+        // (the rest is shared out anew around it).
+        world.unclaimed.insert("s0".into());
+        assert_eq!(taken(&world.plan("me")), ["s0", "s5"]);
+    }
+
+    #[test]
+    fn a_dead_workers_leases_spread_evenly_over_the_live_ones() {
+        let owners = ["me", "me", "a", "a", "b", "b", "x", "x", "x", "x", "x", "x"];
+        let shards: Vec<Shard> = (0..owners.len())
+            .map(|i| shard(&format!("s{i:02}"), &[], false))
+            .collect();
+        let rows: Vec<Row> = owners
+            .iter()
+            .enumerate()
+            .map(|(i, o)| lease(&format!("s{i:02}"), &[], Some(o), at("1")))
+            .collect();
+        let mut world = World::new(shards, rows);
+        world.held = HashSet::from(["s00".into(), "s01".into()]);
+        // "x" is dead: its heartbeat stood still for the failover time.
+        world.stale = (6..12).map(|i| format!("s{i:02}")).collect();
+        let plan = world.plan("me");
+        assert_eq!((plan.workers, plan.target), (3, 4));
+        assert_eq!(plan.take.len(), 2, "{plan:?}");
+        assert!(plan.ask.is_empty(), "even after the takes: {plan:?}");
+    }
+
+    #[test]
+    fn a_lease_ours_from_an_earlier_run_without_room_for_it_is_freed() {
+        let shards = vec![shard("s0", &[], false), shard("s1", &[], false)];
+        let rows = vec![
+            lease("s0", &[], Some("me"), at("1")),
+            lease("s1", &[], Some("me"), at("2")),
+        ];
+        let mut world = World::new(shards, rows);
+        world.held.insert("s0".into());
+        world.max = 1;
+        let plan = world.plan("me");
+        assert!(plan.take.is_empty());
+        assert_eq!(plan.disown, [("s1".to_owned(), 1)]);
+        // With room, it is taken back, beyond an even share if need be.
+        world.max = usize::MAX;
+        world.idle = vec!["a", "b", "c"];
+        let plan = world.plan("me");
+        assert_eq!(taken(&plan), ["s1"]);
+        assert!(plan.disown.is_empty());
+    }
+
+    #[test]
+    fn a_table_held_by_live_workers_with_nothing_to_do_is_settled() {
+        let shards = vec![shard("s0", &[], false), shard("s1", &[], false)];
+        let rows = vec![
+            lease("s0", &[], Some("me"), at("1")),
+            lease("s1", &[], Some("a"), at("2")),
+        ];
+        let mut world = World::new(shards, rows);
+        world.held.insert("s0".into());
+        assert!(world.plan("me").settled);
+        // An owner outside the workers row is watched until it expires.
+        world.stale.insert("s1".into());
+        assert!(!world.plan("me").settled);
     }
 
     #[test]

@@ -560,6 +560,8 @@ mod tests {
             Duration::from_secs(60),
             Clock::system(),
         );
+        // Its one heartbeat keeps the leases for the tests' length.
+        held.heartbeat().1.unwrap();
         (server, Arc::new(held))
     }
 

@@ -255,6 +255,20 @@ pub fn dynamodb() -> DynamoDbClient {
     DynamoDbClient::new(&config(&emulators().dynamodb_url)).unwrap()
 }
 
+/// The lease rows of an application's table (its workers row left out).
+pub fn lease_rows(
+    app: &str,
+) -> kinesis_consumer::Result<Vec<kinesis_consumer::__test_support::Item>> {
+    Ok(dynamodb()
+        .scan(app)?
+        .into_iter()
+        .filter(|i| {
+            i.get("entityType")
+                .is_none_or(|t| t.as_s() == Some("LEASE"))
+        })
+        .collect())
+}
+
 /// A name no other test of this run uses.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
