@@ -500,9 +500,12 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         self
     }
 
-    /// How long a lease may go unrenewed before other workers take it.
-    /// Leases are renewed every third of it and the table is checked for
-    /// expired and unbalanced leases as often. Defaults to 10 s (as the KCL).
+    /// How long a worker's heartbeat may stand still before other workers
+    /// take its leases. Each worker writes its heartbeat (one write that
+    /// keeps all its leases) every third of it, and reads the lease table
+    /// when the heartbeats show a change (a worker joined, left or died,
+    /// leases were freed or asked for), or every six failover times.
+    /// Defaults to 10 s (as the KCL).
     pub fn failover_time(mut self, failover: Duration) -> Self {
         self.settings.failover_time = failover;
         self
@@ -717,7 +720,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         kinesis_config.region = kinesis_region;
         kinesis_config.stop_retrying = Some(shutdown.flag());
         let kinesis = KinesisClient::new(&kinesis_config)?;
-        // Lease-table requests give up well within a renewal period, so a
+        // Lease-table requests give up well within a heartbeat period, so a
         // hung connection puts only the lease it concerns at risk (a
         // request and its retries take about a third of the failover time).
         let lease_timeout = (self.settings.failover_time / 10).max(Duration::from_millis(100));

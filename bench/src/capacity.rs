@@ -95,8 +95,14 @@ pub fn purpose(operation: &str, body: &str) -> &'static str {
         "UpdateItem" => {
             if body.contains("#checkpoint = :checkpoint") {
                 "checkpoint"
-            } else if body.contains(r#""UpdateExpression":"SET #counter = :next""#) {
-                "renewal"
+            } else if body.contains("SET #beat = :beat") {
+                // The one write per worker that keeps all its leases.
+                "heartbeat"
+            } else if body.contains("ADD #count :one") {
+                // Telling a worker (or all) to read the table.
+                "notify"
+            } else if body.contains("REMOVE #beat, #inbox") {
+                "forget worker"
             } else if body.contains("SET #owner = :owner") {
                 "take"
             } else if body.contains("SET #handoff = :to") {
@@ -250,8 +256,10 @@ mod tests {
 
     #[test]
     fn purposes_follow_the_lease_tables_expressions() {
-        let renew = r##"{"UpdateExpression":"SET #counter = :next","ConditionExpression":"#owner = :owner AND #counter = :counter"}"##;
-        assert_eq!(purpose("UpdateItem", renew), "renewal");
+        let heartbeat = r##"{"UpdateExpression":"SET #beat = :beat, #type = :type"}"##;
+        assert_eq!(purpose("UpdateItem", heartbeat), "heartbeat");
+        let notify = r##"{"UpdateExpression":"ADD #count :one"}"##;
+        assert_eq!(purpose("UpdateItem", notify), "notify");
         let checkpoint = r##"{"UpdateExpression":"SET #checkpoint = :checkpoint, #sub = :sub, #switches = :zero, #counter = :next"}"##;
         assert_eq!(purpose("UpdateItem", checkpoint), "checkpoint");
         let take = r##"{"UpdateExpression":"SET #owner = :owner, #counter = :next"}"##;

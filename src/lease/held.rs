@@ -320,6 +320,10 @@ impl HeldLeases {
                 (id, result)
             })
             .collect();
+        // Never in the row (no heartbeat landed): nothing to take out.
+        if lock(&self.alive_since).is_none() {
+            return released;
+        }
         if let Err(e) = self.table.forget_worker(&self.owner, self.last_beat()) {
             log::warn!("leaving the workers row failed (peers will see the heartbeat stop): {e}");
         }

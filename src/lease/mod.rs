@@ -1,6 +1,8 @@
-//! Shard leases in DynamoDB: the table (compatible with the KCL's), the
-//! leases this worker holds, and the coordinator that renews, takes, steals
-//! and releases them. Nothing here knows about batches or handlers.
+//! Shard leases in DynamoDB: the table (compatible with the KCL's, plus a
+//! workers row of heartbeats), the leases this worker holds, what it knows
+//! of its peers, and the coordinator that writes the heartbeat and takes,
+//! asks for and releases leases. Nothing here knows about batches or
+//! handlers.
 
 mod coordinator;
 mod held;
@@ -122,7 +124,8 @@ pub struct Lease {
     /// A worker that asked the owner to hand the lease over (`handoffTo`,
     /// an attribute of this library's that the KCL ignores).
     pub handoff_to: Option<String>,
-    /// Bumped by every renewal, take, checkpoint and release (`leaseCounter`).
+    /// Bumped by every take, checkpoint and release, and by the KCL's
+    /// renewals (`leaseCounter`).
     pub counter: u64,
     /// How far the shard has been processed.
     pub checkpoint: Checkpoint,

@@ -1,4 +1,5 @@
-//! The lease table: one DynamoDB row per shard, in the KCL's layout.
+//! The lease table: one DynamoDB row per shard, in the KCL's layout, and
+//! one workers row where every worker writes its heartbeat.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -751,9 +752,8 @@ impl LeaseTable {
     /// It does when an earlier attempt of the same request landed but its
     /// reply was lost, so the client's retry found the counter moved on;
     /// without this check a lost reply would cost the lease. Every write
-    /// moves the counter, so only this write (or, for a renewal, our own
-    /// checkpoint whose reply was lost: the lease is ours either way) leaves
-    /// this owner with this counter; a checkpoint must also find its columns.
+    /// moves the counter, so only this write leaves this owner with this
+    /// counter; a checkpoint must also find its columns.
     fn landed(&self, shard_id: &str, after: &After<'_>) -> Result<Option<Written>> {
         let Some(item) = self.dynamodb.get_item(&self.name, &key(shard_id))? else {
             return Ok(None);

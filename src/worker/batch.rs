@@ -87,7 +87,7 @@ pub enum ShardEvent {
         from: Checkpoint,
     },
     /// Another worker has the lease now (it took it, or this worker could
-    /// not renew it in time): no checkpoint of the shard is possible any
+    /// not keep it in time): no checkpoint of the shard is possible any
     /// more, and records handed on but not checkpointed will be read again
     /// by the next owner.
     Lost {

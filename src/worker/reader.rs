@@ -252,7 +252,7 @@ pub(crate) struct ReaderPool<T> {
     context: Arc<ReaderContext<T>>,
     readers: HashMap<String, Running>,
     /// Readers told to stop that may still be inside a slow request. `stop`
-    /// never waits for them (the coordinator must keep renewing leases);
+    /// never waits for them (the coordinator must keep writing heartbeats);
     /// they are joined once finished, and `stop_all` waits for them.
     stopping: Vec<Running>,
 }

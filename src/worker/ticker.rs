@@ -34,7 +34,7 @@ pub(crate) struct Open {
 /// What happened to an open shard's lease since the last look.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Change {
-    /// Another worker has it (or it could not be renewed in time).
+    /// Another worker has it (or no heartbeat landed in time).
     Lost,
     /// Its end was checkpointed and it was released: nothing to tell.
     Finished,

@@ -39,7 +39,7 @@ fn main() {
     let failover: f64 = arg("--failover", 10.0);
     let poll: f64 = arg("--poll", 0.5);
     println!(
-        "# fleet: idle canned stream, failover {failover} s (renewals and take rounds every {:.2} s, shard sync 60 s), {seconds} s measured once balanced; ownership polled every {poll} s",
+        "# fleet: idle canned stream, failover {failover} s (heartbeats every {:.2} s, the table read on changes or every 6 x failover, shard sync 60 s), {seconds} s measured once balanced; ownership polled every {poll} s",
         failover / 3.0
     );
     for l in leases.split(',').map(|s| s.parse::<usize>().unwrap()) {
@@ -135,7 +135,7 @@ fn run(leases: usize, workers: usize, seconds: f64, failover: f64, poll: f64) {
     });
     let phase = difference(&proxy.tallies(), &before_kill);
     println!(
-        "kill -9 of {victim_id}: its leases all held by live workers after {}, none above ceil({leases}/{}) after {}, even (each at floor or ceil) after {} (failover {failover} s + one renewal period {:.2} s = {:.2} s)",
+        "kill -9 of {victim_id}: its leases all held by live workers after {}, none above ceil({leases}/{}) after {}, even (each at floor or ceil) after {} (failover {failover} s + one heartbeat period {:.2} s = {:.2} s)",
         since(takeover, killed),
         survivors.len(),
         since(ceiling, killed),
@@ -305,7 +305,9 @@ fn report(window: &Tallies, leases: usize, workers: usize, minutes: f64, failove
     println!("|---|---|---|---|");
     let (mut reads, mut writes, mut coordination) = (0.0, 0.0, 0.0);
     for purpose in [
-        "renewal",
+        "heartbeat",
+        "notify",
+        "forget worker",
         "scan",
         "take",
         "take (ask)",
@@ -318,7 +320,7 @@ fn report(window: &Tallies, leases: usize, workers: usize, minutes: f64, failove
         "other",
     ] {
         let t = window.get(purpose).copied().unwrap_or_default();
-        if t.requests == 0 && !matches!(purpose, "renewal" | "scan" | "take" | "checkpoint") {
+        if t.requests == 0 && !matches!(purpose, "heartbeat" | "scan" | "take" | "checkpoint") {
             continue;
         }
         println!(
@@ -329,7 +331,12 @@ fn report(window: &Tallies, leases: usize, workers: usize, minutes: f64, failove
         );
         reads += t.read_units;
         writes += t.write_units;
-        if matches!(purpose, "renewal" | "scan" | "take" | "take (ask)") {
+        // What keeps and moves leases (our heartbeat stands for the KCL's
+        // renewals).
+        if matches!(
+            purpose,
+            "heartbeat" | "notify" | "forget worker" | "scan" | "take" | "take (ask)"
+        ) {
             coordination += t.read_units + t.write_units;
         }
     }
@@ -344,7 +351,7 @@ fn report(window: &Tallies, leases: usize, workers: usize, minutes: f64, failove
         renew + scan
     );
     println!(
-        "ours, renewal + scan + take: {:.3} request units per lease-minute = {:.2}x the KCL model's {:.3}",
+        "ours, heartbeat + notify + scan + take: {:.3} request units per lease-minute = {:.2}x the KCL model's {:.3}",
         per(coordination),
         per(coordination) / (renew + scan),
         renew + scan
