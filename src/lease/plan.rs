@@ -784,6 +784,30 @@ mod tests {
         }
     }
 
+    /// A world of leases held as `counts` says: (owner, how many), shards
+    /// `s00`, `s01`, ... in that order; "me" holds its own.
+    fn world_of(counts: &[(&str, usize)]) -> World {
+        let owners: Vec<&str> = counts
+            .iter()
+            .flat_map(|(owner, n)| std::iter::repeat_n(*owner, *n))
+            .collect();
+        let shards: Vec<Shard> = (0..owners.len())
+            .map(|i| shard(&format!("s{i:02}"), &[], false))
+            .collect();
+        let rows: Vec<Row> = owners
+            .iter()
+            .enumerate()
+            .map(|(i, o)| lease(&format!("s{i:02}"), &[], Some(o), at("1")))
+            .collect();
+        let mut world = World::new(shards, rows);
+        for (i, o) in owners.iter().enumerate() {
+            if *o == "me" {
+                world.held.insert(format!("s{i:02}"));
+            }
+        }
+        world
+    }
+
     fn taken(plan: &RoundPlan) -> Vec<&str> {
         plan.take.iter().map(|(id, _)| id.as_str()).collect()
     }
@@ -947,28 +971,6 @@ mod tests {
 
     #[test]
     fn a_worker_below_the_floor_asks_one_at_the_ceiling_and_no_one_ping_pongs() {
-        // A world of leases held as `counts` says: (owner, how many).
-        let world_of = |counts: &[(&str, usize)]| {
-            let owners: Vec<&str> = counts
-                .iter()
-                .flat_map(|(owner, n)| std::iter::repeat_n(*owner, *n))
-                .collect();
-            let shards: Vec<Shard> = (0..owners.len())
-                .map(|i| shard(&format!("s{i:02}"), &[], false))
-                .collect();
-            let rows: Vec<Row> = owners
-                .iter()
-                .enumerate()
-                .map(|(i, o)| lease(&format!("s{i:02}"), &[], Some(o), at("1")))
-                .collect();
-            let mut world = World::new(shards, rows);
-            for (i, o) in owners.iter().enumerate() {
-                if *o == "me" {
-                    world.held.insert(format!("s{i:02}"));
-                }
-            }
-            world
-        };
         let asked = |plan: &RoundPlan| -> Vec<String> {
             plan.ask.iter().map(|(_, owner, _)| owner.clone()).collect()
         };
@@ -1029,17 +1031,7 @@ mod tests {
 
     #[test]
     fn a_dead_workers_leases_spread_evenly_over_the_live_ones() {
-        let owners = ["me", "me", "a", "a", "b", "b", "x", "x", "x", "x", "x", "x"];
-        let shards: Vec<Shard> = (0..owners.len())
-            .map(|i| shard(&format!("s{i:02}"), &[], false))
-            .collect();
-        let rows: Vec<Row> = owners
-            .iter()
-            .enumerate()
-            .map(|(i, o)| lease(&format!("s{i:02}"), &[], Some(o), at("1")))
-            .collect();
-        let mut world = World::new(shards, rows);
-        world.held = HashSet::from(["s00".into(), "s01".into()]);
+        let mut world = world_of(&[("me", 2), ("a", 2), ("b", 2), ("x", 6)]);
         // "x" is dead: its heartbeat stood still for the failover time.
         world.stale = (6..12).map(|i| format!("s{i:02}")).collect();
         let plan = world.plan("me");
