@@ -492,7 +492,8 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
         owned.sort_by_key(|l| (!readable(l), l.shard_id.as_str()));
         let mut theirs = owned.len();
         for lease in owned {
-            if lease.handoff_to.as_deref() == Some(me) {
+            // Asked for already (by us, overdue, or by another worker).
+            if lease.handoff_to.is_some() {
                 continue;
             }
             let gives = theirs > plan.target || (theirs > floor && theirs >= mine + 2);

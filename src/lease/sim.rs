@@ -311,10 +311,11 @@ impl LeaseStore for SimTable {
         seen_counter: u64,
         to: &str,
     ) -> Result<bool> {
+        let held = Self::held_by(owner, seen_counter);
         let asked = self.write(
             "UpdateItem",
             shard_id,
-            Self::held_by(owner, seen_counter),
+            |l| held(l) && l.handoff_to.as_deref().is_none_or(|t| t == to),
             |l| l.handoff_to = Some(to.to_owned()),
         )?;
         Ok(asked.is_some())

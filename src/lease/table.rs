@@ -430,7 +430,9 @@ pub(crate) trait LeaseStore: Send + Sync + std::fmt::Debug {
 
     /// Asks the owner of a lease seen with `seen_counter` to hand it to
     /// `to` once its batch in flight is checkpointed; false when the lease
-    /// changed meanwhile.
+    /// changed meanwhile or another worker asked for it first (asks never
+    /// overwrite each other, so no asker waits for a lease promised to
+    /// another).
     fn request_handoff(
         &self,
         shard_id: &str,
@@ -579,15 +581,19 @@ impl LeaseStore for LeaseTable {
         let update = Expression::new("SET #handoff = :to")
             .name("#handoff", HANDOFF)
             .value(":to", s(to));
+        let unasked = Expression::new(
+            "#owner = :owner AND #counter = :counter AND (attribute_not_exists(#handoff) OR #handoff = :to)",
+        )
+        .name("#owner", "leaseOwner")
+        .name("#counter", "leaseCounter")
+        .name("#handoff", HANDOFF)
+        .value(":owner", s(owner))
+        .value(":counter", n(seen_counter))
+        .value(":to", s(to));
+        // Moves no counter: a retry after a lost reply still meets the
+        // condition.
         Ok(self
-            .conditional(
-                shard_id,
-                &update,
-                &held_by(owner, seen_counter),
-                // Moves no counter: a retry after a lost reply still meets
-                // the condition.
-                None,
-            )?
+            .conditional(shard_id, &update, &unasked, None)?
             .is_some())
     }
 
