@@ -397,7 +397,11 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
     workers.extend(by_owner.keys().copied());
     plan.workers = workers.len();
     plan.target = open.len().div_ceil(plan.workers).min(input.max_leases);
-    plan.settled = available.is_empty() && by_owner.keys().all(|o| input.live.contains(*o));
+    // Handing leases over changes this worker's share: it reads again once
+    // they are gone, and asks if that left it short.
+    plan.settled = available.is_empty()
+        && by_owner.keys().all(|o| input.live.contains(*o))
+        && held.iter().all(|l| l.handoff_to.is_none());
     let mut mine = held
         .iter()
         .filter(|l| standing(&l.shard_id).is_some_and(Standing::wants_worker))
@@ -1072,6 +1076,14 @@ mod tests {
         let mut world = World::new(shards, rows);
         world.held.insert("s0".into());
         assert!(world.plan("me").settled);
+        // Asked for one of ours: look again once it is handed over.
+        if let Row::Lease(l) = &mut world.rows[0] {
+            l.handoff_to = Some("a".into());
+        }
+        assert!(!world.plan("me").settled);
+        if let Row::Lease(l) = &mut world.rows[0] {
+            l.handoff_to = None;
+        }
         // An owner outside the workers row is watched until it expires.
         world.stale.insert("s1".into());
         assert!(!world.plan("me").settled);
