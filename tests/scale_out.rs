@@ -443,11 +443,10 @@ fn split_and_merge_with_two_workers() {
         neighbour.shard_id.clone(),
     ];
     // Deleted at a worker's next read of the table after their children
-    // started: with nothing else changing, the full read every six
-    // failover times (18 s here).
+    // started: a child's first checkpoint tells every worker to read it.
     let cleaned = wait_until(
         "finished leases to be deleted",
-        Duration::from_secs(45),
+        Duration::from_secs(20),
         &[&a, &b],
         || {
             let rows = common::dynamodb().scan(&app).unwrap();

@@ -686,8 +686,13 @@ impl<R: ShardRunner> Coordinator<R> {
     fn take(&mut self, plan: &RoundPlan, rows: &[Row]) -> Result<(u32, u32)> {
         let (mut taken, mut handed_over) = (0u32, 0u32);
         for (shard_id, counter) in &plan.take {
-            let owner = lease_of(rows, shard_id).and_then(|l| l.owner.clone());
-            if self.held.take(shard_id, *counter)?.is_some() {
+            let lease = lease_of(rows, shard_id);
+            let owner = lease.and_then(|l| l.owner.clone());
+            // A child's first checkpoint frees its parents' leases for
+            // deletion: every worker is told when it is written.
+            let announce =
+                lease.is_some_and(|l| !l.parents.is_empty() && !l.checkpoint.has_started());
+            if self.held.take(shard_id, *counter, announce)?.is_some() {
                 log::info!("took lease {shard_id} (was {owner:?})");
                 if self.handoffs_seen.remove(shard_id).is_some() {
                     handed_over += 1;

@@ -36,6 +36,9 @@ struct State {
     /// Set when another worker asked for the lease: we stop reading it and
     /// hand it over once what was delivered is checkpointed.
     handoff_to: Option<String>,
+    /// Set for a child shard not started yet: its first checkpoint is
+    /// announced to every worker (its parents' leases may be deleted).
+    announce_start: bool,
 }
 
 #[derive(Debug)]
@@ -137,8 +140,15 @@ impl HeldLeases {
     }
 
     /// Tries to take a lease seen with `seen_counter`; on success returns the
-    /// epoch that tags everything read under this ownership.
-    pub(crate) fn take(&self, shard_id: &str, seen_counter: u64) -> Result<Option<u64>> {
+    /// epoch that tags everything read under this ownership. With
+    /// `announce_start`, its first checkpoint of a record bumps the version
+    /// every worker watches.
+    pub(crate) fn take(
+        &self,
+        shard_id: &str,
+        seen_counter: u64,
+        announce_start: bool,
+    ) -> Result<Option<u64>> {
         let Some(written) = self.table.take(shard_id, seen_counter, &self.owner)? else {
             return Ok(None);
         };
@@ -149,6 +159,7 @@ impl HeldLeases {
                 counter: written.counter,
                 epoch,
                 handoff_to: None,
+                announce_start,
             }),
         };
         lock(&self.leases).insert(shard_id.to_owned(), Arc::new(held));
@@ -278,7 +289,18 @@ impl HeldLeases {
             .checkpoint(shard_id, &self.owner, counter, checkpoint)?
         {
             Some(written) => {
-                lock(&entry.state).counter = written.counter;
+                let announce = {
+                    let mut state = lock(&entry.state);
+                    state.counter = written.counter;
+                    let announce = state.announce_start && checkpoint.has_started();
+                    state.announce_start &= !announce;
+                    announce
+                };
+                if announce {
+                    if let Err(e) = self.table.notify(None) {
+                        log::warn!("telling the other workers that {shard_id} started failed: {e}");
+                    }
+                }
                 Ok(true)
             }
             None => {

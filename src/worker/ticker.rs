@@ -636,7 +636,7 @@ mod tests {
     #[test]
     fn chunks_already_waiting_at_a_late_tick_make_the_batch() {
         let (_server, held) = held_leases();
-        let epoch = held.take("shard-1", 0).unwrap().unwrap();
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
         let (sender, records) = crossbeam_channel::unbounded();
         sender.send(chunk("shard-1", epoch, &[("1", "a")])).unwrap();
         sender.send(chunk("shard-1", epoch, &[("2", "b")])).unwrap();
@@ -650,7 +650,7 @@ mod tests {
     #[test]
     fn only_a_current_readers_failure_stops_the_consumer() {
         let (_server, held) = held_leases();
-        let epoch = held.take("shard-1", 0).unwrap().unwrap();
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
         let (sender, records) = crossbeam_channel::unbounded();
         let failed = |shard: &str, epoch, what: &str| ReaderOutput::<String>::Failed {
             shard_id: shard.into(),
@@ -699,7 +699,7 @@ mod tests {
     #[test]
     fn a_gained_shard_is_announced_with_its_records_and_shut_down_in_the_last_batch() {
         let (_server, held) = held_leases();
-        let epoch = held.take("shard-1", 0).unwrap().unwrap();
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
         let mut seen: Vec<(Vec<ShardEvent>, Vec<String>, bool)> = Vec::new();
         let result = run_until(
             delivery(&held, ErrorPolicy::Stop),
@@ -738,7 +738,7 @@ mod tests {
     #[test]
     fn a_retried_batch_holds_the_same_records_made_again() {
         let (_server, held) = held_leases();
-        let epoch = held.take("shard-1", 0).unwrap().unwrap();
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
         let policy = ErrorPolicy::Retry {
             retries: 2,
             backoff: Duration::from_millis(1),
@@ -770,7 +770,7 @@ mod tests {
     #[test]
     fn a_batch_that_keeps_failing_stops_the_consumer_after_its_retries() {
         let (_server, held) = held_leases();
-        let epoch = held.take("shard-1", 0).unwrap().unwrap();
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
         let policy = ErrorPolicy::RetryThenReleaseShard {
             retries: 1,
             backoff: Duration::from_millis(1),
