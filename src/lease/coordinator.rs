@@ -391,7 +391,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 log::info!("worker {worker} is dead and holds no lease: forgetting it");
                 Self::log_failure(
                     "forgetting a dead worker",
-                    self.held.table().forget_worker(&worker, beat),
+                    self.held.table().forget_worker(&worker, Some(beat)),
                 );
             }
         }

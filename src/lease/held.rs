@@ -128,11 +128,6 @@ impl HeldLeases {
         (lapsed, result)
     }
 
-    /// The number of the last heartbeat sent.
-    pub(crate) fn last_beat(&self) -> u64 {
-        self.beat.load(Ordering::Relaxed)
-    }
-
     /// True when no heartbeat sent within the fencing window landed.
     fn has_lapsed(&self, now: Instant) -> bool {
         lock(&self.alive_since)
@@ -346,7 +341,15 @@ impl HeldLeases {
         if lock(&self.alive_since).is_none() {
             return released;
         }
-        if let Err(e) = self.table.forget_worker(&self.owner, self.last_beat()) {
+        // Everyone reads the table at its next heartbeat, even if taking
+        // this worker out of the row fails (its last heartbeat may not
+        // have landed), rather than waiting for its heartbeat to expire.
+        if !released.is_empty() {
+            if let Err(e) = self.table.notify(None) {
+                log::warn!("telling the other workers that our leases are free failed: {e}");
+            }
+        }
+        if let Err(e) = self.table.forget_worker(&self.owner, None) {
             log::warn!("leaving the workers row failed (peers will see the heartbeat stop): {e}");
         }
         released

@@ -246,9 +246,9 @@ impl LeaseStore for SimTable {
         Ok(())
     }
 
-    fn forget_worker(&self, worker: &str, seen_beat: u64) -> Result<()> {
+    fn forget_worker(&self, worker: &str, seen_beat: Option<u64>) -> Result<()> {
         let mut workers = lock(&self.workers);
-        if workers.beats.get(worker) == Some(&seen_beat) {
+        if seen_beat.is_none_or(|seen| workers.beats.get(worker) == Some(&seen)) {
             trace(|| format!("  forget worker {worker}"));
             workers.beats.remove(worker);
             workers.inboxes.remove(worker);

@@ -414,9 +414,9 @@ pub(crate) trait LeaseStore: Send + Sync + std::fmt::Debug {
     /// watches: they read the lease table at their next heartbeat.
     fn notify(&self, worker: Option<&str>) -> Result<()>;
 
-    /// Takes `worker` out of the workers row if its heartbeat is still
-    /// `seen_beat` (a dead worker's, or our own as we leave).
-    fn forget_worker(&self, worker: &str, seen_beat: u64) -> Result<()>;
+    /// Takes `worker` out of the workers row: a dead worker's if its
+    /// heartbeat is still `seen_beat`; our own (`None`) as we leave.
+    fn forget_worker(&self, worker: &str, seen_beat: Option<u64>) -> Result<()>;
 
     /// Creates a lease unless a row exists for the shard; true if created.
     fn create(&self, lease: &Lease) -> Result<bool>;
@@ -622,16 +622,18 @@ impl LeaseStore for LeaseTable {
             .map(|_| ())
     }
 
-    fn forget_worker(&self, worker: &str, seen_beat: u64) -> Result<()> {
+    fn forget_worker(&self, worker: &str, seen_beat: Option<u64>) -> Result<()> {
         let update = Expression::new("REMOVE #beat, #inbox")
             .name("#beat", &format!("{BEAT}{worker}"))
             .name("#inbox", &format!("{INBOX}{worker}"));
-        let unchanged = Expression::new("#beat = :seen")
-            .name("#beat", &format!("{BEAT}{worker}"))
-            .value(":seen", n(seen_beat));
+        let unchanged = seen_beat.map(|seen| {
+            Expression::new("#beat = :seen")
+                .name("#beat", &format!("{BEAT}{worker}"))
+                .value(":seen", n(seen))
+        });
         match self
             .dynamodb
-            .update_item(&self.name, &key(WORKERS_KEY), &update, Some(&unchanged))
+            .update_item(&self.name, &key(WORKERS_KEY), &update, unchanged.as_ref())
         {
             Err(e) if !e.is_condition_failed() => Err(e),
             _ => Ok(()),
