@@ -416,11 +416,15 @@ impl<R: ShardRunner> Coordinator<R> {
                 .observed
                 .get(&lease.shard_id)
                 .map_or(Duration::ZERO, |(_, _, since)| now.duration_since(*since));
-            let expired = match lease.owner.as_deref() {
-                None => false,
-                Some(owner) if owner == me => false,
-                Some(owner) if self.peers.is_member(owner) => self.peers.is_dead(owner),
-                Some(_) => has_waited(still, failover),
+            // A member's leases stand still as long as its heartbeat does:
+            // the table may not have been read since it last beat.
+            let (expired, still) = match lease.owner.as_deref() {
+                None => (false, still),
+                Some(owner) if owner == me => (false, Duration::ZERO),
+                Some(owner) if self.peers.is_member(owner) => {
+                    (self.peers.is_dead(owner), self.peers.still_for(owner, now))
+                }
+                Some(_) => (has_waited(still, failover), still),
             };
             if expired {
                 stale.insert(lease.shard_id.clone());

@@ -89,6 +89,14 @@ impl Peers {
             .collect()
     }
 
+    /// How long `worker`'s heartbeat has stood still as we saw it (zero
+    /// for a worker not in the row).
+    pub(crate) fn still_for(&self, worker: &str, now: Instant) -> Duration {
+        self.seen.get(worker).map_or(Duration::ZERO, |(_, since)| {
+            now.saturating_duration_since(*since)
+        })
+    }
+
     /// The dead workers, with the heartbeat each stopped at.
     pub(crate) fn dead(&self) -> Vec<(String, u64)> {
         let mut dead: Vec<(String, u64)> = self
@@ -130,6 +138,7 @@ mod tests {
         assert!(peers.observe(&row(&[("me", 4), ("a", 7)], 0, &[]), "me", t3, F));
         assert!(peers.is_dead("a"));
         assert_eq!(peers.dead(), [("a".to_owned(), 7)]);
+        assert_eq!(peers.still_for("a", t3), F);
         assert_eq!(peers.live(), BTreeSet::from(["me".to_owned()]));
         // It beats again: alive, also news.
         let t4 = t3 + F / 3;

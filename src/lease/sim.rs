@@ -1046,3 +1046,75 @@ fn an_unanswered_ask_never_takes_a_live_owners_lease_but_its_death_frees_it() {
         "taken after {waited:?}: the owner was alive a failover time before"
     );
 }
+
+#[test]
+fn a_dead_workers_leases_spread_evenly_though_the_table_was_last_read_long_ago() {
+    let mut sim = Sim::new(2);
+    sim.workers.clear();
+    *lock(&sim.faults.odds) = Odds::default();
+    // Twelve leases: two for each of three workers, six for "x".
+    let shards: Vec<String> = {
+        let mut stream = lock(&sim.stream);
+        stream.shards.truncate(0);
+        (0..12).map(|_| stream.add_shard(&[])).collect()
+    };
+    let owners = ["a", "a", "b", "b", "c", "c", "x", "x", "x", "x", "x", "x"];
+    for (id, owner) in shards.iter().zip(owners) {
+        let lease = Lease {
+            shard_id: id.clone(),
+            owner: Some(owner.into()),
+            handoff_to: None,
+            counter: 1,
+            checkpoint: Checkpoint::TrimHorizon,
+            owner_switches_since_checkpoint: 0,
+            parents: Vec::new(),
+            children: Vec::new(),
+            hash_range: None,
+        };
+        lock(&sim.table.rows).insert(id.clone(), Row::Lease(lease));
+    }
+    for w in ["a", "b", "c"] {
+        sim.spawn(w.into(), false);
+    }
+    let step = |sim: &mut Sim| {
+        for i in 0..sim.workers.len() {
+            sim.step_worker(i);
+        }
+        sim.clock
+            .millis
+            .fetch_add(STEP.as_millis() as u64, Ordering::Relaxed);
+    };
+    let counts = |sim: &Sim| {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for row in lock(&sim.table.rows).values() {
+            if let Some(owner) = row.lease().and_then(|l| l.owner.clone()) {
+                *counts.entry(owner).or_default() += 1;
+            }
+        }
+        counts
+    };
+    // "x" beats for three failover times: nothing changes, so nobody reads
+    // the table after the first rounds.
+    let started = sim.clock.now();
+    let mut beat = 0;
+    while sim.clock.now() - started < FAILOVER * 3 {
+        beat += 1;
+        sim.table.heartbeat("x", beat).unwrap();
+        step(&mut sim);
+    }
+    assert_eq!(counts(&sim).get("x"), Some(&6));
+    // It dies: its six leases go two to each survivor, not all to the
+    // first to notice (the leases did not stand still since that old read).
+    let died = sim.clock.now();
+    while counts(&sim).contains_key("x") {
+        assert!(sim.clock.now() - died < FAILOVER * 2, "{:?}", counts(&sim));
+        step(&mut sim);
+        assert!(
+            counts(&sim).iter().all(|(w, n)| w == "x" || *n <= 4),
+            "above an even share: {:?}",
+            counts(&sim)
+        );
+    }
+    let even: BTreeMap<String, usize> = ["a", "b", "c"].map(|w| (w.into(), 4)).into();
+    assert_eq!(counts(&sim), even);
+}

@@ -120,6 +120,12 @@ fn run(leases: usize, workers: usize, seconds: f64, failover: f64, poll: f64) {
     let before_kill = proxy.tallies();
     victim.child.kill().expect("kill -9 the worker");
     let killed = Instant::now();
+    if flag("--debug") {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        eprintln!("{:.3} killed {}", wall.as_secs_f64() % 1000.0, victim.id);
+    }
     let _ = victim.child.wait();
     let victim_id = victim.id.clone();
     let survivors = live(&fleet);
@@ -145,7 +151,21 @@ fn run(leases: usize, workers: usize, seconds: f64, failover: f64, poll: f64) {
     );
     println!("  spent meanwhile: {}", brief(&phase));
 
-    // A new worker joins.
+    // A new worker joins a settled fleet: once the survivors took the
+    // victim out of the workers row (a joiner cannot tell a worker that
+    // died a moment ago from a live one that holds nothing, so it would
+    // count the victim in the even share).
+    let forgotten = Instant::now() + PHASE_BOUND;
+    while kinesis_consumer::worker_heartbeats(&client_config(direct), &app)
+        .map_or(true, |beats| beats.contains_key(&victim_id))
+        && Instant::now() < forgotten
+    {
+        std::thread::sleep(secs(poll));
+    }
+    println!(
+        "  the victim left the workers row after {}",
+        since(Some(Instant::now()), killed)
+    );
     let before_join = proxy.tallies();
     fleet.push(spawn_worker(
         &server.url,
@@ -394,8 +414,12 @@ fn log_as(id: &str) {
             true
         }
         fn log(&self, record: &log::Record) {
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
             eprintln!(
-                "{:7.2} {} {} {}",
+                "{:.3} {:7.2} {} {} {}",
+                wall.as_secs_f64() % 1000.0,
                 self.1.elapsed().as_secs_f64(),
                 self.0,
                 record.level(),
