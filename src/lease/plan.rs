@@ -460,56 +460,50 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
         mine += 1;
         loads.insert(me, mine);
     }
-    // Leases already asked for count as ours. One asked for longer than
-    // the failover time ago counts as its owner's again, and is not asked
-    // for again: a live owner's lease is never taken from it (it may still
-    // be handing records on), and waiting for it must not keep the table
-    // unsettled for ever. Its owner hands it over whenever it reads the
-    // table next.
-    for owned in by_owner.values_mut() {
+    // A lease asked for by a live worker counts as that worker's, as every
+    // worker reading the table counts it, until its owner hands it over.
+    // One we asked for longer than the failover time ago is not waited for
+    // (the table may settle) but is not asked for anew either: a live
+    // owner's lease is never taken from it (it may still be handing records
+    // on), and it hands the lease over whenever it reads the table next.
+    let moving = |from: &str, to: &str, loads: &mut BTreeMap<&str, usize>| {
+        if let Some(n) = loads.get_mut(from) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(n) = loads.get_mut(to) {
+            *n += 1;
+        }
+    };
+    fn asker<'l>(lease: &'l Lease, me: &str, live: &BTreeSet<String>) -> Option<&'l str> {
+        lease
+            .handoff_to
+            .as_deref()
+            .filter(|to| *to == me || live.contains(*to))
+    }
+    for lease in &held {
+        if let Some(to) = asker(lease, me, input.live) {
+            moving(me, to, &mut loads);
+        }
+    }
+    for (owner, owned) in by_owner.iter_mut() {
         owned.retain(|lease| {
-            if lease.handoff_to.as_deref() != Some(me) {
+            let Some(to) = asker(lease, me, input.live) else {
                 return true;
+            };
+            if to == me && !input.handoff_overdue.contains(&lease.shard_id) {
+                plan.waiting = true;
             }
-            if input.handoff_overdue.contains(&lease.shard_id) {
-                return true;
-            }
-            plan.waiting = true;
-            mine += 1;
+            moving(owner, to, &mut loads);
             false
         });
     }
-    // Ask the busiest workers for leases, several per round if needed, up
-    // to the target (the ceiling of an even share). A worker above the
-    // target gives what it holds beyond it; one at the target gives one more
-    // only to a worker two or more below it, and never goes below the floor:
-    // every move narrows the spread (no ping-pong), and a worker below the
-    // floor is not left stuck when nobody is above the ceiling.
-    let floor = open.len() / plan.workers;
-    // Only live workers of the workers row hear asks.
-    let mut victims: Vec<(&str, Vec<&Lease>)> = by_owner
-        .into_iter()
-        .filter(|(owner, _)| input.live.contains(*owner))
-        .collect();
-    victims.sort_by_key(|(owner, l)| (std::cmp::Reverse(l.len()), *owner));
-    for (owner, mut owned) in victims {
-        owned.sort_by_key(|l| (!readable(l), l.shard_id.as_str()));
-        let mut theirs = owned.len();
-        for lease in owned {
-            // Asked for already (by us, overdue, or by another worker).
-            if lease.handoff_to.is_some() {
-                continue;
-            }
-            let gives = theirs > plan.target || (theirs > floor && theirs >= mine + 2);
-            if mine >= plan.target || !gives {
-                break;
-            }
-            plan.ask
-                .push((lease.shard_id.clone(), owner.to_owned(), lease.counter));
-            plan.waiting = true;
-            mine += 1;
-            theirs -= 1;
+    for (shard_id, owner, counter) in asks(&loads, &by_owner, me, &readable) {
+        if loads[me] >= input.max_leases {
+            break;
         }
+        plan.ask.push((shard_id, owner, counter));
+        plan.waiting = true;
+        *loads.entry(me).or_default() += 1;
     }
     let released: HashSet<&str> = plan.release.iter().map(String::as_str).collect();
     for lease in held {
@@ -535,6 +529,56 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
         && plan.ask.is_empty()
         && !plan.waiting;
     plan
+}
+
+/// The leases `me` asks for this round, towards an even share of the live
+/// workers' `loads` (leases held, taken this round, or in flight towards
+/// each): every worker ends at the floor or the ceiling of the mean, the
+/// ceilings going to those holding the most (ties by id), so that the
+/// fewest leases move. Givers above their share give their surplus to
+/// workers below theirs, both in id order, readable leases first: every
+/// worker reading the same table computes the same moves and asks for its
+/// own part only, so that several asking at once neither pick the same
+/// lease nor drain one giver below its share.
+fn asks(
+    loads: &BTreeMap<&str, usize>,
+    by_owner: &BTreeMap<&str, Vec<&Lease>>,
+    me: &str,
+    readable: &impl Fn(&Lease) -> bool,
+) -> Vec<(String, String, u64)> {
+    let total: usize = loads.values().sum();
+    let workers = loads.len().max(1);
+    let mut ranked: Vec<(&str, usize)> = loads.iter().map(|(w, n)| (*w, *n)).collect();
+    ranked.sort_by_key(|(w, n)| (std::cmp::Reverse(*n), *w));
+    let share: BTreeMap<&str, usize> = ranked
+        .iter()
+        .enumerate()
+        .map(|(rank, (w, _))| (*w, total / workers + usize::from(rank < total % workers)))
+        .collect();
+    let mut surplus: Vec<&Lease> = Vec::new();
+    for (owner, load) in loads {
+        let Some(owned) = by_owner.get(owner).filter(|_| *owner != me) else {
+            continue;
+        };
+        let mut owned: Vec<&Lease> = owned
+            .iter()
+            .copied()
+            .filter(|l| l.handoff_to.is_none())
+            .collect();
+        owned.sort_by_key(|l| (!readable(l), l.shard_id.as_str()));
+        surplus.extend(owned.into_iter().take(load.saturating_sub(share[owner])));
+    }
+    let mut surplus = surplus.into_iter();
+    let mut asks = Vec::new();
+    for (worker, load) in loads {
+        for lease in surplus.by_ref().take(share[worker].saturating_sub(*load)) {
+            if *worker == me {
+                let owner = lease.owner.clone().unwrap_or_default();
+                asks.push((lease.shard_id.clone(), owner, lease.counter));
+            }
+        }
+    }
+    asks
 }
 
 /// Rows to delete: finished leases once every child has started (so that
@@ -971,7 +1015,8 @@ mod tests {
             plan.ask.iter().all(|(id, _, _)| id != "s0"),
             "nor asked for again: {plan:?}"
         );
-        assert_eq!(plan.ask.len(), 3);
+        // It still counts as coming (every worker counts it so): two more.
+        assert_eq!(plan.ask.len(), 2);
     }
 
     #[test]
@@ -980,10 +1025,11 @@ mod tests {
             plan.ask.iter().map(|(_, owner, _)| owner.clone()).collect()
         };
         // 10 leases, 3 workers: ceiling 4, floor 3. Nobody is above the
-        // ceiling, but "me" is below the floor: it asks one of 4.
+        // ceiling, but "me" is below the floor: it asks one of 4 (the
+        // ceiling stays with the first by id).
         let plan = world_of(&[("me", 2), ("a", 4), ("b", 4)]).plan("me");
         assert_eq!(plan.target, 4);
-        assert_eq!(asked(&plan), ["a"], "{plan:?}");
+        assert_eq!(asked(&plan), ["b"], "{plan:?}");
         // Within one lease of even: nothing moves (no ping-pong).
         for counts in [
             [("me", 3), ("a", 4), ("b", 3)],
@@ -994,17 +1040,62 @@ mod tests {
         }
         // Far below: several asks, never leaving a giver below the asker.
         let plan = world_of(&[("me", 0), ("a", 5), ("b", 5)]).plan("me");
-        assert_eq!(asked(&plan), ["a", "a", "b"], "3, 3 and 4 after: {plan:?}");
+        assert_eq!(asked(&plan), ["a", "b", "b"], "4, 3 and 3 after: {plan:?}");
         // A worker joining 3 others at 5, 5, 5 (15 leases: ceiling 4,
-        // floor 3): 4, 3, 4, 4 after, nobody drained below the floor (the
-        // giver of the most, "a", stops at the floor).
+        // floor 3): 3, 4, 4, 4 after, the ceilings kept by those holding
+        // the most.
         let plan = world_of(&[("me", 0), ("a", 5), ("b", 5), ("c", 5)]).plan("me");
-        assert_eq!(asked(&plan), ["a", "a", "b", "c"], "{plan:?}");
+        assert_eq!(asked(&plan), ["a", "b", "c"], "{plan:?}");
         // 20 leases among 4 (ceiling and floor 5): each gives what it holds
         // beyond the ceiling, no more.
         let plan = world_of(&[("me", 0), ("a", 7), ("b", 7), ("c", 6)]).plan("me");
         assert_eq!(plan.target, 5);
         assert_eq!(asked(&plan), ["a", "a", "b", "b", "c"], "{plan:?}");
+    }
+
+    #[test]
+    fn workers_asking_at_once_ask_for_different_leases_and_end_even() {
+        // 30 leases, 6 workers: 5 each. Each worker plans from the same
+        // table; between them they ask for each surplus lease once.
+        let counts = [("a", 8), ("b", 6), ("c", 6), ("d", 4), ("e", 4), ("f", 2)];
+        let mut world = world_of(&counts);
+        let held_by = |world: &World, worker: &str| -> HashSet<String> {
+            world
+                .rows
+                .iter()
+                .filter_map(Row::lease)
+                .filter(|l| l.owner.as_deref() == Some(worker))
+                .map(|l| l.shard_id.clone())
+                .collect()
+        };
+        let mut asked: Vec<(String, &str)> = Vec::new();
+        let mut after: BTreeMap<String, usize> =
+            counts.iter().map(|(w, n)| ((*w).to_owned(), *n)).collect();
+        for (worker, _) in counts {
+            world.held = held_by(&world, worker);
+            let plan = world.plan(worker);
+            for (shard_id, owner, _) in plan.ask {
+                asked.push((shard_id, worker));
+                *after.get_mut(&owner).unwrap() -= 1;
+                *after.get_mut(worker).unwrap() += 1;
+            }
+        }
+        let distinct: HashSet<&String> = asked.iter().map(|(id, _)| id).collect();
+        assert_eq!(distinct.len(), asked.len(), "asked twice: {asked:?}");
+        assert!(after.values().all(|n| *n == 5), "{after:?}");
+        // With the asks in the table (in flight), nobody asks for more.
+        for row in &mut world.rows {
+            if let Row::Lease(l) = row {
+                l.handoff_to = asked
+                    .iter()
+                    .find(|(id, _)| *id == l.shard_id)
+                    .map(|(_, to)| (*to).to_owned());
+            }
+        }
+        for (worker, _) in counts {
+            world.held = held_by(&world, worker);
+            assert!(world.plan(worker).ask.is_empty(), "{worker} asks again");
+        }
     }
 
     #[test]
