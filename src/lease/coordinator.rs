@@ -257,7 +257,7 @@ impl<R: ShardRunner> Coordinator<R> {
         }
         // Readers of leases dropped here or by the ticker stop now, not at
         // the next read of the table.
-        let held: HashSet<String> = self.held.shards().into_iter().map(|(id, _)| id).collect();
+        let held = self.held.shard_ids();
         let rows = std::mem::take(&mut self.rows);
         self.stop_orphaned_readers(&rows, &held);
         self.rows = rows;
@@ -440,7 +440,7 @@ impl<R: ShardRunner> Coordinator<R> {
             .filter(|id| self.overdue(id))
             .cloned()
             .collect();
-        let held: HashSet<String> = self.held.shards().into_iter().map(|(id, _)| id).collect();
+        let held = self.held.shard_ids();
         let plan = plan::plan_round(&RoundInput {
             me,
             rows,

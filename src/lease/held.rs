@@ -5,7 +5,7 @@
 //! are serialized by that lease's own write lock; writes to different
 //! leases never wait for each other.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -168,6 +168,11 @@ impl HeldLeases {
             .iter()
             .map(|(id, h)| (id.clone(), lock(&h.state).epoch))
             .collect()
+    }
+
+    /// The shards held, without their epochs.
+    pub(crate) fn shard_ids(&self) -> HashSet<String> {
+        lock(&self.leases).keys().cloned().collect()
     }
 
     /// The shards being handed over to another worker.
