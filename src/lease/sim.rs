@@ -974,42 +974,56 @@ fn workers_share_a_stream_through_faults_and_reshards() {
     );
 }
 
+/// Helpers for the scenario tests below.
+impl Sim {
+    /// A simulation without faults or workers, whose stream has one open
+    /// shard per lease given (owner, asked for by); returns the shard ids.
+    fn with_leases(leases: &[(&str, Option<&str>)]) -> (Sim, Vec<String>) {
+        let mut sim = Sim::new(1);
+        sim.workers.clear();
+        *lock(&sim.faults.odds) = Odds::default();
+        let shards: Vec<String> = {
+            let mut stream = lock(&sim.stream);
+            stream.shards.truncate(0);
+            leases.iter().map(|_| stream.add_shard(&[])).collect()
+        };
+        for (id, (owner, asker)) in shards.iter().zip(leases) {
+            let lease = Lease {
+                shard_id: id.clone(),
+                owner: Some((*owner).into()),
+                handoff_to: asker.map(str::to_owned),
+                counter: 1,
+                checkpoint: Checkpoint::TrimHorizon,
+                owner_switches_since_checkpoint: 0,
+                parents: Vec::new(),
+                children: Vec::new(),
+                hash_range: None,
+            };
+            lock(&sim.table.rows).insert(id.clone(), Row::Lease(lease));
+        }
+        (sim, shards)
+    }
+
+    /// Steps every worker once, then the clock.
+    fn step_all(&mut self) {
+        for i in 0..self.workers.len() {
+            self.step_worker(i);
+        }
+        self.clock
+            .millis
+            .fetch_add(STEP.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
 #[test]
 fn an_unanswered_ask_never_takes_a_live_owners_lease_but_its_death_frees_it() {
-    let mut sim = Sim::new(1);
-    sim.workers.clear();
-    *lock(&sim.faults.odds) = Odds::default();
-    let shards: Vec<String> = {
-        let mut stream = lock(&sim.stream);
-        stream.shards.truncate(0);
-        (0..2).map(|_| stream.add_shard(&[])).collect()
-    };
     // "me" asked "busy" for the first lease before it restarted; "busy"
     // stays alive (it writes heartbeats) but never answers.
-    for (i, id) in shards.iter().enumerate() {
-        let lease = Lease {
-            shard_id: id.clone(),
-            owner: Some("busy".into()),
-            handoff_to: (i == 0).then(|| "me".into()),
-            counter: 1,
-            checkpoint: Checkpoint::TrimHorizon,
-            owner_switches_since_checkpoint: 0,
-            parents: Vec::new(),
-            children: Vec::new(),
-            hash_range: None,
-        };
-        lock(&sim.table.rows).insert(id.clone(), Row::Lease(lease));
-    }
+    let (mut sim, shards) = Sim::with_leases(&[("busy", Some("me")), ("busy", None)]);
     sim.spawn("me".into(), false);
     let owner_of = |sim: &Sim, id: &str| match lock(&sim.table.rows).get(id) {
         Some(Row::Lease(l)) => l.owner.clone(),
         _ => None,
-    };
-    let step = |sim: &mut Sim| {
-        sim.step_worker(0);
-        sim.clock
-            .millis
-            .fetch_add(STEP.as_millis() as u64, Ordering::Relaxed);
     };
     // Alive for three failover times: its leases stay its own, asked or not.
     let started = sim.clock.now();
@@ -1017,7 +1031,7 @@ fn an_unanswered_ask_never_takes_a_live_owners_lease_but_its_death_frees_it() {
     while sim.clock.now() - started < FAILOVER * 3 {
         beat += 1;
         sim.table.heartbeat("busy", beat).unwrap();
-        step(&mut sim);
+        sim.step_all();
         for id in &shards {
             assert_eq!(
                 owner_of(&sim, id).as_deref(),
@@ -1038,7 +1052,7 @@ fn an_unanswered_ask_never_takes_a_live_owners_lease_but_its_death_frees_it() {
             waited < FAILOVER + FAILOVER / 3 * 2,
             "not taken after {waited:?}"
         );
-        step(&mut sim);
+        sim.step_all();
     }
     let waited = sim.clock.now() - died;
     assert!(
@@ -1049,41 +1063,13 @@ fn an_unanswered_ask_never_takes_a_live_owners_lease_but_its_death_frees_it() {
 
 #[test]
 fn a_dead_workers_leases_spread_evenly_though_the_table_was_last_read_long_ago() {
-    let mut sim = Sim::new(2);
-    sim.workers.clear();
-    *lock(&sim.faults.odds) = Odds::default();
     // Twelve leases: two for each of three workers, six for "x".
-    let shards: Vec<String> = {
-        let mut stream = lock(&sim.stream);
-        stream.shards.truncate(0);
-        (0..12).map(|_| stream.add_shard(&[])).collect()
-    };
     let owners = ["a", "a", "b", "b", "c", "c", "x", "x", "x", "x", "x", "x"];
-    for (id, owner) in shards.iter().zip(owners) {
-        let lease = Lease {
-            shard_id: id.clone(),
-            owner: Some(owner.into()),
-            handoff_to: None,
-            counter: 1,
-            checkpoint: Checkpoint::TrimHorizon,
-            owner_switches_since_checkpoint: 0,
-            parents: Vec::new(),
-            children: Vec::new(),
-            hash_range: None,
-        };
-        lock(&sim.table.rows).insert(id.clone(), Row::Lease(lease));
-    }
+    let leases: Vec<(&str, Option<&str>)> = owners.iter().map(|o| (*o, None)).collect();
+    let (mut sim, _) = Sim::with_leases(&leases);
     for w in ["a", "b", "c"] {
         sim.spawn(w.into(), false);
     }
-    let step = |sim: &mut Sim| {
-        for i in 0..sim.workers.len() {
-            sim.step_worker(i);
-        }
-        sim.clock
-            .millis
-            .fetch_add(STEP.as_millis() as u64, Ordering::Relaxed);
-    };
     let counts = |sim: &Sim| {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for row in lock(&sim.table.rows).values() {
@@ -1100,7 +1086,7 @@ fn a_dead_workers_leases_spread_evenly_though_the_table_was_last_read_long_ago()
     while sim.clock.now() - started < FAILOVER * 3 {
         beat += 1;
         sim.table.heartbeat("x", beat).unwrap();
-        step(&mut sim);
+        sim.step_all();
     }
     assert_eq!(counts(&sim).get("x"), Some(&6));
     // It dies: its six leases go two to each survivor, not all to the
@@ -1108,7 +1094,7 @@ fn a_dead_workers_leases_spread_evenly_though_the_table_was_last_read_long_ago()
     let died = sim.clock.now();
     while counts(&sim).contains_key("x") {
         assert!(sim.clock.now() - died < FAILOVER * 2, "{:?}", counts(&sim));
-        step(&mut sim);
+        sim.step_all();
         assert!(
             counts(&sim).iter().all(|(w, n)| w == "x" || *n <= 4),
             "above an even share: {:?}",
