@@ -134,6 +134,8 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     /// Rows already reported (waiting, not listed, gone, malformed), to
     /// log each once; rows that left the table are forgotten.
     reported: HashMap<String, Standing>,
+    /// When the last heartbeat was sent (our clock).
+    last_beat: Option<Instant>,
 }
 
 impl<R: ShardRunner> Coordinator<R> {
@@ -165,6 +167,7 @@ impl<R: ShardRunner> Coordinator<R> {
             next_full_read: Instant::now(),
             handoffs_seen: HashMap::new(),
             reported: HashMap::new(),
+            last_beat: None,
         }
     }
 
@@ -245,6 +248,7 @@ impl<R: ShardRunner> Coordinator<R> {
     /// Writes the heartbeat and notes what the workers row says. Leases
     /// dropped because no heartbeat landed in time stop being read.
     fn heartbeat(&mut self) -> Result<()> {
+        self.last_beat = Some(self.now());
         let (lapsed, workers) = self.held.heartbeat();
         if let Some(dropped) = lapsed {
             for shard_id in &dropped {
@@ -268,6 +272,19 @@ impl<R: ShardRunner> Coordinator<R> {
             .peers
             .observe(&workers, &me, now, self.timings.failover);
         Ok(())
+    }
+
+    /// Writes the heartbeat if a heartbeat period passed since the last
+    /// one. Called between the writes of long loops: creating or taking a
+    /// thousand leases takes longer than the failover time, and without it
+    /// the peers would judge this worker dead and its own leases lapse.
+    fn beat_if_due(&mut self) {
+        let due = self
+            .last_beat
+            .is_none_or(|sent| self.now().duration_since(sent) >= self.timings.heartbeat_interval);
+        if due {
+            Self::log_failure("heartbeat", self.heartbeat());
+        }
     }
 
     /// A shard's end is checkpointed: give its lease up and look for its
@@ -323,6 +340,7 @@ impl<R: ShardRunner> Coordinator<R> {
         self.misses = plan::count_misses(&rows, &lineage, &self.misses);
         let mut created = false;
         for lease in plan::new_leases(&rows, &lineage, &self.initial, pin) {
+            self.beat_if_due();
             if self.held.table().create(&lease)? {
                 created = true;
                 log::info!(
@@ -346,6 +364,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 .any(|c| !lease.children.iter().any(|k| k == c))
             {
                 let children: Vec<String> = children.iter().map(|c| (*c).to_owned()).collect();
+                self.beat_if_due();
                 self.held.table().set_children(&lease.shard_id, &children)?;
             }
         }
@@ -363,6 +382,7 @@ impl<R: ShardRunner> Coordinator<R> {
         if self.listed.is_none() {
             self.sync_shards()?;
         }
+        self.beat_if_due();
         let rows = self.held.table().list(consistent)?;
         let now = self.now();
         let me = self.held.owner().to_owned();
@@ -690,6 +710,7 @@ impl<R: ShardRunner> Coordinator<R> {
     fn take(&mut self, plan: &RoundPlan, rows: &[Row]) -> Result<(u32, u32)> {
         let (mut taken, mut handed_over) = (0u32, 0u32);
         for (shard_id, counter) in &plan.take {
+            self.beat_if_due();
             let lease = lease_of(rows, shard_id);
             let owner = lease.and_then(|l| l.owner.clone());
             // A child's first checkpoint frees its parents' leases for

@@ -145,6 +145,12 @@ struct SimTable {
     faults: Arc<Faults>,
     truth: Arc<Mutex<Truth>>,
     stream: Arc<Mutex<SimStream>>,
+    /// The simulated clock (milliseconds), which slow writes move on.
+    clock: Arc<AtomicU64>,
+    /// How long each lease creation and take takes, in milliseconds.
+    write_millis: AtomicU64,
+    /// Every heartbeat written: (worker, clock in milliseconds).
+    beats: Mutex<Vec<(String, u64)>>,
 }
 
 impl std::fmt::Debug for SimTable {
@@ -197,6 +203,12 @@ impl SimTable {
         }
     }
 
+    /// A write's time passes.
+    fn spend_write_time(&self) {
+        let millis = self.write_millis.load(Ordering::Relaxed);
+        self.clock.fetch_add(millis, Ordering::Relaxed);
+    }
+
     fn held_by(owner: &str, counter: u64) -> impl Fn(&Lease) -> bool + '_ {
         move |l| l.owner.as_deref() == Some(owner) && l.counter == counter
     }
@@ -224,6 +236,8 @@ impl LeaseStore for SimTable {
         if matches!(fault, Fault::Fail) {
             return Err(injected("UpdateItem"));
         }
+        let now = self.clock.load(Ordering::Relaxed);
+        lock(&self.beats).push((worker.to_owned(), now));
         let mut workers = lock(&self.workers);
         workers.beats.insert(worker.to_owned(), beat);
         trace(|| format!("  heartbeat {worker} {beat}"));
@@ -257,6 +271,7 @@ impl LeaseStore for SimTable {
     }
 
     fn create(&self, lease: &Lease) -> Result<bool> {
+        self.spend_write_time();
         let mut rows = lock(&self.rows);
         if rows.contains_key(&lease.shard_id) {
             return Ok(false);
@@ -291,6 +306,7 @@ impl LeaseStore for SimTable {
     }
 
     fn take(&self, shard_id: &str, seen_counter: u64, owner: &str) -> Result<Option<Written>> {
+        self.spend_write_time();
         self.write(
             "UpdateItem",
             shard_id,
@@ -607,6 +623,9 @@ impl Sim {
             faults: faults.clone(),
             truth: truth.clone(),
             stream: stream.clone(),
+            clock: clock.millis.clone(),
+            write_millis: AtomicU64::new(0),
+            beats: Mutex::default(),
         });
         let mut sim = Sim {
             rng,
@@ -1103,4 +1122,31 @@ fn a_dead_workers_leases_spread_evenly_though_the_table_was_last_read_long_ago()
     }
     let even: BTreeMap<String, usize> = ["a", "b", "c"].map(|w| (w.into(), 4)).into();
     assert_eq!(counts(&sim), even);
+}
+
+#[test]
+fn a_worker_creating_and_taking_many_slow_leases_keeps_beating() {
+    let (mut sim, _) = Sim::with_leases(&[]);
+    for _ in 0..40 {
+        lock(&sim.stream).add_shard(&[]);
+    }
+    // 40 creations and 40 takes at 400 ms each: 32 s, three failover times.
+    let write = Duration::from_millis(400);
+    sim.table
+        .write_millis
+        .store(write.as_millis() as u64, Ordering::Relaxed);
+    sim.spawn("a".into(), false);
+    let started = sim.clock.now();
+    while sim.clock.now() - started < FAILOVER * 6 {
+        sim.step_all();
+    }
+    assert_eq!(sim.workers[0].held.len(), 40, "not all taken");
+    let beats: Vec<u64> = lock(&sim.table.beats).iter().map(|(_, t)| *t).collect();
+    let longest = beats.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    let bound = FAILOVER / 3 + write + STEP;
+    assert!(
+        Duration::from_millis(longest) <= bound,
+        "heartbeats {longest} ms apart (at most {bound:?}): {beats:?}"
+    );
+    assert_eq!(sim.workers[0].held.take_lost_count(), 0, "leases lapsed");
 }
