@@ -90,6 +90,12 @@ impl Expression {
         self
     }
 
+    /// This expression and `clause` (bind its placeholders next).
+    pub fn and(mut self, clause: &str) -> Expression {
+        self.text = format!("{} AND ({clause})", self.text);
+        self
+    }
+
     /// Binds `:placeholder` to a value.
     pub fn value(mut self, placeholder: &str, value: AttributeValue) -> Expression {
         self.values.insert(placeholder.to_owned(), value);

@@ -557,7 +557,7 @@ fn asks(
         .collect();
     let mut surplus: Vec<&Lease> = Vec::new();
     for (owner, load) in loads {
-        let Some(owned) = by_owner.get(owner).filter(|_| *owner != me) else {
+        let Some(owned) = by_owner.get(owner) else {
             continue;
         };
         let mut owned: Vec<&Lease> = owned

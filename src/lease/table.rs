@@ -581,15 +581,10 @@ impl LeaseStore for LeaseTable {
         let update = Expression::new("SET #handoff = :to")
             .name("#handoff", HANDOFF)
             .value(":to", s(to));
-        let unasked = Expression::new(
-            "#owner = :owner AND #counter = :counter AND (attribute_not_exists(#handoff) OR #handoff = :to)",
-        )
-        .name("#owner", "leaseOwner")
-        .name("#counter", "leaseCounter")
-        .name("#handoff", HANDOFF)
-        .value(":owner", s(owner))
-        .value(":counter", n(seen_counter))
-        .value(":to", s(to));
+        let unasked = held_by(owner, seen_counter)
+            .and("attribute_not_exists(#handoff) OR #handoff = :to")
+            .name("#handoff", HANDOFF)
+            .value(":to", s(to));
         // Moves no counter: a retry after a lost reply still meets the
         // condition.
         Ok(self
