@@ -383,7 +383,14 @@ impl<R: ShardRunner> Coordinator<R> {
             self.sync_shards()?;
         }
         self.beat_if_due();
-        let rows = self.held.table().list(consistent)?;
+        let mut rows = self.held.table().list(consistent)?;
+        let listed = Lineage::new(self.listed.as_deref().unwrap_or_default());
+        if plan::names_unlisted_shard(&rows, &listed, &self.misses) {
+            // The shard sync works on `self.rows` and may read them again.
+            self.rows = rows;
+            self.sync_shards()?;
+            rows = std::mem::take(&mut self.rows);
+        }
         let now = self.now();
         let me = self.held.owner().to_owned();
         self.observe(&rows, now, &me)?;

@@ -223,6 +223,22 @@ pub(crate) fn count_misses(
         .collect()
 }
 
+/// True when a lease names a shard that no listing has left out yet: a
+/// shard newer than the last listing (a child another worker created after
+/// a reshard). List again before planning, or the lease is not taken until
+/// the next shard sync (a minute by default) while its parent is finished.
+/// A row that a listing already left out waits for the next sync, so a row
+/// of a gone shard costs no extra listing.
+pub(crate) fn names_unlisted_shard(
+    rows: &[Row],
+    lineage: &Lineage<'_>,
+    misses: &HashMap<String, u32>,
+) -> bool {
+    rows.iter()
+        .filter_map(Row::lease)
+        .any(|l| !lineage.contains(&l.shard_id) && !misses.contains_key(&l.shard_id))
+}
+
 /// The rows whose shard the service confirmed gone: left out of
 /// [`LISTINGS_TO_CONFIRM_GONE`] listings in a row, or left out of one and
 /// answered ResourceNotFound to a reader.
@@ -582,7 +598,9 @@ fn asks(
 }
 
 /// Rows to delete: finished leases once every child has started (so that
-/// no child can be mistaken for one without parents) or once their shard is
+/// no child can be mistaken for one without parents; a child named on its
+/// parent without a row of its own counts: its row was created before it
+/// was named, so it was finished and deleted) or once their shard is
 /// confirmed gone (one stale listing proves nothing: a lease deleted while
 /// its shard is listed and its children have no rows would be created
 /// again), and leases confirmed gone that something still names as a
@@ -593,8 +611,8 @@ fn deletions(input: &RoundInput<'_>) -> Vec<String> {
         input
             .rows
             .iter()
-            .filter_map(Row::lease)
-            .any(|l| &l.shard_id == id && l.checkpoint.has_started())
+            .find(|r| r.shard_id() == id)
+            .is_none_or(|r| r.lease().is_some_and(|l| l.checkpoint.has_started()))
     };
     let named_as_parent = |id: &str| {
         !input.lineage.children(id).is_empty()
@@ -985,6 +1003,50 @@ mod tests {
         assert_eq!(plan.delete, ["P", "Q"]);
         assert!(!taken(&plan).contains(&"P"));
         assert!(taken(&plan).contains(&"A"), "A no longer waits: {plan:?}");
+    }
+
+    #[test]
+    fn a_lease_newer_than_the_listing_calls_for_a_new_listing_once() {
+        let shards = vec![shard("P", &[], true)];
+        let lineage = Lineage::new(&shards);
+        let rows = vec![
+            lease("P", &[], None, Checkpoint::ShardEnd),
+            lease("A", &["P"], None, Checkpoint::TrimHorizon),
+        ];
+        let misses = HashMap::new();
+        assert!(names_unlisted_shard(&rows, &lineage, &misses));
+        // Listed again and still left out: wait for the next shard sync.
+        let misses = count_misses(&rows, &lineage, &misses);
+        assert!(!names_unlisted_shard(&rows, &lineage, &misses));
+        assert!(!names_unlisted_shard(&rows[..1], &lineage, &HashMap::new()));
+    }
+
+    #[test]
+    fn a_parent_is_deleted_though_a_finished_child_was_deleted_before_its_sibling_started() {
+        // P split into A and B; B was merged into M. B finished and was
+        // deleted once M started, all before A started (CI: the worker
+        // that could take A had a stale listing). P must still go once A
+        // starts: a child named on its parent has a row from before it was
+        // named, so a missing one was finished and cleaned up.
+        let shards = vec![
+            shard("P", &[], true),
+            shard("A", &["P"], false),
+            shard("B", &["P"], true),
+            shard("M", &["B"], false),
+        ];
+        let mut p = lease("P", &[], None, Checkpoint::ShardEnd);
+        if let Row::Lease(l) = &mut p {
+            l.children = vec!["A".into(), "B".into()];
+        }
+        let rows = vec![
+            p,
+            lease("A", &["P"], Some("w"), Checkpoint::TrimHorizon),
+            lease("M", &["B"], Some("w"), at("9")),
+        ];
+        let mut world = World::new(shards, rows);
+        assert!(world.plan("me").delete.is_empty(), "A has not started");
+        world.rows[1] = lease("A", &["P"], Some("w"), at("3"));
+        assert_eq!(world.plan("me").delete, ["P"]);
     }
 
     #[test]
