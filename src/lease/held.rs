@@ -111,21 +111,35 @@ impl HeldLeases {
     /// (returned as `Some`, possibly empty when the ticker dropped them
     /// already), so that this heartbeat cannot make their epochs current
     /// again; still ours, they are taken again from the checkpoint.
+    ///
+    /// Continuity is checked again when the heartbeat lands: one sent in
+    /// time but landing after the window ran out (a slow write, a paused
+    /// process) proves nothing about the time between, when a peer may
+    /// have taken the leases; they are dropped before the beat counts.
     pub(crate) fn heartbeat(&self) -> (Option<Vec<String>>, Result<Workers>) {
         let sent = self.clock.now();
-        // Not before the first heartbeat: there is nothing to drop yet.
-        let lapsed = (lock(&self.alive_since).is_some() && self.has_lapsed(sent)).then(|| {
-            let dropped: Vec<String> = lock(&self.leases).drain().map(|(id, _)| id).collect();
-            self.lost.fetch_add(dropped.len() as u64, Ordering::Relaxed);
-            dropped
-        });
+        let mut lapsed = self.drop_all_if_lapsed(sent);
         let beat = self.beat.fetch_add(1, Ordering::Relaxed) + 1;
         let result = self.table.heartbeat(&self.owner, beat);
         if result.is_ok() {
+            if let Some(late) = self.drop_all_if_lapsed(self.clock.now()) {
+                lapsed.get_or_insert_with(Vec::new).extend(late);
+            }
             let mut alive = lock(&self.alive_since);
             *alive = Some(alive.map_or(sent, |a| a.max(sent)));
         }
         (lapsed, result)
+    }
+
+    /// Drops every lease if no heartbeat that landed was sent within the
+    /// fencing window before `now`; returns the leases dropped then.
+    fn drop_all_if_lapsed(&self, now: Instant) -> Option<Vec<String>> {
+        // Not before the first heartbeat: there is nothing to drop yet.
+        (lock(&self.alive_since).is_some() && self.has_lapsed(now)).then(|| {
+            let dropped: Vec<String> = lock(&self.leases).drain().map(|(id, _)| id).collect();
+            self.lost.fetch_add(dropped.len() as u64, Ordering::Relaxed);
+            dropped
+        })
     }
 
     /// True when no heartbeat sent within the fencing window landed.

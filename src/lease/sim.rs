@@ -151,7 +151,14 @@ struct SimTable {
     write_millis: AtomicU64,
     /// Every heartbeat written: (worker, clock in milliseconds).
     beats: Mutex<Vec<(String, u64)>>,
+    /// The next heartbeat stalls for this long (milliseconds) before it
+    /// lands, while the given step runs (what peers do meanwhile).
+    beat_stall: Mutex<Option<Stall>>,
 }
+
+/// A write held up in flight: how long, and what the rest of the world
+/// does meanwhile.
+type Stall = (u64, Box<dyn FnOnce(&SimTable) + Send>);
 
 impl std::fmt::Debug for SimTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -235,6 +242,11 @@ impl LeaseStore for SimTable {
         let fault = self.faults.draw("workers");
         if matches!(fault, Fault::Fail) {
             return Err(injected("UpdateItem"));
+        }
+        let stall = lock(&self.beat_stall).take();
+        if let Some((millis, meanwhile)) = stall {
+            self.clock.fetch_add(millis, Ordering::Relaxed);
+            meanwhile(self);
         }
         let now = self.clock.load(Ordering::Relaxed);
         lock(&self.beats).push((worker.to_owned(), now));
@@ -626,6 +638,7 @@ impl Sim {
             clock: clock.millis.clone(),
             write_millis: AtomicU64::new(0),
             beats: Mutex::default(),
+            beat_stall: Mutex::default(),
         });
         let mut sim = Sim {
             rng,
@@ -1149,4 +1162,46 @@ fn a_worker_creating_and_taking_many_slow_leases_keeps_beating() {
         "heartbeats {longest} ms apart (at most {bound:?}): {beats:?}"
     );
     assert_eq!(sim.workers[0].held.take_lost_count(), 0, "leases lapsed");
+}
+
+#[test]
+fn a_heartbeat_that_lands_after_a_peer_took_the_lease_revives_nothing() {
+    let (mut sim, _) = Sim::with_leases(&[]);
+    let shard = lock(&sim.stream).add_shard(&[]);
+    sim.spawn("a".into(), false);
+    while sim.workers[0].held.len() == 0 {
+        assert!(sim.clock.now() - sim.clock.base < FAILOVER, "never taken");
+        sim.step_all();
+    }
+    // Settled: a few heartbeats, no more reads of the table.
+    let taken_at = sim.clock.now();
+    while sim.clock.now() - taken_at < FAILOVER {
+        sim.step_all();
+    }
+    // The next heartbeat is sent within the fencing window but lands 7.5 s
+    // later: 10.8 s after the one before, when a peer that saw that one
+    // stand still for the failover time has taken the lease.
+    let taken = shard.clone();
+    *lock(&sim.table.beat_stall) = Some((
+        7_500,
+        Box::new(move |table: &SimTable| {
+            let counter = match lock(&table.rows).get(&taken) {
+                Some(Row::Lease(l)) => l.counter,
+                _ => panic!("no lease"),
+            };
+            assert!(table.take(&taken, counter, "b").unwrap().is_some());
+        }),
+    ));
+    let beats = lock(&sim.table.beats).len();
+    while lock(&sim.table.beats).len() == beats {
+        sim.step_all();
+    }
+    // A record arrives; "a" must not hand it on: the lease is "b"'s.
+    lock(&sim.stream).put(&shard);
+    for _ in 0..10 {
+        sim.step_all();
+    }
+    let truth = lock(&sim.truth);
+    assert!(truth.violations.is_empty(), "{:?}", truth.violations);
+    assert_eq!(sim.workers[0].held.len(), 0, "the lease came back to life");
 }
