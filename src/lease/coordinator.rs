@@ -451,7 +451,15 @@ impl<R: ShardRunner> Coordinator<R> {
                 Some(owner) if self.peers.is_member(owner) => {
                     (self.peers.is_dead(owner), self.peers.still_for(owner, now))
                 }
-                Some(_) => (has_waited(still, failover), still),
+                // A worker that left the row lately may be beating again
+                // soon (the row was deleted): not dead until it had time.
+                Some(owner) => {
+                    let still = self
+                        .peers
+                        .vanished_for(owner, now)
+                        .map_or(still, |v| v.min(still));
+                    (has_waited(still, failover), still)
+                }
             };
             if expired {
                 stale.insert(lease.shard_id.clone());

@@ -27,6 +27,10 @@ pub(crate) struct Peers {
     dead: HashSet<String>,
     version: Option<u64>,
     inbox: Option<u64>,
+    /// Workers that left the row without a word (it was deleted, emptied
+    /// or restored from a backup), and since when (our clock): unknown,
+    /// not dead, until they have had the failover time to beat again.
+    vanished: HashMap<String, Instant>,
 }
 
 impl Peers {
@@ -41,7 +45,18 @@ impl Peers {
         failover: Duration,
     ) -> bool {
         let before = self.seen.len();
-        self.seen.retain(|id, _| workers.beats.contains_key(id));
+        let vanished = &mut self.vanished;
+        self.seen.retain(|id, _| {
+            let kept = workers.beats.contains_key(id);
+            if !kept {
+                vanished.insert(id.clone(), now);
+            }
+            kept
+        });
+        self.vanished.retain(|id, since| {
+            !workers.beats.contains_key(id)
+                && !has_waited(now.saturating_duration_since(*since), failover * 2)
+        });
         let mut changed = self.seen.len() != before;
         for (id, beat) in &workers.beats {
             match self.seen.get_mut(id) {
@@ -95,6 +110,15 @@ impl Peers {
         self.seen.get(worker).map_or(Duration::ZERO, |(_, since)| {
             now.saturating_duration_since(*since)
         })
+    }
+
+    /// How long ago `worker` left the workers row, if it did lately: its
+    /// leases may not count as standing still for longer than that (a
+    /// worker that left gracefully released its leases first).
+    pub(crate) fn vanished_for(&self, worker: &str, now: Instant) -> Option<Duration> {
+        self.vanished
+            .get(worker)
+            .map(|since| now.saturating_duration_since(*since))
     }
 
     /// The dead workers, with the heartbeat each stopped at.
@@ -166,5 +190,25 @@ mod tests {
         let other = row(&[("me", 6)], 4, &[("me", 2), ("x", 9)]);
         assert!(!peers.observe(&other, "me", t, F));
         assert!(peers.is_member("me") && !peers.is_member("b"));
+    }
+
+    #[test]
+    fn a_worker_that_left_the_row_is_unknown_for_the_failover_time_not_dead() {
+        let t0 = Instant::now();
+        let mut peers = Peers::default();
+        peers.observe(&row(&[("me", 1), ("a", 7)], 0, &[]), "me", t0, F);
+        // The row is deleted and written again by our heartbeat alone.
+        let t1 = t0 + F / 3;
+        assert!(peers.observe(&row(&[("me", 2)], 0, &[]), "me", t1, F));
+        assert!(!peers.is_member("a") && !peers.is_dead("a"));
+        assert_eq!(peers.vanished_for("a", t1 + F / 2), Some(F / 2));
+        // It beats again: a member, no longer vanished.
+        peers.observe(&row(&[("me", 3), ("a", 8)], 0, &[]), "me", t1 + F / 3, F);
+        assert!(peers.is_member("a"));
+        assert_eq!(peers.vanished_for("a", t1 + F), None);
+        // Gone for good: forgotten after twice the failover time.
+        peers.observe(&row(&[("me", 4)], 0, &[]), "me", t1 + F, F);
+        peers.observe(&row(&[("me", 5)], 0, &[]), "me", t1 + F * 3, F);
+        assert_eq!(peers.vanished_for("a", t1 + F * 3), None);
     }
 }

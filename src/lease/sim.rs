@@ -1205,3 +1205,52 @@ fn a_heartbeat_that_lands_after_a_peer_took_the_lease_revives_nothing() {
     assert!(truth.violations.is_empty(), "{:?}", truth.violations);
     assert_eq!(sim.workers[0].held.len(), 0, "the lease came back to life");
 }
+
+#[test]
+fn the_workers_row_deleted_under_a_settled_fleet_moves_no_lease() {
+    let owners = ["a", "a", "b", "b", "c", "c"];
+    let leases: Vec<(&str, Option<&str>)> = owners.iter().map(|o| (*o, None)).collect();
+    let (mut sim, shards) = Sim::with_leases(&leases);
+    for w in ["a", "b", "c"] {
+        sim.spawn(w.into(), false);
+    }
+    let owners_now = |sim: &Sim| -> Vec<Option<String>> {
+        let rows = lock(&sim.table.rows);
+        shards
+            .iter()
+            .map(|id| rows.get(id).and_then(|r| r.lease()?.owner.clone()))
+            .collect()
+    };
+    // Settled, and long enough that nobody has read the table lately.
+    let started = sim.clock.now();
+    while sim.clock.now() - started < FAILOVER * 4 {
+        sim.step_all();
+    }
+    let settled = owners_now(&sim);
+    let beats = |sim: &Sim| -> BTreeMap<String, u64> { lock(&sim.table.workers).beats.clone() };
+    let before = beats(&sim);
+    // An operator deletes the workers row; each worker's next heartbeat
+    // writes it again, one worker at a time.
+    *lock(&sim.table.workers) = Workers::default();
+    let deleted = sim.clock.now();
+    while sim.clock.now() - deleted < FAILOVER * 3 {
+        sim.step_all();
+        assert_eq!(
+            owners_now(&sim),
+            settled,
+            "a lease moved after the workers row was deleted"
+        );
+        assert_eq!(
+            sim.workers
+                .iter()
+                .map(|w| w.held.take_lost_count())
+                .sum::<u64>(),
+            0
+        );
+    }
+    assert_eq!(
+        beats(&sim).len(),
+        before.len(),
+        "every worker is back in the row"
+    );
+}

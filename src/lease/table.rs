@@ -80,6 +80,25 @@ struct After<'a> {
     checkpoint: Option<(&'a str, u64)>,
 }
 
+/// An update of the workers row, `rest` after its entity type: every
+/// write names the type, so that a write that recreates a deleted row
+/// (UpdateItem creates what is missing) never leaves a row that reads as
+/// a lease.
+fn workers_row_update(rest: &str) -> Expression {
+    Expression::new(format!("SET #type = :type{rest}"))
+        .name("#type", "entityType")
+        .value(":type", s(WORKERS_TYPE))
+}
+
+/// True for a lease row: not the workers row (even one an operator
+/// rewrote without its type), and no other entity of the KCL's.
+fn is_lease_item(item: &Item) -> bool {
+    item.get(KEY).and_then(AttributeValue::as_s) != Some(WORKERS_KEY)
+        && item
+            .get("entityType")
+            .is_none_or(|t| t.as_s() == Some("LEASE"))
+}
+
 fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
 }
@@ -477,10 +496,7 @@ impl LeaseStore for LeaseTable {
     fn list(&self, consistent: bool) -> Result<Vec<Row>> {
         let mut rows = Vec::new();
         for item in self.dynamodb.scan_with(&self.name, consistent)? {
-            if item
-                .get("entityType")
-                .is_some_and(|t| t.as_s() != Some("LEASE"))
-            {
+            if !is_lease_item(&item) {
                 continue;
             }
             match parse_lease(&item) {
@@ -593,11 +609,9 @@ impl LeaseStore for LeaseTable {
     }
 
     fn heartbeat(&self, worker: &str, beat: u64) -> Result<Workers> {
-        let update = Expression::new("SET #beat = :beat, #type = :type")
+        let update = workers_row_update(", #beat = :beat")
             .name("#beat", &format!("{BEAT}{worker}"))
-            .name("#type", "entityType")
-            .value(":beat", n(beat))
-            .value(":type", s(WORKERS_TYPE));
+            .value(":beat", n(beat));
         let item = self
             .dynamodb
             .update_item(&self.name, &key(WORKERS_KEY), &update, None)?;
@@ -609,7 +623,7 @@ impl LeaseStore for LeaseTable {
             Some(worker) => format!("{INBOX}{worker}"),
             None => VERSION.to_owned(),
         };
-        let update = Expression::new("ADD #count :one")
+        let update = workers_row_update(" ADD #count :one")
             .name("#count", &name)
             .value(":one", n(1));
         self.dynamodb
@@ -618,7 +632,7 @@ impl LeaseStore for LeaseTable {
     }
 
     fn forget_worker(&self, worker: &str, seen_beat: Option<u64>) -> Result<()> {
-        let update = Expression::new("REMOVE #beat, #inbox")
+        let update = workers_row_update(" REMOVE #beat, #inbox")
             .name("#beat", &format!("{BEAT}{worker}"))
             .name("#inbox", &format!("{INBOX}{worker}"));
         let unchanged = seen_beat.map(|seen| {
@@ -851,6 +865,23 @@ mod tests {
         assert!(sort.contains("sort key \"at\""), "{sort}");
         let number = schema_problem(&table(KEY, "N", None)).unwrap();
         assert!(number.contains("type N"), "{number}");
+    }
+
+    #[test]
+    fn the_workers_row_is_never_a_lease_even_without_its_type() {
+        let bare = item(r#"{"leaseKey":{"S":"kinesis-consumer:workers"},"version":{"N":"1"}}"#);
+        assert!(!is_lease_item(&bare));
+        let typed = item(r#"{"leaseKey":{"S":"x"},"entityType":{"S":"WORKERS"}}"#);
+        assert!(!is_lease_item(&typed));
+        let lease = item(r#"{"leaseKey":{"S":"shardId-1"},"checkpoint":{"S":"LATEST"}}"#);
+        assert!(is_lease_item(&lease));
+        let kcl = item(r#"{"leaseKey":{"S":"shardId-1"},"entityType":{"S":"LEASE"}}"#);
+        assert!(is_lease_item(&kcl));
+        assert!(
+            workers_row_update(" ADD #count :one")
+                .text
+                .starts_with("SET #type")
+        );
     }
 
     #[test]
