@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,9 +28,26 @@ fn spawn_sink(stream: &str, app: &str, dir: &Path) -> Child {
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// Waits until the sink starts reading a shard (its log says so): a
+/// restart under the same worker id first waits out a heartbeat period
+/// for the killed process's heartbeat to stand still.
+fn wait_reading(sink: &mut Child) {
+    let stderr = BufReader::new(sink.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("starting shard") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the sink started reading a shard");
 }
 
 /// The records in the flushed (`.jsonl`) files, checking that each file
@@ -76,8 +94,9 @@ fn every_record_is_in_the_flushed_files_after_kill_9_at_random_moments() {
     let dir = std::env::temp_dir().join(common::unique_name("file-sink"));
     std::fs::create_dir_all(&dir).unwrap();
     let producer = common::produce(&stream, "r");
-    // Kill moments between 0.3 s and 3 s: before the first flush, during
-    // one, and between flushes, differently on every run.
+    // Kill moments between 0.3 s and 3 s after it starts reading: before
+    // the first flush, during one, and between flushes, differently on
+    // every run.
     let mut seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -89,12 +108,14 @@ fn every_record_is_in_the_flushed_files_after_kill_9_at_random_moments() {
         let after = Duration::from_millis(300 + (seed >> 33) % 2700);
         eprintln!("round {round}: SIGKILL after {after:?}");
         let mut sink = spawn_sink(&stream, &app, &dir);
+        wait_reading(&mut sink);
         std::thread::sleep(after);
         sink.kill().unwrap(); // SIGKILL
         sink.wait().unwrap();
     }
     let put = producer.finish();
     let mut sink = spawn_sink(&stream, &app, &dir);
+    wait_reading(&mut sink); // and drain its log
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let have = flushed(&dir);

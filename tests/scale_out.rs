@@ -465,6 +465,60 @@ fn split_and_merge_with_two_workers() {
 }
 
 #[test]
+fn a_second_process_with_the_same_worker_id_refuses_to_start_and_a_restart_takes_over() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (stream, app, log) = setup(2);
+    let producer = common::produce(&stream, "t");
+    let mut first = spawn_worker(&stream, &app, "twin", &log);
+    wait_until(
+        "the first process to hold both leases",
+        Duration::from_secs(30),
+        &[&first],
+        || owners(&app).get("twin").is_some_and(|s| s.len() == 2),
+    );
+    // A copy with the same worker id: it watches the heartbeat under its
+    // id keep moving and refuses to start within the failover time.
+    let mut copy = spawn_worker(&stream, &app, "twin", &log);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = copy.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < FAILOVER + Duration::from_secs(5),
+            "the copy did not stop: {}",
+            copy.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let refused = started.elapsed();
+    assert!(!status.success(), "{status}");
+    let said = copy.log_tail();
+    assert!(
+        said.contains("worker_id") && said.contains("\"twin\""),
+        "the error names the setting and the id: {said}"
+    );
+    assert!(
+        log.lock().unwrap().iter().all(|d| d.worker == "twin"),
+        "only the first process delivered"
+    );
+    // The first dies; a restart under its id waits out one heartbeat
+    // period with no beat, then takes its leases as its own.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let killed = Instant::now();
+    let restart = spawn_worker(&stream, &app, "twin", &log);
+    let put = producer.finish();
+    wait_all_delivered(&log, &put, &[&restart]);
+    println!(
+        "same worker id: the copy refused after {:.2} s; after kill -9 the restart delivered every record within {:.2} s",
+        refused.as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    );
+    restart.stop();
+}
+
+#[test]
 fn two_applications_on_one_stream_each_see_every_record() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (stream, app, log_a) = setup(4);

@@ -95,7 +95,7 @@ pub fn purpose(operation: &str, body: &str) -> &'static str {
         "UpdateItem" => {
             if body.contains("#checkpoint = :checkpoint") {
                 "checkpoint"
-            } else if body.contains("SET #beat = :beat") {
+            } else if body.contains("#beat = :beat") {
                 // The one write per worker that keeps all its leases.
                 "heartbeat"
             } else if body.contains("ADD #count :one") {
@@ -256,9 +256,9 @@ mod tests {
 
     #[test]
     fn purposes_follow_the_lease_tables_expressions() {
-        let heartbeat = r##"{"UpdateExpression":"SET #beat = :beat, #type = :type"}"##;
+        let heartbeat = r##"{"UpdateExpression":"SET #type = :type, #beat = :beat REMOVE #cap"}"##;
         assert_eq!(purpose("UpdateItem", heartbeat), "heartbeat");
-        let notify = r##"{"UpdateExpression":"ADD #count :one"}"##;
+        let notify = r##"{"UpdateExpression":"SET #type = :type ADD #count :one"}"##;
         assert_eq!(purpose("UpdateItem", notify), "notify");
         let checkpoint = r##"{"UpdateExpression":"SET #checkpoint = :checkpoint, #sub = :sub, #switches = :zero, #counter = :next"}"##;
         assert_eq!(purpose("UpdateItem", checkpoint), "checkpoint");

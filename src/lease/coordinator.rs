@@ -22,8 +22,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::aws::kinesis::{KinesisClient, Shard};
 use crate::error::{Error, Result};
-use crate::lease::peers::{Peers, has_waited};
+use crate::lease::peers::{Namesake, NamesakeWatch, Peers, has_waited};
 use crate::lease::plan::{self, Lineage, RoundInput, RoundPlan, Row, Standing};
+use crate::lease::table::namesake_error;
 use crate::lease::{Checkpoint, HeldLeases, Lease};
 use crate::metrics::{Metric, Metrics};
 
@@ -37,6 +38,16 @@ fn lease_of<'a>(rows: &'a [Row], shard_id: &str) -> Option<&'a Lease> {
     rows.iter()
         .filter_map(Row::lease)
         .find(|l| l.shard_id == shard_id)
+}
+
+fn is_namesake_error(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Config {
+            setting: "worker_id",
+            ..
+        }
+    )
 }
 
 /// Lease timing settings (see the builder for their defaults and meaning).
@@ -136,6 +147,9 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     reported: HashMap<String, Standing>,
     /// When the last heartbeat was sent (our clock).
     last_beat: Option<Instant>,
+    /// A heartbeat under our own id found in the workers row at startup;
+    /// `None` once we may start beating.
+    namesake: Option<NamesakeWatch>,
 }
 
 impl<R: ShardRunner> Coordinator<R> {
@@ -168,6 +182,7 @@ impl<R: ShardRunner> Coordinator<R> {
             handoffs_seen: HashMap::new(),
             reported: HashMap::new(),
             last_beat: None,
+            namesake: Some(NamesakeWatch::default()),
         }
     }
 
@@ -180,9 +195,37 @@ impl<R: ShardRunner> Coordinator<R> {
     /// (the caller retries what may pass).
     pub(crate) fn start(&mut self) -> Result<()> {
         self.held.table().ensure_exists()?;
+        self.check_namesake()?;
         self.heartbeat()?;
         self.sync_shards()?;
         self.read_and_plan(true)
+    }
+
+    /// Before the first heartbeat: a process already beating under this
+    /// worker id (a copied configuration, a restarted pod whose predecessor
+    /// still drains) must not share it, or both would take the same leases
+    /// back and forth. Not ready while its heartbeat may still be live
+    /// (startup looks again); an error once it moved. A predecessor that
+    /// left the row, or whose heartbeat stood still for the failover time,
+    /// is gone: its leases are ours.
+    fn check_namesake(&mut self) -> Result<()> {
+        let Some(watch) = &mut self.namesake else {
+            return Ok(());
+        };
+        let me = self.held.owner().to_owned();
+        let beat = self.held.table().workers()?.beats.get(&me).copied();
+        let now = self.held.clock().now();
+        let (interval, failover) = (self.timings.heartbeat_interval, self.timings.failover);
+        match watch.observe(beat, now, interval, failover) {
+            Namesake::Clear => {
+                self.namesake = None;
+                Ok(())
+            }
+            Namesake::Live => Err(namesake_error(&me)),
+            Namesake::Wait => Err(Error::NotReady(format!(
+                "worker id {me:?} has a live-looking heartbeat in the workers row: waiting for the process that wrote it to stop (at most the failover time, {failover:?})"
+            ))),
+        }
     }
 
     /// Runs until told to stop, then stops readers and releases leases.
@@ -234,6 +277,8 @@ impl<R: ShardRunner> Coordinator<R> {
                     }
                 }
             }
+            // Another live process beats under our id: stop, loudly.
+            Err(e) if is_namesake_error(&e) => self.runner.fail(e),
             Err(e) => Self::log_failure("heartbeat", Err::<(), _>(e)),
         }
         self.metrics.record(
@@ -249,7 +294,9 @@ impl<R: ShardRunner> Coordinator<R> {
     /// dropped because no heartbeat landed in time stop being read.
     fn heartbeat(&mut self) -> Result<()> {
         self.last_beat = Some(self.now());
-        let (lapsed, workers) = self.held.heartbeat();
+        let max = self.timings.max_leases_per_worker;
+        let cap = (max != usize::MAX).then_some(max as u64);
+        let (lapsed, workers) = self.held.heartbeat(cap);
         if let Some(dropped) = lapsed {
             for shard_id in &dropped {
                 log::warn!(
@@ -488,6 +535,7 @@ impl<R: ShardRunner> Coordinator<R> {
             live: &live,
             handoff_overdue: &overdue,
             max_leases: self.timings.max_leases_per_worker,
+            caps: self.peers.caps(),
         });
         self.carry_out(&plan, rows, &held)?;
         Ok(plan.settled)

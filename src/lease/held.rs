@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
-use crate::lease::table::{LeaseStore, Workers};
+use crate::lease::table::{Beat, LeaseStore, Workers};
 use crate::lease::{Checkpoint, Clock};
 use crate::sync::lock;
 
@@ -65,6 +65,9 @@ pub(crate) struct HeldLeases {
     beat: AtomicU64,
     /// When the last heartbeat that landed was sent.
     alive_since: Mutex<Option<Instant>>,
+    /// The number of the last heartbeat that landed: every later one is
+    /// written only over it or another of ours.
+    landed_beat: Mutex<Option<u64>>,
 }
 
 impl HeldLeases {
@@ -86,6 +89,7 @@ impl HeldLeases {
             // beats its last run wrote: peers would see them stand still.
             beat: AtomicU64::new(crate::random::next_u64() >> 24),
             alive_since: Mutex::new(None),
+            landed_beat: Mutex::new(None),
         }
     }
 
@@ -116,12 +120,18 @@ impl HeldLeases {
     /// time but landing after the window ran out (a slow write, a paused
     /// process) proves nothing about the time between, when a peer may
     /// have taken the leases; they are dropped before the beat counts.
-    pub(crate) fn heartbeat(&self) -> (Option<Vec<String>>, Result<Workers>) {
+    pub(crate) fn heartbeat(&self, cap: Option<u64>) -> (Option<Vec<String>>, Result<Workers>) {
         let sent = self.clock.now();
         let mut lapsed = self.drop_all_if_lapsed(sent);
         let beat = self.beat.fetch_add(1, Ordering::Relaxed) + 1;
-        let result = self.table.heartbeat(&self.owner, beat);
+        let result = self.table.heartbeat(&Beat {
+            worker: &self.owner,
+            number: beat,
+            since: *lock(&self.landed_beat),
+            cap,
+        });
         if result.is_ok() {
+            *lock(&self.landed_beat) = Some(beat);
             if let Some(late) = self.drop_all_if_lapsed(self.clock.now()) {
                 lapsed.get_or_insert_with(Vec::new).extend(late);
             }

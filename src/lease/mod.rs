@@ -179,7 +179,7 @@ pub fn worker_heartbeats(
     app_name: &str,
 ) -> crate::Result<std::collections::BTreeMap<String, u64>> {
     let dynamodb = crate::aws::dynamodb::DynamoDbClient::new(config)?;
-    LeaseTable::new(dynamodb, app_name).workers()
+    LeaseStore::workers(&LeaseTable::new(dynamodb, app_name)).map(|w| w.beats)
 }
 
 /// Reads every row of an application's lease table, malformed ones

@@ -3,7 +3,7 @@
 //! failover time on our own clock (no clock of another host is compared),
 //! exactly as the KCL judges a lease by its counter.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::lease::held::ROUND_SLACK;
@@ -16,6 +16,59 @@ use crate::lease::table::Workers;
 /// (3.3 s later) by chance.
 pub(crate) fn has_waited(waited: Duration, limit: Duration) -> bool {
     waited + ROUND_SLACK >= limit
+}
+
+/// What a starting worker makes of a heartbeat already in the workers row
+/// under its own id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Namesake {
+    /// None there, or it stood still for longer than a live process beats
+    /// (a predecessor that died): start, and take its leases as our own.
+    Clear,
+    /// There and may be live: wait and look again (a predecessor still
+    /// draining leaves the row when it is done).
+    Wait,
+    /// It kept moving for the failover time: another live process uses
+    /// this id.
+    Live,
+}
+
+/// A starting worker's watch over a heartbeat under its own id.
+#[derive(Debug, Default)]
+pub(crate) struct NamesakeWatch {
+    /// When we first looked, and the beat with since when it stood still.
+    seen: Option<(Instant, u64, Instant)>,
+}
+
+impl NamesakeWatch {
+    /// Notes the beat under our id (`None`: not in the row) and judges it.
+    /// A live process beats every `interval`; one still for half as long
+    /// again is taken for dead (if it was only slow, its next heartbeat is
+    /// refused and it stops: see the lease table's heartbeat).
+    pub(crate) fn observe(
+        &mut self,
+        beat: Option<u64>,
+        now: Instant,
+        interval: Duration,
+        failover: Duration,
+    ) -> Namesake {
+        let Some(beat) = beat else {
+            return Namesake::Clear;
+        };
+        let (first, seen, since) = self.seen.get_or_insert((now, beat, now));
+        if *seen != beat {
+            (*seen, *since) = (beat, now);
+            if has_waited(now.saturating_duration_since(*first), failover) {
+                return Namesake::Live;
+            }
+        } else if has_waited(
+            now.saturating_duration_since(*since),
+            interval + interval / 2,
+        ) {
+            return Namesake::Clear;
+        }
+        Namesake::Wait
+    }
 }
 
 /// The other workers as this one has seen them.
@@ -31,6 +84,8 @@ pub(crate) struct Peers {
     /// or restored from a backup), and since when (our clock): unknown,
     /// not dead, until they have had the failover time to beat again.
     vanished: HashMap<String, Instant>,
+    /// The caps of the capped workers, as the row last said.
+    caps: BTreeMap<String, u64>,
 }
 
 impl Peers {
@@ -78,6 +133,7 @@ impl Peers {
             .collect();
         changed |= dead != self.dead;
         self.dead = dead;
+        self.caps.clone_from(&workers.caps);
         let inbox = workers.inboxes.get(me).copied().unwrap_or(0);
         changed |= self.version != Some(workers.version) || self.inbox != Some(inbox);
         self.version = Some(workers.version);
@@ -121,6 +177,11 @@ impl Peers {
             .map(|since| now.saturating_duration_since(*since))
     }
 
+    /// The most leases each capped worker may hold.
+    pub(crate) fn caps(&self) -> &BTreeMap<String, u64> {
+        &self.caps
+    }
+
     /// The dead workers, with the heartbeat each stopped at.
     pub(crate) fn dead(&self) -> Vec<(String, u64)> {
         let mut dead: Vec<(String, u64)> = self
@@ -144,6 +205,7 @@ mod tests {
             beats: beats.iter().map(|(w, b)| ((*w).to_owned(), *b)).collect(),
             inboxes: inboxes.iter().map(|(w, b)| ((*w).to_owned(), *b)).collect(),
             version,
+            caps: BTreeMap::new(),
         }
     }
 
@@ -190,6 +252,34 @@ mod tests {
         let other = row(&[("me", 6)], 4, &[("me", 2), ("x", 9)]);
         assert!(!peers.observe(&other, "me", t, F));
         assert!(peers.is_member("me") && !peers.is_member("b"));
+    }
+
+    #[test]
+    fn a_namesake_that_keeps_beating_is_live_one_that_stands_still_or_leaves_is_not() {
+        let (t, i) = (Instant::now(), F / 3);
+        assert_eq!(
+            NamesakeWatch::default().observe(None, t, i, F),
+            Namesake::Clear
+        );
+        // Stands still for one and a half heartbeat periods: dead.
+        let mut watch = NamesakeWatch::default();
+        assert_eq!(watch.observe(Some(4), t, i, F), Namesake::Wait);
+        assert_eq!(watch.observe(Some(4), t + i, i, F), Namesake::Wait);
+        assert_eq!(watch.observe(Some(4), t + i * 3 / 2, i, F), Namesake::Clear);
+        // Beats, then leaves the row (a predecessor done draining).
+        let mut watch = NamesakeWatch::default();
+        assert_eq!(watch.observe(Some(4), t, i, F), Namesake::Wait);
+        assert_eq!(watch.observe(Some(5), t + i, i, F), Namesake::Wait);
+        assert_eq!(watch.observe(None, t + i * 2, i, F), Namesake::Clear);
+        // Keeps beating for the failover time: live.
+        let mut watch = NamesakeWatch::default();
+        for n in 0..3 {
+            assert_eq!(
+                watch.observe(Some(n), t + i * n as u32, i, F),
+                Namesake::Wait
+            );
+        }
+        assert_eq!(watch.observe(Some(3), t + F, i, F), Namesake::Live);
     }
 
     #[test]

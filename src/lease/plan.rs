@@ -316,6 +316,8 @@ pub(crate) struct RoundInput<'a> {
     pub handoff_overdue: &'a HashSet<String>,
     /// The most leases this worker may hold.
     pub max_leases: usize,
+    /// The most leases each other capped worker may hold (the workers row).
+    pub caps: &'a BTreeMap<String, u64>,
 }
 
 /// What a worker does in one round, in this order.
@@ -412,7 +414,16 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
     workers.insert(me);
     workers.extend(by_owner.keys().copied());
     plan.workers = workers.len();
-    plan.target = open.len().div_ceil(plan.workers).min(input.max_leases);
+    let cap_of = |w: &str| match w == me {
+        true => input.max_leases,
+        false => input
+            .caps
+            .get(w)
+            .map_or(usize::MAX, |c| usize::try_from(*c).unwrap_or(usize::MAX)),
+    };
+    let idle: BTreeMap<&str, usize> = workers.iter().map(|w| (*w, 0)).collect();
+    let level = shares(&idle, open.len(), &cap_of).into_values().max();
+    plan.target = level.unwrap_or(0).min(input.max_leases);
     // Handing leases over changes this worker's share: it reads again once
     // they are gone, and asks if that left it short.
     plan.settled = available.is_empty()
@@ -442,6 +453,7 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
         if !ours && !unclaimed {
             let least = loads
                 .iter()
+                .filter(|(w, n)| **n < cap_of(w))
                 .min_by_key(|(w, n)| (**n, **w))
                 .map_or(me, |(w, _)| *w);
             if least != me {
@@ -513,7 +525,7 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
             false
         });
     }
-    for (shard_id, owner, counter) in asks(&loads, &by_owner, me, &readable) {
+    for (shard_id, owner, counter) in asks(&loads, &by_owner, me, &readable, &cap_of) {
         if loads[me] >= input.max_leases {
             break;
         }
@@ -547,11 +559,44 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
     plan
 }
 
-/// The leases `me` asks for this round, towards an even share of the live
-/// workers' `loads` (leases held, taken this round, or in flight towards
-/// each): every worker ends at the floor or the ceiling of the mean, the
-/// ceilings going to those holding the most (ties by id), so that the
-/// fewest leases move. Givers above their share give their surplus to
+/// Each worker's share of `total` leases: capped workers that cannot hold
+/// an even share of what is left hold their cap; the others end at the
+/// floor or the ceiling of the mean of the rest, the ceilings going to
+/// those holding the most now (`loads`; ties by id), so that the fewest
+/// leases move. Every worker reading the same table computes the same.
+fn shares<'w>(
+    loads: &BTreeMap<&'w str, usize>,
+    total: usize,
+    cap_of: &impl Fn(&str) -> usize,
+) -> BTreeMap<&'w str, usize> {
+    let mut total = total;
+    let mut share = BTreeMap::new();
+    let mut rest: Vec<(&str, usize)> = loads.iter().map(|(w, n)| (*w, *n)).collect();
+    loop {
+        let even = total.div_ceil(rest.len().max(1));
+        let (capped, uncapped): (Vec<_>, Vec<_>) =
+            rest.into_iter().partition(|(w, _)| cap_of(w) < even);
+        rest = uncapped;
+        if capped.is_empty() {
+            break;
+        }
+        for (w, _) in capped {
+            let cap = cap_of(w).min(total);
+            share.insert(w, cap);
+            total -= cap;
+        }
+    }
+    rest.sort_by_key(|(w, n)| (std::cmp::Reverse(*n), *w));
+    let n = rest.len().max(1);
+    for (rank, (w, _)) in rest.into_iter().enumerate() {
+        share.insert(w, total / n + usize::from(rank < total % n));
+    }
+    share
+}
+
+/// The leases `me` asks for this round, towards each live worker's share
+/// (see [`shares`]) of their `loads` (leases held, taken this round, or in
+/// flight towards each). Givers above their share give their surplus to
 /// workers below theirs, both in id order, readable leases first: every
 /// worker reading the same table computes the same moves and asks for its
 /// own part only, so that several asking at once neither pick the same
@@ -561,16 +606,9 @@ fn asks(
     by_owner: &BTreeMap<&str, Vec<&Lease>>,
     me: &str,
     readable: &impl Fn(&Lease) -> bool,
+    cap_of: &impl Fn(&str) -> usize,
 ) -> Vec<(String, String, u64)> {
-    let total: usize = loads.values().sum();
-    let workers = loads.len().max(1);
-    let mut ranked: Vec<(&str, usize)> = loads.iter().map(|(w, n)| (*w, *n)).collect();
-    ranked.sort_by_key(|(w, n)| (std::cmp::Reverse(*n), *w));
-    let share: BTreeMap<&str, usize> = ranked
-        .iter()
-        .enumerate()
-        .map(|(rank, (w, _))| (*w, total / workers + usize::from(rank < total % workers)))
-        .collect();
+    let share = shares(loads, loads.values().sum(), cap_of);
     let mut surplus: Vec<&Lease> = Vec::new();
     for (owner, load) in loads {
         let Some(owned) = by_owner.get(owner) else {
@@ -805,6 +843,8 @@ mod tests {
         max: usize,
         /// Live workers that hold no lease.
         idle: Vec<&'static str>,
+        /// Other workers' caps.
+        caps: BTreeMap<String, u64>,
     }
 
     impl World {
@@ -819,6 +859,7 @@ mod tests {
                 gone: HashSet::new(),
                 max: usize::MAX,
                 idle: Vec::new(),
+                caps: BTreeMap::new(),
             }
         }
 
@@ -847,6 +888,7 @@ mod tests {
                 live: &live,
                 handoff_overdue: &self.overdue,
                 max_leases: self.max,
+                caps: &self.caps,
             })
         }
     }
@@ -877,6 +919,43 @@ mod tests {
 
     fn taken(plan: &RoundPlan) -> Vec<&str> {
         plan.take.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_capped_workers_deficit_absorbs_no_surplus_and_gets_no_free_lease() {
+        // "b" holds 8; "c" holds none but may hold only one. Evenly among
+        // the other two: "b" keeps 4, "c" gets 1, "me" asks for 3.
+        let mut world = world_of(&[("b", 8)]);
+        world.idle = vec!["c"];
+        world.caps.insert("c".into(), 1);
+        let plan = world.plan("me");
+        assert_eq!(plan.ask.len(), 3, "{plan:?}");
+        assert_eq!(plan.target, 4);
+        // "c" holds its one: a free lease goes to the least loaded of the
+        // others ("me" before "x" by id), not to "c", which would never
+        // take it (it waited twice the failover time for anyone).
+        let mut world = world_of(&[("x", 3), ("me", 2), ("c", 1)]);
+        world.caps.insert("c".into(), 1);
+        if let Some(Row::Lease(l)) = world.rows.first_mut() {
+            l.owner = None;
+        }
+        assert_eq!(taken(&world.plan("me")), ["s00"]);
+    }
+
+    #[test]
+    fn shares_fill_up_to_the_caps_then_even_out_the_rest() {
+        let loads: BTreeMap<&str, usize> = [("a", 5), ("b", 0), ("c", 0), ("d", 0)].into();
+        let cap_of = |w: &str| match w {
+            "b" => 1,
+            "c" => 2,
+            _ => usize::MAX,
+        };
+        let share = shares(&loads, 10, &cap_of);
+        assert_eq!(share, [("a", 4), ("b", 1), ("c", 2), ("d", 3)].into());
+        // More leases than the caps and the rest can hold evenly.
+        let share = shares(&loads, 3, &cap_of);
+        assert_eq!(share.values().sum::<usize>(), 3);
+        assert!(share["b"] <= 1 && share["c"] <= 2, "{share:?}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::aws::kinesis::Shard;
 use crate::error::{Error, Result};
 use crate::lease::coordinator::{LeaseTimings, ShardRunner, ShardSource};
 use crate::lease::plan::Row;
-use crate::lease::table::{LeaseStore, Workers, Written, next_counter};
+use crate::lease::table::{Beat, LeaseStore, Workers, Written, namesake_error, next_counter};
 use crate::lease::{Checkpoint, Clock, Coordinator, HeldLeases, Lease};
 use crate::metrics::Metrics;
 use crate::random::Rng;
@@ -238,10 +238,22 @@ impl LeaseStore for SimTable {
         Ok(lock(&self.rows).values().cloned().collect())
     }
 
-    fn heartbeat(&self, worker: &str, beat: u64) -> Result<Workers> {
+    fn heartbeat(&self, beat: &Beat<'_>) -> Result<Workers> {
+        let Beat {
+            worker,
+            number: beat,
+            since,
+            cap,
+        } = *beat;
         let fault = self.faults.draw("workers");
         if matches!(fault, Fault::Fail) {
             return Err(injected("UpdateItem"));
+        }
+        let there = lock(&self.workers).beats.get(worker).copied();
+        if let (Some(since), Some(there)) = (since, there) {
+            if !(since..=beat).contains(&there) {
+                return Err(namesake_error(worker));
+            }
         }
         let stall = lock(&self.beat_stall).take();
         if let Some((millis, meanwhile)) = stall {
@@ -252,11 +264,19 @@ impl LeaseStore for SimTable {
         lock(&self.beats).push((worker.to_owned(), now));
         let mut workers = lock(&self.workers);
         workers.beats.insert(worker.to_owned(), beat);
+        match cap {
+            Some(cap) => workers.caps.insert(worker.to_owned(), cap),
+            None => workers.caps.remove(worker),
+        };
         trace(|| format!("  heartbeat {worker} {beat}"));
         match fault {
             Fault::Lost => Err(injected("UpdateItem")),
             _ => Ok(workers.clone()),
         }
+    }
+
+    fn workers(&self) -> Result<Workers> {
+        Ok(lock(&self.workers).clone())
     }
 
     fn notify(&self, worker: Option<&str>) -> Result<()> {
@@ -278,6 +298,7 @@ impl LeaseStore for SimTable {
             trace(|| format!("  forget worker {worker}"));
             workers.beats.remove(worker);
             workers.inboxes.remove(worker);
+            workers.caps.remove(worker);
         }
         Ok(())
     }
@@ -1062,7 +1083,14 @@ fn an_unanswered_ask_never_takes_a_live_owners_lease_but_its_death_frees_it() {
     let mut beat = 0;
     while sim.clock.now() - started < FAILOVER * 3 {
         beat += 1;
-        sim.table.heartbeat("busy", beat).unwrap();
+        sim.table
+            .heartbeat(&Beat {
+                worker: "busy",
+                number: beat,
+                since: None,
+                cap: None,
+            })
+            .unwrap();
         sim.step_all();
         for id in &shards {
             assert_eq!(
@@ -1117,7 +1145,14 @@ fn a_dead_workers_leases_spread_evenly_though_the_table_was_last_read_long_ago()
     let mut beat = 0;
     while sim.clock.now() - started < FAILOVER * 3 {
         beat += 1;
-        sim.table.heartbeat("x", beat).unwrap();
+        sim.table
+            .heartbeat(&Beat {
+                worker: "x",
+                number: beat,
+                since: None,
+                cap: None,
+            })
+            .unwrap();
         sim.step_all();
     }
     assert_eq!(counts(&sim).get("x"), Some(&6));

@@ -31,6 +31,9 @@ const WORKERS_TYPE: &str = "WORKERS";
 /// inbox, a number other workers bump to make it read the lease table.
 const BEAT: &str = "beat:";
 const INBOX: &str = "inbox:";
+/// A worker's `max_leases_per_worker`, for the workers with one: the
+/// others' shares are computed around it.
+const CAP: &str = "cap:";
 /// Bumped to make every worker read the lease table.
 const VERSION: &str = "version";
 
@@ -43,6 +46,22 @@ pub(crate) struct Workers {
     pub inboxes: BTreeMap<String, u64>,
     /// The count bumped when every worker should read the table.
     pub version: u64,
+    /// The most leases each capped worker may hold.
+    pub caps: BTreeMap<String, u64>,
+}
+
+/// One heartbeat to write.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Beat<'a> {
+    /// The worker's id.
+    pub worker: &'a str,
+    /// The heartbeat's number.
+    pub number: u64,
+    /// The number of this worker's last heartbeat that landed (`None` for
+    /// the first): the row must hold no beat of ours or one of ours since.
+    pub since: Option<u64>,
+    /// The worker's cap, if it has one.
+    pub cap: Option<u64>,
 }
 
 impl Workers {
@@ -56,6 +75,8 @@ impl Workers {
                 workers.beats.insert(id.to_owned(), number);
             } else if let Some(id) = name.strip_prefix(INBOX) {
                 workers.inboxes.insert(id.to_owned(), number);
+            } else if let Some(id) = name.strip_prefix(CAP) {
+                workers.caps.insert(id.to_owned(), number);
             } else if name == VERSION {
                 workers.version = number;
             }
@@ -78,6 +99,18 @@ struct After<'a> {
     owner: Option<&'a str>,
     counter: u64,
     checkpoint: Option<(&'a str, u64)>,
+}
+
+/// The error of a worker that finds another live process writing
+/// heartbeats under its id: both would take the same leases back and
+/// forth, each delivering records the other already did.
+pub(crate) fn namesake_error(worker: &str) -> Error {
+    Error::config(
+        "worker_id",
+        format!(
+            "another live process writes heartbeats as worker {worker:?} in this lease table (a copied configuration, or a restarted process whose predecessor still runs); give each process its own worker id"
+        ),
+    )
 }
 
 /// An update of the workers row, `rest` after its entity type: every
@@ -394,12 +427,6 @@ impl LeaseTable {
         Ok(())
     }
 
-    /// Each worker's last heartbeat, from the workers row (empty if none).
-    pub(crate) fn workers(&self) -> Result<BTreeMap<String, u64>> {
-        let item = self.dynamodb.get_item(&self.name, &key(WORKERS_KEY))?;
-        Ok(item.map(|i| Workers::parse(&i).beats).unwrap_or_default())
-    }
-
     /// Forgets malformed rows no longer in the table, so the set of rows
     /// warned about does not grow for ever.
     fn forget_repaired(&self, rows: &[Row]) {
@@ -424,10 +451,16 @@ pub(crate) trait LeaseStore: Send + Sync + std::fmt::Debug {
     /// at half the price.
     fn list(&self, consistent: bool) -> Result<Vec<Row>>;
 
-    /// Writes `worker`'s heartbeat `beat` in the workers row and returns
-    /// the row as it is afterwards (a strongly consistent read, free with
-    /// the write).
-    fn heartbeat(&self, worker: &str, beat: u64) -> Result<Workers>;
+    /// Writes a heartbeat (and the worker's cap) in the workers row and
+    /// returns the row as it is afterwards (a strongly consistent read,
+    /// free with the write). After the first (`since` `None`), only if the
+    /// row holds no beat of the worker or one of ours, `since` to this one
+    /// (a retry, a lost reply); another beat there means another live
+    /// process writes heartbeats under this id: [`namesake_error`].
+    fn heartbeat(&self, beat: &Beat<'_>) -> Result<Workers>;
+
+    /// The workers row as it is now (empty if there is none).
+    fn workers(&self) -> Result<Workers>;
 
     /// Bumps `worker`'s inbox, or with `None` the version every worker
     /// watches: they read the lease table at their next heartbeat.
@@ -608,14 +641,35 @@ impl LeaseStore for LeaseTable {
             .is_some())
     }
 
-    fn heartbeat(&self, worker: &str, beat: u64) -> Result<Workers> {
-        let update = workers_row_update(", #beat = :beat")
-            .name("#beat", &format!("{BEAT}{worker}"))
-            .value(":beat", n(beat));
-        let item = self
+    fn heartbeat(&self, beat: &Beat<'_>) -> Result<Workers> {
+        let worker = beat.worker;
+        let name = format!("{BEAT}{worker}");
+        let update = match beat.cap {
+            Some(cap) => workers_row_update(", #beat = :beat, #cap = :cap").value(":cap", n(cap)),
+            None => workers_row_update(", #beat = :beat REMOVE #cap"),
+        }
+        .name("#beat", &name)
+        .name("#cap", &format!("{CAP}{worker}"))
+        .value(":beat", n(beat.number));
+        let ours = beat.since.map(|since| {
+            Expression::new("attribute_not_exists(#beat) OR #beat BETWEEN :since AND :beat")
+                .name("#beat", &name)
+                .value(":since", n(since))
+                .value(":beat", n(beat.number))
+        });
+        match self
             .dynamodb
-            .update_item(&self.name, &key(WORKERS_KEY), &update, None)?;
-        Ok(Workers::parse(&item))
+            .update_item(&self.name, &key(WORKERS_KEY), &update, ours.as_ref())
+        {
+            Ok(item) => Ok(Workers::parse(&item)),
+            Err(e) if e.is_condition_failed() => Err(namesake_error(worker)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn workers(&self) -> Result<Workers> {
+        let item = self.dynamodb.get_item(&self.name, &key(WORKERS_KEY))?;
+        Ok(item.map(|i| Workers::parse(&i)).unwrap_or_default())
     }
 
     fn notify(&self, worker: Option<&str>) -> Result<()> {
@@ -632,8 +686,9 @@ impl LeaseStore for LeaseTable {
     }
 
     fn forget_worker(&self, worker: &str, seen_beat: Option<u64>) -> Result<()> {
-        let update = workers_row_update(" REMOVE #beat, #inbox")
+        let update = workers_row_update(" REMOVE #beat, #inbox, #cap")
             .name("#beat", &format!("{BEAT}{worker}"))
+            .name("#cap", &format!("{CAP}{worker}"))
             .name("#inbox", &format!("{INBOX}{worker}"));
         let unchanged = seen_beat.map(|seen| {
             Expression::new("#beat = :seen")

@@ -8,10 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::aws::client::backoff;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How long startup waits out failures that may pass.
 pub(crate) const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How often startup looks again at what is not ready yet.
+const NOT_READY_POLL: Duration = Duration::from_millis(500);
 
 /// How often a waiting thread looks at the shutdown flag.
 const SHUTDOWN_CHECK: Duration = Duration::from_millis(50);
@@ -19,7 +22,7 @@ const SHUTDOWN_CHECK: Duration = Duration::from_millis(50);
 /// Runs `attempt` until it succeeds (`Some`), fails with what cannot pass
 /// or for longer than [`STARTUP_PATIENCE`] (the error), or shutdown is
 /// asked for (`None`). Each retry is logged at warn with the error, which
-/// names the endpoint.
+/// names the endpoint; what is only not ready yet, at info.
 pub(crate) fn until_ready<T>(
     what: &str,
     shutdown: &AtomicBool,
@@ -33,6 +36,14 @@ pub(crate) fn until_ready<T>(
         }
         match attempt() {
             Ok(value) => return Ok(Some(value)),
+            // Something expected to come (a table being created, a
+            // predecessor stopping): looked at again soon, said at info.
+            Err(e @ Error::NotReady(_)) if started.elapsed() < STARTUP_PATIENCE => {
+                log::info!("{what}: {e}; looking again in {NOT_READY_POLL:?}");
+                if sleep_unless_shutdown(shutdown, NOT_READY_POLL) {
+                    return Ok(None);
+                }
+            }
             Err(e) if e.may_pass() && started.elapsed() < STARTUP_PATIENCE => {
                 failures += 1;
                 let wait = backoff(Duration::from_millis(500), failures);

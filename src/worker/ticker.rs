@@ -561,7 +561,7 @@ mod tests {
             Clock::system(),
         );
         // Its one heartbeat keeps the leases for the tests' length.
-        held.heartbeat().1.unwrap();
+        held.heartbeat(None).1.unwrap();
         (server, Arc::new(held))
     }
 

@@ -39,7 +39,7 @@ pub struct Emulators {
 
 /// A needle that matches the body of a worker's heartbeat (the one write
 /// per round that keeps all its leases), for proxy rules.
-pub const HEARTBEAT: &str = r#""UpdateExpression":"SET #beat = :beat, #type = :type""#;
+pub const HEARTBEAT: &str = r#""UpdateExpression":"SET #type = :type, #beat = :beat"#;
 
 pub fn emulators_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("emulators")
