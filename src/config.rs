@@ -121,7 +121,14 @@ impl<T> fmt::Debug for ConsumerBuilder<T> {
             .field("stream_name", &self.settings.stream_name)
             .field("stream_arn", &self.settings.stream_arn)
             .field("client", &self.settings.client)
-            .field("kinesis_endpoint_url", &self.settings.kinesis_endpoint_url)
+            .field(
+                "kinesis_endpoint_url",
+                &self
+                    .settings
+                    .kinesis_endpoint_url
+                    .as_deref()
+                    .map(crate::aws::endpoint::redact_url),
+            )
             .field("initial_position", &self.settings.initial_position)
             .field("batch_interval", &self.settings.batch_interval)
             .field("checkpoint_interval", &self.settings.checkpoint_interval)

@@ -19,7 +19,7 @@ use common::fake_aws::FakeAws;
 use common::proxy::{Fault, Proxy, Trigger};
 use common::sigcheck::Key;
 use kinesis_consumer::aws::ClientConfig;
-use kinesis_consumer::aws::credentials::{Credentials, DefaultCredentialsChain};
+use kinesis_consumer::aws::credentials::{AssumeRole, Credentials, DefaultCredentialsChain};
 use kinesis_consumer::aws::kinesis::KinesisClient;
 use kinesis_consumer::{Consumer, Error, InitialPosition};
 
@@ -89,6 +89,32 @@ fn debug_output_never_shows_credentials() {
     assert!(shown.contains(KEY_ID), "the key id may show: {shown}");
     let chain = DefaultCredentialsChain::new().profile("nonexistent-profile-for-test");
     assert_clean("DefaultCredentialsChain", &format!("{chain:?} {chain:#?}"));
+}
+
+#[test]
+fn endpoint_urls_show_no_user_information_or_query() {
+    const URL: &str = "https://user:URL-PASSWORD@kinesis.example/?X-Token=URL-QUERY-SECRET";
+    let assert_url_clean = |what: &str, text: &str| {
+        assert!(
+            !text.contains("URL-PASSWORD") && !text.contains("URL-QUERY-SECRET"),
+            "{what} shows a secret of the URL: {text}"
+        );
+    };
+    let builder = Consumer::builder()
+        .app_name("app")
+        .stream_name("stream")
+        .region("us-east-1")
+        .endpoint_url(URL)
+        .credentials(credentials());
+    assert_url_clean("ConsumerBuilder", &format!("{builder:?} {builder:#?}"));
+    let err = builder.build().unwrap_err();
+    assert_url_clean("the build error", &format!("{err} {err:?}"));
+    let config = ClientConfig::new().region("us-east-1").endpoint_url(URL);
+    assert_url_clean("ClientConfig", &format!("{config:?} {config:#?}"));
+    let err = KinesisClient::new(&config).unwrap_err();
+    assert_url_clean("the client error", &format!("{err} {err:?}"));
+    let role = AssumeRole::new("arn:aws:iam::1:role/r", "s").endpoint_url(URL);
+    assert_url_clean("AssumeRole", &format!("{role:?} {role:#?}"));
 }
 
 #[test]

@@ -59,7 +59,10 @@ impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientConfig")
             .field("region", &self.region)
-            .field("endpoint_url", &self.endpoint_url)
+            .field(
+                "endpoint_url",
+                &self.endpoint_url.as_deref().map(endpoint::redact_url),
+            )
             .field("credentials", &self.credentials)
             .field("retry_wait", &self.retry_wait)
             .field("max_attempts", &self.max_attempts)

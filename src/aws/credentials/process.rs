@@ -239,16 +239,35 @@ fn describe_json_error(e: &serde_json::Error) -> String {
     format!("{kind} at line {} column {}", e.line(), e.column())
 }
 
-/// The program's name, for messages: the first word of the command,
-/// without arguments (which may hold secrets).
+/// The program's name, for messages: the base name of the command's first
+/// word that is not a variable assignment (`TOKEN=… helper` is a shell's
+/// way to pass a secret), never its directories or arguments, which may
+/// hold secrets too.
 fn program_name(command: &str) -> String {
-    match split_words(command) {
-        Ok(words) if !words.is_empty() && !needs_shell(command) => words[0].clone(),
-        _ => command
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string(),
+    // Shell syntax splits into words too (operators become words of their
+    // own); a command that does not split has no name to show.
+    let words = split_words(command).unwrap_or_default();
+    let program = words
+        .iter()
+        .find(|w| !is_assignment(w))
+        .map(|w| w.rsplit('/').next().unwrap_or_default())
+        .unwrap_or_default();
+    // A name with `=` in it may still be a secret: it is not shown.
+    if program.is_empty() || program.contains('=') {
+        return "(command)".to_owned();
+    }
+    program.to_owned()
+}
+
+/// True for a shell variable assignment such as `TOKEN=abc`.
+fn is_assignment(word: &str) -> bool {
+    match word.split_once('=') {
+        Some((name, _)) => {
+            !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }
+        None => false,
     }
 }
 
@@ -446,6 +465,34 @@ mod tests {
         ] {
             assert!(needs_shell(shell), "{shell}");
         }
+    }
+
+    #[test]
+    fn the_program_is_named_by_its_base_name_only() {
+        for (command, name) in [
+            ("/usr/local/bin/get-creds --token SECRET-ARG", "get-creds"),
+            ("TOKEN=SECRET-VALUE helper --x", "helper"),
+            ("A=1 TOKEN='SECRET VALUE' /opt/bin/helper | jq .", "helper"),
+            ("'/opt/my tools/helper' arg", "helper"),
+            ("TOKEN=SECRET-VALUE", "(command)"),
+            ("--opt=SECRET-VALUE", "(command)"),
+        ] {
+            assert_eq!(program_name(command), name, "{command}");
+        }
+    }
+
+    #[test]
+    fn errors_show_no_assignment_or_path() {
+        // Not found: the error names the program, not what precedes it.
+        let err = run_within(
+            "TOKEN=SECRET-VALUE /no/SECRET-DIR/such-helper",
+            "proc",
+            Duration::from_secs(5),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`such-helper`"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
     }
 
     #[test]
