@@ -210,6 +210,67 @@ fn an_https_endpoint_with_a_self_signed_certificate_is_refused() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// Whoever can write the lease table cannot write to an operator's
+/// terminal: the `leases` example prints the table's strings with their
+/// control characters escaped.
+#[test]
+fn the_leases_example_escapes_control_characters_from_the_table() {
+    use kinesis_consumer::__test_support::AttributeValue;
+    let app = common::unique_name("app");
+    common::create_lease_table(&app);
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    let n = |v: &str| AttributeValue::N(v.to_owned());
+    let row = std::collections::HashMap::from([
+        (
+            "leaseKey".to_owned(),
+            s("shardId-000000000001\u{1b}]0;title\u{7}"),
+        ),
+        (
+            "leaseOwner".to_owned(),
+            s("worker\u{1b}[2J\u{1b}[31m\u{9b}1m"),
+        ),
+        ("leaseCounter".to_owned(), n("1")),
+        ("checkpoint".to_owned(), s("TRIM_HORIZON")),
+        ("checkpointSubSequenceNumber".to_owned(), n("0")),
+        ("ownerSwitchesSinceCheckpoint".to_owned(), n("0")),
+        (
+            "parentShardId".to_owned(),
+            AttributeValue::SS(vec!["p\u{1b}[1m".to_owned()]),
+        ),
+    ]);
+    common::dynamodb().put_item(&app, &row, None).unwrap();
+    let e = common::emulators();
+    let out = std::process::Command::new(common::example_binary("leases"))
+        .args(["--app", &app, "--observe-ms", "0"])
+        .env("AWS_ENDPOINT_URL_DYNAMODB", &e.dynamodb_url)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("shardId-000000000001\\u{1b}]0;title\\u{7}"),
+        "the row is shown, escaped: {text:?}"
+    );
+    let raw: Vec<char> = text
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect();
+    assert!(
+        raw.is_empty(),
+        "control characters printed raw {raw:?}: {text:?}"
+    );
+}
+
 /// Every secret the credential setups below hold.
 const CONFIG_SECRETS: &[&str] = &[
     "base-secret-77f0",
