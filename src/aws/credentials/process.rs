@@ -163,7 +163,7 @@ fn kill_group(group: u32) {
 /// Why the command's output holds no credentials. It never quotes the
 /// output (it holds secrets).
 #[derive(Debug)]
-enum OutputError {
+pub(super) enum OutputError {
     /// Not JSON: serde_json's error kind and position (never its text).
     NotJson(String),
     NotAnObject,
@@ -196,7 +196,7 @@ impl fmt::Display for OutputError {
 }
 
 /// Credentials from the command's output.
-fn parse_output(stdout: &[u8]) -> std::result::Result<Credentials, OutputError> {
+pub(super) fn parse_output(stdout: &[u8]) -> std::result::Result<Credentials, OutputError> {
     let value: serde_json::Value = serde_json::from_slice(stdout)
         .map_err(|e| OutputError::NotJson(describe_json_error(&e)))?;
     if !value.is_object() {
