@@ -268,7 +268,8 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
 
     /// Credentials for every service ([`ClientConfig::credentials`]).
     /// Defaults to the standard chain (environment, shared files, web
-    /// identity, container, EC2 metadata).
+    /// identity, container, EC2 metadata), one for all services of the
+    /// consumer.
     pub fn credentials(mut self, credentials: impl ProvideCredentials + 'static) -> Self {
         self.settings.client = self.settings.client.credentials(credentials);
         self
