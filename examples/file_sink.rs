@@ -26,6 +26,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use kinesis_consumer::aws::kinesis::is_valid_shard_id;
 use kinesis_consumer::{
     Batch, Checkpointer, Checkpointing, Consumer, Error, ExtendedSequenceNumber, ShardEvent,
 };
@@ -138,15 +139,8 @@ impl Sink {
         position: &ExtendedSequenceNumber,
     ) -> Result<(), BoxError> {
         if !self.files.contains_key(shard_id) {
-            // Unique across restarts and workers sharing the directory.
-            let millis = support::epoch_millis(SystemTime::now());
-            let name = format!(
-                "{shard_id}-{millis}-{}-{}.jsonl.partial",
-                std::process::id(),
-                self.next_file
-            );
+            let partial = partial_path(&self.dir, shard_id, self.next_file)?;
             self.next_file += 1;
-            let partial = self.dir.join(name);
             let file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -201,6 +195,25 @@ impl Sink {
     }
 }
 
+/// The path of the `n`th file this process opens for `shard_id` in `dir`,
+/// unique across restarts and workers sharing the directory. The shard id
+/// comes from the endpoint: one that is not a Kinesis shard id (`../x`,
+/// `/etc/x`) is refused, so it cannot name a file outside `dir`.
+fn partial_path(dir: &Path, shard_id: &str, n: u64) -> Result<PathBuf, BoxError> {
+    if !is_valid_shard_id(shard_id) {
+        return Err(format!(
+            "refusing to name a file after {shard_id:?}: it is not a Kinesis shard id"
+        )
+        .into());
+    }
+    let millis = support::epoch_millis(SystemTime::now());
+    let name = format!(
+        "{shard_id}-{millis}-{}-{n}.jsonl.partial",
+        std::process::id()
+    );
+    Ok(dir.join(name))
+}
+
 /// Fsyncs the file, gives it its final name and fsyncs the directory, so
 /// that the name survives a crash too; returns its last record's position.
 fn durable(file: ShardFile, dir: &Path) -> Result<ExtendedSequenceNumber, BoxError> {
@@ -214,4 +227,28 @@ fn durable(file: ShardFile, dir: &Path) -> Result<ExtendedSequenceNumber, BoxErr
     std::fs::rename(&partial, &done)?;
     File::open(dir)?.sync_all()?;
     Ok(file.last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_id_that_is_no_shard_id_names_no_file() {
+        let dir = Path::new("/sink");
+        for bad in ["../x", "/etc/x", "..", "a/../../b", "shard\u{1b}[2J", ""] {
+            let refused = partial_path(dir, bad, 0).unwrap_err().to_string();
+            assert!(
+                refused.contains("not a Kinesis shard id"),
+                "{bad:?}: {refused}"
+            );
+        }
+        let path = partial_path(dir, "shardId-000000000001", 7).unwrap();
+        assert_eq!(path.parent(), Some(dir));
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with("shardId-000000000001-") && name.ends_with("-7.jsonl.partial"),
+            "{name}"
+        );
+    }
 }

@@ -82,7 +82,7 @@ fn main() {
         .iter()
         .filter_map(|r| r.lease.as_ref()?.owner.as_deref())
         .collect();
-    println!(
+    let summary = format!(
         "lease table {app}: {} leases, {} owners {:?}; workers row: {:?}",
         rows.len(),
         owners.len(),
@@ -102,6 +102,7 @@ fn main() {
             })
             .collect::<Vec<_>>()
     );
+    println!("{}", support::printable(&summary));
     println!(
         "{:<24} {:<28} {:>8} {:<30} {:<24} {:<24} STATUS",
         "SHARD", "OWNER", "COUNTER", "CHECKPOINT", "PARENTS", "CHILDREN"
@@ -113,11 +114,14 @@ fn main() {
                 .is_none_or(|o| alive(o, &l.shard_id, l.counter))
         });
         let status = status(row, owner_alive, observe);
+        // Every string from the table is printed through `printable`:
+        // whoever can write the table must not reach the terminal.
         let Some(lease) = &row.lease else {
-            println!(
+            let line = format!(
                 "{:<24} {:<28} {:>8} {:<30} {:<24} {:<24} {}",
                 row.shard_id, "?", "?", "?", "?", "?", status
             );
+            println!("{}", support::printable(&line));
             continue;
         };
         let checkpoint = match &lease.checkpoint {
@@ -128,7 +132,7 @@ fn main() {
             ),
             other => format!("{other:?}"),
         };
-        println!(
+        let line = format!(
             "{:<24} {:<28} {:>8} {:<30} {:<24} {:<24} {}",
             lease.shard_id,
             lease.owner.as_deref().unwrap_or("-"),
@@ -138,8 +142,10 @@ fn main() {
             lease.children.join(","),
             status
         );
+        println!("{}", support::printable(&line));
         if let Some((start, end)) = &lease.hash_range {
-            println!("{:<24} hash keys {start}..={end}", "");
+            let line = format!("{:<24} hash keys {start}..={end}", "");
+            println!("{}", support::printable(&line));
         }
     }
 }
@@ -195,10 +201,11 @@ fn deregister_consumer(stream: &str, name: &str) {
     kinesis
         .deregister_stream_consumer(&consumer.consumer_arn)
         .unwrap_or_else(fail);
-    println!(
+    let done = format!(
         "deregistered consumer {name} ({}) of {stream_arn}",
         consumer.consumer_arn
     );
+    println!("{}", support::printable(&done));
 }
 
 fn fail<T>(e: kinesis_consumer::Error) -> T {

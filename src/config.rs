@@ -121,7 +121,14 @@ impl<T> fmt::Debug for ConsumerBuilder<T> {
             .field("stream_name", &self.settings.stream_name)
             .field("stream_arn", &self.settings.stream_arn)
             .field("client", &self.settings.client)
-            .field("kinesis_endpoint_url", &self.settings.kinesis_endpoint_url)
+            .field(
+                "kinesis_endpoint_url",
+                &self
+                    .settings
+                    .kinesis_endpoint_url
+                    .as_deref()
+                    .map(crate::aws::endpoint::redact_url),
+            )
             .field("initial_position", &self.settings.initial_position)
             .field("batch_interval", &self.settings.batch_interval)
             .field("checkpoint_interval", &self.settings.checkpoint_interval)
@@ -261,7 +268,8 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
 
     /// Credentials for every service ([`ClientConfig::credentials`]).
     /// Defaults to the standard chain (environment, shared files, web
-    /// identity, container, EC2 metadata).
+    /// identity, container, EC2 metadata), one for all services of the
+    /// consumer.
     pub fn credentials(mut self, credentials: impl ProvideCredentials + 'static) -> Self {
         self.settings.client = self.settings.client.credentials(credentials);
         self
@@ -696,16 +704,14 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         // Each service's configuration is the shared one with that service's
         // endpoint, credentials and region.
         let base = |(setting, endpoint): (&'static str, &Option<String>),
-                    credentials: &Option<Arc<dyn ProvideCredentials>>| {
+                    credentials: &Arc<dyn ProvideCredentials>| {
             let mut c = self.settings.client.clone();
             c.region = other_region.clone();
             if endpoint.is_some() {
                 c.endpoint_url = endpoint.clone();
                 c.endpoint_setting = setting;
             }
-            if credentials.is_some() {
-                c.credentials = credentials.clone();
-            }
+            c.credentials = Some(credentials.clone());
             c
         };
         // Once shutdown is asked for, a failed Kinesis request is not tried
@@ -892,10 +898,12 @@ fn lease_table(options: &TableOptions, app_name: &str) -> Result<TableOptions> {
 
 type SharedProvider = Arc<dyn ProvideCredentials>;
 
-/// The role providers built so far, shared between services.
+/// The credential providers built so far, shared between services.
 #[derive(Default)]
 struct RoleProviders {
-    /// The standard chain, the source of roles given no credentials.
+    /// The standard chain of every service given no credentials, and the
+    /// source of their roles: one per consumer, so an SSO token is renewed
+    /// (or a credential_process run) once, not once per service.
     default_chain: Option<Arc<dyn ProvideCredentials>>,
     /// (role, source, provider) of each role assumed.
     built: Vec<(AssumeRole, SharedProvider, SharedProvider)>,
@@ -903,39 +911,36 @@ struct RoleProviders {
 
 impl<T> ConsumerBuilder<T> {
     /// A service's credentials: its own provider (else the shared one, else
-    /// `None` for the default chain), with its role (else the shared role)
-    /// assumed on top. Services with the same role over the same source
-    /// share one provider (`shared`), so the role is assumed once.
+    /// the default chain, one for all services), with its role (else the
+    /// shared role) assumed on top. Services with the same role over the
+    /// same source share one provider (`shared`), so the role is assumed
+    /// once.
     fn credentials_with_role(
         &self,
         own: &Option<Arc<dyn ProvideCredentials>>,
         own_role: &Option<AssumeRole>,
         setting: &'static str,
         shared: &mut RoleProviders,
-    ) -> Result<Option<Arc<dyn ProvideCredentials>>> {
-        let source = own
-            .clone()
-            .or_else(|| self.settings.client.credentials.clone());
+    ) -> Result<Arc<dyn ProvideCredentials>> {
+        let source = match own.as_ref().or(self.settings.client.credentials.as_ref()) {
+            Some(source) => source.clone(),
+            None => shared
+                .default_chain
+                .get_or_insert_with(|| Arc::new(DefaultCredentialsChain::new()))
+                .clone(),
+        };
         let (role, setting) = match (own_role, &self.settings.assume_role) {
             (Some(role), _) => (role, setting),
             (None, Some(role)) => (role, "assume_role"),
             (None, None) => return Ok(source),
         };
         role.validate(setting)?;
-        let source: Arc<dyn ProvideCredentials> = match source {
-            Some(source) => source,
-            // One default chain for every role that needs one.
-            None => shared
-                .default_chain
-                .get_or_insert_with(|| Arc::new(DefaultCredentialsChain::new()))
-                .clone(),
-        };
         if let Some((_, _, provider)) = shared
             .built
             .iter()
             .find(|(r, s, _)| r == role && Arc::ptr_eq(s, &source))
         {
-            return Ok(Some(provider.clone()));
+            return Ok(provider.clone());
         }
         let mut provider = AssumeRoleProvider::new(role.clone(), source.clone())?;
         if let Some(region) = &self.settings.client.region {
@@ -943,7 +948,7 @@ impl<T> ConsumerBuilder<T> {
         }
         let provider: Arc<dyn ProvideCredentials> = Arc::new(provider);
         shared.built.push((role.clone(), source, provider.clone()));
-        Ok(Some(provider))
+        Ok(provider)
     }
 }
 

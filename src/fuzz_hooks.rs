@@ -109,6 +109,18 @@ pub fn event_stream(bytes: &[u8], split: usize) -> Result<usize, String> {
     Ok(count)
 }
 
+/// Seconds since the epoch of an HTTP `Date` header, if it reads as one.
+pub fn http_date_seconds(text: &str) -> Option<u64> {
+    crate::time::http_date_seconds(text)
+}
+
+/// Every credential source's reply parser over `body` (credential_process
+/// output, container and instance metadata JSON, STS XML, SSO role
+/// credentials, OIDC `CreateToken`); how many accepted it.
+pub fn credential_replies(body: &[u8]) -> usize {
+    crate::aws::credentials::parse_replies_for_fuzzing(body)
+}
+
 /// The CRC-32 the event-stream decoder checks (for building valid inputs).
 pub fn crc32(data: &[u8]) -> u32 {
     crate::aws::event_stream::crc32(data)

@@ -141,19 +141,22 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// Seconds since the epoch of an HTTP date in the IMF-fixdate form every
-/// AWS service sends (`Sun, 06 Nov 1994 08:49:37 GMT`); `None` otherwise.
+/// AWS service sends (`Sun, 06 Nov 1994 08:49:37 GMT`); `None` otherwise,
+/// and for a year outside 1970 to 9999 (the form has four digits; a
+/// larger year from a server would overflow the day count).
 pub(crate) fn http_date_seconds(text: &str) -> Option<u64> {
     let mut parts = text.split_whitespace().skip(1);
-    let day: i64 = parts.next()?.parse().ok()?;
+    let day = number(parts.next()?)?;
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     let name = parts.next()?;
     let month = MONTHS.iter().position(|m| *m == name)? as i64 + 1;
-    let year: i64 = parts.next()?.parse().ok()?;
-    let mut clock = parts.next()?.split(':').map(|n| n.parse::<i64>().ok());
+    let year = number(parts.next()?)?;
+    let mut clock = parts.next()?.split(':').map(number);
     let (h, m, s) = (clock.next()??, clock.next()??, clock.next()??);
     if parts.next() != Some("GMT")
+        || !(1970..=9999).contains(&year)
         || day < 1
         || day > days_in_month(year, month)
         || h > 23
@@ -163,6 +166,13 @@ pub(crate) fn http_date_seconds(text: &str) -> Option<u64> {
         return None;
     }
     u64::try_from(days_from_civil(year, month, day) * 86_400 + h * 3_600 + m * 60 + s).ok()
+}
+
+/// A decimal number of at most four digits (no sign): the fields of an
+/// HTTP date.
+fn number(text: &str) -> Option<i64> {
+    let digits = !text.is_empty() && text.len() <= 4 && text.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| text.parse().ok())?
 }
 
 /// `time` as RFC 3339 in UTC, `YYYY-MM-DDTHH:MM:SSZ`, with milliseconds
@@ -284,6 +294,14 @@ mod tests {
             "Sun, 06 Nov 1994 08:49:37 PST",
             "Sun, 06 Foo 1994 08:49:37 GMT",
             "Sun, 06 Nov 1994 08:49 GMT",
+            // Years a server may send that overflow the day count, or
+            // before the epoch; a sign or more than four digits anywhere.
+            "Sun, 06 Nov 9223372036854775807 08:49:37 GMT",
+            "Sun, 06 Nov -9223372036854775808 08:49:37 GMT",
+            "Sun, 06 Nov 1969 08:49:37 GMT",
+            "Sun, 06 Nov 10000 08:49:37 GMT",
+            "Sun, 06 Nov 1994 -1:-1:-1 GMT",
+            "Sun, +6 Nov 1994 08:49:37 GMT",
         ] {
             assert_eq!(http_date_seconds(bad), None, "{bad}");
         }

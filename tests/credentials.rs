@@ -378,6 +378,56 @@ fn tail_with_credential_process() {
     assert!(!log.contains("proc-secret") && !log.contains("proc-token"));
 }
 
+/// One default chain per consumer: Kinesis, the lease table and
+/// CloudWatch share it, so the credential_process runs once (it ran once
+/// per service, three times, and an SSO token was renewed three times in
+/// a race on its refresh token and cache file).
+#[test]
+#[cfg(unix)]
+fn one_credential_process_run_for_kinesis_dynamodb_and_cloudwatch() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = home_with("", "");
+    let runs = home.join("runs");
+    let script = home.join("get-creds.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho run >> {}\necho '{{\"Version\": 1, \"AccessKeyId\": \"PROCKEY\", \
+             \"SecretAccessKey\": \"proc-secret\", \"SessionToken\": \"proc-token\", \
+             \"Expiration\": \"2099-01-01T00:00:00Z\"}}'\n",
+            runs.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        home.join(".aws/config"),
+        format!(
+            "[profile proc]\ncredential_process = {}\nregion = us-east-1\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    let issued = Key::new("PROCKEY", "proc-secret", Some("proc-token"));
+    let proxy = signing_proxy(issued.clone(), issued);
+    let stream = stream_with_records();
+    // Metrics on: the publisher signs its last PutMetricData at shutdown
+    // (CloudWatch itself is unreachable here).
+    let log = run_tail(
+        &home,
+        &[("AWS_PROFILE", "proc")],
+        &["--stream", &stream, "--metrics-level", "summary"],
+        &proxy,
+    );
+    assert_signed(&proxy, "PROCKEY", "PROCKEY");
+    assert!(
+        log.contains("PutMetricData to http://127.0.0.1:9"),
+        "CloudWatch was called (signed, then refused): {log}"
+    );
+    let runs = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(runs.lines().count(), 1, "credential_process runs: {runs:?}");
+}
+
 #[test]
 fn tail_with_a_stream_arn_and_a_role_profile() {
     let fake = FakeAws::start(vec![base_key()], "us-east-1", &[]);

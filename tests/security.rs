@@ -19,7 +19,7 @@ use common::fake_aws::FakeAws;
 use common::proxy::{Fault, Proxy, Trigger};
 use common::sigcheck::Key;
 use kinesis_consumer::aws::ClientConfig;
-use kinesis_consumer::aws::credentials::{Credentials, DefaultCredentialsChain};
+use kinesis_consumer::aws::credentials::{AssumeRole, Credentials, DefaultCredentialsChain};
 use kinesis_consumer::aws::kinesis::KinesisClient;
 use kinesis_consumer::{Consumer, Error, InitialPosition};
 
@@ -89,6 +89,32 @@ fn debug_output_never_shows_credentials() {
     assert!(shown.contains(KEY_ID), "the key id may show: {shown}");
     let chain = DefaultCredentialsChain::new().profile("nonexistent-profile-for-test");
     assert_clean("DefaultCredentialsChain", &format!("{chain:?} {chain:#?}"));
+}
+
+#[test]
+fn endpoint_urls_show_no_user_information_or_query() {
+    const URL: &str = "https://user:URL-PASSWORD@kinesis.example/?X-Token=URL-QUERY-SECRET";
+    let assert_url_clean = |what: &str, text: &str| {
+        assert!(
+            !text.contains("URL-PASSWORD") && !text.contains("URL-QUERY-SECRET"),
+            "{what} shows a secret of the URL: {text}"
+        );
+    };
+    let builder = Consumer::builder()
+        .app_name("app")
+        .stream_name("stream")
+        .region("us-east-1")
+        .endpoint_url(URL)
+        .credentials(credentials());
+    assert_url_clean("ConsumerBuilder", &format!("{builder:?} {builder:#?}"));
+    let err = builder.build().unwrap_err();
+    assert_url_clean("the build error", &format!("{err} {err:?}"));
+    let config = ClientConfig::new().region("us-east-1").endpoint_url(URL);
+    assert_url_clean("ClientConfig", &format!("{config:?} {config:#?}"));
+    let err = KinesisClient::new(&config).unwrap_err();
+    assert_url_clean("the client error", &format!("{err} {err:?}"));
+    let role = AssumeRole::new("arn:aws:iam::1:role/r", "s").endpoint_url(URL);
+    assert_url_clean("AssumeRole", &format!("{role:?} {role:#?}"));
 }
 
 #[test]
@@ -182,6 +208,67 @@ fn an_https_endpoint_with_a_self_signed_certificate_is_refused() {
     assert!(matches!(err, Error::Transport { .. }), "{err:?}");
     assert!(shown.to_lowercase().contains("certificate"), "{shown}");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Whoever can write the lease table cannot write to an operator's
+/// terminal: the `leases` example prints the table's strings with their
+/// control characters escaped.
+#[test]
+fn the_leases_example_escapes_control_characters_from_the_table() {
+    use kinesis_consumer::__test_support::AttributeValue;
+    let app = common::unique_name("app");
+    common::create_lease_table(&app);
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    let n = |v: &str| AttributeValue::N(v.to_owned());
+    let row = std::collections::HashMap::from([
+        (
+            "leaseKey".to_owned(),
+            s("shardId-000000000001\u{1b}]0;title\u{7}"),
+        ),
+        (
+            "leaseOwner".to_owned(),
+            s("worker\u{1b}[2J\u{1b}[31m\u{9b}1m"),
+        ),
+        ("leaseCounter".to_owned(), n("1")),
+        ("checkpoint".to_owned(), s("TRIM_HORIZON")),
+        ("checkpointSubSequenceNumber".to_owned(), n("0")),
+        ("ownerSwitchesSinceCheckpoint".to_owned(), n("0")),
+        (
+            "parentShardId".to_owned(),
+            AttributeValue::SS(vec!["p\u{1b}[1m".to_owned()]),
+        ),
+    ]);
+    common::dynamodb().put_item(&app, &row, None).unwrap();
+    let e = common::emulators();
+    let out = std::process::Command::new(common::example_binary("leases"))
+        .args(["--app", &app, "--observe-ms", "0"])
+        .env("AWS_ENDPOINT_URL_DYNAMODB", &e.dynamodb_url)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("shardId-000000000001\\u{1b}]0;title\\u{7}"),
+        "the row is shown, escaped: {text:?}"
+    );
+    let raw: Vec<char> = text
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect();
+    assert!(
+        raw.is_empty(),
+        "control characters printed raw {raw:?}: {text:?}"
+    );
 }
 
 /// Every secret the credential setups below hold.

@@ -1,6 +1,7 @@
 //! Small helpers shared by the examples: argument parsing, a stderr logger,
 //! initial positions (RFC 3339 times are parsed by the library), metrics
-//! levels, records as JSON lines, and signal handling.
+//! levels, records as JSON lines, text from a server made safe to print,
+//! and signal handling.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -173,6 +174,22 @@ pub fn record_json(r: &Record) -> String {
     .to_string()
 }
 
+/// `text` from a server (a lease table, a stream) made safe to print to a
+/// terminal: control characters, which could be escape sequences from
+/// whoever wrote the text, are shown escaped (`\u{1b}`), as the JSON
+/// lines of `tail` escape them.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Logs the library's `info` (or `RUST_LOG`'s level) to stderr.
 pub fn init_logging() {
     struct Stderr;
@@ -224,6 +241,18 @@ mod tests {
             Ok(kinesis_consumer::MetricsLevel::Summary)
         );
         assert!(metrics_level("all").is_err());
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            super::printable("shard\u{1b}]0;title\u{7}\u{9b}31m\u{7f}\tété"),
+            "shard\\u{1b}]0;title\\u{7}\\u{9b}31m\\u{7f}\\tété"
+        );
+        assert_eq!(
+            super::printable("shardId-0 ~ worker-1"),
+            "shardId-0 ~ worker-1"
+        );
     }
 
     #[test]

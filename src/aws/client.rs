@@ -59,7 +59,10 @@ impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientConfig")
             .field("region", &self.region)
-            .field("endpoint_url", &self.endpoint_url)
+            .field(
+                "endpoint_url",
+                &self.endpoint_url.as_deref().map(endpoint::redact_url),
+            )
             .field("credentials", &self.credentials)
             .field("retry_wait", &self.retry_wait)
             .field("max_attempts", &self.max_attempts)
@@ -238,8 +241,12 @@ impl Client {
             Some(c) => c.clone(),
             None => Arc::new(DefaultCredentialsChain::new()),
         };
+        // Redirects are never followed: ureq would resend the request
+        // (with its session token header) to whatever host a `Location`
+        // names. A 3xx is a service error instead, see `reply_error`.
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .max_redirects(0)
             .timeout_connect(Some(config.connect_timeout))
             .timeout_recv_response(Some(config.read_timeout))
             .timeout_recv_body(Some(config.read_timeout))
@@ -448,11 +455,15 @@ impl Client {
         {
             self.service_time.store(date, Ordering::Relaxed);
         }
-        let error_type = reply
-            .headers()
-            .get("x-amzn-errortype")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let header = |name: &str| {
+            reply
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let error_type = header("x-amzn-errortype");
+        let location = header("location");
         // Read into a buffer sized from Content-Length: no regrowing and
         // copying of multi-megabyte GetRecords replies.
         let length = reply
@@ -476,8 +487,13 @@ impl Client {
         if (200..300).contains(&status) {
             return Ok(Some(bytes));
         }
-        Err(Error::Service(service_error(
-            operation, status, request_id, error_type, &bytes,
+        Err(Error::Service(reply_error(
+            operation,
+            status,
+            request_id,
+            error_type,
+            location.as_deref(),
+            &bytes,
         )))
     }
 }
@@ -509,6 +525,49 @@ pub(crate) fn explain_decode_error(e: serde_json::Error, body: &[u8]) -> String 
             "{e}: the reply is not JSON (is the endpoint an AWS service?): {}",
             describe_body(body)
         )
+    }
+}
+
+/// The error of a non-2xx reply: for a redirect (3xx), one that names
+/// where it pointed; else what the body says (see [`service_error`]).
+pub(crate) fn reply_error(
+    operation: &'static str,
+    status: u16,
+    request_id: Option<String>,
+    error_type_header: Option<String>,
+    location: Option<&str>,
+    body: &[u8],
+) -> ServiceError {
+    if (300..400).contains(&status) {
+        return redirect_error(operation, status, request_id, location);
+    }
+    service_error(operation, status, request_id, error_type_header, body)
+}
+
+/// The error of a redirect, which is never followed: it would take the
+/// signed request, session token included, to another host. It names the
+/// status and the host the `Location` points at (never its path or query,
+/// which may hold secrets).
+fn redirect_error(
+    operation: &'static str,
+    status: u16,
+    request_id: Option<String>,
+    location: Option<&str>,
+) -> ServiceError {
+    let target = match location.map(endpoint::parse_url) {
+        Some(Ok(url)) => match url.port {
+            Some(port) => format!("to host {}:{port}", url.host),
+            None => format!("to host {}", url.host),
+        },
+        Some(Err(_)) => "to a location that is not an absolute http(s) URL".to_owned(),
+        None => "without a Location".to_owned(),
+    };
+    ServiceError {
+        operation,
+        code: String::new(),
+        message: format!("the endpoint redirected {target}; redirects are not followed"),
+        status,
+        request_id,
     }
 }
 
@@ -755,6 +814,57 @@ mod tests {
         assert_eq!(admitted.unwrap().unwrap(), br#"{"x":7}"#);
         assert_eq!(seen, [7, 7]);
         server.join().unwrap();
+    }
+
+    #[test]
+    fn a_redirect_is_not_followed_and_names_its_host() {
+        use std::io::{Read, Write};
+        // Where the redirect points: it must never see a connection.
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let elsewhere_addr = elsewhere.local_addr().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).unwrap();
+            let head = format!(
+                "HTTP/1.1 302 Found\r\nLocation: http://{elsewhere_addr}/steal?q=LOCATION-SECRET\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            socket.write_all(head.as_bytes()).unwrap();
+        });
+        let config = ClientConfig::new()
+            .region("us-east-1")
+            .endpoint_url(url)
+            .max_attempts(1)
+            .read_timeout(Duration::from_secs(1))
+            .credentials(
+                crate::aws::credentials::Credentials::new("AKID", "secret")
+                    .with_session_token("SESSION-TOKEN-1"),
+            );
+        let client = Client::new(KINESIS, &config).unwrap();
+        let err = client
+            .call::<_, serde_json::Value>("ListShards", &serde_json::json!({}))
+            .unwrap_err();
+        server.join().unwrap();
+        // A followed redirect would have connected (and sent the token).
+        elsewhere.set_nonblocking(true).unwrap();
+        assert!(
+            matches!(elsewhere.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "the redirect was followed"
+        );
+        let Error::Service(e) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(e.status, 302);
+        let shown = err.to_string();
+        assert!(
+            shown.contains("HTTP 302") && shown.contains(&format!("to host {elsewhere_addr}")),
+            "{shown}"
+        );
+        assert!(!shown.contains("LOCATION-SECRET"), "{shown}");
+        assert!(!err.is_retryable());
     }
 
     #[test]

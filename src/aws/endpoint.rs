@@ -316,13 +316,32 @@ pub(crate) fn parse_endpoint(url: &str, setting: &'static str) -> Result<Endpoin
         return Err(Error::config(
             setting,
             format!(
-                "endpoint URL {url:?} has a path, query or fragment ({:?}); \
+                "endpoint URL {:?} has a path, query or fragment; \
                  give only scheme, host and port",
-                parsed.path
+                redact_url(url)
             ),
         ));
     }
     Ok(Endpoint::new(parsed.https, parsed.host, parsed.port))
+}
+
+/// `url` as an error message or `Debug` may show it: user information
+/// (`user:password@`) and everything from a `?` or `#` on (a query string
+/// can hold a token) are replaced with `…`. Everything before the last `@`
+/// counts as user information, even where a password has a `/` in it.
+pub(crate) fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(at) => url.split_at(at + 3),
+        None => ("", url),
+    };
+    let (rest, query) = match rest.find(['?', '#']) {
+        Some(at) => (&rest[..at], "?…"),
+        None => (rest, ""),
+    };
+    match rest.rfind('@') {
+        Some(at) => format!("{scheme}…@{}{query}", &rest[at + 1..]),
+        None => format!("{scheme}{rest}{query}"),
+    }
 }
 
 /// An `http` or `https` URL taken apart.
@@ -369,7 +388,7 @@ pub(crate) enum UrlErrorKind {
 
 impl fmt::Display for UrlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = &self.url;
+        let url = &redact_url(&self.url);
         match &self.kind {
             UrlErrorKind::Whitespace => write!(f, "URL {url:?} contains whitespace"),
             UrlErrorKind::Scheme => write!(f, "URL {url:?} must start with http:// or https://"),
@@ -699,6 +718,52 @@ mod tests {
         let env = Env::from_pairs(&[("AWS_ENDPOINT_URL", "http://h/x")]);
         let err = resolve_endpoint_with(Service::Sts, None, "us-east-1", &env).unwrap_err();
         assert_eq!(setting_of(err), "AWS_ENDPOINT_URL");
+    }
+
+    #[test]
+    fn urls_are_shown_without_user_information_or_query() {
+        for (url, shown) in [
+            ("https://user:PASSWORD@host:8443/", "https://…@host:8443/"),
+            ("https://u:PASS/WORD@host/x", "https://…@host/x"),
+            ("http://host/path?token=SECRET#f", "http://host/path?…"),
+            ("http://host#SECRET", "http://host?…"),
+            ("http://user:PASSWORD@host/?q=SECRET@x", "http://…@host/?…"),
+            (
+                "https://kinesis.us-east-1.amazonaws.com",
+                "https://kinesis.us-east-1.amazonaws.com",
+            ),
+            ("not a url PASSWORD@x", "…@x"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        // In every error about an endpoint URL, and in ClientConfig's Debug.
+        let env = Env::from_pairs(&[]);
+        for bad in [
+            "https://user:PASSWORD@kinesis.example",
+            "https://kinesis.example/x?X-Token=SECRET",
+            "https://kinesis.example/?token=SECRET",
+            "ftp://user:PASSWORD@kinesis.example",
+            "http://user:PASSWORD@[zz::1]",
+            "http://user:PASSWORD@host:99999",
+            "http://ho st/?token=SECRET",
+        ] {
+            let err = resolve_endpoint_with(Service::Kinesis, Some(bad), "us-east-1", &env)
+                .expect_err(bad);
+            let shown = format!("{err} {err:?}");
+            assert!(
+                !shown.contains("PASSWORD") && !shown.contains("SECRET"),
+                "{shown}"
+            );
+        }
+        let config = crate::aws::ClientConfig::new()
+            .endpoint_url("https://user:PASSWORD@kinesis.example/?token=SECRET");
+        let shown = format!("{config:?} {config:#?}");
+        assert!(
+            !shown.contains("PASSWORD")
+                && !shown.contains("SECRET")
+                && shown.contains("kinesis.example"),
+            "{shown}"
+        );
     }
 
     #[test]

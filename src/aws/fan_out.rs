@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::aws::client::{service_error, wait_until_active};
+use crate::aws::client::{reply_error, wait_until_active};
 use crate::aws::event_stream::{self, Message};
 use crate::aws::get_records::decode_subscribe_event;
 use crate::aws::http2::{BodyRead, Connection, Http2Error, ResponseBody, Target};
@@ -528,12 +528,14 @@ impl KinesisClient {
             .map(str::to_owned);
         if response.status != 200 {
             let error_type = response.header("x-amzn-errortype").map(str::to_owned);
+            let location = response.header("location").map(str::to_owned);
             let body = read_error_body(&mut stream, read_timeout);
-            return Err(Error::Service(service_error(
+            return Err(Error::Service(reply_error(
                 SUBSCRIBE,
                 response.status,
                 request_id,
                 error_type,
+                location.as_deref(),
                 &body,
             )));
         }

@@ -15,7 +15,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 
-use crate::aws::kinesis::{ChildShard, GetRecordsOutput, bad_reply, parse_sequence};
+use crate::aws::kinesis::{
+    ChildShard, GetRecordsOutput, bad_reply, check_shard_ids, parse_sequence,
+};
 use crate::error::Result;
 use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Shared, Span};
 
@@ -247,7 +249,7 @@ fn decode_with_serde(body: &[u8]) -> Result<(Decoded, GetRecordsOutput)> {
         records: Vec::new(),
         next_shard_iterator: reply.next_shard_iterator.filter(|s| !s.is_empty()),
         millis_behind_latest: reply.millis_behind_latest,
-        child_shards: child_shards(reply.child_shards),
+        child_shards: child_shards(OP, reply.child_shards)?,
     };
     Ok((decoded, rest))
 }
@@ -276,14 +278,24 @@ fn decode_records(decoded: &mut Decoded, records: Vec<RecordJson<'_>>) -> Result
     Ok(())
 }
 
-fn child_shards(list: Option<Vec<ChildShardJson>>) -> Vec<ChildShard> {
-    list.unwrap_or_default()
+/// The child shards of a reply of `operation`, each id checked.
+fn child_shards(
+    operation: &'static str,
+    list: Option<Vec<ChildShardJson>>,
+) -> Result<Vec<ChildShard>> {
+    let children: Vec<ChildShard> = list
+        .unwrap_or_default()
         .into_iter()
         .map(|c| ChildShard {
             shard_id: c.shard_id,
             parent_shards: c.parent_shards.unwrap_or_default(),
         })
-        .collect()
+        .collect();
+    for child in &children {
+        let parents = child.parent_shards.iter().map(String::as_str);
+        check_shard_ids(operation, parents.chain([child.shard_id.as_str()]))?;
+    }
+    Ok(children)
 }
 
 /// What a SubscribeToShardEvent holds besides its records.
@@ -324,7 +336,7 @@ pub(crate) fn decode_subscribe_event(
     let fields = EventFields {
         continuation_sequence_number,
         millis_behind_latest: event.millis_behind_latest,
-        child_shards: child_shards(event.child_shards),
+        child_shards: child_shards(EVENT, event.child_shards)?,
     };
     Ok((decoded.into_records(shard_id), fields))
 }
@@ -872,6 +884,28 @@ mod tests {
             }]
         );
         assert_eq!(out.millis_behind_latest, Some(0));
+    }
+
+    #[test]
+    fn child_shards_that_are_no_shard_ids_are_decode_errors() {
+        for children in [
+            r#"[{"ShardId":"../x","ParentShards":["shardId-0"]}]"#,
+            r#"[{"ShardId":"shardId-2","ParentShards":["/etc"]}]"#,
+            r#"[{"ShardId":"shardId-2\u001b[31m","ParentShards":[]}]"#,
+        ] {
+            let body = format!(r#"{{"Records":[],"ChildShards":{children}}}"#);
+            let err = decode(body.as_bytes()).unwrap_err();
+            assert!(
+                matches!(&err, Error::Decode { message, .. } if message.contains("is not a shard id")),
+                "{children}: {err:?}"
+            );
+            assert!(!err.to_string().contains('\u{1b}'), "{err}");
+            let event = format!(r#"{{"Records":[],"ChildShards":{children}}}"#);
+            assert!(
+                decode_subscribe_event(event.as_bytes(), &Arc::from("s")).is_err(),
+                "{children}"
+            );
+        }
     }
 
     #[test]

@@ -252,6 +252,52 @@ fn epoch_seconds(t: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
+/// The longest shard id Kinesis accepts.
+const MAX_SHARD_ID_LEN: usize = 128;
+
+/// True when `id` can be a Kinesis shard id: 1 to 128 ASCII letters,
+/// digits, `_`, `.` and `-` (Kinesis's own alphabet), and neither `.` nor
+/// `..`. Shard ids from a server are checked with it before they name a
+/// file, a metric or a log line, so a compromised or malicious endpoint
+/// cannot point a path elsewhere (`../x`) or write control characters.
+pub fn is_valid_shard_id(id: &str) -> bool {
+    (1..=MAX_SHARD_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && id != "."
+        && id != ".."
+}
+
+/// A decode error of `operation` for the first of `ids` (shard ids from
+/// its reply) that is not a shard id.
+pub(crate) fn check_shard_ids<'a>(
+    operation: &'static str,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
+    match ids.into_iter().find(|id| !is_valid_shard_id(id)) {
+        Some(id) => Err(bad_reply(
+            operation,
+            format!(
+                "{} is not a shard id (1 to {MAX_SHARD_ID_LEN} letters, digits, '_', '.' or '-')",
+                shown_id(id)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// An id that is not a shard id, as errors and logs show it: quoted, with
+/// control characters escaped, and cut after 64 characters.
+pub(crate) fn shown_id(id: &str) -> String {
+    let mut chars = id.chars();
+    let head: String = chars.by_ref().take(64).collect();
+    match chars.next() {
+        Some(_) => format!("{head:?}…"),
+        None => format!("{head:?}"),
+    }
+}
+
 pub(super) fn bad_reply(operation: &'static str, message: impl Into<String>) -> Error {
     Error::Decode {
         operation,
@@ -348,6 +394,9 @@ impl KinesisClient {
             let page: ListShardsJson = self.call("ListShards", &input)?;
             let before = shards.len();
             for s in page.shards.unwrap_or_default() {
+                let ids = [&s.parent_shard_id, &s.adjacent_parent_shard_id];
+                let ids = ids.into_iter().flatten().map(String::as_str);
+                check_shard_ids("ListShards", ids.chain([s.shard_id.as_str()]))?;
                 // Some emulators ignore paging and repeat shards: keep the first copy.
                 if shards.iter().all(|known| known.shard_id != s.shard_id) {
                     shards.push(Shard {
@@ -684,6 +733,61 @@ mod tests {
         ] {
             assert!(parse_stream_arn(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn shard_ids_are_checked() {
+        for good in [
+            "shardId-000000000000",
+            "a",
+            "a.b_c-D9",
+            &"x".repeat(128),
+            "...",
+        ] {
+            assert!(is_valid_shard_id(good), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "/x",
+            "a\\b",
+            "a b",
+            "é",
+            "a\u{1b}",
+            &"x".repeat(129),
+        ] {
+            assert!(!is_valid_shard_id(bad), "{bad:?}");
+        }
+        assert_eq!(shown_id("a\u{1b}b"), r#""a\u{1b}b""#);
+        assert_eq!(shown_id(&"y".repeat(100)), format!("{:?}…", "y".repeat(64)));
+    }
+
+    #[test]
+    fn list_shards_refuses_a_shard_id_that_could_name_another_path() {
+        let server = FakeServer::start(|_| {
+            (
+                200,
+                r#"{"Shards":[{"ShardId":"../x","HashKeyRange":{"StartingHashKey":"0","EndingHashKey":"9"},
+                   "SequenceNumberRange":{"StartingSequenceNumber":"0"}}]}"#
+                    .into(),
+            )
+        });
+        let client = KinesisClient::new(
+            &ClientConfig::new()
+                .region("eu-west-1")
+                .endpoint_url(&server.url)
+                .max_attempts(1)
+                .credentials(Credentials::new("AKID", "secret")),
+        )
+        .unwrap();
+        let err = client.list_shards("s", None).unwrap_err();
+        assert!(
+            matches!(&err, Error::Decode { operation: "ListShards", message } if message.contains(r#""../x" is not a shard id"#)),
+            "{err:?}"
+        );
     }
 
     #[test]

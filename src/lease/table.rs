@@ -8,6 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::aws::dynamodb::{
     AttributeValue, CreateTableOptions, DynamoDbClient, Expression, Item, TableDescription,
 };
+use crate::aws::kinesis::{is_valid_shard_id, shown_id};
 use crate::error::{Error, Result};
 use crate::lease::plan::Row;
 use crate::lease::{Checkpoint, Lease};
@@ -203,6 +204,9 @@ pub(crate) enum MalformedRow {
     BadTimestamp,
     /// A checkpoint that is neither a sequence number nor a known position.
     UnknownCheckpoint(String),
+    /// A column (`leaseKey`, `parentShardId`, `childShardIds`) holding
+    /// something that is not a shard id.
+    NotAShardId(&'static str),
 }
 
 impl std::fmt::Display for MalformedRow {
@@ -219,6 +223,10 @@ impl std::fmt::Display for MalformedRow {
             MalformedRow::UnknownCheckpoint(text) => write!(
                 f,
                 "checkpoint {text:?} is neither a sequence number nor a known position"
+            ),
+            MalformedRow::NotAShardId(name) => write!(
+                f,
+                "{name} holds something that is not a shard id (1 to 128 letters, digits, '_', '.' or '-')"
             ),
         }
     }
@@ -243,6 +251,17 @@ pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, MalformedRo
             .unwrap_or_default()
     };
     let shard_id = text(KEY).ok_or(MalformedRow::NoKey)?.to_owned();
+    // Shard ids from the table name files, metrics and log lines: each is
+    // checked as ids from Kinesis are.
+    for (name, ids) in [
+        (KEY, vec![shard_id.clone()]),
+        ("parentShardId", set("parentShardId")),
+        ("childShardIds", set("childShardIds")),
+    ] {
+        if !ids.iter().all(|id| is_valid_shard_id(id)) {
+            return Err(MalformedRow::NotAShardId(name));
+        }
+    }
     let checkpoint_text = match item.get("checkpoint") {
         None | Some(AttributeValue::NULL(_)) => "TRIM_HORIZON",
         Some(v) => v.as_s().ok_or(MalformedRow::CheckpointNotString)?,
@@ -535,7 +554,13 @@ impl LeaseStore for LeaseTable {
             match parse_lease(&item) {
                 Ok(lease) => rows.push(Row::Lease(lease)),
                 Err(why) => {
-                    let shard_id = item.get(KEY).and_then(AttributeValue::as_s).unwrap_or("?");
+                    // A key that is no shard id is logged and shown quoted
+                    // and escaped, never as it is.
+                    let shard_id = match item.get(KEY).and_then(AttributeValue::as_s) {
+                        Some(id) if is_valid_shard_id(id) => id.to_owned(),
+                        Some(id) => shown_id(id),
+                        None => "?".to_owned(),
+                    };
                     let first = lock(&self.malformed).insert(format!("{shard_id}: {why}"));
                     if first {
                         log::warn!(
@@ -544,7 +569,7 @@ impl LeaseStore for LeaseTable {
                         );
                     }
                     rows.push(Row::Malformed {
-                        shard_id: shard_id.to_owned(),
+                        shard_id,
                         why: why.to_string(),
                     });
                 }
@@ -979,6 +1004,26 @@ mod tests {
             r#"{"leaseKey":{"S":"s"},"checkpoint":{"SS":["12"]}}"#,
         ] {
             assert!(parse_lease(&item(bad)).is_err(), "{bad}");
+        }
+        for (bad, column) in [
+            (r#"{"leaseKey":{"S":"../x"}}"#, KEY),
+            (r#"{"leaseKey":{"S":"/etc/passwd"}}"#, KEY),
+            (r#"{"leaseKey":{"S":".."}}"#, KEY),
+            (r#"{"leaseKey":{"S":"shard\u001b[2J"}}"#, KEY),
+            (
+                r#"{"leaseKey":{"S":"s"},"parentShardId":{"SS":["a/b"]}}"#,
+                "parentShardId",
+            ),
+            (
+                r#"{"leaseKey":{"S":"s"},"childShardIds":{"SS":["c","."]}}"#,
+                "childShardIds",
+            ),
+        ] {
+            assert_eq!(
+                parse_lease(&item(bad)).unwrap_err(),
+                MalformedRow::NotAShardId(column),
+                "{bad}"
+            );
         }
         let top = parse_lease(&item(
             r#"{"leaseKey":{"S":"s"},"leaseCounter":{"N":"9223372036854775807"}}"#,

@@ -34,7 +34,13 @@ impl fmt::Debug for AssumeRole {
             .field("session_name", &self.session_name)
             .field("external_id", &self.external_id)
             .field("duration", &self.duration)
-            .field("endpoint_url", &self.endpoint_url)
+            .field(
+                "endpoint_url",
+                &self
+                    .endpoint_url
+                    .as_deref()
+                    .map(crate::aws::endpoint::redact_url),
+            )
             .finish()
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::http::{json_error_message, parse_json_credentials, read_reply};
 use super::{Context, Outcome};
 use crate::aws::client::transport_error;
-use crate::aws::endpoint::parse_url;
+use crate::aws::endpoint::{parse_url, redact_url};
 use crate::{Error, Result};
 
 /// The ECS task credentials endpoint that relative URIs are joined to.
@@ -53,10 +53,13 @@ pub(super) fn load(ctx: &Context) -> Result<Outcome> {
     if let Some(token) = token.as_deref().filter(|t| !t.is_empty()) {
         request = request.header("Authorization", token);
     }
-    let reply = read_reply(request.call()).map_err(|e| transport_error(OPERATION, &url, e))?;
+    // The URI can hold a token in its query or user information: errors
+    // show it without them.
+    let shown = redact_url(&url);
+    let reply = read_reply(request.call()).map_err(|e| transport_error(OPERATION, &shown, e))?;
     if reply.status != 200 {
         return Err(Error::Credentials(format!(
-            "the container credentials endpoint {url} answered HTTP {}: {}",
+            "the container credentials endpoint {shown} answered HTTP {}: {}",
             reply.status,
             json_error_message(&reply.body)
         )));
@@ -89,9 +92,10 @@ fn check_container_full_uri(uri: &str) -> Result<()> {
         Err(Error::config(
             SETTING,
             format!(
-                "{uri:?} is not allowed: an http:// URL must point at a loopback address \
+                "{:?} is not allowed: an http:// URL must point at a loopback address \
                  (127.0.0.0/8, [::1], localhost) or at 169.254.170.2, 169.254.170.23 or \
-                 [fd00:ec2::23]; use https:// for any other host"
+                 [fd00:ec2::23]; use https:// for any other host",
+                redact_url(uri)
             ),
         ))
     }
@@ -182,6 +186,30 @@ mod tests {
             m.contains("HTTP 403") && m.contains("AccessDenied: bad token"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn container_uri_errors_show_no_secret() {
+        // A refused host, an error reply, a refused connection: the query
+        // and user information of the URI never show.
+        let server = FakeServer::start(|_| (500, "{}".to_string()));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        for uri in [
+            "http://user:PASSWORD@creds.example.com/x?token=SECRET".to_owned(),
+            format!("{}/creds?token=SECRET", server.url),
+            format!("{refused}/creds?token=SECRET"),
+        ] {
+            let err = chain(&[("AWS_CONTAINER_CREDENTIALS_FULL_URI", &uri)])
+                .credentials()
+                .unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(
+                !shown.contains("PASSWORD") && !shown.contains("SECRET"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

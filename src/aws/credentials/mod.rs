@@ -116,6 +116,26 @@ impl ProvideCredentials for Credentials {
     }
 }
 
+/// Every credential source's reply parser over `body`, for the fuzz
+/// targets in `fuzz/` (feature `fuzzing`): credential_process output,
+/// container and instance metadata JSON, STS XML, SSO role credentials and
+/// an OIDC `CreateToken` reply (its expiry added to now). Each accepts it
+/// or returns an error, never panics; how many accepted it.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn parse_replies_for_fuzzing(body: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(body);
+    let accepted = [
+        process::parse_output(body).is_ok(),
+        http::parse_json_credentials(&text, "Token", "Fuzz").is_ok(),
+        sts::parse_credentials("Fuzz", &text).is_ok(),
+        sso::parse_role_credentials(&text).is_ok(),
+        sso::parse_create_token(&text)
+            .map(|token| SystemTime::now() + token.expires_in)
+            .is_ok(),
+    ];
+    accepted.into_iter().filter(|ok| *ok).count()
+}
+
 /// A source of the current time, injectable for tests.
 pub(crate) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 

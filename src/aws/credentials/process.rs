@@ -12,6 +12,7 @@
 use std::fmt;
 use std::io::Read;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::Credentials;
@@ -25,6 +26,17 @@ const MAX_OUTPUT: u64 = 1024 * 1024;
 /// Runs `command` (the `credential_process` of `profile`) and parses its
 /// output.
 pub(super) fn run(command: &str, profile: &str) -> Result<Credentials> {
+    run_within(command, profile, TIMEOUT)
+}
+
+/// [`run`], stopping the command after `timeout`.
+///
+/// The command starts in a process group of its own (on Unix), so that
+/// what it starts (the shell's children, a background process) can be
+/// stopped with it: at the deadline the whole group is killed. The
+/// deadline bounds the wait for its output too, which a process it left
+/// behind can hold open after it exited.
+fn run_within(command: &str, profile: &str, timeout: Duration) -> Result<Credentials> {
     let mut cmd = command_for(command).map_err(|why| {
         Error::Credentials(format!(
             "profile `{profile}`: credential_process cannot be parsed: {why}"
@@ -36,6 +48,9 @@ pub(super) fn run(command: &str, profile: &str) -> Result<Credentials> {
             "profile `{profile}`: credential_process `{program}` {why}"
         ))
     };
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let deadline = Instant::now() + timeout;
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -43,49 +58,33 @@ pub(super) fn run(command: &str, profile: &str) -> Result<Credentials> {
         .spawn()
         .map_err(|e| fail(format!("could not be started: {e}")))?;
     log::debug!("running the credential_process `{program}` of profile `{profile}`");
+    let group = child.id();
     // Read both pipes on their own threads so neither can fill up and
     // block the command.
-    let read_all = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            if let Some(pipe) = pipe {
-                let _ = pipe.take(MAX_OUTPUT).read_to_end(&mut out);
-            }
-            out
-        })
+    let stdout = read_in_background(child.stdout.take());
+    let stderr = read_in_background(child.stderr.take());
+    let timed_out = || {
+        fail(format!(
+            "did not finish within {} s and was stopped",
+            timeout.as_secs()
+        ))
     };
-    let stdout = read_all(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = read_all(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < TIMEOUT => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(format!(
-                    "did not finish within {} s and was stopped",
-                    TIMEOUT.as_secs()
-                )));
-            }
-            Err(e) => return Err(fail(format!("could not be waited for: {e}"))),
+    let status = match wait_until(&mut child, deadline) {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            kill_group(group);
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(timed_out());
         }
+        Err(e) => return Err(fail(format!("could not be waited for: {e}"))),
     };
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
+    let output = (receive(&stdout, deadline), receive(&stderr, deadline));
+    let (Some(stdout), Some(stderr)) = output else {
+        // It exited, but something it started still holds a pipe open.
+        kill_group(group);
+        return Err(timed_out());
+    };
     if !status.success() {
         let stderr = String::from_utf8_lossy(&stderr);
         let first_line = stderr
@@ -105,10 +104,66 @@ pub(super) fn run(command: &str, profile: &str) -> Result<Credentials> {
     parse_output(&stdout).map_err(|why| fail(format!("printed unusable credentials: {why}")))
 }
 
+/// Reads `pipe` to its end (at most [`MAX_OUTPUT`]) on a thread of its
+/// own; what it read arrives on the channel.
+fn read_in_background(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(pipe) = pipe {
+            let _ = pipe.take(MAX_OUTPUT).read_to_end(&mut out);
+        }
+        let _ = sender.send(out);
+    });
+    receiver
+}
+
+/// What a pipe's reader read, if it finished by `deadline`.
+fn receive(reader: &mpsc::Receiver<Vec<u8>>, deadline: Instant) -> Option<Vec<u8>> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    reader.recv_timeout(left).ok()
+}
+
+/// The child's exit status, or `None` if it is still running at `deadline`.
+fn wait_until(
+    child: &mut std::process::Child,
+    deadline: Instant,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Kills every process of process group `group` (the command and what it
+/// started), with the `kill` utility: the crate has no libc binding. On
+/// other systems the command alone is killed.
+fn kill_group(group: u32) {
+    #[cfg(unix)]
+    {
+        let killed = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{group}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !killed.is_ok_and(|s| s.success()) {
+            log::debug!("could not kill process group {group} of a credential_process");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = group;
+}
+
 /// Why the command's output holds no credentials. It never quotes the
 /// output (it holds secrets).
 #[derive(Debug)]
-enum OutputError {
+pub(super) enum OutputError {
     /// Not JSON: serde_json's error kind and position (never its text).
     NotJson(String),
     NotAnObject,
@@ -141,7 +196,7 @@ impl fmt::Display for OutputError {
 }
 
 /// Credentials from the command's output.
-fn parse_output(stdout: &[u8]) -> std::result::Result<Credentials, OutputError> {
+pub(super) fn parse_output(stdout: &[u8]) -> std::result::Result<Credentials, OutputError> {
     let value: serde_json::Value = serde_json::from_slice(stdout)
         .map_err(|e| OutputError::NotJson(describe_json_error(&e)))?;
     if !value.is_object() {
@@ -184,16 +239,35 @@ fn describe_json_error(e: &serde_json::Error) -> String {
     format!("{kind} at line {} column {}", e.line(), e.column())
 }
 
-/// The program's name, for messages: the first word of the command,
-/// without arguments (which may hold secrets).
+/// The program's name, for messages: the base name of the command's first
+/// word that is not a variable assignment (`TOKEN=… helper` is a shell's
+/// way to pass a secret), never its directories or arguments, which may
+/// hold secrets too.
 fn program_name(command: &str) -> String {
-    match split_words(command) {
-        Ok(words) if !words.is_empty() && !needs_shell(command) => words[0].clone(),
-        _ => command
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string(),
+    // Shell syntax splits into words too (operators become words of their
+    // own); a command that does not split has no name to show.
+    let words = split_words(command).unwrap_or_default();
+    let program = words
+        .iter()
+        .find(|w| !is_assignment(w))
+        .map(|w| w.rsplit('/').next().unwrap_or_default())
+        .unwrap_or_default();
+    // A name with `=` in it may still be a secret: it is not shown.
+    if program.is_empty() || program.contains('=') {
+        return "(command)".to_owned();
+    }
+    program.to_owned()
+}
+
+/// True for a shell variable assignment such as `TOKEN=abc`.
+fn is_assignment(word: &str) -> bool {
+    match word.split_once('=') {
+        Some((name, _)) => {
+            !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }
+        None => false,
     }
 }
 
@@ -394,6 +468,34 @@ mod tests {
     }
 
     #[test]
+    fn the_program_is_named_by_its_base_name_only() {
+        for (command, name) in [
+            ("/usr/local/bin/get-creds --token SECRET-ARG", "get-creds"),
+            ("TOKEN=SECRET-VALUE helper --x", "helper"),
+            ("A=1 TOKEN='SECRET VALUE' /opt/bin/helper | jq .", "helper"),
+            ("'/opt/my tools/helper' arg", "helper"),
+            ("TOKEN=SECRET-VALUE", "(command)"),
+            ("--opt=SECRET-VALUE", "(command)"),
+        ] {
+            assert_eq!(program_name(command), name, "{command}");
+        }
+    }
+
+    #[test]
+    fn errors_show_no_assignment_or_path() {
+        // Not found: the error names the program, not what precedes it.
+        let err = run_within(
+            "TOKEN=SECRET-VALUE /no/SECRET-DIR/such-helper",
+            "proc",
+            Duration::from_secs(5),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`such-helper`"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
+    }
+
+    #[test]
     fn parses_version_1_output() {
         let c = parse_output(
             br#"{"Version":1,"AccessKeyId":"AKID","SecretAccessKey":"S","SessionToken":"T","Expiration":"2030-01-01T00:00:00Z"}"#,
@@ -433,6 +535,9 @@ mod tests {
         use std::path::PathBuf;
         use std::sync::Arc;
         use std::sync::atomic::{AtomicU64, Ordering};
+        use std::time::{Duration, Instant};
+
+        use super::super::run_within;
 
         fn script(body: &str) -> PathBuf {
             let path = temp_dir("process").join("creds.sh");
@@ -504,6 +609,115 @@ echo ' "SessionToken": "PROCTOKEN", "Expiration": "2030-01-01T01:00:00Z"}'"#,
             );
             assert!(m.contains("not a JSON document"), "{m}");
             assert!(!m.contains("STDOUT-SECRET"), "{m}");
+        }
+
+        /// Live processes (not zombies, which only wait to be reaped)
+        /// among `pids` or in process group `group`, from /proc.
+        #[cfg(target_os = "linux")]
+        fn live(pids: &[u32], group: u32) -> Vec<u32> {
+            let mut found = Vec::new();
+            for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                    continue;
+                };
+                // After the command name in parentheses: state, parent, group.
+                let Some((_, rest)) = stat.rsplit_once(')') else {
+                    continue;
+                };
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let in_group = fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(group);
+                if fields.first() != Some(&"Z") && (pids.contains(&pid) || in_group) {
+                    found.push(pid);
+                }
+            }
+            found
+        }
+
+        /// The command's processes, as it recorded them in `file`: its
+        /// process group, then pids. Each is gone within 5 s (SIGKILL
+        /// takes effect as the processes next run).
+        #[cfg(target_os = "linux")]
+        fn assert_none_left(file: &std::path::Path) {
+            let text = std::fs::read_to_string(file).unwrap();
+            let mut numbers = text.split_whitespace().map(|n| n.parse::<u32>().unwrap());
+            let group = numbers.next().unwrap();
+            let pids: Vec<u32> = numbers.collect();
+            assert!(pids.len() >= 2, "{text}");
+            let started = Instant::now();
+            while !live(&pids, group).is_empty() && started.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let left = live(&pids, group);
+            assert!(
+                left.is_empty(),
+                "still running: {left:?} (group {group}, pids {pids:?})"
+            );
+        }
+
+        /// A script that records its process group and its pid in
+        /// `file`, then runs `rest`.
+        #[cfg(target_os = "linux")]
+        fn recording_script(file: &std::path::Path, rest: &str) -> PathBuf {
+            script(&format!(
+                "cut -d' ' -f5 /proc/$$/stat > {f}\necho $$ >> {f}\n{rest}",
+                f = file.display()
+            ))
+        }
+
+        #[cfg(target_os = "linux")]
+        #[test]
+        fn a_process_left_holding_the_output_is_stopped_at_the_deadline() {
+            let file = temp_dir("process-pids").join("pids");
+            // Prints credentials and exits, but leaves `sleep` holding
+            // its standard output.
+            let s = recording_script(
+                &file,
+                "sleep 30 &\necho $! >> FILE\n\
+                 echo '{\"Version\":1,\"AccessKeyId\":\"A\",\"SecretAccessKey\":\"S\"}'"
+                    .replace("FILE", &file.display().to_string())
+                    .as_str(),
+            );
+            let timeout = Duration::from_secs(1);
+            let started = Instant::now();
+            let err = run_within(&s.display().to_string(), "proc", timeout).unwrap_err();
+            let took = started.elapsed();
+            assert!(took < timeout + Duration::from_secs(3), "took {took:?}");
+            assert!(
+                err.to_string().contains("did not finish within 1 s"),
+                "{err}"
+            );
+            assert_none_left(&file);
+        }
+
+        #[cfg(target_os = "linux")]
+        #[test]
+        fn a_process_past_its_deadline_is_stopped_with_all_it_started() {
+            let file = temp_dir("process-pids").join("pids");
+            let s = recording_script(
+                &file,
+                // The shell that runs it is its parent.
+                &format!(
+                    "echo $PPID >> {f}\nsleep 30 &\necho $! >> {f}\nwait",
+                    f = file.display()
+                ),
+            );
+            // Needs a shell: run as `sh -c`, whose children must be
+            // stopped too.
+            let command = format!("{} 2>/dev/null", s.display());
+            let timeout = Duration::from_secs(1);
+            let started = Instant::now();
+            let err = run_within(&command, "proc", timeout).unwrap_err();
+            let took = started.elapsed();
+            assert!(took < timeout + Duration::from_secs(3), "took {took:?}");
+            assert!(
+                err.to_string().contains("did not finish within 1 s"),
+                "{err}"
+            );
+            assert_none_left(&file);
         }
 
         #[test]

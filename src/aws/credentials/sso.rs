@@ -212,19 +212,51 @@ fn cached_token(
     )))
 }
 
-/// Writes the cache file back through a temporary file and a rename.
+/// Writes the cache file back through a temporary file and a rename. The
+/// file holds the access token, the refresh token and the client secret:
+/// the temporary file is created new (never an existing file or link) and
+/// readable by its owner only, as the AWS CLI keeps it, whatever the umask.
 fn write_cache(path: &Path, cache: &serde_json::Value) -> std::io::Result<()> {
     let text = serde_json::to_string(cache).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    // Unique per process and attempt: two writers never share a file.
+    let tmp = path.with_extension(format!(
+        "json.{}-{:016x}.tmp",
+        std::process::id(),
+        crate::random::next_u64()
+    ));
+    let written = write_private(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
-struct RenewedToken {
+/// Creates `path` (it must not exist) with mode 0600 on Unix, writes
+/// `bytes` and syncs them to disk.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// A token `CreateToken` renewed.
+pub(super) struct RenewedToken {
     access_token: String,
-    expires_in: Duration,
+    /// At most [`MAX_EXPIRES_IN`].
+    pub(super) expires_in: Duration,
     refresh_token: Option<String>,
 }
+
+/// The OIDC operation that renews a token, as errors name it.
+const CREATE_TOKEN: &str = "SSOOIDC.CreateToken";
+
+/// The portal operation that gives role credentials, as errors name it.
+const GET_ROLE_CREDENTIALS: &str = "SSO.GetRoleCredentials";
 
 /// OIDC `CreateToken` with the refresh grant.
 fn create_token(
@@ -234,7 +266,6 @@ fn create_token(
     client_secret: &str,
     refresh_token: &str,
 ) -> Result<RenewedToken> {
-    const OPERATION: &str = "SSOOIDC.CreateToken";
     let endpoint = resolve_endpoint_with(Service::SsoOidc, None, &config.region, &ctx.env)?;
     let url = format!("{}/token", endpoint.url());
     let body = serde_json::json!({
@@ -250,7 +281,7 @@ fn create_token(
             .header("Content-Type", "application/json")
             .send(body.as_str()),
     )
-    .map_err(|e| transport_error(OPERATION, &url, e))?;
+    .map_err(|e| transport_error(CREATE_TOKEN, &url, e))?;
     if reply.status != 200 {
         return Err(Error::Credentials(format!(
             "{url} answered HTTP {}: {}",
@@ -258,26 +289,35 @@ fn create_token(
             json_error_message(&reply.body)
         )));
     }
+    parse_create_token(&reply.body)
+}
+
+/// The longest `expiresIn` taken from a `CreateToken` reply: a year (the
+/// service gives hours). A larger number would overflow the expiry time.
+const MAX_EXPIRES_IN: u64 = 365 * 24 * 3600;
+
+/// The renewed token in a `CreateToken` reply.
+pub(super) fn parse_create_token(body: &str) -> Result<RenewedToken> {
+    let decode = |message: String| Error::Decode {
+        operation: CREATE_TOKEN,
+        message,
+    };
     let value: serde_json::Value =
-        serde_json::from_str(&reply.body).map_err(|_| Error::Decode {
-            operation: OPERATION,
-            message: "the reply is not JSON".into(),
-        })?;
+        serde_json::from_str(body).map_err(|_| decode("the reply is not JSON".into()))?;
     let access_token = value
         .get("accessToken")
         .and_then(|v| v.as_str())
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| Error::Decode {
-            operation: OPERATION,
-            message: "no accessToken in the reply".into(),
-        })?;
+        .ok_or_else(|| decode("no accessToken in the reply".into()))?;
     let expires_in = value
         .get("expiresIn")
         .and_then(|v| v.as_u64())
-        .ok_or_else(|| Error::Decode {
-            operation: OPERATION,
-            message: "no expiresIn in the reply".into(),
-        })?;
+        .ok_or_else(|| decode("no expiresIn in the reply".into()))?;
+    if expires_in > MAX_EXPIRES_IN {
+        return Err(decode(format!(
+            "expiresIn {expires_in} is out of range (at most {MAX_EXPIRES_IN} seconds)"
+        )));
+    }
     Ok(RenewedToken {
         access_token: access_token.to_string(),
         expires_in: Duration::from_secs(expires_in),
@@ -297,7 +337,6 @@ fn get_role_credentials(
     what: &str,
     login: &str,
 ) -> Result<Credentials> {
-    const OPERATION: &str = "SSO.GetRoleCredentials";
     let endpoint = resolve_endpoint_with(Service::Sso, None, &config.region, &ctx.env)?;
     let url = format!("{}/federation/credentials", endpoint.url());
     log::debug!(
@@ -314,7 +353,7 @@ fn get_role_credentials(
             .header("Accept", "application/json")
             .call(),
     )
-    .map_err(|e| transport_error(OPERATION, &url, e))?;
+    .map_err(|e| transport_error(GET_ROLE_CREDENTIALS, &url, e))?;
     if reply.status == 401 || reply.status == 403 {
         return Err(Error::Credentials(format!(
             "{what}: the SSO portal refused the cached token (HTTP {}: {}); {login}",
@@ -324,19 +363,24 @@ fn get_role_credentials(
     }
     if reply.status != 200 {
         return Err(Error::Service(crate::aws::client::service_error(
-            OPERATION,
+            GET_ROLE_CREDENTIALS,
             reply.status,
             reply.request_id,
             None,
             reply.body.as_bytes(),
         )));
     }
+    parse_role_credentials(&reply.body)
+}
+
+/// The credentials in a `GetRoleCredentials` reply.
+pub(super) fn parse_role_credentials(body: &str) -> Result<Credentials> {
     let decode = |message: &str| Error::Decode {
-        operation: OPERATION,
+        operation: GET_ROLE_CREDENTIALS,
         message: message.to_string(),
     };
     let value: serde_json::Value =
-        serde_json::from_str(&reply.body).map_err(|_| decode("the reply is not JSON"))?;
+        serde_json::from_str(body).map_err(|_| decode("the reply is not JSON"))?;
     let role = value
         .get("roleCredentials")
         .ok_or_else(|| decode("no roleCredentials in the reply"))?;
@@ -523,6 +567,73 @@ mod tests {
         assert_eq!(saved["expiresAt"], "2030-01-01T08:00:00Z");
         assert_eq!(saved["clientSecret"], "CLIENT-SECRET");
         assert_eq!(saved["startUrl"], "https://corp.awsapps.com/start");
+    }
+
+    /// An OIDC server that renews `REFRESH-1` with the reply `body`.
+    fn oidc_answering(body: &'static str) -> FakeServer {
+        FakeServer::start(move |_| (200, body.to_string()))
+    }
+
+    /// A cache whose token expired and can be renewed.
+    const RENEWABLE: &str = r#"{"accessToken":"OLD-TOKEN","expiresAt":"2029-12-31T23:00:00Z",
+        "clientId":"CLIENT-ID","clientSecret":"CLIENT-SECRET",
+        "registrationExpiresAt":"2030-03-01T00:00:00Z","refreshToken":"REFRESH-1"}"#;
+
+    #[cfg(unix)]
+    #[test]
+    fn the_renewed_cache_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let portal = portal("RENEWED-TOKEN");
+        let oidc = oidc_answering(r#"{"accessToken":"RENEWED-TOKEN","expiresIn":28800}"#);
+        let s = setup(CORP_CACHE, RENEWABLE);
+        let file = s.home.join(".aws/sso/cache").join(CORP_CACHE);
+        // As `aws sso login` would leave it under a 0022 umask at worst.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut pairs = env(&s, "dev", &portal.url);
+        pairs.push(("AWS_ENDPOINT_URL_SSO_OIDC", &oidc.url));
+        chain_with(&pairs).credentials().unwrap();
+        let saved = std::fs::read_to_string(&file).unwrap();
+        assert!(saved.contains("RENEWED-TOKEN"), "the cache was renewed");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "mode {mode:o}");
+        // No temporary file is left beside it.
+        let names: Vec<_> = std::fs::read_dir(file.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [CORP_CACHE], "{names:?}");
+    }
+
+    #[test]
+    fn an_out_of_range_expires_in_is_a_decode_error() {
+        let portal = portal("RENEWED-TOKEN");
+        let oidc =
+            oidc_answering(r#"{"accessToken":"RENEWED-TOKEN","expiresIn":18446744073709551615}"#);
+        let s = setup(CORP_CACHE, RENEWABLE);
+        let mut pairs = env(&s, "dev", &portal.url);
+        pairs.push(("AWS_ENDPOINT_URL_SSO_OIDC", &oidc.url));
+        let m = expect_credentials_error(chain_with(&pairs).credentials());
+        assert!(
+            m.contains("renewing it failed")
+                && m.contains("expiresIn 18446744073709551615 is out of range"),
+            "{m}"
+        );
+        assert_eq!(portal.hits(), 0);
+        for body in [
+            r#"{"accessToken":"T","expiresIn":31536001}"#,
+            r#"{"accessToken":"T","expiresIn":-1}"#,
+            r#"{"accessToken":"T","expiresIn":1e300}"#,
+        ] {
+            assert!(
+                matches!(
+                    super::parse_create_token(body),
+                    Err(crate::Error::Decode { .. })
+                ),
+                "{body}"
+            );
+        }
+        let renewed = super::parse_create_token(r#"{"accessToken":"T","expiresIn":31536000}"#);
+        assert_eq!(renewed.unwrap().expires_in, Duration::from_secs(31_536_000));
     }
 
     #[test]

@@ -159,8 +159,13 @@ fn call(
                 .or_else(|| xml_text(&reply.body, "RequestId")),
         }));
     }
+    parse_credentials(operation, &reply.body)
+}
+
+/// The credentials in a successful reply of `operation` (XML).
+pub(super) fn parse_credentials(operation: &'static str, body: &str) -> Result<Credentials> {
     let field = |name: &str| {
-        xml_text(&reply.body, name)
+        xml_text(body, name)
             .filter(|v| !v.is_empty())
             .ok_or_else(|| Error::Decode {
                 operation,

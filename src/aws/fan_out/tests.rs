@@ -357,6 +357,35 @@ fn an_error_status_is_a_service_error_with_its_code() {
 }
 
 #[test]
+fn a_redirect_is_an_error_naming_its_host() {
+    let server = ScriptedServer::start(|peer| {
+        peer.handshake(&[]);
+        let request = peer.read_request();
+        let mut block = Vec::new();
+        crate::aws::http2::hpack::encode_literal(&mut block, ":status", b"307");
+        crate::aws::http2::hpack::encode_literal(
+            &mut block,
+            "location",
+            b"https://elsewhere.example:8443/x?token=LOCATION-SECRET",
+        );
+        peer.headers(request.stream, &block, None, false);
+        peer.data(request.stream, b"", true);
+    });
+    let err = subscribe(&server.url, Duration::from_secs(5)).unwrap_err();
+    let Error::Service(e) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(e.status, 307);
+    let shown = err.to_string();
+    assert!(
+        shown.contains("HTTP 307") && shown.contains("to host elsewhere.example:8443"),
+        "{shown}"
+    );
+    assert!(!shown.contains("LOCATION-SECRET"), "{shown}");
+    server.finish();
+}
+
+#[test]
 fn a_tiny_initial_window_makes_the_body_wait_for_window_updates() {
     let server = ScriptedServer::start(|peer| {
         peer.handshake(&[(frame::SETTINGS_INITIAL_WINDOW_SIZE, 16)]);
