@@ -1,5 +1,6 @@
 //! Typed Kinesis operations over the JSON protocol.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -345,6 +346,10 @@ struct ListShardsJson {
     next_token: Option<String>,
 }
 
+/// Pages in a row with no new shard after which a listing ends though the
+/// service sent a token (see [`KinesisClient::list_shards`]).
+const PAGES_WITHOUT_NEWS: u32 = 16;
+
 impl KinesisClient {
     /// A client for the Kinesis endpoint that `config` resolves to.
     pub fn new(config: &ClientConfig) -> Result<KinesisClient> {
@@ -380,6 +385,12 @@ impl KinesisClient {
         });
         let mut shards: Vec<Shard> = Vec::new();
         let mut next_token: Option<String> = None;
+        // The service may answer a page with no shard and a token: only the
+        // absence of a token ends the listing. Some emulators ignore paging
+        // (the same shards, a token for ever): a token seen before, or many
+        // pages in a row with nothing new, end it too.
+        let mut tokens_seen: HashSet<String> = HashSet::new();
+        let mut pages_without_news = 0;
         loop {
             let input = match &next_token {
                 Some(token) => json!({"NextToken": token}),
@@ -410,8 +421,17 @@ impl KinesisClient {
                     });
                 }
             }
+            pages_without_news = match shards.len() > before {
+                true => 0,
+                false => pages_without_news + 1,
+            };
             match page.next_token.filter(|t| !t.is_empty()) {
-                Some(token) if shards.len() > before => next_token = Some(token),
+                Some(token)
+                    if pages_without_news < PAGES_WITHOUT_NEWS
+                        && tokens_seen.insert(token.clone()) =>
+                {
+                    next_token = Some(token)
+                }
                 _ => return Ok(shards),
             }
         }
@@ -788,6 +808,56 @@ mod tests {
             matches!(&err, Error::Decode { operation: "ListShards", message } if message.contains(r#""../x" is not a shard id"#)),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn list_shards_pages_past_an_empty_page_until_no_token_and_stops_on_a_repeated_one() {
+        let shard = |id: &str| {
+            format!(
+                r#"{{"ShardId":"{id}","HashKeyRange":{{"StartingHashKey":"0","EndingHashKey":"9"}},"SequenceNumberRange":{{"StartingSequenceNumber":"0"}}}}"#
+            )
+        };
+        let (a, b) = (shard("shardId-a"), shard("shardId-b"));
+        let server = FakeServer::start(move |r| {
+            let page = match r.body.contains("NextToken") {
+                false => format!(r#"{{"Shards":[{a}],"NextToken":"t1"}}"#),
+                true if r.body.contains("t1") => r#"{"Shards":[],"NextToken":"t2"}"#.to_owned(),
+                true => format!(r#"{{"Shards":[{b}]}}"#),
+            };
+            (200, page)
+        });
+        let client = KinesisClient::new(
+            &ClientConfig::new()
+                .region("eu-west-1")
+                .endpoint_url(&server.url)
+                .max_attempts(1)
+                .credentials(Credentials::new("AKID", "secret")),
+        )
+        .unwrap();
+        let ids: Vec<String> = client
+            .list_shards("s", None)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.shard_id)
+            .collect();
+        assert_eq!(ids, ["shardId-a", "shardId-b"]);
+        // An emulator that answers every page alike, token and all.
+        let repeat = shard("shardId-a");
+        let server = FakeServer::start(move |_| {
+            (
+                200,
+                format!(r#"{{"Shards":[{repeat}],"NextToken":"same"}}"#),
+            )
+        });
+        let client = KinesisClient::new(
+            &ClientConfig::new()
+                .region("eu-west-1")
+                .endpoint_url(&server.url)
+                .max_attempts(1)
+                .credentials(Credentials::new("AKID", "secret")),
+        )
+        .unwrap();
+        assert_eq!(client.list_shards("s", None).unwrap().len(), 1);
     }
 
     #[test]

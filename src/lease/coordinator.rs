@@ -266,6 +266,7 @@ impl<R: ShardRunner> Coordinator<R> {
     pub(crate) fn round(&mut self) {
         match self.heartbeat() {
             Ok(()) => {
+                self.held.pay_owed_notice();
                 let now = self.now();
                 if self.read_due || now >= self.next_full_read {
                     // Only the safety-net read may see a slightly stale
@@ -400,9 +401,7 @@ impl<R: ShardRunner> Coordinator<R> {
         }
         if created {
             self.read_due = true;
-            if let Err(e) = self.held.table().notify(None) {
-                log::warn!("telling the other workers of new leases failed: {e}");
-            }
+            self.held.tell(None, || "of new leases".to_owned());
         }
         for lease in rows.iter().filter_map(Row::lease) {
             let children = lineage.children(&lease.shard_id);
@@ -432,6 +431,9 @@ impl<R: ShardRunner> Coordinator<R> {
         self.beat_if_due();
         let mut rows = self.held.table().list(consistent)?;
         let listed = Lineage::new(self.listed.as_deref().unwrap_or_default());
+        if !consistent && plan::parent_may_be_unseen(&rows, &listed) {
+            rows = self.held.table().list(true)?;
+        }
         if plan::names_unlisted_shard(&rows, &listed, &self.misses) {
             // The shard sync works on `self.rows` and may read them again.
             self.rows = rows;

@@ -6,7 +6,7 @@
 //! leases never wait for each other.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,8 @@ pub(crate) struct HeldLeases {
     beat: AtomicU64,
     /// When the last heartbeat that landed was sent.
     alive_since: Mutex<Option<Instant>>,
+    /// True when a notice to read the table failed and is still owed.
+    notice_owed: AtomicBool,
     /// The number of the last heartbeat that landed: every later one is
     /// written only over it or another of ours.
     landed_beat: Mutex<Option<u64>>,
@@ -90,6 +92,7 @@ impl HeldLeases {
             beat: AtomicU64::new(crate::random::next_u64() >> 24),
             alive_since: Mutex::new(None),
             landed_beat: Mutex::new(None),
+            notice_owed: AtomicBool::new(false),
         }
     }
 
@@ -321,9 +324,7 @@ impl HeldLeases {
                     announce
                 };
                 if announce {
-                    if let Err(e) = self.table.notify(None) {
-                        log::warn!("telling the other workers that {shard_id} started failed: {e}");
-                    }
+                    self.tell(None, || format!("that {shard_id} started"));
                 }
                 Ok(true)
             }
@@ -347,11 +348,32 @@ impl HeldLeases {
     /// for its next full read of the table.
     pub(crate) fn release(&self, shard_id: &str) -> Result<()> {
         if let Some(to) = self.give_up(shard_id)? {
-            if let Err(e) = self.table.notify(to.as_deref()) {
-                log::warn!("telling {to:?} that lease {shard_id} is free failed: {e}");
-            }
+            self.tell(to.as_deref(), || format!("that lease {shard_id} is free"));
         }
         Ok(())
+    }
+
+    /// Tells `to` (or with `None` every worker) to read the lease table.
+    /// A notice that fails is owed: every worker is told at the next
+    /// heartbeat (see [`pay_owed_notice`](Self::pay_owed_notice)), rather
+    /// than waiting for its next full read.
+    pub(crate) fn tell(&self, to: Option<&str>, what: impl FnOnce() -> String) {
+        if let Err(e) = self.table.notify(to) {
+            log::info!(
+                "telling {} {} failed; telling every worker at the next heartbeat: {e}",
+                to.unwrap_or("every worker"),
+                what()
+            );
+            self.notice_owed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Tells every worker to read the lease table if a notice failed since
+    /// the last call; owed still if this one fails too.
+    pub(crate) fn pay_owed_notice(&self) {
+        if self.notice_owed.swap(false, Ordering::Relaxed) {
+            self.tell(None, || "of an earlier change".to_owned());
+        }
     }
 
     /// Releases every lease and takes this worker out of the workers row,

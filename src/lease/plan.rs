@@ -239,6 +239,21 @@ pub(crate) fn names_unlisted_shard(
         .any(|l| !lineage.contains(&l.shard_id) && !misses.contains_key(&l.shard_id))
 }
 
+/// True when a lease that has not started names a listed parent with no
+/// row. On a strongly consistent read that parent was finished and deleted
+/// (or predates the application); an eventually consistent read may just
+/// not show it yet (the two rows sit on different partitions), so the
+/// table is read again consistently before such a child can start ahead
+/// of its parent.
+pub(crate) fn parent_may_be_unseen(rows: &[Row], lineage: &Lineage<'_>) -> bool {
+    let has_row: HashSet<&str> = rows.iter().map(Row::shard_id).collect();
+    rows.iter()
+        .filter_map(Row::lease)
+        .filter(|l| !l.checkpoint.has_started())
+        .flat_map(|l| &l.parents)
+        .any(|p| lineage.contains(p) && !has_row.contains(p.as_str()))
+}
+
 /// The rows whose shard the service confirmed gone: left out of
 /// [`LISTINGS_TO_CONFIRM_GONE`] listings in a row, or left out of one and
 /// answered ResourceNotFound to a reader.
@@ -1082,6 +1097,23 @@ mod tests {
         assert_eq!(plan.delete, ["P", "Q"]);
         assert!(!taken(&plan).contains(&"P"));
         assert!(taken(&plan).contains(&"A"), "A no longer waits: {plan:?}");
+    }
+
+    #[test]
+    fn a_child_not_started_whose_listed_parent_has_no_row_calls_for_a_consistent_read() {
+        let shards = split_then_merge();
+        let lineage = Lineage::new(&shards);
+        // M created with A and B; a stale read shows M and A only.
+        let rows = vec![
+            lease("A", &["P"], None, Checkpoint::TrimHorizon),
+            lease("M", &["A", "B"], None, Checkpoint::TrimHorizon),
+        ];
+        assert!(parent_may_be_unseen(&rows, &lineage));
+        // Started children, or parents not listed (expired), call for nothing.
+        let started = vec![lease("M", &["A", "B"], None, at("4"))];
+        assert!(!parent_may_be_unseen(&started, &lineage));
+        let unlisted = Lineage::new(&shards[3..]);
+        assert!(!parent_may_be_unseen(&rows[1..], &unlisted));
     }
 
     #[test]

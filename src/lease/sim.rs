@@ -154,6 +154,8 @@ struct SimTable {
     /// The next heartbeat stalls for this long (milliseconds) before it
     /// lands, while the given step runs (what peers do meanwhile).
     beat_stall: Mutex<Option<Stall>>,
+    /// Notices fail until the clock reaches this (milliseconds).
+    notices_fail_until: AtomicU64,
 }
 
 /// A write held up in flight: how long, and what the rest of the world
@@ -280,7 +282,9 @@ impl LeaseStore for SimTable {
     }
 
     fn notify(&self, worker: Option<&str>) -> Result<()> {
-        if matches!(self.faults.draw("workers"), Fault::Fail) {
+        let failing =
+            self.clock.load(Ordering::Relaxed) < self.notices_fail_until.load(Ordering::Relaxed);
+        if failing || matches!(self.faults.draw("workers"), Fault::Fail) {
             return Err(injected("UpdateItem"));
         }
         trace(|| format!("  notify {worker:?}"));
@@ -660,6 +664,7 @@ impl Sim {
             write_millis: AtomicU64::new(0),
             beats: Mutex::default(),
             beat_stall: Mutex::default(),
+            notices_fail_until: AtomicU64::new(0),
         });
         let mut sim = Sim {
             rng,
@@ -1288,4 +1293,37 @@ fn the_workers_row_deleted_under_a_settled_fleet_moves_no_lease() {
         before.len(),
         "every worker is back in the row"
     );
+}
+
+#[test]
+fn children_are_read_soon_though_the_notices_of_their_parents_end_failed() {
+    let (mut sim, shards) = Sim::with_leases(&[("a", None)]);
+    sim.spawn("a".into(), false);
+    sim.spawn("b".into(), false);
+    let parent = shards[0].clone();
+    // Settled: nobody reads the table until something changes.
+    let started = sim.clock.now();
+    while sim.clock.now() - started < FAILOVER * 2 {
+        sim.step_all();
+    }
+    // The parent splits; every notice fails for the next 3 s, while "a"
+    // reads the parent to its end and the children's leases are created.
+    let children = {
+        let mut stream = lock(&sim.stream);
+        stream.close(&parent);
+        [stream.add_shard(&[&parent]), stream.add_shard(&[&parent])]
+    };
+    let split = sim.clock.now();
+    let until = sim.clock.millis.load(Ordering::Relaxed) + 3_000;
+    sim.table.notices_fail_until.store(until, Ordering::Relaxed);
+    let read = |sim: &Sim, id: &str| {
+        sim.workers
+            .iter()
+            .any(|w| lock(&w.runner.readers).contains_key(id) && w.held.shard_ids().contains(id))
+    };
+    while !children.iter().all(|c| read(&sim, c)) {
+        let waited = sim.clock.now() - split;
+        assert!(waited < FAILOVER, "children not both read after {waited:?}");
+        sim.step_all();
+    }
 }
