@@ -567,7 +567,7 @@ impl<R: ShardRunner> Coordinator<R> {
             .iter()
             .filter_map(Row::lease)
             .filter_map(|l| l.owner.as_deref())
-            .filter(|o| *o != me && !self.peers.is_member(o))
+            .filter(|o| *o != me && !self.peers.was_ever_member(o))
             .collect();
         self.outsiders.retain(|o, _| outsiders.contains(o.as_str()));
         for outsider in outsiders {
@@ -580,12 +580,17 @@ impl<R: ShardRunner> Coordinator<R> {
                 now,
             ));
             let owner = lease.owner.as_deref();
+            // Renewed after we had watched it outside the row for the
+            // failover time: the counter we compare with was seen that late.
             let renewed_by_outsider = seen.0 == lease.owner
                 && seen.1 != lease.counter
                 && owner
                     .and_then(|o| self.outsiders.get(o))
                     .is_some_and(|since| {
-                        has_waited(now.duration_since(*since), self.timings.failover)
+                        has_waited(
+                            seen.2.saturating_duration_since(*since),
+                            self.timings.failover,
+                        )
                     });
             if renewed_by_outsider {
                 let owner = owner.unwrap_or_default();

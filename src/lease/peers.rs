@@ -86,6 +86,10 @@ pub(crate) struct Peers {
     vanished: HashMap<String, Instant>,
     /// The caps of the capped workers, as the row last said.
     caps: BTreeMap<String, u64>,
+    /// Every worker ever seen in the row: one missing from it now (the row
+    /// was deleted, twice in a row say) is still one of ours, never taken
+    /// for a worker that writes no heartbeat (the KCL).
+    ever: HashSet<String>,
 }
 
 impl Peers {
@@ -114,6 +118,9 @@ impl Peers {
         });
         let mut changed = self.seen.len() != before;
         for (id, beat) in &workers.beats {
+            if !self.ever.contains(id) {
+                self.ever.insert(id.clone());
+            }
             match self.seen.get_mut(id) {
                 Some(seen) if seen.0 == *beat => {}
                 Some(seen) => *seen = (*beat, now),
@@ -144,6 +151,11 @@ impl Peers {
     /// True when `worker` is in the workers row (alive or not).
     pub(crate) fn is_member(&self, worker: &str) -> bool {
         self.seen.contains_key(worker)
+    }
+
+    /// True when `worker` was ever seen in the workers row.
+    pub(crate) fn was_ever_member(&self, worker: &str) -> bool {
+        self.ever.contains(worker)
     }
 
     /// True when `worker`'s heartbeat stood still for the failover time.
@@ -292,6 +304,7 @@ mod tests {
         assert!(peers.observe(&row(&[("me", 2)], 0, &[]), "me", t1, F));
         assert!(!peers.is_member("a") && !peers.is_dead("a"));
         assert_eq!(peers.vanished_for("a", t1 + F / 2), Some(F / 2));
+        assert!(peers.was_ever_member("a"));
         // It beats again: a member, no longer vanished.
         peers.observe(&row(&[("me", 3), ("a", 8)], 0, &[]), "me", t1 + F / 3, F);
         assert!(peers.is_member("a"));

@@ -2,7 +2,12 @@
 //! table over one stream: the real [`Coordinator`] and [`HeldLeases`] run
 //! against an in-memory table and stream on simulated time, with seeded
 //! kills, restarts, pauses, failed and lost writes, failed listings,
-//! splits, merges, shards expiring from the stream, and capped workers.
+//! splits, merges, shards expiring from the stream, capped workers, the
+//! workers row deleted, and slow heartbeats: a heartbeat write that takes
+//! up to past the failover time runs its coordinator round on a thread of
+//! its own, blocked in the write until the simulated clock reaches its
+//! landing time, while the worker's ticker and every other worker run on
+//! (as a real coordinator thread stalls in I/O while the rest runs).
 //! Invariants are checked after every step; a failing seed is printed so
 //! that `SIM_SEED=<seed> cargo test --lib lease::sim` replays it alone.
 //!
@@ -156,6 +161,20 @@ struct SimTable {
     beat_stall: Mutex<Option<Stall>>,
     /// Notices fail until the clock reaches this (milliseconds).
     notices_fail_until: AtomicU64,
+    /// Workers whose next heartbeat write takes this long (milliseconds):
+    /// their coordinator thread waits in it while everything else runs.
+    slow_beats: Mutex<HashMap<String, u64>>,
+    /// Where a slow heartbeat waits: set up by the simulation for the one
+    /// coordinator call it runs on a thread of its own.
+    gate: Mutex<Option<Gate>>,
+}
+
+/// A coordinator call blocked in a slow write: it says until when (clock
+/// milliseconds), then waits to be let through (true: the write lands;
+/// false: the process died, the write is lost).
+struct Gate {
+    blocked: crossbeam_channel::Sender<u64>,
+    release: crossbeam_channel::Receiver<bool>,
 }
 
 /// A write held up in flight: how long, and what the rest of the world
@@ -261,6 +280,16 @@ impl LeaseStore for SimTable {
         if let Some((millis, meanwhile)) = stall {
             self.clock.fetch_add(millis, Ordering::Relaxed);
             meanwhile(self);
+        }
+        let slow = lock(&self.slow_beats).remove(worker);
+        let gate = lock(&self.gate).take();
+        if let (Some(millis), Some(gate)) = (slow, gate) {
+            let land_at = self.clock.load(Ordering::Relaxed) + millis;
+            trace(|| format!("  heartbeat {worker} in flight until {land_at} ms"));
+            let _ = gate.blocked.send(land_at);
+            if !gate.release.recv().unwrap_or(false) {
+                return Err(injected("UpdateItem"));
+            }
         }
         let now = self.clock.load(Ordering::Relaxed);
         lock(&self.beats).push((worker.to_owned(), now));
@@ -609,9 +638,22 @@ impl ShardRunner for SimRunner {
     }
 }
 
+/// A coordinator round running on a thread of its own, waiting inside a
+/// slow write until the clock reaches `land_at` (milliseconds).
+struct InFlight {
+    land_at: u64,
+    release: crossbeam_channel::Sender<bool>,
+    done: crossbeam_channel::Receiver<Coordinator<SimRunner>>,
+}
+
 struct Worker {
     id: String,
-    coordinator: Coordinator<SimRunner>,
+    /// `None` while a round is in flight.
+    coordinator: Option<Coordinator<SimRunner>>,
+    in_flight: Option<InFlight>,
+    /// Shards finished while the coordinator was busy: told once it is back
+    /// (as the real ticker's events wait in the coordinator's channel).
+    finished_meanwhile: Vec<String>,
     held: Arc<HeldLeases>,
     runner: SimRunner,
     /// Delivered but not yet checkpointed: (epoch, last record).
@@ -665,6 +707,8 @@ impl Sim {
             beats: Mutex::default(),
             beat_stall: Mutex::default(),
             notices_fail_until: AtomicU64::new(0),
+            slow_beats: Mutex::default(),
+            gate: Mutex::default(),
         });
         let mut sim = Sim {
             rng,
@@ -722,7 +766,9 @@ impl Sim {
         let offset = Duration::from_millis(self.rng.below(3000));
         self.workers.push(Worker {
             id,
-            coordinator,
+            coordinator: Some(coordinator),
+            in_flight: None,
+            finished_meanwhile: Vec::new(),
             held,
             runner,
             pending: HashMap::new(),
@@ -772,6 +818,12 @@ impl Sim {
             let i = self.rng.below(self.workers.len() as u64) as usize;
             let w = self.workers.remove(i);
             trace(|| format!("{} is killed", w.id));
+            lock(&self.table.slow_beats).remove(&w.id);
+            if let Some(flight) = w.in_flight {
+                // Its write in flight dies with it.
+                let _ = flight.release.send(false);
+                let _ = flight.done.recv();
+            }
             self.dead.push((w.id, w.capped));
         }
         if self.rng.chance(0.004) && !self.dead.is_empty() {
@@ -779,6 +831,21 @@ impl Sim {
             let (id, capped) = self.dead.remove(0);
             trace(|| format!("{id} restarts"));
             self.spawn(id, capped);
+        }
+        if self.rng.chance(0.002) {
+            // An operator deletes the workers row (or restores an old
+            // table): every worker's next heartbeat writes it again.
+            trace(|| "the workers row is deleted".to_owned());
+            *lock(&self.table.workers) = Workers::default();
+        }
+        if self.rng.chance(0.004) {
+            // A heartbeat write that takes long (a slow partition, a paused
+            // coordinator thread): up to past the failover time, while the
+            // worker's ticker runs on.
+            let i = self.rng.below(self.workers.len() as u64) as usize;
+            let millis = 500 + self.rng.below(13_000);
+            trace(|| format!("{}'s next heartbeat takes {millis} ms", self.workers[i].id));
+            lock(&self.table.slow_beats).insert(self.workers[i].id.clone(), millis);
         }
         if self.rng.chance(0.004) {
             let i = self.rng.below(self.workers.len() as u64) as usize;
@@ -818,6 +885,7 @@ impl Sim {
     /// Faults stop, pauses end, and one uncapped worker is sure to run.
     fn quiet(&mut self) {
         *lock(&self.faults.odds) = Odds::default();
+        lock(&self.table.slow_beats).clear();
         let now = self.clock.now();
         for w in &mut self.workers {
             w.paused_until = now;
@@ -837,17 +905,63 @@ impl Sim {
         if ticker_first {
             Self::tick(w, &self.stream, &self.table);
         }
-        if now >= w.next_sync {
-            let _ = w.coordinator.sync_shards();
-            w.next_sync = now + SYNC_INTERVAL;
+        let millis = self.clock.millis.load(Ordering::Relaxed);
+        if let Some(flight) = w.in_flight.take_if(|f| f.land_at <= millis) {
+            let _ = flight.release.send(true);
+            w.coordinator = Some(flight.done.recv().expect("the round ends"));
         }
-        if now >= w.next_round {
-            w.coordinator.round();
-            w.next_round = now + FAILOVER / 3;
+        if let Some(coordinator) = &mut w.coordinator {
+            for shard_id in std::mem::take(&mut w.finished_meanwhile) {
+                coordinator.shard_finished(&shard_id);
+            }
+            if now >= w.next_sync {
+                let _ = coordinator.sync_shards();
+                w.next_sync = now + SYNC_INTERVAL;
+            }
+            if now >= w.next_round {
+                w.next_round = now + FAILOVER / 3;
+                Self::round(w, &self.table);
+            }
         }
         if !ticker_first {
             Self::tick(w, &self.stream, &self.table);
         }
+    }
+
+    /// Runs a coordinator round: on this thread, or, when its heartbeat is
+    /// to be slow, on a thread of its own that this one waits for until it
+    /// ends or blocks in the slow write (then it is let through once the
+    /// clock reaches the write's landing time; meanwhile the worker's
+    /// ticker keeps running, as the real one does).
+    fn round(w: &mut Worker, table: &SimTable) {
+        let Some(mut coordinator) = w.coordinator.take() else {
+            return;
+        };
+        if !lock(&table.slow_beats).contains_key(&w.id) {
+            coordinator.round();
+            w.coordinator = Some(coordinator);
+            return;
+        }
+        let (blocked_tx, blocked) = crossbeam_channel::bounded(1);
+        let (release, release_rx) = crossbeam_channel::bounded(1);
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        *lock(&table.gate) = Some(Gate {
+            blocked: blocked_tx,
+            release: release_rx,
+        });
+        std::thread::spawn(move || {
+            coordinator.round();
+            let _ = done_tx.send(coordinator);
+        });
+        crossbeam_channel::select! {
+            recv(blocked) -> land_at => {
+                let land_at = land_at.expect("the round blocks or ends");
+                w.in_flight = Some(InFlight { land_at, release, done });
+            }
+            recv(done) -> coordinator => w.coordinator = coordinator.ok(),
+        }
+        // A round that never reached its heartbeat leaves no gate behind.
+        lock(&table.gate).take();
     }
 
     /// The worker's readers and ticker: read a few records per shard, hand
@@ -914,7 +1028,10 @@ impl Sim {
         }
         for (shard_id, epoch) in finished {
             match w.held.checkpoint(&shard_id, epoch, &Checkpoint::ShardEnd) {
-                Ok(true) => w.coordinator.shard_finished(&shard_id),
+                Ok(true) => match &mut w.coordinator {
+                    Some(coordinator) => coordinator.shard_finished(&shard_id),
+                    None => w.finished_meanwhile.push(shard_id),
+                },
                 // Try again at the next tick.
                 Err(_) => {
                     if let Some(r) = lock(&w.runner.readers).get_mut(&shard_id) {
