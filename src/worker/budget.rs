@@ -101,6 +101,21 @@ impl Budget {
         }
     }
 
+    /// Waits in line for room as [`acquire`](Self::acquire) does, and
+    /// returns it as a [`Room`] that gives it back when dropped.
+    pub(crate) fn take_room(
+        self: &Arc<Self>,
+        bytes: u64,
+        records: u64,
+        stop: impl Fn() -> bool,
+    ) -> Option<Room> {
+        self.acquire(bytes, records, stop).then(|| Room {
+            budget: self.clone(),
+            bytes,
+            records,
+        })
+    }
+
     /// Takes room for `bytes` and `records` if it fits now and nobody is
     /// waiting; false, taking nothing, otherwise.
     pub(crate) fn try_acquire(&self, bytes: u64, records: u64) -> bool {
@@ -141,6 +156,23 @@ impl Budget {
     #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
         self.lock().line.len()
+    }
+}
+
+/// Room taken in a budget, given back when dropped. A chunk of records
+/// carries the room it holds in the buffer, so that the room comes back
+/// however the chunk goes: handled, or dropped with a queue that nothing
+/// reads any more (a processor's task ended, a stale reader's queue).
+#[derive(Debug)]
+pub(crate) struct Room {
+    budget: Arc<Budget>,
+    bytes: u64,
+    records: u64,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes, self.records);
     }
 }
 
@@ -273,6 +305,19 @@ mod tests {
             t.join().unwrap();
         }
         assert!(small_ones.load(Ordering::Relaxed) > 10);
+        assert_eq!(b.used(), (0, 0));
+    }
+
+    #[test]
+    fn room_is_given_back_when_dropped() {
+        let b = Arc::new(Budget::new(100, 10));
+        let room = b.take_room(60, 4, after(Duration::ZERO)).unwrap();
+        assert_eq!(b.used(), (60, 4));
+        assert!(
+            b.take_room(60, 1, after(Duration::from_millis(10)))
+                .is_none()
+        );
+        drop(room);
         assert_eq!(b.used(), (0, 0));
     }
 

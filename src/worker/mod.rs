@@ -8,6 +8,8 @@ pub(crate) mod processing;
 pub(crate) mod processor;
 mod reader;
 mod startup;
+#[cfg(test)]
+mod test_support;
 mod ticker;
 
 use std::fmt;

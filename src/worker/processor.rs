@@ -131,7 +131,9 @@ where
                 }
             }
             Ok(ReaderOutput::Started { records: None, .. }) => {}
-            Ok(ReaderOutput::Chunk(chunk)) => release(&delivery, &chunk),
+            // Not expected here (readers send chunks to their queues);
+            // dropped, a chunk gives its room back.
+            Ok(ReaderOutput::Chunk(_)) => {}
             Ok(ReaderOutput::Failed {
                 shard_id,
                 epoch,
@@ -166,12 +168,6 @@ fn join(handle: JoinHandle<()>) {
     if handle.join().is_err() {
         log::error!("a shard processor thread panicked");
     }
-}
-
-fn release<T>(delivery: &Delivery<T>, chunk: &Chunk<T>) {
-    delivery
-        .budget
-        .release(chunk.bytes, chunk.messages.len() as u64);
 }
 
 /// How a shard's processing ended.
@@ -272,7 +268,8 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
 
     /// Calls the processor with one read's records.
     fn process(&mut self, chunk: Chunk<T>) -> Result<()> {
-        let room = (chunk.bytes, chunk.messages.len() as u64);
+        // Given back once the call returned (dropped on every path out).
+        let room = chunk.room;
         let data_bytes = chunk.data_bytes;
         let shard = ShardBatch {
             shard_id: chunk.shard_id,
@@ -284,10 +281,7 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         let records = shard.messages.len();
         let position = match shard.messages.last() {
             Some(m) => Checkpoint::At(m.record.position.clone()),
-            None => {
-                self.delivery.budget.release(room.0, room.1);
-                return Ok(()); // the end of the shard alone: nothing to process
-            }
+            None => return Ok(()), // the end of the shard alone: nothing to process
         };
         let handed = if shard.shard_ended {
             Checkpoint::ShardEnd
@@ -310,7 +304,7 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             p.process(shard, checkpointer)
         });
         self.delivery.record_call(started, records);
-        self.delivery.budget.release(room.0, room.1);
+        drop(room);
         result?;
         self.delivery
             .record_processed(&self.shard_id, records, data_bytes);
@@ -425,5 +419,219 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             }
             Err(e) => log::warn!("checkpoint of {} failed, will retry: {e}", self.shard_id),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use crossbeam_channel::Sender;
+
+    use super::*;
+    use crate::worker::budget::Budget;
+    use crate::worker::test_support::{chunk_in, delivery, held_leases, started_with};
+
+    /// What the probes of one test saw, in order: "call shard epoch values".
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// A processor that notes its calls, and whose `process` calls each wait
+    /// for a go-ahead when it has a gate.
+    struct Probe {
+        shard: String,
+        epoch: u64,
+        log: Log,
+        /// Told when a `process` call begins, with its first value.
+        entered: Sender<String>,
+        gate: Option<Receiver<()>>,
+    }
+
+    impl Probe {
+        fn note(&self, call: &str) {
+            let line = format!("{call} {} {}", self.shard, self.epoch);
+            self.log.lock().unwrap().push(line);
+        }
+    }
+
+    impl ShardProcessor<String> for Probe {
+        fn initialize(&mut self, shard_id: &str, _: &Checkpoint) -> HandlerResult {
+            self.shard = shard_id.to_owned();
+            self.note("initialize");
+            Ok(())
+        }
+
+        fn process(&mut self, records: ShardBatch<String>, _: &Checkpointer) -> HandlerResult {
+            self.epoch = records.epoch;
+            let values: Vec<&str> = records
+                .messages()
+                .iter()
+                .map(|m| m.value().as_str())
+                .collect();
+            self.note(&format!("process {}", values.join(",")));
+            let _ = self.entered.send(values[0].to_owned());
+            if let Some(gate) = &self.gate {
+                gate.recv_timeout(Duration::from_secs(10))
+                    .map_err(|_| "no go-ahead")?;
+            }
+            Ok(())
+        }
+
+        fn lease_lost(&mut self) {
+            self.note("lease_lost");
+        }
+
+        fn shutdown_requested(&mut self, _: &Checkpointer) -> HandlerResult {
+            self.note("shutdown_requested");
+            Ok(())
+        }
+    }
+
+    /// Runs `dispatch` on its own thread over `delivery`, with probes.
+    struct Dispatching {
+        outputs: Sender<ReaderOutput<String>>,
+        log: Log,
+        entered: Receiver<String>,
+        gate: Sender<()>,
+        thread: std::thread::JoinHandle<Result<()>>,
+        shutdown: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    fn dispatching(delivery: Delivery<String>, gated: bool) -> Dispatching {
+        let (outputs, records) = crossbeam_channel::unbounded();
+        let log: Log = Arc::default();
+        let (entered_tx, entered) = crossbeam_channel::unbounded();
+        let (gate, gate_rx) = crossbeam_channel::unbounded();
+        let shutdown = delivery.shutdown.clone();
+        let probe_log = log.clone();
+        let thread = std::thread::spawn(move || {
+            dispatch(&records, delivery, move |_: &str| Probe {
+                shard: String::new(),
+                epoch: 0,
+                log: probe_log.clone(),
+                entered: entered_tx.clone(),
+                gate: gated.then(|| gate_rx.clone()),
+            })
+        });
+        Dispatching {
+            outputs,
+            log,
+            entered,
+            gate,
+            thread,
+            shutdown,
+        }
+    }
+
+    impl Dispatching {
+        /// Waits for a `process` call to begin; its first value.
+        fn entered(&self) -> String {
+            self.entered
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a process call")
+        }
+
+        fn log(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
+        }
+
+        fn stop(self) -> Result<()> {
+            self.shutdown.store(true, Ordering::Relaxed);
+            // Let any call waiting at the gate through.
+            for _ in 0..100 {
+                let _ = self.gate.send(());
+            }
+            self.thread.join().unwrap()
+        }
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A reader's queue for `shard` under `epoch` holding `reads` chunks of
+    /// one record each (values `{first}`, `{first + 1}`, …), their room
+    /// taken in `budget`; the reader is gone (its sender dropped).
+    fn queue_of(
+        budget: &Arc<Budget>,
+        shard: &str,
+        epoch: u64,
+        first: usize,
+        reads: usize,
+    ) -> Receiver<ReaderOutput<String>> {
+        let (sender, queue) = crossbeam_channel::bounded(SHARD_QUEUE);
+        for i in first..first + reads {
+            let (sequence, value) = (format!("{}", i + 1), format!("{i}"));
+            let chunk = chunk_in(budget, shard, epoch, &[(&sequence, &value)])
+                .expect("room for a read: the budget ran out");
+            sender.send(chunk).unwrap();
+        }
+        queue
+    }
+
+    #[test]
+    fn chunks_left_in_a_queue_give_their_room_back() {
+        let (_server, held) = held_leases();
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let mut delivery = delivery(&held, ErrorPolicy::Stop);
+        let budget = Arc::new(Budget::new(10_000, 1000));
+        delivery.budget = budget.clone();
+        let run = dispatching(delivery, true);
+        // A stale reader's start, its queue holding a read: dropped.
+        let stale = queue_of(&budget, "shard-1", epoch + 100, 0, 1);
+        run.outputs
+            .send(started_with("shard-1", epoch + 100, stale))
+            .unwrap();
+        // The current reader's three reads; the processor is inside the
+        // first when shutdown is asked for.
+        let queue = queue_of(&budget, "shard-1", epoch, 0, 3);
+        run.outputs
+            .send(started_with("shard-1", epoch, queue))
+            .unwrap();
+        assert_eq!(run.entered(), "0");
+        // The stale reader's read is given back, the current three held.
+        assert_eq!(budget.used(), (300, 3));
+        run.stop().unwrap();
+        assert_eq!(budget.used(), (0, 0), "room of chunks never processed");
+    }
+
+    #[test]
+    fn eight_handoffs_of_a_busy_shard_keep_delivering_and_give_all_room_back() {
+        let (_server, held) = held_leases();
+        let mut delivery = delivery(&held, ErrorPolicy::Stop);
+        // Room for one full queue: a queue's worth leaked would stall the
+        // next reader for good.
+        let budget = Arc::new(Budget::new(100 * SHARD_QUEUE as u64, 1000));
+        delivery.budget = budget.clone();
+        let run = dispatching(delivery, true);
+        for round in 0..8 {
+            let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+            let first = round * SHARD_QUEUE;
+            let queue = queue_of(&budget, "shard-1", epoch, first, SHARD_QUEUE);
+            run.outputs
+                .send(started_with("shard-1", epoch, queue))
+                .unwrap();
+            assert_eq!(run.entered(), first.to_string(), "round {round}");
+            // A peer asks for the lease while the processor works.
+            assert!(held.hand_over("shard-1", "peer"));
+            run.gate.send(()).unwrap();
+            let handed = format!("shutdown_requested shard-1 {epoch}");
+            wait_until("the handoff", || run.log().contains(&handed));
+            wait_until("the room given back", || budget.used() == (0, 0));
+            wait_until("the lease released", || held.len() == 0);
+        }
+        let log = run.log.clone();
+        run.stop().unwrap();
+        let processed = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("process"))
+            .count();
+        assert_eq!(processed, 8, "a read delivered in every round");
     }
 }

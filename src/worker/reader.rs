@@ -22,7 +22,7 @@ use crate::metrics::{Metric, Metrics};
 use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Span};
 use crate::worker::MessageHandler;
 use crate::worker::batch::Message;
-use crate::worker::budget::Budget;
+use crate::worker::budget::{Budget, Room};
 
 /// Kinesis allows 5 GetRecords calls per second per shard.
 const MIN_TIME_BETWEEN_READS: Duration = Duration::from_millis(200);
@@ -42,6 +42,9 @@ pub(crate) struct Chunk<T> {
     pub bytes: u64,
     /// Data and partition key bytes of the messages (what Kinesis counts).
     pub data_bytes: u64,
+    /// The buffer room the chunk holds once handed on (`bytes` and one per
+    /// message), given back when the chunk is dropped, whoever drops it.
+    pub room: Option<Room>,
 }
 
 /// What readers send to the ticker.
@@ -957,23 +960,21 @@ impl<T: Send + 'static> Reader<T> {
             millis_behind_latest,
             shard_end,
             data_bytes,
+            room: None,
         };
         Ok((chunk, deaggregated, passed_through))
     }
 
     /// Waits for room in the buffer and sends; false when told to stop first.
-    fn hand_on(&self, chunk: Chunk<T>) -> bool {
+    fn hand_on(&self, mut chunk: Chunk<T>) -> bool {
         let records = chunk.messages.len() as u64;
         let budget = &self.context.budget;
-        if !budget.acquire(chunk.bytes, records, || self.stopped()) {
+        let Some(room) = budget.take_room(chunk.bytes, records, || self.stopped()) else {
             return false;
-        }
-        let bytes = chunk.bytes;
-        if self.send(ReaderOutput::Chunk(chunk)).is_err() {
-            self.context.budget.release(bytes, records);
-            return false;
-        }
-        true
+        };
+        chunk.room = Some(room);
+        // A chunk not sent is dropped here, and its room with it.
+        self.send(ReaderOutput::Chunk(chunk)).is_ok()
     }
 
     /// Sends this reader's output (see [`send`]).
@@ -1638,6 +1639,7 @@ mod tests {
                 shard_end: false,
                 bytes: 0,
                 data_bytes: 0,
+                room: None,
             }))
             .unwrap();
         pool.start(SHARD, 1, &Checkpoint::TrimHorizon);

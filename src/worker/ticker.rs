@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{Checkpoint, Holding};
 use crate::worker::batch::{Batch, ShardBatch, ShardEvent};
+use crate::worker::budget::Room;
 use crate::worker::processing::{
     Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy,
 };
@@ -156,7 +157,7 @@ impl<'a, T> Ticker<'a, T> {
                 tick = Instant::now() + interval;
             }
             self.look_at_leases();
-            let (batch, held_room, shard_bytes) = self.build(chunks);
+            let (batch, room, shard_bytes) = self.build(chunks);
             let processed: Vec<(Arc<str>, usize, u64)> = if self.delivery.metrics.is_on() {
                 batch
                     .shards
@@ -173,7 +174,8 @@ impl<'a, T> Ticker<'a, T> {
                 .filter_map(|s| Some((s.shard_id.clone(), s.epoch, handed_position(s)?)))
                 .collect();
             let result = self.hand_on(batch, handler);
-            self.delivery.budget.release(held_room.0, held_room.1);
+            // The batch is handled: the readers may fill its room again.
+            drop(room);
             result?;
             for (shard_id, records, bytes) in &processed {
                 self.delivery.record_processed(shard_id, *records, *bytes);
@@ -251,7 +253,6 @@ impl<'a, T> Ticker<'a, T> {
         let mut chunks = Vec::new();
         loop {
             if self.delivery.stopping() {
-                self.drop_chunks(chunks);
                 return Ok(None);
             }
             // Past the tick, still take what already waits (a slow handler
@@ -262,10 +263,9 @@ impl<'a, T> Ticker<'a, T> {
                 Ok(ReaderOutput::Chunk(chunk)) => {
                     if self.delivery.held.is_current(&chunk.shard_id, chunk.epoch) {
                         chunks.push(chunk);
-                    } else {
-                        // Read under a lease we no longer hold: the next owner reads it again.
-                        self.drop_chunks(vec![chunk]);
                     }
+                    // Otherwise read under a lease we no longer hold: the
+                    // next owner reads it again (dropped, it gives its room back).
                 }
                 Ok(ReaderOutput::Started {
                     shard_id,
@@ -279,17 +279,13 @@ impl<'a, T> Ticker<'a, T> {
                     error,
                 }) => {
                     if self.delivery.held.is_current(&shard_id, epoch) {
-                        self.drop_chunks(chunks);
                         return Err(error);
                     }
                     // A reader of a lease given up since: its failure
                     // concerns the shard's next reader, not this consumer.
                     log::info!("ignoring the failure of a stale reader of {shard_id}: {error}");
                 }
-                Ok(ReaderOutput::Fatal(error)) => {
-                    self.drop_chunks(chunks);
-                    return Err(error);
-                }
+                Ok(ReaderOutput::Fatal(error)) => return Err(error),
                 Err(RecvTimeoutError::Timeout) if now >= tick => return Ok(Some(chunks)),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
@@ -407,25 +403,16 @@ impl<'a, T> Ticker<'a, T> {
         }
     }
 
-    fn drop_chunks(&self, chunks: Vec<Chunk<T>>) {
-        for c in chunks {
-            self.delivery
-                .budget
-                .release(c.bytes, c.messages.len() as u64);
-        }
-    }
-
     /// Groups chunks by shard, in the order they were read, leaving out
     /// shards whose lease was lost meanwhile, and notes what is handed on.
-    /// Also returns the buffer room (bytes, records) the chunks held, and
-    /// the data bytes of each shard of the batch.
-    fn build(&mut self, chunks: Vec<Chunk<T>>) -> (Batch<T>, (u64, u64), Vec<u64>) {
+    /// Also returns the buffer room the chunks held (to give back once the
+    /// batch is handled), and the data bytes of each shard of the batch.
+    fn build(&mut self, chunks: Vec<Chunk<T>>) -> (Batch<T>, Vec<Room>, Vec<u64>) {
         let mut shards: Vec<ShardBatch<T>> = Vec::new();
         let mut shard_bytes: Vec<u64> = Vec::new();
-        let (mut bytes, mut count) = (0, 0);
-        for chunk in chunks {
-            bytes += chunk.bytes;
-            count += chunk.messages.len() as u64;
+        let mut room = Vec::new();
+        for mut chunk in chunks {
+            room.extend(chunk.room.take());
             let open = self.open.get(&chunk.shard_id);
             if open.is_none_or(|o| o.epoch != chunk.epoch || o.closing)
                 || !self.delivery.held.is_current(&chunk.shard_id, chunk.epoch)
@@ -473,7 +460,7 @@ impl<'a, T> Ticker<'a, T> {
             events: std::mem::take(&mut self.events),
             last: false,
         };
-        (batch, (bytes, count), shard_bytes)
+        (batch, room, shard_bytes)
     }
 
     /// Writes the checkpoints that are due (all of them when `all`); a
@@ -524,114 +511,10 @@ impl<'a, T> Ticker<'a, T> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
     use super::*;
-    use crate::aws::ClientConfig;
-    use crate::aws::credentials::Credentials;
-    use crate::aws::dynamodb::DynamoDbClient;
-    use crate::aws::test_server::FakeServer;
-    use crate::lease::{Clock, HeldLeases, LeaseTable};
-    use crate::metrics::Metrics;
-    use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Shared, Span};
-    use crate::worker::batch::Message;
-    use crate::worker::budget::Budget;
-    use crate::worker::checkpointer::Checkpointer;
-    use crate::worker::processing::Checkpointing;
-
-    /// Held leases over a fake DynamoDB where every lease write succeeds:
-    /// enough to hold leases. The server lives as long as the leases.
-    fn held_leases() -> (FakeServer, Arc<HeldLeases>) {
-        let server = FakeServer::start(|_| {
-            (
-                200,
-                r#"{"Attributes":{"leaseCounter":{"N":"1"}}}"#.to_owned(),
-            )
-        });
-        let config = ClientConfig::new()
-            .region("us-east-1")
-            .endpoint_url(&server.url)
-            .credentials(Credentials::new("AKIDTEST", "secret"));
-        let table = LeaseTable::new(DynamoDbClient::new(&config).unwrap(), "app");
-        let held = HeldLeases::new(
-            Arc::new(table),
-            "me".into(),
-            Duration::from_secs(60),
-            Clock::system(),
-        );
-        // Its one heartbeat keeps the leases for the tests' length.
-        held.heartbeat().1.unwrap();
-        (server, Arc::new(held))
-    }
-
-    /// What a ticker needs, batches every 50 ms; records become their data
-    /// as text.
-    fn delivery(held: &Arc<HeldLeases>, policy: ErrorPolicy) -> Delivery<String> {
-        let (coordinator, _) = crossbeam_channel::unbounded();
-        Delivery {
-            held: held.clone(),
-            budget: Arc::new(Budget::new(1 << 20, 1000)),
-            checkpointer: Checkpointer::new(held.clone(), coordinator.clone(), Metrics::default()),
-            coordinator,
-            shutdown: Arc::new(AtomicBool::new(false)),
-            metrics: Metrics::default(),
-            message_handler: Arc::new(|r: &Record| String::from_utf8_lossy(r.data()).into()),
-            batch_interval: Duration::from_millis(50),
-            checkpoint_interval: Duration::from_millis(50),
-            checkpointing: Checkpointing::Automatic,
-            error_policy: policy,
-        }
-    }
-
-    fn record(shard: &str, sequence: &str, data: &str) -> Record {
-        Record {
-            shared: Arc::new(Shared {
-                shard_id: shard.into(),
-                bytes: data.as_bytes().to_vec(),
-            }),
-            position: ExtendedSequenceNumber {
-                sequence_number: SequenceNumber::parse(sequence).unwrap(),
-                sub_sequence_number: 0,
-            },
-            aggregated: false,
-            partition_key: Span::default(),
-            explicit_hash_key: None,
-            arrival: None,
-            data: Span {
-                start: 0,
-                end: data.len() as u32,
-            },
-        }
-    }
-
-    fn chunk(shard: &str, epoch: u64, records: &[(&str, &str)]) -> ReaderOutput<String> {
-        let messages = records
-            .iter()
-            .map(|(sequence, data)| Message {
-                record: record(shard, sequence, data),
-                value: (*data).to_owned(),
-            })
-            .collect();
-        ReaderOutput::Chunk(Chunk {
-            shard_id: shard.into(),
-            epoch,
-            messages,
-            millis_behind_latest: Some(0),
-            shard_end: false,
-            bytes: 0,
-            data_bytes: 0,
-        })
-    }
-
-    fn started(shard: &str, epoch: u64) -> ReaderOutput<String> {
-        ReaderOutput::Started {
-            shard_id: shard.into(),
-            epoch,
-            from: Checkpoint::TrimHorizon,
-            records: None,
-        }
-    }
+    use crate::worker::test_support::{chunk, delivery, held_leases, started};
 
     #[test]
     fn chunks_already_waiting_at_a_late_tick_make_the_batch() {
