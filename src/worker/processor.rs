@@ -31,8 +31,10 @@ pub(crate) const SHARD_QUEUE: usize = 4;
 /// order; then exactly one of [`lease_lost`](Self::lease_lost),
 /// [`shard_ended`](Self::shard_ended) or
 /// [`shutdown_requested`](Self::shutdown_requested); then the processor is
-/// dropped. The `Checkpointer` is the consumer's (clonable, for use from
-/// other threads and later).
+/// dropped. The `Checkpointer` is this processor's: clonable, for use
+/// from other threads and later, and it checkpoints the shard only while
+/// this processor's ownership of it lasts (see [`Checkpointer`] for which
+/// positions it accepts).
 ///
 /// A call that returns an error or panics is handled by the consumer's
 /// [`ErrorPolicy`]; with automatic checkpoints, the records of a failed
@@ -109,6 +111,7 @@ where
                     shard_id: shard_id.clone(),
                     epoch,
                     queue,
+                    checkpointer: delivery.checkpointer.pinned(&shard_id, epoch),
                     delivery: delivery.clone(),
                     pending: None,
                     last_written: None,
@@ -185,6 +188,8 @@ struct ShardTask<T, P> {
     epoch: u64,
     queue: Receiver<ReaderOutput<T>>,
     delivery: Delivery<T>,
+    /// The checkpointer the processor is given: this ownership's alone.
+    checkpointer: Checkpointer,
     /// The last position processed and not yet checkpointed (automatic).
     pending: Option<Checkpoint>,
     last_written: Option<Instant>,
@@ -283,14 +288,10 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             Some(m) => Checkpoint::At(m.record.position.clone()),
             None => return Ok(()), // the end of the shard alone: nothing to process
         };
-        let handed = if shard.shard_ended {
-            Checkpoint::ShardEnd
-        } else {
-            position.clone()
-        };
+        // The end of the shard is handed on with `shard_ended`.
         self.delivery
             .checkpointer
-            .handed(&self.shard_id, self.epoch, handed);
+            .handing(&self.shard_id, self.epoch, position.clone());
         let kept = (self.delivery.error_policy != ErrorPolicy::Stop).then(|| KeptShard::of(&shard));
         let mut first = Some(shard);
         let started = Instant::now();
@@ -305,6 +306,9 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         });
         self.delivery.record_call(started, records);
         drop(room);
+        self.delivery
+            .checkpointer
+            .call_ended(&self.shard_id, self.epoch, result.is_ok());
         result?;
         self.delivery
             .record_processed(&self.shard_id, records, data_bytes);
@@ -344,12 +348,12 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
     /// `shard_ended`, then the end's checkpoint, which lets its children
     /// start.
     fn end_shard(&mut self) -> Result<()> {
+        let (shard_id, epoch) = (self.shard_id.clone(), self.epoch);
         self.delivery
             .checkpointer
-            .handed(&self.shard_id, self.epoch, Checkpoint::ShardEnd);
+            .handing(&shard_id, epoch, Checkpoint::ShardEnd);
         let automatic = self.delivery.automatic();
-        let (shard_id, epoch) = (self.shard_id.clone(), self.epoch);
-        self.call("shard_ended", |p, checkpointer| {
+        let ended = self.call("shard_ended", |p, checkpointer| {
             p.shard_ended(checkpointer)?;
             if automatic || checkpointer.is_finished(&shard_id, epoch) {
                 return Ok(());
@@ -358,7 +362,11 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
                 "shard_ended of shard {shard_id} returned without checkpointing the end of the shard (call Checkpointer::checkpoint): its children cannot start until it does"
             )
             .into())
-        })?;
+        });
+        self.delivery
+            .checkpointer
+            .call_ended(&shard_id, epoch, ended.is_ok());
+        ended?;
         if automatic {
             self.pending = Some(Checkpoint::ShardEnd);
             // Until written, the children wait: keep trying while the
@@ -380,7 +388,7 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         mut call: impl FnMut(&mut P, &Checkpointer) -> HandlerResult,
     ) -> Result<()> {
         let what = format!("the processor of shard {} ({what})", self.shard_id);
-        let checkpointer = &self.delivery.checkpointer;
+        let checkpointer = &self.checkpointer;
         let processor = &mut self.processor;
         call_with_policy(
             &self.delivery.error_policy,
@@ -431,10 +439,27 @@ mod tests {
 
     use super::*;
     use crate::worker::budget::Budget;
-    use crate::worker::test_support::{chunk_in, delivery, held_leases, started_with};
+    use crate::worker::processing::Checkpointing;
+    use crate::worker::test_support::{
+        chunk_in, delivery, held_leases, held_leases_noting, started_with,
+    };
 
     /// What the probes of one test saw, in order: "call shard epoch values".
     type Log = Arc<Mutex<Vec<String>>>;
+
+    /// What the probes of one test do.
+    #[derive(Clone, Default)]
+    struct Setup {
+        /// Each `process` call waits for a go-ahead.
+        gated: bool,
+        /// A `process` call with this value fails (after its go-ahead).
+        poison: Option<String>,
+        /// `shutdown_requested` checkpoints the shard, as a processor
+        /// ported from the KCL does.
+        checkpoint_at_shutdown: bool,
+        /// Where each `process` call leaves a clone of its checkpointer.
+        kept: Arc<Mutex<Vec<Checkpointer>>>,
+    }
 
     /// A processor that notes its calls, and whose `process` calls each wait
     /// for a go-ahead when it has a gate.
@@ -445,6 +470,7 @@ mod tests {
         /// Told when a `process` call begins, with its first value.
         entered: Sender<String>,
         gate: Option<Receiver<()>>,
+        setup: Setup,
     }
 
     impl Probe {
@@ -461,7 +487,11 @@ mod tests {
             Ok(())
         }
 
-        fn process(&mut self, records: ShardBatch<String>, _: &Checkpointer) -> HandlerResult {
+        fn process(
+            &mut self,
+            records: ShardBatch<String>,
+            checkpointer: &Checkpointer,
+        ) -> HandlerResult {
             self.epoch = records.epoch;
             let values: Vec<&str> = records
                 .messages()
@@ -469,10 +499,19 @@ mod tests {
                 .map(|m| m.value().as_str())
                 .collect();
             self.note(&format!("process {}", values.join(",")));
+            self.setup.kept.lock().unwrap().push(checkpointer.clone());
             let _ = self.entered.send(values[0].to_owned());
             if let Some(gate) = &self.gate {
                 gate.recv_timeout(Duration::from_secs(10))
                     .map_err(|_| "no go-ahead")?;
+            }
+            if self
+                .setup
+                .poison
+                .as_deref()
+                .is_some_and(|p| values.contains(&p))
+            {
+                return Err("poison".into());
             }
             Ok(())
         }
@@ -481,8 +520,11 @@ mod tests {
             self.note("lease_lost");
         }
 
-        fn shutdown_requested(&mut self, _: &Checkpointer) -> HandlerResult {
+        fn shutdown_requested(&mut self, checkpointer: &Checkpointer) -> HandlerResult {
             self.note("shutdown_requested");
+            if self.setup.checkpoint_at_shutdown {
+                checkpointer.checkpoint(&self.shard)?;
+            }
             Ok(())
         }
     }
@@ -498,6 +540,14 @@ mod tests {
     }
 
     fn dispatching(delivery: Delivery<String>, gated: bool) -> Dispatching {
+        let setup = Setup {
+            gated,
+            ..Setup::default()
+        };
+        dispatching_with(delivery, setup)
+    }
+
+    fn dispatching_with(delivery: Delivery<String>, setup: Setup) -> Dispatching {
         let (outputs, records) = crossbeam_channel::unbounded();
         let log: Log = Arc::default();
         let (entered_tx, entered) = crossbeam_channel::unbounded();
@@ -510,7 +560,8 @@ mod tests {
                 epoch: 0,
                 log: probe_log.clone(),
                 entered: entered_tx.clone(),
-                gate: gated.then(|| gate_rx.clone()),
+                gate: setup.gated.then(|| gate_rx.clone()),
+                setup: setup.clone(),
             })
         });
         Dispatching {
@@ -633,5 +684,150 @@ mod tests {
             .filter(|l| l.starts_with("process"))
             .count();
         assert_eq!(processed, 8, "a read delivered in every round");
+    }
+
+    /// A reader's queue for `shard` under `epoch` holding one read per
+    /// value, sequence numbers 1, 2, … (no buffer room); the reader is gone.
+    fn reads(shard: &str, epoch: u64, values: &[&str]) -> Receiver<ReaderOutput<String>> {
+        let (sender, queue) = crossbeam_channel::unbounded();
+        for (i, value) in values.iter().enumerate() {
+            let sequence = (i + 1).to_string();
+            sender
+                .send(crate::worker::test_support::chunk(
+                    shard,
+                    epoch,
+                    &[(&sequence, value)],
+                ))
+                .unwrap();
+        }
+        queue
+    }
+
+    #[test]
+    fn a_failed_read_is_not_checkpointed_by_shutdown_requested() {
+        let (_server, held, written) = held_leases_noting(Arc::default());
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let mut delivery = delivery(&held, ErrorPolicy::Stop);
+        delivery.checkpointing = Checkpointing::Manual;
+        let run = dispatching_with(
+            delivery,
+            Setup {
+                poison: Some("poison".into()),
+                checkpoint_at_shutdown: true,
+                ..Setup::default()
+            },
+        );
+        let queue = reads("shard-1", epoch, &["a", "b", "poison", "c"]);
+        run.outputs
+            .send(started_with("shard-1", epoch, queue))
+            .unwrap();
+        let result = run.thread.join().unwrap();
+        assert!(
+            matches!(&result, Err(Error::Handler(e)) if e.to_string() == "poison"),
+            "{result:?}"
+        );
+        // `shutdown_requested` checkpointed the record before the poison.
+        assert_eq!(
+            *written.lock().unwrap(),
+            [("shard-1".to_owned(), "2".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_flusher_never_checkpoints_a_read_whose_call_runs_or_fails() {
+        let (_server, held, written) = held_leases_noting(Arc::default());
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let mut delivery = delivery(
+            &held,
+            ErrorPolicy::Retry {
+                retries: 1,
+                backoff: Duration::from_millis(1),
+            },
+        );
+        delivery.checkpointing = Checkpointing::Manual;
+        let flusher = delivery.checkpointer.clone();
+        let run = dispatching_with(
+            delivery,
+            Setup {
+                gated: true,
+                poison: Some("poison".into()),
+                ..Setup::default()
+            },
+        );
+        let queue = reads("shard-1", epoch, &["a", "poison"]);
+        run.outputs
+            .send(started_with("shard-1", epoch, queue))
+            .unwrap();
+        assert_eq!(run.entered(), "a");
+        // Inside the first call: nothing accepted yet.
+        flusher.checkpoint("shard-1").unwrap();
+        run.gate.send(()).unwrap();
+        // Inside the failing call, then inside its retry: only "a".
+        for _ in 0..2 {
+            assert_eq!(run.entered(), "poison");
+            flusher.checkpoint("shard-1").unwrap();
+            let e = flusher
+                .checkpoint_at("shard-1", &position("2"))
+                .unwrap_err();
+            assert!(e.to_string().contains("not accepted yet"), "{e}");
+            run.gate.send(()).unwrap();
+        }
+        let result = run.thread.join().unwrap();
+        assert!(matches!(&result, Err(Error::Handler(_))), "{result:?}");
+        assert_eq!(
+            *written.lock().unwrap(),
+            [("shard-1".to_owned(), "1".to_owned())]
+        );
+    }
+
+    fn position(sequence: &str) -> crate::record::ExtendedSequenceNumber {
+        crate::record::ExtendedSequenceNumber {
+            sequence_number: crate::record::SequenceNumber::parse(sequence).unwrap(),
+            sub_sequence_number: 0,
+        }
+    }
+
+    #[test]
+    fn a_processor_of_an_ended_ownership_cannot_checkpoint_the_next_one() {
+        let (_server, held, written) = held_leases_noting(Arc::default());
+        let mut delivery = delivery(&held, ErrorPolicy::Stop);
+        delivery.checkpointing = Checkpointing::Manual;
+        let setup = Setup::default();
+        let kept = setup.kept.clone();
+        let run = dispatching_with(delivery, setup);
+        let old = held.take("shard-1", 0, false).unwrap().unwrap();
+        run.outputs
+            .send(started_with("shard-1", old, reads("shard-1", old, &["a"])))
+            .unwrap();
+        assert_eq!(run.entered(), "a");
+        // The lease lapses and this worker takes it again; the new
+        // processor is handed "a" and "b" and accepts them.
+        held.drop_lost("shard-1");
+        let new = held.take("shard-1", 0, false).unwrap().unwrap();
+        wait_until("the old processor told", || {
+            run.log().contains(&format!("lease_lost shard-1 {old}"))
+        });
+        run.outputs
+            .send(started_with(
+                "shard-1",
+                new,
+                reads("shard-1", new, &["a", "b"]),
+            ))
+            .unwrap();
+        assert_eq!(run.entered(), "a");
+        assert_eq!(run.entered(), "b");
+        // "a" was accepted before "b" was handed on: checkpointed by the
+        // new processor's checkpointer from here, another thread.
+        let new_checkpointer = kept.lock().unwrap()[2].clone();
+        new_checkpointer
+            .checkpoint_at("shard-1", &position("1"))
+            .unwrap();
+        written.lock().unwrap().clear();
+        // The old processor's checkpointer writes nothing of the new
+        // ownership.
+        let e = kept.lock().unwrap()[0].checkpoint("shard-1").unwrap_err();
+        assert!(matches!(e, Error::LeaseLost { .. }), "{e}");
+        assert!(written.lock().unwrap().is_empty());
+        run.stop().unwrap();
     }
 }

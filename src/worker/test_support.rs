@@ -50,6 +50,39 @@ pub(crate) fn held_leases_answering(
     (server, Arc::new(held))
 }
 
+/// Checkpoints written through a fake DynamoDB, by shard, in order.
+pub(crate) type Written = Arc<Mutex<Vec<(String, String)>>>;
+
+/// Held leases over a fake DynamoDB that notes each checkpoint written
+/// (shard and checkpoint column) and refuses them with a 500 while
+/// `refuse` is set; every other write lands.
+pub(crate) fn held_leases_noting(
+    refuse: Arc<AtomicBool>,
+) -> (FakeServer, Arc<HeldLeases>, Written) {
+    let written: Written = Arc::default();
+    let noted = written.clone();
+    let (server, held) = held_leases_answering(move |request| {
+        let body: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_default();
+        let values = &body["ExpressionAttributeValues"];
+        let checkpoint = values
+            .as_object()
+            .and_then(|v| v.iter().find(|(k, _)| k.contains("checkpoint")))
+            .and_then(|(_, v)| v["S"].as_str());
+        if let Some(checkpoint) = checkpoint {
+            if refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                return (500, r#"{"__type":"InternalServerError"}"#.to_owned());
+            }
+            let shard = body["Key"]["leaseKey"]["S"].as_str().unwrap_or_default();
+            noted
+                .lock()
+                .unwrap()
+                .push((shard.to_owned(), checkpoint.to_owned()));
+        }
+        (200, LANDED.to_owned())
+    });
+    (server, held, written)
+}
+
 /// What a ticker or the processors need, batches every 50 ms; records
 /// become their data as text.
 pub(crate) fn delivery(held: &Arc<HeldLeases>, policy: ErrorPolicy) -> Delivery<String> {

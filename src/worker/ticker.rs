@@ -176,6 +176,11 @@ impl<'a, T> Ticker<'a, T> {
             let result = self.hand_on(batch, handler);
             // The batch is handled: the readers may fill its room again.
             drop(room);
+            for (shard_id, epoch, _) in &ends {
+                self.delivery
+                    .checkpointer
+                    .call_ended(shard_id, *epoch, result.is_ok());
+            }
             result?;
             for (shard_id, records, bytes) in &processed {
                 self.delivery.record_processed(shard_id, *records, *bytes);
@@ -451,7 +456,7 @@ impl<'a, T> Ticker<'a, T> {
             if let Some(position) = handed_position(s) {
                 self.delivery
                     .checkpointer
-                    .handed(&s.shard_id, s.epoch, position);
+                    .handing(&s.shard_id, s.epoch, position);
             }
         }
         let batch = Batch {
@@ -514,7 +519,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::worker::test_support::{chunk, delivery, held_leases, started};
+    use crate::worker::processing::Checkpointing;
+    use crate::worker::test_support::{chunk, delivery, held_leases, held_leases_noting, started};
 
     #[test]
     fn chunks_already_waiting_at_a_late_tick_make_the_batch() {
@@ -705,6 +711,59 @@ mod tests {
                 (Arc::from("done"), Change::Finished),
                 (Arc::from("taken"), Change::Lost),
             ]
+        );
+    }
+
+    #[test]
+    fn a_flusher_never_checkpoints_a_batch_whose_call_runs_or_fails() {
+        let (_server, held, written) = held_leases_noting(Arc::default());
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let policy = ErrorPolicy::Retry {
+            retries: 1,
+            backoff: Duration::from_millis(1),
+        };
+        let mut delivery = delivery(&held, policy);
+        delivery.checkpointing = Checkpointing::Manual;
+        let flusher = delivery.checkpointer.clone();
+        let (sender, records) = crossbeam_channel::unbounded();
+        sender.send(started("shard-1", epoch)).unwrap();
+        sender.send(chunk("shard-1", epoch, &[("1", "a")])).unwrap();
+        let (entered_tx, entered) = crossbeam_channel::unbounded();
+        let (gate, gate_rx) = crossbeam_channel::unbounded::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut ticker = Ticker::new(&records, delivery);
+            ticker.run(&mut |batch: Batch<String>| {
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                let values: Vec<String> = batch.messages().map(|m| m.value().clone()).collect();
+                entered_tx.send(values.clone()).unwrap();
+                gate_rx.recv_timeout(Duration::from_secs(10))?;
+                match values.iter().any(|v| v == "poison") {
+                    true => Err("poison".into()),
+                    false => Ok(()),
+                }
+            })
+        });
+        let entered = || entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(entered(), ["a"]);
+        // The batch handler runs on another thread: nothing accepted yet.
+        flusher.checkpoint("shard-1").unwrap();
+        gate.send(()).unwrap();
+        sender
+            .send(chunk("shard-1", epoch, &[("2", "poison")]))
+            .unwrap();
+        // Inside the failing call, then inside its retry: only "a".
+        for _ in 0..2 {
+            assert_eq!(entered(), ["poison"]);
+            flusher.checkpoint("shard-1").unwrap();
+            gate.send(()).unwrap();
+        }
+        let result = thread.join().unwrap();
+        assert!(matches!(&result, Err(Error::Handler(_))), "{result:?}");
+        assert_eq!(
+            *written.lock().unwrap(),
+            [("shard-1".to_owned(), "1".to_owned())]
         );
     }
 }
