@@ -703,3 +703,72 @@ fn a_processor_hands_its_shard_over_to_a_joining_worker_without_repeats() {
         "nothing twice"
     );
 }
+
+/// A consumer whose checkpoint writes DynamoDB refuses from the start:
+/// `run` (or `run_processors`) fails at shutdown naming the shard, after
+/// trying the last checkpoint again, and the lease is not released as if
+/// saved: it keeps its owner (and expires), its checkpoint untouched.
+fn a_refused_last_checkpoint_fails_run(processors: bool) {
+    let stream = common::create_stream(1);
+    let app = common::unique_name(if processors { "unsaved-p" } else { "unsaved" });
+    let proxy = Proxy::for_emulators();
+    let builder =
+        common::consumer_builder_at(proxy.url(), proxy.url(), &stream, &app).worker_id("refused");
+    let rule = proxy.add_matching(
+        "UpdateItem",
+        Some(":checkpoint\""),
+        Trigger::Always,
+        Fault::aws(500, "InternalServerError"),
+    );
+    put(&stream, "r", 10);
+    let board: Arc<Board> = Arc::default();
+    type Delivered = Box<dyn Fn() -> usize>;
+    let (stop, thread, delivered): (_, _, Delivered) = if processors {
+        let (stop, thread) = run_processors(builder, &board, Duration::ZERO, None, 0);
+        let total = move || board.processed.lock().unwrap().values().map(Vec::len).sum();
+        (stop, thread, Box::new(total))
+    } else {
+        let running = start_batches(builder);
+        let seen = running.seen.clone();
+        let total = move || seen.lock().unwrap().records.len();
+        (running.stop, running.thread, Box::new(total))
+    };
+    wait_for("every record", Duration::from_secs(30), || {
+        delivered() == 10
+    });
+    wait_for("a refused checkpoint", Duration::from_secs(10), || {
+        proxy.hits(rule) > 0
+    });
+    let refused_before = proxy.hits(rule);
+    stop.shutdown();
+    let result = thread.join().unwrap();
+    let shard = checkpoints(&app).into_keys().next().unwrap();
+    match &result {
+        Err(Error::CheckpointsNotSaved { shard_ids, .. }) => {
+            assert_eq!(shard_ids, &[shard.clone()])
+        }
+        other => panic!("{other:?}"),
+    }
+    let message = result.unwrap_err().to_string();
+    assert!(
+        message.contains(&shard) && message.contains("checkpoint"),
+        "{message}"
+    );
+    assert!(proxy.hits(rule) > refused_before, "tried again at shutdown");
+    let lease =
+        kinesis_consumer::list_leases(&common::config(&common::emulators().dynamodb_url), &app)
+            .unwrap()
+            .remove(0);
+    assert_eq!(lease.owner.as_deref(), Some("refused"), "not released");
+    assert_eq!(lease.checkpoint, Checkpoint::TrimHorizon);
+}
+
+#[test]
+fn a_refused_last_checkpoint_fails_run_naming_the_shard() {
+    a_refused_last_checkpoint_fails_run(false);
+}
+
+#[test]
+fn a_refused_last_checkpoint_fails_run_processors_naming_the_shard() {
+    a_refused_last_checkpoint_fails_run(true);
+}

@@ -247,7 +247,10 @@ impl<T: Send + 'static> Consumer<T> {
     /// Once shutdown is asked for, the handler gets one last batch without
     /// records ([`Batch::is_last`]) whose events give each held shard its
     /// last chance to be checkpointed; then `run` writes the checkpoints
-    /// due, releases the leases and returns. Once `run` has returned, the
+    /// due, releases the leases and returns. A last checkpoint whose write
+    /// still fails after being tried again for up to the failover time makes
+    /// `run` return [`Error::CheckpointsNotSaved`] naming its shards (their
+    /// leases are left to expire, not released). Once `run` has returned, the
     /// message handler is not called again. `run` waits up to the connect
     /// timeout plus the read timeout plus 1 s for readers inside a
     /// GetRecords call; a reader still in its call then ends by itself
@@ -422,6 +425,7 @@ impl<T: Send + 'static> Consumer<T> {
             checkpoint_interval: s.checkpoint_interval,
             checkpointing: s.checkpointing,
             error_policy: s.error_policy,
+            last_checkpoint_time: s.failover_time,
         };
         let result = deliver(&records, delivery);
         let _ = events.send(CoordinatorEvent::Stop);

@@ -115,6 +115,85 @@ pub(crate) fn call_with_policy(
     }
 }
 
+/// The first wait between tries of a last checkpoint write (doubled per
+/// try, at most [`LAST_WRITE_MAX_WAIT`]).
+const LAST_WRITE_BACKOFF: Duration = Duration::from_millis(100);
+const LAST_WRITE_MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether a failed checkpoint write may succeed if tried again: not when
+/// the lease is no longer ours or the position is refused.
+pub(crate) fn worth_retrying(error: &Error) -> bool {
+    !matches!(
+        error,
+        Error::LeaseLost { .. } | Error::InvalidCheckpoint { .. }
+    )
+}
+
+/// Writes a last checkpoint (at shutdown, or before a lease is handed
+/// over) with `write`, trying again after a failure that may pass, with
+/// backoff, until it succeeds or `give_up` says so after a failure; returns
+/// the last failure then. The batch ticker and the shard processors share
+/// it.
+pub(crate) fn write_last(
+    shard_id: &str,
+    mut give_up: impl FnMut() -> bool,
+    mut write: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        let error = match write() {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if !worth_retrying(&error) || give_up() {
+            return Err(error);
+        }
+        tries += 1;
+        let wait = crate::aws::client::backoff(LAST_WRITE_BACKOFF, tries).min(LAST_WRITE_MAX_WAIT);
+        log::warn!(
+            "checkpoint of {shard_id} failed (try {tries}), trying again in {wait:?}: {error}"
+        );
+        std::thread::sleep(wait);
+    }
+}
+
+/// The last checkpoint of `shard_id` was not written: its lease is
+/// forgotten here, so that it is not released as if saved at shutdown (it
+/// expires, and its next owner reads from the checkpoint in the table).
+pub(crate) fn not_saved(held: &HeldLeases, shard_id: &str, error: Error) -> Error {
+    log::error!(
+        "the last checkpoint of {shard_id} could not be written; its lease is left to expire: {error}"
+    );
+    held.drop_lost(shard_id);
+    Error::CheckpointsNotSaved {
+        shard_ids: vec![shard_id.to_owned()],
+        source: Box::new(error),
+    }
+}
+
+/// What a stopped consumer returns, given every failure seen: the first
+/// failure that stopped it, if any; otherwise, the shards whose last
+/// checkpoint was not written, all in one error.
+pub(crate) fn outcome(failures: impl IntoIterator<Item = Error>) -> Result<()> {
+    let mut unsaved: Option<(Vec<String>, Box<Error>)> = None;
+    for failure in failures {
+        match failure {
+            Error::CheckpointsNotSaved { shard_ids, source } => match &mut unsaved {
+                Some((all, _)) => all.extend(shard_ids),
+                None => unsaved = Some((shard_ids, source)),
+            },
+            other => return Err(other),
+        }
+    }
+    match unsaved {
+        Some((mut shard_ids, source)) => {
+            shard_ids.sort();
+            Err(Error::CheckpointsNotSaved { shard_ids, source })
+        }
+        None => Ok(()),
+    }
+}
+
 /// A shard's part of a batch with its records kept, so that a retry can
 /// hand the same records on again (values are made again by the message
 /// handler: they need not be `Clone`).
@@ -170,6 +249,10 @@ pub(crate) struct Delivery<T> {
     pub checkpoint_interval: Duration,
     pub checkpointing: Checkpointing,
     pub error_policy: ErrorPolicy,
+    /// How long the last checkpoints at shutdown are tried for (the
+    /// failover time: a peer could take over a dead worker's leases by
+    /// then).
+    pub last_checkpoint_time: Duration,
 }
 
 impl<T> Clone for Delivery<T> {
@@ -186,6 +269,7 @@ impl<T> Clone for Delivery<T> {
             checkpoint_interval: self.checkpoint_interval,
             checkpointing: self.checkpointing,
             error_policy: self.error_policy,
+            last_checkpoint_time: self.last_checkpoint_time,
         }
     }
 }
@@ -263,6 +347,79 @@ mod tests {
         });
         assert_eq!(calls, 3, "the first call and two retries");
         assert!(matches!(result, Err(Error::HandlerPanicked(m)) if m.contains("poison")));
+    }
+
+    #[test]
+    fn a_last_write_is_tried_again_until_it_lands_or_time_is_up() {
+        let refused = || Error::Internal("refused".into());
+        let mut tries = 0;
+        let result = write_last(
+            "s",
+            || false,
+            || {
+                tries += 1;
+                if tries < 3 { Err(refused()) } else { Ok(()) }
+            },
+        );
+        assert!(result.is_ok());
+        assert_eq!(tries, 3);
+        // Time is up after the second failure.
+        let (mut tries, mut looks) = (0, 0);
+        let result = write_last(
+            "s",
+            || {
+                looks += 1;
+                looks >= 2
+            },
+            || {
+                tries += 1;
+                Err(refused())
+            },
+        );
+        assert!(matches!(result, Err(Error::Internal(_))));
+        assert_eq!(tries, 2);
+        // A lost lease or a refused position: trying again cannot help.
+        for error in [
+            Error::LeaseLost {
+                shard_id: "s".into(),
+            },
+            Error::InvalidCheckpoint {
+                shard_id: "s".into(),
+                reason: "behind".into(),
+            },
+        ] {
+            let mut error = Some(error);
+            let mut tries = 0;
+            let result = write_last(
+                "s",
+                || false,
+                || {
+                    tries += 1;
+                    Err(error.take().unwrap())
+                },
+            );
+            assert!(result.is_err());
+            assert_eq!(tries, 1);
+        }
+    }
+
+    #[test]
+    fn a_failure_comes_first_then_every_unsaved_shard_in_one_error() {
+        let unsaved = |shard: &str| Error::CheckpointsNotSaved {
+            shard_ids: vec![shard.into()],
+            source: Box::new(Error::Internal(format!("{shard} refused"))),
+        };
+        assert!(outcome([]).is_ok());
+        let result = outcome([unsaved("b"), unsaved("a")]);
+        match result {
+            Err(Error::CheckpointsNotSaved { shard_ids, source }) => {
+                assert_eq!(shard_ids, ["a", "b"]);
+                assert_eq!(source.to_string(), "internal error: b refused");
+            }
+            other => panic!("{other:?}"),
+        }
+        let result = outcome([unsaved("a"), Error::Handler("bad".into()), unsaved("b")]);
+        assert!(matches!(result, Err(Error::Handler(_))), "{result:?}");
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::lease::{Checkpoint, Holding};
 use crate::worker::batch::ShardBatch;
 use crate::worker::checkpointer::Checkpointer;
 use crate::worker::processing::{
-    Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy,
+    Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy, not_saved, outcome,
+    worth_retrying, write_last,
 };
 use crate::worker::reader::{Chunk, ReaderOutput};
 
@@ -161,10 +162,7 @@ where
     // Every processor sees the flag and shuts its shard down.
     delivery.shutdown.store(true, Ordering::Relaxed);
     running.into_iter().for_each(join);
-    match failure.or_else(|| failures.try_recv().ok()) {
-        Some(error) => Err(error),
-        None => Ok(()),
-    }
+    outcome(failure.into_iter().chain(failures.try_iter()))
 }
 
 fn join(handle: JoinHandle<()>) {
@@ -210,8 +208,9 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
                 log::warn!("giving up shard {shard_id} after its processor failed: {error}");
                 self.processor.lease_lost();
                 // What was processed before the failure is done: checkpoint
-                // it, so that the shard's next reader starts at the failure.
-                self.write_pending(true);
+                // it, so that the shard's next reader starts at the failure
+                // (released only once saved).
+                self.save_last()?;
                 if let Err(e) = self.delivery.held.release(&shard_id) {
                     log::warn!("releasing lease {shard_id} failed (it will expire): {e}");
                 }
@@ -265,7 +264,7 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
                 }
                 Ok(ReaderOutput::Failed { error, .. }) => return Err(error),
                 Ok(ReaderOutput::Started { .. } | ReaderOutput::Fatal(_)) => {}
-                Err(RecvTimeoutError::Timeout) => self.write_pending(false),
+                Err(RecvTimeoutError::Timeout) => self.write_pending(),
                 Err(RecvTimeoutError::Disconnected) => reader_gone = true,
             }
         }
@@ -314,7 +313,7 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             .record_processed(&self.shard_id, records, data_bytes);
         if self.delivery.automatic() {
             self.pending = Some(position);
-            self.write_pending(false);
+            self.write_pending();
         }
         Ok(())
     }
@@ -330,12 +329,12 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             End::Ended => self.end_shard(),
             End::Shutdown => {
                 self.call("shutdown_requested", |p, c| p.shutdown_requested(c))?;
-                self.write_pending(true);
-                Ok(())
+                self.save_last()
             }
             End::HandingOff => {
                 self.call("shutdown_requested", |p, c| p.shutdown_requested(c))?;
-                self.write_pending(true);
+                // Handed over only once saved.
+                self.save_last()?;
                 if let Err(e) = self.delivery.held.release(&self.shard_id) {
                     log::warn!("handing lease {} over failed: {e}", self.shard_id);
                 }
@@ -368,17 +367,51 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             .call_ended(&shard_id, epoch, ended.is_ok());
         ended?;
         if automatic {
+            // Until written, the children wait.
             self.pending = Some(Checkpoint::ShardEnd);
-            // Until written, the children wait: keep trying while the
-            // lease is ours.
-            while self.pending.is_some() && !self.delivery.stopping() {
-                self.write_pending(true);
-                if self.pending.is_some() {
-                    std::thread::sleep(SHUTDOWN_CHECK * 10);
-                }
-            }
+            self.save_last()?;
         }
         Ok(())
+    }
+
+    /// Writes the pending checkpoint (automatic mode) now, trying again
+    /// after a failure while the lease is ours: for as long as a handoff or
+    /// the shard's children wait, and once shutdown was asked for, up to
+    /// the last checkpoint time. Left unsaved then, the lease is not
+    /// released (see [`not_saved`]) and the error names the shard.
+    fn save_last(&mut self) -> Result<()> {
+        let Some(checkpoint) = self.pending.take() else {
+            return Ok(());
+        };
+        let delivery = &self.delivery;
+        let mut until = None;
+        let result = write_last(
+            &self.shard_id,
+            || {
+                if !delivery.stopping() {
+                    return false;
+                }
+                let until =
+                    *until.get_or_insert_with(|| Instant::now() + delivery.last_checkpoint_time);
+                Instant::now() >= until
+            },
+            || {
+                delivery
+                    .checkpointer
+                    .write(&self.shard_id, self.epoch, &checkpoint)
+            },
+        );
+        match result {
+            Ok(()) => {
+                self.last_written = Some(Instant::now());
+                Ok(())
+            }
+            Err(e) if !worth_retrying(&e) => {
+                log::info!("not checkpointing {}: {e}", self.shard_id);
+                Ok(())
+            }
+            Err(e) => Err(not_saved(&delivery.held, &self.shard_id, e)),
+        }
     }
 
     /// Calls the processor under the error policy.
@@ -398,14 +431,13 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         )
     }
 
-    /// Writes the automatic checkpoint when due (or now, when `now`); a
-    /// failed write is retried later, a lost lease ends with the shard.
-    fn write_pending(&mut self, now: bool) {
+    /// Writes the automatic checkpoint when due; a failed write is retried
+    /// later, a lost lease ends with the shard.
+    fn write_pending(&mut self) {
         let Some(checkpoint) = self.pending.clone() else {
             return;
         };
-        let due = now
-            || checkpoint == Checkpoint::ShardEnd
+        let due = checkpoint == Checkpoint::ShardEnd
             || self
                 .last_written
                 .is_none_or(|t| t.elapsed() >= self.delivery.checkpoint_interval);
@@ -828,6 +860,74 @@ mod tests {
         let e = kept.lock().unwrap()[0].checkpoint("shard-1").unwrap_err();
         assert!(matches!(e, Error::LeaseLost { .. }), "{e}");
         assert!(written.lock().unwrap().is_empty());
+        run.stop().unwrap();
+    }
+
+    #[test]
+    fn a_processor_s_last_checkpoint_never_written_fails_run_and_its_lease_is_not_released() {
+        let refuse = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+        let (_server, held, written) = held_leases_noting(refuse);
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let run = dispatching(delivery(&held, ErrorPolicy::Stop), false);
+        run.outputs
+            .send(started_with(
+                "shard-1",
+                epoch,
+                reads("shard-1", epoch, &["a"]),
+            ))
+            .unwrap();
+        assert_eq!(run.entered(), "a");
+        wait_until("the checkpoint refused", || {
+            !written.lock().unwrap().is_empty()
+        });
+        let result = run.stop();
+        match &result {
+            Err(Error::CheckpointsNotSaved { shard_ids, .. }) => {
+                assert_eq!(shard_ids, &["shard-1"])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(written.lock().unwrap().len() >= 2, "tried again");
+        // Forgotten, not released: the coordinator's leave() passes it by.
+        assert!(held.shards().is_empty());
+    }
+
+    #[test]
+    fn a_lease_is_handed_over_only_once_its_checkpoint_is_written() {
+        let refuse = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+        let (_server, held, written) = held_leases_noting(refuse.clone());
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let run = dispatching(delivery(&held, ErrorPolicy::Stop), true);
+        run.outputs
+            .send(started_with(
+                "shard-1",
+                epoch,
+                reads("shard-1", epoch, &["a"]),
+            ))
+            .unwrap();
+        assert_eq!(run.entered(), "a");
+        assert!(held.hand_over("shard-1", "peer"));
+        run.gate.send(()).unwrap();
+        let refused = || {
+            written
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, what)| what == "refused")
+                .count()
+        };
+        wait_until("three refused writes", || refused() >= 3);
+        assert_eq!(
+            held.holding("shard-1", epoch),
+            Holding::HandingOff,
+            "not handed over while unsaved"
+        );
+        refuse.store(0, Ordering::SeqCst);
+        wait_until("the lease handed over", || held.shards().is_empty());
+        assert_eq!(
+            written.lock().unwrap().last().unwrap(),
+            &("shard-1".to_owned(), "1".to_owned())
+        );
         run.stop().unwrap();
     }
 }

@@ -1,7 +1,7 @@
 //! What the ticker's and the processors' unit tests share: leases held
 //! over a fake DynamoDB, a delivery, and readers' outputs made by hand.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,7 +37,9 @@ pub(crate) fn held_leases_answering(
     let config = ClientConfig::new()
         .region("us-east-1")
         .endpoint_url(&server.url)
-        .credentials(Credentials::new("AKIDTEST", "secret"));
+        .credentials(Credentials::new("AKIDTEST", "secret"))
+        // One request per write: tests count them.
+        .max_attempts(1);
     let table = LeaseTable::new(DynamoDbClient::new(&config).unwrap(), "app");
     let held = HeldLeases::new(
         Arc::new(table),
@@ -50,33 +52,34 @@ pub(crate) fn held_leases_answering(
     (server, Arc::new(held))
 }
 
-/// Checkpoints written through a fake DynamoDB, by shard, in order.
+/// Checkpoint writes through a fake DynamoDB, in order: shard and
+/// checkpoint column, or shard and "refused".
 pub(crate) type Written = Arc<Mutex<Vec<(String, String)>>>;
 
-/// Held leases over a fake DynamoDB that notes each checkpoint written
-/// (shard and checkpoint column) and refuses them with a 500 while
-/// `refuse` is set; every other write lands.
+/// Held leases over a fake DynamoDB that notes each checkpoint write and
+/// refuses (with a 500) as many as `refuse` says, counting it down; every
+/// other write lands.
 pub(crate) fn held_leases_noting(
-    refuse: Arc<AtomicBool>,
+    refuse: Arc<AtomicUsize>,
 ) -> (FakeServer, Arc<HeldLeases>, Written) {
     let written: Written = Arc::default();
     let noted = written.clone();
     let (server, held) = held_leases_answering(move |request| {
         let body: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_default();
-        let values = &body["ExpressionAttributeValues"];
-        let checkpoint = values
-            .as_object()
-            .and_then(|v| v.iter().find(|(k, _)| k.contains("checkpoint")))
-            .and_then(|(_, v)| v["S"].as_str());
+        let checkpoint = body["ExpressionAttributeValues"][":checkpoint"]["S"].as_str();
         if let Some(checkpoint) = checkpoint {
-            if refuse.load(std::sync::atomic::Ordering::SeqCst) {
-                return (500, r#"{"__type":"InternalServerError"}"#.to_owned());
-            }
             let shard = body["Key"]["leaseKey"]["S"].as_str().unwrap_or_default();
+            let refused = refuse
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            let what = if refused { "refused" } else { checkpoint };
             noted
                 .lock()
                 .unwrap()
-                .push((shard.to_owned(), checkpoint.to_owned()));
+                .push((shard.to_owned(), what.to_owned()));
+            if refused {
+                return (500, r#"{"__type":"InternalServerError"}"#.to_owned());
+            }
         }
         (200, LANDED.to_owned())
     });
@@ -99,6 +102,7 @@ pub(crate) fn delivery(held: &Arc<HeldLeases>, policy: ErrorPolicy) -> Delivery<
         checkpoint_interval: Duration::from_millis(50),
         checkpointing: Checkpointing::Automatic,
         error_policy: policy,
+        last_checkpoint_time: Duration::from_secs(1),
     }
 }
 

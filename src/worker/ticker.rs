@@ -13,7 +13,8 @@ use crate::lease::{Checkpoint, Holding};
 use crate::worker::batch::{Batch, ShardBatch, ShardEvent};
 use crate::worker::budget::Room;
 use crate::worker::processing::{
-    Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy,
+    Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy, not_saved, outcome,
+    worth_retrying, write_last,
 };
 use crate::worker::reader::{Chunk, ReaderOutput};
 
@@ -134,14 +135,40 @@ impl<'a, T> Ticker<'a, T> {
 
     /// Runs batches until shutdown (handing on a last batch then) or an
     /// error; on the way out writes every checkpoint the handler earned.
+    /// A last checkpoint that cannot be written within the last
+    /// checkpoint time fails `run` (after any other failure), naming the
+    /// shard; its lease is not released.
     pub(crate) fn run(&mut self, handler: &mut dyn FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
         let result = self.batches(handler);
-        self.write_checkpoints(true);
+        let unsaved = self.write_last_checkpoints();
         // The leases are released next: no checkpoint after this.
         for (shard_id, open) in std::mem::take(&mut self.open) {
             self.delivery.checkpointer.closed(&shard_id, open.epoch);
         }
-        result
+        outcome(result.err().into_iter().chain(unsaved))
+    }
+
+    /// Writes every checkpoint the handler earned, each failed write tried
+    /// again until the last checkpoint time is up; returns an error for
+    /// each shard left unsaved (see [`not_saved`]).
+    fn write_last_checkpoints(&mut self) -> Vec<Error> {
+        let until = Instant::now() + self.delivery.last_checkpoint_time;
+        let mut pending: Vec<(Arc<str>, Pending)> = self.pending.drain().collect();
+        pending.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut unsaved = Vec::new();
+        for (shard_id, p) in pending {
+            let checkpointer = &self.delivery.checkpointer;
+            match write_last(
+                &shard_id,
+                || Instant::now() >= until,
+                || checkpointer.write(&shard_id, p.epoch, &p.checkpoint),
+            ) {
+                Ok(()) => {}
+                Err(e) if !worth_retrying(&e) => log::info!("not checkpointing {shard_id}: {e}"),
+                Err(e) => unsaved.push(not_saved(&self.delivery.held, &shard_id, e)),
+            }
+        }
+        unsaved
     }
 
     fn batches(&mut self, handler: &mut dyn FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
@@ -189,7 +216,7 @@ impl<'a, T> Ticker<'a, T> {
                 for (shard_id, epoch, checkpoint) in ends {
                     self.pending.insert(shard_id, Pending { epoch, checkpoint });
                 }
-                self.write_checkpoints(false);
+                self.write_checkpoints();
             }
             self.release_closing();
         }
@@ -468,9 +495,9 @@ impl<'a, T> Ticker<'a, T> {
         (batch, room, shard_bytes)
     }
 
-    /// Writes the checkpoints that are due (all of them when `all`); a
-    /// shard's end is written at once so its children can start.
-    fn write_checkpoints(&mut self, all: bool) {
+    /// Writes the checkpoints that are due; a shard's end is written at
+    /// once so its children can start.
+    fn write_checkpoints(&mut self) {
         let now = Instant::now();
         // Forget shards no longer open: over a long run, many come and go.
         self.last_written.retain(|id, _| self.open.contains_key(id));
@@ -479,7 +506,7 @@ impl<'a, T> Ticker<'a, T> {
             .pending
             .iter()
             .filter(|(shard_id, p)| {
-                all || p.checkpoint == Checkpoint::ShardEnd
+                p.checkpoint == Checkpoint::ShardEnd
                     || self
                         .last_written
                         .get(*shard_id)
@@ -516,6 +543,7 @@ impl<'a, T> Ticker<'a, T> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
     use super::*;
@@ -765,5 +793,53 @@ mod tests {
             *written.lock().unwrap(),
             [("shard-1".to_owned(), "1".to_owned())]
         );
+    }
+
+    #[test]
+    fn a_last_checkpoint_that_fails_is_tried_again_at_shutdown() {
+        // The write after the batch and the first last one are refused.
+        let refuse = Arc::new(AtomicUsize::new(2));
+        let (_server, held, written) = held_leases_noting(refuse);
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let result = run_until(
+            delivery(&held, ErrorPolicy::Stop),
+            vec![
+                started("shard-1", epoch),
+                chunk("shard-1", epoch, &[("1", "a"), ("2", "b")]),
+            ],
+            |_| Ok(()),
+        );
+        assert!(result.is_ok(), "{result:?}");
+        let written = written.lock().unwrap().clone();
+        let shard = |what: &str| ("shard-1".to_owned(), what.to_owned());
+        assert_eq!(written, [shard("refused"), shard("refused"), shard("2")]);
+        assert_eq!(
+            held.holding("shard-1", epoch),
+            Holding::Current,
+            "released by the coordinator next"
+        );
+    }
+
+    #[test]
+    fn a_last_checkpoint_never_written_fails_run_naming_the_shard_and_its_lease_is_not_released() {
+        let (_server, held, written) = held_leases_noting(Arc::new(AtomicUsize::new(usize::MAX)));
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let result = run_until(
+            delivery(&held, ErrorPolicy::Stop),
+            vec![
+                started("shard-1", epoch),
+                chunk("shard-1", epoch, &[("1", "a")]),
+            ],
+            |_| Ok(()),
+        );
+        match &result {
+            Err(Error::CheckpointsNotSaved { shard_ids, .. }) => {
+                assert_eq!(shard_ids, &["shard-1"])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(written.lock().unwrap().len() >= 2, "tried again");
+        // Forgotten, not released: the coordinator's leave() passes it by.
+        assert!(held.shards().is_empty());
     }
 }
