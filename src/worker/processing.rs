@@ -84,11 +84,11 @@ impl ErrorPolicy {
 pub(crate) const SHUTDOWN_CHECK: Duration = Duration::from_millis(50);
 
 /// Calls `attempt` (with the attempt number, 0 first) until it succeeds or
-/// `policy` gives up, catching panics. A shutdown asked for meanwhile ends
-/// the retries with the last failure.
+/// `policy` gives up, catching panics. Once `stop` returns true (a
+/// shutdown, or the lease lost) the retries end with the last failure.
 pub(crate) fn call_with_policy(
     policy: &ErrorPolicy,
-    shutdown: &AtomicBool,
+    stop: impl Fn() -> bool,
     what: &str,
     mut attempt: impl FnMut(u32) -> HandlerResult,
 ) -> Result<()> {
@@ -102,14 +102,14 @@ pub(crate) fn call_with_policy(
                 Error::HandlerPanicked(format!("{what} panicked: {}", panic_message(&panic)))
             }
         };
-        if number >= retries || shutdown.load(Ordering::Relaxed) {
+        if number >= retries || stop() {
             return Err(error);
         }
         number += 1;
         let wait = crate::aws::client::backoff(base, number);
         log::warn!("{what} failed (retry {number} of {retries} in {wait:?}): {error}");
         let until = Instant::now() + wait;
-        while Instant::now() < until && !shutdown.load(Ordering::Relaxed) {
+        while Instant::now() < until && !stop() {
             std::thread::sleep(SHUTDOWN_CHECK.min(until - Instant::now()));
         }
     }
@@ -323,10 +323,15 @@ mod tests {
     #[test]
     fn stop_calls_once_and_returns_the_failure() {
         let mut calls = 0;
-        let result = call_with_policy(&ErrorPolicy::Stop, &AtomicBool::new(false), "h", |_| {
-            calls += 1;
-            Err("bad record".into())
-        });
+        let result = call_with_policy(
+            &ErrorPolicy::Stop,
+            || false,
+            "h",
+            |_| {
+                calls += 1;
+                Err("bad record".into())
+            },
+        );
         assert_eq!(calls, 1);
         assert!(matches!(result, Err(Error::Handler(e)) if e.to_string() == "bad record"));
     }
@@ -334,17 +339,27 @@ mod tests {
     #[test]
     fn retry_calls_again_until_it_succeeds_or_gives_up() {
         let mut attempts = Vec::new();
-        let result = call_with_policy(&policy(3), &AtomicBool::new(false), "h", |n| {
-            attempts.push(n);
-            if n < 2 { Err("not yet".into()) } else { Ok(()) }
-        });
+        let result = call_with_policy(
+            &policy(3),
+            || false,
+            "h",
+            |n| {
+                attempts.push(n);
+                if n < 2 { Err("not yet".into()) } else { Ok(()) }
+            },
+        );
         assert!(result.is_ok());
         assert_eq!(attempts, [0, 1, 2]);
         let mut calls = 0;
-        let result = call_with_policy(&policy(2), &AtomicBool::new(false), "h", |_| {
-            calls += 1;
-            panic!("poison")
-        });
+        let result = call_with_policy(
+            &policy(2),
+            || false,
+            "h",
+            |_| {
+                calls += 1;
+                panic!("poison")
+            },
+        );
         assert_eq!(calls, 3, "the first call and two retries");
         assert!(matches!(result, Err(Error::HandlerPanicked(m)) if m.contains("poison")));
     }
@@ -425,10 +440,15 @@ mod tests {
     #[test]
     fn a_shutdown_ends_the_retries() {
         let mut calls = 0;
-        let result = call_with_policy(&policy(100), &AtomicBool::new(true), "h", |_| {
-            calls += 1;
-            Err("down".into())
-        });
+        let result = call_with_policy(
+            &policy(100),
+            || true,
+            "h",
+            |_| {
+                calls += 1;
+                Err("down".into())
+            },
+        );
         assert_eq!(calls, 1);
         assert!(result.is_err());
     }

@@ -2,6 +2,7 @@
 //! shard held, each on its own thread, told when its shard is gained,
 //! lost, ended or shut down.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -39,7 +40,11 @@ pub(crate) const SHARD_QUEUE: usize = 4;
 ///
 /// A call that returns an error or panics is handled by the consumer's
 /// [`ErrorPolicy`]; with automatic checkpoints, the records of a failed
-/// call are never checkpointed.
+/// call are never checkpointed. Retries end once the lease is lost.
+///
+/// At most one processor of a shard runs at a time: a processor made for
+/// a shard this worker holds again starts once the shard's earlier
+/// processor returned from its last call.
 pub trait ShardProcessor<T>: Send {
     /// The shard was gained; its records are read from `from`.
     fn initialize(&mut self, shard_id: &str, from: &Checkpoint) -> HandlerResult {
@@ -90,7 +95,8 @@ where
 {
     let factory = Arc::new(factory);
     let (failed, failures) = crossbeam_channel::unbounded::<Error>();
-    let mut running: Vec<JoinHandle<()>> = Vec::new();
+    // The task of each shard, the last started: a new one waits for it.
+    let mut running: HashMap<Arc<str>, JoinHandle<()>> = HashMap::new();
     let mut failure = None;
     while failure.is_none() && !delivery.stopping() {
         if let Ok(error) = failures.try_recv() {
@@ -118,15 +124,22 @@ where
                     last_written: None,
                 };
                 let failed = failed.clone();
+                // At most one processor of a shard at a time: the shard's
+                // earlier task (lease lost or handed off, then taken again)
+                // ends before this one starts.
+                let earlier = running.remove(&shard_id);
                 let spawned = std::thread::Builder::new()
                     .name(format!("kinesis-processor-{shard_id}"))
                     .spawn(move || {
+                        earlier.into_iter().for_each(join);
                         if let Err(error) = task.run(from) {
                             let _ = failed.send(error);
                         }
                     });
                 match spawned {
-                    Ok(handle) => running.push(handle),
+                    Ok(handle) => {
+                        running.insert(shard_id, handle);
+                    }
                     Err(e) => {
                         failure = Some(Error::Internal(format!(
                             "cannot start a processor thread for {shard_id}: {e}"
@@ -149,10 +162,14 @@ where
             }
             Ok(ReaderOutput::Fatal(error)) => failure = Some(error),
             Err(RecvTimeoutError::Timeout) => {
-                let (done, still): (Vec<_>, Vec<_>) =
-                    running.into_iter().partition(|h| h.is_finished());
-                running = still;
-                done.into_iter().for_each(join);
+                let done: Vec<Arc<str>> = running
+                    .iter()
+                    .filter(|(_, h)| h.is_finished())
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for shard_id in done {
+                    running.remove(&shard_id).into_iter().for_each(join);
+                }
             }
             Err(RecvTimeoutError::Disconnected) => {
                 failure = Some(Error::Internal("every reader is gone".into()));
@@ -161,7 +178,7 @@ where
     }
     // Every processor sees the flag and shuts its shard down.
     delivery.shutdown.store(true, Ordering::Relaxed);
-    running.into_iter().for_each(join);
+    running.into_values().for_each(join);
     outcome(failure.into_iter().chain(failures.try_iter()))
 }
 
@@ -257,7 +274,15 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             match self.queue.recv_timeout(SHUTDOWN_CHECK) {
                 Ok(ReaderOutput::Chunk(chunk)) => {
                     let ended = chunk.shard_end;
-                    self.process(chunk)?;
+                    if let Err(error) = self.process(chunk) {
+                        // Failed after the lease was lost or asked for: the
+                        // records are its next owner's to read again.
+                        match self.delivery.held.holding(&self.shard_id, self.epoch) {
+                            Holding::Current => return Err(error),
+                            Holding::HandingOff => return Ok(End::HandingOff),
+                            Holding::Gone => return Ok(End::Lost),
+                        }
+                    }
                     if ended {
                         return Ok(End::Ended);
                     }
@@ -423,12 +448,14 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         let what = format!("the processor of shard {} ({what})", self.shard_id);
         let checkpointer = &self.checkpointer;
         let processor = &mut self.processor;
-        call_with_policy(
-            &self.delivery.error_policy,
-            &self.delivery.shutdown,
-            &what,
-            |_| call(processor, checkpointer),
-        )
+        let (delivery, shard_id, epoch) = (&self.delivery, &self.shard_id, self.epoch);
+        // No retry once the lease is no longer this processor's: its next
+        // owner reads the records again.
+        let stop =
+            || delivery.stopping() || delivery.held.holding(shard_id, epoch) != Holding::Current;
+        call_with_policy(&delivery.error_policy, stop, &what, |_| {
+            call(processor, checkpointer)
+        })
     }
 
     /// Writes the automatic checkpoint when due; a failed write is retried
@@ -465,6 +492,7 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
     use crossbeam_channel::Sender;
@@ -489,8 +517,15 @@ mod tests {
         /// `shutdown_requested` checkpoints the shard, as a processor
         /// ported from the KCL does.
         checkpoint_at_shutdown: bool,
+        /// Only the first processor made waits for go-aheads.
+        gate_only_first: bool,
         /// Where each `process` call leaves a clone of its checkpointer.
         kept: Arc<Mutex<Vec<Checkpointer>>>,
+        /// Processors made so far.
+        made: Arc<AtomicUsize>,
+        /// `process` calls running now, and the most at once.
+        inside: Arc<AtomicUsize>,
+        most_inside: Arc<AtomicUsize>,
     }
 
     /// A processor that notes its calls, and whose `process` calls each wait
@@ -532,10 +567,16 @@ mod tests {
                 .collect();
             self.note(&format!("process {}", values.join(",")));
             self.setup.kept.lock().unwrap().push(checkpointer.clone());
+            let inside = self.setup.inside.fetch_add(1, Ordering::SeqCst) + 1;
+            self.setup.most_inside.fetch_max(inside, Ordering::SeqCst);
             let _ = self.entered.send(values[0].to_owned());
-            if let Some(gate) = &self.gate {
-                gate.recv_timeout(Duration::from_secs(10))
-                    .map_err(|_| "no go-ahead")?;
+            let waited = match &self.gate {
+                Some(gate) => gate.recv_timeout(Duration::from_secs(10)).is_ok(),
+                None => true,
+            };
+            self.setup.inside.fetch_sub(1, Ordering::SeqCst);
+            if !waited {
+                return Err("no go-ahead".into());
             }
             if self
                 .setup
@@ -587,13 +628,17 @@ mod tests {
         let shutdown = delivery.shutdown.clone();
         let probe_log = log.clone();
         let thread = std::thread::spawn(move || {
-            dispatch(&records, delivery, move |_: &str| Probe {
-                shard: String::new(),
-                epoch: 0,
-                log: probe_log.clone(),
-                entered: entered_tx.clone(),
-                gate: setup.gated.then(|| gate_rx.clone()),
-                setup: setup.clone(),
+            dispatch(&records, delivery, move |_: &str| {
+                let first = setup.made.fetch_add(1, Ordering::SeqCst) == 0;
+                let gated = setup.gated && (first || !setup.gate_only_first);
+                Probe {
+                    shard: String::new(),
+                    epoch: 0,
+                    log: probe_log.clone(),
+                    entered: entered_tx.clone(),
+                    gate: gated.then(|| gate_rx.clone()),
+                    setup: setup.clone(),
+                }
             })
         });
         Dispatching {
@@ -865,7 +910,7 @@ mod tests {
 
     #[test]
     fn a_processor_s_last_checkpoint_never_written_fails_run_and_its_lease_is_not_released() {
-        let refuse = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+        let refuse = Arc::new(AtomicUsize::new(usize::MAX));
         let (_server, held, written) = held_leases_noting(refuse);
         let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
         let run = dispatching(delivery(&held, ErrorPolicy::Stop), false);
@@ -894,7 +939,7 @@ mod tests {
 
     #[test]
     fn a_lease_is_handed_over_only_once_its_checkpoint_is_written() {
-        let refuse = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+        let refuse = Arc::new(AtomicUsize::new(usize::MAX));
         let (_server, held, written) = held_leases_noting(refuse.clone());
         let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
         let run = dispatching(delivery(&held, ErrorPolicy::Stop), true);
@@ -928,6 +973,92 @@ mod tests {
             written.lock().unwrap().last().unwrap(),
             &("shard-1".to_owned(), "1".to_owned())
         );
+        run.stop().unwrap();
+    }
+
+    #[test]
+    fn a_shard_s_new_processor_starts_only_once_the_old_one_ended() {
+        let (_server, held) = held_leases();
+        let setup = Setup {
+            gated: true,
+            gate_only_first: true,
+            ..Setup::default()
+        };
+        let most_inside = setup.most_inside.clone();
+        let run = dispatching_with(delivery(&held, ErrorPolicy::Stop), setup);
+        let old = held.take("shard-1", 0, false).unwrap().unwrap();
+        run.outputs
+            .send(started_with(
+                "shard-1",
+                old,
+                reads("shard-1", old, &["a", "b"]),
+            ))
+            .unwrap();
+        assert_eq!(run.entered(), "a");
+        // The lease lapses and is taken again while the old processor is
+        // inside `process`: the new one waits for it to end.
+        held.drop_lost("shard-1");
+        let new = held.take("shard-1", 0, false).unwrap().unwrap();
+        run.outputs
+            .send(started_with(
+                "shard-1",
+                new,
+                reads("shard-1", new, &["a", "b"]),
+            ))
+            .unwrap();
+        let early = run.entered.recv_timeout(Duration::from_millis(300));
+        assert!(early.is_err(), "the new processor ran beside the old one");
+        run.gate.send(()).unwrap();
+        assert_eq!(run.entered(), "a");
+        assert_eq!(run.entered(), "b");
+        let log = run.log();
+        let lost = log
+            .iter()
+            .position(|l| *l == format!("lease_lost shard-1 {old}"));
+        let second_start = log
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("initialize"))
+            .nth(1)
+            .map(|(i, _)| i);
+        assert!(lost.is_some() && lost < second_start, "{log:?}");
+        assert!(
+            !log.contains(&format!("process b shard-1 {old}")),
+            "nothing after the loss: {log:?}"
+        );
+        run.stop().unwrap();
+        assert_eq!(most_inside.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn retries_end_when_the_lease_is_lost() {
+        let (_server, held) = held_leases();
+        let policy = ErrorPolicy::Retry {
+            retries: 100,
+            backoff: Duration::from_millis(20),
+        };
+        let setup = Setup {
+            poison: Some("x".into()),
+            ..Setup::default()
+        };
+        let run = dispatching_with(delivery(&held, policy), setup);
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        run.outputs
+            .send(started_with(
+                "shard-1",
+                epoch,
+                reads("shard-1", epoch, &["x"]),
+            ))
+            .unwrap();
+        assert_eq!(run.entered(), "x");
+        assert_eq!(run.entered(), "x", "retried");
+        held.drop_lost("shard-1");
+        let lost = format!("lease_lost shard-1 {epoch}");
+        wait_until("the processor told", || run.log().contains(&lost));
+        let log = run.log();
+        let after = log.iter().skip_while(|l| **l != lost).count();
+        assert_eq!(after, 1, "no call after lease_lost: {log:?}");
+        // Not a failure of the consumer: the next owner reads "x" again.
         run.stop().unwrap();
     }
 }

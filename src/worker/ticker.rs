@@ -268,7 +268,7 @@ impl<'a, T> Ticker<'a, T> {
         let delivery = &self.delivery;
         let result = call_with_policy(
             &policy,
-            &delivery.shutdown,
+            || delivery.stopping(),
             "the batch handler",
             |_| match (first.take(), &kept) {
                 (Some(batch), _) => handler(batch),
