@@ -5,13 +5,13 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::proxy::{Fault, Proxy, Trigger};
-use kinesis_consumer::__test_support::AttributeValue;
+use kinesis_consumer::__test_support::{AttributeValue, Expression};
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
 use kinesis_consumer::{
     Checkpoint, Checkpointer, Checkpointing, Error, ErrorPolicy, HandlerResult, Payload, Record,
@@ -395,6 +395,9 @@ struct Board {
     inside: AtomicUsize,
     most_inside: AtomicUsize,
     calls: Mutex<Vec<String>>,
+    /// While set, `process` calls wait; how many are waiting.
+    hold: AtomicBool,
+    waiting: AtomicUsize,
 }
 
 struct Sleepy {
@@ -419,6 +422,13 @@ impl ShardProcessor<Payload> for Sleepy {
     }
 
     fn process(&mut self, records: ShardBatch<Payload>, _: &Checkpointer) -> HandlerResult {
+        if self.board.hold.load(Ordering::SeqCst) {
+            self.board.waiting.fetch_add(1, Ordering::SeqCst);
+            while self.board.hold.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.board.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
         let now = self.board.inside.fetch_add(1, Ordering::SeqCst) + 1;
         self.board.most_inside.fetch_max(now, Ordering::SeqCst);
         std::thread::sleep(self.per_record * records.messages().len() as u32);
@@ -771,4 +781,69 @@ fn a_refused_last_checkpoint_fails_run_naming_the_shard() {
 #[test]
 fn a_refused_last_checkpoint_fails_run_processors_naming_the_shard() {
     a_refused_last_checkpoint_fails_run(true);
+}
+
+#[test]
+fn a_blocked_child_asked_for_by_a_peer_is_handed_over_by_processors() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("blocked-ask");
+    put(&stream, "before", 10);
+    let board: Arc<Board> = Arc::default();
+    let (stop, thread) = run_processors(
+        common::consumer_builder(&stream, &app).worker_id("owner"),
+        &board,
+        Duration::ZERO,
+        None,
+        0,
+    );
+    let total = || {
+        board
+            .processed
+            .lock()
+            .unwrap()
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+    };
+    wait_for("the first records", Duration::from_secs(30), || {
+        total() == 10
+    });
+    // The parent's processor is kept inside `process` with its last
+    // records: the parent cannot end, its children stay blocked.
+    board.hold.store(true, Ordering::SeqCst);
+    put(&stream, "late", 5);
+    wait_for("the late records' call", Duration::from_secs(30), || {
+        board.waiting.load(Ordering::SeqCst) == 1
+    });
+    let parent = common::split_first_shard(&stream);
+    let config = common::config(&common::emulators().dynamodb_url);
+    let leases = || kinesis_consumer::list_leases(&config, &app).unwrap();
+    wait_for("the children taken", Duration::from_secs(30), || {
+        let leases = leases();
+        leases.len() == 3 && leases.iter().all(|l| l.owner.as_deref() == Some("owner"))
+    });
+    let child = leases()
+        .into_iter()
+        .find(|l| l.shard_id != parent.shard_id)
+        .unwrap()
+        .shard_id;
+    // A peer asks for the blocked child, as the planner does: it marks
+    // the lease and bumps the owner's inbox.
+    let d = common::dynamodb();
+    let key = |k: &str| HashMap::from([("leaseKey".to_owned(), AttributeValue::S(k.into()))]);
+    let ask = Expression::new("SET handoffTo = :to").value(":to", AttributeValue::S("peer".into()));
+    d.update_item(&app, &key(&child), &ask, None).unwrap();
+    let bump = Expression::new("ADD #inbox :one")
+        .name("#inbox", "inbox:owner")
+        .value(":one", AttributeValue::N("1".into()));
+    d.update_item(&app, &key("kinesis-consumer:workers"), &bump, None)
+        .unwrap();
+    wait_for("the child handed over", Duration::from_secs(10), || {
+        leases()
+            .iter()
+            .any(|l| l.shard_id == child && l.owner.as_deref() == Some("peer"))
+    });
+    board.hold.store(false, Ordering::SeqCst);
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
 }

@@ -157,6 +157,21 @@ pub(crate) fn write_last(
     }
 }
 
+/// Hands over at once the leases another worker asked for that were never
+/// opened (`opened` says which are): a child blocked behind its parents
+/// has no reader and nothing was handed on, so nothing is left to
+/// checkpoint, and nothing else would release it. Opened ones are released
+/// by whoever opened them, once their checkpoint is written.
+pub(crate) fn release_unopened_handoffs(held: &HeldLeases, opened: impl Fn(&str) -> bool) {
+    for shard_id in held.handoffs() {
+        if !opened(&shard_id) {
+            if let Err(e) = held.release(&shard_id) {
+                log::warn!("handing lease {shard_id} over failed: {e}");
+            }
+        }
+    }
+}
+
 /// The last checkpoint of `shard_id` was not written: its lease is
 /// forgotten here, so that it is not released as if saved at shutdown (it
 /// expires, and its next owner reads from the checkpoint in the table).

@@ -16,7 +16,7 @@ use crate::worker::batch::ShardBatch;
 use crate::worker::checkpointer::Checkpointer;
 use crate::worker::processing::{
     Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy, not_saved, outcome,
-    worth_retrying, write_last,
+    release_unopened_handoffs, worth_retrying, write_last,
 };
 use crate::worker::reader::{Chunk, ReaderOutput};
 
@@ -103,6 +103,9 @@ where
             failure = Some(error);
             break;
         }
+        release_unopened_handoffs(&delivery.held, |id| {
+            running.get(id).is_some_and(|task| !task.is_finished())
+        });
         match records.recv_timeout(SHUTDOWN_CHECK) {
             Ok(ReaderOutput::Started {
                 shard_id,
@@ -1059,6 +1062,17 @@ mod tests {
         let after = log.iter().skip_while(|l| **l != lost).count();
         assert_eq!(after, 1, "no call after lease_lost: {log:?}");
         // Not a failure of the consumer: the next owner reads "x" again.
+        run.stop().unwrap();
+    }
+
+    #[test]
+    fn a_lease_asked_for_that_never_got_a_processor_is_handed_over() {
+        let (_server, held) = held_leases();
+        let run = dispatching(delivery(&held, ErrorPolicy::Stop), false);
+        // A child blocked behind its parent: held, never started.
+        held.take("child", 0, false).unwrap().unwrap();
+        assert!(held.hand_over("child", "peer"));
+        wait_until("the lease handed over", || held.shards().is_empty());
         run.stop().unwrap();
     }
 }

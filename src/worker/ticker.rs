@@ -14,7 +14,7 @@ use crate::worker::batch::{Batch, ShardBatch, ShardEvent};
 use crate::worker::budget::Room;
 use crate::worker::processing::{
     Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy, not_saved, outcome,
-    worth_retrying, write_last,
+    release_unopened_handoffs, worth_retrying, write_last,
 };
 use crate::worker::reader::{Chunk, ReaderOutput};
 
@@ -379,13 +379,7 @@ impl<'a, T> Ticker<'a, T> {
                 other => self.close(&shard_id, epoch, other),
             }
         }
-        for shard_id in self.delivery.held.handoffs() {
-            if !self.open.contains_key(shard_id.as_str()) {
-                if let Err(e) = self.delivery.held.release(&shard_id) {
-                    log::warn!("handing lease {shard_id} over failed: {e}");
-                }
-            }
-        }
+        release_unopened_handoffs(&self.delivery.held, |id| self.open.contains_key(id));
     }
 
     /// Forgets an open shard, telling the application when it was lost.
