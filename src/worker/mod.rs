@@ -242,7 +242,10 @@ impl<T: Send + 'static> Consumer<T> {
     /// fails or panics, nothing of that batch is checkpointed and, under the
     /// default [`ErrorPolicy::Stop`], `run` returns the error
     /// ([`Error::Handler`] or [`Error::HandlerPanicked`]), after writing
-    /// earlier checkpoints and releasing its leases.
+    /// earlier checkpoints and releasing its leases. A shutdown asked for
+    /// while a failed batch is being retried ends the retries: that batch is
+    /// not checkpointed, the last batch is still handed on, and `run`
+    /// returns `Ok` (unless a last checkpoint could not be written).
     ///
     /// Once shutdown is asked for, the handler gets one last batch without
     /// records ([`Batch::is_last`]) whose events give each held shard its

@@ -49,7 +49,8 @@ pub enum ErrorPolicy {
     /// Calls the handler again with the same records (the message handler
     /// is run again on them), up to `retries` more times, waiting `backoff`
     /// doubled per attempt (at most 20 s, with jitter); then stops as
-    /// [`Stop`](Self::Stop) does.
+    /// [`Stop`](Self::Stop) does. A shutdown asked for meanwhile ends the
+    /// retries without failing `run`: the records are not checkpointed.
     Retry {
         /// How many calls after the first failed one.
         retries: u32,
@@ -83,27 +84,56 @@ impl ErrorPolicy {
 /// How often a waiting ticker or processor looks at the shutdown flag.
 pub(crate) const SHUTDOWN_CHECK: Duration = Duration::from_millis(50);
 
+/// How a call under the error policy ended, unless the policy gave up.
+#[derive(Debug)]
+pub(crate) enum Called {
+    /// It succeeded.
+    Done,
+    /// It failed with retries left, and the retries were ended (a
+    /// shutdown, or the lease lost): its records are not accepted, but the
+    /// consumer has not failed.
+    Cut(Error),
+}
+
+impl Called {
+    /// A cut call as the failure it is where no retry is owed (a call that
+    /// must succeed for the consumer to go on).
+    pub(crate) fn done(self) -> Result<()> {
+        match self {
+            Called::Done => Ok(()),
+            Called::Cut(error) => Err(error),
+        }
+    }
+}
+
 /// Calls `attempt` (with the attempt number, 0 first) until it succeeds or
-/// `policy` gives up, catching panics. Once `stop` returns true (a
-/// shutdown, or the lease lost) the retries end with the last failure.
+/// `policy` gives up (the error), catching panics. Once `stop` returns true
+/// (a shutdown, or the lease lost) a failure with retries left ends them:
+/// [`Called::Cut`].
 pub(crate) fn call_with_policy(
     policy: &ErrorPolicy,
     stop: impl Fn() -> bool,
     what: &str,
     mut attempt: impl FnMut(u32) -> HandlerResult,
-) -> Result<()> {
+) -> Result<Called> {
     let (retries, base) = policy.retries();
     let mut number = 0;
     loop {
         let error = match catch_unwind(AssertUnwindSafe(|| attempt(number))) {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(())) => return Ok(Called::Done),
             Ok(Err(e)) => Error::Handler(e),
             Err(panic) => {
                 Error::HandlerPanicked(format!("{what} panicked: {}", panic_message(&panic)))
             }
         };
-        if number >= retries || stop() {
+        if number >= retries {
             return Err(error);
+        }
+        if stop() {
+            log::warn!(
+                "{what} failed; its retries end here (shutdown, or its lease gone): {error}"
+            );
+            return Ok(Called::Cut(error));
         }
         number += 1;
         let wait = crate::aws::client::backoff(base, number);
@@ -363,7 +393,7 @@ mod tests {
                 if n < 2 { Err("not yet".into()) } else { Ok(()) }
             },
         );
-        assert!(result.is_ok());
+        assert!(matches!(result, Ok(Called::Done)));
         assert_eq!(attempts, [0, 1, 2]);
         let mut calls = 0;
         let result = call_with_policy(
@@ -465,6 +495,9 @@ mod tests {
             },
         );
         assert_eq!(calls, 1);
-        assert!(result.is_err());
+        assert!(matches!(result, Ok(Called::Cut(Error::Handler(_)))));
+        // Without retries left, a failure is the policy's to report.
+        let result = call_with_policy(&ErrorPolicy::Stop, || true, "h", |_| Err("down".into()));
+        assert!(matches!(result, Err(Error::Handler(_))));
     }
 }

@@ -15,7 +15,7 @@ use crate::lease::{Checkpoint, Holding};
 use crate::worker::batch::ShardBatch;
 use crate::worker::checkpointer::Checkpointer;
 use crate::worker::processing::{
-    Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy, not_saved, outcome,
+    Called, Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy, not_saved, outcome,
     release_unopened_handoffs, worth_retrying, write_last,
 };
 use crate::worker::reader::{Chunk, ReaderOutput};
@@ -220,7 +220,9 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         let checkpointer = self.delivery.checkpointer.clone();
         checkpointer.gained(&self.shard_id, self.epoch, &from);
         let shard_id = self.shard_id.clone();
-        let result = self.call("initialize", |p, _| p.initialize(&shard_id, &from));
+        let result = self
+            .call("initialize", |p, _| p.initialize(&shard_id, &from))
+            .and_then(Called::done);
         let result = result.and_then(|()| self.work());
         let outcome = match result {
             Ok(end) => self.finish(end),
@@ -277,17 +279,21 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             match self.queue.recv_timeout(SHUTDOWN_CHECK) {
                 Ok(ReaderOutput::Chunk(chunk)) => {
                     let ended = chunk.shard_end;
-                    if let Err(error) = self.process(chunk) {
-                        // Failed after the lease was lost or asked for: the
-                        // records are its next owner's to read again.
-                        match self.delivery.held.holding(&self.shard_id, self.epoch) {
-                            Holding::Current => return Err(error),
-                            Holding::HandingOff => return Ok(End::HandingOff),
-                            Holding::Gone => return Ok(End::Lost),
+                    match self.process(chunk) {
+                        Ok(Called::Done) if ended => return Ok(End::Ended),
+                        // Accepted; or its retries were cut short by a
+                        // shutdown or the lease's loss, which the checks
+                        // above now see.
+                        Ok(_) => {}
+                        // Failed after the lease was lost or asked for:
+                        // the records are its next owner's to read again.
+                        Err(error) => {
+                            match self.delivery.held.holding(&self.shard_id, self.epoch) {
+                                Holding::Current => return Err(error),
+                                Holding::HandingOff => return Ok(End::HandingOff),
+                                Holding::Gone => return Ok(End::Lost),
+                            }
                         }
-                    }
-                    if ended {
-                        return Ok(End::Ended);
                     }
                 }
                 Ok(ReaderOutput::Failed { error, .. }) => return Err(error),
@@ -298,8 +304,9 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         }
     }
 
-    /// Calls the processor with one read's records.
-    fn process(&mut self, chunk: Chunk<T>) -> Result<()> {
+    /// Calls the processor with one read's records; they are accepted
+    /// when it returns [`Called::Done`].
+    fn process(&mut self, chunk: Chunk<T>) -> Result<Called> {
         // Given back once the call returned (dropped on every path out).
         let room = chunk.room;
         let data_bytes = chunk.data_bytes;
@@ -313,7 +320,7 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         let records = shard.messages.len();
         let position = match shard.messages.last() {
             Some(m) => Checkpoint::At(m.record.position.clone()),
-            None => return Ok(()), // the end of the shard alone: nothing to process
+            None => return Ok(Called::Done), // the end of the shard alone: nothing to process
         };
         // The end of the shard is handed on with `shard_ended`.
         self.delivery
@@ -333,17 +340,20 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         });
         self.delivery.record_call(started, records);
         drop(room);
+        let accepted = matches!(result, Ok(Called::Done));
         self.delivery
             .checkpointer
-            .call_ended(&self.shard_id, self.epoch, result.is_ok());
-        result?;
+            .call_ended(&self.shard_id, self.epoch, accepted);
+        if !accepted {
+            return result;
+        }
         self.delivery
             .record_processed(&self.shard_id, records, data_bytes);
         if self.delivery.automatic() {
             self.pending = Some(position);
             self.write_pending();
         }
-        Ok(())
+        Ok(Called::Done)
     }
 
     /// Tells the processor how its shard's processing ended, and writes
@@ -356,11 +366,13 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             }
             End::Ended => self.end_shard(),
             End::Shutdown => {
-                self.call("shutdown_requested", |p, c| p.shutdown_requested(c))?;
+                self.call("shutdown_requested", |p, c| p.shutdown_requested(c))?
+                    .done()?;
                 self.save_last()
             }
             End::HandingOff => {
-                self.call("shutdown_requested", |p, c| p.shutdown_requested(c))?;
+                self.call("shutdown_requested", |p, c| p.shutdown_requested(c))?
+                    .done()?;
                 // Handed over only once saved.
                 self.save_last()?;
                 if let Err(e) = self.delivery.held.release(&self.shard_id) {
@@ -389,7 +401,8 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
                 "shard_ended of shard {shard_id} returned without checkpointing the end of the shard (call Checkpointer::checkpoint): its children cannot start until it does"
             )
             .into())
-        });
+        })
+        .and_then(Called::done);
         self.delivery
             .checkpointer
             .call_ended(&shard_id, epoch, ended.is_ok());
@@ -447,7 +460,7 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         &mut self,
         what: &str,
         mut call: impl FnMut(&mut P, &Checkpointer) -> HandlerResult,
-    ) -> Result<()> {
+    ) -> Result<Called> {
         let what = format!("the processor of shard {} ({what})", self.shard_id);
         let checkpointer = &self.checkpointer;
         let processor = &mut self.processor;
@@ -1074,5 +1087,43 @@ mod tests {
         assert!(held.hand_over("child", "peer"));
         wait_until("the lease handed over", || held.shards().is_empty());
         run.stop().unwrap();
+    }
+
+    #[test]
+    fn a_shutdown_during_retries_ends_them_with_shutdown_requested() {
+        let (_server, held, written) = held_leases_noting(Arc::default());
+        let policy = ErrorPolicy::RetryThenReleaseShard {
+            retries: 100,
+            backoff: Duration::from_millis(20),
+        };
+        let setup = Setup {
+            poison: Some("x".into()),
+            ..Setup::default()
+        };
+        let run = dispatching_with(delivery(&held, policy), setup);
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        run.outputs
+            .send(started_with(
+                "shard-1",
+                epoch,
+                reads("shard-1", epoch, &["a", "x"]),
+            ))
+            .unwrap();
+        assert_eq!(run.entered(), "a");
+        assert_eq!(run.entered(), "x");
+        assert_eq!(run.entered(), "x", "retried");
+        let log = run.log.clone();
+        run.stop().unwrap();
+        let log = log.lock().unwrap().clone();
+        assert!(
+            log.contains(&format!("shutdown_requested shard-1 {epoch}")),
+            "{log:?}"
+        );
+        assert!(!log.iter().any(|l| l.starts_with("lease_lost")), "{log:?}");
+        // "a" is checkpointed, the failed read is not.
+        assert_eq!(
+            *written.lock().unwrap(),
+            [("shard-1".to_owned(), "1".to_owned())]
+        );
     }
 }

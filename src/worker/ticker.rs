@@ -13,7 +13,7 @@ use crate::lease::{Checkpoint, Holding};
 use crate::worker::batch::{Batch, ShardBatch, ShardEvent};
 use crate::worker::budget::Room;
 use crate::worker::processing::{
-    Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy, not_saved, outcome,
+    Called, Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy, not_saved, outcome,
     release_unopened_handoffs, worth_retrying, write_last,
 };
 use crate::worker::reader::{Chunk, ReaderOutput};
@@ -203,12 +203,18 @@ impl<'a, T> Ticker<'a, T> {
             let result = self.hand_on(batch, handler);
             // The batch is handled: the readers may fill its room again.
             drop(room);
+            let accepted = matches!(result, Ok(Called::Done));
             for (shard_id, epoch, _) in &ends {
                 self.delivery
                     .checkpointer
-                    .call_ended(shard_id, *epoch, result.is_ok());
+                    .call_ended(shard_id, *epoch, accepted);
             }
-            result?;
+            if !accepted {
+                // Failed; or a shutdown ended its retries: then nothing of
+                // it is checkpointed, and the last batch follows.
+                result?;
+                continue;
+            }
             for (shard_id, records, bytes) in &processed {
                 self.delivery.record_processed(shard_id, *records, *bytes);
             }
@@ -244,15 +250,17 @@ impl<'a, T> Ticker<'a, T> {
             events: std::mem::take(&mut self.events),
             last: true,
         };
-        self.hand_on(batch, handler)
+        // Its failure is the handler's to report: no retry is owed.
+        self.hand_on(batch, handler)?.done()
     }
 
-    /// Calls the handler with `batch` under the error policy.
+    /// Calls the handler with `batch` under the error policy; its records
+    /// are accepted when it returns [`Called::Done`].
     fn hand_on(
         &mut self,
         batch: Batch<T>,
         handler: &mut dyn FnMut(Batch<T>) -> HandlerResult,
-    ) -> Result<()> {
+    ) -> Result<Called> {
         let records = batch.len();
         let policy = match self.delivery.error_policy {
             // One handler for every shard: no shard to give up alone.
@@ -835,5 +843,56 @@ mod tests {
         assert!(written.lock().unwrap().len() >= 2, "tried again");
         // Forgotten, not released: the coordinator's leave() passes it by.
         assert!(held.shards().is_empty());
+    }
+
+    #[test]
+    fn a_shutdown_during_retries_ends_them_and_hands_on_the_last_batch() {
+        let (_server, held, written) = held_leases_noting(Arc::default());
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let policy = ErrorPolicy::Retry {
+            retries: 100,
+            backoff: Duration::from_millis(20),
+        };
+        let delivery = delivery(&held, policy);
+        let shutdown = delivery.shutdown.clone();
+        let (sender, records) = crossbeam_channel::unbounded();
+        sender.send(started("shard-1", epoch)).unwrap();
+        sender.send(chunk("shard-1", epoch, &[("1", "a")])).unwrap();
+        let (entered_tx, entered) = crossbeam_channel::unbounded();
+        let thread = std::thread::spawn(move || {
+            let mut ticker = Ticker::new(&records, delivery);
+            let mut last_batches = 0;
+            let result = ticker.run(&mut |batch: Batch<String>| {
+                last_batches += usize::from(batch.is_last());
+                let values: Vec<String> = batch.messages().map(|m| m.value().clone()).collect();
+                if values.is_empty() {
+                    return Ok(());
+                }
+                entered_tx.send(values.clone()).unwrap();
+                match values.iter().any(|v| v == "poison") {
+                    true => Err("poison".into()),
+                    false => Ok(()),
+                }
+            });
+            (result, last_batches)
+        });
+        let entered = || entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(entered(), ["a"]);
+        sender
+            .send(chunk("shard-1", epoch, &[("2", "poison")]))
+            .unwrap();
+        assert_eq!(entered(), ["poison"]);
+        assert_eq!(entered(), ["poison"], "retried");
+        shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (result, last_batches) = thread.join().unwrap();
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(last_batches, 1, "the last batch was handed on");
+        // "a" is checkpointed, the failed batch is not.
+        let written = written.lock().unwrap().clone();
+        assert_eq!(
+            written.last(),
+            Some(&("shard-1".to_owned(), "1".to_owned()))
+        );
+        assert!(!written.iter().any(|(_, c)| c == "2"), "{written:?}");
     }
 }
