@@ -40,7 +40,11 @@ pub(crate) const SHARD_QUEUE: usize = 4;
 ///
 /// A call that returns an error or panics is handled by the consumer's
 /// [`ErrorPolicy`]; with automatic checkpoints, the records of a failed
-/// call are never checkpointed. Retries end once the lease is lost.
+/// call are never checkpointed. Retries end at shutdown and once the lease
+/// changes (lost, or asked for by another worker during the call). Under
+/// [`ErrorPolicy::RetryThenReleaseShard`] a failure of any call, also of
+/// `shard_ended` or of `shutdown_requested` at a handoff, gives up the shard
+/// alone: what was accepted before is checkpointed and the lease released.
 ///
 /// At most one processor of a shard runs at a time: a processor made for
 /// a shard this worker holds again starts once the shard's earlier
@@ -225,18 +229,15 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             .and_then(Called::done);
         let result = result.and_then(|()| self.work());
         let outcome = match result {
-            Ok(end) => self.finish(end),
+            Ok(end) => match self.finish(end) {
+                // `shard_ended` or `shutdown_requested` failed: the shard
+                // alone is given up (its processor had its last call).
+                Err(error) if self.gives_up_shard_alone(&error) => self.give_up(error),
+                other => other,
+            },
             Err(error) if self.gives_up_shard_alone(&error) => {
-                log::warn!("giving up shard {shard_id} after its processor failed: {error}");
                 self.processor.lease_lost();
-                // What was processed before the failure is done: checkpoint
-                // it, so that the shard's next reader starts at the failure
-                // (released only once saved).
-                self.save_last()?;
-                if let Err(e) = self.delivery.held.release(&shard_id) {
-                    log::warn!("releasing lease {shard_id} failed (it will expire): {e}");
-                }
-                Ok(())
+                self.give_up(error)
             }
             Err(error) => {
                 log::error!("shard {shard_id}: {error}; the consumer stops");
@@ -251,6 +252,22 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         outcome
     }
 
+    /// Gives up the shard alone after its processor failed (under
+    /// [`ErrorPolicy::RetryThenReleaseShard`]): what was processed before
+    /// the failure is checkpointed, so that the shard's next reader starts
+    /// at the failure, and the lease is released once that is saved.
+    fn give_up(&mut self, error: Error) -> Result<()> {
+        let shard_id = self.shard_id.clone();
+        log::warn!("giving up shard {shard_id} after its processor failed: {error}");
+        self.save_last()?;
+        if let Err(e) = self.delivery.held.release(&shard_id) {
+            log::warn!("releasing lease {shard_id} failed (it will expire): {e}");
+        }
+        Ok(())
+    }
+
+    /// Whether `error` gives up this shard alone: a processor's failure
+    /// under [`ErrorPolicy::RetryThenReleaseShard`].
     fn gives_up_shard_alone(&self, error: &Error) -> bool {
         matches!(
             self.delivery.error_policy,
@@ -465,10 +482,10 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         let checkpointer = &self.checkpointer;
         let processor = &mut self.processor;
         let (delivery, shard_id, epoch) = (&self.delivery, &self.shard_id, self.epoch);
-        // No retry once the lease is no longer this processor's: its next
-        // owner reads the records again.
-        let stop =
-            || delivery.stopping() || delivery.held.holding(shard_id, epoch) != Holding::Current;
+        // No retry once the lease changed (lost, or asked for during the
+        // call): its next owner reads the records again.
+        let holding = delivery.held.holding(shard_id, epoch);
+        let stop = || delivery.stopping() || delivery.held.holding(shard_id, epoch) != holding;
         call_with_policy(&delivery.error_policy, stop, &what, |_| {
             call(processor, checkpointer)
         })
@@ -535,6 +552,8 @@ mod tests {
         checkpoint_at_shutdown: bool,
         /// Only the first processor made waits for go-aheads.
         gate_only_first: bool,
+        /// `shutdown_requested` and `shard_ended` fail.
+        fail_last_call: bool,
         /// Where each `process` call leaves a clone of its checkpointer.
         kept: Arc<Mutex<Vec<Checkpointer>>>,
         /// Processors made so far.
@@ -611,8 +630,19 @@ mod tests {
 
         fn shutdown_requested(&mut self, checkpointer: &Checkpointer) -> HandlerResult {
             self.note("shutdown_requested");
+            if self.setup.fail_last_call {
+                return Err("shutdown_requested failed".into());
+            }
             if self.setup.checkpoint_at_shutdown {
                 checkpointer.checkpoint(&self.shard)?;
+            }
+            Ok(())
+        }
+
+        fn shard_ended(&mut self, _: &Checkpointer) -> HandlerResult {
+            self.note("shard_ended");
+            if self.setup.fail_last_call {
+                return Err("shard_ended failed".into());
             }
             Ok(())
         }
@@ -1125,5 +1155,72 @@ mod tests {
             *written.lock().unwrap(),
             [("shard-1".to_owned(), "1".to_owned())]
         );
+    }
+
+    /// What `RetryThenReleaseShard` does when a processor's last call
+    /// fails: the shard alone is given up and its lease released.
+    fn a_failed_last_call_gives_up_the_shard_alone(ended: bool) {
+        let (_server, held) = held_leases();
+        let policy = ErrorPolicy::RetryThenReleaseShard {
+            retries: 1,
+            backoff: Duration::from_millis(1),
+        };
+        let setup = Setup {
+            fail_last_call: true,
+            gated: !ended,
+            ..Setup::default()
+        };
+        let run = dispatching_with(delivery(&held, policy), setup);
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let queue = reads("shard-1", epoch, &["a"]);
+        if ended {
+            // The shard's end follows its last record.
+            let (sender, ends) = crossbeam_channel::unbounded();
+            for output in queue.try_iter() {
+                sender.send(output).unwrap();
+            }
+            let ReaderOutput::Chunk(mut end) =
+                crate::worker::test_support::chunk("shard-1", epoch, &[])
+            else {
+                unreachable!()
+            };
+            end.shard_end = true;
+            sender.send(ReaderOutput::Chunk(end)).unwrap();
+            run.outputs
+                .send(started_with("shard-1", epoch, ends))
+                .unwrap();
+        } else {
+            run.outputs
+                .send(started_with("shard-1", epoch, queue))
+                .unwrap();
+        }
+        assert_eq!(run.entered(), "a");
+        if !ended {
+            // A peer asks for the lease while the processor works.
+            assert!(held.hand_over("shard-1", "peer"));
+            run.gate.send(()).unwrap();
+        }
+        wait_until("the lease released", || held.shards().is_empty());
+        let log = run.log();
+        let last = if ended {
+            "shard_ended"
+        } else {
+            "shutdown_requested"
+        };
+        let calls = log.iter().filter(|l| l.starts_with(last)).count();
+        assert_eq!(calls, 2, "the call and its retry: {log:?}");
+        assert!(!log.iter().any(|l| l.starts_with("lease_lost")), "{log:?}");
+        // The consumer goes on.
+        run.stop().unwrap();
+    }
+
+    #[test]
+    fn a_failed_shard_ended_gives_up_the_shard_alone() {
+        a_failed_last_call_gives_up_the_shard_alone(true);
+    }
+
+    #[test]
+    fn a_failed_shutdown_requested_at_a_handoff_gives_up_the_shard_alone() {
+        a_failed_last_call_gives_up_the_shard_alone(false);
     }
 }
