@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{Checkpoint, Holding};
+use crate::metrics::Metric;
 use crate::worker::batch::{Batch, ShardBatch, ShardEvent};
 use crate::worker::budget::Room;
 use crate::worker::processing::{
@@ -68,6 +69,31 @@ pub(crate) fn changes(
     changes
 }
 
+/// How often a shard read to its end whose end the application has not
+/// checkpointed (manual checkpoints) is warned about: its children wait.
+const END_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// The shards of `waiting` (each with when its next warning is due) to warn
+/// about at `now`, their next warnings set `every` later; shards whose end
+/// is checkpointed (`finished`) leave `waiting`.
+pub(crate) fn ends_to_warn(
+    waiting: &mut HashMap<Arc<str>, Instant>,
+    now: Instant,
+    every: Duration,
+    finished: impl Fn(&str) -> bool,
+) -> Vec<Arc<str>> {
+    waiting.retain(|shard_id, _| !finished(shard_id));
+    let mut due: Vec<Arc<str>> = Vec::new();
+    for (shard_id, next) in waiting.iter_mut() {
+        if now >= *next {
+            due.push(shard_id.clone());
+            *next = now + every;
+        }
+    }
+    due.sort();
+    due
+}
+
 /// The position a shard's part of a batch hands on: its last record, or
 /// its end.
 fn handed_position<T>(shard: &ShardBatch<T>) -> Option<Checkpoint> {
@@ -119,6 +145,11 @@ pub(crate) struct Ticker<'a, T> {
     events: Vec<ShardEvent>,
     pending: HashMap<Arc<str>, Pending>,
     last_written: HashMap<Arc<str>, Instant>,
+    /// Manual checkpoints: open shards read to their end whose end is not
+    /// checkpointed yet, with when to warn about each next.
+    ends_waiting: HashMap<Arc<str>, Instant>,
+    /// [`END_WARNING_EVERY`] (shorter in tests).
+    end_warning_every: Duration,
 }
 
 impl<'a, T> Ticker<'a, T> {
@@ -130,6 +161,8 @@ impl<'a, T> Ticker<'a, T> {
             events: Vec::new(),
             pending: HashMap::new(),
             last_written: HashMap::new(),
+            ends_waiting: HashMap::new(),
+            end_warning_every: END_WARNING_EVERY,
         }
     }
 
@@ -388,6 +421,34 @@ impl<'a, T> Ticker<'a, T> {
             }
         }
         release_unopened_handoffs(&self.delivery.held, |id| self.open.contains_key(id));
+        self.warn_about_waiting_ends();
+    }
+
+    /// Warns (once every [`END_WARNING_EVERY`], the first time that long
+    /// after the end was handed on) about each open shard read
+    /// to its end whose end is not checkpointed, and counts it in the
+    /// `ShardEndsNotCheckpointed` metric: with manual checkpoints, an
+    /// application that never checkpoints an ended shard holds its
+    /// children back.
+    fn warn_about_waiting_ends(&mut self) {
+        let (open, checkpointer) = (&self.open, &self.delivery.checkpointer);
+        let due = ends_to_warn(
+            &mut self.ends_waiting,
+            Instant::now(),
+            self.end_warning_every,
+            |shard| {
+                open.get(shard)
+                    .is_none_or(|o| checkpointer.is_finished(shard, o.epoch))
+            },
+        );
+        for shard_id in due {
+            log::warn!(
+                "shard {shard_id} was read to its end but its end is not checkpointed: its children are not read until the application calls Checkpointer::checkpoint(\"{shard_id}\")"
+            );
+            self.delivery
+                .metrics
+                .record(Some(&shard_id), &[(Metric::ShardEndsNotCheckpointed, 1.0)]);
+        }
     }
 
     /// Forgets an open shard, telling the application when it was lost.
@@ -481,6 +542,10 @@ impl<'a, T> Ticker<'a, T> {
                 self.events.push(ShardEvent::Ended {
                     shard_id: s.shard_id.to_string(),
                 });
+                if !self.delivery.automatic() {
+                    let first_warning = Instant::now() + self.end_warning_every;
+                    self.ends_waiting.insert(s.shard_id.clone(), first_warning);
+                }
             }
             if let Some(position) = handed_position(s) {
                 self.delivery
@@ -546,7 +611,6 @@ impl<'a, T> Ticker<'a, T> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
-    use std::time::Duration;
 
     use super::*;
     use crate::worker::processing::Checkpointing;
@@ -894,5 +958,76 @@ mod tests {
             Some(&("shard-1".to_owned(), "1".to_owned()))
         );
         assert!(!written.iter().any(|(_, c)| c == "2"), "{written:?}");
+    }
+
+    #[test]
+    fn an_end_not_checkpointed_is_warned_about_every_interval_until_it_is() {
+        let every = Duration::from_secs(60);
+        let start = Instant::now();
+        let mut waiting: HashMap<Arc<str>, Instant> = HashMap::new();
+        waiting.insert(Arc::from("a"), start + every);
+        waiting.insert(Arc::from("b"), start + every * 2);
+        let none = |_: &str| false;
+        assert!(ends_to_warn(&mut waiting, start, every, none).is_empty());
+        let at = start + every;
+        assert_eq!(
+            ends_to_warn(&mut waiting, at, every, none),
+            [Arc::from("a")]
+        );
+        assert!(
+            ends_to_warn(&mut waiting, at, every, none).is_empty(),
+            "spaced out"
+        );
+        let at = start + every * 2;
+        assert_eq!(
+            ends_to_warn(&mut waiting, at, every, none),
+            [Arc::from("a"), Arc::from("b")]
+        );
+        // Checkpointed: never again.
+        let at = start + every * 3;
+        assert_eq!(
+            ends_to_warn(&mut waiting, at, every, |s| s == "a"),
+            [Arc::from("b")]
+        );
+        assert_eq!(waiting.len(), 1);
+    }
+
+    #[test]
+    fn an_ended_shard_never_checkpointed_is_warned_about_and_counted() {
+        let (_server, held) = held_leases();
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let mut delivery = delivery(&held, ErrorPolicy::Stop);
+        delivery.checkpointing = Checkpointing::Manual;
+        delivery.metrics =
+            crate::metrics::Metrics::new(crate::MetricsLevel::Summary, &[], "me", "stream");
+        let (metrics, shutdown) = (delivery.metrics.clone(), delivery.shutdown.clone());
+        let (sender, records) = crossbeam_channel::unbounded();
+        sender.send(started("shard-1", epoch)).unwrap();
+        let ReaderOutput::Chunk(mut end) = chunk("shard-1", epoch, &[("1", "a")]) else {
+            unreachable!()
+        };
+        end.shard_end = true;
+        sender.send(ReaderOutput::Chunk(end)).unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut ticker = Ticker::new(&records, delivery);
+            ticker.end_warning_every = Duration::from_millis(100);
+            // The handler never checkpoints the shard's end.
+            ticker.run(&mut |_: Batch<String>| Ok(()))
+        });
+        let warnings = || -> f64 {
+            metrics
+                .snapshot()
+                .iter()
+                .filter(|s| s.name == "ShardEndsNotCheckpointed")
+                .map(|s| s.statistics.sum)
+                .sum()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while warnings() < 2.0 {
+            assert!(Instant::now() < deadline, "no warnings");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+        thread.join().unwrap().unwrap();
     }
 }
