@@ -395,9 +395,23 @@ struct Board {
     inside: AtomicUsize,
     most_inside: AtomicUsize,
     calls: Mutex<Vec<String>>,
-    /// While set, `process` calls wait; how many are waiting.
+    /// While set, `process` calls wait (only those of `held_shard`, when
+    /// set); how many are waiting.
     hold: AtomicBool,
+    held_shard: Mutex<Option<String>>,
     waiting: AtomicUsize,
+}
+
+impl Board {
+    fn holds(&self, shard_id: &str) -> bool {
+        self.hold.load(Ordering::SeqCst)
+            && self
+                .held_shard
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_none_or(|s| s == shard_id)
+    }
 }
 
 struct Sleepy {
@@ -422,9 +436,9 @@ impl ShardProcessor<Payload> for Sleepy {
     }
 
     fn process(&mut self, records: ShardBatch<Payload>, _: &Checkpointer) -> HandlerResult {
-        if self.board.hold.load(Ordering::SeqCst) {
+        if self.board.holds(&self.shard_id) {
             self.board.waiting.fetch_add(1, Ordering::SeqCst);
-            while self.board.hold.load(Ordering::SeqCst) {
+            while self.board.holds(&self.shard_id) {
                 std::thread::sleep(Duration::from_millis(10));
             }
             self.board.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -844,6 +858,60 @@ fn a_blocked_child_asked_for_by_a_peer_is_handed_over_by_processors() {
             .any(|l| l.shard_id == child && l.owner.as_deref() == Some("peer"))
     });
     board.hold.store(false, Ordering::SeqCst);
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_slow_processor_holds_back_only_its_own_shard() {
+    let stream = common::create_stream(4);
+    let app = common::unique_name("slow-one");
+    // 40 records of 2 KB on each shard, chosen by hash key.
+    let k = common::kinesis();
+    let shards = k.list_shards(&stream, None).unwrap();
+    let entries: Vec<PutRecordsEntry> = (0..160)
+        .map(|i| PutRecordsEntry {
+            partition_key: format!("key-{i}"),
+            explicit_hash_key: Some(shards[i % 4].starting_hash_key.clone()),
+            data: format!("r-{i}-{}", "x".repeat(2000)).into_bytes(),
+        })
+        .collect();
+    for r in k.put_records(&stream, &entries).unwrap() {
+        r.unwrap();
+    }
+    let expected = put_in_order(&stream);
+    let slow = shards[0].shard_id.clone();
+    let board: Arc<Board> = Arc::default();
+    *board.held_shard.lock().unwrap() = Some(slow.clone());
+    board.hold.store(true, Ordering::SeqCst);
+    // A buffer of about four reads: the slow shard's queue alone (four
+    // reads, one in its processor, one more read) would fill it.
+    let (stop, thread) = run_processors(
+        common::consumer_builder(&stream, &app)
+            .max_records_per_read(5)
+            .buffer_bytes(48 * 1024),
+        &board,
+        Duration::ZERO,
+        None,
+        0,
+    );
+    wait_for("the fast shards' records", Duration::from_secs(60), || {
+        let processed = board.processed.lock().unwrap();
+        expected
+            .iter()
+            .filter(|(shard, _)| **shard != slow)
+            .all(|(shard, records)| processed.get(shard) == Some(records))
+    });
+    assert_eq!(
+        board.waiting.load(Ordering::SeqCst),
+        1,
+        "the slow one waits"
+    );
+    assert!(!board.processed.lock().unwrap().contains_key(&slow));
+    board.hold.store(false, Ordering::SeqCst);
+    wait_for("the slow shard's records", Duration::from_secs(60), || {
+        board.processed.lock().unwrap().get(&slow) == expected.get(&slow)
+    });
     stop.shutdown();
     thread.join().unwrap().unwrap();
 }

@@ -9,6 +9,7 @@
 //! request is never starved by a stream of small ones.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -55,6 +56,11 @@ impl Budget {
     /// The bound in bytes.
     pub(crate) fn max_bytes(&self) -> u64 {
         self.max_bytes
+    }
+
+    /// The bound in count.
+    pub(crate) fn max_records(&self) -> u64 {
+        self.max_records
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -113,6 +119,7 @@ impl Budget {
             budget: self.clone(),
             bytes,
             records,
+            share: None,
         })
     }
 
@@ -168,18 +175,70 @@ pub(crate) struct Room {
     budget: Arc<Budget>,
     bytes: u64,
     records: u64,
+    /// The shard's share it also counts in, if any.
+    share: Option<Arc<Share>>,
+}
+
+impl Room {
+    /// Counts this room in `share` too, until it is given back.
+    pub(crate) fn counted_in(mut self, share: &Arc<Share>) -> Room {
+        share.bytes.fetch_add(self.bytes, Ordering::Relaxed);
+        share.records.fetch_add(self.records, Ordering::Relaxed);
+        self.share = Some(share.clone());
+        self
+    }
 }
 
 impl Drop for Room {
     fn drop(&mut self) {
+        if let Some(share) = &self.share {
+            share.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+            share.records.fetch_sub(self.records, Ordering::Relaxed);
+        }
         self.budget.release(self.bytes, self.records);
     }
+}
+
+/// The room one shard's chunks hold in a budget, queued for its processor
+/// or being processed (per-shard queues).
+#[derive(Debug, Default)]
+pub(crate) struct Share {
+    bytes: AtomicU64,
+    records: AtomicU64,
+}
+
+impl Share {
+    /// Bytes and records held now.
+    pub(crate) fn held(&self) -> (u64, u64) {
+        (
+            self.bytes.load(Ordering::Relaxed),
+            self.records.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Whether a shard holding `held` (bytes, records) of a budget bounded by
+/// `max` may take `wanted` more, with `shards` shards sharing it: always
+/// when it holds nothing (one read, whatever its size), otherwise only
+/// within its even share, `max / shards`. So one slow shard never holds
+/// the room the others need.
+pub(crate) fn within_share(
+    held: (u64, u64),
+    wanted: (u64, u64),
+    max: (u64, u64),
+    shards: usize,
+) -> bool {
+    if held == (0, 0) {
+        return true;
+    }
+    let shards = shards.max(1) as u64;
+    held.0 + wanted.0 <= max.0 / shards && held.1 + wanted.1 <= max.1 / shards
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::AtomicBool;
     use std::time::Instant;
 
     /// A stop condition that turns true after `wait`.
@@ -318,6 +377,37 @@ mod tests {
                 .is_none()
         );
         drop(room);
+        assert_eq!(b.used(), (0, 0));
+    }
+
+    #[test]
+    fn a_shard_takes_room_within_its_even_share_or_for_one_read() {
+        let max = (1000, 100);
+        assert!(within_share((0, 0), (5000, 500), max, 4), "one read always");
+        assert!(within_share((100, 10), (150, 15), max, 4));
+        assert!(!within_share((100, 10), (151, 1), max, 4), "bytes");
+        assert!(!within_share((100, 10), (1, 16), max, 4), "records");
+        assert!(
+            within_share((100, 10), (900, 90), max, 1),
+            "alone: the whole budget"
+        );
+        assert!(
+            within_share((100, 10), (900, 90), max, 0),
+            "no reader counted yet"
+        );
+    }
+
+    #[test]
+    fn room_counted_in_a_share_leaves_it_when_dropped() {
+        let b = Arc::new(Budget::new(100, 10));
+        let share = Arc::new(Share::default());
+        let room = b
+            .take_room(60, 4, after(Duration::ZERO))
+            .unwrap()
+            .counted_in(&share);
+        assert_eq!(share.held(), (60, 4));
+        drop(room);
+        assert_eq!(share.held(), (0, 0));
         assert_eq!(b.used(), (0, 0));
     }
 

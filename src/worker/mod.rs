@@ -271,7 +271,10 @@ impl<T: Send + 'static> Consumer<T> {
     ///
     /// Records reach each processor in sequence order, through a queue of
     /// a few reads per shard: a slow processor holds back only its own
-    /// shard's reader. Checkpoints, the error policy and shutdown work as
+    /// shard's reader. A shard's reads hold at most its even share of the
+    /// buffer (`buffer_bytes` and `buffer_records` divided by the shards
+    /// held), or one read, so a slow shard never holds the room the others
+    /// need. Checkpoints, the error policy and shutdown work as
     /// for [`run`](Self::run), per shard:
     /// [`ErrorPolicy::RetryThenReleaseShard`] gives up a failing shard alone.
     pub fn run_processors<P, F>(self, factory: F) -> Result<()>
@@ -368,6 +371,7 @@ impl<T: Send + 'static> Consumer<T> {
             read_memory: Arc::new(Budget::new(s.read_memory, u64::MAX)),
             pace_reads: s.pace_reads,
             fan_out,
+            readers: std::sync::atomic::AtomicUsize::new(0),
             stop_timeout: s.connect_timeout + s.read_timeout + READER_STOP_MARGIN,
         });
         let timings = LeaseTimings {
