@@ -915,3 +915,156 @@ fn a_slow_processor_holds_back_only_its_own_shard() {
     stop.shutdown();
     thread.join().unwrap().unwrap();
 }
+
+/// The `tail` example, started on `stream` (its Kinesis from the
+/// emulators, its DynamoDB at `dynamodb_url`), with `extra` arguments;
+/// returns it with its stdout lines and stderr lines as they come.
+struct Tail {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Its stderr, read to the end.
+    stderr: JoinHandle<Vec<String>>,
+}
+
+impl Tail {
+    fn start(stream: &str, app: &str, dynamodb_url: &str, extra: &[&str]) -> Tail {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = common::aws_env(std::process::Command::new(common::example_binary("tail")))
+            .env("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_url)
+            .args([
+                "--stream",
+                stream,
+                "--app",
+                app,
+                "--position",
+                "trim-horizon",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(|l| l.ok()) {
+                let v = serde_json::from_str(&line).expect("tail prints JSON lines");
+                sink.lock().unwrap().push(v);
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            std::io::BufReader::new(err)
+                .lines()
+                .map_while(|l| l.ok())
+                .collect()
+        });
+        Tail {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Each shard's records printed, as text, in the order printed.
+    fn by_shard(&self) -> BTreeMap<String, Vec<String>> {
+        use base64::Engine;
+        let mut by_shard: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for v in self.lines.lock().unwrap().iter() {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(v["data_base64"].as_str().unwrap())
+                .unwrap();
+            by_shard
+                .entry(v["shard_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(String::from_utf8(data).unwrap());
+        }
+        by_shard
+    }
+
+    /// Stops it with SIGTERM; its exit status and stderr.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "tail did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stderr = self.stderr.join().unwrap().join("\n");
+        (status, stderr)
+    }
+}
+
+#[test]
+fn tail_with_processors_prints_every_shard_in_order_and_checkpoints() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("tail-processors");
+    put(&stream, "r", 30);
+    let expected = put_in_order(&stream);
+    let dynamodb = common::emulators().dynamodb_url.clone();
+    let tail = Tail::start(&stream, &app, &dynamodb, &["--processors"]);
+    wait_for("every record printed", Duration::from_secs(30), || {
+        tail.lines.lock().unwrap().len() == 30
+    });
+    assert_eq!(tail.by_shard(), expected);
+    let (status, stderr) = tail.stop();
+    assert!(status.success(), "{status}: {stderr}");
+    // Each shard checkpointed at its last record, its lease released.
+    let leases = kinesis_consumer::list_leases(&common::config(&dynamodb), &app).unwrap();
+    for lease in leases {
+        let last = expected[&lease.shard_id].last().unwrap();
+        let position = common::position_of(&stream, &lease.shard_id, last);
+        assert_eq!(lease.checkpoint, Checkpoint::At(position));
+        assert_eq!(lease.owner, None, "released");
+    }
+}
+
+/// `tail` (batch handler or processors) whose last checkpoint DynamoDB
+/// refuses exits non-zero, naming the checkpoint and the shard.
+fn tail_with_a_refused_last_checkpoint_exits_non_zero(extra: &[&str]) {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("tail-refused");
+    let proxy = Proxy::for_emulators();
+    proxy.add_matching(
+        "UpdateItem",
+        Some(":checkpoint\""),
+        Trigger::Always,
+        Fault::aws(500, "InternalServerError"),
+    );
+    put(&stream, "r", 10);
+    let tail = Tail::start(&stream, &app, proxy.url(), extra);
+    wait_for("every record printed", Duration::from_secs(30), || {
+        tail.lines.lock().unwrap().len() == 10
+    });
+    let (status, stderr) = tail.stop();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let shard = checkpoints(&app).into_keys().next().unwrap();
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        error.contains("last checkpoint") && error.contains(&shard),
+        "{error}"
+    );
+}
+
+#[test]
+fn tail_with_a_refused_last_checkpoint_exits_non_zero_naming_it() {
+    tail_with_a_refused_last_checkpoint_exits_non_zero(&[]);
+}
+
+#[test]
+fn tail_with_processors_and_a_refused_last_checkpoint_exits_non_zero_naming_it() {
+    tail_with_a_refused_last_checkpoint_exits_non_zero(&["--processors"]);
+}
