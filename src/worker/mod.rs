@@ -7,6 +7,8 @@ pub(crate) mod checkpointer;
 pub(crate) mod processing;
 pub(crate) mod processor;
 mod reader;
+#[cfg(test)]
+mod simulation;
 mod startup;
 #[cfg(test)]
 mod test_support;
