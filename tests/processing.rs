@@ -400,6 +400,8 @@ struct Board {
     hold: AtomicBool,
     held_shard: Mutex<Option<String>>,
     waiting: AtomicUsize,
+    /// `shutdown_requested` checkpoints the shard.
+    checkpoint_at_shutdown: AtomicBool,
 }
 
 impl Board {
@@ -474,9 +476,13 @@ impl ShardProcessor<Payload> for Sleepy {
         self.board.calls.lock().unwrap().push(call);
     }
 
-    fn shutdown_requested(&mut self, _: &Checkpointer) -> HandlerResult {
+    fn shutdown_requested(&mut self, checkpointer: &Checkpointer) -> HandlerResult {
         let call = format!("shutdown_requested {}", self.shard_id);
         self.board.calls.lock().unwrap().push(call);
+        if self.board.checkpoint_at_shutdown.load(Ordering::SeqCst) {
+            // As a processor ported from the KCL does.
+            checkpointer.checkpoint(&self.shard_id)?;
+        }
         Ok(())
     }
 }
@@ -1067,4 +1073,116 @@ fn tail_with_a_refused_last_checkpoint_exits_non_zero_naming_it() {
 #[test]
 fn tail_with_processors_and_a_refused_last_checkpoint_exits_non_zero_naming_it() {
     tail_with_a_refused_last_checkpoint_exits_non_zero(&["--processors"]);
+}
+
+#[test]
+fn a_failed_read_is_not_checkpointed_by_a_shutdown_requested_that_checkpoints() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("poison-shutdown");
+    put(&stream, "r", 20);
+    let expected = put_in_order(&stream);
+    let (shard, values) = expected.iter().next().unwrap();
+    let poison = values[values.len() / 2].clone();
+    let board: Arc<Board> = Arc::default();
+    board.checkpoint_at_shutdown.store(true, Ordering::SeqCst);
+    // Manual checkpoints, the default policy: the poison stops the
+    // consumer, and its processor's `shutdown_requested` checkpoints.
+    let (_stop, thread) = run_processors(
+        common::consumer_builder(&stream, &app)
+            .checkpointing(Checkpointing::Manual)
+            .max_records_per_read(1),
+        &board,
+        Duration::ZERO,
+        Some(&poison),
+        0,
+    );
+    let result = thread.join().unwrap();
+    assert!(
+        matches!(&result, Err(Error::Handler(e)) if e.to_string() == "poison record"),
+        "{result:?}"
+    );
+    let calls = board.calls.lock().unwrap().clone();
+    assert!(
+        calls.contains(&format!("shutdown_requested {shard}")),
+        "{calls:?}"
+    );
+    let poison_position = common::position_of(&stream, shard, &poison);
+    match &checkpoints(&app)[shard] {
+        Checkpoint::At(p) => {
+            assert!(*p < poison_position, "{p:?}");
+            if !common::fan_out() {
+                let before = &values[values.len() / 2 - 1];
+                assert_eq!(*p, common::position_of(&stream, shard, before));
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_flusher_thread_never_checkpoints_past_a_failing_batch() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("flusher");
+    let policy = ErrorPolicy::Retry {
+        retries: 100,
+        backoff: Duration::from_millis(100),
+    };
+    let consumer = common::consumer_builder(&stream, &app)
+        .checkpointing(Checkpointing::Manual)
+        .error_policy(policy)
+        .build()
+        .unwrap();
+    let (stop, checkpointer) = (consumer.shutdown_handle(), consumer.checkpointer());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let (seen_ok, seen_failed) = (accepted.clone(), failures.clone());
+    let thread = std::thread::spawn(move || {
+        consumer.run(move |batch| {
+            let values: Vec<String> = batch
+                .messages()
+                .map(|m| String::from_utf8_lossy(m.record().data()).into_owned())
+                .collect();
+            if values.iter().any(|v| v.starts_with("poison")) {
+                seen_failed.fetch_add(1, Ordering::SeqCst);
+                return Err("poison".into());
+            }
+            seen_ok.fetch_add(values.len(), Ordering::SeqCst);
+            Ok(())
+        })
+    });
+    put(&stream, "good", 5);
+    wait_for("the good records", Duration::from_secs(30), || {
+        accepted.load(Ordering::SeqCst) == 5
+    });
+    put(&stream, "poison", 5);
+    // A flusher thread checkpoints the shard every 200 ms while the batch
+    // with the poison fails and is retried; the table is read each time.
+    let shard = checkpoints(&app).into_keys().next().unwrap();
+    let flushing = Arc::new(AtomicBool::new(true));
+    let flusher = {
+        let (flushing, shard, app) = (flushing.clone(), shard.clone(), app.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while flushing.load(Ordering::SeqCst) {
+                checkpointer.checkpoint(&shard).unwrap();
+                seen.push(checkpoints(&app)[&shard].clone());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            seen
+        })
+    };
+    wait_for("the failing batch retried", Duration::from_secs(30), || {
+        failures.load(Ordering::SeqCst) >= 4
+    });
+    flushing.store(false, Ordering::SeqCst);
+    let seen = flusher.join().unwrap();
+    // A shutdown during the retries ends them: `run` returns Ok.
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    let values = put_in_order(&stream).remove(&shard).unwrap();
+    let last_good = common::position_of(&stream, &shard, &values[4]);
+    assert!(!seen.is_empty());
+    for checkpoint in seen.iter().chain([&checkpoints(&app)[&shard]]) {
+        assert_eq!(*checkpoint, Checkpoint::At(last_good.clone()), "{seen:?}");
+    }
 }
