@@ -1223,4 +1223,37 @@ mod tests {
     fn a_failed_shutdown_requested_at_a_handoff_gives_up_the_shard_alone() {
         a_failed_last_call_gives_up_the_shard_alone(false);
     }
+
+    #[test]
+    fn retries_end_when_the_lease_is_asked_for_and_it_is_handed_over() {
+        let (_server, held) = held_leases();
+        let policy = ErrorPolicy::Retry {
+            retries: 100,
+            backoff: Duration::from_millis(20),
+        };
+        let setup = Setup {
+            poison: Some("x".into()),
+            ..Setup::default()
+        };
+        let run = dispatching_with(delivery(&held, policy), setup);
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        run.outputs
+            .send(started_with(
+                "shard-1",
+                epoch,
+                reads("shard-1", epoch, &["x"]),
+            ))
+            .unwrap();
+        assert_eq!(run.entered(), "x");
+        assert_eq!(run.entered(), "x", "retried");
+        assert!(held.hand_over("shard-1", "peer"));
+        wait_until("the lease handed over", || held.shards().is_empty());
+        let log = run.log();
+        assert!(
+            log.contains(&format!("shutdown_requested shard-1 {epoch}")),
+            "{log:?}"
+        );
+        // Not a failure of the consumer: the asker reads "x" again.
+        run.stop().unwrap();
+    }
 }
