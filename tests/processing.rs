@@ -1115,6 +1115,8 @@ fn a_failed_read_is_not_checkpointed_by_a_shutdown_requested_that_checkpoints() 
                 assert_eq!(*p, common::position_of(&stream, shard, before));
             }
         }
+        // Through fan-out, the poison's event may hold every record.
+        Checkpoint::TrimHorizon if common::fan_out() => {}
         other => panic!("{other:?}"),
     }
 }
