@@ -37,8 +37,8 @@ use crate::sync::lock;
 /// a lease is lost and taken again, positions accepted before do not count
 /// for the new ownership. The checkpointer a [`ShardProcessor`](crate::ShardProcessor)
 /// is given (and its clones) belongs to its processor's ownership of the
-/// shard: once that ended, it checkpoints nothing of the shard (
-/// [`Error::LeaseLost`]), also when this worker holds the shard again.
+/// shard: once that ended, it checkpoints nothing of the shard (it fails
+/// with [`Error::LeaseLost`]), also when this worker holds the shard again.
 ///
 /// The write is conditional on the lease in DynamoDB, as the automatic
 /// checkpoints are: once another worker took the lease, the call fails with

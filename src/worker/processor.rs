@@ -77,7 +77,8 @@ pub trait ShardProcessor<T>: Send {
     }
 
     /// The worker is shutting down, or another worker asked for the lease:
-    /// the last chance to checkpoint; the lease is released after this.
+    /// the last chance to checkpoint; the lease is released after this,
+    /// once the checkpoint due (automatic mode) is written.
     fn shutdown_requested(&mut self, checkpointer: &Checkpointer) -> HandlerResult {
         let _ = checkpointer;
         Ok(())
