@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --example file_sink -- --stream S --app A --dir D [--position trim-horizon|latest]
-//!     [--flush-secs N (10)] [--worker-id ID]
+//!     [--flush-secs N (10)] [--worker-id ID] [--processors]
 //! ```
 //!
 //! Each file holds records of one shard in sequence order. A file is first
@@ -17,6 +17,14 @@
 //! were not checkpointed and are written again after a restart).
 //! SIGINT or SIGTERM flushes, checkpoints and exits 0. Endpoints, region
 //! and credentials come from the standard AWS environment, as for `tail`.
+//!
+//! `--processors` does the same the KCL's way: one `ShardProcessor` per
+//! shard (`Consumer::run_processors`) appends the shard's records to its
+//! file, and a flusher thread of its own makes the file durable and
+//! checkpoints it every `--flush-secs`, from that other thread: the
+//! checkpointer accepts only records whose `process` call returned `Ok`.
+//! `shard_ended` and `shutdown_requested` flush and checkpoint at once;
+//! `lease_lost` drops the unflushed file.
 
 mod support;
 
@@ -24,15 +32,19 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use kinesis_consumer::aws::kinesis::is_valid_shard_id;
 use kinesis_consumer::{
-    Batch, Checkpointer, Checkpointing, Consumer, Error, ExtendedSequenceNumber, ShardEvent,
+    Batch, Checkpoint, Checkpointer, Checkpointing, Consumer, Error, ExtendedSequenceNumber,
+    HandlerResult, ShardBatch, ShardEvent, ShardProcessor,
 };
 
 const USAGE: &str = "usage: file_sink --stream S --app A --dir D [--position trim-horizon|latest] \
-[--flush-secs N (10)] [--worker-id ID]";
+[--flush-secs N (10)] [--worker-id ID] [--processors]";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -48,7 +60,7 @@ fn main() {
             "flush-secs",
             "worker-id",
         ],
-        &[],
+        &["processors"],
     );
     let position = support::position(args.get("position").unwrap_or("latest"))
         .unwrap_or_else(|e| support::fail(USAGE, &e));
@@ -72,12 +84,17 @@ fn main() {
         std::process::exit(2)
     });
     support::stop_on_signals(consumer.shutdown_handle());
-    let mut sink = Sink {
-        dir,
-        checkpointer: consumer.checkpointer(),
-        files: HashMap::new(),
-        next_file: 0,
-    };
+    let mut sink = Sink::new(dir, consumer.checkpointer());
+    if args.flag("processors") {
+        let result = consumer.run_processors(move |shard_id: &str| {
+            ShardSink::start(shard_id, sink.fork(), flush_every)
+        });
+        if let Err(e) = result {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let mut last_flush = Instant::now();
     let result = consumer.run(|batch: Batch<String>| {
         // A lost shard's unflushed records were not checkpointed: its next
@@ -129,9 +146,28 @@ struct Sink {
     checkpointer: Checkpointer,
     files: HashMap<String, ShardFile>,
     next_file: u64,
+    /// Files made durable whose checkpoint could not be written yet (the
+    /// records' call had not returned when a flusher thread flushed them):
+    /// the position to checkpoint at the next flush.
+    unconfirmed: HashMap<String, ExtendedSequenceNumber>,
 }
 
 impl Sink {
+    fn new(dir: PathBuf, checkpointer: Checkpointer) -> Sink {
+        Sink {
+            dir,
+            checkpointer,
+            files: HashMap::new(),
+            next_file: 0,
+            unconfirmed: HashMap::new(),
+        }
+    }
+
+    /// An empty sink into the same directory, for one shard processor.
+    fn fork(&self) -> Sink {
+        Sink::new(self.dir.clone(), self.checkpointer.clone())
+    }
+
     fn append(
         &mut self,
         shard_id: &str,
@@ -164,17 +200,25 @@ impl Sink {
     fn flush(&mut self, shard_id: &str, ended: bool) -> Result<(), BoxError> {
         let written = match self.files.remove(shard_id) {
             Some(file) => Some(durable(file, &self.dir)?),
-            None => None,
+            None => self.unconfirmed.remove(shard_id),
         };
-        let checkpointed = match (ended, written) {
+        let checkpointed = match (ended, &written) {
             (true, _) => self.checkpointer.checkpoint(shard_id),
-            (false, Some(last)) => self.checkpointer.checkpoint_at(shard_id, &last),
+            (false, Some(last)) => self.checkpointer.checkpoint_at(shard_id, last),
             (false, None) => Ok(()),
         };
         match checkpointed {
             // Another worker has the shard: the file stays, and what it
             // holds will be written again by that worker (at least once).
             Err(Error::LeaseLost { .. }) => Ok(()),
+            // Flushed from a flusher thread while the call that handed the
+            // last records on had not returned yet: checkpointed next time.
+            Err(Error::InvalidCheckpoint { .. }) if !ended => {
+                if let Some(last) = written {
+                    self.unconfirmed.insert(shard_id.to_owned(), last);
+                }
+                Ok(())
+            }
             other => Ok(other?),
         }
     }
@@ -188,6 +232,7 @@ impl Sink {
     }
 
     fn discard(&mut self, shard_id: &str) {
+        self.unconfirmed.remove(shard_id);
         if let Some(file) = self.files.remove(shard_id) {
             drop(file.writer);
             let _ = std::fs::remove_file(&file.partial);
@@ -227,6 +272,97 @@ fn durable(file: ShardFile, dir: &Path) -> Result<ExtendedSequenceNumber, BoxErr
     std::fs::rename(&partial, &done)?;
     File::open(dir)?.sync_all()?;
     Ok(file.last)
+}
+
+/// One shard's sink (`--processors`): its processor appends, its flusher
+/// thread flushes and checkpoints every `--flush-secs`.
+struct ShardSink {
+    shard_id: String,
+    sink: Arc<Mutex<Sink>>,
+    stop: Arc<AtomicBool>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+impl ShardSink {
+    fn start(shard_id: &str, sink: Sink, flush_every: Duration) -> ShardSink {
+        let sink = Arc::new(Mutex::new(sink));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flusher = {
+            let (shard_id, sink, stop) = (shard_id.to_owned(), sink.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut last_flush = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if last_flush.elapsed() < flush_every {
+                        continue;
+                    }
+                    last_flush = Instant::now();
+                    let flushed = lock(&sink).flush(&shard_id, false);
+                    if let Err(e) = flushed {
+                        // Not checkpointed: read and written again later.
+                        log::warn!("flushing {shard_id}: {e}");
+                    }
+                }
+            })
+        };
+        ShardSink {
+            shard_id: shard_id.to_owned(),
+            sink,
+            stop,
+            flusher: Some(flusher),
+        }
+    }
+}
+
+fn lock(sink: &Mutex<Sink>) -> std::sync::MutexGuard<'_, Sink> {
+    sink.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ShardProcessor<String> for ShardSink {
+    fn initialize(&mut self, _shard_id: &str, _from: &Checkpoint) -> HandlerResult {
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        records: ShardBatch<String>,
+        checkpointer: &Checkpointer,
+    ) -> HandlerResult {
+        let mut sink = lock(&self.sink);
+        // This processor's checkpointer: it checkpoints nothing of the
+        // shard once this processor's lease is gone, also from the flusher.
+        sink.checkpointer = checkpointer.clone();
+        for message in records.messages() {
+            sink.append(&self.shard_id, message.value(), message.record().position())?;
+        }
+        Ok(())
+    }
+
+    fn lease_lost(&mut self) {
+        // Not checkpointed: the shard's next owner writes them.
+        lock(&self.sink).discard(&self.shard_id);
+    }
+
+    fn shard_ended(&mut self, checkpointer: &Checkpointer) -> HandlerResult {
+        let mut sink = lock(&self.sink);
+        sink.checkpointer = checkpointer.clone();
+        sink.flush(&self.shard_id, true)
+    }
+
+    fn shutdown_requested(&mut self, checkpointer: &Checkpointer) -> HandlerResult {
+        let mut sink = lock(&self.sink);
+        sink.checkpointer = checkpointer.clone();
+        sink.flush(&self.shard_id, false)
+    }
+}
+
+impl Drop for ShardSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
+    }
 }
 
 #[cfg(test)]

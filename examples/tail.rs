@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --example tail -- (--stream S | --stream-arn ARN) --app A [--position trim-horizon|latest|<RFC 3339 time>]
 //!     [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)]
-//!     [--enhanced-fan-out CONSUMER_NAME]
+//!     [--enhanced-fan-out CONSUMER_NAME] [--processors]
 //! ```
 //!
 //! Endpoints, region and credentials come from the standard AWS environment
@@ -14,18 +14,26 @@
 //! resource policy), in the ARN's region;
 //! metrics go to CloudWatch (namespace: the application name) at the
 //! standard endpoint or AWS_ENDPOINT_URL_CLOUDWATCH.
-//! SIGINT or SIGTERM stops it gracefully (exit 0).
+//! SIGINT or SIGTERM stops it gracefully (exit 0); a failure, such as a last
+//! checkpoint that could not be written, exits 1 saying so.
+//!
+//! `--processors` prints through one `ShardProcessor` per shard
+//! (`Consumer::run_processors`, the KCL's model) instead of one batch
+//! handler: the same lines, each shard's in order, printed before they are
+//! checkpointed.
 
 mod support;
 
 use std::io::Write;
 use std::time::Duration;
 
-use kinesis_consumer::{Batch, Consumer};
+use kinesis_consumer::{
+    Batch, Checkpointer, Consumer, HandlerResult, Message, ShardBatch, ShardProcessor,
+};
 
 const USAGE: &str = "usage: tail (--stream S | --stream-arn ARN) --app A [--position trim-horizon|latest|<RFC 3339 time>] \
 [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)] \
-[--enhanced-fan-out CONSUMER_NAME]";
+[--enhanced-fan-out CONSUMER_NAME] [--processors]";
 
 fn main() {
     support::init_logging();
@@ -41,7 +49,7 @@ fn main() {
             "metrics-level",
             "enhanced-fan-out",
         ],
-        &[],
+        &["processors"],
     );
     let position = support::position(args.get("position").unwrap_or("latest"))
         .unwrap_or_else(|e| support::fail(USAGE, &e));
@@ -72,17 +80,33 @@ fn main() {
         std::process::exit(2)
     });
     support::stop_on_signals(consumer.shutdown_handle());
-    let result = consumer.run(|batch: Batch<String>| {
-        let mut out = std::io::stdout().lock();
-        for message in batch.messages() {
-            writeln!(out, "{}", message.value())?;
-        }
-        // Printed before the batch is checkpointed: nothing acknowledged is unprinted.
-        out.flush()?;
-        Ok(())
-    });
+    let result = if args.flag("processors") {
+        consumer.run_processors(|_shard_id: &str| Printer)
+    } else {
+        consumer.run(|batch: Batch<String>| print(batch.messages()))
+    };
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
+    }
+}
+
+/// Prints `messages`, one JSON line each, and flushes: printed before they
+/// are checkpointed, so nothing acknowledged is unprinted.
+fn print<'a>(messages: impl Iterator<Item = &'a Message<String>>) -> HandlerResult {
+    let mut out = std::io::stdout().lock();
+    for message in messages {
+        writeln!(out, "{}", message.value())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// One shard's printer (`--processors`); checkpoints are automatic.
+struct Printer;
+
+impl ShardProcessor<String> for Printer {
+    fn process(&mut self, records: ShardBatch<String>, _: &Checkpointer) -> HandlerResult {
+        print(records.messages().iter())
     }
 }

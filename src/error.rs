@@ -71,6 +71,19 @@ pub enum Error {
         /// Why the position was refused.
         reason: String,
     },
+    /// The last checkpoints (at shutdown, or of a lease being handed over
+    /// at shutdown) could not be written within the failover time:
+    /// records of these shards after their checkpoint in the lease table
+    /// will be delivered again. Their leases were not released as if
+    /// saved: they expire (after the failover time) and the next owner
+    /// reads from the checkpoint in the table.
+    #[non_exhaustive]
+    CheckpointsNotSaved {
+        /// The shards whose last checkpoint was not written.
+        shard_ids: Vec<String>,
+        /// The last failure of a write (also [`std::error::Error::source`]).
+        source: Box<Error>,
+    },
     /// A resource is not ready yet, such as a table or stream still being
     /// created; what it is and its state. Startup waits it out.
     NotReady(String),
@@ -263,6 +276,11 @@ impl fmt::Display for Error {
             Error::InvalidRequest { operation, reason } => {
                 write!(f, "{operation} request not sent: {reason}")
             }
+            Error::CheckpointsNotSaved { shard_ids, source } => write!(
+                f,
+                "the last checkpoint of shard {} could not be written (their records after the checkpoint in the lease table will be delivered again): {source}",
+                shard_ids.join(", ")
+            ),
             Error::NotReady(m) => write!(f, "not ready yet: {m}"),
             Error::Internal(m) => write!(f, "internal error: {m}"),
         }
@@ -295,6 +313,7 @@ impl std::error::Error for Error {
         match self {
             Error::Handler(e) => Some(e.as_ref()),
             Error::Transport { source, .. } => Some(source.as_ref()),
+            Error::CheckpointsNotSaved { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }

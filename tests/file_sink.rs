@@ -1,6 +1,7 @@
 //! The file sink example (manual checkpoints after fsync) killed with
-//! SIGKILL at random moments while a producer writes: the flushed files
-//! still hold every record put, in order within each file.
+//! SIGKILL at random moments while a producer writes, in both processing
+//! models: the flushed files still hold every record put, in order within
+//! each file.
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use kinesis_consumer::SequenceNumber;
 
-fn spawn_sink(stream: &str, app: &str, dir: &Path) -> Child {
+fn spawn_sink(stream: &str, app: &str, dir: &Path, extra: &[&str]) -> Child {
     common::aws_env(Command::new(common::example_binary("file_sink")))
         .args([
             "--stream",
@@ -26,6 +27,7 @@ fn spawn_sink(stream: &str, app: &str, dir: &Path) -> Child {
         .args(["--flush-secs", "1", "--worker-id", "sink-1"])
         .arg("--dir")
         .arg(dir)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -89,6 +91,17 @@ fn flushed(dir: &Path) -> HashSet<String> {
 
 #[test]
 fn every_record_is_in_the_flushed_files_after_kill_9_at_random_moments() {
+    every_record_survives_kill_9(&[]);
+}
+
+#[test]
+fn with_processors_every_record_is_in_the_flushed_files_after_kill_9_at_random_moments() {
+    every_record_survives_kill_9(&["--processors"]);
+}
+
+/// The file sink (its batch handler, or its processors with `extra`)
+/// killed four times, then run until every record put is in a flushed file.
+fn every_record_survives_kill_9(extra: &[&str]) {
     let stream = common::create_stream(2);
     let app = common::unique_name("sink");
     let dir = std::env::temp_dir().join(common::unique_name("file-sink"));
@@ -107,14 +120,14 @@ fn every_record_is_in_the_flushed_files_after_kill_9_at_random_moments() {
             .wrapping_add(1442695040888963407);
         let after = Duration::from_millis(300 + (seed >> 33) % 2700);
         eprintln!("round {round}: SIGKILL after {after:?}");
-        let mut sink = spawn_sink(&stream, &app, &dir);
+        let mut sink = spawn_sink(&stream, &app, &dir, extra);
         wait_reading(&mut sink);
         std::thread::sleep(after);
         sink.kill().unwrap(); // SIGKILL
         sink.wait().unwrap();
     }
     let put = producer.finish();
-    let mut sink = spawn_sink(&stream, &app, &dir);
+    let mut sink = spawn_sink(&stream, &app, &dir, extra);
     wait_reading(&mut sink); // and drain its log
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -5,13 +5,13 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::proxy::{Fault, Proxy, Trigger};
-use kinesis_consumer::__test_support::AttributeValue;
+use kinesis_consumer::__test_support::{AttributeValue, Expression};
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
 use kinesis_consumer::{
     Checkpoint, Checkpointer, Checkpointing, Error, ErrorPolicy, HandlerResult, Payload, Record,
@@ -395,6 +395,25 @@ struct Board {
     inside: AtomicUsize,
     most_inside: AtomicUsize,
     calls: Mutex<Vec<String>>,
+    /// While set, `process` calls wait (only those of `held_shard`, when
+    /// set); how many are waiting.
+    hold: AtomicBool,
+    held_shard: Mutex<Option<String>>,
+    waiting: AtomicUsize,
+    /// `shutdown_requested` checkpoints the shard.
+    checkpoint_at_shutdown: AtomicBool,
+}
+
+impl Board {
+    fn holds(&self, shard_id: &str) -> bool {
+        self.hold.load(Ordering::SeqCst)
+            && self
+                .held_shard
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_none_or(|s| s == shard_id)
+    }
 }
 
 struct Sleepy {
@@ -419,6 +438,13 @@ impl ShardProcessor<Payload> for Sleepy {
     }
 
     fn process(&mut self, records: ShardBatch<Payload>, _: &Checkpointer) -> HandlerResult {
+        if self.board.holds(&self.shard_id) {
+            self.board.waiting.fetch_add(1, Ordering::SeqCst);
+            while self.board.holds(&self.shard_id) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.board.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
         let now = self.board.inside.fetch_add(1, Ordering::SeqCst) + 1;
         self.board.most_inside.fetch_max(now, Ordering::SeqCst);
         std::thread::sleep(self.per_record * records.messages().len() as u32);
@@ -450,9 +476,13 @@ impl ShardProcessor<Payload> for Sleepy {
         self.board.calls.lock().unwrap().push(call);
     }
 
-    fn shutdown_requested(&mut self, _: &Checkpointer) -> HandlerResult {
+    fn shutdown_requested(&mut self, checkpointer: &Checkpointer) -> HandlerResult {
         let call = format!("shutdown_requested {}", self.shard_id);
         self.board.calls.lock().unwrap().push(call);
+        if self.board.checkpoint_at_shutdown.load(Ordering::SeqCst) {
+            // As a processor ported from the KCL does.
+            checkpointer.checkpoint(&self.shard_id)?;
+        }
         Ok(())
     }
 }
@@ -702,4 +732,459 @@ fn a_processor_hands_its_shard_over_to_a_joining_worker_without_repeats() {
         40,
         "nothing twice"
     );
+}
+
+/// A consumer whose checkpoint writes DynamoDB refuses from the start:
+/// `run` (or `run_processors`) fails at shutdown naming the shard, after
+/// trying the last checkpoint again, and the lease is not released as if
+/// saved: it keeps its owner (and expires), its checkpoint untouched.
+fn a_refused_last_checkpoint_fails_run(processors: bool) {
+    let stream = common::create_stream(1);
+    let app = common::unique_name(if processors { "unsaved-p" } else { "unsaved" });
+    let proxy = Proxy::for_emulators();
+    let builder =
+        common::consumer_builder_at(proxy.url(), proxy.url(), &stream, &app).worker_id("refused");
+    let rule = proxy.add_matching(
+        "UpdateItem",
+        Some(":checkpoint\""),
+        Trigger::Always,
+        Fault::aws(500, "InternalServerError"),
+    );
+    put(&stream, "r", 10);
+    let board: Arc<Board> = Arc::default();
+    type Delivered = Box<dyn Fn() -> usize>;
+    let (stop, thread, delivered): (_, _, Delivered) = if processors {
+        let (stop, thread) = run_processors(builder, &board, Duration::ZERO, None, 0);
+        let total = move || board.processed.lock().unwrap().values().map(Vec::len).sum();
+        (stop, thread, Box::new(total))
+    } else {
+        let running = start_batches(builder);
+        let seen = running.seen.clone();
+        let total = move || seen.lock().unwrap().records.len();
+        (running.stop, running.thread, Box::new(total))
+    };
+    wait_for("every record", Duration::from_secs(30), || {
+        delivered() == 10
+    });
+    wait_for("a refused checkpoint", Duration::from_secs(10), || {
+        proxy.hits(rule) > 0
+    });
+    let refused_before = proxy.hits(rule);
+    stop.shutdown();
+    let result = thread.join().unwrap();
+    let shard = checkpoints(&app).into_keys().next().unwrap();
+    match &result {
+        Err(Error::CheckpointsNotSaved { shard_ids, .. }) => {
+            assert_eq!(shard_ids, std::slice::from_ref(&shard))
+        }
+        other => panic!("{other:?}"),
+    }
+    let message = result.unwrap_err().to_string();
+    assert!(
+        message.contains(&shard) && message.contains("checkpoint"),
+        "{message}"
+    );
+    assert!(proxy.hits(rule) > refused_before, "tried again at shutdown");
+    let lease =
+        kinesis_consumer::list_leases(&common::config(&common::emulators().dynamodb_url), &app)
+            .unwrap()
+            .remove(0);
+    assert_eq!(lease.owner.as_deref(), Some("refused"), "not released");
+    assert_eq!(lease.checkpoint, Checkpoint::TrimHorizon);
+}
+
+#[test]
+fn a_refused_last_checkpoint_fails_run_naming_the_shard() {
+    a_refused_last_checkpoint_fails_run(false);
+}
+
+#[test]
+fn a_refused_last_checkpoint_fails_run_processors_naming_the_shard() {
+    a_refused_last_checkpoint_fails_run(true);
+}
+
+#[test]
+fn a_blocked_child_asked_for_by_a_peer_is_handed_over_by_processors() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("blocked-ask");
+    put(&stream, "before", 10);
+    let board: Arc<Board> = Arc::default();
+    let (stop, thread) = run_processors(
+        common::consumer_builder(&stream, &app).worker_id("owner"),
+        &board,
+        Duration::ZERO,
+        None,
+        0,
+    );
+    let total = || {
+        board
+            .processed
+            .lock()
+            .unwrap()
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+    };
+    wait_for("the first records", Duration::from_secs(30), || {
+        total() == 10
+    });
+    // The parent's processor is kept inside `process` with its last
+    // records: the parent cannot end, its children stay blocked.
+    board.hold.store(true, Ordering::SeqCst);
+    put(&stream, "late", 5);
+    wait_for("the late records' call", Duration::from_secs(30), || {
+        board.waiting.load(Ordering::SeqCst) == 1
+    });
+    let parent = common::split_first_shard(&stream);
+    let config = common::config(&common::emulators().dynamodb_url);
+    let leases = || kinesis_consumer::list_leases(&config, &app).unwrap();
+    wait_for("the children taken", Duration::from_secs(30), || {
+        let leases = leases();
+        leases.len() == 3 && leases.iter().all(|l| l.owner.as_deref() == Some("owner"))
+    });
+    let child = leases()
+        .into_iter()
+        .find(|l| l.shard_id != parent.shard_id)
+        .unwrap()
+        .shard_id;
+    // A peer asks for the blocked child, as the planner does: it marks
+    // the lease and bumps the owner's inbox.
+    let d = common::dynamodb();
+    let key = |k: &str| HashMap::from([("leaseKey".to_owned(), AttributeValue::S(k.into()))]);
+    let ask = Expression::new("SET handoffTo = :to").value(":to", AttributeValue::S("peer".into()));
+    d.update_item(&app, &key(&child), &ask, None).unwrap();
+    let bump = Expression::new("ADD #inbox :one")
+        .name("#inbox", "inbox:owner")
+        .value(":one", AttributeValue::N("1".into()));
+    d.update_item(&app, &key("kinesis-consumer:workers"), &bump, None)
+        .unwrap();
+    wait_for("the child handed over", Duration::from_secs(10), || {
+        leases()
+            .iter()
+            .any(|l| l.shard_id == child && l.owner.as_deref() == Some("peer"))
+    });
+    board.hold.store(false, Ordering::SeqCst);
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_slow_processor_holds_back_only_its_own_shard() {
+    let stream = common::create_stream(4);
+    let app = common::unique_name("slow-one");
+    // 40 records of 2 KB on each shard, chosen by hash key.
+    let k = common::kinesis();
+    let shards = k.list_shards(&stream, None).unwrap();
+    let entries: Vec<PutRecordsEntry> = (0..160)
+        .map(|i| PutRecordsEntry {
+            partition_key: format!("key-{i}"),
+            explicit_hash_key: Some(shards[i % 4].starting_hash_key.clone()),
+            data: format!("r-{i}-{}", "x".repeat(2000)).into_bytes(),
+        })
+        .collect();
+    for r in k.put_records(&stream, &entries).unwrap() {
+        r.unwrap();
+    }
+    let expected = put_in_order(&stream);
+    let slow = shards[0].shard_id.clone();
+    let board: Arc<Board> = Arc::default();
+    *board.held_shard.lock().unwrap() = Some(slow.clone());
+    board.hold.store(true, Ordering::SeqCst);
+    // A buffer of about four reads: the slow shard's queue alone (four
+    // reads, one in its processor, one more read) would fill it.
+    let (stop, thread) = run_processors(
+        common::consumer_builder(&stream, &app)
+            .max_records_per_read(5)
+            .buffer_bytes(48 * 1024),
+        &board,
+        Duration::ZERO,
+        None,
+        0,
+    );
+    wait_for("the fast shards' records", Duration::from_secs(60), || {
+        let processed = board.processed.lock().unwrap();
+        expected
+            .iter()
+            .filter(|(shard, _)| **shard != slow)
+            .all(|(shard, records)| processed.get(shard) == Some(records))
+    });
+    assert_eq!(
+        board.waiting.load(Ordering::SeqCst),
+        1,
+        "the slow one waits"
+    );
+    assert!(!board.processed.lock().unwrap().contains_key(&slow));
+    board.hold.store(false, Ordering::SeqCst);
+    wait_for("the slow shard's records", Duration::from_secs(60), || {
+        board.processed.lock().unwrap().get(&slow) == expected.get(&slow)
+    });
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+}
+
+/// The `tail` example, started on `stream` (its Kinesis from the
+/// emulators, its DynamoDB at `dynamodb_url`), with `extra` arguments;
+/// returns it with its stdout lines and stderr lines as they come.
+struct Tail {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Its stderr, read to the end.
+    stderr: JoinHandle<Vec<String>>,
+}
+
+impl Tail {
+    fn start(stream: &str, app: &str, dynamodb_url: &str, extra: &[&str]) -> Tail {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = common::aws_env(std::process::Command::new(common::example_binary("tail")))
+            .env("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_url)
+            .args([
+                "--stream",
+                stream,
+                "--app",
+                app,
+                "--position",
+                "trim-horizon",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(|l| l.ok()) {
+                let v = serde_json::from_str(&line).expect("tail prints JSON lines");
+                sink.lock().unwrap().push(v);
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            std::io::BufReader::new(err)
+                .lines()
+                .map_while(|l| l.ok())
+                .collect()
+        });
+        Tail {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Each shard's records printed, as text, in the order printed.
+    fn by_shard(&self) -> BTreeMap<String, Vec<String>> {
+        use base64::Engine;
+        let mut by_shard: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for v in self.lines.lock().unwrap().iter() {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(v["data_base64"].as_str().unwrap())
+                .unwrap();
+            by_shard
+                .entry(v["shard_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(String::from_utf8(data).unwrap());
+        }
+        by_shard
+    }
+
+    /// Stops it with SIGTERM; its exit status and stderr.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "tail did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stderr = self.stderr.join().unwrap().join("\n");
+        (status, stderr)
+    }
+}
+
+#[test]
+fn tail_with_processors_prints_every_shard_in_order_and_checkpoints() {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("tail-processors");
+    put(&stream, "r", 30);
+    let expected = put_in_order(&stream);
+    let dynamodb = common::emulators().dynamodb_url.clone();
+    let tail = Tail::start(&stream, &app, &dynamodb, &["--processors"]);
+    wait_for("every record printed", Duration::from_secs(30), || {
+        tail.lines.lock().unwrap().len() == 30
+    });
+    assert_eq!(tail.by_shard(), expected);
+    let (status, stderr) = tail.stop();
+    assert!(status.success(), "{status}: {stderr}");
+    // Each shard checkpointed at its last record, its lease released.
+    let leases = kinesis_consumer::list_leases(&common::config(&dynamodb), &app).unwrap();
+    for lease in leases {
+        let last = expected[&lease.shard_id].last().unwrap();
+        let position = common::position_of(&stream, &lease.shard_id, last);
+        assert_eq!(lease.checkpoint, Checkpoint::At(position));
+        assert_eq!(lease.owner, None, "released");
+    }
+}
+
+/// `tail` (batch handler or processors) whose last checkpoint DynamoDB
+/// refuses exits non-zero, naming the checkpoint and the shard.
+fn tail_with_a_refused_last_checkpoint_exits_non_zero(extra: &[&str]) {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("tail-refused");
+    let proxy = Proxy::for_emulators();
+    proxy.add_matching(
+        "UpdateItem",
+        Some(":checkpoint\""),
+        Trigger::Always,
+        Fault::aws(500, "InternalServerError"),
+    );
+    put(&stream, "r", 10);
+    let tail = Tail::start(&stream, &app, proxy.url(), extra);
+    wait_for("every record printed", Duration::from_secs(30), || {
+        tail.lines.lock().unwrap().len() == 10
+    });
+    let (status, stderr) = tail.stop();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let shard = checkpoints(&app).into_keys().next().unwrap();
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        error.contains("last checkpoint") && error.contains(&shard),
+        "{error}"
+    );
+}
+
+#[test]
+fn tail_with_a_refused_last_checkpoint_exits_non_zero_naming_it() {
+    tail_with_a_refused_last_checkpoint_exits_non_zero(&[]);
+}
+
+#[test]
+fn tail_with_processors_and_a_refused_last_checkpoint_exits_non_zero_naming_it() {
+    tail_with_a_refused_last_checkpoint_exits_non_zero(&["--processors"]);
+}
+
+#[test]
+fn a_failed_read_is_not_checkpointed_by_a_shutdown_requested_that_checkpoints() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("poison-shutdown");
+    put(&stream, "r", 20);
+    let expected = put_in_order(&stream);
+    let (shard, values) = expected.iter().next().unwrap();
+    let poison = values[values.len() / 2].clone();
+    let board: Arc<Board> = Arc::default();
+    board.checkpoint_at_shutdown.store(true, Ordering::SeqCst);
+    // Manual checkpoints, the default policy: the poison stops the
+    // consumer, and its processor's `shutdown_requested` checkpoints.
+    let (_stop, thread) = run_processors(
+        common::consumer_builder(&stream, &app)
+            .checkpointing(Checkpointing::Manual)
+            .max_records_per_read(1),
+        &board,
+        Duration::ZERO,
+        Some(&poison),
+        0,
+    );
+    let result = thread.join().unwrap();
+    assert!(
+        matches!(&result, Err(Error::Handler(e)) if e.to_string() == "poison record"),
+        "{result:?}"
+    );
+    let calls = board.calls.lock().unwrap().clone();
+    assert!(
+        calls.contains(&format!("shutdown_requested {shard}")),
+        "{calls:?}"
+    );
+    let poison_position = common::position_of(&stream, shard, &poison);
+    match &checkpoints(&app)[shard] {
+        Checkpoint::At(p) => {
+            assert!(*p < poison_position, "{p:?}");
+            if !common::fan_out() {
+                let before = &values[values.len() / 2 - 1];
+                assert_eq!(*p, common::position_of(&stream, shard, before));
+            }
+        }
+        // Through fan-out, the poison's event may hold every record.
+        Checkpoint::TrimHorizon if common::fan_out() => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_flusher_thread_never_checkpoints_past_a_failing_batch() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("flusher");
+    let policy = ErrorPolicy::Retry {
+        retries: 100,
+        backoff: Duration::from_millis(100),
+    };
+    let consumer = common::consumer_builder(&stream, &app)
+        .checkpointing(Checkpointing::Manual)
+        .error_policy(policy)
+        .build()
+        .unwrap();
+    let (stop, checkpointer) = (consumer.shutdown_handle(), consumer.checkpointer());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let (seen_ok, seen_failed) = (accepted.clone(), failures.clone());
+    let thread = std::thread::spawn(move || {
+        consumer.run(move |batch| {
+            let values: Vec<String> = batch
+                .messages()
+                .map(|m| String::from_utf8_lossy(m.record().data()).into_owned())
+                .collect();
+            if values.iter().any(|v| v.starts_with("poison")) {
+                seen_failed.fetch_add(1, Ordering::SeqCst);
+                return Err("poison".into());
+            }
+            seen_ok.fetch_add(values.len(), Ordering::SeqCst);
+            Ok(())
+        })
+    });
+    put(&stream, "good", 5);
+    wait_for("the good records", Duration::from_secs(30), || {
+        accepted.load(Ordering::SeqCst) == 5
+    });
+    put(&stream, "poison", 5);
+    // A flusher thread checkpoints the shard every 200 ms while the batch
+    // with the poison fails and is retried; the table is read each time.
+    let shard = checkpoints(&app).into_keys().next().unwrap();
+    let flushing = Arc::new(AtomicBool::new(true));
+    let flusher = {
+        let (flushing, shard, app) = (flushing.clone(), shard.clone(), app.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while flushing.load(Ordering::SeqCst) {
+                checkpointer.checkpoint(&shard).unwrap();
+                seen.push(checkpoints(&app)[&shard].clone());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            seen
+        })
+    };
+    wait_for("the failing batch retried", Duration::from_secs(30), || {
+        failures.load(Ordering::SeqCst) >= 4
+    });
+    flushing.store(false, Ordering::SeqCst);
+    let seen = flusher.join().unwrap();
+    // A shutdown during the retries ends them: `run` returns Ok.
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    let values = put_in_order(&stream).remove(&shard).unwrap();
+    let last_good = common::position_of(&stream, &shard, &values[4]);
+    assert!(!seen.is_empty());
+    for checkpoint in seen.iter().chain([&checkpoints(&app)[&shard]]) {
+        assert_eq!(*checkpoint, Checkpoint::At(last_good.clone()), "{seen:?}");
+    }
 }

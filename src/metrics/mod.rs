@@ -101,6 +101,10 @@ pub(crate) enum Metric {
     Workers,
     /// Held shards waiting for their parents to finish, per take round.
     ShardsBlockedOnParent,
+    /// 1 per warning (every minute) about a shard read to its end whose end
+    /// the application has not checkpointed (manual checkpoints): its
+    /// children wait.
+    ShardEndsNotCheckpointed,
 }
 
 impl Metric {
@@ -128,6 +132,7 @@ impl Metric {
             Metric::LeasesStolen => "LeasesStolen",
             Metric::Workers => "Workers",
             Metric::ShardsBlockedOnParent => "ShardsBlockedOnParent",
+            Metric::ShardEndsNotCheckpointed => "ShardEndsNotCheckpointed",
         }
     }
 
@@ -144,7 +149,7 @@ impl Metric {
             | RecordsDeaggregated
             | AggregatesPassedThrough => "GetRecords",
             SubscribeToShardSuccess | SubscribeToShardTime => "SubscribeToShard",
-            CheckpointSuccess | CheckpointTime => "Checkpoint",
+            CheckpointSuccess | CheckpointTime | ShardEndsNotCheckpointed => "Checkpoint",
             LeasesHeld | LeasesLost => "RenewAllLeases",
             LeasesTaken | LeasesStolen | Workers | ShardsBlockedOnParent => "TakeLeases",
         }

@@ -95,9 +95,11 @@ pub enum ShardEvent {
         shard_id: String,
     },
     /// The shard is closed (split or merged) and its last records are in
-    /// this batch; its children are read once its end is checkpointed
-    /// (automatically, or with [`Checkpointer::checkpoint`](crate::Checkpointer::checkpoint)
-    /// in manual mode).
+    /// this batch (possibly none: the batch may be otherwise empty); its
+    /// children are read once its end is checkpointed (automatically, or
+    /// with [`Checkpointer::checkpoint`](crate::Checkpointer::checkpoint)
+    /// in manual mode: until then the consumer warns every minute and
+    /// counts the `ShardEndsNotCheckpointed` metric).
     Ended {
         /// The shard.
         shard_id: String,
@@ -179,7 +181,12 @@ impl<T> Batch<T> {
         self.shards.iter().map(|s| s.messages.len()).sum()
     }
 
-    /// True when no record arrived during the interval.
+    /// True when no record arrived during the interval. An empty batch may
+    /// still carry [`events`](Self::events), such as a shard's
+    /// [`ShardEvent::Ended`] (the end is often read after the shard's last
+    /// records were handed on): a handler that returns early on empty
+    /// batches must look at the events first, or, with manual checkpoints,
+    /// the ended shard's children are never read.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

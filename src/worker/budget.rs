@@ -9,6 +9,7 @@
 //! request is never starved by a stream of small ones.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -57,6 +58,11 @@ impl Budget {
         self.max_bytes
     }
 
+    /// The bound in count.
+    pub(crate) fn max_records(&self) -> u64 {
+        self.max_records
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -99,6 +105,22 @@ impl Budget {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Waits in line for room as [`acquire`](Self::acquire) does, and
+    /// returns it as a [`Room`] that gives it back when dropped.
+    pub(crate) fn take_room(
+        self: &Arc<Self>,
+        bytes: u64,
+        records: u64,
+        stop: impl Fn() -> bool,
+    ) -> Option<Room> {
+        self.acquire(bytes, records, stop).then(|| Room {
+            budget: self.clone(),
+            bytes,
+            records,
+            share: None,
+        })
     }
 
     /// Takes room for `bytes` and `records` if it fits now and nobody is
@@ -144,10 +166,79 @@ impl Budget {
     }
 }
 
+/// Room taken in a budget, given back when dropped. A chunk of records
+/// carries the room it holds in the buffer, so that the room comes back
+/// however the chunk goes: handled, or dropped with a queue that nothing
+/// reads any more (a processor's task ended, a stale reader's queue).
+#[derive(Debug)]
+pub(crate) struct Room {
+    budget: Arc<Budget>,
+    bytes: u64,
+    records: u64,
+    /// The shard's share it also counts in, if any.
+    share: Option<Arc<Share>>,
+}
+
+impl Room {
+    /// Counts this room in `share` too, until it is given back.
+    pub(crate) fn counted_in(mut self, share: &Arc<Share>) -> Room {
+        share.bytes.fetch_add(self.bytes, Ordering::Relaxed);
+        share.records.fetch_add(self.records, Ordering::Relaxed);
+        self.share = Some(share.clone());
+        self
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        if let Some(share) = &self.share {
+            share.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+            share.records.fetch_sub(self.records, Ordering::Relaxed);
+        }
+        self.budget.release(self.bytes, self.records);
+    }
+}
+
+/// The room one shard's chunks hold in a budget, queued for its processor
+/// or being processed (per-shard queues).
+#[derive(Debug, Default)]
+pub(crate) struct Share {
+    bytes: AtomicU64,
+    records: AtomicU64,
+}
+
+impl Share {
+    /// Bytes and records held now.
+    pub(crate) fn held(&self) -> (u64, u64) {
+        (
+            self.bytes.load(Ordering::Relaxed),
+            self.records.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Whether a shard holding `held` (bytes, records) of a budget bounded by
+/// `max` may take `wanted` more, with `shards` shards sharing it: always
+/// when it holds nothing (one read, whatever its size), otherwise only
+/// within its even share, `max / shards`. So one slow shard never holds
+/// the room the others need.
+pub(crate) fn within_share(
+    held: (u64, u64),
+    wanted: (u64, u64),
+    max: (u64, u64),
+    shards: usize,
+) -> bool {
+    if held == (0, 0) {
+        return true;
+    }
+    let shards = shards.max(1) as u64;
+    held.0 + wanted.0 <= max.0 / shards && held.1 + wanted.1 <= max.1 / shards
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::AtomicBool;
     use std::time::Instant;
 
     /// A stop condition that turns true after `wait`.
@@ -273,6 +364,50 @@ mod tests {
             t.join().unwrap();
         }
         assert!(small_ones.load(Ordering::Relaxed) > 10);
+        assert_eq!(b.used(), (0, 0));
+    }
+
+    #[test]
+    fn room_is_given_back_when_dropped() {
+        let b = Arc::new(Budget::new(100, 10));
+        let room = b.take_room(60, 4, after(Duration::ZERO)).unwrap();
+        assert_eq!(b.used(), (60, 4));
+        assert!(
+            b.take_room(60, 1, after(Duration::from_millis(10)))
+                .is_none()
+        );
+        drop(room);
+        assert_eq!(b.used(), (0, 0));
+    }
+
+    #[test]
+    fn a_shard_takes_room_within_its_even_share_or_for_one_read() {
+        let max = (1000, 100);
+        assert!(within_share((0, 0), (5000, 500), max, 4), "one read always");
+        assert!(within_share((100, 10), (150, 15), max, 4));
+        assert!(!within_share((100, 10), (151, 1), max, 4), "bytes");
+        assert!(!within_share((100, 10), (1, 16), max, 4), "records");
+        assert!(
+            within_share((100, 10), (900, 90), max, 1),
+            "alone: the whole budget"
+        );
+        assert!(
+            within_share((100, 10), (900, 90), max, 0),
+            "no reader counted yet"
+        );
+    }
+
+    #[test]
+    fn room_counted_in_a_share_leaves_it_when_dropped() {
+        let b = Arc::new(Budget::new(100, 10));
+        let share = Arc::new(Share::default());
+        let room = b
+            .take_room(60, 4, after(Duration::ZERO))
+            .unwrap()
+            .counted_in(&share);
+        assert_eq!(share.held(), (60, 4));
+        drop(room);
+        assert_eq!(share.held(), (0, 0));
         assert_eq!(b.used(), (0, 0));
     }
 

@@ -6,6 +6,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
@@ -23,12 +24,26 @@ use crate::sync::lock;
 /// Get one from [`Consumer::checkpointer`](crate::Consumer::checkpointer)
 /// (before `run`) or from a batch; clones share everything.
 ///
-/// A position is accepted when it was handed to the application for a shard
-/// whose lease this worker still holds, and is not behind the shard's
-/// checkpoint. The write is conditional on the lease in DynamoDB, as the
-/// automatic checkpoints are: once another worker took the lease, the call
-/// fails with [`Error::LeaseLost`] and writes nothing. A position not
-/// handed on yet, or behind the checkpoint, fails with
+/// A position may be checkpointed once the handler accepted it: the batch
+/// handler (or shard processor) call that held its record returned `Ok`.
+/// During that call, and on that call's thread only, the call's own
+/// records may be checkpointed too (as the KCL's `processRecords` does);
+/// from any other thread, such as a flusher's, a call still running or
+/// failing (also between its retries) holds nothing that may be
+/// checkpointed. Records of a call that failed are never checkpointed
+/// through here, also not from a later `shutdown_requested`.
+///
+/// Positions are those of the lease's current ownership (its epoch): when
+/// a lease is lost and taken again, positions accepted before do not count
+/// for the new ownership. The checkpointer a [`ShardProcessor`](crate::ShardProcessor)
+/// is given (and its clones) belongs to its processor's ownership of the
+/// shard: once that ended, it checkpoints nothing of the shard (it fails
+/// with [`Error::LeaseLost`]), also when this worker holds the shard again.
+///
+/// The write is conditional on the lease in DynamoDB, as the automatic
+/// checkpoints are: once another worker took the lease, the call fails with
+/// [`Error::LeaseLost`] and writes nothing. A position not handed on yet, not
+/// accepted yet, or behind the checkpoint, fails with
 /// [`Error::InvalidCheckpoint`]. Calls block for the DynamoDB write.
 ///
 /// With [`Checkpointing::Automatic`](crate::Checkpointing::Automatic) (the
@@ -37,6 +52,9 @@ use crate::sync::lock;
 #[derive(Clone)]
 pub struct Checkpointer {
     inner: Arc<Shared>,
+    /// For a shard processor's: its shard and the lease epoch it was made
+    /// under; positions of that shard under other epochs are refused.
+    pinned: Option<(Arc<str>, u64)>,
 }
 
 impl fmt::Debug for Checkpointer {
@@ -62,14 +80,29 @@ struct ShardState {
     positions: Mutex<Positions>,
 }
 
-/// What was handed on and what is written, for one shard.
+/// What the handler accepted, what a call holds now, and what is written,
+/// for one shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Positions {
-    /// The last position handed to the application: a record, or the end
-    /// of the shard once its last records were handed on.
-    pub handed: Option<Checkpoint>,
+    /// The last position whose handler call returned `Ok`: a record, or
+    /// the end of the shard.
+    pub accepted: Option<Checkpoint>,
+    /// A handler call running now (retries included): the last position it
+    /// was handed, and the thread it runs on.
+    pub in_call: Option<(Checkpoint, ThreadId)>,
     /// The shard's checkpoint: where it was gained, or the last written.
     pub written: Checkpoint,
+}
+
+impl Positions {
+    /// The furthest position `caller` may checkpoint: the running call's,
+    /// on that call's thread; otherwise the last accepted.
+    pub(crate) fn limit(&self, caller: ThreadId) -> Option<&Checkpoint> {
+        match &self.in_call {
+            Some((position, thread)) if *thread == caller => Some(position),
+            _ => self.accepted.as_ref(),
+        }
+    }
 }
 
 /// Orders checkpoints along a shard: any starting position, then records
@@ -88,26 +121,50 @@ fn compare(a: &Checkpoint, b: &Checkpoint) -> Ordering {
     }
 }
 
-/// Whether `wanted` may be written over `positions`: `Ok(true)` to write,
-/// `Ok(false)` when it is the checkpoint already, or why not.
-pub(crate) fn check(positions: &Positions, wanted: &Checkpoint) -> Result<bool, String> {
-    let Some(handed) = &positions.handed else {
-        return Err(format!(
-            "{} was not handed on: nothing of the shard was handed on yet",
-            describe(wanted)
-        ));
-    };
-    let handed_on = match wanted {
-        Checkpoint::At(_) => compare(wanted, handed) != Ordering::Greater,
-        Checkpoint::ShardEnd => *handed == Checkpoint::ShardEnd,
+/// Whether `position` is at or before `limit` along the shard (a starting
+/// position never is: it names no record).
+fn within(position: &Checkpoint, limit: &Checkpoint) -> bool {
+    match position {
+        Checkpoint::At(_) => compare(position, limit) != Ordering::Greater,
+        Checkpoint::ShardEnd => *limit == Checkpoint::ShardEnd,
         _ => false,
-    };
-    if !handed_on {
-        return Err(format!(
-            "{} was not handed on (the last position handed on is {})",
-            describe(wanted),
-            describe(handed)
-        ));
+    }
+}
+
+/// Whether `caller` may write `wanted` over `positions`: `Ok(true)` to
+/// write, `Ok(false)` when it is the checkpoint already, or why not.
+pub(crate) fn check(
+    positions: &Positions,
+    wanted: &Checkpoint,
+    caller: ThreadId,
+) -> Result<bool, String> {
+    let limit = positions.limit(caller);
+    if !limit.is_some_and(|limit| within(wanted, limit)) {
+        // Handed to a call running on another thread, or failing.
+        if let Some((held, _)) = &positions.in_call {
+            if within(wanted, held) {
+                return Err(format!(
+                    "{} is not accepted yet: the handler call holding it has not returned Ok (only that call, on its own thread, may checkpoint it before)",
+                    describe(wanted)
+                ));
+            }
+        }
+        let handed = positions
+            .in_call
+            .as_ref()
+            .map(|(held, _)| held)
+            .or(positions.accepted.as_ref());
+        return Err(match handed {
+            Some(handed) => format!(
+                "{} was not handed on (the last position handed on is {})",
+                describe(wanted),
+                describe(handed)
+            ),
+            None => format!(
+                "{} was not handed on: nothing of the shard was handed on yet",
+                describe(wanted)
+            ),
+        });
     }
     match compare(wanted, &positions.written) {
         Ordering::Less => Err(format!(
@@ -144,16 +201,28 @@ impl Checkpointer {
                 metrics,
                 shards: Mutex::new(HashMap::new()),
             }),
+            pinned: None,
         }
     }
 
-    /// Checkpoints `shard_id` at the last position handed on: its last
-    /// record handed to the application, or its end when the shard ended.
-    /// Does nothing when nothing of the shard was handed on yet.
+    /// The checkpointer of a shard processor made for `shard_id` under
+    /// `epoch`: it checkpoints nothing of that shard under another epoch.
+    pub(crate) fn pinned(&self, shard_id: &Arc<str>, epoch: u64) -> Checkpointer {
+        Checkpointer {
+            inner: self.inner.clone(),
+            pinned: Some((shard_id.clone(), epoch)),
+        }
+    }
+
+    /// Checkpoints `shard_id` at the last position the handler accepted (its
+    /// last record, or its end when the shard ended); called during a
+    /// handler call on its thread, at the last position of that call.
+    /// Does nothing when nothing of the shard was accepted yet.
     pub fn checkpoint(&self, shard_id: &str) -> Result<()> {
         let state = self.state(shard_id)?;
-        let handed = lock(&state.positions).handed.clone();
-        match handed {
+        let caller = std::thread::current().id();
+        let limit = lock(&state.positions).limit(caller).cloned();
+        match limit {
             Some(position) => self.write_state(&state, &position),
             None => Ok(()),
         }
@@ -173,12 +242,18 @@ impl Checkpointer {
     }
 
     fn state(&self, shard_id: &str) -> Result<Arc<ShardState>> {
-        lock(&self.inner.shards)
+        let lost = || Error::LeaseLost {
+            shard_id: shard_id.to_owned(),
+        };
+        let state = lock(&self.inner.shards)
             .get(shard_id)
             .cloned()
-            .ok_or_else(|| Error::LeaseLost {
-                shard_id: shard_id.to_owned(),
-            })
+            .ok_or_else(lost)?;
+        match &self.pinned {
+            // A processor of an ended ownership of the shard.
+            Some((pinned, epoch)) if **pinned == *shard_id && *epoch != state.epoch => Err(lost()),
+            _ => Ok(state),
+        }
     }
 
     /// A shard was gained under `epoch`, to be read from `from`.
@@ -188,20 +263,40 @@ impl Checkpointer {
             epoch,
             writing: Mutex::new(()),
             positions: Mutex::new(Positions {
-                handed: None,
+                accepted: None,
+                in_call: None,
                 written: from.clone(),
             }),
         };
         lock(&self.inner.shards).insert(shard_id.clone(), Arc::new(state));
     }
 
-    /// Records of `shard_id` up to `position` are being handed on.
-    pub(crate) fn handed(&self, shard_id: &str, epoch: u64, position: Checkpoint) {
+    /// Applies `change` to the positions of `shard_id` under `epoch`.
+    fn update(&self, shard_id: &str, epoch: u64, change: impl FnOnce(&mut Positions)) {
         if let Some(state) = lock(&self.inner.shards).get(shard_id) {
             if state.epoch == epoch {
-                lock(&state.positions).handed = Some(position);
+                change(&mut lock(&state.positions));
             }
         }
+    }
+
+    /// Records of `shard_id` up to `position` are handed to a handler call
+    /// on this thread.
+    pub(crate) fn handing(&self, shard_id: &str, epoch: u64, position: Checkpoint) {
+        let thread = std::thread::current().id();
+        self.update(shard_id, epoch, |p| p.in_call = Some((position, thread)));
+    }
+
+    /// The handler call holding records of `shard_id` returned: they are
+    /// accepted when it returned `Ok`, and never otherwise.
+    pub(crate) fn call_ended(&self, shard_id: &str, epoch: u64, ok: bool) {
+        self.update(shard_id, epoch, |p| {
+            if let Some((position, _)) = p.in_call.take() {
+                if ok {
+                    p.accepted = Some(position);
+                }
+            }
+        });
     }
 
     /// The shard under `epoch` is no longer this worker's to checkpoint.
@@ -240,10 +335,12 @@ impl Checkpointer {
             });
         }
         let positions = lock(&state.positions).clone();
-        let needed = check(&positions, wanted).map_err(|reason| Error::InvalidCheckpoint {
-            shard_id: shard_id.to_string(),
-            reason,
-        })?;
+        let caller = std::thread::current().id();
+        let needed =
+            check(&positions, wanted, caller).map_err(|reason| Error::InvalidCheckpoint {
+                shard_id: shard_id.to_string(),
+                reason,
+            })?;
         if !needed {
             return Ok(());
         }
@@ -285,6 +382,7 @@ impl Checkpointer {
 mod tests {
     use super::*;
     use crate::record::SequenceNumber;
+    use std::thread::ThreadId;
 
     fn at(sequence: &str, sub: u64) -> Checkpoint {
         Checkpoint::At(ExtendedSequenceNumber {
@@ -293,55 +391,93 @@ mod tests {
         })
     }
 
-    fn positions(handed: Option<Checkpoint>, written: Checkpoint) -> Positions {
-        Positions { handed, written }
+    fn positions(accepted: Option<Checkpoint>, written: Checkpoint) -> Positions {
+        Positions {
+            accepted,
+            in_call: None,
+            written,
+        }
+    }
+
+    fn me() -> ThreadId {
+        std::thread::current().id()
+    }
+
+    fn another_thread() -> ThreadId {
+        std::thread::spawn(|| std::thread::current().id())
+            .join()
+            .unwrap()
     }
 
     #[test]
-    fn a_position_handed_on_and_ahead_of_the_checkpoint_is_written() {
+    fn a_position_accepted_and_ahead_of_the_checkpoint_is_written() {
         let p = positions(Some(at("30", 0)), Checkpoint::TrimHorizon);
-        assert_eq!(check(&p, &at("10", 0)), Ok(true));
-        assert_eq!(check(&p, &at("30", 0)), Ok(true));
+        assert_eq!(check(&p, &at("10", 0), me()), Ok(true));
+        assert_eq!(check(&p, &at("30", 0), me()), Ok(true));
         let p = positions(Some(at("30", 0)), at("10", 0));
-        assert_eq!(check(&p, &at("20", 0)), Ok(true));
-        assert_eq!(check(&p, &at("10", 0)), Ok(false), "already there");
+        assert_eq!(check(&p, &at("20", 0), me()), Ok(true));
+        assert_eq!(check(&p, &at("10", 0), me()), Ok(false), "already there");
     }
 
     #[test]
     fn a_position_not_handed_on_is_refused() {
         let nothing = positions(None, Checkpoint::TrimHorizon);
-        let e = check(&nothing, &at("10", 0)).unwrap_err();
+        let e = check(&nothing, &at("10", 0), me()).unwrap_err();
         assert!(e.contains("nothing of the shard was handed on"), "{e}");
         let p = positions(Some(at("30", 0)), Checkpoint::TrimHorizon);
-        let e = check(&p, &at("31", 0)).unwrap_err();
+        let e = check(&p, &at("31", 0), me()).unwrap_err();
         assert!(e.contains("was not handed on"), "{e}");
-        assert!(check(&p, &at("30", 1)).is_err(), "a later sub-sequence");
         assert!(
-            check(&p, &Checkpoint::ShardEnd).is_err(),
+            check(&p, &at("30", 1), me()).is_err(),
+            "a later sub-sequence"
+        );
+        assert!(
+            check(&p, &Checkpoint::ShardEnd, me()).is_err(),
             "the end was not reached"
         );
-        assert!(check(&p, &Checkpoint::TrimHorizon).is_err());
+        assert!(check(&p, &Checkpoint::TrimHorizon, me()).is_err());
     }
 
     #[test]
     fn a_position_behind_the_checkpoint_is_refused() {
         let p = positions(Some(at("30", 0)), at("20", 5));
-        let e = check(&p, &at("20", 4)).unwrap_err();
+        let e = check(&p, &at("20", 4), me()).unwrap_err();
         assert!(e.contains("behind the shard's checkpoint"), "{e}");
-        assert_eq!(check(&p, &at("20", 6)), Ok(true));
+        assert_eq!(check(&p, &at("20", 6), me()), Ok(true));
     }
 
     #[test]
-    fn the_end_of_a_shard_follows_every_record_once_handed_on() {
+    fn the_end_of_a_shard_follows_every_record_once_accepted() {
         let p = positions(Some(Checkpoint::ShardEnd), at("20", 0));
-        assert_eq!(check(&p, &Checkpoint::ShardEnd), Ok(true));
+        assert_eq!(check(&p, &Checkpoint::ShardEnd, me()), Ok(true));
         assert_eq!(
-            check(&p, &at("999", 0)),
+            check(&p, &at("999", 0), me()),
             Ok(true),
             "a record before the end"
         );
         let done = positions(Some(Checkpoint::ShardEnd), Checkpoint::ShardEnd);
-        assert_eq!(check(&done, &Checkpoint::ShardEnd), Ok(false));
-        assert!(check(&done, &at("20", 0)).is_err(), "behind the end");
+        assert_eq!(check(&done, &Checkpoint::ShardEnd, me()), Ok(false));
+        assert!(check(&done, &at("20", 0), me()).is_err(), "behind the end");
+    }
+
+    #[test]
+    fn a_running_call_s_records_are_checkpointed_only_from_its_own_thread() {
+        let mut p = positions(Some(at("10", 0)), Checkpoint::TrimHorizon);
+        p.in_call = Some((at("30", 0), me()));
+        // The call itself may checkpoint what it holds (the KCL's way).
+        assert_eq!(p.limit(me()), Some(&at("30", 0)));
+        assert_eq!(check(&p, &at("30", 0), me()), Ok(true));
+        // A flusher thread: only what was accepted before.
+        let flusher = another_thread();
+        assert_eq!(p.limit(flusher), Some(&at("10", 0)));
+        assert_eq!(check(&p, &at("10", 0), flusher), Ok(true));
+        let e = check(&p, &at("20", 0), flusher).unwrap_err();
+        assert!(e.contains("not accepted yet"), "{e}");
+        let e = check(&p, &at("31", 0), flusher).unwrap_err();
+        assert!(e.contains("was not handed on"), "{e}");
+        // Nothing accepted yet: a flusher has nothing to checkpoint.
+        p.accepted = None;
+        assert_eq!(p.limit(flusher), None);
+        assert!(check(&p, &at("10", 0), flusher).is_err());
     }
 }

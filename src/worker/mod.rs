@@ -7,7 +7,11 @@ pub(crate) mod checkpointer;
 pub(crate) mod processing;
 pub(crate) mod processor;
 mod reader;
+#[cfg(test)]
+mod simulation;
 mod startup;
+#[cfg(test)]
+mod test_support;
 mod ticker;
 
 use std::fmt;
@@ -240,12 +244,18 @@ impl<T: Send + 'static> Consumer<T> {
     /// fails or panics, nothing of that batch is checkpointed and, under the
     /// default [`ErrorPolicy::Stop`], `run` returns the error
     /// ([`Error::Handler`] or [`Error::HandlerPanicked`]), after writing
-    /// earlier checkpoints and releasing its leases.
+    /// earlier checkpoints and releasing its leases. A shutdown asked for
+    /// while a failed batch is being retried ends the retries: that batch is
+    /// not checkpointed, the last batch is still handed on, and `run`
+    /// returns `Ok` (unless a last checkpoint could not be written).
     ///
     /// Once shutdown is asked for, the handler gets one last batch without
     /// records ([`Batch::is_last`]) whose events give each held shard its
     /// last chance to be checkpointed; then `run` writes the checkpoints
-    /// due, releases the leases and returns. Once `run` has returned, the
+    /// due, releases the leases and returns. A last checkpoint whose write
+    /// still fails after being tried again for up to the failover time makes
+    /// `run` return [`Error::CheckpointsNotSaved`] naming its shards (their
+    /// leases are left to expire, not released). Once `run` has returned, the
     /// message handler is not called again. `run` waits up to the connect
     /// timeout plus the read timeout plus 1 s for readers inside a
     /// GetRecords call; a reader still in its call then ends by itself
@@ -263,7 +273,10 @@ impl<T: Send + 'static> Consumer<T> {
     ///
     /// Records reach each processor in sequence order, through a queue of
     /// a few reads per shard: a slow processor holds back only its own
-    /// shard's reader. Checkpoints, the error policy and shutdown work as
+    /// shard's reader. A shard's reads hold at most its even share of the
+    /// buffer (`buffer_bytes` and `buffer_records` divided by the shards
+    /// held), or one read, so a slow shard never holds the room the others
+    /// need. Checkpoints, the error policy and shutdown work as
     /// for [`run`](Self::run), per shard:
     /// [`ErrorPolicy::RetryThenReleaseShard`] gives up a failing shard alone.
     pub fn run_processors<P, F>(self, factory: F) -> Result<()>
@@ -360,6 +373,7 @@ impl<T: Send + 'static> Consumer<T> {
             read_memory: Arc::new(Budget::new(s.read_memory, u64::MAX)),
             pace_reads: s.pace_reads,
             fan_out,
+            readers: std::sync::atomic::AtomicUsize::new(0),
             stop_timeout: s.connect_timeout + s.read_timeout + READER_STOP_MARGIN,
         });
         let timings = LeaseTimings {
@@ -420,6 +434,7 @@ impl<T: Send + 'static> Consumer<T> {
             checkpoint_interval: s.checkpoint_interval,
             checkpointing: s.checkpointing,
             error_policy: s.error_policy,
+            last_checkpoint_time: s.failover_time,
         };
         let result = deliver(&records, delivery);
         let _ = events.send(CoordinatorEvent::Stop);

@@ -49,7 +49,8 @@ pub enum ErrorPolicy {
     /// Calls the handler again with the same records (the message handler
     /// is run again on them), up to `retries` more times, waiting `backoff`
     /// doubled per attempt (at most 20 s, with jitter); then stops as
-    /// [`Stop`](Self::Stop) does.
+    /// [`Stop`](Self::Stop) does. A shutdown asked for meanwhile ends the
+    /// retries without failing `run`: the records are not checkpointed.
     Retry {
         /// How many calls after the first failed one.
         retries: u32,
@@ -83,35 +84,158 @@ impl ErrorPolicy {
 /// How often a waiting ticker or processor looks at the shutdown flag.
 pub(crate) const SHUTDOWN_CHECK: Duration = Duration::from_millis(50);
 
+/// How a call under the error policy ended, unless the policy gave up.
+#[derive(Debug)]
+pub(crate) enum Called {
+    /// It succeeded.
+    Done,
+    /// It failed with retries left, and the retries were ended (a
+    /// shutdown, or the lease lost): its records are not accepted, but the
+    /// consumer has not failed.
+    Cut(Error),
+}
+
+impl Called {
+    /// A cut call as the failure it is where no retry is owed (a call that
+    /// must succeed for the consumer to go on).
+    pub(crate) fn done(self) -> Result<()> {
+        match self {
+            Called::Done => Ok(()),
+            Called::Cut(error) => Err(error),
+        }
+    }
+}
+
 /// Calls `attempt` (with the attempt number, 0 first) until it succeeds or
-/// `policy` gives up, catching panics. A shutdown asked for meanwhile ends
-/// the retries with the last failure.
+/// `policy` gives up (the error), catching panics. Once `stop` returns true
+/// (a shutdown, or the lease lost) a failure with retries left ends them:
+/// [`Called::Cut`].
 pub(crate) fn call_with_policy(
     policy: &ErrorPolicy,
-    shutdown: &AtomicBool,
+    stop: impl Fn() -> bool,
     what: &str,
     mut attempt: impl FnMut(u32) -> HandlerResult,
-) -> Result<()> {
+) -> Result<Called> {
     let (retries, base) = policy.retries();
     let mut number = 0;
     loop {
         let error = match catch_unwind(AssertUnwindSafe(|| attempt(number))) {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(())) => return Ok(Called::Done),
             Ok(Err(e)) => Error::Handler(e),
             Err(panic) => {
                 Error::HandlerPanicked(format!("{what} panicked: {}", panic_message(&panic)))
             }
         };
-        if number >= retries || shutdown.load(Ordering::Relaxed) {
+        if number >= retries {
             return Err(error);
+        }
+        if stop() {
+            log::warn!(
+                "{what} failed; its retries end here (shutdown, or its lease gone): {error}"
+            );
+            return Ok(Called::Cut(error));
         }
         number += 1;
         let wait = crate::aws::client::backoff(base, number);
         log::warn!("{what} failed (retry {number} of {retries} in {wait:?}): {error}");
         let until = Instant::now() + wait;
-        while Instant::now() < until && !shutdown.load(Ordering::Relaxed) {
+        while Instant::now() < until && !stop() {
             std::thread::sleep(SHUTDOWN_CHECK.min(until - Instant::now()));
         }
+    }
+}
+
+/// The first wait between tries of a last checkpoint write (doubled per
+/// try, at most [`LAST_WRITE_MAX_WAIT`]).
+const LAST_WRITE_BACKOFF: Duration = Duration::from_millis(100);
+const LAST_WRITE_MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether a failed checkpoint write may succeed if tried again: not when
+/// the lease is no longer ours or the position is refused.
+pub(crate) fn worth_retrying(error: &Error) -> bool {
+    !matches!(
+        error,
+        Error::LeaseLost { .. } | Error::InvalidCheckpoint { .. }
+    )
+}
+
+/// Writes a last checkpoint (at shutdown, or before a lease is handed
+/// over) with `write`, trying again after a failure that may pass, with
+/// backoff, until it succeeds or `give_up` says so after a failure; returns
+/// the last failure then. The batch ticker and the shard processors share
+/// it.
+pub(crate) fn write_last(
+    shard_id: &str,
+    mut give_up: impl FnMut() -> bool,
+    mut write: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        let error = match write() {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if !worth_retrying(&error) || give_up() {
+            return Err(error);
+        }
+        tries += 1;
+        let wait = crate::aws::client::backoff(LAST_WRITE_BACKOFF, tries).min(LAST_WRITE_MAX_WAIT);
+        log::warn!(
+            "checkpoint of {shard_id} failed (try {tries}), trying again in {wait:?}: {error}"
+        );
+        std::thread::sleep(wait);
+    }
+}
+
+/// Hands over at once the leases another worker asked for that were never
+/// opened (`opened` says which are): a child blocked behind its parents
+/// has no reader and nothing was handed on, so nothing is left to
+/// checkpoint, and nothing else would release it. Opened ones are released
+/// by whoever opened them, once their checkpoint is written.
+pub(crate) fn release_unopened_handoffs(held: &HeldLeases, opened: impl Fn(&str) -> bool) {
+    for shard_id in held.handoffs() {
+        if !opened(&shard_id) {
+            if let Err(e) = held.release(&shard_id) {
+                log::warn!("handing lease {shard_id} over failed: {e}");
+            }
+        }
+    }
+}
+
+/// The last checkpoint of `shard_id` was not written: its lease is
+/// forgotten here, so that it is not released as if saved at shutdown (it
+/// expires, and its next owner reads from the checkpoint in the table).
+pub(crate) fn not_saved(held: &HeldLeases, shard_id: &str, error: Error) -> Error {
+    log::error!(
+        "the last checkpoint of {shard_id} could not be written; its lease is left to expire: {error}"
+    );
+    held.drop_lost(shard_id);
+    Error::CheckpointsNotSaved {
+        shard_ids: vec![shard_id.to_owned()],
+        source: Box::new(error),
+    }
+}
+
+/// What a stopped consumer returns, given every failure seen: the first
+/// failure that stopped it, if any; otherwise, the shards whose last
+/// checkpoint was not written, all in one error.
+pub(crate) fn outcome(failures: impl IntoIterator<Item = Error>) -> Result<()> {
+    let mut unsaved: Option<(Vec<String>, Box<Error>)> = None;
+    for failure in failures {
+        match failure {
+            Error::CheckpointsNotSaved { shard_ids, source } => match &mut unsaved {
+                Some((all, _)) => all.extend(shard_ids),
+                None => unsaved = Some((shard_ids, source)),
+            },
+            other => return Err(other),
+        }
+    }
+    match unsaved {
+        Some((mut shard_ids, source)) => {
+            shard_ids.sort();
+            Err(Error::CheckpointsNotSaved { shard_ids, source })
+        }
+        None => Ok(()),
     }
 }
 
@@ -170,6 +294,10 @@ pub(crate) struct Delivery<T> {
     pub checkpoint_interval: Duration,
     pub checkpointing: Checkpointing,
     pub error_policy: ErrorPolicy,
+    /// How long the last checkpoints at shutdown are tried for (the
+    /// failover time: a peer could take over a dead worker's leases by
+    /// then).
+    pub last_checkpoint_time: Duration,
 }
 
 impl<T> Clone for Delivery<T> {
@@ -186,6 +314,7 @@ impl<T> Clone for Delivery<T> {
             checkpoint_interval: self.checkpoint_interval,
             checkpointing: self.checkpointing,
             error_policy: self.error_policy,
+            last_checkpoint_time: self.last_checkpoint_time,
         }
     }
 }
@@ -239,10 +368,15 @@ mod tests {
     #[test]
     fn stop_calls_once_and_returns_the_failure() {
         let mut calls = 0;
-        let result = call_with_policy(&ErrorPolicy::Stop, &AtomicBool::new(false), "h", |_| {
-            calls += 1;
-            Err("bad record".into())
-        });
+        let result = call_with_policy(
+            &ErrorPolicy::Stop,
+            || false,
+            "h",
+            |_| {
+                calls += 1;
+                Err("bad record".into())
+            },
+        );
         assert_eq!(calls, 1);
         assert!(matches!(result, Err(Error::Handler(e)) if e.to_string() == "bad record"));
     }
@@ -250,29 +384,120 @@ mod tests {
     #[test]
     fn retry_calls_again_until_it_succeeds_or_gives_up() {
         let mut attempts = Vec::new();
-        let result = call_with_policy(&policy(3), &AtomicBool::new(false), "h", |n| {
-            attempts.push(n);
-            if n < 2 { Err("not yet".into()) } else { Ok(()) }
-        });
-        assert!(result.is_ok());
+        let result = call_with_policy(
+            &policy(3),
+            || false,
+            "h",
+            |n| {
+                attempts.push(n);
+                if n < 2 { Err("not yet".into()) } else { Ok(()) }
+            },
+        );
+        assert!(matches!(result, Ok(Called::Done)));
         assert_eq!(attempts, [0, 1, 2]);
         let mut calls = 0;
-        let result = call_with_policy(&policy(2), &AtomicBool::new(false), "h", |_| {
-            calls += 1;
-            panic!("poison")
-        });
+        let result = call_with_policy(
+            &policy(2),
+            || false,
+            "h",
+            |_| {
+                calls += 1;
+                panic!("poison")
+            },
+        );
         assert_eq!(calls, 3, "the first call and two retries");
         assert!(matches!(result, Err(Error::HandlerPanicked(m)) if m.contains("poison")));
     }
 
     #[test]
+    fn a_last_write_is_tried_again_until_it_lands_or_time_is_up() {
+        let refused = || Error::Internal("refused".into());
+        let mut tries = 0;
+        let result = write_last(
+            "s",
+            || false,
+            || {
+                tries += 1;
+                if tries < 3 { Err(refused()) } else { Ok(()) }
+            },
+        );
+        assert!(result.is_ok());
+        assert_eq!(tries, 3);
+        // Time is up after the second failure.
+        let (mut tries, mut looks) = (0, 0);
+        let result = write_last(
+            "s",
+            || {
+                looks += 1;
+                looks >= 2
+            },
+            || {
+                tries += 1;
+                Err(refused())
+            },
+        );
+        assert!(matches!(result, Err(Error::Internal(_))));
+        assert_eq!(tries, 2);
+        // A lost lease or a refused position: trying again cannot help.
+        for error in [
+            Error::LeaseLost {
+                shard_id: "s".into(),
+            },
+            Error::InvalidCheckpoint {
+                shard_id: "s".into(),
+                reason: "behind".into(),
+            },
+        ] {
+            let mut error = Some(error);
+            let mut tries = 0;
+            let result = write_last(
+                "s",
+                || false,
+                || {
+                    tries += 1;
+                    Err(error.take().unwrap())
+                },
+            );
+            assert!(result.is_err());
+            assert_eq!(tries, 1);
+        }
+    }
+
+    #[test]
+    fn a_failure_comes_first_then_every_unsaved_shard_in_one_error() {
+        let unsaved = |shard: &str| Error::CheckpointsNotSaved {
+            shard_ids: vec![shard.into()],
+            source: Box::new(Error::Internal(format!("{shard} refused"))),
+        };
+        assert!(outcome([]).is_ok());
+        let result = outcome([unsaved("b"), unsaved("a")]);
+        match result {
+            Err(Error::CheckpointsNotSaved { shard_ids, source }) => {
+                assert_eq!(shard_ids, ["a", "b"]);
+                assert_eq!(source.to_string(), "internal error: b refused");
+            }
+            other => panic!("{other:?}"),
+        }
+        let result = outcome([unsaved("a"), Error::Handler("bad".into()), unsaved("b")]);
+        assert!(matches!(result, Err(Error::Handler(_))), "{result:?}");
+    }
+
+    #[test]
     fn a_shutdown_ends_the_retries() {
         let mut calls = 0;
-        let result = call_with_policy(&policy(100), &AtomicBool::new(true), "h", |_| {
-            calls += 1;
-            Err("down".into())
-        });
+        let result = call_with_policy(
+            &policy(100),
+            || true,
+            "h",
+            |_| {
+                calls += 1;
+                Err("down".into())
+            },
+        );
         assert_eq!(calls, 1);
-        assert!(result.is_err());
+        assert!(matches!(result, Ok(Called::Cut(Error::Handler(_)))));
+        // Without retries left, a failure is the policy's to report.
+        let result = call_with_policy(&ErrorPolicy::Stop, || true, "h", |_| Err("down".into()));
+        assert!(matches!(result, Err(Error::Handler(_))));
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,7 +22,7 @@ use crate::metrics::{Metric, Metrics};
 use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Span};
 use crate::worker::MessageHandler;
 use crate::worker::batch::Message;
-use crate::worker::budget::Budget;
+use crate::worker::budget::{Budget, Room, Share, within_share};
 
 /// Kinesis allows 5 GetRecords calls per second per shard.
 const MIN_TIME_BETWEEN_READS: Duration = Duration::from_millis(200);
@@ -30,6 +30,8 @@ const MIN_TIME_BETWEEN_READS: Duration = Duration::from_millis(200);
 const MAX_BYTES_PER_SECOND: f64 = 2.0 * 1024.0 * 1024.0;
 /// How often a waiting reader looks at its stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(50);
+/// How often a reader waiting for its share of the buffer looks again.
+const SHARE_CHECK: Duration = Duration::from_millis(5);
 
 /// The records of one GetRecords call, ready for a batch.
 #[derive(Debug)]
@@ -42,6 +44,9 @@ pub(crate) struct Chunk<T> {
     pub bytes: u64,
     /// Data and partition key bytes of the messages (what Kinesis counts).
     pub data_bytes: u64,
+    /// The buffer room the chunk holds once handed on (`bytes` and one per
+    /// message), given back when the chunk is dropped, whoever drops it.
+    pub room: Option<Room>,
 }
 
 /// What readers send to the ticker.
@@ -92,6 +97,9 @@ pub(crate) struct ReaderContext<T> {
     pub fan_out: Option<Arc<str>>,
     pub pace_reads: bool,
     pub metrics: Metrics,
+    /// How many readers run now (per-shard queues share the buffer evenly
+    /// among them, see `within_share`).
+    pub readers: AtomicUsize,
     /// How long `stop_all` waits for readers to finish: long enough for a
     /// reader inside one Kinesis request to see that request through (the
     /// consumer sets it to the connect and read timeouts plus a margin).
@@ -266,6 +274,12 @@ impl<T: Send + 'static> ReaderPool<T> {
         }
     }
 
+    /// Notes how many readers run, for their shares of the buffer.
+    fn count_readers(&self) {
+        let running = self.readers.len();
+        self.context.readers.store(running, Ordering::Relaxed);
+    }
+
     /// Joins the stopped readers that have finished.
     fn reap(&mut self) {
         let (finished, stopping) = std::mem::take(&mut self.stopping)
@@ -297,6 +311,7 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
             not_found: not_found.clone(),
             warned_about_aggregates: false,
             read_size: ReadSize::FIRST,
+            share: Arc::default(),
         };
         let checkpoint = checkpoint.clone();
         let spawned = std::thread::Builder::new()
@@ -311,6 +326,7 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
                     handle,
                 };
                 self.readers.insert(shard_id.to_owned(), running);
+                self.count_readers();
             }
             Err(e) => {
                 let error =
@@ -333,6 +349,7 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
             running.stop.store(true, Ordering::Relaxed);
             self.stopping.push(running);
         }
+        self.count_readers();
         self.reap();
     }
 
@@ -358,6 +375,7 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
 
     fn stop_all(&mut self) {
         let mut all: Vec<Running> = self.readers.drain().map(|(_, r)| r).collect();
+        self.count_readers();
         all.append(&mut self.stopping);
         for r in &all {
             r.stop.store(true, Ordering::Relaxed);
@@ -392,6 +410,8 @@ struct Reader<T> {
     warned_about_aggregates: bool,
     /// The size of the next read (see `read_memory`).
     read_size: ReadSize,
+    /// The buffer room this reader's chunks hold (per-shard queues).
+    share: Arc<Share>,
 }
 
 impl<T: Send + 'static> Reader<T> {
@@ -957,23 +977,46 @@ impl<T: Send + 'static> Reader<T> {
             millis_behind_latest,
             shard_end,
             data_bytes,
+            room: None,
         };
         Ok((chunk, deaggregated, passed_through))
     }
 
     /// Waits for room in the buffer and sends; false when told to stop first.
-    fn hand_on(&self, chunk: Chunk<T>) -> bool {
+    fn hand_on(&self, mut chunk: Chunk<T>) -> bool {
         let records = chunk.messages.len() as u64;
         let budget = &self.context.budget;
-        if !budget.acquire(chunk.bytes, records, || self.stopped()) {
+        if self.context.shard_queue.is_some() && !self.wait_for_share(chunk.bytes, records) {
             return false;
         }
-        let bytes = chunk.bytes;
-        if self.send(ReaderOutput::Chunk(chunk)).is_err() {
-            self.context.budget.release(bytes, records);
+        let Some(room) = budget.take_room(chunk.bytes, records, || self.stopped()) else {
             return false;
+        };
+        chunk.room = Some(room.counted_in(&self.share));
+        // A chunk not sent is dropped here, and its room with it.
+        self.send(ReaderOutput::Chunk(chunk)).is_ok()
+    }
+
+    /// With a queue of its own (per-shard processors), waits, holding no
+    /// buffer room, until the queue has a free place and this shard is
+    /// within its even share of the buffer: a slow processor then holds
+    /// back only its own reader, never the room the other shards need.
+    /// False when told to stop first.
+    fn wait_for_share(&self, bytes: u64, records: u64) -> bool {
+        let budget = &self.context.budget;
+        let max = (budget.max_bytes(), budget.max_records());
+        loop {
+            if self.stopped() {
+                return false;
+            }
+            let readers = self.context.readers.load(Ordering::Relaxed);
+            if !self.sender.is_full()
+                && within_share(self.share.held(), (bytes, records), max, readers)
+            {
+                return true;
+            }
+            std::thread::sleep(SHARE_CHECK);
         }
-        true
     }
 
     /// Sends this reader's output (see [`send`]).
@@ -1483,6 +1526,7 @@ mod tests {
             fan_out: None,
             pace_reads: false,
             metrics: Metrics::default(),
+            readers: AtomicUsize::new(0),
             stop_timeout,
         };
         (ReaderPool::new(context), outputs, handled)
@@ -1638,6 +1682,7 @@ mod tests {
                 shard_end: false,
                 bytes: 0,
                 data_bytes: 0,
+                room: None,
             }))
             .unwrap();
         pool.start(SHARD, 1, &Checkpoint::TrimHorizon);

@@ -4,15 +4,18 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{Checkpoint, Holding};
+use crate::metrics::Metric;
 use crate::worker::batch::{Batch, ShardBatch, ShardEvent};
+use crate::worker::budget::Room;
 use crate::worker::processing::{
-    Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy,
+    Called, Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy, not_saved, outcome,
+    release_unopened_handoffs, worth_retrying, write_last,
 };
 use crate::worker::reader::{Chunk, ReaderOutput};
 
@@ -66,6 +69,31 @@ pub(crate) fn changes(
     changes
 }
 
+/// How often a shard read to its end whose end the application has not
+/// checkpointed (manual checkpoints) is warned about: its children wait.
+const END_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// The shards of `waiting` (each with when its next warning is due) to warn
+/// about at `now`, their next warnings set `every` later; shards whose end
+/// is checkpointed (`finished`) leave `waiting`.
+pub(crate) fn ends_to_warn(
+    waiting: &mut HashMap<Arc<str>, Instant>,
+    now: Instant,
+    every: Duration,
+    finished: impl Fn(&str) -> bool,
+) -> Vec<Arc<str>> {
+    waiting.retain(|shard_id, _| !finished(shard_id));
+    let mut due: Vec<Arc<str>> = Vec::new();
+    for (shard_id, next) in waiting.iter_mut() {
+        if now >= *next {
+            due.push(shard_id.clone());
+            *next = now + every;
+        }
+    }
+    due.sort();
+    due
+}
+
 /// The position a shard's part of a batch hands on: its last record, or
 /// its end.
 fn handed_position<T>(shard: &ShardBatch<T>) -> Option<Checkpoint> {
@@ -117,6 +145,11 @@ pub(crate) struct Ticker<'a, T> {
     events: Vec<ShardEvent>,
     pending: HashMap<Arc<str>, Pending>,
     last_written: HashMap<Arc<str>, Instant>,
+    /// Manual checkpoints: open shards read to their end whose end is not
+    /// checkpointed yet, with when to warn about each next.
+    ends_waiting: HashMap<Arc<str>, Instant>,
+    /// [`END_WARNING_EVERY`] (shorter in tests).
+    end_warning_every: Duration,
 }
 
 impl<'a, T> Ticker<'a, T> {
@@ -128,19 +161,47 @@ impl<'a, T> Ticker<'a, T> {
             events: Vec::new(),
             pending: HashMap::new(),
             last_written: HashMap::new(),
+            ends_waiting: HashMap::new(),
+            end_warning_every: END_WARNING_EVERY,
         }
     }
 
     /// Runs batches until shutdown (handing on a last batch then) or an
     /// error; on the way out writes every checkpoint the handler earned.
+    /// A last checkpoint that cannot be written within the last
+    /// checkpoint time fails `run` (after any other failure), naming the
+    /// shard; its lease is not released.
     pub(crate) fn run(&mut self, handler: &mut dyn FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
         let result = self.batches(handler);
-        self.write_checkpoints(true);
+        let unsaved = self.write_last_checkpoints();
         // The leases are released next: no checkpoint after this.
         for (shard_id, open) in std::mem::take(&mut self.open) {
             self.delivery.checkpointer.closed(&shard_id, open.epoch);
         }
-        result
+        outcome(result.err().into_iter().chain(unsaved))
+    }
+
+    /// Writes every checkpoint the handler earned, each failed write tried
+    /// again until the last checkpoint time is up; returns an error for
+    /// each shard left unsaved (see [`not_saved`]).
+    fn write_last_checkpoints(&mut self) -> Vec<Error> {
+        let until = Instant::now() + self.delivery.last_checkpoint_time;
+        let mut pending: Vec<(Arc<str>, Pending)> = self.pending.drain().collect();
+        pending.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut unsaved = Vec::new();
+        for (shard_id, p) in pending {
+            let checkpointer = &self.delivery.checkpointer;
+            match write_last(
+                &shard_id,
+                || Instant::now() >= until,
+                || checkpointer.write(&shard_id, p.epoch, &p.checkpoint),
+            ) {
+                Ok(()) => {}
+                Err(e) if !worth_retrying(&e) => log::info!("not checkpointing {shard_id}: {e}"),
+                Err(e) => unsaved.push(not_saved(&self.delivery.held, &shard_id, e)),
+            }
+        }
+        unsaved
     }
 
     fn batches(&mut self, handler: &mut dyn FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
@@ -156,7 +217,7 @@ impl<'a, T> Ticker<'a, T> {
                 tick = Instant::now() + interval;
             }
             self.look_at_leases();
-            let (batch, held_room, shard_bytes) = self.build(chunks);
+            let (batch, room, shard_bytes) = self.build(chunks);
             let processed: Vec<(Arc<str>, usize, u64)> = if self.delivery.metrics.is_on() {
                 batch
                     .shards
@@ -173,8 +234,20 @@ impl<'a, T> Ticker<'a, T> {
                 .filter_map(|s| Some((s.shard_id.clone(), s.epoch, handed_position(s)?)))
                 .collect();
             let result = self.hand_on(batch, handler);
-            self.delivery.budget.release(held_room.0, held_room.1);
-            result?;
+            // The batch is handled: the readers may fill its room again.
+            drop(room);
+            let accepted = matches!(result, Ok(Called::Done));
+            for (shard_id, epoch, _) in &ends {
+                self.delivery
+                    .checkpointer
+                    .call_ended(shard_id, *epoch, accepted);
+            }
+            if !accepted {
+                // Failed; or a shutdown ended its retries: then nothing of
+                // it is checkpointed, and the last batch follows.
+                result?;
+                continue;
+            }
             for (shard_id, records, bytes) in &processed {
                 self.delivery.record_processed(shard_id, *records, *bytes);
             }
@@ -182,7 +255,7 @@ impl<'a, T> Ticker<'a, T> {
                 for (shard_id, epoch, checkpoint) in ends {
                     self.pending.insert(shard_id, Pending { epoch, checkpoint });
                 }
-                self.write_checkpoints(false);
+                self.write_checkpoints();
             }
             self.release_closing();
         }
@@ -210,15 +283,17 @@ impl<'a, T> Ticker<'a, T> {
             events: std::mem::take(&mut self.events),
             last: true,
         };
-        self.hand_on(batch, handler)
+        // Its failure is the handler's to report: no retry is owed.
+        self.hand_on(batch, handler)?.done()
     }
 
-    /// Calls the handler with `batch` under the error policy.
+    /// Calls the handler with `batch` under the error policy; its records
+    /// are accepted when it returns [`Called::Done`].
     fn hand_on(
         &mut self,
         batch: Batch<T>,
         handler: &mut dyn FnMut(Batch<T>) -> HandlerResult,
-    ) -> Result<()> {
+    ) -> Result<Called> {
         let records = batch.len();
         let policy = match self.delivery.error_policy {
             // One handler for every shard: no shard to give up alone.
@@ -234,7 +309,7 @@ impl<'a, T> Ticker<'a, T> {
         let delivery = &self.delivery;
         let result = call_with_policy(
             &policy,
-            &delivery.shutdown,
+            || delivery.stopping(),
             "the batch handler",
             |_| match (first.take(), &kept) {
                 (Some(batch), _) => handler(batch),
@@ -251,7 +326,6 @@ impl<'a, T> Ticker<'a, T> {
         let mut chunks = Vec::new();
         loop {
             if self.delivery.stopping() {
-                self.drop_chunks(chunks);
                 return Ok(None);
             }
             // Past the tick, still take what already waits (a slow handler
@@ -262,10 +336,9 @@ impl<'a, T> Ticker<'a, T> {
                 Ok(ReaderOutput::Chunk(chunk)) => {
                     if self.delivery.held.is_current(&chunk.shard_id, chunk.epoch) {
                         chunks.push(chunk);
-                    } else {
-                        // Read under a lease we no longer hold: the next owner reads it again.
-                        self.drop_chunks(vec![chunk]);
                     }
+                    // Otherwise read under a lease we no longer hold: the
+                    // next owner reads it again (dropped, it gives its room back).
                 }
                 Ok(ReaderOutput::Started {
                     shard_id,
@@ -279,17 +352,13 @@ impl<'a, T> Ticker<'a, T> {
                     error,
                 }) => {
                     if self.delivery.held.is_current(&shard_id, epoch) {
-                        self.drop_chunks(chunks);
                         return Err(error);
                     }
                     // A reader of a lease given up since: its failure
                     // concerns the shard's next reader, not this consumer.
                     log::info!("ignoring the failure of a stale reader of {shard_id}: {error}");
                 }
-                Ok(ReaderOutput::Fatal(error)) => {
-                    self.drop_chunks(chunks);
-                    return Err(error);
-                }
+                Ok(ReaderOutput::Fatal(error)) => return Err(error),
                 Err(RecvTimeoutError::Timeout) if now >= tick => return Ok(Some(chunks)),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
@@ -351,12 +420,34 @@ impl<'a, T> Ticker<'a, T> {
                 other => self.close(&shard_id, epoch, other),
             }
         }
-        for shard_id in self.delivery.held.handoffs() {
-            if !self.open.contains_key(shard_id.as_str()) {
-                if let Err(e) = self.delivery.held.release(&shard_id) {
-                    log::warn!("handing lease {shard_id} over failed: {e}");
-                }
-            }
+        release_unopened_handoffs(&self.delivery.held, |id| self.open.contains_key(id));
+        self.warn_about_waiting_ends();
+    }
+
+    /// Warns (once every [`END_WARNING_EVERY`], the first time that long
+    /// after the end was handed on) about each open shard read
+    /// to its end whose end is not checkpointed, and counts it in the
+    /// `ShardEndsNotCheckpointed` metric: with manual checkpoints, an
+    /// application that never checkpoints an ended shard holds its
+    /// children back.
+    fn warn_about_waiting_ends(&mut self) {
+        let (open, checkpointer) = (&self.open, &self.delivery.checkpointer);
+        let due = ends_to_warn(
+            &mut self.ends_waiting,
+            Instant::now(),
+            self.end_warning_every,
+            |shard| {
+                open.get(shard)
+                    .is_none_or(|o| checkpointer.is_finished(shard, o.epoch))
+            },
+        );
+        for shard_id in due {
+            log::warn!(
+                "shard {shard_id} was read to its end but its end is not checkpointed: its children are not read until the application calls Checkpointer::checkpoint(\"{shard_id}\")"
+            );
+            self.delivery
+                .metrics
+                .record(Some(&shard_id), &[(Metric::ShardEndsNotCheckpointed, 1.0)]);
         }
     }
 
@@ -407,25 +498,16 @@ impl<'a, T> Ticker<'a, T> {
         }
     }
 
-    fn drop_chunks(&self, chunks: Vec<Chunk<T>>) {
-        for c in chunks {
-            self.delivery
-                .budget
-                .release(c.bytes, c.messages.len() as u64);
-        }
-    }
-
     /// Groups chunks by shard, in the order they were read, leaving out
     /// shards whose lease was lost meanwhile, and notes what is handed on.
-    /// Also returns the buffer room (bytes, records) the chunks held, and
-    /// the data bytes of each shard of the batch.
-    fn build(&mut self, chunks: Vec<Chunk<T>>) -> (Batch<T>, (u64, u64), Vec<u64>) {
+    /// Also returns the buffer room the chunks held (to give back once the
+    /// batch is handled), and the data bytes of each shard of the batch.
+    fn build(&mut self, chunks: Vec<Chunk<T>>) -> (Batch<T>, Vec<Room>, Vec<u64>) {
         let mut shards: Vec<ShardBatch<T>> = Vec::new();
         let mut shard_bytes: Vec<u64> = Vec::new();
-        let (mut bytes, mut count) = (0, 0);
-        for chunk in chunks {
-            bytes += chunk.bytes;
-            count += chunk.messages.len() as u64;
+        let mut room = Vec::new();
+        for mut chunk in chunks {
+            room.extend(chunk.room.take());
             let open = self.open.get(&chunk.shard_id);
             if open.is_none_or(|o| o.epoch != chunk.epoch || o.closing)
                 || !self.delivery.held.is_current(&chunk.shard_id, chunk.epoch)
@@ -460,11 +542,15 @@ impl<'a, T> Ticker<'a, T> {
                 self.events.push(ShardEvent::Ended {
                     shard_id: s.shard_id.to_string(),
                 });
+                if !self.delivery.automatic() {
+                    let first_warning = Instant::now() + self.end_warning_every;
+                    self.ends_waiting.insert(s.shard_id.clone(), first_warning);
+                }
             }
             if let Some(position) = handed_position(s) {
                 self.delivery
                     .checkpointer
-                    .handed(&s.shard_id, s.epoch, position);
+                    .handing(&s.shard_id, s.epoch, position);
             }
         }
         let batch = Batch {
@@ -473,12 +559,12 @@ impl<'a, T> Ticker<'a, T> {
             events: std::mem::take(&mut self.events),
             last: false,
         };
-        (batch, (bytes, count), shard_bytes)
+        (batch, room, shard_bytes)
     }
 
-    /// Writes the checkpoints that are due (all of them when `all`); a
-    /// shard's end is written at once so its children can start.
-    fn write_checkpoints(&mut self, all: bool) {
+    /// Writes the checkpoints that are due; a shard's end is written at
+    /// once so its children can start.
+    fn write_checkpoints(&mut self) {
         let now = Instant::now();
         // Forget shards no longer open: over a long run, many come and go.
         self.last_written.retain(|id, _| self.open.contains_key(id));
@@ -487,7 +573,7 @@ impl<'a, T> Ticker<'a, T> {
             .pending
             .iter()
             .filter(|(shard_id, p)| {
-                all || p.checkpoint == Checkpoint::ShardEnd
+                p.checkpoint == Checkpoint::ShardEnd
                     || self
                         .last_written
                         .get(*shard_id)
@@ -524,114 +610,11 @@ impl<'a, T> Ticker<'a, T> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
-    use std::time::Duration;
+    use std::sync::atomic::AtomicUsize;
 
     use super::*;
-    use crate::aws::ClientConfig;
-    use crate::aws::credentials::Credentials;
-    use crate::aws::dynamodb::DynamoDbClient;
-    use crate::aws::test_server::FakeServer;
-    use crate::lease::{Clock, HeldLeases, LeaseTable};
-    use crate::metrics::Metrics;
-    use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Shared, Span};
-    use crate::worker::batch::Message;
-    use crate::worker::budget::Budget;
-    use crate::worker::checkpointer::Checkpointer;
     use crate::worker::processing::Checkpointing;
-
-    /// Held leases over a fake DynamoDB where every lease write succeeds:
-    /// enough to hold leases. The server lives as long as the leases.
-    fn held_leases() -> (FakeServer, Arc<HeldLeases>) {
-        let server = FakeServer::start(|_| {
-            (
-                200,
-                r#"{"Attributes":{"leaseCounter":{"N":"1"}}}"#.to_owned(),
-            )
-        });
-        let config = ClientConfig::new()
-            .region("us-east-1")
-            .endpoint_url(&server.url)
-            .credentials(Credentials::new("AKIDTEST", "secret"));
-        let table = LeaseTable::new(DynamoDbClient::new(&config).unwrap(), "app");
-        let held = HeldLeases::new(
-            Arc::new(table),
-            "me".into(),
-            Duration::from_secs(60),
-            Clock::system(),
-        );
-        // Its one heartbeat keeps the leases for the tests' length.
-        held.heartbeat(None).1.unwrap();
-        (server, Arc::new(held))
-    }
-
-    /// What a ticker needs, batches every 50 ms; records become their data
-    /// as text.
-    fn delivery(held: &Arc<HeldLeases>, policy: ErrorPolicy) -> Delivery<String> {
-        let (coordinator, _) = crossbeam_channel::unbounded();
-        Delivery {
-            held: held.clone(),
-            budget: Arc::new(Budget::new(1 << 20, 1000)),
-            checkpointer: Checkpointer::new(held.clone(), coordinator.clone(), Metrics::default()),
-            coordinator,
-            shutdown: Arc::new(AtomicBool::new(false)),
-            metrics: Metrics::default(),
-            message_handler: Arc::new(|r: &Record| String::from_utf8_lossy(r.data()).into()),
-            batch_interval: Duration::from_millis(50),
-            checkpoint_interval: Duration::from_millis(50),
-            checkpointing: Checkpointing::Automatic,
-            error_policy: policy,
-        }
-    }
-
-    fn record(shard: &str, sequence: &str, data: &str) -> Record {
-        Record {
-            shared: Arc::new(Shared {
-                shard_id: shard.into(),
-                bytes: data.as_bytes().to_vec(),
-            }),
-            position: ExtendedSequenceNumber {
-                sequence_number: SequenceNumber::parse(sequence).unwrap(),
-                sub_sequence_number: 0,
-            },
-            aggregated: false,
-            partition_key: Span::default(),
-            explicit_hash_key: None,
-            arrival: None,
-            data: Span {
-                start: 0,
-                end: data.len() as u32,
-            },
-        }
-    }
-
-    fn chunk(shard: &str, epoch: u64, records: &[(&str, &str)]) -> ReaderOutput<String> {
-        let messages = records
-            .iter()
-            .map(|(sequence, data)| Message {
-                record: record(shard, sequence, data),
-                value: (*data).to_owned(),
-            })
-            .collect();
-        ReaderOutput::Chunk(Chunk {
-            shard_id: shard.into(),
-            epoch,
-            messages,
-            millis_behind_latest: Some(0),
-            shard_end: false,
-            bytes: 0,
-            data_bytes: 0,
-        })
-    }
-
-    fn started(shard: &str, epoch: u64) -> ReaderOutput<String> {
-        ReaderOutput::Started {
-            shard_id: shard.into(),
-            epoch,
-            from: Checkpoint::TrimHorizon,
-            records: None,
-        }
-    }
+    use crate::worker::test_support::{chunk, delivery, held_leases, held_leases_noting, started};
 
     #[test]
     fn chunks_already_waiting_at_a_late_tick_make_the_batch() {
@@ -823,5 +806,228 @@ mod tests {
                 (Arc::from("taken"), Change::Lost),
             ]
         );
+    }
+
+    #[test]
+    fn a_flusher_never_checkpoints_a_batch_whose_call_runs_or_fails() {
+        let (_server, held, written) = held_leases_noting(Arc::default());
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let policy = ErrorPolicy::Retry {
+            retries: 1,
+            backoff: Duration::from_millis(1),
+        };
+        let mut delivery = delivery(&held, policy);
+        delivery.checkpointing = Checkpointing::Manual;
+        let flusher = delivery.checkpointer.clone();
+        let (sender, records) = crossbeam_channel::unbounded();
+        sender.send(started("shard-1", epoch)).unwrap();
+        sender.send(chunk("shard-1", epoch, &[("1", "a")])).unwrap();
+        let (entered_tx, entered) = crossbeam_channel::unbounded();
+        let (gate, gate_rx) = crossbeam_channel::unbounded::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut ticker = Ticker::new(&records, delivery);
+            ticker.run(&mut |batch: Batch<String>| {
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                let values: Vec<String> = batch.messages().map(|m| m.value().clone()).collect();
+                entered_tx.send(values.clone()).unwrap();
+                gate_rx.recv_timeout(Duration::from_secs(10))?;
+                match values.iter().any(|v| v == "poison") {
+                    true => Err("poison".into()),
+                    false => Ok(()),
+                }
+            })
+        });
+        let entered = || entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(entered(), ["a"]);
+        // The batch handler runs on another thread: nothing accepted yet.
+        flusher.checkpoint("shard-1").unwrap();
+        gate.send(()).unwrap();
+        sender
+            .send(chunk("shard-1", epoch, &[("2", "poison")]))
+            .unwrap();
+        // Inside the failing call, then inside its retry: only "a".
+        for _ in 0..2 {
+            assert_eq!(entered(), ["poison"]);
+            flusher.checkpoint("shard-1").unwrap();
+            gate.send(()).unwrap();
+        }
+        let result = thread.join().unwrap();
+        assert!(matches!(&result, Err(Error::Handler(_))), "{result:?}");
+        assert_eq!(
+            *written.lock().unwrap(),
+            [("shard-1".to_owned(), "1".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_last_checkpoint_that_fails_is_tried_again_at_shutdown() {
+        // The write after the batch and the first last one are refused.
+        let refuse = Arc::new(AtomicUsize::new(2));
+        let (_server, held, written) = held_leases_noting(refuse);
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let result = run_until(
+            delivery(&held, ErrorPolicy::Stop),
+            vec![
+                started("shard-1", epoch),
+                chunk("shard-1", epoch, &[("1", "a"), ("2", "b")]),
+            ],
+            |_| Ok(()),
+        );
+        assert!(result.is_ok(), "{result:?}");
+        let written = written.lock().unwrap().clone();
+        let shard = |what: &str| ("shard-1".to_owned(), what.to_owned());
+        assert_eq!(written, [shard("refused"), shard("refused"), shard("2")]);
+        assert_eq!(
+            held.holding("shard-1", epoch),
+            Holding::Current,
+            "released by the coordinator next"
+        );
+    }
+
+    #[test]
+    fn a_last_checkpoint_never_written_fails_run_naming_the_shard_and_its_lease_is_not_released() {
+        let (_server, held, written) = held_leases_noting(Arc::new(AtomicUsize::new(usize::MAX)));
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let result = run_until(
+            delivery(&held, ErrorPolicy::Stop),
+            vec![
+                started("shard-1", epoch),
+                chunk("shard-1", epoch, &[("1", "a")]),
+            ],
+            |_| Ok(()),
+        );
+        match &result {
+            Err(Error::CheckpointsNotSaved { shard_ids, .. }) => {
+                assert_eq!(shard_ids, &["shard-1"])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(written.lock().unwrap().len() >= 2, "tried again");
+        // Forgotten, not released: the coordinator's leave() passes it by.
+        assert!(held.shards().is_empty());
+    }
+
+    #[test]
+    fn a_shutdown_during_retries_ends_them_and_hands_on_the_last_batch() {
+        let (_server, held, written) = held_leases_noting(Arc::default());
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let policy = ErrorPolicy::Retry {
+            retries: 100,
+            backoff: Duration::from_millis(20),
+        };
+        let delivery = delivery(&held, policy);
+        let shutdown = delivery.shutdown.clone();
+        let (sender, records) = crossbeam_channel::unbounded();
+        sender.send(started("shard-1", epoch)).unwrap();
+        sender.send(chunk("shard-1", epoch, &[("1", "a")])).unwrap();
+        let (entered_tx, entered) = crossbeam_channel::unbounded();
+        let thread = std::thread::spawn(move || {
+            let mut ticker = Ticker::new(&records, delivery);
+            let mut last_batches = 0;
+            let result = ticker.run(&mut |batch: Batch<String>| {
+                last_batches += usize::from(batch.is_last());
+                let values: Vec<String> = batch.messages().map(|m| m.value().clone()).collect();
+                if values.is_empty() {
+                    return Ok(());
+                }
+                entered_tx.send(values.clone()).unwrap();
+                match values.iter().any(|v| v == "poison") {
+                    true => Err("poison".into()),
+                    false => Ok(()),
+                }
+            });
+            (result, last_batches)
+        });
+        let entered = || entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(entered(), ["a"]);
+        sender
+            .send(chunk("shard-1", epoch, &[("2", "poison")]))
+            .unwrap();
+        assert_eq!(entered(), ["poison"]);
+        assert_eq!(entered(), ["poison"], "retried");
+        shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (result, last_batches) = thread.join().unwrap();
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(last_batches, 1, "the last batch was handed on");
+        // "a" is checkpointed, the failed batch is not.
+        let written = written.lock().unwrap().clone();
+        assert_eq!(
+            written.last(),
+            Some(&("shard-1".to_owned(), "1".to_owned()))
+        );
+        assert!(!written.iter().any(|(_, c)| c == "2"), "{written:?}");
+    }
+
+    #[test]
+    fn an_end_not_checkpointed_is_warned_about_every_interval_until_it_is() {
+        let every = Duration::from_secs(60);
+        let start = Instant::now();
+        let mut waiting: HashMap<Arc<str>, Instant> = HashMap::new();
+        waiting.insert(Arc::from("a"), start + every);
+        waiting.insert(Arc::from("b"), start + every * 2);
+        let none = |_: &str| false;
+        assert!(ends_to_warn(&mut waiting, start, every, none).is_empty());
+        let at = start + every;
+        assert_eq!(
+            ends_to_warn(&mut waiting, at, every, none),
+            [Arc::from("a")]
+        );
+        assert!(
+            ends_to_warn(&mut waiting, at, every, none).is_empty(),
+            "spaced out"
+        );
+        let at = start + every * 2;
+        assert_eq!(
+            ends_to_warn(&mut waiting, at, every, none),
+            [Arc::from("a"), Arc::from("b")]
+        );
+        // Checkpointed: never again.
+        let at = start + every * 3;
+        assert_eq!(
+            ends_to_warn(&mut waiting, at, every, |s| s == "a"),
+            [Arc::from("b")]
+        );
+        assert_eq!(waiting.len(), 1);
+    }
+
+    #[test]
+    fn an_ended_shard_never_checkpointed_is_warned_about_and_counted() {
+        let (_server, held) = held_leases();
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let mut delivery = delivery(&held, ErrorPolicy::Stop);
+        delivery.checkpointing = Checkpointing::Manual;
+        delivery.metrics =
+            crate::metrics::Metrics::new(crate::MetricsLevel::Summary, &[], "me", "stream");
+        let (metrics, shutdown) = (delivery.metrics.clone(), delivery.shutdown.clone());
+        let (sender, records) = crossbeam_channel::unbounded();
+        sender.send(started("shard-1", epoch)).unwrap();
+        let ReaderOutput::Chunk(mut end) = chunk("shard-1", epoch, &[("1", "a")]) else {
+            unreachable!()
+        };
+        end.shard_end = true;
+        sender.send(ReaderOutput::Chunk(end)).unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut ticker = Ticker::new(&records, delivery);
+            ticker.end_warning_every = Duration::from_millis(100);
+            // The handler never checkpoints the shard's end.
+            ticker.run(&mut |_: Batch<String>| Ok(()))
+        });
+        let warnings = || -> f64 {
+            metrics
+                .snapshot()
+                .iter()
+                .filter(|s| s.name == "ShardEndsNotCheckpointed")
+                .map(|s| s.statistics.sum)
+                .sum()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while warnings() < 2.0 {
+            assert!(Instant::now() < deadline, "no warnings");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+        thread.join().unwrap().unwrap();
     }
 }
