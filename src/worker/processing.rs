@@ -261,6 +261,11 @@ impl KeptShard {
         }
     }
 
+    /// The shard and the lease epoch its records were read under.
+    pub(crate) fn lease(&self) -> (&Arc<str>, u64) {
+        (&self.bare.shard_id, self.bare.epoch)
+    }
+
     /// The shard's part made again, its values by `handler`.
     pub(crate) fn remake<T>(&self, handler: &MessageHandler<T>) -> ShardBatch<T> {
         let bare = &self.bare;

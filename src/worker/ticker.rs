@@ -123,15 +123,30 @@ impl Kept {
         }
     }
 
-    fn remake<T>(&self, delivery: &Delivery<T>) -> Batch<T> {
+    /// The batch made again for a retry, without the shards whose lease
+    /// was lost since (added to `lost`, each told once with a `Lost`
+    /// event): a retry never hands on records of a lease another worker
+    /// may hold.
+    fn remake<T>(&self, delivery: &Delivery<T>, lost: &mut Vec<(Arc<str>, u64)>) -> Batch<T> {
+        let mut events = self.events.clone();
+        let mut shards = Vec::new();
+        for kept in &self.shards {
+            let (shard_id, epoch) = kept.lease();
+            if delivery.held.holding(shard_id, epoch) == Holding::Gone {
+                if !lost.iter().any(|(id, _)| **id == **shard_id) {
+                    lost.push((shard_id.clone(), epoch));
+                }
+                events.push(ShardEvent::Lost {
+                    shard_id: shard_id.to_string(),
+                });
+                continue;
+            }
+            shards.push(kept.remake(&delivery.message_handler));
+        }
         Batch {
             time: self.time,
-            shards: self
-                .shards
-                .iter()
-                .map(|s| s.remake(&delivery.message_handler))
-                .collect(),
-            events: self.events.clone(),
+            shards,
+            events,
             last: self.last,
         }
     }
@@ -237,6 +252,12 @@ impl<'a, T> Ticker<'a, T> {
             // The batch is handled: the readers may fill its room again.
             drop(room);
             let accepted = matches!(result, Ok(Called::Done));
+            // Shards lost during retries were not accepted in the end.
+            let open = &self.open;
+            let ends: Vec<_> = ends
+                .into_iter()
+                .filter(|(id, epoch, _)| open.get(id).is_some_and(|o| o.epoch == *epoch))
+                .collect();
             for (shard_id, epoch, _) in &ends {
                 self.delivery
                     .checkpointer
@@ -249,7 +270,9 @@ impl<'a, T> Ticker<'a, T> {
                 continue;
             }
             for (shard_id, records, bytes) in &processed {
-                self.delivery.record_processed(shard_id, *records, *bytes);
+                if self.open.contains_key(shard_id) {
+                    self.delivery.record_processed(shard_id, *records, *bytes);
+                }
             }
             if self.delivery.automatic() {
                 for (shard_id, epoch, checkpoint) in ends {
@@ -307,17 +330,22 @@ impl<'a, T> Ticker<'a, T> {
         let mut first = Some(batch);
         let started = Instant::now();
         let delivery = &self.delivery;
+        let mut lost = Vec::new();
         let result = call_with_policy(
             &policy,
             || delivery.stopping(),
             "the batch handler",
             |_| match (first.take(), &kept) {
                 (Some(batch), _) => handler(batch),
-                (None, Some(kept)) => handler(kept.remake(delivery)),
+                (None, Some(kept)) => handler(kept.remake(delivery, &mut lost)),
                 (None, None) => Err("no records kept for a retry".into()),
             },
         );
         delivery.record_call(started, records);
+        // Their loss was told in the retried batch: not again.
+        for (shard_id, epoch) in lost {
+            self.forget(&shard_id, epoch);
+        }
         result
     }
 
@@ -453,14 +481,19 @@ impl<'a, T> Ticker<'a, T> {
 
     /// Forgets an open shard, telling the application when it was lost.
     fn close(&mut self, shard_id: &Arc<str>, epoch: u64, change: Change) {
-        self.open.remove(shard_id);
-        self.pending.remove(shard_id);
-        self.delivery.checkpointer.closed(shard_id, epoch);
+        self.forget(shard_id, epoch);
         if change == Change::Lost {
             self.events.push(ShardEvent::Lost {
                 shard_id: shard_id.to_string(),
             });
         }
+    }
+
+    /// Stops tracking a shard whose lease ended under `epoch`.
+    fn forget(&mut self, shard_id: &Arc<str>, epoch: u64) {
+        self.open.remove(shard_id);
+        self.pending.remove(shard_id);
+        self.delivery.checkpointer.closed(shard_id, epoch);
     }
 
     /// Hands over the shards the application was told about in the batch
@@ -748,6 +781,56 @@ mod tests {
         assert!(result.is_ok(), "{result:?}");
         assert_eq!(calls.len(), 3, "the first call and two retries");
         assert!(calls.iter().all(|c| c == &["a", "b"]), "{calls:?}");
+    }
+
+    #[test]
+    fn a_lease_lost_during_retries_leaves_the_retried_batch_with_its_lost_event() {
+        let (_server, held) = held_leases();
+        let one = held.take("shard-1", 0, false).unwrap().unwrap();
+        let two = held.take("shard-2", 0, false).unwrap().unwrap();
+        let policy = ErrorPolicy::Retry {
+            retries: 2,
+            backoff: Duration::from_millis(1),
+        };
+        let mut calls: Vec<(Vec<String>, Vec<ShardEvent>)> = Vec::new();
+        let result = run_until(
+            delivery(&held, policy),
+            vec![
+                started("shard-1", one),
+                started("shard-2", two),
+                chunk("shard-1", one, &[("1", "a")]),
+                chunk("shard-2", two, &[("1", "b")]),
+            ],
+            |batch| {
+                if batch.is_empty() && !batch.is_last() {
+                    return Ok(());
+                }
+                let values = batch.messages().map(|m| m.value().clone()).collect();
+                calls.push((values, batch.events().to_vec()));
+                if calls.len() == 1 {
+                    // A peer takes shard-1 while the batch fails.
+                    held.drop_lost("shard-1");
+                    return Err("not yet".into());
+                }
+                Ok(())
+            },
+        );
+        assert!(result.is_ok(), "{result:?}");
+        let lost = ShardEvent::Lost {
+            shard_id: "shard-1".into(),
+        };
+        assert_eq!(calls[0].0, ["a", "b"]);
+        assert_eq!(
+            calls[1].0,
+            ["b"],
+            "the lost shard's records are not handed on again"
+        );
+        assert!(calls[1].1.contains(&lost), "{:?}", calls[1].1);
+        let told: usize = calls
+            .iter()
+            .map(|(_, e)| e.iter().filter(|e| **e == lost).count())
+            .sum();
+        assert_eq!(told, 1, "told once: {calls:?}");
     }
 
     #[test]
