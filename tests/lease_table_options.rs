@@ -385,3 +385,99 @@ fn a_live_kcl_worker_on_the_table_is_refused_by_name() {
         .unwrap();
     assert_eq!(row["leaseOwner"].as_s(), Some("kcl-host:5e21"));
 }
+
+/// A KCL worker started on our table takes a lease of ours (to the KCL it
+/// looks expired: we renew no lease, we beat in the workers row) and renews
+/// it. Our next checkpoint of that shard is refused, so we read the table
+/// at once and stop with an error naming the KCL worker within the failover
+/// time of the take; records of its shard stop at the refused checkpoint.
+#[test]
+fn a_kcl_worker_taking_a_lease_of_ours_is_refused_within_the_failover_time() {
+    let stream = common::create_stream(1);
+    let app = common::unique_name("app");
+    let producer = common::produce(&stream, "k");
+    let failover = Duration::from_secs(3);
+    let consumer = common::consumer_builder(&stream, &app)
+        .failover_time(failover)
+        .build()
+        .unwrap();
+    let d = common::dynamodb();
+    let taken_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kcl = std::thread::spawn({
+        let (d, app, done, taken_at) = (d.clone(), app.clone(), done.clone(), taken_at.clone());
+        move || {
+            use kinesis_consumer::__test_support::Expression;
+            // Wait until our worker holds the lease and has checkpointed.
+            let (key, mut counter) = loop {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let rows = common::lease_rows(&app).unwrap_or_default();
+                let held = rows.into_iter().find(|r| {
+                    r.get("leaseOwner").is_some()
+                        && r["checkpoint"]
+                            .as_s()
+                            .is_some_and(|c| c.chars().all(|c| c.is_ascii_digit()))
+                });
+                if let Some(row) = held {
+                    let counter: u64 = row["leaseCounter"].as_n().unwrap().parse().unwrap();
+                    let key = HashMap::from([("leaseKey".to_owned(), row["leaseKey"].clone())]);
+                    break (key, counter);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            // The take, as the KCL writes it, then a renewal every third of
+            // the failover time.
+            let take = Expression::new("SET leaseOwner = :o, leaseCounter = :n")
+                .value(":o", AttributeValue::S("kcl-host:9a1b".into()))
+                .value(":n", AttributeValue::N((counter + 1).to_string()));
+            d.update_item(&app, &key, &take, None).unwrap();
+            *taken_at.lock().unwrap() = Some(Instant::now());
+            counter += 1;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1000));
+                counter += 1;
+                let renew = Expression::new("SET leaseCounter = :n")
+                    .value(":n", AttributeValue::N(counter.to_string()));
+                d.update_item(&app, &key, &renew, None).unwrap();
+            }
+        }
+    });
+    let mut delivered_at: Vec<Instant> = Vec::new();
+    let result = consumer.run(|batch| {
+        if !batch.is_empty() {
+            delivered_at.push(Instant::now());
+        }
+        Ok(())
+    });
+    let stopped = Instant::now();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    kcl.join().unwrap();
+    producer.finish();
+    let e = result.expect_err("the consumer refuses to share the table");
+    assert!(
+        matches!(&e, Error::Config { setting, .. } if *setting == "lease_table_name"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("kcl-host:9a1b"), "{e}");
+    let taken = taken_at
+        .lock()
+        .unwrap()
+        .expect("the KCL worker took the lease");
+    let detected = stopped - taken;
+    let last = delivered_at.iter().max().copied().unwrap_or(taken);
+    let after = last.saturating_duration_since(taken);
+    println!(
+        "KCL worker: refused {:.2} s after its take (failover {failover:?}); last batch handed on {:.2} s after the take",
+        detected.as_secs_f64(),
+        after.as_secs_f64()
+    );
+    assert!(
+        detected <= failover + Duration::from_secs(1),
+        "{detected:?}"
+    );
+    // One checkpoint interval (the batch interval, 200 ms) and the batch
+    // in hand, at most.
+    assert!(after <= Duration::from_millis(600), "{after:?}");
+}

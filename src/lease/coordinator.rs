@@ -50,6 +50,35 @@ fn is_namesake_error(e: &Error) -> bool {
     )
 }
 
+/// A lease as last seen changing (or its owner alive).
+struct Observed {
+    owner: Option<String>,
+    counter: u64,
+    checkpoint: Checkpoint,
+    /// Since when (our clock) it has not changed.
+    since: Instant,
+}
+
+impl Observed {
+    fn of(lease: &Lease, now: Instant) -> Observed {
+        Observed {
+            owner: lease.owner.clone(),
+            counter: lease.counter,
+            checkpoint: lease.checkpoint.clone(),
+            since: now,
+        }
+    }
+
+    /// True when only the counter moved: a renewal, which the KCL writes
+    /// and we never do (our takes, checkpoints and releases change the
+    /// owner or the checkpoint with it).
+    fn renewed_to(&self, lease: &Lease) -> bool {
+        self.owner == lease.owner
+            && self.counter != lease.counter
+            && self.checkpoint == lease.checkpoint
+    }
+}
+
 /// Lease timing settings (see the builder for their defaults and meaning).
 #[derive(Clone, Debug)]
 pub(crate) struct LeaseTimings {
@@ -126,7 +155,7 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     /// workers row. A lease of an owner outside that row (the KCL's, say)
     /// is expired when its counter has not moved for the failover time;
     /// no cross-host clock is ever compared.
-    observed: HashMap<String, (Option<String>, u64, Instant)>,
+    observed: HashMap<String, Observed>,
     /// The other workers, from the workers row.
     peers: Peers,
     /// Owners of leases not in the workers row, and since when we see them
@@ -267,6 +296,7 @@ impl<R: ShardRunner> Coordinator<R> {
         match self.heartbeat() {
             Ok(()) => {
                 self.held.pay_owed_notice();
+                self.read_due |= self.held.take_taken_unseen();
                 let now = self.now();
                 if self.read_due || now >= self.next_full_read {
                     // Only the safety-net read may see a slightly stale
@@ -491,7 +521,7 @@ impl<R: ShardRunner> Coordinator<R> {
             let still = self
                 .observed
                 .get(&lease.shard_id)
-                .map_or(Duration::ZERO, |(_, _, since)| now.duration_since(*since));
+                .map_or(Duration::ZERO, |seen| now.duration_since(seen.since));
             // A member's leases stand still as long as its heartbeat does:
             // the table may not have been read since it last beat.
             let (expired, still) = match lease.owner.as_deref() {
@@ -574,22 +604,23 @@ impl<R: ShardRunner> Coordinator<R> {
             self.outsiders.entry(outsider.to_owned()).or_insert(now);
         }
         for lease in rows.iter().filter_map(Row::lease) {
-            let seen = self.observed.entry(lease.shard_id.clone()).or_insert((
-                lease.owner.clone(),
-                lease.counter,
-                now,
-            ));
+            let seen = self
+                .observed
+                .entry(lease.shard_id.clone())
+                .or_insert_with(|| Observed::of(lease, now));
             let owner = lease.owner.as_deref();
-            // Renewed after we had watched it outside the row for the
-            // failover time: the counter we compare with was seen that late.
-            let renewed_by_outsider = seen.0 == lease.owner
-                && seen.1 != lease.counter
+            // Renewed (only its counter moved) by an owner never seen in the
+            // workers row, after we had watched it for a heartbeat period
+            // (the lease we compare with was seen that late): a worker of
+            // ours beats before its first lease write, and our own
+            // heartbeat shows it to us within that period.
+            let renewed_by_outsider = seen.renewed_to(lease)
                 && owner
                     .and_then(|o| self.outsiders.get(o))
                     .is_some_and(|since| {
                         has_waited(
-                            seen.2.saturating_duration_since(*since),
-                            self.timings.failover,
+                            seen.since.saturating_duration_since(*since),
+                            self.timings.heartbeat_interval,
                         )
                     });
             if renewed_by_outsider {
@@ -603,8 +634,8 @@ impl<R: ShardRunner> Coordinator<R> {
                 return Err(Error::config("lease_table_name", why));
             }
             let alive = owner.is_some_and(|o| self.peers.is_member(o) && !self.peers.is_dead(o));
-            if alive || seen.0 != lease.owner || seen.1 != lease.counter {
-                *seen = (lease.owner.clone(), lease.counter, now);
+            if alive || seen.owner != lease.owner || seen.counter != lease.counter {
+                *seen = Observed::of(lease, now);
             }
         }
         self.handoffs_seen.retain(|id, _| {

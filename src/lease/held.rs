@@ -67,6 +67,9 @@ pub(crate) struct HeldLeases {
     alive_since: Mutex<Option<Instant>>,
     /// True when a notice to read the table failed and is still owed.
     notice_owed: AtomicBool,
+    /// True when a checkpoint found its lease taken since the last call of
+    /// [`take_taken_unseen`](Self::take_taken_unseen).
+    taken_unseen: AtomicBool,
     /// The number of the last heartbeat that landed: every later one is
     /// written only over it or another of ours.
     landed_beat: Mutex<Option<u64>>,
@@ -93,6 +96,7 @@ impl HeldLeases {
             alive_since: Mutex::new(None),
             landed_beat: Mutex::new(None),
             notice_owed: AtomicBool::new(false),
+            taken_unseen: AtomicBool::new(false),
         }
     }
 
@@ -331,10 +335,18 @@ impl HeldLeases {
             None => {
                 log::info!("lease {shard_id} lost: checkpoint refused, another worker holds it");
                 self.lost.fetch_add(1, Ordering::Relaxed);
+                // Taken behind our back (no notice came): look at the table.
+                self.taken_unseen.store(true, Ordering::Relaxed);
                 self.forget(shard_id, epoch);
                 Ok(false)
             }
         }
+    }
+
+    /// True once after a checkpoint found its lease taken by another
+    /// worker: the table should be read at the next round.
+    pub(crate) fn take_taken_unseen(&self) -> bool {
+        self.taken_unseen.swap(false, Ordering::Relaxed)
     }
 
     /// How many leases were found lost since the last call.
