@@ -473,8 +473,10 @@ fn a_kcl_worker_taking_a_lease_of_ours_is_refused_within_the_failover_time() {
         detected.as_secs_f64(),
         after.as_secs_f64()
     );
+    // Nominally a checkpoint interval and three rounds (3.2 s); 4.8 s
+    // before a refused checkpoint made the worker read the table.
     assert!(
-        detected <= failover + Duration::from_secs(1),
+        detected <= failover + Duration::from_millis(1500),
         "{detected:?}"
     );
     // One checkpoint interval (the batch interval, 200 ms) and the batch
