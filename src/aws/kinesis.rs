@@ -795,19 +795,24 @@ mod tests {
                     .into(),
             )
         });
-        let client = KinesisClient::new(
+        let client = client_of(&server);
+        let err = client.list_shards("s", None).unwrap_err();
+        assert!(
+            matches!(&err, Error::Decode { operation: "ListShards", message } if message.contains(r#""../x" is not a shard id"#)),
+            "{err:?}"
+        );
+    }
+
+    /// A client of `server` that tries each call once.
+    fn client_of(server: &FakeServer) -> KinesisClient {
+        KinesisClient::new(
             &ClientConfig::new()
                 .region("eu-west-1")
                 .endpoint_url(&server.url)
                 .max_attempts(1)
                 .credentials(Credentials::new("AKID", "secret")),
         )
-        .unwrap();
-        let err = client.list_shards("s", None).unwrap_err();
-        assert!(
-            matches!(&err, Error::Decode { operation: "ListShards", message } if message.contains(r#""../x" is not a shard id"#)),
-            "{err:?}"
-        );
+        .unwrap()
     }
 
     #[test]
@@ -826,14 +831,7 @@ mod tests {
             };
             (200, page)
         });
-        let client = KinesisClient::new(
-            &ClientConfig::new()
-                .region("eu-west-1")
-                .endpoint_url(&server.url)
-                .max_attempts(1)
-                .credentials(Credentials::new("AKID", "secret")),
-        )
-        .unwrap();
+        let client = client_of(&server);
         let ids: Vec<String> = client
             .list_shards("s", None)
             .unwrap()
@@ -849,14 +847,7 @@ mod tests {
                 format!(r#"{{"Shards":[{repeat}],"NextToken":"same"}}"#),
             )
         });
-        let client = KinesisClient::new(
-            &ClientConfig::new()
-                .region("eu-west-1")
-                .endpoint_url(&server.url)
-                .max_attempts(1)
-                .credentials(Credentials::new("AKID", "secret")),
-        )
-        .unwrap();
+        let client = client_of(&server);
         assert_eq!(client.list_shards("s", None).unwrap().len(), 1);
     }
 
