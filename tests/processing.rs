@@ -891,9 +891,13 @@ fn a_slow_processor_holds_back_only_its_own_shard() {
     *board.held_shard.lock().unwrap() = Some(slow.clone());
     board.hold.store(true, Ordering::SeqCst);
     // A buffer of about four reads: the slow shard's queue alone (four
-    // reads, one in its processor, one more read) would fill it.
+    // reads, one in its processor, one more read) would fill it. Polling
+    // only: one fan-out event carries a shard's whole backlog (80 KB here,
+    // past the 48 KB buffer), so the slow shard's first event takes all the
+    // room until events are split to the shard's share (issue 24, memory).
+    let e = common::emulators();
     let (stop, thread) = run_processors(
-        common::consumer_builder(&stream, &app)
+        common::consumer_builder_at(&e.kinesis_url, &e.dynamodb_url, &stream, &app)
             .max_records_per_read(5)
             .buffer_bytes(48 * 1024),
         &board,
