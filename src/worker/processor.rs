@@ -85,6 +85,25 @@ pub trait ShardProcessor<T>: Send {
     }
 }
 
+/// What `shard_ended` must have done under manual checkpoints:
+/// checkpointed the end of the shard (its children wait for it). The
+/// consumer and [`testing::ProcessorHarness`](crate::testing::ProcessorHarness)
+/// both check it here.
+pub(crate) fn end_checkpointed(
+    automatic: bool,
+    checkpointer: &Checkpointer,
+    shard_id: &str,
+    epoch: u64,
+) -> HandlerResult {
+    if automatic || checkpointer.is_finished(shard_id, epoch) {
+        return Ok(());
+    }
+    Err(format!(
+        "shard_ended of shard {shard_id} returned without checkpointing the end of the shard (call Checkpointer::checkpoint): its children cannot start until it does"
+    )
+    .into())
+}
+
 /// Runs a processor for each shard a reader starts on, until shutdown or a
 /// failure that stops the consumer; then tells every processor to shut
 /// down and waits for them.
@@ -410,17 +429,12 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             .checkpointer
             .handing(&shard_id, epoch, Checkpoint::ShardEnd);
         let automatic = self.delivery.automatic();
-        let ended = self.call("shard_ended", |p, checkpointer| {
-            p.shard_ended(checkpointer)?;
-            if automatic || checkpointer.is_finished(&shard_id, epoch) {
-                return Ok(());
-            }
-            Err(format!(
-                "shard_ended of shard {shard_id} returned without checkpointing the end of the shard (call Checkpointer::checkpoint): its children cannot start until it does"
-            )
-            .into())
-        })
-        .and_then(Called::done);
+        let ended = self
+            .call("shard_ended", |p, checkpointer| {
+                p.shard_ended(checkpointer)?;
+                end_checkpointed(automatic, checkpointer, &shard_id, epoch)
+            })
+            .and_then(Called::done);
         self.delivery
             .checkpointer
             .call_ended(&shard_id, epoch, ended.is_ok());
