@@ -293,7 +293,7 @@ pub fn record(shard_id: &str, sequence_number: &str, data: impl AsRef<[u8]>) -> 
 /// KPL aggregate of `user_records` (partition key, data), put at
 /// `sequence_number` on `shard_id`: aggregated by [`kpl::Aggregator`] as
 /// the KPL does, then decoded and de-aggregated by the consumer's own
-/// GetRecords path. They share the sequence number and have sub-sequence
+/// code (its GetRecords decoder, then its readers' de-aggregation). They share the sequence number and have sub-sequence
 /// numbers 0, 1, …; checkpoint them with
 /// [`Checkpointer::checkpoint_record`].
 ///
@@ -342,7 +342,12 @@ where
     let body = serde_json::to_vec(&reply).unwrap_or_default();
     let (records, _) = crate::aws::get_records::decode_reply(&body, &Arc::from(shard_id))
         .unwrap_or_else(|e| panic!("the aggregate did not decode: {e}"));
-    records.into_iter().collect()
+    let mut users = Vec::new();
+    for record in records {
+        crate::kpl::user_records_of(&record, |user| users.push(user))
+            .unwrap_or_else(|e| panic!("the aggregate did not de-aggregate: {e}"));
+    }
+    users
 }
 
 /// A [`Message`]: `record` with the value the message handler made of it.
