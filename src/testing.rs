@@ -559,6 +559,20 @@ impl CheckpointStore for Recording {
     }
 }
 
+/// The sequence number after `checkpoint`'s, when it is a record's and
+/// fits a `u128`.
+fn after(checkpoint: &Checkpoint) -> Option<u128> {
+    match checkpoint {
+        Checkpoint::At(p) => p
+            .sequence_number
+            .as_str()
+            .parse::<u128>()
+            .ok()?
+            .checked_add(1),
+        _ => None,
+    }
+}
+
 /// `policy` without its waits between retries.
 fn without_waits(policy: ErrorPolicy) -> ErrorPolicy {
     match policy {
@@ -839,6 +853,9 @@ impl<T, P: ShardProcessor<T>> ProcessorHarness<T, P> {
         self.store.set(&self.shard_id, EPOCH, Holding::Current);
         self.base.gained(&self.shard_id, EPOCH, &from);
         self.stage = Stage::Running;
+        if let Some(next) = after(&from) {
+            self.next_sequence = self.next_sequence.max(next);
+        }
         let shard_id = self.shard_id.clone();
         match self.call("initialize", |p, _| p.initialize(&shard_id, &from)) {
             Ok(()) => Ok(()),
@@ -1010,7 +1027,9 @@ struct Open {
 /// records given, grouped by shard. A shard whose records come without a
 /// [`gain`](Self::gain) is gained at [`Checkpoint::TrimHorizon`] in that
 /// batch (its [`ShardEvent::Gained`] comes first). Records of a shard
-/// handed off in an earlier batch are left out, as the consumer does.
+/// handed off in an earlier batch are left out, as the consumer does. A
+/// shard whose end was checkpointed is released before the next batch,
+/// with no event (its children may start).
 ///
 /// In automatic mode (the default) what each batch accepted is
 /// checkpointed right after it returns `Ok` (as with a checkpoint interval
@@ -1190,6 +1209,10 @@ impl<T> BatchHarness<T> {
         }
         let epoch = self.next_epoch;
         self.next_epoch += 1;
+        if let Some(next) = after(&from) {
+            let sequence = self.next_sequence.entry(shard_id.to_owned()).or_insert(1);
+            *sequence = (*sequence).max(next);
+        }
         let shard: Arc<str> = Arc::from(shard_id);
         self.store.set(shard_id, epoch, Holding::Current);
         self.checkpointer.gained(&shard, epoch, &from);
@@ -1257,6 +1280,20 @@ impl<T> BatchHarness<T> {
         self.ending.push(shard_id.to_owned());
     }
 
+    /// Forgets the shards whose end was checkpointed, with no event: the
+    /// consumer releases their leases (their children start).
+    fn leave_finished(&mut self) {
+        let finished: Vec<Arc<str>> = self
+            .open
+            .iter()
+            .filter(|(id, o)| self.checkpointer.is_finished(id, o.epoch))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for shard_id in finished {
+            self.forget(&shard_id);
+        }
+    }
+
     /// Stops tracking a shard; its checkpointer writes nothing of it now.
     fn forget(&mut self, shard_id: &str) -> Option<Open> {
         let open = self.open.remove(shard_id)?;
@@ -1279,6 +1316,7 @@ impl<T> BatchHarness<T> {
         handler: impl FnMut(Batch<T>) -> HandlerResult,
     ) -> Result<()> {
         self.expect_running();
+        self.leave_finished();
         let mut shards: Vec<ShardBatch<T>> = Vec::new();
         let mut part = |this: &mut Self, shard_id: &str| -> Option<usize> {
             if !this.open.contains_key(shard_id) {
@@ -1445,6 +1483,7 @@ impl<T> BatchHarness<T> {
     /// After the run is over.
     pub fn shutdown(&mut self, handler: impl FnMut(Batch<T>) -> HandlerResult) -> Result<()> {
         self.expect_running();
+        self.leave_finished();
         for (shard_id, open) in &self.open {
             if !open.closing {
                 self.events.push(ShardEvent::ShutdownRequested {
@@ -1475,5 +1514,531 @@ impl<T> BatchHarness<T> {
             self.handle(records, &mut handler)?;
         }
         self.shutdown(handler)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a scripted processor does in each call.
+    #[derive(Default)]
+    struct Script {
+        /// `process` checkpoints each record it is given.
+        checkpoint_records: bool,
+        /// `process` checkpoints this position (of the harness's shard).
+        checkpoint_at: Option<&'static str>,
+        /// `process` fails this many times before it succeeds.
+        process_failures: u32,
+        /// `shard_ended` checkpoints the end.
+        checkpoint_end: bool,
+        /// `shutdown_requested` checkpoints the shard.
+        checkpoint_at_shutdown: bool,
+    }
+
+    #[derive(Default)]
+    struct Probe {
+        script: Script,
+        calls: Vec<String>,
+        kept: Option<Checkpointer>,
+        errors: Vec<String>,
+    }
+
+    impl ShardProcessor<Payload> for Probe {
+        fn initialize(&mut self, shard_id: &str, from: &Checkpoint) -> HandlerResult {
+            self.calls.push(format!("initialize {shard_id} {from:?}"));
+            Ok(())
+        }
+
+        fn process(&mut self, records: ShardBatch<Payload>, c: &Checkpointer) -> HandlerResult {
+            let data: Vec<String> = records
+                .messages()
+                .iter()
+                .map(|m| String::from_utf8_lossy(m.value()).into_owned())
+                .collect();
+            self.calls.push(format!("process {}", data.join(",")));
+            self.kept = Some(c.clone());
+            if self.script.process_failures > 0 {
+                self.script.process_failures -= 1;
+                return Err("poison".into());
+            }
+            if self.script.checkpoint_records {
+                for m in records.messages() {
+                    c.checkpoint_record(m.record())?;
+                }
+            }
+            if let Some(at) = self.script.checkpoint_at {
+                c.checkpoint_at(records.shard_id(), &position(at, 0))?;
+            }
+            Ok(())
+        }
+
+        fn lease_lost(&mut self) {
+            self.calls.push("lease_lost".into());
+        }
+
+        fn shard_ended(&mut self, c: &Checkpointer) -> HandlerResult {
+            self.calls.push("shard_ended".into());
+            if self.script.checkpoint_end {
+                c.checkpoint(DEFAULT_SHARD_ID)?;
+            }
+            Ok(())
+        }
+
+        fn shutdown_requested(&mut self, c: &Checkpointer) -> HandlerResult {
+            self.calls.push("shutdown_requested".into());
+            if self.script.checkpoint_at_shutdown {
+                if let Err(e) = c.checkpoint(DEFAULT_SHARD_ID) {
+                    self.errors.push(e.to_string());
+                    return Err(e.into());
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn harness(script: Script) -> ProcessorHarness<Payload, Probe> {
+        ProcessorHarness::new(Probe {
+            script,
+            ..Probe::default()
+        })
+    }
+
+    #[test]
+    fn records_are_built_with_every_field() {
+        let r = RecordBuilder::new("0042")
+            .shard_id("s")
+            .partition_key("pk")
+            .explicit_hash_key("12")
+            .sub_sequence_number(3)
+            .data([1u8, 2])
+            .build();
+        assert_eq!(r.sequence_number(), &sequence("42"));
+        assert_eq!(r.position(), &position("42", 3));
+        assert_eq!(r.explicit_hash_key(), Some("12"));
+        assert_eq!((r.partition_key(), r.data()), ("pk", &[1u8, 2][..]));
+        assert_eq!(&*r.payload(), &[1u8, 2][..]);
+        let plain = record("s", "1", "");
+        assert_eq!(plain.explicit_hash_key(), None);
+        assert_eq!(plain.approximate_arrival_timestamp(), None);
+        assert!(!plain.is_aggregated());
+    }
+
+    #[test]
+    #[should_panic(expected = "is not a sequence number")]
+    fn a_sequence_number_that_is_not_one_panics() {
+        RecordBuilder::new("12a");
+    }
+
+    #[test]
+    fn kpl_records_come_out_as_the_consumer_delivers_them() {
+        let users = kpl_records("s", "77", [("a", "one"), ("b", "two"), ("a", "three")]);
+        let got: Vec<(u64, &str, &[u8])> = users
+            .iter()
+            .map(|r| (r.sub_sequence_number(), r.partition_key(), r.data()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, "a", &b"one"[..]),
+                (1, "b", &b"two"[..]),
+                (2, "a", &b"three"[..])
+            ]
+        );
+        assert!(
+            users
+                .iter()
+                .all(|r| r.is_aggregated() && r.shard_id() == "s")
+        );
+        // A processor checkpointing them one by one, sub-sequences included.
+        let mut h = harness(Script {
+            checkpoint_records: true,
+            ..Script::default()
+        })
+        .shard_id("s")
+        .checkpointing(Checkpointing::Manual);
+        h.initialize(Checkpoint::TrimHorizon).unwrap();
+        h.process(users).unwrap();
+        assert_eq!(
+            h.checkpoints(),
+            [
+                checkpoint_at("77", 0),
+                checkpoint_at("77", 1),
+                checkpoint_at("77", 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_processor_lives_initialize_process_shard_end_in_automatic_mode() {
+        let mut h = harness(Script::default());
+        h.initialize(Checkpoint::Latest).unwrap();
+        h.process_data(["a", "b"]).unwrap();
+        h.process([]).unwrap();
+        h.process_data(["c"]).unwrap();
+        h.shard_ended().unwrap();
+        assert_eq!(
+            h.processor().calls,
+            [
+                format!("initialize {DEFAULT_SHARD_ID} Latest"),
+                "process a,b".into(),
+                "process c".into(),
+                "shard_ended".into()
+            ]
+        );
+        assert_eq!(
+            h.checkpoints(),
+            [
+                checkpoint_at("2", 0),
+                checkpoint_at("3", 0),
+                Checkpoint::ShardEnd
+            ]
+        );
+        assert_eq!(h.checkpoint(), Some(Checkpoint::ShardEnd));
+    }
+
+    #[test]
+    fn a_position_never_handed_on_is_refused_as_in_production() {
+        let mut h = harness(Script {
+            checkpoint_at: Some("9"),
+            ..Script::default()
+        })
+        .checkpointing(Checkpointing::Manual);
+        h.initialize(Checkpoint::TrimHorizon).unwrap();
+        let error = h.process_data(["a", "b"]).unwrap_err();
+        let expected = format!(
+            "the handler failed: cannot checkpoint shard {DEFAULT_SHARD_ID}: sequence number 9 (sub-sequence 0) was not handed on (the last position handed on is sequence number 2 (sub-sequence 0))"
+        );
+        assert_eq!(error.to_string(), expected);
+        assert!(matches!(error, Error::Handler(_)));
+        assert_eq!(h.refused().len(), 1);
+        assert!(h.checkpoints().is_empty());
+        // The consumer would stop: the processor had its last call.
+        assert_eq!(h.processor().calls.last().unwrap(), "shutdown_requested");
+    }
+
+    #[test]
+    fn a_position_behind_the_checkpoint_is_refused() {
+        let mut h = harness(Script {
+            checkpoint_at: Some("1"),
+            ..Script::default()
+        })
+        .checkpointing(Checkpointing::Manual);
+        h.initialize(checkpoint_at("5", 0)).unwrap();
+        let records = vec![record(DEFAULT_SHARD_ID, "1", "old")];
+        let error = h.process(records).unwrap_err();
+        assert!(
+            error.to_string().contains(
+                "sequence number 1 (sub-sequence 0) is behind the shard's checkpoint, sequence number 5 (sub-sequence 0)"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn nothing_is_checkpointed_after_the_lease_is_lost() {
+        let mut h = harness(Script::default()).checkpointing(Checkpointing::Manual);
+        h.initialize(Checkpoint::TrimHorizon).unwrap();
+        h.process_data(["a"]).unwrap();
+        h.lease_lost();
+        assert_eq!(h.processor().calls.last().unwrap(), "lease_lost");
+        // The processor kept its checkpointer (a flusher thread, say).
+        let kept = h.processor().kept.clone().unwrap();
+        let error = kept.checkpoint(DEFAULT_SHARD_ID).unwrap_err();
+        assert!(matches!(error, Error::LeaseLost { .. }), "{error}");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "cannot checkpoint shard {DEFAULT_SHARD_ID}: its lease is not held by this worker"
+            )
+        );
+        let error = h
+            .checkpointer()
+            .checkpoint_at(DEFAULT_SHARD_ID, &position("1", 0));
+        assert!(matches!(error, Err(Error::LeaseLost { .. })));
+        assert!(h.checkpoints().is_empty());
+        assert_eq!(h.refused().len(), 2);
+    }
+
+    #[test]
+    fn a_processor_that_forgets_the_shard_end_fails_with_the_consumer_s_text() {
+        let mut h = harness(Script::default()).checkpointing(Checkpointing::Manual);
+        h.initialize(Checkpoint::TrimHorizon).unwrap();
+        h.process_data(["a"]).unwrap();
+        let error = h.shard_ended().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "the handler failed: shard_ended of shard {DEFAULT_SHARD_ID} returned without checkpointing the end of the shard (call Checkpointer::checkpoint): its children cannot start until it does"
+            )
+        );
+        assert!(h.checkpoints().is_empty());
+        // One that remembers it passes.
+        let mut h = harness(Script {
+            checkpoint_end: true,
+            ..Script::default()
+        })
+        .checkpointing(Checkpointing::Manual);
+        h.initialize(Checkpoint::TrimHorizon).unwrap();
+        h.process_data(["a"]).unwrap();
+        h.shard_ended().unwrap();
+        assert_eq!(h.checkpoints(), [Checkpoint::ShardEnd]);
+    }
+
+    #[test]
+    fn the_records_of_a_failed_call_are_never_checkpointed() {
+        let mut h = harness(Script {
+            process_failures: 1,
+            checkpoint_at_shutdown: true,
+            ..Script::default()
+        })
+        .checkpointing(Checkpointing::Manual);
+        h.initialize(Checkpoint::TrimHorizon).unwrap();
+        let error = h.process_data(["a"]).unwrap_err();
+        assert!(error.to_string().contains("poison"), "{error}");
+        // Its last call, shutdown_requested, checkpointed nothing.
+        assert_eq!(
+            h.processor().calls,
+            [
+                format!("initialize {DEFAULT_SHARD_ID} TrimHorizon"),
+                "process a".into(),
+                "shutdown_requested".into()
+            ]
+        );
+        assert!(h.checkpoints().is_empty());
+    }
+
+    #[test]
+    fn retries_hand_the_same_records_again_then_succeed() {
+        let mut h = harness(Script {
+            process_failures: 2,
+            ..Script::default()
+        })
+        .error_policy(ErrorPolicy::Retry {
+            retries: 2,
+            backoff: Duration::from_secs(3600),
+        });
+        h.initialize(Checkpoint::TrimHorizon).unwrap();
+        h.process_data(["a", "b"]).unwrap();
+        let calls = &h.processor().calls;
+        assert_eq!(calls[1..], ["process a,b", "process a,b", "process a,b"]);
+        assert_eq!(h.checkpoints(), [checkpoint_at("2", 0)]);
+    }
+
+    #[test]
+    fn retry_then_release_shard_gives_up_the_shard_alone() {
+        let mut h = harness(Script {
+            process_failures: 5,
+            ..Script::default()
+        })
+        .error_policy(ErrorPolicy::RetryThenReleaseShard {
+            retries: 1,
+            backoff: Duration::from_secs(3600),
+        });
+        h.initialize(Checkpoint::TrimHorizon).unwrap();
+        h.processor_mut().script.process_failures = 0;
+        h.process_data(["a"]).unwrap();
+        h.processor_mut().script.process_failures = 5;
+        let error = h.process_data(["b"]).unwrap_err();
+        assert!(matches!(error, Error::Handler(_)));
+        let calls = &h.into_processor().calls;
+        assert_eq!(
+            calls[1..],
+            ["process a", "process b", "process b", "lease_lost"]
+        );
+    }
+
+    #[test]
+    fn a_shutdown_checkpoints_what_was_accepted() {
+        let mut h = harness(Script {
+            checkpoint_at_shutdown: true,
+            ..Script::default()
+        })
+        .checkpointing(Checkpointing::Manual);
+        h.initialize(Checkpoint::TrimHorizon).unwrap();
+        h.process_data(["a", "b"]).unwrap();
+        assert!(h.checkpoints().is_empty());
+        h.shutdown_requested().unwrap();
+        assert_eq!(h.checkpoints(), [checkpoint_at("2", 0)]);
+        assert!(h.processor().errors.is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "process is out of order: the processor is not initialized")]
+    fn a_script_out_of_order_panics() {
+        harness(Script::default()).process_data(["a"]).unwrap();
+    }
+
+    fn words(batch: &Batch<Payload>) -> Vec<String> {
+        batch
+            .messages()
+            .map(|m| String::from_utf8_lossy(m.value()).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_handler_sees_gains_records_ends_and_the_last_batch() {
+        let mut seen = Vec::new();
+        let mut h = BatchHarness::new();
+        let mut handler = |batch: Batch<Payload>| -> HandlerResult {
+            seen.push((words(&batch), batch.events().to_vec(), batch.is_last()));
+            Ok(())
+        };
+        h.gain("s-1", checkpoint_at("10", 0));
+        let mut records = h.records("s-1", ["a"]);
+        records.extend(h.records("s-2", ["b", "c"]));
+        h.handle(records, &mut handler).unwrap();
+        h.end_shard("s-2");
+        h.handle(Vec::new(), &mut handler).unwrap();
+        h.shutdown(&mut handler).unwrap();
+        let gained = |id: &str, from| ShardEvent::Gained {
+            shard_id: id.into(),
+            from,
+        };
+        assert_eq!(
+            seen,
+            [
+                (
+                    vec!["a".to_owned(), "b".into(), "c".into()],
+                    vec![
+                        gained("s-1", checkpoint_at("10", 0)),
+                        gained("s-2", Checkpoint::TrimHorizon)
+                    ],
+                    false
+                ),
+                (
+                    vec![],
+                    vec![ShardEvent::Ended {
+                        shard_id: "s-2".into()
+                    }],
+                    false
+                ),
+                (
+                    vec![],
+                    vec![ShardEvent::ShutdownRequested {
+                        shard_id: "s-1".into()
+                    }],
+                    true
+                ),
+            ]
+        );
+        assert_eq!(
+            h.checkpoints(),
+            [
+                ("s-1".to_owned(), checkpoint_at("11", 0)),
+                ("s-2".to_owned(), checkpoint_at("2", 0)),
+                ("s-2".to_owned(), Checkpoint::ShardEnd)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lost_shard_is_told_and_refused_a_handed_off_one_is_saved_then_released() {
+        let mut h = BatchHarness::new().checkpointing(Checkpointing::Manual);
+        let checkpointer = h.checkpointer();
+        let mut events = Vec::new();
+        let mut handler = |batch: Batch<Payload>| -> HandlerResult {
+            events.extend(batch.events().iter().cloned());
+            for event in batch.events() {
+                if let ShardEvent::ShutdownRequested { shard_id } = event {
+                    checkpointer.checkpoint(shard_id)?;
+                }
+            }
+            Ok(())
+        };
+        let mut records = h.records("s-1", ["a"]);
+        records.extend(h.records("s-2", ["b"]));
+        h.handle(records, &mut handler).unwrap();
+        h.lose("s-1");
+        h.hand_off("s-2");
+        let error = h.checkpointer().checkpoint("s-1").unwrap_err();
+        assert!(matches!(error, Error::LeaseLost { .. }), "{error}");
+        // Records of s-2 after the handoff was asked for are left out.
+        let late = h.records("s-2", ["late"]);
+        h.handle(late, &mut handler).unwrap();
+        assert_eq!(h.checkpoints(), [("s-2".to_owned(), checkpoint_at("1", 0))]);
+        let error = h.checkpointer().checkpoint("s-2").unwrap_err();
+        assert!(
+            matches!(error, Error::LeaseLost { .. }),
+            "released: {error}"
+        );
+        h.shutdown(&mut handler).unwrap();
+        assert!(events.contains(&ShardEvent::Lost {
+            shard_id: "s-1".into()
+        }));
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, ShardEvent::ShutdownRequested { .. }))
+                .count(),
+            1,
+            "nothing held at shutdown: {events:?}"
+        );
+        assert_eq!(h.refused().len(), 2);
+    }
+
+    #[test]
+    fn a_failing_batch_is_retried_then_the_run_stops_with_earned_checkpoints_written() {
+        let mut calls = 0;
+        let mut handler = |batch: Batch<Payload>| -> HandlerResult {
+            calls += 1;
+            if words(&batch).contains(&"poison".to_owned()) {
+                return Err("poison".into());
+            }
+            Ok(())
+        };
+        let mut h = BatchHarness::new().error_policy(ErrorPolicy::Retry {
+            retries: 2,
+            backoff: Duration::from_secs(3600),
+        });
+        let good = h.records("s", ["a"]);
+        h.handle(good, &mut handler).unwrap();
+        let bad = h.records("s", ["poison"]);
+        let error = h.handle(bad, &mut handler).unwrap_err();
+        assert!(matches!(error, Error::Handler(_)), "{error}");
+        assert_eq!(calls, 4, "one good, then the bad one and two retries");
+        assert_eq!(h.checkpoints(), [("s".to_owned(), checkpoint_at("1", 0))]);
+        let error = h.checkpointer().checkpoint("s").unwrap_err();
+        assert!(matches!(error, Error::LeaseLost { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_handler_checkpointing_a_failed_batch_s_records_is_refused() {
+        let mut h = BatchHarness::new()
+            .checkpointing(Checkpointing::Manual)
+            .error_policy(ErrorPolicy::Retry {
+                retries: 1,
+                backoff: Duration::ZERO,
+            });
+        let checkpointer = h.checkpointer();
+        let mut first = true;
+        let mut handler = |_: Batch<Payload>| -> HandlerResult {
+            if std::mem::take(&mut first) {
+                return Err("flaky".into());
+            }
+            Ok(())
+        };
+        let records = h.records("s", ["a", "b"]);
+        h.handle(records, &mut handler).unwrap();
+        checkpointer.checkpoint_at("s", &position("2", 0)).unwrap();
+        let error = checkpointer
+            .checkpoint_at("s", &position("3", 0))
+            .unwrap_err();
+        assert!(error.to_string().contains("was not handed on"), "{error}");
+        assert_eq!(h.checkpoints(), [("s".to_owned(), checkpoint_at("2", 0))]);
+    }
+
+    #[test]
+    fn run_plays_a_whole_consumer_run() {
+        let mut h = BatchHarness::with_message_handler(|r| r.data().len());
+        let batches = vec![h.records("s", ["ab", "c"]), h.records("s", ["def"])];
+        let mut sizes = Vec::new();
+        h.run(batches, |batch: Batch<usize>| -> HandlerResult {
+            sizes.extend(batch.messages().map(|m| *m.value()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(sizes, [2, 1, 3]);
+        assert_eq!(h.checkpoint("s"), Some(checkpoint_at("3", 0)));
     }
 }
