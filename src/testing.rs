@@ -1081,6 +1081,8 @@ pub struct BatchHarness<T> {
     events: Vec<ShardEvent>,
     /// Shards whose end the next batch reaches.
     ending: Vec<String>,
+    /// Shards whose end was handed on in a batch the handler accepted.
+    ended: Vec<String>,
     /// Accepted, not yet written (automatic mode).
     pending: BTreeMap<Arc<str>, (u64, Checkpoint)>,
     next_epoch: u64,
@@ -1127,6 +1129,7 @@ impl<T> BatchHarness<T> {
             open: BTreeMap::new(),
             events: Vec::new(),
             ending: Vec::new(),
+            ended: Vec::new(),
             pending: BTreeMap::new(),
             next_epoch: 1,
             next_sequence: HashMap::new(),
@@ -1171,6 +1174,23 @@ impl<T> BatchHarness<T> {
     /// `Error::InvalidCheckpoint`), as their error texts, in order.
     pub fn refused(&self) -> Vec<String> {
         self.store.refused_calls()
+    }
+
+    /// The shards whose end was handed on in a batch the handler accepted
+    /// and is not checkpointed: with manual checkpoints, the consumer warns
+    /// about each every minute (and counts `ShardEndsNotCheckpointed`),
+    /// and their children are never read.
+    pub fn ends_not_checkpointed(&self) -> Vec<String> {
+        let written = self.store.written();
+        let mut waiting: Vec<String> = self
+            .ended
+            .iter()
+            .filter(|id| !written.contains(&((*id).clone(), Checkpoint::ShardEnd)))
+            .cloned()
+            .collect();
+        waiting.sort();
+        waiting.dedup();
+        waiting
     }
 
     /// Records of `shard_id` with its next sequence numbers (1, 2, … per
@@ -1388,6 +1408,11 @@ impl<T> BatchHarness<T> {
         if let Err(error) = result {
             self.stop();
             return Err(error);
+        }
+        for (shard_id, _, position) in &ends {
+            if *position == Checkpoint::ShardEnd {
+                self.ended.push(shard_id.to_string());
+            }
         }
         if self.checkpointing == Checkpointing::Automatic {
             for (shard_id, epoch, checkpoint) in ends {
@@ -1975,6 +2000,22 @@ mod tests {
             "nothing held at shutdown: {events:?}"
         );
         assert_eq!(h.refused().len(), 2);
+    }
+
+    #[test]
+    fn an_end_the_handler_never_checkpoints_is_reported() {
+        let mut h = BatchHarness::new().checkpointing(Checkpointing::Manual);
+        // Skips empty batches without looking at their events: a mistake
+        // the docs of `Batch::is_empty` warn about.
+        let mut handler = |_: Batch<Payload>| -> HandlerResult { Ok(()) };
+        let records = h.records("s", ["a"]);
+        h.handle(records, &mut handler).unwrap();
+        h.end_shard("s");
+        h.handle(Vec::new(), &mut handler).unwrap();
+        assert_eq!(h.ends_not_checkpointed(), ["s"]);
+        h.checkpointer().checkpoint("s").unwrap();
+        assert!(h.ends_not_checkpointed().is_empty());
+        assert_eq!(h.checkpoints(), [("s".to_owned(), Checkpoint::ShardEnd)]);
     }
 
     #[test]
