@@ -22,8 +22,9 @@
 //! - [`BatchHarness`]: a batch handler over scripted batches, shards
 //!   gained, lost, ended and handed off, and the last batch at shutdown.
 //!
-//! Always compiled (it adds no dependency and little code), so that a
-//! `[dev-dependencies]`-free `cargo test` of your crate can use it.
+//! Always compiled, with no feature to turn on: it adds no dependency, and
+//! what of it your program does not call is not in your binary. Your
+//! tests use it through the crate you already depend on.
 //!
 //! # A processor
 //!
