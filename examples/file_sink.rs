@@ -97,31 +97,7 @@ fn main() {
     }
     let mut last_flush = Instant::now();
     let result = consumer.run(|batch: Batch<String>| {
-        // A lost shard's unflushed records were not checkpointed: its next
-        // owner writes them. Before this batch's records, which may be the
-        // same shard's again under a new lease.
-        for event in batch.events() {
-            if let ShardEvent::Lost { shard_id } = event {
-                sink.discard(shard_id);
-            }
-        }
-        for shard in batch.shards() {
-            for message in shard.messages() {
-                sink.append(
-                    shard.shard_id(),
-                    message.value(),
-                    message.record().position(),
-                )?;
-            }
-        }
-        // The last chance to checkpoint these shards: flush them now.
-        for event in batch.events() {
-            match event {
-                ShardEvent::Ended { shard_id } => sink.flush(shard_id, true)?,
-                ShardEvent::ShutdownRequested { shard_id } => sink.flush(shard_id, false)?,
-                _ => {}
-            }
-        }
+        sink.handle(&batch)?;
         if last_flush.elapsed() >= flush_every {
             sink.flush_all()?;
             last_flush = Instant::now();
@@ -161,6 +137,38 @@ impl Sink {
             next_file: 0,
             unconfirmed: HashMap::new(),
         }
+    }
+
+    /// The batch handler's work, but for the timed flushes: appends the
+    /// batch's records, and flushes and checkpoints the shards it is the
+    /// last chance for.
+    fn handle(&mut self, batch: &Batch<String>) -> Result<(), BoxError> {
+        // A lost shard's unflushed records were not checkpointed: its next
+        // owner writes them. Before this batch's records, which may be the
+        // same shard's again under a new lease.
+        for event in batch.events() {
+            if let ShardEvent::Lost { shard_id } = event {
+                self.discard(shard_id);
+            }
+        }
+        for shard in batch.shards() {
+            for message in shard.messages() {
+                self.append(
+                    shard.shard_id(),
+                    message.value(),
+                    message.record().position(),
+                )?;
+            }
+        }
+        // The last chance to checkpoint these shards: flush them now.
+        for event in batch.events() {
+            match event {
+                ShardEvent::Ended { shard_id } => self.flush(shard_id, true)?,
+                ShardEvent::ShutdownRequested { shard_id } => self.flush(shard_id, false)?,
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// An empty sink into the same directory, for one shard processor.
@@ -386,5 +394,125 @@ mod tests {
             name.starts_with("shardId-000000000001-") && name.ends_with("-7.jsonl.partial"),
             "{name}"
         );
+    }
+
+    // The sink's checkpoints under the public test kit
+    // (`kinesis_consumer::testing`): no emulator, no AWS.
+    use kinesis_consumer::testing::{BatchHarness, ProcessorHarness, checkpoint_at};
+
+    const SHARD: &str = "shardId-000000000001";
+
+    /// A fresh directory of this test's own.
+    fn test_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "file_sink-{name}-{}-{}",
+            std::process::id(),
+            support::epoch_millis(SystemTime::now())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The names of the files in `dir` ending with `suffix`, and their lines.
+    fn files(dir: &Path, suffix: &str) -> Vec<Vec<String>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.to_string_lossy().ends_with(suffix) {
+                let text = std::fs::read_to_string(&path).unwrap();
+                found.push(text.lines().map(str::to_owned).collect());
+            }
+        }
+        found
+    }
+
+    /// A shard processor as `--processors` makes it, its flusher too slow
+    /// to run during a test.
+    fn processor(dir: &Path) -> ProcessorHarness<String, ShardSink> {
+        // The consumer's checkpointer the sink starts with (here one that
+        // holds nothing); each call gives it the processor's own.
+        let sink = Sink::new(dir.to_owned(), BatchHarness::new().checkpointer());
+        let shard_sink = ShardSink::start(SHARD, sink, Duration::from_secs(3600));
+        ProcessorHarness::with_message_handler(shard_sink, support::record_json)
+            .shard_id(SHARD)
+            .checkpointing(Checkpointing::Manual)
+    }
+
+    #[test]
+    fn a_processor_checkpoints_only_once_its_file_is_durable_and_checkpoints_the_shard_end() {
+        let dir = test_dir("processor-end");
+        let mut harness = processor(&dir);
+        harness.initialize(Checkpoint::TrimHorizon).unwrap();
+        harness.process_data(["a", "b"]).unwrap();
+        assert!(harness.checkpoints().is_empty(), "not durable yet");
+        assert_eq!(files(&dir, ".partial").len(), 1);
+        harness.shard_ended().unwrap();
+        assert_eq!(harness.checkpoints(), [Checkpoint::ShardEnd]);
+        assert!(files(&dir, ".partial").is_empty());
+        let durable = files(&dir, ".jsonl");
+        assert_eq!(durable.len(), 1);
+        assert_eq!(durable[0].len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_flush_that_fails_checkpoints_nothing() {
+        let dir = test_dir("processor-failed-flush");
+        let mut harness = processor(&dir);
+        harness.initialize(Checkpoint::TrimHorizon).unwrap();
+        harness.process_data(["a"]).unwrap();
+        // The directory is gone: the file cannot get its final name.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let error = harness.shutdown_requested().unwrap_err();
+        assert!(matches!(error, Error::Handler(_)), "{error}");
+        assert!(harness.checkpoints().is_empty());
+    }
+
+    #[test]
+    fn a_shutdown_checkpoints_the_last_record_flushed_and_a_lost_lease_nothing() {
+        let dir = test_dir("processor-shutdown");
+        let mut harness = processor(&dir);
+        harness.initialize(Checkpoint::TrimHorizon).unwrap();
+        harness.process_data(["a", "b", "c"]).unwrap();
+        harness.shutdown_requested().unwrap();
+        assert_eq!(harness.checkpoints(), [checkpoint_at("3", 0)]);
+
+        let mut harness = processor(&dir);
+        harness.initialize(checkpoint_at("3", 0)).unwrap();
+        harness.process_data(["d"]).unwrap();
+        harness.lease_lost();
+        assert!(harness.checkpoints().is_empty());
+        // The unflushed file is dropped; the flushed one stays.
+        assert!(files(&dir, ".partial").is_empty());
+        assert_eq!(files(&dir, ".jsonl").len(), 1);
+        // Its flusher's checkpointer is refused from now on.
+        let refused = harness.checkpointer().checkpoint(SHARD).unwrap_err();
+        assert!(matches!(refused, Error::LeaseLost { .. }), "{refused}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_batch_sink_checkpoints_ended_and_shut_down_shards_after_flushing_them() {
+        let dir = test_dir("batch");
+        let mut harness = BatchHarness::with_message_handler(support::record_json)
+            .checkpointing(Checkpointing::Manual);
+        let mut sink = Sink::new(dir.clone(), harness.checkpointer());
+        let mut handler = |batch: Batch<String>| sink.handle(&batch);
+        let other = "shardId-000000000002";
+        let mut records = harness.records(SHARD, ["a", "b"]);
+        records.extend(harness.records(other, ["c"]));
+        harness.handle(records, &mut handler).unwrap();
+        assert!(harness.checkpoints().is_empty(), "not durable yet");
+        harness.end_shard(SHARD);
+        harness.handle(Vec::new(), &mut handler).unwrap();
+        assert_eq!(
+            harness.checkpoints(),
+            [(SHARD.to_owned(), Checkpoint::ShardEnd)]
+        );
+        harness.shutdown(&mut handler).unwrap();
+        assert_eq!(harness.checkpoint(other), Some(checkpoint_at("1", 0)));
+        assert_eq!(files(&dir, ".jsonl").len(), 2);
+        assert!(files(&dir, ".partial").is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -412,6 +412,35 @@ pub struct AggregatedRecord {
     pub user_records: usize,
 }
 
+/// Hands each user record of `record`, a Kinesis record holding a KPL
+/// aggregate, to `deliver` (sharing its buffer; sub-sequence numbers 0,
+/// 1, …), and returns how many; delivers nothing when it is not a valid
+/// aggregate. The consumer's readers and [`testing`](crate::testing)
+/// de-aggregate through here.
+pub(crate) fn user_records_of(
+    record: &crate::Record,
+    mut deliver: impl FnMut(crate::Record),
+) -> Result<usize, DeaggregationError> {
+    use crate::record::{ExtendedSequenceNumber, Span};
+    let users = deaggregate(record.data())?;
+    let span = |part: &[u8]| Span::within(&record.shared.bytes, part);
+    for (i, u) in users.iter().enumerate() {
+        deliver(crate::Record {
+            shared: record.shared.clone(),
+            position: ExtendedSequenceNumber {
+                sequence_number: record.position.sequence_number.clone(),
+                sub_sequence_number: i as u64,
+            },
+            aggregated: true,
+            partition_key: span(u.partition_key.as_bytes()),
+            explicit_hash_key: u.explicit_hash_key.map(|k| span(k.as_bytes())),
+            arrival: record.arrival,
+            data: span(u.data),
+        });
+    }
+    Ok(users.len())
+}
+
 /// Packs user records into KPL-format aggregates of at most `max_bytes`.
 ///
 /// The limit (default and cap: [`MAX_RECORD_BYTES`], 1 MiB, the Kinesis

@@ -61,7 +61,10 @@
 //! ([`aws::kinesis::KinesisClient`]) for producers and tools, for example
 //! to put records. [`kpl`] packs and unpacks KPL aggregates.
 //! [`list_leases`] and [`inspect_leases`] read a consumer's lease table,
-//! [`worker_heartbeats`] its workers' heartbeats.
+//! [`worker_heartbeats`] its workers' heartbeats. [`testing`] unit-tests
+//! your batch handler or [`ShardProcessor`] without AWS or an emulator:
+//! records and batches made by hand, and harnesses that play a shard's
+//! life through your code with a checkpointer that records its writes.
 //!
 //! # Metrics
 //!
@@ -84,6 +87,7 @@ mod metrics;
 mod random;
 mod record;
 mod sync;
+pub mod testing;
 mod time;
 mod worker;
 

@@ -64,10 +64,58 @@ impl fmt::Debug for Checkpointer {
 }
 
 struct Shared {
-    held: Arc<HeldLeases>,
-    coordinator: Sender<CoordinatorEvent>,
+    store: Arc<dyn CheckpointStore>,
     metrics: Metrics,
     shards: Mutex<HashMap<Arc<str>, Arc<ShardState>>>,
+}
+
+/// Where a checkpointer's writes go, the way ureq's `Transport` is where
+/// its requests go: the lease table for the consumer ([`LeaseStore`]), a
+/// record of the writes for [`testing`](crate::testing). Every check of a
+/// position is the checkpointer's, made before the store is asked, so the
+/// two refuse the same calls with the same errors.
+pub(crate) trait CheckpointStore: Send + Sync {
+    /// Where the lease of `shard_id` under `epoch` stands.
+    fn holding(&self, shard_id: &str, epoch: u64) -> Holding;
+
+    /// Writes `checkpoint` if the lease of `shard_id` is still ours under
+    /// `epoch`: `Ok(false)` when it is not (nothing written).
+    fn write(&self, shard_id: &str, epoch: u64, checkpoint: &Checkpoint) -> Result<bool>;
+
+    /// The end of `shard_id` was written (its children may start).
+    fn shard_finished(&self, shard_id: &str) {
+        let _ = shard_id;
+    }
+
+    /// A call of the application's was refused with `error`, nothing
+    /// written.
+    fn refused(&self, error: &Error) {
+        let _ = error;
+    }
+}
+
+/// The consumer's store: conditional writes to the lease table through
+/// the leases held; a shard's end written tells the coordinator, which
+/// starts its children.
+struct LeaseStore {
+    held: Arc<HeldLeases>,
+    coordinator: Sender<CoordinatorEvent>,
+}
+
+impl CheckpointStore for LeaseStore {
+    fn holding(&self, shard_id: &str, epoch: u64) -> Holding {
+        self.held.holding(shard_id, epoch)
+    }
+
+    fn write(&self, shard_id: &str, epoch: u64, checkpoint: &Checkpoint) -> Result<bool> {
+        self.held.checkpoint(shard_id, epoch, checkpoint)
+    }
+
+    fn shard_finished(&self, shard_id: &str) {
+        let _ = self
+            .coordinator
+            .send(CoordinatorEvent::ShardFinished(shard_id.to_string()));
+    }
 }
 
 /// One gained shard, under one lease epoch.
@@ -194,10 +242,14 @@ impl Checkpointer {
         coordinator: Sender<CoordinatorEvent>,
         metrics: Metrics,
     ) -> Checkpointer {
+        Checkpointer::with_store(Arc::new(LeaseStore { held, coordinator }), metrics)
+    }
+
+    /// A checkpointer writing to `store`.
+    pub(crate) fn with_store(store: Arc<dyn CheckpointStore>, metrics: Metrics) -> Checkpointer {
         Checkpointer {
             inner: Arc::new(Shared {
-                held,
-                coordinator,
+                store,
                 metrics,
                 shards: Mutex::new(HashMap::new()),
             }),
@@ -219,13 +271,15 @@ impl Checkpointer {
     /// handler call on its thread, at the last position of that call.
     /// Does nothing when nothing of the shard was accepted yet.
     pub fn checkpoint(&self, shard_id: &str) -> Result<()> {
-        let state = self.state(shard_id)?;
-        let caller = std::thread::current().id();
-        let limit = lock(&state.positions).limit(caller).cloned();
-        match limit {
-            Some(position) => self.write_state(&state, &position),
-            None => Ok(()),
-        }
+        let result = self.state(shard_id).and_then(|state| {
+            let caller = std::thread::current().id();
+            let limit = lock(&state.positions).limit(caller).cloned();
+            match limit {
+                Some(position) => self.write_state(&state, &position),
+                None => Ok(()),
+            }
+        });
+        self.noted(result)
     }
 
     /// Checkpoints `record`'s shard at `record`: processed up to and
@@ -237,8 +291,18 @@ impl Checkpointer {
     /// Checkpoints `shard_id` at `position` (a sequence number and, for
     /// records of a KPL aggregate, a sub-sequence number).
     pub fn checkpoint_at(&self, shard_id: &str, position: &ExtendedSequenceNumber) -> Result<()> {
-        let state = self.state(shard_id)?;
-        self.write_state(&state, &Checkpoint::At(position.clone()))
+        let result = self
+            .state(shard_id)
+            .and_then(|state| self.write_state(&state, &Checkpoint::At(position.clone())));
+        self.noted(result)
+    }
+
+    /// Tells the store of an application's call refused.
+    fn noted(&self, result: Result<()>) -> Result<()> {
+        if let Err(error @ (Error::LeaseLost { .. } | Error::InvalidCheckpoint { .. })) = &result {
+            self.inner.store.refused(error);
+        }
+        result
     }
 
     fn state(&self, shard_id: &str) -> Result<Arc<ShardState>> {
@@ -329,7 +393,7 @@ impl Checkpointer {
     fn write_state(&self, state: &ShardState, wanted: &Checkpoint) -> Result<()> {
         let shard_id = &state.shard_id;
         let _writing = lock(&state.writing);
-        if self.inner.held.holding(shard_id, state.epoch) == Holding::Gone {
+        if self.inner.store.holding(shard_id, state.epoch) == Holding::Gone {
             return Err(Error::LeaseLost {
                 shard_id: shard_id.to_string(),
             });
@@ -346,7 +410,7 @@ impl Checkpointer {
         }
         let inner = &self.inner;
         let started = Instant::now();
-        let result = inner.held.checkpoint(shard_id, state.epoch, wanted);
+        let result = inner.store.write(shard_id, state.epoch, wanted);
         inner.metrics.record(
             Some(shard_id),
             &[
@@ -365,9 +429,7 @@ impl Checkpointer {
                 lock(&state.positions).written = wanted.clone();
                 log::debug!("checkpointed {shard_id} at {wanted:?}");
                 if *wanted == Checkpoint::ShardEnd {
-                    let _ = inner
-                        .coordinator
-                        .send(CoordinatorEvent::ShardFinished(shard_id.to_string()));
+                    inner.store.shard_finished(shard_id);
                 }
                 Ok(())
             }

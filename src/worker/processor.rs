@@ -85,6 +85,25 @@ pub trait ShardProcessor<T>: Send {
     }
 }
 
+/// What `shard_ended` must have done under manual checkpoints:
+/// checkpointed the end of the shard (its children wait for it). The
+/// consumer and [`testing::ProcessorHarness`](crate::testing::ProcessorHarness)
+/// both check it here.
+pub(crate) fn end_checkpointed(
+    automatic: bool,
+    checkpointer: &Checkpointer,
+    shard_id: &str,
+    epoch: u64,
+) -> HandlerResult {
+    if automatic || checkpointer.is_finished(shard_id, epoch) {
+        return Ok(());
+    }
+    Err(format!(
+        "shard_ended of shard {shard_id} returned without checkpointing the end of the shard (call Checkpointer::checkpoint): its children cannot start until it does"
+    )
+    .into())
+}
+
 /// Runs a processor for each shard a reader starts on, until shutdown or a
 /// failure that stops the consumer; then tells every processor to shut
 /// down and waits for them.
@@ -410,17 +429,12 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             .checkpointer
             .handing(&shard_id, epoch, Checkpoint::ShardEnd);
         let automatic = self.delivery.automatic();
-        let ended = self.call("shard_ended", |p, checkpointer| {
-            p.shard_ended(checkpointer)?;
-            if automatic || checkpointer.is_finished(&shard_id, epoch) {
-                return Ok(());
-            }
-            Err(format!(
-                "shard_ended of shard {shard_id} returned without checkpointing the end of the shard (call Checkpointer::checkpoint): its children cannot start until it does"
-            )
-            .into())
-        })
-        .and_then(Called::done);
+        let ended = self
+            .call("shard_ended", |p, checkpointer| {
+                p.shard_ended(checkpointer)?;
+                end_checkpointed(automatic, checkpointer, &shard_id, epoch)
+            })
+            .and_then(Called::done);
         self.delivery
             .checkpointer
             .call_ended(&shard_id, epoch, ended.is_ok());
@@ -1256,5 +1270,102 @@ mod tests {
         );
         // Not a failure of the consumer: the asker reads "x" again.
         run.stop().unwrap();
+    }
+
+    /// How a processor misbehaves.
+    #[derive(Clone, Copy)]
+    enum Misstep {
+        /// Manual checkpoints: `shard_ended` returns without checkpointing
+        /// the end.
+        ForgetsTheEnd,
+        /// Checkpoints a position after the records it was handed.
+        CheckpointsAhead,
+        /// Checkpoints its records from another thread during the call.
+        CheckpointsFromAFlusherTooEarly,
+    }
+
+    struct Misbehaving(Misstep);
+
+    impl ShardProcessor<String> for Misbehaving {
+        fn process(&mut self, records: ShardBatch<String>, c: &Checkpointer) -> HandlerResult {
+            match self.0 {
+                Misstep::ForgetsTheEnd => {}
+                Misstep::CheckpointsAhead => c.checkpoint_at(records.shard_id(), &position("9"))?,
+                Misstep::CheckpointsFromAFlusherTooEarly => {
+                    let (c, shard) = (c.clone(), records.shard_id().to_owned());
+                    std::thread::spawn(move || c.checkpoint_at(&shard, &position("1")))
+                        .join()
+                        .unwrap()?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// The error `run_processors` ends with when a processor misbehaving
+    /// so is handed "a" then the shard's end, manual checkpoints.
+    fn through_the_consumer(misstep: Misstep) -> String {
+        let (_server, held) = held_leases();
+        let mut delivery = delivery(&held, ErrorPolicy::Stop);
+        delivery.checkpointing = Checkpointing::Manual;
+        let (outputs, records) = crossbeam_channel::unbounded();
+        let run = std::thread::spawn(move || {
+            dispatch(&records, delivery, move |_: &str| Misbehaving(misstep))
+        });
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let (sender, queue) = crossbeam_channel::unbounded();
+        sender
+            .send(crate::worker::test_support::chunk(
+                "shard-1",
+                epoch,
+                &[("1", "a")],
+            ))
+            .unwrap();
+        let ReaderOutput::Chunk(mut end) =
+            crate::worker::test_support::chunk("shard-1", epoch, &[])
+        else {
+            unreachable!()
+        };
+        end.shard_end = true;
+        sender.send(ReaderOutput::Chunk(end)).unwrap();
+        outputs.send(started_with("shard-1", epoch, queue)).unwrap();
+        run.join().unwrap().unwrap_err().to_string()
+    }
+
+    /// The same through the public test kit.
+    fn through_the_test_kit(misstep: Misstep) -> String {
+        let mut harness = crate::testing::ProcessorHarness::with_message_handler(
+            Misbehaving(misstep),
+            |r: &crate::Record| String::from_utf8_lossy(r.data()).into_owned(),
+        )
+        .shard_id("shard-1")
+        .checkpointing(Checkpointing::Manual);
+        harness.initialize(Checkpoint::TrimHorizon).unwrap();
+        let result = harness
+            .process_data(["a"])
+            .and_then(|()| harness.shard_ended());
+        result.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_misbehaving_processor_fails_the_test_kit_as_it_fails_the_consumer() {
+        for (misstep, says) in [
+            (
+                Misstep::ForgetsTheEnd,
+                "returned without checkpointing the end",
+            ),
+            (
+                Misstep::CheckpointsAhead,
+                "sequence number 9 (sub-sequence 0) was not handed on",
+            ),
+            (
+                Misstep::CheckpointsFromAFlusherTooEarly,
+                "is not accepted yet",
+            ),
+        ] {
+            let consumer = through_the_consumer(misstep);
+            assert!(consumer.contains(says), "{consumer}");
+            assert_eq!(through_the_test_kit(misstep), consumer);
+        }
     }
 }

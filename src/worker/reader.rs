@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::kpl;
 use crate::lease::{Checkpoint, ShardRunner};
 use crate::metrics::{Metric, Metrics};
-use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Span};
+use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber};
 use crate::worker::MessageHandler;
 use crate::worker::batch::Message;
 use crate::worker::budget::{Budget, Room, Share, within_share};
@@ -923,26 +923,9 @@ impl<T: Send + 'static> Reader<T> {
         let mapped = catch_unwind(AssertUnwindSafe(|| {
             for r in kinesis_records {
                 if kpl::is_aggregated(r.data()) {
-                    match kpl::deaggregate(r.data()) {
+                    match kpl::user_records_of(&r, &mut deliver) {
                         Ok(users) => {
-                            deaggregated += users.len() as u64;
-                            let span = |part: &[u8]| Span::within(&r.shared.bytes, part);
-                            for (i, u) in users.iter().enumerate() {
-                                deliver(Record {
-                                    shared: r.shared.clone(),
-                                    position: ExtendedSequenceNumber {
-                                        sequence_number: r.position.sequence_number.clone(),
-                                        sub_sequence_number: i as u64,
-                                    },
-                                    aggregated: true,
-                                    partition_key: span(u.partition_key.as_bytes()),
-                                    explicit_hash_key: u
-                                        .explicit_hash_key
-                                        .map(|k| span(k.as_bytes())),
-                                    arrival: r.arrival,
-                                    data: span(u.data),
-                                });
-                            }
+                            deaggregated += users as u64;
                             continue;
                         }
                         Err(e) => {

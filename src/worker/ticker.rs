@@ -1113,4 +1113,87 @@ mod tests {
         shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
         thread.join().unwrap().unwrap();
     }
+
+    /// A manual batch handler: notes what it sees (events, values, last),
+    /// checkpoints each shard it is told is shutting down, and, when
+    /// `ahead`, checkpoints a position after its records.
+    fn manual_handler(
+        checkpointer: crate::Checkpointer,
+        ahead: bool,
+        seen: &mut Vec<(Vec<ShardEvent>, Vec<String>, bool)>,
+    ) -> impl FnMut(&Batch<String>) -> HandlerResult + '_ {
+        move |batch| {
+            let values = batch.messages().map(|m| m.value().clone()).collect();
+            seen.push((batch.events().to_vec(), values, batch.is_last()));
+            for shard in batch.shards() {
+                if ahead {
+                    checkpointer.checkpoint_at(shard.shard_id(), &position("9"))?;
+                }
+            }
+            for event in batch.events() {
+                if let ShardEvent::ShutdownRequested { shard_id } = event {
+                    checkpointer.checkpoint(shard_id)?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn position(sequence: &str) -> crate::record::ExtendedSequenceNumber {
+        crate::testing::position(sequence, 0)
+    }
+
+    #[test]
+    fn the_test_kit_s_batch_harness_hands_on_and_refuses_what_the_ticker_does() {
+        for ahead in [false, true] {
+            let (_server, held, written) = held_leases_noting(Arc::default());
+            let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+            let mut delivery = delivery(&held, ErrorPolicy::Stop);
+            delivery.checkpointing = Checkpointing::Manual;
+            let mut by_ticker = Vec::new();
+            let result = run_until(
+                delivery.clone(),
+                vec![
+                    started("shard-1", epoch),
+                    chunk("shard-1", epoch, &[("1", "a"), ("2", "b")]),
+                ],
+                manual_handler(delivery.checkpointer.clone(), ahead, &mut by_ticker),
+            );
+
+            let mut harness = crate::testing::BatchHarness::with_message_handler(|r| {
+                String::from_utf8_lossy(r.data()).into_owned()
+            })
+            .checkpointing(Checkpointing::Manual);
+            let mut by_kit = Vec::new();
+            let mut handler = manual_handler(harness.checkpointer(), ahead, &mut by_kit);
+            let records = harness.records("shard-1", ["a", "b"]);
+            let kit_result = harness
+                .handle(records, |batch: Batch<String>| handler(&batch))
+                .and_then(|()| harness.shutdown(|batch: Batch<String>| handler(&batch)));
+            drop(handler);
+
+            assert_eq!(by_kit, by_ticker);
+            match (result, kit_result) {
+                (Ok(()), Ok(())) => {
+                    assert!(!ahead);
+                    let kit: Vec<(String, String)> = harness
+                        .checkpoints()
+                        .into_iter()
+                        .map(|(shard, c)| (shard, c.to_columns().0.to_owned()))
+                        .collect();
+                    assert_eq!(kit, *written.lock().unwrap());
+                    assert_eq!(kit, [("shard-1".to_owned(), "2".to_owned())]);
+                }
+                (Err(by_ticker), Err(by_kit)) => {
+                    assert!(ahead);
+                    assert!(
+                        by_ticker.to_string().contains("was not handed on"),
+                        "{by_ticker}"
+                    );
+                    assert_eq!(by_kit.to_string(), by_ticker.to_string());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }
