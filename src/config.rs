@@ -707,6 +707,10 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
                     credentials: &Arc<dyn ProvideCredentials>| {
             let mut c = self.settings.client.clone();
             c.region = other_region.clone();
+            if self.settings.client.region.is_none() {
+                // The region, if any, is the stream ARN's.
+                c.region_setting = "stream_arn";
+            }
             if endpoint.is_some() {
                 c.endpoint_url = endpoint.clone();
                 c.endpoint_setting = setting;
@@ -724,6 +728,9 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             &kinesis_credentials,
         );
         kinesis_config.region = kinesis_region;
+        if arn.is_some() {
+            kinesis_config.region_setting = "stream_arn";
+        }
         kinesis_config.stop_retrying = Some(shutdown.flag());
         let kinesis = KinesisClient::new(&kinesis_config)?;
         // Lease-table requests give up well within a heartbeat period, so a
