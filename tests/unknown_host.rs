@@ -15,8 +15,14 @@ use kinesis_consumer::{Consumer, Error, Payload, TransportKind};
 /// Set in the re-executed test binary: the case to run inside the namespace.
 const CASE_VAR: &str = "KINESIS_CONSUMER_UNKNOWN_HOST_CASE";
 
-/// Each case: name, extra environment, and what the error must name.
-const CASES: &[(&str, &[(&str, &str)], &[&str])] = &[
+/// One case: its name, extra environment, and what the error must name.
+type Case = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static [&'static str],
+);
+
+const CASES: &[Case] = &[
     (
         "builder-region",
         &[],

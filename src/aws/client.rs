@@ -297,7 +297,20 @@ impl Client {
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // The application's process-wide provider when it installed one
+        // (say aws-lc-rs, for post-quantum key exchange), else ring: the
+        // order ureq follows for our HTTP/1 requests. rustls 0.23.48
+        // deprecates ring's `default_provider` because ring has no
+        // post-quantum algorithms; ring is what ureq brings and the only
+        // provider our dependencies allow (aws-lc-rs needs a C toolchain),
+        // and nothing else builds a ring provider, so the call stays and
+        // only its warning is silenced.
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| {
+                #[allow(deprecated)]
+                Arc::new(rustls::crypto::ring::default_provider())
+            });
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Internal(format!("TLS settings: {e}")))?
