@@ -392,9 +392,9 @@ impl<R: ShardRunner> Coordinator<R> {
             if self.held.table().create(&lease)? {
                 created = true;
                 log::info!(
-                    "new lease for shard {} (parents {:?}) at {:?}",
+                    "new lease for shard {} (parents: {}) at {}",
                     lease.shard_id,
-                    lease.parents,
+                    super::shard_list(&lease.parents),
                     lease.checkpoint
                 );
             }
@@ -630,7 +630,10 @@ impl<R: ShardRunner> Coordinator<R> {
             }
             match standing {
                 Standing::Blocked(parents) => {
-                    log::info!("shard {shard_id} waits for its parents {parents:?} to finish")
+                    log::info!(
+                        "shard {shard_id} waits for its parents ({}) to finish",
+                        super::shard_list(parents)
+                    )
                 }
                 Standing::NotListed => log::warn!(
                     "lease table row {shard_id} names no shard the stream {} lists; not taking it",
@@ -701,8 +704,8 @@ impl<R: ShardRunner> Coordinator<R> {
     fn drop_lost(&mut self, plan: &RoundPlan, rows: &[Row]) {
         for shard_id in &plan.lost {
             log::info!(
-                "lease {shard_id} lost: now owned by {:?}",
-                lease_of(rows, shard_id).and_then(|l| l.owner.clone())
+                "lease {shard_id} lost: now {}",
+                owned_by(lease_of(rows, shard_id).and_then(|l| l.owner.as_deref()))
             );
             self.runner.stop(shard_id);
             self.held.drop_lost(shard_id);
@@ -737,7 +740,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 }
                 Some(l) => {
                     log::warn!(
-                        "deleting the lease of shard {shard_id}, gone from the stream at {:?}",
+                        "deleting the lease of shard {shard_id}, gone from the stream at {}",
                         l.checkpoint
                     );
                     self.runner.stop(shard_id);
@@ -788,7 +791,7 @@ impl<R: ShardRunner> Coordinator<R> {
             let announce =
                 lease.is_some_and(|l| !l.parents.is_empty() && !l.checkpoint.has_started());
             if self.held.take(shard_id, *counter, announce)?.is_some() {
-                log::info!("took lease {shard_id} (was {owner:?})");
+                log::info!("took lease {shard_id} (was {})", owned_by(owner.as_deref()));
                 if self.handoffs_seen.remove(shard_id).is_some() {
                     handed_over += 1;
                 } else {
@@ -855,8 +858,16 @@ impl<R: ShardRunner> Coordinator<R> {
             let Some(lease) = lease_of(rows, &shard_id) else {
                 continue;
             };
-            log::info!("starting shard {shard_id} at {:?}", lease.checkpoint);
+            log::info!("starting shard {shard_id} at {}", lease.checkpoint);
             self.runner.start(&shard_id, epoch, &lease.checkpoint);
         }
+    }
+}
+
+/// Who holds a lease, for a log line: `owned by <worker>` or `free`.
+fn owned_by(owner: Option<&str>) -> String {
+    match owner {
+        Some(owner) => format!("owned by {owner}"),
+        None => "free".to_owned(),
     }
 }
