@@ -57,6 +57,10 @@ pub(crate) struct LeaseTimings {
     pub heartbeat_interval: Duration,
     pub shard_sync_interval: Duration,
     pub max_leases_per_worker: usize,
+    /// How long the lease table may be out of reach (no heartbeat lands)
+    /// before the consumer stops with [`Error::LeaseTableUnavailable`];
+    /// `None`: for ever.
+    pub max_unavailable: Option<Duration>,
 }
 
 /// Starts and stops the reading of shards; implemented by the worker.
@@ -147,6 +151,11 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     reported: HashMap<String, Standing>,
     /// When the last heartbeat was sent (our clock).
     last_beat: Option<Instant>,
+    /// When the last heartbeat that landed was sent (our clock): the
+    /// lease table was within reach then.
+    last_landed: Option<Instant>,
+    /// True once the consumer was told to stop for an unreachable table.
+    gave_up: bool,
     /// A heartbeat under our own id found in the workers row at startup;
     /// `None` once we may start beating.
     namesake: Option<NamesakeWatch>,
@@ -182,6 +191,8 @@ impl<R: ShardRunner> Coordinator<R> {
             handoffs_seen: HashMap::new(),
             reported: HashMap::new(),
             last_beat: None,
+            last_landed: None,
+            gave_up: false,
             namesake: Some(NamesakeWatch::default()),
         }
     }
@@ -280,7 +291,21 @@ impl<R: ShardRunner> Coordinator<R> {
             }
             // Another live process beats under our id: stop, loudly.
             Err(e) if is_namesake_error(&e) => self.runner.fail(e),
-            Err(e) => Self::log_failure("heartbeat", Err::<(), _>(e)),
+            Err(e) => match self.unavailable_for() {
+                // Out of reach for longer than the program allows: stop, so
+                // that its supervisor restarts it (or someone is paged).
+                Some(duration) if !self.gave_up => {
+                    self.gave_up = true;
+                    log::error!(
+                        "no lease-table request succeeded for {duration:.1?} (max_unavailable); stopping: {e}"
+                    );
+                    self.runner.fail(Error::LeaseTableUnavailable {
+                        duration,
+                        source: Box::new(e),
+                    });
+                }
+                _ => Self::log_failure("heartbeat", Err::<(), _>(e)),
+            },
         }
         self.metrics.record(
             None,
@@ -291,10 +316,19 @@ impl<R: ShardRunner> Coordinator<R> {
         );
     }
 
+    /// How long since the last heartbeat that landed was sent, when that
+    /// is longer than `max_unavailable` allows.
+    fn unavailable_for(&self) -> Option<Duration> {
+        let bound = self.timings.max_unavailable?;
+        let since = self.now().duration_since(self.last_landed?);
+        (since >= bound).then_some(since)
+    }
+
     /// Writes the heartbeat and notes what the workers row says. Leases
     /// dropped because no heartbeat landed in time stop being read.
     fn heartbeat(&mut self) -> Result<()> {
-        self.last_beat = Some(self.now());
+        let sent = self.now();
+        self.last_beat = Some(sent);
         let max = self.timings.max_leases_per_worker;
         let cap = (max != usize::MAX).then_some(max as u64);
         let (lapsed, workers) = self.held.heartbeat(cap);
@@ -314,6 +348,7 @@ impl<R: ShardRunner> Coordinator<R> {
         self.stop_orphaned_readers(&rows, &held);
         self.rows = rows;
         let workers = workers?;
+        self.last_landed = Some(sent);
         let now = self.now();
         let me = self.held.owner().to_owned();
         self.read_due |= self
