@@ -31,6 +31,7 @@ const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
 ///     .region("eu-west-1")
 ///     .retry_wait(Duration::from_millis(200))
 ///     .max_attempts(5);
+/// # drop(config);
 /// ```
 #[derive(Clone)]
 pub struct ClientConfig {
