@@ -119,6 +119,11 @@ pub mod __test_support;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+// The same for the guide pages under docs/.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/deploy.md")]
+pub struct DeployDoctests;
+
 pub use config::{ConsumerBuilder, InitialPosition};
 pub use error::{Error, HandlerResult, Result, ServiceError, TransportKind};
 pub use lease::{
