@@ -4,7 +4,7 @@
 # example, read them back with the tail example, stop the playground with
 # SIGINT (Ctrl-C), and check that every process it started has stopped.
 # The records are read twice: polling, then through enhanced fan-out (the
-# consumer deregistered afterwards, as the README says).
+# consumer deregistered afterwards, as docs/local.md says).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS

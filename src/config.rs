@@ -567,7 +567,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// buffer. Readers wait for room in arrival order, so a large read is
     /// not starved by small ones. A single reply larger than this bound (a
     /// 1 MiB record with a small bound) is read alone. Memory the allocator
-    /// keeps after replies are freed is not counted (see the README).
+    /// keeps after replies are freed is not counted (see docs/settings.md).
     /// Defaults to an eighth of `buffer_bytes`, at least 8 MiB (8 MiB with
     /// the default buffer).
     pub fn read_memory(mut self, bytes: u64) -> Self {

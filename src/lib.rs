@@ -119,10 +119,30 @@ pub mod __test_support;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-// The same for the guide pages under docs/.
-#[cfg(doctest)]
-#[doc = include_str!("../docs/deploy.md")]
-pub struct DeployDoctests;
+// The same for the guide pages under docs/, one item per page.
+macro_rules! guide_doctests {
+    ($($name:ident = $path:literal),* $(,)?) => {
+        $(
+            #[cfg(doctest)]
+            #[doc = include_str!($path)]
+            pub struct $name;
+        )*
+    };
+}
+guide_doctests! {
+    CredentialsDoctests = "../docs/credentials.md",
+    DeployDoctests = "../docs/deploy.md",
+    DevelopmentDoctests = "../docs/development.md",
+    FanOutDoctests = "../docs/fan-out.md",
+    LeaseLifecycleDoctests = "../docs/lease-lifecycle.md",
+    LocalDoctests = "../docs/local.md",
+    ManyWorkersDoctests = "../docs/many-workers.md",
+    MetricsDoctests = "../docs/metrics.md",
+    MigratingDoctests = "../docs/migrating-from-kcl.md",
+    OperationsDoctests = "../docs/operations.md",
+    ProcessingDoctests = "../docs/processing.md",
+    SettingsDoctests = "../docs/settings.md",
+}
 
 pub use config::{ConsumerBuilder, InitialPosition};
 pub use error::{Error, HandlerResult, Result, ServiceError, TransportKind};
