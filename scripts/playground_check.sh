@@ -3,12 +3,14 @@
 # it with a stream, source its export lines, put records with the producer
 # example, read them back with the tail example, stop the playground with
 # SIGINT (Ctrl-C), and check that every process it started has stopped.
+# The records are read twice: polling, then through enhanced fan-out (the
+# consumer deregistered afterwards, as docs/local.md says).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
 
 echo "playground check: building the examples..." >&2
-cargo build --example producer --example tail
+cargo build --example producer --example tail --example leases
 target_dir="${CARGO_TARGET_DIR:-target}"
 
 work=$(mktemp -d)
@@ -69,6 +71,27 @@ wait "$tail_pid" || fail "tail exited with status $?"
 tail_pid=""
 [ "$seen" -eq "$records" ] || fail "tail printed $seen distinct records of $records put"
 echo "tail printed $seen distinct records" >&2
+
+# Again through enhanced fan-out (SubscribeToShard, h2c on kinesis-local's
+# plain port), under an application of its own, then deregister the consumer.
+"$target_dir/debug/examples/tail" --stream "$stream" --app "$stream-efo" --position trim-horizon \
+  --batch-interval-ms 500 --enhanced-fan-out "$stream-efo" >"$work/tail-efo.log" 2>"$work/tail-efo-stderr.log" &
+tail_pid=$!
+seen=0
+for _ in $(seq 1 300); do
+  seen=$({ grep -o '"sequence_number":"[0-9]*"' "$work/tail-efo.log" || true; } | sort -u | wc -l)
+  if [ "$seen" -ge "$records" ]; then break; fi
+  sleep 0.1
+done
+kill -INT "$tail_pid"
+wait "$tail_pid" || fail "tail (fan-out) exited with status $?"
+tail_pid=""
+[ "$seen" -eq "$records" ] || fail "tail (fan-out) printed $seen distinct records of $records put"
+"$target_dir/debug/examples/leases" --stream "$stream" --deregister-consumer "$stream-efo" \
+  >"$work/deregister.log" 2>&1 || fail "deregistering the fan-out consumer failed"
+grep -q "^deregistered consumer $stream-efo " "$work/deregister.log" ||
+  fail "leases --deregister-consumer said no deregistration"
+echo "tail printed $seen distinct records through enhanced fan-out; consumer deregistered" >&2
 
 kill -INT "$playground"
 status=0

@@ -109,6 +109,7 @@ pub(crate) struct Settings {
     pub(crate) failover_time: Duration,
     pub(crate) shard_sync_interval: Duration,
     pub(crate) max_leases_per_worker: usize,
+    pub(crate) max_unavailable: Option<Duration>,
     pub(crate) read_memory: Option<u64>,
     pub(crate) pace_reads: bool,
     pub(crate) lease_table: TableOptions,
@@ -133,6 +134,7 @@ impl<T> fmt::Debug for ConsumerBuilder<T> {
             .field("batch_interval", &self.settings.batch_interval)
             .field("checkpoint_interval", &self.settings.checkpoint_interval)
             .field("worker_id", &self.settings.worker_id)
+            .field("max_unavailable", &self.settings.max_unavailable)
             .finish_non_exhaustive()
     }
 }
@@ -181,6 +183,7 @@ impl ConsumerBuilder<Payload> {
                 failover_time: Duration::from_secs(10),
                 shard_sync_interval: Duration::from_secs(60),
                 max_leases_per_worker: usize::MAX,
+                max_unavailable: None,
                 read_memory: None,
                 pace_reads: true,
                 lease_table: TableOptions::default(),
@@ -526,6 +529,26 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         self
     }
 
+    /// Stop when the lease table is out of reach this long: when no
+    /// heartbeat (a write to the lease table) has landed for `bound`,
+    /// [`run`](crate::Consumer::run) (and `run_processors`) returns
+    /// [`Error::LeaseTableUnavailable`], checked once a heartbeat period
+    /// (a third of the [failover time](Self::failover_time)), so it
+    /// returns up to about a heartbeat period after the bound.
+    ///
+    /// For programs that prefer to exit and be restarted by their
+    /// supervisor (systemd, Kubernetes) over running on without leases:
+    /// without the bound a consumer whose DynamoDB is gone drops its
+    /// leases after the fencing window and then delivers empty batches
+    /// until the table is back, as the KCL does. A bound shorter than the
+    /// failover time stops the consumer while its leases are still valid.
+    ///
+    /// Defaults to off (`None`: retry for ever).
+    pub fn max_unavailable(mut self, bound: Duration) -> Self {
+        self.settings.max_unavailable = Some(bound);
+        self
+    }
+
     /// The most leases this worker holds. Defaults to no limit.
     pub fn max_leases_per_worker(mut self, leases: usize) -> Self {
         self.settings.max_leases_per_worker = leases;
@@ -544,7 +567,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// buffer. Readers wait for room in arrival order, so a large read is
     /// not starved by small ones. A single reply larger than this bound (a
     /// 1 MiB record with a small bound) is read alone. Memory the allocator
-    /// keeps after replies are freed is not counted (see the README).
+    /// keeps after replies are freed is not counted (see docs/settings.md).
     /// Defaults to an eighth of `buffer_bytes`, at least 8 MiB (8 MiB with
     /// the default buffer).
     pub fn read_memory(mut self, bytes: u64) -> Self {
@@ -664,6 +687,9 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         if self.settings.max_leases_per_worker == 0 {
             return Err(Error::config("max_leases_per_worker", "must be at least 1"));
         }
+        if self.settings.max_unavailable == Some(Duration::ZERO) {
+            return Err(Error::config("max_unavailable", "must be more than zero"));
+        }
         if self.settings.metrics_level != MetricsLevel::None
             && self.settings.metrics_dimensions.is_empty()
         {
@@ -707,6 +733,10 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
                     credentials: &Arc<dyn ProvideCredentials>| {
             let mut c = self.settings.client.clone();
             c.region = other_region.clone();
+            if self.settings.client.region.is_none() {
+                // The region, if any, is the stream ARN's.
+                c.region_setting = "stream_arn";
+            }
             if endpoint.is_some() {
                 c.endpoint_url = endpoint.clone();
                 c.endpoint_setting = setting;
@@ -724,6 +754,9 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             &kinesis_credentials,
         );
         kinesis_config.region = kinesis_region;
+        if arn.is_some() {
+            kinesis_config.region_setting = "stream_arn";
+        }
         kinesis_config.stop_retrying = Some(shutdown.flag());
         let kinesis = KinesisClient::new(&kinesis_config)?;
         // Lease-table requests give up well within a heartbeat period, so a
@@ -796,6 +829,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             failover_time: s.failover_time,
             shard_sync_interval: s.shard_sync_interval,
             max_leases_per_worker: s.max_leases_per_worker,
+            max_unavailable: s.max_unavailable,
             pace_reads: s.pace_reads,
         };
         Ok(Consumer::new(

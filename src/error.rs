@@ -84,6 +84,18 @@ pub enum Error {
         /// The last failure of a write (also [`std::error::Error::source`]).
         source: Box<Error>,
     },
+    /// No lease-table request succeeded for longer than the consumer's
+    /// [`max_unavailable`](crate::ConsumerBuilder::max_unavailable) bound
+    /// (opt-in): `run` stopped, so that a supervisor can restart the
+    /// program or page someone. Without the bound the consumer keeps
+    /// trying for ever.
+    #[non_exhaustive]
+    LeaseTableUnavailable {
+        /// How long no lease-table request had succeeded.
+        duration: std::time::Duration,
+        /// The last failure (also [`std::error::Error::source`]).
+        source: Box<Error>,
+    },
     /// A resource is not ready yet, such as a table or stream still being
     /// created; what it is and its state. Startup waits it out.
     NotReady(String),
@@ -281,6 +293,10 @@ impl fmt::Display for Error {
                 "the last checkpoint of shard {} could not be written (their records after the checkpoint in the lease table will be delivered again): {source}",
                 shard_ids.join(", ")
             ),
+            Error::LeaseTableUnavailable { duration, source } => write!(
+                f,
+                "no lease-table request succeeded for {duration:.1?}, longer than max_unavailable allows: {source}"
+            ),
             Error::NotReady(m) => write!(f, "not ready yet: {m}"),
             Error::Internal(m) => write!(f, "internal error: {m}"),
         }
@@ -314,6 +330,7 @@ impl std::error::Error for Error {
             Error::Handler(e) => Some(e.as_ref()),
             Error::Transport { source, .. } => Some(source.as_ref()),
             Error::CheckpointsNotSaved { source, .. } => Some(source.as_ref()),
+            Error::LeaseTableUnavailable { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }

@@ -7,7 +7,14 @@
 //! use std::time::Duration;
 //! use kinesis_consumer::{Consumer, InitialPosition};
 //!
-//! fn main() -> Result<(), kinesis_consumer::Error> {
+//! fn main() {
+//!     if let Err(e) = consume() {
+//!         eprintln!("error: {e}"); // the readable (Display) form
+//!         std::process::exit(1);
+//!     }
+//! }
+//!
+//! fn consume() -> Result<(), Box<dyn std::error::Error>> {
 //!     let consumer = Consumer::builder()
 //!         .app_name("word-count")          // the lease table's name
 //!         .stream_name("words")
@@ -15,15 +22,19 @@
 //!         .batch_interval(Duration::from_secs(2))
 //!         .message_handler(|r| String::from_utf8_lossy(r.data()).into_owned())
 //!         .build()?;
-//!     let stop = consumer.shutdown_handle(); // call stop.shutdown() from any thread
-//!     # drop(stop);
+//!     // The crate installs no signal handler: Ctrl-C (and SIGTERM, with the
+//!     // `ctrlc` crate's "termination" feature) stops it gracefully, the
+//!     // batch in hand checkpointed and the leases released.
+//!     let stop = consumer.shutdown_handle(); // clonable, for any thread
+//!     ctrlc::set_handler(move || stop.shutdown())?;
 //!     consumer.run(|batch| {
 //!         for message in batch.messages() {
 //!             let record = message.record(); // shard, sequence number, key, data
 //!             println!("{} {}: {}", record.shard_id(), record.sequence_number(), message.value());
 //!         }
 //!         Ok(())         // Ok: the batch is checkpointed
-//!     })
+//!     })?;
+//!     Ok(())
 //! }
 //! ```
 //!
@@ -76,6 +87,9 @@
 //! [`Consumer::metrics`] ([`MetricsHandle::snapshot`]).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// Every example in the docs (and the README's) must compile without a
+// warning: users copy them.
+#![doc(test(attr(deny(warnings))))]
 #![warn(unreachable_pub)]
 
 pub mod aws;
@@ -108,6 +122,32 @@ pub mod __test_support;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+// The same for the guide pages under docs/, one item per page.
+macro_rules! guide_doctests {
+    ($($name:ident = $path:literal),* $(,)?) => {
+        $(
+            #[cfg(doctest)]
+            #[doc = include_str!($path)]
+            pub struct $name;
+        )*
+    };
+}
+guide_doctests! {
+    CredentialsDoctests = "../docs/credentials.md",
+    DeployDoctests = "../docs/deploy.md",
+    DevelopmentDoctests = "../docs/development.md",
+    FanOutDoctests = "../docs/fan-out.md",
+    LeaseLifecycleDoctests = "../docs/lease-lifecycle.md",
+    LocalDoctests = "../docs/local.md",
+    ManyWorkersDoctests = "../docs/many-workers.md",
+    MetricsDoctests = "../docs/metrics.md",
+    MigratingDoctests = "../docs/migrating-from-kcl.md",
+    OperationsDoctests = "../docs/operations.md",
+    ProcessingDoctests = "../docs/processing.md",
+    SettingsDoctests = "../docs/settings.md",
+    TestingDoctests = "../docs/testing.md",
+}
 
 pub use config::{ConsumerBuilder, InitialPosition};
 pub use error::{Error, HandlerResult, Result, ServiceError, TransportKind};

@@ -132,6 +132,18 @@ pub struct ExtendedSequenceNumber {
     pub sub_sequence_number: u64,
 }
 
+/// As a person reads it: `sequence 4968…`, with `, sub-sequence 3` for a
+/// user record after the first of a KPL aggregate.
+impl fmt::Display for ExtendedSequenceNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sequence {}", self.sequence_number)?;
+        if self.sub_sequence_number > 0 {
+            write!(f, ", sub-sequence {}", self.sub_sequence_number)?;
+        }
+        Ok(())
+    }
+}
+
 /// Where a field lies in the bytes shared by the records of one
 /// GetRecords reply.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -334,6 +346,22 @@ impl Eq for Record {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_display_as_people_read_them() {
+        let at = |sub| ExtendedSequenceNumber {
+            sequence_number: SequenceNumber::parse("4968").unwrap(),
+            sub_sequence_number: sub,
+        };
+        assert_eq!(at(0).to_string(), "sequence 4968");
+        assert_eq!(at(3).to_string(), "sequence 4968, sub-sequence 3");
+        let checkpoint = crate::lease::Checkpoint::At(at(0));
+        assert_eq!(checkpoint.to_string(), "sequence 4968");
+        assert_eq!(
+            crate::lease::Checkpoint::TrimHorizon.to_string(),
+            "the trim horizon"
+        );
+    }
 
     fn seq(s: &str) -> SequenceNumber {
         SequenceNumber::parse(s).unwrap()

@@ -31,6 +31,7 @@ const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
 ///     .region("eu-west-1")
 ///     .retry_wait(Duration::from_millis(200))
 ///     .max_attempts(5);
+/// # drop(config);
 /// ```
 #[derive(Clone)]
 pub struct ClientConfig {
@@ -39,6 +40,9 @@ pub struct ClientConfig {
     /// The setting an invalid `endpoint_url` is reported as: the consumer
     /// builder's per-service overrides have names of their own.
     pub(crate) endpoint_setting: &'static str,
+    /// The setting a configured `region` is reported as: the consumer's
+    /// Kinesis region may come from its `stream_arn`.
+    pub(crate) region_setting: &'static str,
     pub(crate) credentials: Option<Arc<dyn ProvideCredentials>>,
     pub(crate) retry_wait: Duration,
     pub(crate) max_attempts: u32,
@@ -81,6 +85,7 @@ impl ClientConfig {
             region: None,
             endpoint_url: None,
             endpoint_setting: "endpoint_url",
+            region_setting: "region",
             credentials: None,
             retry_wait: Duration::from_millis(100),
             max_attempts: 3,
@@ -235,7 +240,12 @@ impl Client {
         let region = endpoint::resolve_region(config.region.as_deref())?;
         let endpoint = match &config.endpoint_url {
             Some(url) => endpoint::parse_endpoint(url, config.endpoint_setting)?,
-            None => endpoint::resolve_endpoint(protocol.service, None, &region)?,
+            None => endpoint::resolve_endpoint(
+                protocol.service,
+                None,
+                &region,
+                config.region.as_ref().map(|_| config.region_setting),
+            )?,
         };
         let credentials = match &config.credentials {
             Some(c) => c.clone(),
@@ -288,7 +298,20 @@ impl Client {
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // The application's process-wide provider when it installed one
+        // (say aws-lc-rs, for post-quantum key exchange), else ring: the
+        // order ureq follows for our HTTP/1 requests. rustls 0.23.48
+        // deprecates ring's `default_provider` because ring has no
+        // post-quantum algorithms; ring is what ureq brings and the only
+        // provider our dependencies allow (aws-lc-rs needs a C toolchain),
+        // and nothing else builds a ring provider, so the call stays and
+        // only its warning is silenced.
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| {
+                #[allow(deprecated)]
+                Arc::new(rustls::crypto::ring::default_provider())
+            });
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Internal(format!("TLS settings: {e}")))?
@@ -443,9 +466,10 @@ impl Client {
             req = req.header(name.as_str(), value.as_str());
         }
         let url = self.endpoint.url();
-        let mut reply = req
-            .send(body)
-            .map_err(|e| transport_error(operation, url, e))?;
+        let mut reply = req.send(body).map_err(|e| {
+            let e = transport_error(operation, url, e);
+            name_the_setting(e, &self.endpoint)
+        })?;
         let status = reply.status().as_u16();
         let request_id = request_id(reply.headers());
         if let Some(date) = reply
@@ -657,7 +681,69 @@ fn io_kind(e: &std::io::Error) -> TransportKind {
     match e.kind() {
         std::io::ErrorKind::ConnectionRefused => TransportKind::ConnectionRefused,
         std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => TransportKind::Timeout,
+        _ if is_lookup_failure(e) => TransportKind::HostNotFound,
         _ => TransportKind::Broken,
+    }
+}
+
+/// True when `e` is a failed host name lookup. ureq's resolver hands on
+/// the standard library's error, an `io::Error` of an unstable kind
+/// (`Uncategorized`) that only its message tells apart: on Unix,
+/// "failed to lookup address information: <gai_strerror>", whether the
+/// name does not exist ("Name or service not known") or no resolver
+/// answers ("Temporary failure in name resolution"). Both fail startup at
+/// once: a host that does not resolve is almost always a typo in a region
+/// or an endpoint, and a minute of retries only hides it. Once running,
+/// every transport error is retried anyway.
+fn is_lookup_failure(e: &std::io::Error) -> bool {
+    e.to_string()
+        .starts_with("failed to lookup address information")
+}
+
+/// `e`, when it says the endpoint's host does not resolve, naming the
+/// setting the host came from.
+fn name_the_setting(e: Error, endpoint: &Endpoint) -> Error {
+    match e {
+        Error::Transport {
+            operation,
+            url,
+            kind: TransportKind::HostNotFound,
+            source,
+        } => Error::transport(
+            operation,
+            url,
+            TransportKind::HostNotFound,
+            UnknownHost {
+                host: endpoint.host().to_owned(),
+                origin: endpoint.origin().to_owned(),
+                source,
+            },
+        ),
+        other => other,
+    }
+}
+
+/// A host that does not resolve and the setting it came from.
+#[derive(Debug)]
+struct UnknownHost {
+    host: String,
+    origin: String,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl fmt::Display for UnknownHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` does not resolve; the host comes from {}, check its spelling ({})",
+            self.host, self.origin, self.source
+        )
+    }
+}
+
+impl std::error::Error for UnknownHost {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
     }
 }
 
@@ -699,6 +785,20 @@ pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
 mod tests {
 
     use super::*;
+
+    #[test]
+    fn failed_name_lookups_are_host_not_found() {
+        // The messages the standard library gives a failed getaddrinfo.
+        for message in [
+            "failed to lookup address information: Name or service not known",
+            "failed to lookup address information: Temporary failure in name resolution",
+        ] {
+            let e = std::io::Error::other(message);
+            assert_eq!(io_kind(&e), TransportKind::HostNotFound, "{message}");
+        }
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(io_kind(&reset), TransportKind::Broken);
+    }
 
     #[test]
     fn error_from_json_strips_prefix_and_keeps_request_id() {

@@ -108,10 +108,16 @@ pub(crate) struct Endpoint {
     port: u16,
     url: String,
     host_header: String,
+    /// Where the host came from, such as "`endpoint_url`" or "region
+    /// `us-east-1` (AWS_REGION)": an error about the host says what
+    /// setting to fix.
+    origin: String,
+    /// True for a region's default endpoint.
+    from_region: bool,
 }
 
 impl Endpoint {
-    fn new(https: bool, host: String, port: Option<u16>) -> Endpoint {
+    fn new(https: bool, host: String, port: Option<u16>, origin: String) -> Endpoint {
         let default_port = if https { 443 } else { 80 };
         let port = port.unwrap_or(default_port);
         let host_header = if port == default_port {
@@ -126,7 +132,21 @@ impl Endpoint {
             host,
             port,
             host_header,
+            origin,
+            from_region: false,
         }
+    }
+
+    /// The setting the host came from, such as "`endpoint_url`",
+    /// "`AWS_ENDPOINT_URL_KINESIS`" or "region `us-east-1` (`AWS_REGION`)".
+    pub(crate) fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// This endpoint, its host said to come from `origin`.
+    pub(crate) fn with_origin(mut self, origin: String) -> Endpoint {
+        self.origin = origin;
+        self
     }
 
     /// The base URL without a trailing slash, such as
@@ -142,9 +162,8 @@ impl Endpoint {
     }
 
     /// The host as written in a URL (lowercase; an IPv6 address in brackets).
-    /// This and the next two are for a client that opens its own
-    /// connections (HTTP/2) rather than ureq's; the tests use them meanwhile.
-    #[allow(dead_code)]
+    /// This and the next two are also for a client that opens its own
+    /// connections (HTTP/2) rather than ureq's.
     pub(crate) fn host(&self) -> &str {
         &self.host
     }
@@ -221,6 +240,22 @@ pub(crate) fn region_from_env(env: &Env) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// The setting a region came from, for messages: `explicit` (a builder
+/// method) when the region was configured, else the first of `AWS_REGION`
+/// and `AWS_DEFAULT_REGION` that is set, else the profile's `region`
+/// (the order [`resolve_region`] looks in).
+pub(crate) fn region_setting(explicit: Option<&str>, env: &Env) -> String {
+    if let Some(setting) = explicit {
+        return format!("`{setting}`");
+    }
+    for var in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
+        if env.get(var).is_some() {
+            return format!("`{var}`");
+        }
+    }
+    format!("the `region` of AWS profile `{}`", env.profile_name())
+}
+
 /// Checks a region's syntax.
 fn validate_region(region: &str, setting: &'static str, origin: &str) -> Result<String> {
     let region = region.trim();
@@ -256,12 +291,26 @@ fn validate_region(region: &str, setting: &'static str, origin: &str) -> Result<
 /// (IPv6 in brackets), an optional port, and an optional `/`. Anything else
 /// is an [`Error::Config`] naming the setting (`endpoint_url` or the
 /// variable).
+///
+/// `configured_region_setting` names the setting a configured `region`
+/// came from (`None`: it came from the environment); the endpoint says it
+/// (see [`Endpoint::origin`]).
 pub(crate) fn resolve_endpoint(
     service: Service,
     explicit: Option<&str>,
     region: &str,
+    configured_region_setting: Option<&str>,
 ) -> Result<Endpoint> {
-    resolve_endpoint_with(service, explicit, region, &Env::process())
+    let env = Env::process();
+    let endpoint = resolve_endpoint_with(service, explicit, region, &env)?;
+    // A default endpoint's host is made of the region: say which setting
+    // gave the region, so a typo in it is found where it was made.
+    Ok(if endpoint.from_region {
+        let setting = region_setting(configured_region_setting, &env);
+        endpoint.with_origin(format!("region `{region}` ({setting})"))
+    } else {
+        endpoint
+    })
 }
 
 /// [`resolve_endpoint`] with the given environment.
@@ -289,7 +338,9 @@ pub(crate) fn resolve_endpoint_with(
         service.host_prefix(),
         partition_domain(&region)
     );
-    Ok(Endpoint::new(true, host, None))
+    let mut endpoint = Endpoint::new(true, host, None, format!("region `{region}`"));
+    endpoint.from_region = true;
+    Ok(endpoint)
 }
 
 /// The DNS suffix of the partition a region belongs to.
@@ -322,7 +373,12 @@ pub(crate) fn parse_endpoint(url: &str, setting: &'static str) -> Result<Endpoin
             ),
         ));
     }
-    Ok(Endpoint::new(parsed.https, parsed.host, parsed.port))
+    Ok(Endpoint::new(
+        parsed.https,
+        parsed.host,
+        parsed.port,
+        format!("`{setting}`"),
+    ))
 }
 
 /// `url` as an error message or `Debug` may show it: user information

@@ -86,6 +86,10 @@ pub(crate) struct LeaseTimings {
     pub heartbeat_interval: Duration,
     pub shard_sync_interval: Duration,
     pub max_leases_per_worker: usize,
+    /// How long the lease table may be out of reach (no heartbeat lands)
+    /// before the consumer stops with [`Error::LeaseTableUnavailable`];
+    /// `None`: for ever.
+    pub max_unavailable: Option<Duration>,
 }
 
 /// Starts and stops the reading of shards; implemented by the worker.
@@ -176,6 +180,11 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     reported: HashMap<String, Standing>,
     /// When the last heartbeat was sent (our clock).
     last_beat: Option<Instant>,
+    /// When the last heartbeat that landed was sent (our clock): the
+    /// lease table was within reach then.
+    last_landed: Option<Instant>,
+    /// True once the consumer was told to stop for an unreachable table.
+    gave_up: bool,
     /// A heartbeat under our own id found in the workers row at startup;
     /// `None` once we may start beating.
     namesake: Option<NamesakeWatch>,
@@ -211,6 +220,8 @@ impl<R: ShardRunner> Coordinator<R> {
             handoffs_seen: HashMap::new(),
             reported: HashMap::new(),
             last_beat: None,
+            last_landed: None,
+            gave_up: false,
             namesake: Some(NamesakeWatch::default()),
         }
     }
@@ -310,7 +321,21 @@ impl<R: ShardRunner> Coordinator<R> {
             }
             // Another live process beats under our id: stop, loudly.
             Err(e) if is_namesake_error(&e) => self.runner.fail(e),
-            Err(e) => Self::log_failure("heartbeat", Err::<(), _>(e)),
+            Err(e) => match self.unavailable_for() {
+                // Out of reach for longer than the program allows: stop, so
+                // that its supervisor restarts it (or someone is paged).
+                Some(duration) if !self.gave_up => {
+                    self.gave_up = true;
+                    log::error!(
+                        "no lease-table request succeeded for {duration:.1?} (max_unavailable); stopping: {e}"
+                    );
+                    self.runner.fail(Error::LeaseTableUnavailable {
+                        duration,
+                        source: Box::new(e),
+                    });
+                }
+                _ => Self::log_failure("heartbeat", Err::<(), _>(e)),
+            },
         }
         self.metrics.record(
             None,
@@ -321,10 +346,19 @@ impl<R: ShardRunner> Coordinator<R> {
         );
     }
 
+    /// How long since the last heartbeat that landed was sent, when that
+    /// is longer than `max_unavailable` allows.
+    fn unavailable_for(&self) -> Option<Duration> {
+        let bound = self.timings.max_unavailable?;
+        let since = self.now().duration_since(self.last_landed?);
+        (since >= bound).then_some(since)
+    }
+
     /// Writes the heartbeat and notes what the workers row says. Leases
     /// dropped because no heartbeat landed in time stop being read.
     fn heartbeat(&mut self) -> Result<()> {
-        self.last_beat = Some(self.now());
+        let sent = self.now();
+        self.last_beat = Some(sent);
         let max = self.timings.max_leases_per_worker;
         let cap = (max != usize::MAX).then_some(max as u64);
         let (lapsed, workers) = self.held.heartbeat(cap);
@@ -344,6 +378,7 @@ impl<R: ShardRunner> Coordinator<R> {
         self.stop_orphaned_readers(&rows, &held);
         self.rows = rows;
         let workers = workers?;
+        self.last_landed = Some(sent);
         let now = self.now();
         let me = self.held.owner().to_owned();
         self.read_due |= self
@@ -422,9 +457,9 @@ impl<R: ShardRunner> Coordinator<R> {
             if self.held.table().create(&lease)? {
                 created = true;
                 log::info!(
-                    "new lease for shard {} (parents {:?}) at {:?}",
+                    "new lease for shard {} (parents: {}) at {}",
                     lease.shard_id,
-                    lease.parents,
+                    super::shard_list(&lease.parents),
                     lease.checkpoint
                 );
             }
@@ -661,7 +696,10 @@ impl<R: ShardRunner> Coordinator<R> {
             }
             match standing {
                 Standing::Blocked(parents) => {
-                    log::info!("shard {shard_id} waits for its parents {parents:?} to finish")
+                    log::info!(
+                        "shard {shard_id} waits for its parents ({}) to finish",
+                        super::shard_list(parents)
+                    )
                 }
                 Standing::NotListed => log::warn!(
                     "lease table row {shard_id} names no shard the stream {} lists; not taking it",
@@ -732,8 +770,8 @@ impl<R: ShardRunner> Coordinator<R> {
     fn drop_lost(&mut self, plan: &RoundPlan, rows: &[Row]) {
         for shard_id in &plan.lost {
             log::info!(
-                "lease {shard_id} lost: now owned by {:?}",
-                lease_of(rows, shard_id).and_then(|l| l.owner.clone())
+                "lease {shard_id} lost: now {}",
+                owned_by(lease_of(rows, shard_id).and_then(|l| l.owner.as_deref()))
             );
             self.runner.stop(shard_id);
             self.held.drop_lost(shard_id);
@@ -768,7 +806,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 }
                 Some(l) => {
                     log::warn!(
-                        "deleting the lease of shard {shard_id}, gone from the stream at {:?}",
+                        "deleting the lease of shard {shard_id}, gone from the stream at {}",
                         l.checkpoint
                     );
                     self.runner.stop(shard_id);
@@ -819,7 +857,7 @@ impl<R: ShardRunner> Coordinator<R> {
             let announce =
                 lease.is_some_and(|l| !l.parents.is_empty() && !l.checkpoint.has_started());
             if self.held.take(shard_id, *counter, announce)?.is_some() {
-                log::info!("took lease {shard_id} (was {owner:?})");
+                log::info!("took lease {shard_id} (was {})", owned_by(owner.as_deref()));
                 if self.handoffs_seen.remove(shard_id).is_some() {
                     handed_over += 1;
                 } else {
@@ -886,8 +924,16 @@ impl<R: ShardRunner> Coordinator<R> {
             let Some(lease) = lease_of(rows, &shard_id) else {
                 continue;
             };
-            log::info!("starting shard {shard_id} at {:?}", lease.checkpoint);
+            log::info!("starting shard {shard_id} at {}", lease.checkpoint);
             self.runner.start(&shard_id, epoch, &lease.checkpoint);
         }
+    }
+}
+
+/// Who holds a lease, for a log line: `owned by <worker>` or `free`.
+fn owned_by(owner: Option<&str>) -> String {
+    match owner {
+        Some(owner) => format!("owned by {owner}"),
+        None => "free".to_owned(),
     }
 }

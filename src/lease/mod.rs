@@ -113,6 +113,33 @@ impl Checkpoint {
     }
 }
 
+/// As a person reads it, after "at": `the trim horizon`, `the tip
+/// (LATEST)`, `records from 2026-01-02T03:04:05Z`, `sequence 4968…`,
+/// `the shard's end`.
+impl std::fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Checkpoint::TrimHorizon => f.write_str("the trim horizon"),
+            Checkpoint::Latest => f.write_str("the tip (LATEST)"),
+            Checkpoint::AtTimestamp(Some(t)) => {
+                write!(f, "records from {}", crate::time::format_rfc3339(*t, true))
+            }
+            Checkpoint::AtTimestamp(None) => f.write_str("the configured initial timestamp"),
+            Checkpoint::At(position) => position.fmt(f),
+            Checkpoint::ShardEnd => f.write_str("the shard's end"),
+        }
+    }
+}
+
+/// Shard ids for a log line: `a, b`, or `none`.
+pub(crate) fn shard_list(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "none".to_owned()
+    } else {
+        ids.join(", ")
+    }
+}
+
 /// One row of the lease table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -749,6 +749,7 @@ impl Sim {
             } else {
                 usize::MAX
             },
+            max_unavailable: None,
         };
         let coordinator = Coordinator::new(
             held.clone(),

@@ -87,6 +87,7 @@ pub(crate) struct ConsumerSettings {
     pub failover_time: Duration,
     pub shard_sync_interval: Duration,
     pub max_leases_per_worker: usize,
+    pub max_unavailable: Option<Duration>,
     pub pace_reads: bool,
     pub checkpointing: Checkpointing,
     pub error_policy: ErrorPolicy,
@@ -381,6 +382,7 @@ impl<T: Send + 'static> Consumer<T> {
             heartbeat_interval: s.failover_time / 3,
             shard_sync_interval: s.shard_sync_interval,
             max_leases_per_worker: s.max_leases_per_worker,
+            max_unavailable: s.max_unavailable,
         };
         log::info!(
             "worker {} starting on stream {} for application {}",

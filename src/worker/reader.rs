@@ -887,6 +887,13 @@ impl<T: Send + 'static> Reader<T> {
                 "shard {}: throttled {failures} time(s) in a row, backing off: {e}",
                 self.shard_id
             );
+        } else if failures >= 4 && failures.is_power_of_two() {
+            // One failed call is weather; a run of them (Kinesis out of
+            // reach, say) is something to look at, said less and less often.
+            log::warn!(
+                "shard {}: reading failed {failures} times in a row, still retrying: {e}",
+                self.shard_id
+            );
         } else {
             log::debug!("shard {}: retrying after {e}", self.shard_id);
         }

@@ -138,6 +138,12 @@ pub fn start_kinesis_with_tls() -> (String, String, Child) {
 
 /// Starts dynalite on a free port; its URL and process.
 pub fn start_dynamodb() -> (String, Child) {
+    start_dynamodb_creating_tables_in(0)
+}
+
+/// Starts dynalite on a free port, its tables CREATING for `ms`
+/// milliseconds after CreateTable as on DynamoDB; its URL and process.
+pub fn start_dynamodb_creating_tables_in(ms: u32) -> (String, Child) {
     let dir = emulators_dir();
     let port = free_port();
     let child = Command::new("node")
@@ -145,14 +151,8 @@ pub fn start_dynamodb() -> (String, Child) {
         .arg(dir.join("loopback.js"))
         .arg(dir.join("node_modules/dynalite/cli.js"))
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--createTableMs",
-            "0",
-            "--deleteTableMs",
-            "0",
-            "--updateTableMs",
-            "0",
-        ])
+        .args(["--createTableMs", &ms.to_string()])
+        .args(["--deleteTableMs", "0", "--updateTableMs", "0"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

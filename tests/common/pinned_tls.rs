@@ -85,6 +85,9 @@ pub fn kinesis_local_certificate(emulators_dir: &Path) -> Vec<u8> {
 
 /// TLS settings trusting only `certificate` (DER).
 pub fn trusting_only(certificate: Vec<u8>) -> Arc<rustls::ClientConfig> {
+    // Deprecated since rustls 0.23.48 (ring has no post-quantum key
+    // exchange); ring is the provider the crate uses, see `fan_out_tls`.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Pinned {
         certificate,
