@@ -12,7 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 
 use crate::aws::client::backoff;
-use crate::aws::fan_out::Polled;
+use crate::aws::fan_out::{
+    AfterSubscribeError, Polled, SharedConsumer, after_subscribe_error, in_use_wait,
+};
 use crate::aws::get_records::Records;
 use crate::aws::kinesis::{GetRecordsOutput, IteratorPosition, KinesisClient};
 use crate::error::{Error, Result};
@@ -87,9 +89,9 @@ pub(crate) struct ReaderContext<T> {
     pub start_timestamp: Option<SystemTime>,
     /// Memory of reads in flight, across all readers (see `read_memory`).
     pub read_memory: Arc<Budget>,
-    /// Enhanced fan-out: the registered consumer's ARN; readers subscribe
-    /// to their shards instead of polling them.
-    pub fan_out: Option<Arc<str>>,
+    /// Enhanced fan-out: the registered consumer; readers subscribe to
+    /// their shards instead of polling them.
+    pub fan_out: Option<Arc<SharedConsumer>>,
     pub pace_reads: bool,
     pub metrics: Metrics,
     /// How long `stop_all` waits for readers to finish: long enough for a
@@ -453,8 +455,8 @@ impl<T: Send + 'static> Reader<T> {
         else {
             return Ok(());
         };
-        if let Some(consumer_arn) = &context.fan_out {
-            return self.subscribe(consumer_arn, start, resume_after);
+        if let Some(consumer) = &context.fan_out {
+            return self.subscribe(consumer, start, resume_after);
         }
         let mut progress = Progress {
             start,
@@ -711,7 +713,7 @@ impl<T: Send + 'static> Reader<T> {
     /// subscription after 5 minutes: subscribe again.
     fn subscribe(
         &mut self,
-        consumer_arn: &str,
+        consumer: &SharedConsumer,
         mut start: IteratorPosition,
         mut resume_after: Option<ExtendedSequenceNumber>,
     ) -> Result<()> {
@@ -719,7 +721,9 @@ impl<T: Send + 'static> Reader<T> {
         let mut continuation: Option<SequenceNumber> = None;
         let mut failures = 0;
         let mut next_end_check = Instant::now();
+        let mut last_subscribed: Option<Instant> = None;
         while !self.stopped() {
+            let consumer_arn = consumer.arn();
             let position = match &continuation {
                 Some(seq) => IteratorPosition::AfterSequenceNumber(seq.clone()),
                 None => start.clone(),
@@ -729,7 +733,7 @@ impl<T: Send + 'static> Reader<T> {
             let subscribed =
                 context
                     .kinesis
-                    .subscribe_to_shard(consumer_arn, &self.shard_id, &position);
+                    .subscribe_to_shard(&consumer_arn, &self.shard_id, &position);
             context.metrics.record(
                 Some(&self.shard_id),
                 &[
@@ -745,14 +749,19 @@ impl<T: Send + 'static> Reader<T> {
             );
             let mut subscription = match subscribed {
                 Ok(s) => s,
-                Err(e) => match after_subscribe_error(&e) {
-                    Some(floor) => {
-                        self.back_off(&mut failures, Some(&e), floor);
-                        continue;
-                    }
-                    None => return Err(e),
-                },
+                Err(e) => {
+                    let wait = self.after_subscription_failure(
+                        consumer,
+                        &consumer_arn,
+                        e,
+                        &mut failures,
+                        last_subscribed,
+                    )?;
+                    self.pause(wait);
+                    continue;
+                }
             };
+            last_subscribed = Some(called_at);
             start = restart_position(start, asked_at);
             loop {
                 if self.stopped() {
@@ -763,13 +772,18 @@ impl<T: Send + 'static> Reader<T> {
                     Ok(Polled::Idle) => continue,
                     // The service's 5 minutes are up: subscribe again.
                     Ok(Polled::Ended) => break,
-                    Err(e) => match after_subscribe_error(&e) {
-                        Some(floor) => {
-                            self.back_off(&mut failures, Some(&e), floor);
-                            break;
-                        }
-                        None => return Err(e),
-                    },
+                    Err(e) => {
+                        drop(subscription);
+                        let wait = self.after_subscription_failure(
+                            consumer,
+                            &consumer_arn,
+                            e,
+                            &mut failures,
+                            last_subscribed,
+                        )?;
+                        self.pause(wait);
+                        break;
+                    }
                 };
                 failures = 0;
                 let caught_up = event.records.is_empty()
@@ -833,6 +847,64 @@ impl<T: Send + 'static> Reader<T> {
             }
         }
         Ok(())
+    }
+
+    /// What to wait before subscribing again after a failed subscription
+    /// or event (the `failures`-th in a row, counted here), or the error
+    /// the reader fails with (see [`after_subscribe_error`]): exception
+    /// events and broken connections are resubscribed with backoff,
+    /// `ResourceInUseException` waits until 5 s after the last successful
+    /// subscribe, `ResourceNotFoundException` looks the consumer up (and
+    /// registers it again), the KMS errors that cannot heal fail.
+    fn after_subscription_failure(
+        &self,
+        consumer: &SharedConsumer,
+        tried: &str,
+        e: Error,
+        failures: &mut u32,
+        last_subscribed: Option<Instant>,
+    ) -> Result<Duration> {
+        *failures += 1;
+        let n = *failures;
+        let spaced = n == 1 || n.is_power_of_two();
+        let retry_wait = self.context.retry_wait;
+        let shard = &self.shard_id;
+        match after_subscribe_error(&e) {
+            AfterSubscribeError::Resubscribe { floor, warn } => {
+                let exception = matches!(&e, Error::Service(s) if s.status == 200);
+                if warn && spaced {
+                    log::warn!("shard {shard}: subscribing again ({n} failure(s) in a row): {e}");
+                } else if exception || (e.is_throttling() && spaced) {
+                    log::info!(
+                        "shard {shard}: the subscription ended with {e}; subscribing again after its continuation"
+                    );
+                } else {
+                    log::debug!("shard {shard}: subscribing again after {e}");
+                }
+                Ok(backoff(retry_wait.max(floor), n))
+            }
+            AfterSubscribeError::InUse => {
+                log::debug!("shard {shard}: {e}; waiting until 5 s after the last subscribe");
+                let floor = backoff(retry_wait.max(Duration::from_millis(200)), n);
+                Ok(in_use_wait(last_subscribed, Instant::now(), floor))
+            }
+            AfterSubscribeError::CheckConsumer => {
+                match consumer.refresh(&self.context.kinesis, tried) {
+                    // Registered again (here or by another worker): at once.
+                    Ok(Some(_)) => Ok(Duration::ZERO),
+                    // The consumer is fine: the shard is what is missing.
+                    Ok(None) => Err(e),
+                    Err(refresh) if refresh.is_retryable() => {
+                        log::warn!(
+                            "shard {shard}: {e}; looking up the stream consumer failed, trying again: {refresh}"
+                        );
+                        Ok(backoff(retry_wait.max(Duration::from_millis(500)), n))
+                    }
+                    Err(refresh) => Err(refresh),
+                }
+            }
+            AfterSubscribeError::Fail => Err(e),
+        }
     }
 
     /// True when ListShards lists this shard as closed.
@@ -1170,22 +1242,6 @@ fn paced(next_read: Instant, called_at: Instant, data_bytes: u64) -> Instant {
     next_read.max(called_at + read_time)
 }
 
-/// The least wait before subscribing again after a failed subscription or
-/// event, or `None` when the failure ends the reader. A second
-/// subscription of this consumer to the shard is refused for about 5 s
-/// after the first (`ResourceInUseException`); throttling, 5xx, broken
-/// connections and garbled events (a bad checksum) are read again after
-/// the last continuation.
-fn after_subscribe_error(e: &Error) -> Option<Duration> {
-    if e.code() == Some("ResourceInUseException") {
-        Some(Duration::from_secs(1))
-    } else if e.is_retryable() {
-        Some(Duration::from_millis(200))
-    } else {
-        None
-    }
-}
-
 /// How often an idle fan-out reader asks ListShards whether its shard was
 /// closed without the service saying so (see `Reader::subscribe`).
 const FAN_OUT_END_CHECK: Duration = Duration::from_secs(10);
@@ -1282,40 +1338,6 @@ mod tests {
                 "{checkpoint:?}"
             );
         }
-    }
-
-    #[test]
-    fn a_failed_subscription_is_retried_after_its_continuation_or_fatal() {
-        let in_use = service_error(400, "ResourceInUseException");
-        assert_eq!(after_subscribe_error(&in_use), Some(Duration::from_secs(1)));
-        for retried in [
-            service_error(400, "LimitExceededException"),
-            service_error(500, "InternalFailure"),
-            Error::transport(
-                "SubscribeToShard",
-                "http://h",
-                TransportKind::Broken,
-                "reset",
-            ),
-            Error::Decode {
-                operation: "SubscribeToShard",
-                message: "bad checksum".into(),
-            },
-        ] {
-            assert_eq!(
-                after_subscribe_error(&retried),
-                Some(Duration::from_millis(200)),
-                "{retried}"
-            );
-        }
-        assert_eq!(
-            after_subscribe_error(&service_error(400, "ResourceNotFoundException")),
-            None
-        );
-        assert_eq!(
-            after_subscribe_error(&service_error(400, "AccessDeniedException")),
-            None
-        );
     }
 
     #[test]
