@@ -22,6 +22,7 @@ use crate::kpl;
 use crate::lease::{Checkpoint, ShardRunner};
 use crate::metrics::{Metric, Metrics};
 use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Span};
+use crate::time::later;
 use crate::worker::MessageHandler;
 use crate::worker::batch::Message;
 use crate::worker::budget::Budget;
@@ -789,22 +790,28 @@ impl<T: Send + 'static> Reader<T> {
                 let caught_up = event.records.is_empty()
                     && event.millis_behind_latest.unwrap_or(0) == 0
                     && Instant::now() >= next_end_check;
+                let last = event
+                    .records
+                    .last()
+                    .map(|r| r.position.sequence_number.clone());
                 let shard_end = if !event.child_shards.is_empty() {
                     true
                 } else if event.continuation_sequence_number.is_none() || caught_up {
                     // No continuation without children is malformed; an
                     // empty event at the tip may be the end of a shard the
                     // service closed without saying (kinesis-local never
-                    // sends ChildShards): ListShards decides, now and then.
-                    next_end_check = Instant::now() + FAN_OUT_END_CHECK;
-                    self.listed_closed()
+                    // sends ChildShards): reading after the continuation
+                    // decides, now and then, as polling does.
+                    next_end_check = later(Instant::now(), FAN_OUT_END_CHECK);
+                    let after = event
+                        .continuation_sequence_number
+                        .as_ref()
+                        .or(last.as_ref())
+                        .or(continuation.as_ref());
+                    self.fan_out_end_confirmed(after, &start)
                 } else {
                     false
                 };
-                let last = event
-                    .records
-                    .last()
-                    .map(|r| r.position.sequence_number.clone());
                 let past_checkpoint = passes_checkpoint(resume_after.as_ref(), last.as_ref());
                 if let Some(seq) = event.continuation_sequence_number.clone() {
                     continuation = Some(seq);
@@ -907,15 +914,44 @@ impl<T: Send + 'static> Reader<T> {
         }
     }
 
-    /// True when ListShards lists this shard as closed.
-    fn listed_closed(&self) -> bool {
+    /// Whether a fan-out shard has ended after `after` (else at `start`),
+    /// confirmed the way polling confirms it: an iterator from there whose
+    /// GetRecords brings no record and no next iterator. Never from a
+    /// listing: a record written between the subscription's last event and
+    /// a ListShards that says "closed" would be lost. Records this read
+    /// finds are not handed on (the subscription brings them).
+    fn fan_out_end_confirmed(
+        &self,
+        after: Option<&SequenceNumber>,
+        start: &IteratorPosition,
+    ) -> bool {
+        let position = after.map_or_else(
+            || start.clone(),
+            |seq| IteratorPosition::AfterSequenceNumber(seq.clone()),
+        );
         let context = &self.context;
-        match context.kinesis.list_shards(&context.stream, None) {
-            Ok(shards) => shards
-                .iter()
-                .any(|s| *s.shard_id == *self.shard_id && s.is_closed()),
+        let read = context
+            .kinesis
+            .get_shard_iterator(&context.stream, &self.shard_id, &position)
+            .and_then(|iterator| {
+                context.kinesis.get_records_of(
+                    Some(&context.stream),
+                    &self.shard_id,
+                    &iterator,
+                    1,
+                    |_| true,
+                )
+            });
+        match read {
+            Ok(Some((records, reply))) => {
+                ends_shard(records.len(), reply.next_shard_iterator.as_deref())
+            }
+            Ok(None) => false,
             Err(e) => {
-                log::debug!("shard {}: listing shards failed: {e}", self.shard_id);
+                log::debug!(
+                    "shard {}: reading after {position:?} to see whether it ended failed: {e}",
+                    self.shard_id
+                );
                 false
             }
         }
@@ -1242,8 +1278,16 @@ fn paced(next_read: Instant, called_at: Instant, data_bytes: u64) -> Instant {
     next_read.max(called_at + read_time)
 }
 
-/// How often an idle fan-out reader asks ListShards whether its shard was
-/// closed without the service saying so (see `Reader::subscribe`).
+/// Whether a GetRecords reply from after a subscription's continuation
+/// ends the shard: no record and no next iterator (the end of a closed
+/// shard, as polling reads it).
+fn ends_shard(records: usize, next_iterator: Option<&str>) -> bool {
+    records == 0 && next_iterator.is_none()
+}
+
+/// How often an idle fan-out reader reads after its continuation to see
+/// whether its shard was closed without the service saying so (see
+/// `Reader::subscribe`).
 const FAN_OUT_END_CHECK: Duration = Duration::from_secs(10);
 
 /// Where to read from when a fresh iterator is needed before any record was
@@ -1338,6 +1382,13 @@ mod tests {
                 "{checkpoint:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_a_read_with_no_record_and_no_next_iterator_ends_a_fan_out_shard() {
+        assert!(ends_shard(0, None));
+        assert!(!ends_shard(1, None), "records after the continuation");
+        assert!(!ends_shard(0, Some("AAAA")), "an open shard at its tip");
     }
 
     #[test]
