@@ -365,7 +365,7 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
         for r in &all {
             r.stop.store(true, Ordering::Relaxed);
         }
-        let deadline = Instant::now() + self.context.stop_timeout;
+        let deadline = later(Instant::now(), self.context.stop_timeout);
         while Instant::now() < deadline && all.iter().any(|r| !r.handle.is_finished()) {
             std::thread::sleep(STOP_CHECK);
         }
@@ -404,7 +404,7 @@ impl<T: Send + 'static> Reader<T> {
 
     /// Sleeps up to `duration`, waking early when told to stop.
     fn pause(&self, duration: Duration) {
-        let until = Instant::now() + duration;
+        let until = later(Instant::now(), duration);
         while !self.stopped() {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -702,7 +702,7 @@ impl<T: Send + 'static> Reader<T> {
         }
         p.iterator = next_iterator;
         if empty {
-            p.next_read = p.next_read.max(Instant::now() + context.idle_time);
+            p.next_read = p.next_read.max(later(Instant::now(), context.idle_time));
         }
         Ok(Next::Read)
     }
@@ -723,7 +723,15 @@ impl<T: Send + 'static> Reader<T> {
         let mut failures = 0;
         let mut next_end_check = Instant::now();
         let mut last_subscribed: Option<Instant> = None;
+        let mut last_call: Option<Instant> = None;
         while !self.stopped() {
+            // SubscribeToShard: 1 call per second per consumer and shard.
+            if let Some(at) = last_call {
+                self.pause(subscribe_wait(at, Instant::now()));
+                if self.stopped() {
+                    break;
+                }
+            }
             let consumer_arn = consumer.arn();
             let position = match &continuation {
                 Some(seq) => IteratorPosition::AfterSequenceNumber(seq.clone()),
@@ -731,6 +739,7 @@ impl<T: Send + 'static> Reader<T> {
             };
             let asked_at = SystemTime::now();
             let called_at = Instant::now();
+            last_call = Some(called_at);
             let subscribed =
                 context
                     .kinesis
@@ -1278,6 +1287,15 @@ fn paced(next_read: Instant, called_at: Instant, data_bytes: u64) -> Instant {
     next_read.max(called_at + read_time)
 }
 
+/// AWS allows one SubscribeToShard call per second per consumer and shard.
+const MIN_TIME_BETWEEN_SUBSCRIBES: Duration = Duration::from_secs(1);
+
+/// How long to wait at `now` before the next SubscribeToShard call of a
+/// shard whose last call was at `last_call`.
+fn subscribe_wait(last_call: Instant, now: Instant) -> Duration {
+    (last_call + MIN_TIME_BETWEEN_SUBSCRIBES).saturating_duration_since(now)
+}
+
 /// Whether a GetRecords reply from after a subscription's continuation
 /// ends the shard: no record and no next iterator (the end of a closed
 /// shard, as polling reads it).
@@ -1382,6 +1400,19 @@ mod tests {
                 "{checkpoint:?}"
             );
         }
+    }
+
+    #[test]
+    fn subscribe_calls_of_a_shard_are_a_second_apart() {
+        let now = Instant::now();
+        assert_eq!(
+            subscribe_wait(now - Duration::from_millis(300), now),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            subscribe_wait(now - Duration::from_secs(2), now),
+            Duration::ZERO
+        );
     }
 
     #[test]
