@@ -65,7 +65,11 @@ type Streams = Arc<Mutex<HashMap<u32, StreamPlan>>>;
 
 /// A relayed subscription: its shard, its stream id, and its connection's
 /// streams (gone once the connection ends).
-type Live = (String, u32, std::sync::Weak<Mutex<HashMap<u32, StreamPlan>>>);
+type Live = (
+    String,
+    u32,
+    std::sync::Weak<Mutex<HashMap<u32, StreamPlan>>>,
+);
 
 struct Shared {
     /// Every relayed connection's streams, with the shard of each stream.
