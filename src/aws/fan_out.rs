@@ -662,8 +662,8 @@ impl KinesisClient {
     /// handshake with ALPN `h2` for `https`, then the SETTINGS exchange),
     /// as a consumer reading through enhanced fan-out does at startup: a
     /// certificate the client does not trust, or an endpoint that does not
-    /// speak HTTP/2, fails here (see [`is_refusal`]) rather than as readers
-    /// that retry for ever.
+    /// speak HTTP/2, fails here (an [`Error::Transport`] naming the
+    /// endpoint and the reason) rather than as readers that retry for ever.
     pub fn check_fan_out_endpoint(&self) -> Result<()> {
         let url = self.client().endpoint().url().to_owned();
         let target = self.fan_out_target()?;
