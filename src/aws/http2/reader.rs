@@ -380,7 +380,8 @@ impl FrameHandler<'_> {
         let Some(stream) = state.streams.get_mut(&id) else {
             return Ok(());
         };
-        if !stream.headers_done && !stream.end {
+        // A stream already in error (reset by us) takes no response.
+        if !stream.headers_done && !stream.end && stream.error.is_none() {
             match response_status(&fields) {
                 Ok(status) if (100..200).contains(&status) => {}
                 Ok(status) => {
