@@ -627,6 +627,17 @@ fn a_silent_subscription_and_heavy_padding_are_survived() {
     });
 }
 
+/// An event dribbled one byte every 400 ms is never silent for the read
+/// timeout (2 s; kinesis-local pushes about once a second), yet must
+/// arrive whole within 3 read timeouts: the subscription is given up and
+/// the event read again after the continuation.
+#[test]
+fn an_event_dribbled_byte_by_byte_is_given_up_and_read_again() {
+    survives(vec![H2Fault::Dribble(Duration::from_millis(400))], |b| {
+        b.read_timeout(Duration::from_secs(2))
+    });
+}
+
 /// The KMS errors that cannot heal stop the consumer, naming the error.
 #[test]
 fn a_kms_access_denied_exception_stops_the_consumer() {
