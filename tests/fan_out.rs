@@ -763,3 +763,65 @@ fn a_consumer_against_an_untrusted_certificate_fails_startup_quickly() {
         started.elapsed()
     );
 }
+
+/// The consumer's own latency: from the moment a record's event reached
+/// it (the front end timestamps each event it writes to the consumer;
+/// kinesis-local pushes each subscription on its own ~1 s tick, so the put
+/// is no clock) to the batch handler's call, with batches of 200 ms.
+/// Prints figures; asserts only that every record was timed.
+#[test]
+fn measure_latency_from_event_arrival_to_the_batch_handler() {
+    use std::sync::{Arc, Mutex};
+
+    let front = H2Front::for_kinesis();
+    let stream = common::create_stream(1);
+    let app = common::unique_name("efo-latency");
+    let k = common::kinesis();
+    let e = common::emulators();
+    let consumer = common::consumer_builder_at(front.url(), &e.dynamodb_url, &stream, &app)
+        .enhanced_fan_out(&app)
+        .batch_interval(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    let handled: Arc<Mutex<Vec<(Vec<u8>, Instant)>>> = Arc::default();
+    let sink = handled.clone();
+    let thread = std::thread::spawn(move || {
+        consumer.run(move |batch| {
+            let now = Instant::now();
+            let mut handled = sink.lock().unwrap();
+            for m in batch.messages() {
+                handled.push((m.record().data().to_vec(), now));
+            }
+            Ok(())
+        })
+    });
+    assert!(front.wait_for(Duration::from_secs(30), |subs, _| subs.contains_key(SHARD0)));
+    const RECORDS: u32 = 20;
+    for i in 0..RECORDS {
+        put(&k, &stream, i..i + 1);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handled.lock().unwrap().len() < RECORDS as usize {
+        assert!(Instant::now() < deadline, "not every record was handled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    let mut latencies: Vec<Duration> = handled
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(data, at)| {
+            let arrived = front.forwarded_at(data).expect("the event was timed");
+            at.saturating_duration_since(arrived)
+        })
+        .collect();
+    latencies.sort();
+    println!(
+        "FANOUT | event reached the consumer -> batch handler (batches of 200 ms, debug build) | median {:?}, max {:?} over {RECORDS} records",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+}

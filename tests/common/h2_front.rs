@@ -77,6 +77,8 @@ struct Shared {
     h2_upstream: String,
     http_upstream: String,
     plans: Mutex<Vec<Plan>>,
+    /// When each record (by its data) was written to the consumer.
+    forwarded: Mutex<HashMap<Vec<u8>, Instant>>,
     counts: Mutex<Counts>,
     changed: Condvar,
     stop: AtomicBool,
@@ -105,6 +107,7 @@ impl H2Front {
             h2_upstream: host_port(h2_upstream),
             http_upstream: host_port(http_upstream),
             plans: Mutex::new(Vec::new()),
+            forwarded: Mutex::new(HashMap::new()),
             live: Mutex::new(Vec::new()),
             counts: Mutex::new(Counts::default()),
             changed: Condvar::new(),
@@ -170,6 +173,12 @@ impl H2Front {
                 }
             }
         }
+    }
+
+    /// When the event carrying the record with this data was written to
+    /// the consumer (the first time), if it was.
+    pub fn forwarded_at(&self, data: &[u8]) -> Option<Instant> {
+        self.shared.forwarded.lock().unwrap().get(data).copied()
     }
 
     /// How many subscriptions to `shard` went through so far.
@@ -370,7 +379,7 @@ fn relay_h2(shared: &Arc<Shared>, client: TcpStream) {
                         s.messages += 1;
                         let mut out = Vec::new();
                         forward(&mut out, f.stream, &message, s.padding);
-                        steps.push(Step::Bytes(out));
+                        steps.push(Step::Event(out, record_data(&message)));
                     }
                     if f.flags & frame::END_STREAM != 0 {
                         rearm(shared, s);
@@ -393,6 +402,15 @@ fn relay_h2(shared: &Arc<Shared>, client: TcpStream) {
         for step in steps {
             go_on = match step {
                 Step::Bytes(out) => send(&to_client, &out),
+                Step::Event(out, data) => {
+                    let sent = send(&to_client, &out);
+                    let at = Instant::now();
+                    let mut forwarded = shared.forwarded.lock().unwrap();
+                    for d in data {
+                        forwarded.entry(d).or_insert(at);
+                    }
+                    sent
+                }
                 Step::Dribble(stream, message, gap) => {
                     let mut ok = true;
                     for byte in message {
@@ -457,6 +475,8 @@ enum Step {
     /// A fault that acts on the messages (padding, dribbling) took effect.
     Applied,
     Bytes(Vec<u8>),
+    /// An event-stream message as frames, and the data of its records.
+    Event(Vec<u8>, Vec<Vec<u8>>),
     Dribble(u32, Vec<u8>, Duration),
     Fault(u32, H2Fault),
 }
@@ -540,4 +560,28 @@ fn encode(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(payload);
     out.extend_from_slice(&crc32(&out).to_be_bytes());
     out
+}
+
+/// The data of the records of a SubscribeToShardEvent message (none for
+/// other messages).
+fn record_data(message: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let Some(headers) = message.get(4..8) else {
+        return Vec::new();
+    };
+    let headers = u32::from_be_bytes(headers.try_into().unwrap()) as usize;
+    let Some(payload) = message.get(12 + headers..message.len().saturating_sub(4)) else {
+        return Vec::new();
+    };
+    let Ok(event) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return Vec::new();
+    };
+    let Some(records) = event.get("Records").and_then(|r| r.as_array()) else {
+        return Vec::new();
+    };
+    records
+        .iter()
+        .filter_map(|r| r.get("Data")?.as_str())
+        .filter_map(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+        .collect()
 }
