@@ -784,7 +784,9 @@ fn measure_latency_from_event_arrival_to_the_batch_handler() {
         .build()
         .unwrap();
     let stop = consumer.shutdown_handle();
-    let handled: Arc<Mutex<Vec<(Vec<u8>, Instant)>>> = Arc::default();
+    /// Each record's data, and when the batch handler got it.
+    type Handled = Arc<Mutex<Vec<(Vec<u8>, Instant)>>>;
+    let handled: Handled = Arc::default();
     let sink = handled.clone();
     let thread = std::thread::spawn(move || {
         consumer.run(move |batch| {
