@@ -563,6 +563,7 @@ fn survives(faults: Vec<H2Fault>, configure: impl FnOnce(ConsumerBuilder) -> Con
     let e = common::emulators();
     let builder = common::consumer_builder_at(front.url(), &e.dynamodb_url, &stream, &app)
         .enhanced_fan_out(&app);
+    let started = Instant::now();
     let running = Running::start(configure(builder));
     running.wait_for(5, Duration::from_secs(30));
     // A record now and then, so that every subscription sees events.
@@ -590,7 +591,20 @@ fn survives(faults: Vec<H2Fault>, configure: impl FnOnce(ConsumerBuilder) -> Con
         "{} subscriptions",
         front.subscriptions(SHARD0)
     );
-    assert_eq!(running.finish(), records(0..next + 3));
+    let subscriptions = front.subscriptions(SHARD0);
+    let read = running.finish();
+    assert_eq!(read, records(0..next + 3));
+    println!(
+        "FANOUT FAULT | {} | records put {} | delivered {} | lost 0 | duplicated 0 | {subscriptions} subscriptions; every record read {:.1?} after the start",
+        faults
+            .iter()
+            .map(|f| format!("{f:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        next + 3,
+        read.len(),
+        started.elapsed()
+    );
 }
 
 type ConsumerBuilder = kinesis_consumer::ConsumerBuilder<kinesis_consumer::Payload>;
