@@ -485,14 +485,20 @@ const SHARD0: &str = "shardId-000000000000";
 /// A fan-out consumer running on its own thread, collecting what it reads.
 struct Running {
     stop: kinesis_consumer::ShutdownHandle,
+    metrics: kinesis_consumer::MetricsHandle,
     thread: std::thread::JoinHandle<kinesis_consumer::Result<()>>,
     seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
 }
 
 impl Running {
     fn start(builder: kinesis_consumer::ConsumerBuilder<kinesis_consumer::Payload>) -> Running {
-        let consumer = builder.build().unwrap();
+        let consumer = builder
+            .metrics_level(kinesis_consumer::MetricsLevel::Summary)
+            .publish_metrics(false)
+            .build()
+            .unwrap();
         let stop = consumer.shutdown_handle();
+        let metrics = consumer.metrics();
         let seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>> = Default::default();
         let sink = seen.clone();
         let thread = std::thread::spawn(move || {
@@ -506,7 +512,22 @@ impl Running {
                 Ok(())
             })
         });
-        Running { stop, thread, seen }
+        Running {
+            stop,
+            metrics,
+            thread,
+            seen,
+        }
+    }
+
+    /// The sum of the metric `name` so far.
+    fn metric(&self, name: &str) -> f64 {
+        self.metrics
+            .snapshot()
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.statistics.sum)
+            .sum()
     }
 
     fn count(&self) -> usize {
@@ -592,6 +613,14 @@ fn survives(faults: Vec<H2Fault>, configure: impl FnOnce(ConsumerBuilder) -> Con
         front.subscriptions(SHARD0)
     );
     let subscriptions = front.subscriptions(SHARD0);
+    // Every fault but a clean end and padding ends its subscription with
+    // an error, counted.
+    let errors = faults
+        .iter()
+        .filter(|f| !matches!(f, H2Fault::End | H2Fault::Pad))
+        .count();
+    let counted = running.metric("SubscribeToShard.Errors");
+    assert!(counted >= errors as f64, "SubscribeToShard.Errors {counted}");
     let read = running.finish();
     assert_eq!(read, records(0..next + 3));
     println!(

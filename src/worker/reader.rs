@@ -784,6 +784,10 @@ impl<T: Send + 'static> Reader<T> {
                     Ok(Polled::Ended) => break,
                     Err(e) => {
                         drop(subscription);
+                        context.metrics.record(
+                            Some(&self.shard_id),
+                            &[(Metric::SubscribeToShardErrors, 1.0)],
+                        );
                         let wait = self.after_subscription_failure(
                             consumer,
                             &consumer_arn,
