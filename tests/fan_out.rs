@@ -620,7 +620,10 @@ fn survives(faults: Vec<H2Fault>, configure: impl FnOnce(ConsumerBuilder) -> Con
         .filter(|f| !matches!(f, H2Fault::End | H2Fault::Pad))
         .count();
     let counted = running.metric("SubscribeToShard.Errors");
-    assert!(counted >= errors as f64, "SubscribeToShard.Errors {counted}");
+    assert!(
+        counted >= errors as f64,
+        "SubscribeToShard.Errors {counted}"
+    );
     let read = running.finish();
     assert_eq!(read, records(0..next + 3));
     println!(
