@@ -213,6 +213,9 @@ impl Error {
     /// not, and fail at once.
     pub(crate) fn may_pass(&self) -> bool {
         match self {
+            // A refused TLS handshake (a certificate not trusted) or an
+            // endpoint that does not speak the protocol will not pass.
+            Error::Transport { source, .. } if is_tls_or_protocol_refusal(&**source) => false,
             Error::Transport { kind, .. } => !matches!(
                 kind,
                 TransportKind::ConnectionRefused | TransportKind::HostNotFound
@@ -256,6 +259,21 @@ impl Error {
             setting,
             reason: reason.into(),
         }
+    }
+}
+
+/// True for a TLS handshake refusal (of ureq or of the HTTP/2 client) or
+/// an endpoint that does not speak HTTP/2: configuration errors.
+fn is_tls_or_protocol_refusal(source: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    if let Some(e) = source.downcast_ref::<crate::aws::http2::Http2Error>() {
+        return e.is_refusal();
+    }
+    match source.downcast_ref::<ureq::Error>() {
+        Some(ureq::Error::Tls(_) | ureq::Error::Rustls(_)) => true,
+        Some(ureq::Error::Io(io)) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
     }
 }
 

@@ -307,3 +307,26 @@ mod tests {
         }
     }
 }
+
+/// `now + wait`, or a time a century away when that overflows: a huge
+/// configured timeout means "never", not a panic.
+pub(crate) fn later(now: std::time::Instant, wait: std::time::Duration) -> std::time::Instant {
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod later_tests {
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_huge_wait_is_far_away_not_a_panic() {
+        let now = Instant::now();
+        assert_eq!(
+            super::later(now, Duration::from_secs(3)),
+            now + Duration::from_secs(3)
+        );
+        assert!(super::later(now, Duration::MAX) > now + Duration::from_secs(3600 * 24 * 365));
+    }
+}

@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::h2_front::{H2Fault, H2Front};
 use kinesis_consumer::aws::fan_out::{Polled, StreamConsumer, Subscription};
 use kinesis_consumer::aws::kinesis::{IteratorPosition, KinesisClient};
 use kinesis_consumer::{Error, SequenceNumber};
@@ -476,5 +477,399 @@ fn a_consumer_reads_through_enhanced_fan_out_and_resumes_after_its_checkpoint() 
         second.len(),
         10,
         "only the records put after the checkpoint"
+    );
+}
+
+const SHARD0: &str = "shardId-000000000000";
+
+/// A fan-out consumer running on its own thread, collecting what it reads.
+struct Running {
+    stop: kinesis_consumer::ShutdownHandle,
+    metrics: kinesis_consumer::MetricsHandle,
+    thread: std::thread::JoinHandle<kinesis_consumer::Result<()>>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+impl Running {
+    fn start(builder: kinesis_consumer::ConsumerBuilder<kinesis_consumer::Payload>) -> Running {
+        let consumer = builder
+            .metrics_level(kinesis_consumer::MetricsLevel::Summary)
+            .publish_metrics(false)
+            .build()
+            .unwrap();
+        let stop = consumer.shutdown_handle();
+        let metrics = consumer.metrics();
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>> = Default::default();
+        let sink = seen.clone();
+        let thread = std::thread::spawn(move || {
+            consumer.run(move |batch| {
+                let mut seen = sink.lock().unwrap();
+                for m in batch.messages() {
+                    let r = m.record();
+                    let seq = r.sequence_number().clone();
+                    seen.push((r.shard_id().to_owned(), seq, r.data().to_vec()));
+                }
+                Ok(())
+            })
+        });
+        Running {
+            stop,
+            metrics,
+            thread,
+            seen,
+        }
+    }
+
+    /// The sum of the metric `name` so far.
+    fn metric(&self, name: &str) -> f64 {
+        self.metrics
+            .snapshot()
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.statistics.sum)
+            .sum()
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Waits until `n` records were handed to the batch handler; panics
+    /// after `timeout`, or when the consumer stopped.
+    fn wait_for(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.count() < n {
+            assert!(
+                !self.thread.is_finished(),
+                "the consumer stopped after {} of {n} records",
+                self.count()
+            );
+            assert!(Instant::now() < deadline, "{} of {n} records", self.count());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the consumer (asserting it was still running) and returns
+    /// the data of what it read, in order.
+    fn finish(self) -> Vec<String> {
+        assert!(!self.thread.is_finished(), "the consumer stopped by itself");
+        self.stop.shutdown();
+        self.thread.join().unwrap().unwrap();
+        let seen = self.seen.lock().unwrap();
+        let seqs: Vec<&SequenceNumber> = seen.iter().map(|s| &s.1).collect();
+        assert!(seqs.is_sorted(), "in order");
+        seen.iter()
+            .map(|s| String::from_utf8_lossy(&s.2).into_owned())
+            .collect()
+    }
+}
+
+fn records(range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|i| format!("record-{i}")).collect()
+}
+
+/// A fan-out consumer of a one-shard stream through the front end, its
+/// subscriptions spoiled one after another by `faults`: every record is
+/// read once and in order across the resubscriptions, and the consumer
+/// keeps running.
+fn survives(faults: Vec<H2Fault>, configure: impl FnOnce(ConsumerBuilder) -> ConsumerBuilder) {
+    let front = H2Front::for_kinesis();
+    let stream = common::create_stream(1);
+    let app = common::unique_name("efo-faults");
+    let k = common::kinesis();
+    put(&k, &stream, 0..5);
+    for fault in &faults {
+        front.inject(SHARD0, 1, fault.clone());
+    }
+    let e = common::emulators();
+    let builder = common::consumer_builder_at(front.url(), &e.dynamodb_url, &stream, &app)
+        .enhanced_fan_out(&app);
+    let started = Instant::now();
+    let running = Running::start(configure(builder));
+    running.wait_for(5, Duration::from_secs(30));
+    // A record now and then, so that every subscription sees events.
+    let mut next = 5;
+    let all_applied = Instant::now() + Duration::from_secs(90);
+    while front.applied() < faults.len() as u64 {
+        assert!(
+            Instant::now() < all_applied,
+            "{} of {} faults applied",
+            front.applied(),
+            faults.len()
+        );
+        put(&k, &stream, next..next + 1);
+        next += 1;
+        front.wait_for(Duration::from_secs(1), |_, applied| {
+            applied >= faults.len() as u64
+        });
+    }
+    put(&k, &stream, next..next + 3);
+    running.wait_for(next as usize + 3, Duration::from_secs(60));
+    // Long enough for a duplicate to show up.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        front.subscriptions(SHARD0) > faults.len() as u64,
+        "{} subscriptions",
+        front.subscriptions(SHARD0)
+    );
+    let subscriptions = front.subscriptions(SHARD0);
+    // Every fault but a clean end and padding ends its subscription with
+    // an error, counted.
+    let errors = faults
+        .iter()
+        .filter(|f| !matches!(f, H2Fault::End | H2Fault::Pad))
+        .count();
+    let counted = running.metric("SubscribeToShard.Errors");
+    assert!(
+        counted >= errors as f64,
+        "SubscribeToShard.Errors {counted}"
+    );
+    let read = running.finish();
+    assert_eq!(read, records(0..next + 3));
+    println!(
+        "FANOUT FAULT | {} | records put {} | delivered {} | lost 0 | duplicated 0 | {subscriptions} subscriptions; every record read {:.1?} after the start",
+        faults
+            .iter()
+            .map(|f| format!("{f:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        next + 3,
+        read.len(),
+        started.elapsed()
+    );
+}
+
+type ConsumerBuilder = kinesis_consumer::ConsumerBuilder<kinesis_consumer::Payload>;
+
+/// Issue 24, item 1: AWS ends subscriptions with exception events inside
+/// the 200 response; the transient ones (and types nobody documented)
+/// end that subscription only.
+#[test]
+fn exception_events_end_one_subscription_and_reading_resumes_after_its_continuation() {
+    survives(
+        vec![
+            H2Fault::Exception("InternalFailureException".into()),
+            H2Fault::Exception("SomethingNewException".into()),
+        ],
+        |b| b,
+    );
+}
+
+/// A subscription ended early and cleanly, reset, or cut by GOAWAY.
+#[test]
+fn subscriptions_ended_reset_or_cut_by_goaway_resume_after_their_continuation() {
+    survives(
+        vec![H2Fault::End, H2Fault::Reset(0x2), H2Fault::GoAway],
+        |b| b,
+    );
+}
+
+/// A subscription that stops sending (the read timeout ends it), then
+/// one whose every byte of data comes in a frame with 255 of padding.
+#[test]
+fn a_silent_subscription_and_heavy_padding_are_survived() {
+    survives(vec![H2Fault::StopSending, H2Fault::Pad], |b| {
+        b.read_timeout(Duration::from_secs(3))
+    });
+}
+
+/// An event dribbled one byte every 400 ms is never silent for the read
+/// timeout (2 s; kinesis-local pushes about once a second), yet must
+/// arrive whole within 3 read timeouts: the subscription is given up and
+/// the event read again after the continuation.
+#[test]
+fn an_event_dribbled_byte_by_byte_is_given_up_and_read_again() {
+    survives(vec![H2Fault::Dribble(Duration::from_millis(400))], |b| {
+        b.read_timeout(Duration::from_secs(2))
+    });
+}
+
+/// The KMS errors that cannot heal stop the consumer, naming the error.
+#[test]
+fn a_kms_access_denied_exception_stops_the_consumer() {
+    let front = H2Front::for_kinesis();
+    let stream = common::create_stream(1);
+    let app = common::unique_name("efo-kms");
+    put(&common::kinesis(), &stream, 0..3);
+    front.inject(
+        SHARD0,
+        0,
+        H2Fault::Exception("KMSAccessDeniedException".into()),
+    );
+    let e = common::emulators();
+    let consumer = common::consumer_builder_at(front.url(), &e.dynamodb_url, &stream, &app)
+        .enhanced_fan_out(&app)
+        .build()
+        .unwrap();
+    let err = consumer.run(|_| Ok(())).unwrap_err();
+    assert_eq!(err.code(), Some("KMSAccessDeniedException"), "{err}");
+}
+
+/// Issue 24, item 2: a stream consumer deregistered in the middle of a run
+/// is registered again, and reading goes on under its new ARN.
+#[test]
+fn a_consumer_deregistered_mid_run_is_registered_again_and_reading_goes_on() {
+    let front = H2Front::for_kinesis();
+    let stream = common::create_stream(1);
+    let app = common::unique_name("efo-dereg");
+    let k = common::kinesis();
+    let stream_arn = k.describe_stream_summary(&stream).unwrap().stream_arn;
+    put(&k, &stream, 0..5);
+    let e = common::emulators();
+    let running = Running::start(
+        common::consumer_builder_at(front.url(), &e.dynamodb_url, &stream, &app)
+            .enhanced_fan_out(&app),
+    );
+    running.wait_for(5, Duration::from_secs(30));
+    let old = k
+        .describe_stream_consumer_by_name(&stream_arn, &app)
+        .unwrap();
+    k.deregister_stream_consumer(&old.consumer_arn).unwrap();
+    let gone = Instant::now() + Duration::from_secs(10);
+    while k
+        .describe_stream_consumer_by_name(&stream_arn, &app)
+        .is_ok_and(|c| c.consumer_arn == old.consumer_arn)
+    {
+        assert!(Instant::now() < gone, "still registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The subscription open now ends (as AWS ends it at deregistration).
+    let cut = Instant::now();
+    front.cut_now(SHARD0, H2Fault::End);
+    put(&k, &stream, 5..10);
+    running.wait_for(10, Duration::from_secs(60));
+    println!(
+        "FANOUT | deregistered consumer: records flow again | {:?} after the subscription ended",
+        cut.elapsed()
+    );
+    let new = k
+        .describe_stream_consumer_by_name(&stream_arn, &app)
+        .unwrap();
+    assert_eq!(new.consumer_status, "ACTIVE");
+    assert_ne!(new.consumer_arn, old.consumer_arn);
+    assert_eq!(running.finish(), records(0..10));
+}
+
+/// Issue 24, item 3: an endpoint that does not speak HTTP/2 (here an
+/// HTTP/1.1-only proxy) fails startup, naming the endpoint and the reason.
+#[test]
+fn a_consumer_whose_endpoint_does_not_speak_http2_fails_startup() {
+    let proxy = common::proxy::Proxy::for_emulators();
+    let stream = common::create_stream(1);
+    let app = common::unique_name("efo-h1");
+    let consumer = common::consumer_builder_at(proxy.url(), proxy.url(), &stream, &app)
+        .enhanced_fan_out(&app)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let err = consumer.run(|_| Ok(())).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("not an HTTP/2 server"), "{text}");
+    assert!(text.contains(proxy.url()), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Issue 24, item 3: a certificate the client does not trust fails the
+/// fan-out endpoint check (which startup makes) at once, naming it.
+#[test]
+fn an_untrusted_certificate_fails_the_endpoint_check_naming_it() {
+    let url = &common::emulators().kinesis_tls_url;
+    let plain = KinesisClient::new(&common::config(url)).unwrap();
+    let started = Instant::now();
+    let err = plain.check_fan_out_endpoint().unwrap_err();
+    assert!(err.to_string().contains("certificate"), "{err}");
+    assert!(err.to_string().contains(url.as_str()), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Trusted, the same check passes.
+    client_at(url).check_fan_out_endpoint().unwrap();
+}
+
+/// Issue 24, item 3: a consumer started against the TLS port without
+/// trusting its certificate fails startup in under 5 s, naming the
+/// certificate problem.
+#[test]
+fn a_consumer_against_an_untrusted_certificate_fails_startup_quickly() {
+    let e = common::emulators();
+    let stream = common::create_stream(1);
+    let app = common::unique_name("efo-tls");
+    let consumer = common::consumer_builder_at(&e.kinesis_tls_url, &e.dynamodb_url, &stream, &app)
+        .enhanced_fan_out(&app)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let err = consumer.run(|_| Ok(())).unwrap_err();
+    assert!(err.to_string().contains("certificate"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// The consumer's own latency: from the moment a record's event reached
+/// it (the front end timestamps each event it writes to the consumer;
+/// kinesis-local pushes each subscription on its own ~1 s tick, so the put
+/// is no clock) to the batch handler's call, with batches of 200 ms.
+/// Prints figures; asserts only that every record was timed.
+#[test]
+fn measure_latency_from_event_arrival_to_the_batch_handler() {
+    use std::sync::{Arc, Mutex};
+
+    let front = H2Front::for_kinesis();
+    let stream = common::create_stream(1);
+    let app = common::unique_name("efo-latency");
+    let k = common::kinesis();
+    let e = common::emulators();
+    let consumer = common::consumer_builder_at(front.url(), &e.dynamodb_url, &stream, &app)
+        .enhanced_fan_out(&app)
+        .batch_interval(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    /// Each record's data, and when the batch handler got it.
+    type Handled = Arc<Mutex<Vec<(Vec<u8>, Instant)>>>;
+    let handled: Handled = Arc::default();
+    let sink = handled.clone();
+    let thread = std::thread::spawn(move || {
+        consumer.run(move |batch| {
+            let now = Instant::now();
+            let mut handled = sink.lock().unwrap();
+            for m in batch.messages() {
+                handled.push((m.record().data().to_vec(), now));
+            }
+            Ok(())
+        })
+    });
+    assert!(front.wait_for(Duration::from_secs(30), |subs, _| subs.contains_key(SHARD0)));
+    const RECORDS: u32 = 20;
+    for i in 0..RECORDS {
+        put(&k, &stream, i..i + 1);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handled.lock().unwrap().len() < RECORDS as usize {
+        assert!(Instant::now() < deadline, "not every record was handled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    let mut latencies: Vec<Duration> = handled
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(data, at)| {
+            let arrived = front.forwarded_at(data).expect("the event was timed");
+            at.saturating_duration_since(arrived)
+        })
+        .collect();
+    latencies.sort();
+    println!(
+        "FANOUT | event reached the consumer -> batch handler (batches of 200 ms, debug build) | median {:?}, max {:?} over {RECORDS} records",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
     );
 }

@@ -12,7 +12,7 @@
 //! one connection (its tests do), so sharing would be a change in this
 //! file only.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
@@ -25,8 +25,114 @@ use crate::aws::http2::{BodyRead, Connection, Http2Error, ResponseBody, Target};
 use crate::aws::kinesis::{ChildShard, IteratorPosition, KinesisClient, bad_reply};
 use crate::error::{Error, Result, ServiceError};
 use crate::record::{Record, SequenceNumber};
+use crate::time::later;
 
 const SUBSCRIBE: &str = "SubscribeToShard";
+
+/// The exception events (and error codes) of `SubscribeToShard` that
+/// retrying cannot mend: the stream's KMS key cannot be used. A reader
+/// that gets one fails, and the consumer stops with it.
+/// `ResourceNotFoundException` is handled apart (see [`SharedConsumer`]).
+pub(crate) const FATAL_EXCEPTIONS: &[&str] = &[
+    "KMSAccessDeniedException",
+    "KMSDisabledException",
+    "KMSInvalidStateException",
+    "KMSNotFoundException",
+    "KMSOptInRequired",
+];
+
+/// The exception events AWS documents for `SubscribeToShard` that end one
+/// subscription only: the reader subscribes again after the last
+/// continuation, with backoff. An exception event of any other type is
+/// retried the same way and logged at warn.
+pub(crate) const RETRIED_EXCEPTIONS: &[&str] = &[
+    "InternalFailureException",
+    "KMSThrottlingException",
+    "LimitExceededException",
+    "ResourceInUseException",
+];
+
+/// What a fan-out reader does after a failed `SubscribeToShard` (its
+/// reply, or an exception event inside the subscription).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AfterSubscribeError {
+    /// Subscribe again after the last continuation, waiting at least
+    /// `floor` (with backoff); `warn`: log it at warn (an exception type we
+    /// do not know, or a configuration refusal), else at debug.
+    Resubscribe { floor: Duration, warn: bool },
+    /// `ResourceInUseException`: the consumer is still subscribed, or
+    /// subscribed within the last 5 s: wait until 5 s after the last
+    /// successful subscribe.
+    InUse,
+    /// `ResourceNotFoundException`: the stream consumer may have been
+    /// deregistered or registered again; look it up before resubscribing.
+    CheckConsumer,
+    /// Retrying cannot help: the reader fails with the error.
+    Fail,
+}
+
+/// The decision after a failed subscription or event (a pure function of
+/// the error; see [`FATAL_EXCEPTIONS`] and [`RETRIED_EXCEPTIONS`]).
+pub(crate) fn after_subscribe_error(e: &Error) -> AfterSubscribeError {
+    let code = e.code().unwrap_or_default();
+    if code == "ResourceNotFoundException" {
+        return AfterSubscribeError::CheckConsumer;
+    }
+    if code == "ResourceInUseException" {
+        return AfterSubscribeError::InUse;
+    }
+    if FATAL_EXCEPTIONS.contains(&code) {
+        return AfterSubscribeError::Fail;
+    }
+    let resubscribe = |warn| AfterSubscribeError::Resubscribe {
+        floor: Duration::from_millis(200),
+        warn,
+    };
+    match e {
+        // An exception event inside the 200 response: it ends this
+        // subscription only, whatever its type.
+        Error::Service(s) if s.status == 200 => resubscribe(!RETRIED_EXCEPTIONS.contains(&code)),
+        _ if is_refusal(e) => AfterSubscribeError::Resubscribe {
+            floor: Duration::from_secs(1),
+            warn: true,
+        },
+        _ if e.is_retryable() || RETRIED_EXCEPTIONS.contains(&code) => resubscribe(false),
+        _ => AfterSubscribeError::Fail,
+    }
+}
+
+/// How long to wait after `ResourceInUseException` before subscribing
+/// again: until 5 s after the last successful subscribe (AWS refuses a
+/// second subscription within 5 s of the last one), and at least `floor`.
+pub(crate) fn in_use_wait(
+    last_subscribed: Option<Instant>,
+    now: Instant,
+    floor: Duration,
+) -> Duration {
+    let until_free = last_subscribed.map_or(Duration::ZERO, |at| {
+        (at + RESUBSCRIBE_AFTER).saturating_duration_since(now)
+    });
+    until_free.max(floor)
+}
+
+/// AWS refuses a subscription within this long of the last one by the
+/// same consumer to the same shard.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(5);
+
+/// True for a transport error that retrying cannot mend: the endpoint's
+/// TLS certificate is not trusted (or the handshake fails otherwise), or
+/// the endpoint does not speak HTTP/2 (no ALPN `h2`, an HTTP/1.1 reply).
+pub(crate) fn is_refusal(e: &Error) -> bool {
+    match e {
+        Error::Transport { source, .. } => source
+            .downcast_ref::<Http2Error>()
+            .is_some_and(Http2Error::is_refusal),
+        _ => false,
+    }
+}
+/// A whole event-stream message must arrive within this many read
+/// timeouts of its first bytes.
+const EVENT_DEADLINE_TIMEOUTS: u32 = 3;
 /// The most of an error reply's body we read.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -119,7 +225,15 @@ pub struct Subscription {
     url: String,
     request_id: Option<String>,
     read_timeout: Duration,
-    last_data: Instant,
+    /// When data was last taken out of the stream: the server cannot send
+    /// while the stream's window is shut, so silence counts from the later
+    /// of this and the last arrival.
+    last_take: Instant,
+    /// Since when (the arrival of its first bytes) an incomplete message
+    /// waits in the decoder.
+    partial_since: Option<Instant>,
+    /// The arrival of the bytes last pushed into the decoder.
+    last_push_arrival: Instant,
     continuation: Option<SequenceNumber>,
     done: bool,
 }
@@ -175,41 +289,64 @@ impl Subscription {
         result
     }
 
+    /// The most time one event-stream message may take to arrive whole,
+    /// from its first bytes: a server dribbling a message one byte at a
+    /// time never goes silent, yet must not hold a subscription for ever.
+    fn event_deadline(&self) -> Duration {
+        self.read_timeout.saturating_mul(EVENT_DEADLINE_TIMEOUTS)
+    }
+
     fn poll_inner(&mut self, wait: Duration) -> Result<Polled> {
         if self.done {
             return Ok(Polled::Ended);
         }
-        let deadline = Instant::now() + wait;
+        let deadline = later(Instant::now(), wait);
+        // Whether everything received was taken out since the deadlines
+        // were last checked: only then can the server be blamed (a slow
+        // handler leaves data waiting in the stream).
+        let mut caught_up = false;
         loop {
             while let Some(message) = self
                 .decoder
                 .next_message()
                 .map_err(|e| bad_reply(SUBSCRIBE, e.to_string()))?
             {
+                // What is left began no earlier than the last bytes pushed.
+                self.partial_since =
+                    (self.decoder.buffered() > 0).then_some(self.last_push_arrival);
                 if let Some(event) = self.handle(message)? {
                     return Ok(Polled::Event(event));
                 }
             }
-            let now = Instant::now();
-            let silent_until = self.last_data + self.read_timeout;
-            if now >= silent_until {
-                return Err(http2_error(
-                    &self.url,
-                    Http2Error::Timeout(format!(
-                        "the next SubscribeToShard event ({:?} without data)",
-                        self.read_timeout
-                    )),
-                ));
+            if std::mem::take(&mut caught_up) {
+                self.check_deadlines()?;
             }
+            let now = Instant::now();
             if now >= deadline {
                 return Ok(Polled::Idle);
             }
-            match self.body.read(deadline.min(silent_until) - now) {
+            // Every wait is bounded by what could time out, measured from
+            // what the connection received, not from when it was taken.
+            let heard = self.body.last_arrival().max(self.last_take);
+            let silent_until = later(heard, self.read_timeout);
+            let mut until = deadline.min(silent_until.max(now + Duration::from_millis(1)));
+            if let Some(since) = self.partial_since {
+                until = until
+                    .min(later(since, self.event_deadline()).max(now + Duration::from_millis(1)));
+            }
+            match self.body.read(until - now) {
                 Ok(BodyRead::Data(bytes)) => {
-                    self.last_data = Instant::now();
+                    let taken = Instant::now();
+                    self.last_take = taken;
+                    let arrival = self.body.last_arrival().min(taken);
+                    if self.decoder.buffered() == 0 {
+                        self.partial_since = Some(arrival);
+                    }
+                    self.last_push_arrival = arrival;
                     self.decoder.push(&bytes);
+                    caught_up = self.body.drained();
                 }
-                Ok(BodyRead::Nothing) => {}
+                Ok(BodyRead::Nothing) => caught_up = true,
                 Ok(BodyRead::End) if self.decoder.buffered() > 0 => {
                     return Err(bad_reply(
                         SUBSCRIBE,
@@ -223,6 +360,36 @@ impl Subscription {
                 Err(e) => return Err(http2_error(&self.url, e)),
             }
         }
+    }
+
+    /// Fails the subscription when the server went silent for the read
+    /// timeout, or an incomplete message is older than the event deadline.
+    fn check_deadlines(&self) -> Result<()> {
+        let now = Instant::now();
+        if let Some(since) = self.partial_since {
+            if now.saturating_duration_since(since) >= self.event_deadline() {
+                return Err(http2_error(
+                    &self.url,
+                    Http2Error::Timeout(format!(
+                        "the rest of a SubscribeToShard event ({} bytes of it arrived, the first {:?} ago; a whole event must arrive within {:?})",
+                        self.decoder.buffered(),
+                        now.saturating_duration_since(since),
+                        self.event_deadline()
+                    )),
+                ));
+            }
+        }
+        let heard = self.body.last_arrival().max(self.last_take);
+        if now.saturating_duration_since(heard) >= self.read_timeout {
+            return Err(http2_error(
+                &self.url,
+                Http2Error::Timeout(format!(
+                    "the next SubscribeToShard event ({:?} without data)",
+                    self.read_timeout
+                )),
+            ));
+        }
+        Ok(())
     }
 
     /// Turns a message into an event, an error, or nothing (an
@@ -472,6 +639,39 @@ impl KinesisClient {
         })
     }
 
+    /// Where fan-out's HTTP/2 connections go: the Kinesis endpoint.
+    fn fan_out_target(&self) -> Result<Target> {
+        let client = self.client();
+        let endpoint = client.endpoint();
+        let (connect_timeout, read_timeout) = client.timeouts();
+        let tls = match endpoint.is_https() {
+            true => Some(client.fan_out_tls()?),
+            false => None,
+        };
+        Ok(Target {
+            host: endpoint.host().to_owned(),
+            port: endpoint.port(),
+            authority: endpoint.host_header().to_owned(),
+            tls,
+            connect_timeout,
+            read_timeout,
+        })
+    }
+
+    /// Opens and closes one HTTP/2 connection to the endpoint (TLS
+    /// handshake with ALPN `h2` for `https`, then the SETTINGS exchange),
+    /// as a consumer reading through enhanced fan-out does at startup: a
+    /// certificate the client does not trust, or an endpoint that does not
+    /// speak HTTP/2, fails here (an [`Error::Transport`] naming the
+    /// endpoint and the reason) rather than as readers that retry for ever.
+    pub fn check_fan_out_endpoint(&self) -> Result<()> {
+        let url = self.client().endpoint().url().to_owned();
+        let target = self.fan_out_target()?;
+        Connection::connect(&target)
+            .map(drop)
+            .map_err(|e| http2_error(&url, e))
+    }
+
     /// Subscribes `consumer_arn` to shard `shard_id` from `position`, over
     /// a new HTTP/2 connection (h2c for `http` endpoints, TLS with ALPN
     /// `h2` for `https`), signed like every other call. Returns once the
@@ -496,19 +696,8 @@ impl KinesisClient {
         }))
         .map_err(|e| Error::Internal(e.to_string()))?;
         let headers = client.signed_headers(SUBSCRIBE, &body)?;
-        let (connect_timeout, read_timeout) = client.timeouts();
-        let tls = match endpoint.is_https() {
-            true => Some(client.fan_out_tls()?),
-            false => None,
-        };
-        let target = Target {
-            host: endpoint.host().to_owned(),
-            port: endpoint.port(),
-            authority: endpoint.host_header().to_owned(),
-            tls,
-            connect_timeout,
-            read_timeout,
-        };
+        let target = self.fan_out_target()?;
+        let read_timeout = target.read_timeout;
         let connection = Connection::connect(&target).map_err(|e| http2_error(&url, e))?;
         let mut refs: Vec<(&str, &str)> = headers
             .iter()
@@ -548,17 +737,140 @@ impl KinesisClient {
             url,
             request_id,
             read_timeout,
-            last_data: Instant::now(),
+            last_take: Instant::now(),
+            partial_since: None,
+            last_push_arrival: Instant::now(),
             continuation: None,
             done: false,
         })
     }
 }
 
+/// The application's registered stream consumer, as all its readers share
+/// it. Its ARN changes when the consumer is deregistered and registered
+/// again (by an operator, or by [`refresh`](Self::refresh)).
+#[derive(Debug)]
+pub(crate) struct SharedConsumer {
+    stream_arn: String,
+    name: String,
+    arn: Mutex<Arc<str>>,
+    /// How long a registration may take to become ACTIVE.
+    active_wait: Duration,
+}
+
+/// What DescribeStreamConsumer says of the consumer after a subscription
+/// with ARN `tried` was refused with `ResourceNotFoundException`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ConsumerFound {
+    /// ACTIVE under the ARN tried: the consumer is fine, the shard is what
+    /// the service does not know.
+    Same,
+    /// ACTIVE under another ARN: it was registered again; use that one.
+    Replaced(String),
+    /// Gone, being deleted or being created: register it (again) and wait
+    /// until it is ACTIVE.
+    Missing,
+}
+
+/// Judges a description of the consumer (`None`: not found) after the ARN
+/// `tried` was refused (a pure function, see [`SharedConsumer::refresh`]).
+pub(crate) fn judge_consumer(described: Option<&StreamConsumer>, tried: &str) -> ConsumerFound {
+    match described {
+        Some(c) if c.consumer_status == "ACTIVE" && c.consumer_arn == tried => ConsumerFound::Same,
+        Some(c) if c.consumer_status == "ACTIVE" => ConsumerFound::Replaced(c.consumer_arn.clone()),
+        _ => ConsumerFound::Missing,
+    }
+}
+
+impl SharedConsumer {
+    pub(crate) fn new(
+        stream_arn: &str,
+        name: &str,
+        arn: &str,
+        active_wait: Duration,
+    ) -> SharedConsumer {
+        SharedConsumer {
+            stream_arn: stream_arn.to_owned(),
+            name: name.to_owned(),
+            arn: Mutex::new(Arc::from(arn)),
+            active_wait,
+        }
+    }
+
+    /// The ARN to subscribe with now.
+    pub(crate) fn arn(&self) -> Arc<str> {
+        self.arn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// After `SubscribeToShard` with ARN `tried` said
+    /// `ResourceNotFoundException`: looks the consumer up by name, and
+    /// returns the ARN to subscribe with from now on (the consumer was
+    /// registered again, by someone else or here), or `None` when the
+    /// consumer is ACTIVE under `tried` (then the shard is what is
+    /// missing). A registration the service refuses is an error naming the
+    /// consumer. One reader looks at a time; the others then see the new
+    /// ARN at once.
+    pub(crate) fn refresh(&self, kinesis: &KinesisClient, tried: &str) -> Result<Option<Arc<str>>> {
+        let mut arn = self.arn.lock().unwrap_or_else(|e| e.into_inner());
+        if &**arn != tried {
+            return Ok(Some(arn.clone()));
+        }
+        let described = match kinesis.describe_stream_consumer_by_name(&self.stream_arn, &self.name)
+        {
+            Ok(c) => Some(c),
+            Err(e) if e.code() == Some("ResourceNotFoundException") => None,
+            Err(e) => return Err(e),
+        };
+        let new = match judge_consumer(described.as_ref(), tried) {
+            ConsumerFound::Same => return Ok(None),
+            ConsumerFound::Replaced(new) => {
+                log::warn!(
+                    "stream consumer {} of {} was registered again as {new} (was {tried}): subscribing with the new ARN",
+                    self.name,
+                    self.stream_arn
+                );
+                new
+            }
+            ConsumerFound::Missing => {
+                log::warn!(
+                    "stream consumer {} of {} ({tried}) is gone (deregistered?): registering it again",
+                    self.name,
+                    self.stream_arn
+                );
+                let c = kinesis
+                    .ensure_stream_consumer(&self.stream_arn, &self.name, self.active_wait)
+                    .map_err(|e| self.naming(e))?;
+                log::info!(
+                    "stream consumer {} registered again as {}",
+                    self.name,
+                    c.consumer_arn
+                );
+                c.consumer_arn
+            }
+        };
+        *arn = Arc::from(new.as_str());
+        Ok(Some(arn.clone()))
+    }
+
+    /// A refused registration, its message naming the consumer.
+    fn naming(&self, e: Error) -> Error {
+        match e {
+            Error::Service(mut s) if !s.is_retryable() => {
+                s.message = format!(
+                    "registering stream consumer {} on {} again (it was deregistered) was refused: {}",
+                    self.name, self.stream_arn, s.message
+                );
+                Error::Service(s)
+            }
+            other => other,
+        }
+    }
+}
+
 /// As much of an error reply's body as arrives within the read timeout
 /// (up to 64 KiB); what is missing only shortens the error's message.
 fn read_error_body(stream: &mut ResponseBody, read_timeout: Duration) -> Vec<u8> {
-    let deadline = Instant::now() + read_timeout;
+    let deadline = later(Instant::now(), read_timeout);
     let mut body = Vec::new();
     while body.len() < MAX_ERROR_BODY {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -80,6 +80,11 @@ pub(crate) enum Metric {
     SubscribeToShardSuccess,
     /// How long each SubscribeToShard call took to be accepted.
     SubscribeToShardTime,
+    /// 1 per subscription ended by an error after it was accepted: an
+    /// exception event, a reset, GOAWAY, silence, a garbled event
+    /// (enhanced fan-out; the reader subscribes again or, for the errors
+    /// that cannot heal, stops).
+    SubscribeToShardErrors,
     /// User records taken out of KPL aggregates.
     RecordsDeaggregated,
     /// Records that looked like KPL aggregates but were not valid and were
@@ -122,6 +127,7 @@ impl Metric {
             Metric::ExpiredIterators => "ExpiredIterators",
             Metric::SubscribeToShardSuccess => "SubscribeToShard.Success",
             Metric::SubscribeToShardTime => "SubscribeToShard.Time",
+            Metric::SubscribeToShardErrors => "SubscribeToShard.Errors",
             Metric::RecordsDeaggregated => "RecordsDeaggregated",
             Metric::AggregatesPassedThrough => "AggregatesPassedThrough",
             Metric::CheckpointSuccess => "Checkpoint.Success",
@@ -148,7 +154,9 @@ impl Metric {
             | ExpiredIterators
             | RecordsDeaggregated
             | AggregatesPassedThrough => "GetRecords",
-            SubscribeToShardSuccess | SubscribeToShardTime => "SubscribeToShard",
+            SubscribeToShardSuccess | SubscribeToShardTime | SubscribeToShardErrors => {
+                "SubscribeToShard"
+            }
             CheckpointSuccess | CheckpointTime | ShardEndsNotCheckpointed => "Checkpoint",
             LeasesHeld | LeasesLost => "RenewAllLeases",
             LeasesTaken | LeasesStolen | Workers | ShardsBlockedOnParent => "TakeLeases",

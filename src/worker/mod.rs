@@ -24,6 +24,7 @@ use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::aws::fan_out::SharedConsumer;
 use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{
     Checkpoint, Clock, Coordinator, CoordinatorEvent, HeldLeases, LeaseTable, LeaseTimings,
@@ -323,11 +324,27 @@ impl<T: Send + 'static> Consumer<T> {
                 let Some(consumer) = consumer else {
                     return Ok(());
                 };
+                // A certificate not trusted, or an endpoint that does not
+                // speak HTTP/2, fails startup here (naming the endpoint and
+                // the reason) rather than as readers retrying for ever.
+                let checked = until_ready(
+                    "connecting to the enhanced fan-out endpoint",
+                    &self.shutdown.flag,
+                    || self.kinesis.check_fan_out_endpoint(),
+                )?;
+                if checked.is_none() {
+                    return Ok(());
+                }
                 log::info!(
                     "reading through enhanced fan-out as {}",
                     consumer.consumer_arn
                 );
-                Some(Arc::from(consumer.consumer_arn.as_str()))
+                Some(Arc::new(SharedConsumer::new(
+                    &described.stream_arn,
+                    name,
+                    &consumer.consumer_arn,
+                    CONSUMER_ACTIVE_WAIT,
+                )))
             }
             None => None,
         };
@@ -351,7 +368,7 @@ impl<T: Send + 'static> Consumer<T> {
     fn consume(
         &self,
         shard_queue: Option<usize>,
-        fan_out: Option<Arc<str>>,
+        fan_out: Option<Arc<SharedConsumer>>,
         deliver: impl FnOnce(&Receiver<ReaderOutput<T>>, Delivery<T>) -> Result<()>,
     ) -> Result<()> {
         let s = &self.settings;

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 
 use crate::aws::client::backoff;
-use crate::aws::fan_out::Polled;
+use crate::aws::fan_out::{
+    AfterSubscribeError, Polled, SharedConsumer, after_subscribe_error, in_use_wait,
+};
 use crate::aws::get_records::Records;
 use crate::aws::kinesis::{GetRecordsOutput, IteratorPosition, KinesisClient};
 use crate::error::{Error, Result};
@@ -20,6 +22,7 @@ use crate::kpl;
 use crate::lease::{Checkpoint, ShardRunner};
 use crate::metrics::{Metric, Metrics};
 use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber};
+use crate::time::later;
 use crate::worker::MessageHandler;
 use crate::worker::batch::Message;
 use crate::worker::budget::{Budget, Room, Share, within_share};
@@ -92,9 +95,9 @@ pub(crate) struct ReaderContext<T> {
     pub start_timestamp: Option<SystemTime>,
     /// Memory of reads in flight, across all readers (see `read_memory`).
     pub read_memory: Arc<Budget>,
-    /// Enhanced fan-out: the registered consumer's ARN; readers subscribe
-    /// to their shards instead of polling them.
-    pub fan_out: Option<Arc<str>>,
+    /// Enhanced fan-out: the registered consumer; readers subscribe to
+    /// their shards instead of polling them.
+    pub fan_out: Option<Arc<SharedConsumer>>,
     pub pace_reads: bool,
     pub metrics: Metrics,
     /// How many readers run now (per-shard queues share the buffer evenly
@@ -380,7 +383,7 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
         for r in &all {
             r.stop.store(true, Ordering::Relaxed);
         }
-        let deadline = Instant::now() + self.context.stop_timeout;
+        let deadline = later(Instant::now(), self.context.stop_timeout);
         while Instant::now() < deadline && all.iter().any(|r| !r.handle.is_finished()) {
             std::thread::sleep(STOP_CHECK);
         }
@@ -421,7 +424,7 @@ impl<T: Send + 'static> Reader<T> {
 
     /// Sleeps up to `duration`, waking early when told to stop.
     fn pause(&self, duration: Duration) {
-        let until = Instant::now() + duration;
+        let until = later(Instant::now(), duration);
         while !self.stopped() {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -473,8 +476,8 @@ impl<T: Send + 'static> Reader<T> {
         else {
             return Ok(());
         };
-        if let Some(consumer_arn) = &context.fan_out {
-            return self.subscribe(consumer_arn, start, resume_after);
+        if let Some(consumer) = &context.fan_out {
+            return self.subscribe(consumer, start, resume_after);
         }
         let mut progress = Progress {
             start,
@@ -719,7 +722,7 @@ impl<T: Send + 'static> Reader<T> {
         }
         p.iterator = next_iterator;
         if empty {
-            p.next_read = p.next_read.max(Instant::now() + context.idle_time);
+            p.next_read = p.next_read.max(later(Instant::now(), context.idle_time));
         }
         Ok(Next::Read)
     }
@@ -731,7 +734,7 @@ impl<T: Send + 'static> Reader<T> {
     /// subscription after 5 minutes: subscribe again.
     fn subscribe(
         &mut self,
-        consumer_arn: &str,
+        consumer: &SharedConsumer,
         mut start: IteratorPosition,
         mut resume_after: Option<ExtendedSequenceNumber>,
     ) -> Result<()> {
@@ -739,17 +742,28 @@ impl<T: Send + 'static> Reader<T> {
         let mut continuation: Option<SequenceNumber> = None;
         let mut failures = 0;
         let mut next_end_check = Instant::now();
+        let mut last_subscribed: Option<Instant> = None;
+        let mut last_call: Option<Instant> = None;
         while !self.stopped() {
+            // SubscribeToShard: 1 call per second per consumer and shard.
+            if let Some(at) = last_call {
+                self.pause(subscribe_wait(at, Instant::now()));
+                if self.stopped() {
+                    break;
+                }
+            }
+            let consumer_arn = consumer.arn();
             let position = match &continuation {
                 Some(seq) => IteratorPosition::AfterSequenceNumber(seq.clone()),
                 None => start.clone(),
             };
             let asked_at = SystemTime::now();
             let called_at = Instant::now();
+            last_call = Some(called_at);
             let subscribed =
                 context
                     .kinesis
-                    .subscribe_to_shard(consumer_arn, &self.shard_id, &position);
+                    .subscribe_to_shard(&consumer_arn, &self.shard_id, &position);
             context.metrics.record(
                 Some(&self.shard_id),
                 &[
@@ -765,14 +779,19 @@ impl<T: Send + 'static> Reader<T> {
             );
             let mut subscription = match subscribed {
                 Ok(s) => s,
-                Err(e) => match after_subscribe_error(&e) {
-                    Some(floor) => {
-                        self.back_off(&mut failures, Some(&e), floor);
-                        continue;
-                    }
-                    None => return Err(e),
-                },
+                Err(e) => {
+                    let wait = self.after_subscription_failure(
+                        consumer,
+                        &consumer_arn,
+                        e,
+                        &mut failures,
+                        last_subscribed,
+                    )?;
+                    self.pause(wait);
+                    continue;
+                }
             };
+            last_subscribed = Some(called_at);
             start = restart_position(start, asked_at);
             loop {
                 if self.stopped() {
@@ -783,34 +802,49 @@ impl<T: Send + 'static> Reader<T> {
                     Ok(Polled::Idle) => continue,
                     // The service's 5 minutes are up: subscribe again.
                     Ok(Polled::Ended) => break,
-                    Err(e) => match after_subscribe_error(&e) {
-                        Some(floor) => {
-                            self.back_off(&mut failures, Some(&e), floor);
-                            break;
-                        }
-                        None => return Err(e),
-                    },
+                    Err(e) => {
+                        drop(subscription);
+                        context.metrics.record(
+                            Some(&self.shard_id),
+                            &[(Metric::SubscribeToShardErrors, 1.0)],
+                        );
+                        let wait = self.after_subscription_failure(
+                            consumer,
+                            &consumer_arn,
+                            e,
+                            &mut failures,
+                            last_subscribed,
+                        )?;
+                        self.pause(wait);
+                        break;
+                    }
                 };
                 failures = 0;
                 let caught_up = event.records.is_empty()
                     && event.millis_behind_latest.unwrap_or(0) == 0
                     && Instant::now() >= next_end_check;
+                let last = event
+                    .records
+                    .last()
+                    .map(|r| r.position.sequence_number.clone());
                 let shard_end = if !event.child_shards.is_empty() {
                     true
                 } else if event.continuation_sequence_number.is_none() || caught_up {
                     // No continuation without children is malformed; an
                     // empty event at the tip may be the end of a shard the
                     // service closed without saying (kinesis-local never
-                    // sends ChildShards): ListShards decides, now and then.
-                    next_end_check = Instant::now() + FAN_OUT_END_CHECK;
-                    self.listed_closed()
+                    // sends ChildShards): reading after the continuation
+                    // decides, now and then, as polling does.
+                    next_end_check = later(Instant::now(), FAN_OUT_END_CHECK);
+                    let after = event
+                        .continuation_sequence_number
+                        .as_ref()
+                        .or(last.as_ref())
+                        .or(continuation.as_ref());
+                    self.fan_out_end_confirmed(after, &start)
                 } else {
                     false
                 };
-                let last = event
-                    .records
-                    .last()
-                    .map(|r| r.position.sequence_number.clone());
                 let past_checkpoint = passes_checkpoint(resume_after.as_ref(), last.as_ref());
                 if let Some(seq) = event.continuation_sequence_number.clone() {
                     continuation = Some(seq);
@@ -855,15 +889,102 @@ impl<T: Send + 'static> Reader<T> {
         Ok(())
     }
 
-    /// True when ListShards lists this shard as closed.
-    fn listed_closed(&self) -> bool {
+    /// What to wait before subscribing again after a failed subscription
+    /// or event (the `failures`-th in a row, counted here), or the error
+    /// the reader fails with (see [`after_subscribe_error`]): exception
+    /// events and broken connections are resubscribed with backoff,
+    /// `ResourceInUseException` waits until 5 s after the last successful
+    /// subscribe, `ResourceNotFoundException` looks the consumer up (and
+    /// registers it again), the KMS errors that cannot heal fail.
+    fn after_subscription_failure(
+        &self,
+        consumer: &SharedConsumer,
+        tried: &str,
+        e: Error,
+        failures: &mut u32,
+        last_subscribed: Option<Instant>,
+    ) -> Result<Duration> {
+        *failures += 1;
+        let n = *failures;
+        let spaced = n == 1 || n.is_power_of_two();
+        let retry_wait = self.context.retry_wait;
+        let shard = &self.shard_id;
+        match after_subscribe_error(&e) {
+            AfterSubscribeError::Resubscribe { floor, warn } => {
+                let exception = matches!(&e, Error::Service(s) if s.status == 200);
+                if warn && spaced {
+                    log::warn!("shard {shard}: subscribing again ({n} failure(s) in a row): {e}");
+                } else if exception || (e.is_throttling() && spaced) {
+                    log::info!(
+                        "shard {shard}: the subscription ended with {e}; subscribing again after its continuation"
+                    );
+                } else {
+                    log::debug!("shard {shard}: subscribing again after {e}");
+                }
+                Ok(backoff(retry_wait.max(floor), n))
+            }
+            AfterSubscribeError::InUse => {
+                log::debug!("shard {shard}: {e}; waiting until 5 s after the last subscribe");
+                let floor = backoff(retry_wait.max(Duration::from_millis(200)), n);
+                Ok(in_use_wait(last_subscribed, Instant::now(), floor))
+            }
+            AfterSubscribeError::CheckConsumer => {
+                match consumer.refresh(&self.context.kinesis, tried) {
+                    // Registered again (here or by another worker): at once.
+                    Ok(Some(_)) => Ok(Duration::ZERO),
+                    // The consumer is fine: the shard is what is missing.
+                    Ok(None) => Err(e),
+                    Err(refresh) if refresh.is_retryable() => {
+                        log::warn!(
+                            "shard {shard}: {e}; looking up the stream consumer failed, trying again: {refresh}"
+                        );
+                        Ok(backoff(retry_wait.max(Duration::from_millis(500)), n))
+                    }
+                    Err(refresh) => Err(refresh),
+                }
+            }
+            AfterSubscribeError::Fail => Err(e),
+        }
+    }
+
+    /// Whether a fan-out shard has ended after `after` (else at `start`),
+    /// confirmed the way polling confirms it: an iterator from there whose
+    /// GetRecords brings no record and no next iterator. Never from a
+    /// listing: a record written between the subscription's last event and
+    /// a ListShards that says "closed" would be lost. Records this read
+    /// finds are not handed on (the subscription brings them).
+    fn fan_out_end_confirmed(
+        &self,
+        after: Option<&SequenceNumber>,
+        start: &IteratorPosition,
+    ) -> bool {
+        let position = after.map_or_else(
+            || start.clone(),
+            |seq| IteratorPosition::AfterSequenceNumber(seq.clone()),
+        );
         let context = &self.context;
-        match context.kinesis.list_shards(&context.stream, None) {
-            Ok(shards) => shards
-                .iter()
-                .any(|s| *s.shard_id == *self.shard_id && s.is_closed()),
+        let read = context
+            .kinesis
+            .get_shard_iterator(&context.stream, &self.shard_id, &position)
+            .and_then(|iterator| {
+                context.kinesis.get_records_of(
+                    Some(&context.stream),
+                    &self.shard_id,
+                    &iterator,
+                    1,
+                    |_| true,
+                )
+            });
+        match read {
+            Ok(Some((records, reply))) => {
+                ends_shard(records.len(), reply.next_shard_iterator.as_deref())
+            }
+            Ok(None) => false,
             Err(e) => {
-                log::debug!("shard {}: listing shards failed: {e}", self.shard_id);
+                log::debug!(
+                    "shard {}: reading after {position:?} to see whether it ended failed: {e}",
+                    self.shard_id
+                );
                 false
             }
         }
@@ -1203,24 +1324,25 @@ fn paced(next_read: Instant, called_at: Instant, data_bytes: u64) -> Instant {
     next_read.max(called_at + read_time)
 }
 
-/// The least wait before subscribing again after a failed subscription or
-/// event, or `None` when the failure ends the reader. A second
-/// subscription of this consumer to the shard is refused for about 5 s
-/// after the first (`ResourceInUseException`); throttling, 5xx, broken
-/// connections and garbled events (a bad checksum) are read again after
-/// the last continuation.
-fn after_subscribe_error(e: &Error) -> Option<Duration> {
-    if e.code() == Some("ResourceInUseException") {
-        Some(Duration::from_secs(1))
-    } else if e.is_retryable() {
-        Some(Duration::from_millis(200))
-    } else {
-        None
-    }
+/// AWS allows one SubscribeToShard call per second per consumer and shard.
+const MIN_TIME_BETWEEN_SUBSCRIBES: Duration = Duration::from_secs(1);
+
+/// How long to wait at `now` before the next SubscribeToShard call of a
+/// shard whose last call was at `last_call`.
+fn subscribe_wait(last_call: Instant, now: Instant) -> Duration {
+    (last_call + MIN_TIME_BETWEEN_SUBSCRIBES).saturating_duration_since(now)
 }
 
-/// How often an idle fan-out reader asks ListShards whether its shard was
-/// closed without the service saying so (see `Reader::subscribe`).
+/// Whether a GetRecords reply from after a subscription's continuation
+/// ends the shard: no record and no next iterator (the end of a closed
+/// shard, as polling reads it).
+fn ends_shard(records: usize, next_iterator: Option<&str>) -> bool {
+    records == 0 && next_iterator.is_none()
+}
+
+/// How often an idle fan-out reader reads after its continuation to see
+/// whether its shard was closed without the service saying so (see
+/// `Reader::subscribe`).
 const FAN_OUT_END_CHECK: Duration = Duration::from_secs(10);
 
 /// Where to read from when a fresh iterator is needed before any record was
@@ -1318,37 +1440,23 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_subscription_is_retried_after_its_continuation_or_fatal() {
-        let in_use = service_error(400, "ResourceInUseException");
-        assert_eq!(after_subscribe_error(&in_use), Some(Duration::from_secs(1)));
-        for retried in [
-            service_error(400, "LimitExceededException"),
-            service_error(500, "InternalFailure"),
-            Error::transport(
-                "SubscribeToShard",
-                "http://h",
-                TransportKind::Broken,
-                "reset",
-            ),
-            Error::Decode {
-                operation: "SubscribeToShard",
-                message: "bad checksum".into(),
-            },
-        ] {
-            assert_eq!(
-                after_subscribe_error(&retried),
-                Some(Duration::from_millis(200)),
-                "{retried}"
-            );
-        }
+    fn subscribe_calls_of_a_shard_are_a_second_apart() {
+        let now = Instant::now();
         assert_eq!(
-            after_subscribe_error(&service_error(400, "ResourceNotFoundException")),
-            None
+            subscribe_wait(now - Duration::from_millis(300), now),
+            Duration::from_millis(700)
         );
         assert_eq!(
-            after_subscribe_error(&service_error(400, "AccessDeniedException")),
-            None
+            subscribe_wait(now - Duration::from_secs(2), now),
+            Duration::ZERO
         );
+    }
+
+    #[test]
+    fn only_a_read_with_no_record_and_no_next_iterator_ends_a_fan_out_shard() {
+        assert!(ends_shard(0, None));
+        assert!(!ends_shard(1, None), "records after the continuation");
+        assert!(!ends_shard(0, Some("AAAA")), "an open shard at its tip");
     }
 
     #[test]

@@ -17,7 +17,13 @@ use kinesis_consumer::aws::ClientConfig;
 use kinesis_consumer::aws::credentials::Credentials;
 use kinesis_consumer::aws::kinesis::{KinesisClient, PutRecordsEntry};
 
+// The crate's own event-stream codec and HTTP/2 frames, for the front end.
+#[path = "../../src/aws/event_stream.rs"]
+pub mod event_stream;
 pub mod fake_aws;
+#[path = "../../src/aws/http2/frame.rs"]
+pub mod h2_frame;
+pub mod h2_front;
 pub mod pinned_tls;
 pub mod proxy;
 // The crate's own test server and signature oracle, the same files its

@@ -1,6 +1,7 @@
 //! SubscribeToShard against the scripted HTTP/2 server: what a real
 //! service rarely does, on purpose.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -508,4 +509,231 @@ fn ensure_registers_a_missing_consumer_and_waits_through_not_found() {
         let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(body["ConsumerName"], "app", "{body}");
     }
+}
+
+fn service_error(status: u16, code: &str) -> Error {
+    Error::Service(ServiceError {
+        operation: SUBSCRIBE,
+        code: code.to_owned(),
+        message: "m".into(),
+        status,
+        request_id: None,
+    })
+}
+
+/// An exception event's error: a service error with the status of the
+/// 200 response that carried it.
+fn exception(code: &str) -> Error {
+    service_error(200, code)
+}
+
+#[test]
+fn exception_events_are_resubscribed_except_the_documented_fatal_ones() {
+    use AfterSubscribeError::*;
+    let quiet = Resubscribe {
+        floor: Duration::from_millis(200),
+        warn: false,
+    };
+    let warned = Resubscribe {
+        floor: Duration::from_millis(200),
+        warn: true,
+    };
+    for code in [
+        "InternalFailureException",
+        "KMSThrottlingException",
+        "LimitExceededException",
+    ] {
+        assert_eq!(after_subscribe_error(&exception(code)), quiet, "{code}");
+    }
+    // A type nobody documented yet: retried, and said at warn.
+    assert_eq!(
+        after_subscribe_error(&exception("BrandNewException")),
+        warned
+    );
+    assert_eq!(after_subscribe_error(&exception("")), warned);
+    for code in FATAL_EXCEPTIONS {
+        assert_eq!(after_subscribe_error(&exception(code)), Fail, "{code}");
+        assert_eq!(
+            after_subscribe_error(&service_error(400, code)),
+            Fail,
+            "{code}"
+        );
+    }
+    assert_eq!(
+        after_subscribe_error(&exception("ResourceInUseException")),
+        InUse
+    );
+    assert_eq!(
+        after_subscribe_error(&service_error(400, "ResourceInUseException")),
+        InUse
+    );
+    assert_eq!(
+        after_subscribe_error(&exception("ResourceNotFoundException")),
+        CheckConsumer
+    );
+    assert_eq!(
+        after_subscribe_error(&service_error(400, "ResourceNotFoundException")),
+        CheckConsumer
+    );
+    // Replies (not events): 5xx, throttling, broken connections and
+    // garbled events are resubscribed; a refused request fails.
+    for retried in [
+        service_error(400, "LimitExceededException"),
+        service_error(500, "InternalFailure"),
+        service_error(400, "InternalFailureException"),
+        Error::transport(SUBSCRIBE, "http://h", TransportKind::Broken, "reset"),
+        Error::Decode {
+            operation: SUBSCRIBE,
+            message: "bad checksum".into(),
+        },
+    ] {
+        assert_eq!(after_subscribe_error(&retried), quiet, "{retried}");
+    }
+    assert_eq!(
+        after_subscribe_error(&service_error(400, "AccessDeniedException")),
+        Fail
+    );
+    // A TLS or protocol refusal: retried slowly, said at warn.
+    let refusal = http2_error(
+        "https://h",
+        Http2Error::Tls("invalid peer certificate: UnknownIssuer".into()),
+    );
+    assert!(is_refusal(&refusal));
+    assert_eq!(
+        after_subscribe_error(&refusal),
+        Resubscribe {
+            floor: Duration::from_secs(1),
+            warn: true
+        }
+    );
+    let not_h2 = http2_error("http://h", Http2Error::NotHttp2("HTTP/1.1".into()));
+    assert!(is_refusal(&not_h2) && !is_refusal(&http2_error("http://h", Http2Error::Closed)));
+}
+
+#[test]
+fn resource_in_use_waits_until_five_seconds_after_the_last_subscribe() {
+    let now = Instant::now();
+    let floor = Duration::from_millis(300);
+    assert_eq!(in_use_wait(None, now, floor), floor);
+    assert_eq!(
+        in_use_wait(Some(now - Duration::from_secs(2)), now, floor),
+        Duration::from_secs(3)
+    );
+    assert_eq!(
+        in_use_wait(Some(now - Duration::from_secs(9)), now, floor),
+        floor
+    );
+}
+
+#[test]
+fn a_consumer_refused_as_not_found_is_judged_by_its_description() {
+    let c = |status: &str, arn: &str| StreamConsumer {
+        consumer_name: "app".into(),
+        consumer_arn: arn.into(),
+        consumer_status: status.into(),
+        creation_time: None,
+        stream_arn: None,
+    };
+    assert_eq!(
+        judge_consumer(Some(&c("ACTIVE", CONSUMER)), CONSUMER),
+        ConsumerFound::Same
+    );
+    assert_eq!(
+        judge_consumer(Some(&c("ACTIVE", "arn:new")), CONSUMER),
+        ConsumerFound::Replaced("arn:new".into())
+    );
+    for status in ["CREATING", "DELETING"] {
+        assert_eq!(
+            judge_consumer(Some(&c(status, CONSUMER)), CONSUMER),
+            ConsumerFound::Missing
+        );
+    }
+    assert_eq!(judge_consumer(None, CONSUMER), ConsumerFound::Missing);
+}
+
+/// A handler slower than the read timeout leaves the next event waiting in
+/// the stream: that is not the server's silence.
+#[test]
+fn data_waiting_behind_a_slow_handler_is_not_a_timeout() {
+    let (sent, wait_sent) = std::sync::mpsc::channel::<()>();
+    let server = serving(move |peer, stream| {
+        peer.data(stream, &records_event(&[1], Some(1), "null"), false);
+        // The second event once the client took the first.
+        std::thread::sleep(Duration::from_millis(100));
+        peer.data(stream, &records_event(&[2], Some(2), "null"), false);
+        sent.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+    });
+    let mut sub = subscribe(&server.url, Duration::from_millis(500)).unwrap();
+    assert_eq!(data_of(&sub.next().unwrap().unwrap()), ["r1"]);
+    wait_sent.recv().unwrap();
+    // The handler: longer than the read timeout.
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(data_of(&sub.next().unwrap().unwrap()), ["r2"]);
+    server.finish();
+}
+
+/// A server that sends a message one byte at a time is never silent for
+/// the read timeout, yet the event must arrive whole within its deadline.
+#[test]
+fn an_event_dribbled_a_byte_at_a_time_times_out() {
+    let server = serving(|peer, stream| {
+        let event = records_event(&[1], Some(1), "null");
+        for byte in &event {
+            let mut out = Vec::new();
+            frame::write_frame(&mut out, frame::DATA, 0, stream, std::slice::from_ref(byte));
+            if peer.socket.write_all(&out).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let mut sub = subscribe(&server.url, Duration::from_millis(300)).unwrap();
+    let started = Instant::now();
+    let err = sub.next().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Transport {
+                kind: TransportKind::Timeout,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("the rest of a SubscribeToShard event"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(sub);
+    server.finish();
+}
+
+/// The signature goes out as a never-indexed literal (RFC 7541, 7.1.3).
+#[test]
+fn the_authorization_header_is_never_indexed_on_the_wire() {
+    let server = ScriptedServer::start(|peer| {
+        peer.handshake(&[]);
+        let headers = loop {
+            let f = peer.read_frame();
+            if f.kind == frame::HEADERS {
+                break f;
+            }
+        };
+        let name = b"authorization";
+        let at = headers
+            .payload
+            .windows(name.len())
+            .position(|w| w == name)
+            .expect("an authorization literal with its name");
+        assert_eq!(headers.payload[at - 2], 0x10, "never indexed");
+    });
+    let _ = subscribe(&server.url, Duration::from_millis(500));
+    server.finish();
 }

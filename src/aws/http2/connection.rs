@@ -22,6 +22,7 @@ use super::frame;
 use super::hpack;
 use super::reader::read_frames;
 use super::transport::{Transport, open_socket, tls_handshake};
+use crate::time::later;
 
 /// Each stream's receive window: what the server may send before we take
 /// it out. Two seconds of a shard's fan-out rate (2 MiB/s).
@@ -79,6 +80,10 @@ pub(super) struct StreamState {
     /// The response head arrived (later HEADERS are trailers).
     pub(super) headers_done: bool,
     pub(super) data: VecDeque<Vec<u8>>,
+    /// When the reader thread last received a DATA frame for the stream
+    /// (or the stream opened): silence is measured from here, not from
+    /// when someone took the data out.
+    pub(super) last_arrival: Instant,
     /// END_STREAM arrived.
     pub(super) end: bool,
     pub(super) error: Option<Http2Error>,
@@ -98,7 +103,11 @@ pub(super) struct State {
     pub(super) recv_unacked: u32,
     pub(super) peer: PeerSettings,
     pub(super) settings_received: bool,
+    /// A frame (or the start of one) arrived from the server.
+    pub(super) anything_received: bool,
     pub(super) goaway: Option<Http2Error>,
+    /// A write failed: nothing more is written.
+    pub(super) write_failed: Option<Http2Error>,
     /// Set once the connection is over; every stream without an error of
     /// its own reports this.
     pub(super) closed: Option<Http2Error>,
@@ -120,14 +129,49 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Inner {
     /// Writes frames (the writer lock keeps them whole and in order).
+    ///
+    /// Any write error ends the connection: a partial frame would corrupt
+    /// the framing, and a lost WINDOW_UPDATE would stall the server, so
+    /// nothing more may be written after one, and every stream reports it.
     pub(super) fn send(&self, bytes: &[u8]) -> Result<(), Http2Error> {
         if bytes.is_empty() {
             return Ok(());
         }
-        let _writer = lock(&self.writer);
-        self.transport
-            .write_all(bytes)
-            .map_err(|e| Http2Error::io(&e))
+        let writer = lock(&self.writer);
+        self.write_locked(&writer, bytes)
+    }
+
+    /// Writes `bytes` while the caller holds the writer lock (`_writer`).
+    pub(super) fn write_locked(
+        &self,
+        _writer: &MutexGuard<'_, ()>,
+        bytes: &[u8],
+    ) -> Result<(), Http2Error> {
+        if let Some(e) = lock(&self.state).write_failed.clone() {
+            return Err(e);
+        }
+        match self.transport.write_all(bytes) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.write_failed(&e)),
+        }
+    }
+
+    /// Ends the connection after a failed write: the error every stream
+    /// reports from now on.
+    fn write_failed(&self, e: &io::Error) -> Http2Error {
+        let error = Http2Error::Io {
+            kind: e.kind(),
+            message: format!("writing to the connection failed, so it was closed: {e}"),
+        };
+        log::debug!("HTTP/2 connection to {}: {error}", self.authority);
+        {
+            let mut state = lock(&self.state);
+            state.write_failed.get_or_insert(error.clone());
+            state.closed.get_or_insert(error.clone());
+        }
+        self.changed.notify_all();
+        let _ = self.transport.socket().shutdown(Shutdown::Both);
+        error
     }
 
     /// Waits on the state until `ready` says yes or `deadline` passes.
@@ -187,7 +231,9 @@ impl Connection {
                 max_streams: u32::MAX,
             },
             settings_received: false,
+            anything_received: false,
             goaway: None,
+            write_failed: None,
             closed: None,
         };
         let inner = Arc::new(Inner {
@@ -219,12 +265,20 @@ impl Connection {
             inner,
             reader: Some(reader),
         };
-        let deadline = Instant::now() + target.read_timeout;
+        let deadline = later(Instant::now(), target.read_timeout);
         let state = lock(&connection.inner.state);
         let (state, ready) = connection.inner.wait_until(state, deadline, |s| {
             s.settings_received || s.closed.is_some()
         });
         if let Some(e) = &state.closed {
+            // An HTTP/2 server answers the preface with SETTINGS; one that
+            // closes without a byte (an HTTP/1.1 server refusing
+            // "PRI * HTTP/2.0") does not speak HTTP/2.
+            if *e == Http2Error::Closed && !state.anything_received {
+                return Err(Http2Error::NotHttp2(
+                    "the server closed the connection after the HTTP/2 preface without a byte: does it speak HTTP/2?".into(),
+                ));
+            }
             return Err(e.clone());
         }
         if !ready {
@@ -252,7 +306,7 @@ impl Connection {
         {
             // Ids must reach the wire in increasing order: allocate and
             // send HEADERS under the writer lock.
-            let _writer = lock(&inner.writer);
+            let writer = lock(&inner.writer);
             let mut state = lock(&inner.state);
             if let Some(e) = state.closed.clone().or_else(|| state.goaway.clone()) {
                 return Err(e);
@@ -275,6 +329,7 @@ impl Connection {
                 response: None,
                 headers_done: false,
                 data: VecDeque::new(),
+                last_arrival: Instant::now(),
                 end: false,
                 error: None,
                 send_window: i64::from(state.peer.initial_window),
@@ -284,14 +339,7 @@ impl Connection {
             state.streams.insert(id, stream);
             let max_frame = state.peer.max_frame as usize;
             drop(state);
-            let mut block = Vec::new();
-            hpack::encode_literal(&mut block, ":method", method.as_bytes());
-            hpack::encode_literal(&mut block, ":scheme", inner.scheme.as_bytes());
-            hpack::encode_literal(&mut block, ":authority", inner.authority.as_bytes());
-            hpack::encode_literal(&mut block, ":path", path.as_bytes());
-            for (name, value) in headers {
-                hpack::encode_literal(&mut block, name, value.as_bytes());
-            }
+            let block = request_block(method, inner.scheme, &inner.authority, path, headers);
             let mut out = Vec::with_capacity(block.len() + 64);
             let mut chunks = block.chunks(max_frame).peekable();
             let mut first = true;
@@ -309,10 +357,7 @@ impl Connection {
                 frame::write_frame(&mut out, kind, flags, id, chunk);
                 first = false;
             }
-            inner
-                .transport
-                .write_all(&out)
-                .map_err(|e| Http2Error::io(&e))?;
+            inner.write_locked(&writer, &out)?;
         }
         let stream = ResponseBody {
             inner: self.inner.clone(),
@@ -371,7 +416,7 @@ impl ResponseBody {
     fn send_body(&self, mut body: &[u8]) -> Result<(), Http2Error> {
         let inner = &self.inner;
         while !body.is_empty() {
-            let deadline = Instant::now() + inner.read_timeout;
+            let deadline = later(Instant::now(), inner.read_timeout);
             let state = lock(&inner.state);
             let id = self.id;
             let (mut state, ready) = inner.wait_until(state, deadline, |s| {
@@ -418,7 +463,7 @@ impl ResponseBody {
     pub(crate) fn response(&mut self) -> Result<Response, Http2Error> {
         let inner = &self.inner;
         let id = self.id;
-        let deadline = Instant::now() + inner.read_timeout;
+        let deadline = later(Instant::now(), inner.read_timeout);
         let state = lock(&inner.state);
         let (mut state, _) = inner.wait_until(state, deadline, |s| {
             s.streams
@@ -448,7 +493,7 @@ impl ResponseBody {
     pub(crate) fn read(&mut self, wait: Duration) -> Result<BodyRead, Http2Error> {
         let inner = &self.inner;
         let id = self.id;
-        let deadline = Instant::now() + wait;
+        let deadline = later(Instant::now(), wait);
         let state = lock(&inner.state);
         let (mut state, _) = inner.wait_until(state, deadline, |s| {
             s.closed.is_some()
@@ -469,8 +514,9 @@ impl ResponseBody {
                 stream.unacked = 0;
             }
             drop(state);
-            // A failed write shows up as the connection's error on the next read.
-            let _ = inner.send(&out);
+            // A failed write closes the connection: the server would wait
+            // for this credit for ever.
+            inner.send(&out)?;
             return Ok(BodyRead::Data(chunk));
         }
         if stream.end {
@@ -481,6 +527,51 @@ impl ResponseBody {
         }
         Ok(BodyRead::Nothing)
     }
+
+    /// When the connection last received DATA for this stream (or the
+    /// stream opened), whether or not anyone took it out yet.
+    pub(crate) fn last_arrival(&self) -> Instant {
+        let state = lock(&self.inner.state);
+        state
+            .streams
+            .get(&self.id)
+            .map_or_else(Instant::now, |s| s.last_arrival)
+    }
+
+    /// True when no received data waits to be read.
+    pub(crate) fn drained(&self) -> bool {
+        let state = lock(&self.inner.state);
+        state
+            .streams
+            .get(&self.id)
+            .is_none_or(|s| s.data.is_empty())
+    }
+}
+
+/// The HPACK block of a request: pseudo-headers, then `headers`, each a
+/// literal never added to a table; the credentials (`authorization`, the
+/// session token) as never-indexed literals (RFC 7541, section 7.1.3), so
+/// that no intermediary compresses them where an attacker could probe.
+fn request_block(
+    method: &str,
+    scheme: &str,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Vec<u8> {
+    let mut block = Vec::new();
+    hpack::encode_literal(&mut block, ":method", method.as_bytes());
+    hpack::encode_literal(&mut block, ":scheme", scheme.as_bytes());
+    hpack::encode_literal(&mut block, ":authority", authority.as_bytes());
+    hpack::encode_literal(&mut block, ":path", path.as_bytes());
+    for (name, value) in headers {
+        if matches!(*name, "authorization" | "x-amz-security-token") {
+            hpack::encode_never_indexed(&mut block, name, value.as_bytes());
+        } else {
+            hpack::encode_literal(&mut block, name, value.as_bytes());
+        }
+    }
+    block
 }
 
 /// The error a stream reports: its own, else the connection's.
@@ -735,5 +826,211 @@ mod tests {
         let err = stream.response().unwrap_err();
         assert!(err.to_string().contains("PUSH_PROMISE"), "{err}");
         server.finish();
+    }
+
+    /// Runs `script` after the handshake and the request, and returns the
+    /// error the response ends in.
+    fn response_error(
+        settings: &'static [(u16, u32)],
+        script: impl FnOnce(&mut crate::aws::http2::test_server::Peer, u32) + Send + 'static,
+    ) -> Http2Error {
+        let server = ScriptedServer::start(move |peer| {
+            peer.handshake(settings);
+            let request = peer.read_request();
+            script(peer, request.stream);
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let connection = match Connection::connect(&target(&server.url)) {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let mut stream = connection.request("GET", "/", &[], b"").unwrap();
+        let result = stream.response();
+        drop(stream);
+        drop(connection);
+        match result {
+            Ok(r) => panic!("a response: {r:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn what_a_strict_client_refuses_of_a_server() {
+        let protocol = |e: &Http2Error, code: u32, text: &str| {
+            assert!(
+                matches!(e, Http2Error::Protocol { code: c, .. } if *c == code),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains(text), "{e}");
+        };
+        // A server enabling push.
+        let e = response_error(&[(frame::SETTINGS_ENABLE_PUSH, 1)], |_, _| {});
+        protocol(&e, frame::PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH 1");
+        // DATA on a stream we never opened; HEADERS on an even stream.
+        let e = response_error(&[], |peer, stream| peer.data(stream + 2, b"x", false));
+        protocol(&e, frame::PROTOCOL_ERROR, "never opened");
+        let e = response_error(&[], |peer, _| peer.headers(2, &[0x88], None, false));
+        protocol(&e, frame::PROTOCOL_ERROR, "push is disabled");
+        // A window pushed above 2^31-1 by a new initial window size.
+        let e = response_error(&[], |peer, stream| {
+            let mut out = Vec::new();
+            frame::write_window_update(&mut out, stream, (frame::MAX_WINDOW - 65_535) as u32);
+            frame::write_settings(&mut out, &[(frame::SETTINGS_INITIAL_WINDOW_SIZE, 65_536)]);
+            peer.send(&out);
+        });
+        protocol(&e, frame::FLOW_CONTROL_ERROR, "above 2^31-1");
+        // A PRIORITY frame of the wrong length: a stream error.
+        let e = response_error(&[], |peer, stream| {
+            let mut out = Vec::new();
+            frame::write_frame(&mut out, frame::PRIORITY, 0, stream, &[0, 0, 0, 0]);
+            peer.send(&out);
+            peer.ok_headers(stream);
+        });
+        protocol(&e, frame::FRAME_SIZE_ERROR, "PRIORITY frame of 4 bytes");
+        // Two :status pseudo-headers; a :status that is not three digits.
+        let e = response_error(&[], |peer, stream| {
+            peer.headers(stream, &[0x88, 0x88], None, false)
+        });
+        protocol(&e, frame::PROTOCOL_ERROR, "two :status");
+        let e = response_error(&[], |peer, stream| {
+            let mut block = Vec::new();
+            hpack::encode_literal(&mut block, ":status", b"+20");
+            peer.headers(stream, &block, None, false);
+        });
+        protocol(&e, frame::PROTOCOL_ERROR, "three digits");
+        // Endless empty CONTINUATION frames.
+        let e = response_error(&[], |peer, stream| {
+            let mut out = Vec::new();
+            frame::write_frame(&mut out, frame::HEADERS, 0, stream, &[0x88]);
+            for _ in 0..1000 {
+                frame::write_frame(&mut out, frame::CONTINUATION, 0, stream, &[]);
+            }
+            let _ = peer.socket.write_all(&out);
+        });
+        protocol(&e, 0xb, "CONTINUATION frames");
+    }
+
+    /// Frames of nothing but padding are never read by anyone: their
+    /// credit must still go back, or the server stalls.
+    #[test]
+    fn padding_only_frames_give_their_credit_back() {
+        let server = ScriptedServer::start(|peer| {
+            peer.handshake(&[]);
+            let request = peer.read_request();
+            peer.ok_headers(request.stream);
+            let mut padding = vec![255u8];
+            padding.extend_from_slice(&[0u8; 255]);
+            let mut out = Vec::new();
+            for _ in 0..(STREAM_WINDOW as usize / 2 / padding.len()) {
+                frame::write_frame(
+                    &mut out,
+                    frame::DATA,
+                    frame::PADDED,
+                    request.stream,
+                    &padding,
+                );
+            }
+            peer.send(&out);
+            // The client gives the stream's credit back before any data.
+            loop {
+                let f = peer.read_frame();
+                if f.kind == frame::WINDOW_UPDATE && f.stream == request.stream {
+                    break;
+                }
+            }
+            peer.data(request.stream, b"hello", true);
+        });
+        let connection = Connection::connect(&target(&server.url)).unwrap();
+        let mut stream = connection.request("GET", "/", &[], b"").unwrap();
+        stream.response().unwrap();
+        assert_eq!(
+            stream.read(Duration::from_secs(5)).unwrap(),
+            BodyRead::Data(b"hello".to_vec())
+        );
+        server.finish();
+    }
+
+    /// A write that fails (here: the socket's write side shut) ends the
+    /// connection at once: a lost WINDOW_UPDATE would stall the server.
+    #[test]
+    fn a_failed_write_closes_the_connection() {
+        let server = ScriptedServer::start(|peer| {
+            peer.handshake(&[]);
+            let request = peer.read_request();
+            peer.ok_headers(request.stream);
+            // Half the stream window: the client owes a WINDOW_UPDATE.
+            let _ = std::io::Write::write_all(&mut peer.socket, &{
+                let mut out = Vec::new();
+                for _ in 0..(STREAM_WINDOW as usize / 2 / 16_384) {
+                    frame::write_frame(&mut out, frame::DATA, 0, request.stream, &[0u8; 16_384]);
+                }
+                out
+            });
+            std::thread::sleep(Duration::from_secs(6));
+        });
+        let connection = Connection::connect(&target(&server.url)).unwrap();
+        let mut stream = connection.request("GET", "/", &[], b"").unwrap();
+        stream.response().unwrap();
+        connection
+            .inner
+            .transport
+            .socket()
+            .shutdown(Shutdown::Write)
+            .unwrap();
+        let mut received = 0;
+        let err = loop {
+            match stream.read(Duration::from_secs(5)) {
+                Ok(BodyRead::Data(b)) => received += b.len(),
+                Ok(other) => panic!("{other:?} after {received} bytes"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            err.to_string().contains("writing to the connection failed"),
+            "{err}"
+        );
+        assert!(received < STREAM_WINDOW as usize / 2, "{received}");
+        // The connection is over: nothing more is sent on it.
+        let again = connection.request("GET", "/", &[], b"").err().unwrap();
+        assert!(
+            again
+                .to_string()
+                .contains("writing to the connection failed"),
+            "{again}"
+        );
+    }
+
+    #[test]
+    fn credentials_are_never_indexed() {
+        let block = request_block(
+            "POST",
+            "https",
+            "h",
+            "/",
+            &[
+                ("authorization", "AWS4-HMAC-SHA256 Credential=x"),
+                ("x-amz-security-token", "token"),
+                ("x-amz-date", "20260101T000000Z"),
+            ],
+        );
+        let at = |name: &str| {
+            block
+                .windows(name.len())
+                .position(|w| w == name.as_bytes())
+                .unwrap()
+        };
+        // The representation byte, then the name's length, then the name.
+        assert_eq!(block[at("authorization") - 2], 0x10);
+        assert_eq!(block[at("x-amz-security-token") - 2], 0x10);
+        assert_eq!(block[at("x-amz-date") - 2], 0x00);
+        let fields = hpack::Decoder::new(4096, 1 << 16).decode(&block).unwrap();
+        assert_eq!(fields.len(), 7);
+        assert_eq!(
+            fields[4],
+            (
+                "authorization".to_owned(),
+                b"AWS4-HMAC-SHA256 Credential=x".to_vec()
+            )
+        );
     }
 }

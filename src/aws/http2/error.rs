@@ -16,8 +16,13 @@ pub(crate) enum Http2Error {
         kind: io::ErrorKind,
         message: String,
     },
-    /// The TLS handshake or a TLS record failed.
+    /// The TLS handshake failed (a certificate the client does not trust,
+    /// no protocol version or cipher in common): a configuration error.
     Tls(String),
+    /// The server does not speak HTTP/2: its TLS handshake did not agree
+    /// to ALPN `h2`, or its first bytes are not an HTTP/2 SETTINGS frame
+    /// (an HTTP/1.1 server). A configuration error.
+    NotHttp2(String),
     /// The server broke the protocol; we sent GOAWAY with this code.
     Protocol { code: u32, message: String },
     /// The server sent GOAWAY: the stream was not processed (its id is
@@ -55,6 +60,12 @@ impl Http2Error {
         }
     }
 
+    /// True for the failures that retrying cannot mend: the endpoint
+    /// refused TLS (its certificate) or does not speak HTTP/2.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(self, Http2Error::Tls(_) | Http2Error::NotHttp2(_))
+    }
+
     pub(super) fn io(e: &io::Error) -> Http2Error {
         Http2Error::Io {
             kind: e.kind(),
@@ -69,6 +80,7 @@ impl fmt::Display for Http2Error {
             Http2Error::HostNotFound(m) => write!(f, "host not found: {m}"),
             Http2Error::Io { message, .. } => write!(f, "HTTP/2 connection: {message}"),
             Http2Error::Tls(m) => write!(f, "TLS: {m}"),
+            Http2Error::NotHttp2(m) => write!(f, "not an HTTP/2 server: {m}"),
             Http2Error::Protocol { code, message } => write!(
                 f,
                 "HTTP/2 protocol error by the server: {message} (we closed the connection with {})",

@@ -272,6 +272,17 @@ pub(crate) fn encode_literal(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(value);
 }
 
+/// Appends one field as a never-indexed literal, new name, no Huffman
+/// coding (RFC 7541, section 6.2.3): no intermediary may add it to a
+/// table when it forwards it (for credentials, section 7.1.3).
+pub(crate) fn encode_never_indexed(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.push(0x10);
+    encode_integer(out, 0, 7, name.len());
+    out.extend_from_slice(name.as_bytes());
+    encode_integer(out, 0, 7, value.len());
+    out.extend_from_slice(value);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

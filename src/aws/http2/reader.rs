@@ -8,7 +8,8 @@ use std::net::Shutdown;
 use std::sync::Arc;
 
 use super::connection::{
-    CONNECTION_WINDOW, Inner, MAX_HEADER_BLOCK, MAX_HEADER_LIST, OUR_MAX_FRAME, Response, lock,
+    CONNECTION_WINDOW, Inner, MAX_HEADER_BLOCK, MAX_HEADER_LIST, OUR_MAX_FRAME, Response,
+    STREAM_WINDOW, State, lock,
 };
 use super::error::Http2Error;
 use super::frame::{self, Frame, ReadError};
@@ -22,7 +23,8 @@ struct TransportReader {
 
 impl Read for TransportReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.transport.read(&mut self.pending, buf)
+        let inner = &*self.inner;
+        inner.transport.read(&inner.writer, &mut self.pending, buf)
     }
 }
 
@@ -31,12 +33,15 @@ impl Read for TransportReader {
 struct ConnectionError {
     code: u32,
     message: String,
+    /// The server's first frame was not SETTINGS: it is no HTTP/2 server.
+    not_http2: bool,
 }
 
 fn protocol_error<T>(code: u32, message: impl Into<String>) -> Result<T, ConnectionError> {
     Err(ConnectionError {
         code,
         message: message.into(),
+        not_http2: false,
     })
 }
 
@@ -58,23 +63,35 @@ pub(super) fn read_frames(inner: Arc<Inner>) {
     };
     let error = loop {
         let frame = match frame::read_frame(&mut reader, OUR_MAX_FRAME) {
-            Ok(Some(f)) => f,
+            Ok(Some(f)) => {
+                if handler.first {
+                    lock(&inner.state).anything_received = true;
+                }
+                f
+            }
             Ok(None) => break Http2Error::Closed,
+            // A TLS record that fails after the handshake: the connection
+            // broke (not a configuration error).
             Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
-                break Http2Error::Tls(e.to_string());
+                break Http2Error::Io {
+                    kind: e.kind(),
+                    message: format!("TLS: {e}"),
+                };
             }
             Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 break Http2Error::Closed;
             }
             Err(ReadError::Io(e)) => break Http2Error::io(&e),
             Err(ReadError::TooLarge { length, max }) => {
-                let hint = if handler.first {
-                    " (the first bytes from the server are not an HTTP/2 frame: does it speak HTTP/2?)"
-                } else {
-                    ""
-                };
-                let message = format!("a frame of {length} bytes, above the {max} allowed{hint}");
-                break fail_with_goaway(&inner, frame::FRAME_SIZE_ERROR, message);
+                lock(&inner.state).anything_received = true;
+                let message = format!("a frame of {length} bytes, above the {max} allowed");
+                let error = fail_with_goaway(&inner, frame::FRAME_SIZE_ERROR, message.clone());
+                if handler.first {
+                    break Http2Error::NotHttp2(format!(
+                        "its first bytes are not an HTTP/2 frame (read as {message}): does it speak HTTP/2?"
+                    ));
+                }
+                break error;
             }
         };
         match handler.handle(frame) {
@@ -82,6 +99,10 @@ pub(super) fn read_frames(inner: Arc<Inner>) {
                 if let Err(e) = inner.send(&reply) {
                     break e;
                 }
+            }
+            Err(e) if e.not_http2 => {
+                fail_with_goaway(&inner, e.code, e.message.clone());
+                break Http2Error::NotHttp2(e.message);
             }
             Err(e) => break fail_with_goaway(&inner, e.code, e.message),
         }
@@ -111,8 +132,9 @@ fn fail_with_goaway(inner: &Inner, code: u32, message: String) -> Http2Error {
 struct FrameHandler<'a> {
     inner: &'a Inner,
     decoder: hpack::Decoder,
-    /// A header block still waiting for CONTINUATION: stream, flags, bytes.
-    continuation: Option<(u32, u8, Vec<u8>)>,
+    /// A header block still waiting for CONTINUATION: stream, flags,
+    /// bytes, and how many CONTINUATION frames it took so far.
+    continuation: Option<(u32, u8, Vec<u8>, usize)>,
     /// No frame handled yet (the server's first must be SETTINGS).
     first: bool,
 }
@@ -121,15 +143,16 @@ impl FrameHandler<'_> {
     /// Handles one frame; the frames to send in reply.
     fn handle(&mut self, f: Frame) -> Result<Vec<u8>, ConnectionError> {
         if std::mem::replace(&mut self.first, false) && f.kind != frame::SETTINGS {
-            return protocol_error(
-                frame::PROTOCOL_ERROR,
-                format!(
+            return Err(ConnectionError {
+                code: frame::PROTOCOL_ERROR,
+                message: format!(
                     "the server's first frame is of type {} instead of SETTINGS (does it speak HTTP/2?)",
                     f.kind
                 ),
-            );
+                not_http2: true,
+            });
         }
-        if let Some((stream, _, _)) = &self.continuation {
+        if let Some((stream, _, _, _)) = &self.continuation {
             if f.kind != frame::CONTINUATION || f.stream != *stream {
                 return protocol_error(
                     frame::PROTOCOL_ERROR,
@@ -147,20 +170,22 @@ impl FrameHandler<'_> {
                 if f.stream == 0 {
                     return protocol_error(frame::PROTOCOL_ERROR, "HEADERS on stream 0");
                 }
+                not_idle(&lock(&self.inner.state), &f)?;
                 let fragment = frame::strip_padding_and_priority(&f)
                     .map_err(|m| ConnectionError {
                         code: frame::PROTOCOL_ERROR,
                         message: m,
+                        not_http2: false,
                     })?
                     .to_vec();
                 if f.flags & frame::END_HEADERS != 0 {
-                    self.header_block(f.stream, f.flags, &fragment)?;
+                    self.header_block(f.stream, f.flags, &fragment, &mut out)?;
                 } else {
-                    self.continuation = Some((f.stream, f.flags, fragment));
+                    self.continuation = Some((f.stream, f.flags, fragment, 0));
                 }
             }
             frame::CONTINUATION => {
-                let Some((stream, flags, mut block)) = self.continuation.take() else {
+                let Some((stream, flags, mut block, frames)) = self.continuation.take() else {
                     return protocol_error(
                         frame::PROTOCOL_ERROR,
                         "CONTINUATION without HEADERS before it",
@@ -173,21 +198,49 @@ impl FrameHandler<'_> {
                         format!("a header block over {MAX_HEADER_BLOCK} bytes"),
                     );
                 }
+                // Endless (empty) CONTINUATION frames would hold every
+                // stream of the connection: no frame may come between them.
+                if frames + 1 > MAX_CONTINUATIONS {
+                    return protocol_error(
+                        ENHANCE_YOUR_CALM,
+                        format!("a header block in over {MAX_CONTINUATIONS} CONTINUATION frames"),
+                    );
+                }
                 if f.flags & frame::END_HEADERS != 0 {
-                    self.header_block(stream, flags, &block)?;
+                    self.header_block(stream, flags, &block, &mut out)?;
                 } else {
-                    self.continuation = Some((stream, flags, block));
+                    self.continuation = Some((stream, flags, block, frames + 1));
                 }
             }
-            frame::PRIORITY => {}
+            frame::PRIORITY => {
+                if f.stream == 0 {
+                    return protocol_error(frame::PROTOCOL_ERROR, "PRIORITY on stream 0");
+                }
+                if f.payload.len() != 5 {
+                    // A stream error (RFC 9113, section 6.3).
+                    let mut state = lock(&self.inner.state);
+                    if let Some(s) = state.streams.get_mut(&f.stream) {
+                        s.error.get_or_insert(Http2Error::Protocol {
+                            code: frame::FRAME_SIZE_ERROR,
+                            message: format!(
+                                "a PRIORITY frame of {} bytes (must be 5)",
+                                f.payload.len()
+                            ),
+                        });
+                    }
+                    frame::write_rst_stream(&mut out, f.stream, frame::FRAME_SIZE_ERROR);
+                }
+            }
             frame::RST_STREAM => {
                 if f.stream == 0 {
                     return protocol_error(frame::PROTOCOL_ERROR, "RST_STREAM on stream 0");
                 }
+                not_idle(&lock(&self.inner.state), &f)?;
                 let code =
                     frame::parse_u32("RST_STREAM", &f.payload).map_err(|m| ConnectionError {
                         code: frame::FRAME_SIZE_ERROR,
                         message: m,
+                        not_http2: false,
                     })?;
                 let mut state = lock(&self.inner.state);
                 if let Some(s) = state.streams.get_mut(&f.stream) {
@@ -223,6 +276,7 @@ impl FrameHandler<'_> {
                     frame::parse_goaway(&f.payload).map_err(|m| ConnectionError {
                         code: frame::FRAME_SIZE_ERROR,
                         message: m,
+                        not_http2: false,
                     })?;
                 let goaway = Http2Error::GoAway {
                     code,
@@ -251,9 +305,11 @@ impl FrameHandler<'_> {
         if f.stream == 0 {
             return protocol_error(frame::PROTOCOL_ERROR, "DATA on stream 0");
         }
+        not_idle(&lock(&self.inner.state), f)?;
         let data = frame::strip_padding_and_priority(f).map_err(|m| ConnectionError {
             code: frame::PROTOCOL_ERROR,
             message: m,
+            not_http2: false,
         })?;
         let length = f.payload.len() as u32;
         let mut state = lock(&self.inner.state);
@@ -289,10 +345,17 @@ impl FrameHandler<'_> {
             frame::write_rst_stream(out, id, frame::FLOW_CONTROL_ERROR);
             return Ok(());
         }
-        // Padding is never read by anyone: it is given back with the data.
+        stream.last_arrival = std::time::Instant::now();
+        // Padding is never read by anyone: its credit goes back with the
+        // data's, or from here once it adds up (frames of nothing but
+        // padding are never read, so nothing else would give it back).
         stream.unacked += length - data.len() as u32;
         if !data.is_empty() {
             stream.data.push_back(data.to_vec());
+        } else if stream.unacked >= STREAM_WINDOW / 4 && f.flags & frame::END_STREAM == 0 {
+            frame::write_window_update(out, id, stream.unacked);
+            stream.recv_window += i64::from(stream.unacked);
+            stream.unacked = 0;
         }
         if f.flags & frame::END_STREAM != 0 {
             stream.end = true;
@@ -300,35 +363,41 @@ impl FrameHandler<'_> {
         Ok(())
     }
 
-    fn header_block(&mut self, id: u32, flags: u8, block: &[u8]) -> Result<(), ConnectionError> {
+    fn header_block(
+        &mut self,
+        id: u32,
+        flags: u8,
+        block: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ConnectionError> {
         // Always decode: the dynamic table must follow every block.
         let fields = self.decoder.decode(block).map_err(|e| ConnectionError {
             code: frame::COMPRESSION_ERROR,
             message: e.to_string(),
+            not_http2: false,
         })?;
         let mut state = lock(&self.inner.state);
         let Some(stream) = state.streams.get_mut(&id) else {
             return Ok(());
         };
-        if !stream.headers_done && !stream.end {
-            let status = fields
-                .iter()
-                .find(|(n, _)| n == ":status")
-                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
-            match status {
-                Some(status) if (100..200).contains(&status) => {}
-                Some(status) => {
+        // A stream already in error (reset by us) takes no response.
+        if !stream.headers_done && !stream.end && stream.error.is_none() {
+            match response_status(&fields) {
+                Ok(status) if (100..200).contains(&status) => {}
+                Ok(status) => {
                     stream.headers_done = true;
                     stream.response = Some(Response {
                         status,
                         headers: fields,
                     });
                 }
-                None => {
+                Err(why) => {
+                    // A malformed response: a stream error (RFC 9113, 8.1.1).
                     stream.error = Some(Http2Error::Protocol {
                         code: frame::PROTOCOL_ERROR,
-                        message: "a response without a valid :status".into(),
+                        message: format!("a malformed response: {why}"),
                     });
+                    frame::write_rst_stream(out, id, frame::PROTOCOL_ERROR);
                 }
             }
         }
@@ -352,6 +421,7 @@ impl FrameHandler<'_> {
         let values = frame::parse_settings(&f.payload).map_err(|m| ConnectionError {
             code: frame::FRAME_SIZE_ERROR,
             message: m,
+            not_http2: false,
         })?;
         let mut state = lock(&self.inner.state);
         for (id, value) in values {
@@ -363,10 +433,19 @@ impl FrameHandler<'_> {
                             format!("SETTINGS_INITIAL_WINDOW_SIZE {value} above 2^31-1"),
                         );
                     }
-                    // Open streams' windows move by the difference (6.9.2).
+                    // Open streams' windows move by the difference (6.9.2);
+                    // one pushed above 2^31-1 is a connection error.
                     let delta = i64::from(value) - i64::from(state.peer.initial_window);
-                    for s in state.streams.values_mut() {
+                    for (id, s) in state.streams.iter_mut() {
                         s.send_window += delta;
+                        if s.send_window > frame::MAX_WINDOW {
+                            return protocol_error(
+                                frame::FLOW_CONTROL_ERROR,
+                                format!(
+                                    "SETTINGS_INITIAL_WINDOW_SIZE {value} takes the window of stream {id} above 2^31-1"
+                                ),
+                            );
+                        }
                     }
                     state.peer.initial_window = value;
                 }
@@ -382,7 +461,8 @@ impl FrameHandler<'_> {
                     state.peer.max_frame = value;
                 }
                 frame::SETTINGS_MAX_CONCURRENT_STREAMS => state.peer.max_streams = value,
-                frame::SETTINGS_ENABLE_PUSH if value > 1 => {
+                // A server never enables push (RFC 9113, section 6.5.2).
+                frame::SETTINGS_ENABLE_PUSH if value != 0 => {
                     return protocol_error(
                         frame::PROTOCOL_ERROR,
                         format!("SETTINGS_ENABLE_PUSH {value}"),
@@ -403,8 +483,12 @@ impl FrameHandler<'_> {
             frame::parse_u32("WINDOW_UPDATE", &f.payload).map_err(|m| ConnectionError {
                 code: frame::FRAME_SIZE_ERROR,
                 message: m,
+                not_http2: false,
             })? & 0x7FFF_FFFF;
         let mut state = lock(&self.inner.state);
+        if f.stream != 0 {
+            not_idle(&state, f)?;
+        }
         if f.stream == 0 {
             if increment == 0 {
                 return protocol_error(frame::PROTOCOL_ERROR, "a WINDOW_UPDATE of 0");
@@ -435,5 +519,92 @@ impl FrameHandler<'_> {
             frame::write_rst_stream(out, f.stream, code);
         }
         Ok(())
+    }
+}
+
+/// The most CONTINUATION frames one header block may take (a block needs
+/// at most 16 of the largest frames to reach [`MAX_HEADER_BLOCK`]).
+const MAX_CONTINUATIONS: usize = 64;
+/// The HTTP/2 error code ENHANCE_YOUR_CALM.
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// A frame on a stream that is idle (we never opened it) or that the
+/// server would have opened (even: push is disabled) is a connection error
+/// of type PROTOCOL_ERROR (RFC 9113, sections 5.1 and 5.1.1).
+fn not_idle(state: &State, f: &Frame) -> Result<(), ConnectionError> {
+    if f.stream % 2 == 0 || f.stream >= state.next_id {
+        let which = if f.stream % 2 == 0 {
+            "a stream the server would have opened (push is disabled)"
+        } else {
+            "a stream this client never opened"
+        };
+        return protocol_error(
+            frame::PROTOCOL_ERROR,
+            format!("a frame of type {} on stream {}, {which}", f.kind, f.stream),
+        );
+    }
+    Ok(())
+}
+
+/// The `:status` of a response's header fields, or why they are malformed
+/// (RFC 9113, section 8.3): exactly one `:status` of three digits, no other
+/// pseudo-header, no pseudo-header after a regular one.
+pub(super) fn response_status(fields: &[hpack::Field]) -> Result<u16, String> {
+    let mut status = None;
+    let mut regular_seen = false;
+    for (name, value) in fields {
+        if !name.starts_with(':') {
+            regular_seen = true;
+            continue;
+        }
+        if regular_seen {
+            return Err(format!("pseudo-header {name} after a regular header"));
+        }
+        if name != ":status" {
+            return Err(format!("pseudo-header {name} in a response"));
+        }
+        if status.is_some() {
+            return Err("two :status pseudo-headers".into());
+        }
+        let valid = value.len() == 3 && value.iter().all(u8::is_ascii_digit) && value[0] != b'0';
+        if !valid {
+            return Err(format!(
+                ":status {:?} is not three digits",
+                String::from_utf8_lossy(value)
+            ));
+        }
+        status = Some(value.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0')));
+    }
+    status.ok_or_else(|| "no :status".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(list: &[(&str, &str)]) -> Vec<hpack::Field> {
+        list.iter()
+            .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn a_response_needs_exactly_one_three_digit_status_first() {
+        assert_eq!(
+            response_status(&fields(&[(":status", "200"), ("a", "b")])),
+            Ok(200)
+        );
+        for bad in [
+            vec![("a", "b")],
+            vec![(":status", "+20")],
+            vec![(":status", "2000")],
+            vec![(":status", "20x")],
+            vec![(":status", "099")],
+            vec![(":status", "200"), (":status", "200")],
+            vec![("a", "b"), (":status", "200")],
+            vec![(":status", "200"), (":path", "/")],
+        ] {
+            assert!(response_status(&fields(&bad)).is_err(), "{bad:?}");
+        }
     }
 }

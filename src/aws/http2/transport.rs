@@ -27,30 +27,57 @@ impl Transport {
         }
     }
 
-    /// Writes all of `bytes` (the caller holds the writer lock).
+    /// Writes all of `bytes` (the caller holds the writer lock). TLS:
+    /// encrypted under the session lock, in pieces as large as rustls's
+    /// buffer takes, and each piece written to the socket after the
+    /// session lock is released, so that a socket write waiting for the
+    /// server never holds the lock the reader thread needs. An error may
+    /// leave a partial frame on the wire: the caller closes the connection.
     pub(super) fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
         match self {
             Transport::Plain(s) => (&*s).write_all(bytes),
             Transport::Tls { session, socket } => {
-                let mut session = lock(session);
-                session.writer().write_all(bytes)?;
-                while session.wants_write() {
-                    session.write_tls(&mut &*socket)?;
+                let mut rest = bytes;
+                loop {
+                    let (taken, records) = {
+                        let mut session = lock(session);
+                        let taken = session.writer().write(rest)?;
+                        (taken, tls_records(&mut session)?)
+                    };
+                    (&*socket).write_all(&records)?;
+                    rest = &rest[taken..];
+                    if rest.is_empty() {
+                        return Ok(());
+                    }
+                    if taken == 0 && records.is_empty() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "the TLS session takes no more bytes",
+                        ));
+                    }
                 }
-                Ok(())
             }
         }
     }
 
     /// Reads decrypted bytes (only the reader thread calls this). TLS
     /// records are read off the socket without holding the session lock,
-    /// so writers are never blocked by a read waiting for the server.
-    pub(super) fn read(&self, pending: &mut Vec<u8>, buf: &mut [u8]) -> io::Result<usize> {
+    /// so writers are never blocked by a read waiting for the server; what
+    /// the session must send back (an alert, a key update) is written
+    /// under the writer lock (`writer`, taken before the session lock as
+    /// everywhere), so records reach the wire in the order of encryption.
+    pub(super) fn read(
+        &self,
+        writer: &Mutex<()>,
+        pending: &mut Vec<u8>,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
         let (session, socket) = match self {
             Transport::Plain(s) => return (&*s).read(buf),
             Transport::Tls { session, socket } => (session, socket),
         };
         loop {
+            let mut reply = false;
             {
                 let mut s = lock(session);
                 if !pending.is_empty() {
@@ -58,18 +85,24 @@ impl Transport {
                     pending.drain(..fed);
                     s.process_new_packets()
                         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                    while s.wants_write() {
-                        s.write_tls(&mut &*socket)?;
+                    reply = s.wants_write();
+                }
+                if !reply {
+                    match s.reader().read(buf) {
+                        Ok(n) => return Ok(n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
                     }
                 }
-                match s.reader().read(buf) {
-                    Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
-                if !pending.is_empty() {
-                    continue;
-                }
+            }
+            if reply {
+                let _writer = lock(writer);
+                let records = tls_records(&mut lock(session))?;
+                (&*socket).write_all(&records)?;
+                continue;
+            }
+            if !pending.is_empty() {
+                continue;
             }
             let mut raw = [0u8; 16 * 1024];
             let n = (&*socket).read(&mut raw)?;
@@ -88,6 +121,15 @@ impl Transport {
             pending.extend_from_slice(&raw[..n]);
         }
     }
+}
+
+/// The TLS records the session has ready to send.
+fn tls_records(session: &mut rustls::ClientConnection) -> io::Result<Vec<u8>> {
+    let mut records = Vec::new();
+    while session.wants_write() {
+        session.write_tls(&mut records)?;
+    }
+    Ok(records)
 }
 
 /// Resolves and connects, trying each address in turn.
@@ -148,9 +190,13 @@ pub(super) fn tls_handshake(
         })?;
     }
     if session.alpn_protocol() != Some(b"h2") {
-        return Err(Http2Error::Refused(
-            "the TLS server did not agree to HTTP/2 (ALPN h2)".into(),
-        ));
+        let chosen = match session.alpn_protocol() {
+            Some(p) => format!("it chose {:?}", String::from_utf8_lossy(p)),
+            None => "it chose no protocol".to_owned(),
+        };
+        return Err(Http2Error::NotHttp2(format!(
+            "the TLS server did not agree to HTTP/2 (ALPN h2; {chosen})"
+        )));
     }
     // The reader thread blocks until data or the socket's shutdown.
     socket.set_read_timeout(None).map_err(io)?;
