@@ -180,9 +180,6 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     reported: HashMap<String, Standing>,
     /// When the last heartbeat was sent (our clock).
     last_beat: Option<Instant>,
-    /// When the last heartbeat that landed was sent (our clock): the
-    /// lease table was within reach then.
-    last_landed: Option<Instant>,
     /// True once the consumer was told to stop for an unreachable table.
     gave_up: bool,
     /// A heartbeat under our own id found in the workers row at startup;
@@ -220,7 +217,6 @@ impl<R: ShardRunner> Coordinator<R> {
             handoffs_seen: HashMap::new(),
             reported: HashMap::new(),
             last_beat: None,
-            last_landed: None,
             gave_up: false,
             namesake: Some(NamesakeWatch::default()),
         }
@@ -245,9 +241,10 @@ impl<R: ShardRunner> Coordinator<R> {
     /// worker id (a copied configuration, a restarted pod whose predecessor
     /// still drains) must not share it, or both would take the same leases
     /// back and forth. Not ready while its heartbeat may still be live
-    /// (startup looks again); an error once it moved. A predecessor that
-    /// left the row, or whose heartbeat stood still for the failover time,
-    /// is gone: its leases are ours.
+    /// (startup looks again); an error once it kept moving for the failover
+    /// time. A predecessor that left the row, or whose heartbeat stood
+    /// still for one and a half heartbeat periods, is gone: its leases are
+    /// ours (see [`NamesakeWatch`]).
     fn check_namesake(&mut self) -> Result<()> {
         let Some(watch) = &mut self.namesake else {
             return Ok(());
@@ -346,19 +343,19 @@ impl<R: ShardRunner> Coordinator<R> {
         );
     }
 
-    /// How long since the last heartbeat that landed was sent, when that
-    /// is longer than `max_unavailable` allows.
+    /// How long since the last heartbeat that landed was sent (the lease
+    /// table was within reach then), when that is longer than
+    /// `max_unavailable` allows.
     fn unavailable_for(&self) -> Option<Duration> {
         let bound = self.timings.max_unavailable?;
-        let since = self.now().duration_since(self.last_landed?);
+        let since = self.now().duration_since(self.held.alive_since()?);
         (since >= bound).then_some(since)
     }
 
     /// Writes the heartbeat and notes what the workers row says. Leases
     /// dropped because no heartbeat landed in time stop being read.
     fn heartbeat(&mut self) -> Result<()> {
-        let sent = self.now();
-        self.last_beat = Some(sent);
+        self.last_beat = Some(self.now());
         let max = self.timings.max_leases_per_worker;
         let cap = (max != usize::MAX).then_some(max as u64);
         let (lapsed, workers) = self.held.heartbeat(cap);
@@ -378,7 +375,6 @@ impl<R: ShardRunner> Coordinator<R> {
         self.stop_orphaned_readers(&rows, &held);
         self.rows = rows;
         let workers = workers?;
-        self.last_landed = Some(sent);
         let now = self.now();
         let me = self.held.owner().to_owned();
         self.read_due |= self

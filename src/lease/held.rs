@@ -159,6 +159,11 @@ impl HeldLeases {
         })
     }
 
+    /// When the last heartbeat that landed was sent (none yet: `None`).
+    pub(crate) fn alive_since(&self) -> Option<Instant> {
+        *lock(&self.alive_since)
+    }
+
     /// True when no heartbeat sent within the fencing window landed.
     fn has_lapsed(&self, now: Instant) -> bool {
         lock(&self.alive_since)

@@ -156,9 +156,6 @@ struct SimTable {
     write_millis: AtomicU64,
     /// Every heartbeat written: (worker, clock in milliseconds).
     beats: Mutex<Vec<(String, u64)>>,
-    /// The next heartbeat stalls for this long (milliseconds) before it
-    /// lands, while the given step runs (what peers do meanwhile).
-    beat_stall: Mutex<Option<Stall>>,
     /// Notices fail until the clock reaches this (milliseconds).
     notices_fail_until: AtomicU64,
     /// Workers whose next heartbeat write takes this long (milliseconds):
@@ -176,10 +173,6 @@ struct Gate {
     blocked: crossbeam_channel::Sender<u64>,
     release: crossbeam_channel::Receiver<bool>,
 }
-
-/// A write held up in flight: how long, and what the rest of the world
-/// does meanwhile.
-type Stall = (u64, Box<dyn FnOnce(&SimTable) + Send>);
 
 impl std::fmt::Debug for SimTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -275,11 +268,6 @@ impl LeaseStore for SimTable {
             if !(since..=beat).contains(&there) {
                 return Err(namesake_error(worker));
             }
-        }
-        let stall = lock(&self.beat_stall).take();
-        if let Some((millis, meanwhile)) = stall {
-            self.clock.fetch_add(millis, Ordering::Relaxed);
-            meanwhile(self);
         }
         let slow = lock(&self.slow_beats).remove(worker);
         let gate = lock(&self.gate).take();
@@ -705,7 +693,6 @@ impl Sim {
             clock: clock.millis.clone(),
             write_millis: AtomicU64::new(0),
             beats: Mutex::default(),
-            beat_stall: Mutex::default(),
             notices_fail_until: AtomicU64::new(0),
             slow_beats: Mutex::default(),
             gate: Mutex::default(),
@@ -1337,21 +1324,18 @@ fn a_heartbeat_that_lands_after_a_peer_took_the_lease_revives_nothing() {
         sim.step_all();
     }
     // The next heartbeat is sent within the fencing window but lands 7.5 s
-    // later: 10.8 s after the one before, when a peer that saw that one
-    // stand still for the failover time has taken the lease.
-    let taken = shard.clone();
-    *lock(&sim.table.beat_stall) = Some((
-        7_500,
-        Box::new(move |table: &SimTable| {
-            let counter = match lock(&table.rows).get(&taken) {
-                Some(Row::Lease(l)) => l.counter,
-                _ => panic!("no lease"),
-            };
-            assert!(table.take(&taken, counter, "b").unwrap().is_some());
-        }),
-    ));
-    let beats = lock(&sim.table.beats).len();
-    while lock(&sim.table.beats).len() == beats {
+    // later: 10.8 s after the one before. Meanwhile a peer that saw that
+    // one stand still for the failover time takes the lease.
+    lock(&sim.table.slow_beats).insert("a".into(), 7_500);
+    while sim.workers[0].in_flight.is_none() {
+        sim.step_all();
+    }
+    let counter = match lock(&sim.table.rows).get(&shard) {
+        Some(Row::Lease(l)) => l.counter,
+        _ => panic!("no lease"),
+    };
+    assert!(sim.table.take(&shard, counter, "b").unwrap().is_some());
+    while sim.workers[0].in_flight.is_some() {
         sim.step_all();
     }
     // A record arrives; "a" must not hand it on: the lease is "b"'s.
