@@ -1091,9 +1091,15 @@ mod tests {
         assert_eq!(most_inside.load(Ordering::SeqCst), 1);
     }
 
-    #[test]
-    fn retries_end_when_the_lease_is_lost() {
-        let (_server, held) = held_leases();
+    /// A processor of shard-1 whose one record, "x", fails for ever under
+    /// `Retry`, seen called and retried once; with its lease epoch.
+    fn retrying_a_poisoned_read() -> (
+        crate::aws::test_server::FakeServer,
+        Arc<crate::lease::HeldLeases>,
+        Dispatching,
+        u64,
+    ) {
+        let (server, held) = held_leases();
         let policy = ErrorPolicy::Retry {
             retries: 100,
             backoff: Duration::from_millis(20),
@@ -1113,6 +1119,12 @@ mod tests {
             .unwrap();
         assert_eq!(run.entered(), "x");
         assert_eq!(run.entered(), "x", "retried");
+        (server, held, run, epoch)
+    }
+
+    #[test]
+    fn retries_end_when_the_lease_is_lost() {
+        let (_server, held, run, epoch) = retrying_a_poisoned_read();
         held.drop_lost("shard-1");
         let lost = format!("lease_lost shard-1 {epoch}");
         wait_until("the processor told", || run.log().contains(&lost));
@@ -1241,26 +1253,7 @@ mod tests {
 
     #[test]
     fn retries_end_when_the_lease_is_asked_for_and_it_is_handed_over() {
-        let (_server, held) = held_leases();
-        let policy = ErrorPolicy::Retry {
-            retries: 100,
-            backoff: Duration::from_millis(20),
-        };
-        let setup = Setup {
-            poison: Some("x".into()),
-            ..Setup::default()
-        };
-        let run = dispatching_with(delivery(&held, policy), setup);
-        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
-        run.outputs
-            .send(started_with(
-                "shard-1",
-                epoch,
-                reads("shard-1", epoch, &["x"]),
-            ))
-            .unwrap();
-        assert_eq!(run.entered(), "x");
-        assert_eq!(run.entered(), "x", "retried");
+        let (_server, held, run, epoch) = retrying_a_poisoned_read();
         assert!(held.hand_over("shard-1", "peer"));
         wait_until("the lease handed over", || held.shards().is_empty());
         let log = run.log();
