@@ -138,7 +138,7 @@ impl Worker {
 
     fn log_tail(&self) -> String {
         let lines = self.stderr.lock().unwrap();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        lines[lines.len().saturating_sub(60)..].join("\n")
     }
 }
 
@@ -391,7 +391,9 @@ fn sigterm_hands_the_leases_over_at_once_and_nothing_twice() {
     );
     assert!(
         stopped_at.elapsed() <= TAKE_INTERVAL + Duration::from_secs(3),
-        "no waiting for expiry"
+        "no waiting for expiry\n--- a:\n{}\n--- b:\n{}",
+        a.log_tail(),
+        b.log_tail()
     );
     std::thread::sleep(Duration::from_secs(1));
     let put = producer.finish();

@@ -415,13 +415,36 @@ impl<R: ShardRunner> Coordinator<R> {
         for (shard_id, _) in self.held.shards() {
             self.runner.stop(&shard_id);
         }
-        for (shard_id, result) in self.held.leave() {
+        let given = self.given_not_taken();
+        for (shard_id, result) in self.held.leave(&given) {
             match result {
                 Ok(()) => log::info!("released lease {shard_id}"),
                 Err(e) => log::warn!("releasing lease {shard_id} failed (it will expire): {e}"),
             }
         }
         self.runner.stop_all();
+    }
+
+    /// The leases the table gives this worker that it does not hold (with
+    /// the counter seen): handed over to it since its last round read the
+    /// table. One consistent read, at shutdown only.
+    fn given_not_taken(&self) -> Vec<(String, u64)> {
+        let held = self.held.shard_ids();
+        let me = self.held.owner();
+        match self.held.table().list(true) {
+            Ok(rows) => rows
+                .iter()
+                .filter_map(Row::lease)
+                .filter(|l| l.owner.as_deref() == Some(me) && !held.contains(&l.shard_id))
+                .map(|l| (l.shard_id.clone(), l.counter))
+                .collect(),
+            Err(e) => {
+                log::warn!(
+                    "reading the lease table before leaving failed; leases handed to this worker since its last round will expire: {e}"
+                );
+                Vec::new()
+            }
+        }
     }
 
     fn log_failure(what: &str, result: Result<impl Sized>) {

@@ -395,9 +395,12 @@ impl HeldLeases {
 
     /// Releases every lease and takes this worker out of the workers row,
     /// at shutdown: the others see it leave at their next heartbeat and read
-    /// the table then. Returns each lease with how its release went.
-    pub(crate) fn leave(&self) -> Vec<(String, Result<()>)> {
-        let released = self
+    /// the table then. `given` are leases the table gives this worker that
+    /// it does not hold (shard, counter seen): handed over to it since its
+    /// last round; they are freed too, or peers would wait for them to
+    /// expire. Returns each lease with how its release went.
+    pub(crate) fn leave(&self, given: &[(String, u64)]) -> Vec<(String, Result<()>)> {
+        let mut released: Vec<(String, Result<()>)> = self
             .shards()
             .into_iter()
             .map(|(id, _)| {
@@ -405,6 +408,10 @@ impl HeldLeases {
                 (id, result)
             })
             .collect();
+        released.extend(given.iter().map(|(id, counter)| {
+            let result = self.table.release(id, &self.owner, *counter, None);
+            (id.clone(), result.map(|_| ()))
+        }));
         // Never in the row (no heartbeat landed): nothing to take out.
         if lock(&self.alive_since).is_none() {
             return released;

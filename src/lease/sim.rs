@@ -814,6 +814,16 @@ impl Sim {
             }
             self.dead.push((w.id, w.capped));
         }
+        if self.rng.chance(0.002) && self.workers.len() > 1 {
+            // Stopped gracefully: it releases its leases and leaves the row.
+            let i = self.rng.below(self.workers.len() as u64) as usize;
+            if let Some(mut coordinator) = self.workers[i].coordinator.take() {
+                let w = self.workers.remove(i);
+                trace(|| format!("{} leaves", w.id));
+                coordinator.stop();
+                self.dead.push((w.id, w.capped));
+            }
+        }
         if self.rng.chance(0.004) && !self.dead.is_empty() {
             // Restarts under its old id: its old leases look like its own.
             let (id, capped) = self.dead.remove(0);
@@ -1426,6 +1436,46 @@ fn children_are_read_soon_though_the_notices_of_their_parents_end_failed() {
     while !children.iter().all(|c| read(&sim, c)) {
         let waited = sim.clock.now() - split;
         assert!(waited < FAILOVER, "children not both read after {waited:?}");
+        sim.step_all();
+    }
+}
+
+#[test]
+fn a_worker_leaving_frees_the_leases_handed_to_it_that_it_had_not_taken_yet() {
+    let (mut sim, shards) = Sim::with_leases(&[("b", None), ("b", None)]);
+    sim.spawn("me".into(), false);
+    sim.spawn("b".into(), false);
+    let owner_of = |sim: &Sim, id: &str| match lock(&sim.table.rows).get(id) {
+        Some(Row::Lease(l)) => Some((l.owner.clone(), l.counter)),
+        _ => None,
+    };
+    let started = sim.clock.now();
+    while sim.workers.iter().any(|w| w.held.len() != 1) {
+        assert!(sim.clock.now() - started < FAILOVER * 3, "never one each");
+        sim.step_all();
+    }
+    // "b" hands its lease to "me" (as asked), and "me" is told to stop
+    // before its next round takes it: the table gives it to "me", which
+    // does not hold it.
+    let b = sim.workers.iter().position(|w| w.id == "b").unwrap();
+    let given = sim.workers[b].held.shard_ids().into_iter().next().unwrap();
+    let (_, counter) = owner_of(&sim, &given).unwrap();
+    sim.workers[b].held.drop_lost(&given);
+    sim.table.release(&given, "b", counter, Some("me")).unwrap();
+    let mut me = sim.workers.remove(1 - b);
+    me.coordinator.as_mut().unwrap().stop();
+    for id in &shards {
+        assert_ne!(
+            owner_of(&sim, id).unwrap().0.as_deref(),
+            Some("me"),
+            "{id} is still given to the worker that left"
+        );
+    }
+    // "b" takes both at its next round or two, not a failover time later.
+    let left = sim.clock.now();
+    while sim.workers[0].held.len() != 2 {
+        let waited = sim.clock.now() - left;
+        assert!(waited < FAILOVER / 3 * 2, "not taken after {waited:?}");
         sim.step_all();
     }
 }
