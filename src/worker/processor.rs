@@ -14,8 +14,9 @@ use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{Checkpoint, Holding};
 use crate::worker::batch::ShardBatch;
 use crate::worker::checkpointer::Checkpointer;
+use crate::worker::dead_letter::isolate;
 use crate::worker::processing::{
-    Called, Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy, not_saved, outcome,
+    Called, Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, not_saved, outcome,
     release_unopened_handoffs, worth_retrying, write_last,
 };
 use crate::worker::reader::{Chunk, ReaderOutput};
@@ -287,11 +288,12 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
     }
 
     /// Whether `error` gives up this shard alone: a processor's failure
-    /// under [`ErrorPolicy::RetryThenReleaseShard`].
+    /// under [`ErrorPolicy::RetryThenReleaseShard`] or
+    /// [`ErrorPolicy::RetryThenDeadLetter`] (records it could not isolate).
     fn gives_up_shard_alone(&self, error: &Error) -> bool {
         matches!(
             self.delivery.error_policy,
-            ErrorPolicy::RetryThenReleaseShard { .. }
+            ErrorPolicy::RetryThenReleaseShard { .. } | ErrorPolicy::RetryThenDeadLetter { .. }
         ) && matches!(error, Error::Handler(_) | Error::HandlerPanicked(_))
     }
 
@@ -375,6 +377,14 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             };
             p.process(shard, checkpointer)
         });
+        let result = match (result, &kept) {
+            (Err(error @ (Error::Handler(_) | Error::HandlerPanicked(_))), Some(kept))
+                if self.delivery.error_policy.dead_letters() =>
+            {
+                self.isolate(kept, error)
+            }
+            (result, _) => result,
+        };
         self.delivery.record_call(started, records);
         drop(room);
         let accepted = matches!(result, Ok(Called::Done));
@@ -391,6 +401,31 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             self.write_pending();
         }
         Ok(Called::Done)
+    }
+
+    /// Isolates the records of a failed `process` call that the processor
+    /// keeps rejecting (see [`isolate`]). [`Called::Done`] when every
+    /// record is done; otherwise the error, which gives the shard up, with
+    /// what was done before it pending.
+    fn isolate(&mut self, kept: &KeptShard, error: Error) -> Result<Called> {
+        let (delivery, shard_id, epoch) = (&self.delivery, &self.shard_id, self.epoch);
+        let holding = delivery.held.holding(shard_id, epoch);
+        let stop = || delivery.stopping() || delivery.held.holding(shard_id, epoch) != holding;
+        let (processor, checkpointer) = (&mut self.processor, &self.checkpointer);
+        let what = format!("the processor of shard {shard_id} (process)");
+        let isolated = isolate(delivery, kept, Some(error), &stop, &what, &mut |part| {
+            processor.process(part, checkpointer)
+        });
+        let Some(error) = isolated.stopped else {
+            return Ok(Called::Done);
+        };
+        if let Some(last) = isolated.done.checked_sub(1) {
+            // What came before the stop is done: accepted, so that it can be
+            // checkpointed (the call's end then finds nothing to settle).
+            delivery.checkpointer.call_ended(shard_id, epoch, true);
+            self.pending = Some(Checkpoint::At(kept.record(last).position.clone()));
+        }
+        Err(error)
     }
 
     /// Tells the processor how its shard's processing ended, and writes
@@ -501,7 +536,7 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         // call): its next owner reads the records again.
         let holding = delivery.held.holding(shard_id, epoch);
         let stop = || delivery.stopping() || delivery.held.holding(shard_id, epoch) != holding;
-        call_with_policy(&delivery.error_policy, stop, &what, |_| {
+        delivery.call(&delivery.error_policy, &stop, &what, &mut |_| {
             call(processor, checkpointer)
         })
     }
