@@ -1010,8 +1010,7 @@ impl<T> ConsumerBuilder<T> {
 }
 
 /// Table and stream names: the characters AWS allows, within its lengths.
-/// The dead-letter policy and handler go together, with automatic
-/// checkpoints (dead-lettered records are checkpointed by the consumer).
+/// The dead-letter policy and handler go together.
 fn check_dead_letter(s: &Settings) -> Result<()> {
     match (s.error_policy.dead_letters(), s.dead_letter.is_some()) {
         (true, false) => Err(Error::config(
@@ -1021,10 +1020,6 @@ fn check_dead_letter(s: &Settings) -> Result<()> {
         (false, true) => Err(Error::config(
             "dead_letter",
             "a dead-letter handler is only called under ErrorPolicy::RetryThenDeadLetter",
-        )),
-        (true, true) if s.checkpointing != Checkpointing::Automatic => Err(Error::config(
-            "error_policy",
-            "ErrorPolicy::RetryThenDeadLetter needs automatic checkpoints",
         )),
         _ => Ok(()),
     }

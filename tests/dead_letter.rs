@@ -366,11 +366,6 @@ fn the_dead_letter_settings_go_together() {
     );
     let only_handler = builder().dead_letter(|_, _| Ok(()));
     assert_eq!(setting(only_handler.build()), "dead_letter");
-    let manual = builder()
-        .error_policy(policy)
-        .dead_letter(|_, _| Ok(()))
-        .checkpointing(kinesis_consumer::Checkpointing::Manual);
-    assert_eq!(setting(manual.build()), "error_policy");
     let both = builder().error_policy(policy).dead_letter(|_, _| Ok(()));
     assert!(both.build().is_ok());
 }

@@ -44,6 +44,12 @@ enum Failure {
 /// first). Parts are tried once each, single records under the policy's
 /// retries, so a passing outage does not dead-letter good records.
 /// `stop` ends the search (a shutdown, or the lease changed).
+///
+/// The checkpointer is told what each call holds, so that a handler
+/// checkpointing in a call (manual checkpoints) reaches no further than
+/// that call's records; once done, the records are accepted up to where
+/// the search ended: all of them (settled by the caller), or those before
+/// the stop.
 pub(crate) fn isolate<T>(
     delivery: &Delivery<T>,
     kept: &KeptShard,
@@ -52,10 +58,39 @@ pub(crate) fn isolate<T>(
     what: &str,
     deliver: &mut dyn FnMut(ShardBatch<T>) -> HandlerResult,
 ) -> Isolated {
+    let isolated = search(delivery, kept, failed, stop, what, deliver);
+    let (shard_id, epoch) = kept.lease();
+    let checkpointer = &delivery.checkpointer;
+    match (&isolated.stopped, kept.handed(isolated.done)) {
+        // Accepted as a whole: the caller ends the call.
+        (None, handed) => handed
+            .into_iter()
+            .for_each(|h| checkpointer.handing(shard_id, epoch, h)),
+        (Some(_), Some(through)) => {
+            checkpointer.handing(shard_id, epoch, through);
+            checkpointer.call_ended(shard_id, epoch, true);
+        }
+        (Some(_), None) => checkpointer.call_ended(shard_id, epoch, false),
+    }
+    isolated
+}
+
+fn search<T>(
+    delivery: &Delivery<T>,
+    kept: &KeptShard,
+    failed: Option<Error>,
+    stop: &dyn Fn() -> bool,
+    what: &str,
+    deliver: &mut dyn FnMut(ShardBatch<T>) -> HandlerResult,
+) -> Isolated {
     let n = kept.len();
+    let (shard_id, epoch) = kept.lease();
     let mut attempt = |range: Range<usize>| -> Result<(), Failure> {
         if stop() {
             return Err(Failure::Cut(Error::Handler("stopped".into())));
+        }
+        if let Some(handed) = kept.handed(range.end) {
+            delivery.checkpointer.handing(shard_id, epoch, handed);
         }
         let policy = match range.len() {
             1 => delivery.error_policy,
@@ -151,8 +186,9 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use super::*;
+    use crate::lease::Checkpoint;
     use crate::worker::reader::ReaderOutput;
-    use crate::worker::test_support::{delivery, held_leases};
+    use crate::worker::test_support::{delivery, held_leases, held_leases_noting};
 
     type Noted = Arc<Mutex<Vec<String>>>;
 
@@ -182,13 +218,19 @@ mod tests {
     }
 
     fn kept(values: &[&str]) -> KeptShard {
+        kept_in(1, values)
+    }
+
+    /// Records 1, 2, ... holding `values`, read under `epoch`.
+    fn kept_in(epoch: u64, values: &[&str]) -> KeptShard {
         let sequences: Vec<String> = (1..=values.len()).map(|i| i.to_string()).collect();
         let records: Vec<(&str, &str)> = sequences
             .iter()
             .zip(values)
             .map(|(s, v)| (s.as_str(), *v))
             .collect();
-        let ReaderOutput::Chunk(chunk) = crate::worker::test_support::chunk("shard-1", 1, &records)
+        let ReaderOutput::Chunk(chunk) =
+            crate::worker::test_support::chunk("shard-1", epoch, &records)
         else {
             unreachable!()
         };
@@ -197,7 +239,7 @@ mod tests {
             messages: chunk.messages,
             millis_behind_latest: None,
             shard_ended: false,
-            epoch: 1,
+            epoch,
         })
     }
 
@@ -310,5 +352,63 @@ mod tests {
         assert_eq!(isolated.done, 0);
         assert!(isolated.stopped.is_some());
         assert!(dead.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_handler_checkpointing_in_a_call_reaches_no_further_than_its_part() {
+        let (_server, held, written) = held_leases_noting(Arc::default());
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let mut delivery = delivery(
+            &held,
+            ErrorPolicy::RetryThenDeadLetter {
+                retries: 0,
+                backoff: std::time::Duration::ZERO,
+            },
+        );
+        delivery.dead_letter = Some(Arc::new(|records: &[Record], _: &Error| {
+            match records[0].data() == b"bad2" {
+                true => Err("dead-letter queue down".into()),
+                false => Ok(()),
+            }
+        }));
+        let checkpointer = delivery.checkpointer.clone();
+        checkpointer.gained(&Arc::from("shard-1"), epoch, &Checkpoint::TrimHorizon);
+        let kept = kept_in(epoch, &["a", "bad1", "b", "c", "d", "bad2", "e"]);
+        checkpointer.handing("shard-1", epoch, kept.handed(kept.len()).unwrap());
+        let isolated = isolate(
+            &delivery,
+            &kept,
+            Some(Error::Handler("whole".into())),
+            &|| false,
+            "test",
+            &mut |part: ShardBatch<String>| {
+                if part.messages.iter().any(|m| m.value.starts_with("bad")) {
+                    return Err("rejected".into());
+                }
+                // Manual checkpoints: as far as this call's records.
+                checkpointer
+                    .checkpoint("shard-1")
+                    .map_err(|e| e.to_string().into())
+            },
+        );
+        assert_eq!(isolated.done, 5);
+        let written: Vec<String> = written
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c.clone())
+            .collect();
+        assert_eq!(written.last().map(String::as_str), Some("5"), "{written:?}");
+        assert!(
+            written.iter().all(|c| c.parse::<u32>().unwrap() < 6),
+            "{written:?}"
+        );
+        // Past the stop, nothing is accepted.
+        let after = kept.record(6).position.clone();
+        let refused = checkpointer.checkpoint_at("shard-1", &after);
+        assert!(
+            matches!(refused, Err(Error::InvalidCheckpoint { .. })),
+            "{refused:?}"
+        );
     }
 }

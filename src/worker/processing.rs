@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::error::{Error, HandlerResult, Result};
-use crate::lease::{CoordinatorEvent, HeldLeases};
+use crate::lease::{Checkpoint, CoordinatorEvent, HeldLeases};
 use crate::metrics::{Metric, Metrics};
 use crate::record::Record;
 use crate::worker::MessageHandler;
@@ -83,7 +83,10 @@ pub enum ErrorPolicy {
     /// came before is checkpointed, the lease released, and the shard read
     /// again from there, by this or another worker), while the other
     /// shards go on. With the batch API, each shard of a failed batch is
-    /// first tried alone. Needs automatic checkpoints. A failure with no
+    /// first tried alone. With manual checkpoints, the application can
+    /// checkpoint no further than the records of the call it is in, and a
+    /// stopped shard is released without a checkpoint of the consumer's.
+    /// A failure with no
     /// records to isolate (a processor's `initialize`, `shard_ended` or
     /// `shutdown_requested`) gives up the shard as
     /// [`RetryThenReleaseShard`](Self::RetryThenReleaseShard) does.
@@ -305,6 +308,17 @@ impl KeptShard {
     /// The shard and the lease epoch its records were read under.
     pub(crate) fn lease(&self) -> (&Arc<str>, u64) {
         (&self.bare.shard_id, self.bare.epoch)
+    }
+
+    /// The position that the records of `0..end` hand on: the shard's end
+    /// with the last record of an ended shard, else the last record's;
+    /// none without a record.
+    pub(crate) fn handed(&self, end: usize) -> Option<Checkpoint> {
+        let last = self.records.get(end.checked_sub(1)?)?;
+        Some(match end == self.records.len() && self.bare.shard_ended {
+            true => Checkpoint::ShardEnd,
+            false => Checkpoint::At(last.position.clone()),
+        })
     }
 
     /// The shard's part made again, its values by `handler`.

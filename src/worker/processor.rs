@@ -419,11 +419,9 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         let Some(error) = isolated.stopped else {
             return Ok(Called::Done);
         };
-        if let Some(last) = isolated.done.checked_sub(1) {
-            // What came before the stop is done: accepted, so that it can be
-            // checkpointed (the call's end then finds nothing to settle).
-            delivery.checkpointer.call_ended(shard_id, epoch, true);
-            self.pending = Some(Checkpoint::At(kept.record(last).position.clone()));
+        // What came before the stop is done (and accepted by `isolate`).
+        if delivery.automatic() {
+            self.pending = kept.handed(isolated.done).or(self.pending.take());
         }
         Err(error)
     }

@@ -154,10 +154,7 @@ fn isolate_shards<T>(
             stopped.push(Stopped {
                 shard_id: shard_id.clone(),
                 epoch,
-                through: isolated
-                    .done
-                    .checked_sub(1)
-                    .map(|last| Checkpoint::At(shard.record(last).position.clone())),
+                through: shard.handed(isolated.done),
                 error,
             });
         }
@@ -447,7 +444,10 @@ impl<'a, T> Ticker<'a, T> {
                 s.error
             );
             let earlier = self.pending.remove(&s.shard_id).map(|p| p.checkpoint);
-            let saved = match s.through.or(earlier) {
+            // Manual checkpoints: the application's to write (it was
+            // handed the records; it is told the shard is lost).
+            let through = s.through.or(earlier).filter(|_| self.delivery.automatic());
+            let saved = match through {
                 Some(c) => self.delivery.checkpointer.write(&s.shard_id, s.epoch, &c),
                 None => Ok(()),
             };
