@@ -144,6 +144,7 @@ guide_doctests! {
     MetricsDoctests = "../docs/metrics.md",
     MigratingDoctests = "../docs/migrating-from-kcl.md",
     OperationsDoctests = "../docs/operations.md",
+    PoisonRecordsDoctests = "../docs/poison-records.md",
     ProcessingDoctests = "../docs/processing.md",
     SettingsDoctests = "../docs/settings.md",
     TestingDoctests = "../docs/testing.md",
