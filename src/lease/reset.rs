@@ -518,7 +518,7 @@ pub fn import_checkpoints(
             _ => Err(e),
         })?,
         false => {
-            table.ensure_exists()?;
+            ready(&table)?;
             table.list(true)?
         }
     };
@@ -531,6 +531,23 @@ pub fn import_checkpoints(
         past_retention: Vec::new(),
         dry_run,
     })
+}
+
+/// How long an import waits for a lease table it created to be ready.
+const TABLE_READY_WAIT: Duration = Duration::from_secs(120);
+
+/// Creates the table if it is missing and waits until it can be written.
+fn ready(table: &LeaseTable) -> Result<()> {
+    let until = std::time::Instant::now() + TABLE_READY_WAIT;
+    loop {
+        match table.ensure_exists() {
+            Err(Error::NotReady(why)) if std::time::Instant::now() < until => {
+                log::info!("waiting: {why}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The writes that give `rows` the checkpoints of `leases`, parents first;
