@@ -353,3 +353,40 @@ fn short(seq: &str) -> String {
         seq.to_owned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn shards_are_taken_out_and_a_two_word_reset_is_joined() {
+        let (rest, shards) = take_shards(strings(&[
+            "--app",
+            "A",
+            "--shard",
+            "shardId-1",
+            "--reset",
+            "at-timestamp",
+            "2026-01-02T03:04:05Z",
+            "--shard=shardId-2",
+            "--dry-run",
+        ]));
+        assert_eq!(shards, ["shardId-1", "shardId-2"]);
+        assert_eq!(
+            rest,
+            strings(&[
+                "--app",
+                "A",
+                "--reset",
+                "at-timestamp 2026-01-02T03:04:05Z",
+                "--dry-run"
+            ])
+        );
+        let (rest, _) = take_shards(strings(&["--reset", "latest", "--app", "A"]));
+        assert_eq!(rest, strings(&["--reset", "latest", "--app", "A"]));
+    }
+}
