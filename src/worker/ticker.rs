@@ -118,15 +118,20 @@ struct Stopped {
 /// Isolates the rejected records of each shard of a batch that failed
 /// after its retries (dead-letter policy): each shard alone, then halves
 /// of a failing one (see [`isolate`]). The batch's events ride along until
-/// a call accepts them. Shards lost during the retries (`lost`) are left
-/// out; returns the shards that stopped part-way.
+/// a call accepts them (with the `Lost` events of the shards lost during
+/// the retries, which are left out). Returns the shards that stopped
+/// part-way, and the events no call accepted (for the next batch).
 fn isolate_shards<T>(
     delivery: &Delivery<T>,
     kept: &Kept,
     lost: &[(Arc<str>, u64)],
     handler: &mut dyn FnMut(Batch<T>) -> HandlerResult,
-) -> Vec<Stopped> {
-    let mut events = Some(kept.events.clone());
+) -> (Vec<Stopped>, Vec<ShardEvent>) {
+    let mut all_events = kept.events.clone();
+    all_events.extend(lost.iter().map(|(shard_id, _)| ShardEvent::Lost {
+        shard_id: shard_id.to_string(),
+    }));
+    let mut events = Some(all_events);
     let mut stopped = Vec::new();
     for shard in &kept.shards {
         let (shard_id, epoch) = shard.lease();
@@ -159,7 +164,7 @@ fn isolate_shards<T>(
             });
         }
     }
-    stopped
+    (stopped, events.unwrap_or_default())
 }
 
 /// A batch's records, kept so that a retry hands the same ones on again.
@@ -403,17 +408,20 @@ impl<'a, T> Ticker<'a, T> {
                 (None, None) => Err("no records kept for a retry".into()),
             },
         );
-        let mut stopped = Vec::new();
+        let (mut stopped, mut unaccepted) = (Vec::new(), Vec::new());
         let result = match (result, &kept) {
             (Err(Error::Handler(_) | Error::HandlerPanicked(_)), Some(kept))
                 if policy.dead_letters() && !kept.shards.is_empty() =>
             {
-                stopped = isolate_shards(delivery, kept, &lost, handler);
+                (stopped, unaccepted) = isolate_shards(delivery, kept, &lost, handler);
                 Ok(Called::Done)
             }
             (result, _) => result,
         };
         delivery.record_call(started, records);
+        // Events no call accepted are handed on again with the next batch.
+        unaccepted.append(&mut self.events);
+        self.events = unaccepted;
         // Their loss was told in the retried batch: not again.
         for (shard_id, epoch) in lost {
             self.forget(&shard_id, epoch);
@@ -1409,5 +1417,41 @@ mod tests {
             .collect();
         assert_eq!(shard_1, ["1"], "{written:?}");
         assert!(written.contains(&("shard-2".to_owned(), "1".to_owned())));
+    }
+
+    #[test]
+    fn events_no_isolating_call_accepted_come_with_the_next_batch() {
+        let (_server, held) = held_leases();
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let mut delivery = delivery(
+            &held,
+            ErrorPolicy::RetryThenDeadLetter {
+                retries: 0,
+                backoff: Duration::ZERO,
+            },
+        );
+        delivery.dead_letter = Some(Arc::new(|_: &[Record], _: &Error| Ok(())));
+        let (sender, records) = crossbeam_channel::unbounded();
+        sender.send(started("shard-1", epoch)).unwrap();
+        sender
+            .send(chunk("shard-1", epoch, &[("1", "bad")]))
+            .unwrap();
+        let shutdown = delivery.shutdown.clone();
+        let mut accepted_events = Vec::new();
+        let mut ticker = Ticker::new(&records, delivery);
+        let result = ticker.run(&mut |batch: Batch<String>| {
+            if batch.messages().any(|m| m.value() == "bad") {
+                return Err("rejected".into());
+            }
+            accepted_events.extend(batch.events().iter().cloned());
+            shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        });
+        assert!(result.is_ok(), "{result:?}");
+        let gained = accepted_events
+            .iter()
+            .filter(|e| matches!(e, ShardEvent::Gained { .. }))
+            .count();
+        assert_eq!(gained, 1, "{accepted_events:?}");
     }
 }
