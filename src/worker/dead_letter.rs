@@ -27,6 +27,9 @@ pub(crate) struct Isolated {
     /// failed, or the search was cut (shutdown, or the lease changed).
     /// `None` when every record is done.
     pub stopped: Option<Error>,
+    /// True when the search was cut (a shutdown, or the lease changed)
+    /// rather than stopped by the dead-letter handler.
+    pub cut: bool,
 }
 
 /// Why a part of the records was not accepted.
@@ -113,24 +116,19 @@ fn search<T>(
     if n == 0 {
         // Only the shard's end, and the handler rejects it: nothing to
         // dead-letter, so the shard stops there.
-        let (Failure::Rejected(error) | Failure::Cut(error)) = error;
-        return Isolated {
-            done: 0,
-            stopped: Some(error),
-        };
+        return Isolated::stopped_at(0, error);
     }
-    let mut reject = |index: usize, failure: Failure| -> Result<(), Error> {
+    let mut reject = |index: usize, failure: Failure| -> Result<(), Failure> {
         match failure {
-            Failure::Cut(error) => Err(error),
-            Failure::Rejected(error) => dead_letter(delivery, kept.record(index), &error),
+            Failure::Cut(error) => Err(Failure::Cut(error)),
+            Failure::Rejected(error) => {
+                dead_letter(delivery, kept.record(index), &error).map_err(Failure::Rejected)
+            }
         }
     };
     match bisect(n, error, &mut attempt, &mut reject) {
         Ok(()) => Isolated::all(n),
-        Err((done, error)) => Isolated {
-            done,
-            stopped: Some(error),
-        },
+        Err((done, failure)) => Isolated::stopped_at(done, failure),
     }
 }
 
@@ -139,6 +137,19 @@ impl Isolated {
         Isolated {
             done: n,
             stopped: None,
+            cut: false,
+        }
+    }
+
+    fn stopped_at(done: usize, failure: Failure) -> Isolated {
+        let (error, cut) = match failure {
+            Failure::Rejected(error) => (error, false),
+            Failure::Cut(error) => (error, true),
+        };
+        Isolated {
+            done,
+            stopped: Some(error),
+            cut,
         }
     }
 }
@@ -289,6 +300,7 @@ mod tests {
             &mut handler(&accepted),
         );
         assert_eq!(isolated.done, 5, "stops before bad2");
+        assert!(!isolated.cut);
         let stopped = isolated.stopped.expect("stopped").to_string();
         assert!(stopped.contains("dead-letter queue down"), "{stopped}");
         assert_eq!(*dead.lock().unwrap(), vec!["bad1"]);
@@ -351,6 +363,7 @@ mod tests {
         );
         assert_eq!(isolated.done, 0);
         assert!(isolated.stopped.is_some());
+        assert!(isolated.cut, "cut, not stopped by the dead-letter handler");
         assert!(dead.lock().unwrap().is_empty());
     }
 

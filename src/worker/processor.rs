@@ -405,8 +405,10 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
 
     /// Isolates the records of a failed `process` call that the processor
     /// keeps rejecting (see [`isolate`]). [`Called::Done`] when every
-    /// record is done; otherwise the error, which gives the shard up, with
-    /// what was done before it pending.
+    /// record is done; [`Called::Cut`] when a shutdown or the lease's
+    /// change ended the search; otherwise (the dead-letter handler failed)
+    /// the error, which gives the shard up. Either way what was done
+    /// before is pending.
     fn isolate(&mut self, kept: &KeptShard, error: Error) -> Result<Called> {
         let (delivery, shard_id, epoch) = (&self.delivery, &self.shard_id, self.epoch);
         let holding = delivery.held.holding(shard_id, epoch);
@@ -423,7 +425,10 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         if delivery.automatic() {
             self.pending = kept.handed(isolated.done).or(self.pending.take());
         }
-        Err(error)
+        match isolated.cut {
+            true => Ok(Called::Cut(error)),
+            false => Err(error),
+        }
     }
 
     /// Tells the processor how its shard's processing ended, and writes

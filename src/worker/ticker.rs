@@ -113,6 +113,9 @@ struct Stopped {
     /// The last position done (accepted or dead-lettered), if any.
     through: Option<Checkpoint>,
     error: Error,
+    /// Cut by a shutdown or the lease's change: checkpointed through
+    /// `through` as usual, not given up.
+    cut: bool,
 }
 
 /// Isolates the rejected records of each shard of a batch that failed
@@ -161,6 +164,7 @@ fn isolate_shards<T>(
                 epoch,
                 through: shard.handed(isolated.done),
                 error,
+                cut: isolated.cut,
             });
         }
     }
@@ -310,7 +314,7 @@ impl<'a, T> Ticker<'a, T> {
                 .iter()
                 .filter_map(|s| Some((s.shard_id.clone(), s.epoch, handed_position(s)?)))
                 .collect();
-            let (result, stopped) = self.hand_on(batch, handler);
+            let (result, mut stopped) = self.hand_on(batch, handler);
             // The batch is handled: the readers may fill its room again.
             drop(room);
             let accepted = matches!(result, Ok(Called::Done));
@@ -339,12 +343,20 @@ impl<'a, T> Ticker<'a, T> {
             }
             if self.delivery.automatic() {
                 for (shard_id, epoch, checkpoint) in ends {
-                    if !is_stopped(&shard_id) {
+                    let stop = stopped.iter().find(|s| s.shard_id == shard_id);
+                    // A cut shard is checkpointed as far as it got.
+                    let checkpoint = match stop {
+                        None => Some(checkpoint),
+                        Some(s) if s.cut => s.through.clone(),
+                        Some(_) => None,
+                    };
+                    if let Some(checkpoint) = checkpoint {
                         self.pending.insert(shard_id, Pending { epoch, checkpoint });
                     }
                 }
                 self.write_checkpoints();
             }
+            stopped.retain(|s| !s.cut);
             self.give_up(stopped);
             self.release_closing();
         }
@@ -1453,5 +1465,58 @@ mod tests {
             .filter(|e| matches!(e, ShardEvent::Gained { .. }))
             .count();
         assert_eq!(gained, 1, "{accepted_events:?}");
+    }
+
+    #[test]
+    fn a_shutdown_during_isolation_checkpoints_what_was_done_and_gives_nothing_up() {
+        let (_server, held, written) = held_leases_noting(Arc::default());
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let mut delivery = delivery(
+            &held,
+            ErrorPolicy::RetryThenDeadLetter {
+                retries: 0,
+                backoff: Duration::ZERO,
+            },
+        );
+        let dead_lettered = Arc::new(AtomicUsize::new(0));
+        let counted = dead_lettered.clone();
+        delivery.dead_letter = Some(Arc::new(move |_: &[Record], _: &Error| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }));
+        let (sender, records) = crossbeam_channel::unbounded();
+        sender.send(started("shard-1", epoch)).unwrap();
+        let read = [("1", "a"), ("2", "bad"), ("3", "b")];
+        sender.send(chunk("shard-1", epoch, &read)).unwrap();
+        let shutdown = delivery.shutdown.clone();
+        let mut last_events = Vec::new();
+        let mut ticker = Ticker::new(&records, delivery);
+        let result = ticker.run(&mut |batch: Batch<String>| {
+            if batch.is_last() {
+                last_events = batch.events().to_vec();
+                return Ok(());
+            }
+            if batch.messages().any(|m| m.value() == "bad") {
+                return Err("rejected".into());
+            }
+            // "a" accepted alone: the search is cut here.
+            shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        });
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(dead_lettered.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let written = written.lock().unwrap().clone();
+        assert_eq!(written, [("shard-1".to_owned(), "1".to_owned())]);
+        assert_eq!(
+            last_events,
+            [ShardEvent::ShutdownRequested {
+                shard_id: "shard-1".into()
+            }],
+            "shut down, not lost"
+        );
+        assert!(
+            held.is_current("shard-1", epoch),
+            "not released by the ticker"
+        );
     }
 }
