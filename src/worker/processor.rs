@@ -1399,4 +1399,81 @@ mod tests {
             assert_eq!(through_the_test_kit(misstep), consumer);
         }
     }
+
+    /// A processor under the dead-letter policy given one read of "a",
+    /// "x" (poison) and "b", with a dead-letter handler that fails if
+    /// `dead_letter_fails`: the log, the checkpoints written, what was
+    /// dead-lettered, and the leases held, once `done` says so.
+    fn poisoned_processor(
+        dead_letter_fails: bool,
+        done: impl Fn(&[String], &[(String, String)], usize) -> bool,
+    ) -> (Vec<String>, Vec<(String, String)>, usize, usize) {
+        let (_server, held, written) = held_leases_noting(Arc::default());
+        let mut delivery = delivery(
+            &held,
+            ErrorPolicy::RetryThenDeadLetter {
+                retries: 0,
+                backoff: Duration::ZERO,
+            },
+        );
+        let dead = Arc::new(AtomicUsize::new(0));
+        let counted = dead.clone();
+        delivery.dead_letter =
+            Some(Arc::new(
+                move |_: &[crate::Record], _: &Error| match dead_letter_fails {
+                    true => Err("queue down".into()),
+                    false => {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                },
+            ));
+        let setup = Setup {
+            poison: Some("x".into()),
+            ..Setup::default()
+        };
+        let run = dispatching_with(delivery, setup);
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let (sender, queue) = crossbeam_channel::unbounded();
+        let read = [("1", "a"), ("2", "x"), ("3", "b")];
+        sender
+            .send(crate::worker::test_support::chunk("shard-1", epoch, &read))
+            .unwrap();
+        run.outputs
+            .send(started_with("shard-1", epoch, queue))
+            .unwrap();
+        wait_until("the isolation", || {
+            done(&run.log(), &written.lock().unwrap(), held.shards().len())
+        });
+        let log = run.log();
+        let leases = held.shards().len();
+        run.stop().unwrap();
+        let written = written.lock().unwrap().clone();
+        (log, written, dead.load(Ordering::SeqCst), leases)
+    }
+
+    #[test]
+    fn a_processor_s_poison_record_is_dead_lettered_and_its_siblings_processed() {
+        let checkpointed_3 =
+            |_: &[String], w: &[(String, String)], _| w.iter().any(|(_, c)| c == "3");
+        let (log, written, dead, leases) = poisoned_processor(false, checkpointed_3);
+        assert_eq!(dead, 1);
+        assert!(log.contains(&"process a shard-1 1".to_owned()), "{log:?}");
+        assert!(log.contains(&"process b shard-1 1".to_owned()), "{log:?}");
+        assert!(!log.iter().any(|l| l.starts_with("lease_lost")), "{log:?}");
+        assert!(written.iter().all(|(_, c)| c == "3"), "{written:?}");
+        assert_eq!(leases, 1, "the shard goes on");
+    }
+
+    #[test]
+    fn a_processor_whose_dead_letter_handler_fails_gives_up_its_shard_before_the_record() {
+        let given_up = |log: &[String], _: &[(String, String)], leases| {
+            leases == 0 && log.iter().any(|l| l.starts_with("lease_lost"))
+        };
+        let (log, written, dead, leases) = poisoned_processor(true, given_up);
+        assert_eq!(dead, 0);
+        assert!(!log.contains(&"process b shard-1 1".to_owned()), "{log:?}");
+        assert_eq!(written, [("shard-1".to_owned(), "1".to_owned())]);
+        assert_eq!(leases, 0, "released");
+    }
 }
