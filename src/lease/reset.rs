@@ -495,8 +495,9 @@ pub fn export_checkpoints(config: &ClientConfig, app_name: &str) -> Result<Strin
 /// another application: each lease is reset as [`reset_positions`] does
 /// (fenced, safe while workers run), and created where it has no row.
 /// Leases of the table the file does not name are left alone. With
-/// `dry_run`, only says what would change. A file that does not parse is
-/// an error naming what is wrong, and nothing is written.
+/// `dry_run`, only says what would change. A file that does not parse, or
+/// that names a malformed row of the table, is an error naming what is
+/// wrong, and nothing is written.
 pub fn import_checkpoints(
     config: &ClientConfig,
     app_name: &str,
@@ -522,7 +523,7 @@ pub fn import_checkpoints(
             table.list(true)?
         }
     };
-    let steps = import_steps(&rows, leases);
+    let steps = import_steps(&rows, leases)?;
     if !dry_run {
         apply(&table, &steps)?;
     }
@@ -552,7 +553,7 @@ fn ready(table: &LeaseTable) -> Result<()> {
 
 /// The writes that give `rows` the checkpoints of `leases`, parents first;
 /// leases already there are left out.
-fn import_steps(rows: &[Row], leases: Vec<Lease>) -> Vec<Step> {
+fn import_steps(rows: &[Row], leases: Vec<Lease>) -> Result<Vec<Step>> {
     let by_id: HashMap<&str, &Row> = rows.iter().map(|r| (r.shard_id(), r)).collect();
     let parents: HashMap<&str, Vec<&str>> = leases
         .iter()
@@ -563,23 +564,30 @@ fn import_steps(rows: &[Row], leases: Vec<Lease>) -> Vec<Step> {
             )
         })
         .collect();
-    let mut steps: Vec<Step> = leases
-        .iter()
-        .filter_map(|lease| match by_id.get(lease.shard_id.as_str()) {
-            Some(Row::Lease(l)) if l.checkpoint == lease.checkpoint => None,
-            Some(Row::Lease(l)) => Some(Step::Reset {
+    let mut steps = Vec::new();
+    for lease in &leases {
+        match by_id.get(lease.shard_id.as_str()) {
+            Some(Row::Lease(l)) if l.checkpoint == lease.checkpoint => {}
+            Some(Row::Lease(l)) => steps.push(Step::Reset {
                 shard_id: l.shard_id.clone(),
                 counter: l.counter,
                 from: l.checkpoint.clone(),
                 owner: l.owner.clone(),
                 to: lease.checkpoint.clone(),
             }),
-            // A malformed row is reset too: the import repairs it.
-            Some(Row::Malformed { .. }) | None => Some(Step::Create(lease.clone())),
-        })
-        .collect();
+            Some(Row::Malformed { shard_id, why }) => {
+                return Err(Error::config(
+                    "import",
+                    format!(
+                        "the lease row of {shard_id} is malformed ({why}): repair or delete it first"
+                    ),
+                ));
+            }
+            None => steps.push(Step::Create(lease.clone())),
+        }
+    }
     sort_parents_first(&mut steps, &parents);
-    steps
+    Ok(steps)
 }
 
 #[cfg(test)]
@@ -757,13 +765,20 @@ mod tests {
         let back: Vec<Exported> = serde_json::from_str(&json).unwrap();
         let leases: Vec<Lease> = back.iter().map(|e| e.lease().unwrap()).collect();
         // Into an empty table: every lease created, unowned.
-        let steps = import_steps(&[], leases.clone());
+        let steps = import_steps(&[], leases.clone()).unwrap();
         assert_eq!(ids(&steps), [C1, C2]);
         assert!(
             matches!(&steps[0], Step::Create(l) if l.checkpoint == at("50") && l.owner.is_none())
         );
         // Into the same table: nothing to change.
-        assert!(import_steps(&rows, leases).is_empty());
+        assert!(import_steps(&rows, leases.clone()).unwrap().is_empty());
+        // A malformed row is named, not written over.
+        let malformed = [Row::Malformed {
+            shard_id: C1.into(),
+            why: "bad".into(),
+        }];
+        let error = import_steps(&malformed, leases).unwrap_err().to_string();
+        assert!(error.contains(C1) && error.contains("malformed"), "{error}");
         let broken = Exported {
             checkpoint: "NOT_A_POSITION".into(),
             ..Exported::of(rows[0].lease().unwrap())
