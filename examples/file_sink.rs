@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --example file_sink -- --stream S --app A --dir D [--position trim-horizon|latest]
 //!     [--flush-secs N (10)] [--worker-id ID] [--processors]
+//!     [--max-record-bytes N] [--dead-letter DIR]
 //! ```
 //!
 //! Each file holds records of one shard in sequence order. A file is first
@@ -25,6 +26,15 @@
 //! checkpointer accepts only records whose `process` call returned `Ok`.
 //! `shard_ended` and `shutdown_requested` flush and checkpoint at once;
 //! `lease_lost` drops the unflushed file.
+//!
+//! `--max-record-bytes N` makes the sink refuse a call holding a record
+//! whose data is larger (a record it cannot take: the same on every try).
+//! Alone, that stops the sink, as any error does. With `--dead-letter DIR`
+//! the consumer runs under `ErrorPolicy::RetryThenDeadLetter`: after two
+//! retries the refused records are isolated, written as JSON lines (the
+//! `tail` fields and the error) to `DIR/dead-letters-<time>-<pid>.jsonl`
+//! and fsynced there before the shard's checkpoint may pass them; the
+//! other records are written to the sink's files as usual.
 
 mod support;
 
@@ -39,12 +49,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kinesis_consumer::aws::kinesis::is_valid_shard_id;
 use kinesis_consumer::{
-    Batch, Checkpoint, Checkpointer, Checkpointing, Consumer, Error, ExtendedSequenceNumber,
-    HandlerResult, ShardBatch, ShardEvent, ShardProcessor,
+    Batch, Checkpoint, Checkpointer, Checkpointing, Consumer, Error, ErrorPolicy,
+    ExtendedSequenceNumber, HandlerResult, Message, Record, ShardBatch, ShardEvent, ShardProcessor,
 };
 
 const USAGE: &str = "usage: file_sink --stream S --app A --dir D [--position trim-horizon|latest] \
-[--flush-secs N (10)] [--worker-id ID] [--processors]";
+[--flush-secs N (10)] [--worker-id ID] [--processors] [--max-record-bytes N] [--dead-letter DIR]";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -59,6 +69,8 @@ fn main() {
             "position",
             "flush-secs",
             "worker-id",
+            "max-record-bytes",
+            "dead-letter",
         ],
         &["processors"],
     );
@@ -70,12 +82,28 @@ fn main() {
         eprintln!("error: cannot create {}: {e}", dir.display());
         std::process::exit(2);
     }
+    let max_record_bytes = args.number(USAGE, "max-record-bytes", u64::MAX);
     let mut builder = Consumer::builder()
         .app_name(args.required(USAGE, "app"))
         .stream_name(args.required(USAGE, "stream"))
         .initial_position(position)
-        .checkpointing(Checkpointing::Manual)
-        .message_handler(support::record_json);
+        .checkpointing(Checkpointing::Manual);
+    if let Some(dead_dir) = args.get("dead-letter") {
+        let dead_letters = DeadLetters::open(Path::new(dead_dir)).unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        });
+        builder = builder
+            .error_policy(ErrorPolicy::RetryThenDeadLetter {
+                retries: 2,
+                backoff: Duration::from_millis(200),
+            })
+            .dead_letter(move |records, error| dead_letters.write(records, error));
+    }
+    let mut builder = builder.message_handler(move |r: &Record| Line {
+        json: support::record_json(r),
+        data_bytes: r.data().len() as u64,
+    });
     if let Some(id) = args.get("worker-id") {
         builder = builder.worker_id(id);
     }
@@ -84,7 +112,7 @@ fn main() {
         std::process::exit(2)
     });
     support::stop_on_signals(consumer.shutdown_handle());
-    let mut sink = Sink::new(dir, consumer.checkpointer());
+    let mut sink = Sink::new(dir, consumer.checkpointer(), max_record_bytes);
     if args.flag("processors") {
         let result = consumer.run_processors(move |shard_id: &str| {
             ShardSink::start(shard_id, sink.fork(), flush_every)
@@ -96,7 +124,7 @@ fn main() {
         return;
     }
     let mut last_flush = Instant::now();
-    let result = consumer.run(|batch: Batch<String>| {
+    let result = consumer.run(|batch: Batch<Line>| {
         sink.handle(&batch)?;
         if last_flush.elapsed() >= flush_every {
             sink.flush_all()?;
@@ -110,6 +138,56 @@ fn main() {
     }
 }
 
+/// A record as the sink writes it: its JSON line, and its data's size.
+struct Line {
+    json: String,
+    data_bytes: u64,
+}
+
+/// The file records the sink refused go to (`--dead-letter`), made durable
+/// before the dead-letter handler returns.
+struct DeadLetters {
+    dir: PathBuf,
+    file: Mutex<Option<File>>,
+}
+
+impl DeadLetters {
+    fn open(dir: &Path) -> Result<DeadLetters, BoxError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        Ok(DeadLetters {
+            dir: dir.to_owned(),
+            file: Mutex::new(None),
+        })
+    }
+
+    /// Appends the records with the error, then fsyncs: only then may
+    /// the consumer checkpoint past them.
+    fn write(&self, records: &[Record], error: &Error) -> HandlerResult {
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if file.is_none() {
+            let name = format!(
+                "dead-letters-{}-{}.jsonl",
+                support::epoch_millis(SystemTime::now()),
+                std::process::id()
+            );
+            let path = self.dir.join(name);
+            let created = OpenOptions::new().append(true).create(true).open(&path);
+            *file = Some(created.map_err(|e| format!("cannot create {}: {e}", path.display()))?);
+            // The new name survives a crash too.
+            File::open(&self.dir)?.sync_all()?;
+        }
+        let out = file.as_mut().expect("opened above");
+        for record in records {
+            let mut line: serde_json::Value = serde_json::from_str(&support::record_json(record))?;
+            line["error"] = error.to_string().into();
+            writeln!(out, "{line}")?;
+        }
+        out.sync_all()?;
+        Ok(())
+    }
+}
+
 /// The file a shard's records are being written to.
 struct ShardFile {
     writer: BufWriter<File>,
@@ -120,6 +198,8 @@ struct ShardFile {
 struct Sink {
     dir: PathBuf,
     checkpointer: Checkpointer,
+    /// Records with more data are refused (`--max-record-bytes`).
+    max_record_bytes: u64,
     files: HashMap<String, ShardFile>,
     next_file: u64,
     /// Files made durable whose checkpoint could not be written yet (the
@@ -129,10 +209,11 @@ struct Sink {
 }
 
 impl Sink {
-    fn new(dir: PathBuf, checkpointer: Checkpointer) -> Sink {
+    fn new(dir: PathBuf, checkpointer: Checkpointer, max_record_bytes: u64) -> Sink {
         Sink {
             dir,
             checkpointer,
+            max_record_bytes,
             files: HashMap::new(),
             next_file: 0,
             unconfirmed: HashMap::new(),
@@ -142,7 +223,7 @@ impl Sink {
     /// The batch handler's work, but for the timed flushes: appends the
     /// batch's records, and flushes and checkpoints the shards it is the
     /// last chance for.
-    fn handle(&mut self, batch: &Batch<String>) -> Result<(), BoxError> {
+    fn handle(&mut self, batch: &Batch<Line>) -> Result<(), BoxError> {
         // A lost shard's unflushed records were not checkpointed: its next
         // owner writes them. Before this batch's records, which may be the
         // same shard's again under a new lease.
@@ -151,11 +232,16 @@ impl Sink {
                 self.discard(shard_id);
             }
         }
+        // Refused before anything is written: a refused call leaves no
+        // record in a file.
+        for shard in batch.shards() {
+            self.check(shard.messages())?;
+        }
         for shard in batch.shards() {
             for message in shard.messages() {
                 self.append(
                     shard.shard_id(),
-                    message.value(),
+                    &message.value().json,
                     message.record().position(),
                 )?;
             }
@@ -173,7 +259,28 @@ impl Sink {
 
     /// An empty sink into the same directory, for one shard processor.
     fn fork(&self) -> Sink {
-        Sink::new(self.dir.clone(), self.checkpointer.clone())
+        Sink::new(
+            self.dir.clone(),
+            self.checkpointer.clone(),
+            self.max_record_bytes,
+        )
+    }
+
+    /// Refuses records with more data than `--max-record-bytes`.
+    fn check(&self, messages: &[Message<Line>]) -> Result<(), BoxError> {
+        let too_large = messages
+            .iter()
+            .find(|m| m.value().data_bytes > self.max_record_bytes);
+        match too_large {
+            Some(m) => Err(format!(
+                "the record at {} holds {} bytes, more than --max-record-bytes {}",
+                m.record().position(),
+                m.value().data_bytes,
+                self.max_record_bytes
+            )
+            .into()),
+            None => Ok(()),
+        }
     }
 
     fn append(
@@ -326,22 +433,23 @@ fn lock(sink: &Mutex<Sink>) -> std::sync::MutexGuard<'_, Sink> {
     sink.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl ShardProcessor<String> for ShardSink {
+impl ShardProcessor<Line> for ShardSink {
     fn initialize(&mut self, _shard_id: &str, _from: &Checkpoint) -> HandlerResult {
         Ok(())
     }
 
-    fn process(
-        &mut self,
-        records: ShardBatch<String>,
-        checkpointer: &Checkpointer,
-    ) -> HandlerResult {
+    fn process(&mut self, records: ShardBatch<Line>, checkpointer: &Checkpointer) -> HandlerResult {
         let mut sink = lock(&self.sink);
+        sink.check(records.messages())?;
         // This processor's checkpointer: it checkpoints nothing of the
         // shard once this processor's lease is gone, also from the flusher.
         sink.checkpointer = checkpointer.clone();
         for message in records.messages() {
-            sink.append(&self.shard_id, message.value(), message.record().position())?;
+            sink.append(
+                &self.shard_id,
+                &message.value().json,
+                message.record().position(),
+            )?;
         }
         Ok(())
     }
@@ -402,6 +510,13 @@ mod tests {
 
     const SHARD: &str = "shardId-000000000001";
 
+    fn line(r: &Record) -> Line {
+        Line {
+            json: support::record_json(r),
+            data_bytes: r.data().len() as u64,
+        }
+    }
+
     /// A fresh directory of this test's own.
     fn test_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -428,12 +543,12 @@ mod tests {
 
     /// A shard processor as `--processors` makes it, its flusher too slow
     /// to run during a test.
-    fn processor(dir: &Path) -> ProcessorHarness<String, ShardSink> {
+    fn processor(dir: &Path) -> ProcessorHarness<Line, ShardSink> {
         // The consumer's checkpointer the sink starts with (here one that
         // holds nothing); each call gives it the processor's own.
-        let sink = Sink::new(dir.to_owned(), BatchHarness::new().checkpointer());
+        let sink = Sink::new(dir.to_owned(), BatchHarness::new().checkpointer(), u64::MAX);
         let shard_sink = ShardSink::start(SHARD, sink, Duration::from_secs(3600));
-        ProcessorHarness::with_message_handler(shard_sink, support::record_json)
+        ProcessorHarness::with_message_handler(shard_sink, line)
             .shard_id(SHARD)
             .checkpointing(Checkpointing::Manual)
     }
@@ -494,10 +609,10 @@ mod tests {
     #[test]
     fn the_batch_sink_checkpoints_ended_and_shut_down_shards_after_flushing_them() {
         let dir = test_dir("batch");
-        let mut harness = BatchHarness::with_message_handler(support::record_json)
-            .checkpointing(Checkpointing::Manual);
-        let mut sink = Sink::new(dir.clone(), harness.checkpointer());
-        let mut handler = |batch: Batch<String>| sink.handle(&batch);
+        let mut harness =
+            BatchHarness::with_message_handler(line).checkpointing(Checkpointing::Manual);
+        let mut sink = Sink::new(dir.clone(), harness.checkpointer(), u64::MAX);
+        let mut handler = |batch: Batch<Line>| sink.handle(&batch);
         let other = "shardId-000000000002";
         let mut records = harness.records(SHARD, ["a", "b"]);
         records.extend(harness.records(other, ["c"]));

@@ -6,6 +6,9 @@
 //! ```text
 //! cargo run --example leases -- --app A [--stream S] [--observe-ms N (3500)]
 //! cargo run --example leases -- --stream S --deregister-consumer NAME
+//! cargo run --example leases -- --app A --stream S --reset POSITION [--shard ID ...] [--dry-run]
+//! cargo run --example leases -- --app A --export FILE
+//! cargo run --example leases -- --app A --import FILE [--dry-run]
 //! ```
 //!
 //! It reads the table twice, `--observe-ms` apart: a lease whose owner's
@@ -22,6 +25,18 @@
 //! this by itself: the consumer is shared by every worker of the
 //! application, and one worker stopping or restarting must not cut off the
 //! others; whether the application is gone for good is an operator's call.
+//!
+//! `--reset` moves the application's position, also while its workers run
+//! (`kinesis_consumer::reset_positions`): POSITION is `trim-horizon`,
+//! `latest`, `at-timestamp <RFC 3339 time>` or `after-sequence N[/SUB]`
+//! (with exactly one `--shard`). Every shard of the stream moves, or those
+//! of `--shard` (repeatable). A worker holding a lease drops it and what it
+//! read; no checkpoint of an older position can land over the reset. A
+//! reset into the past re-creates the leases of parent shards still in the
+//! stream (their children wait for them again) and names the shards past
+//! retention. `--export FILE` writes every checkpoint as JSON;
+//! `--import FILE` sets them (into this or another application's table).
+//! `--dry-run` prints what `--reset` or `--import` would change.
 
 mod support;
 
@@ -31,19 +46,64 @@ use std::time::Duration;
 use kinesis_consumer::aws::ClientConfig;
 use kinesis_consumer::aws::kinesis::KinesisClient;
 use kinesis_consumer::{
-    Checkpoint, LeaseStanding, Standing, inspect_leases, list_leases, worker_heartbeats,
+    Checkpoint, LeaseStanding, ResetReport, ResetTo, Standing, export_checkpoints,
+    import_checkpoints, inspect_leases, list_leases, reset_positions, worker_heartbeats,
 };
 
-const USAGE: &str = "usage: leases --app A [--stream S] [--observe-ms N (3500)]\n       leases --stream S --deregister-consumer NAME";
+const USAGE: &str = "usage: leases --app A [--stream S] [--observe-ms N (3500)]\n       leases --stream S --deregister-consumer NAME\n       leases --app A --stream S --reset (trim-horizon | latest | at-timestamp T | after-sequence N[/SUB]) [--shard ID ...] [--dry-run]\n       leases --app A --export FILE\n       leases --app A --import FILE [--dry-run]";
 
 fn main() {
-    let args = support::Args::parse(
-        USAGE,
-        &["app", "stream", "observe-ms", "deregister-consumer"],
-        &[],
-    );
+    let (rest, shards) = take_shards(std::env::args().skip(1).collect());
+    let options = [
+        "app",
+        "stream",
+        "observe-ms",
+        "deregister-consumer",
+        "reset",
+        "export",
+        "import",
+    ];
+    let args = match support::Args::parse_from(rest, &options, &["dry-run"]) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return;
+        }
+        Err(message) => support::fail(USAGE, &message),
+    };
     if let Some(name) = args.get("deregister-consumer") {
         deregister_consumer(&args.required(USAGE, "stream"), name);
+        return;
+    }
+    if !shards.is_empty() && args.get("reset").is_none() {
+        support::fail(USAGE, "--shard goes with --reset");
+    }
+    if let Some(position) = args.get("reset") {
+        let to: ResetTo = position.parse().unwrap_or_else(fail);
+        let (app, stream) = (args.required(USAGE, "app"), args.required(USAGE, "stream"));
+        let kinesis = KinesisClient::new(&ClientConfig::new()).unwrap_or_else(fail);
+        let listing = kinesis.list_shards(&stream, None).unwrap_or_else(fail);
+        let dry_run = args.flag("dry-run");
+        let report = reset_positions(&ClientConfig::new(), &app, &listing, &to, &shards, dry_run)
+            .unwrap_or_else(fail);
+        print_report(&report);
+        return;
+    }
+    if let Some(file) = args.get("export") {
+        let json = export_checkpoints(&ClientConfig::new(), &args.required(USAGE, "app"))
+            .unwrap_or_else(fail);
+        if let Err(e) = std::fs::write(file, json + "\n") {
+            support::fail(USAGE, &format!("cannot write {file}: {e}"));
+        }
+        return;
+    }
+    if let Some(file) = args.get("import") {
+        let json = std::fs::read_to_string(file)
+            .unwrap_or_else(|e| support::fail(USAGE, &format!("cannot read {file}: {e}")));
+        let app = args.required(USAGE, "app");
+        let report = import_checkpoints(&ClientConfig::new(), &app, &json, args.flag("dry-run"))
+            .unwrap_or_else(fail);
+        print_report(&report);
         return;
     }
     let app = args.required(USAGE, "app");
@@ -184,6 +244,80 @@ fn status(row: &LeaseStanding, owner_alive: bool, observe: Duration) -> String {
     status
 }
 
+/// The arguments without the `--shard ID`s (returned apart, as `--shard`
+/// may be repeated), with a two-word `--reset` value (`at-timestamp T`,
+/// `after-sequence N`) joined into one.
+fn take_shards(args: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let (mut rest, mut shards) = (Vec::new(), Vec::new());
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--shard" => match args.next() {
+                Some(id) => shards.push(id),
+                None => support::fail(USAGE, "--shard needs a value"),
+            },
+            "--reset" => {
+                rest.push(arg);
+                let Some(kind) = args.next() else {
+                    support::fail(USAGE, "--reset needs a value");
+                };
+                match kind.as_str() {
+                    "at-timestamp" | "after-sequence" => match args.next() {
+                        Some(value) => rest.push(format!("{kind} {value}")),
+                        None => support::fail(USAGE, &format!("--reset {kind} needs a value")),
+                    },
+                    _ => rest.push(kind),
+                }
+            }
+            other => match other.strip_prefix("--shard=") {
+                Some(id) => shards.push(id.to_owned()),
+                None => rest.push(arg),
+            },
+        }
+    }
+    (rest, shards)
+}
+
+/// Prints what a reset or an import changed (or would change).
+fn print_report(report: &ResetReport) {
+    let verb = if report.dry_run {
+        "would move"
+    } else {
+        "moved"
+    };
+    if report.changes.is_empty() {
+        println!("nothing to change");
+    }
+    for change in &report.changes {
+        let line = match (&change.from, &change.owner) {
+            (None, _) => format!(
+                "{}: {} (lease created{})",
+                change.shard_id,
+                change.to,
+                if report.dry_run { ", dry run" } else { "" }
+            ),
+            (Some(from), owner) => format!(
+                "{}: {verb} from {from} to {}{}",
+                change.shard_id,
+                change.to,
+                match owner {
+                    Some(o) => format!(" (held by {o}: it drops the lease and what it read)"),
+                    None => String::new(),
+                }
+            ),
+        };
+        println!("{}", support::printable(&line));
+    }
+    for shard_id in &report.past_retention {
+        let line =
+            format!("{shard_id}: past the stream's retention, its records are gone; left as it is");
+        println!("{}", support::printable(&line));
+    }
+    if report.dry_run {
+        println!("dry run: nothing written");
+    }
+}
+
 /// Deregisters the fan-out consumer `name` of `stream` (a name or an ARN).
 fn deregister_consumer(stream: &str, name: &str) {
     let kinesis = KinesisClient::new(&ClientConfig::new()).unwrap_or_else(fail);
@@ -217,5 +351,42 @@ fn short(seq: &str) -> String {
         format!("…{}", &seq[seq.len() - 19..])
     } else {
         seq.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn shards_are_taken_out_and_a_two_word_reset_is_joined() {
+        let (rest, shards) = take_shards(strings(&[
+            "--app",
+            "A",
+            "--shard",
+            "shardId-1",
+            "--reset",
+            "at-timestamp",
+            "2026-01-02T03:04:05Z",
+            "--shard=shardId-2",
+            "--dry-run",
+        ]));
+        assert_eq!(shards, ["shardId-1", "shardId-2"]);
+        assert_eq!(
+            rest,
+            strings(&[
+                "--app",
+                "A",
+                "--reset",
+                "at-timestamp 2026-01-02T03:04:05Z",
+                "--dry-run"
+            ])
+        );
+        let (rest, _) = take_shards(strings(&["--reset", "latest", "--app", "A"]));
+        assert_eq!(rest, strings(&["--reset", "latest", "--app", "A"]));
     }
 }

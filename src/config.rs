@@ -11,10 +11,11 @@ use crate::aws::credentials::{
 };
 use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
-use crate::error::{Error, Result};
+use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{BillingMode, Checkpoint, TableOptions};
 use crate::metrics::{MetricsDimension, MetricsLevel};
 use crate::record::{Payload, Record};
+use crate::worker::dead_letter::DeadLetterHandler;
 use crate::worker::processing::{Checkpointing, ErrorPolicy};
 use crate::worker::{Clients, Consumer, ConsumerSettings, MessageHandler, ShutdownHandle};
 
@@ -95,6 +96,7 @@ pub(crate) struct Settings {
     pub(crate) checkpoint_interval: Option<Duration>,
     pub(crate) checkpointing: Checkpointing,
     pub(crate) error_policy: ErrorPolicy,
+    pub(crate) dead_letter: Option<DeadLetterHandler>,
     pub(crate) fan_out_consumer: Option<String>,
     pub(crate) metrics_level: MetricsLevel,
     pub(crate) metrics_dimensions: Vec<MetricsDimension>,
@@ -169,6 +171,7 @@ impl ConsumerBuilder<Payload> {
                 checkpoint_interval: None,
                 checkpointing: Checkpointing::Automatic,
                 error_policy: ErrorPolicy::Stop,
+                dead_letter: None,
                 fan_out_consumer: None,
                 metrics_level: MetricsLevel::None,
                 metrics_dimensions: vec![MetricsDimension::Operation, MetricsDimension::ShardId],
@@ -364,6 +367,24 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// to [`ErrorPolicy::Stop`]: `run` returns the error.
     pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
         self.settings.error_policy = policy;
+        self
+    }
+
+    /// Where records the handler keeps rejecting go under
+    /// [`ErrorPolicy::RetryThenDeadLetter`] (required by it, refused with
+    /// any other policy): `handler(records, error)` is given the rejected
+    /// records (today one user record per call, a KPL sub-record alone)
+    /// and the error of their last rejection. It must make them durable
+    /// (a file, another stream, a queue) before returning `Ok`: the shard's
+    /// checkpoint then moves past them. An error or a panic stops the
+    /// shard before the record. It may be called again with the same
+    /// record (after a restart, or another worker took the shard), and
+    /// runs on the thread that calls the handler. Defaults to none.
+    pub fn dead_letter(
+        mut self,
+        handler: impl Fn(&[Record], &Error) -> HandlerResult + Send + Sync + 'static,
+    ) -> Self {
+        self.settings.dead_letter = Some(Arc::new(handler));
         self
     }
 
@@ -594,6 +615,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             .clone()
             .ok_or_else(|| Error::config("app_name", "is required"))?;
         check_name("app_name", &app_name, 3, 255)?;
+        check_dead_letter(&self.settings)?;
         if let Some(name) = &self.settings.fan_out_consumer {
             // Kinesis's rule for consumer names.
             check_name("enhanced_fan_out", name, 1, 128)?;
@@ -811,6 +833,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             checkpoint_interval: s.checkpoint_interval.unwrap_or(s.batch_interval),
             checkpointing: s.checkpointing,
             error_policy: s.error_policy,
+            dead_letter: s.dead_letter.clone(),
             fan_out_consumer: s.fan_out_consumer.clone(),
             metrics_level: s.metrics_level,
             metrics_dimensions: s.metrics_dimensions.clone(),
@@ -987,6 +1010,21 @@ impl<T> ConsumerBuilder<T> {
 }
 
 /// Table and stream names: the characters AWS allows, within its lengths.
+/// The dead-letter policy and handler go together.
+fn check_dead_letter(s: &Settings) -> Result<()> {
+    match (s.error_policy.dead_letters(), s.dead_letter.is_some()) {
+        (true, false) => Err(Error::config(
+            "error_policy",
+            "ErrorPolicy::RetryThenDeadLetter needs a dead-letter handler (ConsumerBuilder::dead_letter)",
+        )),
+        (false, true) => Err(Error::config(
+            "dead_letter",
+            "a dead-letter handler is only called under ErrorPolicy::RetryThenDeadLetter",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn check_name(setting: &'static str, name: &str, min: usize, max: usize) -> Result<()> {
     if name.len() < min || name.len() > max {
         return Err(Error::config(

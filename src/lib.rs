@@ -144,6 +144,7 @@ guide_doctests! {
     MetricsDoctests = "../docs/metrics.md",
     MigratingDoctests = "../docs/migrating-from-kcl.md",
     OperationsDoctests = "../docs/operations.md",
+    PoisonRecordsDoctests = "../docs/poison-records.md",
     ProcessingDoctests = "../docs/processing.md",
     SettingsDoctests = "../docs/settings.md",
     TestingDoctests = "../docs/testing.md",
@@ -152,7 +153,8 @@ guide_doctests! {
 pub use config::{ConsumerBuilder, InitialPosition};
 pub use error::{Error, HandlerResult, Result, ServiceError, TransportKind};
 pub use lease::{
-    BillingMode, Checkpoint, Lease, LeaseStanding, Standing, inspect_leases, list_leases,
+    BillingMode, Checkpoint, Lease, LeaseStanding, ResetChange, ResetReport, ResetTo, Standing,
+    export_checkpoints, import_checkpoints, inspect_leases, list_leases, reset_positions,
     worker_heartbeats,
 };
 pub use metrics::{

@@ -47,3 +47,8 @@ pub fn decode_subscribe_to_shard_events(bytes: &[u8]) -> crate::Result<Vec<crate
 pub fn event_stream_crc32(data: &[u8]) -> u32 {
     crate::aws::event_stream::crc32(data)
 }
+
+/// `time` as RFC 3339 with milliseconds, as the library writes times.
+pub fn format_rfc3339(time: std::time::SystemTime) -> String {
+    crate::time::format_rfc3339(time, true)
+}

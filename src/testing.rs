@@ -586,6 +586,10 @@ fn without_waits(policy: ErrorPolicy) -> ErrorPolicy {
             retries,
             backoff: Duration::ZERO,
         },
+        ErrorPolicy::RetryThenDeadLetter { retries, .. } => ErrorPolicy::RetryThenDeadLetter {
+            retries,
+            backoff: Duration::ZERO,
+        },
     }
 }
 

@@ -157,3 +157,87 @@ fn every_record_survives_kill_9(extra: &[&str]) {
     assert!(flushed(&dir).len() >= put.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn records_the_sink_refuses_go_to_the_dead_letter_directory() {
+    refused_records_are_dead_lettered(&[]);
+}
+
+#[test]
+fn with_processors_records_the_sink_refuses_go_to_the_dead_letter_directory() {
+    refused_records_are_dead_lettered(&["--processors"]);
+}
+
+/// The data of the lines of the dead-letter files in `dir`, each line
+/// checked to name the sink's reason.
+fn dead_lettered(dir: &Path) -> Vec<String> {
+    let mut data = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let error = v["error"].as_str().unwrap();
+            assert!(error.contains("--max-record-bytes 100"), "{error}");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v["data_base64"].as_str().unwrap())
+                .unwrap();
+            data.push(String::from_utf8(bytes).unwrap());
+        }
+    }
+    data.sort();
+    data
+}
+
+/// Two records too large for `--max-record-bytes` among 200: they reach
+/// the dead-letter directory (once each), every other record a flushed
+/// file, and the sink goes on.
+fn refused_records_are_dead_lettered(extra: &[&str]) {
+    let stream = common::create_stream(2);
+    let app = common::unique_name("sink-dead");
+    let dir = std::env::temp_dir().join(common::unique_name("file-sink"));
+    let dead_dir = std::env::temp_dir().join(common::unique_name("file-sink-dead"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = |i: usize| format!("big-{i}-{}", "x".repeat(200));
+    let mut data: Vec<String> = (0..200).map(|i| format!("r-{i}")).collect();
+    data.insert(50, big(1));
+    data.insert(150, big(2));
+    let entries: Vec<kinesis_consumer::aws::kinesis::PutRecordsEntry> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| kinesis_consumer::aws::kinesis::PutRecordsEntry {
+            partition_key: format!("key-{}", i % 16),
+            explicit_hash_key: None,
+            data: d.clone().into_bytes(),
+        })
+        .collect();
+    for r in common::kinesis().put_records(&stream, &entries).unwrap() {
+        r.unwrap();
+    }
+    let mut args = vec!["--max-record-bytes", "100", "--dead-letter"];
+    args.push(dead_dir.to_str().unwrap());
+    args.extend(extra);
+    let mut sink = spawn_sink(&stream, &app, &dir, &args);
+    wait_reading(&mut sink);
+    let small: HashSet<String> = (0..200).map(|i| format!("r-{i}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while flushed(&dir) != small || dead_lettered(&dead_dir).len() < 2 {
+        assert!(sink.try_wait().unwrap().is_none(), "the sink exited");
+        assert!(
+            Instant::now() < deadline,
+            "flushed {} of 200, dead-lettered {:?}",
+            flushed(&dir).len(),
+            dead_lettered(&dead_dir)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &sink.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(sink.wait().unwrap().success());
+    assert_eq!(dead_lettered(&dead_dir), [big(1), big(2)]);
+    assert_eq!(flushed(&dir), small);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&dead_dir);
+}

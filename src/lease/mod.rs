@@ -8,6 +8,7 @@ mod coordinator;
 mod held;
 mod peers;
 mod plan;
+mod reset;
 #[cfg(test)]
 mod sim;
 mod table;
@@ -18,6 +19,9 @@ pub(crate) use coordinator::{
 pub(crate) use held::{HeldLeases, Holding};
 pub use plan::Standing;
 use plan::{Lineage, Row};
+pub use reset::{
+    ResetChange, ResetReport, ResetTo, export_checkpoints, import_checkpoints, reset_positions,
+};
 pub use table::BillingMode;
 #[cfg(feature = "fuzzing")]
 pub(crate) use table::parse_lease;

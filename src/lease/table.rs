@@ -804,6 +804,76 @@ impl LeaseStore for LeaseTable {
 }
 
 impl LeaseTable {
+    /// Reads one row; `None` when it is missing or not a lease row.
+    pub(crate) fn row(&self, shard_id: &str) -> Result<Option<Row>> {
+        let Some(item) = self.dynamodb.get_item(&self.name, &key(shard_id))? else {
+            return Ok(None);
+        };
+        if !is_lease_item(&item) {
+            return Ok(None);
+        }
+        Ok(Some(match parse_lease(&item) {
+            Ok(lease) => Row::Lease(lease),
+            Err(why) => Row::Malformed {
+                shard_id: shard_id.to_owned(),
+                why: why.to_string(),
+            },
+        }))
+    }
+
+    /// Moves a lease's checkpoint to `checkpoint` if its counter is still
+    /// `seen_counter`, and frees it: the counter moves on and the owner
+    /// (and any handoff asked for) is removed. That is the fence: the
+    /// owner's checkpoint writes, conditional on its owner and counter,
+    /// all fail from then on, and its next read of the table finds the
+    /// lease gone; whoever takes it next reads from `checkpoint`. False
+    /// when the counter moved meanwhile (nothing written).
+    pub(crate) fn reset(
+        &self,
+        shard_id: &str,
+        seen_counter: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<bool> {
+        let (text, sub) = checkpoint.to_columns();
+        let timestamp = match checkpoint {
+            Checkpoint::AtTimestamp(Some(t)) => {
+                Some(t.duration_since(UNIX_EPOCH).unwrap_or_default())
+            }
+            _ => None,
+        };
+        let update = match timestamp {
+            Some(t) => Expression::new(
+                "SET #checkpoint = :checkpoint, #sub = :sub, #switches = :zero, #counter = :next, #ts = :ts REMOVE #owner, #handoff",
+            )
+            .value(":ts", n(t.as_millis() as u64)),
+            None => Expression::new(
+                "SET #checkpoint = :checkpoint, #sub = :sub, #switches = :zero, #counter = :next REMOVE #owner, #handoff, #ts",
+            ),
+        }
+        .name("#checkpoint", "checkpoint")
+        .name("#sub", "checkpointSubSequenceNumber")
+        .name("#switches", "ownerSwitchesSinceCheckpoint")
+        .name("#counter", "leaseCounter")
+        .name("#owner", "leaseOwner")
+        .name("#handoff", HANDOFF)
+        .name("#ts", TIMESTAMP)
+        .value(":checkpoint", s(text))
+        .value(":sub", n(sub))
+        .value(":zero", n(0))
+        .value(":next", n(next_counter(seen_counter)));
+        let unchanged = Expression::new("#counter = :seen")
+            .name("#counter", "leaseCounter")
+            .value(":seen", n(seen_counter));
+        match self
+            .dynamodb
+            .update_item(&self.name, &key(shard_id), &update, Some(&unchanged))
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_condition_failed() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A write on a lease `owner` holds at `counter`: it moves the counter
     /// on and leaves `new_owner` (and a checkpoint's columns) in the row.
     fn write_held(

@@ -110,6 +110,11 @@ pub(crate) enum Metric {
     /// the application has not checkpointed (manual checkpoints): its
     /// children wait.
     ShardEndsNotCheckpointed,
+    /// 1 per record passed to the dead-letter handler, which returned `Ok`.
+    RecordsDeadLettered,
+    /// 1 per retry of a handler call (batch handler, shard processor,
+    /// a record being isolated).
+    HandlerRetries,
 }
 
 impl Metric {
@@ -139,6 +144,8 @@ impl Metric {
             Metric::Workers => "Workers",
             Metric::ShardsBlockedOnParent => "ShardsBlockedOnParent",
             Metric::ShardEndsNotCheckpointed => "ShardEndsNotCheckpointed",
+            Metric::RecordsDeadLettered => "RecordsDeadLettered",
+            Metric::HandlerRetries => "HandlerRetries",
         }
     }
 
@@ -147,7 +154,7 @@ impl Metric {
         use Metric::*;
         match self {
             RecordsProcessed | DataBytesProcessed | MillisBehindLatest | ProcessTaskTime
-            | BatchSize => "ProcessTask",
+            | BatchSize | RecordsDeadLettered | HandlerRetries => "ProcessTask",
             GetRecordsSuccess
             | GetRecordsTime
             | GetRecordsThrottled
@@ -181,6 +188,7 @@ impl Metric {
             self,
             ProcessTaskTime
                 | BatchSize
+                | HandlerRetries
                 | LeasesHeld
                 | LeasesLost
                 | LeasesTaken

@@ -2,8 +2,10 @@
 //! them. Leases come from the lease module; records from the wire layer.
 
 pub(crate) mod batch;
+mod bisect;
 mod budget;
 pub(crate) mod checkpointer;
+pub(crate) mod dead_letter;
 pub(crate) mod processing;
 pub(crate) mod processor;
 mod reader;
@@ -36,6 +38,7 @@ use crate::record::Record;
 use batch::Batch;
 use budget::Budget;
 use checkpointer::Checkpointer;
+use dead_letter::DeadLetterHandler;
 use processing::{Checkpointing, Delivery, ErrorPolicy};
 use processor::ShardProcessor;
 use reader::{ReaderContext, ReaderOutput, ReaderPool};
@@ -60,7 +63,6 @@ pub(crate) type MessageHandler<T> = Arc<dyn Fn(&Record) -> T + Send + Sync>;
 
 /// A built consumer's settings, every default resolved once by
 /// `ConsumerBuilder::build` (see the builder for what each means).
-#[derive(Debug)]
 pub(crate) struct ConsumerSettings {
     pub app_name: String,
     pub stream_name: String,
@@ -92,6 +94,8 @@ pub(crate) struct ConsumerSettings {
     pub pace_reads: bool,
     pub checkpointing: Checkpointing,
     pub error_policy: ErrorPolicy,
+    /// Where rejected records go (see `ErrorPolicy::RetryThenDeadLetter`).
+    pub dead_letter: Option<DeadLetterHandler>,
     /// Enhanced fan-out's consumer name; `None`: polling.
     pub fan_out_consumer: Option<String>,
     /// The lease table's name and how to create it.
@@ -453,6 +457,7 @@ impl<T: Send + 'static> Consumer<T> {
             checkpoint_interval: s.checkpoint_interval,
             checkpointing: s.checkpointing,
             error_policy: s.error_policy,
+            dead_letter: s.dead_letter.clone(),
             last_checkpoint_time: s.failover_time,
         };
         let result = deliver(&records, delivery);

@@ -1,6 +1,7 @@
 //! What the batch ticker and the shard processors share: who checkpoints,
 //! what a handler failure does, and calling user code under that policy.
 
+use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,13 +10,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::error::{Error, HandlerResult, Result};
-use crate::lease::{CoordinatorEvent, HeldLeases};
+use crate::lease::{Checkpoint, CoordinatorEvent, HeldLeases};
 use crate::metrics::{Metric, Metrics};
 use crate::record::Record;
 use crate::worker::MessageHandler;
 use crate::worker::batch::{Message, ShardBatch};
 use crate::worker::budget::Budget;
 use crate::worker::checkpointer::Checkpointer;
+use crate::worker::dead_letter::DeadLetterHandler;
 use crate::worker::reader::panic_message;
 
 /// Who writes checkpoints.
@@ -69,6 +71,32 @@ pub enum ErrorPolicy {
         /// The wait before the first retry.
         backoff: Duration,
     },
+    /// Poison records: retries as [`Retry`](Self::Retry) does, then finds
+    /// the records of the failing shard's part the handler keeps rejecting
+    /// by bisection (halves of the part tried once each, in order; a
+    /// single record under the retries), hands the rest on, and passes
+    /// each reject to the dead-letter handler
+    /// ([`ConsumerBuilder::dead_letter`](crate::ConsumerBuilder::dead_letter),
+    /// required). A shard's checkpoint passes a record only once the
+    /// handler accepted it or the dead-letter handler returned `Ok`; if the
+    /// dead-letter handler fails, the shard stops before that record (what
+    /// came before is checkpointed, the lease released, and the shard read
+    /// again from there, by this or another worker), while the other
+    /// shards go on. With the batch API, each shard of a failed batch is
+    /// first tried alone. With manual checkpoints, the application can
+    /// checkpoint no further than the records of the call it is in, and a
+    /// stopped shard is released without a checkpoint of the consumer's.
+    /// A failure with no
+    /// records to isolate (a processor's `initialize`, `shard_ended` or
+    /// `shutdown_requested`) gives up the shard as
+    /// [`RetryThenReleaseShard`](Self::RetryThenReleaseShard) does.
+    RetryThenDeadLetter {
+        /// How many calls after the first failed one (for the whole part,
+        /// and again for each single record before it is dead-lettered).
+        retries: u32,
+        /// The wait before the first retry.
+        backoff: Duration,
+    },
 }
 
 impl ErrorPolicy {
@@ -76,8 +104,14 @@ impl ErrorPolicy {
         match *self {
             ErrorPolicy::Stop => (0, Duration::ZERO),
             ErrorPolicy::Retry { retries, backoff }
-            | ErrorPolicy::RetryThenReleaseShard { retries, backoff } => (retries, backoff),
+            | ErrorPolicy::RetryThenReleaseShard { retries, backoff }
+            | ErrorPolicy::RetryThenDeadLetter { retries, backoff } => (retries, backoff),
         }
+    }
+
+    /// True for [`RetryThenDeadLetter`](Self::RetryThenDeadLetter).
+    pub(crate) fn dead_letters(&self) -> bool {
+        matches!(self, ErrorPolicy::RetryThenDeadLetter { .. })
     }
 }
 
@@ -261,18 +295,49 @@ impl KeptShard {
         }
     }
 
+    /// How many records are kept.
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// The record at `index`.
+    pub(crate) fn record(&self, index: usize) -> &Record {
+        &self.records[index]
+    }
+
     /// The shard and the lease epoch its records were read under.
     pub(crate) fn lease(&self) -> (&Arc<str>, u64) {
         (&self.bare.shard_id, self.bare.epoch)
     }
 
+    /// The position that the records of `0..end` hand on: the shard's end
+    /// with the last record of an ended shard, else the last record's;
+    /// none without a record.
+    pub(crate) fn handed(&self, end: usize) -> Option<Checkpoint> {
+        let last = self.records.get(end.checked_sub(1)?)?;
+        Some(match end == self.records.len() && self.bare.shard_ended {
+            true => Checkpoint::ShardEnd,
+            false => Checkpoint::At(last.position.clone()),
+        })
+    }
+
     /// The shard's part made again, its values by `handler`.
     pub(crate) fn remake<T>(&self, handler: &MessageHandler<T>) -> ShardBatch<T> {
+        self.part(handler, 0..self.records.len())
+    }
+
+    /// The records of `range` made again, their values by `handler`; it
+    /// holds the shard's end only if it holds the last record.
+    pub(crate) fn part<T>(
+        &self,
+        handler: &MessageHandler<T>,
+        range: Range<usize>,
+    ) -> ShardBatch<T> {
         let bare = &self.bare;
+        let to_the_end = range.end == self.records.len();
         ShardBatch {
             shard_id: bare.shard_id.clone(),
-            messages: self
-                .records
+            messages: self.records[range]
                 .iter()
                 .map(|record| Message {
                     value: handler(record),
@@ -280,7 +345,7 @@ impl KeptShard {
                 })
                 .collect(),
             millis_behind_latest: bare.millis_behind_latest,
-            shard_ended: bare.shard_ended,
+            shard_ended: bare.shard_ended && to_the_end,
             epoch: bare.epoch,
         }
     }
@@ -299,6 +364,8 @@ pub(crate) struct Delivery<T> {
     pub checkpoint_interval: Duration,
     pub checkpointing: Checkpointing,
     pub error_policy: ErrorPolicy,
+    /// Where rejected records go under [`ErrorPolicy::RetryThenDeadLetter`].
+    pub dead_letter: Option<DeadLetterHandler>,
     /// How long the last checkpoints at shutdown are tried for (the
     /// failover time: a peer could take over a dead worker's leases by
     /// then).
@@ -319,6 +386,7 @@ impl<T> Clone for Delivery<T> {
             checkpoint_interval: self.checkpoint_interval,
             checkpointing: self.checkpointing,
             error_policy: self.error_policy,
+            dead_letter: self.dead_letter.clone(),
             last_checkpoint_time: self.last_checkpoint_time,
         }
     }
@@ -331,6 +399,23 @@ impl<T> Delivery<T> {
 
     pub(crate) fn automatic(&self) -> bool {
         self.checkpointing == Checkpointing::Automatic
+    }
+
+    /// Calls user code under `policy` (see [`call_with_policy`]),
+    /// counting each retry in the `HandlerRetries` metric.
+    pub(crate) fn call(
+        &self,
+        policy: &ErrorPolicy,
+        stop: &dyn Fn() -> bool,
+        what: &str,
+        attempt: &mut dyn FnMut(u32) -> HandlerResult,
+    ) -> Result<Called> {
+        call_with_policy(policy, stop, what, |number| {
+            if number > 0 {
+                self.metrics.record(None, &[(Metric::HandlerRetries, 1.0)]);
+            }
+            attempt(number)
+        })
     }
 
     /// Records the metrics of a shard's records processed.

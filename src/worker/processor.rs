@@ -14,8 +14,9 @@ use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{Checkpoint, Holding};
 use crate::worker::batch::ShardBatch;
 use crate::worker::checkpointer::Checkpointer;
+use crate::worker::dead_letter::isolate;
 use crate::worker::processing::{
-    Called, Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy, not_saved, outcome,
+    Called, Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, not_saved, outcome,
     release_unopened_handoffs, worth_retrying, write_last,
 };
 use crate::worker::reader::{Chunk, ReaderOutput};
@@ -287,11 +288,12 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
     }
 
     /// Whether `error` gives up this shard alone: a processor's failure
-    /// under [`ErrorPolicy::RetryThenReleaseShard`].
+    /// under [`ErrorPolicy::RetryThenReleaseShard`] or
+    /// [`ErrorPolicy::RetryThenDeadLetter`] (records it could not isolate).
     fn gives_up_shard_alone(&self, error: &Error) -> bool {
         matches!(
             self.delivery.error_policy,
-            ErrorPolicy::RetryThenReleaseShard { .. }
+            ErrorPolicy::RetryThenReleaseShard { .. } | ErrorPolicy::RetryThenDeadLetter { .. }
         ) && matches!(error, Error::Handler(_) | Error::HandlerPanicked(_))
     }
 
@@ -375,6 +377,14 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             };
             p.process(shard, checkpointer)
         });
+        let result = match (result, &kept) {
+            (Err(error @ (Error::Handler(_) | Error::HandlerPanicked(_))), Some(kept))
+                if self.delivery.error_policy.dead_letters() =>
+            {
+                self.isolate(kept, error)
+            }
+            (result, _) => result,
+        };
         self.delivery.record_call(started, records);
         drop(room);
         let accepted = matches!(result, Ok(Called::Done));
@@ -391,6 +401,34 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             self.write_pending();
         }
         Ok(Called::Done)
+    }
+
+    /// Isolates the records of a failed `process` call that the processor
+    /// keeps rejecting (see [`isolate`]). [`Called::Done`] when every
+    /// record is done; [`Called::Cut`] when a shutdown or the lease's
+    /// change ended the search; otherwise (the dead-letter handler failed)
+    /// the error, which gives the shard up. Either way what was done
+    /// before is pending.
+    fn isolate(&mut self, kept: &KeptShard, error: Error) -> Result<Called> {
+        let (delivery, shard_id, epoch) = (&self.delivery, &self.shard_id, self.epoch);
+        let holding = delivery.held.holding(shard_id, epoch);
+        let stop = || delivery.stopping() || delivery.held.holding(shard_id, epoch) != holding;
+        let (processor, checkpointer) = (&mut self.processor, &self.checkpointer);
+        let what = format!("the processor of shard {shard_id} (process)");
+        let isolated = isolate(delivery, kept, Some(error), &stop, &what, &mut |part| {
+            processor.process(part, checkpointer)
+        });
+        let Some(error) = isolated.stopped else {
+            return Ok(Called::Done);
+        };
+        // What came before the stop is done (and accepted by `isolate`).
+        if delivery.automatic() {
+            self.pending = kept.handed(isolated.done).or(self.pending.take());
+        }
+        match isolated.cut {
+            true => Ok(Called::Cut(error)),
+            false => Err(error),
+        }
     }
 
     /// Tells the processor how its shard's processing ended, and writes
@@ -501,7 +539,7 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         // call): its next owner reads the records again.
         let holding = delivery.held.holding(shard_id, epoch);
         let stop = || delivery.stopping() || delivery.held.holding(shard_id, epoch) != holding;
-        call_with_policy(&delivery.error_policy, stop, &what, |_| {
+        delivery.call(&delivery.error_policy, &stop, &what, &mut |_| {
             call(processor, checkpointer)
         })
     }
@@ -1360,5 +1398,82 @@ mod tests {
             assert!(consumer.contains(says), "{consumer}");
             assert_eq!(through_the_test_kit(misstep), consumer);
         }
+    }
+
+    /// A processor under the dead-letter policy given one read of "a",
+    /// "x" (poison) and "b", with a dead-letter handler that fails if
+    /// `dead_letter_fails`: the log, the checkpoints written, what was
+    /// dead-lettered, and the leases held, once `done` says so.
+    fn poisoned_processor(
+        dead_letter_fails: bool,
+        done: impl Fn(&[String], &[(String, String)], usize) -> bool,
+    ) -> (Vec<String>, Vec<(String, String)>, usize, usize) {
+        let (_server, held, written) = held_leases_noting(Arc::default());
+        let mut delivery = delivery(
+            &held,
+            ErrorPolicy::RetryThenDeadLetter {
+                retries: 0,
+                backoff: Duration::ZERO,
+            },
+        );
+        let dead = Arc::new(AtomicUsize::new(0));
+        let counted = dead.clone();
+        delivery.dead_letter =
+            Some(Arc::new(
+                move |_: &[crate::Record], _: &Error| match dead_letter_fails {
+                    true => Err("queue down".into()),
+                    false => {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                },
+            ));
+        let setup = Setup {
+            poison: Some("x".into()),
+            ..Setup::default()
+        };
+        let run = dispatching_with(delivery, setup);
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let (sender, queue) = crossbeam_channel::unbounded();
+        let read = [("1", "a"), ("2", "x"), ("3", "b")];
+        sender
+            .send(crate::worker::test_support::chunk("shard-1", epoch, &read))
+            .unwrap();
+        run.outputs
+            .send(started_with("shard-1", epoch, queue))
+            .unwrap();
+        wait_until("the isolation", || {
+            done(&run.log(), &written.lock().unwrap(), held.shards().len())
+        });
+        let log = run.log();
+        let leases = held.shards().len();
+        run.stop().unwrap();
+        let written = written.lock().unwrap().clone();
+        (log, written, dead.load(Ordering::SeqCst), leases)
+    }
+
+    #[test]
+    fn a_processor_s_poison_record_is_dead_lettered_and_its_siblings_processed() {
+        let checkpointed_3 =
+            |_: &[String], w: &[(String, String)], _| w.iter().any(|(_, c)| c == "3");
+        let (log, written, dead, leases) = poisoned_processor(false, checkpointed_3);
+        assert_eq!(dead, 1);
+        assert!(log.contains(&"process a shard-1 1".to_owned()), "{log:?}");
+        assert!(log.contains(&"process b shard-1 1".to_owned()), "{log:?}");
+        assert!(!log.iter().any(|l| l.starts_with("lease_lost")), "{log:?}");
+        assert!(written.iter().all(|(_, c)| c == "3"), "{written:?}");
+        assert_eq!(leases, 1, "the shard goes on");
+    }
+
+    #[test]
+    fn a_processor_whose_dead_letter_handler_fails_gives_up_its_shard_before_the_record() {
+        let given_up = |log: &[String], _: &[(String, String)], leases| {
+            leases == 0 && log.iter().any(|l| l.starts_with("lease_lost"))
+        };
+        let (log, written, dead, leases) = poisoned_processor(true, given_up);
+        assert_eq!(dead, 0);
+        assert!(!log.contains(&"process b shard-1 1".to_owned()), "{log:?}");
+        assert_eq!(written, [("shard-1".to_owned(), "1".to_owned())]);
+        assert_eq!(leases, 0, "released");
     }
 }

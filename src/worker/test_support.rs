@@ -102,6 +102,7 @@ pub(crate) fn delivery(held: &Arc<HeldLeases>, policy: ErrorPolicy) -> Delivery<
         checkpoint_interval: Duration::from_millis(50),
         checkpointing: Checkpointing::Automatic,
         error_policy: policy,
+        dead_letter: None,
         last_checkpoint_time: Duration::from_secs(1),
     }
 }

@@ -13,8 +13,9 @@ use crate::lease::{Checkpoint, Holding};
 use crate::metrics::Metric;
 use crate::worker::batch::{Batch, ShardBatch, ShardEvent};
 use crate::worker::budget::Room;
+use crate::worker::dead_letter::isolate;
 use crate::worker::processing::{
-    Called, Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, call_with_policy, not_saved, outcome,
+    Called, Delivery, ErrorPolicy, KeptShard, SHUTDOWN_CHECK, not_saved, outcome,
     release_unopened_handoffs, worth_retrying, write_last,
 };
 use crate::worker::reader::{Chunk, ReaderOutput};
@@ -103,6 +104,71 @@ fn handed_position<T>(shard: &ShardBatch<T>) -> Option<Checkpoint> {
     Some(Checkpoint::At(
         shard.messages.last()?.record.position.clone(),
     ))
+}
+
+/// A shard of a batch that stopped part-way under the dead-letter policy.
+struct Stopped {
+    shard_id: Arc<str>,
+    epoch: u64,
+    /// The last position done (accepted or dead-lettered), if any.
+    through: Option<Checkpoint>,
+    error: Error,
+    /// Cut by a shutdown or the lease's change: checkpointed through
+    /// `through` as usual, not given up.
+    cut: bool,
+}
+
+/// Isolates the rejected records of each shard of a batch that failed
+/// after its retries (dead-letter policy): each shard alone, then halves
+/// of a failing one (see [`isolate`]). The batch's events ride along until
+/// a call accepts them (with the `Lost` events of the shards lost during
+/// the retries, which are left out). Returns the shards that stopped
+/// part-way, and the events no call accepted (for the next batch).
+fn isolate_shards<T>(
+    delivery: &Delivery<T>,
+    kept: &Kept,
+    lost: &[(Arc<str>, u64)],
+    handler: &mut dyn FnMut(Batch<T>) -> HandlerResult,
+) -> (Vec<Stopped>, Vec<ShardEvent>) {
+    let mut all_events = kept.events.clone();
+    all_events.extend(lost.iter().map(|(shard_id, _)| ShardEvent::Lost {
+        shard_id: shard_id.to_string(),
+    }));
+    let mut events = Some(all_events);
+    let mut stopped = Vec::new();
+    for shard in &kept.shards {
+        let (shard_id, epoch) = shard.lease();
+        if lost.iter().any(|(id, _)| id == shard_id) {
+            continue;
+        }
+        let stop =
+            || delivery.stopping() || delivery.held.holding(shard_id, epoch) != Holding::Current;
+        let mut deliver = |part: ShardBatch<T>| {
+            let batch = Batch {
+                time: kept.time,
+                shards: vec![part],
+                events: events.clone().unwrap_or_default(),
+                last: false,
+            };
+            let result = handler(batch);
+            if result.is_ok() {
+                events = None;
+            }
+            result
+        };
+        let what = format!("the batch handler (shard {shard_id} alone)");
+        let isolated = isolate(delivery, shard, None, &stop, &what, &mut deliver);
+        if let Some(error) = isolated.stopped {
+            stopped.push(Stopped {
+                shard_id: shard_id.clone(),
+                epoch,
+                through: shard.handed(isolated.done),
+                error,
+                cut: isolated.cut,
+            });
+        }
+    }
+    (stopped, events.unwrap_or_default())
 }
 
 /// A batch's records, kept so that a retry hands the same ones on again.
@@ -248,7 +314,7 @@ impl<'a, T> Ticker<'a, T> {
                 .iter()
                 .filter_map(|s| Some((s.shard_id.clone(), s.epoch, handed_position(s)?)))
                 .collect();
-            let result = self.hand_on(batch, handler);
+            let (result, mut stopped) = self.hand_on(batch, handler);
             // The batch is handled: the readers may fill its room again.
             drop(room);
             let accepted = matches!(result, Ok(Called::Done));
@@ -269,17 +335,29 @@ impl<'a, T> Ticker<'a, T> {
                 result?;
                 continue;
             }
+            let is_stopped = |id: &Arc<str>| stopped.iter().any(|s| s.shard_id == *id);
             for (shard_id, records, bytes) in &processed {
-                if self.open.contains_key(shard_id) {
+                if self.open.contains_key(shard_id) && !is_stopped(shard_id) {
                     self.delivery.record_processed(shard_id, *records, *bytes);
                 }
             }
             if self.delivery.automatic() {
                 for (shard_id, epoch, checkpoint) in ends {
-                    self.pending.insert(shard_id, Pending { epoch, checkpoint });
+                    let stop = stopped.iter().find(|s| s.shard_id == shard_id);
+                    // A cut shard is checkpointed as far as it got.
+                    let checkpoint = match stop {
+                        None => Some(checkpoint),
+                        Some(s) if s.cut => s.through.clone(),
+                        Some(_) => None,
+                    };
+                    if let Some(checkpoint) = checkpoint {
+                        self.pending.insert(shard_id, Pending { epoch, checkpoint });
+                    }
                 }
                 self.write_checkpoints();
             }
+            stopped.retain(|s| !s.cut);
+            self.give_up(stopped);
             self.release_closing();
         }
     }
@@ -307,16 +385,17 @@ impl<'a, T> Ticker<'a, T> {
             last: true,
         };
         // Its failure is the handler's to report: no retry is owed.
-        self.hand_on(batch, handler)?.done()
+        self.hand_on(batch, handler).0?.done()
     }
 
     /// Calls the handler with `batch` under the error policy; its records
-    /// are accepted when it returns [`Called::Done`].
+    /// are accepted when it returns [`Called::Done`], but for the shards
+    /// that stopped part-way (dead-letter policy), returned besides.
     fn hand_on(
         &mut self,
         batch: Batch<T>,
         handler: &mut dyn FnMut(Batch<T>) -> HandlerResult,
-    ) -> Result<Called> {
+    ) -> (Result<Called>, Vec<Stopped>) {
         let records = batch.len();
         let policy = match self.delivery.error_policy {
             // One handler for every shard: no shard to give up alone.
@@ -331,22 +410,86 @@ impl<'a, T> Ticker<'a, T> {
         let started = Instant::now();
         let delivery = &self.delivery;
         let mut lost = Vec::new();
-        let result = call_with_policy(
+        let result = delivery.call(
             &policy,
-            || delivery.stopping(),
+            &|| delivery.stopping(),
             "the batch handler",
-            |_| match (first.take(), &kept) {
+            &mut |_| match (first.take(), &kept) {
                 (Some(batch), _) => handler(batch),
                 (None, Some(kept)) => handler(kept.remake(delivery, &mut lost)),
                 (None, None) => Err("no records kept for a retry".into()),
             },
         );
+        let (mut stopped, mut unaccepted) = (Vec::new(), Vec::new());
+        let result = match (result, &kept) {
+            (Err(Error::Handler(_) | Error::HandlerPanicked(_)), Some(kept))
+                if policy.dead_letters() && !kept.shards.is_empty() =>
+            {
+                (stopped, unaccepted) = isolate_shards(delivery, kept, &lost, handler);
+                Ok(Called::Done)
+            }
+            (result, _) => result,
+        };
         delivery.record_call(started, records);
+        // Events no call accepted are handed on again with the next batch.
+        unaccepted.append(&mut self.events);
+        self.events = unaccepted;
         // Their loss was told in the retried batch: not again.
         for (shard_id, epoch) in lost {
             self.forget(&shard_id, epoch);
         }
-        result
+        (result, stopped)
+    }
+
+    /// Gives up the shards that stopped part-way (dead-letter policy):
+    /// what was done before is checkpointed, then the lease released, so
+    /// that the shard is read again from there. Unsaved, the lease is left
+    /// to expire instead: its next owner reads from the table's checkpoint.
+    fn give_up(&mut self, stopped: Vec<Stopped>) {
+        for s in stopped {
+            if self
+                .open
+                .get(&s.shard_id)
+                .is_none_or(|o| o.epoch != s.epoch)
+            {
+                continue; // lost meanwhile: nothing of it is ours to write
+            }
+            log::error!(
+                "giving up shard {} where it stopped ({}); its lease is released: {}",
+                s.shard_id,
+                match &s.through {
+                    Some(c) => format!("checkpointed through {c:?}"),
+                    None => "nothing more checkpointed".into(),
+                },
+                s.error
+            );
+            let earlier = self.pending.remove(&s.shard_id).map(|p| p.checkpoint);
+            // Manual checkpoints: the application's to write (it was
+            // handed the records; it is told the shard is lost).
+            let through = s.through.or(earlier).filter(|_| self.delivery.automatic());
+            let saved = match through {
+                Some(c) => self.delivery.checkpointer.write(&s.shard_id, s.epoch, &c),
+                None => Ok(()),
+            };
+            match saved {
+                Ok(()) => {
+                    if let Err(e) = self.delivery.held.release(&s.shard_id) {
+                        log::warn!(
+                            "releasing lease {} failed (it will expire): {e}",
+                            s.shard_id
+                        );
+                    }
+                }
+                Err(e) => {
+                    log::warn!(
+                        "checkpoint of {} failed; its lease is left to expire: {e}",
+                        s.shard_id
+                    );
+                    self.delivery.held.drop_lost(&s.shard_id);
+                }
+            }
+            self.close(&s.shard_id, s.epoch, Change::Lost);
+        }
     }
 
     /// Collects chunks until `tick`; `None` when shutdown was asked for.
@@ -646,6 +789,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
+    use crate::record::Record;
     use crate::worker::processing::Checkpointing;
     use crate::worker::test_support::{chunk, delivery, held_leases, held_leases_noting, started};
 
@@ -1195,5 +1339,184 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    /// What the handler accepted, what was dead-lettered, the checkpoints
+    /// written, and whether shard-1 is still held.
+    type Poisoned = (Vec<String>, Vec<String>, Vec<(String, String)>, bool);
+
+    /// Runs a ticker under the dead-letter policy over a batch of two
+    /// shards, shard-1 holding a record the handler rejects ("bad"), with
+    /// a dead-letter handler that fails if `dead_letter_fails`, until the
+    /// handler accepted "b" and "x" or 2 s passed.
+    fn poisoned_batch(dead_letter_fails: bool) -> Poisoned {
+        let (_server, held, written) = held_leases_noting(Arc::default());
+        let one = held.take("shard-1", 0, false).unwrap().unwrap();
+        let two = held.take("shard-2", 0, false).unwrap().unwrap();
+        let mut delivery = delivery(
+            &held,
+            ErrorPolicy::RetryThenDeadLetter {
+                retries: 1,
+                backoff: Duration::from_millis(1),
+            },
+        );
+        let dead = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let noted = dead.clone();
+        delivery.dead_letter = Some(Arc::new(move |records: &[Record], _: &Error| {
+            if dead_letter_fails {
+                return Err("queue down".into());
+            }
+            let mut noted = noted.lock().unwrap();
+            noted.extend(
+                records
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(r.data()).into_owned()),
+            );
+            Ok(())
+        }));
+        let (sender, records) = crossbeam_channel::unbounded();
+        for output in [
+            started("shard-1", one),
+            started("shard-2", two),
+            chunk("shard-1", one, &[("1", "a"), ("2", "bad"), ("3", "b")]),
+            chunk("shard-2", two, &[("1", "x")]),
+        ] {
+            sender.send(output).unwrap();
+        }
+        let shutdown = delivery.shutdown.clone();
+        let until = Instant::now() + Duration::from_secs(2);
+        let mut accepted = Vec::new();
+        let mut ticker = Ticker::new(&records, delivery);
+        let result = ticker.run(&mut |batch: Batch<String>| {
+            let values: Vec<String> = batch.messages().map(|m| m.value().clone()).collect();
+            if values.iter().any(|v| v == "bad") {
+                return Err("rejected".into());
+            }
+            accepted.extend(values);
+            let done = ["b", "x"].iter().all(|v| accepted.iter().any(|a| a == v));
+            if done || Instant::now() > until {
+                shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        assert!(result.is_ok(), "{result:?}");
+        let written = written.lock().unwrap().clone();
+        let dead = dead.lock().unwrap().clone();
+        (accepted, dead, written, held.is_current("shard-1", one))
+    }
+
+    #[test]
+    fn a_poison_record_is_dead_lettered_and_the_rest_handed_on_in_order() {
+        let (accepted, dead, written, _) = poisoned_batch(false);
+        assert_eq!(accepted, ["a", "b", "x"]);
+        assert_eq!(dead, ["bad"]);
+        let at = |shard: &str, what: &str| (shard.to_owned(), what.to_owned());
+        assert!(written.contains(&at("shard-1", "3")), "{written:?}");
+        assert!(written.contains(&at("shard-2", "1")), "{written:?}");
+    }
+
+    #[test]
+    fn a_failing_dead_letter_handler_stops_its_shard_before_the_record() {
+        let (accepted, dead, written, still_held) = poisoned_batch(true);
+        assert!(dead.is_empty());
+        // shard-1 stopped before "bad": "b" never handed on, the lease given up.
+        assert_eq!(accepted, ["a", "x"]);
+        assert!(!still_held);
+        let shard_1: Vec<&str> = written
+            .iter()
+            .filter(|(shard, _)| shard == "shard-1")
+            .map(|(_, c)| c.as_str())
+            .collect();
+        assert_eq!(shard_1, ["1"], "{written:?}");
+        assert!(written.contains(&("shard-2".to_owned(), "1".to_owned())));
+    }
+
+    #[test]
+    fn events_no_isolating_call_accepted_come_with_the_next_batch() {
+        let (_server, held) = held_leases();
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let mut delivery = delivery(
+            &held,
+            ErrorPolicy::RetryThenDeadLetter {
+                retries: 0,
+                backoff: Duration::ZERO,
+            },
+        );
+        delivery.dead_letter = Some(Arc::new(|_: &[Record], _: &Error| Ok(())));
+        let (sender, records) = crossbeam_channel::unbounded();
+        sender.send(started("shard-1", epoch)).unwrap();
+        sender
+            .send(chunk("shard-1", epoch, &[("1", "bad")]))
+            .unwrap();
+        let shutdown = delivery.shutdown.clone();
+        let mut accepted_events = Vec::new();
+        let mut ticker = Ticker::new(&records, delivery);
+        let result = ticker.run(&mut |batch: Batch<String>| {
+            if batch.messages().any(|m| m.value() == "bad") {
+                return Err("rejected".into());
+            }
+            accepted_events.extend(batch.events().iter().cloned());
+            shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        });
+        assert!(result.is_ok(), "{result:?}");
+        let gained = accepted_events
+            .iter()
+            .filter(|e| matches!(e, ShardEvent::Gained { .. }))
+            .count();
+        assert_eq!(gained, 1, "{accepted_events:?}");
+    }
+
+    #[test]
+    fn a_shutdown_during_isolation_checkpoints_what_was_done_and_gives_nothing_up() {
+        let (_server, held, written) = held_leases_noting(Arc::default());
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let mut delivery = delivery(
+            &held,
+            ErrorPolicy::RetryThenDeadLetter {
+                retries: 0,
+                backoff: Duration::ZERO,
+            },
+        );
+        let dead_lettered = Arc::new(AtomicUsize::new(0));
+        let counted = dead_lettered.clone();
+        delivery.dead_letter = Some(Arc::new(move |_: &[Record], _: &Error| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }));
+        let (sender, records) = crossbeam_channel::unbounded();
+        sender.send(started("shard-1", epoch)).unwrap();
+        let read = [("1", "a"), ("2", "bad"), ("3", "b")];
+        sender.send(chunk("shard-1", epoch, &read)).unwrap();
+        let shutdown = delivery.shutdown.clone();
+        let mut last_events = Vec::new();
+        let mut ticker = Ticker::new(&records, delivery);
+        let result = ticker.run(&mut |batch: Batch<String>| {
+            if batch.is_last() {
+                last_events = batch.events().to_vec();
+                return Ok(());
+            }
+            if batch.messages().any(|m| m.value() == "bad") {
+                return Err("rejected".into());
+            }
+            // "a" accepted alone: the search is cut here.
+            shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        });
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(dead_lettered.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let written = written.lock().unwrap().clone();
+        assert_eq!(written, [("shard-1".to_owned(), "1".to_owned())]);
+        assert_eq!(
+            last_events,
+            [ShardEvent::ShutdownRequested {
+                shard_id: "shard-1".into()
+            }],
+            "shut down, not lost"
+        );
+        assert!(
+            held.is_current("shard-1", epoch),
+            "not released by the ticker"
+        );
     }
 }

@@ -369,9 +369,9 @@ pub fn consumer_builder(
 
 /// True when the tests read through enhanced fan-out
 /// (`KINESIS_TEST_RETRIEVAL=fan-out`, h2c on kinesis-local) rather than by
-/// polling (the default): scripts/test.sh runs the consumer, scale-out and
-/// processing tests both ways. Tests through the fault proxy (HTTP/1.1)
-/// always poll.
+/// polling (the default): scripts/test.sh runs the consumer, scale-out,
+/// processing, dead-letter and replay tests both ways. Tests through the
+/// fault proxy (HTTP/1.1) always poll.
 pub fn fan_out() -> bool {
     match std::env::var("KINESIS_TEST_RETRIEVAL").as_deref() {
         Ok("fan-out") => true,
