@@ -338,7 +338,9 @@ impl HeldLeases {
                 Ok(true)
             }
             None => {
-                log::info!("lease {shard_id} lost: checkpoint refused, another worker holds it");
+                log::info!(
+                    "lease {shard_id} lost: checkpoint refused (another worker took it, or its position was reset)"
+                );
                 self.lost.fetch_add(1, Ordering::Relaxed);
                 // Taken behind our back (no notice came): look at the table.
                 self.taken_unseen.store(true, Ordering::Relaxed);
