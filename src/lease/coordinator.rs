@@ -154,6 +154,9 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     misses: HashMap<String, u32>,
     /// Shards whose reader was told by the service that they do not exist.
     not_found: HashSet<String>,
+    /// Shards a reader was told do not exist, not yet checked against a
+    /// listing: one the stream still lists is read again.
+    reported_not_found: HashSet<String>,
     /// For each lease seen: owner and counter, and since when (our clock)
     /// they have not changed, or its owner was last seen alive in the
     /// workers row. A lease of an owner outside that row (the KCL's, say)
@@ -208,6 +211,7 @@ impl<R: ShardRunner> Coordinator<R> {
             listed: None,
             misses: HashMap::new(),
             not_found: HashSet::new(),
+            reported_not_found: HashSet::new(),
             observed: HashMap::new(),
             peers: Peers::default(),
             outsiders: HashMap::new(),
@@ -304,6 +308,7 @@ impl<R: ShardRunner> Coordinator<R> {
         match self.heartbeat() {
             Ok(()) => {
                 self.held.pay_owed_notice();
+                self.note_not_found();
                 self.read_due |= self.held.take_taken_unseen();
                 let now = self.now();
                 if self.read_due || now >= self.next_full_read {
@@ -381,6 +386,16 @@ impl<R: ShardRunner> Coordinator<R> {
             .peers
             .observe(&workers, &me, now, self.timings.failover);
         Ok(())
+    }
+
+    /// Notes the shards readers were told do not exist; the table is read
+    /// (and the stream listed) at once.
+    fn note_not_found(&mut self) {
+        let reported = self.runner.take_not_found();
+        if !reported.is_empty() {
+            self.read_due = true;
+            self.reported_not_found.extend(reported);
+        }
     }
 
     /// Writes the heartbeat if a heartbeat period passed since the last
@@ -527,7 +542,25 @@ impl<R: ShardRunner> Coordinator<R> {
         let now = self.now();
         let me = self.held.owner().to_owned();
         self.observe(&rows, now, &me)?;
-        self.not_found.extend(self.runner.take_not_found());
+        self.note_not_found();
+        if !self.reported_not_found.is_empty() {
+            // A listing newer than the reports tells a shard that is gone
+            // from one the service did not know for a moment (stale state
+            // behind its front end), whose lease would stay held unread.
+            self.rows = rows;
+            self.sync_shards()?;
+            rows = std::mem::take(&mut self.rows);
+            for shard_id in std::mem::take(&mut self.reported_not_found) {
+                if self.misses.contains_key(&shard_id) {
+                    self.not_found.insert(shard_id);
+                } else {
+                    log::warn!(
+                        "shard {shard_id}: the service said it does not exist, but the stream lists it; reading it again"
+                    );
+                    self.runner.stop(&shard_id);
+                }
+            }
+        }
         // Borrowed out while the round runs; put back below.
         let listed = self.listed.take().unwrap_or_default();
         let result = self.plan_and_carry_out(&rows, &listed, now, &me);

@@ -76,6 +76,9 @@ struct Odds {
     fail: f64,
     lost: f64,
     late: f64,
+    /// A reader told ResourceNotFound for a shard the stream still has
+    /// (per read).
+    not_found: f64,
 }
 
 /// Faults drawn from (seed, key, how many calls the key had): the same
@@ -99,19 +102,16 @@ enum Fault {
 }
 
 impl Faults {
+    /// True when a reader of `shard_id` is told the shard is not found
+    /// though the stream has it (a service answering from stale state).
+    fn spurious_not_found(&self, shard_id: &str) -> bool {
+        let odds = lock(&self.odds).not_found;
+        self.rng(&format!("not found {shard_id}")).chance(odds)
+    }
+
     fn draw(&self, key: &str) -> Fault {
-        let n = {
-            let mut calls = lock(&self.calls);
-            let n = calls.entry(key.to_owned()).or_default();
-            *n += 1;
-            *n
-        };
         let odds = *lock(&self.odds);
-        let mut h = self.seed ^ 0xcbf2_9ce4_8422_2325;
-        for b in key.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-        let mut rng = Rng::new(h ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = self.rng(key);
         if rng.chance(odds.fail) {
             Fault::Fail
         } else if rng.chance(odds.lost) {
@@ -121,6 +121,22 @@ impl Faults {
         } else {
             Fault::None
         }
+    }
+
+    /// The generator for the next call with `key`: the same for a key
+    /// whatever order threads call in.
+    fn rng(&self, key: &str) -> Rng {
+        let n = {
+            let mut calls = lock(&self.calls);
+            let n = calls.entry(key.to_owned()).or_default();
+            *n += 1;
+            *n
+        };
+        let mut h = self.seed ^ 0xcbf2_9ce4_8422_2325;
+        for b in key.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+        Rng::new(h ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 }
 
@@ -744,6 +760,7 @@ impl Sim {
                 fail: 0.03,
                 lost: 0.02,
                 late: 0.02,
+                not_found: 0.002,
             }),
         });
         let truth = Arc::new(Mutex::new(Truth::default()));
@@ -1062,7 +1079,7 @@ impl Sim {
                     (batch, at_end, false, parents)
                 }
             };
-            if expired {
+            if expired || table.faults.spurious_not_found(&shard_id) {
                 // ResourceNotFound: the reader ends and reports it.
                 if let Some(r) = lock(&w.runner.readers).get_mut(&shard_id) {
                     r.ended = true;
