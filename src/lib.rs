@@ -156,8 +156,8 @@ pub use lease::{
     worker_heartbeats,
 };
 pub use metrics::{
-    MetricSample, MetricUnit, MetricsDimension, MetricsHandle, MetricsLevel, PublishStats,
-    Statistics,
+    ConsumerStatus, MetricSample, MetricUnit, MetricsDimension, MetricsHandle, MetricsLevel,
+    MetricsServer, PublishStats, RecentError, ShardStatus, Statistics,
 };
 pub use record::{ExtendedSequenceNumber, Payload, Record, SequenceNumber};
 pub use worker::batch::{Batch, Message, ShardBatch, ShardEvent};

@@ -5,7 +5,8 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use crate::metrics::aggregate::{Series, SeriesKey, Statistics};
+use crate::metrics::aggregate::{Series, SeriesKey, Statistics, Total};
+use crate::metrics::live::Live;
 use crate::metrics::{Metric, MetricSample, PublishStats};
 use crate::metrics::{MetricsDimension, MetricsLevel};
 use crate::sync::lock;
@@ -22,10 +23,12 @@ pub(crate) struct Registry {
     pub(crate) publish: Mutex<PublishStats>,
 }
 
-/// Records metrics; a no-op when metrics are off. Cheap to clone.
+/// Records metrics; only the live figures (see [`Live`]) when metrics are
+/// off. Cheap to clone.
 #[derive(Clone, Default)]
 pub(crate) struct Metrics {
     registry: Option<Arc<Registry>>,
+    live: Arc<Live>,
 }
 
 impl fmt::Debug for Metrics {
@@ -66,6 +69,7 @@ impl Metrics {
                 series: Mutex::new(Series::default()),
                 publish: Mutex::new(PublishStats::default()),
             })),
+            live: Arc::default(),
         }
     }
 
@@ -85,6 +89,19 @@ impl Metrics {
         if let Some(registry) = &self.registry {
             registry.record(shard, samples);
         }
+        self.live.record(shard, samples);
+    }
+
+    /// The consumer's live state (at every level).
+    pub(crate) fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// Every series since the start, for the Prometheus exposition.
+    pub(crate) fn totals(&self) -> Vec<(SeriesKey, Total)> {
+        self.registry
+            .as_ref()
+            .map_or_else(Vec::new, |r| lock(&r.series).totals())
     }
 
     pub(crate) fn level(&self) -> MetricsLevel {
@@ -106,7 +123,7 @@ impl Metrics {
         let totals = lock(&registry.series).totals();
         totals
             .into_iter()
-            .map(|(key, statistics)| registry.sample(&key, statistics))
+            .map(|(key, total)| registry.sample(&key, total.statistics))
             .collect()
     }
 
