@@ -23,6 +23,7 @@ done
 cd "$(dirname "$0")/.."
 source scripts/emulators.sh
 install_emulators
+install_observe_tools
 for requirements in tests/kpl/requirements.txt tests/metrics/requirements.txt; do
   if [ -f "$requirements" ]; then
     python3 -m pip install --quiet --disable-pip-version-check -r "$requirements"

@@ -104,32 +104,40 @@ pub(crate) fn serve(handle: MetricsHandle, addr: &str) -> Result<MetricsServer> 
     })
 }
 
-/// A connection whose request head is still arriving.
-struct Pending {
+/// How long an answered connection is read and discarded from before it
+/// is closed: closing a socket with unread input resets the connection,
+/// and the client could lose the answer (a 431 to a huge request).
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// An open connection: its request head still arriving, or answered and
+/// draining until the client closes (or [`DRAIN_TIME`] passes).
+struct Connection {
     stream: TcpStream,
     head: Vec<u8>,
     since: Instant,
+    answered: bool,
 }
 
 fn run(listener: TcpListener, handle: MetricsHandle, stop: &AtomicBool) {
-    let mut pending: Vec<Pending> = Vec::new();
+    let mut open: Vec<Connection> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let mut busy = false;
         loop {
             match listener.accept() {
                 Ok((stream, _)) => {
                     busy = true;
-                    if pending.len() >= MAX_CONNECTIONS {
+                    if open.len() >= MAX_CONNECTIONS {
                         answer(
-                            stream,
+                            &stream,
                             &reply(503, "too many connections; try again\n"),
                             false,
                         );
                     } else if stream.set_nonblocking(true).is_ok() {
-                        pending.push(Pending {
+                        open.push(Connection {
                             stream,
                             head: Vec::new(),
                             since: Instant::now(),
+                            answered: false,
                         });
                     }
                 }
@@ -141,36 +149,36 @@ fn run(listener: TcpListener, handle: MetricsHandle, stop: &AtomicBool) {
             }
         }
         let mut i = 0;
-        while i < pending.len() {
-            match read_some(&mut pending[i]) {
-                Progress::Waiting => {
-                    if pending[i].since.elapsed() >= REQUEST_TIMEOUT {
-                        let p = pending.swap_remove(i);
-                        answer(p.stream, &reply(408, "request timeout\n"), false);
-                        busy = true;
-                    } else {
-                        i += 1;
-                    }
+        while i < open.len() {
+            let c = &mut open[i];
+            let progress = read_some(c);
+            let response = match progress {
+                _ if c.answered => None,
+                Progress::Waiting if c.since.elapsed() >= REQUEST_TIMEOUT => {
+                    Some((reply(408, "request timeout\n"), false))
                 }
-                Progress::Closed => {
-                    pending.swap_remove(i);
-                    busy = true;
-                }
+                Progress::Waiting | Progress::Closed => None,
                 Progress::TooLarge => {
-                    let p = pending.swap_remove(i);
-                    answer(
-                        p.stream,
-                        &reply(431, "request header fields too large\n"),
-                        false,
-                    );
-                    busy = true;
+                    Some((reply(431, "request header fields too large\n"), false))
                 }
-                Progress::Complete => {
-                    let p = pending.swap_remove(i);
-                    let (response, head_only) = respond(&handle, &p.head);
-                    answer(p.stream, &response, head_only);
-                    busy = true;
-                }
+                Progress::Complete => Some(respond(&handle, &c.head)),
+            };
+            if let Some((response, head_only)) = response {
+                busy = true;
+                answer(&c.stream, &response, head_only);
+                c.answered = true;
+                c.since = Instant::now();
+                c.head = Vec::new();
+            }
+            let done = match progress {
+                Progress::Closed => true,
+                _ => c.answered && c.since.elapsed() >= DRAIN_TIME,
+            };
+            if done {
+                open.swap_remove(i);
+                busy = true;
+            } else {
+                i += 1;
             }
         }
         if !busy {
@@ -186,19 +194,22 @@ enum Progress {
     Complete,
 }
 
-/// Reads what the client sent so far, without blocking.
-fn read_some(p: &mut Pending) -> Progress {
-    let mut buf = [0u8; 1024];
+/// Reads what the client sent so far, without blocking; once answered,
+/// discards it.
+fn read_some(c: &mut Connection) -> Progress {
+    let mut buf = [0u8; 4096];
     loop {
-        match p.stream.read(&mut buf) {
+        match c.stream.read(&mut buf) {
             Ok(0) => return Progress::Closed,
+            // Answered: discard, a read at a time (the loop bounds it).
+            Ok(_) if c.answered => return Progress::Waiting,
             Ok(n) => {
-                p.head.extend_from_slice(&buf[..n]);
-                if let Some(end) = find(&p.head, b"\r\n\r\n") {
-                    p.head.truncate(end + 4);
+                c.head.extend_from_slice(&buf[..n]);
+                if let Some(end) = find(&c.head, b"\r\n\r\n") {
+                    c.head.truncate(end + 4);
                     return Progress::Complete;
                 }
-                if p.head.len() > MAX_REQUEST_BYTES {
+                if c.head.len() > MAX_REQUEST_BYTES {
                     return Progress::TooLarge;
                 }
             }
@@ -307,8 +318,8 @@ fn respond(handle: &MetricsHandle, head: &[u8]) -> (Response, bool) {
     (response, head_only)
 }
 
-/// Writes an answer (within the write timeout) and closes the connection.
-fn answer(mut stream: TcpStream, response: &Response, head_only: bool) {
+/// Writes an answer (within the write timeout) and ends the sending side.
+fn answer(mut stream: &TcpStream, response: &Response, head_only: bool) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let head = format!(
@@ -324,6 +335,7 @@ fn answer(mut stream: TcpStream, response: &Response, head_only: bool) {
     }
     let _ = stream.flush();
     let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_nonblocking(true);
 }
 
 #[cfg(test)]

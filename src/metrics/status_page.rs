@@ -43,6 +43,8 @@ pub(crate) fn render(status: &ConsumerStatus) -> String {
          <title>{title}</title>\
          <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}\
          td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}\
+         td.shard,td.owner{{white-space:nowrap}}\
+         td.checkpoint{{word-break:break-all;max-width:18em;font-family:monospace;font-size:.85em}}\
          .bad{{color:#b00}} .here{{background:#eef6ff}}</style></head><body>\n"
     );
     let health = if status.healthy {
