@@ -143,6 +143,7 @@ guide_doctests! {
     ManyWorkersDoctests = "../docs/many-workers.md",
     MetricsDoctests = "../docs/metrics.md",
     MigratingDoctests = "../docs/migrating-from-kcl.md",
+    ObservabilityDoctests = "../docs/observability.md",
     OperationsDoctests = "../docs/operations.md",
     ProcessingDoctests = "../docs/processing.md",
     SettingsDoctests = "../docs/settings.md",

@@ -622,3 +622,37 @@ fn the_examples_serve_metrics_on_metrics_addr() {
         assert_eq!(get(addr, "/healthz").0, 200, "{example}");
     }
 }
+
+/// The fenced block after the line `# {name}` in docs/observability.md.
+fn documented_block(name: &str) -> String {
+    let page = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/observability.md"),
+    )
+    .unwrap();
+    let start = page
+        .find(&format!("# {name}\n"))
+        .unwrap_or_else(|| panic!("no block for {name}"));
+    let block = &page[start..];
+    block[..block.find("```").unwrap()].to_owned()
+}
+
+#[test]
+fn the_documented_scrape_config_and_alert_rules_pass_promtool() {
+    install_tools();
+    let dir = scratch_dir("promtool");
+    for (name, kind) in [("prometheus.yml", "config"), ("rules.yml", "rules")] {
+        let path = dir.join(name);
+        std::fs::write(&path, documented_block(name)).unwrap();
+        let out = Command::new("promtool")
+            .args(["check", kind])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check {kind} {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
