@@ -316,6 +316,14 @@ fn prometheus_scrapes_lag_for_every_shard_and_every_record_processed() {
         assert_eq!(labels["worker"], running.worker_id);
         assert!(*value >= 0.0, "{labels:?} {value}");
     }
+    // Every shard's last record has an age (all of them got records).
+    let ages = query(
+        prometheus,
+        &format!("kinesis_consumer_last_record_age_seconds{selector}"),
+    )
+    .unwrap();
+    let aged: BTreeSet<String> = ages.iter().map(|(l, _)| l["shard"].clone()).collect();
+    assert_eq!(aged, shards, "{ages:?}");
     let processed = wait_for("records_processed_total", Duration::from_secs(30), || {
         let result = query(
             prometheus,
@@ -408,7 +416,15 @@ fn chromium_shows_every_shard_with_its_owner_on_the_status_page() {
     let shards = shard_ids(&stream);
     put(&stream, 100);
     let first = start(common::consumer_builder(&stream, &app).worker_id("worker-a"));
-    first.wait_for_records(1, Duration::from_secs(60));
+    first.wait_for_records(100, Duration::from_secs(60));
+    // The first worker has series for every shard before it shares them.
+    let before = first.metrics.prometheus();
+    for shard in &shards {
+        assert!(
+            before.contains(&format!("shard=\"{shard}\"")),
+            "{shard}: {before}"
+        );
+    }
     let second = start(common::consumer_builder(&stream, &app).worker_id("worker-b"));
     // Both hold leases, and the first worker's page knows every owner.
     let expected = wait_for(
@@ -443,6 +459,17 @@ fn chromium_shows_every_shard_with_its_owner_on_the_status_page() {
             }
         },
     );
+    // The shards it gave up have no series in its /metrics any more.
+    let (status, text) = get(first.addr(), "/metrics");
+    assert_eq!(status, 200);
+    for (shard, owner) in &expected {
+        let shown = text.contains(&format!("shard=\"{shard}\""));
+        assert_eq!(
+            shown,
+            owner == "worker-a",
+            "{shard} ({owner}) in worker-a's /metrics:\n{text}"
+        );
+    }
     let url = format!("http://{}/status", first.addr());
     let (ok, dom) = chromium(&["--dump-dom".to_owned()], &url);
     assert!(ok, "chromium --dump-dom failed: {dom}");

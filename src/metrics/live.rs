@@ -78,6 +78,8 @@ impl Window {
 struct ShardLive {
     behind_ms: Option<f64>,
     handed_on: Option<Instant>,
+    /// The arrival time of the last record handed on.
+    last_arrival: Option<SystemTime>,
     checkpointed: Option<(Instant, String)>,
     records: Window,
     bytes: Window,
@@ -154,6 +156,9 @@ pub struct ShardStatus {
     pub lease_held_since_unix_ms: Option<u64>,
     /// How far behind the tip of the shard the last read was.
     pub millis_behind_latest: Option<f64>,
+    /// The age of the last record handed on to the handler and accepted:
+    /// seconds since its approximate arrival in the stream.
+    pub last_record_age_seconds: Option<f64>,
     /// Seconds since a record of the shard was last handed on to the
     /// handler and accepted.
     pub seconds_since_last_record: Option<f64>,
@@ -226,7 +231,8 @@ impl Live {
         self.running.store(running, Ordering::Relaxed);
     }
 
-    /// Notes the samples that feed the live figures.
+    /// Notes the samples that feed the live figures: the handler's time
+    /// and each read's lag.
     pub(crate) fn record(&self, shard: Option<&Arc<str>>, samples: &[(Metric, f64)]) {
         let now = Instant::now();
         let mut state = lock(&self.state);
@@ -236,23 +242,28 @@ impl Live {
                 (Metric::MillisBehindLatest, Some(s)) => {
                     state.shards.entry(s.clone()).or_default().behind_ms = Some(value);
                 }
-                (Metric::RecordsProcessed, Some(s)) => {
-                    let live = state.shards.entry(s.clone()).or_default();
-                    live.records.add(now, value);
-                    if value > 0.0 {
-                        live.handed_on = Some(now);
-                    }
-                }
-                (Metric::DataBytesProcessed, Some(s)) => {
-                    state
-                        .shards
-                        .entry(s.clone())
-                        .or_default()
-                        .bytes
-                        .add(now, value);
-                }
                 _ => {}
             }
+        }
+    }
+
+    /// Notes records of a shard handed on and accepted; `last_arrival`:
+    /// the arrival time of the last of them.
+    pub(crate) fn handed_on(
+        &self,
+        shard: &Arc<str>,
+        records: usize,
+        bytes: u64,
+        last_arrival: Option<SystemTime>,
+    ) {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        let live = state.shards.entry(shard.clone()).or_default();
+        live.records.add(now, records as f64);
+        live.bytes.add(now, bytes as f64);
+        if records > 0 {
+            live.handed_on = Some(now);
+            live.last_arrival = last_arrival.or(live.last_arrival);
         }
     }
 
@@ -331,6 +342,9 @@ impl Live {
             if let Some(live) = live {
                 status.millis_behind_latest = live.behind_ms;
                 status.seconds_since_last_record = live.handed_on.map(age);
+                status.last_record_age_seconds = live
+                    .last_arrival
+                    .map(|t| wall.duration_since(t).unwrap_or_default().as_secs_f64());
                 if let Some((at, checkpoint)) = &live.checkpointed {
                     status.seconds_since_checkpoint = Some(age(*at));
                     status.checkpoint = Some(checkpoint.clone());
@@ -387,7 +401,8 @@ mod tests {
         live.set_leases(Arc::new(Holding(vec!["shard-a".into()])));
         let (a, b): (Arc<str>, Arc<str>) = ("shard-a".into(), "shard-b".into());
         live.record(Some(&a), &[(Metric::MillisBehindLatest, 250.0)]);
-        live.record(Some(&a), &[(Metric::RecordsProcessed, 4.0)]);
+        let arrived = SystemTime::now() - Duration::from_secs(30);
+        live.handed_on(&a, 4, 40, Some(arrived));
         live.record(Some(&b), &[(Metric::MillisBehindLatest, 9.0)]);
         live.checkpointed(&a, "49590");
         live.table_read(vec![
@@ -413,7 +428,9 @@ mod tests {
         assert_eq!(held.owner.as_deref(), Some("w1"));
         assert_eq!(held.millis_behind_latest, Some(250.0));
         assert_eq!(held.checkpoint.as_deref(), Some("49590"));
-        assert!(held.seconds_since_last_record.is_some());
+        assert!(held.seconds_since_last_record.is_some_and(|s| s < 5.0));
+        assert!(held.last_record_age_seconds.is_some_and(|s| s >= 30.0));
+        assert!(held.records_per_second.is_some_and(|r| r > 0.0));
         let other = &status.shards[1];
         assert!(!other.held_here);
         assert_eq!(other.owner.as_deref(), Some("w2"));

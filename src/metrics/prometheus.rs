@@ -291,7 +291,7 @@ pub(crate) fn render(totals: &[(SeriesKey, Total)], status: &ConsumerStatus) -> 
         e.sample("kinesis_consumer_heartbeat_age_seconds", &[], age);
     }
     type Field = fn(&crate::metrics::ShardStatus) -> Option<f64>;
-    let gauges: [(&str, &str, Field); 7] = [
+    let gauges: [(&str, &str, Field); 8] = [
         (
             "kinesis_consumer_millis_behind_latest",
             "How far behind the tip of the shard the last read was, in milliseconds.",
@@ -299,6 +299,11 @@ pub(crate) fn render(totals: &[(SeriesKey, Total)], status: &ConsumerStatus) -> 
         ),
         (
             "kinesis_consumer_last_record_age_seconds",
+            "The age of the last record handed on and accepted: seconds since it arrived in the stream.",
+            |s| s.last_record_age_seconds,
+        ),
+        (
+            "kinesis_consumer_seconds_since_last_record",
             "Seconds since a record of the shard was last handed on and accepted.",
             |s| s.seconds_since_last_record,
         ),

@@ -73,11 +73,6 @@ impl Metrics {
         }
     }
 
-    /// True when anything is recorded.
-    pub(crate) fn is_on(&self) -> bool {
-        self.registry.is_some()
-    }
-
     pub(crate) fn registry(&self) -> Option<&Arc<Registry>> {
         self.registry.as_ref()
     }
@@ -226,7 +221,7 @@ mod tests {
     #[test]
     fn level_none_records_nothing() {
         let m = Metrics::new(MetricsLevel::None, &[Operation, ShardId], "w", "s");
-        assert!(!m.is_on());
+        assert!(m.registry().is_none());
         record_workload(&m);
         assert!(m.snapshot().is_empty());
         assert_eq!(m.publish_stats(), PublishStats::default());

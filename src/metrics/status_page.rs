@@ -71,7 +71,7 @@ pub(crate) fn render(status: &ConsumerStatus) -> String {
         out,
         "<h2>Shards ({} in the lease table, {held} held here)</h2>\n<table id=\"shards\">\
          <tr><th>shard</th><th>owner</th><th>checkpoint</th><th>ms behind latest</th>\
-         <th>last record (s ago)</th><th>checkpointed (s ago)</th><th>records/s</th>\
+         <th>last record's age (s)</th><th>last record handed on (s ago)</th><th>checkpointed (s ago)</th><th>records/s</th>\
          <th>bytes/s</th><th>held since (Unix s)</th></tr>\n",
         status.shards.len()
     );
@@ -81,10 +81,11 @@ pub(crate) fn render(status: &ConsumerStatus) -> String {
             out,
             "<tr{class} data-shard=\"{id}\"><td class=\"shard\">{id}</td><td class=\"owner\">{}</td>\
              <td class=\"checkpoint\">{}</td><td class=\"behind\">{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(s.owner.as_deref().unwrap_or("(none)")),
             escape(s.checkpoint.as_deref().unwrap_or("–")),
             optional(s.millis_behind_latest, 0),
+            optional(s.last_record_age_seconds, 1),
             optional(s.seconds_since_last_record, 1),
             optional(s.seconds_since_checkpoint, 1),
             optional(s.records_per_second, 1),

@@ -4,7 +4,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Sender;
 
@@ -333,8 +333,15 @@ impl<T> Delivery<T> {
         self.checkpointing == Checkpointing::Automatic
     }
 
-    /// Records the metrics of a shard's records processed.
-    pub(crate) fn record_processed(&self, shard_id: &Arc<str>, records: usize, data_bytes: u64) {
+    /// Records the metrics of a shard's records processed; `last_arrival`:
+    /// the arrival time of the last of them.
+    pub(crate) fn record_processed(
+        &self,
+        shard_id: &Arc<str>,
+        records: usize,
+        data_bytes: u64,
+        last_arrival: Option<SystemTime>,
+    ) {
         self.metrics.record(
             Some(shard_id),
             &[
@@ -342,6 +349,9 @@ impl<T> Delivery<T> {
                 (Metric::DataBytesProcessed, data_bytes as f64),
             ],
         );
+        self.metrics
+            .live()
+            .handed_on(shard_id, records, data_bytes, last_arrival);
     }
 
     /// Records the time and size of one handler call.
