@@ -335,6 +335,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 _ => self.log_failure("heartbeat", Err::<(), _>(e)),
             },
         }
+        self.metrics.live().forget_released();
         self.metrics.record(
             None,
             &[

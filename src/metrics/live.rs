@@ -63,14 +63,12 @@ impl Window {
         if let Some(rate) = self.last_rate {
             return rate;
         }
+        // Over at least a second, so that the first samples do not read
+        // as a burst.
         let elapsed = self
             .start
             .map_or(0.0, |s| now.saturating_duration_since(s).as_secs_f64());
-        if elapsed > 0.0 {
-            self.sum / elapsed
-        } else {
-            0.0
-        }
+        self.sum / elapsed.max(1.0)
     }
 }
 
@@ -81,6 +79,8 @@ struct ShardLive {
     /// The arrival time of the last record handed on.
     last_arrival: Option<SystemTime>,
     checkpointed: Option<(Instant, String)>,
+    /// Milliseconds the shard's processor ran (`run_processors` only).
+    busy: Window,
     records: Window,
     bytes: Window,
 }
@@ -168,9 +168,10 @@ pub struct ShardStatus {
     pub records_per_second: Option<f64>,
     /// Bytes handed on per second, over the last rate window (10 s).
     pub bytes_per_second: Option<f64>,
-    /// The fraction of the last rate window the batch handler was busy.
-    /// One handler call serves every shard of a batch, so every shard
-    /// held shows the same fraction.
+    /// The fraction of the last rate window the shard's handler was busy:
+    /// its processor's with `run_processors`; with `run`, the batch
+    /// handler's, which serves every shard of a batch (so every shard held
+    /// shows the same fraction).
     pub handler_busy_fraction: Option<f64>,
 }
 
@@ -195,7 +196,8 @@ pub struct ConsumerStatus {
     pub seconds_since_heartbeat: Option<f64>,
     /// Running with a current heartbeat: what `/healthz` answers 200 for.
     pub healthy: bool,
-    /// The fraction of the last rate window the batch handler was busy.
+    /// The fraction of the last rate window the batch handler was busy
+    /// (0 with `run_processors`: see each shard's).
     pub handler_busy_fraction: f64,
     /// Seconds since the lease table was last read (owners and checkpoints
     /// of the leases this worker does not hold are that old).
@@ -205,6 +207,17 @@ pub struct ConsumerStatus {
     pub shards: Vec<ShardStatus>,
     /// The last few errors, oldest first.
     pub recent_errors: Vec<RecentError>,
+}
+
+fn retain_held(state: &mut State, held: &[(String, Instant)]) {
+    state
+        .shards
+        .retain(|id, _| held.iter().any(|(h, _)| h.as_str() == &**id));
+}
+
+/// Busy milliseconds per second as a fraction of the time.
+fn fraction(busy_ms_per_second: f64) -> f64 {
+    (busy_ms_per_second / 1000.0).clamp(0.0, 1.0)
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -238,7 +251,15 @@ impl Live {
         let mut state = lock(&self.state);
         for &(metric, value) in samples {
             match (metric, shard) {
-                (Metric::ProcessTaskTime, _) => state.handler.add(now, value),
+                (Metric::ProcessTaskTime, None) => state.handler.add(now, value),
+                (Metric::ProcessTaskTime, Some(s)) => {
+                    state
+                        .shards
+                        .entry(s.clone())
+                        .or_default()
+                        .busy
+                        .add(now, value);
+                }
                 (Metric::MillisBehindLatest, Some(s)) => {
                     state.shards.entry(s.clone()).or_default().behind_ms = Some(value);
                 }
@@ -293,8 +314,15 @@ impl Live {
         });
     }
 
+    /// Forgets the figures of shards no longer held, so that they stay
+    /// bounded by the leases held (`status` does it too).
+    pub(crate) fn forget_released(&self) {
+        let held = self.leases.get().map(|l| l.held()).unwrap_or_default();
+        retain_held(&mut lock(&self.state), &held);
+    }
+
     /// The consumer as it is now. Forgets the figures of shards no longer
-    /// held, so that they stay bounded by the leases held.
+    /// held.
     pub(crate) fn status(&self) -> ConsumerStatus {
         let now = Instant::now();
         let wall = SystemTime::now();
@@ -304,10 +332,8 @@ impl Live {
         let running = self.running.load(Ordering::Relaxed);
         let mut state = lock(&self.state);
         let state = &mut *state;
-        state
-            .shards
-            .retain(|id, _| held.iter().any(|(h, _)| **h == **id));
-        let busy = (state.handler.rate(now) / 1000.0).clamp(0.0, 1.0);
+        retain_held(state, &held);
+        let busy = fraction(state.handler.rate(now));
         let mut shards: Vec<ShardStatus> = state
             .table
             .iter()
@@ -348,6 +374,9 @@ impl Live {
                 if let Some((at, checkpoint)) = &live.checkpointed {
                     status.seconds_since_checkpoint = Some(age(*at));
                     status.checkpoint = Some(checkpoint.clone());
+                }
+                if live.busy.start.is_some() {
+                    status.handler_busy_fraction = Some(fraction(live.busy.rate(now)));
                 }
                 status.records_per_second = Some(live.records.rate(now));
                 status.bytes_per_second = Some(live.bytes.rate(now));
@@ -401,6 +430,8 @@ mod tests {
         live.set_leases(Arc::new(Holding(vec!["shard-a".into()])));
         let (a, b): (Arc<str>, Arc<str>) = ("shard-a".into(), "shard-b".into());
         live.record(Some(&a), &[(Metric::MillisBehindLatest, 250.0)]);
+        // A processor of shard-a busy for 500 ms.
+        live.record(Some(&a), &[(Metric::ProcessTaskTime, 500.0)]);
         let arrived = SystemTime::now() - Duration::from_secs(30);
         live.handed_on(&a, 4, 40, Some(arrived));
         live.record(Some(&b), &[(Metric::MillisBehindLatest, 9.0)]);
@@ -431,6 +462,9 @@ mod tests {
         assert!(held.seconds_since_last_record.is_some_and(|s| s < 5.0));
         assert!(held.last_record_age_seconds.is_some_and(|s| s >= 30.0));
         assert!(held.records_per_second.is_some_and(|r| r > 0.0));
+        // Its own processor's fraction; no batch handler ran.
+        assert!(held.handler_busy_fraction.is_some_and(|f| f > 0.0));
+        assert_eq!(status.handler_busy_fraction, 0.0);
         let other = &status.shards[1];
         assert!(!other.held_here);
         assert_eq!(other.owner.as_deref(), Some("w2"));
@@ -450,6 +484,11 @@ mod tests {
         w.add(t0, 10.0);
         w.add(t0 + Duration::from_secs(5), 40.0);
         assert_eq!(w.rate(t0 + Duration::from_secs(5)), 10.0);
+        assert_eq!(
+            w.rate(t0 + Duration::from_millis(100)),
+            50.0,
+            "over 1 s at least"
+        );
         assert_eq!(w.rate(t0 + Duration::from_secs(10)), 5.0);
         // The next window has nothing yet: the last complete one counts.
         assert_eq!(w.rate(t0 + Duration::from_secs(12)), 5.0);

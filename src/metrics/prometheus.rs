@@ -329,7 +329,7 @@ pub(crate) fn render(totals: &[(SeriesKey, Total)], status: &ConsumerStatus) -> 
         ),
         (
             "kinesis_consumer_handler_busy_ratio",
-            "The fraction of the last 10 s window the batch handler was busy.",
+            "The fraction of the last 10 s window the shard's handler (its processor, or the batch handler) was busy.",
             |s| s.handler_busy_fraction,
         ),
     ];

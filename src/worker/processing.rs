@@ -354,10 +354,13 @@ impl<T> Delivery<T> {
             .handed_on(shard_id, records, data_bytes, last_arrival);
     }
 
-    /// Records the time and size of one handler call.
-    pub(crate) fn record_call(&self, started: Instant, records: usize) {
+    /// Records the time and size of one handler call: the batch handler's
+    /// (`shard` `None`) or a shard's processor's.
+    pub(crate) fn record_call(&self, started: Instant, records: usize, shard: Option<&Arc<str>>) {
+        // Neither metric is per shard: only the live busy fraction keeps
+        // the shard.
         self.metrics.record(
-            None,
+            shard,
             &[
                 (
                     Metric::ProcessTaskTime,

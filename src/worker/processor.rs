@@ -376,7 +376,8 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             };
             p.process(shard, checkpointer)
         });
-        self.delivery.record_call(started, records);
+        self.delivery
+            .record_call(started, records, Some(&self.shard_id));
         drop(room);
         let accepted = matches!(result, Ok(Called::Done));
         self.delivery

@@ -343,7 +343,7 @@ impl<'a, T> Ticker<'a, T> {
                 (None, None) => Err("no records kept for a retry".into()),
             },
         );
-        delivery.record_call(started, records);
+        delivery.record_call(started, records, None);
         // Their loss was told in the retried batch: not again.
         for (shard_id, epoch) in lost {
             self.forget(&shard_id, epoch);
