@@ -318,10 +318,10 @@ fn respond(handle: &MetricsHandle, head: &[u8]) -> (Response, bool) {
     (response, head_only)
 }
 
-/// Writes an answer (within the write timeout) and ends the sending side.
-fn answer(mut stream: &TcpStream, response: &Response, head_only: bool) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+/// Writes an answer and ends the sending side. The whole answer gets
+/// [`WRITE_TIMEOUT`]: a client that reads slowly loses it, and holds the
+/// thread no longer than that.
+fn answer(stream: &TcpStream, response: &Response, head_only: bool) {
     let head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         response.status,
@@ -329,13 +329,31 @@ fn answer(mut stream: &TcpStream, response: &Response, head_only: bool) {
         response.content_type,
         response.body.len()
     );
-    let _ = stream.write_all(head.as_bytes());
-    if !head_only {
-        let _ = stream.write_all(response.body.as_bytes());
-    }
-    let _ = stream.flush();
+    let body = if head_only { "" } else { &response.body };
+    let deadline = Instant::now() + WRITE_TIMEOUT;
+    let _ = stream.set_nonblocking(false);
+    let _ = write_by(stream, head.as_bytes(), deadline)
+        .and_then(|()| write_by(stream, body.as_bytes(), deadline));
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let _ = stream.set_nonblocking(true);
+}
+
+/// Writes all of `bytes` before `deadline`, or fails.
+fn write_by(mut stream: &TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
