@@ -395,6 +395,21 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_never_reads_is_given_up_at_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(300);
+        // Far more than the socket buffers hold: the writes must block.
+        let result = write_by(&server_side, &vec![b'x'; 32 << 20], deadline);
+        assert!(result.is_err());
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(250), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+    }
+
+    #[test]
     fn bare_ports_bind_loopback() {
         assert_eq!(resolve("9464").unwrap(), "127.0.0.1:9464".parse().unwrap());
         assert_eq!(resolve(":0").unwrap(), "127.0.0.1:0".parse().unwrap());
