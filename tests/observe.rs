@@ -335,10 +335,15 @@ fn prometheus_scrapes_lag_for_every_shard_and_every_record_processed() {
         }
     });
     assert_eq!(processed, count as f64);
-    // A histogram Prometheus accepted: its +Inf bucket counts every call.
+    // A histogram Prometheus accepted: its +Inf bucket counts every call
+    // (one per shard at least), GetRecords or SubscribeToShard.
+    let histogram = match common::fan_out() {
+        true => "kinesis_consumer_subscribe_to_shard_duration_seconds",
+        false => "kinesis_consumer_get_records_duration_seconds",
+    };
     let calls = query(
         prometheus,
-        &format!("sum(kinesis_consumer_get_records_duration_seconds_bucket{{le=\"+Inf\",stream=\"{stream}\"}})"),
+        &format!("sum({histogram}_bucket{{le=\"+Inf\",stream=\"{stream}\"}})"),
     )
     .unwrap();
     assert!(calls.first().is_some_and(|(_, n)| *n >= 3.0), "{calls:?}");
