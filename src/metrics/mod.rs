@@ -6,10 +6,11 @@
 //! - recording ([`Metrics`], crate-private): the readers, the ticker and the
 //!   lease coordinator record a few values per GetRecords call, per batch or
 //!   per lease round (never per record) into a shared map of series, one
-//!   short lock per call; with [`MetricsLevel::None`] a recording call is a
-//!   single branch;
+//!   short lock per call; with [`MetricsLevel::None`] a recording call only
+//!   updates the live figures (another short lock);
 //! - aggregation: each series keeps a statistic set (sample count, sum,
-//!   minimum, maximum) for the current period and one since the start;
+//!   minimum, maximum) for the current period and one since the start,
+//!   with its latest sample and, for durations, histogram buckets;
 //! - publishing (its own threads): once per period the period's statistic
 //!   sets go into a bounded queue, and a sender thread sends them with
 //!   PutMetricData in requests within the API's limits. A full queue or a
