@@ -24,6 +24,14 @@ fn escape(text: &str) -> String {
     out
 }
 
+/// Milliseconds since the Unix epoch as an RFC 3339 time.
+fn unix_ms_as_text(ms: u64) -> String {
+    crate::time::format_rfc3339(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        false,
+    )
+}
+
 fn optional(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
 }
@@ -72,7 +80,7 @@ pub(crate) fn render(status: &ConsumerStatus) -> String {
         "<h2>Shards ({} in the lease table, {held} held here)</h2>\n<table id=\"shards\">\
          <tr><th>shard</th><th>owner</th><th>checkpoint</th><th>ms behind latest</th>\
          <th>last record's age (s)</th><th>last record handed on (s ago)</th><th>checkpointed (s ago)</th><th>records/s</th>\
-         <th>bytes/s</th><th>held since (Unix s)</th></tr>\n",
+         <th>bytes/s</th><th>held since (UTC)</th></tr>\n",
         status.shards.len()
     );
     for s in &status.shards {
@@ -90,7 +98,8 @@ pub(crate) fn render(status: &ConsumerStatus) -> String {
             optional(s.seconds_since_checkpoint, 1),
             optional(s.records_per_second, 1),
             optional(s.bytes_per_second, 0),
-            optional(s.lease_held_since_unix_ms.map(|ms| ms as f64 / 1000.0), 0),
+            s.lease_held_since_unix_ms
+                .map_or_else(|| "–".to_owned(), unix_ms_as_text),
             id = escape(&s.shard_id),
         );
     }
@@ -100,10 +109,7 @@ pub(crate) fn render(status: &ConsumerStatus) -> String {
     } else {
         out.push_str("<ul id=\"errors\">\n");
         for e in &status.recent_errors {
-            let at = crate::time::format_rfc3339(
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_unix_ms),
-                true,
-            );
+            let at = unix_ms_as_text(e.at_unix_ms);
             let _ = writeln!(out, "<li>{at}: {}</li>", escape(&e.message));
         }
         out.push_str("</ul>\n");
@@ -120,7 +126,7 @@ pub(crate) fn render(status: &ConsumerStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::ShardStatus;
+    use crate::metrics::{RecentError, ShardStatus};
 
     #[test]
     fn page_escapes_and_lists_every_shard() {
@@ -134,6 +140,7 @@ mod tests {
                     owner: Some("w&1".into()),
                     held_here: true,
                     millis_behind_latest: Some(12.0),
+                    lease_held_since_unix_ms: Some(86_400_000),
                     ..ShardStatus::default()
                 },
                 ShardStatus {
@@ -142,9 +149,15 @@ mod tests {
                     ..ShardStatus::default()
                 },
             ],
+            recent_errors: vec![RecentError {
+                at_unix_ms: 0,
+                message: "GetRecords <failed>".into(),
+            }],
             ..ConsumerStatus::default()
         };
         let page = render(&status);
+        assert!(page.contains("<td>1970-01-02T00:00:00Z</td>"), "{page}");
+        assert!(page.contains("<li>1970-01-01T00:00:00Z: GetRecords &lt;failed&gt;</li>"));
         assert!(page.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
         assert!(page.contains("&lt;app&gt;") && !page.contains("<app>"));
         assert!(page.contains("<td class=\"shard\">shard-1</td><td class=\"owner\">w&amp;1</td>"));
