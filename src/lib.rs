@@ -143,6 +143,7 @@ guide_doctests! {
     ManyWorkersDoctests = "../docs/many-workers.md",
     MetricsDoctests = "../docs/metrics.md",
     MigratingDoctests = "../docs/migrating-from-kcl.md",
+    ObservabilityDoctests = "../docs/observability.md",
     OperationsDoctests = "../docs/operations.md",
     PoisonRecordsDoctests = "../docs/poison-records.md",
     ProcessingDoctests = "../docs/processing.md",
@@ -158,8 +159,8 @@ pub use lease::{
     worker_heartbeats,
 };
 pub use metrics::{
-    MetricSample, MetricUnit, MetricsDimension, MetricsHandle, MetricsLevel, PublishStats,
-    Statistics,
+    ConsumerStatus, MetricSample, MetricUnit, MetricsDimension, MetricsHandle, MetricsLevel,
+    MetricsServer, PublishStats, RecentError, ShardStatus, Statistics,
 };
 pub use record::{ExtendedSequenceNumber, Payload, Record, SequenceNumber};
 pub use worker::batch::{Batch, Message, ShardBatch, ShardEvent};

@@ -26,7 +26,7 @@ use crate::lease::peers::{Namesake, NamesakeWatch, Peers, has_waited};
 use crate::lease::plan::{self, Lineage, RoundInput, RoundPlan, Row, Standing};
 use crate::lease::table::namesake_error;
 use crate::lease::{Checkpoint, HeldLeases, Lease};
-use crate::metrics::{Metric, Metrics};
+use crate::metrics::{LeaseRow, Metric, Metrics};
 
 /// With nothing changing, the lease table is still read once every this
 /// many failover times (60 s at the default 10 s): a safety net for a
@@ -281,7 +281,8 @@ impl<R: ShardRunner> Coordinator<R> {
                 Ok(CoordinatorEvent::ShardFinished(shard_id)) => {
                     self.shard_finished(&shard_id);
                     next_sync = Instant::now() + self.timings.shard_sync_interval;
-                    Self::log_failure("lease take", self.read_and_plan(true));
+                    let result = self.read_and_plan(true);
+                    self.log_failure("lease take", result);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -290,7 +291,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 match self.sync_shards() {
                     // The stream was deleted: nothing left to read.
                     Err(e) if e.code() == Some("ResourceNotFoundException") => self.runner.fail(e),
-                    other => Self::log_failure("shard sync", other),
+                    other => self.log_failure("shard sync", other),
                 }
                 next_sync = now + self.timings.shard_sync_interval;
             }
@@ -317,7 +318,7 @@ impl<R: ShardRunner> Coordinator<R> {
                     let consistent = self.read_due;
                     if let Err(e) = self.read_and_plan(consistent) {
                         self.read_due = true;
-                        Self::log_failure("lease take", Err::<(), _>(e));
+                        self.log_failure("lease take", Err::<(), _>(e));
                     }
                 }
             }
@@ -336,9 +337,10 @@ impl<R: ShardRunner> Coordinator<R> {
                         source: Box::new(e),
                     });
                 }
-                _ => Self::log_failure("heartbeat", Err::<(), _>(e)),
+                _ => self.log_failure("heartbeat", Err::<(), _>(e)),
             },
         }
+        self.metrics.live().forget_released();
         self.metrics.record(
             None,
             &[
@@ -407,7 +409,8 @@ impl<R: ShardRunner> Coordinator<R> {
             .last_beat
             .is_none_or(|sent| self.now().duration_since(sent) >= self.timings.heartbeat_interval);
         if due {
-            Self::log_failure("heartbeat", self.heartbeat());
+            let result = self.heartbeat();
+            self.log_failure("heartbeat", result);
         }
     }
 
@@ -419,7 +422,8 @@ impl<R: ShardRunner> Coordinator<R> {
         if let Err(e) = self.held.release(shard_id) {
             log::warn!("releasing finished lease {shard_id}: {e}");
         }
-        Self::log_failure("shard sync", self.sync_shards());
+        let result = self.sync_shards();
+        self.log_failure("shard sync", result);
         self.read_due = true;
     }
 
@@ -462,9 +466,10 @@ impl<R: ShardRunner> Coordinator<R> {
         }
     }
 
-    fn log_failure(what: &str, result: Result<impl Sized>) {
+    fn log_failure(&self, what: &str, result: Result<impl Sized>) {
         if let Err(e) = result {
             log::warn!("{what} failed, will retry: {e}");
+            self.metrics.live().error(format!("{what} failed: {e}"));
         }
     }
 
@@ -568,8 +573,19 @@ impl<R: ShardRunner> Coordinator<R> {
         self.read_due = !result?;
         self.next_full_read = now + self.timings.failover * FULL_READ_EVERY;
         self.forget_dead_workers(&rows);
+        self.show_table(&rows);
         self.rows = rows;
         Ok(())
+    }
+
+    /// Keeps the table as just read for the status page.
+    fn show_table(&self, rows: &[Row]) {
+        let leases = rows.iter().filter_map(Row::lease).map(|l| LeaseRow {
+            shard_id: l.shard_id.clone(),
+            owner: l.owner.clone(),
+            checkpoint: l.checkpoint.to_columns().0.to_owned(),
+        });
+        self.metrics.live().table_read(leases.collect());
     }
 
     /// Takes dead workers out of the workers row once no lease names them,
@@ -582,7 +598,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 .any(|l| l.owner.as_deref() == Some(worker.as_str()));
             if !owns {
                 log::info!("worker {worker} is dead and holds no lease: forgetting it");
-                Self::log_failure(
+                self.log_failure(
                     "forgetting a dead worker",
                     self.held.table().forget_worker(&worker, Some(beat)),
                 );
@@ -954,7 +970,7 @@ impl<R: ShardRunner> Coordinator<R> {
             .filter(|o| *o != me)
             .collect();
         for owner in owners {
-            Self::log_failure(
+            self.log_failure(
                 "telling a worker of an ask",
                 self.held.table().notify(Some(owner)),
             );
