@@ -448,6 +448,11 @@ impl<R: ShardRunner> Coordinator<R> {
     /// the counter seen): handed over to it since its last round read the
     /// table. One consistent read, at shutdown only.
     fn given_not_taken(&self) -> Vec<(String, u64)> {
+        // Nothing is handed to a worker whose heartbeat never landed: it
+        // asked for nothing, and the table may not even be usable.
+        if self.held.alive_since().is_none() {
+            return Vec::new();
+        }
         let held = self.held.shard_ids();
         let me = self.held.owner();
         match self.held.table().list(true) {
