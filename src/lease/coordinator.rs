@@ -460,6 +460,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 .iter()
                 .filter_map(Row::lease)
                 .filter(|l| l.owner.as_deref() == Some(me) && !held.contains(&l.shard_id))
+                .filter(|l| !self.held.is_withheld(&l.shard_id))
                 .map(|l| (l.shard_id.clone(), l.counter))
                 .collect(),
             Err(e) => {

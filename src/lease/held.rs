@@ -75,6 +75,9 @@ pub(crate) struct HeldLeases {
     /// The number of the last heartbeat that landed: every later one is
     /// written only over it or another of ours.
     landed_beat: Mutex<Option<u64>>,
+    /// Leases dropped because their last checkpoint was not written: left
+    /// to expire, never released on leaving (see [`withhold`](Self::withhold)).
+    withheld: Mutex<HashSet<String>>,
 }
 
 impl HeldLeases {
@@ -99,6 +102,7 @@ impl HeldLeases {
             landed_beat: Mutex::new(None),
             notice_owed: AtomicBool::new(false),
             taken_unseen: AtomicBool::new(false),
+            withheld: Mutex::default(),
         }
     }
 
@@ -453,6 +457,19 @@ impl HeldLeases {
         }
         self.forget(shard_id, epoch);
         Ok(result?.map(|_| to))
+    }
+
+    /// Forgets a lease whose last checkpoint was not written, and leaves
+    /// it to expire: leaving releases it neither as held nor as one the
+    /// table gives this worker.
+    pub(crate) fn withhold(&self, shard_id: &str) {
+        lock(&self.withheld).insert(shard_id.to_owned());
+        self.drop_lost(shard_id);
+    }
+
+    /// True for a lease left to expire (see [`withhold`](Self::withhold)).
+    pub(crate) fn is_withheld(&self, shard_id: &str) -> bool {
+        lock(&self.withheld).contains(shard_id)
     }
 
     /// Forgets a lease the table says is someone else's (or gone).

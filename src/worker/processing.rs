@@ -243,7 +243,7 @@ pub(crate) fn not_saved(held: &HeldLeases, shard_id: &str, error: Error) -> Erro
     log::error!(
         "the last checkpoint of {shard_id} could not be written; its lease is left to expire: {error}"
     );
-    held.drop_lost(shard_id);
+    held.withhold(shard_id);
     Error::CheckpointsNotSaved {
         shard_ids: vec![shard_id.to_owned()],
         source: Box::new(error),
