@@ -100,6 +100,7 @@ mod lease;
 mod metrics;
 mod random;
 mod record;
+mod stream;
 mod sync;
 pub mod testing;
 mod time;
@@ -162,6 +163,7 @@ pub use metrics::{
     Statistics,
 };
 pub use record::{ExtendedSequenceNumber, Payload, Record, SequenceNumber};
+pub use stream::StreamIdentifier;
 pub use worker::batch::{Batch, Message, ShardBatch, ShardEvent};
 pub use worker::checkpointer::Checkpointer;
 pub use worker::processing::{Checkpointing, ErrorPolicy};

@@ -27,6 +27,7 @@ use crate::lease::plan::{self, Lineage, RoundInput, RoundPlan, Row, Standing};
 use crate::lease::table::namesake_error;
 use crate::lease::{Checkpoint, HeldLeases, Lease};
 use crate::metrics::{Metric, Metrics};
+use crate::stream::{Layout, check_layout};
 
 /// With nothing changing, the lease table is still read once every this
 /// many failover times (60 s at the default 10 s): a safety net for a
@@ -114,6 +115,11 @@ pub(crate) trait ShardSource: Send {
     /// Every shard the stream lists, and the service's time of the listing
     /// when it said (rounded down to the second), for pinning `Latest`.
     fn list_shards(&self) -> Result<(Vec<Shard>, Option<SystemTime>)>;
+    /// How the lease table keys these shards' leases: bare shard ids
+    /// unless the source reads several streams.
+    fn layout(&self) -> Layout {
+        Layout::SingleStream
+    }
 }
 
 /// The shards of one Kinesis stream.
@@ -231,6 +237,8 @@ impl<R: ShardRunner> Coordinator<R> {
     /// (the caller retries what may pass).
     pub(crate) fn start(&mut self) -> Result<()> {
         self.held.table().ensure_exists()?;
+        let rows = self.held.table().list(true)?;
+        check_layout(self.shards.layout(), rows.iter().map(Row::shard_id))?;
         self.check_namesake()?;
         self.heartbeat()?;
         self.sync_shards()?;
