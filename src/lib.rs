@@ -163,7 +163,7 @@ pub use metrics::{
     Statistics,
 };
 pub use record::{ExtendedSequenceNumber, Payload, Record, SequenceNumber};
-pub use stream::StreamIdentifier;
+pub use stream::{StreamConfig, StreamIdentifier};
 pub use worker::batch::{Batch, Message, ShardBatch, ShardEvent};
 pub use worker::checkpointer::Checkpointer;
 pub use worker::processing::{Checkpointing, ErrorPolicy};

@@ -8,7 +8,9 @@
 
 use std::fmt;
 
-use crate::aws::kinesis::is_valid_shard_id;
+use crate::InitialPosition;
+use crate::aws::kinesis::{is_valid_shard_id, parse_stream_arn};
+use crate::lease::Checkpoint;
 
 /// One stream of a multi-stream consumer: its account, name and creation
 /// time, as the KCL 3's `StreamIdentifier` (serialized
@@ -78,6 +80,14 @@ impl StreamIdentifier {
     /// (DescribeStreamSummary's `StreamCreationTimestamp`).
     pub fn creation_epoch(&self) -> u64 {
         self.creation_epoch
+    }
+
+    /// The stream of a multi-stream lease key (also what
+    /// [`Record::shard_id`](crate::Record::shard_id) and the processors'
+    /// `shard_id` are in a multi-stream consumer); `None` for a bare shard
+    /// id.
+    pub fn of_lease_key(key: &str) -> Option<StreamIdentifier> {
+        split_lease_key(key).map(|(stream, _)| stream)
     }
 
     /// The lease key of `shard_id` of this stream in a multi-stream table.
@@ -168,6 +178,110 @@ pub(crate) fn check_layout<'a>(
     Err(crate::Error::config(setting, reason))
 }
 
+/// One stream of a multi-stream consumer, as given to
+/// [`ConsumerBuilder::streams`](crate::ConsumerBuilder::streams): its name
+/// or ARN, and where its new shards start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamConfig {
+    stream: String,
+    initial_position: Option<InitialPosition>,
+}
+
+impl StreamConfig {
+    /// The stream by name, or by ARN
+    /// (`arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`, for a stream of
+    /// another account the credentials can read).
+    pub fn new(name_or_arn: impl Into<String>) -> StreamConfig {
+        StreamConfig {
+            stream: name_or_arn.into(),
+            initial_position: None,
+        }
+    }
+
+    /// Where this stream's shards without a checkpoint start. Defaults to
+    /// the consumer's [`initial_position`](crate::ConsumerBuilder::initial_position).
+    pub fn initial_position(mut self, position: InitialPosition) -> StreamConfig {
+        self.initial_position = Some(position);
+        self
+    }
+}
+
+impl From<&str> for StreamConfig {
+    fn from(name_or_arn: &str) -> StreamConfig {
+        StreamConfig::new(name_or_arn)
+    }
+}
+
+impl From<String> for StreamConfig {
+    fn from(name_or_arn: String) -> StreamConfig {
+        StreamConfig::new(name_or_arn)
+    }
+}
+
+/// A stream of a multi-stream consumer as built: how requests name it,
+/// its name and where its new shards start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StreamTarget {
+    /// The name or the ARN, as Kinesis requests name the stream.
+    pub request: String,
+    pub name: String,
+    /// The ARN's region, if given by ARN.
+    pub region: Option<String>,
+    pub initial: Checkpoint,
+}
+
+/// Checks the streams given to `streams` and resolves each one's initial
+/// position (`default` where it has none of its own).
+pub(crate) fn resolve_streams(
+    streams: &[StreamConfig],
+    default: InitialPosition,
+) -> crate::Result<Vec<StreamTarget>> {
+    let bad = |reason: String| crate::Error::config("streams", reason);
+    let mut targets: Vec<StreamTarget> = Vec::new();
+    for config in streams {
+        let (name, region) = if config.stream.starts_with("arn:") {
+            let arn = parse_stream_arn(&config.stream).map_err(|e| bad(e.to_string()))?;
+            (arn.name, Some(arn.region))
+        } else {
+            (config.stream.clone(), None)
+        };
+        if !is_stream_name(&name) {
+            return Err(bad(format!(
+                "{:?} is not a stream name or ARN (names are 1 to 128 letters, digits, '_', '.', '-')",
+                config.stream
+            )));
+        }
+        if targets.iter().any(|t| t.name == name) {
+            return Err(bad(format!("stream {name:?} is listed twice")));
+        }
+        let other = targets.iter().find_map(|t| t.region.as_ref());
+        if let (Some(region), Some(other)) =
+            (&region, other.filter(|o| Some(*o) != region.as_ref()))
+        {
+            return Err(bad(format!(
+                "{:?} is in region {region} and another stream in {other}: one consumer reads one region",
+                config.stream
+            )));
+        }
+        targets.push(StreamTarget {
+            request: config.stream.clone(),
+            name,
+            region,
+            initial: initial_checkpoint(config.initial_position.unwrap_or(default)),
+        });
+    }
+    Ok(targets)
+}
+
+/// Where a new lease starts for an initial position.
+pub(crate) fn initial_checkpoint(position: InitialPosition) -> Checkpoint {
+    match position {
+        InitialPosition::TrimHorizon => Checkpoint::TrimHorizon,
+        InitialPosition::Latest => Checkpoint::Latest,
+        InitialPosition::AtTimestamp(t) => Checkpoint::AtTimestamp(Some(t)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +336,51 @@ mod tests {
             assert_eq!(Layout::of(key), Layout::SingleStream, "{key}");
         }
         assert_eq!(Layout::of("1:orders:1:shardId-1"), Layout::MultiStream);
+    }
+
+    #[test]
+    fn streams_resolve_with_their_own_initial_positions() {
+        let arn = "arn:aws:kinesis:eu-west-1:111122223333:stream/clicks";
+        let targets = resolve_streams(
+            &[
+                StreamConfig::from("orders"),
+                StreamConfig::new(arn).initial_position(InitialPosition::TrimHorizon),
+            ],
+            InitialPosition::Latest,
+        )
+        .unwrap();
+        assert_eq!(targets[0].name, "orders");
+        assert_eq!(targets[0].initial, Checkpoint::Latest);
+        assert_eq!(
+            (targets[1].name.as_str(), targets[1].request.as_str()),
+            ("clicks", arn)
+        );
+        assert_eq!(targets[1].region.as_deref(), Some("eu-west-1"));
+        assert_eq!(targets[1].initial, Checkpoint::TrimHorizon);
+    }
+
+    #[test]
+    fn bad_stream_lists_are_refused_naming_the_stream() {
+        let error = |streams: &[&str]| {
+            let configs: Vec<StreamConfig> = streams.iter().map(|s| (*s).into()).collect();
+            resolve_streams(&configs, InitialPosition::Latest)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = error(&["a", "b", "a"]);
+        assert!(
+            e.contains("`streams`") && e.contains("\"a\" is listed twice"),
+            "{e}"
+        );
+        let e = error(&["a/b"]);
+        assert!(e.contains("\"a/b\" is not a stream name or ARN"), "{e}");
+        let e = error(&["arn:aws:kinesis:eu-west-1:1:stream/x"]);
+        assert!(e.contains("`streams`"), "{e}");
+        let e = error(&[
+            "arn:aws:kinesis:eu-west-1:111122223333:stream/x",
+            "arn:aws:kinesis:us-east-1:111122223333:stream/y",
+        ]);
+        assert!(e.contains("one consumer reads one region"), "{e}");
     }
 
     #[test]

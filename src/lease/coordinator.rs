@@ -120,6 +120,17 @@ pub(crate) trait ShardSource: Send {
     fn layout(&self) -> Layout {
         Layout::SingleStream
     }
+    /// True for the lease keys of this source's shards: the coordinator
+    /// never plans, takes or deletes a row of a stream it does not read
+    /// (another application's on a shared multi-stream table, say).
+    fn owns(&self, _key: &str) -> bool {
+        true
+    }
+    /// Where a new lease of `key` starts, when not the consumer's initial
+    /// position.
+    fn initial_of(&self, _key: &str) -> Option<&Checkpoint> {
+        None
+    }
 }
 
 /// The shards of one Kinesis stream.
@@ -439,7 +450,7 @@ impl<R: ShardRunner> Coordinator<R> {
     fn given_not_taken(&self) -> Vec<(String, u64)> {
         let held = self.held.shard_ids();
         let me = self.held.owner();
-        match self.held.table().list(true) {
+        match self.list_rows(true) {
             Ok(rows) => rows
                 .iter()
                 .filter_map(Row::lease)
@@ -461,6 +472,13 @@ impl<R: ShardRunner> Coordinator<R> {
         }
     }
 
+    /// The table's rows of the shards this coordinator reads.
+    fn list_rows(&self, consistent: bool) -> Result<Vec<Row>> {
+        let mut rows = self.held.table().list(consistent)?;
+        rows.retain(|r| self.shards.owns(r.shard_id()));
+        Ok(rows)
+    }
+
     /// Lists the stream, creates leases for new shards following their
     /// lineage, and records children on their parents' leases. The table as
     /// last read serves, unless it lacks a lease for some shard: then it is
@@ -474,12 +492,17 @@ impl<R: ShardRunner> Coordinator<R> {
         let now = SystemTime::now();
         let pin = service_time.map_or(now, |t| t.min(now));
         let mut rows = std::mem::take(&mut self.rows);
-        if !plan::new_leases(&rows, &lineage, &self.initial, pin).is_empty() {
-            rows = self.held.table().list(true)?;
+        let initial = |key: &str| {
+            let own = self.shards.initial_of(key);
+            own.unwrap_or(&self.initial).clone()
+        };
+        if !plan::new_leases(&rows, &lineage, &initial, pin).is_empty() {
+            rows = self.list_rows(true)?;
         }
         self.misses = plan::count_misses(&rows, &lineage, &self.misses);
         let mut created = false;
-        for lease in plan::new_leases(&rows, &lineage, &self.initial, pin) {
+        let new_leases = plan::new_leases(&rows, &lineage, &initial, pin);
+        for lease in new_leases {
             self.beat_if_due();
             if self.held.table().create(&lease)? {
                 created = true;
@@ -521,10 +544,10 @@ impl<R: ShardRunner> Coordinator<R> {
             self.sync_shards()?;
         }
         self.beat_if_due();
-        let mut rows = self.held.table().list(consistent)?;
+        let mut rows = self.list_rows(consistent)?;
         let listed = Lineage::new(self.listed.as_deref().unwrap_or_default());
         if !consistent && plan::parent_may_be_unseen(&rows, &listed) {
-            rows = self.held.table().list(true)?;
+            rows = self.list_rows(true)?;
         }
         if plan::names_unlisted_shard(&rows, &listed, &self.misses) {
             // The shard sync works on `self.rows` and may read them again.

@@ -30,7 +30,7 @@ use crate::aws::fan_out::SharedConsumer;
 use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{
     Checkpoint, Clock, Coordinator, CoordinatorEvent, HeldLeases, LeaseTable, LeaseTimings,
-    StreamShards,
+    LeasedStream, MultiStreamShards, ShardSource, StreamShards,
 };
 use crate::metrics::{Metrics, MetricsHandle, Publisher};
 use crate::metrics::{MetricsDimension, MetricsLevel};
@@ -68,6 +68,9 @@ pub(crate) struct ConsumerSettings {
     pub stream_name: String,
     /// How Kinesis requests name the stream: its name or its ARN.
     pub stream: String,
+    /// A multi-stream consumer's streams (then `stream_name` and `stream`
+    /// are empty); empty for a single-stream one.
+    pub streams: Vec<crate::stream::StreamTarget>,
     pub worker_id: String,
     /// Where a new lease starts, and the initial position's timestamp.
     pub initial: Checkpoint,
@@ -100,6 +103,14 @@ pub(crate) struct ConsumerSettings {
     pub fan_out_consumer: Option<String>,
     /// The lease table's name and how to create it.
     pub lease_table: crate::lease::TableOptions,
+}
+
+/// What reading needs beyond the settings, found at startup.
+struct Prepared {
+    /// Enhanced fan-out's registered consumer; `None`: polling.
+    fan_out: Option<Arc<SharedConsumer>>,
+    /// A multi-stream consumer's streams; empty for a single-stream one.
+    streams: Vec<LeasedStream>,
 }
 
 /// The service clients a built consumer uses, and the shutdown flag its
@@ -295,20 +306,26 @@ impl<T: Send + 'static> Consumer<T> {
         })
     }
 
-    /// Starts metrics publishing, the lease coordinator and the readers,
-    /// and hands what they read to `deliver` until it returns.
-    fn serve(
-        self,
-        shard_queue: Option<usize>,
-        deliver: impl FnOnce(&Receiver<ReaderOutput<T>>, Delivery<T>) -> Result<()>,
-    ) -> Result<()> {
+    /// Describes the streams (a missing stream fails here, in AWS's own
+    /// words) and registers the enhanced fan-out consumer; `None` when shut
+    /// down meanwhile.
+    fn prepare(&self) -> Result<Option<Prepared>> {
+        if !self.settings.streams.is_empty() {
+            let streams = until_ready("describing the streams", &self.shutdown.flag, || {
+                self.describe_streams()
+            })?;
+            return Ok(streams.map(|streams| Prepared {
+                fan_out: None,
+                streams,
+            }));
+        }
         let s = &self.settings;
         // A missing stream fails here, in AWS's own words.
         let described = until_ready("describing the stream", &self.shutdown.flag, || {
             self.kinesis.describe_stream_summary(&s.stream)
         })?;
         let Some(described) = described else {
-            return Ok(());
+            return Ok(None);
         };
         // Enhanced fan-out: the application's registered consumer, made
         // (or found) once; every worker of the application shares it.
@@ -326,7 +343,7 @@ impl<T: Send + 'static> Consumer<T> {
                     },
                 )?;
                 let Some(consumer) = consumer else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 // A certificate not trusted, or an endpoint that does not
                 // speak HTTP/2, fails startup here (naming the endpoint and
@@ -337,7 +354,7 @@ impl<T: Send + 'static> Consumer<T> {
                     || self.kinesis.check_fan_out_endpoint(),
                 )?;
                 if checked.is_none() {
-                    return Ok(());
+                    return Ok(None);
                 }
                 log::info!(
                     "reading through enhanced fan-out as {}",
@@ -352,6 +369,39 @@ impl<T: Send + 'static> Consumer<T> {
             }
             None => None,
         };
+        Ok(Some(Prepared {
+            fan_out,
+            streams: Vec::new(),
+        }))
+    }
+
+    /// Each stream of a multi-stream consumer with its identity.
+    fn describe_streams(&self) -> Result<Vec<LeasedStream>> {
+        self.settings
+            .streams
+            .iter()
+            .map(|target| {
+                let described = self.kinesis.describe_stream_summary(&target.request)?;
+                Ok(LeasedStream {
+                    id: described.stream_identifier()?,
+                    request: target.request.clone(),
+                    initial: target.initial.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Starts metrics publishing, the lease coordinator and the readers,
+    /// and hands what they read to `deliver` until it returns.
+    fn serve(
+        self,
+        shard_queue: Option<usize>,
+        deliver: impl FnOnce(&Receiver<ReaderOutput<T>>, Delivery<T>) -> Result<()>,
+    ) -> Result<()> {
+        let s = &self.settings;
+        let Some(Prepared { fan_out, streams }) = self.prepare()? else {
+            return Ok(());
+        };
         let publisher = if s.publish_metrics {
             Publisher::start(
                 &self.metrics,
@@ -362,7 +412,7 @@ impl<T: Send + 'static> Consumer<T> {
         } else {
             None
         };
-        let result = self.consume(shard_queue, fan_out, deliver);
+        let result = self.consume(shard_queue, fan_out, streams, deliver);
         if let Some(publisher) = publisher {
             publisher.stop(METRICS_SHUTDOWN_GRACE);
         }
@@ -373,6 +423,7 @@ impl<T: Send + 'static> Consumer<T> {
         &self,
         shard_queue: Option<usize>,
         fan_out: Option<Arc<SharedConsumer>>,
+        streams: Vec<LeasedStream>,
         deliver: impl FnOnce(&Receiver<ReaderOutput<T>>, Delivery<T>) -> Result<()>,
     ) -> Result<()> {
         let s = &self.settings;
@@ -383,6 +434,10 @@ impl<T: Send + 'static> Consumer<T> {
         let readers = ReaderPool::new(ReaderContext {
             kinesis: self.kinesis.clone(),
             stream: s.stream.clone(),
+            streams: streams
+                .iter()
+                .map(|l| (l.id.to_string(), l.request.clone()))
+                .collect(),
             handler: self.message_handler.clone(),
             sender,
             shard_queue,
@@ -405,19 +460,32 @@ impl<T: Send + 'static> Consumer<T> {
             max_leases_per_worker: s.max_leases_per_worker,
             max_unavailable: s.max_unavailable,
         };
+        let names: Vec<String> = streams.iter().map(|l| l.id.to_string()).collect();
+        let described = if streams.is_empty() {
+            s.stream.clone()
+        } else {
+            names.join(", ")
+        };
         log::info!(
-            "worker {} starting on stream {} for application {}",
+            "worker {} starting on stream {described} for application {}",
             s.worker_id,
-            s.stream,
             s.app_name
         );
-        let mut coordinator = Coordinator::new(
-            held.clone(),
+        let shards: Box<dyn ShardSource> = if streams.is_empty() {
             Box::new(StreamShards {
                 kinesis: self.kinesis.clone(),
                 stream: s.stream.clone(),
-            }),
-            &s.stream_name,
+            })
+        } else {
+            Box::new(MultiStreamShards {
+                kinesis: self.kinesis.clone(),
+                streams,
+            })
+        };
+        let mut coordinator = Coordinator::new(
+            held.clone(),
+            shards,
+            &described,
             s.initial.clone(),
             timings,
             readers,

@@ -22,6 +22,7 @@ use crate::kpl;
 use crate::lease::{Checkpoint, ShardRunner};
 use crate::metrics::{Metric, Metrics};
 use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber};
+use crate::stream::split_lease_key;
 use crate::time::later;
 use crate::worker::MessageHandler;
 use crate::worker::batch::Message;
@@ -77,11 +78,30 @@ pub(crate) enum ReaderOutput<T> {
     Fatal(Error),
 }
 
+impl<T> ReaderContext<T> {
+    /// How Kinesis requests name the stream and the shard of a lease key.
+    fn target(&self, key: &str) -> (String, String) {
+        match split_lease_key(key) {
+            Some((stream, shard_id)) => {
+                let request = self.streams.get(&stream.to_string());
+                (
+                    request.cloned().unwrap_or_else(|| stream.name().to_owned()),
+                    shard_id.to_owned(),
+                )
+            }
+            None => (self.stream.clone(), key.to_owned()),
+        }
+    }
+}
+
 /// What every reader of one consumer shares.
 pub(crate) struct ReaderContext<T> {
     pub kinesis: KinesisClient,
     /// The stream as Kinesis requests name it: its name or its ARN.
     pub stream: String,
+    /// A multi-stream consumer's streams: for each stream identifier (as
+    /// its lease keys start), how Kinesis requests name the stream.
+    pub streams: HashMap<String, String>,
     pub handler: MessageHandler<T>,
     pub sender: Sender<ReaderOutput<T>>,
     /// When set, each reader hands its chunks to a queue of its own of
@@ -305,10 +325,13 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
             }
             None => (self.context.sender.clone(), None),
         };
+        let (stream, kinesis_shard_id) = self.context.target(shard_id);
         let reader = Reader {
             context: self.context.clone(),
             sender,
             shard_id: shard_id.into(),
+            stream,
+            kinesis_shard_id,
             epoch,
             stop: stop.clone(),
             not_found: not_found.clone(),
@@ -405,7 +428,11 @@ struct Reader<T> {
     context: Arc<ReaderContext<T>>,
     /// Where this reader's chunks and failure go (see `shard_queue`).
     sender: Sender<ReaderOutput<T>>,
+    /// The shard as the consumer names it (its lease key).
     shard_id: Arc<str>,
+    /// The stream and the shard as Kinesis requests name them.
+    stream: String,
+    kinesis_shard_id: String,
     epoch: u64,
     stop: Arc<AtomicBool>,
     /// Set when the service says the shard does not exist (see `take_not_found`).
@@ -616,7 +643,7 @@ impl<T: Send + 'static> Reader<T> {
         let iterator =
             context
                 .kinesis
-                .get_shard_iterator(&context.stream, &self.shard_id, &position)?;
+                .get_shard_iterator(&self.stream, &self.kinesis_shard_id, &position)?;
         *start = restart_position(start.clone(), asked_at);
         Ok(iterator)
     }
@@ -633,7 +660,7 @@ impl<T: Send + 'static> Reader<T> {
         let context = &self.context;
         let mut too_large = None;
         let result = context.kinesis.get_records_of(
-            Some(&context.stream),
+            Some(&self.stream),
             &self.shard_id,
             iterator,
             limit,
@@ -760,10 +787,11 @@ impl<T: Send + 'static> Reader<T> {
             let asked_at = SystemTime::now();
             let called_at = Instant::now();
             last_call = Some(called_at);
-            let subscribed =
-                context
-                    .kinesis
-                    .subscribe_to_shard(&consumer_arn, &self.shard_id, &position);
+            let subscribed = context.kinesis.subscribe_to_shard(
+                &consumer_arn,
+                &self.kinesis_shard_id,
+                &position,
+            );
             context.metrics.record(
                 Some(&self.shard_id),
                 &[
@@ -965,10 +993,10 @@ impl<T: Send + 'static> Reader<T> {
         let context = &self.context;
         let read = context
             .kinesis
-            .get_shard_iterator(&context.stream, &self.shard_id, &position)
+            .get_shard_iterator(&self.stream, &self.kinesis_shard_id, &position)
             .and_then(|iterator| {
                 context.kinesis.get_records_of(
-                    Some(&context.stream),
+                    Some(&self.stream),
                     &self.shard_id,
                     &iterator,
                     1,
@@ -1144,8 +1172,8 @@ impl<T: Send + 'static> Reader<T> {
             return true;
         }
         let context = &self.context;
-        let why = match context.kinesis.list_shards(&context.stream, None) {
-            Ok(shards) => match shards.iter().find(|s| s.shard_id == *self.shard_id) {
+        let why = match context.kinesis.list_shards(&self.stream, None) {
+            Ok(shards) => match shards.iter().find(|s| s.shard_id == self.kinesis_shard_id) {
                 Some(shard) if shard.is_closed() => return true,
                 Some(_) => "ListShards lists it as open".to_owned(),
                 None => "ListShards does not list it".to_owned(),
@@ -1609,6 +1637,7 @@ mod tests {
         let context = ReaderContext {
             kinesis: KinesisClient::new(&config).unwrap(),
             stream: "stream".into(),
+            streams: HashMap::new(),
             handler: Arc::new(move |r: &Record| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 String::from_utf8_lossy(r.data()).into_owned()
