@@ -305,3 +305,94 @@ fn a_table_in_the_other_layout_is_refused_saying_how_to_migrate() {
     assert!(error.contains("lease_table_name"), "{error}");
     assert!(log.lock().unwrap().is_empty());
 }
+
+/// A processor that notes its stream at initialize and its records.
+struct Noting {
+    key: String,
+    stream: Option<StreamIdentifier>,
+    log: Log,
+}
+
+impl kinesis_consumer::ShardProcessor<Payload> for Noting {
+    fn initialize(
+        &mut self,
+        shard_id: &str,
+        _from: &kinesis_consumer::Checkpoint,
+    ) -> kinesis_consumer::HandlerResult {
+        assert_eq!(shard_id, self.key);
+        self.stream = StreamIdentifier::of_lease_key(shard_id);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        records: kinesis_consumer::ShardBatch<Payload>,
+        _checkpointer: &kinesis_consumer::Checkpointer,
+    ) -> kinesis_consumer::HandlerResult {
+        let stream = self.stream.clone().expect("initialize named the stream");
+        assert_eq!(records.stream().as_ref(), Some(&stream));
+        let mut log = self.log.lock().unwrap();
+        for m in records.messages() {
+            let data = String::from_utf8_lossy(m.record().data()).into_owned();
+            log.push((stream.name().to_owned(), self.key.clone(), data));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn processors_read_several_streams_each_initialized_with_its_stream() {
+    let streams: Vec<String> = (0..2).map(|_| common::create_stream(2)).collect();
+    let k = common::kinesis();
+    let mut expected = HashSet::new();
+    for (i, stream) in streams.iter().enumerate() {
+        for n in 0..10 {
+            let data = format!("s{i}-{n}");
+            k.put_record(stream, &format!("pk-{n}"), None, data.as_bytes())
+                .unwrap();
+            expected.insert(data);
+        }
+    }
+    let app = common::unique_name("multi-p");
+    let log: Log = Arc::default();
+    let consumer = multi_builder(&app, &streams, "worker-p").build().unwrap();
+    let stop = consumer.shutdown_handle();
+    let sink = log.clone();
+    let thread = std::thread::spawn(move || {
+        consumer.run_processors(move |key: &str| Noting {
+            key: key.to_owned(),
+            stream: None,
+            log: sink.clone(),
+        })
+    });
+    wait_for_all(&log, &expected, Duration::from_secs(60));
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    for (stream, key, data) in log.lock().unwrap().iter() {
+        let index = streams.iter().position(|s| s == stream).unwrap();
+        assert!(
+            data.starts_with(&format!("s{index}-")),
+            "{data} from {stream}"
+        );
+        assert!(key.contains(&format!(":{stream}:")), "{key}");
+    }
+    // Checkpointed in the multi-stream layout, with the KCL's attributes.
+    let rows = common::lease_rows(&app).unwrap();
+    assert_eq!(rows.len(), 4);
+    for row in rows {
+        let key = row["leaseKey"].as_s().unwrap();
+        let (stream, shard) = (
+            row["streamName"].as_s().unwrap(),
+            row["shardId"].as_s().unwrap(),
+        );
+        assert_eq!(key, format!("{stream}:{shard}"));
+        assert!(
+            row["checkpoint"]
+                .as_s()
+                .unwrap()
+                .chars()
+                .all(|c| c.is_ascii_digit()),
+            "{row:?}"
+        );
+    }
+}
