@@ -237,8 +237,9 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// (`<account>:<stream>:<creationEpochSeconds>:<shardId>`), so a KCL 3
     /// multi-stream application's table is continued from; a table of
     /// single-stream leases is refused (see `docs/multi-stream.md`). All
-    /// streams are in one region; they are polled (enhanced fan-out is not
-    /// supported with several streams yet). Not combined with
+    /// streams are in one region. With
+    /// [`enhanced_fan_out`](Self::enhanced_fan_out), the consumer name is
+    /// registered on each stream. Not combined with
     /// [`stream_name`](Self::stream_name) or
     /// [`stream_arn`](Self::stream_arn), which keep the single-stream
     /// layout. Defaults to none.
@@ -680,12 +681,6 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             return Err(Error::config(
                 "streams",
                 "cannot be combined with stream_name or stream_arn: list every stream in streams",
-            ));
-        }
-        if self.settings.fan_out_consumer.is_some() {
-            return Err(Error::config(
-                "enhanced_fan_out",
-                "is not supported with streams yet: a multi-stream consumer polls",
             ));
         }
         // Kinesis is where the streams given by ARN are.

@@ -23,7 +23,7 @@ fn multi_builder(
     // The single-stream builder's settings, then the list in its place.
     let e = common::emulators();
     common::init_log();
-    Consumer::builder()
+    let builder = Consumer::builder()
         .app_name(app)
         .streams(streams.iter().map(String::as_str))
         .region("us-east-1")
@@ -38,7 +38,11 @@ fn multi_builder(
         .idle_time_between_reads(Duration::from_millis(100))
         .failover_time(Duration::from_secs(3))
         .shard_sync_interval(Duration::from_secs(2))
-        .worker_id(worker)
+        .worker_id(worker);
+    match common::fan_out() {
+        true => builder.enhanced_fan_out(app),
+        false => builder,
+    }
 }
 
 /// Runs a consumer on its own thread, logging what it is handed.
@@ -156,6 +160,15 @@ fn two_workers_read_three_streams_one_resharded_every_record_once_in_order() {
         "7 open shards of 3 streams split 3/4: {owners:?}"
     );
 
+    if common::fan_out() {
+        // One registration per stream, under the application's name.
+        let k = common::kinesis();
+        for stream in &streams {
+            let arn = k.describe_stream_summary(stream).unwrap().stream_arn;
+            let consumer = k.describe_stream_consumer_by_name(&arn, &app).unwrap();
+            assert_eq!(consumer.consumer_status, "ACTIVE", "{stream}");
+        }
+    }
     let log = log.lock().unwrap();
     // Every record once: no duplicates within one run.
     let mut seen = HashSet::new();

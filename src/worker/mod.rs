@@ -16,6 +16,7 @@ mod startup;
 mod test_support;
 mod ticker;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,6 +110,9 @@ pub(crate) struct ConsumerSettings {
 struct Prepared {
     /// Enhanced fan-out's registered consumer; `None`: polling.
     fan_out: Option<Arc<SharedConsumer>>,
+    /// A multi-stream consumer's registered consumers by stream
+    /// identifier; empty when polling.
+    fan_outs: HashMap<String, Arc<SharedConsumer>>,
     /// A multi-stream consumer's streams; empty for a single-stream one.
     streams: Vec<LeasedStream>,
 }
@@ -307,86 +311,103 @@ impl<T: Send + 'static> Consumer<T> {
     }
 
     /// Describes the streams (a missing stream fails here, in AWS's own
-    /// words) and registers the enhanced fan-out consumer; `None` when shut
-    /// down meanwhile.
+    /// words) and registers the enhanced fan-out consumers; `None` when
+    /// shut down meanwhile.
     fn prepare(&self) -> Result<Option<Prepared>> {
-        if !self.settings.streams.is_empty() {
-            let streams = until_ready("describing the streams", &self.shutdown.flag, || {
-                self.describe_streams()
-            })?;
-            return Ok(streams.map(|streams| Prepared {
+        let s = &self.settings;
+        let flag = &self.shutdown.flag;
+        if !s.streams.is_empty() {
+            let Some(described) =
+                until_ready("describing the streams", flag, || self.describe_streams())?
+            else {
+                return Ok(None);
+            };
+            let mut fan_outs = HashMap::new();
+            if let Some(name) = &s.fan_out_consumer {
+                for (stream, arn) in &described {
+                    let Some(consumer) = self.register_fan_out(arn, name)? else {
+                        return Ok(None);
+                    };
+                    fan_outs.insert(stream.id.to_string(), consumer);
+                }
+            }
+            return Ok(Some(Prepared {
                 fan_out: None,
-                streams,
+                fan_outs,
+                streams: described.into_iter().map(|(stream, _)| stream).collect(),
             }));
         }
-        let s = &self.settings;
         // A missing stream fails here, in AWS's own words.
-        let described = until_ready("describing the stream", &self.shutdown.flag, || {
+        let described = until_ready("describing the stream", flag, || {
             self.kinesis.describe_stream_summary(&s.stream)
         })?;
         let Some(described) = described else {
             return Ok(None);
         };
-        // Enhanced fan-out: the application's registered consumer, made
-        // (or found) once; every worker of the application shares it.
         let fan_out = match &s.fan_out_consumer {
-            Some(name) => {
-                let consumer = until_ready(
-                    "registering the stream consumer",
-                    &self.shutdown.flag,
-                    || {
-                        self.kinesis.ensure_stream_consumer(
-                            &described.stream_arn,
-                            name,
-                            CONSUMER_ACTIVE_WAIT,
-                        )
-                    },
-                )?;
-                let Some(consumer) = consumer else {
-                    return Ok(None);
-                };
-                // A certificate not trusted, or an endpoint that does not
-                // speak HTTP/2, fails startup here (naming the endpoint and
-                // the reason) rather than as readers retrying for ever.
-                let checked = until_ready(
-                    "connecting to the enhanced fan-out endpoint",
-                    &self.shutdown.flag,
-                    || self.kinesis.check_fan_out_endpoint(),
-                )?;
-                if checked.is_none() {
-                    return Ok(None);
-                }
-                log::info!(
-                    "reading through enhanced fan-out as {}",
-                    consumer.consumer_arn
-                );
-                Some(Arc::new(SharedConsumer::new(
-                    &described.stream_arn,
-                    name,
-                    &consumer.consumer_arn,
-                    CONSUMER_ACTIVE_WAIT,
-                )))
-            }
+            Some(name) => match self.register_fan_out(&described.stream_arn, name)? {
+                Some(consumer) => Some(consumer),
+                None => return Ok(None),
+            },
             None => None,
         };
         Ok(Some(Prepared {
             fan_out,
+            fan_outs: HashMap::new(),
             streams: Vec::new(),
         }))
     }
 
-    /// Each stream of a multi-stream consumer with its identity.
-    fn describe_streams(&self) -> Result<Vec<LeasedStream>> {
+    /// Enhanced fan-out: the application's registered consumer of the
+    /// stream, made (or found) once; every worker of the application
+    /// shares it. `None` when shut down meanwhile.
+    fn register_fan_out(
+        &self,
+        stream_arn: &str,
+        name: &str,
+    ) -> Result<Option<Arc<SharedConsumer>>> {
+        let flag = &self.shutdown.flag;
+        let consumer = until_ready("registering the stream consumer", flag, || {
+            self.kinesis
+                .ensure_stream_consumer(stream_arn, name, CONSUMER_ACTIVE_WAIT)
+        })?;
+        let Some(consumer) = consumer else {
+            return Ok(None);
+        };
+        // A certificate not trusted, or an endpoint that does not speak
+        // HTTP/2, fails startup here (naming the endpoint and the reason)
+        // rather than as readers retrying for ever.
+        let checked = until_ready("connecting to the enhanced fan-out endpoint", flag, || {
+            self.kinesis.check_fan_out_endpoint()
+        })?;
+        if checked.is_none() {
+            return Ok(None);
+        }
+        log::info!(
+            "reading {stream_arn} through enhanced fan-out as {}",
+            consumer.consumer_arn
+        );
+        Ok(Some(Arc::new(SharedConsumer::new(
+            stream_arn,
+            name,
+            &consumer.consumer_arn,
+            CONSUMER_ACTIVE_WAIT,
+        ))))
+    }
+
+    /// Each stream of a multi-stream consumer with its identity, and its ARN.
+    fn describe_streams(&self) -> Result<Vec<(LeasedStream, String)>> {
         self.settings
             .streams
             .iter()
             .map(|target| {
                 let described = self.kinesis.describe_stream_summary(&target.request)?;
-                Ok(LeasedStream {
+                let stream = LeasedStream {
                     id: described.stream_identifier()?,
                     request: target.request.clone(),
                     initial: target.initial.clone(),
-                })
+                };
+                Ok((stream, described.stream_arn))
             })
             .collect()
     }
@@ -399,7 +420,7 @@ impl<T: Send + 'static> Consumer<T> {
         deliver: impl FnOnce(&Receiver<ReaderOutput<T>>, Delivery<T>) -> Result<()>,
     ) -> Result<()> {
         let s = &self.settings;
-        let Some(Prepared { fan_out, streams }) = self.prepare()? else {
+        let Some(prepared) = self.prepare()? else {
             return Ok(());
         };
         let publisher = if s.publish_metrics {
@@ -412,7 +433,7 @@ impl<T: Send + 'static> Consumer<T> {
         } else {
             None
         };
-        let result = self.consume(shard_queue, fan_out, streams, deliver);
+        let result = self.consume(shard_queue, prepared, deliver);
         if let Some(publisher) = publisher {
             publisher.stop(METRICS_SHUTDOWN_GRACE);
         }
@@ -422,11 +443,15 @@ impl<T: Send + 'static> Consumer<T> {
     fn consume(
         &self,
         shard_queue: Option<usize>,
-        fan_out: Option<Arc<SharedConsumer>>,
-        streams: Vec<LeasedStream>,
+        prepared: Prepared,
         deliver: impl FnOnce(&Receiver<ReaderOutput<T>>, Delivery<T>) -> Result<()>,
     ) -> Result<()> {
         let s = &self.settings;
+        let Prepared {
+            fan_out,
+            fan_outs,
+            streams,
+        } = prepared;
         let held = self.held.clone();
         let budget = Arc::new(Budget::new(s.buffer_bytes, s.buffer_records));
         // Chunks are whole GetRecords replies; the budget bounds their size.
@@ -450,6 +475,7 @@ impl<T: Send + 'static> Consumer<T> {
             read_memory: Arc::new(Budget::new(s.read_memory, u64::MAX)),
             pace_reads: s.pace_reads,
             fan_out,
+            fan_outs,
             readers: std::sync::atomic::AtomicUsize::new(0),
             stop_timeout: s.connect_timeout + s.read_timeout + READER_STOP_MARGIN,
         });

@@ -78,18 +78,32 @@ pub(crate) enum ReaderOutput<T> {
     Fatal(Error),
 }
 
+/// Where a reader reads its shard: how Kinesis requests name the stream
+/// and the shard, and the registered consumer when reading by fan-out.
+struct Target {
+    stream: String,
+    shard_id: String,
+    fan_out: Option<Arc<SharedConsumer>>,
+}
+
 impl<T> ReaderContext<T> {
-    /// How Kinesis requests name the stream and the shard of a lease key.
-    fn target(&self, key: &str) -> (String, String) {
+    /// Where the shard of a lease key is read.
+    fn target(&self, key: &str) -> Target {
         match split_lease_key(key) {
             Some((stream, shard_id)) => {
-                let request = self.streams.get(&stream.to_string());
-                (
-                    request.cloned().unwrap_or_else(|| stream.name().to_owned()),
-                    shard_id.to_owned(),
-                )
+                let id = stream.to_string();
+                let request = self.streams.get(&id);
+                Target {
+                    stream: request.cloned().unwrap_or_else(|| stream.name().to_owned()),
+                    shard_id: shard_id.to_owned(),
+                    fan_out: self.fan_outs.get(&id).cloned(),
+                }
             }
-            None => (self.stream.clone(), key.to_owned()),
+            None => Target {
+                stream: self.stream.clone(),
+                shard_id: key.to_owned(),
+                fan_out: self.fan_out.clone(),
+            },
         }
     }
 }
@@ -118,6 +132,9 @@ pub(crate) struct ReaderContext<T> {
     /// Enhanced fan-out: the registered consumer; readers subscribe to
     /// their shards instead of polling them.
     pub fan_out: Option<Arc<SharedConsumer>>,
+    /// A multi-stream consumer's registered consumers, one per stream
+    /// identifier (empty when polling).
+    pub fan_outs: HashMap<String, Arc<SharedConsumer>>,
     pub pace_reads: bool,
     pub metrics: Metrics,
     /// How many readers run now (per-shard queues share the buffer evenly
@@ -325,13 +342,14 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
             }
             None => (self.context.sender.clone(), None),
         };
-        let (stream, kinesis_shard_id) = self.context.target(shard_id);
+        let target = self.context.target(shard_id);
         let reader = Reader {
             context: self.context.clone(),
             sender,
             shard_id: shard_id.into(),
-            stream,
-            kinesis_shard_id,
+            stream: target.stream,
+            kinesis_shard_id: target.shard_id,
+            fan_out: target.fan_out,
             epoch,
             stop: stop.clone(),
             not_found: not_found.clone(),
@@ -433,6 +451,9 @@ struct Reader<T> {
     /// The stream and the shard as Kinesis requests name them.
     stream: String,
     kinesis_shard_id: String,
+    /// The registered consumer of the shard's stream, when reading by
+    /// enhanced fan-out.
+    fan_out: Option<Arc<SharedConsumer>>,
     epoch: u64,
     stop: Arc<AtomicBool>,
     /// Set when the service says the shard does not exist (see `take_not_found`).
@@ -503,8 +524,8 @@ impl<T: Send + 'static> Reader<T> {
         else {
             return Ok(());
         };
-        if let Some(consumer) = &context.fan_out {
-            return self.subscribe(consumer, start, resume_after);
+        if let Some(consumer) = self.fan_out.clone() {
+            return self.subscribe(&consumer, start, resume_after);
         }
         let mut progress = Progress {
             start,
@@ -819,6 +840,7 @@ impl<T: Send + 'static> Reader<T> {
                     continue;
                 }
             };
+            subscription.tag_records(&self.shard_id);
             last_subscribed = Some(called_at);
             start = restart_position(start, asked_at);
             loop {
@@ -1651,6 +1673,7 @@ mod tests {
             start_timestamp: None,
             read_memory: Arc::new(Budget::new(1 << 30, u64::MAX)),
             fan_out: None,
+            fan_outs: HashMap::new(),
             pace_reads: false,
             metrics: Metrics::default(),
             readers: AtomicUsize::new(0),
