@@ -81,6 +81,7 @@ pub(crate) struct Settings {
     pub(crate) stream_name: Option<String>,
     pub(crate) stream_arn: Option<String>,
     pub(crate) streams: Vec<StreamConfig>,
+    pub(crate) former_stream_retention: Duration,
     /// Region, credentials, timeouts and retries of every service, and the
     /// endpoint of those without an override below.
     pub(crate) client: ClientConfig,
@@ -160,6 +161,7 @@ impl ConsumerBuilder<Payload> {
                 stream_name: None,
                 stream_arn: None,
                 streams: Vec::new(),
+                former_stream_retention: Duration::from_secs(3600),
                 client: ClientConfig::new(),
                 kinesis_endpoint_url: None,
                 dynamodb_endpoint_url: None,
@@ -254,6 +256,17 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// ```
     pub fn streams<S: Into<StreamConfig>>(mut self, streams: impl IntoIterator<Item = S>) -> Self {
         self.settings.streams = streams.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How long the lease rows of a stream this consumer no longer reads
+    /// (removed through [`StreamsHandle`](crate::StreamsHandle), deleted,
+    /// or recreated under its name) are kept before they are deleted; a
+    /// stream added back meanwhile resumes from its checkpoints. Only free
+    /// rows are deleted: a row still owned by a worker reading the stream
+    /// stays. Defaults to 1 hour.
+    pub fn former_stream_retention(mut self, retention: Duration) -> Self {
+        self.settings.former_stream_retention = retention;
         self
     }
 
@@ -906,6 +919,8 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             stream_name,
             stream,
             streams,
+            initial_position: s.initial_position,
+            former_stream_retention: s.former_stream_retention,
             worker_id,
             initial,
             start_timestamp,

@@ -409,3 +409,168 @@ fn processors_read_several_streams_each_initialized_with_its_stream() {
         );
     }
 }
+
+/// Puts `data` records on a one-shard stream.
+fn put_all(stream: &str, data: impl IntoIterator<Item = String>) -> HashSet<String> {
+    let k = common::kinesis();
+    let mut put = HashSet::new();
+    for d in data {
+        k.put_record(stream, "pk", None, d.as_bytes()).unwrap();
+        put.insert(d);
+    }
+    put
+}
+
+/// The lease rows of a stream's shards in an application's table.
+fn rows_of(app: &str, stream: &str) -> Vec<kinesis_consumer::__test_support::Item> {
+    common::lease_rows(app)
+        .unwrap()
+        .into_iter()
+        .filter(|r| {
+            r["leaseKey"]
+                .as_s()
+                .unwrap()
+                .contains(&format!(":{stream}:"))
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn streams_added_and_removed_while_running_resume_where_they_stopped() {
+    let (a, b) = (common::create_stream(1), common::create_stream(1));
+    let app = common::unique_name("multi-change");
+    let log: Log = Arc::default();
+    let consumer = multi_builder(&app, std::slice::from_ref(&a), "worker-c")
+        .former_stream_retention(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let handle = consumer.streams_handle();
+    let stop = consumer.shutdown_handle();
+    let sink = log.clone();
+    let thread = std::thread::spawn(move || {
+        consumer.run(move |batch| {
+            let mut log = sink.lock().unwrap();
+            for m in batch.messages() {
+                let r = m.record();
+                let data = String::from_utf8_lossy(r.data()).into_owned();
+                log.push((String::new(), r.shard_id().to_owned(), data));
+            }
+            Ok(())
+        })
+    });
+    let first_a = put_all(&a, (0..5).map(|n| format!("a-{n}")));
+    let first_b = put_all(&b, (0..5).map(|n| format!("b-{n}")));
+    wait_for_all(&log, &first_a, Duration::from_secs(30));
+    assert!(
+        handle.add("no-such-stream").is_err(),
+        "an unknown stream is refused"
+    );
+    handle.add(b.as_str()).unwrap();
+    wait_for_all(&log, &first_b, Duration::from_secs(30));
+    handle.remove(&a);
+    // Released after its last checkpoint, kept (the retention is an hour).
+    wait_until(
+        "the removed stream's lease released",
+        Duration::from_secs(30),
+        || {
+            let rows = rows_of(&app, &a);
+            rows.len() == 1 && !rows[0].contains_key("leaseOwner")
+        },
+    );
+    let row = &rows_of(&app, &a)[0];
+    let last_a = common::position_of(
+        &a,
+        &common::kinesis().list_shards(&a, None).unwrap()[0].shard_id,
+        "a-4",
+    );
+    assert_eq!(
+        row["checkpoint"].as_s(),
+        Some(last_a.sequence_number.as_str()),
+        "checkpointed before release"
+    );
+    let later_a = put_all(&a, (5..10).map(|n| format!("a-{n}")));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !log.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, _, d)| later_a.contains(d)),
+        "a removed stream is not read"
+    );
+    // Added back: it resumes after its checkpoint.
+    handle.add(a.as_str()).unwrap();
+    wait_for_all(&log, &later_a, Duration::from_secs(30));
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    let log = log.lock().unwrap();
+    let mut seen = HashSet::new();
+    for (_, _, d) in log.iter() {
+        assert!(seen.insert(d.clone()), "{d} delivered twice");
+    }
+}
+
+#[test]
+fn a_stream_deleted_and_recreated_under_its_name_is_a_new_stream() {
+    let name = common::create_stream(1);
+    let app = common::unique_name("multi-recreate");
+    let log: Log = Arc::default();
+    let builder = multi_builder(&app, std::slice::from_ref(&name), "worker-r")
+        .former_stream_retention(Duration::from_secs(1));
+    let (stop, thread) = spawn(builder, "worker-r", &log);
+    let old = put_all(&name, (0..5).map(|n| format!("old-{n}")));
+    wait_for_all(&log, &old, Duration::from_secs(30));
+    let k = common::kinesis();
+    let old_id = k
+        .describe_stream_summary(&name)
+        .unwrap()
+        .stream_identifier()
+        .unwrap();
+    k.delete_stream(&name).unwrap();
+    wait_until("the stream deleted", Duration::from_secs(30), || {
+        k.describe_stream_summary(&name).is_err()
+    });
+    // A creation time in another second than the first stream's.
+    std::thread::sleep(Duration::from_millis(1100));
+    k.create_stream(&name, 1).unwrap();
+    k.wait_until_active(&name, Duration::from_secs(30)).unwrap();
+    let new_id = k
+        .describe_stream_summary(&name)
+        .unwrap()
+        .stream_identifier()
+        .unwrap();
+    assert_ne!(old_id, new_id);
+    let new = put_all(&name, (0..5).map(|n| format!("new-{n}")));
+    wait_for_all(&log, &new, Duration::from_secs(60));
+    // The old stream's leases are cleaned up after the retention period.
+    wait_until("the old leases deleted", Duration::from_secs(30), || {
+        let keys: Vec<String> = common::lease_rows(&app)
+            .unwrap()
+            .iter()
+            .map(|r| r["leaseKey"].as_s().unwrap().to_owned())
+            .collect();
+        !keys.is_empty() && keys.iter().all(|k| k.starts_with(&format!("{new_id}:")))
+    });
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    let log = log.lock().unwrap();
+    for (_, key, data) in log.iter() {
+        let expected = if data.starts_with("old-") {
+            &old_id
+        } else {
+            &new_id
+        };
+        assert!(
+            key.starts_with(&format!("{expected}:")),
+            "{data} read as {key}"
+        );
+    }
+    assert_eq!(log.len(), 10, "every record once");
+}

@@ -27,7 +27,7 @@ use crate::lease::plan::{self, Lineage, RoundInput, RoundPlan, Row, Standing};
 use crate::lease::table::namesake_error;
 use crate::lease::{Checkpoint, HeldLeases, Lease};
 use crate::metrics::{Metric, Metrics};
-use crate::stream::{Layout, check_layout};
+use crate::stream::{Layout, StreamIdentifier, check_layout};
 
 /// With nothing changing, the lease table is still read once every this
 /// many failover times (60 s at the default 10 s): a safety net for a
@@ -91,6 +91,9 @@ pub(crate) struct LeaseTimings {
     /// before the consumer stops with [`Error::LeaseTableUnavailable`];
     /// `None`: for ever.
     pub max_unavailable: Option<Duration>,
+    /// How long the rows of a stream no longer read are kept before they
+    /// are deleted (a stream added back meanwhile resumes from them).
+    pub former_stream_retention: Duration,
 }
 
 /// Starts and stops the reading of shards; implemented by the worker.
@@ -128,8 +131,13 @@ pub(crate) trait ShardSource: Send {
     }
     /// Where a new lease of `key` starts, when not the consumer's initial
     /// position.
-    fn initial_of(&self, _key: &str) -> Option<&Checkpoint> {
+    fn initial_of(&self, _key: &str) -> Option<Checkpoint> {
         None
+    }
+    /// Streams no longer read (removed, deleted, or recreated under a new
+    /// identity) since the last call.
+    fn take_retired(&self) -> Vec<StreamIdentifier> {
+        Vec::new()
     }
 }
 
@@ -199,6 +207,9 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     last_beat: Option<Instant>,
     /// True once the consumer was told to stop for an unreachable table.
     gave_up: bool,
+    /// Streams no longer read, and since when (our clock): their free
+    /// rows are deleted after the retention period.
+    former: HashMap<StreamIdentifier, Instant>,
     /// A heartbeat under our own id found in the workers row at startup;
     /// `None` once we may start beating.
     namesake: Option<NamesakeWatch>,
@@ -236,6 +247,7 @@ impl<R: ShardRunner> Coordinator<R> {
             last_beat: None,
             gave_up: false,
             namesake: Some(NamesakeWatch::default()),
+            former: HashMap::new(),
         }
     }
 
@@ -307,6 +319,10 @@ impl<R: ShardRunner> Coordinator<R> {
                     Err(e) if e.code() == Some("ResourceNotFoundException") => self.runner.fail(e),
                     other => Self::log_failure("shard sync", other),
                 }
+                Self::log_failure(
+                    "deleting the leases of former streams",
+                    self.delete_former_streams(),
+                );
                 next_sync = now + self.timings.shard_sync_interval;
             }
             if now >= next_round {
@@ -472,11 +488,73 @@ impl<R: ShardRunner> Coordinator<R> {
         }
     }
 
-    /// The table's rows of the shards this coordinator reads.
+    /// The table's rows of the shards this coordinator reads, and of the
+    /// leases it still holds (those of a stream just removed, until they
+    /// are released after their last checkpoint).
     fn list_rows(&self, consistent: bool) -> Result<Vec<Row>> {
         let mut rows = self.held.table().list(consistent)?;
-        rows.retain(|r| self.shards.owns(r.shard_id()));
+        let held = self.held.shard_ids();
+        rows.retain(|r| self.shards.owns(r.shard_id()) || held.contains(r.shard_id()));
         Ok(rows)
+    }
+
+    /// Gives back the held leases of streams no longer read: each is
+    /// released once what was handed on is checkpointed (as at a
+    /// handoff). Their rows are deleted after the retention period.
+    fn retire_streams(&mut self) {
+        let now = self.now();
+        for stream in self.shards.take_retired() {
+            let prefix = format!("{stream}:");
+            for (key, _) in self.held.shards() {
+                if key.starts_with(&prefix) && self.held.give_back(&key) {
+                    self.runner.stop(&key);
+                }
+            }
+            self.former.insert(stream, now);
+        }
+    }
+
+    /// Deletes the free rows of streams retired longer ago than the
+    /// retention period, unless read again since. A row still owned (by
+    /// a worker that reads the stream yet) is left alone.
+    fn delete_former_streams(&mut self) -> Result<()> {
+        let now = self.now();
+        let retention = self.timings.former_stream_retention;
+        let due: Vec<StreamIdentifier> = self
+            .former
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= retention)
+            .map(|(stream, _)| stream.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let rows = self.held.table().list(true)?;
+        for stream in due {
+            let prefix = format!("{stream}:");
+            let mut left = 0;
+            for lease in rows.iter().filter_map(Row::lease) {
+                if !lease.shard_id.starts_with(&prefix) || self.shards.owns(&lease.shard_id) {
+                    continue;
+                }
+                if lease.owner.is_some() {
+                    left += 1;
+                    continue;
+                }
+                log::info!(
+                    "deleting the lease of {} at {}: its stream is no longer read",
+                    lease.shard_id,
+                    lease.checkpoint
+                );
+                self.held
+                    .table()
+                    .delete_gone(&lease.shard_id, lease.counter)?;
+            }
+            if left == 0 {
+                self.former.remove(&stream);
+            }
+        }
+        Ok(())
     }
 
     /// Lists the stream, creates leases for new shards following their
@@ -492,9 +570,10 @@ impl<R: ShardRunner> Coordinator<R> {
         let now = SystemTime::now();
         let pin = service_time.map_or(now, |t| t.min(now));
         let mut rows = std::mem::take(&mut self.rows);
+        self.retire_streams();
         let initial = |key: &str| {
             let own = self.shards.initial_of(key);
-            own.unwrap_or(&self.initial).clone()
+            own.unwrap_or_else(|| self.initial.clone())
         };
         if !plan::new_leases(&rows, &lineage, &initial, pin).is_empty() {
             rows = self.list_rows(true)?;

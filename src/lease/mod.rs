@@ -23,7 +23,8 @@ use plan::{Lineage, Row};
 pub use reset::{
     ResetChange, ResetReport, ResetTo, export_checkpoints, import_checkpoints, reset_positions,
 };
-pub(crate) use streams::{LeasedStream, MultiStreamShards};
+pub use streams::StreamsHandle;
+pub(crate) use streams::{LeasedStream, MultiStreamShards, RequestNames};
 pub use table::BillingMode;
 #[cfg(feature = "fuzzing")]
 pub(crate) use table::parse_lease;

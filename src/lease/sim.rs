@@ -737,6 +737,7 @@ impl Sim {
                 usize::MAX
             },
             max_unavailable: None,
+            former_stream_retention: Duration::from_secs(3600),
         };
         let coordinator = Coordinator::new(
             held.clone(),

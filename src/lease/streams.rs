@@ -1,14 +1,19 @@
 //! The shards of several streams as one lease table sees them: every
 //! shard, parent and child named by its multi-stream lease key, so that
-//! lineage, balancing and handoff work across streams unchanged.
+//! lineage, balancing and handoff work across streams unchanged. The list
+//! of streams can change while running (see [`StreamsHandle`]); a stream
+//! deleted and recreated under its name is a new stream.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use crate::aws::kinesis::{KinesisClient, Shard};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lease::Checkpoint;
 use crate::lease::coordinator::ShardSource;
-use crate::stream::{Layout, StreamIdentifier, split_lease_key};
+use crate::stream::{Layout, StreamConfig, StreamIdentifier, resolve_streams, split_lease_key};
+use crate::sync::lock;
 
 /// One stream of a multi-stream consumer, as the lease logic needs it.
 #[derive(Clone, Debug)]
@@ -20,17 +25,193 @@ pub(crate) struct LeasedStream {
     pub initial: Checkpoint,
 }
 
+/// How Kinesis requests name each stream, by serialized stream
+/// identifier; shared with the readers.
+pub(crate) type RequestNames = Arc<RwLock<HashMap<String, String>>>;
+
+/// A change asked for through a [`StreamsHandle`].
+#[derive(Debug)]
+enum Change {
+    Add(LeasedStream),
+    Remove(String),
+}
+
+/// Adds and removes streams of a running multi-stream consumer, from any
+/// thread; get it from
+/// [`Consumer::streams_handle`](crate::Consumer::streams_handle).
+///
+/// Changes apply at the next shard sync. A removed stream's leases held
+/// by this worker are released once what was handed on is checkpointed
+/// (as at a handoff: the handler sees them about to be released), and
+/// its rows are deleted only after
+/// [`former_stream_retention`](crate::ConsumerBuilder::former_stream_retention):
+/// a stream added back before then resumes at its checkpoints. Every
+/// worker of the application keeps its own list: change it on each, or a
+/// worker still reading the stream takes the released leases.
+#[derive(Clone, Debug)]
+pub struct StreamsHandle {
+    changes: Arc<Mutex<Vec<Change>>>,
+    kinesis: KinesisClient,
+    initial: crate::InitialPosition,
+}
+
+impl StreamsHandle {
+    /// A handle whose streams take `initial` when they have no initial
+    /// position of their own.
+    pub(crate) fn new(kinesis: KinesisClient, initial: crate::InitialPosition) -> StreamsHandle {
+        StreamsHandle {
+            changes: Arc::default(),
+            kinesis,
+            initial,
+        }
+    }
+
+    /// Starts reading another stream (by name or ARN, as in
+    /// [`streams`](crate::ConsumerBuilder::streams)): it is described
+    /// here (an unknown stream is an error) and read from the next shard
+    /// sync.
+    pub fn add(&self, stream: impl Into<StreamConfig>) -> Result<()> {
+        let target = resolve_streams(&[stream.into()], self.initial)?.remove(0);
+        let described = self.kinesis.describe_stream_summary(&target.request)?;
+        lock(&self.changes).push(Change::Add(LeasedStream {
+            id: described.stream_identifier()?,
+            request: target.request,
+            initial: target.initial,
+        }));
+        Ok(())
+    }
+
+    /// Stops reading the stream named `name` (see the type's description).
+    pub fn remove(&self, name: &str) {
+        lock(&self.changes).push(Change::Remove(name.to_owned()));
+    }
+}
+
 /// The shards of several streams.
 pub(crate) struct MultiStreamShards {
-    pub kinesis: KinesisClient,
-    pub streams: Vec<LeasedStream>,
+    kinesis: KinesisClient,
+    streams: Mutex<Vec<LeasedStream>>,
+    requests: RequestNames,
+    changes: Arc<Mutex<Vec<Change>>>,
+    /// Streams no longer read since the last `take_retired`.
+    retired: Mutex<Vec<StreamIdentifier>>,
 }
 
 impl MultiStreamShards {
-    fn stream_of(&self, key: &str) -> Option<&LeasedStream> {
-        let (id, _) = split_lease_key(key)?;
-        self.streams.iter().find(|s| s.id == id)
+    pub(crate) fn new(
+        kinesis: KinesisClient,
+        streams: Vec<LeasedStream>,
+        handle: &StreamsHandle,
+    ) -> MultiStreamShards {
+        let requests: HashMap<String, String> = streams
+            .iter()
+            .map(|s| (s.id.to_string(), s.request.clone()))
+            .collect();
+        MultiStreamShards {
+            kinesis,
+            streams: Mutex::new(streams),
+            requests: Arc::new(RwLock::new(requests)),
+            changes: handle.changes.clone(),
+            retired: Mutex::new(Vec::new()),
+        }
     }
+
+    /// The request names the readers look streams up in.
+    pub(crate) fn requests(&self) -> RequestNames {
+        self.requests.clone()
+    }
+
+    fn retire(&self, stream: &LeasedStream) {
+        log::info!("no longer reading stream {}", stream.id);
+        lock(&self.retired).push(stream.id.clone());
+    }
+
+    fn add(&self, stream: LeasedStream) {
+        let mut streams = lock(&self.streams);
+        if let Some(same) = streams.iter().position(|s| s.id.name() == stream.id.name()) {
+            let old = streams.remove(same);
+            if old.id != stream.id {
+                self.retire(&old);
+            }
+        }
+        log::info!("reading stream {}", stream.id);
+        self.requests
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stream.id.to_string(), stream.request.clone());
+        streams.push(stream);
+    }
+
+    /// Applies the changes asked for through the handle.
+    fn apply_changes(&self) {
+        let changes = std::mem::take(&mut *lock(&self.changes));
+        for change in changes {
+            match change {
+                Change::Add(stream) => self.add(stream),
+                Change::Remove(name) => {
+                    let mut streams = lock(&self.streams);
+                    if let Some(i) = streams.iter().position(|s| s.id.name() == name) {
+                        let old = streams.remove(i);
+                        self.retire(&old);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The shards of one stream, keyed; `None` when the service no longer
+    /// has the stream (it is retired). Its identity is checked first: a
+    /// stream deleted and recreated under its name (a new creation time)
+    /// is a new stream, whose shards are never read from the old one's
+    /// leases, even when both lists of shards look alike.
+    fn list_stream(&self, stream: &LeasedStream) -> Result<Option<Vec<Shard>>> {
+        let stream = match self.kinesis.describe_stream_summary(&stream.request) {
+            Ok(now) => {
+                let id = now.stream_identifier()?;
+                if id == stream.id {
+                    stream.clone()
+                } else {
+                    log::warn!(
+                        "stream {} was deleted and recreated as {id}: reading the new stream from its initial position",
+                        stream.id
+                    );
+                    let new = LeasedStream {
+                        id,
+                        ..stream.clone()
+                    };
+                    self.add(new.clone());
+                    new
+                }
+            }
+            Err(e) if is_not_found(&e) => {
+                log::warn!("stream {} was deleted", stream.id);
+                lock(&self.streams).retain(|s| s.id != stream.id);
+                self.retire(stream);
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        match self.kinesis.list_shards(&stream.request, None) {
+            Ok(shards) => Ok(Some(
+                shards
+                    .into_iter()
+                    .map(|s| keyed_shard(&stream.id, s))
+                    .collect(),
+            )),
+            // Deleted since it was described: retired at the next sync.
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn stream_of(&self, key: &str) -> Option<LeasedStream> {
+        let (id, _) = split_lease_key(key)?;
+        lock(&self.streams).iter().find(|s| s.id == id).cloned()
+    }
+}
+
+fn is_not_found(e: &Error) -> bool {
+    e.code() == Some("ResourceNotFoundException")
 }
 
 /// `shard` with its id and its parents' ids turned into lease keys of `stream`.
@@ -50,10 +231,11 @@ pub(crate) fn keyed_shard(stream: &StreamIdentifier, mut shard: Shard) -> Shard 
 
 impl ShardSource for MultiStreamShards {
     fn list_shards(&self) -> Result<(Vec<Shard>, Option<SystemTime>)> {
+        self.apply_changes();
+        let streams = lock(&self.streams).clone();
         let mut all = Vec::new();
-        for stream in &self.streams {
-            let shards = self.kinesis.list_shards(&stream.request, None)?;
-            all.extend(shards.into_iter().map(|s| keyed_shard(&stream.id, s)));
+        for stream in &streams {
+            all.extend(self.list_stream(stream)?.unwrap_or_default());
         }
         Ok((all, self.kinesis.service_time()))
     }
@@ -66,8 +248,12 @@ impl ShardSource for MultiStreamShards {
         self.stream_of(key).is_some()
     }
 
-    fn initial_of(&self, key: &str) -> Option<&Checkpoint> {
-        self.stream_of(key).map(|s| &s.initial)
+    fn initial_of(&self, key: &str) -> Option<Checkpoint> {
+        self.stream_of(key).map(|s| s.initial)
+    }
+
+    fn take_retired(&self) -> Vec<StreamIdentifier> {
+        std::mem::take(&mut *lock(&self.retired))
     }
 }
 

@@ -31,7 +31,7 @@ use crate::aws::fan_out::SharedConsumer;
 use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{
     Checkpoint, Clock, Coordinator, CoordinatorEvent, HeldLeases, LeaseTable, LeaseTimings,
-    LeasedStream, MultiStreamShards, ShardSource, StreamShards,
+    LeasedStream, MultiStreamShards, ShardSource, StreamShards, StreamsHandle,
 };
 use crate::metrics::{Metrics, MetricsHandle, Publisher};
 use crate::metrics::{MetricsDimension, MetricsLevel};
@@ -72,6 +72,10 @@ pub(crate) struct ConsumerSettings {
     /// A multi-stream consumer's streams (then `stream_name` and `stream`
     /// are empty); empty for a single-stream one.
     pub streams: Vec<crate::stream::StreamTarget>,
+    /// The consumer's initial position, for streams added while running.
+    pub initial_position: crate::InitialPosition,
+    /// How long a former stream's rows are kept.
+    pub former_stream_retention: Duration,
     pub worker_id: String,
     /// Where a new lease starts, and the initial position's timestamp.
     pub initial: Checkpoint,
@@ -168,6 +172,8 @@ pub struct Consumer<T> {
     shutdown: ShutdownHandle,
     held: Arc<HeldLeases>,
     checkpointer: Checkpointer,
+    /// Adds and removes streams of a multi-stream consumer.
+    streams: StreamsHandle,
     /// What the ticker and the checkpointer tell the lease coordinator.
     events: (Sender<CoordinatorEvent>, Receiver<CoordinatorEvent>),
 }
@@ -209,7 +215,9 @@ impl<T: Send + 'static> Consumer<T> {
         ));
         let events = crossbeam_channel::unbounded();
         let checkpointer = Checkpointer::new(held.clone(), events.0.clone(), metrics.clone());
+        let streams = StreamsHandle::new(kinesis.clone(), settings.initial_position);
         Consumer {
+            streams,
             settings,
             message_handler,
             kinesis,
@@ -227,6 +235,14 @@ impl<T: Send + 'static> Consumer<T> {
     /// [`Checkpointing::Manual`]. Get it before [`run`](Self::run).
     pub fn checkpointer(&self) -> Checkpointer {
         self.checkpointer.clone()
+    }
+
+    /// Adds and removes streams while a multi-stream consumer
+    /// ([`streams`](crate::ConsumerBuilder::streams)) runs, from any
+    /// thread; get it before [`run`](Self::run). A single-stream
+    /// consumer ignores its changes.
+    pub fn streams_handle(&self) -> StreamsHandle {
+        self.streams.clone()
     }
 
     /// A handle that stops [`run`](Self::run) from any thread.
@@ -452,6 +468,8 @@ impl<T: Send + 'static> Consumer<T> {
             fan_outs,
             streams,
         } = prepared;
+        let multi = (!streams.is_empty())
+            .then(|| MultiStreamShards::new(self.kinesis.clone(), streams.clone(), &self.streams));
         let held = self.held.clone();
         let budget = Arc::new(Budget::new(s.buffer_bytes, s.buffer_records));
         // Chunks are whole GetRecords replies; the budget bounds their size.
@@ -459,10 +477,10 @@ impl<T: Send + 'static> Consumer<T> {
         let readers = ReaderPool::new(ReaderContext {
             kinesis: self.kinesis.clone(),
             stream: s.stream.clone(),
-            streams: streams
-                .iter()
-                .map(|l| (l.id.to_string(), l.request.clone()))
-                .collect(),
+            streams: multi
+                .as_ref()
+                .map(MultiStreamShards::requests)
+                .unwrap_or_default(),
             handler: self.message_handler.clone(),
             sender,
             shard_queue,
@@ -485,6 +503,7 @@ impl<T: Send + 'static> Consumer<T> {
             shard_sync_interval: s.shard_sync_interval,
             max_leases_per_worker: s.max_leases_per_worker,
             max_unavailable: s.max_unavailable,
+            former_stream_retention: s.former_stream_retention,
         };
         let names: Vec<String> = streams.iter().map(|l| l.id.to_string()).collect();
         let described = if streams.is_empty() {
@@ -497,16 +516,12 @@ impl<T: Send + 'static> Consumer<T> {
             s.worker_id,
             s.app_name
         );
-        let shards: Box<dyn ShardSource> = if streams.is_empty() {
-            Box::new(StreamShards {
+        let shards: Box<dyn ShardSource> = match multi {
+            Some(multi) => Box::new(multi),
+            None => Box::new(StreamShards {
                 kinesis: self.kinesis.clone(),
                 stream: s.stream.clone(),
-            })
-        } else {
-            Box::new(MultiStreamShards {
-                kinesis: self.kinesis.clone(),
-                streams,
-            })
+            }),
         };
         let mut coordinator = Coordinator::new(
             held.clone(),

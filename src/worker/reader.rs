@@ -92,9 +92,12 @@ impl<T> ReaderContext<T> {
         match split_lease_key(key) {
             Some((stream, shard_id)) => {
                 let id = stream.to_string();
-                let request = self.streams.get(&id);
+                let request = self.streams.read().map(|r| r.get(&id).cloned());
                 Target {
-                    stream: request.cloned().unwrap_or_else(|| stream.name().to_owned()),
+                    stream: request
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| stream.name().to_owned()),
                     shard_id: shard_id.to_owned(),
                     fan_out: self.fan_outs.get(&id).cloned(),
                 }
@@ -115,7 +118,7 @@ pub(crate) struct ReaderContext<T> {
     pub stream: String,
     /// A multi-stream consumer's streams: for each stream identifier (as
     /// its lease keys start), how Kinesis requests name the stream.
-    pub streams: HashMap<String, String>,
+    pub streams: crate::lease::RequestNames,
     pub handler: MessageHandler<T>,
     pub sender: Sender<ReaderOutput<T>>,
     /// When set, each reader hands its chunks to a queue of its own of
@@ -1659,7 +1662,7 @@ mod tests {
         let context = ReaderContext {
             kinesis: KinesisClient::new(&config).unwrap(),
             stream: "stream".into(),
-            streams: HashMap::new(),
+            streams: Arc::default(),
             handler: Arc::new(move |r: &Record| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 String::from_utf8_lossy(r.data()).into_owned()
