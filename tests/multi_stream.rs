@@ -574,3 +574,59 @@ fn a_stream_deleted_and_recreated_under_its_name_is_a_new_stream() {
     }
     assert_eq!(log.len(), 10, "every record once");
 }
+
+#[test]
+fn tail_reads_streams_given_more_than_once_and_leases_shows_each_stream() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let (a, b) = (common::create_stream(1), common::create_stream(1));
+    let app = common::unique_name("multi-tail");
+    let mut expected = put_all(&a, (0..3).map(|n| format!("a-{n}")));
+    expected.extend(put_all(&b, (0..3).map(|n| format!("b-{n}"))));
+    let mut child = common::aws_env(Command::new(common::example_binary("tail")))
+        .args(["--stream", &a, "--stream", &b, "--app", &app])
+        .args(["--position", "trim-horizon", "--batch-interval-ms", "200"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = HashMap::new();
+    for line in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let data = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            v["data_base64"].as_str().unwrap(),
+        )
+        .unwrap();
+        let data = String::from_utf8(data).unwrap();
+        assert_eq!(v["shard_id"], "shardId-000000000000", "{v}");
+        seen.insert(data, v["stream"].as_str().unwrap().to_owned());
+        if seen.len() == expected.len() {
+            break;
+        }
+    }
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    for (data, stream) in &seen {
+        let want = if data.starts_with("a-") { &a } else { &b };
+        assert_eq!(stream, want, "{data}");
+    }
+    let out = common::aws_env(Command::new(common::example_binary("leases")))
+        .args(["--app", &app, "--observe-ms", "100"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for stream in [&a, &b] {
+        assert!(
+            text.contains(&format!("stream {stream} (account")),
+            "{text}"
+        );
+    }
+}
