@@ -142,6 +142,7 @@ guide_doctests! {
     LeaseLifecycleDoctests = "../docs/lease-lifecycle.md",
     LocalDoctests = "../docs/local.md",
     ManyWorkersDoctests = "../docs/many-workers.md",
+    MultiStreamDoctests = "../docs/multi-stream.md",
     MetricsDoctests = "../docs/metrics.md",
     MigratingDoctests = "../docs/migrating-from-kcl.md",
     OperationsDoctests = "../docs/operations.md",
