@@ -249,10 +249,15 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// ```
     /// use kinesis_consumer::{Consumer, InitialPosition, StreamConfig};
     ///
-    /// let builder = Consumer::builder().app_name("orders-and-clicks").streams([
-    ///     StreamConfig::new("orders").initial_position(InitialPosition::TrimHorizon),
-    ///     StreamConfig::new("arn:aws:kinesis:us-east-1:111122223333:stream/clicks"),
-    /// ]);
+    /// let consumer = Consumer::builder()
+    ///     .app_name("orders-and-clicks")
+    ///     .region("us-east-1")
+    ///     .streams([
+    ///         StreamConfig::new("orders").initial_position(InitialPosition::TrimHorizon),
+    ///         StreamConfig::new("arn:aws:kinesis:us-east-1:111122223333:stream/clicks"),
+    ///     ])
+    ///     .build();
+    /// assert!(consumer.is_ok()); // nothing is sent to AWS before `run`
     /// ```
     pub fn streams<S: Into<StreamConfig>>(mut self, streams: impl IntoIterator<Item = S>) -> Self {
         self.settings.streams = streams.into_iter().map(Into::into).collect();
