@@ -204,9 +204,10 @@ impl MultiStreamShards {
         }
     }
 
-    fn stream_of(&self, key: &str) -> Option<LeasedStream> {
+    /// `f` of the stream of a lease key, if this source reads it.
+    fn with_stream<R>(&self, key: &str, f: impl FnOnce(&LeasedStream) -> R) -> Option<R> {
         let (id, _) = split_lease_key(key)?;
-        lock(&self.streams).iter().find(|s| s.id == id).cloned()
+        lock(&self.streams).iter().find(|s| s.id == id).map(f)
     }
 }
 
@@ -245,11 +246,11 @@ impl ShardSource for MultiStreamShards {
     }
 
     fn owns(&self, key: &str) -> bool {
-        self.stream_of(key).is_some()
+        self.with_stream(key, |_| ()).is_some()
     }
 
     fn initial_of(&self, key: &str) -> Option<Checkpoint> {
-        self.stream_of(key).map(|s| s.initial)
+        self.with_stream(key, |s| s.initial.clone())
     }
 
     fn take_retired(&self) -> Vec<StreamIdentifier> {
@@ -260,6 +261,69 @@ impl ShardSource for MultiStreamShards {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aws::ClientConfig;
+    use crate::aws::credentials::Credentials;
+
+    fn leased(name: &str, epoch: u64) -> LeasedStream {
+        LeasedStream {
+            id: StreamIdentifier::new("1", name, epoch).unwrap(),
+            request: name.into(),
+            initial: Checkpoint::TrimHorizon,
+        }
+    }
+
+    /// A source of `streams` and its handle (no request is sent).
+    fn source(streams: Vec<LeasedStream>) -> (MultiStreamShards, StreamsHandle) {
+        let config = ClientConfig::new()
+            .region("us-east-1")
+            .endpoint_url("http://127.0.0.1:9")
+            .credentials(Credentials::new("a", "b"));
+        let kinesis = KinesisClient::new(&config).unwrap();
+        let handle = StreamsHandle::new(kinesis.clone(), crate::InitialPosition::Latest);
+        (MultiStreamShards::new(kinesis, streams, &handle), handle)
+    }
+
+    #[test]
+    fn removed_streams_are_retired_once_and_added_back_owned_again() {
+        let (source, handle) = source(vec![leased("orders", 5), leased("clicks", 6)]);
+        let key = "1:orders:5:shardId-0";
+        assert!(source.owns(key) && source.owns("1:clicks:6:shardId-0"));
+        assert!(
+            !source.owns("1:payments:7:shardId-0"),
+            "not a stream it reads"
+        );
+        assert!(!source.owns("shardId-0"));
+        assert_eq!(source.initial_of(key), Some(Checkpoint::TrimHorizon));
+        handle.remove("orders");
+        source.apply_changes();
+        assert!(!source.owns(key) && source.owns("1:clicks:6:shardId-0"));
+        assert_eq!(source.take_retired(), [leased("orders", 5).id]);
+        assert!(source.take_retired().is_empty(), "told once");
+        lock(&handle.changes).push(Change::Add(leased("orders", 5)));
+        source.apply_changes();
+        assert!(source.owns(key));
+        let requests = source.requests();
+        assert_eq!(
+            requests
+                .read()
+                .unwrap()
+                .get("1:orders:5")
+                .map(String::as_str),
+            Some("orders")
+        );
+    }
+
+    #[test]
+    fn a_stream_recreated_under_its_name_retires_the_old_one() {
+        let (source, _) = source(vec![leased("orders", 5)]);
+        source.add(leased("orders", 9));
+        assert!(!source.owns("1:orders:5:shardId-0"));
+        assert!(source.owns("1:orders:9:shardId-0"));
+        assert_eq!(source.take_retired(), [leased("orders", 5).id]);
+        // Added again as it is: nothing retired.
+        source.add(leased("orders", 9));
+        assert!(source.take_retired().is_empty());
+    }
 
     #[test]
     fn a_shard_and_its_parents_are_keyed_by_their_stream() {
