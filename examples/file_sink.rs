@@ -6,7 +6,7 @@
 //! ```text
 //! cargo run --example file_sink -- --stream S --app A --dir D [--position trim-horizon|latest]
 //!     [--flush-secs N (10)] [--worker-id ID] [--processors]
-//!     [--max-record-bytes N] [--dead-letter DIR]
+//!     [--max-record-bytes N] [--dead-letter DIR] [--metrics-addr [HOST:]PORT]
 //! ```
 //!
 //! Each file holds records of one shard in sequence order. A file is first
@@ -54,7 +54,7 @@ use kinesis_consumer::{
 };
 
 const USAGE: &str = "usage: file_sink --stream S --app A --dir D [--position trim-horizon|latest] \
-[--flush-secs N (10)] [--worker-id ID] [--processors] [--max-record-bytes N] [--dead-letter DIR]";
+[--flush-secs N (10)] [--worker-id ID] [--processors] [--max-record-bytes N] [--dead-letter DIR] [--metrics-addr [HOST:]PORT]";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -71,6 +71,7 @@ fn main() {
             "worker-id",
             "max-record-bytes",
             "dead-letter",
+            "metrics-addr",
         ],
         &["processors"],
     );
@@ -107,11 +108,18 @@ fn main() {
     if let Some(id) = args.get("worker-id") {
         builder = builder.worker_id(id);
     }
+    let (metrics_level, publish_metrics) =
+        support::metrics_settings(None, args.get("metrics-addr"))
+            .unwrap_or_else(|e| support::fail(USAGE, &e));
+    builder = builder
+        .metrics_level(metrics_level)
+        .publish_metrics(publish_metrics);
     let consumer = builder.build().unwrap_or_else(|e| {
         eprintln!("error: {e}");
         std::process::exit(2)
     });
     support::stop_on_signals(consumer.shutdown_handle());
+    let _endpoint = support::serve_metrics(&args, consumer.metrics());
     let mut sink = Sink::new(dir, consumer.checkpointer(), max_record_bytes);
     if args.flag("processors") {
         let result = consumer.run_processors(move |shard_id: &str| {

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example tail -- (--stream S | --stream-arn ARN)... --app A [--position trim-horizon|latest|<RFC 3339 time>]
-//!     [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)]
+//!     [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)] [--metrics-addr [HOST:]PORT]
 //!     [--enhanced-fan-out CONSUMER_NAME] [--processors]
 //! ```
 //!
@@ -35,7 +35,7 @@ use kinesis_consumer::{
 };
 
 const USAGE: &str = "usage: tail (--stream S | --stream-arn ARN)... --app A [--position trim-horizon|latest|<RFC 3339 time>] \
-[--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)] \
+[--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)] [--metrics-addr [HOST:]PORT] \
 [--enhanced-fan-out CONSUMER_NAME] [--processors]";
 
 fn main() {
@@ -48,6 +48,7 @@ fn main() {
             "batch-interval-ms",
             "worker-id",
             "metrics-level",
+            "metrics-addr",
             "enhanced-fan-out",
         ],
         &["stream", "stream-arn"],
@@ -55,12 +56,14 @@ fn main() {
     );
     let position = support::position(args.get("position").unwrap_or("latest"))
         .unwrap_or_else(|e| support::fail(USAGE, &e));
-    let metrics_level = support::metrics_level(args.get("metrics-level").unwrap_or("none"))
-        .unwrap_or_else(|e| support::fail(USAGE, &e));
+    let (metrics_level, publish_metrics) =
+        support::metrics_settings(args.get("metrics-level"), args.get("metrics-addr"))
+            .unwrap_or_else(|e| support::fail(USAGE, &e));
     let mut builder = Consumer::builder()
         .app_name(args.required(USAGE, "app"))
         .initial_position(position)
         .metrics_level(metrics_level)
+        .publish_metrics(publish_metrics)
         .batch_interval(Duration::from_millis(args.number(
             USAGE,
             "batch-interval-ms",
@@ -89,6 +92,7 @@ fn main() {
         std::process::exit(2)
     });
     support::stop_on_signals(consumer.shutdown_handle());
+    let _endpoint = support::serve_metrics(&args, consumer.metrics());
     let result = if args.flag("processors") {
         consumer.run_processors(|_shard_id: &str| Printer)
     } else {

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example word_count -- --stream S --app A [--position trim-horizon|latest|<RFC 3339 time>]
-//!     [--batch-interval-ms N (2000)] [--top N (10)] [--metrics-level none|summary|detailed (none)]
+//!     [--batch-interval-ms N (2000)] [--top N (10)] [--metrics-level none|summary|detailed (none)] [--metrics-addr [HOST:]PORT]
 //! ```
 //!
 //! Endpoints, region and credentials come from the standard AWS environment;
@@ -19,7 +19,7 @@ use std::time::Duration;
 use kinesis_consumer::{Batch, Consumer, Record};
 
 const USAGE: &str = "usage: word_count --stream S --app A [--position trim-horizon|latest|<RFC 3339 time>] \
-[--batch-interval-ms N (2000)] [--top N (10)] [--metrics-level none|summary|detailed (none)]";
+[--batch-interval-ms N (2000)] [--top N (10)] [--metrics-level none|summary|detailed (none)] [--metrics-addr [HOST:]PORT]";
 
 fn main() {
     support::init_logging();
@@ -32,19 +32,22 @@ fn main() {
             "batch-interval-ms",
             "top",
             "metrics-level",
+            "metrics-addr",
         ],
         &[],
     );
     let position = support::position(args.get("position").unwrap_or("trim-horizon"))
         .unwrap_or_else(|e| support::fail(USAGE, &e));
     let top = args.number(USAGE, "top", 10) as usize;
-    let metrics_level = support::metrics_level(args.get("metrics-level").unwrap_or("none"))
-        .unwrap_or_else(|e| support::fail(USAGE, &e));
+    let (metrics_level, publish_metrics) =
+        support::metrics_settings(args.get("metrics-level"), args.get("metrics-addr"))
+            .unwrap_or_else(|e| support::fail(USAGE, &e));
     let consumer = Consumer::builder()
         .app_name(args.required(USAGE, "app"))
         .stream_name(args.required(USAGE, "stream"))
         .initial_position(position)
         .metrics_level(metrics_level)
+        .publish_metrics(publish_metrics)
         .batch_interval(Duration::from_millis(args.number(
             USAGE,
             "batch-interval-ms",
@@ -55,6 +58,7 @@ fn main() {
         .build()
         .unwrap_or_else(|e| support::fail(USAGE, &e.to_string()));
     support::stop_on_signals(consumer.shutdown_handle());
+    let _endpoint = support::serve_metrics(&args, consumer.metrics());
     let result = consumer.run(|batch: Batch<Vec<String>>| {
         let words: Vec<String> = top_words(&batch, top)
             .iter()

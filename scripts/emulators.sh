@@ -28,6 +28,15 @@ install_emulators() {
   fi
 }
 
+# Debian's Prometheus server and headless Chromium, for the observability
+# tests (tests/observe.rs): installed once with apt-get when missing.
+install_observe_tools() {
+  if ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus chromium >/dev/null
+  fi
+}
+
 install_moto() {
   if ! python3 -c "import moto, moto.server, flask; assert moto.__version__ == '5.2.5'" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r "$emulators_dir/../tests/metrics/requirements.txt"

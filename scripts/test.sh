@@ -2,17 +2,19 @@
 # Runs the whole test suite. Installs what is missing first: the pinned
 # emulators (npm, emulators/package-lock.json), the independent KPL
 # implementation used as a cross-check (PyPI, tests/kpl/requirements.txt)
-# and moto, the CloudWatch emulator (PyPI, tests/metrics/requirements.txt).
+# and moto, the CloudWatch emulator (PyPI, tests/metrics/requirements.txt);
+# and Debian's prometheus and chromium (apt-get) for tests/observe.rs.
 # The tests start the emulators themselves on free 127.0.0.1 ports.
 set -euo pipefail
 
 usage="usage: scripts/test.sh [CARGO TEST OPTIONS] [-- TEST BINARY OPTIONS]
 
-Installs what is missing (npm emulators, aws-kinesis-agg and moto from PyPI),
-then runs cargo test --all-targets with the given arguments (for example a
-test name filter), the consumer, processing, scale-out, dead-letter and
-replay tests again reading through enhanced fan-out, the doc tests, and the
-lease simulation over SIM_SEEDS seeds (default 3000) in an optimized build."
+Installs what is missing (npm emulators, aws-kinesis-agg and moto from PyPI,
+prometheus and chromium with apt-get), then runs cargo test --all-targets
+with the given arguments (for example a test name filter), the consumer,
+processing, scale-out, dead-letter and replay tests again reading through
+enhanced fan-out, the doc tests, and the lease simulation over SIM_SEEDS
+seeds (default 3000) in an optimized build."
 for arg in "$@"; do
   case "$arg" in
     -h | --help) echo "$usage"; exit 0 ;;
@@ -23,6 +25,7 @@ done
 cd "$(dirname "$0")/.."
 source scripts/emulators.sh
 install_emulators
+install_observe_tools
 for requirements in tests/kpl/requirements.txt tests/metrics/requirements.txt; do
   if [ -f "$requirements" ]; then
     python3 -m pip install --quiet --disable-pip-version-check -r "$requirements"

@@ -145,6 +145,7 @@ guide_doctests! {
     MultiStreamDoctests = "../docs/multi-stream.md",
     MetricsDoctests = "../docs/metrics.md",
     MigratingDoctests = "../docs/migrating-from-kcl.md",
+    ObservabilityDoctests = "../docs/observability.md",
     OperationsDoctests = "../docs/operations.md",
     PoisonRecordsDoctests = "../docs/poison-records.md",
     ProcessingDoctests = "../docs/processing.md",
@@ -161,8 +162,8 @@ pub use lease::{
     worker_heartbeats,
 };
 pub use metrics::{
-    MetricSample, MetricUnit, MetricsDimension, MetricsHandle, MetricsLevel, PublishStats,
-    Statistics,
+    ConsumerStatus, MetricSample, MetricUnit, MetricsDimension, MetricsHandle, MetricsLevel,
+    MetricsServer, PublishStats, RecentError, ShardStatus, Statistics,
 };
 pub use record::{ExtendedSequenceNumber, Payload, Record, SequenceNumber};
 pub use stream::{StreamConfig, StreamIdentifier};

@@ -655,6 +655,18 @@ fn exception_events_end_one_subscription_and_reading_resumes_after_its_continuat
     );
 }
 
+/// ResourceNotFoundException for a shard the stream still lists, while
+/// the consumer stays ACTIVE under the same ARN (a front end answering
+/// from stale state): the shard is read again, its lease never left held
+/// and unread.
+#[test]
+fn resource_not_found_for_a_listed_shard_is_read_again() {
+    survives(
+        vec![H2Fault::Exception("ResourceNotFoundException".into())],
+        |b| b,
+    );
+}
+
 /// A subscription ended early and cleanly, reset, or cut by GOAWAY.
 #[test]
 fn subscriptions_ended_reset_or_cut_by_goaway_resume_after_their_continuation() {

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kinesis_consumer::{InitialPosition, MetricsLevel, Record, ShutdownHandle};
+use kinesis_consumer::{
+    InitialPosition, MetricsHandle, MetricsLevel, MetricsServer, Record, ShutdownHandle,
+};
 
 /// `--name value` (or `--name=value`) options and `--flag`s, each declared
 /// by the example: anything else is an error.
@@ -177,6 +179,40 @@ pub fn metrics_level(text: &str) -> Result<MetricsLevel, String> {
         other => Err(format!(
             "--metrics-level must be none, summary or detailed, not {other:?}"
         )),
+    }
+}
+
+/// The metrics level and whether to publish to CloudWatch, from
+/// `--metrics-level` (default none) and `--metrics-addr`: with an address
+/// and no level, everything is kept in-process for the endpoint (detailed,
+/// not published).
+pub fn metrics_settings(
+    level: Option<&str>,
+    addr: Option<&str>,
+) -> Result<(MetricsLevel, bool), String> {
+    match (level, addr) {
+        (None, Some(_)) => Ok((MetricsLevel::Detailed, false)),
+        (level, _) => Ok((metrics_level(level.unwrap_or("none"))?, true)),
+    }
+}
+
+/// Serves `/metrics`, `/status`, `/status.json` and `/healthz` on
+/// `--metrics-addr` if given (a bare port binds 127.0.0.1); exits with 2 if
+/// it cannot listen there. Keep the server alive while the consumer runs.
+pub fn serve_metrics(args: &Args, metrics: MetricsHandle) -> Option<MetricsServer> {
+    let addr = args.get("metrics-addr")?;
+    match metrics.serve(addr) {
+        Ok(server) => {
+            eprintln!(
+                "metrics on http://{0}/metrics, status on http://{0}/status",
+                server.local_addr()
+            );
+            Some(server)
+        }
+        Err(e) => {
+            eprintln!("error: --metrics-addr: {e}");
+            std::process::exit(2)
+        }
     }
 }
 

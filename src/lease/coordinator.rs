@@ -26,7 +26,7 @@ use crate::lease::peers::{Namesake, NamesakeWatch, Peers, has_waited};
 use crate::lease::plan::{self, Lineage, RoundInput, RoundPlan, Row, Standing};
 use crate::lease::table::namesake_error;
 use crate::lease::{Checkpoint, HeldLeases, Lease};
-use crate::metrics::{Metric, Metrics};
+use crate::metrics::{LeaseRow, Metric, Metrics};
 use crate::stream::{Layout, StreamIdentifier, check_layout};
 
 /// With nothing changing, the lease table is still read once every this
@@ -179,6 +179,9 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     misses: HashMap<String, u32>,
     /// Shards whose reader was told by the service that they do not exist.
     not_found: HashSet<String>,
+    /// Shards a reader was told do not exist, not yet checked against a
+    /// listing: one the stream still lists is read again.
+    reported_not_found: HashSet<String>,
     /// For each lease seen: owner and counter, and since when (our clock)
     /// they have not changed, or its owner was last seen alive in the
     /// workers row. A lease of an owner outside that row (the KCL's, say)
@@ -236,6 +239,7 @@ impl<R: ShardRunner> Coordinator<R> {
             listed: None,
             misses: HashMap::new(),
             not_found: HashSet::new(),
+            reported_not_found: HashSet::new(),
             observed: HashMap::new(),
             peers: Peers::default(),
             outsiders: HashMap::new(),
@@ -308,7 +312,8 @@ impl<R: ShardRunner> Coordinator<R> {
                 Ok(CoordinatorEvent::ShardFinished(shard_id)) => {
                     self.shard_finished(&shard_id);
                     next_sync = Instant::now() + self.timings.shard_sync_interval;
-                    Self::log_failure("lease take", self.read_and_plan(true));
+                    let result = self.read_and_plan(true);
+                    self.log_failure("lease take", result);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -317,12 +322,10 @@ impl<R: ShardRunner> Coordinator<R> {
                 match self.sync_shards() {
                     // The stream was deleted: nothing left to read.
                     Err(e) if e.code() == Some("ResourceNotFoundException") => self.runner.fail(e),
-                    other => Self::log_failure("shard sync", other),
+                    other => self.log_failure("shard sync", other),
                 }
-                Self::log_failure(
-                    "deleting the leases of former streams",
-                    self.delete_former_streams(),
-                );
+                let deleted = self.delete_former_streams();
+                self.log_failure("deleting the leases of former streams", deleted);
                 next_sync = now + self.timings.shard_sync_interval;
             }
             if now >= next_round {
@@ -339,6 +342,7 @@ impl<R: ShardRunner> Coordinator<R> {
         match self.heartbeat() {
             Ok(()) => {
                 self.held.pay_owed_notice();
+                self.note_not_found();
                 self.read_due |= self.held.take_taken_unseen();
                 let now = self.now();
                 if self.read_due || now >= self.next_full_read {
@@ -347,7 +351,7 @@ impl<R: ShardRunner> Coordinator<R> {
                     let consistent = self.read_due;
                     if let Err(e) = self.read_and_plan(consistent) {
                         self.read_due = true;
-                        Self::log_failure("lease take", Err::<(), _>(e));
+                        self.log_failure("lease take", Err::<(), _>(e));
                     }
                 }
             }
@@ -366,9 +370,10 @@ impl<R: ShardRunner> Coordinator<R> {
                         source: Box::new(e),
                     });
                 }
-                _ => Self::log_failure("heartbeat", Err::<(), _>(e)),
+                _ => self.log_failure("heartbeat", Err::<(), _>(e)),
             },
         }
+        self.metrics.live().forget_released();
         self.metrics.record(
             None,
             &[
@@ -418,6 +423,16 @@ impl<R: ShardRunner> Coordinator<R> {
         Ok(())
     }
 
+    /// Notes the shards readers were told do not exist; the table is read
+    /// (and the stream listed) at once.
+    fn note_not_found(&mut self) {
+        let reported = self.runner.take_not_found();
+        if !reported.is_empty() {
+            self.read_due = true;
+            self.reported_not_found.extend(reported);
+        }
+    }
+
     /// Writes the heartbeat if a heartbeat period passed since the last
     /// one. Called between the writes of long loops: creating or taking a
     /// thousand leases takes longer than the failover time, and without it
@@ -427,7 +442,8 @@ impl<R: ShardRunner> Coordinator<R> {
             .last_beat
             .is_none_or(|sent| self.now().duration_since(sent) >= self.timings.heartbeat_interval);
         if due {
-            Self::log_failure("heartbeat", self.heartbeat());
+            let result = self.heartbeat();
+            self.log_failure("heartbeat", result);
         }
     }
 
@@ -439,7 +455,8 @@ impl<R: ShardRunner> Coordinator<R> {
         if let Err(e) = self.held.release(shard_id) {
             log::warn!("releasing finished lease {shard_id}: {e}");
         }
-        Self::log_failure("shard sync", self.sync_shards());
+        let result = self.sync_shards();
+        self.log_failure("shard sync", result);
         self.read_due = true;
     }
 
@@ -464,6 +481,11 @@ impl<R: ShardRunner> Coordinator<R> {
     /// the counter seen): handed over to it since its last round read the
     /// table. One consistent read, at shutdown only.
     fn given_not_taken(&self) -> Vec<(String, u64)> {
+        // Nothing is handed to a worker whose heartbeat never landed: it
+        // asked for nothing, and the table may not even be usable.
+        if self.held.alive_since().is_none() {
+            return Vec::new();
+        }
         let held = self.held.shard_ids();
         let me = self.held.owner();
         match self.list_rows(true) {
@@ -482,9 +504,10 @@ impl<R: ShardRunner> Coordinator<R> {
         }
     }
 
-    fn log_failure(what: &str, result: Result<impl Sized>) {
+    fn log_failure(&self, what: &str, result: Result<impl Sized>) {
         if let Err(e) = result {
             log::warn!("{what} failed, will retry: {e}");
+            self.metrics.live().error(format!("{what} failed: {e}"));
         }
     }
 
@@ -637,7 +660,25 @@ impl<R: ShardRunner> Coordinator<R> {
         let now = self.now();
         let me = self.held.owner().to_owned();
         self.observe(&rows, now, &me)?;
-        self.not_found.extend(self.runner.take_not_found());
+        self.note_not_found();
+        if !self.reported_not_found.is_empty() {
+            // A listing newer than the reports tells a shard that is gone
+            // from one the service did not know for a moment (stale state
+            // behind its front end), whose lease would stay held unread.
+            self.rows = rows;
+            self.sync_shards()?;
+            rows = std::mem::take(&mut self.rows);
+            for shard_id in std::mem::take(&mut self.reported_not_found) {
+                if self.misses.contains_key(&shard_id) {
+                    self.not_found.insert(shard_id);
+                } else {
+                    log::warn!(
+                        "shard {shard_id}: the service said it does not exist, but the stream lists it; reading it again"
+                    );
+                    self.runner.stop(&shard_id);
+                }
+            }
+        }
         // Borrowed out while the round runs; put back below.
         let listed = self.listed.take().unwrap_or_default();
         let result = self.plan_and_carry_out(&rows, &listed, now, &me);
@@ -645,8 +686,19 @@ impl<R: ShardRunner> Coordinator<R> {
         self.read_due = !result?;
         self.next_full_read = now + self.timings.failover * FULL_READ_EVERY;
         self.forget_dead_workers(&rows);
+        self.show_table(&rows);
         self.rows = rows;
         Ok(())
+    }
+
+    /// Keeps the table as just read for the status page.
+    fn show_table(&self, rows: &[Row]) {
+        let leases = rows.iter().filter_map(Row::lease).map(|l| LeaseRow {
+            shard_id: l.shard_id.clone(),
+            owner: l.owner.clone(),
+            checkpoint: l.checkpoint.to_columns().0.to_owned(),
+        });
+        self.metrics.live().table_read(leases.collect());
     }
 
     /// Takes dead workers out of the workers row once no lease names them,
@@ -659,7 +711,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 .any(|l| l.owner.as_deref() == Some(worker.as_str()));
             if !owns {
                 log::info!("worker {worker} is dead and holds no lease: forgetting it");
-                Self::log_failure(
+                self.log_failure(
                     "forgetting a dead worker",
                     self.held.table().forget_worker(&worker, Some(beat)),
                 );
@@ -1031,7 +1083,7 @@ impl<R: ShardRunner> Coordinator<R> {
             .filter(|o| *o != me)
             .collect();
         for owner in owners {
-            Self::log_failure(
+            self.log_failure(
                 "telling a worker of an ask",
                 self.held.table().notify(Some(owner)),
             );

@@ -40,6 +40,8 @@ struct State {
     /// Set for a child shard not started yet: its first checkpoint is
     /// announced to every worker (its parents' leases may be deleted).
     announce_start: bool,
+    /// When the lease was taken (our clock).
+    taken_at: Instant,
 }
 
 #[derive(Debug)]
@@ -192,6 +194,7 @@ impl HeldLeases {
                 epoch,
                 handoff_to: None,
                 announce_start,
+                taken_at: self.clock.now(),
             }),
         };
         lock(&self.leases).insert(shard_id.to_owned(), Arc::new(held));
@@ -481,6 +484,25 @@ impl HeldLeases {
             let epoch = lock(&entry.state).epoch;
             self.forget(shard_id, epoch);
         }
+    }
+}
+
+/// What the status page and the Prometheus gauges show of the leases.
+impl crate::metrics::LeaseView for HeldLeases {
+    fn held(&self) -> Vec<(String, Instant)> {
+        let leases = lock(&self.leases);
+        leases
+            .iter()
+            .map(|(id, h)| (id.clone(), lock(&h.state).taken_at))
+            .collect()
+    }
+
+    fn alive_since(&self) -> Option<Instant> {
+        HeldLeases::alive_since(self)
+    }
+
+    fn heartbeat_current(&self) -> bool {
+        !self.has_lapsed(self.clock.now())
     }
 }
 

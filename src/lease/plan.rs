@@ -188,7 +188,8 @@ pub(crate) fn new_leases(
     created
 }
 
-fn new_lease(shard: &Shard, checkpoint: Checkpoint) -> Lease {
+/// A new lease for a listed shard, unowned, at `checkpoint`.
+pub(crate) fn new_lease(shard: &Shard, checkpoint: Checkpoint) -> Lease {
     Lease {
         shard_id: shard.shard_id.clone(),
         owner: None,

@@ -12,7 +12,7 @@ use crate::aws::ClientConfig;
 use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::{Shard, is_valid_shard_id};
 use crate::error::{Error, Result};
-use crate::lease::plan::Row;
+use crate::lease::plan::{Row, new_lease};
 use crate::lease::table::{LeaseStore, LeaseTable};
 use crate::lease::{Checkpoint, Lease};
 use crate::record::{ExtendedSequenceNumber, SequenceNumber};
@@ -164,24 +164,6 @@ fn stored(checkpoint: Checkpoint) -> Checkpoint {
             Checkpoint::AtTimestamp(Some(UNIX_EPOCH + Duration::from_millis(ms)))
         }
         other => other,
-    }
-}
-
-/// A new lease for a listed shard, unowned, at `checkpoint`.
-fn new_lease(shard: &Shard, checkpoint: Checkpoint) -> Lease {
-    Lease {
-        shard_id: shard.shard_id.clone(),
-        owner: None,
-        handoff_to: None,
-        counter: 0,
-        checkpoint,
-        owner_switches_since_checkpoint: 0,
-        parents: shard.parents().map(str::to_owned).collect(),
-        children: Vec::new(),
-        hash_range: Some((
-            shard.starting_hash_key.clone(),
-            shard.ending_hash_key.clone(),
-        )),
     }
 }
 

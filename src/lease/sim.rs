@@ -1,9 +1,11 @@
 //! A seeded, deterministic simulation of many workers sharing one lease
 //! table over one stream: the real [`Coordinator`] and [`HeldLeases`] run
 //! against an in-memory table and stream on simulated time, with seeded
-//! kills, restarts, pauses, failed and lost writes, failed listings,
-//! splits, merges, shards expiring from the stream, capped workers, the
-//! workers row deleted, and slow heartbeats: a heartbeat write that takes
+//! kills, restarts, graceful leaves, pauses, failed and lost writes,
+//! lease writes that land after their caller gave up (up to 4 s later, their
+//! condition judged when they land), failed listings, splits, merges,
+//! shards expiring from the stream, capped workers, the workers row
+//! deleted, and slow heartbeats: a heartbeat write that takes
 //! up to past the failover time runs its coordinator round on a thread of
 //! its own, blocked in the write until the simulated clock reaches its
 //! landing time, while the worker's ticker and every other worker run on
@@ -74,6 +76,10 @@ impl SimClock {
 struct Odds {
     fail: f64,
     lost: f64,
+    late: f64,
+    /// A reader told ResourceNotFound for a shard the stream still has
+    /// (per read).
+    not_found: f64,
 }
 
 /// Faults drawn from (seed, key, how many calls the key had): the same
@@ -90,29 +96,48 @@ enum Fault {
     Fail,
     /// Applied; the caller gets an error (every reply lost).
     Lost,
+    /// The caller gives up (a timeout) while the write is still on its
+    /// way: it lands this many milliseconds later, its condition judged
+    /// then, as DynamoDB judges a request when it reaches the item.
+    Late(u64),
 }
 
 impl Faults {
+    /// True when a reader of `shard_id` is told the shard is not found
+    /// though the stream has it (a service answering from stale state).
+    fn spurious_not_found(&self, shard_id: &str) -> bool {
+        let odds = lock(&self.odds).not_found;
+        self.rng(&format!("not found {shard_id}")).chance(odds)
+    }
+
     fn draw(&self, key: &str) -> Fault {
+        let odds = *lock(&self.odds);
+        let mut rng = self.rng(key);
+        if rng.chance(odds.fail) {
+            Fault::Fail
+        } else if rng.chance(odds.lost) {
+            Fault::Lost
+        } else if rng.chance(odds.late) {
+            Fault::Late(100 + rng.below(4_000))
+        } else {
+            Fault::None
+        }
+    }
+
+    /// The generator for the next call with `key`: the same for a key
+    /// whatever order threads call in.
+    fn rng(&self, key: &str) -> Rng {
         let n = {
             let mut calls = lock(&self.calls);
             let n = calls.entry(key.to_owned()).or_default();
             *n += 1;
             *n
         };
-        let odds = *lock(&self.odds);
         let mut h = self.seed ^ 0xcbf2_9ce4_8422_2325;
         for b in key.bytes() {
             h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
         }
-        let mut rng = Rng::new(h ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        if rng.chance(odds.fail) {
-            Fault::Fail
-        } else if rng.chance(odds.lost) {
-            Fault::Lost
-        } else {
-            Fault::None
-        }
+        Rng::new(h ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 }
 
@@ -165,7 +190,13 @@ struct SimTable {
     /// Where a slow heartbeat waits: set up by the simulation for the one
     /// coordinator call it runs on a thread of its own.
     gate: Mutex<Option<Gate>>,
+    /// Lease writes whose caller gave up, and when (clock milliseconds)
+    /// each lands.
+    landing: Mutex<Vec<(u64, Landing)>>,
 }
+
+/// A lease write still on its way.
+type Landing = Box<dyn FnOnce(&SimTable) + Send>;
 
 /// A coordinator call blocked in a slow write: it says until when (clock
 /// milliseconds), then waits to be let through (true: the write lands;
@@ -194,20 +225,48 @@ impl SimTable {
         &self,
         operation: &'static str,
         shard_id: &str,
-        condition: impl Fn(&Lease) -> bool,
-        write: impl Fn(&mut Lease),
+        condition: impl Fn(&Lease) -> bool + Send + 'static,
+        write: impl Fn(&mut Lease) + Send + 'static,
     ) -> Result<Option<Written>> {
         let fault = self.faults.draw(shard_id);
-        if matches!(fault, Fault::Fail) {
-            return Err(injected(operation));
+        match fault {
+            Fault::Fail => return Err(injected(operation)),
+            Fault::Late(millis) => {
+                let land_at = self.clock.load(Ordering::Relaxed) + millis;
+                trace(|| format!("  {operation} {shard_id}: lands at {land_at} ms"));
+                let shard_id = shard_id.to_owned();
+                lock(&self.landing).push((
+                    land_at,
+                    Box::new(move |table: &SimTable| {
+                        let _ = table.apply(operation, &shard_id, &condition, &write);
+                    }),
+                ));
+                return Err(injected(operation));
+            }
+            Fault::None | Fault::Lost => {}
         }
+        let written = self.apply(operation, shard_id, &condition, &write);
+        match (fault, written) {
+            (Fault::Lost, _) => Err(injected(operation)),
+            (_, written) => Ok(written),
+        }
+    }
+
+    /// Applies `write` to the lease row if `condition` holds now.
+    fn apply(
+        &self,
+        operation: &'static str,
+        shard_id: &str,
+        condition: &dyn Fn(&Lease) -> bool,
+        write: &dyn Fn(&mut Lease),
+    ) -> Option<Written> {
         let mut rows = lock(&self.rows);
         let Some(Row::Lease(lease)) = rows.get_mut(shard_id) else {
-            return Ok(None);
+            return None;
         };
         if !condition(lease) {
             trace(|| format!("  {operation} {shard_id}: condition failed ({lease:?})"));
-            return Ok(None);
+            return None;
         }
         write(lease);
         trace(|| {
@@ -216,12 +275,24 @@ impl SimTable {
                 lease.owner, lease.counter, lease.checkpoint, lease.handoff_to
             )
         });
-        let written = Written {
+        Some(Written {
             counter: lease.counter,
+        })
+    }
+
+    /// Lands the late writes whose time came, in the order they were sent.
+    fn land_due(&self) {
+        let now = self.clock.load(Ordering::Relaxed);
+        let due: Vec<Landing> = {
+            let mut landing = lock(&self.landing);
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut *landing)
+                .into_iter()
+                .partition(|(at, _)| *at <= now);
+            *landing = later;
+            due.into_iter().map(|(_, land)| land).collect()
         };
-        match fault {
-            Fault::Lost => Err(injected(operation)),
-            _ => Ok(Some(written)),
+        for land in due {
+            land(self);
         }
     }
 
@@ -231,8 +302,9 @@ impl SimTable {
         self.clock.fetch_add(millis, Ordering::Relaxed);
     }
 
-    fn held_by(owner: &str, counter: u64) -> impl Fn(&Lease) -> bool + '_ {
-        move |l| l.owner.as_deref() == Some(owner) && l.counter == counter
+    fn held_by(owner: &str, counter: u64) -> impl Fn(&Lease) -> bool + Send + 'static {
+        let owner = owner.to_owned();
+        move |l| l.owner.as_deref() == Some(owner.as_str()) && l.counter == counter
     }
 }
 
@@ -362,12 +434,13 @@ impl LeaseStore for SimTable {
 
     fn take(&self, shard_id: &str, seen_counter: u64, owner: &str) -> Result<Option<Written>> {
         self.spend_write_time();
+        let owner = owner.to_owned();
         self.write(
             "UpdateItem",
             shard_id,
-            |l| l.counter == seen_counter,
-            |l| {
-                l.owner = Some(owner.to_owned());
+            move |l| l.counter == seen_counter,
+            move |l| {
+                l.owner = Some(owner.clone());
                 l.counter = next_counter(seen_counter);
                 l.handoff_to = None;
                 l.owner_switches_since_checkpoint += 1;
@@ -383,11 +456,12 @@ impl LeaseStore for SimTable {
         to: &str,
     ) -> Result<bool> {
         let held = Self::held_by(owner, seen_counter);
+        let (to, asker) = (to.to_owned(), to.to_owned());
         let asked = self.write(
             "UpdateItem",
             shard_id,
-            |l| held(l) && l.handoff_to.as_deref().is_none_or(|t| t == to),
-            |l| l.handoff_to = Some(to.to_owned()),
+            move |l| held(l) && l.handoff_to.as_deref().is_none_or(|t| t == to),
+            move |l| l.handoff_to = Some(asker.clone()),
         )?;
         Ok(asked.is_some())
     }
@@ -400,13 +474,16 @@ impl LeaseStore for SimTable {
         checkpoint: &Checkpoint,
     ) -> Result<Option<Written>> {
         let truth = self.truth.clone();
+        let (owner_id, shard, checkpoint) =
+            (owner.to_owned(), shard_id.to_owned(), checkpoint.clone());
         self.write(
             "UpdateItem",
             shard_id,
             Self::held_by(owner, counter),
-            |l| {
+            move |l| {
+                let (owner, shard_id) = (owner_id.as_str(), shard.as_str());
                 let mut truth = lock(&truth);
-                if let Some(at) = position(checkpoint) {
+                if let Some(at) = position(&checkpoint) {
                     let handed = truth
                         .delivered_upto
                         .get(&(owner.to_owned(), shard_id.to_owned()))
@@ -423,7 +500,7 @@ impl LeaseStore for SimTable {
                         ));
                     }
                 }
-                if *checkpoint == Checkpoint::ShardEnd {
+                if checkpoint == Checkpoint::ShardEnd {
                     truth.finished.insert(shard_id.to_owned());
                 }
                 l.checkpoint = checkpoint.clone();
@@ -439,11 +516,17 @@ impl LeaseStore for SimTable {
         counter: u64,
         to: Option<&str>,
     ) -> Result<Option<Written>> {
-        self.write("UpdateItem", shard_id, Self::held_by(owner, counter), |l| {
-            l.owner = to.map(str::to_owned);
-            l.handoff_to = None;
-            l.counter = next_counter(counter);
-        })
+        let to = to.map(str::to_owned);
+        self.write(
+            "UpdateItem",
+            shard_id,
+            Self::held_by(owner, counter),
+            move |l| {
+                l.owner.clone_from(&to);
+                l.handoff_to = None;
+                l.counter = next_counter(counter);
+            },
+        )
     }
 
     fn delete_finished(&self, shard_id: &str) -> Result<()> {
@@ -733,6 +816,8 @@ impl Sim {
             odds: Mutex::new(Odds {
                 fail: 0.03,
                 lost: 0.02,
+                late: 0.02,
+                not_found: 0.002,
             }),
         });
         let truth = Arc::new(Mutex::new(Truth::default()));
@@ -759,6 +844,7 @@ impl Sim {
             notices_fail_until: AtomicU64::new(0),
             slow_beats: Mutex::default(),
             gate: Mutex::default(),
+            landing: Mutex::default(),
         });
         let mut sim = Sim {
             rng,
@@ -853,6 +939,7 @@ impl Sim {
             for i in (1..order.len()).rev() {
                 order.swap(i, self.rng.below(i as u64 + 1) as usize);
             }
+            self.table.land_due();
             *lock(&self.table.stale_rows) = lock(&self.table.rows).clone();
             for i in order {
                 self.step_worker(i);
@@ -1073,7 +1160,7 @@ impl Sim {
                     (batch, at_end, false, parents)
                 }
             };
-            if expired {
+            if expired || table.faults.spurious_not_found(&shard_id) {
                 // ResourceNotFound: the reader ends and reports it.
                 if let Some(r) = lock(&w.runner.readers).get_mut(&shard_id) {
                     r.ended = true;
@@ -1271,6 +1358,7 @@ impl Sim {
 
     /// Steps every worker once, then the clock.
     fn step_all(&mut self) {
+        self.table.land_due();
         for i in 0..self.workers.len() {
             self.step_worker(i);
         }

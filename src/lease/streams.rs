@@ -95,6 +95,9 @@ pub(crate) struct MultiStreamShards {
     changes: Arc<Mutex<Vec<Change>>>,
     /// Streams no longer read since the last `take_retired`.
     retired: Mutex<Vec<StreamIdentifier>>,
+    /// Streams of the list the service does not have now (deleted): each
+    /// sync looks for them again, and one recreated is read as new.
+    missing: Mutex<Vec<LeasedStream>>,
 }
 
 impl MultiStreamShards {
@@ -113,6 +116,7 @@ impl MultiStreamShards {
             requests: Arc::new(RwLock::new(requests)),
             changes: handle.changes.clone(),
             retired: Mutex::new(Vec::new()),
+            missing: Mutex::new(Vec::new()),
         }
     }
 
@@ -127,6 +131,7 @@ impl MultiStreamShards {
     }
 
     fn add(&self, stream: LeasedStream) {
+        lock(&self.missing).retain(|s| s.id.name() != stream.id.name());
         let mut streams = lock(&self.streams);
         if let Some(same) = streams.iter().position(|s| s.id.name() == stream.id.name()) {
             let old = streams.remove(same);
@@ -142,6 +147,32 @@ impl MultiStreamShards {
         streams.push(stream);
     }
 
+    /// Looks for the deleted streams of the list again: one recreated
+    /// under its name is read as a new stream.
+    fn find_missing(&self) -> Result<()> {
+        let missing = std::mem::take(&mut *lock(&self.missing));
+        for stream in missing {
+            match self.kinesis.describe_stream_summary(&stream.request) {
+                Ok(now) => {
+                    let id = now.stream_identifier()?;
+                    log::warn!(
+                        "stream {} was deleted and recreated as {id}: reading the new stream from its initial position",
+                        stream.id
+                    );
+                    self.add(LeasedStream { id, ..stream });
+                }
+                Err(e) => {
+                    let not_found = is_not_found(&e);
+                    lock(&self.missing).push(stream);
+                    if !not_found {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Applies the changes asked for through the handle.
     fn apply_changes(&self) {
         let changes = std::mem::take(&mut *lock(&self.changes));
@@ -149,6 +180,7 @@ impl MultiStreamShards {
             match change {
                 Change::Add(stream) => self.add(stream),
                 Change::Remove(name) => {
+                    lock(&self.missing).retain(|s| s.id.name() != name);
                     let mut streams = lock(&self.streams);
                     if let Some(i) = streams.iter().position(|s| s.id.name() == name) {
                         let old = streams.remove(i);
@@ -187,6 +219,7 @@ impl MultiStreamShards {
                 log::warn!("stream {} was deleted", stream.id);
                 lock(&self.streams).retain(|s| s.id != stream.id);
                 self.retire(stream);
+                lock(&self.missing).push(stream.clone());
                 return Ok(None);
             }
             Err(e) => return Err(e),
@@ -233,6 +266,7 @@ pub(crate) fn keyed_shard(stream: &StreamIdentifier, mut shard: Shard) -> Shard 
 impl ShardSource for MultiStreamShards {
     fn list_shards(&self) -> Result<(Vec<Shard>, Option<SystemTime>)> {
         self.apply_changes();
+        self.find_missing()?;
         let streams = lock(&self.streams).clone();
         let mut all = Vec::new();
         for stream in &streams {

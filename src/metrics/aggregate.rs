@@ -49,10 +49,27 @@ pub(crate) struct SeriesKey {
     pub shard: Option<Arc<str>>,
 }
 
+/// Upper bounds, in milliseconds, of the histogram buckets durations are
+/// counted in since the start (for the Prometheus exposition); a last
+/// bucket counts what lies above them all.
+pub(crate) const DURATION_BUCKETS_MS: [f64; 12] = [
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+/// A series since the start: its statistics, its latest sample (for
+/// gauges), and for durations how many samples fell in each bucket of
+/// [`DURATION_BUCKETS_MS`] (not cumulative; one more for above them all).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Total {
+    pub statistics: Statistics,
+    pub last: f64,
+    pub buckets: Vec<u64>,
+}
+
 #[derive(Debug, Default)]
 struct Entry {
     period: Statistics,
-    total: Statistics,
+    total: Total,
 }
 
 /// Every series seen, with its statistics for the current period and since
@@ -65,9 +82,22 @@ pub(crate) struct Series {
 impl Series {
     /// Adds a sample. Allocates only for a series not seen before.
     pub(crate) fn add(&mut self, key: SeriesKey, value: f64) {
+        let is_duration = key.metric.is_duration();
         let entry = self.entries.entry(key).or_default();
         entry.period.add(value);
-        entry.total.add(value);
+        entry.total.statistics.add(value);
+        entry.total.last = value;
+        if is_duration {
+            let buckets = &mut entry.total.buckets;
+            if buckets.is_empty() {
+                buckets.resize(DURATION_BUCKETS_MS.len() + 1, 0);
+            }
+            let at = DURATION_BUCKETS_MS
+                .iter()
+                .position(|bound| value <= *bound)
+                .unwrap_or(DURATION_BUCKETS_MS.len());
+            buckets[at] += 1;
+        }
     }
 
     /// The statistics of the period that ends now, for every series that
@@ -83,12 +113,12 @@ impl Series {
         out
     }
 
-    /// The statistics since the start of every series, in a stable order.
-    pub(crate) fn totals(&self) -> Vec<(SeriesKey, Statistics)> {
-        let mut out: Vec<(SeriesKey, Statistics)> = self
+    /// Every series since the start, in a stable order.
+    pub(crate) fn totals(&self) -> Vec<(SeriesKey, Total)> {
+        let mut out: Vec<(SeriesKey, Total)> = self
             .entries
             .iter()
-            .map(|(k, e)| (k.clone(), e.total))
+            .map(|(k, e)| (k.clone(), e.total.clone()))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -164,9 +194,11 @@ mod tests {
             }
         );
         let totals = series.totals();
-        assert_eq!(totals[0].1.sum, 40.0);
+        assert_eq!(totals[0].1.statistics.sum, 40.0);
+        assert_eq!(totals[1].1.last, 5.0);
+        assert!(totals[1].1.buckets.is_empty(), "a count has no buckets");
         assert_eq!(
-            totals[1].1,
+            totals[1].1.statistics,
             Statistics {
                 sample_count: 2,
                 sum: 6.0,
@@ -174,5 +206,22 @@ mod tests {
                 maximum: 5.0
             }
         );
+    }
+
+    #[test]
+    fn durations_fall_in_buckets() {
+        let mut series = Series::default();
+        let k = key(Metric::GetRecordsTime, None);
+        for v in [0.5, 1.0, 3.0, 10_000.0, 10_001.0] {
+            series.add(k.clone(), v);
+        }
+        let total = &series.totals()[0].1;
+        let mut expected = vec![0; DURATION_BUCKETS_MS.len() + 1];
+        expected[0] = 2; // 0.5 and 1.0: bounds are inclusive
+        expected[1] = 1;
+        expected[DURATION_BUCKETS_MS.len() - 1] = 1;
+        expected[DURATION_BUCKETS_MS.len()] = 1;
+        assert_eq!(total.buckets, expected);
+        assert_eq!(total.last, 10_001.0);
     }
 }

@@ -6,10 +6,11 @@
 //! - recording ([`Metrics`], crate-private): the readers, the ticker and the
 //!   lease coordinator record a few values per GetRecords call, per batch or
 //!   per lease round (never per record) into a shared map of series, one
-//!   short lock per call; with [`MetricsLevel::None`] a recording call is a
-//!   single branch;
+//!   short lock per call; with [`MetricsLevel::None`] a recording call only
+//!   updates the live figures (another short lock);
 //! - aggregation: each series keeps a statistic set (sample count, sum,
-//!   minimum, maximum) for the current period and one since the start;
+//!   minimum, maximum) for the current period and one since the start,
+//!   with its latest sample and, for durations, histogram buckets;
 //! - publishing (its own threads): once per period the period's statistic
 //!   sets go into a bounded queue, and a sender thread sends them with
 //!   PutMetricData in requests within the API's limits. A full queue or a
@@ -18,13 +19,24 @@
 //!
 //! The in-process view is a [`MetricsHandle`] from
 //! [`Consumer::metrics`](crate::Consumer::metrics): cumulative statistics of
-//! every series, for an exporter of your own (Prometheus, logs).
+//! every series, for an exporter of your own (logs, say); the consumer's
+//! live state (`live`: per-shard gauges of the leases held, the lease table
+//! as last read, recent errors, health); the Prometheus text format of both
+//! (`prometheus`), a status page (`status_page`), and a small HTTP endpoint
+//! serving them (`endpoint`).
 
 mod aggregate;
+mod endpoint;
+mod live;
+mod prometheus;
 mod publisher;
 mod recorder;
+mod status_page;
 
 pub use aggregate::Statistics;
+pub use endpoint::MetricsServer;
+pub use live::{ConsumerStatus, RecentError, ShardStatus};
+pub(crate) use live::{LeaseRow, LeaseView};
 pub(crate) use publisher::Publisher;
 pub(crate) use recorder::Metrics;
 
@@ -178,6 +190,15 @@ impl Metric {
             | CheckpointTime => MetricUnit::Milliseconds,
             _ => MetricUnit::Count,
         }
+    }
+
+    /// True for the durations (counted in histogram buckets too).
+    pub(crate) fn is_duration(self) -> bool {
+        use Metric::*;
+        matches!(
+            self,
+            ProcessTaskTime | GetRecordsTime | SubscribeToShardTime | CheckpointTime
+        )
     }
 
     /// True for metrics recorded per shard (they get the `ShardId`
@@ -335,5 +356,44 @@ impl MetricsHandle {
     /// The dimensions metrics are broken down by.
     pub fn dimensions(&self) -> Vec<MetricsDimension> {
         self.metrics.dimensions()
+    }
+
+    /// The consumer as it is now: its leases (with lag, owner and
+    /// checkpoint per shard), health and recent errors. Kept at every
+    /// [`MetricsLevel`], `None` included.
+    pub fn status(&self) -> ConsumerStatus {
+        self.metrics.live().status()
+    }
+
+    /// Every metric in the Prometheus text exposition format (0.0.4):
+    /// the recorded series (those of the configured level; at
+    /// [`MetricsLevel::None`] none) and the per-shard gauges of the leases
+    /// held now. See `docs/observability.md` for the names.
+    pub fn prometheus(&self) -> String {
+        let status = self.status();
+        prometheus::render(&self.metrics.totals(), &status)
+    }
+
+    /// Serves `/metrics` (Prometheus), `/status` (an HTML page),
+    /// `/status.json` and `/healthz` on `addr`, from a thread of its own,
+    /// until the returned server is dropped. A bare port (`"9464"`) binds
+    /// 127.0.0.1; give an address (`"0.0.0.0:9464"`) to listen elsewhere.
+    /// `/healthz` answers 200 while the consumer runs and its heartbeat in
+    /// the lease table is current, 503 otherwise.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), kinesis_consumer::Error> {
+    /// let consumer = kinesis_consumer::Consumer::builder()
+    ///     .app_name("word-count")
+    ///     .stream_name("words")
+    ///     .metrics_level(kinesis_consumer::MetricsLevel::Detailed)
+    ///     .publish_metrics(false)
+    ///     .build()?;
+    /// let _endpoint = consumer.metrics().serve("9464")?;
+    /// consumer.run(|_batch| Ok(()))
+    /// # }
+    /// ```
+    pub fn serve(&self, addr: &str) -> crate::Result<MetricsServer> {
+        endpoint::serve(self.clone(), addr)
     }
 }

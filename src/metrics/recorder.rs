@@ -5,7 +5,8 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use crate::metrics::aggregate::{Series, SeriesKey, Statistics};
+use crate::metrics::aggregate::{Series, SeriesKey, Statistics, Total};
+use crate::metrics::live::Live;
 use crate::metrics::{Metric, MetricSample, PublishStats};
 use crate::metrics::{MetricsDimension, MetricsLevel};
 use crate::stream::{shard_id_of, split_lease_key};
@@ -23,10 +24,12 @@ pub(crate) struct Registry {
     pub(crate) publish: Mutex<PublishStats>,
 }
 
-/// Records metrics; a no-op when metrics are off. Cheap to clone.
+/// Records metrics; only the live figures (see [`Live`]) when metrics are
+/// off. Cheap to clone.
 #[derive(Clone, Default)]
 pub(crate) struct Metrics {
     registry: Option<Arc<Registry>>,
+    live: Arc<Live>,
 }
 
 impl fmt::Debug for Metrics {
@@ -67,12 +70,8 @@ impl Metrics {
                 series: Mutex::new(Series::default()),
                 publish: Mutex::new(PublishStats::default()),
             })),
+            live: Arc::default(),
         }
-    }
-
-    /// True when anything is recorded.
-    pub(crate) fn is_on(&self) -> bool {
-        self.registry.is_some()
     }
 
     pub(crate) fn registry(&self) -> Option<&Arc<Registry>> {
@@ -86,6 +85,19 @@ impl Metrics {
         if let Some(registry) = &self.registry {
             registry.record(shard, samples);
         }
+        self.live.record(shard, samples);
+    }
+
+    /// The consumer's live state (at every level).
+    pub(crate) fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// Every series since the start, for the Prometheus exposition.
+    pub(crate) fn totals(&self) -> Vec<(SeriesKey, Total)> {
+        self.registry
+            .as_ref()
+            .map_or_else(Vec::new, |r| lock(&r.series).totals())
     }
 
     pub(crate) fn level(&self) -> MetricsLevel {
@@ -107,7 +119,7 @@ impl Metrics {
         let totals = lock(&registry.series).totals();
         totals
             .into_iter()
-            .map(|(key, statistics)| registry.sample(&key, statistics))
+            .map(|(key, total)| registry.sample(&key, total.statistics))
             .collect()
     }
 
@@ -241,7 +253,7 @@ mod tests {
     #[test]
     fn level_none_records_nothing() {
         let m = Metrics::new(MetricsLevel::None, &[Operation, ShardId], "w", "s");
-        assert!(!m.is_on());
+        assert!(m.registry().is_none());
         record_workload(&m);
         assert!(m.snapshot().is_empty());
         assert_eq!(m.publish_stats(), PublishStats::default());

@@ -424,8 +424,18 @@ impl Checkpointer {
                 ),
             ],
         );
+        if let Err(e) = &result {
+            inner
+                .metrics
+                .live()
+                .error(format!("checkpoint of {shard_id} failed: {e}"));
+        }
         match result? {
             true => {
+                inner
+                    .metrics
+                    .live()
+                    .checkpointed(shard_id, wanted.to_columns().0);
                 lock(&state.positions).written = wanted.clone();
                 log::debug!("checkpointed {shard_id} at {wanted:?}");
                 if *wanted == Checkpoint::ShardEnd {

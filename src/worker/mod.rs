@@ -213,6 +213,12 @@ impl<T: Send + 'static> Consumer<T> {
             settings.failover_time,
             Clock::system(),
         ));
+        metrics.live().set_names(
+            &settings.app_name,
+            &settings.stream_name,
+            &settings.worker_id,
+        );
+        metrics.live().set_leases(held.clone());
         let events = crossbeam_channel::unbounded();
         let checkpointer = Checkpointer::new(held.clone(), events.0.clone(), metrics.clone());
         let streams = StreamsHandle::new(kinesis.clone(), settings.initial_position);
@@ -449,7 +455,9 @@ impl<T: Send + 'static> Consumer<T> {
         } else {
             None
         };
+        self.metrics.live().set_running(true);
         let result = self.consume(shard_queue, prepared, deliver);
+        self.metrics.live().set_running(false);
         if let Some(publisher) = publisher {
             publisher.stop(METRICS_SHUTDOWN_GRACE);
         }

@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Sender;
 
@@ -418,8 +418,15 @@ impl<T> Delivery<T> {
         })
     }
 
-    /// Records the metrics of a shard's records processed.
-    pub(crate) fn record_processed(&self, shard_id: &Arc<str>, records: usize, data_bytes: u64) {
+    /// Records the metrics of a shard's records processed; `last_arrival`:
+    /// the arrival time of the last of them.
+    pub(crate) fn record_processed(
+        &self,
+        shard_id: &Arc<str>,
+        records: usize,
+        data_bytes: u64,
+        last_arrival: Option<SystemTime>,
+    ) {
         self.metrics.record(
             Some(shard_id),
             &[
@@ -427,12 +434,18 @@ impl<T> Delivery<T> {
                 (Metric::DataBytesProcessed, data_bytes as f64),
             ],
         );
+        self.metrics
+            .live()
+            .handed_on(shard_id, records, data_bytes, last_arrival);
     }
 
-    /// Records the time and size of one handler call.
-    pub(crate) fn record_call(&self, started: Instant, records: usize) {
+    /// Records the time and size of one handler call: the batch handler's
+    /// (`shard` `None`) or a shard's processor's.
+    pub(crate) fn record_call(&self, started: Instant, records: usize, shard: Option<&Arc<str>>) {
+        // Neither metric is per shard: only the live busy fraction keeps
+        // the shard.
         self.metrics.record(
-            None,
+            shard,
             &[
                 (
                     Metric::ProcessTaskTime,

@@ -361,6 +361,7 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             epoch: chunk.epoch,
         };
         let records = shard.messages.len();
+        let last_arrival = shard.messages.last().and_then(|m| m.record.arrival);
         let position = match shard.messages.last() {
             Some(m) => Checkpoint::At(m.record.position.clone()),
             None => return Ok(Called::Done), // the end of the shard alone: nothing to process
@@ -389,7 +390,8 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             }
             (result, _) => result,
         };
-        self.delivery.record_call(started, records);
+        self.delivery
+            .record_call(started, records, Some(&self.shard_id));
         drop(room);
         let accepted = matches!(result, Ok(Called::Done));
         self.delivery
@@ -399,7 +401,7 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             return result;
         }
         self.delivery
-            .record_processed(&self.shard_id, records, data_bytes);
+            .record_processed(&self.shard_id, records, data_bytes, last_arrival);
         if self.delivery.automatic() {
             self.pending = Some(position);
             self.write_pending();

@@ -595,6 +595,10 @@ impl<T: Send + 'static> Reader<T> {
                     context
                         .metrics
                         .record(Some(&self.shard_id), &samples[..known]);
+                    context
+                        .metrics
+                        .live()
+                        .error(format!("GetRecords on {} failed: {e}", self.shard_id));
                     match after_get_records_error(&e, p.failures + 1) {
                         AfterError::FreshIterator => log::info!(
                             "shard {}: iterator expired; getting a new one",

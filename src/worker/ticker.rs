@@ -299,16 +299,17 @@ impl<'a, T> Ticker<'a, T> {
             }
             self.look_at_leases();
             let (batch, room, shard_bytes) = self.build(chunks);
-            let processed: Vec<(Arc<str>, usize, u64)> = if self.delivery.metrics.is_on() {
-                batch
-                    .shards
-                    .iter()
-                    .zip(shard_bytes)
-                    .map(|(s, bytes)| (s.shard_id.clone(), s.messages.len(), bytes))
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            // Kept at every metrics level: the live figures need them.
+            let processed: Vec<(Arc<str>, usize, u64, Option<SystemTime>)> = batch
+                .shards
+                .iter()
+                .zip(shard_bytes)
+                .map(|(s, bytes)| {
+                    let last = s.messages.last();
+                    let arrival = last.and_then(|m| m.record().approximate_arrival_timestamp());
+                    (s.shard_id.clone(), s.messages.len(), bytes, arrival)
+                })
+                .collect();
             let ends: Vec<(Arc<str>, u64, Checkpoint)> = batch
                 .shards
                 .iter()
@@ -336,9 +337,10 @@ impl<'a, T> Ticker<'a, T> {
                 continue;
             }
             let is_stopped = |id: &Arc<str>| stopped.iter().any(|s| s.shard_id == *id);
-            for (shard_id, records, bytes) in &processed {
+            for (shard_id, records, bytes, arrival) in &processed {
                 if self.open.contains_key(shard_id) && !is_stopped(shard_id) {
-                    self.delivery.record_processed(shard_id, *records, *bytes);
+                    self.delivery
+                        .record_processed(shard_id, *records, *bytes, *arrival);
                 }
             }
             if self.delivery.automatic() {
@@ -430,7 +432,7 @@ impl<'a, T> Ticker<'a, T> {
             }
             (result, _) => result,
         };
-        delivery.record_call(started, records);
+        delivery.record_call(started, records, None);
         // Events no call accepted are handed on again with the next batch.
         unaccepted.append(&mut self.events);
         self.events = unaccepted;

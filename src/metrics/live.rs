@@ -1,0 +1,496 @@
+//! The consumer as it is now, for the Prometheus exposition and the status
+//! page: per-shard gauges of the leases held, the handler's busy time, the
+//! lease table as last read, recent errors, and whether `run` runs. Kept at
+//! every metrics level (it costs one short lock per recording call, never
+//! per record) and bounded: shards no longer held are pruned, and only the
+//! last few errors are kept.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::metrics::Metric;
+use crate::sync::lock;
+
+/// Rates (records and bytes per second, the handler's busy fraction) are
+/// measured over windows this long.
+pub(crate) const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// How many recent errors the status keeps.
+pub(crate) const RECENT_ERRORS: usize = 10;
+
+/// What the lease side tells about the leases this worker holds.
+pub(crate) trait LeaseView: Send + Sync {
+    /// The shards held now, with when (our clock) each lease was taken.
+    fn held(&self) -> Vec<(String, Instant)>;
+    /// When the last heartbeat that landed was sent, if one did.
+    fn alive_since(&self) -> Option<Instant>;
+    /// True while that heartbeat still keeps the leases (it was sent
+    /// within the fencing window).
+    fn heartbeat_current(&self) -> bool;
+}
+
+/// A sum over fixed windows of [`RATE_WINDOW`], as a rate per second: the
+/// last complete window's, or the current one's until one completes.
+#[derive(Debug, Default)]
+struct Window {
+    start: Option<Instant>,
+    sum: f64,
+    last_rate: Option<f64>,
+}
+
+impl Window {
+    fn add(&mut self, now: Instant, value: f64) {
+        self.roll(now);
+        self.sum += value;
+    }
+
+    fn roll(&mut self, now: Instant) {
+        let start = *self.start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= RATE_WINDOW {
+            self.last_rate = Some(self.sum / elapsed.as_secs_f64());
+            self.start = Some(now);
+            self.sum = 0.0;
+        }
+    }
+
+    fn rate(&mut self, now: Instant) -> f64 {
+        self.roll(now);
+        if let Some(rate) = self.last_rate {
+            return rate;
+        }
+        // Over at least a second, so that the first samples do not read
+        // as a burst.
+        let elapsed = self
+            .start
+            .map_or(0.0, |s| now.saturating_duration_since(s).as_secs_f64());
+        self.sum / elapsed.max(1.0)
+    }
+}
+
+#[derive(Debug, Default)]
+struct ShardLive {
+    behind_ms: Option<f64>,
+    handed_on: Option<Instant>,
+    /// The arrival time of the last record handed on.
+    last_arrival: Option<SystemTime>,
+    checkpointed: Option<(Instant, String)>,
+    /// Milliseconds the shard's processor ran (`run_processors` only).
+    busy: Window,
+    records: Window,
+    bytes: Window,
+}
+
+/// A lease as the table showed it when last read.
+#[derive(Clone, Debug)]
+pub(crate) struct LeaseRow {
+    pub shard_id: String,
+    pub owner: Option<String>,
+    pub checkpoint: String,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    shards: HashMap<Arc<str>, ShardLive>,
+    /// Milliseconds the batch handler ran.
+    handler: Window,
+    table: Vec<LeaseRow>,
+    table_read: Option<SystemTime>,
+    errors: VecDeque<RecentError>,
+}
+
+#[derive(Debug)]
+struct Names {
+    application: String,
+    stream: String,
+    worker: String,
+}
+
+/// The live state one consumer's threads share (through `Metrics`).
+#[derive(Default)]
+pub(crate) struct Live {
+    names: OnceLock<Names>,
+    leases: OnceLock<Arc<dyn LeaseView>>,
+    running: AtomicBool,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").finish_non_exhaustive()
+    }
+}
+
+/// A recent error, as the status page shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct RecentError {
+    /// When it happened, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// What failed and why.
+    pub message: String,
+}
+
+/// One shard as this worker sees it: from the lease table as last read,
+/// and for the leases it holds, their live figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ShardStatus {
+    /// The shard id (the lease key).
+    pub shard_id: String,
+    /// The lease's owner: this worker for the leases it holds, otherwise
+    /// the table's `leaseOwner` as last read (`None`: unowned).
+    pub owner: Option<String>,
+    /// The checkpoint: a sequence number, or `TRIM_HORIZON`, `LATEST`,
+    /// `AT_TIMESTAMP`, `SHARD_END`. This worker's last write for the
+    /// leases it holds, otherwise the table's as last read.
+    pub checkpoint: Option<String>,
+    /// True when this worker holds the lease now; the figures below are
+    /// only known for those.
+    pub held_here: bool,
+    /// When this worker took the lease, in milliseconds since the Unix epoch.
+    pub lease_held_since_unix_ms: Option<u64>,
+    /// How far behind the tip of the shard the last read was.
+    pub millis_behind_latest: Option<f64>,
+    /// The age of the last record handed on to the handler and accepted:
+    /// seconds since its approximate arrival in the stream.
+    pub last_record_age_seconds: Option<f64>,
+    /// Seconds since a record of the shard was last handed on to the
+    /// handler and accepted.
+    pub seconds_since_last_record: Option<f64>,
+    /// Seconds since this worker last wrote the shard's checkpoint.
+    pub seconds_since_checkpoint: Option<f64>,
+    /// Records handed on per second, over the last rate window (10 s).
+    pub records_per_second: Option<f64>,
+    /// Bytes handed on per second, over the last rate window (10 s).
+    pub bytes_per_second: Option<f64>,
+    /// The fraction of the last rate window the shard's handler was busy:
+    /// its processor's with `run_processors`; with `run`, the batch
+    /// handler's, which serves every shard of a batch (so every shard held
+    /// shows the same fraction).
+    pub handler_busy_fraction: Option<f64>,
+}
+
+/// The consumer as it is now: what the status page and `/status.json`
+/// show. Get it with [`MetricsHandle::status`](crate::MetricsHandle::status).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ConsumerStatus {
+    /// The application name.
+    pub application: String,
+    /// The stream name.
+    pub stream: String,
+    /// This worker's identifier.
+    pub worker: String,
+    /// True while [`Consumer::run`](crate::Consumer::run) (or
+    /// `run_processors`) runs.
+    pub running: bool,
+    /// True while the last heartbeat that landed in the lease table still
+    /// keeps this worker's leases.
+    pub heartbeat_current: bool,
+    /// Seconds since the last heartbeat that landed was sent.
+    pub seconds_since_heartbeat: Option<f64>,
+    /// Running with a current heartbeat: what `/healthz` answers 200 for.
+    pub healthy: bool,
+    /// The fraction of the last rate window the batch handler was busy
+    /// (0 with `run_processors`: see each shard's).
+    pub handler_busy_fraction: f64,
+    /// Seconds since the lease table was last read (owners and checkpoints
+    /// of the leases this worker does not hold are that old).
+    pub seconds_since_table_read: Option<f64>,
+    /// Every shard of the lease table as last read, and every lease held,
+    /// sorted by shard id.
+    pub shards: Vec<ShardStatus>,
+    /// The last few errors, oldest first.
+    pub recent_errors: Vec<RecentError>,
+}
+
+fn retain_held(state: &mut State, held: &[(String, Instant)]) {
+    state
+        .shards
+        .retain(|id, _| held.iter().any(|(h, _)| h.as_str() == &**id));
+}
+
+/// Busy milliseconds per second as a fraction of the time.
+fn fraction(busy_ms_per_second: f64) -> f64 {
+    (busy_ms_per_second / 1000.0).clamp(0.0, 1.0)
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Live {
+    /// Names the consumer; the first call wins.
+    pub(crate) fn set_names(&self, application: &str, stream: &str, worker: &str) {
+        let _ = self.names.set(Names {
+            application: application.to_owned(),
+            stream: stream.to_owned(),
+            worker: worker.to_owned(),
+        });
+    }
+
+    /// Attaches the leases held; the first call wins.
+    pub(crate) fn set_leases(&self, leases: Arc<dyn LeaseView>) {
+        let _ = self.leases.set(leases);
+    }
+
+    pub(crate) fn set_running(&self, running: bool) {
+        self.running.store(running, Ordering::Relaxed);
+    }
+
+    /// Notes the samples that feed the live figures: the handler's time
+    /// and each read's lag.
+    pub(crate) fn record(&self, shard: Option<&Arc<str>>, samples: &[(Metric, f64)]) {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        for &(metric, value) in samples {
+            match (metric, shard) {
+                (Metric::ProcessTaskTime, None) => state.handler.add(now, value),
+                (Metric::ProcessTaskTime, Some(s)) => {
+                    state
+                        .shards
+                        .entry(s.clone())
+                        .or_default()
+                        .busy
+                        .add(now, value);
+                }
+                (Metric::MillisBehindLatest, Some(s)) => {
+                    state.shards.entry(s.clone()).or_default().behind_ms = Some(value);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Notes records of a shard handed on and accepted; `last_arrival`:
+    /// the arrival time of the last of them.
+    pub(crate) fn handed_on(
+        &self,
+        shard: &Arc<str>,
+        records: usize,
+        bytes: u64,
+        last_arrival: Option<SystemTime>,
+    ) {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        let live = state.shards.entry(shard.clone()).or_default();
+        live.records.add(now, records as f64);
+        live.bytes.add(now, bytes as f64);
+        if records > 0 {
+            live.handed_on = Some(now);
+            live.last_arrival = last_arrival.or(live.last_arrival);
+        }
+    }
+
+    /// Notes a checkpoint written (its `checkpoint` column).
+    pub(crate) fn checkpointed(&self, shard: &Arc<str>, checkpoint: &str) {
+        let mut state = lock(&self.state);
+        state.shards.entry(shard.clone()).or_default().checkpointed =
+            Some((Instant::now(), checkpoint.to_owned()));
+    }
+
+    /// Keeps the lease table as just read.
+    pub(crate) fn table_read(&self, rows: Vec<LeaseRow>) {
+        let mut state = lock(&self.state);
+        state.table = rows;
+        state.table_read = Some(SystemTime::now());
+    }
+
+    /// Keeps an error for the status page (the last [`RECENT_ERRORS`]).
+    pub(crate) fn error(&self, message: String) {
+        let mut state = lock(&self.state);
+        if state.errors.len() == RECENT_ERRORS {
+            state.errors.pop_front();
+        }
+        state.errors.push_back(RecentError {
+            at_unix_ms: unix_ms(SystemTime::now()),
+            message,
+        });
+    }
+
+    /// Forgets the figures of shards no longer held, so that they stay
+    /// bounded by the leases held (`status` does it too).
+    pub(crate) fn forget_released(&self) {
+        let held = self.leases.get().map(|l| l.held()).unwrap_or_default();
+        retain_held(&mut lock(&self.state), &held);
+    }
+
+    /// The consumer as it is now. Forgets the figures of shards no longer
+    /// held.
+    pub(crate) fn status(&self) -> ConsumerStatus {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let held = self.leases.get().map(|l| l.held()).unwrap_or_default();
+        let alive_since = self.leases.get().and_then(|l| l.alive_since());
+        let heartbeat_current = self.leases.get().is_some_and(|l| l.heartbeat_current());
+        let running = self.running.load(Ordering::Relaxed);
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        retain_held(state, &held);
+        let busy = fraction(state.handler.rate(now));
+        let mut shards: Vec<ShardStatus> = state
+            .table
+            .iter()
+            .filter(|row| !held.iter().any(|(h, _)| *h == row.shard_id))
+            .map(|row| ShardStatus {
+                shard_id: row.shard_id.clone(),
+                owner: row.owner.clone(),
+                checkpoint: Some(row.checkpoint.clone()),
+                ..ShardStatus::default()
+            })
+            .collect();
+        for (shard_id, since) in &held {
+            let live = state.shards.get_mut(shard_id.as_str());
+            let table_checkpoint = state
+                .table
+                .iter()
+                .find(|r| r.shard_id == *shard_id)
+                .map(|r| r.checkpoint.clone());
+            let age = |t: Instant| now.saturating_duration_since(t).as_secs_f64();
+            let held_since = wall - now.saturating_duration_since(*since);
+            let mut status = ShardStatus {
+                shard_id: shard_id.clone(),
+                owner: self.names.get().map(|n| n.worker.clone()),
+                checkpoint: table_checkpoint,
+                held_here: true,
+                lease_held_since_unix_ms: Some(unix_ms(held_since)),
+                handler_busy_fraction: Some(busy),
+                records_per_second: Some(0.0),
+                bytes_per_second: Some(0.0),
+                ..ShardStatus::default()
+            };
+            if let Some(live) = live {
+                status.millis_behind_latest = live.behind_ms;
+                status.seconds_since_last_record = live.handed_on.map(age);
+                status.last_record_age_seconds = live
+                    .last_arrival
+                    .map(|t| wall.duration_since(t).unwrap_or_default().as_secs_f64());
+                if let Some((at, checkpoint)) = &live.checkpointed {
+                    status.seconds_since_checkpoint = Some(age(*at));
+                    status.checkpoint = Some(checkpoint.clone());
+                }
+                if live.busy.start.is_some() {
+                    status.handler_busy_fraction = Some(fraction(live.busy.rate(now)));
+                }
+                status.records_per_second = Some(live.records.rate(now));
+                status.bytes_per_second = Some(live.bytes.rate(now));
+            }
+            shards.push(status);
+        }
+        shards.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+        let names = self.names.get();
+        let name = |f: fn(&Names) -> &String| names.map(|n| f(n).clone()).unwrap_or_default();
+        ConsumerStatus {
+            application: name(|n| &n.application),
+            stream: name(|n| &n.stream),
+            worker: name(|n| &n.worker),
+            running,
+            heartbeat_current,
+            seconds_since_heartbeat: alive_since
+                .map(|a| now.saturating_duration_since(a).as_secs_f64()),
+            healthy: running && heartbeat_current,
+            handler_busy_fraction: busy,
+            seconds_since_table_read: state
+                .table_read
+                .map(|t| wall.duration_since(t).unwrap_or_default().as_secs_f64()),
+            shards,
+            recent_errors: state.errors.iter().cloned().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Holding(Vec<String>);
+
+    impl LeaseView for Holding {
+        fn held(&self) -> Vec<(String, Instant)> {
+            self.0.iter().map(|s| (s.clone(), Instant::now())).collect()
+        }
+        fn alive_since(&self) -> Option<Instant> {
+            Some(Instant::now())
+        }
+        fn heartbeat_current(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn status_shows_held_shards_and_forgets_released_ones() {
+        let live = Live::default();
+        live.set_names("app", "stream", "w1");
+        live.set_leases(Arc::new(Holding(vec!["shard-a".into()])));
+        let (a, b): (Arc<str>, Arc<str>) = ("shard-a".into(), "shard-b".into());
+        live.record(Some(&a), &[(Metric::MillisBehindLatest, 250.0)]);
+        // A processor of shard-a busy for 500 ms.
+        live.record(Some(&a), &[(Metric::ProcessTaskTime, 500.0)]);
+        let arrived = SystemTime::now() - Duration::from_secs(30);
+        live.handed_on(&a, 4, 40, Some(arrived));
+        live.record(Some(&b), &[(Metric::MillisBehindLatest, 9.0)]);
+        live.checkpointed(&a, "49590");
+        live.table_read(vec![
+            LeaseRow {
+                shard_id: "shard-a".into(),
+                owner: Some("w1".into()),
+                checkpoint: "TRIM_HORIZON".into(),
+            },
+            LeaseRow {
+                shard_id: "shard-b".into(),
+                owner: Some("w2".into()),
+                checkpoint: "123".into(),
+            },
+        ]);
+        for i in 0..RECENT_ERRORS + 3 {
+            live.error(format!("error {i}"));
+        }
+        let status = live.status();
+        assert!(!status.healthy, "not running");
+        assert_eq!(status.shards.len(), 2);
+        let held = &status.shards[0];
+        assert!(held.held_here);
+        assert_eq!(held.owner.as_deref(), Some("w1"));
+        assert_eq!(held.millis_behind_latest, Some(250.0));
+        assert_eq!(held.checkpoint.as_deref(), Some("49590"));
+        assert!(held.seconds_since_last_record.is_some_and(|s| s < 5.0));
+        assert!(held.last_record_age_seconds.is_some_and(|s| s >= 30.0));
+        assert!(held.records_per_second.is_some_and(|r| r > 0.0));
+        // Its own processor's fraction; no batch handler ran.
+        assert!(held.handler_busy_fraction.is_some_and(|f| f > 0.0));
+        assert_eq!(status.handler_busy_fraction, 0.0);
+        let other = &status.shards[1];
+        assert!(!other.held_here);
+        assert_eq!(other.owner.as_deref(), Some("w2"));
+        assert_eq!(other.millis_behind_latest, None, "not held here");
+        assert_eq!(status.recent_errors.len(), RECENT_ERRORS);
+        assert_eq!(status.recent_errors[0].message, "error 3");
+        // shard-b's figures were pruned: not held.
+        assert_eq!(lock(&live.state).shards.len(), 1);
+        live.set_running(true);
+        assert!(live.status().healthy);
+    }
+
+    #[test]
+    fn windows_give_rates() {
+        let mut w = Window::default();
+        let t0 = Instant::now();
+        w.add(t0, 10.0);
+        w.add(t0 + Duration::from_secs(5), 40.0);
+        assert_eq!(w.rate(t0 + Duration::from_secs(5)), 10.0);
+        assert_eq!(
+            w.rate(t0 + Duration::from_millis(100)),
+            50.0,
+            "over 1 s at least"
+        );
+        assert_eq!(w.rate(t0 + Duration::from_secs(10)), 5.0);
+        // The next window has nothing yet: the last complete one counts.
+        assert_eq!(w.rate(t0 + Duration::from_secs(12)), 5.0);
+    }
+}
