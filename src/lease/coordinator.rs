@@ -728,7 +728,10 @@ impl<R: ShardRunner> Coordinator<R> {
         me: &str,
     ) -> Result<bool> {
         let lineage = Lineage::new(listed);
-        let gone = plan::gone(&self.misses, &self.not_found);
+        let mut gone = plan::gone(&self.misses, &self.not_found);
+        // A held lease of a stream no longer read is unlisted until it is
+        // released, never gone: its row goes after the retention period.
+        gone.retain(|key| self.shards.owns(key));
         let standings = plan::standings(rows, &lineage, &gone);
         self.report(&standings);
         let failover = self.timings.failover;

@@ -499,7 +499,7 @@ impl<T: Send + 'static> Reader<T> {
             Ok(()) => {}
             // Not this reader's failure to report: the coordinator decides
             // what a shard the service does not know means for its lease.
-            Err(e) if e.code() == Some("ResourceNotFoundException") => {
+            Err(e) if e.code() == Some("ResourceNotFoundException") || self.stream_leaving(&e) => {
                 log::warn!(
                     "shard {}: the service does not know it; its reader stops: {e}",
                     self.shard_id
@@ -515,6 +515,14 @@ impl<T: Send + 'static> Reader<T> {
                 });
             }
         }
+    }
+
+    /// True when a multi-stream reader's stream is being deleted
+    /// (`ResourceInUseException`: not ACTIVE or UPDATING): one stream of
+    /// several leaving does not stop the consumer; the coordinator's next
+    /// shard sync retires it (or finds it recreated).
+    fn stream_leaving(&self, e: &Error) -> bool {
+        e.code() == Some("ResourceInUseException") && split_lease_key(&self.shard_id).is_some()
     }
 
     /// Reads the shard from `checkpoint` until told to stop or its end is
