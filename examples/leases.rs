@@ -1,7 +1,9 @@
 //! Prints an application's lease table: for each shard its owner, counter,
 //! checkpoint, parents and children, hash range, and why it is not being
 //! read when it is not (waiting for a parent, no worker, owner gone,
-//! malformed row, expired from the stream).
+//! malformed row, expired from the stream). In a multi-stream table (the
+//! KCL 3's layout) each lease shows its bare shard id and, on the line
+//! below, its stream.
 //!
 //! ```text
 //! cargo run --example leases -- --app A [--stream S] [--observe-ms N (3500)]
@@ -46,8 +48,9 @@ use std::time::Duration;
 use kinesis_consumer::aws::ClientConfig;
 use kinesis_consumer::aws::kinesis::KinesisClient;
 use kinesis_consumer::{
-    Checkpoint, LeaseStanding, ResetReport, ResetTo, Standing, export_checkpoints,
-    import_checkpoints, inspect_leases, list_leases, reset_positions, worker_heartbeats,
+    Checkpoint, LeaseStanding, ResetReport, ResetTo, Standing, StreamIdentifier,
+    export_checkpoints, import_checkpoints, inspect_leases, list_leases, reset_positions,
+    worker_heartbeats,
 };
 
 const USAGE: &str = "usage: leases --app A [--stream S] [--observe-ms N (3500)]\n       leases --stream S --deregister-consumer NAME\n       leases --app A --stream S --reset (trim-horizon | latest | at-timestamp T | after-sequence N[/SUB]) [--shard ID ...] [--dry-run]\n       leases --app A --export FILE\n       leases --app A --import FILE [--dry-run]";
@@ -179,9 +182,16 @@ fn main() {
         let Some(lease) = &row.lease else {
             let line = format!(
                 "{:<24} {:<28} {:>8} {:<30} {:<24} {:<24} {}",
-                row.shard_id, "?", "?", "?", "?", "?", status
+                bare(&row.shard_id),
+                "?",
+                "?",
+                "?",
+                "?",
+                "?",
+                status
             );
             println!("{}", support::printable(&line));
+            print_stream(&row.shard_id);
             continue;
         };
         let checkpoint = match &lease.checkpoint {
@@ -194,15 +204,26 @@ fn main() {
         };
         let line = format!(
             "{:<24} {:<28} {:>8} {:<30} {:<24} {:<24} {}",
-            lease.shard_id,
+            bare(&lease.shard_id),
             lease.owner.as_deref().unwrap_or("-"),
             lease.counter,
             checkpoint,
-            lease.parents.join(","),
-            lease.children.join(","),
+            lease
+                .parents
+                .iter()
+                .map(|p| bare(p))
+                .collect::<Vec<_>>()
+                .join(","),
+            lease
+                .children
+                .iter()
+                .map(|c| bare(c))
+                .collect::<Vec<_>>()
+                .join(","),
             status
         );
         println!("{}", support::printable(&line));
+        print_stream(&lease.shard_id);
         if let Some((start, end)) = &lease.hash_range {
             let line = format!("{:<24} hash keys {start}..={end}", "");
             println!("{}", support::printable(&line));
@@ -388,5 +409,28 @@ mod tests {
         );
         let (rest, _) = take_shards(strings(&["--reset", "latest", "--app", "A"]));
         assert_eq!(rest, strings(&["--reset", "latest", "--app", "A"]));
+    }
+}
+
+/// The shard id of a lease key: the key itself in a single-stream table,
+/// its last part in a multi-stream one (`account:stream:epoch:shardId`).
+fn bare(key: &str) -> &str {
+    match StreamIdentifier::of_lease_key(key) {
+        Some(_) => key.rsplit(':').next().unwrap_or(key),
+        None => key,
+    }
+}
+
+/// Under a multi-stream lease, the line naming its stream.
+fn print_stream(key: &str) {
+    if let Some(stream) = StreamIdentifier::of_lease_key(key) {
+        let line = format!(
+            "{:<24} stream {} (account {}, created {})",
+            "",
+            stream.name(),
+            stream.account(),
+            stream.creation_epoch()
+        );
+        println!("{}", support::printable(&line));
     }
 }

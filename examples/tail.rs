@@ -2,7 +2,7 @@
 //! `tail -f`, checkpointing in the lease table of `--app`.
 //!
 //! ```text
-//! cargo run --example tail -- (--stream S | --stream-arn ARN) --app A [--position trim-horizon|latest|<RFC 3339 time>]
+//! cargo run --example tail -- (--stream S | --stream-arn ARN)... --app A [--position trim-horizon|latest|<RFC 3339 time>]
 //!     [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)] [--metrics-addr [HOST:]PORT]
 //!     [--enhanced-fan-out CONSUMER_NAME] [--processors]
 //! ```
@@ -11,7 +11,10 @@
 //! (AWS_ENDPOINT_URL_KINESIS, AWS_ENDPOINT_URL_DYNAMODB, AWS_REGION,
 //! AWS_PROFILE with any profile shape: keys, roles, SSO, credential_process);
 //! `--stream-arn` reads a stream by ARN (another account's, through its
-//! resource policy), in the ARN's region;
+//! resource policy), in the ARN's region. Both may be given more than once
+//! (and together): the streams are then read by one consumer in the KCL 3's
+//! multi-stream lease layout (see docs/multi-stream.md). Each JSON line
+//! names its `stream`;
 //! metrics go to CloudWatch (namespace: the application name) at the
 //! standard endpoint or AWS_ENDPOINT_URL_CLOUDWATCH.
 //! SIGINT or SIGTERM stops it gracefully (exit 0); a failure, such as a last
@@ -31,17 +34,15 @@ use kinesis_consumer::{
     Batch, Checkpointer, Consumer, HandlerResult, Message, ShardBatch, ShardProcessor,
 };
 
-const USAGE: &str = "usage: tail (--stream S | --stream-arn ARN) --app A [--position trim-horizon|latest|<RFC 3339 time>] \
+const USAGE: &str = "usage: tail (--stream S | --stream-arn ARN)... --app A [--position trim-horizon|latest|<RFC 3339 time>] \
 [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)] [--metrics-addr [HOST:]PORT] \
 [--enhanced-fan-out CONSUMER_NAME] [--processors]";
 
 fn main() {
     support::init_logging();
-    let args = support::Args::parse(
+    let args = support::Args::parse_repeating(
         USAGE,
         &[
-            "stream",
-            "stream-arn",
             "app",
             "position",
             "batch-interval-ms",
@@ -50,6 +51,7 @@ fn main() {
             "metrics-addr",
             "enhanced-fan-out",
         ],
+        &["stream", "stream-arn"],
         &["processors"],
     );
     let position = support::position(args.get("position").unwrap_or("latest"))
@@ -68,9 +70,16 @@ fn main() {
             1000,
         )))
         .message_handler(support::record_json);
-    builder = match args.get("stream-arn") {
-        Some(arn) => builder.stream_arn(arn),
-        None => builder.stream_name(args.required(USAGE, "stream")),
+    let streams: Vec<&str> = args
+        .all("stream")
+        .into_iter()
+        .chain(args.all("stream-arn"))
+        .collect();
+    builder = match (&streams[..], args.get("stream-arn")) {
+        ([], _) => support::fail(USAGE, "--stream or --stream-arn is required"),
+        ([arn], Some(_)) => builder.stream_arn(*arn).message_handler(in_stream(arn)),
+        ([name], None) => builder.stream_name(*name).message_handler(in_stream(name)),
+        (several, _) => builder.streams(several.iter().copied()),
     };
     if let Some(id) = args.get("worker-id") {
         builder = builder.worker_id(id);
@@ -93,6 +102,13 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// The JSON line of a single-stream consumer's record, naming `stream`
+/// (its name, or the end of its ARN).
+fn in_stream(stream: &str) -> impl Fn(&kinesis_consumer::Record) -> String + Send + Sync + 'static {
+    let name = stream.rsplit('/').next().unwrap_or(stream).to_owned();
+    move |r| support::record_json_in(r, Some(&name))
 }
 
 /// Prints `messages`, one JSON line each, and flushes: printed before they

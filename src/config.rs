@@ -12,9 +12,10 @@ use crate::aws::credentials::{
 use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
 use crate::error::{Error, HandlerResult, Result};
-use crate::lease::{BillingMode, Checkpoint, TableOptions};
+use crate::lease::{BillingMode, TableOptions};
 use crate::metrics::{MetricsDimension, MetricsLevel};
 use crate::record::{Payload, Record};
+use crate::stream::{StreamConfig, StreamTarget, initial_checkpoint, resolve_streams};
 use crate::worker::dead_letter::DeadLetterHandler;
 use crate::worker::processing::{Checkpointing, ErrorPolicy};
 use crate::worker::{Clients, Consumer, ConsumerSettings, MessageHandler, ShutdownHandle};
@@ -79,6 +80,8 @@ pub(crate) struct Settings {
     pub(crate) app_name: Option<String>,
     pub(crate) stream_name: Option<String>,
     pub(crate) stream_arn: Option<String>,
+    pub(crate) streams: Vec<StreamConfig>,
+    pub(crate) former_stream_retention: Duration,
     /// Region, credentials, timeouts and retries of every service, and the
     /// endpoint of those without an override below.
     pub(crate) client: ClientConfig,
@@ -123,6 +126,7 @@ impl<T> fmt::Debug for ConsumerBuilder<T> {
             .field("app_name", &self.settings.app_name)
             .field("stream_name", &self.settings.stream_name)
             .field("stream_arn", &self.settings.stream_arn)
+            .field("streams", &self.settings.streams)
             .field("client", &self.settings.client)
             .field(
                 "kinesis_endpoint_url",
@@ -156,6 +160,8 @@ impl ConsumerBuilder<Payload> {
                 app_name: None,
                 stream_name: None,
                 stream_arn: None,
+                streams: Vec::new(),
+                former_stream_retention: Duration::from_secs(3600),
                 client: ClientConfig::new(),
                 kinesis_endpoint_url: None,
                 dynamodb_endpoint_url: None,
@@ -223,6 +229,49 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// ARN). With both set, the names must agree. Defaults to none.
     pub fn stream_arn(mut self, arn: impl Into<String>) -> Self {
         self.settings.stream_arn = Some(arn.into());
+        self
+    }
+
+    /// Several streams to read in one consumer, by name or ARN, each with
+    /// its own optional initial position (see [`StreamConfig`]): one lease
+    /// table, one set of threads and heartbeats for all of them. Leases
+    /// are keyed in the KCL 3's multi-stream layout
+    /// (`<account>:<stream>:<creationEpochSeconds>:<shardId>`), so a KCL 3
+    /// multi-stream application's table is continued from; a table of
+    /// single-stream leases is refused (see `docs/multi-stream.md`). All
+    /// streams are in one region. With
+    /// [`enhanced_fan_out`](Self::enhanced_fan_out), the consumer name is
+    /// registered on each stream. Not combined with
+    /// [`stream_name`](Self::stream_name) or
+    /// [`stream_arn`](Self::stream_arn), which keep the single-stream
+    /// layout. Defaults to none.
+    ///
+    /// ```
+    /// use kinesis_consumer::{Consumer, InitialPosition, StreamConfig};
+    ///
+    /// let consumer = Consumer::builder()
+    ///     .app_name("orders-and-clicks")
+    ///     .region("us-east-1")
+    ///     .streams([
+    ///         StreamConfig::new("orders").initial_position(InitialPosition::TrimHorizon),
+    ///         StreamConfig::new("arn:aws:kinesis:us-east-1:111122223333:stream/clicks"),
+    ///     ])
+    ///     .build();
+    /// assert!(consumer.is_ok()); // nothing is sent to AWS before `run`
+    /// ```
+    pub fn streams<S: Into<StreamConfig>>(mut self, streams: impl IntoIterator<Item = S>) -> Self {
+        self.settings.streams = streams.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How long the lease rows of a stream this consumer no longer reads
+    /// (removed through [`StreamsHandle`](crate::StreamsHandle), deleted,
+    /// or recreated under its name) are kept before they are deleted; a
+    /// stream added back meanwhile resumes from its checkpoints. Only free
+    /// rows are deleted: a row still owned by a worker reading the stream
+    /// stays. Defaults to 1 hour.
+    pub fn former_stream_retention(mut self, retention: Duration) -> Self {
+        self.settings.former_stream_retention = retention;
         self
     }
 
@@ -620,6 +669,16 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             // Kinesis's rule for consumer names.
             check_name("enhanced_fan_out", name, 1, 128)?;
         }
+        let streams = resolve_streams(&self.settings.streams, self.settings.initial_position)?;
+        if !streams.is_empty() {
+            return self.build_multi_stream(app_name, streams);
+        }
+        if self.settings.stream_name.is_none() && self.settings.stream_arn.is_none() {
+            return Err(Error::config(
+                "stream_name",
+                "is required (or stream_arn, or streams)",
+            ));
+        }
         let arn = match &self.settings.stream_arn {
             Some(arn) => Some(
                 crate::aws::kinesis::parse_stream_arn(arn)
@@ -627,7 +686,43 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             ),
             None => None,
         };
+        self.build_with(app_name, arn, Vec::new())
+    }
+
+    /// Builds a consumer of several streams (see [`streams`](Self::streams)).
+    fn build_multi_stream(
+        self,
+        app_name: String,
+        streams: Vec<StreamTarget>,
+    ) -> Result<Consumer<T>> {
+        if self.settings.stream_name.is_some() || self.settings.stream_arn.is_some() {
+            return Err(Error::config(
+                "streams",
+                "cannot be combined with stream_name or stream_arn: list every stream in streams",
+            ));
+        }
+        // Kinesis is where the streams given by ARN are.
+        let arn = streams
+            .iter()
+            .find(|t| t.region.is_some())
+            .map(|t| crate::aws::kinesis::parse_stream_arn(&t.request))
+            .transpose()
+            .map_err(|e| Error::config("streams", e.to_string()))?;
+        self.build_with(app_name, arn, streams)
+    }
+
+    /// Builds the consumer: the single stream `stream_name` or
+    /// `stream_arn` names, or `streams` when not empty; `arn` is a stream
+    /// ARN whose region Kinesis requests go to.
+    fn build_with(
+        self,
+        app_name: String,
+        arn: Option<crate::aws::kinesis::StreamArn>,
+        streams: Vec<StreamTarget>,
+    ) -> Result<Consumer<T>> {
+        let multi = !streams.is_empty();
         let stream_name = match (&self.settings.stream_name, &arn) {
+            _ if multi => String::new(),
             (Some(name), Some(arn)) if *name != arn.name => {
                 return Err(Error::config(
                     "stream_arn",
@@ -640,16 +735,18 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
                 return Err(Error::config("stream_name", "is required (or stream_arn)"));
             }
         };
-        check_name(
-            if self.settings.stream_name.is_some() {
-                "stream_name"
-            } else {
-                "stream_arn"
-            },
-            &stream_name,
-            1,
-            128,
-        )?;
+        if !multi {
+            check_name(
+                if self.settings.stream_name.is_some() {
+                    "stream_name"
+                } else {
+                    "stream_arn"
+                },
+                &stream_name,
+                1,
+                128,
+            )?;
+        }
         // How Kinesis requests name the stream.
         let stream = self
             .settings
@@ -812,10 +909,10 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             .read_timeout(Duration::from_secs(5)),
         )?;
         let s = &self.settings;
-        let (initial, start_timestamp) = match s.initial_position {
-            InitialPosition::TrimHorizon => (Checkpoint::TrimHorizon, None),
-            InitialPosition::Latest => (Checkpoint::Latest, None),
-            InitialPosition::AtTimestamp(t) => (Checkpoint::AtTimestamp(Some(t)), Some(t)),
+        let initial = initial_checkpoint(s.initial_position);
+        let start_timestamp = match s.initial_position {
+            InitialPosition::AtTimestamp(t) => Some(t),
+            _ => None,
         };
         let settings = ConsumerSettings {
             metrics_namespace: s
@@ -826,6 +923,9 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             app_name,
             stream_name,
             stream,
+            streams,
+            initial_position: s.initial_position,
+            former_stream_retention: s.former_stream_retention,
             worker_id,
             initial,
             start_timestamp,
@@ -1106,6 +1206,24 @@ mod tests {
             Err(e) => panic!("expected a config error, got {e}"),
             Ok(_) => panic!("expected a config error, got a consumer"),
         }
+    }
+
+    #[test]
+    fn several_streams_build_alone() {
+        let multi = || {
+            ConsumerBuilder::new()
+                .app_name("app")
+                .region("us-east-1")
+                .endpoint_url("http://127.0.0.1:1")
+                .credentials(Credentials::new("a", "b"))
+                .streams(["orders", "clicks"])
+        };
+        assert!(multi().build().is_ok());
+        assert_eq!(setting_of(multi().stream_name("x")), "streams");
+        assert!(multi().enhanced_fan_out("c").build().is_ok());
+        assert_eq!(setting_of(multi().streams(["a", "a"])), "streams");
+        let none = ConsumerBuilder::new().app_name("app").region("us-east-1");
+        assert_eq!(setting_of(none), "stream_name");
     }
 
     #[test]

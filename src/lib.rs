@@ -100,6 +100,7 @@ mod lease;
 mod metrics;
 mod random;
 mod record;
+mod stream;
 mod sync;
 pub mod testing;
 mod time;
@@ -141,6 +142,7 @@ guide_doctests! {
     LeaseLifecycleDoctests = "../docs/lease-lifecycle.md",
     LocalDoctests = "../docs/local.md",
     ManyWorkersDoctests = "../docs/many-workers.md",
+    MultiStreamDoctests = "../docs/multi-stream.md",
     MetricsDoctests = "../docs/metrics.md",
     MigratingDoctests = "../docs/migrating-from-kcl.md",
     ObservabilityDoctests = "../docs/observability.md",
@@ -153,6 +155,7 @@ guide_doctests! {
 
 pub use config::{ConsumerBuilder, InitialPosition};
 pub use error::{Error, HandlerResult, Result, ServiceError, TransportKind};
+pub use lease::StreamsHandle;
 pub use lease::{
     BillingMode, Checkpoint, Lease, LeaseStanding, ResetChange, ResetReport, ResetTo, Standing,
     export_checkpoints, import_checkpoints, inspect_leases, list_leases, reset_positions,
@@ -163,6 +166,7 @@ pub use metrics::{
     MetricsServer, PublishStats, RecentError, ShardStatus, Statistics,
 };
 pub use record::{ExtendedSequenceNumber, Payload, Record, SequenceNumber};
+pub use stream::{StreamConfig, StreamIdentifier};
 pub use worker::batch::{Batch, Message, ShardBatch, ShardEvent};
 pub use worker::checkpointer::Checkpointer;
 pub use worker::processing::{Checkpointing, ErrorPolicy};

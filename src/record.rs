@@ -208,9 +208,25 @@ pub struct Record {
 }
 
 impl Record {
-    /// The shard the record was read from.
+    /// The shard the record was read from, as the consumer names it in
+    /// batches, events and checkpoints: the shard id, or in a
+    /// multi-stream consumer the lease key
+    /// `<account>:<stream>:<creationEpochSeconds>:<shardId>`.
     pub fn shard_id(&self) -> &str {
         &self.shared.shard_id
+    }
+
+    /// The Kinesis shard id alone, such as `shardId-000000000000`, in
+    /// either layout.
+    pub fn kinesis_shard_id(&self) -> &str {
+        crate::stream::shard_id_of(&self.shared.shard_id)
+    }
+
+    /// The stream the record came from, in a multi-stream consumer
+    /// ([`streams`](crate::ConsumerBuilder::streams)); `None` in a
+    /// single-stream one.
+    pub fn stream(&self) -> Option<crate::StreamIdentifier> {
+        crate::StreamIdentifier::of_lease_key(&self.shared.shard_id)
     }
 
     /// The record's sequence number (shared by all user records of one aggregate).

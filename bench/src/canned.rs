@@ -39,10 +39,7 @@ impl CannedServer {
             get_records: get_records_body(records, size),
             empty_records: get_records_body(0, 0),
             list_shards: list_shards_body(shards),
-            describe: format!(
-                r#"{{"StreamDescriptionSummary":{{"StreamName":"bench","StreamARN":"arn:aws:kinesis:us-east-1:000000000000:stream/bench","StreamStatus":"ACTIVE","OpenShardCount":{shards},"RetentionPeriodHours":24}}}}"#
-            )
-            .into_bytes(),
+            describe: describe_body("bench", shards),
             empty: AtomicBool::new(false),
             get_records_calls: AtomicU64::new(0),
         });
@@ -62,7 +59,7 @@ impl CannedServer {
 }
 
 fn serve(stream: TcpStream, canned: &Canned) {
-    serve_operations(stream, |operation, _| {
+    serve_operations(stream, |operation, request| {
         let body: Cow<[u8]> = match operation {
             "GetRecords" => {
                 canned.get_records_calls.fetch_add(1, Ordering::Relaxed);
@@ -74,11 +71,30 @@ fn serve(stream: TcpStream, canned: &Canned) {
             }
             "GetShardIterator" => Cow::Borrowed(br#"{"ShardIterator":"AAAAAAAAAAEbenchiterator"}"#),
             "ListShards" => Cow::Borrowed(&canned.list_shards),
-            "DescribeStreamSummary" => Cow::Borrowed(&canned.describe),
+            // Named as asked: a multi-stream consumer describes each of
+            // its streams.
+            "DescribeStreamSummary" => match stream_name(request) {
+                Some(name) => Cow::Owned(describe_body(&name, 0)),
+                None => Cow::Borrowed(&canned.describe),
+            },
             _ => return None,
         };
         Some(body)
     })
+}
+
+/// The `StreamName` of a request body.
+fn stream_name(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some(v.get("StreamName")?.as_str()?.to_owned())
+}
+
+/// A DescribeStreamSummary reply for stream `name` (created at a fixed time).
+fn describe_body(name: &str, shards: usize) -> Vec<u8> {
+    format!(
+        r#"{{"StreamDescriptionSummary":{{"StreamName":"{name}","StreamARN":"arn:aws:kinesis:us-east-1:000000000000:stream/{name}","StreamStatus":"ACTIVE","OpenShardCount":{shards},"RetentionPeriodHours":24,"StreamCreationTimestamp":1700000000}}}}"#
+    )
+    .into_bytes()
 }
 
 /// A GetRecords reply: `records` records of `size` bytes, 56-digit

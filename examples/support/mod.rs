@@ -14,7 +14,7 @@ use kinesis_consumer::{
 /// `--name value` (or `--name=value`) options and `--flag`s, each declared
 /// by the example: anything else is an error.
 pub struct Args {
-    values: HashMap<String, String>,
+    values: HashMap<String, Vec<String>>,
     flags: Vec<String>,
     declared: Vec<String>,
 }
@@ -24,7 +24,18 @@ impl Args {
     /// a value, `flags` those that take none; `--help` prints the usage, and
     /// anything undeclared prints an error and the usage and exits with 2.
     pub fn parse(usage: &str, options: &[&str], flags: &[&str]) -> Args {
-        match Args::parse_from(std::env::args().skip(1), options, flags) {
+        Args::parse_repeating(usage, options, &[], flags)
+    }
+
+    /// [`parse`](Self::parse) where the options in `repeatable` may be
+    /// given more than once (see [`all`](Self::all)).
+    pub fn parse_repeating(
+        usage: &str,
+        options: &[&str],
+        repeatable: &[&str],
+        flags: &[&str],
+    ) -> Args {
+        match Args::parse_from_repeating(std::env::args().skip(1), options, repeatable, flags) {
             Ok(Some(args)) => args,
             Ok(None) => {
                 println!("{usage}");
@@ -38,6 +49,16 @@ impl Args {
     pub fn parse_from(
         args: impl IntoIterator<Item = String>,
         options: &[&str],
+        flags: &[&str],
+    ) -> Result<Option<Args>, String> {
+        Args::parse_from_repeating(args, options, &[], flags)
+    }
+
+    /// The same, with options that may repeat.
+    pub fn parse_from_repeating(
+        args: impl IntoIterator<Item = String>,
+        options: &[&str],
+        repeatable: &[&str],
         flags: &[&str],
     ) -> Result<Option<Args>, String> {
         let mut values = HashMap::new();
@@ -59,18 +80,25 @@ impl Args {
                     return Err(format!("--{name} takes no value"));
                 }
                 found.push(name.to_owned());
-            } else if options.contains(&name) {
+            } else if options.contains(&name) || repeatable.contains(&name) {
                 let value = inline
                     .or_else(|| args.next())
                     .ok_or_else(|| format!("--{name} needs a value"))?;
-                if values.insert(name.to_owned(), value).is_some() {
+                let given: &mut Vec<String> = values.entry(name.to_owned()).or_default();
+                if !given.is_empty() && !repeatable.contains(&name) {
                     return Err(format!("--{name} is given twice"));
                 }
+                given.push(value);
             } else {
                 return Err(format!("unknown option --{name}"));
             }
         }
-        let declared = options.iter().chain(flags).map(|&n| n.to_owned()).collect();
+        let declared = options
+            .iter()
+            .chain(repeatable)
+            .chain(flags)
+            .map(|&n| n.to_owned())
+            .collect();
         Ok(Some(Args {
             values,
             flags: found,
@@ -88,7 +116,19 @@ impl Args {
 
     pub fn get(&self, name: &str) -> Option<&str> {
         self.declared(name);
-        self.values.get(name).map(String::as_str)
+        self.values
+            .get(name)
+            .and_then(|v| v.last())
+            .map(String::as_str)
+    }
+
+    /// Every value of an option, in the order given.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.declared(name);
+        self.values
+            .get(name)
+            .map(|v| v.iter().map(String::as_str).collect())
+            .unwrap_or_default()
     }
 
     pub fn required(&self, usage: &str, name: &str) -> String {
@@ -197,9 +237,17 @@ pub fn epoch_millis(t: SystemTime) -> u64 {
 
 /// A record as one JSON object (the output line of `tail` and `file_sink`).
 pub fn record_json(r: &Record) -> String {
+    record_json_in(r, None)
+}
+
+/// [`record_json`] naming `stream` when the record does not name its own
+/// (a single-stream consumer's).
+pub fn record_json_in(r: &Record, stream: Option<&str>) -> String {
     use base64::Engine;
+    let own = r.stream();
     serde_json::json!({
-        "shard_id": r.shard_id(),
+        "stream": own.as_ref().map(|s| s.name()).or(stream),
+        "shard_id": r.kinesis_shard_id(),
         "sequence_number": r.sequence_number().as_str(),
         "sub_sequence_number": r.sub_sequence_number(),
         "partition_key": r.partition_key(),

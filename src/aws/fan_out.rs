@@ -255,6 +255,12 @@ fn http2_error(url: &str, e: Http2Error) -> Error {
 }
 
 impl Subscription {
+    /// Names the shard of the records this subscription hands on `key`
+    /// (a multi-stream consumer's lease key) rather than the shard id.
+    pub(crate) fn tag_records(&mut self, key: &Arc<str>) {
+        self.shard_id = key.clone();
+    }
+
     /// The shard this subscription reads.
     pub fn shard_id(&self) -> &str {
         &self.shard_id

@@ -109,6 +109,33 @@ pub struct StreamSummary {
     pub open_shard_count: u32,
     /// How long records are kept, in hours.
     pub retention_period_hours: u32,
+    /// When the stream was created (`StreamCreationTimestamp`), if the
+    /// service said.
+    pub stream_creation_timestamp: Option<SystemTime>,
+}
+
+impl StreamSummary {
+    /// The stream's identity in a multi-stream lease table: the account
+    /// of its ARN, its name and its creation time in whole seconds. An
+    /// error names what the summary lacks.
+    pub fn stream_identifier(&self) -> Result<crate::StreamIdentifier> {
+        let bad = |message: String| Error::Decode {
+            operation: "DescribeStreamSummary",
+            message,
+        };
+        let arn = parse_stream_arn(&self.stream_arn).map_err(|e| bad(e.to_string()))?;
+        let created = self.stream_creation_timestamp.ok_or_else(|| {
+            bad(format!(
+                "stream {} has no StreamCreationTimestamp",
+                self.stream_name
+            ))
+        })?;
+        let epoch = created
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        crate::StreamIdentifier::new(arn.account, &self.stream_name, epoch).map_err(bad)
+    }
 }
 
 /// A child shard, as GetRecords reports at the end of a closed shard.
@@ -453,6 +480,7 @@ impl KinesisClient {
             stream_status: String,
             open_shard_count: Option<u32>,
             retention_period_hours: Option<u32>,
+            stream_creation_timestamp: Option<f64>,
         }
         let reply: Reply = self.call("DescribeStreamSummary", &json!({"StreamName": stream}))?;
         let s = reply.stream_description_summary;
@@ -462,6 +490,10 @@ impl KinesisClient {
             stream_status: s.stream_status,
             open_shard_count: s.open_shard_count.unwrap_or_default(),
             retention_period_hours: s.retention_period_hours.unwrap_or(24),
+            stream_creation_timestamp: s
+                .stream_creation_timestamp
+                .and_then(|t| Duration::try_from_secs_f64(t).ok())
+                .and_then(|t| UNIX_EPOCH.checked_add(t)),
         })
     }
 
@@ -753,6 +785,28 @@ mod tests {
         ] {
             assert!(parse_stream_arn(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_summary_gives_the_multi_stream_identity() {
+        let server = FakeServer::start(|_| {
+            (
+                200,
+                format!(
+                    r#"{{"StreamDescriptionSummary":{{"StreamName":"orders","StreamARN":"{ARN}",
+                    "StreamStatus":"ACTIVE","OpenShardCount":1,"StreamCreationTimestamp":1700000000.75}}}}"#
+                ),
+            )
+        });
+        let summary = client_of(&server)
+            .describe_stream_summary("orders")
+            .unwrap();
+        let id = summary.stream_identifier().unwrap();
+        assert_eq!(id.to_string(), "111122223333:orders:1700000000");
+        let mut undated = summary.clone();
+        undated.stream_creation_timestamp = None;
+        let e = undated.stream_identifier().unwrap_err().to_string();
+        assert!(e.contains("StreamCreationTimestamp"), "{e}");
     }
 
     #[test]

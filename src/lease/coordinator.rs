@@ -27,6 +27,7 @@ use crate::lease::plan::{self, Lineage, RoundInput, RoundPlan, Row, Standing};
 use crate::lease::table::namesake_error;
 use crate::lease::{Checkpoint, HeldLeases, Lease};
 use crate::metrics::{LeaseRow, Metric, Metrics};
+use crate::stream::{Layout, StreamIdentifier, check_layout};
 
 /// With nothing changing, the lease table is still read once every this
 /// many failover times (60 s at the default 10 s): a safety net for a
@@ -90,6 +91,9 @@ pub(crate) struct LeaseTimings {
     /// before the consumer stops with [`Error::LeaseTableUnavailable`];
     /// `None`: for ever.
     pub max_unavailable: Option<Duration>,
+    /// How long the rows of a stream no longer read are kept before they
+    /// are deleted (a stream added back meanwhile resumes from them).
+    pub former_stream_retention: Duration,
 }
 
 /// Starts and stops the reading of shards; implemented by the worker.
@@ -114,6 +118,27 @@ pub(crate) trait ShardSource: Send {
     /// Every shard the stream lists, and the service's time of the listing
     /// when it said (rounded down to the second), for pinning `Latest`.
     fn list_shards(&self) -> Result<(Vec<Shard>, Option<SystemTime>)>;
+    /// How the lease table keys these shards' leases: bare shard ids
+    /// unless the source reads several streams.
+    fn layout(&self) -> Layout {
+        Layout::SingleStream
+    }
+    /// True for the lease keys of this source's shards: the coordinator
+    /// never plans, takes or deletes a row of a stream it does not read
+    /// (another application's on a shared multi-stream table, say).
+    fn owns(&self, _key: &str) -> bool {
+        true
+    }
+    /// Where a new lease of `key` starts, when not the consumer's initial
+    /// position.
+    fn initial_of(&self, _key: &str) -> Option<Checkpoint> {
+        None
+    }
+    /// Streams no longer read (removed, deleted, or recreated under a new
+    /// identity) since the last call.
+    fn take_retired(&self) -> Vec<StreamIdentifier> {
+        Vec::new()
+    }
 }
 
 /// The shards of one Kinesis stream.
@@ -185,6 +210,9 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     last_beat: Option<Instant>,
     /// True once the consumer was told to stop for an unreachable table.
     gave_up: bool,
+    /// Streams no longer read, and since when (our clock): their free
+    /// rows are deleted after the retention period.
+    former: HashMap<StreamIdentifier, Instant>,
     /// A heartbeat under our own id found in the workers row at startup;
     /// `None` once we may start beating.
     namesake: Option<NamesakeWatch>,
@@ -223,6 +251,7 @@ impl<R: ShardRunner> Coordinator<R> {
             last_beat: None,
             gave_up: false,
             namesake: Some(NamesakeWatch::default()),
+            former: HashMap::new(),
         }
     }
 
@@ -235,6 +264,8 @@ impl<R: ShardRunner> Coordinator<R> {
     /// (the caller retries what may pass).
     pub(crate) fn start(&mut self) -> Result<()> {
         self.held.table().ensure_exists()?;
+        let rows = self.held.table().list(true)?;
+        check_layout(self.shards.layout(), rows.iter().map(Row::shard_id))?;
         self.check_namesake()?;
         self.heartbeat()?;
         self.sync_shards()?;
@@ -293,6 +324,8 @@ impl<R: ShardRunner> Coordinator<R> {
                     Err(e) if e.code() == Some("ResourceNotFoundException") => self.runner.fail(e),
                     other => self.log_failure("shard sync", other),
                 }
+                let deleted = self.delete_former_streams();
+                self.log_failure("deleting the leases of former streams", deleted);
                 next_sync = now + self.timings.shard_sync_interval;
             }
             if now >= next_round {
@@ -455,7 +488,7 @@ impl<R: ShardRunner> Coordinator<R> {
         }
         let held = self.held.shard_ids();
         let me = self.held.owner();
-        match self.held.table().list(true) {
+        match self.list_rows(true) {
             Ok(rows) => rows
                 .iter()
                 .filter_map(Row::lease)
@@ -479,6 +512,75 @@ impl<R: ShardRunner> Coordinator<R> {
         }
     }
 
+    /// The table's rows of the shards this coordinator reads, and of the
+    /// leases it still holds (those of a stream just removed, until they
+    /// are released after their last checkpoint).
+    fn list_rows(&self, consistent: bool) -> Result<Vec<Row>> {
+        let mut rows = self.held.table().list(consistent)?;
+        let held = self.held.shard_ids();
+        rows.retain(|r| self.shards.owns(r.shard_id()) || held.contains(r.shard_id()));
+        Ok(rows)
+    }
+
+    /// Gives back the held leases of streams no longer read: each is
+    /// released once what was handed on is checkpointed (as at a
+    /// handoff). Their rows are deleted after the retention period.
+    fn retire_streams(&mut self) {
+        let now = self.now();
+        for stream in self.shards.take_retired() {
+            let prefix = format!("{stream}:");
+            for (key, _) in self.held.shards() {
+                if key.starts_with(&prefix) && self.held.give_back(&key) {
+                    self.runner.stop(&key);
+                }
+            }
+            self.former.insert(stream, now);
+        }
+    }
+
+    /// Deletes the free rows of streams retired longer ago than the
+    /// retention period, unless read again since. A row still owned (by
+    /// a worker that reads the stream yet) is left alone.
+    fn delete_former_streams(&mut self) -> Result<()> {
+        let now = self.now();
+        let retention = self.timings.former_stream_retention;
+        let due: Vec<StreamIdentifier> = self
+            .former
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= retention)
+            .map(|(stream, _)| stream.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let rows = self.held.table().list(true)?;
+        for stream in due {
+            let prefix = format!("{stream}:");
+            let mut left = 0;
+            for lease in rows.iter().filter_map(Row::lease) {
+                if !lease.shard_id.starts_with(&prefix) || self.shards.owns(&lease.shard_id) {
+                    continue;
+                }
+                if lease.owner.is_some() {
+                    left += 1;
+                    continue;
+                }
+                log::info!(
+                    "deleting the lease of {} at {}: its stream is no longer read",
+                    lease.shard_id,
+                    lease.checkpoint
+                );
+                self.held
+                    .table()
+                    .delete_gone(&lease.shard_id, lease.counter)?;
+            }
+            if left == 0 {
+                self.former.remove(&stream);
+            }
+        }
+        Ok(())
+    }
+
     /// Lists the stream, creates leases for new shards following their
     /// lineage, and records children on their parents' leases. The table as
     /// last read serves, unless it lacks a lease for some shard: then it is
@@ -492,12 +594,18 @@ impl<R: ShardRunner> Coordinator<R> {
         let now = SystemTime::now();
         let pin = service_time.map_or(now, |t| t.min(now));
         let mut rows = std::mem::take(&mut self.rows);
-        if !plan::new_leases(&rows, &lineage, &self.initial, pin).is_empty() {
-            rows = self.held.table().list(true)?;
+        self.retire_streams();
+        let initial = |key: &str| {
+            let own = self.shards.initial_of(key);
+            own.unwrap_or_else(|| self.initial.clone())
+        };
+        if !plan::new_leases(&rows, &lineage, &initial, pin).is_empty() {
+            rows = self.list_rows(true)?;
         }
         self.misses = plan::count_misses(&rows, &lineage, &self.misses);
         let mut created = false;
-        for lease in plan::new_leases(&rows, &lineage, &self.initial, pin) {
+        let new_leases = plan::new_leases(&rows, &lineage, &initial, pin);
+        for lease in new_leases {
             self.beat_if_due();
             if self.held.table().create(&lease)? {
                 created = true;
@@ -539,10 +647,10 @@ impl<R: ShardRunner> Coordinator<R> {
             self.sync_shards()?;
         }
         self.beat_if_due();
-        let mut rows = self.held.table().list(consistent)?;
+        let mut rows = self.list_rows(consistent)?;
         let listed = Lineage::new(self.listed.as_deref().unwrap_or_default());
         if !consistent && plan::parent_may_be_unseen(&rows, &listed) {
-            rows = self.held.table().list(true)?;
+            rows = self.list_rows(true)?;
         }
         if plan::names_unlisted_shard(&rows, &listed, &self.misses) {
             // The shard sync works on `self.rows` and may read them again.
@@ -621,7 +729,10 @@ impl<R: ShardRunner> Coordinator<R> {
         me: &str,
     ) -> Result<bool> {
         let lineage = Lineage::new(listed);
-        let gone = plan::gone(&self.misses, &self.not_found);
+        let mut gone = plan::gone(&self.misses, &self.not_found);
+        // A held lease of a stream no longer read is unlisted until it is
+        // released, never gone: its row goes after the retention period.
+        gone.retain(|key| self.shards.owns(key));
         let standings = plan::standings(rows, &lineage, &gone);
         self.report(&standings);
         let failover = self.timings.failover;

@@ -33,9 +33,10 @@ pub(crate) fn fencing_window(failover: Duration) -> Duration {
 struct State {
     counter: u64,
     epoch: u64,
-    /// Set when another worker asked for the lease: we stop reading it and
-    /// hand it over once what was delivered is checkpointed.
-    handoff_to: Option<String>,
+    /// Set when another worker asked for the lease (`Some(asker)`), or
+    /// its stream was removed (`None`): we stop reading it and give it up
+    /// once what was delivered is checkpointed.
+    handoff_to: Option<Option<String>>,
     /// Set for a child shard not started yet: its first checkpoint is
     /// announced to every worker (its parents' leases may be deleted).
     announce_start: bool,
@@ -304,7 +305,25 @@ impl HeldLeases {
             return false;
         }
         log::info!("lease {shard_id}: {to} asked for it; handing it over");
-        state.handoff_to = Some(to.to_owned());
+        state.handoff_to = Some(Some(to.to_owned()));
+        true
+    }
+
+    /// Gives a held lease back to no one in particular once what was
+    /// delivered is checkpointed (its stream was removed), as a handoff
+    /// is: its records stop. True the first time.
+    pub(crate) fn give_back(&self, shard_id: &str) -> bool {
+        let Some(entry) = self.get(shard_id) else {
+            return false;
+        };
+        let mut state = lock(&entry.state);
+        if state.handoff_to.is_some() {
+            return false;
+        }
+        log::info!(
+            "lease {shard_id}: its stream was removed; releasing it after its last checkpoint"
+        );
+        state.handoff_to = Some(None);
         true
     }
 
@@ -447,7 +466,11 @@ impl HeldLeases {
         let _writing = lock(&entry.writing);
         let (counter, epoch, to) = {
             let state = lock(&entry.state);
-            (state.counter, state.epoch, state.handoff_to.clone())
+            (
+                state.counter,
+                state.epoch,
+                state.handoff_to.clone().flatten(),
+            )
         };
         let result = self
             .table

@@ -11,10 +11,11 @@ mod plan;
 mod reset;
 #[cfg(test)]
 mod sim;
+mod streams;
 mod table;
 
 pub(crate) use coordinator::{
-    Coordinator, CoordinatorEvent, LeaseTimings, ShardRunner, StreamShards,
+    Coordinator, CoordinatorEvent, LeaseTimings, ShardRunner, ShardSource, StreamShards,
 };
 pub(crate) use held::{HeldLeases, Holding};
 pub use plan::Standing;
@@ -22,6 +23,8 @@ use plan::{Lineage, Row};
 pub use reset::{
     ResetChange, ResetReport, ResetTo, export_checkpoints, import_checkpoints, reset_positions,
 };
+pub use streams::StreamsHandle;
+pub(crate) use streams::{LeasedStream, MultiStreamShards, RequestNames};
 pub use table::BillingMode;
 #[cfg(feature = "fuzzing")]
 pub(crate) use table::parse_lease;

@@ -163,7 +163,7 @@ impl<'a> Lineage<'a> {
 pub(crate) fn new_leases(
     rows: &[Row],
     lineage: &Lineage<'_>,
-    initial: &Checkpoint,
+    initial: &dyn Fn(&str) -> Checkpoint,
     pin: SystemTime,
 ) -> Vec<Lease> {
     let has_row: HashSet<&str> = rows.iter().map(Row::shard_id).collect();
@@ -177,11 +177,11 @@ pub(crate) fn new_leases(
         let parent_leased = shard
             .parents()
             .any(|p| has_row.contains(p) || created.iter().any(|l| l.shard_id == p));
-        let checkpoint = match initial {
+        let checkpoint = match initial(&shard.shard_id) {
             Checkpoint::Latest if parent_leased => Checkpoint::TrimHorizon,
             Checkpoint::Latest if shard.is_closed() => continue,
             Checkpoint::Latest => Checkpoint::AtTimestamp(Some(pin)),
-            other => other.clone(),
+            other => other,
         };
         created.push(new_lease(shard, checkpoint));
     }
@@ -751,11 +751,11 @@ mod tests {
         let shards = split_then_merge();
         let lineage = Lineage::new(&shards);
         let now = SystemTime::now();
-        let created = new_leases(&[], &lineage, &Checkpoint::TrimHorizon, now);
+        let created = new_leases(&[], &lineage, &|_| Checkpoint::TrimHorizon, now);
         assert_eq!(ids(&created), ["P", "A", "B", "M"]);
         // Latest: closed shards without leased parents are skipped; the
         // open one is pinned to now.
-        let created = new_leases(&[], &lineage, &Checkpoint::Latest, now);
+        let created = new_leases(&[], &lineage, &|_| Checkpoint::Latest, now);
         assert_eq!(ids(&created), ["M"]);
         assert_eq!(created[0].checkpoint, Checkpoint::AtTimestamp(Some(now)));
     }
@@ -773,7 +773,7 @@ mod tests {
             Checkpoint::Latest,
             Checkpoint::AtTimestamp(Some(SystemTime::UNIX_EPOCH)),
         ] {
-            let created = new_leases(&rows, &lineage, &initial, SystemTime::now());
+            let created = new_leases(&rows, &lineage, &|_| initial.clone(), SystemTime::now());
             assert!(created.is_empty(), "{initial:?}: {:?}", ids(&created));
         }
         // A descendant's row counts even when it is malformed.
@@ -781,7 +781,12 @@ mod tests {
             shard_id: "A".into(),
             why: "x".into(),
         }];
-        let created = new_leases(&rows, &lineage, &Checkpoint::TrimHorizon, SystemTime::now());
+        let created = new_leases(
+            &rows,
+            &lineage,
+            &|_| Checkpoint::TrimHorizon,
+            SystemTime::now(),
+        );
         assert_eq!(ids(&created), ["B", "M"]);
     }
 
@@ -794,7 +799,7 @@ mod tests {
         ];
         let lineage = Lineage::new(&shards);
         let rows = vec![lease("P", &[], Some("w"), at("5"))];
-        let created = new_leases(&rows, &lineage, &Checkpoint::Latest, SystemTime::now());
+        let created = new_leases(&rows, &lineage, &|_| Checkpoint::Latest, SystemTime::now());
         assert_eq!(ids(&created), ["A", "B"]);
         assert!(
             created

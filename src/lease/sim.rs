@@ -18,7 +18,7 @@
 //! retry would usually find it landed), so workers lose leases more often
 //! here than in production.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -32,6 +32,7 @@ use crate::lease::{Checkpoint, Clock, Coordinator, HeldLeases, Lease};
 use crate::metrics::Metrics;
 use crate::random::Rng;
 use crate::record::{ExtendedSequenceNumber, SequenceNumber};
+use crate::stream::{Layout, StreamIdentifier};
 use crate::sync::lock;
 
 const STEP: Duration = Duration::from_millis(100);
@@ -560,6 +561,11 @@ impl LeaseStore for SimTable {
 /// sequence numbers), reshards, and shards expiring past retention.
 #[derive(Default)]
 struct SimStream {
+    /// Several streams in one table: the lease-key prefix of each
+    /// (`account:stream:epoch:`); empty for a single stream.
+    prefixes: Vec<String>,
+    /// Shards without parents go to the streams in turn.
+    next_root: usize,
     shards: Vec<(Shard, Vec<u64>)>,
     expired: HashSet<String>,
     /// Closed shards in the order they closed: retention expires them in
@@ -571,7 +577,18 @@ struct SimStream {
 
 impl SimStream {
     fn add_shard(&mut self, parents: &[&str]) -> String {
-        let id = format!("shardId-{:012}", self.next_id);
+        // A child is of its parents' stream.
+        let prefix = match parents.first() {
+            Some(p) => p
+                .rsplit_once(':')
+                .map_or(String::new(), |(prefix, _)| format!("{prefix}:")),
+            None if self.prefixes.is_empty() => String::new(),
+            None => {
+                self.next_root += 1;
+                self.prefixes[(self.next_root - 1) % self.prefixes.len()].clone()
+            }
+        };
+        let id = format!("{prefix}shardId-{:012}", self.next_id);
         self.next_id += 1;
         self.shards.push((
             Shard {
@@ -640,6 +657,19 @@ impl SimStream {
 struct SimSource {
     stream: Arc<Mutex<SimStream>>,
     faults: Arc<Faults>,
+    /// The streams (lease-key prefixes) removed from every worker's list.
+    removed: Arc<Mutex<BTreeSet<String>>>,
+    /// Those removed as of this worker's last listing: as with
+    /// `MultiStreamShards`, a change applies at a shard sync.
+    seen: Mutex<BTreeSet<String>>,
+    /// Those of them this worker's coordinator was told of.
+    told: Mutex<BTreeSet<String>>,
+}
+
+impl SimSource {
+    fn is_removed(&self, key: &str) -> bool {
+        lock(&self.seen).iter().any(|p| key.starts_with(p.as_str()))
+    }
 }
 
 impl ShardSource for SimSource {
@@ -647,14 +677,39 @@ impl ShardSource for SimSource {
         if matches!(self.faults.draw("ListShards"), Fault::Fail | Fault::Lost) {
             return Err(injected("ListShards"));
         }
+        *lock(&self.seen) = lock(&self.removed).clone();
         let stream = lock(&self.stream);
         let listed = stream
             .shards
             .iter()
-            .filter(|(s, _)| !stream.expired.contains(&s.shard_id))
+            .filter(|(s, _)| !stream.expired.contains(&s.shard_id) && !self.is_removed(&s.shard_id))
             .map(|(s, _)| s.clone())
             .collect();
         Ok((listed, None))
+    }
+
+    fn layout(&self) -> Layout {
+        if lock(&self.stream).prefixes.is_empty() {
+            Layout::SingleStream
+        } else {
+            Layout::MultiStream
+        }
+    }
+
+    fn owns(&self, key: &str) -> bool {
+        !self.is_removed(key)
+    }
+
+    fn take_retired(&self) -> Vec<StreamIdentifier> {
+        let removed = lock(&self.seen).clone();
+        let mut told = lock(&self.told);
+        // A stream added back may be removed again later.
+        told.retain(|p| removed.contains(p));
+        removed
+            .iter()
+            .filter(|p| told.insert((*p).clone()))
+            .filter_map(|p| StreamIdentifier::parse(p.trim_end_matches(':')).ok())
+            .collect()
     }
 }
 
@@ -744,6 +799,8 @@ struct Sim {
     table: Arc<SimTable>,
     workers: Vec<Worker>,
     dead: Vec<(String, bool)>,
+    /// Streams removed from every worker's list (see [`SimSource`]).
+    removed: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Sim {
@@ -765,6 +822,12 @@ impl Sim {
         });
         let truth = Arc::new(Mutex::new(Truth::default()));
         let stream = Arc::new(Mutex::new(SimStream::default()));
+        // Half the seeds put several streams in one table.
+        if rng.chance(0.5) {
+            lock(&stream).prefixes = (0..2 + rng.below(2))
+                .map(|i| format!("123456789012:s{i}:1700000000:"))
+                .collect();
+        }
         for _ in 0..1 + rng.below(4) {
             lock(&stream).add_shard(&[]);
         }
@@ -792,6 +855,7 @@ impl Sim {
             table,
             workers: Vec::new(),
             dead: Vec::new(),
+            removed: Arc::default(),
         };
         for i in 0..2 + sim.rng.below(3) {
             let capped = sim.rng.chance(0.3);
@@ -823,12 +887,16 @@ impl Sim {
                 usize::MAX
             },
             max_unavailable: None,
+            former_stream_retention: Duration::from_secs(3600),
         };
         let coordinator = Coordinator::new(
             held.clone(),
             Box::new(SimSource {
                 stream: self.stream.clone(),
                 faults: self.faults.clone(),
+                removed: self.removed.clone(),
+                seen: Mutex::default(),
+                told: Mutex::default(),
             }),
             "sim",
             Checkpoint::TrimHorizon,
@@ -939,6 +1007,18 @@ impl Sim {
             trace(|| format!("{} pauses for {pause:?}", self.workers[i].id));
         }
         let mut stream = lock(&self.stream);
+        if !stream.prefixes.is_empty() && self.rng.chance(0.003) {
+            // A stream removed from every worker's list, or added back.
+            let mut removed = lock(&self.removed);
+            if removed.is_empty() {
+                let i = self.rng.below(stream.prefixes.len() as u64) as usize;
+                trace(|| format!("stream {} is removed", stream.prefixes[i]));
+                removed.insert(stream.prefixes[i].clone());
+            } else {
+                trace(|| "the removed stream is added back".to_owned());
+                removed.clear();
+            }
+        }
         let open = stream.open();
         if self.rng.chance(0.004) && open.len() < 6 {
             let parent = open[self.rng.below(open.len() as u64) as usize].clone();
@@ -946,8 +1026,7 @@ impl Sim {
             let a = stream.add_shard(&[&parent]);
             let b = stream.add_shard(&[&parent]);
             trace(|| format!("{parent} splits into {a} and {b}"));
-        } else if self.rng.chance(0.003) && open.len() >= 2 {
-            let (a, b) = (open[0].clone(), open[1].clone());
+        } else if let Some((a, b)) = same_stream_pair(&open).filter(|_| self.rng.chance(0.003)) {
             stream.close(&a);
             stream.close(&b);
             let m = stream.add_shard(&[&a, &b]);
@@ -970,6 +1049,8 @@ impl Sim {
     /// Faults stop, pauses end, and one uncapped worker is sure to run.
     fn quiet(&mut self) {
         *lock(&self.faults.odds) = Odds::default();
+        // Every stream is read again: all of it must be read by the end.
+        lock(&self.removed).clear();
         lock(&self.table.slow_beats).clear();
         let now = self.clock.now();
         for w in &mut self.workers {
@@ -1197,6 +1278,17 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// Two open shards of one stream, to merge.
+fn same_stream_pair(open: &[String]) -> Option<(String, String)> {
+    let stream_of = |id: &str| id.rsplit_once(':').map(|(p, _)| p.to_owned());
+    open.iter().enumerate().find_map(|(i, a)| {
+        open[i + 1..]
+            .iter()
+            .find(|b| stream_of(b) == stream_of(a))
+            .map(|b| (a.clone(), b.clone()))
+    })
 }
 
 /// Runs one seed; the violation, if any, names the seed for replay.

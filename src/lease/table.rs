@@ -12,6 +12,7 @@ use crate::aws::kinesis::{is_valid_shard_id, shown_id};
 use crate::error::{Error, Result};
 use crate::lease::plan::Row;
 use crate::lease::{Checkpoint, Lease};
+use crate::stream::{shard_id_of, split_lease_key};
 use crate::sync::lock;
 
 const KEY: &str = "leaseKey";
@@ -232,6 +233,11 @@ impl std::fmt::Display for MalformedRow {
     }
 }
 
+/// Shard ids as a row stores them: bare, in either layout.
+fn bare(keys: &[String]) -> Vec<String> {
+    keys.iter().map(|k| shard_id_of(k).to_owned()).collect()
+}
+
 /// The lease a row holds, or why it holds none.
 pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, MalformedRow> {
     let text = |name: &str| item.get(name).and_then(AttributeValue::as_s);
@@ -251,10 +257,14 @@ pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, MalformedRo
             .unwrap_or_default()
     };
     let shard_id = text(KEY).ok_or(MalformedRow::NoKey)?.to_owned();
+    // A multi-stream row (the KCL 3's layout) names its parents and
+    // children by bare shard id; inside this library every shard is named
+    // by its lease key, so they are keyed with the row's stream.
+    let stream = split_lease_key(&shard_id).map(|(stream, _)| stream);
     // Shard ids from the table name files, metrics and log lines: each is
     // checked as ids from Kinesis are.
     for (name, ids) in [
-        (KEY, vec![shard_id.clone()]),
+        (KEY, vec![shard_id_of(&shard_id).to_owned()]),
         ("parentShardId", set("parentShardId")),
         ("childShardIds", set("childShardIds")),
     ] {
@@ -262,6 +272,10 @@ pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, MalformedRo
             return Err(MalformedRow::NotAShardId(name));
         }
     }
+    let keyed = |ids: Vec<String>| match &stream {
+        Some(stream) => ids.iter().map(|id| stream.lease_key(id)).collect(),
+        None => ids,
+    };
     let checkpoint_text = match item.get("checkpoint") {
         None | Some(AttributeValue::NULL(_)) => "TRIM_HORIZON",
         Some(v) => v.as_s().ok_or(MalformedRow::CheckpointNotString)?,
@@ -288,8 +302,8 @@ pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, MalformedRo
         counter: number("leaseCounter")?,
         checkpoint,
         owner_switches_since_checkpoint: number("ownerSwitchesSinceCheckpoint")?,
-        parents: set("parentShardId"),
-        children: set("childShardIds"),
+        parents: keyed(set("parentShardId")),
+        children: keyed(set("childShardIds")),
         hash_range: text("startingHashKey")
             .zip(text("endingHashKey"))
             .map(|(a, b)| (a.to_owned(), b.to_owned())),
@@ -593,8 +607,14 @@ impl LeaseStore for LeaseTable {
         if !lease.parents.is_empty() {
             item.insert(
                 "parentShardId".into(),
-                AttributeValue::SS(lease.parents.clone()),
+                AttributeValue::SS(bare(&lease.parents)),
             );
+        }
+        // The KCL 3 reads a multi-stream row's stream and shard from
+        // these two attributes.
+        if let Some((stream, shard_id)) = split_lease_key(&lease.shard_id) {
+            item.insert("streamName".into(), s(&stream.to_string()));
+            item.insert("shardId".into(), s(shard_id));
         }
         if let Some((start, end)) = &lease.hash_range {
             item.insert("startingHashKey".into(), s(start));
@@ -611,7 +631,7 @@ impl LeaseStore for LeaseTable {
     fn set_children(&self, shard_id: &str, children: &[String]) -> Result<()> {
         let update = Expression::new("SET #children = :children")
             .name("#children", "childShardIds")
-            .value(":children", AttributeValue::SS(children.to_vec()));
+            .value(":children", AttributeValue::SS(bare(children)));
         let exists = Expression::new("attribute_exists(#key)").name("#key", KEY);
         match self
             .dynamodb
@@ -976,6 +996,34 @@ mod tests {
         assert_eq!(
             (bare.owner, bare.counter, bare.checkpoint),
             (None, 0, Checkpoint::ShardEnd)
+        );
+    }
+
+    #[test]
+    fn parses_kcl_3_multi_stream_rows_naming_parents_by_lease_key() {
+        let lease = parse_lease(&item(
+            r#"{"leaseKey":{"S":"123456789012:orders:1700000000:shardId-000000000002"},
+                "streamName":{"S":"123456789012:orders:1700000000"},
+                "shardId":{"S":"shardId-000000000002"},"leaseCounter":{"N":"2"},
+                "checkpoint":{"S":"SHARD_END"},
+                "parentShardId":{"SS":["shardId-000000000000"]},
+                "childShardIds":{"SS":["shardId-000000000004"]}}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            lease.parents,
+            ["123456789012:orders:1700000000:shardId-000000000000"]
+        );
+        assert_eq!(
+            lease.children,
+            ["123456789012:orders:1700000000:shardId-000000000004"]
+        );
+        // Written back bare, as the KCL writes them.
+        assert_eq!(bare(&lease.parents), ["shardId-000000000000"]);
+        let bad = item(r#"{"leaseKey":{"S":"1:orders:1:shard/1"}}"#);
+        assert_eq!(
+            parse_lease(&bad).unwrap_err(),
+            MalformedRow::NotAShardId(KEY)
         );
     }
 

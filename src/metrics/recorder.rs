@@ -9,6 +9,7 @@ use crate::metrics::aggregate::{Series, SeriesKey, Statistics, Total};
 use crate::metrics::live::Live;
 use crate::metrics::{Metric, MetricSample, PublishStats};
 use crate::metrics::{MetricsDimension, MetricsLevel};
+use crate::stream::{shard_id_of, split_lease_key};
 use crate::sync::lock;
 
 /// What one consumer's metrics share.
@@ -172,11 +173,22 @@ impl Registry {
                 MetricsDimension::Operation => {
                     Some(("Operation", key.metric.operation().to_owned()))
                 }
-                MetricsDimension::ShardId => key.shard.as_ref().map(|s| ("ShardId", s.to_string())),
+                MetricsDimension::ShardId => key
+                    .shard
+                    .as_ref()
+                    .map(|s| ("ShardId", shard_id_of(s).to_owned())),
                 MetricsDimension::WorkerIdentifier => {
                     Some(("WorkerIdentifier", self.worker_id.clone()))
                 }
-                MetricsDimension::StreamName => Some(("StreamName", self.stream.clone())),
+                // A multi-stream consumer's shard names its stream; its
+                // other series (`stream` empty) have no one stream.
+                MetricsDimension::StreamName => {
+                    match key.shard.as_deref().and_then(split_lease_key) {
+                        Some((stream, _)) => Some(("StreamName", stream.name().to_owned())),
+                        None if self.stream.is_empty() => None,
+                        None => Some(("StreamName", self.stream.clone())),
+                    }
+                }
             })
             .collect()
     }
@@ -216,6 +228,26 @@ mod tests {
 
     fn find<'a>(samples: &'a [MetricSample], name: &str) -> Vec<&'a MetricSample> {
         samples.iter().filter(|s| s.name == name).collect()
+    }
+
+    #[test]
+    fn a_multi_stream_shard_gets_its_stream_and_bare_shard_id() {
+        let m = Metrics::new(MetricsLevel::Detailed, &[StreamName, ShardId], "w", "");
+        let key: Arc<str> = Arc::from("123456789012:orders:1700000000:shardId-7");
+        m.record(Some(&key), &[(Metric::RecordsProcessed, 1.0)]);
+        m.record(None, &[(Metric::ProcessTaskTime, 1.0)]);
+        let samples = m.snapshot();
+        let processed = samples
+            .iter()
+            .find(|s| s.dimension("ShardId").is_some())
+            .unwrap();
+        assert_eq!(processed.dimension("ShardId"), Some("shardId-7"));
+        assert_eq!(processed.dimension("StreamName"), Some("orders"));
+        let handler = samples
+            .iter()
+            .find(|s| s.dimension("ShardId").is_none())
+            .unwrap();
+        assert_eq!(handler.dimension("StreamName"), None);
     }
 
     #[test]

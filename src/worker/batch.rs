@@ -46,9 +46,16 @@ pub struct ShardBatch<T> {
 }
 
 impl<T> ShardBatch<T> {
-    /// The shard id.
+    /// The shard id; in a multi-stream consumer the shard's lease key
+    /// (see [`Record::shard_id`]).
     pub fn shard_id(&self) -> &str {
         &self.shard_id
+    }
+
+    /// The stream of the shard in a multi-stream consumer; `None` in a
+    /// single-stream one.
+    pub fn stream(&self) -> Option<crate::StreamIdentifier> {
+        crate::StreamIdentifier::of_lease_key(&self.shard_id)
     }
 
     /// The shard's records in this batch, in sequence order.

@@ -16,6 +16,7 @@ mod startup;
 mod test_support;
 mod ticker;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +31,7 @@ use crate::aws::fan_out::SharedConsumer;
 use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{
     Checkpoint, Clock, Coordinator, CoordinatorEvent, HeldLeases, LeaseTable, LeaseTimings,
-    StreamShards,
+    LeasedStream, MultiStreamShards, ShardSource, StreamShards, StreamsHandle,
 };
 use crate::metrics::{Metrics, MetricsHandle, Publisher};
 use crate::metrics::{MetricsDimension, MetricsLevel};
@@ -68,6 +69,13 @@ pub(crate) struct ConsumerSettings {
     pub stream_name: String,
     /// How Kinesis requests name the stream: its name or its ARN.
     pub stream: String,
+    /// A multi-stream consumer's streams (then `stream_name` and `stream`
+    /// are empty); empty for a single-stream one.
+    pub streams: Vec<crate::stream::StreamTarget>,
+    /// The consumer's initial position, for streams added while running.
+    pub initial_position: crate::InitialPosition,
+    /// How long a former stream's rows are kept.
+    pub former_stream_retention: Duration,
     pub worker_id: String,
     /// Where a new lease starts, and the initial position's timestamp.
     pub initial: Checkpoint,
@@ -100,6 +108,17 @@ pub(crate) struct ConsumerSettings {
     pub fan_out_consumer: Option<String>,
     /// The lease table's name and how to create it.
     pub lease_table: crate::lease::TableOptions,
+}
+
+/// What reading needs beyond the settings, found at startup.
+struct Prepared {
+    /// Enhanced fan-out's registered consumer; `None`: polling.
+    fan_out: Option<Arc<SharedConsumer>>,
+    /// A multi-stream consumer's registered consumers by stream
+    /// identifier; empty when polling.
+    fan_outs: HashMap<String, Arc<SharedConsumer>>,
+    /// A multi-stream consumer's streams; empty for a single-stream one.
+    streams: Vec<LeasedStream>,
 }
 
 /// The service clients a built consumer uses, and the shutdown flag its
@@ -153,6 +172,8 @@ pub struct Consumer<T> {
     shutdown: ShutdownHandle,
     held: Arc<HeldLeases>,
     checkpointer: Checkpointer,
+    /// Adds and removes streams of a multi-stream consumer.
+    streams: StreamsHandle,
     /// What the ticker and the checkpointer tell the lease coordinator.
     events: (Sender<CoordinatorEvent>, Receiver<CoordinatorEvent>),
 }
@@ -200,7 +221,9 @@ impl<T: Send + 'static> Consumer<T> {
         metrics.live().set_leases(held.clone());
         let events = crossbeam_channel::unbounded();
         let checkpointer = Checkpointer::new(held.clone(), events.0.clone(), metrics.clone());
+        let streams = StreamsHandle::new(kinesis.clone(), settings.initial_position);
         Consumer {
+            streams,
             settings,
             message_handler,
             kinesis,
@@ -218,6 +241,14 @@ impl<T: Send + 'static> Consumer<T> {
     /// [`Checkpointing::Manual`]. Get it before [`run`](Self::run).
     pub fn checkpointer(&self) -> Checkpointer {
         self.checkpointer.clone()
+    }
+
+    /// Adds and removes streams while a multi-stream consumer
+    /// ([`streams`](crate::ConsumerBuilder::streams)) runs, from any
+    /// thread; get it before [`run`](Self::run). A single-stream
+    /// consumer ignores its changes.
+    pub fn streams_handle(&self) -> StreamsHandle {
+        self.streams.clone()
     }
 
     /// A handle that stops [`run`](Self::run) from any thread.
@@ -301,6 +332,108 @@ impl<T: Send + 'static> Consumer<T> {
         })
     }
 
+    /// Describes the streams (a missing stream fails here, in AWS's own
+    /// words) and registers the enhanced fan-out consumers; `None` when
+    /// shut down meanwhile.
+    fn prepare(&self) -> Result<Option<Prepared>> {
+        let s = &self.settings;
+        let flag = &self.shutdown.flag;
+        if !s.streams.is_empty() {
+            let Some(described) =
+                until_ready("describing the streams", flag, || self.describe_streams())?
+            else {
+                return Ok(None);
+            };
+            let mut fan_outs = HashMap::new();
+            if let Some(name) = &s.fan_out_consumer {
+                for (stream, arn) in &described {
+                    let Some(consumer) = self.register_fan_out(arn, name)? else {
+                        return Ok(None);
+                    };
+                    fan_outs.insert(stream.id.to_string(), consumer);
+                }
+            }
+            return Ok(Some(Prepared {
+                fan_out: None,
+                fan_outs,
+                streams: described.into_iter().map(|(stream, _)| stream).collect(),
+            }));
+        }
+        // A missing stream fails here, in AWS's own words.
+        let described = until_ready("describing the stream", flag, || {
+            self.kinesis.describe_stream_summary(&s.stream)
+        })?;
+        let Some(described) = described else {
+            return Ok(None);
+        };
+        let fan_out = match &s.fan_out_consumer {
+            Some(name) => match self.register_fan_out(&described.stream_arn, name)? {
+                Some(consumer) => Some(consumer),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        Ok(Some(Prepared {
+            fan_out,
+            fan_outs: HashMap::new(),
+            streams: Vec::new(),
+        }))
+    }
+
+    /// Enhanced fan-out: the application's registered consumer of the
+    /// stream, made (or found) once; every worker of the application
+    /// shares it. `None` when shut down meanwhile.
+    fn register_fan_out(
+        &self,
+        stream_arn: &str,
+        name: &str,
+    ) -> Result<Option<Arc<SharedConsumer>>> {
+        let flag = &self.shutdown.flag;
+        let consumer = until_ready("registering the stream consumer", flag, || {
+            self.kinesis
+                .ensure_stream_consumer(stream_arn, name, CONSUMER_ACTIVE_WAIT)
+        })?;
+        let Some(consumer) = consumer else {
+            return Ok(None);
+        };
+        // A certificate not trusted, or an endpoint that does not speak
+        // HTTP/2, fails startup here (naming the endpoint and the reason)
+        // rather than as readers retrying for ever.
+        let checked = until_ready("connecting to the enhanced fan-out endpoint", flag, || {
+            self.kinesis.check_fan_out_endpoint()
+        })?;
+        if checked.is_none() {
+            return Ok(None);
+        }
+        log::info!(
+            "reading {stream_arn} through enhanced fan-out as {}",
+            consumer.consumer_arn
+        );
+        Ok(Some(Arc::new(SharedConsumer::new(
+            stream_arn,
+            name,
+            &consumer.consumer_arn,
+            CONSUMER_ACTIVE_WAIT,
+        ))))
+    }
+
+    /// Each stream of a multi-stream consumer with its identity, and its ARN.
+    fn describe_streams(&self) -> Result<Vec<(LeasedStream, String)>> {
+        self.settings
+            .streams
+            .iter()
+            .map(|target| {
+                let described = self.kinesis.describe_stream_summary(&target.request)?;
+                let stream = LeasedStream {
+                    id: described.stream_identifier()?,
+                    request: target.request.clone(),
+                    initial: target.initial.clone(),
+                };
+                Ok((stream, described.stream_arn))
+            })
+            .collect()
+    }
+
     /// Starts metrics publishing, the lease coordinator and the readers,
     /// and hands what they read to `deliver` until it returns.
     fn serve(
@@ -309,54 +442,8 @@ impl<T: Send + 'static> Consumer<T> {
         deliver: impl FnOnce(&Receiver<ReaderOutput<T>>, Delivery<T>) -> Result<()>,
     ) -> Result<()> {
         let s = &self.settings;
-        // A missing stream fails here, in AWS's own words.
-        let described = until_ready("describing the stream", &self.shutdown.flag, || {
-            self.kinesis.describe_stream_summary(&s.stream)
-        })?;
-        let Some(described) = described else {
+        let Some(prepared) = self.prepare()? else {
             return Ok(());
-        };
-        // Enhanced fan-out: the application's registered consumer, made
-        // (or found) once; every worker of the application shares it.
-        let fan_out = match &s.fan_out_consumer {
-            Some(name) => {
-                let consumer = until_ready(
-                    "registering the stream consumer",
-                    &self.shutdown.flag,
-                    || {
-                        self.kinesis.ensure_stream_consumer(
-                            &described.stream_arn,
-                            name,
-                            CONSUMER_ACTIVE_WAIT,
-                        )
-                    },
-                )?;
-                let Some(consumer) = consumer else {
-                    return Ok(());
-                };
-                // A certificate not trusted, or an endpoint that does not
-                // speak HTTP/2, fails startup here (naming the endpoint and
-                // the reason) rather than as readers retrying for ever.
-                let checked = until_ready(
-                    "connecting to the enhanced fan-out endpoint",
-                    &self.shutdown.flag,
-                    || self.kinesis.check_fan_out_endpoint(),
-                )?;
-                if checked.is_none() {
-                    return Ok(());
-                }
-                log::info!(
-                    "reading through enhanced fan-out as {}",
-                    consumer.consumer_arn
-                );
-                Some(Arc::new(SharedConsumer::new(
-                    &described.stream_arn,
-                    name,
-                    &consumer.consumer_arn,
-                    CONSUMER_ACTIVE_WAIT,
-                )))
-            }
-            None => None,
         };
         let publisher = if s.publish_metrics {
             Publisher::start(
@@ -369,7 +456,7 @@ impl<T: Send + 'static> Consumer<T> {
             None
         };
         self.metrics.live().set_running(true);
-        let result = self.consume(shard_queue, fan_out, deliver);
+        let result = self.consume(shard_queue, prepared, deliver);
         self.metrics.live().set_running(false);
         if let Some(publisher) = publisher {
             publisher.stop(METRICS_SHUTDOWN_GRACE);
@@ -380,10 +467,17 @@ impl<T: Send + 'static> Consumer<T> {
     fn consume(
         &self,
         shard_queue: Option<usize>,
-        fan_out: Option<Arc<SharedConsumer>>,
+        prepared: Prepared,
         deliver: impl FnOnce(&Receiver<ReaderOutput<T>>, Delivery<T>) -> Result<()>,
     ) -> Result<()> {
         let s = &self.settings;
+        let Prepared {
+            fan_out,
+            fan_outs,
+            streams,
+        } = prepared;
+        let multi = (!streams.is_empty())
+            .then(|| MultiStreamShards::new(self.kinesis.clone(), streams.clone(), &self.streams));
         let held = self.held.clone();
         let budget = Arc::new(Budget::new(s.buffer_bytes, s.buffer_records));
         // Chunks are whole GetRecords replies; the budget bounds their size.
@@ -391,6 +485,10 @@ impl<T: Send + 'static> Consumer<T> {
         let readers = ReaderPool::new(ReaderContext {
             kinesis: self.kinesis.clone(),
             stream: s.stream.clone(),
+            streams: multi
+                .as_ref()
+                .map(MultiStreamShards::requests)
+                .unwrap_or_default(),
             handler: self.message_handler.clone(),
             sender,
             shard_queue,
@@ -403,6 +501,7 @@ impl<T: Send + 'static> Consumer<T> {
             read_memory: Arc::new(Budget::new(s.read_memory, u64::MAX)),
             pace_reads: s.pace_reads,
             fan_out,
+            fan_outs,
             readers: std::sync::atomic::AtomicUsize::new(0),
             stop_timeout: s.connect_timeout + s.read_timeout + READER_STOP_MARGIN,
         });
@@ -412,20 +511,30 @@ impl<T: Send + 'static> Consumer<T> {
             shard_sync_interval: s.shard_sync_interval,
             max_leases_per_worker: s.max_leases_per_worker,
             max_unavailable: s.max_unavailable,
+            former_stream_retention: s.former_stream_retention,
+        };
+        let names: Vec<String> = streams.iter().map(|l| l.id.to_string()).collect();
+        let described = if streams.is_empty() {
+            s.stream.clone()
+        } else {
+            names.join(", ")
         };
         log::info!(
-            "worker {} starting on stream {} for application {}",
+            "worker {} starting on stream {described} for application {}",
             s.worker_id,
-            s.stream,
             s.app_name
         );
-        let mut coordinator = Coordinator::new(
-            held.clone(),
-            Box::new(StreamShards {
+        let shards: Box<dyn ShardSource> = match multi {
+            Some(multi) => Box::new(multi),
+            None => Box::new(StreamShards {
                 kinesis: self.kinesis.clone(),
                 stream: s.stream.clone(),
             }),
-            &s.stream_name,
+        };
+        let mut coordinator = Coordinator::new(
+            held.clone(),
+            shards,
+            &described,
             s.initial.clone(),
             timings,
             readers,

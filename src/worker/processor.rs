@@ -51,7 +51,11 @@ pub(crate) const SHARD_QUEUE: usize = 4;
 /// a shard this worker holds again starts once the shard's earlier
 /// processor returned from its last call.
 pub trait ShardProcessor<T>: Send {
-    /// The shard was gained; its records are read from `from`.
+    /// The shard was gained; its records are read from `from`. In a
+    /// multi-stream consumer ([`streams`](crate::ConsumerBuilder::streams))
+    /// `shard_id` is the shard's lease key, which names its stream:
+    /// [`StreamIdentifier::of_lease_key`](crate::StreamIdentifier::of_lease_key)
+    /// gives the stream.
     fn initialize(&mut self, shard_id: &str, from: &Checkpoint) -> HandlerResult {
         let _ = (shard_id, from);
         Ok(())

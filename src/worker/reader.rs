@@ -22,6 +22,7 @@ use crate::kpl;
 use crate::lease::{Checkpoint, ShardRunner};
 use crate::metrics::{Metric, Metrics};
 use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber};
+use crate::stream::split_lease_key;
 use crate::time::later;
 use crate::worker::MessageHandler;
 use crate::worker::batch::Message;
@@ -77,11 +78,47 @@ pub(crate) enum ReaderOutput<T> {
     Fatal(Error),
 }
 
+/// Where a reader reads its shard: how Kinesis requests name the stream
+/// and the shard, and the registered consumer when reading by fan-out.
+struct Target {
+    stream: String,
+    shard_id: String,
+    fan_out: Option<Arc<SharedConsumer>>,
+}
+
+impl<T> ReaderContext<T> {
+    /// Where the shard of a lease key is read.
+    fn target(&self, key: &str) -> Target {
+        match split_lease_key(key) {
+            Some((stream, shard_id)) => {
+                let id = stream.to_string();
+                let request = self.streams.read().map(|r| r.get(&id).cloned());
+                Target {
+                    stream: request
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| stream.name().to_owned()),
+                    shard_id: shard_id.to_owned(),
+                    fan_out: self.fan_outs.get(&id).cloned(),
+                }
+            }
+            None => Target {
+                stream: self.stream.clone(),
+                shard_id: key.to_owned(),
+                fan_out: self.fan_out.clone(),
+            },
+        }
+    }
+}
+
 /// What every reader of one consumer shares.
 pub(crate) struct ReaderContext<T> {
     pub kinesis: KinesisClient,
     /// The stream as Kinesis requests name it: its name or its ARN.
     pub stream: String,
+    /// A multi-stream consumer's streams: for each stream identifier (as
+    /// its lease keys start), how Kinesis requests name the stream.
+    pub streams: crate::lease::RequestNames,
     pub handler: MessageHandler<T>,
     pub sender: Sender<ReaderOutput<T>>,
     /// When set, each reader hands its chunks to a queue of its own of
@@ -98,6 +135,9 @@ pub(crate) struct ReaderContext<T> {
     /// Enhanced fan-out: the registered consumer; readers subscribe to
     /// their shards instead of polling them.
     pub fan_out: Option<Arc<SharedConsumer>>,
+    /// A multi-stream consumer's registered consumers, one per stream
+    /// identifier (empty when polling).
+    pub fan_outs: HashMap<String, Arc<SharedConsumer>>,
     pub pace_reads: bool,
     pub metrics: Metrics,
     /// How many readers run now (per-shard queues share the buffer evenly
@@ -305,10 +345,14 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
             }
             None => (self.context.sender.clone(), None),
         };
+        let target = self.context.target(shard_id);
         let reader = Reader {
             context: self.context.clone(),
             sender,
             shard_id: shard_id.into(),
+            stream: target.stream,
+            kinesis_shard_id: target.shard_id,
+            fan_out: target.fan_out,
             epoch,
             stop: stop.clone(),
             not_found: not_found.clone(),
@@ -405,7 +449,14 @@ struct Reader<T> {
     context: Arc<ReaderContext<T>>,
     /// Where this reader's chunks and failure go (see `shard_queue`).
     sender: Sender<ReaderOutput<T>>,
+    /// The shard as the consumer names it (its lease key).
     shard_id: Arc<str>,
+    /// The stream and the shard as Kinesis requests name them.
+    stream: String,
+    kinesis_shard_id: String,
+    /// The registered consumer of the shard's stream, when reading by
+    /// enhanced fan-out.
+    fan_out: Option<Arc<SharedConsumer>>,
     epoch: u64,
     stop: Arc<AtomicBool>,
     /// Set when the service says the shard does not exist (see `take_not_found`).
@@ -448,7 +499,7 @@ impl<T: Send + 'static> Reader<T> {
             Ok(()) => {}
             // Not this reader's failure to report: the coordinator decides
             // what a shard the service does not know means for its lease.
-            Err(e) if e.code() == Some("ResourceNotFoundException") => {
+            Err(e) if e.code() == Some("ResourceNotFoundException") || self.stream_leaving(&e) => {
                 log::warn!(
                     "shard {}: the service does not know it; its reader stops: {e}",
                     self.shard_id
@@ -466,6 +517,14 @@ impl<T: Send + 'static> Reader<T> {
         }
     }
 
+    /// True when a multi-stream reader's stream is being deleted
+    /// (`ResourceInUseException`: not ACTIVE or UPDATING): one stream of
+    /// several leaving does not stop the consumer; the coordinator's next
+    /// shard sync retires it (or finds it recreated).
+    fn stream_leaving(&self, e: &Error) -> bool {
+        e.code() == Some("ResourceInUseException") && split_lease_key(&self.shard_id).is_some()
+    }
+
     /// Reads the shard from `checkpoint` until told to stop or its end is
     /// handed on. Each round: an iterator (a fresh one when there is none),
     /// a wait for the shard's pace, room for the read, one GetRecords
@@ -476,8 +535,8 @@ impl<T: Send + 'static> Reader<T> {
         else {
             return Ok(());
         };
-        if let Some(consumer) = &context.fan_out {
-            return self.subscribe(consumer, start, resume_after);
+        if let Some(consumer) = self.fan_out.clone() {
+            return self.subscribe(&consumer, start, resume_after);
         }
         let mut progress = Progress {
             start,
@@ -620,7 +679,7 @@ impl<T: Send + 'static> Reader<T> {
         let iterator =
             context
                 .kinesis
-                .get_shard_iterator(&context.stream, &self.shard_id, &position)?;
+                .get_shard_iterator(&self.stream, &self.kinesis_shard_id, &position)?;
         *start = restart_position(start.clone(), asked_at);
         Ok(iterator)
     }
@@ -637,7 +696,7 @@ impl<T: Send + 'static> Reader<T> {
         let context = &self.context;
         let mut too_large = None;
         let result = context.kinesis.get_records_of(
-            Some(&context.stream),
+            Some(&self.stream),
             &self.shard_id,
             iterator,
             limit,
@@ -764,10 +823,11 @@ impl<T: Send + 'static> Reader<T> {
             let asked_at = SystemTime::now();
             let called_at = Instant::now();
             last_call = Some(called_at);
-            let subscribed =
-                context
-                    .kinesis
-                    .subscribe_to_shard(&consumer_arn, &self.shard_id, &position);
+            let subscribed = context.kinesis.subscribe_to_shard(
+                &consumer_arn,
+                &self.kinesis_shard_id,
+                &position,
+            );
             context.metrics.record(
                 Some(&self.shard_id),
                 &[
@@ -795,6 +855,7 @@ impl<T: Send + 'static> Reader<T> {
                     continue;
                 }
             };
+            subscription.tag_records(&self.shard_id);
             last_subscribed = Some(called_at);
             start = restart_position(start, asked_at);
             loop {
@@ -969,10 +1030,10 @@ impl<T: Send + 'static> Reader<T> {
         let context = &self.context;
         let read = context
             .kinesis
-            .get_shard_iterator(&context.stream, &self.shard_id, &position)
+            .get_shard_iterator(&self.stream, &self.kinesis_shard_id, &position)
             .and_then(|iterator| {
                 context.kinesis.get_records_of(
-                    Some(&context.stream),
+                    Some(&self.stream),
                     &self.shard_id,
                     &iterator,
                     1,
@@ -1148,8 +1209,8 @@ impl<T: Send + 'static> Reader<T> {
             return true;
         }
         let context = &self.context;
-        let why = match context.kinesis.list_shards(&context.stream, None) {
-            Ok(shards) => match shards.iter().find(|s| s.shard_id == *self.shard_id) {
+        let why = match context.kinesis.list_shards(&self.stream, None) {
+            Ok(shards) => match shards.iter().find(|s| s.shard_id == self.kinesis_shard_id) {
                 Some(shard) if shard.is_closed() => return true,
                 Some(_) => "ListShards lists it as open".to_owned(),
                 None => "ListShards does not list it".to_owned(),
@@ -1613,6 +1674,7 @@ mod tests {
         let context = ReaderContext {
             kinesis: KinesisClient::new(&config).unwrap(),
             stream: "stream".into(),
+            streams: Arc::default(),
             handler: Arc::new(move |r: &Record| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 String::from_utf8_lossy(r.data()).into_owned()
@@ -1626,6 +1688,7 @@ mod tests {
             start_timestamp: None,
             read_memory: Arc::new(Budget::new(1 << 30, u64::MAX)),
             fan_out: None,
+            fan_outs: HashMap::new(),
             pace_reads: false,
             metrics: Metrics::default(),
             readers: AtomicUsize::new(0),
