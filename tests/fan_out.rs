@@ -607,8 +607,12 @@ fn survives(faults: Vec<H2Fault>, configure: impl FnOnce(ConsumerBuilder) -> Con
     running.wait_for(next as usize + 3, Duration::from_secs(60));
     // Long enough for a duplicate to show up.
     std::thread::sleep(Duration::from_millis(500));
+    // Every fault but padding ends its subscription: one more follows
+    // each. Padding goes on in the same subscription, which may or may
+    // not have ended by now.
+    let ending = faults.iter().filter(|f| !matches!(f, H2Fault::Pad)).count();
     assert!(
-        front.subscriptions(SHARD0) > faults.len() as u64,
+        front.subscriptions(SHARD0) > ending as u64,
         "{} subscriptions",
         front.subscriptions(SHARD0)
     );
