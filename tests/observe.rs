@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -45,14 +45,6 @@ fn install_tools() {
             "run as root on Debian, or install them first",
         );
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A fresh empty directory under target/ for this test run.
@@ -219,7 +211,9 @@ fn start_prometheus(target: SocketAddr) -> (Process, SocketAddr) {
         ),
     )
     .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
     let child = Command::new("prometheus")
         .arg(format!("--config.file={}", config.display()))
         .arg(format!(
@@ -606,7 +600,7 @@ fn bad_clients_get_bounded_answers_and_never_block_the_consumer() {
 fn the_examples_serve_metrics_on_metrics_addr() {
     let stream = common::create_stream(2);
     put(&stream, 25);
-    let port = free_port();
+    let port = common::free_port();
     let dir = scratch_dir("file-sink-out");
     let runs: [(&str, Vec<String>); 3] = [
         ("tail", vec![]),

@@ -266,6 +266,9 @@ impl<R: ShardRunner> Coordinator<R> {
         self.held.table().ensure_exists()?;
         let rows = self.held.table().list(true)?;
         check_layout(self.shards.layout(), rows.iter().map(Row::shard_id))?;
+        // The shard sync below plans new leases from these rows (and reads
+        // again only if it would create some), instead of a scan of its own.
+        self.rows = rows;
         self.check_namesake()?;
         self.heartbeat()?;
         self.sync_shards()?;

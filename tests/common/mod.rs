@@ -77,23 +77,60 @@ pub fn install_emulators() {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A port that is free now, for a server a test starts. Chosen below
+/// Linux's ephemeral range (32768-60999): test binaries run side by side,
+/// and a port from that range can be taken by any process's outgoing
+/// connection before the server binds it, or be connected to itself by a
+/// `connect` made while nothing listens (so a wait for the server would
+/// see a listener that is not there).
+pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = 20_000 + (random % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
-fn wait_for_port(port: u16, what: &str) {
+/// Starts a server with `spawn` on `count` free ports and waits until it
+/// listens on all of them. Another process may bind a port between the
+/// check and the server's bind; the server then exits, and it is started
+/// again on other ports.
+fn start_listening(what: &str, count: usize, spawn: impl Fn(&[u16]) -> Child) -> (Vec<u16>, Child) {
+    for _ in 0..5 {
+        let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
+        let mut child = spawn(&ports);
+        if ports
+            .iter()
+            .all(|&port| wait_for_port(port, what, &mut child))
+            && child.try_wait().unwrap().is_none()
+        {
+            return (ports, child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("{what} exited at start five times (ports taken?)")
+}
+
+/// Waits until something listens on `port`; false if `child` exited first.
+fn wait_for_port(port: u16, what: &str, child: &mut Child) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
         assert!(
             Instant::now() < deadline,
             "{what} did not start listening on 127.0.0.1:{port}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    true
 }
 
 /// Starts kinesis-local on a free port; its plain-HTTP URL and process.
@@ -107,34 +144,33 @@ pub fn start_kinesis() -> (String, Child) {
 pub fn start_kinesis_with_tls() -> (String, String, Child) {
     let dir = emulators_dir();
     let pkg = dir.join("node_modules/kinesis-local");
-    let (plain, tls) = (free_port(), free_port());
-    let mut cmd = Command::new("node");
-    cmd.arg("-r")
-        .arg(dir.join("loopback.js"))
-        .arg(pkg.join("main.js"))
-        .current_dir(&pkg)
-        .env("KINESIS_MOCK_CERT_PATH", pkg.join("server.json"))
-        .env("KINESIS_MOCK_PLAIN_PORT", plain.to_string())
-        .env("KINESIS_MOCK_TLS_PORT", tls.to_string())
-        .env("LOG_LEVEL", "WARN")
-        .env("SHARD_LIMIT", "1000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for var in [
-        "CREATE_STREAM_DURATION",
-        "DELETE_STREAM_DURATION",
-        "MERGE_SHARDS_DURATION",
-        "SPLIT_SHARD_DURATION",
-        "UPDATE_SHARD_COUNT_DURATION",
-    ] {
-        cmd.env(var, "50ms");
-    }
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| cannot_run("starting kinesis-local with node", e));
-    wait_for_port(plain, "kinesis-local");
-    wait_for_port(tls, "kinesis-local (TLS)");
+    let (ports, child) = start_listening("kinesis-local", 2, |ports| {
+        let mut cmd = Command::new("node");
+        cmd.arg("-r")
+            .arg(dir.join("loopback.js"))
+            .arg(pkg.join("main.js"))
+            .current_dir(&pkg)
+            .env("KINESIS_MOCK_CERT_PATH", pkg.join("server.json"))
+            .env("KINESIS_MOCK_PLAIN_PORT", ports[0].to_string())
+            .env("KINESIS_MOCK_TLS_PORT", ports[1].to_string())
+            .env("LOG_LEVEL", "WARN")
+            .env("SHARD_LIMIT", "1000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for var in [
+            "CREATE_STREAM_DURATION",
+            "DELETE_STREAM_DURATION",
+            "MERGE_SHARDS_DURATION",
+            "SPLIT_SHARD_DURATION",
+            "UPDATE_SHARD_COUNT_DURATION",
+        ] {
+            cmd.env(var, "50ms");
+        }
+        cmd.spawn()
+            .unwrap_or_else(|e| cannot_run("starting kinesis-local with node", e))
+    });
+    let (plain, tls) = (ports[0], ports[1]);
     (
         format!("http://127.0.0.1:{plain}"),
         format!("https://127.0.0.1:{tls}"),
@@ -151,20 +187,21 @@ pub fn start_dynamodb() -> (String, Child) {
 /// milliseconds after CreateTable as on DynamoDB; its URL and process.
 pub fn start_dynamodb_creating_tables_in(ms: u32) -> (String, Child) {
     let dir = emulators_dir();
-    let port = free_port();
-    let child = Command::new("node")
-        .arg("-r")
-        .arg(dir.join("loopback.js"))
-        .arg(dir.join("node_modules/dynalite/cli.js"))
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--createTableMs", &ms.to_string()])
-        .args(["--deleteTableMs", "0", "--updateTableMs", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| cannot_run("starting dynalite with node", e));
-    wait_for_port(port, "dynalite");
+    let (ports, child) = start_listening("dynalite", 1, |ports| {
+        Command::new("node")
+            .arg("-r")
+            .arg(dir.join("loopback.js"))
+            .arg(dir.join("node_modules/dynalite/cli.js"))
+            .args(["--host", "127.0.0.1", "--port", &ports[0].to_string()])
+            .args(["--createTableMs", &ms.to_string()])
+            .args(["--deleteTableMs", "0", "--updateTableMs", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| cannot_run("starting dynalite with node", e))
+    });
+    let port = ports[0];
     (format!("http://127.0.0.1:{port}"), child)
 }
 
@@ -209,17 +246,18 @@ pub fn install_moto() {
 /// process. It exits when this process does.
 pub fn start_moto() -> (String, Child) {
     install_moto();
-    let port = free_port();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/metrics/moto_server.py");
-    let child = Command::new("python3")
-        .arg(script)
-        .arg(port.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| cannot_run("starting moto with python3", e));
-    wait_for_port(port, "moto");
+    let (ports, child) = start_listening("moto", 1, |ports| {
+        Command::new("python3")
+            .arg(&script)
+            .arg(ports[0].to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| cannot_run("starting moto with python3", e))
+    });
+    let port = ports[0];
     (format!("http://127.0.0.1:{port}"), child)
 }
 
