@@ -170,5 +170,5 @@ pub use stream::{StreamConfig, StreamIdentifier};
 pub use worker::batch::{Batch, Message, ShardBatch, ShardEvent};
 pub use worker::checkpointer::Checkpointer;
 pub use worker::processing::{Checkpointing, ErrorPolicy};
-pub use worker::processor::ShardProcessor;
+pub use worker::processor::{InitializationInput, ShardProcessor};
 pub use worker::{Consumer, ShutdownHandle};

@@ -319,7 +319,7 @@ fn a_table_in_the_other_layout_is_refused_saying_how_to_migrate() {
     assert!(log.lock().unwrap().is_empty());
 }
 
-/// A processor that notes its stream at initialize and its records.
+/// A processor that notes the stream `initialize_with` is told, and its records.
 struct Noting {
     key: String,
     stream: Option<StreamIdentifier>,
@@ -327,13 +327,18 @@ struct Noting {
 }
 
 impl kinesis_consumer::ShardProcessor<Payload> for Noting {
-    fn initialize(
+    fn initialize_with(
         &mut self,
-        shard_id: &str,
-        _from: &kinesis_consumer::Checkpoint,
+        input: &kinesis_consumer::InitializationInput,
     ) -> kinesis_consumer::HandlerResult {
-        assert_eq!(shard_id, self.key);
-        self.stream = StreamIdentifier::of_lease_key(shard_id);
+        assert_eq!(input.shard_id(), self.key);
+        assert_eq!(
+            input
+                .stream()
+                .map(|s| s.lease_key(input.kinesis_shard_id())),
+            Some(self.key.clone())
+        );
+        self.stream = input.stream();
         Ok(())
     }
 
