@@ -54,7 +54,18 @@ fn spawn(
     kinesis_consumer::ShutdownHandle,
     std::thread::JoinHandle<kinesis_consumer::Result<()>>,
 ) {
-    let consumer = builder.build().unwrap();
+    spawn_consumer(builder.build().unwrap(), worker, log)
+}
+
+/// Runs a built consumer on its own thread, logging what it is handed.
+fn spawn_consumer(
+    consumer: Consumer<Payload>,
+    worker: &str,
+    log: &Log,
+) -> (
+    kinesis_consumer::ShutdownHandle,
+    std::thread::JoinHandle<kinesis_consumer::Result<()>>,
+) {
     let stop = consumer.shutdown_handle();
     let (log, worker) = (log.clone(), worker.to_owned());
     let thread = std::thread::spawn(move || {
@@ -440,6 +451,42 @@ fn rows_of(app: &str, stream: &str) -> Vec<kinesis_consumer::__test_support::Ite
         .collect()
 }
 
+/// Per-shard metrics, broken down by stream, kept in the process.
+fn with_stream_metrics(
+    builder: kinesis_consumer::ConsumerBuilder<Payload>,
+) -> kinesis_consumer::ConsumerBuilder<Payload> {
+    use kinesis_consumer::{MetricsDimension, MetricsLevel};
+    builder
+        .metrics_level(MetricsLevel::Detailed)
+        .metrics_dimensions(&[MetricsDimension::StreamName, MetricsDimension::ShardId])
+        .publish_metrics(false)
+}
+
+/// Under `KINESIS_TEST_RETRIEVAL=fan-out`: `stream` has the application's
+/// registration, ACTIVE, and its shards were read through it, never
+/// polled (the per-shard metrics of `with_stream_metrics`).
+fn check_read_through_fan_out(metrics: &kinesis_consumer::MetricsHandle, app: &str, stream: &str) {
+    if !common::fan_out() {
+        return;
+    }
+    let k = common::kinesis();
+    let arn = k.describe_stream_summary(stream).unwrap().stream_arn;
+    let consumer = k.describe_stream_consumer_by_name(&arn, app).unwrap();
+    assert_eq!(consumer.consumer_status, "ACTIVE", "{stream}");
+    let samples = metrics.snapshot();
+    let of_stream = |name: &str| {
+        samples
+            .iter()
+            .filter(|s| s.name == name && s.dimension("StreamName") == Some(stream))
+            .count()
+    };
+    assert!(
+        of_stream("SubscribeToShard.Success") > 0,
+        "{stream} was not read through fan-out"
+    );
+    assert_eq!(of_stream("GetRecords.Success"), 0, "{stream} was polled");
+}
+
 fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !done() {
@@ -453,10 +500,11 @@ fn streams_added_and_removed_while_running_resume_where_they_stopped() {
     let (a, b) = (common::create_stream(1), common::create_stream(1));
     let app = common::unique_name("multi-change");
     let log: Log = Arc::default();
-    let consumer = multi_builder(&app, std::slice::from_ref(&a), "worker-c")
+    let consumer = with_stream_metrics(multi_builder(&app, std::slice::from_ref(&a), "worker-c"))
         .former_stream_retention(Duration::from_secs(3600))
         .build()
         .unwrap();
+    let metrics = consumer.metrics();
     let handle = consumer.streams_handle();
     let stop = consumer.shutdown_handle();
     let sink = log.clone();
@@ -515,6 +563,8 @@ fn streams_added_and_removed_while_running_resume_where_they_stopped() {
     wait_for_all(&log, &later_a, Duration::from_secs(30));
     stop.shutdown();
     thread.join().unwrap().unwrap();
+    // The stream added while running was read through fan-out too.
+    check_read_through_fan_out(&metrics, &app, &b);
     let log = log.lock().unwrap();
     let mut seen = HashSet::new();
     for (_, _, d) in log.iter() {
@@ -527,9 +577,13 @@ fn a_stream_deleted_and_recreated_under_its_name_is_a_new_stream() {
     let name = common::create_stream(1);
     let app = common::unique_name("multi-recreate");
     let log: Log = Arc::default();
-    let builder = multi_builder(&app, std::slice::from_ref(&name), "worker-r")
-        .former_stream_retention(Duration::from_secs(1));
-    let (stop, thread) = spawn(builder, "worker-r", &log);
+    let consumer =
+        with_stream_metrics(multi_builder(&app, std::slice::from_ref(&name), "worker-r"))
+            .former_stream_retention(Duration::from_secs(1))
+            .build()
+            .unwrap();
+    let metrics = consumer.metrics();
+    let (stop, thread) = spawn_consumer(consumer, "worker-r", &log);
     let old = put_all(&name, (0..5).map(|n| format!("old-{n}")));
     wait_for_all(&log, &old, Duration::from_secs(30));
     let k = common::kinesis();
@@ -565,6 +619,8 @@ fn a_stream_deleted_and_recreated_under_its_name_is_a_new_stream() {
     });
     stop.shutdown();
     thread.join().unwrap().unwrap();
+    // The recreated stream has a registration of its own, read through.
+    check_read_through_fan_out(&metrics, &app, &name);
     let log = log.lock().unwrap();
     for (_, key, data) in log.iter() {
         let expected = if data.starts_with("old-") {
