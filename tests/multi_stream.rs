@@ -691,3 +691,84 @@ fn tail_reads_streams_given_more_than_once_and_leases_shows_each_stream() {
         );
     }
 }
+
+/// Runs the `leases` example with `args`; its standard output.
+fn leases(args: &[&str]) -> String {
+    let out = common::aws_env(std::process::Command::new(common::example_binary("leases")))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "leases {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The checkpoint column of each lease row of `app`, by lease key.
+fn checkpoints(app: &str) -> BTreeMap<String, String> {
+    common::lease_rows(app)
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let key = r["leaseKey"].as_s().unwrap().to_owned();
+            (key, r["checkpoint"].as_s().unwrap().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn leases_shows_resets_exports_and_imports_one_stream_of_a_multi_stream_table() {
+    let (a, b) = (common::create_stream(1), common::create_stream(1));
+    let app = common::unique_name("multi-leases");
+    let mut put = put_all(&a, (0..3).map(|n| format!("a-{n}")));
+    put.extend(put_all(&b, (0..3).map(|n| format!("b-{n}"))));
+    let log: Log = Arc::default();
+    let builder = multi_builder(&app, &[a.clone(), b.clone()], "worker-l");
+    let (stop, thread) = spawn(builder, "worker-l", &log);
+    wait_for_all(&log, &put, Duration::from_secs(60));
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    let before = checkpoints(&app);
+    assert_eq!(before.len(), 2);
+
+    // --stream shows that stream's lease alone, judged against its listing.
+    let text = leases(&["--app", &app, "--stream", &a, "--observe-ms", "100"]);
+    assert!(text.contains(&format!("stream {a} (account")), "{text}");
+    assert!(!text.contains(&format!("stream {b} (account")), "{text}");
+    assert!(text.contains("shardId-000000000000"), "{text}");
+    for wrong in ["expired from the stream", "not listed"] {
+        assert!(!text.contains(wrong), "{text}");
+    }
+
+    // --reset moves that stream's lease alone, and writes no bare key.
+    let text = leases(&["--app", &app, "--stream", &a, "--reset", "trim-horizon"]);
+    let after = checkpoints(&app);
+    assert_eq!(after.len(), 2, "no lease added: {after:?}\n{text}");
+    for (key, checkpoint) in &after {
+        let stream = StreamIdentifier::of_lease_key(key).expect("a multi-stream key");
+        if stream.name() == a {
+            assert_eq!(checkpoint, "TRIM_HORIZON", "{text}");
+        } else {
+            assert_eq!(Some(checkpoint), before.get(key), "{key} moved: {text}");
+        }
+    }
+
+    // An export imports into another application's table as it was.
+    let file = std::env::temp_dir().join(format!("{app}.json"));
+    let file_arg = file.to_str().unwrap();
+    leases(&["--app", &app, "--export", file_arg]);
+    let copy = common::unique_name("multi-leases-copy");
+    leases(&["--app", &copy, "--import", file_arg]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(checkpoints(&copy), after);
+    for row in common::lease_rows(&copy).unwrap() {
+        let key = row["leaseKey"].as_s().unwrap();
+        let (stream, shard) = (
+            row["streamName"].as_s().unwrap(),
+            row["shardId"].as_s().unwrap(),
+        );
+        assert_eq!(key, format!("{stream}:{shard}"));
+    }
+}
