@@ -12,8 +12,8 @@ usage="usage: scripts/test.sh [CARGO TEST OPTIONS] [-- TEST BINARY OPTIONS]
 Installs what is missing (npm emulators, aws-kinesis-agg and moto from PyPI,
 prometheus and chromium with apt-get), then runs cargo test --all-targets
 with the given arguments (for example a test name filter), the consumer,
-processing, scale-out, dead-letter and replay tests again reading through
-enhanced fan-out, the doc tests, and the lease simulation over SIM_SEEDS
+processing, scale-out, dead-letter, replay and multi-stream tests again
+reading through enhanced fan-out, the doc tests, and the lease simulation over SIM_SEEDS
 seeds (default 3000) in an optimized build."
 for arg in "$@"; do
   case "$arg" in
@@ -35,7 +35,7 @@ cargo test --all-targets "$@"
 # The consumer tests again, reading through enhanced fan-out (HTTP/2
 # SubscribeToShard on kinesis-local's plain port) instead of polling.
 KINESIS_TEST_RETRIEVAL=fan-out cargo test --test consumer --test processing --test scale_out \
-  --test dead_letter --test replay "$@"
+  --test dead_letter --test replay --test multi_stream "$@"
 cargo test --doc
 # The lease simulation (src/lease/sim.rs) over many more seeds than the
 # debug run above: optimized, 3,000 seeds take about half a minute.
