@@ -4,10 +4,15 @@
 //! `--flush-secs`, and checkpoints are manual.
 //!
 //! ```text
-//! cargo run --example file_sink -- --stream S --app A --dir D [--position trim-horizon|latest]
+//! cargo run --example file_sink -- --stream S... --app A --dir D [--position trim-horizon|latest]
 //!     [--flush-secs N (10)] [--worker-id ID] [--processors]
 //!     [--max-record-bytes N] [--dead-letter DIR] [--metrics-addr [HOST:]PORT]
 //! ```
+//!
+//! `--stream` given more than once reads the streams with one consumer in
+//! the multi-stream lease layout (docs/multi-stream.md); a shard's files
+//! are then named after its lease key with `+` for `:`
+//! (`111122223333+orders+1700000000+shardId-000000000001-…`).
 //!
 //! Each file holds records of one shard in sequence order. A file is first
 //! written as `<shard>-<n>.jsonl.partial`; at a flush it is fsynced, renamed
@@ -51,19 +56,19 @@ use kinesis_consumer::aws::kinesis::is_valid_shard_id;
 use kinesis_consumer::{
     Batch, Checkpoint, Checkpointer, Checkpointing, Consumer, Error, ErrorPolicy,
     ExtendedSequenceNumber, HandlerResult, Message, Record, ShardBatch, ShardEvent, ShardProcessor,
+    StreamIdentifier,
 };
 
-const USAGE: &str = "usage: file_sink --stream S --app A --dir D [--position trim-horizon|latest] \
+const USAGE: &str = "usage: file_sink --stream S... --app A --dir D [--position trim-horizon|latest] \
 [--flush-secs N (10)] [--worker-id ID] [--processors] [--max-record-bytes N] [--dead-letter DIR] [--metrics-addr [HOST:]PORT]";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() {
     support::init_logging();
-    let args = support::Args::parse(
+    let args = support::Args::parse_repeating(
         USAGE,
         &[
-            "stream",
             "app",
             "dir",
             "position",
@@ -73,6 +78,7 @@ fn main() {
             "dead-letter",
             "metrics-addr",
         ],
+        &["stream"],
         &["processors"],
     );
     let position = support::position(args.get("position").unwrap_or("latest"))
@@ -84,9 +90,13 @@ fn main() {
         std::process::exit(2);
     }
     let max_record_bytes = args.number(USAGE, "max-record-bytes", u64::MAX);
-    let mut builder = Consumer::builder()
+    let builder = match &args.all("stream")[..] {
+        [] => support::fail(USAGE, "--stream is required"),
+        [one] => Consumer::builder().stream_name(*one),
+        several => Consumer::builder().streams(several.iter().copied()),
+    };
+    let mut builder = builder
         .app_name(args.required(USAGE, "app"))
-        .stream_name(args.required(USAGE, "stream"))
         .initial_position(position)
         .checkpointing(Checkpointing::Manual);
     if let Some(dead_dir) = args.get("dead-letter") {
@@ -363,22 +373,33 @@ impl Sink {
     }
 }
 
+/// What names a shard's files: its shard id, or a multi-stream lease key
+/// (`account:stream:epoch:shardId`) with `+` for `:` (some file systems
+/// refuse `:`; no account, stream name, time or shard id holds a `+`, so
+/// a name gives back one lease key). The shard id comes from the endpoint
+/// or the lease table: anything else (`../x`, `/etc/x`, a key whose shard
+/// part is not a shard id) is refused, so it cannot name a file outside
+/// the directory. `None` when refused.
+fn file_stem(shard_id: &str) -> Option<String> {
+    if is_valid_shard_id(shard_id) {
+        return Some(shard_id.to_owned());
+    }
+    // Parses only when every part is valid, the shard id included.
+    StreamIdentifier::of_lease_key(shard_id)?;
+    Some(shard_id.replace(':', "+"))
+}
+
 /// The path of the `n`th file this process opens for `shard_id` in `dir`,
-/// unique across restarts and workers sharing the directory. The shard id
-/// comes from the endpoint: one that is not a Kinesis shard id (`../x`,
-/// `/etc/x`) is refused, so it cannot name a file outside `dir`.
+/// unique across restarts and workers sharing the directory.
 fn partial_path(dir: &Path, shard_id: &str, n: u64) -> Result<PathBuf, BoxError> {
-    if !is_valid_shard_id(shard_id) {
+    let Some(stem) = file_stem(shard_id) else {
         return Err(format!(
             "refusing to name a file after {shard_id:?}: it is not a Kinesis shard id"
         )
         .into());
-    }
+    };
     let millis = support::epoch_millis(SystemTime::now());
-    let name = format!(
-        "{shard_id}-{millis}-{}-{n}.jsonl.partial",
-        std::process::id()
-    );
+    let name = format!("{stem}-{millis}-{}-{n}.jsonl.partial", std::process::id());
     Ok(dir.join(name))
 }
 
@@ -510,6 +531,39 @@ mod tests {
             name.starts_with("shardId-000000000001-") && name.ends_with("-7.jsonl.partial"),
             "{name}"
         );
+    }
+
+    #[test]
+    fn a_multi_stream_lease_key_names_one_file_and_a_bad_one_none() {
+        let dir = Path::new("/sink");
+        let key = "111122223333:orders.v2:1700000000:shardId-000000000001";
+        let path = partial_path(dir, key, 7).unwrap();
+        assert_eq!(path.parent(), Some(dir));
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let stem = "111122223333+orders.v2+1700000000+shardId-000000000001";
+        assert!(
+            name.starts_with(&format!("{stem}-")) && name.ends_with("-7.jsonl.partial"),
+            "{name}"
+        );
+        assert!(!name.contains(':'), "{name}");
+        // The name gives back the key.
+        assert_eq!(stem.replace('+', ":"), key);
+        // Other streams or times of the same shard name other files.
+        let other = "111122223333:orders.v2:1700000001:shardId-000000000001";
+        assert_ne!(file_stem(other), file_stem(key));
+        for bad in [
+            "111122223333:orders:1700000000:../x",
+            "111122223333:../x:1700000000:shardId-000000000001",
+            "111122223333:orders:soon:shardId-000000000001",
+            "a:b:shardId-000000000001",
+            "111122223333:orders/x:1700000000:shardId-000000000001",
+        ] {
+            let refused = partial_path(dir, bad, 0).unwrap_err().to_string();
+            assert!(
+                refused.contains("not a Kinesis shard id"),
+                "{bad:?}: {refused}"
+            );
+        }
     }
 
     // The sink's checkpoints under the public test kit

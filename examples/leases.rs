@@ -19,7 +19,10 @@
 //! default); for an owner that writes no heartbeat (the KCL), the lease's
 //! own counter is watched instead, as the KCL renews each lease. With
 //! `--stream`, it lists the stream's shards at both reads too: a row whose
-//! shard neither listing has expired from the stream. Endpoint, region and
+//! shard neither listing has expired from the stream. In a multi-stream
+//! table, `--stream` shows that stream's leases alone (those of a former
+//! stream of the same name, deleted, among them), and `--reset` moves
+//! that stream's leases alone (`kinesis_consumer::reset_stream_positions`). Endpoint, region and
 //! credentials come from the standard AWS environment.
 //!
 //! `--deregister-consumer NAME` removes the enhanced fan-out consumer NAME
@@ -50,7 +53,7 @@ use kinesis_consumer::aws::kinesis::KinesisClient;
 use kinesis_consumer::{
     Checkpoint, LeaseStanding, ResetReport, ResetTo, Standing, StreamIdentifier,
     export_checkpoints, import_checkpoints, inspect_leases, list_leases, reset_positions,
-    worker_heartbeats,
+    reset_stream_positions, worker_heartbeats,
 };
 
 const USAGE: &str = "usage: leases --app A [--stream S] [--observe-ms N (3500)]\n       leases --stream S --deregister-consumer NAME\n       leases --app A --stream S --reset (trim-horizon | latest | at-timestamp T | after-sequence N[/SUB]) [--shard ID ...] [--dry-run]\n       leases --app A --export FILE\n       leases --app A --import FILE [--dry-run]";
@@ -87,8 +90,15 @@ fn main() {
         let kinesis = KinesisClient::new(&ClientConfig::new()).unwrap_or_else(fail);
         let listing = kinesis.list_shards(&stream, None).unwrap_or_else(fail);
         let dry_run = args.flag("dry-run");
-        let report = reset_positions(&ClientConfig::new(), &app, &listing, &to, &shards, dry_run)
-            .unwrap_or_else(fail);
+        let config = ClientConfig::new();
+        let report = match multi_stream_table(&app) {
+            true => {
+                let id = stream_identity(&kinesis, &stream);
+                reset_stream_positions(&config, &app, &id, &listing, &to, &shards, dry_run)
+            }
+            false => reset_positions(&config, &app, &listing, &to, &shards, dry_run),
+        }
+        .unwrap_or_else(fail);
         print_report(&report);
         return;
     }
@@ -112,27 +122,40 @@ fn main() {
     let app = args.required(USAGE, "app");
     let observe = Duration::from_millis(args.number(USAGE, "observe-ms", 3500));
     let dynamodb = ClientConfig::new();
-    let kinesis = args.get("stream").map(|stream| {
-        (
-            KinesisClient::new(&ClientConfig::new()).unwrap_or_else(fail),
-            stream,
-        )
-    });
-    let list_shards = || {
-        kinesis
-            .as_ref()
-            .map(|(k, stream)| k.list_shards(stream, None).unwrap_or_else(fail))
-    };
-    let mut listings: Vec<_> = list_shards().into_iter().collect();
     let before: HashMap<String, u64> = list_leases(&dynamodb, &app)
         .unwrap_or_else(fail)
         .into_iter()
         .map(|l| (l.shard_id, l.counter))
         .collect();
+    let multi = before
+        .keys()
+        .any(|k| StreamIdentifier::of_lease_key(k).is_some());
+    // In a multi-stream table, `--stream` shows that stream's leases
+    // alone, judged against its listing keyed as they are.
+    let kinesis = args.get("stream").map(|stream| {
+        let k = KinesisClient::new(&ClientConfig::new()).unwrap_or_else(fail);
+        let id = multi.then(|| stream_identity(&k, stream));
+        (k, stream, id)
+    });
+    let list_shards = || {
+        kinesis.as_ref().map(|(k, stream, id)| {
+            let shards = k.list_shards(stream, None).unwrap_or_else(fail);
+            match id {
+                Some(id) => shards.into_iter().map(|s| id.key_shard(s)).collect(),
+                None => shards,
+            }
+        })
+    };
+    let mut listings: Vec<_> = list_shards().into_iter().collect();
     let beats_before = worker_heartbeats(&dynamodb, &app).unwrap_or_else(fail);
     std::thread::sleep(observe);
     listings.extend(list_shards());
     let mut rows = inspect_leases(&dynamodb, &app, &listings).unwrap_or_else(fail);
+    if let Some((_, _, Some(id))) = &kinesis {
+        rows.retain(|r| {
+            StreamIdentifier::of_lease_key(&r.shard_id).is_some_and(|s| s.name() == id.name())
+        });
+    }
     rows.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
     let beats = worker_heartbeats(&dynamodb, &app).unwrap_or_else(fail);
     // A worker is alive when its heartbeat moved (with a heartbeat); an
@@ -337,6 +360,21 @@ fn print_report(report: &ResetReport) {
     if report.dry_run {
         println!("dry run: nothing written");
     }
+}
+
+/// Whether the application's lease table is in the multi-stream layout.
+fn multi_stream_table(app: &str) -> bool {
+    let leases = list_leases(&ClientConfig::new(), app).unwrap_or_else(fail);
+    leases
+        .iter()
+        .any(|l| StreamIdentifier::of_lease_key(&l.shard_id).is_some())
+}
+
+/// The identity of `stream` (a name or an ARN) now, as multi-stream lease
+/// keys name it.
+fn stream_identity(kinesis: &KinesisClient, stream: &str) -> StreamIdentifier {
+    let summary = kinesis.describe_stream_summary(stream).unwrap_or_else(fail);
+    summary.stream_identifier().unwrap_or_else(fail)
 }
 
 /// Deregisters the fan-out consumer `name` of `stream` (a name or an ARN).

@@ -11,11 +11,12 @@ usage="usage: scripts/test.sh [CARGO TEST OPTIONS] [-- TEST BINARY OPTIONS]
 
 Installs what is missing (npm emulators, aws-kinesis-agg and moto from PyPI,
 prometheus and chromium with apt-get), then runs cargo test --all-targets
-and the consumer, processing, scale-out, dead-letter and replay tests again
-reading through enhanced fan-out (without arguments, three test binaries at
-a time; with arguments, for example a test name filter, one after another
-through cargo test), the doc tests, and the lease simulation over SIM_SEEDS
-seeds (default 3000) in an optimized build."
+and the consumer, processing, scale-out, dead-letter, replay and
+multi-stream tests again reading through enhanced fan-out (without
+arguments, three test binaries at a time; with arguments, for example a
+test name filter, one after another through cargo test), the doc tests,
+and the lease simulation over SIM_SEEDS seeds (default 3000) in an
+optimized build."
 for arg in "$@"; do
   case "$arg" in
     -h | --help) echo "$usage"; exit 0 ;;
@@ -43,7 +44,7 @@ for line in sys.stdin:
     if [[ $fan_out == *" $name "* ]]; then echo "$name/fan-out $exe KINESIS_TEST_RETRIEVAL=fan-out"; fi
   done >"$jobs"
   # Longest first (measured), so that no lane is left with a long one at the end.
-  local slow="fan_out lease_lifecycle scale_out scale_out/fan-out faults processing/fan-out processing file_sink multi_stream"
+  local slow="fan_out lease_lifecycle scale_out scale_out/fan-out faults processing/fan-out multi_stream/fan-out processing file_sink multi_stream"
   { for name in $slow; do grep "^$name " "$jobs" || true; done
     grep -v -E "^($(echo "$slow" | tr ' ' '|')) " "$jobs"; } \
     | xargs -P "$lanes" -L 1 bash -c '
@@ -70,7 +71,7 @@ for requirements in tests/kpl/requirements.txt tests/metrics/requirements.txt; d
 done
 # The tests that run again reading through enhanced fan-out (HTTP/2
 # SubscribeToShard on kinesis-local's plain port) instead of polling.
-fan_out_tests=(consumer processing scale_out dead_letter replay)
+fan_out_tests=(consumer processing scale_out dead_letter replay multi_stream)
 if [ $# -gt 0 ]; then
   # A filter or cargo options: one test binary after another, as cargo runs them.
   cargo test --all-targets "$@"

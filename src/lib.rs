@@ -159,7 +159,7 @@ pub use lease::StreamsHandle;
 pub use lease::{
     BillingMode, Checkpoint, Lease, LeaseStanding, ResetChange, ResetReport, ResetTo, Standing,
     export_checkpoints, import_checkpoints, inspect_leases, list_leases, reset_positions,
-    worker_heartbeats,
+    reset_stream_positions, worker_heartbeats,
 };
 pub use metrics::{
     ConsumerStatus, MetricSample, MetricUnit, MetricsDimension, MetricsHandle, MetricsLevel,
@@ -170,5 +170,5 @@ pub use stream::{StreamConfig, StreamIdentifier};
 pub use worker::batch::{Batch, Message, ShardBatch, ShardEvent};
 pub use worker::checkpointer::Checkpointer;
 pub use worker::processing::{Checkpointing, ErrorPolicy};
-pub use worker::processor::ShardProcessor;
+pub use worker::processor::{InitializationInput, ShardProcessor};
 pub use worker::{Consumer, ShutdownHandle};

@@ -9,7 +9,7 @@
 use std::fmt;
 
 use crate::InitialPosition;
-use crate::aws::kinesis::{is_valid_shard_id, parse_stream_arn};
+use crate::aws::kinesis::{Shard, is_valid_shard_id, parse_stream_arn};
 use crate::lease::Checkpoint;
 
 /// One stream of a multi-stream consumer: its account, name and creation
@@ -93,6 +93,25 @@ impl StreamIdentifier {
     /// The lease key of `shard_id` of this stream in a multi-stream table.
     pub fn lease_key(&self, shard_id: &str) -> String {
         format!("{self}:{shard_id}")
+    }
+
+    /// `shard` (as [`list_shards`](crate::aws::kinesis::KinesisClient::list_shards)
+    /// gives it) with its id and its parents' ids turned into lease keys
+    /// of this stream: the listing a multi-stream table's leases are
+    /// judged against (by [`inspect_leases`](crate::inspect_leases) and
+    /// [`reset_stream_positions`](crate::reset_stream_positions)).
+    pub fn key_shard(&self, mut shard: Shard) -> Shard {
+        shard.shard_id = self.lease_key(&shard.shard_id);
+        for parent in [
+            &mut shard.parent_shard_id,
+            &mut shard.adjacent_parent_shard_id,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *parent = self.lease_key(parent);
+        }
+        shard
     }
 }
 

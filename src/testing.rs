@@ -89,7 +89,7 @@ use crate::worker::MessageHandler;
 use crate::worker::batch::{Batch, Message, ShardBatch, ShardEvent};
 use crate::worker::checkpointer::{CheckpointStore, Checkpointer};
 use crate::worker::processing::{Called, Checkpointing, ErrorPolicy, KeptShard, call_with_policy};
-use crate::worker::processor::{ShardProcessor, end_checkpointed};
+use crate::worker::processor::{InitializationInput, ShardProcessor, end_checkpointed};
 
 /// The shard id records and harnesses use unless told otherwise.
 pub const DEFAULT_SHARD_ID: &str = "shardId-000000000000";
@@ -848,7 +848,8 @@ impl<T, P: ShardProcessor<T>> ProcessorHarness<T, P> {
     }
 
     /// The shard was gained, to be read from `from`: calls
-    /// [`ShardProcessor::initialize`].
+    /// [`ShardProcessor::initialize_with`] (by default
+    /// [`ShardProcessor::initialize`]).
     ///
     /// # Panics
     ///
@@ -861,8 +862,8 @@ impl<T, P: ShardProcessor<T>> ProcessorHarness<T, P> {
         if let Some(next) = after(&from) {
             self.next_sequence = self.next_sequence.max(next);
         }
-        let shard_id = self.shard_id.clone();
-        match self.call("initialize", |p, _| p.initialize(&shard_id, &from)) {
+        let input = InitializationInput::new(&self.shard_id, from);
+        match self.call("initialize", |p, _| p.initialize_with(&input)) {
             Ok(()) => Ok(()),
             Err(error) => Err(self.failed(error)),
         }
@@ -1697,6 +1698,45 @@ mod tests {
                 checkpoint_at("77", 2)
             ]
         );
+    }
+
+    /// Keeps what `initialize_with` was told.
+    #[derive(Default)]
+    struct Told(Option<InitializationInput>);
+
+    impl ShardProcessor<Payload> for Told {
+        fn initialize_with(&mut self, input: &InitializationInput) -> HandlerResult {
+            self.0 = Some(input.clone());
+            Ok(())
+        }
+
+        fn process(&mut self, _: ShardBatch<Payload>, _: &Checkpointer) -> HandlerResult {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn initialize_with_is_told_the_stream_of_a_multi_stream_shard() {
+        let key = "111122223333:orders:1700000000:shardId-000000000004";
+        let mut h = ProcessorHarness::new(Told::default()).shard_id(key);
+        h.initialize(Checkpoint::TrimHorizon).unwrap();
+        let input = h.processor().0.clone().expect("initialize_with called");
+        assert_eq!(input.shard_id(), key);
+        assert_eq!(input.kinesis_shard_id(), "shardId-000000000004");
+        assert_eq!(input.checkpoint(), &Checkpoint::TrimHorizon);
+        let stream = input
+            .stream()
+            .expect("a multi-stream shard names its stream");
+        assert_eq!(
+            (stream.account(), stream.name(), stream.creation_epoch()),
+            ("111122223333", "orders", 1_700_000_000)
+        );
+        // A single-stream shard has no stream; its id is the bare one.
+        let mut h = ProcessorHarness::new(Told::default());
+        h.initialize(Checkpoint::Latest).unwrap();
+        let input = h.processor().0.clone().unwrap();
+        assert_eq!(input.stream(), None);
+        assert_eq!(input.kinesis_shard_id(), DEFAULT_SHARD_ID);
     }
 
     #[test]

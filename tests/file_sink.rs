@@ -241,3 +241,54 @@ fn refused_records_are_dead_lettered(extra: &[&str]) {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&dead_dir);
 }
+
+#[test]
+fn several_streams_are_written_to_files_named_after_their_lease_keys() {
+    let (a, b) = (common::create_stream(1), common::create_stream(1));
+    let k = common::kinesis();
+    let mut put = HashSet::new();
+    for (stream, prefix) in [(&a, "a"), (&b, "b")] {
+        for n in 0..3 {
+            let data = format!("{prefix}-{n}");
+            k.put_record(stream, "pk", None, data.as_bytes()).unwrap();
+            put.insert(data);
+        }
+    }
+    for extra in [&[][..], &["--processors"][..]] {
+        let app = common::unique_name("sink-multi");
+        let dir = std::env::temp_dir().join(common::unique_name("file-sink-multi"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let args = [&["--stream", b.as_str()][..], extra].concat();
+        let mut sink = spawn_sink(&a, &app, &dir, &args);
+        wait_reading(&mut sink);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while flushed(&dir) != put {
+            assert!(
+                Instant::now() < deadline,
+                "{extra:?}: flushed {:?}",
+                flushed(&dir)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &sink.id().to_string()])
+            .status();
+        assert!(sink.wait().unwrap().success());
+        // Each file is named after its shard's lease key, `+` for `:`,
+        // and holds that stream's records.
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let parts: Vec<&str> = name.splitn(4, '+').collect();
+            assert_eq!(parts.len(), 4, "{name}");
+            let stream = parts[1];
+            assert!(stream == a || stream == b, "{name}");
+            assert!(parts[3].starts_with("shardId-000000000000-"), "{name}");
+            let text = std::fs::read_to_string(dir.join(&name)).unwrap();
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v["stream"], stream, "{name}: {line}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

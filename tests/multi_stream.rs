@@ -54,7 +54,18 @@ fn spawn(
     kinesis_consumer::ShutdownHandle,
     std::thread::JoinHandle<kinesis_consumer::Result<()>>,
 ) {
-    let consumer = builder.build().unwrap();
+    spawn_consumer(builder.build().unwrap(), worker, log)
+}
+
+/// Runs a built consumer on its own thread, logging what it is handed.
+fn spawn_consumer(
+    consumer: Consumer<Payload>,
+    worker: &str,
+    log: &Log,
+) -> (
+    kinesis_consumer::ShutdownHandle,
+    std::thread::JoinHandle<kinesis_consumer::Result<()>>,
+) {
     let stop = consumer.shutdown_handle();
     let (log, worker) = (log.clone(), worker.to_owned());
     let thread = std::thread::spawn(move || {
@@ -319,7 +330,7 @@ fn a_table_in_the_other_layout_is_refused_saying_how_to_migrate() {
     assert!(log.lock().unwrap().is_empty());
 }
 
-/// A processor that notes its stream at initialize and its records.
+/// A processor that notes the stream `initialize_with` is told, and its records.
 struct Noting {
     key: String,
     stream: Option<StreamIdentifier>,
@@ -327,13 +338,18 @@ struct Noting {
 }
 
 impl kinesis_consumer::ShardProcessor<Payload> for Noting {
-    fn initialize(
+    fn initialize_with(
         &mut self,
-        shard_id: &str,
-        _from: &kinesis_consumer::Checkpoint,
+        input: &kinesis_consumer::InitializationInput,
     ) -> kinesis_consumer::HandlerResult {
-        assert_eq!(shard_id, self.key);
-        self.stream = StreamIdentifier::of_lease_key(shard_id);
+        assert_eq!(input.shard_id(), self.key);
+        assert_eq!(
+            input
+                .stream()
+                .map(|s| s.lease_key(input.kinesis_shard_id())),
+            Some(self.key.clone())
+        );
+        self.stream = input.stream();
         Ok(())
     }
 
@@ -435,6 +451,42 @@ fn rows_of(app: &str, stream: &str) -> Vec<kinesis_consumer::__test_support::Ite
         .collect()
 }
 
+/// Per-shard metrics, broken down by stream, kept in the process.
+fn with_stream_metrics(
+    builder: kinesis_consumer::ConsumerBuilder<Payload>,
+) -> kinesis_consumer::ConsumerBuilder<Payload> {
+    use kinesis_consumer::{MetricsDimension, MetricsLevel};
+    builder
+        .metrics_level(MetricsLevel::Detailed)
+        .metrics_dimensions(&[MetricsDimension::StreamName, MetricsDimension::ShardId])
+        .publish_metrics(false)
+}
+
+/// Under `KINESIS_TEST_RETRIEVAL=fan-out`: `stream` has the application's
+/// registration, ACTIVE, and its shards were read through it, never
+/// polled (the per-shard metrics of `with_stream_metrics`).
+fn check_read_through_fan_out(metrics: &kinesis_consumer::MetricsHandle, app: &str, stream: &str) {
+    if !common::fan_out() {
+        return;
+    }
+    let k = common::kinesis();
+    let arn = k.describe_stream_summary(stream).unwrap().stream_arn;
+    let consumer = k.describe_stream_consumer_by_name(&arn, app).unwrap();
+    assert_eq!(consumer.consumer_status, "ACTIVE", "{stream}");
+    let samples = metrics.snapshot();
+    let of_stream = |name: &str| {
+        samples
+            .iter()
+            .filter(|s| s.name == name && s.dimension("StreamName") == Some(stream))
+            .count()
+    };
+    assert!(
+        of_stream("SubscribeToShard.Success") > 0,
+        "{stream} was not read through fan-out"
+    );
+    assert_eq!(of_stream("GetRecords.Success"), 0, "{stream} was polled");
+}
+
 fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !done() {
@@ -448,10 +500,11 @@ fn streams_added_and_removed_while_running_resume_where_they_stopped() {
     let (a, b) = (common::create_stream(1), common::create_stream(1));
     let app = common::unique_name("multi-change");
     let log: Log = Arc::default();
-    let consumer = multi_builder(&app, std::slice::from_ref(&a), "worker-c")
+    let consumer = with_stream_metrics(multi_builder(&app, std::slice::from_ref(&a), "worker-c"))
         .former_stream_retention(Duration::from_secs(3600))
         .build()
         .unwrap();
+    let metrics = consumer.metrics();
     let handle = consumer.streams_handle();
     let stop = consumer.shutdown_handle();
     let sink = log.clone();
@@ -510,6 +563,8 @@ fn streams_added_and_removed_while_running_resume_where_they_stopped() {
     wait_for_all(&log, &later_a, Duration::from_secs(30));
     stop.shutdown();
     thread.join().unwrap().unwrap();
+    // The stream added while running was read through fan-out too.
+    check_read_through_fan_out(&metrics, &app, &b);
     let log = log.lock().unwrap();
     let mut seen = HashSet::new();
     for (_, _, d) in log.iter() {
@@ -522,9 +577,13 @@ fn a_stream_deleted_and_recreated_under_its_name_is_a_new_stream() {
     let name = common::create_stream(1);
     let app = common::unique_name("multi-recreate");
     let log: Log = Arc::default();
-    let builder = multi_builder(&app, std::slice::from_ref(&name), "worker-r")
-        .former_stream_retention(Duration::from_secs(1));
-    let (stop, thread) = spawn(builder, "worker-r", &log);
+    let consumer =
+        with_stream_metrics(multi_builder(&app, std::slice::from_ref(&name), "worker-r"))
+            .former_stream_retention(Duration::from_secs(1))
+            .build()
+            .unwrap();
+    let metrics = consumer.metrics();
+    let (stop, thread) = spawn_consumer(consumer, "worker-r", &log);
     let old = put_all(&name, (0..5).map(|n| format!("old-{n}")));
     wait_for_all(&log, &old, Duration::from_secs(30));
     let k = common::kinesis();
@@ -560,6 +619,8 @@ fn a_stream_deleted_and_recreated_under_its_name_is_a_new_stream() {
     });
     stop.shutdown();
     thread.join().unwrap().unwrap();
+    // The recreated stream has a registration of its own, read through.
+    check_read_through_fan_out(&metrics, &app, &name);
     let log = log.lock().unwrap();
     for (_, key, data) in log.iter() {
         let expected = if data.starts_with("old-") {
@@ -628,5 +689,86 @@ fn tail_reads_streams_given_more_than_once_and_leases_shows_each_stream() {
             text.contains(&format!("stream {stream} (account")),
             "{text}"
         );
+    }
+}
+
+/// Runs the `leases` example with `args`; its standard output.
+fn leases(args: &[&str]) -> String {
+    let out = common::aws_env(std::process::Command::new(common::example_binary("leases")))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "leases {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The checkpoint column of each lease row of `app`, by lease key.
+fn checkpoints(app: &str) -> BTreeMap<String, String> {
+    common::lease_rows(app)
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let key = r["leaseKey"].as_s().unwrap().to_owned();
+            (key, r["checkpoint"].as_s().unwrap().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn leases_shows_resets_exports_and_imports_one_stream_of_a_multi_stream_table() {
+    let (a, b) = (common::create_stream(1), common::create_stream(1));
+    let app = common::unique_name("multi-leases");
+    let mut put = put_all(&a, (0..3).map(|n| format!("a-{n}")));
+    put.extend(put_all(&b, (0..3).map(|n| format!("b-{n}"))));
+    let log: Log = Arc::default();
+    let builder = multi_builder(&app, &[a.clone(), b.clone()], "worker-l");
+    let (stop, thread) = spawn(builder, "worker-l", &log);
+    wait_for_all(&log, &put, Duration::from_secs(60));
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    let before = checkpoints(&app);
+    assert_eq!(before.len(), 2);
+
+    // --stream shows that stream's lease alone, judged against its listing.
+    let text = leases(&["--app", &app, "--stream", &a, "--observe-ms", "100"]);
+    assert!(text.contains(&format!("stream {a} (account")), "{text}");
+    assert!(!text.contains(&format!("stream {b} (account")), "{text}");
+    assert!(text.contains("shardId-000000000000"), "{text}");
+    for wrong in ["expired from the stream", "not listed"] {
+        assert!(!text.contains(wrong), "{text}");
+    }
+
+    // --reset moves that stream's lease alone, and writes no bare key.
+    let text = leases(&["--app", &app, "--stream", &a, "--reset", "trim-horizon"]);
+    let after = checkpoints(&app);
+    assert_eq!(after.len(), 2, "no lease added: {after:?}\n{text}");
+    for (key, checkpoint) in &after {
+        let stream = StreamIdentifier::of_lease_key(key).expect("a multi-stream key");
+        if stream.name() == a {
+            assert_eq!(checkpoint, "TRIM_HORIZON", "{text}");
+        } else {
+            assert_eq!(Some(checkpoint), before.get(key), "{key} moved: {text}");
+        }
+    }
+
+    // An export imports into another application's table as it was.
+    let file = std::env::temp_dir().join(format!("{app}.json"));
+    let file_arg = file.to_str().unwrap();
+    leases(&["--app", &app, "--export", file_arg]);
+    let copy = common::unique_name("multi-leases-copy");
+    leases(&["--app", &copy, "--import", file_arg]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(checkpoints(&copy), after);
+    for row in common::lease_rows(&copy).unwrap() {
+        let key = row["leaseKey"].as_s().unwrap();
+        let (stream, shard) = (
+            row["streamName"].as_s().unwrap(),
+            row["shardId"].as_s().unwrap(),
+        );
+        assert_eq!(key, format!("{stream}:{shard}"));
     }
 }

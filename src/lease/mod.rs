@@ -22,6 +22,7 @@ pub use plan::Standing;
 use plan::{Lineage, Row};
 pub use reset::{
     ResetChange, ResetReport, ResetTo, export_checkpoints, import_checkpoints, reset_positions,
+    reset_stream_positions,
 };
 pub use streams::StreamsHandle;
 pub(crate) use streams::{LeasedStream, MultiStreamShards, RequestNames};

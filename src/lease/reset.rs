@@ -16,6 +16,7 @@ use crate::lease::plan::{Row, new_lease};
 use crate::lease::table::{LeaseStore, LeaseTable};
 use crate::lease::{Checkpoint, Lease};
 use crate::record::{ExtendedSequenceNumber, SequenceNumber};
+use crate::stream::{Layout, StreamIdentifier, shard_id_of, split_lease_key};
 
 /// Where [`reset_positions`] moves an application's position.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -355,6 +356,55 @@ fn table(config: &ClientConfig, app_name: &str) -> Result<LeaseTable> {
     Ok(LeaseTable::new(DynamoDbClient::new(config)?, app_name))
 }
 
+/// The rows, listing and named shards of one reset. In a multi-stream
+/// table (`stream` given): the rows of that stream alone, and its listing
+/// and the named shards (bare shard ids or lease keys) keyed by it. A
+/// table in the other layout than asked for is refused: the reset would
+/// write single-stream leases into a multi-stream table (or the other way
+/// round) and call every row past retention.
+fn scoped(
+    mut rows: Vec<Row>,
+    stream: Option<&StreamIdentifier>,
+    listing: &[Shard],
+    only: &[String],
+) -> Result<(Vec<Row>, Vec<Shard>, Vec<String>)> {
+    let expected = match stream {
+        Some(_) => Layout::MultiStream,
+        None => Layout::SingleStream,
+    };
+    let mut keys = rows
+        .iter()
+        .filter_map(Row::lease)
+        .map(|l| l.shard_id.as_str());
+    if let Some(other) = keys.find(|k| Layout::of(k) != expected) {
+        let why = match stream {
+            None => format!(
+                "the lease table holds multi-stream leases (such as {other:?}): name the stream with reset_stream_positions (leases --reset with --stream)"
+            ),
+            Some(_) => format!(
+                "the lease table holds single-stream leases (such as {other:?}): use reset_positions"
+            ),
+        };
+        return Err(Error::config("reset", why));
+    }
+    let Some(stream) = stream else {
+        return Ok((rows, listing.to_vec(), only.to_vec()));
+    };
+    rows.retain(|r| split_lease_key(r.shard_id()).is_some_and(|(s, _)| s == *stream));
+    let listing = listing
+        .iter()
+        .map(|s| stream.key_shard(s.clone()))
+        .collect();
+    let only = only
+        .iter()
+        .map(|id| match is_valid_shard_id(id) {
+            true => stream.lease_key(id),
+            false => id.clone(),
+        })
+        .collect();
+    Ok((rows, listing, only))
+}
+
 /// Moves an application's position while its workers may be running:
 /// every shard (or those of `shards`) of the stream listed as `listing`
 /// (a `list_shards` of it) is reset to `to` in the lease table `app_name`
@@ -373,6 +423,9 @@ fn table(config: &ClientConfig, app_name: &str) -> Result<LeaseTable> {
 /// finished leases were deleted: their children wait for them again, so
 /// the parents are read again first. Shards past the stream's retention
 /// are left as they are and named in the report.
+///
+/// A table in the multi-stream layout is refused (`Error::Config`): use
+/// [`reset_stream_positions`].
 pub fn reset_positions(
     config: &ClientConfig,
     app_name: &str,
@@ -381,9 +434,40 @@ pub fn reset_positions(
     shards: &[String],
     dry_run: bool,
 ) -> Result<ResetReport> {
+    reset(config, app_name, None, listing, to, shards, dry_run)
+}
+
+/// [`reset_positions`] for one stream of a multi-stream application (a
+/// lease table in the KCL 3's multi-stream layout): the leases of
+/// `stream` (as [`StreamSummary::stream_identifier`](crate::aws::kinesis::StreamSummary::stream_identifier)
+/// names it; a former stream of the same name is another stream) move,
+/// the other streams' are left alone. `listing` is a `list_shards` of the
+/// stream; `shards` are bare shard ids or lease keys; the report names
+/// leases by lease key. A single-stream table is refused (`Error::Config`).
+pub fn reset_stream_positions(
+    config: &ClientConfig,
+    app_name: &str,
+    stream: &StreamIdentifier,
+    listing: &[Shard],
+    to: &ResetTo,
+    shards: &[String],
+    dry_run: bool,
+) -> Result<ResetReport> {
+    reset(config, app_name, Some(stream), listing, to, shards, dry_run)
+}
+
+fn reset(
+    config: &ClientConfig,
+    app_name: &str,
+    stream: Option<&StreamIdentifier>,
+    listing: &[Shard],
+    to: &ResetTo,
+    shards: &[String],
+    dry_run: bool,
+) -> Result<ResetReport> {
     let table = table(config, app_name)?;
-    let rows = table.list(true)?;
-    let (steps, past_retention) = plan(&rows, listing, to, shards, SystemTime::now())?;
+    let (rows, listing, shards) = scoped(table.list(true)?, stream, listing, shards)?;
+    let (steps, past_retention) = plan(&rows, &listing, to, &shards, SystemTime::now())?;
     if !dry_run {
         apply(&table, &steps)?;
     }
@@ -429,10 +513,16 @@ impl Exported {
         }
     }
 
-    /// The lease it describes, unowned; or what is wrong with it.
+    /// The lease it describes, unowned; or what is wrong with it. Its
+    /// key is a shard id, or a multi-stream lease key (its parents then
+    /// keys of the same stream).
     fn lease(&self) -> std::result::Result<Lease, String> {
         let shard_id = &self.shard_id;
-        if !is_valid_shard_id(shard_id) || !self.parents.iter().all(|p| is_valid_shard_id(p)) {
+        let stream = StreamIdentifier::of_lease_key(shard_id);
+        let valid = |id: &str| {
+            is_valid_shard_id(shard_id_of(id)) && StreamIdentifier::of_lease_key(id) == stream
+        };
+        if !valid(shard_id) || !self.parents.iter().all(|p| valid(p)) {
             return Err(format!(
                 "{shard_id:?}: a shard id (or a parent's) is not one"
             ));
@@ -533,9 +623,29 @@ fn ready(table: &LeaseTable) -> Result<()> {
     }
 }
 
+/// Refuses leases keyed in different layouts, among the file's leases or
+/// between them and the table's: imported, they would not be found.
+fn check_import_layout(rows: &[Row], leases: &[Lease]) -> Result<()> {
+    let table = rows.iter().filter_map(Row::lease);
+    let mut keys = leases.iter().chain(table).map(|l| l.shard_id.as_str());
+    let Some(first) = keys.next() else {
+        return Ok(());
+    };
+    match keys.find(|k| Layout::of(k) != Layout::of(first)) {
+        None => Ok(()),
+        Some(other) => Err(Error::config(
+            "import",
+            format!(
+                "{first:?} and {other:?} are keyed in different layouts (single-stream, multi-stream): a file and the table it goes into must both be in one layout (see docs/multi-stream.md)"
+            ),
+        )),
+    }
+}
+
 /// The writes that give `rows` the checkpoints of `leases`, parents first;
 /// leases already there are left out.
 fn import_steps(rows: &[Row], leases: Vec<Lease>) -> Result<Vec<Step>> {
+    check_import_layout(rows, &leases)?;
     let by_id: HashMap<&str, &Row> = rows.iter().map(|r| (r.shard_id(), r)).collect();
     let parents: HashMap<&str, Vec<&str>> = leases
         .iter()
@@ -766,5 +876,101 @@ mod tests {
             ..Exported::of(rows[0].lease().unwrap())
         };
         assert!(broken.lease().unwrap_err().contains("NOT_A_POSITION"));
+    }
+
+    fn orders() -> StreamIdentifier {
+        StreamIdentifier::new("111122223333", "orders", 1_700_000_000).unwrap()
+    }
+
+    /// `resharded()` as the rows of `stream` in a multi-stream table.
+    fn keyed_rows(stream: &StreamIdentifier) -> Vec<Row> {
+        let (rows, _) = resharded();
+        rows.into_iter()
+            .map(|r| {
+                let lease = r.lease().unwrap().clone();
+                Row::Lease(Lease {
+                    shard_id: stream.lease_key(&lease.shard_id),
+                    ..lease
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_multi_stream_reset_moves_the_named_streams_leases_alone_keyed_by_it() {
+        let (stream, former) = (
+            orders(),
+            StreamIdentifier::new("111122223333", "orders", 5).unwrap(),
+        );
+        let clicks = StreamIdentifier::new("111122223333", "clicks", 6).unwrap();
+        let mut rows = keyed_rows(&stream);
+        rows.extend(keyed_rows(&clicks));
+        rows.extend(keyed_rows(&former));
+        let (_, listing) = resharded();
+        let (rows, listing, only) = scoped(rows, Some(&stream), &listing, &[]).unwrap();
+        assert!(only.is_empty());
+        let (steps, past) =
+            plan(&rows, &listing, &ResetTo::TrimHorizon, &only, UNIX_EPOCH).unwrap();
+        let key = |id: &str| stream.lease_key(id);
+        assert_eq!(ids(&steps), [key(P), key(C1), key(C2)]);
+        match &steps[0] {
+            Step::Create(lease) => assert_eq!(lease.parents, [key(GONE)]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            past,
+            [key(GONE)],
+            "the other streams' rows are not past retention"
+        );
+        // A shard named bare or by its lease key.
+        let (_, listing) = resharded();
+        for named in [C2.to_owned(), key(C2)] {
+            let (rows, listing, only) =
+                scoped(keyed_rows(&stream), Some(&stream), &listing, &[named]).unwrap();
+            let (steps, _) =
+                plan(&rows, &listing, &ResetTo::TrimHorizon, &only, UNIX_EPOCH).unwrap();
+            assert_eq!(ids(&steps), [key(C2)]);
+        }
+    }
+
+    #[test]
+    fn a_reset_of_a_table_in_the_other_layout_is_refused() {
+        let (single, listing) = resharded();
+        let error = scoped(single, Some(&orders()), &listing, &[]).unwrap_err();
+        assert!(error.to_string().contains("reset_positions"), "{error}");
+        let error = scoped(keyed_rows(&orders()), None, &listing, &[]).unwrap_err();
+        assert!(
+            error.to_string().contains("reset_stream_positions"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_multi_stream_export_imports_and_layouts_do_not_mix() {
+        let stream = orders();
+        let rows = keyed_rows(&stream);
+        let exported: Vec<Exported> = rows
+            .iter()
+            .filter_map(Row::lease)
+            .map(Exported::of)
+            .collect();
+        let leases: Vec<Lease> = exported.iter().map(|e| e.lease().unwrap()).collect();
+        let steps = import_steps(&[], leases.clone()).unwrap();
+        assert_eq!(ids(&steps), [stream.lease_key(C1), stream.lease_key(C2)]);
+        // Into a single-stream table: refused, naming both layouts.
+        let (single, _) = resharded();
+        let error = import_steps(&single, leases).unwrap_err().to_string();
+        assert!(error.contains("different layouts"), "{error}");
+        // A parent of another stream, or a key that is neither: not a lease.
+        let other_parent = Exported {
+            parents: vec![format!("111122223333:clicks:6:{P}")],
+            ..Exported::of(rows[0].lease().unwrap())
+        };
+        assert!(other_parent.lease().is_err());
+        let neither = Exported {
+            shard_id: "a:b:shardId-000000000001".into(),
+            ..Exported::of(rows[0].lease().unwrap())
+        };
+        assert!(neither.lease().is_err());
     }
 }

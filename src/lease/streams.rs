@@ -226,10 +226,7 @@ impl MultiStreamShards {
         };
         match self.kinesis.list_shards(&stream.request, None) {
             Ok(shards) => Ok(Some(
-                shards
-                    .into_iter()
-                    .map(|s| keyed_shard(&stream.id, s))
-                    .collect(),
+                shards.into_iter().map(|s| stream.id.key_shard(s)).collect(),
             )),
             // Deleted since it was described: retired at the next sync.
             Err(e) if is_not_found(&e) => Ok(None),
@@ -246,21 +243,6 @@ impl MultiStreamShards {
 
 fn is_not_found(e: &Error) -> bool {
     e.code() == Some("ResourceNotFoundException")
-}
-
-/// `shard` with its id and its parents' ids turned into lease keys of `stream`.
-pub(crate) fn keyed_shard(stream: &StreamIdentifier, mut shard: Shard) -> Shard {
-    shard.shard_id = stream.lease_key(&shard.shard_id);
-    for parent in [
-        &mut shard.parent_shard_id,
-        &mut shard.adjacent_parent_shard_id,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        *parent = stream.lease_key(parent);
-    }
-    shard
 }
 
 impl ShardSource for MultiStreamShards {
@@ -371,7 +353,7 @@ mod tests {
             starting_sequence_number: "1".into(),
             ending_sequence_number: None,
         };
-        let keyed = keyed_shard(&stream, shard);
+        let keyed = stream.key_shard(shard);
         assert_eq!(keyed.shard_id, "1:orders:7:shardId-2");
         assert_eq!(
             keyed.parents().collect::<Vec<_>>(),

@@ -3,13 +3,17 @@
 //! names, and the live per-shard gauges of the leases held now. Every
 //! sample carries the `application`, `stream` and `worker` labels, and
 //! `shard` where it is per shard; a shard's series are shown only while
-//! its lease is held here, so the number of series stays bounded.
+//! its lease is held here, so the number of series stays bounded. In a
+//! multi-stream consumer a shard's `shard` is its bare shard id and its
+//! `stream` the name of its own stream (the consumer's series that are not
+//! per shard have `stream=""`).
 
 use std::fmt::Write;
 
 use crate::metrics::Metric;
 use crate::metrics::aggregate::{DURATION_BUCKETS_MS, SeriesKey, Total};
 use crate::metrics::live::ConsumerStatus;
+use crate::stream::split_lease_key;
 
 /// The `Content-Type` of the exposition.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -196,11 +200,18 @@ impl Exposition<'_> {
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
     }
 
+    /// A sample with the common labels, then `labels`; a label of
+    /// `labels` named as a common one (a shard's `stream`) takes its place.
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.out.push_str(name);
         self.out.push('{');
-        let all = self.common.iter().chain(labels);
-        for (i, (label, value)) in all.enumerate() {
+        let given = |label: &str| labels.iter().find(|(l, _)| *l == label);
+        let common = self.common.iter().map(|c| given(c.0).unwrap_or(c));
+        let rest = labels
+            .iter()
+            .filter(|(l, _)| !self.common.iter().any(|c| c.0 == *l));
+        let all: Vec<&(&str, &str)> = common.chain(rest).collect();
+        for (i, (label, value)) in all.into_iter().enumerate() {
             if i > 0 {
                 self.out.push(',');
             }
@@ -242,6 +253,19 @@ impl Exposition<'_> {
     }
 }
 
+/// The labels of a shard: `shard`, and in a multi-stream consumer (a
+/// lease key) the bare shard id with its own `stream`.
+fn shard_labels(key: &str) -> Vec<(&'static str, &str)> {
+    match split_lease_key(key) {
+        Some((stream, shard_id)) => {
+            // The name as a part of `key` (`account:name:epoch:shardId`).
+            let name = &key[stream.account().len() + 1..][..stream.name().len()];
+            vec![("stream", name), ("shard", shard_id)]
+        }
+        None => vec![("shard", key)],
+    }
+}
+
 /// Renders the exposition of the recorded series (`totals`, sorted by
 /// metric) and of the consumer's live state.
 pub(crate) fn render(totals: &[(SeriesKey, Total)], status: &ConsumerStatus) -> String {
@@ -267,7 +291,7 @@ pub(crate) fn render(totals: &[(SeriesKey, Total)], status: &ConsumerStatus) -> 
         // A released shard's series disappear with its lease.
         let shard_label = match &key.shard {
             Some(shard) if !held.contains(&&**shard) => continue,
-            Some(shard) => vec![("shard", &**shard)],
+            Some(shard) => shard_labels(shard),
             None => Vec::new(),
         };
         if current != Some(key.metric) {
@@ -355,7 +379,7 @@ pub(crate) fn render(totals: &[(SeriesKey, Total)], status: &ConsumerStatus) -> 
         }
         e.header(name, "gauge", help);
         for (shard, value) in values {
-            e.sample(name, &[("shard", shard)], value);
+            e.sample(name, &shard_labels(shard), value);
         }
     }
     e.out
@@ -490,6 +514,29 @@ mod tests {
         assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "cumulative");
         assert!(text.contains(&format!("{name}_sum{{{LABELS}}} 60.2065\n")));
         assert!(text.contains(&format!("{name}_count{{{LABELS}}} 5\n")));
+    }
+
+    #[test]
+    fn a_multi_stream_shard_has_its_stream_and_bare_shard_id() {
+        let lease_key = "111122223333:orders:1700000000:shardId-000000000001";
+        let mut series = Series::default();
+        series.add(key(Metric::RecordsProcessed, Some(lease_key)), 2.0);
+        series.add(key(Metric::BatchSize, None), 7.0);
+        let mut status = status(&[lease_key]);
+        status.stream = String::new();
+        let text = render(&series.totals(), &status);
+        let labels = r#"application="app \"quoted\"",stream="orders",worker="line\nfeed",shard="shardId-000000000001""#;
+        for name in [
+            "kinesis_consumer_records_processed_total",
+            "kinesis_consumer_millis_behind_latest",
+        ] {
+            assert!(text.contains(&format!("{name}{{{labels}}} ")), "{text}");
+        }
+        assert!(
+            text.contains(r#"kinesis_consumer_batch_size_records_count{application="app \"quoted\"",stream="",worker="line\nfeed"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("111122223333"), "no lease key: {text}");
     }
 
     #[test]

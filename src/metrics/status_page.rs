@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use crate::metrics::live::ConsumerStatus;
+use crate::stream::split_lease_key;
 
 /// The page reloads itself this often, in seconds.
 pub(crate) const REFRESH_SECONDS: u32 = 5;
@@ -36,14 +37,22 @@ fn optional(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
-/// Renders the page.
+/// Renders the page. In a multi-stream consumer each shard shows its
+/// bare shard id with its stream in a column of its own, and the page
+/// names the streams of the lease table's shards.
 pub(crate) fn render(status: &ConsumerStatus) -> String {
     let mut out = String::new();
-    let title = format!(
-        "{} on {}",
-        escape(&status.application),
-        escape(&status.stream)
-    );
+    let streams: std::collections::BTreeSet<String> = status
+        .shards
+        .iter()
+        .filter_map(|s| split_lease_key(&s.shard_id).map(|(id, _)| id.name().to_owned()))
+        .collect();
+    let multi = !streams.is_empty();
+    let stream = match multi {
+        true => streams.into_iter().collect::<Vec<_>>().join(", "),
+        false => status.stream.clone(),
+    };
+    let title = format!("{} on {}", escape(&status.application), escape(&stream));
     let _ = write!(
         out,
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">\
@@ -68,26 +77,39 @@ pub(crate) fn render(status: &ConsumerStatus) -> String {
          worker <b id=\"worker\">{}</b>: {health}. Heartbeat sent {} s ago; handler busy {:.0}%; \
          lease table read {} s ago (owners and checkpoints of leases held elsewhere are that old).</p>\n",
         escape(&status.application),
-        escape(&status.stream),
+        escape(&stream),
         escape(&status.worker),
         optional(status.seconds_since_heartbeat, 1),
         status.handler_busy_fraction * 100.0,
         optional(status.seconds_since_table_read, 1),
     );
     let held = status.shards.iter().filter(|s| s.held_here).count();
+    let stream_header = if multi { "<th>stream</th>" } else { "" };
     let _ = write!(
         out,
         "<h2>Shards ({} in the lease table, {held} held here)</h2>\n<table id=\"shards\">\
-         <tr><th>shard</th><th>owner</th><th>checkpoint</th><th>ms behind latest</th>\
+         <tr>{stream_header}<th>shard</th><th>owner</th><th>checkpoint</th><th>ms behind latest</th>\
          <th>last record's age (s)</th><th>last record handed on (s ago)</th><th>checkpointed (s ago)</th><th>records/s</th>\
          <th>bytes/s</th><th>held since (UTC)</th></tr>\n",
         status.shards.len()
     );
     for s in &status.shards {
         let class = if s.held_here { " class=\"here\"" } else { "" };
+        let (stream_cell, shard) = match split_lease_key(&s.shard_id) {
+            Some((id, shard)) => (
+                format!(
+                    "<td class=\"stream\" title=\"{}\">{}</td>",
+                    escape(&id.to_string()),
+                    escape(id.name())
+                ),
+                shard,
+            ),
+            None if multi => ("<td class=\"stream\"></td>".to_owned(), &*s.shard_id),
+            None => (String::new(), &*s.shard_id),
+        };
         let _ = writeln!(
             out,
-            "<tr{class} data-shard=\"{id}\"><td class=\"shard\">{id}</td><td class=\"owner\">{}</td>\
+            "<tr{class} data-shard=\"{key}\">{stream_cell}<td class=\"shard\">{id}</td><td class=\"owner\">{}</td>\
              <td class=\"checkpoint\">{}</td><td class=\"behind\">{}</td><td>{}</td><td>{}</td>\
              <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(s.owner.as_deref().unwrap_or("(none)")),
@@ -100,7 +122,8 @@ pub(crate) fn render(status: &ConsumerStatus) -> String {
             optional(s.bytes_per_second, 0),
             s.lease_held_since_unix_ms
                 .map_or_else(|| "–".to_owned(), unix_ms_as_text),
-            id = escape(&s.shard_id),
+            key = escape(&s.shard_id),
+            id = escape(shard),
         );
     }
     out.push_str("</table>\n<h2>Recent errors</h2>\n");
@@ -164,5 +187,36 @@ mod tests {
         assert!(page.contains("<td class=\"shard\">shard-2</td><td class=\"owner\">(none)</td>"));
         assert!(page.contains("not running"));
         assert!(!page.contains("<script"));
+        assert!(!page.contains("<th>stream</th>"), "one stream: no column");
+    }
+
+    #[test]
+    fn a_multi_stream_shard_shows_its_stream_beside_its_bare_id() {
+        let shard = |key: &str| ShardStatus {
+            shard_id: key.into(),
+            ..ShardStatus::default()
+        };
+        let status = ConsumerStatus {
+            application: "app".into(),
+            shards: vec![
+                shard("111122223333:orders:1700000000:shardId-000000000001"),
+                shard("111122223333:clicks:1700000005:shardId-000000000001"),
+            ],
+            ..ConsumerStatus::default()
+        };
+        let page = render(&status);
+        assert!(
+            page.contains("<title>app on clicks, orders</title>"),
+            "{page}"
+        );
+        assert!(page.contains("<tr><th>stream</th><th>shard</th>"), "{page}");
+        assert!(
+            page.contains(
+                "<tr data-shard=\"111122223333:orders:1700000000:shardId-000000000001\">\
+                 <td class=\"stream\" title=\"111122223333:orders:1700000000\">orders</td>\
+                 <td class=\"shard\">shardId-000000000001</td>"
+            ),
+            "{page}"
+        );
     }
 }

@@ -12,6 +12,7 @@ mod reader;
 #[cfg(test)]
 mod simulation;
 mod startup;
+mod stream_consumers;
 #[cfg(test)]
 mod test_support;
 mod ticker;
@@ -501,7 +502,11 @@ impl<T: Send + 'static> Consumer<T> {
             read_memory: Arc::new(Budget::new(s.read_memory, u64::MAX)),
             pace_reads: s.pace_reads,
             fan_out,
-            fan_outs,
+            fan_outs: stream_consumers::StreamConsumers::new(
+                s.fan_out_consumer.clone(),
+                fan_outs,
+                CONSUMER_ACTIVE_WAIT,
+            ),
             readers: std::sync::atomic::AtomicUsize::new(0),
             stop_timeout: s.connect_timeout + s.read_timeout + READER_STOP_MARGIN,
         });

@@ -55,10 +55,24 @@ pub trait ShardProcessor<T>: Send {
     /// multi-stream consumer ([`streams`](crate::ConsumerBuilder::streams))
     /// `shard_id` is the shard's lease key, which names its stream:
     /// [`StreamIdentifier::of_lease_key`](crate::StreamIdentifier::of_lease_key)
-    /// gives the stream.
+    /// gives the stream (or implement
+    /// [`initialize_with`](Self::initialize_with) instead, which is told it).
+    ///
+    /// Only called through the default
+    /// [`initialize_with`](Self::initialize_with): a processor implements
+    /// one of the two.
     fn initialize(&mut self, shard_id: &str, from: &Checkpoint) -> HandlerResult {
         let _ = (shard_id, from);
         Ok(())
+    }
+
+    /// The shard was gained, as the KCL's `initialize(InitializationInput)`:
+    /// `input` names the shard, its stream (multi-stream consumers) and
+    /// where its records are read from. This is what the consumer calls;
+    /// by default it calls [`initialize`](Self::initialize) with the
+    /// shard id and the position.
+    fn initialize_with(&mut self, input: &InitializationInput) -> HandlerResult {
+        self.initialize(input.shard_id(), input.checkpoint())
     }
 
     /// Records of the shard, in sequence order (one read's worth). With
@@ -87,6 +101,51 @@ pub trait ShardProcessor<T>: Send {
     fn shutdown_requested(&mut self, checkpointer: &Checkpointer) -> HandlerResult {
         let _ = checkpointer;
         Ok(())
+    }
+}
+
+/// What a [`ShardProcessor`] is told when its shard is gained (the KCL's
+/// `InitializationInput`): the shard, its stream and where its records
+/// are read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitializationInput {
+    shard_id: String,
+    checkpoint: Checkpoint,
+}
+
+impl InitializationInput {
+    /// The input for shard `shard_id` (a bare shard id, or in a
+    /// multi-stream consumer its lease key), read from `checkpoint`.
+    pub fn new(shard_id: &str, checkpoint: Checkpoint) -> InitializationInput {
+        InitializationInput {
+            shard_id: shard_id.to_owned(),
+            checkpoint,
+        }
+    }
+
+    /// The shard as the consumer names it everywhere else
+    /// ([`ShardBatch::shard_id`], the [`Checkpointer`]): its lease key in
+    /// a multi-stream consumer, the bare shard id otherwise.
+    pub fn shard_id(&self) -> &str {
+        &self.shard_id
+    }
+
+    /// The shard id as Kinesis names it (`shardId-…`), in either layout.
+    pub fn kinesis_shard_id(&self) -> &str {
+        crate::stream::shard_id_of(&self.shard_id)
+    }
+
+    /// The shard's stream in a multi-stream consumer
+    /// ([`streams`](crate::ConsumerBuilder::streams)); `None` in a
+    /// single-stream one.
+    pub fn stream(&self) -> Option<crate::StreamIdentifier> {
+        crate::StreamIdentifier::of_lease_key(&self.shard_id)
+    }
+
+    /// Where the shard's records are read from: its checkpoint, or the
+    /// initial position for a shard never checkpointed.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
     }
 }
 
@@ -249,8 +308,9 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
         let checkpointer = self.delivery.checkpointer.clone();
         checkpointer.gained(&self.shard_id, self.epoch, &from);
         let shard_id = self.shard_id.clone();
+        let input = InitializationInput::new(&shard_id, from.clone());
         let result = self
-            .call("initialize", |p, _| p.initialize(&shard_id, &from))
+            .call("initialize", |p, _| p.initialize_with(&input))
             .and_then(Called::done);
         let result = result.and_then(|()| self.work());
         let outcome = match result {

@@ -27,6 +27,7 @@ use crate::time::later;
 use crate::worker::MessageHandler;
 use crate::worker::batch::Message;
 use crate::worker::budget::{Budget, Room, Share, within_share};
+use crate::worker::stream_consumers::{Retrieval, StreamConsumers};
 
 /// Kinesis allows 5 GetRecords calls per second per shard.
 const MIN_TIME_BETWEEN_READS: Duration = Duration::from_millis(200);
@@ -99,7 +100,8 @@ impl<T> ReaderContext<T> {
                         .flatten()
                         .unwrap_or_else(|| stream.name().to_owned()),
                     shard_id: shard_id.to_owned(),
-                    fan_out: self.fan_outs.get(&id).cloned(),
+                    // Its reader looks it up (see `Reader::retrieval`).
+                    fan_out: None,
                 }
             }
             None => Target {
@@ -136,8 +138,8 @@ pub(crate) struct ReaderContext<T> {
     /// their shards instead of polling them.
     pub fan_out: Option<Arc<SharedConsumer>>,
     /// A multi-stream consumer's registered consumers, one per stream
-    /// identifier (empty when polling).
-    pub fan_outs: HashMap<String, Arc<SharedConsumer>>,
+    /// (registered by readers for streams added while running).
+    pub fan_outs: StreamConsumers,
     pub pace_reads: bool,
     pub metrics: Metrics,
     /// How many readers run now (per-shard queues share the buffer evenly
@@ -517,6 +519,43 @@ impl<T: Send + 'static> Reader<T> {
         }
     }
 
+    /// How the shard is read: through the registered consumer of its
+    /// stream (registered now for a stream added or recreated while
+    /// running, retried while the service says to), or by polling. A
+    /// registration the service refuses fails the reader, as it fails
+    /// startup. `None` when told to stop meanwhile.
+    fn retrieval(&self) -> Option<Retrieval> {
+        if let Some(consumer) = &self.fan_out {
+            return Some(Retrieval::FanOut(consumer.clone()));
+        }
+        let Some((stream, _)) = split_lease_key(&self.shard_id) else {
+            return Some(Retrieval::Polling);
+        };
+        let mut failures = 0;
+        while !self.stopped() {
+            let context = &self.context;
+            match context
+                .fan_outs
+                .retrieval(&context.kinesis, &stream, &self.stream)
+            {
+                Ok(retrieval) => return Some(retrieval),
+                Err(e) if e.is_retryable() => {
+                    self.back_off(&mut failures, Some(&e), Duration::from_millis(100));
+                }
+                Err(error) => {
+                    log::error!("reader of shard {} failed: {error}", self.shard_id);
+                    let _ = self.send(ReaderOutput::Failed {
+                        shard_id: self.shard_id.clone(),
+                        epoch: self.epoch,
+                        error,
+                    });
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
     /// True when a multi-stream reader's stream is being deleted
     /// (`ResourceInUseException`: not ACTIVE or UPDATING): one stream of
     /// several leaving does not stop the consumer; the coordinator's next
@@ -535,8 +574,20 @@ impl<T: Send + 'static> Reader<T> {
         else {
             return Ok(());
         };
-        if let Some(consumer) = self.fan_out.clone() {
-            return self.subscribe(&consumer, start, resume_after);
+        match self.retrieval() {
+            Some(Retrieval::FanOut(consumer)) => {
+                return self.subscribe(&consumer, start, resume_after);
+            }
+            Some(Retrieval::Polling) => {}
+            Some(Retrieval::StreamGone) => {
+                log::warn!(
+                    "shard {}: its stream is gone (deleted or recreated); its reader stops",
+                    self.shard_id
+                );
+                self.not_found.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+            None => return Ok(()),
         }
         let mut progress = Progress {
             start,
@@ -1688,7 +1739,7 @@ mod tests {
             start_timestamp: None,
             read_memory: Arc::new(Budget::new(1 << 30, u64::MAX)),
             fan_out: None,
-            fan_outs: HashMap::new(),
+            fan_outs: StreamConsumers::polling(),
             pace_reads: false,
             metrics: Metrics::default(),
             readers: AtomicUsize::new(0),
