@@ -15,6 +15,7 @@ mod reader;
 #[cfg(test)]
 pub(crate) mod test_server;
 mod transport;
+mod window;
 
 pub(crate) use connection::{BodyRead, Connection, ResponseBody, Target};
 pub(crate) use error::Http2Error;

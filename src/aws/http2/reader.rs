@@ -14,6 +14,7 @@ use super::connection::{
 use super::error::Http2Error;
 use super::frame::{self, Frame, ReadError};
 use super::hpack;
+use super::window::MAX_WINDOW;
 
 /// `Read` over the transport, for the reader thread's buffer.
 struct TransportReader {
@@ -313,8 +314,7 @@ impl FrameHandler<'_> {
         })?;
         let length = f.payload.len() as u32;
         let mut state = lock(&self.inner.state);
-        state.recv_window -= i64::from(length);
-        if state.recv_window < 0 {
+        if state.recv_window.consume(length).is_err() {
             return protocol_error(
                 frame::FLOW_CONTROL_ERROR,
                 "DATA beyond the connection's flow-control window",
@@ -325,7 +325,7 @@ impl FrameHandler<'_> {
         state.recv_unacked += length;
         if state.recv_unacked >= CONNECTION_WINDOW / 4 {
             let unacked = std::mem::take(&mut state.recv_unacked);
-            state.recv_window += i64::from(unacked);
+            state.recv_window.give_back(unacked);
             frame::write_window_update(out, 0, unacked);
         }
         let id = f.stream;
@@ -336,8 +336,7 @@ impl FrameHandler<'_> {
         if stream.end || stream.error.is_some() {
             return Ok(());
         }
-        stream.recv_window -= i64::from(length);
-        if stream.recv_window < 0 {
+        if stream.recv_window.consume(length).is_err() {
             stream.error = Some(Http2Error::Protocol {
                 code: frame::FLOW_CONTROL_ERROR,
                 message: format!("DATA beyond the flow-control window of stream {id}"),
@@ -354,7 +353,7 @@ impl FrameHandler<'_> {
             stream.data.push_back(data.to_vec());
         } else if stream.unacked >= STREAM_WINDOW / 4 && f.flags & frame::END_STREAM == 0 {
             frame::write_window_update(out, id, stream.unacked);
-            stream.recv_window += i64::from(stream.unacked);
+            stream.recv_window.give_back(stream.unacked);
             stream.unacked = 0;
         }
         if f.flags & frame::END_STREAM != 0 {
@@ -427,7 +426,7 @@ impl FrameHandler<'_> {
         for (id, value) in values {
             match id {
                 frame::SETTINGS_INITIAL_WINDOW_SIZE => {
-                    if i64::from(value) > frame::MAX_WINDOW {
+                    if value > MAX_WINDOW {
                         return protocol_error(
                             frame::FLOW_CONTROL_ERROR,
                             format!("SETTINGS_INITIAL_WINDOW_SIZE {value} above 2^31-1"),
@@ -435,10 +434,9 @@ impl FrameHandler<'_> {
                     }
                     // Open streams' windows move by the difference (6.9.2);
                     // one pushed above 2^31-1 is a connection error.
-                    let delta = i64::from(value) - i64::from(state.peer.initial_window);
+                    let old = state.peer.initial_window;
                     for (id, s) in state.streams.iter_mut() {
-                        s.send_window += delta;
-                        if s.send_window > frame::MAX_WINDOW {
+                        if s.send_window.resize(old, value).is_err() {
                             return protocol_error(
                                 frame::FLOW_CONTROL_ERROR,
                                 format!(
@@ -493,8 +491,7 @@ impl FrameHandler<'_> {
             if increment == 0 {
                 return protocol_error(frame::PROTOCOL_ERROR, "a WINDOW_UPDATE of 0");
             }
-            state.send_window += i64::from(increment);
-            if state.send_window > frame::MAX_WINDOW {
+            if state.send_window.grant(increment).is_err() {
                 return protocol_error(
                     frame::FLOW_CONTROL_ERROR,
                     "the connection's window grew above 2^31-1",
@@ -505,8 +502,7 @@ impl FrameHandler<'_> {
         let Some(stream) = state.streams.get_mut(&f.stream) else {
             return Ok(());
         };
-        stream.send_window += i64::from(increment);
-        if increment == 0 || stream.send_window > frame::MAX_WINDOW {
+        if increment == 0 || stream.send_window.grant(increment).is_err() {
             let code = if increment == 0 {
                 frame::PROTOCOL_ERROR
             } else {
