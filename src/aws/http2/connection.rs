@@ -96,6 +96,24 @@ pub(super) struct StreamState {
     pub(super) unacked: u32,
 }
 
+impl StreamState {
+    /// A stream just opened, while the server's initial window is
+    /// `initial_window`.
+    pub(super) fn new(initial_window: u32) -> StreamState {
+        StreamState {
+            response: None,
+            headers_done: false,
+            data: VecDeque::new(),
+            last_arrival: Instant::now(),
+            end: false,
+            error: None,
+            send_window: Window::new(initial_window),
+            recv_window: Window::new(STREAM_WINDOW),
+            unacked: 0,
+        }
+    }
+}
+
 pub(super) struct State {
     pub(super) streams: HashMap<u32, StreamState>,
     pub(super) next_id: u32,
@@ -122,6 +140,30 @@ pub(super) struct Inner {
     pub(super) authority: String,
     pub(super) scheme: &'static str,
     pub(super) read_timeout: Duration,
+}
+
+impl State {
+    /// A connection just opened: the protocol's defaults until the
+    /// server's SETTINGS, our connection window as our preface sets it.
+    pub(super) fn new() -> State {
+        State {
+            streams: HashMap::new(),
+            next_id: 1,
+            send_window: Window::new(65_535),
+            recv_window: Window::new(CONNECTION_WINDOW),
+            recv_unacked: 0,
+            peer: PeerSettings {
+                initial_window: 65_535,
+                max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
+                max_streams: u32::MAX,
+            },
+            settings_received: false,
+            anything_received: false,
+            goaway: None,
+            write_failed: None,
+            closed: None,
+        }
+    }
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -220,23 +262,7 @@ impl Connection {
             None => (Transport::Plain(socket), "http"),
             Some(config) => (tls_handshake(socket, config, target)?, "https"),
         };
-        let state = State {
-            streams: HashMap::new(),
-            next_id: 1,
-            send_window: Window::new(65_535),
-            recv_window: Window::new(CONNECTION_WINDOW),
-            recv_unacked: 0,
-            peer: PeerSettings {
-                initial_window: 65_535,
-                max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
-                max_streams: u32::MAX,
-            },
-            settings_received: false,
-            anything_received: false,
-            goaway: None,
-            write_failed: None,
-            closed: None,
-        };
+        let state = State::new();
         let inner = Arc::new(Inner {
             transport,
             writer: Mutex::new(()),
@@ -326,17 +352,7 @@ impl Connection {
                 ));
             }
             state.next_id += 2;
-            let stream = StreamState {
-                response: None,
-                headers_done: false,
-                data: VecDeque::new(),
-                last_arrival: Instant::now(),
-                end: false,
-                error: None,
-                send_window: Window::new(state.peer.initial_window),
-                recv_window: Window::new(STREAM_WINDOW),
-                unacked: 0,
-            };
+            let stream = StreamState::new(state.peer.initial_window);
             state.streams.insert(id, stream);
             let max_frame = state.peer.max_frame as usize;
             drop(state);

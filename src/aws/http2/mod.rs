@@ -9,6 +9,7 @@
 mod connection;
 mod error;
 pub(crate) mod frame;
+mod handler;
 pub(crate) mod hpack;
 pub(crate) mod huffman;
 mod reader;
@@ -19,3 +20,5 @@ mod window;
 
 pub(crate) use connection::{BodyRead, Connection, ResponseBody, Target};
 pub(crate) use error::Http2Error;
+#[cfg(feature = "fuzzing")]
+pub(crate) use handler::drive;
