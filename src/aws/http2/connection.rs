@@ -26,8 +26,12 @@ use super::window::Window;
 use crate::time::later;
 
 /// Each stream's receive window: what the server may send before we take
-/// it out. Two seconds of a shard's fan-out rate (2 MiB/s).
-pub(super) const STREAM_WINDOW: u32 = 4 << 20;
+/// it out. Two seconds of a shard's fan-out rate (2 MiB/s), and no less
+/// than kinesis-local needs: it sends nothing more while the window is
+/// smaller than its next event (seen with a 1 MiB window and a ~1.97 MB
+/// event). An open subscription reserves it from `read_memory` when that
+/// is set.
+pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
 /// The connection's receive window; given back as data arrives.
 pub(super) const CONNECTION_WINDOW: u32 = 16 << 20;
 /// The most header bytes (names, values, 32 per field) one block may hold.

@@ -18,7 +18,7 @@ pub(crate) mod test_server;
 mod transport;
 mod window;
 
-pub(crate) use connection::{BodyRead, Connection, ResponseBody, Target};
+pub(crate) use connection::{BodyRead, Connection, ResponseBody, STREAM_WINDOW, Target};
 pub(crate) use error::Http2Error;
 #[cfg(feature = "fuzzing")]
 pub(crate) use handler::drive;

@@ -6,16 +6,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Batch, Retrieval, STOP_CHECK, Shard, restart_position};
+use super::{Batch, Held, Retrieval, STOP_CHECK, Shard, restart_position};
 use crate::aws::client::backoff;
 use crate::aws::fan_out::{
     AfterSubscribeError, Polled, SharedConsumer, Subscription, after_subscribe_error, in_use_wait,
 };
+use crate::aws::http2::STREAM_WINDOW;
 use crate::aws::kinesis::IteratorPosition;
 use crate::error::{Error, Result};
 use crate::metrics::Metric;
 use crate::record::SequenceNumber;
 use crate::time::later;
+use crate::worker::budget::{Budget, Room};
 
 /// AWS allows one SubscribeToShard call per second per consumer and shard.
 const MIN_TIME_BETWEEN_SUBSCRIBES: Duration = Duration::from_secs(1);
@@ -42,10 +44,24 @@ pub(super) struct FanOut {
     last_subscribed: Option<Instant>,
     /// The last SubscribeToShard call.
     last_call: Option<Instant>,
+    /// `read_memory`, when subscriptions reserve their window from it.
+    memory: Option<Arc<Budget>>,
+    /// The window the open subscription (or the one being made) holds in
+    /// `memory`.
+    room: Option<Room>,
+    /// The last event was empty at the shard's tip: the subscription may
+    /// give its room to a reader waiting in line.
+    caught_up: bool,
 }
 
 impl FanOut {
-    pub(super) fn new(consumer: Arc<SharedConsumer>, start: IteratorPosition) -> FanOut {
+    /// Reads through `consumer` from `start`; with `memory`, each open
+    /// subscription reserves its stream window from it.
+    pub(super) fn new(
+        consumer: Arc<SharedConsumer>,
+        start: IteratorPosition,
+        memory: Option<Arc<Budget>>,
+    ) -> FanOut {
         FanOut {
             consumer,
             start,
@@ -55,7 +71,24 @@ impl FanOut {
             next_end_check: Instant::now(),
             last_subscribed: None,
             last_call: None,
+            memory,
+            room: None,
+            caught_up: false,
         }
+    }
+
+    /// Ends the open subscription and gives its room back.
+    fn close(&mut self) {
+        self.subscription = None;
+        self.room = None;
+        self.caught_up = false;
+    }
+
+    /// Whether a caught-up subscription should make way for readers
+    /// waiting in line for room in `read_memory` (see [`gives_way`]).
+    fn should_give_way(&self) -> bool {
+        let waiting = self.memory.as_ref().map_or(0, |m| m.waiting());
+        gives_way(self.caught_up, self.room.is_some(), waiting)
     }
 
     /// One SubscribeToShard call, a second after the last one; `Ok(None)`
@@ -66,6 +99,14 @@ impl FanOut {
             shard.pause(subscribe_wait(at, Instant::now()));
             if shard.stopped() {
                 return Ok(None);
+            }
+        }
+        // The window the server may fill before we take anything out: held
+        // in `read_memory` while the subscription is open; waits in line.
+        if let (Some(memory), None) = (&self.memory, &self.room) {
+            match memory.take_room(u64::from(STREAM_WINDOW), 0, || shard.stopped()) {
+                Some(room) => self.room = Some(room),
+                None => return Ok(None),
             }
         }
         let consumer_arn = self.consumer.arn();
@@ -93,7 +134,14 @@ impl FanOut {
                 ),
             ],
         );
-        let mut subscription = subscribed.map_err(|e| (e, consumer_arn.clone()))?;
+        let mut subscription = match subscribed {
+            Ok(s) => s,
+            Err(e) => {
+                // No room held while the failure is waited out.
+                self.room = None;
+                return Err((e, consumer_arn));
+            }
+        };
         subscription.tag_records(&shard.key);
         self.last_subscribed = Some(called_at);
         self.start = restart_position(self.start.clone(), asked_at);
@@ -185,6 +233,13 @@ impl Retrieval for FanOut {
     /// first when none is open) and hands its records on as a batch.
     fn next_batch(&mut self, shard: &Shard) -> Result<Option<Batch>> {
         while !shard.stopped() {
+            if self.should_give_way() {
+                log::debug!(
+                    "shard {}: caught up; giving its subscription's room to a reader waiting for it",
+                    shard.key
+                );
+                self.close();
+            }
             let Some((subscription, consumer_arn)) = &mut self.subscription else {
                 match self.subscribe(shard) {
                     Ok(Some(())) => {}
@@ -201,12 +256,12 @@ impl Retrieval for FanOut {
                 Ok(Polled::Idle) => continue,
                 // The service's 5 minutes are up: subscribe again.
                 Ok(Polled::Ended) => {
-                    self.subscription = None;
+                    self.close();
                     continue;
                 }
                 Err(e) => {
                     let tried = consumer_arn.clone();
-                    self.subscription = None;
+                    self.close();
                     shard
                         .metrics
                         .record(Some(&shard.key), &[(Metric::SubscribeToShardErrors, 1.0)]);
@@ -222,6 +277,7 @@ impl Retrieval for FanOut {
                 .map(|r| r.position.sequence_number.clone());
             let empty_at_tip =
                 event.records.is_empty() && event.millis_behind_latest.unwrap_or(0) == 0;
+            self.caught_up = empty_at_tip;
             let shard_end = self.ends_here(
                 shard,
                 !event.child_shards.is_empty(),
@@ -236,6 +292,13 @@ impl Retrieval for FanOut {
                 .records
                 .first()
                 .map_or(0, |r| r.shared.bytes.len() as u64);
+            // The event's records count until they are in the buffer.
+            let memory = match &self.memory {
+                Some(m) if buffer_bytes > 0 => Some(Held::Event {
+                    _room: m.force_room(buffer_bytes),
+                }),
+                _ => None,
+            };
             return Ok(Some(Batch {
                 last_sequence_number: last,
                 buffer_bytes,
@@ -243,11 +306,11 @@ impl Retrieval for FanOut {
                 millis_behind_latest: event.millis_behind_latest,
                 shard_end,
                 call_ms: None,
-                memory: None,
+                memory,
             }));
         }
         // Told to stop: dropping the subscription cancels its stream.
-        self.subscription = None;
+        self.close();
         Ok(None)
     }
 }
@@ -286,6 +349,14 @@ fn end_confirmed(shard: &Shard, after: Option<&SequenceNumber>, start: &Iterator
     }
 }
 
+/// Whether a subscription gives its room in `read_memory` to the
+/// `waiting` readers in line: only one holding room, and only once caught
+/// up (its last event was empty at the tip), so no shard with records
+/// waiting is held back by it and every reader gets its turn.
+fn gives_way(caught_up: bool, holds_room: bool, waiting: usize) -> bool {
+    caught_up && holds_room && waiting > 0
+}
+
 /// How long to wait at `now` before the next SubscribeToShard call of a
 /// shard whose last call was at `last_call`.
 fn subscribe_wait(last_call: Instant, now: Instant) -> Duration {
@@ -314,6 +385,48 @@ mod tests {
             subscribe_wait(now - Duration::from_secs(2), now),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn only_a_caught_up_subscription_holding_room_gives_way_to_waiting_readers() {
+        assert!(gives_way(true, true, 1));
+        assert!(!gives_way(true, true, 0), "nobody waiting");
+        assert!(!gives_way(false, true, 3), "records still coming");
+        assert!(
+            !gives_way(true, false, 3),
+            "holding nothing (read_memory unset)"
+        );
+    }
+
+    #[test]
+    fn open_subscriptions_hold_their_windows_within_read_memory() {
+        // read_memory for two windows: a third subscription waits in line
+        // until one of the first two gives its room back.
+        let window = u64::from(STREAM_WINDOW);
+        let memory = Arc::new(Budget::new(2 * window, u64::MAX));
+        let first = memory.take_room(window, 0, || false).unwrap();
+        let second = memory.take_room(window, 0, || false).unwrap();
+        assert!(!memory.try_acquire(window, 0));
+        std::thread::scope(|scope| {
+            let third = scope.spawn(|| memory.take_room(window, 0, || false));
+            while memory.waiting() == 0 {
+                std::thread::yield_now();
+            }
+            assert!(!third.is_finished());
+            drop(first);
+            let third = third.join().unwrap().unwrap();
+            assert_eq!(memory.used().0, 2 * window);
+            drop((second, third));
+        });
+        assert_eq!(memory.used().0, 0);
+        // An event's records are counted past the bound while handed on,
+        // and later subscriptions wait for them.
+        let held = memory.take_room(window, 0, || false).unwrap();
+        let event = memory.force_room(2 * window);
+        assert_eq!(memory.used().0, 3 * window);
+        assert!(!memory.try_acquire(1, 0));
+        drop((held, event));
+        assert_eq!(memory.used().0, 0);
     }
 
     #[test]

@@ -131,6 +131,9 @@ pub(crate) struct ReaderContext<T> {
     pub start_timestamp: Option<SystemTime>,
     /// Memory of reads in flight, across all readers (see `read_memory`).
     pub read_memory: Arc<Budget>,
+    /// Each open fan-out subscription reserves its stream window from
+    /// `read_memory` (set when `read_memory` was configured).
+    pub subscriptions_reserve: bool,
     /// Enhanced fan-out: the registered consumer; readers subscribe to
     /// their shards instead of polling them.
     pub fan_out: Option<Arc<SharedConsumer>>,
@@ -393,9 +396,18 @@ pub(super) struct Batch {
     shard_end: bool,
     /// A GetRecords call's time (polling).
     call_ms: Option<f64>,
-    /// The batch's memory in `read_memory` (polling), held until its
-    /// messages are handed on.
-    memory: Option<polling::Reservation>,
+    /// The batch's memory in `read_memory`, held until its messages are
+    /// handed on.
+    memory: Option<Held>,
+}
+
+/// Memory a batch holds in `read_memory`.
+enum Held {
+    /// A GetRecords call's reservation, fitted to its reply.
+    Read(polling::Reservation),
+    /// A fan-out event's records, counted past the bound if need be
+    /// (held only to be given back when dropped).
+    Event { _room: Room },
 }
 
 /// How a shard's records are fetched (the KCL's `RecordsPublisher`): the
@@ -475,7 +487,12 @@ impl<T: Send + 'static> Reader<T> {
     fn retrieval(&self, start: IteratorPosition) -> Box<dyn Retrieval> {
         let context = &self.context;
         match &self.fan_out {
-            Some(consumer) => Box::new(FanOut::new(consumer.clone(), start)),
+            Some(consumer) => {
+                let memory = context
+                    .subscriptions_reserve
+                    .then(|| context.read_memory.clone());
+                Box::new(FanOut::new(consumer.clone(), start, memory))
+            }
             None => Box::new(Polling::new(
                 PollingSettings {
                     read_memory: context.read_memory.clone(),
@@ -904,6 +921,7 @@ mod tests {
             retry_wait: Duration::from_millis(1),
             start_timestamp: None,
             read_memory: Arc::new(Budget::new(1 << 30, u64::MAX)),
+            subscriptions_reserve: false,
             fan_out: None,
             fan_outs: HashMap::new(),
             pace_reads: false,

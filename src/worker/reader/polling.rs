@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Batch, Retrieval, Shard, restart_position};
+use super::{Batch, Held, Retrieval, Shard, restart_position};
 use crate::aws::get_records::Records;
 use crate::aws::kinesis::{GetRecordsOutput, IteratorPosition};
 use crate::error::{Error, Result};
@@ -389,7 +389,7 @@ impl Retrieval for Polling {
                 millis_behind_latest: reply.millis_behind_latest,
                 shard_end,
                 call_ms: Some(call_ms),
-                memory: Some(reserved),
+                memory: Some(Held::Read(reserved)),
             }));
         }
         Ok(None)
@@ -398,7 +398,9 @@ impl Retrieval for Polling {
     /// Counts the batch's messages in its reservation, sizes the next read
     /// by what this one cost, and paces it.
     fn mapped(&mut self, batch: &mut Batch, bytes: u64, data_bytes: u64) {
-        let (Some(reserved), Some(read)) = (batch.memory.as_mut(), self.last_read.take()) else {
+        let (Some(Held::Read(reserved)), Some(read)) =
+            (batch.memory.as_mut(), self.last_read.take())
+        else {
             return;
         };
         let cost = reserved.bytes.max(bytes);
