@@ -3,7 +3,7 @@
 # Builds with --release into $CARGO_TARGET_DIR (default target/bench) and,
 # for the official SDK comparison, $SDK_TARGET_DIR (default target/bench-sdk).
 # Installs the pinned emulators (npm ci in emulators/) when missing.
-# Usage: bash bench/run.sh [throughput|scale|pressure|burst|latency|fan_out_latency|decoders|leases|processors|observe|multi_stream|fleet ...]
+# Usage: bash bench/run.sh [throughput|scale|pressure|burst|fan_out_burst|latency|fan_out_latency|decoders|leases|processors|observe|multi_stream|fleet ...]
 # (fleet, about 15 minutes, runs only when named)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -17,7 +17,7 @@ cargo build --release --quiet --manifest-path bench/Cargo.toml
 CARGO_TARGET_DIR="$sdk_target" cargo build --release --quiet --manifest-path bench/sdk/Cargo.toml
 bin="$CARGO_TARGET_DIR/release"
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(throughput scale pressure burst latency fan_out_latency decoders leases processors observe multi_stream)
+[ ${#benches[@]} -gt 0 ] || benches=(throughput scale pressure burst fan_out_burst latency fan_out_latency decoders leases processors observe multi_stream)
 echo "# kinesis-consumer benchmarks, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -h | awk '/^Mem:/ {print $2}') RAM"
 started=$SECONDS

@@ -638,6 +638,11 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// not starved by small ones. A single reply larger than this bound (a
     /// 1 MiB record with a small bound) is read alone. Memory the allocator
     /// keeps after replies are freed is not counted (see docs/settings.md).
+    /// With enhanced fan-out, when set, each open subscription reserves
+    /// its 4 MiB HTTP/2 stream window from it while open, so at most
+    /// `bytes / 4 MiB` subscriptions (at least one) are open at once; a
+    /// caught-up subscription gives its room to a reader waiting for it
+    /// (docs/fan-out.md, Memory). Unset, subscriptions are not held back.
     /// Defaults to an eighth of `buffer_bytes`, at least 8 MiB (8 MiB with
     /// the default buffer).
     pub fn read_memory(mut self, bytes: u64) -> Self {
@@ -941,6 +946,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             publish_metrics: s.publish_metrics,
             buffer_bytes: s.buffer_bytes,
             buffer_records: s.buffer_records,
+            read_memory_set: s.read_memory.is_some(),
             read_memory: s
                 .read_memory
                 .unwrap_or((s.buffer_bytes / 8).max(8 * 1024 * 1024)),

@@ -76,6 +76,30 @@ pub fn http2_frames(bytes: &[u8]) -> usize {
     count
 }
 
+/// Drives the HTTP/2 connection state machine (no socket) with `bytes`
+/// as everything a server sends, one request open on stream 1; panics if
+/// more data is buffered than the stream's window allows or a reply is
+/// not whole frames. How many frames were handled, and whether a
+/// connection error ended it.
+pub fn http2_connection(bytes: &[u8]) -> (usize, bool) {
+    let driven = crate::aws::http2::drive(bytes);
+    (driven.frames, driven.error.is_some())
+}
+
+/// Splits `bytes` into length-prefixed blocks: a 2-byte big-endian length,
+/// then that many bytes (the last block takes what is left). Every byte
+/// value can appear inside a block.
+pub fn length_prefixed(mut bytes: &[u8]) -> Vec<&[u8]> {
+    let mut blocks = Vec::new();
+    while let [high, low, rest @ ..] = bytes {
+        let length = usize::from(u16::from_be_bytes([*high, *low])).min(rest.len());
+        let (block, after) = rest.split_at(length);
+        blocks.push(block);
+        bytes = after;
+    }
+    blocks
+}
+
 /// A decoded header field: name and value.
 pub type HeaderField = (String, Vec<u8>);
 

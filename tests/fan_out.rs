@@ -889,3 +889,63 @@ fn measure_latency_from_event_arrival_to_the_batch_handler() {
         latencies[latencies.len() - 1]
     );
 }
+
+/// Issue 24, item 6: with `read_memory` set, each open subscription holds
+/// its 4 MiB stream window in it. Room for two windows and six shards:
+/// subscriptions wait their turn (a caught-up one gives its room to a
+/// reader waiting in line), and every record is still read once, in order
+/// within its shard.
+#[test]
+fn many_fan_out_shards_within_a_small_read_memory_read_every_record_once_in_order() {
+    let stream = common::create_stream(6);
+    let app = common::unique_name("efo-memory");
+    let k = common::kinesis();
+    let put_spread = |range: std::ops::Range<u32>| {
+        for i in range {
+            let key = format!("key-{i}");
+            k.put_record(&stream, &key, None, format!("record-{i}").as_bytes())
+                .unwrap();
+        }
+    };
+    put_spread(0..60);
+    let builder = common::consumer_builder(&stream, &app)
+        .enhanced_fan_out(&app)
+        .read_memory(8 << 20);
+    let running = Running::start(builder);
+    running.wait_for(60, Duration::from_secs(120));
+    // Records put while shards take turns.
+    put_spread(60..90);
+    running.wait_for(90, Duration::from_secs(120));
+    // Long enough for a duplicate to show up.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !running.thread.is_finished(),
+        "the consumer stopped by itself"
+    );
+    let subscribed = running.metric("SubscribeToShard.Success");
+    running.stop.shutdown();
+    running.thread.join().unwrap().unwrap();
+    let seen = running.seen.lock().unwrap();
+    let shards: std::collections::BTreeSet<&str> = seen.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(shards.len(), 6, "every shard read: {shards:?}");
+    assert!(subscribed >= 6.0, "{subscribed} subscriptions");
+    for shard in &shards {
+        let seqs: Vec<&SequenceNumber> = seen
+            .iter()
+            .filter(|s| s.0 == *shard)
+            .map(|s| &s.1)
+            .collect();
+        assert!(seqs.is_sorted(), "in order in {shard}");
+    }
+    let mut read: Vec<String> = seen
+        .iter()
+        .map(|s| String::from_utf8_lossy(&s.2).into_owned())
+        .collect();
+    read.sort();
+    let mut expected = records(0..90);
+    expected.sort();
+    assert_eq!(read, expected, "every record once");
+    println!(
+        "FANOUT MEMORY | 6 shards, read_memory 8 MiB (two 4 MiB windows) | 90 records read once | {subscribed} subscriptions"
+    );
+}

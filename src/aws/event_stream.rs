@@ -8,10 +8,18 @@
 
 use std::fmt;
 
-/// The largest message accepted: a SubscribeToShardEvent carries at most a
-/// few MiB of records; AWS caps messages at 16 MiB of payload and 128 KiB
-/// of headers.
-const MAX_MESSAGE: usize = 16 * 1024 * 1024 + 128 * 1024 + 16;
+/// The largest record Kinesis stores: 10 MiB on a stream whose maximum
+/// record size was raised ("Handle large records" in the Kinesis Data
+/// Streams developer guide; 1 MiB by default).
+const LARGEST_RECORD: usize = 10 << 20;
+
+/// The largest message accepted, near the largest real event: one largest
+/// record in base64 (13.3 MiB), 1 MiB for the rest of the event (other
+/// records, their keys and sequence numbers, the continuation) and the
+/// event-stream headers (at most 128 KiB) and framing. About 14.5 MiB,
+/// below the 16 MiB of payload the event-stream format allows: a
+/// subscription's decoder never holds more than this of one event.
+pub(crate) const MAX_MESSAGE: usize = LARGEST_RECORD.div_ceil(3) * 4 + (1 << 20) + (128 << 10) + 16;
 const PRELUDE: usize = 12;
 
 /// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320) tables for

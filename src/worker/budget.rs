@@ -123,6 +123,18 @@ impl Budget {
         })
     }
 
+    /// Takes room for `bytes` at once, past the bound if need be (see
+    /// [`force`](Self::force)), as a [`Room`] that gives it back when dropped.
+    pub(crate) fn force_room(self: &Arc<Self>, bytes: u64) -> Room {
+        self.force(bytes, 0);
+        Room {
+            budget: self.clone(),
+            bytes,
+            records: 0,
+            share: None,
+        }
+    }
+
     /// Takes room for `bytes` and `records` if it fits now and nobody is
     /// waiting; false, taking nothing, otherwise.
     pub(crate) fn try_acquire(&self, bytes: u64, records: u64) -> bool {
@@ -160,7 +172,6 @@ impl Budget {
     }
 
     /// How many are waiting in line.
-    #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
         self.lock().line.len()
     }

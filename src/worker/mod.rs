@@ -91,6 +91,9 @@ pub(crate) struct ConsumerSettings {
     pub buffer_bytes: u64,
     pub buffer_records: u64,
     pub read_memory: u64,
+    /// `read_memory` was set: fan-out subscriptions reserve their stream
+    /// window from it (unset, they are not held back).
+    pub read_memory_set: bool,
     pub retry_wait: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -500,6 +503,7 @@ impl<T: Send + 'static> Consumer<T> {
             start_timestamp: s.start_timestamp,
             metrics: self.metrics.clone(),
             read_memory: Arc::new(Budget::new(s.read_memory, u64::MAX)),
+            subscriptions_reserve: s.read_memory_set,
             pace_reads: s.pace_reads,
             fan_out,
             fan_outs: stream_consumers::StreamConsumers::new(

@@ -15,7 +15,7 @@ use crate::stream::StreamIdentifier;
 use crate::sync::lock;
 
 /// How a reader of a multi-stream shard reads it.
-pub(crate) enum Retrieval {
+pub(crate) enum ReadBy {
     /// Through the stream's registered consumer.
     FanOut(Arc<SharedConsumer>),
     /// By polling (the consumer does not use enhanced fan-out).
@@ -73,29 +73,29 @@ impl StreamConsumers {
         kinesis: &KinesisClient,
         stream: &StreamIdentifier,
         request: &str,
-    ) -> Result<Retrieval> {
+    ) -> Result<ReadBy> {
         let Some(name) = &self.name else {
-            return Ok(Retrieval::Polling);
+            return Ok(ReadBy::Polling);
         };
         let key = stream.to_string();
         if let Some(consumer) = self.registered(&key) {
-            return Ok(Retrieval::FanOut(consumer));
+            return Ok(ReadBy::FanOut(consumer));
         }
         let _one = lock(&self.registering);
         if let Some(consumer) = self.registered(&key) {
-            return Ok(Retrieval::FanOut(consumer));
+            return Ok(ReadBy::FanOut(consumer));
         }
         let described = match kinesis.describe_stream_summary(request) {
             Ok(described) => described,
             Err(e) if e.code() == Some("ResourceNotFoundException") => {
-                return Ok(Retrieval::StreamGone);
+                return Ok(ReadBy::StreamGone);
             }
             Err(e) => return Err(e),
         };
         // Registering on a stream recreated under the name would read the
         // new stream's shard under the old stream's lease.
         if described.stream_identifier()? != *stream {
-            return Ok(Retrieval::StreamGone);
+            return Ok(ReadBy::StreamGone);
         }
         let arn = &described.stream_arn;
         let registered = kinesis.ensure_stream_consumer(arn, name, self.active_wait)?;
@@ -111,6 +111,6 @@ impl StreamConsumers {
         ));
         let mut by_stream = self.by_stream.write().unwrap_or_else(|e| e.into_inner());
         by_stream.insert(key, consumer.clone());
-        Ok(Retrieval::FanOut(consumer))
+        Ok(ReadBy::FanOut(consumer))
     }
 }

@@ -22,11 +22,16 @@ use super::frame;
 use super::hpack;
 use super::reader::read_frames;
 use super::transport::{Transport, open_socket, tls_handshake};
+use super::window::Window;
 use crate::time::later;
 
 /// Each stream's receive window: what the server may send before we take
-/// it out. Two seconds of a shard's fan-out rate (2 MiB/s).
-pub(super) const STREAM_WINDOW: u32 = 4 << 20;
+/// it out. Two seconds of a shard's fan-out rate (2 MiB/s), and no less
+/// than kinesis-local needs: it sends nothing more while the window is
+/// smaller than its next event (seen with a 1 MiB window and a ~1.97 MB
+/// event). An open subscription reserves it from `read_memory` when that
+/// is set.
+pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
 /// The connection's receive window; given back as data arrives.
 pub(super) const CONNECTION_WINDOW: u32 = 16 << 20;
 /// The most header bytes (names, values, 32 per field) one block may hold.
@@ -88,18 +93,36 @@ pub(super) struct StreamState {
     pub(super) end: bool,
     pub(super) error: Option<Http2Error>,
     /// What we may still send (the server's window for this stream).
-    pub(super) send_window: i64,
+    pub(super) send_window: Window,
     /// What the server may still send.
-    pub(super) recv_window: i64,
+    pub(super) recv_window: Window,
     /// Bytes taken out (or padding) not yet given back with WINDOW_UPDATE.
     pub(super) unacked: u32,
+}
+
+impl StreamState {
+    /// A stream just opened, while the server's initial window is
+    /// `initial_window`.
+    pub(super) fn new(initial_window: u32) -> StreamState {
+        StreamState {
+            response: None,
+            headers_done: false,
+            data: VecDeque::new(),
+            last_arrival: Instant::now(),
+            end: false,
+            error: None,
+            send_window: Window::new(initial_window),
+            recv_window: Window::new(STREAM_WINDOW),
+            unacked: 0,
+        }
+    }
 }
 
 pub(super) struct State {
     pub(super) streams: HashMap<u32, StreamState>,
     pub(super) next_id: u32,
-    pub(super) send_window: i64,
-    pub(super) recv_window: i64,
+    pub(super) send_window: Window,
+    pub(super) recv_window: Window,
     pub(super) recv_unacked: u32,
     pub(super) peer: PeerSettings,
     pub(super) settings_received: bool,
@@ -121,6 +144,30 @@ pub(super) struct Inner {
     pub(super) authority: String,
     pub(super) scheme: &'static str,
     pub(super) read_timeout: Duration,
+}
+
+impl State {
+    /// A connection just opened: the protocol's defaults until the
+    /// server's SETTINGS, our connection window as our preface sets it.
+    pub(super) fn new() -> State {
+        State {
+            streams: HashMap::new(),
+            next_id: 1,
+            send_window: Window::new(65_535),
+            recv_window: Window::new(CONNECTION_WINDOW),
+            recv_unacked: 0,
+            peer: PeerSettings {
+                initial_window: 65_535,
+                max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
+                max_streams: u32::MAX,
+            },
+            settings_received: false,
+            anything_received: false,
+            goaway: None,
+            write_failed: None,
+            closed: None,
+        }
+    }
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -219,23 +266,7 @@ impl Connection {
             None => (Transport::Plain(socket), "http"),
             Some(config) => (tls_handshake(socket, config, target)?, "https"),
         };
-        let state = State {
-            streams: HashMap::new(),
-            next_id: 1,
-            send_window: 65_535,
-            recv_window: i64::from(CONNECTION_WINDOW),
-            recv_unacked: 0,
-            peer: PeerSettings {
-                initial_window: 65_535,
-                max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
-                max_streams: u32::MAX,
-            },
-            settings_received: false,
-            anything_received: false,
-            goaway: None,
-            write_failed: None,
-            closed: None,
-        };
+        let state = State::new();
         let inner = Arc::new(Inner {
             transport,
             writer: Mutex::new(()),
@@ -325,17 +356,7 @@ impl Connection {
                 ));
             }
             state.next_id += 2;
-            let stream = StreamState {
-                response: None,
-                headers_done: false,
-                data: VecDeque::new(),
-                last_arrival: Instant::now(),
-                end: false,
-                error: None,
-                send_window: i64::from(state.peer.initial_window),
-                recv_window: i64::from(STREAM_WINDOW),
-                unacked: 0,
-            };
+            let stream = StreamState::new(state.peer.initial_window);
             state.streams.insert(id, stream);
             let max_frame = state.peer.max_frame as usize;
             drop(state);
@@ -420,10 +441,13 @@ impl ResponseBody {
             let state = lock(&inner.state);
             let id = self.id;
             let (mut state, ready) = inner.wait_until(state, deadline, |s| {
-                let stream_window = s.streams.get(&id).map_or(1, |st| st.send_window);
+                let stream_window = s
+                    .streams
+                    .get(&id)
+                    .map_or(1, |st| st.send_window.available());
                 s.closed.is_some()
                     || s.streams.get(&id).is_none_or(|st| st.error.is_some())
-                    || (s.send_window > 0 && stream_window > 0)
+                    || (s.send_window.available() > 0 && stream_window > 0)
             });
             if let Some(e) = stream_error(&state, id) {
                 return Err(e);
@@ -434,15 +458,21 @@ impl ResponseBody {
                     inner.read_timeout
                 )));
             }
-            let stream_window = state.streams.get(&id).map_or(0, |s| s.send_window);
-            let n = (body.len() as i64)
-                .min(state.send_window)
+            let stream_window = state
+                .streams
+                .get(&id)
+                .map_or(0, |s| s.send_window.available());
+            let n = u32::try_from(body.len())
+                .unwrap_or(u32::MAX)
+                .min(state.send_window.available())
                 .min(stream_window)
-                .min(i64::from(state.peer.max_frame)) as usize;
-            state.send_window -= n as i64;
+                .min(state.peer.max_frame);
+            // Within both windows by construction.
+            let _ = state.send_window.consume(n);
             if let Some(s) = state.streams.get_mut(&id) {
-                s.send_window -= n as i64;
+                let _ = s.send_window.consume(n);
             }
+            let n = n as usize;
             drop(state);
             let (chunk, rest) = body.split_at(n);
             body = rest;
@@ -510,7 +540,7 @@ impl ResponseBody {
             // Give the window back in large steps, not per frame.
             if !stream.end && stream.unacked >= STREAM_WINDOW / 4 {
                 frame::write_window_update(&mut out, id, stream.unacked);
-                stream.recv_window += i64::from(stream.unacked);
+                stream.recv_window.give_back(stream.unacked);
                 stream.unacked = 0;
             }
             drop(state);
@@ -608,6 +638,7 @@ mod tests {
 
     use super::*;
     use crate::aws::http2::test_server::{ScriptedServer, indexed_huffman};
+    use crate::aws::http2::window::MAX_WINDOW;
 
     fn target(url: &str) -> Target {
         let address = url.trim_start_matches("http://");
@@ -874,7 +905,7 @@ mod tests {
         // A window pushed above 2^31-1 by a new initial window size.
         let e = response_error(&[], |peer, stream| {
             let mut out = Vec::new();
-            frame::write_window_update(&mut out, stream, (frame::MAX_WINDOW - 65_535) as u32);
+            frame::write_window_update(&mut out, stream, MAX_WINDOW - 65_535);
             frame::write_settings(&mut out, &[(frame::SETTINGS_INITIAL_WINDOW_SIZE, 65_536)]);
             peer.send(&out);
         });

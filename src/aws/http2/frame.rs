@@ -43,8 +43,6 @@ pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The default and smallest SETTINGS_MAX_FRAME_SIZE, and the largest allowed.
 pub(crate) const DEFAULT_MAX_FRAME_SIZE: u32 = 16_384;
 pub(crate) const LARGEST_MAX_FRAME_SIZE: u32 = (1 << 24) - 1;
-/// The largest flow-control window (2^31 - 1).
-pub(crate) const MAX_WINDOW: i64 = (1 << 31) - 1;
 
 /// The name of an HTTP/2 error code, for messages.
 pub(crate) fn error_name(code: u32) -> &'static str {

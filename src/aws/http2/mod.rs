@@ -9,12 +9,16 @@
 mod connection;
 mod error;
 pub(crate) mod frame;
+mod handler;
 pub(crate) mod hpack;
 pub(crate) mod huffman;
 mod reader;
 #[cfg(test)]
 pub(crate) mod test_server;
 mod transport;
+mod window;
 
-pub(crate) use connection::{BodyRead, Connection, ResponseBody, Target};
+pub(crate) use connection::{BodyRead, Connection, ResponseBody, STREAM_WINDOW, Target};
 pub(crate) use error::Http2Error;
+#[cfg(feature = "fuzzing")]
+pub(crate) use handler::drive;
