@@ -1087,3 +1087,66 @@ fn records_stop_before_a_peer_could_take_the_lease() {
     producer.finish();
     a.stop();
 }
+
+/// Kinesis answering the shard listing slowly (a busy endpoint, or
+/// throttling waited out) must not hold up the heartbeat: a worker that
+/// waited for its listing before beating let its own leases lapse and
+/// took them back, again and again (seen in
+/// `bad_input::records_of_one_mebibyte_*` on a loaded machine: ListShards
+/// took 3.5-5.3 s behind megabyte GetRecords replies, failover 3 s).
+#[test]
+fn a_slow_shard_listing_does_not_let_the_leases_lapse() {
+    let _serial = serial();
+    let stream = common::create_stream(2);
+    let app = common::unique_name("app");
+    let proxy = Proxy::for_emulators();
+    let e = common::emulators();
+    let consumer = common::consumer_builder_at(proxy.url(), &e.dynamodb_url, &stream, &app)
+        .build()
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = events.clone();
+    let thread = std::thread::spawn(move || {
+        consumer.run(move |batch| {
+            let mut sink = sink.lock().unwrap();
+            sink.extend(batch.events().iter().map(|e| format!("{e:?}")));
+            Ok(())
+        })
+    });
+    wait_until_true("both shards gained", Duration::from_secs(30), || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.starts_with("Gained"))
+            .count()
+            == 2
+    });
+    // Each listing answered after 4 s: longer than the fencing window (2.6 s).
+    let slow = proxy.add(
+        "ListShards",
+        Trigger::Next(3),
+        Fault::Delay(Duration::from_secs(4)),
+    );
+    wait_until_true("three slow listings", Duration::from_secs(40), || {
+        proxy.hits(slow) >= 3
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    let events = events.lock().unwrap().clone();
+    let lost: Vec<&String> = events.iter().filter(|e| e.starts_with("Lost")).collect();
+    assert!(
+        lost.is_empty(),
+        "leases lost while the listing was slow: {lost:?} (all events: {events:?})"
+    );
+}
+
+fn wait_until_true(what: &str, timeout: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -114,7 +114,7 @@ pub(crate) trait ShardRunner: Send {
 }
 
 /// The stream's shards, as the coordinator sees them.
-pub(crate) trait ShardSource: Send {
+pub(crate) trait ShardSource: Send + Sync {
     /// Every shard the stream lists, and the service's time of the listing
     /// when it said (rounded down to the second), for pinning `Latest`.
     fn list_shards(&self) -> Result<(Vec<Shard>, Option<SystemTime>)>;
@@ -166,7 +166,7 @@ pub(crate) enum CoordinatorEvent {
 /// The lease coordinator of one worker.
 pub(crate) struct Coordinator<R: ShardRunner> {
     held: Arc<HeldLeases>,
-    shards: Box<dyn ShardSource>,
+    shards: Arc<dyn ShardSource>,
     stream: String,
     initial: Checkpoint,
     timings: LeaseTimings,
@@ -221,7 +221,7 @@ pub(crate) struct Coordinator<R: ShardRunner> {
 impl<R: ShardRunner> Coordinator<R> {
     pub(crate) fn new(
         held: Arc<HeldLeases>,
-        shards: Box<dyn ShardSource>,
+        shards: Arc<dyn ShardSource>,
         stream: &str,
         initial: Checkpoint,
         timings: LeaseTimings,
@@ -450,6 +450,40 @@ impl<R: ShardRunner> Coordinator<R> {
         }
     }
 
+    /// Lists the shards on a thread of its own while this one keeps the
+    /// heartbeat going. A listing can take seconds (a busy endpoint,
+    /// throttling waited out); a heartbeat held up behind it let this
+    /// worker's own leases lapse while it was alive and reading them.
+    fn list_shards_beating(&mut self) -> Result<(Vec<Shard>, Option<SystemTime>)> {
+        let source = self.shards.clone();
+        let (sender, listed) = crossbeam_channel::bounded(1);
+        let lister = std::thread::Builder::new()
+            .name("kinesis-shard-listing".into())
+            .spawn(move || {
+                let _ = sender.send(source.list_shards());
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the shard listing thread: {e}")))?;
+        loop {
+            let since_beat = self
+                .last_beat
+                .map_or(Duration::MAX, |sent| self.now().duration_since(sent));
+            let until_beat = self.timings.heartbeat_interval.saturating_sub(since_beat);
+            match listed.recv_timeout(until_beat) {
+                Ok(result) => return result,
+                Err(RecvTimeoutError::Timeout) => self.beat_if_due(),
+                // The lister panicked: so does this thread, as if it had listed.
+                Err(RecvTimeoutError::Disconnected) => match lister.join() {
+                    Err(panic) => std::panic::resume_unwind(panic),
+                    Ok(()) => {
+                        return Err(Error::Internal(
+                            "the shard listing thread ended without an answer".into(),
+                        ));
+                    }
+                },
+            }
+        }
+    }
+
     /// A shard's end is checkpointed: give its lease up and look for its
     /// children at once.
     pub(crate) fn shard_finished(&mut self, shard_id: &str) {
@@ -590,7 +624,7 @@ impl<R: ShardRunner> Coordinator<R> {
     /// read again (consistently) before any lease is created, and every
     /// worker is told of the new leases.
     pub(crate) fn sync_shards(&mut self) -> Result<()> {
-        let (shards, service_time) = self.shards.list_shards()?;
+        let (shards, service_time) = self.list_shards_beating()?;
         let lineage = Lineage::new(&shards);
         // Pin "latest" by the service's clock where it said, never later
         // than ours: a fast local clock must not skip records.

@@ -891,7 +891,7 @@ impl Sim {
         };
         let coordinator = Coordinator::new(
             held.clone(),
-            Box::new(SimSource {
+            Arc::new(SimSource {
                 stream: self.stream.clone(),
                 faults: self.faults.clone(),
                 removed: self.removed.clone(),

@@ -533,9 +533,9 @@ impl<T: Send + 'static> Consumer<T> {
             s.worker_id,
             s.app_name
         );
-        let shards: Box<dyn ShardSource> = match multi {
-            Some(multi) => Box::new(multi),
-            None => Box::new(StreamShards {
+        let shards: Arc<dyn ShardSource> = match multi {
+            Some(multi) => Arc::new(multi),
+            None => Arc::new(StreamShards {
                 kinesis: self.kinesis.clone(),
                 stream: s.stream.clone(),
             }),
