@@ -46,7 +46,7 @@ impl Clock {
         Clock(Arc::new(Instant::now))
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "simulation"))]
     pub(crate) fn new(now: impl Fn() -> Instant + Send + Sync + 'static) -> Clock {
         Clock(Arc::new(now))
     }

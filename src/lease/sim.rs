@@ -27,13 +27,19 @@ use crate::aws::kinesis::Shard;
 use crate::error::{Error, Result};
 use crate::lease::coordinator::{LeaseTimings, ShardRunner, ShardSource};
 use crate::lease::plan::Row;
-use crate::lease::table::{Beat, LeaseStore, Workers, Written, namesake_error, next_counter};
+use limits::{ItemLimits, lease_bytes, workers_bytes};
+use crate::lease::table::{
+    Beat, LeaseStore, WORKERS_KEY, Workers, Written, namesake_error, next_counter,
+};
 use crate::lease::{Checkpoint, Clock, Coordinator, HeldLeases, Lease};
 use crate::metrics::Metrics;
 use crate::random::Rng;
 use crate::record::{ExtendedSequenceNumber, SequenceNumber};
 use crate::stream::{Layout, StreamIdentifier};
 use crate::sync::lock;
+
+
+mod limits;
 
 const STEP: Duration = Duration::from_millis(100);
 const FAILOVER: Duration = Duration::from_secs(10);
@@ -193,6 +199,8 @@ struct SimTable {
     /// Lease writes whose caller gave up, and when (clock milliseconds)
     /// each lands.
     landing: Mutex<Vec<(u64, Landing)>>,
+    /// DynamoDB's billing and per-item limits.
+    limits: ItemLimits,
 }
 
 /// A lease write still on its way.
@@ -220,6 +228,30 @@ fn position(checkpoint: &Checkpoint) -> Option<u64> {
 }
 
 impl SimTable {
+    /// The size of the row of `key` now (0 when there is none).
+    fn row_bytes(&self, key: &str) -> usize {
+        match lock(&self.rows).get(key) {
+            Some(Row::Lease(lease)) => lease_bytes(lease),
+            _ => 0,
+        }
+    }
+
+    /// Bills a write of the lease row `key` on its size now, refused as
+    /// DynamoDB would refuse it (throttled, too large).
+    fn bill_lease_write(&self, operation: &'static str, key: &str) -> Result<()> {
+        let bytes = self.row_bytes(key);
+        let now = self.clock.load(Ordering::Relaxed);
+        self.limits.write(operation, key, bytes, now)
+    }
+
+    /// Bills a write of the workers row, `after` as it is written.
+    fn bill_workers_write(&self, operation: &'static str, after: &Workers) -> Result<()> {
+        let before = workers_bytes(&lock(&self.workers));
+        let bytes = before.max(workers_bytes(after));
+        let now = self.clock.load(Ordering::Relaxed);
+        self.limits.write(operation, WORKERS_KEY, bytes, now)
+    }
+
     /// Applies `write` to the lease row if `condition` holds, with faults.
     fn write(
         &self,
@@ -228,6 +260,7 @@ impl SimTable {
         condition: impl Fn(&Lease) -> bool + Send + 'static,
         write: impl Fn(&mut Lease) + Send + 'static,
     ) -> Result<Option<Written>> {
+        self.bill_lease_write(operation, shard_id)?;
         let fault = self.faults.draw(shard_id);
         match fault {
             Fault::Fail => return Err(injected(operation)),
@@ -319,10 +352,16 @@ impl LeaseStore for SimTable {
         }
         // Eventually consistent: every other read is a step behind.
         trace(|| format!("  list consistent {consistent}"));
-        if !consistent && matches!(self.faults.draw("stale"), Fault::None) {
-            return Ok(lock(&self.stale_rows).values().cloned().collect());
-        }
-        Ok(lock(&self.rows).values().cloned().collect())
+        let source = if !consistent && matches!(self.faults.draw("stale"), Fault::None) {
+            &self.stale_rows
+        } else {
+            &self.rows
+        };
+        let rows: Vec<Row> = lock(source).values().cloned().collect();
+        let bytes = rows.iter().filter_map(Row::lease).map(lease_bytes).sum::<usize>()
+            + workers_bytes(&lock(&self.workers));
+        self.limits.read(bytes, consistent);
+        Ok(rows)
     }
 
     fn heartbeat(&self, beat: &Beat<'_>) -> Result<Workers> {
@@ -342,6 +381,9 @@ impl LeaseStore for SimTable {
                 return Err(namesake_error(worker));
             }
         }
+        let mut after = lock(&self.workers).clone();
+        after.beats.insert(worker.to_owned(), beat);
+        self.bill_workers_write("UpdateItem", &after)?;
         let slow = lock(&self.slow_beats).remove(worker);
         let gate = lock(&self.gate).take();
         if let (Some(millis), Some(gate)) = (slow, gate) {
@@ -368,7 +410,9 @@ impl LeaseStore for SimTable {
     }
 
     fn workers(&self) -> Result<Workers> {
-        Ok(lock(&self.workers).clone())
+        let workers = lock(&self.workers).clone();
+        self.limits.read(workers_bytes(&workers), true);
+        Ok(workers)
     }
 
     fn notify(&self, worker: Option<&str>) -> Result<()> {
@@ -378,6 +422,11 @@ impl LeaseStore for SimTable {
             return Err(injected("UpdateItem"));
         }
         trace(|| format!("  notify {worker:?}"));
+        let mut after = lock(&self.workers).clone();
+        if let Some(w) = worker {
+            after.inboxes.insert(w.to_owned(), 1);
+        }
+        self.bill_workers_write("UpdateItem", &after)?;
         let mut workers = lock(&self.workers);
         match worker {
             Some(w) => *workers.inboxes.entry(w.to_owned()).or_default() += 1,
@@ -387,6 +436,8 @@ impl LeaseStore for SimTable {
     }
 
     fn forget_worker(&self, worker: &str, seen_beat: Option<u64>) -> Result<()> {
+        let before = lock(&self.workers).clone();
+        self.bill_workers_write("UpdateItem", &before)?;
         let mut workers = lock(&self.workers);
         if seen_beat.is_none_or(|seen| workers.beats.get(worker) == Some(&seen)) {
             trace(|| format!("  forget worker {worker}"));
@@ -399,6 +450,9 @@ impl LeaseStore for SimTable {
 
     fn create(&self, lease: &Lease) -> Result<bool> {
         self.spend_write_time();
+        let now = self.clock.load(Ordering::Relaxed);
+        self.limits
+            .write("PutItem", &lease.shard_id, lease_bytes(lease), now)?;
         let mut rows = lock(&self.rows);
         if rows.contains_key(&lease.shard_id) {
             return Ok(false);
@@ -426,6 +480,7 @@ impl LeaseStore for SimTable {
     }
 
     fn set_children(&self, shard_id: &str, children: &[String]) -> Result<()> {
+        self.bill_lease_write("UpdateItem", shard_id)?;
         if let Some(Row::Lease(l)) = lock(&self.rows).get_mut(shard_id) {
             l.children = children.to_vec();
         }
@@ -530,6 +585,7 @@ impl LeaseStore for SimTable {
     }
 
     fn delete_finished(&self, shard_id: &str) -> Result<()> {
+        self.bill_lease_write("DeleteItem", shard_id)?;
         let mut rows = lock(&self.rows);
         if matches!(rows.get(shard_id), Some(Row::Lease(l)) if l.checkpoint == Checkpoint::ShardEnd)
         {
@@ -543,6 +599,7 @@ impl LeaseStore for SimTable {
     }
 
     fn delete_gone(&self, shard_id: &str, seen_counter: u64) -> Result<()> {
+        self.bill_lease_write("DeleteItem", shard_id)?;
         let mut rows = lock(&self.rows);
         if matches!(rows.get(shard_id), Some(Row::Lease(l)) if l.counter == seen_counter) {
             if !lock(&self.stream).expired.contains(shard_id) {
@@ -792,6 +849,8 @@ struct Worker {
 
 struct Sim {
     rng: Rng,
+    /// How often each worker lists the stream's shards.
+    sync_interval: Duration,
     clock: SimClock,
     faults: Arc<Faults>,
     truth: Arc<Mutex<Truth>>,
@@ -845,9 +904,11 @@ impl Sim {
             slow_beats: Mutex::default(),
             gate: Mutex::default(),
             landing: Mutex::default(),
+            limits: ItemLimits::default(),
         });
         let mut sim = Sim {
             rng,
+            sync_interval: SYNC_INTERVAL,
             clock,
             faults,
             truth,
@@ -880,7 +941,7 @@ impl Sim {
         let timings = LeaseTimings {
             failover: FAILOVER,
             heartbeat_interval: FAILOVER / 3,
-            shard_sync_interval: SYNC_INTERVAL,
+            shard_sync_interval: self.sync_interval,
             max_leases_per_worker: if capped {
                 1 + self.rng.below(2) as usize
             } else {
@@ -1064,6 +1125,7 @@ impl Sim {
     fn step_worker(&mut self, i: usize) {
         let now = self.clock.now();
         let ticker_first = self.rng.chance(0.5);
+        let sync_interval = self.sync_interval;
         let w = &mut self.workers[i];
         if w.paused_until > now {
             return;
@@ -1082,7 +1144,7 @@ impl Sim {
             }
             if now >= w.next_sync {
                 let _ = coordinator.sync_shards();
-                w.next_sync = now + SYNC_INTERVAL;
+                w.next_sync = now + sync_interval;
             }
             if now >= w.next_round {
                 w.next_round = now + FAILOVER / 3;
