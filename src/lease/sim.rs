@@ -38,6 +38,9 @@ use crate::record::{ExtendedSequenceNumber, SequenceNumber};
 use crate::stream::{Layout, StreamIdentifier};
 use crate::sync::lock;
 
+#[cfg_attr(not(feature = "simulation"), allow(dead_code, unreachable_pub))]
+pub(crate) mod fleet;
+
 
 mod limits;
 
