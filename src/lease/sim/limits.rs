@@ -172,9 +172,12 @@ impl ItemLimits {
                     key: key.clone(),
                     units: of(item),
                 })
-                .fold(Peak::default(), |best, p| {
-                    if p.units > best.units { p } else { best }
-                })
+                .fold(
+                    Peak::default(),
+                    |best, p| {
+                        if p.units > best.units { p } else { best }
+                    },
+                )
         };
         (peak(|i| i.peak_served), peak(|i| i.peak_asked))
     }
@@ -218,7 +221,10 @@ pub(crate) fn lease_bytes(lease: &Lease) -> usize {
     };
     text("leaseKey", &lease.shard_id)
         + lease.owner.as_deref().map_or(0, |o| text("leaseOwner", o))
-        + lease.handoff_to.as_deref().map_or(0, |t| text("handoffTo", t))
+        + lease
+            .handoff_to
+            .as_deref()
+            .map_or(0, |t| text("handoffTo", t))
         + number("leaseCounter", lease.counter)
         + text("checkpoint", checkpoint)
         + number("checkpointSubSequenceNumber", sub)
