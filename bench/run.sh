@@ -3,8 +3,9 @@
 # Builds with --release into $CARGO_TARGET_DIR (default target/bench) and,
 # for the official SDK comparison, $SDK_TARGET_DIR (default target/bench-sdk).
 # Installs the pinned emulators (npm ci in emulators/) when missing.
-# Usage: bash bench/run.sh [throughput|scale|pressure|burst|fan_out_burst|latency|fan_out_latency|decoders|leases|processors|observe|multi_stream|fleet ...]
-# (fleet, about 15 minutes, runs only when named)
+# Usage: bash bench/run.sh [throughput|scale|pressure|burst|fan_out_burst|latency|fan_out_latency|decoders|leases|processors|observe|multi_stream|fleet|fleet_simulated ...]
+# (fleet, about 15 minutes, and fleet_simulated, `fleet --simulated`: in-process
+# workers on the lease simulation's table, a few minutes, run only when named)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -26,6 +27,7 @@ for b in "${benches[@]}"; do
   case "$b" in
     throughput) timeout 300 "$bin/throughput" --sdk "$sdk_target/release/kinesis-sdk-bench" ;;
     fleet) timeout 2400 "$bin/fleet" ;;
+    fleet_simulated) timeout 1200 "$bin/fleet" --simulated ;;
     *) timeout 300 "$bin/$b" ;;
   esac
 done

@@ -34,11 +34,11 @@ pub(crate) fn next_u64() -> u64 {
 
 /// A seeded generator, for runs that must replay exactly (the lease
 /// simulation).
-#[cfg(test)]
+#[cfg(any(test, feature = "simulation"))]
 #[derive(Clone, Debug)]
 pub(crate) struct Rng(u64);
 
-#[cfg(test)]
+#[cfg(any(test, feature = "simulation"))]
 impl Rng {
     pub(crate) fn new(seed: u64) -> Rng {
         // Spread small seeds over the state; the state must not be 0.

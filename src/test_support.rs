@@ -11,6 +11,9 @@
 pub use crate::aws::cloudwatch::{CloudWatchClient, Dimension, MetricDescription};
 pub use crate::aws::dynamodb::{AttributeValue, DynamoDbClient, Expression, Item};
 pub use crate::aws::sigv4::{SignableRequest, SigningOptions, sign};
+/// The fleet benchmark on the simulated lease table (feature `simulation`).
+#[cfg(feature = "simulation")]
+pub use crate::lease::{FleetFigures, simulate_fleet};
 
 /// Decodes a GetRecords reply body as a polling reader does (the scanner,
 /// serde_json for unusual shapes); its records, made one at a time.

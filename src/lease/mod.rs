@@ -9,8 +9,13 @@ mod held;
 mod peers;
 mod plan;
 mod reset;
-#[cfg(test)]
+// The simulation: unit tests, and the fleet benchmark (feature
+// `simulation`, through `__test_support`).
+#[cfg(any(test, feature = "simulation"))]
+#[cfg_attr(not(test), allow(dead_code))]
 mod sim;
+#[cfg(feature = "simulation")]
+pub use sim::fleet::{FleetFigures, simulate_fleet};
 mod streams;
 mod table;
 
@@ -47,7 +52,7 @@ impl Clock {
         Clock(Arc::new(Instant::now))
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "simulation"))]
     pub(crate) fn new(now: impl Fn() -> Instant + Send + Sync + 'static) -> Clock {
         Clock(Arc::new(now))
     }

@@ -11,8 +11,17 @@
 //! is real. Lease ownership is watched by reading the table directly from
 //! dynalite (not through the counting proxy) every `--poll` seconds.
 //!
+//! With `--simulated`, the fleets run in-process instead, on the lease
+//! simulation's table (the real coordinator and held leases of each
+//! worker, simulated time, no dynalite): a table that bills each item by
+//! its size and throttles an item past 1,000 write units a second, as
+//! DynamoDB does, so the workers row's hot-item cliff shows (see
+//! `simulated`).
+//!
 //! Usage: fleet [--leases 100,1000] [--workers 2,20] [--seconds 60]
 //!              [--failover 10] [--poll 0.5]
+//!        fleet --simulated [--fleets 1000x20,2000x2000] [--seconds 30]
+//!              [--bound 120]
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -32,6 +41,9 @@ const PHASE_BOUND: Duration = Duration::from_secs(150);
 fn main() {
     if flag("--child") {
         return child();
+    }
+    if flag("--simulated") {
+        return simulated();
     }
     let leases: String = arg("--leases", "100,1000".to_string());
     let workers: String = arg("--workers", "2,20".to_string());
@@ -361,7 +373,18 @@ fn report(window: &Tallies, leases: usize, workers: usize, minutes: f64, failove
         }
     }
     println!("| all | | {:.3} | {:.3} |", per(reads), per(writes));
-    // The KCL 2.x model at the same settings.
+    let (renew, scan) = kcl_model(failover, workers, leases, size);
+    println!(
+        "ours, heartbeat + notify + scan + take: {:.3} request units per lease-minute = {:.2}x the KCL model's {:.3}",
+        per(coordination),
+        per(coordination) / (renew + scan),
+        renew + scan
+    );
+}
+
+/// The KCL 2.x model at the same settings, printed with its formula:
+/// request units per lease-minute for renewals and for scans.
+fn kcl_model(failover: f64, workers: usize, leases: usize, size: f64) -> (f64, f64) {
     let (n, l) = (workers as f64, leases as f64);
     let renew = 60.0 / (failover / 3.0) * (size / 1024.0).ceil();
     let scan_units = (l * size / 4096.0).ceil() * 0.5;
@@ -370,12 +393,82 @@ fn report(window: &Tallies, leases: usize, workers: usize, minutes: f64, failove
         "KCL 2.x model: renewal WCU/lease-min = 60 / (F/3) x ceil(S/1KB) = {renew:.3}; scan RCU/lease-min = N x 60 / (2F) x ceil(L x S / 4KB) x 0.5 / L = {scan:.3}; takes 0 when steady; total {:.3}  (F = {failover} s, N = {workers}, L = {leases}, S = {size:.0} B mean item size measured in this table)",
         renew + scan
     );
+    (renew, scan)
+}
+
+/// `--simulated`: each fleet in-process on the simulated table, on
+/// simulated time (figures in simulated seconds; the wall time is shown
+/// too). No injected faults; every lease exists and is free at the start,
+/// all workers start within 3 s; steady state is measured for `--seconds`
+/// once the share is even (or the bound passed), then one worker is
+/// killed and, once it left the workers row, one joins.
+///
+/// 20,000 leases x 2,000 workers does not fit: each worker's coordinator
+/// keeps its own copy of the table, so memory and time grow with leases x
+/// workers (3.8 GB and about 2 CPU-minutes at 2,000 x 2,000; 20,000 x 200
+/// was past 5.4 GB and 6 CPU-minutes, unfinished, when stopped). The
+/// hot item grows with the workers, so 2,000 x 2,000 shows its cliff.
+fn simulated() {
+    let fleets: String = arg("--fleets", "1000x20,2000x2000".to_string());
+    let seconds: f64 = arg("--seconds", 30.0);
+    let bound: f64 = arg("--bound", 120.0);
     println!(
-        "ours, heartbeat + notify + scan + take: {:.3} request units per lease-minute = {:.2}x the KCL model's {:.3}",
-        per(coordination),
-        per(coordination) / (renew + scan),
-        renew + scan
+        "# fleet --simulated: the lease simulation's table (per-item billing, 1,000 WCU/s per item, 400 KB items), in-process workers, simulated time; idle stream, failover 10 s, shard sync 60 s, {seconds} s measured, each phase bounded at {bound} s"
     );
+    for fleet in fleets.split(',') {
+        let (l, n) = fleet.split_once('x').expect("--fleets LxN,...");
+        let (leases, workers) = (l.parse().unwrap(), n.parse().unwrap());
+        let f = kinesis_consumer::__test_support::simulate_fleet(
+            leases,
+            workers,
+            secs(seconds),
+            secs(bound),
+        );
+        let at = |t: Option<Duration>| match t {
+            Some(t) => format!("{:.1} s", t.as_secs_f64()),
+            None => format!("not within {bound} s"),
+        };
+        println!();
+        println!("## simulated table: {leases} leases, {workers} workers");
+        println!("| figure | value |");
+        println!("|---|---|");
+        println!("| cold start (all held, even) | {} |", at(f.cold_start));
+        println!(
+            "| per-item peak WCU/s served | {:.0} ({}) |",
+            f.peak_item_wcu.1, f.peak_item_wcu.0
+        );
+        println!(
+            "| per-item peak WCU/s asked (throttled included) | {:.0} ({}) |",
+            f.peak_item_wcu_asked.1, f.peak_item_wcu_asked.0
+        );
+        println!(
+            "| largest item | {} B ({}) |",
+            f.largest_item.1, f.largest_item.0
+        );
+        println!(
+            "| writes throttled / leases lost while measured | {} / {} |",
+            f.throttled_writes, f.lost_leases
+        );
+        let ours = f.read_units_per_lease_minute + f.write_units_per_lease_minute;
+        println!(
+            "| request units per lease-minute | {ours:.3} ({:.3} RCU + {:.3} WCU) |",
+            f.read_units_per_lease_minute, f.write_units_per_lease_minute
+        );
+        let failover = f.failover.as_secs_f64();
+        let (renew, scan) = kcl_model(failover, workers, leases, f.mean_lease_bytes);
+        println!(
+            "| against the KCL 2.x model ({:.3}) | {:.2}x |",
+            renew + scan,
+            ours / (renew + scan)
+        );
+        println!(
+            "| takeover after a kill (failover + one heartbeat = {:.2} s) | {} |",
+            failover * 4.0 / 3.0,
+            at(f.takeover)
+        );
+        println!("| join (even again) | {} |", at(f.join));
+        println!("| wall time | {:.1} s |", f.wall.as_secs_f64());
+    }
 }
 
 fn child() {
