@@ -77,9 +77,10 @@ pub fn http2_frames(bytes: &[u8]) -> usize {
 }
 
 /// Drives the HTTP/2 connection state machine (no socket) with `bytes`
-/// as everything a server sends, one request open on stream 1; panics if
-/// more data is buffered than the stream's window allows or a reply is
-/// not whole frames. How many frames were handled, and whether a
+/// as everything a server sends, one request open on stream 1 whose body
+/// goes out as the server's windows allow; panics if more data is
+/// buffered than the stream's window allows, a reply is not whole frames,
+/// or the body is sent out of order or past the connection's window. How many frames were handled, and whether a
 /// connection error ended it.
 pub fn http2_connection(bytes: &[u8]) -> (usize, bool) {
     let driven = crate::aws::http2::drive(bytes);

@@ -1,8 +1,10 @@
 //! Any bytes from an HTTP/2 server: the frame reader and the payload
 //! parsers return frames or errors, never panic; the connection state
 //! machine, fed the bytes as everything a server sends on a connection
-//! with a request open, ends with a connection error or not, never panics,
-//! buffers no more than the stream's window and replies in whole frames;
+//! with a request open (its body sent as the server's windows allow), ends
+//! with a connection error or not, never panics, buffers no more than the
+//! stream's window, replies in whole frames and sends the body in order
+//! within the connection's window;
 //! the HPACK decoder, fed the same bytes as length-prefixed header blocks
 //! (every byte value reachable) with one dynamic table, returns fields or
 //! an error, never panics.

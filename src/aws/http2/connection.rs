@@ -1,6 +1,8 @@
 //! One HTTP/2 client connection: the preface and SETTINGS exchange, a
-//! reader thread (`reader.rs`) that handles every frame the server sends,
-//! requests as streams, and flow control in both directions.
+//! reader thread (`reader.rs`) that handles every frame the server sends
+//! (`handler.rs`), requests as streams (`sender.rs` says what to write;
+//! the reader thread writes the rest of a body as the server's windows
+//! open), and flow control in both directions.
 //!
 //! Flow control never lets one slow stream stall the others: the
 //! connection-level window is given back as soon as DATA arrives (each
@@ -21,6 +23,7 @@ use super::error::Http2Error;
 use super::frame;
 use super::hpack;
 use super::reader::read_frames;
+use super::sender::{self, Owed};
 use super::transport::{Transport, open_socket, tls_handshake};
 use super::window::Window;
 use crate::time::later;
@@ -98,6 +101,8 @@ pub(super) struct StreamState {
     pub(super) recv_window: Window,
     /// Bytes taken out (or padding) not yet given back with WINDOW_UPDATE.
     pub(super) unacked: u32,
+    /// The request body not sent yet (`sender.rs`); `None` once sent.
+    pub(super) owed: Option<Owed>,
 }
 
 impl StreamState {
@@ -114,6 +119,7 @@ impl StreamState {
             send_window: Window::new(initial_window),
             recv_window: Window::new(STREAM_WINDOW),
             unacked: 0,
+            owed: None,
         }
     }
 }
@@ -333,58 +339,21 @@ impl Connection {
         body: &[u8],
     ) -> Result<ResponseBody, Http2Error> {
         let inner = &self.inner;
-        let id;
-        {
-            // Ids must reach the wire in increasing order: allocate and
-            // send HEADERS under the writer lock.
+        let block = request_block(method, inner.scheme, &inner.authority, path, headers);
+        let id = {
+            // Ids must reach the wire in increasing order, and a stream's
+            // HEADERS before its DATA (which the reader thread may send
+            // once the windows open): open and write under the writer lock.
             let writer = lock(&inner.writer);
-            let mut state = lock(&inner.state);
-            if let Some(e) = state.closed.clone().or_else(|| state.goaway.clone()) {
-                return Err(e);
-            }
-            let open = state.streams.values().filter(|s| !s.end).count();
-            if open as u64 >= u64::from(state.peer.max_streams) {
-                return Err(Http2Error::Refused(format!(
-                    "the server allows {} concurrent HTTP/2 streams and all are in use",
-                    state.peer.max_streams
-                )));
-            }
-            id = state.next_id;
-            if id > i32::MAX as u32 {
-                return Err(Http2Error::Refused(
-                    "this HTTP/2 connection has used all its stream ids".into(),
-                ));
-            }
-            state.next_id += 2;
-            let stream = StreamState::new(state.peer.initial_window);
-            state.streams.insert(id, stream);
-            let max_frame = state.peer.max_frame as usize;
-            drop(state);
-            let block = request_block(method, inner.scheme, &inner.authority, path, headers);
-            let mut out = Vec::with_capacity(block.len() + 64);
-            let mut chunks = block.chunks(max_frame).peekable();
-            let mut first = true;
-            while let Some(chunk) = chunks.next() {
-                let last = chunks.peek().is_none();
-                let kind = if first {
-                    frame::HEADERS
-                } else {
-                    frame::CONTINUATION
-                };
-                let mut flags = if last { frame::END_HEADERS } else { 0 };
-                if first && body.is_empty() {
-                    flags |= frame::END_STREAM;
-                }
-                frame::write_frame(&mut out, kind, flags, id, chunk);
-                first = false;
-            }
+            let (id, out) = sender::open(&mut lock(&inner.state), &block, body)?;
             inner.write_locked(&writer, &out)?;
-        }
+            id
+        };
         let stream = ResponseBody {
             inner: self.inner.clone(),
             id,
         };
-        stream.send_body(body)?;
+        stream.wait_body_sent()?;
         Ok(stream)
     }
 
@@ -433,22 +402,25 @@ pub(crate) struct ResponseBody {
 }
 
 impl ResponseBody {
-    /// Sends the request body as DATA frames within the server's windows.
-    fn send_body(&self, mut body: &[u8]) -> Result<(), Http2Error> {
+    /// Waits until the request body went out: the reader thread sends what
+    /// is owed as the server's windows open. Times out when no room comes
+    /// for the read timeout.
+    fn wait_body_sent(&self) -> Result<(), Http2Error> {
         let inner = &self.inner;
-        while !body.is_empty() {
+        let id = self.id;
+        let mut state = lock(&inner.state);
+        loop {
+            let owed = sender::owed_bytes(&state, id);
+            if owed == 0 {
+                break;
+            }
             let deadline = later(Instant::now(), inner.read_timeout);
-            let state = lock(&inner.state);
-            let id = self.id;
-            let (mut state, ready) = inner.wait_until(state, deadline, |s| {
-                let stream_window = s
-                    .streams
-                    .get(&id)
-                    .map_or(1, |st| st.send_window.available());
+            let (s, ready) = inner.wait_until(state, deadline, |s| {
                 s.closed.is_some()
                     || s.streams.get(&id).is_none_or(|st| st.error.is_some())
-                    || (s.send_window.available() > 0 && stream_window > 0)
+                    || sender::owed_bytes(s, id) < owed
             });
+            state = s;
             if let Some(e) = stream_error(&state, id) {
                 return Err(e);
             }
@@ -458,32 +430,6 @@ impl ResponseBody {
                     inner.read_timeout
                 )));
             }
-            let stream_window = state
-                .streams
-                .get(&id)
-                .map_or(0, |s| s.send_window.available());
-            let n = u32::try_from(body.len())
-                .unwrap_or(u32::MAX)
-                .min(state.send_window.available())
-                .min(stream_window)
-                .min(state.peer.max_frame);
-            // Within both windows by construction.
-            let _ = state.send_window.consume(n);
-            if let Some(s) = state.streams.get_mut(&id) {
-                let _ = s.send_window.consume(n);
-            }
-            let n = n as usize;
-            drop(state);
-            let (chunk, rest) = body.split_at(n);
-            body = rest;
-            let flags = if body.is_empty() {
-                frame::END_STREAM
-            } else {
-                0
-            };
-            let mut out = Vec::with_capacity(chunk.len() + 9);
-            frame::write_frame(&mut out, frame::DATA, flags, id, chunk);
-            inner.send(&out)?;
         }
         Ok(())
     }

@@ -11,10 +11,12 @@ use super::connection::{
 use super::error::Http2Error;
 use super::frame::{self, Frame};
 use super::hpack;
+use super::sender;
 use super::window::MAX_WINDOW;
 
 /// A connection error found while handling a frame: the GOAWAY code to
 /// send, and what was wrong.
+#[derive(Debug)]
 pub(super) struct ConnectionError {
     pub(super) code: u32,
     pub(super) message: String,
@@ -168,6 +170,8 @@ impl<'a> FrameHandler<'a> {
                 let mut state = lock(self.state);
                 if let Some(s) = state.streams.get_mut(&f.stream) {
                     s.error.get_or_insert(Http2Error::Reset { code });
+                    // The server wants no more of the request body.
+                    s.owed = None;
                 }
             }
             frame::SETTINGS => self.settings(&f, &mut out)?,
@@ -212,6 +216,7 @@ impl<'a> FrameHandler<'a> {
                 for (id, s) in state.streams.iter_mut() {
                     if *id > last_stream && !s.end {
                         s.error.get_or_insert(goaway.clone());
+                        s.owed = None;
                     }
                 }
                 state.goaway = Some(goaway);
@@ -394,6 +399,8 @@ impl<'a> FrameHandler<'a> {
         }
         state.settings_received = true;
         frame::write_frame(out, frame::SETTINGS, frame::ACK, 0, &[]);
+        // A larger initial window or frame size lets owed bodies go on.
+        out.extend(sender::owed_data(&mut state));
         Ok(())
     }
 
@@ -418,6 +425,7 @@ impl<'a> FrameHandler<'a> {
                     "the connection's window grew above 2^31-1",
                 );
             }
+            out.extend(sender::owed_data(&mut state));
             return Ok(());
         }
         let Some(stream) = state.streams.get_mut(&f.stream) else {
@@ -433,8 +441,11 @@ impl<'a> FrameHandler<'a> {
                 code,
                 message: format!("a bad WINDOW_UPDATE of {increment} on stream {}", f.stream),
             });
+            stream.owed = None;
             frame::write_rst_stream(out, f.stream, code);
+            return Ok(());
         }
+        out.extend(sender::owed_data(&mut state));
         Ok(())
     }
 }
@@ -496,46 +507,80 @@ pub(super) fn response_status(fields: &[hpack::Field]) -> Result<u16, String> {
 }
 
 /// What [`drive`] saw: how many frames were handled, what the client
-/// would have sent in reply, and the connection error that ended it.
+/// would have sent in reply, how many request body bytes it sent, and the
+/// connection error that ended it.
 #[cfg(any(test, feature = "fuzzing"))]
 #[derive(Debug)]
 pub(crate) struct Driven {
     pub(crate) frames: usize,
     pub(crate) reply: Vec<u8>,
+    pub(crate) body_sent: usize,
     pub(crate) error: Option<String>,
 }
 
+/// The request body [`drive`] sends on stream 1: larger than the default
+/// windows, so that its sending depends on what the server grants.
+#[cfg(any(test, feature = "fuzzing"))]
+const DRIVEN_BODY: usize = 100_000;
+
 /// Feeds `bytes`, as everything a server sends, to the state machine of
-/// a connection with one request open on stream 1, with no socket: the
-/// frames are handled until the bytes end or a connection error. Checks
-/// what must hold whatever the server sends (panics otherwise): no more
-/// data is buffered than the stream's window allows, and every reply is
-/// whole frames.
+/// a connection with one request open on stream 1 (opened by `sender.rs`,
+/// its body larger than the default windows), with no socket: the frames
+/// are handled until the bytes end or a connection error. Checks what must
+/// hold whatever the server sends (panics otherwise): no more data is
+/// buffered than the stream's window allows, every reply is whole frames,
+/// and the body goes out in order, never past the connection's send
+/// window (what it started with plus what the server granted) nor beyond
+/// its end.
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn drive(bytes: &[u8]) -> Driven {
-    use super::connection::{OUR_MAX_FRAME, StreamState};
+    use super::connection::OUR_MAX_FRAME;
     let mut opened = State::new();
-    opened.streams.insert(1, StreamState::new(65_535));
-    opened.next_id = 3;
+    let body: Vec<u8> = (0..DRIVEN_BODY).map(|i| i as u8).collect();
+    let (id, first) = sender::open(&mut opened, &[0x82], &body).expect("a new connection opens");
     let state = Mutex::new(opened);
+    // What the connection window allowed: its start, then each grant.
+    let mut granted = 65_535u64;
+    let mut ended = false;
+    let mut sent_body = Vec::new();
+    let mut take_data = |reply: &[u8]| {
+        let mut frames = reply;
+        while !frames.is_empty() {
+            let Ok(Some(f)) = frame::read_frame(&mut frames, u32::MAX) else {
+                panic!("a reply that is not whole frames");
+            };
+            if f.kind == frame::DATA {
+                assert!(
+                    f.stream == id && !ended,
+                    "DATA on stream {} or after its end",
+                    f.stream
+                );
+                ended = f.flags & frame::END_STREAM != 0;
+                sent_body.extend_from_slice(&f.payload);
+            }
+        }
+    };
+    take_data(&first);
     let mut handler = FrameHandler::new(&state, "fuzz");
     let mut input = bytes;
     let mut driven = Driven {
         frames: 0,
         reply: Vec::new(),
+        body_sent: 0,
         error: None,
     };
     while let Ok(Some(f)) = frame::read_frame(&mut input, OUR_MAX_FRAME) {
         driven.frames += 1;
+        let grant = match (f.kind, f.stream, f.payload.as_slice()) {
+            (frame::WINDOW_UPDATE, 0, &[a, b, c, d]) => {
+                u64::from(u32::from_be_bytes([a, b, c, d]) & 0x7FFF_FFFF)
+            }
+            _ => 0,
+        };
         match handler.handle(f) {
             Ok(reply) => {
-                let mut frames = reply.as_slice();
-                while !frames.is_empty() {
-                    assert!(
-                        matches!(frame::read_frame(&mut frames, u32::MAX), Ok(Some(_))),
-                        "a reply that is not whole frames"
-                    );
-                }
+                granted += grant;
+                take_data(&reply);
                 driven.reply.extend_from_slice(&reply);
             }
             Err(e) => {
@@ -552,6 +597,16 @@ pub(crate) fn drive(bytes: &[u8]) -> Driven {
             );
         }
     }
+    assert!(
+        sent_body.len() as u64 <= granted,
+        "DATA past the connection window"
+    );
+    assert!(body.starts_with(&sent_body), "the body out of order");
+    assert!(
+        !ended || sent_body.len() == body.len(),
+        "END_STREAM before the body's end"
+    );
+    driven.body_sent = sent_body.len();
     driven
 }
 
@@ -611,6 +666,18 @@ mod tests {
             (frame::PING, frame::ACK, vec![7; 8])
         );
         assert!(replies.is_empty());
+    }
+
+    #[test]
+    fn the_driven_request_body_goes_out_as_the_server_grants_room() {
+        let mut bytes = Vec::new();
+        frame::write_settings(&mut bytes, &[]);
+        let driven = drive(&bytes);
+        assert_eq!(driven.body_sent, 65_535, "the default windows");
+        frame::write_window_update(&mut bytes, 0, 1 << 20);
+        frame::write_window_update(&mut bytes, 1, 1 << 20);
+        let driven = drive(&bytes);
+        assert_eq!((driven.body_sent, driven.error), (DRIVEN_BODY, None));
     }
 
     #[test]

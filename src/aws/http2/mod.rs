@@ -13,6 +13,7 @@ mod handler;
 pub(crate) mod hpack;
 pub(crate) mod huffman;
 mod reader;
+mod sender;
 #[cfg(test)]
 pub(crate) mod test_server;
 mod transport;
