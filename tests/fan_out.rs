@@ -607,21 +607,21 @@ fn survives(faults: Vec<H2Fault>, configure: impl FnOnce(ConsumerBuilder) -> Con
     running.wait_for(next as usize + 3, Duration::from_secs(60));
     // Long enough for a duplicate to show up.
     std::thread::sleep(Duration::from_millis(500));
-    // Every fault but padding ends its subscription: one more follows
-    // each. Padding goes on in the same subscription, which may or may
-    // not have ended by now.
-    let ending = faults.iter().filter(|f| !matches!(f, H2Fault::Pad)).count();
+    // Every fault but padding and a window size within the limit ends its
+    // subscription: one more follows each. Those go on in the same
+    // subscription, which may or may not have ended by now.
+    let ending = faults.iter().filter(|f| f.ends_subscription()).count();
     assert!(
         front.subscriptions(SHARD0) > ending as u64,
         "{} subscriptions",
         front.subscriptions(SHARD0)
     );
     let subscriptions = front.subscriptions(SHARD0);
-    // Every fault but a clean end and padding ends its subscription with
+    // Every fault that ends its subscription but a clean end ends it with
     // an error, counted.
     let errors = faults
         .iter()
-        .filter(|f| !matches!(f, H2Fault::End | H2Fault::Pad))
+        .filter(|f| f.ends_subscription() && !matches!(f, H2Fault::End))
         .count();
     let counted = running.metric("SubscribeToShard.Errors");
     assert!(
@@ -687,6 +687,21 @@ fn a_silent_subscription_and_heavy_padding_are_survived() {
     survives(vec![H2Fault::StopSending, H2Fault::Pad], |b| {
         b.read_timeout(Duration::from_secs(3))
     });
+}
+
+/// The server changes SETTINGS_INITIAL_WINDOW_SIZE mid-stream: past
+/// 2^31-1 (a flow-control error: the connection ends and the reader
+/// subscribes again), then to 0 (the client's send windows shut; a
+/// subscription sends nothing more, so it goes on).
+#[test]
+fn initial_window_size_changed_mid_stream_is_taken_or_refused() {
+    survives(
+        vec![
+            H2Fault::InitialWindow(0x8000_0000),
+            H2Fault::InitialWindow(0),
+        ],
+        |b| b,
+    );
 }
 
 /// An event dribbled one byte every 400 ms is never silent for the read

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,22 @@ pub enum H2Fault {
     Pad,
     /// The next message one byte at a time, `Duration` apart.
     Dribble(Duration),
+    /// A SETTINGS frame changing SETTINGS_INITIAL_WINDOW_SIZE to this
+    /// value mid-stream (the client's ACK is not passed on: the server
+    /// behind never sent it). Above 2^31-1 it is a flow-control error.
+    InitialWindow(u32),
+}
+
+impl H2Fault {
+    /// True when the subscription the fault acts on ends (padding and a
+    /// window size within the limit leave it going).
+    pub fn ends_subscription(&self) -> bool {
+        match self {
+            H2Fault::Pad => false,
+            H2Fault::InitialWindow(size) => *size > i32::MAX as u32,
+            _ => true,
+        }
+    }
 }
 
 struct Plan {
@@ -296,13 +312,24 @@ fn relay_h2(shared: &Arc<Shared>, client: TcpStream) {
         return;
     }
     let streams: Streams = Arc::default();
+    // The client's acknowledgements of SETTINGS the front end sent itself.
+    let own_settings: Arc<AtomicU32> = Arc::default();
     // Client to server: frames as they come; a request body naming a
     // shard picks up the fault armed for it.
     let up = {
         let (shared, streams, to_server) = (shared.clone(), streams.clone(), to_server.clone());
+        let own_settings = own_settings.clone();
         let mut from_client = client.try_clone().unwrap();
         std::thread::spawn(move || {
             while let Ok(Some(f)) = frame::read_frame(&mut from_client, 1 << 24) {
+                if f.kind == frame::SETTINGS
+                    && f.flags & frame::ACK != 0
+                    && own_settings
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                {
+                    continue;
+                }
                 if f.kind == frame::DATA {
                     if let Some(shard) = shard_of(&f.payload) {
                         let plan = {
@@ -425,6 +452,9 @@ fn relay_h2(shared: &Arc<Shared>, client: TcpStream) {
                     ok
                 }
                 Step::Fault(stream, fault) => {
+                    if matches!(fault, H2Fault::InitialWindow(_)) {
+                        own_settings.fetch_add(1, Ordering::SeqCst);
+                    }
                     let go_on = act(&to_client, &to_server, stream, &fault);
                     applied(shared);
                     go_on
@@ -506,6 +536,12 @@ fn act(to_client: &Writer, to_server: &Writer, stream: u32, fault: &H2Fault) -> 
             return false;
         }
         H2Fault::StopSending => return true,
+        H2Fault::InitialWindow(size) => {
+            let mut setting = frame::SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+            setting.extend_from_slice(&size.to_be_bytes());
+            frame::write_frame(&mut out, frame::SETTINGS, 0, 0, &setting);
+            return send(to_client, &out);
+        }
         H2Fault::Pad | H2Fault::Dribble(_) => unreachable!("acts on messages"),
     }
     send(to_server, &cancel) && send(to_client, &out)
