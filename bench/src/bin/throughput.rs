@@ -41,11 +41,7 @@ fn main() {
         let (mut memcpy_best, mut socket_best) = (0f64, 0f64);
         let mut sdk_ms = f64::NAN;
         for round in 1..=rounds {
-            memcpy_best = memcpy_best.max(memcpy_rate(
-                server.body(),
-                records,
-                seconds / 4.0,
-            ));
+            memcpy_best = memcpy_best.max(memcpy_rate(server.body(), records, seconds / 4.0));
             let socket = socket_rate(&server.url, records, seconds / 2.0);
             socket_best = socket_best.max(socket);
             let (wire, _) = wire_loop(&server.url, seconds);
