@@ -125,13 +125,71 @@ pub fn event_stream(bytes: &[u8], split: usize) -> Result<usize, String> {
         decoder.push(part);
         while let Some(m) = decoder.next_message().map_err(|e| e.to_string())? {
             count += 1;
-            let _ = crate::aws::get_records::decode_subscribe_event(
-                &m.payload,
-                &std::sync::Arc::from("shardId-0"),
-            );
+            // The scanner must agree with serde_json: a difference is a bug.
+            if let Err(difference) = subscribe_event_agrees_with_serde(m.payload) {
+                panic!("{difference}");
+            }
         }
     }
     Ok(count)
+}
+
+/// Decodes `payload` as a SubscribeToShardEvent both ways, the scanner
+/// (with serde_json for unusual shapes) and serde_json alone: `Err` says
+/// how they differ (accepted or not, records, fields).
+pub fn subscribe_event_agrees_with_serde(payload: &[u8]) -> Result<(), String> {
+    use crate::aws::get_records::{decode_subscribe_event, decode_subscribe_event_with_serde};
+    let shard: std::sync::Arc<str> = std::sync::Arc::from("shardId-0");
+    let (ours, oracle) = (
+        decode_subscribe_event(payload, &shard),
+        decode_subscribe_event_with_serde(payload, &shard),
+    );
+    let ((records, fields), (expected, expected_fields)) = match (ours, oracle) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(_), Err(_)) => return Ok(()),
+        (a, b) => {
+            return Err(format!(
+                "{:?} vs serde_json {:?}",
+                a.map(|r| r.1),
+                b.map(|r| r.1)
+            ));
+        }
+    };
+    if fields != expected_fields {
+        return Err(format!("{fields:?} vs serde_json {expected_fields:?}"));
+    }
+    let (records, expected): (Vec<_>, Vec<_>) = (
+        records.into_iter().collect(),
+        expected.into_iter().collect(),
+    );
+    if records.len() != expected.len() {
+        return Err(format!(
+            "{} records vs serde_json {}",
+            records.len(),
+            expected.len()
+        ));
+    }
+    for (r, e) in records.iter().zip(&expected) {
+        // serde_json and a correctly rounded parser may differ in the last bit.
+        let gap = match (
+            r.approximate_arrival_timestamp(),
+            e.approximate_arrival_timestamp(),
+        ) {
+            (Some(a), Some(b)) => a
+                .duration_since(b)
+                .or(b.duration_since(a))
+                .map_or(0, |d| d.as_micros()),
+            (a, b) => u128::from(a != b) * u128::MAX,
+        };
+        if r.sequence_number() != e.sequence_number()
+            || r.partition_key() != e.partition_key()
+            || r.data() != e.data()
+            || gap > 1
+        {
+            return Err(format!("{r:?} vs serde_json {e:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// Seconds since the epoch of an HTTP `Date` header, if it reads as one.

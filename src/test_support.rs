@@ -23,25 +23,27 @@ pub fn decode_get_records_reply(body: &[u8]) -> crate::Result<Vec<crate::Record>
     Ok(records.into_iter().collect())
 }
 
-/// Decodes event-stream bytes as a fan-out subscription does: both CRCs,
-/// headers, then each `SubscribeToShardEvent` payload; the records of
-/// every event, in order. Other messages are skipped.
-pub fn decode_subscribe_to_shard_events(bytes: &[u8]) -> crate::Result<Vec<crate::Record>> {
+/// Decodes event-stream bytes as a fan-out subscription does once they
+/// are in its decoder's buffer (in place: both CRCs, headers, then each
+/// `SubscribeToShardEvent` payload); the records of every event, in
+/// order. Other messages are skipped.
+pub fn decode_subscribe_to_shard_events(mut bytes: &[u8]) -> crate::Result<Vec<crate::Record>> {
     let shard_id: std::sync::Arc<str> = std::sync::Arc::from("shardId-0");
-    let mut decoder = crate::aws::event_stream::Decoder::default();
-    decoder.push(bytes);
     let mut all = Vec::new();
-    while let Some(m) = decoder.next_message().map_err(|e| crate::Error::Decode {
-        operation: "SubscribeToShard",
-        message: e.to_string(),
-    })? {
+    while let Some((m, len)) =
+        crate::aws::event_stream::split_message(bytes).map_err(|e| crate::Error::Decode {
+            operation: "SubscribeToShard",
+            message: e.to_string(),
+        })?
+    {
         if m.header_str(":message-type") == Some("event")
             && m.header_str(":event-type") == Some("SubscribeToShardEvent")
         {
             let (records, _) =
-                crate::aws::get_records::decode_subscribe_event(&m.payload, &shard_id)?;
+                crate::aws::get_records::decode_subscribe_event(m.payload, &shard_id)?;
             all.extend(records);
         }
+        bytes = &bytes[len..];
     }
     Ok(all)
 }

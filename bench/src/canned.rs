@@ -56,6 +56,11 @@ impl CannedServer {
     pub fn body_bytes(&self) -> usize {
         self.canned.get_records.len()
     }
+
+    /// The full GetRecords reply body.
+    pub fn body(&self) -> &[u8] {
+        &self.canned.get_records
+    }
 }
 
 fn serve(stream: TcpStream, canned: &Canned) {

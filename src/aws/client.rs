@@ -3,8 +3,8 @@
 
 use std::fmt;
 use std::io::Read;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -222,6 +222,12 @@ pub(crate) struct Client {
     connect_timeout: Duration,
     read_timeout: Duration,
     fan_out_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The buffer the last hot-path reply body (GetRecords) was read into,
+    /// lent to the next call when free: a multi-megabyte buffer fresh from
+    /// the allocator costs its zeroing and a page fault per 4 KiB page on
+    /// every call. Shared by the clones (one per consumer), so at most one
+    /// is kept, the largest.
+    spare_body: Arc<Mutex<Vec<u8>>>,
 }
 
 impl fmt::Debug for Client {
@@ -277,6 +283,7 @@ impl Client {
             connect_timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
             fan_out_tls: config.fan_out_tls.clone(),
+            spare_body: Arc::default(),
         })
     }
 
@@ -398,14 +405,16 @@ impl Client {
         body: &[u8],
         decode: impl Fn(&[u8]) -> Result<T>,
     ) -> Result<T> {
-        self.with_retries(operation, || decode(&self.send(operation, body)?))
+        let out = self.call_admitting(operation, body, |_| true, decode)?;
+        out.ok_or_else(|| Error::Internal(format!("{operation}: a reply admitted was dropped")))
     }
 
     /// Like [`call_with`](Self::call_with), and before a successful reply's
     /// body is read, hands its length (Content-Length; 0 when the server did
     /// not say) to `admit`, which may wait, for example for room in a memory
     /// budget. When `admit` returns false the reply is dropped unread and
-    /// the call returns `Ok(None)`. Called once per attempt.
+    /// the call returns `Ok(None)`. Called once per attempt. The body is
+    /// read into the client's spare buffer when it is free.
     pub(crate) fn call_admitting<T>(
         &self,
         operation: &'static str,
@@ -414,10 +423,17 @@ impl Client {
         decode: impl Fn(&[u8]) -> Result<T>,
     ) -> Result<Option<T>> {
         self.with_retries(operation, || {
-            match self.send_admitting(operation, body, &mut admit)? {
-                Some(reply) => decode(&reply).map(Some),
-                None => Ok(None),
+            let mut buffer = std::mem::take(&mut *lock(&self.spare_body));
+            let out = match self.send_admitting(operation, body, &mut admit, &mut buffer) {
+                Ok(Some(len)) => decode(&buffer[..len]).map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            let mut spare = lock(&self.spare_body);
+            if buffer.len() > spare.len() {
+                *spare = buffer;
             }
+            out
         })
     }
 
@@ -448,19 +464,23 @@ impl Client {
 
     /// One signed request; the reply body when the status is 2xx.
     fn send(&self, operation: &'static str, body: &[u8]) -> Result<Vec<u8>> {
-        let reply = self.send_admitting(operation, body, &mut |_| true)?;
-        Ok(reply.unwrap_or_default())
+        let mut buffer = Vec::new();
+        let len = self.send_admitting(operation, body, &mut |_| true, &mut buffer)?;
+        buffer.truncate(len.unwrap_or(0));
+        Ok(buffer)
     }
 
     /// [`send`](Self::send), asking `admit` before reading a 2xx reply's
-    /// body (see [`call_admitting`](Self::call_admitting)); `None` when it
-    /// said no.
+    /// body (see [`call_admitting`](Self::call_admitting)), and reading it
+    /// into `buffer` (what `buffer` holds is overwritten, not zeroed
+    /// again); the body's length, `None` when `admit` said no.
     fn send_admitting(
         &self,
         operation: &'static str,
         body: &[u8],
         admit: &mut dyn FnMut(u64) -> bool,
-    ) -> Result<Option<Vec<u8>>> {
+        buffer: &mut Vec<u8>,
+    ) -> Result<Option<usize>> {
         let mut req = self.agent.post(self.endpoint.url());
         for (name, value) in &self.signed_headers(operation, body)? {
             req = req.header(name.as_str(), value.as_str());
@@ -500,16 +520,16 @@ impl Client {
             // Dropped unread: the connection is closed, not reused.
             return Ok(None);
         }
-        let mut bytes = Vec::with_capacity(length as usize);
-        reply
+        let mut reader = reply
             .body_mut()
             .with_config()
             .limit(MAX_RESPONSE_BYTES)
-            .reader()
-            .read_to_end(&mut bytes)
+            .reader();
+        let len = read_into(&mut reader, buffer, length as usize)
             .map_err(|e| Error::transport(operation, url, io_kind(&e), e))?;
+        let bytes = &buffer[..len];
         if (200..300).contains(&status) {
-            return Ok(Some(bytes));
+            return Ok(Some(len));
         }
         Err(Error::Service(reply_error(
             operation,
@@ -517,9 +537,41 @@ impl Client {
             request_id,
             error_type,
             location.as_deref(),
-            &bytes,
+            bytes,
         )))
     }
+}
+
+/// Reads `reader` to its end into `buffer`, from its start; the length
+/// read. `buffer` grows (zeroed) only past what it already holds:
+/// `expected` (the Content-Length) bytes and one more, so that the end is
+/// seen without growing.
+fn read_into(
+    reader: &mut impl Read,
+    buffer: &mut Vec<u8>,
+    expected: usize,
+) -> std::io::Result<usize> {
+    if buffer.len() <= expected {
+        buffer.resize(expected + 1, 0);
+    }
+    let mut filled = 0;
+    loop {
+        if filled == buffer.len() {
+            buffer.resize(buffer.len().max(4096) * 2, 0);
+        }
+        match reader.read(&mut buffer[filled..]) {
+            Ok(0) => return Ok(filled),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The lock, even if a thread panicked holding it (the buffer inside is
+/// only reused, never trusted).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Decodes a JSON reply; an empty body counts as `{}`.
@@ -785,6 +837,22 @@ pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
 mod tests {
 
     use super::*;
+
+    #[test]
+    fn bodies_are_read_whole_into_a_reused_buffer_whatever_its_past() {
+        // A chunked reply has no Content-Length (expected 0): the buffer
+        // grows; a buffer left longer by a past reply gives only this one.
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for expected in [0, 10, body.len(), body.len() + 5] {
+            for past in [0, 7, 300_000] {
+                let mut buffer = vec![0xAA; past];
+                let len = read_into(&mut &body[..], &mut buffer, expected).unwrap();
+                assert_eq!(&buffer[..len], &body[..], "{expected} {past}");
+            }
+        }
+        let mut buffer = vec![1; 5];
+        assert_eq!(read_into(&mut &b""[..], &mut buffer, 0).unwrap(), 0);
+    }
 
     #[test]
     fn failed_name_lookups_are_host_not_found() {

@@ -22,62 +22,12 @@ const LARGEST_RECORD: usize = 10 << 20;
 pub(crate) const MAX_MESSAGE: usize = LARGEST_RECORD.div_ceil(3) * 4 + (1 << 20) + (128 << 10) + 16;
 const PRELUDE: usize = 12;
 
-/// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320) tables for
-/// slicing by 8, built at compile time: `CRC_TABLES[0]` is the classic
-/// byte-at-a-time table, and `CRC_TABLES[k][n]` the CRC of byte `n`
-/// followed by `k` zero bytes, so that eight bytes are folded in per step
-/// (the CRC checks most of an event's bytes: one byte per step made it
-/// two thirds of the decoder's time, see BENCHMARKS.md).
-const CRC_TABLES: [[u32; 256]; 8] = {
-    let mut tables = [[0u32; 256]; 8];
-    let mut n = 0;
-    while n < 256 {
-        let mut c = n as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        tables[0][n] = c;
-        n += 1;
-    }
-    let mut t = 1;
-    while t < 8 {
-        let mut n = 0;
-        while n < 256 {
-            let previous = tables[t - 1][n];
-            tables[t][n] = (previous >> 8) ^ tables[0][(previous & 0xFF) as usize];
-            n += 1;
-        }
-        t += 1;
-    }
-    tables
-};
-
-/// The CRC-32 of `data`.
+/// The CRC-32 (IEEE 802.3) of `data`. crc32fast uses the CPU's
+/// carry-less multiply where it has one: the CRC checks every byte of an
+/// event, and a table-driven loop made it a third of the decoder's time
+/// (see BENCHMARKS.md).
 pub(crate) fn crc32(data: &[u8]) -> u32 {
-    let t = &CRC_TABLES;
-    let mut c = !0u32;
-    let mut chunks = data.chunks_exact(8);
-    for b in &mut chunks {
-        let low = c ^ u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        c = t[7][(low & 0xFF) as usize]
-            ^ t[6][((low >> 8) & 0xFF) as usize]
-            ^ t[5][((low >> 16) & 0xFF) as usize]
-            ^ t[4][(low >> 24) as usize]
-            ^ t[3][b[4] as usize]
-            ^ t[2][b[5] as usize]
-            ^ t[1][b[6] as usize]
-            ^ t[0][b[7] as usize];
-    }
-    for &b in chunks.remainder() {
-        c = t[0][((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
-    }
-    !c
+    crc32fast::hash(data)
 }
 
 /// A header value, of any of the nine types.
@@ -103,14 +53,14 @@ pub(crate) enum HeaderValue {
     Uuid([u8; 16]),
 }
 
-/// One decoded message.
+/// One decoded message, its payload borrowed from the decoder's buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Message {
+pub(crate) struct Message<'a> {
     pub(crate) headers: Vec<(String, HeaderValue)>,
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: &'a [u8],
 }
 
-impl Message {
+impl Message<'_> {
     /// The value of string header `name`, if present and a string.
     pub(crate) fn header_str(&self, name: &str) -> Option<&str> {
         self.headers.iter().find_map(|(n, v)| match v {
@@ -138,64 +88,76 @@ fn error<T>(message: impl Into<String>) -> Result<T, EventStreamError> {
 #[derive(Default)]
 pub(crate) struct Decoder {
     buf: Vec<u8>,
+    /// Where the bytes not handed out yet start: a message handed out
+    /// stays where it is (its payload is lent, not copied) until the next
+    /// push.
+    start: usize,
 }
 
 impl Decoder {
     /// Adds bytes read from the stream.
     pub(crate) fn push(&mut self, bytes: &[u8]) {
+        // Drop what was handed out; at most the start of one message moves.
+        self.buf.drain(..self.start);
+        self.start = 0;
         self.buf.extend_from_slice(bytes);
     }
 
     /// How many bytes wait for the rest of their message.
     pub(crate) fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// The next whole message, `None` until one has fully arrived.
-    pub(crate) fn next_message(&mut self) -> Result<Option<Message>, EventStreamError> {
-        if self.buf.len() < PRELUDE {
+    pub(crate) fn next_message(&mut self) -> Result<Option<Message<'_>>, EventStreamError> {
+        let Some((message, len)) = split_message(&self.buf[self.start..])? else {
             return Ok(None);
-        }
-        let word = |at: usize| {
-            u32::from_be_bytes([
-                self.buf[at],
-                self.buf[at + 1],
-                self.buf[at + 2],
-                self.buf[at + 3],
-            ])
         };
-        let (total, headers_len, prelude_crc) = (word(0) as usize, word(4) as usize, word(8));
-        let computed = crc32(&self.buf[..8]);
-        if computed != prelude_crc {
-            return error(format!(
-                "prelude CRC mismatch: the message says {prelude_crc:#010x}, its bytes give {computed:#010x}"
-            ));
-        }
-        if !(PRELUDE + 4..=MAX_MESSAGE).contains(&total) {
-            return error(format!(
-                "a message of {total} bytes (from 16 to {MAX_MESSAGE})"
-            ));
-        }
-        if headers_len > total - PRELUDE - 4 {
-            return error(format!(
-                "{headers_len} bytes of headers in a message of {total} bytes"
-            ));
-        }
-        if self.buf.len() < total {
-            return Ok(None);
-        }
-        let message_crc = word(total - 4);
-        let computed = crc32(&self.buf[..total - 4]);
-        if computed != message_crc {
-            return error(format!(
-                "message CRC mismatch: the message says {message_crc:#010x}, its bytes give {computed:#010x}"
-            ));
-        }
-        let headers = parse_headers(&self.buf[PRELUDE..PRELUDE + headers_len])?;
-        let payload = self.buf[PRELUDE + headers_len..total - 4].to_vec();
-        self.buf.drain(..total);
-        Ok(Some(Message { headers, payload }))
+        self.start += len;
+        Ok(Some(message))
     }
+}
+
+/// The message at the start of `bytes`, checked, and its length; `None`
+/// when `bytes` holds only part of it.
+pub(crate) fn split_message(
+    bytes: &[u8],
+) -> Result<Option<(Message<'_>, usize)>, EventStreamError> {
+    if bytes.len() < PRELUDE {
+        return Ok(None);
+    }
+    let word =
+        |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let (total, headers_len, prelude_crc) = (word(0) as usize, word(4) as usize, word(8));
+    let computed = crc32(&bytes[..8]);
+    if computed != prelude_crc {
+        return error(format!(
+            "prelude CRC mismatch: the message says {prelude_crc:#010x}, its bytes give {computed:#010x}"
+        ));
+    }
+    if !(PRELUDE + 4..=MAX_MESSAGE).contains(&total) {
+        return error(format!(
+            "a message of {total} bytes (from 16 to {MAX_MESSAGE})"
+        ));
+    }
+    if headers_len > total - PRELUDE - 4 {
+        return error(format!(
+            "{headers_len} bytes of headers in a message of {total} bytes"
+        ));
+    }
+    if bytes.len() < total {
+        return Ok(None);
+    }
+    let message_crc = word(total - 4);
+    let computed = crc32(&bytes[..total - 4]);
+    if computed != message_crc {
+        return error(format!(
+            "message CRC mismatch: the message says {message_crc:#010x}, its bytes give {computed:#010x}"
+        ));
+    }
+    let headers = parse_headers(&bytes[PRELUDE..PRELUDE + headers_len])?;
+    let payload = &bytes[PRELUDE + headers_len..total - 4];
+    Ok(Some((Message { headers, payload }, total)))
 }
 
 fn parse_headers(mut bytes: &[u8]) -> Result<Vec<(String, HeaderValue)>, EventStreamError> {
@@ -324,22 +286,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crc32_by_eight_bytes_equals_crc32_by_one_byte_at_every_length() {
-        let one_at_a_time = |data: &[u8]| {
-            !data.iter().fold(!0u32, |c, &b| {
-                CRC_TABLES[0][((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8)
-            })
-        };
-        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + i / 3) as u8).collect();
-        for start in 0..9 {
-            for end in start..data.len() {
-                let part = &data[start..end];
-                assert_eq!(crc32(part), one_at_a_time(part), "{start}..{end}");
-            }
-        }
-    }
-
-    #[test]
     fn crc32_of_known_strings() {
         assert_eq!(crc32(b""), 0);
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
@@ -405,7 +351,7 @@ mod tests {
             for part in [&bytes[..split], &bytes[split..]] {
                 d.push(part);
                 while let Some(m) = d.next_message().unwrap() {
-                    got.push(m.payload);
+                    got.push(m.payload.to_vec());
                 }
             }
             assert_eq!(

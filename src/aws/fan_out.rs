@@ -317,10 +317,15 @@ impl Subscription {
                 .next_message()
                 .map_err(|e| bad_reply(SUBSCRIBE, e.to_string()))?
             {
+                // The payload is lent by the decoder: decoded in place.
+                let handled = handle(&message, &self.shard_id, self.request_id.as_deref());
                 // What is left began no earlier than the last bytes pushed.
                 self.partial_since =
                     (self.decoder.buffered() > 0).then_some(self.last_push_arrival);
-                if let Some(event) = self.handle(message)? {
+                if let Some(event) = handled? {
+                    if let Some(seq) = &event.continuation_sequence_number {
+                        self.continuation = Some(seq.clone());
+                    }
                     return Ok(Polled::Event(event));
                 }
             }
@@ -397,73 +402,75 @@ impl Subscription {
         }
         Ok(())
     }
+}
 
-    /// Turns a message into an event, an error, or nothing (an
-    /// `initial-response` or an event type we do not know).
-    fn handle(&mut self, message: Message) -> Result<Option<SubscribeToShardEvent>> {
-        match message.header_str(":message-type") {
-            Some("event") => {}
-            Some("exception") => {
-                let code = message.header_str(":exception-type").unwrap_or_default();
-                return Err(self.exception(code, None, &message.payload));
-            }
-            Some("error") => {
-                let code = message.header_str(":error-code").unwrap_or_default();
-                let text = message.header_str(":error-message").map(str::to_owned);
-                return Err(self.exception(code, text, &message.payload));
-            }
-            other => {
-                return Err(bad_reply(
-                    SUBSCRIBE,
-                    format!("an event-stream message of type {other:?}"),
-                ));
-            }
+/// Turns a message of the subscription to `shard_id` into an event, an
+/// error, or nothing (an `initial-response` or an event type we do not
+/// know).
+fn handle(
+    message: &Message<'_>,
+    shard_id: &Arc<str>,
+    request_id: Option<&str>,
+) -> Result<Option<SubscribeToShardEvent>> {
+    match message.header_str(":message-type") {
+        Some("event") => {}
+        Some("exception") => {
+            let code = message.header_str(":exception-type").unwrap_or_default();
+            return Err(exception(code, None, message.payload, request_id));
         }
-        match message.header_str(":event-type") {
-            Some("SubscribeToShardEvent") => {
-                let (records, fields) = decode_subscribe_event(&message.payload, &self.shard_id)?;
-                if let Some(seq) = &fields.continuation_sequence_number {
-                    self.continuation = Some(seq.clone());
-                }
-                Ok(Some(SubscribeToShardEvent {
-                    records: records.into_iter().collect(),
-                    continuation_sequence_number: fields.continuation_sequence_number,
-                    millis_behind_latest: fields.millis_behind_latest,
-                    child_shards: fields.child_shards,
-                }))
-            }
-            Some("initial-response") => Ok(None),
-            other => {
-                log::debug!("SubscribeToShard: ignoring an event of type {other:?}");
-                Ok(None)
-            }
+        Some("error") => {
+            let code = message.header_str(":error-code").unwrap_or_default();
+            let text = message.header_str(":error-message").map(str::to_owned);
+            return Err(exception(code, text, message.payload, request_id));
+        }
+        other => {
+            return Err(bad_reply(
+                SUBSCRIBE,
+                format!("an event-stream message of type {other:?}"),
+            ));
         }
     }
-
-    /// An exception event as a service error: its code, its message (from
-    /// the header, else the JSON payload), and the HTTP status of the
-    /// response that carried it (200).
-    fn exception(&self, code: &str, text: Option<String>, payload: &[u8]) -> Error {
-        #[derive(Deserialize)]
-        struct Body {
-            #[serde(alias = "Message")]
-            message: Option<String>,
+    match message.header_str(":event-type") {
+        Some("SubscribeToShardEvent") => {
+            let (records, fields) = decode_subscribe_event(message.payload, shard_id)?;
+            Ok(Some(SubscribeToShardEvent {
+                records: records.into_iter().collect(),
+                continuation_sequence_number: fields.continuation_sequence_number,
+                millis_behind_latest: fields.millis_behind_latest,
+                child_shards: fields.child_shards,
+            }))
         }
-        let message = text
-            .or_else(|| {
-                serde_json::from_slice::<Body>(payload)
-                    .ok()
-                    .and_then(|b| b.message)
-            })
-            .unwrap_or_else(|| String::from_utf8_lossy(payload).chars().take(200).collect());
-        Error::Service(ServiceError {
-            operation: SUBSCRIBE,
-            code: code.rsplit('#').next().unwrap_or(code).to_owned(),
-            message,
-            status: 200,
-            request_id: self.request_id.clone(),
+        Some("initial-response") => Ok(None),
+        other => {
+            log::debug!("SubscribeToShard: ignoring an event of type {other:?}");
+            Ok(None)
+        }
+    }
+}
+
+/// An exception event as a service error: its code, its message (from
+/// the header, else the JSON payload), and the HTTP status of the
+/// response that carried it (200).
+fn exception(code: &str, text: Option<String>, payload: &[u8], request_id: Option<&str>) -> Error {
+    #[derive(Deserialize)]
+    struct Body {
+        #[serde(alias = "Message")]
+        message: Option<String>,
+    }
+    let message = text
+        .or_else(|| {
+            serde_json::from_slice::<Body>(payload)
+                .ok()
+                .and_then(|b| b.message)
         })
-    }
+        .unwrap_or_else(|| String::from_utf8_lossy(payload).chars().take(200).collect());
+    Error::Service(ServiceError {
+        operation: SUBSCRIBE,
+        code: code.rsplit('#').next().unwrap_or(code).to_owned(),
+        message,
+        status: 200,
+        request_id: request_id.map(str::to_owned),
+    })
 }
 
 impl Iterator for Subscription {

@@ -40,8 +40,16 @@ pub(crate) fn decode_reply(
     body: &[u8],
     shard_id: &Arc<str>,
 ) -> Result<(Records, GetRecordsOutput)> {
-    let (decoded, rest) = match fast::get_records(body) {
-        Some(out) => out?,
+    let (decoded, rest) = match fast::reply(body, &fast::GET_RECORDS) {
+        Some(out) => {
+            let (decoded, top) = out?;
+            let rest = GetRecordsOutput {
+                next_shard_iterator: top.position.filter(|t| !t.is_empty()).map(str::to_owned),
+                millis_behind_latest: top.millis_behind_latest,
+                ..GetRecordsOutput::default()
+            };
+            (decoded, rest)
+        }
         None => decode_with_serde(body)?,
     };
     Ok((decoded.into_records(shard_id), rest))
@@ -148,15 +156,15 @@ struct Fields {
 }
 
 impl Decoded {
-    /// Room for the records of a reply of `body_len` bytes: the data is at
-    /// most three quarters of the base64 text.
-    fn for_body(body_len: usize) -> Decoded {
+    /// Room for the records of a reply of `operation` of `body_len` bytes:
+    /// the data is at most three quarters of the base64 text.
+    fn for_body(body_len: usize, operation: &'static str) -> Decoded {
         // The smallest record is about 50 bytes of JSON; GetRecords returns
         // at most 10,000.
         Decoded {
             bytes: Vec::with_capacity(body_len / 4 * 3),
             records: Vec::with_capacity((body_len / 50).min(10_000)),
-            operation: OP,
+            operation,
         }
     }
 
@@ -243,7 +251,7 @@ struct ChildShardJson {
 fn decode_with_serde(body: &[u8]) -> Result<(Decoded, GetRecordsOutput)> {
     let reply: GetRecordsJson<'_> =
         serde_json::from_slice(body).map_err(|e| bad_reply(OP, e.to_string()))?;
-    let mut decoded = Decoded::for_body(body.len());
+    let mut decoded = Decoded::for_body(body.len(), OP);
     decode_records(&mut decoded, reply.records.unwrap_or_default())?;
     let rest = GetRecordsOutput {
         records: Vec::new(),
@@ -299,21 +307,49 @@ fn child_shards(
 }
 
 /// What a SubscribeToShardEvent holds besides its records.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct EventFields {
     pub(crate) continuation_sequence_number: Option<SequenceNumber>,
     pub(crate) millis_behind_latest: Option<u64>,
     pub(crate) child_shards: Vec<ChildShard>,
 }
 
+const EVENT: &str = "SubscribeToShard";
+
 /// Decodes the JSON payload of a SubscribeToShardEvent from `shard_id`:
 /// its records are made exactly as GetRecords records are (one shared
-/// buffer, not de-aggregated).
+/// buffer, not de-aggregated), by the same scanner, with serde_json for
+/// unusual shapes.
 pub(crate) fn decode_subscribe_event(
     payload: &[u8],
     shard_id: &Arc<str>,
 ) -> Result<(Records, EventFields)> {
-    const EVENT: &str = "SubscribeToShard";
+    let (decoded, fields) = match fast::reply(payload, &fast::SUBSCRIBE_EVENT) {
+        Some(out) => {
+            let (decoded, top) = out?;
+            let fields = EventFields {
+                continuation_sequence_number: continuation(top.position)?,
+                millis_behind_latest: top.millis_behind_latest,
+                child_shards: Vec::new(),
+            };
+            (decoded, fields)
+        }
+        None => decode_event_with_serde(payload)?,
+    };
+    Ok((decoded.into_records(shard_id), fields))
+}
+
+/// An event's continuation sequence number; empty is none.
+fn continuation(text: Option<&str>) -> Result<Option<SequenceNumber>> {
+    match text {
+        Some(text) if !text.is_empty() => Ok(Some(parse_sequence(EVENT, text.as_bytes())?)),
+        _ => Ok(None),
+    }
+}
+
+/// Decodes an event's payload with serde_json only: the general path, and
+/// the oracle the scanner is checked against.
+fn decode_event_with_serde(payload: &[u8]) -> Result<(Decoded, EventFields)> {
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct EventJson<'a> {
@@ -326,29 +362,59 @@ pub(crate) fn decode_subscribe_event(
     }
     let event: EventJson<'_> = serde_json::from_slice(payload)
         .map_err(|e| bad_reply(EVENT, format!("SubscribeToShardEvent: {e}")))?;
-    let mut decoded = Decoded::for_body(payload.len());
-    decoded.operation = EVENT;
+    let mut decoded = Decoded::for_body(payload.len(), EVENT);
     decode_records(&mut decoded, event.records.unwrap_or_default())?;
-    let continuation_sequence_number = match event.continuation_sequence_number {
-        Some(text) if !text.is_empty() => Some(parse_sequence(EVENT, text.as_bytes())?),
-        _ => None,
-    };
     let fields = EventFields {
-        continuation_sequence_number,
+        continuation_sequence_number: continuation(event.continuation_sequence_number.as_deref())?,
         millis_behind_latest: event.millis_behind_latest,
         child_shards: child_shards(EVENT, event.child_shards)?,
     };
+    Ok((decoded, fields))
+}
+
+/// [`decode_subscribe_event`] with serde_json only (for the fuzz targets).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn decode_subscribe_event_with_serde(
+    payload: &[u8],
+    shard_id: &Arc<str>,
+) -> Result<(Records, EventFields)> {
+    let (decoded, fields) = decode_event_with_serde(payload)?;
     Ok((decoded.into_records(shard_id), fields))
 }
 
-/// A scanner for the common shape of a GetRecords reply. It gives up
+/// A scanner for the common shape of a GetRecords reply and of a
+/// SubscribeToShardEvent (the same records, one other field). It gives up
 /// (`None`) on anything it does not expect, such as an escaped string,
 /// child shards, an unknown nested field or base64 it cannot decode, and
 /// the caller falls back to serde_json; a reply it accepts decodes exactly
 /// as serde_json would.
 mod fast {
-    use super::{Decoded, GetRecordsOutput};
+    use super::Decoded;
     use crate::error::Result;
+
+    /// The shape of a reply: the records, MillisBehindLatest, ChildShards
+    /// (only empty) and one string field saying where reading continues.
+    pub(super) struct Shape {
+        operation: &'static str,
+        position_field: &'static [u8],
+    }
+
+    pub(super) const GET_RECORDS: Shape = Shape {
+        operation: super::OP,
+        position_field: b"NextShardIterator",
+    };
+
+    pub(super) const SUBSCRIBE_EVENT: Shape = Shape {
+        operation: super::EVENT,
+        position_field: b"ContinuationSequenceNumber",
+    };
+
+    /// A reply's fields besides its records.
+    pub(super) struct Top<'a> {
+        /// NextShardIterator or ContinuationSequenceNumber, as written.
+        pub(super) position: Option<&'a str>,
+        pub(super) millis_behind_latest: Option<u64>,
+    }
 
     /// Base64 digit values; 0xFF for bytes outside the alphabet.
     const BASE64_VALUES: [u8; 256] = {
@@ -667,10 +733,14 @@ mod fast {
         }
     }
 
-    pub(super) fn get_records(body: &[u8]) -> Option<Result<(Decoded, GetRecordsOutput)>> {
+    /// Scans a reply of `shape`: `None` when it is not of the usual shape.
+    pub(super) fn reply<'a>(body: &'a [u8], shape: &Shape) -> Option<Result<(Decoded, Top<'a>)>> {
         let mut s = Scanner { body, at: 0 };
-        let mut decoded = Decoded::for_body(body.len());
-        let mut out = GetRecordsOutput::default();
+        let mut decoded = Decoded::for_body(body.len(), shape.operation);
+        let mut top = Top {
+            position: None,
+            millis_behind_latest: None,
+        };
         let mut failed = None;
         // A field seen twice fails its guard: serde_json refuses duplicates.
         let mut seen = [false; 4];
@@ -697,13 +767,12 @@ mod fast {
                         }
                     }
                 }
-                b"NextShardIterator" if first(1) => {
-                    out.next_shard_iterator =
-                        s.opt_string()?.filter(|t| !t.is_empty()).map(str::to_owned);
+                _ if key == shape.position_field && first(1) => {
+                    top.position = s.opt_string()?;
                     Some(())
                 }
                 b"MillisBehindLatest" if first(2) => {
-                    out.millis_behind_latest = s.u64()?;
+                    top.millis_behind_latest = s.u64()?;
                     Some(())
                 }
                 b"ChildShards" if first(3) => {
@@ -722,7 +791,7 @@ mod fast {
         }
         Some(match failed {
             Some(e) => Err(e),
-            None => Ok((decoded, out)),
+            None => Ok((decoded, top)),
         })
     }
 
@@ -834,7 +903,7 @@ mod tests {
                 r#"{{"Records":[{{"SequenceNumber":"1","PartitionKey":"a","Data":"{}"}}]}}"#,
                 BASE64.encode(&data)
             );
-            let out = fast::get_records(body.as_bytes())
+            let out = fast::reply(body.as_bytes(), &fast::GET_RECORDS)
                 .expect("plain base64 is scanned")
                 .unwrap();
             let records: Vec<Record> = out.0.into_records(&Arc::from("s")).into_iter().collect();
@@ -932,30 +1001,41 @@ mod tests {
         for body in bodies {
             let text = String::from_utf8_lossy(body);
             let general = decode_get_records_with_serde(body, &shard);
-            match fast::get_records(body) {
-                Some(Ok((d, rest))) => {
-                    let out = GetRecordsOutput {
-                        records: d.into_records(&shard).into_iter().collect(),
-                        ..rest
-                    };
-                    assert_eq!(Ok(&out), general.as_ref().map_err(|_| ()), "{text}")
-                }
-                Some(Err(_)) => assert!(general.is_err(), "{text}"),
-                None => {}
-            }
             assert_eq!(
                 decode_get_records(body, &shard).map_err(|e| e.to_string()),
                 general.map_err(|e| e.to_string()),
                 "{text}"
             );
+            // The same body as an event: its position field renamed.
+            let event = text
+                .replace(
+                    "NextShardIterator\":\"it\"",
+                    "ContinuationSequenceNumber\":\"77\"",
+                )
+                .replace("NextShardIterator", "ContinuationSequenceNumber");
+            let as_event = |r: Result<(Records, EventFields)>| {
+                r.map(|(records, fields)| (records.into_iter().collect::<Vec<_>>(), fields))
+                    .map_err(|e| e.to_string())
+            };
+            assert_eq!(
+                as_event(decode_subscribe_event(event.as_bytes(), &shard)),
+                as_event(decode_subscribe_event_with_serde(event.as_bytes(), &shard)),
+                "{event}"
+            );
         }
+        let scanned = |body: &[u8], shape| fast::reply(body, shape).is_some();
         assert!(
-            fast::get_records(bodies[0]).is_some(),
+            scanned(bodies[0], &fast::GET_RECORDS),
             "the usual shape is scanned"
         );
         assert!(
-            fast::get_records(bodies[5]).is_none(),
+            !scanned(bodies[5], &fast::GET_RECORDS),
             "escapes go to serde"
         );
+        let event = br#"{"Records":[{"SequenceNumber":"12","Data":"aGVsbG8=","PartitionKey":"k1"}],"ContinuationSequenceNumber":"12","MillisBehindLatest":0,"ChildShards":null}"#;
+        assert!(scanned(event, &fast::SUBSCRIBE_EVENT), "events are scanned");
+        let (records, fields) = decode_subscribe_event(event, &shard).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(fields.continuation_sequence_number.unwrap().as_str(), "12");
     }
 }

@@ -1,10 +1,14 @@
 //! Decode + deliver throughput on one shard: our full path (fetch, decode,
 //! de-aggregation check, message handler, channel, batch handler touching
 //! each record) against the official SDK's get_records loop, same canned
-//! server, same run.
+//! server, same run. The floor: a copy of the reply body in memory, and
+//! the reply read off a plain socket (no HTTP client, nothing decoded);
+//! each path's time per reply is shown as a multiple of the socket read's.
 //!
 //! Usage: throughput --sdk PATH [--seconds S]
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,13 +38,18 @@ fn main() {
         // The machine is shared: run the three measurements in turn, three
         // rounds, and keep each one's best round.
         let (mut wire_best, mut ours_best, mut sdk_best) = (0f64, 0f64, 0f64);
+        let (mut memcpy_best, mut socket_best) = (0f64, 0f64);
         let mut sdk_ms = f64::NAN;
         for round in 1..=rounds {
+            memcpy_best = memcpy_best.max(memcpy_rate(server.body(), records, seconds / 4.0));
+            let socket = socket_rate(&server.url, records, seconds / 2.0);
+            socket_best = socket_best.max(socket);
             let (wire, _) = wire_loop(&server.url, seconds);
             let ours = full_path(&server.url, &dynamo.url, seconds);
             let (w, o) = (wire.records / wire.elapsed, ours.records / ours.elapsed);
             let mut line = format!(
-                "  round {round}: get_records only {}, full path {}",
+                "  round {round}: socket read {}, get_records only {}, full path {}",
+                rate(socket),
                 rate(w),
                 rate(o)
             );
@@ -69,10 +78,32 @@ fn main() {
             records as f64 / ours_best * 1e3
         );
         let _ = payload;
+        let body_mib = server.body_bytes() as f64 / MIB;
+        println!(
+            "floor, memcpy of the body: {} records/s, {:.0} MiB/s of body, {:.3} ms per reply",
+            rate(memcpy_best),
+            memcpy_best / records as f64 * body_mib,
+            records as f64 / memcpy_best * 1e3
+        );
+        println!(
+            "floor, plain socket read of the reply: {} records/s, {:.0} MiB/s of body, {:.2} ms per reply",
+            rate(socket_best),
+            socket_best / records as f64 * body_mib,
+            records as f64 / socket_best * 1e3
+        );
+        let floor = |best: f64| socket_best / best;
+        let mut multiples = format!(
+            "time per record as a multiple of the socket read: get_records only {:.2}x, full path {:.2}x",
+            floor(wire_best),
+            floor(ours_best)
+        );
         if sdk.is_empty() {
+            println!("{multiples}");
             println!("sdk: skipped (no --sdk)");
             continue;
         }
+        multiples += &format!(", sdk {:.2}x", floor(sdk_best));
+        println!("{multiples}");
         println!(
             "sdk (aws-sdk-kinesis, tokio current-thread): {} records/s, {:.1} MiB/s of data, {sdk_ms:.2} ms per call",
             rate(sdk_best),
@@ -146,10 +177,13 @@ fn wire_loop(url: &str, seconds: f64) -> (Measured, u64) {
 /// The whole consumer, read pacing off (the canned server never throttles).
 fn full_path(url: &str, dynamodb: &str, seconds: f64) -> Measured {
     let built = consumer(url, dynamodb, "bench")
-        // Short batches and a large record bound, so that the buffer does
-        // not throttle a reader that is faster than a real shard.
+        // Short batches and large record and byte bounds, so that the
+        // buffer does not throttle a reader that is faster than a real
+        // shard (with the default 64 MiB, a 50 ms batch of 1 KiB records
+        // filled it and the reader waited a third of the time).
         .batch_interval(Duration::from_millis(50))
         .buffer_records(1_000_000)
+        .buffer_bytes(1 << 30)
         .idle_time_between_reads(Duration::from_millis(10))
         .pace_reads(false)
         // The message handler touches the data: its length, its first byte.
@@ -187,4 +221,70 @@ fn full_path(url: &str, dynamodb: &str, seconds: f64) -> Measured {
         records: (end_count - start_count) as f64,
         elapsed: elapsed.as_secs_f64(),
     }
+}
+
+/// The floor in memory: records/s if a reply cost only a copy of its body.
+fn memcpy_rate(body: &[u8], records: usize, seconds: f64) -> f64 {
+    let mut copy = vec![0u8; body.len()];
+    let (started, mut calls) = (Instant::now(), 0u64);
+    while started.elapsed().as_secs_f64() < seconds {
+        copy.copy_from_slice(std::hint::black_box(body));
+        std::hint::black_box(&mut copy);
+        calls += 1;
+    }
+    calls as f64 * records as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The floor over loopback: GetRecords requests written on a plain socket
+/// and each reply read whole into one reused buffer, nothing decoded, no
+/// HTTP client; records/s.
+fn socket_rate(url: &str, records: usize, seconds: f64) -> f64 {
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let body = r#"{"ShardIterator":"AAAAAAAAAAEbenchiterator","Limit":10000}"#;
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: Kinesis_20131202.GetRecords\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut buf = vec![0u8; 32 << 20];
+    let mut read_reply = |stream: &mut TcpStream| {
+        let (mut filled, mut end) = (0, None);
+        loop {
+            let n = stream.read(&mut buf[filled..]).unwrap();
+            assert!(n > 0, "the canned server closed the connection");
+            filled += n;
+            if end.is_none() {
+                end = head_end(&buf[..filled]);
+            }
+            if let Some((head, length)) = end {
+                if filled >= head + length {
+                    assert_eq!(filled, head + length);
+                    return length;
+                }
+            }
+        }
+    };
+    stream.write_all(request.as_bytes()).unwrap();
+    read_reply(&mut stream);
+    let (started, mut calls) = (Instant::now(), 0u64);
+    while started.elapsed().as_secs_f64() < seconds {
+        stream.write_all(request.as_bytes()).unwrap();
+        assert!(read_reply(&mut stream) > 0);
+        calls += 1;
+    }
+    calls as f64 * records as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The length of an HTTP reply's head and its Content-Length, once the
+/// head is whole.
+fn head_end(bytes: &[u8]) -> Option<(usize, usize)> {
+    let head = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let text = std::str::from_utf8(&bytes[..head]).ok()?;
+    let length = text.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })?;
+    Some((head, length))
 }
