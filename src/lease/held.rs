@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::lease::table::{Beat, LeaseStore, Workers};
-use crate::lease::{Checkpoint, Clock};
+use crate::lease::{Checkpoint, Clock, Stamp};
 use crate::sync::lock;
 
 /// Peers judge a worker dead after seeing its heartbeat (or a lease of an
@@ -27,6 +27,12 @@ pub(crate) const ROUND_SLACK: Duration = Duration::from_millis(100);
 /// earlier still leaves a positive margin for clock rates and scheduling.
 pub(crate) fn fencing_window(failover: Duration) -> Duration {
     failover.saturating_sub(ROUND_SLACK + failover / 10)
+}
+
+/// Of two heartbeats' send times, the later one (by the monotonic clock,
+/// which only moves forward).
+fn later_sent(a: Stamp, b: Stamp) -> Stamp {
+    if b.monotonic >= a.monotonic { b } else { a }
 }
 
 #[derive(Debug)]
@@ -66,8 +72,8 @@ pub(crate) struct HeldLeases {
     lost: AtomicU64,
     /// The number of this worker's last heartbeat.
     beat: AtomicU64,
-    /// When the last heartbeat that landed was sent.
-    alive_since: Mutex<Option<Instant>>,
+    /// When the last heartbeat that landed was sent (both clocks).
+    alive_since: Mutex<Option<Stamp>>,
     /// True when a notice to read the table failed and is still owed.
     notice_owed: AtomicBool,
     /// True when a checkpoint found its lease taken since the last call of
@@ -135,7 +141,7 @@ impl HeldLeases {
     /// process) proves nothing about the time between, when a peer may
     /// have taken the leases; they are dropped before the beat counts.
     pub(crate) fn heartbeat(&self, cap: Option<u64>) -> (Option<Vec<String>>, Result<Workers>) {
-        let sent = self.clock.now();
+        let sent = self.clock.stamp();
         let mut lapsed = self.drop_all_if_lapsed(sent);
         let beat = self.beat.fetch_add(1, Ordering::Relaxed) + 1;
         let result = self.table.heartbeat(&Beat {
@@ -146,18 +152,18 @@ impl HeldLeases {
         });
         if result.is_ok() {
             *lock(&self.landed_beat) = Some(beat);
-            if let Some(late) = self.drop_all_if_lapsed(self.clock.now()) {
+            if let Some(late) = self.drop_all_if_lapsed(self.clock.stamp()) {
                 lapsed.get_or_insert_with(Vec::new).extend(late);
             }
             let mut alive = lock(&self.alive_since);
-            *alive = Some(alive.map_or(sent, |a| a.max(sent)));
+            *alive = Some(alive.map_or(sent, |a| later_sent(a, sent)));
         }
         (lapsed, result)
     }
 
     /// Drops every lease if no heartbeat that landed was sent within the
     /// fencing window before `now`; returns the leases dropped then.
-    fn drop_all_if_lapsed(&self, now: Instant) -> Option<Vec<String>> {
+    fn drop_all_if_lapsed(&self, now: Stamp) -> Option<Vec<String>> {
         // Not before the first heartbeat: there is nothing to drop yet.
         (lock(&self.alive_since).is_some() && self.has_lapsed(now)).then(|| {
             let dropped: Vec<String> = lock(&self.leases).drain().map(|(id, _)| id).collect();
@@ -168,13 +174,14 @@ impl HeldLeases {
 
     /// When the last heartbeat that landed was sent (none yet: `None`).
     pub(crate) fn alive_since(&self) -> Option<Instant> {
-        *lock(&self.alive_since)
+        lock(&self.alive_since).map(|a| a.monotonic)
     }
 
-    /// True when no heartbeat sent within the fencing window landed.
-    fn has_lapsed(&self, now: Instant) -> bool {
-        lock(&self.alive_since)
-            .is_none_or(|a| now.saturating_duration_since(a) >= fencing_window(self.failover))
+    /// True when no heartbeat sent within the fencing window landed, by
+    /// either clock (see [`Stamp::since`]: a host suspend stops the
+    /// monotonic one while peers' time runs on).
+    fn has_lapsed(&self, now: Stamp) -> bool {
+        lock(&self.alive_since).is_none_or(|a| now.since(a) >= fencing_window(self.failover))
     }
 
     /// Tries to take a lease seen with `seen_counter`; on success returns the
@@ -252,7 +259,7 @@ impl HeldLeases {
                 return false;
             }
         }
-        if !self.has_lapsed(self.clock.now()) {
+        if !self.has_lapsed(self.clock.stamp()) {
             return true;
         }
         log::warn!(
@@ -519,7 +526,7 @@ impl crate::metrics::LeaseView for HeldLeases {
     }
 
     fn heartbeat_current(&self) -> bool {
-        !self.has_lapsed(self.clock.now())
+        !self.has_lapsed(self.clock.stamp())
     }
 }
 

@@ -101,13 +101,22 @@ impl SimClock {
         self.base + Duration::from_millis(self.millis.load(Ordering::Relaxed))
     }
 
-    /// A worker's monotonic clock, `lag` milliseconds behind this one.
-    fn lagging(&self, lag: Arc<AtomicI64>) -> Clock {
+    /// A worker's clocks: its monotonic one `lag` milliseconds behind this
+    /// one, its wall clock `wall_lag` behind (a host suspend stops only
+    /// the monotonic one).
+    fn lagging(&self, lag: Arc<AtomicI64>, wall_lag: Arc<AtomicI64>) -> Clock {
         let me = self.clone();
-        Clock::new(move || {
+        let behind = move |lag: &AtomicI64| {
             let millis = me.millis.load(Ordering::Relaxed) as i64 - lag.load(Ordering::Relaxed);
-            me.base + Duration::from_millis(millis.max(0) as u64)
-        })
+            Duration::from_millis(millis.max(0) as u64)
+        };
+        let (base, behind_too) = (self.base, behind.clone());
+        // Any wall time will do: 2030-01-01.
+        let wall_base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000);
+        Clock::new(
+            move || base + behind(&lag),
+            move || wall_base + behind_too(&wall_lag),
+        )
     }
 }
 
@@ -903,7 +912,10 @@ struct Worker {
     /// How far its monotonic clock is behind the simulation's
     /// (milliseconds; negative: ahead): host suspends, a slower clock.
     lag: Arc<AtomicI64>,
-    /// Added to `lag` every step (a clock running slow, or fast).
+    /// How far its wall clock is behind the simulation's: as `lag`, but
+    /// it runs on through a host suspend.
+    wall_lag: Arc<AtomicI64>,
+    /// Added to both lags every step (a clock running slow, or fast).
     drift: i64,
     /// `None` while a round is in flight.
     coordinator: Option<Coordinator<SimRunner>>,
@@ -1005,11 +1017,12 @@ impl Sim {
     fn spawn(&mut self, id: String, capped: bool) {
         let now = self.clock.now();
         let lag = Arc::new(AtomicI64::new(0));
+        let wall_lag = Arc::new(AtomicI64::new(0));
         let held = Arc::new(HeldLeases::new(
             self.table.clone(),
             id.clone(),
             FAILOVER,
-            self.clock.lagging(lag.clone()),
+            self.clock.lagging(lag.clone(), wall_lag.clone()),
         ));
         let runner = SimRunner {
             stream: self.stream.clone(),
@@ -1052,6 +1065,7 @@ impl Sim {
             instance: self.instances,
             started: true,
             lag,
+            wall_lag,
             drift: 0,
             coordinator: Some(coordinator),
             in_flight: None,
@@ -1181,7 +1195,8 @@ impl Sim {
         if enabled("suspend") && self.rng.chance(0.002) {
             // Its host is suspended: the worker stops, and its monotonic
             // clock with it (as Linux's CLOCK_MONOTONIC does), so once
-            // back it has seen less time pass than its peers.
+            // back it has seen less time pass than its peers; its wall
+            // clock runs on.
             let i = self.rng.below(self.workers.len() as u64) as usize;
             let millis = 1_000 + self.rng.below(30_000);
             let w = &mut self.workers[i];
@@ -1271,6 +1286,7 @@ impl Sim {
         let sync_interval = self.sync_interval;
         let w = &mut self.workers[i];
         w.lag.fetch_add(w.drift, Ordering::Relaxed);
+        w.wall_lag.fetch_add(w.drift, Ordering::Relaxed);
         if w.paused_until > now {
             return;
         }
@@ -1802,6 +1818,43 @@ fn a_heartbeat_that_lands_after_a_peer_took_the_lease_revives_nothing() {
     let truth = lock(&sim.truth);
     assert!(truth.violations.is_empty(), "{:?}", truth.violations);
     assert_eq!(sim.workers[0].held.len(), 0, "the lease came back to life");
+}
+
+#[test]
+fn a_worker_back_from_a_host_suspend_hands_on_nothing_of_a_lease_a_peer_took() {
+    let (mut sim, _) = Sim::with_leases(&[]);
+    let shard = lock(&sim.stream).add_shard(&[]);
+    sim.spawn("a".into(), false);
+    while sim.workers[0].held.len() == 0 {
+        assert!(sim.clock.now() - sim.clock.base < FAILOVER, "never taken");
+        sim.step_all();
+    }
+    let taken_at = sim.clock.now();
+    while sim.clock.now() - taken_at < FAILOVER {
+        sim.step_all();
+    }
+    // Its host sleeps 15 s: its monotonic clock stops, its wall clock and
+    // everyone else's time run on. A peer takes the lease meanwhile, and
+    // a record arrives.
+    let suspend = Duration::from_secs(15);
+    let w = &mut sim.workers[0];
+    w.paused_until = sim.clock.now() + suspend;
+    w.lag
+        .fetch_add(suspend.as_millis() as i64, Ordering::Relaxed);
+    let counter = match lock(&sim.table.rows).get(&shard) {
+        Some(Row::Lease(l)) => l.counter,
+        _ => panic!("no lease"),
+    };
+    assert!(sim.table.take(&shard, counter, "b").unwrap().is_some());
+    lock(&sim.stream).put(&shard);
+    let resumed = sim.clock.now() + suspend;
+    while sim.clock.now() < resumed + Duration::from_secs(1) {
+        sim.step_all();
+    }
+    // Back, it must not hand the record on: the lease is "b"'s.
+    let truth = lock(&sim.truth);
+    assert!(truth.violations.is_empty(), "{:?}", truth.violations);
+    assert!(truth.delivered.is_empty(), "handed on after the suspend");
 }
 
 #[test]
