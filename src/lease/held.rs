@@ -74,6 +74,9 @@ pub(crate) struct HeldLeases {
     beat: AtomicU64,
     /// When the last heartbeat that landed was sent (both clocks).
     alive_since: Mutex<Option<Stamp>>,
+    /// When the reply to this process's first heartbeat that landed came
+    /// (see [`may_take_earlier_runs_leases`](Self::may_take_earlier_runs_leases)).
+    first_landed: Mutex<Option<Stamp>>,
     /// True when a notice to read the table failed and is still owed.
     notice_owed: AtomicBool,
     /// True when a checkpoint found its lease taken since the last call of
@@ -106,6 +109,7 @@ impl HeldLeases {
             // beats its last run wrote: peers would see them stand still.
             beat: AtomicU64::new(crate::random::next_u64() >> 24),
             alive_since: Mutex::new(None),
+            first_landed: Mutex::new(None),
             landed_beat: Mutex::new(None),
             notice_owed: AtomicBool::new(false),
             taken_unseen: AtomicBool::new(false),
@@ -152,6 +156,7 @@ impl HeldLeases {
         });
         if result.is_ok() {
             *lock(&self.landed_beat) = Some(beat);
+            lock(&self.first_landed).get_or_insert_with(|| self.clock.stamp());
             if let Some(late) = self.drop_all_if_lapsed(self.clock.stamp()) {
                 lapsed.get_or_insert_with(Vec::new).extend(late);
             }
@@ -170,6 +175,20 @@ impl HeldLeases {
             self.lost.fetch_add(dropped.len() as u64, Ordering::Relaxed);
             dropped
         })
+    }
+
+    /// True once this process may take the leases the table gives its
+    /// worker id but that it never took (an earlier run's): the failover
+    /// time after its first heartbeat landed. Until then they may be
+    /// another live process's under the same id (a beat missing from the
+    /// workers row looks the same whether that process left or the row
+    /// was deleted; one that stood still may be stuck in a slow write).
+    /// Such a process has its next heartbeat refused once ours landed (see
+    /// the lease table's heartbeat), so by then it stopped and its fencing
+    /// window ran out: the two never hand on one shard, which nothing else
+    /// prevents, as their leases carry the same owner.
+    pub(crate) fn may_take_earlier_runs_leases(&self) -> bool {
+        lock(&self.first_landed).is_some_and(|f| self.clock.stamp().since(f) >= self.failover)
     }
 
     /// When the last heartbeat that landed was sent (none yet: `None`).
