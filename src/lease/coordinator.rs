@@ -281,8 +281,12 @@ impl<R: ShardRunner> Coordinator<R> {
     /// back and forth. Not ready while its heartbeat may still be live
     /// (startup looks again); an error once it kept moving for the failover
     /// time. A predecessor that left the row, or whose heartbeat stood
-    /// still for one and a half heartbeat periods, is gone: its leases are
-    /// ours (see [`NamesakeWatch`]).
+    /// still for one and a half heartbeat periods, is taken for gone (see
+    /// [`NamesakeWatch`]); its leases are taken the failover time after
+    /// our first heartbeat landed, when it surely stopped (see
+    /// [`HeldLeases::may_take_earlier_runs_leases`]): the row cannot tell
+    /// a process that left from a deleted row, nor a dead one from one
+    /// stuck in a slow write.
     fn check_namesake(&mut self) -> Result<()> {
         let Some(watch) = &mut self.namesake else {
             return Ok(());
@@ -521,6 +525,11 @@ impl<R: ShardRunner> Coordinator<R> {
         // Nothing is handed to a worker whose heartbeat never landed: it
         // asked for nothing, and the table may not even be usable.
         if self.held.alive_since().is_none() {
+            return Vec::new();
+        }
+        // Nor are an earlier run's leases ours to free while they may be
+        // another live process's under this id.
+        if !self.held.may_take_earlier_runs_leases() {
             return Vec::new();
         }
         let held = self.held.shard_ids();
@@ -824,6 +833,7 @@ impl<R: ShardRunner> Coordinator<R> {
             live: &live,
             handoff_overdue: &overdue,
             max_leases: self.timings.max_leases_per_worker,
+            take_earlier_runs: self.held.may_take_earlier_runs_leases(),
             caps: self.peers.caps(),
         });
         self.carry_out(&plan, rows, &held)?;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::lease::table::{Beat, LeaseStore, Workers};
-use crate::lease::{Checkpoint, Clock};
+use crate::lease::{Checkpoint, Clock, Stamp};
 use crate::sync::lock;
 
 /// Peers judge a worker dead after seeing its heartbeat (or a lease of an
@@ -27,6 +27,12 @@ pub(crate) const ROUND_SLACK: Duration = Duration::from_millis(100);
 /// earlier still leaves a positive margin for clock rates and scheduling.
 pub(crate) fn fencing_window(failover: Duration) -> Duration {
     failover.saturating_sub(ROUND_SLACK + failover / 10)
+}
+
+/// Of two heartbeats' send times, the later one (by the monotonic clock,
+/// which only moves forward).
+fn later_sent(a: Stamp, b: Stamp) -> Stamp {
+    if b.monotonic >= a.monotonic { b } else { a }
 }
 
 #[derive(Debug)]
@@ -66,8 +72,11 @@ pub(crate) struct HeldLeases {
     lost: AtomicU64,
     /// The number of this worker's last heartbeat.
     beat: AtomicU64,
-    /// When the last heartbeat that landed was sent.
-    alive_since: Mutex<Option<Instant>>,
+    /// When the last heartbeat that landed was sent (both clocks).
+    alive_since: Mutex<Option<Stamp>>,
+    /// When the reply to this process's first heartbeat that landed came
+    /// (see [`may_take_earlier_runs_leases`](Self::may_take_earlier_runs_leases)).
+    first_landed: Mutex<Option<Stamp>>,
     /// True when a notice to read the table failed and is still owed.
     notice_owed: AtomicBool,
     /// True when a checkpoint found its lease taken since the last call of
@@ -100,6 +109,7 @@ impl HeldLeases {
             // beats its last run wrote: peers would see them stand still.
             beat: AtomicU64::new(crate::random::next_u64() >> 24),
             alive_since: Mutex::new(None),
+            first_landed: Mutex::new(None),
             landed_beat: Mutex::new(None),
             notice_owed: AtomicBool::new(false),
             taken_unseen: AtomicBool::new(false),
@@ -135,7 +145,7 @@ impl HeldLeases {
     /// process) proves nothing about the time between, when a peer may
     /// have taken the leases; they are dropped before the beat counts.
     pub(crate) fn heartbeat(&self, cap: Option<u64>) -> (Option<Vec<String>>, Result<Workers>) {
-        let sent = self.clock.now();
+        let sent = self.clock.stamp();
         let mut lapsed = self.drop_all_if_lapsed(sent);
         let beat = self.beat.fetch_add(1, Ordering::Relaxed) + 1;
         let result = self.table.heartbeat(&Beat {
@@ -146,18 +156,19 @@ impl HeldLeases {
         });
         if result.is_ok() {
             *lock(&self.landed_beat) = Some(beat);
-            if let Some(late) = self.drop_all_if_lapsed(self.clock.now()) {
+            lock(&self.first_landed).get_or_insert_with(|| self.clock.stamp());
+            if let Some(late) = self.drop_all_if_lapsed(self.clock.stamp()) {
                 lapsed.get_or_insert_with(Vec::new).extend(late);
             }
             let mut alive = lock(&self.alive_since);
-            *alive = Some(alive.map_or(sent, |a| a.max(sent)));
+            *alive = Some(alive.map_or(sent, |a| later_sent(a, sent)));
         }
         (lapsed, result)
     }
 
     /// Drops every lease if no heartbeat that landed was sent within the
     /// fencing window before `now`; returns the leases dropped then.
-    fn drop_all_if_lapsed(&self, now: Instant) -> Option<Vec<String>> {
+    fn drop_all_if_lapsed(&self, now: Stamp) -> Option<Vec<String>> {
         // Not before the first heartbeat: there is nothing to drop yet.
         (lock(&self.alive_since).is_some() && self.has_lapsed(now)).then(|| {
             let dropped: Vec<String> = lock(&self.leases).drain().map(|(id, _)| id).collect();
@@ -166,15 +177,30 @@ impl HeldLeases {
         })
     }
 
-    /// When the last heartbeat that landed was sent (none yet: `None`).
-    pub(crate) fn alive_since(&self) -> Option<Instant> {
-        *lock(&self.alive_since)
+    /// True once this process may take the leases the table gives its
+    /// worker id but that it never took (an earlier run's): the failover
+    /// time after its first heartbeat landed. Until then they may be
+    /// another live process's under the same id (a beat missing from the
+    /// workers row looks the same whether that process left or the row
+    /// was deleted; one that stood still may be stuck in a slow write).
+    /// Such a process has its next heartbeat refused once ours landed (see
+    /// the lease table's heartbeat), so by then it stopped and its fencing
+    /// window ran out: the two never hand on one shard, which nothing else
+    /// prevents, as their leases carry the same owner.
+    pub(crate) fn may_take_earlier_runs_leases(&self) -> bool {
+        lock(&self.first_landed).is_some_and(|f| self.clock.stamp().since(f) >= self.failover)
     }
 
-    /// True when no heartbeat sent within the fencing window landed.
-    fn has_lapsed(&self, now: Instant) -> bool {
-        lock(&self.alive_since)
-            .is_none_or(|a| now.saturating_duration_since(a) >= fencing_window(self.failover))
+    /// When the last heartbeat that landed was sent (none yet: `None`).
+    pub(crate) fn alive_since(&self) -> Option<Instant> {
+        lock(&self.alive_since).map(|a| a.monotonic)
+    }
+
+    /// True when no heartbeat sent within the fencing window landed, by
+    /// either clock (see [`Stamp::since`]: a host suspend stops the
+    /// monotonic one while peers' time runs on).
+    fn has_lapsed(&self, now: Stamp) -> bool {
+        lock(&self.alive_since).is_none_or(|a| now.since(a) >= fencing_window(self.failover))
     }
 
     /// Tries to take a lease seen with `seen_counter`; on success returns the
@@ -252,7 +278,7 @@ impl HeldLeases {
                 return false;
             }
         }
-        if !self.has_lapsed(self.clock.now()) {
+        if !self.has_lapsed(self.clock.stamp()) {
             return true;
         }
         log::warn!(
@@ -519,7 +545,7 @@ impl crate::metrics::LeaseView for HeldLeases {
     }
 
     fn heartbeat_current(&self) -> bool {
-        !self.has_lapsed(self.clock.now())
+        !self.has_lapsed(self.clock.stamp())
     }
 }
 

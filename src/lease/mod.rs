@@ -42,23 +42,64 @@ use std::time::{Instant, SystemTime};
 
 use crate::aws::kinesis::Shard;
 
-/// The time source of the lease logic: the monotonic clock, or simulated
-/// time in the simulation.
+/// The time sources of the lease logic: the monotonic clock and the wall
+/// clock, or simulated time in the simulation. Both are read because the
+/// monotonic clock stops while the host is suspended (Linux's
+/// CLOCK_MONOTONIC, which `Instant` uses) and the wall clock does not.
 #[derive(Clone)]
-pub(crate) struct Clock(Arc<dyn Fn() -> Instant + Send + Sync>);
+pub(crate) struct Clock {
+    monotonic: Arc<dyn Fn() -> Instant + Send + Sync>,
+    wall: Arc<dyn Fn() -> SystemTime + Send + Sync>,
+}
+
+/// One reading of both clocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub(crate) monotonic: Instant,
+    pub(crate) wall: SystemTime,
+}
+
+impl Stamp {
+    /// The time from `earlier` to this reading: the larger of what the
+    /// two clocks measured, so that a host suspend (monotonic clock
+    /// stopped) still counts. A wall clock stepped back counts as zero; one
+    /// stepped forward only makes the time look longer (the safe side).
+    pub(crate) fn since(&self, earlier: Stamp) -> std::time::Duration {
+        let monotonic = self.monotonic.saturating_duration_since(earlier.monotonic);
+        let wall = self.wall.duration_since(earlier.wall).unwrap_or_default();
+        monotonic.max(wall)
+    }
+}
 
 impl Clock {
     pub(crate) fn system() -> Clock {
-        Clock(Arc::new(Instant::now))
+        Clock {
+            monotonic: Arc::new(Instant::now),
+            wall: Arc::new(SystemTime::now),
+        }
     }
 
     #[cfg(any(test, feature = "simulation"))]
-    pub(crate) fn new(now: impl Fn() -> Instant + Send + Sync + 'static) -> Clock {
-        Clock(Arc::new(now))
+    pub(crate) fn new(
+        monotonic: impl Fn() -> Instant + Send + Sync + 'static,
+        wall: impl Fn() -> SystemTime + Send + Sync + 'static,
+    ) -> Clock {
+        Clock {
+            monotonic: Arc::new(monotonic),
+            wall: Arc::new(wall),
+        }
     }
 
     pub(crate) fn now(&self) -> Instant {
-        (self.0)()
+        (self.monotonic)()
+    }
+
+    /// Both clocks, read now.
+    pub(crate) fn stamp(&self) -> Stamp {
+        Stamp {
+            monotonic: (self.monotonic)(),
+            wall: (self.wall)(),
+        }
     }
 }
 

@@ -332,6 +332,11 @@ pub(crate) struct RoundInput<'a> {
     pub handoff_overdue: &'a HashSet<String>,
     /// The most leases this worker may hold.
     pub max_leases: usize,
+    /// False while leases the table gives this worker's id but that it
+    /// does not hold (an earlier run's) may still be another live
+    /// process's under the same id: they are left alone (see
+    /// `HeldLeases::may_take_earlier_runs_leases`).
+    pub take_earlier_runs: bool,
     /// The most leases each other capped worker may hold (the workers row).
     pub caps: &'a BTreeMap<String, u64>,
 }
@@ -411,11 +416,13 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
         .collect();
     let mut available: Vec<&Lease> = Vec::new();
     let mut by_owner: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
+    let mut left_alone = false;
     for lease in &open {
         match lease.owner.as_deref() {
             Some(_) if input.held.contains(&lease.shard_id) && is_mine(lease) => {}
             // Unowned, handed to us, or ours from an earlier run under this id.
             None => available.push(lease),
+            Some(owner) if owner == me && !input.take_earlier_runs => left_alone = true,
             Some(owner) if owner == me => available.push(lease),
             Some(_) if input.stale.contains(&lease.shard_id) => available.push(lease),
             Some(owner) => by_owner.entry(owner).or_default().push(lease),
@@ -442,7 +449,8 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
     plan.target = level.unwrap_or(0).min(input.max_leases);
     // Handing leases over changes this worker's share: it reads again once
     // they are gone, and asks if that left it short.
-    plan.settled = available.is_empty()
+    plan.settled = !left_alone
+        && available.is_empty()
         && by_owner.keys().all(|o| input.live.contains(*o))
         && held.iter().all(|l| l.handoff_to.is_none());
     let mut mine = held
@@ -909,6 +917,7 @@ mod tests {
                 live: &live,
                 handoff_overdue: &self.overdue,
                 max_leases: self.max,
+                take_earlier_runs: true,
                 caps: &self.caps,
             })
         }
