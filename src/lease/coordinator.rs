@@ -208,6 +208,9 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     reported: HashMap<String, Standing>,
     /// When the last heartbeat was sent (our clock).
     last_beat: Option<Instant>,
+    /// The leases this run asked their owners for (see
+    /// [`Self::earlier_runs`]).
+    asked_this_run: HashSet<String>,
     /// True once the consumer was told to stop for an unreachable table.
     gave_up: bool,
     /// Streams no longer read, and since when (our clock): their free
@@ -247,6 +250,7 @@ impl<R: ShardRunner> Coordinator<R> {
             read_due: true,
             next_full_read: Instant::now(),
             handoffs_seen: HashMap::new(),
+            asked_this_run: HashSet::new(),
             reported: HashMap::new(),
             last_beat: None,
             gave_up: false,
@@ -518,6 +522,24 @@ impl<R: ShardRunner> Coordinator<R> {
         self.runner.stop_all();
     }
 
+    /// The leases the table gives this worker's id that it neither holds
+    /// nor asked for in this run, left alone as an earlier run's: they may
+    /// be another live process's under the same id (taken or asked for by
+    /// it). None once the failover time passed since this run's first
+    /// heartbeat landed: an older process under the id stopped by then.
+    fn earlier_runs(&self, rows: &[Row]) -> HashSet<String> {
+        if self.held.may_take_earlier_runs_leases() {
+            return HashSet::new();
+        }
+        let (me, held) = (self.held.owner(), self.held.shard_ids());
+        rows.iter()
+            .filter_map(Row::lease)
+            .filter(|l| l.owner.as_deref() == Some(me) && !held.contains(&l.shard_id))
+            .filter(|l| !self.asked_this_run.contains(&l.shard_id))
+            .map(|l| l.shard_id.clone())
+            .collect()
+    }
+
     /// The leases the table gives this worker that it does not hold (with
     /// the counter seen): handed over to it since its last round read the
     /// table. One consistent read, at shutdown only.
@@ -529,19 +551,19 @@ impl<R: ShardRunner> Coordinator<R> {
         }
         // Nor are an earlier run's leases ours to free while they may be
         // another live process's under this id.
-        if !self.held.may_take_earlier_runs_leases() {
-            return Vec::new();
-        }
         let held = self.held.shard_ids();
         let me = self.held.owner();
         match self.list_rows(true) {
-            Ok(rows) => rows
-                .iter()
-                .filter_map(Row::lease)
-                .filter(|l| l.owner.as_deref() == Some(me) && !held.contains(&l.shard_id))
-                .filter(|l| !self.held.is_withheld(&l.shard_id))
-                .map(|l| (l.shard_id.clone(), l.counter))
-                .collect(),
+            Ok(rows) => {
+                let earlier_runs = self.earlier_runs(&rows);
+                rows.iter()
+                    .filter_map(Row::lease)
+                    .filter(|l| l.owner.as_deref() == Some(me) && !held.contains(&l.shard_id))
+                    .filter(|l| !earlier_runs.contains(&l.shard_id))
+                    .filter(|l| !self.held.is_withheld(&l.shard_id))
+                    .map(|l| (l.shard_id.clone(), l.counter))
+                    .collect()
+            }
             Err(e) => {
                 log::warn!(
                     "reading the lease table before leaving failed; leases handed to this worker since its last round will expire: {e}"
@@ -821,6 +843,7 @@ impl<R: ShardRunner> Coordinator<R> {
             .cloned()
             .collect();
         let held = self.held.shard_ids();
+        let earlier_runs = self.earlier_runs(rows);
         let plan = plan::plan_round(&RoundInput {
             me,
             rows,
@@ -833,7 +856,7 @@ impl<R: ShardRunner> Coordinator<R> {
             live: &live,
             handoff_overdue: &overdue,
             max_leases: self.timings.max_leases_per_worker,
-            take_earlier_runs: self.held.may_take_earlier_runs_leases(),
+            earlier_runs: &earlier_runs,
             caps: self.peers.caps(),
         });
         self.carry_out(&plan, rows, &held)?;
@@ -1113,6 +1136,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 .request_handoff(shard_id, owner, *counter, &me)?
             {
                 log::info!("asked {owner} to hand lease {shard_id} over");
+                self.asked_this_run.insert(shard_id.clone());
                 self.handoffs_seen.insert(shard_id.clone(), self.now());
                 asked += 1;
             }

@@ -332,11 +332,11 @@ pub(crate) struct RoundInput<'a> {
     pub handoff_overdue: &'a HashSet<String>,
     /// The most leases this worker may hold.
     pub max_leases: usize,
-    /// False while leases the table gives this worker's id but that it
-    /// does not hold (an earlier run's) may still be another live
-    /// process's under the same id: they are left alone (see
-    /// `HeldLeases::may_take_earlier_runs_leases`).
-    pub take_earlier_runs: bool,
+    /// Leases the table gives this worker's id that it neither holds nor
+    /// asked for (an earlier run's): they may still be another live
+    /// process's under the same id, and are left alone until that process
+    /// surely stopped (see `HeldLeases::may_take_earlier_runs_leases`).
+    pub earlier_runs: &'a HashSet<String>,
     /// The most leases each other capped worker may hold (the workers row).
     pub caps: &'a BTreeMap<String, u64>,
 }
@@ -422,7 +422,9 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
             Some(_) if input.held.contains(&lease.shard_id) && is_mine(lease) => {}
             // Unowned, handed to us, or ours from an earlier run under this id.
             None => available.push(lease),
-            Some(owner) if owner == me && !input.take_earlier_runs => left_alone = true,
+            Some(owner) if owner == me && input.earlier_runs.contains(&lease.shard_id) => {
+                left_alone = true;
+            }
             Some(owner) if owner == me => available.push(lease),
             Some(_) if input.stale.contains(&lease.shard_id) => available.push(lease),
             Some(owner) => by_owner.entry(owner).or_default().push(lease),
@@ -917,7 +919,7 @@ mod tests {
                 live: &live,
                 handoff_overdue: &self.overdue,
                 max_leases: self.max,
-                take_earlier_runs: true,
+                earlier_runs: &HashSet::new(),
                 caps: &self.caps,
             })
         }
