@@ -1792,8 +1792,10 @@ fn a_worker_creating_and_taking_many_slow_leases_keeps_beating() {
     assert_eq!(sim.workers[0].held.take_lost_count(), 0, "leases lapsed");
 }
 
-#[test]
-fn a_heartbeat_that_lands_after_a_peer_took_the_lease_revives_nothing() {
+/// Worker "a" alone, holding the one lease of a one-shard stream, a
+/// failover time after it took it (a few heartbeats, no more reads of the
+/// table); the simulation and that shard.
+fn one_worker_settled_on_one_lease() -> (Sim, String) {
     let (mut sim, _) = Sim::with_leases(&[]);
     let shard = lock(&sim.stream).add_shard(&[]);
     sim.spawn("a".into(), false);
@@ -1801,11 +1803,26 @@ fn a_heartbeat_that_lands_after_a_peer_took_the_lease_revives_nothing() {
         assert!(sim.clock.now() - sim.clock.base < FAILOVER, "never taken");
         sim.step_all();
     }
-    // Settled: a few heartbeats, no more reads of the table.
     let taken_at = sim.clock.now();
     while sim.clock.now() - taken_at < FAILOVER {
         sim.step_all();
     }
+    (sim, shard)
+}
+
+/// Peer "b" takes `shard`'s lease in the table, as after seeing its
+/// owner's heartbeat stand still.
+fn take_for_peer(sim: &Sim, shard: &str) {
+    let counter = match lock(&sim.table.rows).get(shard) {
+        Some(Row::Lease(l)) => l.counter,
+        _ => panic!("no lease"),
+    };
+    assert!(sim.table.take(shard, counter, "b").unwrap().is_some());
+}
+
+#[test]
+fn a_heartbeat_that_lands_after_a_peer_took_the_lease_revives_nothing() {
+    let (mut sim, shard) = one_worker_settled_on_one_lease();
     // The next heartbeat is sent within the fencing window but lands 7.5 s
     // later: 10.8 s after the one before. Meanwhile a peer that saw that
     // one stand still for the failover time takes the lease.
@@ -1813,11 +1830,7 @@ fn a_heartbeat_that_lands_after_a_peer_took_the_lease_revives_nothing() {
     while sim.workers[0].in_flight.is_none() {
         sim.step_all();
     }
-    let counter = match lock(&sim.table.rows).get(&shard) {
-        Some(Row::Lease(l)) => l.counter,
-        _ => panic!("no lease"),
-    };
-    assert!(sim.table.take(&shard, counter, "b").unwrap().is_some());
+    take_for_peer(&sim, &shard);
     while sim.workers[0].in_flight.is_some() {
         sim.step_all();
     }
@@ -1833,17 +1846,7 @@ fn a_heartbeat_that_lands_after_a_peer_took_the_lease_revives_nothing() {
 
 #[test]
 fn a_worker_back_from_a_host_suspend_hands_on_nothing_of_a_lease_a_peer_took() {
-    let (mut sim, _) = Sim::with_leases(&[]);
-    let shard = lock(&sim.stream).add_shard(&[]);
-    sim.spawn("a".into(), false);
-    while sim.workers[0].held.len() == 0 {
-        assert!(sim.clock.now() - sim.clock.base < FAILOVER, "never taken");
-        sim.step_all();
-    }
-    let taken_at = sim.clock.now();
-    while sim.clock.now() - taken_at < FAILOVER {
-        sim.step_all();
-    }
+    let (mut sim, shard) = one_worker_settled_on_one_lease();
     // Its host sleeps 15 s: its monotonic clock stops, its wall clock and
     // everyone else's time run on. A peer takes the lease meanwhile, and
     // a record arrives.
@@ -1852,11 +1855,7 @@ fn a_worker_back_from_a_host_suspend_hands_on_nothing_of_a_lease_a_peer_took() {
     w.paused_until = sim.clock.now() + suspend;
     w.lag
         .fetch_add(suspend.as_millis() as i64, Ordering::Relaxed);
-    let counter = match lock(&sim.table.rows).get(&shard) {
-        Some(Row::Lease(l)) => l.counter,
-        _ => panic!("no lease"),
-    };
-    assert!(sim.table.take(&shard, counter, "b").unwrap().is_some());
+    take_for_peer(&sim, &shard);
     lock(&sim.stream).put(&shard);
     let resumed = sim.clock.now() + suspend;
     while sim.clock.now() < resumed + Duration::from_secs(1) {
