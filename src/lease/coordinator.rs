@@ -528,16 +528,19 @@ impl<R: ShardRunner> Coordinator<R> {
     /// it). None once the failover time passed since this run's first
     /// heartbeat landed: an older process under the id stopped by then.
     fn earlier_runs(&self, rows: &[Row]) -> HashSet<String> {
-        if self.held.may_take_earlier_runs_leases() {
-            return HashSet::new();
-        }
         let (me, held) = (self.held.owner(), self.held.shard_ids());
         rows.iter()
             .filter_map(Row::lease)
             .filter(|l| l.owner.as_deref() == Some(me) && !held.contains(&l.shard_id))
-            .filter(|l| !self.asked_this_run.contains(&l.shard_id))
+            .filter(|l| self.is_earlier_runs(&l.shard_id))
             .map(|l| l.shard_id.clone())
             .collect()
+    }
+
+    /// True for a lease of this worker's id it does not hold that is left
+    /// alone as an earlier run's (see [`Self::earlier_runs`]).
+    fn is_earlier_runs(&self, shard_id: &str) -> bool {
+        !self.held.may_take_earlier_runs_leases() && !self.asked_this_run.contains(shard_id)
     }
 
     /// The leases the table gives this worker that it does not hold (with
@@ -549,21 +552,19 @@ impl<R: ShardRunner> Coordinator<R> {
         if self.held.alive_since().is_none() {
             return Vec::new();
         }
-        // Nor are an earlier run's leases ours to free while they may be
-        // another live process's under this id.
         let held = self.held.shard_ids();
         let me = self.held.owner();
         match self.list_rows(true) {
-            Ok(rows) => {
-                let earlier_runs = self.earlier_runs(&rows);
-                rows.iter()
-                    .filter_map(Row::lease)
-                    .filter(|l| l.owner.as_deref() == Some(me) && !held.contains(&l.shard_id))
-                    .filter(|l| !earlier_runs.contains(&l.shard_id))
-                    .filter(|l| !self.held.is_withheld(&l.shard_id))
-                    .map(|l| (l.shard_id.clone(), l.counter))
-                    .collect()
-            }
+            Ok(rows) => rows
+                .iter()
+                .filter_map(Row::lease)
+                .filter(|l| l.owner.as_deref() == Some(me) && !held.contains(&l.shard_id))
+                // Nor are an earlier run's leases ours to free while they
+                // may be another live process's under this id.
+                .filter(|l| !self.is_earlier_runs(&l.shard_id))
+                .filter(|l| !self.held.is_withheld(&l.shard_id))
+                .map(|l| (l.shard_id.clone(), l.counter))
+                .collect(),
             Err(e) => {
                 log::warn!(
                     "reading the lease table before leaving failed; leases handed to this worker since its last round will expire: {e}"
