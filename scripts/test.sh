@@ -79,7 +79,7 @@ if [ $# -gt 0 ]; then
 else
   # The whole suite: built once, then its binaries run three at a time. They
   # spend most of their time waiting on emulators and failover clocks (one
-  # after another they took 11 minutes for 1.7 minutes of CPU), and cargo
+  # after another they took 11m20s for 1m37s of CPU), and cargo
   # holds its lock while tests run, so they are started here directly.
   run_tests_side_by_side 3 "${fan_out_tests[@]}"
 fi
