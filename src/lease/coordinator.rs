@@ -28,7 +28,6 @@ use crate::lease::table::namesake_error;
 use crate::lease::{Checkpoint, HeldLeases, Lease};
 use crate::metrics::{LeaseRow, Metric, Metrics};
 use crate::stream::{Layout, StreamIdentifier, check_layout};
-use crate::time::later;
 
 /// With nothing changing, the lease table is still read once every this
 /// many failover times (60 s at the default 10 s): a safety net for a
@@ -339,12 +338,6 @@ impl<R: ShardRunner> Coordinator<R> {
                 let deleted = self.delete_former_streams();
                 self.log_failure("deleting the leases of former streams", deleted);
                 next_sync = now + self.timings.shard_sync_interval;
-            }
-            // A heartbeat written meanwhile (while a shard listing or a
-            // long loop waited) moves the next round's heartbeat on, so no
-            // beat is written twice in one period.
-            if let Some(sent) = self.last_beat {
-                next_round = next_round.max(later(sent, self.timings.heartbeat_interval));
             }
             if now >= next_round {
                 self.round();
