@@ -1094,14 +1094,17 @@ fn records_stop_before_a_peer_could_take_the_lease() {
 /// took them back, again and again (seen in
 /// `bad_input::records_of_one_mebibyte_*` on a loaded machine: ListShards
 /// took 3.5-5.3 s behind megabyte GetRecords replies, failover 3 s).
+/// Nor may the beats written while it waited be doubled by the round right
+/// after it (one write more for nothing, and under throttling one retry
+/// chain more: `faults::heartbeat_throttled_for_2s` went over its bound).
 #[test]
 fn a_slow_shard_listing_does_not_let_the_leases_lapse() {
     let _serial = serial();
     let stream = common::create_stream(2);
     let app = common::unique_name("app");
     let proxy = Proxy::for_emulators();
-    let e = common::emulators();
-    let consumer = common::consumer_builder_at(proxy.url(), &e.dynamodb_url, &stream, &app)
+    proxy.record("UpdateItem");
+    let consumer = common::consumer_builder_at(proxy.url(), proxy.url(), &stream, &app)
         .build()
         .unwrap();
     let stop = consumer.shutdown_handle();
@@ -1140,6 +1143,19 @@ fn a_slow_shard_listing_does_not_let_the_leases_lapse() {
     assert!(
         lost.is_empty(),
         "leases lost while the listing was slow: {lost:?} (all events: {events:?})"
+    );
+    // Beats come a heartbeat period (1 s) apart; half of one at the least.
+    let beats: Vec<Instant> = proxy
+        .recorded_at("UpdateItem")
+        .into_iter()
+        .filter(|(_, body)| body.contains(common::HEARTBEAT))
+        .map(|(at, _)| at)
+        .collect();
+    let gaps: Vec<Duration> = beats.windows(2).map(|w| w[1] - w[0]).collect();
+    let shortest = gaps.iter().min().copied().unwrap_or_default();
+    assert!(
+        shortest >= Duration::from_millis(450),
+        "two heartbeats {shortest:?} apart; gaps: {gaps:?}"
     );
 }
 

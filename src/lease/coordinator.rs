@@ -350,7 +350,16 @@ impl<R: ShardRunner> Coordinator<R> {
     /// One round: the heartbeat, then a read of the lease table and a take
     /// round if the workers row or the last round calls for one.
     pub(crate) fn round(&mut self) {
-        match self.heartbeat() {
+        // A beat written meanwhile (while a shard listing waited) stands
+        // for this round's: a second one in the same period would be one
+        // write more for nothing, and under throttling one retry chain
+        // more. Half a period keeps the next beat at most 1.5 periods on.
+        let beat = if self.beat_is_due(self.timings.heartbeat_interval / 2) {
+            self.heartbeat()
+        } else {
+            Ok(())
+        };
+        match beat {
             Ok(()) => {
                 self.held.pay_owed_notice();
                 self.note_not_found();
@@ -449,13 +458,16 @@ impl<R: ShardRunner> Coordinator<R> {
     /// thousand leases takes longer than the failover time, and without it
     /// the peers would judge this worker dead and its own leases lapse.
     fn beat_if_due(&mut self) {
-        let due = self
-            .last_beat
-            .is_none_or(|sent| self.now().duration_since(sent) >= self.timings.heartbeat_interval);
-        if due {
+        if self.beat_is_due(self.timings.heartbeat_interval) {
             let result = self.heartbeat();
             self.log_failure("heartbeat", result);
         }
+    }
+
+    /// True if no heartbeat was sent in the last `period`.
+    fn beat_is_due(&self, period: Duration) -> bool {
+        self.last_beat
+            .is_none_or(|sent| self.now().duration_since(sent) >= period)
     }
 
     /// Lists the shards on a thread of its own while this one keeps the

@@ -223,8 +223,9 @@ struct State {
     counts: Mutex<Counts>,
     rng: Mutex<u64>,
     stop: AtomicBool,
-    /// Request bodies of the operations asked to be recorded (see `record`).
-    recorded: Mutex<HashMap<String, Vec<String>>>,
+    /// Request bodies of the operations asked to be recorded (see
+    /// `record`), with when each arrived.
+    recorded: Mutex<HashMap<String, Vec<(Instant, String)>>>,
 }
 
 /// A running proxy; it stops accepting when dropped.
@@ -305,6 +306,14 @@ impl Proxy {
 
     /// The bodies of the `operation` requests kept since `record`.
     pub fn recorded(&self, operation: &str) -> Vec<String> {
+        self.recorded_at(operation)
+            .into_iter()
+            .map(|(_, body)| body)
+            .collect()
+    }
+
+    /// The `operation` requests kept since `record`, with when each arrived.
+    pub fn recorded_at(&self, operation: &str) -> Vec<(Instant, String)> {
         let recorded = self.state.recorded.lock().unwrap();
         recorded.get(operation).cloned().unwrap_or_default()
     }
@@ -425,7 +434,8 @@ fn serve(state: &State, client: TcpStream) -> std::io::Result<()> {
     let (prefix, operation) = target.split_once('.').unwrap_or(("", target.as_str()));
     let operation = operation.to_owned();
     if let Some(bodies) = state.recorded.lock().unwrap().get_mut(&operation) {
-        bodies.push(String::from_utf8_lossy(&request.body).into_owned());
+        let body = String::from_utf8_lossy(&request.body).into_owned();
+        bodies.push((Instant::now(), body));
     }
     let upstream = if prefix.starts_with("DynamoDB") {
         state.dynamodb.clone()
