@@ -224,6 +224,29 @@ fn wait_delivered(what: &str, timeout: Duration, run: &Running, puts: &[&Put]) -
     }
 }
 
+/// Waits (60 s at most) until every record of `put` was delivered by `a`
+/// or `b`.
+fn wait_delivered_by_either(put: &[Put], a: &Running, b: &Running) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen: HashSet<String> = a
+            .delivered_set()
+            .union(&b.delivered_set())
+            .cloned()
+            .collect();
+        let missing = put.iter().filter(|p| !seen.contains(&p.data)).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} records never delivered",
+            put.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Records delivered more than once, with how often.
 fn duplicates(delivered: &[Delivered]) -> Vec<(String, usize)> {
     let mut count: HashMap<&str, usize> = HashMap::new();
@@ -818,24 +841,107 @@ fn one_hung_lease_write_costs_no_other_lease() {
     );
     proxy.clear();
     let put = producer.finish();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let seen: HashSet<String> = a
-            .delivered_set()
-            .union(&b.delivered_set())
-            .cloned()
-            .collect();
-        let missing = put.iter().filter(|p| !seen.contains(&p.data)).count();
-        if missing == 0 {
-            break;
+    wait_delivered_by_either(&put, &a, &b);
+    a.stop();
+    b.stop();
+}
+
+/// Every heartbeat worker A sends for 8 s is held 8 s before it reaches
+/// the table (a slow network, a paused sender): each lands long after A
+/// gave up on it (lease-table requests time out at a tenth of the failover
+/// time, 300 ms here) and after B, having seen A's beat stand still for the
+/// failover time (3 s), took A's lease. Neither those late beats nor A's
+/// first heartbeat to land again may make the lease A's again: A hands on
+/// no record of the shard while B holds it, and nothing put is lost.
+#[test]
+fn a_heartbeat_landing_after_a_peers_take_revives_no_lease() {
+    let _serial = serial();
+    let stream = common::create_stream(2);
+    let app = common::unique_name("app");
+    let producer = produce(&stream, "p", 8);
+    let proxy = Proxy::for_emulators();
+    let a = Running::start(
+        "worker-A",
+        common::consumer_builder_at(proxy.url(), proxy.url(), &stream, &app).worker_id("worker-A"),
+    );
+    wait_until(
+        "worker A to hold both leases",
+        Duration::from_secs(30),
+        &[&a],
+        || owned_by(&app, "worker-A").len() == 2,
+    );
+    let b = Running::start(
+        "worker-B",
+        common::consumer_builder(&stream, &app).worker_id("worker-B"),
+    );
+    wait_until("one lease each", Duration::from_secs(30), &[&a, &b], || {
+        owned_by(&app, "worker-A").len() == 1 && owned_by(&app, "worker-B").len() == 1
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let shard = match owned_by(&app, "worker-A").as_slice() {
+        [shard] => shard.clone(),
+        other => panic!("precondition: a stable 1 + 1 split, worker A holds {other:?}"),
+    };
+
+    let held = proxy.add_matching(
+        "UpdateItem",
+        Some(common::HEARTBEAT),
+        Trigger::For(Duration::from_secs(8)),
+        Fault::Hold(Duration::from_secs(8)),
+    );
+    let installed = Instant::now();
+    // When B held the shard's lease: from the first to the last of the
+    // looks (every 100 ms) that saw it B's, so within B's true holding.
+    let mut b_held: Vec<(Instant, Instant)> = Vec::new();
+    let mut seen: Option<(Instant, Instant)> = None;
+    while installed.elapsed() < Duration::from_secs(20) {
+        a.assert_running();
+        b.assert_running();
+        let is_b = owner_of(&rows(&app)[&shard]) == Some("worker-B");
+        let now = Instant::now();
+        match (is_b, &mut seen) {
+            (true, Some((_, last))) => *last = now,
+            (true, None) => seen = Some((now, now)),
+            (false, Some(_)) => b_held.extend(seen.take()),
+            (false, None) => {}
         }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} records never delivered",
-            put.len()
-        );
         std::thread::sleep(Duration::from_millis(100));
     }
+    b_held.extend(seen);
+    assert!(
+        proxy.hits(held) >= 3,
+        "precondition: A's heartbeats were held ({} held)",
+        proxy.hits(held)
+    );
+    assert!(
+        !b_held.is_empty(),
+        "precondition: B took {shard} while A's heartbeat was held"
+    );
+    let revived: Vec<Duration> = a
+        .delivered()
+        .iter()
+        .filter(|d| d.shard == shard)
+        .filter(|d| b_held.iter().any(|(from, to)| *from < d.at && d.at < *to))
+        .map(|d| d.at - installed)
+        .collect();
+    assert!(
+        revived.is_empty(),
+        "worker A handed on records of {shard} while B held its lease, at {revived:?} after the hold began; B held it {:?}",
+        b_held
+            .iter()
+            .map(|(f, t)| (*f - installed, *t - installed))
+            .collect::<Vec<_>>()
+    );
+    println!(
+        "held heartbeats: {} held 8 s; B held {shard} {:?} after the hold began; A handed on nothing of it meanwhile",
+        proxy.hits(held),
+        b_held
+            .iter()
+            .map(|(f, t)| (*f - installed, *t - installed))
+            .collect::<Vec<_>>()
+    );
+    let put = producer.finish();
+    wait_delivered_by_either(&put, &a, &b);
     a.stop();
     b.stop();
 }

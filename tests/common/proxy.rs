@@ -44,6 +44,10 @@ pub enum Fault {
     /// Forward, then wait this long before answering (longer than the
     /// client's read timeout, the client gives up first).
     Delay(Duration),
+    /// Hold the request this long, then forward it and answer: a write
+    /// that lands late (a slow network, a paused sender), perhaps after
+    /// the client gave up on it.
+    Hold(Duration),
     /// Forward, then answer 200 with the first half of the real body (with a
     /// matching Content-Length): well-formed HTTP, truncated JSON.
     TruncatedJson,
@@ -121,6 +125,7 @@ impl Fault {
             Fault::ResetAfterForward => "reset mid-reply (after forwarding)".into(),
             Fault::ResetBeforeForward => "reset mid-reply (not forwarded)".into(),
             Fault::Delay(d) => format!("reply delayed {d:?}"),
+            Fault::Hold(d) => format!("request held {d:?}"),
             Fault::TruncatedJson => "truncated JSON".into(),
             Fault::Body(_) => "malformed JSON".into(),
             Fault::Rewrite(_) => "reply rewritten".into(),
@@ -422,6 +427,15 @@ impl Drop for Proxy {
     }
 }
 
+/// Sleeps for `d`, in slices so that a dropped proxy does not hold
+/// threads long.
+fn sleep_unless_stopped(state: &State, d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until && !state.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn serve(state: &State, client: TcpStream) -> std::io::Result<()> {
     if state.stop.load(Ordering::Relaxed) {
         return Ok(());
@@ -561,11 +575,12 @@ fn serve(state: &State, client: TcpStream) -> std::io::Result<()> {
         }
         Some(Fault::Delay(d)) => {
             let reply = forward()?;
-            // Sleep in slices so a dropped proxy does not hold threads long.
-            let until = Instant::now() + d;
-            while Instant::now() < until && !state.stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            sleep_unless_stopped(state, d);
+            client.write_all(&reply.to_bytes(&reply.body, reply.body.len()))?;
+        }
+        Some(Fault::Hold(d)) => {
+            sleep_unless_stopped(state, d);
+            let reply = forward()?;
             client.write_all(&reply.to_bytes(&reply.body, reply.body.len()))?;
         }
         Some(Fault::Rewrite(Rewrite(f))) => {
