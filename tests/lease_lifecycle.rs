@@ -946,6 +946,82 @@ fn a_heartbeat_landing_after_a_peers_take_revives_no_lease() {
     b.stop();
 }
 
+/// Two workers settled on two leases each; an operator deletes the workers
+/// row (the heartbeats) under them, twice. A worker whose heartbeat
+/// vanished is unknown, not dead: no lease moves and none is lost, the
+/// row comes back with both workers in it, and it never reads as a lease.
+#[test]
+fn the_workers_row_deleted_under_a_settled_fleet_moves_no_lease() {
+    let _serial = serial();
+    let stream = common::create_stream(4);
+    let app = common::unique_name("app");
+    let producer = produce(&stream, "p", 8);
+    let a = Running::start(
+        "worker-A",
+        common::consumer_builder(&stream, &app).worker_id("worker-A"),
+    );
+    let b = Running::start(
+        "worker-B",
+        common::consumer_builder(&stream, &app).worker_id("worker-B"),
+    );
+    wait_until(
+        "two leases each",
+        Duration::from_secs(30),
+        &[&a, &b],
+        || owned_by(&app, "worker-A").len() == 2 && owned_by(&app, "worker-B").len() == 2,
+    );
+    std::thread::sleep(FAILOVER);
+    let settled = (owned_by(&app, "worker-A"), owned_by(&app, "worker-B"));
+    assert_eq!(settled.0.len(), 2, "precondition: a stable 2 + 2 split");
+    let workers_key = HashMap::from([(
+        "leaseKey".to_owned(),
+        AttributeValue::S("kinesis-consumer:workers".into()),
+    )]);
+    let d = common::dynamodb();
+    let deleted = Instant::now();
+    let mut deletions = 0;
+    while deleted.elapsed() < FAILOVER * 4 {
+        // Once at the start, once a failover time and a half in.
+        if deletions < 2 && deleted.elapsed() >= FAILOVER * 3 / 2 * deletions {
+            d.delete_item(&app, &workers_key, None).unwrap();
+            deletions += 1;
+        }
+        a.assert_running();
+        b.assert_running();
+        assert_eq!(
+            (owned_by(&app, "worker-A"), owned_by(&app, "worker-B")),
+            settled,
+            "a lease moved {:.1} s after the workers row was first deleted",
+            deleted.elapsed().as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let workers = d
+        .scan(&app)
+        .unwrap()
+        .into_iter()
+        .find(|i| i["leaseKey"].as_s() == Some("kinesis-consumer:workers"))
+        .expect("the workers row is written again");
+    assert!(
+        workers.contains_key("beat:worker-A") && workers.contains_key("beat:worker-B"),
+        "both workers beat in the row again: {workers:?}"
+    );
+    let leases =
+        kinesis_consumer::list_leases(&common::config(&common::emulators().dynamodb_url), &app)
+            .unwrap();
+    assert_eq!(
+        leases.len(),
+        4,
+        "the recreated row reads as a lease: {leases:?}"
+    );
+    let put = producer.finish();
+    wait_delivered_by_either(&put, &a, &b);
+    let all: Vec<Delivered> = a.delivered().into_iter().chain(b.delivered()).collect();
+    assert_eq!(duplicates(&all), vec![], "records handed on twice");
+    a.stop();
+    b.stop();
+}
+
 // ---- 5. Capped workers never deadlock ----
 
 /// Puts 20 records into the stream's one shard X, leaves X's lease with a
