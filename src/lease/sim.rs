@@ -57,6 +57,9 @@ const SYNC_INTERVAL: Duration = Duration::from_secs(5);
 /// Simulated time with faults, then without (everything must settle).
 const CHAOS_STEPS: u64 = 600;
 const QUIET_STEPS: u64 = 1200;
+/// Steps into the quiet phase before one worker is killed to time the
+/// takeover of its leases: the fleet has settled by then.
+const SETTLE_STEPS: u64 = 400;
 
 /// What went wrong in a run.
 type Violation = String;
@@ -228,6 +231,13 @@ struct Truth {
     last_delivery: HashMap<String, (u64, u64)>,
     /// Processes stopped for sharing their worker id with a live one.
     namesake_stops: u64,
+}
+
+/// A worker killed to time the takeover of its leases.
+struct Takeover {
+    worker: String,
+    leases: Vec<String>,
+    at: Instant,
 }
 
 /// The in-memory lease table.
@@ -958,6 +968,8 @@ struct Sim {
     removed: Arc<Mutex<BTreeSet<String>>>,
     /// Worker processes started so far.
     instances: u64,
+    /// How long the takeover of the worker killed in the quiet phase took.
+    takeover_took: Option<Duration>,
 }
 
 impl Sim {
@@ -1016,6 +1028,7 @@ impl Sim {
             dead: Vec::new(),
             removed: Arc::default(),
             instances: 0,
+            takeover_took: None,
         };
         for i in 0..2 + sim.rng.below(3) {
             let capped = sim.rng.chance(0.3);
@@ -1091,10 +1104,20 @@ impl Sim {
     }
 
     fn run(&mut self) -> std::result::Result<Outcome, Violation> {
+        let mut takeover = None;
         for step in 0..CHAOS_STEPS + QUIET_STEPS {
             trace(|| format!("t={:.1}", step as f64 / 10.0));
             if step == CHAOS_STEPS {
                 self.quiet();
+            }
+            if step == CHAOS_STEPS + SETTLE_STEPS {
+                takeover = self.kill_for_takeover();
+            }
+            if let Some(t) = &takeover {
+                if let Some(took) = self.check_takeover(t)? {
+                    self.takeover_took = Some(took);
+                    takeover = None;
+                }
             }
             if step < CHAOS_STEPS {
                 self.chaos();
@@ -1126,7 +1149,65 @@ impl Sim {
         Ok(Outcome {
             duplicates: truth.duplicates,
             namesake_stops: truth.namesake_stops,
+            takeover: self.takeover_took,
         })
+    }
+
+    /// Kills (kill -9) a settled worker whose leases a peer has room for:
+    /// one whose id no other process shares, while another uncapped
+    /// worker runs. What it held, to be taken within the bound.
+    fn kill_for_takeover(&mut self) -> Option<Takeover> {
+        let ids: Vec<&String> = self.workers.iter().map(|w| &w.id).collect();
+        let unique = |id: &String| ids.iter().filter(|i| **i == id).count() == 1;
+        let i = self.workers.iter().position(|w| {
+            w.started
+                && unique(&w.id)
+                && w.held.len() > 0
+                && self
+                    .workers
+                    .iter()
+                    .any(|o| o.id != w.id && o.started && !o.capped)
+        })?;
+        let w = self.workers.remove(i);
+        trace(|| format!("{} is killed (takeover check)", w.id));
+        self.dead.retain(|(id, _)| *id != w.id);
+        Some(Takeover {
+            leases: w.held.shard_ids().into_iter().collect(),
+            worker: w.id,
+            at: self.clock.now(),
+        })
+    }
+
+    /// How long it took, once every lease the killed worker held is another's (or
+    /// finished, or gone); a violation if that took longer than the
+    /// failover time and one heartbeat period: peers see its heartbeat
+    /// stand still from their next round on, a period at most after its
+    /// last, and take its leases in the round that finds it dead.
+    fn check_takeover(&self, t: &Takeover) -> std::result::Result<Option<Duration>, Violation> {
+        let rows = lock(&self.table.rows);
+        let left: Vec<&String> = t
+            .leases
+            .iter()
+            .filter(|id| {
+                rows.get(*id).and_then(Row::lease).is_some_and(|l| {
+                    l.owner.as_deref() == Some(t.worker.as_str())
+                        && l.checkpoint != Checkpoint::ShardEnd
+                })
+            })
+            .collect();
+        let waited = self.clock.now() - t.at;
+        let bound = FAILOVER + FAILOVER / 3 + 2 * STEP;
+        match left.is_empty() {
+            true => {
+                trace(|| format!("{}'s leases taken {waited:?} after the kill", t.worker));
+                Ok(Some(waited))
+            }
+            false if waited > bound => Err(format!(
+                "{left:?} of {} not taken {waited:?} after it was killed (bound {bound:?})",
+                t.worker
+            )),
+            false => Ok(None),
+        }
     }
 
     /// Processes stopped for sharing a live worker's id leave.
@@ -1511,6 +1592,21 @@ impl Sim {
                 w.id, w.instance
             ));
         }
+        // Replays come only from after the last checkpoint: what a lost
+        // owner handed on but had not checkpointed yet.
+        let checkpointed = match lock(&table.rows).get(shard_id) {
+            Some(Row::Lease(l)) => position(&l.checkpoint),
+            _ => None,
+        };
+        if let Some(r) = batch
+            .iter()
+            .find(|r| checkpointed.is_some_and(|c| **r <= c))
+        {
+            truth.violations.push(format!(
+                "{} handed on record {r} of {shard_id}, at or before its checkpoint {checkpointed:?}",
+                w.id
+            ));
+        }
         trace(|| format!("  {} delivers {shard_id} {batch:?}", w.id));
         for r in batch {
             if !truth.delivered.insert(*r) {
@@ -1568,6 +1664,9 @@ struct Outcome {
     duplicates: u64,
     /// Processes stopped for sharing a live worker's id.
     namesake_stops: u64,
+    /// How long the takeover of a killed worker's leases took (none: no
+    /// worker qualified for the kill).
+    takeover: Option<Duration>,
 }
 
 /// Runs one seed; the violation, if any, names the seed for replay.
@@ -1596,20 +1695,29 @@ fn workers_share_a_stream_through_faults_and_reshards() {
         .unwrap_or(300);
     let started = Instant::now();
     let (mut failures, mut duplicates, mut most, mut namesakes) = (Vec::new(), 0, 0, 0);
+    let mut takeovers: Vec<Duration> = Vec::new();
     for seed in 0..seeds {
         match run_seed(seed) {
             Ok(o) => {
                 duplicates += o.duplicates;
                 most = most.max(o.duplicates);
                 namesakes += o.namesake_stops;
+                takeovers.extend(o.takeover);
             }
             Err(v) => failures.push(v),
         }
     }
+    takeovers.sort();
     eprintln!(
-        "lease simulation: {seeds} seeds in {:.1} s, {} failed; {duplicates} records handed on again (replays after lost leases; at most {most} in a seed), {namesakes} processes stopped for a live namesake",
+        "lease simulation: {seeds} seeds in {:.1} s, {} failed; {duplicates} records handed on again (replays after lost leases; at most {most} in a seed), {namesakes} processes stopped for a live namesake; a killed worker's leases taken in {} seeds, median {:?}, longest {:?}",
         started.elapsed().as_secs_f64(),
-        failures.len()
+        failures.len(),
+        takeovers.len(),
+        takeovers
+            .get(takeovers.len() / 2)
+            .copied()
+            .unwrap_or_default(),
+        takeovers.last().copied().unwrap_or_default()
     );
     assert!(
         failures.is_empty(),
