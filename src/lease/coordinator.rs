@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::lease::peers::{Namesake, NamesakeWatch, Peers, has_waited};
 use crate::lease::plan::{self, Lineage, RoundInput, RoundPlan, Row, Standing};
 use crate::lease::table::namesake_error;
-use crate::lease::{Checkpoint, HeldLeases, Lease};
+use crate::lease::{Checkpoint, HeldLeases, Lease, Stamp};
 use crate::metrics::{LeaseRow, Metric, Metrics};
 use crate::stream::{Layout, StreamIdentifier, check_layout};
 
@@ -206,8 +206,9 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     /// Rows already reported (waiting, not listed, gone, malformed), to
     /// log each once; rows that left the table are forgotten.
     reported: HashMap<String, Standing>,
-    /// When the last heartbeat was sent (our clock).
-    last_beat: Option<Instant>,
+    /// When the last heartbeat was sent (both clocks: see
+    /// [`Self::since_beat`]).
+    last_beat: Option<Stamp>,
     /// The leases this run asked their owners for (see
     /// [`Self::earlier_runs`]).
     asked_this_run: HashSet<String>,
@@ -415,7 +416,7 @@ impl<R: ShardRunner> Coordinator<R> {
     /// Writes the heartbeat and notes what the workers row says. Leases
     /// dropped because no heartbeat landed in time stop being read.
     fn heartbeat(&mut self) -> Result<()> {
-        self.last_beat = Some(self.now());
+        self.last_beat = Some(self.held.clock().stamp());
         let max = self.timings.max_leases_per_worker;
         let cap = (max != usize::MAX).then_some(max as u64);
         let (lapsed, workers) = self.held.heartbeat(cap);
@@ -466,8 +467,15 @@ impl<R: ShardRunner> Coordinator<R> {
 
     /// True if no heartbeat was sent in the last `period`.
     fn beat_is_due(&self, period: Duration) -> bool {
+        self.since_beat() >= period
+    }
+
+    /// How long since the last heartbeat was sent (`Duration::MAX`: none
+    /// yet), by the clock that saw more time pass: after a host suspend the
+    /// monotonic one has seen none, while peers forgot this worker's beat.
+    fn since_beat(&self) -> Duration {
         self.last_beat
-            .is_none_or(|sent| self.now().duration_since(sent) >= period)
+            .map_or(Duration::MAX, |sent| self.held.clock().stamp().since(sent))
     }
 
     /// Lists the shards on a thread of its own while this one keeps the
@@ -484,10 +492,10 @@ impl<R: ShardRunner> Coordinator<R> {
             })
             .map_err(|e| Error::Internal(format!("cannot start the shard listing thread: {e}")))?;
         loop {
-            let since_beat = self
-                .last_beat
-                .map_or(Duration::MAX, |sent| self.now().duration_since(sent));
-            let until_beat = self.timings.heartbeat_interval.saturating_sub(since_beat);
+            let until_beat = self
+                .timings
+                .heartbeat_interval
+                .saturating_sub(self.since_beat());
             match listed.recv_timeout(until_beat) {
                 Ok(result) => return result,
                 Err(RecvTimeoutError::Timeout) => self.beat_if_due(),
