@@ -8,15 +8,18 @@
 //! number of leases ([`BalanceBy::LeaseCount`]). A lease cannot be split,
 //! so a lease heavier than a fair share is given a worker of its own in
 //! the reckoning: the fair share is then that of the other leases over the
-//! other workers (see [`targets`]). Each worker's target is the fair share,
-//! or the heaviest lease it holds when that is more.
+//! other workers (see [`fair_share`]); by load, with more leases than
+//! workers, it is at least [`shared_floor`]. Each worker's target is that
+//! share, or the heaviest lease it holds when that is more.
 //!
 //! A round moves nothing while every worker is within the threshold of its
 //! target (±`threshold` of it by load; by count, between the target rounded
 //! down and up). Otherwise it moves leases from the workers most over
 //! their targets to the least loaded workers with room, one lease at a
 //! time, each move strictly lowering the heavier of the two (so a round
-//! never undoes itself and steady loads come to rest). Damping: a worker
+//! never undoes itself and steady loads come to rest); by load, when no
+//! single lease can go, a lease goes in exchange for some of the
+//! receiver's lightest, under the same rule. Damping: a worker
 //! gives at most `damping` of its surplus per round (it may pass it by its
 //! last lease). At most `max_moves_per_round` moves. A lease moved is not
 //! moved again for `cooldown_rounds` rounds. A worker never takes a lease
@@ -219,6 +222,19 @@ pub(crate) fn fair_share(weights: &[f64], workers: usize) -> f64 {
     total / left as f64
 }
 
+/// With more leases than workers, two of the `workers + 1` heaviest share
+/// a worker: the two lightest of those are a floor under the heaviest
+/// worker's load, whatever the assignment (0 with no more leases than
+/// workers).
+pub(crate) fn shared_floor(weights: &[f64], workers: usize) -> f64 {
+    let mut sorted: Vec<f64> = weights.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    match (workers.checked_sub(1), sorted.get(workers)) {
+        (Some(last), Some(next)) => sorted[last] + next,
+        _ => 0.0,
+    }
+}
+
 /// A worker's state during a round.
 struct Holder {
     /// Index into the lease list, of each lease held.
@@ -329,7 +345,13 @@ pub(crate) fn balance(
     }
     let assigned = moves.len();
 
-    let fair = fair_share(&weights, workers.len());
+    let fair = match settings.by {
+        BalanceBy::Load => {
+            fair_share(&weights, workers.len()).max(shared_floor(&weights, workers.len()))
+        }
+        // By count every worker with one lease fewer is a receiver.
+        BalanceBy::LeaseCount => fair_share(&weights, workers.len()),
+    };
     targets(&mut holders, &weights, fair);
     let within = |h: &Holder| match settings.by {
         BalanceBy::Load => (h.weight - h.target).abs() <= settings.threshold * h.target,
@@ -379,11 +401,69 @@ pub(crate) fn balance(
                     .map(|l| (l, d, r))
             })
         });
-        let Some((lease, from, to)) = chosen else {
-            break;
+        // No single move helps: a lease too heavy for a lighter worker to
+        // take outright may still go there in exchange for some of its
+        // lightest leases (by load only: by count, one for one changes
+        // nothing).
+        let exchange = match (chosen, settings.by) {
+            (None, BalanceBy::Load) => {
+                let room = settings.max_moves_per_round - (moves.len() - assigned);
+                donors.iter().find_map(|&d| {
+                    receivers.iter().find_map(|&r| {
+                        let (giver, taker) = (&holders[d], &holders[r]);
+                        let gap = giver.weight - taker.weight;
+                        let mut lightest: Vec<usize> = taker
+                            .leases
+                            .iter()
+                            .copied()
+                            .filter(|&b| movable(b, &moved_now))
+                            .collect();
+                        lightest
+                            .sort_by(|&a, &b| weights[a].total_cmp(&weights[b]).then(a.cmp(&b)));
+                        giver
+                            .leases
+                            .iter()
+                            .copied()
+                            .filter(|&l| movable(l, &moved_now) && fits(taker, &workers[r], l))
+                            .find_map(|l| {
+                                // Back: the taker's lightest, up to what evens the two.
+                                let even = weights[l] - gap / 2.0;
+                                let (mut back, mut sum) = (Vec::new(), 0.0);
+                                for &b in &lightest {
+                                    if back.len() + 1 >= room || sum + weights[b] > even {
+                                        break;
+                                    }
+                                    sum += weights[b];
+                                    back.push(b);
+                                }
+                                let heavier = (giver.weight - weights[l] + sum)
+                                    .max(taker.weight + weights[l] - sum);
+                                let giver_fits = workers[d]
+                                    .max_leases
+                                    .is_none_or(|max| giver.leases.len() - 1 + back.len() <= max);
+                                (!back.is_empty() && heavier < giver.weight && giver_fits)
+                                    .then_some((l, d, r, back))
+                            })
+                    })
+                })
+            }
+            _ => None,
         };
-        give(&mut moves, &mut holders, lease, Some(from), to);
-        moved_now[lease] = true;
+        match (chosen, exchange) {
+            (Some((lease, from, to)), _) => {
+                give(&mut moves, &mut holders, lease, Some(from), to);
+                moved_now[lease] = true;
+            }
+            (None, Some((lease, from, to, back))) => {
+                give(&mut moves, &mut holders, lease, Some(from), to);
+                moved_now[lease] = true;
+                for b in back {
+                    give(&mut moves, &mut holders, b, Some(to), from);
+                    moved_now[b] = true;
+                }
+            }
+            (None, None) => break,
+        }
         // A worker's heaviest lease may have changed hands.
         let budgets: Vec<f64> = holders.iter().map(|h| h.budget).collect();
         targets(&mut holders, &weights, fair);
@@ -496,6 +576,33 @@ mod tests {
         // And at rest.
         let moves = balance(&workers, &leases, &history, 11, &settings);
         assert!(moves.is_empty(), "{moves:?}");
+    }
+
+    #[test]
+    fn a_lease_too_heavy_to_move_alone_is_exchanged_for_a_lighter_one() {
+        // a carries 140: no lease of it can go alone without making its
+        // taker as heavy (70 + 95 or 70 + 100), but 70 for b's 45 can.
+        let workers: Vec<Worker> = ["a", "b", "c"].map(Worker::new).to_vec();
+        let mut leases = vec![
+            lease("a1", Some("a"), Some(70.0)),
+            lease("a2", Some("a"), Some(70.0)),
+            lease("b1", Some("b"), Some(50.0)),
+            lease("b2", Some("b"), Some(45.0)),
+            lease("c1", Some("c"), Some(100.0)),
+        ];
+        let settings = BalanceSettings::default();
+        let moves = balance(&workers, &leases, &MoveHistory::default(), 1, &settings);
+        assert_eq!(moves.len(), 2, "{moves:?}");
+        apply(&mut leases, &moves);
+        let sums = weights_by_worker(&workers, &leases, BalanceBy::Load);
+        assert_eq!(sums["a"], 115.0, "{sums:?}");
+        assert_eq!(sums["b"], 120.0, "{sums:?}");
+        // By count nothing is exchanged: 2, 2, 1 is even.
+        let by_count = BalanceSettings {
+            by: BalanceBy::LeaseCount,
+            ..settings
+        };
+        assert!(balance(&workers, &leases, &MoveHistory::default(), 1, &by_count).is_empty());
     }
 
     #[test]

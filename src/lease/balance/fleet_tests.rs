@@ -31,9 +31,11 @@ use crate::random::Rng;
 const REST_WITHIN: u64 = 40;
 
 /// The spread asked for 3 rounds after a change (issue 27). Not always
-/// met: over 2,000 seeds, 36 of the checks (about 1%) were over it, up to
-/// 1.46 (seeds 336, 433, 444, 460, ...: lumpy fleets where the greedy
-/// single moves stop short). The test allows 2% of the checks over it.
+/// met: over 2,000 seeds, 20 of the 4,000 checks (0.5%) were over it, up
+/// to 1.44 (seeds 336, 433, 465, 528, ...; in seed 708 a worker that left
+/// handed over a heavy lease, which landed on a worker that then had to
+/// shed its surplus in many small leases, 50 moves a round). The test
+/// allows 2% of the checks over it.
 const SPREAD: f64 = 1.25;
 
 /// The spread never to be passed 3 rounds after a change.
