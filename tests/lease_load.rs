@@ -1,7 +1,7 @@
 //! Per-lease load on the emulators, read through the Prometheus endpoint:
 //! two shards written at rates 5 to 1 show bytes read per second, and the
-//! handler's busy time split by records, in that ratio; the worker's load
-//! is their sum.
+//! handler's busy time (the batch handler's split by records, or each
+//! processor's own), in that ratio; the worker's load is their sum.
 
 mod common;
 
@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
-use kinesis_consumer::{MetricsLevel, Payload};
+use kinesis_consumer::{
+    Checkpointer, HandlerResult, MetricsLevel, Payload, ShardBatch, ShardProcessor,
+};
 
 /// How many times faster the hot shard is written than the cold one.
 const RATIO: f64 = 5.0;
@@ -61,8 +63,32 @@ fn entry(hash_key: &str) -> PutRecordsEntry {
     }
 }
 
+/// About 2 ms of work per record, so that the handler's time shows.
+const WORK_PER_RECORD: Duration = Duration::from_millis(2);
+
+/// A shard processor doing that work.
+struct Working;
+
+impl ShardProcessor<Payload> for Working {
+    fn process(&mut self, records: ShardBatch<Payload>, _: &Checkpointer) -> HandlerResult {
+        std::thread::sleep(WORK_PER_RECORD * records.messages().len() as u32);
+        Ok(())
+    }
+}
+
 #[test]
 fn two_shards_written_at_two_rates_show_that_ratio_in_bytes_and_handler_time() {
+    measure_at_two_rates(false);
+}
+
+#[test]
+fn with_processors_each_shard_shows_its_own_processor_time() {
+    measure_at_two_rates(true);
+}
+
+/// Writes two shards at rates 5 to 1 for 20 s under a consumer (batch
+/// handler, or `processors`) and checks the loads its `/metrics` shows.
+fn measure_at_two_rates(processors: bool) {
     let stream = common::create_stream(2);
     let app = common::unique_name("load");
     let shards = common::kinesis().list_shards(&stream, None).unwrap();
@@ -75,12 +101,12 @@ fn two_shards_written_at_two_rates_show_that_ratio_in_bytes_and_handler_time() {
     let stop = consumer.shutdown_handle();
     let metrics = consumer.metrics();
     let endpoint = metrics.serve("0").unwrap();
-    let running = std::thread::spawn(move || {
-        // About 2 ms of work per record, so that the handler's time shows.
-        consumer.run(|batch: kinesis_consumer::Batch<Payload>| {
-            std::thread::sleep(Duration::from_millis(2 * batch.len() as u64));
+    let running = std::thread::spawn(move || match processors {
+        true => consumer.run_processors(|_shard| Working),
+        false => consumer.run(|batch: kinesis_consumer::Batch<Payload>| {
+            std::thread::sleep(WORK_PER_RECORD * batch.len() as u32);
             Ok(())
-        })
+        }),
     });
     // Both leases held (and their meters started) before writing.
     let deadline = Instant::now() + Duration::from_secs(60);
