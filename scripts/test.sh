@@ -71,7 +71,7 @@ for requirements in tests/kpl/requirements.txt tests/metrics/requirements.txt; d
 done
 # The tests that run again reading through enhanced fan-out (HTTP/2
 # SubscribeToShard on kinesis-local's plain port) instead of polling.
-fan_out_tests=(consumer processing scale_out dead_letter replay multi_stream)
+fan_out_tests=(consumer processing scale_out dead_letter replay multi_stream lease_load)
 if [ $# -gt 0 ]; then
   # A filter or cargo options: one test binary after another, as cargo runs them.
   cargo test --all-targets "$@"

@@ -4,6 +4,10 @@
 //! asks for and releases leases. Nothing here knows about batches or
 //! handlers.
 
+// The load-aware balancer (issue 27): pure, tested, not yet called by the
+// planner, hence unused outside tests for now.
+#[cfg_attr(not(test), allow(dead_code))]
+mod balance;
 mod coordinator;
 mod held;
 mod peers;

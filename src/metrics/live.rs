@@ -33,6 +33,29 @@ pub(crate) trait LeaseView: Send + Sync {
     fn heartbeat_current(&self) -> bool;
 }
 
+/// A lease's load on this worker, smoothed over about a minute (see
+/// `worker::load`): what the status shows per lease and what the lease
+/// layer is to publish for the balancer. Defined here, below both, since
+/// the metrics show it and the lease layer will carry it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct LeaseLoad {
+    /// Bytes (data and partition keys) read per second.
+    pub bytes_per_second: f64,
+    /// Records (user records, after de-aggregation) read per second.
+    pub records_per_second: f64,
+    /// Seconds per second the handler spent on the lease's records: its
+    /// processor's time, or its share by records of the batch handler's.
+    pub busy_fraction: f64,
+}
+
+/// What the worker tells about the load of the leases it holds.
+pub(crate) trait LoadView: Send + Sync {
+    /// Each lease measured, with its load now.
+    fn loads(&self) -> Vec<(String, LeaseLoad)>;
+    /// Forgets the leases not in `held`.
+    fn retain(&self, held: &[&str]);
+}
+
 /// A sum over fixed windows of [`RATE_WINDOW`], as a rate per second: the
 /// last complete window's, or the current one's until one completes.
 #[derive(Debug, Default)]
@@ -115,6 +138,7 @@ struct Names {
 pub(crate) struct Live {
     names: OnceLock<Names>,
     leases: OnceLock<Arc<dyn LeaseView>>,
+    loads: OnceLock<Arc<dyn LoadView>>,
     running: AtomicBool,
     state: Mutex<State>,
 }
@@ -173,6 +197,17 @@ pub struct ShardStatus {
     /// handler's, which serves every shard of a batch (so every shard held
     /// shows the same fraction).
     pub handler_busy_fraction: Option<f64>,
+    /// Bytes (data and partition keys) read per second, smoothed with a
+    /// 20 s half-life: the lease's load as the balancer weighs it. Unlike
+    /// `bytes_per_second` it counts what was read, before the handler.
+    pub load_bytes_per_second: Option<f64>,
+    /// Records read per second, smoothed with a 20 s half-life.
+    pub load_records_per_second: Option<f64>,
+    /// Seconds per second the handler spent on this shard's records,
+    /// smoothed with a 20 s half-life: its processor's time with
+    /// `run_processors`; with `run`, its share of the batch handler's time
+    /// by records.
+    pub load_busy_fraction: Option<f64>,
 }
 
 /// The consumer as it is now: what the status page and `/status.json`
@@ -199,6 +234,13 @@ pub struct ConsumerStatus {
     /// The fraction of the last rate window the batch handler was busy
     /// (0 with `run_processors`: see each shard's).
     pub handler_busy_fraction: f64,
+    /// The sum of `load_bytes_per_second` over the leases held: this
+    /// worker's load.
+    pub load_bytes_per_second: f64,
+    /// The sum of `load_records_per_second` over the leases held.
+    pub load_records_per_second: f64,
+    /// The sum of `load_busy_fraction` over the leases held.
+    pub load_busy_fraction: f64,
     /// Seconds since the lease table was last read (owners and checkpoints
     /// of the leases this worker does not hold are that old).
     pub seconds_since_table_read: Option<f64>,
@@ -238,6 +280,11 @@ impl Live {
     /// Attaches the leases held; the first call wins.
     pub(crate) fn set_leases(&self, leases: Arc<dyn LeaseView>) {
         let _ = self.leases.set(leases);
+    }
+
+    /// Attaches the loads of the leases held; the first call wins.
+    pub(crate) fn set_loads(&self, loads: Arc<dyn LoadView>) {
+        let _ = self.loads.set(loads);
     }
 
     pub(crate) fn set_running(&self, running: bool) {
@@ -318,7 +365,15 @@ impl Live {
     /// bounded by the leases held (`status` does it too).
     pub(crate) fn forget_released(&self) {
         let held = self.leases.get().map(|l| l.held()).unwrap_or_default();
+        self.retain_loads(&held);
         retain_held(&mut lock(&self.state), &held);
+    }
+
+    fn retain_loads(&self, held: &[(String, Instant)]) {
+        if let Some(loads) = self.loads.get() {
+            let held: Vec<&str> = held.iter().map(|(h, _)| h.as_str()).collect();
+            loads.retain(&held);
+        }
     }
 
     /// The consumer as it is now. Forgets the figures of shards no longer
@@ -330,6 +385,8 @@ impl Live {
         let alive_since = self.leases.get().and_then(|l| l.alive_since());
         let heartbeat_current = self.leases.get().is_some_and(|l| l.heartbeat_current());
         let running = self.running.load(Ordering::Relaxed);
+        self.retain_loads(&held);
+        let loads = self.loads.get().map(|l| l.loads()).unwrap_or_default();
         let mut state = lock(&self.state);
         let state = &mut *state;
         retain_held(state, &held);
@@ -381,12 +438,26 @@ impl Live {
                 status.records_per_second = Some(live.records.rate(now));
                 status.bytes_per_second = Some(live.bytes.rate(now));
             }
+            if let Some((_, load)) = loads.iter().find(|(l, _)| l == shard_id) {
+                status.load_bytes_per_second = Some(load.bytes_per_second);
+                status.load_records_per_second = Some(load.records_per_second);
+                status.load_busy_fraction = Some(load.busy_fraction);
+            }
             shards.push(status);
         }
         shards.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
         let names = self.names.get();
         let name = |f: fn(&Names) -> &String| names.map(|n| f(n).clone()).unwrap_or_default();
+        let held_loads = || {
+            loads
+                .iter()
+                .filter(|(l, _)| held.iter().any(|(h, _)| h == l))
+                .map(|(_, load)| load)
+        };
         ConsumerStatus {
+            load_bytes_per_second: held_loads().map(|l| l.bytes_per_second).sum(),
+            load_records_per_second: held_loads().map(|l| l.records_per_second).sum(),
+            load_busy_fraction: held_loads().map(|l| l.busy_fraction).sum(),
             application: name(|n| &n.application),
             stream: name(|n| &n.stream),
             worker: name(|n| &n.worker),
@@ -475,6 +546,44 @@ mod tests {
         assert_eq!(lock(&live.state).shards.len(), 1);
         live.set_running(true);
         assert!(live.status().healthy);
+    }
+
+    struct Loads(Mutex<Vec<(String, LeaseLoad)>>);
+
+    impl LoadView for Loads {
+        fn loads(&self) -> Vec<(String, LeaseLoad)> {
+            lock(&self.0).clone()
+        }
+        fn retain(&self, held: &[&str]) {
+            lock(&self.0).retain(|(l, _)| held.contains(&l.as_str()));
+        }
+    }
+
+    #[test]
+    fn status_shows_each_held_lease_load_and_the_worker_total() {
+        let live = Live::default();
+        live.set_leases(Arc::new(Holding(vec!["a".into(), "b".into()])));
+        let load = |bytes: f64| LeaseLoad {
+            bytes_per_second: bytes,
+            records_per_second: bytes / 100.0,
+            busy_fraction: bytes / 10_000.0,
+        };
+        let loads = Arc::new(Loads(Mutex::new(vec![
+            ("a".into(), load(1000.0)),
+            ("b".into(), load(3000.0)),
+            ("released".into(), load(50.0)),
+        ])));
+        live.set_loads(loads.clone());
+        let status = live.status();
+        let a = &status.shards[0];
+        assert_eq!(a.load_bytes_per_second, Some(1000.0));
+        assert_eq!(a.load_records_per_second, Some(10.0));
+        assert_eq!(a.load_busy_fraction, Some(0.1));
+        assert_eq!(status.load_bytes_per_second, 4000.0);
+        assert_eq!(status.load_records_per_second, 40.0);
+        assert_eq!(status.load_busy_fraction, 0.4);
+        // The released lease's load is forgotten.
+        assert_eq!(loads.loads().len(), 2);
     }
 
     #[test]

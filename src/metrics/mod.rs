@@ -36,7 +36,7 @@ mod status_page;
 pub use aggregate::Statistics;
 pub use endpoint::MetricsServer;
 pub use live::{ConsumerStatus, RecentError, ShardStatus};
-pub(crate) use live::{LeaseRow, LeaseView};
+pub(crate) use live::{LeaseLoad, LeaseRow, LeaseView, LoadView};
 pub(crate) use publisher::Publisher;
 pub(crate) use recorder::Metrics;
 

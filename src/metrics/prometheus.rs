@@ -324,8 +324,29 @@ pub(crate) fn render(totals: &[(SeriesKey, Total)], status: &ConsumerStatus) -> 
         );
         e.sample("kinesis_consumer_heartbeat_age_seconds", &[], age);
     }
+    let worker_loads: [(&str, &str, f64); 3] = [
+        (
+            "kinesis_consumer_worker_load_bytes_per_second",
+            "Bytes read per second over the leases held (20 s half-life): this worker's load.",
+            status.load_bytes_per_second,
+        ),
+        (
+            "kinesis_consumer_worker_load_records_per_second",
+            "Records read per second over the leases held (20 s half-life).",
+            status.load_records_per_second,
+        ),
+        (
+            "kinesis_consumer_worker_load_busy_ratio",
+            "Seconds per second the handler spent on the leases held (20 s half-life).",
+            status.load_busy_fraction,
+        ),
+    ];
+    for (name, help, value) in worker_loads {
+        e.header(name, "gauge", help);
+        e.sample(name, &[], value);
+    }
     type Field = fn(&crate::metrics::ShardStatus) -> Option<f64>;
-    let gauges: [(&str, &str, Field); 8] = [
+    let gauges: [(&str, &str, Field); 11] = [
         (
             "kinesis_consumer_millis_behind_latest",
             "How far behind the tip of the shard the last read was, in milliseconds.",
@@ -365,6 +386,21 @@ pub(crate) fn render(totals: &[(SeriesKey, Total)], status: &ConsumerStatus) -> 
             "kinesis_consumer_handler_busy_ratio",
             "The fraction of the last 10 s window the shard's handler (its processor, or the batch handler) was busy.",
             |s| s.handler_busy_fraction,
+        ),
+        (
+            "kinesis_consumer_lease_load_bytes_per_second",
+            "Bytes read per second from the shard (20 s half-life): its load as the balancer weighs it.",
+            |s| s.load_bytes_per_second,
+        ),
+        (
+            "kinesis_consumer_lease_load_records_per_second",
+            "Records read per second from the shard (20 s half-life).",
+            |s| s.load_records_per_second,
+        ),
+        (
+            "kinesis_consumer_lease_load_busy_ratio",
+            "Seconds per second the handler spent on the shard's records (20 s half-life).",
+            |s| s.load_busy_fraction,
         ),
     ];
     for (name, help, field) in gauges {
@@ -483,6 +519,21 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
+    }
+
+    #[test]
+    fn lease_loads_and_the_worker_load_are_gauges() {
+        let mut status = status(&["shard-1"]);
+        status.shards[0].load_bytes_per_second = Some(2500.0);
+        status.load_bytes_per_second = 2500.0;
+        let text = render(&[], &status);
+        let lease = "kinesis_consumer_lease_load_bytes_per_second";
+        assert!(text.contains(&format!("# TYPE {lease} gauge\n")), "{text}");
+        assert!(text.contains(&format!("{lease}{{{LABELS},shard=\"shard-1\"}} 2500\n")));
+        let worker = "kinesis_consumer_worker_load_bytes_per_second";
+        assert!(text.contains(&format!("{worker}{{{LABELS}}} 2500\n")));
+        // Not measured: no sample.
+        assert!(!text.contains("kinesis_consumer_lease_load_records_per_second{"));
     }
 
     #[test]

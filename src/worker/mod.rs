@@ -6,6 +6,7 @@ mod bisect;
 mod budget;
 pub(crate) mod checkpointer;
 pub(crate) mod dead_letter;
+mod load;
 pub(crate) mod processing;
 pub(crate) mod processor;
 mod reader;
@@ -41,6 +42,7 @@ use batch::Batch;
 use budget::Budget;
 use checkpointer::Checkpointer;
 use dead_letter::DeadLetterHandler;
+use load::LoadMeter;
 use processing::{Checkpointing, Delivery, ErrorPolicy};
 use processor::ShardProcessor;
 use reader::{ReaderContext, ReaderOutput, ReaderPool};
@@ -180,6 +182,9 @@ pub struct Consumer<T> {
     streams: StreamsHandle,
     /// What the ticker and the checkpointer tell the lease coordinator.
     events: (Sender<CoordinatorEvent>, Receiver<CoordinatorEvent>),
+    /// Each held lease's load, measured by the readers and the handler's
+    /// callers, shown by the metrics.
+    load: Arc<LoadMeter>,
 }
 
 impl<T> fmt::Debug for Consumer<T> {
@@ -223,6 +228,8 @@ impl<T: Send + 'static> Consumer<T> {
             &settings.worker_id,
         );
         metrics.live().set_leases(held.clone());
+        let load = Arc::new(LoadMeter::default());
+        metrics.live().set_loads(load.clone());
         let events = crossbeam_channel::unbounded();
         let checkpointer = Checkpointer::new(held.clone(), events.0.clone(), metrics.clone());
         let streams = StreamsHandle::new(kinesis.clone(), settings.initial_position);
@@ -237,6 +244,7 @@ impl<T: Send + 'static> Consumer<T> {
             held,
             checkpointer,
             events,
+            load,
         }
     }
 
@@ -502,6 +510,7 @@ impl<T: Send + 'static> Consumer<T> {
             retry_wait: s.retry_wait,
             start_timestamp: s.start_timestamp,
             metrics: self.metrics.clone(),
+            load: self.load.clone(),
             read_memory: Arc::new(Budget::new(s.read_memory, u64::MAX)),
             subscriptions_reserve: s.read_memory_set,
             pace_reads: s.pace_reads,
@@ -578,6 +587,7 @@ impl<T: Send + 'static> Consumer<T> {
             shutdown: self.shutdown.flag(),
             checkpointer: self.checkpointer.clone(),
             metrics: self.metrics.clone(),
+            load: self.load.clone(),
             message_handler: self.message_handler.clone(),
             batch_interval: s.batch_interval,
             checkpoint_interval: s.checkpoint_interval,

@@ -18,6 +18,7 @@ use crate::worker::batch::{Message, ShardBatch};
 use crate::worker::budget::Budget;
 use crate::worker::checkpointer::Checkpointer;
 use crate::worker::dead_letter::DeadLetterHandler;
+use crate::worker::load::LoadMeter;
 use crate::worker::reader::panic_message;
 
 /// Who writes checkpoints.
@@ -359,6 +360,8 @@ pub(crate) struct Delivery<T> {
     pub shutdown: Arc<AtomicBool>,
     pub checkpointer: Checkpointer,
     pub metrics: Metrics,
+    /// Each lease's load: the handler's time is charged to it.
+    pub load: Arc<LoadMeter>,
     pub message_handler: MessageHandler<T>,
     pub batch_interval: Duration,
     pub checkpoint_interval: Duration,
@@ -381,6 +384,7 @@ impl<T> Clone for Delivery<T> {
             shutdown: self.shutdown.clone(),
             checkpointer: self.checkpointer.clone(),
             metrics: self.metrics.clone(),
+            load: self.load.clone(),
             message_handler: self.message_handler.clone(),
             batch_interval: self.batch_interval,
             checkpoint_interval: self.checkpoint_interval,
@@ -440,20 +444,27 @@ impl<T> Delivery<T> {
     }
 
     /// Records the time and size of one handler call: the batch handler's
-    /// (`shard` `None`) or a shard's processor's.
-    pub(crate) fn record_call(&self, started: Instant, records: usize, shard: Option<&Arc<str>>) {
+    /// (`shard` `None`) or a shard's processor's; `shares`: the records of
+    /// each shard in the call, whose load is charged its share of the time.
+    pub(crate) fn record_call(
+        &self,
+        started: Instant,
+        shares: &[(Arc<str>, usize)],
+        shard: Option<&Arc<str>>,
+    ) {
+        let now = Instant::now();
+        let took = now.saturating_duration_since(started);
+        let records: usize = shares.iter().map(|(_, records)| records).sum();
         // Neither metric is per shard: only the live busy fraction keeps
         // the shard.
         self.metrics.record(
             shard,
             &[
-                (
-                    Metric::ProcessTaskTime,
-                    started.elapsed().as_secs_f64() * 1000.0,
-                ),
+                (Metric::ProcessTaskTime, took.as_secs_f64() * 1000.0),
                 (Metric::BatchSize, records as f64),
             ],
         );
+        self.load.busy(shares, took, now);
     }
 }
 

@@ -450,8 +450,11 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             }
             (result, _) => result,
         };
-        self.delivery
-            .record_call(started, records, Some(&self.shard_id));
+        self.delivery.record_call(
+            started,
+            &[(self.shard_id.clone(), records)],
+            Some(&self.shard_id),
+        );
         drop(room);
         let accepted = matches!(result, Ok(Called::Done));
         self.delivery

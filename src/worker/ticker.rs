@@ -398,7 +398,11 @@ impl<'a, T> Ticker<'a, T> {
         batch: Batch<T>,
         handler: &mut dyn FnMut(Batch<T>) -> HandlerResult,
     ) -> (Result<Called>, Vec<Stopped>) {
-        let records = batch.len();
+        let shares: Vec<(Arc<str>, usize)> = batch
+            .shards
+            .iter()
+            .map(|s| (s.shard_id.clone(), s.messages.len()))
+            .collect();
         let policy = match self.delivery.error_policy {
             // One handler for every shard: no shard to give up alone.
             ErrorPolicy::RetryThenReleaseShard { retries, backoff } => {
@@ -432,7 +436,7 @@ impl<'a, T> Ticker<'a, T> {
             }
             (result, _) => result,
         };
-        delivery.record_call(started, records, None);
+        delivery.record_call(started, &shares, None);
         // Events no call accepted are handed on again with the next batch.
         unaccepted.append(&mut self.events);
         self.events = unaccepted;

@@ -28,6 +28,7 @@ use crate::time::later;
 use crate::worker::MessageHandler;
 use crate::worker::batch::Message;
 use crate::worker::budget::{Budget, Room, Share, within_share};
+use crate::worker::load::LoadMeter;
 use crate::worker::stream_consumers::{ReadBy, StreamConsumers};
 use fan_out::FanOut;
 use polling::{Polling, PollingSettings};
@@ -144,6 +145,8 @@ pub(crate) struct ReaderContext<T> {
     pub fan_outs: StreamConsumers,
     pub pace_reads: bool,
     pub metrics: Metrics,
+    /// Each lease's load: readers count what they read.
+    pub load: Arc<LoadMeter>,
     /// How many readers run now (per-shard queues share the buffer evenly
     /// among them, see `within_share`).
     pub readers: AtomicUsize,
@@ -221,6 +224,7 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
             None => (self.context.sender.clone(), None),
         };
         let target = self.context.target(shard_id);
+        self.context.load.started(&shard_id.into(), Instant::now());
         let reader = Reader {
             context: self.context.clone(),
             sender,
@@ -585,6 +589,12 @@ impl<T: Send + 'static> Reader<T> {
                 batch.millis_behind_latest,
             );
             self.context.metrics.record(Some(&self.shard.key), &samples);
+            self.context.load.read(
+                &self.shard.key,
+                chunk.messages.len(),
+                chunk.data_bytes,
+                Instant::now(),
+            );
             if past_checkpoint {
                 resume_after = None;
             }
@@ -974,6 +984,7 @@ mod tests {
             fan_outs: StreamConsumers::polling(),
             pace_reads: false,
             metrics: Metrics::default(),
+            load: Arc::default(),
             readers: AtomicUsize::new(0),
             stop_timeout,
         };
