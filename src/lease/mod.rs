@@ -6,6 +6,10 @@
 
 mod coordinator;
 mod held;
+// Worker items and the lock item of a leader-run fleet (issue 25): only
+// the tests and the simulation use them until the coordinator does.
+#[cfg_attr(not(test), allow(dead_code))]
+mod members;
 mod peers;
 mod plan;
 mod reset;
@@ -14,6 +18,7 @@ mod reset;
 #[cfg(any(test, feature = "simulation"))]
 #[cfg_attr(not(test), allow(dead_code))]
 mod sim;
+pub use members::MemberItems;
 #[cfg(feature = "simulation")]
 pub use sim::fleet::{FleetFigures, simulate_fleet};
 mod streams;

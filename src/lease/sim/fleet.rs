@@ -124,7 +124,7 @@ pub fn simulate_fleet(
 impl Sim {
     /// No faults, one stream of `leases` open shards whose leases exist
     /// and are free (as a first worker leaves them), `workers` workers.
-    fn idle_fleet(leases: usize, workers: usize) -> Sim {
+    pub(super) fn idle_fleet(leases: usize, workers: usize) -> Sim {
         let mut sim = Sim::new(1);
         sim.workers.clear();
         sim.dead.clear();
