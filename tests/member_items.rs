@@ -7,6 +7,9 @@ mod common;
 
 use kinesis_consumer::__test_support::{AttributeValue, MemberItems};
 
+/// Nothing settled.
+const NONE: (&[String], &[String]) = (&[], &[]);
+
 fn ids(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -20,7 +23,7 @@ fn members() -> (String, MemberItems) {
 #[test]
 fn a_worker_item_takes_notes_and_its_heartbeat_settles_them() {
     let (_, items) = members();
-    let (take, give) = items.beat("w1", 1, None, &[]).unwrap();
+    let (take, give) = items.beat("w1", 1, None, NONE).unwrap();
     assert!(take.is_empty() && give.is_empty());
     assert!(
         items
@@ -28,35 +31,49 @@ fn a_worker_item_takes_notes_and_its_heartbeat_settles_them() {
             .unwrap()
     );
     assert!(items.note("w1", false, &ids(&["shardId-3"])).unwrap());
-    let (take, give) = items.beat("w1", 2, Some(1), &[]).unwrap();
+    let (take, give) = items.beat("w1", 2, Some(1), NONE).unwrap();
     assert_eq!(take.len(), 2);
     assert_eq!(give.into_iter().collect::<Vec<_>>(), ["shardId-3"]);
     // Settling a lease of each set empties `give` (DynamoDB drops the
     // empty set) and leaves the other lease to take.
     let (take, give) = items
-        .beat("w1", 3, Some(2), &ids(&["shardId-1", "shardId-3"]))
+        .beat(
+            "w1",
+            3,
+            Some(2),
+            (&ids(&["shardId-1"]), &ids(&["shardId-3"])),
+        )
         .unwrap();
     assert_eq!(take.into_iter().collect::<Vec<_>>(), ["shardId-2"]);
     assert!(give.is_empty());
+    // A lease in both sets (taken, then asked for before the next
+    // heartbeat): settling its take leaves its give.
+    items.note("w1", false, &ids(&["shardId-2"])).unwrap();
+    let (take, give) = items
+        .beat("w1", 4, Some(3), (&ids(&["shardId-2"]), &[]))
+        .unwrap();
+    assert!(take.is_empty());
+    assert_eq!(give.into_iter().collect::<Vec<_>>(), ["shardId-2"]);
     // Settling what is in no set is no error.
-    items.beat("w1", 4, Some(3), &ids(&["shardId-9"])).unwrap();
+    let nine = ids(&["shardId-9"]);
+    items.beat("w1", 5, Some(4), (&nine, &nine)).unwrap();
 }
 
 #[test]
 fn a_second_process_under_one_id_is_refused() {
     let (_, items) = members();
-    items.beat("w1", 5, None, &[]).unwrap();
-    items.beat("w1", 6, Some(5), &[]).unwrap();
+    items.beat("w1", 5, None, NONE).unwrap();
+    items.beat("w1", 6, Some(5), NONE).unwrap();
     // A retry of a beat whose reply was lost is ours.
-    items.beat("w1", 6, Some(5), &[]).unwrap();
-    let namesake = items.beat("w1", 2, Some(1), &[]).unwrap_err();
+    items.beat("w1", 6, Some(5), NONE).unwrap();
+    let namesake = items.beat("w1", 2, Some(1), NONE).unwrap_err();
     assert!(namesake.to_string().contains("worker_id"), "{namesake}");
 }
 
 #[test]
 fn a_forgotten_worker_gets_no_notes_until_it_beats_again() {
     let (_, items) = members();
-    items.beat("w1", 1, None, &[]).unwrap();
+    items.beat("w1", 1, None, NONE).unwrap();
     // A dead worker's item goes only if its beat stood where it was seen.
     items.forget("w1", Some(0)).unwrap();
     assert!(items.note("w1", true, &ids(&["shardId-1"])).unwrap());
@@ -65,7 +82,7 @@ fn a_forgotten_worker_gets_no_notes_until_it_beats_again() {
     let workers = items.survey().unwrap().workers;
     assert!(workers.is_empty(), "{workers:?}");
     // A worker that was only paused beats its item back.
-    let (take, _) = items.beat("w1", 2, Some(1), &[]).unwrap();
+    let (take, _) = items.beat("w1", 2, Some(1), NONE).unwrap();
     assert!(take.is_empty());
 }
 
@@ -107,7 +124,7 @@ fn member_items_are_never_leases() {
         ),
     ]);
     common::dynamodb().put_item(&table, &row, None).unwrap();
-    items.beat("w1", 1, None, &[]).unwrap();
+    items.beat("w1", 1, None, NONE).unwrap();
     items
         .note("w1", true, &ids(&["shardId-000000000000"]))
         .unwrap();

@@ -77,6 +77,23 @@ impl Notes {
     }
 }
 
+/// The leases a worker dealt with since its last heartbeat: each comes
+/// out of its own set only, since one lease can be in both (taken, then
+/// asked for before the worker's next heartbeat).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Settled {
+    /// Leases of the `take` set it started reading.
+    pub took: Vec<String>,
+    /// Leases of the `give` set it handed over (or no longer held).
+    pub gave: Vec<String>,
+}
+
+impl Settled {
+    fn is_empty(&self) -> bool {
+        self.took.is_empty() && self.gave.is_empty()
+    }
+}
+
 /// One write of the lock item: a claim, or the leader's renewal.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Lead<'a> {
@@ -107,13 +124,12 @@ pub(crate) struct Survey {
 /// production, the in-memory table in the simulation.
 pub(crate) trait MemberStore: Send + Sync + std::fmt::Debug {
     /// Writes a heartbeat (and the worker's cap) in the worker's own item,
-    /// takes the leases it `settled` since (taken or handed over) out of
-    /// its sets, and returns the item as it is afterwards (a strongly
+    /// takes the leases it `settled` since out of their sets, and returns the item as it is afterwards (a strongly
     /// consistent read, free with the write). The same rule against a
     /// second process under one id as the workers row's
     /// ([`LeaseStore::heartbeat`](super::LeaseStore::heartbeat)):
     /// [`namesake_error`].
-    fn beat_in_item(&self, beat: &Beat<'_>, settled: &[String]) -> Result<WorkerItem>;
+    fn beat_in_item(&self, beat: &Beat<'_>, settled: &Settled) -> Result<WorkerItem>;
 
     /// One worker's item, if it has one.
     fn worker_item(&self, worker: &str) -> Result<Option<WorkerItem>>;
@@ -199,7 +215,7 @@ pub(crate) fn parse_lock(item: &Item) -> Option<Lock> {
 }
 
 /// The update of a heartbeat in a worker's item.
-fn beat_update(beat: &Beat<'_>, settled: &[String]) -> Expression {
+fn beat_update(beat: &Beat<'_>, settled: &Settled) -> Expression {
     let mut rest = String::from(", #beat = :beat");
     if beat.cap.is_some() {
         rest.push_str(", #cap = :cap");
@@ -207,8 +223,19 @@ fn beat_update(beat: &Beat<'_>, settled: &[String]) -> Expression {
         rest.push_str(" REMOVE #cap");
     }
     // DynamoDB refuses an empty set, and a placeholder left unused.
-    if !settled.is_empty() {
-        rest.push_str(" DELETE #take :settled, #give :settled");
+    let deletions: Vec<_> = [
+        ("#take", TAKE, ":took", &settled.took),
+        ("#give", GIVE, ":gave", &settled.gave),
+    ]
+    .into_iter()
+    .filter(|(.., ids)| !ids.is_empty())
+    .collect();
+    if !deletions.is_empty() {
+        let clauses: Vec<String> = deletions
+            .iter()
+            .map(|(name, _, value, _)| format!("{name} {value}"))
+            .collect();
+        rest.push_str(&format!(" DELETE {}", clauses.join(", ")));
     }
     let mut update = typed(WORKER_TYPE, &rest)
         .name("#beat", BEAT)
@@ -217,11 +244,10 @@ fn beat_update(beat: &Beat<'_>, settled: &[String]) -> Expression {
     if let Some(cap) = beat.cap {
         update = update.value(":cap", n(cap));
     }
-    if !settled.is_empty() {
+    for (name, attribute, value, ids) in deletions {
         update = update
-            .name("#take", TAKE)
-            .name("#give", GIVE)
-            .value(":settled", AttributeValue::SS(settled.to_vec()));
+            .name(name, attribute)
+            .value(value, AttributeValue::SS(ids.clone()));
     }
     update
 }
@@ -285,7 +311,7 @@ fn unless_condition_failed<T>(result: Result<T>, failed: T) -> Result<T> {
 }
 
 impl MemberStore for LeaseTable {
-    fn beat_in_item(&self, beat: &Beat<'_>, settled: &[String]) -> Result<WorkerItem> {
+    fn beat_in_item(&self, beat: &Beat<'_>, settled: &Settled) -> Result<WorkerItem> {
         let (dynamodb, table) = self.client();
         let reply = dynamodb.update_item(
             table,
@@ -380,14 +406,15 @@ impl MemberItems {
         }
     }
 
-    /// `MemberStore::beat_in_item` without a cap: the item's sets after
+    /// `MemberStore::beat_in_item` without a cap, settling `took` out of
+    /// the `take` set and `gave` out of `give`: the item's sets after
     /// (leases to take, leases to give).
     pub fn beat(
         &self,
         worker: &str,
         number: u64,
         since: Option<u64>,
-        settled: &[String],
+        (took, gave): (&[String], &[String]),
     ) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
         let beat = Beat {
             worker,
@@ -395,7 +422,11 @@ impl MemberItems {
             since,
             cap: None,
         };
-        let item = self.table.beat_in_item(&beat, settled)?;
+        let settled = Settled {
+            took: took.to_vec(),
+            gave: gave.to_vec(),
+        };
+        let item = self.table.beat_in_item(&beat, &settled)?;
         Ok((item.take, item.give))
     }
 
@@ -535,6 +566,22 @@ mod tests {
     #[test]
     fn every_write_names_exactly_the_placeholders_it_uses() {
         let settled = ["shardId-1".to_owned()];
+        let one = vec!["shardId-1".to_owned()];
+        let cases = [
+            Settled::default(),
+            Settled {
+                took: one.clone(),
+                gave: Vec::new(),
+            },
+            Settled {
+                took: Vec::new(),
+                gave: one.clone(),
+            },
+            Settled {
+                took: one.clone(),
+                gave: one.clone(),
+            },
+        ];
         for cap in [None, Some(3)] {
             for since in [None, Some(4)] {
                 let beat = Beat {
@@ -543,11 +590,13 @@ mod tests {
                     since,
                     cap,
                 };
-                for done in [&settled[..], &[]] {
+                for done in &cases {
                     let update = beat_update(&beat, done);
                     assert_placeholders_match(&update);
                     assert!(update.text.starts_with("SET #type"), "{update:?}");
                     assert_eq!(update.text.contains("DELETE"), !done.is_empty());
+                    assert_eq!(update.text.contains("#take :took"), !done.took.is_empty());
+                    assert_eq!(update.text.contains("#give :gave"), !done.gave.is_empty());
                 }
                 if let Some(condition) = beat_condition(&beat) {
                     assert_placeholders_match(&condition);

@@ -49,6 +49,8 @@ use limits::{ItemLimits, lease_bytes, workers_bytes};
 
 #[cfg_attr(not(feature = "simulation"), allow(dead_code, unreachable_pub))]
 pub(crate) mod fleet;
+#[cfg(test)]
+mod leader_fleet;
 mod limits;
 mod members;
 

@@ -11,7 +11,7 @@ use super::{Fault, SimTable, injected, trace};
 use crate::error::Result;
 use crate::lease::LeaseStore;
 use crate::lease::members::{
-    LEADER_KEY, Lead, Lock, MemberStore, Notes, Survey, WorkerItem, worker_key,
+    LEADER_KEY, Lead, Lock, MemberStore, Notes, Settled, Survey, WorkerItem, worker_key,
 };
 use crate::lease::plan::Row;
 use crate::lease::table::{Beat, namesake_error};
@@ -66,7 +66,7 @@ fn replied<T>(fault: Fault, value: T) -> Result<T> {
 }
 
 impl MemberStore for SimTable {
-    fn beat_in_item(&self, beat: &Beat<'_>, settled: &[String]) -> Result<WorkerItem> {
+    fn beat_in_item(&self, beat: &Beat<'_>, settled: &Settled) -> Result<WorkerItem> {
         let key = worker_key(beat.worker);
         let fault = self.member_fault(&key)?;
         let mut members = lock(&self.members);
@@ -74,8 +74,10 @@ impl MemberStore for SimTable {
         let mut after = before.clone().unwrap_or_default();
         after.beat = beat.number;
         after.cap = beat.cap;
-        for id in settled {
+        for id in &settled.took {
             after.take.remove(id);
+        }
+        for id in &settled.gave {
             after.give.remove(id);
         }
         let bytes = before
@@ -205,18 +207,28 @@ mod tests {
     #[test]
     fn a_worker_beats_in_its_own_item_and_a_namesake_is_refused() {
         let table = quiet_table();
-        let first = table.beat_in_item(&beat("w1", 1, None), &[]).unwrap();
+        let first = table
+            .beat_in_item(&beat("w1", 1, None), &Settled::default())
+            .unwrap();
         assert_eq!(first.beat, 1);
         let capped = Beat {
             cap: Some(4),
             ..beat("w1", 2, Some(1))
         };
-        assert_eq!(table.beat_in_item(&capped, &[]).unwrap().cap, Some(4));
+        assert_eq!(
+            table
+                .beat_in_item(&capped, &Settled::default())
+                .unwrap()
+                .cap,
+            Some(4)
+        );
         // Another process under the same id: its beat 1 finds our 2.
-        let namesake = table.beat_in_item(&beat("w1", 1, Some(1)), &[]);
+        let namesake = table.beat_in_item(&beat("w1", 1, Some(1)), &Settled::default());
         assert!(namesake.unwrap_err().to_string().contains("worker_id"));
         // Other workers' items are apart: the item holds one worker.
-        table.beat_in_item(&beat("w2", 1, None), &[]).unwrap();
+        table
+            .beat_in_item(&beat("w2", 1, None), &Settled::default())
+            .unwrap();
         let item = table.worker_item("w1").unwrap().unwrap();
         assert_eq!((item.beat, item.cap), (2, Some(4)));
     }
@@ -224,22 +236,36 @@ mod tests {
     #[test]
     fn notes_reach_a_live_worker_and_are_settled_by_its_heartbeat() {
         let table = quiet_table();
-        table.beat_in_item(&beat("w1", 1, None), &[]).unwrap();
+        table
+            .beat_in_item(&beat("w1", 1, None), &Settled::default())
+            .unwrap();
         let ids = ["shardId-1".to_owned(), "shardId-2".to_owned()];
         assert!(table.note("w1", Notes::Take, &ids).unwrap());
         assert!(table.note("w1", Notes::Give, &ids[..1]).unwrap());
-        let item = table.beat_in_item(&beat("w1", 2, Some(1)), &[]).unwrap();
+        let item = table
+            .beat_in_item(&beat("w1", 2, Some(1)), &Settled::default())
+            .unwrap();
         assert_eq!(item.take.len(), 2);
         assert_eq!(item.give.len(), 1);
-        let item = table
-            .beat_in_item(&beat("w1", 3, Some(2)), &ids[..1])
-            .unwrap();
+        // shardId-1 is in both sets (taken, then asked for): starting to
+        // read it settles only its take; handing it over, its give.
+        let took = Settled {
+            took: ids[..1].to_vec(),
+            gave: Vec::new(),
+        };
+        let item = table.beat_in_item(&beat("w1", 3, Some(2)), &took).unwrap();
         assert_eq!(item.take.iter().collect::<Vec<_>>(), ["shardId-2"]);
+        assert_eq!(item.give.iter().collect::<Vec<_>>(), ["shardId-1"]);
+        let gave = Settled {
+            took: Vec::new(),
+            gave: ids[..1].to_vec(),
+        };
+        let item = table.beat_in_item(&beat("w1", 4, Some(3)), &gave).unwrap();
         assert!(item.give.is_empty());
         // A forgotten worker's item is not made again by a note.
-        table.forget_item("w1", Some(2)).unwrap();
-        assert!(table.worker_item("w1").unwrap().is_some(), "beat moved on");
         table.forget_item("w1", Some(3)).unwrap();
+        assert!(table.worker_item("w1").unwrap().is_some(), "beat moved on");
+        table.forget_item("w1", Some(4)).unwrap();
         assert!(!table.note("w1", Notes::Take, &ids).unwrap());
         assert_eq!(table.worker_item("w1").unwrap(), None);
     }
@@ -271,7 +297,9 @@ mod tests {
     fn the_leader_surveys_leases_and_members_in_one_read_and_list_stays_leases() {
         let sim = Sim::idle_fleet(3, 0);
         let table = sim.table.clone();
-        table.beat_in_item(&beat("w1", 1, None), &[]).unwrap();
+        table
+            .beat_in_item(&beat("w1", 1, None), &Settled::default())
+            .unwrap();
         let successors = ["w2".to_owned()];
         let claim = Lead {
             worker: "w1",
@@ -296,12 +324,16 @@ mod tests {
             .map(|i| format!("123456789012:orders:1700000000:shardId-{i:012}"))
             .collect();
         let id = "worker-3f2c9a7e-5b1d-4c6e-8a0f-1234567890ab";
-        table.beat_in_item(&beat(id, 1, None), &[]).unwrap();
+        table
+            .beat_in_item(&beat(id, 1, None), &Settled::default())
+            .unwrap();
         table.note(id, Notes::Take, &keys).unwrap();
         let item = table.worker_item(id).unwrap().unwrap();
         assert!(worker_item_bytes(id, &item) < 1024);
         let before = table.limits.units().write;
-        table.beat_in_item(&beat(id, 2, Some(1)), &[]).unwrap();
+        table
+            .beat_in_item(&beat(id, 2, Some(1)), &Settled::default())
+            .unwrap();
         assert_eq!(table.limits.units().write - before, 1.0);
     }
 }
