@@ -210,7 +210,7 @@ impl Sim {
         self.workers.iter().map(|w| w.held.take_lost_count()).sum()
     }
 
-    fn mean_lease_bytes(&self) -> f64 {
+    pub(super) fn mean_lease_bytes(&self) -> f64 {
         let rows = lock(&self.table.rows);
         let total: usize = rows
             .values()
