@@ -11,6 +11,8 @@
 pub use crate::aws::cloudwatch::{CloudWatchClient, Dimension, MetricDescription};
 pub use crate::aws::dynamodb::{AttributeValue, DynamoDbClient, Expression, Item};
 pub use crate::aws::sigv4::{SignableRequest, SigningOptions, sign};
+/// The worker items and lock item of a leader-run fleet (issue 25).
+pub use crate::lease::MemberItems;
 /// The fleet benchmark on the simulated lease table (feature `simulation`).
 #[cfg(feature = "simulation")]
 pub use crate::lease::{FleetFigures, simulate_fleet};

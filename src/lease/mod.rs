@@ -10,6 +10,10 @@
 mod balance;
 mod coordinator;
 mod held;
+// Worker items and the lock item of a leader-run fleet (issue 25): only
+// the tests and the simulation use them until the coordinator does.
+#[cfg_attr(not(test), allow(dead_code))]
+mod members;
 mod peers;
 mod plan;
 mod reset;
@@ -18,6 +22,7 @@ mod reset;
 #[cfg(any(test, feature = "simulation"))]
 #[cfg_attr(not(test), allow(dead_code))]
 mod sim;
+pub use members::MemberItems;
 #[cfg(feature = "simulation")]
 pub use sim::fleet::{FleetFigures, simulate_fleet};
 mod streams;

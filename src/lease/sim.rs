@@ -49,7 +49,10 @@ use limits::{ItemLimits, lease_bytes, workers_bytes};
 
 #[cfg_attr(not(feature = "simulation"), allow(dead_code, unreachable_pub))]
 pub(crate) mod fleet;
+#[cfg(test)]
+mod leader_fleet;
 mod limits;
+mod members;
 
 const STEP: Duration = Duration::from_millis(100);
 const FAILOVER: Duration = Duration::from_secs(10);
@@ -269,6 +272,8 @@ struct SimTable {
     landing: Mutex<Vec<(u64, Landing)>>,
     /// DynamoDB's billing and per-item limits.
     limits: ItemLimits,
+    /// Worker items and the lock item of a leader-run fleet.
+    members: Mutex<members::Members>,
 }
 
 /// A lease write still on its way.
@@ -431,7 +436,8 @@ impl LeaseStore for SimTable {
             .filter_map(Row::lease)
             .map(lease_bytes)
             .sum::<usize>()
-            + workers_bytes(&lock(&self.workers));
+            + workers_bytes(&lock(&self.workers))
+            + self.members_bytes();
         self.limits.read(bytes, consistent);
         Ok(rows)
     }
@@ -1015,6 +1021,7 @@ impl Sim {
             gate: Mutex::default(),
             landing: Mutex::default(),
             limits: ItemLimits::default(),
+            members: Mutex::default(),
         });
         let mut sim = Sim {
             rng,

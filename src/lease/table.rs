@@ -15,7 +15,7 @@ use crate::lease::{Checkpoint, Lease};
 use crate::stream::{shard_id_of, split_lease_key};
 use crate::sync::lock;
 
-const KEY: &str = "leaseKey";
+pub(super) const KEY: &str = "leaseKey";
 /// Our own attribute (the KCL ignores it): the worker that asked the owner
 /// to hand the lease over.
 const HANDOFF: &str = "handoffTo";
@@ -24,6 +24,9 @@ const HANDOFF: &str = "handoffTo";
 /// starts, in milliseconds since the epoch.
 const TIMESTAMP: &str = "checkpointTimestamp";
 
+/// The start of every key of ours that is not a lease (no shard id has a
+/// `:`, and a multi-stream lease key starts with an account id).
+pub(super) const OURS: &str = "kinesis-consumer:";
 /// The key of the workers row: one row beside the leases (its
 /// `entityType` is not `LEASE`, so the KCL's readers and ours skip it as a
 /// lease) where every worker writes its heartbeat.
@@ -125,24 +128,28 @@ fn workers_row_update(rest: &str) -> Expression {
         .value(":type", s(WORKERS_TYPE))
 }
 
-/// True for a lease row: not the workers row (even one an operator
-/// rewrote without its type), and no other entity of the KCL's.
-fn is_lease_item(item: &Item) -> bool {
-    item.get(KEY).and_then(AttributeValue::as_s) != Some(WORKERS_KEY)
+/// True for a lease row: none of our other items (the workers row, a
+/// worker's item, the lock item: even one an operator rewrote without its
+/// type), and no other entity of the KCL's.
+pub(super) fn is_lease_item(item: &Item) -> bool {
+    !item
+        .get(KEY)
+        .and_then(AttributeValue::as_s)
+        .is_some_and(|k| k.starts_with(OURS))
         && item
             .get("entityType")
             .is_none_or(|t| t.as_s() == Some("LEASE"))
 }
 
-fn s(v: &str) -> AttributeValue {
+pub(super) fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
 }
 
-fn n(v: u64) -> AttributeValue {
+pub(super) fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn key(shard_id: &str) -> Item {
+pub(super) fn key(shard_id: &str) -> Item {
     HashMap::from([(KEY.to_owned(), s(shard_id))])
 }
 
@@ -170,7 +177,7 @@ pub(crate) fn next_counter(counter: u64) -> u64 {
     }
 }
 
-fn parse_counter(text: &str) -> Option<u64> {
+pub(super) fn parse_counter(text: &str) -> Option<u64> {
     text.parse().ok().filter(|c| *c <= MAX_COUNTER)
 }
 
@@ -460,6 +467,45 @@ impl LeaseTable {
         Ok(())
     }
 
+    /// The rows of lease items: leases, and malformed rows with what is
+    /// wrong with them (each warned about once).
+    pub(super) fn lease_rows<'a>(&self, items: impl Iterator<Item = &'a Item>) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for item in items {
+            match parse_lease(item) {
+                Ok(lease) => rows.push(Row::Lease(lease)),
+                Err(why) => {
+                    // A key that is no shard id is logged and shown quoted
+                    // and escaped, never as it is.
+                    let shard_id = match item.get(KEY).and_then(AttributeValue::as_s) {
+                        Some(id) if is_valid_shard_id(id) => id.to_owned(),
+                        Some(id) => shown_id(id),
+                        None => "?".to_owned(),
+                    };
+                    let first = lock(&self.malformed).insert(format!("{shard_id}: {why}"));
+                    if first {
+                        log::warn!(
+                            "lease table {}: malformed row {shard_id}: {why}; it is never taken, and its children wait until it is repaired or deleted (logged once)",
+                            self.name
+                        );
+                    }
+                    rows.push(Row::Malformed {
+                        shard_id,
+                        why: why.to_string(),
+                    });
+                }
+            }
+        }
+        self.forget_repaired(&rows);
+        rows
+    }
+
+    /// The DynamoDB client and the table's name, for the items of a
+    /// leader-run fleet ([`members`](super::members)).
+    pub(super) fn client(&self) -> (&DynamoDbClient, &str) {
+        (&self.dynamodb, &self.name)
+    }
+
     /// Forgets malformed rows no longer in the table, so the set of rows
     /// warned about does not grow for ever.
     fn forget_repaired(&self, rows: &[Row]) {
@@ -560,37 +606,8 @@ impl LeaseStore for LeaseTable {
     }
 
     fn list(&self, consistent: bool) -> Result<Vec<Row>> {
-        let mut rows = Vec::new();
-        for item in self.dynamodb.scan_with(&self.name, consistent)? {
-            if !is_lease_item(&item) {
-                continue;
-            }
-            match parse_lease(&item) {
-                Ok(lease) => rows.push(Row::Lease(lease)),
-                Err(why) => {
-                    // A key that is no shard id is logged and shown quoted
-                    // and escaped, never as it is.
-                    let shard_id = match item.get(KEY).and_then(AttributeValue::as_s) {
-                        Some(id) if is_valid_shard_id(id) => id.to_owned(),
-                        Some(id) => shown_id(id),
-                        None => "?".to_owned(),
-                    };
-                    let first = lock(&self.malformed).insert(format!("{shard_id}: {why}"));
-                    if first {
-                        log::warn!(
-                            "lease table {}: malformed row {shard_id}: {why}; it is never taken, and its children wait until it is repaired or deleted (logged once)",
-                            self.name
-                        );
-                    }
-                    rows.push(Row::Malformed {
-                        shard_id,
-                        why: why.to_string(),
-                    });
-                }
-            }
-        }
-        self.forget_repaired(&rows);
-        Ok(rows)
+        let items = self.dynamodb.scan_with(&self.name, consistent)?;
+        Ok(self.lease_rows(items.iter().filter(|item| is_lease_item(item))))
     }
 
     fn create(&self, lease: &Lease) -> Result<bool> {

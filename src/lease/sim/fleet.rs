@@ -124,7 +124,7 @@ pub fn simulate_fleet(
 impl Sim {
     /// No faults, one stream of `leases` open shards whose leases exist
     /// and are free (as a first worker leaves them), `workers` workers.
-    fn idle_fleet(leases: usize, workers: usize) -> Sim {
+    pub(super) fn idle_fleet(leases: usize, workers: usize) -> Sim {
         let mut sim = Sim::new(1);
         sim.workers.clear();
         sim.dead.clear();
@@ -210,7 +210,7 @@ impl Sim {
         self.workers.iter().map(|w| w.held.take_lost_count()).sum()
     }
 
-    fn mean_lease_bytes(&self) -> f64 {
+    pub(super) fn mean_lease_bytes(&self) -> f64 {
         let rows = lock(&self.table.rows);
         let total: usize = rows
             .values()

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::error::{Error, ServiceError};
+use crate::lease::members::{LEADER_KEY, Lock, WorkerItem, worker_key};
 use crate::lease::table::{WORKERS_KEY, Workers};
 use crate::lease::{Checkpoint, Lease};
 use crate::sync::lock;
@@ -257,6 +258,41 @@ pub(crate) fn workers_bytes(workers: &Workers) -> usize {
         + numbers("beat:", &workers.beats)
         + numbers("inbox:", &workers.inboxes)
         + numbers("cap:", &workers.caps)
+}
+
+/// A worker item's size, as the real table writes it.
+pub(crate) fn worker_item_bytes(worker: &str, item: &WorkerItem) -> usize {
+    let set = |name: &str, ids: &std::collections::BTreeSet<String>| {
+        if ids.is_empty() {
+            0
+        } else {
+            name.len() + ids.iter().map(String::len).sum::<usize>()
+        }
+    };
+    "leaseKey".len()
+        + worker_key(worker).len()
+        + "entityType".len()
+        + "WORKER".len()
+        + "beat".len()
+        + number_bytes(item.beat)
+        + item.cap.map_or(0, |cap| "cap".len() + number_bytes(cap))
+        + set("take", &item.take)
+        + set("give", &item.give)
+}
+
+/// The lock item's size (a list costs 3 bytes, and 1 per element).
+pub(crate) fn lock_bytes(lock: &Lock) -> usize {
+    "leaseKey".len()
+        + LEADER_KEY.len()
+        + "entityType".len()
+        + "LEADER".len()
+        + "leader".len()
+        + lock.leader.len()
+        + "beat".len()
+        + number_bytes(lock.beat)
+        + "successors".len()
+        + 3
+        + lock.successors.iter().map(|w| w.len() + 1).sum::<usize>()
 }
 
 #[cfg(test)]
