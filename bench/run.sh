@@ -3,7 +3,7 @@
 # Builds with --release into $CARGO_TARGET_DIR (default target/bench) and,
 # for the official SDK comparison, $SDK_TARGET_DIR (default target/bench-sdk).
 # Installs the pinned emulators (npm ci in emulators/) when missing.
-# Usage: bash bench/run.sh [throughput|scale|pressure|burst|fan_out_burst|latency|fan_out_latency|decoders|leases|processors|observe|multi_stream|fleet|fleet_simulated ...]
+# Usage: bash bench/run.sh [throughput|fan_out_throughput|scale|pressure|burst|fan_out_burst|latency|fan_out_latency|decoders|leases|processors|observe|multi_stream|fleet|fleet_simulated ...]
 # (fleet, about 15 minutes, and fleet_simulated, `fleet --simulated`: in-process
 # workers on the lease simulation's table, a few minutes, run only when named)
 set -euo pipefail
@@ -18,14 +18,14 @@ cargo build --release --quiet --manifest-path bench/Cargo.toml
 CARGO_TARGET_DIR="$sdk_target" cargo build --release --quiet --manifest-path bench/sdk/Cargo.toml
 bin="$CARGO_TARGET_DIR/release"
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(throughput scale pressure burst fan_out_burst latency fan_out_latency decoders leases processors observe multi_stream)
+[ ${#benches[@]} -gt 0 ] || benches=(throughput fan_out_throughput scale pressure burst fan_out_burst latency fan_out_latency decoders leases processors observe multi_stream)
 echo "# kinesis-consumer benchmarks, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -h | awk '/^Mem:/ {print $2}') RAM"
 started=$SECONDS
 for b in "${benches[@]}"; do
   echo
   case "$b" in
-    throughput) timeout 300 "$bin/throughput" --sdk "$sdk_target/release/kinesis-sdk-bench" ;;
+    throughput | fan_out_throughput) timeout 300 "$bin/$b" --sdk "$sdk_target/release/kinesis-sdk-bench" ;;
     fleet) timeout 2400 "$bin/fleet" ;;
     fleet_simulated) timeout 1200 "$bin/fleet" --simulated ;;
     *) timeout 300 "$bin/$b" ;;

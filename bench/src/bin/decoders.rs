@@ -14,53 +14,10 @@ use kinesis_consumer::__test_support::{
     decode_get_records_reply, decode_subscribe_to_shard_events, event_stream_crc32,
 };
 use kinesis_consumer::Record;
-use kinesis_consumer_bench::canned::get_records_body;
+use kinesis_consumer_bench::canned::{get_records_body, subscribe_event};
 use kinesis_consumer_bench::{arg, rate};
 
 const MIB: f64 = 1024.0 * 1024.0;
-const GET_RECORDS_TAIL: &str =
-    r#"],"NextShardIterator":"AAAAAAAAAAEbenchiteratornext","MillisBehindLatest":0}"#;
-
-/// One event-stream message with string headers (type 7).
-fn event_stream_message(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
-    let mut head = Vec::new();
-    for (name, value) in headers {
-        head.push(name.len() as u8);
-        head.extend_from_slice(name.as_bytes());
-        head.push(7);
-        head.extend_from_slice(&(value.len() as u16).to_be_bytes());
-        head.extend_from_slice(value.as_bytes());
-    }
-    let total = 12 + head.len() + payload.len() + 4;
-    let mut out = Vec::with_capacity(total);
-    out.extend_from_slice(&(total as u32).to_be_bytes());
-    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
-    let prelude_crc = event_stream_crc32(&out);
-    out.extend_from_slice(&prelude_crc.to_be_bytes());
-    out.extend_from_slice(&head);
-    out.extend_from_slice(payload);
-    let message_crc = event_stream_crc32(&out);
-    out.extend_from_slice(&message_crc.to_be_bytes());
-    out
-}
-
-/// The same records as a SubscribeToShardEvent: the GetRecords reply's
-/// record list with the event's own fields in place of the iterator.
-fn subscribe_event(get_records: &[u8], last_sequence: &str) -> Vec<u8> {
-    let text = std::str::from_utf8(get_records).unwrap();
-    let records = text.strip_suffix(GET_RECORDS_TAIL).unwrap();
-    let payload = format!(
-        r#"{records}],"ContinuationSequenceNumber":"{last_sequence}","MillisBehindLatest":0}}"#
-    );
-    event_stream_message(
-        &[
-            (":event-type", "SubscribeToShardEvent"),
-            (":content-type", "application/json"),
-            (":message-type", "event"),
-        ],
-        payload.as_bytes(),
-    )
-}
 
 /// Touches every record as a handler would; a value the optimiser keeps.
 fn touch(records: &[Record]) -> u64 {
@@ -95,8 +52,7 @@ fn main() {
     for (records, size) in [(10_000usize, 100usize), (5_000, 1024)] {
         let json = get_records_body(records, size);
         let polled = decode_get_records_reply(&json).unwrap();
-        let last = polled.last().unwrap().sequence_number().to_string();
-        let event = subscribe_event(&json, &last);
+        let event = subscribe_event(&json);
         // Both decoders must agree before their speeds mean anything.
         let pushed = decode_subscribe_to_shard_events(&event).unwrap();
         assert_eq!(polled.len(), records);

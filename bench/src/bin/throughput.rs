@@ -9,14 +9,13 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kinesis_consumer::aws::kinesis::{IteratorPosition, KinesisClient};
 use kinesis_consumer_bench::canned::CannedServer;
-use kinesis_consumer_bench::{arg, client_config, consumer, emulators, rate, secs, spawn_consumer};
+use kinesis_consumer_bench::{
+    arg, client_config, consumer, emulators, full_path_rate, memcpy_rate, rate, sdk_rate, secs,
+};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -45,8 +44,8 @@ fn main() {
             let socket = socket_rate(&server.url, records, seconds / 2.0);
             socket_best = socket_best.max(socket);
             let (wire, _) = wire_loop(&server.url, seconds);
-            let ours = full_path(&server.url, &dynamo.url, seconds);
-            let (w, o) = (wire.records / wire.elapsed, ours.records / ours.elapsed);
+            let o = full_path_rate(consumer(&server.url, &dynamo.url, "bench"), seconds);
+            let w = wire.records / wire.elapsed;
             let mut line = format!(
                 "  round {round}: socket read {}, get_records only {}, full path {}",
                 rate(socket),
@@ -56,7 +55,15 @@ fn main() {
             wire_best = wire_best.max(w);
             ours_best = ours_best.max(o);
             if !sdk.is_empty() {
-                let (r, ms) = sdk_loop(&sdk, &server.url, seconds);
+                let (r, ms) = sdk_rate(
+                    &sdk,
+                    &[
+                        &server.url,
+                        "bench",
+                        "shardId-000000000000",
+                        &seconds.to_string(),
+                    ],
+                );
                 line += &format!(", sdk {}", rate(r));
                 if r > sdk_best {
                     sdk_ms = ms;
@@ -117,24 +124,6 @@ fn main() {
     }
 }
 
-/// Runs the SDK benchmark program: its records/s and ms per call.
-fn sdk_loop(sdk: &str, url: &str, seconds: f64) -> (f64, f64) {
-    let out = Command::new(sdk)
-        .args([url, "bench", "shardId-000000000000", &seconds.to_string()])
-        .output()
-        .expect("run the SDK benchmark");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |name: &str| -> f64 {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-            .unwrap_or_else(|| panic!("SDK output lacks {name}: {text}"))
-    };
-    (
-        field("records") / field("seconds"),
-        field("seconds") / field("calls") * 1e3,
-    )
-}
-
 struct Measured {
     records: f64,
     elapsed: f64,
@@ -174,67 +163,6 @@ fn wire_loop(url: &str, seconds: f64) -> (Measured, u64) {
     (m, calls)
 }
 
-/// The whole consumer, read pacing off (the canned server never throttles).
-fn full_path(url: &str, dynamodb: &str, seconds: f64) -> Measured {
-    let built = consumer(url, dynamodb, "bench")
-        // Short batches and large record and byte bounds, so that the
-        // buffer does not throttle a reader that is faster than a real
-        // shard (with the default 64 MiB, a 50 ms batch of 1 KiB records
-        // filled it and the reader waited a third of the time).
-        .batch_interval(Duration::from_millis(50))
-        .buffer_records(1_000_000)
-        .buffer_bytes(1 << 30)
-        .idle_time_between_reads(Duration::from_millis(10))
-        .pace_reads(false)
-        // The message handler touches the data: its length, its first byte.
-        .message_handler(|r| {
-            r.data().len() as u64 + u64::from(r.data().first().copied().unwrap_or(0))
-        })
-        .build()
-        .unwrap();
-    let count = Arc::new(AtomicU64::new(0));
-    let touched = Arc::new(AtomicU64::new(0));
-    let (c, t) = (count.clone(), touched.clone());
-    let (stop, thread) = spawn_consumer(built, move |batch| {
-        // The batch handler touches each record too.
-        let mut sum = 0;
-        for m in batch.messages() {
-            sum += *m.value() + m.record().partition_key().len() as u64;
-        }
-        c.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        t.fetch_add(sum, Ordering::Relaxed);
-    });
-    // Warm up until records flow, then one more second.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count.load(Ordering::Relaxed) == 0 {
-        assert!(Instant::now() < deadline, "no records arrived");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    let (start_count, started) = (count.load(Ordering::Relaxed), Instant::now());
-    std::thread::sleep(secs(seconds));
-    let (end_count, elapsed) = (count.load(Ordering::Relaxed), started.elapsed());
-    stop.shutdown();
-    thread.join().unwrap().unwrap();
-    assert!(touched.load(Ordering::Relaxed) > 0);
-    Measured {
-        records: (end_count - start_count) as f64,
-        elapsed: elapsed.as_secs_f64(),
-    }
-}
-
-/// The floor in memory: records/s if a reply cost only a copy of its body.
-fn memcpy_rate(body: &[u8], records: usize, seconds: f64) -> f64 {
-    let mut copy = vec![0u8; body.len()];
-    let (started, mut calls) = (Instant::now(), 0u64);
-    while started.elapsed().as_secs_f64() < seconds {
-        copy.copy_from_slice(std::hint::black_box(body));
-        std::hint::black_box(&mut copy);
-        calls += 1;
-    }
-    calls as f64 * records as f64 / started.elapsed().as_secs_f64()
-}
-
 /// The floor over loopback: GetRecords requests written on a plain socket
 /// and each reply read whole into one reused buffer, nothing decoded, no
 /// HTTP client; records/s.
@@ -257,11 +185,11 @@ fn socket_rate(url: &str, records: usize, seconds: f64) -> f64 {
             if end.is_none() {
                 end = head_end(&buf[..filled]);
             }
-            if let Some((head, length)) = end {
-                if filled >= head + length {
-                    assert_eq!(filled, head + length);
-                    return length;
-                }
+            if let Some((head, length)) = end
+                && filled >= head + length
+            {
+                assert_eq!(filled, head + length);
+                return length;
             }
         }
     };

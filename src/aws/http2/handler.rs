@@ -90,7 +90,7 @@ impl<'a> FrameHandler<'a> {
         }
         let mut out = Vec::new();
         match f.kind {
-            frame::DATA => self.data(&f, &mut out)?,
+            frame::DATA => self.data(f, &mut out)?,
             frame::HEADERS => {
                 if f.stream == 0 {
                     return protocol_error(frame::PROTOCOL_ERROR, "HEADERS on stream 0");
@@ -228,12 +228,12 @@ impl<'a> FrameHandler<'a> {
         Ok(out)
     }
 
-    fn data(&mut self, f: &Frame, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
+    fn data(&mut self, f: Frame, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
         if f.stream == 0 {
             return protocol_error(frame::PROTOCOL_ERROR, "DATA on stream 0");
         }
-        not_idle(&lock(self.state), f)?;
-        let data = frame::strip_padding_and_priority(f).map_err(|m| ConnectionError {
+        not_idle(&lock(self.state), &f)?;
+        let data = frame::strip_padding_and_priority(&f).map_err(|m| ConnectionError {
             code: frame::PROTOCOL_ERROR,
             message: m,
             not_http2: false,
@@ -276,7 +276,12 @@ impl<'a> FrameHandler<'a> {
         // padding are never read, so nothing else would give it back).
         stream.unacked += length - data.len() as u32;
         if !data.is_empty() {
-            stream.data.push_back(data.to_vec());
+            // The frame's own buffer when it has no padding (no copy).
+            let data = match data.len() == f.payload.len() {
+                true => f.payload,
+                false => data.to_vec(),
+            };
+            stream.data.push_back(data);
         } else if stream.unacked >= STREAM_WINDOW / 4 && f.flags & frame::END_STREAM == 0 {
             frame::write_window_update(out, id, stream.unacked);
             stream.recv_window.give_back(stream.unacked);
