@@ -157,6 +157,12 @@ impl LoadView for LoadMeter {
         self.loads_at(Instant::now())
     }
 
+    fn load_of(&self, lease: &str) -> Option<LeaseLoad> {
+        lock(&self.leases)
+            .get(lease)
+            .map(|meters| meters.load(Instant::now()))
+    }
+
     fn retain(&self, held: &[&str]) {
         lock(&self.leases).retain(|lease, _| held.contains(&&**lease));
     }
