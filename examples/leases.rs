@@ -1,7 +1,8 @@
 //! Prints an application's lease table: for each shard its owner, counter,
-//! checkpoint, parents and children, hash range, and why it is not being
-//! read when it is not (waiting for a parent, no worker, owner gone,
-//! malformed row, expired from the stream). In a multi-stream table (the
+//! checkpoint, parents and children, hash range, load (as the owner's last
+//! checkpoint left it), and why it is not being read when it is not
+//! (waiting for a parent, no worker, owner gone, malformed row, expired
+//! from the stream). In a multi-stream table (the
 //! KCL 3's layout) each lease shows its bare shard id and, on the line
 //! below, its stream.
 //!
@@ -249,6 +250,16 @@ fn main() {
         print_stream(&lease.shard_id);
         if let Some((start, end)) = &lease.hash_range {
             let line = format!("{:<24} hash keys {start}..={end}", "");
+            println!("{}", support::printable(&line));
+        }
+        if let Some(load) = &lease.load {
+            let line = format!(
+                "{:<24} load {:.1} KB/s, {:.1} records/s, handler busy {:.0}% (at its last checkpoint)",
+                "",
+                load.bytes_per_second / 1024.0,
+                load.records_per_second,
+                load.busy_fraction * 100.0
+            );
             println!("{}", support::printable(&line));
         }
     }

@@ -162,8 +162,8 @@ pub use lease::{
     reset_stream_positions, worker_heartbeats,
 };
 pub use metrics::{
-    ConsumerStatus, MetricSample, MetricUnit, MetricsDimension, MetricsHandle, MetricsLevel,
-    MetricsServer, PublishStats, RecentError, ShardStatus, Statistics,
+    ConsumerStatus, LeaseLoad, MetricSample, MetricUnit, MetricsDimension, MetricsHandle,
+    MetricsLevel, MetricsServer, PublishStats, RecentError, ShardStatus, Statistics,
 };
 pub use record::{ExtendedSequenceNumber, Payload, Record, SequenceNumber};
 pub use stream::{StreamConfig, StreamIdentifier};

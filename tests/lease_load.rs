@@ -1,7 +1,8 @@
 //! Per-lease load on the emulators, read through the Prometheus endpoint:
 //! two shards written at rates 5 to 1 show bytes read per second, and the
 //! handler's busy time (the batch handler's split by records, or each
-//! processor's own), in that ratio; the worker's load is their sum.
+//! processor's own), in that ratio; the worker's load is their sum. The
+//! lease rows carry the same loads, left there by the checkpoints.
 
 mod common;
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use kinesis_consumer::aws::kinesis::PutRecordsEntry;
 use kinesis_consumer::{
-    Checkpointer, HandlerResult, MetricsLevel, Payload, ShardBatch, ShardProcessor,
+    Checkpointer, HandlerResult, Lease, MetricsLevel, Payload, ShardBatch, ShardProcessor,
 };
 
 /// How many times faster the hot shard is written than the cold one.
@@ -86,9 +87,105 @@ fn with_processors_each_shard_shows_its_own_processor_time() {
     measure_at_two_rates(true);
 }
 
+#[test]
+fn the_lease_rows_carry_the_loads_in_that_ratio() {
+    let run = run_at_two_rates(false);
+    let load_of = |shard: &str| {
+        let lease = run.leases.iter().find(|l| l.shard_id == shard).unwrap();
+        lease.load.unwrap_or_else(|| panic!("no load on {lease:?}"))
+    };
+    let (hot, cold) = (load_of(&run.hot), load_of(&run.cold));
+    println!("rows: hot {hot:?}, cold {cold:?}");
+    for (what, h, c) in [
+        ("bytes", hot.bytes_per_second, cold.bytes_per_second),
+        ("records", hot.records_per_second, cold.records_per_second),
+        ("busy", hot.busy_fraction, cold.busy_fraction),
+    ] {
+        let ratio = h / c;
+        assert!(
+            (ratio / RATIO - 1.0).abs() <= TOLERANCE,
+            "{what} on the rows: hot/cold {ratio:.2}, not {RATIO} ± {TOLERANCE}"
+        );
+    }
+    // The rows' bytes are what the worker measured (each as of its last
+    // checkpoint, up to a batch interval before the /metrics read).
+    let shown = gauge(&run.metrics, "kinesis_consumer_lease_load_bytes_per_second");
+    let row_sum = hot.bytes_per_second + cold.bytes_per_second;
+    let shown_sum = shown[&run.hot] + shown[&run.cold];
+    assert!(
+        (row_sum / shown_sum - 1.0).abs() <= TOLERANCE,
+        "rows {row_sum:.0} B/s, /metrics {shown_sum:.0} B/s"
+    );
+    // The leases example shows them.
+    let e = common::emulators();
+    let out = common::aws_env(std::process::Command::new(common::example_binary("leases")))
+        .args(["--app", &run.app, "--observe-ms", "0"])
+        .env("AWS_ENDPOINT_URL_DYNAMODB", &e.dynamodb_url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let loads = text
+        .lines()
+        .filter(|l| l.contains(" load ") && l.contains(" KB/s"))
+        .count();
+    assert_eq!(loads, 2, "{text}");
+}
+
+/// What a run at two rates left: `/metrics` read during it, and the lease
+/// rows read right after that, the writes still going.
+struct Run {
+    metrics: String,
+    leases: Vec<Lease>,
+    put_per_second: f64,
+    app: String,
+    hot: String,
+    cold: String,
+}
+
 /// Writes two shards at rates 5 to 1 for 20 s under a consumer (batch
 /// handler, or `processors`) and checks the loads its `/metrics` shows.
 fn measure_at_two_rates(processors: bool) {
+    let Run {
+        metrics: text,
+        put_per_second,
+        hot,
+        cold,
+        ..
+    } = run_at_two_rates(processors);
+    let (h, c) = (hot.as_str(), cold.as_str());
+    let bytes = gauge(&text, "kinesis_consumer_lease_load_bytes_per_second");
+    let busy = gauge(&text, "kinesis_consumer_lease_load_busy_ratio");
+    let records = gauge(&text, "kinesis_consumer_lease_load_records_per_second");
+    println!(
+        "bytes/s {bytes:?}, busy {busy:?}, records/s {records:?}, put {put_per_second:.0} B/s"
+    );
+    for (what, figures) in [("bytes", &bytes), ("busy", &busy), ("records", &records)] {
+        let ratio = figures[h] / figures[c];
+        assert!(
+            (ratio / RATIO - 1.0).abs() <= TOLERANCE,
+            "{what}: hot/cold {ratio:.2}, not {RATIO} ± {TOLERANCE}: {figures:?}"
+        );
+    }
+    // What was read is what was put: within the smoothing's lag behind a
+    // start a few seconds before the writes (a broad band, not a ratio).
+    let read_per_second = bytes[h] + bytes[c];
+    assert!(
+        read_per_second > 0.6 * put_per_second && read_per_second < 1.2 * put_per_second,
+        "read {read_per_second:.0} B/s, put {put_per_second:.0} B/s"
+    );
+    let worker = gauge(&text, "kinesis_consumer_worker_load_bytes_per_second")[""];
+    assert!((worker - read_per_second).abs() < 1e-6 * worker, "{text}");
+}
+
+/// Writes two shards at rates 5 to 1 for 20 s under a consumer (batch
+/// handler, or `processors`), and reads its `/metrics` and the lease rows
+/// at the end, the writes still going.
+fn run_at_two_rates(processors: bool) -> Run {
     let stream = common::create_stream(2);
     let app = common::unique_name("load");
     let shards = common::kinesis().list_shards(&stream, None).unwrap();
@@ -146,32 +243,18 @@ fn measure_at_two_rates(processors: bool) {
     // A half-life of reading at steady rates.
     std::thread::sleep(Duration::from_secs(20));
     let text = get(endpoint.local_addr(), "/metrics");
+    let dynamodb = common::config(&common::emulators().dynamodb_url);
+    let leases = kinesis_consumer::list_leases(&dynamodb, &app).unwrap();
     producing.store(false, Ordering::Relaxed);
     let put_per_second = producer.join().unwrap();
     stop.shutdown();
     running.join().unwrap().unwrap();
-
-    let bytes = gauge(&text, "kinesis_consumer_lease_load_bytes_per_second");
-    let busy = gauge(&text, "kinesis_consumer_lease_load_busy_ratio");
-    let records = gauge(&text, "kinesis_consumer_lease_load_records_per_second");
-    let (h, c) = (hot.shard_id.as_str(), cold.shard_id.as_str());
-    println!(
-        "bytes/s {bytes:?}, busy {busy:?}, records/s {records:?}, put {put_per_second:.0} B/s"
-    );
-    for (what, figures) in [("bytes", &bytes), ("busy", &busy), ("records", &records)] {
-        let ratio = figures[h] / figures[c];
-        assert!(
-            (ratio / RATIO - 1.0).abs() <= TOLERANCE,
-            "{what}: hot/cold {ratio:.2}, not {RATIO} ± {TOLERANCE}: {figures:?}"
-        );
+    Run {
+        metrics: text,
+        leases,
+        put_per_second,
+        app,
+        hot: hot.shard_id.clone(),
+        cold: cold.shard_id.clone(),
     }
-    // What was read is what was put: within the smoothing's lag behind a
-    // start a few seconds before the writes (a broad band, not a ratio).
-    let read_per_second = bytes[h] + bytes[c];
-    assert!(
-        read_per_second > 0.6 * put_per_second && read_per_second < 1.2 * put_per_second,
-        "read {read_per_second:.0} B/s, put {put_per_second:.0} B/s"
-    );
-    let worker = gauge(&text, "kinesis_consumer_worker_load_bytes_per_second")[""];
-    assert!((worker - read_per_second).abs() < 1e-6 * worker, "{text}");
 }

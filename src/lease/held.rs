@@ -7,12 +7,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::lease::table::{Beat, LeaseStore, Workers};
 use crate::lease::{Checkpoint, Clock, Stamp};
+use crate::metrics::LoadView;
 use crate::sync::lock;
 
 /// Peers judge a worker dead after seeing its heartbeat (or a lease of an
@@ -88,6 +89,9 @@ pub(crate) struct HeldLeases {
     /// Leases dropped because their last checkpoint was not written: left
     /// to expire, never released on leaving (see [`withhold`](Self::withhold)).
     withheld: Mutex<HashSet<String>>,
+    /// Where each lease's load is measured, once attached: every
+    /// checkpoint carries its lease's load to the row.
+    loads: OnceLock<Arc<dyn LoadView>>,
 }
 
 impl HeldLeases {
@@ -114,7 +118,14 @@ impl HeldLeases {
             notice_owed: AtomicBool::new(false),
             taken_unseen: AtomicBool::new(false),
             withheld: Mutex::default(),
+            loads: OnceLock::new(),
         }
+    }
+
+    /// Attaches where the leases' loads are measured; the first call wins.
+    /// Until then (and in the simulation) checkpoints carry no load.
+    pub(crate) fn publish_loads_from(&self, loads: Arc<dyn LoadView>) {
+        let _ = self.loads.set(loads);
     }
 
     pub(crate) fn owner(&self) -> &str {
@@ -372,9 +383,10 @@ impl HeldLeases {
             }
             state.counter
         };
+        let load = self.loads.get().and_then(|loads| loads.load_of(shard_id));
         match self
             .table
-            .checkpoint(shard_id, &self.owner, counter, checkpoint)?
+            .checkpoint(shard_id, &self.owner, counter, checkpoint, load)?
         {
             Some(written) => {
                 let announce = {

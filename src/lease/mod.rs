@@ -50,6 +50,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::aws::kinesis::Shard;
+use crate::metrics::LeaseLoad;
 
 /// The time sources of the lease logic: the monotonic clock and the wall
 /// clock, or simulated time in the simulation. Both are read because the
@@ -227,6 +228,11 @@ pub struct Lease {
     pub children: Vec<String>,
     /// The shard's hash key range (`startingHashKey`, `endingHashKey`).
     pub hash_range: Option<(String, String)>,
+    /// The lease's load as its owner's last checkpoint left it
+    /// (`throughputKBps`, the KCL 3's, and this library's
+    /// `loadRecordsPerSecond` and `loadBusyFraction`); `None` on a row
+    /// without one, such as one only the KCL 2 wrote.
+    pub load: Option<LeaseLoad>,
 }
 
 /// One row of the lease table and where it stands (see [`inspect_leases`]).

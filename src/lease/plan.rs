@@ -203,6 +203,7 @@ pub(crate) fn new_lease(shard: &Shard, checkpoint: Checkpoint) -> Lease {
             shard.starting_hash_key.clone(),
             shard.ending_hash_key.clone(),
         )),
+        load: None,
     }
 }
 
@@ -732,6 +733,7 @@ mod tests {
             parents: parents.iter().map(|p| (*p).into()).collect(),
             children: Vec::new(),
             hash_range: None,
+            load: None,
         })
     }
 

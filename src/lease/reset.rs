@@ -543,6 +543,7 @@ impl Exported {
             parents: self.parents.clone(),
             children: Vec::new(),
             hash_range: self.hash_range.clone(),
+            load: None,
         })
     }
 }

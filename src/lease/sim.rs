@@ -607,6 +607,7 @@ impl LeaseStore for SimTable {
         owner: &str,
         counter: u64,
         checkpoint: &Checkpoint,
+        _load: Option<crate::metrics::LeaseLoad>,
     ) -> Result<Option<Written>> {
         let truth = self.truth.clone();
         let (owner_id, shard, checkpoint) =
@@ -1758,6 +1759,7 @@ impl Sim {
                 parents: Vec::new(),
                 children: Vec::new(),
                 hash_range: None,
+                load: None,
             };
             lock(&sim.table.rows).insert(id.clone(), Row::Lease(lease));
         }

@@ -12,6 +12,7 @@ use crate::aws::kinesis::{is_valid_shard_id, shown_id};
 use crate::error::{Error, Result};
 use crate::lease::plan::Row;
 use crate::lease::{Checkpoint, Lease};
+use crate::metrics::LeaseLoad;
 use crate::stream::{shard_id_of, split_lease_key};
 use crate::sync::lock;
 
@@ -23,6 +24,16 @@ const HANDOFF: &str = "handoffTo";
 /// Our own attribute (the KCL ignores it): where an AT_TIMESTAMP checkpoint
 /// starts, in milliseconds since the epoch.
 const TIMESTAMP: &str = "checkpointTimestamp";
+
+/// The lease's bytes read per second, in KB (1,024 bytes) per second: the
+/// KCL 3's attribute and unit (its `LeaseStatsRecorder` measures it and its
+/// lease renewals write it), so a KCL 3 worker reading our table, and we
+/// reading its, see the same figure.
+const THROUGHPUT: &str = "throughputKBps";
+/// Our own load attributes (the KCL ignores them): records read per
+/// second and the handler's busy seconds per second.
+const LOAD_RECORDS: &str = "loadRecordsPerSecond";
+const LOAD_BUSY: &str = "loadBusyFraction";
 
 /// The start of every key of ours that is not a lease (no shard id has a
 /// `:`, and a multi-stream lease key starts with an account id).
@@ -240,6 +251,39 @@ impl std::fmt::Display for MalformedRow {
     }
 }
 
+/// The load a checkpoint left on a row; `None` for a row without one (an
+/// old row, or one only the KCL 2 wrote) and for one whose figures are
+/// not finite, non-negative numbers. A bad load is ignored rather than
+/// making the row malformed: a malformed row is never taken, so its shard
+/// would go unread, while a missing load only costs the balancer one
+/// estimate. A row the KCL 3 wrote has bytes alone: its records and busy
+/// time read as 0.
+fn parse_load(item: &Item) -> Option<LeaseLoad> {
+    let rate = |name: &str| -> Option<Option<f64>> {
+        match item.get(name) {
+            None => Some(None),
+            Some(v) => v
+                .as_n()
+                .and_then(|text| text.parse::<f64>().ok())
+                .filter(|r| r.is_finite() && *r >= 0.0)
+                .map(Some),
+        }
+    };
+    let kb_per_second = rate(THROUGHPUT)??;
+    Some(LeaseLoad {
+        bytes_per_second: kb_per_second * 1024.0,
+        records_per_second: rate(LOAD_RECORDS)?.unwrap_or(0.0),
+        busy_fraction: rate(LOAD_BUSY)?.unwrap_or(0.0),
+    })
+}
+
+/// A rate as a DynamoDB number, to `places` decimals: enough for a
+/// balancer, and it keeps the row small.
+fn rate_value(rate: f64, places: usize) -> AttributeValue {
+    let rate = if rate.is_finite() { rate.max(0.0) } else { 0.0 };
+    AttributeValue::N(format!("{rate:.places$}"))
+}
+
 /// Shard ids as a row stores them: bare, in either layout.
 fn bare(keys: &[String]) -> Vec<String> {
     keys.iter().map(|k| shard_id_of(k).to_owned()).collect()
@@ -314,6 +358,7 @@ pub(crate) fn parse_lease(item: &Item) -> std::result::Result<Lease, MalformedRo
         hash_range: text("startingHashKey")
             .zip(text("endingHashKey"))
             .map(|(a, b)| (a.to_owned(), b.to_owned())),
+        load: parse_load(item),
     })
 }
 
@@ -572,14 +617,16 @@ pub(crate) trait LeaseStore: Send + Sync + std::fmt::Debug {
         to: &str,
     ) -> Result<bool>;
 
-    /// Writes a checkpoint on a held lease; `None` if it is no longer ours
-    /// (and so nothing was written).
+    /// Writes a checkpoint on a held lease, and with it the lease's `load`
+    /// when it is known (in the same write); `None` if it is no longer
+    /// ours (and so nothing was written).
     fn checkpoint(
         &self,
         shard_id: &str,
         owner: &str,
         counter: u64,
         checkpoint: &Checkpoint,
+        load: Option<LeaseLoad>,
     ) -> Result<Option<Written>>;
 
     /// Gives a held lease up: to the worker `to` that asked for it, or to
@@ -772,11 +819,23 @@ impl LeaseStore for LeaseTable {
         owner: &str,
         counter: u64,
         checkpoint: &Checkpoint,
+        load: Option<LeaseLoad>,
     ) -> Result<Option<Written>> {
         let (text, sub) = checkpoint.to_columns();
-        let update = Expression::new(
-            "SET #checkpoint = :checkpoint, #sub = :sub, #switches = :zero, #counter = :next",
-        )
+        let set = "SET #checkpoint = :checkpoint, #sub = :sub, #switches = :zero, #counter = :next";
+        let update = match load {
+            // The load rides on the checkpoint: no write of its own.
+            Some(load) => Expression::new(format!(
+                "{set}, #throughput = :throughput, #records = :records, #busy = :busy"
+            ))
+            .name("#throughput", THROUGHPUT)
+            .name("#records", LOAD_RECORDS)
+            .name("#busy", LOAD_BUSY)
+            .value(":throughput", rate_value(load.bytes_per_second / 1024.0, 3))
+            .value(":records", rate_value(load.records_per_second, 3))
+            .value(":busy", rate_value(load.busy_fraction, 4)),
+            None => Expression::new(set),
+        }
         .name("#checkpoint", "checkpoint")
         .name("#sub", "checkpointSubSequenceNumber")
         .name("#switches", "ownerSwitchesSinceCheckpoint")
@@ -1062,6 +1121,57 @@ mod tests {
             parse_lease(&item(bad)).unwrap_err(),
             MalformedRow::BadTimestamp
         );
+    }
+
+    #[test]
+    fn a_row_s_load_is_read_in_the_kcl_3_s_unit_and_a_bad_one_is_ignored() {
+        let row = |load: &str| item(&format!(r#"{{"leaseKey":{{"S":"s"}}{load}}}"#));
+        let ours = parse_lease(&row(
+            r#","throughputKBps":{"N":"2.5"},"loadRecordsPerSecond":{"N":"12.25"},"loadBusyFraction":{"N":"0.3"}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            ours.load,
+            Some(LeaseLoad {
+                bytes_per_second: 2560.0,
+                records_per_second: 12.25,
+                busy_fraction: 0.3,
+            })
+        );
+        // The KCL 3 writes bytes alone.
+        let kcl_3 = parse_lease(&row(r#","throughputKBps":{"N":"1"}"#)).unwrap();
+        assert_eq!(
+            kcl_3.load,
+            Some(LeaseLoad {
+                bytes_per_second: 1024.0,
+                ..LeaseLoad::default()
+            })
+        );
+        // Old rows and the KCL 2's: no load known.
+        assert_eq!(parse_lease(&row("")).unwrap().load, None);
+        // A bad figure leaves the load unknown, never the row malformed.
+        for bad in [
+            r#","throughputKBps":{"S":"2.5"}"#,
+            r#","throughputKBps":{"N":"-1"}"#,
+            r#","throughputKBps":{"N":"NaN"}"#,
+            r#","throughputKBps":{"N":"inf"}"#,
+            r#","throughputKBps":{"N":"1"},"loadBusyFraction":{"N":"x"}"#,
+            r#","loadRecordsPerSecond":{"N":"3"}"#,
+        ] {
+            assert_eq!(parse_lease(&row(bad)).unwrap().load, None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn rates_are_written_as_plain_numbers_dynamodb_accepts() {
+        assert_eq!(rate_value(2.0 / 3.0, 3), AttributeValue::N("0.667".into()));
+        assert_eq!(
+            rate_value(1e12, 3),
+            AttributeValue::N("1000000000000.000".into())
+        );
+        for odd in [f64::NAN, f64::INFINITY, -5.0] {
+            assert_eq!(rate_value(odd, 4), AttributeValue::N("0.0000".into()));
+        }
     }
 
     #[test]

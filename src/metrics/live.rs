@@ -33,12 +33,14 @@ pub(crate) trait LeaseView: Send + Sync {
     fn heartbeat_current(&self) -> bool;
 }
 
-/// A lease's load on this worker, smoothed over about a minute (see
-/// `worker::load`): what the status shows per lease and what the lease
-/// layer is to publish for the balancer. Defined here, below both, since
-/// the metrics show it and the lease layer will carry it.
+/// A lease's load on the worker holding it, smoothed over about a minute:
+/// what the status shows per lease, and what each checkpoint leaves on the
+/// lease's row for the balancer ([`Lease::load`](crate::Lease::load)).
+/// Its figures are always finite and never negative (the library makes
+/// every value of this type), so it is [`Eq`].
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub(crate) struct LeaseLoad {
+#[non_exhaustive]
+pub struct LeaseLoad {
     /// Bytes (data and partition keys) read per second.
     pub bytes_per_second: f64,
     /// Records (user records, after de-aggregation) read per second.
@@ -48,10 +50,20 @@ pub(crate) struct LeaseLoad {
     pub busy_fraction: f64,
 }
 
+// Every `LeaseLoad` is made here (it is `non_exhaustive`), from the meter
+// or a parsed row, and neither ever holds a NaN: equality is total.
+impl Eq for LeaseLoad {}
+
 /// What the worker tells about the load of the leases it holds.
-pub(crate) trait LoadView: Send + Sync {
+pub(crate) trait LoadView: Send + Sync + std::fmt::Debug {
     /// Each lease measured, with its load now.
     fn loads(&self) -> Vec<(String, LeaseLoad)>;
+    /// The load of `lease` now, if it is measured here.
+    fn load_of(&self, lease: &str) -> Option<LeaseLoad> {
+        self.loads()
+            .into_iter()
+            .find_map(|(key, load)| (key == lease).then_some(load))
+    }
     /// Forgets the leases not in `held`.
     fn retain(&self, held: &[&str]);
 }
@@ -548,6 +560,7 @@ mod tests {
         assert!(live.status().healthy);
     }
 
+    #[derive(Debug)]
     struct Loads(Mutex<Vec<(String, LeaseLoad)>>);
 
     impl LoadView for Loads {

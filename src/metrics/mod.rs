@@ -35,8 +35,8 @@ mod status_page;
 
 pub use aggregate::Statistics;
 pub use endpoint::MetricsServer;
-pub use live::{ConsumerStatus, RecentError, ShardStatus};
-pub(crate) use live::{LeaseLoad, LeaseRow, LeaseView, LoadView};
+pub use live::{ConsumerStatus, LeaseLoad, RecentError, ShardStatus};
+pub(crate) use live::{LeaseRow, LeaseView, LoadView};
 pub(crate) use publisher::Publisher;
 pub(crate) use recorder::Metrics;
 

@@ -157,6 +157,12 @@ impl LoadView for LoadMeter {
         self.loads_at(Instant::now())
     }
 
+    fn load_of(&self, lease: &str) -> Option<LeaseLoad> {
+        lock(&self.leases)
+            .get(lease)
+            .map(|meters| meters.load(Instant::now()))
+    }
+
     fn retain(&self, held: &[&str]) {
         lock(&self.leases).retain(|lease, _| held.contains(&&**lease));
     }
@@ -268,6 +274,57 @@ mod tests {
         meter.retain(&["a"]);
         let kept: Vec<String> = meter.loads().into_iter().map(|(l, _)| l).collect();
         assert_eq!(kept, ["a"]);
+    }
+
+    /// Leases held over a fake DynamoDB that notes every request body.
+    fn held_noting_requests() -> (
+        crate::aws::test_server::FakeServer,
+        Arc<crate::lease::HeldLeases>,
+        Arc<Mutex<Vec<serde_json::Value>>>,
+    ) {
+        let requests: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let noted = requests.clone();
+        let (server, held) = crate::worker::test_support::held_leases_answering(move |r| {
+            lock(&noted).push(serde_json::from_str(&r.body).unwrap_or_default());
+            (
+                200,
+                r#"{"Attributes":{"leaseCounter":{"N":"1"}}}"#.to_owned(),
+            )
+        });
+        (server, held, requests)
+    }
+
+    #[test]
+    fn a_checkpoint_carries_its_lease_s_load_in_its_one_write() {
+        let (_server, held, requests) = held_noting_requests();
+        let meter = Arc::new(LoadMeter::default());
+        held.publish_loads_from(meter.clone());
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        // A minute of 2,048 bytes (one record) a second, up to now.
+        let lease: Arc<str> = "shard-1".into();
+        let t0 = Instant::now().checked_sub(secs(60.0)).unwrap();
+        meter.started(&lease, t0);
+        steady(&meter, &lease, t0, 60, 2048);
+        lock(&requests).clear();
+        let end = crate::lease::Checkpoint::ShardEnd;
+        assert!(held.checkpoint("shard-1", epoch, &end).unwrap());
+        let sent = lock(&requests).clone();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        let values = &sent[0]["ExpressionAttributeValues"];
+        let number = |name: &str| values[name]["N"].as_str().unwrap().parse::<f64>().unwrap();
+        assert!(close(number(":throughput"), 2.0, 0.05), "{values}");
+        assert!(close(number(":records"), 1.0, 0.05), "{values}");
+        assert_eq!(number(":busy"), 0.0);
+        assert_eq!(values[":checkpoint"]["S"], "SHARD_END");
+        // Without a meter (the simulation), the checkpoint writes no load.
+        let (_server, bare, requests) = held_noting_requests();
+        let epoch = bare.take("shard-1", 0, false).unwrap().unwrap();
+        lock(&requests).clear();
+        assert!(bare.checkpoint("shard-1", epoch, &end).unwrap());
+        let sent = lock(&requests).clone();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(sent[0]["ExpressionAttributeValues"][":throughput"].is_null());
+        assert!(sent[0]["ExpressionAttributeValues"][":checkpoint"].is_object());
     }
 
     #[test]

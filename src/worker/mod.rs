@@ -230,6 +230,7 @@ impl<T: Send + 'static> Consumer<T> {
         metrics.live().set_leases(held.clone());
         let load = Arc::new(LoadMeter::default());
         metrics.live().set_loads(load.clone());
+        held.publish_loads_from(load.clone());
         let events = crossbeam_channel::unbounded();
         let checkpointer = Checkpointer::new(held.clone(), events.0.clone(), metrics.clone());
         let streams = StreamsHandle::new(kinesis.clone(), settings.initial_position);

@@ -232,6 +232,7 @@ fn free_lease(shard_id: String) -> Lease {
         parents: Vec::new(),
         children: Vec::new(),
         hash_range: Some(("0".into(), HIGHEST_HASH_KEY.into())),
+        load: None,
     }
 }
 
