@@ -474,8 +474,12 @@ pub fn example_binary(name: &str) -> PathBuf {
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // In the profile this test binary was built in: its examples
+        // folder is the one `path` names (`cargo test --release` too).
+        let release = (!cfg!(debug_assertions)).then_some("--release");
         let status = Command::new(cargo)
             .args(["build", "--example", name])
+            .args(release)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .unwrap();
