@@ -128,6 +128,13 @@ impl HeldLeases {
         let _ = self.loads.set(loads);
     }
 
+    /// Starts this run's heartbeat numbers at `first` instead of a random
+    /// number: the simulation, so that a seed replays exactly.
+    #[cfg(any(test, feature = "simulation"))]
+    pub(crate) fn start_beats_at(&self, first: u64) {
+        self.beat.store(first, Ordering::Relaxed);
+    }
+
     pub(crate) fn owner(&self) -> &str {
         &self.owner
     }
