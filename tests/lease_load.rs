@@ -117,18 +117,7 @@ fn the_lease_rows_carry_the_loads_in_that_ratio() {
         "rows {row_sum:.0} B/s, /metrics {shown_sum:.0} B/s"
     );
     // The leases example shows them.
-    let e = common::emulators();
-    let out = common::aws_env(std::process::Command::new(common::example_binary("leases")))
-        .args(["--app", &run.app, "--observe-ms", "0"])
-        .env("AWS_ENDPOINT_URL_DYNAMODB", &e.dynamodb_url)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::leases_example(&["--app", &run.app, "--observe-ms", "0"]);
     let loads = text
         .lines()
         .filter(|l| l.contains(" load ") && l.contains(" KB/s"))

@@ -674,36 +674,13 @@ fn tail_reads_streams_given_more_than_once_and_leases_shows_each_stream() {
         let want = if data.starts_with("a-") { &a } else { &b };
         assert_eq!(stream, want, "{data}");
     }
-    let out = common::aws_env(Command::new(common::example_binary("leases")))
-        .args(["--app", &app, "--observe-ms", "100"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::leases_example(&["--app", &app, "--observe-ms", "100"]);
     for stream in [&a, &b] {
         assert!(
             text.contains(&format!("stream {stream} (account")),
             "{text}"
         );
     }
-}
-
-/// Runs the `leases` example with `args`; its standard output.
-fn leases(args: &[&str]) -> String {
-    let out = common::aws_env(std::process::Command::new(common::example_binary("leases")))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "leases {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The checkpoint column of each lease row of `app`, by lease key.
@@ -734,7 +711,7 @@ fn leases_shows_resets_exports_and_imports_one_stream_of_a_multi_stream_table() 
     assert_eq!(before.len(), 2);
 
     // --stream shows that stream's lease alone, judged against its listing.
-    let text = leases(&["--app", &app, "--stream", &a, "--observe-ms", "100"]);
+    let text = common::leases_example(&["--app", &app, "--stream", &a, "--observe-ms", "100"]);
     assert!(text.contains(&format!("stream {a} (account")), "{text}");
     assert!(!text.contains(&format!("stream {b} (account")), "{text}");
     assert!(text.contains("shardId-000000000000"), "{text}");
@@ -743,7 +720,7 @@ fn leases_shows_resets_exports_and_imports_one_stream_of_a_multi_stream_table() 
     }
 
     // --reset moves that stream's lease alone, and writes no bare key.
-    let text = leases(&["--app", &app, "--stream", &a, "--reset", "trim-horizon"]);
+    let text = common::leases_example(&["--app", &app, "--stream", &a, "--reset", "trim-horizon"]);
     let after = checkpoints(&app);
     assert_eq!(after.len(), 2, "no lease added: {after:?}\n{text}");
     for (key, checkpoint) in &after {
@@ -758,9 +735,9 @@ fn leases_shows_resets_exports_and_imports_one_stream_of_a_multi_stream_table() 
     // An export imports into another application's table as it was.
     let file = std::env::temp_dir().join(format!("{app}.json"));
     let file_arg = file.to_str().unwrap();
-    leases(&["--app", &app, "--export", file_arg]);
+    common::leases_example(&["--app", &app, "--export", file_arg]);
     let copy = common::unique_name("multi-leases-copy");
-    leases(&["--app", &copy, "--import", file_arg]);
+    common::leases_example(&["--app", &copy, "--import", file_arg]);
     let _ = std::fs::remove_file(&file);
     assert_eq!(checkpoints(&copy), after);
     for row in common::lease_rows(&copy).unwrap() {

@@ -583,6 +583,21 @@ impl Producer {
     }
 }
 
+/// Runs the `leases` example on this binary's emulators with `args`; its
+/// standard output (panics, with its standard error, if it failed).
+pub fn leases_example(args: &[&str]) -> String {
+    let out = aws_env(Command::new(example_binary("leases")))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "leases {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The emulators' endpoints and dummy credentials, through the standard
 /// AWS environment variables, as a user would set them.
 pub fn aws_env(mut command: Command) -> Command {
