@@ -398,7 +398,7 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
             plan.lost.push(lease.shard_id.clone());
         }
     }
-    plan.delete = deletions(input);
+    plan.delete = deletions(input.rows, input.standings, input.lineage, input.gone);
     let held: Vec<&Lease> = leases
         .iter()
         .copied()
@@ -468,23 +468,18 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
     // Each free lease goes to the least loaded live worker (ties by id), so
     // that workers reading the same table share the free leases out alike
     // instead of racing for each, and a dead worker's leases spread evenly.
-    let mut loads: BTreeMap<&str, usize> = input
-        .live
-        .iter()
-        .map(|w| (w.as_str(), by_owner.get(w.as_str()).map_or(0, Vec::len)))
-        .collect();
-    loads.insert(me, mine);
+    let mut loads = Loads::new(&cap_of);
+    for worker in input.live {
+        loads.set(worker, by_owner.get(worker.as_str()).map_or(0, Vec::len));
+    }
+    loads.set(me, mine);
     for lease in available {
         let ours = lease.owner.as_deref() == Some(me);
         let unclaimed = input.unclaimed.contains(&lease.shard_id);
         if !ours && !unclaimed {
-            let least = loads
-                .iter()
-                .filter(|(w, n)| **n < cap_of(w))
-                .min_by_key(|(w, n)| (**n, **w))
-                .map_or(me, |(w, _)| *w);
+            let least = loads.least_with_room().unwrap_or(me);
             if least != me {
-                *loads.entry(least).or_default() += 1;
+                loads.add_one(least);
                 continue;
             }
         }
@@ -513,7 +508,7 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
         }
         plan.take.push((lease.shard_id.clone(), lease.counter));
         mine += 1;
-        loads.insert(me, mine);
+        loads.set(me, mine);
     }
     // A lease asked for by a live worker counts as that worker's, as every
     // worker reading the table counts it, until its owner hands it over.
@@ -521,14 +516,6 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
     // (the table may settle) but is not asked for anew either: a live
     // owner's lease is never taken from it (it may still be handing records
     // on), and it hands the lease over whenever it reads the table next.
-    let moving = |from: &str, to: &str, loads: &mut BTreeMap<&str, usize>| {
-        if let Some(n) = loads.get_mut(from) {
-            *n = n.saturating_sub(1);
-        }
-        if let Some(n) = loads.get_mut(to) {
-            *n += 1;
-        }
-    };
     fn asker<'l>(lease: &'l Lease, me: &str, live: &BTreeSet<String>) -> Option<&'l str> {
         lease
             .handoff_to
@@ -537,7 +524,7 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
     }
     for lease in &held {
         if let Some(to) = asker(lease, me, input.live) {
-            moving(me, to, &mut loads);
+            loads.hand_over(me, to);
         }
     }
     for (owner, owned) in by_owner.iter_mut() {
@@ -548,17 +535,22 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
             if to == me && !input.handoff_overdue.contains(&lease.shard_id) {
                 plan.waiting = true;
             }
-            moving(owner, to, &mut loads);
+            loads.hand_over(owner, to);
             false
         });
     }
-    for (shard_id, owner, counter) in asks(&loads, &by_owner, me, &readable, &cap_of) {
-        if loads[me] >= input.max_leases {
+    for (lease, to) in asks(&loads.of, &by_owner, &readable, &cap_of) {
+        if to != me {
+            continue;
+        }
+        if loads.of[me] >= input.max_leases {
             break;
         }
-        plan.ask.push((shard_id, owner, counter));
+        let owner = lease.owner.clone().unwrap_or_default();
+        plan.ask
+            .push((lease.shard_id.clone(), owner, lease.counter));
         plan.waiting = true;
-        *loads.entry(me).or_default() += 1;
+        loads.add_one(me);
     }
     let released: HashSet<&str> = plan.release.iter().map(String::as_str).collect();
     for lease in held {
@@ -621,20 +613,71 @@ fn shares<'w>(
     share
 }
 
-/// The leases `me` asks for this round, towards each live worker's share
-/// (see [`shares`]) of their `loads` (leases held, taken this round, or in
-/// flight towards each). Givers above their share give their surplus to
-/// workers below theirs, both in id order, readable leases first: every
-/// worker reading the same table computes the same moves and asks for its
-/// own part only, so that several asking at once neither pick the same
-/// lease nor drain one giver below its share.
-fn asks(
-    loads: &BTreeMap<&str, usize>,
-    by_owner: &BTreeMap<&str, Vec<&Lease>>,
-    me: &str,
+/// Each worker's load (leases held, taken this round, or in flight towards
+/// it), with the workers below their cap kept in (load, id) order, so that
+/// the least loaded one with room is found without a scan of every worker:
+/// at thousands of workers and leases a scan per lease costs their product.
+struct Loads<'w, C> {
+    of: BTreeMap<&'w str, usize>,
+    with_room: BTreeSet<(usize, &'w str)>,
+    cap_of: C,
+}
+
+impl<'w, C: Fn(&str) -> usize> Loads<'w, C> {
+    fn new(cap_of: C) -> Self {
+        Loads {
+            of: BTreeMap::new(),
+            with_room: BTreeSet::new(),
+            cap_of,
+        }
+    }
+
+    fn set(&mut self, worker: &'w str, load: usize) {
+        if let Some(old) = self.of.insert(worker, load) {
+            self.with_room.remove(&(old, worker));
+        }
+        if load < (self.cap_of)(worker) {
+            self.with_room.insert((load, worker));
+        }
+    }
+
+    /// One more lease for a worker already counted.
+    fn add_one(&mut self, worker: &str) {
+        if let Some((&worker, &load)) = self.of.get_key_value(worker) {
+            self.set(worker, load + 1);
+        }
+    }
+
+    /// A lease moving between workers; either may be one not counted (a
+    /// worker outside the live ones), which is left out.
+    fn hand_over(&mut self, from: &str, to: &str) {
+        if let Some((&from, &load)) = self.of.get_key_value(from) {
+            self.set(from, load.saturating_sub(1));
+        }
+        self.add_one(to);
+    }
+
+    /// The least loaded worker below its cap, ties by id.
+    fn least_with_room(&self) -> Option<&'w str> {
+        self.with_room.first().map(|(_, worker)| *worker)
+    }
+}
+
+/// Every balance move this round, towards each live worker's share (see
+/// [`shares`]) of their `loads` (leases held, taken this round, or in
+/// flight towards each): (lease, the worker to hand it to). Givers above
+/// their share give their surplus to workers below theirs, both in id
+/// order, readable leases first; a lease already asked for is not asked
+/// anew. A worker planning for itself keeps the moves towards itself, the
+/// leader all of them: all compute the same moves from the same table, so
+/// that several asking at once neither pick the same lease nor drain one
+/// giver below its share.
+fn asks<'l, 'w>(
+    loads: &BTreeMap<&'w str, usize>,
+    by_owner: &BTreeMap<&str, Vec<&'l Lease>>,
     readable: &impl Fn(&Lease) -> bool,
     cap_of: &impl Fn(&str) -> usize,
-) -> Vec<(String, String, u64)> {
+) -> Vec<(&'l Lease, &'w str)> {
     let share = shares(loads, loads.values().sum(), cap_of);
     let mut surplus: Vec<&Lease> = Vec::new();
     for (owner, load) in loads {
@@ -653,10 +696,7 @@ fn asks(
     let mut asks = Vec::new();
     for (worker, load) in loads {
         for lease in surplus.by_ref().take(share[worker].saturating_sub(*load)) {
-            if *worker == me {
-                let owner = lease.owner.clone().unwrap_or_default();
-                asks.push((lease.shard_id.clone(), owner, lease.counter));
-            }
+            asks.push((lease, *worker));
         }
     }
     asks
@@ -671,28 +711,37 @@ fn asks(
 /// again), and leases confirmed gone that something still names as a
 /// parent (rows naming no shard of the stream and no parent of one are left
 /// alone: they may belong to another stream under the same name).
-fn deletions(input: &RoundInput<'_>) -> Vec<String> {
+///
+/// Lookups go through maps built once, so a table of many finished leases
+/// costs its size, not its square (the leader plans 20,000 rows a round).
+fn deletions(
+    rows: &[Row],
+    standings: &HashMap<String, Standing>,
+    lineage: &Lineage<'_>,
+    gone: &HashSet<String>,
+) -> Vec<String> {
+    let mut by_id: HashMap<&str, &Row> = HashMap::new();
+    for row in rows {
+        by_id.entry(row.shard_id()).or_insert(row);
+    }
+    let named_parents: HashSet<&str> = rows
+        .iter()
+        .filter_map(Row::lease)
+        .flat_map(|l| &l.parents)
+        .map(String::as_str)
+        .collect();
     let started = |id: &String| {
-        input
-            .rows
-            .iter()
-            .find(|r| r.shard_id() == id)
+        by_id
+            .get(id.as_str())
             .is_none_or(|r| r.lease().is_some_and(|l| l.checkpoint.has_started()))
     };
-    let named_as_parent = |id: &str| {
-        !input.lineage.children(id).is_empty()
-            || input
-                .rows
-                .iter()
-                .filter_map(Row::lease)
-                .any(|l| l.parents.iter().any(|p| p == id))
-    };
+    let named_as_parent = |id: &str| !lineage.children(id).is_empty() || named_parents.contains(id);
     let mut delete = Vec::new();
-    for lease in input.rows.iter().filter_map(Row::lease) {
+    for lease in rows.iter().filter_map(Row::lease) {
         let id = &lease.shard_id;
-        let remove = match input.standings.get(id) {
+        let remove = match standings.get(id) {
             Some(Standing::Finished) => {
-                input.gone.contains(id)
+                gone.contains(id)
                     || (!lease.children.is_empty() && lease.children.iter().all(started))
             }
             Some(Standing::Expired) => named_as_parent(id),
