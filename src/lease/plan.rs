@@ -11,6 +11,13 @@ use std::time::SystemTime;
 use crate::aws::kinesis::Shard;
 use crate::lease::{Checkpoint, Lease};
 
+// The leader's plan for the whole fleet (issue 25): only its tests use it
+// until the leader does.
+#[cfg_attr(not(test), allow(dead_code))]
+mod fleet;
+#[allow(unused_imports)]
+pub(crate) use fleet::{FleetInput, FleetPlan, plan_fleet};
+
 /// One row of the lease table: a lease, or a row we cannot use.
 // Nearly every row is a lease: boxing it would only add an allocation each.
 #[allow(clippy::large_enum_variant)]
@@ -442,10 +449,7 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
     plan.workers = workers.len();
     let cap_of = |w: &str| match w == me {
         true => input.max_leases,
-        false => input
-            .caps
-            .get(w)
-            .map_or(usize::MAX, |c| usize::try_from(*c).unwrap_or(usize::MAX)),
+        false => cap_in(input.caps, w),
     };
     let idle: BTreeMap<&str, usize> = workers.iter().map(|w| (*w, 0)).collect();
     let level = shares(&idle, open.len(), &cap_of).into_values().max();
@@ -613,6 +617,13 @@ fn shares<'w>(
     share
 }
 
+/// A worker's cap as the worker items (or the workers row) give it: no
+/// limit for a worker without one.
+fn cap_in(caps: &BTreeMap<String, u64>, worker: &str) -> usize {
+    caps.get(worker)
+        .map_or(usize::MAX, |c| usize::try_from(*c).unwrap_or(usize::MAX))
+}
+
 /// Each worker's load (leases held, taken this round, or in flight towards
 /// it), with the workers below their cap kept in (load, id) order, so that
 /// the least loaded one with room is found without a scan of every worker:
@@ -759,7 +770,7 @@ mod tests {
     use super::*;
     use crate::record::{ExtendedSequenceNumber, SequenceNumber};
 
-    fn shard(id: &str, parents: &[&str], closed: bool) -> Shard {
+    pub(super) fn shard(id: &str, parents: &[&str], closed: bool) -> Shard {
         Shard {
             shard_id: id.into(),
             parent_shard_id: parents.first().map(|p| (*p).into()),
@@ -771,7 +782,12 @@ mod tests {
         }
     }
 
-    fn lease(id: &str, parents: &[&str], owner: Option<&str>, checkpoint: Checkpoint) -> Row {
+    pub(super) fn lease(
+        id: &str,
+        parents: &[&str],
+        owner: Option<&str>,
+        checkpoint: Checkpoint,
+    ) -> Row {
         Row::Lease(Lease {
             shard_id: id.into(),
             owner: owner.map(Into::into),
@@ -786,7 +802,7 @@ mod tests {
         })
     }
 
-    fn at(seq: &str) -> Checkpoint {
+    pub(super) fn at(seq: &str) -> Checkpoint {
         Checkpoint::At(ExtendedSequenceNumber {
             sequence_number: SequenceNumber::parse(seq).unwrap(),
             sub_sequence_number: 0,
