@@ -466,7 +466,11 @@ mod tests {
         assert_eq!(assigned(&plan), pairs(&[(4, "a"), (5, "b")]));
         assert!(plan.ask.is_empty(), "o is never asked: {plan:?}");
         assert_eq!(plan.workers, 3);
-        assert!(!plan.settled, "o is not judged yet");
+        // Nothing to do among the live ones, but o is not judged yet.
+        let table = Table::of(&[("o", 4), ("a", 1), ("b", 1)], &["a", "b"]);
+        let plan = table.plan();
+        assert!(plan.assign.is_empty() && plan.ask.is_empty(), "{plan:?}");
+        assert!(!plan.settled);
     }
 
     #[test]
