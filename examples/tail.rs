@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --example tail -- (--stream S | --stream-arn ARN)... --app A [--position trim-horizon|latest|<RFC 3339 time>]
 //!     [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)] [--metrics-addr [HOST:]PORT]
-//!     [--enhanced-fan-out CONSUMER_NAME] [--processors]
+//!     [--enhanced-fan-out CONSUMER_NAME] [--processors] [--coordination workers-row|leader (workers-row)]
 //! ```
 //!
 //! Endpoints, region and credentials come from the standard AWS environment
@@ -31,12 +31,12 @@ use std::io::Write;
 use std::time::Duration;
 
 use kinesis_consumer::{
-    Batch, Checkpointer, Consumer, HandlerResult, Message, ShardBatch, ShardProcessor,
+    Batch, Checkpointer, Consumer, Coordination, HandlerResult, Message, ShardBatch, ShardProcessor,
 };
 
 const USAGE: &str = "usage: tail (--stream S | --stream-arn ARN)... --app A [--position trim-horizon|latest|<RFC 3339 time>] \
 [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)] [--metrics-addr [HOST:]PORT] \
-[--enhanced-fan-out CONSUMER_NAME] [--processors]";
+[--enhanced-fan-out CONSUMER_NAME] [--processors] [--coordination workers-row|leader (workers-row)]";
 
 fn main() {
     support::init_logging();
@@ -50,6 +50,7 @@ fn main() {
             "metrics-level",
             "metrics-addr",
             "enhanced-fan-out",
+            "coordination",
         ],
         &["stream", "stream-arn"],
         &["processors"],
@@ -87,6 +88,14 @@ fn main() {
     if let Some(name) = args.get("enhanced-fan-out") {
         builder = builder.enhanced_fan_out(name);
     }
+    builder = match args.get("coordination") {
+        None | Some("workers-row") => builder.coordination(Coordination::WorkersRow),
+        Some("leader") => builder.coordination(Coordination::Leader),
+        Some(other) => support::fail(
+            USAGE,
+            &format!("--coordination {other}: use workers-row or leader"),
+        ),
+    };
     let consumer = builder.build().unwrap_or_else(|e| {
         eprintln!("error: {e}");
         std::process::exit(2)

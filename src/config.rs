@@ -12,7 +12,7 @@ use crate::aws::credentials::{
 use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
 use crate::error::{Error, HandlerResult, Result};
-use crate::lease::{BillingMode, TableOptions};
+use crate::lease::{BillingMode, Coordination, TableOptions};
 use crate::metrics::{MetricsDimension, MetricsLevel};
 use crate::record::{Payload, Record};
 use crate::stream::{StreamConfig, StreamTarget, initial_checkpoint, resolve_streams};
@@ -82,6 +82,7 @@ pub(crate) struct Settings {
     pub(crate) stream_arn: Option<String>,
     pub(crate) streams: Vec<StreamConfig>,
     pub(crate) former_stream_retention: Duration,
+    pub(crate) coordination: Coordination,
     /// Region, credentials, timeouts and retries of every service, and the
     /// endpoint of those without an override below.
     pub(crate) client: ClientConfig,
@@ -162,6 +163,7 @@ impl ConsumerBuilder<Payload> {
                 stream_arn: None,
                 streams: Vec::new(),
                 former_stream_retention: Duration::from_secs(3600),
+                coordination: Coordination::WorkersRow,
                 client: ClientConfig::new(),
                 kinesis_endpoint_url: None,
                 dynamodb_endpoint_url: None,
@@ -272,6 +274,17 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// stays. Defaults to 1 hour.
     pub fn former_stream_retention(mut self, retention: Duration) -> Self {
         self.settings.former_stream_retention = retention;
+        self
+    }
+
+    /// How the workers of this application share the leases: through one
+    /// workers row that every worker writes and reads
+    /// ([`Coordination::WorkersRow`]), or through one item per worker
+    /// and an elected leader ([`Coordination::Leader`]), for fleets of
+    /// hundreds to thousands of workers. Every worker of one application
+    /// must use the same. Defaults to [`Coordination::WorkersRow`].
+    pub fn coordination(mut self, coordination: Coordination) -> Self {
+        self.settings.coordination = coordination;
         self
     }
 
@@ -931,6 +944,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             streams,
             initial_position: s.initial_position,
             former_stream_retention: s.former_stream_retention,
+            coordination: s.coordination,
             worker_id,
             initial,
             start_timestamp,

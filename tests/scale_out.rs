@@ -60,6 +60,7 @@ fn spawn_worker(stream: &str, app: &str, id: &str, log: &Arc<Mutex<Vec<Delivered
             true => vec!["--enhanced-fan-out", app],
             false => vec![],
         })
+        .args(common::coordination_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

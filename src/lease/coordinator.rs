@@ -25,9 +25,11 @@ use crate::error::{Error, Result};
 use crate::lease::peers::{Namesake, NamesakeWatch, Peers, has_waited};
 use crate::lease::plan::{self, Lineage, RoundInput, RoundPlan, Row, Standing};
 use crate::lease::table::namesake_error;
-use crate::lease::{Checkpoint, HeldLeases, Lease, Stamp};
+use crate::lease::{Checkpoint, Coordination, HeldLeases, Lease, Stamp};
 use crate::metrics::{LeaseRow, Metric, Metrics};
 use crate::stream::{Layout, StreamIdentifier, check_layout};
+
+mod led;
 
 /// With nothing changing, the lease table is still read once every this
 /// many failover times (60 s at the default 10 s): a safety net for a
@@ -94,6 +96,8 @@ pub(crate) struct LeaseTimings {
     /// How long the rows of a stream no longer read are kept before they
     /// are deleted (a stream added back meanwhile resumes from them).
     pub former_stream_retention: Duration,
+    /// Workers row, or worker items and a leader.
+    pub coordination: Coordination,
 }
 
 /// Starts and stops the reading of shards; implemented by the worker.
@@ -220,6 +224,8 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     /// A heartbeat under our own id found in the workers row at startup;
     /// `None` once we may start beating.
     namesake: Option<NamesakeWatch>,
+    /// A leader-run worker's own state ([`Coordination::Leader`]).
+    led: led::Led,
 }
 
 impl<R: ShardRunner> Coordinator<R> {
@@ -232,6 +238,9 @@ impl<R: ShardRunner> Coordinator<R> {
         runner: R,
         metrics: Metrics,
     ) -> Coordinator<R> {
+        if timings.coordination == Coordination::Leader {
+            held.use_worker_items();
+        }
         Coordinator {
             held,
             shards,
@@ -257,7 +266,12 @@ impl<R: ShardRunner> Coordinator<R> {
             gave_up: false,
             namesake: Some(NamesakeWatch::default()),
             former: HashMap::new(),
+            led: led::Led::default(),
         }
+    }
+
+    fn is_led(&self) -> bool {
+        self.timings.coordination == Coordination::Leader
     }
 
     fn now(&self) -> Instant {
@@ -275,6 +289,9 @@ impl<R: ShardRunner> Coordinator<R> {
         // again only if it would create some), instead of a scan of its own.
         self.rows = rows;
         self.check_namesake()?;
+        if self.is_led() {
+            return self.start_led();
+        }
         self.heartbeat()?;
         self.sync_shards()?;
         self.read_and_plan(true)
@@ -293,11 +310,18 @@ impl<R: ShardRunner> Coordinator<R> {
     /// a process that left from a deleted row, nor a dead one from one
     /// stuck in a slow write.
     fn check_namesake(&mut self) -> Result<()> {
+        if self.namesake.is_none() {
+            return Ok(());
+        }
+        let me = self.held.owner().to_owned();
+        let beat = if self.is_led() {
+            self.held.table().worker_item(&me)?.map(|item| item.beat)
+        } else {
+            self.held.table().workers()?.beats.get(&me).copied()
+        };
         let Some(watch) = &mut self.namesake else {
             return Ok(());
         };
-        let me = self.held.owner().to_owned();
-        let beat = self.held.table().workers()?.beats.get(&me).copied();
         let now = self.held.clock().now();
         let (interval, failover) = (self.timings.heartbeat_interval, self.timings.failover);
         match watch.observe(beat, now, interval, failover) {
@@ -307,7 +331,7 @@ impl<R: ShardRunner> Coordinator<R> {
             }
             Namesake::Live => Err(namesake_error(&me)),
             Namesake::Wait => Err(Error::NotReady(format!(
-                "worker id {me:?} has a live-looking heartbeat in the workers row: waiting for the process that wrote it to stop (at most the failover time, {failover:?})"
+                "worker id {me:?} has a live-looking heartbeat in the lease table: waiting for the process that wrote it to stop (at most the failover time, {failover:?})"
             ))),
         }
     }
@@ -324,13 +348,19 @@ impl<R: ShardRunner> Coordinator<R> {
                 Ok(CoordinatorEvent::ShardFinished(shard_id)) => {
                     self.shard_finished(&shard_id);
                     next_sync = Instant::now() + self.timings.shard_sync_interval;
-                    let result = self.read_and_plan(true);
-                    self.log_failure("lease take", result);
+                    // A leader-run fleet's leader assigns the children at
+                    // its next round.
+                    if !self.is_led() {
+                        let result = self.read_and_plan(true);
+                        self.log_failure("lease take", result);
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
             let now = Instant::now();
-            if now >= next_sync {
+            // In a leader-run fleet only the leader keeps the table in
+            // step with the stream (a worker finishing a shard lists it too).
+            if now >= next_sync && (!self.is_led() || self.led.leads()) {
                 match self.sync_shards() {
                     // The stream was deleted: nothing left to read.
                     Err(e) if e.code() == Some("ResourceNotFoundException") => self.runner.fail(e),
@@ -351,6 +381,11 @@ impl<R: ShardRunner> Coordinator<R> {
     /// One round: the heartbeat, then a read of the lease table and a take
     /// round if the workers row or the last round calls for one.
     pub(crate) fn round(&mut self) {
+        if self.is_led() {
+            self.led_round();
+            self.record_holdings();
+            return;
+        }
         // A beat written meanwhile (while a shard listing waited) stands
         // for this round's: a second one in the same period would be one
         // write more for nothing, and under throttling one retry chain
@@ -376,24 +411,14 @@ impl<R: ShardRunner> Coordinator<R> {
                     }
                 }
             }
-            // Another live process beats under our id: stop, loudly.
-            Err(e) if is_namesake_error(&e) => self.runner.fail(e),
-            Err(e) => match self.unavailable_for() {
-                // Out of reach for longer than the program allows: stop, so
-                // that its supervisor restarts it (or someone is paged).
-                Some(duration) if !self.gave_up => {
-                    self.gave_up = true;
-                    log::error!(
-                        "no lease-table request succeeded for {duration:.1?} (max_unavailable); stopping: {e}"
-                    );
-                    self.runner.fail(Error::LeaseTableUnavailable {
-                        duration,
-                        source: Box::new(e),
-                    });
-                }
-                _ => self.log_failure("heartbeat", Err::<(), _>(e)),
-            },
+            // Another live process beats under our id, or the table is
+            // out of reach for longer than the program allows: stop.
+            Err(e) => self.beat_failed(e),
         }
+        self.record_holdings();
+    }
+
+    fn record_holdings(&self) {
         self.metrics.live().forget_released();
         self.metrics.record(
             None,
@@ -417,9 +442,7 @@ impl<R: ShardRunner> Coordinator<R> {
     /// dropped because no heartbeat landed in time stop being read.
     fn heartbeat(&mut self) -> Result<()> {
         self.last_beat = Some(self.held.clock().stamp());
-        let max = self.timings.max_leases_per_worker;
-        let cap = (max != usize::MAX).then_some(max as u64);
-        let (lapsed, workers) = self.held.heartbeat(cap);
+        let (lapsed, workers) = self.held.heartbeat(self.cap());
         if let Some(dropped) = lapsed {
             for shard_id in &dropped {
                 log::warn!(
@@ -460,6 +483,12 @@ impl<R: ShardRunner> Coordinator<R> {
     /// the peers would judge this worker dead and its own leases lapse.
     fn beat_if_due(&mut self) {
         if self.beat_is_due(self.timings.heartbeat_interval) {
+            if self.is_led() {
+                // The item's sets wait for the next round.
+                let result = self.beat_in_item().map(|_| ());
+                self.log_failure("heartbeat", result);
+                return;
+            }
             let result = self.heartbeat();
             self.log_failure("heartbeat", result);
         }
@@ -532,7 +561,11 @@ impl<R: ShardRunner> Coordinator<R> {
         for (shard_id, _) in self.held.shards() {
             self.runner.stop(&shard_id);
         }
-        let given = self.given_not_taken();
+        let given = if self.is_led() {
+            self.leave_led()
+        } else {
+            self.given_not_taken()
+        };
         for (shard_id, result) in self.held.leave(&given) {
             match result {
                 Ok(()) => log::info!("released lease {shard_id}"),
@@ -752,22 +785,9 @@ impl<R: ShardRunner> Coordinator<R> {
         self.observe(&rows, now, &me)?;
         self.note_not_found();
         if !self.reported_not_found.is_empty() {
-            // A listing newer than the reports tells a shard that is gone
-            // from one the service did not know for a moment (stale state
-            // behind its front end), whose lease would stay held unread.
             self.rows = rows;
-            self.sync_shards()?;
+            self.check_not_found()?;
             rows = std::mem::take(&mut self.rows);
-            for shard_id in std::mem::take(&mut self.reported_not_found) {
-                if self.misses.contains_key(&shard_id) {
-                    self.not_found.insert(shard_id);
-                } else {
-                    log::warn!(
-                        "shard {shard_id}: the service said it does not exist, but the stream lists it; reading it again"
-                    );
-                    self.runner.stop(&shard_id);
-                }
-            }
         }
         // Borrowed out while the round runs; put back below.
         let listed = self.listed.take().unwrap_or_default();
@@ -779,6 +799,28 @@ impl<R: ShardRunner> Coordinator<R> {
         self.show_table(&rows);
         self.rows = rows;
         Ok(())
+    }
+
+    /// Lists the stream again for the shards readers were told do not
+    /// exist: a listing newer than the reports tells a shard that is gone
+    /// from one the service did not know for a moment (stale state behind
+    /// its front end), whose lease would stay held unread. Returns those
+    /// still listed, whose readers it stopped to be started again.
+    fn check_not_found(&mut self) -> Result<Vec<String>> {
+        self.sync_shards()?;
+        let mut again = Vec::new();
+        for shard_id in std::mem::take(&mut self.reported_not_found) {
+            if self.misses.contains_key(&shard_id) {
+                self.not_found.insert(shard_id);
+            } else {
+                log::warn!(
+                    "shard {shard_id}: the service said it does not exist, but the stream lists it; reading it again"
+                );
+                self.runner.stop(&shard_id);
+                again.push(shard_id);
+            }
+        }
+        Ok(again)
     }
 
     /// Keeps the table as just read for the status page.
@@ -824,6 +866,45 @@ impl<R: ShardRunner> Coordinator<R> {
         gone.retain(|key| self.shards.owns(key));
         let standings = plan::standings(rows, &lineage, &gone);
         self.report(&standings);
+        let (stale, unclaimed) = self.judge_leases(rows, now, me);
+        let live: BTreeSet<String> = self.peers.live();
+        let overdue: HashSet<String> = self
+            .handoffs_seen
+            .keys()
+            .filter(|id| self.overdue(id))
+            .cloned()
+            .collect();
+        let held = self.held.shard_ids();
+        let earlier_runs = self.earlier_runs(rows);
+        let plan = plan::plan_round(&RoundInput {
+            me,
+            rows,
+            standings: &standings,
+            lineage: &lineage,
+            gone: &gone,
+            held: &held,
+            stale: &stale,
+            unclaimed: &unclaimed,
+            live: &live,
+            handoff_overdue: &overdue,
+            max_leases: self.timings.max_leases_per_worker,
+            earlier_runs: &earlier_runs,
+            caps: self.peers.caps(),
+        });
+        self.carry_out(&plan, rows, &held)?;
+        Ok(plan.settled)
+    }
+
+    /// Leases of owners presumed dead (a member whose heartbeat stood
+    /// still for the failover time, or an owner outside the members whose
+    /// lease counter did), and the free ones nobody took for twice the
+    /// failover time.
+    fn judge_leases(
+        &self,
+        rows: &[Row],
+        now: Instant,
+        me: &str,
+    ) -> (HashSet<String>, HashSet<String>) {
         let failover = self.timings.failover;
         let (mut stale, mut unclaimed) = (HashSet::new(), HashSet::new());
         for lease in rows.iter().filter_map(Row::lease) {
@@ -856,32 +937,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 unclaimed.insert(lease.shard_id.clone());
             }
         }
-        let live: BTreeSet<String> = self.peers.live();
-        let overdue: HashSet<String> = self
-            .handoffs_seen
-            .keys()
-            .filter(|id| self.overdue(id))
-            .cloned()
-            .collect();
-        let held = self.held.shard_ids();
-        let earlier_runs = self.earlier_runs(rows);
-        let plan = plan::plan_round(&RoundInput {
-            me,
-            rows,
-            standings: &standings,
-            lineage: &lineage,
-            gone: &gone,
-            held: &held,
-            stale: &stale,
-            unclaimed: &unclaimed,
-            live: &live,
-            handoff_overdue: &overdue,
-            max_leases: self.timings.max_leases_per_worker,
-            earlier_runs: &earlier_runs,
-            caps: self.peers.caps(),
-        });
-        self.carry_out(&plan, rows, &held)?;
-        Ok(plan.settled)
+        (stale, unclaimed)
     }
 
     /// True when the lease was asked for this worker the failover time ago
@@ -1008,7 +1064,7 @@ impl<R: ShardRunner> Coordinator<R> {
         self.stop_orphaned_readers(rows, held);
         self.drop_lost(plan, rows);
         self.note_handoffs(rows, held);
-        self.delete(plan, rows)?;
+        self.delete(&plan.delete, rows)?;
         self.release(plan)?;
         self.disown(plan)?;
         let (taken, handed_over) = self.take(plan, rows)?;
@@ -1073,8 +1129,8 @@ impl<R: ShardRunner> Coordinator<R> {
 
     /// Deletes the leases of shards read to their end, and of shards gone
     /// from the stream (whose reading stops).
-    fn delete(&mut self, plan: &RoundPlan, rows: &[Row]) -> Result<()> {
-        for shard_id in &plan.delete {
+    fn delete(&mut self, delete: &[String], rows: &[Row]) -> Result<()> {
+        for shard_id in delete {
             match lease_of(rows, shard_id) {
                 Some(l) if l.checkpoint == Checkpoint::ShardEnd => {
                     log::info!("deleting the lease of finished shard {shard_id}");

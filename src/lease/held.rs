@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
+use crate::lease::members::{Notes, Settled, WorkerItem, note_entry};
 use crate::lease::table::{Beat, LeaseStore, Workers};
 use crate::lease::{Checkpoint, Clock, Stamp};
 use crate::metrics::LoadView;
@@ -92,6 +93,18 @@ pub(crate) struct HeldLeases {
     /// Where each lease's load is measured, once attached: every
     /// checkpoint carries its lease's load to the row.
     loads: OnceLock<Arc<dyn LoadView>>,
+    /// True in a leader-run fleet ([`Coordination::Leader`]): heartbeats
+    /// go to the worker's own item, a lease handed over is written into
+    /// its taker's item, and no notice is sent (the leader reads the
+    /// table every round).
+    ///
+    /// [`Coordination::Leader`]: crate::Coordination::Leader
+    itemized: AtomicBool,
+    /// In a leader-run fleet: leases dropped because a checkpoint was
+    /// refused, for the coordinator to look at (a checkpoint that landed
+    /// with its reply lost is refused when retried, yet the lease is
+    /// still ours).
+    refused: Mutex<Vec<String>>,
 }
 
 impl HeldLeases {
@@ -119,7 +132,19 @@ impl HeldLeases {
             taken_unseen: AtomicBool::new(false),
             withheld: Mutex::default(),
             loads: OnceLock::new(),
+            itemized: AtomicBool::new(false),
+            refused: Mutex::default(),
         }
+    }
+
+    /// Beats in the worker's own item and hands leases over through the
+    /// takers' items (a leader-run fleet), from now on.
+    pub(crate) fn use_worker_items(&self) {
+        self.itemized.store(true, Ordering::Relaxed);
+    }
+
+    fn itemized(&self) -> bool {
+        self.itemized.load(Ordering::Relaxed)
     }
 
     /// Attaches where the leases' loads are measured; the first call wins.
@@ -163,10 +188,38 @@ impl HeldLeases {
     /// process) proves nothing about the time between, when a peer may
     /// have taken the leases; they are dropped before the beat counts.
     pub(crate) fn heartbeat(&self, cap: Option<u64>) -> (Option<Vec<String>>, Result<Workers>) {
+        self.beat_with(cap, |beat| self.table.heartbeat(beat))
+    }
+
+    /// The heartbeat of a leader-run fleet: written in the worker's own
+    /// item, taking the leases it `settled` out of their sets; returns the
+    /// item as it is afterwards. Fenced as [`heartbeat`](Self::heartbeat).
+    pub(crate) fn heartbeat_in_item(
+        &self,
+        cap: Option<u64>,
+        settled: &Settled,
+    ) -> (Option<Vec<String>>, Result<WorkerItem>) {
+        self.beat_with(cap, |beat| self.table.beat_in_item(beat, settled))
+    }
+
+    /// The number the next heartbeat will carry: a leader writes it in
+    /// the lock just before that heartbeat, so that a successor knows the
+    /// heartbeat stood still as long as the lock did.
+    pub(crate) fn next_beat(&self) -> u64 {
+        self.beat.load(Ordering::Relaxed) + 1
+    }
+
+    /// Writes a heartbeat with `write`, fenced as
+    /// [`heartbeat`](Self::heartbeat) says.
+    fn beat_with<T>(
+        &self,
+        cap: Option<u64>,
+        write: impl FnOnce(&Beat<'_>) -> Result<T>,
+    ) -> (Option<Vec<String>>, Result<T>) {
         let sent = self.clock.stamp();
         let mut lapsed = self.drop_all_if_lapsed(sent);
         let beat = self.beat.fetch_add(1, Ordering::Relaxed) + 1;
-        let result = self.table.heartbeat(&Beat {
+        let result = write(&Beat {
             worker: &self.owner,
             number: beat,
             since: *lock(&self.landed_beat),
@@ -234,11 +287,26 @@ impl HeldLeases {
         let Some(written) = self.table.take(shard_id, seen_counter, &self.owner)? else {
             return Ok(None);
         };
+        Ok(Some(self.hold(shard_id, written.counter, announce_start)))
+    }
+
+    /// Holds a lease the table gives this worker at `counter` (the leader
+    /// took it for us, or its owner handed it over): nothing is written.
+    /// Returns the epoch that tags what is read under it; a lease held
+    /// already keeps its epoch.
+    pub(crate) fn adopt(&self, shard_id: &str, counter: u64) -> u64 {
+        if let Some(entry) = self.get(shard_id) {
+            return lock(&entry.state).epoch;
+        }
+        self.hold(shard_id, counter, false)
+    }
+
+    fn hold(&self, shard_id: &str, counter: u64, announce_start: bool) -> u64 {
         let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
         let held = Held {
             writing: Mutex::new(()),
             state: Mutex::new(State {
-                counter: written.counter,
+                counter,
                 epoch,
                 handoff_to: None,
                 announce_start,
@@ -246,7 +314,7 @@ impl HeldLeases {
             }),
         };
         lock(&self.leases).insert(shard_id.to_owned(), Arc::new(held));
-        Ok(Some(epoch))
+        epoch
     }
 
     /// The shards held now, with their epochs.
@@ -415,6 +483,9 @@ impl HeldLeases {
                 self.lost.fetch_add(1, Ordering::Relaxed);
                 // Taken behind our back (no notice came): look at the table.
                 self.taken_unseen.store(true, Ordering::Relaxed);
+                if self.itemized() {
+                    lock(&self.refused).push(shard_id.to_owned());
+                }
                 self.forget(shard_id, epoch);
                 Ok(false)
             }
@@ -427,6 +498,12 @@ impl HeldLeases {
         self.taken_unseen.swap(false, Ordering::Relaxed)
     }
 
+    /// The leases dropped for a refused checkpoint since the last call (a
+    /// leader-run fleet only).
+    pub(crate) fn take_refused(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.refused))
+    }
+
     /// How many leases were found lost since the last call.
     pub(crate) fn take_lost_count(&self) -> u64 {
         self.lost.swap(0, Ordering::Relaxed)
@@ -437,8 +514,20 @@ impl HeldLeases {
     /// asker's inbox, or every worker's version), so that it does not wait
     /// for its next full read of the table.
     pub(crate) fn release(&self, shard_id: &str) -> Result<()> {
-        if let Some(to) = self.give_up(shard_id)? {
-            self.tell(to.as_deref(), || format!("that lease {shard_id} is free"));
+        let Some((to, counter)) = self.give_up(shard_id)? else {
+            return Ok(());
+        };
+        match to {
+            // A leader-run fleet: the taker learns from its item, and a
+            // lease freed for anyone waits for the leader's next round.
+            Some(to) if self.itemized() => {
+                let entry = [note_entry(shard_id, counter)];
+                if !self.table.note(&to, Notes::Take, &entry)? {
+                    log::info!("{to} left before lease {shard_id} reached it; the leader frees it");
+                }
+            }
+            _ if self.itemized() => {}
+            to => self.tell(to.as_deref(), || format!("that lease {shard_id} is free")),
         }
         Ok(())
     }
@@ -448,6 +537,9 @@ impl HeldLeases {
     /// heartbeat (see [`pay_owed_notice`](Self::pay_owed_notice)), rather
     /// than waiting for its next full read.
     pub(crate) fn tell(&self, to: Option<&str>, what: impl FnOnce() -> String) {
+        if self.itemized() {
+            return;
+        }
         if let Err(e) = self.table.notify(to) {
             log::info!(
                 "telling {} {} failed; telling every worker at the next heartbeat: {e}",
@@ -492,6 +584,12 @@ impl HeldLeases {
         // Everyone reads the table at its next heartbeat, even if taking
         // this worker out of the row fails (its last heartbeat may not
         // have landed), rather than waiting for its heartbeat to expire.
+        if self.itemized() {
+            if let Err(e) = self.table.forget_item(&self.owner, None) {
+                log::warn!("deleting this worker's item failed (the leader will see its heartbeat stop): {e}");
+            }
+            return released;
+        }
         if !released.is_empty() {
             if let Err(e) = self.table.notify(None) {
                 log::warn!("telling the other workers that our leases are free failed: {e}");
@@ -503,8 +601,9 @@ impl HeldLeases {
         released
     }
 
-    /// Writes a lease's release; to whom it went, if the write landed.
-    fn give_up(&self, shard_id: &str) -> Result<Option<Option<String>>> {
+    /// Writes a lease's release; to whom it went and its new counter, if
+    /// the write landed.
+    fn give_up(&self, shard_id: &str) -> Result<Option<(Option<String>, u64)>> {
         let Some(entry) = self.get(shard_id) else {
             return Ok(None);
         };
@@ -524,7 +623,7 @@ impl HeldLeases {
             log::info!("handed lease {shard_id} over to {to}");
         }
         self.forget(shard_id, epoch);
-        Ok(result?.map(|_| to))
+        Ok(result?.map(|written| (to, written.counter)))
     }
 
     /// Forgets a lease whose last checkpoint was not written, and leaves

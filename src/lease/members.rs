@@ -7,7 +7,10 @@
 //! 100-200 B and is written a few times a period, where the workers row
 //! grows with the fleet and takes every worker's heartbeat.
 //!
-//! The coordinator does not use them yet (the next step of issue 25).
+//! The coordinator uses them under [`Coordination::Leader`]
+//! (coordinator/led.rs).
+//!
+//! [`Coordination::Leader`]: crate::Coordination::Leader
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,6 +30,7 @@ const LEADER_TYPE: &str = "LEADER";
 /// A heartbeat number: the worker's in its item, the leader's in the lock.
 const BEAT: &str = "beat";
 const CAP: &str = "cap";
+const HELD: &str = "held";
 const TAKE: &str = "take";
 const GIVE: &str = "give";
 const LEADER: &str = "leader";
@@ -39,6 +43,10 @@ pub(crate) struct WorkerItem {
     pub beat: u64,
     /// Its `max_leases_per_worker`, if it has one.
     pub cap: Option<u64>,
+    /// How many leases it held as it wrote its last heartbeat: the leader
+    /// compares it with the table to find leases the worker does not know
+    /// are its (see coordinator/led.rs).
+    pub held: Option<u64>,
     /// Leases taken for it (by the leader, or handed over by a giver): it
     /// starts them from their checkpoints, then settles them.
     pub take: BTreeSet<String>,
@@ -86,9 +94,12 @@ pub(crate) struct Settled {
     pub took: Vec<String>,
     /// Leases of the `give` set it handed over (or no longer held).
     pub gave: Vec<String>,
+    /// How many leases it holds as it beats (`None`: not said).
+    pub held: Option<u64>,
 }
 
 impl Settled {
+    #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.took.is_empty() && self.gave.is_empty()
     }
@@ -151,9 +162,38 @@ pub(crate) trait MemberStore: Send + Sync + std::fmt::Debug {
     /// first.
     fn lead(&self, lead: &Lead<'_>) -> Result<bool>;
 
+    /// Lets the lock go as its leader leaves, if it still holds our id
+    /// and `beat`: a successor claims it at its next round instead of
+    /// waiting for the lock to stand still.
+    fn unlock(&self, worker: &str, beat: u64) -> Result<()>;
+
     /// The leader's read of the whole table; `consistent` false at half
     /// the price.
     fn survey(&self, consistent: bool) -> Result<Survey>;
+
+    /// One lease's row, strongly consistent (`None`: no such row; a
+    /// malformed one as [`Row::Malformed`]).
+    fn lease_row(&self, key: &str) -> Result<Option<Row>>;
+}
+
+/// A `take` or `give` set's entry: the lease key and its counter when
+/// noted, so that a lease noted again later (taken for the worker, handed
+/// on, taken for it again) is a new entry that settling the old one does
+/// not remove.
+pub(crate) fn note_entry(key: &str, counter: u64) -> String {
+    format!("{key}@{counter}")
+}
+
+/// The lease key and counter of a set's entry (see [`note_entry`]); an
+/// entry without a counter is a bare key.
+pub(crate) fn parse_entry(entry: &str) -> (&str, Option<u64>) {
+    match entry.rsplit_once('@') {
+        Some((key, counter)) => match counter.parse() {
+            Ok(counter) => (key, Some(counter)),
+            Err(_) => (entry, None),
+        },
+        None => (entry, None),
+    }
 }
 
 /// The key of `worker`'s item.
@@ -188,6 +228,7 @@ pub(crate) fn parse_worker(item: &Item) -> Option<(String, WorkerItem)> {
     let parsed = WorkerItem {
         beat: number(item, BEAT)?,
         cap: number(item, CAP),
+        held: number(item, HELD),
         take: strings(item, TAKE),
         give: strings(item, GIVE),
     };
@@ -217,6 +258,9 @@ pub(crate) fn parse_lock(item: &Item) -> Option<Lock> {
 /// The update of a heartbeat in a worker's item.
 fn beat_update(beat: &Beat<'_>, settled: &Settled) -> Expression {
     let mut rest = String::from(", #beat = :beat");
+    if settled.held.is_some() {
+        rest.push_str(", #held = :held");
+    }
     if beat.cap.is_some() {
         rest.push_str(", #cap = :cap");
     } else {
@@ -243,6 +287,9 @@ fn beat_update(beat: &Beat<'_>, settled: &Settled) -> Expression {
         .value(":beat", n(beat.number));
     if let Some(cap) = beat.cap {
         update = update.value(":cap", n(cap));
+    }
+    if let Some(held) = settled.held {
+        update = update.name("#held", HELD).value(":held", n(held));
     }
     for (name, attribute, value, ids) in deletions {
         update = update
@@ -370,6 +417,24 @@ impl MemberStore for LeaseTable {
         unless_condition_failed(written, false)
     }
 
+    fn unlock(&self, worker: &str, beat: u64) -> Result<()> {
+        let (dynamodb, table) = self.client();
+        let ours = Expression::new("#leader = :me AND #beat = :beat")
+            .name("#leader", LEADER)
+            .name("#beat", BEAT)
+            .value(":me", s(worker))
+            .value(":beat", n(beat));
+        let deleted = dynamodb.delete_item(table, &key(LEADER_KEY), Some(&ours));
+        unless_condition_failed(deleted, ())
+    }
+
+    fn lease_row(&self, lease_key: &str) -> Result<Option<Row>> {
+        let (dynamodb, table) = self.client();
+        let item = dynamodb.get_item(table, &key(lease_key))?;
+        let leases = item.iter().filter(|item| is_lease_item(item));
+        Ok(self.lease_rows(leases).pop())
+    }
+
     fn survey(&self, consistent: bool) -> Result<Survey> {
         let (dynamodb, table) = self.client();
         let items = dynamodb.scan_with(table, consistent)?;
@@ -425,6 +490,7 @@ impl MemberItems {
         let settled = Settled {
             took: took.to_vec(),
             gave: gave.to_vec(),
+            held: None,
         };
         let item = self.table.beat_in_item(&beat, &settled)?;
         Ok((item.take, item.give))
@@ -572,14 +638,17 @@ mod tests {
             Settled {
                 took: one.clone(),
                 gave: Vec::new(),
+                held: Some(2),
             },
             Settled {
                 took: Vec::new(),
                 gave: one.clone(),
+                held: None,
             },
             Settled {
                 took: one.clone(),
                 gave: one.clone(),
+                held: Some(0),
             },
         ];
         for cap in [None, Some(3)] {

@@ -10,9 +10,6 @@
 mod balance;
 mod coordinator;
 mod held;
-// Worker items and the lock item of a leader-run fleet (issue 25): only
-// the tests and the simulation use them until the coordinator does.
-#[cfg_attr(not(test), allow(dead_code))]
 mod members;
 mod peers;
 mod plan;
@@ -41,6 +38,27 @@ pub use reset::{
 pub use streams::StreamsHandle;
 pub(crate) use streams::{LeasedStream, MultiStreamShards, RequestNames};
 pub use table::BillingMode;
+
+/// How the workers of one application share the leases (see
+/// [`ConsumerBuilder::coordination`](crate::ConsumerBuilder::coordination)
+/// and docs/many-workers.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Coordination {
+    /// One workers row holds every worker's heartbeat; every worker reads
+    /// the lease table when something changed and plans its own part.
+    /// Each heartbeat rewrites that one item, so its cost grows with the
+    /// square of the fleet: for up to about a hundred workers.
+    #[default]
+    WorkersRow,
+    /// Each worker beats in an item of its own; one worker, elected
+    /// through a lock item in the lease table, reads the table every
+    /// heartbeat period and assigns leases for the whole fleet (writing
+    /// them into the workers' items); the others never read the table.
+    /// No item grows with the fleet. A leader's death stops assignment
+    /// for up to the failover time.
+    Leader,
+}
 #[cfg(feature = "fuzzing")]
 pub(crate) use table::parse_lease;
 pub(crate) use table::{LeaseStore, LeaseTable, TableOptions};

@@ -67,6 +67,16 @@ const SETTLE_STEPS: u64 = 400;
 /// What went wrong in a run.
 type Violation = String;
 
+/// How the simulated workers share leases: `SIM_COORDINATION=leader` for
+/// worker items and an elected leader, else the workers row.
+fn coordination() -> crate::Coordination {
+    match std::env::var("SIM_COORDINATION").as_deref() {
+        Ok("leader") => crate::Coordination::Leader,
+        Ok("workers-row") | Err(_) => crate::Coordination::WorkersRow,
+        Ok(other) => panic!("SIM_COORDINATION={other}: use workers-row or leader"),
+    }
+}
+
 /// Prints a line of the run's story when SIM_TRACE is set (with SIM_SEED).
 fn trace(line: impl FnOnce() -> String) {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -1074,6 +1084,7 @@ impl Sim {
             },
             max_unavailable: None,
             former_stream_retention: Duration::from_secs(3600),
+            coordination: coordination(),
         };
         let coordinator = Coordinator::new(
             held.clone(),

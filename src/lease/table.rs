@@ -564,7 +564,7 @@ impl LeaseTable {
 /// The lease table's operations, as the coordinator and held leases use
 /// them: DynamoDB in production, an in-memory table in the simulation.
 /// Every write on a lease is conditional on what the caller last saw.
-pub(crate) trait LeaseStore: Send + Sync + std::fmt::Debug {
+pub(crate) trait LeaseStore: crate::lease::members::MemberStore {
     /// Creates the table if it does not exist; [`Error::NotReady`] while
     /// it is being created.
     fn ensure_exists(&self) -> Result<()>;

@@ -79,6 +79,8 @@ pub(crate) struct ConsumerSettings {
     pub initial_position: crate::InitialPosition,
     /// How long a former stream's rows are kept.
     pub former_stream_retention: Duration,
+    /// How the workers share the leases.
+    pub coordination: crate::lease::Coordination,
     pub worker_id: String,
     /// Where a new lease starts, and the initial position's timestamp.
     pub initial: Checkpoint,
@@ -531,6 +533,7 @@ impl<T: Send + 'static> Consumer<T> {
             max_leases_per_worker: s.max_leases_per_worker,
             max_unavailable: s.max_unavailable,
             former_stream_retention: s.former_stream_retention,
+            coordination: s.coordination,
         };
         let names: Vec<String> = streams.iter().map(|l| l.id.to_string()).collect();
         let described = if streams.is_empty() {

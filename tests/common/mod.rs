@@ -389,6 +389,27 @@ pub fn consumer_builder_at(
         .idle_time_between_reads(Duration::from_millis(100))
         .failover_time(Duration::from_secs(3))
         .shard_sync_interval(Duration::from_secs(2))
+        .coordination(coordination())
+}
+
+/// How the tests' workers share leases: through the workers row (the
+/// default), or with `KINESIS_TEST_COORDINATION=leader` through worker
+/// items and an elected leader; scripts/test.sh runs the scale-out tests
+/// both ways.
+pub fn coordination() -> kinesis_consumer::Coordination {
+    match std::env::var("KINESIS_TEST_COORDINATION").as_deref() {
+        Ok("leader") => kinesis_consumer::Coordination::Leader,
+        Ok("workers-row") | Err(_) => kinesis_consumer::Coordination::WorkersRow,
+        Ok(other) => panic!("KINESIS_TEST_COORDINATION={other}: use workers-row or leader"),
+    }
+}
+
+/// The `tail` example's arguments for [`coordination`].
+pub fn coordination_args() -> Vec<&'static str> {
+    match coordination() {
+        kinesis_consumer::Coordination::Leader => vec!["--coordination", "leader"],
+        _ => vec![],
+    }
 }
 
 /// [`consumer_builder_at`] on this test binary's emulators, reading through

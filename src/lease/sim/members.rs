@@ -74,6 +74,9 @@ impl MemberStore for SimTable {
         let mut after = before.clone().unwrap_or_default();
         after.beat = beat.number;
         after.cap = beat.cap;
+        if settled.held.is_some() {
+            after.held = settled.held;
+        }
         for id in &settled.took {
             after.take.remove(id);
         }
@@ -145,6 +148,35 @@ impl MemberStore for SimTable {
         let held = lock(&self.members).lock.clone();
         self.limits.read(held.as_ref().map_or(0, lock_bytes), true);
         Ok(held)
+    }
+
+    fn unlock(&self, worker: &str, beat: u64) -> Result<()> {
+        let fault = self.member_fault(LEADER_KEY)?;
+        let mut members = lock(&self.members);
+        let before = members.lock.as_ref().map_or(0, lock_bytes);
+        self.bill_member_write(LEADER_KEY, before)?;
+        if members
+            .lock
+            .as_ref()
+            .is_some_and(|l| l.leader == worker && l.beat == beat)
+        {
+            trace(|| format!("  unlock {worker}"));
+            members.lock = None;
+        }
+        replied(fault, ())
+    }
+
+    fn lease_row(&self, key: &str) -> Result<Option<Row>> {
+        if matches!(self.faults.draw(""), Fault::Fail | Fault::Lost) {
+            return Err(injected("GetItem"));
+        }
+        let row = lock(&self.rows).get(key).cloned();
+        let bytes = row
+            .as_ref()
+            .and_then(Row::lease)
+            .map_or(0, super::limits::lease_bytes);
+        self.limits.read(bytes, true);
+        Ok(row)
     }
 
     fn lead(&self, lead: &Lead<'_>) -> Result<bool> {
@@ -251,14 +283,14 @@ mod tests {
         // read it settles only its take; handing it over, its give.
         let took = Settled {
             took: ids[..1].to_vec(),
-            gave: Vec::new(),
+            ..Settled::default()
         };
         let item = table.beat_in_item(&beat("w1", 3, Some(2)), &took).unwrap();
         assert_eq!(item.take.iter().collect::<Vec<_>>(), ["shardId-2"]);
         assert_eq!(item.give.iter().collect::<Vec<_>>(), ["shardId-1"]);
         let gave = Settled {
-            took: Vec::new(),
             gave: ids[..1].to_vec(),
+            ..Settled::default()
         };
         let item = table.beat_in_item(&beat("w1", 4, Some(3)), &gave).unwrap();
         assert!(item.give.is_empty());

@@ -1,0 +1,756 @@
+//! The coordinator in a leader-run fleet ([`Coordination::Leader`]; the
+//! design is in docs/many-workers.md, "Thousands of workers").
+//!
+//! Every worker, every heartbeat period: renews the lock if it leads,
+//! beats in its own item (the reply is the item: the leases taken for it
+//! and those it is asked to hand over), starts the former and hands the
+//! latter over, and watches the lock, claiming it when its holder's beat
+//! stood still. The leader alone then reads the whole table (leases and
+//! worker items, one Scan), judges which workers are dead, and decides
+//! for the whole fleet with [`plan::plan_fleet`]: it takes free and dead
+//! workers' leases *for* their new owners and writes them into their
+//! items, and asks givers for balance through theirs. The others never
+//! read the table in the steady state.
+//!
+//! [`Coordination::Leader`]: crate::Coordination::Leader
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use super::{Coordinator, ShardRunner, owned_by};
+use crate::error::{Error, Result};
+use crate::lease::members::{Lead, Notes, Settled, WorkerItem, note_entry, parse_entry};
+use crate::lease::peers::has_waited;
+use crate::lease::plan::{self, FleetInput, Lineage, Row};
+use crate::lease::table::Workers;
+use crate::metrics::Metric;
+
+/// A leader-run worker's own state, besides the coordinator's.
+#[derive(Debug, Default)]
+pub(super) struct Led {
+    /// Entries of its item's sets dealt with since the last heartbeat
+    /// that landed: that heartbeat takes them out.
+    settled: Settled,
+    /// Leases dropped when the heartbeat lapsed: held again, from their
+    /// checkpoints, if the table still gives them to us.
+    recheck: BTreeSet<String>,
+    /// Leases the table gave this worker's id at startup (an earlier
+    /// run's): held once an older process under the id surely stopped
+    /// (see [`HeldLeases::may_take_earlier_runs_leases`]), if still ours.
+    /// The leader cannot tell them from leases we hold: our id is live.
+    ///
+    /// [`HeldLeases::may_take_earlier_runs_leases`]: crate::lease::HeldLeases::may_take_earlier_runs_leases
+    earlier_runs: BTreeSet<String>,
+    /// The shards this worker started readers for: a reader whose lease
+    /// is no longer held is stopped.
+    started: BTreeSet<String>,
+    /// The lock as last read: holder, beat, and since when it stood still.
+    lock_seen: Option<(String, u64, Instant)>,
+    /// While leading: the beat the lock holds from us.
+    leading: Option<u64>,
+    /// While leading: when planning may begin (a fleet starting gives every
+    /// worker a period to write its item first).
+    plans_from: Option<Instant>,
+    /// The leader we took the lock over from, its last lock beat, and its
+    /// item's beat when first surveyed: dead at once if that beat is no
+    /// later than the lock's (it writes the lock first), until its item's
+    /// beat moves (a restart under its id).
+    predecessor: Option<(String, u64, Option<u64>)>,
+    /// While leading: who claims first if we stop, as written in the lock.
+    successors: Vec<String>,
+    /// While leading: notes not written yet, sent again next round.
+    unsent: BTreeMap<(String, bool), Vec<String>>,
+    /// While leading: live workers the table gives more leases than they
+    /// say they hold, and since when (see [`Coordinator::remind`]).
+    doubts: BTreeMap<String, Instant>,
+}
+
+impl Led {
+    /// True while this worker leads.
+    pub(super) fn leads(&self) -> bool {
+        self.leading.is_some()
+    }
+}
+
+impl<R: ShardRunner> Coordinator<R> {
+    /// One round of a leader-run worker.
+    pub(super) fn led_round(&mut self) {
+        if let Some(last) = self.led.leading {
+            self.renew_lock(last);
+        }
+        let beat = self.beat_in_item();
+        match beat {
+            Ok(item) => {
+                self.settle(&item);
+                let refused = self.held.take_refused();
+                self.led.recheck.extend(refused);
+                self.note_not_found();
+                if !self.reported_not_found.is_empty() {
+                    match self.check_not_found() {
+                        Ok(again) => self.led.recheck.extend(again),
+                        Err(e) => self.log_failure("listing the stream", Err::<(), _>(e)),
+                    }
+                }
+                self.recheck();
+            }
+            Err(e) => self.beat_failed(e),
+        }
+        self.stop_unheld_readers();
+        if !self.led.leads() {
+            let watched = self.watch_lock();
+            self.log_failure("reading the leader's lock", watched);
+        }
+        if self.led.leads() {
+            let led = self.lead();
+            self.log_failure("leading", led);
+        }
+    }
+
+    /// The first heartbeat and lock watch at startup; errors reach the
+    /// caller.
+    pub(super) fn start_led(&mut self) -> Result<()> {
+        let me = self.held.owner();
+        self.led.earlier_runs = self
+            .rows
+            .iter()
+            .filter_map(Row::lease)
+            .filter(|l| l.owner.as_deref() == Some(me))
+            .map(|l| l.shard_id.clone())
+            .collect();
+        let item = self.beat_in_item()?;
+        self.settle(&item);
+        self.sync_shards()?;
+        self.watch_lock()?;
+        if self.led.leads() {
+            self.lead()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the heartbeat in this worker's item (with the entries
+    /// settled since the last one that landed) and returns the item.
+    pub(super) fn beat_in_item(&mut self) -> Result<WorkerItem> {
+        self.last_beat = Some(self.held.clock().stamp());
+        self.led.settled.held = Some(self.held.len() as u64);
+        let (lapsed, item) = self
+            .held
+            .heartbeat_in_item(self.cap(), &self.led.settled);
+        if let Some(dropped) = lapsed {
+            for shard_id in &dropped {
+                log::warn!(
+                    "lease {shard_id} dropped: no heartbeat landed in time; it is read again if still ours"
+                );
+            }
+            self.led.recheck.extend(dropped);
+        }
+        let item = item?;
+        self.led.settled = Settled::default();
+        Ok(item)
+    }
+
+    /// Starts the leases taken for this worker and hands over those asked
+    /// of it. Entries whose row could not be read stay for the next round.
+    fn settle(&mut self, item: &WorkerItem) {
+        for entry in &item.take {
+            match self.adopt(parse_entry(entry).0) {
+                Ok(()) => self.led.settled.took.push(entry.clone()),
+                Err(e) => self.log_failure("starting a lease taken for us", Err::<(), _>(e)),
+            }
+        }
+        for entry in &item.give {
+            match self.give(parse_entry(entry).0) {
+                Ok(()) => self.led.settled.gave.push(entry.clone()),
+                Err(e) => self.log_failure("handing a lease over", Err::<(), _>(e)),
+            }
+        }
+    }
+
+    /// Holds and reads a lease the table gives this worker (the leader
+    /// took it for us, or its owner handed it over), if it still does; or
+    /// reads again a held one whose reader stopped (the service said for a
+    /// moment that its shard does not exist).
+    fn adopt(&mut self, key: &str) -> Result<()> {
+        let held = self.held.shards().into_iter().find(|(id, _)| id == key);
+        let handing_over = || self.held.handoffs().iter().any(|id| id == key);
+        if held.is_some() && (self.runner.is_running(key) || handing_over()) {
+            return Ok(());
+        }
+        let Some(Row::Lease(lease)) = self.held.table().lease_row(key)? else {
+            return Ok(());
+        };
+        if lease.owner.as_deref() != Some(self.held.owner()) {
+            return Ok(());
+        }
+        if let (None, Some(to)) = (&held, lease.handoff_to.as_deref()) {
+            // Asked of us before we read it: nothing to checkpoint first.
+            return self.pass_on(key, lease.counter, to);
+        }
+        let epoch = match held {
+            Some((_, epoch)) => epoch,
+            None => self.held.adopt(key, lease.counter),
+        };
+        log::info!("reading lease {key} from {}", lease.checkpoint);
+        if self.runner.is_running(key) {
+            self.runner.stop(key);
+        }
+        self.runner.start(key, epoch, &lease.checkpoint);
+        self.led.started.insert(key.to_owned());
+        self.metrics
+            .record(None, &[(Metric::LeasesTaken, 1.0)]);
+        Ok(())
+    }
+
+    /// Hands a held lease over to the worker its row names; drops one the
+    /// row gives to another (taken behind our back).
+    fn give(&mut self, key: &str) -> Result<()> {
+        let row = self.held.table().lease_row(key)?;
+        let lease = row.as_ref().and_then(Row::lease);
+        let me = self.held.owner();
+        if !self.held.shard_ids().contains(key) {
+            // Taken for us and asked of us before we read it.
+            return match lease {
+                Some(l) if l.owner.as_deref() == Some(me) => match l.handoff_to.as_deref() {
+                    Some(to) => self.pass_on(key, l.counter, to),
+                    None => Ok(()),
+                },
+                _ => Ok(()),
+            };
+        }
+        match lease {
+            Some(l) if l.owner.as_deref() == Some(me) => {
+                if let Some(to) = l.handoff_to.as_deref() {
+                    if self.held.hand_over(key, to) {
+                        self.runner.stop(key);
+                    }
+                }
+            }
+            _ => {
+                log::info!(
+                    "lease {key} lost: now {}",
+                    owned_by(lease.and_then(|l| l.owner.as_deref()))
+                );
+                self.runner.stop(key);
+                self.held.drop_lost(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a lease the table gives us but we never read straight to
+    /// `to`, and writes it into `to`'s item.
+    fn pass_on(&mut self, key: &str, counter: u64, to: &str) -> Result<()> {
+        let me = self.held.owner();
+        if let Some(written) = self.held.table().release(key, me, counter, Some(to))? {
+            log::info!("handed lease {key} over to {to} unread");
+            let entry = [note_entry(key, written.counter)];
+            self.held.table().note(to, Notes::Take, &entry)?;
+        }
+        Ok(())
+    }
+
+    /// After a lapsed heartbeat: holds again the dropped leases the table
+    /// still gives us; and an earlier run's, once we may.
+    fn recheck(&mut self) {
+        if !self.led.earlier_runs.is_empty() && self.held.may_take_earlier_runs_leases() {
+            let earlier = std::mem::take(&mut self.led.earlier_runs);
+            self.led.recheck.extend(earlier);
+        }
+        for key in std::mem::take(&mut self.led.recheck) {
+            if let Err(e) = self.adopt(&key) {
+                self.log_failure("taking a lease back", Err::<(), _>(e));
+                self.led.recheck.insert(key);
+            }
+        }
+    }
+
+    /// Stops the readers of leases no longer held (lapsed, refused at a
+    /// checkpoint, handed over).
+    fn stop_unheld_readers(&mut self) {
+        let held = self.held.shard_ids();
+        let runner = &mut self.runner;
+        self.led.started.retain(|key| {
+            let keep = held.contains(key);
+            if !keep && runner.is_running(key) {
+                log::info!("stopping the reader of {key}: its lease is gone");
+                runner.stop(key);
+            }
+            keep
+        });
+    }
+
+    /// Renews the lock; a renewal refused (someone took the lock over
+    /// while we were slow) ends our leadership.
+    fn renew_lock(&mut self, last: u64) {
+        let beat = self.held.next_beat();
+        let renewal = Lead {
+            worker: self.held.owner(),
+            beat,
+            seen: Some((self.held.owner(), last)),
+            successors: &self.led.successors,
+        };
+        match self.held.table().lead(&renewal) {
+            Ok(true) => self.led.leading = Some(beat),
+            Ok(false) => {
+                log::warn!("no longer the leader: another worker took the lock");
+                self.led.leading = None;
+            }
+            // Not renewed: still ours until someone claims it.
+            Err(e) => self.log_failure("renewing the leader's lock", Err::<(), _>(e)),
+        }
+    }
+
+    /// Reads the lock and claims it when no one holds it, or when its
+    /// holder's beat stood still long enough for our rank: the first
+    /// successor after the failover time, the second a period later,
+    /// anyone else from twice the failover time (spread over a period).
+    fn watch_lock(&mut self) -> Result<()> {
+        let now = self.now();
+        let me = self.held.owner().to_owned();
+        let failover = self.timings.failover;
+        let period = self.timings.heartbeat_interval;
+        let seen = match self.held.table().lock()? {
+            None => None,
+            Some(lock) => {
+                let still = match &mut self.led.lock_seen {
+                    Some((holder, beat, since)) if *holder == lock.leader && *beat == lock.beat => {
+                        now.saturating_duration_since(*since)
+                    }
+                    other => {
+                        *other = Some((lock.leader.clone(), lock.beat, now));
+                        Duration::ZERO
+                    }
+                };
+                // Our own id (an earlier run's lock, or a renewal whose
+                // reply was lost): the failover time.
+                let rank = lock.successors.iter().position(|s| *s == me);
+                let wait = match rank {
+                    _ if lock.leader == me => failover,
+                    Some(rank) => failover + period * rank as u32,
+                    None => failover * 2 + spread(&me, period),
+                };
+                if !has_waited(still, wait) {
+                    return Ok(());
+                }
+                Some((lock.leader, lock.beat))
+            }
+        };
+        let beat = self.held.next_beat();
+        let claim = Lead {
+            worker: &me,
+            beat,
+            seen: seen.as_ref().map(|(w, b)| (w.as_str(), *b)),
+            successors: &[],
+        };
+        if !self.held.table().lead(&claim)? {
+            return Ok(());
+        }
+        log::info!(
+            "leading the fleet (the lock was {})",
+            match &seen {
+                Some((w, _)) => format!("{w}'s, still for the failover time"),
+                None => "free".to_owned(),
+            }
+        );
+        self.led.leading = Some(beat);
+        // A lock no one held: the fleet may be starting, and a worker that
+        // has not beaten yet has no item; a period lets each write one.
+        self.led.plans_from = Some(if seen.is_none() { now + period } else { now });
+        self.led.predecessor = seen
+            .filter(|(w, _)| *w != me)
+            .map(|(w, beat)| (w, beat, None));
+        // Judge every worker afresh, from now.
+        self.peers = Default::default();
+        self.handoffs_seen.clear();
+        Ok(())
+    }
+
+    /// The leader's round: reads the table and the worker items, judges
+    /// the workers, and assigns, asks for and deletes leases.
+    fn lead(&mut self) -> Result<()> {
+        let survey = self.held.table().survey(true)?;
+        let now = self.now();
+        let me = self.held.owner().to_owned();
+        let workers = Workers {
+            beats: survey
+                .workers
+                .iter()
+                .map(|(id, w)| (id.clone(), w.beat))
+                .collect(),
+            caps: survey
+                .workers
+                .iter()
+                .filter_map(|(id, w)| Some((id.clone(), w.cap?)))
+                .collect(),
+            ..Workers::default()
+        };
+        self.peers.observe(&workers, &me, now, self.timings.failover);
+        let live = self.live_workers(&survey.workers);
+        self.led.successors = successors(&live, &me);
+        self.send_unsent();
+        if self.led.plans_from.is_some_and(|from| now < from) {
+            return Ok(());
+        }
+        let held = self.held.shard_ids();
+        let mut rows = survey.rows;
+        rows.retain(|r| self.shards.owns(r.shard_id()) || held.contains(r.shard_id()));
+        if self.listed.is_none() {
+            self.rows = rows;
+            self.sync_shards()?;
+            rows = std::mem::take(&mut self.rows);
+        }
+        let listed = Lineage::new(self.listed.as_deref().unwrap_or_default());
+        if plan::names_unlisted_shard(&rows, &listed, &self.misses) {
+            self.rows = rows;
+            self.sync_shards()?;
+            rows = std::mem::take(&mut self.rows);
+        }
+        self.observe(&rows, now, &me)?;
+        let listed = self.listed.take().unwrap_or_default();
+        let result = self.plan_fleet(&rows, &survey.workers, &listed, &live, now);
+        self.listed = Some(listed);
+        result?;
+        self.forget_dead_items(&rows, &survey.workers);
+        self.show_table(&rows);
+        self.rows = rows;
+        Ok(())
+    }
+
+    /// The live workers: those whose item's beat has not stood still for
+    /// the failover time, but for the leader we took over from, dead at
+    /// once if its item's beat is no later than its last lock write.
+    fn live_workers(&mut self, items: &BTreeMap<String, WorkerItem>) -> BTreeSet<String> {
+        let mut live = self.peers.live();
+        if let Some((old, lock_beat, first)) = &mut self.led.predecessor {
+            let beat = items.get(old.as_str()).map(|w| w.beat);
+            let first = *first.get_or_insert(beat.unwrap_or(0));
+            if beat.is_some_and(|b| b != first) {
+                self.led.predecessor = None;
+            } else if first <= *lock_beat {
+                live.remove(old.as_str());
+            }
+        }
+        live.insert(self.held.owner().to_owned());
+        live
+    }
+
+    /// Plans for the fleet and carries the plan out.
+    fn plan_fleet(
+        &mut self,
+        rows: &[Row],
+        items: &BTreeMap<String, WorkerItem>,
+        listed: &[crate::aws::kinesis::Shard],
+        live: &BTreeSet<String>,
+        now: Instant,
+    ) -> Result<()> {
+        let me = self.held.owner().to_owned();
+        let lineage = Lineage::new(listed);
+        let mut gone = plan::gone(&self.misses, &self.not_found);
+        gone.retain(|key| self.shards.owns(key));
+        let standings = plan::standings(rows, &lineage, &gone);
+        self.report(&standings);
+        let (mut stale, _) = self.judge_leases(rows, now, &me);
+        for lease in rows.iter().filter_map(Row::lease) {
+            let owner = lease.owner.as_deref();
+            if owner.is_some_and(|o| self.peers.is_member(o) && !live.contains(o)) {
+                stale.insert(lease.shard_id.clone());
+            }
+        }
+        // Asks seen in flight, and since when: one older than the failover
+        // time is no longer waited for.
+        self.handoffs_seen.retain(|id, _| {
+            rows.iter()
+                .filter_map(Row::lease)
+                .any(|l| &l.shard_id == id && l.handoff_to.is_some())
+        });
+        for lease in rows.iter().filter_map(Row::lease) {
+            if lease.handoff_to.is_some() {
+                self.handoffs_seen
+                    .entry(lease.shard_id.clone())
+                    .or_insert(now);
+            }
+        }
+        let overdue: HashSet<String> = self
+            .handoffs_seen
+            .keys()
+            .filter(|id| self.overdue(id))
+            .cloned()
+            .collect();
+        let plan = plan::plan_fleet(&FleetInput {
+            rows,
+            standings: &standings,
+            lineage: &lineage,
+            gone: &gone,
+            live,
+            stale: &stale,
+            caps: self.peers.caps(),
+            handoff_overdue: &overdue,
+        });
+        self.delete(&plan.delete, rows)?;
+        let mut notes: BTreeMap<(String, bool), Vec<String>> = BTreeMap::new();
+        let mut taken = 0u32;
+        for (key, counter, to) in &plan.assign {
+            self.beat_if_due();
+            if *to == me {
+                if let Some(epoch) = self.held.take(key, *counter, false)? {
+                    let lease = rows.iter().filter_map(Row::lease).find(|l| l.shard_id == *key);
+                    if let Some(lease) = lease {
+                        log::info!("took lease {key} (was {})", owned_by(lease.owner.as_deref()));
+                        self.runner.start(key, epoch, &lease.checkpoint);
+                        self.led.started.insert(key.clone());
+                    }
+                    taken += 1;
+                }
+            } else if let Some(written) = self.held.table().take(key, *counter, to)? {
+                log::info!("took lease {key} for {to}");
+                notes
+                    .entry((to.clone(), true))
+                    .or_default()
+                    .push(note_entry(key, written.counter));
+                taken += 1;
+            }
+        }
+        let mut asked = 0u32;
+        for (key, owner, counter, to) in &plan.ask {
+            self.beat_if_due();
+            if *owner == me {
+                if self.held.hand_over(key, to) {
+                    self.runner.stop(key);
+                    asked += 1;
+                }
+            } else if self
+                .held
+                .table()
+                .request_handoff(key, owner, *counter, to)?
+            {
+                log::info!("asked {owner} to hand lease {key} over to {to}");
+                notes
+                    .entry((owner.clone(), false))
+                    .or_default()
+                    .push(note_entry(key, *counter));
+                asked += 1;
+            }
+        }
+        for (target, entries) in notes {
+            self.led.unsent.entry(target).or_default().extend(entries);
+        }
+        self.remind(rows, items, live, &standings, now);
+        self.send_unsent();
+        self.metrics.record(
+            None,
+            &[
+                (Metric::LeasesTaken, f64::from(taken)),
+                (Metric::LeasesStolen, f64::from(asked)),
+                (Metric::Workers, plan.workers as f64),
+            ],
+        );
+        Ok(())
+    }
+
+    /// Finds leases that live workers do not know are theirs: a take or a
+    /// handover whose note was lost, or a write that landed with its
+    /// reply lost. A worker the table gives more leases (wanting a worker,
+    /// not waiting in its `take` set) than its
+    /// item says it holds, for the failover time, gets every lease the
+    /// table gives it written into its `take` set again; it starts those
+    /// it does not hold (or hands over, if asked for). The leader checks
+    /// its own leases the same way.
+    fn remind(
+        &mut self,
+        rows: &[Row],
+        items: &BTreeMap<String, WorkerItem>,
+        live: &BTreeSet<String>,
+        standings: &std::collections::HashMap<String, plan::Standing>,
+        now: Instant,
+    ) {
+        let me = self.held.owner().to_owned();
+        let mut owned: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
+        for lease in rows.iter().filter_map(Row::lease) {
+            let wanted = standings
+                .get(&lease.shard_id)
+                .is_some_and(plan::Standing::wants_worker);
+            match lease.owner.as_deref() {
+                Some(owner) if wanted && live.contains(owner) => {
+                    owned
+                        .entry(owner)
+                        .or_default()
+                        .push((&lease.shard_id, lease.counter));
+                }
+                _ => {}
+            }
+        }
+        let held = self.held.shard_ids();
+        let failover = self.timings.failover;
+        for (worker, leases) in owned {
+            let item = items.get(worker);
+            let pending: HashSet<&str> = item
+                .map(|i| i.take.iter().map(|e| parse_entry(e).0).collect())
+                .unwrap_or_default();
+            let unknown: Vec<&(&str, u64)> = leases
+                .iter()
+                .filter(|(key, _)| !pending.contains(key))
+                .collect();
+            let doubtful = match worker == me {
+                true => unknown.iter().any(|(key, _)| {
+                    !held.contains(*key) && !self.led.earlier_runs.contains(*key)
+                }),
+                false => item
+                    .and_then(|i| i.held)
+                    .is_some_and(|said| unknown.len() as u64 > said),
+            };
+            if !doubtful {
+                self.led.doubts.remove(worker);
+                continue;
+            }
+            let since = *self.led.doubts.entry(worker.to_owned()).or_insert(now);
+            if !has_waited(now.saturating_duration_since(since), failover) {
+                continue;
+            }
+            log::info!("{worker} may not know every lease it owns: writing them into its item again");
+            self.led.doubts.insert(worker.to_owned(), now);
+            if worker == me {
+                let mine = unknown.iter().map(|(key, _)| (*key).to_owned());
+                self.led.recheck.extend(mine);
+                continue;
+            }
+            let entries = unknown.iter().map(|(key, counter)| note_entry(key, *counter));
+            self.led
+                .unsent
+                .entry((worker.to_owned(), true))
+                .or_default()
+                .extend(entries);
+        }
+        self.led.doubts.retain(|w, _| live.contains(w));
+    }
+
+    /// Writes the notes the leader owes workers; those that fail stay
+    /// owed. A worker without an item (it left, or was forgotten) gets
+    /// none: its leases are judged by its beat like any other.
+    fn send_unsent(&mut self) {
+        for ((worker, take), entries) in std::mem::take(&mut self.led.unsent) {
+            let notes = if take { Notes::Take } else { Notes::Give };
+            if let Err(e) = self.held.table().note(&worker, notes, &entries) {
+                self.log_failure("writing into a worker's item", Err::<(), _>(e));
+                self.led.unsent.insert((worker, take), entries);
+            }
+        }
+    }
+
+    /// Deletes the items of dead workers that no lease names.
+    fn forget_dead_items(&mut self, rows: &[Row], items: &BTreeMap<String, WorkerItem>) {
+        for (worker, beat) in self.peers.dead() {
+            let named = rows
+                .iter()
+                .filter_map(Row::lease)
+                .any(|l| l.owner.as_deref() == Some(worker.as_str()));
+            if !named && items.contains_key(&worker) {
+                log::info!("worker {worker} is dead and holds no lease: deleting its item");
+                let forgotten = self.held.table().forget_item(&worker, Some(beat));
+                self.log_failure("deleting a dead worker's item", forgotten);
+            }
+        }
+    }
+
+    /// At shutdown: the leases taken for this worker that it never
+    /// started (with the counter seen), to be freed with the rest; the
+    /// lock is let go so that a successor claims it at once.
+    pub(super) fn leave_led(&mut self) -> Vec<(String, u64)> {
+        if let Some(beat) = self.led.leading.take() {
+            let unlocked = self.held.table().unlock(self.held.owner(), beat);
+            self.log_failure("letting the leader's lock go", unlocked);
+        }
+        if self.held.alive_since().is_none() {
+            return Vec::new();
+        }
+        let me = self.held.owner().to_owned();
+        let item = match self.held.table().worker_item(&me) {
+            Ok(item) => item.unwrap_or_default(),
+            Err(e) => {
+                self.log_failure("reading this worker's item before leaving", Err::<(), _>(e));
+                return Vec::new();
+            }
+        };
+        let held = self.held.shard_ids();
+        let mut given = Vec::new();
+        for entry in &item.take {
+            let key = parse_entry(entry).0;
+            if held.contains(key) {
+                continue;
+            }
+            if let Ok(Some(Row::Lease(lease))) = self.held.table().lease_row(key) {
+                if lease.owner.as_deref() == Some(me.as_str()) {
+                    given.push((key.to_owned(), lease.counter));
+                }
+            }
+        }
+        given
+    }
+
+    /// This worker's cap, if it has one.
+    pub(super) fn cap(&self) -> Option<u64> {
+        let max = self.timings.max_leases_per_worker;
+        (max != usize::MAX).then_some(max as u64)
+    }
+
+    /// What a failed heartbeat means: a second process under our id stops
+    /// us; a table out of reach for longer than allowed too.
+    pub(super) fn beat_failed(&mut self, e: Error) {
+        if super::is_namesake_error(&e) {
+            self.runner.fail(e);
+            return;
+        }
+        match self.unavailable_for() {
+            Some(duration) if !self.gave_up => {
+                self.gave_up = true;
+                log::error!(
+                    "no lease-table request succeeded for {duration:.1?} (max_unavailable); stopping: {e}"
+                );
+                self.runner.fail(Error::LeaseTableUnavailable {
+                    duration,
+                    source: Box::new(e),
+                });
+            }
+            _ => self.log_failure("heartbeat", Err::<(), _>(e)),
+        }
+    }
+}
+
+/// The next two live workers after `me` by id (wrapping): who claims the
+/// lock first if the leader stops.
+fn successors(live: &BTreeSet<String>, me: &str) -> Vec<String> {
+    let after = live.range::<str, _>((std::ops::Bound::Excluded(me), std::ops::Bound::Unbounded));
+    after
+        .chain(live.iter())
+        .filter(|id| id.as_str() != me)
+        .take(2)
+        .cloned()
+        .collect()
+}
+
+/// A worker's place within a period, from its id: workers that are no
+/// successor do not all claim at once.
+fn spread(id: &str, period: Duration) -> Duration {
+    let sum: u64 = id.bytes().map(u64::from).sum();
+    let millis = period.as_millis().max(1) as u64;
+    Duration::from_millis(sum.wrapping_mul(97) % millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn successors_are_the_next_two_live_workers_by_id_wrapping() {
+        let live: BTreeSet<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(successors(&live, "c"), ["d", "a"]);
+        assert_eq!(successors(&live, "a"), ["b", "c"]);
+        let two: BTreeSet<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(successors(&two, "a"), ["b"]);
+    }
+
+    #[test]
+    fn workers_spread_their_claims_over_a_period() {
+        let period = Duration::from_millis(3_333);
+        assert!(spread("w-1", period) < period);
+        assert_ne!(spread("w-1", period), spread("w-2", period));
+    }
+}
