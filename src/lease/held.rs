@@ -202,11 +202,12 @@ impl HeldLeases {
         self.beat_with(cap, |beat| self.table.beat_in_item(beat, settled))
     }
 
-    /// The number the next heartbeat will carry: a leader writes it in
-    /// the lock just before that heartbeat, so that a successor knows the
-    /// heartbeat stood still as long as the lock did.
-    pub(crate) fn next_beat(&self) -> u64 {
-        self.beat.load(Ordering::Relaxed) + 1
+    /// A heartbeat number for a write of the leader's lock: every later
+    /// heartbeat carries a higher one, so a successor that finds the
+    /// leader's item beat no higher than the lock's knows no heartbeat
+    /// landed since the lock stood still.
+    pub(crate) fn reserve_beat(&self) -> u64 {
+        self.beat.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Writes a heartbeat with `write`, fenced as

@@ -53,7 +53,8 @@ pub(super) struct Led {
     plans_from: Option<Instant>,
     /// The leader we took the lock over from, its last lock beat, and its
     /// item's beat when first surveyed: dead at once if that beat is no
-    /// later than the lock's (it writes the lock first), until its item's
+    /// later than the one written right after the lock (each round writes
+    /// the lock, then the item with the next number), until its item's
     /// beat moves (a restart under its id).
     predecessor: Option<(String, u64, Option<u64>)>,
     /// While leading: who claims first if we stop, as written in the lock.
@@ -95,6 +96,9 @@ impl<R: ShardRunner> Coordinator<R> {
             }
             Err(e) => self.beat_failed(e),
         }
+        // Streams this process stopped reading: their leases are given
+        // back (the leader lists the streams only for itself).
+        self.retire_streams();
         self.stop_unheld_readers();
         if !self.led.leads() {
             let watched = self.watch_lock();
@@ -184,6 +188,14 @@ impl<R: ShardRunner> Coordinator<R> {
         if let (None, Some(to)) = (&held, lease.handoff_to.as_deref()) {
             // Asked of us before we read it: nothing to checkpoint first.
             return self.pass_on(key, lease.counter, to);
+        }
+        if held.is_none() && !self.shards.owns(key) {
+            // A stream this process no longer reads (the leader's list
+            // differs): free it for a worker that does.
+            log::info!("freeing lease {key}: its stream is not read here");
+            let me = self.held.owner();
+            self.held.table().release(key, me, lease.counter, None)?;
+            return Ok(());
         }
         let epoch = match held {
             Some((_, epoch)) => epoch,
@@ -281,7 +293,7 @@ impl<R: ShardRunner> Coordinator<R> {
     /// Renews the lock; a renewal refused (someone took the lock over
     /// while we were slow) ends our leadership.
     fn renew_lock(&mut self, last: u64) {
-        let beat = self.held.next_beat();
+        let beat = self.held.reserve_beat();
         let renewal = Lead {
             worker: self.held.owner(),
             beat,
@@ -334,7 +346,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 Some((lock.leader, lock.beat))
             }
         };
-        let beat = self.held.next_beat();
+        let beat = self.held.reserve_beat();
         let claim = Lead {
             worker: &me,
             beat,
@@ -417,7 +429,8 @@ impl<R: ShardRunner> Coordinator<R> {
 
     /// The live workers: those whose item's beat has not stood still for
     /// the failover time, but for the leader we took over from, dead at
-    /// once if its item's beat is no later than its last lock write.
+    /// once if no heartbeat of its landed after its last lock write's
+    /// round.
     fn live_workers(&mut self, items: &BTreeMap<String, WorkerItem>) -> BTreeSet<String> {
         let mut live = self.peers.live();
         if let Some((old, lock_beat, first)) = &mut self.led.predecessor {
@@ -425,7 +438,7 @@ impl<R: ShardRunner> Coordinator<R> {
             let first = *first.get_or_insert(beat.unwrap_or(0));
             if beat.is_some_and(|b| b != first) {
                 self.led.predecessor = None;
-            } else if first <= *lock_beat {
+            } else if first <= lock_beat.saturating_add(1) {
                 live.remove(old.as_str());
             }
         }
