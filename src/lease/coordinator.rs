@@ -492,13 +492,18 @@ impl<R: ShardRunner> Coordinator<R> {
             })
             .map_err(|e| Error::Internal(format!("cannot start the shard listing thread: {e}")))?;
         loop {
+            // A beat already due is written before the wait, not raced
+            // against the listing's answer (a wait of zero): the same here
+            // (a listing takes longer than nothing), and a simulated seed
+            // replays as it ran.
+            self.beat_if_due();
             let until_beat = self
                 .timings
                 .heartbeat_interval
                 .saturating_sub(self.since_beat());
             match listed.recv_timeout(until_beat) {
                 Ok(result) => return result,
-                Err(RecvTimeoutError::Timeout) => self.beat_if_due(),
+                Err(RecvTimeoutError::Timeout) => {}
                 // The lister panicked: so does this thread, as if it had listed.
                 Err(RecvTimeoutError::Disconnected) => match lister.join() {
                     Err(panic) => std::panic::resume_unwind(panic),
