@@ -2024,6 +2024,50 @@ fn a_second_process_under_a_live_workers_id_never_hands_on_beside_it() {
 }
 
 #[test]
+fn a_worker_back_from_a_pause_under_a_taken_over_id_stops_and_takes_nothing() {
+    // "a" pauses for 25 s. A second process under its id starts meanwhile
+    // (its heartbeat stood still), and takes the lease a failover time
+    // after its first heartbeat landed.
+    let (mut sim, shard) = one_worker_settled_on_one_lease();
+    let pause = Duration::from_secs(25);
+    let resumed = sim.clock.now() + pause;
+    sim.workers[0].paused_until = resumed;
+    sim.spawn("a".into(), false);
+    sim.workers[1].started = false;
+    let second = sim.workers[1].instance;
+    while sim.clock.now() < resumed {
+        lock(&sim.stream).put(&shard);
+        sim.step_all();
+    }
+    assert_eq!(
+        sim.workers[1].held.len(),
+        1,
+        "the second process holds the lease before the first is back"
+    );
+    // Back, the first one is due both a shard listing and a round: the
+    // heartbeat written while the listing runs is refused (another
+    // process beats under its id). It must stop, not read the table as
+    // the lease's owner and take it back (SIM_FAULTS=namesakes seeds 340
+    // and 420: a capped worker freed its namesake's leases instead).
+    while sim.clock.now() < resumed + Duration::from_secs(5) {
+        lock(&sim.stream).put(&shard);
+        sim.step_all();
+        sim.remove_namesakes();
+    }
+    let truth = lock(&sim.truth);
+    assert!(truth.violations.is_empty(), "{:?}", truth.violations);
+    assert_eq!(truth.duplicates, 0, "records handed on twice");
+    assert_eq!(truth.namesake_stops, 1, "the paused process did not stop");
+    let instances: Vec<u64> = sim.workers.iter().map(|w| w.instance).collect();
+    assert_eq!(instances, [second], "only the second process runs");
+    assert_eq!(
+        sim.workers[0].held.len(),
+        1,
+        "the second process lost the lease"
+    );
+}
+
+#[test]
 fn the_workers_row_deleted_under_a_settled_fleet_moves_no_lease() {
     let owners = ["a", "a", "b", "b", "c", "c"];
     let leases: Vec<(&str, Option<&str>)> = owners.iter().map(|o| (*o, None)).collect();
