@@ -209,6 +209,9 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     /// When the last heartbeat was sent (both clocks: see
     /// [`Self::since_beat`]).
     last_beat: Option<Stamp>,
+    /// True when the last heartbeat sent was refused because another live
+    /// process beats under our id (see [`Self::round`]).
+    beat_refused_for_namesake: bool,
     /// The leases this run asked their owners for (see
     /// [`Self::earlier_runs`]).
     asked_this_run: HashSet<String>,
@@ -254,6 +257,7 @@ impl<R: ShardRunner> Coordinator<R> {
             asked_this_run: HashSet::new(),
             reported: HashMap::new(),
             last_beat: None,
+            beat_refused_for_namesake: false,
             gave_up: false,
             namesake: Some(NamesakeWatch::default()),
             former: HashMap::new(),
@@ -351,21 +355,28 @@ impl<R: ShardRunner> Coordinator<R> {
     /// One round: the heartbeat, then a read of the lease table and a take
     /// round if the workers row or the last round calls for one.
     pub(crate) fn round(&mut self) {
-        // A beat that landed meanwhile (written while a shard listing
-        // waited) stands for this round's: a second one in the same period
+        // A beat written meanwhile (while a shard listing waited) stands
+        // for this round's, as it went: a second one in the same period
         // would be one write more for nothing, and under throttling one
         // retry chain more. Half a period keeps the next beat at most 1.5
-        // periods on. Only one that landed: one refused because another
-        // process beats under our id must be written again here, where the
-        // refusal stops this one before it reads the table as the owner
-        // of that process's leases (SIM_FAULTS=namesakes seeds 340, 420).
-        let beat = if self.held.since_alive() < self.timings.heartbeat_interval / 2 {
-            Ok(())
+        // periods on. One refused because another process beats under our
+        // id stops this one, before it reads the table as the owner of
+        // that process's leases (SIM_FAULTS=namesakes seeds 340, 420).
+        // One that failed (logged then) leaves this round nothing to do:
+        // the table is planned on only with a workers row that landed
+        // lately, as a stale one shows live peers as dead (seed 471).
+        let half = self.timings.heartbeat_interval / 2;
+        let beat = if self.beat_refused_for_namesake {
+            Some(Err(namesake_error(self.held.owner())))
+        } else if self.beat_is_due(half) {
+            Some(self.heartbeat())
+        } else if self.held.since_alive() < half {
+            Some(Ok(()))
         } else {
-            self.heartbeat()
+            None
         };
         match beat {
-            Ok(()) => {
+            Some(Ok(())) => {
                 self.held.pay_owed_notice();
                 self.note_not_found();
                 self.read_due |= self.held.take_taken_unseen();
@@ -381,8 +392,8 @@ impl<R: ShardRunner> Coordinator<R> {
                 }
             }
             // Another live process beats under our id: stop, loudly.
-            Err(e) if is_namesake_error(&e) => self.runner.fail(e),
-            Err(e) => match self.unavailable_for() {
+            Some(Err(e)) if is_namesake_error(&e) => self.runner.fail(e),
+            Some(Err(e)) => match self.unavailable_for() {
                 // Out of reach for longer than the program allows: stop, so
                 // that its supervisor restarts it (or someone is paged).
                 Some(duration) if !self.gave_up => {
@@ -397,6 +408,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 }
                 _ => self.log_failure("heartbeat", Err::<(), _>(e)),
             },
+            None => {}
         }
         self.metrics.live().forget_released();
         self.metrics.record(
@@ -439,6 +451,7 @@ impl<R: ShardRunner> Coordinator<R> {
         let rows = std::mem::take(&mut self.rows);
         self.stop_orphaned_readers(&rows, &held);
         self.rows = rows;
+        self.beat_refused_for_namesake = workers.as_ref().is_err_and(is_namesake_error);
         let workers = workers?;
         let now = self.now();
         let me = self.held.owner().to_owned();
