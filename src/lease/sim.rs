@@ -261,6 +261,8 @@ struct SimTable {
     beats: Mutex<Vec<(String, u64)>>,
     /// Notices fail until the clock reaches this (milliseconds).
     notices_fail_until: AtomicU64,
+    /// Heartbeats fail until the clock reaches this (milliseconds).
+    beats_fail_until: AtomicU64,
     /// Workers whose next heartbeat write takes this long (milliseconds):
     /// their coordinator thread waits in it while everything else runs.
     slow_beats: Mutex<HashMap<String, u64>>,
@@ -450,7 +452,9 @@ impl LeaseStore for SimTable {
             cap,
         } = *beat;
         let fault = self.faults.draw("workers");
-        if matches!(fault, Fault::Fail) {
+        let failing =
+            self.clock.load(Ordering::Relaxed) < self.beats_fail_until.load(Ordering::Relaxed);
+        if failing || matches!(fault, Fault::Fail) {
             return Err(injected("UpdateItem"));
         }
         let mut after = lock(&self.workers).clone();
@@ -1018,6 +1022,7 @@ impl Sim {
             write_millis: AtomicU64::new(0),
             beats: Mutex::default(),
             notices_fail_until: AtomicU64::new(0),
+            beats_fail_until: AtomicU64::new(0),
             slow_beats: Mutex::default(),
             gate: Mutex::default(),
             landing: Mutex::default(),
@@ -2069,6 +2074,59 @@ fn a_worker_back_from_a_pause_under_a_taken_over_id_stops_and_takes_nothing() {
         1,
         "the second process lost the lease"
     );
+}
+
+#[test]
+fn a_worker_whose_heartbeat_failed_plans_nothing_on_the_workers_row_it_saw_last() {
+    // "a" and "b" each read one shard of two.
+    let (mut sim, _) = Sim::with_leases(&[]);
+    let shards: Vec<String> = (0..2).map(|_| lock(&sim.stream).add_shard(&[])).collect();
+    sim.spawn("a".into(), false);
+    sim.spawn("b".into(), false);
+    while sim.workers.iter().any(|w| w.held.len() != 1) {
+        assert!(
+            sim.clock.now() - sim.clock.base < FAILOVER * 3,
+            "never shared"
+        );
+        sim.step_all();
+    }
+    // "a" pauses for 12 s: in the last workers row it saw, "b"'s beat has
+    // stood still since, longer than the failover time, though "b" beat
+    // on. Back, due both a shard listing and a round, its heartbeats fail
+    // for a second: the one before the listing, and the round's if it
+    // wrote one. Without a row that landed it must not judge "b" dead
+    // and take its lease (SIM_FAULTS=namesakes seed 471).
+    let resumed = sim.clock.now() + Duration::from_secs(12);
+    sim.workers[0].paused_until = resumed;
+    let put_and_step = |sim: &mut Sim| {
+        for shard in &shards {
+            lock(&sim.stream).put(shard);
+        }
+        sim.step_all();
+    };
+    while sim.clock.now() < resumed {
+        put_and_step(&mut sim);
+    }
+    let until = resumed + Duration::from_secs(1) - sim.clock.base;
+    sim.table
+        .beats_fail_until
+        .store(until.as_millis() as u64, Ordering::Relaxed);
+    // Until its next round (a period on, with a beat that lands), what
+    // "b" holds stays "b"'s.
+    let bs = sim.workers[1].held.shard_ids();
+    assert!(!bs.is_empty(), "b holds no lease");
+    while sim.clock.now() < resumed + Duration::from_secs(2) {
+        put_and_step(&mut sim);
+        for shard in &bs {
+            let owner = match lock(&sim.table.rows).get(shard) {
+                Some(Row::Lease(l)) => l.owner.clone(),
+                _ => None,
+            };
+            assert_eq!(owner.as_deref(), Some("b"), "{shard} taken from b");
+        }
+    }
+    let truth = lock(&sim.truth);
+    assert!(truth.violations.is_empty(), "{:?}", truth.violations);
 }
 
 #[test]
