@@ -961,6 +961,8 @@ struct Worker {
     next_round: Instant,
     next_sync: Instant,
     paused_until: Instant,
+    /// Until when its host is suspended (its monotonic clock stopped).
+    suspended_until: Instant,
     capped: bool,
 }
 
@@ -1114,6 +1116,7 @@ impl Sim {
             next_round: now + offset,
             next_sync: now + offset,
             paused_until: now,
+            suspended_until: now,
             capped,
         });
     }
@@ -1320,7 +1323,8 @@ impl Sim {
         if !self.workers.is_empty() && self.rng.chance(0.004) {
             let i = self.rng.below(self.workers.len() as u64) as usize;
             let pause = Duration::from_millis(500 + self.rng.below(20_000));
-            self.workers[i].paused_until = now + pause;
+            // Not back before its host is (a suspend under way).
+            self.workers[i].paused_until = (now + pause).max(self.workers[i].suspended_until);
             trace(|| format!("{} pauses for {pause:?}", self.workers[i].id));
         }
         if !self.workers.is_empty() && enabled("suspend") && self.rng.chance(0.002) {
@@ -1330,9 +1334,20 @@ impl Sim {
             // clock runs on.
             let i = self.rng.below(self.workers.len() as u64) as usize;
             let millis = 1_000 + self.rng.below(30_000);
+            // A suspend within one under way stops the clock only for the
+            // time beyond it: a monotonic clock never runs backwards
+            // (SIM_FAULTS=suspend,namesakes,drift seed 321: overlapping
+            // suspends added 108 s of lag in 60 s, and the clock stood at
+            // zero until 108 s, so the worker judged no peer dead).
             let w = &mut self.workers[i];
-            w.paused_until = now + Duration::from_millis(millis);
-            w.lag.fetch_add(millis as i64, Ordering::Relaxed);
+            let until = now + Duration::from_millis(millis);
+            let stopped_from = w.suspended_until.max(now);
+            if until > stopped_from {
+                let stopped = (until - stopped_from).as_millis() as i64;
+                w.lag.fetch_add(stopped, Ordering::Relaxed);
+                w.suspended_until = until;
+            }
+            w.paused_until = w.paused_until.max(until);
             trace(|| format!("{}'s host is suspended for {millis} ms", w.id));
         }
         if !self.workers.is_empty() && enabled("drift") && self.rng.chance(0.002) {
@@ -1405,6 +1420,12 @@ impl Sim {
         let now = self.clock.now();
         for w in &mut self.workers {
             w.paused_until = now;
+            // A host woken early stopped its clock only until now.
+            if w.suspended_until > now {
+                let unspent = (w.suspended_until - now).as_millis() as i64;
+                w.lag.fetch_sub(unspent, Ordering::Relaxed);
+                w.suspended_until = now;
+            }
         }
         // A process still starting does not count: beside a live namesake
         // it stops instead (SIM_FAULTS=suspend,namesakes seed 916: the
