@@ -213,6 +213,9 @@ pub(crate) struct Coordinator<R: ShardRunner> {
     /// When the last heartbeat was sent (both clocks: see
     /// [`Self::since_beat`]).
     last_beat: Option<Stamp>,
+    /// True when the last heartbeat sent was refused because another live
+    /// process beats under our id (see [`Self::round`]).
+    beat_refused_for_namesake: bool,
     /// The leases this run asked their owners for (see
     /// [`Self::earlier_runs`]).
     asked_this_run: HashSet<String>,
@@ -263,6 +266,7 @@ impl<R: ShardRunner> Coordinator<R> {
             asked_this_run: HashSet::new(),
             reported: HashMap::new(),
             last_beat: None,
+            beat_refused_for_namesake: false,
             gave_up: false,
             namesake: Some(NamesakeWatch::default()),
             former: HashMap::new(),
@@ -387,16 +391,27 @@ impl<R: ShardRunner> Coordinator<R> {
             return;
         }
         // A beat written meanwhile (while a shard listing waited) stands
-        // for this round's: a second one in the same period would be one
-        // write more for nothing, and under throttling one retry chain
-        // more. Half a period keeps the next beat at most 1.5 periods on.
-        let beat = if self.beat_is_due(self.timings.heartbeat_interval / 2) {
-            self.heartbeat()
+        // for this round's, as it went: a second one in the same period
+        // would be one write more for nothing, and under throttling one
+        // retry chain more. Half a period keeps the next beat at most 1.5
+        // periods on. One refused because another process beats under our
+        // id stops this one, before it reads the table as the owner of
+        // that process's leases (SIM_FAULTS=namesakes seeds 340, 420).
+        // One that failed (logged then) leaves this round nothing to do:
+        // the table is planned on only with a workers row that landed
+        // lately, as a stale one shows live peers as dead (seed 471).
+        let half = self.timings.heartbeat_interval / 2;
+        let beat = if self.beat_refused_for_namesake {
+            Some(Err(namesake_error(self.held.owner())))
+        } else if self.beat_is_due(half) {
+            Some(self.heartbeat())
+        } else if self.held.since_alive() < half {
+            Some(Ok(()))
         } else {
-            Ok(())
+            None
         };
         match beat {
-            Ok(()) => {
+            Some(Ok(())) => {
                 self.held.pay_owed_notice();
                 self.note_not_found();
                 self.read_due |= self.held.take_taken_unseen();
@@ -413,7 +428,8 @@ impl<R: ShardRunner> Coordinator<R> {
             }
             // Another live process beats under our id, or the table is
             // out of reach for longer than the program allows: stop.
-            Err(e) => self.beat_failed(e),
+            Some(Err(e)) => self.beat_failed(e),
+            None => {}
         }
         self.record_holdings();
     }
@@ -458,6 +474,7 @@ impl<R: ShardRunner> Coordinator<R> {
         let rows = std::mem::take(&mut self.rows);
         self.stop_orphaned_readers(&rows, &held);
         self.rows = rows;
+        self.beat_refused_for_namesake = workers.as_ref().is_err_and(is_namesake_error);
         let workers = workers?;
         let now = self.now();
         let me = self.held.owner().to_owned();
@@ -521,13 +538,18 @@ impl<R: ShardRunner> Coordinator<R> {
             })
             .map_err(|e| Error::Internal(format!("cannot start the shard listing thread: {e}")))?;
         loop {
+            // A beat already due is written before the wait, not raced
+            // against the listing's answer (a wait of zero): the same here
+            // (a listing takes longer than nothing), and a simulated seed
+            // replays as it ran.
+            self.beat_if_due();
             let until_beat = self
                 .timings
                 .heartbeat_interval
                 .saturating_sub(self.since_beat());
             match listed.recv_timeout(until_beat) {
                 Ok(result) => return result,
-                Err(RecvTimeoutError::Timeout) => self.beat_if_due(),
+                Err(RecvTimeoutError::Timeout) => {}
                 // The lister panicked: so does this thread, as if it had listed.
                 Err(RecvTimeoutError::Disconnected) => match lister.join() {
                     Err(panic) => std::panic::resume_unwind(panic),

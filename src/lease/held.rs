@@ -263,6 +263,12 @@ impl HeldLeases {
         lock(&self.first_landed).is_some_and(|f| self.clock.stamp().since(f) >= self.failover)
     }
 
+    /// How long since the last heartbeat that landed was sent, by the
+    /// clock that saw more time pass (`Duration::MAX`: none landed yet).
+    pub(crate) fn since_alive(&self) -> Duration {
+        lock(&self.alive_since).map_or(Duration::MAX, |a| self.clock.stamp().since(a))
+    }
+
     /// When the last heartbeat that landed was sent (none yet: `None`).
     pub(crate) fn alive_since(&self) -> Option<Instant> {
         lock(&self.alive_since).map(|a| a.monotonic)

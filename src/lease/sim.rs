@@ -271,6 +271,8 @@ struct SimTable {
     beats: Mutex<Vec<(String, u64)>>,
     /// Notices fail until the clock reaches this (milliseconds).
     notices_fail_until: AtomicU64,
+    /// Heartbeats fail until the clock reaches this (milliseconds).
+    beats_fail_until: AtomicU64,
     /// Workers whose next heartbeat write takes this long (milliseconds):
     /// their coordinator thread waits in it while everything else runs.
     slow_beats: Mutex<HashMap<String, u64>>,
@@ -460,7 +462,9 @@ impl LeaseStore for SimTable {
             cap,
         } = *beat;
         let fault = self.faults.draw("workers");
-        if matches!(fault, Fault::Fail) {
+        let failing =
+            self.clock.load(Ordering::Relaxed) < self.beats_fail_until.load(Ordering::Relaxed);
+        if failing || matches!(fault, Fault::Fail) {
             return Err(injected("UpdateItem"));
         }
         let mut after = lock(&self.workers).clone();
@@ -967,6 +971,8 @@ struct Worker {
     next_round: Instant,
     next_sync: Instant,
     paused_until: Instant,
+    /// Until when its host is suspended (its monotonic clock stopped).
+    suspended_until: Instant,
     capped: bool,
 }
 
@@ -1028,6 +1034,7 @@ impl Sim {
             write_millis: AtomicU64::new(0),
             beats: Mutex::default(),
             notices_fail_until: AtomicU64::new(0),
+            beats_fail_until: AtomicU64::new(0),
             slow_beats: Mutex::default(),
             gate: Mutex::default(),
             landing: Mutex::default(),
@@ -1120,6 +1127,7 @@ impl Sim {
             next_round: now + offset,
             next_sync: now + offset,
             paused_until: now,
+            suspended_until: now,
             capped,
         });
     }
@@ -1326,7 +1334,8 @@ impl Sim {
         if !self.workers.is_empty() && self.rng.chance(0.004) {
             let i = self.rng.below(self.workers.len() as u64) as usize;
             let pause = Duration::from_millis(500 + self.rng.below(20_000));
-            self.workers[i].paused_until = now + pause;
+            // Not back before its host is (a suspend under way).
+            self.workers[i].paused_until = (now + pause).max(self.workers[i].suspended_until);
             trace(|| format!("{} pauses for {pause:?}", self.workers[i].id));
         }
         if !self.workers.is_empty() && enabled("suspend") && self.rng.chance(0.002) {
@@ -1336,9 +1345,20 @@ impl Sim {
             // clock runs on.
             let i = self.rng.below(self.workers.len() as u64) as usize;
             let millis = 1_000 + self.rng.below(30_000);
+            // A suspend within one under way stops the clock only for the
+            // time beyond it: a monotonic clock never runs backwards
+            // (SIM_FAULTS=suspend,namesakes,drift seed 321: overlapping
+            // suspends added 108 s of lag in 60 s, and the clock stood at
+            // zero until 108 s, so the worker judged no peer dead).
             let w = &mut self.workers[i];
-            w.paused_until = now + Duration::from_millis(millis);
-            w.lag.fetch_add(millis as i64, Ordering::Relaxed);
+            let until = now + Duration::from_millis(millis);
+            let stopped_from = w.suspended_until.max(now);
+            if until > stopped_from {
+                let stopped = (until - stopped_from).as_millis() as i64;
+                w.lag.fetch_add(stopped, Ordering::Relaxed);
+                w.suspended_until = until;
+            }
+            w.paused_until = w.paused_until.max(until);
             trace(|| format!("{}'s host is suspended for {millis} ms", w.id));
         }
         if !self.workers.is_empty() && enabled("drift") && self.rng.chance(0.002) {
@@ -1411,8 +1431,18 @@ impl Sim {
         let now = self.clock.now();
         for w in &mut self.workers {
             w.paused_until = now;
+            // A host woken early stopped its clock only until now.
+            if w.suspended_until > now {
+                let unspent = (w.suspended_until - now).as_millis() as i64;
+                w.lag.fetch_sub(unspent, Ordering::Relaxed);
+                w.suspended_until = now;
+            }
         }
-        if self.workers.iter().all(|w| w.capped) {
+        // A process still starting does not count: beside a live namesake
+        // it stops instead (SIM_FAULTS=suspend,namesakes seed 916: the
+        // only process left, it found the killed worker's heartbeat moving
+        // for the failover time and stopped, and nothing was read again).
+        if !self.workers.iter().any(|w| w.started && !w.capped) {
             self.spawn("rescuer".into(), false);
         }
     }
@@ -2032,6 +2062,103 @@ fn a_second_process_under_a_live_workers_id_never_hands_on_beside_it() {
             panic!("{v}");
         }
     }
+}
+
+#[test]
+fn a_worker_back_from_a_pause_under_a_taken_over_id_stops_and_takes_nothing() {
+    // "a" pauses for 25 s. A second process under its id starts meanwhile
+    // (its heartbeat stood still), and takes the lease a failover time
+    // after its first heartbeat landed.
+    let (mut sim, shard) = one_worker_settled_on_one_lease();
+    let pause = Duration::from_secs(25);
+    let resumed = sim.clock.now() + pause;
+    sim.workers[0].paused_until = resumed;
+    sim.spawn("a".into(), false);
+    sim.workers[1].started = false;
+    let second = sim.workers[1].instance;
+    while sim.clock.now() < resumed {
+        lock(&sim.stream).put(&shard);
+        sim.step_all();
+    }
+    assert_eq!(
+        sim.workers[1].held.len(),
+        1,
+        "the second process holds the lease before the first is back"
+    );
+    // Back, the first one is due both a shard listing and a round: the
+    // heartbeat written while the listing runs is refused (another
+    // process beats under its id). It must stop, not read the table as
+    // the lease's owner and take it back (SIM_FAULTS=namesakes seeds 340
+    // and 420: a capped worker freed its namesake's leases instead).
+    while sim.clock.now() < resumed + Duration::from_secs(5) {
+        lock(&sim.stream).put(&shard);
+        sim.step_all();
+        sim.remove_namesakes();
+    }
+    let truth = lock(&sim.truth);
+    assert!(truth.violations.is_empty(), "{:?}", truth.violations);
+    assert_eq!(truth.duplicates, 0, "records handed on twice");
+    assert_eq!(truth.namesake_stops, 1, "the paused process did not stop");
+    let instances: Vec<u64> = sim.workers.iter().map(|w| w.instance).collect();
+    assert_eq!(instances, [second], "only the second process runs");
+    assert_eq!(
+        sim.workers[0].held.len(),
+        1,
+        "the second process lost the lease"
+    );
+}
+
+#[test]
+fn a_worker_whose_heartbeat_failed_plans_nothing_on_the_workers_row_it_saw_last() {
+    // "a" and "b" each read one shard of two.
+    let (mut sim, _) = Sim::with_leases(&[]);
+    let shards: Vec<String> = (0..2).map(|_| lock(&sim.stream).add_shard(&[])).collect();
+    sim.spawn("a".into(), false);
+    sim.spawn("b".into(), false);
+    while sim.workers.iter().any(|w| w.held.len() != 1) {
+        assert!(
+            sim.clock.now() - sim.clock.base < FAILOVER * 3,
+            "never shared"
+        );
+        sim.step_all();
+    }
+    // "a" pauses for 12 s: in the last workers row it saw, "b"'s beat has
+    // stood still since, longer than the failover time, though "b" beat
+    // on. Back, due both a shard listing and a round, its heartbeats fail
+    // for a second: the one before the listing, and the round's if it
+    // wrote one. Without a row that landed it must not judge "b" dead
+    // and take its lease (SIM_FAULTS=namesakes seed 471).
+    let resumed = sim.clock.now() + Duration::from_secs(12);
+    sim.workers[0].paused_until = resumed;
+    let put_and_step = |sim: &mut Sim| {
+        for shard in &shards {
+            lock(&sim.stream).put(shard);
+        }
+        sim.step_all();
+    };
+    while sim.clock.now() < resumed {
+        put_and_step(&mut sim);
+    }
+    let until = resumed + Duration::from_secs(1) - sim.clock.base;
+    sim.table
+        .beats_fail_until
+        .store(until.as_millis() as u64, Ordering::Relaxed);
+    // Until its next round (a period on, with a beat that lands), what
+    // "b" holds stays "b"'s.
+    let bs = sim.workers[1].held.shard_ids();
+    assert!(!bs.is_empty(), "b holds no lease");
+    while sim.clock.now() < resumed + Duration::from_secs(2) {
+        put_and_step(&mut sim);
+        for shard in &bs {
+            let owner = match lock(&sim.table.rows).get(shard) {
+                Some(Row::Lease(l)) => l.owner.clone(),
+                _ => None,
+            };
+            assert_eq!(owner.as_deref(), Some("b"), "{shard} taken from b");
+        }
+    }
+    let truth = lock(&sim.truth);
+    assert!(truth.violations.is_empty(), "{:?}", truth.violations);
 }
 
 #[test]

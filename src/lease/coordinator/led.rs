@@ -731,12 +731,8 @@ impl<R: ShardRunner> Coordinator<R> {
 /// lock first if the leader stops.
 fn successors(live: &BTreeSet<String>, me: &str) -> Vec<String> {
     let after = live.range::<str, _>((std::ops::Bound::Excluded(me), std::ops::Bound::Unbounded));
-    after
-        .chain(live.iter())
-        .filter(|id| id.as_str() != me)
-        .take(2)
-        .cloned()
-        .collect()
+    let before = live.range::<str, _>(..me);
+    after.chain(before).take(2).cloned().collect()
 }
 
 /// A worker's place within a period, from its id: workers that are no
