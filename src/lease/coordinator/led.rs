@@ -127,6 +127,10 @@ impl<R: ShardRunner> Coordinator<R> {
         self.watch_lock()?;
         if self.led.leads() {
             self.lead()?;
+        } else {
+            // Only a leader keeps the table: at 20,000 leases a copy in
+            // each of 2,000 workers would be gigabytes.
+            self.rows = Vec::new();
         }
         Ok(())
     }
