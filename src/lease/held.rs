@@ -593,7 +593,9 @@ impl HeldLeases {
         // have landed), rather than waiting for its heartbeat to expire.
         if self.itemized() {
             if let Err(e) = self.table.forget_item(&self.owner, None) {
-                log::warn!("deleting this worker's item failed (the leader will see its heartbeat stop): {e}");
+                log::warn!(
+                    "deleting this worker's item failed (the leader will see its heartbeat stop): {e}"
+                );
             }
             return released;
         }

@@ -140,9 +140,7 @@ impl<R: ShardRunner> Coordinator<R> {
     pub(super) fn beat_in_item(&mut self) -> Result<WorkerItem> {
         self.last_beat = Some(self.held.clock().stamp());
         self.led.settled.held = Some(self.held.len() as u64);
-        let (lapsed, item) = self
-            .held
-            .heartbeat_in_item(self.cap(), &self.led.settled);
+        let (lapsed, item) = self.held.heartbeat_in_item(self.cap(), &self.led.settled);
         if let Some(dropped) = lapsed {
             for shard_id in &dropped {
                 log::warn!(
@@ -211,8 +209,7 @@ impl<R: ShardRunner> Coordinator<R> {
         }
         self.runner.start(key, epoch, &lease.checkpoint);
         self.led.started.insert(key.to_owned());
-        self.metrics
-            .record(None, &[(Metric::LeasesTaken, 1.0)]);
+        self.metrics.record(None, &[(Metric::LeasesTaken, 1.0)]);
         Ok(())
     }
 
@@ -399,7 +396,8 @@ impl<R: ShardRunner> Coordinator<R> {
                 .collect(),
             ..Workers::default()
         };
-        self.peers.observe(&workers, &me, now, self.timings.failover);
+        self.peers
+            .observe(&workers, &me, now, self.timings.failover);
         let live = self.live_workers(&survey.workers);
         self.led.successors = successors(&live, &me);
         self.send_unsent();
@@ -509,9 +507,15 @@ impl<R: ShardRunner> Coordinator<R> {
             self.beat_if_due();
             if *to == me {
                 if let Some(epoch) = self.held.take(key, *counter, false)? {
-                    let lease = rows.iter().filter_map(Row::lease).find(|l| l.shard_id == *key);
+                    let lease = rows
+                        .iter()
+                        .filter_map(Row::lease)
+                        .find(|l| l.shard_id == *key);
                     if let Some(lease) = lease {
-                        log::info!("took lease {key} (was {})", owned_by(lease.owner.as_deref()));
+                        log::info!(
+                            "took lease {key} (was {})",
+                            owned_by(lease.owner.as_deref())
+                        );
                         self.runner.start(key, epoch, &lease.checkpoint);
                         self.led.started.insert(key.clone());
                     }
@@ -607,9 +611,9 @@ impl<R: ShardRunner> Coordinator<R> {
                 .filter(|(key, _)| !pending.contains(key))
                 .collect();
             let doubtful = match worker == me {
-                true => unknown.iter().any(|(key, _)| {
-                    !held.contains(*key) && !self.led.earlier_runs.contains(*key)
-                }),
+                true => unknown
+                    .iter()
+                    .any(|(key, _)| !held.contains(*key) && !self.led.earlier_runs.contains(*key)),
                 false => item
                     .and_then(|i| i.held)
                     .is_some_and(|said| unknown.len() as u64 > said),
@@ -622,14 +626,18 @@ impl<R: ShardRunner> Coordinator<R> {
             if !has_waited(now.saturating_duration_since(since), failover) {
                 continue;
             }
-            log::info!("{worker} may not know every lease it owns: writing them into its item again");
+            log::info!(
+                "{worker} may not know every lease it owns: writing them into its item again"
+            );
             self.led.doubts.insert(worker.to_owned(), now);
             if worker == me {
                 let mine = unknown.iter().map(|(key, _)| (*key).to_owned());
                 self.led.recheck.extend(mine);
                 continue;
             }
-            let entries = unknown.iter().map(|(key, counter)| note_entry(key, *counter));
+            let entries = unknown
+                .iter()
+                .map(|(key, counter)| note_entry(key, *counter));
             self.led
                 .unsent
                 .entry((worker.to_owned(), true))
@@ -735,7 +743,7 @@ impl<R: ShardRunner> Coordinator<R> {
 /// lock first if the leader stops.
 fn successors(live: &BTreeSet<String>, me: &str) -> Vec<String> {
     let after = live.range::<str, _>((std::ops::Bound::Excluded(me), std::ops::Bound::Unbounded));
-    let before = live.range::<str, _>(..me);
+    let before = live.range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Excluded(me)));
     after.chain(before).take(2).cloned().collect()
 }
 

@@ -276,7 +276,9 @@ pub(crate) fn worker_item_bytes(worker: &str, item: &WorkerItem) -> usize {
         + "beat".len()
         + number_bytes(item.beat)
         + item.cap.map_or(0, |cap| "cap".len() + number_bytes(cap))
-        + item.held.map_or(0, |held| "held".len() + number_bytes(held))
+        + item
+            .held
+            .map_or(0, |held| "held".len() + number_bytes(held))
         + set("take", &item.take)
         + set("give", &item.give)
 }
