@@ -574,6 +574,9 @@ impl<R: ShardRunner> Coordinator<R> {
         let result = self.sync_shards();
         self.log_failure("shard sync", result);
         self.read_due = true;
+        if self.is_led() && !self.led.leads() {
+            self.forget_table();
+        }
     }
 
     /// Stops every reader and releases every lease. Readers are told to

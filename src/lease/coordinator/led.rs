@@ -123,16 +123,25 @@ impl<R: ShardRunner> Coordinator<R> {
             .collect();
         let item = self.beat_in_item()?;
         self.settle(&item);
-        self.sync_shards()?;
+        // Only the leader lists the stream: 2,000 workers listing 20,000
+        // shards at once would be 40,000 ListShards calls.
         self.watch_lock()?;
         if self.led.leads() {
             self.lead()?;
         } else {
-            // Only a leader keeps the table: at 20,000 leases a copy in
-            // each of 2,000 workers would be gigabytes.
-            self.rows = Vec::new();
+            self.forget_table();
         }
         Ok(())
+    }
+
+    /// Drops what only a leader needs (the table and the stream's shards
+    /// as last read): at 20,000 leases a copy in each of 2,000 workers
+    /// would take gigabytes.
+    pub(super) fn forget_table(&mut self) {
+        self.rows = Vec::new();
+        self.listed = None;
+        self.misses.clear();
+        self.observed.clear();
     }
 
     /// Writes the heartbeat in this worker's item (with the entries
@@ -306,6 +315,7 @@ impl<R: ShardRunner> Coordinator<R> {
             Ok(false) => {
                 log::warn!("no longer the leader: another worker took the lock");
                 self.led.leading = None;
+                self.forget_table();
             }
             // Not renewed: still ours until someone claims it.
             Err(e) => self.log_failure("renewing the leader's lock", Err::<(), _>(e)),
