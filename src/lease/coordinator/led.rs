@@ -375,9 +375,11 @@ impl<R: ShardRunner> Coordinator<R> {
             }
         );
         self.led.leading = Some(beat);
-        // A lock no one held: the fleet may be starting, and a worker that
-        // has not beaten yet has no item; a period lets each write one.
-        self.led.plans_from = Some(if seen.is_none() { now + period } else { now });
+        // A lock no one held since we started: the fleet may be starting,
+        // and a worker that has not beaten yet has no item; a period lets
+        // each write one. One let go by a leader that left: at once.
+        let starting = seen.is_none() && self.led.lock_seen.is_none();
+        self.led.plans_from = Some(if starting { now + period } else { now });
         self.led.predecessor = seen
             .filter(|(w, _)| *w != me)
             .map(|(w, beat)| (w, beat, None));
