@@ -893,12 +893,7 @@ impl<R: ShardRunner> Coordinator<R> {
         self.report(&standings);
         let (stale, unclaimed) = self.judge_leases(rows, now, me);
         let live: BTreeSet<String> = self.peers.live();
-        let overdue: HashSet<String> = self
-            .handoffs_seen
-            .keys()
-            .filter(|id| self.overdue(id))
-            .cloned()
-            .collect();
+        let overdue = self.overdue_handoffs();
         let held = self.held.shard_ids();
         let earlier_runs = self.earlier_runs(rows);
         let plan = plan::plan_round(&RoundInput {
@@ -963,6 +958,16 @@ impl<R: ShardRunner> Coordinator<R> {
             }
         }
         (stale, unclaimed)
+    }
+
+    /// The asks seen in flight for the failover time or more: no longer
+    /// waited for.
+    fn overdue_handoffs(&self) -> HashSet<String> {
+        self.handoffs_seen
+            .keys()
+            .filter(|id| self.overdue(id))
+            .cloned()
+            .collect()
     }
 
     /// True when the lease was asked for this worker the failover time ago

@@ -496,12 +496,7 @@ impl<R: ShardRunner> Coordinator<R> {
                     .or_insert(now);
             }
         }
-        let overdue: HashSet<String> = self
-            .handoffs_seen
-            .keys()
-            .filter(|id| self.overdue(id))
-            .cloned()
-            .collect();
+        let overdue = self.overdue_handoffs();
         let plan = plan::plan_fleet(&FleetInput {
             rows,
             standings: &standings,
