@@ -663,10 +663,16 @@ impl<R: ShardRunner> Coordinator<R> {
     /// leases it still holds (those of a stream just removed, until they
     /// are released after their last checkpoint).
     fn list_rows(&self, consistent: bool) -> Result<Vec<Row>> {
-        let mut rows = self.held.table().list(consistent)?;
+        let rows = self.held.table().list(consistent)?;
+        Ok(self.ours(rows))
+    }
+
+    /// Of `rows`, those of the shards this coordinator reads and of the
+    /// leases it still holds (see [`Self::list_rows`]).
+    fn ours(&self, mut rows: Vec<Row>) -> Vec<Row> {
         let held = self.held.shard_ids();
         rows.retain(|r| self.shards.owns(r.shard_id()) || held.contains(r.shard_id()));
-        Ok(rows)
+        rows
     }
 
     /// Gives back the held leases of streams no longer read: each is

@@ -533,7 +533,6 @@ impl HeldLeases {
                     log::info!("{to} left before lease {shard_id} reached it; the leader frees it");
                 }
             }
-            _ if self.itemized() => {}
             to => self.tell(to.as_deref(), || format!("that lease {shard_id} is free")),
         }
         Ok(())

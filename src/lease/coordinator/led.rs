@@ -416,9 +416,7 @@ impl<R: ShardRunner> Coordinator<R> {
         if self.led.plans_from.is_some_and(|from| now < from) {
             return Ok(());
         }
-        let held = self.held.shard_ids();
-        let mut rows = survey.rows;
-        rows.retain(|r| self.shards.owns(r.shard_id()) || held.contains(r.shard_id()));
+        let mut rows = self.ours(survey.rows);
         if self.listed.is_none() {
             self.rows = rows;
             self.sync_shards()?;
