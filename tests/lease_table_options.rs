@@ -483,3 +483,97 @@ fn a_kcl_worker_taking_a_lease_of_ours_is_refused_within_the_failover_time() {
     // in hand, at most.
     assert!(after <= Duration::from_millis(600), "{after:?}");
 }
+
+/// A leader-run fleet of two workers: a KCL worker takes the lease of the
+/// one that does not lead (it renews no lease row and reads no table, so
+/// it cannot see the take itself). The leader sees the outsider renew,
+/// writes why into the lock and stops; the other reads the lock at its
+/// next heartbeat and stops with the same error. Both within the failover
+/// time and two heartbeat periods of the take.
+#[test]
+fn a_kcl_worker_stops_every_worker_of_a_leader_run_fleet() {
+    use kinesis_consumer::__test_support::{Expression, MemberItems};
+    use kinesis_consumer::Coordination;
+    let stream = common::create_stream(2);
+    let app = common::unique_name("app");
+    let producer = common::produce(&stream, "k");
+    let failover = Duration::from_secs(3);
+    let (done, results) = mpsc::channel();
+    for id in ["a", "b"] {
+        let consumer = common::consumer_builder(&stream, &app)
+            .worker_id(id)
+            .coordination(Coordination::Leader)
+            .failover_time(failover)
+            .build()
+            .unwrap();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let result = consumer.run(|_batch| Ok(()));
+            let _ = done.send((id, result, Instant::now()));
+        });
+    }
+    // Wait until the follower holds a lease it checkpointed.
+    let d = common::dynamodb();
+    let members = MemberItems::new(d.clone(), &app);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (key, counter) = loop {
+        assert!(Instant::now() < deadline, "no lease of the follower");
+        let leader = members.leader().ok().flatten().map(|l| l.0);
+        let rows = common::lease_rows(&app).unwrap_or_default();
+        let follower_row = rows.into_iter().find(|r| {
+            let owner = r.get("leaseOwner").and_then(|o| o.as_s());
+            owner.is_some()
+                && leader.is_some()
+                && owner != leader.as_deref()
+                && r["checkpoint"]
+                    .as_s()
+                    .is_some_and(|c| c.chars().all(|c| c.is_ascii_digit()))
+        });
+        if let Some(row) = follower_row {
+            let counter: u64 = row["leaseCounter"].as_n().unwrap().parse().unwrap();
+            break (
+                HashMap::from([("leaseKey".to_owned(), row["leaseKey"].clone())]),
+                counter,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let take = Expression::new("SET leaseOwner = :o, leaseCounter = :n")
+        .value(":o", AttributeValue::S("kcl-host:77c3".into()))
+        .value(":n", AttributeValue::N((counter + 1).to_string()));
+    d.update_item(&app, &key, &take, None).unwrap();
+    let taken = Instant::now();
+    let mut stopped = Vec::new();
+    let mut renewal = counter + 1;
+    while stopped.len() < 2 {
+        assert!(
+            taken.elapsed() < Duration::from_secs(30),
+            "still running 30 s after the take: {stopped:?}"
+        );
+        // The KCL renews every third of the failover time.
+        if let Ok((id, result, at)) = results.recv_timeout(failover / 3) {
+            stopped.push((id, result, at));
+        }
+        renewal += 1;
+        let renew = Expression::new("SET leaseCounter = :n")
+            .value(":n", AttributeValue::N(renewal.to_string()));
+        d.update_item(&app, &key, &renew, None).unwrap();
+    }
+    producer.finish();
+    for (id, result, at) in stopped {
+        let e = result.expect_err("every worker refuses to share the table");
+        assert!(
+            matches!(&e, Error::Config { setting, .. } if *setting == "lease_table_name"),
+            "{id}: {e}"
+        );
+        assert!(e.to_string().contains("kcl-host:77c3"), "{id}: {e}");
+        let after = at - taken;
+        println!(
+            "worker {id} stopped {:.2} s after the take",
+            after.as_secs_f64()
+        );
+        // The leader watches the renewal for a heartbeat period (up to three
+        // of its rounds); the follower reads the lock at its next round.
+        assert!(after <= failover + failover / 3 * 2, "{id}: {after:?}");
+    }
+}

@@ -362,9 +362,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             let now = Instant::now();
-            // In a leader-run fleet only the leader keeps the table in
-            // step with the stream (a worker finishing a shard lists it too).
-            if now >= next_sync && (!self.is_led() || self.led.leads()) {
+            if now >= next_sync && self.syncs_shards() {
                 match self.sync_shards() {
                     // The stream was deleted: nothing left to read.
                     Err(e) if e.code() == Some("ResourceNotFoundException") => self.runner.fail(e),
@@ -380,6 +378,13 @@ impl<R: ShardRunner> Coordinator<R> {
             }
         }
         self.stop();
+    }
+
+    /// True when this worker keeps the table in step with the stream
+    /// every shard sync interval: in a leader-run fleet only the leader
+    /// does (a worker finishing a shard lists it too).
+    pub(crate) fn syncs_shards(&self) -> bool {
+        !self.is_led() || self.led.leads()
     }
 
     /// One round: the heartbeat, then a read of the lease table and a take

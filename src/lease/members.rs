@@ -35,6 +35,7 @@ const TAKE: &str = "take";
 const GIVE: &str = "give";
 const LEADER: &str = "leader";
 const SUCCESSORS: &str = "successors";
+const HALT: &str = "halt";
 
 /// A worker's item as its heartbeat left it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,6 +66,9 @@ pub(crate) struct Lock {
     pub beat: u64,
     /// Who claims first when the leader stops, in order.
     pub successors: Vec<String>,
+    /// Why the leader stopped the fleet (a KCL worker shares the table):
+    /// every worker that reads it stops with this reason.
+    pub halt: Option<String>,
 }
 
 /// One of a worker's two sets of leases.
@@ -117,6 +121,8 @@ pub(crate) struct Lead<'a> {
     pub seen: Option<(&'a str, u64)>,
     /// Who claims first if we stop, in order.
     pub successors: &'a [String],
+    /// Why the leader stops the fleet; a write without one clears it.
+    pub halt: Option<&'a str>,
 }
 
 /// What the leader reads each round, in one Scan.
@@ -252,6 +258,10 @@ pub(crate) fn parse_lock(item: &Item) -> Option<Lock> {
         leader: item.get(LEADER)?.as_s()?.to_owned(),
         beat: number(item, BEAT)?,
         successors,
+        halt: item
+            .get(HALT)
+            .and_then(AttributeValue::as_s)
+            .map(str::to_owned),
     })
 }
 
@@ -313,16 +323,24 @@ fn beat_condition(beat: &Beat<'_>) -> Option<Expression> {
 /// or this very write already landed.
 fn lead_write(lead: &Lead<'_>) -> (Expression, Expression) {
     let successors = lead.successors.iter().map(|w| s(w)).collect();
-    let update = typed(
+    let halt = match lead.halt {
+        Some(_) => ", #halt = :halt",
+        None => " REMOVE #halt",
+    };
+    let mut update = typed(
         LEADER_TYPE,
-        ", #leader = :me, #beat = :beat, #successors = :successors",
+        &format!(", #leader = :me, #beat = :beat, #successors = :successors{halt}"),
     )
     .name("#leader", LEADER)
     .name("#beat", BEAT)
     .name("#successors", SUCCESSORS)
+    .name("#halt", HALT)
     .value(":me", s(lead.worker))
     .value(":beat", n(lead.beat))
     .value(":successors", AttributeValue::L(successors));
+    if let Some(why) = lead.halt {
+        update = update.value(":halt", s(why));
+    }
     let landed = "(#leader = :me AND #beat = :beat)";
     let condition = match lead.seen {
         None => Expression::new(format!("attribute_not_exists(#leader) OR {landed}")),
@@ -520,6 +538,7 @@ impl MemberItems {
             beat,
             seen,
             successors,
+            halt: None,
         })
     }
 
@@ -606,6 +625,7 @@ mod tests {
                 leader: "w-1".into(),
                 beat: 7,
                 successors: vec!["w-2".into(), "w-3".into()],
+                halt: None,
             })
         );
         assert_eq!(parse_worker(&lock), None);
@@ -674,14 +694,18 @@ mod tests {
         }
         let successors = ["w-2".to_owned()];
         for seen in [None, Some(("w-0", 9))] {
-            let (update, condition) = lead_write(&Lead {
-                worker: "w-1",
-                beat: 3,
-                seen,
-                successors: &successors,
-            });
-            assert_placeholders_match(&update);
-            assert_placeholders_match(&condition);
+            for halt in [None, Some("a KCL worker")] {
+                let (update, condition) = lead_write(&Lead {
+                    worker: "w-1",
+                    beat: 3,
+                    seen,
+                    successors: &successors,
+                    halt,
+                });
+                assert_placeholders_match(&update);
+                assert_placeholders_match(&condition);
+                assert_eq!(update.text.contains("REMOVE #halt"), halt.is_none());
+            }
         }
         let (update, condition) = note_write(Notes::Give, &settled);
         assert_placeholders_match(&update);

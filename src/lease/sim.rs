@@ -49,8 +49,6 @@ use limits::{ItemLimits, lease_bytes, workers_bytes};
 
 #[cfg_attr(not(feature = "simulation"), allow(dead_code, unreachable_pub))]
 pub(crate) mod fleet;
-#[cfg(test)]
-mod leader_fleet;
 mod limits;
 mod members;
 
@@ -1473,7 +1471,7 @@ impl Sim {
             for shard_id in std::mem::take(&mut w.finished_meanwhile) {
                 coordinator.shard_finished(&shard_id);
             }
-            if now >= w.next_sync {
+            if now >= w.next_sync && coordinator.syncs_shards() {
                 let _ = coordinator.sync_shards();
                 w.next_sync = now + sync_interval;
             }

@@ -309,6 +309,7 @@ impl<R: ShardRunner> Coordinator<R> {
             beat,
             seen: Some((self.held.owner(), last)),
             successors: &self.led.successors,
+            halt: None,
         };
         match self.held.table().lead(&renewal) {
             Ok(true) => self.led.leading = Some(beat),
@@ -334,6 +335,17 @@ impl<R: ShardRunner> Coordinator<R> {
         let seen = match self.held.table().lock()? {
             None => None,
             Some(lock) => {
+                // A halt written since our last read stops us; one already
+                // there when we first looked is an old fleet's (see
+                // `halt_fleet`), claimed over like any still lock.
+                let written_since = |(w, b, _): &(String, u64, Instant)| {
+                    (w.as_str(), *b) != (lock.leader.as_str(), lock.beat)
+                };
+                if let Some(why) = &lock.halt {
+                    if self.led.lock_seen.as_ref().is_some_and(written_since) {
+                        return Err(self.halted(&lock.leader, why));
+                    }
+                }
                 let still = match &mut self.led.lock_seen {
                     Some((holder, beat, since)) if *holder == lock.leader && *beat == lock.beat => {
                         now.saturating_duration_since(*since)
@@ -363,6 +375,7 @@ impl<R: ShardRunner> Coordinator<R> {
             beat,
             seen: seen.as_ref().map(|(w, b)| (w.as_str(), *b)),
             successors: &[],
+            halt: None,
         };
         if !self.held.table().lead(&claim)? {
             return Ok(());
@@ -428,7 +441,10 @@ impl<R: ShardRunner> Coordinator<R> {
             self.sync_shards()?;
             rows = std::mem::take(&mut self.rows);
         }
-        self.observe(&rows, now, &me)?;
+        if let Err(e) = self.observe(&rows, now, &me) {
+            self.halt_fleet(&e);
+            return Err(e);
+        }
         let listed = self.listed.take().unwrap_or_default();
         let result = self.plan_fleet(&rows, &survey.workers, &listed, &live, now);
         self.listed = Some(listed);
@@ -437,6 +453,41 @@ impl<R: ShardRunner> Coordinator<R> {
         self.show_table(&rows);
         self.rows = rows;
         Ok(())
+    }
+
+    /// Stops the whole fleet, not only this worker, when a worker outside
+    /// it shares the table (see [`Coordinator::observe`]): the lock keeps
+    /// the reason, and every worker that reads it stops with it within a
+    /// heartbeat period. The lock is not let go: a worker started later
+    /// claims it only once it stood still for the failover time, and then
+    /// watches the table afresh.
+    fn halt_fleet(&mut self, e: &Error) {
+        let Error::Config { reason, .. } = e else {
+            return;
+        };
+        let Some(last) = self.led.leading.take() else {
+            return;
+        };
+        let beat = self.held.reserve_beat();
+        let halt = Lead {
+            worker: self.held.owner(),
+            beat,
+            seen: Some((self.held.owner(), last)),
+            successors: &self.led.successors,
+            halt: Some(reason),
+        };
+        let written = self.held.table().lead(&halt);
+        self.log_failure("stopping the fleet through the lock", written);
+        self.forget_table();
+    }
+
+    /// A follower's error for a fleet its leader stopped (the reason the
+    /// leader wrote in the lock); its own work stops with it.
+    fn halted(&mut self, leader: &str, why: &str) -> Error {
+        log::error!("the leader {leader} stopped the fleet: {why}");
+        self.runner
+            .fail(Error::config("lease_table_name", why.to_owned()));
+        Error::config("lease_table_name", why.to_owned())
     }
 
     /// The live workers: those whose item's beat has not stood still for

@@ -186,6 +186,7 @@ impl MemberStore for SimTable {
             leader: lead.worker.to_owned(),
             beat: lead.beat,
             successors: lead.successors.to_vec(),
+            halt: lead.halt.map(str::to_owned),
         };
         let before = members.lock.as_ref().map_or(0, lock_bytes);
         self.bill_member_write(LEADER_KEY, before.max(lock_bytes(&after)))?;
@@ -310,6 +311,7 @@ mod tests {
             beat,
             seen,
             successors: &[],
+            halt: None,
         };
         assert!(table.lead(&lead("w1", 5, None)).unwrap());
         // A second claim of a free lock comes too late.
@@ -338,6 +340,7 @@ mod tests {
             beat: 1,
             seen: None,
             successors: &successors,
+            halt: None,
         };
         assert!(table.lead(&claim).unwrap());
         let survey = table.survey(true).unwrap();
