@@ -15,7 +15,7 @@
 //! ```
 //!
 //! It reads the table twice, `--observe-ms` apart: a lease whose owner's
-//! heartbeat (in the workers row) did not move in between may have lost its
+//! heartbeat (in its worker item, or the workers row) did not move in between may have lost its
 //! owner (workers write one every third of their failover time, 3.3 s by
 //! default); for an owner that writes no heartbeat (the KCL), the lease's
 //! own counter is watched instead, as the KCL renews each lease. With
@@ -170,7 +170,7 @@ fn main() {
         .filter_map(|r| r.lease.as_ref()?.owner.as_deref())
         .collect();
     let summary = format!(
-        "lease table {app}: {} leases, {} owners {:?}; workers row: {:?}",
+        "lease table {app}: {} leases, {} owners {:?}; heartbeats: {:?}",
         rows.len(),
         owners.len(),
         owners,

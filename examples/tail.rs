@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --example tail -- (--stream S | --stream-arn ARN)... --app A [--position trim-horizon|latest|<RFC 3339 time>]
 //!     [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)] [--metrics-addr [HOST:]PORT]
-//!     [--enhanced-fan-out CONSUMER_NAME] [--processors] [--coordination workers-row|leader (workers-row)]
+//!     [--enhanced-fan-out CONSUMER_NAME] [--processors] [--coordination workers-row|leader (leader)]
 //! ```
 //!
 //! Endpoints, region and credentials come from the standard AWS environment
@@ -36,7 +36,7 @@ use kinesis_consumer::{
 
 const USAGE: &str = "usage: tail (--stream S | --stream-arn ARN)... --app A [--position trim-horizon|latest|<RFC 3339 time>] \
 [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)] [--metrics-addr [HOST:]PORT] \
-[--enhanced-fan-out CONSUMER_NAME] [--processors] [--coordination workers-row|leader (workers-row)]";
+[--enhanced-fan-out CONSUMER_NAME] [--processors] [--coordination workers-row|leader (leader)]";
 
 fn main() {
     support::init_logging();
@@ -89,8 +89,8 @@ fn main() {
         builder = builder.enhanced_fan_out(name);
     }
     builder = match args.get("coordination") {
-        None | Some("workers-row") => builder.coordination(Coordination::WorkersRow),
-        Some("leader") => builder.coordination(Coordination::Leader),
+        Some("workers-row") => builder.coordination(Coordination::WorkersRow),
+        None | Some("leader") => builder.coordination(Coordination::Leader),
         Some(other) => support::fail(
             USAGE,
             &format!("--coordination {other}: use workers-row or leader"),

@@ -13,7 +13,7 @@ Installs what is missing (npm emulators, aws-kinesis-agg and moto from PyPI,
 prometheus and chromium with apt-get), then runs cargo test --all-targets
 and the consumer, processing, scale-out, dead-letter, replay and
 multi-stream tests again reading through enhanced fan-out and the
-scale-out tests again with leader-run coordination (without arguments,
+scale-out tests again with the workers row instead of a leader (without arguments,
 three test binaries at a time; with arguments, for example a test name
 filter, one after another through cargo test), the doc tests, and the
 lease simulation over SIM_SEEDS seeds (default 3000) in an optimized
@@ -43,10 +43,10 @@ for line in sys.stdin:
 ' | while read -r name exe; do
     echo "$name $exe"
     if [[ $fan_out == *" $name "* ]]; then echo "$name/fan-out $exe KINESIS_TEST_RETRIEVAL=fan-out"; fi
-    if [[ $name == scale_out ]]; then echo "$name/leader $exe KINESIS_TEST_COORDINATION=leader"; fi
+    if [[ $name == scale_out ]]; then echo "$name/workers-row $exe KINESIS_TEST_COORDINATION=workers-row"; fi
   done >"$jobs"
   # Longest first (measured), so that no lane is left with a long one at the end.
-  local slow="fan_out lease_lifecycle scale_out scale_out/fan-out scale_out/leader faults processing/fan-out multi_stream/fan-out processing file_sink multi_stream"
+  local slow="fan_out lease_lifecycle scale_out scale_out/fan-out scale_out/workers-row faults processing/fan-out multi_stream/fan-out processing file_sink multi_stream"
   { for name in $slow; do grep "^$name " "$jobs" || true; done
     grep -v -E "^($(echo "$slow" | tr ' ' '|')) " "$jobs"; } \
     | xargs -P "$lanes" -L 1 bash -c '
@@ -78,7 +78,7 @@ if [ $# -gt 0 ]; then
   # A filter or cargo options: one test binary after another, as cargo runs them.
   cargo test --all-targets "$@"
   KINESIS_TEST_RETRIEVAL=fan-out cargo test "${fan_out_tests[@]/#/--test=}" "$@"
-  KINESIS_TEST_COORDINATION=leader cargo test --test=scale_out "$@"
+  KINESIS_TEST_COORDINATION=workers-row cargo test --test=scale_out "$@"
 else
   # The whole suite: built once, then its binaries run three at a time. They
   # spend most of their time waiting on emulators and failover clocks (one

@@ -163,7 +163,7 @@ impl ConsumerBuilder<Payload> {
                 stream_arn: None,
                 streams: Vec::new(),
                 former_stream_retention: Duration::from_secs(3600),
-                coordination: Coordination::WorkersRow,
+                coordination: Coordination::Leader,
                 client: ClientConfig::new(),
                 kinesis_endpoint_url: None,
                 dynamodb_endpoint_url: None,
@@ -282,7 +282,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// ([`Coordination::WorkersRow`]), or through one item per worker
     /// and an elected leader ([`Coordination::Leader`]), for fleets of
     /// hundreds to thousands of workers. Every worker of one application
-    /// must use the same. Defaults to [`Coordination::WorkersRow`].
+    /// must use the same. Defaults to [`Coordination::Leader`].
     pub fn coordination(mut self, coordination: Coordination) -> Self {
         self.settings.coordination = coordination;
         self

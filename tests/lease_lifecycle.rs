@@ -846,11 +846,13 @@ fn one_hung_lease_write_costs_no_other_lease() {
     b.stop();
 }
 
-/// Every heartbeat worker A sends for 8 s is held 8 s before it reaches
-/// the table (a slow network, a paused sender): each lands long after A
-/// gave up on it (lease-table requests time out at a tenth of the failover
-/// time, 300 ms here) and after B, having seen A's beat stand still for the
-/// failover time (3 s), took A's lease. Neither those late beats nor A's
+/// Every heartbeat worker A sends for 8 s (with a leader, and every write
+/// of the lock A holds) is held 8 s before it reaches the table (a slow
+/// network, a paused sender): each lands long after A gave up on it
+/// (lease-table requests time out at a tenth of the failover time, 300 ms
+/// here) and after B, having seen A's beat stand still for the failover
+/// time (3 s), took A's lease (with a leader: claimed the lock, then took
+/// it). Neither those late beats nor A's
 /// first heartbeat to land again may make the lease A's again: A hands on
 /// no record of the shard while B holds it, and nothing put is lost.
 #[test]
@@ -886,6 +888,14 @@ fn a_heartbeat_landing_after_a_peers_take_revives_no_lease() {
     let held = proxy.add_matching(
         "UpdateItem",
         Some(common::HEARTBEAT),
+        Trigger::For(Duration::from_secs(8)),
+        Fault::Hold(Duration::from_secs(8)),
+    );
+    // With a leader, A (the first to start) leads: its lock renewals are
+    // held as well, or it would go on judging itself alive.
+    proxy.add_matching(
+        "UpdateItem",
+        Some(common::LOCK_WRITE),
         Trigger::For(Duration::from_secs(8)),
         Fault::Hold(Duration::from_secs(8)),
     );
@@ -946,12 +956,13 @@ fn a_heartbeat_landing_after_a_peers_take_revives_no_lease() {
     b.stop();
 }
 
-/// Two workers settled on two leases each; an operator deletes the workers
-/// row (the heartbeats) under them, twice. A worker whose heartbeat
-/// vanished is unknown, not dead: no lease moves and none is lost, the
-/// row comes back with both workers in it, and it never reads as a lease.
+/// Two workers settled on two leases each; an operator deletes what holds
+/// their heartbeats under them, twice: the workers row, or with a leader
+/// every worker item and the lock. A worker whose heartbeat vanished is
+/// unknown, not dead: no lease moves and none is lost, the heartbeats come
+/// back for both workers, and nothing recreated reads as a lease.
 #[test]
-fn the_workers_row_deleted_under_a_settled_fleet_moves_no_lease() {
+fn the_heartbeats_deleted_under_a_settled_fleet_move_no_lease() {
     let _serial = serial();
     let stream = common::create_stream(4);
     let app = common::unique_name("app");
@@ -973,17 +984,29 @@ fn the_workers_row_deleted_under_a_settled_fleet_moves_no_lease() {
     std::thread::sleep(FAILOVER);
     let settled = (owned_by(&app, "worker-A"), owned_by(&app, "worker-B"));
     assert_eq!(settled.0.len(), 2, "precondition: a stable 2 + 2 split");
-    let workers_key = HashMap::from([(
-        "leaseKey".to_owned(),
-        AttributeValue::S("kinesis-consumer:workers".into()),
-    )]);
+    let leader_run = common::coordination() == kinesis_consumer::Coordination::Leader;
+    let heartbeat_keys: Vec<&str> = if leader_run {
+        vec![
+            "kinesis-consumer:worker:worker-A",
+            "kinesis-consumer:worker:worker-B",
+            "kinesis-consumer:leader",
+        ]
+    } else {
+        vec!["kinesis-consumer:workers"]
+    };
     let d = common::dynamodb();
     let deleted = Instant::now();
     let mut deletions = 0;
     while deleted.elapsed() < FAILOVER * 4 {
         // Once at the start, once a failover time and a half in.
         if deletions < 2 && deleted.elapsed() >= FAILOVER * 3 / 2 * deletions {
-            d.delete_item(&app, &workers_key, None).unwrap();
+            for heartbeats in &heartbeat_keys {
+                let key = HashMap::from([(
+                    "leaseKey".to_owned(),
+                    AttributeValue::S((*heartbeats).into()),
+                )]);
+                d.delete_item(&app, &key, None).unwrap();
+            }
             deletions += 1;
         }
         a.assert_running();
@@ -991,28 +1014,36 @@ fn the_workers_row_deleted_under_a_settled_fleet_moves_no_lease() {
         assert_eq!(
             (owned_by(&app, "worker-A"), owned_by(&app, "worker-B")),
             settled,
-            "a lease moved {:.1} s after the workers row was first deleted",
+            "a lease moved {:.1} s after the heartbeats were first deleted",
             deleted.elapsed().as_secs_f64()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let workers = d
-        .scan(&app)
-        .unwrap()
-        .into_iter()
-        .find(|i| i["leaseKey"].as_s() == Some("kinesis-consumer:workers"))
-        .expect("the workers row is written again");
-    assert!(
-        workers.contains_key("beat:worker-A") && workers.contains_key("beat:worker-B"),
-        "both workers beat in the row again: {workers:?}"
-    );
+    let items = d.scan(&app).unwrap();
+    let has = |key: &str| items.iter().any(|i| i["leaseKey"].as_s() == Some(key));
+    if leader_run {
+        assert!(
+            has("kinesis-consumer:worker:worker-A") && has("kinesis-consumer:worker:worker-B"),
+            "both workers beat in their items again: {items:?}"
+        );
+        assert!(has("kinesis-consumer:leader"), "a leader again: {items:?}");
+    } else {
+        let workers = items
+            .iter()
+            .find(|i| i["leaseKey"].as_s() == Some("kinesis-consumer:workers"))
+            .expect("the workers row is written again");
+        assert!(
+            workers.contains_key("beat:worker-A") && workers.contains_key("beat:worker-B"),
+            "both workers beat in the row again: {workers:?}"
+        );
+    }
     let leases =
         kinesis_consumer::list_leases(&common::config(&common::emulators().dynamodb_url), &app)
             .unwrap();
     assert_eq!(
         leases.len(),
         4,
-        "the recreated row reads as a lease: {leases:?}"
+        "a recreated heartbeat reads as a lease: {leases:?}"
     );
     let put = producer.finish();
     wait_delivered_by_either(&put, &a, &b);

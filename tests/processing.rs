@@ -213,9 +213,11 @@ fn shards_are_gained_lost_and_shut_down_as_the_leases_go() {
     let lost = ShardEvent::Lost {
         shard_id: shards[0].clone(),
     };
-    // Nothing of ours tells this worker (a worker of ours never takes a
-    // live worker's lease): it sees the theft at its next full read of the
-    // table, every six failover times (18 s here) at the latest.
+    // Nothing of ours took it (a worker of ours never takes a live
+    // worker's lease): with a leader, the leader's next survey sees it and
+    // tells the owner (two heartbeat periods); with the workers row, the
+    // owner sees it at its next full read of the table, every six failover
+    // times (18 s here) at the latest.
     wait_for("the lease lost", Duration::from_secs(30), || {
         running.events().contains(&lost)
     });
@@ -809,8 +811,12 @@ fn a_blocked_child_asked_for_by_a_peer_is_handed_over_by_processors() {
     let app = common::unique_name("blocked-ask");
     put(&stream, "before", 10);
     let board: Arc<Board> = Arc::default();
+    // Only a workers-row fleet holds the leases of blocked children (a
+    // leader assigns a child once its parents finished).
     let (stop, thread) = run_processors(
-        common::consumer_builder(&stream, &app).worker_id("owner"),
+        common::consumer_builder(&stream, &app)
+            .worker_id("owner")
+            .coordination(kinesis_consumer::Coordination::WorkersRow),
         &board,
         Duration::ZERO,
         None,

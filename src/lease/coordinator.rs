@@ -143,6 +143,11 @@ pub(crate) trait ShardSource: Send + Sync {
     fn take_retired(&self) -> Vec<StreamIdentifier> {
         Vec::new()
     }
+    /// Applies the streams added or removed since the last listing (a
+    /// listing applies them too): a worker of a leader-run fleet that does
+    /// not list calls it every round, or it would refuse the leases of a
+    /// stream added since it started, and read on those of one removed.
+    fn apply_stream_changes(&self) {}
 }
 
 /// The shards of one Kinesis stream.
@@ -506,9 +511,7 @@ impl<R: ShardRunner> Coordinator<R> {
     fn beat_if_due(&mut self) {
         if self.beat_is_due(self.timings.heartbeat_interval) {
             if self.is_led() {
-                // The item's sets wait for the next round.
-                let result = self.beat_in_item().map(|_| ());
-                self.log_failure("heartbeat", result);
+                self.beat_between_rounds();
                 return;
             }
             let result = self.heartbeat();
@@ -1298,9 +1301,14 @@ impl<R: ShardRunner> Coordinator<R> {
             let Some(lease) = lease_of(rows, &shard_id) else {
                 continue;
             };
-            log::info!("starting shard {shard_id} at {}", lease.checkpoint);
-            self.runner.start(&shard_id, epoch, &lease.checkpoint);
+            self.start_reader(&shard_id, epoch, &lease.checkpoint);
         }
+    }
+
+    /// Starts reading a held lease from its checkpoint.
+    fn start_reader(&mut self, shard_id: &str, epoch: u64, checkpoint: &Checkpoint) {
+        log::info!("starting shard {shard_id} at {checkpoint}");
+        self.runner.start(shard_id, epoch, checkpoint);
     }
 }
 

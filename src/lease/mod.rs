@@ -49,14 +49,14 @@ pub enum Coordination {
     /// the lease table when something changed and plans its own part.
     /// Each heartbeat rewrites that one item, so its cost grows with the
     /// square of the fleet: for up to about a hundred workers.
-    #[default]
     WorkersRow,
     /// Each worker beats in an item of its own; one worker, elected
     /// through a lock item in the lease table, reads the table every
     /// heartbeat period and assigns leases for the whole fleet (writing
     /// them into the workers' items); the others never read the table.
     /// No item grows with the fleet. A leader's death stops assignment
-    /// for up to the failover time.
+    /// for up to the failover time. The default.
+    #[default]
     Leader,
 }
 #[cfg(feature = "fuzzing")]
@@ -282,18 +282,23 @@ pub fn list_leases(config: &crate::aws::ClientConfig, app_name: &str) -> crate::
         .collect())
 }
 
-/// Reads the heartbeat of every worker of an application (the workers row
-/// of its lease table; `app_name` as for [`list_leases`]): each worker id
-/// with the number of its last heartbeat. A worker writes one every third
-/// of its failover time; read twice that far apart, a number that did not
-/// move is a worker that may be gone (peers take its leases once it stood
-/// still for the failover time).
+/// Reads the heartbeat of every worker of an application (each worker's
+/// item of its lease table, and the workers row of
+/// [`Coordination::WorkersRow`] fleets; `app_name` as for [`list_leases`]):
+/// each worker id with the number of its last heartbeat. A worker writes
+/// one every third of its failover time; read twice that far apart, a
+/// number that did not move is a worker that may be gone (its leases go to
+/// others once it stood still for the failover time).
 pub fn worker_heartbeats(
     config: &crate::aws::ClientConfig,
     app_name: &str,
 ) -> crate::Result<std::collections::BTreeMap<String, u64>> {
     let dynamodb = crate::aws::dynamodb::DynamoDbClient::new(config)?;
-    LeaseStore::workers(&LeaseTable::new(dynamodb, app_name)).map(|w| w.beats)
+    let table = LeaseTable::new(dynamodb, app_name);
+    let mut beats = LeaseStore::workers(&table)?.beats;
+    let items = members::MemberStore::survey(&table, true)?.workers;
+    beats.extend(items.into_iter().map(|(id, item)| (id, item.beat)));
+    Ok(beats)
 }
 
 /// Reads every row of an application's lease table, malformed ones

@@ -827,7 +827,7 @@ impl ShardSource for SimSource {
         if matches!(self.faults.draw("ListShards"), Fault::Fail | Fault::Lost) {
             return Err(injected("ListShards"));
         }
-        *lock(&self.seen) = lock(&self.removed).clone();
+        self.apply_stream_changes();
         let stream = lock(&self.stream);
         let listed = stream
             .shards
@@ -848,6 +848,10 @@ impl ShardSource for SimSource {
 
     fn owns(&self, key: &str) -> bool {
         !self.is_removed(key)
+    }
+
+    fn apply_stream_changes(&self) {
+        *lock(&self.seen) = lock(&self.removed).clone();
     }
 
     fn take_retired(&self) -> Vec<StreamIdentifier> {

@@ -272,6 +272,10 @@ impl ShardSource for MultiStreamShards {
     fn take_retired(&self) -> Vec<StreamIdentifier> {
         std::mem::take(&mut *lock(&self.retired))
     }
+
+    fn apply_stream_changes(&self) {
+        self.apply_changes();
+    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,8 @@ pub struct Emulators {
 /// A needle that matches the body of a worker's heartbeat (the one write
 /// per round that keeps all its leases), for proxy rules.
 pub const HEARTBEAT: &str = r#""UpdateExpression":"SET #type = :type, #beat = :beat"#;
+/// Matches the body of a write of the leader's lock (a claim or a renewal).
+pub const LOCK_WRITE: &str = r#""UpdateExpression":"SET #type = :type, #leader = :me"#;
 
 pub fn emulators_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("emulators")
@@ -392,14 +394,14 @@ pub fn consumer_builder_at(
         .coordination(coordination())
 }
 
-/// How the tests' workers share leases: through the workers row (the
-/// default), or with `KINESIS_TEST_COORDINATION=leader` through worker
-/// items and an elected leader; scripts/test.sh runs the scale-out tests
-/// both ways.
+/// How the tests' workers share leases: through worker items and an
+/// elected leader (the library's default), or with
+/// `KINESIS_TEST_COORDINATION=workers-row` through the workers row;
+/// scripts/test.sh runs the scale-out tests both ways.
 pub fn coordination() -> kinesis_consumer::Coordination {
     match std::env::var("KINESIS_TEST_COORDINATION").as_deref() {
-        Ok("leader") => kinesis_consumer::Coordination::Leader,
-        Ok("workers-row") | Err(_) => kinesis_consumer::Coordination::WorkersRow,
+        Ok("leader") | Err(_) => kinesis_consumer::Coordination::Leader,
+        Ok("workers-row") => kinesis_consumer::Coordination::WorkersRow,
         Ok(other) => panic!("KINESIS_TEST_COORDINATION={other}: use workers-row or leader"),
     }
 }
@@ -407,7 +409,7 @@ pub fn coordination() -> kinesis_consumer::Coordination {
 /// The `tail` example's arguments for [`coordination`].
 pub fn coordination_args() -> Vec<&'static str> {
     match coordination() {
-        kinesis_consumer::Coordination::Leader => vec!["--coordination", "leader"],
+        kinesis_consumer::Coordination::WorkersRow => vec!["--coordination", "workers-row"],
         _ => vec![],
     }
 }

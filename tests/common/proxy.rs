@@ -362,6 +362,12 @@ impl Proxy {
         self.state.rules.lock().unwrap()[rule.0].hits
     }
 
+    /// How many requests a rule matched, fired or not (a rule that never
+    /// fires, `Trigger::Next(0)`, added first counts them).
+    pub fn seen(&self, rule: RuleId) -> u64 {
+        self.state.rules.lock().unwrap()[rule.0].seen
+    }
+
     /// When a rule first fired (a forwarding fault forwards right then).
     pub fn first_hit(&self, rule: RuleId) -> Option<Instant> {
         self.state.rules.lock().unwrap()[rule.0].first_hit

@@ -64,6 +64,14 @@ pub(super) struct Led {
     /// While leading: live workers the table gives more leases than they
     /// say they hold, and since when (see [`Coordinator::remind`]).
     doubts: BTreeMap<String, Instant>,
+    /// While leading: the leases taken this round and for whom, written
+    /// into the rows kept for the next round (see
+    /// [`Coordinator::tell_of_leases_taken_behind_backs`]).
+    taken: Vec<(String, String)>,
+    /// The item as a beat written between rounds (while a shard listing
+    /// waited) returned it: the next round settles it instead of beating
+    /// again.
+    between: Option<WorkerItem>,
 }
 
 impl Led {
@@ -79,9 +87,16 @@ impl<R: ShardRunner> Coordinator<R> {
         if let Some(last) = self.led.leading {
             self.renew_lock(last);
         }
-        let beat = self.beat_in_item();
+        // A beat written meanwhile stands for this round's, as in the
+        // workers row's round (see `Coordinator::round`).
+        let beat = if self.beat_is_due(self.timings.heartbeat_interval / 2) {
+            Some(self.beat_in_item())
+        } else {
+            self.led.between.take().map(Ok)
+        };
         match beat {
-            Ok(item) => {
+            None => {}
+            Some(Ok(item)) => {
                 self.settle(&item);
                 let refused = self.held.take_refused();
                 self.led.recheck.extend(refused);
@@ -94,10 +109,13 @@ impl<R: ShardRunner> Coordinator<R> {
                 }
                 self.recheck();
             }
-            Err(e) => self.beat_failed(e),
+            Some(Err(e)) => self.beat_failed(e),
         }
         // Streams this process stopped reading: their leases are given
         // back (the leader lists the streams only for itself).
+        if !self.syncs_shards() {
+            self.shards.apply_stream_changes();
+        }
         self.retire_streams();
         self.stop_unheld_readers();
         if !self.led.leads() {
@@ -148,6 +166,7 @@ impl<R: ShardRunner> Coordinator<R> {
     /// settled since the last one that landed) and returns the item.
     pub(super) fn beat_in_item(&mut self) -> Result<WorkerItem> {
         self.last_beat = Some(self.held.clock().stamp());
+        self.led.between = None;
         self.led.settled.held = Some(self.held.len() as u64);
         let (lapsed, item) = self.held.heartbeat_in_item(self.cap(), &self.led.settled);
         if let Some(dropped) = lapsed {
@@ -161,6 +180,16 @@ impl<R: ShardRunner> Coordinator<R> {
         let item = item?;
         self.led.settled = Settled::default();
         Ok(item)
+    }
+
+    /// A heartbeat due while a round waits (on a shard listing): the item
+    /// it returns is settled by the next round, which writes no beat of
+    /// its own then.
+    pub(super) fn beat_between_rounds(&mut self) {
+        match self.beat_in_item() {
+            Ok(item) => self.led.between = Some(item),
+            Err(e) => self.log_failure("heartbeat", Err::<(), _>(e)),
+        }
     }
 
     /// Starts the leases taken for this worker and hands over those asked
@@ -212,11 +241,10 @@ impl<R: ShardRunner> Coordinator<R> {
             Some((_, epoch)) => epoch,
             None => self.held.adopt(key, lease.counter),
         };
-        log::info!("reading lease {key} from {}", lease.checkpoint);
         if self.runner.is_running(key) {
             self.runner.stop(key);
         }
-        self.runner.start(key, epoch, &lease.checkpoint);
+        self.start_reader(key, epoch, &lease.checkpoint);
         self.led.started.insert(key.to_owned());
         self.metrics.record(None, &[(Metric::LeasesTaken, 1.0)]);
         Ok(())
@@ -429,6 +457,7 @@ impl<R: ShardRunner> Coordinator<R> {
         if self.led.plans_from.is_some_and(|from| now < from) {
             return Ok(());
         }
+        let before = std::mem::take(&mut self.rows);
         let mut rows = self.ours(survey.rows);
         if self.listed.is_none() {
             self.rows = rows;
@@ -448,9 +477,21 @@ impl<R: ShardRunner> Coordinator<R> {
         let listed = self.listed.take().unwrap_or_default();
         let result = self.plan_fleet(&rows, &survey.workers, &listed, &live, now);
         self.listed = Some(listed);
+        // Notes decided before an error are sent at the next round's start.
         result?;
         self.forget_dead_items(&rows, &survey.workers);
+        self.tell_of_leases_taken_behind_backs(&before, &rows, &live);
+        self.send_unsent();
         self.show_table(&rows);
+        for (key, to) in std::mem::take(&mut self.led.taken) {
+            let taken = rows.iter_mut().find_map(|row| match row {
+                Row::Lease(lease) if lease.shard_id == key => Some(lease),
+                _ => None,
+            });
+            if let Some(lease) = taken {
+                lease.owner = Some(to);
+            }
+        }
         self.rows = rows;
         Ok(())
     }
@@ -572,13 +613,15 @@ impl<R: ShardRunner> Coordinator<R> {
                             "took lease {key} (was {})",
                             owned_by(lease.owner.as_deref())
                         );
-                        self.runner.start(key, epoch, &lease.checkpoint);
+                        self.start_reader(key, epoch, &lease.checkpoint);
                         self.led.started.insert(key.clone());
                     }
+                    self.led.taken.push((key.clone(), me.clone()));
                     taken += 1;
                 }
             } else if let Some(written) = self.held.table().take(key, *counter, to)? {
                 log::info!("took lease {key} for {to}");
+                self.led.taken.push((key.clone(), to.clone()));
                 notes
                     .entry((to.clone(), true))
                     .or_default()
@@ -611,13 +654,17 @@ impl<R: ShardRunner> Coordinator<R> {
             self.led.unsent.entry(target).or_default().extend(entries);
         }
         self.remind(rows, items, live, &standings, now);
-        self.send_unsent();
+        let blocked = standings
+            .values()
+            .filter(|s| matches!(s, plan::Standing::Blocked(_)))
+            .count();
         self.metrics.record(
             None,
             &[
                 (Metric::LeasesTaken, f64::from(taken)),
                 (Metric::LeasesStolen, f64::from(asked)),
                 (Metric::Workers, plan.workers as f64),
+                (Metric::ShardsBlockedOnParent, blocked as f64),
             ],
         );
         Ok(())
@@ -713,6 +760,54 @@ impl<R: ShardRunner> Coordinator<R> {
                 self.log_failure("writing into a worker's item", Err::<(), _>(e));
                 self.led.unsent.insert((worker, take), entries);
             }
+        }
+    }
+
+    /// Leases that went from a live worker of ours to an owner outside the
+    /// fleet since the last survey, by no handover (an operator, a restore,
+    /// a process of another application): the worker would read on until
+    /// a checkpoint is refused, never for an idle shard. Each goes into
+    /// its `give` set; reading the row, the worker drops it.
+    fn tell_of_leases_taken_behind_backs(
+        &mut self,
+        before: &[Row],
+        rows: &[Row],
+        live: &BTreeSet<String>,
+    ) {
+        let before: std::collections::HashMap<&str, &crate::lease::Lease> = before
+            .iter()
+            .filter_map(Row::lease)
+            .map(|l| (l.shard_id.as_str(), l))
+            .collect();
+        let me = self.held.owner().to_owned();
+        for lease in rows.iter().filter_map(Row::lease) {
+            let Some(was) = before.get(lease.shard_id.as_str()) else {
+                continue;
+            };
+            let Some(from) = was.owner.as_deref().filter(|w| live.contains(*w)) else {
+                continue;
+            };
+            let Some(to) = lease.owner.as_deref() else {
+                continue;
+            };
+            if live.contains(to) || was.handoff_to.as_deref() == Some(to) {
+                continue;
+            }
+            log::info!(
+                "lease {} went from {from} to {to} behind its back",
+                lease.shard_id
+            );
+            if from == me {
+                let given = self.give(&lease.shard_id);
+                self.log_failure("dropping a lease taken behind our back", given);
+                continue;
+            }
+            let entry = note_entry(&lease.shard_id, lease.counter);
+            self.led
+                .unsent
+                .entry((from.to_owned(), false))
+                .or_default()
+                .push(entry);
         }
     }
 
