@@ -89,6 +89,7 @@ pub(crate) struct Worker {
     pub falling_behind: bool,
 }
 
+#[cfg(test)]
 impl Worker {
     /// A worker without caps that keeps up.
     pub(crate) fn new(id: &str) -> Worker {
@@ -112,6 +113,9 @@ pub(crate) struct Lease {
     /// Its measured load (bytes read per second, say); `None`: no history
     /// yet (see [`estimated_loads`]).
     pub load: Option<f64>,
+    /// It stays where it is this round (a handoff of it is under way): it
+    /// counts as its owner's but is not moved.
+    pub pinned: bool,
 }
 
 /// One lease to move (or, `from` `None`, to assign).
@@ -351,8 +355,11 @@ pub(crate) fn balance(
     // worker per lease. Weights are never negative, so their bits order
     // as the weights do.
     let rank = |h: &Holder, w: usize| (h.weight.to_bits(), h.leases.len(), w);
-    let mut least_first: BTreeSet<(u64, usize, usize)> =
-        holders.iter().enumerate().map(|(w, h)| rank(h, w)).collect();
+    let mut least_first: BTreeSet<(u64, usize, usize)> = holders
+        .iter()
+        .enumerate()
+        .map(|(w, h)| rank(h, w))
+        .collect();
     unowned.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
     for lease in unowned {
         let to = least_first
@@ -384,7 +391,9 @@ pub(crate) fn balance(
         h.budget = damping * (h.weight - h.target).max(0.0);
     }
     let movable = |lease: usize, moved_now: &[bool]| {
-        !moved_now[lease] && !history.frozen(&leases[lease].key, round, settings.cooldown_rounds)
+        !moved_now[lease]
+            && !leases[lease].pinned
+            && !history.frozen(&leases[lease].key, round, settings.cooldown_rounds)
     };
     while moves.len() - assigned < settings.max_moves_per_round && !holders.iter().all(within) {
         // Donors most over their targets first; receivers least loaded first.
@@ -527,6 +536,7 @@ mod tests {
             stream: "s".into(),
             owner: owner.map(str::to_owned),
             load,
+            pinned: false,
         }
     }
 

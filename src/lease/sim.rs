@@ -1092,6 +1092,7 @@ impl Sim {
             max_unavailable: None,
             former_stream_retention: Duration::from_secs(3600),
             coordination: coordination(),
+            balance: crate::lease::FleetBalance::default(),
         };
         let coordinator = Coordinator::new(
             held.clone(),

@@ -534,6 +534,7 @@ impl<T: Send + 'static> Consumer<T> {
             max_unavailable: s.max_unavailable,
             former_stream_retention: s.former_stream_retention,
             coordination: s.coordination,
+            balance: crate::lease::FleetBalance::default(),
         };
         let names: Vec<String> = streams.iter().map(|l| l.id.to_string()).collect();
         let described = if streams.is_empty() {

@@ -94,6 +94,7 @@ impl Fleet {
                 stream: "s".into(),
                 owner: Some(workers[i % workers.len()].id.clone()),
                 load: Some(*load),
+                pinned: false,
             })
             .collect();
         Fleet {
