@@ -64,6 +64,8 @@ pub(super) struct Led {
     /// While leading: live workers the table gives more leases than they
     /// say they hold, and since when (see [`Coordinator::remind`]).
     doubts: BTreeMap<String, Instant>,
+    /// While leading: the recent balance moves, against ping-pong.
+    balance: plan::BalanceMemory,
 }
 
 impl Led {
@@ -504,7 +506,13 @@ impl<R: ShardRunner> Coordinator<R> {
             stale: &stale,
             caps: self.peers.caps(),
             handoff_overdue: &overdue,
+            falling_behind: &HashSet::new(),
+            balance: &self.timings.balance,
+            memory: &self.led.balance,
         });
+        self.led
+            .balance
+            .record(&plan, &self.timings.balance.settings);
         self.delete(&plan.delete, rows)?;
         let mut notes: BTreeMap<(String, bool), Vec<String>> = BTreeMap::new();
         let mut taken = 0u32;
