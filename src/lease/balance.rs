@@ -32,14 +32,17 @@ use std::collections::{BTreeSet, HashMap};
 #[cfg(test)]
 mod fleet_tests;
 
-/// What the balancer evens out.
+/// What the leader evens out between workers (see
+/// [`ConsumerBuilder::balance_by`](crate::ConsumerBuilder::balance_by)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum BalanceBy {
-    /// The sum of lease loads per worker (the default).
+#[non_exhaustive]
+pub enum BalanceBy {
+    /// The sum of the leases' loads (bytes read per second) per worker
+    /// (the default). While no lease has a load measured, lease counts.
     #[default]
     Load,
-    /// The number of leases per worker, loads ignored (but throughput caps
-    /// still honoured).
+    /// The number of leases per worker, loads ignored (but
+    /// `max_throughput_per_worker` still honoured).
     LeaseCount,
 }
 

@@ -23,6 +23,7 @@ pub use sim::fleet::{FleetFigures, simulate_fleet};
 mod streams;
 mod table;
 
+pub use balance::BalanceBy;
 pub(crate) use coordinator::{
     Coordinator, CoordinatorEvent, LeaseTimings, ShardRunner, ShardSource, StreamShards,
 };

@@ -49,6 +49,20 @@ pub(crate) struct FleetBalance {
     pub max_throughput: Option<f64>,
 }
 
+impl FleetBalance {
+    /// The default damping, threshold and bounds, balancing `by`, with a
+    /// throughput cap if given.
+    pub(crate) fn new(by: balance::BalanceBy, max_throughput: Option<f64>) -> FleetBalance {
+        FleetBalance {
+            settings: BalanceSettings {
+                by,
+                ..BalanceSettings::default()
+            },
+            max_throughput,
+        }
+    }
+}
+
 /// What the leader remembers between rounds: the moves of recent rounds
 /// (a lease moved is left alone for a few rounds: no ping-pong) and the
 /// round number.
