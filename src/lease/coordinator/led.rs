@@ -574,6 +574,7 @@ impl<R: ShardRunner> Coordinator<R> {
             &[
                 (Metric::LeasesTaken, f64::from(taken)),
                 (Metric::LeasesStolen, f64::from(asked)),
+                (Metric::BalanceMoves, plan.ask.len() as f64),
                 (Metric::Workers, plan.workers as f64),
             ],
         );
