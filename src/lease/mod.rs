@@ -20,6 +20,8 @@ mod sim;
 pub use members::MemberItems;
 #[cfg(feature = "simulation")]
 pub use sim::fleet::{FleetFigures, simulate_fleet};
+#[cfg(feature = "simulation")]
+pub use sim::skewed_fleet::{SkewedRound, simulate_skewed_fleet};
 mod streams;
 mod table;
 

@@ -53,6 +53,8 @@ pub(crate) mod fleet;
 mod leader_fleet;
 mod limits;
 mod members;
+#[cfg_attr(not(feature = "simulation"), allow(dead_code, unreachable_pub))]
+pub(crate) mod skewed_fleet;
 
 const STEP: Duration = Duration::from_millis(100);
 const FAILOVER: Duration = Duration::from_secs(10);
