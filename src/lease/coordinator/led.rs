@@ -151,6 +151,7 @@ impl<R: ShardRunner> Coordinator<R> {
     pub(super) fn beat_in_item(&mut self) -> Result<WorkerItem> {
         self.last_beat = Some(self.held.clock().stamp());
         self.led.settled.held = Some(self.held.len() as u64);
+        self.led.settled.falling_behind = self.metrics.live().falling_behind();
         let (lapsed, item) = self.held.heartbeat_in_item(self.cap(), &self.led.settled);
         if let Some(dropped) = lapsed {
             for shard_id in &dropped {
@@ -506,7 +507,11 @@ impl<R: ShardRunner> Coordinator<R> {
             stale: &stale,
             caps: self.peers.caps(),
             handoff_overdue: &overdue,
-            falling_behind: &HashSet::new(),
+            falling_behind: &items
+                .iter()
+                .filter(|(_, item)| item.falling_behind)
+                .map(|(id, _)| id.clone())
+                .collect(),
             balance: &self.timings.balance,
             memory: &self.led.balance,
         });
