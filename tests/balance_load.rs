@@ -307,7 +307,12 @@ fn two_hot_shards_end_on_different_workers_and_loads_even_out_without_loss() {
         .take(10)
         .map(|d| {
             let at = d.at.saturating_duration_since(joined).as_secs_f64();
-            format!("{} on {} by {} at {at:.2} s", d.data.trim(), d.shard, d.worker)
+            format!(
+                "{} on {} by {} at {at:.2} s",
+                d.data.trim(),
+                d.shard,
+                d.worker
+            )
         })
         .collect();
     assert!(repeated.is_empty(), "delivered twice: {repeated:#?}");

@@ -279,8 +279,16 @@ mod tests {
         for phase in ["start", "change"] {
             let phase_rounds: Vec<&SkewedRound> =
                 rounds.iter().filter(|r| r.phase == phase).collect();
-            assert!(phase_rounds[0].spread > 1.25, "{phase}: {:?}", phase_rounds[0]);
-            assert!(phase_rounds[3].spread <= 1.25, "{phase}: {:?}", phase_rounds[3]);
+            assert!(
+                phase_rounds[0].spread > 1.25,
+                "{phase}: {:?}",
+                phase_rounds[0]
+            );
+            assert!(
+                phase_rounds[3].spread <= 1.25,
+                "{phase}: {:?}",
+                phase_rounds[3]
+            );
         }
     }
 }
