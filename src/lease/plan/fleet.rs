@@ -73,20 +73,16 @@ pub(crate) struct BalanceMemory {
 }
 
 impl BalanceMemory {
-    /// Notes the assignments and asks of the plan just carried out, and
-    /// starts the next round.
+    /// Notes the asks of the plan just carried out, and starts the next
+    /// round. Assignments of free leases are not moves between workers:
+    /// a lease a lone first worker took may go to a joiner at once.
     pub(crate) fn record(&mut self, plan: &FleetPlan, settings: &BalanceSettings) {
-        let assigned = plan.assign.iter().map(|(lease, _, to)| Move {
-            lease: lease.clone(),
-            from: None,
-            to: to.clone(),
-        });
         let asked = plan.ask.iter().map(|(lease, from, _, to)| Move {
             lease: lease.clone(),
             from: Some(from.clone()),
             to: to.clone(),
         });
-        let moves: Vec<Move> = assigned.chain(asked).collect();
+        let moves: Vec<Move> = asked.collect();
         self.history
             .record(&moves, self.round, settings.cooldown_rounds);
         self.round += 1;
@@ -717,6 +713,29 @@ mod tests {
             by_count.lease_mut(&s(i)).load = bytes(if i < 2 { 2000.0 } else { 100.0 });
         }
         assert!(by_count.plan().ask.is_empty());
+    }
+
+    #[test]
+    fn leases_just_assigned_may_be_asked_for_but_not_leases_just_asked_for() {
+        // A lone worker takes all 8; a joiner gets 4 in the next round.
+        let mut table = Table::of(&[("", 8)], &["a"]);
+        let plan = table.plan();
+        table.memory.record(&plan, &table.balance.settings);
+        table.carry_out(&plan);
+        table.live.insert("j".into());
+        let plan = table.plan();
+        assert_eq!(givers_to(&plan, "j"), ["a"; 4], "{plan:?}");
+        table.memory.record(&plan, &table.balance.settings);
+        table.carry_out(&plan);
+        // Those 4 stay 5 rounds where they went, though a third joins.
+        table.live.insert("k".into());
+        let moved: BTreeSet<String> = (0..4).map(|i| s(i)).collect();
+        for _ in 0..4 {
+            let plan = table.plan();
+            assert!(plan.ask.iter().all(|a| !moved.contains(&a.0)), "{plan:?}");
+            table.memory.record(&plan, &table.balance.settings);
+            table.carry_out(&plan);
+        }
     }
 
     #[test]
