@@ -729,7 +729,7 @@ mod tests {
         table.carry_out(&plan);
         // Those 4 stay 5 rounds where they went, though a third joins.
         table.live.insert("k".into());
-        let moved: BTreeSet<String> = (0..4).map(|i| s(i)).collect();
+        let moved: BTreeSet<String> = (0..4).map(s).collect();
         for _ in 0..4 {
             let plan = table.plan();
             assert!(plan.ask.iter().all(|a| !moved.contains(&a.0)), "{plan:?}");
