@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --example tail -- (--stream S | --stream-arn ARN)... --app A [--position trim-horizon|latest|<RFC 3339 time>]
 //!     [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)] [--metrics-addr [HOST:]PORT]
-//!     [--enhanced-fan-out CONSUMER_NAME] [--processors] [--coordination workers-row|leader (leader)]
+//!     [--enhanced-fan-out CONSUMER_NAME] [--processors] [--coordination workers-row|leader (leader)] [--balance-by load|lease-count (load)]
 //! ```
 //!
 //! Endpoints, region and credentials come from the standard AWS environment
@@ -23,7 +23,8 @@
 //! `--processors` prints through one `ShardProcessor` per shard
 //! (`Consumer::run_processors`, the KCL's model) instead of one batch
 //! handler: the same lines, each shard's in order, printed before they are
-//! checkpointed.
+//! checkpointed. `--balance-by` says what the leader of a leader-run
+//! fleet evens out (`ConsumerBuilder::balance_by`).
 
 mod support;
 
@@ -31,12 +32,13 @@ use std::io::Write;
 use std::time::Duration;
 
 use kinesis_consumer::{
-    Batch, Checkpointer, Consumer, Coordination, HandlerResult, Message, ShardBatch, ShardProcessor,
+    BalanceBy, Batch, Checkpointer, Consumer, Coordination, HandlerResult, Message, ShardBatch,
+    ShardProcessor,
 };
 
 const USAGE: &str = "usage: tail (--stream S | --stream-arn ARN)... --app A [--position trim-horizon|latest|<RFC 3339 time>] \
 [--batch-interval-ms N] [--worker-id ID] [--metrics-level none|summary|detailed (none)] [--metrics-addr [HOST:]PORT] \
-[--enhanced-fan-out CONSUMER_NAME] [--processors] [--coordination workers-row|leader (leader)]";
+[--enhanced-fan-out CONSUMER_NAME] [--processors] [--coordination workers-row|leader (leader)] [--balance-by load|lease-count (load)]";
 
 fn main() {
     support::init_logging();
@@ -51,6 +53,7 @@ fn main() {
             "metrics-addr",
             "enhanced-fan-out",
             "coordination",
+            "balance-by",
         ],
         &["stream", "stream-arn"],
         &["processors"],
@@ -94,6 +97,14 @@ fn main() {
         Some(other) => support::fail(
             USAGE,
             &format!("--coordination {other}: use workers-row or leader"),
+        ),
+    };
+    builder = match args.get("balance-by") {
+        None | Some("load") => builder.balance_by(BalanceBy::Load),
+        Some("lease-count") => builder.balance_by(BalanceBy::LeaseCount),
+        Some(other) => support::fail(
+            USAGE,
+            &format!("--balance-by {other}: use load or lease-count"),
         ),
     };
     let consumer = builder.build().unwrap_or_else(|e| {

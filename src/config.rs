@@ -12,7 +12,7 @@ use crate::aws::credentials::{
 use crate::aws::dynamodb::DynamoDbClient;
 use crate::aws::kinesis::KinesisClient;
 use crate::error::{Error, HandlerResult, Result};
-use crate::lease::{BillingMode, Coordination, TableOptions};
+use crate::lease::{BalanceBy, BillingMode, Coordination, TableOptions};
 use crate::metrics::{MetricsDimension, MetricsLevel};
 use crate::record::{Payload, Record};
 use crate::stream::{StreamConfig, StreamTarget, initial_checkpoint, resolve_streams};
@@ -83,6 +83,8 @@ pub(crate) struct Settings {
     pub(crate) streams: Vec<StreamConfig>,
     pub(crate) former_stream_retention: Duration,
     pub(crate) coordination: Coordination,
+    pub(crate) balance_by: BalanceBy,
+    pub(crate) max_throughput_per_worker: Option<f64>,
     /// Region, credentials, timeouts and retries of every service, and the
     /// endpoint of those without an override below.
     pub(crate) client: ClientConfig,
@@ -164,6 +166,8 @@ impl ConsumerBuilder<Payload> {
                 streams: Vec::new(),
                 former_stream_retention: Duration::from_secs(3600),
                 coordination: Coordination::Leader,
+                balance_by: BalanceBy::Load,
+                max_throughput_per_worker: None,
                 client: ClientConfig::new(),
                 kinesis_endpoint_url: None,
                 dynamodb_endpoint_url: None,
@@ -285,6 +289,37 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// must use the same. Defaults to [`Coordination::Leader`].
     pub fn coordination(mut self, coordination: Coordination) -> Self {
         self.settings.coordination = coordination;
+        self
+    }
+
+    /// What the leader of a leader-run fleet ([`Coordination::Leader`])
+    /// evens out between workers: [`BalanceBy::Load`], the sum of the
+    /// leases' loads (bytes read per second, measured by their owners and
+    /// left on the rows at each checkpoint), so that hot shards spread and
+    /// cold ones pack together (the KCL 3 too balances load by default,
+    /// not lease counts: its workers' CPU; ours is the load that moves
+    /// with a lease); or [`BalanceBy::LeaseCount`], the number of leases. By
+    /// load, nothing moves while every worker is within 10% of its fair
+    /// share, a worker gives at most 60% of its surplus per round, at most
+    /// 50 leases move per round, and a lease moved stays 5 rounds; every
+    /// move is a graceful handoff. The leader's setting applies to the
+    /// fleet. With [`Coordination::WorkersRow`] leases are balanced by
+    /// count whatever this says. Defaults to [`BalanceBy::Load`]
+    /// (docs/many-workers.md, "Balance by load").
+    pub fn balance_by(mut self, by: BalanceBy) -> Self {
+        self.settings.balance_by = by;
+        self
+    }
+
+    /// The most load, in bytes read per second, the leader of a
+    /// leader-run fleet ([`Coordination::Leader`]) gives any worker: a
+    /// lease that would put a worker over it is not given to it (it stays
+    /// free when no worker has room). The leader's setting applies to the
+    /// fleet; the workers-row mode ignores it. The KCL 3's
+    /// `maxThroughputPerHostKBps` is in KiB/s: multiply by 1,024.
+    /// Defaults to no limit.
+    pub fn max_throughput_per_worker(mut self, bytes_per_second: f64) -> Self {
+        self.settings.max_throughput_per_worker = Some(bytes_per_second);
         self
     }
 
@@ -821,6 +856,16 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
         if self.settings.read_memory == Some(0) {
             return Err(Error::config("read_memory", "must be greater than zero"));
         }
+        if self
+            .settings
+            .max_throughput_per_worker
+            .is_some_and(|max| !(max.is_finite() && max > 0.0))
+        {
+            return Err(Error::config(
+                "max_throughput_per_worker",
+                "must be a finite number of bytes per second above zero",
+            ));
+        }
         if self.settings.max_leases_per_worker == 0 {
             return Err(Error::config("max_leases_per_worker", "must be at least 1"));
         }
@@ -945,6 +990,7 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
             initial_position: s.initial_position,
             former_stream_retention: s.former_stream_retention,
             coordination: s.coordination,
+            balance: crate::lease::FleetBalance::new(s.balance_by, s.max_throughput_per_worker),
             worker_id,
             initial,
             start_timestamp,
@@ -1292,6 +1338,13 @@ mod tests {
             setting_of(valid().max_leases_per_worker(0)),
             "max_leases_per_worker"
         );
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(
+                setting_of(valid().max_throughput_per_worker(bad)),
+                "max_throughput_per_worker",
+                "{bad}"
+            );
+        }
         assert_eq!(setting_of(valid().endpoint_url("ftp://x")), "endpoint_url");
         assert_eq!(
             setting_of(valid().metrics_period(Duration::ZERO)),

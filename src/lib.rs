@@ -157,9 +157,9 @@ pub use config::{ConsumerBuilder, InitialPosition};
 pub use error::{Error, HandlerResult, Result, ServiceError, TransportKind};
 pub use lease::StreamsHandle;
 pub use lease::{
-    BillingMode, Checkpoint, Coordination, Lease, LeaseStanding, ResetChange, ResetReport, ResetTo,
-    Standing, export_checkpoints, import_checkpoints, inspect_leases, list_leases, reset_positions,
-    reset_stream_positions, worker_heartbeats,
+    BalanceBy, BillingMode, Checkpoint, Coordination, Lease, LeaseStanding, ResetChange,
+    ResetReport, ResetTo, Standing, export_checkpoints, import_checkpoints, inspect_leases,
+    list_leases, reset_positions, reset_stream_positions, worker_heartbeats,
 };
 pub use metrics::{
     ConsumerStatus, LeaseLoad, MetricSample, MetricUnit, MetricsDimension, MetricsHandle,

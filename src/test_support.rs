@@ -15,7 +15,7 @@ pub use crate::aws::sigv4::{SignableRequest, SigningOptions, sign};
 pub use crate::lease::MemberItems;
 /// The fleet benchmark on the simulated lease table (feature `simulation`).
 #[cfg(feature = "simulation")]
-pub use crate::lease::{FleetFigures, simulate_fleet};
+pub use crate::lease::{FleetFigures, SkewedRound, simulate_fleet, simulate_skewed_fleet};
 
 /// Decodes a GetRecords reply body as a polling reader does (the scanner,
 /// serde_json for unusual shapes); its records, made one at a time.

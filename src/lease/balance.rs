@@ -1,8 +1,8 @@
 //! The load-aware balancer (issue 27), a pure function: given the workers,
 //! the leases with their owners and loads, and the recent moves, it says
-//! which leases to move this round. No I/O, no clock: the planner (not yet
-//! wired, see issue 27) calls it once per balancing round and carries the
-//! moves out as graceful handoffs.
+//! which leases to move this round. No I/O, no clock: the leader's plan
+//! (`plan::plan_fleet`) calls it once per round and carries the moves out
+//! as graceful handoffs.
 //!
 //! It evens the sum of lease loads per worker ([`BalanceBy::Load`]) or the
 //! number of leases ([`BalanceBy::LeaseCount`]). A lease cannot be split,
@@ -19,26 +19,30 @@
 //! time, each move strictly lowering the heavier of the two (so a round
 //! never undoes itself and steady loads come to rest); by load, when no
 //! single lease can go, a lease goes in exchange for some of the
-//! receiver's lightest, under the same rule. Damping: a worker
+//! receiver's lightest, under the same rule. Damping, by load: a worker
 //! gives at most `damping` of its surplus per round (it may pass it by its
-//! last lease). At most `max_moves_per_round` moves. A lease moved is not
+//! last lease); by count it gives all of it. By load with no load
+//! measured anywhere, it balances by count. At most `max_moves_per_round` moves. A lease moved is not
 //! moved again for `cooldown_rounds` rounds. A worker never takes a lease
 //! that would put it over its lease cap or its throughput cap, and a
 //! worker falling behind takes none.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 #[cfg(test)]
 mod fleet_tests;
 
-/// What the balancer evens out.
+/// What the leader evens out between workers (see
+/// [`ConsumerBuilder::balance_by`](crate::ConsumerBuilder::balance_by)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum BalanceBy {
-    /// The sum of lease loads per worker (the default).
+#[non_exhaustive]
+pub enum BalanceBy {
+    /// The sum of the leases' loads (bytes read per second) per worker
+    /// (the default). While no lease has a load measured, lease counts.
     #[default]
     Load,
-    /// The number of leases per worker, loads ignored (but throughput caps
-    /// still honoured).
+    /// The number of leases per worker, loads ignored (but
+    /// `max_throughput_per_worker` still honoured).
     LeaseCount,
 }
 
@@ -51,8 +55,8 @@ pub(crate) struct BalanceSettings {
     /// of its target. Defaults to 0.10 (±10%, the KCL 3's
     /// `reBalanceThresholdPercentage`).
     pub threshold: f64,
-    /// The part of a worker's surplus it may give in one round. Defaults
-    /// to 0.6 (the KCL 3's `dampeningPercentage` is 60).
+    /// By load, the part of a worker's surplus it may give in one round
+    /// (by count it gives all of it). Defaults to 0.6 (the KCL 3's `dampeningPercentage` is 60).
     pub damping: f64,
     /// At most this many moves per round (new leases assigned do not
     /// count). Defaults to 50.
@@ -88,6 +92,7 @@ pub(crate) struct Worker {
     pub falling_behind: bool,
 }
 
+#[cfg(test)]
 impl Worker {
     /// A worker without caps that keeps up.
     pub(crate) fn new(id: &str) -> Worker {
@@ -111,6 +116,9 @@ pub(crate) struct Lease {
     /// Its measured load (bytes read per second, say); `None`: no history
     /// yet (see [`estimated_loads`]).
     pub load: Option<f64>,
+    /// It stays where it is this round (a handoff of it is under way): it
+    /// counts as its owner's but is not moved.
+    pub pinned: bool,
 }
 
 /// One lease to move (or, `from` `None`, to assign).
@@ -268,7 +276,19 @@ pub(crate) fn balance(
         return Vec::new();
     }
     let loads = estimated_loads(leases);
-    let weights: Vec<f64> = match settings.by {
+    // Nothing measured yet (a fresh stream, rows only the KCL 2 wrote, an
+    // idle stream): loads cannot tell workers apart, counts can.
+    let by = match settings.by {
+        BalanceBy::Load if loads.iter().all(|l| *l == 0.0) => BalanceBy::LeaseCount,
+        by => by,
+    };
+    // By count a worker may give its whole surplus: leases are whole and
+    // the targets exact, there is no measurement noise to overshoot on.
+    let damping = match by {
+        BalanceBy::Load => settings.damping,
+        BalanceBy::LeaseCount => 1.0,
+    };
+    let weights: Vec<f64> = match by {
         BalanceBy::Load => loads.clone(),
         BalanceBy::LeaseCount => vec![1.0; leases.len()],
     };
@@ -332,20 +352,33 @@ pub(crate) fn balance(
     // Leases assigned or moved in this round stay where they went.
     let mut moved_now = vec![false; leases.len()];
     // Leases without a live owner first, heaviest first, each to the
-    // least loaded worker with room.
+    // least loaded worker with room (ties: fewer leases, then the first
+    // listed). Workers are kept in that order, so that a cold start of
+    // thousands of leases over thousands of workers does not scan every
+    // worker per lease. Weights are never negative, so their bits order
+    // as the weights do.
+    let rank = |h: &Holder, w: usize| (h.weight.to_bits(), h.leases.len(), w);
+    let mut least_first: BTreeSet<(u64, usize, usize)> = holders
+        .iter()
+        .enumerate()
+        .map(|(w, h)| rank(h, w))
+        .collect();
     unowned.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
     for lease in unowned {
-        let to = (0..workers.len())
-            .filter(|&w| fits(&holders[w], &workers[w], lease))
-            .min_by(|&a, &b| holders[a].weight.total_cmp(&holders[b].weight));
+        let to = least_first
+            .iter()
+            .map(|&(_, _, w)| w)
+            .find(|&w| fits(&holders[w], &workers[w], lease));
         if let Some(to) = to {
+            least_first.remove(&rank(&holders[to], to));
             give(&mut moves, &mut holders, lease, None, to);
+            least_first.insert(rank(&holders[to], to));
             moved_now[lease] = true;
         }
     }
     let assigned = moves.len();
 
-    let fair = match settings.by {
+    let fair = match by {
         BalanceBy::Load => {
             fair_share(&weights, workers.len()).max(shared_floor(&weights, workers.len()))
         }
@@ -353,15 +386,17 @@ pub(crate) fn balance(
         BalanceBy::LeaseCount => fair_share(&weights, workers.len()),
     };
     targets(&mut holders, &weights, fair);
-    let within = |h: &Holder| match settings.by {
+    let within = |h: &Holder| match by {
         BalanceBy::Load => (h.weight - h.target).abs() <= settings.threshold * h.target,
         BalanceBy::LeaseCount => h.weight >= h.target.floor() && h.weight <= h.target.ceil(),
     };
     for h in &mut holders {
-        h.budget = settings.damping * (h.weight - h.target).max(0.0);
+        h.budget = damping * (h.weight - h.target).max(0.0);
     }
     let movable = |lease: usize, moved_now: &[bool]| {
-        !moved_now[lease] && !history.frozen(&leases[lease].key, round, settings.cooldown_rounds)
+        !moved_now[lease]
+            && !leases[lease].pinned
+            && !history.frozen(&leases[lease].key, round, settings.cooldown_rounds)
     };
     while moves.len() - assigned < settings.max_moves_per_round && !holders.iter().all(within) {
         // Donors most over their targets first; receivers least loaded first.
@@ -405,7 +440,7 @@ pub(crate) fn balance(
         // take outright may still go there in exchange for some of its
         // lightest leases (by load only: by count, one for one changes
         // nothing).
-        let exchange = match (chosen, settings.by) {
+        let exchange = match (chosen, by) {
             (None, BalanceBy::Load) => {
                 let room = settings.max_moves_per_round - (moves.len() - assigned);
                 donors.iter().find_map(|&d| {
@@ -504,6 +539,7 @@ mod tests {
             stream: "s".into(),
             owner: owner.map(str::to_owned),
             load,
+            pinned: false,
         }
     }
 
@@ -708,6 +744,29 @@ mod tests {
             .values()
             .fold((f64::MAX, 0.0f64), |(lo, hi), c| (lo.min(*c), hi.max(*c)));
         assert!(max - min <= 1.0, "{counts:?}");
+    }
+
+    #[test]
+    fn with_no_load_measured_leases_are_shared_by_count_and_at_once() {
+        // A fresh stream: nothing measured, so by load is by count, and by
+        // count the whole surplus goes in one round (no damping).
+        let workers: Vec<Worker> = ["a", "b", "c"].map(Worker::new).to_vec();
+        let mut leases: Vec<Lease> = (0..9)
+            .map(|i| lease(&i.to_string(), Some("a"), None))
+            .collect();
+        leases.extend((9..12).map(|i| lease(&i.to_string(), None, Some(0.0))));
+        let settings = BalanceSettings::default();
+        let moves = balance(&workers, &leases, &MoveHistory::default(), 1, &settings);
+        apply(&mut leases, &moves);
+        let counts = weights_by_worker(&workers, &leases, BalanceBy::LeaseCount);
+        assert!(counts.values().all(|n| *n == 4.0), "{counts:?}");
+        // The free ones went to the emptiest workers, not all to the first.
+        let assigned: Vec<&str> = moves
+            .iter()
+            .filter(|m| m.from.is_none())
+            .map(|m| m.to.as_str())
+            .collect();
+        assert_eq!(assigned, ["b", "c", "b"], "{moves:?}");
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub(crate) struct LeaseTimings {
     pub former_stream_retention: Duration,
     /// Workers row, or worker items and a leader.
     pub coordination: Coordination,
+    /// How the leader balances leases (leader-run fleets only).
+    pub balance: crate::lease::plan::FleetBalance,
 }
 
 /// Starts and stops the reading of shards; implemented by the worker.

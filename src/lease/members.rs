@@ -31,6 +31,7 @@ const LEADER_TYPE: &str = "LEADER";
 const BEAT: &str = "beat";
 const CAP: &str = "cap";
 const HELD: &str = "held";
+const FALLING_BEHIND: &str = "fallingBehind";
 const TAKE: &str = "take";
 const GIVE: &str = "give";
 const LEADER: &str = "leader";
@@ -48,6 +49,9 @@ pub(crate) struct WorkerItem {
     /// compares it with the table to find leases the worker does not know
     /// are its (see coordinator/led.rs).
     pub held: Option<u64>,
+    /// It said at its last heartbeat that it cannot keep up (its lag
+    /// rising on every lease it holds): the leader gives it nothing.
+    pub falling_behind: bool,
     /// Leases taken for it (by the leader, or handed over by a giver): it
     /// starts them from their checkpoints, then settles them.
     pub take: BTreeSet<String>,
@@ -100,6 +104,8 @@ pub(crate) struct Settled {
     pub gave: Vec<String>,
     /// How many leases it holds as it beats (`None`: not said).
     pub held: Option<u64>,
+    /// Whether it cannot keep up as it beats (written with every beat).
+    pub falling_behind: bool,
 }
 
 impl Settled {
@@ -235,6 +241,7 @@ pub(crate) fn parse_worker(item: &Item) -> Option<(String, WorkerItem)> {
         beat: number(item, BEAT)?,
         cap: number(item, CAP),
         held: number(item, HELD),
+        falling_behind: matches!(item.get(FALLING_BEHIND), Some(AttributeValue::BOOL(true))),
         take: strings(item, TAKE),
         give: strings(item, GIVE),
     };
@@ -267,7 +274,7 @@ pub(crate) fn parse_lock(item: &Item) -> Option<Lock> {
 
 /// The update of a heartbeat in a worker's item.
 fn beat_update(beat: &Beat<'_>, settled: &Settled) -> Expression {
-    let mut rest = String::from(", #beat = :beat");
+    let mut rest = String::from(", #beat = :beat, #behind = :behind");
     if settled.held.is_some() {
         rest.push_str(", #held = :held");
     }
@@ -294,7 +301,9 @@ fn beat_update(beat: &Beat<'_>, settled: &Settled) -> Expression {
     let mut update = typed(WORKER_TYPE, &rest)
         .name("#beat", BEAT)
         .name("#cap", CAP)
-        .value(":beat", n(beat.number));
+        .name("#behind", FALLING_BEHIND)
+        .value(":beat", n(beat.number))
+        .value(":behind", AttributeValue::BOOL(settled.falling_behind));
     if let Some(cap) = beat.cap {
         update = update.value(":cap", n(cap));
     }
@@ -509,6 +518,7 @@ impl MemberItems {
             took: took.to_vec(),
             gave: gave.to_vec(),
             held: None,
+            falling_behind: false,
         };
         let item = self.table.beat_in_item(&beat, &settled)?;
         Ok((item.take, item.give))
@@ -615,6 +625,12 @@ mod tests {
         assert_eq!((parsed.beat, parsed.cap), (42, Some(5)));
         assert_eq!(parsed.take.len(), 2);
         assert!(parsed.give.is_empty());
+        assert!(!parsed.falling_behind, "not said: keeps up");
+        let behind = item(
+            r#"{"leaseKey":{"S":"kinesis-consumer:worker:w-2"},"beat":{"N":"1"},
+                "fallingBehind":{"BOOL":true}}"#,
+        );
+        assert!(parse_worker(&behind).unwrap().1.falling_behind);
         let lock = item(
             r#"{"leaseKey":{"S":"kinesis-consumer:leader"},"leader":{"S":"w-1"},"beat":{"N":"7"},
                 "successors":{"L":[{"S":"w-2"},{"S":"w-3"}]}}"#,
@@ -659,16 +675,19 @@ mod tests {
                 took: one.clone(),
                 gave: Vec::new(),
                 held: Some(2),
+                falling_behind: true,
             },
             Settled {
                 took: Vec::new(),
                 gave: one.clone(),
                 held: None,
+                falling_behind: false,
             },
             Settled {
                 took: one.clone(),
                 gave: one.clone(),
                 held: Some(0),
+                falling_behind: false,
             },
         ];
         for cap in [None, Some(3)] {
@@ -683,6 +702,11 @@ mod tests {
                     let update = beat_update(&beat, done);
                     assert_placeholders_match(&update);
                     assert!(update.text.starts_with("SET #type"), "{update:?}");
+                    assert_eq!(
+                        update.values.get(":behind"),
+                        Some(&AttributeValue::BOOL(done.falling_behind)),
+                        "written with every beat"
+                    );
                     assert_eq!(update.text.contains("DELETE"), !done.is_empty());
                     assert_eq!(update.text.contains("#take :took"), !done.took.is_empty());
                     assert_eq!(update.text.contains("#give :gave"), !done.gave.is_empty());

@@ -4,9 +4,7 @@
 //! asks for and releases leases. Nothing here knows about batches or
 //! handlers.
 
-// The load-aware balancer (issue 27): pure, tested, not yet called by the
-// planner, hence unused outside tests for now.
-#[cfg_attr(not(test), allow(dead_code))]
+// The load-aware balancer (issue 27), which the leader's plan calls.
 mod balance;
 mod coordinator;
 mod held;
@@ -22,13 +20,17 @@ mod sim;
 pub use members::MemberItems;
 #[cfg(feature = "simulation")]
 pub use sim::fleet::{FleetFigures, simulate_fleet};
+#[cfg(feature = "simulation")]
+pub use sim::skewed_fleet::{SkewedRound, simulate_skewed_fleet};
 mod streams;
 mod table;
 
+pub use balance::BalanceBy;
 pub(crate) use coordinator::{
     Coordinator, CoordinatorEvent, LeaseTimings, ShardRunner, ShardSource, StreamShards,
 };
 pub(crate) use held::{HeldLeases, Holding};
+pub(crate) use plan::FleetBalance;
 pub use plan::Standing;
 use plan::{Lineage, Row};
 pub use reset::{

@@ -51,6 +51,8 @@ use limits::{ItemLimits, lease_bytes, workers_bytes};
 pub(crate) mod fleet;
 mod limits;
 mod members;
+#[cfg_attr(not(feature = "simulation"), allow(dead_code, unreachable_pub))]
+pub(crate) mod skewed_fleet;
 
 const STEP: Duration = Duration::from_millis(100);
 const FAILOVER: Duration = Duration::from_secs(10);
@@ -1094,6 +1096,7 @@ impl Sim {
             max_unavailable: None,
             former_stream_retention: Duration::from_secs(3600),
             coordination: coordination(),
+            balance: crate::lease::FleetBalance::default(),
         };
         let coordinator = Coordinator::new(
             held.clone(),

@@ -22,6 +22,12 @@ pub(crate) const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// How many recent errors the status keeps.
 pub(crate) const RECENT_ERRORS: usize = 10;
 
+/// A worker falls behind only while every lease it holds is at least
+/// this far behind the tip (milliseconds) and further than at the last
+/// look: a caught-up reader's lag moves up and down by a read's worth,
+/// well under this.
+pub(crate) const FALLING_BEHIND_FLOOR_MS: f64 = 10_000.0;
+
 /// What the lease side tells about the leases this worker holds.
 pub(crate) trait LeaseView: Send + Sync {
     /// The shards held now, with when (our clock) each lease was taken.
@@ -110,6 +116,10 @@ impl Window {
 #[derive(Debug, Default)]
 struct ShardLive {
     behind_ms: Option<f64>,
+    /// When `behind_ms` was read.
+    behind_read: Option<Instant>,
+    /// The lag at the last look for a worker falling behind.
+    behind_last_look: Option<f64>,
     handed_on: Option<Instant>,
     /// The arrival time of the last record handed on.
     last_arrival: Option<SystemTime>,
@@ -320,11 +330,48 @@ impl Live {
                         .add(now, value);
                 }
                 (Metric::MillisBehindLatest, Some(s)) => {
-                    state.shards.entry(s.clone()).or_default().behind_ms = Some(value);
+                    let live = state.shards.entry(s.clone()).or_default();
+                    live.behind_ms = Some(value);
+                    live.behind_read = Some(now);
                 }
                 _ => {}
             }
         }
+    }
+
+    /// True when this worker cannot keep up: every lease it holds (one at
+    /// least) is at least [`FALLING_BEHIND_FLOOR_MS`] behind and further
+    /// behind than at the last call. A lease's lag is its last read's
+    /// MillisBehindLatest plus the time since that read, so that a reader
+    /// held back (its handler too slow to take more) counts as falling
+    /// behind though it reads nothing. Called at each heartbeat.
+    pub(crate) fn falling_behind(&self) -> bool {
+        self.falling_behind_at(Instant::now())
+    }
+
+    fn falling_behind_at(&self, now: Instant) -> bool {
+        let held = self.leases.get().map(|l| l.held()).unwrap_or_default();
+        let mut state = lock(&self.state);
+        let mut all = !held.is_empty();
+        for (shard, _) in &held {
+            let Some(live) = state.shards.get_mut(shard.as_str()) else {
+                all = false;
+                continue;
+            };
+            let lag = match (live.behind_ms, live.behind_read) {
+                (Some(ms), Some(read)) => {
+                    Some(ms + now.saturating_duration_since(read).as_secs_f64() * 1000.0)
+                }
+                _ => None,
+            };
+            let rising = match (lag, live.behind_last_look) {
+                (Some(lag), Some(last)) => lag >= FALLING_BEHIND_FLOOR_MS && lag > last,
+                _ => false,
+            };
+            all &= rising;
+            live.behind_last_look = lag;
+        }
+        all
     }
 
     /// Notes records of a shard handed on and accepted; `last_arrival`:
@@ -504,6 +551,34 @@ mod tests {
         fn heartbeat_current(&self) -> bool {
             true
         }
+    }
+
+    #[test]
+    fn a_worker_falls_behind_when_every_lease_lags_further_at_each_look() {
+        let live = Live::default();
+        live.set_leases(Arc::new(Holding(vec!["a".into(), "b".into()])));
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let lag = |shard: &Arc<str>, ms: f64| {
+            live.record(Some(shard), &[(Metric::MillisBehindLatest, ms)]);
+        };
+        let start = Instant::now();
+        let look = |secs: u64| live.falling_behind_at(start + Duration::from_secs(secs));
+        lag(&a, 20_000.0);
+        lag(&b, 20_000.0);
+        assert!(!look(0), "no earlier look to compare with");
+        lag(&a, 30_000.0);
+        lag(&b, 15_000.0);
+        assert!(!look(1), "b catches up");
+        lag(&b, 40_000.0);
+        assert!(look(2), "both further behind");
+        // No read since: the lag grows with the time (a reader held back).
+        assert!(look(10));
+        // Far behind but caught up at once: not falling behind.
+        lag(&a, 0.0);
+        lag(&b, 0.0);
+        assert!(!look(11));
+        let idle = Live::default();
+        assert!(!idle.falling_behind(), "no lease held");
     }
 
     #[test]

@@ -116,6 +116,9 @@ pub(crate) enum Metric {
     LeasesStolen,
     /// Workers seen in the lease table (this one included), per take round.
     Workers,
+    /// Balance moves (asks for a lease to change workers) the leader
+    /// planned, per round of a leader-run fleet.
+    BalanceMoves,
     /// Held shards waiting for their parents to finish, per take round.
     ShardsBlockedOnParent,
     /// 1 per warning (every minute) about a shard read to its end whose end
@@ -154,6 +157,7 @@ impl Metric {
             Metric::LeasesTaken => "LeasesTaken",
             Metric::LeasesStolen => "LeasesStolen",
             Metric::Workers => "Workers",
+            Metric::BalanceMoves => "BalanceMoves",
             Metric::ShardsBlockedOnParent => "ShardsBlockedOnParent",
             Metric::ShardEndsNotCheckpointed => "ShardEndsNotCheckpointed",
             Metric::RecordsDeadLettered => "RecordsDeadLettered",
@@ -178,7 +182,9 @@ impl Metric {
             }
             CheckpointSuccess | CheckpointTime | ShardEndsNotCheckpointed => "Checkpoint",
             LeasesHeld | LeasesLost => "RenewAllLeases",
-            LeasesTaken | LeasesStolen | Workers | ShardsBlockedOnParent => "TakeLeases",
+            LeasesTaken | LeasesStolen | Workers | ShardsBlockedOnParent | BalanceMoves => {
+                "TakeLeases"
+            }
         }
     }
 
@@ -215,6 +221,7 @@ impl Metric {
                 | LeasesTaken
                 | LeasesStolen
                 | Workers
+                | BalanceMoves
                 | ShardsBlockedOnParent
         )
     }

@@ -146,6 +146,11 @@ fn family(metric: Metric) -> Option<(&'static str, Kind, &'static str)> {
             Counter,
             "Leases taken over from busier workers.",
         ),
+        BalanceMoves => (
+            "kinesis_consumer_balance_moves_total",
+            Counter,
+            "Balance moves the leader planned (leases asked to change workers).",
+        ),
         Workers => (
             "kinesis_consumer_workers",
             Gauge,
@@ -519,6 +524,30 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
+    }
+
+    #[test]
+    fn the_leaders_balance_moves_are_a_counter() {
+        let mut series = Series::default();
+        series.add(key(Metric::BalanceMoves, None), 3.0);
+        series.add(key(Metric::BalanceMoves, None), 0.0);
+        series.add(key(Metric::BalanceMoves, None), 2.0);
+        let text = render(&series.totals(), &status(&[]));
+        let name = "kinesis_consumer_balance_moves_total";
+        assert!(
+            text.contains(&format!(
+                "# TYPE {name} counter
+"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "{name}{{{LABELS}}} 5
+"
+            )),
+            "{text}"
+        );
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub(crate) struct ConsumerSettings {
     pub former_stream_retention: Duration,
     /// How the workers share the leases.
     pub coordination: crate::lease::Coordination,
+    /// How the leader balances leases.
+    pub balance: crate::lease::FleetBalance,
     pub worker_id: String,
     /// Where a new lease starts, and the initial position's timestamp.
     pub initial: Checkpoint,
@@ -534,6 +536,7 @@ impl<T: Send + 'static> Consumer<T> {
             max_unavailable: s.max_unavailable,
             former_stream_retention: s.former_stream_retention,
             coordination: s.coordination,
+            balance: s.balance,
         };
         let names: Vec<String> = streams.iter().map(|l| l.id.to_string()).collect();
         let described = if streams.is_empty() {

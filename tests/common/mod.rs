@@ -406,10 +406,14 @@ pub fn coordination() -> kinesis_consumer::Coordination {
     }
 }
 
-/// The `tail` example's arguments for [`coordination`].
+/// The `tail` example's arguments for [`coordination`]. The leader
+/// balances by lease count here: the scale-out tests check shares in
+/// leases (a joiner gets half of them); balancing by load, the default,
+/// has its own test (balance_load).
 pub fn coordination_args() -> Vec<&'static str> {
     match coordination() {
         kinesis_consumer::Coordination::WorkersRow => vec!["--coordination", "workers-row"],
+        kinesis_consumer::Coordination::Leader => vec!["--balance-by", "lease-count"],
         _ => vec![],
     }
 }

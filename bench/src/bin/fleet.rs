@@ -22,6 +22,12 @@
 //!              [--failover 10] [--poll 0.5]
 //!        fleet --simulated [--fleets 1000x20,2000x2000] [--seconds 30]
 //!              [--bound 120]
+//!        fleet --simulated --skewed [--fleets 1000x20] [--zipf 1.0]
+//!              [--seed 1]
+//!
+//! `--skewed` runs the leader's plan over a table of leases with Zipf
+//! loads (issue 27), by load and by count, and prints each round's
+//! moves and spread (see `skewed`).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -41,6 +47,9 @@ const PHASE_BOUND: Duration = Duration::from_secs(150);
 fn main() {
     if flag("--child") {
         return child();
+    }
+    if flag("--simulated") && flag("--skewed") {
+        return skewed();
     }
     if flag("--simulated") {
         return simulated();
@@ -468,6 +477,52 @@ fn simulated() {
         );
         println!("| join (even again) | {} |", at(f.join));
         println!("| wall time | {:.1} s |", f.wall.as_secs_f64());
+    }
+}
+
+/// `--simulated --skewed`: the leader's plan (`plan_fleet`, its move
+/// memory kept across rounds) over a table of leases with Zipf loads,
+/// dealt round-robin; rounds until the moves stop, then every load drawn
+/// again (the hot keys moved) and rounds until they stop again. Each ask
+/// is handed over before the next round. Spread: the most loaded
+/// worker's load over the mean; over target: the most any worker is over
+/// the least any assignment can promise it (a lease heavier than the fair
+/// share needs a worker of its own, so with Zipf 1 the max over the mean
+/// cannot come near 1).
+fn skewed() {
+    let fleets: String = arg("--fleets", "1000x20".to_string());
+    let zipf: f64 = arg("--zipf", 1.0);
+    let seed: u64 = arg("--seed", 1);
+    println!(
+        "# fleet --simulated --skewed: the leader's plan over Zipf loads (exponent {zipf}, seed {seed}), dealt round-robin; each ask handed over before the next round; bounded at 60 rounds a phase"
+    );
+    for fleet in fleets.split(',') {
+        let (l, n) = fleet.split_once('x').expect("--fleets LxN,...");
+        let (leases, workers) = (l.parse().unwrap(), n.parse().unwrap());
+        for by in [
+            kinesis_consumer::BalanceBy::Load,
+            kinesis_consumer::BalanceBy::LeaseCount,
+        ] {
+            let wall = Instant::now();
+            let rounds = kinesis_consumer::__test_support::simulate_skewed_fleet(
+                leases, workers, zipf, by, seed, 60,
+            );
+            println!();
+            println!("## {leases} leases, {workers} workers, by {by:?}");
+            println!("| phase | round | moves | spread (max/mean) | max over target | count gap |");
+            println!("|---|---|---|---|---|---|");
+            for r in &rounds {
+                println!(
+                    "| {} | {} | {} | {:.3} | {:.3} | {} |",
+                    r.phase, r.round, r.moves, r.spread, r.spread_over_target, r.count_gap
+                );
+            }
+            let moves: usize = rounds.iter().map(|r| r.moves).sum();
+            println!(
+                "\nmoves in all: {moves}; wall time {:.2} s",
+                wall.elapsed().as_secs_f64()
+            );
+        }
     }
 }
 

@@ -45,15 +45,7 @@ fn uniform(rng: &mut Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// `n` loads following Zipf's law with exponent `s` (the k-th heaviest
-/// weighs 1/k^s of the heaviest), in random order.
-pub(super) fn zipf_loads(rng: &mut Rng, n: usize, s: f64) -> Vec<f64> {
-    let mut loads: Vec<f64> = (1..=n).map(|k| 1_000_000.0 / (k as f64).powf(s)).collect();
-    for i in (1..n).rev() {
-        loads.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-    loads
-}
+use crate::lease::sim::skewed_fleet::zipf_loads;
 
 /// How a fleet's workers are limited.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -94,6 +86,7 @@ impl Fleet {
                 stream: "s".into(),
                 owner: Some(workers[i % workers.len()].id.clone()),
                 load: Some(*load),
+                pinned: false,
             })
             .collect();
         Fleet {

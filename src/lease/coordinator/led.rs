@@ -72,6 +72,8 @@ pub(super) struct Led {
     /// waited) returned it: the next round settles it instead of beating
     /// again.
     between: Option<WorkerItem>,
+    /// While leading: the recent balance moves, against ping-pong.
+    balance: plan::BalanceMemory,
 }
 
 impl Led {
@@ -168,6 +170,7 @@ impl<R: ShardRunner> Coordinator<R> {
         self.last_beat = Some(self.held.clock().stamp());
         self.led.between = None;
         self.led.settled.held = Some(self.held.len() as u64);
+        self.led.settled.falling_behind = self.metrics.live().falling_behind();
         let (lapsed, item) = self.held.heartbeat_in_item(self.cap(), &self.led.settled);
         if let Some(dropped) = lapsed {
             for shard_id in &dropped {
@@ -596,7 +599,17 @@ impl<R: ShardRunner> Coordinator<R> {
             stale: &stale,
             caps: self.peers.caps(),
             handoff_overdue: &overdue,
+            falling_behind: &items
+                .iter()
+                .filter(|(_, item)| item.falling_behind)
+                .map(|(id, _)| id.clone())
+                .collect(),
+            balance: &self.timings.balance,
+            memory: &self.led.balance,
         });
+        self.led
+            .balance
+            .record(&plan, &self.timings.balance.settings);
         self.delete(&plan.delete, rows)?;
         let mut notes: BTreeMap<(String, bool), Vec<String>> = BTreeMap::new();
         let mut taken = 0u32;
@@ -663,6 +676,7 @@ impl<R: ShardRunner> Coordinator<R> {
             &[
                 (Metric::LeasesTaken, f64::from(taken)),
                 (Metric::LeasesStolen, f64::from(asked)),
+                (Metric::BalanceMoves, plan.ask.len() as f64),
                 (Metric::Workers, plan.workers as f64),
                 (Metric::ShardsBlockedOnParent, blocked as f64),
             ],

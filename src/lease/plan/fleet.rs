@@ -1,14 +1,15 @@
 //! The leader's plan for the whole fleet (issue 25): one elected worker
 //! reads the table and decides for every live worker at once which free
-//! leases each gets and which leases givers hand to whom, by the rules a
-//! worker planning for itself follows (`plan_round`): the same
-//! least-loaded assignment, shares, balance moves and deletions, through
-//! the same code. Pure; the leader carries the plan out.
+//! leases each gets and which leases givers hand to whom, with the
+//! balancer ([`balance`]): by load or by lease count (issue 27), the
+//! same code for both. Deletions follow the rule of a worker's own plan,
+//! through the same code. Pure; the leader carries the plan out.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::{Lineage, Loads, Row, Standing, asks, cap_in, deletions};
+use super::{Lineage, Row, Standing, cap_in, deletions};
 use crate::lease::Lease;
+use crate::lease::balance::{self, BalanceSettings, HashRange, Move, MoveHistory};
 
 /// What the leader knows at the start of a round.
 pub(crate) struct FleetInput<'a> {
@@ -30,6 +31,62 @@ pub(crate) struct FleetInput<'a> {
     /// Leases asked for longer than the failover time ago: not waited for
     /// (they count as their owner's) and not asked for anew.
     pub handoff_overdue: &'a HashSet<String>,
+    /// Live workers that say they cannot keep up: they take nothing.
+    pub falling_behind: &'a HashSet<String>,
+    /// How leases are balanced (the leader's settings apply to all).
+    pub balance: &'a FleetBalance,
+    /// The moves of recent rounds, and this round's number.
+    pub memory: &'a BalanceMemory,
+}
+
+/// The leader's balancing settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct FleetBalance {
+    /// What is evened out, and how fast.
+    pub settings: BalanceSettings,
+    /// The most load (bytes read per second) any worker may carry;
+    /// `None`: no cap.
+    pub max_throughput: Option<f64>,
+}
+
+impl FleetBalance {
+    /// The default damping, threshold and bounds, balancing `by`, with a
+    /// throughput cap if given.
+    pub(crate) fn new(by: balance::BalanceBy, max_throughput: Option<f64>) -> FleetBalance {
+        FleetBalance {
+            settings: BalanceSettings {
+                by,
+                ..BalanceSettings::default()
+            },
+            max_throughput,
+        }
+    }
+}
+
+/// What the leader remembers between rounds: the moves of recent rounds
+/// (a lease moved is left alone for a few rounds: no ping-pong) and the
+/// round number.
+#[derive(Debug, Default)]
+pub(crate) struct BalanceMemory {
+    history: MoveHistory,
+    round: u64,
+}
+
+impl BalanceMemory {
+    /// Notes the asks of the plan just carried out, and starts the next
+    /// round. Assignments of free leases are not moves between workers:
+    /// a lease a lone first worker took may go to a joiner at once.
+    pub(crate) fn record(&mut self, plan: &FleetPlan, settings: &BalanceSettings) {
+        let asked = plan.ask.iter().map(|(lease, from, _, to)| Move {
+            lease: lease.clone(),
+            from: Some(from.clone()),
+            to: to.clone(),
+        });
+        let moves: Vec<Move> = asked.collect();
+        self.history
+            .record(&moves, self.round, settings.cooldown_rounds);
+        self.round += 1;
+    }
 }
 
 /// The fleet's moves for one round.
@@ -38,7 +95,8 @@ pub(crate) struct FleetPlan {
     /// Free or stale readable leases to take for a live worker: (lease,
     /// counter seen, new owner), by lease id.
     pub assign: Vec<(String, u64, String)>,
-    /// Balance moves to ask for: (lease, owner, counter seen, to).
+    /// Balance moves to ask for: (lease, owner, counter seen, to), by
+    /// lease id.
     pub ask: Vec<(String, String, u64, String)>,
     /// Rows to delete (the rule of a worker's own plan), by id.
     pub delete: Vec<String>,
@@ -54,81 +112,129 @@ pub(crate) struct FleetPlan {
 
 /// Plans one round for the whole fleet.
 ///
-/// Only readable leases move and count in the shares: a child waits
-/// unowned until its parents are finished, then it is assigned; one owned
-/// already stays with its owner and counts for nobody. A lease asked for
-/// counts as its asker's until handed over, unless the ask is overdue.
-/// Each free or stale lease goes, by lease id, to the least loaded live
-/// worker below its cap (ties by id); one nobody has room for stays free.
-/// Then the live workers are evened out by balance moves towards their
-/// shares. Owners that are not live and whose leases are not stale (not
-/// judged yet) keep their leases and count as workers, but neither give
-/// nor receive. Costs about `L log W` for `L` leases and `W` workers.
+/// Only readable leases move and count: a child waits unowned until its
+/// parents are finished, then it is assigned; one owned already stays
+/// with its owner and counts for nobody. A lease asked for counts as its
+/// asker's until handed over, unless the ask is overdue; either way it is
+/// not asked for anew. Free and stale leases go to the least loaded live
+/// worker under its caps (heaviest first; by count, or with equal loads,
+/// by lease id), then the balancer asks for moves towards even loads (see
+/// [`balance::balance`]). A lease's load is what its row says; one
+/// without is inherited from its parents by hash range, or else its
+/// stream's mean. Owners that are not live and whose leases are not stale
+/// (not judged yet) keep their leases and count as workers, but neither
+/// give nor receive.
 pub(crate) fn plan_fleet(input: &FleetInput<'_>) -> FleetPlan {
     let readable = |l: &Lease| input.standings.get(&l.shard_id) == Some(&Standing::Readable);
-    let mut free: Vec<&Lease> = Vec::new();
-    let mut by_owner: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
-    for lease in input.rows.iter().filter_map(Row::lease) {
-        if !readable(lease) {
+    let rows: HashMap<&str, &Lease> = input
+        .rows
+        .iter()
+        .filter_map(Row::lease)
+        .map(|l| (l.shard_id.as_str(), l))
+        .collect();
+    let mut leases: Vec<&Lease> = rows.values().copied().filter(|l| readable(l)).collect();
+    leases.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+    let mut in_flight = false;
+    let mut not_judged: BTreeSet<&str> = BTreeSet::new();
+    let mut to_balance = Vec::with_capacity(leases.len());
+    for lease in &leases {
+        let owner = match lease.owner.as_deref() {
+            Some(owner) if !input.stale.contains(&lease.shard_id) => Some(owner),
+            _ => None,
+        };
+        if let Some(owner) = owner.filter(|o| !input.live.contains(*o)) {
+            not_judged.insert(owner);
             continue;
         }
-        match lease.owner.as_deref() {
-            Some(owner) if !input.stale.contains(&lease.shard_id) => {
-                by_owner.entry(owner).or_default().push(lease);
-            }
-            _ => free.push(lease),
-        }
+        let asker = lease.handoff_to.as_deref().filter(|to| {
+            owner.is_some()
+                && input.live.contains(*to)
+                && !input.handoff_overdue.contains(&lease.shard_id)
+        });
+        in_flight |= asker.is_some();
+        to_balance.push(balance::Lease {
+            key: lease.shard_id.clone(),
+            // One stream per table: the leader's.
+            stream: String::new(),
+            owner: asker.or(owner).map(str::to_owned),
+            load: load_of(lease, &rows),
+            pinned: owner.is_some() && lease.handoff_to.is_some(),
+        });
     }
-    free.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
-    let cap_of = |w: &str| cap_in(input.caps, w);
-    let mut loads = Loads::new(&cap_of);
-    for worker in input.live {
-        loads.set(worker, by_owner.get(worker.as_str()).map_or(0, Vec::len));
-    }
-    // Counted before assigning, so that an asker is not given free leases
-    // on top of those coming to it.
-    let mut in_flight = false;
-    for (owner, owned) in &by_owner {
-        for lease in owned {
-            let asker = lease.handoff_to.as_deref().filter(|to| {
-                input.live.contains(*to) && !input.handoff_overdue.contains(&lease.shard_id)
-            });
-            if let Some(to) = asker {
-                loads.hand_over(owner, to);
-                in_flight = true;
-            }
-        }
-    }
+    let workers: Vec<balance::Worker> = input
+        .live
+        .iter()
+        .map(|id| balance::Worker {
+            id: id.clone(),
+            max_leases: Some(cap_in(input.caps, id)).filter(|c| *c != usize::MAX),
+            max_throughput: input.balance.max_throughput,
+            falling_behind: input.falling_behind.contains(id),
+        })
+        .collect();
+    let moves = balance::balance(
+        &workers,
+        &to_balance,
+        &input.memory.history,
+        input.memory.round,
+        &input.balance.settings,
+    );
+    let counter: HashMap<&str, u64> = leases
+        .iter()
+        .map(|l| (l.shard_id.as_str(), l.counter))
+        .collect();
     let mut plan = FleetPlan::default();
-    let mut left_free = false;
-    for lease in free {
-        let Some(to) = loads.least_with_room() else {
-            left_free = true;
-            break;
-        };
-        loads.add_one(to);
-        plan.assign
-            .push((lease.shard_id.clone(), lease.counter, to.to_owned()));
+    for m in moves {
+        let seen = counter[m.lease.as_str()];
+        match m.from {
+            None => plan.assign.push((m.lease, seen, m.to)),
+            Some(from) => plan.ask.push((m.lease, from, seen, m.to)),
+        }
     }
-    for (lease, to) in asks(&loads.of, &by_owner, &readable, &cap_of) {
-        let owner = lease.owner.clone().unwrap_or_default();
-        plan.ask
-            .push((lease.shard_id.clone(), owner, lease.counter, to.to_owned()));
-    }
+    plan.assign.sort();
+    plan.ask.sort();
+    let free = to_balance.iter().filter(|l| l.owner.is_none()).count();
+    let left_free = plan.assign.len() < free;
     plan.delete = deletions(input.rows, input.standings, input.lineage, input.gone);
     plan.delete.sort();
-    let not_judged = by_owner
-        .keys()
-        .filter(|owner| !input.live.contains(**owner))
-        .count();
-    plan.workers = input.live.len() + not_judged;
+    plan.workers = input.live.len() + not_judged.len();
     plan.settled = plan.assign.is_empty()
         && plan.ask.is_empty()
         && plan.delete.is_empty()
         && !in_flight
         && !left_free
-        && not_judged == 0;
+        && not_judged.is_empty();
     plan
+}
+
+/// A lease's load in bytes read per second: its row's, or for a child
+/// without one, its share of its parents' by hash range (when every
+/// parent's load and range is known); `None` otherwise (the balancer then
+/// takes the stream's mean).
+fn load_of(lease: &Lease, rows: &HashMap<&str, &Lease>) -> Option<f64> {
+    if let Some(load) = lease.load {
+        return Some(load.bytes_per_second);
+    }
+    let range = hash_range(lease)?;
+    if lease.parents.is_empty() {
+        return None;
+    }
+    let parents: Option<Vec<(f64, HashRange)>> = lease
+        .parents
+        .iter()
+        .map(|id| {
+            let parent = rows.get(id.as_str())?;
+            Some((parent.load?.bytes_per_second, hash_range(parent)?))
+        })
+        .collect();
+    Some(balance::inherited_load(range, &parents?))
+}
+
+fn hash_range(lease: &Lease) -> Option<HashRange> {
+    let (start, end) = lease.hash_range.as_ref()?;
+    Some(HashRange {
+        start: start.parse().ok()?,
+        end: end.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -158,6 +264,9 @@ mod tests {
         caps: BTreeMap<String, u64>,
         overdue: HashSet<String>,
         gone: HashSet<String>,
+        falling_behind: HashSet<String>,
+        balance: FleetBalance,
+        memory: BalanceMemory,
     }
 
     impl Table {
@@ -170,6 +279,9 @@ mod tests {
                 caps: BTreeMap::new(),
                 overdue: HashSet::new(),
                 gone: HashSet::new(),
+                falling_behind: HashSet::new(),
+                balance: FleetBalance::default(),
+                memory: BalanceMemory::default(),
             }
         }
 
@@ -209,6 +321,9 @@ mod tests {
                 stale: &self.stale,
                 caps: &self.caps,
                 handoff_overdue: &self.overdue,
+                falling_behind: &self.falling_behind,
+                balance: &self.balance,
+                memory: &self.memory,
             });
             (plan, started.elapsed())
         }
@@ -563,6 +678,117 @@ mod tests {
             assert_eq!(table.plan(), plan, "rotated {turn}, reversed");
             table.rows.reverse();
         }
+    }
+
+    fn bytes(bytes_per_second: f64) -> Option<crate::metrics::LeaseLoad> {
+        Some(crate::metrics::LeaseLoad {
+            bytes_per_second,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn by_load_two_hot_leases_on_one_worker_are_split_and_then_left_alone() {
+        // 8 leases, s0 and s1 twenty times hotter, both on "a"; 3 workers.
+        let mut table = Table::of(&[("a", 3), ("b", 3), ("c", 2)], &["a", "b", "c"]);
+        for i in 0..8 {
+            table.lease_mut(&s(i)).load = bytes(if i < 2 { 2000.0 } else { 100.0 });
+        }
+        let hot_moved = |plan: &FleetPlan| plan.ask.iter().filter(|a| a.0 < s(2)).count();
+        assert_eq!(hot_moved(&table.plan()), 1, "{:?}", table.plan());
+        for _ in 0..6 {
+            let plan = table.plan();
+            table.memory.record(&plan, &table.balance.settings);
+            table.carry_out(&plan);
+        }
+        let hot: BTreeSet<String> = (0..2)
+            .map(|i| table.lease_mut(&s(i)).owner.clone().unwrap())
+            .collect();
+        assert_eq!(hot.len(), 2, "the hot leases on different workers");
+        assert!(table.plan().ask.is_empty(), "at rest");
+        // By count the same table is even already: 3, 3, 2.
+        let mut by_count = Table::of(&[("a", 3), ("b", 3), ("c", 2)], &["a", "b", "c"]);
+        by_count.balance.settings.by = balance::BalanceBy::LeaseCount;
+        for i in 0..8 {
+            by_count.lease_mut(&s(i)).load = bytes(if i < 2 { 2000.0 } else { 100.0 });
+        }
+        assert!(by_count.plan().ask.is_empty());
+    }
+
+    #[test]
+    fn leases_just_assigned_may_be_asked_for_but_not_leases_just_asked_for() {
+        // A lone worker takes all 8; a joiner gets 4 in the next round.
+        let mut table = Table::of(&[("", 8)], &["a"]);
+        let plan = table.plan();
+        table.memory.record(&plan, &table.balance.settings);
+        table.carry_out(&plan);
+        table.live.insert("j".into());
+        let plan = table.plan();
+        assert_eq!(givers_to(&plan, "j"), ["a"; 4], "{plan:?}");
+        table.memory.record(&plan, &table.balance.settings);
+        table.carry_out(&plan);
+        // Those 4 stay 5 rounds where they went, though a third joins.
+        table.live.insert("k".into());
+        let moved: BTreeSet<String> = (0..4).map(s).collect();
+        for _ in 0..4 {
+            let plan = table.plan();
+            assert!(plan.ask.iter().all(|a| !moved.contains(&a.0)), "{plan:?}");
+            table.memory.record(&plan, &table.balance.settings);
+            table.carry_out(&plan);
+        }
+    }
+
+    #[test]
+    fn a_free_lease_goes_to_the_least_loaded_worker_under_its_caps() {
+        let mut table = Table::of(&[("a", 1), ("b", 3), ("c", 1), ("", 1)], &["a", "b", "c"]);
+        table.lease_mut(&s(0)).load = bytes(900.0);
+        for i in 1..4 {
+            table.lease_mut(&s(i)).load = bytes(100.0);
+        }
+        table.lease_mut(&s(4)).load = bytes(50.0);
+        // s5 has no load: its stream's mean, 250. "c" carries least (50)
+        // but falls behind; "b" (300) is next.
+        table.falling_behind.insert("c".into());
+        assert_eq!(assigned(&table.plan()), pairs(&[(5, "b")]));
+        // A throughput cap "b" would pass: nobody left with room.
+        table.balance.max_throughput = Some(500.0);
+        let plan = table.plan();
+        assert!(plan.assign.is_empty() && !plan.settled, "{plan:?}");
+    }
+
+    #[test]
+    fn a_child_without_a_load_inherits_its_parents_by_hash_range() {
+        let max = u128::MAX.to_string();
+        let half = (u128::MAX / 2).to_string();
+        let shards = vec![
+            shard("P", &[], true),
+            shard("L", &["P"], false),
+            shard("R", &["P"], false),
+            shard("Q", &[], false),
+        ];
+        let rows = vec![
+            lease("P", &[], Some("a"), Checkpoint::ShardEnd),
+            lease("L", &["P"], None, Checkpoint::TrimHorizon),
+            lease("R", &["P"], None, Checkpoint::TrimHorizon),
+            lease("Q", &[], Some("a"), at("3")),
+        ];
+        let mut table = Table::new(shards, rows, &["a", "b"]);
+        table.lease_mut("P").hash_range = Some(("0".into(), max.clone()));
+        table.lease_mut("P").load = bytes(1000.0);
+        table.lease_mut("L").hash_range = Some(("0".into(), half.clone()));
+        table.lease_mut("R").hash_range = Some((format!("{}", u128::MAX / 2 + 1), max));
+        table.lease_mut("Q").load = bytes(400.0);
+        // L and R inherit 500 each (not Q's 400, the mean): both go to b,
+        // the heavier first, since 500 > a's 400 after the first.
+        let plan = table.plan();
+        assert_eq!(
+            assigned(&plan),
+            [
+                ("L".to_owned(), "b".to_owned()),
+                ("R".to_owned(), "a".to_owned())
+            ],
+            "{plan:?}"
+        );
     }
 
     #[test]

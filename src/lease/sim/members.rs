@@ -77,6 +77,7 @@ impl MemberStore for SimTable {
         if settled.held.is_some() {
             after.held = settled.held;
         }
+        after.falling_behind = settled.falling_behind;
         for id in &settled.took {
             after.take.remove(id);
         }
