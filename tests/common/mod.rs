@@ -370,7 +370,9 @@ pub fn init_log() {
 
 /// A consumer on the given endpoints with the tests' short timings: batches
 /// of 200 ms, 100 ms between empty reads, failover 3 s, shard sync every 2 s,
-/// from the trim horizon, CloudWatch on a closed port.
+/// from the trim horizon, CloudWatch on a closed port, leases balanced by
+/// count (the tests check shares and moves in leases; tests/balance_load.rs
+/// balances by load, the library's default).
 pub fn consumer_builder_at(
     kinesis_url: &str,
     dynamodb_url: &str,
@@ -392,6 +394,7 @@ pub fn consumer_builder_at(
         .failover_time(Duration::from_secs(3))
         .shard_sync_interval(Duration::from_secs(2))
         .coordination(coordination())
+        .balance_by(kinesis_consumer::BalanceBy::LeaseCount)
 }
 
 /// How the tests' workers share leases: through worker items and an

@@ -86,15 +86,14 @@ impl Led {
 impl<R: ShardRunner> Coordinator<R> {
     /// One round of a leader-run worker.
     pub(super) fn led_round(&mut self) {
-        if let Some(last) = self.led.leading {
-            self.renew_lock(last);
-        }
-        // A beat written meanwhile stands for this round's, as in the
-        // workers row's round (see `Coordinator::round`).
-        let beat = if self.beat_is_due(self.timings.heartbeat_interval / 2) {
-            Some(self.beat_in_item())
-        } else {
-            self.led.between.take().map(Ok)
+        // A beat written meanwhile (with the lock renewed before it) stands
+        // for this round's, as in the workers row's round (see
+        // `Coordinator::round`).
+        let fresh = !self.beat_is_due(self.timings.heartbeat_interval / 2);
+        let beat = match self.led.between.take() {
+            Some(item) if fresh => Some(Ok(item)),
+            _ if fresh => None,
+            _ => Some(self.renew_and_beat()),
         };
         match beat {
             None => {}
@@ -164,6 +163,16 @@ impl<R: ShardRunner> Coordinator<R> {
         self.observed.clear();
     }
 
+    /// Renews the lock if this worker leads, then beats in its item: the
+    /// item's beat right after the lock's tells a successor that this
+    /// leader lived past its last lock write (see [`Led::predecessor`]).
+    fn renew_and_beat(&mut self) -> Result<WorkerItem> {
+        if let Some(last) = self.led.leading {
+            self.renew_lock(last);
+        }
+        self.beat_in_item()
+    }
+
     /// Writes the heartbeat in this worker's item (with the entries
     /// settled since the last one that landed) and returns the item.
     pub(super) fn beat_in_item(&mut self) -> Result<WorkerItem> {
@@ -189,7 +198,7 @@ impl<R: ShardRunner> Coordinator<R> {
     /// it returns is settled by the next round, which writes no beat of
     /// its own then.
     pub(super) fn beat_between_rounds(&mut self) {
-        match self.beat_in_item() {
+        match self.renew_and_beat() {
             Ok(item) => self.led.between = Some(item),
             Err(e) => self.log_failure("heartbeat", Err::<(), _>(e)),
         }
@@ -220,6 +229,11 @@ impl<R: ShardRunner> Coordinator<R> {
         let held = self.held.shards().into_iter().find(|(id, _)| id == key);
         let handing_over = || self.held.handoffs().iter().any(|id| id == key);
         if held.is_some() && (self.runner.is_running(key) || handing_over()) {
+            return Ok(());
+        }
+        if self.led.earlier_runs.contains(key) && !self.held.may_take_earlier_runs_leases() {
+            // Perhaps a live process's under our id, whose item we share:
+            // `recheck` holds it once we may (SIM_FAULTS=namesakes seed 129).
             return Ok(());
         }
         let Some(Row::Lease(lease)) = self.held.table().lease_row(key)? else {
@@ -457,9 +471,8 @@ impl<R: ShardRunner> Coordinator<R> {
         let live = self.live_workers(&survey.workers);
         self.led.successors = successors(&live, &me);
         self.send_unsent();
-        if self.led.plans_from.is_some_and(|from| now < from) {
-            return Ok(());
-        }
+        // The leases of new shards are created at once (pinning `Latest`
+        // at the first start), even while planning waits.
         let before = std::mem::take(&mut self.rows);
         let mut rows = self.ours(survey.rows);
         if self.listed.is_none() {
@@ -472,6 +485,16 @@ impl<R: ShardRunner> Coordinator<R> {
             self.rows = rows;
             self.sync_shards()?;
             rows = std::mem::take(&mut self.rows);
+        }
+        if self.led.plans_from.is_some_and(|from| now < from) {
+            self.rows = rows;
+            return Ok(());
+        }
+        if !self.led.leads() {
+            // The lock was lost while a listing waited (its renewal between
+            // rounds was refused): a new leader plans now.
+            self.forget_table();
+            return Ok(());
         }
         if let Err(e) = self.observe(&rows, now, &me) {
             self.halt_fleet(&e);
