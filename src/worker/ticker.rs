@@ -688,7 +688,8 @@ impl<'a, T> Ticker<'a, T> {
         let mut shards: Vec<ShardBatch<T>> = Vec::new();
         let mut shard_bytes: Vec<u64> = Vec::new();
         let mut room = Vec::new();
-        for mut chunk in chunks {
+        let mut chunks = chunks.into_iter();
+        while let Some(mut chunk) = chunks.next() {
             room.extend(chunk.room.take());
             let open = self.open.get(&chunk.shard_id);
             if open.is_none_or(|o| o.epoch != chunk.epoch || o.closing)
@@ -709,9 +710,20 @@ impl<'a, T> Ticker<'a, T> {
                 }
                 None => {
                     shard_bytes.push(chunk.data_bytes);
+                    // Room for the shard's later chunks at once: grown
+                    // chunk by chunk, a batch of 150,000 small messages
+                    // was copied about twice over.
+                    let later: usize = chunks
+                        .as_slice()
+                        .iter()
+                        .filter(|c| c.shard_id == chunk.shard_id && c.epoch == chunk.epoch)
+                        .map(|c| c.messages.len())
+                        .sum();
+                    let mut messages = chunk.messages;
+                    messages.reserve(later);
                     shards.push(ShardBatch {
                         shard_id: chunk.shard_id,
-                        messages: chunk.messages,
+                        messages,
                         millis_behind_latest: chunk.millis_behind_latest,
                         shard_ended: chunk.shard_end,
                         epoch: chunk.epoch,

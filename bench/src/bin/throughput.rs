@@ -5,7 +5,8 @@
 //! the reply read off a plain socket (no HTTP client, nothing decoded);
 //! each path's time per reply is shown as a multiple of the socket read's.
 //!
-//! Usage: throughput --sdk PATH [--seconds S]
+//! Usage: throughput --sdk PATH [--seconds S] [--rounds N] [--size BYTES]
+//! (`--size 100` or `--size 1024`: that record size only)
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -23,11 +24,15 @@ fn main() {
     let sdk: String = arg("--sdk", String::new());
     let seconds: f64 = arg("--seconds", 2.0);
     let rounds: u32 = arg("--rounds", 3);
+    let only_size: usize = arg("--size", 0);
     let dynamo = emulators::dynalite();
     println!(
         "# throughput: one shard, canned GetRecords replies, {seconds} s per measurement, best of {rounds} interleaved rounds"
     );
     for (records, size) in [(10_000usize, 100usize), (5_000, 1024)] {
+        if only_size != 0 && size != only_size {
+            continue;
+        }
         let server = CannedServer::start(1, records, size);
         println!(
             "\n## {records} records x {size} B per GetRecords (reply body {:.2} MiB)",
