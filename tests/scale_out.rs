@@ -251,13 +251,33 @@ fn kill_9_one_of_three_workers_its_shards_resume_elsewhere() {
     );
     std::thread::sleep(Duration::from_secs(2));
 
-    let mut victim = workers.remove(0);
-    let orphaned = owners(&app).remove("w1").unwrap();
+    // A worker that does not lead: a leader's death adds the successor's
+    // claim (up to a period after the failover time) before anything
+    // moves, which `sigterm`'s and the simulation's figures cover.
+    let leader = kinesis_consumer::__test_support::MemberItems::new(common::dynamodb(), &app)
+        .leader()
+        .unwrap()
+        .map(|(id, ..)| id);
+    let at = workers
+        .iter()
+        .position(|w| Some(w.id.as_str()) != leader.as_deref())
+        .unwrap();
+    let mut victim = workers.remove(at);
+    let victim_id = victim.id.clone();
+    let orphaned = owners(&app).remove(victim_id.as_str()).unwrap();
     let killed_at = Instant::now();
     victim.child.kill().unwrap();
     victim.child.wait().unwrap();
     let survivors: Vec<&Worker> = workers.iter().collect();
-    let budget = FAILOVER + RENEW_INTERVAL + BATCH_INTERVAL + IDLE_TIME + Duration::from_secs(2);
+    // With the workers row a survivor takes a lease at its first round
+    // after the failover time; with a leader, the leader takes it at its
+    // first round after the failover time, and the new owner starts it at
+    // its next heartbeat: up to a period more (docs/many-workers.md).
+    let takeover = match common::coordination() {
+        kinesis_consumer::Coordination::WorkersRow => FAILOVER + RENEW_INTERVAL,
+        _ => FAILOVER + RENEW_INTERVAL * 2,
+    };
+    let budget = takeover + BATCH_INTERVAL + IDLE_TIME + Duration::from_secs(2);
     wait_until(
         "the killed worker's shards to be read elsewhere",
         budget,
@@ -266,7 +286,7 @@ fn kill_9_one_of_three_workers_its_shards_resume_elsewhere() {
             let log = log.lock().unwrap();
             orphaned.iter().all(|s| {
                 log.iter()
-                    .any(|d| &d.shard == s && d.worker != "w1" && d.at > killed_at)
+                    .any(|d| &d.shard == s && d.worker != victim_id && d.at > killed_at)
             })
         },
     );
@@ -275,7 +295,7 @@ fn kill_9_one_of_three_workers_its_shards_resume_elsewhere() {
         .map(|s| {
             let log = log.lock().unwrap();
             log.iter()
-                .find(|d| &d.shard == s && d.worker != "w1" && d.at > killed_at)
+                .find(|d| &d.shard == s && d.worker != victim_id && d.at > killed_at)
                 .unwrap()
                 .at
                 - killed_at
@@ -290,23 +310,21 @@ fn kill_9_one_of_three_workers_its_shards_resume_elsewhere() {
             .iter()
             .map(|d| format!("{:.2}", d.as_secs_f64()))
             .collect::<Vec<_>>(),
-        (FAILOVER + RENEW_INTERVAL).as_secs_f64()
+        takeover.as_secs_f64()
     );
     // Delivery also waits for a batch and a read: allow those on top.
-    assert!(
-        *slowest <= FAILOVER + RENEW_INTERVAL + BATCH_INTERVAL + IDLE_TIME + Duration::from_secs(1)
-    );
+    assert!(*slowest <= takeover + BATCH_INTERVAL + IDLE_TIME + Duration::from_secs(1));
 
     std::thread::sleep(Duration::from_secs(1));
     let put = producer.finish();
     wait_all_delivered(&log, &put, &survivors);
     let dups = duplicates(&log);
     assert!(
-        dups.values().all(|w| w.contains(&"w1".to_owned())),
+        dups.values().all(|w| w.contains(&victim_id)),
         "only the killed worker's uncheckpointed records may come twice: {dups:?}"
     );
     println!(
-        "kill -9: {} records put, all delivered, {} delivered twice (all first by w1)",
+        "kill -9: {} records put, all delivered, {} delivered twice (all first by {victim_id})",
         put.len(),
         dups.len()
     );
