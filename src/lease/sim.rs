@@ -1822,16 +1822,10 @@ impl Sim {
         };
         for (id, (owner, asker)) in shards.iter().zip(leases) {
             let lease = Lease {
-                shard_id: id.clone(),
                 owner: Some((*owner).into()),
                 handoff_to: asker.map(str::to_owned),
-                counter: 1,
-                checkpoint: Checkpoint::TrimHorizon,
-                owner_switches_since_checkpoint: 0,
-                parents: Vec::new(),
-                children: Vec::new(),
                 hash_range: None,
-                load: None,
+                ..fleet::free_lease(id.clone())
             };
             lock(&sim.table.rows).insert(id.clone(), Row::Lease(lease));
         }

@@ -221,7 +221,7 @@ impl Sim {
     }
 }
 
-fn free_lease(shard_id: String) -> Lease {
+pub(super) fn free_lease(shard_id: String) -> Lease {
     Lease {
         shard_id,
         owner: None,

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::lease::balance::{BalanceBy, fair_share, shared_floor};
 use crate::lease::plan::{BalanceMemory, FleetBalance, FleetInput, Lineage, Row, plan_fleet};
-use crate::lease::{Checkpoint, Lease};
+use crate::lease::Lease;
 use crate::metrics::LeaseLoad;
 use crate::random::Rng;
 
@@ -67,16 +67,9 @@ impl Fleet {
         let rows = (0..loads.len())
             .map(|i| {
                 Row::Lease(Lease {
-                    shard_id: format!("shardId-{i:06}"),
                     owner: Some(live[i % workers].clone()),
-                    handoff_to: None,
-                    counter: 1,
-                    checkpoint: Checkpoint::TrimHorizon,
-                    owner_switches_since_checkpoint: 0,
-                    parents: Vec::new(),
-                    children: Vec::new(),
                     hash_range: None,
-                    load: None,
+                    ..super::fleet::free_lease(format!("shardId-{i:06}"))
                 })
             })
             .collect();
