@@ -1240,9 +1240,12 @@ impl Sim {
     /// last, and take its leases in the round that finds it dead.
     fn check_takeover(&self, t: &Takeover) -> std::result::Result<Option<Duration>, Violation> {
         let rows = lock(&self.table.rows);
+        // A stream removed from every worker's list is read by no one.
+        let removed = lock(&self.removed).clone();
         let left: Vec<&String> = t
             .leases
             .iter()
+            .filter(|id| !removed.iter().any(|p| id.starts_with(p.as_str())))
             .filter(|id| {
                 rows.get(*id).and_then(Row::lease).is_some_and(|l| {
                     l.owner.as_deref() == Some(t.worker.as_str())

@@ -441,8 +441,12 @@ impl<R: ShardRunner> Coordinator<R> {
         self.led.predecessor = seen
             .filter(|(w, _)| *w != me)
             .map(|(w, beat)| (w, beat, None));
-        // Judge every worker afresh, from now.
+        // Judge every worker and row afresh, from now: what this worker
+        // kept from leading earlier (a shard's misses in listings made
+        // while a stream was removed) is stale (seed 2077: a dead
+        // leader's lease was left for a round).
         self.peers = Default::default();
+        self.forget_table();
         self.handoffs_seen.clear();
         Ok(())
     }

@@ -14,9 +14,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use crate::lease::Lease;
 use crate::lease::balance::{BalanceBy, fair_share, shared_floor};
 use crate::lease::plan::{BalanceMemory, FleetBalance, FleetInput, Lineage, Row, plan_fleet};
-use crate::lease::Lease;
 use crate::metrics::LeaseLoad;
 use crate::random::Rng;
 
