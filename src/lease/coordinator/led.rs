@@ -348,15 +348,8 @@ impl<R: ShardRunner> Coordinator<R> {
     /// Renews the lock; a renewal refused (someone took the lock over
     /// while we were slow) ends our leadership.
     fn renew_lock(&mut self, last: u64) {
-        let beat = self.held.reserve_beat();
-        let renewal = Lead {
-            worker: self.held.owner(),
-            beat,
-            seen: Some((self.held.owner(), last)),
-            successors: &self.led.successors,
-            halt: None,
-        };
-        match self.held.table().lead(&renewal) {
+        let (beat, renewed) = self.write_held_lock(last, None);
+        match renewed {
             Ok(true) => self.led.leading = Some(beat),
             Ok(false) => {
                 log::warn!("no longer the leader: another worker took the lock");
@@ -366,6 +359,21 @@ impl<R: ShardRunner> Coordinator<R> {
             // Not renewed: still ours until someone claims it.
             Err(e) => self.log_failure("renewing the leader's lock", Err::<(), _>(e)),
         }
+    }
+
+    /// Writes the lock this worker holds since its beat `last` (with why
+    /// the fleet stops, if it does), under a beat number of its own;
+    /// returns that number and whether the lock was still ours.
+    fn write_held_lock(&self, last: u64, halt: Option<&str>) -> (u64, Result<bool>) {
+        let beat = self.held.reserve_beat();
+        let write = Lead {
+            worker: self.held.owner(),
+            beat,
+            seen: Some((self.held.owner(), last)),
+            successors: &self.led.successors,
+            halt,
+        };
+        (beat, self.held.table().lead(&write))
     }
 
     /// Reads the lock and claims it when no one holds it, or when its
@@ -539,15 +547,7 @@ impl<R: ShardRunner> Coordinator<R> {
         let Some(last) = self.led.leading.take() else {
             return;
         };
-        let beat = self.held.reserve_beat();
-        let halt = Lead {
-            worker: self.held.owner(),
-            beat,
-            seen: Some((self.held.owner(), last)),
-            successors: &self.led.successors,
-            halt: Some(reason),
-        };
-        let written = self.held.table().lead(&halt);
+        let (_, written) = self.write_held_lock(last, Some(reason));
         self.log_failure("stopping the fleet through the lock", written);
         self.forget_table();
     }
