@@ -353,7 +353,8 @@ impl<R: ShardRunner> Coordinator<R> {
         let mut next_round = now + self.timings.heartbeat_interval;
         let mut next_sync = now + self.timings.shard_sync_interval;
         loop {
-            let next = next_round.min(next_sync);
+            let watch = self.early_watch().unwrap_or(next_round);
+            let next = next_round.min(next_sync).min(watch);
             match events.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Ok(CoordinatorEvent::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(CoordinatorEvent::ShardFinished(shard_id)) => {
@@ -381,10 +382,21 @@ impl<R: ShardRunner> Coordinator<R> {
             }
             if now >= next_round {
                 self.round();
-                next_round = now + self.timings.heartbeat_interval;
+                next_round = self.next_round(now, Instant::now());
             }
         }
         self.stop();
+    }
+
+    /// When the round after the one that began at `began` is due (`now`:
+    /// when it ended): a heartbeat period after it began; a leader-run
+    /// fleet's follower at its point of the leader's period instead (see
+    /// `until_next_round` in coordinator/led.rs).
+    pub(crate) fn next_round(&self, began: Instant, now: Instant) -> Instant {
+        match self.is_led().then(|| self.until_next_round()).flatten() {
+            Some(wait) => now + wait,
+            None => began + self.timings.heartbeat_interval,
+        }
     }
 
     /// True when this worker keeps the table in step with the stream

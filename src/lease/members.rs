@@ -13,6 +13,7 @@
 //! [`Coordination::Leader`]: crate::Coordination::Leader
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::aws::dynamodb::{AttributeValue, Expression, Item};
 use crate::error::Result;
@@ -37,6 +38,7 @@ const GIVE: &str = "give";
 const LEADER: &str = "leader";
 const SUCCESSORS: &str = "successors";
 const HALT: &str = "halt";
+const ROUND_AT: &str = "roundAt";
 
 /// A worker's item as its heartbeat left it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,6 +75,11 @@ pub(crate) struct Lock {
     /// Why the leader stopped the fleet (a KCL worker shares the table):
     /// every worker that reads it stops with this reason.
     pub halt: Option<String>,
+    /// When the leader began the round that wrote it, by the leader's wall
+    /// clock: the others beat at a fixed point of its period, so that what
+    /// it decides reaches them within the same period (see
+    /// `Coordinator::next_round`). `None` from a lock written without one.
+    pub round_at: Option<SystemTime>,
 }
 
 /// One of a worker's two sets of leases.
@@ -129,6 +136,8 @@ pub(crate) struct Lead<'a> {
     pub successors: &'a [String],
     /// Why the leader stops the fleet; a write without one clears it.
     pub halt: Option<&'a str>,
+    /// When the writer's round began, by its wall clock.
+    pub round_at: SystemTime,
 }
 
 /// What the leader reads each round, in one Scan.
@@ -269,6 +278,7 @@ pub(crate) fn parse_lock(item: &Item) -> Option<Lock> {
             .get(HALT)
             .and_then(AttributeValue::as_s)
             .map(str::to_owned),
+        round_at: number(item, ROUND_AT).map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
     })
 }
 
@@ -338,15 +348,19 @@ fn lead_write(lead: &Lead<'_>) -> (Expression, Expression) {
     };
     let mut update = typed(
         LEADER_TYPE,
-        &format!(", #leader = :me, #beat = :beat, #successors = :successors{halt}"),
+        &format!(
+            ", #leader = :me, #beat = :beat, #successors = :successors, #roundAt = :roundAt{halt}"
+        ),
     )
     .name("#leader", LEADER)
     .name("#beat", BEAT)
     .name("#successors", SUCCESSORS)
+    .name("#roundAt", ROUND_AT)
     .name("#halt", HALT)
     .value(":me", s(lead.worker))
     .value(":beat", n(lead.beat))
-    .value(":successors", AttributeValue::L(successors));
+    .value(":successors", AttributeValue::L(successors))
+    .value(":roundAt", n(unix_millis(lead.round_at)));
     if let Some(why) = lead.halt {
         update = update.value(":halt", s(why));
     }
@@ -364,6 +378,12 @@ fn lead_write(lead: &Lead<'_>) -> (Expression, Expression) {
     .value(":me", s(lead.worker))
     .value(":beat", n(lead.beat));
     (update, condition)
+}
+
+/// Milliseconds since the Unix epoch (zero for a clock set before it).
+fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Only a worker item that has a beat gets notes: a forgotten worker's is
@@ -549,6 +569,7 @@ impl MemberItems {
             seen,
             successors,
             halt: None,
+            round_at: SystemTime::now(),
         })
     }
 
@@ -642,7 +663,16 @@ mod tests {
                 beat: 7,
                 successors: vec!["w-2".into(), "w-3".into()],
                 halt: None,
+                round_at: None,
             })
+        );
+        let timed = item(
+            r#"{"leaseKey":{"S":"kinesis-consumer:leader"},"leader":{"S":"w-1"},"beat":{"N":"8"},
+                "roundAt":{"N":"1700000000123"}}"#,
+        );
+        assert_eq!(
+            parse_lock(&timed).unwrap().round_at,
+            Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
         );
         assert_eq!(parse_worker(&lock), None);
         assert_eq!(parse_lock(&worker), None);
@@ -725,6 +755,7 @@ mod tests {
                     seen,
                     successors: &successors,
                     halt,
+                    round_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
                 });
                 assert_placeholders_match(&update);
                 assert_placeholders_match(&condition);

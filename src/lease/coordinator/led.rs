@@ -15,10 +15,11 @@
 //! [`Coordination::Leader`]: crate::Coordination::Leader
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{Coordinator, ShardRunner, owned_by};
 use crate::error::{Error, Result};
+use crate::lease::Checkpoint;
 use crate::lease::members::{Lead, Notes, Settled, WorkerItem, note_entry, parse_entry};
 use crate::lease::peers::has_waited;
 use crate::lease::plan::{self, FleetInput, Lineage, Row};
@@ -74,6 +75,17 @@ pub(super) struct Led {
     between: Option<WorkerItem>,
     /// While leading: the recent balance moves, against ping-pong.
     balance: plan::BalanceMemory,
+    /// When this worker's current round began, by its wall clock: a
+    /// leader writes it into the lock.
+    round_began: Option<SystemTime>,
+    /// While following: when the leader's round began, as its lock last
+    /// said (see [`Coordinator::until_next_round`]).
+    leader_round_began: Option<SystemTime>,
+    /// While following: the lock names this worker a successor (see
+    /// [`Coordinator::until_early_watch`]).
+    successor: bool,
+    /// A successor's next early look at the lock.
+    next_watch: Option<Instant>,
 }
 
 impl Led {
@@ -86,6 +98,7 @@ impl Led {
 impl<R: ShardRunner> Coordinator<R> {
     /// One round of a leader-run worker.
     pub(super) fn led_round(&mut self) {
+        self.led.round_began = Some(self.held.clock().stamp().wall);
         // A beat written meanwhile (with the lock renewed before it) stands
         // for this round's, as in the workers row's round (see
         // `Coordinator::round`).
@@ -119,6 +132,12 @@ impl<R: ShardRunner> Coordinator<R> {
         }
         self.retire_streams();
         self.stop_unheld_readers();
+        self.watch();
+    }
+
+    /// A follower reads the lock (and leads at once if it claims it); a
+    /// leader leads.
+    fn watch(&mut self) {
         if !self.led.leads() {
             let watched = self.watch_lock();
             self.log_failure("reading the leader's lock", watched);
@@ -372,8 +391,72 @@ impl<R: ShardRunner> Coordinator<R> {
             seen: Some((self.held.owner(), last)),
             successors: &self.led.successors,
             halt,
+            round_at: self.round_began(),
         };
         (beat, self.held.table().lead(&write))
+    }
+
+    /// When this worker's round began (now, before the first), by its
+    /// wall clock.
+    fn round_began(&self) -> SystemTime {
+        self.led
+            .round_began
+            .unwrap_or_else(|| self.held.clock().stamp().wall)
+    }
+
+    /// How long until a follower's next round: half a period after the
+    /// leader's round began, when the leader has written that round's
+    /// takes into the items. The leader sees a follower's beat half a
+    /// period after it, and the worker it gives a dead follower's leases
+    /// reads them half a period after it took them: takeover within the
+    /// failover time and one period after the last beat, not two. Every
+    /// follower at the same point: one later than another would add the
+    /// difference. `None` for a leader, or with no lock read yet.
+    pub(super) fn until_next_round(&self) -> Option<Duration> {
+        self.until_point_of_leaders_period(FOLLOWERS_POINT)
+    }
+
+    /// A successor's early look at the lock, if one is due; returns when
+    /// the next is (`None`: not a successor).
+    pub(crate) fn early_watch(&mut self) -> Option<Instant> {
+        if self.led.next_watch.is_some_and(|at| self.now() >= at) {
+            self.led.next_watch = None;
+            self.watch();
+        }
+        if self.led.next_watch.is_none() {
+            self.led.next_watch = self.until_early_watch().map(|wait| self.now() + wait);
+        }
+        if !self.led.successor || self.led.leads() {
+            self.led.next_watch = None;
+        }
+        self.led.next_watch
+    }
+
+    /// How long until a successor's early look at the lock, a fifth of a
+    /// period after the leader's round began (`None` for others): a
+    /// successor that claims the lock there takes the old leader's leases
+    /// for their new owners before the others' rounds at half a period,
+    /// and they read them in the same period. At its own round it would
+    /// claim at the same moment as they beat, and they would read them a
+    /// period later.
+    fn until_early_watch(&self) -> Option<Duration> {
+        self.led
+            .successor
+            .then(|| self.until_point_of_leaders_period(SUCCESSORS_POINT))
+            .flatten()
+    }
+
+    /// How long until `point` (a share of a period) after the start of one
+    /// of the leader's rounds, as its lock last said; `None` for a leader,
+    /// or with no lock read yet.
+    fn until_point_of_leaders_period(&self, point: f64) -> Option<Duration> {
+        if self.led.leads() {
+            return None;
+        }
+        let began = self.led.leader_round_began?;
+        let period = self.timings.heartbeat_interval;
+        let now = self.held.clock().stamp().wall;
+        Some(until_point(now, began, period, period.mul_f64(point)))
     }
 
     /// Reads the lock and claims it when no one holds it, or when its
@@ -385,7 +468,13 @@ impl<R: ShardRunner> Coordinator<R> {
         let me = self.held.owner().to_owned();
         let failover = self.timings.failover;
         let period = self.timings.heartbeat_interval;
-        let seen = match self.held.table().lock()? {
+        let lock = self.held.table().lock()?;
+        self.led.leader_round_began = lock
+            .as_ref()
+            .filter(|l| l.leader != me)
+            .and_then(|l| l.round_at);
+        self.led.successor = lock.as_ref().is_some_and(|l| l.successors.contains(&me));
+        let seen = match lock {
             None => None,
             Some(lock) => {
                 // A halt written since our last read stops us; one already
@@ -429,6 +518,7 @@ impl<R: ShardRunner> Coordinator<R> {
             seen: seen.as_ref().map(|(w, b)| (w.as_str(), *b)),
             successors: &[],
             halt: None,
+            round_at: self.round_began(),
         };
         if !self.held.table().lead(&claim)? {
             return Ok(());
@@ -441,6 +531,7 @@ impl<R: ShardRunner> Coordinator<R> {
             }
         );
         self.led.leading = Some(beat);
+        self.led.leader_round_began = None;
         // A lock no one held since we started: the fleet may be starting,
         // and a worker that has not beaten yet has no item; a period lets
         // each write one. One let go by a leader that left: at once.
@@ -713,9 +804,9 @@ impl<R: ShardRunner> Coordinator<R> {
 
     /// Finds leases that live workers do not know are theirs: a take or a
     /// handover whose note was lost, or a write that landed with its
-    /// reply lost. A worker the table gives more leases (wanting a worker,
-    /// not waiting in its `take` set) than its
-    /// item says it holds, for the failover time, gets every lease the
+    /// reply lost. A worker the table gives more leases (wanting a worker
+    /// and not waiting in its `take` set, or unfinished and wanting none)
+    /// than its item says it holds, for the failover time, gets every lease the
     /// table gives it written into its `take` set again; it starts those
     /// it does not hold (or hands over, if asked for). The leader checks
     /// its own leases the same way.
@@ -729,6 +820,10 @@ impl<R: ShardRunner> Coordinator<R> {
     ) {
         let me = self.held.owner().to_owned();
         let mut owned: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
+        // Unfinished leases it may hold that want no worker (a shard
+        // trimmed while it reads it, a stream removed): its count includes
+        // them (SIM seed 2893: one hid a take whose note was lost).
+        let mut unwanted: BTreeMap<&str, u64> = BTreeMap::new();
         for lease in rows.iter().filter_map(Row::lease) {
             let wanted = standings
                 .get(&lease.shard_id)
@@ -739,6 +834,9 @@ impl<R: ShardRunner> Coordinator<R> {
                         .entry(owner)
                         .or_default()
                         .push((&lease.shard_id, lease.counter));
+                }
+                Some(owner) if lease.checkpoint != Checkpoint::ShardEnd => {
+                    *unwanted.entry(owner).or_default() += 1;
                 }
                 _ => {}
             }
@@ -758,9 +856,9 @@ impl<R: ShardRunner> Coordinator<R> {
                 true => unknown
                     .iter()
                     .any(|(key, _)| !held.contains(*key) && !self.led.earlier_runs.contains(*key)),
-                false => item
-                    .and_then(|i| i.held)
-                    .is_some_and(|said| unknown.len() as u64 > said),
+                false => item.and_then(|i| i.held).is_some_and(|said| {
+                    unknown.len() as u64 + unwanted.get(worker).unwrap_or(&0) > said
+                }),
             };
             if !doubtful {
                 self.led.doubts.remove(worker);
@@ -939,6 +1037,32 @@ fn successors(live: &BTreeSet<String>, me: &str) -> Vec<String> {
     after.chain(before).take(2).cloned().collect()
 }
 
+/// Where in the leader's period followers' rounds come (see
+/// [`Coordinator::until_next_round`]).
+const FOLLOWERS_POINT: f64 = 0.5;
+/// Where in the leader's period its successors look at the lock (see
+/// [`Coordinator::until_early_watch`]).
+const SUCCESSORS_POINT: f64 = 0.2;
+
+/// How long from `now` until the next time that is `point` past the start
+/// of a period that began at `began` (by another host's wall clock: a
+/// skew between the two only moves the point), at least a third of a
+/// period away, so that no two rounds come closer and none more than
+/// four thirds of a period apart.
+fn until_point(now: SystemTime, began: SystemTime, period: Duration, point: Duration) -> Duration {
+    let millis = |d: Duration| d.as_millis() as i128;
+    let since = match now.duration_since(began) {
+        Ok(d) => millis(d),
+        Err(e) => -millis(e.duration()),
+    };
+    let period = millis(period).max(1);
+    let mut wait = (millis(point) - since).rem_euclid(period);
+    if wait < period / 3 {
+        wait += period;
+    }
+    Duration::from_millis(wait as u64)
+}
+
 /// A worker's place within a period, from its id: workers that are no
 /// successor do not all claim at once.
 fn spread(id: &str, period: Duration) -> Duration {
@@ -958,6 +1082,30 @@ mod tests {
         assert_eq!(successors(&live, "a"), ["b", "c"]);
         let two: BTreeSet<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
         assert_eq!(successors(&two, "a"), ["b"]);
+    }
+
+    #[test]
+    fn followers_round_at_their_point_of_the_leaders_period() {
+        let period = Duration::from_millis(3_000);
+        let point = Duration::from_millis(1_600);
+        let began = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let at = |ms: u64| began + Duration::from_millis(ms);
+        let wait = |now| until_point(now, began, period, point).as_millis();
+        // Before the point of this period, and past it: this period's
+        // point, or the next one's.
+        assert_eq!(wait(at(100)), 1_500);
+        assert_eq!(wait(at(2_000)), 2_600);
+        // Periods later, and with our clock behind the leader's.
+        assert_eq!(wait(at(9_100)), 1_500);
+        assert_eq!(wait(began - Duration::from_millis(400)), 2_000);
+        // Never closer than a third of a period: the point after next.
+        assert_eq!(wait(at(1_000)), 600 + 3_000);
+        assert_eq!(wait(at(1_600)), 3_000);
+        for ms in (0..12_000).step_by(7) {
+            let w = wait(at(ms));
+            assert!((1_000..4_000).contains(&w), "{ms}: {w}");
+            assert_eq!((ms as u128 + w) % 3_000, 1_600);
+        }
     }
 
     #[test]

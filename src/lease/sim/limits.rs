@@ -296,6 +296,8 @@ pub(crate) fn lock_bytes(lock: &Lock) -> usize {
         + "successors".len()
         + 3
         + lock.successors.iter().map(|w| w.len() + 1).sum::<usize>()
+        + "roundAt".len()
+        + number_bytes(1_800_000_000_000) // a time in milliseconds
 }
 
 #[cfg(test)]

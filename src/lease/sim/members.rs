@@ -188,6 +188,7 @@ impl MemberStore for SimTable {
             beat: lead.beat,
             successors: lead.successors.to_vec(),
             halt: lead.halt.map(str::to_owned),
+            round_at: Some(lead.round_at),
         };
         let before = members.lock.as_ref().map_or(0, lock_bytes);
         self.bill_member_write(LEADER_KEY, before.max(lock_bytes(&after)))?;
@@ -313,6 +314,7 @@ mod tests {
             seen,
             successors: &[],
             halt: None,
+            round_at: std::time::UNIX_EPOCH,
         };
         assert!(table.lead(&lead("w1", 5, None)).unwrap());
         // A second claim of a free lock comes too late.
@@ -342,6 +344,7 @@ mod tests {
             seen: None,
             successors: &successors,
             halt: None,
+            round_at: std::time::UNIX_EPOCH,
         };
         assert!(table.lead(&claim).unwrap());
         let survey = table.survey(true).unwrap();
