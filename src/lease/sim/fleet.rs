@@ -98,6 +98,11 @@ pub fn simulate_fleet(
     });
     sim.spawn("w-new".into(), false);
     let joined = sim.clock.now();
+    // A consumer beats as it starts (`Coordinator::start`), not at a
+    // random point of its first period as the fleet's first workers do.
+    if let Some(joiner) = sim.workers.last_mut() {
+        joiner.next_round = joined;
+    }
     let join = sim
         .run_until(bound, |sim| sim.is_even())
         .map(|t| t - joined);
