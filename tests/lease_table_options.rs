@@ -577,3 +577,79 @@ fn a_kcl_worker_stops_every_worker_of_a_leader_run_fleet() {
         assert!(after <= failover + failover / 3 * 2, "{id}: {after:?}");
     }
 }
+
+/// A worker of the workers-row coordination (a rolling upgrade from a
+/// version whose default it was) joins a leader-run fleet: the leader
+/// sees its beats move in the workers row and stops the whole fleet with
+/// an error naming it and the `coordination` setting, before either side
+/// takes the other's leases for expired.
+#[test]
+fn a_workers_row_worker_stops_every_worker_of_a_leader_run_fleet() {
+    use kinesis_consumer::Coordination;
+    let stream = common::create_stream(2);
+    let app = common::unique_name("app");
+    let producer = common::produce(&stream, "k");
+    let failover = Duration::from_secs(3);
+    let (done, results) = mpsc::channel();
+    let start = |id: &'static str, coordination| {
+        let consumer = common::consumer_builder(&stream, &app)
+            .worker_id(id)
+            .coordination(coordination)
+            .failover_time(failover)
+            .build()
+            .unwrap();
+        let shutdown = consumer.shutdown_handle();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let result = consumer.run(|_batch| Ok(()));
+            let _ = done.send((id, result, Instant::now()));
+        });
+        shutdown
+    };
+    start("a", Coordination::Leader);
+    start("b", Coordination::Leader);
+    // Both leader-run workers beat in their items before the other kind
+    // arrives.
+    let members = kinesis_consumer::__test_support::MemberItems::new(common::dynamodb(), &app);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while members.survey().map_or(0, |s| s.workers.len()) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the leader-run fleet never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let joined = Instant::now();
+    let other = start("c", Coordination::WorkersRow);
+    let mut stopped = Vec::new();
+    while stopped.len() < 2 {
+        let left = Duration::from_secs(30).saturating_sub(joined.elapsed());
+        let (id, result, at) = results
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("still running 30 s after c joined: {stopped:?}"));
+        assert_ne!(id, "c", "the workers-row worker stopped: {result:?}");
+        stopped.push((id, result, at));
+    }
+    other.shutdown();
+    let (id, result, _) = results.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(id, "c");
+    result.expect("the workers-row worker runs on and stops when told");
+    producer.finish();
+    for (id, result, at) in stopped {
+        let e = result.expect_err("a leader-run worker refuses the mixed fleet");
+        assert!(
+            matches!(&e, Error::Config { setting, .. } if *setting == "coordination"),
+            "{id}: {e}"
+        );
+        assert!(e.to_string().contains("\"c\""), "{id}: {e}");
+        let after = at - joined;
+        println!(
+            "worker {id} stopped {:.2} s after the workers-row worker started",
+            after.as_secs_f64()
+        );
+        // Two leader rounds see its beat move; a follower reads the lock at
+        // its next round: within the failover time, before anyone takes a
+        // lease of the other kind for expired.
+        assert!(after <= failover, "{id}: {after:?}");
+    }
+}

@@ -19,7 +19,8 @@ use crate::aws::dynamodb::{AttributeValue, Expression, Item};
 use crate::error::Result;
 use crate::lease::plan::Row;
 use crate::lease::table::{
-    Beat, KEY, LeaseTable, OURS, is_lease_item, key, n, namesake_error, parse_counter, s,
+    Beat, KEY, LeaseTable, OURS, WORKERS_KEY, Workers, is_lease_item, key, n, namesake_error,
+    parse_counter, s,
 };
 
 /// The start of a worker item's key; the worker id follows.
@@ -150,6 +151,12 @@ pub(crate) struct Survey {
     pub workers: BTreeMap<String, WorkerItem>,
     /// The lock item, if there is one.
     pub lock: Option<Lock>,
+    /// The beats in the workers row of [`Coordination::WorkersRow`]
+    /// fleets, if the table has one: moving, they are workers of the other
+    /// mode.
+    ///
+    /// [`Coordination::WorkersRow`]: crate::Coordination::WorkersRow
+    pub row_beats: BTreeMap<String, u64>,
 }
 
 /// The operations on worker items and the lock item: DynamoDB in
@@ -498,6 +505,11 @@ impl MemberStore for LeaseTable {
                 .filter_map(parse_worker)
                 .collect(),
             lock: items.iter().filter(|i| ours(i)).find_map(parse_lock),
+            row_beats: items
+                .iter()
+                .find(|i| i.get(KEY).and_then(AttributeValue::as_s) == Some(WORKERS_KEY))
+                .map(|row| Workers::parse(row).beats)
+                .unwrap_or_default(),
         })
     }
 }

@@ -81,7 +81,7 @@ pub(crate) struct Beat<'a> {
 }
 
 impl Workers {
-    fn parse(item: &Item) -> Workers {
+    pub(crate) fn parse(item: &Item) -> Workers {
         let mut workers = Workers::default();
         for (name, value) in item {
             let Some(number) = value.as_n().and_then(parse_counter) else {

@@ -86,6 +86,9 @@ pub(super) struct Led {
     successor: bool,
     /// A successor's next early look at the lock.
     next_watch: Option<Instant>,
+    /// While leading: the beats in the workers row at the last survey
+    /// (see [`Coordinator::refuse_workers_row`]).
+    row_beats: Option<BTreeMap<String, u64>>,
 }
 
 impl Led {
@@ -177,6 +180,7 @@ impl<R: ShardRunner> Coordinator<R> {
     /// would take gigabytes.
     pub(super) fn forget_table(&mut self) {
         self.rows = Vec::new();
+        self.led.row_beats = None;
         self.listed = None;
         self.misses.clear();
         self.observed.clear();
@@ -599,7 +603,8 @@ impl<R: ShardRunner> Coordinator<R> {
             self.forget_table();
             return Ok(());
         }
-        if let Err(e) = self.observe(&rows, now, &me) {
+        let one_mode = self.refuse_workers_row(&survey.row_beats);
+        if let Err(e) = one_mode.and_then(|()| self.observe(&rows, now, &me)) {
             self.halt_fleet(&e);
             return Err(e);
         }
@@ -625,6 +630,31 @@ impl<R: ShardRunner> Coordinator<R> {
         Ok(())
     }
 
+    /// Fails when a beat in the workers row moved since the last survey:
+    /// a worker of [`Coordination::WorkersRow`] shares the table (a rolling
+    /// upgrade from a version whose default it was). Each mode would take
+    /// the other's leases for an outsider's; the leader stops the fleet
+    /// (see [`Coordinator::halt_fleet`]) within two rounds, before either
+    /// takes a lease for expired.
+    ///
+    /// [`Coordination::WorkersRow`]: crate::Coordination::WorkersRow
+    fn refuse_workers_row(&mut self, beats: &BTreeMap<String, u64>) -> Result<()> {
+        let Some(before) = self.led.row_beats.replace(beats.clone()) else {
+            return Ok(());
+        };
+        let Some((id, _)) = beats
+            .iter()
+            .find(|(id, beat)| before.get(*id) != Some(*beat))
+        else {
+            return Ok(());
+        };
+        let why = format!(
+            "worker {id:?} beats in the workers row of this lease table: it runs with Coordination::WorkersRow, while this fleet is leader-run (Coordination::Leader, the default). Every worker of one application must use the same coordination (each would take the other's leases for expired): stop the workers of one mode first, or give them all the same `coordination`"
+        );
+        self.runner.fail(Error::config("coordination", why.clone()));
+        Err(Error::config("coordination", why))
+    }
+
     /// Stops the whole fleet, not only this worker, when a worker outside
     /// it shares the table (see [`Coordinator::observe`]): the lock keeps
     /// the reason, and every worker that reads it stops with it within a
@@ -632,13 +662,14 @@ impl<R: ShardRunner> Coordinator<R> {
     /// claims it only once it stood still for the failover time, and then
     /// watches the table afresh.
     fn halt_fleet(&mut self, e: &Error) {
-        let Error::Config { reason, .. } = e else {
+        let Error::Config { setting, reason } = e else {
             return;
         };
         let Some(last) = self.led.leading.take() else {
             return;
         };
-        let (_, written) = self.write_held_lock(last, Some(reason));
+        let halt = format!("{setting}: {reason}");
+        let (_, written) = self.write_held_lock(last, Some(&halt));
         self.log_failure("stopping the fleet through the lock", written);
         self.forget_table();
     }
@@ -647,9 +678,16 @@ impl<R: ShardRunner> Coordinator<R> {
     /// leader wrote in the lock); its own work stops with it.
     fn halted(&mut self, leader: &str, why: &str) -> Error {
         log::error!("the leader {leader} stopped the fleet: {why}");
-        self.runner
-            .fail(Error::config("lease_table_name", why.to_owned()));
-        Error::config("lease_table_name", why.to_owned())
+        // "setting: reason", as `halt_fleet` writes it.
+        let known = ["coordination", "lease_table_name"]
+            .into_iter()
+            .find_map(|setting| {
+                let reason = why.strip_prefix(setting)?.strip_prefix(": ")?;
+                Some((setting, reason))
+            });
+        let (setting, reason) = known.unwrap_or(("lease_table_name", why));
+        self.runner.fail(Error::config(setting, reason.to_owned()));
+        Error::config(setting, reason.to_owned())
     }
 
     /// The live workers: those whose item's beat has not stood still for

@@ -215,6 +215,7 @@ impl MemberStore for SimTable {
             rows,
             workers: members.workers.clone(),
             lock: members.lock.clone(),
+            row_beats: lock(&self.workers).beats.clone(),
         })
     }
 }
