@@ -63,7 +63,7 @@ struct Log {
 }
 
 impl Log {
-    fn records(&self, worker: &str, records: &[&Record], at: Instant) {
+    fn note_records(&self, worker: &str, records: &[&Record], at: Instant) {
         self.records
             .lock()
             .unwrap()
@@ -76,7 +76,7 @@ impl Log {
             }));
     }
 
-    fn event(&self, worker: &str, shard: &str, what: &str) {
+    fn note_event(&self, worker: &str, shard: &str, what: &str) {
         let line = format!("{worker} {shard}: {what}");
         self.events.lock().unwrap().push((Instant::now(), line));
     }
@@ -95,10 +95,10 @@ fn run_batches(
     consumer.run(move |batch: Batch<Payload>| {
         let at = Instant::now();
         for event in batch.events() {
-            log.event(&id, event.shard_id(), &format!("{event:?}"));
+            log.note_event(&id, event.shard_id(), &format!("{event:?}"));
         }
         let records: Vec<&Record> = batch.messages().map(|m| m.record()).collect();
-        log.records(&id, &records, at);
+        log.note_records(&id, &records, at);
         Ok(())
     })
 }
@@ -114,24 +114,24 @@ impl ShardProcessor<Payload> for Logging {
     fn initialize(&mut self, shard_id: &str, from: &Checkpoint) -> HandlerResult {
         self.shard = shard_id.to_owned();
         let what = format!("initialize from {from:?}");
-        self.log.event(&self.worker, &self.shard, &what);
+        self.log.note_event(&self.worker, &self.shard, &what);
         Ok(())
     }
 
     fn process(&mut self, records: ShardBatch<Payload>, _: &Checkpointer) -> HandlerResult {
         let at = Instant::now();
         let records: Vec<&Record> = records.messages().iter().map(|m| m.record()).collect();
-        self.log.records(&self.worker, &records, at);
+        self.log.note_records(&self.worker, &records, at);
         Ok(())
     }
 
     fn lease_lost(&mut self) {
-        self.log.event(&self.worker, &self.shard, "lease_lost");
+        self.log.note_event(&self.worker, &self.shard, "lease_lost");
     }
 
     fn shutdown_requested(&mut self, _: &Checkpointer) -> HandlerResult {
         self.log
-            .event(&self.worker, &self.shard, "shutdown_requested");
+            .note_event(&self.worker, &self.shard, "shutdown_requested");
         Ok(())
     }
 }
