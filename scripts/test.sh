@@ -11,9 +11,10 @@ usage="usage: scripts/test.sh [CARGO TEST OPTIONS] [-- TEST BINARY OPTIONS]
 
 Installs what is missing (npm emulators, aws-kinesis-agg and moto from PyPI,
 prometheus and chromium with apt-get), then runs cargo test --all-targets
-and the consumer, processing, scale-out, dead-letter, replay and
-multi-stream tests again reading through enhanced fan-out and the
-scale-out tests again with the workers row instead of a leader (without arguments,
+and the consumer, processing, scale-out, dead-letter, replay,
+multi-stream, lease-load and balance-load tests again reading through
+enhanced fan-out and the scale-out tests again with the workers row
+instead of a leader (without arguments,
 three test binaries at a time; with arguments, for example a test name
 filter, one after another through cargo test), the doc tests, and the
 lease simulation over SIM_SEEDS seeds (default 3000) in an optimized
@@ -73,7 +74,7 @@ for requirements in tests/kpl/requirements.txt tests/metrics/requirements.txt; d
 done
 # The tests that run again reading through enhanced fan-out (HTTP/2
 # SubscribeToShard on kinesis-local's plain port) instead of polling.
-fan_out_tests=(consumer processing scale_out dead_letter replay multi_stream lease_load)
+fan_out_tests=(consumer processing scale_out dead_letter replay multi_stream lease_load balance_load)
 if [ $# -gt 0 ]; then
   # A filter or cargo options: one test binary after another, as cargo runs them.
   cargo test --all-targets "$@"

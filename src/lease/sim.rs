@@ -68,8 +68,12 @@ const SETTLE_STEPS: u64 = 400;
 type Violation = String;
 
 /// How the simulated workers share leases: `SIM_COORDINATION=leader` for
-/// worker items and an elected leader, else the workers row.
+/// worker items and an elected leader, else the workers row (unless a
+/// scenario test forces the leader, see [`LEADER_FORCED`]).
 fn coordination() -> crate::Coordination {
+    if LEADER_FORCED.with(std::cell::Cell::get) {
+        return crate::Coordination::Leader;
+    }
     match std::env::var("SIM_COORDINATION").as_deref() {
         Ok("leader") => crate::Coordination::Leader,
         Ok("workers-row") | Err(_) => crate::Coordination::WorkersRow,
@@ -111,6 +115,9 @@ thread_local! {
     /// Faults a scenario test turns on besides SIM_FAULTS (the simulation
     /// draws its faults on the thread that runs it).
     static FORCED: std::cell::Cell<&'static [&'static str]> = const { std::cell::Cell::new(&[]) };
+    /// Set by a scenario test written for the leader-run coordination,
+    /// whatever SIM_COORDINATION says.
+    static LEADER_FORCED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Simulated time, shared by every part of one run.
@@ -2304,4 +2311,61 @@ fn a_worker_leaving_frees_the_leases_handed_to_it_that_it_had_not_taken_yet() {
         assert!(waited < FAILOVER / 3 * 2, "not taken after {waited:?}");
         sim.step_all();
     }
+}
+
+/// Issue 27: in a leader-run fleet, leases moved by asks (graceful
+/// handoffs) while records keep coming hand nothing on twice. One worker
+/// holds 8 busy leases, two more join and get their shares through the
+/// leader's asks; no fault is drawn, so no lease is ever lost. This is
+/// the coordinators' side (each taker starts from the row the giver
+/// released, after its last checkpoint; it fails if a taker starts from
+/// the trim horizon): the simulated ticker checkpoints every tick, so a
+/// checkpoint pending at the ask is the ticker's own test.
+#[test]
+fn graceful_moves_in_a_leader_run_fleet_hand_on_nothing_twice() {
+    LEADER_FORCED.with(|l| l.set(true));
+    let (mut sim, _) = Sim::with_leases(&[]);
+    let shards: Vec<String> = (0..8).map(|_| lock(&sim.stream).add_shard(&[])).collect();
+    let step = |sim: &mut Sim| {
+        for shard in &shards {
+            lock(&sim.stream).put(shard);
+        }
+        sim.step_all();
+    };
+    sim.spawn("a".into(), false);
+    let started = sim.clock.now();
+    while sim.workers[0].held.len() < shards.len() {
+        assert!(sim.clock.now() - started < FAILOVER * 3, "a never took all");
+        step(&mut sim);
+    }
+    sim.spawn("b".into(), false);
+    sim.spawn("c".into(), false);
+    let joined = sim.clock.now();
+    let counts = |sim: &Sim| -> Vec<usize> { sim.workers.iter().map(|w| w.held.len()).collect() };
+    while counts(&sim).iter().any(|n| *n < 2) {
+        assert!(
+            sim.clock.now() - joined < FAILOVER * 6,
+            "never shared: {:?}",
+            counts(&sim)
+        );
+        step(&mut sim);
+    }
+    // Moves may go on a while; then every record put must be read.
+    for _ in 0..300 {
+        step(&mut sim);
+    }
+    for _ in 0..100 {
+        sim.step_all();
+    }
+    let truth = lock(&sim.truth);
+    assert!(truth.violations.is_empty(), "{:?}", truth.violations);
+    assert_eq!(truth.duplicates, 0, "records handed on twice");
+    assert!(
+        truth.delivered.len() > 8 * 300,
+        "records read: {}",
+        truth.delivered.len()
+    );
+    drop(truth);
+    sim.check_everything_read().unwrap();
+    LEADER_FORCED.with(|l| l.set(false));
 }

@@ -653,6 +653,7 @@ mod tests {
     use crossbeam_channel::Sender;
 
     use super::*;
+    use crate::metrics::LoadView;
     use crate::worker::budget::Budget;
     use crate::worker::processing::Checkpointing;
     use crate::worker::test_support::{
@@ -1544,5 +1545,61 @@ mod tests {
         assert!(!log.contains(&"process b shard-1 1".to_owned()), "{log:?}");
         assert_eq!(written, [("shard-1".to_owned(), "1".to_owned())]);
         assert_eq!(leases, 0, "released");
+    }
+
+    /// Issue 27: a processor's time is its own shard's load, all of it,
+    /// even while another shard's processor runs at the same time (the
+    /// batch handler's time is split by records instead).
+    #[test]
+    fn each_processor_s_time_is_charged_to_its_own_shard_alone() {
+        let (_server, held) = held_leases();
+        let slow = held.take("shard-1", 0, false).unwrap().unwrap();
+        let quick = held.take("shard-2", 0, false).unwrap().unwrap();
+        let mut delivery = delivery(&held, ErrorPolicy::Stop);
+        let budget = Arc::new(Budget::new(10_000, 1000));
+        delivery.budget = budget.clone();
+        let load = delivery.load.clone();
+        let setup = Setup {
+            gated: true,
+            gate_only_first: true,
+            ..Setup::default()
+        };
+        let run = dispatching_with(delivery, setup);
+        // shard-1's processor (the first made) waits at its gate inside
+        // `process`; shard-2's returns at once meanwhile.
+        let queue = queue_of(&budget, "shard-1", slow, 0, 1);
+        run.outputs
+            .send(started_with("shard-1", slow, queue))
+            .unwrap();
+        assert_eq!(run.entered(), "0");
+        let queue = queue_of(&budget, "shard-2", quick, 10, 1);
+        run.outputs
+            .send(started_with("shard-2", quick, queue))
+            .unwrap();
+        assert_eq!(run.entered(), "10");
+        let charged = |shard: &str| load.load_of(shard).is_some();
+        wait_until("shard-2's call charged", || charged("shard-2"));
+        std::thread::sleep(Duration::from_millis(300));
+        // Read as of now, before shard-1's call ends: each lease's rate is
+        // then its seconds busy (one sample, no decay, taken over the
+        // shortest span, 1 s), whatever the scheduler does later.
+        let read_at = Instant::now();
+        run.gate.send(()).unwrap();
+        wait_until("shard-1's call charged", || charged("shard-1"));
+        let loads: HashMap<String, f64> = load
+            .loads_at(read_at)
+            .into_iter()
+            .map(|(lease, l)| (lease, l.busy_fraction))
+            .collect();
+        let (slow_busy, quick_busy) = (loads["shard-1"], loads["shard-2"]);
+        // At least the 300 ms its call waited at the gate.
+        assert!(slow_busy >= 0.3, "shard-1 busy {slow_busy}");
+        // Charged evenly between the two (the batch handler's rule for
+        // equal records), each would read about 0.15.
+        assert!(
+            quick_busy < slow_busy / 3.0,
+            "shard-2 busy {quick_busy}, shard-1 {slow_busy}"
+        );
+        run.stop().unwrap();
     }
 }

@@ -804,12 +804,15 @@ impl<'a, T> Ticker<'a, T> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
     use crate::record::Record;
     use crate::worker::processing::Checkpointing;
-    use crate::worker::test_support::{chunk, delivery, held_leases, held_leases_noting, started};
+    use crate::worker::test_support::{
+        chunk, delivery, held_leases, held_leases_answering, held_leases_noting, started,
+    };
 
     #[test]
     fn chunks_already_waiting_at_a_late_tick_make_the_batch() {
@@ -1536,5 +1539,104 @@ mod tests {
             held.is_current("shard-1", epoch),
             "not released by the ticker"
         );
+    }
+
+    /// Issue 27's window at a graceful handoff: the lease is asked for
+    /// while the handler is inside a batch of its records, and the
+    /// checkpoint through them is not due yet (a long interval). That
+    /// checkpoint is written before the release that names the asker (the
+    /// taker starts right after it), and a read of the shard already
+    /// waiting is never handed on: no record reaches both workers.
+    #[test]
+    fn a_lease_asked_for_during_a_batch_of_its_records_is_released_after_their_checkpoint() {
+        let writes: Arc<Mutex<Vec<String>>> = Arc::default();
+        let noted = writes.clone();
+        let (_server, held) = held_leases_answering(move |request| {
+            let body: serde_json::Value = serde_json::from_str(&request.body).unwrap_or_default();
+            let values = &body["ExpressionAttributeValues"];
+            // The lease's writes; not the notice to the peers after them.
+            let write = match (
+                values[":checkpoint"]["S"].as_str(),
+                values[":to"]["S"].as_str(),
+            ) {
+                (Some(checkpoint), _) => Some(format!("checkpoint {checkpoint}")),
+                (None, Some(to)) => Some(format!("release to {to}")),
+                _ => None,
+            };
+            noted.lock().unwrap().extend(write);
+            (
+                200,
+                r#"{"Attributes":{"leaseCounter":{"N":"1"}}}"#.to_owned(),
+            )
+        });
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        writes.lock().unwrap().clear();
+        let mut delivery = delivery(&held, ErrorPolicy::Stop);
+        delivery.checkpoint_interval = Duration::from_secs(3600);
+        let shutdown = delivery.shutdown.clone();
+        let (sender, records) = crossbeam_channel::unbounded();
+        sender.send(started("shard-1", epoch)).unwrap();
+        sender
+            .send(chunk("shard-1", epoch, &[("1", "a"), ("2", "b")]))
+            .unwrap();
+        let (entered_tx, calls) = crossbeam_channel::unbounded();
+        let (gate, gate_rx) = crossbeam_channel::unbounded::<()>();
+        let seen: Arc<Mutex<Vec<ShardEvent>>> = Arc::default();
+        let events = seen.clone();
+        let thread = std::thread::spawn(move || {
+            let mut ticker = Ticker::new(&records, delivery);
+            ticker.run(&mut |batch: Batch<String>| {
+                events
+                    .lock()
+                    .unwrap()
+                    .extend(batch.events().iter().cloned());
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                let values: Vec<String> = batch.messages().map(|m| m.value().clone()).collect();
+                entered_tx.send(values).unwrap();
+                gate_rx.recv_timeout(Duration::from_secs(10))?;
+                Ok(())
+            })
+        });
+        let entered = || calls.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(entered(), ["a", "b"]);
+        gate.send(()).unwrap();
+        sender
+            .send(chunk("shard-1", epoch, &[("3", "c"), ("4", "d")]))
+            .unwrap();
+        assert_eq!(entered(), ["c", "d"]);
+        // Asked for inside the call; a read made before the reader stopped
+        // waits in the channel.
+        assert!(held.hand_over("shard-1", "peer"));
+        sender.send(chunk("shard-1", epoch, &[("5", "e")])).unwrap();
+        gate.send(()).unwrap();
+        let released = || {
+            writes
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|w| w.starts_with("release"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !released() {
+            assert!(Instant::now() < deadline, "no release: {writes:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+        thread.join().unwrap().unwrap();
+        assert_eq!(
+            *writes.lock().unwrap(),
+            ["checkpoint 2", "checkpoint 4", "release to peer"]
+        );
+        assert!(
+            seen.lock()
+                .unwrap()
+                .contains(&ShardEvent::ShutdownRequested {
+                    shard_id: "shard-1".into()
+                }),
+            "{seen:?}"
+        );
+        assert!(calls.try_recv().is_err(), "e is the taker's to read");
     }
 }
