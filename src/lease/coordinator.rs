@@ -338,6 +338,7 @@ impl<R: ShardRunner> Coordinator<R> {
         match watch.observe(beat, now, interval, failover) {
             Namesake::Clear => {
                 self.namesake = None;
+                self.held.replace_beat(beat);
                 Ok(())
             }
             Namesake::Live => Err(namesake_error(&me)),

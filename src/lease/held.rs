@@ -87,6 +87,13 @@ pub(crate) struct HeldLeases {
     /// The number of the last heartbeat that landed: every later one is
     /// written only over it or another of ours.
     landed_beat: Mutex<Option<u64>>,
+    /// The number of the first heartbeat attempted: until one lands, a
+    /// heartbeat may replace any attempted since (one landed with its
+    /// reply lost).
+    first_attempt: Mutex<Option<u64>>,
+    /// The beat under our id that the start-up check saw and let us
+    /// replace (see [`replace_beat`](Self::replace_beat)).
+    replaces: Mutex<Option<u64>>,
     /// Leases dropped because their last checkpoint was not written: left
     /// to expire, never released on leaving (see [`withhold`](Self::withhold)).
     withheld: Mutex<HashSet<String>>,
@@ -128,6 +135,8 @@ impl HeldLeases {
             alive_since: Mutex::new(None),
             first_landed: Mutex::new(None),
             landed_beat: Mutex::new(None),
+            first_attempt: Mutex::new(None),
+            replaces: Mutex::new(None),
             notice_owed: AtomicBool::new(false),
             taken_unseen: AtomicBool::new(false),
             withheld: Mutex::default(),
@@ -202,6 +211,16 @@ impl HeldLeases {
         self.beat_with(cap, |beat| self.table.beat_in_item(beat, settled))
     }
 
+    /// Lets the first heartbeat replace `beat` under our id, the one the
+    /// start-up check saw stand still (`None`: it saw none). Any other beat
+    /// there then belongs to a process that started meanwhile under our
+    /// id: the heartbeat is refused and this one stops (two processes
+    /// that passed the check at once, one paused in between: SIM_FAULTS
+    /// suspend,drift,namesakes seed 1406).
+    pub(crate) fn replace_beat(&self, beat: Option<u64>) {
+        *lock(&self.replaces) = beat;
+    }
+
     /// A heartbeat number for a write of the leader's lock: every later
     /// heartbeat carries a higher one, so a successor that finds the
     /// leader's item beat no higher than the lock's knows no heartbeat
@@ -220,10 +239,13 @@ impl HeldLeases {
         let sent = self.clock.stamp();
         let mut lapsed = self.drop_all_if_lapsed(sent);
         let beat = self.beat.fetch_add(1, Ordering::Relaxed) + 1;
+        let landed = *lock(&self.landed_beat);
+        let first = *lock(&self.first_attempt).get_or_insert(beat);
         let result = write(&Beat {
             worker: &self.owner,
             number: beat,
-            since: *lock(&self.landed_beat),
+            since: Some(landed.unwrap_or(first)),
+            over: landed.is_none().then(|| *lock(&self.replaces)).flatten(),
             cap,
         });
         if result.is_ok() {

@@ -335,14 +335,9 @@ fn beat_update(beat: &Beat<'_>, settled: &Settled) -> Expression {
     update
 }
 
-/// After the first heartbeat: only over no beat or one of ours.
+/// Only over no beat, one of ours, or the one the start-up check saw.
 fn beat_condition(beat: &Beat<'_>) -> Option<Expression> {
-    beat.since.map(|since| {
-        Expression::new("attribute_not_exists(#beat) OR #beat BETWEEN :since AND :beat")
-            .name("#beat", BEAT)
-            .value(":since", n(since))
-            .value(":beat", n(beat.number))
-    })
+    beat.condition(BEAT)
 }
 
 /// The write of the lock item, and its condition: the lock as last seen,
@@ -544,6 +539,7 @@ impl MemberItems {
             worker,
             number,
             since,
+            over: None,
             cap: None,
         };
         let settled = Settled {
@@ -732,12 +728,13 @@ mod tests {
                 falling_behind: false,
             },
         ];
-        for cap in [None, Some(3)] {
+        for (cap, over) in [(None, None), (Some(3), Some(77))] {
             for since in [None, Some(4)] {
                 let beat = Beat {
                     worker: "w",
                     number: 5,
                     since,
+                    over,
                     cap,
                 };
                 for done in &cases {
@@ -755,6 +752,7 @@ mod tests {
                 }
                 if let Some(condition) = beat_condition(&beat) {
                     assert_placeholders_match(&condition);
+                    assert_eq!(condition.text.contains(":over"), over.is_some());
                 }
             }
         }

@@ -464,9 +464,9 @@ impl LeaseStore for SimTable {
     fn heartbeat(&self, beat: &Beat<'_>) -> Result<Workers> {
         let Beat {
             worker,
-            number: beat,
-            since,
+            number,
             cap,
+            ..
         } = *beat;
         let fault = self.faults.draw("workers");
         let failing =
@@ -475,7 +475,7 @@ impl LeaseStore for SimTable {
             return Err(injected("UpdateItem"));
         }
         let mut after = lock(&self.workers).clone();
-        after.beats.insert(worker.to_owned(), beat);
+        after.beats.insert(worker.to_owned(), number);
         self.bill_workers_write("UpdateItem", &after)?;
         let slow = lock(&self.slow_beats).remove(worker);
         let gate = lock(&self.gate).take();
@@ -490,20 +490,17 @@ impl LeaseStore for SimTable {
         // Its condition is judged when it lands, as DynamoDB judges an
         // update when it reaches the item (a slow write too).
         let mut workers = lock(&self.workers);
-        let there = workers.beats.get(worker).copied();
-        if let (Some(since), Some(there)) = (since, there) {
-            if !(since..=beat).contains(&there) {
-                return Err(namesake_error(worker));
-            }
+        if !beat.may_replace(workers.beats.get(worker).copied()) {
+            return Err(namesake_error(worker));
         }
         let now = self.clock.load(Ordering::Relaxed);
         lock(&self.beats).push((worker.to_owned(), now));
-        workers.beats.insert(worker.to_owned(), beat);
+        workers.beats.insert(worker.to_owned(), number);
         match cap {
             Some(cap) => workers.caps.insert(worker.to_owned(), cap),
             None => workers.caps.remove(worker),
         };
-        trace(|| format!("  heartbeat {worker} {beat}"));
+        trace(|| format!("  heartbeat {worker} {number}"));
         match fault {
             Fault::Lost => Err(injected("UpdateItem")),
             _ => Ok(workers.clone()),
@@ -1341,8 +1338,13 @@ impl Sim {
                 // at startup.
                 self.dead.push((id, capped));
             } else {
+                // It starts as a consumer does (`Coordinator::start`, with
+                // its check for a live process under its id).
                 trace(|| format!("{id} restarts"));
                 self.spawn(id, capped);
+                if let Some(w) = self.workers.last_mut() {
+                    w.started = false;
+                }
             }
         }
         if self.rng.chance(0.002) {
@@ -1895,6 +1897,7 @@ fn an_unanswered_ask_never_takes_a_live_owners_lease_but_its_death_frees_it() {
                 worker: "busy",
                 number: beat,
                 since: None,
+                over: None,
                 cap: None,
             })
             .unwrap();
@@ -1957,6 +1960,7 @@ fn a_dead_workers_leases_spread_evenly_though_the_table_was_last_read_long_ago()
                 worker: "x",
                 number: beat,
                 since: None,
+                over: None,
                 cap: None,
             })
             .unwrap();

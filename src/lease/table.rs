@@ -73,11 +73,51 @@ pub(crate) struct Beat<'a> {
     pub worker: &'a str,
     /// The heartbeat's number.
     pub number: u64,
-    /// The number of this worker's last heartbeat that landed (`None` for
-    /// the first): the row must hold no beat of ours or one of ours since.
+    /// The number of this worker's last heartbeat that landed, or of its
+    /// first attempt while none has (`None`: no condition): the row must
+    /// hold no beat of ours or one of ours since.
     pub since: Option<u64>,
+    /// Until the worker's first heartbeat landed: the beat the start-up
+    /// check saw under its id (a predecessor's that stood still), which
+    /// it may replace too. Any other beat there is a live process's that
+    /// started meanwhile under the same id.
+    pub over: Option<u64>,
     /// The worker's cap, if it has one.
     pub cap: Option<u64>,
+}
+
+impl Beat<'_> {
+    /// The condition of this heartbeat's write of the beat attribute
+    /// `attribute`: no beat there, one of ours since `since`, or the one it
+    /// may replace.
+    pub(crate) fn condition(&self, attribute: &str) -> Option<Expression> {
+        let since = self.since?;
+        let mut text =
+            String::from("attribute_not_exists(#beat) OR #beat BETWEEN :since AND :beat");
+        if self.over.is_some() {
+            text.push_str(" OR #beat = :over");
+        }
+        let mut condition = Expression::new(text)
+            .name("#beat", attribute)
+            .value(":since", n(since))
+            .value(":beat", n(self.number));
+        if let Some(over) = self.over {
+            condition = condition.value(":over", n(over));
+        }
+        Some(condition)
+    }
+
+    /// True when this heartbeat may replace the beat `there` (see
+    /// [`condition`](Self::condition)), as the simulated tables judge it.
+    #[cfg(any(test, feature = "simulation"))]
+    pub(crate) fn may_replace(&self, there: Option<u64>) -> bool {
+        match (self.since, there) {
+            (Some(since), Some(there)) => {
+                (since..=self.number).contains(&there) || self.over == Some(there)
+            }
+            _ => true,
+        }
+    }
 }
 
 impl Workers {
@@ -760,12 +800,7 @@ impl LeaseStore for LeaseTable {
         .name("#beat", &name)
         .name("#cap", &format!("{CAP}{worker}"))
         .value(":beat", n(beat.number));
-        let ours = beat.since.map(|since| {
-            Expression::new("attribute_not_exists(#beat) OR #beat BETWEEN :since AND :beat")
-                .name("#beat", &name)
-                .value(":since", n(since))
-                .value(":beat", n(beat.number))
-        });
+        let ours = beat.condition(&name);
         match self
             .dynamodb
             .update_item(&self.name, &key(WORKERS_KEY), &update, ours.as_ref())

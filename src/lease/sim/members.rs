@@ -89,10 +89,8 @@ impl MemberStore for SimTable {
             .map_or(0, |b| worker_item_bytes(beat.worker, b))
             .max(worker_item_bytes(beat.worker, &after));
         self.bill_member_write(&key, bytes)?;
-        if let (Some(since), Some(there)) = (beat.since, before.map(|b| b.beat)) {
-            if !(since..=beat.number).contains(&there) {
-                return Err(namesake_error(beat.worker));
-            }
+        if !beat.may_replace(before.map(|b| b.beat)) {
+            return Err(namesake_error(beat.worker));
         }
         trace(|| format!("  beat in item {} {}", beat.worker, beat.number));
         members
@@ -236,6 +234,7 @@ mod tests {
             worker,
             number,
             since,
+            over: None,
             cap: None,
         }
     }
@@ -304,6 +303,37 @@ mod tests {
         table.forget_item("w1", Some(4)).unwrap();
         assert!(!table.note("w1", Notes::Take, &ids).unwrap());
         assert_eq!(table.worker_item("w1").unwrap(), None);
+    }
+
+    #[test]
+    fn a_first_beat_replaces_only_what_the_start_up_check_saw() {
+        let table = quiet_table();
+        let first = |number, over| Beat {
+            worker: "w1",
+            number,
+            since: Some(number),
+            over,
+            cap: None,
+        };
+        // A dead predecessor's beat, seen by the check: replaced.
+        table
+            .beat_in_item(&beat("w1", 40, None), &Settled::default())
+            .unwrap();
+        table
+            .beat_in_item(&first(900, Some(40)), &Settled::default())
+            .unwrap();
+        // A second process that passed the check at the same time (it saw
+        // the same beat, or none) finds ours there: refused.
+        for over in [Some(40), None] {
+            let refused = table.beat_in_item(&first(500, over), &Settled::default());
+            assert!(refused.unwrap_err().to_string().contains("worker_id"));
+        }
+        // A retry of our first attempt after a lost reply is ours.
+        let retry = Beat {
+            since: Some(900),
+            ..first(901, Some(40))
+        };
+        table.beat_in_item(&retry, &Settled::default()).unwrap();
     }
 
     #[test]
