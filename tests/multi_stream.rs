@@ -749,3 +749,59 @@ fn leases_shows_resets_exports_and_imports_one_stream_of_a_multi_stream_table() 
         assert_eq!(key, format!("{stream}:{shard}"));
     }
 }
+
+/// Two processes of one application reading different stream lists (a
+/// rolling change of the list): the leader "worker-a" reads both streams,
+/// "worker-b" only the first, of one shard. To even the counts b is owed
+/// a lease of the second stream; it frees it and says in its worker item
+/// that it does not read that stream, and the leader gives it none of
+/// that stream's leases again. Every record of both streams is read
+/// (before, the leader gave the freed lease back to b each round, for
+/// ever).
+#[test]
+fn workers_reading_different_stream_lists_read_every_record() {
+    let streams = [common::create_stream(1), common::create_stream(3)];
+    let app = common::unique_name("multi");
+    let log: Log = Arc::default();
+    let (stop_a, a) = spawn(multi_builder(&app, &streams, "worker-a"), "worker-a", &log);
+    let members = kinesis_consumer::__test_support::MemberItems::new(common::dynamodb(), &app);
+    wait_until("worker-a to lead", Duration::from_secs(20), || {
+        members
+            .leader()
+            .ok()
+            .flatten()
+            .is_some_and(|(leader, ..)| leader == "worker-a")
+    });
+    let (stop_b, b) = spawn(
+        multi_builder(&app, &streams[..1], "worker-b"),
+        "worker-b",
+        &log,
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    // Keys spread over every shard (40 keys over 3 shards: each gets some).
+    let k = common::kinesis();
+    let mut put = HashSet::new();
+    for (i, stream) in streams.iter().enumerate() {
+        for n in 0..40 {
+            let data = format!("s{i}-{n}");
+            k.put_record(stream, &format!("key-{n}"), None, data.as_bytes())
+                .unwrap();
+            put.insert(data);
+        }
+    }
+    wait_for_all(&log, &put, Duration::from_secs(30));
+    let misread: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(worker, key, _)| {
+            worker == "worker-b" && key.contains(&format!(":{}:", streams[1]))
+        })
+        .map(|(_, key, _)| key.clone())
+        .collect();
+    assert!(misread.is_empty(), "worker-b read {misread:?}");
+    stop_a.shutdown();
+    stop_b.shutdown();
+    a.join().unwrap().unwrap();
+    b.join().unwrap().unwrap();
+}

@@ -90,6 +90,9 @@ pub(crate) struct Worker {
     /// It cannot keep up (MillisBehindLatest rising on all its leases): it
     /// counts as full and takes no lease, whatever its measured load.
     pub falling_behind: bool,
+    /// Streams (see [`Lease::stream`]) it does not read: it takes none of
+    /// their leases.
+    pub unread: BTreeSet<String>,
 }
 
 #[cfg(test)]
@@ -101,6 +104,7 @@ impl Worker {
             max_leases: None,
             max_throughput: None,
             falling_behind: false,
+            unread: BTreeSet::new(),
         }
     }
 }
@@ -321,6 +325,7 @@ pub(crate) fn balance(
     }
     let fits = |h: &Holder, w: &Worker, lease: usize| {
         !w.falling_behind
+            && !w.unread.contains(&leases[lease].stream)
             && w.max_leases.is_none_or(|max| h.leases.len() < max)
             && w.max_throughput
                 .is_none_or(|max| h.load + loads[lease] <= max)
@@ -451,7 +456,10 @@ pub(crate) fn balance(
                             .leases
                             .iter()
                             .copied()
-                            .filter(|&b| movable(b, &moved_now))
+                            .filter(|&b| {
+                                movable(b, &moved_now)
+                                    && !workers[d].unread.contains(&leases[b].stream)
+                            })
                             .collect();
                         lightest
                             .sort_by(|&a, &b| weights[a].total_cmp(&weights[b]).then(a.cmp(&b)));
@@ -563,6 +571,33 @@ mod tests {
         ];
         let settings = BalanceSettings::default();
         assert!(balance(&workers, &leases, &MoveHistory::default(), 1, &settings).is_empty());
+    }
+
+    #[test]
+    fn a_worker_takes_no_lease_of_a_stream_it_does_not_read() {
+        // "b" does not read stream "t": of t's leases it is given none,
+        // free or moved, by load or by count, though it holds nothing.
+        let mut b = Worker::new("b");
+        b.unread.insert("t".into());
+        let workers = [Worker::new("a"), b];
+        let mut leases = Vec::new();
+        for i in 0..4 {
+            let mut free = lease(&format!("t{i}"), None, Some(10.0));
+            free.stream = "t".into();
+            leases.push(free);
+            let mut held = lease(&format!("u{i}"), Some("a"), Some(10.0));
+            held.stream = "t".into();
+            leases.push(held);
+        }
+        for by in [BalanceBy::Load, BalanceBy::LeaseCount] {
+            let settings = BalanceSettings {
+                by,
+                ..BalanceSettings::default()
+            };
+            let moves = balance(&workers, &leases, &MoveHistory::default(), 1, &settings);
+            assert_eq!(moves.len(), 4, "{by:?}: {moves:?}");
+            assert!(moves.iter().all(|m| m.to == "a"), "{by:?}: {moves:?}");
+        }
     }
 
     #[test]

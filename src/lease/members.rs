@@ -36,6 +36,7 @@ const HELD: &str = "held";
 const FALLING_BEHIND: &str = "fallingBehind";
 const TAKE: &str = "take";
 const GIVE: &str = "give";
+const UNREAD: &str = "unread";
 const LEADER: &str = "leader";
 const SUCCESSORS: &str = "successors";
 const HALT: &str = "halt";
@@ -61,6 +62,12 @@ pub(crate) struct WorkerItem {
     /// Leases it is asked to hand over (each row's `handoffTo` says to
     /// whom): it hands them over, then settles them.
     pub give: BTreeSet<String>,
+    /// A lease key for each stream it does not read (one it was given and
+    /// freed): the leader gives it no lease of those streams (processes
+    /// of one application reading different stream lists, as during a
+    /// rolling change of the list). It takes a key out once it reads that
+    /// stream.
+    pub unread: BTreeSet<String>,
 }
 
 /// The lock item: who leads.
@@ -114,13 +121,12 @@ pub(crate) struct Settled {
     pub held: Option<u64>,
     /// Whether it cannot keep up as it beats (written with every beat).
     pub falling_behind: bool,
-}
-
-impl Settled {
-    #[cfg(test)]
-    fn is_empty(&self) -> bool {
-        self.took.is_empty() && self.gave.is_empty()
-    }
+    /// Keys to add to its `unread` set (streams it found it does not read).
+    pub unread: Vec<String>,
+    /// Keys to take out of its `unread` set (streams it reads now); left
+    /// for a later beat while `unread` adds some (one update may not both
+    /// add to and delete from a set).
+    pub read: Vec<String>,
 }
 
 /// One write of the lock item: a claim, or the leader's renewal.
@@ -260,6 +266,7 @@ pub(crate) fn parse_worker(item: &Item) -> Option<(String, WorkerItem)> {
         falling_behind: matches!(item.get(FALLING_BEHIND), Some(AttributeValue::BOOL(true))),
         take: strings(item, TAKE),
         give: strings(item, GIVE),
+        unread: strings(item, UNREAD),
     };
     Some((id.to_owned(), parsed))
 }
@@ -301,13 +308,21 @@ fn beat_update(beat: &Beat<'_>, settled: &Settled) -> Expression {
         rest.push_str(" REMOVE #cap");
     }
     // DynamoDB refuses an empty set, and a placeholder left unused.
+    let read = match settled.unread.is_empty() {
+        true => &settled.read,
+        false => &Vec::new(),
+    };
     let deletions: Vec<_> = [
         ("#take", TAKE, ":took", &settled.took),
         ("#give", GIVE, ":gave", &settled.gave),
+        ("#unread", UNREAD, ":read", read),
     ]
     .into_iter()
     .filter(|(.., ids)| !ids.is_empty())
     .collect();
+    if !settled.unread.is_empty() {
+        rest.push_str(" ADD #unread :unread");
+    }
     if !deletions.is_empty() {
         let clauses: Vec<String> = deletions
             .iter()
@@ -326,6 +341,11 @@ fn beat_update(beat: &Beat<'_>, settled: &Settled) -> Expression {
     }
     if let Some(held) = settled.held {
         update = update.name("#held", HELD).value(":held", n(held));
+    }
+    if !settled.unread.is_empty() {
+        update = update
+            .name("#unread", UNREAD)
+            .value(":unread", AttributeValue::SS(settled.unread.clone()));
     }
     for (name, attribute, value, ids) in deletions {
         update = update
@@ -545,8 +565,7 @@ impl MemberItems {
         let settled = Settled {
             took: took.to_vec(),
             gave: gave.to_vec(),
-            held: None,
-            falling_behind: false,
+            ..Settled::default()
         };
         let item = self.table.beat_in_item(&beat, &settled)?;
         Ok((item.take, item.give))
@@ -711,21 +730,22 @@ mod tests {
             Settled::default(),
             Settled {
                 took: one.clone(),
-                gave: Vec::new(),
                 held: Some(2),
                 falling_behind: true,
+                ..Settled::default()
             },
             Settled {
-                took: Vec::new(),
                 gave: one.clone(),
-                held: None,
-                falling_behind: false,
+                read: one.clone(),
+                ..Settled::default()
             },
             Settled {
                 took: one.clone(),
                 gave: one.clone(),
                 held: Some(0),
-                falling_behind: false,
+                unread: one.clone(),
+                read: one.clone(),
+                ..Settled::default()
             },
         ];
         for (cap, over) in [(None, None), (Some(3), Some(77))] {
@@ -746,7 +766,14 @@ mod tests {
                         Some(&AttributeValue::BOOL(done.falling_behind)),
                         "written with every beat"
                     );
-                    assert_eq!(update.text.contains("DELETE"), !done.is_empty());
+                    assert_eq!(update.text.contains("ADD #unread"), !done.unread.is_empty());
+                    // One update never both adds to and deletes from a set.
+                    let read = done.unread.is_empty() && !done.read.is_empty();
+                    assert_eq!(update.text.contains("#unread :read"), read);
+                    assert_eq!(
+                        update.text.contains("DELETE"),
+                        !done.took.is_empty() || !done.gave.is_empty() || read
+                    );
                     assert_eq!(update.text.contains("#take :took"), !done.took.is_empty());
                     assert_eq!(update.text.contains("#give :gave"), !done.gave.is_empty());
                 }

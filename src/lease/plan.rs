@@ -14,7 +14,7 @@ use crate::lease::{Checkpoint, Lease};
 // The leader's plan for the whole fleet (issue 25): only its tests use it
 // until the leader does.
 mod fleet;
-pub(crate) use fleet::{BalanceMemory, FleetBalance, FleetInput, plan_fleet};
+pub(crate) use fleet::{BalanceMemory, FleetBalance, FleetInput, plan_fleet, stream_of};
 
 /// One row of the lease table: a lease, or a row we cannot use.
 // Nearly every row is a lease: boxing it would only add an allocation each.

@@ -86,6 +86,8 @@ pub(super) struct Led {
     successor: bool,
     /// A successor's next early look at the lock.
     next_watch: Option<Instant>,
+    /// The `unread` set of this worker's item as its last beat returned it.
+    unread: BTreeSet<String>,
     /// While leading: the beats in the workers row at the last survey
     /// (see [`Coordinator::refuse_workers_row`]).
     row_beats: Option<BTreeMap<String, u64>>,
@@ -230,6 +232,13 @@ impl<R: ShardRunner> Coordinator<R> {
     /// Starts the leases taken for this worker and hands over those asked
     /// of it. Entries whose row could not be read stay for the next round.
     fn settle(&mut self, item: &WorkerItem) {
+        self.led.unread = item.unread.clone();
+        self.led.settled.read = item
+            .unread
+            .iter()
+            .filter(|key| self.shards.owns(key))
+            .cloned()
+            .collect();
         for entry in &item.take {
             match self.adopt(parse_entry(entry).0) {
                 Ok(()) => self.led.settled.took.push(entry.clone()),
@@ -275,6 +284,12 @@ impl<R: ShardRunner> Coordinator<R> {
             log::info!("freeing lease {key}: its stream is not read here");
             let me = self.held.owner();
             self.held.table().release(key, me, lease.counter, None)?;
+            // Said in the item, so that the leader gives us no more of it.
+            let stream = plan::stream_of(key);
+            let said = |k: &String| plan::stream_of(k) == stream;
+            if !self.led.unread.iter().any(said) && !self.led.settled.unread.iter().any(said) {
+                self.led.settled.unread.push(key.to_owned());
+            }
             return Ok(());
         }
         let epoch = match held {
@@ -759,6 +774,17 @@ impl<R: ShardRunner> Coordinator<R> {
                 .iter()
                 .filter(|(_, item)| item.falling_behind)
                 .map(|(id, _)| id.clone())
+                .collect(),
+            unread: &items
+                .iter()
+                .filter(|(_, item)| !item.unread.is_empty())
+                .map(|(id, item)| {
+                    let streams = item
+                        .unread
+                        .iter()
+                        .map(|key| plan::stream_of(key).to_owned());
+                    (id.clone(), streams.collect())
+                })
                 .collect(),
             balance: &self.timings.balance,
             memory: &self.led.balance,

@@ -33,6 +33,9 @@ pub(crate) struct FleetInput<'a> {
     pub handoff_overdue: &'a HashSet<String>,
     /// Live workers that say they cannot keep up: they take nothing.
     pub falling_behind: &'a HashSet<String>,
+    /// Streams (lease-key prefixes) live workers say they do not read:
+    /// they take none of their leases.
+    pub unread: &'a BTreeMap<String, BTreeSet<String>>,
     /// How leases are balanced (the leader's settings apply to all).
     pub balance: &'a FleetBalance,
     /// The moves of recent rounds, and this round's number.
@@ -154,8 +157,7 @@ pub(crate) fn plan_fleet(input: &FleetInput<'_>) -> FleetPlan {
         in_flight |= asker.is_some();
         to_balance.push(balance::Lease {
             key: lease.shard_id.clone(),
-            // One stream per table: the leader's.
-            stream: String::new(),
+            stream: stream_of(&lease.shard_id).to_owned(),
             owner: asker.or(owner).map(str::to_owned),
             load: load_of(lease, &rows),
             pinned: owner.is_some() && lease.handoff_to.is_some(),
@@ -169,6 +171,7 @@ pub(crate) fn plan_fleet(input: &FleetInput<'_>) -> FleetPlan {
             max_leases: Some(cap_in(input.caps, id)).filter(|c| *c != usize::MAX),
             max_throughput: input.balance.max_throughput,
             falling_behind: input.falling_behind.contains(id),
+            unread: input.unread.get(id).cloned().unwrap_or_default(),
         })
         .collect();
     let moves = balance::balance(
@@ -204,6 +207,12 @@ pub(crate) fn plan_fleet(input: &FleetInput<'_>) -> FleetPlan {
         && !left_free
         && not_judged.is_empty();
     plan
+}
+
+/// The stream part of a lease key: the prefix before the shard id of a
+/// multi-stream table's key, empty for a bare shard id.
+pub(crate) fn stream_of(key: &str) -> &str {
+    key.rsplit_once(':').map_or("", |(stream, _)| stream)
 }
 
 /// A lease's load in bytes read per second: its row's, or for a child
@@ -265,6 +274,7 @@ mod tests {
         overdue: HashSet<String>,
         gone: HashSet<String>,
         falling_behind: HashSet<String>,
+        unread: BTreeMap<String, BTreeSet<String>>,
         balance: FleetBalance,
         memory: BalanceMemory,
     }
@@ -280,6 +290,7 @@ mod tests {
                 overdue: HashSet::new(),
                 gone: HashSet::new(),
                 falling_behind: HashSet::new(),
+                unread: BTreeMap::new(),
                 balance: FleetBalance::default(),
                 memory: BalanceMemory::default(),
             }
@@ -322,6 +333,7 @@ mod tests {
                 caps: &self.caps,
                 handoff_overdue: &self.overdue,
                 falling_behind: &self.falling_behind,
+                unread: &self.unread,
                 balance: &self.balance,
                 memory: &self.memory,
             });

@@ -281,6 +281,7 @@ pub(crate) fn worker_item_bytes(worker: &str, item: &WorkerItem) -> usize {
             .map_or(0, |held| "held".len() + number_bytes(held))
         + set("take", &item.take)
         + set("give", &item.give)
+        + set("unread", &item.unread)
 }
 
 /// The lock item's size (a list costs 3 bytes, and 1 per element).

@@ -84,6 +84,12 @@ impl MemberStore for SimTable {
         for id in &settled.gave {
             after.give.remove(id);
         }
+        after.unread.extend(settled.unread.iter().cloned());
+        if settled.unread.is_empty() {
+            for id in &settled.read {
+                after.unread.remove(id);
+            }
+        }
         let bytes = before
             .as_ref()
             .map_or(0, |b| worker_item_bytes(beat.worker, b))

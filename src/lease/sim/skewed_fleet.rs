@@ -118,6 +118,7 @@ impl Fleet {
             caps: &BTreeMap::new(),
             handoff_overdue: &none,
             falling_behind: &none,
+            unread: &BTreeMap::new(),
             balance: &self.balance,
             memory: &self.memory,
         });
