@@ -126,8 +126,11 @@ fn run(leases: usize, workers: usize, seconds: f64, failover: f64, poll: f64) {
         "cold start: all {leases} leases held and evenly spread after {:.1} s",
         (balanced - started).as_secs_f64()
     );
-    // Settle one take round, then measure.
-    std::thread::sleep(secs(failover / 3.0));
+    // Settle: the take round, then the new owners' first reads of their
+    // rows (a leader-run fleet's followers read them at their next beat,
+    // up to 4/3 of a period later while they align on the leader's
+    // period), then measure.
+    std::thread::sleep(secs(failover / 3.0 * 2.0));
     let before = proxy.tallies();
     let t0 = Instant::now();
     std::thread::sleep(secs(seconds));
