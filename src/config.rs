@@ -286,7 +286,9 @@ impl<T: Send + 'static> ConsumerBuilder<T> {
     /// ([`Coordination::WorkersRow`]), or through one item per worker
     /// and an elected leader ([`Coordination::Leader`]), for fleets of
     /// hundreds to thousands of workers. Every worker of one application
-    /// must use the same. Defaults to [`Coordination::Leader`].
+    /// must use the same: a leader that sees a workers-row worker beat on
+    /// its table stops its whole fleet with an [`Error::Config`] naming
+    /// that worker. Defaults to [`Coordination::Leader`].
     pub fn coordination(mut self, coordination: Coordination) -> Self {
         self.settings.coordination = coordination;
         self
