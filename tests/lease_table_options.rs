@@ -560,21 +560,45 @@ fn a_kcl_worker_stops_every_worker_of_a_leader_run_fleet() {
         d.update_item(&app, &key, &renew, None).unwrap();
     }
     producer.finish();
+    // The leader watches the renewal for a heartbeat period (up to three
+    // of its rounds); the follower reads the lock at its next round.
+    let bound = failover + failover / 3 * 2;
+    assert_fleet_stopped(
+        stopped,
+        "lease_table_name",
+        "kcl-host:77c3",
+        taken,
+        bound,
+        "the take",
+    );
+}
+
+/// A worker of a stopped fleet: its id, what `run` returned, and when.
+type Stopped = (&'static str, kinesis_consumer::Result<()>, Instant);
+
+/// Every worker of `stopped` ended with a configuration error for
+/// `setting` naming `culprit`, within `bound` of `since` (`what`).
+fn assert_fleet_stopped(
+    stopped: Vec<Stopped>,
+    setting: &str,
+    culprit: &str,
+    since: Instant,
+    bound: Duration,
+    what: &str,
+) {
     for (id, result, at) in stopped {
-        let e = result.expect_err("every worker refuses to share the table");
+        let e = result.expect_err("every worker of the fleet refuses to go on");
         assert!(
-            matches!(&e, Error::Config { setting, .. } if *setting == "lease_table_name"),
+            matches!(&e, Error::Config { setting: s, .. } if *s == setting),
             "{id}: {e}"
         );
-        assert!(e.to_string().contains("kcl-host:77c3"), "{id}: {e}");
-        let after = at - taken;
+        assert!(e.to_string().contains(culprit), "{id}: {e}");
+        let after = at - since;
         println!(
-            "worker {id} stopped {:.2} s after the take",
+            "worker {id} stopped {:.2} s after {what}",
             after.as_secs_f64()
         );
-        // The leader watches the renewal for a heartbeat period (up to three
-        // of its rounds); the follower reads the lock at its next round.
-        assert!(after <= failover + failover / 3 * 2, "{id}: {after:?}");
+        assert!(after <= bound, "{id}: {after:?}");
     }
 }
 
@@ -635,21 +659,9 @@ fn a_workers_row_worker_stops_every_worker_of_a_leader_run_fleet() {
     assert_eq!(id, "c");
     result.expect("the workers-row worker runs on and stops when told");
     producer.finish();
-    for (id, result, at) in stopped {
-        let e = result.expect_err("a leader-run worker refuses the mixed fleet");
-        assert!(
-            matches!(&e, Error::Config { setting, .. } if *setting == "coordination"),
-            "{id}: {e}"
-        );
-        assert!(e.to_string().contains("\"c\""), "{id}: {e}");
-        let after = at - joined;
-        println!(
-            "worker {id} stopped {:.2} s after the workers-row worker started",
-            after.as_secs_f64()
-        );
-        // Two leader rounds see its beat move; a follower reads the lock at
-        // its next round: within the failover time, before anyone takes a
-        // lease of the other kind for expired.
-        assert!(after <= failover, "{id}: {after:?}");
-    }
+    // Two leader rounds see its beat move; a follower reads the lock at
+    // its next round: within the failover time, before anyone takes a
+    // lease of the other kind for expired.
+    let what = "the workers-row worker started";
+    assert_fleet_stopped(stopped, "coordination", "\"c\"", joined, failover, what);
 }

@@ -372,16 +372,7 @@ impl kinesis_consumer::ShardProcessor<Payload> for Noting {
 #[test]
 fn processors_read_several_streams_each_initialized_with_its_stream() {
     let streams: Vec<String> = (0..2).map(|_| common::create_stream(2)).collect();
-    let k = common::kinesis();
-    let mut expected = HashSet::new();
-    for (i, stream) in streams.iter().enumerate() {
-        for n in 0..10 {
-            let data = format!("s{i}-{n}");
-            k.put_record(stream, &format!("pk-{n}"), None, data.as_bytes())
-                .unwrap();
-            expected.insert(data);
-        }
-    }
+    let expected = put_spread(&streams, 10, "pk");
     let app = common::unique_name("multi-p");
     let log: Log = Arc::default();
     let consumer = multi_builder(&app, &streams, "worker-p").build().unwrap();
@@ -433,6 +424,22 @@ fn put_all(stream: &str, data: impl IntoIterator<Item = String>) -> HashSet<Stri
     for d in data {
         k.put_record(stream, "pk", None, d.as_bytes()).unwrap();
         put.insert(d);
+    }
+    put
+}
+
+/// Puts `count` records into each stream, `s<stream index>-<n>` under
+/// partition key `<key>-<n>` (spread over the shards); returns their data.
+fn put_spread(streams: &[String], count: usize, key: &str) -> HashSet<String> {
+    let k = common::kinesis();
+    let mut put = HashSet::new();
+    for (i, stream) in streams.iter().enumerate() {
+        for n in 0..count {
+            let data = format!("s{i}-{n}");
+            k.put_record(stream, &format!("{key}-{n}"), None, data.as_bytes())
+                .unwrap();
+            put.insert(data);
+        }
     }
     put
 }
@@ -779,16 +786,7 @@ fn workers_reading_different_stream_lists_read_every_record() {
     );
     std::thread::sleep(Duration::from_secs(4));
     // Keys spread over every shard (40 keys over 3 shards: each gets some).
-    let k = common::kinesis();
-    let mut put = HashSet::new();
-    for (i, stream) in streams.iter().enumerate() {
-        for n in 0..40 {
-            let data = format!("s{i}-{n}");
-            k.put_record(stream, &format!("key-{n}"), None, data.as_bytes())
-                .unwrap();
-            put.insert(data);
-        }
-    }
+    let put = put_spread(&streams, 40, "key");
     wait_for_all(&log, &put, Duration::from_secs(30));
     let misread: Vec<String> = log
         .lock()

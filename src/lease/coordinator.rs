@@ -1007,6 +1007,14 @@ impl<R: ShardRunner> Coordinator<R> {
         })
     }
 
+    /// Stops this worker's readers with a configuration error for
+    /// `setting` (the fleet cannot go on as configured) and returns the
+    /// same error for the caller.
+    fn stop_for_setting(&mut self, setting: &'static str, why: String) -> Error {
+        self.runner.fail(Error::config(setting, why.clone()));
+        Error::config(setting, why)
+    }
+
     /// Notes, for every lease, since when its owner and counter stood still
     /// (or its owner was last seen alive), and since when it has been asked
     /// of its owner for this worker. Fails when an owner outside the
@@ -1055,9 +1063,7 @@ impl<R: ShardRunner> Coordinator<R> {
                     "the lease table is in use by worker {owner:?}, which renews lease {} but writes no heartbeat in the workers row: a KCL worker or an older version of this library. Sharing one table with it at the same time is unsafe (each would take the other's leases as expired); stop it first, or give this consumer another lease_table_name",
                     lease.shard_id
                 );
-                self.runner
-                    .fail(Error::config("lease_table_name", why.clone()));
-                return Err(Error::config("lease_table_name", why));
+                return Err(self.stop_for_setting("lease_table_name", why));
             }
             let alive = owner.is_some_and(|o| self.peers.is_member(o) && !self.peers.is_dead(o));
             if alive || seen.owner != lease.owner || seen.counter != lease.counter {

@@ -355,11 +355,6 @@ fn beat_update(beat: &Beat<'_>, settled: &Settled) -> Expression {
     update
 }
 
-/// Only over no beat, one of ours, or the one the start-up check saw.
-fn beat_condition(beat: &Beat<'_>) -> Option<Expression> {
-    beat.condition(BEAT)
-}
-
 /// The write of the lock item, and its condition: the lock as last seen,
 /// or this very write already landed.
 fn lead_write(lead: &Lead<'_>) -> (Expression, Expression) {
@@ -433,7 +428,7 @@ impl MemberStore for LeaseTable {
             table,
             &key(&worker_key(beat.worker)),
             &beat_update(beat, settled),
-            beat_condition(beat).as_ref(),
+            beat.condition(BEAT).as_ref(),
         );
         match reply {
             Ok(item) => Ok(parse_worker(&item).map(|(_, w)| w).unwrap_or_default()),
@@ -777,7 +772,7 @@ mod tests {
                     assert_eq!(update.text.contains("#take :took"), !done.took.is_empty());
                     assert_eq!(update.text.contains("#give :gave"), !done.gave.is_empty());
                 }
-                if let Some(condition) = beat_condition(&beat) {
+                if let Some(condition) = beat.condition(BEAT) {
                     assert_placeholders_match(&condition);
                     assert_eq!(condition.text.contains(":over"), over.is_some());
                 }

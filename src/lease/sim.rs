@@ -1762,7 +1762,7 @@ impl Sim {
 
 /// Two open shards of one stream, to merge.
 fn same_stream_pair(open: &[String]) -> Option<(String, String)> {
-    let stream_of = |id: &str| id.rsplit_once(':').map(|(p, _)| p.to_owned());
+    use crate::lease::plan::stream_of;
     open.iter().enumerate().find_map(|(i, a)| {
         open[i + 1..]
             .iter()

@@ -666,8 +666,7 @@ impl<R: ShardRunner> Coordinator<R> {
         let why = format!(
             "worker {id:?} beats in the workers row of this lease table: it runs with Coordination::WorkersRow, while this fleet is leader-run (Coordination::Leader, the default). Every worker of one application must use the same coordination (each would take the other's leases for expired): stop the workers of one mode first, or give them all the same `coordination`"
         );
-        self.runner.fail(Error::config("coordination", why.clone()));
-        Err(Error::config("coordination", why))
+        Err(self.stop_for_setting("coordination", why))
     }
 
     /// Stops the whole fleet, not only this worker, when a worker outside
@@ -701,8 +700,7 @@ impl<R: ShardRunner> Coordinator<R> {
                 Some((setting, reason))
             });
         let (setting, reason) = known.unwrap_or(("lease_table_name", why));
-        self.runner.fail(Error::config(setting, reason.to_owned()));
-        Error::config(setting, reason.to_owned())
+        self.stop_for_setting(setting, reason.to_owned())
     }
 
     /// The live workers: those whose item's beat has not stood still for
