@@ -31,6 +31,23 @@ pub(crate) fn fencing_window(failover: Duration) -> Duration {
     failover.saturating_sub(ROUND_SLACK + failover / 10)
 }
 
+/// The most a successor backdates the lock it first sees, by the lock's
+/// age on the wall clock: half a heartbeat period (a sixth of the failover
+/// time), so that it claims the failover time after the leader's last
+/// write rather than after its own first look (see `lock_age` in
+/// coordinator/led.rs).
+pub(crate) fn lock_backdate(failover: Duration) -> Duration {
+    failover / 6
+}
+
+/// How long after its last lock write that landed was sent a leader may
+/// still hand on records: its successor may claim the lock, and take the
+/// leader's leases at once, [`lock_backdate`] sooner than the failover
+/// time after it first saw that write, whatever the two wall clocks say.
+fn leading_window(failover: Duration) -> Duration {
+    fencing_window(failover).saturating_sub(lock_backdate(failover))
+}
+
 /// Of two heartbeats' send times, the later one (by the monotonic clock,
 /// which only moves forward).
 fn later_sent(a: Stamp, b: Stamp) -> Stamp {
@@ -76,6 +93,9 @@ pub(crate) struct HeldLeases {
     beat: AtomicU64,
     /// When the last heartbeat that landed was sent (both clocks).
     alive_since: Mutex<Option<Stamp>>,
+    /// While this worker leads: when its last lock write that landed was
+    /// sent (see [`lock_written`](Self::lock_written)).
+    led_since: Mutex<Option<Stamp>>,
     /// When the reply to this process's first heartbeat that landed came
     /// (see [`may_take_earlier_runs_leases`](Self::may_take_earlier_runs_leases)).
     first_landed: Mutex<Option<Stamp>>,
@@ -133,6 +153,7 @@ impl HeldLeases {
             // beats its last run wrote: peers would see them stand still.
             beat: AtomicU64::new(crate::random::next_u64() >> 24),
             alive_since: Mutex::new(None),
+            led_since: Mutex::new(None),
             first_landed: Mutex::new(None),
             landed_beat: Mutex::new(None),
             first_attempt: Mutex::new(None),
@@ -299,8 +320,29 @@ impl HeldLeases {
     /// True when no heartbeat sent within the fencing window landed, by
     /// either clock (see [`Stamp::since`]: a host suspend stops the
     /// monotonic one while peers' time runs on).
+    /// A leader's leases lapse also when no lock write sent within the
+    /// [`leading_window`] landed.
     fn has_lapsed(&self, now: Stamp) -> bool {
-        lock(&self.alive_since).is_none_or(|a| now.since(a) >= fencing_window(self.failover))
+        let led_lapsed =
+            lock(&self.led_since).is_some_and(|l| now.since(l) >= leading_window(self.failover));
+        led_lapsed
+            || lock(&self.alive_since).is_none_or(|a| now.since(a) >= fencing_window(self.failover))
+    }
+
+    /// A lock write sent at `sent` landed: this worker leads, and its
+    /// leases are fenced by its lock writes as well as by its heartbeats.
+    pub(crate) fn lock_written(&self, sent: Stamp) {
+        let mut led = lock(&self.led_since);
+        *led = Some(led.map_or(sent, |l| later_sent(l, sent)));
+    }
+
+    /// This worker no longer leads: every lease is dropped if its lock
+    /// writes lapsed (a successor claimed the lock and may have taken
+    /// them), then only heartbeats fence them. Returns those dropped.
+    pub(crate) fn stop_leading(&self) -> Option<Vec<String>> {
+        let dropped = self.drop_all_if_lapsed(self.clock.stamp());
+        *lock(&self.led_since) = None;
+        dropped
     }
 
     /// Tries to take a lease seen with `seen_counter`; on success returns the

@@ -22,6 +22,8 @@ use crate::sync::lock;
 pub(super) struct Members {
     pub workers: BTreeMap<String, WorkerItem>,
     pub lock: Option<Lock>,
+    /// When the lock was last written (clock milliseconds).
+    pub lock_written: u64,
 }
 
 impl Members {
@@ -209,6 +211,7 @@ impl MemberStore for SimTable {
         }
         trace(|| format!("  lead {} {}", lead.worker, lead.beat));
         members.lock = Some(after);
+        members.lock_written = self.clock.load(Ordering::Relaxed);
         replied(fault, true)
     }
 
