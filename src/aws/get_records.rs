@@ -566,53 +566,6 @@ mod fast {
         Some(at)
     }
 
-    /// Parses a JSON number (already checked) as `str::parse` does. Short
-    /// ones, such as arrival timestamps (`1.700000000123E9`), take the exact
-    /// fast path: an integer mantissa below 2^53 and a power of ten up to
-    /// 10^22 are both exact doubles, so one multiplication or division
-    /// rounds correctly, the same double a full parser gives.
-    pub(super) fn parse_f64(text: &str) -> Option<f64> {
-        const POWERS: [f64; 23] = [
-            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-            1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
-        ];
-        let bytes = text.as_bytes();
-        let negative = bytes.first() == Some(&b'-');
-        let (mut mantissa, mut digits, mut exponent) = (0u64, 0, 0i64);
-        let mut at = usize::from(negative);
-        let mut fraction = false;
-        while let Some(&b) = bytes.get(at) {
-            match b {
-                b'0'..=b'9' => {
-                    mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
-                    digits += 1;
-                    exponent -= i64::from(fraction);
-                }
-                b'.' => fraction = true,
-                _ => break,
-            }
-            at += 1;
-        }
-        if let Some(b'e' | b'E') = bytes.get(at) {
-            let written = text.get(at + 1..)?.trim_start_matches('+').parse::<i64>();
-            match written {
-                Ok(written) => exponent = exponent.saturating_add(written),
-                Err(_) => return text.parse().ok(),
-            }
-        }
-        if digits > 15 || mantissa >= 1 << 53 || exponent.abs() > 22 {
-            return text.parse().ok();
-        }
-        let magnitude = mantissa as f64;
-        let power = POWERS[exponent.unsigned_abs() as usize];
-        let value = if exponent < 0 {
-            magnitude / power
-        } else {
-            magnitude * power
-        };
-        Some(if negative { -value } else { value })
-    }
-
     struct Scanner<'a> {
         body: &'a [u8],
         at: usize,
@@ -676,23 +629,71 @@ mod fast {
         }
 
         /// A JSON number: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
-        /// (Rust's parsers also take "+1", "01" or ".5", JSON does not).
+        /// (Rust's parsers also take "+1", "01" or ".5", JSON does not),
+        /// and its value as `str::parse` gives it, in one pass. Short ones,
+        /// such as arrival timestamps (`1.700000000123E9`), take the exact
+        /// fast path: an integer mantissa below 2^53 and a power of ten up
+        /// to 10^22 are both exact doubles, so one multiplication or
+        /// division rounds correctly, the same double a full parser gives.
+        /// Longer ones go to `str::parse`.
+        fn number(&mut self) -> Option<f64> {
+            const POWERS: [f64; 23] = [
+                1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
+                1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+            ];
+            self.skip_ws();
+            let start = self.at;
+            let negative = self.skip(b"-");
+            let mut mantissa = 0u64;
+            let mut digits = if self.skip(b"0") {
+                1
+            } else {
+                self.decimal(&mut mantissa)
+            };
+            if digits == 0 {
+                return None;
+            }
+            let mut exponent = 0i64;
+            if self.skip(b".") {
+                let fraction = self.decimal(&mut mantissa);
+                if fraction == 0 {
+                    return None;
+                }
+                digits += fraction;
+                exponent -= fraction as i64;
+            }
+            let mut long_exponent = false;
+            if self.skip(b"eE") {
+                let minus = self.body.get(self.at) == Some(&b'-');
+                self.skip(b"+-");
+                let mut written = 0u64;
+                match self.decimal(&mut written) {
+                    0 => return None,
+                    // Too long to be summed without overflow: str::parse.
+                    7.. => long_exponent = true,
+                    _ if minus => exponent -= written as i64,
+                    _ => exponent += written as i64,
+                }
+            }
+            if long_exponent || digits > 15 || mantissa >= 1 << 53 || exponent.abs() > 22 {
+                let text = std::str::from_utf8(&self.body[start..self.at]).ok()?;
+                return text.parse().ok();
+            }
+            let magnitude = mantissa as f64;
+            let power = POWERS[exponent.unsigned_abs() as usize];
+            let value = if exponent < 0 {
+                magnitude / power
+            } else {
+                magnitude * power
+            };
+            Some(if negative { -value } else { value })
+        }
+
+        /// The text of a JSON number (see [`number`](Self::number)).
         fn number_text(&mut self) -> Option<&'a str> {
             self.skip_ws();
             let start = self.at;
-            self.skip(b"-");
-            if !self.skip(b"0") && self.digits() == 0 {
-                return None;
-            }
-            if self.skip(b".") && self.digits() == 0 {
-                return None;
-            }
-            if self.skip(b"eE") {
-                self.skip(b"+-");
-                if self.digits() == 0 {
-                    return None;
-                }
-            }
+            self.number()?;
             std::str::from_utf8(&self.body[start..self.at]).ok()
         }
 
@@ -703,10 +704,12 @@ mod fast {
             hit
         }
 
-        /// Consumes ASCII digits; how many.
-        fn digits(&mut self) -> usize {
+        /// Consumes ASCII digits, adding them to `value` (wrapping: the
+        /// caller looks at how many there were); how many.
+        fn decimal(&mut self, value: &mut u64) -> usize {
             let start = self.at;
-            while self.body.get(self.at).is_some_and(u8::is_ascii_digit) {
+            while let Some(&b @ b'0'..=b'9') = self.body.get(self.at) {
+                *value = value.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
                 self.at += 1;
             }
             self.at - start
@@ -716,7 +719,7 @@ mod fast {
             if self.is_null() {
                 return Some(None);
             }
-            let v = parse_f64(self.number_text()?)?;
+            let v = self.number()?;
             v.is_finite().then_some(Some(v))
         }
 
@@ -754,6 +757,17 @@ mod fast {
                 }
             }
         }
+    }
+
+    /// A whole text read as one JSON number; `None` when it is not one.
+    #[cfg(test)]
+    pub(super) fn parse_f64(text: &str) -> Option<f64> {
+        let mut s = Scanner {
+            body: text.as_bytes(),
+            at: 0,
+        };
+        let value = s.number()?;
+        (s.at == text.len()).then_some(value)
     }
 
     /// Scans a reply of `shape`: `None` when it is not of the usual shape.
@@ -960,6 +974,26 @@ mod tests {
             let expected: f64 = text.parse().unwrap();
             let ours = fast::parse_f64(text).unwrap();
             assert_eq!(ours.to_bits(), expected.to_bits(), "{text}");
+        }
+        // Exponents too long to sum go to str::parse; so does everything
+        // past the fast path's bounds.
+        for text in [
+            "1e0000000000000000000000005",
+            "1e-0000000000000000000000005",
+            "5e-99999999999999999999999999",
+            "1.5e300",
+            "-1.5E-300",
+            "0.000000000000000000000000001",
+        ] {
+            let expected: f64 = text.parse().unwrap();
+            let ours = fast::parse_f64(text).unwrap();
+            assert_eq!(ours.to_bits(), expected.to_bits(), "{text}");
+        }
+        // What Rust parses and JSON does not allow is not a number here.
+        for text in [
+            "", "-", "+1", ".5", "1.", "01", "1e", "1e+", "1e+-5", "-.5", "1.e5", "e5",
+        ] {
+            assert_eq!(fast::parse_f64(text), None, "{text:?}");
         }
     }
 
