@@ -506,7 +506,10 @@ impl<R: ShardRunner> Coordinator<R> {
         self.read_due |= self
             .peers
             .observe(&workers, &me, now, self.timings.failover);
-        Ok(())
+        match self.peers.over_cap(&me) {
+            Some(why) => Err(self.stop_for_setting("coordination", why)),
+            None => Ok(()),
+        }
     }
 
     /// Notes the shards readers were told do not exist; the table is read

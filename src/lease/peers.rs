@@ -9,6 +9,16 @@ use std::time::{Duration, Instant};
 use crate::lease::held::ROUND_SLACK;
 use crate::lease::table::Workers;
 
+/// The most live workers a [`Coordination::WorkersRow`] fleet runs
+/// (issue 25): each beats about 0.3 times a second into the one row, which
+/// grows about 52 B a worker, so the row takes about `0.015 N²` WCU/s. At
+/// 64 workers that is about 77 WCU/s on a 4 KB item, under the 100 WCU/s
+/// and 64 KB an item may take without becoming a hot spot; past it, the
+/// workers after the first 64 by id stop with a configuration error.
+///
+/// [`Coordination::WorkersRow`]: crate::Coordination::WorkersRow
+pub(crate) const WORKERS_ROW_MAX: usize = 64;
+
 /// True once `waited` is `limit`, allowing for [`ROUND_SLACK`]: rounds come
 /// every third of the failover time, so the third round after a change was
 /// seen is the failover time later, give or take a few milliseconds either
@@ -172,6 +182,21 @@ impl Peers {
             .collect()
     }
 
+    /// Why `me` must stop: the workers row names more live workers than
+    /// [`WORKERS_ROW_MAX`] and `me` is not among the first that many by
+    /// id (so that the fleet goes on with them, the same ones whoever
+    /// judges). `None` while the fleet fits.
+    pub(crate) fn over_cap(&self, me: &str) -> Option<String> {
+        let live = self.live();
+        let rank = live.iter().position(|id| id == me)?;
+        (rank >= WORKERS_ROW_MAX).then(|| {
+            format!(
+                "the workers row names {} live workers, and Coordination::WorkersRow serves at most {WORKERS_ROW_MAX} (every heartbeat rewrites that one item, whose writes grow with the square of the fleet: about 77 WCU/s at 64 workers); worker {me:?} stops. Use Coordination::Leader (the default) for a larger fleet",
+                live.len()
+            )
+        })
+    }
+
     /// How long `worker`'s heartbeat has stood still as we saw it (zero
     /// for a worker not in the row).
     pub(crate) fn still_for(&self, worker: &str, now: Instant) -> Duration {
@@ -244,6 +269,42 @@ mod tests {
         assert!(!peers.is_dead("a"));
         // Our own heartbeat is never judged: we know whether we live.
         assert!(!peers.is_dead("me"));
+    }
+
+    #[test]
+    fn a_workers_row_fleet_past_its_cap_stops_the_workers_after_the_first_64_by_id() {
+        let t = Instant::now();
+        let ids: Vec<String> = (0..66).map(|i| format!("w{i:02}")).collect();
+        let beats: Vec<(&str, u64)> = ids.iter().map(|id| (id.as_str(), 1)).collect();
+        let mut peers = Peers::default();
+        peers.observe(&row(&beats, 0, &[]), "w00", t, F);
+        let stopped: Vec<&String> = ids
+            .iter()
+            .filter(|id| peers.over_cap(id).is_some())
+            .collect();
+        assert_eq!(stopped, [&ids[64], &ids[65]]);
+        let why = peers.over_cap("w65").unwrap();
+        assert!(
+            why.contains("66 live workers") && why.contains("Coordination::Leader"),
+            "{why}"
+        );
+        // Dead workers do not count: with two of them dead, all fit.
+        let beats: Vec<(&str, u64)> = ids
+            .iter()
+            .map(|id| {
+                (
+                    id.as_str(),
+                    if ["w01", "w02"].contains(&id.as_str()) {
+                        1
+                    } else {
+                        2
+                    },
+                )
+            })
+            .collect();
+        peers.observe(&row(&beats, 0, &[]), "w00", t + F, F);
+        assert!(peers.is_dead("w01") && peers.is_dead("w02"));
+        assert!(ids.iter().all(|id| peers.over_cap(id).is_none()));
     }
 
     #[test]

@@ -892,6 +892,21 @@ struct SimRunner {
     /// Set when the coordinator stopped the worker: another live process
     /// beats under its id.
     namesake: Arc<AtomicBool>,
+    /// Set when the coordinator stopped the worker: a workers-row fleet
+    /// past its cap (see [`Peers::over_cap`]).
+    ///
+    /// [`Peers::over_cap`]: crate::lease::peers::Peers::over_cap
+    over_cap: Arc<AtomicBool>,
+}
+
+fn is_over_cap_error(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Config {
+            setting: "coordination",
+            ..
+        }
+    )
 }
 
 fn is_namesake_error(e: &Error) -> bool {
@@ -935,14 +950,16 @@ impl ShardRunner for SimRunner {
     }
 
     fn fail(&mut self, error: Error) {
-        // The simulated stream is never deleted; a namesake stops the
-        // worker, as it stops the consumer.
-        assert!(
-            is_namesake_error(&error),
-            "the coordinator gave up: {error}"
-        );
+        // The simulated stream is never deleted; a namesake, or a
+        // workers-row fleet past its cap, stops the worker, as it stops
+        // the consumer.
+        let flag = match &error {
+            e if is_namesake_error(e) => self.namesake.clone(),
+            e if is_over_cap_error(e) => self.over_cap.clone(),
+            e => panic!("the coordinator gave up: {e}"),
+        };
         self.stop_all();
-        self.namesake.store(true, Ordering::Relaxed);
+        flag.store(true, Ordering::Relaxed);
     }
 }
 
@@ -1090,6 +1107,7 @@ impl Sim {
             readers: Arc::default(),
             not_found: Arc::default(),
             namesake: Arc::default(),
+            over_cap: Arc::default(),
         };
         let timings = LeaseTimings {
             failover: FAILOVER,
@@ -1177,7 +1195,7 @@ impl Sim {
             for i in order {
                 self.step_worker(i);
             }
-            self.remove_namesakes();
+            self.remove_stopped();
             if let Some(v) = lock(&self.truth).violations.first() {
                 return Err(format!("at {:.1} s: {v}", step as f64 / 10.0));
             }
@@ -1330,8 +1348,16 @@ impl Sim {
         }
     }
 
-    /// Processes stopped for sharing a live worker's id leave.
-    fn remove_namesakes(&mut self) {
+    /// Processes stopped for sharing a live worker's id leave, and so do
+    /// those of a workers-row fleet past its cap.
+    fn remove_stopped(&mut self) {
+        let before = self.workers.len();
+        self.workers
+            .retain(|w| !w.runner.over_cap.load(Ordering::Relaxed));
+        let over_cap = before - self.workers.len();
+        if over_cap > 0 {
+            trace(|| format!("{over_cap} workers stop: the workers row is full"));
+        }
         let before = self.workers.len();
         self.workers.retain(|w| {
             let stopped = w.runner.namesake.load(Ordering::Relaxed);
@@ -1581,6 +1607,7 @@ impl Sim {
                 w.started = true;
             }
             Err(e) if is_namesake_error(&e) => w.runner.namesake.store(true, Ordering::Relaxed),
+            Err(e) if is_over_cap_error(&e) => w.runner.over_cap.store(true, Ordering::Relaxed),
             Err(e) => trace(|| format!("{} #{} not started: {e}", w.id, w.instance)),
         }
     }
@@ -2167,7 +2194,7 @@ fn a_worker_back_from_a_pause_under_a_taken_over_id_stops_and_takes_nothing() {
     while sim.clock.now() < resumed + Duration::from_secs(5) {
         lock(&sim.stream).put(&shard);
         sim.step_all();
-        sim.remove_namesakes();
+        sim.remove_stopped();
     }
     let truth = lock(&sim.truth);
     assert!(truth.violations.is_empty(), "{:?}", truth.violations);

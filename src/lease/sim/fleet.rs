@@ -177,6 +177,7 @@ impl Sim {
     fn step_fleet(&mut self) {
         *lock(&self.table.stale_rows) = lock(&self.table.rows).clone();
         self.step_all();
+        self.remove_stopped();
     }
 
     /// Leases per live worker, when every lease is held by one.
@@ -266,5 +267,28 @@ mod tests {
             "{f:?}"
         );
         assert!(f.join.is_some_and(|t| t <= FAILOVER), "{f:?}");
+    }
+
+    /// Issue 25: a workers-row fleet never grows past its cap, where its
+    /// one item would turn hot: of 70 workers the six after the first 64
+    /// by id stop (with a configuration error naming the cap), the rest
+    /// share every lease, and the row stays under 100 WCU/s.
+    #[test]
+    fn a_workers_row_fleet_stops_the_workers_past_its_cap() {
+        use crate::lease::peers::WORKERS_ROW_MAX;
+        let mut sim = Sim::idle_fleet(128, 70);
+        sim.run_for(FAILOVER * 3);
+        let ids: Vec<&str> = sim.workers.iter().map(|w| w.id.as_str()).collect();
+        let first: Vec<String> = (0..WORKERS_ROW_MAX).map(|i| format!("w{i:04}")).collect();
+        assert_eq!(ids, first);
+        sim.table.limits.reset_peaks();
+        sim.run_for(FAILOVER * 3);
+        assert!(
+            sim.all_held_by_live(),
+            "a lease of a stopped worker is not read"
+        );
+        let (served, asked) = sim.table.limits.peaks();
+        assert!(asked.units < 100.0, "{}: {} WCU/s", asked.key, asked.units);
+        assert_eq!(served.units, asked.units, "writes throttled");
     }
 }
