@@ -221,6 +221,13 @@ impl HeldLeases {
         *lock(&self.replaces) = beat;
     }
 
+    /// True when `beat`, the one under our worker id in the table, is
+    /// the last heartbeat of this process that landed: no other process
+    /// beat under the id since.
+    pub(crate) fn is_last_beat(&self, beat: Option<u64>) -> bool {
+        beat.is_some() && beat == *lock(&self.landed_beat)
+    }
+
     /// A heartbeat number for a write of the leader's lock: every later
     /// heartbeat carries a higher one, so a successor that finds the
     /// leader's item beat no higher than the lock's knows no heartbeat

@@ -2486,3 +2486,18 @@ fn a_new_leader_gives_nothing_to_a_worker_long_dead_whose_rows_are_done() {
     // taken 17.3 s after the kill, over the bound.
     replay_leader_run(&[996]);
 }
+
+#[test]
+fn a_process_leaving_frees_no_lease_of_a_namesake_that_took_its_id_over() {
+    // Seeds 1054 and 2933 of the combined faults (workers row, unless
+    // SIM_COORDINATION says otherwise): w1 #2, paused while w1 #4 started
+    // under its id, left gracefully before its next heartbeat (which
+    // would have been refused) and freed, as handed to it, the leases
+    // w1 #4 was reading.
+    FORCED.with(|f| f.set(&["suspend", "drift", "namesakes"]));
+    for seed in [1054, 2933] {
+        if let Err(v) = run_seed(seed) {
+            panic!("{v}");
+        }
+    }
+}
