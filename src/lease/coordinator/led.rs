@@ -1077,6 +1077,12 @@ impl<R: ShardRunner> Coordinator<R> {
                 return Vec::new();
             }
         };
+        // Another process beats under our id since our last heartbeat:
+        // what its `take` set holds is its own (see
+        // `Coordinator::given_not_taken`).
+        if !self.held.is_last_beat(Some(item.beat)) {
+            return Vec::new();
+        }
         let held = self.held.shard_ids();
         let mut given = Vec::new();
         for entry in &item.take {
