@@ -2502,3 +2502,128 @@ fn a_process_leaving_frees_no_lease_of_a_namesake_that_took_its_id_over() {
         }
     }
 }
+
+#[test]
+fn a_lease_the_ticker_drops_after_a_host_suspend_is_read_again_at_the_next_beat() {
+    // Leader-run "a" alone, back from a 15 s host suspend (its monotonic
+    // clock stopped): its ticker finds the heartbeat lapsed and drops the
+    // lease before the next heartbeat does. No one took it: the row still
+    // gives it to "a", which must read it again at its next heartbeat,
+    // not a failover time later when the leader's count of its leases
+    // finds it (seed 903 of the combined faults, where that count was
+    // off as well).
+    LEADER_FORCED.with(|l| l.set(true));
+    let (mut sim, shard) = one_worker_settled_on_one_lease();
+    let suspend = Duration::from_secs(15);
+    let w = &mut sim.workers[0];
+    w.paused_until = sim.clock.now() + suspend;
+    w.lag
+        .fetch_add(suspend.as_millis() as i64, Ordering::Relaxed);
+    let resumed = sim.clock.now() + suspend;
+    while sim.clock.now() < resumed {
+        sim.step_all();
+    }
+    let (_, epoch) = sim.workers[0].held.shards()[0].clone();
+    assert!(!sim.workers[0].held.is_current(&shard, epoch), "not lapsed");
+    while sim.clock.now() < resumed + FAILOVER / 3 * 2 {
+        lock(&sim.stream).put(&shard);
+        sim.step_all();
+    }
+    assert_eq!(sim.workers[0].held.len(), 1, "the lease was not read again");
+    let truth = lock(&sim.truth);
+    assert!(truth.violations.is_empty(), "{:?}", truth.violations);
+    assert!(
+        !truth.delivered.is_empty(),
+        "nothing read after the suspend"
+    );
+    LEADER_FORCED.with(|l| l.set(false));
+}
+
+#[test]
+fn the_item_of_a_dead_worker_named_only_by_a_finished_row_is_deleted() {
+    // Worker "x" beat once and died; the only row naming it is a shard it
+    // read to its end (its release failed). The leader deletes its item,
+    // or every new leader would count "x" live from its claim and give it
+    // leases for the failover time (seed 996 of the combined faults: an
+    // expired shard's row kept such an item).
+    use crate::lease::members::{MemberStore, Settled};
+    LEADER_FORCED.with(|l| l.set(true));
+    let (mut sim, _) = Sim::with_leases(&[]);
+    let ended = {
+        let mut stream = lock(&sim.stream);
+        stream.add_shard(&[]);
+        let ended = stream.add_shard(&[]);
+        stream.close(&ended);
+        ended
+    };
+    let finished = Lease {
+        owner: Some("x".into()),
+        checkpoint: Checkpoint::ShardEnd,
+        hash_range: None,
+        ..fleet::free_lease(ended.clone())
+    };
+    lock(&sim.table.rows).insert(ended, Row::Lease(finished));
+    let beat = Beat {
+        worker: "x",
+        number: 1,
+        since: None,
+        over: None,
+        cap: None,
+    };
+    sim.table.beat_in_item(&beat, &Settled::default()).unwrap();
+    sim.spawn("a".into(), false);
+    let started = sim.clock.now();
+    while sim.table.worker_item("x").unwrap().is_some() {
+        assert!(
+            sim.clock.now() - started < FAILOVER * 2,
+            "the dead worker's item is kept"
+        );
+        sim.step_all();
+    }
+    LEADER_FORCED.with(|l| l.set(false));
+}
+
+#[test]
+fn a_process_leaving_after_a_namesake_took_its_id_over_frees_none_of_its_leases() {
+    // "a" pauses for 25 s; a second process under its id starts meanwhile
+    // and takes the lease. Back, the first one is stopped gracefully
+    // before its next heartbeat (which would be refused), its ticker
+    // having dropped the lease for the lapsed heartbeat. It must not free
+    // the lease as one handed to it: the second process reads it (seeds
+    // 1054 and 2933 of the combined faults, workers row).
+    let (mut sim, shard) = one_worker_settled_on_one_lease();
+    let pause = Duration::from_secs(25);
+    let resumed = sim.clock.now() + pause;
+    sim.workers[0].paused_until = resumed;
+    sim.spawn("a".into(), false);
+    sim.workers[1].started = false;
+    while sim.clock.now() < resumed {
+        lock(&sim.stream).put(&shard);
+        sim.step_all();
+    }
+    assert_eq!(sim.workers[1].held.len(), 1, "the second process holds it");
+    let mut first = sim.workers.remove(0);
+    for (id, epoch) in first.held.shards() {
+        assert!(!first.held.is_current(&id, epoch), "not lapsed");
+    }
+    first
+        .coordinator
+        .as_mut()
+        .expect("no round in flight")
+        .stop();
+    let owner = match lock(&sim.table.rows).get(&shard) {
+        Some(Row::Lease(l)) => l.owner.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        owner.as_deref(),
+        Some("a"),
+        "the namesake's lease was freed"
+    );
+    for _ in 0..20 {
+        lock(&sim.stream).put(&shard);
+        sim.step_all();
+    }
+    let truth = lock(&sim.truth);
+    assert!(truth.violations.is_empty(), "{:?}", truth.violations);
+}
