@@ -128,9 +128,9 @@ pub(crate) struct HeldLeases {
     /// [`Coordination::Leader`]: crate::Coordination::Leader
     itemized: AtomicBool,
     /// In a leader-run fleet: leases dropped because a checkpoint was
-    /// refused, for the coordinator to look at (a checkpoint that landed
-    /// with its reply lost is refused when retried, yet the lease is
-    /// still ours).
+    /// refused (one that landed with its reply lost is refused when
+    /// retried, yet the lease is still ours) or because the ticker found
+    /// the heartbeat lapsed, for the coordinator to look at.
     refused: Mutex<Vec<String>>,
 }
 
@@ -240,6 +240,13 @@ impl HeldLeases {
     /// suspend,drift,namesakes seed 1406).
     pub(crate) fn replace_beat(&self, beat: Option<u64>) {
         *lock(&self.replaces) = beat;
+    }
+
+    /// True when `beat`, the one under our worker id in the table, is
+    /// the last heartbeat of this process that landed: no other process
+    /// beat under the id since.
+    pub(crate) fn is_last_beat(&self, beat: Option<u64>) -> bool {
+        beat.is_some() && beat == *lock(&self.landed_beat)
     }
 
     /// A heartbeat number for a write of the leader's lock: every later
@@ -444,6 +451,9 @@ impl HeldLeases {
         );
         self.lost.fetch_add(1, Ordering::Relaxed);
         self.forget(shard_id, epoch);
+        // Not dropped by the heartbeat, which would have had it looked at
+        // again (SIM_FAULTS=suspend,drift,namesakes seed 903).
+        self.to_look_at_again(shard_id);
         false
     }
 
@@ -554,12 +564,18 @@ impl HeldLeases {
                 self.lost.fetch_add(1, Ordering::Relaxed);
                 // Taken behind our back (no notice came): look at the table.
                 self.taken_unseen.store(true, Ordering::Relaxed);
-                if self.itemized() {
-                    lock(&self.refused).push(shard_id.to_owned());
-                }
+                self.to_look_at_again(shard_id);
                 self.forget(shard_id, epoch);
                 Ok(false)
             }
+        }
+    }
+
+    /// In a leader-run fleet, notes a lease dropped while the table may
+    /// still give it to us, for the coordinator to look at its row.
+    fn to_look_at_again(&self, shard_id: &str) {
+        if self.itemized() {
+            lock(&self.refused).push(shard_id.to_owned());
         }
     }
 
@@ -569,8 +585,8 @@ impl HeldLeases {
         self.taken_unseen.swap(false, Ordering::Relaxed)
     }
 
-    /// The leases dropped for a refused checkpoint since the last call (a
-    /// leader-run fleet only).
+    /// The leases dropped for a refused checkpoint or by the ticker for a
+    /// lapsed heartbeat since the last call (a leader-run fleet only).
     pub(crate) fn take_refused(&self) -> Vec<String> {
         std::mem::take(&mut *lock(&self.refused))
     }
