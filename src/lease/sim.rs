@@ -2591,14 +2591,9 @@ fn a_leader_whose_renewal_reply_was_lost_goes_on_leading() {
     LEADER_FORCED.with(|l| l.set(false));
 }
 
-/// A leader-run worker whose end-of-shard checkpoint landed with its
-/// reply lost (its retry refused, the lease checked again from the table)
-/// frees the finished lease rather than holding it: a reader started at
-/// the shard's end ends at once, and the lease stayed held for good,
-/// counted in the worker's item, where it hid a take whose note was lost
-/// (SIM_FAULTS=suspend,drift,namesakes seed 2137).
-#[test]
-fn a_finished_lease_whose_end_checkpoint_reply_was_lost_is_freed_not_held() {
+/// A leader-run fleet of one worker, "a", holding the lease of one shard,
+/// which it returns (the leader mode is on for this thread).
+fn one_leader_run_worker_on_one_shard() -> (Sim, String) {
     LEADER_FORCED.with(|l| l.set(true));
     let (mut sim, _) = Sim::with_leases(&[]);
     let shard = lock(&sim.stream).add_shard(&[]);
@@ -2610,6 +2605,18 @@ fn a_finished_lease_whose_end_checkpoint_reply_was_lost_is_freed_not_held() {
         );
         sim.step_all();
     }
+    (sim, shard)
+}
+
+/// A leader-run worker whose end-of-shard checkpoint landed with its
+/// reply lost (its retry refused, the lease checked again from the table)
+/// frees the finished lease rather than holding it: a reader started at
+/// the shard's end ends at once, and the lease stayed held for good,
+/// counted in the worker's item, where it hid a take whose note was lost
+/// (SIM_FAULTS=suspend,drift,namesakes seed 2137).
+#[test]
+fn a_finished_lease_whose_end_checkpoint_reply_was_lost_is_freed_not_held() {
+    let (mut sim, shard) = one_leader_run_worker_on_one_shard();
     for _ in 0..10 {
         sim.step_all();
     }
@@ -2644,17 +2651,7 @@ fn a_finished_lease_whose_end_checkpoint_reply_was_lost_is_freed_not_held() {
 /// one shard).
 #[test]
 fn a_stalled_leader_stops_handing_on_before_its_successor_may_claim() {
-    LEADER_FORCED.with(|l| l.set(true));
-    let (mut sim, _) = Sim::with_leases(&[]);
-    let shard = lock(&sim.stream).add_shard(&[]);
-    sim.spawn("a".into(), false);
-    while sim.workers[0].held.len() == 0 {
-        assert!(
-            sim.clock.now() - sim.clock.base < FAILOVER * 3,
-            "never taken"
-        );
-        sim.step_all();
-    }
+    let (mut sim, shard) = one_leader_run_worker_on_one_shard();
     // Its coordinator thread stalls right after a round (lock and beat
     // written in the same step); its ticker runs on.
     let written = |sim: &Sim| lock(&sim.table.members).lock_written;
@@ -2688,20 +2685,17 @@ fn a_stalled_leader_stops_handing_on_before_its_successor_may_claim() {
 /// with a conditional write) and 2137 (see the two tests above).
 #[test]
 fn leader_mode_seeds_that_found_bugs_pass() {
-    LEADER_FORCED.with(|l| l.set(true));
-    for seed in [2137, 2718, 2891] {
-        if let Err(v) = run_seed(seed) {
-            panic!("{v}");
-        }
-    }
-    LEADER_FORCED.with(|l| l.set(false));
+    replay_leader_run(&[], &[2137, 2718, 2891]);
 }
 
-/// Replays seeds of the combined faults in a leader-run fleet; a failure
-/// names the seed.
-fn replay_leader_run(seeds: &[u64]) {
+/// The three faults together.
+const COMBINED: &[&str] = &["suspend", "drift", "namesakes"];
+
+/// Replays seeds in a leader-run fleet with `faults` forced on (besides
+/// SIM_FAULTS); a failure names the seed.
+fn replay_leader_run(faults: &'static [&'static str], seeds: &[u64]) {
     LEADER_FORCED.with(|l| l.set(true));
-    FORCED.with(|f| f.set(&["suspend", "drift", "namesakes"]));
+    FORCED.with(|f| f.set(faults));
     for &seed in seeds {
         if let Err(v) = run_seed(seed) {
             panic!("{v}");
@@ -2716,7 +2710,7 @@ fn a_successor_never_takes_a_namesakes_leases_for_its_predecessors() {
     // w1 #6's beat, lower than the lock's (each process counts from its
     // own random start), as "no beat since the last lock write", judged
     // w1 dead at once and gave away the lease w1 #6 was reading.
-    replay_leader_run(&[1874]);
+    replay_leader_run(COMBINED, &[1874]);
 }
 
 #[test]
@@ -2725,7 +2719,7 @@ fn a_lease_the_ticker_drops_for_a_lapsed_heartbeat_is_read_again_if_still_ours()
     // shardId-000000000001 (no heartbeat in the fencing window) before its
     // next heartbeat did, so the heartbeat found nothing to look at again;
     // the table still gave w0 the lease, and its records were never read.
-    replay_leader_run(&[903]);
+    replay_leader_run(COMBINED, &[903]);
 }
 
 #[test]
@@ -2779,7 +2773,7 @@ fn a_fleet_whose_last_process_stops_for_a_killed_namesake_is_read_to_the_end() {
     // first step, w1 #4 having been killed a step before: no process was
     // left to read (a simulation that restarted nothing, see
     // `Sim::keep_one_worker_running`).
-    replay_leader_run(&[2676]);
+    replay_leader_run(COMBINED, &[2676]);
 }
 
 #[test]
@@ -2789,7 +2783,7 @@ fn a_new_leader_gives_nothing_to_a_worker_long_dead_whose_rows_are_done() {
     // The worker that took the lock over when the leader was killed
     // counted w1 live from its claim and gave it the leader's leases:
     // taken 17.3 s after the kill, over the bound.
-    replay_leader_run(&[996]);
+    replay_leader_run(COMBINED, &[996]);
 }
 
 #[test]
