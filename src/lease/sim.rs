@@ -2682,7 +2682,8 @@ fn a_stalled_leader_stops_handing_on_before_its_successor_may_claim() {
 /// leases fenced by its heartbeat alone, see the test above), 2891 (a
 /// worker back from a pause adopted a lease handed to it while the new
 /// leader's take of it was in flight: after a lapse such a lease is taken
-/// with a conditional write) and 2137 (see the two tests above).
+/// with a conditional write) and 2137 (a renewal whose reply was lost, a
+/// lease at its shard's end: see the tests above).
 #[test]
 fn leader_mode_seeds_that_found_bugs_pass() {
     replay_leader_run(&[], &[2137, 2718, 2891]);
