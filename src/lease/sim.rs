@@ -2808,6 +2808,22 @@ fn a_process_leaving_frees_no_lease_of_a_namesake_that_took_its_id_over() {
 }
 
 #[test]
+fn a_process_back_from_a_lapse_takes_back_no_lease_a_namesake_took_over() {
+    // Seed 1829 of the namesakes faults (workers row, unless
+    // SIM_COORDINATION says otherwise): w1 #4 started while the workers
+    // row was deleted, and took w1's leases the failover time after its
+    // first beat. w1 #2's heartbeat, sent before that and in flight for
+    // 9.2 s, landed just after the row was deleted again, so it was not
+    // refused: w1 #2 found its heartbeat lapsed, took back "its own"
+    // leases (the row's owner, w1, is both) and read shardId-000000000003
+    // beside w1 #4.
+    FORCED.with(|f| f.set(&["namesakes"]));
+    if let Err(v) = run_seed(1829) {
+        panic!("{v}");
+    }
+}
+
+#[test]
 fn a_lease_the_ticker_drops_after_a_host_suspend_is_read_again_at_the_next_beat() {
     // Leader-run "a" alone, back from a 15 s host suspend (its monotonic
     // clock stopped): its ticker finds the heartbeat lapsed and drops the
