@@ -69,6 +69,16 @@ struct State {
     taken_at: Instant,
 }
 
+/// A heartbeat that lapsed, while the leases of our id we do not hold
+/// may be a namesake's (see [`HeldLeases::may_take_back`]).
+#[derive(Debug, Default)]
+struct Lapse {
+    /// The leases dropped then, with their counters.
+    dropped: HashMap<String, u64>,
+    /// When the reply to the first heartbeat that landed since came.
+    relanded: Option<Stamp>,
+}
+
 #[derive(Debug)]
 struct Held {
     /// Held across a write's request: one write at a time per lease.
@@ -99,6 +109,9 @@ pub(crate) struct HeldLeases {
     /// When the reply to this process's first heartbeat that landed came
     /// (see [`may_take_earlier_runs_leases`](Self::may_take_earlier_runs_leases)).
     first_landed: Mutex<Option<Stamp>>,
+    /// The last lapse of the heartbeat, until the failover time after a
+    /// heartbeat landed again (see [`may_take_back`](Self::may_take_back)).
+    lapse: Mutex<Option<Lapse>>,
     /// True when a notice to read the table failed and is still owed.
     notice_owed: AtomicBool,
     /// True when a checkpoint found its lease taken since the last call of
@@ -155,6 +168,7 @@ impl HeldLeases {
             alive_since: Mutex::new(None),
             led_since: Mutex::new(None),
             first_landed: Mutex::new(None),
+            lapse: Mutex::new(None),
             landed_beat: Mutex::new(None),
             first_attempt: Mutex::new(None),
             replaces: Mutex::new(None),
@@ -282,6 +296,9 @@ impl HeldLeases {
             if let Some(late) = self.drop_all_if_lapsed(self.clock.stamp()) {
                 lapsed.get_or_insert_with(Vec::new).extend(late);
             }
+            if let Some(lapse) = lock(&self.lapse).as_mut() {
+                lapse.relanded.get_or_insert_with(|| self.clock.stamp());
+            }
             let mut alive = lock(&self.alive_since);
             *alive = Some(alive.map_or(sent, |a| later_sent(a, sent)));
         }
@@ -293,10 +310,52 @@ impl HeldLeases {
     fn drop_all_if_lapsed(&self, now: Stamp) -> Option<Vec<String>> {
         // Not before the first heartbeat: there is nothing to drop yet.
         (lock(&self.alive_since).is_some() && self.has_lapsed(now)).then(|| {
-            let dropped: Vec<String> = lock(&self.leases).drain().map(|(id, _)| id).collect();
+            let dropped: Vec<(String, Arc<Held>)> = lock(&self.leases).drain().collect();
             self.lost.fetch_add(dropped.len() as u64, Ordering::Relaxed);
-            dropped
+            self.note_lapse(
+                dropped
+                    .iter()
+                    .map(|(id, h)| (id.clone(), lock(&h.state).counter)),
+            );
+            dropped.into_iter().map(|(id, _)| id).collect()
         })
+    }
+
+    /// Notes leases dropped for a lapsed heartbeat, with their counters.
+    fn note_lapse(&self, dropped: impl IntoIterator<Item = (String, u64)>) {
+        let mut lapse = lock(&self.lapse);
+        let lapse = lapse.get_or_insert_with(Lapse::default);
+        lapse.relanded = None;
+        lapse.dropped.extend(dropped);
+    }
+
+    /// True when a lease the table gives our id at `counter`, which we do
+    /// not hold, may be taken as ours (workers row): once an earlier
+    /// run's may be ([`may_take_earlier_runs_leases`](Self::may_take_earlier_runs_leases)),
+    /// and after a lapsed heartbeat only one we dropped at that counter,
+    /// until the failover time after a heartbeat landed again. Written
+    /// since, it may be a namesake's that started while we were out (its
+    /// leases carry our id) and whose beat our late one replaced in a
+    /// workers row deleted meanwhile: that process has its next heartbeat
+    /// refused, so by then it stopped (namesakes seed 1829).
+    pub(crate) fn may_take_back(&self, shard_id: &str, counter: u64) -> bool {
+        if !self.may_take_earlier_runs_leases() {
+            return false;
+        }
+        let mut lapse = lock(&self.lapse);
+        let Some(last) = lapse.as_ref() else {
+            return true;
+        };
+        if last.dropped.get(shard_id) == Some(&counter) {
+            return true;
+        }
+        let over = last
+            .relanded
+            .is_some_and(|r| self.clock.stamp().since(r) >= self.failover);
+        if over {
+            *lapse = None;
+        }
+        over
     }
 
     /// True once this process may take the leases the table gives its
@@ -450,6 +509,7 @@ impl HeldLeases {
             fencing_window(self.failover)
         );
         self.lost.fetch_add(1, Ordering::Relaxed);
+        self.note_lapse([(shard_id.to_owned(), lock(&entry.state).counter)]);
         self.forget(shard_id, epoch);
         // Not dropped by the heartbeat, which would have had it looked at
         // again (SIM_FAULTS=suspend,drift,namesakes seed 903).

@@ -345,6 +345,10 @@ pub(crate) struct RoundInput<'a> {
     pub earlier_runs: &'a HashSet<String>,
     /// The most leases each other capped worker may hold (the workers row).
     pub caps: &'a BTreeMap<String, u64>,
+    /// Owners of leases not presumed dead that left the workers row long
+    /// ago (twice the failover time): their leases are left alone until
+    /// they stand still, but they beat no more and get no share.
+    pub departed: &'a HashSet<String>,
 }
 
 /// What a worker does in one round, in this order.
@@ -443,7 +447,12 @@ pub(crate) fn plan_round(input: &RoundInput<'_>) -> RoundPlan {
     // (those holding none too) and the owners of leases not presumed dead.
     let mut workers: BTreeSet<&str> = input.live.iter().map(String::as_str).collect();
     workers.insert(me);
-    workers.extend(by_owner.keys().copied());
+    workers.extend(
+        by_owner
+            .keys()
+            .copied()
+            .filter(|o| !input.departed.contains(*o)),
+    );
     plan.workers = workers.len();
     let cap_of = |w: &str| match w == me {
         true => input.max_leases,
@@ -986,6 +995,7 @@ mod tests {
                 max_leases: self.max,
                 earlier_runs: &HashSet::new(),
                 caps: &self.caps,
+                departed: &HashSet::new(),
             })
         }
     }

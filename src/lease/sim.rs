@@ -2803,6 +2803,38 @@ fn a_process_leaving_frees_no_lease_of_a_namesake_that_took_its_id_over() {
 }
 
 #[test]
+fn a_process_back_from_a_lapse_takes_back_no_lease_a_namesake_took_over() {
+    // Seed 1829 of the namesakes faults (workers row, unless
+    // SIM_COORDINATION says otherwise): w1 #4 started while the workers
+    // row was deleted, and took w1's leases the failover time after its
+    // first beat. w1 #2's heartbeat, sent before that and in flight for
+    // 9.2 s, landed just after the row was deleted again, so it was not
+    // refused: w1 #2 found its heartbeat lapsed, took back "its own"
+    // leases (the row's owner, w1, is both) and read shardId-000000000003
+    // beside w1 #4.
+    FORCED.with(|f| f.set(&["namesakes"]));
+    if let Err(v) = run_seed(1829) {
+        panic!("{v}");
+    }
+}
+
+#[test]
+fn a_worker_long_gone_from_the_row_counts_for_no_share_of_the_leases() {
+    // Seed 1311 of the namesakes faults (workers row, unless
+    // SIM_COORDINATION says otherwise): w1, killed at 34.7 s and gone from
+    // the workers row since 46.9 s, still owned a lease of a stream that
+    // w2 read again only from 111.5 s (the stream was added back). Not
+    // having watched that lease stand still, w2 counted w1 as a worker
+    // with a share, reached its own share with two free leases and left
+    // the lease of w3 (killed at 100.0 s) to w0, which was at its cap:
+    // taken 13.6 s after the kill, over the bound of 13.53 s.
+    FORCED.with(|f| f.set(&["namesakes"]));
+    if let Err(v) = run_seed(1311) {
+        panic!("{v}");
+    }
+}
+
+#[test]
 fn a_lease_the_ticker_drops_after_a_host_suspend_is_read_again_at_the_next_beat() {
     // Leader-run "a" alone, back from a 15 s host suspend (its monotonic
     // clock stopped): its ticker finds the heartbeat lapsed and drops the

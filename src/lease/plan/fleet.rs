@@ -663,6 +663,7 @@ mod tests {
             max_leases: usize::MAX,
             earlier_runs: &HashSet::new(),
             caps: &BTreeMap::new(),
+            departed: &HashSet::new(),
         })
         .delete;
         own.sort();
