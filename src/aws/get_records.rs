@@ -934,6 +934,56 @@ mod tests {
         }
     }
 
+    /// The fast path decodes base64 with base64-simd and the general path
+    /// with the base64 crate: both must accept and refuse the same texts.
+    #[test]
+    fn base64_decoders_agree_on_every_length_and_on_bad_text() {
+        let shard: Arc<str> = Arc::from("s");
+        let mut texts = Vec::new();
+        let mut x = 7u32;
+        for len in 0..200usize {
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    (x >> 16) as u8
+                })
+                .collect();
+            let text = BASE64.encode(&data);
+            // Longer texts exercise the vector loops, shorter ones the tail.
+            for bad in [b'-', b'_', b' ', b'=', b'*', 0xC3] {
+                for at in [0, text.len() / 2, text.len().saturating_sub(1)] {
+                    let mut t = text.clone().into_bytes();
+                    if let Some(b) = t.get_mut(at) {
+                        *b = bad;
+                        texts.push(String::from_utf8_lossy(&t).into_owned());
+                    }
+                }
+            }
+            texts.push(text.trim_end_matches('=').to_owned());
+            texts.push(format!("{text}="));
+            texts.push(text);
+        }
+        // Non-canonical: the unused low bits of the last digit set.
+        texts.extend(["aGl=", "aGk>", "aR==", "aGk=aGk=", "a===", "===="].map(String::from));
+        let mut scanned = 0;
+        for text in &texts {
+            let body = format!(
+                r#"{{"Records":[{{"SequenceNumber":"1","PartitionKey":"k","Data":{}}}],"NextShardIterator":"it"}}"#,
+                serde_json::to_string(text).unwrap()
+            );
+            let fast = decode_get_records(body.as_bytes(), &shard);
+            let general = decode_get_records_with_serde(body.as_bytes(), &shard);
+            let data = |r: &Result<GetRecordsOutput>| {
+                r.as_ref()
+                    .map(|o| o.records[0].data().to_vec())
+                    .map_err(|e| e.to_string())
+            };
+            assert_eq!(data(&fast), data(&general), "{text:?}");
+            scanned += usize::from(fast::reply(body.as_bytes(), &fast::GET_RECORDS).is_some());
+        }
+        assert!(scanned > 200, "the fast path took only {scanned} texts");
+    }
+
     #[test]
     fn fast_scanner_agrees_with_serde_or_steps_aside() {
         let bodies: [&[u8]; 16] = [
