@@ -100,6 +100,7 @@ mod lease;
 mod metrics;
 mod random;
 mod record;
+mod spares;
 mod stream;
 mod sync;
 pub mod testing;

@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::spares::Spares;
+
 /// A Kinesis sequence number: a decimal string of up to 129 digits (the API's
 /// pattern is `0|([1-9]\d{0,128})`; real ones have 56 digits, more than a
 /// `u128` holds).
@@ -188,6 +190,18 @@ impl Span {
 pub(crate) struct Shared {
     pub shard_id: Arc<str>,
     pub bytes: Vec<u8>,
+}
+
+/// Spare record buffers, across the process: a reply's buffer goes back
+/// here when the last of its records is dropped, and the next reply's
+/// records are decoded into it (see [`Spares`]). Up to 64 MiB is kept;
+/// the records in flight are bounded by the consumer's `buffer_bytes`.
+pub(crate) static RECORD_BUFFERS: Spares<u8> = Spares::new(64 << 20);
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        RECORD_BUFFERS.give(std::mem::take(&mut self.bytes));
+    }
 }
 
 /// One user record: a plain Kinesis record, or one user record taken out of

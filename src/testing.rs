@@ -86,7 +86,7 @@ use crate::metrics::Metrics;
 use crate::record::{ExtendedSequenceNumber, Payload, Record, SequenceNumber, Shared, Span};
 use crate::sync::lock;
 use crate::worker::MessageHandler;
-use crate::worker::batch::{Batch, Message, ShardBatch, ShardEvent};
+use crate::worker::batch::{Batch, GoesBack, Message, ShardBatch, ShardEvent};
 use crate::worker::checkpointer::{CheckpointStore, Checkpointer};
 use crate::worker::processing::{Called, Checkpointing, ErrorPolicy, KeptShard, call_with_policy};
 use crate::worker::processor::{InitializationInput, ShardProcessor, end_checkpointed};
@@ -379,6 +379,7 @@ pub fn shard_batch<T>(
         millis_behind_latest: None,
         shard_ended: false,
         epoch: 0,
+        goes_back: GoesBack::nowhere(),
     }
 }
 
@@ -909,6 +910,7 @@ impl<T, P: ShardProcessor<T>> ProcessorHarness<T, P> {
             millis_behind_latest: None,
             shard_ended: false,
             epoch: EPOCH,
+            goes_back: GoesBack::nowhere(),
         };
         self.base.handing(&self.shard_id, EPOCH, position.clone());
         let kept = (self.policy != ErrorPolicy::Stop).then(|| KeptShard::of(&shard));
@@ -1355,10 +1357,9 @@ impl<T> BatchHarness<T> {
             Some(match shards.iter().position(|s| &*s.shard_id == shard_id) {
                 Some(i) => i,
                 None => {
-                    shards.push(ShardBatch {
-                        epoch: open.epoch,
-                        ..shard_batch(shard_id, [])
-                    });
+                    let mut shard = shard_batch(shard_id, []);
+                    shard.epoch = open.epoch;
+                    shards.push(shard);
                     shards.len() - 1
                 }
             })

@@ -19,7 +19,7 @@ use crate::aws::kinesis::{
     ChildShard, GetRecordsOutput, bad_reply, check_shard_ids, parse_sequence,
 };
 use crate::error::Result;
-use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Shared, Span};
+use crate::record::{ExtendedSequenceNumber, RECORD_BUFFERS, Record, SequenceNumber, Shared, Span};
 
 const OP: &str = "GetRecords";
 
@@ -162,7 +162,7 @@ impl Decoded {
         // The smallest record is about 50 bytes of JSON; GetRecords returns
         // at most 10,000.
         Decoded {
-            bytes: Vec::with_capacity(body_len / 4 * 3),
+            bytes: RECORD_BUFFERS.take(body_len / 4 * 3),
             records: Vec::with_capacity((body_len / 50).min(10_000)),
             operation,
         }

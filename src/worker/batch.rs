@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use crate::lease::Checkpoint;
 use crate::record::Record;
+use crate::spares::Spares;
 
 /// One user record after the message handler: the value it returned, and
 /// the record it came from (shard, sequence number, key, arrival time).
@@ -43,6 +44,69 @@ pub struct ShardBatch<T> {
     pub(crate) shard_ended: bool,
     /// The lease epoch the records were read under (not public).
     pub(crate) epoch: u64,
+    /// Where `messages` goes back for reuse when the batch is dropped.
+    pub(crate) goes_back: GoesBack<T>,
+}
+
+impl<T> Drop for ShardBatch<T> {
+    fn drop(&mut self) {
+        if let Some(spares) = &self.goes_back.0 {
+            spares.give(std::mem::take(&mut self.messages));
+        }
+    }
+}
+
+/// Spare message lists of one consumer: the readers' (one reply's
+/// messages each) and the ticker's (one batch's), kept apart so that a
+/// reader never takes a batch's large list nor the ticker a reply's.
+pub(crate) struct MessageLists<T> {
+    pub chunks: Spares<Message<T>>,
+    pub batches: Arc<Spares<Message<T>>>,
+}
+
+impl<T> MessageLists<T> {
+    /// Up to `max_bytes` of spare lists, half of it for each kind.
+    pub(crate) fn new(max_bytes: usize) -> Arc<MessageLists<T>> {
+        Arc::new(MessageLists {
+            chunks: Spares::new(max_bytes / 2),
+            batches: Arc::new(Spares::new(max_bytes / 2)),
+        })
+    }
+}
+
+/// The spare message lists a batch's list goes back to, if any; not part
+/// of what a batch is (batches compare equal whatever it is).
+pub(crate) struct GoesBack<T>(pub Option<Arc<Spares<Message<T>>>>);
+
+impl<T> GoesBack<T> {
+    /// Nowhere: the list is freed with the batch.
+    pub(crate) fn nowhere() -> GoesBack<T> {
+        GoesBack(None)
+    }
+}
+
+impl<T> Clone for GoesBack<T> {
+    fn clone(&self) -> Self {
+        GoesBack(self.0.clone())
+    }
+}
+
+impl<T> PartialEq for GoesBack<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T> Eq for GoesBack<T> {}
+
+impl<T> std::fmt::Debug for GoesBack<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "spares"
+        } else {
+            "nowhere"
+        })
+    }
 }
 
 impl<T> ShardBatch<T> {
@@ -64,8 +128,8 @@ impl<T> ShardBatch<T> {
     }
 
     /// Takes the records.
-    pub fn into_messages(self) -> Vec<Message<T>> {
-        self.messages
+    pub fn into_messages(mut self) -> Vec<Message<T>> {
+        std::mem::take(&mut self.messages)
     }
 
     /// How far behind the tip of the shard the last read was.

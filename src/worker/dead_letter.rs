@@ -251,6 +251,7 @@ mod tests {
             millis_behind_latest: None,
             shard_ended: false,
             epoch,
+            goes_back: crate::worker::batch::GoesBack::nowhere(),
         })
     }
 
@@ -262,7 +263,7 @@ mod tests {
                 return Err("rejected".into());
             }
             let mut accepted = accepted.lock().unwrap();
-            accepted.extend(part.messages.into_iter().map(|m| m.value));
+            accepted.extend(part.into_messages().into_iter().map(|m| m.value));
             Ok(())
         }
     }

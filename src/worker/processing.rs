@@ -14,7 +14,7 @@ use crate::lease::{Checkpoint, CoordinatorEvent, HeldLeases};
 use crate::metrics::{Metric, Metrics};
 use crate::record::Record;
 use crate::worker::MessageHandler;
-use crate::worker::batch::{Message, ShardBatch};
+use crate::worker::batch::{GoesBack, Message, MessageLists, ShardBatch};
 use crate::worker::budget::Budget;
 use crate::worker::checkpointer::Checkpointer;
 use crate::worker::dead_letter::DeadLetterHandler;
@@ -291,6 +291,7 @@ impl KeptShard {
                 millis_behind_latest: shard.millis_behind_latest,
                 shard_ended: shard.shard_ended,
                 epoch: shard.epoch,
+                goes_back: GoesBack::nowhere(),
             },
             records: shard.messages.iter().map(|m| m.record.clone()).collect(),
         }
@@ -348,6 +349,7 @@ impl KeptShard {
             millis_behind_latest: bare.millis_behind_latest,
             shard_ended: bare.shard_ended && to_the_end,
             epoch: bare.epoch,
+            goes_back: GoesBack::nowhere(),
         }
     }
 }
@@ -363,6 +365,9 @@ pub(crate) struct Delivery<T> {
     /// Each lease's load: the handler's time is charged to it.
     pub load: Arc<LoadMeter>,
     pub message_handler: MessageHandler<T>,
+    /// Spare message lists, shared with the readers: a chunk's list goes
+    /// back once merged into a batch, a batch's once it is dropped.
+    pub message_lists: Arc<MessageLists<T>>,
     pub batch_interval: Duration,
     pub checkpoint_interval: Duration,
     pub checkpointing: Checkpointing,
@@ -386,6 +391,7 @@ impl<T> Clone for Delivery<T> {
             metrics: self.metrics.clone(),
             load: self.load.clone(),
             message_handler: self.message_handler.clone(),
+            message_lists: self.message_lists.clone(),
             batch_interval: self.batch_interval,
             checkpoint_interval: self.checkpoint_interval,
             checkpointing: self.checkpointing,

@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{Checkpoint, Holding};
-use crate::worker::batch::ShardBatch;
+use crate::worker::batch::{GoesBack, ShardBatch};
 use crate::worker::checkpointer::Checkpointer;
 use crate::worker::dead_letter::isolate;
 use crate::worker::processing::{
@@ -419,6 +419,7 @@ impl<T, P: ShardProcessor<T>> ShardTask<T, P> {
             millis_behind_latest: chunk.millis_behind_latest,
             shard_ended: chunk.shard_end,
             epoch: chunk.epoch,
+            goes_back: GoesBack::nowhere(),
         };
         let records = shard.messages.len();
         let last_arrival = shard.messages.last().and_then(|m| m.record.arrival);

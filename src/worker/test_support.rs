@@ -98,6 +98,7 @@ pub(crate) fn delivery(held: &Arc<HeldLeases>, policy: ErrorPolicy) -> Delivery<
         shutdown: Arc::new(AtomicBool::new(false)),
         metrics: Metrics::default(),
         load: Arc::default(),
+        message_lists: crate::worker::batch::MessageLists::new(1 << 20),
         message_handler: Arc::new(|r: &Record| String::from_utf8_lossy(r.data()).into()),
         batch_interval: Duration::from_millis(50),
         checkpoint_interval: Duration::from_millis(50),

@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::error::{Error, HandlerResult, Result};
 use crate::lease::{Checkpoint, Holding};
 use crate::metrics::Metric;
-use crate::worker::batch::{Batch, ShardBatch, ShardEvent};
+use crate::worker::batch::{Batch, GoesBack, ShardBatch, ShardEvent};
 use crate::worker::budget::Room;
 use crate::worker::dead_letter::isolate;
 use crate::worker::processing::{
@@ -688,6 +688,7 @@ impl<'a, T> Ticker<'a, T> {
         let mut shards: Vec<ShardBatch<T>> = Vec::new();
         let mut shard_bytes: Vec<u64> = Vec::new();
         let mut room = Vec::new();
+        let lists = &self.delivery.message_lists;
         let mut chunks = chunks.into_iter();
         while let Some(mut chunk) = chunks.next() {
             room.extend(chunk.room.take());
@@ -704,7 +705,8 @@ impl<'a, T> Ticker<'a, T> {
             {
                 Some((i, s)) => {
                     shard_bytes[i] += chunk.data_bytes;
-                    s.messages.extend(chunk.messages);
+                    s.messages.append(&mut chunk.messages);
+                    lists.chunks.give(std::mem::take(&mut chunk.messages));
                     s.millis_behind_latest = chunk.millis_behind_latest.or(s.millis_behind_latest);
                     s.shard_ended |= chunk.shard_end;
                 }
@@ -712,21 +714,24 @@ impl<'a, T> Ticker<'a, T> {
                     shard_bytes.push(chunk.data_bytes);
                     // Room for the shard's later chunks at once: grown
                     // chunk by chunk, a batch of 150,000 small messages
-                    // was copied about twice over.
+                    // was copied about twice over. A spare list: a new
+                    // one of megabytes is page-faulted in on every batch.
                     let later: usize = chunks
                         .as_slice()
                         .iter()
                         .filter(|c| c.shard_id == chunk.shard_id && c.epoch == chunk.epoch)
                         .map(|c| c.messages.len())
                         .sum();
-                    let mut messages = chunk.messages;
-                    messages.reserve(later);
+                    let mut messages = lists.batches.take(chunk.messages.len() + later);
+                    messages.append(&mut chunk.messages);
+                    lists.chunks.give(std::mem::take(&mut chunk.messages));
                     shards.push(ShardBatch {
-                        shard_id: chunk.shard_id,
+                        shard_id: chunk.shard_id.clone(),
                         messages,
                         millis_behind_latest: chunk.millis_behind_latest,
                         shard_ended: chunk.shard_end,
                         epoch: chunk.epoch,
+                        goes_back: GoesBack(Some(lists.batches.clone())),
                     });
                 }
             }
@@ -826,6 +831,46 @@ mod tests {
         let mut ticker = Ticker::new(&records, delivery(&held, ErrorPolicy::Stop));
         let chunks = ticker.gather_until(late).unwrap().unwrap();
         assert_eq!(chunks.len(), 2, "what waited is in this batch");
+    }
+
+    #[test]
+    fn message_lists_go_back_for_reuse_once_merged_or_dropped() {
+        let (_server, held) = held_leases();
+        let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
+        let (sender, records) = crossbeam_channel::unbounded();
+        let delivery = delivery(&held, ErrorPolicy::Stop);
+        let lists = delivery.message_lists.clone();
+        let mut ticker = Ticker::new(&records, delivery);
+        let mut build_one = |first: &str, second: &str| {
+            sender.send(started("shard-1", epoch)).unwrap();
+            sender
+                .send(chunk("shard-1", epoch, &[(first, "a")]))
+                .unwrap();
+            sender
+                .send(chunk("shard-1", epoch, &[(second, "b")]))
+                .unwrap();
+            let late = Instant::now() - Duration::from_secs(1);
+            let chunks = ticker.gather_until(late).unwrap().unwrap();
+            ticker.build(chunks).0
+        };
+        let batch = build_one("1", "2");
+        let merged = batch.shards()[0].messages();
+        assert_eq!(merged.len(), 2);
+        let at = merged.as_ptr();
+        // The two chunks' lists, emptied, are the readers' to take again.
+        assert!(lists.chunks.take(1).capacity() >= 1);
+        assert!(lists.chunks.take(1).capacity() >= 1);
+        drop(batch);
+        let spare = lists.batches.take(0);
+        assert_eq!(spare.as_ptr(), at, "the dropped batch's list is kept");
+        lists.batches.give(spare);
+        let again = build_one("3", "4");
+        assert_eq!(
+            again.shards()[0].messages().as_ptr(),
+            at,
+            "the dropped batch's list holds the next batch"
+        );
+        assert_eq!(again.messages().count(), 2);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber};
 use crate::stream::split_lease_key;
 use crate::time::later;
 use crate::worker::MessageHandler;
-use crate::worker::batch::Message;
+use crate::worker::batch::{Message, MessageLists};
 use crate::worker::budget::{Budget, Room, Share, within_share};
 use crate::worker::load::LoadMeter;
 use crate::worker::stream_consumers::{ReadBy, StreamConsumers};
@@ -122,6 +122,8 @@ pub(crate) struct ReaderContext<T> {
     /// its lease keys start), how Kinesis requests name the stream.
     pub streams: crate::lease::RequestNames,
     pub handler: MessageHandler<T>,
+    /// Spare message lists, shared with the ticker (see `Delivery`).
+    pub message_lists: Arc<MessageLists<T>>,
     pub sender: Sender<ReaderOutput<T>>,
     /// When set, each reader hands its chunks to a queue of its own of
     /// this many chunks (per-shard processors), not to `sender`: a slow
@@ -622,7 +624,11 @@ impl<T: Send + 'static> Reader<T> {
         shard_end: bool,
         resume_after: Option<&ExtendedSequenceNumber>,
     ) -> Result<(Chunk<T>, u64, u64)> {
-        let mut messages: Vec<Message<T>> = Vec::with_capacity(kinesis_records.len());
+        let mut messages = self
+            .context
+            .message_lists
+            .chunks
+            .take(kinesis_records.len());
         let handler = &*self.context.handler;
         let stop = &*self.shard.stop;
         let warned = &mut self.warned_about_aggregates;
@@ -971,6 +977,7 @@ mod tests {
                 calls.fetch_add(1, Ordering::SeqCst);
                 String::from_utf8_lossy(r.data()).into_owned()
             }),
+            message_lists: MessageLists::new(1 << 20),
             sender,
             shard_queue: None,
             budget: Arc::new(Budget::new(1 << 20, 1000)),
