@@ -182,14 +182,31 @@ impl Span {
     }
 }
 
-/// What the records of one GetRecords reply share: their shard id, and one
-/// buffer holding their decoded data and keys (one allocation instead of
-/// several per record, and no reference count per record that the reading
-/// and the handling threads would both touch).
+/// What the records of one GetRecords reply share: their shard id, one
+/// buffer holding their decoded data, and one holding their keys (two
+/// allocations instead of several per record, and no reference count per
+/// record that the reading and the handling threads would both touch).
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     pub shard_id: Arc<str>,
     pub bytes: Vec<u8>,
+    /// The keys of the records, checked as UTF-8 once, when decoded; the
+    /// keys of KPL user records are in `bytes` instead (inside their
+    /// aggregate's data), checked again when read.
+    pub text: String,
+}
+
+impl Shared {
+    /// The key at `span`: in `text`, or in `bytes` for a KPL user record.
+    fn key(&self, span: Span, user_record: bool) -> &str {
+        if user_record {
+            span.text(&self.bytes)
+        } else {
+            self.text
+                .get(span.start as usize..span.end as usize)
+                .unwrap_or_default()
+        }
+    }
 }
 
 /// Spare record buffers, across the process: a reply's buffer goes back
@@ -265,12 +282,12 @@ impl Record {
 
     /// The partition key.
     pub fn partition_key(&self) -> &str {
-        self.partition_key.text(&self.shared.bytes)
+        self.shared.key(self.partition_key, self.aggregated)
     }
 
     /// The explicit hash key, when the producer set one.
     pub fn explicit_hash_key(&self) -> Option<&str> {
-        Some(self.explicit_hash_key?.text(&self.shared.bytes))
+        Some(self.shared.key(self.explicit_hash_key?, self.aggregated))
     }
 
     /// When Kinesis accepted the record, if it said.

@@ -239,28 +239,37 @@ impl RecordBuilder {
 
     /// The record.
     pub fn build(self) -> Record {
-        // One buffer for the keys and the data, as a GetRecords reply's
-        // records share one.
-        let mut bytes = Vec::with_capacity(
-            self.partition_key.len()
-                + self.explicit_hash_key.as_ref().map_or(0, String::len)
-                + self.data.len(),
-        );
-        let mut put = |part: &[u8]| {
-            let start = bytes.len() as u32;
-            bytes.extend_from_slice(part);
+        // The buffers a GetRecords reply's records share: the keys in
+        // `text`, but in `bytes` with the data for a KPL user record (as
+        // de-aggregation leaves them).
+        let (mut bytes, mut text) = (Vec::new(), String::new());
+        let put = |buffer: &mut Vec<u8>, part: &[u8]| {
+            let start = buffer.len() as u32;
+            buffer.extend_from_slice(part);
             Span {
                 start,
-                end: bytes.len() as u32,
+                end: buffer.len() as u32,
             }
         };
-        let partition_key = put(self.partition_key.as_bytes());
-        let explicit_hash_key = self.explicit_hash_key.as_ref().map(|k| put(k.as_bytes()));
-        let data = put(&self.data);
+        let mut put_key = |key: &str| match self.aggregated {
+            true => put(&mut bytes, key.as_bytes()),
+            false => {
+                let start = text.len() as u32;
+                text.push_str(key);
+                Span {
+                    start,
+                    end: text.len() as u32,
+                }
+            }
+        };
+        let partition_key = put_key(&self.partition_key);
+        let explicit_hash_key = self.explicit_hash_key.as_deref().map(&mut put_key);
+        let data = put(&mut bytes, &self.data);
         Record {
             shared: Arc::new(Shared {
                 shard_id: Arc::from(self.shard_id.as_str()),
                 bytes,
+                text,
             }),
             position: self.position,
             aggregated: self.aggregated,

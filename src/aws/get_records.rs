@@ -142,7 +142,10 @@ pub(crate) fn decode_get_records_with_serde(
 /// The records of a reply as they are decoded: their fields, and the one
 /// buffer their data and keys go to.
 struct Decoded {
+    /// The records' data.
     bytes: Vec<u8>,
+    /// The records' partition keys.
+    text: String,
     records: Vec<Fields>,
     /// The operation whose reply this is, for error messages.
     operation: &'static str,
@@ -163,6 +166,8 @@ impl Decoded {
         // at most 10,000.
         Decoded {
             bytes: RECORD_BUFFERS.take(body_len / 4 * 3),
+            // Keys are a small part of a reply: a guess, grown if short.
+            text: String::with_capacity(body_len / 32),
             records: Vec::with_capacity((body_len / 50).min(10_000)),
             operation,
         }
@@ -176,10 +181,14 @@ impl Decoded {
         }
     }
 
+    /// Appends a key to the keys' text.
     fn push_text(&mut self, text: &str) -> Span {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(text.as_bytes());
-        self.span_from(start)
+        let start = self.text.len() as u32;
+        self.text.push_str(text);
+        Span {
+            start,
+            end: self.text.len() as u32,
+        }
     }
 
     /// Adds one record whose data is already in the buffer at `data`.
@@ -206,6 +215,7 @@ impl Decoded {
             shared: Arc::new(Shared {
                 shard_id: shard_id.clone(),
                 bytes: self.bytes,
+                text: self.text,
             }),
             fields: self.records,
         }

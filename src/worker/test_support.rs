@@ -114,6 +114,7 @@ pub(crate) fn record(shard: &str, sequence: &str, data: &str) -> Record {
         shared: Arc::new(Shared {
             shard_id: shard.into(),
             bytes: data.as_bytes().to_vec(),
+            text: String::new(),
         }),
         position: ExtendedSequenceNumber {
             sequence_number: SequenceNumber::parse(sequence).unwrap(),
