@@ -169,13 +169,11 @@ impl Endpoint {
     }
 
     /// The port, explicit or the scheme's default.
-    #[allow(dead_code)]
     pub(crate) fn port(&self) -> u16 {
         self.port
     }
 
     /// True for `https`.
-    #[allow(dead_code)]
     pub(crate) fn is_https(&self) -> bool {
         self.https
     }
