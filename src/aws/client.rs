@@ -626,7 +626,12 @@ fn http1_tls() -> Result<Arc<rustls::ClientConfig>> {
 /// `HTTP_PROXY`, read as ureq reads them) that `NO_PROXY` does not exempt
 /// `endpoint` from: requests then go through ureq, which speaks to proxies.
 fn proxied(endpoint: &Endpoint) -> bool {
-    let Some(proxy) = ureq::Proxy::try_from_env() else {
+    goes_through(ureq::Proxy::try_from_env().as_ref(), endpoint)
+}
+
+/// True when requests to `endpoint` go through `proxy`.
+fn goes_through(proxy: Option<&ureq::Proxy>, endpoint: &Endpoint) -> bool {
+    let Some(proxy) = proxy else {
         return false;
     };
     endpoint
@@ -1130,6 +1135,22 @@ mod tests {
         );
         assert!(!shown.contains("LOCATION-SECRET"), "{shown}");
         assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn only_an_endpoint_a_proxy_applies_to_goes_through_ureq() {
+        let endpoint = |url| endpoint::parse_endpoint(url, "endpoint_url").unwrap();
+        let local = endpoint("http://127.0.0.1:4567");
+        let aws = endpoint("https://kinesis.us-east-1.amazonaws.com");
+        assert!(!goes_through(None, &local) && !goes_through(None, &aws));
+        let proxy = ureq::Proxy::builder(ureq::ProxyProtocol::Http)
+            .host("proxy.internal")
+            .port(3128)
+            .no_proxy("127.0.0.1")
+            .build()
+            .unwrap();
+        assert!(!goes_through(Some(&proxy), &local));
+        assert!(goes_through(Some(&proxy), &aws));
     }
 
     #[test]
