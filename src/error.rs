@@ -262,11 +262,17 @@ impl Error {
     }
 }
 
-/// True for a TLS handshake refusal (of ureq or of the HTTP/2 client) or
-/// an endpoint that does not speak HTTP/2: configuration errors.
+/// True for a TLS handshake refusal (of ureq, of our HTTP/1.1 client or
+/// of the HTTP/2 one) or an endpoint that does not speak HTTP/2:
+/// configuration errors.
 fn is_tls_or_protocol_refusal(source: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
     if let Some(e) = source.downcast_ref::<crate::aws::http2::Http2Error>() {
         return e.is_refusal();
+    }
+    if let Some(io) = source.downcast_ref::<std::io::Error>() {
+        return io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
     }
     match source.downcast_ref::<ureq::Error>() {
         Some(ureq::Error::Tls(_) | ureq::Error::Rustls(_)) => true,

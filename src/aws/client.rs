@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::aws::credentials::{DefaultCredentialsChain, ProvideCredentials};
 use crate::aws::endpoint::{self, Endpoint, Service};
+use crate::aws::http1::{self, Http1};
 use crate::aws::sigv4::{self, SignableRequest, SigningOptions};
 use crate::error::{Error, Result, ServiceError, TransportKind};
 use crate::random;
@@ -208,6 +209,11 @@ pub(crate) const CLOUDWATCH: Protocol = Protocol {
 /// A signed JSON-protocol client for one service.
 #[derive(Clone)]
 pub(crate) struct Client {
+    /// Our HTTP/1.1 client, which requests go through unless the
+    /// environment names a proxy for the endpoint; then `agent` (ureq)
+    /// does, as it reads `ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY` and
+    /// `NO_PROXY` itself.
+    http1: Option<Arc<Http1>>,
     agent: ureq::Agent,
     protocol: Protocol,
     endpoint: Endpoint,
@@ -267,10 +273,26 @@ impl Client {
             .timeout_recv_response(Some(config.read_timeout))
             .timeout_recv_body(Some(config.read_timeout))
             .timeout_send_body(Some(config.read_timeout))
-            .user_agent(concat!("kinesis-consumer/", env!("CARGO_PKG_VERSION")))
+            .user_agent(http1::USER_AGENT)
             .build()
             .into();
+        let http1 = match proxied(&endpoint) {
+            true => None,
+            false => Some(Arc::new(Http1::new(http1::Target {
+                host: endpoint.host().to_owned(),
+                port: endpoint.port(),
+                host_header: endpoint.host_header().to_owned(),
+                tls: match endpoint.is_https() {
+                    true => Some(http1_tls()?),
+                    false => None,
+                },
+                connect_timeout: config.connect_timeout,
+                read_timeout: config.read_timeout,
+                max_body: MAX_RESPONSE_BYTES,
+            }))),
+        };
         Ok(Client {
+            http1,
             agent,
             protocol,
             endpoint,
@@ -295,36 +317,10 @@ impl Client {
     /// The TLS settings for HTTP/2 (fan-out) connections: the configured
     /// ones, else webpki-roots.
     pub(crate) fn fan_out_tls(&self) -> Result<Arc<rustls::ClientConfig>> {
-        if let Some(config) = &self.fan_out_tls {
-            return Ok(config.clone());
+        match &self.fan_out_tls {
+            Some(config) => Ok(config.clone()),
+            None => default_tls(),
         }
-        static DEFAULT: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
-        if let Some(config) = DEFAULT.get() {
-            return Ok(config.clone());
-        }
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        // The application's process-wide provider when it installed one
-        // (say aws-lc-rs, for post-quantum key exchange), else ring: the
-        // order ureq follows for our HTTP/1 requests. rustls 0.23.48
-        // deprecates ring's `default_provider` because ring has no
-        // post-quantum algorithms; ring is what ureq brings and the only
-        // provider our dependencies allow (aws-lc-rs needs a C toolchain),
-        // and nothing else builds a ring provider, so the call stays and
-        // only its warning is silenced.
-        let provider = rustls::crypto::CryptoProvider::get_default()
-            .cloned()
-            .unwrap_or_else(|| {
-                #[allow(deprecated)]
-                Arc::new(rustls::crypto::ring::default_provider())
-            });
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Internal(format!("TLS settings: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(DEFAULT.get_or_init(|| Arc::new(config)).clone())
     }
 
     /// The headers of a signed `POST /` request for `operation` with
@@ -481,33 +477,65 @@ impl Client {
         admit: &mut dyn FnMut(u64) -> bool,
         buffer: &mut Vec<u8>,
     ) -> Result<Option<usize>> {
-        let mut req = self.agent.post(self.endpoint.url());
-        for (name, value) in &self.signed_headers(operation, body)? {
-            req = req.header(name.as_str(), value.as_str());
-        }
+        let headers = self.signed_headers(operation, body)?;
         let url = self.endpoint.url();
-        let mut reply = req.send(body).map_err(|e| {
-            let e = transport_error(operation, url, e);
-            name_the_setting(e, &self.endpoint)
-        })?;
-        let status = reply.status().as_u16();
-        let request_id = request_id(reply.headers());
-        if let Some(date) = reply
-            .headers()
-            .get("date")
-            .and_then(|v| crate::time::http_date_seconds(v.to_str().ok()?))
-        {
+        let sent = match &self.http1 {
+            Some(http1) => {
+                // A 2xx reply's Content-Length is within the limit here:
+                // `post` refuses a longer one before asking.
+                let mut admit_head = |head: &http1::Head| {
+                    !(200..300).contains(&head.status) || admit(head.content_length().unwrap_or(0))
+                };
+                http1
+                    .post(&headers, body, &mut admit_head, buffer)
+                    .map(|(head, len)| (ReplyHead::new(head.status, |n| head.header(n)), len))
+                    .map_err(|e| Error::transport(operation, url, io_kind(&e), e))
+            }
+            None => self.send_through_ureq(operation, &headers, body, admit, buffer),
+        };
+        let (head, len) = sent.map_err(|e| name_the_setting(e, &self.endpoint))?;
+        if let Some(date) = head.date {
             self.service_time.store(date, Ordering::Relaxed);
         }
-        let header = |name: &str| {
-            reply
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
+        let Some(len) = len else {
+            // Dropped unread: the connection is closed, not reused.
+            return Ok(None);
         };
-        let error_type = header("x-amzn-errortype");
-        let location = header("location");
+        if (200..300).contains(&head.status) {
+            return Ok(Some(len));
+        }
+        Err(Error::Service(reply_error(
+            operation,
+            head.status,
+            head.request_id,
+            head.error_type,
+            head.location.as_deref(),
+            &buffer[..len],
+        )))
+    }
+
+    /// [`send_admitting`](Self::send_admitting)'s request through ureq
+    /// (when a proxy is to be used): the reply's head and the body's
+    /// length, none when `admit` said no.
+    fn send_through_ureq(
+        &self,
+        operation: &'static str,
+        headers: &[(String, String)],
+        body: &[u8],
+        admit: &mut dyn FnMut(u64) -> bool,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(ReplyHead, Option<usize>)> {
+        let url = self.endpoint.url();
+        let mut req = self.agent.post(url);
+        for (name, value) in headers {
+            req = req.header(name.as_str(), value.as_str());
+        }
+        let mut reply = req
+            .send(body)
+            .map_err(|e| transport_error(operation, url, e))?;
+        let head = ReplyHead::new(reply.status().as_u16(), |name| {
+            reply.headers().get(name).and_then(|v| v.to_str().ok())
+        });
         // Read into a buffer sized from Content-Length: no regrowing and
         // copying of multi-megabyte GetRecords replies.
         let length = reply
@@ -516,9 +544,8 @@ impl Client {
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .unwrap_or(0)
             .min(MAX_RESPONSE_BYTES);
-        if (200..300).contains(&status) && !admit(length) {
-            // Dropped unread: the connection is closed, not reused.
-            return Ok(None);
+        if (200..300).contains(&head.status) && !admit(length) {
+            return Ok((head, None));
         }
         let mut reader = reply
             .body_mut()
@@ -527,19 +554,90 @@ impl Client {
             .reader();
         let len = read_into(&mut reader, buffer, length as usize)
             .map_err(|e| Error::transport(operation, url, io_kind(&e), e))?;
-        let bytes = &buffer[..len];
-        if (200..300).contains(&status) {
-            return Ok(Some(len));
-        }
-        Err(Error::Service(reply_error(
-            operation,
-            status,
-            request_id,
-            error_type,
-            location.as_deref(),
-            bytes,
-        )))
+        Ok((head, Some(len)))
     }
+}
+
+/// What a reply's status and headers say that the caller needs.
+struct ReplyHead {
+    status: u16,
+    request_id: Option<String>,
+    /// The `Date`, in seconds since the epoch.
+    date: Option<u64>,
+    error_type: Option<String>,
+    location: Option<String>,
+}
+
+impl ReplyHead {
+    /// The head of a reply with `status`, its headers looked up with
+    /// `header` (by lowercase name).
+    fn new<'a>(status: u16, header: impl Fn(&str) -> Option<&'a str>) -> ReplyHead {
+        ReplyHead {
+            status,
+            request_id: request_id_in(&header),
+            date: header("date").and_then(crate::time::http_date_seconds),
+            error_type: header("x-amzn-errortype").map(str::to_owned),
+            location: header("location").map(str::to_owned),
+        }
+    }
+}
+
+/// The default TLS settings: the Mozilla roots of webpki-roots, rustls's
+/// safe default protocol versions, no ALPN protocol.
+fn default_tls() -> Result<Arc<rustls::ClientConfig>> {
+    static DEFAULT: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    if let Some(config) = DEFAULT.get() {
+        return Ok(config.clone());
+    }
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    // The application's process-wide provider when it installed one
+    // (say aws-lc-rs, for post-quantum key exchange), else ring: the
+    // order ureq follows for its requests. rustls 0.23.48
+    // deprecates ring's `default_provider` because ring has no
+    // post-quantum algorithms; ring is what ureq brings and the only
+    // provider our dependencies allow (aws-lc-rs needs a C toolchain),
+    // and nothing else builds a ring provider, so the call stays and
+    // only its warning is silenced.
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| {
+            #[allow(deprecated)]
+            Arc::new(rustls::crypto::ring::default_provider())
+        });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Internal(format!("TLS settings: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(DEFAULT.get_or_init(|| Arc::new(config)).clone())
+}
+
+/// The TLS settings of our HTTP/1.1 requests: the default ones (not
+/// `fan_out_tls`, which is for fan-out only), offering ALPN `http/1.1`.
+fn http1_tls() -> Result<Arc<rustls::ClientConfig>> {
+    let mut config = (*default_tls()?).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// True when the environment names a proxy (`ALL_PROXY`, `HTTPS_PROXY`,
+/// `HTTP_PROXY`, read as ureq reads them) that `NO_PROXY` does not exempt
+/// `endpoint` from: requests then go through ureq, which speaks to proxies.
+fn proxied(endpoint: &Endpoint) -> bool {
+    goes_through(ureq::Proxy::try_from_env().as_ref(), endpoint)
+}
+
+/// True when requests to `endpoint` go through `proxy`.
+fn goes_through(proxy: Option<&ureq::Proxy>, endpoint: &Endpoint) -> bool {
+    let Some(proxy) = proxy else {
+        return false;
+    };
+    endpoint
+        .url()
+        .parse::<ureq::http::Uri>()
+        .map_or(true, |uri| !proxy.is_no_proxy(&uri))
 }
 
 /// Reads `reader` to its end into `buffer`, from its start; the length
@@ -568,9 +666,9 @@ fn read_into(
     }
 }
 
-/// The lock, even if a thread panicked holding it (the buffer inside is
-/// only reused, never trusted).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// The lock, even if a thread panicked holding it (what it guards, a
+/// spare buffer or idle connections, is only reused, never trusted).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -709,10 +807,14 @@ pub(crate) fn describe_body(body: &[u8]) -> String {
 /// The request id AWS gave a reply (`x-amzn-RequestId`, or S3-style
 /// `x-amz-request-id`), if any.
 pub(crate) fn request_id(headers: &ureq::http::HeaderMap) -> Option<String> {
+    request_id_in(|name| headers.get(name).and_then(|v| v.to_str().ok()))
+}
+
+/// [`request_id`] from headers looked up with `header` (by lowercase name).
+fn request_id_in<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<String> {
     ["x-amzn-requestid", "x-amz-request-id"]
         .iter()
-        .find_map(|h| headers.get(*h))
-        .and_then(|v| v.to_str().ok())
+        .find_map(|h| header(h))
         .map(str::to_owned)
 }
 
@@ -729,7 +831,7 @@ pub(crate) fn transport_error(operation: &'static str, url: &str, e: ureq::Error
 }
 
 /// The kind of an I/O failure on a connection.
-fn io_kind(e: &std::io::Error) -> TransportKind {
+pub(crate) fn io_kind(e: &std::io::Error) -> TransportKind {
     match e.kind() {
         std::io::ErrorKind::ConnectionRefused => TransportKind::ConnectionRefused,
         std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => TransportKind::Timeout,
@@ -1033,6 +1135,22 @@ mod tests {
         );
         assert!(!shown.contains("LOCATION-SECRET"), "{shown}");
         assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn only_an_endpoint_a_proxy_applies_to_goes_through_ureq() {
+        let endpoint = |url| endpoint::parse_endpoint(url, "endpoint_url").unwrap();
+        let local = endpoint("http://127.0.0.1:4567");
+        let aws = endpoint("https://kinesis.us-east-1.amazonaws.com");
+        assert!(!goes_through(None, &local) && !goes_through(None, &aws));
+        let proxy = ureq::Proxy::builder(ureq::ProxyProtocol::Http)
+            .host("proxy.internal")
+            .port(3128)
+            .no_proxy("127.0.0.1")
+            .build()
+            .unwrap();
+        assert!(!goes_through(Some(&proxy), &local));
+        assert!(goes_through(Some(&proxy), &aws));
     }
 
     #[test]

@@ -162,20 +162,18 @@ impl Endpoint {
     }
 
     /// The host as written in a URL (lowercase; an IPv6 address in brackets).
-    /// This and the next two are also for a client that opens its own
-    /// connections (HTTP/2) rather than ureq's.
+    /// This and the next two are for our clients, which open their own
+    /// connections (HTTP/1.1 and HTTP/2).
     pub(crate) fn host(&self) -> &str {
         &self.host
     }
 
     /// The port, explicit or the scheme's default.
-    #[allow(dead_code)]
     pub(crate) fn port(&self) -> u16 {
         self.port
     }
 
     /// True for `https`.
-    #[allow(dead_code)]
     pub(crate) fn is_https(&self) -> bool {
         self.https
     }

@@ -16,9 +16,11 @@ mod env;
 pub(crate) mod event_stream;
 pub mod fan_out;
 pub(crate) mod get_records;
+pub(crate) mod http1;
 pub(crate) mod http2;
 pub mod kinesis;
 pub(crate) mod sigv4;
+mod socket;
 #[cfg(test)]
 pub(crate) mod test_server;
 #[cfg(test)]

@@ -2,12 +2,13 @@
 //! (rustls), shared by the reader thread and the writers.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::connection::{Target, lock};
 use super::error::Http2Error;
+use crate::aws::socket;
 
 /// The socket, plain or wrapped in TLS.
 pub(super) enum Transport {
@@ -138,22 +139,9 @@ pub(super) fn open_socket(
     port: u16,
     timeout: Duration,
 ) -> Result<TcpStream, Http2Error> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let addresses: Vec<_> = (bare, port)
-        .to_socket_addrs()
-        .map_err(|e| Http2Error::HostNotFound(format!("{host}: {e}")))?
-        .collect();
-    let mut last = Http2Error::HostNotFound(format!("{host} has no address"));
-    for address in addresses {
-        match TcpStream::connect_timeout(&address, timeout) {
-            Ok(socket) => return Ok(socket),
-            Err(e) => last = Http2Error::io(&e),
-        }
-    }
-    Err(last)
+    let addresses = socket::resolve(host, port)
+        .map_err(|e| Http2Error::HostNotFound(format!("{host}: {e}")))?;
+    socket::connect(&addresses, timeout).map_err(|e| Http2Error::io(&e))
 }
 
 /// The TLS handshake, offering only `h2`; an error unless the server
@@ -165,30 +153,21 @@ pub(super) fn tls_handshake(
 ) -> Result<Transport, Http2Error> {
     let mut config = (**config).clone();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let bare = target
-        .host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(&target.host);
-    let name = rustls::pki_types::ServerName::try_from(bare.to_owned())
-        .map_err(|e| Http2Error::Tls(format!("{bare:?} is not a valid server name: {e}")))?;
-    let mut session = rustls::ClientConnection::new(Arc::new(config), name)
-        .map_err(|e| Http2Error::Tls(e.to_string()))?;
+    let mut session =
+        socket::tls_session(Arc::new(config), &target.host).map_err(Http2Error::Tls)?;
     let io = |e: io::Error| Http2Error::io(&e);
     socket
         .set_read_timeout(Some(target.connect_timeout.max(target.read_timeout)))
         .map_err(io)?;
-    while session.is_handshaking() {
-        session.complete_io(&mut &socket).map_err(|e| {
-            match e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                Some(tls) => Http2Error::Tls(tls.to_string()),
-                None => Http2Error::io(&e),
-            }
-        })?;
-    }
+    socket::handshake(&mut session, &socket).map_err(|e| {
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(tls) => Http2Error::Tls(tls.to_string()),
+            None => Http2Error::io(&e),
+        }
+    })?;
     if session.alpn_protocol() != Some(b"h2") {
         let chosen = match session.alpn_protocol() {
             Some(p) => format!("it chose {:?}", String::from_utf8_lossy(p)),
