@@ -210,6 +210,30 @@ fn an_https_endpoint_with_a_self_signed_certificate_is_refused() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// The same endpoint with its certificate pinned: the JSON calls go over
+/// TLS (HTTP/1.1, our own client) and succeed.
+#[test]
+fn an_https_endpoint_whose_certificate_is_pinned_serves_the_json_calls() {
+    let e = common::emulators();
+    let certificate = common::pinned_tls::kinesis_local_certificate(&common::emulators_dir());
+    let config = common::config(&e.kinesis_tls_url)
+        .fan_out_tls(common::pinned_tls::trusting_only(certificate));
+    let tls = KinesisClient::new(&config).unwrap();
+    let stream = common::create_stream(1);
+    let put = tls.put_record(&stream, "key", None, b"over TLS").unwrap();
+    let iterator = tls
+        .get_shard_iterator(
+            &stream,
+            &put.shard_id,
+            &kinesis_consumer::aws::kinesis::IteratorPosition::TrimHorizon,
+        )
+        .unwrap();
+    let read = tls.get_records(&put.shard_id, &iterator, 10).unwrap();
+    let data: Vec<&[u8]> = read.records.iter().map(|r| r.data()).collect();
+    assert_eq!(data, [b"over TLS".as_slice()]);
+    assert_eq!(read.records[0].partition_key(), "key");
+}
+
 /// Whoever can write the lease table cannot write to an operator's
 /// terminal: the `leases` example prints the table's strings with their
 /// control characters escaped.

@@ -150,11 +150,13 @@ impl ClientConfig {
         self
     }
 
-    /// The TLS settings of enhanced fan-out's HTTP/2 connections
-    /// (`SubscribeToShard` to an `https` endpoint), for example to trust a
-    /// private certificate authority or pin a test server's certificate.
-    /// Its ALPN protocols are replaced with `h2`. Other requests do not use
-    /// it.
+    /// The TLS settings of the client's connections to an `https`
+    /// endpoint, for example to trust a private certificate authority or
+    /// pin a test server's certificate: enhanced fan-out's HTTP/2 ones
+    /// (`SubscribeToShard`; ALPN protocols replaced with `h2`) and the
+    /// other calls' HTTP/1.1 ones (replaced with `http/1.1`). A client
+    /// whose endpoint is reached through a proxy (`HTTPS_PROXY` and the
+    /// like) sends its other calls through ureq, with the default settings.
     ///
     /// Defaults to the Mozilla root certificates of `webpki-roots`, with
     /// rustls's safe default protocol versions and the `ring` provider.
@@ -283,7 +285,7 @@ impl Client {
                 port: endpoint.port(),
                 host_header: endpoint.host_header().to_owned(),
                 tls: match endpoint.is_https() {
-                    true => Some(http1_tls()?),
+                    true => Some(http1_tls(config.fan_out_tls.as_ref())?),
                     false => None,
                 },
                 connect_timeout: config.connect_timeout,
@@ -614,10 +616,14 @@ fn default_tls() -> Result<Arc<rustls::ClientConfig>> {
     Ok(DEFAULT.get_or_init(|| Arc::new(config)).clone())
 }
 
-/// The TLS settings of our HTTP/1.1 requests: the default ones (not
-/// `fan_out_tls`, which is for fan-out only), offering ALPN `http/1.1`.
-fn http1_tls() -> Result<Arc<rustls::ClientConfig>> {
-    let mut config = (*default_tls()?).clone();
+/// The TLS settings of our HTTP/1.1 requests: the configured ones (the
+/// endpoint fan-out subscribes to is the same host), else the default
+/// ones, offering ALPN `http/1.1`.
+fn http1_tls(configured: Option<&Arc<rustls::ClientConfig>>) -> Result<Arc<rustls::ClientConfig>> {
+    let mut config = match configured {
+        Some(config) => (**config).clone(),
+        None => (*default_tls()?).clone(),
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
