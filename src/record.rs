@@ -194,6 +194,8 @@ pub(crate) struct Shared {
     /// keys of KPL user records are in `bytes` instead (inside their
     /// aggregate's data), checked again when read.
     pub text: String,
+    /// Where `bytes` goes back for reuse when the records are dropped.
+    pub goes_back: Option<Arc<Spares<u8>>>,
 }
 
 impl Shared {
@@ -209,15 +211,11 @@ impl Shared {
     }
 }
 
-/// Spare record buffers, across the process: a reply's buffer goes back
-/// here when the last of its records is dropped, and the next reply's
-/// records are decoded into it (see [`Spares`]). Up to 64 MiB is kept;
-/// the records in flight are bounded by the consumer's `buffer_bytes`.
-pub(crate) static RECORD_BUFFERS: Spares<u8> = Spares::new(64 << 20);
-
 impl Drop for Shared {
     fn drop(&mut self) {
-        RECORD_BUFFERS.give(std::mem::take(&mut self.bytes));
+        if let Some(spares) = &self.goes_back {
+            spares.give(std::mem::take(&mut self.bytes));
+        }
     }
 }
 

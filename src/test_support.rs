@@ -21,7 +21,7 @@ pub use crate::lease::{FleetFigures, SkewedRound, simulate_fleet, simulate_skewe
 /// serde_json for unusual shapes); its records, made one at a time.
 pub fn decode_get_records_reply(body: &[u8]) -> crate::Result<Vec<crate::Record>> {
     let (records, _) =
-        crate::aws::get_records::decode_reply(body, &std::sync::Arc::from("shardId-0"))?;
+        crate::aws::get_records::decode_reply(body, &std::sync::Arc::from("shardId-0"), None)?;
     Ok(records.into_iter().collect())
 }
 

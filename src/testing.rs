@@ -270,6 +270,7 @@ impl RecordBuilder {
                 shard_id: Arc::from(self.shard_id.as_str()),
                 bytes,
                 text,
+                goes_back: None,
             }),
             position: self.position,
             aggregated: self.aggregated,
@@ -350,7 +351,7 @@ where
         "MillisBehindLatest": 0,
     });
     let body = serde_json::to_vec(&reply).unwrap_or_default();
-    let (records, _) = crate::aws::get_records::decode_reply(&body, &Arc::from(shard_id))
+    let (records, _) = crate::aws::get_records::decode_reply(&body, &Arc::from(shard_id), None)
         .unwrap_or_else(|e| panic!("the aggregate did not decode: {e}"));
     let mut users = Vec::new();
     for record in records {

@@ -19,14 +19,15 @@ use crate::aws::kinesis::{
     ChildShard, GetRecordsOutput, bad_reply, check_shard_ids, parse_sequence,
 };
 use crate::error::Result;
-use crate::record::{ExtendedSequenceNumber, RECORD_BUFFERS, Record, SequenceNumber, Shared, Span};
+use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber, Shared, Span};
+use crate::spares::Spares;
 
 const OP: &str = "GetRecords";
 
 /// Decodes a GetRecords reply from `shard_id`, records and all.
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn decode_get_records(body: &[u8], shard_id: &Arc<str>) -> Result<GetRecordsOutput> {
-    let (records, rest) = decode_reply(body, shard_id)?;
+    let (records, rest) = decode_reply(body, shard_id, None)?;
     Ok(GetRecordsOutput {
         records: records.into_iter().collect(),
         ..rest
@@ -36,11 +37,14 @@ pub(crate) fn decode_get_records(body: &[u8], shard_id: &Arc<str>) -> Result<Get
 /// Decodes a GetRecords reply, leaving its records to be made one at a
 /// time (the consumer's path: no list of records per reply); the output's
 /// own `records` is empty.
+/// The records' data is decoded into a buffer from `spares` when one fits,
+/// and goes back there once the last record is dropped.
 pub(crate) fn decode_reply(
     body: &[u8],
     shard_id: &Arc<str>,
+    spares: Option<&Arc<Spares<u8>>>,
 ) -> Result<(Records, GetRecordsOutput)> {
-    let (decoded, rest) = match fast::reply(body, &fast::GET_RECORDS) {
+    let (decoded, rest) = match fast::reply(body, &fast::GET_RECORDS, spares) {
         Some(out) => {
             let (decoded, top) = out?;
             let rest = GetRecordsOutput {
@@ -50,7 +54,7 @@ pub(crate) fn decode_reply(
             };
             (decoded, rest)
         }
-        None => decode_with_serde(body)?,
+        None => decode_with_serde(body, spares)?,
     };
     Ok((decoded.into_records(shard_id), rest))
 }
@@ -132,7 +136,7 @@ pub(crate) fn decode_get_records_with_serde(
     body: &[u8],
     shard_id: &Arc<str>,
 ) -> Result<GetRecordsOutput> {
-    let (decoded, rest) = decode_with_serde(body)?;
+    let (decoded, rest) = decode_with_serde(body, None)?;
     Ok(GetRecordsOutput {
         records: decoded.into_records(shard_id).into_iter().collect(),
         ..rest
@@ -146,6 +150,8 @@ struct Decoded {
     bytes: Vec<u8>,
     /// The records' partition keys.
     text: String,
+    /// Where `bytes` goes back once the records are dropped.
+    goes_back: Option<Arc<Spares<u8>>>,
     records: Vec<Fields>,
     /// The operation whose reply this is, for error messages.
     operation: &'static str,
@@ -161,11 +167,17 @@ struct Fields {
 impl Decoded {
     /// Room for the records of a reply of `operation` of `body_len` bytes:
     /// the data is at most three quarters of the base64 text.
-    fn for_body(body_len: usize, operation: &'static str) -> Decoded {
+    fn for_body(
+        body_len: usize,
+        operation: &'static str,
+        spares: Option<&Arc<Spares<u8>>>,
+    ) -> Decoded {
+        let room = body_len / 4 * 3;
         // The smallest record is about 50 bytes of JSON; GetRecords returns
         // at most 10,000.
         Decoded {
-            bytes: RECORD_BUFFERS.take(body_len / 4 * 3),
+            bytes: spares.map_or_else(|| Vec::with_capacity(room), |s| s.take(room)),
+            goes_back: spares.cloned(),
             // Keys are a small part of a reply: a guess, grown if short.
             text: String::with_capacity(body_len / 32),
             records: Vec::with_capacity((body_len / 50).min(10_000)),
@@ -216,6 +228,7 @@ impl Decoded {
                 shard_id: shard_id.clone(),
                 bytes: self.bytes,
                 text: self.text,
+                goes_back: self.goes_back,
             }),
             fields: self.records,
         }
@@ -258,10 +271,13 @@ struct ChildShardJson {
 }
 
 /// The general decoder, borrowing strings from the body where it can.
-fn decode_with_serde(body: &[u8]) -> Result<(Decoded, GetRecordsOutput)> {
+fn decode_with_serde(
+    body: &[u8],
+    spares: Option<&Arc<Spares<u8>>>,
+) -> Result<(Decoded, GetRecordsOutput)> {
     let reply: GetRecordsJson<'_> =
         serde_json::from_slice(body).map_err(|e| bad_reply(OP, e.to_string()))?;
-    let mut decoded = Decoded::for_body(body.len(), OP);
+    let mut decoded = Decoded::for_body(body.len(), OP, spares);
     decode_records(&mut decoded, reply.records.unwrap_or_default())?;
     let rest = GetRecordsOutput {
         records: Vec::new(),
@@ -334,7 +350,7 @@ pub(crate) fn decode_subscribe_event(
     payload: &[u8],
     shard_id: &Arc<str>,
 ) -> Result<(Records, EventFields)> {
-    let (decoded, fields) = match fast::reply(payload, &fast::SUBSCRIBE_EVENT) {
+    let (decoded, fields) = match fast::reply(payload, &fast::SUBSCRIBE_EVENT, None) {
         Some(out) => {
             let (decoded, top) = out?;
             let fields = EventFields {
@@ -372,7 +388,7 @@ fn decode_event_with_serde(payload: &[u8]) -> Result<(Decoded, EventFields)> {
     }
     let event: EventJson<'_> = serde_json::from_slice(payload)
         .map_err(|e| bad_reply(EVENT, format!("SubscribeToShardEvent: {e}")))?;
-    let mut decoded = Decoded::for_body(payload.len(), EVENT);
+    let mut decoded = Decoded::for_body(payload.len(), EVENT, None);
     decode_records(&mut decoded, event.records.unwrap_or_default())?;
     let fields = EventFields {
         continuation_sequence_number: continuation(event.continuation_sequence_number.as_deref())?,
@@ -399,8 +415,11 @@ pub(crate) fn decode_subscribe_event_with_serde(
 /// the caller falls back to serde_json; a reply it accepts decodes exactly
 /// as serde_json would.
 mod fast {
+    use std::sync::Arc;
+
     use super::Decoded;
     use crate::error::Result;
+    use crate::spares::Spares;
 
     /// The shape of a reply: the records, MillisBehindLatest, ChildShards
     /// (only empty) and one string field saying where reading continues.
@@ -680,9 +699,13 @@ mod fast {
     }
 
     /// Scans a reply of `shape`: `None` when it is not of the usual shape.
-    pub(super) fn reply<'a>(body: &'a [u8], shape: &Shape) -> Option<Result<(Decoded, Top<'a>)>> {
+    pub(super) fn reply<'a>(
+        body: &'a [u8],
+        shape: &Shape,
+        spares: Option<&Arc<Spares<u8>>>,
+    ) -> Option<Result<(Decoded, Top<'a>)>> {
         let mut s = Scanner { body, at: 0 };
-        let mut decoded = Decoded::for_body(body.len(), shape.operation);
+        let mut decoded = Decoded::for_body(body.len(), shape.operation, spares);
         let mut top = Top {
             position: None,
             millis_behind_latest: None,
@@ -850,7 +873,7 @@ mod tests {
                 r#"{{"Records":[{{"SequenceNumber":"1","PartitionKey":"a","Data":"{}"}}]}}"#,
                 BASE64.encode(&data)
             );
-            let out = fast::reply(body.as_bytes(), &fast::GET_RECORDS)
+            let out = fast::reply(body.as_bytes(), &fast::GET_RECORDS, None)
                 .expect("plain base64 is scanned")
                 .unwrap();
             let records: Vec<Record> = out.0.into_records(&Arc::from("s")).into_iter().collect();
@@ -989,7 +1012,8 @@ mod tests {
                     .map_err(|e| e.to_string())
             };
             assert_eq!(data(&fast), data(&general), "{text:?}");
-            scanned += usize::from(fast::reply(body.as_bytes(), &fast::GET_RECORDS).is_some());
+            scanned +=
+                usize::from(fast::reply(body.as_bytes(), &fast::GET_RECORDS, None).is_some());
         }
         assert!(scanned > 200, "the fast path took only {scanned} texts");
     }
@@ -1040,7 +1064,7 @@ mod tests {
                 "{event}"
             );
         }
-        let scanned = |body: &[u8], shape| fast::reply(body, shape).is_some();
+        let scanned = |body: &[u8], shape| fast::reply(body, shape, None).is_some();
         assert!(
             scanned(bodies[0], &fast::GET_RECORDS),
             "the usual shape is scanned"

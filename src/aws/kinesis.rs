@@ -14,6 +14,7 @@ use crate::aws::client::{Client, ClientConfig, KINESIS, wait_until_active};
 use crate::aws::get_records::{Records, decode_reply};
 use crate::error::{Error, Result};
 use crate::record::{Record, SequenceNumber};
+use crate::spares::Spares;
 
 /// A Kinesis client: the operations a consumer and a simple producer need.
 ///
@@ -543,9 +544,9 @@ impl KinesisClient {
     ) -> Result<GetRecordsOutput> {
         let shard_id = Arc::from(shard_id);
         let body = get_records_input(None, iterator, limit)?;
-        let (records, out) = self
-            .client
-            .call_with("GetRecords", &body, |reply| decode_reply(reply, &shard_id))?;
+        let (records, out) = self.client.call_with("GetRecords", &body, |reply| {
+            decode_reply(reply, &shard_id, None)
+        })?;
         Ok(GetRecordsOutput {
             records: records.into_iter().collect(),
             ..out
@@ -556,19 +557,22 @@ impl KinesisClient {
     /// at a time (the output's `records` is empty). A stream given by ARN
     /// (`stream`) is sent as `StreamARN`. Before the reply's body is read,
     /// `admit` gets its length and may wait for memory, or return false to
-    /// drop the reply unread (the result is then `None`).
+    /// drop the reply unread (the result is then `None`). The records'
+    /// data goes into a buffer from `spares` when one fits (see
+    /// `decode_reply`).
     pub(crate) fn get_records_of(
         &self,
         stream: Option<&str>,
         shard_id: &Arc<str>,
         iterator: &str,
         limit: u32,
+        spares: Option<&Arc<Spares<u8>>>,
         admit: impl FnMut(u64) -> bool,
     ) -> Result<Option<(Records, GetRecordsOutput)>> {
         let body = get_records_input(stream, iterator, limit)?;
         self.client
             .call_admitting("GetRecords", &body, admit, |reply| {
-                decode_reply(reply, shard_id)
+                decode_reply(reply, shard_id, spares)
             })
     }
 
@@ -933,13 +937,20 @@ mod tests {
             .unwrap();
         client.list_shards(ARN, None).unwrap();
         client
-            .get_records_of(Some(ARN), &Arc::from("shardId-0"), "it-1", 10, |_| true)
+            .get_records_of(Some(ARN), &Arc::from("shardId-0"), "it-1", 10, None, |_| {
+                true
+            })
             .unwrap();
         client.describe_stream_summary("orders").unwrap();
         client
-            .get_records_of(Some("orders"), &Arc::from("shardId-0"), "it-1", 10, |_| {
-                true
-            })
+            .get_records_of(
+                Some("orders"),
+                &Arc::from("shardId-0"),
+                "it-1",
+                10,
+                None,
+                |_| true,
+            )
             .unwrap();
         let bodies: Vec<serde_json::Value> = server
             .requests()

@@ -56,20 +56,24 @@ impl<T> Drop for ShardBatch<T> {
     }
 }
 
-/// Spare message lists of one consumer: the readers' (one reply's
-/// messages each) and the ticker's (one batch's), kept apart so that a
-/// reader never takes a batch's large list nor the ticker a reply's.
-pub(crate) struct MessageLists<T> {
+/// Spare buffers of one consumer (see [`Spares`]): the record buffers
+/// of replies, and the message lists of replies (the readers') and of
+/// batches (the ticker's), the two kept apart so that a reader never takes
+/// a batch's large list nor the ticker a reply's.
+pub(crate) struct SpareBuffers<T> {
+    pub record_bytes: Arc<Spares<u8>>,
     pub chunks: Spares<Message<T>>,
     pub batches: Arc<Spares<Message<T>>>,
 }
 
-impl<T> MessageLists<T> {
-    /// Up to `max_bytes` of spare lists, half of it for each kind.
-    pub(crate) fn new(max_bytes: usize) -> Arc<MessageLists<T>> {
-        Arc::new(MessageLists {
-            chunks: Spares::new(max_bytes / 2),
-            batches: Arc::new(Spares::new(max_bytes / 2)),
+impl<T> SpareBuffers<T> {
+    /// Up to `max_bytes` of spares: half for record buffers, a quarter
+    /// for each kind of message list.
+    pub(crate) fn new(max_bytes: usize) -> Arc<SpareBuffers<T>> {
+        Arc::new(SpareBuffers {
+            record_bytes: Arc::new(Spares::new(max_bytes / 2)),
+            chunks: Spares::new(max_bytes / 4),
+            batches: Arc::new(Spares::new(max_bytes / 4)),
         })
     }
 }

@@ -38,7 +38,7 @@ use crate::lease::{
 use crate::metrics::{Metrics, MetricsHandle, Publisher};
 use crate::metrics::{MetricsDimension, MetricsLevel};
 use crate::record::Record;
-use batch::{Batch, MessageLists};
+use batch::{Batch, SpareBuffers};
 use budget::Budget;
 use checkpointer::Checkpointer;
 use dead_letter::DeadLetterHandler;
@@ -499,9 +499,9 @@ impl<T: Send + 'static> Consumer<T> {
         let budget = Arc::new(Budget::new(s.buffer_bytes, s.buffer_records));
         // Chunks are whole GetRecords replies; the budget bounds their size.
         let (sender, records) = crossbeam_channel::bounded(1024);
-        // Spare message lists for up to half the buffer: a full batch's
-        // worth, besides the lists in flight that the buffer bounds.
-        let message_lists = MessageLists::new((s.buffer_bytes / 2) as usize);
+        // Spares of up to a sixteenth of the buffer (4 MiB by default):
+        // memory kept besides what the buffer bounds.
+        let spare_buffers = SpareBuffers::new((s.buffer_bytes / 16) as usize);
         let readers = ReaderPool::new(ReaderContext {
             kinesis: self.kinesis.clone(),
             stream: s.stream.clone(),
@@ -510,7 +510,7 @@ impl<T: Send + 'static> Consumer<T> {
                 .map(MultiStreamShards::requests)
                 .unwrap_or_default(),
             handler: self.message_handler.clone(),
-            message_lists: message_lists.clone(),
+            spare_buffers: spare_buffers.clone(),
             sender,
             shard_queue,
             budget: budget.clone(),
@@ -600,7 +600,7 @@ impl<T: Send + 'static> Consumer<T> {
             metrics: self.metrics.clone(),
             load: self.load.clone(),
             message_handler: self.message_handler.clone(),
-            message_lists,
+            spare_buffers,
             batch_interval: s.batch_interval,
             checkpoint_interval: s.checkpoint_interval,
             checkpointing: s.checkpointing,

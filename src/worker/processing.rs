@@ -14,7 +14,7 @@ use crate::lease::{Checkpoint, CoordinatorEvent, HeldLeases};
 use crate::metrics::{Metric, Metrics};
 use crate::record::Record;
 use crate::worker::MessageHandler;
-use crate::worker::batch::{GoesBack, Message, MessageLists, ShardBatch};
+use crate::worker::batch::{GoesBack, Message, ShardBatch, SpareBuffers};
 use crate::worker::budget::Budget;
 use crate::worker::checkpointer::Checkpointer;
 use crate::worker::dead_letter::DeadLetterHandler;
@@ -367,7 +367,7 @@ pub(crate) struct Delivery<T> {
     pub message_handler: MessageHandler<T>,
     /// Spare message lists, shared with the readers: a chunk's list goes
     /// back once merged into a batch, a batch's once it is dropped.
-    pub message_lists: Arc<MessageLists<T>>,
+    pub spare_buffers: Arc<SpareBuffers<T>>,
     pub batch_interval: Duration,
     pub checkpoint_interval: Duration,
     pub checkpointing: Checkpointing,
@@ -391,7 +391,7 @@ impl<T> Clone for Delivery<T> {
             metrics: self.metrics.clone(),
             load: self.load.clone(),
             message_handler: self.message_handler.clone(),
-            message_lists: self.message_lists.clone(),
+            spare_buffers: self.spare_buffers.clone(),
             batch_interval: self.batch_interval,
             checkpoint_interval: self.checkpoint_interval,
             checkpointing: self.checkpointing,

@@ -98,7 +98,7 @@ pub(crate) fn delivery(held: &Arc<HeldLeases>, policy: ErrorPolicy) -> Delivery<
         shutdown: Arc::new(AtomicBool::new(false)),
         metrics: Metrics::default(),
         load: Arc::default(),
-        message_lists: crate::worker::batch::MessageLists::new(1 << 20),
+        spare_buffers: crate::worker::batch::SpareBuffers::new(1 << 20),
         message_handler: Arc::new(|r: &Record| String::from_utf8_lossy(r.data()).into()),
         batch_interval: Duration::from_millis(50),
         checkpoint_interval: Duration::from_millis(50),
@@ -115,6 +115,7 @@ pub(crate) fn record(shard: &str, sequence: &str, data: &str) -> Record {
             shard_id: shard.into(),
             bytes: data.as_bytes().to_vec(),
             text: String::new(),
+            goes_back: None,
         }),
         position: ExtendedSequenceNumber {
             sequence_number: SequenceNumber::parse(sequence).unwrap(),

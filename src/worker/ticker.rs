@@ -688,7 +688,7 @@ impl<'a, T> Ticker<'a, T> {
         let mut shards: Vec<ShardBatch<T>> = Vec::new();
         let mut shard_bytes: Vec<u64> = Vec::new();
         let mut room = Vec::new();
-        let lists = &self.delivery.message_lists;
+        let lists = &self.delivery.spare_buffers;
         let mut chunks = chunks.into_iter();
         while let Some(mut chunk) = chunks.next() {
             room.extend(chunk.room.take());
@@ -834,12 +834,12 @@ mod tests {
     }
 
     #[test]
-    fn message_lists_go_back_for_reuse_once_merged_or_dropped() {
+    fn spare_buffers_go_back_for_reuse_once_merged_or_dropped() {
         let (_server, held) = held_leases();
         let epoch = held.take("shard-1", 0, false).unwrap().unwrap();
         let (sender, records) = crossbeam_channel::unbounded();
         let delivery = delivery(&held, ErrorPolicy::Stop);
-        let lists = delivery.message_lists.clone();
+        let lists = delivery.spare_buffers.clone();
         let mut ticker = Ticker::new(&records, delivery);
         let mut build_one = |first: &str, second: &str| {
             sender.send(started("shard-1", epoch)).unwrap();

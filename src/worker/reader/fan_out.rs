@@ -330,9 +330,14 @@ fn end_confirmed(shard: &Shard, after: Option<&SequenceNumber>, start: &Iterator
         .kinesis
         .get_shard_iterator(&shard.stream, &shard.kinesis_shard_id, &position)
         .and_then(|iterator| {
-            shard
-                .kinesis
-                .get_records_of(Some(&shard.stream), &shard.key, &iterator, 1, |_| true)
+            shard.kinesis.get_records_of(
+                Some(&shard.stream),
+                &shard.key,
+                &iterator,
+                1,
+                None,
+                |_| true,
+            )
         });
     match read {
         Ok(Some((records, reply))) => {

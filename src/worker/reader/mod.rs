@@ -23,10 +23,11 @@ use crate::kpl;
 use crate::lease::{Checkpoint, ShardRunner};
 use crate::metrics::{Metric, Metrics};
 use crate::record::{ExtendedSequenceNumber, Record, SequenceNumber};
+use crate::spares::Spares;
 use crate::stream::split_lease_key;
 use crate::time::later;
 use crate::worker::MessageHandler;
-use crate::worker::batch::{Message, MessageLists};
+use crate::worker::batch::{Message, SpareBuffers};
 use crate::worker::budget::{Budget, Room, Share, within_share};
 use crate::worker::load::LoadMeter;
 use crate::worker::stream_consumers::{ReadBy, StreamConsumers};
@@ -123,7 +124,7 @@ pub(crate) struct ReaderContext<T> {
     pub streams: crate::lease::RequestNames,
     pub handler: MessageHandler<T>,
     /// Spare message lists, shared with the ticker (see `Delivery`).
-    pub message_lists: Arc<MessageLists<T>>,
+    pub spare_buffers: Arc<SpareBuffers<T>>,
     pub sender: Sender<ReaderOutput<T>>,
     /// When set, each reader hands its chunks to a queue of its own of
     /// this many chunks (per-shard processors), not to `sender`: a slow
@@ -236,6 +237,7 @@ impl<T: Send + 'static> ShardRunner for ReaderPool<T> {
                 kinesis_shard_id: target.shard_id,
                 stop: stop.clone(),
                 kinesis: self.context.kinesis.clone(),
+                record_bytes: self.context.spare_buffers.record_bytes.clone(),
                 metrics: self.context.metrics.clone(),
                 retry_wait: self.context.retry_wait,
             },
@@ -341,6 +343,8 @@ pub(super) struct Shard {
     kinesis_shard_id: String,
     stop: Arc<AtomicBool>,
     kinesis: KinesisClient,
+    /// Spare record buffers, shared by the consumer's readers.
+    record_bytes: Arc<Spares<u8>>,
     metrics: Metrics,
     retry_wait: Duration,
 }
@@ -626,7 +630,7 @@ impl<T: Send + 'static> Reader<T> {
     ) -> Result<(Chunk<T>, u64, u64)> {
         let mut messages = self
             .context
-            .message_lists
+            .spare_buffers
             .chunks
             .take(kinesis_records.len());
         let handler = &*self.context.handler;
@@ -977,7 +981,7 @@ mod tests {
                 calls.fetch_add(1, Ordering::SeqCst);
                 String::from_utf8_lossy(r.data()).into_owned()
             }),
-            message_lists: MessageLists::new(1 << 20),
+            spare_buffers: SpareBuffers::new(1 << 20),
             sender,
             shard_queue: None,
             budget: Arc::new(Budget::new(1 << 20, 1000)),

@@ -248,6 +248,7 @@ impl Polling {
             &shard.key,
             iterator,
             limit,
+            Some(&shard.record_bytes),
             |length| {
                 let cost = reply_cost(length);
                 let fits = reserved.fit(cost);
