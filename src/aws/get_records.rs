@@ -235,8 +235,14 @@ impl Decoded {
     }
 }
 
+/// An arrival time from epoch seconds; `None` for a negative one, or one
+/// past what a `Duration` or the system clock can hold (a bogus reply must
+/// not panic the reader).
 fn from_epoch_seconds(secs: f64) -> Option<SystemTime> {
-    (secs.is_finite() && secs >= 0.0).then(|| UNIX_EPOCH + Duration::from_secs_f64(secs))
+    if secs < 0.0 {
+        return None;
+    }
+    UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(secs).ok()?)
 }
 
 #[derive(Deserialize)]
@@ -964,6 +970,24 @@ mod tests {
                 decode_subscribe_event(event.as_bytes(), &Arc::from("s")).is_err(),
                 "{children}"
             );
+        }
+    }
+
+    #[test]
+    fn an_arrival_time_no_clock_can_hold_is_left_out_not_a_panic() {
+        let shard: Arc<str> = Arc::from("s");
+        for stamp in ["1e300", "1.8e19", "9.3e18", "1e19"] {
+            let body = format!(
+                r#"{{"Records":[{{"SequenceNumber":"1","PartitionKey":"k","Data":"","ApproximateArrivalTimestamp":{stamp}}}],"NextShardIterator":"it"}}"#
+            );
+            let out = decode_get_records(body.as_bytes(), &shard).unwrap();
+            assert_eq!(
+                out.records[0].approximate_arrival_timestamp(),
+                None,
+                "{stamp}"
+            );
+            let general = decode_get_records_with_serde(body.as_bytes(), &shard).unwrap();
+            assert_eq!(general.records[0].approximate_arrival_timestamp(), None);
         }
     }
 
